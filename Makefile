@@ -1,0 +1,63 @@
+# premirror — developer entry points. `make help` lists them.
+SHELL := /bin/bash
+GO    ?= go
+BIN   := bin
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+.PHONY: deps
+deps: ## install the Debian packages and Go modules the build and tests need (root)
+	@bash scripts/install-deps.sh
+
+.PHONY: generate
+generate: ## rebuild the BPF objects and generated Go (needs clang-16)
+	$(GO) generate ./...
+
+.PHONY: build
+build: ## build all binaries into bin/
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/ ./cmd/...
+
+.PHONY: lint
+lint: ## gofmt, go vet, generated files up to date
+	@bash scripts/lint.sh
+
+.PHONY: test
+test: deps ## everything CI runs: lint, generate check, unit + netns tests, every benchmark once (root)
+	@bash scripts/test.sh
+
+.PHONY: test-long
+test-long: deps ## long stress and crash loops (root)
+	@PREMIRROR_LONG=1 bash scripts/test.sh
+
+.PHONY: bench
+bench: deps ## data-plane and package benchmarks with full benchtime
+	@bash scripts/bench.sh
+
+.PHONY: bench-replication
+bench-replication: deps ## replicator vs rsync / iperf3 / disk ceilings (issue 5)
+	@bash scripts/bench-replication.sh
+
+.PHONY: bench-forecast
+bench-forecast: ## forecast backtests on ../shared/data/dev (issue 6)
+	@bash scripts/bench-forecast.sh
+
+.PHONY: route-eval
+route-eval: ## route policy replay on ../shared/data/latency (issue 4)
+	@bash scripts/route-eval.sh
+
+.PHONY: demo
+demo: deps build ## 3-region testbed, edge router, 4 mirrors, real agent, traffic, counters (root)
+	@bash scripts/demo.sh
+
+.PHONY: vmtest
+vmtest: ## run the test binaries on other kernels under qemu
+	@bash scripts/vmtest/run.sh
+
+.PHONY: clean
+clean: ## remove build output
+	rm -rf $(BIN)

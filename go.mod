@@ -1,0 +1,3 @@
+module github.com/premirror/premirror
+
+go 1.26

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what premirror's build, tests and demo need on a Debian machine.
+# Idempotent: it only calls apt-get when a tool is missing.
+set -euo pipefail
+
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have clang-16  || need+=(clang-16 llvm-16)
+have bpftool   || need+=(bpftool)
+[ -f /usr/include/bpf/bpf_helpers.h ] || need+=(libbpf-dev)
+have ip        || need+=(iproute2)
+have iperf3    || need+=(iperf3)
+have rsync     || need+=(rsync)
+have ethtool   || need+=(ethtool)
+[ -d /usr/include/asm ] || [ -d /usr/include/x86_64-linux-gnu/asm ] || need+=(linux-libc-dev)
+
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: missing ${need[*]}; run as root (sudo make ...)" >&2
+    exit 1
+  fi
+  echo "install-deps: installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# Go modules (the module proxy is reachable; this makes later steps offline).
+go mod download
+
+# bpffs for pinning; the kernel tests and the agent need it.
+if [ "$(id -u)" = 0 ] && ! mountpoint -q /sys/fs/bpf; then
+  mount -t bpf bpf /sys/fs/bpf
+fi
