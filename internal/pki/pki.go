@@ -1,0 +1,237 @@
+// Package pki makes and loads the X.509 material premirror's mutual-TLS
+// channels use (controller ⇄ agents, replicator ⇄ replicator). It is a
+// development CA: production deployments bring their own CA (cert-manager,
+// Vault…) and only use Load*.
+package pki
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// CA is a certificate authority able to issue leaf certificates.
+type CA struct {
+	Cert *x509.Certificate
+	Key  *ecdsa.PrivateKey
+	PEM  []byte // certificate, PEM
+}
+
+// Leaf is an issued certificate with its key, both PEM encoded.
+type Leaf struct {
+	CertPEM []byte
+	KeyPEM  []byte
+}
+
+// NewCA creates a self-signed ECDSA P-256 CA valid for validity.
+func NewCA(name string, validity time.Duration) (*CA, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate ca key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial(),
+		Subject:               pkix.Name{CommonName: name, Organization: []string{"premirror"}},
+		NotBefore:             time.Now().Add(-time.Minute),
+		NotAfter:              time.Now().Add(validity),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, fmt.Errorf("self-sign ca: %w", err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		return nil, err
+	}
+	return &CA{Cert: cert, Key: key, PEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}, nil
+}
+
+// Issue signs a leaf certificate usable both as a TLS server and client
+// certificate. hosts are DNS names or IP addresses put in the SANs; the
+// common name identifies the peer (node name) to the other side.
+func (ca *CA) Issue(commonName string, hosts []string, validity time.Duration) (*Leaf, error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generate key: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial(),
+		Subject:      pkix.Name{CommonName: commonName, Organization: []string{"premirror"}},
+		NotBefore:    time.Now().Add(-time.Minute),
+		NotAfter:     time.Now().Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	for _, h := range hosts {
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, &key.PublicKey, ca.Key)
+	if err != nil {
+		return nil, fmt.Errorf("sign %s: %w", commonName, err)
+	}
+	kder, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	return &Leaf{
+		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}),
+	}, nil
+}
+
+// KeyPEM returns the CA key, PEM encoded, for WriteFiles.
+func (ca *CA) KeyPEM() ([]byte, error) {
+	kder, err := x509.MarshalECPrivateKey(ca.Key)
+	if err != nil {
+		return nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), nil
+}
+
+// Files names the three PEM files a peer needs.
+type Files struct {
+	CA   string // CA certificate that signs every peer
+	Cert string // this peer's certificate
+	Key  string // this peer's private key
+}
+
+// Validate reports which field is missing.
+func (f Files) Validate() error {
+	switch {
+	case f.CA == "":
+		return errors.New("tls ca: path is empty")
+	case f.Cert == "":
+		return errors.New("tls cert: path is empty")
+	case f.Key == "":
+		return errors.New("tls key: path is empty")
+	}
+	return nil
+}
+
+// WriteLeaf writes ca.pem, <name>.pem and <name>-key.pem into dir (keys 0600)
+// and returns their paths.
+func WriteLeaf(dir, name string, ca *CA, leaf *Leaf) (Files, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return Files{}, err
+	}
+	f := Files{
+		CA:   filepath.Join(dir, "ca.pem"),
+		Cert: filepath.Join(dir, name+".pem"),
+		Key:  filepath.Join(dir, name+"-key.pem"),
+	}
+	if err := writeAtomic(f.CA, ca.PEM, 0o644); err != nil {
+		return Files{}, err
+	}
+	if err := writeAtomic(f.Cert, leaf.CertPEM, 0o644); err != nil {
+		return Files{}, err
+	}
+	if err := writeAtomic(f.Key, leaf.KeyPEM, 0o600); err != nil {
+		return Files{}, err
+	}
+	return f, nil
+}
+
+// ServerConfig returns a TLS config that requires and verifies client
+// certificates signed by the CA (mutual TLS, TLS 1.3 only).
+func ServerConfig(f Files) (*tls.Config, error) {
+	cert, pool, err := load(f)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		ClientCAs:    pool,
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+	}, nil
+}
+
+// ClientConfig returns a TLS config that presents the peer's certificate
+// and verifies the server against the CA. serverName must match a SAN of
+// the server certificate.
+func ClientConfig(f Files, serverName string) (*tls.Config, error) {
+	cert, pool, err := load(f)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      pool,
+		ServerName:   serverName,
+	}, nil
+}
+
+// PeerName returns the common name of the verified peer certificate of a
+// TLS connection state, or "" when there is none.
+func PeerName(cs tls.ConnectionState) string {
+	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return ""
+	}
+	return cs.VerifiedChains[0][0].Subject.CommonName
+}
+
+func load(f Files) (tls.Certificate, *x509.CertPool, error) {
+	if err := f.Validate(); err != nil {
+		return tls.Certificate{}, nil, err
+	}
+	cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("load key pair %s: %w", f.Cert, err)
+	}
+	caPEM, err := os.ReadFile(f.CA)
+	if err != nil {
+		return tls.Certificate{}, nil, fmt.Errorf("read ca: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(caPEM) {
+		return tls.Certificate{}, nil, fmt.Errorf("ca %s: no PEM certificate found", f.CA)
+	}
+	return cert, pool, nil
+}
+
+func serial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return n
+}
+
+func writeAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
