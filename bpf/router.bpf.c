@@ -1,0 +1,852 @@
+// SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
+/*
+ * premirror XDP router, attached on edge nodes.
+ *
+ * Per packet: parse (Ethernet + one 802.1Q tag, IPv4 with options, IPv6 with
+ * hop-by-hop / routing / destination-options / fragment headers, TCP, UDP,
+ * ICMP errors) -> VIP -> session (5-tuple LRU) -> user affinity -> client
+ * region (LPM) -> route table for (resource, region) -> mirror state ->
+ * encapsulate (outer family = the mirror's family) -> next hop from
+ * bpf_fib_lookup -> XDP_TX / XDP_REDIRECT. Mirrors answer clients directly.
+ *
+ * Anything that is not VIP traffic is passed untouched. VIP traffic is never
+ * passed to the stack un-encapsulated: the VIP is not local here, so the
+ * stack would forward it back towards us.
+ */
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+
+#include "premirror.h"
+#include "pkt.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Set by the loader (CollectionSpec.Variables): slots per route table - 1.
+ * Tables are a power of two in size so the hash is masked, not divided. */
+volatile const __u32 route_slots_mask = 4095;
+
+/* How many consecutive slots a new flow tries before giving up when the
+ * slot it hashes to holds a draining or down mirror. */
+#define PICK_PROBES 8
+/* IPv6 extension headers skipped before giving up. */
+#define MAX_EXT_HDRS 6
+/* TCP flag bits in byte 13 of the header. */
+#define TCP_SYN 0x02
+#define TCP_ACK 0x10
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct vip_key);
+	__type(value, struct vip_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_vips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct vip_addr);
+	__type(value, struct vip_addr_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_vip_addrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__type(key, struct flow_key);
+	__type(value, struct session);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_sessions SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 18);
+	__type(key, struct affinity_key);
+	__type(value, struct affinity);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_affinity SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 16);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct region_key_v4);
+	__type(value, struct region_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_regions_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 16);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct region_key_v6);
+	__type(value, struct region_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_regions_v6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, struct route_key);
+	__type(value, struct route_ref);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_route_index SEC(".maps");
+
+/* One route table: slot -> mirror ID. Resized by the loader. */
+struct route_slots {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+/* Tables are swapped whole: the agent fills a new inner map, then replaces
+ * one pointer, so a packet sees the old table or the new one. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, 1 << 14);
+	__type(key, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__array(values, struct route_slots);
+} pm_route_tables SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, struct mirror);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_mirrors SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct settings);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1 << 16);
+	__type(key, struct counter_key);
+	__type(value, struct counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct stats);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1 << 14);
+	__type(key, struct frag_key);
+	__type(value, struct frag_info);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_frags SEC(".maps");
+
+_Static_assert(sizeof(struct stats) == R_MAX * sizeof(__u64), "struct stats must follow enum pm_reason");
+
+enum frag_kind {
+	FRAG_NONE,
+	FRAG_FIRST,
+	FRAG_LATER,
+};
+
+/* What the parser learnt about one packet. */
+struct pkt {
+	struct flow_key flow;
+	__u32 ip_len;   /* L3 length from the IP header(s) */
+	__u32 frag_id;
+	__u8 tos;
+	__u8 tcp_flags;
+	__u8 frag;      /* enum frag_kind */
+	__u8 df;        /* outer may not be fragmented */
+	__u8 vlan;      /* one 802.1Q tag present */
+	__u8 icmp;      /* an ICMP error quoting flow */
+	__u8 pad[2];
+	__u32 ifindex;  /* ingress device */
+};
+
+static __always_inline void count(enum pm_reason r)
+{
+	__u32 zero = 0;
+	struct stats *st = bpf_map_lookup_elem(&pm_stats, &zero);
+
+	if (st && r < R_MAX)
+		((__u64 *)st)[r]++;
+}
+
+static __always_inline int verdict(enum pm_reason r, int action)
+{
+	count(r);
+	return action;
+}
+
+/* ---- hashing (mirrored in Go by maps.FlowHash; keep them identical) ---- */
+
+static __always_inline __u32 rol32(__u32 x, int r)
+{
+	return (x << r) | (x >> (32 - r));
+}
+
+static __always_inline __u32 mix(__u32 h, __u32 k)
+{
+	k *= 0xcc9e2d51;
+	k = rol32(k, 15);
+	k *= 0x1b873593;
+	h ^= k;
+	h = rol32(h, 13);
+	return h * 5 + 0xe6546b64;
+}
+
+static __always_inline __u32 fmix(__u32 h)
+{
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
+static __always_inline __u32 hash_addr(__u32 h, const __u8 *a, __u8 family)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	h = mix(h, w[0]);
+	if (family == PM_FAMILY_V6) {
+		h = mix(h, w[1]);
+		h = mix(h, w[2]);
+		h = mix(h, w[3]);
+	}
+	return h;
+}
+
+static __always_inline __u32 flow_hash(const struct flow_key *k, int no_sport)
+{
+	__u32 h = 0x5bd1e995;
+
+	h = hash_addr(h, k->src, k->family);
+	h = hash_addr(h, k->dst, k->family);
+	h = mix(h, ((__u32)(no_sport ? 0 : k->sport) << 16) | k->dport);
+	h = mix(h, k->proto);
+	return fmix(h);
+}
+
+static __always_inline __u32 user_hash(const struct affinity_key *k)
+{
+	__u32 h = 0x5bd1e995;
+
+	h = mix(h, k->resource);
+	h = hash_addr(h, k->client, k->family);
+	return fmix(h);
+}
+
+/* ---- parsing ---- */
+
+enum parse_result {
+	P_OK,
+	P_NOT_IP,
+	P_MALFORMED,    /* could not read the addresses */
+	P_L4_MALFORMED, /* addresses known, transport header bad */
+	P_NOT_L4,       /* neither TCP, UDP nor an ICMP error */
+};
+
+static __always_inline int parse_ports(void *l4, void *data_end, struct pkt *p)
+{
+	if (p->flow.proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+
+		if ((void *)(th + 1) > data_end || th->doff < 5)
+			return P_L4_MALFORMED;
+		p->flow.sport = bpf_ntohs(th->source);
+		p->flow.dport = bpf_ntohs(th->dest);
+		p->tcp_flags = ((__u8 *)th)[13];
+		return P_OK;
+	}
+	if (p->flow.proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+
+		if ((void *)(uh + 1) > data_end)
+			return P_L4_MALFORMED;
+		p->flow.sport = bpf_ntohs(uh->source);
+		p->flow.dport = bpf_ntohs(uh->dest);
+		return P_OK;
+	}
+	return P_NOT_L4;
+}
+
+/*
+ * ICMP errors quote the packet that caused them: our mirror's reply, sent
+ * from the VIP to the client. Rebuild the client's flow key from the quote
+ * so the error reaches the mirror that owns the flow (PMTU discovery).
+ */
+static __always_inline int parse_quote_v4(void *q, void *data_end, struct pkt *p)
+{
+	struct iphdr *ih = q;
+
+	if ((void *)(ih + 1) > data_end || ih->version != 4 || ih->ihl < 5)
+		return P_L4_MALFORMED;
+	__u32 hl = ih->ihl * 4;
+	if (hl > 60)
+		return P_L4_MALFORMED;
+	/* The quote carries only 8 bytes of transport header. */
+	__u16 *ports = q + hl;
+	if ((void *)(ports + 2) > data_end)
+		return P_L4_MALFORMED;
+	if (ih->protocol != IPPROTO_TCP && ih->protocol != IPPROTO_UDP)
+		return P_NOT_L4;
+	p->flow.proto = ih->protocol;
+	*(__u32 *)p->flow.src = ih->daddr;
+	*(__u32 *)p->flow.dst = ih->saddr;
+	p->flow.sport = bpf_ntohs(ports[1]);
+	p->flow.dport = bpf_ntohs(ports[0]);
+	p->icmp = 1;
+	return P_OK;
+}
+
+static __always_inline int parse_quote_v6(void *q, void *data_end, struct pkt *p)
+{
+	struct ipv6hdr *ih = q;
+
+	if ((void *)(ih + 1) > data_end || ih->version != 6)
+		return P_L4_MALFORMED;
+	__u16 *ports = (void *)(ih + 1);
+	if ((void *)(ports + 2) > data_end)
+		return P_L4_MALFORMED;
+	if (ih->nexthdr != IPPROTO_TCP && ih->nexthdr != IPPROTO_UDP)
+		return P_NOT_L4;
+	p->flow.proto = ih->nexthdr;
+	__builtin_memcpy(p->flow.src, &ih->daddr, 16);
+	__builtin_memcpy(p->flow.dst, &ih->saddr, 16);
+	p->flow.sport = bpf_ntohs(ports[1]);
+	p->flow.dport = bpf_ntohs(ports[0]);
+	p->icmp = 1;
+	return P_OK;
+}
+
+static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
+{
+	if (p->frag == FRAG_LATER)
+		return P_OK;
+	if (p->flow.proto == IPPROTO_ICMP && p->flow.family == PM_FAMILY_V4) {
+		struct icmp_hdr *ic = l4;
+
+		if ((void *)(ic + 1) > data_end)
+			return P_L4_MALFORMED;
+		if (ic->type != ICMP_DEST_UNREACH && ic->type != ICMP_TIME_EXCEEDED)
+			return P_NOT_L4;
+		/* The error's destination must be the quoted packet's source. */
+		int r = parse_quote_v4(ic + 1, data_end, p);
+		return r;
+	}
+	if (p->flow.proto == IPPROTO_ICMPV6 && p->flow.family == PM_FAMILY_V6) {
+		struct icmp_hdr *ic = l4;
+
+		if ((void *)(ic + 1) > data_end)
+			return P_L4_MALFORMED;
+		if (ic->type != ICMPV6_DEST_UNREACH && ic->type != ICMPV6_PKT_TOOBIG &&
+		    ic->type != ICMPV6_TIME_EXCEED)
+			return P_NOT_L4;
+		return parse_quote_v6(ic + 1, data_end, p);
+	}
+	return parse_ports(l4, data_end, p);
+}
+
+static __always_inline int parse_v4(void *l3, void *data_end, struct pkt *p)
+{
+	struct iphdr *ih = l3;
+
+	if ((void *)(ih + 1) > data_end)
+		return P_MALFORMED;
+	if (ih->version != 4 || ih->ihl < 5)
+		return P_MALFORMED;
+	__u32 hl = ih->ihl * 4;
+	__u32 tot = bpf_ntohs(ih->tot_len);
+	if (tot < hl || l3 + tot > data_end)
+		return P_MALFORMED;
+	p->flow.family = PM_FAMILY_V4;
+	p->flow.proto = ih->protocol;
+	*(__u32 *)p->flow.src = ih->saddr;
+	*(__u32 *)p->flow.dst = ih->daddr;
+	p->ip_len = tot;
+	p->tos = ih->tos;
+	__u16 fo = bpf_ntohs(ih->frag_off);
+	p->df = !!(fo & IPV4_DF);
+	if (fo & (IPV4_MF | IPV4_OFFSET)) {
+		p->frag = (fo & IPV4_OFFSET) ? FRAG_LATER : FRAG_FIRST;
+		p->frag_id = bpf_ntohs(ih->id);
+	}
+	if (hl > 60)
+		return P_MALFORMED;
+	return parse_l4(l3 + hl, data_end, p);
+}
+
+struct ipv6_frag {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off;
+	__be32 id;
+};
+
+static __always_inline int parse_v6(void *l3, void *data_end, struct pkt *p)
+{
+	struct ipv6hdr *ih = l3;
+
+	if ((void *)(ih + 1) > data_end)
+		return P_MALFORMED;
+	if (ih->version != 6)
+		return P_MALFORMED;
+	__u32 tot = bpf_ntohs(ih->payload_len) + IPV6_HLEN;
+	if (l3 + tot > data_end)
+		return P_MALFORMED;
+	p->flow.family = PM_FAMILY_V6;
+	__builtin_memcpy(p->flow.src, &ih->saddr, 16);
+	__builtin_memcpy(p->flow.dst, &ih->daddr, 16);
+	p->ip_len = tot;
+	p->tos = (ih->priority << 4) | (ih->flow_lbl[0] >> 4);
+	p->df = 1; /* IPv6 is never fragmented on the path */
+
+	__u8 nh = ih->nexthdr;
+	void *cur = ih + 1;
+
+#pragma unroll
+	for (int i = 0; i < MAX_EXT_HDRS; i++) {
+		if (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS) {
+			__u8 *eh = cur;
+
+			if ((void *)(eh + 2) > data_end)
+				return P_L4_MALFORMED;
+			nh = eh[0];
+			cur += (eh[1] + 1) * 8;
+			continue;
+		}
+		if (nh == IPPROTO_FRAGMENT) {
+			struct ipv6_frag *fh = cur;
+
+			if ((void *)(fh + 1) > data_end)
+				return P_L4_MALFORMED;
+			__u16 fo = bpf_ntohs(fh->frag_off);
+			if ((fo & 0xfff8) || (fo & 1)) {
+				p->frag = (fo & 0xfff8) ? FRAG_LATER : FRAG_FIRST;
+				p->frag_id = bpf_ntohl(fh->id);
+			}
+			nh = fh->nexthdr;
+			cur = fh + 1;
+			continue;
+		}
+		break;
+	}
+	if (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS ||
+	    nh == IPPROTO_FRAGMENT)
+		return P_L4_MALFORMED; /* more extension headers than we walk */
+	p->flow.proto = nh;
+	return parse_l4(cur, data_end, p);
+}
+
+/* ---- lookups ---- */
+
+static __always_inline int is_vip_addr(const struct pkt *p)
+{
+	struct vip_addr va = {};
+
+	__builtin_memcpy(va.addr, p->flow.dst, 16);
+	va.family = p->flow.family;
+	return bpf_map_lookup_elem(&pm_vip_addrs, &va) != NULL;
+}
+
+static __always_inline __u32 client_region(const struct pkt *p, const struct settings *st)
+{
+	struct region_info *ri;
+
+	if (p->flow.family == PM_FAMILY_V4) {
+		struct region_key_v4 k = { .prefix_len = 32 };
+
+		*(__u32 *)k.addr = *(__u32 *)p->flow.src;
+		ri = bpf_map_lookup_elem(&pm_regions_v4, &k);
+	} else {
+		struct region_key_v6 k = { .prefix_len = 128 };
+
+		__builtin_memcpy(k.addr, p->flow.src, 16);
+		ri = bpf_map_lookup_elem(&pm_regions_v6, &k);
+	}
+	if (ri)
+		return ri->region;
+	return st ? st->default_region : PM_REGION_ANY;
+}
+
+static __always_inline struct mirror *mirror_get(__u32 id)
+{
+	return bpf_map_lookup_elem(&pm_mirrors, &id);
+}
+
+/*
+ * Pick an active mirror from the route table of (resource, region), falling
+ * back to the resource's wildcard table. Returns 0 and sets *out, or the
+ * drop reason.
+ */
+static __always_inline int pick(__u32 resource, __u32 region, __u32 hash, __u32 *out)
+{
+	struct route_key rk = { .resource = resource, .region = region };
+	struct route_ref *ref = bpf_map_lookup_elem(&pm_route_index, &rk);
+
+	if (!ref && region != PM_REGION_ANY) {
+		rk.region = PM_REGION_ANY;
+		ref = bpf_map_lookup_elem(&pm_route_index, &rk);
+	}
+	if (!ref)
+		return R_DROP_NO_ROUTE;
+	void *table = bpf_map_lookup_elem(&pm_route_tables, &ref->table);
+	if (!table)
+		return R_DROP_NO_ROUTE;
+
+#pragma unroll
+	for (int i = 0; i < PICK_PROBES; i++) {
+		__u32 slot = (hash + i) & route_slots_mask;
+		__u32 *m = bpf_map_lookup_elem(table, &slot);
+
+		if (!m || *m == PM_MIRROR_NONE)
+			continue;
+		struct mirror *mi = mirror_get(*m);
+		if (mi && mi->state == MIRROR_ACTIVE) {
+			*out = *m;
+			return 0;
+		}
+	}
+	return R_DROP_NO_MIRROR;
+}
+
+static __always_inline __u32 mask_word(__u32 w, int bits)
+{
+	if (bits >= 32)
+		return w;
+	if (bits <= 0)
+		return 0;
+	return w & bpf_htonl(~0u << (32 - bits));
+}
+
+static __always_inline void mask_client(struct affinity_key *ak, const struct pkt *p, int plen)
+{
+	__u32 *dst = (__u32 *)ak->client;
+	const __u32 *src = (const __u32 *)p->flow.src;
+
+	dst[0] = mask_word(src[0], plen);
+	if (p->flow.family == PM_FAMILY_V6) {
+		dst[1] = mask_word(src[1], plen - 32);
+		dst[2] = mask_word(src[2], plen - 64);
+		dst[3] = mask_word(src[3], plen - 96);
+	}
+}
+
+/*
+ * Choose the mirror of a flow the session table does not know. Users with
+ * affinity keep their mirror while it is active or draining; otherwise the
+ * user's (or flow's) hash indexes the route table.
+ */
+static __always_inline int choose(const struct pkt *p, const struct vip_info *vip, __u32 region,
+				  int record, __u32 *out)
+{
+	if (!vip->affinity_timeout_s)
+		return pick(vip->resource, region,
+			    flow_hash(&p->flow, vip->flags & PM_VIP_HASH_NO_SRC_PORT), out);
+
+	struct affinity_key ak = { .resource = vip->resource, .family = p->flow.family };
+	ak.prefix_len = p->flow.family == PM_FAMILY_V4 ? vip->affinity_prefix_v4 : vip->affinity_prefix_v6;
+	mask_client(&ak, p, ak.prefix_len);
+
+	__u64 now = bpf_ktime_get_ns();
+	struct affinity *a = bpf_map_lookup_elem(&pm_affinity, &ak);
+	if (a && a->last_used_ns && now - a->last_used_ns < (__u64)vip->affinity_timeout_s * 1000000000ULL) {
+		struct mirror *mi = mirror_get(a->mirror);
+
+		if (mi && (mi->state == MIRROR_ACTIVE || mi->state == MIRROR_DRAINING)) {
+			*out = a->mirror;
+			if (record)
+				a->last_used_ns = now;
+			return 0;
+		}
+	}
+	int r = pick(vip->resource, region, user_hash(&ak), out);
+	if (r || !record)
+		return r;
+	struct affinity na = { .mirror = *out, .last_used_ns = now };
+	bpf_map_update_elem(&pm_affinity, &ak, &na, BPF_ANY);
+	return 0;
+}
+
+static __always_inline void account(__u32 resource, __u32 region, __u32 mirror, __u32 bytes,
+				    int new_flow)
+{
+	struct counter_key ck = { .resource = resource, .region = region, .mirror = mirror };
+	struct counter *c = bpf_map_lookup_elem(&pm_counters, &ck);
+
+	if (!c) {
+		struct counter zero = {};
+
+		bpf_map_update_elem(&pm_counters, &ck, &zero, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&pm_counters, &ck);
+		if (!c) {
+			count(R_COUNTER_OVERFLOW);
+			return;
+		}
+	}
+	c->packets++;
+	c->bytes += bytes;
+	c->new_flows += new_flow;
+}
+
+/* ---- encapsulation and transmit ---- */
+
+static __always_inline int fib(struct xdp_md *ctx, const struct pkt *p, const struct mirror *mi,
+			       const struct settings *st, struct bpf_fib_lookup *fp)
+{
+	fp->ifindex = p->ifindex;
+	if (mi->family == PM_FAMILY_V4) {
+		fp->family = AF_INET;
+		fp->tos = p->tos;
+		fp->l4_protocol = p->flow.family == PM_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
+		fp->tot_len = p->ip_len + IPV4_HLEN;
+		fp->ipv4_src = *(__u32 *)st->outer_src_v4;
+		fp->ipv4_dst = *(__u32 *)mi->addr;
+	} else {
+		fp->family = AF_INET6;
+		fp->l4_protocol = p->flow.family == PM_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
+		fp->tot_len = p->ip_len + IPV6_HLEN;
+		__builtin_memcpy(fp->ipv6_src, st->outer_src_v6, 16);
+		__builtin_memcpy(fp->ipv6_dst, mi->addr, 16);
+	}
+	return bpf_fib_lookup(ctx, fp, sizeof(*fp), 0);
+}
+
+/*
+ * Insert the outer header between the L2 header (l2 bytes, a constant at
+ * every call site so the verifier sees fixed offsets) and the packet.
+ */
+static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p, const struct mirror *mi,
+				 const struct settings *st, __u32 hash, const int l2)
+{
+	const int olen = mi->family == PM_FAMILY_V4 ? IPV4_HLEN : IPV6_HLEN;
+	__u8 inner_proto = p->flow.family == PM_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
+
+	if (bpf_xdp_adjust_head(ctx, -olen))
+		return -1;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	if (mi->family == PM_FAMILY_V4) {
+		if (data + IPV4_HLEN + l2 > data_end)
+			return -1;
+		__builtin_memcpy(data, data + IPV4_HLEN, l2);
+		struct iphdr *o = data + l2;
+		o->version = 4;
+		o->ihl = 5;
+		o->tos = p->tos;
+		o->tot_len = bpf_htons(p->ip_len + IPV4_HLEN);
+		o->id = 0;
+		o->frag_off = p->df ? bpf_htons(IPV4_DF) : 0;
+		o->ttl = 64;
+		o->protocol = inner_proto;
+		o->check = 0;
+		o->saddr = *(__u32 *)st->outer_src_v4;
+		o->daddr = *(__u32 *)mi->addr;
+		o->check = ipv4_csum(o);
+		*(__be16 *)(data + l2 - 2) = ETH_P_IP_BE;
+	} else {
+		if (data + IPV6_HLEN + l2 > data_end)
+			return -1;
+		__builtin_memcpy(data, data + IPV6_HLEN, l2);
+		struct ipv6hdr *o = data + l2;
+		/* Flow label from the flow hash gives mirrors RSS entropy. */
+		*(__be32 *)o = bpf_htonl(0x60000000 | ((__u32)p->tos << 20) | (hash & 0xfffff));
+		o->payload_len = bpf_htons(p->ip_len);
+		o->nexthdr = inner_proto;
+		o->hop_limit = 64;
+		__builtin_memcpy(&o->saddr, st->outer_src_v6, 16);
+		__builtin_memcpy(&o->daddr, mi->addr, 16);
+		*(__be16 *)(data + l2 - 2) = ETH_P_IPV6_BE;
+	}
+	return 0;
+}
+
+static __always_inline int has_src(const struct settings *st, __u8 family)
+{
+	if (family == PM_FAMILY_V4)
+		return *(__u32 *)st->outer_src_v4 != 0;
+	const __u64 *w = (const __u64 *)st->outer_src_v6;
+	return (w[0] | w[1]) != 0;
+}
+
+static __always_inline int transmit(struct xdp_md *ctx, const struct pkt *p, const struct mirror *mi,
+				    const struct settings *st, __u32 hash)
+{
+	struct bpf_fib_lookup fp = {};
+
+	if (!has_src(st, mi->family))
+		return verdict(R_DROP_NO_OUTER_SRC, XDP_DROP);
+	int rc = fib(ctx, p, mi, st, &fp);
+	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
+		return verdict(R_DROP_TOO_BIG, XDP_DROP);
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
+		return verdict(R_DROP_FIB_MISS, XDP_DROP);
+
+	int err = p->vlan ? encap(ctx, p, mi, st, hash, 18) : encap(ctx, p, mi, st, hash, 14);
+	if (err)
+		return verdict(R_DROP_ENCAP, XDP_DROP);
+
+	/* The kernel knows the route but not the neighbour yet: let the stack
+	 * forward this encapsulated packet, which resolves it for the next. */
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
+		return verdict(R_PASS_NO_NEIGH, XDP_PASS);
+
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return verdict(R_DROP_ENCAP, XDP_DROP);
+	__builtin_memcpy(eth->h_dest, fp.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fp.smac, ETH_ALEN);
+	if (fp.ifindex == p->ifindex)
+		return verdict(R_TX, XDP_TX);
+	count(R_REDIRECT);
+	return bpf_redirect(fp.ifindex, 0);
+}
+
+/* ---- the program ---- */
+
+static __always_inline int steer_later_fragment(struct xdp_md *ctx, struct pkt *p,
+						const struct settings *st)
+{
+	struct frag_key fk = { .id = p->frag_id, .proto = p->flow.proto, .family = p->flow.family };
+
+	__builtin_memcpy(fk.src, p->flow.src, 16);
+	__builtin_memcpy(fk.dst, p->flow.dst, 16);
+	struct frag_info *fi = bpf_map_lookup_elem(&pm_frags, &fk);
+	if (!fi) {
+		if (is_vip_addr(p))
+			return verdict(R_DROP_FRAG_MISS, XDP_DROP);
+		return verdict(R_PASS_NOT_VIP, XDP_PASS);
+	}
+	struct mirror *mi = mirror_get(fi->mirror);
+	if (!mi || mi->state == MIRROR_DOWN || mi->state == MIRROR_UNUSED)
+		return verdict(R_DROP_NO_MIRROR, XDP_DROP);
+	count(R_FRAGMENTS);
+	account(fi->resource, fi->region, fi->mirror, p->ip_len, 0);
+	return transmit(ctx, p, mi, st, flow_hash(&p->flow, 1));
+}
+
+SEC("xdp")
+int pm_router(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct pkt p = {};
+	__be16 proto;
+
+	/* Read before any helper: the verifier refuses ctx loads through a
+	 * pointer the compiler offset for later use. */
+	p.ifindex = ctx->ingress_ifindex;
+	int l2 = parse_l2(data, data_end, &proto);
+	if (!l2)
+		return verdict(R_PASS_NOT_IP, XDP_PASS);
+	p.vlan = l2 != sizeof(struct ethhdr);
+
+	int r;
+	if (proto == ETH_P_IP_BE)
+		r = parse_v4(data + l2, data_end, &p);
+	else if (proto == ETH_P_IPV6_BE)
+		r = parse_v6(data + l2, data_end, &p);
+	else
+		return verdict(R_PASS_NOT_IP, XDP_PASS);
+
+	switch (r) {
+	case P_OK:
+		break;
+	case P_NOT_L4:
+		return verdict(R_PASS_NOT_VIP, XDP_PASS);
+	case P_L4_MALFORMED:
+		/* Never let a broken packet to a VIP address reach the stack. */
+		if (is_vip_addr(&p))
+			return verdict(R_DROP_MALFORMED, XDP_DROP);
+		return verdict(R_PASS_MALFORMED, XDP_PASS);
+	default:
+		return verdict(R_PASS_MALFORMED, XDP_PASS);
+	}
+
+	__u32 zero = 0;
+	struct settings *st = bpf_map_lookup_elem(&pm_settings, &zero);
+	if (!st)
+		return verdict(R_PASS_MALFORMED, XDP_PASS); /* unreachable: arrays always hit */
+
+	if (p.frag == FRAG_LATER)
+		return steer_later_fragment(ctx, &p, st);
+
+	struct vip_key vk = { .port = p.flow.dport, .proto = p.flow.proto, .family = p.flow.family };
+	__builtin_memcpy(vk.addr, p.flow.dst, 16);
+	struct vip_info *vip = bpf_map_lookup_elem(&pm_vips, &vk);
+	if (!vip)
+		return verdict(R_PASS_NOT_VIP, XDP_PASS);
+
+	__u32 mirror = 0, region;
+	int new_flow = 0;
+	struct mirror *mi;
+	struct session *s = bpf_map_lookup_elem(&pm_sessions, &p.flow);
+
+	if (s) {
+		region = s->region;
+		mirror = s->mirror;
+		mi = mirror_get(mirror);
+		if (!mi || mi->state == MIRROR_DOWN || mi->state == MIRROR_UNUSED) {
+			/* The flow's mirror died: re-pick (affinity to it is void too). */
+			r = choose(&p, vip, region, !p.icmp, &mirror);
+			if (r)
+				return verdict(r, XDP_DROP);
+			if (!p.icmp) {
+				s->mirror = mirror;
+				count(R_REROUTED);
+			}
+			mi = mirror_get(mirror);
+		}
+	} else {
+		region = client_region(&p, st);
+		r = choose(&p, vip, region, !p.icmp, &mirror);
+		if (r)
+			return verdict(r, XDP_DROP);
+		mi = mirror_get(mirror);
+		if (!p.icmp) {
+			struct session ns = { .mirror = mirror, .region = region };
+
+			bpf_map_update_elem(&pm_sessions, &p.flow, &ns, BPF_ANY);
+			/* Only real opens count as accesses, not mid-flow pickups. */
+			new_flow = p.flow.proto == IPPROTO_UDP ||
+				   (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+		}
+	}
+	if (!mi)
+		return verdict(R_DROP_NO_MIRROR, XDP_DROP);
+
+	if (p.frag == FRAG_FIRST) {
+		struct frag_key fk = { .id = p.frag_id, .proto = p.flow.proto, .family = p.flow.family };
+		struct frag_info fi = { .mirror = mirror, .resource = vip->resource, .region = region };
+
+		__builtin_memcpy(fk.src, p.flow.src, 16);
+		__builtin_memcpy(fk.dst, p.flow.dst, 16);
+		bpf_map_update_elem(&pm_frags, &fk, &fi, BPF_ANY);
+		count(R_FRAGMENTS);
+	}
+	if (p.icmp)
+		count(R_ICMP_STEERED);
+	account(vip->resource, region, mirror, p.ip_len, new_flow);
+	return transmit(ctx, &p, mi, st, flow_hash(&p.flow, 0));
+}
