@@ -1,7 +1,10 @@
 package maps
 
 import (
+	"errors"
 	"fmt"
+	"os"
+	"strconv"
 	"net/netip"
 	"reflect"
 	"strings"
@@ -168,4 +171,59 @@ func (r *Router) Affinities(fn func(Affinity) bool) error {
 			LastUsed: time.Duration(v[0].LastUsedNs),
 		})
 	})
+}
+
+// MemoryUsage reports the kernel memory of every map (fdinfo "memlock"),
+// in bytes. Route tables are counted per inner map under "pm_route_slots".
+func (r *Router) MemoryUsage() (map[string]uint64, error) {
+	out := make(map[string]uint64)
+	maps := map[string]*ebpf.Map{
+		"pm_vips": r.objs.PmVips, "pm_vip_addrs": r.objs.PmVipAddrs, "pm_sessions": r.objs.PmSessions,
+		"pm_affinity": r.objs.PmAffinity, "pm_regions_v4": r.objs.PmRegionsV4, "pm_regions_v6": r.objs.PmRegionsV6,
+		"pm_route_index": r.objs.PmRouteIndex, "pm_route_tables": r.objs.PmRouteTables, "pm_mirrors": r.objs.PmMirrors,
+		"pm_settings": r.objs.PmSettings, "pm_counters": r.objs.PmCounters, "pm_stats": r.objs.PmStats, "pm_frags": r.objs.PmFrags,
+	}
+	for name, m := range maps {
+		n, err := memlock(m.FD())
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		out[name] = n
+	}
+	// Every inner table has the same size: measure one, multiply.
+	r.mu.Lock()
+	var one uint32
+	found := false
+	for id := range r.tables.byID {
+		one, found = id, true
+		break
+	}
+	count := len(r.tables.byID)
+	r.mu.Unlock()
+	if found {
+		var innerID uint32
+		if err := r.objs.PmRouteTables.Lookup(one, &innerID); err == nil {
+			if m, err := ebpf.NewMapFromID(ebpf.MapID(innerID)); err == nil {
+				n, err := memlock(m.FD())
+				m.Close()
+				if err == nil {
+					out["pm_route_slots"] = n * uint64(count)
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+func memlock(fd int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/self/fdinfo/%d", fd))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "memlock:"); ok {
+			return strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+		}
+	}
+	return 0, errors.New("no memlock in fdinfo")
 }

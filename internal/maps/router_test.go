@@ -85,10 +85,12 @@ func testConfig() Config {
 	return c
 }
 
-func newFixture(t testing.TB) *fixture {
+func newFixture(t testing.TB) *fixture { return newFixtureConfig(t, testConfig()) }
+
+func newFixtureConfig(t testing.TB, cfg Config) *fixture {
 	t.Helper()
 	env := newNSEnv(t)
-	r, err := LoadRouter(testConfig(), Options{})
+	r, err := LoadRouter(cfg, Options{})
 	if err != nil {
 		t.Fatalf("load router: %v", err)
 	}

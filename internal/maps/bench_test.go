@@ -1,0 +1,129 @@
+package maps
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/premirror/premirror/internal/maps/internal/benchprog"
+)
+
+// harness runs programs through BPF_PROG_TEST_RUN with the frame restored
+// before every repetition (see bpf/bench.bpf.c).
+type harness struct {
+	f    *fixture
+	objs *benchprog.BenchObjects
+}
+
+func newHarness(b *testing.B, f *fixture) *harness {
+	objs, err := benchprog.Load()
+	if err != nil {
+		b.Fatalf("load bench harness: %v", err)
+	}
+	b.Cleanup(func() { objs.Close() })
+	return &harness{f: f, objs: objs}
+}
+
+// timeRun returns the kernel-measured time per run of prog over frame.
+func (h *harness) timeRun(b *testing.B, prog *ebpf.Program, frame []byte, n int) (uint32, time.Duration) {
+	var ret uint32
+	var d time.Duration
+	var err error
+	h.f.env.do(func() { ret, d, err = prog.Benchmark(frame, n, nil) })
+	if err != nil {
+		b.Fatalf("benchmark run: %v", err)
+	}
+	return ret, d
+}
+
+// restored times target behind the restore harness in the given mode.
+func (h *harness) restored(b *testing.B, target *ebpf.Program, frame []byte, mode, flows uint32, n int) (uint32, time.Duration) {
+	fr := benchprog.BenchBenchFrame{Len: uint32(len(frame)), Mode: mode, Flows: flows}
+	copy(fr.Data[:], frame)
+	// Source port, and the last two bytes of the source address.
+	if frame[12] == 0x08 { // IPv4
+		fr.SportOff, fr.SrcOff = 14+20, 14+12+2
+	} else {
+		fr.SportOff, fr.SrcOff = 14+40, 14+8+14
+	}
+	if err := h.objs.BenchFrame.Put(uint32(0), &fr); err != nil {
+		b.Fatal(err)
+	}
+	if err := h.objs.BenchTarget.Put(uint32(0), target); err != nil {
+		b.Fatal(err)
+	}
+	return h.timeRun(b, h.objs.BenchRestore, frame, n)
+}
+
+// BenchmarkRouter measures ns/packet through BPF_PROG_TEST_RUN. Encapsulating
+// cases run behind the restore harness; its own cost (restore -> floor minus
+// floor) is subtracted, so every figure is comparable with the floor and
+// with Katran's measured the same way (ANCHORS.md).
+func BenchmarkRouter(b *testing.B) {
+	// Twice the live flows of the 1M-session case: an LRU evicts before
+	// it is completely full (per-CPU free lists), and an evicted flow
+	// would be a new flow, not an established one.
+	cfg := DefaultConfig()
+	cfg.MaxSessions = 2 << 20
+	f := newFixtureConfig(b, cfg)
+	h := newHarness(b, f)
+	// The flow benchmarks rewrite the low 16 bits of the client address:
+	// keep those clients in a region that has a route.
+	if err := f.r.SetRegionPrefix(netip.MustParsePrefix("198.51.0.0/16"), regEU); err != nil {
+		b.Fatal(err)
+	}
+	syn4 := pkt{src: clientEU, dst: vipWeb.Addr, sport: 40000, dport: 80}.frame(b)
+	ack4 := pkt{src: clientEU, dst: vipWeb.Addr, sport: 40000, dport: 80, flags: "A"}.frame(b)
+	ack6 := pkt{src: client6EU, dst: vipWeb6.Addr, sport: 40000, dport: 443, flags: "A"}.frame(b)
+	other := pkt{src: clientEU, dst: a("192.0.2.99"), sport: 40000, dport: 80, flags: "A"}.frame(b)
+
+	// The harness's own cost, measured with enough repetitions to be stable
+	// even when the benchmark itself runs once (-benchtime=1x).
+	const calib = 200000
+	_, floorCal := h.timeRun(b, h.objs.BenchFloor, ack4, calib)
+	_, harnessCal := h.restored(b, h.objs.BenchFloor, ack4, 0, 0, calib)
+	overhead := harnessCal - floorCal
+
+	report := func(b *testing.B, d time.Duration) {
+		b.ReportMetric(float64(d.Nanoseconds()), "ns/pkt")
+		b.ReportMetric(float64(overhead.Nanoseconds()), "harness-ns")
+	}
+	encap := func(name string, frame []byte, mode, flows uint32, warm int) {
+		warmed := false
+		b.Run(name, func(b *testing.B) {
+			// b.Run calls this with growing b.N: warm up once, untimed.
+			if warm > 0 && !warmed {
+				h.restored(b, f.r.Program(), frame, mode, flows, warm)
+				warmed = true
+				if n, err := f.r.SessionCount(); err != nil || n < int(flows) {
+					b.Fatalf("%d sessions live after warm-up, want %d (%v)", n, flows, err)
+				}
+				b.ResetTimer()
+			}
+			ret, d := h.restored(b, f.r.Program(), frame, mode, flows, b.N)
+			if ret != xdpRedirect && ret != xdpTX {
+				b.Fatalf("verdict %s", verdictNames[ret])
+			}
+			report(b, d-overhead)
+		})
+	}
+
+	b.Run("floor", func(b *testing.B) {
+		_, d := h.timeRun(b, h.objs.BenchFloor, ack4, b.N)
+		report(b, d)
+	})
+	b.Run("pass_non_vip", func(b *testing.B) {
+		ret, d := h.timeRun(b, f.r.Program(), other, b.N)
+		if ret != xdpPass {
+			b.Fatalf("verdict %s", verdictNames[ret])
+		}
+		report(b, d)
+	})
+	encap("established_v4", ack4, 0, 0, 1)
+	encap("new_flow_v4", syn4, 1, 0, 0)
+	encap("established_v6", ack6, 0, 0, 1)
+	// 1M live sessions, each packet from the next one: the LRU lookups
+	// miss the CPU caches as they would on a busy edge.
+	encap("established_1M_sessions", ack4, 2, 1<<20, 1<<20)
+}
