@@ -4,13 +4,12 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
-	"runtime"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
+
+	"github.com/premirror/premirror/internal/testutil"
 )
 
 // nsEnv is a private network namespace with a fixed topology, and a
@@ -20,7 +19,7 @@ import (
 //	pm0 (veth, 10.99.0.1/24, fd99::1/64)   mirrors 10.99.0.10-13, fd99::10-13 (permanent neighbours)
 //	pmr0 (veth, 10.98.0.1/24, fd98::1/64) mirror 10.98.0.10 (redirect target)
 type nsEnv struct {
-	work    chan func()
+	ns      *testutil.NetNS
 	pm0     int // ifindex
 	pm0MAC  net.HardwareAddr
 	pmr0    int
@@ -45,49 +44,21 @@ var envMirrors = []string{
 
 func requireRoot(tb testing.TB) {
 	tb.Helper()
-	if os.Geteuid() != 0 {
-		tb.Skip("needs root: loads BPF programs and creates a network namespace")
-	}
+	testutil.RequireRoot(tb, "loads BPF programs and creates a network namespace")
 }
 
 func newNSEnv(tb testing.TB) *nsEnv {
 	tb.Helper()
 	requireRoot(tb)
-	env := &nsEnv{work: make(chan func())}
-	ready := make(chan error)
-	go func() {
-		// Never unlocked: when this goroutine returns, Go retires the
-		// thread and the namespace goes with it.
-		runtime.LockOSThread()
-		ns, err := netns.New()
-		if err != nil {
-			ready <- fmt.Errorf("new netns: %w", err)
-			return
-		}
-		defer ns.Close()
-		ready <- env.setup()
-		for f := range env.work {
-			f()
-		}
-	}()
-	if err := <-ready; err != nil {
-		close(env.work)
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { close(env.work) })
+	env := &nsEnv{}
+	env.ns = testutil.NewNetNS(tb, env.setup)
 	return env
 }
 
 // do runs f on the namespace's thread.
-func (e *nsEnv) do(f func()) {
-	done := make(chan struct{})
-	e.work <- func() { defer close(done); f() }
-	<-done
-}
+func (e *nsEnv) do(f func()) { e.ns.Do(f) }
 
-func sysctl(path, v string) error {
-	return os.WriteFile("/proc/sys/"+path, []byte(v), 0o644)
-}
+func sysctl(path, v string) error { return testutil.Sysctl(path, v) }
 
 func (e *nsEnv) setup() error {
 	lo, err := netlink.LinkByName("lo")

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -154,7 +156,7 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 	}
 	r.tables = newTableSet(r.objs.PmRouteTables, spec.Maps["pm_route_tables"].InnerMap, cfg)
 	// Pinned state from a previous agent: learn which tables exist.
-	if err := r.tables.recover(r.objs.PmRouteIndex); err != nil {
+	if err := r.tables.recover(r.objs.PmRouteIndex, true); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("recover route tables: %w", err)
 	}
@@ -472,4 +474,60 @@ func (r *Router) Mirrors() (map[MirrorID]Mirror, error) {
 		return nil, fmt.Errorf("iterate pm_mirrors: %w", err)
 	}
 	return out, nil
+}
+
+// OpenPinnedRouter opens the maps a running agent pinned under dir,
+// without loading a program: for read-only tools such as
+// `edge-agent inspect`. Its Config is read back from the maps.
+func OpenPinnedRouter(dir string) (*Router, error) {
+	spec, err := loadRouter()
+	if err != nil {
+		return nil, err
+	}
+	r := &Router{pin: dir}
+	opened := map[string]*ebpf.Map{}
+	for name := range spec.Maps {
+		if strings.HasPrefix(name, ".") {
+			continue // .rodata and friends are not pinned
+		}
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+		if err != nil {
+			for _, o := range opened {
+				o.Close()
+			}
+			return nil, fmt.Errorf("open pinned %s: %w", name, err)
+		}
+		opened[name] = m
+	}
+	if err := (&ebpf.Collection{Maps: opened}).Assign(&r.objs.routerMaps); err != nil {
+		return nil, err
+	}
+	o := &r.objs
+	slotsSpec := spec.Maps["pm_route_tables"].InnerMap
+	r.cfg = Config{
+		MaxVIPs: int(o.PmVips.MaxEntries()), MaxSessions: int(o.PmSessions.MaxEntries()),
+		MaxAffinity: int(o.PmAffinity.MaxEntries()), MaxPrefixesV4: int(o.PmRegionsV4.MaxEntries()),
+		MaxPrefixesV6: int(o.PmRegionsV6.MaxEntries()), MaxRoutes: int(o.PmRouteIndex.MaxEntries()),
+		MaxTables: int(o.PmRouteTables.MaxEntries()), MaxMirrors: int(o.PmMirrors.MaxEntries()),
+		MaxCounters: int(o.PmCounters.MaxEntries()), MaxFragments: int(o.PmFrags.MaxEntries()),
+		TableSlots: int(slotsSpec.MaxEntries),
+	}
+	// The table size is whatever the pinned inner maps have.
+	var ref routerRouteRef
+	var key routerRouteKey
+	if err := o.PmRouteIndex.NextKey(nil, &key); err == nil && o.PmRouteIndex.Lookup(&key, &ref) == nil {
+		var innerID uint32
+		if o.PmRouteTables.Lookup(ref.Table, &innerID) == nil {
+			if m, err := ebpf.NewMapFromID(ebpf.MapID(innerID)); err == nil {
+				r.cfg.TableSlots = int(m.MaxEntries())
+				m.Close()
+			}
+		}
+	}
+	r.tables = newTableSet(o.PmRouteTables, slotsSpec, r.cfg)
+	if err := r.tables.recover(o.PmRouteIndex, false); err != nil {
+		r.Close()
+		return nil, err
+	}
+	return r, nil
 }

@@ -254,7 +254,7 @@ func (ts *tableSet) remove(index *ebpf.Map, key routerRouteKey) error {
 // recover rebuilds the Go view from pinned maps after an agent restart and
 // deletes tables no route points to (left by a crash between publishing a
 // table and pointing a route at it).
-func (ts *tableSet) recover(index *ebpf.Map) error {
+func (ts *tableSet) recover(index *ebpf.Map, prune bool) error {
 	err := forEach(index, 1, func(k *routerRouteKey, v []routerRouteRef) bool {
 		ts.index[*k] = v[0].Table
 		return true
@@ -281,7 +281,7 @@ func (ts *tableSet) recover(index *ebpf.Map) error {
 			continue
 		}
 		var innerID uint32
-		if ts.outer.Lookup(id, &innerID) == nil {
+		if prune && ts.outer.Lookup(id, &innerID) == nil {
 			_ = ts.outer.Delete(id)
 		}
 	}

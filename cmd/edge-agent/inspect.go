@@ -1,0 +1,195 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strconv"
+	"text/tabwriter"
+
+	"github.com/premirror/premirror/internal/agent"
+	"github.com/premirror/premirror/internal/cli"
+	"github.com/premirror/premirror/internal/maps"
+)
+
+func init() {
+	commands.Register(cli.Command{
+		Name:    "inspect",
+		Summary: "print resources, routes, mirrors, sessions and counters from the pinned maps (read-only)",
+		Run: func(ctx context.Context, args []string) error {
+			fs := cli.NewFlagSet("edge-agent", "inspect")
+			pinDir := fs.String("pin-dir", maps.DefaultPinDir, "bpffs directory the agent pinned to")
+			cfgPath := fs.String("config", "", "agent configuration, to print names instead of IDs")
+			sessions := fs.Int("sessions", 10, "print up to this many sessions")
+			if err := cli.ParseFlags(fs, args); err != nil {
+				return err
+			}
+			var names *agent.Compiled
+			if *cfgPath != "" {
+				cfg, err := agent.LoadConfig(*cfgPath)
+				if err != nil {
+					return err
+				}
+				if names, err = cfg.State.Compile(cfg.MapsConfig()); err != nil {
+					return err
+				}
+			}
+			return inspect(os.Stdout, *pinDir, names, *sessions)
+		},
+	})
+}
+
+type namer struct{ c *agent.Compiled }
+
+func (n namer) region(id maps.RegionID) string {
+	if id == maps.RegionAny {
+		return "*"
+	}
+	if n.c != nil && n.c.RegionNames[id] != "" {
+		return fmt.Sprintf("%s(%d)", n.c.RegionNames[id], id)
+	}
+	return strconv.Itoa(int(id))
+}
+
+func (n namer) mirror(id maps.MirrorID) string {
+	if n.c != nil && n.c.MirrorNames[id] != "" {
+		return fmt.Sprintf("%s(%d)", n.c.MirrorNames[id], id)
+	}
+	return strconv.Itoa(int(id))
+}
+
+func (n namer) resource(id maps.ResourceID) string {
+	if n.c != nil && n.c.ResourceNames[id] != "" {
+		return fmt.Sprintf("%s(%d)", n.c.ResourceNames[id], id)
+	}
+	return strconv.Itoa(int(id))
+}
+
+func inspect(out io.Writer, pinDir string, c *agent.Compiled, maxSessions int) error {
+	r, err := maps.OpenPinnedRouter(pinDir)
+	if err != nil {
+		return fmt.Errorf("no router state under %s (is the agent running with this pin dir?): %w", pinDir, err)
+	}
+	defer r.Close()
+	n := namer{c}
+	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	defer w.Flush()
+
+	st, err := r.Settings()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "SETTINGS\tdefault region %s\touter source %v / %v\n\n", n.region(st.DefaultRegion), st.OuterSourceV4, st.OuterSourceV6)
+
+	vips, err := r.VIPs()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "VIP\tRESOURCE\tAFFINITY")
+	keys := slices.SortedFunc(func(yield func(maps.VIP) bool) {
+		for v := range vips {
+			if !yield(v) {
+				return
+			}
+		}
+	}, func(a, b maps.VIP) int { return cmp.Compare(a.String(), b.String()) })
+	for _, v := range keys {
+		o := vips[v]
+		aff := "-"
+		if o.AffinityTimeout > 0 {
+			aff = fmt.Sprintf("%v per /%d (v4) /%d (v6)", o.AffinityTimeout, o.AffinityPrefixV4, o.AffinityPrefixV6)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\n", v, n.resource(o.Resource), aff)
+	}
+
+	ms, err := r.Mirrors()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "\nMIRROR\tADDRESS\tSTATE")
+	for _, id := range slices.Sorted(func(yield func(maps.MirrorID) bool) {
+		for id := range ms {
+			if !yield(id) {
+				return
+			}
+		}
+	}) {
+		fmt.Fprintf(w, "%s\t%s\t%s\n", n.mirror(id), ms[id].Addr, ms[id].State)
+	}
+
+	routes := r.Routes()
+	fmt.Fprintf(w, "\nRESOURCE\tREGION\tTABLE\tSHARES (of %d slots)\n", r.Config().TableSlots)
+	rkeys := make([]maps.RouteKey, 0, len(routes))
+	for k := range routes {
+		rkeys = append(rkeys, k)
+	}
+	slices.SortFunc(rkeys, func(a, b maps.RouteKey) int {
+		return cmp.Or(cmp.Compare(a.Resource, b.Resource), cmp.Compare(a.Region, b.Region))
+	})
+	for _, k := range rkeys {
+		rt := routes[k]
+		shares := ""
+		for _, m := range slices.Sorted(func(yield func(maps.MirrorID) bool) {
+			for m := range rt.Shares {
+				if !yield(m) {
+					return
+				}
+			}
+		}) {
+			shares += fmt.Sprintf("%s=%.1f%% ", n.mirror(m), 100*float64(rt.Shares[m])/float64(r.Config().TableSlots))
+		}
+		fmt.Fprintf(w, "%s\t%s\t%d\t%s\n", n.resource(k.Resource), n.region(k.Region), rt.Table, shares)
+	}
+
+	prefixes, err := r.RegionPrefixes()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "\nREGION PREFIXES\t%d\n", len(prefixes))
+
+	count := 0
+	fmt.Fprintln(w, "\nSESSION\tMIRROR\tREGION")
+	err = r.Sessions(func(s maps.Session) bool {
+		if count < maxSessions {
+			fmt.Fprintf(w, "%s\t%s\t%s\n", s.Flow, n.mirror(s.Mirror), n.region(s.Region))
+		}
+		count++
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "sessions\t%d\n", count)
+
+	cs, err := r.Counters()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "\nRESOURCE\tREGION\tMIRROR\tPACKETS\tBYTES\tNEW FLOWS")
+	ckeys := make([]maps.CounterKey, 0, len(cs))
+	for k := range cs {
+		ckeys = append(ckeys, k)
+	}
+	slices.SortFunc(ckeys, func(a, b maps.CounterKey) int {
+		return cmp.Or(cmp.Compare(a.Resource, b.Resource), cmp.Compare(a.Region, b.Region), cmp.Compare(a.Mirror, b.Mirror))
+	})
+	for _, k := range ckeys {
+		v := cs[k]
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\n", n.resource(k.Resource), n.region(k.Region), n.mirror(k.Mirror), v.Packets, v.Bytes, v.NewFlows)
+	}
+
+	stats, err := r.Stats()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "\nVERDICT\tREASON\tPACKETS")
+	for _, f := range stats.Fields() {
+		if f.Value > 0 {
+			fmt.Fprintf(w, "%s\t%s\t%d\n", f.Verdict, f.Name, f.Value)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,396 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vishvananda/netlink"
+
+	pmaps "github.com/premirror/premirror/internal/maps"
+)
+
+// Agent runs one node's data plane: it loads and pins the programs,
+// attaches them, keeps the maps equal to the desired state, and serves
+// metrics and health.
+type Agent struct {
+	log  *slog.Logger
+	path string // config file, for reloads ("" when given in memory)
+
+	mu       sync.Mutex
+	cfg      *Config
+	compiled *Compiled
+	version  string // hash of the applied desired state
+	lastErr  error
+
+	router  *pmaps.Router
+	decap   *pmaps.Decap
+	attach  []*Attachment
+	reg     *prometheus.Registry
+	metrics *metrics
+}
+
+// New prepares an agent; Run starts it.
+func New(cfg *Config, path string, log *slog.Logger) *Agent {
+	if log == nil {
+		log = slog.Default()
+	}
+	a := &Agent{cfg: cfg, path: path, log: log.With("node", cfg.Node)}
+	a.reg = prometheus.NewRegistry()
+	a.metrics = newMetrics(a)
+	a.reg.MustRegister(a.metrics)
+	return a
+}
+
+// Registry is the agent's Prometheus registry (the replicator and probes
+// register their collectors here too).
+func (a *Agent) Registry() *prometheus.Registry { return a.reg }
+
+// Router returns the loaded router maps (nil in mirror role).
+func (a *Agent) Router() *pmaps.Router { return a.router }
+
+// Start loads, pins, attaches and applies the configured state. On return
+// the data plane is forwarding.
+func (a *Agent) Start() error {
+	cfg := a.cfg
+	if err := ensureBPFFS(cfg.PinDir); err != nil {
+		return err
+	}
+	if names := cfg.RouterInterfaceNames(); len(names) > 0 {
+		r, err := pmaps.LoadRouter(cfg.MapsConfig(), pmaps.Options{PinDir: cfg.PinDir})
+		if err != nil {
+			return err
+		}
+		a.router = r
+		if err := enableForwarding(); err != nil {
+			a.log.Warn("ip forwarding not enabled: packets whose next hop is unresolved will be dropped by the stack", "err", err)
+		}
+	}
+	if names := cfg.DecapInterfaceNames(); len(names) > 0 {
+		d, err := pmaps.LoadDecap(pmaps.Options{PinDir: cfg.PinDir})
+		if err != nil {
+			a.Close()
+			return err
+		}
+		a.decap = d
+	}
+	// State first, then attach: a fresh attach never runs on empty maps.
+	if err := a.apply(cfg); err != nil {
+		a.Close()
+		return err
+	}
+	for _, iface := range cfg.RouterInterfaceNames() {
+		at, err := attachXDP(a.router.Program(), "router", iface, cfg.XDPMode, cfg.PinDir)
+		if err != nil {
+			a.Close()
+			return err
+		}
+		a.log.Info("xdp program ready", "iface", iface, "program", "router", "mode", at.Mode, "action", at.Action)
+		a.attach = append(a.attach, at)
+	}
+	for _, iface := range cfg.DecapInterfaceNames() {
+		at, err := attachXDP(a.decap.Program(), "decap", iface, cfg.XDPMode, cfg.PinDir)
+		if err != nil {
+			a.Close()
+			return err
+		}
+		a.log.Info("xdp program ready", "iface", iface, "program", "decap", "mode", at.Mode, "action", at.Action)
+		a.attach = append(a.attach, at)
+	}
+	return nil
+}
+
+// apply compiles cfg and reconciles the maps with it.
+func (a *Agent) apply(cfg *Config) error {
+	start := time.Now()
+	compiled, err := cfg.State.Compile(cfg.MapsConfig())
+	if err != nil {
+		return err
+	}
+	var total Changes
+	if a.router != nil {
+		st, err := a.settings(cfg, compiled)
+		if err != nil {
+			return err
+		}
+		ch, err := Reconcile(a.router, compiled, st)
+		if err != nil {
+			a.metrics.reconcile(false, time.Since(start))
+			return fmt.Errorf("reconcile router maps: %w", err)
+		}
+		total.Written += ch.Written
+		total.Deleted += ch.Deleted
+	}
+	if a.decap != nil {
+		addrs, err := decapAddresses(cfg)
+		if err != nil {
+			return err
+		}
+		ch, err := ReconcileDecap(a.decap, addrs)
+		if err != nil {
+			a.metrics.reconcile(false, time.Since(start))
+			return fmt.Errorf("reconcile decap maps: %w", err)
+		}
+		total.Written += ch.Written
+		total.Deleted += ch.Deleted
+	}
+	a.metrics.reconcile(true, time.Since(start))
+	a.mu.Lock()
+	a.cfg, a.compiled, a.version = cfg, compiled, stateVersion(cfg)
+	a.mu.Unlock()
+	a.log.Info("desired state applied", "version", a.version, "written", total.Written, "deleted", total.Deleted,
+		"duration", time.Since(start).Round(time.Microsecond))
+	return nil
+}
+
+func stateVersion(cfg *Config) string {
+	h := sha256.Sum256([]byte(fmt.Sprintf("%+v", cfg.State)))
+	return fmt.Sprintf("%x", h[:6])
+}
+
+// settings builds the router's node settings, taking the outer sources
+// from the router interfaces' addresses when not configured.
+func (a *Agent) settings(cfg *Config, c *Compiled) (pmaps.Settings, error) {
+	st := pmaps.Settings{DefaultRegion: c.DefaultRegion}
+	if cfg.OuterSourceV4 != "" {
+		st.OuterSourceV4 = netip.MustParseAddr(cfg.OuterSourceV4)
+	}
+	if cfg.OuterSourceV6 != "" {
+		st.OuterSourceV6 = netip.MustParseAddr(cfg.OuterSourceV6)
+	}
+	if st.OuterSourceV4.IsValid() && st.OuterSourceV6.IsValid() {
+		return st, nil
+	}
+	for _, iface := range cfg.RouterInterfaceNames() {
+		addrs, err := ifaceAddrs(iface)
+		if err != nil {
+			return st, err
+		}
+		for _, ad := range addrs {
+			if !st.OuterSourceV4.IsValid() && ad.Is4() {
+				st.OuterSourceV4 = ad
+			}
+			if !st.OuterSourceV6.IsValid() && ad.Is6() && !ad.IsLinkLocalUnicast() {
+				st.OuterSourceV6 = ad
+			}
+		}
+	}
+	if !st.OuterSourceV4.IsValid() && !st.OuterSourceV6.IsValid() {
+		return st, errors.New("outer_source_v4/outer_source_v6: not set and no global address on the router interfaces")
+	}
+	return st, nil
+}
+
+func decapAddresses(cfg *Config) ([]netip.Addr, error) {
+	var out []netip.Addr
+	for _, s := range cfg.DecapAddresses {
+		out = append(out, netip.MustParseAddr(s))
+	}
+	if len(out) > 0 {
+		return out, nil
+	}
+	for _, iface := range cfg.DecapInterfaceNames() {
+		addrs, err := ifaceAddrs(iface)
+		if err != nil {
+			return nil, err
+		}
+		for _, ad := range addrs {
+			if !ad.IsLinkLocalUnicast() {
+				out = append(out, ad)
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, errors.New("decap_addresses: not set and the decap interfaces have no address")
+	}
+	return out, nil
+}
+
+func ifaceAddrs(iface string) ([]netip.Addr, error) {
+	l, err := netlink.LinkByName(iface)
+	if err != nil {
+		return nil, fmt.Errorf("interface %s: %w", iface, err)
+	}
+	as, err := netlink.AddrList(l, netlink.FAMILY_ALL)
+	if err != nil {
+		return nil, fmt.Errorf("addresses of %s: %w", iface, err)
+	}
+	var out []netip.Addr
+	for _, ad := range as {
+		if a, ok := netip.AddrFromSlice(ad.IP); ok {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out, nil
+}
+
+// Reload re-reads the config file and applies it. A config that does not
+// validate is refused and the running state kept. Limits, pin directory
+// and interfaces need a restart; changing them here is refused too.
+func (a *Agent) Reload() error {
+	if a.path == "" {
+		return nil
+	}
+	cfg, err := LoadConfig(a.path)
+	if err != nil {
+		a.setErr(err)
+		return fmt.Errorf("reload refused, keeping the running state: %w", err)
+	}
+	a.mu.Lock()
+	old := a.cfg
+	a.mu.Unlock()
+	if old.MapsConfig() != cfg.MapsConfig() || old.PinDir != cfg.PinDir || old.Role != cfg.Role ||
+		fmt.Sprint(old.RouterInterfaceNames(), old.DecapInterfaceNames()) != fmt.Sprint(cfg.RouterInterfaceNames(), cfg.DecapInterfaceNames()) {
+		err := errors.New("limits, pin_dir, role and interfaces change only with a restart")
+		a.setErr(err)
+		return fmt.Errorf("reload refused, keeping the running state: %w", err)
+	}
+	if err := a.apply(cfg); err != nil {
+		a.setErr(err)
+		return err
+	}
+	a.setErr(nil)
+	return nil
+}
+
+func (a *Agent) setErr(err error) {
+	a.mu.Lock()
+	a.lastErr = err
+	a.mu.Unlock()
+}
+
+// Run serves metrics and health and applies config changes (SIGHUP or a
+// changed file) until ctx ends. Programs and maps stay pinned and attached
+// on return: forwarding goes on while the agent is away.
+func (a *Agent) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", a.cfg.MetricsAddr)
+	if err != nil {
+		return fmt.Errorf("metrics_addr: listen %s: %w", a.cfg.MetricsAddr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}))
+	mux.HandleFunc("/healthz", a.healthz)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = srv.Serve(ln) }()
+	a.log.Info("serving metrics and health", "addr", ln.Addr().String())
+
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	tick := time.NewTicker(2 * time.Second)
+	defer tick.Stop()
+	last := fileStamp(a.path)
+	for {
+		select {
+		case <-ctx.Done():
+			shut, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = srv.Shutdown(shut)
+			cancel()
+			return nil
+		case <-hup:
+			a.reload("sighup")
+			last = fileStamp(a.path)
+		case <-tick.C:
+			if s := fileStamp(a.path); s != last {
+				last = s
+				a.reload("file changed")
+			}
+		}
+	}
+}
+
+func (a *Agent) reload(why string) {
+	if err := a.Reload(); err != nil {
+		a.log.Error("reload failed", "why", why, "err", err)
+	}
+}
+
+func fileStamp(path string) string {
+	if path == "" {
+		return ""
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return "missing"
+	}
+	return fmt.Sprint(st.ModTime().UnixNano(), st.Size())
+}
+
+func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
+	a.mu.Lock()
+	err, version := a.lastErr, a.version
+	a.mu.Unlock()
+	if len(a.attach) == 0 {
+		http.Error(w, "no program attached", http.StatusServiceUnavailable)
+		return
+	}
+	if err != nil {
+		http.Error(w, "last reload failed (still forwarding on version "+version+"): "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintf(w, "ok version %s\n", version)
+}
+
+// Close releases handles. Pinned maps and links stay, so the data plane
+// keeps forwarding until the next agent takes over (or `detach`).
+func (a *Agent) Close() error {
+	var errs []error
+	for _, at := range a.attach {
+		errs = append(errs, at.Close())
+	}
+	a.attach = nil
+	if a.router != nil {
+		errs = append(errs, a.router.Close())
+		a.router = nil
+	}
+	if a.decap != nil {
+		errs = append(errs, a.decap.Close())
+		a.decap = nil
+	}
+	return errors.Join(errs...)
+}
+
+// ensureBPFFS checks that pinDir is on a bpffs, mounting one at
+// /sys/fs/bpf when nothing is mounted there.
+func ensureBPFFS(pinDir string) error {
+	if err := os.MkdirAll(pinDir, 0o700); err == nil {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(pinDir, &st); err == nil && uint32(st.Type) == 0xcafe4a11 {
+			return nil
+		}
+	}
+	if err := syscall.Mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
+		return fmt.Errorf("pin_dir %s is not on a bpffs and mounting /sys/fs/bpf failed: %w", pinDir, err)
+	}
+	if err := os.MkdirAll(pinDir, 0o700); err != nil {
+		return fmt.Errorf("pin_dir: %w", err)
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(pinDir, &st); err != nil || uint32(st.Type) != 0xcafe4a11 {
+		return fmt.Errorf("pin_dir %s is not on a bpffs", pinDir)
+	}
+	return nil
+}
+
+// enableForwarding turns on IPv4 and IPv6 forwarding in this namespace.
+func enableForwarding() error {
+	var errs []error
+	for _, p := range []string{"/proc/sys/net/ipv4/ip_forward", "/proc/sys/net/ipv6/conf/all/forwarding"} {
+		if err := os.WriteFile(p, []byte("1"), 0o644); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,204 @@
+package agent
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/vishvananda/netlink"
+
+	"github.com/premirror/premirror/internal/maps"
+	tu "github.com/premirror/premirror/internal/testutil"
+)
+
+func bpffsDir(t *testing.T) string {
+	t.Helper()
+	dir := fmt.Sprintf("/sys/fs/bpf/premirror-agent-test-%d-%d", os.Getpid(), time.Now().UnixNano())
+	if err := ensureBPFFS(dir); err != nil {
+		t.Skip(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// agentNS is a namespace with the veth pa0/pa1 the test config names.
+func agentNS(t *testing.T) *tu.NetNS {
+	return tu.NewNetNS(t, func() error {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "pa0"}, PeerName: "pa1"}); err != nil {
+			return err
+		}
+		for _, n := range []string{"pa0", "pa1", "lo"} {
+			l, err := netlink.LinkByName(n)
+			if err != nil {
+				return err
+			}
+			if n == "pa0" {
+				for _, s := range []string{"10.77.0.1/24", "fd77::1/64"} {
+					ad, _ := netlink.ParseAddr(s)
+					ad.Flags = 0x02 // nodad
+					if err := netlink.AddrAdd(l, ad); err != nil {
+						return err
+					}
+				}
+			}
+			if err := netlink.LinkSetUp(l); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+func testConfig(t *testing.T, pin string) (*Config, string) {
+	t.Helper()
+	b, err := os.ReadFile("testdata/edge.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := strings.Replace(string(b), "/sys/fs/bpf/will-be-replaced", pin, 1)
+	path := filepath.Join(t.TempDir(), "edge.yaml")
+	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadConfig(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, path
+}
+
+func xdpProgID(t *testing.T, ns *tu.NetNS, iface string) uint32 {
+	t.Helper()
+	var id uint32
+	ns.Do(func() {
+		l, err := netlink.LinkByName(iface)
+		if err == nil && l.Attrs().Xdp != nil && l.Attrs().Xdp.Attached {
+			id = l.Attrs().Xdp.ProgId
+		}
+	})
+	return id
+}
+
+// TestAgentLifecycle: start attaches and programs the maps; a second agent
+// takes the pinned link over without detaching and finds nothing to write;
+// detach removes everything.
+func TestAgentLifecycle(t *testing.T) {
+	tu.RequireRoot(t, "attaches XDP programs")
+	ns := agentNS(t)
+	pin := bpffsDir(t)
+	cfg, _ := testConfig(t, pin)
+
+	var a *Agent
+	var err error
+	ns.Do(func() { a = New(cfg, "", nil); err = a.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := xdpProgID(t, ns, "pa0")
+	if first == 0 {
+		t.Fatal("no XDP program on pa0")
+	}
+	if at := a.attach[0]; at.Action != "attached" || at.Mode != "native" {
+		t.Fatalf("attachment %+v, want a new native attachment", at)
+	}
+	vips, _ := a.router.VIPs()
+	if len(vips) != 3 || len(a.router.Routes()) != 3 {
+		t.Fatalf("maps hold %d VIPs and %d routes", len(vips), len(a.router.Routes()))
+	}
+	st, _ := a.router.Settings()
+	if st.OuterSourceV4.String() != "10.77.0.1" || st.OuterSourceV6.String() != "fd77::1" {
+		t.Fatalf("outer sources %v %v not taken from pa0", st.OuterSourceV4, st.OuterSourceV6)
+	}
+	if problems, err := testutil.CollectAndLint(a.metrics); err != nil || len(problems) > 0 {
+		t.Fatalf("metric lint: %v %v", problems, err)
+	}
+	if n, err := testutil.GatherAndCount(a.reg, "edge_packets_total"); err != nil || n == 0 {
+		t.Fatalf("edge_packets_total missing (%d, %v)", n, err)
+	}
+	a.Close()
+	if xdpProgID(t, ns, "pa0") != first {
+		t.Fatal("program detached when the agent stopped")
+	}
+
+	// A restarted (or upgraded) agent: same pins, link updated in place.
+	var b *Agent
+	ns.Do(func() { b = New(cfg, "", nil); err = b.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if at := b.attach[0]; at.Action != "updated" {
+		t.Fatalf("second agent %s the link, want updated", at.Action)
+	}
+	if id := xdpProgID(t, ns, "pa0"); id == 0 || id == first {
+		t.Fatalf("program id %d after upgrade (was %d): link.Update did not swap", id, first)
+	}
+	comp, _ := cfg.State.Compile(cfg.MapsConfig())
+	var ch Changes
+	ns.Do(func() {
+		st2, _ := b.settings(cfg, comp)
+		ch, err = Reconcile(b.router, comp, st2)
+	})
+	if err != nil || ch.Written+ch.Deleted != 0 {
+		t.Fatalf("restart reconcile wrote %+v (%v), want nothing", ch, err)
+	}
+
+	if err := Detach(pin, true); err != nil {
+		t.Fatal(err)
+	}
+	if id := xdpProgID(t, ns, "pa0"); id != 0 {
+		t.Fatalf("program %d still attached after detach", id)
+	}
+	if _, err := os.Stat(filepath.Join(pin, "pm_sessions")); !os.IsNotExist(err) {
+		t.Fatalf("pins left after detach -maps: %v", err)
+	}
+}
+
+// TestReload: a changed file is applied; a broken one is refused, the
+// running state kept and health reports it.
+func TestReload(t *testing.T) {
+	tu.RequireRoot(t, "attaches XDP programs")
+	ns := agentNS(t)
+	pin := bpffsDir(t)
+	cfg, path := testConfig(t, pin)
+	var a *Agent
+	var err error
+	ns.Do(func() { a = New(cfg, path, nil); err = a.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { a.Close(); Detach(pin, true) }()
+
+	b, _ := os.ReadFile(path)
+	os.WriteFile(path, []byte(strings.Replace(string(b), "us: {dallas: 1}", "us: {dallas: 1, paris: 1}", 1)), 0o644)
+	ns.Do(func() { err = a.Reload() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	sh := a.router.Routes()[maps.RouteKey{Resource: 7, Region: 2}].Shares
+	if sh[1] != 128 || sh[2] != 128 {
+		t.Fatalf("shares after reload %v, want 128/128", sh)
+	}
+
+	os.WriteFile(path, []byte(strings.Replace(string(b), "us: {dallas: 1}", "us: {nowhere: 1}", 1)), 0o644)
+	ns.Do(func() { err = a.Reload() })
+	if err == nil || !strings.Contains(err.Error(), `mirror "nowhere"`) {
+		t.Fatalf("broken reload: %v", err)
+	}
+	if sh := a.router.Routes()[maps.RouteKey{Resource: 7, Region: 2}].Shares; sh[1] != 128 {
+		t.Fatalf("state changed by a refused reload: %v", sh)
+	}
+	rec := httptest.NewRecorder()
+	a.healthz(rec, httptest.NewRequest("GET", "/healthz", nil))
+	body, _ := io.ReadAll(rec.Body)
+	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(string(body), "nowhere") {
+		t.Fatalf("healthz %d %s", rec.Code, body)
+	}
+}

@@ -1,0 +1,473 @@
+package agent
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/premirror/premirror/internal/maps"
+)
+
+// Role says which programs a node runs.
+type Role string
+
+// Roles.
+const (
+	RoleEdge   Role = "edge"   // XDP router on the interfaces
+	RoleMirror Role = "mirror" // XDP decap on the interfaces
+	RoleBoth   Role = "both"   // router on router_interfaces, decap on decap_interfaces
+)
+
+// XDPMode picks the attach mode.
+type XDPMode string
+
+// XDP attach modes.
+const (
+	XDPAuto    XDPMode = "auto"    // native, falling back to generic
+	XDPNative  XDPMode = "native"  // driver mode only
+	XDPGeneric XDPMode = "generic" // skb mode only
+)
+
+// Config is the agent's file configuration. The desired data-plane state
+// (regions, mirrors, resources, routes) is static here; the controller can
+// later supply it instead.
+type Config struct {
+	Node             string       `yaml:"node"`
+	Role             Role         `yaml:"role"`
+	Interfaces       []string     `yaml:"interfaces"`        // edge or mirror role
+	RouterInterfaces []string     `yaml:"router_interfaces"` // role both
+	DecapInterfaces  []string     `yaml:"decap_interfaces"`  // role both
+	XDPMode          XDPMode      `yaml:"xdp_mode"`
+	PinDir           string       `yaml:"pin_dir"`
+	MetricsAddr      string       `yaml:"metrics_addr"`
+	OuterSourceV4    string       `yaml:"outer_source_v4"`
+	OuterSourceV6    string       `yaml:"outer_source_v6"`
+	DecapAddresses   []string     `yaml:"decap_addresses"`
+	Limits           Limits       `yaml:"limits"`
+	State            DesiredState `yaml:",inline"`
+}
+
+// Limits sizes the data-plane maps; zero fields keep maps.DefaultConfig.
+type Limits struct {
+	MaxVIPs       int `yaml:"max_vips"`
+	MaxSessions   int `yaml:"max_sessions"`
+	MaxAffinity   int `yaml:"max_affinity"`
+	MaxPrefixesV4 int `yaml:"max_prefixes_v4"`
+	MaxPrefixesV6 int `yaml:"max_prefixes_v6"`
+	MaxRoutes     int `yaml:"max_routes"`
+	MaxTables     int `yaml:"max_tables"`
+	TableSlots    int `yaml:"table_slots"`
+	MaxMirrors    int `yaml:"max_mirrors"`
+	MaxCounters   int `yaml:"max_counters"`
+	MaxFragments  int `yaml:"max_fragments"`
+}
+
+// DesiredState is what the data plane should hold.
+type DesiredState struct {
+	DefaultRegion string     `yaml:"default_region"`
+	Regions       []Region   `yaml:"regions"`
+	Mirrors       []Mirror   `yaml:"mirrors"`
+	Resources     []Resource `yaml:"resources"`
+}
+
+// Region is a set of client prefixes.
+type Region struct {
+	Name     string   `yaml:"name"`
+	ID       uint32   `yaml:"id"`
+	Prefixes []string `yaml:"prefixes"`
+}
+
+// Mirror is a tunnel endpoint that serves resources.
+type Mirror struct {
+	Name    string `yaml:"name"`
+	ID      uint32 `yaml:"id"`
+	Address string `yaml:"address"`
+	State   string `yaml:"state"` // active (default), draining, down
+}
+
+// Resource is a mirrored service and its VIPs.
+type Resource struct {
+	Name          string    `yaml:"name"`
+	ID            uint32    `yaml:"id"`
+	VIPs          []string  `yaml:"vips"` // "192.0.2.1:80/tcp", "[2001:db8::1]:443/udp"
+	Affinity      *Affinity `yaml:"affinity"`
+	HashNoSrcPort bool      `yaml:"hash_no_src_port"`
+	// Routes: region name ("*" for every other region) → mirror name → weight.
+	Routes map[string]map[string]uint32 `yaml:"routes"`
+}
+
+// Affinity makes a user's new flows stick to its mirror.
+type Affinity struct {
+	Timeout  Duration `yaml:"timeout"`
+	PrefixV4 int      `yaml:"prefix_v4"`
+	PrefixV6 int      `yaml:"prefix_v6"`
+}
+
+// Duration is a time.Duration that YAML reads as "30m".
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("duration %q: %w", n.Value, err)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// MarshalYAML writes a Go duration string.
+func (d Duration) MarshalYAML() (any, error) { return time.Duration(d).String(), nil }
+
+// Defaults applied by Load.
+const (
+	DefaultMetricsAddr = "127.0.0.1:9450"
+)
+
+// LoadConfig reads and validates a YAML file. Unknown fields are errors.
+func LoadConfig(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return ParseConfig(b)
+}
+
+// ParseConfig decodes and validates a YAML document.
+func ParseConfig(b []byte) (*Config, error) {
+	c := &Config{}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("parse config: %w", err)
+	}
+	c.setDefaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Config) setDefaults() {
+	if c.XDPMode == "" {
+		c.XDPMode = XDPAuto
+	}
+	if c.PinDir == "" {
+		c.PinDir = maps.DefaultPinDir
+	}
+	if c.MetricsAddr == "" {
+		c.MetricsAddr = DefaultMetricsAddr
+	}
+	if c.Node == "" {
+		c.Node, _ = os.Hostname()
+	}
+}
+
+// MapsConfig is the data-plane sizing of c.
+func (c *Config) MapsConfig() maps.Config {
+	m := maps.DefaultConfig()
+	l := c.Limits
+	set := func(dst *int, v int) {
+		if v != 0 {
+			*dst = v
+		}
+	}
+	set(&m.MaxVIPs, l.MaxVIPs)
+	set(&m.MaxSessions, l.MaxSessions)
+	set(&m.MaxAffinity, l.MaxAffinity)
+	set(&m.MaxPrefixesV4, l.MaxPrefixesV4)
+	set(&m.MaxPrefixesV6, l.MaxPrefixesV6)
+	set(&m.MaxRoutes, l.MaxRoutes)
+	set(&m.MaxTables, l.MaxTables)
+	set(&m.TableSlots, l.TableSlots)
+	set(&m.MaxMirrors, l.MaxMirrors)
+	set(&m.MaxCounters, l.MaxCounters)
+	set(&m.MaxFragments, l.MaxFragments)
+	return m
+}
+
+// RouterInterfaceNames are the interfaces that get the router.
+func (c *Config) RouterInterfaceNames() []string {
+	switch c.Role {
+	case RoleEdge:
+		return c.Interfaces
+	case RoleBoth:
+		return c.RouterInterfaces
+	}
+	return nil
+}
+
+// DecapInterfaceNames are the interfaces that get the decap program.
+func (c *Config) DecapInterfaceNames() []string {
+	switch c.Role {
+	case RoleMirror:
+		return c.Interfaces
+	case RoleBoth:
+		return c.DecapInterfaces
+	}
+	return nil
+}
+
+// Validate checks every field and names the first bad one.
+func (c *Config) Validate() error {
+	switch c.Role {
+	case RoleEdge, RoleMirror:
+		if len(c.Interfaces) == 0 {
+			return errors.New("interfaces: at least one interface is required")
+		}
+		if len(c.RouterInterfaces)+len(c.DecapInterfaces) > 0 {
+			return fmt.Errorf("router_interfaces/decap_interfaces: only for role both; role %s uses interfaces", c.Role)
+		}
+	case RoleBoth:
+		if len(c.RouterInterfaces) == 0 || len(c.DecapInterfaces) == 0 {
+			return errors.New("router_interfaces, decap_interfaces: role both needs both lists")
+		}
+		for _, r := range c.RouterInterfaces {
+			for _, d := range c.DecapInterfaces {
+				if r == d {
+					return fmt.Errorf("decap_interfaces: %s also runs the router (one XDP program per interface)", r)
+				}
+			}
+		}
+	case "":
+		return errors.New("role: missing (edge, mirror or both)")
+	default:
+		return fmt.Errorf("role: %q is not edge, mirror or both", c.Role)
+	}
+	for i, name := range append(append(append([]string{}, c.Interfaces...), c.RouterInterfaces...), c.DecapInterfaces...) {
+		if name == "" || len(name) > 15 || strings.ContainsAny(name, "/ ") {
+			return fmt.Errorf("interfaces[%d]: %q is not an interface name", i, name)
+		}
+	}
+	switch c.XDPMode {
+	case XDPAuto, XDPNative, XDPGeneric:
+	default:
+		return fmt.Errorf("xdp_mode: %q is not auto, native or generic", c.XDPMode)
+	}
+	if !strings.HasPrefix(c.PinDir, "/") {
+		return fmt.Errorf("pin_dir: %q must be an absolute path on a bpffs", c.PinDir)
+	}
+	for _, f := range []struct{ name, v string }{{"outer_source_v4", c.OuterSourceV4}, {"outer_source_v6", c.OuterSourceV6}} {
+		if f.v == "" {
+			continue
+		}
+		a, err := netip.ParseAddr(f.v)
+		if err != nil {
+			return fmt.Errorf("%s: %w", f.name, err)
+		}
+		if (f.name == "outer_source_v4") != a.Is4() {
+			return fmt.Errorf("%s: %s is the wrong family", f.name, a)
+		}
+	}
+	for i, s := range c.DecapAddresses {
+		if _, err := netip.ParseAddr(s); err != nil {
+			return fmt.Errorf("decap_addresses[%d]: %w", i, err)
+		}
+	}
+	if err := c.MapsConfig().Validate(); err != nil {
+		return fmt.Errorf("limits.%w", err)
+	}
+	if _, err := c.State.Compile(c.MapsConfig()); err != nil {
+		return err
+	}
+	return nil
+}
+
+// ParseVIP parses "addr:port/proto" ("[v6]:port/proto" for IPv6).
+func ParseVIP(s string) (maps.VIP, error) {
+	hostport, proto, ok := strings.Cut(s, "/")
+	if !ok {
+		return maps.VIP{}, fmt.Errorf("%q: want address:port/tcp or /udp", s)
+	}
+	ap, err := netip.ParseAddrPort(hostport)
+	if err != nil {
+		return maps.VIP{}, fmt.Errorf("%q: %w", s, err)
+	}
+	p, err := maps.ParseProto(proto)
+	if err != nil {
+		return maps.VIP{}, fmt.Errorf("%q: %w", s, err)
+	}
+	if ap.Port() == 0 {
+		return maps.VIP{}, fmt.Errorf("%q: port 0", s)
+	}
+	return maps.VIP{Addr: ap.Addr().Unmap(), Port: ap.Port(), Proto: p}, nil
+}
+
+// Compiled is a DesiredState resolved to data-plane IDs.
+type Compiled struct {
+	DefaultRegion maps.RegionID
+	Prefixes      map[netip.Prefix]maps.RegionID
+	Mirrors       map[maps.MirrorID]maps.Mirror
+	VIPs          map[maps.VIP]maps.VIPOptions
+	Routes        map[maps.RouteKey]map[maps.MirrorID]uint32
+	// Names for metrics and inspect.
+	RegionNames   map[maps.RegionID]string
+	MirrorNames   map[maps.MirrorID]string
+	ResourceNames map[maps.ResourceID]string
+}
+
+// Compile validates names, IDs, prefixes and routes and resolves them.
+func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
+	out := &Compiled{
+		Prefixes:      map[netip.Prefix]maps.RegionID{},
+		Mirrors:       map[maps.MirrorID]maps.Mirror{},
+		VIPs:          map[maps.VIP]maps.VIPOptions{},
+		Routes:        map[maps.RouteKey]map[maps.MirrorID]uint32{},
+		RegionNames:   map[maps.RegionID]string{},
+		MirrorNames:   map[maps.MirrorID]string{},
+		ResourceNames: map[maps.ResourceID]string{},
+	}
+	regions := map[string]maps.RegionID{}
+	for i, r := range s.Regions {
+		f := fmt.Sprintf("regions[%d]", i)
+		if r.Name == "" || r.Name == "*" {
+			return nil, fmt.Errorf("%s.name: %q is not a region name", f, r.Name)
+		}
+		if r.ID == 0 {
+			return nil, fmt.Errorf("%s.id: must be > 0 (0 is the wildcard region)", f)
+		}
+		if _, dup := regions[r.Name]; dup {
+			return nil, fmt.Errorf("%s.name: %q defined twice", f, r.Name)
+		}
+		if _, dup := out.RegionNames[maps.RegionID(r.ID)]; dup {
+			return nil, fmt.Errorf("%s.id: %d used twice", f, r.ID)
+		}
+		regions[r.Name] = maps.RegionID(r.ID)
+		out.RegionNames[maps.RegionID(r.ID)] = r.Name
+		for j, p := range r.Prefixes {
+			pf, err := netip.ParsePrefix(p)
+			if err != nil {
+				return nil, fmt.Errorf("%s.prefixes[%d]: %w", f, j, err)
+			}
+			if pf.Masked() != pf {
+				return nil, fmt.Errorf("%s.prefixes[%d]: %s has host bits set (did you mean %s?)", f, j, pf, pf.Masked())
+			}
+			if other, dup := out.Prefixes[pf]; dup {
+				return nil, fmt.Errorf("%s.prefixes[%d]: %s already belongs to region %s", f, j, pf, out.RegionNames[other])
+			}
+			out.Prefixes[pf] = maps.RegionID(r.ID)
+		}
+	}
+	if s.DefaultRegion != "" {
+		id, ok := regions[s.DefaultRegion]
+		if !ok {
+			return nil, fmt.Errorf("default_region: %q is not a defined region", s.DefaultRegion)
+		}
+		out.DefaultRegion = id
+	}
+	mirrors := map[string]maps.MirrorID{}
+	for i, m := range s.Mirrors {
+		f := fmt.Sprintf("mirrors[%d]", i)
+		if m.Name == "" {
+			return nil, fmt.Errorf("%s.name: missing", f)
+		}
+		if m.ID == 0 || int(m.ID) >= lim.MaxMirrors {
+			return nil, fmt.Errorf("%s.id: %d out of [1, %d] (limits.max_mirrors)", f, m.ID, lim.MaxMirrors-1)
+		}
+		if _, dup := mirrors[m.Name]; dup {
+			return nil, fmt.Errorf("%s.name: %q defined twice", f, m.Name)
+		}
+		if _, dup := out.MirrorNames[maps.MirrorID(m.ID)]; dup {
+			return nil, fmt.Errorf("%s.id: %d used twice", f, m.ID)
+		}
+		addr, err := netip.ParseAddr(m.Address)
+		if err != nil {
+			return nil, fmt.Errorf("%s.address: %w", f, err)
+		}
+		state := maps.MirrorActive
+		if m.State != "" {
+			if state, err = maps.ParseMirrorState(m.State); err != nil {
+				return nil, fmt.Errorf("%s.state: %w", f, err)
+			}
+		}
+		mirrors[m.Name] = maps.MirrorID(m.ID)
+		out.MirrorNames[maps.MirrorID(m.ID)] = m.Name
+		out.Mirrors[maps.MirrorID(m.ID)] = maps.Mirror{Addr: addr.Unmap(), State: state}
+	}
+	seenRes := map[string]bool{}
+	for i, r := range s.Resources {
+		f := fmt.Sprintf("resources[%d]", i)
+		if r.Name == "" {
+			return nil, fmt.Errorf("%s.name: missing", f)
+		}
+		if seenRes[r.Name] {
+			return nil, fmt.Errorf("%s.name: %q defined twice", f, r.Name)
+		}
+		seenRes[r.Name] = true
+		rid := maps.ResourceID(r.ID)
+		if _, dup := out.ResourceNames[rid]; dup {
+			return nil, fmt.Errorf("%s.id: %d used twice", f, r.ID)
+		}
+		out.ResourceNames[rid] = r.Name
+		opts := maps.VIPOptions{Resource: rid, HashNoSrcPort: r.HashNoSrcPort}
+		if a := r.Affinity; a != nil {
+			if a.Timeout <= 0 {
+				return nil, fmt.Errorf("%s.affinity.timeout: must be > 0", f)
+			}
+			if a.PrefixV4 < 0 || a.PrefixV4 > 32 {
+				return nil, fmt.Errorf("%s.affinity.prefix_v4: %d out of [1, 32]", f, a.PrefixV4)
+			}
+			if a.PrefixV6 < 0 || a.PrefixV6 > 128 {
+				return nil, fmt.Errorf("%s.affinity.prefix_v6: %d out of [1, 128]", f, a.PrefixV6)
+			}
+			opts.AffinityTimeout = time.Duration(a.Timeout)
+			opts.AffinityPrefixV4, opts.AffinityPrefixV6 = a.PrefixV4, a.PrefixV6
+		}
+		if len(r.VIPs) == 0 {
+			return nil, fmt.Errorf("%s.vips: at least one VIP is required", f)
+		}
+		for j, v := range r.VIPs {
+			vip, err := ParseVIP(v)
+			if err != nil {
+				return nil, fmt.Errorf("%s.vips[%d]: %w", f, j, err)
+			}
+			if _, dup := out.VIPs[vip]; dup {
+				return nil, fmt.Errorf("%s.vips[%d]: %s used twice", f, j, vip)
+			}
+			out.VIPs[vip] = opts
+		}
+		if len(r.Routes) == 0 {
+			return nil, fmt.Errorf("%s.routes: no route: its traffic would be dropped", f)
+		}
+		for region, weights := range r.Routes {
+			rf := fmt.Sprintf("%s.routes[%s]", f, strconv.Quote(region))
+			reg := maps.RegionAny
+			if region != "*" {
+				id, ok := regions[region]
+				if !ok {
+					return nil, fmt.Errorf("%s: region %q is not defined", rf, region)
+				}
+				reg = id
+			}
+			w := map[maps.MirrorID]uint32{}
+			var total uint64
+			for name, weight := range weights {
+				id, ok := mirrors[name]
+				if !ok {
+					return nil, fmt.Errorf("%s: mirror %q is not defined", rf, name)
+				}
+				w[id] = weight
+				total += uint64(weight)
+			}
+			if total == 0 {
+				return nil, fmt.Errorf("%s: every weight is zero", rf)
+			}
+			out.Routes[maps.RouteKey{Resource: rid, Region: reg}] = w
+		}
+	}
+	if len(out.VIPs) > lim.MaxVIPs {
+		return nil, fmt.Errorf("resources: %d VIPs exceed limits.max_vips %d", len(out.VIPs), lim.MaxVIPs)
+	}
+	if len(out.Routes) > lim.MaxRoutes {
+		return nil, fmt.Errorf("resources: %d routes exceed limits.max_routes %d", len(out.Routes), lim.MaxRoutes)
+	}
+	return out, nil
+}

@@ -1,0 +1,122 @@
+package agent
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/premirror/premirror/internal/maps"
+)
+
+func TestParseConfigValid(t *testing.T) {
+	b, err := os.ReadFile("testdata/edge.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ParseConfig(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	comp, err := c.State.Compile(c.MapsConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(comp.VIPs) != 3 || len(comp.Routes) != 3 || comp.DefaultRegion != 1 {
+		t.Fatalf("compiled %+v", comp)
+	}
+	o := comp.VIPs[maps.VIP{Addr: mustAddr("192.0.2.1"), Port: 80, Proto: maps.TCP}]
+	if o.AffinityTimeout != 30*time.Minute || o.AffinityPrefixV4 != 24 || o.Resource != 7 {
+		t.Fatalf("vip options %+v", o)
+	}
+	if comp.Mirrors[2].State != maps.MirrorDraining {
+		t.Fatalf("mirror state %v", comp.Mirrors[2].State)
+	}
+	if got := comp.Routes[maps.RouteKey{Resource: 7, Region: maps.RegionAny}]; got[3] != 1 {
+		t.Fatalf("wildcard route %v", got)
+	}
+	if c.MapsConfig().TableSlots != 256 || c.MapsConfig().MaxVIPs != maps.DefaultConfig().MaxVIPs {
+		t.Fatalf("limits not applied: %+v", c.MapsConfig())
+	}
+}
+
+// TestParseConfigErrors: every invalid field fails with its path named.
+func TestParseConfigErrors(t *testing.T) {
+	base, err := os.ReadFile("testdata/edge.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name     string
+		old, new string // textual edit of the valid file
+		want     string
+	}{
+		{"unknown field", "node: edge-test", "node: edge-test\nnodes: x", "field nodes not found"},
+		{"bad role", "role: edge", "role: router", "role: \"router\""},
+		{"no interfaces", "interfaces: [pa0]", "interfaces: []", "interfaces:"},
+		{"bad xdp mode", "pin_dir:", "xdp_mode: turbo\npin_dir:", "xdp_mode"},
+		{"relative pin dir", "pin_dir: /sys/fs/bpf/will-be-replaced", "pin_dir: bpf", "pin_dir"},
+		{"slots not power of two", "table_slots: 256", "table_slots: 300", "limits.table_slots"},
+		{"outer source family", "metrics_addr:", "outer_source_v4: \"fd00::1\"\nmetrics_addr:", "outer_source_v4"},
+		{"prefix host bits", "198.51.100.0/24,", "198.51.100.1/24,", "regions[0].prefixes[0]"},
+		{"bad prefix", "203.0.113.0/24", "203.0.113.0/33", "regions[1].prefixes[0]"},
+		{"duplicate prefix", "[203.0.113.0/24]", "[198.51.100.0/24]", "already belongs to region eu"},
+		{"region id 0", "{name: us, id: 2", "{name: us, id: 0", "regions[1].id"},
+		{"duplicate region id", "{name: us, id: 2", "{name: us, id: 1", "regions[1].id: 1 used twice"},
+		{"unknown default region", "default_region: eu", "default_region: asia", "default_region"},
+		{"mirror id too large", "{name: paris6, id: 3", "{name: paris6, id: 64", "mirrors[2].id"},
+		{"mirror address", "10.77.0.11", "10.77.0.300", "mirrors[1].address"},
+		{"mirror state", "state: draining", "state: sleeping", "mirrors[1].state"},
+		{"vip syntax", "192.0.2.1:53/udp", "192.0.2.1:53/sctp", "resources[0].vips[1]"},
+		{"vip without port", "192.0.2.1:53/udp", "192.0.2.1/udp", "resources[0].vips[1]"},
+		{"route to unknown mirror", "us: {dallas: 1}", "us: {tokyo: 1}", `resources[0].routes["us"]: mirror "tokyo"`},
+		{"route for unknown region", "us: {dallas: 1}", "asia: {dallas: 1}", `region "asia" is not defined`},
+		{"zero weights", "us: {dallas: 1}", "us: {dallas: 0}", "every weight is zero"},
+		{"affinity prefix", "prefix_v4: 24", "prefix_v4: 40", "resources[0].affinity.prefix_v4"},
+		{"affinity timeout", "timeout: 30m", "timeout: soon", "duration"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			in := strings.Replace(string(base), tt.old, tt.new, 1)
+			if in == string(base) {
+				t.Fatalf("edit %q not applied", tt.old)
+			}
+			_, err := ParseConfig([]byte(in))
+			if err == nil {
+				t.Fatalf("accepted")
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %q does not name %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzParseConfig(f *testing.F) {
+	b, _ := os.ReadFile("testdata/edge.yaml")
+	f.Add(b)
+	f.Add([]byte("role: edge\ninterfaces: [x]\n"))
+	f.Fuzz(func(t *testing.T, in []byte) {
+		c, err := ParseConfig(in)
+		if err != nil {
+			return
+		}
+		// Anything accepted must compile and re-validate.
+		if _, err := c.State.Compile(c.MapsConfig()); err != nil {
+			t.Fatalf("accepted config does not compile: %v", err)
+		}
+	})
+}
+
+func TestParseVIP(t *testing.T) {
+	for in, want := range map[string]string{
+		"192.0.2.1:80/tcp":          "192.0.2.1:80/tcp",
+		"[2001:db8::1]:443/UDP":     "[2001:db8::1]:443/udp",
+		"[::ffff:192.0.2.9]:80/tcp": "192.0.2.9:80/tcp",
+	} {
+		v, err := ParseVIP(in)
+		if err != nil || v.String() != want {
+			t.Errorf("ParseVIP(%q) = %v, %v; want %s", in, v, err, want)
+		}
+	}
+}

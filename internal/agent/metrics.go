@@ -1,0 +1,208 @@
+package agent
+
+import (
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	pmaps "github.com/premirror/premirror/internal/maps"
+)
+
+// metrics reads the data-plane maps at scrape time (like tubular's
+// collector): no polling loop, and a scrape always sees current values.
+// Labels are bounded by the configuration: regions × mirrors, reasons.
+type metrics struct {
+	a *Agent
+
+	packets    *prometheus.Desc
+	decap      *prometheus.Desc
+	newFlows   *prometheus.Desc
+	fwdPackets *prometheus.Desc
+	fwdBytes   *prometheus.Desc
+	sessions   *prometheus.Desc
+	tables     *prometheus.Desc
+	routes     *prometheus.Desc
+	mirrorUp   *prometheus.Desc
+	memory     *prometheus.Desc
+	attached   *prometheus.Desc
+	info       *prometheus.Desc
+
+	scrapeErrors  prometheus.Counter
+	reconciles    *prometheus.CounterVec
+	reconcileTime prometheus.Histogram
+
+	mu           sync.Mutex
+	sessionCount int
+	sessionAt    time.Time
+}
+
+const ns = "edge"
+
+func newMetrics(a *Agent) *metrics {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(ns, "", name), help, labels, nil)
+	}
+	return &metrics{
+		a:          a,
+		packets:    d("packets_total", "Packets seen by the XDP router, by verdict and reason.", "verdict", "reason"),
+		decap:      d("decap_packets_total", "Packets seen by the XDP decap program, by reason.", "reason"),
+		newFlows:   d("new_flows_total", "New client flows (TCP SYNs, new UDP flows) by client region and mirror: the access log.", "region", "mirror"),
+		fwdPackets: d("forwarded_packets_total", "VIP packets encapsulated toward each mirror.", "mirror"),
+		fwdBytes:   d("forwarded_bytes_total", "VIP bytes (inner IP packets) encapsulated toward each mirror.", "mirror"),
+		sessions:   d("sessions", "Established flows in the session table (counted at most every 10 s)."),
+		tables:     d("route_tables", "Distinct route tables installed (shared by routes with identical slots)."),
+		routes:     d("routes", "Routes installed, one per (resource, client region)."),
+		mirrorUp:   d("mirror_state", "1 for the state each mirror is in.", "mirror", "state"),
+		memory:     d("map_memory_bytes", "Kernel memory of each BPF map.", "map"),
+		attached:   d("xdp_attached", "1 per attached XDP program.", "iface", "program", "mode"),
+		info:       d("desired_state_info", "The desired-state version the data plane runs.", "version"),
+		scrapeErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "collector_errors_total", Help: "Failures reading BPF maps at scrape time.",
+		}),
+		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "reconciles_total", Help: "Reconciliations of the maps with the desired state.",
+		}, []string{"result"}),
+		reconcileTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: ns, Name: "reconcile_duration_seconds", Help: "Time to reconcile the maps.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}),
+	}
+}
+
+func (m *metrics) reconcile(ok bool, d time.Duration) {
+	res := "ok"
+	if !ok {
+		res = "error"
+	}
+	m.reconciles.WithLabelValues(res).Inc()
+	m.reconcileTime.Observe(d.Seconds())
+}
+
+// Describe implements prometheus.Collector.
+func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{m.packets, m.decap, m.newFlows, m.fwdPackets, m.fwdBytes, m.sessions,
+		m.tables, m.routes, m.mirrorUp, m.memory, m.attached, m.info} {
+		ch <- d
+	}
+	m.scrapeErrors.Describe(ch)
+	m.reconciles.Describe(ch)
+	m.reconcileTime.Describe(ch)
+}
+
+func name(names map[uint32]string, id uint32) string {
+	if n, ok := names[id]; ok {
+		return n
+	}
+	return strconv.FormatUint(uint64(id), 10)
+}
+
+// Collect implements prometheus.Collector.
+func (m *metrics) Collect(ch chan<- prometheus.Metric) {
+	a := m.a
+	a.mu.Lock()
+	c, version := a.compiled, a.version
+	a.mu.Unlock()
+	regionNames, mirrorNames := map[uint32]string{}, map[uint32]string{}
+	if c != nil {
+		for id, n := range c.RegionNames {
+			regionNames[uint32(id)] = n
+		}
+		regionNames[0] = "default"
+		for id, n := range c.MirrorNames {
+			mirrorNames[uint32(id)] = n
+		}
+	}
+	fail := func() { m.scrapeErrors.Inc() }
+	if r := a.router; r != nil {
+		if st, err := r.Stats(); err != nil {
+			fail()
+		} else {
+			for _, f := range st.Fields() {
+				ch <- prometheus.MustNewConstMetric(m.packets, prometheus.CounterValue, float64(f.Value), f.Verdict, f.Name)
+			}
+		}
+		if cs, err := r.Counters(); err != nil {
+			fail()
+		} else {
+			type rm struct{ region, mirror string }
+			flows := map[rm]uint64{}
+			pk, by := map[string]uint64{}, map[string]uint64{}
+			for k, v := range cs {
+				mn := name(mirrorNames, uint32(k.Mirror))
+				flows[rm{name(regionNames, uint32(k.Region)), mn}] += v.NewFlows
+				pk[mn] += v.Packets
+				by[mn] += v.Bytes
+			}
+			for k, v := range flows {
+				ch <- prometheus.MustNewConstMetric(m.newFlows, prometheus.CounterValue, float64(v), k.region, k.mirror)
+			}
+			for mn, v := range pk {
+				ch <- prometheus.MustNewConstMetric(m.fwdPackets, prometheus.CounterValue, float64(v), mn)
+				ch <- prometheus.MustNewConstMetric(m.fwdBytes, prometheus.CounterValue, float64(by[mn]), mn)
+			}
+		}
+		if n, err := m.sessionsCached(r); err != nil {
+			fail()
+		} else {
+			ch <- prometheus.MustNewConstMetric(m.sessions, prometheus.GaugeValue, float64(n))
+		}
+		ch <- prometheus.MustNewConstMetric(m.tables, prometheus.GaugeValue, float64(r.TableCount()))
+		ch <- prometheus.MustNewConstMetric(m.routes, prometheus.GaugeValue, float64(len(r.Routes())))
+		if ms, err := r.Mirrors(); err != nil {
+			fail()
+		} else {
+			for id, mi := range ms {
+				for _, s := range []pmaps.MirrorState{pmaps.MirrorActive, pmaps.MirrorDraining, pmaps.MirrorDown} {
+					v := 0.0
+					if mi.State == s {
+						v = 1
+					}
+					ch <- prometheus.MustNewConstMetric(m.mirrorUp, prometheus.GaugeValue, v, name(mirrorNames, uint32(id)), s.String())
+				}
+			}
+		}
+		if mem, err := r.MemoryUsage(); err != nil {
+			fail()
+		} else {
+			for mp, v := range mem {
+				ch <- prometheus.MustNewConstMetric(m.memory, prometheus.GaugeValue, float64(v), mp)
+			}
+		}
+	}
+	if d := a.decap; d != nil {
+		if st, err := d.Stats(); err != nil {
+			fail()
+		} else {
+			for _, f := range st.Fields() {
+				ch <- prometheus.MustNewConstMetric(m.decap, prometheus.CounterValue, float64(f.Value), f.Name)
+			}
+		}
+	}
+	for _, at := range a.attach {
+		ch <- prometheus.MustNewConstMetric(m.attached, prometheus.GaugeValue, 1, at.Iface, at.Program, at.Mode)
+	}
+	if version != "" {
+		ch <- prometheus.MustNewConstMetric(m.info, prometheus.GaugeValue, 1, version)
+	}
+	m.scrapeErrors.Collect(ch)
+	m.reconciles.Collect(ch)
+	m.reconcileTime.Collect(ch)
+}
+
+// sessionsCached counts sessions at most every 10 s: a count walks the
+// whole LRU (1M entries ≈ 50 MB of batch lookups).
+func (m *metrics) sessionsCached(r *pmaps.Router) (int, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if time.Since(m.sessionAt) < 10*time.Second {
+		return m.sessionCount, nil
+	}
+	n, err := r.SessionCount()
+	if err != nil {
+		return 0, err
+	}
+	m.sessionCount, m.sessionAt = n, time.Now()
+	return n, nil
+}
