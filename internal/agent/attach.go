@@ -117,6 +117,10 @@ func Detach(pinDir string, withMaps bool) error {
 	for _, p := range links {
 		l, err := link.LoadPinnedLink(p, nil)
 		if err == nil {
+			// Detach even if a running agent still holds the link open.
+			if err := l.Detach(); err != nil {
+				errs = append(errs, fmt.Errorf("detach %s: %w", p, err))
+			}
 			if err := l.Unpin(); err != nil {
 				errs = append(errs, err)
 			}

@@ -3,10 +3,10 @@ package maps
 import (
 	"errors"
 	"fmt"
-	"os"
-	"strconv"
 	"net/netip"
+	"os"
 	"reflect"
+	"strconv"
 	"strings"
 	"time"
 	"unicode"
