@@ -315,3 +315,14 @@ func (n *NetNS) Enter(tb testing.TB) {
 		}
 	})
 }
+
+// AddAddr adds a host address (/32 or /128 for a single address) to link
+// inside the namespace, e.g. a VIP on "lo"; IPv6 gets IFA_F_NODAD.
+func (n *NetNS) AddAddr(link string, p netip.Prefix) error {
+	return kernel.AddAddr(n.h, link, p)
+}
+
+// DelAddr removes an address added with AddAddr.
+func (n *NetNS) DelAddr(link string, p netip.Prefix) error {
+	return kernel.DelAddr(n.h, link, p)
+}
