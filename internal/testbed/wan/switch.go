@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/premirror/premirror/internal/testbed/internal/kernel"
 )
 
 // PortIO moves whole Ethernet frames in and out of one switch port.
@@ -114,6 +116,7 @@ type Switch struct {
 	pool    sync.Pool
 	maxFrm  int
 	epoch   time.Time
+	mono0   int64 // CLOCK_MONOTONIC at epoch
 	done    chan struct{}
 	wg      sync.WaitGroup
 	closeMu sync.Mutex
@@ -155,6 +158,9 @@ type pair struct {
 func New(cfg Config) (*Switch, error) {
 	s, err := build(cfg)
 	if err != nil {
+		if s != nil {
+			s.closeTimers()
+		}
 		for _, p := range cfg.Ports {
 			if p.IO != nil {
 				p.IO.Close()
@@ -178,9 +184,11 @@ func build(cfg Config) (*Switch, error) {
 		routes: make(map[netip.Addr]*port),
 		vips:   make(map[netip.Addr]bool),
 		maxFrm: cfg.MaxFrame,
-		epoch:  time.Now(),
 		done:   make(chan struct{}),
 	}
+	// Go's monotonic clock is CLOCK_MONOTONIC, so release times (relative
+	// to epoch) map onto timerfd deadlines by a constant offset.
+	s.epoch, s.mono0 = time.Now(), kernel.MonotonicNow()
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -223,7 +231,13 @@ func build(cfg Config) (*Switch, error) {
 		}
 		p := &port{name: c.Name, site: st, mac: c.MAC, peerMAC: c.PeerMAC, io: c.IO}
 		p.q.limit = limit
-		p.q.wake = make(chan struct{}, 1)
+		p.q.mono0 = s.mono0
+		tm, err := kernel.NewTimer()
+		if err != nil {
+			s.closeTimers()
+			return nil, fmt.Errorf("ports[%d] (%s): %w", i, c.Name, err)
+		}
+		p.q.timer = tm
 		for _, a := range c.Addrs {
 			a = a.Unmap()
 			if prev := s.routes[a]; prev != nil {
@@ -231,8 +245,8 @@ func build(cfg Config) (*Switch, error) {
 			}
 			s.routes[a] = p
 		}
-		portByName[c.Name] = p
 		s.ports = append(s.ports, p)
+		portByName[c.Name] = p
 	}
 	for _, v := range cfg.VIPs {
 		v = v.Unmap()
@@ -385,8 +399,15 @@ func (s *Switch) Close() error {
 			errs = append(errs, fmt.Errorf("close port %s: %w", p.name, err))
 		}
 	}
+	s.closeTimers()
 	s.wg.Wait()
 	return errors.Join(errs...)
+}
+
+func (s *Switch) closeTimers() {
+	for _, p := range s.ports {
+		p.q.timer.Close()
+	}
 }
 
 func (s *Switch) stopping() bool {
@@ -481,11 +502,11 @@ func (s *Switch) forward(in *port, f []byte, bp *[]byte, rng *rand.Rand) (DropRe
 	return 0, true
 }
 
-// transmit releases the port's frames when they are due.
+// transmit releases the port's frames when they are due. It sleeps on the
+// queue's timerfd, which is always armed for the head of the queue (by
+// this loop, or by push when a new frame becomes the head).
 func (s *Switch) transmit(p *port) {
 	defer s.wg.Done()
-	t := time.NewTimer(time.Hour)
-	t.Stop()
 	var due []item
 	for {
 		p.q.mu.Lock()
@@ -494,11 +515,19 @@ func (s *Switch) transmit(p *port) {
 		for len(p.q.h) > 0 && p.q.h[0].release <= now {
 			due = append(due, heap.Pop(&p.q.h).(item))
 		}
-		var wait int64 = -1
+		var err error
 		if len(p.q.h) > 0 {
-			wait = p.q.h[0].release - now
+			err = p.q.timer.ArmAt(p.q.mono0 + p.q.h[0].release)
+		} else {
+			err = p.q.timer.Disarm()
 		}
 		p.q.mu.Unlock()
+		if err != nil {
+			if !s.stopping() {
+				s.log.Warn("wan port timer failed; port stopped", "port", p.name, "err", err)
+			}
+			return
+		}
 
 		for _, it := range due {
 			frame := (*it.buf)[:it.n]
@@ -516,22 +545,8 @@ func (s *Switch) transmit(p *port) {
 		if len(due) > 0 {
 			continue // more may have become due while writing
 		}
-		if wait < 0 {
-			select {
-			case <-p.q.wake:
-			case <-s.done:
-				return
-			}
-			continue
-		}
-		t.Reset(time.Duration(wait))
-		select {
-		case <-t.C:
-		case <-p.q.wake:
-			t.Stop()
-		case <-s.done:
-			t.Stop()
-			return
+		if err := p.q.timer.Wait(); err != nil {
+			return // closed
 		}
 	}
 }
@@ -568,7 +583,8 @@ type queue struct {
 	h     itemHeap
 	seq   uint64
 	limit int
-	wake  chan struct{}
+	timer *kernel.Timer
+	mono0 int64
 }
 
 func (q *queue) push(it item) bool {
@@ -580,13 +596,11 @@ func (q *queue) push(it item) bool {
 	it.seq = q.seq
 	q.seq++
 	heap.Push(&q.h, it)
-	head := q.h[0].seq == it.seq
-	q.mu.Unlock()
-	if head {
-		select {
-		case q.wake <- struct{}{}:
-		default:
-		}
+	if q.h[0].seq == it.seq {
+		// A new head: wake the transmitter at its release time. An
+		// error means the switch is closing.
+		_ = q.timer.ArmAt(q.mono0 + it.release)
 	}
+	q.mu.Unlock()
 	return true
 }
