@@ -67,10 +67,7 @@ func CreateNamedNS(name string) (netns.NsHandle, error) {
 	}
 	f.Close()
 
-	err = onFreshThread(func() error {
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			return fmt.Errorf("unshare: %w", err)
-		}
+	err = inNewNS(func() error {
 		self := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
 		if err := unix.Mount(self, path, "none", unix.MS_BIND, ""); err != nil {
 			return fmt.Errorf("bind namespace: %w", err)
@@ -126,16 +123,32 @@ func ListNamedNS(prefix string) ([]string, error) {
 	return out, nil
 }
 
-// onFreshThread runs fn on a locked OS thread that is thrown away after
-// (the goroutine exits still locked), for operations such as unshare that
-// change the thread in ways that cannot be undone.
-func onFreshThread(fn func() error) error {
+// inNewNS runs fn on a locked OS thread moved into a new network
+// namespace, then moves the thread back. A thread that cannot be moved back
+// stays locked, so the runtime discards it with its goroutine (except the
+// main thread, which the runtime parks forever; the leak checker would
+// then report the namespace as kept alive).
+func inNewNS(fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		// No UnlockOSThread: the runtime terminates the thread when the
-		// goroutine exits, so its altered namespace never leaks.
-		errc <- fn()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("get current namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		ferr := fn()
+		if err := netns.Set(orig); err != nil {
+			errc <- errors.Join(ferr, fmt.Errorf("restore namespace: %w", err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- ferr
 	}()
 	return <-errc
 }

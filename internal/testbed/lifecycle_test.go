@@ -1,0 +1,218 @@
+package testbed
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/premirror/premirror/internal/testbed/internal/kernel"
+	"github.com/premirror/premirror/internal/testbed/wan"
+)
+
+func TestMain(m *testing.M) {
+	// goleak runs per test through VerifyNoLeaks (after the testbed's
+	// cleanup); a package-wide check would also catch a test that forgot.
+	code := m.Run()
+	if code == 0 && os.Getenv(crashChildEnv) == "" {
+		if err := NewLeakChecker(LeakOptions{}).checkOnce(); err != nil {
+			fmt.Fprintln(os.Stderr, "leaks after all tests:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+const crashChildEnv = "PREMIRROR_TESTBED_CRASH_CHILD"
+
+// TestCrashChild is not a test of its own: TestSweepAfterCrash runs it in
+// a child process, which builds a testbed, starts a process in a host
+// that would outlive it, reports, and waits to be killed.
+func TestCrashChild(t *testing.T) {
+	if os.Getenv(crashChildEnv) == "" {
+		t.Skip("helper for TestSweepAfterCrash")
+	}
+	tb := ForTest(t, smallTopo(), Options{})
+	cmd := tb.Host("m1").Command("sleep", "300")
+	cmd.SysProcAttr.Pdeathsig = 0 // survive our death: the sweeper must kill it
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Printf("READY %d\n", cmd.Process.Pid)
+	time.Sleep(time.Minute)
+	t.Fatal("not killed")
+}
+
+// TestSweepAfterCrash kills a process that built a testbed (SIGKILL: no
+// cleanup runs) and checks that the next New removes its namespaces and
+// the process it left running in one of them.
+func TestSweepAfterCrash(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root")
+	}
+	VerifyNoLeaks(t, LeakOptions{})
+	child := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1", "-test.v")
+	child.Env = append(os.Environ(), crashChildEnv+"=1")
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer child.Process.Kill()
+	sc := bufio.NewScanner(out)
+	orphan := 0
+	for sc.Scan() {
+		if pid, ok := strings.CutPrefix(sc.Text(), "READY "); ok {
+			orphan, _ = strconv.Atoi(pid)
+			break
+		}
+	}
+	if orphan == 0 {
+		t.Fatalf("child never got ready: %v", sc.Err())
+	}
+	prefix := fmt.Sprintf("%s%d-", NSPrefix, child.Process.Pid)
+	left, _ := kernel.ListNamedNS(prefix)
+	if len(left) != 7 { // switch + 2 clients + 2 edges + 2 mirrors
+		t.Fatalf("child made namespaces %v, want 7", left)
+	}
+	if err := child.Process.Signal(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	_ = child.Wait()
+	if left, _ := kernel.ListNamedNS(prefix); len(left) != 7 {
+		t.Fatalf("namespaces after the crash: %v", left)
+	}
+	if !kernel.Exists(orphan) {
+		t.Fatalf("orphan %d died with its parent; the test proves nothing", orphan)
+	}
+
+	ForTest(t, smallTopo(), Options{}) // sweeps before building
+
+	if left, _ := kernel.ListNamedNS(prefix); len(left) != 0 {
+		t.Errorf("namespaces left after sweep: %v", left)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for kernel.Exists(orphan) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if kernel.Exists(orphan) {
+		t.Errorf("orphan %d still running after sweep", orphan)
+	}
+}
+
+// TestCloseIsIdempotentAndLeakFree also covers Close with a process still
+// running and a namespace handle in use.
+func TestCloseIsIdempotentAndLeakFree(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root")
+	}
+	lc := NewLeakChecker(LeakOptions{})
+	quick := NewLeakChecker(LeakOptions{Timeout: 100 * time.Millisecond})
+	tb, err := New(t.Context(), smallTopo(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range tb.Hosts() {
+		if err := h.Command("sleep", "300").Start(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := quick.Check(); err == nil {
+		t.Fatal("leak check passed with a testbed open")
+	} else if !strings.Contains(err.Error(), "leaked namespaces") || !strings.Contains(err.Error(), "sleep") {
+		t.Errorf("leak report misses the namespaces or processes: %v", err)
+	}
+	if err := tb.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if err := lc.Check(); err != nil {
+		t.Fatal(err)
+	}
+	if err := tb.Host("m1").Do(func() error { return nil }); err == nil {
+		t.Error("Do on a closed host succeeded")
+	}
+}
+
+// TestNewNetNS: a fresh namespace has only lo, Enter moves the test's
+// thread into it, and cleanup removes it.
+func TestNewNetNS(t *testing.T) {
+	VerifyNoLeaks(t, LeakOptions{})
+	n := NewNetNS(t)
+	links, err := kernel.ListLinks(n.Handle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(links) != 1 || links[0].Name != "lo" {
+		t.Fatalf("links %+v, want lo only", links)
+	}
+	n.Enter(t)
+	self, err := os.Readlink("/proc/thread-self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("net:[%d]", n.ino); self != want {
+		t.Errorf("thread in %s, want %s", self, want)
+	}
+}
+
+// TestXDPTxReachesSwitch: a host whose eth0 runs an XDP program that
+// bounces every frame with XDP_TX; the bounced frames reach the switch
+// (which counts them as not addressed to it) because the switch's veth end
+// runs the pass-through program.
+func TestXDPTxReachesSwitch(t *testing.T) {
+	tb := ForTest(t, smallTopo(), Options{})
+	c := tb.Clients("ra")[0]
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
+		Type:         ebpf.XDP,
+		License:      "GPL",
+		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 3), asm.Return()}, // XDP_TX
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prog.Close()
+	l, err := kernel.AttachXDP(c.Handle(), prog, c.Ifaces[0].Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	port := c.Ifaces[0].Port
+	before, _ := tb.Switch().PortStats(port)
+	m := tb.Host("m1")
+	conn, err := m.Dial(t.Context(), "udp", hostPort(c.V4(), 7))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	const n = 100
+	for i := 0; i < n; i++ {
+		if _, err := conn.Write([]byte("bounce")); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
+	var bounced uint64
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		st, _ := tb.Switch().PortStats(port)
+		if bounced = st.Drops[wan.DropNotForUs] - before.Drops[wan.DropNotForUs]; bounced >= n {
+			break
+		}
+	}
+	if bounced < n {
+		t.Errorf("%d of %d XDP_TX frames reached the switch", bounced, n)
+	}
+}
