@@ -2,6 +2,7 @@ package testbed
 
 import (
 	"bufio"
+	"io"
 	"fmt"
 	"os"
 	"os/exec"
@@ -42,7 +43,9 @@ func TestCrashChild(t *testing.T) {
 	}
 	tb := ForTest(t, smallTopo(), Options{})
 	cmd := tb.Host("m1").Command("sleep", "300")
-	cmd.SysProcAttr.Pdeathsig = 0 // survive our death: the sweeper must kill it
+	if os.Getenv(crashChildEnv) == "crash" {
+		cmd.SysProcAttr.Pdeathsig = 0 // survive our death: the sweeper must kill it
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -59,28 +62,7 @@ func TestSweepAfterCrash(t *testing.T) {
 		t.Skip("skipping: needs root")
 	}
 	VerifyNoLeaks(t, LeakOptions{})
-	child := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1", "-test.v")
-	child.Env = append(os.Environ(), crashChildEnv+"=1")
-	out, err := child.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	child.Stderr = os.Stderr
-	if err := child.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer child.Process.Kill()
-	sc := bufio.NewScanner(out)
-	orphan := 0
-	for sc.Scan() {
-		if pid, ok := strings.CutPrefix(sc.Text(), "READY "); ok {
-			orphan, _ = strconv.Atoi(pid)
-			break
-		}
-	}
-	if orphan == 0 {
-		t.Fatalf("child never got ready: %v", sc.Err())
-	}
+	child, orphan := startChild(t, "crash")
 	prefix := fmt.Sprintf("%s%d-", NSPrefix, child.Process.Pid)
 	left, _ := kernel.ListNamedNS(prefix)
 	if len(left) != 7 { // switch + 2 clients + 2 edges + 2 mirrors
@@ -102,13 +84,74 @@ func TestSweepAfterCrash(t *testing.T) {
 	if left, _ := kernel.ListNamedNS(prefix); len(left) != 0 {
 		t.Errorf("namespaces left after sweep: %v", left)
 	}
+	waitGone(t, orphan)
+}
+
+// TestSignalClosesTestbed: SIGTERM to a process with an open testbed
+// closes it (namespaces and processes gone, no sweep needed) and then
+// terminates the process by that signal.
+func TestSignalClosesTestbed(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("skipping: needs root")
+	}
+	child, proc := startChild(t, "signal")
+	prefix := fmt.Sprintf("%s%d-", NSPrefix, child.Process.Pid)
+	if left, _ := kernel.ListNamedNS(prefix); len(left) != 7 {
+		t.Fatalf("child made namespaces %v, want 7", left)
+	}
+	if err := child.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	err := child.Wait()
+	ws, ok := child.ProcessState.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() || ws.Signal() != syscall.SIGTERM {
+		t.Errorf("child ended with %v, want death by SIGTERM", err)
+	}
+	if left, _ := kernel.ListNamedNS(prefix); len(left) != 0 {
+		t.Errorf("namespaces left after SIGTERM: %v", left)
+	}
+	waitGone(t, proc)
+}
+
+func waitGone(t *testing.T, pid int) {
+	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for kernel.Exists(orphan) && time.Now().Before(deadline) {
+	for kernel.Exists(pid) && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
-	if kernel.Exists(orphan) {
-		t.Errorf("orphan %d still running after sweep", orphan)
+	if kernel.Exists(pid) {
+		t.Errorf("process %d still running", pid)
 	}
+}
+
+// startChild runs TestCrashChild in a child process in the given mode and
+// returns it with the pid of the process it started in a host.
+func startChild(t *testing.T, mode string) (*exec.Cmd, int) {
+	t.Helper()
+	child := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1", "-test.v")
+	child.Env = append(os.Environ(), crashChildEnv+"="+mode)
+	out, err := child.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { child.Process.Kill(); child.Wait() })
+	sc := bufio.NewScanner(out)
+	orphan := 0
+	for sc.Scan() {
+		if pid, ok := strings.CutPrefix(sc.Text(), "READY "); ok {
+			orphan, _ = strconv.Atoi(pid)
+			break
+		}
+	}
+	if orphan == 0 {
+		t.Fatalf("child never got ready: %v", sc.Err())
+	}
+	go io.Copy(io.Discard, out)
+	return child, orphan
 }
 
 // TestCloseIsIdempotentAndLeakFree also covers Close with a process still
