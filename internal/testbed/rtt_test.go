@@ -9,13 +9,6 @@ import (
 	"time"
 )
 
-// RTTTolerance is the p50 error this package guarantees for an RTT
-// measured through the switch (see TestRTTAccuracy and docs/BENCHMARKS.md):
-// the larger of 1 ms and 5% of the configured RTT.
-func rttTolerance(configured time.Duration) time.Duration {
-	return max(time.Millisecond, configured/20)
-}
-
 // TestRTTAccuracy measures UDP RTTs between a client and a mirror through
 // the switch for several configured one-way delays and compares them with
 // twice the delay. The test asserts twice the stated p50 tolerance (so a
@@ -56,7 +49,7 @@ func TestRTTAccuracy(t *testing.T) {
 		if rtts[0] < want {
 			t.Errorf("delay %v: an RTT of %v is shorter than the configured %v", d, rtts[0], want)
 		}
-		if tol := 2 * rttTolerance(want); p50 > tol {
+		if tol := 2 * RTTTolerance(want); p50 > tol {
 			t.Errorf("delay %v: p50 RTT error %v exceeds %v", d, p50, tol)
 		}
 	}
