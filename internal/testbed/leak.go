@@ -33,13 +33,20 @@ type LeakOptions struct {
 
 // LeakChecker compares the machine against a snapshot: namespaces, links,
 // processes, goroutines and bpffs pins created after the snapshot and
-// still there are leaks.
+// still there are leaks. Testbeds of this process that were already open
+// at the snapshot are ignored, so parallel tests may each use one; their
+// goroutines are not, so goroutine checks in parallel tests need the
+// same care as any goleak use.
 type LeakChecker struct {
 	opts     LeakOptions
 	pins     map[string]bool
 	ignoreGR goleak.Option
 	rootLink map[string]bool
 	kids     map[string]bool
+	// Namespaces that existed at the snapshot (other testbeds of this
+	// process, e.g. in parallel tests) are not this check's business.
+	oldNames  map[string]bool
+	oldInodes map[uint64]bool
 }
 
 // NewLeakChecker takes the snapshot. Create it before the testbed.
@@ -49,6 +56,17 @@ func NewLeakChecker(opts LeakOptions) *LeakChecker {
 	}
 	c := &LeakChecker{opts: opts, ignoreGR: goleak.IgnoreCurrent(), rootLink: map[string]bool{}}
 	c.pins, _ = listPins(opts.PinDir)
+	c.oldNames = map[string]bool{}
+	names, _ := kernel.ListNamedNS(ownerPrefix())
+	for _, n := range names {
+		c.oldNames[n] = true
+	}
+	c.oldInodes = map[uint64]bool{}
+	createdMu.Lock()
+	for ino := range created {
+		c.oldInodes[ino] = true
+	}
+	createdMu.Unlock()
 	c.kids = map[string]bool{}
 	for pid := range childProcesses() {
 		c.kids[pid] = true
@@ -87,9 +105,15 @@ func (c *LeakChecker) Check() error {
 func (c *LeakChecker) checkOnce() error {
 	var errs []error
 	// Namespaces of this process still named in /run/netns.
-	names, err := kernel.ListNamedNS(ownerPrefix())
+	all, err := kernel.ListNamedNS(ownerPrefix())
 	if err != nil {
 		errs = append(errs, err)
+	}
+	var names []string
+	for _, n := range all {
+		if !c.oldNames[n] {
+			names = append(names, n)
+		}
 	}
 	if len(names) > 0 {
 		errs = append(errs, fmt.Errorf("leaked namespaces in %s: %s", kernel.NetnsDir, strings.Join(names, " ")))
@@ -99,7 +123,9 @@ func (c *LeakChecker) checkOnce() error {
 	createdMu.Lock()
 	inodes := make(map[uint64]bool, len(created))
 	for ino := range created {
-		inodes[ino] = true
+		if !c.oldInodes[ino] {
+			inodes[ino] = true
+		}
 	}
 	createdMu.Unlock()
 	users, err := kernel.NSUsers(inodes)

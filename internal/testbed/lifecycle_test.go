@@ -24,7 +24,9 @@ func TestMain(m *testing.M) {
 	// cleanup); a package-wide check would also catch a test that forgot.
 	code := m.Run()
 	if code == 0 && os.Getenv(crashChildEnv) == "" {
-		if err := NewLeakChecker(LeakOptions{}).checkOnce(); err != nil {
+		c := NewLeakChecker(LeakOptions{})
+		c.oldNames, c.oldInodes = nil, nil // every namespace this process made must be gone
+		if err := c.checkOnce(); err != nil {
 			fmt.Fprintln(os.Stderr, "leaks after all tests:", err)
 			code = 1
 		}
