@@ -2,8 +2,8 @@ package testbed
 
 import (
 	"bufio"
-	"io"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"strconv"

@@ -235,29 +235,8 @@ func (n *NetNS) stopProcesses(timeout time.Duration) error {
 			errs = append(errs, fmt.Errorf("process %d in %s did not exit after SIGKILL", p.Pid, n.name))
 		}
 	}
-	deadline := time.Now().Add(timeout)
-	for {
-		users, err := kernel.NSUsers(map[uint64]bool{n.ino: true})
-		if err != nil {
-			return errors.Join(append(errs, err)...)
-		}
-		var procs []int
-		for _, u := range users {
-			if u.What == "process" {
-				procs = append(procs, u.Pid)
-			}
-		}
-		if len(procs) == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			errs = append(errs, fmt.Errorf("processes %v still in %s", procs, n.name))
-			break
-		}
-		for _, pid := range procs {
-			_ = kernel.Kill(pid, syscall.SIGKILL)
-		}
-		time.Sleep(10 * time.Millisecond)
+	if err := killNSUsers(n.ino, timeout); err != nil {
+		errs = append(errs, fmt.Errorf("namespace %s: %w", n.name, err))
 	}
 	return errors.Join(errs...)
 }

@@ -102,15 +102,12 @@ type IfaceConfig struct {
 
 // ConfigureIface applies c inside h.
 func ConfigureIface(h netns.NsHandle, c IfaceConfig) error {
-	nh, err := netlink.NewHandleAt(h)
-	if err != nil {
-		return fmt.Errorf("netlink handle: %w", err)
-	}
-	defer nh.Close()
-	l, err := nh.LinkByName(c.Name)
-	if err != nil {
-		return fmt.Errorf("find %s: %w", c.Name, err)
-	}
+	return withLink(h, c.Name, func(nh *netlink.Handle, l netlink.Link) error {
+		return configureIface(nh, l, c)
+	})
+}
+
+func configureIface(nh *netlink.Handle, l netlink.Link, c IfaceConfig) error {
 	idx := l.Attrs().Index
 	for _, p := range c.Addrs {
 		a := &netlink.Addr{IPNet: prefixNet(p)}
@@ -167,27 +164,30 @@ func ConfigureIface(h netns.NsHandle, c IfaceConfig) error {
 // AddAddr adds a host address to the named link in h (for example a VIP on
 // "lo"); IPv6 addresses get IFA_F_NODAD.
 func AddAddr(h netns.NsHandle, link string, p netip.Prefix) error {
-	nh, err := netlink.NewHandleAt(h)
-	if err != nil {
-		return fmt.Errorf("netlink handle: %w", err)
-	}
-	defer nh.Close()
-	l, err := nh.LinkByName(link)
-	if err != nil {
-		return fmt.Errorf("find %s: %w", link, err)
-	}
-	a := &netlink.Addr{IPNet: prefixNet(p)}
-	if p.Addr().Is6() {
-		a.Flags = unix.IFA_F_NODAD
-	}
-	if err := nh.AddrAdd(l, a); err != nil {
-		return fmt.Errorf("add %s to %s: %w", p, link, err)
-	}
-	return nil
+	return withLink(h, link, func(nh *netlink.Handle, l netlink.Link) error {
+		a := &netlink.Addr{IPNet: prefixNet(p)}
+		if p.Addr().Is6() {
+			a.Flags = unix.IFA_F_NODAD
+		}
+		if err := nh.AddrAdd(l, a); err != nil {
+			return fmt.Errorf("add %s to %s: %w", p, link, err)
+		}
+		return nil
+	})
 }
 
 // DelAddr removes a host address from the named link in h.
 func DelAddr(h netns.NsHandle, link string, p netip.Prefix) error {
+	return withLink(h, link, func(nh *netlink.Handle, l netlink.Link) error {
+		if err := nh.AddrDel(l, &netlink.Addr{IPNet: prefixNet(p)}); err != nil {
+			return fmt.Errorf("delete %s from %s: %w", p, link, err)
+		}
+		return nil
+	})
+}
+
+// withLink runs fn with a netlink handle in h and the named link.
+func withLink(h netns.NsHandle, link string, fn func(*netlink.Handle, netlink.Link) error) error {
 	nh, err := netlink.NewHandleAt(h)
 	if err != nil {
 		return fmt.Errorf("netlink handle: %w", err)
@@ -197,10 +197,7 @@ func DelAddr(h netns.NsHandle, link string, p netip.Prefix) error {
 	if err != nil {
 		return fmt.Errorf("find %s: %w", link, err)
 	}
-	if err := nh.AddrDel(l, &netlink.Addr{IPNet: prefixNet(p)}); err != nil {
-		return fmt.Errorf("delete %s from %s: %w", p, link, err)
-	}
-	return nil
+	return fn(nh, l)
 }
 
 // LinkInfo is what callers need to know about one link.

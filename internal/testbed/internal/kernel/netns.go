@@ -124,51 +124,46 @@ func ListNamedNS(prefix string) ([]string, error) {
 }
 
 // inNewNS runs fn on a locked OS thread moved into a new network
-// namespace, then moves the thread back. A thread that cannot be moved back
-// stays locked, so the runtime discards it with its goroutine (except the
-// main thread, which the runtime parks forever; the leak checker would
-// then report the namespace as kept alive).
+// namespace, then moves the thread back.
 func inNewNS(fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			errc <- fmt.Errorf("get current namespace: %w", err)
-			return
-		}
-		defer orig.Close()
+	return onLockedThread(func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("unshare: %w", err)
-			return
+			return fmt.Errorf("unshare: %w", err)
 		}
-		ferr := fn()
-		if err := netns.Set(orig); err != nil {
-			errc <- errors.Join(ferr, fmt.Errorf("restore namespace: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- ferr
-	}()
-	return <-errc
+		return nil
+	}, fn)
 }
 
 // InNS runs fn on a locked OS thread inside the namespace h and restores
-// the thread afterwards. If the thread cannot be restored it is discarded
-// rather than returned to the scheduler. Sockets created by fn belong to h
-// and may be used from any goroutine afterwards.
+// the thread afterwards. Sockets created by fn belong to h and may be used
+// from any goroutine afterwards.
 func InNS(h netns.NsHandle, fn func() error) error {
+	return onLockedThread(func() error {
+		if err := netns.Set(h); err != nil {
+			return fmt.Errorf("enter namespace: %w", err)
+		}
+		return nil
+	}, fn)
+}
+
+// onLockedThread runs enter and then fn on a fresh goroutine locked to its
+// OS thread, and moves the thread back to its original network namespace.
+// A thread that may not be back (enter or the restore failed) stays
+// locked, so the runtime discards it with its goroutine rather than
+// reusing it — except the main thread, which the runtime parks forever
+// instead (the leak checker then reports the namespace as kept alive).
+func onLockedThread(enter, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
 			errc <- fmt.Errorf("get current namespace: %w", err)
-			return // thread discarded while locked
+			return
 		}
 		defer orig.Close()
-		if err := netns.Set(h); err != nil {
-			errc <- fmt.Errorf("enter namespace: %w", err)
+		if err := enter(); err != nil {
+			errc <- err
 			return
 		}
 		ferr := fn()

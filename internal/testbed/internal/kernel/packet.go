@@ -104,18 +104,26 @@ func (c *PacketConn) Read(buf []byte) (int, error) {
 
 // Write sends one frame out of the bound interface.
 func (c *PacketConn) Write(frame []byte) error {
+	_, err := rawIO(c.rc.Write, unix.SYS_WRITE, frame)
+	return err
+}
+
+// rawIO runs the read(2)- or write(2)-like syscall trap on buf through the
+// runtime poller (op is a RawConn's Read or Write), without allocating.
+func rawIO(op func(func(uintptr) bool) error, trap uintptr, buf []byte) (int, error) {
+	var n uintptr
 	var errno syscall.Errno
-	err := c.rc.Write(func(fd uintptr) bool {
-		_, _, errno = unix.Syscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&frame[0])), uintptr(len(frame)))
+	err := op(func(fd uintptr) bool {
+		n, _, errno = unix.Syscall(trap, fd, uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)))
 		return errno != unix.EAGAIN
 	})
 	if err != nil {
-		return err
+		return 0, err
 	}
 	if errno != 0 {
-		return errno
+		return 0, errno
 	}
-	return nil
+	return int(n), nil
 }
 
 // Close closes the socket and wakes blocked readers and writers.

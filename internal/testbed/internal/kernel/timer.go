@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"syscall"
-	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -68,19 +67,9 @@ func (t *Timer) Disarm() error {
 // Wait blocks until the timer has expired (since the last Wait) or is
 // closed, which returns an error.
 func (t *Timer) Wait() error {
-	var buf [8]byte
-	var errno syscall.Errno
-	err := t.rc.Read(func(fd uintptr) bool {
-		_, _, errno = unix.Syscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&buf[0])), 8)
-		return errno != unix.EAGAIN
-	})
-	if err != nil {
-		return err
-	}
-	if errno != 0 {
-		return errno
-	}
-	return nil
+	var buf [8]byte // the expiration count, unused
+	_, err := rawIO(t.rc.Read, unix.SYS_READ, buf[:])
+	return err
 }
 
 // Close releases the timer and wakes a waiter.
