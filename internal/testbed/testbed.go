@@ -4,13 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
+	"text/tabwriter"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -454,6 +457,25 @@ func (t *Testbed) setPaths(a, b string, both bool, f func(wan.Path) wan.Path) er
 		}
 	}
 	return nil
+}
+
+// WriteSwitchStats writes the switch's per-port counters as a table: one
+// line per port with its host, frames and bytes each way, and the drops
+// by reason (only reasons with a non-zero count).
+func (t *Testbed) WriteSwitchStats(w io.Writer) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "PORT\tHOST\tRX FRAMES\tRX BYTES\tTX FRAMES\tTX BYTES\tQUEUED\tDROPS")
+	for _, st := range t.sw.Stats() {
+		var drops []string
+		for r, n := range st.Drops {
+			if n > 0 {
+				drops = append(drops, fmt.Sprintf("%s=%d", wan.DropReason(r), n))
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\n", st.Name, st.Site,
+			st.RxFrames, st.RxBytes, st.TxFrames, st.TxBytes, st.Queued, strings.Join(drops, " "))
+	}
+	return tw.Flush()
 }
 
 // Close stops the mirrors' services and every process started in the

@@ -275,6 +275,13 @@ func TestEchoStream(t *testing.T) {
 		t.Errorf("echo result %+v", res)
 	}
 	t.Logf("echoed %d bytes in 1 s through a 2 ms + 2 ms path", res.Received)
+	var table strings.Builder
+	if err := tb.WriteSwitchStats(&table); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(table.String(), "PORT") || !strings.Contains(table.String(), "m2") {
+		t.Errorf("stats table:\n%s", table.String())
+	}
 	if s := tb.Service("m2").Stats(); s.EchoBytes != res.Received {
 		t.Errorf("mirror echoed %d bytes, client received %d", s.EchoBytes, res.Received)
 	}
