@@ -296,9 +296,13 @@ func (n *NetNS) Enter(tb testing.TB) {
 }
 
 // AddAddr adds a host address (/32 or /128 for a single address) to link
-// inside the namespace, e.g. a VIP on "lo"; IPv6 gets IFA_F_NODAD.
+// inside the namespace, e.g. a VIP on "lo"; IPv6 gets IFA_F_NODAD. It
+// returns once the address is usable (IPv6 completes asynchronously).
 func (n *NetNS) AddAddr(link string, p netip.Prefix) error {
-	return kernel.AddAddr(n.h, link, p)
+	if err := kernel.AddAddr(n.h, link, p); err != nil {
+		return err
+	}
+	return kernel.WaitLocal(n.h, 10*time.Second, p.Addr())
 }
 
 // DelAddr removes an address added with AddAddr.

@@ -99,9 +99,10 @@ func MeasureRTT(ctx context.Context, h *NetNS, addr string, n int, interval time
 
 // RTTTolerance is the p50 RTT error this package states for a path with
 // the given configured round-trip time (the sum of the one-way delays):
-// the larger of 1 ms and 5%. TestRTTAccuracy measures well inside it (see
-// docs/BENCHMARKS.md) and asserts twice it, to stay robust on a loaded
-// 2-vCPU machine.
+// the larger of 1 ms and 5%, on a machine with CPU to spare (measured
+// 0.1–0.3 ms, see docs/BENCHMARKS.md). When every CPU is saturated the
+// error follows the scheduler: p50 errors up to a few ms were measured.
+// Errors are never negative: the switch never releases a frame early.
 func RTTTolerance(configured time.Duration) time.Duration {
 	return max(time.Millisecond, configured/20)
 }

@@ -287,6 +287,26 @@ func (t *Testbed) build(ctx context.Context, opts Options) error {
 		}
 	}
 
+	// Addresses and routes are in place, but the kernel finishes IPv6
+	// address setup and link state asynchronously: wait for both, so the
+	// first connect of a test cannot fail with "network is unreachable".
+	for _, h := range t.hosts {
+		var names []string
+		var addrs []netip.Addr
+		for _, i := range h.Ifaces {
+			names = append(names, i.Name)
+			addrs = append(addrs, i.V6)
+		}
+		if h.Role == RoleMirror {
+			addrs = append(addrs, t.plan.topo.VIPs...)
+		}
+		if err := kernel.WaitOperUp(h.h, 10*time.Second, names...); err != nil {
+			return fmt.Errorf("host %s: %w", h.Name, err)
+		}
+		if err := kernel.WaitLocal(h.h, 10*time.Second, addrs...); err != nil {
+			return fmt.Errorf("host %s: %w", h.Name, err)
+		}
+	}
 	if t.pass, err = wan.PassProgram(); err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package wan
 
 import (
 	"bytes"
-	"container/heap"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -513,7 +512,7 @@ func (s *Switch) transmit(p *port) {
 		now := s.now()
 		due = due[:0]
 		for len(p.q.h) > 0 && p.q.h[0].release <= now {
-			due = append(due, heap.Pop(&p.q.h).(item))
+			due = append(due, p.q.h.pop())
 		}
 		var err error
 		if len(p.q.h) > 0 {
@@ -558,23 +557,53 @@ type item struct {
 	n       int
 }
 
+// itemHeap is a binary min-heap on (release, seq). It is hand-written
+// rather than container/heap so pushing a frame does not box it.
 type itemHeap []item
 
-func (h itemHeap) Len() int { return len(h) }
-func (h itemHeap) Less(i, j int) bool {
+func (h itemHeap) less(i, j int) bool {
 	if h[i].release != h[j].release {
 		return h[i].release < h[j].release
 	}
 	return h[i].seq < h[j].seq
 }
-func (h itemHeap) Swap(i, j int) { h[i], h[j] = h[j], h[i] }
-func (h *itemHeap) Push(x any)   { *h = append(*h, x.(item)) }
-func (h *itemHeap) Pop() any {
-	old := *h
-	it := old[len(old)-1]
-	old[len(old)-1] = item{}
-	*h = old[:len(old)-1]
-	return it
+
+func (h *itemHeap) push(it item) {
+	*h = append(*h, it)
+	a := *h
+	for i := len(a) - 1; i > 0; {
+		p := (i - 1) / 2
+		if !a.less(i, p) {
+			break
+		}
+		a[i], a[p] = a[p], a[i]
+		i = p
+	}
+}
+
+func (h *itemHeap) pop() item {
+	a := *h
+	top := a[0]
+	n := len(a) - 1
+	a[0] = a[n]
+	a[n] = item{}
+	a = a[:n]
+	for i := 0; ; {
+		l, m := 2*i+1, i
+		if l < n && a.less(l, m) {
+			m = l
+		}
+		if r := l + 1; r < n && a.less(r, m) {
+			m = r
+		}
+		if m == i {
+			break
+		}
+		a[i], a[m] = a[m], a[i]
+		i = m
+	}
+	*h = a
+	return top
 }
 
 // queue is one egress port's delay line, ordered by (release, arrival).
@@ -595,7 +624,7 @@ func (q *queue) push(it item) bool {
 	}
 	it.seq = q.seq
 	q.seq++
-	heap.Push(&q.h, it)
+	q.h.push(it)
 	if q.h[0].seq == it.seq {
 		// A new head: wake the transmitter at its release time. An
 		// error means the switch is closing.

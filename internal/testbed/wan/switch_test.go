@@ -3,6 +3,7 @@ package wan
 import (
 	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"sync"
@@ -419,3 +420,22 @@ func FuzzFrame(f *testing.F) {
 }
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+func TestItemHeapOrder(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var h itemHeap
+	for i := 0; i < 2000; i++ {
+		h.push(item{release: rng.Int64N(50), seq: uint64(i)})
+		if rng.IntN(3) == 0 {
+			h.pop()
+		}
+	}
+	prev := item{release: -1}
+	for len(h) > 0 {
+		it := h.pop()
+		if it.release < prev.release || (it.release == prev.release && it.seq < prev.seq) {
+			t.Fatalf("popped %+v after %+v", it, prev)
+		}
+		prev = it
+	}
+}

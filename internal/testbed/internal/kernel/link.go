@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"time"
 	"unsafe"
 
 	"github.com/vishvananda/netlink"
@@ -327,4 +328,61 @@ func b2u(b bool) uint32 {
 		return 1
 	}
 	return 0
+}
+
+// WaitOperUp waits until each named link in h is operationally up
+// (carrier on, as the kernel's linkwatch reports it asynchronously; under
+// CPU load this can take hundreds of milliseconds). IPv6 does not use a
+// link's routes before then: a connect fails with "network is
+// unreachable".
+func WaitOperUp(h netns.NsHandle, timeout time.Duration, links ...string) error {
+	nh, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return fmt.Errorf("netlink handle: %w", err)
+	}
+	defer nh.Close()
+	deadline := time.Now().Add(timeout)
+	for _, name := range links {
+		for {
+			l, err := nh.LinkByName(name)
+			if err != nil {
+				return fmt.Errorf("find %s: %w", name, err)
+			}
+			if l.Attrs().OperState == netlink.OperUp {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s still %s after %v", name, l.Attrs().OperState, timeout)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// WaitLocal waits until each address is a usable local address in h. An
+// IPv6 address, even one added with IFA_F_NODAD, gets its local route
+// only when the kernel's address work item runs, asynchronously after the
+// netlink call returns; until then packets to it are not delivered
+// locally (a TCP client sees "network is unreachable").
+func WaitLocal(h netns.NsHandle, timeout time.Duration, addrs ...netip.Addr) error {
+	nh, err := netlink.NewHandleAt(h)
+	if err != nil {
+		return fmt.Errorf("netlink handle: %w", err)
+	}
+	defer nh.Close()
+	deadline := time.Now().Add(timeout)
+	for _, a := range addrs {
+		for {
+			rs, err := nh.RouteGet(net.IP(a.AsSlice()))
+			if err == nil && len(rs) > 0 && rs[0].Type == unix.RTN_LOCAL {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("address %s not local after %v (route %v, %v)", a, timeout, rs, err)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+	return nil
 }
