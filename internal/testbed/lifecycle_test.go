@@ -192,11 +192,12 @@ func TestCloseIsIdempotentAndLeakFree(t *testing.T) {
 	}
 }
 
-// TestNewNetNS: a fresh namespace has only lo, Enter moves the test's
-// thread into it, and cleanup removes it.
+// TestNewNetNS: a fresh namespace has only lo, JoinNewNetNS moves the
+// test's thread into it, and cleanup removes it (VerifyNoLeaks would
+// catch a thread left inside).
 func TestNewNetNS(t *testing.T) {
 	VerifyNoLeaks(t, LeakOptions{})
-	n := NewNetNS(t)
+	n := JoinNewNetNS(t)
 	links, err := kernel.ListLinks(n.Handle())
 	if err != nil {
 		t.Fatal(err)
@@ -204,7 +205,6 @@ func TestNewNetNS(t *testing.T) {
 	if len(links) != 1 || links[0].Name != "lo" {
 		t.Fatalf("links %+v, want lo only", links)
 	}
-	n.Enter(t)
 	self, err := os.Readlink("/proc/thread-self/ns/net")
 	if err != nil {
 		t.Fatal(err)

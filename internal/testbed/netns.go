@@ -278,6 +278,17 @@ func NewNetNS(tb testing.TB) *NetNS {
 	return n
 }
 
+// JoinNewNetNS is NewNetNS followed by Enter: the test goroutine's OS
+// thread is locked into a fresh namespace until the test ends, so code
+// under test that uses the current namespace (netlink, link.AttachXDP by
+// ifindex, sockets) runs in it.
+func JoinNewNetNS(tb testing.TB) *NetNS {
+	tb.Helper()
+	n := NewNetNS(tb)
+	n.Enter(tb)
+	return n
+}
+
 // Enter locks the calling goroutine to its OS thread and moves that thread
 // into the namespace until the end of the test (restored in tb.Cleanup,
 // which runs on the same goroutine). Goroutines the test starts do not
