@@ -323,6 +323,8 @@ func (t *Testbed) build(ctx context.Context, opts Options) error {
 	t.sw, err = wan.New(wan.Config{
 		Sites: sites, Ports: ports, VIPs: t.plan.topo.VIPs,
 		QueueLimit: opts.QueueLimit, Seed: opts.Seed, Logger: t.log,
+		// Ethernet header plus room for a VLAN tag and slack.
+		MaxFrame: max(2048, t.plan.topo.MTU+64),
 	})
 	if err != nil {
 		return fmt.Errorf("wan switch: %w", err)
