@@ -254,7 +254,15 @@ func TestLoss(t *testing.T) {
 // byte returns intact, and the switch never saw an oversized (GRO) frame
 // or a frame with a bad header.
 func TestEchoStream(t *testing.T) {
-	tb := ForTest(t, smallTopo(), Options{})
+	for _, mtu := range []int{1500, 9000} {
+		t.Run(fmt.Sprintf("mtu%d", mtu), func(t *testing.T) { testEchoStream(t, mtu) })
+	}
+}
+
+func testEchoStream(t *testing.T, mtu int) {
+	topo := smallTopo()
+	topo.MTU = mtu
+	tb := ForTest(t, topo, Options{})
 	c, m := tb.Clients("ra")[0], tb.Host("m2")
 	if err := tb.SetDelay("ra", "m2", 2*time.Millisecond); err != nil {
 		t.Fatal(err)
@@ -265,16 +273,16 @@ func TestEchoStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	sctx, cancel := context.WithTimeout(ctx, time.Second)
+	sctx, cancel := context.WithTimeout(ctx, 500*time.Millisecond)
 	defer cancel()
 	res, err := Echo(sctx, conn.(*net.TCPConn), 16<<10, 0, nil)
 	if err != nil {
 		t.Fatalf("echo: %v (%+v)", err, res)
 	}
-	if res.Mirror != "m2" || res.Sent < 1<<20 {
+	if res.Mirror != "m2" || res.Sent < 512<<10 {
 		t.Errorf("echo result %+v", res)
 	}
-	t.Logf("echoed %d bytes in 1 s through a 2 ms + 2 ms path", res.Received)
+	t.Logf("echoed %d bytes in 0.5 s through a 2 ms + 2 ms path", res.Received)
 	var table strings.Builder
 	if err := tb.WriteSwitchStats(&table); err != nil {
 		t.Fatal(err)
@@ -288,6 +296,9 @@ func TestEchoStream(t *testing.T) {
 	for _, st := range tb.Switch().Stats() {
 		if st.RxFrames > 1000 {
 			t.Logf("port %s (%s): rx %d frames, %d bytes/frame", st.Name, st.Site, st.RxFrames, st.RxBytes/st.RxFrames)
+			if avg := st.RxBytes / st.RxFrames; avg > uint64(mtu+14) || avg < uint64(mtu/2) {
+				t.Errorf("port %s: average frame %d bytes with MTU %d", st.Name, avg, mtu)
+			}
 		}
 		if st.Drops[wan.DropOversize]+st.Drops[wan.DropMalformed] != 0 {
 			t.Errorf("port %s drops %v", st.Name, st.Drops)

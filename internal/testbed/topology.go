@@ -44,7 +44,10 @@ type Topology struct {
 	// mirror names its own. Defaults 10.255.0.0/16 and fd00:ff::/64.
 	InfraV4 netip.Prefix `yaml:"infra_v4"`
 	InfraV6 netip.Prefix `yaml:"infra_v6"`
-	// MTU of every link; default 1500.
+	// MTU of every link; default 1500, at most 9000. Above about 3500 a
+	// veth accepts a native XDP program only if it is multi-buffer aware
+	// (BPF_F_XDP_HAS_FRAGS): the switch's is; programs attached to host
+	// interfaces must be too.
 	MTU int `yaml:"mtu"`
 }
 

@@ -144,6 +144,9 @@ func NewPassProgram() (*ebpf.Program, error) {
 			asm.Return(),
 		},
 		License: "GPL",
+		// Declared multi-buffer aware (it never reads the packet), so a
+		// veth running it accepts an MTU above a page (Linux 5.18+).
+		Flags: unix.BPF_F_XDP_HAS_FRAGS,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("load xdp pass program: %w", err)
