@@ -14,20 +14,25 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
+	"go.uber.org/goleak"
 
 	"github.com/premirror/premirror/internal/testbed/internal/kernel"
 	"github.com/premirror/premirror/internal/testbed/wan"
 )
 
 func TestMain(m *testing.M) {
-	// goleak runs per test through VerifyNoLeaks (after the testbed's
-	// cleanup); a package-wide check would also catch a test that forgot.
+	// Per-test checks run through VerifyNoLeaks; this one also catches a
+	// test that forgot it.
 	code := m.Run()
 	if code == 0 && os.Getenv(crashChildEnv) == "" {
 		c := NewLeakChecker(LeakOptions{})
 		c.oldNames, c.oldInodes = nil, nil // every namespace this process made must be gone
 		if err := c.checkOnce(); err != nil {
 			fmt.Fprintln(os.Stderr, "leaks after all tests:", err)
+			code = 1
+		}
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines leaked by the tests:", err)
 			code = 1
 		}
 	}
