@@ -226,6 +226,10 @@ func (t *Testbed) build(ctx context.Context, opts Options) error {
 		if err := kernel.SetSysctls(ns.h, sc); err != nil {
 			return fmt.Errorf("host %s: %w", hp.name, err)
 		}
+		mtu := t.plan.topo.MTU
+		if hp.role == RoleClient {
+			mtu = t.plan.topo.ClientMTU
+		}
 		for arm, ap := range hp.arms {
 			portNo++
 			ifname := "eth" + strconv.Itoa(arm)
@@ -234,7 +238,7 @@ func (t *Testbed) build(ctx context.Context, opts Options) error {
 			swIdx, hIdx, err := kernel.CreateVeth(kernel.VethSpec{
 				ANS: t.swNS.h, AName: pname, AMAC: swMAC,
 				BNS: ns.h, BName: ifname, BMAC: hostMAC,
-				MTU: t.plan.topo.MTU, Alias: LinkAliasPrefix + h.Name + "/" + ifname,
+				MTU: mtu, Alias: LinkAliasPrefix + h.Name + "/" + ifname,
 			})
 			if err != nil {
 				return fmt.Errorf("host %s: %w", hp.name, err)

@@ -142,7 +142,9 @@ func TestVIPGoesToRegionEdge(t *testing.T) {
 // TestTwoArmedEdgeRoutesMirrorsViaEth1: the edge's own traffic to a mirror
 // leaves through eth1, to a client through eth0.
 func TestTwoArmedEdgeRoutesMirrorsViaEth1(t *testing.T) {
-	tb := ForTest(t, smallTopo(), Options{})
+	topo := smallTopo()
+	topo.ClientMTU = 1400
+	tb := ForTest(t, topo, Options{})
 	ctx := ctxT(t, 10*time.Second)
 	ea := tb.Host("ea")
 	eth1, ok := ea.Iface("eth1")
@@ -163,6 +165,16 @@ func TestTwoArmedEdgeRoutesMirrorsViaEth1(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "dev eth0") {
 		t.Errorf("route to client: %s", out)
+	}
+	// Client links use ClientMTU, the others MTU.
+	for host, want := range map[string]string{"ra-1": "mtu 1400", "ea": "mtu 1500", "m1": "mtu 1500"} {
+		out, err := tb.Host(host).Run(ctx, "ip", "link", "show", "dev", "eth0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(out), want) {
+			t.Errorf("%s eth0: %s, want %s", host, out, want)
+		}
 	}
 }
 

@@ -49,6 +49,11 @@ type Topology struct {
 	// (BPF_F_XDP_HAS_FRAGS): the switch's is; programs attached to host
 	// interfaces must be too.
 	MTU int `yaml:"mtu"`
+	// ClientMTU is the MTU of client hosts' links; default MTU. Set it
+	// below MTU (1400 with MTU 1500, say) when an edge encapsulates
+	// client packets (IPIP adds 20 bytes, IP6IP6 40): a veth drops an
+	// XDP_TX or XDP_REDIRECT frame larger than its peer's MTU allows.
+	ClientMTU int `yaml:"client_mtu"`
 }
 
 // Service configures the identity service each mirror runs on every VIP
@@ -250,6 +255,12 @@ func (t Topology) plan() (*plan, error) {
 	}
 	if t.MTU < 1280 || t.MTU > 9000 {
 		return nil, invalid("mtu", "%d not in [1280, 9000]", t.MTU)
+	}
+	if t.ClientMTU == 0 {
+		t.ClientMTU = t.MTU
+	}
+	if t.ClientMTU < 1280 || t.ClientMTU > t.MTU {
+		return nil, invalid("client_mtu", "%d not in [1280, mtu %d]", t.ClientMTU, t.MTU)
 	}
 	if !t.InfraV4.Addr().Is4() || t.InfraV4 != t.InfraV4.Masked() || t.InfraV4.Bits() > 28 {
 		return nil, invalid("infra_v4", "%s must be a masked IPv4 prefix of at most /28", t.InfraV4)

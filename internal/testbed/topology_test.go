@@ -85,6 +85,7 @@ func TestTopologyErrors(t *testing.T) {
 		{"negative delay", func(t *Topology) { t.Delays = []Delay{{A: "ra", B: "m1", OneWay: Duration(-time.Millisecond)}} }, "delays[0].one_way"},
 		{"loss above 1", func(t *Topology) { t.Delays = []Delay{{A: "ra", B: "m1", Loss: 1.5}} }, "delays[0].loss"},
 		{"mtu", func(t *Topology) { t.MTU = 100 }, "mtu"},
+		{"client mtu above mtu", func(t *Topology) { t.ClientMTU = 1600 }, "client_mtu"},
 		{"port 0", func(t *Topology) { t.Service.TCPPorts = []uint16{0} }, "service.tcp_ports[0]"},
 		{"small infra", func(t *Topology) { t.InfraV4 = netip.MustParsePrefix("10.255.0.0/29") }, "infra_v4"},
 	}
@@ -134,7 +135,7 @@ func TestTopologyAddressesAndDefaults(t *testing.T) {
 			t.Errorf("%s: %v, want %v", name, g, w)
 		}
 	}
-	if p.topo.MTU != 1500 || p.topo.Service.TCPPorts[0] != 8080 || p.topo.Service.UDPPorts[0] != 8053 {
+	if p.topo.MTU != 1500 || p.topo.ClientMTU != 1500 || p.topo.Service.TCPPorts[0] != 8080 || p.topo.Service.UDPPorts[0] != 8053 {
 		t.Errorf("defaults: %+v", p.topo)
 	}
 	// The two-armed edge routes each mirror via eth1.
