@@ -491,8 +491,13 @@ func (t *Testbed) setPaths(a, b string, both bool, f func(wan.Path) wan.Path) er
 func (t *Testbed) WriteSwitchStats(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "PORT\tHOST\tRX FRAMES\tRX BYTES\tTX FRAMES\tTX BYTES\tQUEUED\tDROPS")
+	// Overruns (frames the kernel dropped before the switch read them)
+	// are listed among the drops.
 	for _, st := range t.sw.Stats() {
 		var drops []string
+		if st.Overruns > 0 {
+			drops = append(drops, fmt.Sprintf("overrun=%d", st.Overruns))
+		}
 		for r, n := range st.Drops {
 			if n > 0 {
 				drops = append(drops, fmt.Sprintf("%s=%d", wan.DropReason(r), n))

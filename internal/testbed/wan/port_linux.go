@@ -3,6 +3,7 @@ package wan
 import (
 	"errors"
 	"fmt"
+	"sync"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -16,6 +17,9 @@ import (
 type kernelPort struct {
 	pc  *kernel.PacketConn
 	xdp link.Link
+
+	mu    sync.Mutex
+	drops uint64 // accumulated: the kernel counter resets on read
 }
 
 // PassProgram loads the trivial XDP program OpenKernelPort attaches; load
@@ -61,6 +65,16 @@ func (k *kernelPort) Read(buf []byte) (int, error) {
 }
 
 func (k *kernelPort) Write(frame []byte) error { return k.pc.Write(frame) }
+
+// Overruns implements the optional overrun counter of PortIO.
+func (k *kernelPort) Overruns() uint64 {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if d, err := k.pc.Drops(); err == nil {
+		k.drops += d
+	}
+	return k.drops
+}
 
 func (k *kernelPort) Close() error {
 	return errors.Join(k.pc.Close(), k.xdp.Close())

@@ -30,6 +30,13 @@ type PortIO interface {
 	Close() error
 }
 
+// Overrunner is implemented by a PortIO that can count frames lost before
+// the switch read them (a full socket receive buffer).
+type Overrunner interface {
+	// Overruns returns the frames lost so far.
+	Overruns() uint64
+}
+
 // ErrOversize is wrapped by PortIO.Read for frames longer than the buffer.
 var ErrOversize = errors.New("frame longer than buffer")
 
@@ -323,11 +330,15 @@ type PortStats struct {
 	TxFrames, TxBytes uint64
 	Drops             [NumDropReasons]uint64
 	Queued            int
+	// Overruns are frames the kernel dropped before the switch read them
+	// (receive buffer full: the switch did not keep up), if the port can
+	// tell ([Overrunner]).
+	Overruns uint64
 }
 
-// TotalDrops sums Drops.
+// TotalDrops sums Drops and Overruns.
 func (p PortStats) TotalDrops() uint64 {
-	var t uint64
+	t := p.Overruns
 	for _, d := range p.Drops {
 		t += d
 	}
@@ -349,6 +360,9 @@ func (s *Switch) Stats() []PortStats {
 		p.q.mu.Lock()
 		st.Queued = len(p.q.h)
 		p.q.mu.Unlock()
+		if o, ok := p.io.(Overrunner); ok {
+			st.Overruns = o.Overruns()
+		}
 		out = append(out, st)
 	}
 	return out

@@ -126,6 +126,24 @@ func rawIO(op func(func(uintptr) bool) error, trap uintptr, buf []byte) (int, er
 	return int(n), nil
 }
 
+// Drops returns how many frames the kernel dropped because the socket's
+// receive buffer was full since the previous call (the kernel resets the
+// counter on each read).
+func (c *PacketConn) Drops() (uint64, error) {
+	var st *unix.TpacketStats
+	var err error
+	cerr := c.rc.Control(func(fd uintptr) {
+		st, err = unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS)
+	})
+	if cerr != nil {
+		return 0, cerr
+	}
+	if err != nil {
+		return 0, fmt.Errorf("packet statistics: %w", err)
+	}
+	return uint64(st.Drops), nil
+}
+
 // Close closes the socket and wakes blocked readers and writers.
 func (c *PacketConn) Close() error { return c.f.Close() }
 
