@@ -19,7 +19,9 @@
 //     checksum offload off (complete checksums on the wire, so frames
 //     survive being copied or encapsulated by XDP), forwarding on edges
 //     and loose rp_filter everywhere (a mirror accepts VIP packets from
-//     any client on eth0);
+//     any client on eth0). Client links may get a smaller MTU
+//     ([Topology.ClientMTU]) so an edge's IPIP/IP6IP6 encapsulation of a
+//     full-size client packet fits the edge → mirror links;
 //   - on every mirror, the VIPs on lo (/32, /128) and the identity
 //     service ([MirrorService]) on each VIP and on the mirror's own
 //     addresses, TCP and UDP, on the topology's ports (default 8080/tcp,
