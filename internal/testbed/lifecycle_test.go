@@ -219,51 +219,67 @@ func TestNewNetNS(t *testing.T) {
 	}
 }
 
-// TestXDPTxReachesSwitch: a host whose eth0 runs an XDP program that
-// bounces every frame with XDP_TX; the bounced frames reach the switch
-// (which counts them as not addressed to it) because the switch's veth end
-// runs the pass-through program.
-func TestXDPTxReachesSwitch(t *testing.T) {
+// TestXDPTxAndRedirectReachSwitch: frames a host's XDP program sends with
+// XDP_TX (bounced out of eth0) or XDP_REDIRECT (from a two-armed edge's
+// eth0 out of eth1) reach the switch, which counts them as not addressed
+// to it: the switch's veth ends run the pass-through program, without
+// which (checked on this kernel by detaching it) none of them arrive.
+func TestXDPTxAndRedirectReachSwitch(t *testing.T) {
 	tb := ForTest(t, smallTopo(), Options{})
-	c := tb.Clients("ra")[0]
-	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{
-		Type:         ebpf.XDP,
-		License:      "GPL",
-		Instructions: asm.Instructions{asm.Mov.Imm(asm.R0, 3), asm.Return()}, // XDP_TX
-	})
-	if err != nil {
-		t.Fatal(err)
+	ea := tb.Host("ea")
+	eth1, _ := ea.Iface("eth1")
+	tests := []struct {
+		name    string
+		host    *Host // runs the program on eth0
+		sender  *Host // sends UDP to host's eth0 address
+		outPort string
+		prog    asm.Instructions
+	}{
+		{"xdp_tx", tb.Clients("ra")[0], tb.Host("m1"), tb.Clients("ra")[0].Ifaces[0].Port,
+			asm.Instructions{asm.Mov.Imm(asm.R0, 3), asm.Return()}},
+		{"xdp_redirect", ea, tb.Clients("ra")[0], eth1.Port,
+			asm.Instructions{
+				asm.Mov.Imm(asm.R1, int32(eth1.Index)),
+				asm.Mov.Imm(asm.R2, 0),
+				asm.FnRedirect.Call(),
+				asm.Return(),
+			}},
 	}
-	defer prog.Close()
-	l, err := kernel.AttachXDP(c.Handle(), prog, c.Ifaces[0].Index)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	port := c.Ifaces[0].Port
-	before, _ := tb.Switch().PortStats(port)
-	m := tb.Host("m1")
-	conn, err := m.Dial(t.Context(), "udp", hostPort(c.V4(), 7))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	const n = 100
-	for i := 0; i < n; i++ {
-		if _, err := conn.Write([]byte("bounce")); err != nil {
-			t.Fatal(err)
-		}
-		time.Sleep(100 * time.Microsecond)
-	}
-	var bounced uint64
-	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		st, _ := tb.Switch().PortStats(port)
-		if bounced = st.Drops[wan.DropNotForUs] - before.Drops[wan.DropNotForUs]; bounced >= n {
-			break
-		}
-	}
-	// Without the program on the switch side about 3 in 100 arrive.
-	if bounced < n*95/100 {
-		t.Errorf("%d of %d XDP_TX frames reached the switch", bounced, n)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Type: ebpf.XDP, License: "GPL", Instructions: tc.prog})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer prog.Close()
+			l, err := kernel.AttachXDP(tc.host.Handle(), prog, tc.host.Ifaces[0].Index)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			before, _ := tb.Switch().PortStats(tc.outPort)
+			conn, err := tc.sender.Dial(t.Context(), "udp", hostPort(tc.host.V4(), 7))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			const n = 100
+			for i := 0; i < n; i++ {
+				if _, err := conn.Write([]byte("bounce")); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(100 * time.Microsecond)
+			}
+			var got uint64
+			for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+				st, _ := tb.Switch().PortStats(tc.outPort)
+				if got = st.Drops[wan.DropNotForUs] - before.Drops[wan.DropNotForUs]; got >= n {
+					break
+				}
+			}
+			if got < n*95/100 {
+				t.Errorf("%d of %d frames reached switch port %s", got, n, tc.outPort)
+			}
+		})
 	}
 }
