@@ -31,8 +31,9 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 volatile const __u32 route_slots_mask = 4095;
 
 /* How many consecutive slots a new flow tries before giving up when the
- * slot it hashes to holds a draining or down mirror. */
-#define PICK_PROBES 8
+ * slot it hashes to holds a draining or down mirror: with half a table
+ * unavailable, 2^-32 of new flows find no mirror. */
+#define PICK_PROBES 32
 /* IPv6 extension headers skipped before giving up. */
 #define MAX_EXT_HDRS 6
 /* TCP flag bits in byte 13 of the header. */
@@ -520,7 +521,7 @@ static __always_inline int pick(__u32 resource, __u32 region, __u32 hash, __u32 
 	if (!table)
 		return R_DROP_NO_ROUTE;
 
-#pragma unroll
+	/* A bounded loop, not unrolled: the common case exits at i == 0. */
 	for (int i = 0; i < PICK_PROBES; i++) {
 		__u32 slot = (hash + i) & route_slots_mask;
 		__u32 *m = bpf_map_lookup_elem(table, &slot);
