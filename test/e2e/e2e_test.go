@@ -222,7 +222,6 @@ func TestWeightedRouteAndIPv6Mirror(t *testing.T) {
 	}
 }
 
-
 // stream is a long-lived echo connection from a client through the VIP.
 type stream struct {
 	client string
