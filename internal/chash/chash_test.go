@@ -101,12 +101,14 @@ func TestDisruption(t *testing.T) {
 				switch step % 4 {
 				case 0: // remove ~1% (at least one) of the mirrors
 					k := max(1, n/100)
-					for id := range next {
-						if k == 0 || len(next) <= 2 {
+					for id, v := range next {
+						if k == 0 || positiveWeights(next) <= 2 {
 							break
 						}
-						delete(next, id)
-						k--
+						if v > 0 {
+							delete(next, id)
+							k--
+						}
 					}
 				case 1: // reweight a random tenth by up to ±50%
 					for id, v := range next {
@@ -116,11 +118,16 @@ func TestDisruption(t *testing.T) {
 					}
 				case 2: // add a mirror
 					next[uint32(n+1+step)] = 50 + rng.Uint32N(100)
-				case 3: // one mirror to zero weight
-					for id := range next {
-						next[id] = 0
+				case 3: // one mirror to zero weight, if two others carry weight
+					for id, v := range next {
+						if v > 0 && positiveWeights(next) > 2 {
+							next[id] = 0
+						}
 						break
 					}
+				}
+				if positiveWeights(next) == 0 {
+					t.Fatalf("step %d: test left no weight", step)
 				}
 				start := time.Now()
 				nt, err := Build(tab, next, slots)
@@ -154,6 +161,16 @@ func TestDisruption(t *testing.T) {
 			t.Logf("worst moved/ideal ratio over 40 changes: %.3f", worst)
 		})
 	}
+}
+
+func positiveWeights(w map[uint32]uint32) int {
+	n := 0
+	for _, v := range w {
+		if v > 0 {
+			n++
+		}
+	}
+	return n
 }
 
 // positive drops zero quotas (mirrors whose weight rounds to no slot).
