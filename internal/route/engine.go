@@ -86,6 +86,7 @@ type costTable struct {
 	order   []int32         // mirror indices with a path, by (cost, mirror ID)
 	cost    []CandidateCost // by mirror index; Mirror == 0 where no path exists
 	healthy []bool          // cost[i].Healthy, packed for the hot loops
+	recent  []float64       // cost with the latest filtered sample, for incumbents
 }
 
 // grInfo is what every route of one (candidate group, region) shares. The
@@ -146,12 +147,17 @@ func (g *grInfo) slow(mi int) float64 {
 	return c.SlowStartMin + (1-c.SlowStartMin)*f
 }
 
-// costOf is the expected cost of a request routed by q.
-func (g *grInfo) costOf(q qv) float64 {
+// costOf is the expected cost of a request routed by q; recent selects
+// the incumbent's view (see Config.PeakIncumbent).
+func (g *grInfo) costOf(q qv, recent bool) float64 {
 	var sum, n float64
 	for _, x := range q {
 		if mi := g.sh.ix.pos(x.m); g.member(mi) {
-			sum += float64(x.n) * g.tbl.cost[mi].Cost
+			v := g.tbl.cost[mi].Cost
+			if recent {
+				v = g.tbl.recent[mi]
+			}
+			sum += float64(x.n) * v
 			n += float64(x.n)
 		}
 	}
@@ -462,6 +468,7 @@ func (sc *stepCtx) buildTables(profiles []Profile) {
 			t := &sc.tables[p*nR+r]
 			t.cost = make([]CandidateCost, nM)
 			t.healthy = make([]bool, nM)
+			t.recent = make([]float64, nM)
 			for mi := range nM {
 				pi := sc.ix.path[r*nM+mi]
 				if pi == 0 {
@@ -483,6 +490,10 @@ func (sc *stepCtx) buildTables(profiles []Profile) {
 					Jitter:   c.JitterWeight * ms(pa.Jitter),
 				}
 				cc.Cost = cc.RTT + cc.Queue + cc.Transfer + cc.Hops + cc.Loss + cc.Jitter
+				t.recent[mi] = cc.Cost
+				if pa.Recent > 0 && pa.Recent < pa.RTT && !c.PeakIncumbent {
+					t.recent[mi] -= (ms(pa.RTT) - ms(pa.Recent)) * rt
+				}
 				t.cost[mi] = cc
 				t.healthy[mi] = cc.Healthy
 				t.order = append(t.order, int32(mi))
@@ -600,7 +611,7 @@ func (e *Engine) decide(gr *grInfo, st *routeState, now int64, why *Explanation)
 	}
 	*why = Explanation{
 		gr: gr, Healthy: int(gr.healthy), Total: int(gr.total), Panic: gr.panic,
-		CurrentCost: gr.costOf(cur), TargetCost: gr.costOf(gr.target),
+		CurrentCost: gr.costOf(cur, true), TargetCost: gr.costOf(gr.target, false),
 	}
 	finish := func(q qv, mode Mode) *routeState {
 		why.Mode = mode

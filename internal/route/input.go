@@ -60,8 +60,14 @@ type Mirror struct {
 type Path struct {
 	Region RegionID
 	Mirror MirrorID
-	// RTT is the smoothed round-trip estimate (probe.Estimate.RTT).
+	// RTT is the smoothed round-trip estimate (probe.Estimate.RTT, the
+	// peak-EWMA): what candidates are ranked by.
 	RTT time.Duration
+	// Recent is the latest filtered sample (probe.Estimate.Median); 0 means
+	// RTT. The incumbent of a route is judged by the lower of the two, so
+	// a spike that the peak-EWMA still remembers does not count as a fresh
+	// failure at every later evaluation (see Config.PeakIncumbent).
+	Recent time.Duration
 	// Jitter and Loss as probe.Estimate reports them.
 	Jitter time.Duration
 	Loss   float64
@@ -80,7 +86,7 @@ func PathFromEstimate(region RegionID, mirror MirrorID, e probe.Estimate) (p Pat
 	if e.Health == probe.HealthUnknown || e.Samples == 0 {
 		return Path{}, false
 	}
-	return Path{Region: region, Mirror: mirror, RTT: e.RTT, Jitter: e.Jitter, Loss: e.Loss, Up: e.Health == probe.HealthUp}, true
+	return Path{Region: region, Mirror: mirror, RTT: e.RTT, Recent: e.Median, Jitter: e.Jitter, Loss: e.Loss, Up: e.Health == probe.HealthUp}, true
 }
 
 // Profile describes a resource's requests.
@@ -192,6 +198,8 @@ func (in *Input) validate() (indexes, error) {
 			return ix, invalid("paths[%d].mirror %d: not in mirrors", i, p.Mirror)
 		case p.RTT < 0:
 			return ix, invalid("paths[%d].rtt %v: must be ≥ 0", i, p.RTT)
+		case p.Recent < 0:
+			return ix, invalid("paths[%d].recent %v: must be ≥ 0", i, p.Recent)
 		case p.Jitter < 0:
 			return ix, invalid("paths[%d].jitter %v: must be ≥ 0", i, p.Jitter)
 		case !finite(p.Loss) || p.Loss < 0 || p.Loss > 1:
