@@ -219,7 +219,6 @@ func (e *Estimator) setHealth(h Health, at time.Time) {
 	}
 }
 
-
 func (e *Estimator) success(at time.Time, rtt time.Duration) {
 	// Jitter over raw samples, as RTP does for interarrival times.
 	if e.est.Samples > 0 {

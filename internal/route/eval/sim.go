@@ -155,9 +155,9 @@ type Report struct {
 	ShortlistRecall float64 // share of evaluations whose best mirror was probed
 	// NoGeo: the sites have no coordinates, so geo-nearest routes to the
 	// origin (pass -sites to give them some).
-	NoGeo bool
-	Policies        []PolicyResult
-	Options         Options
+	NoGeo    bool
+	Policies []PolicyResult
+	Options  Options
 }
 
 // Policy names, in report order.
@@ -189,9 +189,9 @@ type pairModel struct {
 	fl   []float64
 	sd   []float64
 	mx   []float64 // +Inf when the data gives no maximum
-	z    float64 // OU state of the queueing excess
-	cur  float64 // true RTT at the current tick
-	sdNw float64 // std at the current tick
+	z    float64   // OU state of the queueing excess
+	cur  float64   // true RTT at the current tick
+	sdNw float64   // std at the current tick
 }
 
 // ErrNoClients is returned when no site can reach the origin and a mirror.
@@ -466,21 +466,21 @@ type session struct {
 }
 
 type sim struct {
-	opts                 Options
-	C, M, D, warm        int
-	pairs                [][]pairModel
-	snapT                []float64
+	opts                  Options
+	C, M, D, warm         int
+	pairs                 [][]pairModel
+	snapT                 []float64
 	rTruth, rProbe, rSess *rand.Rand
-	geo                  []int // per client, geography-nearest mirror (nil: no geography)
-	names, mirrorNames   []string
-	geoSites             []Site
-	mirrorSites          []Site
+	geo                   []int // per client, geography-nearest mirror (nil: no geography)
+	names, mirrorNames    []string
+	geoSites              []Site
+	mirrorSites           []Site
 
-	sessions          int
-	lat               [6][]float32
-	flips             [6]int
-	disrupted         [6]int
-	scoredSessions    int
+	sessions           int
+	lat                [6][]float32
+	flips              [6]int
+	disrupted          [6]int
+	scoredSessions     int
 	recallHit, recallN int
 }
 
