@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/premirror/premirror/internal/chash"
@@ -248,4 +249,42 @@ func (in *Input) validate() (indexes, error) {
 		}
 	}
 	return ix, nil
+}
+
+// MergeEdgePaths combines the estimates of several edges of one region to
+// the same mirror into the region's path: median RTT, Recent and jitter,
+// mean loss, the smallest hop count, and up while at least half the edges
+// see it up — one edge whose prober breaks does not take a mirror away
+// from the whole region, while a mirror every edge loses is down. The
+// paths must share Region and Mirror; ok is false for none.
+func MergeEdgePaths(ps []Path) (p Path, ok bool) {
+	if len(ps) == 0 {
+		return Path{}, false
+	}
+	med := func(get func(Path) time.Duration) time.Duration {
+		v := make([]time.Duration, len(ps))
+		for i, x := range ps {
+			v[i] = get(x)
+		}
+		slices.Sort(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	p = Path{Region: ps[0].Region, Mirror: ps[0].Mirror, Hops: ps[0].Hops, Bandwidth: ps[0].Bandwidth}
+	p.RTT = med(func(x Path) time.Duration { return x.RTT })
+	p.Recent = med(func(x Path) time.Duration { return x.Recent })
+	p.Jitter = med(func(x Path) time.Duration { return x.Jitter })
+	up := 0
+	for _, x := range ps {
+		p.Loss += x.Loss / float64(len(ps))
+		p.Hops = min(p.Hops, x.Hops)
+		p.Bandwidth = max(p.Bandwidth, x.Bandwidth)
+		if x.Up {
+			up++
+		}
+	}
+	p.Up = 2*up >= len(ps)
+	return p, true
 }
