@@ -91,6 +91,25 @@ func (l *lineReader) read() ([]string, int, error) {
 	return rec, l.line, nil
 }
 
+// each calls fn for every non-blank record until the end of the input.
+func (l *lineReader) each(fn func(rec []string, line int) error) error {
+	for {
+		rec, line, err := l.read()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if len(rec) == 1 && rec[0] == "" {
+			continue
+		}
+		if err := fn(rec, line); err != nil {
+			return err
+		}
+	}
+}
+
 func (l *lineReader) errf(line int, format string, a ...any) error {
 	if line <= 0 {
 		return fmt.Errorf("%w: %s: %s", ErrFormat, l.name, fmt.Sprintf(format, a...))
@@ -225,9 +244,6 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 	cells := map[key]*acc{}
 	times := map[string]bool{}
 	handle := func(rec []string, line int) error {
-		if len(rec) == 1 && rec[0] == "" {
-			return nil
-		}
 		src, dst := field(rec, col["src"]), field(rec, col["dst"])
 		if src == "" || dst == "" {
 			return l.errf(line, "empty src or dst")
@@ -264,17 +280,8 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 			return nil, err
 		}
 	}
-	for {
-		rec, line, err := l.read()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		if err := handle(rec, line); err != nil {
-			return nil, err
-		}
+	if err := l.each(handle); err != nil {
+		return nil, err
 	}
 	if len(cells) == 0 {
 		return nil, l.errf(line, "no measurements")
@@ -368,28 +375,17 @@ func ReadServers(r io.Reader, name string) (map[string]Site, error) {
 		return nil, err
 	}
 	out := map[string]Site{}
-	for {
-		rec, line, err := l.read()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		if len(rec) == 1 && rec[0] == "" {
-			continue
-		}
+	if err := l.each(func(rec []string, line int) error {
 		id := field(rec, col["id"])
 		if id == "" {
-			return nil, l.errf(line, "column id: empty")
+			return l.errf(line, "column id: empty")
 		}
 		if _, dup := out[id]; dup {
-			return nil, l.errf(line, "column id: %q repeated", id)
+			return l.errf(line, "column id: %q repeated", id)
 		}
-		lat, err1 := strconv.ParseFloat(field(rec, col["latitude"]), 64)
-		lon, err2 := strconv.ParseFloat(field(rec, col["longitude"]), 64)
-		if err1 != nil || err2 != nil || math.Abs(lat) > 90 || math.Abs(lon) > 180 || math.IsNaN(lat) || math.IsNaN(lon) {
-			return nil, l.errf(line, "columns latitude/longitude: %q, %q are not coordinates",
+		lat, lon, ok := parseLatLon(field(rec, col["latitude"]), field(rec, col["longitude"]))
+		if !ok {
+			return l.errf(line, "columns latitude/longitude: %q, %q are not coordinates",
 				field(rec, col["latitude"]), field(rec, col["longitude"]))
 		}
 		nm := field(rec, col["name"])
@@ -401,8 +397,11 @@ func ReadServers(r io.Reader, name string) (map[string]Site, error) {
 		}
 		out[id] = Site{Name: nm, Lat: lat, Lon: lon, HasGeo: true}
 		if len(out) > maxSites {
-			return nil, l.errf(line, "more than %d servers", maxSites)
+			return l.errf(line, "more than %d servers", maxSites)
 		}
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	return out, nil
 }
@@ -423,42 +422,35 @@ func ReadWonderProxy(r io.Reader, name string, servers map[string]Site) (*Matrix
 	var sites siteIndex
 	var rows []row
 	seen := map[[2]int]bool{}
-	for {
-		rec, line, err := l.read()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		if len(rec) == 1 && rec[0] == "" {
-			continue
-		}
+	if err := l.each(func(rec []string, line int) error {
 		src, dst := field(rec, col["source"]), field(rec, col["destination"])
 		if src == "" || dst == "" {
-			return nil, l.errf(line, "empty source or destination")
+			return l.errf(line, "empty source or destination")
 		}
 		var v [4]float64
 		for k, c := range []string{"min", "avg", "max", "mdev"} {
 			if v[k], err = l.rtt(line, c, field(rec, col[c])); err != nil {
-				return nil, err
+				return err
 			}
 		}
 		// Rounding in the source leaves min/avg/max within a hair of each
 		// other; a real inversion is corrupt data.
 		const slack = 1e-6
 		if v[0] > v[1]+slack || v[1] > v[2]+slack {
-			return nil, l.errf(line, "min %.3f ≤ avg %.3f ≤ max %.3f does not hold", v[0], v[1], v[2])
+			return l.errf(line, "min %.3f ≤ avg %.3f ≤ max %.3f does not hold", v[0], v[1], v[2])
 		}
 		i, j := sites.get(src), sites.get(dst)
 		if len(sites.names) > maxSites {
-			return nil, l.errf(line, "more than %d servers", maxSites)
+			return l.errf(line, "more than %d servers", maxSites)
 		}
 		if seen[[2]int{i, j}] {
-			return nil, l.errf(line, "pair %s→%s repeated", src, dst)
+			return l.errf(line, "pair %s→%s repeated", src, dst)
 		}
 		seen[[2]int{i, j}] = true
 		rows = append(rows, row{i, j, Stat{Avg: v[1], Min: v[0], Max: v[2], Mdev: v[3]}})
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	if len(rows) == 0 {
 		return nil, l.errf(1, "no measurements")
@@ -495,41 +487,34 @@ func ReadIBM(r io.Reader, name string) (*Matrix, error) {
 	var rows []row
 	dates := map[string]time.Time{}
 	seen := map[row]bool{}
-	for {
-		rec, line, err := l.read()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		if len(rec) == 1 && rec[0] == "" {
-			continue
-		}
+	if err := l.each(func(rec []string, line int) error {
 		d := field(rec, col["snapshot_date"])
 		tm, perr := time.Parse("2006-01-02", d)
 		if perr != nil {
-			return nil, l.errf(line, "column snapshot_date: %q is not a date", d)
+			return l.errf(line, "column snapshot_date: %q is not a date", d)
 		}
 		src, dst := field(rec, col["src_region"]), field(rec, col["dst_region"])
 		if src == "" || dst == "" {
-			return nil, l.errf(line, "empty src_region or dst_region")
+			return l.errf(line, "empty src_region or dst_region")
 		}
 		v, err := l.rtt(line, "avg_rtt_ms", field(rec, col["avg_rtt_ms"]))
 		if err != nil {
-			return nil, err
+			return err
 		}
 		i, j := sites.get(src), sites.get(dst)
 		if len(sites.names) > maxSites || len(rows) >= maxCells {
-			return nil, l.errf(line, "too many regions or rows")
+			return l.errf(line, "too many regions or rows")
 		}
 		k := row{d, i, j, 0}
 		if seen[k] {
-			return nil, l.errf(line, "pair %s→%s repeated for %s", src, dst, d)
+			return l.errf(line, "pair %s→%s repeated for %s", src, dst, d)
 		}
 		seen[k] = true
 		dates[d] = tm
 		rows = append(rows, row{d, i, j, v})
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	if len(rows) == 0 {
 		return nil, l.errf(1, "no measurements")
@@ -566,40 +551,37 @@ func ReadIBM(r io.Reader, name string) (*Matrix, error) {
 func ReadSites(r io.Reader, name string) (map[string]Site, error) {
 	l := newReader(r, name)
 	out := map[string]Site{}
-	for {
-		rec, line, err := l.read()
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		if len(rec) == 1 && rec[0] == "" {
-			continue
-		}
+	if err := l.each(func(rec []string, line int) error {
 		if len(rec) < 3 {
-			return nil, l.errf(line, "want name,lat,lon")
+			return l.errf(line, "want name,lat,lon")
 		}
-		lat, err1 := strconv.ParseFloat(rec[1], 64)
-		lon, err2 := strconv.ParseFloat(rec[2], 64)
-		if err1 != nil || err2 != nil {
+		lat, lon, ok := parseLatLon(rec[1], rec[2])
+		if !ok {
 			if line == 1 {
-				continue // header
+				return nil // a header line
 			}
-			return nil, l.errf(line, "lat/lon %q, %q are not numbers", rec[1], rec[2])
-		}
-		if math.Abs(lat) > 90 || math.Abs(lon) > 180 || math.IsNaN(lat) || math.IsNaN(lon) {
-			return nil, l.errf(line, "lat/lon %v, %v out of range", lat, lon)
+			return l.errf(line, "lat/lon %q, %q are not coordinates", rec[1], rec[2])
 		}
 		if _, dup := out[rec[0]]; dup {
-			return nil, l.errf(line, "site %q repeated", rec[0])
+			return l.errf(line, "site %q repeated", rec[0])
 		}
 		out[rec[0]] = Site{Name: rec[0], Lat: lat, Lon: lon, HasGeo: true}
 		if len(out) > maxSites {
-			return nil, l.errf(line, "more than %d sites", maxSites)
+			return l.errf(line, "more than %d sites", maxSites)
 		}
+		return nil
+	}); err != nil {
+		return nil, err
 	}
 	return out, nil
+}
+
+// parseLatLon parses decimal degrees within range.
+func parseLatLon(a, b string) (lat, lon float64, ok bool) {
+	lat, err1 := strconv.ParseFloat(a, 64)
+	lon, err2 := strconv.ParseFloat(b, 64)
+	ok = err1 == nil && err2 == nil && math.Abs(lat) <= 90 && math.Abs(lon) <= 180
+	return lat, lon, ok
 }
 
 // SetGeo gives the matrix's sites the coordinates of same-named sites.
