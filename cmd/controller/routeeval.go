@@ -51,7 +51,7 @@ func runRouteEval(ctx context.Context, args []string, out io.Writer) error {
 	fs.IntVar(&opts.Mirrors, "mirrors", 0, "mirror sites to place by k-medoids (0: min(10, max(2, sites/4)))")
 	fs.StringVar(&opts.Origin, "origin", "", "origin site name (default: the 1-medoid)")
 	fs.DurationVar(&opts.Duration, "duration", def.Duration, "replay length of a single-snapshot matrix")
-	fs.DurationVar(&opts.Segment, "segment", def.Segment, "replay time per snapshot of a time-varying matrix (negative: numeric time columns at literal seconds)")
+	fs.DurationVar(&opts.Segment, "segment", def.Segment, "replay time per snapshot of a dated matrix (numeric time columns replay in their own seconds)")
 	fs.DurationVar(&opts.Tick, "tick", def.Tick, "probe interval and controller evaluation period")
 	fs.DurationVar(&opts.Warmup, "warmup", def.Warmup, "unscored start of the replay")
 	fs.DurationVar(&opts.SessionEvery, "session-every", def.SessionEvery, "mean time between sessions per client region")

@@ -27,9 +27,9 @@ type Options struct {
 	Origin string
 	// Duration of the replay for a matrix with one snapshot (1 h).
 	Duration time.Duration
-	// Segment is the replay time per snapshot of a time-varying matrix
-	// (10 min); RTTs move linearly from one snapshot to the next. Negative
-	// replays numeric time columns at their literal seconds.
+	// Segment is the replay time per snapshot of a dated matrix (10 min; the
+	// IBM file's weeks). Numeric time columns are seconds and replay as
+	// such. RTTs move linearly from one snapshot to the next.
 	Segment time.Duration
 	// Tick is the probe interval and the controller's evaluation period (2 s).
 	Tick time.Duration
@@ -105,6 +105,8 @@ func (o *Options) fill() error {
 		return bad("mirrors", o.Mirrors)
 	case o.Duration < 0:
 		return bad("duration", o.Duration)
+	case o.Segment < 0:
+		return bad("segment", o.Segment)
 	case o.Tick < time.Second || o.Tick%time.Second != 0:
 		return bad("tick", o.Tick.String()+" (whole seconds ≥ 1 s)")
 	case o.Warmup < 0:
@@ -317,23 +319,24 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 
 	// Timeline.
 	D := int(opts.Duration / time.Second)
-	var snapT []float64 // snapshot centres, seconds of replay
+	var snapT []float64 // snapshot times, seconds of replay
 	if len(m.Snaps) > 1 {
-		if opts.Segment > 0 || m.Dated {
+		if m.Dated {
+			// Dated snapshots (weeks apart) are compressed to Segment each.
 			seg := opts.Segment.Seconds()
-			if seg <= 0 {
-				seg = DefaultOptions().Segment.Seconds()
-			}
 			for k := range m.Snaps {
 				snapT = append(snapT, (float64(k)+0.5)*seg)
 			}
 			D = int(seg * float64(len(m.Snaps)))
 		} else {
+			// Numeric time columns are seconds: replayed as they are, the
+			// last snapshot holding for one mean gap.
 			t0 := m.Snaps[0].At
 			for _, s := range m.Snaps {
 				snapT = append(snapT, s.At-t0)
 			}
-			D = int(snapT[len(snapT)-1]) + 1
+			span := snapT[len(snapT)-1]
+			D = int(span + span/float64(len(snapT)-1))
 		}
 	}
 	if D <= int(opts.Warmup/time.Second) {

@@ -185,3 +185,34 @@ func TestRunRejects(t *testing.T) {
 		t.Error("cancelled replay returned no error")
 	}
 }
+
+func TestRunNumericTimeIsLiteral(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("src,dst,rtt_ms,time\n")
+	for _, tm := range []int{0, 300, 600} {
+		for i := range 4 {
+			for j := range 4 {
+				fmt.Fprintf(&b, "s%d,s%d,%d,%d\n", i, j, 3+10*abs(i-j), tm)
+			}
+		}
+	}
+	m, err := ReadPairs(strings.NewReader(b.String()), "t.csv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := Run(context.Background(), m, Options{Mirrors: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 600 s of data plus one 300 s gap for the last snapshot.
+	if rep.Simulated != 900*time.Second {
+		t.Fatalf("replayed %v, want 15m", rep.Simulated)
+	}
+}
+
+func abs(x int) int {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
