@@ -85,6 +85,13 @@ func BenchmarkRouter(b *testing.B) {
 	_, harnessCal := h.restored(b, h.objs.BenchFloor, ack4, 0, 0, calib)
 	overhead := harnessCal - floorCal
 
+	smallCfg := DefaultConfig()
+	smallCfg.MaxSessions = 4096
+	small := newFixtureConfig(b, smallCfg)
+	if err := small.r.SetRegionPrefix(netip.MustParsePrefix("198.51.0.0/16"), regEU); err != nil {
+		b.Fatal(err)
+	}
+	smallH := newHarness(b, small)
 	report := func(b *testing.B, d time.Duration) {
 		b.ReportMetric(float64(d.Nanoseconds()), "ns/pkt")
 		b.ReportMetric(float64(overhead.Nanoseconds()), "harness-ns")
@@ -126,4 +133,15 @@ func BenchmarkRouter(b *testing.B) {
 	// 1M live sessions, each packet from the next one: the LRU lookups
 	// miss the CPU caches as they would on a busy edge.
 	encap("established_1M_sessions", ack4, 2, 1<<20, 1<<20)
+
+	// The same new-flow path with a session table that fits in the CPU
+	// caches (4096 entries, evicting on every insert): what the program
+	// costs when the big table's DRAM misses are taken out.
+	b.Run("new_flow_v4_4k_sessions", func(b *testing.B) {
+		ret, d := smallH.restored(b, small.r.Program(), syn4, 1, 0, b.N)
+		if ret != xdpRedirect && ret != xdpTX {
+			b.Fatalf("verdict %s", verdictNames[ret])
+		}
+		report(b, d-overhead)
+	})
 }
