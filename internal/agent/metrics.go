@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"regexp"
 	"strconv"
 	"sync"
 	"time"
@@ -206,3 +207,20 @@ func (m *metrics) sessionsCached(r *pmaps.Router) (int, error) {
 	m.sessionCount, m.sessionAt = n, time.Now()
 	return n, nil
 }
+
+// MetricNames lists the fully qualified names of every metric the agent
+// exports; the Grafana dashboard test keeps its queries in sync with them.
+func MetricNames() []string {
+	m := newMetrics(&Agent{})
+	ch := make(chan *prometheus.Desc, 64)
+	go func() { m.Describe(ch); close(ch) }()
+	var out []string
+	for d := range ch {
+		if sub := fqNameRE.FindStringSubmatch(d.String()); sub != nil {
+			out = append(out, sub[1])
+		}
+	}
+	return out
+}
+
+var fqNameRE = regexp.MustCompile(`fqName: "([^"]+)"`)

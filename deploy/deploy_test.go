@@ -1,0 +1,186 @@
+// Package deploy holds the Kubernetes manifests and the Grafana dashboard;
+// its tests validate them offline.
+package deploy
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/santhosh-tekuri/jsonschema/v6"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/premirror/premirror/internal/agent"
+)
+
+func documents(t *testing.T, path string) [][]byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var docs [][]byte
+	for _, d := range regexp.MustCompile(`(?m)^---\s*$`).Split(string(b), -1) {
+		if strings.TrimSpace(stripComments(d)) != "" {
+			docs = append(docs, []byte(d))
+		}
+	}
+	return docs
+}
+
+func stripComments(s string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if !strings.HasPrefix(strings.TrimSpace(l), "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+// TestManifestsStrict decodes every manifest strictly into the k8s.io/api
+// type of its kind (unknown fields are errors), checks the DaemonSet's
+// security posture, and parses the agent config it ships.
+func TestManifestsStrict(t *testing.T) {
+	for _, doc := range documents(t, "kubernetes/edge-agent.yaml") {
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal(doc, &meta); err != nil {
+			t.Fatal(err)
+		}
+		var obj any
+		switch meta.Kind {
+		case "Namespace":
+			obj = &corev1.Namespace{}
+		case "ServiceAccount":
+			obj = &corev1.ServiceAccount{}
+		case "ConfigMap":
+			obj = &corev1.ConfigMap{}
+		case "DaemonSet":
+			obj = &appsv1.DaemonSet{}
+		default:
+			t.Fatalf("unexpected kind %q", meta.Kind)
+		}
+		if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+			t.Fatalf("%s: %v", meta.Kind, err)
+		}
+		switch o := obj.(type) {
+		case *corev1.ConfigMap:
+			if _, err := agent.ParseConfig([]byte(o.Data["edge-agent.yaml"])); err != nil {
+				t.Fatalf("shipped agent config: %v", err)
+			}
+		case *appsv1.DaemonSet:
+			spec := o.Spec.Template.Spec
+			if !spec.HostNetwork {
+				t.Error("the agent must run in the host network namespace")
+			}
+			c := spec.Containers[0]
+			sc := c.SecurityContext
+			if sc == nil || sc.Privileged != nil && *sc.Privileged {
+				t.Fatal("the agent container must not be privileged")
+			}
+			if !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
+				t.Errorf("capabilities drop %v, want ALL", sc.Capabilities.Drop)
+			}
+			if !slices.Equal(sc.Capabilities.Add, []corev1.Capability{"BPF", "NET_ADMIN", "PERFMON"}) {
+				t.Errorf("capabilities add %v, want BPF NET_ADMIN PERFMON", sc.Capabilities.Add)
+			}
+			if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Host != "127.0.0.1" || c.LivenessProbe.HTTPGet.Path != "/healthz" {
+				t.Error("liveness must probe /healthz on 127.0.0.1")
+			}
+		}
+	}
+}
+
+// TestManifestsSchema validates the manifests against the Kubernetes
+// OpenAPI definitions shipped in ../shared/k8s-schema (skipped when that
+// directory is not beside the repository).
+func TestManifestsSchema(t *testing.T) {
+	defs, err := filepath.Abs("../../shared/k8s-schema/_definitions.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(defs); err != nil {
+		t.Skipf("no Kubernetes schema at %s: %v", defs, err)
+	}
+	byKind := map[string]string{
+		"Namespace": "io.k8s.api.core.v1.Namespace", "ServiceAccount": "io.k8s.api.core.v1.ServiceAccount",
+		"ConfigMap": "io.k8s.api.core.v1.ConfigMap", "DaemonSet": "io.k8s.api.apps.v1.DaemonSet",
+	}
+	c := jsonschema.NewCompiler()
+	c.DefaultDraft(jsonschema.Draft4)
+	for _, doc := range documents(t, "kubernetes/edge-agent.yaml") {
+		j, err := yaml.YAMLToJSON(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var meta struct{ Kind string }
+		_ = json.Unmarshal(j, &meta)
+		sch, err := c.Compile("file://" + defs + "#/definitions/" + byKind[meta.Kind])
+		if err != nil {
+			t.Fatalf("compile schema for %s: %v", meta.Kind, err)
+		}
+		inst, err := jsonschema.UnmarshalJSON(bytes.NewReader(j))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sch.Validate(inst); err != nil {
+			t.Errorf("%s: %v", meta.Kind, err)
+		}
+	}
+}
+
+// TestDashboardQueries: every metric the Grafana dashboard queries is one
+// the agent exports.
+func TestDashboardQueries(t *testing.T) {
+	f, err := os.Open("grafana/premirror-edge.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var d struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+		Templating struct{ List []struct{ Query any } }
+	}
+	if err := json.NewDecoder(f).Decode(&d); err != nil && !errors.Is(err, io.EOF) {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, n := range agent.MetricNames() {
+		have[n] = true
+	}
+	re := regexp.MustCompile(`\bedge_[a-z_]+`)
+	var exprs []string
+	for _, p := range d.Panels {
+		for _, tg := range p.Targets {
+			exprs = append(exprs, tg.Expr)
+		}
+	}
+	for _, v := range d.Templating.List {
+		if s, ok := v.Query.(string); ok {
+			exprs = append(exprs, s)
+		}
+	}
+	if len(exprs) < 5 {
+		t.Fatalf("only %d queries found", len(exprs))
+	}
+	for _, e := range exprs {
+		for _, name := range re.FindAllString(e, -1) {
+			base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count")
+			if !have[name] && !have[base] {
+				t.Errorf("dashboard queries %s, which the agent does not export (query %q)", name, e)
+			}
+		}
+	}
+}
