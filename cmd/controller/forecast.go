@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math"
 	"os"
+	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -345,5 +348,188 @@ func runLocations(ctx context.Context, args []string, out io.Writer) error {
 }
 
 func runExplain(ctx context.Context, args []string, out io.Writer) error {
-	return fmt.Errorf("not yet")
+	fs := cli.NewFlagSet("controller forecast", "explain")
+	var sf seriesFlags
+	sf.register(fs)
+	resource := fs.String("resource", "", "resource name to show (default: the CSV's base name)")
+	at := fs.String("at", "", "explain as of the end of this bucket (default: the last bucket of the CSV)")
+	horizon := fs.Int("horizon", 24, "decision horizon in buckets")
+	size := fs.Float64("size-gib", 10, "resource size in GiB")
+	latency := fs.String("latency", "", "route costs CSV: region,location,latency_ms (required)")
+	mirrors := fs.String("mirrors", "", "comma-separated locations that hold a mirror today (required)")
+	cands := fs.String("candidates", "", "comma-separated candidate locations (default: every other location of --latency)")
+	copyGB := fs.Float64("copy-per-gb", 0.02, "cost of copying one GB to a location")
+	storeGBh := fs.Float64("store-per-gb-hour", 0.0001, "cost of storing one GB for an hour")
+	value := fs.Float64("value-per-request-second", 0.0005, "value of one second of latency saved on one request")
+	if err := cli.ParseFlags(fs, args); err != nil {
+		return err
+	}
+	if *latency == "" || *mirrors == "" {
+		return fmt.Errorf("%w: --latency and --mirrors are required", cli.ErrUsage)
+	}
+	series, events, extraCov, err := sf.load()
+	if err != nil {
+		return err
+	}
+	lat, err := readLatency(*latency)
+	if err != nil {
+		return err
+	}
+	name := *resource
+	if name == "" {
+		name = seriesName(sf.csv)
+	}
+	step := series[0].Step
+	var covs []string
+	if extraCov == nil {
+		for c := range series[0].Covariates {
+			covs = append(covs, c)
+		}
+		sort.Strings(covs)
+	}
+	eng, err := forecast.NewEngine(forecast.EngineConfig{Step: step, Horizon: *horizon, Covariates: covs, Workers: 2})
+	if err != nil {
+		return err
+	}
+	feeds, err := series[0].Feeds(events)
+	if err != nil {
+		return err
+	}
+	if err := eng.SetEvents(feeds.Calendar.Events()); err != nil {
+		return err
+	}
+	for c, vals := range series[0].Covariates {
+		for i, v := range vals {
+			if err := eng.SetCovariate(c, "", series[0].Time(i), v); err != nil {
+				return err
+			}
+		}
+	}
+	end := series[0].Len()
+	if *at != "" {
+		t, err := forecast.ParseTime(*at)
+		if err != nil {
+			return fmt.Errorf("%w: --at: %v", cli.ErrUsage, err)
+		}
+		end = min(end, int(t.Sub(series[0].Start)/step)+1)
+		if end < 1 {
+			return fmt.Errorf("%w: --at %s is before the data", cli.ErrUsage, *at)
+		}
+	}
+	// Replay the table as the agents' summaries, one bucket at a time.
+	for i := 0; i < end; i++ {
+		if i%256 == 0 && ctx.Err() != nil {
+			return ctx.Err()
+		}
+		t := series[0].Time(i)
+		batch := make([]forecast.AccessSummary, 0, len(series))
+		for _, s := range series {
+			region := s.Name
+			if region == "" {
+				region = "all"
+			}
+			batch = append(batch, forecast.AccessSummary{Resource: name, Region: region, Start: t, NewFlows: uint64(math.Max(s.Values[i], 0))})
+		}
+		if _, err := eng.Ingest(batch); err != nil {
+			return err
+		}
+		if err := eng.Advance(t.Add(step)); err != nil {
+			return err
+		}
+	}
+	req := forecast.ScoreRequest{Bytes: int64(*size * (1 << 30)), Horizon: *horizon, Current: map[string]float64{},
+		Prices: forecast.Prices{CopyPerByte: *copyGB / 1e9, StorePerByteHour: *storeGBh / 1e9, ValuePerRequestSecond: *value}}
+	mir := splitList(*mirrors)
+	for region, row := range lat {
+		best := math.Inf(1)
+		for _, m := range mir {
+			if v, ok := row[m]; ok {
+				best = math.Min(best, v)
+			}
+		}
+		if !math.IsInf(best, 1) {
+			req.Current[region] = best
+		}
+	}
+	cl := splitList(*cands)
+	if len(cl) == 0 {
+		seen := map[string]bool{}
+		for _, m := range mir {
+			seen[m] = true
+		}
+		for _, row := range lat {
+			for loc := range row {
+				if !seen[loc] {
+					seen[loc] = true
+					cl = append(cl, loc)
+				}
+			}
+		}
+		sort.Strings(cl)
+	}
+	for _, c := range cl {
+		cand := forecast.Candidate{Location: c, Latency: map[string]float64{}}
+		for region, row := range lat {
+			if v, ok := row[c]; ok {
+				cand.Latency[region] = v
+			}
+		}
+		req.Candidates = append(req.Candidates, cand)
+	}
+	text, err := eng.Explain(name, req)
+	if err != nil {
+		return err
+	}
+	_, err = io.WriteString(out, text)
+	return err
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// readLatency reads region,location,latency_ms rows into seconds.
+func readLatency(path string) (map[string]map[string]float64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open latency: %w", err)
+	}
+	defer f.Close()
+	r := csv.NewReader(f)
+	r.FieldsPerRecord = 3
+	r.Comment = '#'
+	out := map[string]map[string]float64{}
+	line := 0
+	for {
+		row, err := r.Read()
+		if err == io.EOF {
+			break
+		}
+		line++
+		if err != nil {
+			return nil, fmt.Errorf("%s line %d: %w", path, line, err)
+		}
+		if line == 1 && strings.EqualFold(strings.TrimSpace(row[0]), "region") {
+			continue
+		}
+		ms, err := strconv.ParseFloat(strings.TrimSpace(row[2]), 64)
+		if err != nil || ms < 0 || math.IsInf(ms, 0) {
+			return nil, fmt.Errorf("%w: %s line %d: latency %q", forecast.ErrBadInput, path, line, row[2])
+		}
+		reg, loc := strings.TrimSpace(row[0]), strings.TrimSpace(row[1])
+		if out[reg] == nil {
+			out[reg] = map[string]float64{}
+		}
+		out[reg][loc] = ms / 1000
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%w: %s has no rows", forecast.ErrBadInput, path)
+	}
+	return out, nil
 }

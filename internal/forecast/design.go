@@ -177,4 +177,3 @@ func (d *design) fill(t time.Time, x []float64) {
 		x[d.cHol] = 1
 	}
 }
-

@@ -33,15 +33,15 @@ type LocationConfig struct {
 
 // Experts of the location stacker.
 const (
-	lxPersist = iota // last bucket's shares
-	lxRecent         // exponentially weighted recent shares (α = 0.3)
-	lxHowFast        // Dirichlet hour-of-week, weekly forgetting 0.5
-	lxHowMid         // ... 0.8
-	lxHowSlow        // ... 0.95
-	lxDayType        // Dirichlet hour-of-day × day type, daily forgetting 0.9
-	lxHowAtOrigin    // hour-of-week prediction for the origin bucket (to form "today's anomaly")
-	lxLongRun        // long-run shares (pooling with it smooths the others)
-	lxDrift          // hour-of-week shifted by the last day's average deviation from it
+	lxPersist     = iota // last bucket's shares
+	lxRecent             // exponentially weighted recent shares (α = 0.3)
+	lxHowFast            // Dirichlet hour-of-week, weekly forgetting 0.5
+	lxHowMid             // ... 0.8
+	lxHowSlow            // ... 0.95
+	lxDayType            // Dirichlet hour-of-day × day type, daily forgetting 0.9
+	lxHowAtOrigin        // hour-of-week prediction for the origin bucket (to form "today's anomaly")
+	lxLongRun            // long-run shares (pooling with it smooths the others)
+	lxDrift              // hour-of-week shifted by the last day's average deviation from it
 	numLx
 )
 
@@ -459,3 +459,39 @@ func abs(x int) int {
 
 // ErrNotReady is returned when a model has not seen enough data to answer.
 var ErrNotReady = fmt.Errorf("model not ready")
+
+// widen returns m (rows×R, row-major) with one zero column appended.
+func widen(m []float64, rows, R int) []float64 {
+	out := make([]float64, rows*(R+1))
+	for i := 0; i < rows; i++ {
+		copy(out[i*(R+1):i*(R+1)+R], m[i*R:(i+1)*R])
+	}
+	return out
+}
+
+// addRegion appends a region that has had no requests so far. Its tables
+// start empty; forecasts already pending are dropped (they did not
+// include it).
+func (m *LocationModel) addRegion(name string) {
+	R := m.R
+	m.cfg.Regions = append(m.cfg.Regions, name)
+	m.pi = append(m.pi, 0)
+	m.lastN = append(m.lastN, 0)
+	m.recent = append(m.recent, 0)
+	m.drift = append(m.drift, 0)
+	for k := range m.how {
+		m.how[k] = widen(m.how[k], m.cells, R)
+	}
+	m.dt = widen(m.dt, 2*m.spd, R)
+	for i := range m.hor {
+		lh := &m.hor[i]
+		lh.b = append(lh.b, 0)
+		lh.gb = append(lh.gb, 0)
+		lh.g = widen(lh.g, m.J, R)
+		lh.gg = widen(lh.gg, m.J, R)
+	}
+	m.R = R + 1
+	m.pendX = make([]float64, (m.maxH+1)*len(m.hor)*numLx*m.R)
+	clear(m.pendOK)
+	m.scratch = make([]float64, numLx*m.R+m.R)
+}
