@@ -78,6 +78,7 @@ func (s *SeasonalNaive) Observe(_ time.Time, y float64) error { s.w.push(y); ret
 func (s *SeasonalNaive) Forecast() []Quantiles {
 	b := s.w.buf
 	n := len(b)
+	lastLag, q10, q90 := -1, 0.0, 0.0
 	for h := 1; h <= s.w.H; h++ {
 		lag := s.M * ((h + s.M - 1) / s.M)
 		if lag > n {
@@ -85,11 +86,14 @@ func (s *SeasonalNaive) Forecast() []Quantiles {
 			continue
 		}
 		pt := b[n-1+h-lag]
-		s.e = s.e[:0]
-		for i := lag; i < n; i++ {
-			s.e = append(s.e, b[i]-b[i-lag])
+		if lag != lastLag { // horizons sharing a lag share the error quantiles
+			s.e = s.e[:0]
+			for i := lag; i < n; i++ {
+				s.e = append(s.e, b[i]-b[i-lag])
+			}
+			q10, _, q90 = empiricalQ(s.e)
+			lastLag = lag
 		}
-		q10, _, q90 := empiricalQ(s.e)
 		s.f[h-1] = Quantiles{Q10: pt + q10, Q50: pt, Q90: pt + q90}
 	}
 	return s.f

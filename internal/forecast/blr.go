@@ -35,7 +35,7 @@ type BLR struct {
 
 	// Posterior, valid after Solve.
 	Beta   []float64
-	L      []float64 // lower Cholesky factor of Λn = S + Λ0
+	L      []float64 // lower Cholesky factor of Λn = S + Λ0 (valid until its buffer is reused)
 	An, Bn float64
 	tmp    []float64
 }
@@ -44,7 +44,7 @@ type BLR struct {
 func NewBLR(p int) *BLR {
 	b := &BLR{
 		P: p, S: make([]float64, p*p), U: make([]float64, p), Prec0: make([]float64, p),
-		Beta: make([]float64, p), L: make([]float64, p*p), tmp: make([]float64, p),
+		Beta: make([]float64, p), tmp: make([]float64, p),
 		A0: 1, B0: 1e-6,
 	}
 	for i := range b.Prec0 {
@@ -81,6 +81,16 @@ func (b *BLR) Add(x []float64, y, w float64) {
 
 // Solve computes the posterior. It reads only the lower triangle of S.
 func (b *BLR) Solve() error {
+	if len(b.L) != b.P*b.P {
+		b.L = make([]float64, b.P*b.P)
+	}
+	return b.SolveWith(b.L)
+}
+
+// SolveWith is Solve with the Cholesky factor written into buf (len P²),
+// so many regressions can share one scratch buffer; L then aliases buf.
+func (b *BLR) SolveWith(buf []float64) error {
+	b.L = buf[:b.P*b.P]
 	p := b.P
 	for i := 0; i < p; i++ {
 		for j := 0; j <= i; j++ {
@@ -92,9 +102,13 @@ func (b *BLR) Solve() error {
 	if _, ok := lapack64.Potrf(sym); !ok {
 		return ErrNotPositiveDefinite
 	}
+	// Λn β = U by two triangular solves (cheaper than Potrs for one
+	// right-hand side).
 	copy(b.Beta, b.U)
 	tri := blas64.Triangular{N: p, Stride: p, Data: b.L, Uplo: blas.Lower, Diag: blas.NonUnit}
-	lapack64.Potrs(tri, blas64.General{Rows: p, Cols: 1, Stride: 1, Data: b.Beta})
+	v := blas64.Vector{N: p, Inc: 1, Data: b.Beta}
+	blas64.Trsv(blas.NoTrans, tri, v)
+	blas64.Trsv(blas.Trans, tri, v)
 	// βᵀΛnβ = βᵀU since Λnβ = U.
 	fit := 0.0
 	for i, v := range b.Beta {

@@ -331,6 +331,33 @@ func (e *Engine) Advance(now time.Time) error {
 		return nil
 	}
 	last := e.bucket(now) - 1 // the last bucket that has ended
+	if last-e.open > int64(e.cfg.Window) {
+		// Away for more than a window: the older buckets cannot matter to
+		// any regression any more; jump the models over them at once.
+		skipTo := last - int64(e.cfg.Window)
+		for b := range e.pending {
+			if b <= skipTo {
+				delete(e.pending, b)
+			}
+		}
+		t := e.bucketStart(skipTo)
+		for k, s := range e.series {
+			if s.m.Observed() > 0 {
+				if err := s.m.skipMany(skipTo-e.bucket(s.m.Last()), t); err != nil {
+					return fmt.Errorf("series %s/%s: %w", k.Resource, k.Region, err)
+				}
+			} else {
+				s.first = max(s.first, skipTo+1)
+			}
+		}
+		for _, rs := range e.res {
+			if rs.loc != nil && rs.loc.n > 0 {
+				rs.loc.skipMany(skipTo-e.bucket(rs.loc.last), t)
+			}
+		}
+		e.cfg.Logger.Warn("forecast engine skipped buckets it never received", "from", e.bucketStart(e.open), "to", t)
+		e.open = skipTo + 1
+	}
 	for b := e.open; b <= last; b++ {
 		t0 := time.Now()
 		if err := e.closeBucket(b); err != nil {
@@ -346,8 +373,11 @@ func (e *Engine) Advance(now time.Time) error {
 }
 
 func (e *Engine) closeBucket(b int64) error {
-	counts := e.pending[b]
+	counts, known := e.pending[b]
 	delete(e.pending, b)
+	// A bucket for which the controller received no summary at all is
+	// unknown (the controller or every agent was away), not a bucket of
+	// zero demand; once any summary came, absent series had no accesses.
 	t := e.bucketStart(b)
 	keys := make([]SeriesKey, 0, len(e.series))
 	for k, s := range e.series {
@@ -368,7 +398,15 @@ func (e *Engine) closeBucket(b int64) error {
 			defer wg.Done()
 			for i := range next {
 				k := keys[i]
-				if err := e.series[k].m.Observe(t, counts[k]); err != nil && errs[w] == nil {
+				m := e.series[k].m
+				var err error
+				switch {
+				case known:
+					err = m.Observe(t, counts[k])
+				case m.Observed() > 0:
+					err = m.Skip(t)
+				}
+				if err != nil && errs[w] == nil {
 					errs[w] = fmt.Errorf("series %s/%s: %w", k.Resource, k.Region, err)
 				}
 			}
@@ -386,10 +424,15 @@ func (e *Engine) closeBucket(b int64) error {
 		for i, r := range rs.regions {
 			c[i] = counts[SeriesKey{name, r}]
 		}
-		if rs.loc.n > 0 || sum(c) > 0 {
-			if err := rs.loc.Observe(t, c); err != nil {
-				return fmt.Errorf("location model of %s: %w", name, err)
-			}
+		var err error
+		switch {
+		case !known && rs.loc.n > 0:
+			err = rs.loc.Skip(t)
+		case known && (rs.loc.n > 0 || sum(c) > 0):
+			err = rs.loc.Observe(t, c)
+		}
+		if err != nil {
+			return fmt.Errorf("location model of %s: %w", name, err)
 		}
 	}
 	return nil

@@ -310,7 +310,7 @@ func (c *Covariates) Prune(before time.Time) {
 	}
 }
 
-// ReadCovariates parses a wide covariate CSV into c:
+// ReadCSV parses a wide covariate CSV into c:
 //
 //	timestamp[,region],name1,name2,...
 //
@@ -366,7 +366,27 @@ func (c *Covariates) ReadCSV(r io.Reader) error {
 			cells = append(cells, cell{names[i], region, t, v})
 		}
 	}
-	// Apply only after the whole file parsed: a bad file changes nothing.
+	// Apply only after the whole file parsed and every series' span is
+	// known to fit: a bad file changes nothing.
+	c.mu.RLock()
+	span := map[covKey][2]int64{}
+	for _, x := range cells {
+		k, b := covKey{x.name, x.region}, c.bucket(x.t)
+		r, ok := span[k]
+		if !ok {
+			r = [2]int64{b, b}
+			if s := c.data[k]; s != nil {
+				r = [2]int64{s.first, s.first + int64(len(s.vals)) - 1}
+			}
+		}
+		span[k] = [2]int64{min(r[0], b), max(r[1], b)}
+	}
+	c.mu.RUnlock()
+	for k, r := range span {
+		if r[1]-r[0]+1 > maxCovSpan {
+			return fmt.Errorf("%w: covariate %s: span too long", ErrBadInput, k.name)
+		}
+	}
 	for _, x := range cells {
 		if err := c.Set(x.name, x.region, x.t, x.v); err != nil {
 			return err

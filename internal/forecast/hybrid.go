@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"sync"
 	"time"
 )
 
@@ -162,8 +163,8 @@ type Hybrid struct {
 	wts  []float64 // ring of the regression weights given to them
 	res  []float64 // ring of in-sample residuals (data units)
 	es   [3]float64
-	nu   float64 // robust residual scale: 1.4826 × median |residual|
-	tmp  []float64
+	nu   float64        // robust residual scale: 1.4826 × median |residual|
+	sc   *hybridScratch // borrowed for the duration of Observe
 
 	c, s        float64 // target standardisation z = (y-c)/s inside the regression
 	sinceRebase int
@@ -173,19 +174,19 @@ type Hybrid struct {
 	spd, wk     int                // buckets per day (>=1), per week (0 if the window holds < 2 weeks)
 	integer     bool               // every value so far was an integer (counts)
 
-	R     int       // ring length for per-origin forecasts
+	R     int       // ring of per-origin regression forecasts (the GRU's targets)
 	muY   []float64 // R×H regression forecast per origin
 	sgY   []float64 // R robust scale per origin
-	feat  []float64 // R×H×K stacker inputs per origin
-	predY []float64 // R×H stacked forecast (before events and the median shift)
-	predE []float64 // R×H after events
+	P     int       // ring of per-origin stacker inputs: H+1 origins
+	feat  []float64 // P×H×K stacker inputs per origin
+	predY []float64 // P×H stacked forecast (before events and the median shift)
+	predE []float64 // P×H after events
 
 	K   int       // stacker width: numStk + covariates
 	rw  []float64 // H×K weights
 	rp  []float64 // H×K×K Gram matrix (exponentially weighted, lower triangle)
 	rb  []float64 // H×K moments
 	lam float64   // forgetting factor
-	stk []float64 // K×K scratch
 
 	covMean, covM2 []float64 // running moments of each covariate (standardisation)
 	covN           float64
@@ -200,13 +201,26 @@ type Hybrid struct {
 
 	gru  *GRU
 	adam *Adam
-	tape GRUTape
-	grad []float64
-	dout []float64
 
 	fc   []Quantiles // forecast from the last origin
 	med1 float64     // unrounded one-step median
 	acc  accuracy
+}
+
+// hybridScratch is the per-call working memory of Observe, pooled so that
+// ten thousand models do not each carry buffers only used inside a call.
+type hybridScratch struct {
+	L, tmp, stk, grad, dout []float64
+	tape                    GRUTape
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(hybridScratch) }}
+
+func grow(s []float64, n int) []float64 {
+	if cap(s) < n {
+		return make([]float64, n)
+	}
+	return s[:n]
 }
 
 // accuracy keeps exponentially weighted absolute errors per horizon of the
@@ -225,11 +239,11 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 	m := &Hybrid{cfg: cfg, W: cfg.Window, integer: true}
 	m.d = newDesign(cfg.Step, cfg.Window, cfg.Region, feeds)
 	m.blr = NewBLR(m.d.p)
+	m.blr.L = nil // the factor lives in the pooled scratch
 	m.x = make([]float64, m.d.p)
 	m.ys = make([]float64, m.W)
 	m.wts = make([]float64, m.W)
 	m.res = make([]float64, m.W)
-	m.tmp = make([]float64, m.W)
 	m.s = 1
 	m.spd = max(m.d.spd, 1)
 	if wk := stepsPer(cfg.Step, 7*24*time.Hour); wk > 0 && m.W >= 2*wk {
@@ -242,16 +256,16 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 	m.applyPrior()
 	m.R = cfg.BPTT + H + 1
 	m.K = numStk + len(cfg.Covariates)
+	m.P = H + 1
 	m.muY = make([]float64, m.R*H)
 	m.sgY = make([]float64, m.R)
-	m.feat = make([]float64, m.R*H*m.K)
-	m.predY = make([]float64, m.R*H)
-	m.predE = make([]float64, m.R*H)
+	m.feat = make([]float64, m.P*H*m.K)
+	m.predY = make([]float64, m.P*H)
+	m.predE = make([]float64, m.P*H)
 	m.rw = make([]float64, H*m.K)
 	m.rp = make([]float64, H*m.K*m.K)
 	m.rb = make([]float64, H*m.K)
 	m.lam = 1 - 1/float64(m.W)
-	m.stk = make([]float64, m.K*m.K)
 	nc := len(cfg.Covariates)
 	m.covMean, m.covM2, m.covNow = make([]float64, nc), make([]float64, nc), make([]float64, nc)
 	nk := len(cfg.Kinds)
@@ -270,8 +284,6 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 	if !cfg.NoGRU {
 		m.gru = NewGRU(gruIn, cfg.Hidden, H, cfg.Seed)
 		m.adam = NewAdam(m.gru.NumParams(), cfg.LR)
-		m.grad = make([]float64, m.gru.NumParams())
-		m.dout = make([]float64, cfg.BPTT*H)
 	}
 	m.fc = make([]Quantiles, H)
 	m.acc = accuracy{blrAE: make([]float64, H), hybAE: make([]float64, H)}
@@ -319,19 +331,44 @@ func (m *Hybrid) Observe(t time.Time, y float64) error {
 	if math.IsNaN(y) || math.IsInf(y, 0) {
 		return fmt.Errorf("%w: observation %v at %v", ErrBadInput, y, t)
 	}
+	return m.observe(t, y, false)
+}
+
+// Skip advances the model over a bucket whose value is unknown (the
+// controller received nothing for it): nothing is learnt from it, the
+// window holds it with weight zero and the forecast moves on by a bucket.
+func (m *Hybrid) Skip(t time.Time) error {
+	if m.n == 0 {
+		return fmt.Errorf("%w: skip before the first observation", ErrNotReady)
+	}
+	return m.observe(t, m.med1, true)
+}
+
+func (m *Hybrid) observe(t time.Time, y float64, missing bool) error {
 	if m.n > 0 && !t.Equal(m.last.Add(m.cfg.Step)) {
 		return fmt.Errorf("%w: got %v after %v", ErrOutOfOrder, t, m.last)
 	}
-	if y != math.Trunc(y) || math.Abs(y) > 1<<53 {
+	if !missing && (y != math.Trunc(y) || math.Abs(y) > 1<<53) {
 		m.integer = false
 	}
+	sc := scratchPool.Get().(*hybridScratch)
+	sc.L = grow(sc.L, m.d.p*m.d.p)
+	sc.tmp = grow(sc.tmp, m.W)
+	sc.stk = grow(sc.stk, m.K*m.K)
+	m.sc = sc
+	defer func() {
+		m.sc = nil
+		scratchPool.Put(sc)
+	}()
 	idx := m.n
 	// Huber weight of the new bucket from the forecast's own one-step
 	// error: a spike barely moves the regression, while after a level
 	// shift the stacked forecast catches up within a few buckets and the
 	// new level gets full weight again.
 	wNew := 1.0
-	if m.n > m.warm() && m.nu > 0 {
+	if missing {
+		wNew = 0
+	} else if m.n > m.warm() && m.nu > 0 {
 		if a := math.Abs(y-m.med1) / m.nu; a > huberK {
 			wNew = huberK / a
 		}
@@ -356,30 +393,69 @@ func (m *Hybrid) Observe(t time.Time, y float64) error {
 		m.tune()
 		m.nextTune = m.n + int64(max(m.spd, 24))
 	}
-	if err := m.blr.Solve(); err != nil {
+	if err := m.blr.SolveWith(m.sc.L); err != nil {
 		return fmt.Errorf("regression at %v: %w", t, err)
 	}
 	floor := 1e-9 * (math.Abs(m.c) + m.s)
 	m.sig = math.Max(m.s*math.Sqrt(m.blr.Sigma2()), floor)
 	m.d.fill(t, m.x)
-	e := y - (m.c + m.s*m.blr.Mean(m.x))
+	e := 0.0 // a missing bucket says nothing about the residual
+	if !missing {
+		e = y - (m.c + m.s*m.blr.Mean(m.x))
+		for k, a := range esAlpha {
+			m.es[k] += a * (e - m.es[k])
+		}
+	}
 	m.res[idx%int64(m.W)] = e
-	for k, a := range esAlpha {
-		m.es[k] += a * (e - m.es[k])
-	}
 	cnt := int(min(m.n, int64(m.W)))
+	tmp := m.sc.tmp[:0]
 	for i := 0; i < cnt; i++ {
-		m.tmp[i] = math.Abs(m.res[i])
+		if m.wts[i] > 0 {
+			tmp = append(tmp, math.Abs(m.res[i]))
+		}
 	}
-	m.nu = math.Max(1.4826*median(m.tmp[:cnt]), floor)
-	m.observeCovariates(t)
-
-	m.resolve(idx, y)
+	if len(tmp) > 0 {
+		m.nu = math.Max(1.4826*median(tmp), floor)
+	}
+	m.nu = math.Max(m.nu, floor)
+	if !missing {
+		m.observeCovariates(t)
+		m.resolve(idx, y)
+	}
 	var gruOut []float64
 	if m.gru != nil {
-		gruOut = m.trainGRU(idx)
+		gruOut = m.trainGRU(idx, !missing)
 	}
 	m.forecast(idx, t, gruOut)
+	return nil
+}
+
+// skipMany advances the model over n unknown buckets, the last starting
+// at last. From a window's length on it does so at once: the whole window
+// becomes unknown (weight zero) and the regression restarts from its
+// prior, while what is learnt across windows (GRU, stacker, event effects,
+// error scales) is kept.
+func (m *Hybrid) skipMany(n int64, last time.Time) error {
+	if m.n == 0 || n <= 0 {
+		return nil
+	}
+	if n < int64(m.W) {
+		for i := int64(1); i <= n; i++ {
+			if err := m.Skip(m.last.Add(m.cfg.Step)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for i := range m.wts {
+		m.wts[i], m.res[i] = 0, 0
+	}
+	m.blr.Reset()
+	m.es = [3]float64{}
+	m.n += n
+	m.last = last
+	m.sinceRebase = m.W // rebase at the next observation
+	clear(m.sgY)        // no pending forecast targets a known bucket
 	return nil
 }
 
@@ -431,10 +507,12 @@ func (m *Hybrid) rebase() {
 		sq += w * v * v
 		sw += w
 	}
-	mean /= sw
-	sd := math.Sqrt(math.Max(sq/sw-mean*mean, 0))
-	m.c = mean
-	m.s = math.Max(sd, 1e-9*(math.Abs(mean)+1))
+	if sw > 0 { // a window of unknown buckets keeps the old scaling
+		mean /= sw
+		sd := math.Sqrt(math.Max(sq/sw-mean*mean, 0))
+		m.c = mean
+		m.s = math.Max(sd, 1e-9*(math.Abs(mean)+1))
+	}
 	m.d.trendRef = m.last.Unix()
 	m.blr.Reset()
 	for i := first; i < m.n; i++ {
@@ -461,7 +539,7 @@ func (m *Hybrid) tune() {
 		for _, v := range grid {
 			m.gv[g] = v
 			m.applyPrior()
-			if m.blr.Solve() != nil {
+			if m.blr.SolveWith(m.sc.L) != nil {
 				continue
 			}
 			if e := m.blr.LogEvidence(); e > best {
@@ -516,10 +594,11 @@ func (m *Hybrid) resolve(idx int64, y float64) {
 			continue
 		}
 		mu := m.muY[ro*H+h-1]
-		base := m.predY[ro*H+h-1]
+		po := int(o % int64(m.P))
+		base := m.predY[po*H+h-1]
 		if na == 0 {
 			if !m.cfg.NoStack {
-				m.stackUpdate(h-1, m.feat[(ro*H+h-1)*K:(ro*H+h)*K], clip((y-mu)/sg, bigClip))
+				m.stackUpdate(h-1, m.feat[(po*H+h-1)*K:(po*H+h)*K], clip((y-mu)/sg, bigClip))
 			}
 		} else if base > 0 {
 			// Conjugate normal update of each active kind's relative
@@ -535,7 +614,7 @@ func (m *Hybrid) resolve(idx int64, y float64) {
 				m.evP[i] += prec
 			}
 		}
-		pred := m.predE[ro*H+h-1]
+		pred := m.predE[po*H+h-1]
 		sc := m.sh[h-1]
 		u := (y - pred) / sc
 		q := m.q[3*(h-1) : 3*h]
@@ -580,7 +659,7 @@ func (m *Hybrid) stackUpdate(h int, f []float64, target float64) {
 			A[i*K+j] = m.lam*A[i*K+j] + om*f[i]*f[j]
 		}
 	}
-	L := m.stk
+	L := m.sc.stk
 	for i := 0; i < K; i++ {
 		for j := 0; j <= i; j++ {
 			L[i*K+j] = A[i*K+j]
@@ -654,21 +733,25 @@ func (m *Hybrid) gruInput(i int64, in []float64) {
 // step on the regression errors it can already see (what the seasonal
 // model leaves), and returns the network's per-horizon prediction at the
 // newest bucket (made with the weights before the step).
-func (m *Hybrid) trainGRU(idx int64) []float64 {
+func (m *Hybrid) trainGRU(idx int64, learn bool) []float64 {
 	H := m.cfg.Horizon
 	L := int(min(int64(m.cfg.BPTT), idx+1))
 	if L < 2 {
 		return nil
 	}
 	g := m.gru
-	g.Prepare(&m.tape, L)
+	tape := &m.sc.tape
+	g.Prepare(tape, L)
 	start := idx - int64(L) + 1
 	for k := 0; k < L; k++ {
-		m.gruInput(start+int64(k), m.tape.Input(k, gruIn))
+		m.gruInput(start+int64(k), tape.Input(k, gruIn))
 	}
-	g.Forward(&m.tape)
-	clear(m.grad)
-	dout := m.dout[:L*H]
+	g.Forward(tape)
+	grad := grow(m.sc.grad, g.NumParams())
+	m.sc.grad = grad
+	clear(grad)
+	dout := grow(m.sc.dout, L*H)
+	m.sc.dout = dout
 	clear(dout)
 	cnt := 0
 	for k := 0; k < L; k++ {
@@ -678,8 +761,11 @@ func (m *Hybrid) trainGRU(idx int64) []float64 {
 		if sg == 0 || o < m.warm() {
 			continue
 		}
-		out := m.tape.Output(k, H)
+		out := tape.Output(k, H)
 		for h := 1; h <= H && o+int64(h) <= idx; h++ {
+			if m.wts[(o+int64(h))%int64(m.W)] == 0 {
+				continue // an unknown bucket
+			}
 			y := m.ys[(o+int64(h))%int64(m.W)]
 			target := clip((y-m.muY[ro*H+h-1])/sg, clipNorm)
 			// Huber loss (delta 1): robust to the spikes of access counts.
@@ -687,20 +773,21 @@ func (m *Hybrid) trainGRU(idx int64) []float64 {
 			cnt++
 		}
 	}
-	if cnt > 0 {
+	if cnt > 0 && learn {
 		for i := range dout {
 			dout[i] /= float64(cnt)
 		}
-		g.Backward(&m.tape, dout, m.grad)
-		m.adam.Step(g.P, m.grad)
+		g.Backward(tape, dout, grad)
+		m.adam.Step(g.P, grad)
 	}
-	return m.tape.Output(L-1, H)
+	return tape.Output(L-1, H)
 }
 
 // forecast computes the forecast from origin idx (bucket starting at t).
 func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 	H, K := m.cfg.Horizon, m.K
 	ro := int(idx % int64(m.R))
+	po := int(idx % int64(m.P))
 	// Stacker inputs and targets are residuals over their robust scale, so
 	// a spike in the window does not shrink every other input to nothing.
 	nu := m.nu
@@ -732,7 +819,7 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 		m.d.fill(th, m.x)
 		mu := m.c + m.s*m.blr.Mean(m.x)
 		m.muY[ro*H+h-1] = mu
-		f := m.feat[(ro*H+h-1)*K : (ro*H+h)*K]
+		f := m.feat[(po*H+h-1)*K : (po*H+h)*K]
 		clear(f)
 		f[stkBias] = 1
 		f[stkLast] = nr(m.res[idx%int64(m.W)])
@@ -779,14 +866,14 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 			}
 		}
 		base := mu + nu*corr
-		m.predY[ro*H+h-1] = base
+		m.predY[po*H+h-1] = base
 		pred := base
 		if len(m.cfg.Kinds) > 0 && base > 0 {
 			eff := 0.0
 			m.activeKinds(th, func(k int) { eff += m.evM[m.evIndex(h, k, th)] })
 			pred = base * math.Max(1+eff, 0)
 		}
-		m.predE[ro*H+h-1] = pred
+		m.predE[po*H+h-1] = pred
 		if m.sh[h-1] == 0 {
 			m.sh[h-1] = 0.8 * math.Max(m.sig, nu) // a Gaussian's mean absolute deviation
 		}

@@ -15,10 +15,14 @@ import (
 //
 // whose conditional tables are Dirichlet posteriors with forgetting
 // (several memories), plus the short-term experts (last bucket's shares,
-// recent shares), combined per horizon by a log-linear stacker (a
-// multinomial logistic regression on the experts' log-probabilities, a
-// per-region bias and per-region weather and event terms) trained online
-// on the cross-entropy per request with AdaGrad.
+// recent shares), combined per horizon in two stages: a log-linear
+// stacker (a multinomial logistic regression on the experts'
+// log-probabilities, a per-region bias and per-region weather and event
+// terms, trained online on the cross-entropy per request with AdaGrad),
+// then a mixture of the stacker and every expert whose weights follow
+// their recent log loss (exponentiated gradient with a fixed share). The
+// mixture is what makes the whole robust: when the stacker's weights are
+// noisy (long horizons, little signal) the mixture leans on the experts.
 
 // LocationConfig configures a LocationModel.
 type LocationConfig struct {
@@ -35,9 +39,10 @@ type LocationConfig struct {
 const (
 	lxPersist     = iota // last bucket's shares
 	lxRecent             // exponentially weighted recent shares (α = 0.3)
-	lxHowFast            // Dirichlet hour-of-week, weekly forgetting 0.5
-	lxHowMid             // ... 0.8
-	lxHowSlow            // ... 0.95
+	lxHow0               // Dirichlet hour-of-week, weekly forgetting 0.3
+	lxHow1               // ... 0.6
+	lxHowMid             // ... 0.8 (the stacker's reference expert)
+	lxHow3               // ... 0.95
 	lxDayType            // Dirichlet hour-of-day × day type, daily forgetting 0.9
 	lxHowAtOrigin        // hour-of-week prediction for the origin bucket (to form "today's anomaly")
 	lxLongRun            // long-run shares (pooling with it smooths the others)
@@ -45,12 +50,21 @@ const (
 	numLx
 )
 
-var howForget = [3]float64{0.5, 0.8, 0.95}
+var howForget = [4]float64{0.3, 0.6, 0.8, 0.95}
+
+// howMid is the index in howForget of the reference table.
+const howMid = 2
 
 const (
 	dayTypeForget = 0.9
-	recentAlpha   = 0.3
-	piAlpha       = 1.0 / (24 * 28) // the long-run shares remember about four weeks
+	// mixEta is the exponentiated-gradient step of the mixture weights
+	// (the gradients of the per-request log loss are O(1); steps of a few
+	// units let the weights settle within days) and mixShare the fixed
+	// share that keeps every candidate alive.
+	mixEta      = 3
+	mixShare    = 1e-3
+	recentAlpha = 0.3
+	piAlpha     = 1.0 / (24 * 28) // the long-run shares remember about four weeks
 )
 
 // LocationModel is the hybrid access-location model of one resource.
@@ -92,7 +106,8 @@ type locHorizon struct {
 	g       []float64 // J×R
 	gw, gb  []float64 // AdaGrad accumulators
 	gg      []float64
-	ceSum   float64 // EW cross-entropy per request (for Explain)
+	mix     []float64 // mixture weights: [0] the stacker, [1+k] expert k
+	ceSum   float64   // EW cross-entropy per request (for Explain)
 	ceCount float64
 }
 
@@ -147,6 +162,14 @@ func NewLocationModel(cfg LocationConfig, feeds *Feeds) (*LocationModel, error) 
 		lh := locHorizon{h: h, w: make([]float64, numLx), b: make([]float64, R), g: make([]float64, m.J*R),
 			gw: make([]float64, numLx), gb: make([]float64, R), gg: make([]float64, m.J*R)}
 		lh.w[lxHowMid] = 1 // start as the hour-of-week Dirichlet model
+		lh.mix = make([]float64, 1+numLx)
+		for k := range lh.mix {
+			if k == 1+lxHowAtOrigin {
+				continue // a forecast of the origin, not of the target
+			}
+			lh.mix[k] = 1
+		}
+		normalise(lh.mix)
 		m.hor = append(m.hor, lh)
 		m.maxH = max(m.maxH, h)
 	}
@@ -154,7 +177,7 @@ func NewLocationModel(cfg LocationConfig, feeds *Feeds) (*LocationModel, error) 
 	m.pendX = make([]float64, (m.maxH+1)*nh*numLx*R)
 	m.pendZ = make([]float64, (m.maxH+1)*nh*max(m.J, 1))
 	m.pendOK = make([]bool, m.maxH+1)
-	m.scratch = make([]float64, numLx*R+R)
+	m.scratch = make([]float64, 2*R)
 	return m, nil
 }
 
@@ -205,12 +228,12 @@ func (m *LocationModel) experts(tt time.Time, x []float64) {
 	}
 	c := m.cell(tt)
 	for k := range howForget {
-		m.dirichlet(m.how[k][c*R:(c+1)*R], x[(lxHowFast+k)*R:(lxHowFast+k+1)*R])
+		m.dirichlet(m.how[k][c*R:(c+1)*R], x[(lxHow0+k)*R:(lxHow0+k+1)*R])
 	}
 	d := m.dtCell(tt)
 	m.dirichlet(m.dt[d*R:(d+1)*R], x[lxDayType*R:(lxDayType+1)*R])
 	co := m.cell(m.last)
-	m.dirichlet(m.how[1][co*R:(co+1)*R], x[lxHowAtOrigin*R:(lxHowAtOrigin+1)*R])
+	m.dirichlet(m.how[howMid][co*R:(co+1)*R], x[lxHowAtOrigin*R:(lxHowAtOrigin+1)*R])
 	for r := 0; r < R; r++ {
 		x[lxLongRun*R+r] = math.Log(0.99*m.pi[r] + 0.01/float64(R))
 	}
@@ -255,8 +278,32 @@ func (m *LocationModel) context(tt time.Time, z []float64) {
 	}
 }
 
-// combine applies horizon hi's stacker to experts x and context z.
+// combine writes horizon hi's forecast: the mixture of the stacker and
+// the experts under the mixture weights.
 func (m *LocationModel) combine(hi int, x, z, p []float64) {
+	R := m.R
+	lh := &m.hor[hi]
+	m.stack(hi, x, z, p)
+	for r := 0; r < R; r++ {
+		v := lh.mix[0] * p[r]
+		for k := 0; k < numLx; k++ {
+			if w := lh.mix[1+k]; w > 0 {
+				v += w * math.Exp(x[k*R+r])
+			}
+		}
+		p[r] = v
+	}
+}
+
+func normalise(v []float64) {
+	s := sum(v)
+	for i := range v {
+		v[i] /= s
+	}
+}
+
+// stack applies horizon hi's log-linear stacker to experts x and context z.
+func (m *LocationModel) stack(hi int, x, z, p []float64) {
 	lh := &m.hor[hi]
 	R := m.R
 	mx := math.Inf(-1)
@@ -322,13 +369,38 @@ func (m *LocationModel) Observe(t time.Time, counts []float64) error {
 			}
 			x := m.pendX[(slot*len(m.hor)+hi)*numLx*R : (slot*len(m.hor)+hi+1)*numLx*R]
 			z := m.pendZ[(slot*len(m.hor)+hi)*max(m.J, 1) : (slot*len(m.hor)+hi+1)*max(m.J, 1)]
-			m.combine(hi, x, z, p)
+			// Mixture weights: exponentiated gradient on the log loss
+			// per request of the mixture, with a fixed share so a
+			// candidate that was poor can come back.
+			mixP := m.scratch[R : 2*R]
+			m.combine(hi, x, z, mixP)
+			m.stack(hi, x, z, p)
 			ce := 0.0
 			for r := 0; r < R; r++ {
-				ce -= counts[r] * math.Log(p[r])
+				ce -= counts[r] * math.Log(mixP[r])
 			}
 			lh.ceSum = 0.99*lh.ceSum + ce/tot
 			lh.ceCount = 0.99*lh.ceCount + 1
+			for k := range lh.mix {
+				if lh.mix[k] == 0 && k == 1+lxHowAtOrigin {
+					continue
+				}
+				g := 0.0
+				for r := 0; r < R; r++ {
+					pk := p[r]
+					if k > 0 {
+						pk = math.Exp(x[(k-1)*R+r])
+					}
+					g -= counts[r] / tot * pk / mixP[r]
+				}
+				lh.mix[k] *= math.Exp(-mixEta * wgt * g)
+			}
+			normalise(lh.mix)
+			for k := range lh.mix {
+				if k != 1+lxHowAtOrigin {
+					lh.mix[k] = (1-mixShare)*lh.mix[k] + mixShare/float64(len(lh.mix)-1)
+				}
+			}
 			// Gradient of the cross-entropy per request: p − shares.
 			for r := 0; r < R; r++ {
 				d := wgt * (p[r] - counts[r]/tot)
@@ -359,7 +431,7 @@ func (m *LocationModel) Observe(t time.Time, counts []float64) error {
 	if tot > 0 && m.n > 0 {
 		c := m.cell(t)
 		lp := m.scratch[:R]
-		m.dirichlet(m.how[1][c*R:(c+1)*R], lp)
+		m.dirichlet(m.how[howMid][c*R:(c+1)*R], lp)
 		a := 1 / float64(m.spd)
 		pa := float64(R) / 2
 		for r := 0; r < R; r++ {
@@ -401,6 +473,34 @@ func (m *LocationModel) Observe(t time.Time, counts []float64) error {
 			m.cov.m2[j] += dv * (v - m.cov.mean[j])
 		}
 	}
+	m.advance(t)
+	return nil
+}
+
+// Skip advances the model over a bucket whose counts are unknown: nothing
+// is learnt, the forecasts move on by a bucket.
+func (m *LocationModel) Skip(t time.Time) error {
+	if m.n > 0 && !t.Equal(m.last.Add(m.cfg.Step)) {
+		return fmt.Errorf("%w: got %v after %v", ErrOutOfOrder, t, m.last)
+	}
+	m.advance(t)
+	return nil
+}
+
+// skipMany jumps over n unknown buckets ending with the one starting at
+// last; pending forecasts are dropped.
+func (m *LocationModel) skipMany(n int64, last time.Time) {
+	if n <= 0 {
+		return
+	}
+	m.n += n
+	m.last = last
+	clear(m.pendOK)
+}
+
+// advance records the forecasts made from the bucket starting at t.
+func (m *LocationModel) advance(t time.Time) {
+	R := m.R
 	m.last = t
 	// Record the inputs of the forecasts made from this origin.
 	slot := int(m.n % int64(m.maxH+1))
@@ -413,7 +513,6 @@ func (m *LocationModel) Observe(t time.Time, counts []float64) error {
 	}
 	m.pendOK[slot] = true
 	m.n++
-	return nil
 }
 
 // Predict writes into p (len R) the predicted share of requests per region
@@ -444,7 +543,7 @@ func (m *LocationModel) Predict(h int, p []float64) (conc float64, err error) {
 	m.combine(hi, x, z, p)
 	c := m.cell(tt)
 	conc = float64(m.R) / 2
-	for _, v := range m.how[1][c*m.R : (c+1)*m.R] {
+	for _, v := range m.how[howMid][c*m.R : (c+1)*m.R] {
 		conc += v
 	}
 	return conc, nil
@@ -493,5 +592,5 @@ func (m *LocationModel) addRegion(name string) {
 	m.R = R + 1
 	m.pendX = make([]float64, (m.maxH+1)*len(m.hor)*numLx*m.R)
 	clear(m.pendOK)
-	m.scratch = make([]float64, numLx*m.R+m.R)
+	m.scratch = make([]float64, 2*m.R)
 }

@@ -316,10 +316,12 @@ func (m *Hybrid) decode(d *dec) {
 	d.fsInto(m.acc.blrAE, "accuracy")
 	d.fsInto(m.acc.hybAE, "accuracy")
 	if d.err == nil && m.n > 0 {
-		// The factor is derived state: rebuild it instead of storing it.
-		if err := m.blr.Solve(); err != nil {
+		// Check the regression state is usable (the factor itself is
+		// derived state, rebuilt at every Observe).
+		if err := m.blr.SolveWith(make([]float64, m.d.p*m.d.p)); err != nil {
 			d.fail("regression state not positive definite")
 		}
+		m.blr.L = nil
 	}
 }
 
@@ -346,6 +348,7 @@ func (m *LocationModel) encode(e *enc) {
 		e.fs(lh.gw)
 		e.fs(lh.gb)
 		e.fs(lh.gg)
+		e.fs(lh.mix)
 		e.f64(lh.ceSum)
 		e.f64(lh.ceCount)
 	}
@@ -403,6 +406,7 @@ func decodeLocation(d *dec, cfg LocationConfig, feeds *Feeds) *LocationModel {
 		d.fsInto(lh.gw, "adagrad")
 		d.fsInto(lh.gb, "adagrad")
 		d.fsInto(lh.gg, "adagrad")
+		d.fsInto(lh.mix, "mixture weights")
 		lh.ceSum = d.f64()
 		lh.ceCount = d.f64()
 	}
