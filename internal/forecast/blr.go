@@ -25,7 +25,7 @@ var ErrNotPositiveDefinite = errors.New("posterior precision not positive defini
 // scale² = Bn/An (1 + xᵀΛn⁻¹x).
 type BLR struct {
 	P     int
-	S     []float64 // Σ x xᵀ, P×P row-major (only the lower triangle is read)
+	S     []float64 // Σ x xᵀ, lower triangle packed by rows: (i, j≤i) at i(i+1)/2 + j
 	U     []float64 // Σ x y
 	YY    float64   // Σ y²
 	N     float64   // number of observations
@@ -43,7 +43,7 @@ type BLR struct {
 // NewBLR returns an empty regression on p features with a unit prior.
 func NewBLR(p int) *BLR {
 	b := &BLR{
-		P: p, S: make([]float64, p*p), U: make([]float64, p), Prec0: make([]float64, p),
+		P: p, S: make([]float64, p*(p+1)/2), U: make([]float64, p), Prec0: make([]float64, p),
 		Beta: make([]float64, p), tmp: make([]float64, p),
 		A0: 1, B0: 1e-6,
 	}
@@ -69,7 +69,8 @@ func (b *BLR) Add(x []float64, y, w float64) {
 		if xi == 0 {
 			continue
 		}
-		row := b.S[i*p : i*p+i+1]
+		off := i * (i + 1) / 2
+		row := b.S[off : off+i+1]
 		for j := range row {
 			row[j] += xi * x[j]
 		}
@@ -79,7 +80,7 @@ func (b *BLR) Add(x []float64, y, w float64) {
 	b.N += w
 }
 
-// Solve computes the posterior. It reads only the lower triangle of S.
+// Solve computes the posterior.
 func (b *BLR) Solve() error {
 	if len(b.L) != b.P*b.P {
 		b.L = make([]float64, b.P*b.P)
@@ -93,9 +94,7 @@ func (b *BLR) SolveWith(buf []float64) error {
 	b.L = buf[:b.P*b.P]
 	p := b.P
 	for i := 0; i < p; i++ {
-		for j := 0; j <= i; j++ {
-			b.L[i*p+j] = b.S[i*p+j]
-		}
+		copy(b.L[i*p:i*p+i+1], b.S[i*(i+1)/2:])
 		b.L[i*p+i] += b.Prec0[i]
 	}
 	sym := blas64.Symmetric{N: p, Stride: p, Data: b.L, Uplo: blas.Lower}

@@ -123,6 +123,13 @@ const (
 	// levels) cannot cancel each other with huge weights.
 	stackRidge = 8.0
 	covRidge   = 64.0
+	// stackSolveEvery is how often (in buckets) each horizon's stacker
+	// weights are re-solved, and gruTrainEvery how often a mature GRU
+	// (two windows old) takes a gradient step (each target stays inside the
+	// truncated BPTT window for BPTT buckets, so it is still learnt from
+	// many times).
+	stackSolveEvery = 4
+	gruTrainEvery   = 2
 	// evPriorSD is the prior standard deviation of an event kind's
 	// relative effect (±30% is a plausible holiday or storm).
 	evPriorSD = 0.3
@@ -178,13 +185,13 @@ type Hybrid struct {
 	muY   []float64 // R×H regression forecast per origin
 	sgY   []float64 // R robust scale per origin
 	P     int       // ring of per-origin stacker inputs: H+1 origins
-	feat  []float64 // P×H×K stacker inputs per origin
+	feat  []float32 // P×H×K stacker inputs per origin (single precision: they only weight a correction)
 	predY []float64 // P×H stacked forecast (before events and the median shift)
 	predE []float64 // P×H after events
 
 	K   int       // stacker width: numStk + covariates
 	rw  []float64 // H×K weights
-	rp  []float64 // H×K×K Gram matrix (exponentially weighted, lower triangle)
+	rp  []float64 // H × K(K+1)/2 Gram matrices (exponentially weighted, lower triangles packed by rows)
 	rb  []float64 // H×K moments
 	lam float64   // forgetting factor
 
@@ -210,8 +217,8 @@ type Hybrid struct {
 // hybridScratch is the per-call working memory of Observe, pooled so that
 // ten thousand models do not each carry buffers only used inside a call.
 type hybridScratch struct {
-	L, tmp, stk, grad, dout []float64
-	tape                    GRUTape
+	L, tmp, stk, grad, dout, f []float64
+	tape                       GRUTape
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(hybridScratch) }}
@@ -259,11 +266,11 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 	m.P = H + 1
 	m.muY = make([]float64, m.R*H)
 	m.sgY = make([]float64, m.R)
-	m.feat = make([]float64, m.P*H*m.K)
+	m.feat = make([]float32, m.P*H*m.K)
 	m.predY = make([]float64, m.P*H)
 	m.predE = make([]float64, m.P*H)
 	m.rw = make([]float64, H*m.K)
-	m.rp = make([]float64, H*m.K*m.K)
+	m.rp = make([]float64, H*m.K*(m.K+1)/2)
 	m.rb = make([]float64, H*m.K)
 	m.lam = 1 - 1/float64(m.W)
 	nc := len(cfg.Covariates)
@@ -285,6 +292,11 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 		m.gru = NewGRU(gruIn, cfg.Hidden, H, cfg.Seed)
 		m.adam = NewAdam(m.gru.NumParams(), cfg.LR)
 	}
+	// Spread the periodic work (evidence tuning, exact rebuilds) of models
+	// created together over different buckets, so ten thousand series
+	// started at once do not all tune in the same bucket.
+	m.nextTune = int64(cfg.Seed % uint64(max(m.spd, 24)))
+	m.sinceRebase = int(cfg.Seed % uint64(max(m.W/2, 1)))
 	m.fc = make([]Quantiles, H)
 	m.acc = accuracy{blrAE: make([]float64, H), hybAE: make([]float64, H)}
 	return m, nil
@@ -355,6 +367,7 @@ func (m *Hybrid) observe(t time.Time, y float64, missing bool) error {
 	sc.L = grow(sc.L, m.d.p*m.d.p)
 	sc.tmp = grow(sc.tmp, m.W)
 	sc.stk = grow(sc.stk, m.K*m.K)
+	sc.f = grow(sc.f, m.K)
 	m.sc = sc
 	defer func() {
 		m.sc = nil
@@ -424,7 +437,9 @@ func (m *Hybrid) observe(t time.Time, y float64, missing bool) error {
 	}
 	var gruOut []float64
 	if m.gru != nil {
-		gruOut = m.trainGRU(idx, !missing)
+		// Every bucket while the model is young, then every other one.
+		learn := !missing && (idx < 2*int64(m.W) || (idx+int64(m.cfg.Seed))%gruTrainEvery == 0)
+		gruOut = m.trainGRU(idx, learn)
 	}
 	m.forecast(idx, t, gruOut)
 	return nil
@@ -598,7 +613,11 @@ func (m *Hybrid) resolve(idx int64, y float64) {
 		base := m.predY[po*H+h-1]
 		if na == 0 {
 			if !m.cfg.NoStack {
-				m.stackUpdate(h-1, m.feat[(po*H+h-1)*K:(po*H+h)*K], clip((y-mu)/sg, bigClip))
+				f := m.sc.f
+				for i, v := range m.feat[(po*H+h-1)*K : (po*H+h)*K] {
+					f[i] = float64(v)
+				}
+				m.stackUpdate(h-1, f, clip((y-mu)/sg, bigClip))
 			}
 		} else if base > 0 {
 			// Conjugate normal update of each active kind's relative
@@ -642,7 +661,7 @@ func (m *Hybrid) resolve(idx int64, y float64) {
 // Huber-weighted ridge regression of horizon index h and re-solves it.
 func (m *Hybrid) stackUpdate(h int, f []float64, target float64) {
 	K := m.K
-	A := m.rp[h*K*K : (h+1)*K*K]
+	A := m.rp[h*K*(K+1)/2 : (h+1)*K*(K+1)/2]
 	b := m.rb[h*K : (h+1)*K]
 	w := m.rw[h*K : (h+1)*K]
 	r := target
@@ -655,15 +674,20 @@ func (m *Hybrid) stackUpdate(h int, f []float64, target float64) {
 	}
 	for i := 0; i < K; i++ {
 		b[i] = m.lam*b[i] + om*f[i]*target
-		for j := 0; j <= i; j++ {
-			A[i*K+j] = m.lam*A[i*K+j] + om*f[i]*f[j]
+		row := A[i*(i+1)/2 : i*(i+1)/2+i+1]
+		for j := range row {
+			row[j] = m.lam*row[j] + om*f[i]*f[j]
 		}
+	}
+	// The weights move slowly: re-solving every few buckets is enough and
+	// saves most of the stacker's cost (the Gram matrix above is exact) —
+	// except after a surprise (a level shift must be followed at once).
+	if om == 1 && (m.n+int64(h))%stackSolveEvery != 0 {
+		return
 	}
 	L := m.sc.stk
 	for i := 0; i < K; i++ {
-		for j := 0; j <= i; j++ {
-			L[i*K+j] = A[i*K+j]
-		}
+		copy(L[i*K:i*K+i+1], A[i*(i+1)/2:])
 		L[i*K+i] += stackRidge
 		if i >= numStk {
 			L[i*K+i] += covRidge
@@ -819,7 +843,7 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 		m.d.fill(th, m.x)
 		mu := m.c + m.s*m.blr.Mean(m.x)
 		m.muY[ro*H+h-1] = mu
-		f := m.feat[(po*H+h-1)*K : (po*H+h)*K]
+		f := m.sc.f
 		clear(f)
 		f[stkBias] = 1
 		f[stkLast] = nr(m.res[idx%int64(m.W)])
@@ -859,10 +883,12 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 			}
 		}
 		corr := 0.0
-		if stack {
-			w := m.rw[(h-1)*K : h*K]
-			for i := range f {
-				corr += w[i] * f[i]
+		w := m.rw[(h-1)*K : h*K]
+		stored := m.feat[(po*H+h-1)*K : (po*H+h)*K]
+		for i := range f {
+			stored[i] = float32(f[i])
+			if stack {
+				corr += w[i] * float64(stored[i]) // the value the stacker will learn from
 			}
 		}
 		base := mu + nu*corr

@@ -63,6 +63,12 @@ func (e *enc) fs(v []float64) {
 		e.f64(x)
 	}
 }
+func (e *enc) f32s(v []float32) {
+	e.int(len(v))
+	for _, x := range v {
+		e.b = binary.LittleEndian.AppendUint32(e.b, math.Float32bits(x))
+	}
+}
 func (e *enc) strs(v []string) {
 	e.int(len(v))
 	for _, s := range v {
@@ -176,6 +182,22 @@ func (d *dec) fsInto(dst []float64, what string) {
 	}
 }
 
+// f32sInto reads a float32 slice that must have exactly len(dst) elements.
+func (d *dec) f32sInto(dst []float32, what string) {
+	n := d.n(4)
+	if d.err != nil {
+		return
+	}
+	if n != len(dst) {
+		d.fail(fmt.Sprintf("%s: %d values, want %d", what, n, len(dst)))
+		return
+	}
+	for i := range dst {
+		dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(d.b))
+		d.b = d.b[4:]
+	}
+}
+
 func (d *dec) strs() []string {
 	n := d.n(8)
 	if d.err != nil {
@@ -217,7 +239,7 @@ func (m *Hybrid) encode(e *enc) {
 	e.f64(b.Bn)
 	e.fs(m.muY)
 	e.fs(m.sgY)
-	e.fs(m.feat)
+	e.f32s(m.feat)
 	e.fs(m.predY)
 	e.fs(m.predE)
 	e.fs(m.rw)
@@ -281,7 +303,7 @@ func (m *Hybrid) decode(d *dec) {
 	b.Bn = d.f64()
 	d.fsInto(m.muY, "regression forecasts")
 	d.fsInto(m.sgY, "scales")
-	d.fsInto(m.feat, "stacker inputs")
+	d.f32sInto(m.feat, "stacker inputs")
 	d.fsInto(m.predY, "stacked forecasts")
 	d.fsInto(m.predE, "event forecasts")
 	d.fsInto(m.rw, "stacker weights")
