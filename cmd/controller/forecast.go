@@ -168,8 +168,13 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 	only := fs.String("series", "", "comma-separated series (locations) to run; default all")
 	methods := fs.String("methods", "", "comma-separated methods (naive,snaive_day,snaive_week,ets,hybrid,hybrid_nofeeds,hybrid_nogru,blr); default baselines+hybrid")
 	noCov := fs.Bool("no-covariates", false, "ignore covariate columns")
+	mark := fs.String("mark", "", "also report errors on days where a covariate exceeds a value, e.g. liq_precp_1hr>0,snow_depth_in>0 (calendar days are always marked)")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
+	}
+	conds, err := forecast.ParseMarkConditions(*mark)
+	if err != nil {
+		return fmt.Errorf("%w: --mark: %v", cli.ErrUsage, err)
 	}
 	series, events, extraCov, err := sf.load()
 	if err != nil {
@@ -183,7 +188,7 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	if !*jsonOut && !*jsonAll {
-		fmt.Fprintln(tw, "series\tmethod\ttrain_h\torigins\tmase_h1\tmase_h12\tmase_1to12\tsmape_h1\tsmape_h12\tcov80_h1\tcov80_h12\tpinball_h1\tpinball_h12\tvs_best_h1\tvs_best_h12\t")
+		fmt.Fprintln(tw, "series\tmethod\ttrain_h\torigins\tmase_h1\tmase_h12\tmase_1to12\tsmape_h1\tsmape_h12\tcov80_h1\tcov80_h12\tpinball_h1\tpinball_h12\tvs_best_h1\tvs_best_h12\tmarked_h1\tmarked_h12\t")
 	}
 	enc := json.NewEncoder(out)
 	for _, s := range series {
@@ -217,7 +222,7 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 			Season:     max(int(*season/s.Step), 1),
 			MinOrigins: *minOrigins,
 			MaxOrigins: *maxOrigins,
-			EventDays:  forecast.MarkedDays(s, feeds),
+			EventDays:  forecast.MarkedDays(s, feeds, conds...),
 		}
 		res, err := forecast.Backtest(ctx, s, feeds, specs, cfg)
 		if err != nil {
@@ -244,12 +249,13 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 					return err
 				}
 			default:
-				fmt.Fprintf(tw, "%s\t%s\t%.0f\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.Series, r.Method,
+				fmt.Fprintf(tw, "%s\t%s\t%.0f\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", strings.ReplaceAll(r.Series, " ", "_"), r.Method,
 					float64(r.Window)*r.Step.Hours(), r.Origins,
 					f3(at(r.MASE, 1)), f3(at(r.MASE, 12)), f3(r.MASE1toH()),
 					f1(at(r.SMAPE, 1)), f1(at(r.SMAPE, 12)), f3(at(r.Cover80, 1)), f3(at(r.Cover80, 12)),
 					f3(at(r.Pinball, 1)), f3(at(r.Pinball, 12)),
-					f3(at(r.MASE, 1)/best[0]), f3(at(r.MASE, 12)/best[1]))
+					f3(at(r.MASE, 1)/best[0]), f3(at(r.MASE, 12)/best[1]),
+					f3(at(r.MarkedMASE, 1)), f3(at(r.MarkedMASE, 12)))
 			}
 		}
 	}

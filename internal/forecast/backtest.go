@@ -351,11 +351,38 @@ func Methods(s *Series, feeds *Feeds, list string) []MethodSpec {
 	return out
 }
 
+// MarkCondition marks the days on which a covariate exceeds a threshold
+// in some bucket (e.g. precipitation > 0).
+type MarkCondition struct {
+	Covariate string
+	Above     float64
+}
+
+// ParseMarkConditions reads "name>value[,name>value...]".
+func ParseMarkConditions(s string) ([]MarkCondition, error) {
+	var out []MarkCondition
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		name, val, ok := strings.Cut(f, ">")
+		if !ok {
+			return nil, fmt.Errorf("%w: mark condition %q (want name>value)", ErrBadInput, f)
+		}
+		v, err := parseFinite(val)
+		if err != nil {
+			return nil, fmt.Errorf("mark condition %q: %w", f, err)
+		}
+		out = append(out, MarkCondition{Covariate: strings.ToLower(strings.TrimSpace(name)), Above: v})
+	}
+	return out, nil
+}
+
 // MarkedDays returns the predicate of days the external feeds mark: days
-// with a calendar event (holiday flags included) and days on which some
-// covariate is more than two standard deviations from its mean over the
-// series (unusual weather). Nil when nothing is marked.
-func MarkedDays(s *Series, feeds *Feeds) func(time.Time) bool {
+// with a calendar event (holiday flags included) and days on which a
+// condition holds for the series' covariates in some bucket. Nil when
+// nothing is marked.
+func MarkedDays(s *Series, feeds *Feeds, conds ...MarkCondition) func(time.Time) bool {
 	days := map[int64]bool{}
 	if feeds != nil && feeds.Calendar != nil {
 		for _, e := range feeds.Calendar.Events() {
@@ -364,19 +391,9 @@ func MarkedDays(s *Series, feeds *Feeds) func(time.Time) bool {
 			}
 		}
 	}
-	for _, v := range s.Covariates {
-		mean, sq := 0.0, 0.0
-		for _, x := range v {
-			mean += x
-			sq += x * x
-		}
-		mean /= float64(len(v))
-		sd := math.Sqrt(math.Max(sq/float64(len(v))-mean*mean, 0))
-		if sd == 0 {
-			continue
-		}
-		for i, x := range v {
-			if math.Abs(x-mean) > 2*sd {
+	for _, c := range conds {
+		for i, x := range s.Covariates[c.Covariate] {
+			if x > c.Above {
 				days[s.Time(i).Truncate(24*time.Hour).Unix()] = true
 			}
 		}
