@@ -122,7 +122,6 @@ const (
 	// until the data show otherwise, and collinear inputs (the smoothed
 	// levels) cannot cancel each other with huge weights.
 	stackRidge = 8.0
-	covRidge   = 64.0
 	// stackSolveEvery is how often (in buckets) each horizon's stacker
 	// weights are re-solved, and gruTrainEvery how often a mature GRU
 	// (two windows old) takes a gradient step (each target stays inside the
@@ -690,7 +689,10 @@ func (m *Hybrid) stackUpdate(h int, f []float64, target float64) {
 		copy(L[i*K:i*K+i+1], A[i*(i+1)/2:])
 		L[i*K+i] += stackRidge
 		if i >= numStk {
-			L[i*K+i] += covRidge
+			// Weather effects get a quarter window's worth of prior
+			// evidence that they are nil: a covariate must keep showing
+			// its effect for weeks before it moves the forecast.
+			L[i*K+i] += float64(m.W) / 4
 		}
 	}
 	if !cholSolve(L, K, b, w) {
