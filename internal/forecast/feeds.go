@@ -122,29 +122,20 @@ func ReadEvents(r io.Reader) ([]Event, error) {
 	cr.FieldsPerRecord = -1
 	cr.Comment = '#'
 	var out []Event
-	line := 0
-	for {
-		row, err := cr.Read()
-		if err == io.EOF {
-			break
-		}
-		line++
-		if err != nil {
-			return nil, fmt.Errorf("%w: events line %d: %v", ErrBadInput, line, err)
-		}
+	err := eachRow(cr, "events", 0, func(line int, row []string) error {
 		if line == 1 && len(row) > 0 && strings.EqualFold(strings.TrimSpace(row[0]), "start") {
-			continue
+			return nil
 		}
 		if len(row) < 4 || len(row) > 5 {
-			return nil, fmt.Errorf("%w: events line %d: %d columns, want start,end,name,kind[,region]", ErrBadInput, line, len(row))
+			return fmt.Errorf("%w: events line %d: %d columns, want start,end,name,kind[,region]", ErrBadInput, line, len(row))
 		}
 		s, err := ParseTime(row[0])
 		if err != nil {
-			return nil, fmt.Errorf("events line %d start: %w", line, err)
+			return fmt.Errorf("events line %d start: %w", line, err)
 		}
 		e, err := ParseTime(row[1])
 		if err != nil {
-			return nil, fmt.Errorf("events line %d end: %w", line, err)
+			return fmt.Errorf("events line %d end: %w", line, err)
 		}
 		if len(strings.TrimSpace(row[1])) <= len("2006-01-02") {
 			e = e.Add(24 * time.Hour) // a date-only end includes that day
@@ -154,14 +145,34 @@ func ReadEvents(r io.Reader) ([]Event, error) {
 			ev.Region = strings.TrimSpace(row[4])
 		}
 		if ev.Kind == "" {
-			return nil, fmt.Errorf("%w: events line %d: empty kind", ErrBadInput, line)
+			return fmt.Errorf("%w: events line %d: empty kind", ErrBadInput, line)
 		}
 		if !ev.End.After(ev.Start) {
-			return nil, fmt.Errorf("%w: events line %d: end before start", ErrBadInput, line)
+			return fmt.Errorf("%w: events line %d: end before start", ErrBadInput, line)
 		}
 		out = append(out, ev)
+		return nil
+	})
+	return out, err
+}
+
+// eachRow calls fn with every row of cr and its line number (counting
+// from first+1); a CSV syntax error or fn's error stops it.
+func eachRow(cr *csv.Reader, what string, first int, fn func(line int, row []string) error) error {
+	line := first
+	for {
+		row, err := cr.Read()
+		if err == io.EOF {
+			return nil
+		}
+		line++
+		if err != nil {
+			return fmt.Errorf("%w: %s line %d: %v", ErrBadInput, what, line, err)
+		}
+		if err := fn(line, row); err != nil {
+			return err
+		}
 	}
-	return out, nil
 }
 
 // Covariates holds numeric external feeds (weather and the like) on a
@@ -337,16 +348,7 @@ func (c *Covariates) ReadCSV(r io.Reader) error {
 		v            float64
 	}
 	var cells []cell
-	line := 1
-	for {
-		row, err := cr.Read()
-		if err == io.EOF {
-			break
-		}
-		line++
-		if err != nil {
-			return fmt.Errorf("%w: covariates line %d: %v", ErrBadInput, line, err)
-		}
+	err = eachRow(cr, "covariates", 1, func(line int, row []string) error {
 		t, err := ParseTime(row[0])
 		if err != nil {
 			return fmt.Errorf("covariates line %d: %w", line, err)
@@ -365,6 +367,10 @@ func (c *Covariates) ReadCSV(r io.Reader) error {
 			}
 			cells = append(cells, cell{names[i], region, t, v})
 		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
 	// Apply only after the whole file parsed and every series' span is
 	// known to fit: a bad file changes nothing.

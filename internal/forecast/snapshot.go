@@ -155,60 +155,51 @@ func (d *dec) time() time.Time {
 	return time.Unix(s, ns).UTC()
 }
 
-func (d *dec) fs() []float64 {
-	n := d.n(8)
+// decSlice reads a length-prefixed slice whose elements take at least
+// size bytes each.
+func decSlice[T any](d *dec, size int, read func() T) []T {
+	n := d.n(size)
 	if d.err != nil {
 		return nil
 	}
-	v := make([]float64, n)
+	v := make([]T, n)
 	for i := range v {
-		v[i] = d.f64()
+		v[i] = read()
 	}
 	return v
+}
+
+func (d *dec) fs() []float64 { return decSlice(d, 8, d.f64) }
+
+// intoSlice reads a length-prefixed slice of exactly len(dst) elements of
+// size bytes each into dst.
+func intoSlice[T any](d *dec, dst []T, size int, what string, read func() T) {
+	n := d.n(size)
+	if d.err != nil {
+		return
+	}
+	if n != len(dst) {
+		d.fail(fmt.Sprintf("%s: %d values, want %d", what, n, len(dst)))
+		return
+	}
+	for i := range dst {
+		dst[i] = read()
+	}
 }
 
 // fsInto reads a float slice that must have exactly len(dst) elements.
-func (d *dec) fsInto(dst []float64, what string) {
-	n := d.n(8)
-	if d.err != nil {
-		return
-	}
-	if n != len(dst) {
-		d.fail(fmt.Sprintf("%s: %d values, want %d", what, n, len(dst)))
-		return
-	}
-	for i := range dst {
-		dst[i] = d.f64()
-	}
-}
+func (d *dec) fsInto(dst []float64, what string) { intoSlice(d, dst, 8, what, d.f64) }
 
 // f32sInto reads a float32 slice that must have exactly len(dst) elements.
 func (d *dec) f32sInto(dst []float32, what string) {
-	n := d.n(4)
-	if d.err != nil {
-		return
-	}
-	if n != len(dst) {
-		d.fail(fmt.Sprintf("%s: %d values, want %d", what, n, len(dst)))
-		return
-	}
-	for i := range dst {
-		dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(d.b))
+	intoSlice(d, dst, 4, what, func() float32 {
+		v := math.Float32frombits(binary.LittleEndian.Uint32(d.b))
 		d.b = d.b[4:]
-	}
+		return v
+	})
 }
 
-func (d *dec) strs() []string {
-	n := d.n(8)
-	if d.err != nil {
-		return nil
-	}
-	v := make([]string, n)
-	for i := range v {
-		v[i] = d.str()
-	}
-	return v
-}
+func (d *dec) strs() []string { return decSlice(d, 8, d.str) }
 
 // encode writes the model state (not the configuration, which the reader
 // supplies and checks).
