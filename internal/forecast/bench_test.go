@@ -19,19 +19,25 @@ func cloneEngineSeries(tb testing.TB, e, tmpl *Engine, resource string, nRes int
 	runtime.GC()
 	runtime.ReadMemStats(&ms)
 	before := ms.HeapAlloc
+	blobs := map[string][]byte{}
+	for _, r := range rs.regions {
+		en := &enc{}
+		tmpl.series[SeriesKey{resource, r}].m.encode(en)
+		blobs[r] = en.b
+	}
+	locBlob := &enc{}
+	rs.loc.encode(locBlob)
 	for i := 0; i < nRes; i++ {
 		name := fmt.Sprintf("res-%05d", i)
 		nrs := &resourceState{regions: append([]string(nil), rs.regions...)}
 		e.res[name] = nrs
 		for _, r := range rs.regions {
 			src := tmpl.series[SeriesKey{resource, r}]
-			en := &enc{}
-			src.m.encode(en)
 			m, err := NewHybrid(src.m.cfg, e.feeds)
 			if err != nil {
 				tb.Fatal(err)
 			}
-			d := &dec{b: en.b}
+			d := &dec{b: blobs[r]}
 			m.decode(d)
 			if d.err != nil {
 				tb.Fatal(d.err)
@@ -43,9 +49,7 @@ func cloneEngineSeries(tb testing.TB, e, tmpl *Engine, resource string, nRes int
 			m.sinceRebase = int(seed % uint64(m.W/2))
 			e.series[SeriesKey{name, r}] = &seriesState{m: m, first: src.first}
 		}
-		en := &enc{}
-		rs.loc.encode(en)
-		d := &dec{b: en.b}
+		d := &dec{b: locBlob.b}
 		nrs.loc = decodeLocation(d, rs.loc.cfg, e.feeds)
 		if d.err != nil {
 			tb.Fatal(d.err)
