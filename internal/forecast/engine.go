@@ -386,7 +386,7 @@ func (e *Engine) closeBucket(b int64) error {
 		}
 	}
 	var wg sync.WaitGroup
-	errs := make([]error, e.cfg.Workers)
+	failed := make([][]SeriesKey, e.cfg.Workers)
 	next := make(chan int, len(keys))
 	for i := range keys {
 		next <- i
@@ -406,15 +406,26 @@ func (e *Engine) closeBucket(b int64) error {
 				case m.Observed() > 0:
 					err = m.Skip(t)
 				}
-				if err != nil && errs[w] == nil {
-					errs[w] = fmt.Errorf("series %s/%s: %w", k.Resource, k.Region, err)
+				if err != nil {
+					e.cfg.Logger.Error("forecast model failed; restarting it", "resource", k.Resource, "region", k.Region, "err", err)
+					failed[w] = append(failed[w], k)
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return err
+	// A model that failed (say its regression lost positive definiteness
+	// on absurd input) must not stop the other series or the bucket: it
+	// starts afresh from the next bucket.
+	for _, ks := range failed {
+		for _, k := range ks {
+			m, err := NewHybrid(e.hybridConfig(k.Region, seedOf(k.Resource+"\x00"+k.Region)), e.feeds)
+			if err != nil {
+				return err
+			}
+			e.series[k] = &seriesState{m: m, first: b + 1}
+			e.met.restarts.Inc()
+		}
 	}
 	for name, rs := range e.res {
 		if rs.loc == nil {
@@ -432,7 +443,14 @@ func (e *Engine) closeBucket(b int64) error {
 			err = rs.loc.Observe(t, c)
 		}
 		if err != nil {
-			return fmt.Errorf("location model of %s: %w", name, err)
+			e.cfg.Logger.Error("location model failed; restarting it", "resource", name, "err", err)
+			loc, lerr := NewLocationModel(LocationConfig{Regions: append([]string(nil), rs.regions...), Step: e.cfg.Step,
+				Horizons: e.locHorizons(), Covariates: e.cfg.Covariates, Kinds: e.kinds()}, e.feeds)
+			if lerr != nil {
+				return lerr
+			}
+			rs.loc = loc
+			e.met.restarts.Inc()
 		}
 	}
 	return nil
@@ -580,6 +598,7 @@ type engineMetrics struct {
 	summaries         *prometheus.CounterVec
 	advance           prometheus.Histogram
 	snapshotBytes     prometheus.Gauge
+	restarts          prometheus.Counter
 }
 
 func newEngineMetrics() *engineMetrics {
@@ -597,11 +616,13 @@ func newEngineMetrics() *engineMetrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)}),
 		snapshotBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "premirror_forecast_snapshot_size_bytes",
 			Help: "Size of the last model-state snapshot."}),
+		restarts: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_forecast_model_restarts_total",
+			Help: "Models that failed on their input and were started afresh."}),
 	}
 }
 
 func (m *engineMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.series, m.resources, m.closed, m.summaries, m.advance, m.snapshotBytes}
+	return []prometheus.Collector{m.series, m.resources, m.closed, m.summaries, m.advance, m.snapshotBytes, m.restarts}
 }
 
 func (m *engineMetrics) register(r prometheus.Registerer) error {

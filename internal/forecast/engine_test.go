@@ -323,3 +323,26 @@ func TestEngineConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestEngineRestartsFailedModel: a model whose state went bad does not
+// stop the bucket or the other series; it starts afresh.
+func TestEngineRestartsFailedModel(t *testing.T) {
+	e := newTestEngine(t, nil)
+	feed(t, e, 0, 30, rand.New(rand.NewPCG(8, 8)))
+	bad := e.series[SeriesKey{"vol-1", "eu"}].m
+	for i := range bad.blr.S {
+		bad.blr.S[i] = math.NaN()
+	}
+	bad.sinceRebase = -1 << 30 // no rebuild from the window this time
+	feed(t, e, 30, 31, rand.New(rand.NewPCG(9, 9)))
+	if got := testutil.ToFloat64(e.met.restarts); got != 1 {
+		t.Fatalf("restarts %v", got)
+	}
+	if e.series[SeriesKey{"vol-1", "eu"}].m == bad {
+		t.Fatal("the failed model is still in place")
+	}
+	feed(t, e, 31, 40, rand.New(rand.NewPCG(10, 10)))
+	if f, err := e.Forecast("vol-1"); err != nil || len(f.Regions) != 3 {
+		t.Fatalf("after restart: %v, %d regions", err, len(f.Regions))
+	}
+}
