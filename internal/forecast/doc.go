@@ -24,8 +24,9 @@
 //		Registerer: prometheus.DefaultRegisterer,
 //	})
 //	eng.LoadFile(path) or eng.UnmarshalBinary(bytesFromEtcd) // after a restart
-//	eng.SetEvents(events)                      // events calendar (ReadEvents parses CSV)
-//	eng.SetCovariate(name, region, t, v)       // feeds; future t = the feed's forecast
+//	eng.SetEvents(events) / eng.ReadEventsCSV(r)          // events calendar
+//	eng.SetCovariate(name, region, t, v) / ReadCovariatesCSV(r) // numeric feeds; a
+//	                                           // future t holds the feed's forecast
 //	eng.Ingest([]forecast.AccessSummary{...})  // from the agents' gRPC streams
 //	eng.Advance(now)                           // closes ended buckets: every model
 //	                                           // updates and re-forecasts (parallel)
@@ -43,7 +44,10 @@
 // the window, Advance jumps the models over it at once. Snapshots are a
 // versioned, length-prefixed binary format with a CRC-32C; a corrupt one
 // (ErrCorruptSnapshot) or one of a differently shaped engine
-// (ErrSnapshotMismatch) changes nothing. Metrics: premirror_forecast_*.
+// (ErrSnapshotMismatch) changes nothing. A model that fails on its input
+// is logged and restarted without holding up the bucket. Metrics:
+// premirror_forecast_* (series, resources, buckets closed, summaries by
+// outcome, bucket update seconds, snapshot bytes, model restarts).
 //
 // Offline tools (cmd/controller forecast backtest|locations|explain) use
 // LoadSeries, Backtest, LocationBenchmark and RenderExplain directly.

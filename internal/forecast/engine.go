@@ -3,6 +3,7 @@ package forecast
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"runtime"
 	"sort"
@@ -310,6 +311,22 @@ func (e *Engine) SetEvents(events []Event) error {
 	e.events = cal.Events()
 	e.feeds.Calendar = cal
 	return nil
+}
+
+// ReadEventsCSV replaces the events calendar with the one in r (the
+// ReadEvents format); a bad file changes nothing.
+func (e *Engine) ReadEventsCSV(r io.Reader) error {
+	ev, err := ReadEvents(r)
+	if err != nil {
+		return err
+	}
+	return e.SetEvents(ev)
+}
+
+// ReadCovariatesCSV adds the values of a wide covariates CSV
+// (timestamp[,region],name...); a bad file changes nothing.
+func (e *Engine) ReadCovariatesCSV(r io.Reader) error {
+	return e.feeds.Covariates.ReadCSV(r)
 }
 
 // SetCovariate stores one value of a numeric feed (e.g. temperature) for a
