@@ -1,0 +1,255 @@
+package forecast
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	"gonum.org/v1/gonum/optimize"
+)
+
+// Method is a forecaster driven through a series bucket by bucket by the
+// backtest: Observe each bucket in order, Forecast after any of them.
+type Method interface {
+	// Observe feeds the bucket starting at t.
+	Observe(t time.Time, y float64) error
+	// Forecast returns the quantile forecasts of the next Horizon buckets.
+	Forecast() []Quantiles
+}
+
+// window is the training window shared by the refit-per-origin baselines:
+// they see only the last W buckets, as the protocol says.
+type window struct {
+	W, H int
+	buf  []float64
+	n    int
+}
+
+func (w *window) push(y float64) {
+	if len(w.buf) < w.W {
+		w.buf = append(w.buf, y)
+	} else {
+		copy(w.buf, w.buf[1:])
+		w.buf[len(w.buf)-1] = y
+	}
+	w.n++
+}
+
+// empiricalQ returns the 10/50/90% quantiles of errs (sorted in place).
+func empiricalQ(errs []float64) (q10, q50, q90 float64) {
+	if len(errs) == 0 {
+		return 0, 0, 0
+	}
+	slices.Sort(errs)
+	at := func(p float64) float64 {
+		x := p * float64(len(errs)-1)
+		i := int(x)
+		if i+1 >= len(errs) {
+			return errs[len(errs)-1]
+		}
+		f := x - float64(i)
+		return errs[i]*(1-f) + errs[i+1]*f
+	}
+	return at(0.1), at(0.5), at(0.9)
+}
+
+// SeasonalNaive forecasts y[t+h] = y[t+h-m*ceil(h/m)]; with M = 1 it is
+// the naive forecast. Its 80% interval comes from the empirical quantiles
+// of the same rule's h-step errors inside the training window (the median
+// is the rule itself: the point forecast of a baseline is not shifted).
+type SeasonalNaive struct {
+	M int
+	w window
+	f []Quantiles
+	e []float64
+}
+
+// NewSeasonalNaive returns the seasonal naive method with season m buckets
+// on a training window of W buckets and horizon H.
+func NewSeasonalNaive(m, W, H int) *SeasonalNaive {
+	return &SeasonalNaive{M: m, w: window{W: W, H: H}, f: make([]Quantiles, H)}
+}
+
+// Observe implements Method.
+func (s *SeasonalNaive) Observe(_ time.Time, y float64) error { s.w.push(y); return nil }
+
+// Forecast implements Method.
+func (s *SeasonalNaive) Forecast() []Quantiles {
+	b := s.w.buf
+	n := len(b)
+	lastLag, q10, q90 := -1, 0.0, 0.0
+	for h := 1; h <= s.w.H; h++ {
+		lag := s.M * ((h + s.M - 1) / s.M)
+		if lag > n {
+			s.f[h-1] = Quantiles{math.NaN(), math.NaN(), math.NaN()}
+			continue
+		}
+		pt := b[n-1+h-lag]
+		if lag != lastLag { // horizons sharing a lag share the error quantiles
+			s.e = s.e[:0]
+			for i := lag; i < n; i++ {
+				s.e = append(s.e, b[i]-b[i-lag])
+			}
+			q10, _, q90 = empiricalQ(s.e)
+			lastLag = lag
+		}
+		s.f[h-1] = Quantiles{Q10: pt + q10, Q50: pt, Q90: pt + q90}
+	}
+	return s.f
+}
+
+// ETS is additive Holt-Winters with a damped trend, ETS(A,Ad,A), with
+// season M; the smoothing parameters are re-estimated on the training
+// window at every forecast by minimising the one-step squared error
+// (Nelder-Mead, warm-started from the previous origin), and the
+// intervals are the model's analytic Gaussian ones (Hyndman et al. 2008,
+// class 1). With M < 2 it is damped Holt (no season).
+type ETS struct {
+	M     int
+	w     window
+	f     []Quantiles
+	par   []float64 // unconstrained parameters of the last fit
+	state []float64
+}
+
+// NewETS returns ETS(A,Ad,A) with season m on window W and horizon H.
+func NewETS(m, W, H int) *ETS {
+	return &ETS{M: m, w: window{W: W, H: H}, f: make([]Quantiles, H), par: []float64{-1, -3, -3, 1.5}}
+}
+
+// Observe implements Method.
+func (e *ETS) Observe(_ time.Time, y float64) error { e.w.push(y); return nil }
+
+func logistic(x float64) float64 { return 1 / (1 + math.Exp(-x)) }
+
+// etsParams maps unconstrained values to α∈(0,1), β∈(0,α), γ∈(0,1-α),
+// φ∈(0.8,0.98) — the admissible region used by R's ets().
+func etsParams(p []float64) (a, b, g, phi float64) {
+	a = 0.0001 + 0.9998*logistic(p[0])
+	b = a * logistic(p[1])
+	g = (1 - a) * logistic(p[2])
+	phi = 0.8 + 0.18*logistic(p[3])
+	return
+}
+
+// etsRun filters y and returns the one-step SSE; the final state is left
+// in st = [level, trend, season_0..season_{m-1}] (season index = bucket
+// index mod m of the next bucket's slot is computed by the caller).
+func etsRun(y []float64, m int, a, b, g, phi float64, st []float64) float64 {
+	n := len(y)
+	// Initial state by classical decomposition of the first cycles.
+	ms := max(m, 1)
+	k := min(n/ms, 4)
+	if m < 2 {
+		k = 0
+	}
+	lvl, tr := y[0], 0.0
+	if k >= 1 {
+		s1 := 0.0
+		for i := 0; i < m; i++ {
+			s1 += y[i]
+		}
+		lvl = s1 / float64(m)
+		if k >= 2 {
+			s2 := 0.0
+			for i := m; i < 2*m; i++ {
+				s2 += y[i]
+			}
+			tr = (s2/float64(m) - lvl) / float64(m)
+		}
+		seas := st[2 : 2+m]
+		clear(seas)
+		for c := 0; c < k; c++ {
+			mean := 0.0
+			for i := c * m; i < (c+1)*m; i++ {
+				mean += y[i]
+			}
+			mean /= float64(m)
+			for i := 0; i < m; i++ {
+				seas[i] += (y[c*m+i] - mean) / float64(k)
+			}
+		}
+		// Level at the start of the series.
+		lvl -= tr * float64(m-1) / 2
+	} else if n > 1 {
+		tr = 0
+	}
+	sse := 0.0
+	for i := 0; i < n; i++ {
+		s := 0.0
+		si := 0
+		if m >= 2 {
+			si = 2 + i%m
+			s = st[si]
+		}
+		f := lvl + phi*tr + s
+		e := y[i] - f
+		sse += e * e
+		nl := lvl + phi*tr + a*e
+		tr = phi*tr + b*e
+		if m >= 2 {
+			st[si] = s + g*e
+		}
+		lvl = nl
+	}
+	st[0], st[1] = lvl, tr
+	return sse
+}
+
+// Forecast implements Method.
+func (e *ETS) Forecast() []Quantiles {
+	y := e.w.buf
+	n := len(y)
+	m := e.M
+	if m < 2 || n < 2*m {
+		m = 0
+	}
+	if e.state == nil || len(e.state) < 2+max(m, 0) {
+		e.state = make([]float64, 2+max(m, 0))
+	}
+	obj := func(p []float64) float64 {
+		a, b, g, phi := etsParams(p)
+		if m < 2 {
+			g = 0
+		}
+		return etsRun(y, m, a, b, g, phi, e.state)
+	}
+	res, err := optimize.Minimize(optimize.Problem{Func: obj}, e.par,
+		&optimize.Settings{FuncEvaluations: 300, Converger: &optimize.FunctionConverge{Absolute: 1e-10, Relative: 1e-6, Iterations: 20}},
+		&optimize.NelderMead{SimplexSize: 0.5})
+	if err == nil || res != nil {
+		if res != nil && !math.IsNaN(res.F) {
+			copy(e.par, res.X)
+		}
+	}
+	a, b, g, phi := etsParams(e.par)
+	if m < 2 {
+		g = 0
+	}
+	sse := etsRun(y, m, a, b, g, phi, e.state)
+	sigma2 := sse / float64(max(n-4, 1))
+	lvl, tr := e.state[0], e.state[1]
+	phiSum, varSum := 0.0, 0.0
+	for h := 1; h <= e.w.H; h++ {
+		phiSum += math.Pow(phi, float64(h))
+		s := 0.0
+		if m >= 2 {
+			s = e.state[2+(n+h-1)%m]
+		}
+		pt := lvl + phiSum*tr + s
+		// Var_h = σ²(1 + Σ_{j<h} c_j²), c_j = α(1+βφ_j/α... ) written as
+		// α + β φ_j + γ·[j mod m = 0] with φ_j = φ + … + φ^j.
+		sd := math.Sqrt(sigma2 * (1 + varSum))
+		e.f[h-1] = Quantiles{Q10: pt - 1.2816*sd, Q50: pt, Q90: pt + 1.2816*sd}
+		cj := a + b*phiSum
+		if m >= 2 && h%m == 0 {
+			cj += g
+		}
+		varSum += cj * cj
+	}
+	return e.f
+}
+
+// String names the method for errors.
+func (e *ETS) String() string { return fmt.Sprintf("ets(m=%d)", e.M) }

@@ -1,0 +1,493 @@
+package forecast
+
+import (
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrBadInput marks input a parser rejected; the wrapped message names the
+// line and column. Nothing from a rejected input is applied.
+var ErrBadInput = errors.New("bad input")
+
+// Record is one parsed row of a demand table.
+type Record struct {
+	Time     time.Time
+	Location string    // "" when the table has no location column
+	Value    float64   // demand in the bucket (count, bytes, percent, ...)
+	Covs     []float64 // aligned with Table.CovNames; NaN where the cell was empty
+	Holiday  bool      // the row's holiday flag column said yes
+}
+
+// Table is a parsed demand CSV before it is turned into regular series.
+type Table struct {
+	HasLocation bool
+	CovNames    []string
+	Records     []Record
+}
+
+// Column names the parser recognises (lower case). The first column is the
+// timestamp unless another column has one of timeNames.
+var (
+	timeNames     = []string{"timestamp", "time", "ds", "date", "datetime", "pickup_dt", "ts"}
+	locationNames = []string{"location", "region", "borough", "loc", "site"}
+	valueNames    = []string{"value", "y", "pickups", "count", "requests", "flows", "new_flows", "demand"}
+	holidayNames  = []string{"hday", "holiday", "is_holiday"}
+)
+
+// timeLayouts are tried in order; all are read as UTC wall-clock time,
+// which keeps hour-of-day and day-of-week as the data's author meant them
+// (the Uber file even has 02:00 on the spring-forward day).
+var timeLayouts = []string{
+	"2006-01-02 15:04:05",
+	"2006-01-02 15:04",
+	time.RFC3339,
+	"2006-01-02T15:04:05",
+	"2006-01-02T15:04",
+	"2006-01-02",
+	"1/2/2006 15:04:05",
+	"1/2/2006 15:04",
+	"1/2/2006",
+}
+
+// ParseTime parses a timestamp in one of the layouts the CSV readers accept.
+func ParseTime(s string) (time.Time, error) {
+	s = strings.TrimSpace(s)
+	for _, l := range timeLayouts {
+		if t, err := time.Parse(l, s); err == nil {
+			return t.UTC(), nil
+		}
+	}
+	return time.Time{}, fmt.Errorf("%w: unrecognised timestamp %q", ErrBadInput, s)
+}
+
+func indexOf(names []string, want []string) int {
+	for i, n := range names {
+		for _, w := range want {
+			if n == w {
+				return i
+			}
+		}
+	}
+	return -1
+}
+
+func parseBool(s string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "y", "yes", "true", "1", "t":
+		return true, nil
+	case "n", "no", "false", "0", "f", "":
+		return false, nil
+	}
+	return false, fmt.Errorf("%w: not a yes/no flag: %q", ErrBadInput, s)
+}
+
+func parseFinite(s string) (float64, error) {
+	v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	if err != nil {
+		return 0, fmt.Errorf("%w: not a number: %q", ErrBadInput, s)
+	}
+	if math.IsNaN(v) || math.IsInf(v, 0) {
+		return 0, fmt.Errorf("%w: not a finite number: %q", ErrBadInput, s)
+	}
+	return v, nil
+}
+
+// maxTableRows bounds what ReadTable accepts so a hostile file cannot
+// exhaust memory; it is far above any bucketed access log we keep.
+const maxTableRows = 5_000_000
+
+// ReadTable parses a demand CSV. Accepted shapes:
+//
+//	timestamp,value                      (header optional)
+//	timestamp,location,value             (header optional)
+//	<time>,<location>,<value>,<cov>...   (header required; e.g. the Uber
+//	                                      file's pickup_dt,borough,pickups,
+//	                                      wind_spd,...,hday)
+//
+// With a header, columns are found by name (see timeNames, locationNames,
+// valueNames, holidayNames); every other column is a numeric covariate.
+// A row with an empty value is skipped; a malformed row rejects the whole
+// input with an error naming its line.
+func ReadTable(r io.Reader) (*Table, error) {
+	cr := csv.NewReader(r)
+	cr.TrimLeadingSpace = true
+	cr.ReuseRecord = false
+	first, err := cr.Read()
+	if err == io.EOF {
+		return nil, fmt.Errorf("%w: empty input", ErrBadInput)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: line 1: %v", ErrBadInput, err)
+	}
+	ncol := len(first)
+	tcol, lcol, vcol, hcol := 0, -1, -1, -1
+	var covCols []int
+	t := &Table{}
+	pending := [][]string{}
+	if _, err := ParseTime(first[0]); err == nil {
+		// No header: shape from the column count.
+		switch ncol {
+		case 2:
+			vcol = 1
+		case 3:
+			lcol, vcol = 1, 2
+		default:
+			return nil, fmt.Errorf("%w: line 1: %d columns without a header (want 2 or 3)", ErrBadInput, ncol)
+		}
+		pending = append(pending, first)
+	} else {
+		names := make([]string, ncol)
+		for i, n := range first {
+			names[i] = strings.ToLower(strings.TrimSpace(strings.Trim(n, "\"")))
+		}
+		if i := indexOf(names, timeNames); i >= 0 {
+			tcol = i
+		}
+		lcol = indexOf(names, locationNames)
+		vcol = indexOf(names, valueNames)
+		hcol = indexOf(names, holidayNames)
+		if vcol < 0 {
+			switch {
+			case ncol == 2:
+				vcol = 1 - tcol
+			case ncol == 3 && lcol < 0 && tcol == 0:
+				lcol, vcol = 1, 2
+			case ncol == 3 && lcol >= 0:
+				vcol = 3 - tcol - lcol
+			default:
+				return nil, fmt.Errorf("%w: header %v: cannot tell the value column (name it \"value\")", ErrBadInput, names)
+			}
+		}
+		if ncol == 3 && lcol < 0 && vcol >= 0 {
+			lcol = 3 - tcol - vcol
+		}
+		if tcol == vcol || (lcol >= 0 && (lcol == tcol || lcol == vcol)) {
+			return nil, fmt.Errorf("%w: header %v: time, location and value columns overlap", ErrBadInput, names)
+		}
+		for i := range names {
+			if i != tcol && i != lcol && i != vcol && i != hcol {
+				covCols = append(covCols, i)
+				t.CovNames = append(t.CovNames, names[i])
+			}
+		}
+	}
+	t.HasLocation = lcol >= 0
+	line := 1 // the header
+	if len(pending) > 0 {
+		line = 0
+	}
+	parseRow := func(row []string) error {
+		line++
+		if len(row) != ncol {
+			return fmt.Errorf("%w: line %d: %d columns, want %d", ErrBadInput, line, len(row), ncol)
+		}
+		if strings.TrimSpace(row[vcol]) == "" {
+			return nil // missing value: the bucket becomes a gap
+		}
+		ts, err := ParseTime(row[tcol])
+		if err != nil {
+			return fmt.Errorf("line %d column %d: %w", line, tcol+1, err)
+		}
+		v, err := parseFinite(row[vcol])
+		if err != nil {
+			return fmt.Errorf("line %d column %d: %w", line, vcol+1, err)
+		}
+		rec := Record{Time: ts, Value: v}
+		if lcol >= 0 {
+			rec.Location = strings.TrimSpace(row[lcol])
+			if rec.Location == "" {
+				return fmt.Errorf("%w: line %d: empty location", ErrBadInput, line)
+			}
+		}
+		if hcol >= 0 {
+			if rec.Holiday, err = parseBool(row[hcol]); err != nil {
+				return fmt.Errorf("line %d column %d: %w", line, hcol+1, err)
+			}
+		}
+		if len(covCols) > 0 {
+			rec.Covs = make([]float64, len(covCols))
+			for j, c := range covCols {
+				if strings.TrimSpace(row[c]) == "" {
+					rec.Covs[j] = math.NaN()
+					continue
+				}
+				if rec.Covs[j], err = parseFinite(row[c]); err != nil {
+					return fmt.Errorf("line %d column %d: %w", line, c+1, err)
+				}
+			}
+		}
+		if len(t.Records) >= maxTableRows {
+			return fmt.Errorf("%w: more than %d rows", ErrBadInput, maxTableRows)
+		}
+		t.Records = append(t.Records, rec)
+		return nil
+	}
+	for _, row := range pending {
+		if err := parseRow(row); err != nil {
+			return nil, err
+		}
+	}
+	for {
+		row, err := cr.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: line %d: %v", ErrBadInput, line+1, err)
+		}
+		if err := parseRow(row); err != nil {
+			return nil, err
+		}
+	}
+	if len(t.Records) == 0 {
+		return nil, fmt.Errorf("%w: no data rows", ErrBadInput)
+	}
+	return t, nil
+}
+
+// Agg says how samples inside one bucket combine.
+type Agg int
+
+const (
+	// AggSum adds the samples (counts, bytes, requests).
+	AggSum Agg = iota
+	// AggMean averages them (gauges such as CPU percent).
+	AggMean
+)
+
+// ParseAgg reads "sum" or "mean".
+func ParseAgg(s string) (Agg, error) {
+	switch s {
+	case "sum":
+		return AggSum, nil
+	case "mean", "avg":
+		return AggMean, nil
+	}
+	return 0, fmt.Errorf("%w: aggregation %q (want sum or mean)", ErrBadInput, s)
+}
+
+// SeriesOptions controls how a Table becomes regular series.
+type SeriesOptions struct {
+	// Step is the bucket length; 0 keeps the table's native step.
+	Step time.Duration
+	// Agg combines the samples of one bucket.
+	Agg Agg
+}
+
+// NativeStep is the smallest positive gap between distinct timestamps.
+func (t *Table) NativeStep() (time.Duration, error) {
+	ts := make([]int64, 0, len(t.Records))
+	for _, r := range t.Records {
+		ts = append(ts, r.Time.Unix())
+	}
+	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
+	var step int64
+	for i := 1; i < len(ts); i++ {
+		if d := ts[i] - ts[i-1]; d > 0 && (step == 0 || d < step) {
+			step = d
+		}
+	}
+	if step == 0 {
+		return 0, fmt.Errorf("%w: fewer than two distinct timestamps", ErrBadInput)
+	}
+	return time.Duration(step) * time.Second, nil
+}
+
+// maxSeriesLen bounds the bucket grid so a stray timestamp far from the
+// rest cannot make us allocate gigabytes.
+const maxSeriesLen = 10_000_000
+
+// Series turns the table into one regular series per location (sorted by
+// name). Buckets are aligned to multiples of Step since the Unix epoch.
+// When aggregating, a first or last bucket holding fewer samples than a
+// full bucket is dropped (a partial hour is not comparable). In a table
+// with locations a location absent at a timestamp that other locations
+// report counts as zero (count tables list only non-zero rows); a bucket
+// no location reports is a gap, filled by linear interpolation and marked
+// unobserved so the backtest never scores it.
+func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
+	native, err := t.NativeStep()
+	if err != nil {
+		return nil, err
+	}
+	step := opt.Step
+	if step == 0 {
+		step = native
+	}
+	if step < native {
+		return nil, fmt.Errorf("%w: step %v is finer than the data's %v", ErrBadInput, step, native)
+	}
+	per := int(step / native)
+	if step%native != 0 {
+		per = 0 // irregular ratio: no partial-bucket check
+	}
+	sec := int64(step / time.Second)
+	if sec <= 0 {
+		return nil, fmt.Errorf("%w: step %v below one second", ErrBadInput, step)
+	}
+	minB, maxB := int64(math.MaxInt64), int64(math.MinInt64)
+	bucket := func(tm time.Time) int64 {
+		u := tm.Unix()
+		b := u / sec
+		if u%sec < 0 {
+			b--
+		}
+		return b
+	}
+	for _, r := range t.Records {
+		b := bucket(r.Time)
+		minB = min(minB, b)
+		maxB = max(maxB, b)
+	}
+	n := maxB - minB + 1
+	if n > maxSeriesLen {
+		return nil, fmt.Errorf("%w: %d buckets of %v between first and last timestamp", ErrBadInput, n, step)
+	}
+	type acc struct {
+		sum, cnt []float64
+		cov      [][]float64
+		covN     [][]float64
+	}
+	locs := map[string]*acc{}
+	anyAt := make([]int, n)
+	holi := map[int64]bool{}
+	for _, r := range t.Records {
+		a := locs[r.Location]
+		if a == nil {
+			a = &acc{sum: make([]float64, n), cnt: make([]float64, n)}
+			for range t.CovNames {
+				a.cov = append(a.cov, make([]float64, n))
+				a.covN = append(a.covN, make([]float64, n))
+			}
+			locs[r.Location] = a
+		}
+		i := bucket(r.Time) - minB
+		a.sum[i] += r.Value
+		a.cnt[i]++
+		anyAt[i]++
+		for j, c := range r.Covs {
+			if !math.IsNaN(c) {
+				a.cov[j][i] += c
+				a.covN[j][i]++
+			}
+		}
+		if r.Holiday {
+			d := r.Time.Truncate(24 * time.Hour)
+			holi[d.Unix()] = true
+		}
+	}
+	// Partial edge buckets: compare with the fullest bucket of all locations.
+	lo, hi := int64(0), n-1
+	if per > 1 {
+		full := 0
+		for _, c := range anyAt {
+			full = max(full, c)
+		}
+		nl := len(locs)
+		if anyAt[lo] < full && anyAt[lo] < per*nl {
+			lo++
+		}
+		if hi > lo && anyAt[hi] < full && anyAt[hi] < per*nl {
+			hi--
+		}
+	}
+	if hi < lo {
+		return nil, fmt.Errorf("%w: no complete bucket of %v", ErrBadInput, step)
+	}
+	var holidays []time.Time
+	for d := range holi {
+		holidays = append(holidays, time.Unix(d, 0).UTC())
+	}
+	sort.Slice(holidays, func(i, j int) bool { return holidays[i].Before(holidays[j]) })
+	names := make([]string, 0, len(locs))
+	for l := range locs {
+		names = append(names, l)
+	}
+	sort.Strings(names)
+	out := make([]*Series, 0, len(names))
+	for _, l := range names {
+		a := locs[l]
+		m := int(hi - lo + 1)
+		s := &Series{
+			Name:     l,
+			Start:    time.Unix((minB+lo)*sec, 0).UTC(),
+			Step:     step,
+			Values:   make([]float64, m),
+			Observed: make([]bool, m),
+			Holidays: holidays,
+		}
+		for i := range m {
+			k := int(lo) + i
+			switch {
+			case a.cnt[k] > 0:
+				s.Values[i] = a.sum[k]
+				if opt.Agg == AggMean {
+					s.Values[i] /= a.cnt[k]
+				}
+				s.Observed[i] = true
+			case t.HasLocation && anyAt[k] > 0:
+				s.Values[i], s.Observed[i] = 0, true
+			default:
+				s.Values[i] = math.NaN()
+			}
+		}
+		if len(t.CovNames) > 0 {
+			s.Covariates = map[string][]float64{}
+			for j, cn := range t.CovNames {
+				v := make([]float64, m)
+				for i := range m {
+					k := int(lo) + i
+					if a.covN[j][k] > 0 {
+						v[i] = a.cov[j][k] / a.covN[j][k]
+					} else {
+						v[i] = math.NaN()
+					}
+				}
+				fillGaps(v)
+				s.Covariates[cn] = v
+			}
+		}
+		if !fillGaps(s.Values) {
+			return nil, fmt.Errorf("%w: location %q has no values", ErrBadInput, l)
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// fillGaps replaces NaNs by linear interpolation (constant at the edges).
+// It reports false when every value is NaN.
+func fillGaps(v []float64) bool {
+	prev := -1
+	for i, x := range v {
+		if math.IsNaN(x) {
+			continue
+		}
+		if prev < 0 {
+			for j := 0; j < i; j++ {
+				v[j] = x
+			}
+		} else if i-prev > 1 {
+			a := v[prev]
+			for j := prev + 1; j < i; j++ {
+				f := float64(j-prev) / float64(i-prev)
+				v[j] = a + f*(x-a)
+			}
+		}
+		prev = i
+	}
+	if prev < 0 {
+		return false
+	}
+	for j := prev + 1; j < len(v); j++ {
+		v[j] = v[prev]
+	}
+	return true
+}

@@ -1,0 +1,126 @@
+package forecast
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// devData returns the shared dev traces' directory, skipping the test when
+// the long tests are off or the data are absent.
+func devData(t *testing.T) string {
+	t.Helper()
+	if os.Getenv("PREMIRROR_LONG") == "" {
+		t.Skip("backtests on the dev traces run with PREMIRROR_LONG=1 (and in scripts/bench-forecast.sh)")
+	}
+	dir := os.Getenv("PREMIRROR_DEV_DATA")
+	if dir == "" {
+		dir = filepath.Join("..", "..", "..", "shared", "data", "dev")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "nab_nyc_taxi.csv")); err != nil {
+		t.Skipf("dev traces not found in %s (set PREMIRROR_DEV_DATA)", dir)
+	}
+	return dir
+}
+
+func loadDev(t *testing.T, path string, opt SeriesOptions) []*Series {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ss, err := LoadSeries(f, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ss
+}
+
+// TestDevTargets guards the targets BENCHMARKS.md records as met: on NYC
+// taxi and the large Uber boroughs the hybrid stays ≤ 0.9 × the best
+// baseline at h1 and h12 with 80% intervals covering 75–85%, and events
+// help on the taxi's event days.
+func TestDevTargets(t *testing.T) {
+	dir := devData(t)
+	ev, err := os.Open(filepath.Join("testdata", "nyc_events_2014_2015.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := ReadEvents(ev)
+	ev.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		file, series string
+	}{
+		{"nab_nyc_taxi.csv", ""},
+		{"uber_nyc_boroughs_hourly_2015-01_04.csv", "Manhattan"},
+		{"uber_nyc_boroughs_hourly_2015-01_04.csv", "Brooklyn"},
+	}
+	for _, c := range cases {
+		t.Run(strings.TrimSuffix(c.file, ".csv")+"/"+c.series, func(t *testing.T) {
+			var s *Series
+			for _, x := range loadDev(t, filepath.Join(dir, c.file), SeriesOptions{Step: time.Hour}) {
+				if x.Name == c.series {
+					s = x
+				}
+			}
+			feeds, err := s.Feeds(events)
+			if err != nil {
+				t.Fatal(err)
+			}
+			specs := append(Baselines(), Methods(s, feeds, "hybrid,hybrid_nofeeds")...)
+			res, err := Backtest(context.Background(), s, feeds, specs, BacktestConfig{EventDays: MarkedDays(s, feeds)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			best := BestBaseline(res)
+			m := byMethod(t, res)
+			h := m["hybrid"]
+			if r1, r12 := h.MASE[0]/best[0], h.MASE[11]/best[1]; r1 > 0.9 || r12 > 0.9 {
+				t.Errorf("hybrid / best baseline: h1 %.3f h12 %.3f", r1, r12)
+			}
+			for _, i := range []int{0, 11} {
+				if c := h.Cover80[i]; c < 0.75 || c > 0.85 {
+					t.Errorf("coverage h%d %.3f", i+1, c)
+				}
+			}
+			if c.series == "" && !(h.MarkedMASE[11] < m["hybrid_nofeeds"].MarkedMASE[11]) {
+				t.Errorf("event days MASE h12: with calendar %.3f, without %.3f", h.MarkedMASE[11], m["hybrid_nofeeds"].MarkedMASE[11])
+			}
+		})
+	}
+}
+
+// TestDevLocations guards the location result: the hybrid beats
+// persistence and the Dirichlet hour-of-week model at 1 h and 24 h.
+func TestDevLocations(t *testing.T) {
+	dir := devData(t)
+	ss := loadDev(t, filepath.Join(dir, "uber_nyc_boroughs_hourly_2015-01_04.csv"), SeriesOptions{})
+	d, err := LocationDataFromSeries(ss)
+	if err != nil {
+		t.Fatal(err)
+	}
+	feeds, err := ss[0].Feeds(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scores, err := LocationBenchmark(d, feeds, feeds.Covariates.Names(), time.Date(2015, 4, 1, 0, 0, 0, 0, time.UTC), []int{1, 24})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ce := map[string]float64{}
+	for _, s := range scores {
+		ce[s.Method+"/"+time.Duration(s.Horizon).String()] = s.CE
+	}
+	for _, h := range []string{"1ns", "24ns"} {
+		if !(ce["hybrid/"+h] < ce["persistence/"+h] && ce["hybrid/"+h] < ce["dirichlet_how/"+h]) {
+			t.Errorf("horizon %s: %v", h, ce)
+		}
+	}
+}

@@ -1,0 +1,348 @@
+package forecast
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+var t0 = time.Date(2024, 3, 4, 0, 0, 0, 0, time.UTC) // a Monday
+
+// demandAt is a synthetic per-region demand with a daily cycle.
+func demandAt(region string, b int, rng *rand.Rand) uint64 {
+	base := map[string]float64{"eu": 200, "us": 120, "ap": 40}[region]
+	hod := float64(b % 24)
+	v := base * (1 + 0.6*math.Sin(2*math.Pi*(hod-8)/24))
+	return uint64(math.Max(0, v+math.Sqrt(v)*rng.NormFloat64()))
+}
+
+// feed runs buckets [from, to) through e with two summaries per region
+// and bucket (the agents report every half hour).
+func feed(t testing.TB, e *Engine, from, to int, rng *rand.Rand) {
+	t.Helper()
+	for b := from; b < to; b++ {
+		start := t0.Add(time.Duration(b) * time.Hour)
+		var batch []AccessSummary
+		for _, r := range []string{"eu", "us", "ap"} {
+			n := demandAt(r, b, rng)
+			batch = append(batch, AccessSummary{Resource: "vol-1", Region: r, Start: start, NewFlows: n / 2},
+				AccessSummary{Resource: "vol-1", Region: r, Start: start.Add(30 * time.Minute), NewFlows: n - n/2})
+		}
+		if _, err := e.Ingest(batch); err != nil {
+			t.Fatal(err)
+		}
+		if err := e.Advance(start.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func newTestEngine(t testing.TB, reg prometheus.Registerer) *Engine {
+	t.Helper()
+	e, err := NewEngine(EngineConfig{Window: 24 * 14, Horizon: 24, Workers: 2, Registerer: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func TestEngineForecastAndScore(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	e := newTestEngine(t, reg)
+	if _, err := e.Forecast("vol-1"); !errors.Is(err, ErrUnknownResource) {
+		t.Fatalf("unknown resource: %v", err)
+	}
+	rng := rand.New(rand.NewPCG(1, 2))
+	feed(t, e, 0, 24*21, rng)
+	f, err := e.Forecast("vol-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Regions) != 3 || len(f.Regions[0].Q) != 24 || len(f.Shares) != 24 || !f.Origin.Equal(t0.Add(time.Duration(24*21-1)*time.Hour)) {
+		t.Fatalf("forecast shape: %d regions, %d steps, %d share rows, origin %v", len(f.Regions), len(f.Regions[0].Q), len(f.Shares), f.Origin)
+	}
+	// The next bucket is 00:00; compare the forecast with the known mean.
+	for _, rf := range f.Regions {
+		base := map[string]float64{"eu": 200, "us": 120, "ap": 40}[rf.Region]
+		for h := 1; h <= 24; h += 11 {
+			want := base * (1 + 0.6*math.Sin(2*math.Pi*(float64((24*21-1+h)%24)-8)/24))
+			q := rf.Q[h-1]
+			if !(q.Q10 <= q.Q50 && q.Q50 <= q.Q90) || math.Abs(q.Q50-want) > 3*math.Sqrt(want)+2 {
+				t.Errorf("%s h=%d: %+v, true mean %.1f", rf.Region, h, q, want)
+			}
+		}
+	}
+	if s := f.Shares[0]; math.Abs(s[0]+s[1]+s[2]-1) > 1e-9 || s[0] < s[2] {
+		t.Errorf("shares %v (regions %v)", s, []string{f.Regions[0].Region, f.Regions[1].Region, f.Regions[2].Region})
+	}
+	req := ScoreRequest{Bytes: 1 << 30, Current: map[string]float64{"eu": 0.08, "us": 0.01, "ap": 0.15},
+		Candidates: []Candidate{{Location: "fra", Latency: map[string]float64{"eu": 0.01, "ap": 0.12}},
+			{Location: "sin", Latency: map[string]float64{"ap": 0.01}}},
+		Prices: Prices{CopyPerByte: 1e-10, StorePerByteHour: 1e-13, ValuePerRequestSecond: 0.001}}
+	sc, err := e.Score("vol-1", req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sc[0].Location != "fra" || sc[0].Score <= sc[1].Score {
+		t.Fatalf("scores %+v", sc)
+	}
+	text, err := e.Explain("vol-1", req)
+	if err != nil || !strings.Contains(text, "candidate fra") || !strings.Contains(text, "eu") {
+		t.Fatalf("explain: %v\n%s", err, text)
+	}
+	if got := testutil.ToFloat64(e.met.series); got != 3 {
+		t.Fatalf("series gauge %v", got)
+	}
+	if got := testutil.ToFloat64(e.met.closed); got != 24*21 {
+		t.Fatalf("closed buckets %v", got)
+	}
+}
+
+func TestEngineIngestRules(t *testing.T) {
+	e := newTestEngine(t, nil)
+	good := AccessSummary{Resource: "r", Region: "eu", Start: t0, NewFlows: 5}
+	if n, err := e.Ingest([]AccessSummary{good}); err != nil || n != 1 {
+		t.Fatal(n, err)
+	}
+	// A malformed summary rejects the whole batch.
+	for _, bad := range []AccessSummary{
+		{Resource: "", Region: "eu", Start: t0},
+		{Resource: "r", Region: "e\x00u", Start: t0},
+		{Resource: "r", Region: "eu"},
+		{Resource: strings.Repeat("x", 300), Region: "eu", Start: t0},
+	} {
+		n, err := e.Ingest([]AccessSummary{good, bad})
+		if !errors.Is(err, ErrBadInput) || n != 0 {
+			t.Errorf("%+v: accepted %d, %v", bad, n, err)
+		}
+	}
+	// Bucket 1: only us reports, so eu had no accesses (a zero); bucket
+	// 2: nobody reports, so it is unknown (skipped, weight zero).
+	if _, err := e.Ingest([]AccessSummary{{Resource: "r", Region: "us", Start: t0.Add(time.Hour), NewFlows: 3}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Advance(t0.Add(3 * time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	// Late: the bucket at t0 is closed. The on-time one is applied.
+	n, err := e.Ingest([]AccessSummary{good, {Resource: "r", Region: "eu", Start: t0.Add(3 * time.Hour), NewFlows: 1}})
+	if !errors.Is(err, ErrLate) || n != 1 {
+		t.Fatalf("late: %d %v", n, err)
+	}
+	// Far future: rejected.
+	if _, err := e.Ingest([]AccessSummary{{Resource: "r", Region: "eu", Start: t0.Add(1000 * time.Hour)}}); !errors.Is(err, ErrFuture) {
+		t.Fatalf("future: %v", err)
+	}
+	s := e.series[SeriesKey{"r", "eu"}]
+	if s.m.Observed() != 3 || s.m.ys[0] != 5 || s.m.ys[1] != 0 || s.m.wts[1] != 1 || s.m.wts[2] != 0 {
+		t.Fatalf("observed %d: values %v weights %v", s.m.Observed(), s.m.ys[:3], s.m.wts[:3])
+	}
+	if us := e.series[SeriesKey{"r", "us"}]; us.first != e.bucket(t0)+1 || us.m.Observed() != 2 {
+		t.Fatalf("us series first %d observed %d", us.first, us.m.Observed())
+	}
+	// A controller away for longer than a window jumps over it at once.
+	if err := e.Advance(t0.Add(time.Duration(24*14+100) * time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.Stats().OpenBucket; !got.Equal(t0.Add(time.Duration(24*14+100) * time.Hour)) {
+		t.Fatalf("open bucket %v", got)
+	}
+	if !s.m.Last().Equal(t0.Add(time.Duration(24*14+99) * time.Hour)) {
+		t.Fatalf("model at %v", s.m.Last())
+	}
+}
+
+// TestSnapshotRoundTrip: an engine restored from a snapshot continues
+// exactly as the original (bit-identical forecasts), through bytes and
+// through a file.
+func TestSnapshotRoundTrip(t *testing.T) {
+	a := newTestEngine(t, nil)
+	if err := a.SetEvents([]Event{{Start: t0.Add(24 * 9 * time.Hour), End: t0.Add(24 * 10 * time.Hour), Name: "h", Kind: KindHoliday}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetCovariate("temp", "", t0, 3); err != nil {
+		t.Fatal(err)
+	}
+	feed(t, a, 0, 24*15, rand.New(rand.NewPCG(3, 3)))
+	// A pending (open) bucket must survive too.
+	if _, err := a.Ingest([]AccessSummary{{Resource: "vol-1", Region: "eu", Start: t0.Add(24 * 15 * time.Hour), NewFlows: 7}}); err != nil {
+		t.Fatal(err)
+	}
+	blob, err := a.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newTestEngine(t, nil)
+	if err := b.UnmarshalBinary(blob); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "forecast.snap")
+	if err := a.SaveFile(path); err != nil {
+		t.Fatal(err)
+	}
+	c := newTestEngine(t, nil)
+	if err := c.LoadFile(path); err != nil {
+		t.Fatal(err)
+	}
+	blob2, _ := b.MarshalBinary()
+	if !bytes.Equal(blob, blob2) {
+		t.Fatal("re-encoding a restored engine gives different bytes")
+	}
+	for _, e := range []*Engine{a, b, c} {
+		feed(t, e, 24*15, 24*16, rand.New(rand.NewPCG(4, 4)))
+	}
+	fa, _ := a.Forecast("vol-1")
+	for _, e := range []*Engine{b, c} {
+		fe, err := e.Forecast("vol-1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range fa.Regions {
+			for h := range fa.Regions[i].Q {
+				if fa.Regions[i].Q[h] != fe.Regions[i].Q[h] {
+					t.Fatalf("region %s h=%d: %+v vs %+v", fa.Regions[i].Region, h+1, fa.Regions[i].Q[h], fe.Regions[i].Q[h])
+				}
+			}
+		}
+		for h := range fa.Shares {
+			for r := range fa.Shares[h] {
+				if fa.Shares[h][r] != fe.Shares[h][r] {
+					t.Fatalf("shares differ at h=%d", h+1)
+				}
+			}
+		}
+	}
+}
+
+func TestSnapshotRejectsCorruption(t *testing.T) {
+	a := newTestEngine(t, nil)
+	feed(t, a, 0, 48, rand.New(rand.NewPCG(5, 5)))
+	blob, _ := a.MarshalBinary()
+	b := newTestEngine(t, nil)
+	feed(t, b, 0, 30, rand.New(rand.NewPCG(6, 6)))
+	before, _ := b.MarshalBinary()
+	for name, mutate := range map[string]func([]byte) []byte{
+		"flipped payload byte": func(x []byte) []byte { x[100] ^= 1; return x },
+		"truncated":            func(x []byte) []byte { return x[:len(x)-9] },
+		"bad magic":            func(x []byte) []byte { x[0] = 'X'; return x },
+		"future version":       func(x []byte) []byte { x[8] = 9; return x },
+		"empty":                func([]byte) []byte { return nil },
+	} {
+		err := b.UnmarshalBinary(mutate(append([]byte(nil), blob...)))
+		if !errors.Is(err, ErrCorruptSnapshot) {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	after, _ := b.MarshalBinary()
+	if !bytes.Equal(before, after) {
+		t.Fatal("a rejected snapshot changed the engine")
+	}
+	// A snapshot of a differently shaped engine is refused by name.
+	other, _ := NewEngine(EngineConfig{Window: 24 * 14, Horizon: 12})
+	if err := other.UnmarshalBinary(blob); !errors.Is(err, ErrSnapshotMismatch) {
+		t.Fatalf("mismatch: %v", err)
+	}
+	if err := b.LoadFile(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing file: %v", err)
+	}
+}
+
+// FuzzSnapshot feeds mutated snapshots (with their checksum fixed, so the
+// decoder itself is exercised) to UnmarshalBinary: never a panic, and
+// either a clean restore or an error.
+func FuzzSnapshot(f *testing.F) {
+	a, _ := NewEngine(EngineConfig{Window: 24 * 14, Horizon: 4, Hidden: 2, Workers: 1})
+	rng := rand.New(rand.NewPCG(7, 7))
+	for b := 0; b < 40; b++ {
+		start := t0.Add(time.Duration(b) * time.Hour)
+		a.Ingest([]AccessSummary{{Resource: "v", Region: "eu", Start: start, NewFlows: demandAt("eu", b, rng)},
+			{Resource: "v", Region: "ap", Start: start, NewFlows: demandAt("ap", b, rng)}})
+		a.Advance(start.Add(time.Hour))
+	}
+	blob, _ := a.MarshalBinary()
+	f.Add(blob[20 : len(blob)-4])
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, payload []byte) {
+		if len(payload) > 1<<22 {
+			return
+		}
+		b := make([]byte, 0, len(payload)+24)
+		b = append(b, snapMagic...)
+		b = binary.LittleEndian.AppendUint32(b, snapVersion)
+		b = binary.LittleEndian.AppendUint64(b, uint64(len(payload)))
+		b = append(b, payload...)
+		b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(payload, castagnoli))
+		e, _ := NewEngine(EngineConfig{Window: 24 * 14, Horizon: 4, Hidden: 2, Workers: 1})
+		if err := e.UnmarshalBinary(b); err != nil {
+			return
+		}
+		// A snapshot that decodes must leave a working engine.
+		for _, r := range e.Resources() {
+			e.Forecast(r)
+		}
+		e.Advance(time.Unix(0, 0))
+	})
+}
+
+func TestEngineMetricsLint(t *testing.T) {
+	e := newTestEngine(t, nil)
+	for _, c := range e.met.collectors() {
+		problems, err := testutil.CollectAndLint(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range problems {
+			t.Errorf("metric %s: %s", p.Metric, p.Text)
+		}
+	}
+}
+
+func TestEngineConfigErrors(t *testing.T) {
+	for _, c := range []EngineConfig{
+		{Step: 500 * time.Millisecond},
+		{Window: 3},
+		{Horizon: -1, Window: 100},
+		{Hidden: 1000},
+	} {
+		if _, err := NewEngine(c); !errors.Is(err, ErrBadInput) {
+			t.Errorf("%+v: %v", c, err)
+		}
+	}
+}
+
+// TestEngineRestartsFailedModel: a model whose state went bad does not
+// stop the bucket or the other series; it starts afresh.
+func TestEngineRestartsFailedModel(t *testing.T) {
+	e := newTestEngine(t, nil)
+	feed(t, e, 0, 30, rand.New(rand.NewPCG(8, 8)))
+	bad := e.series[SeriesKey{"vol-1", "eu"}].m
+	for i := range bad.blr.S {
+		bad.blr.S[i] = math.NaN()
+	}
+	bad.sinceRebase = -1 << 30 // no rebuild from the window this time
+	feed(t, e, 30, 31, rand.New(rand.NewPCG(9, 9)))
+	if got := testutil.ToFloat64(e.met.restarts); got != 1 {
+		t.Fatalf("restarts %v", got)
+	}
+	if e.series[SeriesKey{"vol-1", "eu"}].m == bad {
+		t.Fatal("the failed model is still in place")
+	}
+	feed(t, e, 31, 40, rand.New(rand.NewPCG(10, 10)))
+	if f, err := e.Forecast("vol-1"); err != nil || len(f.Regions) != 3 {
+		t.Fatalf("after restart: %v, %d regions", err, len(f.Regions))
+	}
+}

@@ -1,0 +1,970 @@
+package forecast
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"sync"
+	"time"
+)
+
+// ErrOutOfOrder is returned when a bucket is observed that does not follow
+// the previous one; callers fill gaps (an access count's gap is a zero).
+var ErrOutOfOrder = errors.New("bucket does not follow the previous one")
+
+// Quantiles is the predictive distribution of one future bucket.
+type Quantiles struct {
+	Q10, Q50, Q90 float64
+}
+
+// HybridConfig configures one Hybrid model. Zero fields take defaults
+// derived from the bucket length (see withDefaults).
+type HybridConfig struct {
+	Step       time.Duration // bucket length (required)
+	Window     int           // regression window in buckets (default 4 weeks)
+	Horizon    int           // forecast steps (default 12)
+	Hidden     int           // GRU hidden units (default 12)
+	BPTT       int           // truncated BPTT length (default one day, within [12, 48])
+	LR         float64       // Adam learning rate (default 0.003)
+	Seed       uint64        // GRU initialisation seed
+	Region     string        // region whose events/covariates apply
+	Kinds      []string      // event kinds with a learnt effect (default: the calendar's, plus holiday)
+	Covariates []string      // covariate names with a learnt effect (default none)
+	NoGRU      bool          // ablation: no recurrent part
+	NoStack    bool          // ablation: Bayesian regression only
+}
+
+func (c HybridConfig) withDefaults(feeds *Feeds) (HybridConfig, error) {
+	if c.Step <= 0 {
+		return c, fmt.Errorf("%w: hybrid config: step %v", ErrBadInput, c.Step)
+	}
+	if c.Window == 0 {
+		c.Window = int(28 * 24 * time.Hour / c.Step)
+	}
+	if c.Horizon == 0 {
+		c.Horizon = 12
+	}
+	if c.Hidden == 0 {
+		c.Hidden = 12
+	}
+	if c.BPTT == 0 {
+		c.BPTT = min(48, max(12, stepsPer(c.Step, 24*time.Hour)))
+	}
+	if c.LR == 0 {
+		c.LR = 0.003
+	}
+	if c.Kinds == nil && feeds != nil && feeds.Calendar != nil {
+		if hasHoliday(feeds.Calendar) {
+			c.Kinds = append(c.Kinds, KindHoliday)
+		}
+		c.Kinds = append(c.Kinds, feeds.Calendar.Kinds()...)
+	}
+	switch {
+	case c.Window < 8:
+		return c, fmt.Errorf("%w: hybrid config: window %d buckets (want >= 8)", ErrBadInput, c.Window)
+	case c.Horizon < 1 || c.Horizon > 1000:
+		return c, fmt.Errorf("%w: hybrid config: horizon %d", ErrBadInput, c.Horizon)
+	case c.Hidden < 1 || c.Hidden > 256:
+		return c, fmt.Errorf("%w: hybrid config: hidden %d", ErrBadInput, c.Hidden)
+	case c.BPTT < 2 || c.BPTT > 1000:
+		return c, fmt.Errorf("%w: hybrid config: bptt %d", ErrBadInput, c.BPTT)
+	case !(c.LR > 0 && c.LR < 1):
+		return c, fmt.Errorf("%w: hybrid config: lr %v", ErrBadInput, c.LR)
+	}
+	return c, nil
+}
+
+// Stacker inputs (per horizon), residuals of the regression over their
+// robust scale ν: a bias; the last residual and exponentially smoothed
+// residual levels (α = 0.5, 0.2, 0.05: the "ES" of ES-RNN, which lets the
+// forecast follow a level the window's regression has not caught up
+// with); the GRU's prediction; the residuals at the target's time of day
+// yesterday, its time of week a week ago and averaged over the weeks in
+// the window; the raw mean at the target's time of week minus the
+// regression (the hour-of-week detail a smooth profile misses); the
+// relative level of the last day and quarter day times the regression's
+// forecast (a quiet day is quiet at every hour, in proportion). Then one
+// input per covariate: its standardised value at the target times the
+// regression's forecast (weather moves demand in proportion to it).
+const (
+	stkBias = iota
+	stkLast
+	stkES5
+	stkES2
+	stkES05
+	stkGRU
+	stkYday
+	stkWk1
+	stkWkM
+	stkP4
+	stkRho24
+	stkRho6
+	numStk
+)
+
+var esAlpha = [3]float64{0.5, 0.2, 0.05}
+
+// gruIn is the GRU's input width: residual, time of day (sin, cos), and a
+// weekend/holiday flag.
+const gruIn = 4
+
+const (
+	// clipNorm bounds the normalised residuals the GRU sees so one spike
+	// cannot wreck its weights; bigClip only guards the stacker's
+	// arithmetic (a level shift of 30 robust scales must get through).
+	clipNorm = 5.0
+	bigClip  = 1e3
+	// huberK is the Huber threshold in robust-scale units (about three
+	// standard deviations of Gaussian noise).
+	huberK = 3.0
+	// stackRidge is the stacker's ridge penalty in units of one
+	// observation's weight: the weights stay near "trust the regression"
+	// until the data show otherwise, and collinear inputs (the smoothed
+	// levels) cannot cancel each other with huge weights.
+	stackRidge = 8.0
+	// stackSolveEvery is how often (in buckets) each horizon's stacker
+	// weights are re-solved, and gruTrainEvery how often a mature GRU
+	// (two windows old) takes a gradient step (each target stays inside the
+	// truncated BPTT window for BPTT buckets, so it is still learnt from
+	// many times).
+	stackSolveEvery = 4
+	gruTrainEvery   = 2
+	// evPriorSD is the prior standard deviation of an event kind's
+	// relative effect (±30% is a plausible holiday or storm).
+	evPriorSD = 0.3
+	// evBins splits the day into bins with their own event effect, so a
+	// holiday can lose its morning rush but keep its evening.
+	evBins = 4
+)
+
+// evIndex is the slot of the effect of kind k at horizon h (1-based) for a
+// target starting at t.
+func (m *Hybrid) evIndex(h, k int, t time.Time) int {
+	bin := 0
+	if m.d.spd > 1 {
+		bin = int(((t.Unix()%86400)+86400)%86400) * evBins / 86400
+	}
+	return ((h-1)*len(m.cfg.Kinds)+k)*evBins + bin
+}
+
+// Hybrid is the per-series forecaster. Data flow for each new bucket:
+//
+//	Bayesian regression (window W, NIG prior, Huber-weighted)  → profile μ(t+h)
+//	residuals e = y − μ  → ES levels, GRU (trained online, truncated BPTT)
+//	per-horizon stacker (weighted ridge with forgetting)       → base forecast
+//	event effects (conjugate normal per kind and horizon)      → × (1 + θ)
+//	per-horizon error scale and quantile trackers              → q10, q50, q90
+//
+// See doc.go for the rationale of each part.
+type Hybrid struct {
+	cfg HybridConfig
+	d   *design
+	blr *BLR
+	x   []float64
+
+	n    int64 // buckets observed
+	last time.Time
+	W    int
+	ys   []float64 // ring of the last W values
+	wts  []float64 // ring of the regression weights given to them
+	res  []float64 // ring of in-sample residuals (data units)
+	es   [3]float64
+	nu   float64        // robust residual scale: 1.4826 × median |residual|
+	sc   *hybridScratch // borrowed for the duration of Observe
+
+	c, s        float64 // target standardisation z = (y-c)/s inside the regression
+	sinceRebase int
+	nextTune    int64
+	gv          [numGroups]float64 // prior variance multiplier per group
+	sig         float64            // regression residual sd (data units)
+	spd, wk     int                // buckets per day (>=1), per week (0 if the window holds < 2 weeks)
+	integer     bool               // every value so far was an integer (counts)
+
+	R     int       // ring of per-origin regression forecasts (the GRU's targets)
+	muY   []float64 // R×H regression forecast per origin
+	sgY   []float64 // R robust scale per origin
+	P     int       // ring of per-origin stacker inputs: H+1 origins
+	feat  []float32 // P×H×K stacker inputs per origin (single precision: they only weight a correction)
+	predY []float64 // P×H stacked forecast (before events and the median shift)
+	predE []float64 // P×H after events
+
+	K   int       // stacker width: numStk + covariates
+	rw  []float64 // H×K weights
+	rp  []float64 // H × K(K+1)/2 Gram matrices (exponentially weighted, lower triangles packed by rows)
+	rb  []float64 // H×K moments
+	lam float64   // forgetting factor
+
+	covMean, covM2 []float64 // running moments of each covariate (standardisation)
+	covN           float64
+	covNow         []float64 // scratch
+
+	evM, evP []float64 // H×kinds×evBins posterior mean and precision of the relative effects
+
+	sh  []float64 // H mean absolute error of the final forecast
+	nh  []float64 // H errors seen
+	q   []float64 // H×3 tracked quantiles (10, 50, 90) of error / sh
+	eta float64
+
+	gru  *GRU
+	adam *Adam
+
+	fc   []Quantiles // forecast from the last origin
+	med1 float64     // unrounded one-step median
+	acc  accuracy
+}
+
+// hybridScratch is the per-call working memory of Observe, pooled so that
+// ten thousand models do not each carry buffers only used inside a call.
+type hybridScratch struct {
+	L, tmp, stk, grad, dout, f []float64
+	tape                       GRUTape
+}
+
+var scratchPool = sync.Pool{New: func() any { return new(hybridScratch) }}
+
+func grow(s []float64, n int) []float64 {
+	if cap(s) < n {
+		return make([]float64, n)
+	}
+	return s[:n]
+}
+
+// accuracy keeps exponentially weighted absolute errors per horizon of the
+// regression alone and of the final forecast, for Explain.
+type accuracy struct {
+	blrAE, hybAE []float64
+}
+
+// NewHybrid returns an empty model. feeds may be nil.
+func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
+	cfg, err := cfg.withDefaults(feeds)
+	if err != nil {
+		return nil, err
+	}
+	H := cfg.Horizon
+	m := &Hybrid{cfg: cfg, W: cfg.Window, integer: true}
+	m.d = newDesign(cfg.Step, cfg.Window, cfg.Region, feeds)
+	m.blr = NewBLR(m.d.p)
+	m.blr.L = nil // the factor lives in the pooled scratch
+	m.x = make([]float64, m.d.p)
+	m.ys = make([]float64, m.W)
+	m.wts = make([]float64, m.W)
+	m.res = make([]float64, m.W)
+	m.s = 1
+	m.spd = max(m.d.spd, 1)
+	if wk := stepsPer(cfg.Step, 7*24*time.Hour); wk > 0 && m.W >= 2*wk {
+		m.wk = wk
+	}
+	for g := range m.gv {
+		m.gv[g] = 1
+	}
+	m.gv[grpIntercept] = 1e8
+	m.applyPrior()
+	m.R = cfg.BPTT + H + 1
+	m.K = numStk + len(cfg.Covariates)
+	m.P = H + 1
+	m.muY = make([]float64, m.R*H)
+	m.sgY = make([]float64, m.R)
+	m.feat = make([]float32, m.P*H*m.K)
+	m.predY = make([]float64, m.P*H)
+	m.predE = make([]float64, m.P*H)
+	m.rw = make([]float64, H*m.K)
+	m.rp = make([]float64, H*m.K*(m.K+1)/2)
+	m.rb = make([]float64, H*m.K)
+	m.lam = 1 - 1/float64(m.W)
+	nc := len(cfg.Covariates)
+	m.covMean, m.covM2, m.covNow = make([]float64, nc), make([]float64, nc), make([]float64, nc)
+	nk := len(cfg.Kinds)
+	m.evM, m.evP = make([]float64, H*nk*evBins), make([]float64, H*nk*evBins)
+	for i := range m.evP {
+		m.evP[i] = 1 / (evPriorSD * evPriorSD)
+	}
+	m.sh = make([]float64, H)
+	m.nh = make([]float64, H)
+	m.q = make([]float64, 3*H)
+	for h := 0; h < H; h++ {
+		// Gaussian quantiles in units of the mean absolute error.
+		m.q[3*h], m.q[3*h+1], m.q[3*h+2] = -1.6, 0, 1.6
+	}
+	m.eta = 0.05
+	if !cfg.NoGRU {
+		m.gru = NewGRU(gruIn, cfg.Hidden, H, cfg.Seed)
+		m.adam = NewAdam(m.gru.NumParams(), cfg.LR)
+	}
+	// Spread the periodic work (evidence tuning, exact rebuilds) of models
+	// created together over different buckets, so ten thousand series
+	// started at once do not all tune in the same bucket.
+	m.nextTune = int64(cfg.Seed % uint64(max(m.spd, 24)))
+	m.sinceRebase = int(cfg.Seed % uint64(max(m.W/2, 1)))
+	m.fc = make([]Quantiles, H)
+	m.acc = accuracy{blrAE: make([]float64, H), hybAE: make([]float64, H)}
+	return m, nil
+}
+
+// Config returns the effective configuration.
+func (m *Hybrid) Config() HybridConfig { return m.cfg }
+
+// NumFeatures is the regression's width.
+func (m *Hybrid) NumFeatures() int { return m.d.p }
+
+func (m *Hybrid) applyPrior() {
+	for i, g := range m.d.group {
+		m.blr.Prec0[i] = 1 / (m.gv[g] * m.d.decay[i])
+	}
+}
+
+func (m *Hybrid) z(y float64) float64 { return (y - m.c) / m.s }
+
+// timeOf is the start of bucket index i.
+func (m *Hybrid) timeOf(i int64) time.Time {
+	return m.last.Add(time.Duration(i-(m.n-1)) * m.cfg.Step)
+}
+
+// inWindow reports whether bucket i is still in the rings.
+func (m *Hybrid) inWindow(i int64) bool { return i >= 0 && i <= m.n-1 && i > m.n-1-int64(m.W) }
+
+// resAt is the stored residual of bucket i, 0 when outside the window.
+func (m *Hybrid) resAt(i int64) float64 {
+	if !m.inWindow(i) {
+		return 0
+	}
+	return m.res[i%int64(m.W)]
+}
+
+// warm is the number of buckets before the regression's forecasts are
+// used to train the stacker: a day, and at least as many buckets as the
+// regression has features.
+func (m *Hybrid) warm() int64 { return int64(max(m.spd, m.d.p)) }
+
+// Observe feeds the value of the bucket starting at t, which must follow
+// the previously observed bucket, and refreshes the forecast.
+func (m *Hybrid) Observe(t time.Time, y float64) error {
+	if math.IsNaN(y) || math.IsInf(y, 0) {
+		return fmt.Errorf("%w: observation %v at %v", ErrBadInput, y, t)
+	}
+	return m.observe(t, y, false)
+}
+
+// Skip advances the model over a bucket whose value is unknown (the
+// controller received nothing for it): nothing is learnt from it, the
+// window holds it with weight zero and the forecast moves on by a bucket.
+func (m *Hybrid) Skip(t time.Time) error {
+	if m.n == 0 {
+		return fmt.Errorf("%w: skip before the first observation", ErrNotReady)
+	}
+	return m.observe(t, m.med1, true)
+}
+
+func (m *Hybrid) observe(t time.Time, y float64, missing bool) error {
+	if m.n > 0 && !t.Equal(m.last.Add(m.cfg.Step)) {
+		return fmt.Errorf("%w: got %v after %v", ErrOutOfOrder, t, m.last)
+	}
+	if !missing && (y != math.Trunc(y) || math.Abs(y) > 1<<53) {
+		m.integer = false
+	}
+	sc := scratchPool.Get().(*hybridScratch)
+	sc.L = grow(sc.L, m.d.p*m.d.p)
+	sc.tmp = grow(sc.tmp, m.W)
+	sc.stk = grow(sc.stk, m.K*m.K)
+	sc.f = grow(sc.f, m.K)
+	m.sc = sc
+	defer func() {
+		m.sc = nil
+		scratchPool.Put(sc)
+	}()
+	idx := m.n
+	// Huber weight of the new bucket from the forecast's own one-step
+	// error: a spike barely moves the regression, while after a level
+	// shift the stacked forecast catches up within a few buckets and the
+	// new level gets full weight again.
+	wNew := 1.0
+	if missing {
+		wNew = 0
+	} else if m.n > m.warm() && m.nu > 0 {
+		if a := math.Abs(y-m.med1) / m.nu; a > huberK {
+			wNew = huberK / a
+		}
+	}
+	if idx >= int64(m.W) {
+		k := idx % int64(m.W)
+		m.d.fill(t.Add(-time.Duration(m.W)*m.cfg.Step), m.x)
+		m.blr.Add(m.x, m.z(m.ys[k]), -m.wts[k])
+	}
+	m.ys[idx%int64(m.W)] = y
+	m.wts[idx%int64(m.W)] = wNew
+	m.last = t
+	m.n++
+	m.sinceRebase++
+	if m.n == 1 || m.sinceRebase >= min(max(int(m.n)/2, 1), m.W/2) {
+		m.rebase()
+	} else {
+		m.d.fill(t, m.x)
+		m.blr.Add(m.x, m.z(y), wNew)
+	}
+	if m.n >= m.nextTune {
+		m.tune()
+		m.nextTune = m.n + int64(max(m.spd, 24))
+	}
+	if err := m.blr.SolveWith(m.sc.L); err != nil {
+		return fmt.Errorf("regression at %v: %w", t, err)
+	}
+	floor := 1e-9 * (math.Abs(m.c) + m.s)
+	m.sig = math.Max(m.s*math.Sqrt(m.blr.Sigma2()), floor)
+	m.d.fill(t, m.x)
+	e := 0.0 // a missing bucket says nothing about the residual
+	if !missing {
+		e = y - (m.c + m.s*m.blr.Mean(m.x))
+		for k, a := range esAlpha {
+			m.es[k] += a * (e - m.es[k])
+		}
+	}
+	m.res[idx%int64(m.W)] = e
+	cnt := int(min(m.n, int64(m.W)))
+	tmp := m.sc.tmp[:0]
+	for i := 0; i < cnt; i++ {
+		if m.wts[i] > 0 {
+			tmp = append(tmp, math.Abs(m.res[i]))
+		}
+	}
+	if len(tmp) > 0 {
+		m.nu = math.Max(1.4826*median(tmp), floor)
+	}
+	m.nu = math.Max(m.nu, floor)
+	if !missing {
+		m.observeCovariates(t)
+		m.resolve(idx, y)
+	}
+	var gruOut []float64
+	if m.gru != nil {
+		// Every bucket while the model is young, then every other one.
+		learn := !missing && (idx < 2*int64(m.W) || (idx+int64(m.cfg.Seed))%gruTrainEvery == 0)
+		gruOut = m.trainGRU(idx, learn)
+	}
+	m.forecast(idx, t, gruOut)
+	return nil
+}
+
+// skipMany advances the model over n unknown buckets, the last starting
+// at last. From a window's length on it does so at once: the whole window
+// becomes unknown (weight zero) and the regression restarts from its
+// prior, while what is learnt across windows (GRU, stacker, event effects,
+// error scales) is kept.
+func (m *Hybrid) skipMany(n int64, last time.Time) error {
+	if m.n == 0 || n <= 0 {
+		return nil
+	}
+	if n < int64(m.W) {
+		for i := int64(1); i <= n; i++ {
+			if err := m.Skip(m.last.Add(m.cfg.Step)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	for i := range m.wts {
+		m.wts[i], m.res[i] = 0, 0
+	}
+	m.blr.Reset()
+	m.es = [3]float64{}
+	m.n += n
+	m.last = last
+	m.sinceRebase = m.W // rebase at the next observation
+	clear(m.sgY)        // no pending forecast targets a known bucket
+	return nil
+}
+
+func clip(v, c float64) float64 { return math.Max(-c, math.Min(c, v)) }
+
+// observeCovariates updates the running standardisation of the covariates.
+func (m *Hybrid) observeCovariates(t time.Time) {
+	if len(m.cfg.Covariates) == 0 || m.d.feeds == nil {
+		return
+	}
+	m.covN++
+	for j, name := range m.cfg.Covariates {
+		v, ok := m.d.feeds.Covariates.At(name, m.cfg.Region, t)
+		if !ok {
+			v = m.covMean[j]
+		}
+		d := v - m.covMean[j]
+		m.covMean[j] += d / m.covN
+		m.covM2[j] += d * (v - m.covMean[j])
+	}
+}
+
+// covZ writes the standardised covariates at t into m.covNow.
+func (m *Hybrid) covZ(t time.Time) {
+	for j, name := range m.cfg.Covariates {
+		m.covNow[j] = 0
+		if m.covN < 2 || m.d.feeds == nil {
+			continue
+		}
+		v, ok := m.d.feeds.Covariates.At(name, m.cfg.Region, t)
+		sd := math.Sqrt(m.covM2[j] / (m.covN - 1))
+		if ok && sd > 0 {
+			m.covNow[j] = clip((v-m.covMean[j])/sd, 10)
+		}
+	}
+}
+
+// rebase recomputes the standardisation of the target and the trend
+// origin from the window, then rebuilds the regression's statistics
+// exactly (this also wipes accumulated rounding from the sliding updates).
+func (m *Hybrid) rebase() {
+	m.sinceRebase = 0
+	cnt := int(min(m.n, int64(m.W)))
+	first := m.n - int64(cnt)
+	mean, sq, sw := 0.0, 0.0, 0.0
+	for i := first; i < m.n; i++ {
+		v, w := m.ys[i%int64(m.W)], m.wts[i%int64(m.W)]
+		mean += w * v
+		sq += w * v * v
+		sw += w
+	}
+	if sw > 0 { // a window of unknown buckets keeps the old scaling
+		mean /= sw
+		sd := math.Sqrt(math.Max(sq/sw-mean*mean, 0))
+		m.c = mean
+		m.s = math.Max(sd, 1e-9*(math.Abs(mean)+1))
+	}
+	m.d.trendRef = m.last.Unix()
+	m.blr.Reset()
+	for i := first; i < m.n; i++ {
+		m.d.fill(m.timeOf(i), m.x)
+		m.blr.Add(m.x, m.z(m.ys[i%int64(m.W)]), m.wts[i%int64(m.W)])
+	}
+}
+
+// tune picks each group's prior variance multiplier from a grid by
+// maximising the regression's log evidence (coordinate ascent, one pass):
+// empirical Bayes, so the amount of seasonal detail follows the data in
+// the window instead of constants tuned to some data set.
+func (m *Hybrid) tune() {
+	grid := [...]float64{0.01, 0.1, 1, 10, 100}
+	present := [numGroups]bool{}
+	for _, g := range m.d.group {
+		present[g] = true
+	}
+	for g := grpTrend; g < numGroups; g++ {
+		if !present[g] {
+			continue
+		}
+		best, bestV := math.Inf(-1), m.gv[g]
+		for _, v := range grid {
+			m.gv[g] = v
+			m.applyPrior()
+			if m.blr.SolveWith(m.sc.L) != nil {
+				continue
+			}
+			if e := m.blr.LogEvidence(); e > best {
+				best, bestV = e, v
+			}
+		}
+		m.gv[g] = bestV
+	}
+	m.applyPrior()
+}
+
+// activeKinds calls fn with the index of every event kind active at t.
+func (m *Hybrid) activeKinds(t time.Time, fn func(k int)) {
+	if len(m.cfg.Kinds) == 0 || m.d.feeds == nil || m.d.feeds.Calendar == nil {
+		return
+	}
+	for k, kind := range m.cfg.Kinds {
+		if kind == KindHoliday {
+			if m.d.feeds.Calendar.Holiday(t, m.cfg.Region) {
+				fn(k)
+			}
+		} else if m.d.feeds.Calendar.Active(t, m.cfg.Region, kind) {
+			fn(k)
+		}
+	}
+}
+
+// resolve scores the forecasts whose target is bucket idx and updates the
+// stacker (ordinary buckets) or the event effects (event buckets), the
+// error scales and the quantile trackers.
+func (m *Hybrid) resolve(idx int64, y float64) {
+	H, K := m.cfg.Horizon, m.K
+	tt := m.timeOf(idx)
+	var active [8]int
+	na := 0
+	m.activeKinds(tt, func(k int) {
+		if na < len(active) {
+			active[na] = k
+			na++
+		}
+	})
+	for h := 1; h <= H; h++ {
+		o := idx - int64(h)
+		if o < m.warm() {
+			// The regression's first forecasts, made from a handful of
+			// points, would teach the stacker and the error scales noise.
+			continue
+		}
+		ro := int(o % int64(m.R))
+		sg := m.sgY[ro]
+		if sg == 0 {
+			continue
+		}
+		mu := m.muY[ro*H+h-1]
+		po := int(o % int64(m.P))
+		base := m.predY[po*H+h-1]
+		if na == 0 {
+			if !m.cfg.NoStack {
+				f := m.sc.f
+				for i, v := range m.feat[(po*H+h-1)*K : (po*H+h)*K] {
+					f[i] = float64(v)
+				}
+				m.stackUpdate(h-1, f, clip((y-mu)/sg, bigClip))
+			}
+		} else if base > 0 {
+			// Conjugate normal update of each active kind's relative
+			// effect at this horizon and time of day. The buckets of one
+			// event are far from independent: each counts as evBins/spd
+			// of an observation, so a day weighs like one observation.
+			d := clip(y/base-1, 3)
+			noise := math.Max(m.sh[h-1], sg) / base
+			prec := 1 / (noise * noise * math.Max(float64(m.spd)/evBins, 1) * float64(na))
+			for _, k := range active[:na] {
+				i := m.evIndex(h, k, tt)
+				m.evM[i] = (m.evP[i]*m.evM[i] + prec*d) / (m.evP[i] + prec)
+				m.evP[i] += prec
+			}
+		}
+		pred := m.predE[po*H+h-1]
+		sc := m.sh[h-1]
+		u := (y - pred) / sc
+		q := m.q[3*(h-1) : 3*h]
+		for k, tau := range [3]float64{0.1, 0.5, 0.9} {
+			if u < q[k] {
+				q[k] -= m.eta * (1 - tau)
+			} else {
+				q[k] += m.eta * tau
+			}
+		}
+		q[1] = math.Max(q[1], q[0])
+		q[2] = math.Max(q[2], q[1])
+		// The error scale follows the recent mean absolute error: a
+		// running mean at first, then a memory of a few days so the
+		// interval width tracks regimes.
+		m.nh[h-1]++
+		m.sh[h-1] += math.Max(1.0/64, 1/m.nh[h-1]) * (math.Abs(y-pred) - sc)
+		const wAcc = 1.0 / 168
+		m.acc.blrAE[h-1] += wAcc * (math.Abs(y-mu) - m.acc.blrAE[h-1])
+		m.acc.hybAE[h-1] += wAcc * (math.Abs(y-(pred+sc*q[1])) - m.acc.hybAE[h-1])
+	}
+}
+
+// stackUpdate adds one (inputs, target) pair to the exponentially weighted,
+// Huber-weighted ridge regression of horizon index h and re-solves it.
+func (m *Hybrid) stackUpdate(h int, f []float64, target float64) {
+	K := m.K
+	A := m.rp[h*K*(K+1)/2 : (h+1)*K*(K+1)/2]
+	b := m.rb[h*K : (h+1)*K]
+	w := m.rw[h*K : (h+1)*K]
+	r := target
+	for i := 0; i < K; i++ {
+		r -= w[i] * f[i]
+	}
+	om := 1.0
+	if a := math.Abs(r); a > huberK {
+		om = huberK / a
+	}
+	for i := 0; i < K; i++ {
+		b[i] = m.lam*b[i] + om*f[i]*target
+		row := A[i*(i+1)/2 : i*(i+1)/2+i+1]
+		for j := range row {
+			row[j] = m.lam*row[j] + om*f[i]*f[j]
+		}
+	}
+	// The weights move slowly: re-solving every few buckets is enough and
+	// saves most of the stacker's cost (the Gram matrix above is exact) —
+	// except after a surprise (a level shift must be followed at once).
+	if om == 1 && (m.n+int64(h))%stackSolveEvery != 0 {
+		return
+	}
+	L := m.sc.stk
+	for i := 0; i < K; i++ {
+		copy(L[i*K:i*K+i+1], A[i*(i+1)/2:])
+		L[i*K+i] += stackRidge
+		if i >= numStk {
+			// Weather effects get a quarter window's worth of prior
+			// evidence that they are nil: a covariate must keep showing
+			// its effect for weeks before it moves the forecast.
+			L[i*K+i] += float64(m.W) / 4
+		}
+	}
+	if !cholSolve(L, K, b, w) {
+		return
+	}
+}
+
+// cholSolve solves (L Lᵀ) w = b in place after factorising the lower
+// triangle of L (which it overwrites); false if not positive definite.
+func cholSolve(L []float64, K int, b, w []float64) bool {
+	for j := 0; j < K; j++ {
+		d := L[j*K+j]
+		for k := 0; k < j; k++ {
+			d -= L[j*K+k] * L[j*K+k]
+		}
+		if d <= 0 {
+			return false
+		}
+		d = math.Sqrt(d)
+		L[j*K+j] = d
+		for i := j + 1; i < K; i++ {
+			v := L[i*K+j]
+			for k := 0; k < j; k++ {
+				v -= L[i*K+k] * L[j*K+k]
+			}
+			L[i*K+j] = v / d
+		}
+	}
+	for i := 0; i < K; i++ {
+		v := b[i]
+		for k := 0; k < i; k++ {
+			v -= L[i*K+k] * w[k]
+		}
+		w[i] = v / L[i*K+i]
+	}
+	for i := K - 1; i >= 0; i-- {
+		v := w[i]
+		for k := i + 1; k < K; k++ {
+			v -= L[k*K+i] * w[k]
+		}
+		w[i] = v / L[i*K+i]
+	}
+	return true
+}
+
+// gruInput writes the GRU input of bucket index i.
+func (m *Hybrid) gruInput(i int64, in []float64) {
+	in[0] = clip(m.resAt(i)/m.nu, clipNorm)
+	t := m.timeOf(i)
+	if m.d.spd > 1 {
+		ph := float64(((t.Unix()%86400)+86400)%86400) / 86400
+		in[1] = math.Sin(2 * math.Pi * ph)
+		in[2] = math.Cos(2 * math.Pi * ph)
+	} else {
+		in[1], in[2] = 0, 0
+	}
+	in[3] = 0
+	if wd, hol := m.d.dayType(t); hol || wd == time.Saturday || wd == time.Sunday {
+		in[3] = 1
+	}
+}
+
+// trainGRU runs the network over the last BPTT buckets, takes one Adam
+// step on the regression errors it can already see (what the seasonal
+// model leaves), and returns the network's per-horizon prediction at the
+// newest bucket (made with the weights before the step).
+func (m *Hybrid) trainGRU(idx int64, learn bool) []float64 {
+	H := m.cfg.Horizon
+	L := int(min(int64(m.cfg.BPTT), idx+1))
+	if L < 2 {
+		return nil
+	}
+	g := m.gru
+	tape := &m.sc.tape
+	g.Prepare(tape, L)
+	start := idx - int64(L) + 1
+	for k := 0; k < L; k++ {
+		m.gruInput(start+int64(k), tape.Input(k, gruIn))
+	}
+	g.Forward(tape)
+	grad := grow(m.sc.grad, g.NumParams())
+	m.sc.grad = grad
+	clear(grad)
+	dout := grow(m.sc.dout, L*H)
+	m.sc.dout = dout
+	clear(dout)
+	cnt := 0
+	for k := 0; k < L; k++ {
+		o := start + int64(k)
+		ro := int(o % int64(m.R))
+		sg := m.sgY[ro]
+		if sg == 0 || o < m.warm() {
+			continue
+		}
+		out := tape.Output(k, H)
+		for h := 1; h <= H && o+int64(h) <= idx; h++ {
+			if m.wts[(o+int64(h))%int64(m.W)] == 0 {
+				continue // an unknown bucket
+			}
+			y := m.ys[(o+int64(h))%int64(m.W)]
+			target := clip((y-m.muY[ro*H+h-1])/sg, clipNorm)
+			// Huber loss (delta 1): robust to the spikes of access counts.
+			dout[k*H+h-1] = clip(out[h-1]-target, 1)
+			cnt++
+		}
+	}
+	if cnt > 0 && learn {
+		for i := range dout {
+			dout[i] /= float64(cnt)
+		}
+		g.Backward(tape, dout, grad)
+		m.adam.Step(g.P, grad)
+	}
+	return tape.Output(L-1, H)
+}
+
+// forecast computes the forecast from origin idx (bucket starting at t).
+func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
+	H, K := m.cfg.Horizon, m.K
+	ro := int(idx % int64(m.R))
+	po := int(idx % int64(m.P))
+	// Stacker inputs and targets are residuals over their robust scale, so
+	// a spike in the window does not shrink every other input to nothing.
+	nu := m.nu
+	m.sgY[ro] = nu
+	nr := func(v float64) float64 { return clip(v/nu, bigClip) }
+	weeks := 0
+	if m.wk > 0 {
+		weeks = (m.W - 1) / m.wk
+	}
+	// Relative level of the last day and quarter day against the
+	// regression's in-sample fit.
+	rho := func(k int64) float64 {
+		k = min(k, idx+1, int64(m.W))
+		sy, sf := 0.0, 0.0
+		for i := idx - k + 1; i <= idx; i++ {
+			v := m.ys[i%int64(m.W)]
+			sy += v
+			sf += v - m.res[i%int64(m.W)]
+		}
+		if math.Abs(sf) < 1e-12 {
+			return 0
+		}
+		return clip(sy/sf-1, 10)
+	}
+	rho24, rho6 := rho(int64(m.spd)), rho(max(int64(m.spd)/4, 1))
+	stack := !m.cfg.NoStack && m.n > m.warm()
+	for h := 1; h <= H; h++ {
+		th := t.Add(time.Duration(h) * m.cfg.Step)
+		m.d.fill(th, m.x)
+		mu := m.c + m.s*m.blr.Mean(m.x)
+		m.muY[ro*H+h-1] = mu
+		f := m.sc.f
+		clear(f)
+		f[stkBias] = 1
+		f[stkLast] = nr(m.res[idx%int64(m.W)])
+		f[stkES5] = nr(m.es[0])
+		f[stkES2] = nr(m.es[1])
+		f[stkES05] = nr(m.es[2])
+		if gruOut != nil {
+			f[stkGRU] = gruOut[h-1]
+		}
+		target := idx + int64(h)
+		f[stkYday] = nr(m.resAt(target - int64(m.spd)))
+		if m.wk > 0 {
+			f[stkWk1] = nr(m.resAt(target - int64(m.wk)))
+			sr, sy, k := 0.0, 0.0, 0
+			for w := 1; w <= weeks; w++ {
+				if i := target - int64(w*m.wk); m.inWindow(i) {
+					sr += m.res[i%int64(m.W)]
+					sy += m.ys[i%int64(m.W)]
+					k++
+				}
+			}
+			if k > 0 {
+				f[stkWkM] = nr(sr / float64(k))
+				f[stkP4] = nr(sy/float64(k) - mu)
+			}
+		}
+		f[stkRho24] = clip(rho24*mu/nu, bigClip)
+		f[stkRho6] = clip(rho6*mu/nu, bigClip)
+		if len(m.cfg.Covariates) > 0 {
+			m.covZ(th)
+			// Scaled so a one-SD change moves the forecast by w·ν at the
+			// window's mean level and in proportion elsewhere; the ridge
+			// then means the same on every series.
+			lvl := math.Abs(m.c) + nu
+			for j, z := range m.covNow {
+				f[numStk+j] = clip(z*mu/lvl, bigClip)
+			}
+		}
+		corr := 0.0
+		w := m.rw[(h-1)*K : h*K]
+		stored := m.feat[(po*H+h-1)*K : (po*H+h)*K]
+		for i := range f {
+			stored[i] = float32(f[i])
+			if stack {
+				corr += w[i] * float64(stored[i]) // the value the stacker will learn from
+			}
+		}
+		base := mu + nu*corr
+		m.predY[po*H+h-1] = base
+		pred := base
+		if len(m.cfg.Kinds) > 0 && base > 0 {
+			eff := 0.0
+			m.activeKinds(th, func(k int) { eff += m.evM[m.evIndex(h, k, th)] })
+			pred = base * math.Max(1+eff, 0)
+		}
+		m.predE[po*H+h-1] = pred
+		if m.sh[h-1] == 0 {
+			m.sh[h-1] = 0.8 * math.Max(m.sig, nu) // a Gaussian's mean absolute deviation
+		}
+		sc := m.sh[h-1]
+		q := m.q[3*(h-1) : 3*h]
+		fq := Quantiles{Q10: pred + sc*q[0], Q50: pred + sc*q[1], Q90: pred + sc*q[2]}
+		if h == 1 {
+			m.med1 = fq.Q50
+		}
+		if m.integer {
+			// Counts: the quantiles of an integer variable are integers.
+			// Rounding the bounds inwards changes no coverage; the median
+			// goes to the nearest integer.
+			fq = Quantiles{Q10: math.Ceil(fq.Q10), Q50: math.Round(fq.Q50), Q90: math.Floor(fq.Q90)}
+			fq.Q90 = math.Max(fq.Q90, fq.Q50)
+			fq.Q10 = math.Min(fq.Q10, fq.Q50)
+		}
+		m.fc[h-1] = fq
+	}
+}
+
+// Forecast returns the quantile forecast for the Horizon buckets after
+// the last observed one (valid after the first Observe).
+func (m *Hybrid) Forecast() []Quantiles { return m.fc }
+
+// Observed is the number of buckets seen.
+func (m *Hybrid) Observed() int64 { return m.n }
+
+// Last is the start of the last observed bucket.
+func (m *Hybrid) Last() time.Time { return m.last }
+
+// median returns the median of v, reordering v (quickselect).
+func median(v []float64) float64 {
+	n := len(v)
+	if n == 0 {
+		return 0
+	}
+	k := n / 2
+	lo, hi := 0, n-1
+	for lo < hi {
+		p := v[(lo+hi)/2]
+		i, j := lo, hi
+		for i <= j {
+			for v[i] < p {
+				i++
+			}
+			for v[j] > p {
+				j--
+			}
+			if i <= j {
+				v[i], v[j] = v[j], v[i]
+				i++
+				j--
+			}
+		}
+		switch {
+		case k <= j:
+			hi = j
+		case k >= i:
+			lo = i
+		default:
+			return v[k]
+		}
+	}
+	return v[k]
+}

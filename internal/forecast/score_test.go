@@ -1,0 +1,98 @@
+package forecast
+
+import (
+	"errors"
+	"math"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestScoreSingleRegionExact: with one region and one bucket the benefit
+// is v·saved·N with N split-normal, so P(benefit > cost) is known.
+func TestScoreSingleRegionExact(t *testing.T) {
+	q := Quantiles{Q10: 800, Q50: 1000, Q90: 1300}
+	demand := []RegionDemand{{Region: "r", Q: []Quantiles{q}}}
+	for _, tc := range []struct {
+		threshold float64 // requests needed to pay off
+		want      float64
+	}{
+		{1000, 0.5},
+		{1300, 0.1},
+		{800, 0.9},
+		{1000 + 300*0.5244005127080407/1.2815515655446004, 0.3}, // z_0.7 = 0.5244
+	} {
+		// cost = copy bytes × price; benefit = N × 0.01 s × value 1.
+		req := ScoreRequest{Bytes: 1e9, Horizon: 1, Current: map[string]float64{"r": 0.02},
+			Candidates: []Candidate{{Location: "x", Latency: map[string]float64{"r": 0.01}}},
+			Prices:     Prices{CopyPerByte: tc.threshold * 0.01 / 1e9, ValuePerRequestSecond: 1}, Samples: 20000}
+		s, err := Score(demand, req, time.Hour, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if math.Abs(s[0].Score-tc.want) > 0.01 {
+			t.Errorf("threshold %.0f: score %.4f, want %.2f", tc.threshold, s[0].Score, tc.want)
+		}
+	}
+}
+
+func TestScoreOrderingAndValidation(t *testing.T) {
+	demand := []RegionDemand{
+		{Region: "near", Q: []Quantiles{{90, 100, 110}, {90, 100, 110}}},
+		{Region: "far", Q: []Quantiles{{5, 10, 20}, {5, 10, 20}}},
+	}
+	req := ScoreRequest{Bytes: 1 << 30, Current: map[string]float64{"near": 0.05, "far": 0.05},
+		Candidates: []Candidate{
+			{Location: "serves-far", Latency: map[string]float64{"far": 0.01}},
+			{Location: "serves-near", Latency: map[string]float64{"near": 0.01}},
+			{Location: "useless", Latency: map[string]float64{"near": 0.09}},
+		},
+		Prices: Prices{CopyPerByte: 1e-11, StorePerByteHour: 1e-12, ValuePerRequestSecond: 0.01}}
+	s, err := Score(demand, req, time.Hour, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s[0].Location != "serves-near" || s[2].Location != "useless" || s[2].Score != 0 {
+		t.Fatalf("order %v %v %v", s[0].Location, s[1].Location, s[2].Location)
+	}
+	// Deterministic.
+	s2, _ := Score(demand, req, time.Hour, 7)
+	if s2[0].Score != s[0].Score {
+		t.Fatal("same seed, different score")
+	}
+	// Higher prices never raise a score.
+	req.Prices.CopyPerByte *= 10
+	s3, _ := Score(demand, req, time.Hour, 7)
+	if s3[0].Score > s[0].Score {
+		t.Fatalf("score rose with the price: %v > %v", s3[0].Score, s[0].Score)
+	}
+	for _, bad := range []ScoreRequest{
+		{Candidates: req.Candidates, Prices: Prices{ValuePerRequestSecond: 0}},
+		{Candidates: req.Candidates, Prices: Prices{ValuePerRequestSecond: 1, CopyPerByte: -1}},
+		{Prices: Prices{ValuePerRequestSecond: 1}},
+		{Candidates: []Candidate{{}}, Prices: Prices{ValuePerRequestSecond: 1}},
+		{Bytes: -1, Candidates: req.Candidates, Prices: Prices{ValuePerRequestSecond: 1}},
+	} {
+		if _, err := Score(demand, bad, time.Hour, 1); !errors.Is(err, ErrBadInput) {
+			t.Errorf("%+v: %v", bad, err)
+		}
+	}
+}
+
+func TestRenderExplain(t *testing.T) {
+	demand := []RegionDemand{{Region: "Brooklyn", Q: []Quantiles{{90, 100, 120}}}}
+	req := ScoreRequest{Bytes: 10 << 30, Horizon: 1, Current: map[string]float64{"Brooklyn": 0.006},
+		Candidates: []Candidate{{Location: "Brooklyn", Latency: map[string]float64{"Brooklyn": 0.002}}},
+		Prices:     Prices{CopyPerByte: 2e-11, StorePerByteHour: 1e-13, ValuePerRequestSecond: 0.5}}
+	sc, err := Score(demand, req, time.Hour, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := RenderExplain(ExplainInput{Resource: "disk-1", Origin: time.Date(2015, 4, 1, 0, 0, 0, 0, time.UTC), Step: time.Hour,
+		Request: req, Demand: demand, Scores: sc, Shares: []float64{1}, ShareConcentration: 50})
+	for _, want := range []string{"resource disk-1", "candidate Brooklyn", "saves     4.0 ms", "cost ", "P(benefit > cost)", "Brooklyn"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("explain output lacks %q:\n%s", want, out)
+		}
+	}
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Forecasting benchmarks (issue 6): the rolling-origin backtest of the
+# hybrid and the baselines on every dev series, the access-location
+# scoring, an explain demo and the 10,000-series update benchmark. The
+# tables it prints are recorded in docs/BENCHMARKS.md ("Forecasting").
+#
+#   scripts/bench-forecast.sh [data-dir]        (or PREMIRROR_DEV_DATA=...)
+#   JSON=1 scripts/bench-forecast.sh            backtest rows as JSON objects
+#
+# The data directory defaults to ../shared/data/dev relative to the repo.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${1:-${PREMIRROR_DEV_DATA:-../shared/data/dev}}
+if [ ! -d "$DATA" ]; then
+  echo "data directory $DATA not found (pass it as the first argument or set PREMIRROR_DEV_DATA)" >&2
+  exit 1
+fi
+EVENTS=internal/forecast/testdata/nyc_events_2014_2015.csv
+LATENCY=internal/forecast/testdata/nyc_latency_ms.csv
+UBER=$DATA/uber_nyc_boroughs_hourly_2015-01_04.csv
+mkdir -p bin
+go build -o bin/controller ./cmd/controller
+CTL=bin/controller
+FMT=()
+if [ -n "${JSON:-}" ]; then FMT=(--json); fi
+
+echo "== machine: $(nproc) vCPU, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(go version | cut -d' ' -f3), load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== data: $DATA"
+
+M=naive,snaive_day,snaive_week,ets,hybrid
+echo
+echo "== backtest: NAB 5-minute series aggregated to hourly (gauges averaged, counts and bytes summed)"
+for f in nab_ec2_cpu_utilization_53ea38:mean nab_rds_cpu_utilization_cc0c53:mean \
+         nab_elb_request_count_8c0756:sum nab_ec2_network_in_257a54:sum nab_ec2_disk_write_bytes_1ef3de:sum; do
+  "$CTL" forecast backtest --csv "$DATA/${f%%:*}.csv" --hourly --agg "${f##*:}" --methods "$M,hybrid_nogru" "${FMT[@]}"
+done
+
+echo
+echo "== backtest: NYC taxi, 30-minute counts summed to hourly, with the events calendar ($EVENTS)"
+"$CTL" forecast backtest --csv "$DATA/nab_nyc_taxi.csv" --hourly --events "$EVENTS" --methods "$M,hybrid_nofeeds,hybrid_nogru" "${FMT[@]}"
+
+echo
+echo "== backtest: Uber pickups per borough, hourly, weather and holiday columns as feeds, events calendar;"
+echo "   marked days: calendar days plus days with precipitation or snow cover"
+"$CTL" forecast backtest --csv "$UBER" --events "$EVENTS" --mark 'liq_precp_1hr>0,snow_depth_in>0' --methods "$M,hybrid_nofeeds" "${FMT[@]}"
+
+echo
+echo "== backtest: Prophet daily series (weekly season in the models; MASE season = one day = one bucket, as the protocol says)"
+"$CTL" forecast backtest --csv "$DATA/prophet_wp_log_peyton_manning.csv" --methods "$M" "${FMT[@]}"
+
+echo
+echo "== access-location distribution, Uber boroughs: train Jan-Mar 2015, test April, horizons 1 h and 24 h"
+"$CTL" forecast locations --csv "$UBER" --events "$EVENTS"
+
+echo
+echo "== explain demo (Uber boroughs as one resource's regions; illustrative route costs in $LATENCY)"
+"$CTL" forecast explain --csv "$UBER" --resource uber-app --latency "$LATENCY" --mirrors Manhattan \
+  --at "2015-04-24 17:00" --value-per-request-second 0.003
+
+echo
+echo "== Go benchmarks: one hourly bucket for 10,000 and 1,000 series; one series' update"
+go test -run '^$' -bench 'EngineBucket|HybridObserve' -benchtime "${BENCHTIME:-10x}" -benchmem ./internal/forecast
