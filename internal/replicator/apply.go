@@ -2,6 +2,8 @@ package replicator
 
 import (
 	"time"
+
+	"github.com/premirror/premirror/internal/replicator/wire"
 )
 
 // recvItem is one block received from a peer, to be written at a mirror.
@@ -126,39 +128,66 @@ func (v *Volume) unshippedLocked(b uint64) bool {
 	return false
 }
 
-// writeRuns writes the kept, non-adopt items, one write per contiguous run.
+// maxRunBlocks bounds one coalesced write.
+const maxRunBlocks = 1024
+
+// writeRuns writes the kept, non-adopt items, one write per contiguous
+// run. A run whose data already lies contiguously in memory (adjacent
+// blocks of one received frame) is written in place; otherwise it is
+// gathered in a reusable buffer (the caller holds v.io exclusively).
 func (v *Volume) writeRuns(items []recvItem, keep []bool) error {
 	bs := v.bs
-	var run []byte
-	var runStart uint64
-	var runLen uint64
+	var direct []byte // run data in place, while contiguous
+	inPlace := false
+	run := v.runBuf[:0]
+	var runStart, runLen uint64
 	flush := func() error {
 		if runLen == 0 {
 			return nil
 		}
-		_, err := v.f.WriteAt(run[:runLen*uint64(bs)], int64(runStart)*int64(bs))
-		runLen = 0
-		run = run[:0]
+		data := run
+		if inPlace {
+			data = direct
+		}
+		_, err := v.f.WriteAt(data[:runLen*uint64(bs)], int64(runStart)*int64(bs))
+		runLen, run, direct, inPlace = 0, run[:0], nil, false
 		return ioError("write "+v.path, err)
 	}
 	for i, it := range items {
 		if !keep[i] || it.adopt {
 			continue
 		}
-		if runLen > 0 && (it.block != runStart+runLen || runLen >= 256) {
+		if runLen > 0 && (it.block != runStart+runLen || runLen >= maxRunBlocks) {
 			if err := flush(); err != nil {
 				return err
 			}
 		}
-		if runLen == 0 {
+		switch {
+		case runLen == 0:
 			runStart = it.block
-		}
-		if it.data == nil {
-			run = append(run, make([]byte, bs)...)
-		} else {
-			run = append(run, it.data...)
+			inPlace = it.data != nil
+			direct = it.data
+			if !inPlace {
+				run = append(run, make([]byte, bs)...)
+			}
+		case inPlace && wire.Adjacent(direct, it.data):
+			direct = direct[:len(direct)+bs]
+		default:
+			if inPlace {
+				run = append(run[:0], direct...)
+				inPlace = false
+			}
+			if it.data == nil {
+				run = append(run, make([]byte, bs)...)
+			} else {
+				run = append(run, it.data...)
+			}
 		}
 		runLen++
 	}
-	return flush()
+	err := flush()
+	if cap(run) > cap(v.runBuf) {
+		v.runBuf = run[:0]
+	}
+	return err
 }

@@ -42,12 +42,15 @@ func ParseCompression(s string) (Compression, error) {
 }
 
 // batch is a group of blocks (ascending) encoded into one Blocks frame.
+// The frame references data and zbuf until it is written.
 type batch struct {
 	seq    uint64
 	blocks []uint64
 	vers   []Version
 	data   []byte // block i at i*bs
 	hole   []bool // optional: block known to be zero without reading
+	zbuf   []byte // compressed block data (owned by the batch)
+	head   []byte // frame head storage (owned by the batch)
 }
 
 // encStats counts what an encoded batch holds.
@@ -68,8 +71,7 @@ type encoder struct {
 	skip     int // batches to skip before the next sample
 	backoff  int
 	bb       wire.BlocksBuilder
-	corrupt  func(frame []byte) // test hook: damage block data after checksumming
-	lastSums []uint64
+	corrupt  func(block []byte) // test hook: damage block data after checksumming
 }
 
 func newEncoder(bs int, policy Compression) (*encoder, error) {
@@ -123,12 +125,13 @@ func (e *encoder) shouldCompress(b *batch) bool {
 	return false
 }
 
-// encode appends b as a Blocks frame to dst.
-func (e *encoder) encode(b *batch, dst []byte) ([]byte, encStats, error) {
+// encode turns b into a Blocks frame. Raw block data is referenced, not
+// copied: the frame is valid while b's buffers are.
+func (e *encoder) encode(b *batch) (outFrame, encStats, error) {
 	var st encStats
 	compress := e.shouldCompress(b)
-	e.bb.Reset(dst, b.seq)
-	e.lastSums = e.lastSums[:0]
+	e.bb.Reset(b.head, b.seq)
+	b.zbuf = b.zbuf[:0]
 	var zr wire.BlockEntry // pending zero range
 	flushZR := func() {
 		if zr.Count > 0 {
@@ -161,21 +164,29 @@ func (e *encoder) encode(b *batch, dst []byte) ([]byte, encStats, error) {
 		flushZR()
 		ent := wire.BlockEntry{Kind: wire.KindRaw, Block: blk, Version: b.vers[i], Sum: xxhash.Sum64(data), Data: data}
 		if compress {
-			e.zbuf = e.zenc.EncodeAll(data, e.zbuf[:0])
-			if len(e.zbuf) < e.bs*9/10 {
-				ent.Kind, ent.Data = wire.KindZstd, e.zbuf
+			if cap(b.zbuf)-len(b.zbuf) < e.bs+64 {
+				b.zbuf = make([]byte, 0, max(2*cap(b.zbuf), len(b.blocks)*e.bs/2+e.bs+64))
+			}
+			z := e.zenc.EncodeAll(data, b.zbuf[len(b.zbuf):len(b.zbuf)])
+			if len(z) < e.bs*9/10 {
+				if wire.Adjacent(b.zbuf, z) {
+					b.zbuf = b.zbuf[:len(b.zbuf)+len(z)]
+				}
+				ent.Kind, ent.Data = wire.KindZstd, z
 				st.compressed++
 			}
 		}
+		if e.corrupt != nil {
+			ent.Data = append([]byte(nil), ent.Data...)
+			e.corrupt(ent.Data)
+		}
 		st.dataBlocks++
 		st.dataBytes += len(ent.Data)
-		e.lastSums = append(e.lastSums, ent.Sum)
 		e.bb.Add(&ent)
 	}
 	flushZR()
-	frame, err := e.bb.Finish()
-	if err == nil && e.corrupt != nil {
-		e.corrupt(frame[len(dst):])
-	}
-	return frame, st, err
+	head, data, trailer, err := e.bb.Finish()
+	b.head = head[:0]
+	f := outFrame{head: head, data: data, trailer: trailer, size: e.bb.Size()}
+	return f, st, err
 }

@@ -14,15 +14,24 @@ import (
 	"github.com/premirror/premirror/internal/replicator/wire"
 )
 
-// countConn counts the bytes that cross the TCP connection, below TLS, so
-// "bytes on the wire" includes record overhead and the handshake.
+// countConn sits below TLS: it counts the bytes that cross the TCP
+// connection (so "bytes on the wire" includes record overhead and the
+// handshake) and, once buffering is on, gathers TLS records into 256 KiB
+// writes. crypto/tls issues one write per 16 KiB record; batching them
+// cuts the sender's system calls sixteenfold. The link flushes after every
+// message, so nothing waits in the buffer.
 type countConn struct {
 	net.Conn
 	rx, tx atomic.Int64
 	// onWrite, if set, is told about every write (metrics).
 	onWrite func(n int)
 	onRead  func(n int)
+
+	mu  sync.Mutex
+	buf []byte // nil: unbuffered
 }
+
+const connBuffer = 256 << 10
 
 func (c *countConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
@@ -34,12 +43,57 @@ func (c *countConn) Read(p []byte) (int, error) {
 }
 
 func (c *countConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.buf == nil {
+		return c.write(p)
+	}
+	if len(c.buf)+len(p) > cap(c.buf) {
+		if err := c.flushLocked(); err != nil {
+			return 0, err
+		}
+		if len(p) > cap(c.buf)/2 {
+			return c.write(p)
+		}
+	}
+	c.buf = append(c.buf, p...)
+	return len(p), nil
+}
+
+func (c *countConn) write(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	c.tx.Add(int64(n))
 	if c.onWrite != nil && n > 0 {
 		c.onWrite(n)
 	}
 	return n, err
+}
+
+func (c *countConn) buffer() {
+	c.mu.Lock()
+	c.buf = make([]byte, 0, connBuffer)
+	c.mu.Unlock()
+}
+
+func (c *countConn) flush() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.flushLocked()
+}
+
+func (c *countConn) flushLocked() error {
+	if len(c.buf) == 0 {
+		return nil
+	}
+	_, err := c.write(c.buf)
+	c.buf = c.buf[:0]
+	return err
+}
+
+// Close sends what is buffered (the TLS close alert) and closes.
+func (c *countConn) Close() error {
+	c.flush()
+	return c.Conn.Close()
 }
 
 // link is one authenticated replication connection.
@@ -59,6 +113,7 @@ type link struct {
 }
 
 func newLink(raw *countConn, conn *tls.Conn) *link {
+	raw.buffer()
 	br := bufio.NewReaderSize(conn, 256<<10)
 	return &link{raw: raw, conn: conn, br: br, rd: wire.NewReader(br),
 		peer: pki.PeerName(conn.ConnectionState())}
@@ -89,19 +144,40 @@ func (l *link) send(m wire.Message) error {
 	if _, err := l.conn.Write(b); err != nil {
 		return fmt.Errorf("send %s: %w", m.Type(), err)
 	}
+	if err := l.raw.flush(); err != nil {
+		return fmt.Errorf("send %s: %w", m.Type(), err)
+	}
 	return nil
 }
 
-// sendFrame writes a pre-encoded frame, throttled by the link's limiter.
-func (l *link) sendFrame(ctx context.Context, frame []byte) error {
+// outFrame is an encoded Blocks frame in pieces (see wire.BlocksBuilder).
+type outFrame struct {
+	head, trailer []byte
+	data          [][]byte
+	size          int
+}
+
+// sendFrame writes a frame, throttled by the link's limiter.
+func (l *link) sendFrame(ctx context.Context, f outFrame) error {
 	if l.limiter != nil {
-		if err := l.limiter.Wait(ctx, len(frame)); err != nil {
+		if err := l.limiter.Wait(ctx, f.size); err != nil {
 			return err
 		}
 	}
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	if _, err := l.conn.Write(frame); err != nil {
+	if _, err := l.conn.Write(f.head); err != nil {
+		return fmt.Errorf("send frame: %w", err)
+	}
+	for _, d := range f.data {
+		if _, err := l.conn.Write(d); err != nil {
+			return fmt.Errorf("send frame: %w", err)
+		}
+	}
+	if _, err := l.conn.Write(f.trailer); err != nil {
+		return fmt.Errorf("send frame: %w", err)
+	}
+	if err := l.raw.flush(); err != nil {
 		return fmt.Errorf("send frame: %w", err)
 	}
 	return nil

@@ -21,7 +21,7 @@ import (
 // 256 (1 MiB at 4 KiB), large enough that per-frame costs (a syscall, a
 // checksum, a goroutine hand-off) vanish, small enough to keep a few in
 // flight without much memory.
-const chunkBlocks = 256
+const chunkBlocks = 1024
 
 // manifestChunk is the number of entries per Manifest frame.
 const manifestChunk = 64 << 10
@@ -176,7 +176,7 @@ func (n *Node) dialConfig(p *nodePeer) dialConfig {
 // fullJob is one chunk moving through the full-copy pipeline.
 type fullJob struct {
 	b     batch
-	frame []byte
+	frame outFrame
 	st    encStats
 	err   error
 	done  chan struct{}
@@ -260,12 +260,10 @@ func (n *Node) sendFull(ctx context.Context, l *link, w *wire.Welcome, v *Volume
 	}()
 
 	workers := max(1, runtime.GOMAXPROCS(0)-1)
-	const inflight = 6
-	bufs := make(chan []byte, inflight)
-	frames := make(chan []byte, inflight)
+	const inflight = 4
+	bufs := make(chan *batch, inflight)
 	for range inflight {
-		bufs <- make([]byte, chunkBlocks*v.bs)
-		frames <- make([]byte, 0, chunkBlocks*(v.bs+64)+64)
+		bufs <- &batch{data: make([]byte, chunkBlocks*v.bs)}
 	}
 	jobs := make(chan *fullJob, inflight)
 	order := make(chan *fullJob, inflight)
@@ -275,8 +273,8 @@ func (n *Node) sendFull(ctx context.Context, l *link, w *wire.Welcome, v *Volume
 		defer wg.Done()
 		defer close(order)
 		defer close(jobs)
-		readErr = v.readChunks(ctx, startBlk, v.blocks, extents, bufs, func(b batch) bool {
-			j := &fullJob{b: b, done: make(chan struct{})}
+		readErr = v.readChunks(ctx, startBlk, v.blocks, extents, bufs, func(b *batch) bool {
+			j := &fullJob{b: *b, done: make(chan struct{})}
 			select {
 			case <-ctx.Done():
 				return false
@@ -301,15 +299,11 @@ func (n *Node) sendFull(ctx context.Context, l *link, w *wire.Welcome, v *Volume
 			defer enc.close()
 			enc.corrupt = n.hooks.corrupt
 			for j := range jobs {
-				var fb []byte
-				select {
-				case fb = <-frames:
-				case <-ctx.Done():
+				if ctx.Err() != nil {
 					j.err = ctx.Err()
-					close(j.done)
-					continue
+				} else {
+					j.frame, j.st, j.err = enc.encode(&j.b)
 				}
-				j.frame, j.st, j.err = enc.encode(&j.b, fb[:0])
 				close(j.done)
 			}
 		}()
@@ -335,10 +329,7 @@ func (n *Node) sendFull(ctx context.Context, l *link, w *wire.Welcome, v *Volume
 			n.metrics.blocksSkipped.WithLabelValues("zero").Add(float64(j.st.zeroBlocks))
 			tr.add(int64(len(j.b.blocks)) * int64(v.bs))
 		}
-		if j.frame != nil {
-			frames <- j.frame
-		}
-		bufs <- j.b.data[:cap(j.b.data)]
+		bufs <- &batch{data: j.b.data[:cap(j.b.data)], zbuf: j.b.zbuf, head: j.b.head}
 		if sendErr != nil {
 			cancel()
 		}
@@ -371,26 +362,28 @@ func (n *Node) sendFull(ctx context.Context, l *link, w *wire.Welcome, v *Volume
 
 // readChunks reads blocks [from, to) (restricted to extents when given)
 // in chunks and passes them to emit, which returns false to stop.
-func (v *Volume) readChunks(ctx context.Context, from, to uint64, extents []Extent, bufs chan []byte, emit func(batch) bool) error {
+func (v *Volume) readChunks(ctx context.Context, from, to uint64, extents []Extent, bufs chan *batch, emit func(*batch) bool) error {
 	if extents == nil {
 		extents = []Extent{{Start: 0, Count: v.blocks}}
 	}
 	bs := uint64(v.bs)
+	dm := newDataMap(v.f, v.Size())
 	for _, e := range extents {
 		lo, hi := max(e.Start, from), min(e.Start+e.Count, to)
 		for b := lo; b < hi; {
 			n := min(uint64(chunkBlocks), hi-b)
-			var buf []byte
+			var bt *batch
 			select {
 			case <-ctx.Done():
 				return ctx.Err()
-			case buf = <-bufs:
+			case bt = <-bufs:
 			}
-			bt := batch{blocks: make([]uint64, n), vers: make([]Version, n), data: buf[:n*bs], hole: make([]bool, n)}
+			bt.blocks, bt.vers, bt.hole = make([]uint64, n), make([]Version, n), make([]bool, n)
+			bt.data = bt.data[:n*bs]
 			for i := range bt.blocks {
 				bt.blocks[i] = b + uint64(i)
 			}
-			if err := v.readChunk(&bt); err != nil {
+			if err := v.readChunk(bt, dm); err != nil {
 				return err
 			}
 			if !emit(bt) {
@@ -407,7 +400,7 @@ func (v *Volume) readChunks(ctx context.Context, from, to uint64, extents []Exte
 // the versions were read would otherwise ship new data under an old
 // version, which the next cycle would then wrongly consider held).
 // Regions the file system reports as holes are not read.
-func (v *Volume) readChunk(bt *batch) error {
+func (v *Volume) readChunk(bt *batch, dm *dataMap) error {
 	bs := int64(v.bs)
 	first := int64(bt.blocks[0])
 	n := int64(len(bt.blocks))
@@ -422,9 +415,12 @@ func (v *Volume) readChunk(bt *batch) error {
 	for i := range bt.hole {
 		bt.hole[i] = true
 	}
+	if dm == nil {
+		dm = newDataMap(v.f, v.Size())
+	}
 	for pos := start; pos < end; {
-		ds, de, ok := nextData(v.f, pos, end)
-		if !ok || ds >= end {
+		ds, de, ok := dm.next(pos, end)
+		if !ok {
 			break
 		}
 		ds = ds / bs * bs
@@ -679,12 +675,12 @@ func (n *Node) sendCycle(ctx context.Context, l *link, w *wire.Welcome, v *Volum
 	defer enc.close()
 	enc.corrupt = n.hooks.corrupt
 	buf := make([]byte, chunkBlocks*v.bs)
-	var frame []byte
+	var head, zbuf []byte
 	var seq uint64
 	for i := 0; i < len(want); {
 		// One frame: up to chunkBlocks wanted entries.
 		k := min(len(want), i+chunkBlocks)
-		bt := batch{blocks: make([]uint64, 0, k-i), vers: make([]Version, 0, k-i), data: buf[:(k-i)*v.bs]}
+		bt := batch{blocks: make([]uint64, 0, k-i), vers: make([]Version, 0, k-i), data: buf[:(k-i)*v.bs], head: head, zbuf: zbuf}
 		for r := i; r < k; {
 			// Contiguous run of blocks for one read.
 			s := r
@@ -703,12 +699,11 @@ func (n *Node) sendCycle(ctx context.Context, l *link, w *wire.Welcome, v *Volum
 		}
 		seq++
 		bt.seq = seq
-		var st encStats
-		var ferr error
-		frame, st, ferr = enc.encode(&bt, frame[:0])
+		frame, st, ferr := enc.encode(&bt)
 		if ferr != nil {
 			return fail(ferr)
 		}
+		head, zbuf = bt.head, bt.zbuf
 		if err := l.sendFrame(ctx, frame); err != nil {
 			return fail(err)
 		}

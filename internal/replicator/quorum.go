@@ -144,7 +144,7 @@ func (v *Volume) readBlocks(lo, hi uint64) (*batch, error) {
 	for i := range bt.blocks {
 		bt.blocks[i] = lo + uint64(i)
 	}
-	if err := v.readChunk(bt); err != nil {
+	if err := v.readChunk(bt, nil); err != nil {
 		return nil, err
 	}
 	for i, h := range bt.hole {
@@ -371,7 +371,7 @@ func (pl *peerLink) syncWrite(ctx context.Context, bt *batch) error {
 	}
 	pl.seq++
 	bt.seq = pl.seq
-	frame, _, err := pl.enc.encode(bt, nil)
+	frame, _, err := pl.enc.encode(bt)
 	if err != nil {
 		return err
 	}
@@ -479,7 +479,7 @@ func (s *session) serveReads(ctx context.Context) error {
 			return err
 		}
 		enc.bs = v.bs
-		frame, _, err := enc.encode(bt, nil)
+		frame, _, err := enc.encode(bt)
 		if err != nil {
 			return err
 		}

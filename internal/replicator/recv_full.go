@@ -66,7 +66,10 @@ func (s *session) recvFull(ctx context.Context, fb *wire.FullBegin) error {
 	}
 	s.log.Info("receiving copy", "from_block", fb.Start, "to_block", fb.End, "selective", selective)
 
-	type frameBuf struct{ b []byte }
+	type frameBuf struct {
+		b []byte
+		f wire.Frame
+	}
 	free := make(chan *frameBuf, 4)
 	for range cap(free) {
 		free <- &frameBuf{}
@@ -81,11 +84,7 @@ func (s *session) recvFull(ctx context.Context, fb *wire.FullBegin) error {
 		defer wg.Done()
 		for buf := range work {
 			if werr == nil {
-				f, _, err := wire.ParseFrame(buf.b)
-				if err == nil {
-					err = w.apply(f)
-				}
-				if err != nil {
+				if err := w.apply(buf.f); err != nil {
 					werr = err
 					failed.Store(true)
 				}
@@ -115,7 +114,7 @@ func (s *session) recvFull(ctx context.Context, fb *wire.FullBegin) error {
 		}
 		switch f.Type {
 		case wire.TBlocks:
-			// Re-parsed by the worker from the whole frame buffer.
+			buf.f = f // checked already; its payload lives in buf.b
 			work <- buf
 		case wire.TFullEnd:
 			var fe wire.FullEnd

@@ -40,6 +40,41 @@ func nextData(f *os.File, off, size int64) (start, end int64, ok bool) {
 	return d, h, true
 }
 
+// dataMap answers "where is the next data at or after pos" from a cached
+// data segment, so a sequential scan costs one SEEK_DATA/SEEK_HOLE pair
+// per segment rather than per chunk. (On ext4, SEEK_HOLE over dirty page
+// cache walks every page to the next hole: per-chunk calls made a full
+// copy quadratic.)
+type dataMap struct {
+	f            *os.File
+	size         int64
+	segLo, segHi int64 // cached data segment; segHi == 0: none
+	noData       int64 // no data at or after this offset (when > 0)
+}
+
+func newDataMap(f *os.File, size int64) *dataMap { return &dataMap{f: f, size: size, noData: -1} }
+
+// next returns the data segment containing or following pos, clipped to
+// [pos, end).
+func (m *dataMap) next(pos, end int64) (start, stop int64, ok bool) {
+	if m.noData >= 0 && pos >= m.noData {
+		return 0, 0, false
+	}
+	if !(pos >= m.segLo && pos < m.segHi) && !(m.segHi > 0 && pos < m.segLo) {
+		d, h, found := nextData(m.f, pos, m.size)
+		if !found {
+			m.noData = pos
+			return 0, 0, false
+		}
+		m.segLo, m.segHi = d, h
+	}
+	start, stop = max(pos, m.segLo), min(m.segHi, end)
+	if start >= end {
+		return 0, 0, false
+	}
+	return start, stop, true
+}
+
 // punchHole deallocates a range so it reads as zeros, falling back to
 // writing zeros where punching is not supported (block devices, tmpfs on
 // old kernels).

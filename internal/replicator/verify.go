@@ -177,6 +177,7 @@ func (v *Volume) leafHashes(ctx context.Context, present *Bitmap) ([]uint64, err
 	go func() {
 		defer wg.Done()
 		defer close(chunks)
+		dm := newDataMap(v.f, v.Size())
 		for b := uint64(0); b < v.blocks; b += hashChunkBlocks {
 			n := min(hashChunkBlocks, v.blocks-b)
 			var buf []byte
@@ -190,7 +191,7 @@ func (v *Volume) leafHashes(ctx context.Context, present *Bitmap) ([]uint64, err
 			for i := range bt.blocks {
 				bt.blocks[i] = b + uint64(i)
 			}
-			if err := v.readChunk(&bt); err != nil {
+			if err := v.readChunk(&bt, dm); err != nil {
 				rerr = err
 				return
 			}

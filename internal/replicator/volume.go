@@ -67,6 +67,8 @@ type Volume struct {
 	io sync.RWMutex
 	// flushMu serializes flushes.
 	flushMu sync.Mutex
+	// runBuf coalesces received blocks into one write; used under io.
+	runBuf []byte
 
 	// mu guards the fields below.
 	mu        sync.Mutex

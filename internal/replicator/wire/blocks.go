@@ -2,8 +2,10 @@ package wire
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/klauspost/compress/zstd"
@@ -33,6 +35,12 @@ type BlockEntry struct {
 
 // Blocks carries a batch of block entries in ascending order of block
 // number. Seq numbers the frames of a session for acknowledgements.
+//
+// Payload: seq u64, count u32, the entry headers, then the data of the
+// raw and zstd entries concatenated in entry order. Keeping data apart
+// from headers lets a sender hand a run of adjacent blocks from its read
+// buffer to the connection without copying it into the frame, and a
+// receiver write such a run to disk straight from the frame.
 type Blocks struct {
 	Seq     uint64
 	Entries []BlockEntry
@@ -45,12 +53,15 @@ func (*Blocks) Type() Type { return TBlocks }
 func (m *Blocks) AppendPayload(b []byte) []byte {
 	b = putU32(putU64(b, m.Seq), uint32(len(m.Entries)))
 	for i := range m.Entries {
-		b = appendEntry(b, &m.Entries[i])
+		b = appendEntryHeader(b, &m.Entries[i])
+	}
+	for i := range m.Entries {
+		b = append(b, m.Entries[i].Data...)
 	}
 	return b
 }
 
-func appendEntry(b []byte, e *BlockEntry) []byte {
+func appendEntryHeader(b []byte, e *BlockEntry) []byte {
 	b = putU64(append(b, byte(e.Kind)), e.Block)
 	switch e.Kind {
 	case KindZeroRange:
@@ -59,20 +70,24 @@ func appendEntry(b []byte, e *BlockEntry) []byte {
 		return putVersion(b, e.Version)
 	default:
 		b = putU64(putVersion(b, e.Version), e.Sum)
-		return append(putU32(b, uint32(len(e.Data))), e.Data...)
+		return putU32(b, uint32(len(e.Data)))
 	}
 }
 
 // DecodePayload implements Message. Entry data aliases p. Entries must be
-// in strictly ascending, non-overlapping block order.
+// in strictly ascending, non-overlapping block order, and the data region
+// must hold exactly the bytes the headers announce.
 func (m *Blocks) DecodePayload(p []byte) error {
 	c := cursor{b: p}
 	m.Seq = c.u64("seq")
 	n := c.count("entries", 13)
 	m.Entries = m.Entries[:0]
 	var next uint64
+	lens := make([]int, 0, n)
+	total := 0
 	for i := 0; i < n && c.err == nil; i++ {
 		e := BlockEntry{Kind: Kind(c.u8("kind")), Block: c.u64("block")}
+		dl := 0
 		switch e.Kind {
 		case KindZeroRange:
 			e.Count = c.u32("count")
@@ -84,11 +99,10 @@ func (m *Blocks) DecodePayload(p []byte) error {
 		case KindRaw, KindZstd:
 			e.Version = c.version("version")
 			e.Sum = c.u64("sum")
-			dl := int(c.u32("data length"))
+			dl = int(c.u32("data length"))
 			if c.err == nil && (dl == 0 || dl > MaxBlockSize) {
 				c.fail("entry %d: data length %d out of 1..%d", i, dl, MaxBlockSize)
 			}
-			e.Data = c.take(dl, "data")
 		default:
 			c.fail("entry %d: unknown kind %d", i, e.Kind)
 		}
@@ -105,7 +119,28 @@ func (m *Blocks) DecodePayload(p []byte) error {
 			break
 		}
 		next = end
+		lens = append(lens, dl)
+		total += dl
 		m.Entries = append(m.Entries, e)
+	}
+	if c.err == nil && total != len(c.b) {
+		c.fail("entries announce %d data bytes, frame has %d", total, len(c.b))
+	}
+	// Data slices keep the payload's capacity so wire.Adjacent can see that
+	// consecutive blocks lie back to back (receivers then write a run of
+	// them without copying); callers must not append to them.
+	rest := c.b
+	for i := range m.Entries {
+		if c.err != nil {
+			break
+		}
+		if lens[i] > 0 {
+			m.Entries[i].Data = rest[:lens[i]]
+			rest = rest[lens[i]:]
+		}
+	}
+	if c.err == nil {
+		c.b = rest
 	}
 	return c.end()
 }
@@ -166,47 +201,93 @@ func NewDecoder() (*zstd.Decoder, error) {
 		zstd.WithDecoderMaxMemory(MaxBlockSize), zstd.WithDecodeAllCapLimit(true))
 }
 
-// BlocksBuilder appends a Blocks frame entry by entry without building an
-// entry slice first; it is the sender's hot path.
+// BlocksBuilder builds a Blocks frame entry by entry; it is the sender's
+// hot path. Block data is not copied: Finish returns the frame head
+// (header, entry headers) and the data slices, adjacent slices merged, for
+// the caller to write in order, then the trailer.
 type BlocksBuilder struct {
-	buf      []byte
-	start    int
+	head     []byte
 	countOff int
 	n        uint32
-	// DataBytes counts block data appended (raw or compressed).
-	DataBytes int
+	data     [][]byte
+	dataLen  int
+	crc      uint32
 }
 
-// Reset starts a new Blocks frame with sequence seq, appended to dst.
+// Reset starts a new Blocks frame with sequence seq; the head is built in
+// dst's storage.
 func (bb *BlocksBuilder) Reset(dst []byte, seq uint64) {
-	bb.start = len(dst)
-	dst = BeginFrame(dst, TBlocks)
+	dst = BeginFrame(dst[:0], TBlocks)
 	dst = putU64(dst, seq)
 	bb.countOff = len(dst)
-	bb.buf = putU32(dst, 0)
+	bb.head = putU32(dst, 0)
 	bb.n = 0
-	bb.DataBytes = 0
+	bb.data = make([][]byte, 0, 4) // the previous frame may still be in flight
+	bb.dataLen = 0
 }
 
 // Len is the number of entries added since Reset.
 func (bb *BlocksBuilder) Len() int { return int(bb.n) }
 
 // Size is the frame size so far.
-func (bb *BlocksBuilder) Size() int { return len(bb.buf) - bb.start }
+func (bb *BlocksBuilder) Size() int { return len(bb.head) + bb.dataLen + TrailerSize }
 
-// Add appends one entry.
+// DataBytes is the block data added so far.
+func (bb *BlocksBuilder) DataBytes() int { return bb.dataLen }
+
+// Add appends one entry. e.Data must stay unchanged until the frame is
+// written.
 func (bb *BlocksBuilder) Add(e *BlockEntry) {
-	bb.buf = appendEntry(bb.buf, e)
-	bb.DataBytes += len(e.Data)
+	bb.head = appendEntryHeader(bb.head, e)
 	bb.n++
+	if len(e.Data) == 0 {
+		return
+	}
+	bb.dataLen += len(e.Data)
+	if k := len(bb.data); k > 0 && Adjacent(bb.data[k-1], e.Data) {
+		bb.data[k-1] = bb.data[k-1][:len(bb.data[k-1])+len(e.Data)]
+		return
+	}
+	bb.data = append(bb.data, e.Data)
 }
 
-// Finish completes the frame and returns the whole buffer (dst passed to
-// Reset plus the frame).
-func (bb *BlocksBuilder) Finish() ([]byte, error) {
-	putCount := bb.buf[bb.countOff : bb.countOff+4]
-	putCount[0], putCount[1], putCount[2], putCount[3] = byte(bb.n), byte(bb.n>>8), byte(bb.n>>16), byte(bb.n>>24)
-	return EndFrame(bb.buf, bb.start)
+// Adjacent reports whether b starts where a ends in the same array, so
+// a[:len(a)+len(b)] covers both without a copy.
+func Adjacent(a, b []byte) bool {
+	return len(b) > 0 && len(a) < cap(a) && cap(a)-len(a) >= len(b) && &a[:len(a)+1][len(a)] == &b[0]
+}
+
+// Finish completes the frame: it returns the head, the data slices and
+// the trailer, which written in that order form the frame. The head and
+// trailer alias the builder's buffers until the next Reset.
+func (bb *BlocksBuilder) Finish() (head []byte, data [][]byte, trailer []byte, err error) {
+	n := len(bb.head) - HeaderSize + bb.dataLen
+	if n > MaxPayload {
+		return nil, nil, nil, fmt.Errorf("%w: payload %d bytes exceeds %d", ErrMalformed, n, MaxPayload)
+	}
+	binary.LittleEndian.PutUint32(bb.head[bb.countOff:], bb.n)
+	binary.LittleEndian.PutUint32(bb.head[8:], uint32(n))
+	crc := crc32.Checksum(bb.head, castagnoli)
+	for _, d := range bb.data {
+		crc = crc32.Update(crc, castagnoli, d)
+	}
+	bb.head = binary.LittleEndian.AppendUint32(bb.head, crc)
+	l := len(bb.head)
+	return bb.head[:l-TrailerSize], bb.data, bb.head[l-TrailerSize : l], nil
+}
+
+// FinishFrame completes the frame and returns it as one contiguous
+// buffer appended to dst (a copy; for small frames and tests).
+func (bb *BlocksBuilder) FinishFrame(dst []byte) ([]byte, error) {
+	head, data, trailer, err := bb.Finish()
+	if err != nil {
+		return dst, err
+	}
+	dst = append(dst, head...)
+	for _, d := range data {
+		dst = append(dst, d...)
+	}
+	return append(dst, trailer...), nil
 }
 
 // IsZero reports whether b is all zero bytes.

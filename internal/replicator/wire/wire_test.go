@@ -165,6 +165,8 @@ func TestDecodersRejectBadPayloads(t *testing.T) {
 		{"blocks kind", &Blocks{}, (&Blocks{Entries: []BlockEntry{{Kind: 9, Block: 5}}}).AppendPayload(nil)},
 		{"blocks huge count", &Blocks{}, putU32(putU64(nil, 1), 1<<30)},
 		{"blocks overflow", &Blocks{}, (&Blocks{Entries: []BlockEntry{{Kind: KindZeroRange, Block: ^uint64(0), Count: 2}}}).AppendPayload(nil)},
+		{"blocks data short", &Blocks{}, (&Blocks{Entries: []BlockEntry{{Kind: KindRaw, Block: 1, Data: []byte{1, 2}}}}).AppendPayload(nil)[:13+37-1+1]},
+		{"blocks data extra", &Blocks{}, append((&Blocks{Entries: []BlockEntry{{Kind: KindRaw, Block: 1, Data: []byte{1, 2}}}}).AppendPayload(nil), 9)},
 		{"need padding", &Need{}, (&Need{Count: 3, Bits: []byte{0xff}}).AppendPayload(nil)},
 		{"manifest flags", &Manifest{}, (&Manifest{Entries: []ManifestEntry{{Flags: 0x80}}}).AppendPayload(nil)},
 		{"full overlap", &FullBegin{}, (&FullBegin{Flags: FullSelective, End: 9, Extents: []Extent{{0, 5}, {3, 2}}}).AppendPayload(nil)},
@@ -230,12 +232,35 @@ func TestBuilderMatchesMessage(t *testing.T) {
 	for i := range m.Entries {
 		bb.Add(&m.Entries[i])
 	}
-	got, err := bb.Finish()
+	got, err := bb.FinishFrame(nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatal("builder frame differs from AppendFrame")
+	}
+	// Adjacent data slices are merged, others kept apart.
+	buf := bytes.Repeat([]byte{1, 2, 3, 4}, 3*1024)
+	bb.Reset(nil, 1)
+	for i, blk := range []uint64{0, 1, 5} {
+		d := buf[i*4096 : (i+1)*4096]
+		if blk == 5 {
+			d = bytes.Clone(d)
+		}
+		bb.Add(&BlockEntry{Kind: KindRaw, Block: blk, Sum: xxhash.Sum64(d), Data: d})
+	}
+	head, data, trailer, err := bb.Finish()
+	if err != nil || len(data) != 2 || len(data[0]) != 8192 {
+		t.Fatalf("Finish: %v, %d data slices", err, len(data))
+	}
+	frame := append(append(append(append([]byte(nil), head...), data[0]...), data[1]...), trailer...)
+	f, _, err := ParseFrame(frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dec Blocks
+	if err := f.Decode(&dec); err != nil || len(dec.Entries) != 3 || !bytes.Equal(dec.Entries[2].Data, buf[8192:]) {
+		t.Fatalf("decode built frame: %v", err)
 	}
 }
 
