@@ -64,14 +64,14 @@ type encStats struct {
 // encoder turns batches into Blocks frames. It is not safe for concurrent
 // use; pipelines give each worker its own.
 type encoder struct {
-	bs       int
-	policy   Compression
-	zenc     *zstd.Encoder
-	zbuf     []byte
-	skip     int // batches to skip before the next sample
-	backoff  int
-	bb       wire.BlocksBuilder
-	corrupt  func(block []byte) // test hook: damage block data after checksumming
+	bs      int
+	policy  Compression
+	zenc    *zstd.Encoder
+	zbuf    []byte
+	skip    int // batches to skip before the next sample
+	backoff int
+	bb      wire.BlocksBuilder
+	corrupt func(block []byte) // test hook: damage block data after checksumming
 }
 
 func newEncoder(bs int, policy Compression) (*encoder, error) {

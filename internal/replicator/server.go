@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"slices"
 	"sync"
@@ -62,7 +63,11 @@ func (n *Node) serveConn(ctx context.Context, c net.Conn) {
 	err := tc.HandshakeContext(hctx)
 	cancel()
 	if err != nil {
-		n.log.Warn("replication handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+		lvl := slog.LevelWarn
+		if errors.Is(err, io.EOF) {
+			lvl = slog.LevelDebug // a port probe, not a peer
+		}
+		n.log.Log(ctx, lvl, "replication handshake failed", "remote", c.RemoteAddr().String(), "err", err)
 		c.Close()
 		return
 	}
