@@ -99,6 +99,12 @@ func (c *cluster) peers(names ...string) []PeerConfig {
 // start creates and serves node name with cfg (Node, TLS, logger filled).
 func (c *cluster) start(name string, cfg Config) *Node {
 	c.t.Helper()
+	return c.startWith(name, cfg, nil)
+}
+
+// startWith is start with a chance to adjust the node before it serves.
+func (c *cluster) startWith(name string, cfg Config, adjust func(*Node)) *Node {
+	c.t.Helper()
 	cfg.Node = name
 	cfg.TLS = c.tls[name]
 	if cfg.Logger == nil {
@@ -107,6 +113,9 @@ func (c *cluster) start(name string, cfg Config) *Node {
 	n, err := NewNode(cfg)
 	if err != nil {
 		c.t.Fatalf("NewNode(%s): %v", name, err)
+	}
+	if adjust != nil {
+		adjust(n)
 	}
 	ln := c.lns[name]
 	delete(c.lns, name)

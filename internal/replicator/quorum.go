@@ -62,7 +62,7 @@ func (n *Node) Write(ctx context.Context, volume string, p []byte, off int64) er
 	for i := range bt.blocks {
 		bt.blocks[i] = uint64(lo) + uint64(i)
 	}
-	acks, errs := n.fanOut(ctx, nv, func(ctx context.Context, pl *peerLink) error {
+	acks, errs := n.fanOut(ctx, nv, wire.OpSyncWrite, func(ctx context.Context, pl *peerLink) error {
 		return pl.syncWrite(ctx, &bt)
 	})
 	if acks+1 >= w {
@@ -113,7 +113,7 @@ func (n *Node) Read(ctx context.Context, volume string, p []byte, off int64) err
 	}
 	var mu sync.Mutex
 	best := local
-	acks, errs := n.fanOut(ctx, nv, func(ctx context.Context, pl *peerLink) error {
+	acks, errs := n.fanOut(ctx, nv, wire.OpRead, func(ctx context.Context, pl *peerLink) error {
 		got, err := pl.read(ctx, lo, hi, v.bs)
 		if err != nil {
 			return err
@@ -157,7 +157,7 @@ func (v *Volume) readBlocks(lo, hi uint64) (*batch, error) {
 
 // fanOut runs f against every mirror of the volume in parallel and counts
 // successes.
-func (n *Node) fanOut(ctx context.Context, nv *nodeVolume, f func(context.Context, *peerLink) error) (int, []error) {
+func (n *Node) fanOut(ctx context.Context, nv *nodeVolume, op wire.Op, f func(context.Context, *peerLink) error) (int, []error) {
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	acks := 0
@@ -175,7 +175,7 @@ func (n *Node) fanOut(ctx context.Context, nv *nodeVolume, f func(context.Contex
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			pl, err := p.links.get(ctx, nv.cfg.Name, remote)
+			pl, err := p.links.get(ctx, nv.cfg.Name, remote, op)
 			if err == nil {
 				if err = f(ctx, pl); err != nil {
 					p.links.drop(pl)
@@ -210,7 +210,7 @@ func (n *Node) readThrough(ctx context.Context, nv *nodeVolume, v *Volume, block
 	if remote == "" {
 		remote = nv.cfg.Name
 	}
-	pl, err := p.links.get(ctx, nv.cfg.Name, remote)
+	pl, err := p.links.get(ctx, nv.cfg.Name, remote, wire.OpRead)
 	if err != nil {
 		return fmt.Errorf("read-through from %s: %w", nv.cfg.Upstream, err)
 	}
@@ -242,8 +242,8 @@ func (n *Node) readThrough(ctx context.Context, nv *nodeVolume, v *Volume, block
 
 // --- client links -----------------------------------------------------------
 
-// linkPool keeps one sync-write and one read session per (local volume,
-// remote volume) open to a peer.
+// linkPool keeps one session per (local volume, remote volume, op) open
+// to a peer: sync writes and reads.
 type linkPool struct {
 	n     *Node
 	p     *nodePeer
@@ -269,8 +269,8 @@ func newLinkPool(n *Node, p *nodePeer) *linkPool {
 	return &linkPool{n: n, p: p, links: map[string]*peerLink{}}
 }
 
-func (lp *linkPool) get(ctx context.Context, local, remote string) (*peerLink, error) {
-	key := local + "\x00" + remote
+func (lp *linkPool) get(ctx context.Context, local, remote string, op wire.Op) (*peerLink, error) {
+	key := fmt.Sprintf("%s\x00%s\x00%d", local, remote, op)
 	lp.mu.Lock()
 	pl := lp.links[key]
 	if pl == nil {
@@ -289,10 +289,6 @@ func (lp *linkPool) get(ctx context.Context, local, remote string) (*peerLink, e
 	}
 	// The session outlives the request that opened it; closeAll ends it.
 	lctx, cancel := context.WithCancel(context.Background())
-	op := wire.OpRead
-	if v.Role() == RolePrimary {
-		op = wire.OpSyncWrite
-	}
 	hello := lp.n.hello(v, op, remote)
 	type result struct {
 		l   *link
@@ -362,15 +358,17 @@ func (lp *linkPool) closeAll() {
 	}
 }
 
-// syncWrite ships one write and waits for its acknowledgement.
-func (pl *peerLink) syncWrite(ctx context.Context, bt *batch) error {
+// syncWrite ships one write and waits for its acknowledgement. The batch
+// is shared by every peer's goroutine, so it is copied before encoding.
+func (pl *peerLink) syncWrite(ctx context.Context, shared *batch) error {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	if pl.l == nil {
 		return ErrClosed
 	}
 	pl.seq++
-	bt.seq = pl.seq
+	b := batch{seq: pl.seq, blocks: shared.blocks, vers: shared.vers, data: shared.data, hole: shared.hole}
+	bt := &b
 	frame, _, err := pl.enc.encode(bt)
 	if err != nil {
 		return err
