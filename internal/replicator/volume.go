@@ -232,11 +232,11 @@ func createMirror(path string, o VolumeOptions, bs int, blocks uint64) (*Volume,
 	return OpenVolume(path, o)
 }
 
-func openWithState(path string, o VolumeOptions, st volState) (v *Volume, err error) {
+func openWithState(path string, o VolumeOptions, st volState) (_ *Volume, err error) {
 	if err := checkBlockSize(st.BlockSize); err != nil {
 		return nil, err
 	}
-	v = &Volume{name: o.Name, path: path, metaDir: o.MetaDir, log: o.Logger.With("volume", o.Name),
+	v := &Volume{name: o.Name, path: path, metaDir: o.MetaDir, log: o.Logger.With("volume", o.Name),
 		clock: o.Clock, bs: st.BlockSize, blocks: st.Blocks, st: st, peers: map[string]*peerBits{}}
 	defer func() {
 		if err != nil {
