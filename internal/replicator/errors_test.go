@@ -213,7 +213,8 @@ func TestCorruptBlockRejected(t *testing.T) {
 	if dv, _ := dst.Volume("vol"); dv.Status().FullNext != 0 {
 		t.Fatalf("mirror advanced to block %d despite the corrupt frame", dv.Status().FullNext)
 	}
-	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull}); err != nil {
+	res, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull})
+	if err != nil {
 		t.Fatal(err)
 	}
 	sameFile(t, c.path("src.img"), c.path("dst.img"))
@@ -222,6 +223,7 @@ func TestCorruptBlockRejected(t *testing.T) {
 	if _, err := sv.WriteAt(bytes.Repeat([]byte{1}, bs), 3*bs); err != nil {
 		t.Fatal(err)
 	}
+	waitCycle(t, dst, "vol", res.Cycle)
 	before, _ := os.ReadFile(c.path("dst.img"))
 	corrupt = sync.Once{}
 	if _, err := src.Push(ctx, "vol", "dst", PushOptions{}); !errors.Is(err, ErrCorrupt) {

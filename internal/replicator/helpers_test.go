@@ -3,6 +3,7 @@ package replicator
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -195,26 +196,59 @@ func fillRandom(rng *rand.Rand, b []byte) {
 	}
 }
 
-// sameFile fails unless the two images hold the same bytes.
+// sameFile fails unless the two images hold the same bytes. A mirror
+// acknowledges a cycle once it is durable and applies it right after, so
+// the comparison retries for a few seconds.
 func sameFile(t testing.TB, a, b string) {
 	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		msg := compareFiles(a, b)
+		if msg == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func compareFiles(a, b string) string {
 	da, err := os.ReadFile(a)
 	if err != nil {
-		t.Fatal(err)
+		return err.Error()
 	}
 	db, err := os.ReadFile(b)
 	if err != nil {
-		t.Fatal(err)
+		return err.Error()
 	}
 	if len(da) != len(db) {
-		t.Fatalf("%s has %d bytes, %s has %d", a, len(da), b, len(db))
+		return fmt.Sprintf("%s has %d bytes, %s has %d", a, len(da), b, len(db))
 	}
 	if !bytes.Equal(da, db) {
 		for i := range da {
 			if da[i] != db[i] {
-				t.Fatalf("%s and %s differ first at byte %d (block %d)", a, b, i, i/4096)
+				return fmt.Sprintf("%s and %s differ first at byte %d (block %d)", a, b, i, i/4096)
 			}
 		}
+	}
+	return ""
+}
+
+// waitCycle waits until the mirror volume has applied cycle.
+func waitCycle(t testing.TB, n *Node, volume string, cycle uint64) *Volume {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		v, err := n.Volume(volume)
+		if err == nil && v.Status().Cycle >= cycle {
+			return v
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mirror %s did not apply cycle %d", volume, cycle)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

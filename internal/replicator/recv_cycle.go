@@ -317,10 +317,15 @@ func (r *cycleReceiver) commit(m *wire.CycleCommit) error {
 		h(r.v.name, r.pending)
 		r.pending = r.pending[:0]
 	}
+	// The commit record is durable: from here the cycle survives any
+	// crash (recovery applies it), so it is acknowledged now and applied
+	// while the sender moves on. The session (and so the next cycle) waits
+	// for the apply; in-process readers never see it half done.
+	ackErr := r.s.l.send(&wire.Ack{Kind: wire.AckCommit, Seq: r.seq, Value: c.cycle})
 	if err := r.v.applyCycle(r.j, c); err != nil {
 		return fmt.Errorf("apply cycle %d (it will be applied again at the next start): %w", c.cycle, err)
 	}
-	return r.s.l.send(&wire.Ack{Kind: wire.AckCommit, Seq: r.seq, Value: c.cycle})
+	return ackErr
 }
 
 // blockHash hashes block b of the image.

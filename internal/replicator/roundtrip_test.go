@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"testing"
-	"time"
 
 	"go.uber.org/goleak"
 )
@@ -53,12 +52,9 @@ func TestFullRoundTrip(t *testing.T) {
 	if res.ZeroBlocks == 0 || res.FullDataBlks+res.ZeroBlocks != 2048 {
 		t.Fatalf("data %d + zero %d blocks, want 2048 with some zero", res.FullDataBlks, res.ZeroBlocks)
 	}
+	dv := waitCycle(t, dst, "vol", res.Cycle)
 	sameFile(t, c.path("src.img"), c.path("dst.img"))
 	sv, _ := src.Volume("vol")
-	dv, err := dst.Volume("vol")
-	if err != nil {
-		t.Fatal(err)
-	}
 	for b := uint64(0); b < sv.Blocks(); b++ {
 		if sv.Version(b) != dv.Version(b) {
 			t.Fatalf("block %d: version %s at source, %s at mirror", b, sv.Version(b), dv.Version(b))
@@ -115,6 +111,7 @@ func TestSelectiveRoundTripAndReadThrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitCycle(t, dst, "vol", res.Cycle)
 	if res.FullDataBlks+res.ZeroBlocks != 60 {
 		t.Fatalf("selective copy covered %d blocks, want 60", res.FullDataBlks+res.ZeroBlocks)
 	}
@@ -158,6 +155,7 @@ func TestSelectiveRoundTripAndReadThrough(t *testing.T) {
 	if r2.CycleSent != 1 {
 		t.Fatalf("cycle sent %d blocks, want 1 (block 700 is not held)", r2.CycleSent)
 	}
+	waitCycle(t, dst, "vol", r2.Cycle)
 	for _, b := range []int64{101, 700} {
 		if err := dst.Read(ctx, "vol", buf[:bs], b*bs); err != nil {
 			t.Fatal(err)
@@ -209,11 +207,10 @@ func TestVerifyRepairsCorruption(t *testing.T) {
 	if err != nil || !r.Repaired {
 		t.Fatalf("repair: %v %+v", err, r)
 	}
+	waitCycle(t, dst, "vol", r.Cycle)
 	sameFile(t, c.path("src.img"), c.path("dst.img"))
 	r, err = src.Verify(ctx, "vol", "dst", VerifyOptions{})
 	if err != nil || len(r.Differ) != 0 {
 		t.Fatalf("after repair: %v differ=%v", err, r.Differ)
 	}
-	_ = dst
-	_ = time.Second
 }
