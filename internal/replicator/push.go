@@ -674,6 +674,15 @@ func (n *Node) sendCycle(ctx context.Context, l *link, w *wire.Welcome, v *Volum
 	}
 	defer enc.close()
 	enc.corrupt = n.hooks.corrupt
+	// Start reading every needed block now (deep queue, one pass).
+	for i := 0; i < len(want); {
+		j := i + 1
+		for j < len(want) && c.manifest[want[j]].Block == c.manifest[want[j-1]].Block+1 {
+			j++
+		}
+		willNeed(v.f, int64(c.manifest[want[i]].Block)*int64(v.bs), int64(j-i)*int64(v.bs))
+		i = j
+	}
 	buf := make([]byte, chunkBlocks*v.bs)
 	var head, zbuf []byte
 	var seq uint64
