@@ -243,6 +243,43 @@ func replicateServe(ctx context.Context, args []string) error {
 	return node.Run(ctx)
 }
 
+// peerCmd holds the flags push and verify share: this node, its local
+// image, and the peer.
+type peerCmd struct {
+	tls                       tlsFlags
+	image, meta, peer, volume string
+	asJSON, debug             bool
+}
+
+func (c *peerCmd) register(fs *flag.FlagSet) {
+	c.tls.register(fs)
+	fs.StringVar(&c.image, "image", "", "local image (required)")
+	fs.StringVar(&c.meta, "meta", "", "metadata directory (default IMAGE.pmr)")
+	fs.StringVar(&c.peer, "peer", "", "NAME@HOST:PORT of the mirror (required)")
+	fs.StringVar(&c.volume, "volume", "vol", "volume name at the peer")
+	fs.BoolVar(&c.asJSON, "json", false, "print the result as JSON")
+	fs.BoolVar(&c.debug, "debug", false, "debug logging")
+}
+
+// node validates the flags and builds the local node; schedule, when
+// set, limits the link to the peer.
+func (c *peerCmd) node(schedule string) (*replicator.Node, replicator.PeerConfig, error) {
+	if c.image == "" || c.peer == "" {
+		return nil, replicator.PeerConfig{}, fmt.Errorf("%w: --image and --peer are required", cli.ErrUsage)
+	}
+	files, err := c.tls.files()
+	if err != nil {
+		return nil, replicator.PeerConfig{}, err
+	}
+	pc, err := parsePeer(c.peer)
+	if err != nil {
+		return nil, pc, err
+	}
+	pc.Schedule = schedule
+	n, err := localNode(c.image, c.meta, c.volume, pc, files, c.tls.node, c.debug)
+	return n, pc, err
+}
+
 // localNode builds a Node around one local volume and one peer.
 func localNode(image, meta, volName string, peer replicator.PeerConfig, files pki.Files, node string, debug bool) (*replicator.Node, error) {
 	return replicator.NewNode(replicator.Config{Node: node, TLS: files, Logger: logger(debug).With("node", node),
@@ -321,12 +358,8 @@ func isTerminal(w io.Writer) bool {
 
 func replicatePush(ctx context.Context, args []string) error {
 	fs := cli.NewFlagSet("edge-agent replicate", "push")
-	var t tlsFlags
-	t.register(fs)
-	image := fs.String("image", "", "local image (required)")
-	meta := fs.String("meta", "", "metadata directory (default IMAGE.pmr)")
-	peer := fs.String("peer", "", "NAME@HOST:PORT of the mirror (required)")
-	volume := fs.String("volume", "vol", "volume name at the peer")
+	var pcmd peerCmd
+	pcmd.register(fs)
 	mode := fs.String("mode", "delta", "full, delta or selective")
 	extents := fs.String("extents", "", "selective: START:LENGTH[,...] byte ranges")
 	hot := fs.Int("hot", 0, "selective: also the N most-read 4 MiB extents")
@@ -334,38 +367,22 @@ func replicatePush(ctx context.Context, args []string) error {
 	schedule := fs.String("schedule", "", "bandwidth schedule, e.g. 'unlimited; mon-fri 08:00-20:00 20MiB'")
 	rate := fs.String("rate", "", "fixed bandwidth limit, e.g. 50MiB (shorthand for --schedule)")
 	comp := fs.String("compression", "auto", "auto, off or always")
-	asJSON := fs.Bool("json", false, "print the result as JSON")
-	debug := fs.Bool("debug", false, "debug logging")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
-	if *image == "" || *peer == "" {
-		return fmt.Errorf("%w: --image and --peer are required", cli.ErrUsage)
-	}
-	files, err := t.files()
-	if err != nil {
-		return err
-	}
-	pc, err := parsePeer(*peer)
-	if err != nil {
-		return err
-	}
-	switch {
-	case *rate != "":
-		pc.Schedule = *rate
-	case *schedule != "":
-		pc.Schedule = *schedule
+	if *rate != "" {
+		*schedule = *rate
 	}
 	c, err := replicator.ParseCompression(*comp)
 	if err != nil {
 		return fmt.Errorf("%w: %v", cli.ErrUsage, err)
 	}
-	node, err := localNode(*image, *meta, *volume, pc, files, t.node, *debug)
+	node, pc, err := pcmd.node(*schedule)
 	if err != nil {
 		return err
 	}
 	defer node.Close()
-	v, err := node.Volume(*volume)
+	v, err := node.Volume(pcmd.volume)
 	if err != nil {
 		return err
 	}
@@ -373,12 +390,12 @@ func replicatePush(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	res, err := node.Push(ctx, *volume, pc.Name, replicator.PushOptions{Mode: replicator.Mode(*mode), Extents: ext,
-		HotExtents: *hot, Restart: *restart, Compression: c, OnProgress: progressPrinter(!*asJSON && isTerminal(stdout))})
+	res, err := node.Push(ctx, pcmd.volume, pc.Name, replicator.PushOptions{Mode: replicator.Mode(*mode), Extents: ext,
+		HotExtents: *hot, Restart: *restart, Compression: c, OnProgress: progressPrinter(!pcmd.asJSON && isTerminal(stdout))})
 	if err != nil {
 		return err
 	}
-	if *asJSON {
+	if pcmd.asJSON {
 		return printJSON(res)
 	}
 	if res.Full {
@@ -392,56 +409,51 @@ func replicatePush(ctx context.Context, args []string) error {
 
 func replicateVerify(ctx context.Context, args []string) error {
 	fs := cli.NewFlagSet("edge-agent replicate", "verify")
-	var t tlsFlags
-	t.register(fs)
-	image := fs.String("image", "", "local image (required)")
-	meta := fs.String("meta", "", "metadata directory (default IMAGE.pmr)")
-	peer := fs.String("peer", "", "NAME@HOST:PORT of the mirror (required)")
-	volume := fs.String("volume", "vol", "volume name at the peer")
+	var pcmd peerCmd
+	pcmd.register(fs)
 	repair := fs.Bool("repair", false, "send differing blocks so the mirror matches")
-	asJSON := fs.Bool("json", false, "print the result as JSON")
-	debug := fs.Bool("debug", false, "debug logging")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
-	if *image == "" || *peer == "" {
-		return fmt.Errorf("%w: --image and --peer are required", cli.ErrUsage)
-	}
-	files, err := t.files()
-	if err != nil {
-		return err
-	}
-	pc, err := parsePeer(*peer)
-	if err != nil {
-		return err
-	}
-	node, err := localNode(*image, *meta, *volume, pc, files, t.node, *debug)
+	node, pc, err := pcmd.node("")
 	if err != nil {
 		return err
 	}
 	defer node.Close()
-	res, err := node.Verify(ctx, *volume, pc.Name, replicator.VerifyOptions{Repair: *repair})
+	res, err := node.Verify(ctx, pcmd.volume, pc.Name, replicator.VerifyOptions{Repair: *repair})
 	if err != nil {
 		return err
 	}
-	if *asJSON {
+	if pcmd.asJSON {
 		return printJSON(res)
 	}
 	fmt.Fprintf(stdout, "verify: %d blocks compared, %d differ, repaired %v, in %s\n", res.Blocks, len(res.Differ), res.Repaired, res.Duration.Round(time.Millisecond))
 	return nil
 }
 
+// localVolume is --image and --meta: a volume opened directly.
+type localVolume struct{ image, meta string }
+
+func (l *localVolume) register(fs *flag.FlagSet) {
+	fs.StringVar(&l.image, "image", "", "local image (required)")
+	fs.StringVar(&l.meta, "meta", "", "metadata directory (default IMAGE.pmr)")
+}
+
+func (l *localVolume) open() (*replicator.Volume, error) {
+	if l.image == "" {
+		return nil, fmt.Errorf("%w: --image is required", cli.ErrUsage)
+	}
+	return replicator.OpenVolume(l.image, replicator.VolumeOptions{MetaDir: l.meta, Logger: logger(false)})
+}
+
 func replicateStatus(ctx context.Context, args []string) error {
 	fs := cli.NewFlagSet("edge-agent replicate", "status")
-	image := fs.String("image", "", "local image")
-	meta := fs.String("meta", "", "metadata directory (default IMAGE.pmr)")
+	var lv localVolume
+	lv.register(fs)
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
-	if *image == "" {
-		return fmt.Errorf("%w: --image is required", cli.ErrUsage)
-	}
-	v, err := replicator.OpenVolume(*image, replicator.VolumeOptions{MetaDir: *meta, Logger: logger(false)})
+	v, err := lv.open()
 	if err != nil {
 		return err
 	}
@@ -451,16 +463,13 @@ func replicateStatus(ctx context.Context, args []string) error {
 
 func replicatePromote(ctx context.Context, args []string) error {
 	fs := cli.NewFlagSet("edge-agent replicate", "promote")
-	image := fs.String("image", "", "local image (required)")
-	meta := fs.String("meta", "", "metadata directory (default IMAGE.pmr)")
+	var lv localVolume
+	lv.register(fs)
 	epoch := fs.Uint64("epoch", 0, "new epoch (default current+1; the controller assigns it in production)")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
-	if *image == "" {
-		return fmt.Errorf("%w: --image is required", cli.ErrUsage)
-	}
-	v, err := replicator.OpenVolume(*image, replicator.VolumeOptions{MetaDir: *meta, Logger: logger(false)})
+	v, err := lv.open()
 	if err != nil {
 		return err
 	}
@@ -469,23 +478,23 @@ func replicatePromote(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "promoted %s to primary at epoch %d\n", *image, e)
+	fmt.Fprintf(stdout, "promoted %s to primary at epoch %d\n", lv.image, e)
 	return nil
 }
 
 func replicateWrite(ctx context.Context, args []string) error {
 	fs := cli.NewFlagSet("edge-agent replicate", "write")
-	image := fs.String("image", "", "local primary image (required)")
-	meta := fs.String("meta", "", "metadata directory (default IMAGE.pmr)")
+	var lv localVolume
+	lv.register(fs)
 	fraction := fs.Float64("fraction", 0.01, "fraction of blocks to rewrite, chosen at random without repeats")
 	seed := fs.Uint64("seed", 1, "random seed")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
-	if *image == "" || *fraction <= 0 || *fraction > 1 {
-		return fmt.Errorf("%w: --image is required and --fraction must be in (0, 1]", cli.ErrUsage)
+	if *fraction <= 0 || *fraction > 1 {
+		return fmt.Errorf("%w: --fraction must be in (0, 1]", cli.ErrUsage)
 	}
-	v, err := replicator.OpenVolume(*image, replicator.VolumeOptions{MetaDir: *meta, Logger: logger(false)})
+	v, err := lv.open()
 	if err != nil {
 		return err
 	}

@@ -125,3 +125,13 @@ func wireError(err error) error {
 	}
 	return remoteError(err)
 }
+
+// peerError turns an Error frame from the peer into the matching sentinel
+// error (or a protocol error if the frame itself is bad).
+func peerError(f wire.Frame) error {
+	var e wire.Error
+	if err := f.Decode(&e); err != nil {
+		return wireError(err)
+	}
+	return remoteError(&wire.RemoteError{Code: e.Code, Msg: e.Msg})
+}

@@ -343,6 +343,14 @@ func (j *journal) read(b uint64, sb stagedBlock, bs int, dst []byte) ([]byte, er
 	return dst[:bs], nil
 }
 
+// openExistingJournal opens a journal for recovery; nil when there is none.
+func openExistingJournal(path string) (*journal, error) {
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return openJournal(path)
+}
+
 // reset empties the journal.
 func (j *journal) reset() error {
 	if err := j.f.Truncate(0); err != nil {
@@ -366,12 +374,8 @@ func syncLogPath(metaDir string) string { return filepath.Join(metaDir, "syncwal
 
 // replayJournal applies a committed cycle left by a crash.
 func (v *Volume) replayJournal() error {
-	path := journalPath(v.metaDir)
-	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	j, err := openJournal(path)
-	if err != nil {
+	j, err := openExistingJournal(journalPath(v.metaDir))
+	if j == nil || err != nil {
 		return err
 	}
 	defer j.Close()

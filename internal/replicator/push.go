@@ -72,11 +72,7 @@ type PushResult struct {
 func (n *Node) Push(ctx context.Context, volume, peer string, o PushOptions) (PushResult, error) {
 	start := time.Now()
 	var res PushResult
-	v, err := n.Volume(volume)
-	if err != nil {
-		return res, err
-	}
-	p, err := n.peer(peer)
+	v, p, err := n.volumeAndPeer(volume, peer)
 	if err != nil {
 		return res, err
 	}
@@ -144,6 +140,18 @@ func (n *Node) Push(ctx context.Context, volume, peer string, o PushOptions) (Pu
 	res.WireBytes = l.raw.tx.Load()
 	res.Duration = time.Since(start)
 	return res, nil
+}
+
+func (n *Node) volumeAndPeer(volume, peer string) (*Volume, *nodePeer, error) {
+	v, err := n.Volume(volume)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := n.peer(peer)
+	if err != nil {
+		return nil, nil, err
+	}
+	return v, p, nil
 }
 
 // pushError fences the local volume when the peer reports a newer epoch.
@@ -602,12 +610,7 @@ func (n *Node) sendCycle(ctx context.Context, l *link, w *wire.Welcome, v *Volum
 					return
 				}
 			case wire.TError:
-				var e wire.Error
-				if err := f.Decode(&e); err != nil {
-					done <- wireError(err)
-				} else {
-					done <- remoteError(&wire.RemoteError{Code: e.Code, Msg: e.Msg})
-				}
+				done <- peerError(f)
 				cancel()
 				return
 			default:

@@ -31,11 +31,7 @@ const maxReadBlocks = 256
 // mirror through delta cycles; the caller decides whether to retry.
 // ErrFenced means a newer primary exists: this copy was deposed.
 func (n *Node) Write(ctx context.Context, volume string, p []byte, off int64) error {
-	nv, err := n.nodeVolume(volume)
-	if err != nil {
-		return err
-	}
-	v, err := n.Volume(volume)
+	nv, v, err := n.localVolume(volume)
 	if err != nil {
 		return err
 	}
@@ -83,11 +79,7 @@ func (n *Node) Write(ctx context.Context, volume string, p []byte, off int64) er
 // ReadQuorum R > 1, R-1 mirrors are asked too and each block comes from
 // the copy with the newest version.
 func (n *Node) Read(ctx context.Context, volume string, p []byte, off int64) error {
-	nv, err := n.nodeVolume(volume)
-	if err != nil {
-		return err
-	}
-	v, err := n.Volume(volume)
+	nv, v, err := n.localVolume(volume)
 	if err != nil {
 		return err
 	}
@@ -135,6 +127,15 @@ func (n *Node) Read(ctx context.Context, volume string, p []byte, off int64) err
 	copy(p, best.data[off-int64(lo)*bs:])
 	mu.Unlock()
 	return nil
+}
+
+func (n *Node) localVolume(volume string) (*nodeVolume, *Volume, error) {
+	nv, err := n.nodeVolume(volume)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := n.Volume(volume)
+	return nv, v, err
 }
 
 // readBlocks reads whole blocks [lo, hi) with their versions.
@@ -444,6 +445,23 @@ func (pl *peerLink) read(ctx context.Context, lo, hi uint64, bs int) (*batch, er
 
 // --- server side ---------------------------------------------------------------
 
+// nextRequest reads the next request of a long-lived session into m and
+// returns the volume to serve it from; a nil volume ends the session (with
+// a nil error when the client closed).
+func (s *session) nextRequest(m wire.Message) (*Volume, error) {
+	if err := s.l.read(m); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	v := s.volume()
+	if v == nil {
+		return nil, fmt.Errorf("%w: volume %s holds no copy yet", ErrInconsistent, s.hello.Volume)
+	}
+	return v, nil
+}
+
 // serveReads answers ReadReq frames until the client closes.
 func (s *session) serveReads(ctx context.Context) error {
 	enc, err := newEncoder(DefaultBlockSize, CompressAuto)
@@ -453,15 +471,9 @@ func (s *session) serveReads(ctx context.Context) error {
 	defer enc.close()
 	for {
 		var req wire.ReadReq
-		if err := s.l.read(&req); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-		v := s.volume()
+		v, err := s.nextRequest(&req)
 		if v == nil {
-			return fmt.Errorf("%w: volume %s holds no copy yet", ErrInconsistent, s.hello.Volume)
+			return err
 		}
 		if req.Block+uint64(req.Count) > v.blocks || req.Count > maxReadBlocks {
 			return fmt.Errorf("%w: read of blocks %d+%d outside %d", ErrProtocol, req.Block, req.Count, v.blocks)
@@ -498,15 +510,9 @@ func (s *session) serveSyncWrites(ctx context.Context) error {
 	}()
 	for {
 		var m wire.Blocks
-		if err := s.l.read(&m); err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-		v := s.volume()
+		v, err := s.nextRequest(&m)
 		if v == nil {
-			return fmt.Errorf("%w: volume %s holds no copy yet", ErrInconsistent, s.hello.Volume)
+			return err
 		}
 		epoch := v.Epoch()
 		items := make([]recvItem, 0, len(m.Entries))

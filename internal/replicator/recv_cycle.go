@@ -84,11 +84,7 @@ func (s *session) recvCycle(ctx context.Context, cb *wire.CycleBegin) error {
 			}
 			return r.commit(&m)
 		case wire.TError:
-			var e wire.Error
-			if err := f.Decode(&e); err != nil {
-				return wireError(err)
-			}
-			return remoteError(&wire.RemoteError{Code: e.Code, Msg: e.Msg})
+			return peerError(f)
 		default:
 			return fmt.Errorf("%w: unexpected %s frame in cycle %d", ErrProtocol, f.Type, cb.Cycle)
 		}

@@ -134,11 +134,7 @@ func (s *session) recvFull(ctx context.Context, fb *wire.FullBegin) error {
 			s.log.Info("copy complete", "blocks", fb.End-fb.Start, "data_blocks", w.dataBlocks)
 			return s.l.send(&wire.Ack{Kind: wire.AckFullEnd, Value: fb.End})
 		case wire.TError:
-			var e wire.Error
-			if err := f.Decode(&e); err != nil {
-				return finish(wireError(err))
-			}
-			return finish(remoteError(&wire.RemoteError{Code: e.Code, Msg: e.Msg}))
+			return finish(peerError(f))
 		default:
 			return finish(fmt.Errorf("%w: unexpected %s frame during a full copy", ErrProtocol, f.Type))
 		}

@@ -203,11 +203,7 @@ func (s *session) run(ctx context.Context) error {
 				return err
 			}
 		case wire.TError:
-			var e wire.Error
-			if err := f.Decode(&e); err != nil {
-				return wireError(err)
-			}
-			return remoteError(&wire.RemoteError{Code: e.Code, Msg: e.Msg})
+			return peerError(f)
 		default:
 			return fmt.Errorf("%w: unexpected %s frame", ErrProtocol, f.Type)
 		}

@@ -1,9 +1,6 @@
 package replicator
 
 import (
-	"errors"
-	"io/fs"
-	"os"
 	"slices"
 )
 
@@ -16,12 +13,8 @@ import (
 
 // replaySyncLog applies writes logged before a crash.
 func (v *Volume) replaySyncLog() error {
-	path := syncLogPath(v.metaDir)
-	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
-		return nil
-	}
-	j, err := openJournal(path)
-	if err != nil {
+	j, err := openExistingJournal(syncLogPath(v.metaDir))
+	if j == nil || err != nil {
 		return err
 	}
 	defer j.Close()

@@ -48,11 +48,7 @@ type VerifyOptions struct {
 func (n *Node) Verify(ctx context.Context, volume, peer string, o VerifyOptions) (VerifyResult, error) {
 	start := time.Now()
 	var res VerifyResult
-	v, err := n.Volume(volume)
-	if err != nil {
-		return res, err
-	}
-	p, err := n.peer(peer)
+	v, p, err := n.volumeAndPeer(volume, peer)
 	if err != nil {
 		return res, err
 	}
