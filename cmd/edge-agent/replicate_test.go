@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/goleak"
 )
 
 func run(t *testing.T, ctx context.Context, args ...string) string {
@@ -26,6 +28,7 @@ func run(t *testing.T, ctx context.Context, args ...string) string {
 // TestReplicateCommands drives the replicator the way an operator does:
 // certificates, a primary, a mirror node, full and delta pushes, verify.
 func TestReplicateCommands(t *testing.T) {
+	defer goleak.VerifyNone(t)
 	dir := t.TempDir()
 	ctx := context.Background()
 	run(t, ctx, "replicate", "dev-certs", "--dir", filepath.Join(dir, "tls"), "--names", "src,dst")
