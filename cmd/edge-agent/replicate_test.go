@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+func run(t *testing.T, ctx context.Context, args ...string) string {
+	t.Helper()
+	var out bytes.Buffer
+	old := stdout
+	stdout = &out
+	defer func() { stdout = old }()
+	if err := commands.Run(ctx, args); err != nil {
+		t.Fatalf("%s: %v", strings.Join(args, " "), err)
+	}
+	return out.String()
+}
+
+// TestReplicateCommands drives the replicator the way an operator does:
+// certificates, a primary, a mirror node, full and delta pushes, verify.
+func TestReplicateCommands(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	dir := t.TempDir()
+	ctx := context.Background()
+	run(t, ctx, "replicate", "dev-certs", "--dir", filepath.Join(dir, "tls"), "--names", "src,dst")
+	src := filepath.Join(dir, "src.img")
+	run(t, ctx, "replicate", "init", "--image", src, "--size", "4MiB")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	sctx, cancel := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	go func() {
+		served <- commands.Run(sctx, []string{"replicate", "serve", "--node", "dst", "--tls-dir", filepath.Join(dir, "tls"),
+			"--listen", addr, "--volume", "vol=" + filepath.Join(dir, "dst.img")})
+	}()
+	defer func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	}()
+	for i := 0; i < 100; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tlsArgs := []string{"--node", "src", "--tls-dir", filepath.Join(dir, "tls"), "--image", src, "--peer", "dst@" + addr}
+	out := run(t, ctx, append([]string{"replicate", "push", "--mode", "full"}, tlsArgs...)...)
+	if !strings.Contains(out, "copy:") || !strings.Contains(out, "cycle 1") {
+		t.Fatalf("push output %q", out)
+	}
+	out = run(t, ctx, "replicate", "write", "--image", src, "--fraction", "0.01", "--seed", "3")
+	if !strings.Contains(out, "changed_blocks=10") {
+		t.Fatalf("write output %q", out)
+	}
+	out = run(t, ctx, append([]string{"replicate", "push", "--json"}, tlsArgs...)...)
+	if !strings.Contains(out, `"cycle_sent": 10`) {
+		t.Fatalf("delta push output %q", out)
+	}
+	// The mirror applies a cycle right after acknowledging its commit.
+	for i := 0; ; i++ {
+		a, _ := os.ReadFile(src)
+		b, _ := os.ReadFile(filepath.Join(dir, "dst.img"))
+		if bytes.Equal(a, b) {
+			break
+		}
+		if i == 200 {
+			t.Fatal("mirror differs from source after the delta push")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	out = run(t, ctx, append([]string{"replicate", "verify"}, tlsArgs...)...)
+	if !strings.Contains(out, "0 differ") {
+		t.Fatalf("verify output %q", out)
+	}
+	out = run(t, ctx, "replicate", "status", "--image", src)
+	if !strings.Contains(out, `"role": "primary"`) {
+		t.Fatalf("status output %q", out)
+	}
+	if err := commands.Run(ctx, []string{"replicate", "push", "--image", src}); err == nil {
+		t.Fatal("push without --peer succeeded")
+	}
+}

@@ -1,0 +1,131 @@
+// Package replicator mirrors volumes (raw image files or block devices)
+// between premirror nodes: full, delta and selective copies over mutual
+// TLS, with change tracking, crash-safe atomic cycles, Merkle verify,
+// bandwidth schedules, quorum writes/reads and epoch fencing. It runs
+// inside edge-agent (see Node) and is driven by hand with
+// `edge-agent replicate`.
+//
+// # Volumes and change tracking
+//
+// A Volume is an image with a fixed block size (4 KiB default) and
+// metadata in IMAGE.pmr/: state.json (role, epoch, lineage, mirror
+// progress; replaced atomically), versions (16 bytes per block), one dirty
+// and one probe bitmap per downstream peer, the activity log, the cycle
+// journal, the sync-write log and the conflict log.
+//
+// Block versions are (epoch, hybrid logical clock, site). The epoch comes
+// first so a write made under a deposed primary's epoch always loses to
+// the new primary's data; within an epoch the hybrid clock orders causally
+// related writes across skewed hosts and the site breaks ties. Concurrent
+// writes resolve the same way on every node, and the losing write is kept
+// in the conflict log (block, both versions, the loser's bytes) rather than
+// silently dropped.
+//
+// Dirty bitmaps (one bit per block per peer) are written lazily; DRBD's
+// activity log makes that safe. Before a write touches a 4 MiB extent not
+// already marked, the extent's bit is written and synced; Flush (every
+// second) syncs the image, then the changed pages of versions and bitmaps,
+// and only then clears extents not written since. After a crash every
+// block of every marked extent is treated as changed: marked dirty for
+// every peer, given a fresh version, and marked "probe", so the next cycle
+// sends its hash rather than its data and the mirror answers whether it
+// already holds those bytes. Tracking can over-mark but never lose a write,
+// and the over-marking costs hashes, not data. The cost on the write path
+// is one sync per newly touched extent per flush interval.
+//
+// # Delta cycles
+//
+// A cycle ships every block dirty for a peer once, however often it was
+// written: the dirty set moves to an in-flight set and a copy-on-write
+// snapshot (first write to a block of the set saves the old bytes to a
+// side file) gives the cycle a point-in-time view while writes continue.
+// The sender first sends the manifest (block, version [, hash]); the mirror
+// answers with a bitmap of what it needs, leaving out what it already holds
+// in its image or staged in its journal from an interrupted attempt. So no
+// acknowledged block is sent twice, whichever side crashed. Needed blocks
+// are appended to the journal (synced every 16 MiB and at commit); the
+// commit carries a digest of the manifest; the mirror appends a commit
+// record, syncs, applies in place, syncs, records the cycle number and
+// empties the journal. Recovery applies a committed cycle again
+// (idempotent) and ignores an uncommitted one, so a restarted mirror shows
+// the previous cycle or the new one, never a mix.
+//
+// # Full and selective copies
+//
+// A full copy streams 4 MiB frames of 1024 blocks from the resume point.
+// One goroutine reads (one SEEK_DATA/SEEK_HOLE pair per data segment skips
+// holes), encoders hash (and compress) blocks, and the sender writes frames
+// in order through TLS while another goroutine reads acknowledgements, so
+// disk reads, hashing, encryption and the network overlap. Block data is
+// never copied into frames: the frame's entry headers come first and the
+// data region follows, so a run of adjacent blocks goes from the read
+// buffer to TLS and, at the mirror, from the received frame to disk in one
+// write. TLS records are gathered into 256 KiB socket writes. All-zero and
+// sparse blocks travel as zero entries (runs of never-written ones as a
+// single range). The mirror syncs and records its position every 64 MiB or
+// 500 ms and acknowledges it; a resumed copy starts there. The mirror is
+// flagged inconsistent (and refuses reads) until the delta cycle that
+// follows every copy commits. The source's change tracking for the peer is
+// reset only after the mirror has durably recorded that a copy is in
+// progress.
+//
+// A selective copy is the same stream restricted to named extents (an
+// application profile) and/or the hottest extents measured from reads. The
+// mirror keeps a presence bitmap (set only after the data is written, so a
+// crash can only forget a block, never claim one); Node.Read fetches
+// missing blocks from the upstream peer on demand (read-through), stores
+// them, and the mirror is usable at once. Cycles skip blocks a selective
+// mirror does not hold. Read-through returns the upstream's current data,
+// so a selective mirror is a cache, not a point-in-time copy.
+//
+// # Checksums and compression
+//
+// Per-block checksums are xxHash64: ~16 GB/s on one core here, 64 bits so
+// Merkle leaves practically never collide (2^-64 per differing block), and
+// already in the build through client_golang. They are computed from the
+// bytes read at the source and checked before anything is staged or
+// written, so corruption anywhere between the two disks is caught, not only
+// on the wire. Frames carry CRC-32C (hardware, ~30 GB/s, catches every burst
+// up to 32 bits); TLS adds its own authentication. zstd (fastest level)
+// compresses a batch only when a sample block of it shrinks by 20%, backing
+// off exponentially after samples that do not, so incompressible images
+// cost about one trial compression per 64 MiB.
+//
+// # Verify
+//
+// Both sides hash their copy once (reads pipelined with hashing, holes not
+// read) into the leaves of a 64-ary Merkle tree and walk it top-down,
+// exchanging only the hashes of children of differing nodes. With repair,
+// the differing blocks go to the mirror as a forced cycle, atomic like any
+// other; the source's copy wins.
+//
+// # Transport, fencing, quorum
+//
+// Sessions are mutual TLS 1.3 (internal/pki); the peer's certificate name
+// can be restricted per volume. Frames and negotiation are in package wire.
+// Every session that changes a volume carries the sender's epoch: a mirror
+// rejects an older one (ErrFenced) and a primary that sees a newer one
+// becomes a fenced mirror, refusing local writes. Node.Write sends the
+// written blocks to every mirror on a long-lived session (logged durably
+// there, applied newest-version-wins) and returns after WriteQuorum copies
+// acknowledge; Node.Read asks ReadQuorum copies and returns, per block, the
+// newest version. Epochs are assigned by whoever promotes (the controller
+// in production, Promote by hand).
+//
+// # Bandwidth
+//
+// Each peer link has a token bucket whose rate follows a weekly schedule of
+// windows (package throttle), replaceable at run time with
+// Node.SetSchedule; waiters wake on a change instead of finishing a sleep
+// computed at the old rate. A cycle ships a fixed snapshot, so writes
+// during it go to the next cycle and no resync can livelock.
+//
+// # Limits
+//
+// Metadata takes about 16.3 bytes of memory per block (versions and
+// bitmaps): 4.3 MiB per GiB of volume at 4 KiB blocks. A cycle's manifest
+// lives in memory (~40 bytes per changed block). Applying a cycle holds the
+// volume's write lock, so in-process readers wait for it; other processes
+// reading the raw image during an apply could see a mix (after a crash,
+// OpenVolume finishes the apply before anything reads).
+package replicator

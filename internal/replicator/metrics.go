@@ -1,0 +1,133 @@
+package replicator
+
+import (
+	"math"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/premirror/premirror/internal/replicator/throttle"
+)
+
+// Metrics are the replicator's Prometheus metrics. Labels are bounded:
+// volume and peer names come from configuration or from certificates the
+// cluster CA issued; mode, reason and result are small enums.
+type Metrics struct {
+	sentBytes     *prometheus.CounterVec
+	recvBytes     *prometheus.CounterVec
+	blocksSent    *prometheus.CounterVec
+	blocksSkipped *prometheus.CounterVec
+	blocksRecv    *prometheus.CounterVec
+	cycles        *prometheus.CounterVec
+	cycleSeconds  *prometheus.HistogramVec
+	rejected      *prometheus.CounterVec
+	fenced        *prometheus.CounterVec
+	verifyDiff    *prometheus.CounterVec
+	progDone      *prometheus.GaugeVec
+	progTotal     *prometheus.GaugeVec
+	progRate      *prometheus.GaugeVec
+	progETA       *prometheus.GaugeVec
+	state         *stateCollector
+}
+
+func newMetrics(n *Node) *Metrics {
+	const ns = "replicator"
+	pm := []string{"peer", "mode"}
+	vpm := []string{"volume", "peer", "mode"}
+	return &Metrics{
+		sentBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sent_bytes_total",
+			Help: "Bytes sent on replication connections, TLS included."}, []string{"peer"}),
+		recvBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "received_bytes_total",
+			Help: "Bytes received on replication connections, TLS included."}, []string{"peer"}),
+		blocksSent: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "blocks_sent_total",
+			Help: "Data blocks sent, by mode."}, pm),
+		blocksSkipped: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "blocks_skipped_total",
+			Help: "Blocks not sent: zero (sparse or all-zero) or held (the peer already had them)."}, []string{"reason"}),
+		blocksRecv: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "blocks_received_total",
+			Help: "Data blocks received and verified, by volume."}, []string{"volume"}),
+		cycles: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cycles_total",
+			Help: "Delta cycles pushed, by result."}, []string{"volume", "peer", "result"}),
+		cycleSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "cycle_duration_seconds",
+			Help:    "Duration of committed delta cycles, snapshot to commit acknowledgement.",
+			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}, []string{"volume"}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "rejected_frames_total",
+			Help: "Frames rejected and not applied: corrupt (checksum) or protocol (malformed, unexpected)."}, []string{"reason"}),
+		fenced: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "fenced_total",
+			Help: "Sessions or writes rejected because the writer's epoch was superseded."}, []string{"volume"}),
+		verifyDiff: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "verify_mismatched_blocks_total",
+			Help: "Blocks found different by Merkle verify."}, []string{"volume"}),
+		progDone: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "transfer_done_bytes",
+			Help: "Bytes of the current or last transfer covered so far."}, vpm),
+		progTotal: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "transfer_total_bytes",
+			Help: "Bytes the current or last transfer covers."}, vpm),
+		progRate: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "transfer_rate_bytes_per_second",
+			Help: "Recent transfer rate."}, vpm),
+		progETA: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "transfer_eta_seconds",
+			Help: "Estimated time to finish the current transfer; 0 when done."}, vpm),
+		state: &stateCollector{n: n,
+			dirty: prometheus.NewDesc(ns+"_dirty_blocks", "Blocks changed since they were last shipped to a peer.", []string{"volume", "peer"}, nil),
+			epoch: prometheus.NewDesc(ns+"_volume_epoch", "Epoch of the volume (fencing).", []string{"volume", "role"}, nil),
+			cycle: prometheus.NewDesc(ns+"_volume_cycle", "Last delta cycle committed at a mirror.", []string{"volume"}, nil),
+			incon: prometheus.NewDesc(ns+"_volume_inconsistent", "1 while a mirror's copy is incomplete.", []string{"volume"}, nil),
+			confl: prometheus.NewDesc(ns+"_conflicts_total", "Losing writes kept in the conflict log.", []string{"volume"}, nil),
+			limit: prometheus.NewDesc(ns+"_rate_limit_bytes_per_second", "Bandwidth limit in force per peer link (+Inf: none).", []string{"peer"}, nil),
+		},
+	}
+}
+
+func (m *Metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.sentBytes, m.recvBytes, m.blocksSent, m.blocksSkipped, m.blocksRecv, m.cycles,
+		m.cycleSeconds, m.rejected, m.fenced, m.verifyDiff, m.progDone, m.progTotal, m.progRate, m.progETA, m.state}
+}
+
+func (m *Metrics) register(r prometheus.Registerer) error {
+	for _, c := range m.collectors() {
+		if err := r.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// stateCollector reads volume and link state at scrape time.
+type stateCollector struct {
+	n                                        *Node
+	dirty, epoch, cycle, incon, confl, limit *prometheus.Desc
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.dirty, c.epoch, c.cycle, c.incon, c.confl, c.limit} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, s := range c.n.Status() {
+		for peer, d := range s.Dirty {
+			ch <- prometheus.MustNewConstMetric(c.dirty, prometheus.GaugeValue, float64(d), s.Name, peer)
+		}
+		ch <- prometheus.MustNewConstMetric(c.epoch, prometheus.GaugeValue, float64(s.Epoch), s.Name, string(s.Role))
+		ch <- prometheus.MustNewConstMetric(c.cycle, prometheus.GaugeValue, float64(s.Cycle), s.Name)
+		ch <- prometheus.MustNewConstMetric(c.incon, prometheus.GaugeValue, b2f(s.Inconsistent), s.Name)
+		ch <- prometheus.MustNewConstMetric(c.confl, prometheus.CounterValue, float64(s.Conflicts), s.Name)
+	}
+	c.n.mu.Lock()
+	peers := make([]*nodePeer, 0, len(c.n.peers))
+	for _, p := range c.n.peers {
+		peers = append(peers, p)
+	}
+	c.n.mu.Unlock()
+	for _, p := range peers {
+		r := float64(p.limiter.Rate())
+		if p.limiter.Rate() == throttle.Unlimited {
+			r = math.Inf(1)
+		}
+		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, r, p.cfg.Name)
+	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}

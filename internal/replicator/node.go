@@ -1,0 +1,540 @@
+package replicator
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/premirror/premirror/internal/pki"
+	"github.com/premirror/premirror/internal/replicator/throttle"
+	"github.com/premirror/premirror/internal/replicator/wire"
+)
+
+// Config configures a Node: the replicator of one edge-agent.
+type Config struct {
+	// Node is this node's name; it should be its certificate's common name.
+	Node string
+	// Site is the hybrid-clock site id of local writes; 0 derives it from Node.
+	Site uint32
+	// Listen is the address replication sessions are accepted on; empty
+	// disables the server (a node that only pushes).
+	Listen string
+	// TLS names the CA, certificate and key for mutual TLS. Required.
+	TLS pki.Files
+	// Volumes served or replicated by this node.
+	Volumes []VolumeConfig
+	// Peers this node pushes to or reads from.
+	Peers []PeerConfig
+	// FlushInterval is how often volume metadata is made durable (and the
+	// activity log trimmed); default 1s.
+	FlushInterval time.Duration
+	// Registerer receives the replicator_* metrics; nil registers nothing.
+	Registerer prometheus.Registerer
+	// Logger; default slog.Default().
+	Logger *slog.Logger
+}
+
+// VolumeConfig is one volume on this node.
+type VolumeConfig struct {
+	// Name identifies the volume to peers (Hello.Volume) and in metrics.
+	Name string
+	// Path is the image file or block device.
+	Path string
+	// MetaDir holds metadata; default Path + ".pmr".
+	MetaDir string
+	// Role: RolePrimary initializes an image without metadata as a primary;
+	// RoleMirror waits for a peer to push a first copy. Existing metadata
+	// always wins.
+	Role Role
+	// BlockSize for a new primary; default 4096.
+	BlockSize int
+	// Mirrors are the peers this volume is replicated to (primary side).
+	Mirrors []MirrorConfig
+	// Upstream is the peer that missing blocks of a selective mirror are
+	// read from; UpstreamVolume defaults to Name.
+	Upstream       string
+	UpstreamVolume string
+	// AllowedPeers restricts which authenticated peers (certificate common
+	// names) may open sessions on the volume; empty allows any peer the CA
+	// signed.
+	AllowedPeers []string
+	// WriteQuorum (W) and ReadQuorum (R) count copies, this one included,
+	// that must acknowledge a Node.Write or answer a Node.Read; 0 means 1.
+	WriteQuorum, ReadQuorum int
+}
+
+// MirrorConfig is one replication target of a volume.
+type MirrorConfig struct {
+	// Peer names a PeerConfig.
+	Peer string
+	// Volume is the volume name at the peer; default the local name.
+	Volume string
+	// Mode is the initial copy: ModeFull (default) or ModeSelective; delta
+	// cycles follow.
+	Mode Mode
+	// Interval between delta cycles; 0 disables the background loop
+	// (pushes happen only through Node.Push).
+	Interval time.Duration
+	// Extents (in blocks) and HotExtents select what a selective copy sends.
+	Extents    []Extent
+	HotExtents int
+}
+
+// PeerConfig is another node.
+type PeerConfig struct {
+	// Name is the peer's certificate common name.
+	Name string
+	// Addr is host:port of its replication listener.
+	Addr string
+	// ServerName to verify in its certificate; default the host of Addr.
+	ServerName string
+	// Schedule is the bandwidth schedule of the link to the peer (see
+	// throttle.ParseSchedule); empty means unlimited.
+	Schedule string
+}
+
+// Mode is a kind of replication.
+type Mode string
+
+// Replication modes.
+const (
+	ModeFull      Mode = "full"
+	ModeDelta     Mode = "delta"
+	ModeSelective Mode = "selective"
+)
+
+// Node is a replicator: it serves its volumes to peers, pushes them to
+// their mirrors, and offers tracked, optionally quorum-replicated reads
+// and writes.
+type Node struct {
+	cfg     Config
+	log     *slog.Logger
+	clock   *Clock
+	srvTLS  *tls.Config
+	metrics *Metrics
+
+	mu    sync.Mutex
+	vols  map[string]*nodeVolume
+	peers map[string]*nodePeer
+
+	// protocol range; tests narrow it to exercise negotiation.
+	protoMin, protoMax uint16
+	hooks              testHooks
+
+	closeOnce sync.Once
+}
+
+// testHooks observe or disturb the data path in tests.
+type testHooks struct {
+	received func(vol string, block uint64, v Version) // data block arrived at a receiver
+	durable  func(vol string, blocks []blockVer)       // received blocks durable, about to be acked
+	corrupt  func(frame []byte)                        // damage outgoing block data after checksumming
+	onCycle  func(vol string, cycle uint64)            // sender: cycle snapshot taken
+}
+
+type blockVer struct {
+	block uint64
+	ver   Version
+}
+
+type nodeVolume struct {
+	cfg  VolumeConfig
+	mu   sync.Mutex
+	vol  *Volume       // nil until a mirror receives its first copy
+	sess chan struct{} // holds one token while a changing session runs
+	jnl  *journal
+	swal *syncLog
+}
+
+type nodePeer struct {
+	cfg     PeerConfig
+	limiter *throttle.Limiter
+	tls     *tls.Config
+	links   *linkPool
+}
+
+// NewNode validates cfg and opens its volumes. Call Run to serve and
+// replicate, and Close to release the volumes.
+func NewNode(cfg Config) (*Node, error) {
+	if cfg.Node == "" {
+		return nil, errors.New("replicator config: node: empty")
+	}
+	if err := cfg.TLS.Validate(); err != nil {
+		return nil, fmt.Errorf("replicator config: %w", err)
+	}
+	if cfg.Site == 0 {
+		cfg.Site = SiteID(cfg.Node)
+	}
+	if cfg.FlushInterval <= 0 {
+		cfg.FlushInterval = time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Node), clock: NewClock(cfg.Site),
+		vols: map[string]*nodeVolume{}, peers: map[string]*nodePeer{},
+		protoMin: wire.MinProto, protoMax: wire.MaxProto}
+	var err error
+	if n.srvTLS, err = pki.ServerConfig(cfg.TLS); err != nil {
+		return nil, fmt.Errorf("replicator config: tls: %w", err)
+	}
+	n.metrics = newMetrics(n)
+	if cfg.Registerer != nil {
+		if err := n.metrics.register(cfg.Registerer); err != nil {
+			return nil, fmt.Errorf("register replicator metrics: %w", err)
+		}
+	}
+	for i, p := range cfg.Peers {
+		if err := n.addPeer(p); err != nil {
+			return nil, fmt.Errorf("replicator config: peers[%d]: %w", i, err)
+		}
+	}
+	for i, vc := range cfg.Volumes {
+		if err := n.addVolume(vc); err != nil {
+			n.Close()
+			return nil, fmt.Errorf("replicator config: volumes[%d] (%s): %w", i, vc.Name, err)
+		}
+	}
+	return n, nil
+}
+
+func (n *Node) addPeer(p PeerConfig) error {
+	if !peerNameRE.MatchString(p.Name) {
+		return fmt.Errorf("name %q: want letters, digits, '.', '_' or '-'", p.Name)
+	}
+	if _, dup := n.peers[p.Name]; dup {
+		return fmt.Errorf("name %q: duplicate", p.Name)
+	}
+	host, _, err := net.SplitHostPort(p.Addr)
+	if err != nil {
+		return fmt.Errorf("addr %q: %w", p.Addr, err)
+	}
+	if p.ServerName == "" {
+		p.ServerName = host
+	}
+	sched := throttle.Fixed(throttle.Unlimited)
+	if p.Schedule != "" {
+		if sched, err = throttle.ParseSchedule(p.Schedule); err != nil {
+			return fmt.Errorf("schedule: %w", err)
+		}
+	}
+	tc, err := pki.ClientConfig(n.cfg.TLS, p.ServerName)
+	if err != nil {
+		return fmt.Errorf("tls: %w", err)
+	}
+	np := &nodePeer{cfg: p, limiter: throttle.NewLimiter(sched, nil), tls: tc}
+	np.links = newLinkPool(n, np)
+	n.peers[p.Name] = np
+	return nil
+}
+
+func (n *Node) addVolume(vc VolumeConfig) error {
+	if !peerNameRE.MatchString(vc.Name) {
+		return fmt.Errorf("name %q: want letters, digits, '.', '_' or '-'", vc.Name)
+	}
+	if _, dup := n.vols[vc.Name]; dup {
+		return fmt.Errorf("name: duplicate")
+	}
+	if vc.Path == "" {
+		return errors.New("path: empty")
+	}
+	if vc.MetaDir == "" {
+		vc.MetaDir = vc.Path + ".pmr"
+	}
+	if vc.Role == "" {
+		vc.Role = RoleMirror
+	}
+	if vc.Role != RolePrimary && vc.Role != RoleMirror {
+		return fmt.Errorf("role %q: want primary or mirror", vc.Role)
+	}
+	copies := 1 + len(vc.Mirrors)
+	if vc.WriteQuorum < 0 || vc.WriteQuorum > copies {
+		return fmt.Errorf("write_quorum %d: want 1..%d (this copy and %d mirrors)", vc.WriteQuorum, copies, len(vc.Mirrors))
+	}
+	if vc.ReadQuorum < 0 || vc.ReadQuorum > copies {
+		return fmt.Errorf("read_quorum %d: want 1..%d (this copy and %d mirrors)", vc.ReadQuorum, copies, len(vc.Mirrors))
+	}
+	for i, m := range vc.Mirrors {
+		if _, ok := n.peers[m.Peer]; !ok {
+			return fmt.Errorf("mirrors[%d].peer %q: no such peer", i, m.Peer)
+		}
+		if m.Mode != "" && m.Mode != ModeFull && m.Mode != ModeSelective {
+			return fmt.Errorf("mirrors[%d].mode %q: want full or selective", i, m.Mode)
+		}
+	}
+	if vc.Upstream != "" {
+		if _, ok := n.peers[vc.Upstream]; !ok {
+			return fmt.Errorf("upstream %q: no such peer", vc.Upstream)
+		}
+	}
+	nv := &nodeVolume{cfg: vc, sess: make(chan struct{}, 1)}
+	opts := n.volOptions(vc)
+	opts.Init = vc.Role == RolePrimary
+	opts.BlockSize = vc.BlockSize
+	v, err := OpenVolume(vc.Path, opts)
+	switch {
+	case err == nil:
+		nv.vol = v
+	case vc.Role == RoleMirror && errors.Is(err, ErrUnknownVolume):
+		// Created when the first copy arrives.
+	default:
+		return err
+	}
+	if v != nil {
+		for _, m := range vc.Mirrors {
+			if err := v.AddPeer(m.Peer); err != nil {
+				v.Close()
+				return err
+			}
+		}
+	}
+	n.vols[vc.Name] = nv
+	return nil
+}
+
+func (n *Node) volOptions(vc VolumeConfig) VolumeOptions {
+	return VolumeOptions{Name: vc.Name, MetaDir: vc.MetaDir, Clock: n.clock, Logger: n.log}
+}
+
+// Volume returns the named volume, or an error when it is unknown or a
+// mirror that has not received its first copy yet.
+func (n *Node) Volume(name string) (*Volume, error) {
+	nv, err := n.nodeVolume(name)
+	if err != nil {
+		return nil, err
+	}
+	nv.mu.Lock()
+	defer nv.mu.Unlock()
+	if nv.vol == nil {
+		return nil, fmt.Errorf("volume %s: %w: no copy received yet", name, ErrInconsistent)
+	}
+	return nv.vol, nil
+}
+
+func (n *Node) nodeVolume(name string) (*nodeVolume, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	nv := n.vols[name]
+	if nv == nil {
+		return nil, fmt.Errorf("volume %q: %w", name, ErrUnknownVolume)
+	}
+	return nv, nil
+}
+
+func (n *Node) peer(name string) (*nodePeer, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	p := n.peers[name]
+	if p == nil {
+		return nil, fmt.Errorf("peer %q: not configured", name)
+	}
+	return p, nil
+}
+
+// SetSchedule replaces the bandwidth schedule of the link to peer at run
+// time; transfers in progress adopt it at once.
+func (n *Node) SetSchedule(peer string, s throttle.Schedule) error {
+	p, err := n.peer(peer)
+	if err != nil {
+		return err
+	}
+	p.limiter.SetSchedule(s)
+	n.log.Info("bandwidth schedule changed", "peer", peer, "schedule", s.String())
+	return nil
+}
+
+// Promote makes the named volume the primary at epoch (0: current+1).
+func (n *Node) Promote(volume string, epoch uint64) (uint64, error) {
+	v, err := n.Volume(volume)
+	if err != nil {
+		return 0, err
+	}
+	return v.Promote(epoch)
+}
+
+// Status returns the state of every volume, sorted by name.
+func (n *Node) Status() []Status {
+	n.mu.Lock()
+	names := make([]string, 0, len(n.vols))
+	for name := range n.vols {
+		names = append(names, name)
+	}
+	n.mu.Unlock()
+	sort.Strings(names)
+	var out []Status
+	for _, name := range names {
+		nv, _ := n.nodeVolume(name)
+		nv.mu.Lock()
+		v := nv.vol
+		nv.mu.Unlock()
+		if v == nil {
+			out = append(out, Status{Name: name, Path: nv.cfg.Path, Role: RoleMirror, Empty: true, Inconsistent: true})
+			continue
+		}
+		out = append(out, v.Status())
+	}
+	return out
+}
+
+// Run serves replication sessions on cfg.Listen (if set), runs the
+// background delta cycles of every mirror with an Interval, and flushes
+// volume metadata every FlushInterval, until ctx ends. It returns nil
+// after a clean shutdown.
+func (n *Node) Run(ctx context.Context) error {
+	var ln net.Listener
+	if n.cfg.Listen != "" {
+		var err error
+		if ln, err = net.Listen("tcp", n.cfg.Listen); err != nil {
+			return fmt.Errorf("replicator listen: %w", err)
+		}
+	}
+	return n.Serve(ctx, ln)
+}
+
+// Serve is Run on an existing listener (nil: no server). The listener is
+// closed when ctx ends.
+func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
+	var wg sync.WaitGroup
+	if ln != nil {
+		n.log.Info("replicator listening", "addr", ln.Addr().String())
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			n.acceptLoop(ctx, ln)
+		}()
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		n.flushLoop(ctx)
+	}()
+	n.mu.Lock()
+	for _, nv := range n.vols {
+		for _, m := range nv.cfg.Mirrors {
+			if m.Interval > 0 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					n.mirrorLoop(ctx, nv.cfg.Name, m)
+				}()
+			}
+		}
+	}
+	n.mu.Unlock()
+	<-ctx.Done()
+	wg.Wait()
+	return nil
+}
+
+func (n *Node) flushLoop(ctx context.Context) {
+	t := time.NewTicker(n.cfg.FlushInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n.mu.Lock()
+		vols := make([]*nodeVolume, 0, len(n.vols))
+		for _, nv := range n.vols {
+			vols = append(vols, nv)
+		}
+		n.mu.Unlock()
+		for _, nv := range vols {
+			nv.mu.Lock()
+			v, swal := nv.vol, nv.swal
+			nv.mu.Unlock()
+			if v == nil {
+				continue
+			}
+			var err error
+			if swal != nil {
+				err = swal.checkpoint(v)
+			} else {
+				err = v.Flush()
+			}
+			if err != nil && !errors.Is(err, ErrClosed) {
+				n.log.Error("flush volume metadata", "volume", v.name, "err", err)
+			}
+		}
+	}
+}
+
+// mirrorLoop keeps one mirror in sync: a first copy when the mirror needs
+// one, then a delta cycle every interval. Failures back off and retry.
+func (n *Node) mirrorLoop(ctx context.Context, volume string, m MirrorConfig) {
+	backoff := time.Second
+	for {
+		mode := ModeDelta
+		_, err := n.Push(ctx, volume, m.Peer, PushOptions{Mode: mode, RemoteVolume: m.Volume,
+			InitialMode: m.Mode, Extents: m.Extents, HotExtents: m.HotExtents})
+		wait := m.Interval
+		if err != nil && ctx.Err() == nil {
+			n.log.Warn("mirror cycle failed", "volume", volume, "peer", m.Peer, "err", err, "retry_in", backoff)
+			wait = backoff
+			backoff = min(backoff*2, time.Minute)
+			if errors.Is(err, ErrFenced) {
+				wait = time.Minute
+			}
+		} else {
+			backoff = time.Second
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// Close closes the node's volumes and links. Call it after Run returns.
+func (n *Node) Close() error {
+	var errs []error
+	n.closeOnce.Do(func() {
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		for _, p := range n.peers {
+			p.links.closeAll()
+		}
+		for _, nv := range n.vols {
+			nv.mu.Lock()
+			if nv.jnl != nil {
+				nv.jnl.Close()
+			}
+			if nv.swal != nil {
+				nv.swal.close()
+			}
+			if nv.vol != nil {
+				if err := nv.vol.Close(); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			nv.mu.Unlock()
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// imageSize returns the size of an existing image (0 when missing).
+func imageSize(path string) (int64, error) {
+	f, err := os.Open(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, ioError("open "+path, err)
+	}
+	defer f.Close()
+	return fileSize(f)
+}

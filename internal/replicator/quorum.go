@@ -1,0 +1,602 @@
+package replicator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/premirror/premirror/internal/replicator/wire"
+)
+
+// The synchronous path: Node.Write and Node.Read with per-volume quorums,
+// and read-through for selective mirrors. Writes are shipped to every
+// mirror as Blocks frames on a long-lived sync-write session; a mirror
+// logs them durably (sync log), applies them newest-version-wins, and
+// acknowledges. Write returns once W copies (this one included) have the
+// data. Reads ask R copies and return, block by block, the data with the
+// newest version. With W + R > copies every read overlaps the last
+// acknowledged write. Async delta cycles still run and find the data
+// already held.
+
+// maxReadBlocks bounds one ReadReq.
+const maxReadBlocks = 256
+
+// Write writes p at off to the named primary volume through the tracked
+// path, then waits until WriteQuorum copies have it. On ErrNoQuorum the
+// data is on this copy (and maybe some mirrors) and will still reach every
+// mirror through delta cycles; the caller decides whether to retry.
+// ErrFenced means a newer primary exists: this copy was deposed.
+func (n *Node) Write(ctx context.Context, volume string, p []byte, off int64) error {
+	nv, v, err := n.localVolume(volume)
+	if err != nil {
+		return err
+	}
+	vers, err := v.writeTracked(p, off)
+	if err != nil {
+		if errors.Is(err, ErrFenced) {
+			n.metrics.fenced.WithLabelValues(volume).Inc()
+		}
+		return err
+	}
+	w := max(1, nv.cfg.WriteQuorum)
+	if w == 1 {
+		return nil
+	}
+	// Ship the whole blocks the write touched.
+	bs := int64(v.bs)
+	lo := off / bs
+	nb := int64(len(vers))
+	buf := make([]byte, nb*bs)
+	if _, err := v.f.ReadAt(buf, lo*bs); err != nil {
+		return ioError("read "+v.path, err)
+	}
+	bt := batch{blocks: make([]uint64, nb), vers: vers, data: buf}
+	for i := range bt.blocks {
+		bt.blocks[i] = uint64(lo) + uint64(i)
+	}
+	acks, errs := n.fanOut(ctx, nv, wire.OpSyncWrite, func(ctx context.Context, pl *peerLink) error {
+		return pl.syncWrite(ctx, &bt)
+	})
+	if acks+1 >= w {
+		return nil
+	}
+	for _, e := range errs {
+		if errors.Is(e, ErrFenced) {
+			v.fence(0)
+			n.metrics.fenced.WithLabelValues(volume).Inc()
+			return fmt.Errorf("write to %s: %w", volume, e)
+		}
+	}
+	return fmt.Errorf("write to %s: %w: %d of %d copies acknowledged: %w", volume, ErrNoQuorum, acks+1, w, errors.Join(errs...))
+}
+
+// Read reads len(p) bytes at off. A selective mirror fetches blocks it
+// lacks from its upstream first (read-through) and keeps them. With
+// ReadQuorum R > 1, R-1 mirrors are asked too and each block comes from
+// the copy with the newest version.
+func (n *Node) Read(ctx context.Context, volume string, p []byte, off int64) error {
+	nv, v, err := n.localVolume(volume)
+	if err != nil {
+		return err
+	}
+	if err := v.checkRange(off, len(p)); err != nil {
+		return err
+	}
+	bs := int64(v.bs)
+	lo, hi := uint64(off/bs), uint64((off+int64(len(p))+bs-1)/bs)
+	if miss := v.missing(lo, hi); len(miss) > 0 {
+		if err := n.readThrough(ctx, nv, v, miss); err != nil {
+			return err
+		}
+	}
+	r := max(1, nv.cfg.ReadQuorum)
+	if r == 1 {
+		_, err := v.ReadAt(p, off)
+		return err
+	}
+	// Quorum read: whole blocks with versions from every copy.
+	local, err := v.readBlocks(lo, hi)
+	if err != nil {
+		return err
+	}
+	var mu sync.Mutex
+	best := local
+	acks, errs := n.fanOut(ctx, nv, wire.OpRead, func(ctx context.Context, pl *peerLink) error {
+		got, err := pl.read(ctx, lo, hi, v.bs)
+		if err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for i := range got.vers {
+			if best.vers[i].Less(got.vers[i]) {
+				best.vers[i] = got.vers[i]
+				copy(best.data[i*v.bs:(i+1)*v.bs], got.data[i*v.bs:(i+1)*v.bs])
+			}
+		}
+		return nil
+	})
+	if acks+1 < r {
+		return fmt.Errorf("read from %s: %w: %d of %d copies answered: %w", volume, ErrNoQuorum, acks+1, r, errors.Join(errs...))
+	}
+	mu.Lock()
+	copy(p, best.data[off-int64(lo)*bs:])
+	mu.Unlock()
+	return nil
+}
+
+func (n *Node) localVolume(volume string) (*nodeVolume, *Volume, error) {
+	nv, err := n.nodeVolume(volume)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := n.Volume(volume)
+	return nv, v, err
+}
+
+// readBlocks reads whole blocks [lo, hi) with their versions.
+func (v *Volume) readBlocks(lo, hi uint64) (*batch, error) {
+	n := hi - lo
+	bt := &batch{blocks: make([]uint64, n), vers: make([]Version, n), data: make([]byte, n*uint64(v.bs)), hole: make([]bool, n)}
+	for i := range bt.blocks {
+		bt.blocks[i] = lo + uint64(i)
+	}
+	if err := v.readChunk(bt, nil); err != nil {
+		return nil, err
+	}
+	for i, h := range bt.hole {
+		if h {
+			clear(bt.data[i*v.bs : (i+1)*v.bs])
+		}
+	}
+	return bt, nil
+}
+
+// fanOut runs f against every mirror of the volume in parallel and counts
+// successes.
+func (n *Node) fanOut(ctx context.Context, nv *nodeVolume, op wire.Op, f func(context.Context, *peerLink) error) (int, []error) {
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	acks := 0
+	var errs []error
+	for _, m := range nv.cfg.Mirrors {
+		p, err := n.peer(m.Peer)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		remote := m.Volume
+		if remote == "" {
+			remote = nv.cfg.Name
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pl, err := p.links.get(ctx, nv.cfg.Name, remote, op)
+			if err == nil {
+				if err = f(ctx, pl); err != nil {
+					p.links.drop(pl)
+				}
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				errs = append(errs, fmt.Errorf("%s: %w", m.Peer, err))
+				return
+			}
+			acks++
+		}()
+	}
+	wg.Wait()
+	return acks, errs
+}
+
+// readThrough fetches blocks a selective mirror lacks from its upstream,
+// verifies and stores them. Concurrent readers of the same blocks fetch
+// them once per call at worst; storing is newest-version-wins so a fetch
+// racing a delta cycle cannot go back in time.
+func (n *Node) readThrough(ctx context.Context, nv *nodeVolume, v *Volume, blocks []uint64) error {
+	if nv.cfg.Upstream == "" {
+		return fmt.Errorf("volume %s: %w: %d blocks not held and no upstream configured", v.name, ErrInconsistent, len(blocks))
+	}
+	p, err := n.peer(nv.cfg.Upstream)
+	if err != nil {
+		return err
+	}
+	remote := nv.cfg.UpstreamVolume
+	if remote == "" {
+		remote = nv.cfg.Name
+	}
+	pl, err := p.links.get(ctx, nv.cfg.Name, remote, wire.OpRead)
+	if err != nil {
+		return fmt.Errorf("read-through from %s: %w", nv.cfg.Upstream, err)
+	}
+	for i := 0; i < len(blocks); {
+		// Fetch contiguous runs.
+		j := i + 1
+		for j < len(blocks) && blocks[j] == blocks[j-1]+1 && j-i < maxReadBlocks {
+			j++
+		}
+		got, err := pl.read(ctx, blocks[i], blocks[j-1]+1, v.bs)
+		if err != nil {
+			p.links.drop(pl)
+			return fmt.Errorf("read-through from %s: %w", nv.cfg.Upstream, err)
+		}
+		items := make([]recvItem, len(got.blocks))
+		for k := range got.blocks {
+			items[k] = recvItem{block: got.blocks[k], ver: got.vers[k], data: got.data[k*v.bs : (k+1)*v.bs]}
+		}
+		v.io.Lock()
+		err = v.applyLocked(items, false)
+		v.io.Unlock()
+		if err != nil {
+			return err
+		}
+		i = j
+	}
+	return nil
+}
+
+// --- client links -----------------------------------------------------------
+
+// linkPool keeps one session per (local volume, remote volume, op) open
+// to a peer: sync writes and reads.
+type linkPool struct {
+	n     *Node
+	p     *nodePeer
+	mu    sync.Mutex
+	links map[string]*peerLink
+}
+
+// peerLink is a long-lived session used one request at a time.
+type peerLink struct {
+	mu     sync.Mutex
+	key    string
+	l      *link
+	cancel context.CancelFunc
+	seq    uint64
+	enc    *encoder
+	dec    *zstd.Decoder
+	opened bool
+	local  string
+	remote string
+}
+
+func newLinkPool(n *Node, p *nodePeer) *linkPool {
+	return &linkPool{n: n, p: p, links: map[string]*peerLink{}}
+}
+
+func (lp *linkPool) get(ctx context.Context, local, remote string, op wire.Op) (*peerLink, error) {
+	key := fmt.Sprintf("%s\x00%s\x00%d", local, remote, op)
+	lp.mu.Lock()
+	pl := lp.links[key]
+	if pl == nil {
+		pl = &peerLink{key: key, local: local, remote: remote}
+		lp.links[key] = pl
+	}
+	lp.mu.Unlock()
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if pl.l != nil {
+		return pl, nil
+	}
+	v, err := lp.n.Volume(local)
+	if err != nil {
+		return nil, err
+	}
+	// The session outlives the request that opened it; closeAll ends it.
+	lctx, cancel := context.WithCancel(context.Background())
+	hello := lp.n.hello(v, op, remote)
+	type result struct {
+		l   *link
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		l, _, err := dial(lctx, lp.n.dialConfig(lp.p), hello)
+		ch <- result{l, err}
+	}()
+	var r result
+	select {
+	case r = <-ch:
+	case <-ctx.Done():
+		cancel()
+		r = <-ch
+		if r.l != nil {
+			r.l.close()
+		}
+		return nil, ctx.Err()
+	}
+	if r.err != nil {
+		cancel()
+		return nil, r.err
+	}
+	r.l.limiter = nil // interactive traffic is not throttled
+	enc, err := newEncoder(v.bs, CompressOff)
+	if err != nil {
+		cancel()
+		r.l.close()
+		return nil, err
+	}
+	pl.l, pl.cancel, pl.enc = r.l, cancel, enc
+	return pl, nil
+}
+
+// drop closes a link after an error; the next get redials.
+func (lp *linkPool) drop(pl *peerLink) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	pl.closeLocked()
+}
+
+func (pl *peerLink) closeLocked() {
+	if pl.l != nil {
+		pl.l.close()
+		pl.cancel()
+		pl.l = nil
+	}
+	if pl.enc != nil {
+		pl.enc.close()
+		pl.enc = nil
+	}
+	if pl.dec != nil {
+		pl.dec.Close()
+		pl.dec = nil
+	}
+}
+
+func (lp *linkPool) closeAll() {
+	lp.mu.Lock()
+	defer lp.mu.Unlock()
+	for _, pl := range lp.links {
+		pl.mu.Lock()
+		pl.closeLocked()
+		pl.mu.Unlock()
+	}
+}
+
+// syncWrite ships one write and waits for its acknowledgement. The batch
+// is shared by every peer's goroutine, so it is copied before encoding.
+func (pl *peerLink) syncWrite(ctx context.Context, shared *batch) error {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if pl.l == nil {
+		return ErrClosed
+	}
+	pl.seq++
+	b := batch{seq: pl.seq, blocks: shared.blocks, vers: shared.vers, data: shared.data, hole: shared.hole}
+	bt := &b
+	frame, _, err := pl.enc.encode(bt)
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { pl.l.conn.Close() })
+	defer stop()
+	if err := pl.l.sendFrame(ctx, frame); err != nil {
+		return err
+	}
+	var a wire.Ack
+	if err := pl.l.read(&a); err != nil {
+		return err
+	}
+	if a.Kind != wire.AckWrite || a.Seq != pl.seq {
+		return fmt.Errorf("%w: write %d acknowledged as %d/%d", ErrProtocol, pl.seq, a.Kind, a.Seq)
+	}
+	return nil
+}
+
+// read fetches blocks [lo, hi) with versions, verified.
+func (pl *peerLink) read(ctx context.Context, lo, hi uint64, bs int) (*batch, error) {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	if pl.l == nil {
+		return nil, ErrClosed
+	}
+	stop := context.AfterFunc(ctx, func() { pl.l.conn.Close() })
+	defer stop()
+	out := &batch{data: make([]byte, 0, (hi-lo)*uint64(bs))}
+	for b := lo; b < hi; b += maxReadBlocks {
+		cnt := min(maxReadBlocks, hi-b)
+		if err := pl.l.send(&wire.ReadReq{Block: b, Count: uint32(cnt)}); err != nil {
+			return nil, err
+		}
+		var m wire.Blocks
+		if err := pl.l.read(&m); err != nil {
+			return nil, err
+		}
+		next := b
+		for i := range m.Entries {
+			e := &m.Entries[i]
+			if e.Block != next || e.Kind == wire.KindZeroRange && uint64(e.Count) > b+cnt-next {
+				return nil, fmt.Errorf("%w: read answer has block %d, expected %d", ErrProtocol, e.Block, next)
+			}
+			if e.Kind == wire.KindZstd && pl.dec == nil {
+				d, err := wire.NewDecoder()
+				if err != nil {
+					return nil, err
+				}
+				pl.dec = d
+			}
+			data, err := e.Plain(bs, pl.dec, make([]byte, 0, bs))
+			if err != nil {
+				return nil, fmt.Errorf("%w: %w", ErrCorrupt, err)
+			}
+			for k := uint64(0); k < uint64(max(e.Count, 1)); k++ {
+				out.blocks = append(out.blocks, next)
+				out.vers = append(out.vers, e.Version)
+				if data == nil {
+					out.data = append(out.data, make([]byte, bs)...)
+				} else {
+					out.data = append(out.data, data...)
+				}
+				next++
+			}
+		}
+		if next != b+cnt {
+			return nil, fmt.Errorf("%w: read answer ends at block %d, expected %d", ErrProtocol, next, b+cnt)
+		}
+	}
+	return out, nil
+}
+
+// --- server side ---------------------------------------------------------------
+
+// nextRequest reads the next request of a long-lived session into m and
+// returns the volume to serve it from; a nil volume ends the session (with
+// a nil error when the client closed).
+func (s *session) nextRequest(m wire.Message) (*Volume, error) {
+	if err := s.l.read(m); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, nil
+		}
+		return nil, err
+	}
+	v := s.volume()
+	if v == nil {
+		return nil, fmt.Errorf("%w: volume %s holds no copy yet", ErrInconsistent, s.hello.Volume)
+	}
+	return v, nil
+}
+
+// serveReads answers ReadReq frames until the client closes.
+func (s *session) serveReads(ctx context.Context) error {
+	enc, err := newEncoder(DefaultBlockSize, CompressAuto)
+	if err != nil {
+		return err
+	}
+	defer enc.close()
+	for {
+		var req wire.ReadReq
+		v, err := s.nextRequest(&req)
+		if v == nil {
+			return err
+		}
+		if req.Block+uint64(req.Count) > v.blocks || req.Count > maxReadBlocks {
+			return fmt.Errorf("%w: read of blocks %d+%d outside %d", ErrProtocol, req.Block, req.Count, v.blocks)
+		}
+		hi := req.Block + uint64(req.Count)
+		if miss := v.missing(req.Block, hi); len(miss) > 0 {
+			if err := s.n.readThrough(ctx, s.nv, v, miss); err != nil {
+				return err
+			}
+		}
+		bt, err := v.readBlocks(req.Block, hi)
+		if err != nil {
+			return err
+		}
+		enc.bs = v.bs
+		frame, _, err := enc.encode(bt)
+		if err != nil {
+			return err
+		}
+		if err := s.l.sendFrame(ctx, frame); err != nil {
+			return err
+		}
+	}
+}
+
+// serveSyncWrites applies synchronous writes: verify the frame, log it
+// durably, apply newest-version-wins, acknowledge.
+func (s *session) serveSyncWrites(ctx context.Context) error {
+	var dec *zstd.Decoder
+	defer func() {
+		if dec != nil {
+			dec.Close()
+		}
+	}()
+	for {
+		var m wire.Blocks
+		v, err := s.nextRequest(&m)
+		if v == nil {
+			return err
+		}
+		epoch := v.Epoch()
+		items := make([]recvItem, 0, len(m.Entries))
+		sums := make([]uint64, 0, len(m.Entries))
+		for i := range m.Entries {
+			e := &m.Entries[i]
+			if e.Kind == wire.KindZeroRange || e.Block >= v.blocks {
+				return fmt.Errorf("%w: sync write of block %d", ErrProtocol, e.Block)
+			}
+			if uint64(e.Version.Epoch) < epoch {
+				s.n.metrics.fenced.WithLabelValues(v.name).Inc()
+				return fmt.Errorf("%w: write from epoch %d, volume %s is at epoch %d", ErrFenced, e.Version.Epoch, v.name, epoch)
+			}
+			if e.Kind == wire.KindZstd && dec == nil {
+				d, err := wire.NewDecoder()
+				if err != nil {
+					return err
+				}
+				dec = d
+			}
+			data, err := e.Plain(v.bs, dec, make([]byte, 0, v.bs))
+			if err != nil {
+				return fmt.Errorf("%w: %w; write %d rejected", ErrCorrupt, err, m.Seq)
+			}
+			items = append(items, recvItem{block: e.Block, ver: e.Version, data: data})
+			sums = append(sums, e.Sum)
+		}
+		swal, err := s.syncLog(v)
+		if err != nil {
+			return err
+		}
+		if err := swal.write(v, items, sums); err != nil {
+			return err
+		}
+		if err := s.l.send(&wire.Ack{Kind: wire.AckWrite, Seq: m.Seq}); err != nil {
+			return err
+		}
+	}
+}
+
+func (s *session) syncLog(v *Volume) (*syncLog, error) {
+	s.nv.mu.Lock()
+	defer s.nv.mu.Unlock()
+	if s.nv.swal == nil {
+		j, err := openJournal(syncLogPath(v.metaDir))
+		if err != nil {
+			return nil, err
+		}
+		s.nv.swal = &syncLog{j: j}
+	}
+	return s.nv.swal, nil
+}
+
+// syncLog is a volume's log of synchronous writes.
+type syncLog struct {
+	mu sync.Mutex
+	j  *journal
+}
+
+func (l *syncLog) write(v *Volume, items []recvItem, sums []uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := l.j.stage(items, sums); err != nil {
+		return err
+	}
+	if err := l.j.sync(); err != nil {
+		return err
+	}
+	v.io.Lock()
+	defer v.io.Unlock()
+	return v.applyLocked(items, false)
+}
+
+// checkpoint flushes the volume and empties the log.
+func (l *syncLog) checkpoint(v *Volume) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if err := v.Flush(); err != nil {
+		return err
+	}
+	if l.j.size == 0 {
+		return nil
+	}
+	return l.j.reset()
+}
+
+func (l *syncLog) close() { l.j.Close() }

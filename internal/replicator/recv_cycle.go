@@ -1,0 +1,337 @@
+package replicator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/cespare/xxhash/v2"
+	"github.com/klauspost/compress/zstd"
+
+	"github.com/premirror/premirror/internal/replicator/wire"
+)
+
+// stageSyncBytes: staged cycle data is synced and acknowledged every
+// 16 MiB (and at commit). Acknowledged staged blocks are never requested
+// again (see decide), so a retried cycle resumes where the last one
+// stopped.
+const stageSyncBytes = 16 << 20
+
+// recvCycle receives one delta (or repair) cycle and applies it
+// atomically through the journal.
+func (s *session) recvCycle(ctx context.Context, cb *wire.CycleBegin) error {
+	v := s.volume()
+	if v == nil {
+		return fmt.Errorf("%w: mirror %s has no copy yet; run a full copy first", ErrInconsistent, s.hello.Volume)
+	}
+	st := v.state()
+	lineage := lineageString(s.hello.Lineage)
+	switch {
+	case st.Empty:
+		return fmt.Errorf("%w: mirror %s has no copy yet; run a full copy first", ErrInconsistent, v.name)
+	case st.SourceLineage != lineage:
+		return fmt.Errorf("%w: mirror %s holds volume %s, the source is %s; run a full copy", ErrLineage, v.name, st.SourceLineage, lineage)
+	case st.FullActive:
+		return fmt.Errorf("%w: mirror %s has an unfinished full copy at block %d; finish it first", ErrInconsistent, v.name, st.FullNext)
+	case cb.Cycle != st.Cycle+1:
+		return fmt.Errorf("%w: cycle %d does not follow committed cycle %d", ErrProtocol, cb.Cycle, st.Cycle)
+	case cb.Epoch < st.Epoch:
+		return fmt.Errorf("%w: cycle from epoch %d, volume %s is at epoch %d", ErrFenced, cb.Epoch, v.name, st.Epoch)
+	case cb.Entries > v.blocks:
+		return fmt.Errorf("%w: cycle of %d entries for %d blocks", ErrProtocol, cb.Entries, v.blocks)
+	}
+	j, err := s.journal(v)
+	if err != nil {
+		return err
+	}
+	jc := &jcycle{cycle: cb.Cycle, epoch: cb.Epoch, lineage: s.hello.Lineage, entries: cb.Entries, flags: cb.Flags,
+		index: map[uint64]int{}, digest: xxhash.New()}
+	if err := j.begin(jc); err != nil {
+		return err
+	}
+	r := &cycleReceiver{s: s, v: v, j: j, c: jc}
+	defer r.close()
+	for {
+		f, err := s.l.rd.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("%w: connection closed inside cycle %d (staged blocks are kept)", ErrProtocol, cb.Cycle)
+			}
+			return wireError(err)
+		}
+		switch f.Type {
+		case wire.TManifest:
+			var m wire.Manifest
+			if err := f.Decode(&m); err != nil {
+				return wireError(err)
+			}
+			if err := r.manifest(&m); err != nil {
+				return err
+			}
+		case wire.TBlocks:
+			var m wire.Blocks
+			if err := f.Decode(&m); err != nil {
+				return wireError(err)
+			}
+			if err := r.blocks(&m); err != nil {
+				return err
+			}
+		case wire.TCycleCommit:
+			var m wire.CycleCommit
+			if err := f.Decode(&m); err != nil {
+				return wireError(err)
+			}
+			return r.commit(&m)
+		case wire.TError:
+			return peerError(f)
+		default:
+			return fmt.Errorf("%w: unexpected %s frame in cycle %d", ErrProtocol, f.Type, cb.Cycle)
+		}
+	}
+}
+
+type cycleReceiver struct {
+	s         *session
+	v         *Volume
+	j         *journal
+	c         *jcycle
+	chunks    uint32
+	last      bool
+	lastBlock uint64
+	seen      int
+	dec       *zstd.Decoder
+	unsynced  int
+	seq       uint64
+	pending   []blockVer
+	buf       []byte
+}
+
+func (r *cycleReceiver) close() {
+	if r.dec != nil {
+		r.dec.Close()
+	}
+}
+
+// manifest decides, for each entry, whether the data must be sent, and
+// answers with a Need bitmap.
+func (r *cycleReceiver) manifest(m *wire.Manifest) error {
+	if r.last || m.Chunk != r.chunks {
+		return fmt.Errorf("%w: manifest chunk %d out of order", ErrProtocol, m.Chunk)
+	}
+	r.chunks++
+	r.last = m.Last
+	if uint64(r.seen+len(m.Entries)) > r.c.entries {
+		return fmt.Errorf("%w: manifest longer than the %d entries announced", ErrProtocol, r.c.entries)
+	}
+	need := wire.Need{Chunk: m.Chunk, Count: uint32(len(m.Entries)), Bits: make([]byte, (len(m.Entries)+7)/8)}
+	es := make([]jentry, len(m.Entries))
+	for i, e := range m.Entries {
+		if e.Block >= r.v.blocks || (r.seen+i > 0 && e.Block <= r.lastBlock) {
+			return fmt.Errorf("%w: manifest entry %d: block %d out of order or range", ErrProtocol, i, e.Block)
+		}
+		r.lastBlock = e.Block
+		if e.Version.Epoch > uint32(r.c.epoch) {
+			return fmt.Errorf("%w: block %d version from epoch %d in a cycle of epoch %d", ErrProtocol, e.Block, e.Version.Epoch, r.c.epoch)
+		}
+		src, err := r.decide(e)
+		if err != nil {
+			return err
+		}
+		es[i] = jentry{ManifestEntry: e, src: src}
+		if src == srcNeed {
+			need.Bits[i/8] |= 1 << (i % 8)
+		} else if src != srcAbsent {
+			r.s.n.metrics.blocksSkipped.WithLabelValues("held").Inc()
+		}
+	}
+	r.seen += len(m.Entries)
+	if m.Last && uint64(r.seen) != r.c.entries {
+		return fmt.Errorf("%w: manifest has %d entries, %d announced", ErrProtocol, r.seen, r.c.entries)
+	}
+	if err := r.j.manifest(es); err != nil {
+		return err
+	}
+	return r.s.l.send(&need)
+}
+
+// decide says where a manifest entry's data will come from. Data the
+// mirror already holds, staged by an interrupted attempt or in its image,
+// is never requested again.
+func (r *cycleReceiver) decide(e wire.ManifestEntry) (uint8, error) {
+	v := r.v
+	probe := e.Flags&wire.ManifestProbe != 0
+	if sb, ok := r.j.staged[e.Block]; ok {
+		if sb.ver == e.Version && !probe {
+			return srcStaged, nil
+		}
+		if probe && sb.sum == e.Hash {
+			// Same bytes staged under the version the sender had before
+			// its crash: restage them under the new version locally.
+			if r.buf == nil {
+				r.buf = make([]byte, v.bs)
+			}
+			data, err := r.j.read(e.Block, sb, v.bs, r.buf)
+			if err != nil {
+				return 0, err
+			}
+			it := recvItem{block: e.Block, ver: e.Version}
+			if !sb.zero {
+				it.data = data
+			}
+			if err := r.j.stage([]recvItem{it}, []uint64{sb.sum}); err != nil {
+				return 0, err
+			}
+			return srcStaged, nil
+		}
+	}
+	v.mu.Lock()
+	present := v.present == nil || v.present.Has(e.Block)
+	local := v.version(e.Block)
+	v.mu.Unlock()
+	switch {
+	case !present:
+		// A selective mirror fetches this block on demand instead.
+		return srcAbsent, nil
+	case e.Flags&wire.ManifestForce != 0:
+		return srcNeed, nil
+	case probe:
+		h, err := v.blockHash(e.Block)
+		if err != nil {
+			return 0, err
+		}
+		if h != e.Hash {
+			return srcNeed, nil
+		}
+		if local == e.Version {
+			return srcImage, nil
+		}
+		return srcAdopt, nil
+	case local == e.Version:
+		return srcImage, nil
+	}
+	return srcNeed, nil
+}
+
+// blocks verifies a whole Blocks frame, then stages it.
+func (r *cycleReceiver) blocks(m *wire.Blocks) error {
+	if !r.last {
+		return fmt.Errorf("%w: blocks before the manifest ended", ErrProtocol)
+	}
+	v := r.v
+	items := make([]recvItem, 0, len(m.Entries))
+	sums := make([]uint64, 0, len(m.Entries))
+	var arena []byte
+	hooks := r.s.n.hooks
+	for i := range m.Entries {
+		e := &m.Entries[i]
+		k, ok := r.c.index[e.Block]
+		if !ok || e.Kind == wire.KindZeroRange {
+			return fmt.Errorf("%w: block %d is not in cycle %d", ErrProtocol, e.Block, r.c.cycle)
+		}
+		if hooks.received != nil {
+			hooks.received(v.name, e.Block, e.Version)
+		}
+		me := &r.c.manifest[k]
+		if me.src != srcNeed || me.have || me.Version != e.Version {
+			return fmt.Errorf("%w: block %d version %s was not requested", ErrProtocol, e.Block, e.Version)
+		}
+		var data []byte
+		var sum uint64
+		if e.Kind != wire.KindZero {
+			if e.Kind == wire.KindZstd && r.dec == nil {
+				d, err := wire.NewDecoder()
+				if err != nil {
+					return err
+				}
+				r.dec = d
+			}
+			if cap(arena)-len(arena) < v.bs {
+				arena = make([]byte, 0, v.bs*len(m.Entries))
+			}
+			var err error
+			data, err = e.Plain(v.bs, r.dec, arena[len(arena):len(arena):cap(arena)])
+			if err != nil {
+				r.s.n.metrics.rejected.WithLabelValues("corrupt").Inc()
+				return fmt.Errorf("%w: %w; frame %d rejected, nothing of it applied", ErrCorrupt, err, m.Seq)
+			}
+			if e.Kind == wire.KindZstd {
+				arena = arena[:len(arena)+v.bs]
+			}
+			sum = e.Sum
+		}
+		items = append(items, recvItem{block: e.Block, ver: e.Version, data: data})
+		sums = append(sums, sum)
+	}
+	if err := r.j.stage(items, sums); err != nil {
+		return err
+	}
+	r.s.n.metrics.blocksRecv.WithLabelValues(v.name).Add(float64(len(items)))
+	if hooks.durable != nil {
+		for _, it := range items {
+			r.pending = append(r.pending, blockVer{it.block, it.ver})
+		}
+	}
+	r.seq = m.Seq
+	r.unsynced += len(items) * v.bs
+	if r.unsynced >= stageSyncBytes {
+		return r.syncAck()
+	}
+	return nil
+}
+
+func (r *cycleReceiver) syncAck() error {
+	if err := r.j.sync(); err != nil {
+		return err
+	}
+	if h := r.s.n.hooks.durable; h != nil && len(r.pending) > 0 {
+		h(r.v.name, r.pending)
+		r.pending = r.pending[:0]
+	}
+	r.unsynced = 0
+	return r.s.l.send(&wire.Ack{Kind: wire.AckData, Seq: r.seq})
+}
+
+// commit checks the cycle is complete and matches the sender's manifest,
+// makes it durable, applies it and acknowledges.
+func (r *cycleReceiver) commit(m *wire.CycleCommit) error {
+	c := r.c
+	switch {
+	case !r.last:
+		return fmt.Errorf("%w: commit before the manifest ended", ErrProtocol)
+	case m.Cycle != c.cycle || m.Entries != c.entries:
+		return fmt.Errorf("%w: commit of cycle %d/%d entries, receiving cycle %d/%d", ErrProtocol, m.Cycle, m.Entries, c.cycle, c.entries)
+	case m.Digest != c.digest.Sum64():
+		return fmt.Errorf("%w: cycle %d manifest digest mismatch; nothing applied", ErrCorrupt, c.cycle)
+	case c.missing != 0:
+		return fmt.Errorf("%w: commit of cycle %d with %d requested blocks missing; nothing applied", ErrProtocol, c.cycle, c.missing)
+	}
+	if err := r.j.commit(m.Cycle, m.Entries, m.Digest); err != nil {
+		return err
+	}
+	if h := r.s.n.hooks.durable; h != nil && len(r.pending) > 0 {
+		h(r.v.name, r.pending)
+		r.pending = r.pending[:0]
+	}
+	// The commit record is durable: from here the cycle survives any
+	// crash (recovery applies it), so it is acknowledged now and applied
+	// while the sender moves on. The session (and so the next cycle) waits
+	// for the apply; in-process readers never see it half done.
+	ackErr := r.s.l.send(&wire.Ack{Kind: wire.AckCommit, Seq: r.seq, Value: c.cycle})
+	if err := r.v.applyCycle(r.j, c); err != nil {
+		return fmt.Errorf("apply cycle %d (it will be applied again at the next start): %w", c.cycle, err)
+	}
+	return ackErr
+}
+
+// blockHash hashes block b of the image.
+func (v *Volume) blockHash(b uint64) (uint64, error) {
+	buf := make([]byte, v.bs)
+	v.io.RLock()
+	_, err := v.f.ReadAt(buf, int64(b)*int64(v.bs))
+	v.io.RUnlock()
+	if err != nil {
+		return 0, ioError("read "+v.path, err)
+	}
+	return xxhash.Sum64(buf), nil
+}
