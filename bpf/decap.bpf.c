@@ -58,13 +58,13 @@ static __always_inline __u32 inner_len(void *in, void *data_end, __u8 proto)
 
 		if ((void *)(ih + 1) > data_end || ih->version != 4 || ih->ihl < 5)
 			return 0;
-		return bpf_ntohs(ih->tot_len);
+		return ntohs_len(ih->tot_len);
 	}
 	struct ipv6hdr *ih = in;
 
 	if ((void *)(ih + 1) > data_end || ih->version != 6)
 		return 0;
-	return bpf_ntohs(ih->payload_len) + IPV6_HLEN;
+	return ntohs_len(ih->payload_len) + IPV6_HLEN;
 }
 
 static __always_inline int local_endpoint(const void *addr, __u8 family)
@@ -114,7 +114,7 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 		if (oh->ihl != 5)
 			return verdict(D_DROP_MALFORMED, XDP_DROP);
 		inner = oh->protocol;
-		outer_len = bpf_ntohs(oh->tot_len);
+		outer_len = ntohs_len(oh->tot_len);
 		olen = IPV4_HLEN;
 		ok = D_DECAP_V4;
 	} else if (proto == ETH_P_IPV6_BE) {
@@ -127,7 +127,7 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 		if (!local_endpoint(&oh->daddr, PM_FAMILY_V6))
 			return verdict(D_PASS_NOT_LOCAL, XDP_PASS);
 		inner = oh->nexthdr;
-		outer_len = bpf_ntohs(oh->payload_len) + IPV6_HLEN;
+		outer_len = ntohs_len(oh->payload_len) + IPV6_HLEN;
 		olen = IPV6_HLEN;
 		ok = D_DECAP_V6;
 	} else {

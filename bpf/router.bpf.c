@@ -122,6 +122,15 @@ struct {
 	__array(values, struct route_slots);
 } pm_route_tables SEC(".maps");
 
+/* Bookkeeping for the agent only; the program never reads it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 14);
+	__type(key, __u32);
+	__type(value, struct table_ref);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_table_ids SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1024);
@@ -383,7 +392,7 @@ static __always_inline int parse_v4(void *l3, void *data_end, struct pkt *p)
 	if (ih->version != 4 || ih->ihl < 5)
 		return P_MALFORMED;
 	__u32 hl = ih->ihl * 4;
-	__u32 tot = bpf_ntohs(ih->tot_len);
+	__u32 tot = ntohs_len(ih->tot_len);
 	if (tot < hl || l3 + tot > data_end)
 		return P_MALFORMED;
 	p->flow.family = PM_FAMILY_V4;
@@ -418,7 +427,7 @@ static __always_inline int parse_v6(void *l3, void *data_end, struct pkt *p)
 		return P_MALFORMED;
 	if (ih->version != 6)
 		return P_MALFORMED;
-	__u32 tot = bpf_ntohs(ih->payload_len) + IPV6_HLEN;
+	__u32 tot = ntohs_len(ih->payload_len) + IPV6_HLEN;
 	if (l3 + tot > data_end)
 		return P_MALFORMED;
 	p->flow.family = PM_FAMILY_V6;

@@ -30,6 +30,21 @@ struct vlan_hdr {
 	__be16 proto;
 };
 
+/*
+ * A 16-bit network-order length or offset in host order, with its range
+ * known to the verifier. Kernels before 6.8 forget every bound of a
+ * register after the byte-swap instruction bpf_ntohs compiles to, and then
+ * refuse to add it to a packet pointer; the explicit mask (an instruction
+ * the compiler may not drop) restores 0..0xffff.
+ */
+static __always_inline __u32 ntohs_len(__be16 v)
+{
+	__u64 x = bpf_ntohs(v);
+
+	asm volatile("%0 &= 0xffff" : "+r"(x));
+	return x;
+}
+
 /* ICMP and ICMPv6 share the first 8 bytes' layout; the UAPI headers for
  * them pull in libc, so the few constants we need live here. */
 struct icmp_hdr {

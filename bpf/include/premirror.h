@@ -116,6 +116,14 @@ struct route_ref {
 	__u32 table; /* index into pm_route_tables */
 };
 
+/* pm_table_ids value: the kernel ID of the inner map holding a table. The
+ * agent writes it beside pm_route_tables so that a restarted agent finds
+ * its tables without reading the map of maps (each such userspace lookup
+ * waits for an RCU grace period before Linux 6.8). */
+struct table_ref {
+	__u32 map_id; /* 0: table slot unused */
+};
+
 enum mirror_state {
 	MIRROR_UNUSED = 0,
 	MIRROR_ACTIVE = 1,   /* takes new and established flows */

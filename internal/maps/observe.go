@@ -181,7 +181,7 @@ func (r *Router) MemoryUsage() (map[string]uint64, error) {
 		"pm_vips": r.objs.PmVips, "pm_vip_addrs": r.objs.PmVipAddrs, "pm_sessions": r.objs.PmSessions,
 		"pm_affinity": r.objs.PmAffinity, "pm_regions_v4": r.objs.PmRegionsV4, "pm_regions_v6": r.objs.PmRegionsV6,
 		"pm_route_index": r.objs.PmRouteIndex, "pm_route_tables": r.objs.PmRouteTables, "pm_mirrors": r.objs.PmMirrors,
-		"pm_settings": r.objs.PmSettings, "pm_counters": r.objs.PmCounters, "pm_stats": r.objs.PmStats, "pm_frags": r.objs.PmFrags,
+		"pm_settings": r.objs.PmSettings, "pm_table_ids": r.objs.PmTableIds, "pm_counters": r.objs.PmCounters, "pm_stats": r.objs.PmStats, "pm_frags": r.objs.PmFrags,
 	}
 	for name, m := range maps {
 		n, err := memlock(m.FD())
@@ -192,23 +192,22 @@ func (r *Router) MemoryUsage() (map[string]uint64, error) {
 	}
 	// Every inner table has the same size: measure one, multiply.
 	r.mu.Lock()
-	var one uint32
-	found := false
-	for id := range r.tables.byID {
-		one, found = id, true
-		break
-	}
 	count := len(r.tables.byID)
+	var mapID uint32
+	for id := range r.tables.byID {
+		var ref routerTableRef
+		if r.objs.PmTableIds.Lookup(id, &ref) == nil && ref.MapId != 0 {
+			mapID = ref.MapId
+			break
+		}
+	}
 	r.mu.Unlock()
-	if found {
-		var innerID uint32
-		if err := r.objs.PmRouteTables.Lookup(one, &innerID); err == nil {
-			if m, err := ebpf.NewMapFromID(ebpf.MapID(innerID)); err == nil {
-				n, err := memlock(m.FD())
-				m.Close()
-				if err == nil {
-					out["pm_route_slots"] = n * uint64(count)
-				}
+	if mapID != 0 {
+		if m, err := ebpf.NewMapFromID(ebpf.MapID(mapID)); err == nil {
+			n, err := memlock(m.FD())
+			m.Close()
+			if err == nil {
+				out["pm_route_slots"] = n * uint64(count)
 			}
 		}
 	}

@@ -120,6 +120,7 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 		"pm_regions_v6":   cfg.MaxPrefixesV6,
 		"pm_route_index":  cfg.MaxRoutes,
 		"pm_route_tables": cfg.MaxTables,
+		"pm_table_ids":    cfg.MaxTables,
 		"pm_mirrors":      cfg.MaxMirrors,
 		"pm_counters":     cfg.MaxCounters,
 		"pm_frags":        cfg.MaxFragments,
@@ -154,7 +155,7 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 		}
 		return nil, fmt.Errorf("load router: %w", err)
 	}
-	r.tables = newTableSet(r.objs.PmRouteTables, spec.Maps["pm_route_tables"].InnerMap, cfg)
+	r.tables = newTableSet(r.objs.PmRouteTables, r.objs.PmTableIds, spec.Maps["pm_route_tables"].InnerMap, cfg)
 	// Pinned state from a previous agent: learn which tables exist.
 	if err := r.tables.recover(r.objs.PmRouteIndex, true); err != nil {
 		r.Close()
@@ -513,18 +514,20 @@ func OpenPinnedRouter(dir string) (*Router, error) {
 		TableSlots: int(slotsSpec.MaxEntries),
 	}
 	// The table size is whatever the pinned inner maps have.
-	var ref routerRouteRef
-	var key routerRouteKey
-	if err := o.PmRouteIndex.NextKey(nil, &key); err == nil && o.PmRouteIndex.Lookup(&key, &ref) == nil {
-		var innerID uint32
-		if o.PmRouteTables.Lookup(ref.Table, &innerID) == nil {
-			if m, err := ebpf.NewMapFromID(ebpf.MapID(innerID)); err == nil {
-				r.cfg.TableSlots = int(m.MaxEntries())
-				m.Close()
-			}
+	var tref routerTableRef
+	var tkey uint32
+	it := o.PmTableIds.Iterate()
+	for it.Next(&tkey, &tref) {
+		if tref.MapId == 0 {
+			continue
 		}
+		if m, err := ebpf.NewMapFromID(ebpf.MapID(tref.MapId)); err == nil {
+			r.cfg.TableSlots = int(m.MaxEntries())
+			m.Close()
+		}
+		break
 	}
-	r.tables = newTableSet(o.PmRouteTables, slotsSpec, r.cfg)
+	r.tables = newTableSet(o.PmRouteTables, o.PmTableIds, slotsSpec, r.cfg)
 	if err := r.tables.recover(o.PmRouteIndex, false); err != nil {
 		r.Close()
 		return nil, err

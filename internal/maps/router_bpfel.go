@@ -144,6 +144,11 @@ type routerStats struct {
 	CounterOverflow uint64
 }
 
+type routerTableRef struct {
+	_     structs.HostLayout
+	MapId uint32
+}
+
 type routerVipAddr struct {
 	_      structs.HostLayout
 	Addr   [16]uint8
@@ -188,6 +193,7 @@ const (
 	routerMapPmSessions     = "pm_sessions"
 	routerMapPmSettings     = "pm_settings"
 	routerMapPmStats        = "pm_stats"
+	routerMapPmTableIds     = "pm_table_ids"
 	routerMapPmVipAddrs     = "pm_vip_addrs"
 	routerMapPmVips         = "pm_vips"
 	routerProgPmRouter      = "pm_router"
@@ -254,6 +260,7 @@ type routerMapSpecs struct {
 	PmSessions    *ebpf.MapSpec `ebpf:"pm_sessions"`
 	PmSettings    *ebpf.MapSpec `ebpf:"pm_settings"`
 	PmStats       *ebpf.MapSpec `ebpf:"pm_stats"`
+	PmTableIds    *ebpf.MapSpec `ebpf:"pm_table_ids"`
 	PmVipAddrs    *ebpf.MapSpec `ebpf:"pm_vip_addrs"`
 	PmVips        *ebpf.MapSpec `ebpf:"pm_vips"`
 }
@@ -296,6 +303,7 @@ type routerMaps struct {
 	PmSessions    *ebpf.Map `ebpf:"pm_sessions"`
 	PmSettings    *ebpf.Map `ebpf:"pm_settings"`
 	PmStats       *ebpf.Map `ebpf:"pm_stats"`
+	PmTableIds    *ebpf.Map `ebpf:"pm_table_ids"`
 	PmVipAddrs    *ebpf.Map `ebpf:"pm_vip_addrs"`
 	PmVips        *ebpf.Map `ebpf:"pm_vips"`
 }
@@ -313,6 +321,7 @@ func (m *routerMaps) Close() error {
 		m.PmSessions,
 		m.PmSettings,
 		m.PmStats,
+		m.PmTableIds,
 		m.PmVipAddrs,
 		m.PmVips,
 	)

@@ -869,6 +869,16 @@ func TestPinnedStateSurvivesReload(t *testing.T) {
 	must(r.SetRoute(resWeb, regEU, map[MirrorID]uint32{m1: 1, m2: 1}))
 	must(r.SetRoute(resWeb, regUS, map[MirrorID]uint32{m1: 1, m2: 1}))
 	slots := r.RouteSlots(resWeb, regEU)
+	// A crash between publishing a table and pointing a route at it leaves
+	// a recorded table nobody uses: the next load prunes it.
+	orphan := make([]uint32, testConfig().TableSlots)
+	for i := range orphan {
+		orphan[i] = uint32(m1)
+	}
+	r.mu.Lock()
+	orphanID, err := r.tables.publish(orphan)
+	r.mu.Unlock()
+	must(err)
 	r.Close()
 
 	r2, err := LoadRouter(testConfig(), Options{PinDir: dir})
@@ -881,6 +891,10 @@ func TestPinnedStateSurvivesReload(t *testing.T) {
 	}
 	if r2.TableCount() != 1 {
 		t.Fatalf("tables %d after reload, want 1 shared", r2.TableCount())
+	}
+	var ref routerTableRef
+	if err := r2.objs.PmTableIds.Lookup(orphanID, &ref); err != nil || ref.MapId != 0 {
+		t.Fatalf("orphan table %d not pruned: %+v %v", orphanID, ref, err)
 	}
 	// Changing weights after a reload still moves the minimum.
 	must(r2.SetRoute(resWeb, regEU, map[MirrorID]uint32{m1: 1, m2: 3}))

@@ -106,6 +106,7 @@ func (r *Router) TableCount() int {
 // distinct mirror sets, not with resources × regions.
 type tableSet struct {
 	outer *ebpf.Map
+	ids   *ebpf.Map // pm_table_ids: table → inner map ID
 	inner *ebpf.MapSpec
 	cfg   Config
 
@@ -124,12 +125,13 @@ type table struct {
 	refs   int
 }
 
-func newTableSet(outer *ebpf.Map, inner *ebpf.MapSpec, cfg Config) *tableSet {
+func newTableSet(outer, ids *ebpf.Map, inner *ebpf.MapSpec, cfg Config) *tableSet {
 	in := inner.Copy()
 	in.MaxEntries = uint32(cfg.TableSlots)
 	in.Name = "pm_route_slots"
 	return &tableSet{
 		outer:    outer,
+		ids:      ids,
 		inner:    in,
 		cfg:      cfg,
 		byID:     make(map[uint32]*table),
@@ -193,7 +195,20 @@ func (ts *tableSet) publish(slots []uint32) (uint32, error) {
 		ts.free = append(ts.free, id)
 		return 0, fmt.Errorf("fill route table: %w", err)
 	}
+	info, err := m.Info()
+	if err != nil {
+		ts.free = append(ts.free, id)
+		return 0, fmt.Errorf("route table info: %w", err)
+	}
+	mapID, _ := info.ID()
+	// Record the inner map before publishing it: after a crash, a recorded
+	// table no route points to is pruned; an unrecorded one would leak.
+	if err := ts.ids.Put(id, &routerTableRef{MapId: uint32(mapID)}); err != nil {
+		ts.free = append(ts.free, id)
+		return 0, fmt.Errorf("record route table %d: %w", id, err)
+	}
 	if err := ts.outer.Put(id, m); err != nil {
+		_ = ts.ids.Put(id, &routerTableRef{})
 		ts.free = append(ts.free, id)
 		return 0, fmt.Errorf("publish route table %d: %w", id, err)
 	}
@@ -210,6 +225,7 @@ func (ts *tableSet) release(id uint32) {
 	// Readers that already hold the inner map finish with it; the kernel
 	// frees it after an RCU grace period.
 	_ = ts.outer.Delete(id)
+	_ = ts.ids.Put(id, &routerTableRef{})
 	delete(ts.byID, id)
 	delete(ts.byDigest, t.digest)
 	ts.free = append(ts.free, id)
@@ -251,12 +267,26 @@ func (ts *tableSet) remove(index *ebpf.Map, key routerRouteKey) error {
 	return nil
 }
 
-// recover rebuilds the Go view from pinned maps after an agent restart and
-// deletes tables no route points to (left by a crash between publishing a
-// table and pointing a route at it).
+// recover rebuilds the Go view from pinned maps after an agent restart.
+// It reads pm_table_ids (one batch over a plain array) and opens each
+// table's inner map by ID, never looking up pm_route_tables from
+// userspace: before Linux 6.8 every such lookup waits for an RCU grace
+// period, which made a start with 16K table slots take minutes. With prune,
+// tables no route points to (left by a crash between publishing a table
+// and pointing a route at it) are deleted.
 func (ts *tableSet) recover(index *ebpf.Map, prune bool) error {
 	err := forEach(index, 1, func(k *routerRouteKey, v []routerRouteRef) bool {
 		ts.index[*k] = v[0].Table
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	recorded := map[uint32]uint32{}
+	err = forEach(ts.ids, 1, func(k *uint32, v []routerTableRef) bool {
+		if v[0].MapId != 0 {
+			recorded[*k] = v[0].MapId
+		}
 		return true
 	})
 	if err != nil {
@@ -267,7 +297,11 @@ func (ts *tableSet) recover(index *ebpf.Map, prune bool) error {
 			t.refs++
 			continue
 		}
-		slots, err := ts.read(id)
+		mapID, ok := recorded[id]
+		if !ok {
+			return fmt.Errorf("route table %d is referenced but not recorded in pm_table_ids", id)
+		}
+		slots, err := ts.read(id, mapID)
 		if err != nil {
 			return err
 		}
@@ -275,15 +309,17 @@ func (ts *tableSet) recover(index *ebpf.Map, prune bool) error {
 		ts.byID[id] = &table{slots: slots, digest: d, refs: 1}
 		ts.byDigest[d] = id
 	}
-	for id := uint32(0); id < uint32(ts.cfg.MaxTables); id++ {
+	for id := range recorded {
 		if _, used := ts.byID[id]; used {
-			ts.next = id + 1
 			continue
 		}
-		var innerID uint32
-		if prune && ts.outer.Lookup(id, &innerID) == nil {
+		if prune {
 			_ = ts.outer.Delete(id)
+			_ = ts.ids.Put(id, &routerTableRef{})
 		}
+	}
+	for id := range ts.byID {
+		ts.next = max(ts.next, id+1)
 	}
 	for id := uint32(0); id < ts.next; id++ {
 		if _, used := ts.byID[id]; !used {
@@ -293,16 +329,15 @@ func (ts *tableSet) recover(index *ebpf.Map, prune bool) error {
 	return nil
 }
 
-func (ts *tableSet) read(id uint32) ([]uint32, error) {
-	var innerID uint32
-	if err := ts.outer.Lookup(id, &innerID); err != nil {
-		return nil, fmt.Errorf("route table %d referenced but missing: %w", id, err)
-	}
-	m, err := ebpf.NewMapFromID(ebpf.MapID(innerID))
+func (ts *tableSet) read(id, mapID uint32) ([]uint32, error) {
+	m, err := ebpf.NewMapFromID(ebpf.MapID(mapID))
 	if err != nil {
-		return nil, fmt.Errorf("open route table %d: %w", id, err)
+		return nil, fmt.Errorf("open route table %d (map id %d): %w", id, mapID, err)
 	}
 	defer m.Close()
+	if m.Type() != ebpf.Array || m.KeySize() != 4 || m.ValueSize() != 4 {
+		return nil, fmt.Errorf("route table %d: map id %d is not a slot table", id, mapID)
+	}
 	if int(m.MaxEntries()) != ts.cfg.TableSlots {
 		return nil, fmt.Errorf("%w: route table %d has %d slots, config wants %d",
 			ErrIncompatiblePin, id, m.MaxEntries(), ts.cfg.TableSlots)
