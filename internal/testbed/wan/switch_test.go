@@ -224,11 +224,15 @@ func newTestNet(t *testing.T) *testNet {
 	return tn
 }
 
-func TestRouting(t *testing.T) {
+// inBothModes runs test with plain ports and with batching ports (see
+// newTestNet).
+func inBothModes(t *testing.T, test func(*testing.T)) {
 	for _, mode := range []string{"single", "batch"} {
-		t.Run(mode, testRouting)
+		t.Run(mode, test)
 	}
 }
+
+func TestRouting(t *testing.T) { inBothModes(t, testRouting) }
 
 func testRouting(t *testing.T) {
 	tn := newTestNet(t)
@@ -308,11 +312,7 @@ func testRouting(t *testing.T) {
 	}
 }
 
-func TestDelayAndOrder(t *testing.T) {
-	for _, mode := range []string{"single", "batch"} {
-		t.Run(mode, testDelayAndOrder)
-	}
-}
+func TestDelayAndOrder(t *testing.T) { inBothModes(t, testDelayAndOrder) }
 
 func testDelayAndOrder(t *testing.T) {
 	tn := newTestNet(t)
@@ -358,11 +358,7 @@ func testDelayAndOrder(t *testing.T) {
 	}
 }
 
-func TestLossAndCounters(t *testing.T) {
-	for _, mode := range []string{"single", "batch"} {
-		t.Run(mode, testLossAndCounters)
-	}
-}
+func TestLossAndCounters(t *testing.T) { inBothModes(t, testLossAndCounters) }
 
 func testLossAndCounters(t *testing.T) {
 	tn := newTestNet(t)
