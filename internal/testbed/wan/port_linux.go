@@ -66,6 +66,12 @@ func (k *kernelPort) Read(buf []byte) (int, error) {
 
 func (k *kernelPort) Write(frame []byte) error { return k.pc.Write(frame) }
 
+func (k *kernelPort) ReadBatch(bufs [][]byte, lens []int) (int, error) {
+	return k.pc.ReadBatch(bufs, lens)
+}
+
+func (k *kernelPort) WriteBatch(frames [][]byte) (int, error) { return k.pc.WriteBatch(frames) }
+
 // Overruns implements the optional overrun counter of PortIO.
 func (k *kernelPort) Overruns() uint64 {
 	k.mu.Lock()

@@ -30,6 +30,21 @@ type PortIO interface {
 	Close() error
 }
 
+// BatchIO is implemented by a PortIO that can move several frames per call
+// (recvmmsg/sendmmsg); the switch then uses it instead of Read and Write.
+type BatchIO interface {
+	// ReadBatch blocks until at least one frame is there and receives up
+	// to len(bufs). For i < n, lens[i] is the frame length in bufs[i], -1
+	// for a frame longer than its buffer (lost), or 0 for one to skip.
+	ReadBatch(bufs [][]byte, lens []int) (n int, err error)
+	// WriteBatch sends frames in order and returns how many were sent;
+	// on error frames[n] is the one that failed.
+	WriteBatch(frames [][]byte) (n int, err error)
+}
+
+// batchSize bounds the frames one ReadBatch or WriteBatch moves.
+const batchSize = 32
+
 // Overrunner is implemented by a PortIO that can count frames lost before
 // the switch read them (a full socket receive buffer).
 type Overrunner interface {
@@ -436,6 +451,10 @@ func (s *Switch) stopping() bool {
 // lines.
 func (s *Switch) receive(in *port, rng *rand.Rand) {
 	defer s.wg.Done()
+	if b, ok := in.io.(BatchIO); ok {
+		s.receiveBatch(in, b, rng)
+		return
+	}
 	for {
 		bp := s.pool.Get().(*[]byte)
 		n, err := in.io.Read(*bp)
@@ -456,6 +475,49 @@ func (s *Switch) receive(in *port, rng *rand.Rand) {
 		if r, ok := s.forward(in, (*bp)[:n], bp, rng); !ok {
 			in.drops[r].Add(1)
 			s.pool.Put(bp)
+		}
+	}
+}
+
+// receiveBatch is receive for ports that move frames in batches.
+func (s *Switch) receiveBatch(in *port, b BatchIO, rng *rand.Rand) {
+	bps := make([]*[]byte, batchSize)
+	bufs := make([][]byte, batchSize)
+	lens := make([]int, batchSize)
+	for i := range bps {
+		bps[i] = s.pool.Get().(*[]byte)
+		bufs[i] = *bps[i]
+	}
+	defer func() {
+		for _, bp := range bps {
+			s.pool.Put(bp)
+		}
+	}()
+	for {
+		n, err := b.ReadBatch(bufs, lens)
+		if err != nil {
+			if !s.stopping() {
+				s.log.Warn("wan port read failed; port stopped", "port", in.name, "err", err)
+			}
+			return
+		}
+		for i := 0; i < n; i++ {
+			switch {
+			case lens[i] < 0:
+				in.drops[DropOversize].Add(1)
+				continue
+			case lens[i] == 0:
+				continue
+			}
+			in.rxFrames.Add(1)
+			in.rxBytes.Add(uint64(lens[i]))
+			if r, ok := s.forward(in, bufs[i][:lens[i]], bps[i], rng); !ok {
+				in.drops[r].Add(1)
+				continue
+			}
+			// The delay line owns the buffer now.
+			bps[i] = s.pool.Get().(*[]byte)
+			bufs[i] = *bps[i]
 		}
 	}
 }
@@ -521,6 +583,7 @@ func (s *Switch) forward(in *port, f []byte, bp *[]byte, rng *rand.Rand) (DropRe
 func (s *Switch) transmit(p *port) {
 	defer s.wg.Done()
 	var due []item
+	var frames [][]byte
 	for {
 		p.q.mu.Lock()
 		now := s.now()
@@ -542,18 +605,8 @@ func (s *Switch) transmit(p *port) {
 			return
 		}
 
-		for _, it := range due {
-			frame := (*it.buf)[:it.n]
-			if err := p.io.Write(frame); err != nil {
-				if s.stopping() {
-					return
-				}
-				p.drops[DropTxError].Add(1)
-			} else {
-				p.txFrames.Add(1)
-				p.txBytes.Add(uint64(it.n))
-			}
-			s.pool.Put(it.buf)
+		if !s.send(p, due, &frames) {
+			return
 		}
 		if len(due) > 0 {
 			continue // more may have become due while writing
@@ -562,6 +615,49 @@ func (s *Switch) transmit(p *port) {
 			return // closed
 		}
 	}
+}
+
+// send writes the due frames out of p, in order, and returns their buffers
+// to the pool. It returns false when the switch is stopping.
+func (s *Switch) send(p *port, due []item, frames *[][]byte) bool {
+	defer func() {
+		for _, it := range due {
+			s.pool.Put(it.buf)
+		}
+	}()
+	b, batched := p.io.(BatchIO)
+	for len(due) > 0 {
+		var n int
+		var err error
+		if batched {
+			*frames = (*frames)[:0]
+			for _, it := range due[:min(len(due), batchSize)] {
+				*frames = append(*frames, (*it.buf)[:it.n])
+			}
+			n, err = b.WriteBatch(*frames)
+		} else {
+			err = p.io.Write((*due[0].buf)[:due[0].n])
+			if err == nil {
+				n = 1
+			}
+		}
+		for _, it := range due[:n] {
+			p.txFrames.Add(1)
+			p.txBytes.Add(uint64(it.n))
+		}
+		if err != nil {
+			if s.stopping() {
+				return false
+			}
+			p.drops[DropTxError].Add(1)
+			n++ // skip the frame that failed
+		}
+		for _, it := range due[:n] {
+			s.pool.Put(it.buf)
+		}
+		due = due[n:]
+	}
+	return true
 }
 
 type item struct {

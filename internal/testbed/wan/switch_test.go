@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,6 +52,43 @@ func (m *memPort) Write(f []byte) error {
 	default: // only wait() reads got; count() sees every frame
 	}
 	return nil
+}
+
+// memBatch is a memPort that also moves frames in batches.
+type memBatch struct{ *memPort }
+
+func (m memBatch) ReadBatch(bufs [][]byte, lens []int) (int, error) {
+	n, err := m.Read(bufs[0])
+	if err != nil {
+		if errors.Is(err, ErrOversize) {
+			lens[0] = -1
+			return 1, nil
+		}
+		return 0, err
+	}
+	lens[0] = n
+	i := 1
+	for ; i < len(bufs); i++ {
+		select {
+		case f := <-m.in:
+			if len(f) > len(bufs[i]) {
+				lens[i] = -1
+			} else {
+				lens[i] = copy(bufs[i], f)
+			}
+			continue
+		default:
+		}
+		break
+	}
+	return i, nil
+}
+
+func (m memBatch) WriteBatch(frames [][]byte) (int, error) {
+	for _, f := range frames {
+		m.Write(f)
+	}
+	return len(frames), nil
 }
 
 func (m *memPort) Close() error { m.once.Do(func() { close(m.closed) }); return nil }
@@ -138,6 +176,8 @@ type testNet struct {
 	mac   map[string]net.HardwareAddr
 }
 
+// newTestNet builds the switch with plain ports, or batching ones when the
+// test name ends in "batch".
 func newTestNet(t *testing.T) *testNet {
 	t.Helper()
 	tn := &testNet{ports: map[string]*memPort{}, mac: map[string]net.HardwareAddr{}}
@@ -162,7 +202,11 @@ func newTestNet(t *testing.T) *testNet {
 		for _, a := range p.addrs {
 			as = append(as, netip.MustParseAddr(a))
 		}
-		ports = append(ports, Port{Name: p.name, Site: p.site, MAC: swMAC(byte(i + 1)), PeerMAC: hMAC(byte(i + 1)), Addrs: as, IO: mp})
+		var io PortIO = mp
+		if strings.HasSuffix(t.Name(), "batch") {
+			io = memBatch{mp}
+		}
+		ports = append(ports, Port{Name: p.name, Site: p.site, MAC: swMAC(byte(i + 1)), PeerMAC: hMAC(byte(i + 1)), Addrs: as, IO: io})
 	}
 	sw, err := New(Config{
 		Sites: []Site{{Name: "c1", VIPPort: "p3"}, {Name: "c2", VIPPort: "p5"}, {Name: "e1"}, {Name: "e2"}, {Name: "m"}},
@@ -180,7 +224,17 @@ func newTestNet(t *testing.T) *testNet {
 	return tn
 }
 
-func TestRouting(t *testing.T) {
+// inBothModes runs test with plain ports and with batching ports (see
+// newTestNet).
+func inBothModes(t *testing.T, test func(*testing.T)) {
+	for _, mode := range []string{"single", "batch"} {
+		t.Run(mode, test)
+	}
+}
+
+func TestRouting(t *testing.T) { inBothModes(t, testRouting) }
+
+func testRouting(t *testing.T) {
 	tn := newTestNet(t)
 	a := netip.MustParseAddr
 	tests := []struct {
@@ -258,7 +312,9 @@ func TestRouting(t *testing.T) {
 	}
 }
 
-func TestDelayAndOrder(t *testing.T) {
+func TestDelayAndOrder(t *testing.T) { inBothModes(t, testDelayAndOrder) }
+
+func testDelayAndOrder(t *testing.T) {
 	tn := newTestNet(t)
 	a := netip.MustParseAddr
 	const d = 40 * time.Millisecond
@@ -302,7 +358,9 @@ func TestDelayAndOrder(t *testing.T) {
 	}
 }
 
-func TestLossAndCounters(t *testing.T) {
+func TestLossAndCounters(t *testing.T) { inBothModes(t, testLossAndCounters) }
+
+func testLossAndCounters(t *testing.T) {
 	tn := newTestNet(t)
 	a := netip.MustParseAddr
 	if err := tn.sw.SetPath("c1", "m", Path{Loss: 0.3}); err != nil {

@@ -24,6 +24,8 @@ var ErrTruncated = errors.New("frame longer than buffer")
 type PacketConn struct {
 	f  *os.File
 	rc syscall.RawConn
+
+	rx, tx batchScratch
 }
 
 // OpenPacket opens a packet socket on ifindex inside h. Frames the socket's
