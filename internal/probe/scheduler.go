@@ -1,0 +1,325 @@
+package probe
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// Kind selects the probe protocol.
+type Kind uint8
+
+const (
+	// KindTCP times a TCP handshake (TCPProber).
+	KindTCP Kind = iota + 1
+	// KindUDP times a UDP echo (UDPProber against a Responder).
+	KindUDP
+)
+
+// String returns "tcp" or "udp".
+func (k Kind) String() string {
+	switch k {
+	case KindTCP:
+		return "tcp"
+	case KindUDP:
+		return "udp"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// Target is one probed path end: a mirror reached at Addr with Kind.
+type Target struct {
+	// Mirror is the routing ID of the mirror (informational for probing).
+	Mirror uint32
+	Kind   Kind
+	// Addr is "ip:port" (IPv6 in brackets).
+	Addr string
+}
+
+// Result is the outcome of one probe.
+type Result struct {
+	Target Target
+	// At is when the probe was sent.
+	At  time.Time
+	RTT time.Duration
+	// Err is nil on success; see ErrTimeout and ErrRefused.
+	Err error
+}
+
+// DefaultInterval is the probe period.
+const DefaultInterval = 2 * time.Second
+
+// DefaultJitter spreads each wait uniformly over ±20% of the interval.
+const DefaultJitter = 0.2
+
+// Schedule is the probe timing rule, shared by the live Scheduler and the
+// replay in controller route-eval.
+type Schedule struct {
+	// Interval is the mean time between two probes of a target
+	// (0: DefaultInterval).
+	Interval time.Duration
+	// Jitter is the half-width of the uniform spread around Interval, as a
+	// fraction in [0, 1) (0: none; use DefaultJitter for the default).
+	Jitter float64
+}
+
+// Validate checks the fields, naming the bad one.
+func (s Schedule) Validate() error {
+	switch {
+	case s.Interval < 0:
+		return fmt.Errorf("probe Interval %v: must be positive", s.Interval)
+	case s.Jitter < 0 || s.Jitter >= 1:
+		return fmt.Errorf("probe Jitter %v: must be in [0, 1)", s.Jitter)
+	}
+	return nil
+}
+
+func (s Schedule) interval() time.Duration {
+	if s.Interval == 0 {
+		return DefaultInterval
+	}
+	return s.Interval
+}
+
+// First is the delay before a target's first probe: uniform over one
+// interval, so targets added together do not probe in lockstep.
+func (s Schedule) First(r *rand.Rand) time.Duration {
+	return time.Duration(r.Float64() * float64(s.interval()))
+}
+
+// Next is the delay between two probes of a target.
+func (s Schedule) Next(r *rand.Rand) time.Duration {
+	f := 1 + s.Jitter*(2*r.Float64()-1)
+	return time.Duration(f * float64(s.interval()))
+}
+
+// Scheduler probes a changing set of targets, each on its own jittered
+// timer, and reports every result to OnResult (called from the probing
+// goroutines, so it must be safe for concurrent use; Table.Observe is).
+type Scheduler struct {
+	sched    Schedule
+	timeout  time.Duration
+	probers  map[Kind]Prober
+	onResult func(Result)
+	log      *slog.Logger
+	metrics  *Metrics
+
+	mu      sync.Mutex
+	ctx     context.Context // nil until Run
+	targets map[Target]context.CancelFunc
+	wanted  []Target
+	wg      sync.WaitGroup
+	seed    uint64
+	stopped bool // Run has returned; no loop may start any more
+}
+
+// SchedulerConfig configures NewScheduler.
+type SchedulerConfig struct {
+	Schedule Schedule
+	// Timeout bounds one probe (0: the smaller of 1 s and the interval).
+	Timeout time.Duration
+	// TCP and UDP are the probers per kind; a target whose kind has no
+	// prober fails every probe with an error.
+	TCP, UDP Prober
+	// OnResult receives every result; required.
+	OnResult func(Result)
+	Logger   *slog.Logger
+	Metrics  *Metrics
+	// Seed makes the timing reproducible; 0 picks a random seed.
+	Seed uint64
+}
+
+// NewScheduler validates cfg and returns an idle scheduler.
+func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
+	if err := cfg.Schedule.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.OnResult == nil {
+		return nil, fmt.Errorf("probe scheduler OnResult: required")
+	}
+	if cfg.Timeout < 0 {
+		return nil, fmt.Errorf("probe scheduler Timeout %v: must be positive", cfg.Timeout)
+	}
+	to := cfg.Timeout
+	if to == 0 {
+		to = min(DefaultProbeTimeout, cfg.Schedule.interval())
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	seed := cfg.Seed
+	if seed == 0 {
+		seed = rand.Uint64()
+	}
+	return &Scheduler{
+		sched: cfg.Schedule, timeout: to, onResult: cfg.OnResult, log: log, metrics: cfg.Metrics,
+		probers: map[Kind]Prober{KindTCP: cfg.TCP, KindUDP: cfg.UDP},
+		targets: map[Target]context.CancelFunc{}, seed: seed,
+	}, nil
+}
+
+// SetTargets replaces the probed set: new targets start probing, removed
+// ones stop (their in-flight probe is cancelled). Safe before and during Run.
+func (s *Scheduler) SetTargets(ts []Target) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.wanted = append(s.wanted[:0], ts...)
+	if s.ctx != nil && !s.stopped {
+		s.reconcile()
+	}
+}
+
+// reconcile starts and stops loops to match wanted; s.mu is held.
+func (s *Scheduler) reconcile() {
+	want := make(map[Target]bool, len(s.wanted))
+	for _, t := range s.wanted {
+		want[t] = true
+	}
+	for t, cancel := range s.targets {
+		if !want[t] {
+			cancel()
+			delete(s.targets, t)
+		}
+	}
+	for t := range want {
+		if _, ok := s.targets[t]; ok {
+			continue
+		}
+		ctx, cancel := context.WithCancel(s.ctx)
+		s.targets[t] = cancel
+		s.seed++
+		r := rand.New(rand.NewPCG(s.seed, uint64(len(t.Addr))<<32|uint64(t.Mirror)))
+		s.wg.Add(1)
+		go s.loop(ctx, t, r)
+	}
+}
+
+// Run probes until ctx is done, then stops every loop and waits for them.
+func (s *Scheduler) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.ctx != nil {
+		s.mu.Unlock()
+		return fmt.Errorf("probe scheduler: already running")
+	}
+	s.ctx = ctx
+	s.reconcile()
+	s.mu.Unlock()
+
+	<-ctx.Done()
+	s.mu.Lock()
+	s.stopped = true
+	for t, cancel := range s.targets {
+		cancel()
+		delete(s.targets, t)
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Scheduler) loop(ctx context.Context, t Target, r *rand.Rand) {
+	defer s.wg.Done()
+	timer := time.NewTimer(s.sched.First(r))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		res := s.probeOnce(ctx, t)
+		if ctx.Err() != nil {
+			return // cancelled mid-probe: not a path failure
+		}
+		s.metrics.result(t.Kind, res.RTT, res.Err)
+		s.onResult(res)
+		timer.Reset(s.sched.Next(r))
+	}
+}
+
+func (s *Scheduler) probeOnce(ctx context.Context, t Target) Result {
+	res := Result{Target: t, At: time.Now()}
+	p := s.probers[t.Kind]
+	if p == nil {
+		res.Err = fmt.Errorf("probe %s %s: no prober for kind", t.Kind, t.Addr)
+		return res
+	}
+	pctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	res.RTT, res.Err = p.Probe(pctx, t.Addr)
+	if res.Err != nil {
+		s.log.Debug("probe failed", "mirror", t.Mirror, "addr", t.Addr, "kind", t.Kind.String(), "err", res.Err)
+	}
+	return res
+}
+
+// Table keeps one Estimator per target, safe for concurrent use: the
+// Scheduler's OnResult writes, the agent's reporting loop reads.
+type Table struct {
+	cfg EstimatorConfig
+	mu  sync.Mutex
+	m   map[Target]*Estimator
+}
+
+// NewTable validates cfg and returns an empty table.
+func NewTable(cfg EstimatorConfig) (*Table, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Table{cfg: c, m: map[Target]*Estimator{}}, nil
+}
+
+// Observe feeds a result to its target's estimator, creating it on first use.
+func (t *Table) Observe(r Result) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.m[r.Target]
+	if e == nil {
+		e = &Estimator{cfg: t.cfg}
+		t.m[r.Target] = e
+	}
+	return e.Observe(r.At, r.RTT, r.Err)
+}
+
+// Get returns the estimate of one target.
+func (t *Table) Get(tg Target) (Estimate, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e, ok := t.m[tg]
+	if !ok {
+		return Estimate{}, false
+	}
+	return e.Estimate(), true
+}
+
+// Snapshot copies every estimate.
+func (t *Table) Snapshot() map[Target]Estimate {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[Target]Estimate, len(t.m))
+	for k, e := range t.m {
+		out[k] = e.Estimate()
+	}
+	return out
+}
+
+// Retain drops the estimators of targets not in keep (a mirror left the
+// shortlist), so a later return starts from a clean history.
+func (t *Table) Retain(keep []Target) {
+	k := make(map[Target]bool, len(keep))
+	for _, x := range keep {
+		k[x] = true
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for x := range t.m {
+		if !k[x] {
+			delete(t.m, x)
+		}
+	}
+}
