@@ -222,6 +222,13 @@ func (c *Controller) Serve(ctx context.Context, lis net.Listener) error {
 		err = fmt.Errorf("serve: %w", err)
 	}
 	cancel()
+	// Session handlers end with their streams: end them, so a graceful
+	// stop does not wait for agents to hang up.
+	c.sessMu.Lock()
+	for _, a := range c.sessions {
+		a.cancel()
+	}
+	c.sessMu.Unlock()
 	if c.crash.Load() {
 		srv.Stop()
 	} else {

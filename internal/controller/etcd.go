@@ -39,6 +39,8 @@ type EmbeddedEtcd struct {
 	TLS pki.Files
 	// UnsafeNoFsync skips fsync (tests only: a crash may lose writes).
 	UnsafeNoFsync bool
+	// Logger receives etcd's logs; nil logs errors to stderr.
+	Logger *zap.Logger
 }
 
 // StartEtcd starts an embedded etcd and returns it with its client
@@ -78,6 +80,9 @@ func StartEtcd(c EmbeddedEtcd) (*embed.Etcd, string, error) {
 	tlsInfo := transport.TLSInfo{CertFile: c.TLS.Cert, KeyFile: c.TLS.Key, TrustedCAFile: c.TLS.CA, ClientCertAuth: true}
 	cfg.ClientTLSInfo, cfg.PeerTLSInfo = tlsInfo, tlsInfo
 	cfg.LogLevel = "error"
+	if c.Logger != nil {
+		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(c.Logger)
+	}
 	cfg.MaxRequestBytes = EtcdMaxRequestBytes
 	cfg.MaxTxnOps = EtcdMaxTxnOps
 	cfg.UnsafeNoFsync = c.UnsafeNoFsync
