@@ -15,6 +15,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"google.golang.org/grpc"
@@ -33,6 +34,23 @@ var shared struct {
 	ca       *pki.CA
 	files    pki.Files // the controller's certificate (also its etcd client)
 	endpoint string
+	once     sync.Once
+	etcd     *embed.Etcd
+	err      error
+}
+
+// etcdEndpoint starts the shared etcd on first use, so tests (and fuzz
+// workers) that need none do not pay for it.
+func etcdEndpoint(t testing.TB) string {
+	t.Helper()
+	shared.once.Do(func() {
+		shared.etcd, shared.endpoint, shared.err = StartEtcd(EmbeddedEtcd{Dir: filepath.Join(shared.dir, "etcd"),
+			TLS: shared.files, UnsafeNoFsync: true, Logger: zap.NewNop()})
+	})
+	if shared.err != nil {
+		t.Fatal(shared.err)
+	}
+	return shared.endpoint
 }
 
 func TestMain(m *testing.M) {
@@ -52,14 +70,10 @@ func testMain(m *testing.M) int {
 		return 1
 	}
 	shared.files = issueFiles(nil, shared.ca, dir, "controller", []string{"127.0.0.1", "localhost"})
-	e, ep, err := StartEtcd(EmbeddedEtcd{Dir: filepath.Join(dir, "etcd"), TLS: shared.files, UnsafeNoFsync: true, Logger: zap.NewNop()})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	shared.endpoint = ep
 	code := m.Run()
-	e.Close()
+	if shared.etcd != nil {
+		shared.etcd.Close()
+	}
 	if code == 0 {
 		// etcd's own background goroutines end with Close; anything left
 		// is ours.
@@ -97,7 +111,7 @@ func testPrefix(t testing.TB) string {
 
 func etcdClient(t testing.TB) *clientv3.Client {
 	t.Helper()
-	cli, err := DialEtcd([]string{shared.endpoint}, &shared.files)
+	cli, err := DialEtcd([]string{etcdEndpoint(t)}, &shared.files)
 	if err != nil {
 		t.Fatal(err)
 	}

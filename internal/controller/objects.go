@@ -53,13 +53,13 @@ type yamlLocation struct {
 }
 
 type yamlMirror struct {
-	Name        string   `yaml:"name"`
-	Site        string   `yaml:"site"`
-	Address     string   `yaml:"address"`
-	Node        string   `yaml:"node"`
-	CapacityRPS float64  `yaml:"capacity_rps"`
-	State       string   `yaml:"state"`
-	ServiceTime duration `yaml:"service_time"`
+	Name        string  `yaml:"name"`
+	Site        string  `yaml:"site"`
+	Address     string  `yaml:"address"`
+	Node        string  `yaml:"node"`
+	CapacityRPS float64 `yaml:"capacity_rps"`
+	State       string  `yaml:"state"`
+	ServiceTime string  `yaml:"service_time"`
 }
 
 type yamlResource struct {
@@ -83,15 +83,15 @@ type yamlPolicy struct {
 }
 
 type yamlAffinity struct {
-	Timeout  duration `yaml:"timeout"`
-	PrefixV4 int64    `yaml:"prefix_v4"`
-	PrefixV6 int64    `yaml:"prefix_v6"`
+	Timeout  string `yaml:"timeout"`
+	PrefixV4 int64  `yaml:"prefix_v4"`
+	PrefixV6 int64  `yaml:"prefix_v6"`
 }
 
 type yamlThresholds struct {
-	MirrorScore float64  `yaml:"mirror_score"`
-	RetireScore float64  `yaml:"retire_score"`
-	MaxLag      duration `yaml:"max_lag"`
+	MirrorScore float64 `yaml:"mirror_score"`
+	RetireScore float64 `yaml:"retire_score"`
+	MaxLag      string  `yaml:"max_lag"`
 }
 
 type yamlProfile struct {
@@ -99,16 +99,19 @@ type yamlProfile struct {
 	BytesPerRequest float64 `yaml:"bytes_per_request"`
 }
 
-// duration reads "30m" or "1.5s".
-type duration time.Duration
-
-func (d *duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
-	if err != nil {
-		return fmt.Errorf("line %d: duration %q: %w", n.Line, n.Value, err)
+// parseDuration reads "30m" or "1.5s"; empty is zero.
+func parseDuration(field, s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
 	}
-	*d = duration(v)
-	return nil
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", field, err)
+	}
+	if d < 0 {
+		return 0, fmt.Errorf("%s: %v is negative", field, d)
+	}
+	return d, nil
 }
 
 // ParseObjects reads YAML documents of sites, mirrors and resources and
@@ -190,8 +193,12 @@ func (m yamlMirror) proto() (*pb.Mirror, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state: %w", err)
 	}
+	svc, err := parseDuration("service_time", m.ServiceTime)
+	if err != nil {
+		return nil, err
+	}
 	return &pb.Mirror{Name: m.Name, Site: m.Site, Address: m.Address, Node: m.Node, CapacityRps: m.CapacityRPS,
-		State: st, ServiceTimeMs: float64(m.ServiceTime) / float64(time.Millisecond)}, nil
+		State: st, ServiceTimeMs: float64(svc) / float64(time.Millisecond)}, nil
 }
 
 func (r yamlResource) proto() (*pb.Resource, error) {
@@ -228,8 +235,12 @@ func (r yamlResource) proto() (*pb.Resource, error) {
 		pr.MirrorPolicy = mp
 	}
 	if a := r.Affinity; a != nil {
-		if a.Timeout < duration(time.Second) || a.Timeout > duration(math.MaxUint32*time.Second) {
-			return nil, fmt.Errorf("affinity.timeout: %v must be at least 1s", time.Duration(a.Timeout))
+		timeout, err := parseDuration("affinity.timeout", a.Timeout)
+		if err != nil {
+			return nil, err
+		}
+		if timeout < time.Second || timeout > math.MaxUint32*time.Second {
+			return nil, fmt.Errorf("affinity.timeout: %v out of [1s, %v]", timeout, math.MaxUint32*time.Second)
 		}
 		if a.PrefixV4 < 0 || a.PrefixV4 > 32 {
 			return nil, fmt.Errorf("affinity.prefix_v4: %d out of [0, 32]", a.PrefixV4)
@@ -237,15 +248,19 @@ func (r yamlResource) proto() (*pb.Resource, error) {
 		if a.PrefixV6 < 0 || a.PrefixV6 > 128 {
 			return nil, fmt.Errorf("affinity.prefix_v6: %d out of [0, 128]", a.PrefixV6)
 		}
-		pr.Affinity = &pb.Affinity{TimeoutSeconds: uint32(time.Duration(a.Timeout) / time.Second),
+		pr.Affinity = &pb.Affinity{TimeoutSeconds: uint32(timeout / time.Second),
 			PrefixV4: uint32(a.PrefixV4), PrefixV6: uint32(a.PrefixV6)}
 	}
 	if t := r.Thresholds; t != nil {
-		if t.MaxLag < 0 || t.MaxLag > duration(math.MaxUint32*time.Second) {
-			return nil, fmt.Errorf("thresholds.max_lag: %v out of range", time.Duration(t.MaxLag))
+		lag, err := parseDuration("thresholds.max_lag", t.MaxLag)
+		if err != nil {
+			return nil, err
+		}
+		if lag > math.MaxUint32*time.Second {
+			return nil, fmt.Errorf("thresholds.max_lag: %v out of range", lag)
 		}
 		pr.Thresholds = &pb.Thresholds{MirrorScore: t.MirrorScore, RetireScore: t.RetireScore,
-			MaxLagSeconds: uint32(time.Duration(t.MaxLag) / time.Second)}
+			MaxLagSeconds: uint32(lag / time.Second)}
 	}
 	if p := r.Profile; p != nil {
 		pr.Profile = &pb.RequestProfile{RoundTrips: p.RoundTrips, BytesPerRequest: p.BytesPerRequest}
