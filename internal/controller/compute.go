@@ -107,9 +107,13 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 	for i, r := range w.regions {
 		regionIdx[r.GetId()] = i
 	}
+	edgeSites := map[uint32]bool{} // regions with a live edge, probing or about to
 	for _, rep := range s.live {
 		if now.Sub(time.Unix(0, rep.GetReceivedUnixNano())) > cfg.ReportMaxAge {
 			continue
+		}
+		if id, ok := w.regionID[rep.GetSite()]; ok && rep.GetRole() != pb.NodeRole_NODE_ROLE_MIRROR {
+			edgeSites[id] = true
 		}
 		if ns := rep.GetNodeStats(); ns != nil {
 			nodeCPU[rep.GetNode()] = ns.GetCpuUtilization()
@@ -207,10 +211,11 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 			delete(held, id)
 		}
 	}
-	// A region without probing edges borrows the paths of the nearest site
-	// that has some (both need a location).
+	// A region without edges borrows the paths of the nearest site that
+	// has some (both need a location). A region whose edges have not
+	// probed yet waits for them rather than settle on borrowed paths.
 	for _, r := range w.regions {
-		if _, ok := paths[r.GetId()]; ok || r.GetLocation() == nil {
+		if _, ok := paths[r.GetId()]; ok || edgeSites[r.GetId()] || r.GetLocation() == nil {
 			continue
 		}
 		best, bestD := uint32(0), math.Inf(1)

@@ -110,7 +110,9 @@ func TestAgentSessionDeliversVersionsAndRecordsAcks(t *testing.T) {
 	applyObjects(t, r.addr, testObjects())
 	eu := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, r.addr)
 	us := startAgent(t, "edge-us", "us", pb.NodeRole_NODE_ROLE_EDGE, r.addr)
-	waitFor(t, "first version applied", 10*time.Second, func() bool { return eu.client.Version() > 0 && us.client.Version() > 0 })
+	waitFor(t, "objects applied by both", 10*time.Second, func() bool {
+		return routeOf(eu.current(), "disk", "*") != nil && routeOf(us.current(), "disk", "*") != nil
+	})
 
 	// The state converts into a data plane the agent accepts, with the
 	// agent's site as its default region and the origin as wildcard.
@@ -130,10 +132,8 @@ func TestAgentSessionDeliversVersionsAndRecordsAcks(t *testing.T) {
 	}
 
 	// Probes: eu is near paris, us near nyc.
-	eu.setProbe("paris", 5*time.Millisecond, pb.Health_HEALTH_UP)
-	eu.setProbe("nyc", 80*time.Millisecond, pb.Health_HEALTH_UP)
-	us.setProbe("paris", 80*time.Millisecond, pb.Health_HEALTH_UP)
-	us.setProbe("nyc", 5*time.Millisecond, pb.Health_HEALTH_UP)
+	eu.setProbes(map[string]time.Duration{"paris": 5 * time.Millisecond, "nyc": 80 * time.Millisecond}, pb.Health_HEALTH_UP)
+	us.setProbes(map[string]time.Duration{"paris": 80 * time.Millisecond, "nyc": 5 * time.Millisecond}, pb.Health_HEALTH_UP)
 	waitFor(t, "routes from probes", 10*time.Second, func() bool {
 		s := us.current()
 		return routeOf(s, "disk", "us")["nyc"] > 0 && routeOf(s, "disk", "eu")["paris"] > 0
@@ -212,8 +212,7 @@ func TestMirrorHostReportsDown(t *testing.T) {
 	applyObjects(t, r.addr, testObjects())
 	eu := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, r.addr)
 	host := startAgent(t, "paris-host", "eu", pb.NodeRole_NODE_ROLE_MIRROR, r.addr)
-	eu.setProbe("paris", 5*time.Millisecond, pb.Health_HEALTH_UP)
-	eu.setProbe("nyc", 60*time.Millisecond, pb.Health_HEALTH_UP)
+	eu.setProbes(map[string]time.Duration{"paris": 5 * time.Millisecond, "nyc": 60 * time.Millisecond}, pb.Health_HEALTH_UP)
 	waitFor(t, "eu on paris", 10*time.Second, func() bool { return routeOf(eu.current(), "disk", "eu")["paris"] > 0 })
 	// The host says paris is down: it leaves the routes and is marked down
 	// in the data plane, though the edge's probes still succeed.
@@ -247,7 +246,7 @@ func TestAgentConvergesAfterControllerRestart(t *testing.T) {
 	r := startReplica(t, "r1", prefix, nil)
 	applyObjects(t, r.addr, testObjects())
 	a := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, r.addr)
-	waitFor(t, "first version", 10*time.Second, func() bool { return a.client.Version() > 0 })
+	waitFor(t, "objects applied", 10*time.Second, func() bool { return routeOf(a.current(), "disk", "*") != nil })
 	v1 := a.client.Version()
 
 	r.stop()
@@ -266,14 +265,17 @@ func TestAgentConvergesAfterControllerRestart(t *testing.T) {
 
 	// A controller comes back on the same address.
 	r2 := startReplicaAt(t, "r2", prefix, r.addr)
-	waitFor(t, "agent converges", 15*time.Second, func() bool {
-		return r2.c.Version() > v1 && a.client.Version() == r2.c.Version()
-	})
-	for _, m := range a.current().GetMirrors() {
-		if m.GetName() == "nyc" && m.GetState() != pb.MirrorState_MIRROR_STATE_DRAINING {
-			t.Fatalf("nyc state %v", m.GetState())
+	waitFor(t, "agent converges on the change", 15*time.Second, func() bool {
+		if r2.c.Version() <= v1 || a.client.Version() != r2.c.Version() {
+			return false
 		}
-	}
+		for _, m := range a.current().GetMirrors() {
+			if m.GetName() == "nyc" {
+				return m.GetState() == pb.MirrorState_MIRROR_STATE_DRAINING
+			}
+		}
+		return false
+	})
 }
 
 func TestLeaderFailover(t *testing.T) {
@@ -283,7 +285,7 @@ func TestLeaderFailover(t *testing.T) {
 	b := startReplica(t, "rb", prefix, nil)
 	applyObjects(t, a.addr, testObjects())
 	ag := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, b.addr)
-	waitFor(t, "version from ra", 10*time.Second, func() bool { return ag.client.Version() > 0 })
+	waitFor(t, "version from ra", 10*time.Second, func() bool { return routeOf(ag.current(), "disk", "*") != nil })
 	waitFor(t, "rb sees ra lead", 5*time.Second, func() bool { return b.c.Leader() == "ra" })
 	vA := b.c.Version()
 
@@ -294,8 +296,7 @@ func TestLeaderFailover(t *testing.T) {
 
 	// The new leader computes: a change reaches the agent, and versions
 	// continue from the dead leader's.
-	ag.setProbe("paris", 5*time.Millisecond, pb.Health_HEALTH_UP)
-	ag.setProbe("nyc", 50*time.Millisecond, pb.Health_HEALTH_UP)
+	ag.setProbes(map[string]time.Duration{"paris": 5 * time.Millisecond, "nyc": 50 * time.Millisecond}, pb.Health_HEALTH_UP)
 	waitFor(t, "route from the new leader", 10*time.Second, func() bool {
 		return routeOf(ag.current(), "disk", "eu")["paris"] > 0
 	})

@@ -119,7 +119,7 @@ func etcdClient(t testing.TB) *clientv3.Client {
 }
 
 func quietLogger() *slog.Logger {
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: testLogLevel}))
 }
 
 // replica is one controller under test.
@@ -286,9 +286,17 @@ func (a *fakeAgent) mirrorHealth() []*pb.MirrorHealth {
 }
 
 func (a *fakeAgent) setProbe(mirror string, rtt time.Duration, h pb.Health) {
+	a.setProbes(map[string]time.Duration{mirror: rtt}, h)
+}
+
+// setProbes sets several probe results at once (one report carries them
+// all, so the policy never sees half of them).
+func (a *fakeAgent) setProbes(rtts map[string]time.Duration, h pb.Health) {
 	a.mu.Lock()
-	a.probes[mirror] = &pb.ProbeResult{Mirror: mirror, RttNs: int64(rtt), MedianNs: int64(rtt), MinNs: int64(rtt),
-		Health: h, Samples: 10, Probes: 10}
+	for mirror, rtt := range rtts {
+		a.probes[mirror] = &pb.ProbeResult{Mirror: mirror, RttNs: int64(rtt), MedianNs: int64(rtt), MinNs: int64(rtt),
+			Health: h, Samples: 10, Probes: 10}
+	}
 	a.mu.Unlock()
 	a.client.ReportNow()
 }
@@ -353,3 +361,10 @@ func startReplicaAt(t testing.TB, name, prefix, addr string) *replica {
 	t.Cleanup(r.stop)
 	return r
 }
+
+var testLogLevel = func() slog.Level {
+	if os.Getenv("PREMIRROR_TEST_DEBUG") != "" {
+		return slog.LevelDebug
+	}
+	return slog.LevelWarn
+}()

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
@@ -59,8 +60,6 @@ type agentConn struct {
 
 	mu         sync.Mutex
 	status     *pb.AgentStatus
-	recBytes   []byte // agents/<node> as last written by this session
-	liveRev    int64  // mod revision of live/<node> as last written
 	demand     map[[2]uint32]float64
 	lastReport time.Time
 }
@@ -125,7 +124,7 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 	}
 	cancel()
 	log.Info("agent session closed", "err", err)
-	if ctx.Err() != nil && stream.Context().Err() == nil {
+	if errors.Is(err, context.Canceled) && stream.Context().Err() == nil {
 		return status.Error(codes.Aborted, "session replaced or replica stopping")
 	}
 	return err
@@ -324,14 +323,8 @@ func (a *agentConn) writeLive(ctx context.Context, r *pb.Report) error {
 	if err != nil {
 		return err
 	}
-	resp, err := a.c.cli.Put(ctx, a.c.store.key(keyLive, a.node), string(b), clientv3.WithLease(a.c.liveLease()))
-	if err != nil {
-		return err
-	}
-	a.mu.Lock()
-	a.liveRev = resp.Header.Revision
-	a.mu.Unlock()
-	return nil
+	_, err = a.c.cli.Put(ctx, a.c.store.key(keyLive, a.node), string(b), clientv3.WithLease(a.c.liveLease()))
+	return err
 }
 
 // writeStatus stores the agent's registration and ACK state.
@@ -342,25 +335,27 @@ func (a *agentConn) writeStatus(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := a.c.cli.Put(ctx, a.c.store.key(keyAgents, a.node), string(b)); err != nil {
-		return err
-	}
-	a.mu.Lock()
-	a.recBytes = b
-	a.mu.Unlock()
-	return nil
+	_, err = a.c.cli.Put(ctx, a.c.store.key(keyAgents, a.node), string(b))
+	return err
 }
 
 // disconnect marks the agent gone, unless another session (here or on
-// another replica) has taken over its records since.
+// another replica) has taken over its records since. It reads before it
+// writes because a write cancelled with the stream may still have landed.
 func (a *agentConn) disconnect() {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
 	if a.c.crash.Load() {
 		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	a.c.sessMu.Lock()
+	replaced := a.c.sessions[a.node] != nil && a.c.sessions[a.node] != a
+	a.c.sessMu.Unlock()
+	if replaced {
+		return
+	}
 	a.mu.Lock()
-	prev, liveRev := a.recBytes, a.liveRev
+	since := a.status.GetConnectedUnixNano()
 	a.status.Connected = false
 	a.status.LastSeenUnixNano = time.Now().UnixNano()
 	b, err := marshal.Marshal(&pb.AgentRecord{Status: proto.Clone(a.status).(*pb.AgentStatus)})
@@ -369,8 +364,21 @@ func (a *agentConn) disconnect() {
 		return
 	}
 	st, lk := a.c.store.key(keyAgents, a.node), a.c.store.key(keyLive, a.node)
-	_, _ = a.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.Value(st), "=", string(prev))).Then(clientv3.OpPut(st, string(b))).Commit()
-	_, _ = a.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(lk), "=", liveRev)).Then(clientv3.OpDelete(lk)).Commit()
+	if resp, err := a.c.cli.Get(ctx, lk); err == nil && len(resp.Kvs) == 1 {
+		var lr pb.LiveReport
+		if proto.Unmarshal(resp.Kvs[0].Value, &lr) == nil && lr.GetController() == a.c.cfg.Name {
+			_, _ = a.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(lk), "=", resp.Kvs[0].ModRevision)).
+				Then(clientv3.OpDelete(lk)).Commit()
+		}
+	}
+	if resp, err := a.c.cli.Get(ctx, st); err == nil && len(resp.Kvs) == 1 {
+		var rec pb.AgentRecord
+		if proto.Unmarshal(resp.Kvs[0].Value, &rec) == nil && rec.GetStatus().GetController() == a.c.cfg.Name &&
+			rec.GetStatus().GetConnectedUnixNano() == since {
+			_, _ = a.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(st), "=", resp.Kvs[0].ModRevision)).
+				Then(clientv3.OpPut(st, string(b))).Commit()
+		}
+	}
 }
 
 // encCache holds the encoded desired state of the latest version: once
