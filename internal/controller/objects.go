@@ -35,16 +35,17 @@ const (
 // objectsFile is the YAML form of objects: one or more documents, each
 // with any of the three lists.
 type objectsFile struct {
-	Sites     []yamlSite     `yaml:"sites"`
-	Mirrors   []yamlMirror   `yaml:"mirrors"`
-	Resources []yamlResource `yaml:"resources"`
+	Sites     []yamlSite     `yaml:"sites,omitempty"`
+	Mirrors   []yamlMirror   `yaml:"mirrors,omitempty"`
+	Resources []yamlResource `yaml:"resources,omitempty"`
 }
 
 type yamlSite struct {
+	ID             uint32        `yaml:"id,omitempty"` // output only; apply ignores it
 	Name           string        `yaml:"name"`
-	ClientPrefixes []string      `yaml:"client_prefixes"`
-	Location       *yamlLocation `yaml:"location"`
-	CapacityRPS    float64       `yaml:"capacity_rps"`
+	ClientPrefixes []string      `yaml:"client_prefixes,omitempty"`
+	Location       *yamlLocation `yaml:"location,omitempty"`
+	CapacityRPS    float64       `yaml:"capacity_rps,omitempty"`
 }
 
 type yamlLocation struct {
@@ -53,50 +54,52 @@ type yamlLocation struct {
 }
 
 type yamlMirror struct {
+	ID          uint32  `yaml:"id,omitempty"`
 	Name        string  `yaml:"name"`
 	Site        string  `yaml:"site"`
 	Address     string  `yaml:"address"`
-	Node        string  `yaml:"node"`
-	CapacityRPS float64 `yaml:"capacity_rps"`
-	State       string  `yaml:"state"`
-	ServiceTime string  `yaml:"service_time"`
+	Node        string  `yaml:"node,omitempty"`
+	CapacityRPS float64 `yaml:"capacity_rps,omitempty"`
+	State       string  `yaml:"state,omitempty"`
+	ServiceTime string  `yaml:"service_time,omitempty"`
 }
 
 type yamlResource struct {
+	ID            uint32          `yaml:"id,omitempty"`
 	Name          string          `yaml:"name"`
 	VIPs          []string        `yaml:"vips"`
 	Ports         []int64         `yaml:"ports"`
 	Protocol      string          `yaml:"protocol"`
 	Origin        string          `yaml:"origin"`
-	MirrorPolicy  *yamlPolicy     `yaml:"mirror_policy"`
-	Affinity      *yamlAffinity   `yaml:"affinity"`
-	Thresholds    *yamlThresholds `yaml:"thresholds"`
-	Profile       *yamlProfile    `yaml:"profile"`
-	HashNoSrcPort bool            `yaml:"hash_no_src_port"`
+	MirrorPolicy  *yamlPolicy     `yaml:"mirror_policy,omitempty"`
+	Affinity      *yamlAffinity   `yaml:"affinity,omitempty"`
+	Thresholds    *yamlThresholds `yaml:"thresholds,omitempty"`
+	Profile       *yamlProfile    `yaml:"profile,omitempty"`
+	HashNoSrcPort bool            `yaml:"hash_no_src_port,omitempty"`
 }
 
 type yamlPolicy struct {
-	Mode       string   `yaml:"mode"`
-	Mirrors    []string `yaml:"mirrors"`
-	Sites      []string `yaml:"sites"`
-	MaxMirrors int64    `yaml:"max_mirrors"`
+	Mode       string   `yaml:"mode,omitempty"`
+	Mirrors    []string `yaml:"mirrors,omitempty"`
+	Sites      []string `yaml:"sites,omitempty"`
+	MaxMirrors int64    `yaml:"max_mirrors,omitempty"`
 }
 
 type yamlAffinity struct {
-	Timeout  string `yaml:"timeout"`
-	PrefixV4 int64  `yaml:"prefix_v4"`
-	PrefixV6 int64  `yaml:"prefix_v6"`
+	Timeout  string `yaml:"timeout,omitempty"`
+	PrefixV4 int64  `yaml:"prefix_v4,omitempty"`
+	PrefixV6 int64  `yaml:"prefix_v6,omitempty"`
 }
 
 type yamlThresholds struct {
-	MirrorScore float64 `yaml:"mirror_score"`
-	RetireScore float64 `yaml:"retire_score"`
-	MaxLag      string  `yaml:"max_lag"`
+	MirrorScore float64 `yaml:"mirror_score,omitempty"`
+	RetireScore float64 `yaml:"retire_score,omitempty"`
+	MaxLag      string  `yaml:"max_lag,omitempty"`
 }
 
 type yamlProfile struct {
-	RoundTrips      float64 `yaml:"round_trips"`
-	BytesPerRequest float64 `yaml:"bytes_per_request"`
+	RoundTrips      float64 `yaml:"round_trips,omitempty"`
+	BytesPerRequest float64 `yaml:"bytes_per_request,omitempty"`
 }
 
 // parseDuration reads "30m" or "1.5s"; empty is zero.
@@ -560,4 +563,60 @@ func ValidateObjects(o *pb.Objects, lim Limits) error {
 		return invalidf("resources: %d routes (resources × (sites+1)) exceed the data plane's %d", routes, lim.MaxRoutes)
 	}
 	return nil
+}
+
+// FormatObjects writes objects as the YAML ParseObjects reads, with their
+// IDs (which apply ignores), so `get` output can be edited and applied.
+func FormatObjects(o *pb.Objects) ([]byte, error) {
+	var f objectsFile
+	for _, s := range o.GetSites() {
+		ys := yamlSite{ID: s.GetId(), Name: s.GetName(), ClientPrefixes: s.GetClientPrefixes(), CapacityRPS: s.GetCapacityRps()}
+		if l := s.GetLocation(); l != nil {
+			ys.Location = &yamlLocation{Latitude: l.GetLatitude(), Longitude: l.GetLongitude()}
+		}
+		f.Sites = append(f.Sites, ys)
+	}
+	for _, m := range o.GetMirrors() {
+		ym := yamlMirror{ID: m.GetId(), Name: m.GetName(), Site: m.GetSite(), Address: m.GetAddress(), Node: m.GetNode(),
+			CapacityRPS: m.GetCapacityRps(), State: MirrorStateName(m.GetState())}
+		if st := m.GetServiceTimeMs(); st > 0 {
+			ym.ServiceTime = time.Duration(st * float64(time.Millisecond)).String()
+		}
+		f.Mirrors = append(f.Mirrors, ym)
+	}
+	for _, r := range o.GetResources() {
+		yr := yamlResource{ID: r.GetId(), Name: r.GetName(), VIPs: r.GetVips(), Origin: r.GetOrigin(), HashNoSrcPort: r.GetHashNoSrcPort()}
+		for _, p := range r.GetPorts() {
+			yr.Ports = append(yr.Ports, int64(p))
+		}
+		switch r.GetProtocol() {
+		case pb.Protocol_PROTOCOL_TCP:
+			yr.Protocol = "tcp"
+		case pb.Protocol_PROTOCOL_UDP:
+			yr.Protocol = "udp"
+		}
+		if p := r.GetMirrorPolicy(); p != nil {
+			mode := "static"
+			if p.GetMode() == pb.MirrorMode_MIRROR_MODE_PREDICTIVE {
+				mode = "predictive"
+			}
+			yr.MirrorPolicy = &yamlPolicy{Mode: mode, Mirrors: p.GetMirrors(), Sites: p.GetSites(), MaxMirrors: int64(p.GetMaxMirrors())}
+		}
+		if a := r.GetAffinity(); a != nil {
+			yr.Affinity = &yamlAffinity{Timeout: (time.Duration(a.GetTimeoutSeconds()) * time.Second).String(),
+				PrefixV4: int64(a.GetPrefixV4()), PrefixV6: int64(a.GetPrefixV6())}
+		}
+		if t := r.GetThresholds(); t != nil {
+			yt := &yamlThresholds{MirrorScore: t.GetMirrorScore(), RetireScore: t.GetRetireScore()}
+			if t.GetMaxLagSeconds() > 0 {
+				yt.MaxLag = (time.Duration(t.GetMaxLagSeconds()) * time.Second).String()
+			}
+			yr.Thresholds = yt
+		}
+		if p := r.GetProfile(); p != nil {
+			yr.Profile = &yamlProfile{RoundTrips: p.GetRoundTrips(), BytesPerRequest: p.GetBytesPerRequest()}
+		}
+		f.Resources = append(f.Resources, yr)
+	}
+	return yaml.Marshal(&f)
 }

@@ -150,3 +150,31 @@ func FuzzParseObjects(f *testing.F) {
 		}
 	})
 }
+
+// What get prints, apply reads back to the same objects.
+func TestFormatObjectsRoundTrip(t *testing.T) {
+	b, err := os.ReadFile("testdata/objects.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := ParseObjects(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Sites[0].Id = 4
+	out, err := FormatObjects(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := ParseObjects(out)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	o.Sites[0].Id = 0 // apply ignores IDs
+	if !proto.Equal(o, back) {
+		t.Fatalf("round trip differs:\n%v\n%v", o, back)
+	}
+	if !strings.Contains(string(out), "id: 4") {
+		t.Fatalf("ids not printed:\n%s", out)
+	}
+}
