@@ -73,23 +73,27 @@ func StateFromProto(st *pb.DesiredState) (DesiredState, error) {
 				PrefixV6: int(a.GetPrefixV6()),
 			}
 		}
-		res.Routes = make(map[string]map[string]uint32, len(r.GetRoutes()))
-		for j, rt := range r.GetRoutes() {
+		regs, wsets := r.GetRouteRegions(), r.GetRouteWeightSets()
+		if len(regs) != len(wsets) {
+			return out, fmt.Errorf("%s.route_weight_sets: %d entries for %d route_regions", f, len(wsets), len(regs))
+		}
+		res.Routes = make(map[string]map[string]uint32, len(regs))
+		for j, reg := range regs {
 			region := "*"
-			if rt.GetRegionId() != 0 {
-				name, ok := regionName[rt.GetRegionId()]
+			if reg != 0 {
+				name, ok := regionName[reg]
 				if !ok {
-					return out, fmt.Errorf("%s.routes[%d].region_id: %d is not a region", f, j, rt.GetRegionId())
+					return out, fmt.Errorf("%s.route_regions[%d]: %d is not a region", f, j, reg)
 				}
 				region = name
 			}
 			if _, dup := res.Routes[region]; dup {
-				return out, fmt.Errorf("%s.routes[%d].region_id: region %q routed twice", f, j, region)
+				return out, fmt.Errorf("%s.route_regions[%d]: region %q routed twice", f, j, region)
 			}
-			if int(rt.GetWeightSet()) >= len(sets) {
-				return out, fmt.Errorf("%s.routes[%d].weight_set: %d out of %d sets", f, j, rt.GetWeightSet(), len(sets))
+			if int(wsets[j]) >= len(sets) {
+				return out, fmt.Errorf("%s.route_weight_sets[%d]: %d out of %d sets", f, j, wsets[j], len(sets))
 			}
-			res.Routes[region] = sets[rt.GetWeightSet()]
+			res.Routes[region] = sets[wsets[j]]
 		}
 		out.Resources = append(out.Resources, res)
 	}

@@ -345,7 +345,8 @@ func buildDesired(w *world, res *route.Result, slots int, now time.Time) (*pb.De
 		sum.MovedShare = res.MovedShare()
 	}
 	for i, r := range w.resources {
-		rs := &pb.ResourceState{Name: r.GetName(), Id: r.GetId(), HashNoSrcPort: r.GetHashNoSrcPort()}
+		rs := &pb.ResourceState{Name: r.GetName(), Id: r.GetId(), HashNoSrcPort: r.GetHashNoSrcPort(),
+			RouteRegions: make([]uint32, 0, len(w.regions)+1), RouteWeightSets: make([]uint32, 0, len(w.regions)+1)}
 		if a := r.GetAffinity(); a != nil {
 			rs.Affinity = proto.Clone(a).(*pb.Affinity)
 		}
@@ -355,7 +356,8 @@ func buildDesired(w *world, res *route.Result, slots int, now time.Time) (*pb.De
 			}
 		}
 		if oid, ok := w.mirrorID[r.GetOrigin()]; ok {
-			rs.Routes = append(rs.Routes, &pb.RouteRef{RegionId: 0, WeightSet: sets.origin(oid)})
+			rs.RouteRegions = append(rs.RouteRegions, 0)
+			rs.RouteWeightSets = append(rs.RouteWeightSets, sets.origin(oid))
 		}
 		for j, reg := range w.regions {
 			if res == nil {
@@ -366,7 +368,8 @@ func buildDesired(w *world, res *route.Result, slots int, now time.Time) (*pb.De
 				sum.Unrouted++
 				continue
 			}
-			rs.Routes = append(rs.Routes, &pb.RouteRef{RegionId: reg.GetId(), WeightSet: sets.of(rt.Weights)})
+			rs.RouteRegions = append(rs.RouteRegions, reg.GetId())
+			rs.RouteWeightSets = append(rs.RouteWeightSets, sets.of(rt.Weights))
 		}
 		ds.Resources = append(ds.Resources, rs)
 	}

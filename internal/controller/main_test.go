@@ -327,10 +327,10 @@ func routeOf(st *pb.DesiredState, resource, region string) map[string]uint32 {
 		if res.GetName() != resource {
 			continue
 		}
-		for _, rt := range res.GetRoutes() {
-			if id, ok := regionID[region]; ok && rt.GetRegionId() == id {
+		for i, reg := range res.GetRouteRegions() {
+			if id, ok := regionID[region]; ok && reg == id {
 				out := map[string]uint32{}
-				for _, w := range st.GetWeightSets()[rt.GetWeightSet()].GetWeights() {
+				for _, w := range st.GetWeightSets()[res.GetRouteWeightSets()[i]].GetWeights() {
 					out[mirror[w.GetMirrorId()]] = w.GetWeight()
 				}
 				return out

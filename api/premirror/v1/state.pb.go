@@ -25,8 +25,9 @@ const (
 )
 
 // DesiredState is one version of what every data plane should hold.
-// Routes refer to regions and mirrors by ID and share weight sets, which
-// keeps 4096 resources × 64 regions within a few hundred kilobytes.
+// Routes refer to regions and mirrors by ID and share weight sets, and are
+// packed arrays rather than one message each, which keeps 4096 resources ×
+// 64 regions near half a megabyte and cheap to encode.
 type DesiredState struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Monotonic across controller restarts and leader changes.
@@ -333,9 +334,13 @@ type ResourceState struct {
 	Vips          []*VIP                 `protobuf:"bytes,3,rep,name=vips,proto3" json:"vips,omitempty"`
 	Affinity      *Affinity              `protobuf:"bytes,4,opt,name=affinity,proto3" json:"affinity,omitempty"`
 	HashNoSrcPort bool                   `protobuf:"varint,5,opt,name=hash_no_src_port,json=hashNoSrcPort,proto3" json:"hash_no_src_port,omitempty"`
-	Routes        []*RouteRef            `protobuf:"bytes,6,rep,name=routes,proto3" json:"routes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Routes as two parallel arrays: route i sends clients of region
+	// route_regions[i] (0: every region without its own route, "*") to
+	// the mirrors of weight_sets[route_weight_sets[i]].
+	RouteRegions    []uint32 `protobuf:"varint,6,rep,packed,name=route_regions,json=routeRegions,proto3" json:"route_regions,omitempty"`
+	RouteWeightSets []uint32 `protobuf:"varint,7,rep,packed,name=route_weight_sets,json=routeWeightSets,proto3" json:"route_weight_sets,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ResourceState) Reset() {
@@ -403,66 +408,18 @@ func (x *ResourceState) GetHashNoSrcPort() bool {
 	return false
 }
 
-func (x *ResourceState) GetRoutes() []*RouteRef {
+func (x *ResourceState) GetRouteRegions() []uint32 {
 	if x != nil {
-		return x.Routes
+		return x.RouteRegions
 	}
 	return nil
 }
 
-// RouteRef is the route of one resource for one client region.
-type RouteRef struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// Region ID; 0 is every region without its own route ("*").
-	RegionId uint32 `protobuf:"varint,1,opt,name=region_id,json=regionId,proto3" json:"region_id,omitempty"`
-	// Index into DesiredState.weight_sets.
-	WeightSet     uint32 `protobuf:"varint,2,opt,name=weight_set,json=weightSet,proto3" json:"weight_set,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RouteRef) Reset() {
-	*x = RouteRef{}
-	mi := &file_premirror_v1_state_proto_msgTypes[5]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RouteRef) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RouteRef) ProtoMessage() {}
-
-func (x *RouteRef) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[5]
+func (x *ResourceState) GetRouteWeightSets() []uint32 {
 	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
+		return x.RouteWeightSets
 	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RouteRef.ProtoReflect.Descriptor instead.
-func (*RouteRef) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{5}
-}
-
-func (x *RouteRef) GetRegionId() uint32 {
-	if x != nil {
-		return x.RegionId
-	}
-	return 0
-}
-
-func (x *RouteRef) GetWeightSet() uint32 {
-	if x != nil {
-		return x.WeightSet
-	}
-	return 0
+	return nil
 }
 
 // WeightSet is a weighted set of mirrors.
@@ -475,7 +432,7 @@ type WeightSet struct {
 
 func (x *WeightSet) Reset() {
 	*x = WeightSet{}
-	mi := &file_premirror_v1_state_proto_msgTypes[6]
+	mi := &file_premirror_v1_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -487,7 +444,7 @@ func (x *WeightSet) String() string {
 func (*WeightSet) ProtoMessage() {}
 
 func (x *WeightSet) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[6]
+	mi := &file_premirror_v1_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -500,7 +457,7 @@ func (x *WeightSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WeightSet.ProtoReflect.Descriptor instead.
 func (*WeightSet) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{6}
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *WeightSet) GetWeights() []*MirrorWeight {
@@ -521,7 +478,7 @@ type MirrorWeight struct {
 
 func (x *MirrorWeight) Reset() {
 	*x = MirrorWeight{}
-	mi := &file_premirror_v1_state_proto_msgTypes[7]
+	mi := &file_premirror_v1_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -533,7 +490,7 @@ func (x *MirrorWeight) String() string {
 func (*MirrorWeight) ProtoMessage() {}
 
 func (x *MirrorWeight) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[7]
+	mi := &file_premirror_v1_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -546,7 +503,7 @@ func (x *MirrorWeight) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorWeight.ProtoReflect.Descriptor instead.
 func (*MirrorWeight) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{7}
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MirrorWeight) GetMirrorId() uint32 {
@@ -591,18 +548,15 @@ const file_premirror_v1_state_proto_rawDesc = "" +
 	"\x03VIP\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x122\n" +
-	"\bprotocol\x18\x03 \x01(\x0e2\x16.premirror.v1.ProtocolR\bprotocol\"\xe7\x01\n" +
+	"\bprotocol\x18\x03 \x01(\x0e2\x16.premirror.v1.ProtocolR\bprotocol\"\x88\x02\n" +
 	"\rResourceState\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12%\n" +
 	"\x04vips\x18\x03 \x03(\v2\x11.premirror.v1.VIPR\x04vips\x122\n" +
 	"\baffinity\x18\x04 \x01(\v2\x16.premirror.v1.AffinityR\baffinity\x12'\n" +
-	"\x10hash_no_src_port\x18\x05 \x01(\bR\rhashNoSrcPort\x12.\n" +
-	"\x06routes\x18\x06 \x03(\v2\x16.premirror.v1.RouteRefR\x06routes\"F\n" +
-	"\bRouteRef\x12\x1b\n" +
-	"\tregion_id\x18\x01 \x01(\rR\bregionId\x12\x1d\n" +
-	"\n" +
-	"weight_set\x18\x02 \x01(\rR\tweightSet\"A\n" +
+	"\x10hash_no_src_port\x18\x05 \x01(\bR\rhashNoSrcPort\x12#\n" +
+	"\rroute_regions\x18\x06 \x03(\rR\frouteRegions\x12*\n" +
+	"\x11route_weight_sets\x18\a \x03(\rR\x0frouteWeightSets\"A\n" +
 	"\tWeightSet\x124\n" +
 	"\aweights\x18\x01 \x03(\v2\x1a.premirror.v1.MirrorWeightR\aweights\"C\n" +
 	"\fMirrorWeight\x12\x1b\n" +
@@ -621,36 +575,34 @@ func file_premirror_v1_state_proto_rawDescGZIP() []byte {
 	return file_premirror_v1_state_proto_rawDescData
 }
 
-var file_premirror_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_premirror_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_premirror_v1_state_proto_goTypes = []any{
 	(*DesiredState)(nil),   // 0: premirror.v1.DesiredState
 	(*RegionState)(nil),    // 1: premirror.v1.RegionState
 	(*MirrorEndpoint)(nil), // 2: premirror.v1.MirrorEndpoint
 	(*VIP)(nil),            // 3: premirror.v1.VIP
 	(*ResourceState)(nil),  // 4: premirror.v1.ResourceState
-	(*RouteRef)(nil),       // 5: premirror.v1.RouteRef
-	(*WeightSet)(nil),      // 6: premirror.v1.WeightSet
-	(*MirrorWeight)(nil),   // 7: premirror.v1.MirrorWeight
-	(MirrorState)(0),       // 8: premirror.v1.MirrorState
-	(Protocol)(0),          // 9: premirror.v1.Protocol
-	(*Affinity)(nil),       // 10: premirror.v1.Affinity
+	(*WeightSet)(nil),      // 5: premirror.v1.WeightSet
+	(*MirrorWeight)(nil),   // 6: premirror.v1.MirrorWeight
+	(MirrorState)(0),       // 7: premirror.v1.MirrorState
+	(Protocol)(0),          // 8: premirror.v1.Protocol
+	(*Affinity)(nil),       // 9: premirror.v1.Affinity
 }
 var file_premirror_v1_state_proto_depIdxs = []int32{
-	1,  // 0: premirror.v1.DesiredState.regions:type_name -> premirror.v1.RegionState
-	2,  // 1: premirror.v1.DesiredState.mirrors:type_name -> premirror.v1.MirrorEndpoint
-	4,  // 2: premirror.v1.DesiredState.resources:type_name -> premirror.v1.ResourceState
-	6,  // 3: premirror.v1.DesiredState.weight_sets:type_name -> premirror.v1.WeightSet
-	8,  // 4: premirror.v1.MirrorEndpoint.state:type_name -> premirror.v1.MirrorState
-	9,  // 5: premirror.v1.VIP.protocol:type_name -> premirror.v1.Protocol
-	3,  // 6: premirror.v1.ResourceState.vips:type_name -> premirror.v1.VIP
-	10, // 7: premirror.v1.ResourceState.affinity:type_name -> premirror.v1.Affinity
-	5,  // 8: premirror.v1.ResourceState.routes:type_name -> premirror.v1.RouteRef
-	7,  // 9: premirror.v1.WeightSet.weights:type_name -> premirror.v1.MirrorWeight
-	10, // [10:10] is the sub-list for method output_type
-	10, // [10:10] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	1, // 0: premirror.v1.DesiredState.regions:type_name -> premirror.v1.RegionState
+	2, // 1: premirror.v1.DesiredState.mirrors:type_name -> premirror.v1.MirrorEndpoint
+	4, // 2: premirror.v1.DesiredState.resources:type_name -> premirror.v1.ResourceState
+	5, // 3: premirror.v1.DesiredState.weight_sets:type_name -> premirror.v1.WeightSet
+	7, // 4: premirror.v1.MirrorEndpoint.state:type_name -> premirror.v1.MirrorState
+	8, // 5: premirror.v1.VIP.protocol:type_name -> premirror.v1.Protocol
+	3, // 6: premirror.v1.ResourceState.vips:type_name -> premirror.v1.VIP
+	9, // 7: premirror.v1.ResourceState.affinity:type_name -> premirror.v1.Affinity
+	6, // 8: premirror.v1.WeightSet.weights:type_name -> premirror.v1.MirrorWeight
+	9, // [9:9] is the sub-list for method output_type
+	9, // [9:9] is the sub-list for method input_type
+	9, // [9:9] is the sub-list for extension type_name
+	9, // [9:9] is the sub-list for extension extendee
+	0, // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_premirror_v1_state_proto_init() }
@@ -665,7 +617,7 @@ func file_premirror_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_premirror_v1_state_proto_rawDesc), len(file_premirror_v1_state_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
