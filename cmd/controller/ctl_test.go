@@ -210,11 +210,18 @@ func TestCtlLeaderKilled(t *testing.T) {
 			"--metrics-addr", c.maddr, "--tick", "100ms", "--lease-ttl", "2s"}
 		c.cmd = exec.Command(os.Args[0], "-test.run=^TestCtlChildProcess$")
 		c.cmd.Env = append(os.Environ(), "PREMIRROR_CTL_CHILD_ARGS="+strings.Join(args, "\x1f"))
-		c.cmd.Stderr = os.Stderr
+		logs := &syncBuffer{}
+		c.cmd.Stderr = logs
 		if err := c.cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { c.cmd.Process.Kill(); c.cmd.Wait() })
+		t.Cleanup(func() {
+			c.cmd.Process.Kill()
+			c.cmd.Wait()
+			if t.Failed() {
+				t.Logf("%s logs:\n%s", name, logs.String())
+			}
+		})
 		return c
 	}
 	a := start("ra")
@@ -261,4 +268,22 @@ func TestCtlLeaderKilled(t *testing.T) {
 	if err := b.cmd.Wait(); err != nil {
 		t.Fatalf("rb did not stop cleanly on SIGTERM: %v", err)
 	}
+}
+
+// syncBuffer collects a child's logs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

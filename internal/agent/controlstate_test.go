@@ -33,7 +33,7 @@ func sampleProtoState() *pb.DesiredState {
 				{Address: "203.0.113.5", Port: 443, Protocol: pb.Protocol_PROTOCOL_TCP},
 				{Address: "2001:db8::5", Port: 53, Protocol: pb.Protocol_PROTOCOL_UDP},
 			},
-			Affinity: &pb.Affinity{TimeoutSeconds: 1800, PrefixV4: 24},
+			Affinity:     &pb.Affinity{TimeoutSeconds: 1800, PrefixV4: 24},
 			RouteRegions: []uint32{0, 2}, RouteWeightSets: []uint32{0, 1},
 		}},
 		TableSlots: 1024,

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"encoding/json"
 	"testing"
 	"time"
 
@@ -197,5 +198,47 @@ func TestDemandSmoothing(t *testing.T) {
 	}
 	if len(a.demand) != 0 {
 		t.Fatalf("rate did not decay away: %v", a.demand)
+	}
+}
+
+// A successor restores the policy's memory and held paths from the
+// record its predecessor saved.
+func TestRouteRecordRestores(t *testing.T) {
+	s := computeWorld()
+	s.live = []*pb.LiveReport{edgeReport("e1", "eu", t0, pr("paris", 10, pb.Health_HEALTH_UP), pr("nyc", 80, pb.Health_HEALTH_UP))}
+	c := &Controller{log: quietLogger()}
+	eng, err := route.New(route.Config{Slots: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := map[uint32]*heldRegion{}
+	in, _ := buildInput(s, t0, testInputCfg, held)
+	_, st, err := eng.Step(nil, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := &leaderState{state: st, held: held, saves: make(chan routeSave, 1)}
+	c.saveRoutes(ls)
+	save := <-ls.saves
+	js, err := json.Marshal(save.state.Snapshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := &leaderState{held: map[uint32]*heldRegion{}}
+	c.restoreRoutes(next, &pb.RouteRecord{Snapshot: js, Paths: save.held})
+	if next.state == nil || !next.lastNow.Equal(t0) {
+		t.Fatalf("state not restored (now %v)", next.lastNow)
+	}
+	if got, want := next.state.Weights(7, 1), st.Weights(7, 1); len(got) == 0 || got[1] != want[1] {
+		t.Fatalf("weights %v, want %v", got, want)
+	}
+	if h := next.held[1]; h == nil || len(h.paths) != 2 || !h.seen.Equal(t0) {
+		t.Fatalf("held paths %+v", next.held)
+	}
+	// A corrupt snapshot leaves damping to start afresh, paths still held.
+	broken := &leaderState{held: map[uint32]*heldRegion{}}
+	c.restoreRoutes(broken, &pb.RouteRecord{Snapshot: []byte("{"), Paths: save.held})
+	if broken.state != nil || len(broken.held[1].paths) != 2 {
+		t.Fatal("corrupt snapshot restored")
 	}
 }

@@ -167,7 +167,7 @@ func (c *Controller) tick(ctx context.Context, ls *leaderState) error {
 	rev, err := c.store.writeDesired(ctx, ls.fence, ls.modRev, b)
 	if err != nil {
 		c.m.ticks.WithLabelValues("error").Inc()
-		if !errors.Is(err, ErrNotLeader) {
+		if !errors.Is(err, ErrNotLeader) && ctx.Err() == nil {
 			c.log.Error("desired state not written; retrying next tick", "version", ds.Version, "err", err)
 		}
 		return err
