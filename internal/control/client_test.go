@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/pki"
@@ -403,4 +404,26 @@ func TestConfigValidation(t *testing.T) {
 	if _, err := New(ok); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// FuzzLoadCache: a cache file is decoded defensively; whatever it holds,
+// LoadCache returns a state with a version or an error, never a panic.
+func FuzzLoadCache(f *testing.F) {
+	b, err := proto.Marshal(&pb.DesiredState{Version: 3, DefaultRegion: "eu", Regions: []*pb.RegionState{{Name: "eu", Id: 1}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	f.Add([]byte{0x08})
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, b []byte) {
+		p := filepath.Join(dir, "state.pb")
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		st, err := LoadCache(p)
+		if err == nil && st.GetVersion() == 0 {
+			t.Fatal("state without version accepted")
+		}
+	})
 }
