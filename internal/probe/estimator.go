@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"math/bits"
 	"time"
 )
 
@@ -38,9 +37,6 @@ func (h Health) String() string {
 // negative round-trip time; the sample is discarded.
 var ErrBadSample = errors.New("negative round-trip time")
 
-// maxLossWindow is the widest loss window: outcomes live in one uint64.
-const maxLossWindow = 64
-
 // maxMinEntries bounds the windowed-minimum deque however fast samples come.
 const maxMinEntries = 4096
 
@@ -52,9 +48,11 @@ type EstimatorConfig struct {
 	DecayTime time.Duration
 	// MinWindow is the span of the windowed minimum. Default 5 min.
 	MinWindow time.Duration
-	// LossWindow is how many recent probes the loss ratio covers (1–64).
-	// Default 32.
-	LossWindow int
+	// LossDecay is the time constant of the loss-rate EWMA. Default
+	// 5 min: one lost probe in 2 s probing moves the estimate by 0.7%, not
+	// by the 3% a 32-probe window would, so a single loss does not look
+	// like a degraded path to the routing policy.
+	LossDecay time.Duration
 	// Rise is how many consecutive successes mark a path up. Default 2.
 	Rise int
 	// Fall is how many consecutive failures mark a path down. Default 3.
@@ -64,7 +62,7 @@ type EstimatorConfig struct {
 // DefaultEstimatorConfig returns the defaults: 10 s decay, 5 min minimum
 // window, 32-probe loss window, rise 2, fall 3 (HAProxy's rise/fall).
 func DefaultEstimatorConfig() EstimatorConfig {
-	return EstimatorConfig{DecayTime: 10 * time.Second, MinWindow: 5 * time.Minute, LossWindow: 32, Rise: 2, Fall: 3}
+	return EstimatorConfig{DecayTime: 10 * time.Second, MinWindow: 5 * time.Minute, LossDecay: 5 * time.Minute, Rise: 2, Fall: 3}
 }
 
 // withDefaults fills zero fields and validates the rest.
@@ -76,8 +74,8 @@ func (c EstimatorConfig) withDefaults() (EstimatorConfig, error) {
 	if c.MinWindow == 0 {
 		c.MinWindow = d.MinWindow
 	}
-	if c.LossWindow == 0 {
-		c.LossWindow = d.LossWindow
+	if c.LossDecay == 0 {
+		c.LossDecay = d.LossDecay
 	}
 	if c.Rise == 0 {
 		c.Rise = d.Rise
@@ -90,8 +88,8 @@ func (c EstimatorConfig) withDefaults() (EstimatorConfig, error) {
 		return c, fmt.Errorf("estimator DecayTime %v: must be positive", c.DecayTime)
 	case c.MinWindow < 0:
 		return c, fmt.Errorf("estimator MinWindow %v: must be positive", c.MinWindow)
-	case c.LossWindow < 0 || c.LossWindow > maxLossWindow:
-		return c, fmt.Errorf("estimator LossWindow %d: must be in [1, %d]", c.LossWindow, maxLossWindow)
+	case c.LossDecay < 0:
+		return c, fmt.Errorf("estimator LossDecay %v: must be positive", c.LossDecay)
 	case c.Rise < 0:
 		return c, fmt.Errorf("estimator Rise %d: must be positive", c.Rise)
 	case c.Fall < 0:
@@ -114,7 +112,8 @@ type Estimate struct {
 	// Jitter is the RFC 3550-style smoothed absolute difference between
 	// consecutive successful samples.
 	Jitter time.Duration
-	// Loss is the share of failed probes among the last LossWindow.
+	// Loss is the failed share of probes, exponentially weighted over
+	// time with LossDecay.
 	Loss float64
 	// Health is the rise/fall state; HealthSince is when it last changed.
 	Health      Health
@@ -157,8 +156,8 @@ type Estimator struct {
 	jitter  float64 // nanoseconds
 	prevRaw time.Duration
 
-	outcomes uint64 // bit 0 = latest probe; 1 = failure
-	nOut     int
+	loss   float64 // EWMA of the failure indicator
+	lossAt time.Time
 
 	okRun, failRun int
 	est            Estimate
@@ -181,18 +180,27 @@ func (e *Estimator) Observe(at time.Time, rtt time.Duration, err error) error {
 	}
 	e.est.Probes++
 	e.est.LastProbe = at
-	e.outcomes <<= 1
-	if e.nOut < e.cfg.LossWindow {
-		e.nOut++
-	}
+	x := 0.0
 	if err != nil {
-		e.outcomes |= 1
+		x = 1
+	}
+	// The EWMA starts from "no loss" and weighs each outcome by the time
+	// since the previous probe, so the first probe carries no weight.
+	if e.est.Probes > 1 {
+		dt := max(at.Sub(e.lossAt), 0)
+		w := math.Exp(-float64(dt) / float64(e.cfg.LossDecay))
+		e.loss = e.loss*w + x*(1-w)
+	}
+	if at.After(e.lossAt) {
+		e.lossAt = at
+	}
+	e.est.Loss = e.loss
+	if err != nil {
 		e.okRun = 0
 		e.failRun++
 		if e.failRun >= e.cfg.Fall {
 			e.setHealth(HealthDown, at)
 		}
-		e.est.Loss = e.loss()
 		return nil
 	}
 	e.failRun = 0
@@ -200,7 +208,6 @@ func (e *Estimator) Observe(at time.Time, rtt time.Duration, err error) error {
 	if e.okRun >= e.cfg.Rise {
 		e.setHealth(HealthUp, at)
 	}
-	e.est.Loss = e.loss()
 	e.success(at, rtt)
 	return nil
 }
@@ -210,14 +217,6 @@ func (e *Estimator) setHealth(h Health, at time.Time) {
 		e.est.Health = h
 		e.est.HealthSince = at
 	}
-}
-
-func (e *Estimator) loss() float64 {
-	mask := uint64(1)<<e.nOut - 1
-	if e.nOut == maxLossWindow {
-		mask = math.MaxUint64
-	}
-	return float64(bits.OnesCount64(e.outcomes&mask)) / float64(e.nOut)
 }
 
 func (e *Estimator) success(at time.Time, rtt time.Duration) {

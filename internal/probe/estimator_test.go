@@ -117,24 +117,22 @@ func TestEstimatorWindowedMin(t *testing.T) {
 	}
 }
 
-func TestEstimatorHealthAndLoss(t *testing.T) {
-	cfg := EstimatorConfig{Rise: 2, Fall: 3, LossWindow: 4}
+func TestEstimatorHealth(t *testing.T) {
+	cfg := EstimatorConfig{Rise: 2, Fall: 3}
 	tests := []struct {
-		name     string
-		steps    []step
-		want     Health
-		wantLoss float64
+		name  string
+		steps []step
+		want  Health
 	}{
-		{"no probes", nil, HealthUnknown, 0},
-		{"one success is not enough", every2s(10), HealthUnknown, 0},
-		{"rise successes mark up", every2s(10, 10), HealthUp, 0},
-		{"two failures keep up", every2s(10, 10, -1, -1), HealthUp, 0.5},
-		{"fall failures mark down", every2s(10, 10, -1, -1, -1), HealthDown, 0.75},
-		{"interrupted failures stay up", every2s(10, 10, -1, -1, 10, -1, -1), HealthUp, 0.75},
-		{"one success after down is not enough", every2s(-1, -1, -1, 10), HealthDown, 0.75},
-		{"rise after down marks up", every2s(-1, -1, -1, 10, 10), HealthUp, 0.5},
-		{"loss window slides", every2s(-1, -1, 10, 10, 10, 10), HealthUp, 0},
-		{"down from unknown", every2s(-1, -1, -1), HealthDown, 1},
+		{"no probes", nil, HealthUnknown},
+		{"one success is not enough", every2s(10), HealthUnknown},
+		{"rise successes mark up", every2s(10, 10), HealthUp},
+		{"two failures keep up", every2s(10, 10, -1, -1), HealthUp},
+		{"fall failures mark down", every2s(10, 10, -1, -1, -1), HealthDown},
+		{"interrupted failures stay up", every2s(10, 10, -1, -1, 10, -1, -1), HealthUp},
+		{"one success after down is not enough", every2s(-1, -1, -1, 10), HealthDown},
+		{"rise after down marks up", every2s(-1, -1, -1, 10, 10), HealthUp},
+		{"down from unknown", every2s(-1, -1, -1), HealthDown},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -142,13 +140,42 @@ func TestEstimatorHealthAndLoss(t *testing.T) {
 			if got.Health != tt.want {
 				t.Errorf("Health = %v, want %v", got.Health, tt.want)
 			}
-			if math.Abs(got.Loss-tt.wantLoss) > 1e-9 {
-				t.Errorf("Loss = %v, want %v", got.Loss, tt.wantLoss)
-			}
 			if got.Probes != len(tt.steps) {
 				t.Errorf("Probes = %d, want %d", got.Probes, len(tt.steps))
 			}
 		})
+	}
+}
+
+func TestEstimatorLoss(t *testing.T) {
+	cfg := EstimatorConfig{LossDecay: 10 * time.Second}
+	w := math.Exp(-0.2) // weight kept per 2 s probe
+	tests := []struct {
+		name  string
+		steps []step
+		want  float64
+	}{
+		{"no loss", every2s(10, 10, 10), 0},
+		{"first probe carries no weight", every2s(-1), 0},
+		{"one loss", every2s(10, -1), 1 - w},
+		{"loss decays", every2s(10, -1, 10, 10), (1 - w) * w * w},
+		{"two losses add", every2s(10, -1, -1), (1-w)*w + (1 - w)},
+		{"gap weighs more", []step{{0, 10}, {20, -1}}, 1 - math.Exp(-2)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := run(t, cfg, tt.steps).Loss; math.Abs(got-tt.want) > 1e-9 {
+				t.Fatalf("Loss = %v, want %v", got, tt.want)
+			}
+		})
+	}
+	// Sustained 50% loss converges to 50%.
+	var vals []float64
+	for i := range 2000 {
+		vals = append(vals, []float64{10, -1}[i%2])
+	}
+	if got := run(t, EstimatorConfig{}, every2s(vals...)).Loss; math.Abs(got-0.5) > 0.02 {
+		t.Fatalf("sustained loss estimate %v, want ≈0.5", got)
 	}
 }
 
@@ -184,7 +211,7 @@ func TestEstimatorRejects(t *testing.T) {
 	if e.Estimate().Probes != 0 {
 		t.Fatal("rejected sample was counted")
 	}
-	for _, bad := range []EstimatorConfig{{LossWindow: 65}, {Rise: -1}, {Fall: -1}, {DecayTime: -1}, {MinWindow: -1}} {
+	for _, bad := range []EstimatorConfig{{LossDecay: -1}, {Rise: -1}, {Fall: -1}, {DecayTime: -1}, {MinWindow: -1}} {
 		if _, err := NewEstimator(bad); err == nil {
 			t.Errorf("config %+v accepted", bad)
 		}

@@ -37,9 +37,13 @@ var (
 // DefaultProbeTimeout bounds a probe whose context has no deadline.
 const DefaultProbeTimeout = time.Second
 
-func defaultDial(ctx context.Context, network, address string) (net.Conn, error) {
-	var d net.Dialer
-	return d.DialContext(ctx, network, address)
+// orDefault returns d, or a plain net.Dialer's DialContext when d is nil.
+func (d DialFunc) orDefault() DialFunc {
+	if d != nil {
+		return d
+	}
+	var nd net.Dialer
+	return nd.DialContext
 }
 
 // classify maps socket errors onto the sentinels, keeping the cause.
@@ -79,12 +83,8 @@ type TCPProber struct {
 func (p *TCPProber) Probe(ctx context.Context, addr string) (time.Duration, error) {
 	ctx, cancel := withTimeout(ctx, p.Timeout)
 	defer cancel()
-	dial := p.Dial
-	if dial == nil {
-		dial = defaultDial
-	}
 	start := time.Now()
-	conn, err := dial(ctx, "tcp", addr)
+	conn, err := p.Dial.orDefault()(ctx, "tcp", addr)
 	rtt := time.Since(start)
 	if err != nil {
 		return 0, classify("tcp probe "+addr, err)
@@ -116,11 +116,7 @@ type UDPProber struct {
 func (p *UDPProber) Probe(ctx context.Context, addr string) (time.Duration, error) {
 	ctx, cancel := withTimeout(ctx, p.Timeout)
 	defer cancel()
-	dial := p.Dial
-	if dial == nil {
-		dial = defaultDial
-	}
-	conn, err := dial(ctx, "udp", addr)
+	conn, err := p.Dial.orDefault()(ctx, "udp", addr)
 	if err != nil {
 		return 0, classify("udp probe "+addr, err)
 	}

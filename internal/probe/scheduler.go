@@ -62,7 +62,7 @@ type Schedule struct {
 	// (0: DefaultInterval).
 	Interval time.Duration
 	// Jitter is the half-width of the uniform spread around Interval, as a
-	// fraction in [0, 1) (0: none; use DefaultJitter for the default).
+	// fraction below 1 (0: DefaultJitter; negative: none).
 	Jitter float64
 }
 
@@ -71,8 +71,8 @@ func (s Schedule) Validate() error {
 	switch {
 	case s.Interval < 0:
 		return fmt.Errorf("probe Interval %v: must be positive", s.Interval)
-	case s.Jitter < 0 || s.Jitter >= 1:
-		return fmt.Errorf("probe Jitter %v: must be in [0, 1)", s.Jitter)
+	case s.Jitter >= 1:
+		return fmt.Errorf("probe Jitter %v: must be below 1", s.Jitter)
 	}
 	return nil
 }
@@ -92,7 +92,14 @@ func (s Schedule) First(r *rand.Rand) time.Duration {
 
 // Next is the delay between two probes of a target.
 func (s Schedule) Next(r *rand.Rand) time.Duration {
-	f := 1 + s.Jitter*(2*r.Float64()-1)
+	j := s.Jitter
+	switch {
+	case j == 0:
+		j = DefaultJitter
+	case j < 0:
+		j = 0
+	}
+	f := 1 + j*(2*r.Float64()-1)
 	return time.Duration(f * float64(s.interval()))
 }
 

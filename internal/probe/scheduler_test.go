@@ -18,7 +18,8 @@ func TestScheduleBounds(t *testing.T) {
 		s      Schedule
 		lo, hi time.Duration
 	}{
-		{"default interval no jitter", Schedule{}, 2 * time.Second, 2 * time.Second},
+		{"default interval no jitter", Schedule{Jitter: -1}, 2 * time.Second, 2 * time.Second},
+		{"defaults", Schedule{}, 1600 * time.Millisecond, 2400 * time.Millisecond},
 		{"default jitter", Schedule{Interval: time.Second, Jitter: DefaultJitter}, 800 * time.Millisecond, 1200 * time.Millisecond},
 		{"wide jitter", Schedule{Interval: 10 * time.Second, Jitter: 0.5}, 5 * time.Second, 15 * time.Second},
 	}
@@ -43,7 +44,7 @@ func TestScheduleBounds(t *testing.T) {
 			}
 		})
 	}
-	for _, bad := range []Schedule{{Interval: -1}, {Jitter: 1}, {Jitter: -0.1}} {
+	for _, bad := range []Schedule{{Interval: -1}, {Jitter: 1}, {Jitter: 1.5}} {
 		if bad.Validate() == nil {
 			t.Errorf("%+v accepted", bad)
 		}
@@ -129,7 +130,7 @@ func TestSchedulerProbesAndRetargets(t *testing.T) {
 		t.Fatalf("b estimate %+v", eb)
 	}
 	ec, _ := tbl.Get(c)
-	if ec.Health != HealthDown || ec.Loss != 1 {
+	if ec.Health != HealthDown || ec.Loss <= 0 || ec.Samples != 0 {
 		t.Fatalf("c estimate %+v", ec)
 	}
 	for _, r := range col.got[c] {

@@ -76,6 +76,12 @@ type Config struct {
 	// it over SlowStart. Defaults 30 s and 0.10; negative disables.
 	SlowStart    time.Duration
 	SlowStartMin float64
+	// PeakIncumbent judges the current table by the peak-EWMA like the
+	// challenger. By default the incumbent gets the benefit of the doubt:
+	// its cost uses min(peak-EWMA, latest median-of-3), so "better for
+	// Confirm consecutive evaluations" needs fresh evidence at each one
+	// rather than one spike the peak-EWMA keeps for several decay times.
+	PeakIncumbent bool
 	// Panic: when fewer than this share of a route's candidates are
 	// healthy, route to all of them (Envoy's panic threshold). Default
 	// 0.5; negative disables.

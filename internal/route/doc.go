@@ -20,13 +20,17 @@
 //  4. Otherwise the table changes only when the target is cheaper than the
 //     current table by MinGain (10%) and MinGainAbs (5 ms) for Confirm (3)
 //     consecutive evaluations, and the route has not switched within its
-//     dwell (60 s, doubled per further switch in FlapWindow). An accepted
-//     target is approached by at most MaxMove (10%) of the slots per
-//     evaluation, and a new or recovered mirror's share ramps up over
-//     SlowStart.
+//     dwell (60 s, doubled per further switch in FlapWindow). The current
+//     table is judged by min(peak-EWMA, latest median-of-3), so each of the
+//     Confirm evaluations needs fresh evidence; the challenger by its
+//     peak-EWMA. An accepted target is approached by at most MaxMove (10%)
+//     of the slots per evaluation, and a new or recovered mirror's share
+//     ramps up over SlowStart.
 //  5. Capacity: the projected load (demand × shares) of a mirror above
 //     CapacityCap (0.8) of its capacity spills, from the routes that lose
-//     least, to their next candidate with headroom.
+//     least, to their next candidate with headroom. A route does not start
+//     moving towards a mirror the previous evaluation left at its cap
+//     (ModeCapped), so damping and spill-over never fight.
 //
 // Routes in the same situation (same candidate set, profile, region and
 // previous state) are computed once and share their state, weights map and

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/bits"
 	"slices"
 	"time"
 )
@@ -86,7 +87,14 @@ type costTable struct {
 	order   []int32         // mirror indices with a path, by (cost, mirror ID)
 	cost    []CandidateCost // by mirror index; Mirror == 0 where no path exists
 	healthy []bool          // cost[i].Healthy, packed for the hot loops
+	recent  []float64       // cost with the latest filtered sample, for incumbents
+	// Bitsets by mirror index, so a group counts its candidates with a few
+	// popcounts instead of a pass over every mirror.
+	pathBits, healthyBits []uint64
 }
+
+func setBit(b []uint64, i int)      { b[i>>6] |= 1 << (i & 63) }
+func hasBit(b []uint64, i int) bool { return b[i>>6]&(1<<(i&63)) != 0 }
 
 // grInfo is what every route of one (candidate group, region) shares. The
 // candidates are the group's members in the region's ranking; they are
@@ -146,12 +154,17 @@ func (g *grInfo) slow(mi int) float64 {
 	return c.SlowStartMin + (1-c.SlowStartMin)*f
 }
 
-// costOf is the expected cost of a request routed by q.
-func (g *grInfo) costOf(q qv) float64 {
+// costOf is the expected cost of a request routed by q; recent selects
+// the incumbent's view (see Config.PeakIncumbent).
+func (g *grInfo) costOf(q qv, recent bool) float64 {
 	var sum, n float64
 	for _, x := range q {
 		if mi := g.sh.ix.pos(x.m); g.member(mi) {
-			sum += float64(x.n) * g.tbl.cost[mi].Cost
+			v := g.tbl.cost[mi].Cost
+			if recent {
+				v = g.tbl.recent[mi]
+			}
+			sum += float64(x.n) * v
 			n += float64(x.n)
 		}
 	}
@@ -178,6 +191,7 @@ type group struct {
 	profile int        // index of the profile class
 	reps    []repSince // in-sync replicas, sorted by mirror
 	pos     []int32    // by mirror index: position in reps, or -1
+	bits    []uint64   // by mirror index: in-sync replica
 }
 
 type repSince struct {
@@ -325,10 +339,12 @@ func (e *Engine) Step(prev *State, in *Input) (*Result, *State, error) {
 			for k := range pos {
 				pos[k] = -1
 			}
+			bits := make([]uint64, (nM+63)/64)
 			for j, r := range reps {
 				pos[ix.pos(r.m)] = int32(j)
+				setBit(bits, ix.pos(r.m))
 			}
-			sc.groups = append(sc.groups, group{profile: p, reps: reps, pos: pos})
+			sc.groups = append(sc.groups, group{profile: p, reps: reps, pos: pos, bits: bits})
 		}
 		groupOf[i] = int32(g)
 	}
@@ -462,6 +478,9 @@ func (sc *stepCtx) buildTables(profiles []Profile) {
 			t := &sc.tables[p*nR+r]
 			t.cost = make([]CandidateCost, nM)
 			t.healthy = make([]bool, nM)
+			t.recent = make([]float64, nM)
+			t.pathBits = make([]uint64, (nM+63)/64)
+			t.healthyBits = make([]uint64, (nM+63)/64)
 			for mi := range nM {
 				pi := sc.ix.path[r*nM+mi]
 				if pi == 0 {
@@ -483,8 +502,16 @@ func (sc *stepCtx) buildTables(profiles []Profile) {
 					Jitter:   c.JitterWeight * ms(pa.Jitter),
 				}
 				cc.Cost = cc.RTT + cc.Queue + cc.Transfer + cc.Hops + cc.Loss + cc.Jitter
+				t.recent[mi] = cc.Cost
+				if pa.Recent > 0 && pa.Recent < pa.RTT && !c.PeakIncumbent {
+					t.recent[mi] -= (ms(pa.RTT) - ms(pa.Recent)) * rt
+				}
 				t.cost[mi] = cc
 				t.healthy[mi] = cc.Healthy
+				setBit(t.pathBits, mi)
+				if cc.Healthy {
+					setBit(t.healthyBits, mi)
+				}
 				t.order = append(t.order, int32(mi))
 			}
 			slices.SortFunc(t.order, func(a, b int32) int {
@@ -503,14 +530,9 @@ func (sc *stepCtx) groupRegion(gr *grInfo, g *group, r int) {
 	c := &sc.e.c
 	nR := len(sc.in.Regions)
 	*gr = grInfo{done: true, r: int32(r), sh: sc.sh, tbl: &sc.tables[g.profile*nR+r], g: g}
-	for _, mi := range gr.tbl.order {
-		if g.pos[mi] < 0 {
-			continue
-		}
-		gr.total++
-		if gr.tbl.healthy[mi] {
-			gr.healthy++
-		}
+	for w, b := range g.bits {
+		gr.total += int32(bits.OnesCount64(b & gr.tbl.pathBits[w]))
+		gr.healthy += int32(bits.OnesCount64(b & gr.tbl.healthyBits[w]))
 	}
 	if gr.total == 0 {
 		return
@@ -527,15 +549,15 @@ func (sc *stepCtx) groupRegion(gr *grInfo, g *group, r int) {
 	w := ws[:0]
 	best := -1.0
 	for _, mi := range gr.tbl.order {
-		cc := &gr.tbl.cost[mi]
-		if g.pos[mi] < 0 {
+		if !hasBit(g.bits, int(mi)) {
 			continue
 		}
+		cc := &gr.tbl.cost[mi]
 		if gr.panic {
 			w = append(w, mw{cc.Mirror, 1})
 			continue
 		}
-		if !cc.Healthy {
+		if !gr.tbl.healthy[mi] {
 			continue
 		}
 		if best < 0 {
@@ -600,7 +622,7 @@ func (e *Engine) decide(gr *grInfo, st *routeState, now int64, why *Explanation)
 	}
 	*why = Explanation{
 		gr: gr, Healthy: int(gr.healthy), Total: int(gr.total), Panic: gr.panic,
-		CurrentCost: gr.costOf(cur), TargetCost: gr.costOf(gr.target),
+		CurrentCost: gr.costOf(cur, true), TargetCost: gr.costOf(gr.target, false),
 	}
 	finish := func(q qv, mode Mode) *routeState {
 		why.Mode = mode

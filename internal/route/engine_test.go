@@ -11,6 +11,7 @@ import (
 
 	"github.com/premirror/premirror/internal/chash"
 	"github.com/premirror/premirror/internal/probe"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -641,5 +642,105 @@ func TestExplanationString(t *testing.T) {
 	s := r.step().Routes[0].Why.String()
 	if !strings.HasPrefix(s, "install: 2/2 healthy") || !strings.Contains(s, "m1=10.0ms") {
 		t.Fatalf("explanation %q", s)
+	}
+}
+
+// TestIncumbentJudgedByRecent: a spike the peak-EWMA still remembers does
+// not make a challenger qualify once the latest median is back to normal;
+// with PeakIncumbent (the greedy baseline's view) it does.
+func TestIncumbentJudgedByRecent(t *testing.T) {
+	for _, tt := range []struct {
+		peak bool
+		want Mode
+	}{{false, ModeHold}, {true, ModeSwitch}} {
+		w := newWorld([]RegionID{1}, []MirrorID{1, 2}, func(_ RegionID, m MirrorID) float64 { return map[MirrorID]float64{1: 20, 2: 22}[m] })
+		r := newRunner(t, Config{PeakIncumbent: tt.peak}, w)
+		r.step()
+		var last Mode
+		for range 3 {
+			in := w.input(r.now)
+			for i := range in.Paths {
+				if in.Paths[i].Mirror == 1 {
+					in.Paths[i].RTT, in.Paths[i].Recent = 40*time.Millisecond, 20*time.Millisecond
+				}
+			}
+			res, st, err := r.e.Step(r.st, in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.st, r.now = st, r.now.Add(2*time.Second)
+			last = res.Routes[0].Why.Mode
+		}
+		if last != tt.want {
+			t.Errorf("PeakIncumbent=%v: mode %v after three evaluations, want %v", tt.peak, last, tt.want)
+		}
+	}
+}
+
+// TestCappedHoldsOffSaturatedMirror: a route whose target would add load
+// to a mirror left at its capacity cap holds instead of switching.
+func TestCappedHoldsOffSaturatedMirror(t *testing.T) {
+	w := newWorld([]RegionID{1, 2}, []MirrorID{1, 2}, func(r RegionID, m MirrorID) float64 {
+		return map[pathKey]float64{{1, 1}: 10, {1, 2}: 90, {2, 1}: 80, {2, 2}: 40}[pathKey{r, m}]
+	})
+	w.mirror(1).Capacity = 100 // cap 80 req/s: region 1 alone fills it
+	w.resources[0].Demand = []float64{80, 50}
+	r := newRunner(t, Config{}, w)
+	r.step()
+	// Mirror 1 becomes much better for region 2 too.
+	w.set(2, 1, 10)
+	modes := map[Mode]int{}
+	for range 10 {
+		rt := r.step().Routes[1]
+		modes[rt.Why.Mode]++
+		if rt.Weights[1] != 0 {
+			t.Fatalf("region 2 moved onto the saturated mirror: %v (%v)", rt.Weights, rt.Why)
+		}
+	}
+	if modes[ModeCapped] == 0 {
+		t.Fatalf("modes %v, want capped", modes)
+	}
+}
+
+func TestMetricsLint(t *testing.T) {
+	w := newWorld([]RegionID{1, 2}, []MirrorID{1, 2}, func(r RegionID, m MirrorID) float64 { return float64(10 * m) })
+	r := newRunner(t, Config{}, w)
+	m := NewMetrics()
+	m.Observe(r.step(), time.Millisecond)
+	problems, err := testutil.CollectAndLint(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range problems {
+		t.Errorf("metric %s: %s", p.Metric, p.Text)
+	}
+	if got := testutil.ToFloat64(m.routes.WithLabelValues("install")); got != 2 {
+		t.Fatalf("install routes %v, want 2", got)
+	}
+}
+
+func TestMergeEdgePaths(t *testing.T) {
+	msd := func(v int) time.Duration { return time.Duration(v) * time.Millisecond }
+	tests := []struct {
+		name   string
+		in     []Path
+		rtt    time.Duration
+		up     bool
+		loss   float64
+		wantOK bool
+	}{
+		{"none", nil, 0, false, 0, false},
+		{"one", []Path{{RTT: msd(10), Up: true}}, msd(10), true, 0, true},
+		{"median of three, one edge broken", []Path{{RTT: msd(10), Up: true}, {RTT: msd(90), Up: false, Loss: 0.9}, {RTT: msd(12), Up: true}}, msd(12), true, 0.3, true},
+		{"half down stays up", []Path{{RTT: msd(10), Up: true}, {RTT: msd(20), Up: false}}, msd(15), true, 0, true},
+		{"all down", []Path{{RTT: msd(10)}, {RTT: msd(20)}, {RTT: msd(30), Up: true}}, msd(20), false, 0, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, ok := MergeEdgePaths(tt.in)
+			if ok != tt.wantOK || p.RTT != tt.rtt || p.Up != tt.up || math.Abs(p.Loss-tt.loss) > 1e-9 {
+				t.Fatalf("got %+v ok=%v", p, ok)
+			}
+		})
 	}
 }

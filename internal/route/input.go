@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/premirror/premirror/internal/chash"
@@ -60,8 +61,14 @@ type Mirror struct {
 type Path struct {
 	Region RegionID
 	Mirror MirrorID
-	// RTT is the smoothed round-trip estimate (probe.Estimate.RTT).
+	// RTT is the smoothed round-trip estimate (probe.Estimate.RTT, the
+	// peak-EWMA): what candidates are ranked by.
 	RTT time.Duration
+	// Recent is the latest filtered sample (probe.Estimate.Median); 0 means
+	// RTT. The incumbent of a route is judged by the lower of the two, so
+	// a spike that the peak-EWMA still remembers does not count as a fresh
+	// failure at every later evaluation (see Config.PeakIncumbent).
+	Recent time.Duration
 	// Jitter and Loss as probe.Estimate reports them.
 	Jitter time.Duration
 	Loss   float64
@@ -80,7 +87,7 @@ func PathFromEstimate(region RegionID, mirror MirrorID, e probe.Estimate) (p Pat
 	if e.Health == probe.HealthUnknown || e.Samples == 0 {
 		return Path{}, false
 	}
-	return Path{Region: region, Mirror: mirror, RTT: e.RTT, Jitter: e.Jitter, Loss: e.Loss, Up: e.Health == probe.HealthUp}, true
+	return Path{Region: region, Mirror: mirror, RTT: e.RTT, Recent: e.Median, Jitter: e.Jitter, Loss: e.Loss, Up: e.Health == probe.HealthUp}, true
 }
 
 // Profile describes a resource's requests.
@@ -192,6 +199,8 @@ func (in *Input) validate() (indexes, error) {
 			return ix, invalid("paths[%d].mirror %d: not in mirrors", i, p.Mirror)
 		case p.RTT < 0:
 			return ix, invalid("paths[%d].rtt %v: must be ≥ 0", i, p.RTT)
+		case p.Recent < 0:
+			return ix, invalid("paths[%d].recent %v: must be ≥ 0", i, p.Recent)
 		case p.Jitter < 0:
 			return ix, invalid("paths[%d].jitter %v: must be ≥ 0", i, p.Jitter)
 		case !finite(p.Loss) || p.Loss < 0 || p.Loss > 1:
@@ -240,4 +249,42 @@ func (in *Input) validate() (indexes, error) {
 		}
 	}
 	return ix, nil
+}
+
+// MergeEdgePaths combines the estimates of several edges of one region to
+// the same mirror into the region's path: median RTT, Recent and jitter,
+// mean loss, the smallest hop count, and up while at least half the edges
+// see it up — one edge whose prober breaks does not take a mirror away
+// from the whole region, while a mirror every edge loses is down. The
+// paths must share Region and Mirror; ok is false for none.
+func MergeEdgePaths(ps []Path) (p Path, ok bool) {
+	if len(ps) == 0 {
+		return Path{}, false
+	}
+	med := func(get func(Path) time.Duration) time.Duration {
+		v := make([]time.Duration, len(ps))
+		for i, x := range ps {
+			v[i] = get(x)
+		}
+		slices.Sort(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	p = Path{Region: ps[0].Region, Mirror: ps[0].Mirror, Hops: ps[0].Hops, Bandwidth: ps[0].Bandwidth}
+	p.RTT = med(func(x Path) time.Duration { return x.RTT })
+	p.Recent = med(func(x Path) time.Duration { return x.Recent })
+	p.Jitter = med(func(x Path) time.Duration { return x.Jitter })
+	up := 0
+	for _, x := range ps {
+		p.Loss += x.Loss / float64(len(ps))
+		p.Hops = min(p.Hops, x.Hops)
+		p.Bandwidth = max(p.Bandwidth, x.Bandwidth)
+		if x.Up {
+			up++
+		}
+	}
+	p.Up = 2*up >= len(ps)
+	return p, true
 }

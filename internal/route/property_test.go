@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 )
@@ -73,8 +74,20 @@ func randomWorld(t *testing.T, seed uint64) {
 	h := map[[2]uint32]*hist{}
 	spilled := 0
 	for tick := range 400 {
-		// Perturb the world.
-		for k, v := range w.rtt {
+		// Perturb the world (in a fixed order: the draws must not depend
+		// on map iteration).
+		keys := make([]pathKey, 0, len(w.rtt))
+		for k := range w.rtt {
+			keys = append(keys, k)
+		}
+		slices.SortFunc(keys, func(a, b pathKey) int {
+			if a.r != b.r {
+				return int(a.r) - int(b.r)
+			}
+			return int(a.m) - int(b.m)
+		})
+		for _, k := range keys {
+			v := w.rtt[k]
 			v *= 1 + 0.08*(rng.Float64()-0.5)
 			if rng.IntN(200) == 0 {
 				v = 20 + rng.Float64()*150 // route change

@@ -1,0 +1,650 @@
+package eval
+
+import (
+	"bufio"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrFormat wraps every malformed-input error of the readers; the message
+// names the line and column.
+var ErrFormat = errors.New("malformed latency data")
+
+// Site is one measurement location.
+type Site struct {
+	Name     string
+	Lat, Lon float64
+	HasGeo   bool
+}
+
+// Stat summarizes a pair's RTT in one snapshot, in ms. Min, Max and Mdev
+// are NaN when the source does not give them.
+type Stat struct {
+	Avg, Min, Max, Mdev float64
+}
+
+// Snapshot is the matrix at one time.
+type Snapshot struct {
+	// At is the snapshot's time: seconds since the first snapshot for
+	// numeric time columns, or the date for dated ones (Dated).
+	At    float64
+	Label string
+	// RTT[i*n+j] is the pair (site i → site j); Avg is NaN when missing.
+	RTT []Stat
+}
+
+// Matrix is a latency data set: sites and one or more snapshots.
+type Matrix struct {
+	Name  string
+	Sites []Site
+	Snaps []Snapshot
+	// Dated: the time column held dates (one snapshot per distinct date)
+	// rather than seconds.
+	Dated bool
+}
+
+func missing() Stat { return Stat{math.NaN(), math.NaN(), math.NaN(), math.NaN()} }
+
+func newSnap(n int, at float64, label string) Snapshot {
+	s := Snapshot{At: at, Label: label, RTT: make([]Stat, n*n)}
+	for i := range s.RTT {
+		s.RTT[i] = missing()
+	}
+	return s
+}
+
+// lineReader wraps csv.Reader with line-numbered errors.
+type lineReader struct {
+	r    *csv.Reader
+	name string
+	line int // line of the last record read
+}
+
+func newReader(r io.Reader, name string) *lineReader {
+	cr := csv.NewReader(bufio.NewReader(r))
+	cr.FieldsPerRecord = -1
+	cr.ReuseRecord = true
+	return &lineReader{r: cr, name: name}
+}
+
+func (l *lineReader) read() ([]string, int, error) {
+	rec, err := l.r.Read()
+	if err == io.EOF {
+		return nil, l.line, io.EOF
+	}
+	if err != nil {
+		return nil, l.line, fmt.Errorf("%w: %s: %w", ErrFormat, l.name, err)
+	}
+	l.line, _ = l.r.FieldPos(0)
+	for i := range rec {
+		rec[i] = strings.TrimSpace(strings.TrimSuffix(rec[i], "\r"))
+	}
+	return rec, l.line, nil
+}
+
+// each calls fn for every non-blank record until the end of the input.
+func (l *lineReader) each(fn func(rec []string, line int) error) error {
+	for {
+		rec, line, err := l.read()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if len(rec) == 1 && rec[0] == "" {
+			continue
+		}
+		if err := fn(rec, line); err != nil {
+			return err
+		}
+	}
+}
+
+func (l *lineReader) errf(line int, format string, a ...any) error {
+	if line <= 0 {
+		return fmt.Errorf("%w: %s: %s", ErrFormat, l.name, fmt.Sprintf(format, a...))
+	}
+	return fmt.Errorf("%w: %s line %d: %s", ErrFormat, l.name, line, fmt.Sprintf(format, a...))
+}
+
+// rtt parses a non-negative finite number of milliseconds.
+func (l *lineReader) rtt(line int, col, s string) (float64, error) {
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsNaN(v) || math.IsInf(v, 0) || v < 0 || v > 1e6 {
+		return 0, l.errf(line, "column %s: %q is not a round-trip time in ms", col, s)
+	}
+	return v, nil
+}
+
+// header reads the first record and maps the wanted column names (case
+// insensitive) to positions; missing required columns are an error.
+func (l *lineReader) header(required, optional []string) (map[string]int, error) {
+	rec, line, err := l.read()
+	if err == io.EOF {
+		return nil, l.errf(1, "empty file")
+	}
+	if err != nil {
+		return nil, err
+	}
+	pos := map[string]int{}
+	for i, h := range rec {
+		h = strings.ToLower(strings.TrimPrefix(h, "\ufeff"))
+		if _, dup := pos[h]; !dup && h != "" {
+			pos[h] = i
+		}
+	}
+	out := map[string]int{}
+	for _, c := range required {
+		i, ok := pos[c]
+		if !ok {
+			return nil, l.errf(line, "header %q lacks column %q", strings.Join(rec, ","), c)
+		}
+		out[c] = i
+	}
+	for _, c := range optional {
+		if i, ok := pos[c]; ok {
+			out[c] = i
+		}
+	}
+	return out, nil
+}
+
+func field(rec []string, i int) string {
+	if i < len(rec) {
+		return rec[i]
+	}
+	return ""
+}
+
+// siteIndex assigns dense indices to site names in order of appearance.
+type siteIndex struct {
+	names []string
+	idx   map[string]int
+}
+
+func (s *siteIndex) get(name string) int {
+	if i, ok := s.idx[name]; ok {
+		return i
+	}
+	if s.idx == nil {
+		s.idx = map[string]int{}
+	}
+	s.idx[name] = len(s.names)
+	s.names = append(s.names, name)
+	return len(s.names) - 1
+}
+
+// maxSites bounds a matrix (n² cells per snapshot).
+const maxSites = 5000
+
+// maxCells bounds n²·snapshots so a hostile file cannot exhaust memory.
+const maxCells = 1 << 27
+
+// ReadPairs reads the generic format: a header naming src, dst and rtt_ms
+// (or rtt), and optionally time; one row per measurement. Several rows for
+// the same pair and time are averaged. A numeric time is seconds; anything
+// else (a date, an RFC 3339 time) orders snapshots by value, one per
+// distinct value.
+func ReadPairs(r io.Reader, name string) (*Matrix, error) {
+	l := newReader(r, name)
+	rec, line, err := l.read()
+	if err == io.EOF {
+		return nil, l.errf(1, "empty file")
+	}
+	if err != nil {
+		return nil, err
+	}
+	// Header or not: a header's third field is not a number.
+	col := map[string]int{"src": 0, "dst": 1, "rtt": 2, "time": 3}
+	hasTime := len(rec) >= 4
+	var first []string
+	if _, perr := strconv.ParseFloat(field(rec, 2), 64); perr != nil {
+		col = map[string]int{}
+		for i, h := range rec {
+			switch strings.ToLower(strings.TrimPrefix(h, "\ufeff")) {
+			case "src", "source", "from":
+				col["src"] = i
+			case "dst", "destination", "to":
+				col["dst"] = i
+			case "rtt_ms", "rtt", "avg", "latency_ms":
+				col["rtt"] = i
+			case "time", "t", "timestamp", "date":
+				col["time"] = i
+			}
+		}
+		for _, c := range []string{"src", "dst", "rtt"} {
+			if _, ok := col[c]; !ok {
+				return nil, l.errf(line, "header %q lacks a %s column", strings.Join(rec, ","), c)
+			}
+		}
+		_, hasTime = col["time"]
+	} else {
+		first = slices.Clone(rec)
+	}
+
+	type key struct {
+		t    string
+		i, j int
+	}
+	type acc struct {
+		sum float64
+		n   int
+	}
+	var sites siteIndex
+	cells := map[key]*acc{}
+	times := map[string]bool{}
+	handle := func(rec []string, line int) error {
+		src, dst := field(rec, col["src"]), field(rec, col["dst"])
+		if src == "" || dst == "" {
+			return l.errf(line, "empty src or dst")
+		}
+		v, err := l.rtt(line, "rtt_ms", field(rec, col["rtt"]))
+		if err != nil {
+			return err
+		}
+		t := ""
+		if hasTime {
+			if t = field(rec, col["time"]); t == "" {
+				return l.errf(line, "empty time")
+			}
+		}
+		if len(cells) >= maxCells {
+			return l.errf(line, "more than %d measurements", maxCells)
+		}
+		k := key{t, sites.get(src), sites.get(dst)}
+		if len(sites.names) > maxSites {
+			return l.errf(line, "more than %d sites", maxSites)
+		}
+		a := cells[k]
+		if a == nil {
+			a = &acc{}
+			cells[k] = a
+		}
+		a.sum += v
+		a.n++
+		times[t] = true
+		return nil
+	}
+	if first != nil {
+		if err := handle(first, line); err != nil {
+			return nil, err
+		}
+	}
+	if err := l.each(handle); err != nil {
+		return nil, err
+	}
+	if len(cells) == 0 {
+		return nil, l.errf(line, "no measurements")
+	}
+	labels := make([]string, 0, len(times))
+	for t := range times {
+		labels = append(labels, t)
+	}
+	at, dated, err := orderTimes(labels)
+	if err != nil {
+		return nil, l.errf(0, "%v", err)
+	}
+	slices.SortFunc(labels, func(a, b string) int { return cmpFloat(at[a], at[b]) })
+	n := len(sites.names)
+	if n*n*len(labels) > maxCells {
+		return nil, l.errf(0, "%d sites × %d snapshots is too large", n, len(labels))
+	}
+	m := &Matrix{Name: name, Dated: dated}
+	for _, s := range sites.names {
+		m.Sites = append(m.Sites, Site{Name: s})
+	}
+	snapOf := map[string]int{}
+	for i, t := range labels {
+		snapOf[t] = i
+		m.Snaps = append(m.Snaps, newSnap(n, at[t], t))
+	}
+	for k, a := range cells {
+		st := missing()
+		st.Avg = a.sum / float64(a.n)
+		m.Snaps[snapOf[k.t]].RTT[k.i*n+k.j] = st
+	}
+	return m, nil
+}
+
+func cmpFloat(a, b float64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
+	}
+	return 0
+}
+
+// orderTimes maps time labels to seconds: numbers are seconds; dates and
+// RFC 3339 times are seconds since the earliest; "" (no time column) is 0.
+func orderTimes(labels []string) (map[string]float64, bool, error) {
+	at := map[string]float64{}
+	numeric := true
+	for _, t := range labels {
+		v, err := strconv.ParseFloat(t, 64)
+		if t != "" && (err != nil || math.IsNaN(v) || math.IsInf(v, 0)) {
+			numeric = false
+			break
+		}
+		at[t] = v
+	}
+	if numeric {
+		return at, false, nil
+	}
+	var base time.Time
+	parsed := map[string]time.Time{}
+	for _, t := range labels {
+		var tm time.Time
+		var err error
+		for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05", "2006-01-02"} {
+			if tm, err = time.Parse(layout, t); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			return nil, false, fmt.Errorf("time %q is neither seconds nor a date", t)
+		}
+		parsed[t] = tm
+		if base.IsZero() || tm.Before(base) {
+			base = tm
+		}
+	}
+	for t, tm := range parsed {
+		at[t] = tm.Sub(base).Seconds()
+	}
+	return at, true, nil
+}
+
+// ReadServers reads WonderProxy's servers file: id, name, title, …,
+// latitude, longitude (extra columns are ignored).
+func ReadServers(r io.Reader, name string) (map[string]Site, error) {
+	l := newReader(r, name)
+	col, err := l.header([]string{"id", "name", "latitude", "longitude"}, []string{"title"})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]Site{}
+	if err := l.each(func(rec []string, line int) error {
+		id := field(rec, col["id"])
+		if id == "" {
+			return l.errf(line, "column id: empty")
+		}
+		if _, dup := out[id]; dup {
+			return l.errf(line, "column id: %q repeated", id)
+		}
+		lat, lon, ok := parseLatLon(field(rec, col["latitude"]), field(rec, col["longitude"]))
+		if !ok {
+			return l.errf(line, "columns latitude/longitude: %q, %q are not coordinates",
+				field(rec, col["latitude"]), field(rec, col["longitude"]))
+		}
+		nm := field(rec, col["name"])
+		if t, ok := col["title"]; ok && field(rec, t) != "" {
+			nm = field(rec, t)
+		}
+		if nm == "" {
+			nm = id
+		}
+		out[id] = Site{Name: nm, Lat: lat, Lon: lon, HasGeo: true}
+		if len(out) > maxSites {
+			return l.errf(line, "more than %d servers", maxSites)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// ReadWonderProxy reads WonderProxy grouped pings (source, destination, min,
+// avg, max, mdev). Server ids absent from servers get no geography; pass a
+// nil map when there is no servers file.
+func ReadWonderProxy(r io.Reader, name string, servers map[string]Site) (*Matrix, error) {
+	l := newReader(r, name)
+	col, err := l.header([]string{"source", "destination", "min", "avg", "max", "mdev"}, nil)
+	if err != nil {
+		return nil, err
+	}
+	type row struct {
+		i, j int
+		st   Stat
+	}
+	var sites siteIndex
+	var rows []row
+	seen := map[[2]int]bool{}
+	if err := l.each(func(rec []string, line int) error {
+		src, dst := field(rec, col["source"]), field(rec, col["destination"])
+		if src == "" || dst == "" {
+			return l.errf(line, "empty source or destination")
+		}
+		var v [4]float64
+		for k, c := range []string{"min", "avg", "max", "mdev"} {
+			if v[k], err = l.rtt(line, c, field(rec, col[c])); err != nil {
+				return err
+			}
+		}
+		// Rounding in the source leaves min/avg/max within a hair of each
+		// other; a real inversion is corrupt data.
+		const slack = 1e-6
+		if v[0] > v[1]+slack || v[1] > v[2]+slack {
+			return l.errf(line, "min %.3f ≤ avg %.3f ≤ max %.3f does not hold", v[0], v[1], v[2])
+		}
+		i, j := sites.get(src), sites.get(dst)
+		if len(sites.names) > maxSites {
+			return l.errf(line, "more than %d servers", maxSites)
+		}
+		if seen[[2]int{i, j}] {
+			return l.errf(line, "pair %s→%s repeated", src, dst)
+		}
+		seen[[2]int{i, j}] = true
+		rows = append(rows, row{i, j, Stat{Avg: v[1], Min: v[0], Max: v[2], Mdev: v[3]}})
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if len(rows) == 0 {
+		return nil, l.errf(1, "no measurements")
+	}
+	n := len(sites.names)
+	m := &Matrix{Name: name, Snaps: []Snapshot{newSnap(n, 0, "")}}
+	for _, id := range sites.names {
+		s, ok := servers[id]
+		if !ok {
+			s = Site{Name: id}
+		}
+		m.Sites = append(m.Sites, s)
+	}
+	for _, r := range rows {
+		m.Snaps[0].RTT[r.i*n+r.j] = r.st
+	}
+	return m, nil
+}
+
+// ReadIBM reads the IBM weekly inter-region file (snapshot_date, …,
+// src_region, dst_region, avg_rtt_ms): one snapshot per date.
+func ReadIBM(r io.Reader, name string) (*Matrix, error) {
+	l := newReader(r, name)
+	col, err := l.header([]string{"snapshot_date", "src_region", "dst_region", "avg_rtt_ms"}, nil)
+	if err != nil {
+		return nil, err
+	}
+	var sites siteIndex
+	type row struct {
+		t    string
+		i, j int
+		v    float64
+	}
+	var rows []row
+	dates := map[string]time.Time{}
+	seen := map[row]bool{}
+	if err := l.each(func(rec []string, line int) error {
+		d := field(rec, col["snapshot_date"])
+		tm, perr := time.Parse("2006-01-02", d)
+		if perr != nil {
+			return l.errf(line, "column snapshot_date: %q is not a date", d)
+		}
+		src, dst := field(rec, col["src_region"]), field(rec, col["dst_region"])
+		if src == "" || dst == "" {
+			return l.errf(line, "empty src_region or dst_region")
+		}
+		v, err := l.rtt(line, "avg_rtt_ms", field(rec, col["avg_rtt_ms"]))
+		if err != nil {
+			return err
+		}
+		i, j := sites.get(src), sites.get(dst)
+		if len(sites.names) > maxSites || len(rows) >= maxCells {
+			return l.errf(line, "too many regions or rows")
+		}
+		k := row{d, i, j, 0}
+		if seen[k] {
+			return l.errf(line, "pair %s→%s repeated for %s", src, dst, d)
+		}
+		seen[k] = true
+		dates[d] = tm
+		rows = append(rows, row{d, i, j, v})
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if len(rows) == 0 {
+		return nil, l.errf(1, "no measurements")
+	}
+	labels := make([]string, 0, len(dates))
+	for d := range dates {
+		labels = append(labels, d)
+	}
+	slices.Sort(labels) // ISO dates sort chronologically
+	n := len(sites.names)
+	if n*n*len(labels) > maxCells {
+		return nil, l.errf(0, "%d regions × %d snapshots is too large", n, len(labels))
+	}
+	base := dates[labels[0]]
+	m := &Matrix{Name: name, Dated: true}
+	for _, s := range sites.names {
+		m.Sites = append(m.Sites, Site{Name: s})
+	}
+	snapOf := map[string]int{}
+	for i, d := range labels {
+		snapOf[d] = i
+		m.Snaps = append(m.Snaps, newSnap(n, dates[d].Sub(base).Seconds(), d))
+	}
+	for _, r := range rows {
+		st := missing()
+		st.Avg = r.v
+		m.Snaps[snapOf[r.t]].RTT[r.i*n+r.j] = st
+	}
+	return m, nil
+}
+
+// ReadSites reads "name,lat,lon" (header optional) to give a matrix's sites
+// geography.
+func ReadSites(r io.Reader, name string) (map[string]Site, error) {
+	l := newReader(r, name)
+	out := map[string]Site{}
+	if err := l.each(func(rec []string, line int) error {
+		if len(rec) < 3 {
+			return l.errf(line, "want name,lat,lon")
+		}
+		lat, lon, ok := parseLatLon(rec[1], rec[2])
+		if !ok {
+			if line == 1 {
+				return nil // a header line
+			}
+			return l.errf(line, "lat/lon %q, %q are not coordinates", rec[1], rec[2])
+		}
+		if _, dup := out[rec[0]]; dup {
+			return l.errf(line, "site %q repeated", rec[0])
+		}
+		out[rec[0]] = Site{Name: rec[0], Lat: lat, Lon: lon, HasGeo: true}
+		if len(out) > maxSites {
+			return l.errf(line, "more than %d sites", maxSites)
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// parseLatLon parses decimal degrees within range.
+func parseLatLon(a, b string) (lat, lon float64, ok bool) {
+	lat, err1 := strconv.ParseFloat(a, 64)
+	lon, err2 := strconv.ParseFloat(b, 64)
+	ok = err1 == nil && err2 == nil && math.Abs(lat) <= 90 && math.Abs(lon) <= 180
+	return lat, lon, ok
+}
+
+// SetGeo gives the matrix's sites the coordinates of same-named sites.
+func (m *Matrix) SetGeo(geo map[string]Site) {
+	for i := range m.Sites {
+		if g, ok := geo[m.Sites[i].Name]; ok {
+			m.Sites[i].Lat, m.Sites[i].Lon, m.Sites[i].HasGeo = g.Lat, g.Lon, true
+		}
+	}
+}
+
+// LoadFile reads a matrix, choosing the reader from the header: WonderProxy
+// grouped pings (with the servers file next to it, servers-*.csv, for
+// geography), the IBM weekly file, or the generic pairs format.
+func LoadFile(path string) (*Matrix, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("open latency matrix: %w", err)
+	}
+	defer f.Close()
+	br := bufio.NewReader(f)
+	head, _ := br.Peek(512)
+	first := strings.ToLower(strings.SplitN(string(head), "\n", 2)[0])
+	name := filepath.Base(path)
+	switch {
+	case strings.Contains(first, "snapshot_date") && strings.Contains(first, "avg_rtt_ms"):
+		return ReadIBM(br, name)
+	case strings.Contains(first, "source") && strings.Contains(first, "mdev"):
+		servers, err := loadServersNear(path)
+		if err != nil {
+			return nil, err
+		}
+		return ReadWonderProxy(br, name, servers)
+	default:
+		return ReadPairs(br, name)
+	}
+}
+
+// loadServersNear finds the WonderProxy servers file beside a pings file:
+// the one whose date matches, else the only servers-*.csv there.
+func loadServersNear(pings string) (map[string]Site, error) {
+	dir := filepath.Dir(pings)
+	cands, _ := filepath.Glob(filepath.Join(dir, "servers-*.csv"))
+	if len(cands) == 0 {
+		return nil, nil
+	}
+	pick := ""
+	for _, c := range cands {
+		date := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(c), "servers-"), ".csv")
+		if strings.Contains(filepath.Base(pings), date) {
+			pick = c
+		}
+	}
+	if pick == "" && len(cands) == 1 {
+		pick = cands[0]
+	}
+	if pick == "" {
+		return nil, nil
+	}
+	f, err := os.Open(pick)
+	if err != nil {
+		return nil, fmt.Errorf("open servers file: %w", err)
+	}
+	defer f.Close()
+	return ReadServers(f, filepath.Base(pick))
+}
