@@ -18,10 +18,7 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-	"go.uber.org/zap"
 
-	"github.com/premirror/premirror/internal/controller"
-	"github.com/premirror/premirror/internal/pki"
 )
 
 const objectsFile = "../../internal/controller/testdata/objects.yaml"
@@ -193,12 +190,16 @@ func TestCtlLeaderKilled(t *testing.T) {
 	if _, err := ctl(t, "certs", "--dir", certs); err != nil {
 		t.Fatal(err)
 	}
-	files := pki.Files{CA: filepath.Join(certs, "ca.pem"), Cert: filepath.Join(certs, "controller.pem"), Key: filepath.Join(certs, "controller-key.pem")}
-	e, ep, err := controller.StartEtcd(controller.EmbeddedEtcd{Dir: filepath.Join(dir, "etcd"), TLS: files, UnsafeNoFsync: true, Logger: zap.NewNop()})
-	if err != nil {
+	// The etcd both replicas share runs in its own process too.
+	etcdAddr := freeAddr(t)
+	ep := "https://" + etcdAddr
+	etcdCmd := exec.Command(os.Args[0], "-test.run=^TestCtlChildProcess$")
+	etcdCmd.Env = append(os.Environ(), "PREMIRROR_CTL_CHILD_ARGS="+strings.Join([]string{"etcd", "--tls-dir", certs,
+		"--data-dir", filepath.Join(dir, "etcd"), "--etcd-listen", etcdAddr, "--etcd-peer-listen", freeAddr(t)}, "\x1f"))
+	if err := etcdCmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	defer e.Close()
+	t.Cleanup(func() { etcdCmd.Process.Signal(syscall.SIGTERM); etcdCmd.Wait() })
 
 	type child struct {
 		cmd         *exec.Cmd

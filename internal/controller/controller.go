@@ -129,6 +129,7 @@ type Controller struct {
 	view   *view
 	engine *route.Engine
 	m      *metrics
+	routeM *route.Metrics
 	reg    *prometheus.Registry
 	codec  codec
 
@@ -156,7 +157,9 @@ func New(cfg Config, cli *clientv3.Client) (*Controller, error) {
 	c.store = NewStore(cli, cfg.Prefix, cfg.Limits)
 	c.view = newView(c.store, c.log)
 	c.m = newMetrics(c)
+	c.routeM = route.NewMetrics()
 	c.reg.MustRegister(c.m.collectors()...)
+	c.reg.MustRegister(c.routeM)
 	return c, nil
 }
 

@@ -192,10 +192,12 @@ func (c *Controller) compute(ls *leaderState, now time.Time) (*pb.DesiredState, 
 	}
 	snap := c.view.snapshot()
 	in, w := buildInput(snap, now, c.inputConfig(), ls.held)
+	start := time.Now()
 	res, next, err := c.engine.Step(ls.state, in)
 	if err != nil {
 		return nil, nil, nil, err
 	}
+	c.routeM.Observe(res, time.Since(start))
 	ls.lastNow = now
 	ds, sum := buildDesired(w, res, c.engine.Config().Slots, now)
 	return ds, sum, next, nil
