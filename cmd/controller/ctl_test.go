@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
-
 )
 
 const objectsFile = "../../internal/controller/testdata/objects.yaml"
