@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync/atomic"
 
 	"github.com/premirror/premirror/internal/cli"
 	"github.com/premirror/premirror/internal/controller"
@@ -31,12 +32,15 @@ func ctlEtcd(ctx context.Context, args []string) error {
 	if err := files.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", cli.ErrUsage, err)
 	}
-	e, ep, err := controller.StartEtcd(controller.EmbeddedEtcd{Dir: *dataDir, ClientAddr: *listen, PeerAddr: *peer, TLS: files})
+	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	var quiet atomic.Bool
+	e, ep, err := controller.StartEtcd(controller.EmbeddedEtcd{Dir: *dataDir, ClientAddr: *listen, PeerAddr: *peer,
+		TLS: files, Logger: controller.EtcdLogger(log, &quiet)})
 	if err != nil {
 		return err
 	}
-	defer e.Close()
-	slog.New(slog.NewTextHandler(os.Stderr, nil)).Info("etcd ready", "endpoint", ep, "data_dir", *dataDir)
+	defer func() { quiet.Store(true); e.Close() }()
+	log.Info("etcd ready", "endpoint", ep, "data_dir", *dataDir)
 	fmt.Fprintln(ctlOut, ep)
 	select {
 	case <-ctx.Done():

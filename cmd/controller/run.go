@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -84,15 +85,21 @@ func ctlRun(ctx context.Context, args []string) error {
 	if err := files.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", cli.ErrUsage, err)
 	}
+	// Fail on unreadable certificates here, before etcd reports it less clearly.
+	if _, err := pki.ServerConfig(files); err != nil {
+		return fmt.Errorf("tls (see `controller certs`): %w", err)
+	}
 
 	var eps []string
 	var etcdTLS *pki.Files
 	if *endpoints == "" {
-		e, ep, err := controller.StartEtcd(controller.EmbeddedEtcd{Dir: *dataDir, ClientAddr: *etcdListen, PeerAddr: *etcdPeer, TLS: files})
+		var quiet atomic.Bool
+		e, ep, err := controller.StartEtcd(controller.EmbeddedEtcd{Dir: *dataDir, ClientAddr: *etcdListen, PeerAddr: *etcdPeer,
+			TLS: files, Logger: controller.EtcdLogger(log, &quiet)})
 		if err != nil {
 			return err
 		}
-		defer e.Close()
+		defer func() { quiet.Store(true); e.Close() }()
 		log.Info("embedded etcd ready", "endpoint", ep, "data_dir", *dataDir)
 		eps, etcdTLS = []string{ep}, &files
 	} else {

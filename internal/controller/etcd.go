@@ -22,7 +22,7 @@ import (
 // --max-request-bytes and --max-txn-ops at least as large (or Store.MaxTxnOps
 // lowered to its limit).
 const (
-	EtcdMaxRequestBytes = 32 << 20
+	EtcdMaxRequestBytes = 10 << 20
 	EtcdMaxTxnOps       = 16384
 )
 
