@@ -16,11 +16,12 @@ import (
 	"github.com/premirror/premirror/internal/pki"
 )
 
-// Etcd request limits. Desired states are compressed, but one version for
-// 4096 resources × 64 regions and a bulk apply still exceed etcd's
-// 1.5 MiB and 128-operation defaults; an external cluster needs
-// --max-request-bytes and --max-txn-ops at least as large (or Store.MaxTxnOps
-// lowered to its limit).
+// Etcd request limits of the embedded etcd. A compressed desired state for
+// 4096 resources × 64 regions is about 90 kB, but a bulk apply of
+// thousands of objects needs more than etcd's 128 operations per
+// transaction. Against an external cluster with smaller limits, set
+// Store.MaxTxnOps to its --max-txn-ops (applies are split, each part
+// valid) and keep its --max-request-bytes above the largest apply.
 const (
 	EtcdMaxRequestBytes = 10 << 20
 	EtcdMaxTxnOps       = 16384
