@@ -65,6 +65,7 @@ func ctlRun(ctx context.Context, args []string) error {
 	endpoints := fs.String("etcd-endpoints", "", "comma-separated etcd endpoints of an external cluster (https:// uses the controller's certificate); empty runs an embedded single-node etcd")
 	etcdListen := fs.String("etcd-listen", "127.0.0.1:2379", "embedded etcd client address (mutual TLS; other replicas may use it as --etcd-endpoints)")
 	etcdPeer := fs.String("etcd-peer-listen", "127.0.0.1:2380", "embedded etcd peer address")
+	maxTxn := fs.Int("etcd-max-txn-ops", 0, "operations per etcd transaction (0: 16384 embedded, 128 external, etcd's default); larger applies are split")
 	prefix := fs.String("etcd-prefix", controller.DefaultPrefix, "etcd key prefix")
 	tick := fs.Duration("tick", controller.DefaultTickInterval, "route computation interval (health and object changes compute at once)")
 	report := fs.Duration("report-interval", controller.DefaultReportInterval, "how often agents report")
@@ -123,6 +124,12 @@ func ctlRun(ctx context.Context, args []string) error {
 	c, err := controller.New(cfg, etcd)
 	if err != nil {
 		return err
+	}
+	switch {
+	case *maxTxn > 0:
+		c.Store().MaxTxnOps = *maxTxn
+	case *endpoints != "":
+		c.Store().MaxTxnOps = 128
 	}
 	lis, err := net.Listen("tcp", *listen)
 	if err != nil {
