@@ -145,7 +145,7 @@ func TestAgentSessionDeliversVersionsAndRecordsAcks(t *testing.T) {
 	// A failure bypasses damping: nyc down for us leaves its table at once.
 	before := us.client.Version()
 	us.setProbe("nyc", 5*time.Millisecond, pb.Health_HEALTH_DOWN)
-	waitFor(t, "failover off nyc", 5*time.Second, func() bool {
+	waitFor(t, "failover off nyc", 15*time.Second, func() bool {
 		w := routeOf(us.current(), "disk", "us")
 		return us.client.Version() > before && w["nyc"] == 0 && w["paris"] > 0
 	})
@@ -153,7 +153,7 @@ func TestAgentSessionDeliversVersionsAndRecordsAcks(t *testing.T) {
 	// Status: both agents connected and on the current version.
 	ctx := context.Background()
 	adm := adminClient(t, r.addr, "admin")
-	waitFor(t, "acks recorded", 5*time.Second, func() bool {
+	waitFor(t, "acks recorded", 15*time.Second, func() bool {
 		s, err := adm.Status(ctx, &pb.StatusRequest{})
 		if err != nil || len(s.GetAgents()) != 2 || s.GetLeader() != "r1" {
 			return false
@@ -174,7 +174,7 @@ func TestAgentSessionDeliversVersionsAndRecordsAcks(t *testing.T) {
 	o := testObjects()
 	o.Sites = append(o.Sites, &pb.Site{Name: "asia", ClientPrefixes: []string{"10.3.0.0/16"}})
 	applyObjects(t, r.addr, o)
-	waitFor(t, "nack recorded", 5*time.Second, func() bool {
+	waitFor(t, "nack recorded", 15*time.Second, func() bool {
 		s, err := adm.Status(ctx, &pb.StatusRequest{})
 		if err != nil {
 			return false
@@ -193,7 +193,7 @@ func TestAgentSessionDeliversVersionsAndRecordsAcks(t *testing.T) {
 
 	// Disconnect is recorded.
 	us.stop()
-	waitFor(t, "disconnect recorded", 5*time.Second, func() bool {
+	waitFor(t, "disconnect recorded", 15*time.Second, func() bool {
 		s, _ := adm.Status(ctx, &pb.StatusRequest{})
 		for _, a := range s.GetAgents() {
 			if a.GetNode() == "edge-us" {
@@ -220,7 +220,7 @@ func TestMirrorHostReportsDown(t *testing.T) {
 	host.health = []*pb.MirrorHealth{{Mirror: "paris", Health: pb.Health_HEALTH_DOWN}}
 	host.mu.Unlock()
 	host.client.ReportNow()
-	waitFor(t, "paris out", 5*time.Second, func() bool {
+	waitFor(t, "paris out", 15*time.Second, func() bool {
 		st := eu.current()
 		for _, m := range st.GetMirrors() {
 			if m.GetName() == "paris" && m.GetState() != pb.MirrorState_MIRROR_STATE_DOWN {
@@ -250,7 +250,7 @@ func TestAgentConvergesAfterControllerRestart(t *testing.T) {
 	v1 := a.client.Version()
 
 	r.stop()
-	waitFor(t, "agent notices", 5*time.Second, func() bool { return a.client.Controller() == "" })
+	waitFor(t, "agent notices", 15*time.Second, func() bool { return a.client.Controller() == "" })
 	// While no controller runs, the objects change; the agent keeps v1.
 	o := testObjects()
 	o.Mirrors[1].State = pb.MirrorState_MIRROR_STATE_DRAINING
@@ -286,7 +286,7 @@ func TestLeaderFailover(t *testing.T) {
 	applyObjects(t, a.addr, testObjects())
 	ag := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, b.addr)
 	waitFor(t, "version from ra", 10*time.Second, func() bool { return routeOf(ag.current(), "disk", "*") != nil })
-	waitFor(t, "rb sees ra lead", 5*time.Second, func() bool { return b.c.Leader() == "ra" })
+	waitFor(t, "rb sees ra lead", 15*time.Second, func() bool { return b.c.Leader() == "ra" })
 	vA := b.c.Version()
 
 	killed := time.Now()
