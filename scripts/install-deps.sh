@@ -32,3 +32,25 @@ go mod download
 if [ "$(id -u)" = 0 ] && ! mountpoint -q /sys/fs/bpf; then
   mount -t bpf bpf /sys/fs/bpf
 fi
+
+# --- control protocol code generation (issue 4: api/premirror/v1) ---------
+# protoc from Debian and the two Go plugins at the versions
+# scripts/gen-proto.sh pins; each is installed only when missing or different.
+if ! command -v protoc >/dev/null 2>&1; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: missing protobuf-compiler; run as root (sudo make ...)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends protobuf-compiler >/dev/null
+fi
+gobin="$(go env GOBIN)"
+[ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
+if [ "$("$gobin/protoc-gen-go" --version 2>/dev/null)" != "protoc-gen-go v1.36.12" ]; then
+  GOFLAGS= go install google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
+fi
+if [ "$("$gobin/protoc-gen-go-grpc" --version 2>/dev/null)" != "protoc-gen-go-grpc 1.6.2" ]; then
+  GOFLAGS= go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
+fi
+# --- end control protocol code generation ----------------------------------

@@ -1,0 +1,66 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/cli"
+	"github.com/premirror/premirror/internal/pki"
+)
+
+// ctlOut receives the admin subcommands' output (tests replace it).
+var ctlOut io.Writer = os.Stdout
+
+// ctlAdminFlags connect an admin subcommand to a controller.
+type ctlAdminFlags struct {
+	server  *string
+	tls     ctlTLSFlags
+	timeout *time.Duration
+}
+
+func ctlAddAdminFlags(fs *flag.FlagSet) ctlAdminFlags {
+	return ctlAdminFlags{
+		server:  fs.String("server", "127.0.0.1:7443", "controller address"),
+		tls:     ctlAddTLSFlags(fs, "admin"),
+		timeout: fs.Duration("timeout", 30*time.Second, "request timeout"),
+	}
+}
+
+// dial returns an admin client and a context bounded by --timeout.
+func (f ctlAdminFlags) dial(ctx context.Context) (pb.AdminClient, context.Context, func(), error) {
+	tc, err := pki.ClientConfig(f.tls.files(), "")
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	conn, err := grpc.NewClient(*f.server, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("connect %s: %w", *f.server, err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, *f.timeout)
+	return pb.NewAdminClient(conn), ctx, func() { cancel(); conn.Close() }, nil
+}
+
+// ctlParse parses flags and positional arguments in any order
+// (`get mirror paris --server x` as well as `get --server x mirror paris`).
+func ctlParse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := cli.ParseFlags(fs, args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return pos, nil
+		}
+		pos = append(pos, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}

@@ -1,0 +1,289 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+const objectsFile = "../../internal/controller/testdata/objects.yaml"
+
+var outMu sync.Mutex
+
+// ctl runs one subcommand in-process and returns its output.
+func ctl(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	var buf bytes.Buffer
+	outMu.Lock()
+	ctlOut = &buf
+	err := commands.Run(context.Background(), args)
+	ctlOut = os.Stdout
+	outMu.Unlock()
+	return buf.String(), err
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func healthz(addr string) string {
+	c := http.Client{Timeout: time.Second}
+	resp, err := c.Get("http://" + addr + "/healthz")
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestCtlEndToEnd(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	out, err := ctl(t, "certs", "--dir", certs, "--agents", "edge-eu,edge-us", "--replicators", "paris-host")
+	if err != nil || !strings.Contains(out, "edge-us.pem") || !strings.Contains(out, "replicator-paris-host.pem") {
+		t.Fatalf("certs: %v\n%s", err, out)
+	}
+	// Running it again reuses the CA.
+	caBefore, _ := os.ReadFile(filepath.Join(certs, "ca.pem"))
+	if _, err := ctl(t, "certs", "--dir", certs, "--agents", "edge-asia"); err != nil {
+		t.Fatal(err)
+	}
+	caAfter, _ := os.ReadFile(filepath.Join(certs, "ca.pem"))
+	if !bytes.Equal(caBefore, caAfter) {
+		t.Fatal("certs replaced an existing CA")
+	}
+
+	addr, maddr := freeAddr(t), freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- commands.Run(ctx, []string{"run", "--name", "solo", "--listen", addr, "--tls-dir", certs,
+			"--data-dir", filepath.Join(dir, "etcd"), "--etcd-listen", freeAddr(t), "--etcd-peer-listen", freeAddr(t),
+			"--metrics-addr", maddr, "--tick", "100ms"})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	waitFor(t, "controller leads", 30*time.Second, func() bool { return strings.Contains(healthz(maddr), `leader "solo"`) })
+
+	admin := []string{"--server", addr, "--tls-dir", certs}
+	out, err = ctl(t, append([]string{"apply", "-f", objectsFile}, admin...)...)
+	if err != nil || !strings.Contains(out, "site/eu created (id 1)") || !strings.Contains(out, "resource/web created") {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	out, err = ctl(t, append([]string{"apply", "-f", objectsFile}, admin...)...)
+	if err != nil || strings.Contains(out, "created") || !strings.Contains(out, "mirror/nyc unchanged") {
+		t.Fatalf("re-apply: %v\n%s", err, out)
+	}
+	out, err = ctl(t, append([]string{"get", "mirror", "paris"}, admin...)...)
+	if err != nil || !strings.Contains(out, "name: paris") || strings.Contains(out, "nyc") {
+		t.Fatalf("get: %v\n%s", err, out)
+	}
+	// What get prints applies again.
+	all, err := ctl(t, append([]string{"get"}, admin...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back := filepath.Join(dir, "back.yaml")
+	if err := os.WriteFile(back, []byte(all), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := ctl(t, append([]string{"apply", "-f", back}, admin...)...); err != nil || strings.Contains(out, "updated") {
+		t.Fatalf("apply of get output: %v\n%s", err, out)
+	}
+
+	// Invalid objects: the offending field is named, locally and by the
+	// controller's set validation.
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("mirrors:\n  - {name: m2, site: eu, address: 192.0.2.300}\n"), 0o600)
+	if _, err := ctl(t, append([]string{"apply", "-f", bad}, admin...)...); err == nil || !strings.Contains(err.Error(), "mirrors[0] (m2).address") {
+		t.Fatalf("bad address: %v", err)
+	}
+	os.WriteFile(bad, []byte("mirrors:\n  - {name: m2, site: mars, address: 192.0.2.30}\n"), 0o600)
+	if _, err := ctl(t, append([]string{"apply", "-f", bad}, admin...)...); err == nil || !strings.Contains(err.Error(), `mirror "m2": site: "mars"`) {
+		t.Fatalf("unknown site: %v", err)
+	}
+	// An agent's certificate may not write.
+	if _, err := ctl(t, "apply", "-f", objectsFile, "--server", addr, "--tls-dir", certs, "--tls-name", "edge-eu"); err == nil || !strings.Contains(err.Error(), "may not change objects") {
+		t.Fatalf("agent apply: %v", err)
+	}
+
+	waitFor(t, "a version", 10*time.Second, func() bool {
+		out, _ := ctl(t, append([]string{"status"}, admin...)...)
+		return strings.Contains(out, "leader:  solo") && !strings.Contains(out, "version: 0 ")
+	})
+	out, err = ctl(t, append([]string{"delete", "resource", "web"}, admin...)...)
+	if err != nil || !strings.Contains(out, "resource/web deleted") {
+		t.Fatalf("delete: %v %s", err, out)
+	}
+	if _, err := ctl(t, append([]string{"delete", "mirror", "paris"}, admin...)...); err == nil || !strings.Contains(err.Error(), "still uses it") {
+		t.Fatalf("delete of a used mirror: %v", err)
+	}
+	if _, err := ctl(t, "apply"); err == nil {
+		t.Fatal("apply without -f accepted")
+	}
+}
+
+// TestCtlChildProcess is the body of the child processes of
+// TestCtlLeaderKilled; it does nothing in a normal run.
+func TestCtlChildProcess(t *testing.T) {
+	args := os.Getenv("PREMIRROR_CTL_CHILD_ARGS")
+	if args == "" {
+		t.Skip("child process helper")
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	err := commands.Run(ctx, strings.Split(args, "\x1f"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// TestCtlLeaderKilled runs two controller processes on one etcd, kills
+// the leader with SIGKILL and checks the other takes over and keeps the
+// versions monotonic.
+func TestCtlLeaderKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts processes")
+	}
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	if _, err := ctl(t, "certs", "--dir", certs); err != nil {
+		t.Fatal(err)
+	}
+	// The etcd both replicas share runs in its own process too.
+	etcdAddr := freeAddr(t)
+	ep := "https://" + etcdAddr
+	etcdCmd := exec.Command(os.Args[0], "-test.run=^TestCtlChildProcess$")
+	etcdCmd.Env = append(os.Environ(), "PREMIRROR_CTL_CHILD_ARGS="+strings.Join([]string{"etcd", "--tls-dir", certs,
+		"--data-dir", filepath.Join(dir, "etcd"), "--etcd-listen", etcdAddr, "--etcd-peer-listen", freeAddr(t)}, "\x1f"))
+	if err := etcdCmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { etcdCmd.Process.Signal(syscall.SIGTERM); etcdCmd.Wait() })
+
+	type child struct {
+		cmd         *exec.Cmd
+		addr, maddr string
+	}
+	start := func(name string) *child {
+		c := &child{addr: freeAddr(t), maddr: freeAddr(t)}
+		args := []string{"run", "--name", name, "--listen", c.addr, "--tls-dir", certs, "--etcd-endpoints", ep,
+			"--metrics-addr", c.maddr, "--tick", "100ms", "--lease-ttl", "2s"}
+		c.cmd = exec.Command(os.Args[0], "-test.run=^TestCtlChildProcess$")
+		c.cmd.Env = append(os.Environ(), "PREMIRROR_CTL_CHILD_ARGS="+strings.Join(args, "\x1f"))
+		logs := &syncBuffer{}
+		c.cmd.Stderr = logs
+		if err := c.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			c.cmd.Process.Kill()
+			c.cmd.Wait()
+			if t.Failed() {
+				t.Logf("%s logs:\n%s", name, logs.String())
+			}
+		})
+		return c
+	}
+	a := start("ra")
+	waitFor(t, "ra leads", 30*time.Second, func() bool { return strings.Contains(healthz(a.maddr), `leader "ra"`) })
+	b := start("rb")
+	waitFor(t, "rb follows", 30*time.Second, func() bool { return strings.Contains(healthz(b.maddr), `leader "ra"`) })
+	admin := []string{"--server", b.addr, "--tls-dir", certs}
+	if out, err := ctl(t, append([]string{"apply", "-f", objectsFile}, admin...)...); err != nil {
+		t.Fatalf("apply via the follower: %v\n%s", err, out)
+	}
+	var before string
+	waitFor(t, "version from ra", 10*time.Second, func() bool {
+		before = healthz(b.maddr)
+		return !strings.Contains(before, "version 0")
+	})
+
+	killed := time.Now()
+	if err := a.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	a.cmd.Wait()
+	waitFor(t, "rb takes over", 15*time.Second, func() bool { return strings.Contains(healthz(b.maddr), `leader "rb"`) })
+	t.Logf("rb leads %v after SIGKILL of the leader (lease ttl 2s); before: %s", time.Since(killed).Round(time.Millisecond), strings.TrimSpace(before))
+
+	// The survivor computes: a change gives a higher version.
+	os.WriteFile(filepath.Join(dir, "more.yaml"), []byte("sites:\n  - {name: asia, client_prefixes: [10.3.0.0/16]}\n"), 0o600)
+	if _, err := ctl(t, append([]string{"apply", "-f", filepath.Join(dir, "more.yaml")}, admin...)...); err != nil {
+		t.Fatal(err)
+	}
+	var vBefore, vAfter uint64
+	fmt.Sscanf(before[strings.Index(before, "version ")+len("version "):], "%d", &vBefore)
+	waitFor(t, "a version from rb", 10*time.Second, func() bool {
+		h := healthz(b.maddr)
+		if i := strings.Index(h, "version "); i >= 0 {
+			fmt.Sscanf(h[i+len("version "):], "%d", &vAfter)
+		}
+		return vAfter > vBefore
+	})
+	out, err := ctl(t, append([]string{"status"}, admin...)...)
+	if err != nil || !strings.Contains(out, "leader:  rb") {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+	b.cmd.Process.Signal(syscall.SIGTERM)
+	if err := b.cmd.Wait(); err != nil {
+		t.Fatalf("rb did not stop cleanly on SIGTERM: %v", err)
+	}
+}
+
+// syncBuffer collects a child's logs.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

@@ -1,0 +1,158 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/premirror/premirror/internal/cli"
+	"github.com/premirror/premirror/internal/controller"
+	"github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/pki"
+)
+
+func init() {
+	commands.Register(cli.Command{
+		Name:    "run",
+		Summary: "serve agents and the admin API; compute routes while leading (embedded etcd by default)",
+		Run:     ctlRun,
+	})
+}
+
+// ctlTLSFlags are the certificate flags every subcommand shares.
+type ctlTLSFlags struct {
+	dir, name, ca, cert, key *string
+}
+
+func ctlAddTLSFlags(fs interface {
+	String(name, value, usage string) *string
+}, defaultName string) ctlTLSFlags {
+	return ctlTLSFlags{
+		dir:  fs.String("tls-dir", "/etc/premirror/tls", "directory with ca.pem, <tls-name>.pem and <tls-name>-key.pem (see `controller certs`)"),
+		name: fs.String("tls-name", defaultName, "certificate name in --tls-dir"),
+		ca:   fs.String("tls-ca", "", "CA certificate (overrides --tls-dir)"),
+		cert: fs.String("tls-cert", "", "certificate (overrides --tls-dir)"),
+		key:  fs.String("tls-key", "", "private key (overrides --tls-dir)"),
+	}
+}
+
+func (f ctlTLSFlags) files() pki.Files {
+	pick := func(v, file string) string {
+		if v != "" {
+			return v
+		}
+		return filepath.Join(*f.dir, file)
+	}
+	return pki.Files{CA: pick(*f.ca, "ca.pem"), Cert: pick(*f.cert, *f.name+".pem"), Key: pick(*f.key, *f.name+"-key.pem")}
+}
+
+func ctlRun(ctx context.Context, args []string) error {
+	fs := cli.NewFlagSet("controller", "run")
+	listen := fs.String("listen", ":7443", "address for agent sessions and the admin API (mutual TLS)")
+	name := fs.String("name", "", "replica name (default: host name and process ID)")
+	tlsf := ctlAddTLSFlags(fs, "controller")
+	dataDir := fs.String("data-dir", "/var/lib/premirror/controller", "embedded etcd data directory")
+	endpoints := fs.String("etcd-endpoints", "", "comma-separated etcd endpoints of an external cluster (https:// uses the controller's certificate); empty runs an embedded single-node etcd")
+	etcdListen := fs.String("etcd-listen", "127.0.0.1:2379", "embedded etcd client address (mutual TLS; other replicas may use it as --etcd-endpoints)")
+	etcdPeer := fs.String("etcd-peer-listen", "127.0.0.1:2380", "embedded etcd peer address")
+	maxTxn := fs.Int("etcd-max-txn-ops", 0, "operations per etcd transaction (0: 16384 embedded, 128 external, etcd's default); larger applies are split")
+	prefix := fs.String("etcd-prefix", controller.DefaultPrefix, "etcd key prefix")
+	tick := fs.Duration("tick", controller.DefaultTickInterval, "route computation interval (health and object changes compute at once)")
+	report := fs.Duration("report-interval", controller.DefaultReportInterval, "how often agents report")
+	lease := fs.Duration("lease-ttl", controller.DefaultLeaseTTL, "leader and session lease; a dead leader is replaced after about this long")
+	admins := fs.String("admin-names", "admin", "comma-separated certificate names allowed to change objects")
+	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9451", "metrics and health listen address (empty: none)")
+	slots := fs.Int("table-slots", maps.DefaultConfig().TableSlots, "route table size the weights are quantized for (the agents' table_slots)")
+	debug := fs.Bool("debug", false, "debug logs")
+	if err := cli.ParseFlags(fs, args); err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	files := tlsf.files()
+	if err := files.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", cli.ErrUsage, err)
+	}
+	// Fail on unreadable certificates here, before etcd reports it less clearly.
+	if _, err := pki.ServerConfig(files); err != nil {
+		return fmt.Errorf("tls (see `controller certs`): %w", err)
+	}
+
+	var eps []string
+	var etcdTLS *pki.Files
+	if *endpoints == "" {
+		var quiet atomic.Bool
+		e, ep, err := controller.StartEtcd(controller.EmbeddedEtcd{Dir: *dataDir, ClientAddr: *etcdListen, PeerAddr: *etcdPeer,
+			TLS: files, Logger: controller.EtcdLogger(log, &quiet)})
+		if err != nil {
+			return err
+		}
+		defer func() { quiet.Store(true); e.Close() }()
+		log.Info("embedded etcd ready", "endpoint", ep, "data_dir", *dataDir)
+		eps, etcdTLS = []string{ep}, &files
+	} else {
+		for _, e := range strings.Split(*endpoints, ",") {
+			e = strings.TrimSpace(e)
+			eps = append(eps, e)
+			if !strings.HasPrefix(e, "http://") {
+				etcdTLS = &files
+			}
+		}
+	}
+	etcd, err := controller.DialEtcd(eps, etcdTLS)
+	if err != nil {
+		return err
+	}
+	defer etcd.Close()
+
+	cfg := controller.Config{Name: *name, TLS: files, AdminNames: strings.Split(*admins, ","), Prefix: *prefix,
+		TickInterval: *tick, ReportInterval: *report, LeaseTTL: *lease, Logger: log}
+	cfg.Route.Slots = *slots
+	c, err := controller.New(cfg, etcd)
+	if err != nil {
+		return err
+	}
+	switch {
+	case *maxTxn > 0:
+		c.Store().MaxTxnOps = *maxTxn
+	case *endpoints != "":
+		c.Store().MaxTxnOps = 128
+	}
+	lis, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen %s: %w", *listen, err)
+	}
+	if *metricsAddr != "" {
+		ml, err := net.Listen("tcp", *metricsAddr)
+		if err != nil {
+			lis.Close()
+			return fmt.Errorf("metrics-addr: listen %s: %w", *metricsAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(c.Registry(), promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			fmt.Fprintf(w, "ok replica %s leader %q version %d\n", c.Name(), c.Leader(), c.Version())
+		})
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ml) }()
+		defer srv.Close()
+	}
+	err = c.Serve(ctx, lis)
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}

@@ -1,0 +1,126 @@
+package agent
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/maps"
+)
+
+func sampleProtoState() *pb.DesiredState {
+	return &pb.DesiredState{
+		Version:       9,
+		DefaultRegion: "eu",
+		Regions: []*pb.RegionState{
+			{Name: "eu", Id: 1, Prefixes: []string{"10.1.0.0/16"}},
+			{Name: "us", Id: 2, Prefixes: []string{"10.2.0.0/16", "2001:db8:2::/48"}},
+		},
+		Mirrors: []*pb.MirrorEndpoint{
+			{Name: "paris", Id: 1, Address: "192.0.2.10"},
+			{Name: "nyc", Id: 2, Address: "2001:db8::20", State: pb.MirrorState_MIRROR_STATE_DRAINING},
+		},
+		WeightSets: []*pb.WeightSet{
+			{Weights: []*pb.MirrorWeight{{MirrorId: 1, Weight: 1}}},
+			{Weights: []*pb.MirrorWeight{{MirrorId: 1, Weight: 300}, {MirrorId: 2, Weight: 724}}},
+		},
+		Resources: []*pb.ResourceState{{
+			Name: "disk", Id: 7,
+			Vips: []*pb.VIP{
+				{Address: "203.0.113.5", Port: 443, Protocol: pb.Protocol_PROTOCOL_TCP},
+				{Address: "2001:db8::5", Port: 53, Protocol: pb.Protocol_PROTOCOL_UDP},
+			},
+			Affinity:     &pb.Affinity{TimeoutSeconds: 1800, PrefixV4: 24},
+			RouteRegions: []uint32{0, 2}, RouteWeightSets: []uint32{0, 1},
+		}},
+		TableSlots: 1024,
+	}
+}
+
+func TestStateFromProto(t *testing.T) {
+	ds, err := StateFromProto(sampleProtoState())
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := ds.Compile(maps.DefaultConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DefaultRegion != 1 || len(c.Prefixes) != 3 || c.Mirrors[2].State != maps.MirrorDraining {
+		t.Fatalf("compiled %+v", c)
+	}
+	o := c.VIPs[maps.VIP{Addr: mustAddr("203.0.113.5"), Port: 443, Proto: maps.TCP}]
+	if o.Resource != 7 || o.AffinityTimeout != 30*time.Minute || o.AffinityPrefixV4 != 24 {
+		t.Fatalf("vip options %+v", o)
+	}
+	if _, ok := c.VIPs[maps.VIP{Addr: mustAddr("2001:db8::5"), Port: 53, Proto: maps.UDP}]; !ok {
+		t.Fatalf("v6 vip missing: %v", c.VIPs)
+	}
+	if w := c.Routes[maps.RouteKey{Resource: 7, Region: 2}]; w[1] != 300 || w[2] != 724 {
+		t.Fatalf("route us %v", w)
+	}
+	if w := c.Routes[maps.RouteKey{Resource: 7, Region: maps.RegionAny}]; len(w) != 1 || w[1] != 1 {
+		t.Fatalf("wildcard route %v", w)
+	}
+}
+
+func TestStateFromProtoRejects(t *testing.T) {
+	cases := []struct {
+		name  string
+		edit  func(*pb.DesiredState)
+		field string
+	}{
+		{"nil", nil, "desired state"},
+		{"dup region id", func(s *pb.DesiredState) { s.Regions[1].Id = 1 }, "regions[1].id"},
+		{"dup mirror id", func(s *pb.DesiredState) { s.Mirrors[1].Id = 1 }, "mirrors[1].id"},
+		{"bad mirror state", func(s *pb.DesiredState) { s.Mirrors[0].State = 42 }, "mirrors[0].state"},
+		{"unknown mirror in set", func(s *pb.DesiredState) { s.WeightSets[1].Weights[1].MirrorId = 9 }, "weight_sets[1].weights[1].mirror_id"},
+		{"mirror twice in set", func(s *pb.DesiredState) { s.WeightSets[1].Weights[1].MirrorId = 1 }, "weight_sets[1].weights[1].mirror_id"},
+		{"unknown region", func(s *pb.DesiredState) { s.Resources[0].RouteRegions[1] = 5 }, "resources[0].route_regions[1]"},
+		{"region twice", func(s *pb.DesiredState) { s.Resources[0].RouteRegions[1] = 0 }, "resources[0].route_regions[1]"},
+		{"weight set out of range", func(s *pb.DesiredState) { s.Resources[0].RouteWeightSets[0] = 2 }, "resources[0].route_weight_sets[0]"},
+		{"arrays differ", func(s *pb.DesiredState) { s.Resources[0].RouteWeightSets = s.Resources[0].RouteWeightSets[:1] }, "resources[0].route_weight_sets"},
+		{"bad vip address", func(s *pb.DesiredState) { s.Resources[0].Vips[0].Address = "nope" }, "resources[0].vips[0]: address"},
+		{"port zero", func(s *pb.DesiredState) { s.Resources[0].Vips[0].Port = 0 }, "resources[0].vips[0]: port"},
+		{"port too big", func(s *pb.DesiredState) { s.Resources[0].Vips[1].Port = 70000 }, "resources[0].vips[1]: port"},
+		{"no protocol", func(s *pb.DesiredState) { s.Resources[0].Vips[1].Protocol = 0 }, "resources[0].vips[1]: protocol"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			var st *pb.DesiredState
+			if tc.edit != nil {
+				st = sampleProtoState()
+				tc.edit(st)
+			}
+			_, err := StateFromProto(st)
+			if err == nil || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("err %v, want one naming %q", err, tc.field)
+			}
+		})
+	}
+}
+
+// FuzzStateFromProto feeds arbitrary wire bytes through the decoder, the
+// conversion and Compile: bad input must fail cleanly, never panic.
+func FuzzStateFromProto(f *testing.F) {
+	b, err := proto.Marshal(sampleProtoState())
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var st pb.DesiredState
+		if err := proto.Unmarshal(b, &st); err != nil {
+			return
+		}
+		ds, err := StateFromProto(&st)
+		if err != nil {
+			return
+		}
+		_, _ = ds.Compile(maps.DefaultConfig())
+	})
+}

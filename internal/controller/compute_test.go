@@ -1,0 +1,244 @@
+package controller
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/route"
+)
+
+var t0 = time.Unix(1_800_000_000, 0)
+
+func computeWorld() *snapshot {
+	o := testObjects()
+	for i, s := range o.Sites {
+		s.Id = uint32(i + 1)
+	}
+	o.Sites = append(o.Sites, &pb.Site{Name: "london", Id: 3, Location: &pb.Location{Latitude: 51.5, Longitude: -0.12}})
+	for i, m := range o.Mirrors {
+		m.Id = uint32(i + 1)
+	}
+	o.Resources[0].Id = 7
+	o.Resources[0].Thresholds = &pb.Thresholds{MaxLagSeconds: 10}
+	return &snapshot{sites: o.Sites, mirrors: o.Mirrors, resources: o.Resources}
+}
+
+func edgeReport(node, site string, at time.Time, probes ...*pb.ProbeResult) *pb.LiveReport {
+	return &pb.LiveReport{Node: node, Site: site, Role: pb.NodeRole_NODE_ROLE_EDGE, ReceivedUnixNano: at.UnixNano(), Probes: probes}
+}
+
+func pr(mirror string, ms int, h pb.Health) *pb.ProbeResult {
+	d := int64(ms) * int64(time.Millisecond)
+	return &pb.ProbeResult{Mirror: mirror, RttNs: d, MedianNs: d, MinNs: d, Health: h, Samples: 5, Probes: 5}
+}
+
+var testInputCfg = inputConfig{ReportMaxAge: 5 * time.Second, ProbeMaxAge: 10 * time.Second, PathHold: time.Minute, TableSlots: 1024}
+
+func pathOf(in *route.Input, region, mirror uint32) (route.Path, bool) {
+	for _, p := range in.Paths {
+		if p.Region == region && p.Mirror == mirror {
+			return p, true
+		}
+	}
+	return route.Path{}, false
+}
+
+func TestBuildInputAggregatesEdges(t *testing.T) {
+	s := computeWorld()
+	up, down := pb.Health_HEALTH_UP, pb.Health_HEALTH_DOWN
+	s.live = []*pb.LiveReport{
+		edgeReport("e1", "eu", t0, pr("paris", 10, up), pr("nyc", 80, up)),
+		edgeReport("e2", "eu", t0, pr("paris", 20, up), pr("nyc", 90, down)),
+		edgeReport("u1", "us", t0, pr("nyc", 5, up)),
+		edgeReport("u2", "us", t0, pr("nyc", 6, down)),
+		edgeReport("u3", "us", t0, pr("nyc", 7, down), pr("paris", 70, pb.Health_HEALTH_UNKNOWN)),
+		// Too old: ignored.
+		edgeReport("old", "eu", t0.Add(-time.Minute), pr("paris", 500, down)),
+		// A site that does not exist: ignored.
+		edgeReport("x", "mars", t0, pr("paris", 1, up)),
+	}
+	held := map[uint32]*heldRegion{}
+	in, w := buildInput(s, t0, testInputCfg, held)
+	if p, _ := pathOf(in, 1, 1); p.RTT != 15*time.Millisecond || !p.Up {
+		t.Fatalf("eu→paris %+v: want the median of two edges, up", p)
+	}
+	if p, _ := pathOf(in, 1, 2); !p.Up {
+		t.Fatalf("eu→nyc %+v: one of two edges up counts as up", p)
+	}
+	if p, _ := pathOf(in, 2, 2); p.Up || p.RTT != 6*time.Millisecond {
+		t.Fatalf("us→nyc %+v: two of three edges down is down", p)
+	}
+	if _, ok := pathOf(in, 2, 1); ok {
+		t.Fatal("a path of unknown health must not be a candidate")
+	}
+	// london has no edge: it borrows eu's paths (the nearest site).
+	if p, ok := pathOf(in, 3, 1); !ok || p.RTT != 15*time.Millisecond {
+		t.Fatalf("london→paris %+v %v: want eu's path", p, ok)
+	}
+	if w.dpState[2] != pb.MirrorState_MIRROR_STATE_ACTIVE {
+		t.Fatalf("nyc is up for eu: data-plane state %v", w.dpState[2])
+	}
+
+	// eu's edges fall silent: its paths are held, then dropped.
+	s.live = []*pb.LiveReport{edgeReport("u1", "us", t0.Add(30*time.Second), pr("nyc", 5, up))}
+	in, _ = buildInput(s, t0.Add(30*time.Second), testInputCfg, held)
+	if p, ok := pathOf(in, 1, 1); !ok || p.RTT != 15*time.Millisecond {
+		t.Fatalf("held eu→paris %+v %v", p, ok)
+	}
+	in, _ = buildInput(s, t0.Add(2*time.Minute), testInputCfg, held)
+	if _, ok := pathOf(in, 1, 1); ok {
+		t.Fatal("held path outlived PathHold")
+	}
+}
+
+func TestBuildInputMirrorHealthAndReplicas(t *testing.T) {
+	s := computeWorld()
+	s.mirrors[1].Node = "nyc-host"
+	s.live = []*pb.LiveReport{
+		edgeReport("e1", "eu", t0, pr("paris", 10, pb.Health_HEALTH_DOWN), pr("nyc", 80, pb.Health_HEALTH_UP)),
+		{Node: "nyc-host", Role: pb.NodeRole_NODE_ROLE_MIRROR, ReceivedUnixNano: t0.UnixNano(),
+			NodeStats: &pb.NodeStats{CpuUtilization: 0.3},
+			Mirrors: []*pb.MirrorHealth{{Mirror: "nyc", Health: pb.Health_HEALTH_UP, Utilization: 0.5,
+				Replicas: []*pb.ReplicaSync{{Resource: "disk", InSync: true, LagNs: int64(20 * time.Second)}}}},
+			Demand: []*pb.DemandRate{{ResourceId: 7, RegionId: 2, FlowsPerSecond: 12}}},
+		// paris-host claims to host nyc: not believed.
+		{Node: "paris-host", ReceivedUnixNano: t0.UnixNano(), Mirrors: []*pb.MirrorHealth{{Mirror: "nyc", Health: pb.Health_HEALTH_DOWN}}},
+	}
+	in, w := buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
+	if w.dpState[1] != pb.MirrorState_MIRROR_STATE_DOWN {
+		t.Fatalf("paris failed every probe: data-plane state %v", w.dpState[1])
+	}
+	if !in.Mirrors[1].Up || in.Mirrors[1].Utilization != 0.5 || w.dpState[2] != pb.MirrorState_MIRROR_STATE_ACTIVE {
+		t.Fatalf("nyc %+v state %v", in.Mirrors[1], w.dpState[2])
+	}
+	res := in.Resources[0]
+	if len(res.Replicas) != 2 || !res.Replicas[0].InSync || res.Replicas[1].InSync {
+		t.Fatalf("replicas %+v: nyc lags 20s beyond max_lag 10s", res.Replicas)
+	}
+	if len(res.Demand) != 3 || res.Demand[1] != 12 {
+		t.Fatalf("demand %v", res.Demand)
+	}
+
+	// The host itself says nyc is down.
+	s.live[1].Mirrors[0].Health = pb.Health_HEALTH_DOWN
+	in, w = buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
+	if in.Mirrors[1].Up || w.dpState[2] != pb.MirrorState_MIRROR_STATE_DOWN {
+		t.Fatalf("nyc down by its host: %+v %v", in.Mirrors[1], w.dpState[2])
+	}
+	// Admin state wins over health.
+	s.mirrors[1].State = pb.MirrorState_MIRROR_STATE_DRAINING
+	in, w = buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
+	if in.Mirrors[1].Up || w.dpState[2] != pb.MirrorState_MIRROR_STATE_DRAINING {
+		t.Fatalf("draining nyc: %+v %v", in.Mirrors[1], w.dpState[2])
+	}
+}
+
+func TestBuildDesired(t *testing.T) {
+	s := computeWorld()
+	s.live = []*pb.LiveReport{
+		edgeReport("e1", "eu", t0, pr("paris", 10, pb.Health_HEALTH_UP), pr("nyc", 80, pb.Health_HEALTH_UP)),
+		edgeReport("u1", "us", t0, pr("paris", 80, pb.Health_HEALTH_UP), pr("nyc", 10, pb.Health_HEALTH_UP)),
+	}
+	eng, err := route.New(route.Config{Slots: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, w := buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
+	res, _, err := eng.Step(nil, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, sum := buildDesired(w, res, 1024, t0)
+	if sum.GetRoutes() != 3 || sum.GetUnrouted() != 0 {
+		t.Fatalf("summary %v", sum)
+	}
+	if w := routeOf(ds, "disk", "eu"); w["paris"] != 1024 {
+		t.Fatalf("eu %v", w)
+	}
+	if w := routeOf(ds, "disk", "us"); w["nyc"] != 1024 {
+		t.Fatalf("us %v", w)
+	}
+	if w := routeOf(ds, "disk", "*"); w["paris"] != 1 || len(w) != 1 {
+		t.Fatalf("wildcard %v", w)
+	}
+	// eu and london share one weight set; the origin set is distinct.
+	if len(ds.GetWeightSets()) != 3 || len(ds.GetResources()[0].GetVips()) != 1 {
+		t.Fatalf("weight sets %v vips %v", ds.GetWeightSets(), ds.GetResources()[0].GetVips())
+	}
+	d1, _ := digest(ds)
+	ds.Version, ds.ComputedUnixNano = 9, 42
+	d2, _ := digest(ds)
+	if string(d1) != string(d2) || ds.Version != 9 {
+		t.Fatal("digest depends on version or time, or clobbered them")
+	}
+	ds.Mirrors[1].State = pb.MirrorState_MIRROR_STATE_DOWN
+	if d3, _ := digest(ds); string(d3) == string(d1) {
+		t.Fatal("digest ignores content")
+	}
+}
+
+func TestDemandSmoothing(t *testing.T) {
+	a := &agentConn{demand: map[[2]uint32]float64{}, lastReport: t0}
+	var rate float64
+	for i := range 120 {
+		end := t0.Add(time.Duration(i+1) * time.Second)
+		out := a.smoothDemand(&pb.Report{StartUnixNano: end.Add(-time.Second).UnixNano(), EndUnixNano: end.UnixNano(),
+			Access: []*pb.AccessCount{{ResourceId: 1, RegionId: 2, MirrorId: 1, NewFlows: 6}, {ResourceId: 1, RegionId: 2, MirrorId: 2, NewFlows: 4}}}, end)
+		rate = out[0].GetFlowsPerSecond()
+	}
+	if rate < 9.5 || rate > 10 {
+		t.Fatalf("rate %v after 2 min at 10 flows/s", rate)
+	}
+	// Silence decays the rate.
+	for i := range 300 {
+		end := t0.Add(time.Duration(200+i) * time.Second)
+		a.smoothDemand(&pb.Report{StartUnixNano: end.Add(-time.Second).UnixNano(), EndUnixNano: end.UnixNano()}, end)
+	}
+	if len(a.demand) != 0 {
+		t.Fatalf("rate did not decay away: %v", a.demand)
+	}
+}
+
+// A successor restores the policy's memory and held paths from the
+// record its predecessor saved.
+func TestRouteRecordRestores(t *testing.T) {
+	s := computeWorld()
+	s.live = []*pb.LiveReport{edgeReport("e1", "eu", t0, pr("paris", 10, pb.Health_HEALTH_UP), pr("nyc", 80, pb.Health_HEALTH_UP))}
+	c := &Controller{log: quietLogger()}
+	eng, err := route.New(route.Config{Slots: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := map[uint32]*heldRegion{}
+	in, _ := buildInput(s, t0, testInputCfg, held)
+	_, st, err := eng.Step(nil, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := &leaderState{state: st, held: held, saves: make(chan routeSave, 1)}
+	c.saveRoutes(ls)
+	save := <-ls.saves
+	js, err := json.Marshal(save.state.Snapshot())
+	if err != nil {
+		t.Fatal(err)
+	}
+	next := &leaderState{held: map[uint32]*heldRegion{}}
+	c.restoreRoutes(next, &pb.RouteRecord{Snapshot: js, Paths: save.held})
+	if next.state == nil || !next.lastNow.Equal(t0) {
+		t.Fatalf("state not restored (now %v)", next.lastNow)
+	}
+	if got, want := next.state.Weights(7, 1), st.Weights(7, 1); len(got) == 0 || got[1] != want[1] {
+		t.Fatalf("weights %v, want %v", got, want)
+	}
+	if h := next.held[1]; h == nil || len(h.paths) != 2 || !h.seen.Equal(t0) {
+		t.Fatalf("held paths %+v", next.held)
+	}
+	// A corrupt snapshot leaves damping to start afresh, paths still held.
+	broken := &leaderState{held: map[uint32]*heldRegion{}}
+	c.restoreRoutes(broken, &pb.RouteRecord{Snapshot: []byte("{"), Paths: save.held})
+	if broken.state != nil || len(broken.held[1].paths) != 2 {
+		t.Fatal("corrupt snapshot restored")
+	}
+}

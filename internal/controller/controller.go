@@ -1,0 +1,315 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/pki"
+	"github.com/premirror/premirror/internal/route"
+)
+
+// Config configures one controller replica. Zero durations take the
+// defaults below.
+type Config struct {
+	// Name identifies the replica (status, logs, election); default the
+	// host name and process ID.
+	Name string
+	// TLS is the replica's certificate; agents and admin clients must
+	// present certificates of the same CA.
+	TLS pki.Files
+	// AdminNames are the certificate common names allowed to write
+	// objects (default: "admin").
+	AdminNames []string
+	// Prefix is the etcd key prefix (DefaultPrefix).
+	Prefix string
+	// TickInterval is the route computation period (default 1 s). A
+	// health change or an object change computes at once.
+	TickInterval time.Duration
+	// ReportInterval is what agents are asked to report at (default 1 s).
+	ReportInterval time.Duration
+	// ReportMaxAge, ProbeMaxAge, PathHold: see inputConfig (defaults
+	// 5 s, 10 s, 2 min).
+	ReportMaxAge, ProbeMaxAge, PathHold time.Duration
+	// LeaseTTL bounds how long a dead leader blocks its successor and how
+	// long a dead replica's agents look connected (default 3 s; etcd
+	// rounds up to whole seconds).
+	LeaseTTL time.Duration
+	// CheckpointInterval: the policy's damping state is saved for a
+	// successor at every new version and at least this often (default
+	// 10 s).
+	CheckpointInterval time.Duration
+	// Route is the routing policy; Route.Slots defaults to the data
+	// plane's table size.
+	Route route.Config
+	// Limits are the data planes' capacities objects must fit.
+	Limits Limits
+	// OnReport, when set, sees every agent report this replica receives
+	// (for example to feed the access log to the forecaster).
+	OnReport func(node string, r *pb.Report)
+	Logger   *slog.Logger
+}
+
+// Defaults for zero Config fields.
+const (
+	DefaultTickInterval       = time.Second
+	DefaultReportInterval     = time.Second
+	DefaultReportMaxAge       = 5 * time.Second
+	DefaultProbeMaxAge        = 10 * time.Second
+	DefaultPathHold           = 2 * time.Minute
+	DefaultLeaseTTL           = 3 * time.Second
+	DefaultCheckpointInterval = 10 * time.Second
+)
+
+func (c *Config) setDefaults() error {
+	if c.Name == "" {
+		h, _ := os.Hostname()
+		c.Name = fmt.Sprintf("%s-%d", h, os.Getpid())
+	}
+	if len(c.AdminNames) == 0 {
+		c.AdminNames = []string{"admin"}
+	}
+	def := func(d *time.Duration, v time.Duration, name string) error {
+		if *d == 0 {
+			*d = v
+		}
+		if *d < 0 {
+			return fmt.Errorf("%s: %v must be positive", name, *d)
+		}
+		return nil
+	}
+	for _, f := range []struct {
+		d    *time.Duration
+		v    time.Duration
+		name string
+	}{
+		{&c.TickInterval, DefaultTickInterval, "tick interval"}, {&c.ReportInterval, DefaultReportInterval, "report interval"},
+		{&c.ReportMaxAge, DefaultReportMaxAge, "report max age"}, {&c.ProbeMaxAge, DefaultProbeMaxAge, "probe max age"},
+		{&c.PathHold, DefaultPathHold, "path hold"}, {&c.LeaseTTL, DefaultLeaseTTL, "lease ttl"},
+		{&c.CheckpointInterval, DefaultCheckpointInterval, "checkpoint interval"},
+	} {
+		if err := def(f.d, f.v, f.name); err != nil {
+			return err
+		}
+	}
+	if c.Route.Slots == 0 {
+		c.Route.Slots = maps.DefaultConfig().TableSlots
+	}
+	if c.Limits == (Limits{}) {
+		c.Limits = DefaultLimits()
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return c.TLS.Validate()
+}
+
+// Controller is one replica: it serves agents and the admin API from its
+// view of etcd, and computes routes while it leads.
+type Controller struct {
+	cfg    Config
+	log    *slog.Logger
+	cli    *clientv3.Client
+	store  *Store
+	view   *view
+	engine *route.Engine
+	m      *metrics
+	routeM *route.Metrics
+	reg    *prometheus.Registry
+	codec  codec
+
+	sessMu   sync.Mutex
+	sessions map[string]*agentConn
+	liveMu   sync.Mutex
+	live     *concurrency.Session // lease of this replica's live/ keys
+	encMu    sync.Mutex
+	enc      encCache
+
+	crash atomic.Bool // tests: stop as if killed (no resign, no revoke)
+}
+
+// New prepares a replica using an etcd client it does not own.
+func New(cfg Config, cli *clientv3.Client) (*Controller, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	eng, err := route.New(cfg.Route)
+	if err != nil {
+		return nil, err
+	}
+	c := &Controller{cfg: cfg, log: cfg.Logger.With("controller", cfg.Name), cli: cli, engine: eng,
+		sessions: map[string]*agentConn{}, reg: prometheus.NewRegistry(), codec: newCodec()}
+	c.store = NewStore(cli, cfg.Prefix, cfg.Limits)
+	c.view = newView(c.store, c.log)
+	c.m = newMetrics(c)
+	c.routeM = route.NewMetrics()
+	c.reg.MustRegister(c.m.collectors()...)
+	c.reg.MustRegister(c.routeM)
+	return c, nil
+}
+
+// Name is the replica's name.
+func (c *Controller) Name() string { return c.cfg.Name }
+
+// Registry holds the replica's metrics.
+func (c *Controller) Registry() *prometheus.Registry { return c.reg }
+
+// Store is the replica's store.
+func (c *Controller) Store() *Store { return c.store }
+
+// Leader returns the name of the replica that leads now ("" if none).
+func (c *Controller) Leader() string { return c.view.leader() }
+
+// Version is the current desired-state version as this replica sees it.
+func (c *Controller) Version() uint64 { return c.view.desiredRecord().GetState().GetVersion() }
+
+// Serve runs the replica on lis until ctx ends: the agent session and
+// admin services, the etcd view and the leader campaign. On return the
+// replica has resigned and its agents' sessions are closed; they
+// reconnect to another replica.
+func (c *Controller) Serve(ctx context.Context, lis net.Listener) error {
+	tc, err := pki.ServerConfig(c.cfg.TLS)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() { defer wg.Done(); c.view.run(ctx) }()
+	select {
+	case <-c.view.ready:
+	case <-ctx.Done():
+		return nil
+	}
+	if err := c.renewLive(ctx); err != nil {
+		return err
+	}
+	wg.Add(1)
+	go func() { defer wg.Done(); c.keepLive(ctx) }()
+
+	srv := grpc.NewServer(
+		grpc.Creds(credentials.NewTLS(tc)),
+		grpc.ForceServerCodecV2(c.codec),
+		grpc.MaxRecvMsgSize(64<<20),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	)
+	pb.RegisterAgentSessionServer(srv, &sessionService{c: c})
+	pb.RegisterAdminServer(srv, &adminService{c: c})
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(lis) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); c.leaderLoop(ctx) }()
+	c.log.Info("controller serving", "addr", lis.Addr().String(), "prefix", c.store.prefix)
+
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		err = fmt.Errorf("serve: %w", err)
+	}
+	cancel()
+	// Session handlers end with their streams: end them, so a graceful
+	// stop does not wait for agents to hang up.
+	c.sessMu.Lock()
+	for _, a := range c.sessions {
+		a.cancel()
+	}
+	c.sessMu.Unlock()
+	if c.crash.Load() {
+		srv.Stop()
+	} else {
+		stopped := make(chan struct{})
+		go func() { srv.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(2 * time.Second):
+			srv.Stop()
+		}
+	}
+	wg.Wait()
+	c.liveMu.Lock()
+	if c.live != nil {
+		if c.crash.Load() {
+			c.live.Orphan()
+		} else {
+			_ = c.live.Close() // revokes: the agents' live keys go at once
+		}
+	}
+	c.liveMu.Unlock()
+	return err
+}
+
+func (c *Controller) renewLive(ctx context.Context) error {
+	s, err := concurrency.NewSession(c.cli, concurrency.WithTTL(ttlSeconds(c.cfg.LeaseTTL)), concurrency.WithContext(ctx))
+	if err != nil {
+		return fmt.Errorf("etcd lease: %w", err)
+	}
+	c.liveMu.Lock()
+	c.live = s
+	c.liveMu.Unlock()
+	return nil
+}
+
+// keepLive replaces the replica's lease when etcd expired it (a long
+// partition); sessions write their next report under the new one.
+func (c *Controller) keepLive(ctx context.Context) {
+	for {
+		c.liveMu.Lock()
+		s := c.live
+		c.liveMu.Unlock()
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.Done():
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		c.log.Warn("replica lease lost; renewing")
+		for ctx.Err() == nil {
+			if err := c.renewLive(ctx); err == nil {
+				break
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+	}
+}
+
+func (c *Controller) liveLease() clientv3.LeaseID {
+	c.liveMu.Lock()
+	defer c.liveMu.Unlock()
+	return c.live.Lease()
+}
+
+func ttlSeconds(d time.Duration) int {
+	return max(1, int((d+time.Second-1)/time.Second))
+}
+
+func (c *Controller) sessionCount() int {
+	c.sessMu.Lock()
+	defer c.sessMu.Unlock()
+	return len(c.sessions)
+}
+
+// errLeaseLost ends a leadership whose election lease expired.
+var errLeaseLost = errors.New("election lease lost")

@@ -1,0 +1,310 @@
+package controller
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/agent"
+	"github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/pki"
+)
+
+func applyObjects(t *testing.T, addr string, o *pb.Objects) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := adminClient(t, addr, "admin").Apply(ctx, &pb.ApplyRequest{Objects: o}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// sessionErr opens a session with tc, registers as node and returns the
+// first error the controller answers with (nil if it registered).
+func sessionErr(t *testing.T, addr string, tc *credentials.TransportCredentials, node string) error {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(*tc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := pb.NewAgentSessionClient(conn).Session(ctx)
+	if err != nil {
+		return err
+	}
+	if err := s.Send(&pb.AgentMessage{Msg: &pb.AgentMessage_Register{Register: &pb.Register{Node: node, Role: pb.NodeRole_NODE_ROLE_EDGE}}}); err != nil {
+		_, err = s.Recv()
+		return err
+	}
+	m, err := s.Recv()
+	if err == nil && m.GetRegistered() == nil {
+		t.Fatalf("first message %v", m)
+	}
+	return err
+}
+
+func TestMutualTLSRefusesUnknownClients(t *testing.T) {
+	r := startReplica(t, "r1", testPrefix(t), nil)
+	dir := t.TempDir()
+	good := issueFiles(t, shared.ca, dir, "edge-1", nil)
+	otherCA, err := pki.NewCA("other", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := issueFiles(t, otherCA, t.TempDir(), "edge-1", nil)
+
+	creds := func(tc any) *credentials.TransportCredentials {
+		c := credentials.NewTLS(clientTLS(t, tc.(pki.Files)))
+		return &c
+	}
+	// No client certificate at all: only the CA to verify the server.
+	noCert := clientTLS(t, good)
+	noCert.Certificates = nil
+	nc := credentials.NewTLS(noCert)
+
+	cases := []struct {
+		name  string
+		creds *credentials.TransportCredentials
+		node  string
+		code  codes.Code
+	}{
+		{"valid certificate registers", creds(good), "edge-1", codes.OK},
+		{"certificate of another CA", creds(foreign), "edge-1", codes.Unavailable},
+		{"no client certificate", &nc, "edge-1", codes.Unavailable},
+		{"node is not the certificate's", creds(good), "edge-2", codes.PermissionDenied},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			err := sessionErr(t, r.addr, tc.creds, tc.node)
+			if got := status.Code(err); got != tc.code {
+				t.Fatalf("code %v (%v), want %v", got, err, tc.code)
+			}
+		})
+	}
+
+	// Only admin certificates may write objects; any valid one may read.
+	ctx := context.Background()
+	if _, err := adminClient(t, r.addr, "edge-1").Apply(ctx, &pb.ApplyRequest{Objects: testObjects()}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("agent certificate applied objects: %v", err)
+	}
+	if _, err := adminClient(t, r.addr, "edge-1").Status(ctx, &pb.StatusRequest{}); err != nil {
+		t.Fatalf("status with a valid certificate: %v", err)
+	}
+	if _, err := adminClient(t, r.addr, "admin").Apply(ctx, &pb.ApplyRequest{Objects: testObjects()}); err != nil {
+		t.Fatalf("admin apply: %v", err)
+	}
+}
+
+func TestAgentSessionDeliversVersionsAndRecordsAcks(t *testing.T) {
+	r := startReplica(t, "r1", testPrefix(t), nil)
+	applyObjects(t, r.addr, testObjects())
+	eu := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, r.addr)
+	us := startAgent(t, "edge-us", "us", pb.NodeRole_NODE_ROLE_EDGE, r.addr)
+	waitFor(t, "objects applied by both", 10*time.Second, func() bool {
+		return routeOf(eu.current(), "disk", "*") != nil && routeOf(us.current(), "disk", "*") != nil
+	})
+
+	// The state converts into a data plane the agent accepts, with the
+	// agent's site as its default region and the origin as wildcard.
+	st := eu.current()
+	if st.GetDefaultRegion() != "eu" || us.current().GetDefaultRegion() != "us" {
+		t.Fatalf("default regions %q %q", st.GetDefaultRegion(), us.current().GetDefaultRegion())
+	}
+	ds, err := agent.StateFromProto(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ds.Compile(maps.DefaultConfig()); err != nil {
+		t.Fatalf("agent refuses the controller's state: %v", err)
+	}
+	if w := routeOf(st, "disk", "*"); w["paris"] != 1 || len(w) != 1 {
+		t.Fatalf("wildcard route %v", w)
+	}
+
+	// Probes: eu is near paris, us near nyc.
+	eu.setProbes(map[string]time.Duration{"paris": 5 * time.Millisecond, "nyc": 80 * time.Millisecond}, pb.Health_HEALTH_UP)
+	us.setProbes(map[string]time.Duration{"paris": 80 * time.Millisecond, "nyc": 5 * time.Millisecond}, pb.Health_HEALTH_UP)
+	waitFor(t, "routes from probes", 10*time.Second, func() bool {
+		s := us.current()
+		return routeOf(s, "disk", "us")["nyc"] > 0 && routeOf(s, "disk", "eu")["paris"] > 0
+	})
+	if w := routeOf(us.current(), "disk", "us"); w["paris"] != 0 {
+		t.Fatalf("us route %v should be nyc only", w)
+	}
+
+	// A failure bypasses damping: nyc down for us leaves its table at once.
+	before := us.client.Version()
+	us.setProbe("nyc", 5*time.Millisecond, pb.Health_HEALTH_DOWN)
+	waitFor(t, "failover off nyc", 15*time.Second, func() bool {
+		w := routeOf(us.current(), "disk", "us")
+		return us.client.Version() > before && w["nyc"] == 0 && w["paris"] > 0
+	})
+
+	// Status: both agents connected and on the current version.
+	ctx := context.Background()
+	adm := adminClient(t, r.addr, "admin")
+	waitFor(t, "acks recorded", 15*time.Second, func() bool {
+		s, err := adm.Status(ctx, &pb.StatusRequest{})
+		if err != nil || len(s.GetAgents()) != 2 || s.GetLeader() != "r1" {
+			return false
+		}
+		for _, a := range s.GetAgents() {
+			if !a.GetConnected() || a.GetAckedVersion() != s.GetVersion() || a.GetSentVersion() != s.GetVersion() {
+				return false
+			}
+		}
+		return true
+	})
+
+	// A NACK: the agent refuses the next version and keeps its own.
+	eu.mu.Lock()
+	eu.refuse = true
+	eu.mu.Unlock()
+	kept := eu.client.Version()
+	o := testObjects()
+	o.Sites = append(o.Sites, &pb.Site{Name: "asia", ClientPrefixes: []string{"10.3.0.0/16"}})
+	applyObjects(t, r.addr, o)
+	waitFor(t, "nack recorded", 15*time.Second, func() bool {
+		s, err := adm.Status(ctx, &pb.StatusRequest{})
+		if err != nil {
+			return false
+		}
+		for _, a := range s.GetAgents() {
+			if a.GetNode() == "edge-eu" {
+				return a.GetNackedVersion() == s.GetVersion() && strings.Contains(a.GetNackError(), "refused by test") &&
+					a.GetAckedVersion() == kept
+			}
+		}
+		return false
+	})
+	if eu.client.Version() != kept {
+		t.Fatalf("applied version moved to %d after a nack", eu.client.Version())
+	}
+
+	// Disconnect is recorded.
+	us.stop()
+	waitFor(t, "disconnect recorded", 15*time.Second, func() bool {
+		s, _ := adm.Status(ctx, &pb.StatusRequest{})
+		for _, a := range s.GetAgents() {
+			if a.GetNode() == "edge-us" {
+				return !a.GetConnected()
+			}
+		}
+		return false
+	})
+	if probs, err := testutil.CollectAndLint(r.c.Registry()); err != nil || len(probs) > 0 {
+		t.Fatalf("metric lint: %v %v", probs, err)
+	}
+}
+
+func TestMirrorHostReportsDown(t *testing.T) {
+	r := startReplica(t, "r1", testPrefix(t), nil)
+	applyObjects(t, r.addr, testObjects())
+	eu := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, r.addr)
+	host := startAgent(t, "paris-host", "eu", pb.NodeRole_NODE_ROLE_MIRROR, r.addr)
+	eu.setProbes(map[string]time.Duration{"paris": 5 * time.Millisecond, "nyc": 60 * time.Millisecond}, pb.Health_HEALTH_UP)
+	waitFor(t, "eu on paris", 10*time.Second, func() bool { return routeOf(eu.current(), "disk", "eu")["paris"] > 0 })
+	// The host says paris is down: it leaves the routes and is marked down
+	// in the data plane, though the edge's probes still succeed.
+	host.mu.Lock()
+	host.health = []*pb.MirrorHealth{{Mirror: "paris", Health: pb.Health_HEALTH_DOWN}}
+	host.mu.Unlock()
+	host.client.ReportNow()
+	waitFor(t, "paris out", 15*time.Second, func() bool {
+		st := eu.current()
+		for _, m := range st.GetMirrors() {
+			if m.GetName() == "paris" && m.GetState() != pb.MirrorState_MIRROR_STATE_DOWN {
+				return false
+			}
+		}
+		w := routeOf(st, "disk", "eu")
+		return w["paris"] == 0 && w["nyc"] > 0
+	})
+	// Another node may not speak for paris.
+	eu.mu.Lock()
+	eu.health = []*pb.MirrorHealth{{Mirror: "nyc", Health: pb.Health_HEALTH_DOWN}}
+	eu.mu.Unlock()
+	eu.client.ReportNow()
+	time.Sleep(300 * time.Millisecond)
+	if w := routeOf(eu.current(), "disk", "eu"); w["nyc"] == 0 {
+		t.Fatalf("an edge's claim about a mirror it does not host was believed: %v", w)
+	}
+}
+
+func TestAgentConvergesAfterControllerRestart(t *testing.T) {
+	prefix := testPrefix(t)
+	r := startReplica(t, "r1", prefix, nil)
+	applyObjects(t, r.addr, testObjects())
+	a := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, r.addr)
+	waitFor(t, "objects applied", 10*time.Second, func() bool { return routeOf(a.current(), "disk", "*") != nil })
+	v1 := a.client.Version()
+
+	r.stop()
+	waitFor(t, "agent notices", 15*time.Second, func() bool { return a.client.Controller() == "" })
+	// While no controller runs, the objects change; the agent keeps v1.
+	o := testObjects()
+	o.Mirrors[1].State = pb.MirrorState_MIRROR_STATE_DRAINING
+	cli := etcdClient(t)
+	defer cli.Close()
+	if _, err := NewStore(cli, prefix, DefaultLimits()).Apply(context.Background(), o, false); err != nil {
+		t.Fatal(err)
+	}
+	if a.client.Version() != v1 {
+		t.Fatal("version changed without a controller")
+	}
+
+	// A controller comes back on the same address.
+	r2 := startReplicaAt(t, "r2", prefix, r.addr)
+	waitFor(t, "agent converges on the change", 15*time.Second, func() bool {
+		if r2.c.Version() <= v1 || a.client.Version() != r2.c.Version() {
+			return false
+		}
+		for _, m := range a.current().GetMirrors() {
+			if m.GetName() == "nyc" {
+				return m.GetState() == pb.MirrorState_MIRROR_STATE_DRAINING
+			}
+		}
+		return false
+	})
+}
+
+func TestLeaderFailover(t *testing.T) {
+	prefix := testPrefix(t)
+	a := startReplica(t, "ra", prefix, nil)
+	waitFor(t, "ra leads", 10*time.Second, func() bool { return a.c.Leader() == "ra" })
+	b := startReplica(t, "rb", prefix, nil)
+	applyObjects(t, a.addr, testObjects())
+	ag := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, b.addr)
+	waitFor(t, "version from ra", 10*time.Second, func() bool { return routeOf(ag.current(), "disk", "*") != nil })
+	waitFor(t, "rb sees ra lead", 15*time.Second, func() bool { return b.c.Leader() == "ra" })
+	vA := b.c.Version()
+
+	killed := time.Now()
+	a.kill()
+	waitFor(t, "rb takes over", 10*time.Second, func() bool { return b.c.Leader() == "rb" })
+	t.Logf("takeover %v after the leader was killed (lease ttl 2s)", time.Since(killed).Round(time.Millisecond))
+
+	// The new leader computes: a change reaches the agent, and versions
+	// continue from the dead leader's.
+	ag.setProbes(map[string]time.Duration{"paris": 5 * time.Millisecond, "nyc": 50 * time.Millisecond}, pb.Health_HEALTH_UP)
+	waitFor(t, "route from the new leader", 10*time.Second, func() bool {
+		return routeOf(ag.current(), "disk", "eu")["paris"] > 0
+	})
+	if v := ag.client.Version(); v <= vA {
+		t.Fatalf("version %d after failover, not above %d", v, vA)
+	}
+	rec, _, err := b.c.store.readDesired(context.Background())
+	if err != nil || rec.GetLeader() != "rb" {
+		t.Fatalf("record written by %q (%v)", rec.GetLeader(), err)
+	}
+}

@@ -1,0 +1,260 @@
+package controller
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"time"
+
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/route"
+)
+
+// leaderState is what a leader carries from tick to tick.
+type leaderState struct {
+	fence    fence
+	version  uint64
+	digest   []byte
+	modRev   int64 // of state/desired, for the write fence
+	state    *route.State
+	lastNow  time.Time
+	held     map[uint32]*heldRegion
+	lastSave time.Time
+	saves    chan routeSave // to the route-record writer (latest wins)
+}
+
+type routeSave struct {
+	state *route.State
+	held  []*pb.HeldPath
+}
+
+// leaderLoop campaigns until ctx ends; while this replica leads it
+// computes routes.
+func (c *Controller) leaderLoop(ctx context.Context) {
+	for ctx.Err() == nil {
+		sess, err := concurrency.NewSession(c.cli, concurrency.WithTTL(ttlSeconds(c.cfg.LeaseTTL)), concurrency.WithContext(ctx))
+		if err != nil {
+			if ctx.Err() == nil {
+				c.log.Warn("election session failed", "err", err)
+				sleepCtx(ctx, 500*time.Millisecond)
+			}
+			continue
+		}
+		el := concurrency.NewElection(sess, c.store.key(keyElection))
+		err = el.Campaign(ctx, c.cfg.Name)
+		if err == nil {
+			c.m.leader.Set(1)
+			c.log.Info("leading: computing routes", "tick", c.cfg.TickInterval)
+			err = c.lead(ctx, sess, el)
+			c.m.leader.Set(0)
+		}
+		if c.crash.Load() {
+			sess.Orphan() // as if killed: the lease runs out on its own
+			return
+		}
+		if ctx.Err() == nil {
+			c.log.Warn("leadership ended; campaigning again", "err", err)
+		}
+		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = el.Resign(rctx)
+		cancel()
+		_ = sess.Close()
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
+
+// lead runs the ticks of one leadership.
+func (c *Controller) lead(ctx context.Context, sess *concurrency.Session, el *concurrency.Election) error {
+	ls := &leaderState{fence: fence{key: el.Key(), rev: el.Rev()}, held: map[uint32]*heldRegion{},
+		saves: make(chan routeSave, 1)}
+	// What the previous leader committed, read from etcd (not the view,
+	// which may lag): versions continue from it.
+	rec, modRev, err := c.store.readDesired(ctx)
+	if err != nil {
+		return err
+	}
+	ls.modRev = modRev
+	if rec != nil {
+		ls.version, ls.digest = rec.GetState().GetVersion(), rec.GetDigest()
+	}
+	if rr, err := c.store.readRoutes(ctx); err != nil {
+		c.log.Warn("route state unreadable; damping starts afresh", "err", err)
+	} else if rr != nil {
+		c.restoreRoutes(ls, rr)
+	}
+
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	saved := make(chan struct{})
+	go func() { defer close(saved); c.routeWriter(lctx, ls) }()
+	defer func() { cancel(); <-saved }()
+
+	t := time.NewTicker(c.cfg.TickInterval)
+	defer t.Stop()
+	for {
+		if err := c.tick(ctx, ls); errors.Is(err, ErrNotLeader) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-sess.Done():
+			return errLeaseLost
+		case <-t.C:
+		case <-c.view.kick:
+		}
+	}
+}
+
+func (c *Controller) restoreRoutes(ls *leaderState, rr *pb.RouteRecord) {
+	var snap route.Snapshot
+	if err := json.Unmarshal(rr.GetSnapshot(), &snap); err != nil {
+		c.log.Warn("route snapshot unreadable; damping starts afresh", "err", err)
+	} else if st, err := route.Restore(snap); err != nil {
+		c.log.Warn("route snapshot refused; damping starts afresh", "err", err)
+	} else {
+		ls.state, ls.lastNow = st, snap.Now
+	}
+	for _, h := range rr.GetPaths() {
+		r := ls.held[h.GetRegionId()]
+		seen := time.Unix(0, h.GetSeenUnixNano())
+		if r == nil {
+			r = &heldRegion{seen: seen}
+			ls.held[h.GetRegionId()] = r
+		}
+		r.paths = append(r.paths, route.Path{Region: h.GetRegionId(), Mirror: h.GetMirrorId(), RTT: time.Duration(h.GetRttNs()),
+			Jitter: time.Duration(h.GetJitterNs()), Loss: h.GetLoss(), Up: h.GetUp()})
+	}
+}
+
+// tick computes routes once and writes a new version if they changed.
+func (c *Controller) tick(ctx context.Context, ls *leaderState) error {
+	start := time.Now()
+	ds, sum, next, err := c.compute(ls, start)
+	if err != nil {
+		c.m.ticks.WithLabelValues("error").Inc()
+		c.log.Error("route computation failed; keeping the current version", "err", err)
+		return err
+	}
+	ls.state = next
+	dg, err := digest(ds)
+	if err != nil {
+		return err
+	}
+	if bytes.Equal(dg, ls.digest) {
+		if time.Since(ls.lastSave) >= c.cfg.CheckpointInterval {
+			c.saveRoutes(ls)
+		}
+		c.m.ticks.WithLabelValues("ok").Inc()
+		c.m.tickTime.Observe(time.Since(start).Seconds())
+		return nil
+	}
+	ds.Version = ls.version + 1
+	sum.DurationNs = int64(time.Since(start))
+	b, err := pack(&pb.DesiredRecord{State: ds, Digest: dg, Summary: sum, Leader: c.cfg.Name})
+	if err != nil {
+		return err
+	}
+	rev, err := c.store.writeDesired(ctx, ls.fence, ls.modRev, b)
+	if err != nil {
+		c.m.ticks.WithLabelValues("error").Inc()
+		if !errors.Is(err, ErrNotLeader) && ctx.Err() == nil {
+			c.log.Error("desired state not written; retrying next tick", "version", ds.Version, "err", err)
+		}
+		return err
+	}
+	ls.version, ls.digest, ls.modRev = ds.Version, dg, rev
+	c.saveRoutes(ls)
+	c.m.versions.Inc()
+	c.m.movedSlots.Add(float64(sum.GetMovedSlots()))
+	c.m.ticks.WithLabelValues("ok").Inc()
+	c.m.tickTime.Observe(time.Since(start).Seconds())
+	c.log.Info("desired state", "version", ds.Version, "routes", sum.GetRoutes(), "changed", sum.GetChanged(),
+		"moved_share", sum.GetMovedShare(), "panic", sum.GetPanic(), "unrouted", sum.GetUnrouted(),
+		"duration", time.Since(start).Round(time.Microsecond))
+	return nil
+}
+
+// compute is one evaluation from the current view: routes and the
+// desired state, without writing anything.
+func (c *Controller) compute(ls *leaderState, now time.Time) (*pb.DesiredState, *pb.RouteSummary, *route.State, error) {
+	if now.Before(ls.lastNow) {
+		now = ls.lastNow // another replica's clock ran ahead: never step back
+	}
+	snap := c.view.snapshot()
+	in, w := buildInput(snap, now, c.inputConfig(), ls.held)
+	start := time.Now()
+	res, next, err := c.engine.Step(ls.state, in)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	c.routeM.Observe(res, time.Since(start))
+	ls.lastNow = now
+	ds, sum := buildDesired(w, res, c.engine.Config().Slots, now)
+	return ds, sum, next, nil
+}
+
+func (c *Controller) inputConfig() inputConfig {
+	return inputConfig{ReportMaxAge: c.cfg.ReportMaxAge, ProbeMaxAge: c.cfg.ProbeMaxAge, PathHold: c.cfg.PathHold,
+		TableSlots: c.engine.Config().Slots}
+}
+
+// saveRoutes hands the policy state to the writer; a save still queued
+// is replaced by this newer one.
+func (c *Controller) saveRoutes(ls *leaderState) {
+	var held []*pb.HeldPath
+	for r, h := range ls.held {
+		for _, p := range h.paths {
+			held = append(held, &pb.HeldPath{RegionId: r, MirrorId: p.Mirror, RttNs: int64(p.RTT), JitterNs: int64(p.Jitter),
+				Loss: p.Loss, Up: p.Up, SeenUnixNano: h.seen.UnixNano()})
+		}
+	}
+	ls.lastSave = time.Now()
+	s := routeSave{state: ls.state, held: held}
+	select {
+	case ls.saves <- s:
+	default:
+		select {
+		case <-ls.saves:
+		default:
+		}
+		ls.saves <- s
+	}
+}
+
+// routeWriter saves the policy state off the tick path: a snapshot of
+// 4096 × 64 routes takes longer to encode than a tick may.
+func (c *Controller) routeWriter(ctx context.Context, ls *leaderState) {
+	for {
+		var s routeSave
+		select {
+		case <-ctx.Done():
+			return
+		case s = <-ls.saves:
+		}
+		if s.state == nil {
+			continue
+		}
+		js, err := json.Marshal(s.state.Snapshot())
+		if err != nil {
+			c.log.Error("route snapshot not encoded", "err", err)
+			continue
+		}
+		b, err := pack(&pb.RouteRecord{Snapshot: js, Paths: s.held, WrittenUnixNano: time.Now().UnixNano()})
+		if err != nil {
+			continue
+		}
+		if err := c.store.writeRoutes(ctx, ls.fence, b); err != nil && ctx.Err() == nil {
+			c.log.Warn("route state not saved", "err", err)
+		}
+	}
+}

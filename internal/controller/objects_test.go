@@ -1,0 +1,180 @@
+package controller
+
+import (
+	"errors"
+	"os"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+)
+
+func TestParseObjectsValid(t *testing.T) {
+	b, err := os.ReadFile("testdata/objects.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := ParseObjects(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(o.Sites) != 2 || len(o.Mirrors) != 2 || len(o.Resources) != 2 {
+		t.Fatalf("parsed %d/%d/%d", len(o.Sites), len(o.Mirrors), len(o.Resources))
+	}
+	if err := ValidateObjects(o, DefaultLimits()); err != nil {
+		t.Fatal(err)
+	}
+	r := o.Resources[0]
+	if r.GetAffinity().GetTimeoutSeconds() != 1800 || r.GetThresholds().GetMaxLagSeconds() != 30 ||
+		r.GetMirrorPolicy().GetMode() != pb.MirrorMode_MIRROR_MODE_PREDICTIVE || r.GetProtocol() != pb.Protocol_PROTOCOL_TCP {
+		t.Fatalf("resource %v", r)
+	}
+	if m := o.Mirrors[0]; m.GetServiceTimeMs() != 2 || m.GetState() != pb.MirrorState_MIRROR_STATE_ACTIVE {
+		t.Fatalf("mirror %v", m)
+	}
+	if o.Mirrors[1].GetState() != pb.MirrorState_MIRROR_STATE_DRAINING {
+		t.Fatal(o.Mirrors[1])
+	}
+}
+
+// Each case breaks one field of a valid file; the error must name it.
+func TestParseObjectsNamesTheField(t *testing.T) {
+	base, err := os.ReadFile("testdata/objects.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name, from, to, field string
+	}{
+		{"unknown field", "capacity_rps: 20000", "capacity: 20000", "field capacity not found"},
+		{"bad prefix", "10.1.0.0/16,", "10.1.0.0/33,", "sites[0] (eu).client_prefixes[0]"},
+		{"host bits", "10.1.0.0/16,", "10.1.0.1/16,", "sites[0] (eu).client_prefixes[0]"},
+		{"latitude", "latitude: 48.85", "latitude: 98.85", "sites[0] (eu).location.latitude"},
+		{"negative capacity", "capacity_rps: 20000", "capacity_rps: -1", "sites[0] (eu).capacity_rps"},
+		{"bad name", "name: eu\n", "name: EU West\n", "sites[0] (EU West).name"},
+		{"mirror address", "address: 192.0.2.10", "address: 192.0.2.300", "mirrors[0] (paris).address"},
+		{"mirror state", "state: draining", "state: sleeping", "mirrors[1].state"},
+		{"service time", "service_time: 2ms", "service_time: soon", "service_time"},
+		{"missing site", "    site: eu\n", "", "mirrors[0] (paris).site"},
+		{"vip", "vips: [203.0.113.5,", "vips: [203.0.113.500,", "resources[0] (disk-42).vips[0]"},
+		{"port", "ports: [443, 10809]", "ports: [443, 70000]", "resources[0].ports[1]"},
+		{"port twice", "ports: [443, 10809]", "ports: [443, 443]", "resources[0] (disk-42).ports[1]"},
+		{"protocol", "protocol: tcp\n    origin: paris", "protocol: sctp\n    origin: paris", "resources[0].protocol"},
+		{"no origin", "origin: paris\n", "origin: \"\"\n", "resources[0] (disk-42).origin"},
+		{"policy mode", "mode: predictive", "mode: psychic", "resources[0].mirror_policy.mode"},
+		{"policy lists origin", "mirrors: [nyc]", "mirrors: [paris]", "resources[0] (disk-42).mirror_policy.mirrors[0]"},
+		{"max mirrors", "max_mirrors: 3", "max_mirrors: 1", "resources[0] (disk-42).mirror_policy.max_mirrors"},
+		{"affinity timeout", "timeout: 30m", "timeout: 0s", "resources[0].affinity.timeout"},
+		{"affinity prefix", "prefix_v4: 24", "prefix_v4: 40", "resources[0].affinity.prefix_v4"},
+		{"scores", "retire_score: 0.3", "retire_score: 0.7", "resources[0] (disk-42).thresholds.retire_score"},
+		{"score range", "mirror_score: 0.6", "mirror_score: 1.6", "resources[0] (disk-42).thresholds.mirror_score"},
+		{"round trips", "round_trips: 2", "round_trips: -2", "resources[0] (disk-42).profile.round_trips"},
+		{"second document", "    origin: nyc", "    origin: nyc\n    colour: red", "document 1"},
+		{"second document index", "vips: [203.0.113.6]", "vips: [nope]", "resources[1] (web).vips[0]"},
+		{"not yaml", "sites:", "sites: [", "document 0"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			src := string(base)
+			if !strings.Contains(src, tc.from) {
+				t.Fatalf("fixture lacks %q", tc.from)
+			}
+			_, err := ParseObjects([]byte(strings.Replace(src, tc.from, tc.to, 1)))
+			if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("err %v, want ErrInvalid naming %q", err, tc.field)
+			}
+		})
+	}
+}
+
+// Cross-object checks run on the whole set.
+func TestValidateObjectsReferences(t *testing.T) {
+	cases := []struct {
+		name  string
+		edit  func(*pb.Objects)
+		lim   Limits
+		field string
+	}{
+		{"site twice", func(o *pb.Objects) { o.Sites = append(o.Sites, &pb.Site{Name: "eu"}) }, Limits{}, `site "eu": name: defined twice`},
+		{"prefix in two sites", func(o *pb.Objects) { o.Sites[1].ClientPrefixes = []string{"10.1.0.0/16"} }, Limits{}, `site "us": client_prefixes[0]`},
+		{"unknown site", func(o *pb.Objects) { o.Mirrors[0].Site = "mars" }, Limits{}, `mirror "paris": site: "mars"`},
+		{"address twice", func(o *pb.Objects) { o.Mirrors[1].Address = "192.0.2.10" }, Limits{}, `mirror "nyc": address`},
+		{"unknown origin", func(o *pb.Objects) { o.Resources[0].Origin = "tokyo" }, Limits{}, `resource "disk": origin: "tokyo"`},
+		{"unknown policy mirror", func(o *pb.Objects) { o.Resources[0].MirrorPolicy.Mirrors = []string{"tokyo"} }, Limits{}, `mirror_policy.mirrors[0]`},
+		{"unknown policy site", func(o *pb.Objects) { o.Resources[0].MirrorPolicy.Sites = []string{"mars"} }, Limits{}, `mirror_policy.sites[0]`},
+		{"vip twice", func(o *pb.Objects) {
+			r := proto.Clone(o.Resources[0]).(*pb.Resource)
+			r.Name = "copy"
+			o.Resources = append(o.Resources, r)
+		}, Limits{}, `resource "copy": vips[0]`},
+		{"too many vips", func(o *pb.Objects) { o.Resources[0].Ports = []uint32{1, 2, 3} }, Limits{MaxVIPs: 2}, "VIPs exceed"},
+		{"too many routes", func(o *pb.Objects) {}, Limits{MaxRoutes: 2}, "routes"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			o := testObjects()
+			tc.edit(o)
+			err := ValidateObjects(o, tc.lim)
+			if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.field) {
+				t.Fatalf("err %v, want one naming %q", err, tc.field)
+			}
+		})
+	}
+	if err := ValidateObjects(testObjects(), DefaultLimits()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// FuzzParseObjects: arbitrary input is parsed or refused with ErrInvalid,
+// never a panic, and what parses also survives the set validation.
+func FuzzParseObjects(f *testing.F) {
+	b, err := os.ReadFile("testdata/objects.yaml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(b)
+	f.Add([]byte("sites: [{name: a, client_prefixes: [::/0]}]"))
+	f.Add([]byte("resources: [{name: r, vips: [1.2.3.4], ports: [1], protocol: udp, origin: m}]"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		o, err := ParseObjects(b)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error without ErrInvalid: %v", err)
+			}
+			return
+		}
+		if err := ValidateObjects(o, DefaultLimits()); err != nil && !errors.Is(err, ErrInvalid) {
+			t.Fatalf("error without ErrInvalid: %v", err)
+		}
+	})
+}
+
+// What get prints, apply reads back to the same objects.
+func TestFormatObjectsRoundTrip(t *testing.T) {
+	b, err := os.ReadFile("testdata/objects.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, err := ParseObjects(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o.Sites[0].Id = 4
+	out, err := FormatObjects(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	back, err := ParseObjects(out)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	o.Sites[0].Id = 0 // apply ignores IDs
+	if !proto.Equal(o, back) {
+		t.Fatalf("round trip differs:\n%v\n%v", o, back)
+	}
+	if !strings.Contains(string(out), "id: 4") {
+		t.Fatalf("ids not printed:\n%s", out)
+	}
+}

@@ -1,0 +1,422 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"net/netip"
+	"slices"
+	"sync"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/pki"
+)
+
+// registerTimeout bounds the wait for an agent's Register.
+const registerTimeout = 10 * time.Second
+
+// demandTau is the time constant of the new-flow rate an agent's access
+// deltas are smoothed into.
+const demandTau = 30 * time.Second
+
+// peerName is the verified client certificate's common name ("" when
+// there is none; the TLS config already refuses such clients).
+func peerName(ctx context.Context) string {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return ""
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok {
+		return ""
+	}
+	return pki.PeerName(ti.State)
+}
+
+type sessionService struct {
+	pb.UnimplementedAgentSessionServer
+	c *Controller
+}
+
+// agentConn is one agent session on this replica.
+type agentConn struct {
+	c      *Controller
+	node   string
+	site   string
+	role   pb.NodeRole
+	cancel context.CancelFunc
+	stream grpc.BidiStreamingServer[pb.AgentMessage, pb.ControllerMessage]
+	sendMu sync.Mutex
+
+	mu         sync.Mutex
+	status     *pb.AgentStatus
+	demand     map[[2]uint32]float64
+	lastReport time.Time
+}
+
+// Session implements pb.AgentSessionServer.
+func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage, pb.ControllerMessage]) error {
+	c := s.c
+	cn := peerName(stream.Context())
+	if cn == "" {
+		return status.Error(codes.Unauthenticated, "no verified client certificate")
+	}
+	first, err := recvTimeout(stream, registerTimeout)
+	if err != nil {
+		return err
+	}
+	reg := first.GetRegister()
+	if reg == nil {
+		return status.Error(codes.InvalidArgument, "first message must be register")
+	}
+	if reg.GetNode() != cn {
+		return status.Errorf(codes.PermissionDenied, "register node %q: certificate is for %q", reg.GetNode(), cn)
+	}
+	if err := checkRegister(reg); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	ctx, cancel := context.WithCancel(stream.Context())
+	defer cancel()
+	now := time.Now()
+	a := &agentConn{c: c, node: reg.GetNode(), site: reg.GetSite(), role: reg.GetRole(), cancel: cancel, stream: stream,
+		demand: map[[2]uint32]float64{}, lastReport: now,
+		status: &pb.AgentStatus{Node: reg.GetNode(), Site: reg.GetSite(), Role: reg.GetRole(), Addresses: reg.GetAddresses(),
+			Connected: true, Controller: c.cfg.Name, ConnectedUnixNano: now.UnixNano(), LastSeenUnixNano: now.UnixNano(),
+			AckedVersion: reg.GetAppliedVersion()}}
+	if old := c.addSession(a); old != nil {
+		old.cancel() // the agent reconnected: the old stream is dead or dying
+	}
+	defer c.removeSession(a)
+	log := c.log.With("node", a.node, "site", a.site)
+	if err := a.writeStatus(ctx); err != nil {
+		return status.Errorf(codes.Unavailable, "record registration: %v", err)
+	}
+	if err := a.writeLive(ctx, nil); err != nil {
+		return status.Errorf(codes.Unavailable, "record session: %v", err)
+	}
+	defer a.disconnect()
+	cur := c.view.desiredRecord().GetState().GetVersion()
+	if err := a.send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Registered{Registered: &pb.Registered{
+		Controller: c.cfg.Name, ReportIntervalMs: uint32(c.cfg.ReportInterval / time.Millisecond), CurrentVersion: cur}}}); err != nil {
+		return err
+	}
+	log.Info("agent registered", "role", a.role, "applied_version", reg.GetAppliedVersion(), "current_version", cur)
+
+	sendErr := make(chan error, 1)
+	go func() { sendErr <- a.sendLoop(ctx) }()
+	recvErr := make(chan error, 1)
+	go func() { recvErr <- a.recvLoop(ctx) }()
+	select {
+	case err = <-sendErr:
+	case err = <-recvErr:
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	cancel()
+	log.Info("agent session closed", "err", err)
+	if errors.Is(err, context.Canceled) && stream.Context().Err() == nil {
+		return status.Error(codes.Aborted, "session replaced or replica stopping")
+	}
+	return err
+}
+
+func recvTimeout(stream grpc.BidiStreamingServer[pb.AgentMessage, pb.ControllerMessage], d time.Duration) (*pb.AgentMessage, error) {
+	type res struct {
+		m   *pb.AgentMessage
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		m, err := stream.Recv()
+		ch <- res{m, err}
+	}()
+	select {
+	case r := <-ch:
+		return r.m, r.err
+	case <-time.After(d):
+		// Returning ends the stream, which ends the Recv above.
+		return nil, status.Errorf(codes.DeadlineExceeded, "no register within %v", d)
+	}
+}
+
+func checkRegister(r *pb.Register) error {
+	switch r.GetRole() {
+	case pb.NodeRole_NODE_ROLE_EDGE, pb.NodeRole_NODE_ROLE_MIRROR, pb.NodeRole_NODE_ROLE_BOTH:
+	default:
+		return fmt.Errorf("register role: %v is not edge, mirror or both", r.GetRole())
+	}
+	if len(r.GetSite()) > 63 {
+		return fmt.Errorf("register site: %d characters is too long", len(r.GetSite()))
+	}
+	for i, a := range r.GetAddresses() {
+		if _, err := netip.ParseAddr(a); err != nil {
+			return fmt.Errorf("register addresses[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func (c *Controller) addSession(a *agentConn) *agentConn {
+	c.sessMu.Lock()
+	defer c.sessMu.Unlock()
+	old := c.sessions[a.node]
+	c.sessions[a.node] = a
+	return old
+}
+
+func (c *Controller) removeSession(a *agentConn) {
+	c.sessMu.Lock()
+	defer c.sessMu.Unlock()
+	if c.sessions[a.node] == a {
+		delete(c.sessions, a.node)
+	}
+}
+
+func (a *agentConn) send(m any) error {
+	a.sendMu.Lock()
+	defer a.sendMu.Unlock()
+	return a.stream.SendMsg(m)
+}
+
+// sendLoop sends every new version, always the latest: an agent that fell
+// behind skips intermediate versions.
+func (a *agentConn) sendLoop(ctx context.Context) error {
+	var sent uint64
+	for {
+		wait := a.c.view.desiredCh.wait()
+		if rec := a.c.view.desiredRecord(); rec != nil && rec.GetState().GetVersion() != sent {
+			b, err := a.c.encoded(rec, a.site)
+			if err != nil {
+				return status.Errorf(codes.Internal, "encode version %d: %v", rec.GetState().GetVersion(), err)
+			}
+			if err := a.send(rawMessage(b)); err != nil {
+				return err
+			}
+			sent = rec.GetState().GetVersion()
+			a.mu.Lock()
+			a.status.SentVersion = sent
+			a.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-wait:
+		}
+	}
+}
+
+func (a *agentConn) recvLoop(ctx context.Context) error {
+	for {
+		m, err := a.stream.Recv()
+		if err != nil {
+			return err
+		}
+		switch msg := m.GetMsg().(type) {
+		case *pb.AgentMessage_Ack:
+			if err := a.ack(ctx, msg.Ack); err != nil {
+				return err
+			}
+		case *pb.AgentMessage_Report:
+			if err := a.report(ctx, msg.Report); err != nil {
+				return err
+			}
+		case *pb.AgentMessage_Register:
+			return status.Error(codes.InvalidArgument, "register sent twice")
+		}
+	}
+}
+
+func (a *agentConn) ack(ctx context.Context, ack *pb.Ack) error {
+	a.mu.Lock()
+	st := a.status
+	st.LastSeenUnixNano = time.Now().UnixNano()
+	if ack.GetError() == "" {
+		st.AckedVersion = ack.GetVersion()
+		if st.NackedVersion <= ack.GetVersion() {
+			st.NackedVersion, st.NackError = 0, ""
+		}
+	} else {
+		st.NackedVersion, st.NackError = ack.GetVersion(), ack.GetError()
+	}
+	a.mu.Unlock()
+	if ack.GetError() == "" {
+		a.c.m.acks.WithLabelValues("ack").Inc()
+	} else {
+		a.c.m.acks.WithLabelValues("nack").Inc()
+		a.c.log.Warn("agent refused a version (NACK); it keeps its previous one", "node", a.node,
+			"version", ack.GetVersion(), "err", ack.GetError())
+	}
+	if err := a.writeStatus(ctx); err != nil {
+		return status.Errorf(codes.Unavailable, "record ack: %v", err)
+	}
+	return nil
+}
+
+func (a *agentConn) report(ctx context.Context, r *pb.Report) error {
+	a.c.m.reports.Inc()
+	if f := a.c.cfg.OnReport; f != nil {
+		f(a.node, r)
+	}
+	return a.writeLive(ctx, r)
+}
+
+// smoothDemand folds one report's new flows into per-(resource, region)
+// rates with an exponential moving average of time constant demandTau.
+func (a *agentConn) smoothDemand(r *pb.Report, now time.Time) []*pb.DemandRate {
+	dt := time.Duration(r.GetEndUnixNano() - r.GetStartUnixNano())
+	if dt <= 0 || dt > time.Minute {
+		dt = now.Sub(a.lastReport)
+	}
+	dt = max(dt, 100*time.Millisecond)
+	a.lastReport = now
+	sample := map[[2]uint32]float64{}
+	for _, ac := range r.GetAccess() {
+		sample[[2]uint32{ac.GetResourceId(), ac.GetRegionId()}] += float64(ac.GetNewFlows())
+	}
+	alpha := 1 - math.Exp(-dt.Seconds()/demandTau.Seconds())
+	for k := range sample {
+		if _, ok := a.demand[k]; !ok {
+			a.demand[k] = 0
+		}
+	}
+	out := make([]*pb.DemandRate, 0, len(a.demand))
+	for k, rate := range a.demand {
+		rate += alpha * (sample[k]/dt.Seconds() - rate)
+		if rate < 1e-3 {
+			delete(a.demand, k)
+			continue
+		}
+		a.demand[k] = rate
+		out = append(out, &pb.DemandRate{ResourceId: k[0], RegionId: k[1], FlowsPerSecond: rate})
+	}
+	slices.SortFunc(out, func(x, y *pb.DemandRate) int {
+		if x.ResourceId != y.ResourceId {
+			return int(x.ResourceId) - int(y.ResourceId)
+		}
+		return int(x.RegionId) - int(y.RegionId)
+	})
+	return out
+}
+
+// writeLive stores the agent's latest report under this replica's lease.
+func (a *agentConn) writeLive(ctx context.Context, r *pb.Report) error {
+	now := time.Now()
+	a.mu.Lock()
+	lr := &pb.LiveReport{Node: a.node, Site: a.site, Role: a.role, Controller: a.c.cfg.Name, ReceivedUnixNano: now.UnixNano()}
+	if r != nil {
+		lr.Probes, lr.NodeStats, lr.Mirrors = r.GetProbes(), r.GetNode(), r.GetMirrors()
+		lr.Demand = a.smoothDemand(r, now)
+		a.status.LastSeenUnixNano = now.UnixNano()
+	}
+	a.mu.Unlock()
+	b, err := marshal.Marshal(lr)
+	if err != nil {
+		return err
+	}
+	_, err = a.c.cli.Put(ctx, a.c.store.key(keyLive, a.node), string(b), clientv3.WithLease(a.c.liveLease()))
+	return err
+}
+
+// writeStatus stores the agent's registration and ACK state.
+func (a *agentConn) writeStatus(ctx context.Context) error {
+	a.mu.Lock()
+	b, err := marshal.Marshal(&pb.AgentRecord{Status: proto.Clone(a.status).(*pb.AgentStatus)})
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	_, err = a.c.cli.Put(ctx, a.c.store.key(keyAgents, a.node), string(b))
+	return err
+}
+
+// disconnect marks the agent gone, unless another session (here or on
+// another replica) has taken over its records since. It reads before it
+// writes because a write cancelled with the stream may still have landed.
+func (a *agentConn) disconnect() {
+	if a.c.crash.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	a.c.sessMu.Lock()
+	replaced := a.c.sessions[a.node] != nil && a.c.sessions[a.node] != a
+	a.c.sessMu.Unlock()
+	if replaced {
+		return
+	}
+	a.mu.Lock()
+	since := a.status.GetConnectedUnixNano()
+	a.status.Connected = false
+	a.status.LastSeenUnixNano = time.Now().UnixNano()
+	b, err := marshal.Marshal(&pb.AgentRecord{Status: proto.Clone(a.status).(*pb.AgentStatus)})
+	a.mu.Unlock()
+	if err != nil {
+		return
+	}
+	st, lk := a.c.store.key(keyAgents, a.node), a.c.store.key(keyLive, a.node)
+	if resp, err := a.c.cli.Get(ctx, lk); err == nil && len(resp.Kvs) == 1 {
+		var lr pb.LiveReport
+		if proto.Unmarshal(resp.Kvs[0].Value, &lr) == nil && lr.GetController() == a.c.cfg.Name {
+			_, _ = a.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(lk), "=", resp.Kvs[0].ModRevision)).
+				Then(clientv3.OpDelete(lk)).Commit()
+		}
+	}
+	if resp, err := a.c.cli.Get(ctx, st); err == nil && len(resp.Kvs) == 1 {
+		var rec pb.AgentRecord
+		if proto.Unmarshal(resp.Kvs[0].Value, &rec) == nil && rec.GetStatus().GetController() == a.c.cfg.Name &&
+			rec.GetStatus().GetConnectedUnixNano() == since {
+			_, _ = a.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(st), "=", resp.Kvs[0].ModRevision)).
+				Then(clientv3.OpPut(st, string(b))).Commit()
+		}
+	}
+}
+
+// encCache holds the encoded desired state of the latest version: once
+// globally, then per site with the default region appended (protobuf
+// merges concatenated messages), so each agent costs no marshalling.
+type encCache struct {
+	version uint64
+	base    []byte
+	bySite  map[string][]byte
+}
+
+func (c *Controller) encoded(rec *pb.DesiredRecord, site string) ([]byte, error) {
+	c.encMu.Lock()
+	defer c.encMu.Unlock()
+	v := rec.GetState().GetVersion()
+	if c.enc.version != v || c.enc.base == nil {
+		base, err := marshal.Marshal(&pb.ControllerMessage{Msg: &pb.ControllerMessage_State{State: rec.GetState()}})
+		if err != nil {
+			return nil, err
+		}
+		c.enc = encCache{version: v, base: base, bySite: map[string][]byte{}}
+	}
+	if b, ok := c.enc.bySite[site]; ok {
+		return b, nil
+	}
+	b := c.enc.base
+	// Only a site that is a region of this version may be the default
+	// region: the agent would refuse an unknown one.
+	for _, r := range rec.GetState().GetRegions() {
+		if r.GetName() == site && site != "" {
+			suffix, err := marshal.Marshal(&pb.ControllerMessage{Msg: &pb.ControllerMessage_State{State: &pb.DesiredState{DefaultRegion: site}}})
+			if err != nil {
+				return nil, err
+			}
+			b = append(slices.Clip(c.enc.base), suffix...)
+			break
+		}
+	}
+	c.enc.bySite[site] = b
+	return b, nil
+}

@@ -1,0 +1,522 @@
+package controller
+
+import (
+	"bytes"
+	"compress/flate"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+)
+
+// Key layout under the store prefix (default /premirror/v1/):
+//
+//	objects/site/<name>      pb.Site (with its ID)          admin API
+//	objects/mirror/<name>    pb.Mirror                      admin API
+//	objects/resource/<name>  pb.Resource                    admin API
+//	objects-gen              apply generation (fences concurrent applies)
+//	ids/<kind>/<name>        decimal ID; kept after a delete, so a name
+//	                         keeps its ID and no ID is reused
+//	state/desired            deflate(pb.DesiredRecord)     leader only
+//	state/routes             deflate(pb.RouteRecord)       leader only
+//	agents/<node>            pb.AgentRecord                 replica serving the agent
+//	live/<node>              pb.LiveReport, leased to that replica
+//	election/                leader election (etcd concurrency)
+const (
+	keyObjects  = "objects/"
+	keyGen      = "objects-gen"
+	keyIDs      = "ids/"
+	keyDesired  = "state/desired"
+	keyRoutes   = "state/routes"
+	keyAgents   = "agents/"
+	keyLive     = "live/"
+	keyElection = "election/"
+)
+
+// DefaultPrefix is where a controller keeps its state in etcd.
+const DefaultPrefix = "/premirror/v1/"
+
+// ErrConflict means a concurrent apply changed the objects; Apply retries
+// a few times before returning it.
+var ErrConflict = errors.New("objects changed concurrently")
+
+// ErrNotFound is returned for a missing object.
+var ErrNotFound = errors.New("object not found")
+
+// ErrNotLeader is returned when a leader-only write lost its fence.
+var ErrNotLeader = errors.New("not the leader")
+
+// Store reads and writes the controller's state in etcd.
+type Store struct {
+	cli    *clientv3.Client
+	prefix string
+	lim    Limits
+	// MaxTxnOps bounds the operations of one transaction; a larger apply
+	// is split (sites, then mirrors, then resources, so every prefix of
+	// it is valid).
+	MaxTxnOps int
+}
+
+// NewStore returns a store under prefix (DefaultPrefix when empty).
+func NewStore(cli *clientv3.Client, prefix string, lim Limits) *Store {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	return &Store{cli: cli, prefix: prefix, lim: lim, MaxTxnOps: EtcdMaxTxnOps}
+}
+
+// Prefix is the store's key prefix.
+func (s *Store) Prefix() string { return s.prefix }
+
+func (s *Store) key(parts ...string) string { return s.prefix + strings.Join(parts, "") }
+
+func objectKey(kind, name string) string { return keyObjects + kind + "/" + name }
+
+// objectSet is the objects with their IDs, as read at one revision.
+type objectSet struct {
+	rev    int64
+	genRev int64 // mod revision of objects-gen (0: never written)
+	objs   *pb.Objects
+	ids    map[string]map[string]uint32 // kind → name → id, deleted names included
+}
+
+func (s *Store) readObjects(ctx context.Context) (*objectSet, error) {
+	resp, err := s.cli.Get(ctx, s.key(keyObjects), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("read objects: %w", err)
+	}
+	set := &objectSet{rev: resp.Header.Revision, objs: &pb.Objects{}, ids: map[string]map[string]uint32{
+		KindSite: {}, KindMirror: {}, KindResource: {}}}
+	for _, kv := range resp.Kvs {
+		if err := decodeObject(strings.TrimPrefix(string(kv.Key), s.key(keyObjects)), kv.Value, set.objs); err != nil {
+			return nil, err
+		}
+	}
+	more, err := s.cli.Get(ctx, s.key(keyIDs), clientv3.WithPrefix(), clientv3.WithRev(set.rev))
+	if err != nil {
+		return nil, fmt.Errorf("read ids: %w", err)
+	}
+	for _, kv := range more.Kvs {
+		kind, name, ok := strings.Cut(strings.TrimPrefix(string(kv.Key), s.key(keyIDs)), "/")
+		id, err := strconv.ParseUint(string(kv.Value), 10, 32)
+		if !ok || err != nil || set.ids[kind] == nil {
+			return nil, fmt.Errorf("corrupt id record %s", kv.Key)
+		}
+		set.ids[kind][name] = uint32(id)
+	}
+	gen, err := s.cli.Get(ctx, s.key(keyGen), clientv3.WithRev(set.rev))
+	if err != nil {
+		return nil, fmt.Errorf("read objects generation: %w", err)
+	}
+	if len(gen.Kvs) > 0 {
+		set.genRev = gen.Kvs[0].ModRevision
+	}
+	sortObjects(set.objs)
+	return set, nil
+}
+
+// decodeObject appends the object stored under rel ("site/<name>", …).
+func decodeObject(rel string, v []byte, into *pb.Objects) error {
+	kind, name, _ := strings.Cut(rel, "/")
+	var m interface {
+		proto.Message
+		GetName() string
+	}
+	switch kind {
+	case KindSite:
+		x := &pb.Site{}
+		into.Sites = append(into.Sites, x)
+		m = x
+	case KindMirror:
+		x := &pb.Mirror{}
+		into.Mirrors = append(into.Mirrors, x)
+		m = x
+	case KindResource:
+		x := &pb.Resource{}
+		into.Resources = append(into.Resources, x)
+		m = x
+	default:
+		return fmt.Errorf("unknown object key %s", rel)
+	}
+	if err := proto.Unmarshal(v, m); err != nil {
+		return fmt.Errorf("corrupt object %s: %w", rel, err)
+	}
+	if m.GetName() != name {
+		return fmt.Errorf("corrupt object %s: holds %q", rel, m.GetName())
+	}
+	return nil
+}
+
+func sortObjects(o *pb.Objects) {
+	slices.SortFunc(o.Sites, func(a, b *pb.Site) int { return strings.Compare(a.GetName(), b.GetName()) })
+	slices.SortFunc(o.Mirrors, func(a, b *pb.Mirror) int { return strings.Compare(a.GetName(), b.GetName()) })
+	slices.SortFunc(o.Resources, func(a, b *pb.Resource) int { return strings.Compare(a.GetName(), b.GetName()) })
+}
+
+var marshal = proto.MarshalOptions{Deterministic: true}
+
+// Apply creates or updates objects by name after validating the whole
+// resulting set; new names get the next free ID of their kind. Nothing is
+// written when validation fails or dryRun is set.
+func (s *Store) Apply(ctx context.Context, in *pb.Objects, dryRun bool) ([]*pb.ObjectChange, error) {
+	for attempt := 0; ; attempt++ {
+		changes, err := s.applyOnce(ctx, in, dryRun)
+		if !errors.Is(err, ErrConflict) || attempt == 4 {
+			return changes, err
+		}
+	}
+}
+
+type pendingPut struct {
+	kind, name string
+	value      []byte
+	newID      bool
+	id         uint32
+}
+
+func (s *Store) applyOnce(ctx context.Context, in *pb.Objects, dryRun bool) ([]*pb.ObjectChange, error) {
+	cur, err := s.readObjects(ctx)
+	if err != nil {
+		return nil, err
+	}
+	merged := proto.Clone(cur.objs).(*pb.Objects)
+	var changes []*pb.ObjectChange
+	var puts []pendingPut
+	nextID := map[string]uint32{}
+	for kind, ids := range cur.ids {
+		for _, id := range ids {
+			nextID[kind] = max(nextID[kind], id)
+		}
+	}
+	upsert := func(kind, name string, obj proto.Message, find func() (int, proto.Message), set func(int, proto.Message)) error {
+		i, old := find()
+		id, known := cur.ids[kind][name]
+		if !known {
+			nextID[kind]++
+			id = nextID[kind]
+			if kind == KindMirror && s.lim.MaxMirrorID > 0 && id > s.lim.MaxMirrorID {
+				return invalidf("mirror %q: id: the data plane holds mirror IDs up to %d", name, s.lim.MaxMirrorID)
+			}
+		}
+		obj = proto.Clone(obj)
+		setID(obj, id)
+		action := "created"
+		if old != nil {
+			action = "updated"
+			if proto.Equal(old, obj) {
+				action = "unchanged"
+			}
+		}
+		changes = append(changes, &pb.ObjectChange{Kind: kind, Name: name, Action: action, Id: id})
+		if action == "unchanged" {
+			return nil
+		}
+		set(i, obj)
+		b, err := marshal.Marshal(obj)
+		if err != nil {
+			return err
+		}
+		puts = append(puts, pendingPut{kind: kind, name: name, value: b, newID: !known, id: id})
+		return nil
+	}
+	for _, x := range in.GetSites() {
+		err := upsert(KindSite, x.GetName(), x,
+			func() (int, proto.Message) { return findByName(merged.Sites, x.GetName()) },
+			func(i int, m proto.Message) { merged.Sites = setAt(merged.Sites, i, m.(*pb.Site)) })
+		if err != nil {
+			return nil, err
+		}
+	}
+	for _, x := range in.GetMirrors() {
+		err := upsert(KindMirror, x.GetName(), x,
+			func() (int, proto.Message) { return findByName(merged.Mirrors, x.GetName()) },
+			func(i int, m proto.Message) { merged.Mirrors = setAt(merged.Mirrors, i, m.(*pb.Mirror)) })
+		if err != nil {
+			return nil, err
+		}
+	}
+	for _, x := range in.GetResources() {
+		err := upsert(KindResource, x.GetName(), x,
+			func() (int, proto.Message) { return findByName(merged.Resources, x.GetName()) },
+			func(i int, m proto.Message) { merged.Resources = setAt(merged.Resources, i, m.(*pb.Resource)) })
+		if err != nil {
+			return nil, err
+		}
+	}
+	if err := ValidateObjects(merged, s.lim); err != nil {
+		return nil, err
+	}
+	if dryRun || len(puts) == 0 {
+		return changes, nil
+	}
+	return changes, s.commit(ctx, cur.genRev, puts)
+}
+
+// commit writes puts in transactions fenced on the objects generation.
+func (s *Store) commit(ctx context.Context, genRev int64, puts []pendingPut) error {
+	per := max(1, (s.MaxTxnOps-1)/2)
+	for len(puts) > 0 {
+		n := min(per, len(puts))
+		var ops []clientv3.Op
+		for _, p := range puts[:n] {
+			ops = append(ops, clientv3.OpPut(s.key(objectKey(p.kind, p.name)), string(p.value)))
+			if p.newID {
+				ops = append(ops, clientv3.OpPut(s.key(keyIDs, p.kind, "/", p.name), strconv.FormatUint(uint64(p.id), 10)))
+			}
+		}
+		ops = append(ops, clientv3.OpPut(s.key(keyGen), ""))
+		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.key(keyGen)), "=", genRev)).Then(ops...).Commit()
+		if err != nil {
+			return fmt.Errorf("write objects: %w", err)
+		}
+		if !resp.Succeeded {
+			return ErrConflict
+		}
+		genRev = resp.Header.Revision
+		puts = puts[n:]
+	}
+	return nil
+}
+
+type named interface {
+	proto.Message
+	GetName() string
+}
+
+func findByName[T named](list []T, name string) (int, proto.Message) {
+	for i, x := range list {
+		if x.GetName() == name {
+			return i, x
+		}
+	}
+	return -1, nil
+}
+
+func setAt[T any](list []T, i int, x T) []T {
+	if i < 0 {
+		return append(list, x)
+	}
+	list[i] = x
+	return list
+}
+
+func setID(m proto.Message, id uint32) {
+	switch x := m.(type) {
+	case *pb.Site:
+		x.Id = id
+	case *pb.Mirror:
+		x.Id = id
+	case *pb.Resource:
+		x.Id = id
+	}
+}
+
+// Delete removes one object; an object another one references is refused
+// (ErrInvalid naming the referrer). Its ID stays reserved for its name.
+func (s *Store) Delete(ctx context.Context, kind, name string) error {
+	for attempt := 0; ; attempt++ {
+		err := s.deleteOnce(ctx, kind, name)
+		if !errors.Is(err, ErrConflict) || attempt == 4 {
+			return err
+		}
+	}
+}
+
+func (s *Store) deleteOnce(ctx context.Context, kind, name string) error {
+	cur, err := s.readObjects(ctx)
+	if err != nil {
+		return err
+	}
+	o := cur.objs
+	var found bool
+	switch kind {
+	case KindSite:
+		i, _ := findByName(o.Sites, name)
+		found = i >= 0
+		for _, m := range o.Mirrors {
+			if m.GetSite() == name {
+				return invalidf("site %q: still holds mirror %q", name, m.GetName())
+			}
+		}
+		for _, r := range o.Resources {
+			if slices.Contains(r.GetMirrorPolicy().GetSites(), name) {
+				return invalidf("site %q: resource %q's mirror_policy.sites names it", name, r.GetName())
+			}
+		}
+	case KindMirror:
+		i, _ := findByName(o.Mirrors, name)
+		found = i >= 0
+		for _, r := range o.Resources {
+			if r.GetOrigin() == name || slices.Contains(r.GetMirrorPolicy().GetMirrors(), name) {
+				return invalidf("mirror %q: resource %q still uses it", name, r.GetName())
+			}
+		}
+	case KindResource:
+		i, _ := findByName(o.Resources, name)
+		found = i >= 0
+	default:
+		return invalidf("kind: %q is not site, mirror or resource", kind)
+	}
+	if !found {
+		return fmt.Errorf("%s %q: %w", kind, name, ErrNotFound)
+	}
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.key(keyGen)), "=", cur.genRev)).
+		Then(clientv3.OpDelete(s.key(objectKey(kind, name))), clientv3.OpPut(s.key(keyGen), "")).Commit()
+	if err != nil {
+		return fmt.Errorf("delete %s %q: %w", kind, name, err)
+	}
+	if !resp.Succeeded {
+		return ErrConflict
+	}
+	return nil
+}
+
+// Get returns the objects of kind ("" for all), or the one named.
+func (s *Store) Get(ctx context.Context, kind, name string) (*pb.Objects, error) {
+	cur, err := s.readObjects(ctx)
+	if err != nil {
+		return nil, err
+	}
+	o := cur.objs
+	out := &pb.Objects{}
+	keep := func(k, n string) bool { return (kind == "" || kind == k) && (name == "" || name == n) }
+	for _, x := range o.Sites {
+		if keep(KindSite, x.GetName()) {
+			out.Sites = append(out.Sites, x)
+		}
+	}
+	for _, x := range o.Mirrors {
+		if keep(KindMirror, x.GetName()) {
+			out.Mirrors = append(out.Mirrors, x)
+		}
+	}
+	for _, x := range o.Resources {
+		if keep(KindResource, x.GetName()) {
+			out.Resources = append(out.Resources, x)
+		}
+	}
+	switch kind {
+	case "", KindSite, KindMirror, KindResource:
+	default:
+		return nil, invalidf("kind: %q is not site, mirror or resource", kind)
+	}
+	if name != "" && len(out.Sites)+len(out.Mirrors)+len(out.Resources) == 0 {
+		return nil, fmt.Errorf("%s %q: %w", kind, name, ErrNotFound)
+	}
+	return out, nil
+}
+
+// pack and unpack compress the large leader records: a desired state is
+// mostly repeated route references and compresses about tenfold, which
+// keeps it within etcd's request limit.
+func pack(m proto.Message) ([]byte, error) {
+	b, err := marshal.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	w, _ := flate.NewWriter(&buf, flate.BestSpeed)
+	if _, err := w.Write(b); err != nil {
+		return nil, err
+	}
+	if err := w.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// maxUnpacked bounds a decompressed record so a corrupt one cannot
+// exhaust memory.
+const maxUnpacked = 1 << 30
+
+func unpack(b []byte, m proto.Message) error {
+	r := flate.NewReader(bytes.NewReader(b))
+	defer r.Close()
+	raw, err := io.ReadAll(io.LimitReader(r, maxUnpacked+1))
+	if err != nil {
+		return fmt.Errorf("decompress: %w", err)
+	}
+	if len(raw) > maxUnpacked {
+		return errors.New("decompress: record too large")
+	}
+	return proto.Unmarshal(raw, m)
+}
+
+// readDesired returns the current desired record (nil when none) and the
+// mod revision of its key.
+func (s *Store) readDesired(ctx context.Context) (*pb.DesiredRecord, int64, error) {
+	resp, err := s.cli.Get(ctx, s.key(keyDesired))
+	if err != nil {
+		return nil, 0, fmt.Errorf("read desired state: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, 0, nil
+	}
+	rec := &pb.DesiredRecord{}
+	if err := unpack(resp.Kvs[0].Value, rec); err != nil {
+		return nil, 0, fmt.Errorf("corrupt desired state: %w", err)
+	}
+	return rec, resp.Kvs[0].ModRevision, nil
+}
+
+func (s *Store) readRoutes(ctx context.Context) (*pb.RouteRecord, error) {
+	resp, err := s.cli.Get(ctx, s.key(keyRoutes))
+	if err != nil {
+		return nil, fmt.Errorf("read route state: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, nil
+	}
+	rec := &pb.RouteRecord{}
+	if err := unpack(resp.Kvs[0].Value, rec); err != nil {
+		return nil, fmt.Errorf("corrupt route state: %w", err)
+	}
+	return rec, nil
+}
+
+// fence is the leader's right to write: its election key must still be
+// the one it created.
+type fence struct {
+	key string
+	rev int64
+}
+
+func (f fence) cmp() clientv3.Cmp {
+	return clientv3.Compare(clientv3.CreateRevision(f.key), "=", f.rev)
+}
+
+// writeDesired writes a new version if the fence holds and nobody wrote
+// the key since prevRev; it returns the new mod revision.
+func (s *Store) writeDesired(ctx context.Context, f fence, prevRev int64, value []byte) (int64, error) {
+	resp, err := s.cli.Txn(ctx).If(f.cmp(), clientv3.Compare(clientv3.ModRevision(s.key(keyDesired)), "=", prevRev)).
+		Then(clientv3.OpPut(s.key(keyDesired), string(value))).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("write desired state: %w", err)
+	}
+	if !resp.Succeeded {
+		return 0, ErrNotLeader
+	}
+	return resp.Header.Revision, nil
+}
+
+func (s *Store) writeRoutes(ctx context.Context, f fence, value []byte) error {
+	resp, err := s.cli.Txn(ctx).If(f.cmp()).Then(clientv3.OpPut(s.key(keyRoutes), string(value))).Commit()
+	if err != nil {
+		return fmt.Errorf("write route state: %w", err)
+	}
+	if !resp.Succeeded {
+		return ErrNotLeader
+	}
+	return nil
+}

@@ -1,0 +1,334 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+)
+
+// view is a replica's in-memory copy of the store, kept current by one
+// etcd watch on the prefix. Every replica serves agents and the admin API
+// from it; the leader computes routes from it. Values are replaced, never
+// modified, so snapshots share them safely.
+type view struct {
+	store *Store
+	log   *slog.Logger
+
+	mu       sync.RWMutex
+	rev      int64
+	sites    map[string]*pb.Site
+	mirrors  map[string]*pb.Mirror
+	res      map[string]*pb.Resource
+	desired  *pb.DesiredRecord
+	agents   map[string]*pb.AgentRecord
+	live     map[string]*pb.LiveReport
+	health   map[string]string // node → signature of its health verdicts
+	election map[string]electionKey
+
+	desiredCh *broadcast // a new desired version
+	objectsCh *broadcast // objects changed
+	kick      chan struct{}
+	ready     chan struct{}
+	readyOnce sync.Once
+}
+
+type electionKey struct {
+	create int64
+	value  string
+}
+
+func newView(s *Store, log *slog.Logger) *view {
+	v := &view{store: s, log: log, desiredCh: newBroadcast(), objectsCh: newBroadcast(),
+		kick: make(chan struct{}, 1), ready: make(chan struct{})}
+	v.reset()
+	return v
+}
+
+func (v *view) reset() {
+	v.sites, v.mirrors, v.res = map[string]*pb.Site{}, map[string]*pb.Mirror{}, map[string]*pb.Resource{}
+	v.agents, v.live, v.health = map[string]*pb.AgentRecord{}, map[string]*pb.LiveReport{}, map[string]string{}
+	v.election = map[string]electionKey{}
+	v.desired = nil
+}
+
+// run lists the prefix and follows it until ctx ends, listing again when
+// the watch is compacted or broken.
+func (v *view) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		if err := v.follow(ctx); err != nil && ctx.Err() == nil {
+			v.log.Warn("etcd watch interrupted; listing again", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+	}
+}
+
+func (v *view) follow(ctx context.Context) error {
+	cli, pfx := v.store.cli, v.store.prefix
+	resp, err := cli.Get(ctx, pfx, clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("list %s: %w", pfx, err)
+	}
+	v.mu.Lock()
+	v.reset()
+	for _, kv := range resp.Kvs {
+		v.applyLocked(kv, false)
+	}
+	v.rev = resp.Header.Revision
+	v.mu.Unlock()
+	v.desiredCh.signal()
+	v.objectsCh.signal()
+	v.signalKick()
+	v.readyOnce.Do(func() { close(v.ready) })
+
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wch := cli.Watch(wctx, pfx, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+	for wr := range wch {
+		if err := wr.Err(); err != nil {
+			return err
+		}
+		var desired, objects, kick bool
+		v.mu.Lock()
+		for _, ev := range wr.Events {
+			d, o, k := v.applyLocked(ev.Kv, ev.Type == mvccpb.DELETE)
+			desired, objects, kick = desired || d, objects || o, kick || k
+		}
+		v.rev = wr.Header.Revision
+		v.mu.Unlock()
+		if desired {
+			v.desiredCh.signal()
+		}
+		if objects {
+			v.objectsCh.signal()
+			kick = true
+		}
+		if kick {
+			v.signalKick()
+		}
+	}
+	return fmt.Errorf("watch closed: %w", ctx.Err())
+}
+
+func (v *view) signalKick() {
+	select {
+	case v.kick <- struct{}{}:
+	default:
+	}
+}
+
+// applyLocked applies one key; it reports whether the desired state or
+// the objects changed, and whether the leader should compute at once (a
+// health verdict or an agent changed).
+func (v *view) applyLocked(kv *mvccpb.KeyValue, deleted bool) (desired, objects, kick bool) {
+	rel := strings.TrimPrefix(string(kv.Key), v.store.prefix)
+	bad := func(err error) {
+		v.log.Error("ignoring corrupt record", "key", string(kv.Key), "err", err)
+	}
+	switch {
+	case strings.HasPrefix(rel, keyObjects):
+		kind, name, _ := strings.Cut(strings.TrimPrefix(rel, keyObjects), "/")
+		if deleted {
+			switch kind {
+			case KindSite:
+				delete(v.sites, name)
+			case KindMirror:
+				delete(v.mirrors, name)
+			case KindResource:
+				delete(v.res, name)
+			}
+			return false, true, false
+		}
+		var o pb.Objects
+		if err := decodeObject(strings.TrimPrefix(rel, keyObjects), kv.Value, &o); err != nil {
+			bad(err)
+			return false, false, false
+		}
+		for _, x := range o.Sites {
+			v.sites[x.GetName()] = x
+		}
+		for _, x := range o.Mirrors {
+			v.mirrors[x.GetName()] = x
+		}
+		for _, x := range o.Resources {
+			v.res[x.GetName()] = x
+		}
+		return false, true, false
+	case rel == keyDesired:
+		if deleted {
+			v.desired = nil
+			return true, false, false
+		}
+		rec := &pb.DesiredRecord{}
+		if err := unpack(kv.Value, rec); err != nil {
+			bad(err)
+			return false, false, false
+		}
+		v.desired = rec
+		return true, false, false
+	case strings.HasPrefix(rel, keyAgents):
+		node := strings.TrimPrefix(rel, keyAgents)
+		if deleted {
+			delete(v.agents, node)
+			return false, false, false
+		}
+		rec := &pb.AgentRecord{}
+		if err := proto.Unmarshal(kv.Value, rec); err != nil {
+			bad(err)
+			return false, false, false
+		}
+		v.agents[node] = rec
+		return false, false, false
+	case strings.HasPrefix(rel, keyLive):
+		node := strings.TrimPrefix(rel, keyLive)
+		if deleted {
+			delete(v.live, node)
+			delete(v.health, node)
+			return false, false, true
+		}
+		rep := &pb.LiveReport{}
+		if err := proto.Unmarshal(kv.Value, rep); err != nil {
+			bad(err)
+			return false, false, false
+		}
+		v.live[node] = rep
+		sig := healthSignature(rep)
+		changed := v.health[node] != sig
+		v.health[node] = sig
+		return false, false, changed
+	case strings.HasPrefix(rel, keyElection):
+		if deleted {
+			delete(v.election, rel)
+		} else {
+			v.election[rel] = electionKey{create: kv.CreateRevision, value: string(kv.Value)}
+		}
+		return false, false, false
+	}
+	return false, false, false
+}
+
+// healthSignature sums up the verdicts of a report that bypass damping:
+// when it changes, the leader computes at once instead of on its tick.
+func healthSignature(r *pb.LiveReport) string {
+	var b strings.Builder
+	b.WriteString(r.GetSite())
+	for _, p := range r.GetProbes() {
+		fmt.Fprintf(&b, "|p%s=%d", p.GetMirror(), p.GetHealth())
+	}
+	for _, m := range r.GetMirrors() {
+		fmt.Fprintf(&b, "|m%s=%d", m.GetMirror(), m.GetHealth())
+		for _, rs := range m.GetReplicas() {
+			fmt.Fprintf(&b, ",%s=%t", rs.GetResource(), rs.GetInSync())
+		}
+	}
+	return b.String()
+}
+
+// snapshot is a consistent copy of the view for one computation.
+type snapshot struct {
+	rev       int64
+	sites     []*pb.Site
+	mirrors   []*pb.Mirror
+	resources []*pb.Resource
+	live      []*pb.LiveReport
+	desired   *pb.DesiredRecord
+}
+
+func (v *view) snapshot() *snapshot {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	s := &snapshot{rev: v.rev, desired: v.desired,
+		sites: make([]*pb.Site, 0, len(v.sites)), mirrors: make([]*pb.Mirror, 0, len(v.mirrors)),
+		resources: make([]*pb.Resource, 0, len(v.res)), live: make([]*pb.LiveReport, 0, len(v.live))}
+	for _, x := range v.sites {
+		s.sites = append(s.sites, x)
+	}
+	for _, x := range v.mirrors {
+		s.mirrors = append(s.mirrors, x)
+	}
+	for _, x := range v.res {
+		s.resources = append(s.resources, x)
+	}
+	for _, x := range v.live {
+		s.live = append(s.live, x)
+	}
+	return s
+}
+
+func (v *view) desiredRecord() *pb.DesiredRecord {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.desired
+}
+
+func (v *view) site(name string) *pb.Site {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.sites[name]
+}
+
+// leader is the value of the oldest election key: the campaign that won.
+func (v *view) leader() string {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	best := electionKey{}
+	for _, k := range v.election {
+		if best.create == 0 || k.create < best.create {
+			best = k
+		}
+	}
+	return best.value
+}
+
+func (v *view) agentsStatus() []*pb.AgentStatus {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	out := make([]*pb.AgentStatus, 0, len(v.agents))
+	for node, rec := range v.agents {
+		st := proto.Clone(rec.GetStatus()).(*pb.AgentStatus)
+		if st == nil {
+			st = &pb.AgentStatus{Node: node}
+		}
+		live, ok := v.live[node]
+		st.Connected = ok
+		if ok {
+			st.Controller = live.GetController()
+			st.LastSeenUnixNano = max(st.GetLastSeenUnixNano(), live.GetReceivedUnixNano())
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// broadcast wakes every waiter once per signal.
+type broadcast struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func newBroadcast() *broadcast { return &broadcast{ch: make(chan struct{})} }
+
+// wait returns a channel closed at the next signal.
+func (b *broadcast) wait() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ch
+}
+
+func (b *broadcast) signal() {
+	b.mu.Lock()
+	close(b.ch)
+	b.ch = make(chan struct{})
+	b.mu.Unlock()
+}
