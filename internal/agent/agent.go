@@ -20,6 +20,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	pmaps "github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/replicator"
 )
 
 // Agent runs one node's data plane: it loads and pins the programs,
@@ -37,6 +38,8 @@ type Agent struct {
 
 	router  *pmaps.Router
 	decap   *pmaps.Decap
+	cp      *controlPlane
+	repl    *replicator.Node
 	attach  []*Attachment
 	reg     *prometheus.Registry
 	metrics *metrics
@@ -90,6 +93,25 @@ func (a *Agent) Start() error {
 	if err := a.apply(cfg); err != nil {
 		a.Close()
 		return err
+	}
+	cp, err := newControlPlane(a)
+	if err != nil {
+		a.Close()
+		return err
+	}
+	a.cp = cp
+	if err := cp.loadCache(); err != nil {
+		a.log.Warn("cached controller state not applied; waiting for the controller", "err", err)
+	}
+	if r := cfg.Replication; r != nil {
+		rc := r.config(cfg.Node, a.log.With("component", "replicator"))
+		rc.Registerer = a.reg
+		node, err := replicator.NewNode(rc)
+		if err != nil {
+			a.Close()
+			return fmt.Errorf("replication: %w", err)
+		}
+		a.repl = node
 	}
 	for _, iface := range cfg.RouterInterfaceNames() {
 		at, err := attachXDP(a.router.Program(), "router", iface, cfg.XDPMode, cfg.PinDir)
@@ -251,6 +273,10 @@ func (a *Agent) Reload() error {
 	a.mu.Lock()
 	old := a.cfg
 	a.mu.Unlock()
+	if cfg.Controller != nil {
+		// The controller owns the desired state; the file only tunes the agent.
+		cfg.State = old.State
+	}
 	if old.MapsConfig() != cfg.MapsConfig() || old.PinDir != cfg.PinDir || old.Role != cfg.Role ||
 		fmt.Sprint(old.RouterInterfaceNames(), old.DecapInterfaceNames()) != fmt.Sprint(cfg.RouterInterfaceNames(), cfg.DecapInterfaceNames()) {
 		err := errors.New("limits, pin_dir, role and interfaces change only with a restart")
@@ -285,6 +311,27 @@ func (a *Agent) Run(ctx context.Context) error {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	a.log.Info("serving metrics and health", "addr", ln.Addr().String())
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	runCtx, stopAll := context.WithCancel(ctx)
+	defer stopAll()
+	if a.cp != nil {
+		a.cp.run(runCtx, &wg)
+	}
+	if a.repl != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.repl.Run(runCtx); err != nil && runCtx.Err() == nil {
+				a.log.Error("replicator stopped", "err", err)
+			}
+		}()
+		r := a.cfg.Replication
+		if _, err := serveVolumeAPI(runCtx, a.repl, r.WriteSocket, r.WriteUIDs, a.log); err != nil {
+			return err
+		}
+	}
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -351,6 +398,10 @@ func (a *Agent) Close() error {
 		errs = append(errs, at.Close())
 	}
 	a.attach = nil
+	if a.repl != nil {
+		errs = append(errs, a.repl.Close())
+		a.repl = nil
+	}
 	if a.router != nil {
 		errs = append(errs, a.router.Close())
 		a.router = nil

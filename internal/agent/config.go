@@ -52,7 +52,14 @@ type Config struct {
 	OuterSourceV6    string       `yaml:"outer_source_v6"`
 	DecapAddresses   []string     `yaml:"decap_addresses"`
 	Limits           Limits       `yaml:"limits"`
-	State            DesiredState `yaml:",inline"`
+	// Controller, when set, supplies the desired state (the static state
+	// below is then ignored) and receives the agent's reports.
+	Controller *ControllerCfg `yaml:"controller"`
+	// Probe configures the edges' active probes to mirrors.
+	Probe ProbeCfg `yaml:"probe"`
+	// Replication runs the node's block replicator.
+	Replication *Replication `yaml:"replication"`
+	State       DesiredState `yaml:",inline"`
 }
 
 // Limits sizes the data-plane maps; zero fields keep maps.DefaultConfig.
@@ -274,6 +281,19 @@ func (c *Config) Validate() error {
 	}
 	if err := c.MapsConfig().Validate(); err != nil {
 		return fmt.Errorf("limits.%w", err)
+	}
+	if c.Controller != nil {
+		if err := c.Controller.validate(); err != nil {
+			return err
+		}
+	}
+	if c.Probe.Interval < 0 {
+		return errors.New("probe.interval: negative")
+	}
+	if c.Replication != nil {
+		if err := c.Replication.validate(); err != nil {
+			return err
+		}
 	}
 	if _, err := c.State.Compile(c.MapsConfig()); err != nil {
 		return err

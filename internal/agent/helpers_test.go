@@ -1,5 +1,11 @@
 package agent
 
-import "net/netip"
+import (
+	"io"
+	"log/slog"
+	"net/netip"
+)
 
 func mustAddr(s string) netip.Addr { return netip.MustParseAddr(s) }
+
+func discardLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

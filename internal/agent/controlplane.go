@@ -1,0 +1,407 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/control"
+	pmaps "github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/pki"
+	"github.com/premirror/premirror/internal/probe"
+)
+
+// ControllerCfg connects the agent to the controller: the desired state
+// then comes from the controller instead of this file, and the agent
+// reports access counts, probe estimates, node load and mirror health.
+type ControllerCfg struct {
+	Endpoints []string `yaml:"endpoints"`
+	// Site is this node's site (a Site object): the data plane's default
+	// region and the region its probes speak for.
+	Site      string   `yaml:"site"`
+	Addresses []string `yaml:"addresses"`
+	TLS       TLSFiles `yaml:"tls"`
+	// StateCache keeps the last applied version, so a restarted agent
+	// forwards on it before the controller answers.
+	StateCache     string   `yaml:"state_cache"`
+	ReportInterval Duration `yaml:"report_interval"`
+}
+
+// ProbeCfg sets the active probes edges send to mirrors (UDP echo, which
+// mirror agents answer).
+type ProbeCfg struct {
+	Interval Duration `yaml:"interval"` // default 2s, ±20% jitter
+	Port     uint16   `yaml:"port"`     // UDP echo port on mirrors; default 9461
+	Disabled bool     `yaml:"disabled"`
+}
+
+// DefaultProbePort is the mirrors' UDP echo port.
+const DefaultProbePort = 9461
+
+func (p ProbeCfg) port() uint16 {
+	if p.Port == 0 {
+		return DefaultProbePort
+	}
+	return p.Port
+}
+
+func (c *ControllerCfg) validate() error {
+	if len(c.Endpoints) == 0 {
+		return errors.New("controller.endpoints: at least one endpoint is required")
+	}
+	for i, e := range c.Endpoints {
+		if _, _, err := net.SplitHostPort(e); err != nil {
+			return fmt.Errorf("controller.endpoints[%d]: %w", i, err)
+		}
+	}
+	if c.Site == "" {
+		return errors.New("controller.site: missing (the Site object this node belongs to)")
+	}
+	if err := (pki.Files{CA: c.TLS.CA, Cert: c.TLS.Cert, Key: c.TLS.Key}).Validate(); err != nil {
+		return fmt.Errorf("controller.%w (the control channel is always mutual TLS)", err)
+	}
+	for i, a := range c.Addresses {
+		if _, err := netip.ParseAddr(a); err != nil {
+			return fmt.Errorf("controller.addresses[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// controlPlane holds the agent's controller session and probes.
+type controlPlane struct {
+	a      *Agent
+	client *control.Client
+
+	probes  *probe.Table
+	sched   *probe.Scheduler
+	pmet    *probe.Metrics
+	mu      sync.Mutex
+	health  map[probe.Target]probe.Health
+	targets []probe.Target
+	prev    map[pmaps.CounterKey]pmaps.Counter
+	cpu     cpuSampler
+}
+
+func (a *Agent) role() pb.NodeRole {
+	switch a.cfg.Role {
+	case RoleEdge:
+		return pb.NodeRole_NODE_ROLE_EDGE
+	case RoleMirror:
+		return pb.NodeRole_NODE_ROLE_MIRROR
+	}
+	return pb.NodeRole_NODE_ROLE_BOTH
+}
+
+// newControlPlane prepares probes (edges) and the controller client.
+func newControlPlane(a *Agent) (*controlPlane, error) {
+	cp := &controlPlane{a: a, health: map[probe.Target]probe.Health{}, pmet: probe.NewMetrics()}
+	a.reg.MustRegister(cp.pmet)
+	if a.router != nil && !a.cfg.Probe.Disabled {
+		tbl, err := probe.NewTable(probe.EstimatorConfig{})
+		if err != nil {
+			return nil, err
+		}
+		cp.probes = tbl
+		interval := time.Duration(a.cfg.Probe.Interval)
+		if interval == 0 {
+			interval = probe.DefaultInterval
+		}
+		cp.sched, err = probe.NewScheduler(probe.SchedulerConfig{
+			Schedule: probe.Schedule{Interval: interval},
+			UDP:      &probe.UDPProber{},
+			OnResult: cp.observe,
+			Metrics:  cp.pmet,
+			Logger:   a.log,
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	c := a.cfg.Controller
+	if c == nil {
+		return cp, nil
+	}
+	tlsCfg, err := pki.ClientConfig(pki.Files{CA: c.TLS.CA, Cert: c.TLS.Cert, Key: c.TLS.Key}, "")
+	if err != nil {
+		return nil, fmt.Errorf("controller.tls: %w", err)
+	}
+	addrs := c.Addresses
+	if len(addrs) == 0 {
+		for _, iface := range append(a.cfg.RouterInterfaceNames(), a.cfg.DecapInterfaceNames()...) {
+			as, _ := ifaceAddrs(iface)
+			for _, ad := range as {
+				if !ad.IsLinkLocalUnicast() {
+					addrs = append(addrs, ad.String())
+				}
+			}
+		}
+	}
+	cfg := control.Config{
+		Endpoints: c.Endpoints, TLS: tlsCfg, Node: a.cfg.Node, Site: c.Site, Role: a.role(), Addresses: addrs,
+		AgentVersion: "edge-agent", Apply: cp.apply, NodeStats: cp.nodeStats,
+		ReportInterval: time.Duration(c.ReportInterval), CacheFile: c.StateCache, Logger: a.log,
+	}
+	if a.router != nil {
+		cfg.AccessCounts = cp.accessCounts
+		cfg.Probes = cp.probeResults
+	}
+	if a.decap != nil {
+		cfg.MirrorHealth = cp.mirrorHealth
+	}
+	cl, err := control.New(cfg)
+	if err != nil {
+		return nil, err
+	}
+	cp.client = cl
+	a.reg.MustRegister(cl)
+	return cp, nil
+}
+
+// loadCache applies the last version the controller sent, if any, so the
+// data plane forwards on it before the controller is reachable.
+func (cp *controlPlane) loadCache() error {
+	c := cp.a.cfg.Controller
+	if c == nil || c.StateCache == "" {
+		return nil
+	}
+	st, err := control.LoadCache(c.StateCache)
+	if err != nil || st == nil {
+		return err
+	}
+	if err := cp.apply(st.GetVersion(), st); err != nil {
+		return fmt.Errorf("cached desired state %d: %w", st.GetVersion(), err)
+	}
+	cp.client.SetApplied(st.GetVersion(), st)
+	return nil
+}
+
+// apply programs one controller version; its error becomes the NACK.
+func (cp *controlPlane) apply(version uint64, st *pb.DesiredState) error {
+	ds, err := StateFromProto(st)
+	if err != nil {
+		return err
+	}
+	a := cp.a
+	a.mu.Lock()
+	next := *a.cfg
+	a.mu.Unlock()
+	next.State = ds
+	if next.State.DefaultRegion == "" {
+		next.State.DefaultRegion = a.cfg.Controller.Site
+	}
+	if err := a.apply(&next); err != nil {
+		return err
+	}
+	a.log.Info("controller version applied", "version", version)
+	cp.updateTargets()
+	return nil
+}
+
+// updateTargets points the probes at the mirrors of the current state.
+func (cp *controlPlane) updateTargets() {
+	if cp.sched == nil {
+		return
+	}
+	a := cp.a
+	a.mu.Lock()
+	c := a.compiled
+	a.mu.Unlock()
+	if c == nil {
+		return
+	}
+	var ts []probe.Target
+	for id, m := range c.Mirrors {
+		ts = append(ts, probe.Target{Mirror: uint32(id), Kind: probe.KindUDP,
+			Addr: netip.AddrPortFrom(m.Addr, a.cfg.Probe.port()).String()})
+	}
+	cp.mu.Lock()
+	cp.targets = ts
+	cp.mu.Unlock()
+	cp.sched.SetTargets(ts)
+	cp.probes.Retain(ts)
+}
+
+func (cp *controlPlane) observe(r probe.Result) {
+	if err := cp.probes.Observe(r); err != nil {
+		return
+	}
+	est, ok := cp.probes.Get(r.Target)
+	if !ok {
+		return
+	}
+	cp.mu.Lock()
+	changed := cp.health[r.Target] != est.Health
+	cp.health[r.Target] = est.Health
+	cp.mu.Unlock()
+	// A mirror going down or coming back must not wait for the next
+	// report: failover is probe interval plus propagation.
+	if changed && cp.client != nil {
+		cp.client.ReportNow()
+	}
+}
+
+func (cp *controlPlane) probeResults() []*pb.ProbeResult {
+	if cp.probes == nil {
+		return nil
+	}
+	a := cp.a
+	a.mu.Lock()
+	names := a.compiled.MirrorNames
+	a.mu.Unlock()
+	var out []*pb.ProbeResult
+	for t, est := range cp.probes.Snapshot() {
+		if n, ok := names[pmaps.MirrorID(t.Mirror)]; ok {
+			out = append(out, control.ProbeResult(n, est))
+		}
+	}
+	return out
+}
+
+// accessCounts returns the counters' growth since the previous call.
+func (cp *controlPlane) accessCounts() []*pb.AccessCount {
+	cs, err := cp.a.router.Counters()
+	if err != nil {
+		cp.a.log.Warn("read access counters", "err", err)
+		return nil
+	}
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	var out []*pb.AccessCount
+	for k, v := range cs {
+		p := cp.prev[k]
+		if v.Packets < p.Packets { // counters were reset (maps recreated)
+			p = pmaps.Counter{}
+		}
+		d := pmaps.Counter{Packets: v.Packets - p.Packets, Bytes: v.Bytes - p.Bytes, NewFlows: v.NewFlows - p.NewFlows}
+		if d.Packets == 0 && d.NewFlows == 0 {
+			continue
+		}
+		out = append(out, &pb.AccessCount{ResourceId: uint32(k.Resource), RegionId: uint32(k.Region), MirrorId: uint32(k.Mirror),
+			NewFlows: d.NewFlows, Packets: d.Packets, Bytes: d.Bytes})
+	}
+	cp.prev = cs
+	return out
+}
+
+// mirrorHealth speaks for the mirrors whose address this host decapsulates.
+func (cp *controlPlane) mirrorHealth() []*pb.MirrorHealth {
+	a := cp.a
+	addrs, err := decapAddresses(a.cfg)
+	if err != nil {
+		return nil
+	}
+	local := map[netip.Addr]bool{}
+	for _, ad := range addrs {
+		local[ad] = true
+	}
+	a.mu.Lock()
+	c := a.compiled
+	a.mu.Unlock()
+	util := cp.cpu.utilization()
+	var out []*pb.MirrorHealth
+	for id, m := range c.Mirrors {
+		if local[m.Addr] {
+			out = append(out, &pb.MirrorHealth{Mirror: c.MirrorNames[id], Health: pb.Health_HEALTH_UP, Utilization: util})
+		}
+	}
+	return out
+}
+
+func (cp *controlPlane) nodeStats() *pb.NodeStats {
+	return &pb.NodeStats{CpuUtilization: cp.cpu.utilization(), MemoryUsedBytes: memUsed()}
+}
+
+// run serves probes and the controller session until ctx ends.
+func (cp *controlPlane) run(ctx context.Context, wg *sync.WaitGroup) {
+	if cp.sched != nil {
+		cp.updateTargets()
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = cp.sched.Run(ctx) }()
+	}
+	if cp.a.decap != nil && !cp.a.cfg.Probe.Disabled {
+		r := &probe.Responder{Logger: cp.a.log, Metrics: cp.pmet}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			addr := net.JoinHostPort("::", strconv.Itoa(int(cp.a.cfg.Probe.port())))
+			if err := r.ListenAndServe(ctx, nil, "udp", addr); err != nil && ctx.Err() == nil {
+				cp.a.log.Error("probe responder stopped", "err", err)
+			}
+		}()
+	}
+	if cp.client != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = cp.client.Run(ctx) }()
+	}
+}
+
+// cpuSampler turns /proc/stat into a busy share since the previous call.
+type cpuSampler struct {
+	mu          sync.Mutex
+	busy, total uint64
+}
+
+func (s *cpuSampler) utilization() float64 {
+	f, err := os.Open("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	if !sc.Scan() {
+		return 0
+	}
+	fields := strings.Fields(sc.Text())
+	var total, idle uint64
+	for i, v := range fields[1:] {
+		n, _ := strconv.ParseUint(v, 10, 64)
+		total += n
+		if i == 3 || i == 4 { // idle, iowait
+			idle += n
+		}
+	}
+	busy := total - idle
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	db, dt := busy-s.busy, total-s.total
+	s.busy, s.total = busy, total
+	if dt == 0 || db > dt {
+		return 0
+	}
+	return float64(db) / float64(dt)
+}
+
+func memUsed() uint64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	var total, avail uint64
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Fields(l)
+		if len(f) < 2 {
+			continue
+		}
+		n, _ := strconv.ParseUint(f[1], 10, 64)
+		switch f[0] {
+		case "MemTotal:":
+			total = n
+		case "MemAvailable:":
+			avail = n
+		}
+	}
+	if avail > total {
+		return 0
+	}
+	return (total - avail) * 1024
+}

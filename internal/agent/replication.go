@@ -1,0 +1,337 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/premirror/premirror/internal/pki"
+	"github.com/premirror/premirror/internal/replicator"
+	"github.com/premirror/premirror/internal/replicator/throttle"
+)
+
+// Replication configures the node's replicator (internal/replicator): the
+// volumes it holds, the peers it mirrors them to, and the local socket
+// through which writes enter the tracked path.
+type Replication struct {
+	Listen string   `yaml:"listen"` // replication listener, e.g. 0.0.0.0:7400; empty: push only
+	TLS    TLSFiles `yaml:"tls"`
+	Site   uint32   `yaml:"site"`
+	// WriteSocket is the unix socket of the local volume API (PUT/GET
+	// /v1/volumes/<name>?offset=…); default /run/premirror/volumes.sock.
+	WriteSocket string `yaml:"write_socket"`
+	// WriteUIDs may use the socket (checked with SO_PEERCRED); default [0].
+	WriteUIDs []uint32    `yaml:"write_uids"`
+	Volumes   []VolumeCfg `yaml:"volumes"`
+	Peers     []PeerCfg   `yaml:"peers"`
+}
+
+// TLSFiles names PEM files.
+type TLSFiles struct {
+	CA   string `yaml:"ca"`
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// VolumeCfg is one replicated volume.
+type VolumeCfg struct {
+	Name           string      `yaml:"name"`
+	Path           string      `yaml:"path"`
+	MetaDir        string      `yaml:"meta_dir"`
+	Role           string      `yaml:"role"` // primary or mirror
+	BlockSize      int         `yaml:"block_size"`
+	WriteQuorum    int         `yaml:"write_quorum"`
+	ReadQuorum     int         `yaml:"read_quorum"`
+	AllowedPeers   []string    `yaml:"allowed_peers"`
+	Upstream       string      `yaml:"upstream"`
+	UpstreamVolume string      `yaml:"upstream_volume"`
+	Mirrors        []MirrorCfg `yaml:"mirrors"`
+}
+
+// MirrorCfg is one downstream copy of a volume.
+type MirrorCfg struct {
+	Peer       string      `yaml:"peer"`
+	Volume     string      `yaml:"volume"`
+	Mode       string      `yaml:"mode"` // full (default) or selective
+	Interval   Duration    `yaml:"interval"`
+	Extents    [][2]uint64 `yaml:"extents"` // [first block, block count]
+	HotExtents int         `yaml:"hot_extents"`
+}
+
+// PeerCfg is another replicator.
+type PeerCfg struct {
+	Name       string `yaml:"name"`
+	Addr       string `yaml:"addr"`
+	ServerName string `yaml:"server_name"`
+	Schedule   string `yaml:"schedule"` // see throttle.ParseSchedule
+}
+
+// DefaultWriteSocket is where the volume API listens.
+const DefaultWriteSocket = "/run/premirror/volumes.sock"
+
+// validate names the first bad field under "replication.".
+func (r *Replication) validate() error {
+	if err := (pki.Files{CA: r.TLS.CA, Cert: r.TLS.Cert, Key: r.TLS.Key}).Validate(); err != nil {
+		return fmt.Errorf("replication.%w (replication channels are always mutual TLS)", err)
+	}
+	if r.Listen != "" {
+		if _, _, err := net.SplitHostPort(r.Listen); err != nil {
+			return fmt.Errorf("replication.listen: %w", err)
+		}
+	}
+	peers := map[string]bool{}
+	for i, p := range r.Peers {
+		f := fmt.Sprintf("replication.peers[%d]", i)
+		if p.Name == "" || peers[p.Name] {
+			return fmt.Errorf("%s.name: %q empty or defined twice", f, p.Name)
+		}
+		peers[p.Name] = true
+		if _, _, err := net.SplitHostPort(p.Addr); err != nil {
+			return fmt.Errorf("%s.addr: %w", f, err)
+		}
+		if p.Schedule != "" {
+			if _, err := throttle.ParseSchedule(p.Schedule); err != nil {
+				return fmt.Errorf("%s.schedule: %w", f, err)
+			}
+		}
+	}
+	vols := map[string]bool{}
+	for i, v := range r.Volumes {
+		f := fmt.Sprintf("replication.volumes[%d]", i)
+		if v.Name == "" || vols[v.Name] {
+			return fmt.Errorf("%s.name: %q empty or defined twice", f, v.Name)
+		}
+		vols[v.Name] = true
+		if !filepath.IsAbs(v.Path) {
+			return fmt.Errorf("%s.path: %q must be absolute", f, v.Path)
+		}
+		switch replicator.Role(v.Role) {
+		case replicator.RolePrimary, replicator.RoleMirror:
+		default:
+			return fmt.Errorf("%s.role: %q is not primary or mirror", f, v.Role)
+		}
+		if v.Upstream != "" && !peers[v.Upstream] {
+			return fmt.Errorf("%s.upstream: peer %q is not defined", f, v.Upstream)
+		}
+		for j, m := range v.Mirrors {
+			mf := fmt.Sprintf("%s.mirrors[%d]", f, j)
+			if !peers[m.Peer] {
+				return fmt.Errorf("%s.peer: %q is not defined", mf, m.Peer)
+			}
+			switch replicator.Mode(m.Mode) {
+			case "", replicator.ModeFull, replicator.ModeSelective:
+			default:
+				return fmt.Errorf("%s.mode: %q is not full or selective", mf, m.Mode)
+			}
+			if m.Interval < 0 {
+				return fmt.Errorf("%s.interval: negative", mf)
+			}
+		}
+	}
+	return nil
+}
+
+// config converts to the replicator's configuration.
+func (r *Replication) config(node string, log *slog.Logger) replicator.Config {
+	c := replicator.Config{
+		Node: node, Site: r.Site, Listen: r.Listen, Logger: log,
+		TLS: pki.Files{CA: r.TLS.CA, Cert: r.TLS.Cert, Key: r.TLS.Key},
+	}
+	for _, p := range r.Peers {
+		c.Peers = append(c.Peers, replicator.PeerConfig{Name: p.Name, Addr: p.Addr, ServerName: p.ServerName, Schedule: p.Schedule})
+	}
+	for _, v := range r.Volumes {
+		vc := replicator.VolumeConfig{
+			Name: v.Name, Path: v.Path, MetaDir: v.MetaDir, Role: replicator.Role(v.Role), BlockSize: v.BlockSize,
+			Upstream: v.Upstream, UpstreamVolume: v.UpstreamVolume, AllowedPeers: v.AllowedPeers,
+			WriteQuorum: v.WriteQuorum, ReadQuorum: v.ReadQuorum,
+		}
+		for _, m := range v.Mirrors {
+			mc := replicator.MirrorConfig{Peer: m.Peer, Volume: m.Volume, Mode: replicator.Mode(m.Mode),
+				Interval: time.Duration(m.Interval), HotExtents: m.HotExtents}
+			if mc.Mode == "" {
+				mc.Mode = replicator.ModeFull
+			}
+			for _, e := range m.Extents {
+				mc.Extents = append(mc.Extents, replicator.Extent{Start: e[0], Count: e[1]})
+			}
+			vc.Mirrors = append(vc.Mirrors, mc)
+		}
+		c.Volumes = append(c.Volumes, vc)
+	}
+	return c
+}
+
+// volumeAPI serves the local write path over a unix socket. Only the
+// configured uids may connect: the kernel reports each client's uid
+// (SO_PEERCRED), so no unauthenticated process writes to a volume.
+type volumeAPI struct {
+	node *replicator.Node
+	uids []uint32
+	log  *slog.Logger
+}
+
+type peerUID struct{}
+
+// serveVolumeAPI listens on path (0660, replaced if stale) until ctx ends.
+func serveVolumeAPI(ctx context.Context, node *replicator.Node, path string, uids []uint32, log *slog.Logger) (func(), error) {
+	if path == "" {
+		path = DefaultWriteSocket
+	}
+	if len(uids) == 0 {
+		uids = []uint32{0}
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, fmt.Errorf("replication.write_socket: %w", err)
+	}
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("replication.write_socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	api := &volumeAPI{node: node, uids: uids, log: log}
+	mux := http.NewServeMux()
+	mux.HandleFunc("PUT /v1/volumes/{name}", api.write)
+	mux.HandleFunc("GET /v1/volumes/{name}", api.read)
+	mux.HandleFunc("GET /v1/volumes", api.status)
+	srv := &http.Server{
+		Handler:           api.authenticate(mux),
+		ReadHeaderTimeout: 5 * time.Second,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			uid, ok := peerCredUID(c)
+			if !ok {
+				return ctx
+			}
+			return context.WithValue(ctx, peerUID{}, uid)
+		},
+	}
+	go func() { _ = srv.Serve(ln) }()
+	stop := func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+		_ = os.Remove(path)
+	}
+	go func() { <-ctx.Done(); stop() }()
+	return stop, nil
+}
+
+func peerCredUID(c net.Conn) (uint32, bool) {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return 0, false
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return 0, false
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil || cerr != nil {
+		return 0, false
+	}
+	return cred.Uid, true
+}
+
+func (a *volumeAPI) authenticate(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		uid, ok := r.Context().Value(peerUID{}).(uint32)
+		if !ok || !slices.Contains(a.uids, uid) {
+			a.log.Warn("volume API refused", "uid", uid, "known", ok)
+			http.Error(w, "forbidden: uid not in replication.write_uids", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// maxWrite bounds one request; larger writes are split by the client.
+const maxWrite = 64 << 20
+
+func offsetArg(r *http.Request) (int64, error) {
+	off, err := strconv.ParseInt(r.URL.Query().Get("offset"), 10, 64)
+	if err != nil || off < 0 {
+		return 0, fmt.Errorf("offset %q: want a non-negative byte offset", r.URL.Query().Get("offset"))
+	}
+	return off, nil
+}
+
+func (a *volumeAPI) fail(w http.ResponseWriter, err error) {
+	code := http.StatusInternalServerError
+	switch {
+	case errors.Is(err, replicator.ErrFenced):
+		code = http.StatusConflict
+	case errors.Is(err, replicator.ErrNoQuorum):
+		code = http.StatusServiceUnavailable
+	case errors.Is(err, replicator.ErrNoSpace):
+		code = http.StatusInsufficientStorage
+	case errors.Is(err, replicator.ErrUnknownVolume):
+		code = http.StatusNotFound
+	}
+	http.Error(w, err.Error(), code)
+}
+
+func (a *volumeAPI) write(w http.ResponseWriter, r *http.Request) {
+	off, err := offsetArg(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxWrite+1))
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	if len(body) == 0 || len(body) > maxWrite {
+		http.Error(w, fmt.Sprintf("body of %d bytes: want 1..%d", len(body), maxWrite), http.StatusBadRequest)
+		return
+	}
+	if err := a.node.Write(r.Context(), r.PathValue("name"), body, off); err != nil {
+		a.fail(w, err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (a *volumeAPI) read(w http.ResponseWriter, r *http.Request) {
+	off, err := offsetArg(r)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	n, err := strconv.Atoi(r.URL.Query().Get("length"))
+	if err != nil || n <= 0 || n > maxWrite {
+		http.Error(w, fmt.Sprintf("length: want 1..%d", maxWrite), http.StatusBadRequest)
+		return
+	}
+	buf := make([]byte, n)
+	if err := a.node.Read(r.Context(), r.PathValue("name"), buf, off); err != nil {
+		a.fail(w, err)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	_, _ = w.Write(buf)
+}
+
+func (a *volumeAPI) status(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(a.node.Status())
+}

@@ -1,0 +1,141 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/premirror/premirror/internal/pki"
+	"github.com/premirror/premirror/internal/replicator"
+)
+
+// TestVolumeAPI writes and reads a primary volume through the agent's
+// unix-socket write path, and checks that a uid outside write_uids is
+// refused before anything reaches the volume.
+func TestVolumeAPI(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.NewCA("test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := ca.Issue("node-a", []string{"127.0.0.1"}, time.Hour)
+	files, err := pki.WriteLeaf(filepath.Join(dir, "tls"), "node-a", ca, leaf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := &Replication{TLS: TLSFiles{CA: files.CA, Cert: files.Cert, Key: files.Key},
+		Volumes: []VolumeCfg{{Name: "disk", Path: img, Role: "primary"}}}
+	if err := r.validate(); err != nil {
+		t.Fatal(err)
+	}
+	node, err := replicator.NewNode(r.config("node-a", nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer node.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for _, tc := range []struct {
+		name string
+		uids []uint32
+		want int
+	}{
+		{"allowed uid", []uint32{uint32(os.Geteuid())}, http.StatusNoContent},
+		{"other uid refused", []uint32{uint32(os.Geteuid()) + 4242}, http.StatusForbidden},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			sock := filepath.Join(dir, strings.ReplaceAll(tc.name, " ", "-")+".sock")
+			stop, err := serveVolumeAPI(ctx, node, sock, tc.uids, discardLogger())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer stop()
+			c := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+				return (&net.Dialer{}).DialContext(ctx, "unix", sock)
+			}}}
+			block := bytes.Repeat([]byte{0xab}, 4096)
+			req, _ := http.NewRequest(http.MethodPut, "http://local/v1/volumes/disk?offset=8192", bytes.NewReader(block))
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("PUT: %d %s, want %d", resp.StatusCode, body, tc.want)
+			}
+			if tc.want != http.StatusNoContent {
+				return
+			}
+			resp, err = c.Get("http://local/v1/volumes/disk?offset=8192&length=4096")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if !bytes.Equal(got, block) {
+				t.Fatalf("read back %d bytes, not what was written", len(got))
+			}
+			for _, bad := range []string{"offset=-1", "offset=x"} {
+				req, _ := http.NewRequest(http.MethodPut, "http://local/v1/volumes/disk?"+bad, bytes.NewReader(block))
+				resp, err := c.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusBadRequest {
+					t.Errorf("%s: %d", bad, resp.StatusCode)
+				}
+			}
+			resp, _ = c.Get("http://local/v1/volumes/nope?offset=0&length=1")
+			if resp.StatusCode != http.StatusNotFound {
+				t.Errorf("unknown volume: %d", resp.StatusCode)
+			}
+			resp.Body.Close()
+		})
+	}
+}
+
+func TestReplicationConfigErrors(t *testing.T) {
+	ok := Replication{TLS: TLSFiles{CA: "a", Cert: "b", Key: "c"},
+		Peers:   []PeerCfg{{Name: "m2", Addr: "10.0.0.2:7400"}},
+		Volumes: []VolumeCfg{{Name: "d", Path: "/v/d.img", Role: "primary", Mirrors: []MirrorCfg{{Peer: "m2"}}}}}
+	tests := []struct {
+		mut  func(*Replication)
+		want string
+	}{
+		{func(r *Replication) { r.TLS.Key = "" }, "replication.tls key"},
+		{func(r *Replication) { r.Peers[0].Addr = "nohost" }, "replication.peers[0].addr"},
+		{func(r *Replication) { r.Peers[0].Schedule = "whenever" }, "replication.peers[0].schedule"},
+		{func(r *Replication) { r.Volumes[0].Path = "rel.img" }, "replication.volumes[0].path"},
+		{func(r *Replication) { r.Volumes[0].Role = "boss" }, "replication.volumes[0].role"},
+		{func(r *Replication) { r.Volumes[0].Mirrors[0].Peer = "m9" }, "replication.volumes[0].mirrors[0].peer"},
+		{func(r *Replication) { r.Volumes[0].Mirrors[0].Mode = "delta" }, "replication.volumes[0].mirrors[0].mode"},
+	}
+	for _, tt := range tests {
+		r := ok
+		r.Peers = append([]PeerCfg(nil), ok.Peers...)
+		r.Volumes = []VolumeCfg{ok.Volumes[0]}
+		r.Volumes[0].Mirrors = append([]MirrorCfg(nil), ok.Volumes[0].Mirrors...)
+		tt.mut(&r)
+		err := r.validate()
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("got %v, want it to name %s", err, tt.want)
+		}
+	}
+	if err := ok.validate(); err != nil {
+		t.Fatal(err)
+	}
+}
