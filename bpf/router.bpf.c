@@ -698,6 +698,156 @@ static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p, const 
 	return 0;
 }
 
+/*
+ * Path MTU through the tunnel. A packet that no longer fits once
+ * encapsulated is answered, from the VIP, with ICMP "fragmentation needed"
+ * (IPv4 with DF) or ICMPv6 "packet too big" carrying the egress MTU minus
+ * the tunnel overhead, and sent back out the ingress device: the client
+ * lowers its path MTU and resends. (Silently dropping it would make a PMTU
+ * black hole: every full-size TCP segment lost.) The quote is the start of
+ * the offending packet, enough for the client to find its socket.
+ */
+#define TOOBIG_QUOTE_V4 56  /* bytes of the offending IPv4 packet quoted */
+#define TOOBIG_QUOTE_V6 184 /* bytes of the offending IPv6 packet quoted */
+
+static __always_inline __u32 csum_add_words(const void *p, void *data_end, const int words)
+{
+	const __u16 *w = p;
+	__u32 sum = 0;
+
+	for (int i = 0; i < words; i++) {
+		if ((void *)(w + i + 1) > data_end)
+			break;
+		sum += w[i];
+	}
+	return sum;
+}
+
+static __always_inline __u16 csum_fold32(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+static __always_inline int too_big_v4(struct xdp_md *ctx, const int l2, __u16 mtu)
+{
+	const int add = IPV4_HLEN + sizeof(struct icmp_hdr);
+
+	if (bpf_xdp_adjust_head(ctx, -add))
+		return -1;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (data + add + l2 + TOOBIG_QUOTE_V4 > data_end)
+		return -1;
+	/* Back where it came from: the old L2 header, addresses swapped. */
+	__builtin_memcpy(data, data + add, l2);
+	struct ethhdr *eth = data;
+	__u8 mac[ETH_ALEN];
+	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
+	*(__be16 *)(data + l2 - 2) = ETH_P_IP_BE;
+
+	struct iphdr *orig = data + l2 + add;
+	struct iphdr *ip = data + l2;
+	struct icmp_hdr *ic = data + l2 + IPV4_HLEN;
+	__be32 client = orig->saddr, vip = orig->daddr;
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(add + TOOBIG_QUOTE_V4);
+	ip->id = 0;
+	ip->frag_off = 0;
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_ICMP;
+	ip->check = 0;
+	ip->saddr = vip;
+	ip->daddr = client;
+	ip->check = ipv4_csum(ip);
+	ic->type = ICMP_DEST_UNREACH;
+	ic->code = 4; /* fragmentation needed and DF set */
+	ic->csum = 0;
+	ic->rest = bpf_htonl(mtu);
+	ic->csum = csum_fold32(csum_add_words(ic, data_end, (sizeof(*ic) + TOOBIG_QUOTE_V4) / 2));
+
+	/* Cut the frame after the quote. */
+	int keep = l2 + add + TOOBIG_QUOTE_V4;
+	int cur = (int)bpf_xdp_get_buff_len(ctx);
+	if (cur > keep && bpf_xdp_adjust_tail(ctx, keep - cur))
+		return -1;
+	return 0;
+}
+
+static __always_inline int too_big_v6(struct xdp_md *ctx, const int l2, __u32 mtu)
+{
+	const int add = IPV6_HLEN + sizeof(struct icmp_hdr);
+
+	if (bpf_xdp_adjust_head(ctx, -add))
+		return -1;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (data + add + l2 + TOOBIG_QUOTE_V6 > data_end)
+		return -1;
+	__builtin_memcpy(data, data + add, l2);
+	struct ethhdr *eth = data;
+	__u8 mac[ETH_ALEN];
+	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
+	*(__be16 *)(data + l2 - 2) = ETH_P_IPV6_BE;
+
+	struct ipv6hdr *orig = data + l2 + add;
+	struct ipv6hdr *ip = data + l2;
+	struct icmp_hdr *ic = data + l2 + IPV6_HLEN;
+	struct in6_addr client = orig->saddr, vip = orig->daddr;
+	*(__be32 *)ip = bpf_htonl(0x60000000);
+	ip->payload_len = bpf_htons(sizeof(*ic) + TOOBIG_QUOTE_V6);
+	ip->nexthdr = IPPROTO_ICMPV6;
+	ip->hop_limit = 64;
+	ip->saddr = vip;
+	ip->daddr = client;
+	ic->type = ICMPV6_PKT_TOOBIG;
+	ic->code = 0;
+	ic->csum = 0;
+	ic->rest = bpf_htonl(mtu);
+	/* Pseudo-header: addresses, upper-layer length, next header. */
+	__u32 sum = csum_add_words(&ip->saddr, data_end, 16);
+	sum += bpf_htons(sizeof(*ic) + TOOBIG_QUOTE_V6);
+	sum += bpf_htons(IPPROTO_ICMPV6);
+	sum += csum_add_words(ic, data_end, (sizeof(*ic) + TOOBIG_QUOTE_V6) / 2);
+	ic->csum = csum_fold32(sum);
+
+	int keep = l2 + add + TOOBIG_QUOTE_V6;
+	int cur = (int)bpf_xdp_get_buff_len(ctx);
+	if (cur > keep && bpf_xdp_adjust_tail(ctx, keep - cur))
+		return -1;
+	return 0;
+}
+
+static __always_inline int too_big(struct xdp_md *ctx, const struct pkt *p, const struct mirror *mi,
+				   __u16 egress_mtu)
+{
+	int overhead = mi->family == PM_FAMILY_V4 ? IPV4_HLEN : IPV6_HLEN;
+	int err;
+
+	if (p->flow.family == PM_FAMILY_V4) {
+		/* Without DF the client never hears of path MTU: nothing to say. */
+		if (!p->df || p->icmp)
+			return verdict(R_DROP_TOO_BIG, XDP_DROP);
+		__u16 mtu = egress_mtu > overhead + 68 ? egress_mtu - overhead : 68;
+		err = p->vlan ? too_big_v4(ctx, 18, mtu) : too_big_v4(ctx, 14, mtu);
+	} else {
+		if (p->icmp) /* never answer an ICMP error with one */
+			return verdict(R_DROP_TOO_BIG, XDP_DROP);
+		__u32 mtu = egress_mtu > overhead + 1280 ? egress_mtu - overhead : 1280;
+		err = p->vlan ? too_big_v6(ctx, 18, mtu) : too_big_v6(ctx, 14, mtu);
+	}
+	if (err)
+		return verdict(R_DROP_TOO_BIG, XDP_DROP);
+	return verdict(R_ICMP_TOO_BIG, XDP_TX);
+}
+
 static __always_inline int has_src(const struct settings *st, __u8 family)
 {
 	if (family == PM_FAMILY_V4)
@@ -715,7 +865,7 @@ static __always_inline int transmit(struct xdp_md *ctx, const struct pkt *p, con
 		return verdict(R_DROP_NO_OUTER_SRC, XDP_DROP);
 	int rc = fib(ctx, p, mi, st, &fp);
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
-		return verdict(R_DROP_TOO_BIG, XDP_DROP);
+		return too_big(ctx, p, mi, fp.mtu_result);
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return verdict(R_DROP_FIB_MISS, XDP_DROP);
 

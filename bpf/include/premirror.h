@@ -192,7 +192,7 @@ struct stats {
 	__u64 drop_no_route;    /* no route table for (resource, region) */
 	__u64 drop_no_mirror;   /* route table has no usable mirror */
 	__u64 drop_fib_miss;    /* no route to the mirror */
-	__u64 drop_too_big;     /* encapsulated packet exceeds the egress MTU */
+	__u64 drop_too_big;     /* too big once encapsulated, and may not be told so (IPv4 without DF) */
 	__u64 drop_frag_miss;   /* non-first fragment whose first fragment was not seen */
 	__u64 drop_no_outer_src;/* no outer source address configured for the mirror's family */
 	__u64 drop_encap;       /* no headroom for the outer header */
@@ -200,6 +200,7 @@ struct stats {
 	__u64 fragments;        /* VIP fragments steered (also in tx/redirect) */
 	__u64 rerouted;         /* established flows moved off a down mirror */
 	__u64 counter_overflow; /* pm_counters full: packets not counted per mirror */
+	__u64 icmp_too_big;     /* too big once encapsulated: ICMP frag-needed / packet-too-big sent back (XDP_TX) */
 };
 
 enum pm_reason {
@@ -221,6 +222,7 @@ enum pm_reason {
 	R_FRAGMENTS,
 	R_REROUTED,
 	R_COUNTER_OVERFLOW,
+	R_ICMP_TOO_BIG,
 	R_MAX,
 };
 

@@ -72,6 +72,14 @@ func ctlRun(ctx context.Context, args []string) error {
 	lease := fs.Duration("lease-ttl", controller.DefaultLeaseTTL, "leader and session lease; a dead leader is replaced after about this long")
 	admins := fs.String("admin-names", "admin", "comma-separated certificate names allowed to change objects")
 	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9451", "metrics and health listen address (empty: none)")
+	// Routing policy knobs; 0 keeps internal/route's defaults (the issue's:
+	// 10% and 5 ms better for 3 evaluations, 60 s dwell, 10% slew, 30 s slow start).
+	minGain := fs.Float64("route-min-gain", 0, "a challenger must be this share better than the incumbent (default 0.10)")
+	minGainAbs := fs.Duration("route-min-gain-abs", 0, "… and this much better in absolute cost (default 5ms)")
+	confirm := fs.Int("route-confirm", 0, "… for this many consecutive evaluations (default 3)")
+	dwell := fs.Duration("route-dwell", 0, "minimum time a region keeps its primary mirror (default 60s)")
+	maxMove := fs.Float64("route-max-move", 0, "largest share of a region's slots one evaluation may move (default 0.10)")
+	slowStart := fs.Duration("route-slow-start", 0, "ramp of a new or recovered mirror's weight (default 30s)")
 	slots := fs.Int("table-slots", maps.DefaultConfig().TableSlots, "route table size the weights are quantized for (the agents' table_slots)")
 	debug := fs.Bool("debug", false, "debug logs")
 	if err := cli.ParseFlags(fs, args); err != nil {
@@ -121,6 +129,8 @@ func ctlRun(ctx context.Context, args []string) error {
 	cfg := controller.Config{Name: *name, TLS: files, AdminNames: strings.Split(*admins, ","), Prefix: *prefix,
 		TickInterval: *tick, ReportInterval: *report, LeaseTTL: *lease, Logger: log}
 	cfg.Route.Slots = *slots
+	cfg.Route.MinGain, cfg.Route.MinGainAbs, cfg.Route.Confirm = *minGain, *minGainAbs, *confirm
+	cfg.Route.Dwell, cfg.Route.MaxMove, cfg.Route.SlowStart = *dwell, *maxMove, *slowStart
 	c, err := controller.New(cfg, etcd)
 	if err != nil {
 		return err

@@ -117,11 +117,12 @@ func newControlPlane(a *Agent) (*controlPlane, error) {
 			interval = probe.DefaultInterval
 		}
 		cp.sched, err = probe.NewScheduler(probe.SchedulerConfig{
-			Schedule: probe.Schedule{Interval: interval},
-			UDP:      &probe.UDPProber{},
-			OnResult: cp.observe,
-			Metrics:  cp.pmet,
-			Logger:   a.log,
+			Schedule:   probe.Schedule{Interval: interval},
+			UDP:        &probe.UDPProber{},
+			OnResult:   cp.observe,
+			TimeoutFor: cp.timeoutFor,
+			Metrics:    cp.pmet,
+			Logger:     a.log,
 		})
 		if err != nil {
 			return nil, err
@@ -229,6 +230,18 @@ func (cp *controlPlane) updateTargets() {
 	cp.mu.Unlock()
 	cp.sched.SetTargets(ts)
 	cp.probes.Retain(ts)
+}
+
+// timeoutFor waits a few RTTs of the path (like TCP's RTO) rather than a
+// fixed second, so a lost probe to a near mirror is known lost in
+// milliseconds and failover is bounded by the probe interval.
+func (cp *controlPlane) timeoutFor(t probe.Target) time.Duration {
+	est, ok := cp.probes.Get(t)
+	if !ok || est.Samples < 3 {
+		return 0 // the scheduler's default
+	}
+	rtt := max(est.RTT, est.Median)
+	return min(max(3*rtt+4*est.Jitter, 25*time.Millisecond), time.Second)
 }
 
 func (cp *controlPlane) observe(r probe.Result) {

@@ -43,6 +43,7 @@ type Lab struct {
 	state  agent.DesiredState
 	limits agent.Limits
 	agents map[string]*Agent
+	ctl    *ctlState
 }
 
 // Agent is one running edge-agent process.
@@ -131,10 +132,13 @@ func (l *Lab) config(h *testbed.Host) agent.Config {
 		XDPMode:     agent.XDPNative,
 		Limits:      l.limits,
 	}
+	c.Controller, c.Probe = l.controllerConfig(h.Name)
 	switch h.Role {
 	case testbed.RoleEdge:
 		c.Role = agent.RoleEdge
-		c.State = l.state
+		if c.Controller == nil {
+			c.State = l.state
+		}
 		if arm, ok := h.Iface("eth1"); ok {
 			// Tunnel packets leave through the mirror-facing arm.
 			c.OuterSourceV4, c.OuterSourceV6 = arm.V4.String(), arm.V6.String()
@@ -342,9 +346,13 @@ func (l *Lab) Agent(host string) *Agent {
 	return l.agents[host]
 }
 
-// Close stops every agent and removes their pins (detaching the programs).
+// Close stops every agent and the controller and removes the agents' pins
+// (detaching the programs).
 func (l *Lab) Close() error {
 	var errs []error
+	if err := l.StopController(); err != nil {
+		errs = append(errs, err)
+	}
 	l.mu.Lock()
 	hosts := make([]string, 0, len(l.agents))
 	for h := range l.agents {

@@ -142,6 +142,7 @@ type routerStats struct {
 	Fragments       uint64
 	Rerouted        uint64
 	CounterOverflow uint64
+	IcmpTooBig      uint64
 }
 
 type routerTableRef struct {

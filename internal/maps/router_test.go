@@ -643,7 +643,10 @@ func TestNextHop(t *testing.T) {
 	}{
 		{"neighbour unknown: stack resolves it", pkt{src: clientUS, dst: vipWeb.Addr, sport: 1, dport: 80}, nil, xdpPass, "pass_no_neigh"},
 		{"no route to mirror", pkt{src: clientAS, dst: vipWeb.Addr, sport: 1, dport: 80}, nil, xdpDrop, "drop_fib_miss"},
-		{"too big for the egress MTU", pkt{src: clientEU, dst: vipWeb.Addr, sport: 2, dport: 80, payload: make([]byte, 1500-40-40+1)}, nil, xdpDrop, "drop_too_big"},
+		{"too big, IPv4 with DF: ICMP frag-needed back", pkt{src: clientEU, dst: vipWeb.Addr, sport: 2, dport: 80, payload: make([]byte, 1500-40-40+1)}, nil, xdpTX, "icmp_too_big"},
+		{"too big, VLAN: ICMP back on the VLAN", pkt{src: clientEU, dst: vipWeb.Addr, sport: 5, dport: 80, vlan: 12, payload: make([]byte, 1500)}, nil, xdpTX, "icmp_too_big"},
+		{"too big, IPv4 without DF: dropped", pkt{src: clientEU, dst: vipWeb.Addr, sport: 6, dport: 80, noDF: true, payload: make([]byte, 1500-40-40+1)}, nil, xdpDrop, "drop_too_big"},
+		{"too big, IPv6: packet-too-big back", pkt{src: client6EU, dst: vipWeb6.Addr, sport: 2, dport: 443, payload: make([]byte, 1500-60-40+1)}, nil, xdpTX, "icmp_too_big"},
 		{"fits the egress MTU exactly", pkt{src: clientEU, dst: vipWeb.Addr, sport: 3, dport: 80, payload: make([]byte, 1500-40-40)}, nil, xdpTX, "tx"},
 		{"no outer source for the family", pkt{src: clientEU, dst: vipWeb.Addr, sport: 4, dport: 80}, func() {
 			f.r.SetSettings(Settings{DefaultRegion: regDefault, OuterSourceV4: edgeV4})
@@ -661,6 +664,10 @@ func TestNextHop(t *testing.T) {
 			if v != tt.verdict || d[tt.reason] != 1 {
 				t.Fatalf("verdict %s reasons %v, want %s/%s", verdictNames[v], d, verdictNames[tt.verdict], tt.reason)
 			}
+			if tt.reason == "icmp_too_big" {
+				// Both routes here lead to IPv6 mirrors: 40 bytes of tunnel.
+				checkTooBig(t, in, out, 1500-40)
+			}
 			if tt.reason == "pass_no_neigh" {
 				// Encapsulated, original MACs kept for the stack.
 				if !bytes.Equal(out[:12], in[:12]) || binary.BigEndian.Uint16(out[12:]) != 0x0800 || out[14+9] != 4 {
@@ -668,6 +675,55 @@ func TestNextHop(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// checkTooBig verifies an ICMP "fragmentation needed" / ICMPv6 "packet
+// too big" built from the offending frame in: back to the client's MAC,
+// from the VIP, the egress MTU minus the tunnel, a valid checksum, and the
+// start of the offending packet quoted.
+func checkTooBig(t *testing.T, in, out []byte, mtu int) {
+	t.Helper()
+	l2 := 14
+	if binary.BigEndian.Uint16(in[12:]) == 0x8100 {
+		l2 = 18
+		if !bytes.Equal(out[12:16], in[12:16]) {
+			t.Fatalf("VLAN tag lost: %x", out[12:18])
+		}
+	}
+	if !bytes.Equal(out[0:6], in[6:12]) || !bytes.Equal(out[6:12], in[0:6]) {
+		t.Fatalf("MACs not swapped: %x", out[:12])
+	}
+	orig, ip := in[l2:], out[l2:]
+	if orig[0]>>4 == 4 {
+		if len(out) != l2+20+8+56 || ip[9] != 1 || csum(ip[:20]) != 0 {
+			t.Fatalf("bad IPv4 ICMP packet (%d bytes): %x", len(out), ip[:20])
+		}
+		if !bytes.Equal(ip[12:16], orig[16:20]) || !bytes.Equal(ip[16:20], orig[12:16]) {
+			t.Fatalf("ICMP not from the VIP to the client")
+		}
+		ic := ip[20:]
+		if ic[0] != 3 || ic[1] != 4 || int(binary.BigEndian.Uint16(ic[6:])) != mtu || csum(ic) != 0 {
+			t.Fatalf("ICMP header %x (want type 3 code 4, MTU %d, valid checksum)", ic[:8], mtu)
+		}
+		if !bytes.Equal(ic[8:], orig[:56]) {
+			t.Fatalf("quote differs from the offending packet")
+		}
+		return
+	}
+	if len(out) != l2+40+8+184 || ip[6] != 58 {
+		t.Fatalf("bad ICMPv6 packet (%d bytes)", len(out))
+	}
+	if !bytes.Equal(ip[8:24], orig[24:40]) || !bytes.Equal(ip[24:40], orig[8:24]) {
+		t.Fatalf("ICMPv6 not from the VIP to the client")
+	}
+	ic := ip[40:]
+	pseudo := append(append(append([]byte{}, ip[8:40]...), 0, 0, byte(len(ic)>>8), byte(len(ic))), 0, 0, 0, 58)
+	if ic[0] != 2 || int(binary.BigEndian.Uint32(ic[4:])) != mtu || csum(append(pseudo, ic...)) != 0 {
+		t.Fatalf("ICMPv6 header %x (want type 2, MTU %d, valid checksum)", ic[:8], mtu)
+	}
+	if !bytes.Equal(ic[8:], orig[:184]) {
+		t.Fatalf("quote differs from the offending packet")
 	}
 }
 

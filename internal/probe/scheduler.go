@@ -109,6 +109,9 @@ func (s Schedule) Next(r *rand.Rand) time.Duration {
 type Scheduler struct {
 	sched    Schedule
 	timeout  time.Duration
+	retry    time.Duration
+	retries  int
+	timeoutF func(Target) time.Duration
 	probers  map[Kind]Prober
 	onResult func(Result)
 	log      *slog.Logger
@@ -128,6 +131,17 @@ type SchedulerConfig struct {
 	Schedule Schedule
 	// Timeout bounds one probe (0: the smaller of 1 s and the interval).
 	Timeout time.Duration
+	// TimeoutFor, if set, gives a target's timeout (capped by Timeout), so
+	// a near mirror's lost probe is known lost in milliseconds, not a
+	// second: e.g. a few smoothed RTTs from the estimator.
+	TimeoutFor func(Target) time.Duration
+	// FastRetries probes that follow a failed probe are sent after Retry
+	// instead of the interval, so a dead path reaches Fall consecutive
+	// failures within one interval plus a few timeouts, instead of Fall
+	// intervals. Default 2 (Fall − 1 with the default Fall of 3); negative
+	// disables. Retry defaults to an eighth of the interval.
+	FastRetries int
+	Retry       time.Duration
 	// TCP and UDP are the probers per kind; a target whose kind has no
 	// prober fails every probe with an error.
 	TCP, UDP Prober
@@ -162,8 +176,16 @@ func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
 	if seed == 0 {
 		seed = rand.Uint64()
 	}
+	retries, retry := cfg.FastRetries, cfg.Retry
+	if retries == 0 {
+		retries = 2
+	}
+	if retry <= 0 {
+		retry = max(cfg.Schedule.interval()/8, time.Millisecond)
+	}
 	return &Scheduler{
-		sched: cfg.Schedule, timeout: to, onResult: cfg.OnResult, log: log, metrics: cfg.Metrics,
+		sched: cfg.Schedule, timeout: to, retry: retry, retries: retries, timeoutF: cfg.TimeoutFor,
+		onResult: cfg.OnResult, log: log, metrics: cfg.Metrics,
 		probers: map[Kind]Prober{KindTCP: cfg.TCP, KindUDP: cfg.UDP},
 		targets: map[Target]context.CancelFunc{}, seed: seed,
 	}, nil
@@ -232,6 +254,7 @@ func (s *Scheduler) loop(ctx context.Context, t Target, r *rand.Rand) {
 	defer s.wg.Done()
 	timer := time.NewTimer(s.sched.First(r))
 	defer timer.Stop()
+	failed := 0 // consecutive failures
 	for {
 		select {
 		case <-ctx.Done():
@@ -244,7 +267,16 @@ func (s *Scheduler) loop(ctx context.Context, t Target, r *rand.Rand) {
 		}
 		s.metrics.result(t.Kind, res.RTT, res.Err)
 		s.onResult(res)
-		timer.Reset(s.sched.Next(r))
+		if res.Err != nil {
+			failed++
+		} else {
+			failed = 0
+		}
+		if failed > 0 && failed <= s.retries {
+			timer.Reset(s.retry) // confirm a failure fast
+		} else {
+			timer.Reset(s.sched.Next(r))
+		}
 	}
 }
 
@@ -255,7 +287,13 @@ func (s *Scheduler) probeOnce(ctx context.Context, t Target) Result {
 		res.Err = fmt.Errorf("probe %s %s: no prober for kind", t.Kind, t.Addr)
 		return res
 	}
-	pctx, cancel := context.WithTimeout(ctx, s.timeout)
+	to := s.timeout
+	if s.timeoutF != nil {
+		if d := s.timeoutF(t); d > 0 && d < to {
+			to = d
+		}
+	}
+	pctx, cancel := context.WithTimeout(ctx, to)
 	defer cancel()
 	res.RTT, res.Err = p.Probe(pctx, t.Addr)
 	if res.Err != nil {

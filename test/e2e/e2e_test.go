@@ -458,14 +458,16 @@ func (e *env) xdpProg(host, iface string) uint32 {
 	return id
 }
 
-// dumpOnFailure logs the edge's maps (edge-agent inspect) if t failed.
+// dumpOnFailure logs the edges' maps (edge-agent inspect) if t failed.
 func (e *env) dumpOnFailure() {
 	e.t.Cleanup(func() {
 		if !e.t.Failed() {
 			return
 		}
-		out, err := e.tb.Host("edge1").Run(context.Background(), agentBin, "inspect", "--pin-dir", e.lab.PinDir("edge1"), "--sessions", "20")
-		e.t.Logf("edge1 inspect (%v):\n%s", err, out)
+		for _, h := range e.tb.Edges() {
+			out, err := h.Run(context.Background(), agentBin, "inspect", "--pin-dir", e.lab.PinDir(h.Name), "--sessions", "20")
+			e.t.Logf("%s inspect (%v):\n%s", h.Name, err, out)
+		}
 	})
 }
 

@@ -1,0 +1,214 @@
+package lab
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/premirror/premirror/internal/agent"
+)
+
+// ControllerSetup runs the real controller in one testbed host (its eth0
+// IPv4 address is the agents' endpoint) and puts every agent under it.
+type ControllerSetup struct {
+	Bin  string   // controller binary
+	Host string   // testbed host that runs it
+	Args []string // extra `controller run` flags (tick, route knobs…)
+	// Objects is the YAML applied once the controller is up.
+	Objects string
+	// Sites maps agent host → Site object name.
+	Sites map[string]string
+	// ProbeInterval of the edges' probes; 0 keeps the agent's default.
+	ProbeInterval time.Duration
+	// ReportInterval of the agents; 0 keeps the default.
+	ReportInterval time.Duration
+}
+
+// ControllerPort is where the lab controller serves agents and admins.
+const ControllerPort = 7443
+
+const controllerMetrics = "127.0.0.1:9451"
+
+type ctlState struct {
+	setup   ControllerSetup
+	certs   string
+	addr    string
+	dataDir string
+	log     string
+	cmd     *exec.Cmd
+	done    chan error
+}
+
+// BuildController compiles cmd/controller into dir.
+func BuildController(ctx context.Context, dir string) (string, error) {
+	root, err := moduleRoot()
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "controller")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/controller")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build controller: %v\n%s", err, out)
+	}
+	return bin, nil
+}
+
+// StartController makes certificates, starts the controller, waits until
+// it leads and applies the objects. Agents started afterwards connect to
+// it; call it before StartAll.
+func (l *Lab) StartController(ctx context.Context, s ControllerSetup) error {
+	h := l.TB.Host(s.Host)
+	if h == nil {
+		return fmt.Errorf("no host %q", s.Host)
+	}
+	c := &ctlState{setup: s, certs: filepath.Join(l.dir, "certs"), dataDir: filepath.Join(l.dir, "etcd"),
+		log: filepath.Join(l.dir, "controller.log"), addr: net.JoinHostPort(h.V4().String(), fmt.Sprint(ControllerPort))}
+	var agents []string
+	for _, hh := range l.TB.Hosts() {
+		agents = append(agents, hh.Name)
+	}
+	out, err := exec.CommandContext(ctx, s.Bin, "certs", "--dir", c.certs,
+		"--hosts", h.V4().String()+",127.0.0.1", "--agents", strings.Join(agents, ",")).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("controller certs: %v\n%s", err, out)
+	}
+	l.mu.Lock()
+	l.ctl = c
+	l.mu.Unlock()
+	if err := l.startController(ctx); err != nil {
+		return err
+	}
+	if s.Objects != "" {
+		if err := l.Apply(ctx, s.Objects); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l *Lab) startController(ctx context.Context) error {
+	c := l.ctl
+	h := l.TB.Host(c.setup.Host)
+	args := append([]string{"run", "--tls-dir", c.certs, "--data-dir", c.dataDir,
+		"--listen", c.addr, "--metrics-addr", controllerMetrics, "--name", "lab-" + c.setup.Host}, c.setup.Args...)
+	logf, err := os.OpenFile(c.log, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	c.cmd = h.Command(c.setup.Bin, args...)
+	c.cmd.Stdout, c.cmd.Stderr = logf, logf
+	if err := c.cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start controller: %w", err)
+	}
+	c.done = make(chan error, 1)
+	go func(cmd *exec.Cmd, done chan error) { done <- cmd.Wait(); logf.Close() }(c.cmd, c.done)
+
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	hc := l.httpClient(h)
+	var last string
+	for {
+		select {
+		case err := <-c.done:
+			return fmt.Errorf("controller exited (%v):\n%s", err, tail(c.log))
+		case <-ctx.Done():
+			return fmt.Errorf("controller not healthy (%s):\n%s", last, tail(c.log))
+		case <-time.After(100 * time.Millisecond):
+		}
+		resp, err := hc.Get("http://" + controllerMetrics + "/healthz")
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		last = string(b)
+		if resp.StatusCode == 200 && strings.Contains(last, "leader") && !strings.Contains(last, `leader ""`) {
+			return nil
+		}
+	}
+}
+
+// StopController kills the controller (SIGKILL: as if its host died).
+func (l *Lab) StopController() error {
+	c := l.ctl
+	if c == nil || c.cmd == nil {
+		return nil
+	}
+	_ = c.cmd.Process.Signal(syscall.SIGKILL)
+	<-c.done
+	c.cmd = nil
+	return nil
+}
+
+// RestartController starts a stopped controller again on the same data.
+func (l *Lab) RestartController(ctx context.Context) error {
+	if l.ctl == nil {
+		return errors.New("no controller")
+	}
+	return l.startController(ctx)
+}
+
+// ctl runs a controller client subcommand as the admin, in the
+// controller's host.
+func (l *Lab) ctlCommand(ctx context.Context, args ...string) ([]byte, error) {
+	c := l.ctl
+	h := l.TB.Host(c.setup.Host)
+	full := append(args, "--server", c.addr, "--tls-dir", c.certs)
+	return h.Run(ctx, c.setup.Bin, full...)
+}
+
+// Apply applies YAML objects through `controller apply`.
+func (l *Lab) Apply(ctx context.Context, objects string) error {
+	f := filepath.Join(l.dir, fmt.Sprintf("objects-%d.yaml", time.Now().UnixNano()))
+	if err := os.WriteFile(f, []byte(objects), 0o644); err != nil {
+		return err
+	}
+	out, err := l.ctlCommand(ctx, "apply", "-f", f)
+	if err != nil {
+		return fmt.Errorf("controller apply: %v\n%s", err, out)
+	}
+	return nil
+}
+
+// ControllerStatus returns `controller status` output.
+func (l *Lab) ControllerStatus(ctx context.Context) (string, error) {
+	out, err := l.ctlCommand(ctx, "status")
+	return string(out), err
+}
+
+// ControllerLog returns the tail of the controller's log.
+func (l *Lab) ControllerLog() string {
+	if l.ctl == nil {
+		return ""
+	}
+	return tail(l.ctl.log)
+}
+
+// controllerConfig is the agent config section for host under the lab
+// controller, or nil.
+func (l *Lab) controllerConfig(host string) (*agent.ControllerCfg, agent.ProbeCfg) {
+	c := l.ctl
+	if c == nil {
+		return nil, agent.ProbeCfg{}
+	}
+	return &agent.ControllerCfg{
+			Endpoints:      []string{c.addr},
+			Site:           c.setup.Sites[host],
+			TLS:            agent.TLSFiles{CA: filepath.Join(c.certs, "ca.pem"), Cert: filepath.Join(c.certs, host+".pem"), Key: filepath.Join(c.certs, host+"-key.pem")},
+			StateCache:     filepath.Join(l.dir, host+".state.pb"),
+			ReportInterval: agent.Duration(c.setup.ReportInterval),
+		}, agent.ProbeCfg{
+			Interval: agent.Duration(c.setup.ProbeInterval),
+		}
+}

@@ -1,0 +1,275 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/premirror/premirror/internal/lab"
+	"github.com/premirror/premirror/internal/testbed"
+)
+
+var controllerBin string
+
+func buildController(t *testing.T) string {
+	t.Helper()
+	if controllerBin == "" {
+		var err error
+		controllerBin, err = lab.BuildController(context.Background(), t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return controllerBin
+}
+
+func ms(n int) testbed.Duration { return testbed.Duration(time.Duration(n) * time.Millisecond) }
+
+// controlledTopology: two regions, each behind its own edge; three
+// mirrors. Each edge (and its clients' return path) is 3 ms from its
+// region's mirror, 10 ms from m-core and 30 ms from the far mirror.
+func controlledTopology() testbed.Topology {
+	t := testbed.Topology{
+		VIPs:    []netip.Addr{vip4, vip6},
+		Service: testbed.Service{TCPPorts: []uint16{tcpPort}, UDPPorts: []uint16{udpPort}},
+		Regions: []testbed.Region{
+			{Name: "eu", Edge: "edge-eu", Clients: 2, PrefixV4: netip.MustParsePrefix("10.1.0.0/24"), PrefixV6: netip.MustParsePrefix("fd00:1::/64")},
+			{Name: "us", Edge: "edge-us", Clients: 2, PrefixV4: netip.MustParsePrefix("10.2.0.0/24"), PrefixV6: netip.MustParsePrefix("fd00:2::/64")},
+		},
+		Edges:   []testbed.Edge{{Name: "edge-eu", Arms: 2}, {Name: "edge-us", Arms: 2}},
+		Mirrors: []testbed.Mirror{{Name: "m-eu"}, {Name: "m-us"}, {Name: "m-core"}},
+	}
+	for _, r := range []string{"eu", "us"} {
+		far := map[string]string{"eu": "us", "us": "eu"}[r]
+		for _, end := range []string{r, "edge-" + r} {
+			t.Delays = append(t.Delays,
+				testbed.Delay{A: end, B: "m-" + r, OneWay: ms(3)},
+				testbed.Delay{A: end, B: "m-core", OneWay: ms(10)},
+				testbed.Delay{A: end, B: "m-" + far, OneWay: ms(30)})
+		}
+		t.Delays = append(t.Delays, testbed.Delay{A: r, B: "edge-" + r, OneWay: ms(1)})
+	}
+	return t
+}
+
+func controlledObjects(tb *testbed.Testbed) string {
+	addr := func(h string) string { return tb.Host(h).V4().String() }
+	return fmt.Sprintf(`sites:
+  - {name: eu, client_prefixes: [10.1.0.0/24, "fd00:1::/64"]}
+  - {name: us, client_prefixes: [10.2.0.0/24, "fd00:2::/64"]}
+mirrors:
+  - {name: m-eu, site: eu, address: %s, node: m-eu}
+  - {name: m-us, site: us, address: %s, node: m-us}
+  - {name: m-core, site: eu, address: %s, node: m-core}
+resources:
+  - {name: web, vips: [%s, "%s"], ports: [%d], protocol: tcp, origin: m-core, mirror_policy: {mirrors: [m-eu, m-us]}}
+  - {name: web-udp, vips: [%s, "%s"], ports: [%d], protocol: udp, origin: m-core, mirror_policy: {mirrors: [m-eu, m-us]}}
+`, addr("m-eu"), addr("m-us"), addr("m-core"), vip4, vip6, tcpPort, vip4, vip6, udpPort)
+}
+
+// startControlled runs the controller (in edge-eu's namespace) and an
+// agent on every edge and mirror under it, with fast probes and damping
+// shortened so the test takes seconds, not minutes.
+func startControlled(t *testing.T) *env {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: network namespaces, XDP, bpffs")
+	}
+	bin := buildController(t)
+	testbed.VerifyNoLeaks(t, testbed.LeakOptions{PinDir: "/sys/fs/bpf"})
+	tb := testbed.ForTest(t, controlledTopology(), testbed.Options{})
+	l := lab.New(tb, agentBin, t.TempDir(), lab.StateFromTopology(tb), nil)
+	t.Cleanup(func() {
+		if err := l.Close(); err != nil {
+			t.Errorf("lab close: %v", err)
+		}
+	})
+	e := &env{t: t, tb: tb, lab: l}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("controller log:\n%s", l.ControllerLog())
+			st, _ := l.ControllerStatus(context.Background())
+			t.Logf("controller status:\n%s", st)
+		}
+	})
+	e.dumpOnFailure()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	err := l.StartController(ctx, lab.ControllerSetup{
+		Bin: bin, Host: "edge-eu", Objects: controlledObjects(tb),
+		Args: []string{"--tick", "200ms", "--report-interval", "300ms", "--route-dwell", "1s", "--route-slow-start", "1ms",
+			"--route-max-move", "1", "--table-slots", "1024"},
+		Sites:         map[string]string{"edge-eu": "eu", "edge-us": "us", "m-eu": "eu", "m-us": "us", "m-core": "eu"},
+		ProbeInterval: 250 * time.Millisecond, ReportInterval: 300 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.StartAll(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+// askQuick opens a flow and returns who served it ("" on failure).
+func (e *env) askQuick(client, network string, vip netip.Addr, timeout time.Duration) string {
+	port := tcpPort
+	if network == "udp" {
+		port = udpPort
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	c, err := e.tb.Host(client).Dial(ctx, network, netip.AddrPortFrom(vip, uint16(port)).String())
+	if err != nil {
+		return ""
+	}
+	defer c.Close()
+	var r testbed.Reply
+	if network == "udp" {
+		r, err = testbed.AskUDP(ctx, c, "who")
+	} else {
+		r, err = testbed.Ask(ctx, c, "who")
+	}
+	if err != nil {
+		return ""
+	}
+	return r.Mirror
+}
+
+// waitServed polls new flows from client until want serves one; it returns
+// how long that took.
+func (e *env) waitServed(client, network, want string, within time.Duration) time.Duration {
+	e.t.Helper()
+	start := time.Now()
+	last := ""
+	for time.Since(start) < within {
+		if last = e.askQuick(client, network, vip4, 300*time.Millisecond); last == want {
+			return time.Since(start)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	e.t.Fatalf("%s %s still served by %q after %v, want %s", client, network, last, within, want)
+	return 0
+}
+
+// TestControllerRouting: the controller routes each region to its best
+// mirror from the edges' probes; a slower link moves new flows (not
+// established ones) within the damping rules; a dead mirror fails over;
+// traffic goes on with the controller gone, and agents converge when it
+// comes back.
+func TestControllerRouting(t *testing.T) {
+	e := startControlled(t)
+	e.waitServed("eu-1", "tcp", "m-eu", 30*time.Second)
+	e.waitServed("us-1", "tcp", "m-us", 30*time.Second)
+	for _, vip := range []netip.Addr{vip4, vip6} {
+		for _, c := range []struct{ client, want string }{{"eu-2", "m-eu"}, {"us-2", "m-us"}} {
+			if got := e.askQuick(c.client, "udp", vip, time.Second); got != c.want {
+				t.Errorf("%s udp %s served by %q, want %s", c.client, vip, got, c.want)
+			}
+		}
+	}
+
+	t.Run("slower link moves new flows only", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		streams := e.openStreams(ctx, "eu-1", vip4, 2)
+		for _, s := range streams {
+			if s.servedBy() != "m-eu" {
+				t.Fatalf("stream on %s before the change", s.servedBy())
+			}
+		}
+		for _, end := range []string{"eu", "edge-eu"} {
+			if err := e.tb.SetDelay(end, "m-eu", 40*time.Millisecond); err != nil {
+				t.Fatal(err)
+			}
+		}
+		took := e.waitServed("eu-2", "tcp", "m-core", 30*time.Second)
+		t.Logf("new flows moved from m-eu (now 80 ms RTT) to m-core (20 ms) %v after the link slowed", took.Round(time.Millisecond))
+		time.Sleep(300 * time.Millisecond)
+		cancel()
+		finish(t, streams)
+		for _, s := range streams {
+			if s.servedBy() != "m-eu" {
+				t.Errorf("established stream moved to %s", s.servedBy())
+			}
+		}
+	})
+
+	t.Run("dead mirror fails over", func(t *testing.T) {
+		// The us region is on m-us. Cut m-us off from everyone.
+		for _, h := range e.tb.Hosts() {
+			if h.Name != "m-us" {
+				if err := e.tb.SetLoss(h.Name, "m-us", 1); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		took := e.waitServed("us-1", "udp", "m-core", 30*time.Second)
+		t.Logf("failover: new flows of us served by m-core %v after m-us died (probe interval 250 ms)", took.Round(time.Millisecond))
+	})
+
+	t.Run("controller away, agents restart on cached state", func(t *testing.T) {
+		if err := e.lab.StopController(); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.askQuick("eu-1", "tcp", vip4, 2*time.Second); got != "m-core" {
+			t.Fatalf("without the controller eu served by %q", got)
+		}
+		if err := e.lab.Restart(e.ctx(), "edge-us"); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.askQuick("us-1", "tcp", vip4, 2*time.Second); got != "m-core" {
+			t.Fatalf("restarted edge without the controller: us served by %q, want m-core (cached state)", got)
+		}
+		// m-us comes back too: every agent must converge.
+		for _, h := range e.tb.Hosts() {
+			if h.Name != "m-us" {
+				if err := e.tb.SetLoss(h.Name, "m-us", 0); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if err := e.lab.RestartController(e.ctx()); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			st, err := e.lab.ControllerStatus(e.ctx())
+			if err == nil && allAcked(st, 5) {
+				t.Logf("after the controller restart:\n%s", st)
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("agents did not converge: %v\n%s", err, st)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	})
+}
+
+// allAcked reports whether `controller status` shows n connected agents
+// that acknowledged the current version.
+func allAcked(status string, n int) bool {
+	var cur string
+	cols := map[string]int{}
+	ok := 0
+	for _, l := range strings.Split(status, "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) >= 2 && f[0] == "version:":
+			cur = f[1]
+		case len(f) > 0 && f[0] == "NODE":
+			for i, c := range f {
+				cols[c] = i
+			}
+		case len(cols) > 0 && len(f) == len(cols):
+			if f[cols["CONNECTED"]] == "true" && f[cols["ACKED"]] == cur && cur != "" {
+				ok++
+			}
+		}
+	}
+	return ok >= n
+}
