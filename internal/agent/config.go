@@ -40,18 +40,18 @@ const (
 // (regions, mirrors, resources, routes) is static here; the controller can
 // later supply it instead.
 type Config struct {
-	Node             string       `yaml:"node"`
-	Role             Role         `yaml:"role"`
-	Interfaces       []string     `yaml:"interfaces"`        // edge or mirror role
-	RouterInterfaces []string     `yaml:"router_interfaces"` // role both
-	DecapInterfaces  []string     `yaml:"decap_interfaces"`  // role both
-	XDPMode          XDPMode      `yaml:"xdp_mode"`
-	PinDir           string       `yaml:"pin_dir"`
-	MetricsAddr      string       `yaml:"metrics_addr"`
-	OuterSourceV4    string       `yaml:"outer_source_v4"`
-	OuterSourceV6    string       `yaml:"outer_source_v6"`
-	DecapAddresses   []string     `yaml:"decap_addresses"`
-	Limits           Limits       `yaml:"limits"`
+	Node             string   `yaml:"node"`
+	Role             Role     `yaml:"role"`
+	Interfaces       []string `yaml:"interfaces"`        // edge or mirror role
+	RouterInterfaces []string `yaml:"router_interfaces"` // role both
+	DecapInterfaces  []string `yaml:"decap_interfaces"`  // role both
+	XDPMode          XDPMode  `yaml:"xdp_mode"`
+	PinDir           string   `yaml:"pin_dir"`
+	MetricsAddr      string   `yaml:"metrics_addr"`
+	OuterSourceV4    string   `yaml:"outer_source_v4"`
+	OuterSourceV6    string   `yaml:"outer_source_v6"`
+	DecapAddresses   []string `yaml:"decap_addresses"`
+	Limits           Limits   `yaml:"limits"`
 	// Controller, when set, supplies the desired state (the static state
 	// below is then ignored) and receives the agent's reports.
 	Controller *ControllerCfg `yaml:"controller"`
