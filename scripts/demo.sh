@@ -6,4 +6,4 @@ if [ "$(id -u)" != 0 ]; then
   echo "make demo needs root (network namespaces, XDP, bpffs): sudo make demo" >&2
   exit 1
 fi
-exec ./bin/premirror-demo -topology internal/testbed/testdata/demo.yaml -agent ./bin/edge-agent "$@"
+exec ./bin/premirror-demo -topology cmd/premirror-demo/topology.yaml -agent ./bin/edge-agent -controller ./bin/controller "$@"

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -33,16 +34,22 @@ import (
 type config struct {
 	topology string
 	agentBin string
+	ctlBin   string
 	duration time.Duration
+	static   bool
 	verbose  bool
+	logs     string
 }
 
 func main() {
 	var c config
 	self, _ := os.Executable()
-	flag.StringVar(&c.topology, "topology", "internal/testbed/testdata/demo.yaml", "testbed topology (YAML)")
+	flag.StringVar(&c.topology, "topology", "cmd/premirror-demo/topology.yaml", "testbed topology (YAML)")
 	flag.StringVar(&c.agentBin, "agent", filepath.Join(filepath.Dir(self), "edge-agent"), "edge-agent binary")
-	flag.DurationVar(&c.duration, "duration", 30*time.Second, "how long to drive client traffic")
+	flag.StringVar(&c.ctlBin, "controller", filepath.Join(filepath.Dir(self), "controller"), "controller binary")
+	flag.DurationVar(&c.duration, "duration", 30*time.Second, "how long to drive client traffic (split around the link change)")
+	flag.BoolVar(&c.static, "static", false, "no controller: the agents' static route tables only")
+	flag.StringVar(&c.logs, "logs", "", "keep the agents' and controller's configs and logs in this directory")
 	flag.BoolVar(&c.verbose, "v", false, "log testbed and agent progress")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -72,7 +79,7 @@ func run(ctx context.Context, c config, out io.Writer) (err error) {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "== premirror demo: %d regions, %d edge, %d mirrors (%s)\n", len(topo.Regions), len(topo.Edges), len(topo.Mirrors), c.topology)
+	fmt.Fprintf(out, "== premirror demo: %d regions, %d edges, %d mirrors (%s)\n", len(topo.Regions), len(topo.Edges), len(topo.Mirrors), c.topology)
 	tb, err := testbed.New(ctx, topo, testbed.Options{Logger: log, NoSignalHandler: true})
 	if err != nil {
 		return err
@@ -90,56 +97,232 @@ func run(ctx context.Context, c config, out io.Writer) (err error) {
 	for _, v := range topo.VIPs {
 		vips = append(vips, netip.AddrPortFrom(v, tcpPort).String()+"/tcp", netip.AddrPortFrom(v, udpPort).String()+"/udp")
 	}
-	// A static route table: every region to the mirror the operator (or,
-	// later, the controller) picked for it, with a share for m-core.
+	// Static mode: every region to its own mirror 75%, m-core 25%.
 	routes := map[string]map[string]uint32{"*": {"m-core": 1}}
 	for _, r := range topo.Regions {
 		routes[r.Name] = map[string]uint32{"m-" + r.Name: 3, "m-core": 1}
 	}
 	state.Resources = []agent.Resource{{Name: "vm-disk-7", ID: 7, VIPs: vips, Routes: routes}}
 
-	dir, err := os.MkdirTemp("", "premirror-demo-")
-	if err != nil {
+	dir := c.logs
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "premirror-demo-"); err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+	} else if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	defer os.RemoveAll(dir)
 	l := lab.New(tb, c.agentBin, dir, state, log)
 	defer func() {
 		if cerr := l.Close(); cerr != nil && err == nil {
 			err = cerr
 		}
 	}()
+	first := tb.Edges()[0]
+	if !c.static {
+		sites := map[string]string{"m-core": topo.Regions[0].Name}
+		for _, r := range topo.Regions {
+			sites[r.Edge] = r.Name
+			sites["m-"+r.Name] = r.Name
+		}
+		err := l.StartController(ctx, lab.ControllerSetup{
+			Bin: c.ctlBin, Host: first.Name, Objects: objects(tb, topo),
+			// Damping shortened so the demo shows a move in seconds: a
+			// challenger still has to be 10% and 5 ms better three times,
+			// but dwell is 5 s, and slow start and the slew limit are off.
+			Args: []string{"--tick", "500ms", "--report-interval", "500ms", "--route-dwell", "5s",
+				"--route-slow-start", "1ms", "--route-max-move", "1", "--table-slots", "1024"},
+			Sites: sites, ProbeInterval: 500 * time.Millisecond, ReportInterval: 500 * time.Millisecond,
+		})
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "== controller leading in %s's namespace (embedded etcd, mutual TLS); objects applied (%.1fs)\n", first.Name, time.Since(start).Seconds())
+	}
 	if err := l.StartAll(ctx); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "== agents running: router on edge1, decap on %d mirrors (%.1fs)\n", len(tb.Mirrors()), time.Since(start).Seconds())
-	fmt.Fprintf(out, "   route table: each region → its own mirror 75%%, m-core 25%%\n")
+	fmt.Fprintf(out, "== agents running: XDP router on %d edges, XDP decap on %d mirrors (%.1fs)\n", len(tb.Edges()), len(tb.Mirrors()), time.Since(start).Seconds())
 
-	fmt.Fprintf(out, "== driving TCP and UDP, IPv4 and IPv6, from every client for %v\n", c.duration)
-	res := drive(ctx, tb, topo, c.duration)
-	report(out, topo, res)
+	if c.static {
+		fmt.Fprintf(out, "   static route table: each region → its own mirror 75%%, m-core 25%%\n")
+		fmt.Fprintf(out, "== driving TCP and UDP, IPv4 and IPv6, from every client for %v\n", c.duration)
+		report(out, topo, drive(ctx, tb, topo, c.duration))
+	} else {
+		for _, r := range topo.Regions {
+			// Five flows in a row on the region's mirror: the table settled.
+			for i := 0; i < 5; i++ {
+				if _, err := waitServed(ctx, tb.Clients(r.Name)[i%2], "m-"+r.Name, 60*time.Second); err != nil {
+					return fmt.Errorf("region %s: %w\n%s", r.Name, err, l.ControllerLog())
+				}
+			}
+		}
+		// And no route still moving: no new version for three seconds.
+		calmBy := time.Now().Add(60 * time.Second)
+		lastVersion, since := "", time.Now()
+		for time.Since(since) < 3*time.Second {
+			st, _ := l.ControllerStatus(ctx)
+			if v := statusVersion(st); v != lastVersion {
+				lastVersion, since = v, time.Now()
+			}
+			if time.Now().After(calmBy) {
+				return fmt.Errorf("routes still changing after a minute:\n%s", st)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(500 * time.Millisecond):
+			}
+		}
+		fmt.Fprintf(out, "== the controller routed every region to its nearest mirror from the edges' probes (%.1fs)\n", time.Since(start).Seconds())
+		half := c.duration / 2
+		fmt.Fprintf(out, "== phase 1: TCP and UDP, IPv4 and IPv6, from every client for %v\n", half)
+		report(out, topo, drive(ctx, tb, topo, half))
 
-	edge := tb.Edges()[0]
-	cfgPath := l.Agent(edge.Name).Config
-	insp, ierr := edge.Run(ctx, c.agentBin, "inspect", "--pin-dir", l.PinDir(edge.Name), "--config", cfgPath, "--sessions", "5")
-	fmt.Fprintf(out, "\n== edge-agent inspect (edge1)\n%s", indent(string(insp)))
+		slow := topo.Regions[0].Name
+		mirror := "m-" + slow
+		// A long-lived TCP stream, opened before the link changes.
+		sctx, stopStream := context.WithCancel(ctx)
+		defer stopStream()
+		type streamResult struct {
+			res testbed.EchoResult
+			err error
+		}
+		streamDone := make(chan streamResult, 1)
+		conn, err := tb.Clients(slow)[0].Dial(ctx, "tcp", netip.AddrPortFrom(topo.VIPs[0], tcpPort).String())
+		if err != nil {
+			return err
+		}
+		go func() {
+			defer conn.Close()
+			r, err := testbed.Echo(sctx, conn.(*net.TCPConn), 1024, 20*time.Millisecond, nil)
+			streamDone <- streamResult{r, err}
+		}()
+		fmt.Fprintf(out, "\n== the link between %s and %s gets slower: 4 ms → 60 ms one way\n", slow, mirror)
+		for _, end := range []string{slow, topo.Regions[0].Edge} {
+			if err := tb.SetDelay(end, mirror, 60*time.Millisecond); err != nil {
+				return err
+			}
+		}
+		moved := make(chan time.Duration, 1)
+		go func() {
+			d, err := waitServed(ctx, tb.Clients(slow)[1], "m-core", 60*time.Second)
+			if err != nil {
+				d = -1
+			}
+			moved <- d
+		}()
+		fmt.Fprintf(out, "== phase 2: the same traffic for %v\n", c.duration-half)
+		res := drive(ctx, tb, topo, c.duration-half)
+		report(out, topo, res)
+		if d := <-moved; d >= 0 {
+			fmt.Fprintf(out, "   %s's new flows moved to m-core %.1fs after the slowdown (probes every 0.5 s; a challenger must win 3 evaluations by 10%% and 5 ms)\n",
+				slow, d.Seconds())
+		} else {
+			fmt.Fprintf(out, "   %s did not move within a minute\n", slow)
+		}
+		stopStream()
+		sr := <-streamDone
+		switch {
+		case sr.err != nil:
+			fmt.Fprintf(out, "   the stream opened before the slowdown broke: %v\n", sr.err)
+		default:
+			fmt.Fprintf(out, "   the TCP stream opened before the slowdown stayed on %s: %d bytes sent, %d echoed back, no reset\n",
+				sr.res.Mirror, sr.res.Sent, sr.res.Received)
+		}
+		st, _ := l.ControllerStatus(ctx)
+		fmt.Fprintf(out, "\n== controller status\n%s", indent(st))
+	}
+
+	cfgPath := l.Agent(first.Name).Config
+	args := []string{"inspect", "--pin-dir", l.PinDir(first.Name), "--sessions", "5"}
+	if c.static {
+		args = append(args, "--config", cfgPath)
+	}
+	insp, ierr := first.Run(ctx, c.agentBin, args...)
+	fmt.Fprintf(out, "\n== edge-agent inspect (%s)\n%s", first.Name, indent(string(insp)))
 	if ierr != nil {
 		return fmt.Errorf("inspect: %w", ierr)
 	}
 	if bt, err := exec.LookPath("bpftool"); err == nil {
-		pin := l.PinDir(edge.Name)
+		pin := l.PinDir(first.Name)
 		for _, args := range [][]string{
 			{"map", "lookup", "pinned", filepath.Join(pin, "pm_mirrors"), "key", "1", "0", "0", "0"},
 			{"map", "dump", "pinned", filepath.Join(pin, "pm_route_index")},
 		} {
 			dump, derr := exec.CommandContext(ctx, bt, args...).CombinedOutput()
-			fmt.Fprintf(out, "\n== bpftool %s\n%s", strings.Join(args, " "), indent(firstLines(string(dump), 30)))
+			fmt.Fprintf(out, "\n== bpftool %s\n%s", strings.Join(args, " "), indent(firstLines(string(dump), 24)))
 			if derr != nil {
 				return fmt.Errorf("bpftool: %w", derr)
 			}
 		}
 	}
 	return nil
+}
+
+// objects are the controller's sites, mirrors and resources for topo.
+func objects(tb *testbed.Testbed, topo testbed.Topology) string {
+	var b strings.Builder
+	b.WriteString("sites:\n")
+	for _, r := range topo.Regions {
+		fmt.Fprintf(&b, "  - {name: %s, client_prefixes: [%s, %q]}\n", r.Name, r.PrefixV4, r.PrefixV6.String())
+	}
+	b.WriteString("mirrors:\n")
+	var policy []string
+	for _, m := range tb.Mirrors() {
+		site := strings.TrimPrefix(m.Name, "m-")
+		if site == "core" {
+			site = topo.Regions[0].Name
+		} else {
+			policy = append(policy, m.Name)
+		}
+		fmt.Fprintf(&b, "  - {name: %s, site: %s, address: %s, node: %s}\n", m.Name, site, m.V4(), m.Name)
+	}
+	var v []string
+	for _, a := range topo.VIPs {
+		v = append(v, fmt.Sprintf("%q", a.String()))
+	}
+	b.WriteString("resources:\n")
+	for _, r := range []struct {
+		name, proto string
+		port        int
+	}{{"vm-disk-7", "tcp", tcpPort}, {"vm-disk-7-udp", "udp", udpPort}} {
+		fmt.Fprintf(&b, "  - {name: %s, vips: [%s], ports: [%d], protocol: %s, origin: m-core, mirror_policy: {mirrors: [%s]}}\n",
+			r.name, strings.Join(v, ", "), r.port, r.proto, strings.Join(policy, ", "))
+	}
+	return b.String()
+}
+
+// statusVersion is the "version:" of `controller status` output.
+func statusVersion(st string) string {
+	for _, l := range strings.Split(st, "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "version:" {
+			return f[1]
+		}
+	}
+	return ""
+}
+
+// waitServed opens flows from h until mirror serves one.
+func waitServed(ctx context.Context, h *testbed.Host, mirror string, within time.Duration) (time.Duration, error) {
+	start := time.Now()
+	last := ""
+	for time.Since(start) < within {
+		vip := netip.MustParseAddr("10.200.0.10")
+		if s := ask(ctx, h, "udp", vip); s.ok {
+			last = s.mirror
+			if s.mirror == mirror {
+				return time.Since(start), nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return 0, fmt.Errorf("%s still served by %q after %v, want %s", h.Name, last, within, mirror)
 }
 
 type sample struct {
@@ -257,7 +440,7 @@ func report(out io.Writer, topo testbed.Topology, res map[string]*regionResult) 
 		fmt.Fprintf(w, "%s\t%d\t%s\t%s\t%s\t%d\t%s\n", r.Name, total, strings.Join(parts, ", "), p(0.5), p(0.95), rr.errors, kinds)
 	}
 	w.Flush()
-	fmt.Fprintln(out, "   RTT = one request/answer: client → edge1 (XDP router) → mirror (XDP decap) → client, emulated WAN delays")
+	fmt.Fprintln(out, "   RTT = one request/answer: client → its edge (XDP router) → mirror (XDP decap) → client, emulated WAN delays")
 }
 
 func indent(s string) string {

@@ -34,6 +34,11 @@ type ControllerCfg struct {
 	// forwards on it before the controller answers.
 	StateCache     string   `yaml:"state_cache"`
 	ReportInterval Duration `yaml:"report_interval"`
+	// Utilization is what a mirror host reports as its load, which the
+	// routing policy turns into queueing cost: "cpu" (default, the host's
+	// busy CPU share) or "none" (hosts that share CPUs with unrelated work,
+	// such as the testbed's namespaces on one machine).
+	Utilization string `yaml:"utilization"`
 }
 
 // ProbeCfg sets the active probes edges send to mirrors (UDP echo, which
@@ -74,7 +79,19 @@ func (c *ControllerCfg) validate() error {
 			return fmt.Errorf("controller.addresses[%d]: %w", i, err)
 		}
 	}
+	switch c.Utilization {
+	case "", "cpu", "none":
+	default:
+		return fmt.Errorf("controller.utilization: %q is not cpu or none", c.Utilization)
+	}
 	return nil
+}
+
+func (cp *controlPlane) utilization() float64 {
+	if cp.a.cfg.Controller != nil && cp.a.cfg.Controller.Utilization == "none" {
+		return 0
+	}
+	return cp.cpu.utilization()
 }
 
 // controlPlane holds the agent's controller session and probes.
@@ -320,7 +337,7 @@ func (cp *controlPlane) mirrorHealth() []*pb.MirrorHealth {
 	a.mu.Lock()
 	c := a.compiled
 	a.mu.Unlock()
-	util := cp.cpu.utilization()
+	util := cp.utilization()
 	var out []*pb.MirrorHealth
 	for id, m := range c.Mirrors {
 		if local[m.Addr] {
@@ -331,7 +348,7 @@ func (cp *controlPlane) mirrorHealth() []*pb.MirrorHealth {
 }
 
 func (cp *controlPlane) nodeStats() *pb.NodeStats {
-	return &pb.NodeStats{CpuUtilization: cp.cpu.utilization(), MemoryUsedBytes: memUsed()}
+	return &pb.NodeStats{CpuUtilization: cp.utilization(), MemoryUsedBytes: memUsed()}
 }
 
 // run serves probes and the controller session until ctx ends.

@@ -208,6 +208,9 @@ func (l *Lab) controllerConfig(host string) (*agent.ControllerCfg, agent.ProbeCf
 			TLS:            agent.TLSFiles{CA: filepath.Join(c.certs, "ca.pem"), Cert: filepath.Join(c.certs, host+".pem"), Key: filepath.Join(c.certs, host+"-key.pem")},
 			StateCache:     filepath.Join(l.dir, host+".state.pb"),
 			ReportInterval: agent.Duration(c.setup.ReportInterval),
+			// Every namespace shares this machine's CPUs: its load says
+			// nothing about one mirror.
+			Utilization: "none",
 		}, agent.ProbeCfg{
 			Interval: agent.Duration(c.setup.ProbeInterval),
 		}

@@ -85,6 +85,9 @@ func New(tb *testbed.Testbed, bin, dir string, state agent.DesiredState, log *sl
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
+	if err := SweepPins(); err != nil {
+		log.Warn("sweeping pins of dead lab processes", "err", err)
+	}
 	return &Lab{TB: tb, bin: bin, dir: dir, log: log, state: state, agents: map[string]*Agent{},
 		limits: agent.Limits{MaxSessions: 1 << 16, MaxAffinity: 1 << 14, MaxRoutes: 1 << 12, MaxTables: 1 << 10,
 			TableSlots: 1024, MaxMirrors: 256, MaxCounters: 1 << 14, MaxPrefixesV4: 1 << 12, MaxPrefixesV6: 1 << 12}}
@@ -382,4 +385,24 @@ func tail(path string) string {
 		lines = lines[len(lines)-30:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// SweepPins detaches and removes the pin directories of lab agents whose
+// test or demo process died without cleaning up (pmlab-<pid>-<host>).
+func SweepPins() error {
+	dirs, _ := filepath.Glob("/sys/fs/bpf/pmlab-*")
+	var errs []error
+	for _, d := range dirs {
+		var pid int
+		if _, err := fmt.Sscanf(filepath.Base(d), "pmlab-%d-", &pid); err != nil || pid == os.Getpid() {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); err == nil || errors.Is(err, syscall.EPERM) {
+			continue // its owner still runs
+		}
+		if err := agent.Detach(d, true); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
