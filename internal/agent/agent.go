@@ -35,6 +35,7 @@ type Agent struct {
 	compiled *Compiled
 	version  string // hash of the applied desired state
 	lastErr  error
+	observed *Observed // what the router maps hold after the last reconcile; nil: read them
 
 	router  *pmaps.Router
 	decap   *pmaps.Decap
@@ -147,7 +148,13 @@ func (a *Agent) apply(cfg *Config) error {
 		if err != nil {
 			return err
 		}
-		ch, err := Reconcile(a.router, compiled, st)
+		a.mu.Lock()
+		have := a.observed
+		a.mu.Unlock()
+		ch, obs, err := Reconcile(a.router, compiled, st, have)
+		a.mu.Lock()
+		a.observed = obs // nil after a failure: the next reconcile reads the maps
+		a.mu.Unlock()
 		if err != nil {
 			a.metrics.reconcile(false, time.Since(start))
 			return fmt.Errorf("reconcile router maps: %w", err)
@@ -338,6 +345,10 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer signal.Stop(hup)
 	tick := time.NewTicker(2 * time.Second)
 	defer tick.Stop()
+	// Repair drift: now and then compare with what the maps really hold
+	// (someone may have written them with bpftool).
+	resync := time.NewTicker(5 * time.Minute)
+	defer resync.Stop()
 	last := fileStamp(a.path)
 	for {
 		select {
@@ -349,6 +360,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		case <-hup:
 			a.reload("sighup")
 			last = fileStamp(a.path)
+		case <-resync.C:
+			a.mu.Lock()
+			a.observed = nil
+			cfg := a.cfg
+			a.mu.Unlock()
+			if err := a.apply(cfg); err != nil {
+				a.log.Error("periodic resync failed", "err", err)
+			}
 		case <-tick.C:
 			if s := fileStamp(a.path); s != last {
 				last = s

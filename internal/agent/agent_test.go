@@ -144,7 +144,7 @@ func TestAgentLifecycle(t *testing.T) {
 	var ch Changes
 	ns.Do(func() {
 		st2, _ := b.settings(cfg, comp)
-		ch, err = Reconcile(b.router, comp, st2)
+		ch, _, err = Reconcile(b.router, comp, st2, nil)
 	})
 	if err != nil || ch.Written+ch.Deleted != 0 {
 		t.Fatalf("restart reconcile wrote %+v (%v), want nothing", ch, err)

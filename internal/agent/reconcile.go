@@ -15,107 +15,139 @@ type Changes struct {
 	Deleted int // entries removed
 }
 
-// Reconcile makes the router's maps hold exactly the compiled state,
-// touching only entries that differ, so a restarted agent facing maps that
-// already hold its state writes nothing. Order keeps every intermediate
-// state forwardable: mirrors before the VIPs and routes that use them,
-// stale routes and VIPs before the mirrors they referenced.
-func Reconcile(r *pmaps.Router, want *Compiled, settings pmaps.Settings) (Changes, error) {
-	var ch Changes
-	cur, err := r.Settings()
-	if err != nil {
-		return ch, err
+// Observed is what the router's maps hold, as far as reconciliation is
+// concerned. ReadObserved reads it from the maps (at start, and after a
+// failed write); after a successful Reconcile the agent keeps the
+// Observed it just wrote, so a new version costs no map reads — with 1M
+// client prefixes, reading the LPM tries back would take seconds.
+type Observed struct {
+	Settings pmaps.Settings
+	Mirrors  map[pmaps.MirrorID]pmaps.Mirror
+	Prefixes map[netip.Prefix]pmaps.RegionID
+	VIPs     map[pmaps.VIP]pmaps.VIPOptions
+	Shares   map[pmaps.RouteKey]map[pmaps.MirrorID]int
+}
+
+// ReadObserved reads the state the router's maps hold.
+func ReadObserved(r *pmaps.Router) (*Observed, error) {
+	o := &Observed{Shares: map[pmaps.RouteKey]map[pmaps.MirrorID]int{}}
+	var err error
+	if o.Settings, err = r.Settings(); err != nil {
+		return nil, err
 	}
-	if cur != settings {
+	if o.Mirrors, err = r.Mirrors(); err != nil {
+		return nil, err
+	}
+	if o.Prefixes, err = r.RegionPrefixes(); err != nil {
+		return nil, err
+	}
+	if o.VIPs, err = r.VIPs(); err != nil {
+		return nil, err
+	}
+	for k, rt := range r.Routes() {
+		o.Shares[k] = rt.Shares
+	}
+	return o, nil
+}
+
+// observedAfter is what the maps hold once want and settings are applied.
+func observedAfter(want *Compiled, settings pmaps.Settings, slots int) *Observed {
+	o := &Observed{Settings: settings, Mirrors: want.Mirrors, Prefixes: want.Prefixes, VIPs: want.VIPs,
+		Shares: make(map[pmaps.RouteKey]map[pmaps.MirrorID]int, len(want.Routes))}
+	for k, w := range want.Routes {
+		o.Shares[k] = quotaShares(w, slots)
+	}
+	return o
+}
+
+// Reconcile makes the router's maps hold exactly the compiled state,
+// touching only entries that differ from have (what the maps hold; nil
+// reads it from them), so a restarted agent facing maps that already hold
+// its state writes nothing. Order keeps every intermediate state
+// forwardable: mirrors before the VIPs and routes that use them, stale
+// routes and VIPs before the mirrors they referenced. On success it
+// returns what the maps now hold.
+func Reconcile(r *pmaps.Router, want *Compiled, settings pmaps.Settings, have *Observed) (Changes, *Observed, error) {
+	var ch Changes
+	if have == nil {
+		var err error
+		if have, err = ReadObserved(r); err != nil {
+			return ch, nil, err
+		}
+	}
+	if have.Settings != settings {
 		if err := r.SetSettings(settings); err != nil {
-			return ch, err
+			return ch, nil, err
 		}
 		ch.Written++
 	}
-
-	haveMirrors, err := r.Mirrors()
-	if err != nil {
-		return ch, err
-	}
 	for id, m := range want.Mirrors {
-		if haveMirrors[id] != m {
+		if have.Mirrors[id] != m {
 			if err := r.SetMirror(id, m); err != nil {
-				return ch, err
+				return ch, nil, err
 			}
 			ch.Written++
 		}
-	}
-
-	havePrefixes, err := r.RegionPrefixes()
-	if err != nil {
-		return ch, err
 	}
 	for p, reg := range want.Prefixes {
-		if got, ok := havePrefixes[p]; !ok || got != reg {
+		if got, ok := have.Prefixes[p]; !ok || got != reg {
 			if err := r.SetRegionPrefix(p, reg); err != nil {
-				return ch, err
+				return ch, nil, err
 			}
 			ch.Written++
 		}
-	}
-
-	haveVIPs, err := r.VIPs()
-	if err != nil {
-		return ch, err
 	}
 	for v, o := range want.VIPs {
-		if got, ok := haveVIPs[v]; !ok || !sameVIPOptions(got, o) {
+		if got, ok := have.VIPs[v]; !ok || !sameVIPOptions(got, o) {
 			if err := r.SetVIP(v, o); err != nil {
-				return ch, err
+				return ch, nil, err
 			}
 			ch.Written++
 		}
 	}
-
 	slots := r.Config().TableSlots
-	haveRoutes := r.Routes()
 	for k, w := range want.Routes {
-		if have, ok := haveRoutes[k]; ok && sameShares(have.Shares, w, slots) {
+		if got, ok := have.Shares[k]; ok && maps.Equal(got, quotaShares(w, slots)) {
 			continue
 		}
 		if err := r.SetRoute(k.Resource, k.Region, w); err != nil {
-			return ch, err
+			return ch, nil, err
 		}
 		ch.Written++
 	}
-	for k := range haveRoutes {
+	for k := range have.Shares {
 		if _, ok := want.Routes[k]; !ok {
 			if err := r.DeleteRoute(k.Resource, k.Region); err != nil {
-				return ch, err
+				return ch, nil, err
 			}
 			ch.Deleted++
 		}
 	}
-	for v := range haveVIPs {
+	for v := range have.VIPs {
 		if _, ok := want.VIPs[v]; !ok {
 			if err := r.DeleteVIP(v); err != nil {
-				return ch, err
+				return ch, nil, err
 			}
 			ch.Deleted++
 		}
 	}
-	for id := range haveMirrors {
+	for id := range have.Mirrors {
 		if _, ok := want.Mirrors[id]; !ok {
 			if err := r.DeleteMirror(id); err != nil {
-				return ch, err
+				return ch, nil, err
 			}
 			ch.Deleted++
 		}
 	}
-	for p := range havePrefixes {
+	for p := range have.Prefixes {
 		if _, ok := want.Prefixes[p]; !ok {
 			if err := r.DeleteRegionPrefix(p); err != nil {
-				return ch, err
+				return ch, nil, err
 			}
 			ch.Deleted++
 		}
 	}
-	return ch, nil
+	return ch, observedAfter(want, settings, slots), nil
 }
 
 // sameVIPOptions compares options as the map stores them (prefix defaults
@@ -134,23 +166,23 @@ func sameVIPOptions(have, want pmaps.VIPOptions) bool {
 	return norm(have) == norm(want)
 }
 
-// sameShares reports whether a table already holds the quotas of w.
-func sameShares(have map[pmaps.MirrorID]int, w map[pmaps.MirrorID]uint32, slots int) bool {
+// quotaShares is the slot count per mirror a table built from w holds.
+func quotaShares(w map[pmaps.MirrorID]uint32, slots int) map[pmaps.MirrorID]int {
 	raw := make(map[uint32]uint32, len(w))
 	for id, v := range w {
 		raw[uint32(id)] = v
 	}
 	q, err := chash.Quotas(raw, slots)
 	if err != nil {
-		return false
+		return nil
 	}
-	want := make(map[pmaps.MirrorID]int, len(q))
+	out := make(map[pmaps.MirrorID]int, len(q))
 	for id, n := range q {
 		if n > 0 {
-			want[pmaps.MirrorID(id)] = n
+			out[pmaps.MirrorID(id)] = n
 		}
 	}
-	return maps.Equal(have, want)
+	return out
 }
 
 // ReconcileDecap makes the decap program terminate exactly addrs.
