@@ -730,24 +730,37 @@ static __always_inline __u16 csum_fold32(__u32 sum)
 	return (__u16)~sum;
 }
 
+/* Turn the frame around after `add` bytes were prepended: the old L2
+ * header moves to the front with its addresses swapped, carrying the given
+ * ethertype. Returns the new data pointer, or NULL. */
+static __always_inline void *reply_l2(struct xdp_md *ctx, const int l2, const int add, __be16 ethertype)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	__u8 mac[ETH_ALEN];
+
+	if (data + add + l2 > data_end)
+		return NULL;
+	__builtin_memcpy(data, data + add, l2);
+	struct ethhdr *eth = data;
+	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
+	*(__be16 *)(data + l2 - 2) = ethertype;
+	return data;
+}
+
 static __always_inline int too_big_v4(struct xdp_md *ctx, const int l2, __u16 mtu)
 {
 	const int add = IPV4_HLEN + sizeof(struct icmp_hdr);
 
 	if (bpf_xdp_adjust_head(ctx, -add))
 		return -1;
-	void *data = (void *)(long)ctx->data;
+	/* Back where it came from. */
+	void *data = reply_l2(ctx, l2, add, ETH_P_IP_BE);
 	void *data_end = (void *)(long)ctx->data_end;
-	if (data + add + l2 + TOOBIG_QUOTE_V4 > data_end)
+	if (!data || data + add + l2 + TOOBIG_QUOTE_V4 > data_end)
 		return -1;
-	/* Back where it came from: the old L2 header, addresses swapped. */
-	__builtin_memcpy(data, data + add, l2);
-	struct ethhdr *eth = data;
-	__u8 mac[ETH_ALEN];
-	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
-	*(__be16 *)(data + l2 - 2) = ETH_P_IP_BE;
 
 	struct iphdr *orig = data + l2 + add;
 	struct iphdr *ip = data + l2;
@@ -785,17 +798,10 @@ static __always_inline int too_big_v6(struct xdp_md *ctx, const int l2, __u32 mt
 
 	if (bpf_xdp_adjust_head(ctx, -add))
 		return -1;
-	void *data = (void *)(long)ctx->data;
+	void *data = reply_l2(ctx, l2, add, ETH_P_IPV6_BE);
 	void *data_end = (void *)(long)ctx->data_end;
-	if (data + add + l2 + TOOBIG_QUOTE_V6 > data_end)
+	if (!data || data + add + l2 + TOOBIG_QUOTE_V6 > data_end)
 		return -1;
-	__builtin_memcpy(data, data + add, l2);
-	struct ethhdr *eth = data;
-	__u8 mac[ETH_ALEN];
-	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
-	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
-	*(__be16 *)(data + l2 - 2) = ETH_P_IPV6_BE;
 
 	struct ipv6hdr *orig = data + l2 + add;
 	struct ipv6hdr *ip = data + l2;

@@ -3,6 +3,7 @@ package maps
 import (
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/cilium/ebpf"
 )
@@ -38,4 +39,19 @@ func unpin(spec *ebpf.CollectionSpec) {
 	for _, m := range spec.Maps {
 		m.Pinning = ebpf.PinNone
 	}
+}
+
+// collectionOptions pins under opts.PinDir (creating it), or turns pinning
+// off in spec when there is none.
+func collectionOptions(spec *ebpf.CollectionSpec, opts Options) (*ebpf.CollectionOptions, error) {
+	copts := &ebpf.CollectionOptions{}
+	if opts.PinDir == "" {
+		unpin(spec)
+		return copts, nil
+	}
+	if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create pin dir: %w", err)
+	}
+	copts.Maps.PinPath = opts.PinDir
+	return copts, nil
 }

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 
 	"github.com/cilium/ebpf"
 )
@@ -21,15 +20,9 @@ func LoadDecap(opts Options) (*Decap, error) {
 		return nil, fmt.Errorf("load decap spec: %w", err)
 	}
 	d := &Decap{}
-	if opts.PinDir == "" {
-		unpin(spec)
-	}
-	copts := &ebpf.CollectionOptions{}
-	if opts.PinDir != "" {
-		if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
-			return nil, fmt.Errorf("create pin dir: %w", err)
-		}
-		copts.Maps.PinPath = opts.PinDir
+	copts, err := collectionOptions(spec, opts)
+	if err != nil {
+		return nil, err
 	}
 	if err := spec.LoadAndAssign(&d.objs, copts); err != nil {
 		if errors.Is(err, ebpf.ErrMapIncompatible) {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -134,15 +133,9 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 	}
 
 	r := &Router{cfg: cfg, pin: opts.PinDir}
-	if opts.PinDir == "" {
-		unpin(spec)
-	}
-	copts := &ebpf.CollectionOptions{}
-	if opts.PinDir != "" {
-		if err := os.MkdirAll(opts.PinDir, 0o700); err != nil {
-			return nil, fmt.Errorf("create pin dir: %w", err)
-		}
-		copts.Maps.PinPath = opts.PinDir
+	copts, err := collectionOptions(spec, opts)
+	if err != nil {
+		return nil, err
 	}
 	if err := spec.LoadAndAssign(&r.objs, copts); err != nil {
 		var ve *ebpf.VerifierError
