@@ -59,9 +59,11 @@ type Config struct {
 	Route route.Config
 	// Limits are the data planes' capacities objects must fit.
 	Limits Limits
-	// OnReport, when set, sees every agent report this replica receives
-	// (for example to feed the access log to the forecaster).
+	// OnReport, when set, sees every agent report this replica receives.
 	OnReport func(node string, r *pb.Report)
+	// Forecast configures the prediction engine the leader runs and the
+	// path of the agents' access counts to it.
+	Forecast ForecastConfig
 	Logger   *slog.Logger
 }
 
@@ -116,6 +118,9 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if err := c.Forecast.setDefaults(c.ReportInterval); err != nil {
+		return err
+	}
 	return c.TLS.Validate()
 }
 
@@ -139,6 +144,8 @@ type Controller struct {
 	live     *concurrency.Session // lease of this replica's live/ keys
 	encMu    sync.Mutex
 	enc      encCache
+	access   *accessWriter
+	fc       *forecaster // nil when forecasting is disabled
 
 	crash atomic.Bool // tests: stop as if killed (no resign, no revoke)
 }
@@ -160,6 +167,12 @@ func New(cfg Config, cli *clientv3.Client) (*Controller, error) {
 	c.routeM = route.NewMetrics()
 	c.reg.MustRegister(c.m.collectors()...)
 	c.reg.MustRegister(c.routeM)
+	c.access = &accessWriter{c: c, leases: map[int64]clientv3.LeaseID{}}
+	if !cfg.Forecast.Disable {
+		if c.fc, err = newForecaster(c); err != nil {
+			return nil, err
+		}
+	}
 	return c, nil
 }
 
@@ -203,6 +216,8 @@ func (c *Controller) Serve(ctx context.Context, lis net.Listener) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); c.keepLive(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); c.accessFlusher(ctx) }()
 
 	srv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tc)),
