@@ -147,7 +147,11 @@ func printForecast(resp *pb.ForecastResponse) error {
 	f := resp.GetForecast()
 	step := time.Duration(f.GetStepSeconds()) * time.Second
 	origin := time.Unix(f.GetOriginUnix(), 0).UTC()
-	when := func(t time.Time) string { return t.Format("2006-01-02 15:04") }
+	layout := "2006-01-02 15:04"
+	if step%time.Minute != 0 {
+		layout = "2006-01-02 15:04:05"
+	}
+	when := func(t time.Time) string { return t.Format(layout) }
 	fmt.Fprintf(ctlOut, "resource %s: new flows per %v bucket, forecast from %s UTC (published by %s at %s)\n",
 		f.GetResource(), step, when(origin.Add(step)), f.GetLeader(), time.Unix(0, f.GetWrittenUnixNano()).UTC().Format(time.RFC3339))
 	tw := tabwriter.NewWriter(ctlOut, 2, 4, 2, ' ', 0)

@@ -81,7 +81,7 @@ func TestReportSpan(t *testing.T) {
 
 // testConn is a session of a controller that is configured but not
 // serving: enough for the aggregation logic.
-func testConn(t *testing.T) *agentConn {
+func testConn(t testing.TB) *agentConn {
 	t.Helper()
 	cfg := Config{Name: "r1", TLS: shared.files, ReportInterval: time.Second,
 		Forecast: ForecastConfig{Engine: forecast.EngineConfig{Step: time.Hour}, FlushInterval: time.Minute, Grace: 5 * time.Second}}

@@ -86,28 +86,13 @@ func (c *Config) setDefaults() error {
 	if len(c.AdminNames) == 0 {
 		c.AdminNames = []string{"admin"}
 	}
-	def := func(d *time.Duration, v time.Duration, name string) error {
-		if *d == 0 {
-			*d = v
-		}
-		if *d < 0 {
-			return fmt.Errorf("%s: %v must be positive", name, *d)
-		}
-		return nil
-	}
-	for _, f := range []struct {
-		d    *time.Duration
-		v    time.Duration
-		name string
-	}{
-		{&c.TickInterval, DefaultTickInterval, "tick interval"}, {&c.ReportInterval, DefaultReportInterval, "report interval"},
-		{&c.ReportMaxAge, DefaultReportMaxAge, "report max age"}, {&c.ProbeMaxAge, DefaultProbeMaxAge, "probe max age"},
-		{&c.PathHold, DefaultPathHold, "path hold"}, {&c.LeaseTTL, DefaultLeaseTTL, "lease ttl"},
-		{&c.CheckpointInterval, DefaultCheckpointInterval, "checkpoint interval"},
-	} {
-		if err := def(f.d, f.v, f.name); err != nil {
-			return err
-		}
+	if err := setDurations(
+		durationDefault{&c.TickInterval, DefaultTickInterval, "tick interval"}, durationDefault{&c.ReportInterval, DefaultReportInterval, "report interval"},
+		durationDefault{&c.ReportMaxAge, DefaultReportMaxAge, "report max age"}, durationDefault{&c.ProbeMaxAge, DefaultProbeMaxAge, "probe max age"},
+		durationDefault{&c.PathHold, DefaultPathHold, "path hold"}, durationDefault{&c.LeaseTTL, DefaultLeaseTTL, "lease ttl"},
+		durationDefault{&c.CheckpointInterval, DefaultCheckpointInterval, "checkpoint interval"},
+	); err != nil {
+		return err
 	}
 	if c.Route.Slots == 0 {
 		c.Route.Slots = maps.DefaultConfig().TableSlots
@@ -122,6 +107,27 @@ func (c *Config) setDefaults() error {
 		return err
 	}
 	return c.TLS.Validate()
+}
+
+// durationDefault is a duration field, its default and its name in errors.
+type durationDefault struct {
+	d    *time.Duration
+	v    time.Duration
+	name string
+}
+
+// setDurations fills zero fields with their defaults and refuses negative
+// ones, naming the field.
+func setDurations(fs ...durationDefault) error {
+	for _, f := range fs {
+		if *f.d == 0 {
+			*f.d = f.v
+		}
+		if *f.d < 0 {
+			return fmt.Errorf("%s: %v must be positive", f.name, *f.d)
+		}
+	}
+	return nil
 }
 
 // Controller is one replica: it serves agents and the admin API from its

@@ -63,6 +63,36 @@ func forecastObjects() *pb.Objects {
 	}
 }
 
+// forecastRig is a forecasting leader on a fake clock with forecastObjects
+// applied.
+type forecastRig struct {
+	prefix string
+	t0     time.Time
+	clock  *fakeClock
+	r1     *replica
+}
+
+// newForecastRig starts r1 with forecastTweak plus extra and waits until
+// it leads.
+func newForecastRig(t *testing.T, extra func(*Config)) *forecastRig {
+	t.Helper()
+	g := &forecastRig{prefix: testPrefix(t), t0: time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)}
+	g.clock = newFakeClock(g.t0)
+	g.r1 = startReplica(t, "r1", g.prefix, g.tweak(extra))
+	waitFor(t, "r1 leads", 10*time.Second, func() bool { return g.r1.c.Leader() == "r1" })
+	applyObjects(t, g.r1.addr, forecastObjects())
+	return g
+}
+
+func (g *forecastRig) tweak(extra func(*Config)) func(*Config) {
+	return func(c *Config) {
+		forecastTweak(g.clock)(c)
+		if extra != nil {
+			extra(c)
+		}
+	}
+}
+
 // ids reads the IDs the desired state gives the agents.
 func ids(t *testing.T, a *fakeAgent) (resource uint32, region map[string]uint32) {
 	t.Helper()
@@ -189,13 +219,9 @@ func sameForecast(t *testing.T, what string, got *forecast.Engine, ref *forecast
 }
 
 func TestForecastIngestsOnceFromEveryReplica(t *testing.T) {
-	prefix := testPrefix(t)
-	t0 := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
-	clock := newFakeClock(t0)
-	r1 := startReplica(t, "r1", prefix, forecastTweak(clock))
-	waitFor(t, "r1 leads", 10*time.Second, func() bool { return r1.c.Leader() == "r1" })
-	r2 := startReplica(t, "r2", prefix, forecastTweak(clock))
-	applyObjects(t, r1.addr, forecastObjects())
+	g := newForecastRig(t, nil)
+	t0, clock, prefix, r1 := g.t0, g.clock, g.prefix, g.r1
+	r2 := startReplica(t, "r2", prefix, g.tweak(nil))
 	// One agent on the leader, one on the follower.
 	a := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, r1.addr)
 	b := startAgent(t, "edge-us", "us", pb.NodeRole_NODE_ROLE_EDGE, r2.addr)
@@ -256,16 +282,24 @@ func TestForecastIngestsOnceFromEveryReplica(t *testing.T) {
 	if list, err := br.admin.Forecast(context.Background(), &pb.ForecastRequest{}); err != nil || !slices.Equal(list.GetResources(), []string{"disk"}) {
 		t.Fatalf("list: %v %v", list.GetResources(), err)
 	}
+	// An aggregate rewritten after its bucket closed (a replica whose clock
+	// is far behind) is reported when the next checkpoint deletes it.
+	lateAgg, _ := proto.Marshal(&pb.AccessAggregate{Node: "edge-x", Controller: "r9", BucketStartUnix: t0.Unix(),
+		Flows: []*pb.AccessFlows{{ResourceId: disk, RegionId: reg["eu"], NewFlows: 5}}})
+	if _, err := r1.cli.Put(context.Background(), r1.c.store.fkey(accessKey(t0.Unix(), "edge-x", "r9", 1)), string(lateAgg)); err != nil {
+		t.Fatal(err)
+	}
+	br.bucket(4, flows{a, disk, reg["eu"], "eu", 1})
+	waitFor(t, "late aggregate reported and deleted", 5*time.Second, func() bool {
+		_, keys := bucketTotal(t, r1.cli, r1.c.store, t0.Unix())
+		return keys == 0 && testutil.ToFloat64(r1.c.m.aggregatesLate) == 1
+	})
 }
 
 func TestForecastSurvivesFailoverAndRestart(t *testing.T) {
-	prefix := testPrefix(t)
-	t0 := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
-	clock := newFakeClock(t0)
-	r1 := startReplica(t, "r1", prefix, forecastTweak(clock))
-	waitFor(t, "r1 leads", 10*time.Second, func() bool { return r1.c.Leader() == "r1" })
-	r2 := startReplica(t, "r2", prefix, forecastTweak(clock))
-	applyObjects(t, r1.addr, forecastObjects())
+	g := newForecastRig(t, nil)
+	t0, clock, prefix, r1 := g.t0, g.clock, g.prefix, g.r1
+	r2 := startReplica(t, "r2", prefix, g.tweak(nil))
 	a := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, r2.addr) // survives r1's death
 	disk, reg := ids(t, a)
 	ref, err := forecast.NewEngine(testEngineConfig())
@@ -347,12 +381,8 @@ func checkpointOpen(t *testing.T, r *replica) int64 {
 }
 
 func TestForecastExplainAndScores(t *testing.T) {
-	prefix := testPrefix(t)
-	t0 := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
-	clock := newFakeClock(t0)
-	r1 := startReplica(t, "r1", prefix, forecastTweak(clock))
-	waitFor(t, "r1 leads", 10*time.Second, func() bool { return r1.c.Leader() == "r1" })
-	applyObjects(t, r1.addr, forecastObjects())
+	g := newForecastRig(t, nil)
+	t0, clock, r1 := g.t0, g.clock, g.r1
 	eu := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, r1.addr)
 	us := startAgent(t, "edge-us", "us", pb.NodeRole_NODE_ROLE_EDGE, r1.addr)
 	disk, reg := ids(t, eu)
@@ -403,13 +433,7 @@ func TestForecastExplainAndScores(t *testing.T) {
 }
 
 func TestForecastFeedsRejectBadFiles(t *testing.T) {
-	prefix := testPrefix(t)
-	clock := newFakeClock(time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC))
-	r1 := startReplica(t, "r1", prefix, func(c *Config) {
-		forecastTweak(clock)(c)
-		c.Forecast.Engine.Covariates = []string{"temp_f"}
-	})
-	waitFor(t, "r1 leads", 10*time.Second, func() bool { return r1.c.Leader() == "r1" })
+	r1 := newForecastRig(t, func(c *Config) { c.Forecast.Engine.Covariates = []string{"temp_f"} }).r1
 	admin := adminClient(t, r1.addr, "admin")
 	before, err := r1.c.fc.eng.MarshalBinary()
 	if err != nil {
@@ -486,16 +510,9 @@ func TestForecastDisabled(t *testing.T) {
 // model from the aggregates and feeds still in etcd: every count ingested
 // once, the feed applied once.
 func TestForecastReplaysUncheckpointedBuckets(t *testing.T) {
-	prefix := testPrefix(t)
-	t0 := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
-	clock := newFakeClock(t0)
-	r1 := startReplica(t, "r1", prefix, func(c *Config) {
-		forecastTweak(clock)(c)
-		c.Forecast.MaxSnapshotBytes = 1
-	})
-	waitFor(t, "r1 leads", 10*time.Second, func() bool { return r1.c.Leader() == "r1" })
-	r2 := startReplica(t, "r2", prefix, forecastTweak(clock))
-	applyObjects(t, r1.addr, forecastObjects())
+	g := newForecastRig(t, func(c *Config) { c.Forecast.MaxSnapshotBytes = 1 })
+	t0, clock, r1 := g.t0, g.clock, g.r1
+	r2 := startReplica(t, "r2", g.prefix, g.tweak(nil))
 	a := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, r2.addr)
 	disk, reg := ids(t, a)
 	ref, _ := forecast.NewEngine(testEngineConfig())
@@ -533,17 +550,10 @@ func TestForecastReplaysUncheckpointedBuckets(t *testing.T) {
 // With a state file, a checkpoint too large for etcd still survives a
 // restart on the same host.
 func TestForecastStateFile(t *testing.T) {
-	prefix := testPrefix(t)
-	t0 := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
-	clock := newFakeClock(t0)
 	file := t.TempDir() + "/forecast.state"
-	tweak := func(c *Config) {
-		forecastTweak(clock)(c)
-		c.Forecast.MaxSnapshotBytes, c.Forecast.StateFile = 1, file
-	}
-	r1 := startReplica(t, "r1", prefix, tweak)
-	waitFor(t, "r1 leads", 10*time.Second, func() bool { return r1.c.Leader() == "r1" })
-	applyObjects(t, r1.addr, forecastObjects())
+	extra := func(c *Config) { c.Forecast.MaxSnapshotBytes, c.Forecast.StateFile = 1, file }
+	g := newForecastRig(t, extra)
+	t0, clock, r1 := g.t0, g.clock, g.r1
 	a := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, r1.addr)
 	disk, reg := ids(t, a)
 	ref, _ := forecast.NewEngine(testEngineConfig())
@@ -557,7 +567,7 @@ func TestForecastStateFile(t *testing.T) {
 	})
 	a.stop()
 	r1.stop()
-	r2 := startReplica(t, "r2", prefix, tweak)
+	r2 := startReplica(t, "r2", g.prefix, g.tweak(extra))
 	waitFor(t, "r2 leads and restored from the file", 15*time.Second, func() bool {
 		return r2.c.Leader() == "r2" && testutil.ToFloat64(r2.c.m.fcRestores.WithLabelValues("file")) == 1
 	})

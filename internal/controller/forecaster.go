@@ -94,28 +94,13 @@ func (f *ForecastConfig) setDefaults(reportInterval time.Duration) error {
 		return fmt.Errorf("forecast step: %v must be whole seconds, at least 1s", f.Engine.Step)
 	}
 	step := f.Engine.Step
-	def := func(d *time.Duration, v time.Duration, name string) error {
-		if *d == 0 {
-			*d = v
-		}
-		if *d < 0 {
-			return fmt.Errorf("forecast %s: %v must be positive", name, *d)
-		}
-		return nil
-	}
-	for _, x := range []struct {
-		d    *time.Duration
-		v    time.Duration
-		name string
-	}{
-		{&f.Grace, 3*reportInterval + 2*time.Second, "grace"},
-		{&f.FlushInterval, min(max(step/10, reportInterval), time.Minute), "flush interval"},
-		{&f.Retention, max(24*step, 10*time.Minute), "retention"},
-		{&f.Tick, time.Second, "tick"},
-	} {
-		if err := def(x.d, x.v, x.name); err != nil {
-			return err
-		}
+	if err := setDurations(
+		durationDefault{&f.Grace, 3*reportInterval + 2*time.Second, "forecast grace"},
+		durationDefault{&f.FlushInterval, min(max(step/10, reportInterval), time.Minute), "forecast flush interval"},
+		durationDefault{&f.Retention, max(24*step, 10*time.Minute), "forecast retention"},
+		durationDefault{&f.Tick, time.Second, "forecast tick"},
+	); err != nil {
+		return err
 	}
 	if f.Retention <= 2*f.Grace {
 		return fmt.Errorf("forecast retention: %v must exceed twice the grace %v", f.Retention, f.Grace)
@@ -222,6 +207,8 @@ type forecaster struct {
 	feedsRev int64
 	next     int64 // next bucket (start, unix seconds) to close; 0: none seen yet
 	gen      uint64
+	readRev  int64 // etcd revision of the last aggregates read (0: none this leadership)
+	gcBefore int64 // aggregates of buckets before it are deleted (0: none yet)
 	// Work still owed after a failed etcd write.
 	publishDue, snapDue bool
 }
@@ -251,7 +238,7 @@ func (f *forecaster) resetLocked() {
 		f.c.log.Error("forecast engine reset failed", "err", err) // cannot happen: our own snapshot
 	}
 	f.history, f.nextH1 = map[seriesKey][]*pb.BucketObservation{}, map[seriesKey]h1{}
-	f.feedsRev, f.next, f.publishDue, f.snapDue = 0, 0, false, false
+	f.feedsRev, f.next, f.readRev, f.gcBefore, f.publishDue, f.snapDue = 0, 0, 0, 0, false, false
 }
 
 // run is the forecasting part of one leadership: restore, then close
@@ -360,6 +347,7 @@ func (f *forecaster) closeBuckets(ctx context.Context) (bool, error) {
 	if err != nil {
 		return false, fmt.Errorf("read access aggregates: %w", err)
 	}
+	f.readRev = resp.Header.Revision
 	byBucket := map[int64][]*pb.AccessAggregate{}
 	for _, kv := range resp.Kvs {
 		b, err := parseAccessKey(strings.TrimPrefix(string(kv.Key), st.fprefix))
@@ -388,7 +376,6 @@ func (f *forecaster) closeBuckets(ctx context.Context) (bool, error) {
 		if err := f.eng.Advance(time.Unix(b, 0)); err != nil {
 			return true, fmt.Errorf("advance to %d: %w", b, err)
 		}
-		f.refreshH1()
 		sums := f.sum(byBucket[b], names)
 		batch := make([]forecast.AccessSummary, 0, len(sums))
 		for k, n := range sums {
@@ -420,13 +407,12 @@ func (f *forecaster) closeBuckets(ctx context.Context) (bool, error) {
 		if ingErr == nil {
 			f.recordBucket(b, sums)
 		}
-		f.refreshH1()
+		f.next = b + step // a failure after this point does not ingest b again
 	}
 	if err := f.eng.Advance(time.Unix(final+step, 0)); err != nil {
 		return true, fmt.Errorf("advance past %d: %w", final, err)
 	}
 	f.next = final + step
-	f.refreshH1()
 	f.c.m.fcPass.Observe(time.Since(start).Seconds())
 	return true, nil
 }
@@ -488,18 +474,21 @@ func (f *forecaster) recordBucket(b int64, sums map[seriesKey]uint64) {
 }
 
 // refreshH1 notes every series' median forecast of its next bucket, to
-// show next to what that bucket brings.
+// show next to what that bucket brings (publish notes them as it goes; a
+// pass that closes several buckets records the prediction of the first).
 func (f *forecaster) refreshH1() {
 	for _, r := range f.eng.Resources() {
-		rf, err := f.eng.Forecast(r)
-		if err != nil {
-			continue
+		if rf, err := f.eng.Forecast(r); err == nil {
+			f.noteH1(r, rf)
 		}
-		target := rf.Origin.Unix() + f.step()
-		for _, rg := range rf.Regions {
-			if len(rg.Q) > 0 {
-				f.nextH1[seriesKey{r, rg.Region}] = h1{target: target, q50: rg.Q[0].Q50}
-			}
+	}
+}
+
+func (f *forecaster) noteH1(r string, rf forecast.ResourceForecast) {
+	target := rf.Origin.Unix() + f.step()
+	for _, rg := range rf.Regions {
+		if len(rg.Q) > 0 {
+			f.nextH1[seriesKey{r, rg.Region}] = h1{target: target, q50: rg.Q[0].Q50}
 		}
 	}
 }
@@ -547,6 +536,7 @@ func (f *forecaster) publish(ctx context.Context, fn fence) error {
 		if err != nil {
 			continue // no closed bucket yet
 		}
+		f.noteH1(r, rf)
 		b, err := packLevel(f.record(r, rf, now), flate.DefaultCompression)
 		if err != nil {
 			return err
@@ -633,6 +623,7 @@ func (f *forecaster) checkpoint(ctx context.Context, fn fence) error {
 		clientv3.OpDelete(clientv3.GetPrefixRangeEnd(genPfx), clientv3.WithRange(clientv3.GetPrefixRangeEnd(st.fkey(fkeyChunks)))),
 	}
 	if f.next > 0 {
+		f.countLate(ctx)
 		ops = append(ops, clientv3.OpDelete(st.fkey(fkeyAccess), clientv3.WithRange(st.fkey(accessBucketKey(f.next)))))
 	}
 	if f.feedsRev > 0 {
@@ -655,11 +646,50 @@ func (f *forecaster) checkpoint(ctx context.Context, fn fence) error {
 		return ErrNotLeader
 	}
 	f.gen = gen
+	if f.next > 0 {
+		f.gcBefore = f.next
+	}
 	f.c.m.fcCheckpoints.WithLabelValues("etcd").Inc()
 	f.c.m.fcCheckpointTime.Observe(time.Since(start).Seconds())
 	f.c.log.Debug("forecast checkpoint", "generation", gen, "bytes", len(packed), "chunks", n,
 		"open_bucket", time.Unix(f.next, 0).UTC(), "duration", time.Since(start).Round(time.Millisecond))
 	return nil
+}
+
+// countLate reports aggregates of closed buckets written after the leader
+// read them (a replica whose clock is behind by more than Grace, or one
+// that stalled): what they added since the read is lost, and the
+// checkpoint is about to delete them. Below gcBefore everything is late
+// (the previous checkpoint deleted those buckets); above it, what changed
+// since the last read.
+func (f *forecaster) countLate(ctx context.Context) {
+	st := f.c.store
+	var kvs []*mvccpb.KeyValue
+	if f.gcBefore > 0 {
+		resp, err := f.c.cli.Get(ctx, st.fkey(fkeyAccess), clientv3.WithRange(st.fkey(accessBucketKey(f.gcBefore))))
+		if err != nil {
+			return // only a diagnostic
+		}
+		kvs = resp.Kvs
+	}
+	if f.readRev > 0 && f.next > f.gcBefore {
+		resp, err := f.c.cli.Get(ctx, st.fkey(accessBucketKey(f.gcBefore)), clientv3.WithRange(st.fkey(accessBucketKey(f.next))),
+			clientv3.WithMinModRev(f.readRev+1))
+		if err != nil {
+			return
+		}
+		kvs = append(kvs, resp.Kvs...)
+	}
+	for _, kv := range kvs {
+		agg := &pb.AccessAggregate{}
+		if proto.Unmarshal(kv.Value, agg) != nil {
+			continue
+		}
+		f.c.m.aggregatesLate.Inc()
+		f.c.log.Warn("access aggregate written after its bucket closed; raise --forecast-grace or check the replicas' clocks",
+			"node", agg.GetNode(), "replica", agg.GetController(), "bucket", time.Unix(agg.GetBucketStartUnix(), 0).UTC(),
+			"written", time.Unix(0, agg.GetWrittenUnixNano()).UTC())
+	}
 }
 
 // restore loads the newest checkpoint (etcd's or the state file's) and
@@ -697,6 +727,9 @@ func (f *forecaster) restore(ctx context.Context) error {
 		f.c.log.Info("forecasting starts without a checkpoint")
 	} else {
 		f.feedsRev, f.next = cp.GetFeedsRevision(), cp.GetOpenBucketUnix()
+		if source == "etcd" {
+			f.gcBefore = f.next // its manifest deleted the aggregates before it
+		}
 		for _, h := range cp.GetHistory() {
 			f.history[seriesKey{h.GetResource(), h.GetRegion()}] = h.GetBuckets()
 		}

@@ -15,6 +15,7 @@ type metrics struct {
 
 	accessFlows       *prometheus.CounterVec
 	aggregateWrites   prometheus.Counter
+	aggregatesLate    prometheus.Counter
 	fcPass            prometheus.Histogram
 	fcCheckpoints     *prometheus.CounterVec
 	fcCheckpointBytes prometheus.Gauge
@@ -52,6 +53,8 @@ func newMetrics(c *Controller) *metrics {
 				"unknown_resource, unknown_region (by the leader)."}, []string{"outcome"}),
 		aggregateWrites: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_controller_access_aggregate_writes_total",
 			Help: "Per-bucket access aggregates this replica wrote to etcd."}),
+		aggregatesLate: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_controller_access_aggregates_late_total",
+			Help: "Access aggregates the leader found rewritten after it had closed their bucket (what they added since is lost)."}),
 		fcPass: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "premirror_controller_forecast_ingest_duration_seconds",
 			Help:    "Time the leader took to read, ingest and close the buckets that were due.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)}),
@@ -72,5 +75,5 @@ func newMetrics(c *Controller) *metrics {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.leader, m.version, m.agents, m.ticks, m.tickTime, m.versions, m.acks, m.reports, m.movedSlots,
-		m.accessFlows, m.aggregateWrites, m.fcPass, m.fcCheckpoints, m.fcCheckpointBytes, m.fcCheckpointTime, m.fcRestores, m.fcFeeds}
+		m.accessFlows, m.aggregateWrites, m.aggregatesLate, m.fcPass, m.fcCheckpoints, m.fcCheckpointBytes, m.fcCheckpointTime, m.fcRestores, m.fcFeeds}
 }

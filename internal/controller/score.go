@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math"
+	"net/url"
 	"slices"
 	"strings"
 	"time"
@@ -82,7 +83,9 @@ func (c *Controller) listForecasts(ctx context.Context) ([]string, error) {
 	}
 	out := make([]string, 0, len(resp.Kvs))
 	for _, kv := range resp.Kvs {
-		out = append(out, strings.TrimPrefix(string(kv.Key), pfx))
+		if name, err := url.PathUnescape(strings.TrimPrefix(string(kv.Key), pfx)); err == nil {
+			out = append(out, name)
+		}
 	}
 	return out, nil
 }
