@@ -404,7 +404,7 @@ func (f *forecaster) closeBuckets(ctx context.Context) (bool, error) {
 		if err := f.eng.Advance(time.Unix(b+step, 0)); err != nil {
 			return true, fmt.Errorf("advance past %d: %w", b, err)
 		}
-		if ingErr == nil {
+		if ingErr == nil && len(batch) > 0 { // an empty batch leaves the bucket unknown
 			f.recordBucket(b, sums)
 		}
 		f.next = b + step // a failure after this point does not ingest b again
