@@ -21,7 +21,7 @@ import (
 func init() {
 	commands.Register(cli.Command{
 		Name:    "forecast",
-		Summary: "prediction engine tools: backtest, locations, explain",
+		Summary: "prediction engine: show (from the running controller); offline tools backtest, locations, explain",
 		Run: func(ctx context.Context, args []string) error {
 			return runForecast(ctx, args, os.Stdout)
 		},
@@ -30,6 +30,8 @@ func init() {
 
 func runForecast(ctx context.Context, args []string, out io.Writer) error {
 	sub := &cli.Registry{Prog: "controller forecast"}
+	sub.Register(cli.Command{Name: "show", Summary: "a resource's forecast, recent buckets and Mirroring Scores from the running controller (no resource: list)",
+		Run: ctlForecastShow})
 	sub.Register(cli.Command{Name: "backtest", Summary: "rolling-origin backtest of the hybrid and the baselines on a CSV",
 		Run: func(ctx context.Context, a []string) error { return runBacktest(ctx, a, out) }})
 	sub.Register(cli.Command{Name: "locations", Summary: "score access-location distributions (cross-entropy per request) on a per-location CSV",

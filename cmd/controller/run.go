@@ -17,6 +17,7 @@ import (
 
 	"github.com/premirror/premirror/internal/cli"
 	"github.com/premirror/premirror/internal/controller"
+	"github.com/premirror/premirror/internal/forecast"
 	"github.com/premirror/premirror/internal/maps"
 	"github.com/premirror/premirror/internal/pki"
 )
@@ -56,6 +57,13 @@ func (f ctlTLSFlags) files() pki.Files {
 	return pki.Files{CA: pick(*f.ca, "ca.pem"), Cert: pick(*f.cert, *f.name+".pem"), Key: pick(*f.key, *f.name+"-key.pem")}
 }
 
+// Defaults of the price flags, in the units operators quote (see
+// controller.DefaultPrices).
+const (
+	DefaultPriceCopyPerGB       = 0.02
+	DefaultPriceStorePerGBMonth = 0.10
+)
+
 func ctlRun(ctx context.Context, args []string) error {
 	fs := cli.NewFlagSet("controller", "run")
 	listen := fs.String("listen", ":7443", "address for agent sessions and the admin API (mutual TLS)")
@@ -81,6 +89,19 @@ func ctlRun(ctx context.Context, args []string) error {
 	maxMove := fs.Float64("route-max-move", 0, "largest share of a region's slots one evaluation may move (default 0.10)")
 	slowStart := fs.Duration("route-slow-start", 0, "ramp of a new or recovered mirror's weight (default 30s)")
 	slots := fs.Int("table-slots", maps.DefaultConfig().TableSlots, "route table size the weights are quantized for (the agents' table_slots)")
+	// Forecasting: the leader's prediction engine and the Mirroring Score.
+	fcOff := fs.Bool("forecast-disable", false, "run without the prediction engine (no access aggregates, forecasts or scores)")
+	fcStep := fs.Duration("forecast-step", time.Hour, "forecast bucket length (whole seconds; every replica must use the same)")
+	fcWindow := fs.Int("forecast-window", 0, "regression window in buckets (default four weeks of buckets)")
+	fcHorizon := fs.Int("forecast-horizon", 0, "forecast horizon in buckets (default one day of buckets)")
+	fcCovs := fs.String("forecast-covariates", "", "comma-separated covariate names the models use (fed with `controller feed covariates`)")
+	fcGrace := fs.Duration("forecast-grace", 0, "the leader closes a bucket this long after it ends (default 3 report intervals + 2s)")
+	fcFlush := fs.Duration("forecast-flush", 0, "a replica rewrites a bucket's access totals in etcd at most this often (default step/10 within [report interval, 1m])")
+	fcState := fs.String("forecast-state-file", "", "also keep the forecast checkpoint in this file (needed when it outgrows --forecast-max-snapshot)")
+	fcMaxSnap := fs.Int64("forecast-max-snapshot", 256<<20, "largest deflated forecast checkpoint kept in etcd, bytes")
+	copyGB := fs.Float64("price-copy-per-gb", DefaultPriceCopyPerGB, "Mirroring Score: cost of copying one GB to a site")
+	storeGBMonth := fs.Float64("price-store-per-gb-month", DefaultPriceStorePerGBMonth, "Mirroring Score: cost of storing one GB for a month (730 h)")
+	valueReqSec := fs.Float64("value-per-request-second", controller.DefaultPrices.ValuePerRequestSecond, "Mirroring Score: value of one second of latency saved on one request")
 	debug := fs.Bool("debug", false, "debug logs")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
@@ -131,6 +152,15 @@ func ctlRun(ctx context.Context, args []string) error {
 	cfg.Route.Slots = *slots
 	cfg.Route.MinGain, cfg.Route.MinGainAbs, cfg.Route.Confirm = *minGain, *minGainAbs, *confirm
 	cfg.Route.Dwell, cfg.Route.MaxMove, cfg.Route.SlowStart = *dwell, *maxMove, *slowStart
+	cfg.Forecast = controller.ForecastConfig{Disable: *fcOff, Grace: *fcGrace, FlushInterval: *fcFlush, StateFile: *fcState,
+		MaxSnapshotBytes: *fcMaxSnap, Prices: forecast.Prices{CopyPerByte: *copyGB / 1e9, StorePerByteHour: *storeGBMonth / 1e9 / 730,
+			ValuePerRequestSecond: *valueReqSec}}
+	cfg.Forecast.Engine.Step, cfg.Forecast.Engine.Window, cfg.Forecast.Engine.Horizon = *fcStep, *fcWindow, *fcHorizon
+	if *fcCovs != "" {
+		for _, n := range strings.Split(*fcCovs, ",") {
+			cfg.Forecast.Engine.Covariates = append(cfg.Forecast.Engine.Covariates, strings.ToLower(strings.TrimSpace(n)))
+		}
+	}
 	c, err := controller.New(cfg, etcd)
 	if err != nil {
 		return err

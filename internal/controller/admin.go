@@ -1,15 +1,21 @@
 package controller
 
 import (
+	"bytes"
 	"context"
+	"encoding/csv"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
+	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/forecast"
 )
 
 type adminService struct {
@@ -97,4 +103,171 @@ func (s *adminService) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Sta
 		Agents:          agents,
 		Routes:          rec.GetSummary(),
 	}, nil
+}
+
+// Forecast implements pb.AdminServer.
+func (s *adminService) Forecast(ctx context.Context, req *pb.ForecastRequest) (*pb.ForecastResponse, error) {
+	if s.c.fc == nil {
+		return nil, status.Error(codes.FailedPrecondition, ErrForecastDisabled.Error())
+	}
+	if req.GetResource() == "" {
+		names, err := s.c.listForecasts(ctx)
+		if err != nil {
+			return nil, grpcError(err)
+		}
+		return &pb.ForecastResponse{Resources: names}, nil
+	}
+	sc, err := s.c.score(ctx, req.GetResource())
+	if err != nil {
+		return nil, forecastError(err)
+	}
+	return sc.response(), nil
+}
+
+// Explain implements pb.AdminServer.
+func (s *adminService) Explain(ctx context.Context, req *pb.ExplainRequest) (*pb.ExplainResponse, error) {
+	if s.c.fc == nil {
+		return nil, status.Error(codes.FailedPrecondition, ErrForecastDisabled.Error())
+	}
+	if req.GetResource() == "" {
+		return nil, status.Error(codes.InvalidArgument, "resource: missing")
+	}
+	sc, err := s.c.score(ctx, req.GetResource())
+	if err != nil {
+		return nil, forecastError(err)
+	}
+	return &pb.ExplainResponse{Text: s.c.explain(sc)}, nil
+}
+
+func forecastError(err error) error {
+	switch {
+	case errors.Is(err, ErrNoForecast):
+		return status.Error(codes.NotFound, err.Error())
+	case errors.Is(err, ErrForecastDisabled):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	}
+	return grpcError(err)
+}
+
+// maxFeedBytes bounds one feed file as received.
+const maxFeedBytes = 32 << 20
+
+// Feed implements pb.AdminServer: the file is parsed here as the engine
+// will parse it, so a bad one is refused with its line (and column) before
+// anything is stored; the leader applies stored feeds in order.
+func (s *adminService) Feed(ctx context.Context, req *pb.FeedRequest) (*pb.FeedResponse, error) {
+	if err := s.requireAdmin(ctx); err != nil {
+		return nil, err
+	}
+	c := s.c
+	if c.fc == nil {
+		return nil, status.Error(codes.FailedPrecondition, ErrForecastDisabled.Error())
+	}
+	kind := feedKindName(req.GetKind())
+	name := req.GetName()
+	if name == "" {
+		name = kind
+	}
+	resp, err := checkFeed(req, c.cfg.Forecast.Engine.Step, c.cfg.Forecast.Engine.Covariates)
+	if err != nil {
+		c.m.fcFeeds.WithLabelValues(kind, "rejected").Inc()
+		return nil, status.Errorf(codes.InvalidArgument, "%s: %v", name, err)
+	}
+	now := time.Now()
+	b, err := pack(&pb.FeedRecord{Kind: req.GetKind(), Csv: req.GetCsv(), Name: req.GetName(), By: peerName(ctx), WrittenUnixNano: now.UnixNano()})
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	if len(b) > c.cfg.Forecast.ValueBytes {
+		c.m.fcFeeds.WithLabelValues(kind, "rejected").Inc()
+		return nil, status.Errorf(codes.InvalidArgument, "%s: %d bytes compressed exceed the %d a stored feed may take; split the file",
+			name, len(b), c.cfg.Forecast.ValueBytes)
+	}
+	ops := []clientv3.Op{clientv3.OpPut(c.store.fkey(fmt.Sprintf("%s%020d-%s", fkeyFeeds, now.UnixNano(), kind)), string(b))}
+	if req.GetKind() == pb.FeedKind_FEED_KIND_EVENTS {
+		// A calendar replaces the previous one: older ones need not wait
+		// for the leader's next checkpoint to go.
+		old, err := c.cli.Get(ctx, c.store.fkey(fkeyFeeds), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		if err != nil {
+			return nil, grpcError(err)
+		}
+		for _, kv := range old.Kvs {
+			if strings.HasSuffix(string(kv.Key), "-events") && len(ops) < max(2, c.store.MaxTxnOps) {
+				ops = append(ops, clientv3.OpDelete(string(kv.Key)))
+			}
+		}
+	}
+	tr, err := c.cli.Txn(ctx).Then(ops...).Commit()
+	if err != nil {
+		return nil, grpcError(fmt.Errorf("store feed: %w", err))
+	}
+	resp.Revision = tr.Header.Revision
+	c.m.fcFeeds.WithLabelValues(kind, "stored").Inc()
+	c.log.Info("feed stored", "by", peerName(ctx), "kind", kind, "name", name, "entries", resp.GetEntries(), "revision", resp.GetRevision())
+	return resp, nil
+}
+
+// covariateRegionColumns are the header names the covariates parser takes
+// for the region column (forecast's locationNames).
+var covariateRegionColumns = []string{"location", "region", "borough", "loc", "site"}
+
+// checkFeed parses a feed file as the engine would and describes it.
+func checkFeed(req *pb.FeedRequest, step time.Duration, used []string) (*pb.FeedResponse, error) {
+	if len(req.GetCsv()) == 0 {
+		return nil, errors.New("empty file")
+	}
+	if len(req.GetCsv()) > maxFeedBytes {
+		return nil, fmt.Errorf("%d bytes exceed %d; split the file", len(req.GetCsv()), maxFeedBytes)
+	}
+	switch req.GetKind() {
+	case pb.FeedKind_FEED_KIND_EVENTS:
+		ev, err := forecast.ReadEvents(bytes.NewReader(req.GetCsv()))
+		if err != nil {
+			return nil, err
+		}
+		if _, err := forecast.NewCalendar(ev); err != nil {
+			return nil, err
+		}
+		return &pb.FeedResponse{Entries: uint32(len(ev))}, nil
+	case pb.FeedKind_FEED_KIND_COVARIATES:
+		if err := forecast.NewCovariates(step).ReadCSV(bytes.NewReader(req.GetCsv())); err != nil {
+			return nil, err
+		}
+		// The file parsed: count its values and note the names no model
+		// uses.
+		cr := csv.NewReader(bytes.NewReader(req.GetCsv()))
+		cr.TrimLeadingSpace = true
+		head, err := cr.Read()
+		if err != nil {
+			return nil, err
+		}
+		resp := &pb.FeedResponse{}
+		skip := map[int]bool{0: true}
+		for i, h := range head {
+			h = strings.ToLower(strings.TrimSpace(h))
+			if i == 0 {
+				continue
+			}
+			if slices.Contains(covariateRegionColumns, h) {
+				skip[i] = true
+				continue
+			}
+			if !slices.Contains(used, h) {
+				resp.Unused = append(resp.Unused, h)
+			}
+		}
+		for {
+			row, err := cr.Read()
+			if err != nil {
+				break
+			}
+			for i, v := range row {
+				if !skip[i] && strings.TrimSpace(v) != "" {
+					resp.Entries++
+				}
+			}
+		}
+		return resp, nil
+	}
+	return nil, fmt.Errorf("kind: %v is not events or covariates", req.GetKind())
 }

@@ -59,9 +59,11 @@ type Config struct {
 	Route route.Config
 	// Limits are the data planes' capacities objects must fit.
 	Limits Limits
-	// OnReport, when set, sees every agent report this replica receives
-	// (for example to feed the access log to the forecaster).
+	// OnReport, when set, sees every agent report this replica receives.
 	OnReport func(node string, r *pb.Report)
+	// Forecast configures the prediction engine the leader runs and the
+	// path of the agents' access counts to it.
+	Forecast ForecastConfig
 	Logger   *slog.Logger
 }
 
@@ -84,28 +86,13 @@ func (c *Config) setDefaults() error {
 	if len(c.AdminNames) == 0 {
 		c.AdminNames = []string{"admin"}
 	}
-	def := func(d *time.Duration, v time.Duration, name string) error {
-		if *d == 0 {
-			*d = v
-		}
-		if *d < 0 {
-			return fmt.Errorf("%s: %v must be positive", name, *d)
-		}
-		return nil
-	}
-	for _, f := range []struct {
-		d    *time.Duration
-		v    time.Duration
-		name string
-	}{
-		{&c.TickInterval, DefaultTickInterval, "tick interval"}, {&c.ReportInterval, DefaultReportInterval, "report interval"},
-		{&c.ReportMaxAge, DefaultReportMaxAge, "report max age"}, {&c.ProbeMaxAge, DefaultProbeMaxAge, "probe max age"},
-		{&c.PathHold, DefaultPathHold, "path hold"}, {&c.LeaseTTL, DefaultLeaseTTL, "lease ttl"},
-		{&c.CheckpointInterval, DefaultCheckpointInterval, "checkpoint interval"},
-	} {
-		if err := def(f.d, f.v, f.name); err != nil {
-			return err
-		}
+	if err := setDurations(
+		durationDefault{&c.TickInterval, DefaultTickInterval, "tick interval"}, durationDefault{&c.ReportInterval, DefaultReportInterval, "report interval"},
+		durationDefault{&c.ReportMaxAge, DefaultReportMaxAge, "report max age"}, durationDefault{&c.ProbeMaxAge, DefaultProbeMaxAge, "probe max age"},
+		durationDefault{&c.PathHold, DefaultPathHold, "path hold"}, durationDefault{&c.LeaseTTL, DefaultLeaseTTL, "lease ttl"},
+		durationDefault{&c.CheckpointInterval, DefaultCheckpointInterval, "checkpoint interval"},
+	); err != nil {
+		return err
 	}
 	if c.Route.Slots == 0 {
 		c.Route.Slots = maps.DefaultConfig().TableSlots
@@ -116,7 +103,31 @@ func (c *Config) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if err := c.Forecast.setDefaults(c.ReportInterval); err != nil {
+		return err
+	}
 	return c.TLS.Validate()
+}
+
+// durationDefault is a duration field, its default and its name in errors.
+type durationDefault struct {
+	d    *time.Duration
+	v    time.Duration
+	name string
+}
+
+// setDurations fills zero fields with their defaults and refuses negative
+// ones, naming the field.
+func setDurations(fs ...durationDefault) error {
+	for _, f := range fs {
+		if *f.d == 0 {
+			*f.d = f.v
+		}
+		if *f.d < 0 {
+			return fmt.Errorf("%s: %v must be positive", f.name, *f.d)
+		}
+	}
+	return nil
 }
 
 // Controller is one replica: it serves agents and the admin API from its
@@ -139,6 +150,8 @@ type Controller struct {
 	live     *concurrency.Session // lease of this replica's live/ keys
 	encMu    sync.Mutex
 	enc      encCache
+	access   *accessWriter
+	fc       *forecaster // nil when forecasting is disabled
 
 	crash atomic.Bool // tests: stop as if killed (no resign, no revoke)
 }
@@ -160,6 +173,12 @@ func New(cfg Config, cli *clientv3.Client) (*Controller, error) {
 	c.routeM = route.NewMetrics()
 	c.reg.MustRegister(c.m.collectors()...)
 	c.reg.MustRegister(c.routeM)
+	c.access = &accessWriter{c: c, leases: map[int64]clientv3.LeaseID{}}
+	if !cfg.Forecast.Disable {
+		if c.fc, err = newForecaster(c); err != nil {
+			return nil, err
+		}
+	}
 	return c, nil
 }
 
@@ -203,6 +222,8 @@ func (c *Controller) Serve(ctx context.Context, lis net.Listener) error {
 	}
 	wg.Add(1)
 	go func() { defer wg.Done(); c.keepLive(ctx) }()
+	wg.Add(1)
+	go func() { defer wg.Done(); c.accessFlusher(ctx) }()
 
 	srv := grpc.NewServer(
 		grpc.Creds(credentials.NewTLS(tc)),

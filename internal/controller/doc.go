@@ -42,4 +42,63 @@
 // new version (encoded once per version and site), records each ACK or
 // NACK and stores the agent's reports under its own lease, so a dead
 // replica's agents stop counting until they reconnect elsewhere.
+//
+// # Forecasting
+//
+// The leader runs the prediction engine (internal/forecast) on the
+// agents' access counts, wherever the agents are connected (access.go,
+// forecaster.go). Its keys live under a sibling prefix,
+// <prefix>-forecast/, so the replicas' watches of the main prefix never
+// carry them.
+//
+//   - Access path. The replica serving an agent splits each report's new
+//     flows over the engine's buckets (Config.Forecast.Engine.Step, 1 h by
+//     default) by the report's interval (the agent's clock when it agrees
+//     with the replica's within 30 s) and keeps, per session and bucket,
+//     the running total per (resource, client region). It writes a
+//     bucket's total under access/<bucket>/<node>/<replica>/<session>,
+//     leased to expire Retention after the bucket, at most every
+//     FlushInterval (1 min) and once more when the bucket is over: per
+//     agent about step/FlushInterval + 1 writes per bucket, whatever the
+//     report rate. Reports are not written individually.
+//   - Ingestion. Grace (5 s) after a bucket ended the leader reads its
+//     keys, sums them per (resource, region) by name (IDs are never
+//     reused; region 0 and deleted objects are counted and dropped),
+//     ingests the sum and closes the bucket; a bucket without keys is
+//     unknown to the engine, not zero demand. Each key is a cumulative
+//     total read once, and the engine drops a bucket it already closed,
+//     so a count reaches the engine exactly once; what a crashed replica
+//     received since its last write is lost. A key rewritten after its
+//     bucket closed is reported (premirror_controller_access_aggregates_late_total).
+//   - Checkpoints. After every close (and after a feed) the leader saves
+//     the engine's snapshot, the recent-bucket history and the revision of
+//     the last feed applied, deflated, in chunks of ValueBytes (1 MiB)
+//     under snap/c/<generation>/, then a manifest (size, SHA-256, open
+//     bucket) in a transaction fenced on its election key that also
+//     deletes older chunks, the aggregates of closed buckets and the feeds
+//     applied. A checkpoint larger than MaxSnapshotBytes (256 MiB, about
+//     3,000 series) is not put in etcd; StateFile, when set, receives every
+//     checkpoint and is restored when it is newer than etcd's. etcd, not a
+//     file, is the default home because it is the one store every replica
+//     shares: a successor on another host needs the model. A new leader
+//     restores the checkpoint, applies the feeds stored after it and
+//     replays the aggregates of the buckets it does not cover (still in
+//     etcd, as only a checkpoint deletes them): the model continues as if
+//     the leader had never changed (tested bit for bit).
+//   - Outputs. After every close the leader publishes each resource's
+//     forecast (quantiles per region and horizon, location shares, recent
+//     buckets observed against the forecast made one bucket before) under
+//     out/<resource>. Any replica answers Admin.Forecast and Admin.Explain
+//     from it: the Mirroring Score of every candidate site (a site with an
+//     active mirror host and no copy of the resource, within
+//     mirror_policy.sites) is P(benefit > cost), benefit = predicted
+//     requests × route cost saved against the current table (the routing
+//     policy's own cost of each (region, mirror) path on the current probe
+//     estimates, weighted by the current weights) × ValuePerRequestSecond,
+//     cost = size_bytes × (CopyPerByte + StorePerByteHour × horizon).
+//   - Feeds. Admin.Feed parses an events calendar or covariates CSV as the
+//     engine will (a bad file is refused naming its line and column, and
+//     nothing is stored), then stores it under feeds/; the leader applies
+//     feeds in store order within a tick, and checkpoints make them
+//     durable.
 package controller

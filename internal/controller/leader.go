@@ -97,6 +97,13 @@ func (c *Controller) lead(ctx context.Context, sess *concurrency.Session, el *co
 	saved := make(chan struct{})
 	go func() { defer close(saved); c.routeWriter(lctx, ls) }()
 	defer func() { cancel(); <-saved }()
+	if c.fc != nil {
+		// Forecasting runs beside the route ticks, never in their way: a
+		// bucket close or a checkpoint may take seconds.
+		forecasted := make(chan struct{})
+		go func() { defer close(forecasted); c.fc.run(lctx, ls.fence) }()
+		defer func() { cancel(); <-forecasted }()
+	}
 
 	t := time.NewTicker(c.cfg.TickInterval)
 	defer t.Stop()

@@ -228,6 +228,7 @@ type fakeAgent struct {
 	states map[uint64]*pb.DesiredState
 	probes map[string]*pb.ProbeResult
 	health []*pb.MirrorHealth
+	access []*pb.AccessCount // deltas for the next report
 	refuse bool
 	cancel context.CancelFunc
 	done   chan struct{}
@@ -239,7 +240,7 @@ func startAgent(t testing.TB, node, site string, role pb.NodeRole, endpoints ...
 	a := &fakeAgent{states: map[uint64]*pb.DesiredState{}, probes: map[string]*pb.ProbeResult{}, done: make(chan struct{})}
 	c, err := control.New(control.Config{
 		Endpoints: endpoints, TLS: clientTLS(t, f), Node: node, Site: site, Role: role,
-		Apply: a.apply, Probes: a.probeList, MirrorHealth: a.mirrorHealth,
+		Apply: a.apply, Probes: a.probeList, MirrorHealth: a.mirrorHealth, AccessCounts: a.accessCounts,
 		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Logger: quietLogger(),
 	})
 	if err != nil {
@@ -283,6 +284,23 @@ func (a *fakeAgent) mirrorHealth() []*pb.MirrorHealth {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.health
+}
+
+func (a *fakeAgent) accessCounts() []*pb.AccessCount {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := a.access
+	a.access = nil
+	return out
+}
+
+// addAccess queues new flows of (resource ID, region ID) for the next
+// report and sends it.
+func (a *fakeAgent) addAccess(resource, region uint32, newFlows uint64) {
+	a.mu.Lock()
+	a.access = append(a.access, &pb.AccessCount{ResourceId: resource, RegionId: region, MirrorId: 1, NewFlows: newFlows, Packets: newFlows})
+	a.mu.Unlock()
+	a.client.ReportNow()
 }
 
 func (a *fakeAgent) setProbe(mirror string, rtt time.Duration, h pb.Health) {

@@ -12,6 +12,16 @@ type metrics struct {
 	acks       *prometheus.CounterVec
 	reports    prometheus.Counter
 	movedSlots prometheus.Counter
+
+	accessFlows       *prometheus.CounterVec
+	aggregateWrites   prometheus.Counter
+	aggregatesLate    prometheus.Counter
+	fcPass            prometheus.Histogram
+	fcCheckpoints     *prometheus.CounterVec
+	fcCheckpointBytes prometheus.Gauge
+	fcCheckpointTime  prometheus.Histogram
+	fcRestores        *prometheus.CounterVec
+	fcFeeds           *prometheus.CounterVec
 }
 
 func newMetrics(c *Controller) *metrics {
@@ -37,9 +47,33 @@ func newMetrics(c *Controller) *metrics {
 			Help: "Agent reports received by this replica."}),
 		movedSlots: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_controller_route_moved_slots_total",
 			Help: "Route-table slots moved by the versions this replica wrote."}),
+		accessFlows: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "premirror_controller_access_flows_total",
+			Help: "New flows of agents' access counts on their way to the forecaster, by outcome: received (by this replica), " +
+				"late_at_replica (for a bucket already written for the last time), ingested, late, rejected, " +
+				"unknown_resource, unknown_region (by the leader)."}, []string{"outcome"}),
+		aggregateWrites: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_controller_access_aggregate_writes_total",
+			Help: "Per-bucket access aggregates this replica wrote to etcd."}),
+		aggregatesLate: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_controller_access_aggregates_late_total",
+			Help: "Access aggregates the leader found rewritten after it had closed their bucket (what they added since is lost)."}),
+		fcPass: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "premirror_controller_forecast_ingest_duration_seconds",
+			Help:    "Time the leader took to read, ingest and close the buckets that were due.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)}),
+		fcCheckpoints: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "premirror_controller_forecast_checkpoints_total",
+			Help: "Forecast checkpoints by result (etcd, file, too_large, error, file_error)."}, []string{"result"}),
+		fcCheckpointBytes: prometheus.NewGauge(prometheus.GaugeOpts{Name: "premirror_controller_forecast_checkpoint_size_bytes",
+			Help: "Size of the last forecast checkpoint (deflated)."}),
+		fcCheckpointTime: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "premirror_controller_forecast_checkpoint_duration_seconds",
+			Help:    "Time to encode and write one forecast checkpoint to etcd.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)}),
+		fcRestores: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "premirror_controller_forecast_restores_total",
+			Help: "Forecast state restored on becoming leader, by source (etcd, file, none, discarded)."}, []string{"source"}),
+		fcFeeds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "premirror_controller_forecast_feeds_total",
+			Help: "External feeds by kind (events, covariates) and result (stored, rejected by this replica; applied, failed by the leader)."},
+			[]string{"kind", "result"}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.leader, m.version, m.agents, m.ticks, m.tickTime, m.versions, m.acks, m.reports, m.movedSlots}
+	return []prometheus.Collector{m.leader, m.version, m.agents, m.ticks, m.tickTime, m.versions, m.acks, m.reports, m.movedSlots,
+		m.accessFlows, m.aggregateWrites, m.aggregatesLate, m.fcPass, m.fcCheckpoints, m.fcCheckpointBytes, m.fcCheckpointTime, m.fcRestores, m.fcFeeds}
 }

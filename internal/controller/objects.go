@@ -76,6 +76,7 @@ type yamlResource struct {
 	Thresholds    *yamlThresholds `yaml:"thresholds,omitempty"`
 	Profile       *yamlProfile    `yaml:"profile,omitempty"`
 	HashNoSrcPort bool            `yaml:"hash_no_src_port,omitempty"`
+	SizeBytes     uint64          `yaml:"size_bytes,omitempty"`
 }
 
 type yamlPolicy struct {
@@ -205,7 +206,7 @@ func (m yamlMirror) proto() (*pb.Mirror, error) {
 }
 
 func (r yamlResource) proto() (*pb.Resource, error) {
-	pr := &pb.Resource{Name: r.Name, Vips: r.VIPs, Origin: r.Origin, HashNoSrcPort: r.HashNoSrcPort}
+	pr := &pb.Resource{Name: r.Name, Vips: r.VIPs, Origin: r.Origin, HashNoSrcPort: r.HashNoSrcPort, SizeBytes: r.SizeBytes}
 	for i, p := range r.Ports {
 		if p < 1 || p > 65535 {
 			return nil, fmt.Errorf("ports[%d]: %d out of [1, 65535]", i, p)
@@ -585,7 +586,8 @@ func FormatObjects(o *pb.Objects) ([]byte, error) {
 		f.Mirrors = append(f.Mirrors, ym)
 	}
 	for _, r := range o.GetResources() {
-		yr := yamlResource{ID: r.GetId(), Name: r.GetName(), VIPs: r.GetVips(), Origin: r.GetOrigin(), HashNoSrcPort: r.GetHashNoSrcPort()}
+		yr := yamlResource{ID: r.GetId(), Name: r.GetName(), VIPs: r.GetVips(), Origin: r.GetOrigin(), HashNoSrcPort: r.GetHashNoSrcPort(),
+			SizeBytes: r.GetSizeBytes()}
 		for _, p := range r.GetPorts() {
 			yr.Ports = append(yr.Ports, int64(p))
 		}

@@ -62,6 +62,7 @@ type agentConn struct {
 	status     *pb.AgentStatus
 	demand     map[[2]uint32]float64
 	lastReport time.Time
+	access     sessionAccess
 }
 
 // Session implements pb.AgentSessionServer.
@@ -89,7 +90,7 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 	defer cancel()
 	now := time.Now()
 	a := &agentConn{c: c, node: reg.GetNode(), site: reg.GetSite(), role: reg.GetRole(), cancel: cancel, stream: stream,
-		demand: map[[2]uint32]float64{}, lastReport: now,
+		demand: map[[2]uint32]float64{}, lastReport: now, access: sessionAccess{buckets: map[int64]*bucketFlows{}},
 		status: &pb.AgentStatus{Node: reg.GetNode(), Site: reg.GetSite(), Role: reg.GetRole(), Addresses: reg.GetAddresses(),
 			Connected: true, Controller: c.cfg.Name, ConnectedUnixNano: now.UnixNano(), LastSeenUnixNano: now.UnixNano(),
 			AckedVersion: reg.GetAppliedVersion()}}
@@ -105,6 +106,7 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 		return status.Errorf(codes.Unavailable, "record session: %v", err)
 	}
 	defer a.disconnect()
+	defer a.finalFlush()
 	cur := c.view.desiredRecord().GetState().GetVersion()
 	if err := a.send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Registered{Registered: &pb.Registered{
 		Controller: c.cfg.Name, ReportIntervalMs: uint32(c.cfg.ReportInterval / time.Millisecond), CurrentVersion: cur}}}); err != nil {
@@ -267,7 +269,22 @@ func (a *agentConn) report(ctx context.Context, r *pb.Report) error {
 	if f := a.c.cfg.OnReport; f != nil {
 		f(a.node, r)
 	}
+	a.recordAccess(r, a.c.cfg.Forecast.now())
 	return a.writeLive(ctx, r)
+}
+
+// finalFlush writes what the session counted that is not in etcd yet
+// (the stream is gone, so with a context of its own). A crashed replica
+// does not get to: those counts are lost.
+func (a *agentConn) finalFlush() {
+	if a.c.crash.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := a.flushAccess(ctx, true); err != nil {
+		a.c.log.Warn("access counts of a closed session not written", "node", a.node, "err", err)
+	}
 }
 
 // smoothDemand folds one report's new flows into per-(resource, region)

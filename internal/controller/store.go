@@ -30,6 +30,10 @@ import (
 //	agents/<node>            pb.AgentRecord                 replica serving the agent
 //	live/<node>              pb.LiveReport, leased to that replica
 //	election/                leader election (etcd concurrency)
+//
+// Forecasting keeps its keys under a sibling prefix (<prefix>-forecast/,
+// see forecaster.go) so that replicas' watches of this one do not carry
+// them.
 const (
 	keyObjects  = "objects/"
 	keyGen      = "objects-gen"
@@ -56,9 +60,10 @@ var ErrNotLeader = errors.New("not the leader")
 
 // Store reads and writes the controller's state in etcd.
 type Store struct {
-	cli    *clientv3.Client
-	prefix string
-	lim    Limits
+	cli     *clientv3.Client
+	prefix  string
+	fprefix string // forecast keys (forecaster.go)
+	lim     Limits
 	// MaxTxnOps bounds the operations of one transaction; a larger apply
 	// is split (sites, then mirrors, then resources, so every prefix of
 	// it is valid).
@@ -73,7 +78,7 @@ func NewStore(cli *clientv3.Client, prefix string, lim Limits) *Store {
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	return &Store{cli: cli, prefix: prefix, lim: lim, MaxTxnOps: EtcdMaxTxnOps}
+	return &Store{cli: cli, prefix: prefix, fprefix: forecastPrefix(prefix), lim: lim, MaxTxnOps: EtcdMaxTxnOps}
 }
 
 // Prefix is the store's key prefix.

@@ -272,6 +272,12 @@ func (v *view) desiredRecord() *pb.DesiredRecord {
 	return v.desired
 }
 
+func (v *view) resource(name string) *pb.Resource {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.res[name]
+}
+
 func (v *view) site(name string) *pb.Site {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
@@ -331,4 +337,23 @@ func (b *broadcast) signal() {
 	close(b.ch)
 	b.ch = make(chan struct{})
 	b.mu.Unlock()
+}
+
+// idNames resolves the IDs of access counts: resources and regions
+// (sites) by ID. IDs are never reused, so a name found is the right one.
+type idNames struct {
+	resources, regions map[uint32]string
+}
+
+func (v *view) idNames() idNames {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	n := idNames{resources: make(map[uint32]string, len(v.res)), regions: make(map[uint32]string, len(v.sites))}
+	for _, r := range v.res {
+		n.resources[r.GetId()] = r.GetName()
+	}
+	for _, s := range v.sites {
+		n.regions[s.GetId()] = s.GetName()
+	}
+	return n
 }

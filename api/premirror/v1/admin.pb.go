@@ -24,6 +24,58 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// FeedKind says what a feed file holds.
+type FeedKind int32
+
+const (
+	FeedKind_FEED_KIND_UNSPECIFIED FeedKind = 0
+	// start,end,name,kind[,region]: replaces the events calendar.
+	FeedKind_FEED_KIND_EVENTS FeedKind = 1
+	// timestamp[,region],name...: numeric covariates, merged by bucket.
+	FeedKind_FEED_KIND_COVARIATES FeedKind = 2
+)
+
+// Enum value maps for FeedKind.
+var (
+	FeedKind_name = map[int32]string{
+		0: "FEED_KIND_UNSPECIFIED",
+		1: "FEED_KIND_EVENTS",
+		2: "FEED_KIND_COVARIATES",
+	}
+	FeedKind_value = map[string]int32{
+		"FEED_KIND_UNSPECIFIED": 0,
+		"FEED_KIND_EVENTS":      1,
+		"FEED_KIND_COVARIATES":  2,
+	}
+)
+
+func (x FeedKind) Enum() *FeedKind {
+	p := new(FeedKind)
+	*p = x
+	return p
+}
+
+func (x FeedKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (FeedKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_premirror_v1_admin_proto_enumTypes[0].Descriptor()
+}
+
+func (FeedKind) Type() protoreflect.EnumType {
+	return &file_premirror_v1_admin_proto_enumTypes[0]
+}
+
+func (x FeedKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use FeedKind.Descriptor instead.
+func (FeedKind) EnumDescriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
 // ApplyRequest carries the objects to create or update.
 type ApplyRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -741,6 +793,1019 @@ func (x *RouteSummary) GetDurationNs() int64 {
 	return 0
 }
 
+// ForecastRequest names a resource; empty lists the resources.
+type ForecastRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Resource      string                 `protobuf:"bytes,1,opt,name=resource,proto3" json:"resource,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForecastRequest) Reset() {
+	*x = ForecastRequest{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForecastRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForecastRequest) ProtoMessage() {}
+
+func (x *ForecastRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForecastRequest.ProtoReflect.Descriptor instead.
+func (*ForecastRequest) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ForecastRequest) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+// Quantile forecasts of one client region's demand (new flows per bucket),
+// one value per future bucket (index 0 is the bucket after the origin).
+type RegionForecast struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Region string                 `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	Q10    []float64              `protobuf:"fixed64,2,rep,packed,name=q10,proto3" json:"q10,omitempty"`
+	Q50    []float64              `protobuf:"fixed64,3,rep,packed,name=q50,proto3" json:"q50,omitempty"`
+	Q90    []float64              `protobuf:"fixed64,4,rep,packed,name=q90,proto3" json:"q90,omitempty"`
+	// Recent closed buckets, oldest first: what the leader ingested and
+	// what it had predicted one bucket ahead (median).
+	Recent        []*BucketObservation `protobuf:"bytes,5,rep,name=recent,proto3" json:"recent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegionForecast) Reset() {
+	*x = RegionForecast{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegionForecast) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegionForecast) ProtoMessage() {}
+
+func (x *RegionForecast) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegionForecast.ProtoReflect.Descriptor instead.
+func (*RegionForecast) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RegionForecast) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *RegionForecast) GetQ10() []float64 {
+	if x != nil {
+		return x.Q10
+	}
+	return nil
+}
+
+func (x *RegionForecast) GetQ50() []float64 {
+	if x != nil {
+		return x.Q50
+	}
+	return nil
+}
+
+func (x *RegionForecast) GetQ90() []float64 {
+	if x != nil {
+		return x.Q90
+	}
+	return nil
+}
+
+func (x *RegionForecast) GetRecent() []*BucketObservation {
+	if x != nil {
+		return x.Recent
+	}
+	return nil
+}
+
+// BucketObservation is one closed bucket of a series.
+type BucketObservation struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	StartUnix int64                  `protobuf:"varint,1,opt,name=start_unix,json=startUnix,proto3" json:"start_unix,omitempty"`
+	// New flows ingested for the bucket.
+	Observed float64 `protobuf:"fixed64,2,opt,name=observed,proto3" json:"observed,omitempty"`
+	// Median forecast made one bucket before; valid when has_predicted.
+	Predicted     float64 `protobuf:"fixed64,3,opt,name=predicted,proto3" json:"predicted,omitempty"`
+	HasPredicted  bool    `protobuf:"varint,4,opt,name=has_predicted,json=hasPredicted,proto3" json:"has_predicted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BucketObservation) Reset() {
+	*x = BucketObservation{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BucketObservation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BucketObservation) ProtoMessage() {}
+
+func (x *BucketObservation) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BucketObservation.ProtoReflect.Descriptor instead.
+func (*BucketObservation) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *BucketObservation) GetStartUnix() int64 {
+	if x != nil {
+		return x.StartUnix
+	}
+	return 0
+}
+
+func (x *BucketObservation) GetObserved() float64 {
+	if x != nil {
+		return x.Observed
+	}
+	return 0
+}
+
+func (x *BucketObservation) GetPredicted() float64 {
+	if x != nil {
+		return x.Predicted
+	}
+	return 0
+}
+
+func (x *BucketObservation) GetHasPredicted() bool {
+	if x != nil {
+		return x.HasPredicted
+	}
+	return false
+}
+
+// LocationShares is the predicted share of a resource's requests per
+// region (same order as ResourceForecast.regions) in one future bucket.
+type LocationShares struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Shares        []float64              `protobuf:"fixed64,1,rep,packed,name=shares,proto3" json:"shares,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LocationShares) Reset() {
+	*x = LocationShares{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LocationShares) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LocationShares) ProtoMessage() {}
+
+func (x *LocationShares) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LocationShares.ProtoReflect.Descriptor instead.
+func (*LocationShares) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *LocationShares) GetShares() []float64 {
+	if x != nil {
+		return x.Shares
+	}
+	return nil
+}
+
+// ResourceForecast is what the prediction engine says about one resource
+// at one origin. The leader stores one per resource after every bucket it
+// closes.
+type ResourceForecast struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Resource string                 `protobuf:"bytes,1,opt,name=resource,proto3" json:"resource,omitempty"`
+	// Start of the last closed bucket; forecasts start one step later.
+	OriginUnix  int64             `protobuf:"varint,2,opt,name=origin_unix,json=originUnix,proto3" json:"origin_unix,omitempty"`
+	StepSeconds int64             `protobuf:"varint,3,opt,name=step_seconds,json=stepSeconds,proto3" json:"step_seconds,omitempty"`
+	Regions     []*RegionForecast `protobuf:"bytes,4,rep,name=regions,proto3" json:"regions,omitempty"`
+	// Access-location distribution per future bucket (empty while the
+	// resource has fewer than two regions or no location model yet).
+	Shares []*LocationShares `protobuf:"bytes,5,rep,name=shares,proto3" json:"shares,omitempty"`
+	// Dirichlet concentration behind the next bucket's shares (requests'
+	// worth of evidence).
+	Concentration float64 `protobuf:"fixed64,6,opt,name=concentration,proto3" json:"concentration,omitempty"`
+	// Replica that published it, and when.
+	Leader          string `protobuf:"bytes,7,opt,name=leader,proto3" json:"leader,omitempty"`
+	WrittenUnixNano int64  `protobuf:"varint,8,opt,name=written_unix_nano,json=writtenUnixNano,proto3" json:"written_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ResourceForecast) Reset() {
+	*x = ResourceForecast{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResourceForecast) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResourceForecast) ProtoMessage() {}
+
+func (x *ResourceForecast) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResourceForecast.ProtoReflect.Descriptor instead.
+func (*ResourceForecast) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ResourceForecast) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+func (x *ResourceForecast) GetOriginUnix() int64 {
+	if x != nil {
+		return x.OriginUnix
+	}
+	return 0
+}
+
+func (x *ResourceForecast) GetStepSeconds() int64 {
+	if x != nil {
+		return x.StepSeconds
+	}
+	return 0
+}
+
+func (x *ResourceForecast) GetRegions() []*RegionForecast {
+	if x != nil {
+		return x.Regions
+	}
+	return nil
+}
+
+func (x *ResourceForecast) GetShares() []*LocationShares {
+	if x != nil {
+		return x.Shares
+	}
+	return nil
+}
+
+func (x *ResourceForecast) GetConcentration() float64 {
+	if x != nil {
+		return x.Concentration
+	}
+	return 0
+}
+
+func (x *ResourceForecast) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *ResourceForecast) GetWrittenUnixNano() int64 {
+	if x != nil {
+		return x.WrittenUnixNano
+	}
+	return 0
+}
+
+// RegionBenefit is one client region's part of a candidate's benefit.
+type RegionBenefit struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Region string                 `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	// Predicted requests over the score's horizon.
+	RequestsQ10 float64 `protobuf:"fixed64,2,opt,name=requests_q10,json=requestsQ10,proto3" json:"requests_q10,omitempty"`
+	RequestsQ50 float64 `protobuf:"fixed64,3,opt,name=requests_q50,json=requestsQ50,proto3" json:"requests_q50,omitempty"`
+	RequestsQ90 float64 `protobuf:"fixed64,4,opt,name=requests_q90,json=requestsQ90,proto3" json:"requests_q90,omitempty"`
+	// Route cost saved per request against the current route, seconds.
+	SavedSeconds  float64 `protobuf:"fixed64,5,opt,name=saved_seconds,json=savedSeconds,proto3" json:"saved_seconds,omitempty"`
+	BenefitMean   float64 `protobuf:"fixed64,6,opt,name=benefit_mean,json=benefitMean,proto3" json:"benefit_mean,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegionBenefit) Reset() {
+	*x = RegionBenefit{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegionBenefit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegionBenefit) ProtoMessage() {}
+
+func (x *RegionBenefit) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegionBenefit.ProtoReflect.Descriptor instead.
+func (*RegionBenefit) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *RegionBenefit) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *RegionBenefit) GetRequestsQ10() float64 {
+	if x != nil {
+		return x.RequestsQ10
+	}
+	return 0
+}
+
+func (x *RegionBenefit) GetRequestsQ50() float64 {
+	if x != nil {
+		return x.RequestsQ50
+	}
+	return 0
+}
+
+func (x *RegionBenefit) GetRequestsQ90() float64 {
+	if x != nil {
+		return x.RequestsQ90
+	}
+	return 0
+}
+
+func (x *RegionBenefit) GetSavedSeconds() float64 {
+	if x != nil {
+		return x.SavedSeconds
+	}
+	return 0
+}
+
+func (x *RegionBenefit) GetBenefitMean() float64 {
+	if x != nil {
+		return x.BenefitMean
+	}
+	return 0
+}
+
+// MirrorScore is the Mirroring Score of one candidate site for a resource:
+// P(benefit > cost) under the predictive distribution of demand.
+type MirrorScore struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Site  string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	// The mirror host at the site whose route costs the score used.
+	Mirror        string           `protobuf:"bytes,2,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	Score         float64          `protobuf:"fixed64,3,opt,name=score,proto3" json:"score,omitempty"`
+	Cost          float64          `protobuf:"fixed64,4,opt,name=cost,proto3" json:"cost,omitempty"`
+	CopyCost      float64          `protobuf:"fixed64,5,opt,name=copy_cost,json=copyCost,proto3" json:"copy_cost,omitempty"`
+	StoreCost     float64          `protobuf:"fixed64,6,opt,name=store_cost,json=storeCost,proto3" json:"store_cost,omitempty"`
+	BenefitMean   float64          `protobuf:"fixed64,7,opt,name=benefit_mean,json=benefitMean,proto3" json:"benefit_mean,omitempty"`
+	BenefitQ10    float64          `protobuf:"fixed64,8,opt,name=benefit_q10,json=benefitQ10,proto3" json:"benefit_q10,omitempty"`
+	BenefitQ50    float64          `protobuf:"fixed64,9,opt,name=benefit_q50,json=benefitQ50,proto3" json:"benefit_q50,omitempty"`
+	BenefitQ90    float64          `protobuf:"fixed64,10,opt,name=benefit_q90,json=benefitQ90,proto3" json:"benefit_q90,omitempty"`
+	Regions       []*RegionBenefit `protobuf:"bytes,11,rep,name=regions,proto3" json:"regions,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MirrorScore) Reset() {
+	*x = MirrorScore{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MirrorScore) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MirrorScore) ProtoMessage() {}
+
+func (x *MirrorScore) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MirrorScore.ProtoReflect.Descriptor instead.
+func (*MirrorScore) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *MirrorScore) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *MirrorScore) GetMirror() string {
+	if x != nil {
+		return x.Mirror
+	}
+	return ""
+}
+
+func (x *MirrorScore) GetScore() float64 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+func (x *MirrorScore) GetCost() float64 {
+	if x != nil {
+		return x.Cost
+	}
+	return 0
+}
+
+func (x *MirrorScore) GetCopyCost() float64 {
+	if x != nil {
+		return x.CopyCost
+	}
+	return 0
+}
+
+func (x *MirrorScore) GetStoreCost() float64 {
+	if x != nil {
+		return x.StoreCost
+	}
+	return 0
+}
+
+func (x *MirrorScore) GetBenefitMean() float64 {
+	if x != nil {
+		return x.BenefitMean
+	}
+	return 0
+}
+
+func (x *MirrorScore) GetBenefitQ10() float64 {
+	if x != nil {
+		return x.BenefitQ10
+	}
+	return 0
+}
+
+func (x *MirrorScore) GetBenefitQ50() float64 {
+	if x != nil {
+		return x.BenefitQ50
+	}
+	return 0
+}
+
+func (x *MirrorScore) GetBenefitQ90() float64 {
+	if x != nil {
+		return x.BenefitQ90
+	}
+	return 0
+}
+
+func (x *MirrorScore) GetRegions() []*RegionBenefit {
+	if x != nil {
+		return x.Regions
+	}
+	return nil
+}
+
+// RegionRoute is a client region's current route cost for a resource.
+type RegionRoute struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Region string                 `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	// Expected cost per request of the current route table (weights × the
+	// routing policy's cost of each mirror), seconds.
+	CostSeconds float64 `protobuf:"fixed64,2,opt,name=cost_seconds,json=costSeconds,proto3" json:"cost_seconds,omitempty"`
+	// Mirrors the current table sends the region to.
+	Mirrors       []string `protobuf:"bytes,3,rep,name=mirrors,proto3" json:"mirrors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegionRoute) Reset() {
+	*x = RegionRoute{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegionRoute) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegionRoute) ProtoMessage() {}
+
+func (x *RegionRoute) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegionRoute.ProtoReflect.Descriptor instead.
+func (*RegionRoute) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *RegionRoute) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *RegionRoute) GetCostSeconds() float64 {
+	if x != nil {
+		return x.CostSeconds
+	}
+	return 0
+}
+
+func (x *RegionRoute) GetMirrors() []string {
+	if x != nil {
+		return x.Mirrors
+	}
+	return nil
+}
+
+// Prices turn bytes and latency into one unit so benefit and cost compare.
+type Prices struct {
+	state                 protoimpl.MessageState `protogen:"open.v1"`
+	CopyPerByte           float64                `protobuf:"fixed64,1,opt,name=copy_per_byte,json=copyPerByte,proto3" json:"copy_per_byte,omitempty"`
+	StorePerByteHour      float64                `protobuf:"fixed64,2,opt,name=store_per_byte_hour,json=storePerByteHour,proto3" json:"store_per_byte_hour,omitempty"`
+	ValuePerRequestSecond float64                `protobuf:"fixed64,3,opt,name=value_per_request_second,json=valuePerRequestSecond,proto3" json:"value_per_request_second,omitempty"`
+	unknownFields         protoimpl.UnknownFields
+	sizeCache             protoimpl.SizeCache
+}
+
+func (x *Prices) Reset() {
+	*x = Prices{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Prices) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Prices) ProtoMessage() {}
+
+func (x *Prices) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Prices.ProtoReflect.Descriptor instead.
+func (*Prices) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *Prices) GetCopyPerByte() float64 {
+	if x != nil {
+		return x.CopyPerByte
+	}
+	return 0
+}
+
+func (x *Prices) GetStorePerByteHour() float64 {
+	if x != nil {
+		return x.StorePerByteHour
+	}
+	return 0
+}
+
+func (x *Prices) GetValuePerRequestSecond() float64 {
+	if x != nil {
+		return x.ValuePerRequestSecond
+	}
+	return 0
+}
+
+// ForecastResponse is a resource's forecast and scores.
+type ForecastResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Resources with a forecast (only when the request named none).
+	Resources []string          `protobuf:"bytes,1,rep,name=resources,proto3" json:"resources,omitempty"`
+	Forecast  *ResourceForecast `protobuf:"bytes,2,opt,name=forecast,proto3" json:"forecast,omitempty"`
+	// The score's inputs: the resource's size, its current route per
+	// region, the prices and the horizon in buckets.
+	SizeBytes uint64         `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Routes    []*RegionRoute `protobuf:"bytes,4,rep,name=routes,proto3" json:"routes,omitempty"`
+	Prices    *Prices        `protobuf:"bytes,5,opt,name=prices,proto3" json:"prices,omitempty"`
+	Horizon   uint32         `protobuf:"varint,6,opt,name=horizon,proto3" json:"horizon,omitempty"`
+	// Candidates, best first.
+	Scores []*MirrorScore `protobuf:"bytes,7,rep,name=scores,proto3" json:"scores,omitempty"`
+	// Why there are no scores (no candidate site, no route costs yet), if so.
+	ScoreNote     string `protobuf:"bytes,8,opt,name=score_note,json=scoreNote,proto3" json:"score_note,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForecastResponse) Reset() {
+	*x = ForecastResponse{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForecastResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForecastResponse) ProtoMessage() {}
+
+func (x *ForecastResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForecastResponse.ProtoReflect.Descriptor instead.
+func (*ForecastResponse) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ForecastResponse) GetResources() []string {
+	if x != nil {
+		return x.Resources
+	}
+	return nil
+}
+
+func (x *ForecastResponse) GetForecast() *ResourceForecast {
+	if x != nil {
+		return x.Forecast
+	}
+	return nil
+}
+
+func (x *ForecastResponse) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *ForecastResponse) GetRoutes() []*RegionRoute {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *ForecastResponse) GetPrices() *Prices {
+	if x != nil {
+		return x.Prices
+	}
+	return nil
+}
+
+func (x *ForecastResponse) GetHorizon() uint32 {
+	if x != nil {
+		return x.Horizon
+	}
+	return 0
+}
+
+func (x *ForecastResponse) GetScores() []*MirrorScore {
+	if x != nil {
+		return x.Scores
+	}
+	return nil
+}
+
+func (x *ForecastResponse) GetScoreNote() string {
+	if x != nil {
+		return x.ScoreNote
+	}
+	return ""
+}
+
+// ExplainRequest names a resource.
+type ExplainRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Resource      string                 `protobuf:"bytes,1,opt,name=resource,proto3" json:"resource,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainRequest) Reset() {
+	*x = ExplainRequest{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainRequest) ProtoMessage() {}
+
+func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainRequest.ProtoReflect.Descriptor instead.
+func (*ExplainRequest) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ExplainRequest) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+// ExplainResponse is the operator-readable breakdown.
+type ExplainResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Text          string                 `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExplainResponse) Reset() {
+	*x = ExplainResponse{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExplainResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExplainResponse) ProtoMessage() {}
+
+func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExplainResponse.ProtoReflect.Descriptor instead.
+func (*ExplainResponse) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ExplainResponse) GetText() string {
+	if x != nil {
+		return x.Text
+	}
+	return ""
+}
+
+// FeedRequest carries one feed file.
+type FeedRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  FeedKind               `protobuf:"varint,1,opt,name=kind,proto3,enum=premirror.v1.FeedKind" json:"kind,omitempty"`
+	Csv   []byte                 `protobuf:"bytes,2,opt,name=csv,proto3" json:"csv,omitempty"`
+	// File name, for messages only.
+	Name          string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedRequest) Reset() {
+	*x = FeedRequest{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedRequest) ProtoMessage() {}
+
+func (x *FeedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedRequest.ProtoReflect.Descriptor instead.
+func (*FeedRequest) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *FeedRequest) GetKind() FeedKind {
+	if x != nil {
+		return x.Kind
+	}
+	return FeedKind_FEED_KIND_UNSPECIFIED
+}
+
+func (x *FeedRequest) GetCsv() []byte {
+	if x != nil {
+		return x.Csv
+	}
+	return nil
+}
+
+func (x *FeedRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+// FeedResponse describes what was stored.
+type FeedResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Events, or covariate values, in the file.
+	Entries uint32 `protobuf:"varint,1,opt,name=entries,proto3" json:"entries,omitempty"`
+	// Covariate names in the file that the engine's models do not use
+	// (stored, but without effect until --forecast-covariates names them).
+	Unused []string `protobuf:"bytes,2,rep,name=unused,proto3" json:"unused,omitempty"`
+	// etcd revision of the stored feed; the leader applies feeds in order.
+	Revision      int64 `protobuf:"varint,3,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FeedResponse) Reset() {
+	*x = FeedResponse{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedResponse) ProtoMessage() {}
+
+func (x *FeedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedResponse.ProtoReflect.Descriptor instead.
+func (*FeedResponse) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *FeedResponse) GetEntries() uint32 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
+}
+
+func (x *FeedResponse) GetUnused() []string {
+	if x != nil {
+		return x.Unused
+	}
+	return nil
+}
+
+func (x *FeedResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 var File_premirror_v1_admin_proto protoreflect.FileDescriptor
 
 const file_premirror_v1_admin_proto_rawDesc = "" +
@@ -801,12 +1866,100 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"movedShare\x12\x1a\n" +
 	"\bunrouted\x18\a \x01(\rR\bunrouted\x12\x1f\n" +
 	"\vduration_ns\x18\b \x01(\x03R\n" +
-	"durationNs2\x8f\x02\n" +
+	"durationNs\"-\n" +
+	"\x0fForecastRequest\x12\x1a\n" +
+	"\bresource\x18\x01 \x01(\tR\bresource\"\x97\x01\n" +
+	"\x0eRegionForecast\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\x12\x10\n" +
+	"\x03q10\x18\x02 \x03(\x01R\x03q10\x12\x10\n" +
+	"\x03q50\x18\x03 \x03(\x01R\x03q50\x12\x10\n" +
+	"\x03q90\x18\x04 \x03(\x01R\x03q90\x127\n" +
+	"\x06recent\x18\x05 \x03(\v2\x1f.premirror.v1.BucketObservationR\x06recent\"\x91\x01\n" +
+	"\x11BucketObservation\x12\x1d\n" +
+	"\n" +
+	"start_unix\x18\x01 \x01(\x03R\tstartUnix\x12\x1a\n" +
+	"\bobserved\x18\x02 \x01(\x01R\bobserved\x12\x1c\n" +
+	"\tpredicted\x18\x03 \x01(\x01R\tpredicted\x12#\n" +
+	"\rhas_predicted\x18\x04 \x01(\bR\fhasPredicted\"(\n" +
+	"\x0eLocationShares\x12\x16\n" +
+	"\x06shares\x18\x01 \x03(\x01R\x06shares\"\xca\x02\n" +
+	"\x10ResourceForecast\x12\x1a\n" +
+	"\bresource\x18\x01 \x01(\tR\bresource\x12\x1f\n" +
+	"\vorigin_unix\x18\x02 \x01(\x03R\n" +
+	"originUnix\x12!\n" +
+	"\fstep_seconds\x18\x03 \x01(\x03R\vstepSeconds\x126\n" +
+	"\aregions\x18\x04 \x03(\v2\x1c.premirror.v1.RegionForecastR\aregions\x124\n" +
+	"\x06shares\x18\x05 \x03(\v2\x1c.premirror.v1.LocationSharesR\x06shares\x12$\n" +
+	"\rconcentration\x18\x06 \x01(\x01R\rconcentration\x12\x16\n" +
+	"\x06leader\x18\a \x01(\tR\x06leader\x12*\n" +
+	"\x11written_unix_nano\x18\b \x01(\x03R\x0fwrittenUnixNano\"\xd8\x01\n" +
+	"\rRegionBenefit\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\x12!\n" +
+	"\frequests_q10\x18\x02 \x01(\x01R\vrequestsQ10\x12!\n" +
+	"\frequests_q50\x18\x03 \x01(\x01R\vrequestsQ50\x12!\n" +
+	"\frequests_q90\x18\x04 \x01(\x01R\vrequestsQ90\x12#\n" +
+	"\rsaved_seconds\x18\x05 \x01(\x01R\fsavedSeconds\x12!\n" +
+	"\fbenefit_mean\x18\x06 \x01(\x01R\vbenefitMean\"\xdc\x02\n" +
+	"\vMirrorScore\x12\x12\n" +
+	"\x04site\x18\x01 \x01(\tR\x04site\x12\x16\n" +
+	"\x06mirror\x18\x02 \x01(\tR\x06mirror\x12\x14\n" +
+	"\x05score\x18\x03 \x01(\x01R\x05score\x12\x12\n" +
+	"\x04cost\x18\x04 \x01(\x01R\x04cost\x12\x1b\n" +
+	"\tcopy_cost\x18\x05 \x01(\x01R\bcopyCost\x12\x1d\n" +
+	"\n" +
+	"store_cost\x18\x06 \x01(\x01R\tstoreCost\x12!\n" +
+	"\fbenefit_mean\x18\a \x01(\x01R\vbenefitMean\x12\x1f\n" +
+	"\vbenefit_q10\x18\b \x01(\x01R\n" +
+	"benefitQ10\x12\x1f\n" +
+	"\vbenefit_q50\x18\t \x01(\x01R\n" +
+	"benefitQ50\x12\x1f\n" +
+	"\vbenefit_q90\x18\n" +
+	" \x01(\x01R\n" +
+	"benefitQ90\x125\n" +
+	"\aregions\x18\v \x03(\v2\x1b.premirror.v1.RegionBenefitR\aregions\"b\n" +
+	"\vRegionRoute\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\x12!\n" +
+	"\fcost_seconds\x18\x02 \x01(\x01R\vcostSeconds\x12\x18\n" +
+	"\amirrors\x18\x03 \x03(\tR\amirrors\"\x94\x01\n" +
+	"\x06Prices\x12\"\n" +
+	"\rcopy_per_byte\x18\x01 \x01(\x01R\vcopyPerByte\x12-\n" +
+	"\x13store_per_byte_hour\x18\x02 \x01(\x01R\x10storePerByteHour\x127\n" +
+	"\x18value_per_request_second\x18\x03 \x01(\x01R\x15valuePerRequestSecond\"\xd8\x02\n" +
+	"\x10ForecastResponse\x12\x1c\n" +
+	"\tresources\x18\x01 \x03(\tR\tresources\x12:\n" +
+	"\bforecast\x18\x02 \x01(\v2\x1e.premirror.v1.ResourceForecastR\bforecast\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x03 \x01(\x04R\tsizeBytes\x121\n" +
+	"\x06routes\x18\x04 \x03(\v2\x19.premirror.v1.RegionRouteR\x06routes\x12,\n" +
+	"\x06prices\x18\x05 \x01(\v2\x14.premirror.v1.PricesR\x06prices\x12\x18\n" +
+	"\ahorizon\x18\x06 \x01(\rR\ahorizon\x121\n" +
+	"\x06scores\x18\a \x03(\v2\x19.premirror.v1.MirrorScoreR\x06scores\x12\x1d\n" +
+	"\n" +
+	"score_note\x18\b \x01(\tR\tscoreNote\",\n" +
+	"\x0eExplainRequest\x12\x1a\n" +
+	"\bresource\x18\x01 \x01(\tR\bresource\"%\n" +
+	"\x0fExplainResponse\x12\x12\n" +
+	"\x04text\x18\x01 \x01(\tR\x04text\"_\n" +
+	"\vFeedRequest\x12*\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x16.premirror.v1.FeedKindR\x04kind\x12\x10\n" +
+	"\x03csv\x18\x02 \x01(\fR\x03csv\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\"\\\n" +
+	"\fFeedResponse\x12\x18\n" +
+	"\aentries\x18\x01 \x01(\rR\aentries\x12\x16\n" +
+	"\x06unused\x18\x02 \x03(\tR\x06unused\x12\x1a\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision*U\n" +
+	"\bFeedKind\x12\x19\n" +
+	"\x15FEED_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10FEED_KIND_EVENTS\x10\x01\x12\x18\n" +
+	"\x14FEED_KIND_COVARIATES\x10\x022\xe1\x03\n" +
 	"\x05Admin\x12@\n" +
 	"\x05Apply\x12\x1a.premirror.v1.ApplyRequest\x1a\x1b.premirror.v1.ApplyResponse\x12C\n" +
 	"\x06Delete\x12\x1b.premirror.v1.DeleteRequest\x1a\x1c.premirror.v1.DeleteResponse\x12:\n" +
 	"\x03Get\x12\x18.premirror.v1.GetRequest\x1a\x19.premirror.v1.GetResponse\x12C\n" +
-	"\x06Status\x12\x1b.premirror.v1.StatusRequest\x1a\x1c.premirror.v1.StatusResponseB=Z;github.com/premirror/premirror/api/premirror/v1;premirrorv1b\x06proto3"
+	"\x06Status\x12\x1b.premirror.v1.StatusRequest\x1a\x1c.premirror.v1.StatusResponse\x12I\n" +
+	"\bForecast\x12\x1d.premirror.v1.ForecastRequest\x1a\x1e.premirror.v1.ForecastResponse\x12F\n" +
+	"\aExplain\x12\x1c.premirror.v1.ExplainRequest\x1a\x1d.premirror.v1.ExplainResponse\x12=\n" +
+	"\x04Feed\x12\x19.premirror.v1.FeedRequest\x1a\x1a.premirror.v1.FeedResponseB=Z;github.com/premirror/premirror/api/premirror/v1;premirrorv1b\x06proto3"
 
 var (
 	file_premirror_v1_admin_proto_rawDescOnce sync.Once
@@ -820,42 +1973,73 @@ func file_premirror_v1_admin_proto_rawDescGZIP() []byte {
 	return file_premirror_v1_admin_proto_rawDescData
 }
 
-var file_premirror_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_premirror_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_premirror_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_premirror_v1_admin_proto_goTypes = []any{
-	(*ApplyRequest)(nil),   // 0: premirror.v1.ApplyRequest
-	(*ObjectChange)(nil),   // 1: premirror.v1.ObjectChange
-	(*ApplyResponse)(nil),  // 2: premirror.v1.ApplyResponse
-	(*DeleteRequest)(nil),  // 3: premirror.v1.DeleteRequest
-	(*DeleteResponse)(nil), // 4: premirror.v1.DeleteResponse
-	(*GetRequest)(nil),     // 5: premirror.v1.GetRequest
-	(*GetResponse)(nil),    // 6: premirror.v1.GetResponse
-	(*StatusRequest)(nil),  // 7: premirror.v1.StatusRequest
-	(*StatusResponse)(nil), // 8: premirror.v1.StatusResponse
-	(*AgentStatus)(nil),    // 9: premirror.v1.AgentStatus
-	(*RouteSummary)(nil),   // 10: premirror.v1.RouteSummary
-	(*Objects)(nil),        // 11: premirror.v1.Objects
-	(NodeRole)(0),          // 12: premirror.v1.NodeRole
+	(FeedKind)(0),             // 0: premirror.v1.FeedKind
+	(*ApplyRequest)(nil),      // 1: premirror.v1.ApplyRequest
+	(*ObjectChange)(nil),      // 2: premirror.v1.ObjectChange
+	(*ApplyResponse)(nil),     // 3: premirror.v1.ApplyResponse
+	(*DeleteRequest)(nil),     // 4: premirror.v1.DeleteRequest
+	(*DeleteResponse)(nil),    // 5: premirror.v1.DeleteResponse
+	(*GetRequest)(nil),        // 6: premirror.v1.GetRequest
+	(*GetResponse)(nil),       // 7: premirror.v1.GetResponse
+	(*StatusRequest)(nil),     // 8: premirror.v1.StatusRequest
+	(*StatusResponse)(nil),    // 9: premirror.v1.StatusResponse
+	(*AgentStatus)(nil),       // 10: premirror.v1.AgentStatus
+	(*RouteSummary)(nil),      // 11: premirror.v1.RouteSummary
+	(*ForecastRequest)(nil),   // 12: premirror.v1.ForecastRequest
+	(*RegionForecast)(nil),    // 13: premirror.v1.RegionForecast
+	(*BucketObservation)(nil), // 14: premirror.v1.BucketObservation
+	(*LocationShares)(nil),    // 15: premirror.v1.LocationShares
+	(*ResourceForecast)(nil),  // 16: premirror.v1.ResourceForecast
+	(*RegionBenefit)(nil),     // 17: premirror.v1.RegionBenefit
+	(*MirrorScore)(nil),       // 18: premirror.v1.MirrorScore
+	(*RegionRoute)(nil),       // 19: premirror.v1.RegionRoute
+	(*Prices)(nil),            // 20: premirror.v1.Prices
+	(*ForecastResponse)(nil),  // 21: premirror.v1.ForecastResponse
+	(*ExplainRequest)(nil),    // 22: premirror.v1.ExplainRequest
+	(*ExplainResponse)(nil),   // 23: premirror.v1.ExplainResponse
+	(*FeedRequest)(nil),       // 24: premirror.v1.FeedRequest
+	(*FeedResponse)(nil),      // 25: premirror.v1.FeedResponse
+	(*Objects)(nil),           // 26: premirror.v1.Objects
+	(NodeRole)(0),             // 27: premirror.v1.NodeRole
 }
 var file_premirror_v1_admin_proto_depIdxs = []int32{
-	11, // 0: premirror.v1.ApplyRequest.objects:type_name -> premirror.v1.Objects
-	1,  // 1: premirror.v1.ApplyResponse.changes:type_name -> premirror.v1.ObjectChange
-	11, // 2: premirror.v1.GetResponse.objects:type_name -> premirror.v1.Objects
-	9,  // 3: premirror.v1.StatusResponse.agents:type_name -> premirror.v1.AgentStatus
-	10, // 4: premirror.v1.StatusResponse.routes:type_name -> premirror.v1.RouteSummary
-	12, // 5: premirror.v1.AgentStatus.role:type_name -> premirror.v1.NodeRole
-	0,  // 6: premirror.v1.Admin.Apply:input_type -> premirror.v1.ApplyRequest
-	3,  // 7: premirror.v1.Admin.Delete:input_type -> premirror.v1.DeleteRequest
-	5,  // 8: premirror.v1.Admin.Get:input_type -> premirror.v1.GetRequest
-	7,  // 9: premirror.v1.Admin.Status:input_type -> premirror.v1.StatusRequest
-	2,  // 10: premirror.v1.Admin.Apply:output_type -> premirror.v1.ApplyResponse
-	4,  // 11: premirror.v1.Admin.Delete:output_type -> premirror.v1.DeleteResponse
-	6,  // 12: premirror.v1.Admin.Get:output_type -> premirror.v1.GetResponse
-	8,  // 13: premirror.v1.Admin.Status:output_type -> premirror.v1.StatusResponse
-	10, // [10:14] is the sub-list for method output_type
-	6,  // [6:10] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	26, // 0: premirror.v1.ApplyRequest.objects:type_name -> premirror.v1.Objects
+	2,  // 1: premirror.v1.ApplyResponse.changes:type_name -> premirror.v1.ObjectChange
+	26, // 2: premirror.v1.GetResponse.objects:type_name -> premirror.v1.Objects
+	10, // 3: premirror.v1.StatusResponse.agents:type_name -> premirror.v1.AgentStatus
+	11, // 4: premirror.v1.StatusResponse.routes:type_name -> premirror.v1.RouteSummary
+	27, // 5: premirror.v1.AgentStatus.role:type_name -> premirror.v1.NodeRole
+	14, // 6: premirror.v1.RegionForecast.recent:type_name -> premirror.v1.BucketObservation
+	13, // 7: premirror.v1.ResourceForecast.regions:type_name -> premirror.v1.RegionForecast
+	15, // 8: premirror.v1.ResourceForecast.shares:type_name -> premirror.v1.LocationShares
+	17, // 9: premirror.v1.MirrorScore.regions:type_name -> premirror.v1.RegionBenefit
+	16, // 10: premirror.v1.ForecastResponse.forecast:type_name -> premirror.v1.ResourceForecast
+	19, // 11: premirror.v1.ForecastResponse.routes:type_name -> premirror.v1.RegionRoute
+	20, // 12: premirror.v1.ForecastResponse.prices:type_name -> premirror.v1.Prices
+	18, // 13: premirror.v1.ForecastResponse.scores:type_name -> premirror.v1.MirrorScore
+	0,  // 14: premirror.v1.FeedRequest.kind:type_name -> premirror.v1.FeedKind
+	1,  // 15: premirror.v1.Admin.Apply:input_type -> premirror.v1.ApplyRequest
+	4,  // 16: premirror.v1.Admin.Delete:input_type -> premirror.v1.DeleteRequest
+	6,  // 17: premirror.v1.Admin.Get:input_type -> premirror.v1.GetRequest
+	8,  // 18: premirror.v1.Admin.Status:input_type -> premirror.v1.StatusRequest
+	12, // 19: premirror.v1.Admin.Forecast:input_type -> premirror.v1.ForecastRequest
+	22, // 20: premirror.v1.Admin.Explain:input_type -> premirror.v1.ExplainRequest
+	24, // 21: premirror.v1.Admin.Feed:input_type -> premirror.v1.FeedRequest
+	3,  // 22: premirror.v1.Admin.Apply:output_type -> premirror.v1.ApplyResponse
+	5,  // 23: premirror.v1.Admin.Delete:output_type -> premirror.v1.DeleteResponse
+	7,  // 24: premirror.v1.Admin.Get:output_type -> premirror.v1.GetResponse
+	9,  // 25: premirror.v1.Admin.Status:output_type -> premirror.v1.StatusResponse
+	21, // 26: premirror.v1.Admin.Forecast:output_type -> premirror.v1.ForecastResponse
+	23, // 27: premirror.v1.Admin.Explain:output_type -> premirror.v1.ExplainResponse
+	25, // 28: premirror.v1.Admin.Feed:output_type -> premirror.v1.FeedResponse
+	22, // [22:29] is the sub-list for method output_type
+	15, // [15:22] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_premirror_v1_admin_proto_init() }
@@ -870,13 +2054,14 @@ func file_premirror_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_premirror_v1_admin_proto_rawDesc), len(file_premirror_v1_admin_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   11,
+			NumEnums:      1,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_premirror_v1_admin_proto_goTypes,
 		DependencyIndexes: file_premirror_v1_admin_proto_depIdxs,
+		EnumInfos:         file_premirror_v1_admin_proto_enumTypes,
 		MessageInfos:      file_premirror_v1_admin_proto_msgTypes,
 	}.Build()
 	File_premirror_v1_admin_proto = out.File

@@ -22,10 +22,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_Apply_FullMethodName  = "/premirror.v1.Admin/Apply"
-	Admin_Delete_FullMethodName = "/premirror.v1.Admin/Delete"
-	Admin_Get_FullMethodName    = "/premirror.v1.Admin/Get"
-	Admin_Status_FullMethodName = "/premirror.v1.Admin/Status"
+	Admin_Apply_FullMethodName    = "/premirror.v1.Admin/Apply"
+	Admin_Delete_FullMethodName   = "/premirror.v1.Admin/Delete"
+	Admin_Get_FullMethodName      = "/premirror.v1.Admin/Get"
+	Admin_Status_FullMethodName   = "/premirror.v1.Admin/Status"
+	Admin_Forecast_FullMethodName = "/premirror.v1.Admin/Forecast"
+	Admin_Explain_FullMethodName  = "/premirror.v1.Admin/Explain"
+	Admin_Feed_FullMethodName     = "/premirror.v1.Admin/Feed"
 )
 
 // AdminClient is the client API for Admin service.
@@ -44,6 +47,21 @@ type AdminClient interface {
 	Get(ctx context.Context, in *GetRequest, opts ...grpc.CallOption) (*GetResponse, error)
 	// Status reports the leader, the current version and every agent.
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// Forecast returns a resource's demand forecast per client region over
+	// the horizon, its access-location distribution and the Mirroring Score
+	// of every candidate site, from the forecast the leader published at its
+	// last bucket close and the route costs the serving replica sees now.
+	// An empty resource lists the resources that have a forecast.
+	Forecast(ctx context.Context, in *ForecastRequest, opts ...grpc.CallOption) (*ForecastResponse, error)
+	// Explain renders the Mirroring Score breakdown of one resource for an
+	// operator (what `controller explain` prints).
+	Explain(ctx context.Context, in *ExplainRequest, opts ...grpc.CallOption) (*ExplainResponse, error)
+	// Feed stores an external feed for the prediction engine: an events
+	// calendar (replaces the previous one) or numeric covariates (merged).
+	// The whole file is validated first; a bad one fails the call
+	// (InvalidArgument naming the line and column) and nothing is stored.
+	// Admins only.
+	Feed(ctx context.Context, in *FeedRequest, opts ...grpc.CallOption) (*FeedResponse, error)
 }
 
 type adminClient struct {
@@ -94,6 +112,36 @@ func (c *adminClient) Status(ctx context.Context, in *StatusRequest, opts ...grp
 	return out, nil
 }
 
+func (c *adminClient) Forecast(ctx context.Context, in *ForecastRequest, opts ...grpc.CallOption) (*ForecastResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ForecastResponse)
+	err := c.cc.Invoke(ctx, Admin_Forecast_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) Explain(ctx context.Context, in *ExplainRequest, opts ...grpc.CallOption) (*ExplainResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExplainResponse)
+	err := c.cc.Invoke(ctx, Admin_Explain_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) Feed(ctx context.Context, in *FeedRequest, opts ...grpc.CallOption) (*FeedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(FeedResponse)
+	err := c.cc.Invoke(ctx, Admin_Feed_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -110,6 +158,21 @@ type AdminServer interface {
 	Get(context.Context, *GetRequest) (*GetResponse, error)
 	// Status reports the leader, the current version and every agent.
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// Forecast returns a resource's demand forecast per client region over
+	// the horizon, its access-location distribution and the Mirroring Score
+	// of every candidate site, from the forecast the leader published at its
+	// last bucket close and the route costs the serving replica sees now.
+	// An empty resource lists the resources that have a forecast.
+	Forecast(context.Context, *ForecastRequest) (*ForecastResponse, error)
+	// Explain renders the Mirroring Score breakdown of one resource for an
+	// operator (what `controller explain` prints).
+	Explain(context.Context, *ExplainRequest) (*ExplainResponse, error)
+	// Feed stores an external feed for the prediction engine: an events
+	// calendar (replaces the previous one) or numeric covariates (merged).
+	// The whole file is validated first; a bad one fails the call
+	// (InvalidArgument naming the line and column) and nothing is stored.
+	// Admins only.
+	Feed(context.Context, *FeedRequest) (*FeedResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -131,6 +194,15 @@ func (UnimplementedAdminServer) Get(context.Context, *GetRequest) (*GetResponse,
 }
 func (UnimplementedAdminServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedAdminServer) Forecast(context.Context, *ForecastRequest) (*ForecastResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Forecast not implemented")
+}
+func (UnimplementedAdminServer) Explain(context.Context, *ExplainRequest) (*ExplainResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Explain not implemented")
+}
+func (UnimplementedAdminServer) Feed(context.Context, *FeedRequest) (*FeedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Feed not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -225,6 +297,60 @@ func _Admin_Status_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_Forecast_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ForecastRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Forecast(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Forecast_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Forecast(ctx, req.(*ForecastRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_Explain_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExplainRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Explain(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Explain_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Explain(ctx, req.(*ExplainRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_Feed_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(FeedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Feed(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Feed_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Feed(ctx, req.(*FeedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -247,6 +373,18 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _Admin_Status_Handler,
+		},
+		{
+			MethodName: "Forecast",
+			Handler:    _Admin_Forecast_Handler,
+		},
+		{
+			MethodName: "Explain",
+			Handler:    _Admin_Explain_Handler,
+		},
+		{
+			MethodName: "Feed",
+			Handler:    _Admin_Feed_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

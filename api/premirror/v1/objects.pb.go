@@ -706,6 +706,10 @@ type Resource struct {
 	// Hash flows without the client's source port (one table slot per
 	// client address).
 	HashNoSrcPort bool `protobuf:"varint,10,opt,name=hash_no_src_port,json=hashNoSrcPort,proto3" json:"hash_no_src_port,omitempty"`
+	// Size of the resource in bytes (what a new mirror must copy and store):
+	// the cost side of its Mirroring Score. 0: unknown (copying counts as
+	// free, so scores are optimistic).
+	SizeBytes uint64 `protobuf:"varint,11,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	// Assigned by the controller; ignored on apply.
 	Id            uint32 `protobuf:"varint,15,opt,name=id,proto3" json:"id,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -810,6 +814,13 @@ func (x *Resource) GetHashNoSrcPort() bool {
 		return x.HashNoSrcPort
 	}
 	return false
+}
+
+func (x *Resource) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
 }
 
 func (x *Resource) GetId() uint32 {
@@ -921,7 +932,7 @@ const file_premirror_v1_objects_proto_rawDesc = "" +
 	"\x0eRequestProfile\x12\x1f\n" +
 	"\vround_trips\x18\x01 \x01(\x01R\n" +
 	"roundTrips\x12*\n" +
-	"\x11bytes_per_request\x18\x02 \x01(\x01R\x0fbytesPerRequest\"\xb4\x03\n" +
+	"\x11bytes_per_request\x18\x02 \x01(\x01R\x0fbytesPerRequest\"\xd3\x03\n" +
 	"\bResource\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04vips\x18\x02 \x03(\tR\x04vips\x12\x14\n" +
@@ -935,7 +946,9 @@ const file_premirror_v1_objects_proto_rawDesc = "" +
 	"thresholds\x126\n" +
 	"\aprofile\x18\t \x01(\v2\x1c.premirror.v1.RequestProfileR\aprofile\x12'\n" +
 	"\x10hash_no_src_port\x18\n" +
-	" \x01(\bR\rhashNoSrcPort\x12\x0e\n" +
+	" \x01(\bR\rhashNoSrcPort\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\v \x01(\x04R\tsizeBytes\x12\x0e\n" +
 	"\x02id\x18\x0f \x01(\rR\x02id\"\x99\x01\n" +
 	"\aObjects\x12(\n" +
 	"\x05sites\x18\x01 \x03(\v2\x12.premirror.v1.SiteR\x05sites\x12.\n" +

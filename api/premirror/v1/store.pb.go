@@ -469,6 +469,499 @@ func (x *DemandRate) GetFlowsPerSecond() float64 {
 	return 0
 }
 
+// AccessAggregate is the new flows of one agent session in one forecast
+// bucket, per (resource, client region), written by the replica serving
+// the session (cumulative: each write replaces the previous one). The
+// leader sums a bucket's aggregates once the bucket is over.
+type AccessAggregate struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Site  string                 `protobuf:"bytes,2,opt,name=site,proto3" json:"site,omitempty"`
+	// Replica serving the session and when the session began: several
+	// sessions of one agent in a bucket have different keys.
+	Controller        string         `protobuf:"bytes,3,opt,name=controller,proto3" json:"controller,omitempty"`
+	ConnectedUnixNano int64          `protobuf:"varint,4,opt,name=connected_unix_nano,json=connectedUnixNano,proto3" json:"connected_unix_nano,omitempty"`
+	BucketStartUnix   int64          `protobuf:"varint,5,opt,name=bucket_start_unix,json=bucketStartUnix,proto3" json:"bucket_start_unix,omitempty"`
+	StepSeconds       uint32         `protobuf:"varint,6,opt,name=step_seconds,json=stepSeconds,proto3" json:"step_seconds,omitempty"`
+	Flows             []*AccessFlows `protobuf:"bytes,7,rep,name=flows,proto3" json:"flows,omitempty"`
+	WrittenUnixNano   int64          `protobuf:"varint,8,opt,name=written_unix_nano,json=writtenUnixNano,proto3" json:"written_unix_nano,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *AccessAggregate) Reset() {
+	*x = AccessAggregate{}
+	mi := &file_premirror_v1_store_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessAggregate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessAggregate) ProtoMessage() {}
+
+func (x *AccessAggregate) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_store_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessAggregate.ProtoReflect.Descriptor instead.
+func (*AccessAggregate) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_store_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *AccessAggregate) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *AccessAggregate) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *AccessAggregate) GetController() string {
+	if x != nil {
+		return x.Controller
+	}
+	return ""
+}
+
+func (x *AccessAggregate) GetConnectedUnixNano() int64 {
+	if x != nil {
+		return x.ConnectedUnixNano
+	}
+	return 0
+}
+
+func (x *AccessAggregate) GetBucketStartUnix() int64 {
+	if x != nil {
+		return x.BucketStartUnix
+	}
+	return 0
+}
+
+func (x *AccessAggregate) GetStepSeconds() uint32 {
+	if x != nil {
+		return x.StepSeconds
+	}
+	return 0
+}
+
+func (x *AccessAggregate) GetFlows() []*AccessFlows {
+	if x != nil {
+		return x.Flows
+	}
+	return nil
+}
+
+func (x *AccessAggregate) GetWrittenUnixNano() int64 {
+	if x != nil {
+		return x.WrittenUnixNano
+	}
+	return 0
+}
+
+// AccessFlows is one (resource, client region) of an aggregate.
+type AccessFlows struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ResourceId    uint32                 `protobuf:"varint,1,opt,name=resource_id,json=resourceId,proto3" json:"resource_id,omitempty"`
+	RegionId      uint32                 `protobuf:"varint,2,opt,name=region_id,json=regionId,proto3" json:"region_id,omitempty"`
+	NewFlows      uint64                 `protobuf:"varint,3,opt,name=new_flows,json=newFlows,proto3" json:"new_flows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccessFlows) Reset() {
+	*x = AccessFlows{}
+	mi := &file_premirror_v1_store_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessFlows) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessFlows) ProtoMessage() {}
+
+func (x *AccessFlows) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_store_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessFlows.ProtoReflect.Descriptor instead.
+func (*AccessFlows) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_store_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *AccessFlows) GetResourceId() uint32 {
+	if x != nil {
+		return x.ResourceId
+	}
+	return 0
+}
+
+func (x *AccessFlows) GetRegionId() uint32 {
+	if x != nil {
+		return x.RegionId
+	}
+	return 0
+}
+
+func (x *AccessFlows) GetNewFlows() uint64 {
+	if x != nil {
+		return x.NewFlows
+	}
+	return 0
+}
+
+// ForecastManifest names the current snapshot of the leader's forecasting
+// state; its chunks are written first, the manifest last (fenced).
+type ForecastManifest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Generation uint64                 `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	Chunks     uint32                 `protobuf:"varint,2,opt,name=chunks,proto3" json:"chunks,omitempty"`
+	// Size of the packed checkpoint and its SHA-256.
+	SizeBytes uint64 `protobuf:"varint,3,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	Sha256    []byte `protobuf:"bytes,4,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// First bucket the checkpoint has not closed (unix seconds).
+	OpenBucketUnix  int64  `protobuf:"varint,5,opt,name=open_bucket_unix,json=openBucketUnix,proto3" json:"open_bucket_unix,omitempty"`
+	Leader          string `protobuf:"bytes,6,opt,name=leader,proto3" json:"leader,omitempty"`
+	WrittenUnixNano int64  `protobuf:"varint,7,opt,name=written_unix_nano,json=writtenUnixNano,proto3" json:"written_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *ForecastManifest) Reset() {
+	*x = ForecastManifest{}
+	mi := &file_premirror_v1_store_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForecastManifest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForecastManifest) ProtoMessage() {}
+
+func (x *ForecastManifest) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_store_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForecastManifest.ProtoReflect.Descriptor instead.
+func (*ForecastManifest) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_store_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ForecastManifest) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *ForecastManifest) GetChunks() uint32 {
+	if x != nil {
+		return x.Chunks
+	}
+	return 0
+}
+
+func (x *ForecastManifest) GetSizeBytes() uint64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+func (x *ForecastManifest) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *ForecastManifest) GetOpenBucketUnix() int64 {
+	if x != nil {
+		return x.OpenBucketUnix
+	}
+	return 0
+}
+
+func (x *ForecastManifest) GetLeader() string {
+	if x != nil {
+		return x.Leader
+	}
+	return ""
+}
+
+func (x *ForecastManifest) GetWrittenUnixNano() int64 {
+	if x != nil {
+		return x.WrittenUnixNano
+	}
+	return 0
+}
+
+// ForecastCheckpoint is the leader's forecasting state: the engine's
+// snapshot and what the controller keeps beside it.
+type ForecastCheckpoint struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// forecast.Engine.MarshalBinary.
+	Engine []byte `protobuf:"bytes,1,opt,name=engine,proto3" json:"engine,omitempty"`
+	// Highest etcd create revision of the feeds applied to the engine.
+	FeedsRevision int64 `protobuf:"varint,2,opt,name=feeds_revision,json=feedsRevision,proto3" json:"feeds_revision,omitempty"`
+	// First bucket not closed yet (unix seconds; 0: none closed).
+	OpenBucketUnix  int64            `protobuf:"varint,3,opt,name=open_bucket_unix,json=openBucketUnix,proto3" json:"open_bucket_unix,omitempty"`
+	History         []*SeriesHistory `protobuf:"bytes,4,rep,name=history,proto3" json:"history,omitempty"`
+	WrittenUnixNano int64            `protobuf:"varint,5,opt,name=written_unix_nano,json=writtenUnixNano,proto3" json:"written_unix_nano,omitempty"`
+	// Bucket length the checkpoint was taken with.
+	StepSeconds   int64 `protobuf:"varint,6,opt,name=step_seconds,json=stepSeconds,proto3" json:"step_seconds,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForecastCheckpoint) Reset() {
+	*x = ForecastCheckpoint{}
+	mi := &file_premirror_v1_store_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForecastCheckpoint) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForecastCheckpoint) ProtoMessage() {}
+
+func (x *ForecastCheckpoint) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_store_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForecastCheckpoint.ProtoReflect.Descriptor instead.
+func (*ForecastCheckpoint) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_store_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ForecastCheckpoint) GetEngine() []byte {
+	if x != nil {
+		return x.Engine
+	}
+	return nil
+}
+
+func (x *ForecastCheckpoint) GetFeedsRevision() int64 {
+	if x != nil {
+		return x.FeedsRevision
+	}
+	return 0
+}
+
+func (x *ForecastCheckpoint) GetOpenBucketUnix() int64 {
+	if x != nil {
+		return x.OpenBucketUnix
+	}
+	return 0
+}
+
+func (x *ForecastCheckpoint) GetHistory() []*SeriesHistory {
+	if x != nil {
+		return x.History
+	}
+	return nil
+}
+
+func (x *ForecastCheckpoint) GetWrittenUnixNano() int64 {
+	if x != nil {
+		return x.WrittenUnixNano
+	}
+	return 0
+}
+
+func (x *ForecastCheckpoint) GetStepSeconds() int64 {
+	if x != nil {
+		return x.StepSeconds
+	}
+	return 0
+}
+
+// SeriesHistory is the recent buckets of one (resource, region).
+type SeriesHistory struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Resource      string                 `protobuf:"bytes,1,opt,name=resource,proto3" json:"resource,omitempty"`
+	Region        string                 `protobuf:"bytes,2,opt,name=region,proto3" json:"region,omitempty"`
+	Buckets       []*BucketObservation   `protobuf:"bytes,3,rep,name=buckets,proto3" json:"buckets,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SeriesHistory) Reset() {
+	*x = SeriesHistory{}
+	mi := &file_premirror_v1_store_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SeriesHistory) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SeriesHistory) ProtoMessage() {}
+
+func (x *SeriesHistory) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_store_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SeriesHistory.ProtoReflect.Descriptor instead.
+func (*SeriesHistory) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_store_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *SeriesHistory) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+func (x *SeriesHistory) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *SeriesHistory) GetBuckets() []*BucketObservation {
+	if x != nil {
+		return x.Buckets
+	}
+	return nil
+}
+
+// FeedRecord is one external feed file as the admin API stored it.
+type FeedRecord struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Kind  FeedKind               `protobuf:"varint,1,opt,name=kind,proto3,enum=premirror.v1.FeedKind" json:"kind,omitempty"`
+	// The CSV as received.
+	Csv  []byte `protobuf:"bytes,2,opt,name=csv,proto3" json:"csv,omitempty"`
+	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
+	// Certificate name of the admin who fed it.
+	By              string `protobuf:"bytes,4,opt,name=by,proto3" json:"by,omitempty"`
+	WrittenUnixNano int64  `protobuf:"varint,5,opt,name=written_unix_nano,json=writtenUnixNano,proto3" json:"written_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *FeedRecord) Reset() {
+	*x = FeedRecord{}
+	mi := &file_premirror_v1_store_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FeedRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FeedRecord) ProtoMessage() {}
+
+func (x *FeedRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_store_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FeedRecord.ProtoReflect.Descriptor instead.
+func (*FeedRecord) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_store_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *FeedRecord) GetKind() FeedKind {
+	if x != nil {
+		return x.Kind
+	}
+	return FeedKind_FEED_KIND_UNSPECIFIED
+}
+
+func (x *FeedRecord) GetCsv() []byte {
+	if x != nil {
+		return x.Csv
+	}
+	return nil
+}
+
+func (x *FeedRecord) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FeedRecord) GetBy() string {
+	if x != nil {
+		return x.By
+	}
+	return ""
+}
+
+func (x *FeedRecord) GetWrittenUnixNano() int64 {
+	if x != nil {
+		return x.WrittenUnixNano
+	}
+	return 0
+}
+
 var File_premirror_v1_store_proto protoreflect.FileDescriptor
 
 const file_premirror_v1_store_proto_rawDesc = "" +
@@ -512,7 +1005,52 @@ const file_premirror_v1_store_proto_rawDesc = "" +
 	"\vresource_id\x18\x01 \x01(\rR\n" +
 	"resourceId\x12\x1b\n" +
 	"\tregion_id\x18\x02 \x01(\rR\bregionId\x12(\n" +
-	"\x10flows_per_second\x18\x03 \x01(\x01R\x0eflowsPerSecondB=Z;github.com/premirror/premirror/api/premirror/v1;premirrorv1b\x06proto3"
+	"\x10flows_per_second\x18\x03 \x01(\x01R\x0eflowsPerSecond\"\xb5\x02\n" +
+	"\x0fAccessAggregate\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
+	"\x04site\x18\x02 \x01(\tR\x04site\x12\x1e\n" +
+	"\n" +
+	"controller\x18\x03 \x01(\tR\n" +
+	"controller\x12.\n" +
+	"\x13connected_unix_nano\x18\x04 \x01(\x03R\x11connectedUnixNano\x12*\n" +
+	"\x11bucket_start_unix\x18\x05 \x01(\x03R\x0fbucketStartUnix\x12!\n" +
+	"\fstep_seconds\x18\x06 \x01(\rR\vstepSeconds\x12/\n" +
+	"\x05flows\x18\a \x03(\v2\x19.premirror.v1.AccessFlowsR\x05flows\x12*\n" +
+	"\x11written_unix_nano\x18\b \x01(\x03R\x0fwrittenUnixNano\"h\n" +
+	"\vAccessFlows\x12\x1f\n" +
+	"\vresource_id\x18\x01 \x01(\rR\n" +
+	"resourceId\x12\x1b\n" +
+	"\tregion_id\x18\x02 \x01(\rR\bregionId\x12\x1b\n" +
+	"\tnew_flows\x18\x03 \x01(\x04R\bnewFlows\"\xef\x01\n" +
+	"\x10ForecastManifest\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12\x16\n" +
+	"\x06chunks\x18\x02 \x01(\rR\x06chunks\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x03 \x01(\x04R\tsizeBytes\x12\x16\n" +
+	"\x06sha256\x18\x04 \x01(\fR\x06sha256\x12(\n" +
+	"\x10open_bucket_unix\x18\x05 \x01(\x03R\x0eopenBucketUnix\x12\x16\n" +
+	"\x06leader\x18\x06 \x01(\tR\x06leader\x12*\n" +
+	"\x11written_unix_nano\x18\a \x01(\x03R\x0fwrittenUnixNano\"\x83\x02\n" +
+	"\x12ForecastCheckpoint\x12\x16\n" +
+	"\x06engine\x18\x01 \x01(\fR\x06engine\x12%\n" +
+	"\x0efeeds_revision\x18\x02 \x01(\x03R\rfeedsRevision\x12(\n" +
+	"\x10open_bucket_unix\x18\x03 \x01(\x03R\x0eopenBucketUnix\x125\n" +
+	"\ahistory\x18\x04 \x03(\v2\x1b.premirror.v1.SeriesHistoryR\ahistory\x12*\n" +
+	"\x11written_unix_nano\x18\x05 \x01(\x03R\x0fwrittenUnixNano\x12!\n" +
+	"\fstep_seconds\x18\x06 \x01(\x03R\vstepSeconds\"~\n" +
+	"\rSeriesHistory\x12\x1a\n" +
+	"\bresource\x18\x01 \x01(\tR\bresource\x12\x16\n" +
+	"\x06region\x18\x02 \x01(\tR\x06region\x129\n" +
+	"\abuckets\x18\x03 \x03(\v2\x1f.premirror.v1.BucketObservationR\abuckets\"\x9a\x01\n" +
+	"\n" +
+	"FeedRecord\x12*\n" +
+	"\x04kind\x18\x01 \x01(\x0e2\x16.premirror.v1.FeedKindR\x04kind\x12\x10\n" +
+	"\x03csv\x18\x02 \x01(\fR\x03csv\x12\x12\n" +
+	"\x04name\x18\x03 \x01(\tR\x04name\x12\x0e\n" +
+	"\x02by\x18\x04 \x01(\tR\x02by\x12*\n" +
+	"\x11written_unix_nano\x18\x05 \x01(\x03R\x0fwrittenUnixNanoB=Z;github.com/premirror/premirror/api/premirror/v1;premirrorv1b\x06proto3"
 
 var (
 	file_premirror_v1_store_proto_rawDescOnce sync.Once
@@ -526,37 +1064,49 @@ func file_premirror_v1_store_proto_rawDescGZIP() []byte {
 	return file_premirror_v1_store_proto_rawDescData
 }
 
-var file_premirror_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_premirror_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_premirror_v1_store_proto_goTypes = []any{
-	(*DesiredRecord)(nil), // 0: premirror.v1.DesiredRecord
-	(*RouteRecord)(nil),   // 1: premirror.v1.RouteRecord
-	(*HeldPath)(nil),      // 2: premirror.v1.HeldPath
-	(*AgentRecord)(nil),   // 3: premirror.v1.AgentRecord
-	(*LiveReport)(nil),    // 4: premirror.v1.LiveReport
-	(*DemandRate)(nil),    // 5: premirror.v1.DemandRate
-	(*DesiredState)(nil),  // 6: premirror.v1.DesiredState
-	(*RouteSummary)(nil),  // 7: premirror.v1.RouteSummary
-	(*AgentStatus)(nil),   // 8: premirror.v1.AgentStatus
-	(NodeRole)(0),         // 9: premirror.v1.NodeRole
-	(*ProbeResult)(nil),   // 10: premirror.v1.ProbeResult
-	(*NodeStats)(nil),     // 11: premirror.v1.NodeStats
-	(*MirrorHealth)(nil),  // 12: premirror.v1.MirrorHealth
+	(*DesiredRecord)(nil),      // 0: premirror.v1.DesiredRecord
+	(*RouteRecord)(nil),        // 1: premirror.v1.RouteRecord
+	(*HeldPath)(nil),           // 2: premirror.v1.HeldPath
+	(*AgentRecord)(nil),        // 3: premirror.v1.AgentRecord
+	(*LiveReport)(nil),         // 4: premirror.v1.LiveReport
+	(*DemandRate)(nil),         // 5: premirror.v1.DemandRate
+	(*AccessAggregate)(nil),    // 6: premirror.v1.AccessAggregate
+	(*AccessFlows)(nil),        // 7: premirror.v1.AccessFlows
+	(*ForecastManifest)(nil),   // 8: premirror.v1.ForecastManifest
+	(*ForecastCheckpoint)(nil), // 9: premirror.v1.ForecastCheckpoint
+	(*SeriesHistory)(nil),      // 10: premirror.v1.SeriesHistory
+	(*FeedRecord)(nil),         // 11: premirror.v1.FeedRecord
+	(*DesiredState)(nil),       // 12: premirror.v1.DesiredState
+	(*RouteSummary)(nil),       // 13: premirror.v1.RouteSummary
+	(*AgentStatus)(nil),        // 14: premirror.v1.AgentStatus
+	(NodeRole)(0),              // 15: premirror.v1.NodeRole
+	(*ProbeResult)(nil),        // 16: premirror.v1.ProbeResult
+	(*NodeStats)(nil),          // 17: premirror.v1.NodeStats
+	(*MirrorHealth)(nil),       // 18: premirror.v1.MirrorHealth
+	(*BucketObservation)(nil),  // 19: premirror.v1.BucketObservation
+	(FeedKind)(0),              // 20: premirror.v1.FeedKind
 }
 var file_premirror_v1_store_proto_depIdxs = []int32{
-	6,  // 0: premirror.v1.DesiredRecord.state:type_name -> premirror.v1.DesiredState
-	7,  // 1: premirror.v1.DesiredRecord.summary:type_name -> premirror.v1.RouteSummary
+	12, // 0: premirror.v1.DesiredRecord.state:type_name -> premirror.v1.DesiredState
+	13, // 1: premirror.v1.DesiredRecord.summary:type_name -> premirror.v1.RouteSummary
 	2,  // 2: premirror.v1.RouteRecord.paths:type_name -> premirror.v1.HeldPath
-	8,  // 3: premirror.v1.AgentRecord.status:type_name -> premirror.v1.AgentStatus
-	9,  // 4: premirror.v1.LiveReport.role:type_name -> premirror.v1.NodeRole
-	10, // 5: premirror.v1.LiveReport.probes:type_name -> premirror.v1.ProbeResult
-	11, // 6: premirror.v1.LiveReport.node_stats:type_name -> premirror.v1.NodeStats
-	12, // 7: premirror.v1.LiveReport.mirrors:type_name -> premirror.v1.MirrorHealth
+	14, // 3: premirror.v1.AgentRecord.status:type_name -> premirror.v1.AgentStatus
+	15, // 4: premirror.v1.LiveReport.role:type_name -> premirror.v1.NodeRole
+	16, // 5: premirror.v1.LiveReport.probes:type_name -> premirror.v1.ProbeResult
+	17, // 6: premirror.v1.LiveReport.node_stats:type_name -> premirror.v1.NodeStats
+	18, // 7: premirror.v1.LiveReport.mirrors:type_name -> premirror.v1.MirrorHealth
 	5,  // 8: premirror.v1.LiveReport.demand:type_name -> premirror.v1.DemandRate
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	7,  // 9: premirror.v1.AccessAggregate.flows:type_name -> premirror.v1.AccessFlows
+	10, // 10: premirror.v1.ForecastCheckpoint.history:type_name -> premirror.v1.SeriesHistory
+	19, // 11: premirror.v1.SeriesHistory.buckets:type_name -> premirror.v1.BucketObservation
+	20, // 12: premirror.v1.FeedRecord.kind:type_name -> premirror.v1.FeedKind
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_premirror_v1_store_proto_init() }
@@ -573,7 +1123,7 @@ func file_premirror_v1_store_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_premirror_v1_store_proto_rawDesc), len(file_premirror_v1_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

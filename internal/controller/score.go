@@ -1,0 +1,391 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"math"
+	"net/url"
+	"slices"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/forecast"
+	"github.com/premirror/premirror/internal/route"
+)
+
+// Scores are computed by whichever replica serves the request, from the
+// forecast the leader published at its last bucket close and the route
+// costs this replica's view holds now: the forecast changes once per
+// bucket, route costs every second.
+
+// readForecast returns the forecast the leader published for resource.
+func (c *Controller) readForecast(ctx context.Context, resource string) (*pb.ResourceForecast, error) {
+	resp, err := c.cli.Get(ctx, c.store.fkey(outKey(resource)))
+	if err != nil {
+		return nil, fmt.Errorf("read forecast: %w", err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, fmt.Errorf("resource %q: %w yet (the leader publishes one when the first bucket with its accesses closes)", resource, ErrNoForecast)
+	}
+	rec := &pb.ResourceForecast{}
+	if err := unpack(resp.Kvs[0].Value, rec); err != nil {
+		return nil, fmt.Errorf("resource %q: corrupt forecast record: %w", resource, err)
+	}
+	if err := checkForecastRecord(rec); err != nil {
+		return nil, fmt.Errorf("resource %q: corrupt forecast record: %w", resource, err)
+	}
+	return rec, nil
+}
+
+// checkForecastRecord rejects a record whose arrays disagree (so no
+// reader indexes past them) or whose numbers are not finite.
+func checkForecastRecord(rec *pb.ResourceForecast) error {
+	if rec.GetStepSeconds() <= 0 {
+		return fmt.Errorf("step %d", rec.GetStepSeconds())
+	}
+	h := -1
+	for _, r := range rec.GetRegions() {
+		if r.GetRegion() == "" {
+			return errors.New("region without name")
+		}
+		n := len(r.GetQ50())
+		if len(r.GetQ10()) != n || len(r.GetQ90()) != n || (h >= 0 && n != h) {
+			return fmt.Errorf("region %s: quantile lengths differ", r.GetRegion())
+		}
+		h = n
+		for _, q := range [][]float64{r.GetQ10(), r.GetQ50(), r.GetQ90()} {
+			for _, v := range q {
+				if math.IsNaN(v) || math.IsInf(v, 0) {
+					return fmt.Errorf("region %s: quantile %v", r.GetRegion(), v)
+				}
+			}
+		}
+	}
+	for i, s := range rec.GetShares() {
+		if len(s.GetShares()) != len(rec.GetRegions()) {
+			return fmt.Errorf("shares[%d]: %d values for %d regions", i, len(s.GetShares()), len(rec.GetRegions()))
+		}
+	}
+	return nil
+}
+
+// listForecasts returns the resources with a published forecast.
+func (c *Controller) listForecasts(ctx context.Context) ([]string, error) {
+	pfx := c.store.fkey(fkeyOut)
+	resp, err := c.cli.Get(ctx, pfx, clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	if err != nil {
+		return nil, fmt.Errorf("list forecasts: %w", err)
+	}
+	out := make([]string, 0, len(resp.Kvs))
+	for _, kv := range resp.Kvs {
+		if name, err := url.PathUnescape(strings.TrimPrefix(string(kv.Key), pfx)); err == nil {
+			out = append(out, name)
+		}
+	}
+	return out, nil
+}
+
+// candCost is the routing policy's cost of one (region, mirror) path.
+type candCost struct {
+	ms      float64
+	healthy bool
+}
+
+// scoreSetup is everything a score needs besides the forecast.
+type scoreSetup struct {
+	req     forecast.ScoreRequest
+	routes  []*pb.RegionRoute
+	mirror  map[string]string // candidate site → mirror host used
+	notes   []string          // sites left out, and why
+	step    time.Duration
+	viewRev int64
+}
+
+// scoreSetup builds the Mirroring Score request of a resource: its size,
+// the cost of its current route per region, and per candidate site the
+// cost a copy on that site's best mirror host would have, all from the
+// routing policy's own cost function on the current probe estimates.
+func (c *Controller) scoreSetup(res *pb.Resource, demand []forecast.RegionDemand, now time.Time) (*scoreSetup, error) {
+	snap := c.view.snapshot()
+	in, w := buildInput(snap, now, c.inputConfig(), map[uint32]*heldRegion{})
+	// Cost every (region, mirror) path with the resource's profile: one
+	// evaluation of a resource that every mirror holds, from no state.
+	rr := route.Resource{ID: max(res.GetId(), 1)}
+	if p := res.GetProfile(); p != nil {
+		rr.Profile = route.Profile{RoundTrips: p.GetRoundTrips(), Bytes: p.GetBytesPerRequest()}
+	}
+	for _, m := range w.mirrors {
+		rr.Replicas = append(rr.Replicas, route.Replica{Mirror: m.GetId(), InSync: true})
+	}
+	in.Resources = []route.Resource{rr}
+	result, _, err := c.engine.Step(nil, in)
+	if err != nil {
+		return nil, fmt.Errorf("route costs: %w", err)
+	}
+	costs := map[string]map[uint32]candCost{} // region name → mirror → cost
+	for j, reg := range w.regions {
+		m := map[uint32]candCost{}
+		if why := result.At(0, j).Why; why != nil {
+			for _, cc := range why.Candidates() {
+				m[cc.Mirror] = candCost{ms: cc.Cost, healthy: cc.Healthy}
+			}
+		}
+		costs[reg.GetName()] = m
+	}
+	mirrorName := map[uint32]string{}
+	for _, m := range w.mirrors {
+		mirrorName[m.GetId()] = m.GetName()
+	}
+
+	s := &scoreSetup{step: c.cfg.Forecast.Engine.Step, mirror: map[string]string{}, viewRev: snap.rev,
+		req: forecast.ScoreRequest{Bytes: int64(min(res.GetSizeBytes(), math.MaxInt64)), Current: map[string]float64{},
+			Prices: c.cfg.Forecast.Prices}}
+	// Current cost per region: the current table's weights × each
+	// mirror's cost (the wildcard route where the region has none).
+	tables := currentTables(snap.desired, res.GetName())
+	for _, d := range demand {
+		id, ok := w.regionID[d.Region]
+		if !ok {
+			continue
+		}
+		ws, ok := tables[id]
+		if !ok {
+			ws = tables[0]
+		}
+		var sum, n float64
+		rt := &pb.RegionRoute{Region: d.Region}
+		for _, mw := range ws {
+			rt.Mirrors = append(rt.Mirrors, mirrorName[mw.GetMirrorId()])
+			if cc, ok := costs[d.Region][mw.GetMirrorId()]; ok {
+				sum += float64(mw.GetWeight()) * cc.ms
+				n += float64(mw.GetWeight())
+			}
+		}
+		if n > 0 {
+			rt.CostSeconds = sum / n / 1000
+			s.req.Current[d.Region] = rt.CostSeconds
+			s.routes = append(s.routes, rt)
+		}
+	}
+
+	// Candidates: sites with an active mirror host that do not hold a copy
+	// yet, within the resource's mirror_policy.sites when it names any.
+	copyAt := map[string]string{}
+	mirrorByName := map[string]*pb.Mirror{}
+	for _, m := range w.mirrors {
+		mirrorByName[m.GetName()] = m
+	}
+	for _, name := range append([]string{res.GetOrigin()}, res.GetMirrorPolicy().GetMirrors()...) {
+		if m := mirrorByName[name]; m != nil {
+			copyAt[m.GetSite()] = name
+		}
+	}
+	allowed := res.GetMirrorPolicy().GetSites()
+	for _, site := range w.regions {
+		name := site.GetName()
+		if len(allowed) > 0 && !slices.Contains(allowed, name) {
+			continue
+		}
+		if m, ok := copyAt[name]; ok {
+			s.notes = append(s.notes, fmt.Sprintf("%s (holds a copy on %s)", name, m))
+			continue
+		}
+		var best *forecast.Candidate
+		bestMean, bestMirror, bestN := math.Inf(1), "", 0
+		for _, m := range w.mirrors {
+			if m.GetSite() != name || w.dpState[m.GetId()] != pb.MirrorState_MIRROR_STATE_ACTIVE {
+				continue
+			}
+			cand := &forecast.Candidate{Location: name, Latency: map[string]float64{}}
+			var sum float64
+			for _, d := range demand {
+				if cc, ok := costs[d.Region][m.GetId()]; ok && cc.healthy {
+					cand.Latency[d.Region] = cc.ms / 1000
+					sum += cc.ms
+				}
+			}
+			if len(cand.Latency) == 0 {
+				continue
+			}
+			// The host reaching most regions, then with the lowest mean cost
+			// over them; ties by ID (w.mirrors is sorted by ID).
+			n := len(cand.Latency)
+			if mean := sum / float64(n); n > bestN || (n == bestN && mean < bestMean) {
+				best, bestMean, bestMirror, bestN = cand, mean, m.GetName(), n
+			}
+		}
+		if best == nil {
+			s.notes = append(s.notes, fmt.Sprintf("%s (no active mirror host with a probed path from a region with demand)", name))
+			continue
+		}
+		s.req.Candidates = append(s.req.Candidates, *best)
+		s.mirror[name] = bestMirror
+	}
+	return s, nil
+}
+
+// currentTables returns the weights of a resource's routes in the desired
+// state, by region ID (0: the wildcard route).
+func currentTables(rec *pb.DesiredRecord, resource string) map[uint32][]*pb.MirrorWeight {
+	out := map[uint32][]*pb.MirrorWeight{}
+	st := rec.GetState()
+	for _, rs := range st.GetResources() {
+		if rs.GetName() != resource {
+			continue
+		}
+		for i, reg := range rs.GetRouteRegions() {
+			if i < len(rs.GetRouteWeightSets()) && int(rs.GetRouteWeightSets()[i]) < len(st.GetWeightSets()) {
+				out[reg] = st.GetWeightSets()[rs.GetRouteWeightSets()[i]].GetWeights()
+			}
+		}
+	}
+	return out
+}
+
+// demandOf turns a published record into the score's demand input.
+func demandOf(rec *pb.ResourceForecast) []forecast.RegionDemand {
+	out := make([]forecast.RegionDemand, 0, len(rec.GetRegions()))
+	for _, r := range rec.GetRegions() {
+		d := forecast.RegionDemand{Region: r.GetRegion(), Q: make([]forecast.Quantiles, len(r.GetQ50()))}
+		for h := range d.Q {
+			d.Q[h] = forecast.Quantiles{Q10: r.GetQ10()[h], Q50: r.GetQ50()[h], Q90: r.GetQ90()[h]}
+		}
+		out = append(out, d)
+	}
+	return out
+}
+
+func seedOf(s string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(s))
+	return h.Sum64()
+}
+
+// scored is a resource's forecast with its scores.
+type scored struct {
+	rec    *pb.ResourceForecast
+	res    *pb.Resource
+	setup  *scoreSetup
+	scores []forecast.MirrorScore
+	note   string
+}
+
+// score computes the Mirroring Score of every candidate site of a
+// resource: what `controller forecast show` and `explain` print, and what
+// a placement manager would act on.
+func (c *Controller) score(ctx context.Context, resource string) (*scored, error) {
+	if c.fc == nil {
+		return nil, ErrForecastDisabled
+	}
+	rec, err := c.readForecast(ctx, resource)
+	if err != nil {
+		return nil, err
+	}
+	out := &scored{rec: rec, res: c.view.resource(resource)}
+	if out.res == nil {
+		out.note = "the resource object no longer exists: no size, route or candidates to score"
+		return out, nil
+	}
+	demand := demandOf(rec)
+	out.setup, err = c.scoreSetup(out.res, demand, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case len(out.setup.req.Candidates) == 0:
+		out.note = "no candidate site"
+		if len(out.setup.notes) > 0 {
+			out.note += ": " + strings.Join(out.setup.notes, "; ")
+		}
+	case len(out.setup.req.Current) == 0:
+		out.note = "no current route cost for any region with demand yet (no probe estimates): nothing to save against"
+	}
+	if len(out.setup.req.Candidates) == 0 {
+		return out, nil
+	}
+	out.scores, err = forecast.Score(demand, out.setup.req, time.Duration(rec.GetStepSeconds())*time.Second, seedOf(resource))
+	if err != nil {
+		return nil, fmt.Errorf("score %q: %w", resource, err)
+	}
+	return out, nil
+}
+
+// response is the admin API's form of a scored resource.
+func (s *scored) response() *pb.ForecastResponse {
+	resp := &pb.ForecastResponse{Forecast: s.rec, ScoreNote: s.note}
+	if len(s.rec.GetRegions()) > 0 {
+		resp.Horizon = uint32(len(s.rec.GetRegions()[0].GetQ50()))
+	}
+	if s.res != nil {
+		resp.SizeBytes = s.res.GetSizeBytes()
+	}
+	if st := s.setup; st != nil {
+		resp.Routes = st.routes
+		p := st.req.Prices
+		resp.Prices = &pb.Prices{CopyPerByte: p.CopyPerByte, StorePerByteHour: p.StorePerByteHour, ValuePerRequestSecond: p.ValuePerRequestSecond}
+	}
+	for _, ms := range s.scores {
+		m := &pb.MirrorScore{Site: ms.Location, Score: ms.Score, Cost: ms.Cost, CopyCost: ms.CopyCost, StoreCost: ms.StoreCost,
+			BenefitMean: ms.BenefitMean, BenefitQ10: ms.BenefitQ10, BenefitQ50: ms.BenefitQ50, BenefitQ90: ms.BenefitQ90}
+		if s.setup != nil {
+			m.Mirror = s.setup.mirror[ms.Location]
+		}
+		for _, r := range ms.Regions {
+			m.Regions = append(m.Regions, &pb.RegionBenefit{Region: r.Region, RequestsQ10: r.RequestsQ10, RequestsQ50: r.RequestsQ50,
+				RequestsQ90: r.RequestsQ90, SavedSeconds: r.SavedSeconds, BenefitMean: r.BenefitMean})
+		}
+		resp.Scores = append(resp.Scores, m)
+	}
+	return resp
+}
+
+// explain renders the breakdown: forecast's RenderExplain, then what the
+// controller chose as inputs (current routes, candidate hosts, sites left
+// out) and where the numbers come from.
+func (c *Controller) explain(s *scored) string {
+	rec := s.rec
+	in := forecast.ExplainInput{Resource: rec.GetResource(), Origin: time.Unix(rec.GetOriginUnix(), 0).UTC(),
+		Step: time.Duration(rec.GetStepSeconds()) * time.Second, Demand: demandOf(rec), Scores: s.scores,
+		ShareConcentration: rec.GetConcentration()}
+	if s.setup != nil {
+		in.Request = s.setup.req
+	} else {
+		in.Request.Prices = c.cfg.Forecast.Prices
+	}
+	if len(rec.GetShares()) > 0 {
+		in.Shares = rec.GetShares()[0].GetShares()
+	}
+	var b strings.Builder
+	b.WriteString(forecast.RenderExplain(in))
+	if st := s.setup; st != nil {
+		b.WriteString("\ncurrent routes (cost per request with the routing policy's cost function):\n")
+		if len(st.routes) == 0 {
+			b.WriteString("  none known yet (no probe estimates from the regions with demand)\n")
+		}
+		for _, r := range st.routes {
+			fmt.Fprintf(&b, "  %-16s %8.1f ms via %s\n", r.GetRegion(), r.GetCostSeconds()*1000, strings.Join(r.GetMirrors(), ", "))
+		}
+		sites := make([]string, 0, len(st.mirror))
+		for site, m := range st.mirror {
+			sites = append(sites, site+" (mirror "+m+")")
+		}
+		slices.Sort(sites)
+		if len(sites) > 0 {
+			fmt.Fprintf(&b, "candidate sites: %s\n", strings.Join(sites, ", "))
+		}
+		if len(st.notes) > 0 {
+			fmt.Fprintf(&b, "not candidates: %s\n", strings.Join(st.notes, "; "))
+		}
+	}
+	if s.note != "" {
+		fmt.Fprintf(&b, "note: %s\n", s.note)
+	}
+	fmt.Fprintf(&b, "forecast published by %s at %s; route costs from replica %s at %s\n", rec.GetLeader(),
+		time.Unix(0, rec.GetWrittenUnixNano()).UTC().Format(time.RFC3339), c.cfg.Name, time.Now().UTC().Format(time.RFC3339))
+	return b.String()
+}
