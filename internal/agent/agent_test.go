@@ -202,3 +202,22 @@ func TestReload(t *testing.T) {
 		t.Fatalf("healthz %d %s", rec.Code, body)
 	}
 }
+
+// TestForcedGenericMode: xdp_mode generic attaches in skb mode.
+func TestForcedGenericMode(t *testing.T) {
+	tu.RequireRoot(t, "attaches XDP programs")
+	ns := agentNS(t)
+	pin := bpffsDir(t)
+	cfg, _ := testConfig(t, pin)
+	cfg.XDPMode = XDPGeneric
+	var a *Agent
+	var err error
+	ns.Do(func() { a = New(cfg, "", nil); err = a.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { a.Close(); Detach(pin, true) }()
+	if got := a.attach[0].Mode; got != "generic" {
+		t.Fatalf("attached in %s mode, want generic", got)
+	}
+}
