@@ -12,6 +12,7 @@ import (
 
 	"github.com/premirror/premirror/internal/agent"
 	"github.com/premirror/premirror/internal/cli"
+	"github.com/premirror/premirror/internal/control"
 	"github.com/premirror/premirror/internal/maps"
 )
 
@@ -33,7 +34,16 @@ func init() {
 				if err != nil {
 					return err
 				}
-				if names, err = cfg.State.Compile(cfg.MapsConfig()); err != nil {
+				state := cfg.State
+				// Under a controller the names are in the cached desired state.
+				if c := cfg.Controller; c != nil && c.StateCache != "" {
+					if st, err := control.LoadCache(c.StateCache); err == nil && st != nil {
+						if ds, err := agent.StateFromProto(st); err == nil {
+							state = ds
+						}
+					}
+				}
+				if names, err = state.Compile(cfg.MapsConfig()); err != nil {
 					return err
 				}
 			}

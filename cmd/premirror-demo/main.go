@@ -236,10 +236,7 @@ func run(ctx context.Context, c config, out io.Writer) (err error) {
 	}
 
 	cfgPath := l.Agent(first.Name).Config
-	args := []string{"inspect", "--pin-dir", l.PinDir(first.Name), "--sessions", "5"}
-	if c.static {
-		args = append(args, "--config", cfgPath)
-	}
+	args := []string{"inspect", "--pin-dir", l.PinDir(first.Name), "--sessions", "5", "--config", cfgPath}
 	insp, ierr := first.Run(ctx, c.agentBin, args...)
 	fmt.Fprintf(out, "\n== edge-agent inspect (%s)\n%s", first.Name, indent(string(insp)))
 	if ierr != nil {
