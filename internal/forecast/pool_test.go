@@ -247,3 +247,55 @@ func TestTrackQuantilesTwoLevels(t *testing.T) {
 		t.Fatalf("tracked 10/90%% quantiles of U(-1,1): %v", q)
 	}
 }
+
+// TestHybridSnapshotPoolState: the combination's state round-trips through
+// encode/decode (the restored model forecasts identically afterwards), a
+// model without a combination refuses it, and weights outside [0, 1] are
+// rejected.
+func TestHybridSnapshotPoolState(t *testing.T) {
+	cfg := HybridConfig{Step: time.Hour, Window: 24 * 14, Horizon: 6}
+	rng := rand.New(rand.NewPCG(16, 16))
+	val := func(i int) float64 { return 50 + 20*math.Sin(2*math.Pi*float64(i%24)/24) + 3*rng.NormFloat64() }
+	a, _ := NewHybrid(cfg, nil)
+	for i := 0; i < 24*16; i++ {
+		if err := a.Observe(t0.Add(time.Duration(i)*time.Hour), val(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := &enc{}
+	a.encode(e)
+	b, _ := NewHybrid(cfg, nil)
+	d := &dec{b: e.b}
+	b.decode(d)
+	if d.err != nil || len(d.b) != 0 {
+		t.Fatalf("decode: %v (%d bytes left)", d.err, len(d.b))
+	}
+	for i := 24 * 16; i < 24*17; i++ {
+		y := val(i)
+		a.Observe(t0.Add(time.Duration(i)*time.Hour), y)
+		b.Observe(t0.Add(time.Duration(i)*time.Hour), y)
+	}
+	for h, q := range a.Forecast() {
+		if b.Forecast()[h] != q {
+			t.Fatalf("h=%d: %+v after restore, %+v before", h+1, b.Forecast()[h], q)
+		}
+	}
+	noPool := cfg
+	noPool.NoPool = true
+	c, _ := NewHybrid(noPool, nil)
+	d = &dec{b: e.b}
+	c.decode(d)
+	if d.err == nil {
+		t.Fatal("a model without a combination accepted one's state")
+	}
+	// A weight of 2 where the candidates' weights are stored.
+	bad, _ := NewHybrid(cfg, nil)
+	be := &enc{}
+	a.pl.v[0] = 2
+	a.encode(be)
+	d = &dec{b: be.b}
+	bad.decode(d)
+	if d.err == nil {
+		t.Fatal("a combination weight of 2 was accepted")
+	}
+}
