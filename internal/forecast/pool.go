@@ -327,24 +327,15 @@ func (p *pool) encode(e *enc) {
 	e.fs(p.gap)
 }
 
-// decode reads what encode wrote; sizes must match and the weights must
-// be probabilities.
+// decode reads what encode wrote; sizes must match, the weights must be
+// probabilities and the gaps finite and non-negative.
 func (p *pool) decode(d *dec) {
 	d.f32sInto(p.fx, "expert forecasts")
 	d.f32sInto(p.fc, "candidate forecasts")
 	d.fsInto(p.w, "expert weights")
 	d.fsInto(p.v, "candidate weights")
 	d.fsInto(p.gap, "mixability gaps")
-	for _, x := range p.gap {
-		if !(x >= 0 && x <= math.MaxFloat64) {
-			d.fail("mixability gap not finite and non-negative")
-			return
-		}
-	}
-	for _, x := range append(p.w[:len(p.w):len(p.w)], p.v...) {
-		if !(x >= 0 && x <= 1) {
-			d.fail("combination weight outside [0, 1]")
-			return
-		}
-	}
+	d.inRange(p.w, 0, 1, "expert weights")
+	d.inRange(p.v, 0, 1, "candidate weights")
+	d.inRange(p.gap, 0, math.MaxFloat64, "mixability gaps")
 }

@@ -195,6 +195,17 @@ func intoSlice[T any](d *dec, dst []T, size int, what string, read func() T) {
 	}
 }
 
+// inRange fails the decode unless every value of v lies in [lo, hi] (NaN
+// does not).
+func (d *dec) inRange(v []float64, lo, hi float64, what string) {
+	for _, x := range v {
+		if !(x >= lo && x <= hi) {
+			d.fail(fmt.Sprintf("%s: %v outside [%v, %v]", what, x, lo, hi))
+			return
+		}
+	}
+}
+
 // fsInto reads a float slice that must have exactly len(dst) elements.
 func (d *dec) fsInto(dst []float64, what string) { intoSlice(d, dst, 8, what, d.f64) }
 
@@ -336,12 +347,8 @@ func (m *Hybrid) decode(d *dec) {
 		d.fsInto(m.qF, "final quantiles")
 		m.surprise = d.f64()
 		m.pl.decode(d)
-		for _, v := range append(m.shF[:len(m.shF):len(m.shF)], m.shr...) {
-			if !(v >= 0 && v <= math.MaxFloat64) {
-				d.fail("error scale not finite and non-negative")
-				return
-			}
-		}
+		d.inRange(m.shF, 0, math.MaxFloat64, "final error scales")
+		d.inRange(m.shr, 0, math.MaxFloat64, "robust error scales")
 	}
 	if hasGRU := d.bool(); hasGRU != (m.gru != nil) {
 		d.fail("recurrent part present in one of snapshot and configuration only")
