@@ -490,6 +490,7 @@ func (m *Hybrid) skipMany(n int64, last time.Time) error {
 	}
 	m.blr.Reset()
 	m.es = [3]float64{}
+	m.surprise = 0
 	m.n += n
 	m.last = last
 	m.sinceRebase = m.W // rebase at the next observation
@@ -686,8 +687,12 @@ func (m *Hybrid) resolve(idx int64, y float64) {
 		rate := math.Max(1.0/64, 1/m.nh[h-1])
 		m.sh[h-1] += rate * (math.Abs(y-pred) - sc)
 		fin := pred + sc*q[1]
-		if m.pl != nil && (na == 0 || !m.eventAhead(m.timeOf(o), tt)) {
-			fin = m.resolvePool(h, po, y, rate)
+		if m.pl != nil {
+			if m.pl.used(h, po) {
+				fin = m.resolvePool(h, po, y, rate)
+			} else if h == 1 {
+				m.surprise = 0 // an event's first hour is no level shift
+			}
 		}
 		const wAcc = 1.0 / 168
 		m.acc.blrAE[h-1] += wAcc * (math.Abs(y-mu) - m.acc.blrAE[h-1])
@@ -1004,7 +1009,9 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 		q := m.q[3*(h-1) : 3*h]
 		fq := Quantiles{Q10: pred + sc*q[0], Q50: pred + sc*q[1], Q90: pred + sc*q[2]}
 		m.predF[po*H+h-1] = fq.Q50
-		if m.pl != nil && !m.eventAhead(t, th) {
+		if m.pl != nil && m.eventAhead(t, th) {
+			m.pl.skip(h, po)
+		} else if m.pl != nil {
 			// The final forecast is the combination's; its intervals come
 			// from its own calibrated error quantiles. Not for a target in
 			// an event that has not begun at the origin: there the

@@ -156,6 +156,18 @@ func (p *pool) combine(h, po int, f *[numExp]float64, integer bool) float64 {
 	return c
 }
 
+// skip marks the forecast of horizon h at origin slot po as not made by
+// the combination (its target will teach the weights nothing).
+func (p *pool) skip(h, po int) {
+	p.fc[(po*p.H+h-1)*numCand] = float32(math.NaN())
+}
+
+// used reports whether the combination made the forecast of horizon h at
+// origin slot po.
+func (p *pool) used(h, po int) bool {
+	return !math.IsNaN(float64(p.fc[(po*p.H+h-1)*numCand]))
+}
+
 // update scores the forecasts made at origin slot po for horizon h now
 // that y is known; scale (a robust error scale) makes the losses of
 // different times and series comparable.
