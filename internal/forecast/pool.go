@@ -21,15 +21,16 @@ const (
 	numExp
 )
 
-// expNames name the experts for Explain and the tests.
+// expNames name the experts (test messages, debugging).
 var expNames = [numExp]string{"hybrid", "regression", "naive", "snaive_day", "snaive_week",
 	"median_3", "median_season", "hybrid_reanchored"}
 
 const (
-	// poolEtas learning rates η_g = poolEta0·4^g = 0.1, 0.4, 1.6, 6.4 (in units of the robust
-	// error scale, so one bucket's loss gap of one scale moves a weight
-	// ratio by e^η) each drive one Fixed-Share combination of the experts,
-	// from almost an average of them to almost following the last best.
+	// poolEtas learning rates η_g = poolEta0·4^g = 0.1, 0.4, 1.6, 6.4
+	// (in units of the robust error scale, so one bucket's loss gap of
+	// one scale moves a weight ratio by e^η) each drive one fixed-share
+	// combination of the experts, from almost an average of them to
+	// almost following the last best.
 	poolEtas = 4
 	poolEta0 = 0.1
 	// The candidates, the hybrid alone and the poolEtas combinations, are
