@@ -32,21 +32,21 @@ echo
 echo "== backtest: NAB 5-minute series aggregated to hourly (gauges averaged, counts and bytes summed)"
 for f in nab_ec2_cpu_utilization_53ea38:mean nab_rds_cpu_utilization_cc0c53:mean \
          nab_elb_request_count_8c0756:sum nab_ec2_network_in_257a54:sum nab_ec2_disk_write_bytes_1ef3de:sum; do
-  "$CTL" forecast backtest --csv "$DATA/${f%%:*}.csv" --hourly --agg "${f##*:}" --methods "$M,hybrid_nogru" "${FMT[@]}"
+  "$CTL" forecast backtest --csv "$DATA/${f%%:*}.csv" --hourly --agg "${f##*:}" --methods "$M,hybrid_nopool,hybrid_nogru" "${FMT[@]}"
 done
 
 echo
 echo "== backtest: NYC taxi, 30-minute counts summed to hourly, with the events calendar ($EVENTS)"
-"$CTL" forecast backtest --csv "$DATA/nab_nyc_taxi.csv" --hourly --events "$EVENTS" --methods "$M,hybrid_nofeeds,hybrid_nogru" "${FMT[@]}"
+"$CTL" forecast backtest --csv "$DATA/nab_nyc_taxi.csv" --hourly --events "$EVENTS" --methods "$M,hybrid_nopool,hybrid_nofeeds,hybrid_nogru" "${FMT[@]}"
 
 echo
 echo "== backtest: Uber pickups per borough, hourly, weather and holiday columns as feeds, events calendar;"
 echo "   marked days: calendar days plus days with precipitation or snow cover"
-"$CTL" forecast backtest --csv "$UBER" --events "$EVENTS" --mark 'liq_precp_1hr>0,snow_depth_in>0' --methods "$M,hybrid_nofeeds" "${FMT[@]}"
+"$CTL" forecast backtest --csv "$UBER" --events "$EVENTS" --mark 'liq_precp_1hr>0,snow_depth_in>0' --methods "$M,hybrid_nopool,hybrid_nofeeds" "${FMT[@]}"
 
 echo
 echo "== backtest: Prophet daily series (weekly season in the models; MASE season = one day = one bucket, as the protocol says)"
-"$CTL" forecast backtest --csv "$DATA/prophet_wp_log_peyton_manning.csv" --methods "$M" "${FMT[@]}"
+"$CTL" forecast backtest --csv "$DATA/prophet_wp_log_peyton_manning.csv" --methods "$M,hybrid_nopool" "${FMT[@]}"
 
 echo
 echo "== access-location distribution, Uber boroughs: train Jan-Mar 2015, test April, horizons 1 h and 24 h"

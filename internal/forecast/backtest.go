@@ -330,6 +330,7 @@ func Methods(s *Series, feeds *Feeds, list string) []MethodSpec {
 			return NewHybrid(HybridConfig{Step: s.Step, Window: c.Window, Horizon: c.Horizon}, nil)
 		}},
 		HybridSpec("hybrid_nogru", HybridConfig{Covariates: covs, NoGRU: true}),
+		HybridSpec("hybrid_nopool", HybridConfig{Covariates: covs, NoPool: true}),
 		HybridSpec("hybrid_nocov", HybridConfig{}),
 		MethodSpec{Name: "hybrid_noevents", New: func(s *Series, feeds *Feeds, c BacktestConfig) (Method, error) {
 			f := &Feeds{Covariates: feeds.Covariates}

@@ -138,6 +138,7 @@ func BenchmarkHybridObserve(b *testing.B) {
 		{"h12", HybridConfig{Step: time.Hour, Horizon: 12}},
 		{"h24", HybridConfig{Step: time.Hour, Horizon: 24}},
 		{"h24-nogru", HybridConfig{Step: time.Hour, Horizon: 24, NoGRU: true}},
+		{"h24-nopool", HybridConfig{Step: time.Hour, Horizon: 24, NoPool: true}},
 	} {
 		b.Run(tc.name, func(b *testing.B) {
 			m, err := NewHybrid(tc.cfg, nil)

@@ -43,8 +43,10 @@
 // came, a series without one had no accesses. After an absence longer than
 // the window, Advance jumps the models over it at once. Snapshots are a
 // versioned, length-prefixed binary format with a CRC-32C; a corrupt one
-// (ErrCorruptSnapshot) or one of a differently shaped engine
-// (ErrSnapshotMismatch) changes nothing. A model that fails on its input
+// (ErrCorruptSnapshot), one of another format version (ErrSnapshotVersion,
+// which also wraps ErrCorruptSnapshot: version 2 added the forecast
+// combination, version 1 snapshots are refused, not misread) or one of a
+// differently shaped engine (ErrSnapshotMismatch) changes nothing. A model that fails on its input
 // is logged and restarted without holding up the bucket. Metrics:
 // premirror_forecast_* (series, resources, buckets closed, summaries by
 // outcome, bucket update seconds, snapshot bytes, model restarts).
@@ -67,9 +69,13 @@
 //     (empirical Bayes, once a day), so how much seasonal detail to trust
 //     is decided by the data in the window, not by constants fitted to any
 //     data set. Observations enter with a Huber weight computed from the
-//     hybrid's own one-step error (a spike barely moves the regression; a
-//     level shift is followed by the short-term part within a few buckets
-//     and then gets full weight).
+//     final one-step error (a spike barely moves the regression; a level
+//     shift is followed by the combination within a bucket or two and then
+//     gets full weight). The trend fits the window but is not extrapolated:
+//     forecasts hold the level reached at the origin (the M-competitions'
+//     lesson about trends, here a damped trend with no memory: carrying a
+//     28-point daily window's slope 12 days on, the regression alone had
+//     MASE 1.88 at h12 on the daily dev series, 1.49 without).
 //  2. Short term, what the regression leaves (ES-RNN's lesson from the M4
 //     hourly data: a plain RNN lost to seasonal naive, exponential
 //     smoothing plus an LSTM on the normalised remainder won): exponentially
@@ -80,7 +86,9 @@
 //     last day with Adam, predicting the regression's error at every
 //     horizon directly (multi-output, no feedback of its own forecasts).
 //  3. A stacker per horizon (exponentially weighted, Huber-weighted ridge
-//     regression with a memory of one window) combines: the regression's
+//     regression with a memory of one window, and of at least 20
+//     observations per input weight — the usual rule for a regression;
+//     a daily series' window holds 28) combines: the regression's
 //     forecast, the residual levels, the GRU, the residuals a day and a
 //     week before the target and averaged over the weeks in the window, the
 //     window's raw hour-of-week mean, and the relative level of the last day
@@ -102,16 +110,58 @@
 //     and stochastic-approximation trackers of its 10/50/90% quantiles
 //     (conformal-style, as in adaptive conformal inference: the long-run
 //     share of errors below each tracked quantile converges to its level
-//     whatever the error distribution), so the 80% intervals calibrate
-//     themselves; the point forecast is the tracked median (MASE is an
-//     absolute error). Integer series (counts) get integer quantiles.
+//     whatever the error distribution); the hybrid's own point forecast is
+//     the tracked median (MASE is an absolute error).
+//  6. Combination (pool.go; M4's other lesson: combinations beat single
+//     methods). Per horizon, the hybrid's median is combined with its
+//     regression alone and simple experts: naive, the value a day and a
+//     week before the target, the median of the last 3 values (a level one
+//     spike cannot move) and of the last season, and the hybrid re-anchored
+//     by its last one-step error when that error was a surprise (beyond 4
+//     robust scales: a spike or a level shift; this expert bets on the
+//     shift, and its weight learns from the series which bet pays). For
+//     integer series whose model mean is below 20 the model experts give
+//     the median of a Poisson count with that mean instead (for counts of
+//     a few per bucket the count median, not a shifted mean, minimises the
+//     absolute error). Weights: exponentially weighted averaging with
+//     fixed share (Herbster and Warmuth) on absolute losses over a robust
+//     error scale (errors clipped at 4× it, so a spike does not make every
+//     later difference look small; one loss is clipped at 20 scales): each
+//     bucket multiplies an expert's weight by e^(−η·loss) and returns a
+//     share 1/W of the weight to all, so an expert that was bad for weeks
+//     takes over within a bucket or two after a level shift. Four learning
+//     rates η = 0.1, 0.4, 1.6, 6.4 give four combinations; they and the
+//     hybrid alone are combined again by fixed share with the rate set by
+//     AdaHedge (ln N over the discounted mixability gap: no tuning), so
+//     how fast to follow, and whether to combine at all, is learnt per
+//     series and horizon. The final forecast is that combination (integer
+//     for counts); its 80% interval comes from its own tracked 10/90%
+//     error quantiles. A target inside an event that has not begun at the
+//     origin is forecast by the hybrid alone and teaches the weights
+//     nothing: its learnt event effect is knowledge the other experts lack
+//     and recent accuracy cannot weigh (with the combination applied there
+//     too, the taxi's event days lost the calendar's benefit).
 //
 // Every constant above is a rule stated once (window, Huber threshold,
-// ridge, prior scales from evidence, α grid, step sizes); none was tuned
-// per series. What was tried and dropped, with the measurement: a log
-// transform (worse on every Uber borough at 12 h: the night hours dominate
-// a log-space fit while MASE is dominated by the day), Sunday-mapped
-// holidays (above), unscaled covariate inputs (the ridge meant nothing).
+// ridge, prior scales from evidence, α grid, step sizes, the combination's
+// clips, rate grid and share); none was tuned per series. What was tried
+// and dropped, with the measurement: a log transform (worse on every Uber
+// borough at 12 h: the night hours dominate a log-space fit while MASE is
+// dominated by the day), Sunday-mapped holidays (above), unscaled
+// covariate inputs (the ridge meant nothing). For the combination (MASE
+// ratios to the best baseline on the dev series, docs/BENCHMARKS.md): ETS
+// as an expert (averaging the hybrid with the ETS baseline was worse on
+// every Uber borough, e.g. Brooklyn h12 0.86 → 2.4, and re-fitting it per
+// bucket would cost more than the whole model); Croston/TSB (the mean
+// demand rate is not what an absolute error rewards: added to the pool it
+// raised the intermittent disk_write trace's h1 MASE from 1.00 to 1.01 —
+// the season's median, zero, is the expert that fits); weights from discounted cumulative
+// losses with the candidate picked by the lowest loss (as accurate on the
+// dev series but slow to switch: a synthetic level shift was followed by
+// the stacker's levels, four buckets, not by the combination, one);
+// exponentiated-gradient weights on the absolute loss (worse at h12 on
+// the Uber boroughs); AdaHedge for the experts' rate instead of the grid
+// (worse on network_in); a prior favouring the hybrid alone (no gain).
 //
 // # Access-location model (LocationModel)
 //

@@ -247,6 +247,15 @@ func TestSnapshotRejectsCorruption(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
+	// A snapshot of the previous format (version 1, before the demand
+	// model gained its forecast combination) is refused by name, with a
+	// message that says so, and not misread.
+	old := append([]byte(nil), blob...)
+	binary.LittleEndian.PutUint32(old[len(snapMagic):], 1)
+	err := b.UnmarshalBinary(old)
+	if !errors.Is(err, ErrSnapshotVersion) || !errors.Is(err, ErrCorruptSnapshot) || !strings.Contains(err.Error(), "format version 1") {
+		t.Errorf("version 1 snapshot: %v", err)
+	}
 	after, _ := b.MarshalBinary()
 	if !bytes.Equal(before, after) {
 		t.Fatal("a rejected snapshot changed the engine")

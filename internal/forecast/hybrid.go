@@ -32,6 +32,7 @@ type HybridConfig struct {
 	Covariates []string      // covariate names with a learnt effect (default none)
 	NoGRU      bool          // ablation: no recurrent part
 	NoStack    bool          // ablation: Bayesian regression only
+	NoPool     bool          // ablation: no combination with the simple experts
 }
 
 func (c HybridConfig) withDefaults(feeds *Feeds) (HybridConfig, error) {
@@ -129,6 +130,10 @@ const (
 	// many times).
 	stackSolveEvery = 4
 	gruTrainEvery   = 2
+	// stackMemPerInput: the stacker's memory holds at least this many
+	// observations per input weight (the usual 10–20 per parameter of a
+	// regression), whatever the window.
+	stackMemPerInput = 20
 	// evPriorSD is the prior standard deviation of an event kind's
 	// relative effect (±30% is a plausible holiday or storm).
 	evPriorSD = 0.3
@@ -180,13 +185,16 @@ type Hybrid struct {
 	spd, wk     int                // buckets per day (>=1), per week (0 if the window holds < 2 weeks)
 	integer     bool               // every value so far was an integer (counts)
 
-	R     int       // ring of per-origin regression forecasts (the GRU's targets)
-	muY   []float64 // R×H regression forecast per origin
-	sgY   []float64 // R robust scale per origin
-	P     int       // ring of per-origin stacker inputs: H+1 origins
-	feat  []float32 // P×H×K stacker inputs per origin (single precision: they only weight a correction)
-	predY []float64 // P×H stacked forecast (before events and the median shift)
-	predE []float64 // P×H after events
+	R        int       // ring of per-origin regression forecasts (the GRU's targets)
+	muY      []float64 // R×H regression forecast per origin
+	sgY      []float64 // R robust scale per origin
+	P        int       // ring of per-origin stacker inputs: H+1 origins
+	feat     []float32 // P×H×K stacker inputs per origin (single precision: they only weight a correction)
+	predY    []float64 // P×H stacked forecast (before events and the median shift)
+	predE    []float64 // P×H after events
+	predF    []float64 // P×H final point forecast (the combination's)
+	pl       *pool     // combination with simple experts (nil: NoPool)
+	surprise float64   // the hybrid's last one-step error if it was a surprise, else 0
 
 	K   int       // stacker width: numStk + covariates
 	rw  []float64 // H×K weights
@@ -200,9 +208,12 @@ type Hybrid struct {
 
 	evM, evP []float64 // H×kinds×evBins posterior mean and precision of the relative effects
 
-	sh  []float64 // H mean absolute error of the final forecast
+	sh  []float64 // H mean absolute error of the hybrid's forecast (predE)
 	nh  []float64 // H errors seen
-	q   []float64 // H×3 tracked quantiles (10, 50, 90) of error / sh
+	q   []float64 // H×3 tracked quantiles (10, 50, 90) of the hybrid's error / sh
+	shF []float64 // H mean absolute error of the final forecast (the combination)
+	shr []float64 // H robust version of shF (errors clipped at poolScaleClip times it)
+	qF  []float64 // H×2 tracked 10/90% quantiles of the final forecast's error / shF
 	eta float64
 
 	gru  *GRU
@@ -218,6 +229,7 @@ type Hybrid struct {
 type hybridScratch struct {
 	L, tmp, stk, grad, dout, f []float64
 	tape                       GRUTape
+	exp                        [numExp]float64
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(hybridScratch) }}
@@ -268,10 +280,16 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 	m.feat = make([]float32, m.P*H*m.K)
 	m.predY = make([]float64, m.P*H)
 	m.predE = make([]float64, m.P*H)
+	m.predF = make([]float64, m.P*H)
+	if !cfg.NoPool {
+		m.pl = newPool(H, m.P, m.W, max(m.d.spd, 1), stepsPer(cfg.Step, 7*24*time.Hour))
+	}
 	m.rw = make([]float64, H*m.K)
 	m.rp = make([]float64, H*m.K*(m.K+1)/2)
 	m.rb = make([]float64, H*m.K)
-	m.lam = 1 - 1/float64(m.W)
+	// A memory of one window, and at least stackMemPerInput observations
+	// per input weight (a daily series' four-week window holds 28).
+	m.lam = 1 - 1/float64(max(m.W, stackMemPerInput*m.K))
 	nc := len(cfg.Covariates)
 	m.covMean, m.covM2, m.covNow = make([]float64, nc), make([]float64, nc), make([]float64, nc)
 	nk := len(cfg.Kinds)
@@ -280,6 +298,12 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 		m.evP[i] = 1 / (evPriorSD * evPriorSD)
 	}
 	m.sh = make([]float64, H)
+	m.shr = make([]float64, H)
+	m.shF = make([]float64, H)
+	m.qF = make([]float64, 2*H)
+	for h := 0; h < H; h++ {
+		m.qF[2*h], m.qF[2*h+1] = -1.6, 1.6
+	}
 	m.nh = make([]float64, H)
 	m.q = make([]float64, 3*H)
 	for h := 0; h < H; h++ {
@@ -466,6 +490,7 @@ func (m *Hybrid) skipMany(n int64, last time.Time) error {
 	}
 	m.blr.Reset()
 	m.es = [3]float64{}
+	m.surprise = 0
 	m.n += n
 	m.last = last
 	m.sinceRebase = m.W // rebase at the next observation
@@ -570,15 +595,34 @@ func (m *Hybrid) activeKinds(t time.Time, fn func(k int)) {
 	if len(m.cfg.Kinds) == 0 || m.d.feeds == nil || m.d.feeds.Calendar == nil {
 		return
 	}
-	for k, kind := range m.cfg.Kinds {
-		if kind == KindHoliday {
-			if m.d.feeds.Calendar.Holiday(t, m.cfg.Region) {
-				fn(k)
-			}
-		} else if m.d.feeds.Calendar.Active(t, m.cfg.Region, kind) {
+	for k := range m.cfg.Kinds {
+		if m.kindActive(k, t) {
 			fn(k)
 		}
 	}
+}
+
+// eventAhead reports whether an event kind is active at the target time
+// but was not at the origin.
+func (m *Hybrid) eventAhead(origin, target time.Time) bool {
+	ahead := false
+	if len(m.cfg.Kinds) > 0 {
+		m.activeKinds(target, func(k int) {
+			if !ahead && !m.kindActive(k, origin) {
+				ahead = true
+			}
+		})
+	}
+	return ahead
+}
+
+// kindActive reports whether event kind k is active at t.
+func (m *Hybrid) kindActive(k int, t time.Time) bool {
+	kind := m.cfg.Kinds[k]
+	if kind == KindHoliday {
+		return m.d.feeds.Calendar.Holiday(t, m.cfg.Region)
+	}
+	return m.d.feeds.Calendar.Active(t, m.cfg.Region, kind)
 }
 
 // resolve scores the forecasts whose target is bucket idx and updates the
@@ -634,26 +678,77 @@ func (m *Hybrid) resolve(idx int64, y float64) {
 		}
 		pred := m.predE[po*H+h-1]
 		sc := m.sh[h-1]
-		u := (y - pred) / sc
 		q := m.q[3*(h-1) : 3*h]
-		for k, tau := range [3]float64{0.1, 0.5, 0.9} {
-			if u < q[k] {
-				q[k] -= m.eta * (1 - tau)
-			} else {
-				q[k] += m.eta * tau
-			}
-		}
-		q[1] = math.Max(q[1], q[0])
-		q[2] = math.Max(q[2], q[1])
+		trackQuantiles(q, (y-pred)/sc, m.eta)
 		// The error scale follows the recent mean absolute error: a
 		// running mean at first, then a memory of a few days so the
 		// interval width tracks regimes.
 		m.nh[h-1]++
-		m.sh[h-1] += math.Max(1.0/64, 1/m.nh[h-1]) * (math.Abs(y-pred) - sc)
+		rate := math.Max(1.0/64, 1/m.nh[h-1])
+		m.sh[h-1] += rate * (math.Abs(y-pred) - sc)
+		fin := pred + sc*q[1]
+		if m.pl != nil {
+			if m.pl.used(h, po) {
+				fin = m.resolvePool(h, po, y, rate)
+			} else if h == 1 {
+				m.surprise = 0 // an event's first hour is no level shift
+			}
+		}
 		const wAcc = 1.0 / 168
 		m.acc.blrAE[h-1] += wAcc * (math.Abs(y-mu) - m.acc.blrAE[h-1])
-		m.acc.hybAE[h-1] += wAcc * (math.Abs(y-(pred+sc*q[1])) - m.acc.hybAE[h-1])
+		m.acc.hybAE[h-1] += wAcc * (math.Abs(y-fin) - m.acc.hybAE[h-1])
 	}
+}
+
+// trackQuantiles moves the tracked quantiles q (levels 10/50/90%, or
+// 10/90% when len(q) is 2) of a standardised error u by one
+// stochastic-approximation step of size eta, keeping them ordered.
+func trackQuantiles(q []float64, u, eta float64) {
+	taus := [3]float64{0.1, 0.5, 0.9}
+	if len(q) == 2 {
+		taus[1] = 0.9
+	}
+	for k := range q {
+		if u < q[k] {
+			q[k] -= eta * (1 - taus[k])
+		} else {
+			q[k] += eta * taus[k]
+		}
+	}
+	for k := 1; k < len(q); k++ {
+		q[k] = math.Max(q[k], q[k-1])
+	}
+}
+
+// resolvePool scores the combination's forecasts of bucket y made at
+// origin slot po for horizon h and updates its interval trackers and
+// scales (rate: the error scales' step); returns the final point forecast
+// that was made.
+func (m *Hybrid) resolvePool(h, po int, y, rate float64) float64 {
+	H := m.cfg.Horizon
+	fin := m.predF[po*H+h-1]
+	if h == 1 {
+		// A one-step error of the hybrid far beyond the usual is a spike
+		// or a level shift; expReanchor bets on the shift, and the
+		// weights learn from the series' history which bet pays.
+		m.surprise = 0
+		if e := y - float64(m.pl.fx[po*H*numExp+expHybrid]); m.nh[0] > 16 && math.Abs(e) > surpriseK*m.shr[0] {
+			m.surprise = e
+		}
+	}
+	m.pl.update(h, po, y, m.shr[h-1], m.integer)
+	trackQuantiles(m.qF[2*(h-1):2*h], (y-fin)/m.shF[h-1], m.eta)
+	ae := math.Abs(y - fin)
+	m.shF[h-1] += rate * (ae - m.shF[h-1])
+	// The losses are scaled by a robust version (errors clipped at a few
+	// times it): after one spike every later difference between the
+	// experts must not look small.
+	if m.nh[h-1] <= 16 {
+		m.shr[h-1] = m.shF[h-1]
+	} else {
+		m.shr[h-1] += rate * (math.Min(ae, poolScaleClip*m.shr[h-1]) - m.shr[h-1])
+	}
+	return fin
 }
 
 // stackUpdate adds one (inputs, target) pair to the exponentially weighted,
@@ -843,6 +938,11 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 	for h := 1; h <= H; h++ {
 		th := t.Add(time.Duration(h) * m.cfg.Step)
 		m.d.fill(th, m.x)
+		// The trend fits the window but is not extrapolated: forecasts
+		// hold the level reached at the origin (a damped trend with no
+		// memory; a 28-point window's slope carried twelve days ahead
+		// cost the daily series more than it bought anywhere).
+		m.x[m.d.cTrend] = float64(t.Unix()-m.d.trendRef) / m.d.trendScale
 		mu := m.c + m.s*m.blr.Mean(m.x)
 		m.muY[ro*H+h-1] = mu
 		f := m.sc.f
@@ -908,6 +1008,24 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 		sc := m.sh[h-1]
 		q := m.q[3*(h-1) : 3*h]
 		fq := Quantiles{Q10: pred + sc*q[0], Q50: pred + sc*q[1], Q90: pred + sc*q[2]}
+		m.predF[po*H+h-1] = fq.Q50
+		if m.pl != nil && m.eventAhead(t, th) {
+			m.pl.skip(h, po)
+		} else if m.pl != nil {
+			// The final forecast is the combination's; its intervals come
+			// from its own calibrated error quantiles. Not for a target in
+			// an event that has not begun at the origin: there the
+			// hybrid's learnt event effect is knowledge the other experts
+			// lack and recent accuracy cannot weigh (once the event is
+			// under way, the recent values show its level too).
+			c := m.pl.combine(h, po, m.experts(idx, h, fq.Q50, pred, mu), m.integer)
+			m.predF[po*H+h-1] = c
+			if m.shF[h-1] == 0 {
+				m.shF[h-1], m.shr[h-1] = sc, sc
+			}
+			qf := m.qF[2*(h-1) : 2*h]
+			fq = Quantiles{Q10: math.Min(c+m.shF[h-1]*qf[0], c), Q50: c, Q90: math.Max(c+m.shF[h-1]*qf[1], c)}
+		}
 		if h == 1 {
 			m.med1 = fq.Q50
 		}

@@ -28,9 +28,17 @@ import (
 // ErrCorruptSnapshot marks a snapshot that failed its checks.
 var ErrCorruptSnapshot = errors.New("corrupt snapshot")
 
+// ErrSnapshotVersion marks a snapshot written in another format version
+// (by an older or newer build). It also wraps ErrCorruptSnapshot; nothing
+// of it is applied. A controller may branch on it to start from empty
+// models instead of failing.
+var ErrSnapshotVersion = errors.New("unsupported snapshot format version")
+
 const (
-	snapMagic   = "PMFCSNAP"
-	snapVersion = 1
+	snapMagic = "PMFCSNAP"
+	// snapVersion 2: the demand model gained the forecast combination
+	// (pool.go); version 1 snapshots are refused with ErrSnapshotVersion.
+	snapVersion = 2
 	// maxSnapshot bounds what Restore reads (a million series of a few
 	// hundred kilobytes would not fit anyway).
 	maxSnapshot = 64 << 30
@@ -187,6 +195,17 @@ func intoSlice[T any](d *dec, dst []T, size int, what string, read func() T) {
 	}
 }
 
+// inRange fails the decode unless every value of v lies in [lo, hi] (NaN
+// does not).
+func (d *dec) inRange(v []float64, lo, hi float64, what string) {
+	for _, x := range v {
+		if !(x >= lo && x <= hi) {
+			d.fail(fmt.Sprintf("%s: %v outside [%v, %v]", what, x, lo, hi))
+			return
+		}
+	}
+}
+
 // fsInto reads a float slice that must have exactly len(dst) elements.
 func (d *dec) fsInto(dst []float64, what string) { intoSlice(d, dst, 8, what, d.f64) }
 
@@ -244,6 +263,15 @@ func (m *Hybrid) encode(e *enc) {
 	e.fs(m.sh)
 	e.fs(m.nh)
 	e.fs(m.q)
+	e.bool(m.pl != nil)
+	if m.pl != nil {
+		e.fs(m.predF)
+		e.fs(m.shF)
+		e.fs(m.shr)
+		e.fs(m.qF)
+		e.f64(m.surprise)
+		m.pl.encode(e)
+	}
 	e.bool(m.gru != nil)
 	if m.gru != nil {
 		e.fs(m.gru.P)
@@ -308,6 +336,20 @@ func (m *Hybrid) decode(d *dec) {
 	d.fsInto(m.sh, "error scales")
 	d.fsInto(m.nh, "error counts")
 	d.fsInto(m.q, "quantiles")
+	if hasPool := d.bool(); hasPool != (m.pl != nil) {
+		d.fail("combination present in one of snapshot and configuration only")
+		return
+	}
+	if m.pl != nil {
+		d.fsInto(m.predF, "final forecasts")
+		d.fsInto(m.shF, "final error scales")
+		d.fsInto(m.shr, "robust error scales")
+		d.fsInto(m.qF, "final quantiles")
+		m.surprise = d.f64()
+		m.pl.decode(d)
+		d.inRange(m.shF, 0, math.MaxFloat64, "final error scales")
+		d.inRange(m.shr, 0, math.MaxFloat64, "robust error scales")
+	}
 	if hasGRU := d.bool(); hasGRU != (m.gru != nil) {
 		d.fail("recurrent part present in one of snapshot and configuration only")
 		return
@@ -550,7 +592,8 @@ func (e *Engine) UnmarshalBinary(b []byte) error {
 		return fmt.Errorf("%w: bad header", ErrCorruptSnapshot)
 	}
 	if v := binary.LittleEndian.Uint32(b[len(snapMagic):]); v != snapVersion {
-		return fmt.Errorf("%w: version %d (this build reads %d)", ErrCorruptSnapshot, v, snapVersion)
+		return fmt.Errorf("%w: %w: format version %d, this build reads only version %d (the models' state changed shape; start from empty models)",
+			ErrCorruptSnapshot, ErrSnapshotVersion, v, snapVersion)
 	}
 	n := binary.LittleEndian.Uint64(b[len(snapMagic)+4:])
 	if n != uint64(len(b)-hdr-4) {

@@ -1,0 +1,354 @@
+package forecast
+
+import (
+	"math"
+)
+
+// Experts of the forecast combination (see doc.go, "Combination"). The
+// hybrid and its regression are the model's own forecasts; the others are
+// the protocol's simple rules, which win for a while after a level shift,
+// on flat or spiky series and where the window is too short to learn a
+// profile.
+const (
+	expHybrid    = iota // the hybrid's calibrated median
+	expReg              // the Bayesian regression alone
+	expNaive            // the last value
+	expSDay             // the value a day before the target (sub-daily buckets)
+	expSWeek            // the value a week before the target (window of a week or more)
+	expMedShort         // median of the last three values: a level one spike cannot move
+	expMedSeason        // median of the last season (a day; a week for daily buckets)
+	expReanchor         // the hybrid shifted by its last one-step error when that was a surprise
+	numExp
+)
+
+// expNames name the experts (test messages, debugging).
+var expNames = [numExp]string{"hybrid", "regression", "naive", "snaive_day", "snaive_week",
+	"median_3", "median_season", "hybrid_reanchored"}
+
+const (
+	// poolEtas learning rates η_g = poolEta0·4^g = 0.1, 0.4, 1.6, 6.4
+	// (in units of the robust error scale, so one bucket's loss gap of
+	// one scale moves a weight ratio by e^η) each drive one fixed-share
+	// combination of the experts, from almost an average of them to
+	// almost following the last best.
+	poolEtas = 4
+	poolEta0 = 0.1
+	// The candidates, the hybrid alone and the poolEtas combinations, are
+	// themselves combined by a Fixed-Share forecaster whose rate AdaHedge
+	// sets (at most candEtaMax): which learning rate suits a series, and
+	// whether to combine at all, is learnt online too.
+	numCand    = poolEtas + 1
+	candEtaMax = 8.0
+
+	// poolLossClip bounds one scaled loss, so a single spike cannot decide
+	// the weights alone (e^{−η·clip} is still tiny, but fixed share
+	// brings the weight back).
+	poolLossClip = 20.0
+	// poolScaleClip: errors enter the robust loss scale clipped at this
+	// many times it (about 3.2 standard deviations of Gaussian noise, the
+	// same order as the Huber threshold).
+	poolScaleClip = 4.0
+	// surpriseK: a one-step error of the hybrid beyond this many robust
+	// scales re-anchors expReanchor on the last value.
+	surpriseK = 4.0
+	// poissonMaxMean: for integer series whose model mean is below this,
+	// the model experts give the median of a Poisson count with that mean
+	// (above it the Poisson median is within a third of the mean and the
+	// tracked median shift is as good).
+	poissonMaxMean = 20.0
+)
+
+// pool combines the hybrid with simple experts per horizon by
+// exponentially weighted averaging with fixed share (Herbster & Warmuth
+// 1998) on robustly scaled absolute losses: each step multiplies an
+// expert's weight by e^{−η·loss}, then every weight gets a share α of the
+// uniform distribution back, so an expert that was bad for weeks can take
+// over within a bucket or two after a regime change (a level shift, after
+// which the naive and median rules win). Two levels: one combination per
+// learning rate, and a fixed-share combination of those with the hybrid
+// alone, whose weights learn which rate suits the series.
+type pool struct {
+	H, P   int
+	avail  [numExp]bool
+	nav    int       // experts available
+	lagDay int       // buckets in a day (expSDay)
+	lagWk  int       // buckets in a week (expSWeek)
+	season int       // buckets of expMedSeason
+	alpha  float64   // fixed share: 1/window, about one switch per window
+	lamGap float64   // discount of the candidates' mixability gap (memory a window)
+	fx     []float32 // P×H×numExp expert forecasts per origin
+	fc     []float32 // P×H×numCand candidate forecasts per origin
+	w      []float64 // H×poolEtas×numExp expert weights per learning rate
+	v      []float64 // H×numCand candidate weights
+	gap    []float64 // H discounted mixability gap of the candidates (AdaHedge)
+}
+
+func newPool(H, P, W, spd, wk int) *pool {
+	p := &pool{H: H, P: P}
+	for _, k := range []int{expHybrid, expReg, expNaive, expMedShort, expReanchor} {
+		p.avail[k] = true
+	}
+	if spd >= 2 && W > spd {
+		p.avail[expSDay] = true
+		p.lagDay = spd
+	}
+	if wk >= 2 && W >= wk {
+		p.avail[expSWeek] = true
+		p.lagWk = wk
+	}
+	p.season = spd
+	if spd < 2 {
+		p.season = wk
+	}
+	if p.season >= 4 && W > p.season {
+		p.avail[expMedSeason] = true
+	}
+	for _, ok := range p.avail {
+		if ok {
+			p.nav++
+		}
+	}
+	p.alpha = 1 / float64(max(W, 8))
+	p.fx = make([]float32, P*H*numExp)
+	p.fc = make([]float32, P*H*numCand)
+	p.w = make([]float64, H*poolEtas*numExp)
+	for i := range p.w {
+		if p.avail[i%numExp] {
+			p.w[i] = 1 / float64(p.nav)
+		}
+	}
+	p.v = make([]float64, H*numCand)
+	p.gap = make([]float64, H)
+	p.lamGap = 1 - 1/float64(max(W, 8))
+	for i := range p.v {
+		p.v[i] = 1 / float64(numCand)
+	}
+	return p
+}
+
+// combine stores the experts' forecasts f of horizon h (1-based) made at
+// origin slot po and the candidates built from them, and returns the
+// combined forecast. Integer series get an integer forecast.
+func (p *pool) combine(h, po int, f *[numExp]float64, integer bool) float64 {
+	fc := p.fc[(po*p.H+h-1)*numCand : (po*p.H+h)*numCand]
+	fc[0] = float32(f[expHybrid])
+	for g := 0; g < poolEtas; g++ {
+		w := p.w[((h-1)*poolEtas+g)*numExp : ((h-1)*poolEtas+g+1)*numExp]
+		c := 0.0
+		for k, ok := range p.avail {
+			if ok {
+				c += w[k] * f[k]
+			}
+		}
+		fc[g+1] = float32(c)
+	}
+	v := p.v[(h-1)*numCand : h*numCand]
+	c := 0.0
+	for g, x := range fc {
+		c += v[g] * float64(x)
+	}
+	fx := p.fx[(po*p.H+h-1)*numExp : (po*p.H+h)*numExp]
+	for k := range fx {
+		fx[k] = float32(f[k])
+	}
+	if integer {
+		c = math.Round(c)
+	}
+	return c
+}
+
+// skip marks the forecast of horizon h at origin slot po as not made by
+// the combination (its target will teach the weights nothing).
+func (p *pool) skip(h, po int) {
+	p.fc[(po*p.H+h-1)*numCand] = float32(math.NaN())
+}
+
+// used reports whether the combination made the forecast of horizon h at
+// origin slot po.
+func (p *pool) used(h, po int) bool {
+	return !math.IsNaN(float64(p.fc[(po*p.H+h-1)*numCand]))
+}
+
+// update scores the forecasts made at origin slot po for horizon h now
+// that y is known; scale (a robust error scale) makes the losses of
+// different times and series comparable.
+func (p *pool) update(h, po int, y, scale float64, integer bool) {
+	if !(scale > 0) {
+		return
+	}
+	loss := func(f float64) float64 {
+		if integer {
+			f = math.Round(f)
+		}
+		return math.Min(math.Abs(y-f)/scale, poolLossClip)
+	}
+	fx := p.fx[(po*p.H+h-1)*numExp : (po*p.H+h)*numExp]
+	var e [numExp]float64
+	for k, ok := range p.avail {
+		if ok {
+			e[k] = math.Exp(-poolEta0 * loss(float64(fx[k])))
+		}
+	}
+	for g := 0; g < poolEtas; g++ {
+		if g > 0 {
+			for k := range e { // e^{−4η} = (e^{−η})⁴
+				e[k] *= e[k]
+				e[k] *= e[k]
+			}
+		}
+		fixedShare(p.w[((h-1)*poolEtas+g)*numExp:((h-1)*poolEtas+g+1)*numExp], e[:], p.avail[:], p.nav, p.alpha)
+	}
+	fc := p.fc[(po*p.H+h-1)*numCand : (po*p.H+h)*numCand]
+	var ec, lc [numCand]float64
+	all := [numCand]bool{}
+	v := p.v[(h-1)*numCand : h*numCand]
+	// AdaHedge (de Rooij et al. 2014): the rate is ln N over the
+	// cumulative mixability gap (discounted like the window), so it
+	// needs no tuning and adapts to how far apart the candidates are.
+	eta := math.Min(math.Log(numCand)/math.Max(p.gap[h-1], 1e-9), candEtaMax)
+	dot, mix, mn := 0.0, 0.0, math.Inf(1)
+	for g, x := range fc {
+		lc[g] = loss(float64(x))
+		mn = math.Min(mn, lc[g])
+		dot += v[g] * lc[g]
+		all[g] = true
+	}
+	for g := range fc {
+		ec[g] = math.Exp(-eta * (lc[g] - mn))
+		mix += v[g] * ec[g]
+	}
+	m := mn - math.Log(mix)/eta // the mix loss
+	p.gap[h-1] = p.lamGap*p.gap[h-1] + math.Max(dot-m, 0)
+	fixedShare(p.v[(h-1)*numCand:h*numCand], ec[:], all[:], numCand, p.alpha)
+}
+
+// fixedShare multiplies the weights w of the available entries by e,
+// renormalises and mixes in a share alpha of the uniform distribution over
+// the n available entries.
+func fixedShare(w, e []float64, avail []bool, n int, alpha float64) {
+	sw := 0.0
+	for k := range w {
+		if avail[k] {
+			w[k] *= e[k]
+			sw += w[k]
+		}
+	}
+	for k := range w {
+		if !avail[k] {
+			continue
+		}
+		if sw > 0 {
+			w[k] = (1-alpha)*w[k]/sw + alpha/float64(n)
+		} else {
+			w[k] = 1 / float64(n)
+		}
+	}
+}
+
+// weights returns the current weights of the experts at horizon h in the
+// final combination (the candidates' weights times their experts'
+// weights), for the tests and for debugging.
+func (p *pool) weights(h int) (w [numExp]float64) {
+	v := p.v[(h-1)*numCand : h*numCand]
+	w[expHybrid] = v[0]
+	for g := 0; g < poolEtas; g++ {
+		wg := p.w[((h-1)*poolEtas+g)*numExp : ((h-1)*poolEtas+g+1)*numExp]
+		for k := range w {
+			w[k] += v[g+1] * wg[k]
+		}
+	}
+	return w
+}
+
+// experts writes the experts' forecasts of bucket idx+h made at origin idx
+// into the scratch array and returns it; hyb is the hybrid's median, mean
+// its mean and mu the regression's forecast.
+func (m *Hybrid) experts(idx int64, h int, hyb, mean, mu float64) *[numExp]float64 {
+	f := &m.sc.exp
+	p := m.pl
+	last := m.ys[idx%int64(m.W)]
+	if m.integer && mean >= 0 && mean < poissonMaxMean {
+		// Counts of a few per bucket: the median of the count, not a
+		// shifted mean, minimises the absolute error.
+		hyb = poissonMedian(mean)
+	}
+	if m.integer && mu >= 0 && mu < poissonMaxMean {
+		mu = poissonMedian(mu)
+	}
+	f[expHybrid] = hyb
+	f[expReg] = mu
+	f[expReanchor] = hyb + m.surprise
+	f[expNaive] = last
+	lagged := func(lag int) float64 {
+		i := idx + int64(h) - int64(lag*((h+lag-1)/lag))
+		if !m.inWindow(i) || m.wts[i%int64(m.W)] == 0 {
+			return last
+		}
+		return m.ys[i%int64(m.W)]
+	}
+	if p.avail[expSDay] {
+		f[expSDay] = lagged(p.lagDay)
+	}
+	if p.avail[expSWeek] {
+		f[expSWeek] = lagged(p.lagWk)
+	}
+	if h == 1 {
+		// The medians do not depend on the horizon.
+		f[expMedShort] = m.medLast(idx, 3)
+		if p.avail[expMedSeason] {
+			f[expMedSeason] = m.medLast(idx, p.season)
+		}
+	}
+	return f
+}
+
+// medLast is the median of the last k known values up to bucket idx.
+func (m *Hybrid) medLast(idx int64, k int) float64 {
+	tmp := m.sc.tmp[:0]
+	for i := idx; i >= 0 && i > idx-int64(m.W) && len(tmp) < k; i-- {
+		if m.wts[i%int64(m.W)] > 0 {
+			tmp = append(tmp, m.ys[i%int64(m.W)])
+		}
+	}
+	if len(tmp) == 0 {
+		return m.ys[idx%int64(m.W)]
+	}
+	return median(tmp)
+}
+
+// poissonMedian is the median of a Poisson distribution with mean lam
+// (0 ≤ lam, small: the loop runs about lam times).
+func poissonMedian(lam float64) float64 {
+	p := math.Exp(-lam)
+	cdf := p
+	k := 0.0
+	for cdf < 0.5 && k < 10*lam+10 {
+		k++
+		p *= lam / k
+		cdf += p
+	}
+	return k
+}
+
+// encode writes the pool's learnt state (its shape comes from the
+// configuration).
+func (p *pool) encode(e *enc) {
+	e.f32s(p.fx)
+	e.f32s(p.fc)
+	e.fs(p.w)
+	e.fs(p.v)
+	e.fs(p.gap)
+}
+
+// decode reads what encode wrote; sizes must match, the weights must be
+// probabilities and the gaps finite and non-negative.
+func (p *pool) decode(d *dec) {
+	d.f32sInto(p.fx, "expert forecasts")
+	d.f32sInto(p.fc, "candidate forecasts")
+	d.fsInto(p.w, "expert weights")
+	d.fsInto(p.v, "candidate weights")
+	d.fsInto(p.gap, "mixability gaps")
+	d.inRange(p.w, 0, 1, "expert weights")
+	d.inRange(p.v, 0, 1, "candidate weights")
+	d.inRange(p.gap, 0, math.MaxFloat64, "mixability gaps")
+}

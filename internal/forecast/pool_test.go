@@ -1,0 +1,301 @@
+package forecast
+
+import (
+	"context"
+	"math"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// TestPoolFollowsTheBetterExpert drives the combination directly: two
+// experts, one exact and one off by ten scales; the combination must put
+// almost all weight on the exact one, and when they swap roles it must
+// follow within a few updates (the discounted losses forget, and the
+// learning rate is chosen by the candidates' own recent losses).
+func TestPoolFollowsTheBetterExpert(t *testing.T) {
+	p := newPool(1, 2, 96, 24, 0)
+	for k := range p.avail {
+		p.avail[k] = k == expHybrid || k == expNaive
+	}
+	var f [numExp]float64
+	step := func(i int, good int) float64 {
+		y := float64(i % 7)
+		f[expHybrid], f[expNaive] = y+10, y+10
+		f[good] = y
+		c := p.combine(1, i%2, &f, false)
+		p.update(1, i%2, y, 1, false)
+		return math.Abs(c - y)
+	}
+	for i := 0; i < 200; i++ {
+		step(i, expNaive)
+	}
+	if w := p.weights(1); w[expNaive] < 0.95 {
+		t.Fatalf("after 200 steps with naive exact: weights %v", w)
+	}
+	if e := step(200, expNaive); e > 0.1 {
+		t.Fatalf("combination error %.3f with one exact expert", e)
+	}
+	// The roles swap: within 8 updates the combination is close to the
+	// now exact hybrid expert again.
+	var errs []float64
+	for i := 201; i < 230; i++ {
+		errs = append(errs, step(i, expHybrid))
+	}
+	for i, e := range errs[8:] {
+		if e > 1 {
+			t.Fatalf("%d updates after the swap the combination is still %.2f off (errors %v)", i+8, e, errs)
+		}
+	}
+}
+
+// levelShift is a daily cycle with noise whose level jumps by jump at
+// bucket at.
+func levelShift(n, at int, jump float64, seed uint64) *Series {
+	rng := rand.New(rand.NewPCG(seed, seed))
+	return synth(n, func(i int) float64 {
+		v := 100 + 30*math.Sin(2*math.Pi*float64(i%24)/24) + 3*rng.NormFloat64()
+		if i >= at {
+			v += jump
+		}
+		return v
+	})
+}
+
+// TestCombinationTracksLevelShift: after a permanent level shift of 20
+// noise standard deviations, the combined one-step forecast is within
+// five noise SDs of the data from the second bucket on (the first error is
+// unavoidable), while the hybrid alone (whose regression window still
+// holds the old level) needs several buckets to catch up.
+func TestCombinationTracksLevelShift(t *testing.T) {
+	const W, at = 24 * 14, 24*14 + 100
+	s := levelShift(at+48, at, 60, 11)
+	run := func(noPool bool) []float64 {
+		m, err := NewHybrid(HybridConfig{Step: time.Hour, Window: W, Horizon: 12, NoPool: noPool}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var errs []float64
+		for i := 0; i < s.Len()-1; i++ {
+			if err := m.Observe(s.Time(i), s.Values[i]); err != nil {
+				t.Fatal(err)
+			}
+			if i >= at {
+				errs = append(errs, math.Abs(s.Values[i+1]-m.Forecast()[0].Q50))
+			}
+		}
+		return errs
+	}
+	pooled, alone := run(false), run(true)
+	t.Logf("one-step errors after the shift: combined %.1f; hybrid alone %.1f", pooled[:12], alone[:12])
+	sum := func(v []float64) (s float64) {
+		for _, x := range v {
+			s += x
+		}
+		return s
+	}
+	for i, e := range pooled[1:] {
+		if e > 15 {
+			t.Fatalf("%d buckets after the shift the combination is %.1f off", i+1, e)
+		}
+	}
+	if a, p := sum(alone[1:6]), sum(pooled[1:6]); !(p < 0.5*a) {
+		t.Fatalf("buckets 1-5 after the shift: absolute error %.0f combined vs %.0f hybrid alone", p, a)
+	}
+}
+
+// TestCombinationKeepsSpikesOut: isolated spikes (one bucket at ten times
+// the level) must not drag the combination the way they drag the naive
+// forecast: on such a series the combined MASE beats naive's at h=1.
+func TestCombinationKeepsSpikesOut(t *testing.T) {
+	rng := rand.New(rand.NewPCG(12, 12))
+	s := synth(24*21+300, func(i int) float64 {
+		v := 1000 + 20*rng.NormFloat64()
+		if rng.IntN(30) == 0 {
+			v *= 10
+		}
+		return v
+	})
+	res, err := Backtest(context.Background(), s, nil, append(Baselines()[:1], HybridSpec("hybrid", HybridConfig{})),
+		BacktestConfig{Window: 24 * 14})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := byMethod(t, res)
+	if h, n := m["hybrid"].MASE[0], m["naive"].MASE[0]; !(h < 0.8*n) {
+		t.Fatalf("MASE h1: hybrid %.3f, naive %.3f", h, n)
+	}
+}
+
+// TestIntermittentSeriesForecastsZero: demand that is zero in 90% of the
+// buckets (bursts of random size at random hours). The absolute-error
+// optimal point forecast is then zero almost everywhere; the combination
+// must find it (through the season's median) and beat the naive and
+// seasonal naive forecasts, with calibrated 80% intervals.
+func TestIntermittentSeriesForecastsZero(t *testing.T) {
+	rng := rand.New(rand.NewPCG(13, 13))
+	s := synth(24*14+400, func(int) float64 {
+		if rng.Float64() < 0.9 {
+			return 0
+		}
+		return math.Round(1e6 * (1 + rng.ExpFloat64()))
+	})
+	res, err := Backtest(context.Background(), s, nil, append(Baselines()[:2], HybridSpec("hybrid", HybridConfig{})),
+		BacktestConfig{Window: 24 * 14})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := byMethod(t, res)
+	h := m["hybrid"]
+	for _, b := range []string{"naive", "snaive_day"} {
+		if !(h.MASE[0] < m[b].MASE[0] && h.MASE[11] < m[b].MASE[11]) {
+			t.Errorf("MASE h1/h12: hybrid %.3f/%.3f, %s %.3f/%.3f", h.MASE[0], h.MASE[11], b, m[b].MASE[0], m[b].MASE[11])
+		}
+	}
+	// The zero forecast's MASE: mean |y| over the scale, ~0.53 here.
+	if h.MASE[11] > 0.6 {
+		t.Errorf("MASE h12 %.3f: the combination did not settle on zero", h.MASE[11])
+	}
+	if c := h.Cover80[11]; c < 0.75 || c > 0.95 {
+		t.Errorf("coverage h12 %.3f", c)
+	}
+}
+
+// TestPoissonMedian checks the count median against the cumulative
+// distribution summed directly, across the jumps of the median.
+func TestPoissonMedian(t *testing.T) {
+	for _, lam := range []float64{0, 0.1, 0.69, 0.7, 1, 1.6, 1.7, 2.5, 5, 12.3, 19.9} {
+		want := 0.0
+		cdf, p := 0.0, math.Exp(-lam)
+		for k := 0; ; k++ {
+			if k > 0 {
+				p *= lam / float64(k)
+			}
+			cdf += p
+			if cdf >= 0.5 {
+				want = float64(k)
+				break
+			}
+		}
+		if got := poissonMedian(lam); got != want {
+			t.Errorf("median of Poisson(%v) = %v, want %v", lam, got, want)
+		}
+	}
+}
+
+// TestCountSeriesGetCountMedians: for a low-count series the model
+// experts give integer medians, and the final point forecast is an
+// integer.
+func TestCountSeriesGetCountMedians(t *testing.T) {
+	rng := rand.New(rand.NewPCG(14, 14))
+	m, err := NewHybrid(HybridConfig{Step: time.Hour, Window: 24 * 14, Horizon: 6}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 24*20; i++ {
+		lam := 1.2 + math.Sin(2*math.Pi*float64(i%24)/24)
+		k := 0.0
+		for p := rng.Float64(); p > math.Exp(-lam); p *= rng.Float64() {
+			k++
+		}
+		if err := m.Observe(t0.Add(time.Duration(i)*time.Hour), k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	po := int((m.n - 1) % int64(m.P))
+	for h := 1; h <= 6; h++ {
+		fx := m.pl.fx[(po*6+h-1)*numExp : (po*6+h)*numExp]
+		for _, k := range []int{expHybrid, expReg} {
+			if v := float64(fx[k]); v != math.Trunc(v) || v < 0 {
+				t.Fatalf("h=%d %s expert %v, want a count", h, expNames[k], v)
+			}
+		}
+		if q := m.Forecast()[h-1].Q50; q != math.Trunc(q) {
+			t.Fatalf("h=%d median %v", h, q)
+		}
+	}
+}
+
+// TestTrendNotExtrapolated: on a pure ramp the regression's forecasts hold
+// the level reached at the origin instead of carrying the slope on.
+func TestTrendNotExtrapolated(t *testing.T) {
+	m, err := NewHybrid(HybridConfig{Step: 24 * time.Hour, Window: 28, Horizon: 12, NoPool: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 60; i++ {
+		if err := m.Observe(t0.Add(time.Duration(i)*24*time.Hour), float64(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ro := int((m.n - 1) % int64(m.R))
+	mu1, mu12 := m.muY[ro*12], m.muY[ro*12+11]
+	if math.Abs(mu1-59) > 1 || math.Abs(mu12-mu1) > 0.5 {
+		t.Fatalf("regression forecasts h1 %.2f h12 %.2f after a ramp ending at 59", mu1, mu12)
+	}
+}
+
+// TestTrackQuantilesTwoLevels: with two levels the trackers are the 10%
+// and 90% quantiles; on uniform errors they settle near ∓0.8.
+func TestTrackQuantilesTwoLevels(t *testing.T) {
+	rng := rand.New(rand.NewPCG(15, 15))
+	q := []float64{0, 0}
+	for i := 0; i < 20000; i++ {
+		trackQuantiles(q, 2*rng.Float64()-1, 0.01)
+	}
+	if math.Abs(q[0]+0.8) > 0.05 || math.Abs(q[1]-0.8) > 0.05 {
+		t.Fatalf("tracked 10/90%% quantiles of U(-1,1): %v", q)
+	}
+}
+
+// TestHybridSnapshotPoolState: the combination's state round-trips through
+// encode/decode (the restored model forecasts identically afterwards), a
+// model without a combination refuses it, and weights outside [0, 1] are
+// rejected.
+func TestHybridSnapshotPoolState(t *testing.T) {
+	cfg := HybridConfig{Step: time.Hour, Window: 24 * 14, Horizon: 6}
+	rng := rand.New(rand.NewPCG(16, 16))
+	val := func(i int) float64 { return 50 + 20*math.Sin(2*math.Pi*float64(i%24)/24) + 3*rng.NormFloat64() }
+	a, _ := NewHybrid(cfg, nil)
+	for i := 0; i < 24*16; i++ {
+		if err := a.Observe(t0.Add(time.Duration(i)*time.Hour), val(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := &enc{}
+	a.encode(e)
+	b, _ := NewHybrid(cfg, nil)
+	d := &dec{b: e.b}
+	b.decode(d)
+	if d.err != nil || len(d.b) != 0 {
+		t.Fatalf("decode: %v (%d bytes left)", d.err, len(d.b))
+	}
+	for i := 24 * 16; i < 24*17; i++ {
+		y := val(i)
+		a.Observe(t0.Add(time.Duration(i)*time.Hour), y)
+		b.Observe(t0.Add(time.Duration(i)*time.Hour), y)
+	}
+	for h, q := range a.Forecast() {
+		if b.Forecast()[h] != q {
+			t.Fatalf("h=%d: %+v after restore, %+v before", h+1, b.Forecast()[h], q)
+		}
+	}
+	noPool := cfg
+	noPool.NoPool = true
+	c, _ := NewHybrid(noPool, nil)
+	d = &dec{b: e.b}
+	c.decode(d)
+	if d.err == nil {
+		t.Fatal("a model without a combination accepted one's state")
+	}
+	// A weight of 2 where the candidates' weights are stored.
+	bad, _ := NewHybrid(cfg, nil)
+	be := &enc{}
+	a.pl.v[0] = 2
+	a.encode(be)
+	d = &dec{b: be.b}
+	bad.decode(d)
+	if d.err == nil {
+		t.Fatal("a combination weight of 2 was accepted")
+	}
+}
