@@ -977,9 +977,25 @@ int pm_router(struct xdp_md *ctx)
 	struct mirror *mi;
 	struct session *s = bpf_map_lookup_elem(&pm_sessions, &p.flow);
 
-	if (s) {
+	int bare_syn = p.flow.proto == IPPROTO_TCP && (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+
+	if (s && bare_syn && (s->flags & SESSION_ESTABLISHED) && !p.icmp) {
+		/* The client reuses the 5-tuple of a finished connection: a new
+		 * flow, routed by today's tables and counted as an access. */
+		region = client_region(&p, st);
+		r = choose(&p, vip, region, 1, &mirror);
+		if (r)
+			return verdict(r, XDP_DROP);
+		s->mirror = mirror;
+		s->region = region;
+		s->flags = 0;
+		new_flow = 1;
+		mi = mirror_get(mirror);
+	} else if (s) {
 		region = s->region;
 		mirror = s->mirror;
+		if (!bare_syn && !(s->flags & SESSION_ESTABLISHED) && p.flow.proto == IPPROTO_TCP && !p.icmp)
+			s->flags |= SESSION_ESTABLISHED;
 		mi = mirror_get(mirror);
 		if (!mi || mi->state == MIRROR_DOWN || mi->state == MIRROR_UNUSED) {
 			/* The flow's mirror died: re-pick (affinity to it is void too). */
@@ -1001,10 +1017,12 @@ int pm_router(struct xdp_md *ctx)
 		if (!p.icmp) {
 			struct session ns = { .mirror = mirror, .region = region };
 
+			/* A flow picked up mid-way (no SYN seen) is established. */
+			if (p.flow.proto == IPPROTO_TCP && !bare_syn)
+				ns.flags = SESSION_ESTABLISHED;
 			bpf_map_update_elem(&pm_sessions, &p.flow, &ns, BPF_ANY);
 			/* Only real opens count as accesses, not mid-flow pickups. */
-			new_flow = p.flow.proto == IPPROTO_UDP ||
-				   (p.tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+			new_flow = p.flow.proto == IPPROTO_UDP || bare_syn;
 		}
 	}
 	if (!mi)

@@ -71,7 +71,13 @@ struct flow_key {
 struct session {
 	__u32 mirror;
 	__u32 region; /* client region at flow start, for counters */
+	__u32 flags;  /* SESSION_* */
 };
+
+/* session.flags: a TCP packet past the opening SYN was seen. A bare SYN on
+ * such a session is a new connection reusing the 5-tuple (the client
+ * recycled its port), not a retransmission: it is routed afresh. */
+#define SESSION_ESTABLISHED (1 << 0)
 
 /* pm_affinity key: (resource, client prefix). */
 struct affinity_key {

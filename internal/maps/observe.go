@@ -137,7 +137,7 @@ func flowKey(f Flow) routerFlowKey {
 // Sessions calls fn for every established flow until it returns false.
 func (r *Router) Sessions(fn func(Session) bool) error {
 	return forEach(r.objs.PmSessions, 1, func(k *routerFlowKey, v []routerSession) bool {
-		return fn(Session{Flow: flowOf(k), Mirror: MirrorID(v[0].Mirror), Region: RegionID(v[0].Region)})
+		return fn(Session{Flow: flowOf(k), Mirror: MirrorID(v[0].Mirror), Region: RegionID(v[0].Region), Established: v[0].Flags&1 != 0})
 	})
 }
 
@@ -158,7 +158,7 @@ func (r *Router) LookupSession(f Flow) (Session, bool, error) {
 		}
 		return Session{}, false, fmt.Errorf("lookup pm_sessions: %w", err)
 	}
-	return Session{Flow: f, Mirror: MirrorID(v.Mirror), Region: RegionID(v.Region)}, true, nil
+	return Session{Flow: f, Mirror: MirrorID(v.Mirror), Region: RegionID(v.Region), Established: v.Flags&1 != 0}, true, nil
 }
 
 // Affinities calls fn for every user affinity until it returns false.

@@ -112,6 +112,7 @@ type routerSession struct {
 	_      structs.HostLayout
 	Mirror uint32
 	Region uint32
+	Flags  uint32
 }
 
 type routerSettings struct {

@@ -400,6 +400,31 @@ func TestEstablishedFlowKeepsMirror(t *testing.T) {
 	fresh := pkt{src: clientEU, dst: vipWeb.Addr, sport: 3001, dport: 80}
 	_, out = f.send(t, fresh.frame(t))
 	checkEncap(t, fresh.frame(t), out, fixtureMirrors[m2], nil) // new: the new table
+
+	// A retransmitted SYN (nothing past it seen yet) keeps its mirror.
+	if err := f.r.SetRoute(resWeb, regEU, map[MirrorID]uint32{m1: 1}); err != nil {
+		t.Fatal(err)
+	}
+	_, out = f.send(t, fresh.frame(t))
+	checkEncap(t, fresh.frame(t), out, fixtureMirrors[m2], nil)
+
+	// The first connection ends; the client reuses its port for a new one:
+	// that bare SYN is a new flow, routed by today's table and counted.
+	before := f.counter(t, CounterKey{resWeb, regEU, m1}).NewFlows
+	reuse := flow
+	reuse.flags = "S"
+	_, out = f.send(t, reuse.frame(t))
+	checkEncap(t, reuse.frame(t), out, fixtureMirrors[m1], nil)
+	if err := f.r.SetRoute(resWeb, regEU, map[MirrorID]uint32{m2: 1}); err != nil {
+		t.Fatal(err)
+	}
+	flow.flags = "A" // established again
+	f.send(t, flow.frame(t))
+	_, out = f.send(t, reuse.frame(t))
+	checkEncap(t, reuse.frame(t), out, fixtureMirrors[m2], nil)
+	if got := f.counter(t, CounterKey{resWeb, regEU, m1}).NewFlows; got != before+1 {
+		t.Fatalf("new flows on m1 %d, want %d: the reused 5-tuple's SYN was not counted", got, before+1)
+	}
 }
 
 // TestAffinity: a user's new flows stick to its mirror until the timeout,

@@ -143,6 +143,9 @@ type Session struct {
 	Flow   Flow
 	Mirror MirrorID
 	Region RegionID
+	// Established: a TCP packet past the opening SYN was seen, so a new
+	// bare SYN on this 5-tuple is a new connection and is routed afresh.
+	Established bool
 }
 
 // Affinity is one user's sticky mirror.
