@@ -43,8 +43,8 @@
 //
 // Measured by TestFootprint with the kernel's own accounting (fdinfo
 // memlock) at 4096 resources × 64 regions (262,144 routes), 1024 mirrors,
-// 1M sessions, 256K affinities and 64 distinct tables on 2 CPUs: 163 MiB,
-// of which pm_sessions 112 MiB (≈112 B per preallocated session),
+// 1M sessions, 256K affinities and 64 distinct tables on 2 CPUs: 171 MiB,
+// of which pm_sessions 120 MiB (≈120 B per preallocated session),
 // pm_affinity 26 MiB, pm_counters 16 MiB (buckets; entries are allocated
 // per live triple, 24 B × CPUs each), pm_route_index 4 MiB + 64 B per
 // route, route tables 16 KiB + 0.5 KiB each, LPM tries ≈ 32 B per prefix
