@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -238,6 +240,111 @@ func TestCorruptBlockRejected(t *testing.T) {
 		t.Fatal(err)
 	}
 	sameFile(t, c.path("src.img"), c.path("dst.img"))
+}
+
+// TestRejectionWinsOverCancellation forces the interleaving that made
+// TestCorruptBlockRejected flaky on a loaded machine: the mirror rejects
+// a delta cycle's corrupt block and the sender's frame reader cancels the
+// session before the sender starts waiting for the commit. The caller
+// must still get the mirror's reason, every time.
+func TestRejectionWinsOverCancellation(t *testing.T) {
+	c := newCluster(t, "src", "dst")
+	makeImage(t, c.path("src.img"), 256, bs, 1)
+	var corrupt atomic.Bool
+	src := c.startWith("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary}}, Peers: c.peers("dst")},
+		func(n *Node) {
+			n.hooks.corrupt = func(b []byte) {
+				if corrupt.Load() {
+					b[len(b)/2] ^= 4
+				}
+			}
+			n.hooks.committed = func(ctx context.Context) {
+				if !corrupt.Load() {
+					return
+				}
+				// Arrive at the wait only once the reader has cancelled.
+				select {
+				case <-ctx.Done():
+				case <-time.After(10 * time.Second):
+					t.Error("the mirror's rejection did not end the session")
+				}
+			}
+		})
+	c.start("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img")}}})
+	ctx := context.Background()
+	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull}); err != nil {
+		t.Fatal(err)
+	}
+	sv, _ := src.Volume("vol")
+	corrupt.Store(true)
+	// Each round would pass by luck half the time if the cancellation
+	// could win; twelve rounds make that a 1-in-4096 chance.
+	for round := range 12 {
+		if _, err := sv.WriteAt(bytes.Repeat([]byte{byte(round + 1)}, bs), 5*bs); err != nil {
+			t.Fatal(err)
+		}
+		_, err := src.Push(ctx, "vol", "dst", PushOptions{})
+		if !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("round %d: delta with a corrupted block: %v, want ErrCorrupt", round, err)
+		}
+	}
+	corrupt.Store(false)
+	if _, err := src.Push(ctx, "vol", "dst", PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	sameFile(t, c.path("src.img"), c.path("dst.img"))
+}
+
+// TestVerdict pins the precedence a failed push session reports: the
+// peer's reason, then the caller's cancellation, then the local error.
+func TestVerdict(t *testing.T) {
+	live := context.Background()
+	cancelled, cancel := context.WithCancel(live)
+	cancel()
+	peer := fmt.Errorf("%w: remote says no", ErrCorrupt)
+	local := errors.New("local failure")
+	closed := &net.OpError{Op: "read", Net: "tcp", Err: net.ErrClosed}
+	broken := &net.OpError{Op: "write", Net: "tcp", Err: syscall.EPIPE}
+	for _, tc := range []struct {
+		name          string
+		parent        context.Context
+		local, remote error
+		want          error
+	}{
+		{"peer error over own cancellation", live, context.Canceled, peer, ErrCorrupt},
+		{"peer error over broken pipe", live, broken, peer, ErrCorrupt},
+		{"peer error over caller cancellation", cancelled, broken, peer, ErrCorrupt},
+		{"caller cancellation over closed link", cancelled, closed, closed, context.Canceled},
+		{"caller cancellation, reader cancelled", cancelled, nil, context.Canceled, context.Canceled},
+		{"local error when reader only saw teardown", live, local, closed, local},
+		{"local error when the reader said nothing", live, local, nil, local},
+		{"reader error alone", live, nil, peer, ErrCorrupt},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := verdict(tc.parent, tc.local, tc.remote); !errors.Is(got, tc.want) {
+				t.Fatalf("verdict = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestSettleWaitsForReaderOnBrokenLink: after a write to a connection the
+// peer closed, the reader's result is waited for however late it comes
+// (it must come: the connection is dead), so no timer decides the reason.
+func TestSettleWaitsForReaderOnBrokenLink(t *testing.T) {
+	remote := make(chan error, 1)
+	broken := &net.OpError{Op: "write", Net: "tcp", Err: syscall.EPIPE}
+	got := make(chan error, 1)
+	go func() { got <- settle(context.Background(), broken, remote) }()
+	select {
+	case err := <-got:
+		t.Fatalf("settle returned %v before the reader reported", err)
+	case <-time.After(peerErrorGrace + 200*time.Millisecond):
+	}
+	remote <- fmt.Errorf("%w: late", ErrNoSpace)
+	if err := <-got; !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("settle = %v, want the reader's ErrNoSpace", err)
+	}
 }
 
 // TestFlippedBitOnTheWire runs a full copy through a proxy that flips one

@@ -140,6 +140,9 @@ type testHooks struct {
 	durable  func(vol string, blocks []blockVer)       // received blocks durable, about to be acked
 	corrupt  func(frame []byte)                        // damage outgoing block data after checksumming
 	onCycle  func(vol string, cycle uint64)            // sender: cycle snapshot taken
+	// sender: the cycle's commit is sent; ctx is the session's, which the
+	// frame reader cancels when the peer fails the session
+	committed func(ctx context.Context)
 }
 
 type blockVer struct {

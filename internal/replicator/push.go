@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"runtime"
 	"slices"
 	"sync"
@@ -231,6 +232,7 @@ func (n *Node) sendFull(ctx context.Context, l *link, w *wire.Welcome, v *Volume
 	total := int64(countBlocks(startBlk, v.blocks, extents)) * int64(v.bs)
 	tr := newTracker(n.metrics, v.name, peer, mode, total, o.OnProgress, l.raw.tx.Load)
 
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer func() {
@@ -350,18 +352,10 @@ func (n *Node) sendFull(ctx context.Context, l *link, w *wire.Welcome, v *Volume
 	}
 	if sendErr != nil {
 		cancel()
-		// Prefer the peer's explanation when it closed on us.
-		select {
-		case aerr := <-ackErr:
-			if aerr != nil && !errors.Is(aerr, context.Canceled) {
-				return aerr
-			}
-		case <-time.After(time.Second):
-		}
-		return sendErr
+		return settle(parent, sendErr, ackErr)
 	}
 	if aerr := <-ackErr; aerr != nil {
-		return aerr
+		return verdict(parent, nil, aerr)
 	}
 	tr.setAcked(total)
 	tr.finish()
@@ -504,6 +498,70 @@ func randomU64() uint64 {
 	return binary.LittleEndian.Uint64(b[:])
 }
 
+// peerErrorGrace bounds how long a push that failed for a local reason,
+// on a connection that still works, waits for an error the peer may have
+// sent at the same moment.
+const peerErrorGrace = time.Second
+
+// settle returns the error a push session that failed locally (local)
+// reports, given the channel on which the goroutine reading the peer's
+// frames publishes its single result. That goroutine publishes before
+// it cancels the session, so when the peer's rejection caused the local
+// failure (a cancelled context, a write to the connection the peer
+// closed) the rejection is already there. The session's context must be
+// cancelled before the call, so the reader is not blocked handing over
+// frames.
+func settle(parent context.Context, local error, remote <-chan error) error {
+	var rerr error
+	select {
+	case rerr = <-remote:
+	default:
+		if connFailed(local) || parent.Err() != nil {
+			// The connection is dead (or being closed by the link's
+			// context watcher): the reader drains what the peer sent
+			// before it went away and ends, so wait for it.
+			rerr = <-remote
+		} else {
+			select {
+			case rerr = <-remote:
+			case <-time.After(peerErrorGrace):
+			}
+		}
+	}
+	return verdict(parent, local, rerr)
+}
+
+// verdict picks what a failed push session reports: the peer's reason
+// first (its Error frame, a bad frame, the connection it dropped), then
+// the caller's cancellation (whatever failed locally after it was most
+// likely caused by the link closing), then the local error. Errors the
+// session's own teardown causes (its cancelled context, reads on the
+// connection it closed) are never the peer's reason.
+func verdict(parent context.Context, local, remote error) error {
+	switch {
+	case remote != nil && !teardown(remote):
+		return remote
+	case parent.Err() != nil:
+		return parent.Err()
+	case local != nil:
+		return local
+	}
+	return remote
+}
+
+// teardown reports whether err is a consequence of this side ending the
+// session rather than a reason for it ending.
+func teardown(err error) bool {
+	return errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, net.ErrClosed)
+}
+
+// connFailed reports whether err is a failure of the connection itself,
+// after which reads end without waiting for the peer.
+func connFailed(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op)
+}
+
 // runCycle ships one delta cycle (forced nil) or a repair cycle of the
 // given blocks, and waits until the mirror has applied it.
 func (n *Node) runCycle(ctx context.Context, l *link, w *wire.Welcome, v *Volume, peer string, forced []uint64, o PushOptions, res *PushResult) error {
@@ -557,6 +615,7 @@ func (n *Node) sendCycle(ctx context.Context, l *link, w *wire.Welcome, v *Volum
 	}
 	tr := newTracker(n.metrics, v.name, peer, ModeDelta, int64(len(c.manifest))*int64(v.bs), o.OnProgress, l.raw.tx.Load)
 
+	parent := ctx
 	ctx, cancel := context.WithCancel(ctx)
 	needs := make(chan *wire.Need, 4)
 	done := make(chan error, 1)
@@ -622,14 +681,7 @@ func (n *Node) sendCycle(ctx context.Context, l *link, w *wire.Welcome, v *Volum
 	}()
 	fail := func(err error) error {
 		cancel()
-		select {
-		case rerr := <-done:
-			if rerr != nil && !errors.Is(rerr, context.Canceled) {
-				return rerr
-			}
-		case <-time.After(time.Second):
-		}
-		return err
+		return settle(parent, err, done)
 	}
 
 	// Manifest, chunked, with the digest the commit carries.
@@ -728,13 +780,17 @@ func (n *Node) sendCycle(ctx context.Context, l *link, w *wire.Welcome, v *Volum
 	if err := l.send(&wire.CycleCommit{Cycle: cycleNo, Entries: uint64(len(c.manifest)), Digest: digest.Sum64()}); err != nil {
 		return fail(err)
 	}
-	select {
-	case derr := <-done:
-		if derr != nil {
-			return derr
-		}
-	case <-ctx.Done():
-		return ctx.Err()
+	if h := n.hooks.committed; h != nil {
+		h(ctx)
+	}
+	// Only the reader's result counts here, not ctx: the reader publishes
+	// the peer's rejection and then cancels ctx, so a select on both
+	// would sometimes report that cancellation instead of the rejection.
+	// The reader always ends: with the commit's acknowledgement, the
+	// peer's error, or the connection, which the link closes when the
+	// caller's context ends.
+	if derr := <-done; derr != nil {
+		return verdict(parent, nil, derr)
 	}
 	w.Cycle = cycleNo
 	tr.setAcked(int64(len(c.manifest)) * int64(v.bs))
