@@ -87,6 +87,7 @@ func (n *Node) serveConn(ctx context.Context, c net.Conn) {
 		n.log.Warn("bad hello", "peer", peer, "err", err)
 		n.countRejected(err)
 		l.sendError(fmt.Errorf("%w: %w", ErrProtocol, err))
+		drainBeforeClose(c)
 		return
 	}
 	c.SetReadDeadline(time.Time{})
@@ -98,7 +99,20 @@ func (n *Node) serveConn(ctx context.Context, c net.Conn) {
 		n.countRejected(err)
 		s.log.Warn("replication session failed", "err", err)
 		l.sendError(err)
+		drainBeforeClose(c)
 	}
+}
+
+// drainBeforeClose reads and discards what the peer still sends, for up
+// to a second or until it closes, so that closing does not make the
+// kernel answer unread data with a reset — which, on a slow link, can
+// destroy the Error frame just sent before the peer has read it.
+func drainBeforeClose(c net.Conn) {
+	if tc, ok := c.(interface{ CloseWrite() error }); ok {
+		_ = tc.CloseWrite()
+	}
+	_ = c.SetReadDeadline(time.Now().Add(time.Second))
+	_, _ = io.Copy(io.Discard, c)
 }
 
 func (n *Node) countRejected(err error) {
