@@ -69,7 +69,9 @@
 //     total read once, and the engine drops a bucket it already closed,
 //     so a count reaches the engine exactly once; what a crashed replica
 //     received since its last write is lost. A key rewritten after its
-//     bucket closed is reported (premirror_controller_access_aggregates_late_total).
+//     bucket closed is reported when the checkpoint that deletes it
+//     commits, from what that delete removed, so exactly once
+//     (premirror_controller_access_aggregates_late_total).
 //   - Checkpoints. After every close (and after a feed) the leader saves
 //     the engine's snapshot, the recent-bucket history and the revision of
 //     the last feed applied, deflated, in chunks of ValueBytes (1 MiB)

@@ -2,7 +2,7 @@ package controller
 
 import (
 	"context"
-
+	"errors"
 	"reflect"
 	"slices"
 	"strings"
@@ -271,11 +271,17 @@ func TestForecastIngestsOnceFromEveryReplica(t *testing.T) {
 	if n := testutil.ToFloat64(r2.c.m.accessFlows.WithLabelValues("ingested")); n != 0 {
 		t.Fatalf("follower ingested %v flows", n)
 	}
-	// A checkpoint covers the closed buckets, so their aggregates are gone.
-	waitFor(t, "aggregates of closed buckets deleted", 5*time.Second, func() bool {
-		_, keys := bucketTotal(t, r1.cli, r1.c.store, t0.Unix())
-		return keys == 0
-	})
+	// The checkpoint after the last close deleted the aggregates of every
+	// closed bucket, none of them late.
+	waitCheckpoint(t, r1, t0.Add(4*time.Hour))
+	for k := range 4 {
+		if _, keys := bucketTotal(t, r1.cli, r1.c.store, t0.Add(time.Duration(k)*time.Hour).Unix()); keys != 0 {
+			t.Fatalf("bucket %d: %d aggregates left after the checkpoint", k, keys)
+		}
+	}
+	if n := testutil.ToFloat64(r1.c.m.aggregatesLate); n != 0 {
+		t.Fatalf("%v aggregates reported late", n)
+	}
 	if probs, err := testutil.CollectAndLint(r1.c.Registry()); err != nil || len(probs) > 0 {
 		t.Fatalf("metric lint: %v %v", err, probs)
 	}
@@ -283,17 +289,21 @@ func TestForecastIngestsOnceFromEveryReplica(t *testing.T) {
 		t.Fatalf("list: %v %v", list.GetResources(), err)
 	}
 	// An aggregate rewritten after its bucket closed (a replica whose clock
-	// is far behind) is reported when the next checkpoint deletes it.
+	// is far behind) is reported, once, by the next checkpoint, which
+	// deletes it.
 	lateAgg, _ := proto.Marshal(&pb.AccessAggregate{Node: "edge-x", Controller: "r9", BucketStartUnix: t0.Unix(),
 		Flows: []*pb.AccessFlows{{ResourceId: disk, RegionId: reg["eu"], NewFlows: 5}}})
 	if _, err := r1.cli.Put(context.Background(), r1.c.store.fkey(accessKey(t0.Unix(), "edge-x", "r9", 1)), string(lateAgg)); err != nil {
 		t.Fatal(err)
 	}
 	br.bucket(4, flows{a, disk, reg["eu"], "eu", 1})
-	waitFor(t, "late aggregate reported and deleted", 5*time.Second, func() bool {
-		_, keys := bucketTotal(t, r1.cli, r1.c.store, t0.Unix())
-		return keys == 0 && testutil.ToFloat64(r1.c.m.aggregatesLate) == 1
-	})
+	waitCheckpoint(t, r1, t0.Add(5*time.Hour))
+	if _, keys := bucketTotal(t, r1.cli, r1.c.store, t0.Unix()); keys != 0 {
+		t.Fatalf("late aggregate not deleted (%d keys)", keys)
+	}
+	if n := testutil.ToFloat64(r1.c.m.aggregatesLate); n != 1 {
+		t.Fatalf("%v aggregates reported late, want 1", n)
+	}
 }
 
 func TestForecastSurvivesFailoverAndRestart(t *testing.T) {
@@ -314,7 +324,7 @@ func TestForecastSurvivesFailoverAndRestart(t *testing.T) {
 	if err := ref.ReadEventsCSV(strings.NewReader(events)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "leader applied the feed", 5*time.Second, func() bool {
+	waitFor(t, "leader applied the feed", passWait, func() bool {
 		return testutil.ToFloat64(r1.c.m.fcFeeds.WithLabelValues("events", "applied")) == 1
 	})
 	br := &bucketRun{t: t, clock: clock, t0: t0, cli: r2.cli, st: r2.c.store, admin: adminClient(t, r2.addr, "viewer"),
@@ -327,9 +337,7 @@ func TestForecastSurvivesFailoverAndRestart(t *testing.T) {
 		br.bucket(k, load(k)...)
 	}
 	sameForecast(t, "leader", r1.c.fc.eng, ref)
-	waitFor(t, "checkpoint of the last bucket", 5*time.Second, func() bool {
-		return checkpointOpen(t, r1) == t0.Add(3*time.Hour).Unix()
-	})
+	waitCheckpoint(t, r1, t0.Add(3*time.Hour))
 
 	// Failover: the leader dies; r2 takes over with the checkpoint.
 	r1.kill()
@@ -342,7 +350,7 @@ func TestForecastSurvivesFailoverAndRestart(t *testing.T) {
 	br.bucket(k, load(k)...)
 	k++
 	sameForecast(t, "a bucket after failover", r2.c.fc.eng, ref)
-	waitFor(t, "checkpoint", 5*time.Second, func() bool { return checkpointOpen(t, r2) == t0.Add(time.Duration(k)*time.Hour).Unix() })
+	waitCheckpoint(t, r2, t0.Add(time.Duration(k)*time.Hour))
 
 	// Restart: every replica stops; a new one starts on the same etcd.
 	a.stop()
@@ -364,6 +372,26 @@ func TestForecastSurvivesFailoverAndRestart(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatal("restored engine state differs from the reference engine's")
 	}
+}
+
+// passWait bounds what one leader pass does after the test's last step
+// (tick, snapshot, a few etcd transactions), as bucketRun's waits do.
+const passWait = 10 * time.Second
+
+// waitCheckpoint waits until leader r has finished the pass that wrote
+// the checkpoint whose open bucket is open: the transaction that wrote its
+// manifest deleted the aggregates of the buckets before it, and the pass
+// has reported the late ones among them.
+func waitCheckpoint(t *testing.T, r *replica, open time.Time) {
+	t.Helper()
+	waitFor(t, "checkpoint with open bucket "+open.UTC().Format(time.RFC3339), passWait, func() bool {
+		return checkpointOpen(t, r) == open.Unix()
+	})
+	// The manifest is in etcd as soon as the transaction commits, before
+	// the leader has handled its response; a pass holds fc.mu throughout,
+	// so taking it waits for the rest of that pass.
+	r.c.fc.mu.Lock()
+	r.c.fc.mu.Unlock()
 }
 
 // checkpointOpen is the open bucket of the checkpoint in etcd (0: none).
@@ -481,7 +509,7 @@ func TestForecastFeedsRejectBadFiles(t *testing.T) {
 	if good.GetEntries() != 3 || !slices.Equal(good.GetUnused(), []string{"humidity"}) {
 		t.Fatalf("feed response %v", good)
 	}
-	waitFor(t, "feed applied and checkpointed", 5*time.Second, func() bool {
+	waitFor(t, "feed applied and checkpointed", passWait, func() bool {
 		resp, err := r1.cli.Get(context.Background(), r1.c.store.fkey(fkeyFeeds), clientv3.WithPrefix(), clientv3.WithCountOnly())
 		return testutil.ToFloat64(r1.c.m.fcFeeds.WithLabelValues("covariates", "applied")) == 1 && err == nil && resp.Count == 0
 	})
@@ -562,7 +590,7 @@ func TestForecastStateFile(t *testing.T) {
 	for k := range 2 {
 		br.bucket(k, flows{a, disk, reg["eu"], "eu", uint64(70 + k)}, flows{a, disk, reg["us"], "us", 9})
 	}
-	waitFor(t, "state file written", 5*time.Second, func() bool {
+	waitFor(t, "state file written", passWait, func() bool {
 		return testutil.ToFloat64(r1.c.m.fcCheckpoints.WithLabelValues("file")) >= 2
 	})
 	a.stop()
@@ -572,4 +600,115 @@ func TestForecastStateFile(t *testing.T) {
 		return r2.c.Leader() == "r2" && testutil.ToFloat64(r2.c.m.fcRestores.WithLabelValues("file")) == 1
 	})
 	sameForecast(t, "restored from the file", r2.c.fc.eng, ref)
+}
+
+// kvHook calls before just before committing a transaction that deletes
+// the access aggregates: there a write of another replica lands after
+// anything the leader read for the checkpoint.
+type kvHook struct {
+	clientv3.KV
+	accessPrefix string
+	before       func()
+}
+
+func (k *kvHook) Txn(ctx context.Context) clientv3.Txn { return &txnHook{Txn: k.KV.Txn(ctx), k: k} }
+
+type txnHook struct {
+	clientv3.Txn
+	k      *kvHook
+	access bool // Then deletes the aggregates
+}
+
+func (t *txnHook) If(cs ...clientv3.Cmp) clientv3.Txn { t.Txn = t.Txn.If(cs...); return t }
+func (t *txnHook) Else(ops ...clientv3.Op) clientv3.Txn {
+	t.Txn = t.Txn.Else(ops...)
+	return t
+}
+func (t *txnHook) Then(ops ...clientv3.Op) clientv3.Txn {
+	for _, op := range ops {
+		t.access = t.access || op.IsDelete() && string(op.KeyBytes()) == t.k.accessPrefix
+	}
+	t.Txn = t.Txn.Then(ops...)
+	return t
+}
+func (t *txnHook) Commit() (*clientv3.TxnResponse, error) {
+	if t.access && t.k.before != nil {
+		t.k.before()
+	}
+	return t.Txn.Commit()
+}
+
+// A checkpoint reports exactly the late aggregates it deletes, once each:
+// those below the buckets the previous checkpoint deleted, those rewritten
+// since the leader read their bucket, and one written just before the
+// deleting transaction commits; not the ones ingested as read, not the
+// open bucket's, nothing when the fence fails.
+func TestCheckpointReportsLateAggregatesItDeletes(t *testing.T) {
+	cli := etcdClient(t)
+	t.Cleanup(func() { cli.Close() })
+	hook := &kvHook{KV: cli.KV}
+	cli.KV = hook
+	prefix := testPrefix(t)
+	c, err := New(Config{Name: "r1", TLS: shared.files, Prefix: prefix, ReportInterval: 100 * time.Millisecond, Logger: quietLogger(),
+		Forecast: ForecastConfig{Engine: testEngineConfig(), Grace: 5 * time.Second}}, cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, st, ctx := c.fc, c.store, context.Background()
+	hook.accessPrefix = st.fkey(fkeyAccess)
+	put := func(b int64, node string) int64 {
+		t.Helper()
+		v, _ := proto.Marshal(&pb.AccessAggregate{Node: node, Controller: "r2", BucketStartUnix: b, Flows: []*pb.AccessFlows{{ResourceId: 1, RegionId: 1, NewFlows: 3}}})
+		resp, err := cli.Put(ctx, st.fkey(accessKey(b, node, "r2", 1)), string(v))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	keys := func(from, to int64) int {
+		t.Helper()
+		resp, err := cli.Get(ctx, st.fkey(accessBucketKey(from)), clientv3.WithRange(st.fkey(accessBucketKey(to))), clientv3.WithCountOnly())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return int(resp.Count)
+	}
+	late := func() float64 { return testutil.ToFloat64(c.m.aggregatesLate) }
+	fr, err := cli.Put(ctx, prefix+"fence", "r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn := fence{key: prefix + "fence", rev: fr.Header.Revision}
+
+	// b0 was checkpointed (its aggregates deleted), b1 closed (read at
+	// readRev), b2 is open.
+	b0 := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC).Unix()
+	b1, b2 := b0+3600, b0+7200
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.gcBefore, f.next, f.readRev = b1, b2, put(b1, "ingested")
+	put(b1, "rewritten")
+	put(b0, "after-gc")
+	put(b2, "open")
+
+	if err := f.checkpoint(ctx, fence{key: fn.key, rev: fn.rev + 1}); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("checkpoint without the fence: %v", err)
+	}
+	if late() != 0 || keys(b0, b2) != 3 {
+		t.Fatalf("a refused checkpoint reported %v late, left %d of 3 keys", late(), keys(b0, b2))
+	}
+	hook.before = func() {
+		hook.before = nil
+		put(b0, "racing")
+	}
+	if err := f.checkpoint(ctx, fn); err != nil {
+		t.Fatal(err)
+	}
+	if late() != 3 || keys(b0, b2) != 0 || keys(b2, b2+3600) != 1 || f.gcBefore != b2 {
+		t.Fatalf("late %v (want 3), keys of closed buckets %d, of the open one %d, gcBefore %d", late(), keys(b0, b2), keys(b2, b2+3600), f.gcBefore)
+	}
+	// The next checkpoint deletes nothing: nothing more reported.
+	if err := f.checkpoint(ctx, fn); err != nil || late() != 3 {
+		t.Fatalf("second checkpoint: late %v, %v", late(), err)
+	}
 }

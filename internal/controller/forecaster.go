@@ -622,9 +622,15 @@ func (f *forecaster) checkpoint(ctx context.Context, fn fence) error {
 		clientv3.OpDelete(st.fkey(fkeyChunks), clientv3.WithRange(genPfx)),
 		clientv3.OpDelete(clientv3.GetPrefixRangeEnd(genPfx), clientv3.WithRange(clientv3.GetPrefixRangeEnd(st.fkey(fkeyChunks)))),
 	}
+	accessOp := -1
 	if f.next > 0 {
-		f.countLate(ctx)
-		ops = append(ops, clientv3.OpDelete(st.fkey(fkeyAccess), clientv3.WithRange(st.fkey(accessBucketKey(f.next)))))
+		// WithPrevKV: the late aggregates are found among what this very
+		// delete removes (reading them before the transaction left a window
+		// in which one written after the read was deleted unreported). It
+		// costs a second transfer of the closed buckets' aggregates, the
+		// size of the read that ingested them.
+		accessOp = len(ops)
+		ops = append(ops, clientv3.OpDelete(st.fkey(fkeyAccess), clientv3.WithRange(st.fkey(accessBucketKey(f.next))), clientv3.WithPrevKV()))
 	}
 	if f.feedsRev > 0 {
 		resp, err := f.c.cli.Get(ctx, st.fkey(fkeyFeeds), clientv3.WithPrefix(), clientv3.WithKeysOnly())
@@ -646,7 +652,10 @@ func (f *forecaster) checkpoint(ctx context.Context, fn fence) error {
 		return ErrNotLeader
 	}
 	f.gen = gen
-	if f.next > 0 {
+	if accessOp >= 0 {
+		if dr := resp.Responses[accessOp].GetResponseDeleteRange(); dr != nil {
+			f.reportLate(dr.GetPrevKvs())
+		}
 		f.gcBefore = f.next
 	}
 	f.c.m.fcCheckpoints.WithLabelValues("etcd").Inc()
@@ -656,31 +665,22 @@ func (f *forecaster) checkpoint(ctx context.Context, fn fence) error {
 	return nil
 }
 
-// countLate reports aggregates of closed buckets written after the leader
-// read them (a replica whose clock is behind by more than Grace, or one
-// that stalled): what they added since the read is lost, and the
-// checkpoint is about to delete them. Below gcBefore everything is late
-// (the previous checkpoint deleted those buckets); above it, what changed
-// since the last read.
-func (f *forecaster) countLate(ctx context.Context) {
-	st := f.c.store
-	var kvs []*mvccpb.KeyValue
-	if f.gcBefore > 0 {
-		resp, err := f.c.cli.Get(ctx, st.fkey(fkeyAccess), clientv3.WithRange(st.fkey(accessBucketKey(f.gcBefore))))
+// reportLate reports, among the aggregates a checkpoint deleted, those
+// written after the leader read their bucket (a replica whose clock is
+// behind by more than Grace, or one that stalled): what they added since
+// the read is lost. Below gcBefore (as it was before this checkpoint)
+// everything is late, since the previous checkpoint deleted those buckets;
+// above it, what changed since the last read. It runs only once the
+// deleting transaction committed, so each is reported exactly once.
+func (f *forecaster) reportLate(deleted []*mvccpb.KeyValue) {
+	for _, kv := range deleted {
+		b, err := parseAccessKey(strings.TrimPrefix(string(kv.Key), f.c.store.fprefix))
 		if err != nil {
-			return // only a diagnostic
+			continue // not an aggregate's key: nothing to report
 		}
-		kvs = resp.Kvs
-	}
-	if f.readRev > 0 && f.next > f.gcBefore {
-		resp, err := f.c.cli.Get(ctx, st.fkey(accessBucketKey(f.gcBefore)), clientv3.WithRange(st.fkey(accessBucketKey(f.next))),
-			clientv3.WithMinModRev(f.readRev+1))
-		if err != nil {
-			return
+		if b >= f.gcBefore && (f.readRev == 0 || kv.ModRevision <= f.readRev) {
+			continue // ingested as read
 		}
-		kvs = append(kvs, resp.Kvs...)
-	}
-	for _, kv := range kvs {
 		agg := &pb.AccessAggregate{}
 		if proto.Unmarshal(kv.Value, agg) != nil {
 			continue
