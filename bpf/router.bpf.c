@@ -959,18 +959,24 @@ int pm_router(struct xdp_md *ctx)
 	}
 
 	__u32 zero = 0;
-	struct settings *st = bpf_map_lookup_elem(&pm_settings, &zero);
-	if (!st)
-		return verdict(R_PASS_MALFORMED, XDP_PASS); /* unreachable: arrays always hit */
+	struct settings *st;
 
-	if (p.frag == FRAG_LATER)
+	if (p.frag == FRAG_LATER) {
+		st = bpf_map_lookup_elem(&pm_settings, &zero);
+		if (!st)
+			return verdict(R_PASS_MALFORMED, XDP_PASS); /* unreachable: arrays always hit */
 		return steer_later_fragment(ctx, &p, st);
+	}
 
 	struct vip_key vk = { .port = p.flow.dport, .proto = p.flow.proto, .family = p.flow.family };
 	__builtin_memcpy(vk.addr, p.flow.dst, 16);
 	struct vip_info *vip = bpf_map_lookup_elem(&pm_vips, &vk);
 	if (!vip)
 		return verdict(R_PASS_NOT_VIP, XDP_PASS);
+	/* Settings only matter to VIP traffic: non-VIP packets skip the lookup. */
+	st = bpf_map_lookup_elem(&pm_settings, &zero);
+	if (!st)
+		return verdict(R_PASS_MALFORMED, XDP_PASS); /* unreachable: arrays always hit */
 
 	__u32 mirror = 0, region;
 	int new_flow = 0;

@@ -323,9 +323,9 @@ func waitServed(ctx context.Context, h *testbed.Host, mirror string, within time
 }
 
 type sample struct {
-	region, mirror string
-	rtt            time.Duration
-	ok             bool
+	mirror string
+	rtt    time.Duration
+	ok     bool
 }
 
 type regionResult struct {

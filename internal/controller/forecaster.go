@@ -1,6 +1,8 @@
 package controller
 
 import (
+	"github.com/premirror/premirror/internal/atomicfile"
+
 	"bytes"
 	"cmp"
 	"compress/flate"
@@ -12,7 +14,6 @@ import (
 	"math"
 	"net/url"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -840,33 +841,7 @@ func unpackCheckpoint(packed []byte) (*pb.ForecastCheckpoint, error) {
 const stateMagic = "PMFCCKPT"
 
 func writeStateFile(path string, packed []byte, sum [32]byte) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	for _, b := range [][]byte{[]byte(stateMagic), sum[:], packed} {
-		if _, err := tmp.Write(b); err != nil {
-			tmp.Close()
-			return err
-		}
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
+	return atomicfile.Write(path, 0o600, []byte(stateMagic), sum[:], packed)
 }
 
 func readStateFile(path string) (*pb.ForecastCheckpoint, error) {

@@ -278,12 +278,6 @@ func (v *view) resource(name string) *pb.Resource {
 	return v.res[name]
 }
 
-func (v *view) site(name string) *pb.Site {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	return v.sites[name]
-}
-
 // leader is the value of the oldest election key: the campaign that won.
 func (v *view) leader() string {
 	v.mu.RLock()

@@ -17,8 +17,6 @@ const (
 	numGroups
 )
 
-var groupNames = [numGroups]string{"intercept", "trend", "daily", "day_of_week", "day_type_profile", "holiday"}
-
 // Design rules (not tuned to any data set; see doc.go):
 //   - daily Fourier terms need at least 4 buckets a day; up to 8 harmonics
 //     (a one-hour feature of the daily profile) and never past Nyquist;

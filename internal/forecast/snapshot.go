@@ -1,8 +1,9 @@
 package forecast
 
 import (
+	"github.com/premirror/premirror/internal/atomicfile"
+
 	"bufio"
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -10,7 +11,6 @@ import (
 	"io"
 	"math"
 	"os"
-	"path/filepath"
 	"sort"
 	"time"
 )
@@ -747,30 +747,8 @@ func (e *Engine) SaveFile(path string) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, filepath.Base(path)+".tmp-*")
-	if err != nil {
+	if err := atomicfile.Write(path, 0o600, b); err != nil {
 		return fmt.Errorf("save snapshot: %w", err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after the rename
-	if _, err := io.Copy(f, bytes.NewReader(b)); err != nil {
-		f.Close()
-		return fmt.Errorf("save snapshot: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("save snapshot: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("save snapshot: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("save snapshot: %w", err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
 	}
 	return nil
 }

@@ -5,6 +5,8 @@
 package pki
 
 import (
+	"github.com/premirror/premirror/internal/atomicfile"
+
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -137,13 +139,13 @@ func WriteLeaf(dir, name string, ca *CA, leaf *Leaf) (Files, error) {
 		Cert: filepath.Join(dir, name+".pem"),
 		Key:  filepath.Join(dir, name+"-key.pem"),
 	}
-	if err := writeAtomic(f.CA, ca.PEM, 0o644); err != nil {
+	if err := atomicfile.Write(f.CA, 0o644, ca.PEM); err != nil {
 		return Files{}, err
 	}
-	if err := writeAtomic(f.Cert, leaf.CertPEM, 0o644); err != nil {
+	if err := atomicfile.Write(f.Cert, 0o644, leaf.CertPEM); err != nil {
 		return Files{}, err
 	}
-	if err := writeAtomic(f.Key, leaf.KeyPEM, 0o600); err != nil {
+	if err := atomicfile.Write(f.Key, 0o600, leaf.KeyPEM); err != nil {
 		return Files{}, err
 	}
 	return f, nil
@@ -214,24 +216,4 @@ func serial() *big.Int {
 		panic(err) // crypto/rand never fails on Linux
 	}
 	return n
-}
-
-func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

@@ -261,7 +261,6 @@ type peerLink struct {
 	seq    uint64
 	enc    *encoder
 	dec    *zstd.Decoder
-	opened bool
 	local  string
 	remote string
 }

@@ -1,6 +1,8 @@
 package replicator
 
 import (
+	"github.com/premirror/premirror/internal/atomicfile"
+
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
@@ -91,24 +93,5 @@ func saveState(dir string, st volState) error {
 		return err
 	}
 	path := filepath.Join(dir, stateFile)
-	tmp, err := os.CreateTemp(dir, ".state-*")
-	if err != nil {
-		return ioError("write "+path, err)
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(b, '\n')); err != nil {
-		tmp.Close()
-		return ioError("write "+path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return ioError("sync "+path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return ioError("write "+path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return ioError("rename "+path, err)
-	}
-	return ioError("sync "+dir, syncDir(dir))
+	return ioError("write "+path, atomicfile.Write(path, 0o644, append(b, '\n')))
 }

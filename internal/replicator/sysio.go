@@ -139,13 +139,3 @@ func isDevice(f *os.File) bool {
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeDevice != 0
 }
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
-}

@@ -39,17 +39,6 @@ func (q qv) equal(o qv) bool {
 	return slices.Equal(q, o)
 }
 
-// primary is the mirror holding most slots (lowest ID on ties).
-func (q qv) primary() MirrorID {
-	var best mq
-	for _, x := range q {
-		if x.n > best.n {
-			best = x
-		}
-	}
-	return best.m
-}
-
 // moves is chash.IdealMoves for two quota vectors: Σ max(0, a[m] − b[m]).
 func moves(a, b qv) int {
 	n := 0

@@ -102,11 +102,6 @@ type Testbed struct {
 	err     error
 }
 
-var macSeq struct {
-	sync.Mutex
-	n uint32
-}
-
 // mac returns a locally administered MAC: 02:70:6d:<kind>:<n>.
 func mac(kind byte, n int) net.HardwareAddr {
 	return net.HardwareAddr{0x02, 0x70, 0x6d, kind, byte(n >> 8), byte(n)}

@@ -211,7 +211,6 @@ type BlocksBuilder struct {
 	n        uint32
 	data     [][]byte
 	dataLen  int
-	crc      uint32
 }
 
 // Reset starts a new Blocks frame with sequence seq; the head is built in

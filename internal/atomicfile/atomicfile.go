@@ -1,0 +1,52 @@
+// Package atomicfile replaces a file so that a crash leaves either the old
+// content or the new one, never a mix: the content goes to a temporary
+// file in the same directory, which is synced, renamed over the target,
+// and the directory synced so the rename itself is durable. Every state,
+// cache, snapshot and key file premirror writes goes through it.
+package atomicfile
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// Write replaces path with the concatenation of parts, with permissions mode.
+func Write(path string, mode os.FileMode, parts ...[]byte) error {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	fail := func(op string, err error) error {
+		tmp.Close()
+		return fmt.Errorf("%s %s: %w", op, path, err)
+	}
+	for _, p := range parts {
+		if _, err := tmp.Write(p); err != nil {
+			return fail("write", err)
+		}
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		return fail("chmod", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fail("sync", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("rename %s: %w", path, err)
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync %s: %w", dir, err)
+	}
+	return nil
+}
