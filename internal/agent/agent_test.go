@@ -15,7 +15,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/premirror/premirror/internal/maps"
-	tu "github.com/premirror/premirror/internal/testutil"
+	"github.com/premirror/premirror/internal/testbed"
 )
 
 func bpffsDir(t *testing.T) string {
@@ -28,9 +28,30 @@ func bpffsDir(t *testing.T) string {
 	return dir
 }
 
+// netNS runs test code inside a testbed namespace.
+type netNS struct {
+	n *testbed.NetNS
+	t *testing.T
+}
+
+// Do runs f on a thread inside the namespace.
+func (ns netNS) Do(f func()) {
+	if err := ns.n.Do(func() error { f(); return nil }); err != nil {
+		ns.t.Fatal(err)
+	}
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: attaches XDP programs")
+	}
+}
+
 // agentNS is a namespace with the veth pa0/pa1 the test config names.
-func agentNS(t *testing.T) *tu.NetNS {
-	return tu.NewNetNS(t, func() error {
+func agentNS(t *testing.T) netNS {
+	n := testbed.NewNetNS(t)
+	err := n.Do(func() error {
 		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "pa0"}, PeerName: "pa1"}); err != nil {
 			return err
 		}
@@ -54,6 +75,10 @@ func agentNS(t *testing.T) *tu.NetNS {
 		}
 		return nil
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return netNS{n, t}
 }
 
 func testConfig(t *testing.T, pin string) (*Config, string) {
@@ -74,7 +99,7 @@ func testConfig(t *testing.T, pin string) (*Config, string) {
 	return c, path
 }
 
-func xdpProgID(t *testing.T, ns *tu.NetNS, iface string) uint32 {
+func xdpProgID(t *testing.T, ns netNS, iface string) uint32 {
 	t.Helper()
 	var id uint32
 	ns.Do(func() {
@@ -90,7 +115,7 @@ func xdpProgID(t *testing.T, ns *tu.NetNS, iface string) uint32 {
 // takes the pinned link over without detaching and finds nothing to write;
 // detach removes everything.
 func TestAgentLifecycle(t *testing.T) {
-	tu.RequireRoot(t, "attaches XDP programs")
+	requireRoot(t)
 	ns := agentNS(t)
 	pin := bpffsDir(t)
 	cfg, _ := testConfig(t, pin)
@@ -164,7 +189,7 @@ func TestAgentLifecycle(t *testing.T) {
 // TestReload: a changed file is applied; a broken one is refused, the
 // running state kept and health reports it.
 func TestReload(t *testing.T) {
-	tu.RequireRoot(t, "attaches XDP programs")
+	requireRoot(t)
 	ns := agentNS(t)
 	pin := bpffsDir(t)
 	cfg, path := testConfig(t, pin)
@@ -205,7 +230,7 @@ func TestReload(t *testing.T) {
 
 // TestForcedGenericMode: xdp_mode generic attaches in skb mode.
 func TestForcedGenericMode(t *testing.T) {
-	tu.RequireRoot(t, "attaches XDP programs")
+	requireRoot(t)
 	ns := agentNS(t)
 	pin := bpffsDir(t)
 	cfg, _ := testConfig(t, pin)

@@ -4,12 +4,13 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
 
-	"github.com/premirror/premirror/internal/testutil"
+	"github.com/premirror/premirror/internal/testbed"
 )
 
 // nsEnv is a private network namespace with a fixed topology, and a
@@ -19,7 +20,7 @@ import (
 //	pm0 (veth, 10.99.0.1/24, fd99::1/64)   mirrors 10.99.0.10-13, fd99::10-13 (permanent neighbours)
 //	pmr0 (veth, 10.98.0.1/24, fd98::1/64) mirror 10.98.0.10 (redirect target)
 type nsEnv struct {
-	ns      *testutil.NetNS
+	ns      *testbed.NetNS
 	pm0     int // ifindex
 	pm0MAC  net.HardwareAddr
 	pmr0    int
@@ -44,21 +45,30 @@ var envMirrors = []string{
 
 func requireRoot(tb testing.TB) {
 	tb.Helper()
-	testutil.RequireRoot(tb, "loads BPF programs and creates a network namespace")
+	if os.Geteuid() != 0 {
+		tb.Skip("needs root: loads BPF programs and creates a network namespace")
+	}
 }
 
 func newNSEnv(tb testing.TB) *nsEnv {
 	tb.Helper()
 	requireRoot(tb)
 	env := &nsEnv{}
-	env.ns = testutil.NewNetNS(tb, env.setup)
+	env.ns = testbed.NewNetNS(tb)
+	if err := env.ns.Do(env.setup); err != nil {
+		tb.Fatal(err)
+	}
 	return env
 }
 
-// do runs f on the namespace's thread.
-func (e *nsEnv) do(f func()) { e.ns.Do(f) }
+// do runs f on a thread inside the namespace.
+func (e *nsEnv) do(f func()) {
+	if err := e.ns.Do(func() error { f(); return nil }); err != nil {
+		panic(err) // only when the namespace is already closed
+	}
+}
 
-func sysctl(path, v string) error { return testutil.Sysctl(path, v) }
+func sysctl(path, v string) error { return os.WriteFile("/proc/sys/"+path, []byte(v), 0o644) }
 
 func (e *nsEnv) setup() error {
 	lo, err := netlink.LinkByName("lo")
