@@ -168,7 +168,7 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 	minOrigins := fs.Int("min-origins", 168, "least number of origins (the window shrinks for short series)")
 	maxOrigins := fs.Int("origins", 0, "use only the last N origins (0: every origin after the first window)")
 	only := fs.String("series", "", "comma-separated series (locations) to run; default all")
-	methods := fs.String("methods", "", "comma-separated methods (naive,snaive_day,snaive_week,ets,hybrid,hybrid_nofeeds,hybrid_nogru,blr); default baselines+hybrid")
+	methods := fs.String("methods", "", "comma-separated methods (naive,snaive_day,snaive_week,ets,hybrid,hybrid_nofeeds,hybrid_nogru,hybrid_noyear,hybrid_nopool,blr); default baselines+hybrid")
 	noCov := fs.Bool("no-covariates", false, "ignore covariate columns")
 	mark := fs.String("mark", "", "also report errors on days where a covariate exceeds a value, e.g. liq_precp_1hr>0,snow_depth_in>0 (calendar days are always marked)")
 	if err := cli.ParseFlags(fs, args); err != nil {

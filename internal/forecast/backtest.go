@@ -317,7 +317,7 @@ func BestBaseline(res []Result) [2]float64 {
 // Methods returns the method specs named in list (comma-separated; empty
 // means the baselines and the hybrid). Hybrid variants: "hybrid" uses
 // every event kind of the calendar and every covariate of the series,
-// "hybrid_nofeeds" neither, "hybrid_nogru" drops the recurrent part and
+// "hybrid_nofeeds" neither, "hybrid_nogru" drops the recurrent part, "hybrid_noyear" the yearly memory and
 // "blr" keeps only the Bayesian regression (with calibrated quantiles).
 func Methods(s *Series, feeds *Feeds, list string) []MethodSpec {
 	var covs []string
@@ -330,6 +330,7 @@ func Methods(s *Series, feeds *Feeds, list string) []MethodSpec {
 			return NewHybrid(HybridConfig{Step: s.Step, Window: c.Window, Horizon: c.Horizon}, nil)
 		}},
 		HybridSpec("hybrid_nogru", HybridConfig{Covariates: covs, NoGRU: true}),
+		HybridSpec("hybrid_noyear", HybridConfig{Covariates: covs, NoYear: true}),
 		HybridSpec("hybrid_nopool", HybridConfig{Covariates: covs, NoPool: true}),
 		HybridSpec("hybrid_nocov", HybridConfig{}),
 		MethodSpec{Name: "hybrid_noevents", New: func(s *Series, feeds *Feeds, c BacktestConfig) (Method, error) {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"hash/crc32"
 	"math"
 	"math/rand/v2"
@@ -247,14 +248,16 @@ func TestSnapshotRejectsCorruption(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-	// A snapshot of the previous format (version 1, before the demand
-	// model gained its forecast combination) is refused by name, with a
-	// message that says so, and not misread.
-	old := append([]byte(nil), blob...)
-	binary.LittleEndian.PutUint32(old[len(snapMagic):], 1)
-	err := b.UnmarshalBinary(old)
-	if !errors.Is(err, ErrSnapshotVersion) || !errors.Is(err, ErrCorruptSnapshot) || !strings.Contains(err.Error(), "format version 1") {
-		t.Errorf("version 1 snapshot: %v", err)
+	// Snapshots of the previous formats (version 1, before the demand
+	// model gained its forecast combination; 2, before its yearly memory)
+	// are refused by name, with a message that says so, and not misread.
+	for v := uint32(1); v < snapVersion; v++ {
+		old := append([]byte(nil), blob...)
+		binary.LittleEndian.PutUint32(old[len(snapMagic):], v)
+		err := b.UnmarshalBinary(old)
+		if !errors.Is(err, ErrSnapshotVersion) || !errors.Is(err, ErrCorruptSnapshot) || !strings.Contains(err.Error(), fmt.Sprintf("format version %d", v)) {
+			t.Errorf("version %d snapshot: %v", v, err)
+		}
 	}
 	after, _ := b.MarshalBinary()
 	if !bytes.Equal(before, after) {

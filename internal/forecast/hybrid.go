@@ -33,6 +33,7 @@ type HybridConfig struct {
 	NoGRU      bool          // ablation: no recurrent part
 	NoStack    bool          // ablation: Bayesian regression only
 	NoPool     bool          // ablation: no combination with the simple experts
+	NoYear     bool          // ablation: no yearly memory
 }
 
 func (c HybridConfig) withDefaults(feeds *Feeds) (HybridConfig, error) {
@@ -84,7 +85,10 @@ func (c HybridConfig) withDefaults(feeds *Feeds) (HybridConfig, error) {
 // the window; the raw mean at the target's time of week minus the
 // regression (the hour-of-week detail a smooth profile misses); the
 // relative level of the last day and quarter day times the regression's
-// forecast (a quiet day is quiet at every hour, in proportion). Then one
+// forecast (a quiet day is quiet at every hour, in proportion); from the
+// yearly memory (yearly.go), the change of level between the origin's and
+// the target's days a year before and how the target's day stood out from
+// its week then (both zero until a year has been seen). Then one
 // input per covariate: its standardised value at the target times the
 // regression's forecast (weather moves demand in proportion to it).
 const (
@@ -100,6 +104,8 @@ const (
 	stkP4
 	stkRho24
 	stkRho6
+	stkYear
+	stkYearDay
 	numStk
 )
 
@@ -194,6 +200,7 @@ type Hybrid struct {
 	predE    []float64 // P×H after events
 	predF    []float64 // P×H final point forecast (the combination's)
 	pl       *pool     // combination with simple experts (nil: NoPool)
+	yr       *yearly   // daily means over two years, for the yearly expert (nil: none)
 	surprise float64   // the hybrid's last one-step error if it was a surprise, else 0
 
 	K   int       // stacker width: numStk + covariates
@@ -281,6 +288,9 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 	m.predY = make([]float64, m.P*H)
 	m.predE = make([]float64, m.P*H)
 	m.predF = make([]float64, m.P*H)
+	if cfg.Step <= 24*time.Hour && !cfg.NoYear {
+		m.yr = newYearly()
+	}
 	if !cfg.NoPool {
 		m.pl = newPool(H, m.P, m.W, max(m.d.spd, 1), stepsPer(cfg.Step, 7*24*time.Hour))
 	}
@@ -417,6 +427,9 @@ func (m *Hybrid) observe(t time.Time, y float64, missing bool) error {
 	m.ys[idx%int64(m.W)] = y
 	m.wts[idx%int64(m.W)] = wNew
 	m.last = t
+	if m.yr != nil {
+		m.yr.add(t, y, !missing)
+	}
 	m.n++
 	m.sinceRebase++
 	if m.n == 1 || m.sinceRebase >= min(max(int(m.n)/2, 1), m.W/2) {
@@ -970,6 +983,14 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 			if k > 0 {
 				f[stkWkM] = nr(sr / float64(k))
 				f[stkP4] = nr(sy/float64(k) - mu)
+			}
+		}
+		if m.yr != nil {
+			if d, ok := m.yr.delta(t, th); ok {
+				f[stkYear] = nr(d)
+			}
+			if d, ok := m.yr.anomaly(th); ok {
+				f[stkYearDay] = nr(d)
 			}
 		}
 		f[stkRho24] = clip(rho24*mu/nu, bigClip)

@@ -37,8 +37,9 @@ var ErrSnapshotVersion = errors.New("unsupported snapshot format version")
 const (
 	snapMagic = "PMFCSNAP"
 	// snapVersion 2: the demand model gained the forecast combination
-	// (pool.go); version 1 snapshots are refused with ErrSnapshotVersion.
-	snapVersion = 2
+	// (pool.go); 3: the yearly memory and two stacker inputs (yearly.go).
+	// Older snapshots are refused with ErrSnapshotVersion.
+	snapVersion = 3
 	// maxSnapshot bounds what Restore reads (a million series of a few
 	// hundred kilobytes would not fit anyway).
 	maxSnapshot = 64 << 30
@@ -272,6 +273,10 @@ func (m *Hybrid) encode(e *enc) {
 		e.f64(m.surprise)
 		m.pl.encode(e)
 	}
+	e.bool(m.yr != nil)
+	if m.yr != nil {
+		m.yr.encode(e)
+	}
 	e.bool(m.gru != nil)
 	if m.gru != nil {
 		e.fs(m.gru.P)
@@ -349,6 +354,13 @@ func (m *Hybrid) decode(d *dec) {
 		m.pl.decode(d)
 		d.inRange(m.shF, 0, math.MaxFloat64, "final error scales")
 		d.inRange(m.shr, 0, math.MaxFloat64, "robust error scales")
+	}
+	if hasYear := d.bool(); hasYear != (m.yr != nil) {
+		d.fail("yearly memory present in one of snapshot and configuration only")
+		return
+	}
+	if m.yr != nil {
+		m.yr.decode(d)
 	}
 	if hasGRU := d.bool(); hasGRU != (m.gru != nil) {
 		d.fail("recurrent part present in one of snapshot and configuration only")
