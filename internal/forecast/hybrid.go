@@ -88,8 +88,11 @@ func (c HybridConfig) withDefaults(feeds *Feeds) (HybridConfig, error) {
 // forecast (a quiet day is quiet at every hour, in proportion); from the
 // yearly memory (yearly.go), the change of level between the origin's and
 // the target's days a year before and how the target's day stood out from
-// its week then (both zero until a year has been seen). Then one
-// input per covariate: its standardised value at the target times the
+// its week then (both zero until a year has been seen); and the difference
+// between the regression at the window's mean level and at the origin's
+// (the trend is held at the origin; this input lets each horizon learn how
+// much of the window's slope to believe, a damped trend fitted online).
+// Then one input per covariate: its standardised value at the target times the
 // regression's forecast (weather moves demand in proportion to it).
 const (
 	stkBias = iota
@@ -106,6 +109,7 @@ const (
 	stkRho6
 	stkYear
 	stkYearDay
+	stkTrend
 	numStk
 )
 
@@ -958,6 +962,8 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 		m.x[m.d.cTrend] = float64(t.Unix()-m.d.trendRef) / m.d.trendScale
 		mu := m.c + m.s*m.blr.Mean(m.x)
 		m.muY[ro*H+h-1] = mu
+		m.x[m.d.cTrend] -= 0.5 // the window's middle
+		muMid := m.c + m.s*m.blr.Mean(m.x)
 		f := m.sc.f
 		clear(f)
 		f[stkBias] = 1
@@ -993,6 +999,7 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 				f[stkYearDay] = nr(d)
 			}
 		}
+		f[stkTrend] = nr(muMid - mu)
 		f[stkRho24] = clip(rho24*mu/nu, bigClip)
 		f[stkRho6] = clip(rho6*mu/nu, bigClip)
 		if len(m.cfg.Covariates) > 0 {
