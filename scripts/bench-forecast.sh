@@ -46,7 +46,7 @@ echo "   marked days: calendar days plus days with precipitation or snow cover"
 
 echo
 echo "== backtest: Prophet daily series (weekly season in the models; MASE season = one day = one bucket, as the protocol says)"
-"$CTL" forecast backtest --csv "$DATA/prophet_wp_log_peyton_manning.csv" --methods "$M,hybrid_nopool" "${FMT[@]}"
+"$CTL" forecast backtest --csv "$DATA/prophet_wp_log_peyton_manning.csv" --methods "$M,hybrid_nopool,hybrid_noyear" "${FMT[@]}"
 
 echo
 echo "== access-location distribution, Uber boroughs: train Jan-Mar 2015, test April, horizons 1 h and 24 h"

@@ -76,7 +76,9 @@
 //     forecasts hold the level reached at the origin (the M-competitions'
 //     lesson about trends, here a damped trend with no memory: carrying a
 //     28-point daily window's slope 12 days on, the regression alone had
-//     MASE 1.88 at h12 on the daily dev series, 1.49 without).
+//     MASE 1.88 at h12 on the daily dev series, 1.49 without). How much of
+//     the window's slope to believe is learnt instead, per horizon, by the
+//     stacker (below).
 //  2. Short term, what the regression leaves (ES-RNN's lesson from the M4
 //     hourly data: a plain RNN lost to seasonal naive, exponential
 //     smoothing plus an LSTM on the normalised remainder won): exponentially
@@ -96,7 +98,14 @@
 //     and quarter day times the regression's forecast (multiplicative: a
 //     quiet day is quiet at every hour, in proportion — this term alone
 //     took NYC taxi's MASE at 12 h from 0.59 to 0.53), plus, per covariate,
-//     its standardised value times the regression's forecast. These weights
+//     its standardised value times the regression's forecast; the
+//     regression at the window's middle minus at the origin (a damped
+//     trend, its damping learnt online); and, from a yearly memory of
+//     daily means over two years (yearly.go, about 3 KB per series), the
+//     change of level between the origin's and the target's days 52 weeks
+//     before (averaged over the years known) and how the target's day
+//     stood out from its fortnight then — Prophet's yearly season without
+//     keeping a year of buckets, zero until a year has been seen. These weights
 //     are "learnt from recent accuracy per horizon", and they fall back to
 //     the regression alone while the data give no reason to move.
 //  4. Events: a conjugate normal model per (event kind, horizon, quarter of
