@@ -47,8 +47,8 @@ func runForecast(ctx context.Context, args []string, out io.Writer) error {
 
 // seriesFlags are the input flags shared by the subcommands.
 type seriesFlags struct {
-	csv, agg, step, events, covs string
-	hourly                       bool
+	csv, agg, step, events, covs, indexStep string
+	hourly                                  bool
 }
 
 func (f *seriesFlags) register(fs interface {
@@ -58,6 +58,7 @@ func (f *seriesFlags) register(fs interface {
 	fs.StringVar(&f.csv, "csv", "", "input CSV: timestamp,value | timestamp,location,value | the Uber per-borough layout (required)")
 	fs.BoolVar(&f.hourly, "hourly", false, "aggregate to hourly buckets (same as --step 1h)")
 	fs.StringVar(&f.step, "step", "", "aggregate to buckets of this length (e.g. 1h); default: the file's own step")
+	fs.StringVar(&f.indexStep, "index-step", "", "read integer timestamps as bucket numbers of this length (e.g. 1h for a time column 1, 2, 3…); default: Unix seconds (or ms, µs, ns by magnitude)")
 	fs.StringVar(&f.agg, "agg", "sum", "how samples combine into a bucket: sum (counts, bytes) or mean (gauges)")
 	fs.StringVar(&f.events, "events", "", "events calendar CSV: start,end,name,kind[,region] (kind holiday = Sunday-like day)")
 	fs.StringVar(&f.covs, "covariates", "", "extra covariates CSV: timestamp[,region],name...")
@@ -80,12 +81,18 @@ func (f *seriesFlags) load() ([]*forecast.Series, []forecast.Event, *forecast.Co
 			return nil, nil, nil, fmt.Errorf("%w: --step %q", cli.ErrUsage, f.step)
 		}
 	}
+	var indexStep time.Duration
+	if f.indexStep != "" {
+		if indexStep, err = time.ParseDuration(f.indexStep); err != nil || indexStep <= 0 {
+			return nil, nil, nil, fmt.Errorf("%w: --index-step %q", cli.ErrUsage, f.indexStep)
+		}
+	}
 	fh, err := os.Open(f.csv)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("open series: %w", err)
 	}
 	defer fh.Close()
-	series, err := forecast.LoadSeries(fh, forecast.SeriesOptions{Step: step, Agg: agg})
+	series, err := forecast.LoadSeries(fh, forecast.SeriesOptions{Step: step, Agg: agg, IndexStep: indexStep})
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("read %s: %w", f.csv, err)
 	}

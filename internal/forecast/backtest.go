@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"strings"
 	"sync"
@@ -58,8 +59,12 @@ func (c BacktestConfig) withDefaults(s *Series) (BacktestConfig, error) {
 		c.Window = n - c.Horizon - c.MinOrigins + 1
 	}
 	if c.Window < 2*c.Season+1 {
-		return c, fmt.Errorf("%w: %s has %d buckets; need %d training + %d origins + %d horizon",
-			ErrTooShort, s.Name, n, 2*c.Season+1, c.MinOrigins, c.Horizon)
+		hint := ""
+		if s.Step <= time.Second && s.Start.Year() == 1970 {
+			hint = " (a time column counting buckets 1, 2, 3…? give their length with --index-step)"
+		}
+		return c, fmt.Errorf("%w: %s has %d buckets of %v; need %d training + %d origins + %d horizon%s",
+			ErrTooShort, s.Name, n, s.Step, 2*c.Season+1, c.MinOrigins, c.Horizon, hint)
 	}
 	return c, nil
 }
@@ -143,6 +148,7 @@ func Backtest(ctx context.Context, s *Series, feeds *Feeds, methods []MethodSpec
 			defer func() { <-sem }()
 			results[mi], errs[mi] = runMethod(ctx, s, feeds, spec, cfg, first, last, scale, marked)
 			if errors.Is(errs[mi], ErrNotApplicable) {
+				slog.Warn("backtest: method skipped", "series", s.Name, "method", spec.Name, "reason", errs[mi])
 				skip[mi], errs[mi] = true, nil
 			}
 		}()
@@ -284,6 +290,11 @@ func HybridSpec(name string, base HybridConfig) MethodSpec {
 		cfg.Step = s.Step
 		cfg.Window = c.Window
 		cfg.Horizon = c.Horizon
+		if cfg.Window < minHybridWindow {
+			// Weekly buckets with a four-week window, say: report the
+			// method as not applicable and let the baselines run.
+			return nil, fmt.Errorf("%w: the hybrid needs a window of at least %d buckets (have %d; pass a longer --train)", ErrNotApplicable, minHybridWindow, cfg.Window)
+		}
 		return NewHybrid(cfg, feeds)
 	}}
 }
@@ -327,7 +338,7 @@ func Methods(s *Series, feeds *Feeds, list string) []MethodSpec {
 	all := append(Baselines(),
 		HybridSpec("hybrid", HybridConfig{Covariates: covs}),
 		MethodSpec{Name: "hybrid_nofeeds", New: func(s *Series, _ *Feeds, c BacktestConfig) (Method, error) {
-			return NewHybrid(HybridConfig{Step: s.Step, Window: c.Window, Horizon: c.Horizon}, nil)
+			return HybridSpec("hybrid_nofeeds", HybridConfig{}).New(s, nil, c)
 		}},
 		HybridSpec("hybrid_nogru", HybridConfig{Covariates: covs, NoGRU: true}),
 		HybridSpec("hybrid_noyear", HybridConfig{Covariates: covs, NoYear: true}),
@@ -335,7 +346,7 @@ func Methods(s *Series, feeds *Feeds, list string) []MethodSpec {
 		HybridSpec("hybrid_nocov", HybridConfig{}),
 		MethodSpec{Name: "hybrid_noevents", New: func(s *Series, feeds *Feeds, c BacktestConfig) (Method, error) {
 			f := &Feeds{Covariates: feeds.Covariates}
-			return NewHybrid(HybridConfig{Step: s.Step, Window: c.Window, Horizon: c.Horizon, Covariates: covs}, f)
+			return HybridSpec("hybrid_noevents", HybridConfig{Covariates: covs}).New(s, f, c)
 		}},
 		HybridSpec("blr", HybridConfig{Covariates: covs, NoGRU: true, NoStack: true}),
 	)

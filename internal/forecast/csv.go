@@ -43,11 +43,14 @@ var (
 
 // timeLayouts are tried in order; all are read as UTC wall-clock time,
 // which keeps hour-of-day and day-of-week as the data's author meant them
-// (the Uber file even has 02:00 on the spring-forward day).
+// (the Uber file even has 02:00 on the spring-forward day). A timestamp
+// with a UTC offset keeps its local wall-clock time too: demand follows
+// the clocks of the people behind it, not UTC.
 var timeLayouts = []string{
 	"2006-01-02 15:04:05",
 	"2006-01-02 15:04",
-	time.RFC3339,
+	time.RFC3339Nano,
+	"2006-01-02 15:04:05Z07:00",
 	"2006-01-02T15:04:05",
 	"2006-01-02T15:04",
 	"2006-01-02",
@@ -56,15 +59,50 @@ var timeLayouts = []string{
 	"1/2/2006",
 }
 
-// ParseTime parses a timestamp in one of the layouts the CSV readers accept.
+// ParseTime parses a timestamp in one of the layouts the CSV readers
+// accept, or a Unix time: an unsigned decimal number of seconds (below
+// 10¹¹, which also covers bucket indices such as Yahoo S5's 1, 2, 3…),
+// milliseconds (below 10¹⁴), microseconds (below 10¹⁷) or nanoseconds.
 func ParseTime(s string) (time.Time, error) {
 	s = strings.TrimSpace(s)
+	if t, ok := parseUnix(s); ok {
+		return t, nil
+	}
 	for _, l := range timeLayouts {
 		if t, err := time.Parse(l, s); err == nil {
-			return t.UTC(), nil
+			return time.Date(t.Year(), t.Month(), t.Day(), t.Hour(), t.Minute(), t.Second(), t.Nanosecond(), time.UTC), nil
 		}
 	}
 	return time.Time{}, fmt.Errorf("%w: unrecognised timestamp %q", ErrBadInput, s)
+}
+
+// parseUnix reads an unsigned decimal Unix time (see ParseTime).
+func parseUnix(s string) (time.Time, bool) {
+	if s == "" || len(s) > 24 {
+		return time.Time{}, false
+	}
+	for _, c := range s {
+		if (c < '0' || c > '9') && c != '.' {
+			return time.Time{}, false
+		}
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || math.IsInf(v, 0) {
+		return time.Time{}, false
+	}
+	var sec float64
+	switch {
+	case v < 1e11:
+		sec = v
+	case v < 1e14:
+		sec = v / 1e3
+	case v < 1e17:
+		sec = v / 1e6
+	default:
+		sec = v / 1e9
+	}
+	whole := math.Floor(sec)
+	return time.Unix(int64(whole), int64(math.Round((sec-whole)*1e9))).UTC(), true
 }
 
 func indexOf(names []string, want []string) int {
@@ -277,6 +315,10 @@ func ParseAgg(s string) (Agg, error) {
 type SeriesOptions struct {
 	// Step is the bucket length; 0 keeps the table's native step.
 	Step time.Duration
+	// IndexStep, when set, reads the timestamps as bucket numbers of this
+	// length (a file whose time column is 1, 2, 3…, one per hour, say):
+	// bucket n starts n × IndexStep after the Unix epoch.
+	IndexStep time.Duration
 	// Agg combines the samples of one bucket.
 	Agg Agg
 }

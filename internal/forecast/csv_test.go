@@ -249,3 +249,57 @@ func FuzzReadCovariates(f *testing.F) {
 		}
 	})
 }
+
+// TestParseTimeForms: every accepted form, read as wall-clock UTC; Unix
+// times by magnitude; junk refused.
+func TestParseTimeForms(t *testing.T) {
+	want := time.Date(2023, 1, 2, 10, 30, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		in   string
+		want time.Time
+	}{
+		{"2023-01-02 10:30:00", want},
+		{"2023-01-02 10:30", want},
+		{"2023-01-02T10:30:00", want},
+		{"2023-01-02T10:30:00Z", want},
+		{"2023-01-02T10:30:00+02:00", want}, // the local wall clock, not 08:30 UTC
+		{"2023-01-02 10:30:00-05:00", want},
+		{"2023-01-02T10:30:00.000+02:00", want},
+		{"1/2/2023 10:30", want},
+		{"2023-01-02", time.Date(2023, 1, 2, 0, 0, 0, 0, time.UTC)},
+		{"1672655400", want},       // Unix seconds
+		{"1672655400000", want},    // milliseconds
+		{"1672655400000000", want}, // microseconds
+		{"1672655400.5", want.Add(500 * time.Millisecond)},
+		{"7", time.Unix(7, 0).UTC()}, // a bucket number (see SeriesOptions.IndexStep)
+	} {
+		got, err := ParseTime(tc.in)
+		if err != nil || !got.Equal(tc.want) {
+			t.Errorf("ParseTime(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+	}
+	for _, bad := range []string{"", "soon", "-5", "1e9", "12:00", "2023-13-01", "1.2.3", "NaN"} {
+		if _, err := ParseTime(bad); !errors.Is(err, ErrBadInput) {
+			t.Errorf("ParseTime(%q): %v, want ErrBadInput", bad, err)
+		}
+	}
+}
+
+// TestIndexStep: a time column counting buckets becomes a series of that
+// step; a fractional or negative bucket number is refused.
+func TestIndexStep(t *testing.T) {
+	in := "timestamp,value\n1,10\n2,11\n3,12\n5,14\n"
+	ss, err := LoadSeries(strings.NewReader(in), SeriesOptions{IndexStep: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := ss[0]
+	if s.Step != time.Hour || !s.Start.Equal(time.Unix(3600, 0)) || s.Len() != 5 || s.Values[4] != 14 {
+		t.Fatalf("series step %v start %v len %d values %v", s.Step, s.Start, s.Len(), s.Values)
+	}
+	for _, bad := range []string{"timestamp,value\n1.5,10\n2,11\n", "timestamp,value\n99999999999999,1\n1,2\n"} {
+		if _, err := LoadSeries(strings.NewReader(bad), SeriesOptions{IndexStep: 24 * time.Hour}); !errors.Is(err, ErrBadInput) {
+			t.Errorf("%q: %v, want ErrBadInput", bad, err)
+		}
+	}
+}

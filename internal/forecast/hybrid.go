@@ -36,6 +36,9 @@ type HybridConfig struct {
 	NoYear     bool          // ablation: no yearly memory
 }
 
+// minHybridWindow is the shortest regression window the hybrid accepts.
+const minHybridWindow = 8
+
 func (c HybridConfig) withDefaults(feeds *Feeds) (HybridConfig, error) {
 	if c.Step <= 0 {
 		return c, fmt.Errorf("%w: hybrid config: step %v", ErrBadInput, c.Step)
@@ -62,8 +65,8 @@ func (c HybridConfig) withDefaults(feeds *Feeds) (HybridConfig, error) {
 		c.Kinds = append(c.Kinds, feeds.Calendar.Kinds()...)
 	}
 	switch {
-	case c.Window < 8:
-		return c, fmt.Errorf("%w: hybrid config: window %d buckets (want >= 8)", ErrBadInput, c.Window)
+	case c.Window < minHybridWindow:
+		return c, fmt.Errorf("%w: hybrid config: window %d buckets (want >= %d)", ErrBadInput, c.Window, minHybridWindow)
 	case c.Horizon < 1 || c.Horizon > 1000:
 		return c, fmt.Errorf("%w: hybrid config: horizon %d", ErrBadInput, c.Horizon)
 	case c.Hidden < 1 || c.Hidden > 256:

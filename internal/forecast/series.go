@@ -3,6 +3,7 @@ package forecast
 import (
 	"fmt"
 	"io"
+	"math"
 	"time"
 )
 
@@ -66,5 +67,24 @@ func LoadSeries(r io.Reader, opt SeriesOptions) ([]*Series, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opt.IndexStep > 0 {
+		if err := t.reindex(opt.IndexStep); err != nil {
+			return nil, err
+		}
+	}
 	return t.Series(opt)
+}
+
+// reindex reads every record's time as a bucket number (its Unix seconds,
+// which is how ParseTime reads an integer) of length step.
+func (t *Table) reindex(step time.Duration) error {
+	for i := range t.Records {
+		r := &t.Records[i]
+		n := r.Time.Unix()
+		if r.Time.Nanosecond() != 0 || n < 0 || float64(n)*float64(step) > math.MaxInt64/2 {
+			return fmt.Errorf("%w: --index-step: timestamp %v is not a bucket number", ErrBadInput, r.Time)
+		}
+		r.Time = time.Unix(0, 0).UTC().Add(time.Duration(n) * step)
+	}
+	return nil
 }
