@@ -41,11 +41,12 @@ var (
 	holidayNames  = []string{"hday", "holiday", "is_holiday"}
 )
 
-// timeLayouts are tried in order; all are read as UTC wall-clock time,
-// which keeps hour-of-day and day-of-week as the data's author meant them
-// (the Uber file even has 02:00 on the spring-forward day). A timestamp
-// with a UTC offset keeps its local wall-clock time too: demand follows
-// the clocks of the people behind it, not UTC.
+// timeLayouts are tried in order; a time without a zone is read as UTC
+// wall-clock time, which keeps hour-of-day and day-of-week as the data's
+// author meant them (the Uber file even has 02:00 on the spring-forward
+// day). A time with a UTC offset names an instant and becomes that instant
+// in UTC, as the agents' bucket times are: a feed for the live engine must
+// line up with them.
 var timeLayouts = []string{
 	"2006-01-02 15:04:05",
 	"2006-01-02 15:04",
@@ -70,7 +71,7 @@ func ParseTime(s string) (time.Time, error) {
 	}
 	for _, l := range timeLayouts {
 		if t, err := time.Parse(l, s); err == nil {
-			return time.Date(t.Year(), t.Month(), t.Day(), t.Hour(), t.Minute(), t.Second(), t.Nanosecond(), time.UTC), nil
+			return t.UTC(), nil
 		}
 	}
 	return time.Time{}, fmt.Errorf("%w: unrecognised timestamp %q", ErrBadInput, s)

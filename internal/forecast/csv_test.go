@@ -250,7 +250,8 @@ func FuzzReadCovariates(f *testing.F) {
 	})
 }
 
-// TestParseTimeForms: every accepted form, read as wall-clock UTC; Unix
+// TestParseTimeForms: every accepted form (zoneless times as UTC wall
+// clock, offsets as instants); Unix
 // times by magnitude; junk refused.
 func TestParseTimeForms(t *testing.T) {
 	want := time.Date(2023, 1, 2, 10, 30, 0, 0, time.UTC)
@@ -262,9 +263,9 @@ func TestParseTimeForms(t *testing.T) {
 		{"2023-01-02 10:30", want},
 		{"2023-01-02T10:30:00", want},
 		{"2023-01-02T10:30:00Z", want},
-		{"2023-01-02T10:30:00+02:00", want}, // the local wall clock, not 08:30 UTC
-		{"2023-01-02 10:30:00-05:00", want},
-		{"2023-01-02T10:30:00.000+02:00", want},
+		{"2023-01-02T12:30:00+02:00", want}, // an instant, in UTC
+		{"2023-01-02 05:30:00-05:00", want},
+		{"2023-01-02T12:30:00.000+02:00", want},
 		{"1/2/2023 10:30", want},
 		{"2023-01-02", time.Date(2023, 1, 2, 0, 0, 0, 0, time.UTC)},
 		{"1672655400", want},       // Unix seconds
