@@ -127,6 +127,17 @@ func parseBool(s string) (bool, error) {
 	return false, fmt.Errorf("%w: not a yes/no flag: %q", ErrBadInput, s)
 }
 
+// isMissing reports whether a value field marks a missing value: empty,
+// or a marker the usual tools write for one (pandas' NaN, R's NA, null).
+// An infinity is not missing: it is refused as bad input.
+func isMissing(s string) bool {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "", "nan", "na", "n/a", "null", "none":
+		return true
+	}
+	return false
+}
+
 func parseFinite(s string) (float64, error) {
 	v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
 	if err != nil {
@@ -227,7 +238,7 @@ func ReadTable(r io.Reader) (*Table, error) {
 		if len(row) != ncol {
 			return fmt.Errorf("%w: line %d: %d columns, want %d", ErrBadInput, line, len(row), ncol)
 		}
-		if strings.TrimSpace(row[vcol]) == "" {
+		if isMissing(row[vcol]) {
 			return nil // missing value: the bucket becomes a gap
 		}
 		ts, err := ParseTime(row[tcol])
@@ -253,7 +264,7 @@ func ReadTable(r io.Reader) (*Table, error) {
 		if len(covCols) > 0 {
 			rec.Covs = make([]float64, len(covCols))
 			for j, c := range covCols {
-				if strings.TrimSpace(row[c]) == "" {
+				if isMissing(row[c]) {
 					rec.Covs[j] = math.NaN()
 					continue
 				}

@@ -358,7 +358,7 @@ func (c *Covariates) ReadCSV(r io.Reader) error {
 			region = strings.TrimSpace(row[rcol])
 		}
 		for i := 1; i < len(row); i++ {
-			if i == rcol || strings.TrimSpace(row[i]) == "" {
+			if i == rcol || isMissing(row[i]) {
 				continue
 			}
 			v, err := parseFinite(row[i])
