@@ -76,6 +76,94 @@ func (FeedKind) EnumDescriptor() ([]byte, []int) {
 	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{0}
 }
 
+type PlacementsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Resource      string                 `protobuf:"bytes,1,opt,name=resource,proto3" json:"resource,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlacementsRequest) Reset() {
+	*x = PlacementsRequest{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlacementsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlacementsRequest) ProtoMessage() {}
+
+func (x *PlacementsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlacementsRequest.ProtoReflect.Descriptor instead.
+func (*PlacementsRequest) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *PlacementsRequest) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+type PlacementsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Records       []*PlacementRecord     `protobuf:"bytes,1,rep,name=records,proto3" json:"records,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlacementsResponse) Reset() {
+	*x = PlacementsResponse{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlacementsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlacementsResponse) ProtoMessage() {}
+
+func (x *PlacementsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlacementsResponse.ProtoReflect.Descriptor instead.
+func (*PlacementsResponse) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *PlacementsResponse) GetRecords() []*PlacementRecord {
+	if x != nil {
+		return x.Records
+	}
+	return nil
+}
+
 // ApplyRequest carries the objects to create or update.
 type ApplyRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -88,7 +176,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[0]
+	mi := &file_premirror_v1_admin_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -100,7 +188,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[0]
+	mi := &file_premirror_v1_admin_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -113,7 +201,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{0}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ApplyRequest) GetObjects() *Objects {
@@ -145,7 +233,7 @@ type ObjectChange struct {
 
 func (x *ObjectChange) Reset() {
 	*x = ObjectChange{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[1]
+	mi := &file_premirror_v1_admin_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -157,7 +245,7 @@ func (x *ObjectChange) String() string {
 func (*ObjectChange) ProtoMessage() {}
 
 func (x *ObjectChange) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[1]
+	mi := &file_premirror_v1_admin_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -170,7 +258,7 @@ func (x *ObjectChange) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ObjectChange.ProtoReflect.Descriptor instead.
 func (*ObjectChange) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{1}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ObjectChange) GetKind() string {
@@ -211,7 +299,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[2]
+	mi := &file_premirror_v1_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -223,7 +311,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[2]
+	mi := &file_premirror_v1_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -236,7 +324,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ApplyResponse) GetChanges() []*ObjectChange {
@@ -258,7 +346,7 @@ type DeleteRequest struct {
 
 func (x *DeleteRequest) Reset() {
 	*x = DeleteRequest{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[3]
+	mi := &file_premirror_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -270,7 +358,7 @@ func (x *DeleteRequest) String() string {
 func (*DeleteRequest) ProtoMessage() {}
 
 func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[3]
+	mi := &file_premirror_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -283,7 +371,7 @@ func (x *DeleteRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteRequest.ProtoReflect.Descriptor instead.
 func (*DeleteRequest) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *DeleteRequest) GetKind() string {
@@ -309,7 +397,7 @@ type DeleteResponse struct {
 
 func (x *DeleteResponse) Reset() {
 	*x = DeleteResponse{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[4]
+	mi := &file_premirror_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -321,7 +409,7 @@ func (x *DeleteResponse) String() string {
 func (*DeleteResponse) ProtoMessage() {}
 
 func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[4]
+	mi := &file_premirror_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -334,7 +422,7 @@ func (x *DeleteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteResponse.ProtoReflect.Descriptor instead.
 func (*DeleteResponse) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 // GetRequest selects objects.
@@ -350,7 +438,7 @@ type GetRequest struct {
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[5]
+	mi := &file_premirror_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -362,7 +450,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[5]
+	mi := &file_premirror_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -375,7 +463,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GetRequest) GetKind() string {
@@ -402,7 +490,7 @@ type GetResponse struct {
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[6]
+	mi := &file_premirror_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -414,7 +502,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[6]
+	mi := &file_premirror_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -427,7 +515,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetResponse) GetObjects() *Objects {
@@ -446,7 +534,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[7]
+	mi := &file_premirror_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -458,7 +546,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[7]
+	mi := &file_premirror_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -471,7 +559,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 // StatusResponse describes the control plane.
@@ -491,7 +579,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[8]
+	mi := &file_premirror_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -503,7 +591,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[8]
+	mi := &file_premirror_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -516,7 +604,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StatusResponse) GetLeader() string {
@@ -578,7 +666,7 @@ type AgentStatus struct {
 
 func (x *AgentStatus) Reset() {
 	*x = AgentStatus{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[9]
+	mi := &file_premirror_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -590,7 +678,7 @@ func (x *AgentStatus) String() string {
 func (*AgentStatus) ProtoMessage() {}
 
 func (x *AgentStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[9]
+	mi := &file_premirror_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -603,7 +691,7 @@ func (x *AgentStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentStatus.ProtoReflect.Descriptor instead.
 func (*AgentStatus) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *AgentStatus) GetNode() string {
@@ -709,7 +797,7 @@ type RouteSummary struct {
 
 func (x *RouteSummary) Reset() {
 	*x = RouteSummary{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[10]
+	mi := &file_premirror_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +809,7 @@ func (x *RouteSummary) String() string {
 func (*RouteSummary) ProtoMessage() {}
 
 func (x *RouteSummary) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[10]
+	mi := &file_premirror_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +822,7 @@ func (x *RouteSummary) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteSummary.ProtoReflect.Descriptor instead.
 func (*RouteSummary) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RouteSummary) GetRoutes() uint32 {
@@ -803,7 +891,7 @@ type ForecastRequest struct {
 
 func (x *ForecastRequest) Reset() {
 	*x = ForecastRequest{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[11]
+	mi := &file_premirror_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -815,7 +903,7 @@ func (x *ForecastRequest) String() string {
 func (*ForecastRequest) ProtoMessage() {}
 
 func (x *ForecastRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[11]
+	mi := &file_premirror_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -828,7 +916,7 @@ func (x *ForecastRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForecastRequest.ProtoReflect.Descriptor instead.
 func (*ForecastRequest) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ForecastRequest) GetResource() string {
@@ -855,7 +943,7 @@ type RegionForecast struct {
 
 func (x *RegionForecast) Reset() {
 	*x = RegionForecast{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[12]
+	mi := &file_premirror_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +955,7 @@ func (x *RegionForecast) String() string {
 func (*RegionForecast) ProtoMessage() {}
 
 func (x *RegionForecast) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[12]
+	mi := &file_premirror_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +968,7 @@ func (x *RegionForecast) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionForecast.ProtoReflect.Descriptor instead.
 func (*RegionForecast) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RegionForecast) GetRegion() string {
@@ -933,7 +1021,7 @@ type BucketObservation struct {
 
 func (x *BucketObservation) Reset() {
 	*x = BucketObservation{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[13]
+	mi := &file_premirror_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -945,7 +1033,7 @@ func (x *BucketObservation) String() string {
 func (*BucketObservation) ProtoMessage() {}
 
 func (x *BucketObservation) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[13]
+	mi := &file_premirror_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -958,7 +1046,7 @@ func (x *BucketObservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BucketObservation.ProtoReflect.Descriptor instead.
 func (*BucketObservation) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *BucketObservation) GetStartUnix() int64 {
@@ -1000,7 +1088,7 @@ type LocationShares struct {
 
 func (x *LocationShares) Reset() {
 	*x = LocationShares{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[14]
+	mi := &file_premirror_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1100,7 @@ func (x *LocationShares) String() string {
 func (*LocationShares) ProtoMessage() {}
 
 func (x *LocationShares) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[14]
+	mi := &file_premirror_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1113,7 @@ func (x *LocationShares) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocationShares.ProtoReflect.Descriptor instead.
 func (*LocationShares) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LocationShares) GetShares() []float64 {
@@ -1060,7 +1148,7 @@ type ResourceForecast struct {
 
 func (x *ResourceForecast) Reset() {
 	*x = ResourceForecast{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[15]
+	mi := &file_premirror_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1072,7 +1160,7 @@ func (x *ResourceForecast) String() string {
 func (*ResourceForecast) ProtoMessage() {}
 
 func (x *ResourceForecast) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[15]
+	mi := &file_premirror_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1085,7 +1173,7 @@ func (x *ResourceForecast) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceForecast.ProtoReflect.Descriptor instead.
 func (*ResourceForecast) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ResourceForecast) GetResource() string {
@@ -1161,7 +1249,7 @@ type RegionBenefit struct {
 
 func (x *RegionBenefit) Reset() {
 	*x = RegionBenefit{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[16]
+	mi := &file_premirror_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1173,7 +1261,7 @@ func (x *RegionBenefit) String() string {
 func (*RegionBenefit) ProtoMessage() {}
 
 func (x *RegionBenefit) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[16]
+	mi := &file_premirror_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1186,7 +1274,7 @@ func (x *RegionBenefit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionBenefit.ProtoReflect.Descriptor instead.
 func (*RegionBenefit) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RegionBenefit) GetRegion() string {
@@ -1253,7 +1341,7 @@ type MirrorScore struct {
 
 func (x *MirrorScore) Reset() {
 	*x = MirrorScore{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[17]
+	mi := &file_premirror_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1265,7 +1353,7 @@ func (x *MirrorScore) String() string {
 func (*MirrorScore) ProtoMessage() {}
 
 func (x *MirrorScore) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[17]
+	mi := &file_premirror_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1278,7 +1366,7 @@ func (x *MirrorScore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorScore.ProtoReflect.Descriptor instead.
 func (*MirrorScore) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *MirrorScore) GetSite() string {
@@ -1373,7 +1461,7 @@ type RegionRoute struct {
 
 func (x *RegionRoute) Reset() {
 	*x = RegionRoute{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[18]
+	mi := &file_premirror_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1385,7 +1473,7 @@ func (x *RegionRoute) String() string {
 func (*RegionRoute) ProtoMessage() {}
 
 func (x *RegionRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[18]
+	mi := &file_premirror_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1398,7 +1486,7 @@ func (x *RegionRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionRoute.ProtoReflect.Descriptor instead.
 func (*RegionRoute) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RegionRoute) GetRegion() string {
@@ -1434,7 +1522,7 @@ type Prices struct {
 
 func (x *Prices) Reset() {
 	*x = Prices{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[19]
+	mi := &file_premirror_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1534,7 @@ func (x *Prices) String() string {
 func (*Prices) ProtoMessage() {}
 
 func (x *Prices) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[19]
+	mi := &file_premirror_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1547,7 @@ func (x *Prices) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Prices.ProtoReflect.Descriptor instead.
 func (*Prices) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Prices) GetCopyPerByte() float64 {
@@ -1505,7 +1593,7 @@ type ForecastResponse struct {
 
 func (x *ForecastResponse) Reset() {
 	*x = ForecastResponse{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[20]
+	mi := &file_premirror_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1517,7 +1605,7 @@ func (x *ForecastResponse) String() string {
 func (*ForecastResponse) ProtoMessage() {}
 
 func (x *ForecastResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[20]
+	mi := &file_premirror_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1530,7 +1618,7 @@ func (x *ForecastResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForecastResponse.ProtoReflect.Descriptor instead.
 func (*ForecastResponse) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ForecastResponse) GetResources() []string {
@@ -1599,7 +1687,7 @@ type ExplainRequest struct {
 
 func (x *ExplainRequest) Reset() {
 	*x = ExplainRequest{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[21]
+	mi := &file_premirror_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +1699,7 @@ func (x *ExplainRequest) String() string {
 func (*ExplainRequest) ProtoMessage() {}
 
 func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[21]
+	mi := &file_premirror_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +1712,7 @@ func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainRequest.ProtoReflect.Descriptor instead.
 func (*ExplainRequest) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ExplainRequest) GetResource() string {
@@ -1644,7 +1732,7 @@ type ExplainResponse struct {
 
 func (x *ExplainResponse) Reset() {
 	*x = ExplainResponse{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[22]
+	mi := &file_premirror_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1656,7 +1744,7 @@ func (x *ExplainResponse) String() string {
 func (*ExplainResponse) ProtoMessage() {}
 
 func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[22]
+	mi := &file_premirror_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1669,7 +1757,7 @@ func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainResponse.ProtoReflect.Descriptor instead.
 func (*ExplainResponse) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ExplainResponse) GetText() string {
@@ -1692,7 +1780,7 @@ type FeedRequest struct {
 
 func (x *FeedRequest) Reset() {
 	*x = FeedRequest{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[23]
+	mi := &file_premirror_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1704,7 +1792,7 @@ func (x *FeedRequest) String() string {
 func (*FeedRequest) ProtoMessage() {}
 
 func (x *FeedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[23]
+	mi := &file_premirror_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1717,7 +1805,7 @@ func (x *FeedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeedRequest.ProtoReflect.Descriptor instead.
 func (*FeedRequest) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *FeedRequest) GetKind() FeedKind {
@@ -1757,7 +1845,7 @@ type FeedResponse struct {
 
 func (x *FeedResponse) Reset() {
 	*x = FeedResponse{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[24]
+	mi := &file_premirror_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1769,7 +1857,7 @@ func (x *FeedResponse) String() string {
 func (*FeedResponse) ProtoMessage() {}
 
 func (x *FeedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[24]
+	mi := &file_premirror_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1782,7 +1870,7 @@ func (x *FeedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeedResponse.ProtoReflect.Descriptor instead.
 func (*FeedResponse) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *FeedResponse) GetEntries() uint32 {
@@ -1806,11 +1894,296 @@ func (x *FeedResponse) GetRevision() int64 {
 	return 0
 }
 
+// PlacementRecord is the mirroring manager's state for one resource,
+// written by the leader at every bucket close (key: placements/<resource>).
+type PlacementRecord struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Resource string                 `protobuf:"bytes,1,opt,name=resource,proto3" json:"resource,omitempty"`
+	// Copies the manager placed and has not retired.
+	Placed []*Placement `protobuf:"bytes,2,rep,name=placed,proto3" json:"placed,omitempty"`
+	// Mirror hosts that held a copy once (a later placement there is a delta).
+	Held []string `protobuf:"bytes,3,rep,name=held,proto3" json:"held,omitempty"`
+	// Consecutive evaluations each candidate site scored at or above the
+	// resource's mirror_score (hysteresis before placing).
+	Above map[string]uint32 `protobuf:"bytes,4,rep,name=above,proto3" json:"above,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Consecutive evaluations each placed copy scored below retire_score.
+	Below map[string]uint32 `protobuf:"bytes,5,rep,name=below,proto3" json:"below,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// When the record was last evaluated (unix nanoseconds).
+	EvaluatedUnixNano int64 `protobuf:"varint,6,opt,name=evaluated_unix_nano,json=evaluatedUnixNano,proto3" json:"evaluated_unix_nano,omitempty"`
+	// Last decisions, newest first (at most 16), for `controller placements`.
+	Events        []*PlacementEvent `protobuf:"bytes,7,rep,name=events,proto3" json:"events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlacementRecord) Reset() {
+	*x = PlacementRecord{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlacementRecord) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlacementRecord) ProtoMessage() {}
+
+func (x *PlacementRecord) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlacementRecord.ProtoReflect.Descriptor instead.
+func (*PlacementRecord) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *PlacementRecord) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+func (x *PlacementRecord) GetPlaced() []*Placement {
+	if x != nil {
+		return x.Placed
+	}
+	return nil
+}
+
+func (x *PlacementRecord) GetHeld() []string {
+	if x != nil {
+		return x.Held
+	}
+	return nil
+}
+
+func (x *PlacementRecord) GetAbove() map[string]uint32 {
+	if x != nil {
+		return x.Above
+	}
+	return nil
+}
+
+func (x *PlacementRecord) GetBelow() map[string]uint32 {
+	if x != nil {
+		return x.Below
+	}
+	return nil
+}
+
+func (x *PlacementRecord) GetEvaluatedUnixNano() int64 {
+	if x != nil {
+		return x.EvaluatedUnixNano
+	}
+	return 0
+}
+
+func (x *PlacementRecord) GetEvents() []*PlacementEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+// Placement is one copy placed by the manager.
+type Placement struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Site           string                 `protobuf:"bytes,1,opt,name=site,proto3" json:"site,omitempty"`
+	Mirror         string                 `protobuf:"bytes,2,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	Kind           MirrorKind             `protobuf:"varint,3,opt,name=kind,proto3,enum=premirror.v1.MirrorKind" json:"kind,omitempty"`
+	PlacedUnixNano int64                  `protobuf:"varint,4,opt,name=placed_unix_nano,json=placedUnixNano,proto3" json:"placed_unix_nano,omitempty"`
+	// The score that placed it and the last one seen.
+	PlacedScore   float64 `protobuf:"fixed64,5,opt,name=placed_score,json=placedScore,proto3" json:"placed_score,omitempty"`
+	Score         float64 `protobuf:"fixed64,6,opt,name=score,proto3" json:"score,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Placement) Reset() {
+	*x = Placement{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Placement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Placement) ProtoMessage() {}
+
+func (x *Placement) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Placement.ProtoReflect.Descriptor instead.
+func (*Placement) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *Placement) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *Placement) GetMirror() string {
+	if x != nil {
+		return x.Mirror
+	}
+	return ""
+}
+
+func (x *Placement) GetKind() MirrorKind {
+	if x != nil {
+		return x.Kind
+	}
+	return MirrorKind_MIRROR_KIND_UNSPECIFIED
+}
+
+func (x *Placement) GetPlacedUnixNano() int64 {
+	if x != nil {
+		return x.PlacedUnixNano
+	}
+	return 0
+}
+
+func (x *Placement) GetPlacedScore() float64 {
+	if x != nil {
+		return x.PlacedScore
+	}
+	return 0
+}
+
+func (x *Placement) GetScore() float64 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+// PlacementEvent is one decision of the manager.
+type PlacementEvent struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	UnixNano int64                  `protobuf:"varint,1,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	// "place" or "retire".
+	Action        string     `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	Site          string     `protobuf:"bytes,3,opt,name=site,proto3" json:"site,omitempty"`
+	Mirror        string     `protobuf:"bytes,4,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	Kind          MirrorKind `protobuf:"varint,5,opt,name=kind,proto3,enum=premirror.v1.MirrorKind" json:"kind,omitempty"`
+	Score         float64    `protobuf:"fixed64,6,opt,name=score,proto3" json:"score,omitempty"`
+	Reason        string     `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PlacementEvent) Reset() {
+	*x = PlacementEvent{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PlacementEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PlacementEvent) ProtoMessage() {}
+
+func (x *PlacementEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PlacementEvent.ProtoReflect.Descriptor instead.
+func (*PlacementEvent) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *PlacementEvent) GetUnixNano() int64 {
+	if x != nil {
+		return x.UnixNano
+	}
+	return 0
+}
+
+func (x *PlacementEvent) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *PlacementEvent) GetSite() string {
+	if x != nil {
+		return x.Site
+	}
+	return ""
+}
+
+func (x *PlacementEvent) GetMirror() string {
+	if x != nil {
+		return x.Mirror
+	}
+	return ""
+}
+
+func (x *PlacementEvent) GetKind() MirrorKind {
+	if x != nil {
+		return x.Kind
+	}
+	return MirrorKind_MIRROR_KIND_UNSPECIFIED
+}
+
+func (x *PlacementEvent) GetScore() float64 {
+	if x != nil {
+		return x.Score
+	}
+	return 0
+}
+
+func (x *PlacementEvent) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_premirror_v1_admin_proto protoreflect.FileDescriptor
 
 const file_premirror_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x18premirror/v1/admin.proto\x12\fpremirror.v1\x1a\x18premirror/v1/agent.proto\x1a\x1apremirror/v1/objects.proto\"X\n" +
+	"\x18premirror/v1/admin.proto\x12\fpremirror.v1\x1a\x18premirror/v1/agent.proto\x1a\x1apremirror/v1/objects.proto\x1a\x18premirror/v1/state.proto\"/\n" +
+	"\x11PlacementsRequest\x12\x1a\n" +
+	"\bresource\x18\x01 \x01(\tR\bresource\"M\n" +
+	"\x12PlacementsResponse\x127\n" +
+	"\arecords\x18\x01 \x03(\v2\x1d.premirror.v1.PlacementRecordR\arecords\"X\n" +
 	"\fApplyRequest\x12/\n" +
 	"\aobjects\x18\x01 \x01(\v2\x15.premirror.v1.ObjectsR\aobjects\x12\x17\n" +
 	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"^\n" +
@@ -1947,11 +2320,42 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"\fFeedResponse\x12\x18\n" +
 	"\aentries\x18\x01 \x01(\rR\aentries\x12\x16\n" +
 	"\x06unused\x18\x02 \x03(\tR\x06unused\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision*U\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"\xcc\x03\n" +
+	"\x0fPlacementRecord\x12\x1a\n" +
+	"\bresource\x18\x01 \x01(\tR\bresource\x12/\n" +
+	"\x06placed\x18\x02 \x03(\v2\x17.premirror.v1.PlacementR\x06placed\x12\x12\n" +
+	"\x04held\x18\x03 \x03(\tR\x04held\x12>\n" +
+	"\x05above\x18\x04 \x03(\v2(.premirror.v1.PlacementRecord.AboveEntryR\x05above\x12>\n" +
+	"\x05below\x18\x05 \x03(\v2(.premirror.v1.PlacementRecord.BelowEntryR\x05below\x12.\n" +
+	"\x13evaluated_unix_nano\x18\x06 \x01(\x03R\x11evaluatedUnixNano\x124\n" +
+	"\x06events\x18\a \x03(\v2\x1c.premirror.v1.PlacementEventR\x06events\x1a8\n" +
+	"\n" +
+	"AboveEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\x1a8\n" +
+	"\n" +
+	"BelowEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xc8\x01\n" +
+	"\tPlacement\x12\x12\n" +
+	"\x04site\x18\x01 \x01(\tR\x04site\x12\x16\n" +
+	"\x06mirror\x18\x02 \x01(\tR\x06mirror\x12,\n" +
+	"\x04kind\x18\x03 \x01(\x0e2\x18.premirror.v1.MirrorKindR\x04kind\x12(\n" +
+	"\x10placed_unix_nano\x18\x04 \x01(\x03R\x0eplacedUnixNano\x12!\n" +
+	"\fplaced_score\x18\x05 \x01(\x01R\vplacedScore\x12\x14\n" +
+	"\x05score\x18\x06 \x01(\x01R\x05score\"\xcd\x01\n" +
+	"\x0ePlacementEvent\x12\x1b\n" +
+	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\x12\x16\n" +
+	"\x06action\x18\x02 \x01(\tR\x06action\x12\x12\n" +
+	"\x04site\x18\x03 \x01(\tR\x04site\x12\x16\n" +
+	"\x06mirror\x18\x04 \x01(\tR\x06mirror\x12,\n" +
+	"\x04kind\x18\x05 \x01(\x0e2\x18.premirror.v1.MirrorKindR\x04kind\x12\x14\n" +
+	"\x05score\x18\x06 \x01(\x01R\x05score\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason*U\n" +
 	"\bFeedKind\x12\x19\n" +
 	"\x15FEED_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FEED_KIND_EVENTS\x10\x01\x12\x18\n" +
-	"\x14FEED_KIND_COVARIATES\x10\x022\xe1\x03\n" +
+	"\x14FEED_KIND_COVARIATES\x10\x022\xb2\x04\n" +
 	"\x05Admin\x12@\n" +
 	"\x05Apply\x12\x1a.premirror.v1.ApplyRequest\x1a\x1b.premirror.v1.ApplyResponse\x12C\n" +
 	"\x06Delete\x12\x1b.premirror.v1.DeleteRequest\x1a\x1c.premirror.v1.DeleteResponse\x12:\n" +
@@ -1959,7 +2363,9 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"\x06Status\x12\x1b.premirror.v1.StatusRequest\x1a\x1c.premirror.v1.StatusResponse\x12I\n" +
 	"\bForecast\x12\x1d.premirror.v1.ForecastRequest\x1a\x1e.premirror.v1.ForecastResponse\x12F\n" +
 	"\aExplain\x12\x1c.premirror.v1.ExplainRequest\x1a\x1d.premirror.v1.ExplainResponse\x12=\n" +
-	"\x04Feed\x12\x19.premirror.v1.FeedRequest\x1a\x1a.premirror.v1.FeedResponseB=Z;github.com/premirror/premirror/api/premirror/v1;premirrorv1b\x06proto3"
+	"\x04Feed\x12\x19.premirror.v1.FeedRequest\x1a\x1a.premirror.v1.FeedResponse\x12O\n" +
+	"\n" +
+	"Placements\x12\x1f.premirror.v1.PlacementsRequest\x1a .premirror.v1.PlacementsResponseB=Z;github.com/premirror/premirror/api/premirror/v1;premirrorv1b\x06proto3"
 
 var (
 	file_premirror_v1_admin_proto_rawDescOnce sync.Once
@@ -1974,72 +2380,89 @@ func file_premirror_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_premirror_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_premirror_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_premirror_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_premirror_v1_admin_proto_goTypes = []any{
-	(FeedKind)(0),             // 0: premirror.v1.FeedKind
-	(*ApplyRequest)(nil),      // 1: premirror.v1.ApplyRequest
-	(*ObjectChange)(nil),      // 2: premirror.v1.ObjectChange
-	(*ApplyResponse)(nil),     // 3: premirror.v1.ApplyResponse
-	(*DeleteRequest)(nil),     // 4: premirror.v1.DeleteRequest
-	(*DeleteResponse)(nil),    // 5: premirror.v1.DeleteResponse
-	(*GetRequest)(nil),        // 6: premirror.v1.GetRequest
-	(*GetResponse)(nil),       // 7: premirror.v1.GetResponse
-	(*StatusRequest)(nil),     // 8: premirror.v1.StatusRequest
-	(*StatusResponse)(nil),    // 9: premirror.v1.StatusResponse
-	(*AgentStatus)(nil),       // 10: premirror.v1.AgentStatus
-	(*RouteSummary)(nil),      // 11: premirror.v1.RouteSummary
-	(*ForecastRequest)(nil),   // 12: premirror.v1.ForecastRequest
-	(*RegionForecast)(nil),    // 13: premirror.v1.RegionForecast
-	(*BucketObservation)(nil), // 14: premirror.v1.BucketObservation
-	(*LocationShares)(nil),    // 15: premirror.v1.LocationShares
-	(*ResourceForecast)(nil),  // 16: premirror.v1.ResourceForecast
-	(*RegionBenefit)(nil),     // 17: premirror.v1.RegionBenefit
-	(*MirrorScore)(nil),       // 18: premirror.v1.MirrorScore
-	(*RegionRoute)(nil),       // 19: premirror.v1.RegionRoute
-	(*Prices)(nil),            // 20: premirror.v1.Prices
-	(*ForecastResponse)(nil),  // 21: premirror.v1.ForecastResponse
-	(*ExplainRequest)(nil),    // 22: premirror.v1.ExplainRequest
-	(*ExplainResponse)(nil),   // 23: premirror.v1.ExplainResponse
-	(*FeedRequest)(nil),       // 24: premirror.v1.FeedRequest
-	(*FeedResponse)(nil),      // 25: premirror.v1.FeedResponse
-	(*Objects)(nil),           // 26: premirror.v1.Objects
-	(NodeRole)(0),             // 27: premirror.v1.NodeRole
+	(FeedKind)(0),              // 0: premirror.v1.FeedKind
+	(*PlacementsRequest)(nil),  // 1: premirror.v1.PlacementsRequest
+	(*PlacementsResponse)(nil), // 2: premirror.v1.PlacementsResponse
+	(*ApplyRequest)(nil),       // 3: premirror.v1.ApplyRequest
+	(*ObjectChange)(nil),       // 4: premirror.v1.ObjectChange
+	(*ApplyResponse)(nil),      // 5: premirror.v1.ApplyResponse
+	(*DeleteRequest)(nil),      // 6: premirror.v1.DeleteRequest
+	(*DeleteResponse)(nil),     // 7: premirror.v1.DeleteResponse
+	(*GetRequest)(nil),         // 8: premirror.v1.GetRequest
+	(*GetResponse)(nil),        // 9: premirror.v1.GetResponse
+	(*StatusRequest)(nil),      // 10: premirror.v1.StatusRequest
+	(*StatusResponse)(nil),     // 11: premirror.v1.StatusResponse
+	(*AgentStatus)(nil),        // 12: premirror.v1.AgentStatus
+	(*RouteSummary)(nil),       // 13: premirror.v1.RouteSummary
+	(*ForecastRequest)(nil),    // 14: premirror.v1.ForecastRequest
+	(*RegionForecast)(nil),     // 15: premirror.v1.RegionForecast
+	(*BucketObservation)(nil),  // 16: premirror.v1.BucketObservation
+	(*LocationShares)(nil),     // 17: premirror.v1.LocationShares
+	(*ResourceForecast)(nil),   // 18: premirror.v1.ResourceForecast
+	(*RegionBenefit)(nil),      // 19: premirror.v1.RegionBenefit
+	(*MirrorScore)(nil),        // 20: premirror.v1.MirrorScore
+	(*RegionRoute)(nil),        // 21: premirror.v1.RegionRoute
+	(*Prices)(nil),             // 22: premirror.v1.Prices
+	(*ForecastResponse)(nil),   // 23: premirror.v1.ForecastResponse
+	(*ExplainRequest)(nil),     // 24: premirror.v1.ExplainRequest
+	(*ExplainResponse)(nil),    // 25: premirror.v1.ExplainResponse
+	(*FeedRequest)(nil),        // 26: premirror.v1.FeedRequest
+	(*FeedResponse)(nil),       // 27: premirror.v1.FeedResponse
+	(*PlacementRecord)(nil),    // 28: premirror.v1.PlacementRecord
+	(*Placement)(nil),          // 29: premirror.v1.Placement
+	(*PlacementEvent)(nil),     // 30: premirror.v1.PlacementEvent
+	nil,                        // 31: premirror.v1.PlacementRecord.AboveEntry
+	nil,                        // 32: premirror.v1.PlacementRecord.BelowEntry
+	(*Objects)(nil),            // 33: premirror.v1.Objects
+	(NodeRole)(0),              // 34: premirror.v1.NodeRole
+	(MirrorKind)(0),            // 35: premirror.v1.MirrorKind
 }
 var file_premirror_v1_admin_proto_depIdxs = []int32{
-	26, // 0: premirror.v1.ApplyRequest.objects:type_name -> premirror.v1.Objects
-	2,  // 1: premirror.v1.ApplyResponse.changes:type_name -> premirror.v1.ObjectChange
-	26, // 2: premirror.v1.GetResponse.objects:type_name -> premirror.v1.Objects
-	10, // 3: premirror.v1.StatusResponse.agents:type_name -> premirror.v1.AgentStatus
-	11, // 4: premirror.v1.StatusResponse.routes:type_name -> premirror.v1.RouteSummary
-	27, // 5: premirror.v1.AgentStatus.role:type_name -> premirror.v1.NodeRole
-	14, // 6: premirror.v1.RegionForecast.recent:type_name -> premirror.v1.BucketObservation
-	13, // 7: premirror.v1.ResourceForecast.regions:type_name -> premirror.v1.RegionForecast
-	15, // 8: premirror.v1.ResourceForecast.shares:type_name -> premirror.v1.LocationShares
-	17, // 9: premirror.v1.MirrorScore.regions:type_name -> premirror.v1.RegionBenefit
-	16, // 10: premirror.v1.ForecastResponse.forecast:type_name -> premirror.v1.ResourceForecast
-	19, // 11: premirror.v1.ForecastResponse.routes:type_name -> premirror.v1.RegionRoute
-	20, // 12: premirror.v1.ForecastResponse.prices:type_name -> premirror.v1.Prices
-	18, // 13: premirror.v1.ForecastResponse.scores:type_name -> premirror.v1.MirrorScore
-	0,  // 14: premirror.v1.FeedRequest.kind:type_name -> premirror.v1.FeedKind
-	1,  // 15: premirror.v1.Admin.Apply:input_type -> premirror.v1.ApplyRequest
-	4,  // 16: premirror.v1.Admin.Delete:input_type -> premirror.v1.DeleteRequest
-	6,  // 17: premirror.v1.Admin.Get:input_type -> premirror.v1.GetRequest
-	8,  // 18: premirror.v1.Admin.Status:input_type -> premirror.v1.StatusRequest
-	12, // 19: premirror.v1.Admin.Forecast:input_type -> premirror.v1.ForecastRequest
-	22, // 20: premirror.v1.Admin.Explain:input_type -> premirror.v1.ExplainRequest
-	24, // 21: premirror.v1.Admin.Feed:input_type -> premirror.v1.FeedRequest
-	3,  // 22: premirror.v1.Admin.Apply:output_type -> premirror.v1.ApplyResponse
-	5,  // 23: premirror.v1.Admin.Delete:output_type -> premirror.v1.DeleteResponse
-	7,  // 24: premirror.v1.Admin.Get:output_type -> premirror.v1.GetResponse
-	9,  // 25: premirror.v1.Admin.Status:output_type -> premirror.v1.StatusResponse
-	21, // 26: premirror.v1.Admin.Forecast:output_type -> premirror.v1.ForecastResponse
-	23, // 27: premirror.v1.Admin.Explain:output_type -> premirror.v1.ExplainResponse
-	25, // 28: premirror.v1.Admin.Feed:output_type -> premirror.v1.FeedResponse
-	22, // [22:29] is the sub-list for method output_type
-	15, // [15:22] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	28, // 0: premirror.v1.PlacementsResponse.records:type_name -> premirror.v1.PlacementRecord
+	33, // 1: premirror.v1.ApplyRequest.objects:type_name -> premirror.v1.Objects
+	4,  // 2: premirror.v1.ApplyResponse.changes:type_name -> premirror.v1.ObjectChange
+	33, // 3: premirror.v1.GetResponse.objects:type_name -> premirror.v1.Objects
+	12, // 4: premirror.v1.StatusResponse.agents:type_name -> premirror.v1.AgentStatus
+	13, // 5: premirror.v1.StatusResponse.routes:type_name -> premirror.v1.RouteSummary
+	34, // 6: premirror.v1.AgentStatus.role:type_name -> premirror.v1.NodeRole
+	16, // 7: premirror.v1.RegionForecast.recent:type_name -> premirror.v1.BucketObservation
+	15, // 8: premirror.v1.ResourceForecast.regions:type_name -> premirror.v1.RegionForecast
+	17, // 9: premirror.v1.ResourceForecast.shares:type_name -> premirror.v1.LocationShares
+	19, // 10: premirror.v1.MirrorScore.regions:type_name -> premirror.v1.RegionBenefit
+	18, // 11: premirror.v1.ForecastResponse.forecast:type_name -> premirror.v1.ResourceForecast
+	21, // 12: premirror.v1.ForecastResponse.routes:type_name -> premirror.v1.RegionRoute
+	22, // 13: premirror.v1.ForecastResponse.prices:type_name -> premirror.v1.Prices
+	20, // 14: premirror.v1.ForecastResponse.scores:type_name -> premirror.v1.MirrorScore
+	0,  // 15: premirror.v1.FeedRequest.kind:type_name -> premirror.v1.FeedKind
+	29, // 16: premirror.v1.PlacementRecord.placed:type_name -> premirror.v1.Placement
+	31, // 17: premirror.v1.PlacementRecord.above:type_name -> premirror.v1.PlacementRecord.AboveEntry
+	32, // 18: premirror.v1.PlacementRecord.below:type_name -> premirror.v1.PlacementRecord.BelowEntry
+	30, // 19: premirror.v1.PlacementRecord.events:type_name -> premirror.v1.PlacementEvent
+	35, // 20: premirror.v1.Placement.kind:type_name -> premirror.v1.MirrorKind
+	35, // 21: premirror.v1.PlacementEvent.kind:type_name -> premirror.v1.MirrorKind
+	3,  // 22: premirror.v1.Admin.Apply:input_type -> premirror.v1.ApplyRequest
+	6,  // 23: premirror.v1.Admin.Delete:input_type -> premirror.v1.DeleteRequest
+	8,  // 24: premirror.v1.Admin.Get:input_type -> premirror.v1.GetRequest
+	10, // 25: premirror.v1.Admin.Status:input_type -> premirror.v1.StatusRequest
+	14, // 26: premirror.v1.Admin.Forecast:input_type -> premirror.v1.ForecastRequest
+	24, // 27: premirror.v1.Admin.Explain:input_type -> premirror.v1.ExplainRequest
+	26, // 28: premirror.v1.Admin.Feed:input_type -> premirror.v1.FeedRequest
+	1,  // 29: premirror.v1.Admin.Placements:input_type -> premirror.v1.PlacementsRequest
+	5,  // 30: premirror.v1.Admin.Apply:output_type -> premirror.v1.ApplyResponse
+	7,  // 31: premirror.v1.Admin.Delete:output_type -> premirror.v1.DeleteResponse
+	9,  // 32: premirror.v1.Admin.Get:output_type -> premirror.v1.GetResponse
+	11, // 33: premirror.v1.Admin.Status:output_type -> premirror.v1.StatusResponse
+	23, // 34: premirror.v1.Admin.Forecast:output_type -> premirror.v1.ForecastResponse
+	25, // 35: premirror.v1.Admin.Explain:output_type -> premirror.v1.ExplainResponse
+	27, // 36: premirror.v1.Admin.Feed:output_type -> premirror.v1.FeedResponse
+	2,  // 37: premirror.v1.Admin.Placements:output_type -> premirror.v1.PlacementsResponse
+	30, // [30:38] is the sub-list for method output_type
+	22, // [22:30] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_premirror_v1_admin_proto_init() }
@@ -2049,13 +2472,14 @@ func file_premirror_v1_admin_proto_init() {
 	}
 	file_premirror_v1_agent_proto_init()
 	file_premirror_v1_objects_proto_init()
+	file_premirror_v1_state_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_premirror_v1_admin_proto_rawDesc), len(file_premirror_v1_admin_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

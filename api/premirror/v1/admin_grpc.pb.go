@@ -22,13 +22,14 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Admin_Apply_FullMethodName    = "/premirror.v1.Admin/Apply"
-	Admin_Delete_FullMethodName   = "/premirror.v1.Admin/Delete"
-	Admin_Get_FullMethodName      = "/premirror.v1.Admin/Get"
-	Admin_Status_FullMethodName   = "/premirror.v1.Admin/Status"
-	Admin_Forecast_FullMethodName = "/premirror.v1.Admin/Forecast"
-	Admin_Explain_FullMethodName  = "/premirror.v1.Admin/Explain"
-	Admin_Feed_FullMethodName     = "/premirror.v1.Admin/Feed"
+	Admin_Apply_FullMethodName      = "/premirror.v1.Admin/Apply"
+	Admin_Delete_FullMethodName     = "/premirror.v1.Admin/Delete"
+	Admin_Get_FullMethodName        = "/premirror.v1.Admin/Get"
+	Admin_Status_FullMethodName     = "/premirror.v1.Admin/Status"
+	Admin_Forecast_FullMethodName   = "/premirror.v1.Admin/Forecast"
+	Admin_Explain_FullMethodName    = "/premirror.v1.Admin/Explain"
+	Admin_Feed_FullMethodName       = "/premirror.v1.Admin/Feed"
+	Admin_Placements_FullMethodName = "/premirror.v1.Admin/Placements"
 )
 
 // AdminClient is the client API for Admin service.
@@ -62,6 +63,10 @@ type AdminClient interface {
 	// (InvalidArgument naming the line and column) and nothing is stored.
 	// Admins only.
 	Feed(ctx context.Context, in *FeedRequest, opts ...grpc.CallOption) (*FeedResponse, error)
+	// Placements returns the mirroring manager's state: per resource in
+	// predictive mode, the copies it placed, the hysteresis counters and its
+	// last decisions. An empty resource lists every resource.
+	Placements(ctx context.Context, in *PlacementsRequest, opts ...grpc.CallOption) (*PlacementsResponse, error)
 }
 
 type adminClient struct {
@@ -142,6 +147,16 @@ func (c *adminClient) Feed(ctx context.Context, in *FeedRequest, opts ...grpc.Ca
 	return out, nil
 }
 
+func (c *adminClient) Placements(ctx context.Context, in *PlacementsRequest, opts ...grpc.CallOption) (*PlacementsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PlacementsResponse)
+	err := c.cc.Invoke(ctx, Admin_Placements_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -173,6 +188,10 @@ type AdminServer interface {
 	// (InvalidArgument naming the line and column) and nothing is stored.
 	// Admins only.
 	Feed(context.Context, *FeedRequest) (*FeedResponse, error)
+	// Placements returns the mirroring manager's state: per resource in
+	// predictive mode, the copies it placed, the hysteresis counters and its
+	// last decisions. An empty resource lists every resource.
+	Placements(context.Context, *PlacementsRequest) (*PlacementsResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -203,6 +222,9 @@ func (UnimplementedAdminServer) Explain(context.Context, *ExplainRequest) (*Expl
 }
 func (UnimplementedAdminServer) Feed(context.Context, *FeedRequest) (*FeedResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Feed not implemented")
+}
+func (UnimplementedAdminServer) Placements(context.Context, *PlacementsRequest) (*PlacementsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Placements not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -351,6 +373,24 @@ func _Admin_Feed_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_Placements_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PlacementsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).Placements(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_Placements_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).Placements(ctx, req.(*PlacementsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -385,6 +425,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Feed",
 			Handler:    _Admin_Feed_Handler,
+		},
+		{
+			MethodName: "Placements",
+			Handler:    _Admin_Placements_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -24,6 +24,59 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// MirrorKind is how a placed copy is brought up to date.
+type MirrorKind int32
+
+const (
+	MirrorKind_MIRROR_KIND_UNSPECIFIED MirrorKind = 0
+	// Every block: the target holds no copy of the resource.
+	MirrorKind_MIRROR_KIND_FULL MirrorKind = 1
+	// Only blocks changed since the target's copy: a stale copy (a mirror
+	// retired earlier, or one that fell behind) catches up.
+	MirrorKind_MIRROR_KIND_DELTA MirrorKind = 2
+)
+
+// Enum value maps for MirrorKind.
+var (
+	MirrorKind_name = map[int32]string{
+		0: "MIRROR_KIND_UNSPECIFIED",
+		1: "MIRROR_KIND_FULL",
+		2: "MIRROR_KIND_DELTA",
+	}
+	MirrorKind_value = map[string]int32{
+		"MIRROR_KIND_UNSPECIFIED": 0,
+		"MIRROR_KIND_FULL":        1,
+		"MIRROR_KIND_DELTA":       2,
+	}
+)
+
+func (x MirrorKind) Enum() *MirrorKind {
+	p := new(MirrorKind)
+	*p = x
+	return p
+}
+
+func (x MirrorKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MirrorKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_premirror_v1_state_proto_enumTypes[0].Descriptor()
+}
+
+func (MirrorKind) Type() protoreflect.EnumType {
+	return &file_premirror_v1_state_proto_enumTypes[0]
+}
+
+func (x MirrorKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MirrorKind.Descriptor instead.
+func (MirrorKind) EnumDescriptor() ([]byte, []int) {
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{0}
+}
+
 // DesiredState is one version of what every data plane should hold.
 // Routes refer to regions and mirrors by ID and share weight sets, and are
 // packed arrays rather than one message each, which keeps 4096 resources ×
@@ -45,6 +98,9 @@ type DesiredState struct {
 	TableSlots uint32 `protobuf:"varint,7,opt,name=table_slots,json=tableSlots,proto3" json:"table_slots,omitempty"`
 	// When the leader computed this version (unix nanoseconds).
 	ComputedUnixNano int64 `protobuf:"varint,8,opt,name=computed_unix_nano,json=computedUnixNano,proto3" json:"computed_unix_nano,omitempty"`
+	// Copies the mirroring manager has placed: the node holding a
+	// resource's primary keeps a mirror of it on each task's target.
+	ReplicationTasks []*ReplicationTask `protobuf:"bytes,9,rep,name=replication_tasks,json=replicationTasks,proto3" json:"replication_tasks,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -135,6 +191,104 @@ func (x *DesiredState) GetComputedUnixNano() int64 {
 	return 0
 }
 
+func (x *DesiredState) GetReplicationTasks() []*ReplicationTask {
+	if x != nil {
+		return x.ReplicationTasks
+	}
+	return nil
+}
+
+// ReplicationTask asks the node that holds a resource's primary copy (the
+// origin mirror's node) to replicate it to another node. The volume has
+// the resource's name on both nodes; the target is the source
+// replicator's peer of the target node's name. A task that disappears
+// from the desired state stops the replication (the copy is retired;
+// its data stays for a later delta).
+type ReplicationTask struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Resource   string                 `protobuf:"bytes,1,opt,name=resource,proto3" json:"resource,omitempty"`
+	SourceNode string                 `protobuf:"bytes,2,opt,name=source_node,json=sourceNode,proto3" json:"source_node,omitempty"`
+	TargetNode string                 `protobuf:"bytes,3,opt,name=target_node,json=targetNode,proto3" json:"target_node,omitempty"`
+	// The Mirror object the copy is served from once in sync.
+	Mirror         string     `protobuf:"bytes,4,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	Kind           MirrorKind `protobuf:"varint,5,opt,name=kind,proto3,enum=premirror.v1.MirrorKind" json:"kind,omitempty"`
+	PlacedUnixNano int64      `protobuf:"varint,6,opt,name=placed_unix_nano,json=placedUnixNano,proto3" json:"placed_unix_nano,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ReplicationTask) Reset() {
+	*x = ReplicationTask{}
+	mi := &file_premirror_v1_state_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicationTask) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicationTask) ProtoMessage() {}
+
+func (x *ReplicationTask) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_state_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicationTask.ProtoReflect.Descriptor instead.
+func (*ReplicationTask) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ReplicationTask) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+func (x *ReplicationTask) GetSourceNode() string {
+	if x != nil {
+		return x.SourceNode
+	}
+	return ""
+}
+
+func (x *ReplicationTask) GetTargetNode() string {
+	if x != nil {
+		return x.TargetNode
+	}
+	return ""
+}
+
+func (x *ReplicationTask) GetMirror() string {
+	if x != nil {
+		return x.Mirror
+	}
+	return ""
+}
+
+func (x *ReplicationTask) GetKind() MirrorKind {
+	if x != nil {
+		return x.Kind
+	}
+	return MirrorKind_MIRROR_KIND_UNSPECIFIED
+}
+
+func (x *ReplicationTask) GetPlacedUnixNano() int64 {
+	if x != nil {
+		return x.PlacedUnixNano
+	}
+	return 0
+}
+
 // RegionState is a client region as the data plane sees it.
 type RegionState struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -147,7 +301,7 @@ type RegionState struct {
 
 func (x *RegionState) Reset() {
 	*x = RegionState{}
-	mi := &file_premirror_v1_state_proto_msgTypes[1]
+	mi := &file_premirror_v1_state_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -159,7 +313,7 @@ func (x *RegionState) String() string {
 func (*RegionState) ProtoMessage() {}
 
 func (x *RegionState) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[1]
+	mi := &file_premirror_v1_state_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -172,7 +326,7 @@ func (x *RegionState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionState.ProtoReflect.Descriptor instead.
 func (*RegionState) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{1}
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *RegionState) GetName() string {
@@ -209,7 +363,7 @@ type MirrorEndpoint struct {
 
 func (x *MirrorEndpoint) Reset() {
 	*x = MirrorEndpoint{}
-	mi := &file_premirror_v1_state_proto_msgTypes[2]
+	mi := &file_premirror_v1_state_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -221,7 +375,7 @@ func (x *MirrorEndpoint) String() string {
 func (*MirrorEndpoint) ProtoMessage() {}
 
 func (x *MirrorEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[2]
+	mi := &file_premirror_v1_state_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -234,7 +388,7 @@ func (x *MirrorEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorEndpoint.ProtoReflect.Descriptor instead.
 func (*MirrorEndpoint) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{2}
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *MirrorEndpoint) GetName() string {
@@ -277,7 +431,7 @@ type VIP struct {
 
 func (x *VIP) Reset() {
 	*x = VIP{}
-	mi := &file_premirror_v1_state_proto_msgTypes[3]
+	mi := &file_premirror_v1_state_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -289,7 +443,7 @@ func (x *VIP) String() string {
 func (*VIP) ProtoMessage() {}
 
 func (x *VIP) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[3]
+	mi := &file_premirror_v1_state_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -302,7 +456,7 @@ func (x *VIP) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIP.ProtoReflect.Descriptor instead.
 func (*VIP) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{3}
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *VIP) GetAddress() string {
@@ -345,7 +499,7 @@ type ResourceState struct {
 
 func (x *ResourceState) Reset() {
 	*x = ResourceState{}
-	mi := &file_premirror_v1_state_proto_msgTypes[4]
+	mi := &file_premirror_v1_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -357,7 +511,7 @@ func (x *ResourceState) String() string {
 func (*ResourceState) ProtoMessage() {}
 
 func (x *ResourceState) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[4]
+	mi := &file_premirror_v1_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -370,7 +524,7 @@ func (x *ResourceState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceState.ProtoReflect.Descriptor instead.
 func (*ResourceState) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{4}
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ResourceState) GetName() string {
@@ -432,7 +586,7 @@ type WeightSet struct {
 
 func (x *WeightSet) Reset() {
 	*x = WeightSet{}
-	mi := &file_premirror_v1_state_proto_msgTypes[5]
+	mi := &file_premirror_v1_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -444,7 +598,7 @@ func (x *WeightSet) String() string {
 func (*WeightSet) ProtoMessage() {}
 
 func (x *WeightSet) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[5]
+	mi := &file_premirror_v1_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -457,7 +611,7 @@ func (x *WeightSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WeightSet.ProtoReflect.Descriptor instead.
 func (*WeightSet) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *WeightSet) GetWeights() []*MirrorWeight {
@@ -478,7 +632,7 @@ type MirrorWeight struct {
 
 func (x *MirrorWeight) Reset() {
 	*x = MirrorWeight{}
-	mi := &file_premirror_v1_state_proto_msgTypes[6]
+	mi := &file_premirror_v1_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -490,7 +644,7 @@ func (x *MirrorWeight) String() string {
 func (*MirrorWeight) ProtoMessage() {}
 
 func (x *MirrorWeight) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[6]
+	mi := &file_premirror_v1_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -503,7 +657,7 @@ func (x *MirrorWeight) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorWeight.ProtoReflect.Descriptor instead.
 func (*MirrorWeight) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{6}
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *MirrorWeight) GetMirrorId() uint32 {
@@ -524,7 +678,7 @@ var File_premirror_v1_state_proto protoreflect.FileDescriptor
 
 const file_premirror_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x18premirror/v1/state.proto\x12\fpremirror.v1\x1a\x1apremirror/v1/objects.proto\"\x80\x03\n" +
+	"\x18premirror/v1/state.proto\x12\fpremirror.v1\x1a\x1apremirror/v1/objects.proto\"\xcc\x03\n" +
 	"\fDesiredState\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12%\n" +
 	"\x0edefault_region\x18\x02 \x01(\tR\rdefaultRegion\x123\n" +
@@ -535,7 +689,17 @@ const file_premirror_v1_state_proto_rawDesc = "" +
 	"weightSets\x12\x1f\n" +
 	"\vtable_slots\x18\a \x01(\rR\n" +
 	"tableSlots\x12,\n" +
-	"\x12computed_unix_nano\x18\b \x01(\x03R\x10computedUnixNano\"M\n" +
+	"\x12computed_unix_nano\x18\b \x01(\x03R\x10computedUnixNano\x12J\n" +
+	"\x11replication_tasks\x18\t \x03(\v2\x1d.premirror.v1.ReplicationTaskR\x10replicationTasks\"\xdf\x01\n" +
+	"\x0fReplicationTask\x12\x1a\n" +
+	"\bresource\x18\x01 \x01(\tR\bresource\x12\x1f\n" +
+	"\vsource_node\x18\x02 \x01(\tR\n" +
+	"sourceNode\x12\x1f\n" +
+	"\vtarget_node\x18\x03 \x01(\tR\n" +
+	"targetNode\x12\x16\n" +
+	"\x06mirror\x18\x04 \x01(\tR\x06mirror\x12,\n" +
+	"\x04kind\x18\x05 \x01(\x0e2\x18.premirror.v1.MirrorKindR\x04kind\x12(\n" +
+	"\x10placed_unix_nano\x18\x06 \x01(\x03R\x0eplacedUnixNano\"M\n" +
 	"\vRegionState\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x1a\n" +
@@ -561,7 +725,12 @@ const file_premirror_v1_state_proto_rawDesc = "" +
 	"\aweights\x18\x01 \x03(\v2\x1a.premirror.v1.MirrorWeightR\aweights\"C\n" +
 	"\fMirrorWeight\x12\x1b\n" +
 	"\tmirror_id\x18\x01 \x01(\rR\bmirrorId\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\rR\x06weightB=Z;github.com/premirror/premirror/api/premirror/v1;premirrorv1b\x06proto3"
+	"\x06weight\x18\x02 \x01(\rR\x06weight*V\n" +
+	"\n" +
+	"MirrorKind\x12\x1b\n" +
+	"\x17MIRROR_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
+	"\x10MIRROR_KIND_FULL\x10\x01\x12\x15\n" +
+	"\x11MIRROR_KIND_DELTA\x10\x02B=Z;github.com/premirror/premirror/api/premirror/v1;premirrorv1b\x06proto3"
 
 var (
 	file_premirror_v1_state_proto_rawDescOnce sync.Once
@@ -575,34 +744,39 @@ func file_premirror_v1_state_proto_rawDescGZIP() []byte {
 	return file_premirror_v1_state_proto_rawDescData
 }
 
-var file_premirror_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_premirror_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_premirror_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_premirror_v1_state_proto_goTypes = []any{
-	(*DesiredState)(nil),   // 0: premirror.v1.DesiredState
-	(*RegionState)(nil),    // 1: premirror.v1.RegionState
-	(*MirrorEndpoint)(nil), // 2: premirror.v1.MirrorEndpoint
-	(*VIP)(nil),            // 3: premirror.v1.VIP
-	(*ResourceState)(nil),  // 4: premirror.v1.ResourceState
-	(*WeightSet)(nil),      // 5: premirror.v1.WeightSet
-	(*MirrorWeight)(nil),   // 6: premirror.v1.MirrorWeight
-	(MirrorState)(0),       // 7: premirror.v1.MirrorState
-	(Protocol)(0),          // 8: premirror.v1.Protocol
-	(*Affinity)(nil),       // 9: premirror.v1.Affinity
+	(MirrorKind)(0),         // 0: premirror.v1.MirrorKind
+	(*DesiredState)(nil),    // 1: premirror.v1.DesiredState
+	(*ReplicationTask)(nil), // 2: premirror.v1.ReplicationTask
+	(*RegionState)(nil),     // 3: premirror.v1.RegionState
+	(*MirrorEndpoint)(nil),  // 4: premirror.v1.MirrorEndpoint
+	(*VIP)(nil),             // 5: premirror.v1.VIP
+	(*ResourceState)(nil),   // 6: premirror.v1.ResourceState
+	(*WeightSet)(nil),       // 7: premirror.v1.WeightSet
+	(*MirrorWeight)(nil),    // 8: premirror.v1.MirrorWeight
+	(MirrorState)(0),        // 9: premirror.v1.MirrorState
+	(Protocol)(0),           // 10: premirror.v1.Protocol
+	(*Affinity)(nil),        // 11: premirror.v1.Affinity
 }
 var file_premirror_v1_state_proto_depIdxs = []int32{
-	1, // 0: premirror.v1.DesiredState.regions:type_name -> premirror.v1.RegionState
-	2, // 1: premirror.v1.DesiredState.mirrors:type_name -> premirror.v1.MirrorEndpoint
-	4, // 2: premirror.v1.DesiredState.resources:type_name -> premirror.v1.ResourceState
-	5, // 3: premirror.v1.DesiredState.weight_sets:type_name -> premirror.v1.WeightSet
-	7, // 4: premirror.v1.MirrorEndpoint.state:type_name -> premirror.v1.MirrorState
-	8, // 5: premirror.v1.VIP.protocol:type_name -> premirror.v1.Protocol
-	3, // 6: premirror.v1.ResourceState.vips:type_name -> premirror.v1.VIP
-	9, // 7: premirror.v1.ResourceState.affinity:type_name -> premirror.v1.Affinity
-	6, // 8: premirror.v1.WeightSet.weights:type_name -> premirror.v1.MirrorWeight
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	3,  // 0: premirror.v1.DesiredState.regions:type_name -> premirror.v1.RegionState
+	4,  // 1: premirror.v1.DesiredState.mirrors:type_name -> premirror.v1.MirrorEndpoint
+	6,  // 2: premirror.v1.DesiredState.resources:type_name -> premirror.v1.ResourceState
+	7,  // 3: premirror.v1.DesiredState.weight_sets:type_name -> premirror.v1.WeightSet
+	2,  // 4: premirror.v1.DesiredState.replication_tasks:type_name -> premirror.v1.ReplicationTask
+	0,  // 5: premirror.v1.ReplicationTask.kind:type_name -> premirror.v1.MirrorKind
+	9,  // 6: premirror.v1.MirrorEndpoint.state:type_name -> premirror.v1.MirrorState
+	10, // 7: premirror.v1.VIP.protocol:type_name -> premirror.v1.Protocol
+	5,  // 8: premirror.v1.ResourceState.vips:type_name -> premirror.v1.VIP
+	11, // 9: premirror.v1.ResourceState.affinity:type_name -> premirror.v1.Affinity
+	8,  // 10: premirror.v1.WeightSet.weights:type_name -> premirror.v1.MirrorWeight
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_premirror_v1_state_proto_init() }
@@ -616,13 +790,14 @@ func file_premirror_v1_state_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_premirror_v1_state_proto_rawDesc), len(file_premirror_v1_state_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   7,
+			NumEnums:      1,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_premirror_v1_state_proto_goTypes,
 		DependencyIndexes: file_premirror_v1_state_proto_depIdxs,
+		EnumInfos:         file_premirror_v1_state_proto_enumTypes,
 		MessageInfos:      file_premirror_v1_state_proto_msgTypes,
 	}.Build()
 	File_premirror_v1_state_proto = out.File
