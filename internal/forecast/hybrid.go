@@ -197,6 +197,7 @@ type Hybrid struct {
 	sig         float64            // regression residual sd (data units)
 	spd, wk     int                // buckets per day (>=1), per week (0 if the window holds < 2 weeks)
 	integer     bool               // every value so far was an integer (counts)
+	nonneg      bool               // no value so far was below zero
 
 	R        int       // ring of per-origin regression forecasts (the GRU's targets)
 	muY      []float64 // R×H regression forecast per origin
@@ -268,7 +269,7 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 		return nil, err
 	}
 	H := cfg.Horizon
-	m := &Hybrid{cfg: cfg, W: cfg.Window, integer: true}
+	m := &Hybrid{cfg: cfg, W: cfg.Window, integer: true, nonneg: true}
 	m.d = newDesign(cfg.Step, cfg.Window, cfg.Region, feeds)
 	m.blr = NewBLR(m.d.p)
 	m.blr.L = nil // the factor lives in the pooled scratch
@@ -402,6 +403,9 @@ func (m *Hybrid) observe(t time.Time, y float64, missing bool) error {
 	}
 	if !missing && (y != math.Trunc(y) || math.Abs(y) > 1<<53) {
 		m.integer = false
+	}
+	if !missing && y < 0 {
+		m.nonneg = false
 	}
 	sc := scratchPool.Get().(*hybridScratch)
 	sc.L = grow(sc.L, m.d.p*m.d.p)
@@ -1067,6 +1071,11 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 			fq = Quantiles{Q10: math.Ceil(fq.Q10), Q50: math.Round(fq.Q50), Q90: math.Floor(fq.Q90)}
 			fq.Q90 = math.Max(fq.Q90, fq.Q50)
 			fq.Q10 = math.Min(fq.Q10, fq.Q50)
+		}
+		if m.nonneg {
+			// A series never below zero (access counts, bytes) has no
+			// negative quantiles: a quantile below zero is zero.
+			fq = Quantiles{Q10: math.Max(fq.Q10, 0), Q50: math.Max(fq.Q50, 0), Q90: math.Max(fq.Q90, 0)}
 		}
 		m.fc[h-1] = fq
 	}

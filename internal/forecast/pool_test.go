@@ -299,3 +299,34 @@ func TestHybridSnapshotPoolState(t *testing.T) {
 		t.Fatal("a combination weight of 2 was accepted")
 	}
 }
+
+// TestNonNegativeQuantiles: a series never below zero gets no negative
+// quantile (a count that fell to zero has an interval [0, x], not [−x, x]);
+// once a value below zero is seen, quantiles may be negative again.
+func TestNonNegativeQuantiles(t *testing.T) {
+	m, err := NewHybrid(HybridConfig{Step: time.Hour, Window: 96, Horizon: 6, Seed: 3}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 1, 5, 0, 0, 0, 0, time.UTC)
+	for i := range 300 {
+		v := 3000.0
+		if i >= 100 {
+			v = 0 // the demand stops: the forecast's spread is still wide for a while
+		}
+		if err := m.Observe(t0.Add(time.Duration(i)*time.Hour), v); err != nil {
+			t.Fatal(err)
+		}
+		for h, q := range m.Forecast() {
+			if q.Q10 < 0 || q.Q50 < 0 || q.Q90 < 0 {
+				t.Fatalf("bucket %d h%d: negative quantile %+v of a non-negative series", i, h+1, q)
+			}
+		}
+	}
+	if err := m.Observe(t0.Add(300*time.Hour), -5); err != nil {
+		t.Fatal(err)
+	}
+	if !(m.Forecast()[0].Q10 < 0) {
+		t.Fatalf("after a negative value the lower quantile is still clamped: %+v", m.Forecast()[0])
+	}
+}

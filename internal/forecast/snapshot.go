@@ -37,7 +37,8 @@ var ErrSnapshotVersion = errors.New("unsupported snapshot format version")
 const (
 	snapMagic = "PMFCSNAP"
 	// snapVersion 2: the demand model gained the forecast combination
-	// (pool.go); 3: the yearly memory and two stacker inputs (yearly.go).
+	// (pool.go); 3: the yearly memory, three stacker inputs (yearly.go,
+	// the trend) and the non-negative flag.
 	// Older snapshots are refused with ErrSnapshotVersion.
 	snapVersion = 3
 	// maxSnapshot bounds what Restore reads (a million series of a few
@@ -238,6 +239,7 @@ func (m *Hybrid) encode(e *enc) {
 	e.fs(m.gv[:])
 	e.f64(m.sig)
 	e.bool(m.integer)
+	e.bool(m.nonneg)
 	e.i64(m.d.trendRef)
 	b := m.blr
 	e.fs(b.S)
@@ -315,6 +317,7 @@ func (m *Hybrid) decode(d *dec) {
 	d.fsInto(m.gv[:], "prior scales")
 	m.sig = d.f64()
 	m.integer = d.bool()
+	m.nonneg = d.bool()
 	m.d.trendRef = d.i64()
 	b := m.blr
 	d.fsInto(b.S, "gram")
