@@ -118,4 +118,34 @@ func TestCtlForecastCommands(t *testing.T) {
 	if testing.Verbose() {
 		t.Log("\n" + out)
 	}
+
+	// The mirroring manager: web turns predictive, its mirrors get nodes;
+	// us (Brooklyn's heavy demand, 80 ms from paris, 4 ms from nyc) gets a
+	// copy on nyc within a few buckets.
+	if out, err := ctl(t, append([]string{"placements", "web"}, admin...)...); err != nil || !strings.Contains(out, "resource web: 0 placed") {
+		t.Fatalf("placements before predictive mode: %v\n%s", err, out)
+	}
+	demo, err := os.ReadFile(forecastObjects)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pred := strings.NewReplacer("address: 192.0.2.10}", "address: 192.0.2.10, node: host-paris}",
+		"address: 192.0.2.20}", "address: 192.0.2.20, node: host-nyc}",
+		"address: 192.0.2.30}", "address: 192.0.2.30, node: host-tokyo}").Replace(string(demo)) +
+		"    mirror_policy: {mode: predictive, max_mirrors: 2}\n    thresholds: {mirror_score: 0.6, retire_score: 0.3}\n"
+	predFile := filepath.Join(dir, "predictive.yaml")
+	os.WriteFile(predFile, []byte(pred), 0o600)
+	if out, err := ctl(t, append([]string{"apply", "-f", predFile}, admin...)...); err != nil {
+		t.Fatalf("apply predictive: %v\n%s", err, out)
+	}
+	waitFor(t, "a copy of web placed on nyc", 40*time.Second, func() bool {
+		out, err = ctl(t, append([]string{"placements", "web"}, admin...)...)
+		return err == nil && strings.Contains(out, "resource web: 1 placed") && strings.Contains(out, "place  us on nyc (full")
+	})
+	if testing.Verbose() {
+		t.Log("\n" + out)
+	}
+	if js, err := ctl(t, append([]string{"placements", "-o", "json"}, admin...)...); err != nil || !strings.Contains(js, `"nyc"`) || !strings.Contains(js, "MIRROR_KIND_FULL") {
+		t.Fatalf("placements -o json: %v\n%s", err, js)
+	}
 }

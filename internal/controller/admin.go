@@ -139,6 +139,33 @@ func (s *adminService) Explain(ctx context.Context, req *pb.ExplainRequest) (*pb
 	return &pb.ExplainResponse{Text: s.c.explain(sc)}, nil
 }
 
+// Placements implements pb.AdminServer from this replica's view of the
+// leader's records.
+func (s *adminService) Placements(_ context.Context, req *pb.PlacementsRequest) (*pb.PlacementsResponse, error) {
+	all := s.c.view.placements()
+	resp := &pb.PlacementsResponse{}
+	if name := req.GetResource(); name != "" {
+		rec := all[name]
+		if rec == nil {
+			if s.c.view.resource(name) == nil {
+				return nil, status.Errorf(codes.NotFound, "resource %q: %v", name, ErrNotFound)
+			}
+			rec = &pb.PlacementRecord{Resource: name}
+		}
+		resp.Records = []*pb.PlacementRecord{rec}
+		return resp, nil
+	}
+	names := make([]string, 0, len(all))
+	for n := range all {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	for _, n := range names {
+		resp.Records = append(resp.Records, all[n])
+	}
+	return resp, nil
+}
+
 func forecastError(err error) error {
 	switch {
 	case errors.Is(err, ErrNoForecast):

@@ -49,6 +49,8 @@ type world struct {
 	// dpState is each mirror's data-plane state: the admin state, or down
 	// when its host says so or every fresh probe of it failed.
 	dpState map[uint32]pb.MirrorState
+	// placed is the mirroring manager's record per resource.
+	placed map[string]*pb.PlacementRecord
 }
 
 func pbHealth(h pb.Health) probe.Health {
@@ -75,7 +77,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 	w := &world{
 		regions: slices.Clone(s.sites), mirrors: slices.Clone(s.mirrors), resources: slices.Clone(s.resources),
 		regionID: make(map[string]uint32, len(s.sites)), mirrorID: make(map[string]uint32, len(s.mirrors)),
-		dpState: make(map[uint32]pb.MirrorState, len(s.mirrors)),
+		dpState: make(map[uint32]pb.MirrorState, len(s.mirrors)), placed: s.placed,
 	}
 	slices.SortFunc(w.regions, func(a, b *pb.Site) int { return cmp.Compare(a.GetId(), b.GetId()) })
 	slices.SortFunc(w.mirrors, func(a, b *pb.Mirror) int { return cmp.Compare(a.GetId(), b.GetId()) })
@@ -298,6 +300,18 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 			}
 			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: mid, InSync: inSync})
 		}
+		// Copies the mirroring manager placed are routable only once their
+		// host reports them in sync within the lag bound: until then the
+		// replicator is still copying.
+		for _, pl := range s.placed[r.GetName()].GetPlaced() {
+			mid, ok := w.mirrorID[pl.GetMirror()]
+			if !ok || slices.Contains(r.GetMirrorPolicy().GetMirrors(), pl.GetMirror()) || pl.GetMirror() == r.GetOrigin() {
+				continue
+			}
+			rs := replicas[repKey{pl.GetMirror(), r.GetName()}]
+			inSync := rs != nil && rs.GetInSync() && (maxLag == 0 || time.Duration(rs.GetLagNs()) <= maxLag)
+			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: mid, InSync: inSync})
+		}
 		rr.Demand = demand[r.GetId()]
 		in.Resources = append(in.Resources, rr)
 	}
@@ -344,6 +358,7 @@ func buildDesired(w *world, res *route.Result, slots int, now time.Time) (*pb.De
 		sum.Changed, sum.MovedSlots, sum.Panic, sum.Spilled = uint32(res.Changed), uint32(res.MovedSlots), uint32(res.Panic), uint32(res.Spilled)
 		sum.MovedShare = res.MovedShare()
 	}
+	ds.ReplicationTasks = replicationTasks(w)
 	for i, r := range w.resources {
 		rs := &pb.ResourceState{Name: r.GetName(), Id: r.GetId(), HashNoSrcPort: r.GetHashNoSrcPort(),
 			RouteRegions: make([]uint32, 0, len(w.regions)+1), RouteWeightSets: make([]uint32, 0, len(w.regions)+1)}
@@ -446,4 +461,31 @@ func digest(ds *pb.DesiredState) ([]byte, error) {
 	}
 	h := sha256.Sum256(b)
 	return h[:], nil
+}
+
+// replicationTasks turns the manager's placements into tasks for the
+// node holding each resource's primary copy (its origin mirror's host).
+// A placement whose origin or target has no node cannot be carried out:
+// it is left out (placement.go does not place on hosts without a node).
+func replicationTasks(w *world) []*pb.ReplicationTask {
+	node := make(map[string]string, len(w.mirrors))
+	for _, m := range w.mirrors {
+		node[m.GetName()] = m.GetNode()
+	}
+	var out []*pb.ReplicationTask
+	for _, r := range w.resources {
+		src := node[r.GetOrigin()]
+		if src == "" {
+			continue
+		}
+		for _, pl := range w.placed[r.GetName()].GetPlaced() {
+			dst := node[pl.GetMirror()]
+			if dst == "" || dst == src {
+				continue
+			}
+			out = append(out, &pb.ReplicationTask{Resource: r.GetName(), SourceNode: src, TargetNode: dst,
+				Mirror: pl.GetMirror(), Kind: pl.GetKind(), PlacedUnixNano: pl.GetPlacedUnixNano()})
+		}
+	}
+	return out
 }

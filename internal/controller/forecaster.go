@@ -212,6 +212,7 @@ type forecaster struct {
 	gcBefore int64 // aggregates of buckets before it are deleted (0: none yet)
 	// Work still owed after a failed etcd write.
 	publishDue, snapDue bool
+	placeDue            bool // forecasts published: the mirroring manager evaluates
 }
 
 func newForecaster(c *Controller) (*forecaster, error) {
@@ -269,7 +270,18 @@ func (f *forecaster) run(ctx context.Context, fn fence) {
 	for {
 		f.mu.Lock()
 		err := f.pass(ctx, fn)
+		place := f.placeDue
+		f.placeDue = false
 		f.mu.Unlock()
+		if place && err == nil {
+			// Outside the lock: scoring reads etcd and runs the route
+			// policy, and must not hold up the admin API's forecasts.
+			if err = f.c.evaluatePlacements(ctx, fn, time.Now()); err != nil && !errors.Is(err, ErrNotLeader) {
+				f.mu.Lock()
+				f.placeDue = true // retry at the next tick, not the next bucket
+				f.mu.Unlock()
+			}
+		}
 		switch {
 		case errors.Is(err, ErrNotLeader):
 			f.c.log.Warn("forecast writes refused: no longer the leader")
@@ -306,7 +318,7 @@ func (f *forecaster) pass(ctx context.Context, fn fence) error {
 		if err := f.publish(ctx, fn); err != nil {
 			return err
 		}
-		f.publishDue = false
+		f.publishDue, f.placeDue = false, true
 	}
 	if f.snapDue {
 		if err := f.checkpoint(ctx, fn); err != nil {

@@ -22,6 +22,10 @@ type metrics struct {
 	fcCheckpointTime  prometheus.Histogram
 	fcRestores        *prometheus.CounterVec
 	fcFeeds           *prometheus.CounterVec
+
+	placementEvals     *prometheus.CounterVec
+	placementDecisions *prometheus.CounterVec
+	placedCopies       prometheus.Gauge
 }
 
 func newMetrics(c *Controller) *metrics {
@@ -70,10 +74,17 @@ func newMetrics(c *Controller) *metrics {
 		fcFeeds: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "premirror_controller_forecast_feeds_total",
 			Help: "External feeds by kind (events, covariates) and result (stored, rejected by this replica; applied, failed by the leader)."},
 			[]string{"kind", "result"}),
+		placementEvals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "premirror_controller_placement_evaluations_total",
+			Help: "Mirroring-manager evaluations of one resource by the leader, by result (ok, error)."}, []string{"result"}),
+		placementDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "premirror_controller_placement_decisions_total",
+			Help: "Copies the mirroring manager placed or retired, by action (place, retire)."}, []string{"action"}),
+		placedCopies: prometheus.NewGauge(prometheus.GaugeOpts{Name: "premirror_controller_placed_copies",
+			Help: "Copies the mirroring manager holds placed, over every resource, at its last evaluation."}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.leader, m.version, m.agents, m.ticks, m.tickTime, m.versions, m.acks, m.reports, m.movedSlots,
-		m.accessFlows, m.aggregateWrites, m.aggregatesLate, m.fcPass, m.fcCheckpoints, m.fcCheckpointBytes, m.fcCheckpointTime, m.fcRestores, m.fcFeeds}
+		m.accessFlows, m.aggregateWrites, m.aggregatesLate, m.fcPass, m.fcCheckpoints, m.fcCheckpointBytes, m.fcCheckpointTime, m.fcRestores, m.fcFeeds,
+		m.placementEvals, m.placementDecisions, m.placedCopies}
 }

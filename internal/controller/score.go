@@ -104,6 +104,12 @@ type scoreSetup struct {
 	notes   []string          // sites left out, and why
 	step    time.Duration
 	viewRev int64
+	// For the mirroring manager: every (region, mirror) path cost, mirror
+	// IDs by name, and the mirrors holding a copy (origin, listed, placed).
+	costs  map[string]map[uint32]candCost
+	ids    map[string]uint32
+	copies []string
+	w      *world
 }
 
 // scoreSetup builds the Mirroring Score request of a resource: its size,
@@ -142,7 +148,8 @@ func (c *Controller) scoreSetup(res *pb.Resource, demand []forecast.RegionDemand
 		mirrorName[m.GetId()] = m.GetName()
 	}
 
-	s := &scoreSetup{step: c.cfg.Forecast.Engine.Step, mirror: map[string]string{}, viewRev: snap.rev,
+	s := &scoreSetup{step: c.cfg.Forecast.Engine.Step, mirror: map[string]string{}, viewRev: snap.rev, costs: costs,
+		ids: w.mirrorID, w: w,
 		req: forecast.ScoreRequest{Bytes: int64(min(res.GetSizeBytes(), math.MaxInt64)), Current: map[string]float64{},
 			Prices: c.cfg.Forecast.Prices}}
 	// Current cost per region: the current table's weights × each
@@ -180,9 +187,14 @@ func (c *Controller) scoreSetup(res *pb.Resource, demand []forecast.RegionDemand
 	for _, m := range w.mirrors {
 		mirrorByName[m.GetName()] = m
 	}
-	for _, name := range append([]string{res.GetOrigin()}, res.GetMirrorPolicy().GetMirrors()...) {
+	holders := append([]string{res.GetOrigin()}, res.GetMirrorPolicy().GetMirrors()...)
+	for _, pl := range snap.placed[res.GetName()].GetPlaced() {
+		holders = append(holders, pl.GetMirror())
+	}
+	for _, name := range holders {
 		if m := mirrorByName[name]; m != nil {
 			copyAt[m.GetSite()] = name
+			s.copies = append(s.copies, name)
 		}
 	}
 	allowed := res.GetMirrorPolicy().GetSites()

@@ -27,6 +27,7 @@ import (
 //	                         keeps its ID and no ID is reused
 //	state/desired            deflate(pb.DesiredRecord)     leader only
 //	state/routes             deflate(pb.RouteRecord)       leader only
+//	state/placements/<res>   pb.PlacementRecord            leader only (placement.go)
 //	agents/<node>            pb.AgentRecord                 replica serving the agent
 //	live/<node>              pb.LiveReport, leased to that replica
 //	election/                leader election (etcd concurrency)
@@ -40,6 +41,7 @@ const (
 	keyIDs      = "ids/"
 	keyDesired  = "state/desired"
 	keyRoutes   = "state/routes"
+	keyPlaced   = "state/placements/"
 	keyAgents   = "agents/"
 	keyLive     = "live/"
 	keyElection = "election/"

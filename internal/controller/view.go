@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -31,7 +32,8 @@ type view struct {
 	desired  *pb.DesiredRecord
 	agents   map[string]*pb.AgentRecord
 	live     map[string]*pb.LiveReport
-	health   map[string]string // node → signature of its health verdicts
+	placed   map[string]*pb.PlacementRecord // resource → the mirroring manager's record
+	health   map[string]string              // node → signature of its health verdicts
 	election map[string]electionKey
 
 	desiredCh *broadcast // a new desired version
@@ -56,6 +58,7 @@ func newView(s *Store, log *slog.Logger) *view {
 func (v *view) reset() {
 	v.sites, v.mirrors, v.res = map[string]*pb.Site{}, map[string]*pb.Mirror{}, map[string]*pb.Resource{}
 	v.agents, v.live, v.health = map[string]*pb.AgentRecord{}, map[string]*pb.LiveReport{}, map[string]string{}
+	v.placed = map[string]*pb.PlacementRecord{}
 	v.election = map[string]electionKey{}
 	v.desired = nil
 }
@@ -207,6 +210,24 @@ func (v *view) applyLocked(kv *mvccpb.KeyValue, deleted bool) (desired, objects,
 		changed := v.health[node] != sig
 		v.health[node] = sig
 		return false, false, changed
+	case strings.HasPrefix(rel, keyPlaced):
+		res, err := url.PathUnescape(strings.TrimPrefix(rel, keyPlaced))
+		if err != nil {
+			bad(err)
+			return false, false, false
+		}
+		if deleted {
+			delete(v.placed, res)
+			return false, false, true
+		}
+		rec := &pb.PlacementRecord{}
+		if err := proto.Unmarshal(kv.Value, rec); err != nil {
+			bad(err)
+			return false, false, false
+		}
+		v.placed[res] = rec
+		// Placements change replicas and replication tasks: compute now.
+		return false, false, true
 	case strings.HasPrefix(rel, keyElection):
 		if deleted {
 			delete(v.election, rel)
@@ -243,6 +264,7 @@ type snapshot struct {
 	resources []*pb.Resource
 	live      []*pb.LiveReport
 	desired   *pb.DesiredRecord
+	placed    map[string]*pb.PlacementRecord // resource → record (shared, read only)
 }
 
 func (v *view) snapshot() *snapshot {
@@ -250,7 +272,11 @@ func (v *view) snapshot() *snapshot {
 	defer v.mu.RUnlock()
 	s := &snapshot{rev: v.rev, desired: v.desired,
 		sites: make([]*pb.Site, 0, len(v.sites)), mirrors: make([]*pb.Mirror, 0, len(v.mirrors)),
-		resources: make([]*pb.Resource, 0, len(v.res)), live: make([]*pb.LiveReport, 0, len(v.live))}
+		resources: make([]*pb.Resource, 0, len(v.res)), live: make([]*pb.LiveReport, 0, len(v.live)),
+		placed: make(map[string]*pb.PlacementRecord, len(v.placed))}
+	for k, x := range v.placed {
+		s.placed[k] = x
+	}
 	for _, x := range v.sites {
 		s.sites = append(s.sites, x)
 	}
@@ -270,6 +296,24 @@ func (v *view) desiredRecord() *pb.DesiredRecord {
 	v.mu.RLock()
 	defer v.mu.RUnlock()
 	return v.desired
+}
+
+// placement returns the manager's record of a resource (nil: none).
+func (v *view) placement(name string) *pb.PlacementRecord {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return v.placed[name]
+}
+
+// placements returns every record, by resource name.
+func (v *view) placements() map[string]*pb.PlacementRecord {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	out := make(map[string]*pb.PlacementRecord, len(v.placed))
+	for k, x := range v.placed {
+		out[k] = x
+	}
+	return out
 }
 
 func (v *view) resource(name string) *pb.Resource {

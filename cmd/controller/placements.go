@@ -1,0 +1,109 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/cli"
+)
+
+func init() {
+	commands.Register(cli.Command{
+		Name:    "placements",
+		Summary: "the mirroring manager's copies, hysteresis counters and last decisions: placements [resource]",
+		Run:     ctlPlacements,
+	})
+}
+
+func ctlPlacements(ctx context.Context, args []string) error {
+	fs := cli.NewFlagSet("controller", "placements")
+	format := fs.String("o", "text", "output format: text or json")
+	af := ctlAddAdminFlags(fs)
+	pos, err := ctlParse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 1 {
+		return fmt.Errorf("%w: placements [resource]", cli.ErrUsage)
+	}
+	if *format != "text" && *format != "json" {
+		return fmt.Errorf("%w: -o %q is not text or json", cli.ErrUsage, *format)
+	}
+	c, rctx, done, err := af.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	pos = append(pos, "")
+	resp, err := c.Placements(rctx, &pb.PlacementsRequest{Resource: pos[0]})
+	if err != nil {
+		return fmt.Errorf("placements: %s", status.Convert(err).Message())
+	}
+	if *format == "json" {
+		b, err := protojson.MarshalOptions{Multiline: true}.Marshal(resp)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(ctlOut, "%s\n", b)
+		return err
+	}
+	if len(resp.GetRecords()) == 0 {
+		_, err := fmt.Fprintln(ctlOut, "no resource in predictive mode has been evaluated yet")
+		return err
+	}
+	for i, rec := range resp.GetRecords() {
+		if i > 0 {
+			fmt.Fprintln(ctlOut)
+		}
+		printPlacements(rec)
+	}
+	return nil
+}
+
+func printPlacements(rec *pb.PlacementRecord) {
+	when := func(ns int64) string {
+		if ns == 0 {
+			return "-"
+		}
+		return time.Unix(0, ns).UTC().Format(time.RFC3339)
+	}
+	kind := func(k pb.MirrorKind) string {
+		return strings.ToLower(strings.TrimPrefix(k.String(), "MIRROR_KIND_"))
+	}
+	fmt.Fprintf(ctlOut, "resource %s: %d placed, last evaluated %s\n", rec.GetResource(), len(rec.GetPlaced()), when(rec.GetEvaluatedUnixNano()))
+	if len(rec.GetPlaced()) > 0 {
+		tw := tabwriter.NewWriter(ctlOut, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "  SITE\tMIRROR\tKIND\tPLACED\tSCORE THEN\tKEEP SCORE\tBELOW RETIRE")
+		for _, p := range rec.GetPlaced() {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%.3f\t%.3f\t%d\n", p.GetSite(), p.GetMirror(), kind(p.GetKind()), when(p.GetPlacedUnixNano()),
+				p.GetPlacedScore(), p.GetScore(), rec.GetBelow()[p.GetMirror()])
+		}
+		tw.Flush()
+	}
+	if len(rec.GetAbove()) > 0 {
+		sites := make([]string, 0, len(rec.GetAbove()))
+		for s, n := range rec.GetAbove() {
+			sites = append(sites, fmt.Sprintf("%s (%d)", s, n))
+		}
+		slices.Sort(sites)
+		fmt.Fprintf(ctlOut, "  at or above mirror_score (evaluations in a row): %s\n", strings.Join(sites, ", "))
+	}
+	if len(rec.GetHeld()) > 0 {
+		fmt.Fprintf(ctlOut, "  held a copy before (a placement there is a delta): %s\n", strings.Join(rec.GetHeld(), ", "))
+	}
+	if len(rec.GetEvents()) > 0 {
+		fmt.Fprintln(ctlOut, "  decisions, newest first:")
+		for _, ev := range rec.GetEvents() {
+			fmt.Fprintf(ctlOut, "    %s  %-6s %s on %s (%s, score %.3f): %s\n", when(ev.GetUnixNano()), ev.GetAction(), ev.GetSite(),
+				ev.GetMirror(), kind(ev.GetKind()), ev.GetScore(), ev.GetReason())
+		}
+	}
+}

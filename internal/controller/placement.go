@@ -1,0 +1,383 @@
+package controller
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"math"
+	"net/url"
+	"slices"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/forecast"
+)
+
+// The mirroring manager. At every bucket close, after the forecasts are
+// published, the leader evaluates each resource in predictive mode:
+//
+//   - every allowed site without a copy gets its Mirroring Score (the one
+//     `controller explain` prints); a site that scores at or above the
+//     resource's mirror_score at placeConfirm evaluations in a row gets a
+//     copy on the host the score was computed for, if max_mirrors allows
+//     (one placement per resource and evaluation);
+//   - every copy the manager placed gets a keep score: the same score with
+//     the copy already paid for (only storage counts) and the current cost
+//     of each region taken as the best other copy's; a copy that scores
+//     below retire_score at retireConfirm evaluations in a row is retired,
+//     and at once when its host is deleted or administratively down, its
+//     site no longer allowed, or the resource left predictive mode.
+//
+// A placed copy is a full copy, or a delta when its host held one before
+// (a retired copy keeps its data). Decisions are stored per resource in
+// etcd (state/placements/<resource>, fenced on the leadership); the
+// routing policy adds placed copies to the resource's replicas, routable
+// once their host reports them in sync, and the desired state carries a
+// replication task to the origin's node (compute.go). Static mirrors and
+// the origin are never touched.
+const (
+	placeConfirm  = 2
+	retireConfirm = 3
+	maxEvents     = 16
+	// mirror_score of a predictive resource that sets none; retire_score
+	// defaults to half the mirror_score (a wide hysteresis band).
+	defaultMirrorScore = 0.8
+)
+
+// placeCandidate is a site without a copy and its score.
+type placeCandidate struct {
+	site, mirror string
+	score        float64
+}
+
+// placeInput is one evaluation of one resource.
+type placeInput struct {
+	now                      time.Time
+	predictive               bool
+	mirrorScore, retireScore float64
+	maxCopies                int // including the origin; 0: no bound
+	copies                   int // origin plus listed mirrors
+	cands                    []placeCandidate
+	keep                     map[string]float64 // placed mirror → keep score (absent: not scored now)
+	gone                     map[string]string  // placed mirror → why it must go at once
+}
+
+// decide applies one evaluation to a copy of rec and returns it with
+// whether anything changed that the routes or the operator must see.
+func decide(rec *pb.PlacementRecord, in placeInput) (*pb.PlacementRecord, bool) {
+	out := proto.Clone(rec).(*pb.PlacementRecord)
+	if out.Above == nil {
+		out.Above = map[string]uint32{}
+	}
+	if out.Below == nil {
+		out.Below = map[string]uint32{}
+	}
+	out.EvaluatedUnixNano = in.now.UnixNano()
+	changed := false
+	event := func(ev *pb.PlacementEvent) {
+		ev.UnixNano = in.now.UnixNano()
+		out.Events = append([]*pb.PlacementEvent{ev}, out.Events...)
+		if len(out.Events) > maxEvents {
+			out.Events = out.Events[:maxEvents]
+		}
+		changed = true
+	}
+	retire := func(i int, reason string) {
+		pl := out.Placed[i]
+		event(&pb.PlacementEvent{Action: "retire", Site: pl.GetSite(), Mirror: pl.GetMirror(), Kind: pl.GetKind(),
+			Score: pl.GetScore(), Reason: reason})
+		if !slices.Contains(out.Held, pl.GetMirror()) {
+			out.Held = append(out.Held, pl.GetMirror())
+		}
+		delete(out.Below, pl.GetMirror())
+		out.Placed = slices.Delete(out.Placed, i, i+1)
+	}
+
+	// Retirements first: they free room for placements.
+	for i := len(out.Placed) - 1; i >= 0; i-- {
+		pl := out.Placed[i]
+		m := pl.GetMirror()
+		if !in.predictive {
+			retire(i, "mirror_policy is no longer predictive")
+			continue
+		}
+		if why, ok := in.gone[m]; ok {
+			retire(i, why)
+			continue
+		}
+		ks, ok := in.keep[m]
+		if !ok {
+			continue // not scored this time (no demand, no costs): no evidence either way
+		}
+		pl.Score = ks
+		if ks >= in.retireScore {
+			delete(out.Below, m)
+			continue
+		}
+		out.Below[m]++
+		if out.Below[m] >= retireConfirm {
+			retire(i, fmt.Sprintf("keep score %.3f below retire_score %.3g for %d evaluations", ks, in.retireScore, retireConfirm))
+		}
+	}
+	if !in.predictive {
+		clear(out.Above)
+		return out, changed
+	}
+
+	// Hysteresis counters of the candidates; sites no longer candidates
+	// start again.
+	seen := map[string]bool{}
+	for _, c := range in.cands {
+		seen[c.site] = true
+		if c.score >= in.mirrorScore {
+			out.Above[c.site]++
+		} else {
+			delete(out.Above, c.site)
+		}
+	}
+	for site := range out.Above {
+		if !seen[site] {
+			delete(out.Above, site)
+		}
+	}
+	if in.maxCopies > 0 && in.copies+len(out.Placed) >= in.maxCopies {
+		return out, changed
+	}
+	var best *placeCandidate
+	for i := range in.cands {
+		c := &in.cands[i]
+		if out.Above[c.site] >= placeConfirm && (best == nil || c.score > best.score) {
+			best = c
+		}
+	}
+	if best == nil {
+		return out, changed
+	}
+	kind := pb.MirrorKind_MIRROR_KIND_FULL
+	if slices.Contains(out.Held, best.mirror) {
+		kind = pb.MirrorKind_MIRROR_KIND_DELTA
+	}
+	out.Placed = append(out.Placed, &pb.Placement{Site: best.site, Mirror: best.mirror, Kind: kind,
+		PlacedUnixNano: in.now.UnixNano(), PlacedScore: best.score, Score: best.score})
+	delete(out.Above, best.site)
+	event(&pb.PlacementEvent{Action: "place", Site: best.site, Mirror: best.mirror, Kind: kind, Score: best.score,
+		Reason: fmt.Sprintf("score %.3f at or above mirror_score %.3g for %d evaluations", best.score, in.mirrorScore, placeConfirm)})
+	return out, changed
+}
+
+// thresholds returns a resource's placement thresholds, defaults filled.
+func thresholds(res *pb.Resource) (place, retire float64) {
+	place, retire = res.GetThresholds().GetMirrorScore(), res.GetThresholds().GetRetireScore()
+	if place == 0 {
+		place = defaultMirrorScore
+	}
+	if retire == 0 || retire >= place {
+		retire = place / 2
+	}
+	return place, retire
+}
+
+// evaluatePlacements runs the manager over every resource once (the
+// leader, after publishing a bucket's forecasts) and writes the records
+// that changed, fenced on the leadership.
+func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.Time) error {
+	snap := c.view.snapshot()
+	names := make([]string, 0, len(snap.resources))
+	byName := map[string]*pb.Resource{}
+	for _, r := range snap.resources {
+		byName[r.GetName()] = r
+		if r.GetMirrorPolicy().GetMode() == pb.MirrorMode_MIRROR_MODE_PREDICTIVE || len(snap.placed[r.GetName()].GetPlaced()) > 0 {
+			names = append(names, r.GetName())
+		}
+	}
+	for name, rec := range snap.placed {
+		if byName[name] == nil && len(rec.GetPlaced()) > 0 {
+			names = append(names, name) // a deleted resource: retire its copies
+		}
+	}
+	slices.Sort(names)
+	placed := 0
+	for _, name := range names {
+		rec := snap.placed[name]
+		if rec == nil {
+			rec = &pb.PlacementRecord{Resource: name}
+		}
+		in, err := c.placementInput(ctx, byName[name], rec, snap, now)
+		if err != nil {
+			c.log.Warn("placement not evaluated", "resource", name, "err", err)
+			c.m.placementEvals.WithLabelValues("error").Inc()
+			continue
+		}
+		next, changed := decide(rec, in)
+		c.m.placementEvals.WithLabelValues("ok").Inc()
+		for _, ev := range next.GetEvents() {
+			if ev.GetUnixNano() != now.UnixNano() {
+				break
+			}
+			c.m.placementDecisions.WithLabelValues(ev.GetAction()).Inc()
+			c.log.Info("mirroring manager", "action", ev.GetAction(), "resource", name, "site", ev.GetSite(),
+				"mirror", ev.GetMirror(), "kind", kindName(ev.GetKind()), "score", ev.GetScore(), "reason", ev.GetReason())
+		}
+		placed += len(next.GetPlaced())
+		// Counters change at every evaluation, the routes only with the
+		// placed set: write when anything but the time moved.
+		if !changed && equalCounters(rec, next) {
+			continue
+		}
+		b, err := proto.Marshal(next)
+		if err != nil {
+			return err
+		}
+		resp, err := c.cli.Txn(ctx).If(fn.cmp()).Then(clientv3.OpPut(c.store.key(keyPlaced, url.PathEscape(name)), string(b))).Commit()
+		if err != nil {
+			return fmt.Errorf("write placements of %s: %w", name, err)
+		}
+		if !resp.Succeeded {
+			return ErrNotLeader
+		}
+	}
+	c.m.placedCopies.Set(float64(placed))
+	return nil
+}
+
+func equalCounters(a, b *pb.PlacementRecord) bool {
+	eq := func(x, y map[string]uint32) bool {
+		if len(x) != len(y) {
+			return false
+		}
+		for k, v := range x {
+			if y[k] != v {
+				return false
+			}
+		}
+		return true
+	}
+	if len(a.GetPlaced()) != len(b.GetPlaced()) {
+		return false
+	}
+	for i := range a.GetPlaced() {
+		if math.Abs(a.GetPlaced()[i].GetScore()-b.GetPlaced()[i].GetScore()) > 1e-3 {
+			return false
+		}
+	}
+	return eq(a.GetAbove(), b.GetAbove()) && eq(a.GetBelow(), b.GetBelow())
+}
+
+func kindName(k pb.MirrorKind) string {
+	switch k {
+	case pb.MirrorKind_MIRROR_KIND_FULL:
+		return "full"
+	case pb.MirrorKind_MIRROR_KIND_DELTA:
+		return "delta"
+	}
+	return "unspecified"
+}
+
+// placementInput scores a resource's candidates and placed copies.
+func (c *Controller) placementInput(ctx context.Context, res *pb.Resource, rec *pb.PlacementRecord, snap *snapshot, now time.Time) (placeInput, error) {
+	in := placeInput{now: now, gone: map[string]string{}, keep: map[string]float64{}}
+	if res == nil {
+		in.predictive = false
+		return in, nil
+	}
+	in.predictive = res.GetMirrorPolicy().GetMode() == pb.MirrorMode_MIRROR_MODE_PREDICTIVE
+	in.mirrorScore, in.retireScore = thresholds(res)
+	in.maxCopies = int(res.GetMirrorPolicy().GetMaxMirrors())
+	in.copies = 1 + len(res.GetMirrorPolicy().GetMirrors())
+	mirrors := map[string]*pb.Mirror{}
+	for _, m := range snap.mirrors {
+		mirrors[m.GetName()] = m
+	}
+	allowed := res.GetMirrorPolicy().GetSites()
+	for _, pl := range rec.GetPlaced() {
+		m := mirrors[pl.GetMirror()]
+		switch {
+		case m == nil:
+			in.gone[pl.GetMirror()] = "its mirror host was deleted"
+		case m.GetState() == pb.MirrorState_MIRROR_STATE_DOWN:
+			in.gone[pl.GetMirror()] = "its mirror host is administratively down"
+		case len(allowed) > 0 && !slices.Contains(allowed, m.GetSite()):
+			in.gone[pl.GetMirror()] = "its site is no longer in mirror_policy.sites"
+		}
+	}
+	if !in.predictive {
+		return in, nil
+	}
+	fc, err := c.readForecast(ctx, res.GetName())
+	if err != nil {
+		return in, err
+	}
+	demand := demandOf(fc)
+	setup, err := c.scoreSetup(res, demand, now)
+	if err != nil {
+		return in, err
+	}
+	step := time.Duration(fc.GetStepSeconds()) * time.Second
+	seed := seedOf(res.GetName())
+	if len(setup.req.Candidates) > 0 && len(setup.req.Current) > 0 {
+		scores, err := forecast.Score(demand, setup.req, step, seed)
+		if err != nil {
+			return in, err
+		}
+		for _, s := range scores {
+			m := mirrors[setup.mirror[s.Location]]
+			if m == nil || m.GetNode() == "" {
+				continue // a host without a node cannot receive a replication task
+			}
+			in.cands = append(in.cands, placeCandidate{site: s.Location, mirror: m.GetName(), score: s.Score})
+		}
+		slices.SortFunc(in.cands, func(a, b placeCandidate) int { return cmp.Compare(a.site, b.site) })
+	}
+	keep, err := keepScores(res, rec, setup, demand, step, seed)
+	if err != nil {
+		return in, err
+	}
+	in.keep = keep
+	return in, nil
+}
+
+// keepScores scores each placed copy as if it were a candidate again,
+// against the best other copy per region and with the copy already paid.
+func keepScores(res *pb.Resource, rec *pb.PlacementRecord, s *scoreSetup, demand []forecast.RegionDemand, step time.Duration, seed uint64) (map[string]float64, error) {
+	out := map[string]float64{}
+	for _, pl := range rec.GetPlaced() {
+		id, ok := s.ids[pl.GetMirror()]
+		if !ok {
+			continue
+		}
+		req := forecast.ScoreRequest{Bytes: s.req.Bytes, Prices: s.req.Prices, Current: map[string]float64{}}
+		req.Prices.CopyPerByte = 0 // sunk
+		cand := forecast.Candidate{Location: pl.GetSite(), Latency: map[string]float64{}}
+		for _, d := range demand {
+			if cc, ok := s.costs[d.Region][id]; ok && cc.healthy {
+				cand.Latency[d.Region] = cc.ms / 1000
+			}
+			best := math.Inf(1)
+			for _, other := range s.copies {
+				oid, ok := s.ids[other]
+				if !ok || other == pl.GetMirror() {
+					continue
+				}
+				if cc, ok := s.costs[d.Region][oid]; ok && cc.healthy {
+					best = math.Min(best, cc.ms/1000)
+				}
+			}
+			if !math.IsInf(best, 1) {
+				req.Current[d.Region] = best
+			}
+		}
+		if len(cand.Latency) == 0 || len(req.Current) == 0 {
+			continue
+		}
+		req.Candidates = []forecast.Candidate{cand}
+		sc, err := forecast.Score(demand, req, step, seed)
+		if err != nil {
+			return nil, fmt.Errorf("keep score of %s at %s: %w", res.GetName(), pl.GetMirror(), err)
+		}
+		out[pl.GetMirror()] = sc[0].Score
+	}
+	return out, nil
+}

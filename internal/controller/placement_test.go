@@ -1,0 +1,248 @@
+package controller
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+)
+
+// TestDecide walks the mirroring manager's rules one evaluation at a time.
+func TestDecide(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	base := placeInput{now: now, predictive: true, mirrorScore: 0.6, retireScore: 0.3, copies: 1,
+		keep: map[string]float64{}, gone: map[string]string{}}
+	with := func(f func(*placeInput)) placeInput {
+		in := base
+		in.keep, in.gone = map[string]float64{}, map[string]string{}
+		f(&in)
+		return in
+	}
+	placed := func(mirrors ...string) *pb.PlacementRecord {
+		rec := &pb.PlacementRecord{Resource: "disk"}
+		for _, m := range mirrors {
+			rec.Placed = append(rec.Placed, &pb.Placement{Site: "s-" + m, Mirror: m, Kind: pb.MirrorKind_MIRROR_KIND_FULL})
+		}
+		return rec
+	}
+	type step struct {
+		in         placeInput
+		wantPlaced []string // mirrors placed after the step
+		wantEvent  string   // "" none, else action of the newest event this step
+		wantKind   pb.MirrorKind
+	}
+	us := placeCandidate{site: "us", mirror: "nyc", score: 0.9}
+	asia := placeCandidate{site: "asia", mirror: "tokyo", score: 0.7}
+	for _, tc := range []struct {
+		name  string
+		start *pb.PlacementRecord
+		steps []step
+	}{
+		{"places after two evaluations at or above mirror_score", placed(), []step{
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{us} })},
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{us} }), wantPlaced: []string{"nyc"}, wantEvent: "place",
+				wantKind: pb.MirrorKind_MIRROR_KIND_FULL},
+		}},
+		{"a dip below mirror_score starts the count again", placed(), []step{
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{us} })},
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{{site: "us", mirror: "nyc", score: 0.5}} })},
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{us} })},
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{us} }), wantPlaced: []string{"nyc"}, wantEvent: "place"},
+		}},
+		{"one placement per evaluation, the best first", placed(), []step{
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{asia, us} })},
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{asia, us} }), wantPlaced: []string{"nyc"}, wantEvent: "place"},
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{asia}; i.keep["nyc"] = 0.9 }), wantPlaced: []string{"nyc", "tokyo"},
+				wantEvent: "place"},
+		}},
+		{"max_mirrors counts the origin and listed mirrors", placed(), []step{
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{us}; i.maxCopies = 2; i.copies = 2 })},
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{us}; i.maxCopies = 2; i.copies = 2 })},
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{us}; i.maxCopies = 3; i.copies = 2 }), wantPlaced: []string{"nyc"},
+				wantEvent: "place"},
+		}},
+		{"retires after three evaluations below retire_score, then a later placement is a delta", placed("nyc"), []step{
+			{in: with(func(i *placeInput) { i.keep["nyc"] = 0.1 }), wantPlaced: []string{"nyc"}},
+			{in: with(func(i *placeInput) { i.keep["nyc"] = 0.4 }), wantPlaced: []string{"nyc"}}, // within the band: count reset
+			{in: with(func(i *placeInput) { i.keep["nyc"] = 0.1 }), wantPlaced: []string{"nyc"}},
+			{in: with(func(i *placeInput) { i.keep["nyc"] = 0.1 }), wantPlaced: []string{"nyc"}},
+			{in: with(func(i *placeInput) { i.keep["nyc"] = 0.1 }), wantEvent: "retire"},
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{us} })},
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{us} }), wantPlaced: []string{"nyc"}, wantEvent: "place",
+				wantKind: pb.MirrorKind_MIRROR_KIND_DELTA},
+		}},
+		{"no keep score is no evidence", placed("nyc"), []step{
+			{in: with(func(i *placeInput) { i.keep["nyc"] = 0.1 }), wantPlaced: []string{"nyc"}},
+			{in: with(func(*placeInput) {}), wantPlaced: []string{"nyc"}},
+			{in: with(func(i *placeInput) { i.keep["nyc"] = 0.1 }), wantPlaced: []string{"nyc"}},
+			{in: with(func(i *placeInput) { i.keep["nyc"] = 0.1 }), wantEvent: "retire"},
+		}},
+		{"a gone host is retired at once", placed("nyc", "tokyo"), []step{
+			{in: with(func(i *placeInput) { i.gone["tokyo"] = "its mirror host was deleted"; i.keep["nyc"] = 0.9 }),
+				wantPlaced: []string{"nyc"}, wantEvent: "retire"},
+		}},
+		{"leaving predictive mode retires every placed copy", placed("nyc", "tokyo"), []step{
+			{in: with(func(i *placeInput) { i.predictive = false }), wantEvent: "retire"},
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			rec := tc.start
+			for i, st := range tc.steps {
+				st.in.now = now.Add(time.Duration(i) * time.Hour)
+				before := proto.Clone(rec).(*pb.PlacementRecord)
+				next, changed := decide(rec, st.in)
+				if !proto.Equal(rec, before) {
+					t.Fatalf("step %d: decide modified its input", i)
+				}
+				var got []string
+				for _, pl := range next.GetPlaced() {
+					got = append(got, pl.GetMirror())
+				}
+				if len(got) != len(st.wantPlaced) {
+					t.Fatalf("step %d: placed %v, want %v", i, got, st.wantPlaced)
+				}
+				for j := range got {
+					if got[j] != st.wantPlaced[j] {
+						t.Fatalf("step %d: placed %v, want %v", i, got, st.wantPlaced)
+					}
+				}
+				var newest *pb.PlacementEvent
+				if evs := next.GetEvents(); len(evs) > 0 && evs[0].GetUnixNano() == st.in.now.UnixNano() {
+					newest = evs[0]
+				}
+				switch {
+				case st.wantEvent == "" && (newest != nil || changed):
+					t.Fatalf("step %d: unexpected event %v (changed %v)", i, newest, changed)
+				case st.wantEvent != "" && (newest == nil || newest.GetAction() != st.wantEvent || !changed || newest.GetReason() == ""):
+					t.Fatalf("step %d: event %v, want %s with a reason", i, newest, st.wantEvent)
+				}
+				if st.wantKind != 0 && newest.GetKind() != st.wantKind {
+					t.Fatalf("step %d: kind %v, want %v", i, newest.GetKind(), st.wantKind)
+				}
+				rec = next
+			}
+		})
+	}
+}
+
+func TestThresholdDefaults(t *testing.T) {
+	for _, tc := range []struct {
+		th            *pb.Thresholds
+		place, retire float64
+	}{
+		{nil, defaultMirrorScore, defaultMirrorScore / 2},
+		{&pb.Thresholds{MirrorScore: 0.6, RetireScore: 0.2}, 0.6, 0.2},
+		{&pb.Thresholds{MirrorScore: 0.6}, 0.6, 0.3},
+		{&pb.Thresholds{RetireScore: 0.5}, defaultMirrorScore, 0.5},
+	} {
+		p, r := thresholds(&pb.Resource{Thresholds: tc.th})
+		if p != tc.place || r != tc.retire {
+			t.Errorf("%v: %v/%v, want %v/%v", tc.th, p, r, tc.place, tc.retire)
+		}
+	}
+}
+
+// TestMirroringManager runs the manager on a forecasting leader: heavy
+// demand from us places a copy on nyc (full), the desired state carries
+// the replication task to the origin's node, routes use nyc only once its
+// host reports the copy in sync; when us goes quiet the copy is retired
+// and the task withdrawn; demand returning places it again as a delta.
+func TestMirroringManager(t *testing.T) {
+	g := newForecastRig(t, nil)
+	objs := forecastObjects()
+	for _, m := range objs.Mirrors {
+		m.Node = "host-" + m.Name
+	}
+	objs.Resources[0].MirrorPolicy = &pb.MirrorPolicy{Mode: pb.MirrorMode_MIRROR_MODE_PREDICTIVE, MaxMirrors: 2}
+	// retire_score 0.45: after us stops, this young model's 90% quantile
+	// stays wide for a few days of buckets (the keep score settles near
+	// 0.35 within 80 buckets), and the test should not wait for more.
+	objs.Resources[0].Thresholds = &pb.Thresholds{MirrorScore: 0.6, RetireScore: 0.45}
+	applyObjects(t, g.r1.addr, objs)
+	eu := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, g.r1.addr)
+	us := startAgent(t, "edge-us", "us", pb.NodeRole_NODE_ROLE_EDGE, g.r1.addr)
+	nycHost := startAgent(t, "host-nyc", "us", pb.NodeRole_NODE_ROLE_MIRROR, g.r1.addr)
+	disk, reg := ids(t, eu)
+	eu.setProbes(map[string]time.Duration{"paris": 5 * time.Millisecond, "nyc": 80 * time.Millisecond, "tokyo": 220 * time.Millisecond}, pb.Health_HEALTH_UP)
+	us.setProbes(map[string]time.Duration{"paris": 80 * time.Millisecond, "nyc": 4 * time.Millisecond, "tokyo": 150 * time.Millisecond}, pb.Health_HEALTH_UP)
+	admin := adminClient(t, g.r1.addr, "viewer")
+	br := &bucketRun{t: t, clock: g.clock, t0: g.t0, cli: g.r1.cli, st: g.r1.c.store, admin: admin, reps: []*replica{g.r1}}
+	record := func() *pb.PlacementRecord {
+		t.Helper()
+		resp, err := admin.Placements(context.Background(), &pb.PlacementsRequest{Resource: "disk"})
+		if err != nil || len(resp.GetRecords()) != 1 {
+			t.Fatalf("placements: %v %v", resp, err)
+		}
+		return resp.GetRecords()[0]
+	}
+	task := func(st *pb.DesiredState) *pb.ReplicationTask {
+		for _, tk := range st.GetReplicationTasks() {
+			if tk.GetResource() == "disk" {
+				return tk
+			}
+		}
+		return nil
+	}
+	k := 0
+	busy := func() {
+		br.bucket(k, flows{eu, disk, reg["eu"], "eu", 500}, flows{us, disk, reg["us"], "us", uint64(3000 + 100*(k%3))})
+		k++
+	}
+	quiet := func() {
+		br.bucket(k, flows{eu, disk, reg["eu"], "eu", 500})
+		k++
+	}
+
+	// Placed after two evaluations at or above 0.6 (scores near 1 here).
+	for range 2 {
+		busy()
+	}
+	waitFor(t, "nyc placed", 10*time.Second, func() bool { return len(record().GetPlaced()) == 1 })
+	pl := record().GetPlaced()[0]
+	if pl.GetMirror() != "nyc" || pl.GetSite() != "us" || pl.GetKind() != pb.MirrorKind_MIRROR_KIND_FULL || pl.GetPlacedScore() < 0.6 {
+		t.Fatalf("placement %v", pl)
+	}
+	waitFor(t, "replication task in the desired state", 10*time.Second, func() bool { return task(eu.current()) != nil })
+	tk := task(eu.current())
+	if tk.GetSourceNode() != "host-paris" || tk.GetTargetNode() != "host-nyc" || tk.GetMirror() != "nyc" || tk.GetKind() != pb.MirrorKind_MIRROR_KIND_FULL {
+		t.Fatalf("task %v", tk)
+	}
+	// Not routable before its host says it is in sync.
+	if w := routeOf(us.current(), "disk", "us"); w["nyc"] != 0 {
+		t.Fatalf("us routes to nyc before the copy is in sync: %v", w)
+	}
+	nycHost.mu.Lock()
+	nycHost.health = []*pb.MirrorHealth{{Mirror: "nyc", Health: pb.Health_HEALTH_UP,
+		Replicas: []*pb.ReplicaSync{{Resource: "disk", InSync: true, LagNs: int64(time.Second)}}}}
+	nycHost.mu.Unlock()
+	nycHost.client.ReportNow()
+	waitFor(t, "us routed to nyc once in sync", 10*time.Second, func() bool { return routeOf(us.current(), "disk", "us")["nyc"] > 0 })
+
+	// us goes quiet: the copy's keep score falls and it is retired.
+	for i := 0; i < 80 && len(record().GetPlaced()) > 0; i++ {
+		quiet()
+	}
+	rec := record()
+	if len(rec.GetPlaced()) != 0 || rec.GetEvents()[0].GetAction() != "retire" || rec.GetHeld()[0] != "nyc" {
+		t.Fatalf("after a quiet period: %v", rec)
+	}
+	waitFor(t, "task withdrawn", 10*time.Second, func() bool { return task(eu.current()) == nil })
+
+	// Demand returns: placed again, as a delta (nyc kept its data).
+	for i := 0; i < 8 && len(record().GetPlaced()) == 0; i++ {
+		busy()
+	}
+	rec = record()
+	if len(rec.GetPlaced()) != 1 || rec.GetPlaced()[0].GetKind() != pb.MirrorKind_MIRROR_KIND_DELTA {
+		t.Fatalf("after demand returned: %v", rec)
+	}
+	if t.Failed() || testing.Verbose() {
+		for _, ev := range rec.GetEvents() {
+			t.Logf("%s %s %s %s %.3f: %s", time.Unix(0, ev.GetUnixNano()).UTC().Format(time.RFC3339), ev.GetAction(), ev.GetMirror(),
+				kindName(ev.GetKind()), ev.GetScore(), ev.GetReason())
+		}
+	}
+}
