@@ -227,11 +227,16 @@ func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.
 		if !changed && equalCounters(rec, next) {
 			continue
 		}
-		b, err := proto.Marshal(next)
-		if err != nil {
-			return err
+		key := c.store.key(keyPlaced, url.PathEscape(name))
+		op := clientv3.OpDelete(key) // a deleted resource whose copies are all retired: forget it
+		if byName[name] != nil || len(next.GetPlaced()) > 0 {
+			b, err := proto.Marshal(next)
+			if err != nil {
+				return err
+			}
+			op = clientv3.OpPut(key, string(b))
 		}
-		resp, err := c.cli.Txn(ctx).If(fn.cmp()).Then(clientv3.OpPut(c.store.key(keyPlaced, url.PathEscape(name)), string(b))).Commit()
+		resp, err := c.cli.Txn(ctx).If(fn.cmp()).Then(op).Commit()
 		if err != nil {
 			return fmt.Errorf("write placements of %s: %w", name, err)
 		}

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
@@ -239,6 +241,38 @@ func TestMirroringManager(t *testing.T) {
 	if len(rec.GetPlaced()) != 1 || rec.GetPlaced()[0].GetKind() != pb.MirrorKind_MIRROR_KIND_DELTA {
 		t.Fatalf("after demand returned: %v", rec)
 	}
+
+	// Back to static mode: the placed copy is retired at the next
+	// evaluation, its task withdrawn.
+	objs.Resources[0].MirrorPolicy = &pb.MirrorPolicy{Mode: pb.MirrorMode_MIRROR_MODE_STATIC}
+	applyObjects(t, g.r1.addr, objs)
+	busy()
+	waitFor(t, "retired on leaving predictive mode", 10*time.Second, func() bool {
+		r := record()
+		return len(r.GetPlaced()) == 0 && r.GetEvents()[0].GetReason() == "mirror_policy is no longer predictive"
+	})
+	waitFor(t, "task withdrawn again", 10*time.Second, func() bool { return task(eu.current()) == nil })
+	// Predictive again, placed again; then the resource is deleted: its
+	// copy is retired and its record forgotten.
+	objs.Resources[0].MirrorPolicy = &pb.MirrorPolicy{Mode: pb.MirrorMode_MIRROR_MODE_PREDICTIVE, MaxMirrors: 2}
+	applyObjects(t, g.r1.addr, objs)
+	for i := 0; i < 8 && len(record().GetPlaced()) == 0; i++ {
+		busy()
+	}
+	rec = record()
+	if len(rec.GetPlaced()) != 1 {
+		t.Fatalf("not placed again: %v", rec)
+	}
+	if err := g.r1.c.store.Delete(context.Background(), KindResource, "disk"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "resource gone from the view", 10*time.Second, func() bool { return g.r1.c.view.resource("disk") == nil })
+	quiet()
+	waitFor(t, "record forgotten", 10*time.Second, func() bool {
+		_, err := admin.Placements(context.Background(), &pb.PlacementsRequest{Resource: "disk"})
+		return status.Code(err) == codes.NotFound
+	})
+	waitFor(t, "task withdrawn after the delete", 10*time.Second, func() bool { return task(eu.current()) == nil })
 	if t.Failed() || testing.Verbose() {
 		for _, ev := range rec.GetEvents() {
 			t.Logf("%s %s %s %s %.3f: %s", time.Unix(0, ev.GetUnixNano()).UTC().Format(time.RFC3339), ev.GetAction(), ev.GetMirror(),
