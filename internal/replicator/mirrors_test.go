@@ -54,7 +54,9 @@ func TestDynamicMirrors(t *testing.T) {
 	if st := mirrorStatus(t, dst, "vol"); st.Complete || !st.Empty || st.Lag != 0 || !st.CycleAsOf.IsZero() {
 		t.Fatalf("mirror status before the first copy: %+v", st)
 	}
-	sent := func(mode Mode) float64 { return testutil.ToFloat64(src.metrics.blocksSent.WithLabelValues("dst", string(mode))) }
+	sent := func(mode Mode) float64 {
+		return testutil.ToFloat64(src.metrics.blocksSent.WithLabelValues("dst", string(mode)))
+	}
 
 	want := []MirrorConfig{{Peer: "dst", Interval: dynInterval}, {Peer: "other", Interval: dynInterval}}
 	if err := src.SetDynamicMirrors("vol", want); err != nil {
