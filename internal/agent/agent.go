@@ -95,15 +95,8 @@ func (a *Agent) Start() error {
 		a.Close()
 		return err
 	}
-	cp, err := newControlPlane(a)
-	if err != nil {
-		a.Close()
-		return err
-	}
-	a.cp = cp
-	if err := cp.loadCache(); err != nil {
-		a.log.Warn("cached controller state not applied; waiting for the controller", "err", err)
-	}
+	// The replicator comes before the cached controller state, whose
+	// replication tasks set its dynamic mirrors.
 	if r := cfg.Replication; r != nil {
 		rc := r.config(cfg.Node, a.log.With("component", "replicator"))
 		rc.Registerer = a.reg
@@ -113,6 +106,15 @@ func (a *Agent) Start() error {
 			return fmt.Errorf("replication: %w", err)
 		}
 		a.repl = node
+	}
+	cp, err := newControlPlane(a)
+	if err != nil {
+		a.Close()
+		return err
+	}
+	a.cp = cp
+	if err := cp.loadCache(); err != nil {
+		a.log.Warn("cached controller state not applied; waiting for the controller", "err", err)
 	}
 	for _, iface := range cfg.RouterInterfaceNames() {
 		at, err := attachXDP(a.router.Program(), "router", iface, cfg.XDPMode, cfg.PinDir)

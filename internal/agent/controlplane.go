@@ -107,6 +107,10 @@ type controlPlane struct {
 	targets []probe.Target
 	prev    map[pmaps.CounterKey]pmaps.Counter
 	cpu     cpuSampler
+	// The version whose replication tasks were last applied, so their
+	// problems are logged once per version.
+	taskVersion uint64
+	taskApplied bool
 }
 
 func (a *Agent) role() pb.NodeRole {
@@ -220,6 +224,10 @@ func (cp *controlPlane) apply(version uint64, st *pb.DesiredState) error {
 	if err := a.apply(&next); err != nil {
 		return err
 	}
+	// After the routing state, and never a NACK: a task this node cannot
+	// carry out is the controller's or the operator's to fix, and the
+	// routing must not wait for it.
+	cp.applyTasks(version, st.GetReplicationTasks())
 	a.log.Info("controller version applied", "version", version)
 	cp.updateTargets()
 	return nil
@@ -323,7 +331,8 @@ func (cp *controlPlane) accessCounts() []*pb.AccessCount {
 	return out
 }
 
-// mirrorHealth speaks for the mirrors whose address this host decapsulates.
+// mirrorHealth speaks for the mirrors whose address this host
+// decapsulates, with the sync state of the copies its replicator holds.
 func (cp *controlPlane) mirrorHealth() []*pb.MirrorHealth {
 	a := cp.a
 	addrs, err := decapAddresses(a.cfg)
@@ -343,6 +352,9 @@ func (cp *controlPlane) mirrorHealth() []*pb.MirrorHealth {
 		if local[m.Addr] {
 			out = append(out, &pb.MirrorHealth{Mirror: c.MirrorNames[id], Health: pb.Health_HEALTH_UP, Utilization: util})
 		}
+	}
+	if a.repl != nil {
+		attachReplicas(out, replicaSyncs(a.repl.Status()))
 	}
 	return out
 }

@@ -33,6 +33,7 @@ type metrics struct {
 	scrapeErrors  prometheus.Counter
 	reconciles    *prometheus.CounterVec
 	reconcileTime prometheus.Histogram
+	taskErrors    *prometheus.CounterVec
 
 	mu           sync.Mutex
 	sessionCount int
@@ -45,7 +46,7 @@ func newMetrics(a *Agent) *metrics {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(ns, "", name), help, labels, nil)
 	}
-	return &metrics{
+	m := &metrics{
 		a:          a,
 		packets:    d("packets_total", "Packets seen by the XDP router, by verdict and reason.", "verdict", "reason"),
 		decap:      d("decap_packets_total", "Packets seen by the XDP decap program, by reason.", "reason"),
@@ -69,7 +70,16 @@ func newMetrics(a *Agent) *metrics {
 			Namespace: ns, Name: "reconcile_duration_seconds", Help: "Time to reconcile the maps.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
 		}),
+		taskErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "premirror_agent_replication_task_errors_total",
+			Help: "Replication tasks from the controller this node could not carry out, by reason (counted once per desired-state version).",
+		}, []string{"reason"}),
 	}
+	// Every reason from the start, so a rate() sees the first error.
+	for _, r := range taskReasons {
+		m.taskErrors.WithLabelValues(r)
+	}
+	return m
 }
 
 func (m *metrics) reconcile(ok bool, d time.Duration) {
@@ -90,6 +100,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.scrapeErrors.Describe(ch)
 	m.reconciles.Describe(ch)
 	m.reconcileTime.Describe(ch)
+	m.taskErrors.Describe(ch)
 }
 
 func name(names map[uint32]string, id uint32) string {
@@ -190,6 +201,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	m.scrapeErrors.Collect(ch)
 	m.reconciles.Collect(ch)
 	m.reconcileTime.Collect(ch)
+	m.taskErrors.Collect(ch)
 }
 
 // sessionsCached counts sessions at most every 10 s: a count walks the

@@ -36,6 +36,9 @@ type Replication struct {
 	WriteUIDs []uint32    `yaml:"write_uids"`
 	Volumes   []VolumeCfg `yaml:"volumes"`
 	Peers     []PeerCfg   `yaml:"peers"`
+	// TaskInterval is the delta-cycle interval of mirrors the
+	// controller's replication tasks place; default DefaultTaskInterval.
+	TaskInterval Duration `yaml:"task_interval"`
 }
 
 // TLSFiles names PEM files.
@@ -90,6 +93,9 @@ func (r *Replication) validate() error {
 		if _, _, err := net.SplitHostPort(r.Listen); err != nil {
 			return fmt.Errorf("replication.listen: %w", err)
 		}
+	}
+	if r.TaskInterval < 0 {
+		return errors.New("replication.task_interval: negative")
 	}
 	peers := map[string]bool{}
 	for i, p := range r.Peers {

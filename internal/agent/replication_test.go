@@ -123,6 +123,7 @@ func TestReplicationConfigErrors(t *testing.T) {
 		{func(r *Replication) { r.Volumes[0].Role = "boss" }, "replication.volumes[0].role"},
 		{func(r *Replication) { r.Volumes[0].Mirrors[0].Peer = "m9" }, "replication.volumes[0].mirrors[0].peer"},
 		{func(r *Replication) { r.Volumes[0].Mirrors[0].Mode = "delta" }, "replication.volumes[0].mirrors[0].mode"},
+		{func(r *Replication) { r.TaskInterval = -1 }, "replication.task_interval"},
 	}
 	for _, tt := range tests {
 		r := ok

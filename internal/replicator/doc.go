@@ -120,6 +120,24 @@
 // computed at the old rate. A cycle ships a fixed snapshot, so writes
 // during it go to the next cycle and no resync can livelock.
 //
+// # Dynamic mirrors and sync status
+//
+// Besides the mirrors in VolumeConfig, Node.SetDynamicMirrors sets a
+// volume's mirrors at run time (the agent does, from the controller's
+// replication tasks): each new (peer, remote volume) gets the same loop
+// as a configured mirror, and a mirror no longer listed is stopped before
+// the call returns. Its change tracking stays, so adding it again later
+// ships a delta of what changed meanwhile, not a full copy.
+//
+// On the mirror side, Status says whether a volume is Complete (a whole
+// copy whose closing cycle committed, not selective) and its Lag: the
+// time since the data of the newest applied cycle was current. Cycles
+// carry no source timestamp, so that is when the cycle's first frame
+// arrived, on the mirror's clock: the sender takes the snapshot just
+// before, so the estimate is short by one-way latency, unaffected by
+// clock skew, and includes however long a throttled transfer took. It is
+// kept in state.json; repair cycles do not move it.
+//
 // # Limits
 //
 // Metadata takes about 16.3 bytes of memory per block (versions and

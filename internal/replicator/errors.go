@@ -46,6 +46,8 @@ var (
 	ErrInconsistent = errors.New("volume inconsistent")
 	// ErrNoQuorum: fewer copies than the quorum answered.
 	ErrNoQuorum = errors.New("quorum not reached")
+	// ErrUnknownPeer: no peer of that name is configured.
+	ErrUnknownPeer = errors.New("peer not configured")
 	// ErrClosed: the volume or node is closed.
 	ErrClosed = errors.New("closed")
 )

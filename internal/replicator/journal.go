@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
 
@@ -73,6 +74,10 @@ type jcycle struct {
 	digest       *xxhash.Digest
 	missing      int // srcNeed entries not yet staged
 	committed    bool
+	// asOf is when the sender's snapshot of the cycle was taken, on this
+	// node's clock (see recvCycle); zero for a cycle replayed from the
+	// journal after a crash, whose time was not recorded.
+	asOf time.Time
 }
 
 type journal struct {
@@ -422,6 +427,13 @@ func (v *Volume) applyCycle(j *journal, c *jcycle) error {
 		st.Inconsistent = false
 		st.Empty = false
 		st.SourceLineage = lineageString(c.lineage)
+		// A repair cycle carries only the blocks verify found different,
+		// not the writes since the last cycle, so it does not make the
+		// copy any fresher. A replayed cycle has no time: keeping the
+		// previous one overstates the lag, which errs on the safe side.
+		if !c.asOf.IsZero() && c.flags&wire.CycleRepair == 0 {
+			st.CycleAsOf = c.asOf.UnixNano()
+		}
 	}); err != nil {
 		return err
 	}

@@ -126,6 +126,7 @@ type Node struct {
 	mu    sync.Mutex
 	vols  map[string]*nodeVolume
 	peers map[string]*nodePeer
+	dyn   dynMirrors // mirrors set at run time (SetDynamicMirrors)
 
 	// protocol range; tests narrow it to exercise negotiation.
 	protoMin, protoMax uint16
@@ -339,7 +340,7 @@ func (n *Node) peer(name string) (*nodePeer, error) {
 	defer n.mu.Unlock()
 	p := n.peers[name]
 	if p == nil {
-		return nil, fmt.Errorf("peer %q: not configured", name)
+		return nil, fmt.Errorf("peer %q: %w", name, ErrUnknownPeer)
 	}
 	return p, nil
 }
@@ -390,7 +391,8 @@ func (n *Node) Status() []Status {
 }
 
 // Run serves replication sessions on cfg.Listen (if set), runs the
-// background delta cycles of every mirror with an Interval, and flushes
+// background delta cycles of every mirror with an Interval (configured
+// or set with SetDynamicMirrors), and flushes
 // volume metadata every FlushInterval, until ctx ends. It returns nil
 // after a clean shutdown.
 func (n *Node) Run(ctx context.Context) error {
@@ -434,7 +436,9 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 		}
 	}
 	n.mu.Unlock()
+	n.runDynamic(ctx)
 	<-ctx.Done()
+	n.stopDynamic(false)
 	wg.Wait()
 	return nil
 }
@@ -503,6 +507,8 @@ func (n *Node) mirrorLoop(ctx context.Context, volume string, m MirrorConfig) {
 
 // Close closes the node's volumes and links. Call it after Run returns.
 func (n *Node) Close() error {
+	// Dynamic mirror loops use the volumes and links closed below.
+	n.stopDynamic(true)
 	var errs []error
 	n.closeOnce.Do(func() {
 		n.mu.Lock()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/cespare/xxhash/v2"
 	"github.com/klauspost/compress/zstd"
@@ -21,6 +22,13 @@ const stageSyncBytes = 16 << 20
 // recvCycle receives one delta (or repair) cycle and applies it
 // atomically through the journal.
 func (s *session) recvCycle(ctx context.Context, cb *wire.CycleBegin) error {
+	// The sender takes the cycle's snapshot just before it sends
+	// CycleBegin, so its arrival, on this node's clock, is when the data
+	// the cycle brings was current, give or take one-way latency. Cycles
+	// carry no source timestamp (block versions hold the time of each
+	// write, which says nothing about an idle volume's freshness), and
+	// the apply time would hide how long a throttled transfer took.
+	asOf := time.Now()
 	v := s.volume()
 	if v == nil {
 		return fmt.Errorf("%w: mirror %s has no copy yet; run a full copy first", ErrInconsistent, s.hello.Volume)
@@ -46,7 +54,7 @@ func (s *session) recvCycle(ctx context.Context, cb *wire.CycleBegin) error {
 		return err
 	}
 	jc := &jcycle{cycle: cb.Cycle, epoch: cb.Epoch, lineage: s.hello.Lineage, entries: cb.Entries, flags: cb.Flags,
-		index: map[uint64]int{}, digest: xxhash.New()}
+		index: map[uint64]int{}, digest: xxhash.New(), asOf: asOf}
 	if err := j.begin(jc); err != nil {
 		return err
 	}

@@ -43,6 +43,9 @@ type volState struct {
 	FullSession   uint64 `json:"full_session,omitempty"`
 	FullNext      uint64 `json:"full_next,omitempty"`
 	Selective     bool   `json:"selective,omitempty"`
+	// CycleAsOf is when the newest applied (non-repair) cycle's snapshot
+	// was taken at the source, in Unix nanoseconds on this node's clock.
+	CycleAsOf int64 `json:"cycle_as_of_unix_nano,omitempty"`
 }
 
 const stateFile = "state.json"

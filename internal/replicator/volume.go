@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sync"
 	"syscall"
+	"time"
 )
 
 // DefaultBlockSize is the block size of new volumes.
@@ -108,6 +109,21 @@ type Status struct {
 	PresentBlocks uint64            `json:"present_blocks,omitempty"`
 	Dirty         map[string]uint64 `json:"dirty,omitempty"` // peer → dirty blocks
 	Conflicts     uint64            `json:"conflicts,omitempty"`
+	// Complete reports that the volume holds a whole, consistent copy:
+	// something was received, no full copy is partial or in progress, the
+	// delta cycle that must follow every copy has committed, and it is not
+	// selective. A primary is complete; a mirror only then serves reads
+	// and may be routed to.
+	Complete bool `json:"complete"`
+	// CycleAsOf is when the data of the newest cycle a mirror applied was
+	// current at its source, on this node's clock; zero before the first
+	// cycle (and for primaries).
+	CycleAsOf time.Time `json:"cycle_as_of,omitzero"`
+	// Lag is how far a mirror trails its source: the time of Status minus
+	// CycleAsOf. It grows between cycles and drops when one applies, so
+	// it is bounded by the cycle interval plus a cycle's duration while
+	// replication keeps up. Zero while CycleAsOf is zero.
+	Lag time.Duration `json:"lag_ns,omitempty"`
 }
 
 var peerNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
@@ -381,6 +397,12 @@ func (v *Volume) Status() Status {
 		BlockSize: v.bs, Blocks: v.blocks, Lineage: v.st.Lineage, SourceLineage: v.st.SourceLineage,
 		Cycle: v.st.Cycle, Inconsistent: v.st.Inconsistent, Empty: v.st.Empty, FullActive: v.st.FullActive,
 		FullNext: v.st.FullNext, Selective: v.st.Selective, Conflicts: v.conflicts.count()}
+	s.Complete = !s.Empty && !s.Inconsistent && !s.FullActive && !s.Selective
+	if v.st.CycleAsOf != 0 {
+		s.CycleAsOf = time.Unix(0, v.st.CycleAsOf)
+		// Never negative: the wall clock may have stepped back.
+		s.Lag = max(0, time.Since(s.CycleAsOf))
+	}
 	if v.present != nil {
 		s.PresentBlocks = v.present.Count()
 	}

@@ -1,0 +1,31 @@
+// Package agent is the edge agent (cmd/edge-agent): it loads, pins and
+// attaches the XDP router and decap programs, keeps their maps equal to
+// the desired state (from its config file or, with a controller, from the
+// versions the controller streams, ACKed or NACKed), probes mirrors,
+// reports access counts, probe estimates, node load and mirror health,
+// serves metrics and health, and runs the node's replicator with its
+// local volume write socket.
+//
+// # Replication tasks and sync reports
+//
+// The controller places copies of a resource with the desired state's
+// replication tasks. The node holding the resource's primary volume (the
+// task's source node) replicates the volume of the resource's name to
+// each target node, a peer in replication.peers: for each of its primary
+// volumes the agent sets the replicator's dynamic mirrors to exactly the
+// tasks' targets (replicator.Node.SetDynamicMirrors), every
+// replication.task_interval (default DefaultTaskInterval). A task that
+// disappears retires its copy: the replication stops and the target keeps
+// its data, which a later task catches up with a delta. Mirrors in the
+// config file are never touched. Tasks a node cannot carry out (no such
+// volume, not a primary, unknown peer) are logged once per version and
+// counted in premirror_agent_replication_task_errors_total; they never
+// NACK the version, whose routing applies regardless.
+//
+// A mirror host reports, with the health of each mirror it speaks for
+// (those whose address it decapsulates), a ReplicaSync per volume it
+// holds as a mirror: in sync once the copy is complete, and its lag. The
+// controller routes to a placed copy only when it is in sync within the
+// resource's max_lag. A host that decapsulates no mirror's address speaks
+// for none, so its copies cannot be attributed and go unreported.
+package agent
