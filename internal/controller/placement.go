@@ -3,6 +3,7 @@ package controller
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"net/url"
@@ -36,8 +37,10 @@ import (
 // etcd (state/placements/<resource>, fenced on the leadership); the
 // routing policy adds placed copies to the resource's replicas, routable
 // once their host reports them in sync, and the desired state carries a
-// replication task to the origin's node (compute.go). Static mirrors and
-// the origin are never touched.
+// replication task to the origin's node (compute.go); nothing is placed
+// while the origin mirror names no node (nobody would push the copy) or
+// the resource has no forecast yet. Static mirrors and the origin are
+// never touched.
 const (
 	placeConfirm  = 2
 	retireConfirm = 3
@@ -311,7 +314,14 @@ func (c *Controller) placementInput(ctx context.Context, res *pb.Resource, rec *
 	if !in.predictive {
 		return in, nil
 	}
+	if o := mirrors[res.GetOrigin()]; o == nil || o.GetNode() == "" {
+		// Nobody could carry out a replication task: place nothing.
+		return in, nil
+	}
 	fc, err := c.readForecast(ctx, res.GetName())
+	if errors.Is(err, ErrNoForecast) {
+		return in, nil // no demand seen yet: no evidence either way
+	}
 	if err != nil {
 		return in, err
 	}
