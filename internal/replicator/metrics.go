@@ -57,7 +57,7 @@ func newMetrics(n *Node) *Metrics {
 		verifyDiff: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "verify_mismatched_blocks_total",
 			Help: "Blocks found different by Merkle verify."}, []string{"volume"}),
 		readRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "read_repairs_total",
-			Help: "Blocks given their newest version by read repair after a quorum read, on stale mirrors or this copy."}, []string{"volume"}),
+			Help: "Blocks sent by read repair to copies (mirrors or this one) that answered a quorum read with an older version."}, []string{"volume"}),
 		progDone: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "transfer_done_bytes",
 			Help: "Bytes of the current or last transfer covered so far."}, vpm),
 		progTotal: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "transfer_total_bytes",

@@ -137,6 +137,8 @@ type Node struct {
 	bg       sync.WaitGroup
 	bgCtx    context.Context
 	bgCancel context.CancelFunc
+	// repairSlots holds a token per read repair in flight (maxRepairs).
+	repairSlots chan struct{}
 
 	closeOnce sync.Once
 }
@@ -196,6 +198,7 @@ func NewNode(cfg Config) (*Node, error) {
 		vols: map[string]*nodeVolume{}, peers: map[string]*nodePeer{},
 		protoMin: wire.MinProto, protoMax: wire.MaxProto}
 	n.bgCtx, n.bgCancel = context.WithCancel(context.Background())
+	n.repairSlots = make(chan struct{}, maxRepairs)
 	var err error
 	if n.srvTLS, err = pki.ServerConfig(cfg.TLS); err != nil {
 		return nil, fmt.Errorf("replicator config: tls: %w", err)

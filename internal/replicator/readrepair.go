@@ -18,6 +18,12 @@ import (
 // repairTimeout bounds one background repair of one copy.
 const repairTimeout = 30 * time.Second
 
+// maxRepairs bounds the repairs in flight per node. Reads that find more
+// stale copies while it is reached skip repairing them: delta cycles
+// still bring those copies up to date, and a read storm against a stale
+// mirror cannot pile up goroutines and queued frames.
+const maxRepairs = 64
+
 // readAnswer is one mirror's answer to a quorum read.
 type readAnswer struct {
 	pl  *peerLink
@@ -43,7 +49,7 @@ func (n *Node) readRepair(v *Volume, best, local *batch, answers []readAnswer) {
 		if bt == nil {
 			continue
 		}
-		n.goBackground(func(ctx context.Context) {
+		n.startRepair(v.name, peer, func(ctx context.Context) {
 			ctx, cancel := context.WithTimeout(ctx, repairTimeout)
 			defer cancel()
 			if h := n.hooks.repair; h != nil {
@@ -63,7 +69,7 @@ func (n *Node) readRepair(v *Volume, best, local *batch, answers []readAnswer) {
 	if bt == nil {
 		return
 	}
-	n.goBackground(func(context.Context) {
+	n.startRepair(v.name, "local", func(context.Context) {
 		if h := n.hooks.repair; h != nil {
 			h(v.name, "local")
 		}
@@ -126,19 +132,37 @@ func (lp *linkPool) repair(ctx context.Context, rl *peerLink, bt *batch) error {
 	return nil
 }
 
+// startRepair runs f in the background when fewer than maxRepairs
+// repairs are in flight (see maxRepairs).
+func (n *Node) startRepair(volume, peer string, f func(ctx context.Context)) {
+	select {
+	case n.repairSlots <- struct{}{}:
+	default:
+		n.log.Debug("read repair skipped: too many in flight", "volume", volume, "peer", peer)
+		return
+	}
+	if !n.goBackground(func(ctx context.Context) {
+		defer func() { <-n.repairSlots }()
+		f(ctx)
+	}) {
+		<-n.repairSlots
+	}
+}
+
 // goBackground runs f on a goroutine that Close cancels and waits for;
-// after Close it runs nothing.
-func (n *Node) goBackground(f func(ctx context.Context)) {
+// after Close it runs nothing and returns false.
+func (n *Node) goBackground(f func(ctx context.Context)) bool {
 	n.bgMu.Lock()
 	defer n.bgMu.Unlock()
 	if n.bgClosed {
-		return
+		return false
 	}
 	n.bg.Add(1)
 	go func() {
 		defer n.bg.Done()
 		f(n.bgCtx)
 	}()
+	return true
 }
 
 // stopBackground cancels background work and waits for it to end.

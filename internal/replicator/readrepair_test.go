@@ -278,3 +278,47 @@ func TestReadRepairSelective(t *testing.T) {
 		})
 	}
 }
+
+// TestCloseWaitsForReadRepairs closes a node while one of its read
+// repairs is held: Close must not return before the repair goroutine has
+// ended (it cancels it and waits).
+func TestCloseWaitsForReadRepairs(t *testing.T) {
+	release := make(chan struct{})
+	c, a, cfgs := threeCopies(t, func(n *Node) {
+		n.hooks.repair = func(string, string) { <-release }
+	})
+	ctx := context.Background()
+	c.stop("c")
+	if err := a.Write(ctx, "vol", bytes.Repeat([]byte{3}, bs), 9*bs); err != nil {
+		t.Fatal(err)
+	}
+	c.start("c", cfgs["c"])
+	if err := a.Read(ctx, "vol", make([]byte, bs), 9*bs); err != nil {
+		t.Fatal(err)
+	}
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
+		c.stop("a")
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		a.bgMu.Lock()
+		stopping := a.bgClosed
+		a.bgMu.Unlock()
+		if stopping {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Close did not start")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	select {
+	case <-closed:
+		t.Fatal("Close returned while a read repair was still running")
+	default:
+	}
+	close(release)
+	<-closed
+}
