@@ -322,3 +322,43 @@ func TestCloseWaitsForReadRepairs(t *testing.T) {
 	close(release)
 	<-closed
 }
+
+// TestReadRepairLeavesOlderEpochToCycles: a mirror refuses sync-written
+// versions older than its epoch (fencing), so after a promotion a block
+// last written under the old epoch is not read-repaired (no refused
+// session, nothing fenced); the next delta cycle brings it.
+func TestReadRepairLeavesOlderEpochToCycles(t *testing.T) {
+	c, a, cfgs := threeCopies(t, nil)
+	ctx := context.Background()
+	c.stop("c")
+	data := bytes.Repeat([]byte{0x21}, bs)
+	if err := a.Write(ctx, "vol", data, 20*bs); err != nil {
+		t.Fatal(err)
+	}
+	cn := c.start("c", cfgs["c"])
+	if _, err := a.Promote("vol", 0); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, bs)
+	if err := a.Read(ctx, "vol", got, 20*bs); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("quorum read: %v", err)
+	}
+	waitRepairs(a)
+	av, _ := a.Volume("vol")
+	cv, _ := cn.Volume("vol")
+	if cv.Version(20) == av.Version(20) {
+		t.Fatal("block 20 from the old epoch was read-repaired")
+	}
+	if n := repairs(a); n != 0 {
+		t.Fatalf("read_repairs_total = %v, want 0", n)
+	}
+	if f := testutil.ToFloat64(cn.metrics.fenced.WithLabelValues("vol")); f != 0 {
+		t.Fatalf("c refused %v writes as fenced", f)
+	}
+	if _, err := a.Push(ctx, "vol", "c", PushOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if cv.Version(20) != av.Version(20) || !bytes.Equal(readBlock(t, c.path("c.img"), 20), data) {
+		t.Fatalf("delta cycle did not bring block 20: %s at c, %s at a", cv.Version(20), av.Version(20))
+	}
+}
