@@ -18,10 +18,13 @@ import (
 // mirror as Blocks frames on a long-lived sync-write session; a mirror
 // logs them durably (sync log), applies them newest-version-wins, and
 // acknowledges. Write returns once W copies (this one included) have the
-// data. Reads ask R copies and return, block by block, the data with the
-// newest version. With W + R > copies every read overlaps the last
-// acknowledged write. Async delta cycles still run and find the data
-// already held.
+// data. Reads need R copies to answer and return, block by block, the data
+// with the newest version; stale answers are read-repaired (readrepair.go).
+// With W + R > copies every read overlaps the last acknowledged write: a
+// selective mirror that answers a block as absent never acknowledged a
+// write to it (a sync write makes it hold the block), so the overlap is
+// among the copies holding it. Async delta cycles still run and find the
+// data already held.
 
 // maxReadBlocks bounds one ReadReq.
 const maxReadBlocks = 256
