@@ -39,6 +39,20 @@ func threeCopies(t *testing.T, adjust func(*Node)) (*cluster, *Node, map[string]
 	return c, a, cfgs
 }
 
+// missWrites writes blocks (block i filled with fill+i) at a while mirror
+// c is down, so only a and b acknowledge, then restarts c before any delta
+// cycle: c is stale on those blocks.
+func missWrites(t *testing.T, c *cluster, a *Node, cfgs map[string]Config, fill byte, blocks ...uint64) *Node {
+	t.Helper()
+	c.stop("c")
+	for i, b := range blocks {
+		if err := a.Write(context.Background(), "vol", bytes.Repeat([]byte{fill + byte(i)}, bs), int64(b)*bs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return c.start("c", cfgs["c"])
+}
+
 // TestReadRepairStaleMirror makes mirror c miss writes (it is down while
 // W=2 copies acknowledge them), brings it back before any delta cycle, and
 // checks that a quorum read gives c the newest version of exactly the
@@ -60,13 +74,7 @@ func TestReadRepairStaleMirror(t *testing.T) {
 			c, a, cfgs := threeCopies(t, nil)
 			ctx := context.Background()
 			av, _ := a.Volume("vol")
-			c.stop("c")
-			for i, b := range tc.written {
-				if err := a.Write(ctx, "vol", bytes.Repeat([]byte{byte(0x40 + i)}, bs), int64(b)*bs); err != nil {
-					t.Fatal(err)
-				}
-			}
-			cn := c.start("c", cfgs["c"])
+			cn := missWrites(t, c, a, cfgs, 0x40, tc.written...)
 			cv, _ := cn.Volume("vol")
 			old := map[uint64]Version{}
 			for _, b := range tc.written {
@@ -142,12 +150,8 @@ func TestReadRepairLosesToNewerWrite(t *testing.T) {
 		}
 	})
 	ctx := context.Background()
-	c.stop("c")
 	first := bytes.Repeat([]byte{1}, bs)
-	if err := a.Write(ctx, "vol", first, 7*bs); err != nil {
-		t.Fatal(err)
-	}
-	cn := c.start("c", cfgs["c"])
+	cn := missWrites(t, c, a, cfgs, 1, 7)
 	got := make([]byte, bs)
 	if err := a.Read(ctx, "vol", got, 7*bs); err != nil || !bytes.Equal(got, first) {
 		t.Fatalf("quorum read: %v", err)
@@ -288,11 +292,7 @@ func TestCloseWaitsForReadRepairs(t *testing.T) {
 		n.hooks.repair = func(string, string) { <-release }
 	})
 	ctx := context.Background()
-	c.stop("c")
-	if err := a.Write(ctx, "vol", bytes.Repeat([]byte{3}, bs), 9*bs); err != nil {
-		t.Fatal(err)
-	}
-	c.start("c", cfgs["c"])
+	missWrites(t, c, a, cfgs, 3, 9)
 	if err := a.Read(ctx, "vol", make([]byte, bs), 9*bs); err != nil {
 		t.Fatal(err)
 	}
@@ -330,12 +330,8 @@ func TestCloseWaitsForReadRepairs(t *testing.T) {
 func TestReadRepairLeavesOlderEpochToCycles(t *testing.T) {
 	c, a, cfgs := threeCopies(t, nil)
 	ctx := context.Background()
-	c.stop("c")
 	data := bytes.Repeat([]byte{0x21}, bs)
-	if err := a.Write(ctx, "vol", data, 20*bs); err != nil {
-		t.Fatal(err)
-	}
-	cn := c.start("c", cfgs["c"])
+	cn := missWrites(t, c, a, cfgs, 0x21, 20)
 	if _, err := a.Promote("vol", 0); err != nil {
 		t.Fatal(err)
 	}
