@@ -97,7 +97,11 @@
 // read) into the leaves of a 64-ary Merkle tree and walk it top-down,
 // exchanging only the hashes of children of differing nodes. With repair,
 // the differing blocks go to the mirror as a forced cycle, atomic like any
-// other; the source's copy wins.
+// other; the source's copy wins. A selective mirror first sends its
+// presence bitmap: blocks it holds (copied or fetched by read-through) are
+// compared, the others get a fixed leaf on both sides and never differ, and
+// a repair cycle never sends them, so it cannot turn the mirror into a full
+// copy.
 //
 // # Transport, fencing, quorum
 //
@@ -108,9 +112,31 @@
 // becomes a fenced mirror, refusing local writes. Node.Write sends the
 // written blocks to every mirror on a long-lived session (logged durably
 // there, applied newest-version-wins) and returns after WriteQuorum copies
-// acknowledge; Node.Read asks ReadQuorum copies and returns, per block, the
-// newest version. Epochs are assigned by whoever promotes (the controller
-// in production, Promote by hand).
+// acknowledge; Node.Read asks every mirror, needs ReadQuorum copies to
+// answer, and returns, per block, the newest version. Epochs are assigned
+// by whoever promotes (the controller in production, Promote by hand).
+//
+// # Read repair
+//
+// A quorum read has just seen every answering copy's version of each
+// block, so, as in Dynamo and Cassandra, copies that answered with an
+// older version are sent the newest at once instead of waiting for a delta
+// cycle: mirrors on their sync-write session, this copy through the apply
+// path mirrors use. Both are newest-version-wins, so a repair racing a
+// newer write cannot undo it and a repeated one changes nothing. The read
+// returns without waiting; repairs run in the background (at most 64 per
+// node; beyond that they are skipped and left to delta cycles), and Close
+// cancels and waits for them. They are counted in
+// replicator_read_repairs_total and logged at debug level. Two kinds of
+// blocks are never pushed: blocks a selective mirror does not hold (it
+// answers them as absent, "no version", like a Dynamo replica without the
+// key, and neither fetches them nor is given them), and blocks whose
+// newest version predates the current epoch, which a mirror would refuse
+// as a fenced write; delta cycles and verify bring those.
+//
+// Protocol 2 added this "absent" answer (ReadReq flag ReadHeld, KindAbsent
+// entries). With a protocol 1 peer, a quorum read makes a selective mirror
+// fetch the blocks it lacks from its upstream first, as before.
 //
 // # Bandwidth
 //

@@ -49,6 +49,7 @@ type batch struct {
 	vers   []Version
 	data   []byte // block i at i*bs
 	hole   []bool // optional: block known to be zero without reading
+	absent []bool // optional: block not held (read answers to ReadHeld only)
 	zbuf   []byte // compressed block data (owned by the batch)
 	head   []byte // frame head storage (owned by the batch)
 }
@@ -132,14 +133,26 @@ func (e *encoder) encode(b *batch) (outFrame, encStats, error) {
 	compress := e.shouldCompress(b)
 	e.bb.Reset(b.head, b.seq)
 	b.zbuf = b.zbuf[:0]
-	var zr wire.BlockEntry // pending zero range
+	var zr wire.BlockEntry // pending zero or absent range
 	flushZR := func() {
 		if zr.Count > 0 {
 			e.bb.Add(&zr)
 			zr.Count = 0
 		}
 	}
+	extend := func(kind wire.Kind, blk uint64) {
+		if zr.Count > 0 && zr.Kind == kind && zr.Block+uint64(zr.Count) == blk {
+			zr.Count++
+			return
+		}
+		flushZR()
+		zr = wire.BlockEntry{Kind: kind, Block: blk, Count: 1}
+	}
 	for i, blk := range b.blocks {
+		if b.absent != nil && b.absent[i] {
+			extend(wire.KindAbsent, blk)
+			continue
+		}
 		var data []byte
 		zero := b.hole != nil && b.hole[i]
 		if !zero {
@@ -149,12 +162,7 @@ func (e *encoder) encode(b *batch) (outFrame, encStats, error) {
 		if zero {
 			st.zeroBlocks++
 			if b.vers[i].IsZero() {
-				if zr.Count > 0 && zr.Block+uint64(zr.Count) == blk {
-					zr.Count++
-					continue
-				}
-				flushZR()
-				zr = wire.BlockEntry{Kind: wire.KindZeroRange, Block: blk, Count: 1}
+				extend(wire.KindZeroRange, blk)
 				continue
 			}
 			flushZR()

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/premirror/premirror/internal/replicator/throttle"
+	"github.com/premirror/premirror/internal/replicator/wire"
 )
 
 func TestMirrorTooSmall(t *testing.T) {
@@ -49,10 +50,10 @@ func TestIncompatiblePeer(t *testing.T) {
 	makeImage(t, c.path("src.img"), 256, bs, 1)
 	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary}}, Peers: c.peers("dst")})
 	c.startWith("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img")}}}, func(n *Node) {
-		n.protoMin, n.protoMax = 2, 3 // a future peer
+		n.protoMin, n.protoMax = wire.MaxProto+1, wire.MaxProto+2 // a future peer
 	})
 	_, err := src.Push(context.Background(), "vol", "dst", PushOptions{Mode: ModeFull})
-	if !errors.Is(err, ErrIncompatible) || !strings.Contains(err.Error(), "2..3") {
+	if !errors.Is(err, ErrIncompatible) || !strings.Contains(err.Error(), fmt.Sprintf("%d..%d", wire.MaxProto+1, wire.MaxProto+2)) {
 		t.Fatalf("push: %v, want ErrIncompatible naming the peer's versions", err)
 	}
 	if _, err := os.Stat(c.path("dst.img")); err == nil {

@@ -22,6 +22,7 @@ type Metrics struct {
 	rejected      *prometheus.CounterVec
 	fenced        *prometheus.CounterVec
 	verifyDiff    *prometheus.CounterVec
+	readRepairs   *prometheus.CounterVec
 	progDone      *prometheus.GaugeVec
 	progTotal     *prometheus.GaugeVec
 	progRate      *prometheus.GaugeVec
@@ -55,6 +56,8 @@ func newMetrics(n *Node) *Metrics {
 			Help: "Sessions or writes rejected because the writer's epoch was superseded."}, []string{"volume"}),
 		verifyDiff: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "verify_mismatched_blocks_total",
 			Help: "Blocks found different by Merkle verify."}, []string{"volume"}),
+		readRepairs: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "read_repairs_total",
+			Help: "Blocks sent by read repair to copies (mirrors or this one) that answered a quorum read with an older version."}, []string{"volume"}),
 		progDone: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "transfer_done_bytes",
 			Help: "Bytes of the current or last transfer covered so far."}, vpm),
 		progTotal: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "transfer_total_bytes",
@@ -76,7 +79,7 @@ func newMetrics(n *Node) *Metrics {
 
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.sentBytes, m.recvBytes, m.blocksSent, m.blocksSkipped, m.blocksRecv, m.cycles,
-		m.cycleSeconds, m.rejected, m.fenced, m.verifyDiff, m.progDone, m.progTotal, m.progRate, m.progETA, m.state}
+		m.cycleSeconds, m.rejected, m.fenced, m.verifyDiff, m.readRepairs, m.progDone, m.progTotal, m.progRate, m.progETA, m.state}
 }
 
 func (m *Metrics) register(r prometheus.Registerer) error {

@@ -132,6 +132,15 @@ type Node struct {
 	protoMin, protoMax uint16
 	hooks              testHooks
 
+	// Background work (read repairs): Close cancels bgCtx and waits.
+	bgMu     sync.Mutex
+	bgClosed bool
+	bg       sync.WaitGroup
+	bgCtx    context.Context
+	bgCancel context.CancelFunc
+	// repairSlots holds a token per read repair in flight (maxRepairs).
+	repairSlots chan struct{}
+
 	closeOnce sync.Once
 }
 
@@ -141,6 +150,7 @@ type testHooks struct {
 	durable  func(vol string, blocks []blockVer)       // received blocks durable, about to be acked
 	corrupt  func(frame []byte)                        // damage outgoing block data after checksumming
 	onCycle  func(vol string, cycle uint64)            // sender: cycle snapshot taken
+	repair   func(vol, peer string)                    // a read repair of peer ("local": this copy) is about to be sent
 	// sender: the cycle's commit is sent; ctx is the session's, which the
 	// frame reader cancels when the peer fails the session
 	committed func(ctx context.Context)
@@ -188,6 +198,8 @@ func NewNode(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, log: cfg.Logger.With("node", cfg.Node), clock: NewClock(cfg.Site),
 		vols: map[string]*nodeVolume{}, peers: map[string]*nodePeer{},
 		protoMin: wire.MinProto, protoMax: wire.MaxProto}
+	n.bgCtx, n.bgCancel = context.WithCancel(context.Background())
+	n.repairSlots = make(chan struct{}, maxRepairs)
 	var err error
 	if n.srvTLS, err = pki.ServerConfig(cfg.TLS); err != nil {
 		return nil, fmt.Errorf("replicator config: tls: %w", err)
@@ -505,12 +517,15 @@ func (n *Node) mirrorLoop(ctx context.Context, volume string, m MirrorConfig) {
 	}
 }
 
-// Close closes the node's volumes and links. Call it after Run returns.
+// Close closes the node's volumes and links, after cancelling and waiting
+// for background read repairs. Call it after Run returns.
 func (n *Node) Close() error {
 	// Dynamic mirror loops use the volumes and links closed below.
 	n.stopDynamic(true)
 	var errs []error
 	n.closeOnce.Do(func() {
+		// Repairs use the links and volumes closed below.
+		n.stopBackground()
 		n.mu.Lock()
 		defer n.mu.Unlock()
 		for _, p := range n.peers {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -17,10 +18,13 @@ import (
 // mirror as Blocks frames on a long-lived sync-write session; a mirror
 // logs them durably (sync log), applies them newest-version-wins, and
 // acknowledges. Write returns once W copies (this one included) have the
-// data. Reads ask R copies and return, block by block, the data with the
-// newest version. With W + R > copies every read overlaps the last
-// acknowledged write. Async delta cycles still run and find the data
-// already held.
+// data. Reads need R copies to answer and return, block by block, the data
+// with the newest version; stale answers are read-repaired (readrepair.go).
+// With W + R > copies every read overlaps the last acknowledged write: a
+// selective mirror that answers a block as absent never acknowledged a
+// write to it (a sync write makes it hold the block), so the overlap is
+// among the copies holding it. Async delta cycles still run and find the
+// data already held.
 
 // maxReadBlocks bounds one ReadReq.
 const maxReadBlocks = 256
@@ -76,8 +80,11 @@ func (n *Node) Write(ctx context.Context, volume string, p []byte, off int64) er
 
 // Read reads len(p) bytes at off. A selective mirror fetches blocks it
 // lacks from its upstream first (read-through) and keeps them. With
-// ReadQuorum R > 1, R-1 mirrors are asked too and each block comes from
-// the copy with the newest version.
+// ReadQuorum R > 1 the mirrors are asked too, each block comes from the
+// copy with the newest version, and copies that answered with an older
+// one are repaired in the background (see readRepair). A selective
+// mirror's answer for a block it does not hold counts as "no version",
+// like a Dynamo replica that lacks a key.
 func (n *Node) Read(ctx context.Context, volume string, p []byte, off int64) error {
 	nv, v, err := n.localVolume(volume)
 	if err != nil {
@@ -104,16 +111,18 @@ func (n *Node) Read(ctx context.Context, volume string, p []byte, off int64) err
 		return err
 	}
 	var mu sync.Mutex
-	best := local
+	best := &batch{blocks: local.blocks, vers: slices.Clone(local.vers), data: slices.Clone(local.data)}
+	var answers []readAnswer
 	acks, errs := n.fanOut(ctx, nv, wire.OpRead, func(ctx context.Context, pl *peerLink) error {
-		got, err := pl.read(ctx, lo, hi, v.bs)
+		got, err := pl.read(ctx, lo, hi, v.bs, true)
 		if err != nil {
 			return err
 		}
 		mu.Lock()
 		defer mu.Unlock()
+		answers = append(answers, readAnswer{pl: pl, got: got})
 		for i := range got.vers {
-			if best.vers[i].Less(got.vers[i]) {
+			if !got.absent[i] && best.vers[i].Less(got.vers[i]) {
 				best.vers[i] = got.vers[i]
 				copy(best.data[i*v.bs:(i+1)*v.bs], got.data[i*v.bs:(i+1)*v.bs])
 			}
@@ -123,9 +132,9 @@ func (n *Node) Read(ctx context.Context, volume string, p []byte, off int64) err
 	if acks+1 < r {
 		return fmt.Errorf("read from %s: %w: %d of %d copies answered: %w", volume, ErrNoQuorum, acks+1, r, errors.Join(errs...))
 	}
-	mu.Lock()
+	// fanOut has returned: no callback touches best or answers any more.
 	copy(p, best.data[off-int64(lo)*bs:])
-	mu.Unlock()
+	n.readRepair(v, best, local, answers)
 	return nil
 }
 
@@ -221,7 +230,7 @@ func (n *Node) readThrough(ctx context.Context, nv *nodeVolume, v *Volume, block
 		for j < len(blocks) && blocks[j] == blocks[j-1]+1 && j-i < maxReadBlocks {
 			j++
 		}
-		got, err := pl.read(ctx, blocks[i], blocks[j-1]+1, v.bs)
+		got, err := pl.read(ctx, blocks[i], blocks[j-1]+1, v.bs, false)
 		if err != nil {
 			p.links.drop(pl)
 			return fmt.Errorf("read-through from %s: %w", nv.cfg.Upstream, err)
@@ -254,6 +263,7 @@ type linkPool struct {
 
 // peerLink is a long-lived session used one request at a time.
 type peerLink struct {
+	pool   *linkPool
 	mu     sync.Mutex
 	key    string
 	l      *link
@@ -274,7 +284,7 @@ func (lp *linkPool) get(ctx context.Context, local, remote string, op wire.Op) (
 	lp.mu.Lock()
 	pl := lp.links[key]
 	if pl == nil {
-		pl = &peerLink{key: key, local: local, remote: remote}
+		pl = &peerLink{pool: lp, key: key, local: local, remote: remote}
 		lp.links[key] = pl
 	}
 	lp.mu.Unlock()
@@ -388,8 +398,10 @@ func (pl *peerLink) syncWrite(ctx context.Context, shared *batch) error {
 	return nil
 }
 
-// read fetches blocks [lo, hi) with versions, verified.
-func (pl *peerLink) read(ctx context.Context, lo, hi uint64, bs int) (*batch, error) {
+// read fetches blocks [lo, hi) with versions, verified. With held (and a
+// protocol 2 peer) blocks the peer does not hold come back marked absent
+// instead of being fetched by the peer from its own upstream.
+func (pl *peerLink) read(ctx context.Context, lo, hi uint64, bs int, held bool) (*batch, error) {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
 	if pl.l == nil {
@@ -397,10 +409,14 @@ func (pl *peerLink) read(ctx context.Context, lo, hi uint64, bs int) (*batch, er
 	}
 	stop := context.AfterFunc(ctx, func() { pl.l.conn.Close() })
 	defer stop()
-	out := &batch{data: make([]byte, 0, (hi-lo)*uint64(bs))}
+	var flags uint8
+	if held && pl.l.proto >= 2 {
+		flags = wire.ReadHeld
+	}
+	out := &batch{data: make([]byte, 0, (hi-lo)*uint64(bs)), absent: make([]bool, 0, hi-lo)}
 	for b := lo; b < hi; b += maxReadBlocks {
 		cnt := min(maxReadBlocks, hi-b)
-		if err := pl.l.send(&wire.ReadReq{Block: b, Count: uint32(cnt)}); err != nil {
+		if err := pl.l.send(&wire.ReadReq{Block: b, Count: uint32(cnt), Flags: flags}); err != nil {
 			return nil, err
 		}
 		var m wire.Blocks
@@ -410,8 +426,21 @@ func (pl *peerLink) read(ctx context.Context, lo, hi uint64, bs int) (*batch, er
 		next := b
 		for i := range m.Entries {
 			e := &m.Entries[i]
-			if e.Block != next || e.Kind == wire.KindZeroRange && uint64(e.Count) > b+cnt-next {
-				return nil, fmt.Errorf("%w: read answer has block %d, expected %d", ErrProtocol, e.Block, next)
+			if e.Block != next || uint64(max(e.Count, 1)) > b+cnt-next {
+				return nil, fmt.Errorf("%w: read answer has block %d+%d, expected %d..%d", ErrProtocol, e.Block, e.Count, next, b+cnt)
+			}
+			if e.Kind == wire.KindAbsent {
+				if flags&wire.ReadHeld == 0 {
+					return nil, fmt.Errorf("%w: read answer has absent blocks %d+%d", ErrProtocol, e.Block, e.Count)
+				}
+				for range e.Count {
+					out.blocks = append(out.blocks, next)
+					out.vers = append(out.vers, Version{})
+					out.absent = append(out.absent, true)
+					out.data = append(out.data, make([]byte, bs)...)
+					next++
+				}
+				continue
 			}
 			if e.Kind == wire.KindZstd && pl.dec == nil {
 				d, err := wire.NewDecoder()
@@ -427,6 +456,7 @@ func (pl *peerLink) read(ctx context.Context, lo, hi uint64, bs int) (*batch, er
 			for k := uint64(0); k < uint64(max(e.Count, 1)); k++ {
 				out.blocks = append(out.blocks, next)
 				out.vers = append(out.vers, e.Version)
+				out.absent = append(out.absent, false)
 				if data == nil {
 					out.data = append(out.data, make([]byte, bs)...)
 				} else {
@@ -478,7 +508,8 @@ func (s *session) serveReads(ctx context.Context) error {
 			return fmt.Errorf("%w: read of blocks %d+%d outside %d", ErrProtocol, req.Block, req.Count, v.blocks)
 		}
 		hi := req.Block + uint64(req.Count)
-		if miss := v.missing(req.Block, hi); len(miss) > 0 {
+		held := req.Flags&wire.ReadHeld != 0
+		if miss := v.missing(req.Block, hi); len(miss) > 0 && !held {
 			if err := s.n.readThrough(ctx, s.nv, v, miss); err != nil {
 				return err
 			}
@@ -486,6 +517,17 @@ func (s *session) serveReads(ctx context.Context) error {
 		bt, err := v.readBlocks(req.Block, hi)
 		if err != nil {
 			return err
+		}
+		if held {
+			// Asked after reading: presence only grows, so a block still
+			// missing now was missing when read and its answer is "absent"
+			// rather than whatever the image holds there.
+			if miss := v.missing(req.Block, hi); len(miss) > 0 {
+				bt.absent = make([]bool, len(bt.blocks))
+				for _, b := range miss {
+					bt.absent[b-req.Block] = true
+				}
+			}
 		}
 		enc.bs = v.bs
 		frame, _, err := enc.encode(bt)
@@ -518,7 +560,7 @@ func (s *session) serveSyncWrites(ctx context.Context) error {
 		sums := make([]uint64, 0, len(m.Entries))
 		for i := range m.Entries {
 			e := &m.Entries[i]
-			if e.Kind == wire.KindZeroRange || e.Block >= v.blocks {
+			if e.Kind == wire.KindZeroRange || e.Kind == wire.KindAbsent || e.Block >= v.blocks {
 				return fmt.Errorf("%w: sync write of block %d", ErrProtocol, e.Block)
 			}
 			if uint64(e.Version.Epoch) < epoch {

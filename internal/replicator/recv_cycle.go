@@ -234,7 +234,7 @@ func (r *cycleReceiver) blocks(m *wire.Blocks) error {
 	for i := range m.Entries {
 		e := &m.Entries[i]
 		k, ok := r.c.index[e.Block]
-		if !ok || e.Kind == wire.KindZeroRange {
+		if !ok || e.Kind == wire.KindZeroRange || e.Kind == wire.KindAbsent {
 			return fmt.Errorf("%w: block %d is not in cycle %d", ErrProtocol, e.Block, r.c.cycle)
 		}
 		if hooks.received != nil {

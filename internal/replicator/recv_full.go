@@ -185,10 +185,12 @@ func (w *fullWriter) apply(f wire.Frame) error {
 			return fmt.Errorf("%w: block %d outside the copy's remaining range %d..%d", ErrProtocol, e.Block, w.next, w.fb.End)
 		}
 		w.next = end
-		if hooks.received != nil && e.Kind != wire.KindZeroRange {
+		if hooks.received != nil && e.Kind != wire.KindZeroRange && e.Kind != wire.KindAbsent {
 			hooks.received(v.name, e.Block, e.Version)
 		}
 		switch e.Kind {
+		case wire.KindAbsent:
+			return fmt.Errorf("%w: absent blocks %d+%d in a copy", ErrProtocol, e.Block, e.Count)
 		case wire.KindZeroRange:
 			ranges = append(ranges, *e)
 			continue

@@ -20,15 +20,19 @@ const (
 	KindZstd      Kind = 2 // Data is a zstd frame of the block
 	KindZero      Kind = 3 // an all-zero block with a version; no data
 	KindZeroRange Kind = 4 // Count never-written (version zero) all-zero blocks
-	maxKind       Kind = 4
+	// KindAbsent: Count blocks the answering volume does not hold (a
+	// selective mirror's answer to a ReadHeld request; protocol 2). Only
+	// read answers may carry it.
+	KindAbsent Kind = 5
+	maxKind    Kind = 5
 )
 
 // BlockEntry is one block (or, for KindZeroRange, a run of zero blocks).
 type BlockEntry struct {
 	Kind    Kind
 	Block   uint64
-	Count   uint32  // KindZeroRange only
-	Version Version // not for KindZeroRange
+	Count   uint32  // KindZeroRange, KindAbsent only
+	Version Version // not for KindZeroRange, KindAbsent
 	Sum     uint64  // xxh64 of the plain block (raw, zstd)
 	Data    []byte  // raw, zstd
 }
@@ -64,7 +68,7 @@ func (m *Blocks) AppendPayload(b []byte) []byte {
 func appendEntryHeader(b []byte, e *BlockEntry) []byte {
 	b = putU64(append(b, byte(e.Kind)), e.Block)
 	switch e.Kind {
-	case KindZeroRange:
+	case KindZeroRange, KindAbsent:
 		return putU32(b, e.Count)
 	case KindZero:
 		return putVersion(b, e.Version)
@@ -89,10 +93,10 @@ func (m *Blocks) DecodePayload(p []byte) error {
 		e := BlockEntry{Kind: Kind(c.u8("kind")), Block: c.u64("block")}
 		dl := 0
 		switch e.Kind {
-		case KindZeroRange:
+		case KindZeroRange, KindAbsent:
 			e.Count = c.u32("count")
 			if c.err == nil && e.Count == 0 {
-				c.fail("entry %d: empty zero range", i)
+				c.fail("entry %d: empty range", i)
 			}
 		case KindZero:
 			e.Version = c.version("version")
@@ -146,7 +150,7 @@ func (m *Blocks) DecodePayload(p []byte) error {
 }
 
 func (e *BlockEntry) span() uint32 {
-	if e.Kind == KindZeroRange {
+	if e.Kind == KindZeroRange || e.Kind == KindAbsent {
 		return e.Count
 	}
 	return 1
@@ -165,6 +169,8 @@ func (e *BlockEntry) Plain(bs int, dec *zstd.Decoder, dst []byte) ([]byte, error
 	switch e.Kind {
 	case KindZero, KindZeroRange:
 		return nil, nil
+	case KindAbsent:
+		return nil, fmt.Errorf("%w: block %d: absent entry carries no block", ErrMalformed, e.Block)
 	case KindRaw:
 		if len(e.Data) != bs {
 			return nil, fmt.Errorf("%w: block %d: raw length %d, block size %d", ErrMalformed, e.Block, len(e.Data), bs)

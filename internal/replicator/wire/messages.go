@@ -7,9 +7,13 @@ import (
 
 // Protocol versions this build speaks. Hello carries a range; the server
 // picks the highest common version or answers CodeIncompatible.
+//
+// Version 2 adds ReadReq.Flags (ReadHeld) and KindAbsent block entries, so
+// a quorum read learns which blocks a selective mirror holds instead of
+// making it fetch them. A client sends either only on a version 2 session.
 const (
 	MinProto uint16 = 1
-	MaxProto uint16 = 1
+	MaxProto uint16 = 2
 )
 
 // Limits enforced by the decoders.
@@ -742,19 +746,44 @@ func (m *MerkleResp) DecodePayload(p []byte) error {
 type ReadReq struct {
 	Block uint64
 	Count uint32
+	Flags uint8 // protocol 2; encoded only when non-zero (protocol 1 layout otherwise)
 }
+
+// ReadReq flags.
+const (
+	// ReadHeld asks for the blocks the volume holds only: a selective
+	// mirror answers the others as KindAbsent instead of fetching them
+	// from its upstream (quorum reads; protocol 2).
+	ReadHeld     uint8 = 1 << 0
+	readReqFlags       = ReadHeld
+)
 
 // Type implements Message.
 func (*ReadReq) Type() Type { return TReadReq }
 
 // AppendPayload implements Message.
-func (m *ReadReq) AppendPayload(b []byte) []byte { return putU32(putU64(b, m.Block), m.Count) }
+func (m *ReadReq) AppendPayload(b []byte) []byte {
+	b = putU32(putU64(b, m.Block), m.Count)
+	if m.Flags != 0 {
+		b = append(b, m.Flags)
+	}
+	return b
+}
 
 // DecodePayload implements Message.
 func (m *ReadReq) DecodePayload(p []byte) error {
 	c := cursor{b: p}
 	m.Block = c.u64("block")
 	m.Count = c.u32("count")
+	m.Flags = 0
+	if c.err == nil && len(c.b) > 0 {
+		// A flags byte is present only when some flag is set, so every
+		// request has one encoding.
+		m.Flags = c.u8("flags")
+		if m.Flags == 0 || m.Flags&^readReqFlags != 0 {
+			c.fail("flags %#x", m.Flags)
+		}
+	}
 	if c.err == nil && (m.Count == 0 || m.Count > 4096) {
 		c.fail("count %d out of 1..4096", m.Count)
 	}

@@ -26,6 +26,7 @@ func sampleMessages() []Message {
 			{Kind: KindZeroRange, Block: 0, Count: 10},
 			{Kind: KindRaw, Block: 10, Version: Version{Epoch: 1, Clock: 1 << 20, Site: 2}, Sum: xxhash.Sum64(blk), Data: blk},
 			{Kind: KindZero, Block: 11, Version: Version{Clock: 5, Site: 1}},
+			{Kind: KindAbsent, Block: 12, Count: 3},
 		}},
 		&Ack{Kind: AckData, Seq: 4, Value: 100},
 		&CycleBegin{Cycle: 8, Epoch: 2, Entries: 3, Flags: CycleRepair},
@@ -40,6 +41,7 @@ func sampleMessages() []Message {
 		&MerkleReq{Level: 2, Indices: []uint64{0, 5, 9}},
 		&MerkleResp{Level: 2, Hashes: []uint64{1, 2, 3}},
 		&ReadReq{Block: 1000, Count: 16},
+		&ReadReq{Block: 1000, Count: 16, Flags: ReadHeld},
 		&Present{Start: 64, Count: 12, Last: true, Bits: []byte{0xff, 0x0f}},
 	}
 }
@@ -172,6 +174,9 @@ func TestDecodersRejectBadPayloads(t *testing.T) {
 		{"full overlap", &FullBegin{}, (&FullBegin{Flags: FullSelective, End: 9, Extents: []Extent{{0, 5}, {3, 2}}}).AppendPayload(nil)},
 		{"full start>end", &FullBegin{}, (&FullBegin{Start: 5, End: 2}).AppendPayload(nil)},
 		{"read zero", &ReadReq{}, (&ReadReq{Block: 1}).AppendPayload(nil)},
+		{"read flags zero", &ReadReq{}, append((&ReadReq{Block: 1, Count: 1}).AppendPayload(nil), 0)},
+		{"read flags unknown", &ReadReq{}, (&ReadReq{Block: 1, Count: 1, Flags: 0x80}).AppendPayload(nil)},
+		{"blocks empty absent", &Blocks{}, (&Blocks{Entries: []BlockEntry{{Kind: KindAbsent, Block: 5}}}).AppendPayload(nil)},
 		{"present unaligned", &Present{}, (&Present{Start: 3, Count: 1, Bits: []byte{1}}).AppendPayload(nil)},
 	}
 	for _, tc := range cases {
