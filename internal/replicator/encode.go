@@ -50,8 +50,12 @@ type batch struct {
 	data   []byte // block i at i*bs
 	hole   []bool // optional: block known to be zero without reading
 	absent []bool // optional: block not held (read answers to ReadHeld only)
-	zbuf   []byte // compressed block data (owned by the batch)
-	head   []byte // frame head storage (owned by the batch)
+	// exact: every block is its own entry (no zero ranges). A cycle's
+	// receiver checks each block against its manifest, and a range would
+	// hide the never-written zero blocks a repair cycle can carry.
+	exact bool
+	zbuf  []byte // compressed block data (owned by the batch)
+	head  []byte // frame head storage (owned by the batch)
 }
 
 // encStats counts what an encoded batch holds.
@@ -161,7 +165,7 @@ func (e *encoder) encode(b *batch) (outFrame, encStats, error) {
 		}
 		if zero {
 			st.zeroBlocks++
-			if b.vers[i].IsZero() {
+			if b.vers[i].IsZero() && !b.exact {
 				extend(wire.KindZeroRange, blk)
 				continue
 			}

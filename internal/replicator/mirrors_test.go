@@ -250,9 +250,8 @@ func TestCycleAsOf(t *testing.T) {
 	}
 
 	// Damage the mirror behind the replicator's back; verify repairs it.
-	// Block 11 holds data. (A never-written all-zero block such as 10 is
-	// encoded as a zero range, which a cycle receiver rejects, so a
-	// repair of one fails: a known bug outside this test's subject.)
+	// Block 11 holds data (TestVerifyRepairsCorruption covers
+	// never-written zero blocks).
 	f, err := os.OpenFile(c.path("dst.img"), os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)

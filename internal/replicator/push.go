@@ -744,7 +744,7 @@ func (n *Node) sendCycle(ctx context.Context, l *link, w *wire.Welcome, v *Volum
 	for i := 0; i < len(want); {
 		// One frame: up to chunkBlocks wanted entries.
 		k := min(len(want), i+chunkBlocks)
-		bt := batch{blocks: make([]uint64, 0, k-i), vers: make([]Version, 0, k-i), data: buf[:(k-i)*v.bs], head: head, zbuf: zbuf}
+		bt := batch{blocks: make([]uint64, 0, k-i), vers: make([]Version, 0, k-i), data: buf[:(k-i)*v.bs], head: head, zbuf: zbuf, exact: true}
 		for r := i; r < k; {
 			// Contiguous run of blocks for one read.
 			s := r

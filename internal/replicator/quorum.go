@@ -377,7 +377,7 @@ func (pl *peerLink) syncWrite(ctx context.Context, shared *batch) error {
 		return ErrClosed
 	}
 	pl.seq++
-	b := batch{seq: pl.seq, blocks: shared.blocks, vers: shared.vers, data: shared.data, hole: shared.hole}
+	b := batch{seq: pl.seq, blocks: shared.blocks, vers: shared.vers, data: shared.data, hole: shared.hole, exact: true}
 	bt := &b
 	frame, _, err := pl.enc.encode(bt)
 	if err != nil {

@@ -182,7 +182,7 @@ func TestVerifyRepairsCorruption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bad := []uint64{7, 2000, 4095}
+	bad := []uint64{7, 10, 2000, 3100, 4095} // 10 is all zero, 3100 in the hole: never written
 	for _, b := range bad {
 		one := make([]byte, 1)
 		off := int64(b)*bs + 77
