@@ -159,3 +159,40 @@ func BenchmarkHybridObserve(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkScore: the Mirroring Score of one resource (what the
+// controller's mirroring manager computes per resource at every bucket
+// close): 8 client regions, a 24-bucket horizon, 4,096 draws, for 1 and
+// for 8 candidate sites.
+func BenchmarkScore(b *testing.B) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	const regions, H = 8, 24
+	var demand []RegionDemand
+	current := map[string]float64{}
+	for r := range regions {
+		d := RegionDemand{Region: fmt.Sprintf("r%d", r), Q: make([]Quantiles, H)}
+		for h := range d.Q {
+			m := 100 + 50*rng.Float64()
+			d.Q[h] = Quantiles{Q10: 0.7 * m, Q50: m, Q90: 1.4 * m}
+		}
+		demand = append(demand, d)
+		current[d.Region] = 0.05 + 0.05*rng.Float64()
+	}
+	for _, nc := range []int{1, 8} {
+		req := ScoreRequest{Bytes: 10 << 30, Current: current, Prices: Prices{CopyPerByte: 0.02 / 1e9, StorePerByteHour: 0.1 / 1e9 / 730, ValuePerRequestSecond: 1e-4}}
+		for c := range nc {
+			cand := Candidate{Location: fmt.Sprintf("site%d", c), Latency: map[string]float64{}}
+			for r := range regions {
+				cand.Latency[fmt.Sprintf("r%d", r)] = 0.01 + 0.08*rng.Float64()
+			}
+			req.Candidates = append(req.Candidates, cand)
+		}
+		b.Run(fmt.Sprintf("candidates=%d", nc), func(b *testing.B) {
+			for b.Loop() {
+				if _, err := Score(demand, req, time.Hour, 7); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
