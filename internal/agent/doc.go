@@ -19,7 +19,7 @@
 // its data, which a later task catches up with a delta. Mirrors in the
 // config file are never touched. Tasks a node cannot carry out (no such
 // volume, not a primary, unknown peer) are logged once per version and
-// counted in premirror_agent_replication_task_errors_total; they never
+// counted in edge_replication_task_errors_total; they never
 // NACK the version, whose routing applies regardless.
 //
 // A mirror host reports, with the health of each mirror it speaks for

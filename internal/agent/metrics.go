@@ -71,7 +71,7 @@ func newMetrics(a *Agent) *metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
 		}),
 		taskErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "premirror_agent_replication_task_errors_total",
+			Namespace: ns, Name: "replication_task_errors_total",
 			Help: "Replication tasks from the controller this node could not carry out, by reason (counted once per desired-state version).",
 		}, []string{"reason"}),
 	}

@@ -26,7 +26,7 @@ import (
 const DefaultTaskInterval = 5 * time.Second
 
 // Reasons a replication task is not carried out; the label values of
-// premirror_agent_replication_task_errors_total.
+// edge_replication_task_errors_total.
 const (
 	// TaskNoVolume: this node holds no volume named like the resource.
 	TaskNoVolume = "no_volume"

@@ -276,7 +276,7 @@ func TestTaskMetricsLint(t *testing.T) {
 	if problems, err := testutil.CollectAndLint(m.taskErrors); err != nil || len(problems) > 0 {
 		t.Fatalf("metric lint: %v %v", problems, err)
 	}
-	if !slices.Contains(MetricNames(), "premirror_agent_replication_task_errors_total") {
+	if !slices.Contains(MetricNames(), "edge_replication_task_errors_total") {
 		t.Fatal("task error metric not among the agent's metric names")
 	}
 }
