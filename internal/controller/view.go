@@ -298,13 +298,6 @@ func (v *view) desiredRecord() *pb.DesiredRecord {
 	return v.desired
 }
 
-// placement returns the manager's record of a resource (nil: none).
-func (v *view) placement(name string) *pb.PlacementRecord {
-	v.mu.RLock()
-	defer v.mu.RUnlock()
-	return v.placed[name]
-}
-
 // placements returns every record, by resource name.
 func (v *view) placements() map[string]*pb.PlacementRecord {
 	v.mu.RLock()

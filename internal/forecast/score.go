@@ -87,14 +87,10 @@ type RegionDemand struct {
 	Q      []Quantiles
 }
 
-// quantileAt evaluates a split-normal quantile function through q10, q50,
-// q90 at probability u, floored at zero (requests are never negative).
-func quantileAt(q Quantiles, u float64) float64 {
-	return quantileZ(q, normQuantile(u))
-}
-
-// quantileZ is quantileAt at the standard normal quantile z of u (one
-// inverse error function per draw instead of one per bucket).
+// quantileZ evaluates a split-normal quantile function through q10, q50,
+// q90 at the probability whose standard normal quantile is z, floored at
+// zero (requests are never negative). Callers compute z once per draw:
+// one inverse error function per draw, not per bucket.
 func quantileZ(q Quantiles, z float64) float64 {
 	var v float64
 	if z < 0 {
