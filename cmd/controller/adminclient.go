@@ -10,6 +10,9 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/cli"
@@ -63,4 +66,42 @@ func ctlParse(fs *flag.FlagSet, args []string) ([]string, error) {
 		pos = append(pos, fs.Arg(0))
 		args = fs.Args()[1:]
 	}
+}
+
+// ctlView runs a read-only admin query with `-o text|json`: it parses the
+// flags and at most maxPos positional arguments (usage names them), asks
+// the controller, and prints the answer as JSON or through text.
+func ctlView[T proto.Message](ctx context.Context, args []string, name, usage string, maxPos int,
+	query func(context.Context, pb.AdminClient, []string) (T, error), text func(T, []string) error) error {
+	fs := cli.NewFlagSet("controller", name)
+	format := fs.String("o", "text", "output format: text or json")
+	af := ctlAddAdminFlags(fs)
+	pos, err := ctlParse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > maxPos {
+		return fmt.Errorf("%w: %s", cli.ErrUsage, usage)
+	}
+	if *format != "text" && *format != "json" {
+		return fmt.Errorf("%w: -o %q is not text or json", cli.ErrUsage, *format)
+	}
+	c, rctx, done, err := af.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := query(rctx, c, pos)
+	if err != nil {
+		return fmt.Errorf("%s: %s", name, status.Convert(err).Message())
+	}
+	if *format == "json" {
+		b, err := protojson.MarshalOptions{Multiline: true}.Marshal(resp)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(ctlOut, "%s\n", b)
+		return err
+	}
+	return text(resp, pos)
 }

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/cli"
@@ -103,44 +102,19 @@ func ctlFeed(ctx context.Context, args []string) error {
 
 // ctlForecastShow is `controller forecast show [resource]`.
 func ctlForecastShow(ctx context.Context, args []string) error {
-	fs := cli.NewFlagSet("controller forecast", "show")
-	format := fs.String("o", "text", "output format: text or json")
-	af := ctlAddAdminFlags(fs)
-	pos, err := ctlParse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 1 {
-		return fmt.Errorf("%w: forecast show [resource]", cli.ErrUsage)
-	}
-	if *format != "text" && *format != "json" {
-		return fmt.Errorf("%w: -o %q is not text or json", cli.ErrUsage, *format)
-	}
-	c, rctx, done, err := af.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer done()
-	pos = append(pos, "")
-	resp, err := c.Forecast(rctx, &pb.ForecastRequest{Resource: pos[0]})
-	if err != nil {
-		return fmt.Errorf("forecast show: %s", status.Convert(err).Message())
-	}
-	if *format == "json" {
-		b, err := protojson.MarshalOptions{Multiline: true}.Marshal(resp)
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(ctlOut, "%s\n", b)
-		return err
-	}
-	if pos[0] == "" {
-		for _, r := range resp.GetResources() {
-			fmt.Fprintln(ctlOut, r)
-		}
-		return nil
-	}
-	return printForecast(resp)
+	return ctlView(ctx, args, "forecast show", "forecast show [resource]", 1,
+		func(ctx context.Context, c pb.AdminClient, pos []string) (*pb.ForecastResponse, error) {
+			return c.Forecast(ctx, &pb.ForecastRequest{Resource: strings.Join(pos, "")})
+		},
+		func(resp *pb.ForecastResponse, pos []string) error {
+			if len(pos) == 0 {
+				for _, r := range resp.GetResources() {
+					fmt.Fprintln(ctlOut, r)
+				}
+				return nil
+			}
+			return printForecast(resp)
+		})
 }
 
 func printForecast(resp *pb.ForecastResponse) error {

@@ -8,9 +8,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
-
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/cli"
 )
@@ -24,48 +21,23 @@ func init() {
 }
 
 func ctlPlacements(ctx context.Context, args []string) error {
-	fs := cli.NewFlagSet("controller", "placements")
-	format := fs.String("o", "text", "output format: text or json")
-	af := ctlAddAdminFlags(fs)
-	pos, err := ctlParse(fs, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 1 {
-		return fmt.Errorf("%w: placements [resource]", cli.ErrUsage)
-	}
-	if *format != "text" && *format != "json" {
-		return fmt.Errorf("%w: -o %q is not text or json", cli.ErrUsage, *format)
-	}
-	c, rctx, done, err := af.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer done()
-	pos = append(pos, "")
-	resp, err := c.Placements(rctx, &pb.PlacementsRequest{Resource: pos[0]})
-	if err != nil {
-		return fmt.Errorf("placements: %s", status.Convert(err).Message())
-	}
-	if *format == "json" {
-		b, err := protojson.MarshalOptions{Multiline: true}.Marshal(resp)
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(ctlOut, "%s\n", b)
-		return err
-	}
-	if len(resp.GetRecords()) == 0 {
-		_, err := fmt.Fprintln(ctlOut, "no resource in predictive mode has been evaluated yet")
-		return err
-	}
-	for i, rec := range resp.GetRecords() {
-		if i > 0 {
-			fmt.Fprintln(ctlOut)
-		}
-		printPlacements(rec)
-	}
-	return nil
+	return ctlView(ctx, args, "placements", "placements [resource]", 1,
+		func(ctx context.Context, c pb.AdminClient, pos []string) (*pb.PlacementsResponse, error) {
+			return c.Placements(ctx, &pb.PlacementsRequest{Resource: strings.Join(pos, "")})
+		},
+		func(resp *pb.PlacementsResponse, _ []string) error {
+			if len(resp.GetRecords()) == 0 {
+				_, err := fmt.Fprintln(ctlOut, "no resource in predictive mode has been evaluated yet")
+				return err
+			}
+			for i, rec := range resp.GetRecords() {
+				if i > 0 {
+					fmt.Fprintln(ctlOut)
+				}
+				printPlacements(rec)
+			}
+			return nil
+		})
 }
 
 func printPlacements(rec *pb.PlacementRecord) {

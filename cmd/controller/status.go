@@ -7,9 +7,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
-
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/cli"
 )
@@ -23,32 +20,13 @@ func init() {
 }
 
 func ctlStatus(ctx context.Context, args []string) error {
-	fs := cli.NewFlagSet("controller", "status")
-	format := fs.String("o", "text", "output format: text or json")
-	af := ctlAddAdminFlags(fs)
-	if err := cli.ParseFlags(fs, args); err != nil {
-		return err
-	}
-	c, rctx, done, err := af.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer done()
-	st, err := c.Status(rctx, &pb.StatusRequest{})
-	if err != nil {
-		return fmt.Errorf("status: %s", status.Convert(err).Message())
-	}
-	if *format == "json" {
-		b, err := protojson.MarshalOptions{Multiline: true}.Marshal(st)
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(ctlOut, "%s\n", b)
-		return err
-	}
-	if *format != "text" {
-		return fmt.Errorf("%w: -o %q is not text or json", cli.ErrUsage, *format)
-	}
+	return ctlView(ctx, args, "status", "status (no arguments)", 0,
+		func(ctx context.Context, c pb.AdminClient, _ []string) (*pb.StatusResponse, error) {
+			return c.Status(ctx, &pb.StatusRequest{})
+		}, printStatus)
+}
+
+func printStatus(st *pb.StatusResponse, _ []string) error {
 	at := "-"
 	if st.GetVersionUnixNano() > 0 {
 		at = time.Unix(0, st.GetVersionUnixNano()).UTC().Format(time.RFC3339)
