@@ -15,11 +15,12 @@ import (
 
 var controllerBin string
 
+// buildController builds the controller once per run, into binDir.
 func buildController(t *testing.T) string {
 	t.Helper()
 	if controllerBin == "" {
 		var err error
-		controllerBin, err = lab.BuildController(context.Background(), t.TempDir())
+		controllerBin, err = lab.BuildController(context.Background(), binDir)
 		if err != nil {
 			t.Fatal(err)
 		}
