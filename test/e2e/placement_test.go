@@ -24,11 +24,16 @@ import (
 const (
 	predResource = "web"
 	predSize     = 2 << 20
-	copyRate     = "1MiB" // replication link m-core → m-us, per second
+	// controlResource is used from eu only (UDP).
+	controlResource = "web-udp"
+	copyRate        = "1MiB" // replication link m-core → m-us, per second
 )
 
 // predictiveObjects: web lives on m-core (site eu) with no static mirror
 // and may be copied only to site us, whose one mirror host is m-us.
+// web-udp has the same policy; only eu uses it, which a copy on m-us
+// would not serve faster: it is the control that demand, not the policy
+// alone, places copies.
 func predictiveObjects(tb *testbed.Testbed) string {
 	addr := func(h string) string { return tb.Host(h).V4().String() }
 	return fmt.Sprintf(`sites:
@@ -47,13 +52,23 @@ resources:
     size_bytes: %d
     mirror_policy: {mode: predictive, max_mirrors: 2, sites: [us]}
     thresholds: {mirror_score: 0.6, retire_score: 0.3, max_lag: 30s}
-`, addr("m-eu"), addr("m-us"), addr("m-core"), predResource, vip4, vip6, tcpPort, predSize)
+  - name: %s
+    vips: [%s, "%s"]
+    ports: [%d]
+    protocol: udp
+    origin: m-core
+    size_bytes: %d
+    mirror_policy: {mode: predictive, max_mirrors: 2, sites: [us]}
+    thresholds: {mirror_score: 0.6, retire_score: 0.3, max_lag: 30s}
+`, addr("m-eu"), addr("m-us"), addr("m-core"), predResource, vip4, vip6, tcpPort, predSize,
+		controlResource, vip4, vip6, udpPort, predSize)
 }
 
 // flow is one new TCP flow a driver opened.
 type flow struct {
 	start, end time.Time
 	region     string
+	network    string
 	mirror     string // "" when it failed
 }
 
@@ -75,18 +90,19 @@ func (l *flowLog) snapshot() []flow {
 	return append([]flow(nil), l.flows...)
 }
 
-// firstServed returns the first flow of region served by mirror.
+// firstServed returns the first TCP flow of region served by mirror.
 func (l *flowLog) firstServed(region, mirror string) (flow, bool) {
 	for _, f := range l.snapshot() {
-		if f.region == region && f.mirror == mirror {
+		if f.region == region && f.network == "tcp" && f.mirror == mirror {
 			return f, true
 		}
 	}
 	return flow{}, false
 }
 
-// drive opens a new TCP flow from client every interval until ctx ends.
-func (e *env) drive(ctx context.Context, wg *sync.WaitGroup, log *flowLog, region, client string, interval time.Duration) {
+// drive opens a new flow (tcp or udp) from client every interval until
+// ctx ends.
+func (e *env) drive(ctx context.Context, wg *sync.WaitGroup, log *flowLog, region, client, network string, interval time.Duration) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -94,11 +110,11 @@ func (e *env) drive(ctx context.Context, wg *sync.WaitGroup, log *flowLog, regio
 		defer tick.Stop()
 		for {
 			start := time.Now()
-			m := e.askQuick(client, "tcp", vip4, time.Second)
+			m := e.askQuick(client, network, vip4, time.Second)
 			if ctx.Err() != nil {
 				return // a flow cut short by the end of the test says nothing
 			}
-			log.add(flow{start: start, end: time.Now(), region: region, mirror: m})
+			log.add(flow{start: start, end: time.Now(), region: region, network: network, mirror: m})
 			select {
 			case <-ctx.Done():
 				return
@@ -209,14 +225,15 @@ func TestPredictivePlacement(t *testing.T) {
 	e.waitServed("us-1", "tcp", "m-core", 30*time.Second)
 	e.waitServed("eu-1", "tcp", "m-core", 30*time.Second)
 
-	// Steady demand: about 20 new flows a second from us (40 per bucket),
-	// 4 from eu.
+	// Steady demand for web: about 20 new flows a second from us (40 per
+	// bucket), 4 from eu; for web-udp, 10 a second from eu.
 	var flows flowLog
 	var wg sync.WaitGroup
 	dctx, stop := context.WithCancel(context.Background())
-	e.drive(dctx, &wg, &flows, "us", "us-1", 100*time.Millisecond)
-	e.drive(dctx, &wg, &flows, "us", "us-2", 100*time.Millisecond)
-	e.drive(dctx, &wg, &flows, "eu", "eu-1", 250*time.Millisecond)
+	e.drive(dctx, &wg, &flows, "us", "us-1", "tcp", 100*time.Millisecond)
+	e.drive(dctx, &wg, &flows, "us", "us-2", "tcp", 100*time.Millisecond)
+	e.drive(dctx, &wg, &flows, "eu", "eu-1", "tcp", 250*time.Millisecond)
+	e.drive(dctx, &wg, &flows, "eu", "eu-2", "udp", 100*time.Millisecond)
 	stopped := false
 	halt := func() {
 		if !stopped {
@@ -268,6 +285,13 @@ func TestPredictivePlacement(t *testing.T) {
 		t.Errorf("placed with score %.3f, below mirror_score 0.6", pl.GetPlacedScore())
 	}
 	tPlaced := time.Unix(0, pl.GetPlacedUnixNano())
+	// What the operator reads says the same.
+	if out, err := l.ControllerCommand(ctx, "placements", predResource); err != nil ||
+		!strings.Contains(string(out), "resource web: 1 placed") || !strings.Contains(string(out), "place  us on m-us (full") {
+		t.Errorf("controller placements %s (%v):\n%s", predResource, err, out)
+	} else {
+		t.Logf("controller placements %s:\n%s", predResource, out)
+	}
 
 	// (3) m-core's replicator copies the volume to m-us: byte-identical.
 	// The copy was incomplete when a read that found it differing began.
@@ -322,7 +346,7 @@ func TestPredictivePlacement(t *testing.T) {
 		case f.region == "eu":
 			eu++
 			if f.mirror != "m-core" {
-				misrouted("eu flows not on m-core (its only copy nearer than m-us)", f)
+				misrouted("eu flows not on m-core (the only copy nearer than m-us)", f)
 			}
 		case f.mirror != "m-core" && f.mirror != "m-us":
 			misrouted("us flows on neither copy", f)
@@ -343,6 +367,14 @@ func TestPredictivePlacement(t *testing.T) {
 				usAfterOnUS++
 			}
 		}
+	}
+	// The control: eu's demand for web-udp was scored (it has a
+	// forecast) and placed nothing, as a copy on m-us saves eu nothing.
+	if out, err := l.ControllerCommand(ctx, "explain", controlResource); err != nil || !strings.Contains(string(out), "candidate us: score 0.000") {
+		t.Errorf("controller explain %s (%v): want candidate us scored 0, or the control says nothing:\n%s", controlResource, err, out)
+	}
+	if rec, err := l.Placements(ctx, controlResource); err != nil || len(rec.GetPlaced()) != 0 || len(rec.GetEvents()) != 0 {
+		t.Errorf("%s, used from eu only, got placements (%v): %v", controlResource, err, rec)
 	}
 	for _, r := range rules {
 		f := wrong[r][0]
