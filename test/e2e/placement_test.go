@@ -35,33 +35,18 @@ const (
 // would not serve faster: it is the control that demand, not the policy
 // alone, places copies.
 func predictiveObjects(tb *testbed.Testbed) string {
-	addr := func(h string) string { return tb.Host(h).V4().String() }
-	return fmt.Sprintf(`sites:
-  - {name: eu, client_prefixes: [10.1.0.0/24, "fd00:1::/64"]}
-  - {name: us, client_prefixes: [10.2.0.0/24, "fd00:2::/64"]}
-mirrors:
-  - {name: m-eu, site: eu, address: %s, node: m-eu}
-  - {name: m-us, site: us, address: %s, node: m-us}
-  - {name: m-core, site: eu, address: %s, node: m-core}
-resources:
-  - name: %s
+	predictive := func(name, protocol string, port int) string {
+		return fmt.Sprintf(`  - name: %s
     vips: [%s, "%s"]
     ports: [%d]
-    protocol: tcp
+    protocol: %s
     origin: m-core
     size_bytes: %d
     mirror_policy: {mode: predictive, max_mirrors: 2, sites: [us]}
     thresholds: {mirror_score: 0.6, retire_score: 0.3, max_lag: 30s}
-  - name: %s
-    vips: [%s, "%s"]
-    ports: [%d]
-    protocol: udp
-    origin: m-core
-    size_bytes: %d
-    mirror_policy: {mode: predictive, max_mirrors: 2, sites: [us]}
-    thresholds: {mirror_score: 0.6, retire_score: 0.3, max_lag: 30s}
-`, addr("m-eu"), addr("m-us"), addr("m-core"), predResource, vip4, vip6, tcpPort, predSize,
-		controlResource, vip4, vip6, udpPort, predSize)
+`, name, vip4, vip6, port, protocol, predSize)
+	}
+	return controlledSitesMirrors(tb) + "resources:\n" + predictive(predResource, "tcp", tcpPort) + predictive(controlResource, "udp", udpPort)
 }
 
 // flow is one new TCP flow a driver opened.
@@ -134,19 +119,8 @@ func (e *env) drive(ctx context.Context, wg *sync.WaitGroup, log *flowLog, regio
 // controller route us's new flows to m-us. eu, whose best copy stays
 // m-core, never moves.
 func TestPredictivePlacement(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root: network namespaces, XDP, bpffs")
-	}
-	bin := buildController(t)
-	testbed.VerifyNoLeaks(t, testbed.LeakOptions{PinDir: "/sys/fs/bpf"})
-	tb := testbed.ForTest(t, controlledTopology(), testbed.Options{})
-	l := lab.New(tb, agentBin, t.TempDir(), lab.StateFromTopology(tb), nil)
-	t.Cleanup(func() {
-		if err := l.Close(); err != nil {
-			t.Errorf("lab close: %v", err)
-		}
-	})
-	e := &env{t: t, tb: tb, lab: l}
+	e, bin := newControlled(t)
+	l := e.lab
 	t.Cleanup(func() {
 		if !t.Failed() {
 			return
@@ -203,24 +177,12 @@ func TestPredictivePlacement(t *testing.T) {
 		return nil
 	})
 
+	e.startController(lab.ControllerSetup{Bin: bin, Objects: predictiveObjects(e.tb), Replicators: []string{"m-core", "m-us"},
+		// Two-second buckets: forecasts, and the manager's evaluations,
+		// come every 2 s instead of every hour.
+		Args: []string{"--forecast-step", "2s", "--forecast-window", "16", "--forecast-horizon", "4", "--forecast-grace", "1s"}})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	err := l.StartController(ctx, lab.ControllerSetup{
-		Bin: bin, Host: "edge-eu", Objects: predictiveObjects(tb), Replicators: []string{"m-core", "m-us"},
-		Args: []string{"--tick", "200ms", "--report-interval", "300ms", "--route-dwell", "1s", "--route-slow-start", "1ms",
-			"--route-max-move", "1", "--table-slots", "1024",
-			// Two-second buckets: forecasts, and the manager's
-			// evaluations, come every 2 s instead of every hour.
-			"--forecast-step", "2s", "--forecast-window", "16", "--forecast-horizon", "4", "--forecast-grace", "1s"},
-		Sites:         map[string]string{"edge-eu": "eu", "edge-us": "us", "m-eu": "eu", "m-us": "us", "m-core": "eu"},
-		ProbeInterval: 250 * time.Millisecond, ReportInterval: 300 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.StartAll(ctx); err != nil {
-		t.Fatal(err)
-	}
 	// Before any demand, both regions are served by the only copy.
 	e.waitServed("us-1", "tcp", "m-core", 30*time.Second)
 	e.waitServed("eu-1", "tcp", "m-core", 30*time.Second)
