@@ -330,8 +330,11 @@ func TestPredictivePlacement(t *testing.T) {
 			}
 		}
 	}
-	// The control: eu's demand for web-udp was scored (it has a
-	// forecast) and placed nothing, as a copy on m-us saves eu nothing.
+	// The control: eu's demand for web-udp was scored and placed nothing,
+	// as a copy on m-us saves eu nothing. explain shows the score:
+	// `placements web-udp` cannot show the evaluation, as the manager
+	// stores a record only when its counters move (placement.go,
+	// evaluatePlacements), so it reads "last evaluated -" here.
 	if out, err := l.ControllerCommand(ctx, "explain", controlResource); err != nil || !strings.Contains(string(out), "candidate us: score 0.000") {
 		t.Errorf("controller explain %s (%v): want candidate us scored 0, or the control says nothing:\n%s", controlResource, err, out)
 	}
