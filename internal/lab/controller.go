@@ -9,10 +9,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/agent"
 )
 
@@ -30,6 +34,10 @@ type ControllerSetup struct {
 	ProbeInterval time.Duration
 	// ReportInterval of the agents; 0 keeps the default.
 	ReportInterval time.Duration
+	// Replicators are the hosts that get a replicator certificate from the
+	// lab's CA (see Lab.Replication): the agents' certificates carry no
+	// names to verify a replication listener by.
+	Replicators []string
 }
 
 // ControllerPort is where the lab controller serves agents and admins.
@@ -76,8 +84,11 @@ func (l *Lab) StartController(ctx context.Context, s ControllerSetup) error {
 	for _, hh := range l.TB.Hosts() {
 		agents = append(agents, hh.Name)
 	}
-	out, err := exec.CommandContext(ctx, s.Bin, "certs", "--dir", c.certs,
-		"--hosts", h.V4().String()+",127.0.0.1", "--agents", strings.Join(agents, ",")).CombinedOutput()
+	certArgs := []string{"certs", "--dir", c.certs, "--hosts", h.V4().String() + ",127.0.0.1", "--agents", strings.Join(agents, ",")}
+	if len(s.Replicators) > 0 {
+		certArgs = append(certArgs, "--replicators", strings.Join(s.Replicators, ","))
+	}
+	out, err := exec.CommandContext(ctx, s.Bin, certArgs...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("controller certs: %v\n%s", err, out)
 	}
@@ -159,10 +170,20 @@ func (l *Lab) RestartController(ctx context.Context) error {
 	return l.startController(ctx)
 }
 
+// ControllerCommand runs a controller client subcommand (status,
+// placements, forecast show…) as the admin, in the controller's host, and
+// returns its combined output.
+func (l *Lab) ControllerCommand(ctx context.Context, args ...string) ([]byte, error) {
+	return l.ctlCommand(ctx, args...)
+}
+
 // ctl runs a controller client subcommand as the admin, in the
 // controller's host.
 func (l *Lab) ctlCommand(ctx context.Context, args ...string) ([]byte, error) {
 	c := l.ctl
+	if c == nil {
+		return nil, errors.New("no controller")
+	}
 	h := l.TB.Host(c.setup.Host)
 	full := append(args, "--server", c.addr, "--tls-dir", c.certs)
 	return h.Run(ctx, c.setup.Bin, full...)
@@ -185,6 +206,26 @@ func (l *Lab) Apply(ctx context.Context, objects string) error {
 func (l *Lab) ControllerStatus(ctx context.Context) (string, error) {
 	out, err := l.ctlCommand(ctx, "status")
 	return string(out), err
+}
+
+// Placements returns the mirroring manager's record of resource
+// (`controller placements <resource> -o json`); a resource not evaluated
+// yet has an empty record.
+func (l *Lab) Placements(ctx context.Context, resource string) (*pb.PlacementRecord, error) {
+	out, err := l.ctlCommand(ctx, "placements", resource, "-o", "json")
+	if err != nil {
+		return nil, err
+	}
+	var resp pb.PlacementsResponse
+	if err := protojson.Unmarshal(out, &resp); err != nil {
+		return nil, fmt.Errorf("placements %s: %w", resource, err)
+	}
+	for _, rec := range resp.GetRecords() {
+		if rec.GetResource() == resource {
+			return rec, nil
+		}
+	}
+	return &pb.PlacementRecord{Resource: resource}, nil
 }
 
 // ControllerLog returns the tail of the controller's log.
@@ -214,4 +255,37 @@ func (l *Lab) controllerConfig(host string) (*agent.ControllerCfg, agent.ProbeCf
 		}, agent.ProbeCfg{
 			Interval: agent.Duration(c.setup.ProbeInterval),
 		}
+}
+
+// ReplicationPort is where lab replicators listen, on their host's eth0
+// IPv4 address.
+const ReplicationPort = 7400
+
+// Replication returns a replication section for host's agent: its
+// replicator certificate (ControllerSetup.Replicators must list it), a
+// listener at ReplicationPort and a volume API socket in the lab's
+// directory (the default path is shared by every namespace of this
+// machine). The caller adds volumes and peers.
+func (l *Lab) Replication(host string) (*agent.Replication, error) {
+	h := l.TB.Host(host)
+	if h == nil {
+		return nil, fmt.Errorf("no host %q", host)
+	}
+	if l.ctl == nil || !slices.Contains(l.ctl.setup.Replicators, host) {
+		return nil, fmt.Errorf("host %s has no replicator certificate (ControllerSetup.Replicators)", host)
+	}
+	certs := l.ctl.certs
+	return &agent.Replication{
+		Listen: net.JoinHostPort(h.V4().String(), fmt.Sprint(ReplicationPort)),
+		TLS: agent.TLSFiles{CA: filepath.Join(certs, "ca.pem"), Cert: filepath.Join(certs, "replicator-"+host+".pem"),
+			Key: filepath.Join(certs, "replicator-"+host+"-key.pem")},
+		WriteSocket: filepath.Join(l.dir, host+".volumes.sock"),
+	}, nil
+}
+
+// ReplicationPeer is the peer entry that reaches host's replicator (its
+// certificate names the host, not its address).
+func (l *Lab) ReplicationPeer(host string) agent.PeerCfg {
+	return agent.PeerCfg{Name: host, Addr: net.JoinHostPort(l.TB.Host(host).V4().String(), fmt.Sprint(ReplicationPort)),
+		ServerName: host}
 }

@@ -44,6 +44,7 @@ type Lab struct {
 	limits agent.Limits
 	agents map[string]*Agent
 	ctl    *ctlState
+	hook   func(h *testbed.Host, c *agent.Config) error
 }
 
 // Agent is one running edge-agent process.
@@ -152,8 +153,25 @@ func (l *Lab) config(h *testbed.Host) agent.Config {
 	return c
 }
 
+// SetConfigHook makes every agent config the lab writes from now on pass
+// through hook, which may add what the lab does not (a replication
+// section, say); the result is validated like the lab's own.
+func (l *Lab) SetConfigHook(hook func(h *testbed.Host, c *agent.Config) error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.hook = hook
+}
+
 func (l *Lab) writeConfig(a *Agent) error {
 	c := l.config(a.Host)
+	l.mu.Lock()
+	hook := l.hook
+	l.mu.Unlock()
+	if hook != nil {
+		if err := hook(a.Host, &c); err != nil {
+			return fmt.Errorf("lab config hook for %s: %w", a.Host.Name, err)
+		}
+	}
 	b, err := yaml.Marshal(&c)
 	if err != nil {
 		return err

@@ -15,11 +15,12 @@ import (
 
 var controllerBin string
 
+// buildController builds the controller once per run, into binDir.
 func buildController(t *testing.T) string {
 	t.Helper()
 	if controllerBin == "" {
 		var err error
-		controllerBin, err = lab.BuildController(context.Background(), t.TempDir())
+		controllerBin, err = lab.BuildController(context.Background(), binDir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -56,7 +57,10 @@ func controlledTopology() testbed.Topology {
 	return t
 }
 
-func controlledObjects(tb *testbed.Testbed) string {
+// controlledSitesMirrors is the sites and mirrors part of the controlled
+// tests' objects: one site per region, m-core in eu, every mirror with
+// its agent's node.
+func controlledSitesMirrors(tb *testbed.Testbed) string {
 	addr := func(h string) string { return tb.Host(h).V4().String() }
 	return fmt.Sprintf(`sites:
   - {name: eu, client_prefixes: [10.1.0.0/24, "fd00:1::/64"]}
@@ -65,16 +69,53 @@ mirrors:
   - {name: m-eu, site: eu, address: %s, node: m-eu}
   - {name: m-us, site: us, address: %s, node: m-us}
   - {name: m-core, site: eu, address: %s, node: m-core}
-resources:
+`, addr("m-eu"), addr("m-us"), addr("m-core"))
+}
+
+func controlledObjects(tb *testbed.Testbed) string {
+	return controlledSitesMirrors(tb) + fmt.Sprintf(`resources:
   - {name: web, vips: [%s, "%s"], ports: [%d], protocol: tcp, origin: m-core, mirror_policy: {mirrors: [m-eu, m-us]}}
   - {name: web-udp, vips: [%s, "%s"], ports: [%d], protocol: udp, origin: m-core, mirror_policy: {mirrors: [m-eu, m-us]}}
-`, addr("m-eu"), addr("m-us"), addr("m-core"), vip4, vip6, tcpPort, vip4, vip6, udpPort)
+`, vip4, vip6, tcpPort, vip4, vip6, udpPort)
 }
 
 // startControlled runs the controller (in edge-eu's namespace) and an
 // agent on every edge and mirror under it, with fast probes and damping
 // shortened so the test takes seconds, not minutes.
 func startControlled(t *testing.T) *env {
+	t.Helper()
+	e, bin := newControlled(t)
+	e.startController(lab.ControllerSetup{Bin: bin, Objects: controlledObjects(e.tb)})
+	return e
+}
+
+// startController runs s's controller in edge-eu's namespace, with the
+// controlled tests' sites, intervals and flags (s.Args come after them),
+// then an agent on every edge and mirror: agents report every 300 ms and
+// probe every 250 ms, the controller ticks every 200 ms, and the damping
+// is shortened so that a move takes about a second.
+func (e *env) startController(s lab.ControllerSetup) {
+	e.t.Helper()
+	s.Host = "edge-eu"
+	s.Args = append([]string{"--tick", "200ms", "--report-interval", "300ms", "--route-dwell", "1s", "--route-slow-start", "1ms",
+		"--route-max-move", "1", "--table-slots", "1024"}, s.Args...)
+	s.Sites = map[string]string{"edge-eu": "eu", "edge-us": "us", "m-eu": "eu", "m-us": "us", "m-core": "eu"}
+	s.ProbeInterval, s.ReportInterval = 250*time.Millisecond, 300*time.Millisecond
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := e.lab.StartController(ctx, s); err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.lab.StartAll(ctx); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// newControlled builds the controller and the testbed of
+// controlledTopology with a lab on it (no process started yet) that is
+// closed, leak-checked and dumped on failure at the end of the test; it
+// returns the controller binary too.
+func newControlled(t *testing.T) (*env, string) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: network namespaces, XDP, bpffs")
@@ -97,22 +138,7 @@ func startControlled(t *testing.T) *env {
 		}
 	})
 	e.dumpOnFailure()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	err := l.StartController(ctx, lab.ControllerSetup{
-		Bin: bin, Host: "edge-eu", Objects: controlledObjects(tb),
-		Args: []string{"--tick", "200ms", "--report-interval", "300ms", "--route-dwell", "1s", "--route-slow-start", "1ms",
-			"--route-max-move", "1", "--table-slots", "1024"},
-		Sites:         map[string]string{"edge-eu": "eu", "edge-us": "us", "m-eu": "eu", "m-us": "us", "m-core": "eu"},
-		ProbeInterval: 250 * time.Millisecond, ReportInterval: 300 * time.Millisecond,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := l.StartAll(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return e
+	return e, bin
 }
 
 // askQuick opens a flow and returns who served it ("" on failure).

@@ -21,7 +21,12 @@ import (
 	"github.com/premirror/premirror/internal/testbed"
 )
 
-var agentBin string
+var (
+	agentBin string
+	// binDir holds the binaries for the whole run: a test's TempDir would
+	// vanish with the first test that built into it.
+	binDir string
+)
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() == 0 {
@@ -30,6 +35,7 @@ func TestMain(m *testing.M) {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
 		}
+		binDir = dir
 		agentBin, err = lab.BuildAgent(context.Background(), dir)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
