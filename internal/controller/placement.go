@@ -214,7 +214,7 @@ func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.
 			c.m.placementEvals.WithLabelValues("error").Inc()
 			continue
 		}
-		next, changed := decide(rec, in)
+		next, _ := decide(rec, in)
 		c.m.placementEvals.WithLabelValues("ok").Inc()
 		for _, ev := range next.GetEvents() {
 			if ev.GetUnixNano() != now.UnixNano() {
@@ -225,11 +225,8 @@ func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.
 				"mirror", ev.GetMirror(), "kind", kindName(ev.GetKind()), "score", ev.GetScore(), "reason", ev.GetReason())
 		}
 		placed += len(next.GetPlaced())
-		// Counters change at every evaluation, the routes only with the
-		// placed set: write when anything but the time moved.
-		if !changed && equalCounters(rec, next) {
-			continue
-		}
+		// Written at every evaluation (one small record per resource and
+		// bucket), so `controller placements` shows when it last looked.
 		key := c.store.key(keyPlaced, url.PathEscape(name))
 		op := clientv3.OpDelete(key) // a deleted resource whose copies are all retired: forget it
 		if byName[name] != nil || len(next.GetPlaced()) > 0 {
@@ -249,29 +246,6 @@ func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.
 	}
 	c.m.placedCopies.Set(float64(placed))
 	return nil
-}
-
-func equalCounters(a, b *pb.PlacementRecord) bool {
-	eq := func(x, y map[string]uint32) bool {
-		if len(x) != len(y) {
-			return false
-		}
-		for k, v := range x {
-			if y[k] != v {
-				return false
-			}
-		}
-		return true
-	}
-	if len(a.GetPlaced()) != len(b.GetPlaced()) {
-		return false
-	}
-	for i := range a.GetPlaced() {
-		if math.Abs(a.GetPlaced()[i].GetScore()-b.GetPlaced()[i].GetScore()) > 1e-3 {
-			return false
-		}
-	}
-	return eq(a.GetAbove(), b.GetAbove()) && eq(a.GetBelow(), b.GetBelow())
 }
 
 func kindName(k pb.MirrorKind) string {

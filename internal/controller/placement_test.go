@@ -223,6 +223,11 @@ func TestMirroringManager(t *testing.T) {
 	nycHost.client.ReportNow()
 	waitFor(t, "us routed to nyc once in sync", 10*time.Second, func() bool { return routeOf(us.current(), "disk", "us")["nyc"] > 0 })
 
+	// Every evaluation is recorded, also when nothing changes.
+	before := record().GetEvaluatedUnixNano()
+	busy()
+	waitFor(t, "a later evaluation recorded", 10*time.Second, func() bool { return record().GetEvaluatedUnixNano() > before })
+
 	// us goes quiet: the copy's keep score falls and it is retired.
 	for i := 0; i < 80 && len(record().GetPlaced()) > 0; i++ {
 		quiet()
