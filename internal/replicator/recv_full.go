@@ -64,6 +64,9 @@ func (s *session) recvFull(ctx context.Context, fb *wire.FullBegin) error {
 	if err := s.l.send(&wire.Ack{Kind: wire.AckFull, Value: fb.Start}); err != nil {
 		return err
 	}
+	// A session may open as a delta and turn into a full copy when this
+	// side holds none: log what it is now.
+	s.log = s.n.log.With("peer", s.l.peer, "volume", s.hello.Volume, "op", "full")
 	s.log.Info("receiving copy", "from_block", fb.Start, "to_block", fb.End, "selective", selective)
 
 	type frameBuf struct {
