@@ -6,12 +6,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -63,6 +65,8 @@ func main() {
 const (
 	tcpPort = 8080
 	udpPort = 8053
+	// predPort serves vm-disk-9, the resource of the predictive phase.
+	predPort = 8081
 )
 
 func run(ctx context.Context, c config, out io.Writer) (err error) {
@@ -131,11 +135,18 @@ func run(ctx context.Context, c config, out io.Writer) (err error) {
 			// Damping shortened so the demo shows a move in seconds: a
 			// challenger still has to be 10% and 5 ms better three times,
 			// but dwell is 5 s, and slow start and the slew limit are off.
+			// Forecast buckets of 2 s instead of an hour, so the
+			// predictive phase takes seconds.
 			Args: []string{"--tick", "500ms", "--report-interval", "500ms", "--route-dwell", "5s",
-				"--route-slow-start", "1ms", "--route-max-move", "1", "--table-slots", "1024"},
+				"--route-slow-start", "1ms", "--route-max-move", "1", "--table-slots", "1024",
+				"--forecast-step", "2s", "--forecast-window", "16", "--forecast-horizon", "4", "--forecast-grace", "1s"},
 			Sites: sites, ProbeInterval: 500 * time.Millisecond, ReportInterval: 500 * time.Millisecond,
+			Replicators: []string{"m-core", predMirror},
 		})
 		if err != nil {
+			return err
+		}
+		if err := replicationSetup(l, dir); err != nil {
 			return err
 		}
 		fmt.Fprintf(out, "== controller leading in %s's namespace (embedded etcd, mutual TLS); objects applied (%.1fs)\n", first.Name, time.Since(start).Seconds())
@@ -231,6 +242,9 @@ func run(ctx context.Context, c config, out io.Writer) (err error) {
 			fmt.Fprintf(out, "   the TCP stream opened before the slowdown stayed on %s: %d bytes sent, %d echoed back, no reset\n",
 				sr.res.Mirror, sr.res.Sent, sr.res.Received)
 		}
+		if err := predictivePhase(ctx, out, l, tb, topo, dir); err != nil {
+			return err
+		}
 		st, _ := l.ControllerStatus(ctx)
 		fmt.Fprintf(out, "\n== controller status\n%s", indent(st))
 	}
@@ -281,6 +295,11 @@ func objects(tb *testbed.Testbed, topo testbed.Topology) string {
 		v = append(v, fmt.Sprintf("%q", a.String()))
 	}
 	b.WriteString("resources:\n")
+	// vm-disk-9 lives on m-core only; the mirroring manager may copy it
+	// to ap's mirror when ap's demand makes the copy pay (phase 3).
+	fmt.Fprintf(&b, "  - {name: %s, vips: [%s], ports: [%d], protocol: tcp, origin: m-core, size_bytes: %d, "+
+		"mirror_policy: {mode: predictive, sites: [%s], max_mirrors: 2}, thresholds: {mirror_score: 0.6, retire_score: 0.3, max_lag: 30s}}\n",
+		predResource, strings.Join(v, ", "), predPort, predSize, predRegion)
 	for _, r := range []struct {
 		name, proto string
 		port        int
@@ -386,6 +405,10 @@ func ask(ctx context.Context, h *testbed.Host, network string, vip netip.Addr) s
 	if network == "udp" {
 		port = udpPort
 	}
+	return askPort(ctx, h, network, vip, port)
+}
+
+func askPort(ctx context.Context, h *testbed.Host, network string, vip netip.Addr, port uint16) sample {
 	actx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	t0 := time.Now()
@@ -454,4 +477,143 @@ func firstLines(s string, n int) string {
 		lines = append(lines[:n], "   …")
 	}
 	return strings.Join(lines, "\n")
+}
+
+// The predictive phase: vm-disk-9 (2 MiB, only on m-core) starts being
+// used from ap; the controller's forecast and Mirroring Score place a copy
+// on m-ap, m-core's replicator copies the volume there over mutual TLS,
+// and once m-ap reports the copy in sync ap's new flows go to it.
+const (
+	predResource = "vm-disk-9"
+	predSize     = 2 << 20
+	predRegion   = "ap"
+	predMirror   = "m-ap"
+)
+
+// predImage is host's image file of vm-disk-9.
+func predImage(dir, host string) string { return filepath.Join(dir, predResource+"."+host+".img") }
+
+// replicationSetup gives m-core a primary volume for vm-disk-9 (random
+// data) and m-ap a mirror of it that only m-core may fill.
+func replicationSetup(l *lab.Lab, dir string) error {
+	img := predImage(dir, "m-core")
+	data := make([]byte, predSize)
+	rand.NewChaCha8([32]byte{'d', 'e', 'm', 'o'}).Read(data)
+	if err := os.WriteFile(img, data, 0o600); err != nil {
+		return err
+	}
+	l.SetConfigHook(func(h *testbed.Host, c *agent.Config) error {
+		var vol agent.VolumeCfg
+		var peers []agent.PeerCfg
+		switch h.Name {
+		case "m-core":
+			vol = agent.VolumeCfg{Name: predResource, Path: img, Role: "primary"}
+			peers = []agent.PeerCfg{l.ReplicationPeer(predMirror)}
+		case predMirror:
+			vol = agent.VolumeCfg{Name: predResource, Path: predImage(dir, predMirror), Role: "mirror",
+				AllowedPeers: []string{"m-core"}}
+		default:
+			return nil
+		}
+		r, err := l.Replication(h.Name)
+		if err != nil {
+			return err
+		}
+		r.Volumes, r.Peers = []agent.VolumeCfg{vol}, peers
+		r.TaskInterval = agent.Duration(time.Second)
+		c.Replication = r
+		return nil
+	})
+	return nil
+}
+
+func predictivePhase(ctx context.Context, out io.Writer, l *lab.Lab, tb *testbed.Testbed, topo testbed.Topology, dir string) error {
+	fmt.Fprintf(out, "\n== phase 3: %s's clients start using %s (%d MiB), whose only copy is on m-core (16 ms from %s; %s is 6 ms)\n",
+		predRegion, predResource, predSize>>20, predRegion, predMirror)
+	fmt.Fprintf(out, "   mirror_policy: predictive, sites [%s]; a copy is placed when its Mirroring Score stays ≥ 0.6 (forecast buckets of 2 s)\n", predRegion)
+	dctx, stop := context.WithCancel(ctx)
+	defer stop()
+	var (
+		mu     sync.Mutex
+		served = map[string]int{}
+		first  time.Time // first flow served by predMirror
+		wg     sync.WaitGroup
+	)
+	start := time.Now()
+	for _, c := range tb.Clients(predRegion) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for dctx.Err() == nil {
+				if s := askPort(dctx, c, "tcp", topo.VIPs[0], predPort); s.ok {
+					mu.Lock()
+					served[s.mirror]++
+					if s.mirror == predMirror && first.IsZero() {
+						first = time.Now()
+					}
+					mu.Unlock()
+				}
+				select {
+				case <-dctx.Done():
+				case <-time.After(100 * time.Millisecond):
+				}
+			}
+		}()
+	}
+	halt := func() { stop(); wg.Wait() }
+	defer halt()
+	wait := func(what string, within time.Duration, ok func() bool) error {
+		deadline := time.Now().Add(within)
+		for !ok() {
+			if time.Now().After(deadline) {
+				pl, _ := l.ControllerCommand(ctx, "placements", predResource)
+				ex, _ := l.ControllerCommand(ctx, "explain", predResource)
+				return fmt.Errorf("%s: not within %v\n%s\n%s\n%s", what, within, pl, ex, l.ControllerLog())
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(250 * time.Millisecond):
+			}
+		}
+		return nil
+	}
+	var placedAt time.Time
+	if err := wait("a copy of "+predResource+" placed", 90*time.Second, func() bool {
+		rec, err := l.Placements(ctx, predResource)
+		if err == nil && len(rec.GetPlaced()) > 0 {
+			placedAt = time.Unix(0, rec.GetPlaced()[0].GetPlacedUnixNano())
+			return true
+		}
+		return false
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "   %.1fs: the controller placed a full copy on %s (forecast → Mirroring Score ≥ 0.6 twice)\n", placedAt.Sub(start).Seconds(), predMirror)
+	var firstLocal time.Time
+	if err := wait(predRegion+"'s flows served by "+predMirror, 90*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		firstLocal = first
+		return !first.IsZero()
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "   %.1fs: m-core's replicator had copied the volume to %s and %s reported it in sync: %s's new flows now go to %s\n",
+		firstLocal.Sub(start).Seconds(), predMirror, predMirror, predRegion, predMirror)
+	time.Sleep(2 * time.Second)
+	halt()
+	src, err1 := os.ReadFile(predImage(dir, "m-core"))
+	dst, err2 := os.ReadFile(predImage(dir, predMirror))
+	same := err1 == nil && err2 == nil && bytes.Equal(src, dst)
+	mu.Lock()
+	fmt.Fprintf(out, "   %s's flows to %s: %d served by m-core, %d by %s; the two copies are byte-identical: %t\n",
+		predRegion, predResource, served["m-core"], served[predMirror], predMirror, same)
+	mu.Unlock()
+	pl, err := l.ControllerCommand(ctx, "placements", predResource)
+	if err != nil {
+		return fmt.Errorf("controller placements: %w", err)
+	}
+	fmt.Fprintf(out, "\n== controller placements %s\n%s", predResource, indent(string(pl)))
+	return nil
 }
