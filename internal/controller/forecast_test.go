@@ -450,7 +450,7 @@ func TestForecastExplainAndScores(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"resource disk", "candidate us", "candidate asia", "mirror nyc", "not candidates: eu (holds a copy on paris)",
-		"via paris", "size 1.0 GiB"} {
+		"via paris", "size 1.0 GiB", "mirroring manager: off for this resource"} {
 		if !strings.Contains(ex.GetText(), want) {
 			t.Errorf("explain lacks %q:\n%s", want, ex.GetText())
 		}

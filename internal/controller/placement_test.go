@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -206,6 +207,11 @@ func TestMirroringManager(t *testing.T) {
 	pl := record().GetPlaced()[0]
 	if pl.GetMirror() != "nyc" || pl.GetSite() != "us" || pl.GetKind() != pb.MirrorKind_MIRROR_KIND_FULL || pl.GetPlacedScore() < 0.6 {
 		t.Fatalf("placement %v", pl)
+	}
+	ex, err := admin.Explain(context.Background(), &pb.ExplainRequest{Resource: "disk"})
+	if err != nil || !strings.Contains(ex.GetText(), "mirroring manager: places a copy after 2 evaluations at or above 0.6") ||
+		!strings.Contains(ex.GetText(), "placed: us on nyc (full") || !strings.Contains(ex.GetText(), "not candidates: eu (holds a copy on paris); us (holds a copy on nyc)") {
+		t.Errorf("explain after the placement (%v):\n%s", err, ex.GetText())
 	}
 	waitFor(t, "replication task in the desired state", 10*time.Second, func() bool { return task(eu.current()) != nil })
 	tk := task(eu.current())

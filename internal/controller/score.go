@@ -397,7 +397,38 @@ func (c *Controller) explain(s *scored) string {
 	if s.note != "" {
 		fmt.Fprintf(&b, "note: %s\n", s.note)
 	}
+	if s.res != nil {
+		writeManagerState(&b, s.res, c.view.placements()[s.res.GetName()])
+	}
 	fmt.Fprintf(&b, "forecast published by %s at %s; route costs from replica %s at %s\n", rec.GetLeader(),
 		time.Unix(0, rec.GetWrittenUnixNano()).UTC().Format(time.RFC3339), c.cfg.Name, time.Now().UTC().Format(time.RFC3339))
 	return b.String()
+}
+
+// writeManagerState says what the mirroring manager does with the scores
+// above: nothing (static mode), or its thresholds, copies and counters.
+func writeManagerState(b *strings.Builder, res *pb.Resource, rec *pb.PlacementRecord) {
+	if res.GetMirrorPolicy().GetMode() != pb.MirrorMode_MIRROR_MODE_PREDICTIVE {
+		b.WriteString("mirroring manager: off for this resource (mirror_policy.mode is not predictive)\n")
+		return
+	}
+	place, retire := thresholds(res)
+	fmt.Fprintf(b, "mirroring manager: places a copy after %d evaluations at or above %.3g, retires one after %d below %.3g",
+		placeConfirm, place, retireConfirm, retire)
+	if n := res.GetMirrorPolicy().GetMaxMirrors(); n > 0 {
+		fmt.Fprintf(b, ", at most %d copies with the origin", n)
+	}
+	b.WriteString("\n")
+	for _, pl := range rec.GetPlaced() {
+		fmt.Fprintf(b, "  placed: %s on %s (%s, since %s), keep score %.3f, %d evaluation(s) below retire_score\n", pl.GetSite(), pl.GetMirror(),
+			kindName(pl.GetKind()), time.Unix(0, pl.GetPlacedUnixNano()).UTC().Format(time.RFC3339), pl.GetScore(), rec.GetBelow()[pl.GetMirror()])
+	}
+	sites := make([]string, 0, len(rec.GetAbove()))
+	for site, n := range rec.GetAbove() {
+		sites = append(sites, fmt.Sprintf("%s (%d of %d)", site, n, placeConfirm))
+	}
+	slices.Sort(sites)
+	if len(sites) > 0 {
+		fmt.Fprintf(b, "  at or above mirror_score so far: %s\n", strings.Join(sites, ", "))
+	}
 }
