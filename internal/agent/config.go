@@ -287,6 +287,9 @@ func (c *Config) Validate() error {
 			return err
 		}
 	}
+	if c.Probe.ActiveInterval < 0 {
+		return errors.New("probe.active_interval: negative")
+	}
 	if c.Probe.Interval < 0 {
 		return errors.New("probe.interval: negative")
 	}

@@ -52,6 +52,7 @@ func TestParseConfigErrors(t *testing.T) {
 		want     string
 	}{
 		{"unknown field", "node: edge-test", "node: edge-test\nnodes: x", "field nodes not found"},
+		{"negative active probe interval", "node: edge-test", "node: edge-test\nprobe: {active_interval: -1s}", "probe.active_interval"},
 		{"bad role", "role: edge", "role: router", "role: \"router\""},
 		{"no interfaces", "interfaces: [pa0]", "interfaces: []", "interfaces:"},
 		{"bad xdp mode", "pin_dir:", "xdp_mode: turbo\npin_dir:", "xdp_mode"},

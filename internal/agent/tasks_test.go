@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,7 +14,9 @@ import (
 	"go.uber.org/goleak"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
+	pmaps "github.com/premirror/premirror/internal/maps"
 	"github.com/premirror/premirror/internal/pki"
+	"github.com/premirror/premirror/internal/probe"
 	"github.com/premirror/premirror/internal/replicator"
 )
 
@@ -278,5 +281,27 @@ func TestTaskMetricsLint(t *testing.T) {
 	}
 	if !slices.Contains(MetricNames(), "edge_replication_task_errors_total") {
 		t.Fatal("task error metric not among the agent's metric names")
+	}
+}
+
+// TestActiveTargets: the mirrors with weight in the edge's own region's
+// routes or the wildcard route are probed at the active interval; a
+// mirror used only by other regions, or at weight 0, is not.
+func TestActiveTargets(t *testing.T) {
+	c := &Compiled{DefaultRegion: 2, Routes: map[pmaps.RouteKey]map[pmaps.MirrorID]uint32{
+		{Resource: 1, Region: 2}: {1: 3, 2: 1},
+		{Resource: 1, Region: 3}: {3: 1},
+		{Resource: 2, Region: 0}: {4: 1, 5: 0},
+	}}
+	var ts []probe.Target
+	for m := uint32(1); m <= 6; m++ {
+		ts = append(ts, probe.Target{Mirror: m, Kind: probe.KindUDP, Addr: fmt.Sprintf("192.0.2.%d:9461", m)})
+	}
+	var got []uint32
+	for _, tg := range activeTargets(c, ts) {
+		got = append(got, tg.Mirror)
+	}
+	if want := []uint32{1, 2, 4}; !slices.Equal(got, want) {
+		t.Fatalf("active mirrors %v, want %v", got, want)
 	}
 }

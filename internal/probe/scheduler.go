@@ -55,6 +55,11 @@ const DefaultInterval = 2 * time.Second
 // DefaultJitter spreads each wait uniformly over ±20% of the interval.
 const DefaultJitter = 0.2
 
+// DefaultActiveInterval is the agent's probe period of the mirrors that
+// carry its traffic (Schedule.Active): a dead one is then known within
+// about half a second, while the rest are probed every Interval.
+const DefaultActiveInterval = 400 * time.Millisecond
+
 // Schedule is the probe timing rule, shared by the live Scheduler and the
 // replay in controller route-eval.
 type Schedule struct {
@@ -64,6 +69,11 @@ type Schedule struct {
 	// Jitter is the half-width of the uniform spread around Interval, as a
 	// fraction below 1 (0: DefaultJitter; negative: none).
 	Jitter float64
+	// Active is the mean time between two probes of a target marked
+	// active (Scheduler.SetActive: a mirror carrying traffic), when shorter
+	// than Interval; 0: Interval. Failover time follows it, probe load
+	// the much larger Interval of everything else.
+	Active time.Duration
 }
 
 // Validate checks the fields, naming the bad one.
@@ -73,6 +83,8 @@ func (s Schedule) Validate() error {
 		return fmt.Errorf("probe Interval %v: must be positive", s.Interval)
 	case s.Jitter >= 1:
 		return fmt.Errorf("probe Jitter %v: must be below 1", s.Jitter)
+	case s.Active < 0:
+		return fmt.Errorf("probe Active %v: must be positive", s.Active)
 	}
 	return nil
 }
@@ -90,8 +102,20 @@ func (s Schedule) First(r *rand.Rand) time.Duration {
 	return time.Duration(r.Float64() * float64(s.interval()))
 }
 
+// activeInterval is the period of an active target.
+func (s Schedule) activeInterval() time.Duration {
+	if s.Active > 0 && s.Active < s.interval() {
+		return s.Active
+	}
+	return s.interval()
+}
+
 // Next is the delay between two probes of a target.
 func (s Schedule) Next(r *rand.Rand) time.Duration {
+	return s.next(r, s.interval())
+}
+
+func (s Schedule) next(r *rand.Rand, iv time.Duration) time.Duration {
 	j := s.Jitter
 	switch {
 	case j == 0:
@@ -100,27 +124,31 @@ func (s Schedule) Next(r *rand.Rand) time.Duration {
 		j = 0
 	}
 	f := 1 + j*(2*r.Float64()-1)
-	return time.Duration(f * float64(s.interval()))
+	return time.Duration(f * float64(iv))
 }
 
 // Scheduler probes a changing set of targets, each on its own jittered
 // timer, and reports every result to OnResult (called from the probing
 // goroutines, so it must be safe for concurrent use; Table.Observe is).
 type Scheduler struct {
-	sched    Schedule
-	timeout  time.Duration
-	retry    time.Duration
-	retries  int
-	timeoutF func(Target) time.Duration
-	probers  map[Kind]Prober
-	onResult func(Result)
-	log      *slog.Logger
-	metrics  *Metrics
+	sched   Schedule
+	timeout time.Duration
+	retry   time.Duration
+	// activeRetry is retry for an active target.
+	activeRetry time.Duration
+	retries     int
+	timeoutF    func(Target) time.Duration
+	probers     map[Kind]Prober
+	onResult    func(Result)
+	log         *slog.Logger
+	metrics     *Metrics
 
 	mu      sync.Mutex
 	ctx     context.Context // nil until Run
 	targets map[Target]context.CancelFunc
+	wake    map[Target]chan struct{} // a loop's nudge: it became active
 	wanted  []Target
+	active  map[Target]bool
 	wg      sync.WaitGroup
 	seed    uint64
 	stopped bool // Run has returned; no loop may start any more
@@ -139,7 +167,8 @@ type SchedulerConfig struct {
 	// instead of the interval, so a dead path reaches Fall consecutive
 	// failures within one interval plus a few timeouts, instead of Fall
 	// intervals. Default 2 (Fall − 1 with the default Fall of 3); negative
-	// disables. Retry defaults to an eighth of the interval.
+	// disables. Retry defaults to an eighth of the interval (of the active
+	// interval for an active target).
 	FastRetries int
 	Retry       time.Duration
 	// TCP and UDP are the probers per kind; a target whose kind has no
@@ -176,18 +205,20 @@ func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
 	if seed == 0 {
 		seed = rand.Uint64()
 	}
-	retries, retry := cfg.FastRetries, cfg.Retry
+	retries, retry, activeRetry := cfg.FastRetries, cfg.Retry, cfg.Retry
 	if retries == 0 {
 		retries = 2
 	}
 	if retry <= 0 {
 		retry = max(cfg.Schedule.interval()/8, time.Millisecond)
+		activeRetry = max(cfg.Schedule.activeInterval()/8, time.Millisecond)
 	}
 	return &Scheduler{
-		sched: cfg.Schedule, timeout: to, retry: retry, retries: retries, timeoutF: cfg.TimeoutFor,
+		sched: cfg.Schedule, timeout: to, retry: retry, activeRetry: activeRetry, retries: retries, timeoutF: cfg.TimeoutFor,
+		active:   map[Target]bool{},
 		onResult: cfg.OnResult, log: log, metrics: cfg.Metrics,
 		probers: map[Kind]Prober{KindTCP: cfg.TCP, KindUDP: cfg.UDP},
-		targets: map[Target]context.CancelFunc{}, seed: seed,
+		targets: map[Target]context.CancelFunc{}, wake: map[Target]chan struct{}{}, seed: seed,
 	}, nil
 }
 
@@ -202,6 +233,33 @@ func (s *Scheduler) SetTargets(ts []Target) {
 	}
 }
 
+// SetActive marks the targets that carry traffic: they are probed every
+// Schedule.Active instead of every Interval (from their next probe on).
+// Targets not in ts are inactive. Safe at any time.
+func (s *Scheduler) SetActive(ts []Target) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	was := s.active
+	s.active = make(map[Target]bool, len(ts))
+	for _, t := range ts {
+		s.active[t] = true
+		if w := s.wake[t]; w != nil && !was[t] {
+			// Newly active: do not wait out a long inactive interval.
+			select {
+			case w <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// isActive reports whether t is marked active.
+func (s *Scheduler) isActive(t Target) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.active[t]
+}
+
 // reconcile starts and stops loops to match wanted; s.mu is held.
 func (s *Scheduler) reconcile() {
 	want := make(map[Target]bool, len(s.wanted))
@@ -212,6 +270,7 @@ func (s *Scheduler) reconcile() {
 		if !want[t] {
 			cancel()
 			delete(s.targets, t)
+			delete(s.wake, t)
 		}
 	}
 	for t := range want {
@@ -220,10 +279,12 @@ func (s *Scheduler) reconcile() {
 		}
 		ctx, cancel := context.WithCancel(s.ctx)
 		s.targets[t] = cancel
+		wake := make(chan struct{}, 1)
+		s.wake[t] = wake
 		s.seed++
 		r := rand.New(rand.NewPCG(s.seed, uint64(len(t.Addr))<<32|uint64(t.Mirror)))
 		s.wg.Add(1)
-		go s.loop(ctx, t, r)
+		go s.loop(ctx, t, r, wake)
 	}
 }
 
@@ -244,21 +305,31 @@ func (s *Scheduler) Run(ctx context.Context) error {
 	for t, cancel := range s.targets {
 		cancel()
 		delete(s.targets, t)
+		delete(s.wake, t)
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
 	return nil
 }
 
-func (s *Scheduler) loop(ctx context.Context, t Target, r *rand.Rand) {
+func (s *Scheduler) loop(ctx context.Context, t Target, r *rand.Rand, wake <-chan struct{}) {
 	defer s.wg.Done()
-	timer := time.NewTimer(s.sched.First(r))
+	first := s.sched.First(r)
+	if s.isActive(t) {
+		first = time.Duration(r.Float64() * float64(s.sched.activeInterval()))
+	}
+	timer := time.NewTimer(first)
 	defer timer.Stop()
 	failed := 0 // consecutive failures
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-wake:
+			// Became active: the next probe within an active interval.
+			timer.Stop()
+			timer.Reset(time.Duration(r.Float64() * float64(s.sched.activeInterval())))
+			continue
 		case <-timer.C:
 		}
 		res := s.probeOnce(ctx, t)
@@ -272,9 +343,15 @@ func (s *Scheduler) loop(ctx context.Context, t Target, r *rand.Rand) {
 		} else {
 			failed = 0
 		}
-		if failed > 0 && failed <= s.retries {
-			timer.Reset(s.retry) // confirm a failure fast
-		} else {
+		active := s.isActive(t)
+		switch {
+		case failed > 0 && failed <= s.retries && active:
+			timer.Reset(s.activeRetry) // confirm a failure fast
+		case failed > 0 && failed <= s.retries:
+			timer.Reset(s.retry)
+		case active:
+			timer.Reset(s.sched.next(r, s.sched.activeInterval()))
+		default:
 			timer.Reset(s.sched.Next(r))
 		}
 	}

@@ -63,3 +63,63 @@ func TestFastRetries(t *testing.T) {
 		t.Fatalf("three failures took %v; fast retries should take ~40 ms", gap)
 	}
 }
+
+// TestActiveTargetsProbedFaster: a target marked active is probed every
+// Schedule.Active, the others every Interval; a target that becomes
+// active is nudged at once, not after its long wait.
+func TestActiveTargetsProbedFaster(t *testing.T) {
+	var mu sync.Mutex
+	count := map[uint32]int{}
+	fp := &fakeProber{rtt: map[string]time.Duration{}}
+	s, err := NewScheduler(SchedulerConfig{
+		Schedule: Schedule{Interval: time.Hour, Active: 20 * time.Millisecond},
+		UDP:      fp,
+		OnResult: func(r Result) {
+			mu.Lock()
+			count[r.Target.Mirror]++
+			mu.Unlock()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := Target{Mirror: 1, Kind: KindUDP, Addr: "192.0.2.1:9"}
+	b := Target{Mirror: 2, Kind: KindUDP, Addr: "192.0.2.2:9"}
+	s.SetActive([]Target{a})
+	s.SetTargets([]Target{a, b})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	got := func(m uint32) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return count[m]
+	}
+	waitUntil := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: a %d probes, b %d", what, got(1), got(2))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	// An hour's interval: b (inactive) is not probed in this test unless
+	// its first probe falls in it (one in a few hundred thousand); a is
+	// probed every 20 ms.
+	waitUntil("active target probed often", func() bool { return got(1) >= 10 })
+	if n := got(2); n > 1 {
+		t.Fatalf("inactive target probed %d times", n)
+	}
+	// b becomes active, a inactive: b is probed at once and often, a
+	// stops after the probe it has scheduled.
+	s.SetActive([]Target{b})
+	waitUntil("newly active target probed often", func() bool { return got(2) >= 10 })
+	before := got(1)
+	time.Sleep(200 * time.Millisecond)
+	if n := got(1) - before; n > 1 {
+		t.Fatalf("target made inactive still probed %d times in 200 ms", n)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/premirror/premirror/internal/lab"
+	"github.com/premirror/premirror/internal/probe"
 	"github.com/premirror/premirror/internal/testbed"
 )
 
@@ -92,7 +93,8 @@ func startControlled(t *testing.T) *env {
 // startController runs s's controller in edge-eu's namespace, with the
 // controlled tests' sites, intervals and flags (s.Args come after them),
 // then an agent on every edge and mirror: agents report every 300 ms and
-// probe every 250 ms, the controller ticks every 200 ms, and the damping
+// probe every 250 ms (unless s.ProbeInterval says otherwise), the
+// controller ticks every 200 ms, and the damping
 // is shortened so that a move takes about a second.
 func (e *env) startController(s lab.ControllerSetup) {
 	e.t.Helper()
@@ -100,7 +102,10 @@ func (e *env) startController(s lab.ControllerSetup) {
 	s.Args = append([]string{"--tick", "200ms", "--report-interval", "300ms", "--route-dwell", "1s", "--route-slow-start", "1ms",
 		"--route-max-move", "1", "--table-slots", "1024"}, s.Args...)
 	s.Sites = map[string]string{"edge-eu": "eu", "edge-us": "us", "m-eu": "eu", "m-us": "us", "m-core": "eu"}
-	s.ProbeInterval, s.ReportInterval = 250*time.Millisecond, 300*time.Millisecond
+	if s.ProbeInterval == 0 {
+		s.ProbeInterval = 250 * time.Millisecond
+	}
+	s.ReportInterval = 300 * time.Millisecond
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := e.lab.StartController(ctx, s); err != nil {
@@ -298,4 +303,26 @@ func allAcked(status string, n int) bool {
 		}
 	}
 	return ok >= n
+}
+
+// TestFailoverAtDefaultProbeInterval: with the agents' default probe
+// timing (every mirror every 2 s, the mirrors carrying the edge's traffic
+// every 400 ms), a dead mirror in use leaves the tables, and new flows
+// move, within about a second.
+func TestFailoverAtDefaultProbeInterval(t *testing.T) {
+	e, bin := newControlled(t)
+	e.startController(lab.ControllerSetup{Bin: bin, Objects: controlledObjects(e.tb), ProbeInterval: probe.DefaultInterval})
+	e.waitServed("us-1", "udp", "m-us", 30*time.Second)
+	// Let every edge's estimates settle (a few active probes).
+	time.Sleep(2 * time.Second)
+	for _, h := range e.tb.Hosts() {
+		if h.Name != "m-us" {
+			if err := e.tb.SetLoss(h.Name, "m-us", 1); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	took := e.waitServed("us-1", "udp", "m-core", 30*time.Second)
+	t.Logf("failover at the default probe timing (%v, active mirrors %v): new flows of us served by m-core %v after m-us died",
+		probe.DefaultInterval, probe.DefaultActiveInterval, took.Round(time.Millisecond))
 }
