@@ -53,10 +53,10 @@ func printPlacements(rec *pb.PlacementRecord) {
 	fmt.Fprintf(ctlOut, "resource %s: %d placed, last evaluated %s\n", rec.GetResource(), len(rec.GetPlaced()), when(rec.GetEvaluatedUnixNano()))
 	if len(rec.GetPlaced()) > 0 {
 		tw := tabwriter.NewWriter(ctlOut, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  SITE\tMIRROR\tKIND\tPLACED\tSCORE THEN\tKEEP SCORE\tBELOW RETIRE")
+		fmt.Fprintln(tw, "  SITE\tMIRROR\tKIND\tPLACED\tCOPY\tSCORE THEN\tKEEP SCORE\tBELOW RETIRE")
 		for _, p := range rec.GetPlaced() {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%.3f\t%.3f\t%d\n", p.GetSite(), p.GetMirror(), kind(p.GetKind()), when(p.GetPlacedUnixNano()),
-				p.GetPlacedScore(), p.GetScore(), rec.GetBelow()[p.GetMirror()])
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%d\n", p.GetSite(), p.GetMirror(), kind(p.GetKind()), when(p.GetPlacedUnixNano()),
+				copyState(p), p.GetPlacedScore(), p.GetScore(), rec.GetBelow()[p.GetMirror()])
 		}
 		tw.Flush()
 	}
@@ -78,4 +78,15 @@ func printPlacements(rec *pb.PlacementRecord) {
 				ev.GetMirror(), kind(ev.GetKind()), ev.GetScore(), ev.GetReason())
 		}
 	}
+}
+
+// copyState is what the copy's host last reported, for the table.
+func copyState(p *pb.Placement) string {
+	switch p.GetCopyState() {
+	case pb.CopyState_COPY_STATE_IN_SYNC:
+		return fmt.Sprintf("in sync (lag %v)", time.Duration(p.GetLagNs()).Round(time.Millisecond))
+	case pb.CopyState_COPY_STATE_COPYING:
+		return "copying"
+	}
+	return "not reported"
 }

@@ -25,7 +25,7 @@ type metrics struct {
 
 	placementEvals     *prometheus.CounterVec
 	placementDecisions *prometheus.CounterVec
-	placedCopies       prometheus.Gauge
+	placedCopies       *prometheus.GaugeVec
 }
 
 func newMetrics(c *Controller) *metrics {
@@ -78,8 +78,9 @@ func newMetrics(c *Controller) *metrics {
 			Help: "Mirroring-manager evaluations of one resource by the leader, by result (ok, error)."}, []string{"result"}),
 		placementDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "premirror_controller_placement_decisions_total",
 			Help: "Copies the mirroring manager placed or retired, by action (place, retire)."}, []string{"action"}),
-		placedCopies: prometheus.NewGauge(prometheus.GaugeOpts{Name: "premirror_controller_placed_copies",
-			Help: "Copies the mirroring manager holds placed, over every resource, at its last evaluation."}),
+		placedCopies: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "premirror_controller_placed_copies",
+			Help: "Copies the mirroring manager holds placed, over every resource, at its last evaluation, by what their hosts " +
+				"report (unreported, copying, in_sync: only in_sync copies are routed to)."}, []string{"state"}),
 	}
 }
 

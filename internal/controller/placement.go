@@ -66,6 +66,13 @@ type placeInput struct {
 	cands                    []placeCandidate
 	keep                     map[string]float64 // placed mirror → keep score (absent: not scored now)
 	gone                     map[string]string  // placed mirror → why it must go at once
+	copyStates               map[string]copyReport
+}
+
+// copyReport is what a placed copy's host last reported of it.
+type copyReport struct {
+	state pb.CopyState
+	lag   time.Duration
 }
 
 // decide applies one evaluation to a copy of rec and returns it with
@@ -99,6 +106,13 @@ func decide(rec *pb.PlacementRecord, in placeInput) (*pb.PlacementRecord, bool) 
 		out.Placed = slices.Delete(out.Placed, i, i+1)
 	}
 
+	for _, pl := range out.Placed {
+		r, ok := in.copyStates[pl.GetMirror()]
+		if !ok {
+			r.state = pb.CopyState_COPY_STATE_UNREPORTED
+		}
+		pl.CopyState, pl.LagNs = r.state, int64(r.lag)
+	}
 	// Retirements first: they free room for placements.
 	for i := len(out.Placed) - 1; i >= 0; i-- {
 		pl := out.Placed[i]
@@ -164,7 +178,7 @@ func decide(rec *pb.PlacementRecord, in placeInput) (*pb.PlacementRecord, bool) 
 		kind = pb.MirrorKind_MIRROR_KIND_DELTA
 	}
 	out.Placed = append(out.Placed, &pb.Placement{Site: best.site, Mirror: best.mirror, Kind: kind,
-		PlacedUnixNano: in.now.UnixNano(), PlacedScore: best.score, Score: best.score})
+		PlacedUnixNano: in.now.UnixNano(), PlacedScore: best.score, Score: best.score, CopyState: pb.CopyState_COPY_STATE_UNREPORTED})
 	delete(out.Above, best.site)
 	event(&pb.PlacementEvent{Action: "place", Site: best.site, Mirror: best.mirror, Kind: kind, Score: best.score,
 		Reason: fmt.Sprintf("score %.3f at or above mirror_score %.3g for %d evaluations", best.score, in.mirrorScore, placeConfirm)})
@@ -202,7 +216,7 @@ func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.
 		}
 	}
 	slices.Sort(names)
-	placed := 0
+	placed := map[pb.CopyState]int{}
 	for _, name := range names {
 		rec := snap.placed[name]
 		if rec == nil {
@@ -224,7 +238,9 @@ func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.
 			c.log.Info("mirroring manager", "action", ev.GetAction(), "resource", name, "site", ev.GetSite(),
 				"mirror", ev.GetMirror(), "kind", kindName(ev.GetKind()), "score", ev.GetScore(), "reason", ev.GetReason())
 		}
-		placed += len(next.GetPlaced())
+		for _, pl := range next.GetPlaced() {
+			placed[pl.GetCopyState()]++
+		}
 		// Written at every evaluation (one small record per resource and
 		// bucket), so `controller placements` shows when it last looked.
 		key := c.store.key(keyPlaced, url.PathEscape(name))
@@ -244,7 +260,10 @@ func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.
 			return ErrNotLeader
 		}
 	}
-	c.m.placedCopies.Set(float64(placed))
+	for st, label := range map[pb.CopyState]string{pb.CopyState_COPY_STATE_UNREPORTED: "unreported",
+		pb.CopyState_COPY_STATE_COPYING: "copying", pb.CopyState_COPY_STATE_IN_SYNC: "in_sync"} {
+		c.m.placedCopies.WithLabelValues(label).Set(float64(placed[st]))
+	}
 	return nil
 }
 
@@ -260,7 +279,10 @@ func kindName(k pb.MirrorKind) string {
 
 // placementInput scores a resource's candidates and placed copies.
 func (c *Controller) placementInput(ctx context.Context, res *pb.Resource, rec *pb.PlacementRecord, snap *snapshot, now time.Time) (placeInput, error) {
-	in := placeInput{now: now, gone: map[string]string{}, keep: map[string]float64{}}
+	in := placeInput{now: now, gone: map[string]string{}, keep: map[string]float64{}, copyStates: map[string]copyReport{}}
+	if res != nil {
+		in.copyStates = copyReports(snap, res, rec, now, c.cfg.ReportMaxAge)
+	}
 	if res == nil {
 		in.predictive = false
 		return in, nil
@@ -369,4 +391,46 @@ func keepScores(res *pb.Resource, rec *pb.PlacementRecord, s *scoreSetup, demand
 		out[pl.GetMirror()] = sc[0].Score
 	}
 	return out, nil
+}
+
+// copyReports reads what the hosts of a resource's placed copies last
+// reported of them (fresh reports only), judged like the routing policy
+// judges them: in sync when complete and within the resource's max_lag.
+func copyReports(snap *snapshot, res *pb.Resource, rec *pb.PlacementRecord, now time.Time, maxAge time.Duration) map[string]copyReport {
+	out := map[string]copyReport{}
+	if len(rec.GetPlaced()) == 0 {
+		return out
+	}
+	host := map[string]string{}
+	for _, m := range snap.mirrors {
+		host[m.GetName()] = m.GetNode()
+	}
+	placed := map[string]bool{}
+	for _, pl := range rec.GetPlaced() {
+		placed[pl.GetMirror()] = true
+	}
+	maxLag := time.Duration(res.GetThresholds().GetMaxLagSeconds()) * time.Second
+	for _, rep := range snap.live {
+		if maxAge > 0 && now.Sub(time.Unix(0, rep.GetReceivedUnixNano())) > maxAge {
+			continue
+		}
+		for _, mh := range rep.GetMirrors() {
+			m := mh.GetMirror()
+			if !placed[m] || host[m] != rep.GetNode() {
+				continue // a node speaks only for the mirrors it hosts
+			}
+			for _, rs := range mh.GetReplicas() {
+				if rs.GetResource() != res.GetName() {
+					continue
+				}
+				lag := time.Duration(rs.GetLagNs())
+				st := pb.CopyState_COPY_STATE_COPYING
+				if rs.GetInSync() && (maxLag == 0 || lag <= maxLag) {
+					st = pb.CopyState_COPY_STATE_IN_SYNC
+				}
+				out[m] = copyReport{state: st, lag: lag}
+			}
+		}
+	}
+	return out
 }

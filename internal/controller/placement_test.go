@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -228,6 +229,17 @@ func TestMirroringManager(t *testing.T) {
 	nycHost.mu.Unlock()
 	nycHost.client.ReportNow()
 	waitFor(t, "us routed to nyc once in sync", 10*time.Second, func() bool { return routeOf(us.current(), "disk", "us")["nyc"] > 0 })
+	if st := record().GetPlaced()[0].GetCopyState(); st != pb.CopyState_COPY_STATE_UNREPORTED {
+		t.Fatalf("copy state before an evaluation saw the report: %v", st)
+	}
+	busy()
+	waitFor(t, "the copy's state recorded as in sync", 10*time.Second, func() bool {
+		p := record().GetPlaced()
+		return len(p) == 1 && p[0].GetCopyState() == pb.CopyState_COPY_STATE_IN_SYNC && p[0].GetLagNs() == int64(time.Second)
+	})
+	if got := testutil.ToFloat64(g.r1.c.m.placedCopies.WithLabelValues("in_sync")); got != 1 {
+		t.Errorf("placed copies in sync: metric %v, want 1", got)
+	}
 
 	// Every evaluation is recorded, also when nothing changes.
 	before := record().GetEvaluatedUnixNano()

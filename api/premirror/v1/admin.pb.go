@@ -76,6 +76,63 @@ func (FeedKind) EnumDescriptor() ([]byte, []int) {
 	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{0}
 }
 
+// CopyState is a placed copy's progress as its host reports it.
+type CopyState int32
+
+const (
+	CopyState_COPY_STATE_UNSPECIFIED CopyState = 0
+	// The host has not reported the copy (its agent holds no such volume,
+	// or the replication has not started).
+	CopyState_COPY_STATE_UNREPORTED CopyState = 1
+	// Reported, not yet complete or beyond max_lag: not routable yet.
+	CopyState_COPY_STATE_COPYING CopyState = 2
+	// Complete and within max_lag: routable.
+	CopyState_COPY_STATE_IN_SYNC CopyState = 3
+)
+
+// Enum value maps for CopyState.
+var (
+	CopyState_name = map[int32]string{
+		0: "COPY_STATE_UNSPECIFIED",
+		1: "COPY_STATE_UNREPORTED",
+		2: "COPY_STATE_COPYING",
+		3: "COPY_STATE_IN_SYNC",
+	}
+	CopyState_value = map[string]int32{
+		"COPY_STATE_UNSPECIFIED": 0,
+		"COPY_STATE_UNREPORTED":  1,
+		"COPY_STATE_COPYING":     2,
+		"COPY_STATE_IN_SYNC":     3,
+	}
+)
+
+func (x CopyState) Enum() *CopyState {
+	p := new(CopyState)
+	*p = x
+	return p
+}
+
+func (x CopyState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CopyState) Descriptor() protoreflect.EnumDescriptor {
+	return file_premirror_v1_admin_proto_enumTypes[1].Descriptor()
+}
+
+func (CopyState) Type() protoreflect.EnumType {
+	return &file_premirror_v1_admin_proto_enumTypes[1]
+}
+
+func (x CopyState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CopyState.Descriptor instead.
+func (CopyState) EnumDescriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{1}
+}
+
 type PlacementsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Resource      string                 `protobuf:"bytes,1,opt,name=resource,proto3" json:"resource,omitempty"`
@@ -2003,8 +2060,12 @@ type Placement struct {
 	Kind           MirrorKind             `protobuf:"varint,3,opt,name=kind,proto3,enum=premirror.v1.MirrorKind" json:"kind,omitempty"`
 	PlacedUnixNano int64                  `protobuf:"varint,4,opt,name=placed_unix_nano,json=placedUnixNano,proto3" json:"placed_unix_nano,omitempty"`
 	// The score that placed it and the last one seen.
-	PlacedScore   float64 `protobuf:"fixed64,5,opt,name=placed_score,json=placedScore,proto3" json:"placed_score,omitempty"`
-	Score         float64 `protobuf:"fixed64,6,opt,name=score,proto3" json:"score,omitempty"`
+	PlacedScore float64 `protobuf:"fixed64,5,opt,name=placed_score,json=placedScore,proto3" json:"placed_score,omitempty"`
+	Score       float64 `protobuf:"fixed64,6,opt,name=score,proto3" json:"score,omitempty"`
+	// What the copy's host last reported of it (ReplicaSync), at the last
+	// evaluation: nothing yet, copying, or in sync with its lag.
+	CopyState     CopyState `protobuf:"varint,7,opt,name=copy_state,json=copyState,proto3,enum=premirror.v1.CopyState" json:"copy_state,omitempty"`
+	LagNs         int64     `protobuf:"varint,8,opt,name=lag_ns,json=lagNs,proto3" json:"lag_ns,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2077,6 +2138,20 @@ func (x *Placement) GetPlacedScore() float64 {
 func (x *Placement) GetScore() float64 {
 	if x != nil {
 		return x.Score
+	}
+	return 0
+}
+
+func (x *Placement) GetCopyState() CopyState {
+	if x != nil {
+		return x.CopyState
+	}
+	return CopyState_COPY_STATE_UNSPECIFIED
+}
+
+func (x *Placement) GetLagNs() int64 {
+	if x != nil {
+		return x.LagNs
 	}
 	return 0
 }
@@ -2336,14 +2411,17 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"BelowEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xc8\x01\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x97\x02\n" +
 	"\tPlacement\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x16\n" +
 	"\x06mirror\x18\x02 \x01(\tR\x06mirror\x12,\n" +
 	"\x04kind\x18\x03 \x01(\x0e2\x18.premirror.v1.MirrorKindR\x04kind\x12(\n" +
 	"\x10placed_unix_nano\x18\x04 \x01(\x03R\x0eplacedUnixNano\x12!\n" +
 	"\fplaced_score\x18\x05 \x01(\x01R\vplacedScore\x12\x14\n" +
-	"\x05score\x18\x06 \x01(\x01R\x05score\"\xcd\x01\n" +
+	"\x05score\x18\x06 \x01(\x01R\x05score\x126\n" +
+	"\n" +
+	"copy_state\x18\a \x01(\x0e2\x17.premirror.v1.CopyStateR\tcopyState\x12\x15\n" +
+	"\x06lag_ns\x18\b \x01(\x03R\x05lagNs\"\xcd\x01\n" +
 	"\x0ePlacementEvent\x12\x1b\n" +
 	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x12\n" +
@@ -2355,7 +2433,12 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"\bFeedKind\x12\x19\n" +
 	"\x15FEED_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FEED_KIND_EVENTS\x10\x01\x12\x18\n" +
-	"\x14FEED_KIND_COVARIATES\x10\x022\xb2\x04\n" +
+	"\x14FEED_KIND_COVARIATES\x10\x02*r\n" +
+	"\tCopyState\x12\x1a\n" +
+	"\x16COPY_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15COPY_STATE_UNREPORTED\x10\x01\x12\x16\n" +
+	"\x12COPY_STATE_COPYING\x10\x02\x12\x16\n" +
+	"\x12COPY_STATE_IN_SYNC\x10\x032\xb2\x04\n" +
 	"\x05Admin\x12@\n" +
 	"\x05Apply\x12\x1a.premirror.v1.ApplyRequest\x1a\x1b.premirror.v1.ApplyResponse\x12C\n" +
 	"\x06Delete\x12\x1b.premirror.v1.DeleteRequest\x1a\x1c.premirror.v1.DeleteResponse\x12:\n" +
@@ -2379,90 +2462,92 @@ func file_premirror_v1_admin_proto_rawDescGZIP() []byte {
 	return file_premirror_v1_admin_proto_rawDescData
 }
 
-var file_premirror_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_premirror_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_premirror_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_premirror_v1_admin_proto_goTypes = []any{
 	(FeedKind)(0),              // 0: premirror.v1.FeedKind
-	(*PlacementsRequest)(nil),  // 1: premirror.v1.PlacementsRequest
-	(*PlacementsResponse)(nil), // 2: premirror.v1.PlacementsResponse
-	(*ApplyRequest)(nil),       // 3: premirror.v1.ApplyRequest
-	(*ObjectChange)(nil),       // 4: premirror.v1.ObjectChange
-	(*ApplyResponse)(nil),      // 5: premirror.v1.ApplyResponse
-	(*DeleteRequest)(nil),      // 6: premirror.v1.DeleteRequest
-	(*DeleteResponse)(nil),     // 7: premirror.v1.DeleteResponse
-	(*GetRequest)(nil),         // 8: premirror.v1.GetRequest
-	(*GetResponse)(nil),        // 9: premirror.v1.GetResponse
-	(*StatusRequest)(nil),      // 10: premirror.v1.StatusRequest
-	(*StatusResponse)(nil),     // 11: premirror.v1.StatusResponse
-	(*AgentStatus)(nil),        // 12: premirror.v1.AgentStatus
-	(*RouteSummary)(nil),       // 13: premirror.v1.RouteSummary
-	(*ForecastRequest)(nil),    // 14: premirror.v1.ForecastRequest
-	(*RegionForecast)(nil),     // 15: premirror.v1.RegionForecast
-	(*BucketObservation)(nil),  // 16: premirror.v1.BucketObservation
-	(*LocationShares)(nil),     // 17: premirror.v1.LocationShares
-	(*ResourceForecast)(nil),   // 18: premirror.v1.ResourceForecast
-	(*RegionBenefit)(nil),      // 19: premirror.v1.RegionBenefit
-	(*MirrorScore)(nil),        // 20: premirror.v1.MirrorScore
-	(*RegionRoute)(nil),        // 21: premirror.v1.RegionRoute
-	(*Prices)(nil),             // 22: premirror.v1.Prices
-	(*ForecastResponse)(nil),   // 23: premirror.v1.ForecastResponse
-	(*ExplainRequest)(nil),     // 24: premirror.v1.ExplainRequest
-	(*ExplainResponse)(nil),    // 25: premirror.v1.ExplainResponse
-	(*FeedRequest)(nil),        // 26: premirror.v1.FeedRequest
-	(*FeedResponse)(nil),       // 27: premirror.v1.FeedResponse
-	(*PlacementRecord)(nil),    // 28: premirror.v1.PlacementRecord
-	(*Placement)(nil),          // 29: premirror.v1.Placement
-	(*PlacementEvent)(nil),     // 30: premirror.v1.PlacementEvent
-	nil,                        // 31: premirror.v1.PlacementRecord.AboveEntry
-	nil,                        // 32: premirror.v1.PlacementRecord.BelowEntry
-	(*Objects)(nil),            // 33: premirror.v1.Objects
-	(NodeRole)(0),              // 34: premirror.v1.NodeRole
-	(MirrorKind)(0),            // 35: premirror.v1.MirrorKind
+	(CopyState)(0),             // 1: premirror.v1.CopyState
+	(*PlacementsRequest)(nil),  // 2: premirror.v1.PlacementsRequest
+	(*PlacementsResponse)(nil), // 3: premirror.v1.PlacementsResponse
+	(*ApplyRequest)(nil),       // 4: premirror.v1.ApplyRequest
+	(*ObjectChange)(nil),       // 5: premirror.v1.ObjectChange
+	(*ApplyResponse)(nil),      // 6: premirror.v1.ApplyResponse
+	(*DeleteRequest)(nil),      // 7: premirror.v1.DeleteRequest
+	(*DeleteResponse)(nil),     // 8: premirror.v1.DeleteResponse
+	(*GetRequest)(nil),         // 9: premirror.v1.GetRequest
+	(*GetResponse)(nil),        // 10: premirror.v1.GetResponse
+	(*StatusRequest)(nil),      // 11: premirror.v1.StatusRequest
+	(*StatusResponse)(nil),     // 12: premirror.v1.StatusResponse
+	(*AgentStatus)(nil),        // 13: premirror.v1.AgentStatus
+	(*RouteSummary)(nil),       // 14: premirror.v1.RouteSummary
+	(*ForecastRequest)(nil),    // 15: premirror.v1.ForecastRequest
+	(*RegionForecast)(nil),     // 16: premirror.v1.RegionForecast
+	(*BucketObservation)(nil),  // 17: premirror.v1.BucketObservation
+	(*LocationShares)(nil),     // 18: premirror.v1.LocationShares
+	(*ResourceForecast)(nil),   // 19: premirror.v1.ResourceForecast
+	(*RegionBenefit)(nil),      // 20: premirror.v1.RegionBenefit
+	(*MirrorScore)(nil),        // 21: premirror.v1.MirrorScore
+	(*RegionRoute)(nil),        // 22: premirror.v1.RegionRoute
+	(*Prices)(nil),             // 23: premirror.v1.Prices
+	(*ForecastResponse)(nil),   // 24: premirror.v1.ForecastResponse
+	(*ExplainRequest)(nil),     // 25: premirror.v1.ExplainRequest
+	(*ExplainResponse)(nil),    // 26: premirror.v1.ExplainResponse
+	(*FeedRequest)(nil),        // 27: premirror.v1.FeedRequest
+	(*FeedResponse)(nil),       // 28: premirror.v1.FeedResponse
+	(*PlacementRecord)(nil),    // 29: premirror.v1.PlacementRecord
+	(*Placement)(nil),          // 30: premirror.v1.Placement
+	(*PlacementEvent)(nil),     // 31: premirror.v1.PlacementEvent
+	nil,                        // 32: premirror.v1.PlacementRecord.AboveEntry
+	nil,                        // 33: premirror.v1.PlacementRecord.BelowEntry
+	(*Objects)(nil),            // 34: premirror.v1.Objects
+	(NodeRole)(0),              // 35: premirror.v1.NodeRole
+	(MirrorKind)(0),            // 36: premirror.v1.MirrorKind
 }
 var file_premirror_v1_admin_proto_depIdxs = []int32{
-	28, // 0: premirror.v1.PlacementsResponse.records:type_name -> premirror.v1.PlacementRecord
-	33, // 1: premirror.v1.ApplyRequest.objects:type_name -> premirror.v1.Objects
-	4,  // 2: premirror.v1.ApplyResponse.changes:type_name -> premirror.v1.ObjectChange
-	33, // 3: premirror.v1.GetResponse.objects:type_name -> premirror.v1.Objects
-	12, // 4: premirror.v1.StatusResponse.agents:type_name -> premirror.v1.AgentStatus
-	13, // 5: premirror.v1.StatusResponse.routes:type_name -> premirror.v1.RouteSummary
-	34, // 6: premirror.v1.AgentStatus.role:type_name -> premirror.v1.NodeRole
-	16, // 7: premirror.v1.RegionForecast.recent:type_name -> premirror.v1.BucketObservation
-	15, // 8: premirror.v1.ResourceForecast.regions:type_name -> premirror.v1.RegionForecast
-	17, // 9: premirror.v1.ResourceForecast.shares:type_name -> premirror.v1.LocationShares
-	19, // 10: premirror.v1.MirrorScore.regions:type_name -> premirror.v1.RegionBenefit
-	18, // 11: premirror.v1.ForecastResponse.forecast:type_name -> premirror.v1.ResourceForecast
-	21, // 12: premirror.v1.ForecastResponse.routes:type_name -> premirror.v1.RegionRoute
-	22, // 13: premirror.v1.ForecastResponse.prices:type_name -> premirror.v1.Prices
-	20, // 14: premirror.v1.ForecastResponse.scores:type_name -> premirror.v1.MirrorScore
+	29, // 0: premirror.v1.PlacementsResponse.records:type_name -> premirror.v1.PlacementRecord
+	34, // 1: premirror.v1.ApplyRequest.objects:type_name -> premirror.v1.Objects
+	5,  // 2: premirror.v1.ApplyResponse.changes:type_name -> premirror.v1.ObjectChange
+	34, // 3: premirror.v1.GetResponse.objects:type_name -> premirror.v1.Objects
+	13, // 4: premirror.v1.StatusResponse.agents:type_name -> premirror.v1.AgentStatus
+	14, // 5: premirror.v1.StatusResponse.routes:type_name -> premirror.v1.RouteSummary
+	35, // 6: premirror.v1.AgentStatus.role:type_name -> premirror.v1.NodeRole
+	17, // 7: premirror.v1.RegionForecast.recent:type_name -> premirror.v1.BucketObservation
+	16, // 8: premirror.v1.ResourceForecast.regions:type_name -> premirror.v1.RegionForecast
+	18, // 9: premirror.v1.ResourceForecast.shares:type_name -> premirror.v1.LocationShares
+	20, // 10: premirror.v1.MirrorScore.regions:type_name -> premirror.v1.RegionBenefit
+	19, // 11: premirror.v1.ForecastResponse.forecast:type_name -> premirror.v1.ResourceForecast
+	22, // 12: premirror.v1.ForecastResponse.routes:type_name -> premirror.v1.RegionRoute
+	23, // 13: premirror.v1.ForecastResponse.prices:type_name -> premirror.v1.Prices
+	21, // 14: premirror.v1.ForecastResponse.scores:type_name -> premirror.v1.MirrorScore
 	0,  // 15: premirror.v1.FeedRequest.kind:type_name -> premirror.v1.FeedKind
-	29, // 16: premirror.v1.PlacementRecord.placed:type_name -> premirror.v1.Placement
-	31, // 17: premirror.v1.PlacementRecord.above:type_name -> premirror.v1.PlacementRecord.AboveEntry
-	32, // 18: premirror.v1.PlacementRecord.below:type_name -> premirror.v1.PlacementRecord.BelowEntry
-	30, // 19: premirror.v1.PlacementRecord.events:type_name -> premirror.v1.PlacementEvent
-	35, // 20: premirror.v1.Placement.kind:type_name -> premirror.v1.MirrorKind
-	35, // 21: premirror.v1.PlacementEvent.kind:type_name -> premirror.v1.MirrorKind
-	3,  // 22: premirror.v1.Admin.Apply:input_type -> premirror.v1.ApplyRequest
-	6,  // 23: premirror.v1.Admin.Delete:input_type -> premirror.v1.DeleteRequest
-	8,  // 24: premirror.v1.Admin.Get:input_type -> premirror.v1.GetRequest
-	10, // 25: premirror.v1.Admin.Status:input_type -> premirror.v1.StatusRequest
-	14, // 26: premirror.v1.Admin.Forecast:input_type -> premirror.v1.ForecastRequest
-	24, // 27: premirror.v1.Admin.Explain:input_type -> premirror.v1.ExplainRequest
-	26, // 28: premirror.v1.Admin.Feed:input_type -> premirror.v1.FeedRequest
-	1,  // 29: premirror.v1.Admin.Placements:input_type -> premirror.v1.PlacementsRequest
-	5,  // 30: premirror.v1.Admin.Apply:output_type -> premirror.v1.ApplyResponse
-	7,  // 31: premirror.v1.Admin.Delete:output_type -> premirror.v1.DeleteResponse
-	9,  // 32: premirror.v1.Admin.Get:output_type -> premirror.v1.GetResponse
-	11, // 33: premirror.v1.Admin.Status:output_type -> premirror.v1.StatusResponse
-	23, // 34: premirror.v1.Admin.Forecast:output_type -> premirror.v1.ForecastResponse
-	25, // 35: premirror.v1.Admin.Explain:output_type -> premirror.v1.ExplainResponse
-	27, // 36: premirror.v1.Admin.Feed:output_type -> premirror.v1.FeedResponse
-	2,  // 37: premirror.v1.Admin.Placements:output_type -> premirror.v1.PlacementsResponse
-	30, // [30:38] is the sub-list for method output_type
-	22, // [22:30] is the sub-list for method input_type
-	22, // [22:22] is the sub-list for extension type_name
-	22, // [22:22] is the sub-list for extension extendee
-	0,  // [0:22] is the sub-list for field type_name
+	30, // 16: premirror.v1.PlacementRecord.placed:type_name -> premirror.v1.Placement
+	32, // 17: premirror.v1.PlacementRecord.above:type_name -> premirror.v1.PlacementRecord.AboveEntry
+	33, // 18: premirror.v1.PlacementRecord.below:type_name -> premirror.v1.PlacementRecord.BelowEntry
+	31, // 19: premirror.v1.PlacementRecord.events:type_name -> premirror.v1.PlacementEvent
+	36, // 20: premirror.v1.Placement.kind:type_name -> premirror.v1.MirrorKind
+	1,  // 21: premirror.v1.Placement.copy_state:type_name -> premirror.v1.CopyState
+	36, // 22: premirror.v1.PlacementEvent.kind:type_name -> premirror.v1.MirrorKind
+	4,  // 23: premirror.v1.Admin.Apply:input_type -> premirror.v1.ApplyRequest
+	7,  // 24: premirror.v1.Admin.Delete:input_type -> premirror.v1.DeleteRequest
+	9,  // 25: premirror.v1.Admin.Get:input_type -> premirror.v1.GetRequest
+	11, // 26: premirror.v1.Admin.Status:input_type -> premirror.v1.StatusRequest
+	15, // 27: premirror.v1.Admin.Forecast:input_type -> premirror.v1.ForecastRequest
+	25, // 28: premirror.v1.Admin.Explain:input_type -> premirror.v1.ExplainRequest
+	27, // 29: premirror.v1.Admin.Feed:input_type -> premirror.v1.FeedRequest
+	2,  // 30: premirror.v1.Admin.Placements:input_type -> premirror.v1.PlacementsRequest
+	6,  // 31: premirror.v1.Admin.Apply:output_type -> premirror.v1.ApplyResponse
+	8,  // 32: premirror.v1.Admin.Delete:output_type -> premirror.v1.DeleteResponse
+	10, // 33: premirror.v1.Admin.Get:output_type -> premirror.v1.GetResponse
+	12, // 34: premirror.v1.Admin.Status:output_type -> premirror.v1.StatusResponse
+	24, // 35: premirror.v1.Admin.Forecast:output_type -> premirror.v1.ForecastResponse
+	26, // 36: premirror.v1.Admin.Explain:output_type -> premirror.v1.ExplainResponse
+	28, // 37: premirror.v1.Admin.Feed:output_type -> premirror.v1.FeedResponse
+	3,  // 38: premirror.v1.Admin.Placements:output_type -> premirror.v1.PlacementsResponse
+	31, // [31:39] is the sub-list for method output_type
+	23, // [23:31] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_premirror_v1_admin_proto_init() }
@@ -2478,7 +2563,7 @@ func file_premirror_v1_admin_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_premirror_v1_admin_proto_rawDesc), len(file_premirror_v1_admin_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
