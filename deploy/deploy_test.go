@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/premirror/premirror/internal/agent"
+	"github.com/premirror/premirror/internal/controller"
 )
 
 func documents(t *testing.T, path string) [][]byte {
@@ -140,8 +141,23 @@ func TestManifestsSchema(t *testing.T) {
 
 // TestDashboardQueries: every metric the Grafana dashboard queries is one
 // the agent exports.
+// TestDashboardQueries: every metric the dashboards query is one the agent
+// (edge dashboard) or the controller (controller dashboard) exports.
 func TestDashboardQueries(t *testing.T) {
-	f, err := os.Open("grafana/premirror-edge.json")
+	for _, tc := range []struct {
+		file  string
+		names []string
+		re    *regexp.Regexp
+	}{
+		{"grafana/premirror-edge.json", agent.MetricNames(), regexp.MustCompile(`\bedge_[a-z_]+`)},
+		{"grafana/premirror-controller.json", controller.MetricNames(), regexp.MustCompile(`\bpremirror_[a-z_]+`)},
+	} {
+		t.Run(filepath.Base(tc.file), func(t *testing.T) { checkDashboard(t, tc.file, tc.names, tc.re) })
+	}
+}
+
+func checkDashboard(t *testing.T, file string, names []string, re *regexp.Regexp) {
+	f, err := os.Open(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -157,10 +173,9 @@ func TestDashboardQueries(t *testing.T) {
 		t.Fatal(err)
 	}
 	have := map[string]bool{}
-	for _, n := range agent.MetricNames() {
+	for _, n := range names {
 		have[n] = true
 	}
-	re := regexp.MustCompile(`\bedge_[a-z_]+`)
 	var exprs []string
 	for _, p := range d.Panels {
 		for _, tg := range p.Targets {
@@ -179,7 +194,7 @@ func TestDashboardQueries(t *testing.T) {
 		for _, name := range re.FindAllString(e, -1) {
 			base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count")
 			if !have[name] && !have[base] {
-				t.Errorf("dashboard queries %s, which the agent does not export (query %q)", name, e)
+				t.Errorf("dashboard queries %s, which is not exported (query %q)", name, e)
 			}
 		}
 	}

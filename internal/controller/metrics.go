@@ -1,6 +1,13 @@
 package controller
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"regexp"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/premirror/premirror/internal/forecast"
+	"github.com/premirror/premirror/internal/route"
+)
 
 type metrics struct {
 	leader     prometheus.Gauge
@@ -89,3 +96,41 @@ func (m *metrics) collectors() []prometheus.Collector {
 		m.accessFlows, m.aggregateWrites, m.aggregatesLate, m.fcPass, m.fcCheckpoints, m.fcCheckpointBytes, m.fcCheckpointTime, m.fcRestores, m.fcFeeds,
 		m.placementEvals, m.placementDecisions, m.placedCopies}
 }
+
+// MetricNames lists the fully qualified names of every metric a controller
+// exports (its own, the routing policy's and the prediction engine's); the
+// Grafana dashboard test keeps its queries in sync with them.
+func MetricNames() []string {
+	var rec describer
+	for _, c := range newMetrics(&Controller{}).collectors() {
+		_ = rec.Register(c)
+	}
+	_ = rec.Register(route.NewMetrics())
+	_, _ = forecast.NewEngine(forecast.EngineConfig{Registerer: &rec})
+	return rec.names
+}
+
+// describer is a Registerer that only records the names of what it is
+// given.
+type describer struct{ names []string }
+
+func (d *describer) Register(c prometheus.Collector) error {
+	ch := make(chan *prometheus.Desc, 64)
+	go func() { c.Describe(ch); close(ch) }()
+	for desc := range ch {
+		if sub := fqNameRE.FindStringSubmatch(desc.String()); sub != nil {
+			d.names = append(d.names, sub[1])
+		}
+	}
+	return nil
+}
+
+func (d *describer) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		_ = d.Register(c)
+	}
+}
+
+func (d *describer) Unregister(prometheus.Collector) bool { return false }
+
+var fqNameRE = regexp.MustCompile(`fqName: "([^"]+)"`)
