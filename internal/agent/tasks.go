@@ -93,8 +93,13 @@ func planTasks(node string, tasks []*pb.ReplicationTask, vols []replicator.Statu
 			continue // the same copy placed for two Mirror objects on one node
 		}
 		seen[k] = true
-		plan[k.volume] = append(plan[k.volume], replicator.MirrorConfig{Peer: k.peer, Volume: k.volume,
-			Mode: replicator.ModeFull, Interval: interval})
+		mc := replicator.MirrorConfig{Peer: k.peer, Volume: k.volume, Mode: replicator.ModeFull, Interval: interval}
+		if t.GetKind() == pb.MirrorKind_MIRROR_KIND_SELECTIVE {
+			// The source's most-read extents; the target reads the rest
+			// through from its upstream.
+			mc.Mode, mc.HotExtents = replicator.ModeSelective, int(t.GetHotExtents())
+		}
+		plan[k.volume] = append(plan[k.volume], mc)
 	}
 	for _, ms := range plan {
 		slices.SortFunc(ms, func(a, b replicator.MirrorConfig) int { return cmp.Compare(a.Peer, b.Peer) })
@@ -172,16 +177,20 @@ func (cp *controlPlane) applyTasks(version uint64, tasks []*pb.ReplicationTask) 
 }
 
 // replicaSyncs reports every volume held here as a mirror: in sync once
-// it holds a complete copy whose freshness is known, with its lag. A copy
-// completed by a replicator that did not record cycle times counts as
-// out of sync until its next cycle (one interval later).
+// it can serve the resource and its freshness is known, with its lag. A
+// full copy can serve once complete; a selective one once its first copy
+// of the hot extents has committed (reads of the other blocks go through
+// to its upstream). A copy completed by a replicator that did not record
+// cycle times counts as out of sync until its next cycle (one interval
+// later).
 func replicaSyncs(vols []replicator.Status) []*pb.ReplicaSync {
 	var out []*pb.ReplicaSync
 	for _, s := range vols {
 		if s.Role != replicator.RoleMirror {
 			continue
 		}
-		out = append(out, &pb.ReplicaSync{Resource: s.Name, InSync: s.Complete && !s.CycleAsOf.IsZero(),
+		serves := s.Complete || (s.Selective && !s.Empty && !s.Inconsistent && !s.FullActive)
+		out = append(out, &pb.ReplicaSync{Resource: s.Name, InSync: serves && !s.CycleAsOf.IsZero(),
 			LagNs: int64(s.Lag)})
 	}
 	return out

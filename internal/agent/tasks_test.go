@@ -63,6 +63,14 @@ func TestPlanTasks(t *testing.T) {
 	if len(plan) != 2 {
 		t.Fatalf("plan covers %d volumes, want disk and idle: %v", len(plan), plan)
 	}
+	// A selective placement: the source's hottest extents, read-through
+	// for the rest.
+	sel := task("idle", "me", "m1")
+	sel.Kind, sel.HotExtents = pb.MirrorKind_MIRROR_KIND_SELECTIVE, 12
+	plan, _ = planTasks("me", []*pb.ReplicationTask{sel}, vols, peers, time.Second)
+	if ms := plan["idle"]; len(ms) != 1 || ms[0].Mode != replicator.ModeSelective || ms[0].HotExtents != 12 {
+		t.Fatalf("selective task planned as %+v", ms)
+	}
 	var got []string
 	for _, p := range problems {
 		got = append(got, p.task.GetResource()+"→"+p.task.GetTargetNode()+":"+p.reason)
@@ -83,6 +91,9 @@ func TestReplicaSyncsAndAttach(t *testing.T) {
 		{Name: "synced", Role: replicator.RoleMirror, Complete: true, CycleAsOf: now.Add(-2 * time.Second), Lag: 2 * time.Second},
 		// Completed before cycle times were recorded: freshness unknown.
 		{Name: "legacy", Role: replicator.RoleMirror, Complete: true},
+		// A selective copy serves once its hot extents committed.
+		{Name: "hot", Role: replicator.RoleMirror, Selective: true, CycleAsOf: now.Add(-time.Second), Lag: time.Second},
+		{Name: "hot-copying", Role: replicator.RoleMirror, Selective: true, Inconsistent: true, FullActive: true},
 	}
 	reps := replicaSyncs(vols)
 	type rs struct {
@@ -94,14 +105,15 @@ func TestReplicaSyncsAndAttach(t *testing.T) {
 	for _, r := range reps {
 		got = append(got, rs{r.GetResource(), r.GetInSync(), time.Duration(r.GetLagNs())})
 	}
-	want := []rs{{"empty", false, 0}, {"copying", false, 0}, {"synced", true, 2 * time.Second}, {"legacy", false, 0}}
+	want := []rs{{"empty", false, 0}, {"copying", false, 0}, {"synced", true, 2 * time.Second}, {"legacy", false, 0},
+		{"hot", true, time.Second}, {"hot-copying", false, 0}}
 	if !slices.Equal(got, want) {
 		t.Fatalf("replica syncs %v, want %v", got, want)
 	}
 	mh := []*pb.MirrorHealth{{Mirror: "a"}, {Mirror: "b"}}
 	attachReplicas(mh, reps)
 	for _, m := range mh {
-		if len(m.GetReplicas()) != 4 || m.GetReplicas()[2].GetResource() != "synced" {
+		if len(m.GetReplicas()) != len(reps) || m.GetReplicas()[2].GetResource() != "synced" {
 			t.Fatalf("mirror %s carries %v", m.GetMirror(), m.GetReplicas())
 		}
 	}

@@ -484,7 +484,7 @@ func replicationTasks(w *world) []*pb.ReplicationTask {
 				continue
 			}
 			out = append(out, &pb.ReplicationTask{Resource: r.GetName(), SourceNode: src, TargetNode: dst,
-				Mirror: pl.GetMirror(), Kind: pl.GetKind(), PlacedUnixNano: pl.GetPlacedUnixNano()})
+				Mirror: pl.GetMirror(), Kind: pl.GetKind(), PlacedUnixNano: pl.GetPlacedUnixNano(), HotExtents: pl.GetHotExtents()})
 		}
 	}
 	return out

@@ -77,6 +77,7 @@ type yamlResource struct {
 	Profile       *yamlProfile    `yaml:"profile,omitempty"`
 	HashNoSrcPort bool            `yaml:"hash_no_src_port,omitempty"`
 	SizeBytes     uint64          `yaml:"size_bytes,omitempty"`
+	WorkingSet    uint64          `yaml:"working_set_bytes,omitempty"`
 }
 
 type yamlPolicy struct {
@@ -206,7 +207,8 @@ func (m yamlMirror) proto() (*pb.Mirror, error) {
 }
 
 func (r yamlResource) proto() (*pb.Resource, error) {
-	pr := &pb.Resource{Name: r.Name, Vips: r.VIPs, Origin: r.Origin, HashNoSrcPort: r.HashNoSrcPort, SizeBytes: r.SizeBytes}
+	pr := &pb.Resource{Name: r.Name, Vips: r.VIPs, Origin: r.Origin, HashNoSrcPort: r.HashNoSrcPort, SizeBytes: r.SizeBytes,
+		WorkingSetBytes: r.WorkingSet}
 	for i, p := range r.Ports {
 		if p < 1 || p > 65535 {
 			return nil, fmt.Errorf("ports[%d]: %d out of [1, 65535]", i, p)
@@ -434,6 +436,9 @@ func checkResource(r *pb.Resource) error {
 			return fmt.Errorf("affinity.prefix_v6: %d out of [0, 128]", a.GetPrefixV6())
 		}
 	}
+	if ws := r.GetWorkingSetBytes(); ws > 0 && (r.GetSizeBytes() == 0 || ws >= r.GetSizeBytes()) {
+		return fmt.Errorf("working_set_bytes: %d must be below size_bytes %d (or 0 for full copies)", ws, r.GetSizeBytes())
+	}
 	if t := r.GetThresholds(); t != nil {
 		for _, f := range []struct {
 			name string
@@ -587,7 +592,7 @@ func FormatObjects(o *pb.Objects) ([]byte, error) {
 	}
 	for _, r := range o.GetResources() {
 		yr := yamlResource{ID: r.GetId(), Name: r.GetName(), VIPs: r.GetVips(), Origin: r.GetOrigin(), HashNoSrcPort: r.GetHashNoSrcPort(),
-			SizeBytes: r.GetSizeBytes()}
+			SizeBytes: r.GetSizeBytes(), WorkingSet: r.GetWorkingSetBytes()}
 		for _, p := range r.GetPorts() {
 			yr.Ports = append(yr.Ports, int64(p))
 		}

@@ -66,6 +66,7 @@ func TestParseObjectsNamesTheField(t *testing.T) {
 		{"policy mode", "mode: predictive", "mode: psychic", "resources[0].mirror_policy.mode"},
 		{"policy lists origin", "mirrors: [nyc]", "mirrors: [paris]", "resources[0] (disk-42).mirror_policy.mirrors[0]"},
 		{"max mirrors", "max_mirrors: 3", "max_mirrors: 1", "resources[0] (disk-42).mirror_policy.max_mirrors"},
+		{"working set", "size_bytes: 21474836480", "size_bytes: 21474836480\n    working_set_bytes: 21474836480", "resources[0] (disk-42).working_set_bytes"},
 		{"affinity timeout", "timeout: 30m", "timeout: 0s", "resources[0].affinity.timeout"},
 		{"affinity prefix", "prefix_v4: 24", "prefix_v4: 40", "resources[0].affinity.prefix_v4"},
 		{"scores", "retire_score: 0.3", "retire_score: 0.7", "resources[0] (disk-42).thresholds.retire_score"},

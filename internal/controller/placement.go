@@ -33,7 +33,10 @@ import (
 //     site no longer allowed, or the resource left predictive mode.
 //
 // A placed copy is a full copy, or a delta when its host held one before
-// (a retired copy keeps its data). Decisions are stored per resource in
+// (a retired copy keeps its data), or — for a resource that declares a
+// working set smaller than its size — a selective copy of its hottest
+// extents (read-through serves the rest), scored with the working set's
+// bytes copied and stored. Decisions are stored per resource in
 // etcd (state/placements/<resource>, fenced on the leadership); the
 // routing policy adds placed copies to the resource's replicas, routable
 // once their host reports them in sync, and the desired state carries a
@@ -61,8 +64,9 @@ type placeInput struct {
 	now                      time.Time
 	predictive               bool
 	mirrorScore, retireScore float64
-	maxCopies                int // including the origin; 0: no bound
-	copies                   int // origin plus listed mirrors
+	maxCopies                int    // including the origin; 0: no bound
+	copies                   int    // origin plus listed mirrors
+	hotExtents               uint32 // selective copies of this many extents; 0: full copies
 	cands                    []placeCandidate
 	keep                     map[string]float64 // placed mirror → keep score (absent: not scored now)
 	gone                     map[string]string  // placed mirror → why it must go at once
@@ -174,10 +178,13 @@ func decide(rec *pb.PlacementRecord, in placeInput) (*pb.PlacementRecord, bool) 
 		return out, changed
 	}
 	kind := pb.MirrorKind_MIRROR_KIND_FULL
-	if slices.Contains(out.Held, best.mirror) {
+	switch {
+	case in.hotExtents > 0:
+		kind = pb.MirrorKind_MIRROR_KIND_SELECTIVE
+	case slices.Contains(out.Held, best.mirror):
 		kind = pb.MirrorKind_MIRROR_KIND_DELTA
 	}
-	out.Placed = append(out.Placed, &pb.Placement{Site: best.site, Mirror: best.mirror, Kind: kind,
+	out.Placed = append(out.Placed, &pb.Placement{Site: best.site, Mirror: best.mirror, Kind: kind, HotExtents: in.hotExtents,
 		PlacedUnixNano: in.now.UnixNano(), PlacedScore: best.score, Score: best.score, CopyState: pb.CopyState_COPY_STATE_UNREPORTED})
 	delete(out.Above, best.site)
 	event(&pb.PlacementEvent{Action: "place", Site: best.site, Mirror: best.mirror, Kind: kind, Score: best.score,
@@ -273,6 +280,8 @@ func kindName(k pb.MirrorKind) string {
 		return "full"
 	case pb.MirrorKind_MIRROR_KIND_DELTA:
 		return "delta"
+	case pb.MirrorKind_MIRROR_KIND_SELECTIVE:
+		return "selective"
 	}
 	return "unspecified"
 }
@@ -290,6 +299,7 @@ func (c *Controller) placementInput(ctx context.Context, res *pb.Resource, rec *
 	in.predictive = res.GetMirrorPolicy().GetMode() == pb.MirrorMode_MIRROR_MODE_PREDICTIVE
 	in.mirrorScore, in.retireScore = thresholds(res)
 	in.maxCopies = int(res.GetMirrorPolicy().GetMaxMirrors())
+	in.hotExtents = hotExtents(res)
 	in.copies = 1 + len(res.GetMirrorPolicy().GetMirrors())
 	mirrors := map[string]*pb.Mirror{}
 	for _, m := range snap.mirrors {

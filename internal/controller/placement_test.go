@@ -78,6 +78,11 @@ func TestDecide(t *testing.T) {
 			{in: with(func(i *placeInput) { i.cands = []placeCandidate{us} }), wantPlaced: []string{"nyc"}, wantEvent: "place",
 				wantKind: pb.MirrorKind_MIRROR_KIND_DELTA},
 		}},
+		{"a resource with a working set gets selective copies", placed(), []step{
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{us}; i.hotExtents = 5 })},
+			{in: with(func(i *placeInput) { i.cands = []placeCandidate{us}; i.hotExtents = 5 }), wantPlaced: []string{"nyc"}, wantEvent: "place",
+				wantKind: pb.MirrorKind_MIRROR_KIND_SELECTIVE},
+		}},
 		{"no keep score is no evidence", placed("nyc"), []step{
 			{in: with(func(i *placeInput) { i.keep["nyc"] = 0.1 }), wantPlaced: []string{"nyc"}},
 			{in: with(func(*placeInput) {}), wantPlaced: []string{"nyc"}},
@@ -129,6 +134,24 @@ func TestDecide(t *testing.T) {
 				rec = next
 			}
 		})
+	}
+}
+
+func TestSelectiveCopySize(t *testing.T) {
+	for _, tc := range []struct {
+		size, ws   uint64
+		bytes      uint64
+		hotExtents uint32
+	}{
+		{1 << 30, 0, 1 << 30, 0},
+		{1 << 30, 10 << 20, 10 << 20, 3}, // 10 MiB: three 4 MiB extents
+		{1 << 30, 1 << 30, 1 << 30, 0},   // not smaller than the resource: full
+		{0, 4 << 20, 0, 0},
+	} {
+		r := &pb.Resource{SizeBytes: tc.size, WorkingSetBytes: tc.ws}
+		if b, n := copyBytes(r), hotExtents(r); b != tc.bytes || n != tc.hotExtents {
+			t.Errorf("size %d working set %d: copies %d bytes in %d extents, want %d in %d", tc.size, tc.ws, b, n, tc.bytes, tc.hotExtents)
+		}
 	}
 }
 
@@ -301,5 +324,30 @@ func TestMirroringManager(t *testing.T) {
 			t.Logf("%s %s %s %s %.3f: %s", time.Unix(0, ev.GetUnixNano()).UTC().Format(time.RFC3339), ev.GetAction(), ev.GetMirror(),
 				kindName(ev.GetKind()), ev.GetScore(), ev.GetReason())
 		}
+	}
+}
+
+// TestReplicationTasks: one task per placed copy, to the origin's node,
+// carrying the kind and a selective copy's extents; none when the origin
+// or the target has no node, or both are on one node.
+func TestReplicationTasks(t *testing.T) {
+	w := &world{
+		mirrors: []*pb.Mirror{{Name: "paris", Node: "h-paris"}, {Name: "nyc", Node: "h-nyc"}, {Name: "tokyo"},
+			{Name: "paris2", Node: "h-paris"}},
+		resources: []*pb.Resource{{Name: "disk", Origin: "paris"}, {Name: "web", Origin: "tokyo"}},
+		placed: map[string]*pb.PlacementRecord{
+			"disk": {Placed: []*pb.Placement{
+				{Mirror: "nyc", Kind: pb.MirrorKind_MIRROR_KIND_SELECTIVE, HotExtents: 3, PlacedUnixNano: 7},
+				{Mirror: "tokyo", Kind: pb.MirrorKind_MIRROR_KIND_FULL},  // no node
+				{Mirror: "paris2", Kind: pb.MirrorKind_MIRROR_KIND_FULL}, // the origin's own node
+			}},
+			"web": {Placed: []*pb.Placement{{Mirror: "nyc"}}}, // origin without a node
+		},
+	}
+	got := replicationTasks(w)
+	want := []*pb.ReplicationTask{{Resource: "disk", SourceNode: "h-paris", TargetNode: "h-nyc", Mirror: "nyc",
+		Kind: pb.MirrorKind_MIRROR_KIND_SELECTIVE, HotExtents: 3, PlacedUnixNano: 7}}
+	if len(got) != len(want) || !proto.Equal(got[0], want[0]) {
+		t.Fatalf("tasks %v, want %v", got, want)
 	}
 }

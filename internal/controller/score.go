@@ -150,7 +150,7 @@ func (c *Controller) scoreSetup(res *pb.Resource, demand []forecast.RegionDemand
 
 	s := &scoreSetup{step: c.cfg.Forecast.Engine.Step, mirror: map[string]string{}, viewRev: snap.rev, costs: costs,
 		ids: w.mirrorID, w: w,
-		req: forecast.ScoreRequest{Bytes: int64(min(res.GetSizeBytes(), math.MaxInt64)), Current: map[string]float64{},
+		req: forecast.ScoreRequest{Bytes: int64(min(copyBytes(res), math.MaxInt64)), Current: map[string]float64{},
 			Prices: c.cfg.Forecast.Prices}}
 	// Current cost per region: the current table's weights × each
 	// mirror's cost (the wildcard route where the region has none).
@@ -418,6 +418,9 @@ func writeManagerState(b *strings.Builder, res *pb.Resource, rec *pb.PlacementRe
 	if n := res.GetMirrorPolicy().GetMaxMirrors(); n > 0 {
 		fmt.Fprintf(b, ", at most %d copies with the origin", n)
 	}
+	if n := hotExtents(res); n > 0 {
+		fmt.Fprintf(b, "; copies are selective: the %d most-read 4 MiB extents (working set %d bytes), the rest read through", n, res.GetWorkingSetBytes())
+	}
 	b.WriteString("\n")
 	for _, pl := range rec.GetPlaced() {
 		copy := "not reported by its host yet"
@@ -438,4 +441,26 @@ func writeManagerState(b *strings.Builder, res *pb.Resource, rec *pb.PlacementRe
 	if len(sites) > 0 {
 		fmt.Fprintf(b, "  at or above mirror_score so far: %s\n", strings.Join(sites, ", "))
 	}
+}
+
+// copyBytes is what a new copy of res copies and stores: its working set
+// when it declares one (a selective copy), else its whole size.
+func copyBytes(res *pb.Resource) uint64 {
+	if ws := res.GetWorkingSetBytes(); ws > 0 && ws < res.GetSizeBytes() {
+		return ws
+	}
+	return res.GetSizeBytes()
+}
+
+// hotExtentBytes is the replicator's unit of read heat for selective
+// copies (replicator.PushOptions.HotExtents: 4 MiB extents).
+const hotExtentBytes = 4 << 20
+
+// hotExtents is how many extents a selective copy of res holds; 0: full.
+func hotExtents(res *pb.Resource) uint32 {
+	ws := res.GetWorkingSetBytes()
+	if ws == 0 || ws >= res.GetSizeBytes() {
+		return 0
+	}
+	return uint32(min((ws+hotExtentBytes-1)/hotExtentBytes, math.MaxUint32))
 }

@@ -285,3 +285,51 @@ func TestCycleAsOf(t *testing.T) {
 	}
 	waitFor(t, "a newer copy time", func() bool { return mirrorStatus(t, dst, "vol").CycleAsOf.After(copied.CycleAsOf) })
 }
+
+// TestDynamicSelectiveMirror: a dynamic mirror in selective mode (what a
+// placement of a resource with a working set asks for) gets the source's
+// most-read extents only; a read of another block at the mirror is
+// fetched from its upstream and served.
+func TestDynamicSelectiveMirror(t *testing.T) {
+	c := newCluster(t, "src", "dst")
+	const blocks = 4 * alExtentBlocks // four 4 MiB extents
+	makeImage(t, c.path("src.img"), blocks, bs, 11)
+	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary}}, Peers: c.peers("dst")})
+	dst := c.start("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img"), Upstream: "src"}}, Peers: c.peers("src")})
+	// Reads make the third extent the hottest.
+	sv, _ := src.Volume("vol")
+	buf := make([]byte, 64*bs)
+	for range 20 {
+		if _, err := sv.ReadAt(buf, int64(2*alExtentBlocks+100)*bs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := src.SetDynamicMirrors("vol", []MirrorConfig{{Peer: "dst", Mode: ModeSelective, HotExtents: 1, Interval: dynInterval}}); err != nil {
+		t.Fatal(err)
+	}
+	// A selective copy is never Complete (it lacks the cold blocks): it
+	// serves once its first copy committed and cycles follow.
+	waitFor(t, "the selective copy", func() bool {
+		st := mirrorStatus(t, dst, "vol")
+		return st.Selective && !st.Inconsistent && !st.FullActive && !st.CycleAsOf.IsZero()
+	})
+	dv, _ := dst.Volume("vol")
+	if miss := dv.missing(2*alExtentBlocks, 3*alExtentBlocks); len(miss) != 0 {
+		t.Fatalf("the hot extent lacks %d blocks", len(miss))
+	}
+	if miss := dv.missing(0, alExtentBlocks); len(miss) != alExtentBlocks {
+		t.Fatalf("a cold extent holds %d blocks, want none", alExtentBlocks-len(miss))
+	}
+	// A cold block read at the mirror comes through from the source.
+	want := make([]byte, bs)
+	if _, err := sv.ReadAt(want, 5*bs); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, bs)
+	if err := dst.Read(context.Background(), "vol", got, 5*bs); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("read-through returned other data")
+	}
+}

@@ -2064,8 +2064,10 @@ type Placement struct {
 	Score       float64 `protobuf:"fixed64,6,opt,name=score,proto3" json:"score,omitempty"`
 	// What the copy's host last reported of it (ReplicaSync), at the last
 	// evaluation: nothing yet, copying, or in sync with its lag.
-	CopyState     CopyState `protobuf:"varint,7,opt,name=copy_state,json=copyState,proto3,enum=premirror.v1.CopyState" json:"copy_state,omitempty"`
-	LagNs         int64     `protobuf:"varint,8,opt,name=lag_ns,json=lagNs,proto3" json:"lag_ns,omitempty"`
+	CopyState CopyState `protobuf:"varint,7,opt,name=copy_state,json=copyState,proto3,enum=premirror.v1.CopyState" json:"copy_state,omitempty"`
+	LagNs     int64     `protobuf:"varint,8,opt,name=lag_ns,json=lagNs,proto3" json:"lag_ns,omitempty"`
+	// For a selective copy: the extents it holds (4 MiB each).
+	HotExtents    uint32 `protobuf:"varint,9,opt,name=hot_extents,json=hotExtents,proto3" json:"hot_extents,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2152,6 +2154,13 @@ func (x *Placement) GetCopyState() CopyState {
 func (x *Placement) GetLagNs() int64 {
 	if x != nil {
 		return x.LagNs
+	}
+	return 0
+}
+
+func (x *Placement) GetHotExtents() uint32 {
+	if x != nil {
+		return x.HotExtents
 	}
 	return 0
 }
@@ -2411,7 +2420,7 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"BelowEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x97\x02\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xb8\x02\n" +
 	"\tPlacement\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x16\n" +
 	"\x06mirror\x18\x02 \x01(\tR\x06mirror\x12,\n" +
@@ -2421,7 +2430,9 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"\x05score\x18\x06 \x01(\x01R\x05score\x126\n" +
 	"\n" +
 	"copy_state\x18\a \x01(\x0e2\x17.premirror.v1.CopyStateR\tcopyState\x12\x15\n" +
-	"\x06lag_ns\x18\b \x01(\x03R\x05lagNs\"\xcd\x01\n" +
+	"\x06lag_ns\x18\b \x01(\x03R\x05lagNs\x12\x1f\n" +
+	"\vhot_extents\x18\t \x01(\rR\n" +
+	"hotExtents\"\xcd\x01\n" +
 	"\x0ePlacementEvent\x12\x1b\n" +
 	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x12\n" +

@@ -710,6 +710,12 @@ type Resource struct {
 	// the cost side of its Mirroring Score. 0: unknown (copying counts as
 	// free, so scores are optimistic).
 	SizeBytes uint64 `protobuf:"varint,11,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	// The part of the resource its users actually read (the application's
+	// profile), when smaller than size_bytes: the mirroring manager then
+	// places selective copies — the hottest extents of about this size,
+	// the rest read through from the origin on demand — and scores them
+	// with this many bytes copied and stored. 0: full copies.
+	WorkingSetBytes uint64 `protobuf:"varint,12,opt,name=working_set_bytes,json=workingSetBytes,proto3" json:"working_set_bytes,omitempty"`
 	// Assigned by the controller; ignored on apply.
 	Id            uint32 `protobuf:"varint,15,opt,name=id,proto3" json:"id,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -823,6 +829,13 @@ func (x *Resource) GetSizeBytes() uint64 {
 	return 0
 }
 
+func (x *Resource) GetWorkingSetBytes() uint64 {
+	if x != nil {
+		return x.WorkingSetBytes
+	}
+	return 0
+}
+
 func (x *Resource) GetId() uint32 {
 	if x != nil {
 		return x.Id
@@ -932,7 +945,7 @@ const file_premirror_v1_objects_proto_rawDesc = "" +
 	"\x0eRequestProfile\x12\x1f\n" +
 	"\vround_trips\x18\x01 \x01(\x01R\n" +
 	"roundTrips\x12*\n" +
-	"\x11bytes_per_request\x18\x02 \x01(\x01R\x0fbytesPerRequest\"\xd3\x03\n" +
+	"\x11bytes_per_request\x18\x02 \x01(\x01R\x0fbytesPerRequest\"\xff\x03\n" +
 	"\bResource\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04vips\x18\x02 \x03(\tR\x04vips\x12\x14\n" +
@@ -948,7 +961,8 @@ const file_premirror_v1_objects_proto_rawDesc = "" +
 	"\x10hash_no_src_port\x18\n" +
 	" \x01(\bR\rhashNoSrcPort\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\v \x01(\x04R\tsizeBytes\x12\x0e\n" +
+	"size_bytes\x18\v \x01(\x04R\tsizeBytes\x12*\n" +
+	"\x11working_set_bytes\x18\f \x01(\x04R\x0fworkingSetBytes\x12\x0e\n" +
 	"\x02id\x18\x0f \x01(\rR\x02id\"\x99\x01\n" +
 	"\aObjects\x12(\n" +
 	"\x05sites\x18\x01 \x03(\v2\x12.premirror.v1.SiteR\x05sites\x12.\n" +

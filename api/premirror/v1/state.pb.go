@@ -34,6 +34,9 @@ const (
 	// Only blocks changed since the target's copy: a stale copy (a mirror
 	// retired earlier, or one that fell behind) catches up.
 	MirrorKind_MIRROR_KIND_DELTA MirrorKind = 2
+	// Only the hottest extents (hot_extents of them); the target reads the
+	// rest through from its upstream on demand (resource.working_set_bytes).
+	MirrorKind_MIRROR_KIND_SELECTIVE MirrorKind = 3
 )
 
 // Enum value maps for MirrorKind.
@@ -42,11 +45,13 @@ var (
 		0: "MIRROR_KIND_UNSPECIFIED",
 		1: "MIRROR_KIND_FULL",
 		2: "MIRROR_KIND_DELTA",
+		3: "MIRROR_KIND_SELECTIVE",
 	}
 	MirrorKind_value = map[string]int32{
 		"MIRROR_KIND_UNSPECIFIED": 0,
 		"MIRROR_KIND_FULL":        1,
 		"MIRROR_KIND_DELTA":       2,
+		"MIRROR_KIND_SELECTIVE":   3,
 	}
 )
 
@@ -213,8 +218,11 @@ type ReplicationTask struct {
 	Mirror         string     `protobuf:"bytes,4,opt,name=mirror,proto3" json:"mirror,omitempty"`
 	Kind           MirrorKind `protobuf:"varint,5,opt,name=kind,proto3,enum=premirror.v1.MirrorKind" json:"kind,omitempty"`
 	PlacedUnixNano int64      `protobuf:"varint,6,opt,name=placed_unix_nano,json=placedUnixNano,proto3" json:"placed_unix_nano,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// For MIRROR_KIND_SELECTIVE: how many of the source's most-read 4 MiB
+	// extents the copy holds.
+	HotExtents    uint32 `protobuf:"varint,7,opt,name=hot_extents,json=hotExtents,proto3" json:"hot_extents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ReplicationTask) Reset() {
@@ -285,6 +293,13 @@ func (x *ReplicationTask) GetKind() MirrorKind {
 func (x *ReplicationTask) GetPlacedUnixNano() int64 {
 	if x != nil {
 		return x.PlacedUnixNano
+	}
+	return 0
+}
+
+func (x *ReplicationTask) GetHotExtents() uint32 {
+	if x != nil {
+		return x.HotExtents
 	}
 	return 0
 }
@@ -690,7 +705,7 @@ const file_premirror_v1_state_proto_rawDesc = "" +
 	"\vtable_slots\x18\a \x01(\rR\n" +
 	"tableSlots\x12,\n" +
 	"\x12computed_unix_nano\x18\b \x01(\x03R\x10computedUnixNano\x12J\n" +
-	"\x11replication_tasks\x18\t \x03(\v2\x1d.premirror.v1.ReplicationTaskR\x10replicationTasks\"\xdf\x01\n" +
+	"\x11replication_tasks\x18\t \x03(\v2\x1d.premirror.v1.ReplicationTaskR\x10replicationTasks\"\x80\x02\n" +
 	"\x0fReplicationTask\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\tR\bresource\x12\x1f\n" +
 	"\vsource_node\x18\x02 \x01(\tR\n" +
@@ -699,7 +714,9 @@ const file_premirror_v1_state_proto_rawDesc = "" +
 	"targetNode\x12\x16\n" +
 	"\x06mirror\x18\x04 \x01(\tR\x06mirror\x12,\n" +
 	"\x04kind\x18\x05 \x01(\x0e2\x18.premirror.v1.MirrorKindR\x04kind\x12(\n" +
-	"\x10placed_unix_nano\x18\x06 \x01(\x03R\x0eplacedUnixNano\"M\n" +
+	"\x10placed_unix_nano\x18\x06 \x01(\x03R\x0eplacedUnixNano\x12\x1f\n" +
+	"\vhot_extents\x18\a \x01(\rR\n" +
+	"hotExtents\"M\n" +
 	"\vRegionState\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x1a\n" +
@@ -725,12 +742,13 @@ const file_premirror_v1_state_proto_rawDesc = "" +
 	"\aweights\x18\x01 \x03(\v2\x1a.premirror.v1.MirrorWeightR\aweights\"C\n" +
 	"\fMirrorWeight\x12\x1b\n" +
 	"\tmirror_id\x18\x01 \x01(\rR\bmirrorId\x12\x16\n" +
-	"\x06weight\x18\x02 \x01(\rR\x06weight*V\n" +
+	"\x06weight\x18\x02 \x01(\rR\x06weight*q\n" +
 	"\n" +
 	"MirrorKind\x12\x1b\n" +
 	"\x17MIRROR_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10MIRROR_KIND_FULL\x10\x01\x12\x15\n" +
-	"\x11MIRROR_KIND_DELTA\x10\x02B=Z;github.com/premirror/premirror/api/premirror/v1;premirrorv1b\x06proto3"
+	"\x11MIRROR_KIND_DELTA\x10\x02\x12\x19\n" +
+	"\x15MIRROR_KIND_SELECTIVE\x10\x03B=Z;github.com/premirror/premirror/api/premirror/v1;premirrorv1b\x06proto3"
 
 var (
 	file_premirror_v1_state_proto_rawDescOnce sync.Once
