@@ -502,28 +502,8 @@ func replicationSetup(l *lab.Lab, dir string) error {
 	if err := os.WriteFile(img, data, 0o600); err != nil {
 		return err
 	}
-	l.SetConfigHook(func(h *testbed.Host, c *agent.Config) error {
-		var vol agent.VolumeCfg
-		var peers []agent.PeerCfg
-		switch h.Name {
-		case "m-core":
-			vol = agent.VolumeCfg{Name: predResource, Path: img, Role: "primary"}
-			peers = []agent.PeerCfg{l.ReplicationPeer(predMirror)}
-		case predMirror:
-			vol = agent.VolumeCfg{Name: predResource, Path: predImage(dir, predMirror), Role: "mirror",
-				AllowedPeers: []string{"m-core"}}
-		default:
-			return nil
-		}
-		r, err := l.Replication(h.Name)
-		if err != nil {
-			return err
-		}
-		r.Volumes, r.Peers = []agent.VolumeCfg{vol}, peers
-		r.TaskInterval = agent.Duration(time.Second)
-		c.Replication = r
-		return nil
-	})
+	l.SetVolumeCopy(lab.VolumeCopy{Volume: predResource, PrimaryHost: "m-core", Primary: img,
+		MirrorHost: predMirror, Mirror: predImage(dir, predMirror), TaskInterval: time.Second})
 	return nil
 }
 

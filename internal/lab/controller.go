@@ -18,6 +18,7 @@ import (
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/agent"
+	"github.com/premirror/premirror/internal/testbed"
 )
 
 // ControllerSetup runs the real controller in one testbed host (its eth0
@@ -288,4 +289,46 @@ func (l *Lab) Replication(host string) (*agent.Replication, error) {
 func (l *Lab) ReplicationPeer(host string) agent.PeerCfg {
 	return agent.PeerCfg{Name: host, Addr: net.JoinHostPort(l.TB.Host(host).V4().String(), fmt.Sprint(ReplicationPort)),
 		ServerName: host}
+}
+
+// VolumeCopy describes a volume the mirroring manager may copy: its
+// primary on one host, an empty mirror that only the primary may fill on
+// another (a placed copy of the resource named like the volume).
+type VolumeCopy struct {
+	Volume               string
+	PrimaryHost, Primary string // host and image path of the primary
+	MirrorHost, Mirror   string // host and image path of the mirror
+	Schedule             string // the primary's rate schedule towards the mirror host ("" unlimited)
+	TaskInterval         time.Duration
+}
+
+// SetVolumeCopy makes the agents of v's two hosts run replicators for it
+// (ControllerSetup.Replicators must list both): it sets the config hook,
+// so call it before StartAll.
+func (l *Lab) SetVolumeCopy(v VolumeCopy) {
+	l.SetConfigHook(func(h *testbed.Host, c *agent.Config) error {
+		var vol agent.VolumeCfg
+		var peers []agent.PeerCfg
+		switch h.Name {
+		case v.PrimaryHost:
+			vol = agent.VolumeCfg{Name: v.Volume, Path: v.Primary, Role: "primary"}
+			p := l.ReplicationPeer(v.MirrorHost)
+			p.Schedule = v.Schedule
+			peers = []agent.PeerCfg{p}
+		case v.MirrorHost:
+			vol = agent.VolumeCfg{Name: v.Volume, Path: v.Mirror, Role: "mirror", AllowedPeers: []string{v.PrimaryHost}}
+		default:
+			return nil
+		}
+		r, err := l.Replication(h.Name)
+		if err != nil {
+			return err
+		}
+		r.Volumes, r.Peers = []agent.VolumeCfg{vol}, peers
+		// A placed copy counts as in sync only after its first delta
+		// cycle: a short interval keeps tests and the demo in seconds.
+		r.TaskInterval = agent.Duration(v.TaskInterval)
+		c.Replication = r
+		return nil
+	})
 }

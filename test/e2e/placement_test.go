@@ -13,7 +13,6 @@ import (
 	"time"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
-	"github.com/premirror/premirror/internal/agent"
 	"github.com/premirror/premirror/internal/lab"
 	"github.com/premirror/premirror/internal/testbed"
 )
@@ -149,33 +148,10 @@ func TestPredictivePlacement(t *testing.T) {
 	if err := os.WriteFile(coreImg, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	l.SetConfigHook(func(h *testbed.Host, c *agent.Config) error {
-		var vol agent.VolumeCfg
-		var peers []agent.PeerCfg
-		switch h.Name {
-		case "m-core":
-			vol = agent.VolumeCfg{Name: predResource, Path: coreImg, Role: "primary"}
-			// Throttled so that the copy takes about 2 s: long enough
-			// to see that no flow goes to m-us while it is incomplete.
-			p := l.ReplicationPeer("m-us")
-			p.Schedule = copyRate
-			peers = []agent.PeerCfg{p}
-		case "m-us":
-			vol = agent.VolumeCfg{Name: predResource, Path: usImg, Role: "mirror", AllowedPeers: []string{"m-core"}}
-		default:
-			return nil
-		}
-		r, err := l.Replication(h.Name)
-		if err != nil {
-			return err
-		}
-		r.Volumes, r.Peers = []agent.VolumeCfg{vol}, peers
-		// A placed copy counts as in sync only after its first delta
-		// cycle: a short interval keeps the test in seconds.
-		r.TaskInterval = agent.Duration(time.Second)
-		c.Replication = r
-		return nil
-	})
+	// The copy is throttled so that it takes about 2 s: long enough to
+	// see that no flow goes to m-us while it is incomplete.
+	l.SetVolumeCopy(lab.VolumeCopy{Volume: predResource, PrimaryHost: "m-core", Primary: coreImg,
+		MirrorHost: "m-us", Mirror: usImg, Schedule: copyRate, TaskInterval: time.Second})
 
 	e.startController(lab.ControllerSetup{Bin: bin, Objects: predictiveObjects(e.tb), Replicators: []string{"m-core", "m-us"},
 		// Two-second buckets: forecasts, and the manager's evaluations,
