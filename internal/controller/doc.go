@@ -97,7 +97,15 @@
 //     requests × route cost saved against the current table (the routing
 //     policy's own cost of each (region, mirror) path on the current probe
 //     estimates, weighted by the current weights) × ValuePerRequestSecond,
-//     cost = size_bytes × (CopyPerByte + StorePerByteHour × horizon).
+//     cost = size_bytes (working_set_bytes for a selective copy) ×
+//     (CopyPerByte + StorePerByteHour × horizon).
+//   - Placement. After publishing, the leader's mirroring manager
+//     (placement.go) acts on those scores for resources in predictive
+//     mode: it places and retires copies with hysteresis, records its
+//     decisions under state/placements/<resource> (main prefix, fenced),
+//     and the next route tick adds placed copies to the replicas (routable
+//     once their host reports them in sync) and replication tasks to the
+//     desired state.
 //   - Feeds. Admin.Feed parses an events calendar or covariates CSV as the
 //     engine will (a bad file is refused naming its line and column, and
 //     nothing is stored), then stores it under feeds/; the leader applies
