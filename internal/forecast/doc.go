@@ -125,8 +125,12 @@
 //  6. Combination (pool.go; M4's other lesson: combinations beat single
 //     methods). Per horizon, the hybrid's median is combined with its
 //     regression alone and simple experts: naive, the value a day and a
-//     week before the target, the median of the last 3 values (a level one
-//     spike cannot move) and of the last season, and the hybrid re-anchored
+//     week before the target, the medians of the values at the target's
+//     time of day over the last week and at its time of week over the
+//     window's weeks (seasonal naive that one spike cannot move; from a
+//     window of three days and three weeks), the median of the last 3
+//     values (a level one spike cannot move) and of the last season, and
+//     the hybrid re-anchored
 //     by its last one-step error when that error was a surprise (beyond 4
 //     robust scales: a spike or a level shift; this expert bets on the
 //     shift, and its weight learns from the series which bet pays). For

@@ -18,12 +18,14 @@ const (
 	expMedShort         // median of the last three values: a level one spike cannot move
 	expMedSeason        // median of the last season (a day; a week for daily buckets)
 	expReanchor         // the hybrid shifted by its last one-step error when that was a surprise
+	expSWeekMed         // the median of the values at the target's time of week in the weeks of the window
+	expSDayMed          // the median of the values at the target's time of day over the last week
 	numExp
 )
 
 // expNames name the experts (test messages, debugging).
 var expNames = [numExp]string{"hybrid", "regression", "naive", "snaive_day", "snaive_week",
-	"median_3", "median_season", "hybrid_reanchored"}
+	"median_3", "median_season", "hybrid_reanchored", "snaive_week_median", "snaive_day_median"}
 
 const (
 	// poolEtas learning rates η_g = poolEta0·4^g = 0.1, 0.4, 1.6, 6.4
@@ -95,6 +97,12 @@ func newPool(H, P, W, spd, wk int) *pool {
 	if wk >= 2 && W >= wk {
 		p.avail[expSWeek] = true
 		p.lagWk = wk
+	}
+	if wk >= 2 && W >= 3*wk {
+		p.avail[expSWeekMed] = true
+	}
+	if spd >= 2 && W >= 3*spd {
+		p.avail[expSDayMed] = true
 	}
 	p.season = spd
 	if spd < 2 {
@@ -291,6 +299,38 @@ func (m *Hybrid) experts(idx int64, h int, hyb, mean, mu float64) *[numExp]float
 	}
 	if p.avail[expSWeek] {
 		f[expSWeek] = lagged(p.lagWk)
+	}
+	if p.avail[expSWeekMed] {
+		tmp := m.sc.tmp[:0]
+		for k := int64(1); ; k++ {
+			i := idx + int64(h) - k*int64(p.lagWk)
+			if !m.inWindow(i) {
+				break
+			}
+			if m.wts[i%int64(m.W)] > 0 {
+				tmp = append(tmp, m.ys[i%int64(m.W)])
+			}
+		}
+		f[expSWeekMed] = last
+		if len(tmp) > 0 {
+			f[expSWeekMed] = median(tmp)
+		}
+	}
+	if p.avail[expSDayMed] {
+		tmp := m.sc.tmp[:0]
+		for k := int64(1); k <= 7; k++ {
+			i := idx + int64(h) - k*int64(p.lagDay)
+			if i > idx || !m.inWindow(i) {
+				continue
+			}
+			if m.wts[i%int64(m.W)] > 0 {
+				tmp = append(tmp, m.ys[i%int64(m.W)])
+			}
+		}
+		f[expSDayMed] = last
+		if len(tmp) > 0 {
+			f[expSDayMed] = median(tmp)
+		}
 	}
 	if h == 1 {
 		// The medians do not depend on the horizon.

@@ -330,3 +330,61 @@ func TestNonNegativeQuantiles(t *testing.T) {
 		t.Fatalf("after a negative value the lower quantile is still clamped: %+v", m.Forecast()[0])
 	}
 }
+
+// TestSeasonalMedianExperts: the robust seasonal experts are the medians
+// of the values at the target's time of week over the weeks in the
+// window, and at its time of day over the last week; a spike in one of
+// those buckets does not move them.
+func TestSeasonalMedianExperts(t *testing.T) {
+	const wk = 168
+	m, err := NewHybrid(HybridConfig{Step: time.Hour, Window: 4 * wk, Horizon: 3, Seed: 1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.pl.avail[expSWeekMed] || !m.pl.avail[expSDayMed] {
+		t.Fatal("seasonal median experts not available with a four-week window of hourly buckets")
+	}
+	t0 := time.Date(2026, 1, 5, 0, 0, 0, 0, time.UTC)
+	val := func(i int) float64 {
+		v := float64(100 + i%24)    // a daily profile
+		v += float64(10 * (i / wk)) // each week a little busier
+		if i == 3*wk+5 || i == 4*wk-24+6 {
+			v += 1e6 // spikes: a week and a day before the targets below
+		}
+		return v
+	}
+	n := 4*wk + 1
+	for i := 0; i < n; i++ {
+		if err := m.Observe(t0.Add(time.Duration(i)*time.Hour), val(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	idx := int64(n - 1)
+	sc := scratchPool.Get().(*hybridScratch)
+	defer scratchPool.Put(sc)
+	sc.tmp = grow(sc.tmp, m.W)
+	m.sc = sc
+	defer func() { m.sc = nil }()
+	for h := 1; h <= 3; h++ {
+		f := m.experts(idx, h, 0, 0, 0)
+		target := int(idx) + h
+		var week, day []float64
+		for k := 1; target-k*wk > int(idx)-m.W; k++ {
+			week = append(week, val(target-k*wk))
+		}
+		for k := 1; k <= 7; k++ {
+			if i := target - k*24; i <= int(idx) {
+				day = append(day, val(i))
+			}
+		}
+		if got, want := f[expSWeekMed], median(week); got != want {
+			t.Errorf("h%d: weekly median %v, want %v (of %v)", h, got, want, week)
+		}
+		if got, want := f[expSDayMed], median(day); got != want {
+			t.Errorf("h%d: daily median %v, want %v (of %v)", h, got, want, day)
+		}
+		if f[expSWeekMed] > 1e5 || f[expSDayMed] > 1e5 {
+			t.Errorf("h%d: a spike moved a median expert: %v %v", h, f[expSWeekMed], f[expSDayMed])
+		}
+	}
+}
