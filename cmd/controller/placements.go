@@ -10,6 +10,7 @@ import (
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/cli"
+	"github.com/premirror/premirror/internal/controller"
 )
 
 func init() {
@@ -47,16 +48,13 @@ func printPlacements(rec *pb.PlacementRecord) {
 		}
 		return time.Unix(0, ns).UTC().Format(time.RFC3339)
 	}
-	kind := func(k pb.MirrorKind) string {
-		return strings.ToLower(strings.TrimPrefix(k.String(), "MIRROR_KIND_"))
-	}
 	fmt.Fprintf(ctlOut, "resource %s: %d placed, last evaluated %s\n", rec.GetResource(), len(rec.GetPlaced()), when(rec.GetEvaluatedUnixNano()))
 	if len(rec.GetPlaced()) > 0 {
 		tw := tabwriter.NewWriter(ctlOut, 2, 4, 2, ' ', 0)
 		fmt.Fprintln(tw, "  SITE\tMIRROR\tKIND\tPLACED\tCOPY\tSCORE THEN\tKEEP SCORE\tBELOW RETIRE")
 		for _, p := range rec.GetPlaced() {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%d\n", p.GetSite(), p.GetMirror(), kind(p.GetKind()), when(p.GetPlacedUnixNano()),
-				copyState(p), p.GetPlacedScore(), p.GetScore(), rec.GetBelow()[p.GetMirror()])
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%d\n", p.GetSite(), p.GetMirror(), controller.KindName(p.GetKind()), when(p.GetPlacedUnixNano()),
+				controller.CopyStateText(p), p.GetPlacedScore(), p.GetScore(), rec.GetBelow()[p.GetMirror()])
 		}
 		tw.Flush()
 	}
@@ -75,18 +73,7 @@ func printPlacements(rec *pb.PlacementRecord) {
 		fmt.Fprintln(ctlOut, "  decisions, newest first:")
 		for _, ev := range rec.GetEvents() {
 			fmt.Fprintf(ctlOut, "    %s  %-6s %s on %s (%s, score %.3f): %s\n", when(ev.GetUnixNano()), ev.GetAction(), ev.GetSite(),
-				ev.GetMirror(), kind(ev.GetKind()), ev.GetScore(), ev.GetReason())
+				ev.GetMirror(), controller.KindName(ev.GetKind()), ev.GetScore(), ev.GetReason())
 		}
 	}
-}
-
-// copyState is what the copy's host last reported, for the table.
-func copyState(p *pb.Placement) string {
-	switch p.GetCopyState() {
-	case pb.CopyState_COPY_STATE_IN_SYNC:
-		return fmt.Sprintf("in sync (lag %v)", time.Duration(p.GetLagNs()).Round(time.Millisecond))
-	case pb.CopyState_COPY_STATE_COPYING:
-		return "copying"
-	}
-	return "not reported"
 }

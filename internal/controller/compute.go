@@ -51,6 +51,18 @@ type world struct {
 	dpState map[uint32]pb.MirrorState
 	// placed is the mirroring manager's record per resource.
 	placed map[string]*pb.PlacementRecord
+	// replicas is what each mirror's host last reported (fresh reports
+	// only) of the copies it holds, by (mirror, resource).
+	replicas map[repKey]*pb.ReplicaSync
+}
+
+type repKey struct{ mirror, resource string }
+
+// replicaInSync judges a host's report of a copy as the routing policy
+// does: in sync when the host says so and its lag is within maxLag (0: no
+// bound). A missing report is not in sync.
+func replicaInSync(rs *pb.ReplicaSync, maxLag time.Duration) bool {
+	return rs != nil && rs.GetInSync() && (maxLag == 0 || time.Duration(rs.GetLagNs()) <= maxLag)
 }
 
 func pbHealth(h pb.Health) probe.Health {
@@ -78,6 +90,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 		regions: slices.Clone(s.sites), mirrors: slices.Clone(s.mirrors), resources: slices.Clone(s.resources),
 		regionID: make(map[string]uint32, len(s.sites)), mirrorID: make(map[string]uint32, len(s.mirrors)),
 		dpState: make(map[uint32]pb.MirrorState, len(s.mirrors)), placed: s.placed,
+		replicas: map[repKey]*pb.ReplicaSync{},
 	}
 	slices.SortFunc(w.regions, func(a, b *pb.Site) int { return cmp.Compare(a.GetId(), b.GetId()) })
 	slices.SortFunc(w.mirrors, func(a, b *pb.Mirror) int { return cmp.Compare(a.GetId(), b.GetId()) })
@@ -102,8 +115,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 	agg := map[pathKey]*pathAgg{}
 	mirrorHealth := map[string]*pb.MirrorHealth{}
 	nodeCPU := map[string]float64{}
-	type repKey struct{ mirror, resource string }
-	replicas := map[repKey]*pb.ReplicaSync{}
+	replicas := w.replicas
 	demand := map[uint32][]float64{}
 	regionIdx := make(map[uint32]int, len(w.regions))
 	for i, r := range w.regions {
@@ -296,7 +308,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 			// otherwise.
 			inSync := true
 			if rs := replicas[repKey{name, r.GetName()}]; rs != nil {
-				inSync = rs.GetInSync() && (maxLag == 0 || time.Duration(rs.GetLagNs()) <= maxLag)
+				inSync = replicaInSync(rs, maxLag)
 			}
 			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: mid, InSync: inSync})
 		}
@@ -308,8 +320,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 			if !ok || slices.Contains(r.GetMirrorPolicy().GetMirrors(), pl.GetMirror()) || pl.GetMirror() == r.GetOrigin() {
 				continue
 			}
-			rs := replicas[repKey{pl.GetMirror(), r.GetName()}]
-			inSync := rs != nil && rs.GetInSync() && (maxLag == 0 || time.Duration(rs.GetLagNs()) <= maxLag)
+			inSync := replicaInSync(replicas[repKey{pl.GetMirror(), r.GetName()}], maxLag)
 			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: mid, InSync: inSync})
 		}
 		rr.Demand = demand[r.GetId()]

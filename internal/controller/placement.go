@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/url"
 	"slices"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -235,15 +236,15 @@ func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.
 			c.m.placementEvals.WithLabelValues("error").Inc()
 			continue
 		}
-		next, _ := decide(rec, in)
+		next, changed := decide(rec, in)
 		c.m.placementEvals.WithLabelValues("ok").Inc()
 		for _, ev := range next.GetEvents() {
-			if ev.GetUnixNano() != now.UnixNano() {
-				break
+			if !changed || ev.GetUnixNano() != now.UnixNano() {
+				break // only this evaluation's decisions
 			}
 			c.m.placementDecisions.WithLabelValues(ev.GetAction()).Inc()
 			c.log.Info("mirroring manager", "action", ev.GetAction(), "resource", name, "site", ev.GetSite(),
-				"mirror", ev.GetMirror(), "kind", kindName(ev.GetKind()), "score", ev.GetScore(), "reason", ev.GetReason())
+				"mirror", ev.GetMirror(), "kind", KindName(ev.GetKind()), "score", ev.GetScore(), "reason", ev.GetReason())
 		}
 		for _, pl := range next.GetPlaced() {
 			placed[pl.GetCopyState()]++
@@ -274,24 +275,27 @@ func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.
 	return nil
 }
 
-func kindName(k pb.MirrorKind) string {
-	switch k {
-	case pb.MirrorKind_MIRROR_KIND_FULL:
-		return "full"
-	case pb.MirrorKind_MIRROR_KIND_DELTA:
-		return "delta"
-	case pb.MirrorKind_MIRROR_KIND_SELECTIVE:
-		return "selective"
+// KindName is how operators read a placed copy's kind: full, delta,
+// selective.
+func KindName(k pb.MirrorKind) string {
+	return strings.ToLower(strings.TrimPrefix(k.String(), "MIRROR_KIND_"))
+}
+
+// CopyStateText is how operators read what a placed copy's host last
+// reported of it.
+func CopyStateText(p *pb.Placement) string {
+	switch p.GetCopyState() {
+	case pb.CopyState_COPY_STATE_IN_SYNC:
+		return fmt.Sprintf("in sync (lag %v): routable", time.Duration(p.GetLagNs()).Round(time.Millisecond))
+	case pb.CopyState_COPY_STATE_COPYING:
+		return "copying: not routable yet"
 	}
-	return "unspecified"
+	return "not reported by its host yet"
 }
 
 // placementInput scores a resource's candidates and placed copies.
 func (c *Controller) placementInput(ctx context.Context, res *pb.Resource, rec *pb.PlacementRecord, snap *snapshot, now time.Time) (placeInput, error) {
 	in := placeInput{now: now, gone: map[string]string{}, keep: map[string]float64{}, copyStates: map[string]copyReport{}}
-	if res != nil {
-		in.copyStates = copyReports(snap, res, rec, now, c.cfg.ReportMaxAge)
-	}
 	if res == nil {
 		in.predictive = false
 		return in, nil
@@ -336,6 +340,7 @@ func (c *Controller) placementInput(ctx context.Context, res *pb.Resource, rec *
 	if err != nil {
 		return in, err
 	}
+	in.copyStates = copyStates(res, rec, setup.w)
 	step := time.Duration(fc.GetStepSeconds()) * time.Second
 	seed := seedOf(res.GetName())
 	if len(setup.req.Candidates) > 0 && len(setup.req.Current) > 0 {
@@ -403,44 +408,21 @@ func keepScores(res *pb.Resource, rec *pb.PlacementRecord, s *scoreSetup, demand
 	return out, nil
 }
 
-// copyReports reads what the hosts of a resource's placed copies last
-// reported of them (fresh reports only), judged like the routing policy
-// judges them: in sync when complete and within the resource's max_lag.
-func copyReports(snap *snapshot, res *pb.Resource, rec *pb.PlacementRecord, now time.Time, maxAge time.Duration) map[string]copyReport {
+// copyStates is what the hosts of a resource's placed copies last
+// reported of them, judged as the routing policy judges them.
+func copyStates(res *pb.Resource, rec *pb.PlacementRecord, w *world) map[string]copyReport {
 	out := map[string]copyReport{}
-	if len(rec.GetPlaced()) == 0 {
-		return out
-	}
-	host := map[string]string{}
-	for _, m := range snap.mirrors {
-		host[m.GetName()] = m.GetNode()
-	}
-	placed := map[string]bool{}
-	for _, pl := range rec.GetPlaced() {
-		placed[pl.GetMirror()] = true
-	}
 	maxLag := time.Duration(res.GetThresholds().GetMaxLagSeconds()) * time.Second
-	for _, rep := range snap.live {
-		if maxAge > 0 && now.Sub(time.Unix(0, rep.GetReceivedUnixNano())) > maxAge {
+	for _, pl := range rec.GetPlaced() {
+		rs := w.replicas[repKey{pl.GetMirror(), res.GetName()}]
+		if rs == nil {
 			continue
 		}
-		for _, mh := range rep.GetMirrors() {
-			m := mh.GetMirror()
-			if !placed[m] || host[m] != rep.GetNode() {
-				continue // a node speaks only for the mirrors it hosts
-			}
-			for _, rs := range mh.GetReplicas() {
-				if rs.GetResource() != res.GetName() {
-					continue
-				}
-				lag := time.Duration(rs.GetLagNs())
-				st := pb.CopyState_COPY_STATE_COPYING
-				if rs.GetInSync() && (maxLag == 0 || lag <= maxLag) {
-					st = pb.CopyState_COPY_STATE_IN_SYNC
-				}
-				out[m] = copyReport{state: st, lag: lag}
-			}
+		st := pb.CopyState_COPY_STATE_COPYING
+		if replicaInSync(rs, maxLag) {
+			st = pb.CopyState_COPY_STATE_IN_SYNC
 		}
+		out[pl.GetMirror()] = copyReport{state: st, lag: time.Duration(rs.GetLagNs())}
 	}
 	return out
 }

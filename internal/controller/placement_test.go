@@ -322,7 +322,7 @@ func TestMirroringManager(t *testing.T) {
 	if t.Failed() || testing.Verbose() {
 		for _, ev := range rec.GetEvents() {
 			t.Logf("%s %s %s %s %.3f: %s", time.Unix(0, ev.GetUnixNano()).UTC().Format(time.RFC3339), ev.GetAction(), ev.GetMirror(),
-				kindName(ev.GetKind()), ev.GetScore(), ev.GetReason())
+				KindName(ev.GetKind()), ev.GetScore(), ev.GetReason())
 		}
 	}
 }

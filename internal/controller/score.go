@@ -423,15 +423,8 @@ func writeManagerState(b *strings.Builder, res *pb.Resource, rec *pb.PlacementRe
 	}
 	b.WriteString("\n")
 	for _, pl := range rec.GetPlaced() {
-		copy := "not reported by its host yet"
-		switch pl.GetCopyState() {
-		case pb.CopyState_COPY_STATE_IN_SYNC:
-			copy = fmt.Sprintf("in sync (lag %v): routable", time.Duration(pl.GetLagNs()).Round(time.Millisecond))
-		case pb.CopyState_COPY_STATE_COPYING:
-			copy = "copying: not routable yet"
-		}
 		fmt.Fprintf(b, "  placed: %s on %s (%s, since %s), copy %s, keep score %.3f, %d evaluation(s) below retire_score\n", pl.GetSite(), pl.GetMirror(),
-			kindName(pl.GetKind()), time.Unix(0, pl.GetPlacedUnixNano()).UTC().Format(time.RFC3339), copy, pl.GetScore(), rec.GetBelow()[pl.GetMirror()])
+			KindName(pl.GetKind()), time.Unix(0, pl.GetPlacedUnixNano()).UTC().Format(time.RFC3339), CopyStateText(pl), pl.GetScore(), rec.GetBelow()[pl.GetMirror()])
 	}
 	sites := make([]string, 0, len(rec.GetAbove()))
 	for site, n := range rec.GetAbove() {

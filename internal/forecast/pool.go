@@ -301,36 +301,10 @@ func (m *Hybrid) experts(idx int64, h int, hyb, mean, mu float64) *[numExp]float
 		f[expSWeek] = lagged(p.lagWk)
 	}
 	if p.avail[expSWeekMed] {
-		tmp := m.sc.tmp[:0]
-		for k := int64(1); ; k++ {
-			i := idx + int64(h) - k*int64(p.lagWk)
-			if !m.inWindow(i) {
-				break
-			}
-			if m.wts[i%int64(m.W)] > 0 {
-				tmp = append(tmp, m.ys[i%int64(m.W)])
-			}
-		}
-		f[expSWeekMed] = last
-		if len(tmp) > 0 {
-			f[expSWeekMed] = median(tmp)
-		}
+		f[expSWeekMed] = m.medLagged(idx, h, p.lagWk, 0, last)
 	}
 	if p.avail[expSDayMed] {
-		tmp := m.sc.tmp[:0]
-		for k := int64(1); k <= 7; k++ {
-			i := idx + int64(h) - k*int64(p.lagDay)
-			if i > idx || !m.inWindow(i) {
-				continue
-			}
-			if m.wts[i%int64(m.W)] > 0 {
-				tmp = append(tmp, m.ys[i%int64(m.W)])
-			}
-		}
-		f[expSDayMed] = last
-		if len(tmp) > 0 {
-			f[expSDayMed] = median(tmp)
-		}
+		f[expSDayMed] = m.medLagged(idx, h, p.lagDay, 7, last)
 	}
 	if h == 1 {
 		// The medians do not depend on the horizon.
@@ -340,6 +314,30 @@ func (m *Hybrid) experts(idx int64, h int, hyb, mean, mu float64) *[numExp]float
 		}
 	}
 	return f
+}
+
+// medLagged is the median of the known values whole multiples of lag
+// before the target bucket idx+h, at most maxK of them (0: as many as the
+// window holds), skipping multiples that are still in the future at
+// origin idx; def when there is none.
+func (m *Hybrid) medLagged(idx int64, h, lag, maxK int, def float64) float64 {
+	tmp := m.sc.tmp[:0]
+	for k := 1; maxK == 0 || k <= maxK; k++ {
+		i := idx + int64(h) - int64(k*lag)
+		if i > idx {
+			continue
+		}
+		if !m.inWindow(i) {
+			break
+		}
+		if m.wts[i%int64(m.W)] > 0 {
+			tmp = append(tmp, m.ys[i%int64(m.W)])
+		}
+	}
+	if len(tmp) == 0 {
+		return def
+	}
+	return median(tmp)
 }
 
 // medLast is the median of the last k known values up to bucket idx.

@@ -388,3 +388,39 @@ func TestSeasonalMedianExperts(t *testing.T) {
 		}
 	}
 }
+
+// TestWeeklyMedianBeyondAWeek: for daily buckets a target more than a
+// week ahead takes the median of the same weekday in the window's earlier
+// weeks (the week before it lies in the future), not the last value.
+func TestWeeklyMedianBeyondAWeek(t *testing.T) {
+	m, err := NewHybrid(HybridConfig{Step: 24 * time.Hour, Window: 28, Horizon: 12, Seed: 1}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Date(2026, 1, 5, 0, 0, 0, 0, time.UTC)
+	val := func(i int) float64 { return float64(100 + 10*(i%7) + i) }
+	const n = 60
+	for i := 0; i < n; i++ {
+		if err := m.Observe(t0.Add(time.Duration(i)*24*time.Hour), val(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sc := scratchPool.Get().(*hybridScratch)
+	defer scratchPool.Put(sc)
+	sc.tmp = grow(sc.tmp, m.W)
+	m.sc = sc
+	defer func() { m.sc = nil }()
+	idx := int64(n - 1)
+	for _, h := range []int{3, 10} {
+		target := int(idx) + h
+		var want []float64
+		for k := 1; target-7*k > int(idx)-m.W; k++ {
+			if target-7*k <= int(idx) {
+				want = append(want, val(target-7*k))
+			}
+		}
+		if got := m.experts(idx, h, 0, 0, 0)[expSWeekMed]; got != median(want) {
+			t.Errorf("h%d: weekly median %v, want %v", h, got, median(want))
+		}
+	}
+}
