@@ -206,10 +206,12 @@ func thresholds(res *pb.Resource) (place, retire float64) {
 }
 
 // evaluatePlacements runs the manager over every resource once (the
-// leader, after publishing a bucket's forecasts) and writes the records
-// that changed, fenced on the leadership.
+// leader, after publishing a bucket's forecasts) and writes every record
+// it evaluated, fenced on the leadership. All resources are scored from
+// one view and one routing input.
 func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.Time) error {
-	snap := c.view.snapshot()
+	base := c.newScoreBase(now)
+	snap := base.snap
 	names := make([]string, 0, len(snap.resources))
 	byName := map[string]*pb.Resource{}
 	for _, r := range snap.resources {
@@ -230,7 +232,7 @@ func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.
 		if rec == nil {
 			rec = &pb.PlacementRecord{Resource: name}
 		}
-		in, err := c.placementInput(ctx, byName[name], rec, snap, now)
+		in, err := c.placementInput(ctx, byName[name], rec, base, now)
 		if err != nil {
 			c.log.Warn("placement not evaluated", "resource", name, "err", err)
 			c.m.placementEvals.WithLabelValues("error").Inc()
@@ -294,7 +296,8 @@ func CopyStateText(p *pb.Placement) string {
 }
 
 // placementInput scores a resource's candidates and placed copies.
-func (c *Controller) placementInput(ctx context.Context, res *pb.Resource, rec *pb.PlacementRecord, snap *snapshot, now time.Time) (placeInput, error) {
+func (c *Controller) placementInput(ctx context.Context, res *pb.Resource, rec *pb.PlacementRecord, base *scoreBase, now time.Time) (placeInput, error) {
+	snap := base.snap
 	in := placeInput{now: now, gone: map[string]string{}, keep: map[string]float64{}, copyStates: map[string]copyReport{}}
 	if res == nil {
 		in.predictive = false
@@ -336,7 +339,7 @@ func (c *Controller) placementInput(ctx context.Context, res *pb.Resource, rec *
 		return in, err
 	}
 	demand := demandOf(fc)
-	setup, err := c.scoreSetup(res, demand, now)
+	setup, err := c.scoreSetupFrom(base, res, demand)
 	if err != nil {
 		return in, err
 	}

@@ -117,8 +117,27 @@ type scoreSetup struct {
 // cost a copy on that site's best mirror host would have, all from the
 // routing policy's own cost function on the current probe estimates.
 func (c *Controller) scoreSetup(res *pb.Resource, demand []forecast.RegionDemand, now time.Time) (*scoreSetup, error) {
+	return c.scoreSetupFrom(c.newScoreBase(now), res, demand)
+}
+
+// scoreBase is the view and routing input every score of one moment
+// shares: the mirroring manager scores all its resources from one.
+type scoreBase struct {
+	snap *snapshot
+	in   *route.Input
+	w    *world
+}
+
+func (c *Controller) newScoreBase(now time.Time) *scoreBase {
 	snap := c.view.snapshot()
 	in, w := buildInput(snap, now, c.inputConfig(), map[uint32]*heldRegion{})
+	return &scoreBase{snap: snap, in: in, w: w}
+}
+
+// scoreSetupFrom is scoreSetup on a shared base (its input's resources
+// are replaced by the one being scored).
+func (c *Controller) scoreSetupFrom(b *scoreBase, res *pb.Resource, demand []forecast.RegionDemand) (*scoreSetup, error) {
+	snap, in, w := b.snap, b.in, b.w
 	// Cost every (region, mirror) path with the resource's profile: one
 	// evaluation of a resource that every mirror holds, from no state.
 	rr := route.Resource{ID: max(res.GetId(), 1)}
