@@ -223,13 +223,14 @@ type Hybrid struct {
 
 	evM, evP []float64 // H×kinds×evBins posterior mean and precision of the relative effects
 
-	sh  []float64 // H mean absolute error of the hybrid's forecast (predE)
-	nh  []float64 // H errors seen
-	q   []float64 // H×3 tracked quantiles (10, 50, 90) of the hybrid's error / sh
-	shF []float64 // H mean absolute error of the final forecast (the combination)
-	shr []float64 // H robust version of shF (errors clipped at poolScaleClip times it)
-	qF  []float64 // H×2 tracked 10/90% quantiles of the final forecast's error / shF
-	eta float64
+	sh   []float64 // H mean absolute error of the hybrid's forecast (predE)
+	nh   []float64 // H errors seen
+	q    []float64 // H×3 tracked quantiles (10, 50, 90) of the hybrid's error / sh
+	shF  []float64 // H mean absolute error of the final forecast (the combination)
+	shFr []float64 // H mean absolute error of the final forecast over the last few buckets
+	shr  []float64 // H robust version of shF (errors clipped at poolScaleClip times it)
+	qF   []float64 // H×2 tracked 10/90% quantiles of the final forecast's error / ivScale
+	eta  float64
 
 	gru  *GRU
 	adam *Adam
@@ -318,6 +319,7 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 	m.sh = make([]float64, H)
 	m.shr = make([]float64, H)
 	m.shF = make([]float64, H)
+	m.shFr = make([]float64, H)
 	m.qF = make([]float64, 2*H)
 	for h := 0; h < H; h++ {
 		m.qF[2*h], m.qF[2*h+1] = -1.6, 1.6
@@ -761,9 +763,10 @@ func (m *Hybrid) resolvePool(h, po int, y, rate float64) float64 {
 		}
 	}
 	m.pl.update(h, po, y, m.shr[h-1], m.integer)
-	trackQuantiles(m.qF[2*(h-1):2*h], (y-fin)/m.shF[h-1], m.eta)
 	ae := math.Abs(y - fin)
+	trackQuantiles(m.qF[2*(h-1):2*h], (y-fin)/m.ivScale(h), m.eta)
 	m.shF[h-1] += rate * (ae - m.shF[h-1])
+	m.shFr[h-1] += math.Max(rate, ivRecentRate) * (ae - m.shFr[h-1])
 	// The losses are scaled by a robust version (errors clipped at a few
 	// times it): after one spike every later difference between the
 	// experts must not look small.
@@ -1056,10 +1059,11 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 			c := m.pl.combine(h, po, m.experts(idx, h, fq.Q50, pred, mu), m.integer)
 			m.predF[po*H+h-1] = c
 			if m.shF[h-1] == 0 {
-				m.shF[h-1], m.shr[h-1] = sc, sc
+				m.shF[h-1], m.shr[h-1], m.shFr[h-1] = sc, sc, sc
 			}
 			qf := m.qF[2*(h-1) : 2*h]
-			fq = Quantiles{Q10: math.Min(c+m.shF[h-1]*qf[0], c), Q50: c, Q90: math.Max(c+m.shF[h-1]*qf[1], c)}
+			iv := m.ivScale(h)
+			fq = Quantiles{Q10: math.Min(c+iv*qf[0], c), Q50: c, Q90: math.Max(c+iv*qf[1], c)}
 		}
 		if h == 1 {
 			m.med1 = fq.Q50
@@ -1125,4 +1129,17 @@ func median(v []float64) float64 {
 		}
 	}
 	return v[k]
+}
+
+// ivScale is the error scale of the final forecast's intervals at horizon
+// h: the recent mean absolute error, capped at ivRecentCap times the
+// mean over the last few buckets, so that a transient (one spike, or the
+// turbulent days before a level shift) widens the intervals only while it
+// is recent instead of for the scale's whole memory.
+func (m *Hybrid) ivScale(h int) float64 {
+	s := m.shF[h-1]
+	if r := m.shFr[h-1]; r > 0 {
+		s = math.Min(s, ivRecentCap*r)
+	}
+	return s
 }

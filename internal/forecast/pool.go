@@ -53,6 +53,13 @@ const (
 	// surpriseK: a one-step error of the hybrid beyond this many robust
 	// scales re-anchors expReanchor on the last value.
 	surpriseK = 4.0
+	// ivRecentRate is the step of the final forecast's recent error scale
+	// (a memory of about eight buckets); ivRecentCap bounds the interval
+	// scale at that many times it (see Hybrid.ivScale). A grid of 8–16
+	// buckets and caps 1–3 moved no coverage on the dev traces outside
+	// what the slow scale alone gave, except the series with a transient.
+	ivRecentRate = 1.0 / 8
+	ivRecentCap  = 1.5
 	// poissonMaxMean: for integer series whose model mean is below this,
 	// the model experts give the median of a Poisson count with that mean
 	// (above it the Poisson median is within a third of the mean and the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -422,5 +423,38 @@ func TestWeeklyMedianBeyondAWeek(t *testing.T) {
 		if got := m.experts(idx, h, 0, 0, 0)[expSWeekMed]; got != median(want) {
 			t.Errorf("h%d: weekly median %v, want %v", h, got, median(want))
 		}
+	}
+}
+
+// TestIntervalsRecoverAfterTransient: one huge spike must not keep the
+// 80% intervals wide for the error scale's whole memory; a few days after
+// it they cover about 80% again.
+func TestIntervalsRecoverAfterTransient(t *testing.T) {
+	m, err := NewHybrid(HybridConfig{Step: time.Hour, Window: 168, Horizon: 3, Seed: 5}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(11, 12))
+	t0 := time.Date(2026, 1, 5, 0, 0, 0, 0, time.UTC)
+	var prev []Quantiles
+	inside, n := 0, 0
+	for i := range 500 {
+		v := 1000 + 100*math.Sin(2*math.Pi*float64(i)/24) + 10*rng.NormFloat64()
+		if i >= 250 && i < 253 {
+			v += 1e5
+		}
+		if i >= 320 && prev != nil { // from about three days after the spike
+			if q := prev[0]; v >= q.Q10 && v <= q.Q90 {
+				inside++
+			}
+			n++
+		}
+		if err := m.Observe(t0.Add(time.Duration(i)*time.Hour), v); err != nil {
+			t.Fatal(err)
+		}
+		prev = slices.Clone(m.Forecast())
+	}
+	if cov := float64(inside) / float64(n); cov < 0.65 || cov > 0.93 {
+		t.Fatalf("80%% interval coverage %.3f over the %d buckets from three days after a spike (want about 0.8)", cov, n)
 	}
 }

@@ -38,9 +38,9 @@ const (
 	snapMagic = "PMFCSNAP"
 	// snapVersion 2: the demand model gained the forecast combination
 	// (pool.go); 3: the yearly memory, three stacker inputs (yearly.go,
-	// the trend) and the non-negative flag.
-	// Older snapshots are refused with ErrSnapshotVersion.
-	snapVersion = 3
+	// the trend) and the non-negative flag; 4: the recent error scale of
+	// the intervals. Older snapshots are refused with ErrSnapshotVersion.
+	snapVersion = 4
 	// maxSnapshot bounds what Restore reads (a million series of a few
 	// hundred kilobytes would not fit anyway).
 	maxSnapshot = 64 << 30
@@ -271,6 +271,7 @@ func (m *Hybrid) encode(e *enc) {
 		e.fs(m.predF)
 		e.fs(m.shF)
 		e.fs(m.shr)
+		e.fs(m.shFr)
 		e.fs(m.qF)
 		e.f64(m.surprise)
 		m.pl.encode(e)
@@ -352,11 +353,13 @@ func (m *Hybrid) decode(d *dec) {
 		d.fsInto(m.predF, "final forecasts")
 		d.fsInto(m.shF, "final error scales")
 		d.fsInto(m.shr, "robust error scales")
+		d.fsInto(m.shFr, "recent error scales")
 		d.fsInto(m.qF, "final quantiles")
 		m.surprise = d.f64()
 		m.pl.decode(d)
 		d.inRange(m.shF, 0, math.MaxFloat64, "final error scales")
 		d.inRange(m.shr, 0, math.MaxFloat64, "robust error scales")
+		d.inRange(m.shFr, 0, math.MaxFloat64, "recent error scales")
 	}
 	if hasYear := d.bool(); hasYear != (m.yr != nil) {
 		d.fail("yearly memory present in one of snapshot and configuration only")
