@@ -1048,13 +1048,30 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 		fq := Quantiles{Q10: pred + sc*q[0], Q50: pred + sc*q[1], Q90: pred + sc*q[2]}
 		m.predF[po*H+h-1] = fq.Q50
 		if m.pl != nil && m.eventAhead(t, th) {
+			// A target in an event that has not begun at the origin: the
+			// other experts lack the hybrid's learnt event effect, so
+			// they get it (scaled by the same relative effect) and the
+			// combination forecasts with its current weights, but the
+			// target teaches the weights nothing (skip): recent accuracy
+			// on ordinary buckets cannot weigh knowledge only the
+			// calendar has. The interval is the hybrid's, moved along.
+			if base > 0 {
+				f := *m.experts(idx, h, fq.Q50, pred, mu)
+				r := pred / base
+				for k := range f {
+					if k != expHybrid && k != expReanchor {
+						f[k] *= r
+					}
+				}
+				c := m.pl.combine(h, po, &f, m.integer)
+				d := c - fq.Q50
+				fq = Quantiles{Q10: fq.Q10 + d, Q50: c, Q90: fq.Q90 + d}
+				m.predF[po*H+h-1] = c
+			}
 			m.pl.skip(h, po)
 		} else if m.pl != nil {
 			// The final forecast is the combination's; its intervals come
-			// from its own calibrated error quantiles. Not for a target in
-			// an event that has not begun at the origin: there the
-			// hybrid's learnt event effect is knowledge the other experts
-			// lack and recent accuracy cannot weigh (once the event is
+			// from its own calibrated error quantiles (once an event is
 			// under way, the recent values show its level too).
 			c := m.pl.combine(h, po, m.experts(idx, h, fq.Q50, pred, mu), m.integer)
 			m.predF[po*H+h-1] = c
