@@ -388,7 +388,8 @@ func (cp *controlPlane) mirrorHealth() []*pb.MirrorHealth {
 		}
 	}
 	if a.repl != nil {
-		attachReplicas(out, replicaSyncs(a.repl.Status()))
+		st := a.repl.Status()
+		attachReplicas(out, replicaSyncs(st), replicaBacklogs(st))
 	}
 	return out
 }

@@ -196,13 +196,37 @@ func replicaSyncs(vols []replicator.Status) []*pb.ReplicaSync {
 	return out
 }
 
+// replicaBacklogs reports, for every primary volume held here, what its
+// change tracking still has to send to each peer: the blocks written
+// since that peer's copy was last in sync (all of them before a first
+// copy). A retired placed copy keeps its tracking, so this is what a
+// delta placement there must catch up on; the controller costs it so.
+func replicaBacklogs(vols []replicator.Status) []*pb.ReplicaBacklog {
+	var out []*pb.ReplicaBacklog
+	for _, s := range vols {
+		if s.Role != replicator.RolePrimary {
+			continue
+		}
+		peers := make([]string, 0, len(s.Dirty))
+		for p := range s.Dirty {
+			peers = append(peers, p)
+		}
+		slices.Sort(peers)
+		for _, p := range peers {
+			out = append(out, &pb.ReplicaBacklog{Resource: s.Name, Peer: p, PendingBytes: s.Dirty[p] * uint64(max(s.BlockSize, 0))})
+		}
+	}
+	return out
+}
+
 // attachReplicas gives every mirror this host speaks for the sync state
-// of the copies it holds. The controller reads them per (mirror,
-// resource), so a host serving several mirrors repeats them under each.
-// A host that speaks for no mirror (it decapsulates no mirror's address)
-// cannot attribute its copies, and they go unreported.
-func attachReplicas(mh []*pb.MirrorHealth, reps []*pb.ReplicaSync) {
+// of the copies it holds and the backlogs of its primaries. The
+// controller reads them per (mirror, resource), so a host serving
+// several mirrors repeats them under each. A host that speaks for no
+// mirror (it decapsulates no mirror's address) cannot attribute its
+// copies, and they go unreported.
+func attachReplicas(mh []*pb.MirrorHealth, reps []*pb.ReplicaSync, backlogs []*pb.ReplicaBacklog) {
 	for _, m := range mh {
-		m.Replicas = reps
+		m.Replicas, m.Backlogs = reps, backlogs
 	}
 }

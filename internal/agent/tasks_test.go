@@ -110,11 +110,27 @@ func TestReplicaSyncsAndAttach(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("replica syncs %v, want %v", got, want)
 	}
+	// Primaries report what each peer's change tracking still holds, in
+	// bytes; mirrors report none.
+	vols[0].BlockSize, vols[0].Dirty = 4096, map[string]uint64{"m2": 3, "m1": 0}
+	vols[1].BlockSize, vols[1].Dirty = 4096, map[string]uint64{"m1": 9}
+	backlogs := replicaBacklogs(vols)
+	type bl struct {
+		res, peer string
+		n         uint64
+	}
+	var gotB []bl
+	for _, b := range backlogs {
+		gotB = append(gotB, bl{b.GetResource(), b.GetPeer(), b.GetPendingBytes()})
+	}
+	if wantB := []bl{{"primary", "m1", 0}, {"primary", "m2", 3 * 4096}}; !slices.Equal(gotB, wantB) {
+		t.Fatalf("backlogs %v, want %v", gotB, wantB)
+	}
 	mh := []*pb.MirrorHealth{{Mirror: "a"}, {Mirror: "b"}}
-	attachReplicas(mh, reps)
+	attachReplicas(mh, reps, backlogs)
 	for _, m := range mh {
-		if len(m.GetReplicas()) != len(reps) || m.GetReplicas()[2].GetResource() != "synced" {
-			t.Fatalf("mirror %s carries %v", m.GetMirror(), m.GetReplicas())
+		if len(m.GetReplicas()) != len(reps) || m.GetReplicas()[2].GetResource() != "synced" || len(m.GetBacklogs()) != 2 {
+			t.Fatalf("mirror %s carries %v and %v", m.GetMirror(), m.GetReplicas(), m.GetBacklogs())
 		}
 	}
 }
