@@ -113,9 +113,16 @@ type controlPlane struct {
 	prev    map[pmaps.CounterKey]pmaps.Counter
 	cpu     cpuSampler
 	// The version whose replication tasks were last applied, so their
-	// problems are logged once per version.
+	// problems are logged once per version, and those tasks, which a
+	// timer applies again when a held task's start comes (tasks.go).
 	taskVersion uint64
 	taskApplied bool
+	lastTasks   []*pb.ReplicationTask
+	starts      map[startKey]taskStart
+	taskTimer   *time.Timer
+	taskStopped bool
+	// taskMu serializes applyTasks (the session's and the timer's).
+	taskMu sync.Mutex
 }
 
 func (a *Agent) role() pb.NodeRole {
@@ -420,6 +427,9 @@ func (cp *controlPlane) run(ctx context.Context, wg *sync.WaitGroup) {
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = cp.client.Run(ctx) }()
 	}
+	// No held task may start after the agent stops.
+	wg.Add(1)
+	go func() { defer wg.Done(); <-ctx.Done(); cp.stopTasks() }()
 }
 
 // cpuSampler turns /proc/stat into a busy share since the previous call.
