@@ -117,13 +117,25 @@ func TestChooseStart(t *testing.T) {
 	}
 }
 
-// BenchmarkChooseStart is one decision on a weekday peak schedule with a
-// weekend window, a deadline two days ahead.
+// BenchmarkChooseStart is one start decision for 500 GB: on a weekday
+// peak schedule with a weekend window and deadlines two and seven days
+// ahead, and (the baseline) on one rate at all times, where "now" is the
+// only candidate.
 func BenchmarkChooseStart(b *testing.B) {
-	s := mustSchedule(b, "100MB; mon-fri 08:00-20:00 10MB; sat,sun 10:00-16:00 50MB", time.UTC)
-	now := time.Date(2026, 3, 5, 10, 0, 0, 0, time.UTC)
-	dl := now.Add(48 * time.Hour)
-	for b.Loop() {
-		ChooseStart(s, 0, now, dl, 500e9)
+	now := time.Date(2026, 3, 5, 10, 0, 0, 0, time.UTC) // a Thursday, peak
+	for _, bc := range []struct {
+		name, spec string
+		ahead      time.Duration
+	}{
+		{"fixed-rate", "100MB", 48 * time.Hour},
+		{"weekly-2d", "100MB; mon-fri 08:00-20:00 10MB; sat,sun 10:00-16:00 50MB", 48 * time.Hour},
+		{"weekly-7d", "100MB; mon-fri 08:00-20:00 10MB; sat,sun 10:00-16:00 50MB", 7 * 24 * time.Hour},
+	} {
+		s := mustSchedule(b, bc.spec, time.UTC)
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				ChooseStart(s, 0, now, now.Add(bc.ahead), 500e9)
+			}
+		})
 	}
 }

@@ -37,7 +37,13 @@ import (
 // (a retired copy keeps its data), or — for a resource that declares a
 // working set smaller than its size — a selective copy of its hottest
 // extents (read-through serves the rest), scored with the working set's
-// bytes copied and stored. Decisions are stored per resource in
+// bytes copied and stored. A delta is costed by what it must catch up on:
+// the origin host's reported change-tracking backlog toward the target
+// (score.go deltaCopy), the full size when none is reported. Every
+// placement carries a deadline, when the copy should be in sync (the
+// first forecast bucket whose median benefit reaches the horizon's mean,
+// deadline.go), and its bytes; the origin's agent plans the transfer's
+// start against them. Decisions are stored per resource in
 // etcd (state/placements/<resource>, fenced on the leadership); the
 // routing policy adds placed copies to the resource's replicas, routable
 // once their host reports them in sync, and the desired state carries a
