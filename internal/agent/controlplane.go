@@ -123,6 +123,9 @@ type controlPlane struct {
 	taskStopped bool
 	// taskMu serializes applyTasks (the session's and the timer's).
 	taskMu sync.Mutex
+	// clock, when set, is the time start plans are made at (tests put
+	// a schedule boundary moments ahead); timers still run in real time.
+	clock func() time.Time
 }
 
 func (a *Agent) role() pb.NodeRole {

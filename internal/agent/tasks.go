@@ -144,6 +144,9 @@ func (cp *controlPlane) applyTasks(version uint64, tasks []*pb.ReplicationTask) 
 	}
 	plan, problems := planTasks(cfg.Node, tasks, vols, peers, interval)
 	now := time.Now()
+	if cp.clock != nil {
+		now = cp.clock()
+	}
 	var starts []taskStart
 	if a.repl != nil {
 		running := func(vol string, mc replicator.MirrorConfig) bool {

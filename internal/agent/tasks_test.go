@@ -508,3 +508,55 @@ func TestHeldTaskStartsWhenTheScheduleChanges(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestHeldTaskStartsAtItsStart: a task held until the end of a peak
+// window starts when the timer fires at that boundary, and its copy
+// arrives. The plan's clock runs 12 h ahead of the real one, with the
+// boundary 100 ms ahead on it, so the peak minute is nowhere near the
+// replicator's real-time throttle.
+func TestHeldTaskStartsAtItsStart(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	wall := time.Now()
+	boundary := wall.Add(12 * time.Hour).Truncate(time.Minute).Add(time.Minute)
+	offset := boundary.Add(-100 * time.Millisecond).Sub(wall)
+	b := boundary.In(time.Local)
+	from := (b.Hour()*60 + b.Minute() + 1439) % 1440
+	peak := fmt.Sprintf("unlimited; * %02d:%02d-%02d:%02d 1MB", from/60, from%60, b.Hour(), b.Minute())
+	p := newReplPair(t, peak)
+	a := New(&Config{Node: "src", Replication: p.srcCfg, Controller: &ControllerCfg{Site: "eu"}}, "", discardLogger())
+	a.repl = p.src
+	cp := &controlPlane{a: a, clock: func() time.Time { return time.Now().Add(offset) }}
+	t.Cleanup(cp.stopTasks)
+
+	st := sampleProtoState()
+	tk := task("disk", "src", "dst")
+	tk.DeadlineUnixNano = boundary.Add(time.Hour).UnixNano()
+	st.ReplicationTasks = []*pb.ReplicationTask{tk}
+	if err := cp.apply(st.GetVersion(), st); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.src.DynamicMirrors("disk"); len(got) != 0 {
+		t.Fatalf("held task replicating before its start: %+v", got)
+	}
+	cp.mu.Lock()
+	start := cp.starts[startKey{"disk", "dst"}]
+	cp.mu.Unlock()
+	if !start.held || !start.choice.Start.Equal(boundary) || start.bytes != int64(len(p.img)) {
+		t.Fatalf("decision %+v: want held until %v, %d bytes", start, boundary, len(p.img))
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := os.ReadFile(p.dstImg)
+		if err == nil && string(b) == string(p.img) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("copy never arrived after its start (%v); dynamic mirrors %+v", err, p.src.DynamicMirrors("disk"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if held := testutil.ToFloat64(a.metrics.tasks.WithLabelValues("held")); held != 0 {
+		t.Fatalf("still %v held after the start", held)
+	}
+}
