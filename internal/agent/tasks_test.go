@@ -164,6 +164,22 @@ type replPair struct {
 	src, dst       *replicator.Node
 }
 
+// waitCopy waits until the target's image equals the source's.
+func (p *replPair) waitCopy(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := os.ReadFile(p.dstImg)
+		if err == nil && string(b) == string(p.img) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("copy never arrived (%v); dynamic mirrors of the source %+v", err, p.src.DynamicMirrors("disk"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // newReplPair starts both nodes; schedule is the source's schedule of its
 // link to the target.
 func newReplPair(t *testing.T, schedule string) *replPair {
@@ -496,17 +512,7 @@ func TestHeldTaskStartsWhenTheScheduleChanges(t *testing.T) {
 	if held, started := testutil.ToFloat64(a.metrics.tasks.WithLabelValues("held")), testutil.ToFloat64(a.metrics.tasks.WithLabelValues("started")); held != 0 || started != 1 {
 		t.Fatalf("held %v started %v", held, started)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, err := os.ReadFile(p.dstImg)
-		if err == nil && string(b) == string(p.img) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("copy never arrived (%v)", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	p.waitCopy(t)
 }
 
 // TestHeldTaskStartsAtItsStart: a task held until the end of a peak
@@ -545,17 +551,7 @@ func TestHeldTaskStartsAtItsStart(t *testing.T) {
 	if !start.held || !start.choice.Start.Equal(boundary) || start.bytes != int64(len(p.img)) {
 		t.Fatalf("decision %+v: want held until %v, %d bytes", start, boundary, len(p.img))
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, err := os.ReadFile(p.dstImg)
-		if err == nil && string(b) == string(p.img) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("copy never arrived after its start (%v); dynamic mirrors %+v", err, p.src.DynamicMirrors("disk"))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	p.waitCopy(t)
 	if held := testutil.ToFloat64(a.metrics.tasks.WithLabelValues("held")); held != 0 {
 		t.Fatalf("still %v held after the start", held)
 	}
