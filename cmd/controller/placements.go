@@ -51,9 +51,10 @@ func printPlacements(rec *pb.PlacementRecord) {
 	fmt.Fprintf(ctlOut, "resource %s: %d placed, last evaluated %s\n", rec.GetResource(), len(rec.GetPlaced()), when(rec.GetEvaluatedUnixNano()))
 	if len(rec.GetPlaced()) > 0 {
 		tw := tabwriter.NewWriter(ctlOut, 2, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "  SITE\tMIRROR\tKIND\tPLACED\tCOPY\tSCORE THEN\tKEEP SCORE\tBELOW RETIRE")
+		fmt.Fprintln(tw, "  SITE\tMIRROR\tKIND\tPLACED\tTO SEND\tIN SYNC BY\tCOPY\tSCORE THEN\tKEEP SCORE\tBELOW RETIRE")
 		for _, p := range rec.GetPlaced() {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%.3f\t%.3f\t%d\n", p.GetSite(), p.GetMirror(), controller.KindName(p.GetKind()), when(p.GetPlacedUnixNano()),
+			fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%.1f MiB\t%s\t%s\t%.3f\t%.3f\t%d\n", p.GetSite(), p.GetMirror(), controller.KindName(p.GetKind()),
+				when(p.GetPlacedUnixNano()), float64(p.GetCopyBytes())/(1<<20), when(p.GetDeadlineUnixNano()),
 				controller.CopyStateText(p), p.GetPlacedScore(), p.GetScore(), rec.GetBelow()[p.GetMirror()])
 		}
 		tw.Flush()

@@ -296,6 +296,7 @@ func (a *Agent) Reload() error {
 		a.setErr(err)
 		return err
 	}
+	a.reloadSchedules(old, cfg)
 	a.setErr(nil)
 	return nil
 }

@@ -113,9 +113,19 @@ type controlPlane struct {
 	prev    map[pmaps.CounterKey]pmaps.Counter
 	cpu     cpuSampler
 	// The version whose replication tasks were last applied, so their
-	// problems are logged once per version.
+	// problems are logged once per version, and those tasks, which a
+	// timer applies again when a held task's start comes (tasks.go).
 	taskVersion uint64
 	taskApplied bool
+	lastTasks   []*pb.ReplicationTask
+	starts      map[startKey]taskStart
+	taskTimer   *time.Timer
+	taskStopped bool
+	// taskMu serializes applyTasks (the session's and the timer's).
+	taskMu sync.Mutex
+	// clock, when set, is the time start plans are made at (tests put
+	// a schedule boundary moments ahead); timers still run in real time.
+	clock func() time.Time
 }
 
 func (a *Agent) role() pb.NodeRole {
@@ -388,7 +398,8 @@ func (cp *controlPlane) mirrorHealth() []*pb.MirrorHealth {
 		}
 	}
 	if a.repl != nil {
-		attachReplicas(out, replicaSyncs(a.repl.Status()))
+		st := a.repl.Status()
+		attachReplicas(out, replicaSyncs(st), replicaBacklogs(st))
 	}
 	return out
 }
@@ -419,6 +430,9 @@ func (cp *controlPlane) run(ctx context.Context, wg *sync.WaitGroup) {
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = cp.client.Run(ctx) }()
 	}
+	// No held task may start after the agent stops.
+	wg.Add(1)
+	go func() { defer wg.Done(); <-ctx.Done(); cp.stopTasks() }()
 }
 
 // cpuSampler turns /proc/stat into a busy share since the previous call.

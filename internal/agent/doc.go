@@ -22,6 +22,19 @@
 // counted in edge_replication_task_errors_total; they never
 // NACK the version, whose routing applies regardless.
 //
+// A task with a deadline (when the copy should be in sync) starts when
+// ChooseStart says: the earliest of now and the window boundaries of the
+// target peer's schedule that sends the fewest bytes below the
+// schedule's highest rate and still finishes by the deadline (unlimited
+// windows at replication.peers[].link_rate, default DefaultLinkRate); at
+// once when none does. Until then the task is held (its mirror is not
+// set); a timer applies the tasks again at the start, and every version
+// and config reload plans again. Decisions are logged ("replication task
+// held" / "started") and exported as edge_replication_tasks{state} and
+// edge_replication_task_next_start_timestamp_seconds. Primaries report
+// their change-tracking backlog per peer (ReplicaBacklog), which the
+// controller uses to cost a delta copy.
+//
 // A mirror host reports, with the health of each mirror it speaks for
 // (those whose address it decapsulates), a ReplicaSync per volume it
 // holds as a mirror: in sync once the copy is complete, and its lag. The

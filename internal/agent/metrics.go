@@ -34,6 +34,8 @@ type metrics struct {
 	reconciles    *prometheus.CounterVec
 	reconcileTime prometheus.Histogram
 	taskErrors    *prometheus.CounterVec
+	tasks         *prometheus.GaugeVec
+	nextStart     prometheus.Gauge
 
 	mu           sync.Mutex
 	sessionCount int
@@ -74,7 +76,17 @@ func newMetrics(a *Agent) *metrics {
 			Namespace: ns, Name: "replication_task_errors_total",
 			Help: "Replication tasks from the controller this node could not carry out, by reason (counted once per desired-state version).",
 		}, []string{"reason"}),
+		tasks: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Name: "replication_tasks",
+			Help: "Replication tasks with a deadline this node carries out: held until their planned start, or started.",
+		}, []string{"state"}),
+		nextStart: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: ns, Name: "replication_task_next_start_timestamp_seconds",
+			Help: "When the next held replication task starts (unix seconds; 0 when none is held).",
+		}),
 	}
+	m.tasks.WithLabelValues("held")
+	m.tasks.WithLabelValues("started")
 	// Every reason from the start, so a rate() sees the first error.
 	for _, r := range taskReasons {
 		m.taskErrors.WithLabelValues(r)
@@ -101,6 +113,8 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.reconciles.Describe(ch)
 	m.reconcileTime.Describe(ch)
 	m.taskErrors.Describe(ch)
+	m.tasks.Describe(ch)
+	m.nextStart.Describe(ch)
 }
 
 func name(names map[uint32]string, id uint32) string {
@@ -202,6 +216,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	m.reconciles.Collect(ch)
 	m.reconcileTime.Collect(ch)
 	m.taskErrors.Collect(ch)
+	m.tasks.Collect(ch)
+	m.nextStart.Collect(ch)
 }
 
 // sessionsCached counts sessions at most every 10 s: a count walks the

@@ -79,6 +79,10 @@ type PeerCfg struct {
 	Addr       string `yaml:"addr"`
 	ServerName string `yaml:"server_name"`
 	Schedule   string `yaml:"schedule"` // see throttle.ParseSchedule
+	// LinkRate is the throughput the link carries when its schedule does
+	// not limit it (a rate, see throttle.ParseRate); it sizes the start
+	// plans of replication tasks with a deadline. Default DefaultLinkRate.
+	LinkRate string `yaml:"link_rate"`
 }
 
 // DefaultWriteSocket is where the volume API listens.
@@ -110,6 +114,11 @@ func (r *Replication) validate() error {
 		if p.Schedule != "" {
 			if _, err := throttle.ParseSchedule(p.Schedule); err != nil {
 				return fmt.Errorf("%s.schedule: %w", f, err)
+			}
+		}
+		if p.LinkRate != "" {
+			if v, err := throttle.ParseRate(p.LinkRate); err != nil || v <= 0 {
+				return fmt.Errorf("%s.link_rate: %q: want a positive byte rate such as 1Gbit or 100MB", f, p.LinkRate)
 			}
 		}
 	}

@@ -14,6 +14,7 @@ import (
 
 	"github.com/premirror/premirror/internal/pki"
 	"github.com/premirror/premirror/internal/replicator"
+	"github.com/premirror/premirror/internal/replicator/throttle"
 )
 
 // TestVolumeAPI writes and reads a primary volume through the agent's
@@ -119,6 +120,9 @@ func TestReplicationConfigErrors(t *testing.T) {
 		{func(r *Replication) { r.TLS.Key = "" }, "replication.tls key"},
 		{func(r *Replication) { r.Peers[0].Addr = "nohost" }, "replication.peers[0].addr"},
 		{func(r *Replication) { r.Peers[0].Schedule = "whenever" }, "replication.peers[0].schedule"},
+		{func(r *Replication) { r.Peers[0].LinkRate = "fast" }, "replication.peers[0].link_rate"},
+		{func(r *Replication) { r.Peers[0].LinkRate = "unlimited" }, "replication.peers[0].link_rate"},
+		{func(r *Replication) { r.Peers[0].LinkRate = "0" }, "replication.peers[0].link_rate"},
 		{func(r *Replication) { r.Volumes[0].Path = "rel.img" }, "replication.volumes[0].path"},
 		{func(r *Replication) { r.Volumes[0].Role = "boss" }, "replication.volumes[0].role"},
 		{func(r *Replication) { r.Volumes[0].Mirrors[0].Peer = "m9" }, "replication.volumes[0].mirrors[0].peer"},
@@ -138,5 +142,13 @@ func TestReplicationConfigErrors(t *testing.T) {
 	}
 	if err := ok.validate(); err != nil {
 		t.Fatal(err)
+	}
+	withRate := ok
+	withRate.Peers = []PeerCfg{{Name: "m2", Addr: "10.0.0.2:7400", LinkRate: "1Gbit"}}
+	if err := withRate.validate(); err != nil {
+		t.Fatal(err)
+	}
+	if l := peerLinks(&withRate)("m2"); l.rate != 125_000_000 || l.sched.RateAt(time.Now()) != throttle.Unlimited {
+		t.Fatalf("link plan %+v: want 1 Gbit/s, unlimited schedule", l)
 	}
 }

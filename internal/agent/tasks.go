@@ -2,11 +2,13 @@ package agent
 
 import (
 	"cmp"
+	"math"
 	"slices"
 	"time"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/replicator"
+	"github.com/premirror/premirror/internal/replicator/throttle"
 )
 
 // The controller's mirroring manager places copies of a resource by
@@ -115,8 +117,13 @@ func primary(s replicator.Status) bool { return s.Role == replicator.RolePrimary
 // replication tasks. Nothing here fails the version: a task that cannot
 // be carried out is logged and counted, and routing applies regardless.
 // Problems are logged once per version (a version can be applied again,
-// from the cache or after a reconnect).
+// from the cache or after a reconnect). A task with a deadline whose
+// start (ChooseStart) is still ahead is held: its mirror is added when a
+// timer re-applies the tasks at that start, and every apply (a new
+// version, a config reload) plans it again.
 func (cp *controlPlane) applyTasks(version uint64, tasks []*pb.ReplicationTask) {
+	cp.taskMu.Lock()
+	defer cp.taskMu.Unlock()
 	a := cp.a
 	a.mu.Lock()
 	cfg := a.cfg
@@ -136,10 +143,23 @@ func (cp *controlPlane) applyTasks(version uint64, tasks []*pb.ReplicationTask) 
 		vols = a.repl.Status()
 	}
 	plan, problems := planTasks(cfg.Node, tasks, vols, peers, interval)
+	now := time.Now()
+	if cp.clock != nil {
+		now = cp.clock()
+	}
+	var starts []taskStart
+	if a.repl != nil {
+		running := func(vol string, mc replicator.MirrorConfig) bool {
+			return slices.ContainsFunc(a.repl.DynamicMirrors(vol), func(d replicator.MirrorConfig) bool {
+				return d.Peer == mc.Peer && d.Volume == cmp.Or(mc.Volume, vol)
+			})
+		}
+		starts = deferTasks(now, cfg.Node, tasks, plan, vols, running, peerLinks(cfg.Replication))
+	}
 
 	cp.mu.Lock()
 	report := cp.taskVersion != version || !cp.taskApplied
-	cp.taskVersion, cp.taskApplied = version, true
+	cp.taskVersion, cp.taskApplied, cp.lastTasks = version, true, tasks
 	cp.mu.Unlock()
 
 	for _, p := range problems {
@@ -150,6 +170,7 @@ func (cp *controlPlane) applyTasks(version uint64, tasks []*pb.ReplicationTask) 
 		a.log.Warn("replication task not carried out", "version", version, "resource", p.task.GetResource(),
 			"target", p.task.GetTargetNode(), "mirror", p.task.GetMirror(), "reason", p.reason)
 	}
+	cp.noteStarts(version, starts, now)
 	if a.repl == nil {
 		return
 	}
@@ -176,6 +197,86 @@ func (cp *controlPlane) applyTasks(version uint64, tasks []*pb.ReplicationTask) 
 	}
 }
 
+// startKey names a task's copy: the volume and the target peer.
+type startKey struct{ resource, target string }
+
+// noteStarts logs each start decision when it changes (held until a new
+// start, or started), sets the task gauges and arms the timer for the
+// earliest held start. The caller holds cp.taskMu.
+func (cp *controlPlane) noteStarts(version uint64, starts []taskStart, now time.Time) {
+	a := cp.a
+	var next time.Time
+	held := 0
+	cp.mu.Lock()
+	prev := cp.starts
+	cp.starts = map[startKey]taskStart{}
+	for _, ts := range starts {
+		k := startKey{ts.resource, ts.target}
+		cp.starts[k] = ts
+		if ts.held {
+			held++
+			if next.IsZero() || ts.choice.Start.Before(next) {
+				next = ts.choice.Start
+			}
+		}
+		if p, ok := prev[k]; ok && p.held == ts.held && (!ts.held || p.choice.Start.Equal(ts.choice.Start)) {
+			continue
+		}
+		msg := "replication task started"
+		if ts.held {
+			msg = "replication task held"
+		}
+		finish := "never"
+		if !ts.choice.Finish.IsZero() {
+			finish = ts.choice.Finish.UTC().Format(time.RFC3339)
+		}
+		a.log.Info(msg, "version", version, "resource", ts.resource, "target", ts.target,
+			"start", ts.choice.Start.UTC().Format(time.RFC3339), "delay_seconds", max(0, ts.choice.Start.Sub(now).Seconds()),
+			"deadline", ts.deadline.UTC().Format(time.RFC3339), "bytes", ts.bytes, "peak_bytes", ts.choice.PeakBytes,
+			"finish", finish, "on_time", ts.choice.OnTime)
+	}
+	if cp.taskTimer != nil {
+		cp.taskTimer.Stop()
+		cp.taskTimer = nil
+	}
+	if !next.IsZero() && !cp.taskStopped {
+		cp.taskTimer = time.AfterFunc(next.Sub(now), cp.retryTasks)
+	}
+	cp.mu.Unlock()
+	a.metrics.tasks.WithLabelValues("held").Set(float64(held))
+	a.metrics.tasks.WithLabelValues("started").Set(float64(len(starts) - held))
+	ts := 0.0
+	if !next.IsZero() {
+		ts = float64(next.UnixNano()) / 1e9
+	}
+	a.metrics.nextStart.Set(ts)
+}
+
+// retryTasks applies the last version's tasks again: a held task's start
+// has come, or the peer schedules changed.
+func (cp *controlPlane) retryTasks() {
+	cp.mu.Lock()
+	version, tasks, ok := cp.taskVersion, cp.lastTasks, cp.taskApplied && !cp.taskStopped
+	cp.mu.Unlock()
+	if ok {
+		cp.applyTasks(version, tasks)
+	}
+}
+
+// stopTasks ends the start timer; a task still held stays held. It
+// waits for an apply in progress.
+func (cp *controlPlane) stopTasks() {
+	cp.mu.Lock()
+	cp.taskStopped = true
+	if cp.taskTimer != nil {
+		cp.taskTimer.Stop()
+		cp.taskTimer = nil
+	}
+	cp.mu.Unlock()
+	cp.taskMu.Lock()
+	defer cp.taskMu.Unlock()
+}
+
 // replicaSyncs reports every volume held here as a mirror: in sync once
 // it can serve the resource and its freshness is known, with its lag. A
 // full copy can serve once complete; a selective one once its first copy
@@ -196,13 +297,180 @@ func replicaSyncs(vols []replicator.Status) []*pb.ReplicaSync {
 	return out
 }
 
+// replicaBacklogs reports, for every primary volume held here, what its
+// change tracking still has to send to each peer: the blocks written
+// since that peer's copy was last in sync (all of them before a first
+// copy). A retired placed copy keeps its tracking, so this is what a
+// delta placement there must catch up on; the controller costs it so.
+func replicaBacklogs(vols []replicator.Status) []*pb.ReplicaBacklog {
+	var out []*pb.ReplicaBacklog
+	for _, s := range vols {
+		if s.Role != replicator.RolePrimary {
+			continue
+		}
+		peers := make([]string, 0, len(s.Dirty))
+		for p := range s.Dirty {
+			peers = append(peers, p)
+		}
+		slices.Sort(peers)
+		for _, p := range peers {
+			out = append(out, &pb.ReplicaBacklog{Resource: s.Name, Peer: p, PendingBytes: s.Dirty[p] * uint64(max(s.BlockSize, 0))})
+		}
+	}
+	return out
+}
+
 // attachReplicas gives every mirror this host speaks for the sync state
-// of the copies it holds. The controller reads them per (mirror,
-// resource), so a host serving several mirrors repeats them under each.
-// A host that speaks for no mirror (it decapsulates no mirror's address)
-// cannot attribute its copies, and they go unreported.
-func attachReplicas(mh []*pb.MirrorHealth, reps []*pb.ReplicaSync) {
+// of the copies it holds and the backlogs of its primaries. The
+// controller reads them per (mirror, resource), so a host serving
+// several mirrors repeats them under each. A host that speaks for no
+// mirror (it decapsulates no mirror's address) cannot attribute its
+// copies, and they go unreported.
+func attachReplicas(mh []*pb.MirrorHealth, reps []*pb.ReplicaSync, backlogs []*pb.ReplicaBacklog) {
 	for _, m := range mh {
-		m.Replicas = reps
+		m.Replicas, m.Backlogs = reps, backlogs
+	}
+}
+
+// hotExtentBytes is the size of the extents a selective copy counts
+// (replicator.PushOptions.HotExtents: 4 MiB each).
+const hotExtentBytes = 4 << 20
+
+// taskStart is this node's start decision for one replication task with
+// a deadline.
+type taskStart struct {
+	resource, target string
+	deadline         time.Time
+	bytes            int64
+	choice           StartChoice
+	// held: its start is still ahead, so its copy is not replicated yet.
+	held bool
+}
+
+// linkPlan is what ChooseStart needs of the link to one peer.
+type linkPlan struct {
+	sched throttle.Schedule
+	rate  int64
+}
+
+// taskBytes is what a task's copy must send: a selective copy's hot
+// extents, a delta's backlog in this node's own change tracking (fresher
+// than the controller's estimate), or the whole volume; the controller's
+// estimate when the volume's status is unknown.
+func taskBytes(t *pb.ReplicationTask, s replicator.Status, ok bool) int64 {
+	if !ok {
+		return int64(min(t.GetCopyBytes(), math.MaxInt64))
+	}
+	size := int64(s.Blocks) * int64(s.BlockSize)
+	switch t.GetKind() {
+	case pb.MirrorKind_MIRROR_KIND_SELECTIVE:
+		return min(int64(t.GetHotExtents())*hotExtentBytes, size)
+	case pb.MirrorKind_MIRROR_KIND_DELTA:
+		if d, ok := s.Dirty[t.GetTargetNode()]; ok {
+			return min(int64(d)*int64(s.BlockSize), size)
+		}
+	}
+	return size
+}
+
+// deferTasks decides when each of node's tasks with a deadline starts
+// (ChooseStart on the link to its target) and takes out of plan the
+// copies whose start is still ahead, unless they already run: a started
+// copy keeps running, since stopping it would waste what it sent and
+// leave its target stale. Tasks planTasks refused are not in plan and
+// are skipped. It returns every decision, held or not.
+func deferTasks(now time.Time, node string, tasks []*pb.ReplicationTask, plan map[string][]replicator.MirrorConfig,
+	vols []replicator.Status, running func(volume string, mc replicator.MirrorConfig) bool, links func(peer string) linkPlan) []taskStart {
+	held := map[string]replicator.Status{}
+	for _, s := range vols {
+		held[s.Name] = s
+	}
+	type key struct{ volume, peer string }
+	seen := map[key]bool{}
+	var out []taskStart
+	for _, t := range tasks {
+		k := key{t.GetResource(), t.GetTargetNode()}
+		if t.GetSourceNode() != node || t.GetDeadlineUnixNano() == 0 || seen[k] {
+			continue
+		}
+		i := slices.IndexFunc(plan[k.volume], func(mc replicator.MirrorConfig) bool { return mc.Peer == k.peer })
+		if i < 0 {
+			continue
+		}
+		seen[k] = true
+		s, ok := held[k.volume]
+		ts := taskStart{resource: k.volume, target: k.peer, deadline: time.Unix(0, t.GetDeadlineUnixNano()), bytes: taskBytes(t, s, ok)}
+		l := links(k.peer)
+		ts.choice = ChooseStart(l.sched, l.rate, now, ts.deadline, ts.bytes)
+		if ts.choice.Start.After(now) && !running(k.volume, plan[k.volume][i]) {
+			ts.held = true
+			plan[k.volume] = slices.Delete(plan[k.volume], i, i+1)
+		}
+		out = append(out, ts)
+	}
+	return out
+}
+
+// peerLinks returns the link plan of every peer in r: its schedule
+// (unlimited when none) and link_rate.
+func peerLinks(r *Replication) func(peer string) linkPlan {
+	links := map[string]linkPlan{}
+	if r != nil {
+		for _, p := range r.Peers {
+			l := linkPlan{sched: throttle.Fixed(throttle.Unlimited)}
+			if p.Schedule != "" {
+				// Validated with the config; a bad one cannot get here.
+				if s, err := throttle.ParseSchedule(p.Schedule); err == nil {
+					l.sched = s
+				}
+			}
+			if p.LinkRate != "" {
+				if v, err := throttle.ParseRate(p.LinkRate); err == nil && v > 0 {
+					l.rate = v
+				}
+			}
+			links[p.Name] = l
+		}
+	}
+	return func(peer string) linkPlan {
+		if l, ok := links[peer]; ok {
+			return l
+		}
+		return linkPlan{sched: throttle.Fixed(throttle.Unlimited)}
+	}
+}
+
+// reloadSchedules gives the replicator the peer schedules of a reloaded
+// config (a peer's link throttle follows its new schedule at once) and
+// plans the held replication tasks again against them.
+func (a *Agent) reloadSchedules(old, cfg *Config) {
+	if a.repl == nil || cfg.Replication == nil {
+		return
+	}
+	prev := map[string]string{}
+	if old.Replication != nil {
+		for _, p := range old.Replication.Peers {
+			prev[p.Name] = p.Schedule
+		}
+	}
+	for _, p := range cfg.Replication.Peers {
+		if s, ok := prev[p.Name]; ok && s == p.Schedule {
+			continue
+		}
+		s := throttle.Fixed(throttle.Unlimited)
+		if p.Schedule != "" {
+			var err error
+			if s, err = throttle.ParseSchedule(p.Schedule); err != nil {
+				continue // validated with the config: cannot happen
+			}
+		}
+		if err := a.repl.SetSchedule(p.Name, s); err != nil {
+			a.log.Warn("peer schedule not applied", "peer", p.Name, "err", err)
+			continue
+		}
+		a.log.Info("peer schedule applied", "peer", p.Name, "schedule", s.String())
+	}
+	if a.cp != nil {
+		a.cp.retryTasks()
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 
@@ -110,11 +111,27 @@ func TestReplicaSyncsAndAttach(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatalf("replica syncs %v, want %v", got, want)
 	}
+	// Primaries report what each peer's change tracking still holds, in
+	// bytes; mirrors report none.
+	vols[0].BlockSize, vols[0].Dirty = 4096, map[string]uint64{"m2": 3, "m1": 0}
+	vols[1].BlockSize, vols[1].Dirty = 4096, map[string]uint64{"m1": 9}
+	backlogs := replicaBacklogs(vols)
+	type bl struct {
+		res, peer string
+		n         uint64
+	}
+	var gotB []bl
+	for _, b := range backlogs {
+		gotB = append(gotB, bl{b.GetResource(), b.GetPeer(), b.GetPendingBytes()})
+	}
+	if wantB := []bl{{"primary", "m1", 0}, {"primary", "m2", 3 * 4096}}; !slices.Equal(gotB, wantB) {
+		t.Fatalf("backlogs %v, want %v", gotB, wantB)
+	}
 	mh := []*pb.MirrorHealth{{Mirror: "a"}, {Mirror: "b"}}
-	attachReplicas(mh, reps)
+	attachReplicas(mh, reps, backlogs)
 	for _, m := range mh {
-		if len(m.GetReplicas()) != len(reps) || m.GetReplicas()[2].GetResource() != "synced" {
-			t.Fatalf("mirror %s carries %v", m.GetMirror(), m.GetReplicas())
+		if len(m.GetReplicas()) != len(reps) || m.GetReplicas()[2].GetResource() != "synced" || len(m.GetBacklogs()) != 2 {
+			t.Fatalf("mirror %s carries %v and %v", m.GetMirror(), m.GetReplicas(), m.GetBacklogs())
 		}
 	}
 }
@@ -137,15 +154,36 @@ func replNode(t *testing.T, name string, r *Replication, ln net.Listener) *repli
 	return n
 }
 
-// TestApplyTasksReplicates: a desired state's replication tasks make the
-// source node replicate to the target, the target reports the copy in
-// sync with a lag, retiring the task stops the replication, and tasks the
-// node cannot carry out are counted once per version without failing
-// the version (its routing state is applied).
-func TestApplyTasksReplicates(t *testing.T) {
-	// Registered first, so it runs after the nodes' cleanups.
-	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+// replPair is a source node holding volume disk (256 KiB) as primary and
+// a target node holding it as a mirror, replicating over mutual TLS on
+// loopback.
+type replPair struct {
+	img            []byte
+	srcImg, dstImg string
+	srcCfg, dstCfg *Replication
+	src, dst       *replicator.Node
+}
+
+// waitCopy waits until the target's image equals the source's.
+func (p *replPair) waitCopy(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := os.ReadFile(p.dstImg)
+		if err == nil && string(b) == string(p.img) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("copy never arrived (%v); dynamic mirrors of the source %+v", err, p.src.DynamicMirrors("disk"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// newReplPair starts both nodes; schedule is the source's schedule of its
+// link to the target.
+func newReplPair(t *testing.T, schedule string) *replPair {
+	t.Helper()
 	dir := t.TempDir()
 	ca, err := pki.NewCA("test", time.Hour)
 	if err != nil {
@@ -179,12 +217,27 @@ func TestApplyTasksReplicates(t *testing.T) {
 	}
 	srcCfg := &Replication{TLS: files["src"], TaskInterval: Duration(30 * time.Millisecond),
 		Volumes: []VolumeCfg{{Name: "disk", Path: srcImg, Role: "primary"}},
-		Peers:   []PeerCfg{{Name: "dst", Addr: lns["dst"].Addr().String()}}}
+		Peers:   []PeerCfg{{Name: "dst", Addr: lns["dst"].Addr().String(), Schedule: schedule}}}
 	dstCfg := &Replication{TLS: files["dst"],
 		Volumes: []VolumeCfg{{Name: "disk", Path: dstImg, Role: "mirror"}},
 		Peers:   []PeerCfg{{Name: "src", Addr: lns["src"].Addr().String()}}}
 	src := replNode(t, "src", srcCfg, lns["src"])
 	dst := replNode(t, "dst", dstCfg, lns["dst"])
+
+	return &replPair{img: img, srcImg: srcImg, dstImg: dstImg, srcCfg: srcCfg, dstCfg: dstCfg, src: src, dst: dst}
+}
+
+// TestApplyTasksReplicates: a desired state's replication tasks make the
+// source node replicate to the target, the target reports the copy in
+// sync with a lag, retiring the task stops the replication, and tasks the
+// node cannot carry out are counted once per version without failing
+// the version (its routing state is applied).
+func TestApplyTasksReplicates(t *testing.T) {
+	// Registered first, so it runs after the nodes' cleanups.
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	p := newReplPair(t, "")
+	img, dstImg, srcCfg, dstCfg, src, dst := p.img, p.dstImg, p.srcCfg, p.dstCfg, p.src, p.dst
 
 	// The source agent, without a data plane: its routing state is only
 	// compiled, which is what apply needs to accept a version.
@@ -288,11 +341,15 @@ func TestApplyTasksReplicates(t *testing.T) {
 
 func TestTaskMetricsLint(t *testing.T) {
 	m := newMetrics(&Agent{})
-	if problems, err := testutil.CollectAndLint(m.taskErrors); err != nil || len(problems) > 0 {
-		t.Fatalf("metric lint: %v %v", problems, err)
+	for _, c := range []prometheus.Collector{m.taskErrors, m.tasks, m.nextStart} {
+		if problems, err := testutil.CollectAndLint(c); err != nil || len(problems) > 0 {
+			t.Fatalf("metric lint: %v %v", problems, err)
+		}
 	}
-	if !slices.Contains(MetricNames(), "edge_replication_task_errors_total") {
-		t.Fatal("task error metric not among the agent's metric names")
+	for _, n := range []string{"edge_replication_task_errors_total", "edge_replication_tasks", "edge_replication_task_next_start_timestamp_seconds"} {
+		if !slices.Contains(MetricNames(), n) {
+			t.Fatalf("%s not among the agent's metric names", n)
+		}
 	}
 }
 
@@ -315,5 +372,187 @@ func TestActiveTargets(t *testing.T) {
 	}
 	if want := []uint32{1, 2, 4}; !slices.Equal(got, want) {
 		t.Fatalf("active mirrors %v, want %v", got, want)
+	}
+}
+
+// TestDeferTasks: tasks with a deadline whose start is ahead are taken
+// out of the plan unless their copy already runs; the bytes planned are
+// the copy's own (whole volume, hot extents, or the target's backlog).
+func TestDeferTasks(t *testing.T) {
+	now := time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC) // a Monday, in the peak window
+	links := func(peer string) linkPlan {
+		if peer == "slow" {
+			return linkPlan{sched: mustSchedule(t, "10MB", time.UTC)}
+		}
+		return linkPlan{sched: mustSchedule(t, "100MB; * 08:00-20:00 10MB", time.UTC)}
+	}
+	// 16 GiB in 4 KiB blocks; m3's copy is 1000 blocks behind.
+	vols := []replicator.Status{{Name: "disk", Role: replicator.RolePrimary, Complete: true, BlockSize: 4096, Blocks: 4 << 20,
+		Dirty: map[string]uint64{"m3": 1000}}}
+	peers := map[string]bool{"m1": true, "m2": true, "m3": true, "m4": true, "m5": true, "slow": true}
+	dl := func(tk *pb.ReplicationTask, d time.Time, kind pb.MirrorKind) *pb.ReplicationTask {
+		tk.DeadlineUnixNano, tk.Kind = d.UnixNano(), kind
+		return tk
+	}
+	evening := time.Date(2026, 3, 2, 21, 0, 0, 0, time.UTC)
+	sel := dl(task("disk", "me", "m4"), evening, pb.MirrorKind_MIRROR_KIND_SELECTIVE)
+	sel.HotExtents = 10
+	tasks := []*pb.ReplicationTask{
+		task("disk", "me", "m1"), // no deadline: at once
+		dl(task("disk", "me", "m2"), evening, pb.MirrorKind_MIRROR_KIND_FULL),  // 16 GiB: waits for 20:00
+		dl(task("disk", "me", "m3"), evening, pb.MirrorKind_MIRROR_KIND_DELTA), // 4 MB behind: also waits
+		sel,
+		dl(task("disk", "me", "m5"), evening, pb.MirrorKind_MIRROR_KIND_FULL),    // already running: kept
+		dl(task("disk", "me", "slow"), evening, pb.MirrorKind_MIRROR_KIND_FULL),  // one rate all day: now
+		dl(task("disk", "me", "ghost"), evening, pb.MirrorKind_MIRROR_KIND_FULL), // refused by planTasks
+		dl(task("disk", "other", "m1"), evening, pb.MirrorKind_MIRROR_KIND_FULL), // another node's
+	}
+	plan, _ := planTasks("me", tasks, vols, peers, time.Second)
+	running := func(vol string, mc replicator.MirrorConfig) bool { return vol == "disk" && mc.Peer == "m5" }
+	starts := deferTasks(now, "me", tasks, plan, vols, running, links)
+
+	var kept []string
+	for _, mc := range plan["disk"] {
+		kept = append(kept, mc.Peer)
+	}
+	if want := []string{"m1", "m5", "slow"}; !slices.Equal(kept, want) {
+		t.Fatalf("mirrors started %v, want %v", kept, want)
+	}
+	type dec struct {
+		target string
+		bytes  int64
+		held   bool
+		start  time.Time
+	}
+	var got []dec
+	for _, s := range starts {
+		got = append(got, dec{s.target, s.bytes, s.held, s.choice.Start})
+	}
+	off := time.Date(2026, 3, 2, 20, 0, 0, 0, time.UTC)
+	want := []dec{{"m2", 16 << 30, true, off}, {"m3", 1000 * 4096, true, off}, {"m4", 10 * hotExtentBytes, true, off},
+		{"m5", 16 << 30, false, off}, {"slow", 16 << 30, false, now}}
+	if !slices.Equal(got, want) {
+		t.Fatalf("decisions\n%v\nwant\n%v", got, want)
+	}
+}
+
+func TestTaskBytes(t *testing.T) {
+	s := replicator.Status{BlockSize: 4096, Blocks: 1000, Dirty: map[string]uint64{"m1": 10, "big": 5000}}
+	for _, tc := range []struct {
+		task *pb.ReplicationTask
+		st   bool
+		want int64
+	}{
+		{&pb.ReplicationTask{Kind: pb.MirrorKind_MIRROR_KIND_FULL, TargetNode: "m1"}, true, 4096000},
+		{&pb.ReplicationTask{Kind: pb.MirrorKind_MIRROR_KIND_DELTA, TargetNode: "m1"}, true, 40960},
+		{&pb.ReplicationTask{Kind: pb.MirrorKind_MIRROR_KIND_DELTA, TargetNode: "big"}, true, 4096000},
+		{&pb.ReplicationTask{Kind: pb.MirrorKind_MIRROR_KIND_DELTA, TargetNode: "untracked"}, true, 4096000},
+		{&pb.ReplicationTask{Kind: pb.MirrorKind_MIRROR_KIND_SELECTIVE, HotExtents: 0}, true, 0},
+		{&pb.ReplicationTask{Kind: pb.MirrorKind_MIRROR_KIND_SELECTIVE, HotExtents: 9}, true, 4096000},
+		{&pb.ReplicationTask{Kind: pb.MirrorKind_MIRROR_KIND_DELTA, CopyBytes: 77}, false, 77},
+	} {
+		if got := taskBytes(tc.task, s, tc.st); got != tc.want {
+			t.Errorf("%v: %d bytes, want %d", tc.task, got, tc.want)
+		}
+	}
+}
+
+// TestHeldTaskStartsWhenTheScheduleChanges: a task whose deadline lets it
+// wait for off-peak bandwidth is held (no replication, the gauge says
+// so, a timer is armed); a reloaded schedule without a peak plans it
+// again and it starts, and the copy arrives.
+func TestHeldTaskStartsWhenTheScheduleChanges(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	// Peak (1 MB/s) from this minute for two hours, unlimited after: the
+	// 256 KiB copy sends its bytes at peak if it starts now.
+	now := time.Now()
+	from := now.Hour()*60 + now.Minute()
+	to := (from + 120) % 1440
+	peak := fmt.Sprintf("unlimited; * %02d:%02d-%02d:%02d 1MB", from/60, from%60, to/60, to%60)
+	p := newReplPair(t, peak)
+	a := New(&Config{Node: "src", Replication: p.srcCfg, Controller: &ControllerCfg{Site: "eu"}}, "", discardLogger())
+	a.repl = p.src
+	cp := &controlPlane{a: a}
+	a.cp = cp
+	t.Cleanup(cp.stopTasks)
+
+	st := sampleProtoState()
+	tk := task("disk", "src", "dst")
+	tk.DeadlineUnixNano = now.Add(3 * time.Hour).UnixNano()
+	st.ReplicationTasks = []*pb.ReplicationTask{tk}
+	if err := cp.apply(st.GetVersion(), st); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.src.DynamicMirrors("disk"); len(got) != 0 {
+		t.Fatalf("held task replicating: %+v", got)
+	}
+	held := testutil.ToFloat64(a.metrics.tasks.WithLabelValues("held"))
+	next := testutil.ToFloat64(a.metrics.nextStart)
+	cp.mu.Lock()
+	armed := cp.taskTimer != nil
+	cp.mu.Unlock()
+	if held != 1 || !armed || next < float64(now.Add(119*time.Minute).Unix()) || next > float64(now.Add(121*time.Minute).Unix()) {
+		t.Fatalf("held %v, timer armed %v, next start %v: want 1 held until the peak ends", held, armed, time.Unix(int64(next), 0))
+	}
+
+	// The operator drops the peak: the task is planned again and starts.
+	old := a.cfg
+	cfg := *old
+	r := *old.Replication
+	r.Peers = []PeerCfg{{Name: "dst", Addr: old.Replication.Peers[0].Addr}}
+	cfg.Replication = &r
+	a.mu.Lock()
+	a.cfg = &cfg
+	a.mu.Unlock()
+	a.reloadSchedules(old, &cfg)
+	if got := p.src.DynamicMirrors("disk"); len(got) != 1 || got[0].Peer != "dst" {
+		t.Fatalf("after the schedule changed: dynamic mirrors %+v", got)
+	}
+	if held, started := testutil.ToFloat64(a.metrics.tasks.WithLabelValues("held")), testutil.ToFloat64(a.metrics.tasks.WithLabelValues("started")); held != 0 || started != 1 {
+		t.Fatalf("held %v started %v", held, started)
+	}
+	p.waitCopy(t)
+}
+
+// TestHeldTaskStartsAtItsStart: a task held until the end of a peak
+// window starts when the timer fires at that boundary, and its copy
+// arrives. The plan's clock runs 12 h ahead of the real one, with the
+// boundary 100 ms ahead on it, so the peak minute is nowhere near the
+// replicator's real-time throttle.
+func TestHeldTaskStartsAtItsStart(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	wall := time.Now()
+	boundary := wall.Add(12 * time.Hour).Truncate(time.Minute).Add(time.Minute)
+	offset := boundary.Add(-100 * time.Millisecond).Sub(wall)
+	b := boundary.In(time.Local)
+	from := (b.Hour()*60 + b.Minute() + 1439) % 1440
+	peak := fmt.Sprintf("unlimited; * %02d:%02d-%02d:%02d 1MB", from/60, from%60, b.Hour(), b.Minute())
+	p := newReplPair(t, peak)
+	a := New(&Config{Node: "src", Replication: p.srcCfg, Controller: &ControllerCfg{Site: "eu"}}, "", discardLogger())
+	a.repl = p.src
+	cp := &controlPlane{a: a, clock: func() time.Time { return time.Now().Add(offset) }}
+	t.Cleanup(cp.stopTasks)
+
+	st := sampleProtoState()
+	tk := task("disk", "src", "dst")
+	tk.DeadlineUnixNano = boundary.Add(time.Hour).UnixNano()
+	st.ReplicationTasks = []*pb.ReplicationTask{tk}
+	if err := cp.apply(st.GetVersion(), st); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.src.DynamicMirrors("disk"); len(got) != 0 {
+		t.Fatalf("held task replicating before its start: %+v", got)
+	}
+	cp.mu.Lock()
+	start := cp.starts[startKey{"disk", "dst"}]
+	cp.mu.Unlock()
+	if !start.held || !start.choice.Start.Equal(boundary) || start.bytes != int64(len(p.img)) {
+		t.Fatalf("decision %+v: want held until %v, %d bytes", start, boundary, len(p.img))
+	}
+	p.waitCopy(t)
+	if held := testutil.ToFloat64(a.metrics.tasks.WithLabelValues("held")); held != 0 {
+		t.Fatalf("still %v held after the start", held)
 	}
 }

@@ -54,9 +54,16 @@ type world struct {
 	// replicas is what each mirror's host last reported (fresh reports
 	// only) of the copies it holds, by (mirror, resource).
 	replicas map[repKey]*pb.ReplicaSync
+	// backlogs is what each node's primary volumes last reported still
+	// to send to each peer (fresh reports only), in bytes.
+	backlogs map[backlogKey]uint64
 }
 
 type repKey struct{ mirror, resource string }
+
+// backlogKey names one change-tracking backlog: the node holding the
+// primary, the resource, and the peer node it tracks changes for.
+type backlogKey struct{ node, resource, peer string }
 
 // replicaInSync judges a host's report of a copy as the routing policy
 // does: in sync when the host says so and its lag is within maxLag (0: no
@@ -90,7 +97,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 		regions: slices.Clone(s.sites), mirrors: slices.Clone(s.mirrors), resources: slices.Clone(s.resources),
 		regionID: make(map[string]uint32, len(s.sites)), mirrorID: make(map[string]uint32, len(s.mirrors)),
 		dpState: make(map[uint32]pb.MirrorState, len(s.mirrors)), placed: s.placed,
-		replicas: map[repKey]*pb.ReplicaSync{},
+		replicas: map[repKey]*pb.ReplicaSync{}, backlogs: map[backlogKey]uint64{},
 	}
 	slices.SortFunc(w.regions, func(a, b *pb.Site) int { return cmp.Compare(a.GetId(), b.GetId()) })
 	slices.SortFunc(w.mirrors, func(a, b *pb.Mirror) int { return cmp.Compare(a.GetId(), b.GetId()) })
@@ -139,6 +146,9 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 					mirrorHealth[m.GetName()] = mh
 					for _, rs := range mh.GetReplicas() {
 						replicas[repKey{m.GetName(), rs.GetResource()}] = rs
+					}
+					for _, b := range mh.GetBacklogs() {
+						w.backlogs[backlogKey{rep.GetNode(), b.GetResource(), b.GetPeer()}] = b.GetPendingBytes()
 					}
 				}
 			}
@@ -495,7 +505,8 @@ func replicationTasks(w *world) []*pb.ReplicationTask {
 				continue
 			}
 			out = append(out, &pb.ReplicationTask{Resource: r.GetName(), SourceNode: src, TargetNode: dst,
-				Mirror: pl.GetMirror(), Kind: pl.GetKind(), PlacedUnixNano: pl.GetPlacedUnixNano(), HotExtents: pl.GetHotExtents()})
+				Mirror: pl.GetMirror(), Kind: pl.GetKind(), PlacedUnixNano: pl.GetPlacedUnixNano(), HotExtents: pl.GetHotExtents(),
+				DeadlineUnixNano: pl.GetDeadlineUnixNano(), CopyBytes: pl.GetCopyBytes()})
 		}
 	}
 	return out

@@ -105,7 +105,11 @@
 //     decisions under state/placements/<resource> (main prefix, fenced),
 //     and the next route tick adds placed copies to the replicas (routable
 //     once their host reports them in sync) and replication tasks to the
-//     desired state.
+//     desired state. Each placement carries a deadline (deadline.go: the
+//     start of the first forecast bucket whose median benefit at the site
+//     reaches the horizon's mean), which the origin's agent plans the
+//     transfer against, and the bytes it sends; a delta is costed by the
+//     origin host's reported change-tracking backlog toward the target.
 //   - Feeds. Admin.Feed parses an events calendar or covariates CSV as the
 //     engine will (a bad file is refused naming its line and column, and
 //     nothing is stored), then stores it under feeds/; the leader applies

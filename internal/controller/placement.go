@@ -37,7 +37,13 @@ import (
 // (a retired copy keeps its data), or — for a resource that declares a
 // working set smaller than its size — a selective copy of its hottest
 // extents (read-through serves the rest), scored with the working set's
-// bytes copied and stored. Decisions are stored per resource in
+// bytes copied and stored. A delta is costed by what it must catch up on:
+// the origin host's reported change-tracking backlog toward the target
+// (score.go deltaCopy), the full size when none is reported. Every
+// placement carries a deadline, when the copy should be in sync (the
+// first forecast bucket whose median benefit reaches the horizon's mean,
+// deadline.go), and its bytes; the origin's agent plans the transfer's
+// start against them. Decisions are stored per resource in
 // etcd (state/placements/<resource>, fenced on the leadership); the
 // routing policy adds placed copies to the resource's replicas, routable
 // once their host reports them in sync, and the desired state carries a
@@ -54,10 +60,13 @@ const (
 	defaultMirrorScore = 0.8
 )
 
-// placeCandidate is a site without a copy and its score.
+// placeCandidate is a site without a copy and its score, with what a
+// copy there would send and when it should be in sync (deadline.go).
 type placeCandidate struct {
 	site, mirror string
 	score        float64
+	copyBytes    uint64
+	deadline     time.Time
 }
 
 // placeInput is one evaluation of one resource.
@@ -185,11 +194,15 @@ func decide(rec *pb.PlacementRecord, in placeInput) (*pb.PlacementRecord, bool) 
 	case slices.Contains(out.Held, best.mirror):
 		kind = pb.MirrorKind_MIRROR_KIND_DELTA
 	}
+	dl := timeNano(best.deadline)
 	out.Placed = append(out.Placed, &pb.Placement{Site: best.site, Mirror: best.mirror, Kind: kind, HotExtents: in.hotExtents,
-		PlacedUnixNano: in.now.UnixNano(), PlacedScore: best.score, Score: best.score, CopyState: pb.CopyState_COPY_STATE_UNREPORTED})
+		PlacedUnixNano: in.now.UnixNano(), PlacedScore: best.score, Score: best.score, CopyState: pb.CopyState_COPY_STATE_UNREPORTED,
+		DeadlineUnixNano: dl, CopyBytes: best.copyBytes})
 	delete(out.Above, best.site)
 	event(&pb.PlacementEvent{Action: "place", Site: best.site, Mirror: best.mirror, Kind: kind, Score: best.score,
-		Reason: fmt.Sprintf("score %.3f at or above mirror_score %.3g for %d evaluations", best.score, in.mirrorScore, placeConfirm)})
+		DeadlineUnixNano: dl, CopyBytes: best.copyBytes,
+		Reason: fmt.Sprintf("score %.3f at or above mirror_score %.3g for %d evaluations; ~%s to send, in sync by %s",
+			best.score, in.mirrorScore, placeConfirm, mib(best.copyBytes), deadlineText(dl))})
 	return out, changed
 }
 
@@ -246,7 +259,8 @@ func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.
 			}
 			c.m.placementDecisions.WithLabelValues(ev.GetAction()).Inc()
 			c.log.Info("mirroring manager", "action", ev.GetAction(), "resource", name, "site", ev.GetSite(),
-				"mirror", ev.GetMirror(), "kind", KindName(ev.GetKind()), "score", ev.GetScore(), "reason", ev.GetReason())
+				"mirror", ev.GetMirror(), "kind", KindName(ev.GetKind()), "score", ev.GetScore(),
+				"copy_bytes", ev.GetCopyBytes(), "deadline", deadlineText(ev.GetDeadlineUnixNano()), "reason", ev.GetReason())
 		}
 		for _, pl := range next.GetPlaced() {
 			placed[pl.GetCopyState()]++
@@ -351,12 +365,22 @@ func (c *Controller) placementInput(ctx context.Context, res *pb.Resource, rec *
 		if err != nil {
 			return in, err
 		}
+		byLoc := map[string]forecast.Candidate{}
+		for _, cd := range setup.req.Candidates {
+			byLoc[cd.Location] = cd
+		}
 		for _, s := range scores {
 			m := mirrors[setup.mirror[s.Location]]
 			if m == nil || m.GetNode() == "" {
 				continue // a host without a node cannot receive a replication task
 			}
-			in.cands = append(in.cands, placeCandidate{site: s.Location, mirror: m.GetName(), score: s.Score})
+			cd := byLoc[s.Location]
+			n := uint64(setup.req.Bytes)
+			if cd.CopyBytes > 0 {
+				n = uint64(cd.CopyBytes)
+			}
+			in.cands = append(in.cands, placeCandidate{site: s.Location, mirror: m.GetName(), score: s.Score,
+				copyBytes: n, deadline: candidateDeadline(fc, demand, setup.req, cd)})
 		}
 		slices.SortFunc(in.cands, func(a, b placeCandidate) int { return cmp.Compare(a.site, b.site) })
 	}

@@ -242,6 +242,12 @@ func TestMirroringManager(t *testing.T) {
 	if tk.GetSourceNode() != "host-paris" || tk.GetTargetNode() != "host-nyc" || tk.GetMirror() != "nyc" || tk.GetKind() != pb.MirrorKind_MIRROR_KIND_FULL {
 		t.Fatalf("task %v", tk)
 	}
+	// It carries the deadline and bytes of the placement: the whole disk,
+	// in sync by the start of an hourly bucket on the rig's forecast clock.
+	if dl := time.Unix(0, tk.GetDeadlineUnixNano()); tk.GetDeadlineUnixNano() != pl.GetDeadlineUnixNano() || tk.GetCopyBytes() != 1<<30 ||
+		!dl.After(g.t0) || dl.Sub(g.t0)%time.Hour != 0 {
+		t.Fatalf("task %v for placement %v: want its deadline and 1 GiB", tk, pl)
+	}
 	// Not routable before its host says it is in sync.
 	if w := routeOf(us.current(), "disk", "us"); w["nyc"] != 0 {
 		t.Fatalf("us routes to nyc before the copy is in sync: %v", w)
@@ -279,12 +285,25 @@ func TestMirroringManager(t *testing.T) {
 	}
 	waitFor(t, "task withdrawn", 10*time.Second, func() bool { return task(eu.current()) == nil })
 
+	// The origin's host reports what its change tracking still holds for
+	// host-nyc: the delta is costed by it.
+	parisHost := startAgent(t, "host-paris", "eu", pb.NodeRole_NODE_ROLE_MIRROR, g.r1.addr)
+	parisHost.mu.Lock()
+	parisHost.health = []*pb.MirrorHealth{{Mirror: "paris", Health: pb.Health_HEALTH_UP,
+		Backlogs: []*pb.ReplicaBacklog{{Resource: "disk", Peer: "host-nyc", PendingBytes: 24 << 20}}}}
+	parisHost.mu.Unlock()
+	parisHost.client.ReportNow()
+	waitFor(t, "explain costs the delta by the backlog", 10*time.Second, func() bool {
+		ex, err := admin.Explain(context.Background(), &pb.ExplainRequest{Resource: "disk"})
+		return err == nil && strings.Contains(ex.GetText(), "delta: ~24.0 MiB to catch up")
+	})
+
 	// Demand returns: placed again, as a delta (nyc kept its data).
 	for i := 0; i < 8 && len(record().GetPlaced()) == 0; i++ {
 		busy()
 	}
 	rec = record()
-	if len(rec.GetPlaced()) != 1 || rec.GetPlaced()[0].GetKind() != pb.MirrorKind_MIRROR_KIND_DELTA {
+	if len(rec.GetPlaced()) != 1 || rec.GetPlaced()[0].GetKind() != pb.MirrorKind_MIRROR_KIND_DELTA || rec.GetPlaced()[0].GetCopyBytes() != 24<<20 {
 		t.Fatalf("after demand returned: %v", rec)
 	}
 
@@ -328,8 +347,9 @@ func TestMirroringManager(t *testing.T) {
 }
 
 // TestReplicationTasks: one task per placed copy, to the origin's node,
-// carrying the kind and a selective copy's extents; none when the origin
-// or the target has no node, or both are on one node.
+// carrying the kind, a selective copy's extents, the deadline and the
+// bytes; none when the origin or the target has no node, or both are on
+// one node.
 func TestReplicationTasks(t *testing.T) {
 	w := &world{
 		mirrors: []*pb.Mirror{{Name: "paris", Node: "h-paris"}, {Name: "nyc", Node: "h-nyc"}, {Name: "tokyo"},
@@ -337,7 +357,7 @@ func TestReplicationTasks(t *testing.T) {
 		resources: []*pb.Resource{{Name: "disk", Origin: "paris"}, {Name: "web", Origin: "tokyo"}},
 		placed: map[string]*pb.PlacementRecord{
 			"disk": {Placed: []*pb.Placement{
-				{Mirror: "nyc", Kind: pb.MirrorKind_MIRROR_KIND_SELECTIVE, HotExtents: 3, PlacedUnixNano: 7},
+				{Mirror: "nyc", Kind: pb.MirrorKind_MIRROR_KIND_SELECTIVE, HotExtents: 3, PlacedUnixNano: 7, DeadlineUnixNano: 9, CopyBytes: 3 << 22},
 				{Mirror: "tokyo", Kind: pb.MirrorKind_MIRROR_KIND_FULL},  // no node
 				{Mirror: "paris2", Kind: pb.MirrorKind_MIRROR_KIND_FULL}, // the origin's own node
 			}},
@@ -346,7 +366,7 @@ func TestReplicationTasks(t *testing.T) {
 	}
 	got := replicationTasks(w)
 	want := []*pb.ReplicationTask{{Resource: "disk", SourceNode: "h-paris", TargetNode: "h-nyc", Mirror: "nyc",
-		Kind: pb.MirrorKind_MIRROR_KIND_SELECTIVE, HotExtents: 3, PlacedUnixNano: 7}}
+		Kind: pb.MirrorKind_MIRROR_KIND_SELECTIVE, HotExtents: 3, PlacedUnixNano: 7, DeadlineUnixNano: 9, CopyBytes: 3 << 22}}
 	if len(got) != len(want) || !proto.Equal(got[0], want[0]) {
 		t.Fatalf("tasks %v, want %v", got, want)
 	}

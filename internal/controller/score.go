@@ -110,6 +110,9 @@ type scoreSetup struct {
 	ids    map[string]uint32
 	copies []string
 	w      *world
+	// copyNotes says, per candidate site whose host held a copy before,
+	// what its delta copy is costed at and why.
+	copyNotes map[string]string
 }
 
 // scoreSetup builds the Mirroring Score request of a resource: its size,
@@ -168,7 +171,7 @@ func (c *Controller) scoreSetupFrom(b *scoreBase, res *pb.Resource, demand []for
 	}
 
 	s := &scoreSetup{step: c.cfg.Forecast.Engine.Step, mirror: map[string]string{}, viewRev: snap.rev, costs: costs,
-		ids: w.mirrorID, w: w,
+		ids: w.mirrorID, w: w, copyNotes: map[string]string{},
 		req: forecast.ScoreRequest{Bytes: int64(min(copyBytes(res), math.MaxInt64)), Current: map[string]float64{},
 			Prices: c.cfg.Forecast.Prices}}
 	// Current cost per region: the current table's weights × each
@@ -254,10 +257,39 @@ func (c *Controller) scoreSetupFrom(b *scoreBase, res *pb.Resource, demand []for
 			s.notes = append(s.notes, fmt.Sprintf("%s (no active mirror host with a probed path from a region with demand)", name))
 			continue
 		}
+		if held := snap.placed[res.GetName()].GetHeld(); hotExtents(res) == 0 && slices.Contains(held, bestMirror) {
+			// A delta: the copy left there catches up (placement.go).
+			var note string
+			best.CopyBytes, note = deltaCopy(w, res, mirrorByName[res.GetOrigin()], mirrorByName[bestMirror])
+			s.copyNotes[name] = note
+		}
 		s.req.Candidates = append(s.req.Candidates, *best)
 		s.mirror[name] = bestMirror
 	}
 	return s, nil
+}
+
+// deltaCopy is what a stale copy on target must catch up on: the origin
+// host's change-tracking backlog toward the target's node, as it last
+// reported it (every block written since the copy was last in sync, or
+// all of them if it never was), at most the resource's size. It returns
+// 0 (forecast.Score then costs the whole resource) when no such report
+// is fresh, and in both cases what explain says about it.
+func deltaCopy(w *world, res *pb.Resource, origin, target *pb.Mirror) (int64, string) {
+	size := copyBytes(res)
+	if origin.GetNode() == "" || target.GetNode() == "" {
+		return 0, "delta, costed as a full copy: the origin or the target has no node to track changes between"
+	}
+	b, ok := w.backlogs[backlogKey{origin.GetNode(), res.GetName(), target.GetNode()}]
+	if !ok {
+		return 0, fmt.Sprintf("delta, costed as a full copy: %s's host %s has not reported its change tracking toward %s",
+			origin.GetName(), origin.GetNode(), target.GetNode())
+	}
+	d := min(b, size)
+	// At least one byte: 0 would mean the whole resource to the score, and
+	// a delta cycle with nothing to send still costs a round trip.
+	return int64(min(max(d, 1), math.MaxInt64)), fmt.Sprintf("delta: ~%s to catch up, of %s (blocks %s's host %s has not sent to %s)",
+		mib(d), mib(size), origin.GetName(), origin.GetNode(), target.GetNode())
 }
 
 // currentTables returns the weights of a resource's routes in the desired
@@ -412,6 +444,8 @@ func (c *Controller) explain(s *scored) string {
 		if len(st.notes) > 0 {
 			fmt.Fprintf(&b, "not candidates: %s\n", strings.Join(st.notes, "; "))
 		}
+		writeCopyPlans(&b, st, s)
+
 	}
 	if s.note != "" {
 		fmt.Fprintf(&b, "note: %s\n", s.note)
@@ -422,6 +456,36 @@ func (c *Controller) explain(s *scored) string {
 	fmt.Fprintf(&b, "forecast published by %s at %s; route costs from replica %s at %s\n", rec.GetLeader(),
 		time.Unix(0, rec.GetWrittenUnixNano()).UTC().Format(time.RFC3339), c.cfg.Name, time.Now().UTC().Format(time.RFC3339))
 	return b.String()
+}
+
+// writeCopyPlans says, per candidate site, what a copy there would send
+// and by when it should be in sync (the deadline a placement would carry).
+func writeCopyPlans(b *strings.Builder, st *scoreSetup, s *scored) {
+	if len(st.req.Candidates) == 0 {
+		return
+	}
+	demand := demandOf(s.rec)
+	b.WriteString("copies a placement would make (bytes to send; in sync by the first bucket whose median benefit reaches the horizon's mean):\n")
+	for _, c := range st.req.Candidates {
+		n := uint64(c.CopyBytes)
+		if c.CopyBytes <= 0 {
+			n = uint64(st.req.Bytes)
+		}
+		dl := candidateDeadline(s.rec, demand, st.req, c)
+		fmt.Fprintf(b, "  %-16s %s, in sync by %s", c.Location, mib(n), deadlineText(timeNano(dl)))
+		if note := st.copyNotes[c.Location]; note != "" {
+			fmt.Fprintf(b, "; %s", note)
+		}
+		b.WriteString("\n")
+	}
+}
+
+// timeNano is t in unix nanoseconds, 0 for the zero time.
+func timeNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
 }
 
 // writeManagerState says what the mirroring manager does with the scores
@@ -442,8 +506,9 @@ func writeManagerState(b *strings.Builder, res *pb.Resource, rec *pb.PlacementRe
 	}
 	b.WriteString("\n")
 	for _, pl := range rec.GetPlaced() {
-		fmt.Fprintf(b, "  placed: %s on %s (%s, since %s), copy %s, keep score %.3f, %d evaluation(s) below retire_score\n", pl.GetSite(), pl.GetMirror(),
-			KindName(pl.GetKind()), time.Unix(0, pl.GetPlacedUnixNano()).UTC().Format(time.RFC3339), CopyStateText(pl), pl.GetScore(), rec.GetBelow()[pl.GetMirror()])
+		fmt.Fprintf(b, "  placed: %s on %s (%s, since %s, ~%s to send, in sync by %s), copy %s, keep score %.3f, %d evaluation(s) below retire_score\n",
+			pl.GetSite(), pl.GetMirror(), KindName(pl.GetKind()), time.Unix(0, pl.GetPlacedUnixNano()).UTC().Format(time.RFC3339), mib(pl.GetCopyBytes()),
+			deadlineText(pl.GetDeadlineUnixNano()), CopyStateText(pl), pl.GetScore(), rec.GetBelow()[pl.GetMirror()])
 	}
 	sites := make([]string, 0, len(rec.GetAbove()))
 	for site, n := range rec.GetAbove() {

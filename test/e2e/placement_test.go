@@ -222,6 +222,13 @@ func TestPredictivePlacement(t *testing.T) {
 	if pl.GetPlacedScore() < 0.6 {
 		t.Errorf("placed with score %.3f, below mirror_score 0.6", pl.GetPlacedScore())
 	}
+	// It must be in sync by a forecast bucket's start (a 2 s bucket within
+	// the 4-bucket horizon), and sends the whole volume.
+	if dl := time.Unix(0, pl.GetDeadlineUnixNano()); pl.GetDeadlineUnixNano() == 0 || pl.GetCopyBytes() != predSize ||
+		dl.Before(time.Unix(0, pl.GetPlacedUnixNano()).Add(-10*time.Second)) || dl.After(time.Unix(0, pl.GetPlacedUnixNano()).Add(10*time.Second)) {
+		t.Errorf("placement deadline %v, %d bytes; want a bucket start near %v and %d bytes", dl, pl.GetCopyBytes(),
+			time.Unix(0, pl.GetPlacedUnixNano()), predSize)
+	}
 	tPlaced := time.Unix(0, pl.GetPlacedUnixNano())
 	// What the operator reads says the same.
 	if out, err := l.ControllerCommand(ctx, "placements", predResource); err != nil ||
@@ -246,8 +253,11 @@ func TestPredictivePlacement(t *testing.T) {
 	if incomplete.Before(tPlaced) {
 		t.Logf("the copy was complete at its first look, %v after the placement: the test saw no flow during the copy", tSync.Sub(tPlaced))
 	}
-	if !strings.Contains(mustRead(t, l.Agent("m-core").Log), `msg="replication tasks applied"`) {
+	if log := mustRead(t, l.Agent("m-core").Log); !strings.Contains(log, `msg="replication tasks applied"`) {
 		t.Errorf("m-core's agent did not log the replication task")
+	} else if !strings.Contains(log, `msg="replication task started"`) {
+		// One rate at all times: nothing to wait for, it starts at once.
+		t.Errorf("m-core's agent did not log the task's start decision")
 	}
 
 	// (4) us's new flows go to the copy on m-us.

@@ -2067,7 +2067,14 @@ type Placement struct {
 	CopyState CopyState `protobuf:"varint,7,opt,name=copy_state,json=copyState,proto3,enum=premirror.v1.CopyState" json:"copy_state,omitempty"`
 	LagNs     int64     `protobuf:"varint,8,opt,name=lag_ns,json=lagNs,proto3" json:"lag_ns,omitempty"`
 	// For a selective copy: the extents it holds (4 MiB each).
-	HotExtents    uint32 `protobuf:"varint,9,opt,name=hot_extents,json=hotExtents,proto3" json:"hot_extents,omitempty"`
+	HotExtents uint32 `protobuf:"varint,9,opt,name=hot_extents,json=hotExtents,proto3" json:"hot_extents,omitempty"`
+	// When the copy should be in sync (unix nanoseconds; 0: none): the
+	// start of the first forecast bucket, within the score's horizon, whose
+	// predicted benefit at this site reaches the horizon's mean.
+	DeadlineUnixNano int64 `protobuf:"varint,10,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
+	// Bytes the copy was estimated to send when placed (the score's copy
+	// cost): size, hot extents, or the delta to catch up.
+	CopyBytes     uint64 `protobuf:"varint,11,opt,name=copy_bytes,json=copyBytes,proto3" json:"copy_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2165,19 +2172,37 @@ func (x *Placement) GetHotExtents() uint32 {
 	return 0
 }
 
+func (x *Placement) GetDeadlineUnixNano() int64 {
+	if x != nil {
+		return x.DeadlineUnixNano
+	}
+	return 0
+}
+
+func (x *Placement) GetCopyBytes() uint64 {
+	if x != nil {
+		return x.CopyBytes
+	}
+	return 0
+}
+
 // PlacementEvent is one decision of the manager.
 type PlacementEvent struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	UnixNano int64                  `protobuf:"varint,1,opt,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
 	// "place" or "retire".
-	Action        string     `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
-	Site          string     `protobuf:"bytes,3,opt,name=site,proto3" json:"site,omitempty"`
-	Mirror        string     `protobuf:"bytes,4,opt,name=mirror,proto3" json:"mirror,omitempty"`
-	Kind          MirrorKind `protobuf:"varint,5,opt,name=kind,proto3,enum=premirror.v1.MirrorKind" json:"kind,omitempty"`
-	Score         float64    `protobuf:"fixed64,6,opt,name=score,proto3" json:"score,omitempty"`
-	Reason        string     `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Action string     `protobuf:"bytes,2,opt,name=action,proto3" json:"action,omitempty"`
+	Site   string     `protobuf:"bytes,3,opt,name=site,proto3" json:"site,omitempty"`
+	Mirror string     `protobuf:"bytes,4,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	Kind   MirrorKind `protobuf:"varint,5,opt,name=kind,proto3,enum=premirror.v1.MirrorKind" json:"kind,omitempty"`
+	Score  float64    `protobuf:"fixed64,6,opt,name=score,proto3" json:"score,omitempty"`
+	Reason string     `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	// For "place": when the copy should be in sync (unix nanoseconds; 0:
+	// none) and the bytes it was estimated to send.
+	DeadlineUnixNano int64  `protobuf:"varint,8,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
+	CopyBytes        uint64 `protobuf:"varint,9,opt,name=copy_bytes,json=copyBytes,proto3" json:"copy_bytes,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *PlacementEvent) Reset() {
@@ -2257,6 +2282,20 @@ func (x *PlacementEvent) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *PlacementEvent) GetDeadlineUnixNano() int64 {
+	if x != nil {
+		return x.DeadlineUnixNano
+	}
+	return 0
+}
+
+func (x *PlacementEvent) GetCopyBytes() uint64 {
+	if x != nil {
+		return x.CopyBytes
+	}
+	return 0
 }
 
 var File_premirror_v1_admin_proto protoreflect.FileDescriptor
@@ -2420,7 +2459,7 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"BelowEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xb8\x02\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\x85\x03\n" +
 	"\tPlacement\x12\x12\n" +
 	"\x04site\x18\x01 \x01(\tR\x04site\x12\x16\n" +
 	"\x06mirror\x18\x02 \x01(\tR\x06mirror\x12,\n" +
@@ -2432,7 +2471,11 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"copy_state\x18\a \x01(\x0e2\x17.premirror.v1.CopyStateR\tcopyState\x12\x15\n" +
 	"\x06lag_ns\x18\b \x01(\x03R\x05lagNs\x12\x1f\n" +
 	"\vhot_extents\x18\t \x01(\rR\n" +
-	"hotExtents\"\xcd\x01\n" +
+	"hotExtents\x12,\n" +
+	"\x12deadline_unix_nano\x18\n" +
+	" \x01(\x03R\x10deadlineUnixNano\x12\x1d\n" +
+	"\n" +
+	"copy_bytes\x18\v \x01(\x04R\tcopyBytes\"\x9a\x02\n" +
 	"\x0ePlacementEvent\x12\x1b\n" +
 	"\tunix_nano\x18\x01 \x01(\x03R\bunixNano\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x12\n" +
@@ -2440,7 +2483,10 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"\x06mirror\x18\x04 \x01(\tR\x06mirror\x12,\n" +
 	"\x04kind\x18\x05 \x01(\x0e2\x18.premirror.v1.MirrorKindR\x04kind\x12\x14\n" +
 	"\x05score\x18\x06 \x01(\x01R\x05score\x12\x16\n" +
-	"\x06reason\x18\a \x01(\tR\x06reason*U\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12,\n" +
+	"\x12deadline_unix_nano\x18\b \x01(\x03R\x10deadlineUnixNano\x12\x1d\n" +
+	"\n" +
+	"copy_bytes\x18\t \x01(\x04R\tcopyBytes*U\n" +
 	"\bFeedKind\x12\x19\n" +
 	"\x15FEED_KIND_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10FEED_KIND_EVENTS\x10\x01\x12\x18\n" +

@@ -885,7 +885,11 @@ type MirrorHealth struct {
 	Utilization      float64 `protobuf:"fixed64,3,opt,name=utilization,proto3" json:"utilization,omitempty"`
 	RequestsInFlight uint64  `protobuf:"varint,4,opt,name=requests_in_flight,json=requestsInFlight,proto3" json:"requests_in_flight,omitempty"`
 	// Replication state of the copies it holds.
-	Replicas      []*ReplicaSync `protobuf:"bytes,5,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	Replicas []*ReplicaSync `protobuf:"bytes,5,rep,name=replicas,proto3" json:"replicas,omitempty"`
+	// What this host's primary volumes still have to send to each peer
+	// they track changes for (a retired placed copy keeps its tracking),
+	// so the controller can cost a delta copy by what it must catch up on.
+	Backlogs      []*ReplicaBacklog `protobuf:"bytes,6,rep,name=backlogs,proto3" json:"backlogs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -955,6 +959,78 @@ func (x *MirrorHealth) GetReplicas() []*ReplicaSync {
 	return nil
 }
 
+func (x *MirrorHealth) GetBacklogs() []*ReplicaBacklog {
+	if x != nil {
+		return x.Backlogs
+	}
+	return nil
+}
+
+// ReplicaBacklog is the change-tracking backlog of one primary volume
+// toward one peer: the blocks not yet shipped there (every block until a
+// first full copy), in bytes.
+type ReplicaBacklog struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Resource (volume) name.
+	Resource string `protobuf:"bytes,1,opt,name=resource,proto3" json:"resource,omitempty"`
+	// The peer: the node name of the replicator it tracks changes for.
+	Peer          string `protobuf:"bytes,2,opt,name=peer,proto3" json:"peer,omitempty"`
+	PendingBytes  uint64 `protobuf:"varint,3,opt,name=pending_bytes,json=pendingBytes,proto3" json:"pending_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplicaBacklog) Reset() {
+	*x = ReplicaBacklog{}
+	mi := &file_premirror_v1_agent_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplicaBacklog) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplicaBacklog) ProtoMessage() {}
+
+func (x *ReplicaBacklog) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_agent_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplicaBacklog.ProtoReflect.Descriptor instead.
+func (*ReplicaBacklog) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ReplicaBacklog) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
+func (x *ReplicaBacklog) GetPeer() string {
+	if x != nil {
+		return x.Peer
+	}
+	return ""
+}
+
+func (x *ReplicaBacklog) GetPendingBytes() uint64 {
+	if x != nil {
+		return x.PendingBytes
+	}
+	return 0
+}
+
 // ReplicaSync is the replication state of one copy.
 type ReplicaSync struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -969,7 +1045,7 @@ type ReplicaSync struct {
 
 func (x *ReplicaSync) Reset() {
 	*x = ReplicaSync{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[10]
+	mi := &file_premirror_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -981,7 +1057,7 @@ func (x *ReplicaSync) String() string {
 func (*ReplicaSync) ProtoMessage() {}
 
 func (x *ReplicaSync) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[10]
+	mi := &file_premirror_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -994,7 +1070,7 @@ func (x *ReplicaSync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaSync.ProtoReflect.Descriptor instead.
 func (*ReplicaSync) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReplicaSync) GetResource() string {
@@ -1080,13 +1156,18 @@ const file_premirror_v1_agent_proto_rawDesc = "" +
 	" \x01(\x03R\x11lastProbeUnixNano\"`\n" +
 	"\tNodeStats\x12'\n" +
 	"\x0fcpu_utilization\x18\x01 \x01(\x01R\x0ecpuUtilization\x12*\n" +
-	"\x11memory_used_bytes\x18\x02 \x01(\x04R\x0fmemoryUsedBytes\"\xdb\x01\n" +
+	"\x11memory_used_bytes\x18\x02 \x01(\x04R\x0fmemoryUsedBytes\"\x95\x02\n" +
 	"\fMirrorHealth\x12\x16\n" +
 	"\x06mirror\x18\x01 \x01(\tR\x06mirror\x12,\n" +
 	"\x06health\x18\x02 \x01(\x0e2\x14.premirror.v1.HealthR\x06health\x12 \n" +
 	"\vutilization\x18\x03 \x01(\x01R\vutilization\x12,\n" +
 	"\x12requests_in_flight\x18\x04 \x01(\x04R\x10requestsInFlight\x125\n" +
-	"\breplicas\x18\x05 \x03(\v2\x19.premirror.v1.ReplicaSyncR\breplicas\"Y\n" +
+	"\breplicas\x18\x05 \x03(\v2\x19.premirror.v1.ReplicaSyncR\breplicas\x128\n" +
+	"\bbacklogs\x18\x06 \x03(\v2\x1c.premirror.v1.ReplicaBacklogR\bbacklogs\"e\n" +
+	"\x0eReplicaBacklog\x12\x1a\n" +
+	"\bresource\x18\x01 \x01(\tR\bresource\x12\x12\n" +
+	"\x04peer\x18\x02 \x01(\tR\x04peer\x12#\n" +
+	"\rpending_bytes\x18\x03 \x01(\x04R\fpendingBytes\"Y\n" +
 	"\vReplicaSync\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\tR\bresource\x12\x17\n" +
 	"\ain_sync\x18\x02 \x01(\bR\x06inSync\x12\x15\n" +
@@ -1116,7 +1197,7 @@ func file_premirror_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_premirror_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_premirror_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_premirror_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_premirror_v1_agent_proto_goTypes = []any{
 	(NodeRole)(0),             // 0: premirror.v1.NodeRole
 	(Health)(0),               // 1: premirror.v1.Health
@@ -1130,15 +1211,16 @@ var file_premirror_v1_agent_proto_goTypes = []any{
 	(*ProbeResult)(nil),       // 9: premirror.v1.ProbeResult
 	(*NodeStats)(nil),         // 10: premirror.v1.NodeStats
 	(*MirrorHealth)(nil),      // 11: premirror.v1.MirrorHealth
-	(*ReplicaSync)(nil),       // 12: premirror.v1.ReplicaSync
-	(*DesiredState)(nil),      // 13: premirror.v1.DesiredState
+	(*ReplicaBacklog)(nil),    // 12: premirror.v1.ReplicaBacklog
+	(*ReplicaSync)(nil),       // 13: premirror.v1.ReplicaSync
+	(*DesiredState)(nil),      // 14: premirror.v1.DesiredState
 }
 var file_premirror_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: premirror.v1.AgentMessage.register:type_name -> premirror.v1.Register
 	6,  // 1: premirror.v1.AgentMessage.ack:type_name -> premirror.v1.Ack
 	7,  // 2: premirror.v1.AgentMessage.report:type_name -> premirror.v1.Report
 	5,  // 3: premirror.v1.ControllerMessage.registered:type_name -> premirror.v1.Registered
-	13, // 4: premirror.v1.ControllerMessage.state:type_name -> premirror.v1.DesiredState
+	14, // 4: premirror.v1.ControllerMessage.state:type_name -> premirror.v1.DesiredState
 	0,  // 5: premirror.v1.Register.role:type_name -> premirror.v1.NodeRole
 	8,  // 6: premirror.v1.Report.access:type_name -> premirror.v1.AccessCount
 	9,  // 7: premirror.v1.Report.probes:type_name -> premirror.v1.ProbeResult
@@ -1146,14 +1228,15 @@ var file_premirror_v1_agent_proto_depIdxs = []int32{
 	11, // 9: premirror.v1.Report.mirrors:type_name -> premirror.v1.MirrorHealth
 	1,  // 10: premirror.v1.ProbeResult.health:type_name -> premirror.v1.Health
 	1,  // 11: premirror.v1.MirrorHealth.health:type_name -> premirror.v1.Health
-	12, // 12: premirror.v1.MirrorHealth.replicas:type_name -> premirror.v1.ReplicaSync
-	2,  // 13: premirror.v1.AgentSession.Session:input_type -> premirror.v1.AgentMessage
-	3,  // 14: premirror.v1.AgentSession.Session:output_type -> premirror.v1.ControllerMessage
-	14, // [14:15] is the sub-list for method output_type
-	13, // [13:14] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	13, // 12: premirror.v1.MirrorHealth.replicas:type_name -> premirror.v1.ReplicaSync
+	12, // 13: premirror.v1.MirrorHealth.backlogs:type_name -> premirror.v1.ReplicaBacklog
+	2,  // 14: premirror.v1.AgentSession.Session:input_type -> premirror.v1.AgentMessage
+	3,  // 15: premirror.v1.AgentSession.Session:output_type -> premirror.v1.ControllerMessage
+	15, // [15:16] is the sub-list for method output_type
+	14, // [14:15] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_premirror_v1_agent_proto_init() }
@@ -1177,7 +1260,7 @@ func file_premirror_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_premirror_v1_agent_proto_rawDesc), len(file_premirror_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -220,7 +220,18 @@ type ReplicationTask struct {
 	PlacedUnixNano int64      `protobuf:"varint,6,opt,name=placed_unix_nano,json=placedUnixNano,proto3" json:"placed_unix_nano,omitempty"`
 	// For MIRROR_KIND_SELECTIVE: how many of the source's most-read 4 MiB
 	// extents the copy holds.
-	HotExtents    uint32 `protobuf:"varint,7,opt,name=hot_extents,json=hotExtents,proto3" json:"hot_extents,omitempty"`
+	HotExtents uint32 `protobuf:"varint,7,opt,name=hot_extents,json=hotExtents,proto3" json:"hot_extents,omitempty"`
+	// When the copy should be in sync (unix nanoseconds; 0: no deadline):
+	// the start of the first forecast bucket whose predicted benefit
+	// reaches the horizon's mean. The source node chooses when to start
+	// pushing so the copy finishes by then, in off-peak bandwidth of its
+	// peer schedule where the deadline allows.
+	DeadlineUnixNano int64 `protobuf:"varint,8,opt,name=deadline_unix_nano,json=deadlineUnixNano,proto3" json:"deadline_unix_nano,omitempty"`
+	// The controller's estimate of the bytes the copy must send: the
+	// resource's size (full), its hot extents (selective) or what the
+	// stale copy must catch up on (delta). The source node prefers its own
+	// change tracking when it has it.
+	CopyBytes     uint64 `protobuf:"varint,9,opt,name=copy_bytes,json=copyBytes,proto3" json:"copy_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -300,6 +311,20 @@ func (x *ReplicationTask) GetPlacedUnixNano() int64 {
 func (x *ReplicationTask) GetHotExtents() uint32 {
 	if x != nil {
 		return x.HotExtents
+	}
+	return 0
+}
+
+func (x *ReplicationTask) GetDeadlineUnixNano() int64 {
+	if x != nil {
+		return x.DeadlineUnixNano
+	}
+	return 0
+}
+
+func (x *ReplicationTask) GetCopyBytes() uint64 {
+	if x != nil {
+		return x.CopyBytes
 	}
 	return 0
 }
@@ -705,7 +730,7 @@ const file_premirror_v1_state_proto_rawDesc = "" +
 	"\vtable_slots\x18\a \x01(\rR\n" +
 	"tableSlots\x12,\n" +
 	"\x12computed_unix_nano\x18\b \x01(\x03R\x10computedUnixNano\x12J\n" +
-	"\x11replication_tasks\x18\t \x03(\v2\x1d.premirror.v1.ReplicationTaskR\x10replicationTasks\"\x80\x02\n" +
+	"\x11replication_tasks\x18\t \x03(\v2\x1d.premirror.v1.ReplicationTaskR\x10replicationTasks\"\xcd\x02\n" +
 	"\x0fReplicationTask\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\tR\bresource\x12\x1f\n" +
 	"\vsource_node\x18\x02 \x01(\tR\n" +
@@ -716,7 +741,10 @@ const file_premirror_v1_state_proto_rawDesc = "" +
 	"\x04kind\x18\x05 \x01(\x0e2\x18.premirror.v1.MirrorKindR\x04kind\x12(\n" +
 	"\x10placed_unix_nano\x18\x06 \x01(\x03R\x0eplacedUnixNano\x12\x1f\n" +
 	"\vhot_extents\x18\a \x01(\rR\n" +
-	"hotExtents\"M\n" +
+	"hotExtents\x12,\n" +
+	"\x12deadline_unix_nano\x18\b \x01(\x03R\x10deadlineUnixNano\x12\x1d\n" +
+	"\n" +
+	"copy_bytes\x18\t \x01(\x04R\tcopyBytes\"M\n" +
 	"\vRegionState\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x1a\n" +
