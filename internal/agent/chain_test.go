@@ -22,16 +22,6 @@ import (
 	"github.com/premirror/premirror/internal/maps/mapstest"
 )
 
-func newPeer(t *testing.T, opts mapstest.PeerOptions) *mapstest.Peer {
-	t.Helper()
-	p, err := mapstest.NewPeer(9, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	return p
-}
-
 func progID(t *testing.T, p *ebpf.Program) uint32 {
 	t.Helper()
 	info, err := p.Info()
@@ -177,7 +167,7 @@ func TestChainTakeOver(t *testing.T) {
 	requireRoot(t)
 	ns := agentNS(t)
 	pin := bpffsDir(t)
-	peer := newPeer(t, mapstest.PeerOptions{})
+	peer := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{})
 	peerID := progID(t, peer.Program)
 	cfg, _ := testConfig(t, pin)
 	cfg.XDPChain = &XDPChain{TakeOverAttached: true, RestoreOnDetach: true}
@@ -295,8 +285,8 @@ func TestChainPinned(t *testing.T) {
 	ns := agentNS(t)
 	pin := bpffsDir(t)
 	peerDir := bpffsDir(t)
-	peer := newPeer(t, mapstest.PeerOptions{})
-	frags := newPeer(t, mapstest.PeerOptions{Frags: true, Name: "fw_frags"})
+	peer := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{})
+	frags := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{Frags: true, Name: "fw_frags"})
 	peerPin, fragsPin := filepath.Join(peerDir, "fw"), filepath.Join(peerDir, "fw_frags")
 	if err := peer.Program.Pin(peerPin); err != nil {
 		t.Fatal(err)

@@ -12,16 +12,6 @@ import (
 	"github.com/premirror/premirror/internal/maps/mapstest"
 )
 
-func newPeer(t testing.TB, opts mapstest.PeerOptions) *mapstest.Peer {
-	t.Helper()
-	p, err := mapstest.NewPeer(9, opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { p.Close() })
-	return p
-}
-
 func peerSeen(t testing.TB, p *mapstest.Peer) uint64 {
 	t.Helper()
 	n, err := p.Seen()
@@ -37,7 +27,7 @@ func peerSeen(t testing.TB, p *mapstest.Peer) uint64 {
 // slot passes as before.
 func TestChainRouter(t *testing.T) {
 	f := newFixture(t)
-	peer := newPeer(t, mapstest.PeerOptions{})
+	peer := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{})
 	if p, err := f.r.Next(); err != nil || p != nil {
 		t.Fatalf("fresh router has a next program: %v %v", p, err)
 	}
@@ -122,7 +112,7 @@ func TestChainRouter(t *testing.T) {
 // ErrChainIncompatible and leave the slot as it was.
 func TestChainRefused(t *testing.T) {
 	f := newFixture(t)
-	good := newPeer(t, mapstest.PeerOptions{})
+	good := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{})
 	if err := f.r.SetNext(good.Program); err != nil {
 		t.Fatal(err)
 	}
@@ -132,8 +122,8 @@ func TestChainRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sock.Close()
-	frags := newPeer(t, mapstest.PeerOptions{Frags: true, Name: "fw_frags"})
-	legacy := newPeer(t, mapstest.PeerOptions{LegacyAttachType: true, Name: "fw_legacy"})
+	frags := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{Frags: true, Name: "fw_frags"})
+	legacy := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{LegacyAttachType: true, Name: "fw_legacy"})
 	for name, p := range map[string]*ebpf.Program{
 		"socket filter":          sock,
 		"xdp.frags program":      frags.Program,
@@ -165,7 +155,7 @@ func TestChainRefused(t *testing.T) {
 func TestChainPinnedSurvivesReload(t *testing.T) {
 	env := newNSEnv(t)
 	dir := bpffsDir(t)
-	peer := newPeer(t, mapstest.PeerOptions{})
+	peer := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{})
 	r, err := LoadRouter(testConfig(), Options{PinDir: dir})
 	if err != nil {
 		t.Fatal(err)
@@ -201,7 +191,7 @@ func TestChainDecap(t *testing.T) {
 	if err := d.AddEndpoint(fixtureMirrors[m1]); err != nil {
 		t.Fatal(err)
 	}
-	peer := newPeer(t, mapstest.PeerOptions{})
+	peer := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{})
 	if err := d.SetNext(peer.Program); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ package mapstest
 import (
 	"errors"
 	"fmt"
+	"testing"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/asm"
@@ -108,6 +109,18 @@ func NewPeer(port uint16, opts PeerOptions) (*Peer, error) {
 		return nil, fmt.Errorf("load peer program: %w", err)
 	}
 	return &Peer{Program: prog, seen: seen}, nil
+}
+
+// NewPeerT is NewPeer for tests: it fails tb on error and closes the peer
+// when tb ends.
+func NewPeerT(tb testing.TB, port uint16, opts PeerOptions) *Peer {
+	tb.Helper()
+	p, err := NewPeer(port, opts)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { p.Close() })
+	return p
 }
 
 // Seen is the number of packets the peer has run on.
