@@ -145,9 +145,11 @@ func updateNetlink(prog *ebpf.Program, name, iface, pinDir string, cur ifaceXDP)
 		return nil, nil
 	}
 	defer old.Close()
-	oldInfo, err := old.Info()
-	oldID, _ := oldInfo.ID()
-	if err != nil || cur.ProgID == 0 || uint32(oldID) != cur.ProgID {
+	var oldID ebpf.ProgramID
+	if info, err := old.Info(); err == nil {
+		oldID, _ = info.ID()
+	}
+	if oldID == 0 || cur.ProgID != uint32(oldID) {
 		// Someone replaced or detached our program: the pins are stale.
 		_ = os.Remove(pin)
 		_ = os.Remove(restorePin(pinDir, iface, name))
