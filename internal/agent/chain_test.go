@@ -339,3 +339,36 @@ func TestChainPinned(t *testing.T) {
 		t.Fatalf("port 9 with an empty slot: %d of 1 arrived", n)
 	}
 }
+
+// TestChainTakeOverNeedsOneProgram: one slot per program, so interfaces
+// running different foreign programs are refused, naming both, and
+// nothing is changed.
+func TestChainTakeOverNeedsOneProgram(t *testing.T) {
+	requireRoot(t)
+	ns := agentNS(t)
+	pin := bpffsDir(t)
+	fw := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{})
+	lb := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{Name: "other_lb"})
+	ns.Do(func() {
+		for iface, p := range map[string]*ebpf.Program{"pa0": fw.Program, "pa1": lb.Program} {
+			l, _ := netlink.LinkByName(iface)
+			if err := netlink.LinkSetXdpFdWithFlags(l, p.FD(), unix.XDP_FLAGS_DRV_MODE); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	cfg, _ := testConfig(t, pin)
+	cfg.Interfaces = []string{"pa0", "pa1"}
+	cfg.XDPChain = &XDPChain{TakeOverAttached: true}
+	a, err := startAgent(t, ns, cfg)
+	if err == nil {
+		a.Close()
+		t.Fatal("took over two different programs")
+	}
+	if !strings.Contains(err.Error(), "xdp_chain.take_over_attached") || !strings.Contains(err.Error(), "pa0") || !strings.Contains(err.Error(), "pa1") {
+		t.Fatalf("unclear error: %v", err)
+	}
+	if xdpProgID(t, ns, "pa0") != progID(t, fw.Program) || xdpProgID(t, ns, "pa1") != progID(t, lb.Program) {
+		t.Fatal("interfaces changed by a refused take-over")
+	}
+}
