@@ -7,8 +7,11 @@
  * (pm_decap_addrs) and passes the inner packet to the stack, where the VIP
  * is bound on a local interface. The inner packet is checked against the
  * outer one before anything is changed; a mismatch is dropped and counted.
- * Everything else passes untouched. (This kernel has no ipip module, so the
- * stack could not decapsulate these packets itself.)
+ * Everything else passes untouched, through the peer XDP program in
+ * pm_decap_next first if the operator installed one (see router.bpf.c);
+ * decapsulated packets are ours and go straight to the stack. (This kernel
+ * has no ipip module, so the stack could not decapsulate these packets
+ * itself.)
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -37,6 +40,16 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pm_decap_stats SEC(".maps");
 
+/* The operator's XDP program that runs after ours on what we pass
+ * untouched (slot 0, written by the agent; empty: XDP_PASS). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_decap_next SEC(".maps");
+
 _Static_assert(sizeof(struct decap_stats) == D_MAX * sizeof(__u64),
 	       "struct decap_stats must follow enum pm_decap_reason");
 
@@ -48,6 +61,14 @@ static __always_inline int verdict(enum pm_decap_reason r, int action)
 	if (st && r < D_MAX)
 		((__u64 *)st)[r]++;
 	return action;
+}
+
+/* Not ours: count it and hand it on untouched (peer, else the stack). */
+static __always_inline int pass_on(struct xdp_md *ctx, enum pm_decap_reason r)
+{
+	verdict(r, XDP_PASS);
+	bpf_tail_call(ctx, &pm_decap_next, 0);
+	return XDP_PASS;
 }
 
 /* Length of the inner packet per its own header, or 0 if it is not valid. */
@@ -103,13 +124,13 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 		struct iphdr *oh = l3;
 
 		if ((void *)(oh + 1) > data_end)
-			return verdict(D_PASS_NOT_TUNNEL, XDP_PASS);
+			return pass_on(ctx, D_PASS_NOT_TUNNEL);
 		if (oh->version != 4 || (oh->protocol != IPPROTO_IPIP && oh->protocol != IPPROTO_IPV6))
-			return verdict(D_PASS_NOT_TUNNEL, XDP_PASS);
+			return pass_on(ctx, D_PASS_NOT_TUNNEL);
 		if (!local_endpoint(&oh->daddr, PM_FAMILY_V4))
-			return verdict(D_PASS_NOT_LOCAL, XDP_PASS);
+			return pass_on(ctx, D_PASS_NOT_LOCAL);
 		if (oh->frag_off & bpf_htons(IPV4_MF | IPV4_OFFSET))
-			return verdict(D_PASS_FRAGMENT, XDP_PASS);
+			return pass_on(ctx, D_PASS_FRAGMENT);
 		/* Our router never sends outer options; refuse to guess. */
 		if (oh->ihl != 5)
 			return verdict(D_DROP_MALFORMED, XDP_DROP);
@@ -121,17 +142,17 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 		struct ipv6hdr *oh = l3;
 
 		if ((void *)(oh + 1) > data_end)
-			return verdict(D_PASS_NOT_TUNNEL, XDP_PASS);
+			return pass_on(ctx, D_PASS_NOT_TUNNEL);
 		if (oh->version != 6 || (oh->nexthdr != IPPROTO_IPIP && oh->nexthdr != IPPROTO_IPV6))
-			return verdict(D_PASS_NOT_TUNNEL, XDP_PASS);
+			return pass_on(ctx, D_PASS_NOT_TUNNEL);
 		if (!local_endpoint(&oh->daddr, PM_FAMILY_V6))
-			return verdict(D_PASS_NOT_LOCAL, XDP_PASS);
+			return pass_on(ctx, D_PASS_NOT_LOCAL);
 		inner = oh->nexthdr;
 		outer_len = ntohs_len(oh->payload_len) + IPV6_HLEN;
 		olen = IPV6_HLEN;
 		ok = D_DECAP_V6;
 	} else {
-		return verdict(D_PASS_NOT_TUNNEL, XDP_PASS);
+		return pass_on(ctx, D_PASS_NOT_TUNNEL);
 	}
 
 	/* The inner packet must fill the outer one exactly and fit the frame
@@ -155,7 +176,7 @@ int pm_decap(struct xdp_md *ctx)
 
 	int l2 = parse_l2(data, data_end, &proto);
 	if (!l2)
-		return verdict(D_PASS_NOT_TUNNEL, XDP_PASS);
+		return pass_on(ctx, D_PASS_NOT_TUNNEL);
 	if (l2 == 18)
 		return decap(ctx, 18, proto);
 	return decap(ctx, 14, proto);

@@ -12,6 +12,12 @@
  * Anything that is not VIP traffic is passed untouched. VIP traffic is never
  * passed to the stack un-encapsulated: the VIP is not local here, so the
  * stack would forward it back towards us.
+ *
+ * Packets we pass untouched (not IP, not VIP, and malformed ones that are
+ * not to a VIP address) first go to the peer XDP program in pm_next, if the
+ * operator installed one: a firewall or DDoS filter must see what we do not
+ * handle, malformed packets included. Packets we changed (encapsulated and
+ * handed to the stack for neighbour resolution) are ours and never chained.
  */
 #include <linux/bpf.h>
 #include <linux/in.h>
@@ -174,6 +180,21 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pm_frags SEC(".maps");
 
+/*
+ * The operator's XDP program that runs after ours (slot 0), written by the
+ * agent (xdp_chain). A tail call to an empty slot falls through: the packet
+ * passes to the stack as it would without the map. The kernel binds the
+ * map to the router's program type and flags at load, so a peer of another
+ * type or one built with frags support is refused when inserted.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_next SEC(".maps");
+
 _Static_assert(sizeof(struct stats) == R_MAX * sizeof(__u64), "struct stats must follow enum pm_reason");
 
 enum frag_kind {
@@ -210,6 +231,15 @@ static __always_inline int verdict(enum pm_reason r, int action)
 {
 	count(r);
 	return action;
+}
+
+/* Not ours: count it, then hand the untouched packet to the peer program,
+ * or to the stack when there is none (or the tail call fails). */
+static __always_inline int pass_on(struct xdp_md *ctx, enum pm_reason r)
+{
+	count(r);
+	bpf_tail_call(ctx, &pm_next, 0);
+	return XDP_PASS;
 }
 
 /* ---- hashing (mirrored in Go by maps.FlowHash; keep them identical) ---- */
@@ -910,7 +940,7 @@ static __always_inline int steer_later_fragment(struct xdp_md *ctx, struct pkt *
 	if (!fi) {
 		if (is_vip_addr(p))
 			return verdict(R_DROP_FRAG_MISS, XDP_DROP);
-		return verdict(R_PASS_NOT_VIP, XDP_PASS);
+		return pass_on(ctx, R_PASS_NOT_VIP);
 	}
 	struct mirror *mi = mirror_get(fi->mirror);
 	if (!mi || mi->state == MIRROR_DOWN || mi->state == MIRROR_UNUSED)
@@ -933,7 +963,7 @@ int pm_router(struct xdp_md *ctx)
 	p.ifindex = ctx->ingress_ifindex;
 	int l2 = parse_l2(data, data_end, &proto);
 	if (!l2)
-		return verdict(R_PASS_NOT_IP, XDP_PASS);
+		return pass_on(ctx, R_PASS_NOT_IP);
 	p.vlan = l2 != sizeof(struct ethhdr);
 
 	int r;
@@ -942,20 +972,20 @@ int pm_router(struct xdp_md *ctx)
 	else if (proto == ETH_P_IPV6_BE)
 		r = parse_v6(data + l2, data_end, &p);
 	else
-		return verdict(R_PASS_NOT_IP, XDP_PASS);
+		return pass_on(ctx, R_PASS_NOT_IP);
 
 	switch (r) {
 	case P_OK:
 		break;
 	case P_NOT_L4:
-		return verdict(R_PASS_NOT_VIP, XDP_PASS);
+		return pass_on(ctx, R_PASS_NOT_VIP);
 	case P_L4_MALFORMED:
 		/* Never let a broken packet to a VIP address reach the stack. */
 		if (is_vip_addr(&p))
 			return verdict(R_DROP_MALFORMED, XDP_DROP);
-		return verdict(R_PASS_MALFORMED, XDP_PASS);
+		return pass_on(ctx, R_PASS_MALFORMED);
 	default:
-		return verdict(R_PASS_MALFORMED, XDP_PASS);
+		return pass_on(ctx, R_PASS_MALFORMED);
 	}
 
 	__u32 zero = 0;
@@ -972,7 +1002,7 @@ int pm_router(struct xdp_md *ctx)
 	__builtin_memcpy(vk.addr, p.flow.dst, 16);
 	struct vip_info *vip = bpf_map_lookup_elem(&pm_vips, &vk);
 	if (!vip)
-		return verdict(R_PASS_NOT_VIP, XDP_PASS);
+		return pass_on(ctx, R_PASS_NOT_VIP);
 	/* Settings only matter to VIP traffic: non-VIP packets skip the lookup. */
 	st = bpf_map_lookup_elem(&pm_settings, &zero);
 	if (!st)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"text/tabwriter"
@@ -92,7 +93,23 @@ func inspect(out io.Writer, pinDir string, c *agent.Compiled, maxSessions int) e
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "SETTINGS\tdefault region %s\touter source %v / %v\n\n", n.region(st.DefaultRegion), st.OuterSourceV4, st.OuterSourceV6)
+	fmt.Fprintf(w, "SETTINGS\tdefault region %s\touter source %v / %v\n", n.region(st.DefaultRegion), st.OuterSourceV4, st.OuterSourceV6)
+	// The program xdp_chain runs after ours on what we pass untouched.
+	for _, s := range []struct{ prog, m string }{{"router", maps.RouterNextMap}, {"decap", maps.DecapNextMap}} {
+		if _, err := os.Stat(filepath.Join(pinDir, s.m)); err != nil {
+			continue // this node does not run that program
+		}
+		next, ok, err := maps.PinnedNext(pinDir, s.m)
+		switch {
+		case err != nil:
+			return err
+		case ok:
+			fmt.Fprintf(w, "NEXT XDP PROGRAM\t%s\t%s\n", s.prog, next)
+		default:
+			fmt.Fprintf(w, "NEXT XDP PROGRAM\t%s\tnone (passed packets go to the stack)\n", s.prog)
+		}
+	}
+	fmt.Fprintln(w)
 
 	vips, err := r.VIPs()
 	if err != nil {

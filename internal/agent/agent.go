@@ -15,6 +15,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/cilium/ebpf"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vishvananda/netlink"
@@ -116,22 +117,40 @@ func (a *Agent) Start() error {
 	if err := cp.loadCache(); err != nil {
 		a.log.Warn("cached controller state not applied; waiting for the controller", "err", err)
 	}
-	for _, iface := range cfg.RouterInterfaceNames() {
-		at, err := attachXDP(a.router.Program(), "router", iface, cfg.XDPMode, cfg.PinDir)
-		if err != nil {
+	if a.router != nil {
+		if err := a.attachRole(a.router.Program(), a.router, "router", cfg.RouterInterfaceNames()); err != nil {
 			a.Close()
 			return err
 		}
-		a.log.Info("xdp program ready", "iface", iface, "program", "router", "mode", at.Mode, "action", at.Action)
-		a.attach = append(a.attach, at)
 	}
-	for _, iface := range cfg.DecapInterfaceNames() {
-		at, err := attachXDP(a.decap.Program(), "decap", iface, cfg.XDPMode, cfg.PinDir)
-		if err != nil {
+	if a.decap != nil {
+		if err := a.attachRole(a.decap.Program(), a.decap, "decap", cfg.DecapInterfaceNames()); err != nil {
 			a.Close()
 			return err
 		}
-		a.log.Info("xdp program ready", "iface", iface, "program", "decap", "mode", at.Mode, "action", at.Action)
+	}
+	return nil
+}
+
+// attachRole fills the role's chain slot as xdp_chain says, then attaches
+// its program to each interface: the peer is in place before our program
+// first runs in front of it.
+func (a *Agent) attachRole(prog *ebpf.Program, slot chainSlot, name string, ifaces []string) error {
+	cfg := a.cfg
+	if err := setupChain(a.log, cfg, slot, name, ifaces); err != nil {
+		return err
+	}
+	if next, err := slot.Next(); err == nil && next != nil {
+		info, _ := pmaps.DescribeProgram(next)
+		next.Close()
+		a.log.Info("xdp program chained after ours", "program", name, "next", info.String(), "xdp_chain", cfg.XDPChain.String())
+	}
+	for _, iface := range ifaces {
+		at, err := attachXDP(prog, name, iface, cfg.XDPMode, cfg.PinDir, cfg.XDPChain)
+		if err != nil {
+			return err
+		}
+		a.log.Info("xdp program ready", "iface", iface, "program", name, "mode", at.Mode, "action", at.Action, "via", at.Via)
 		a.attach = append(a.attach, at)
 	}
 	return nil
@@ -287,8 +306,9 @@ func (a *Agent) Reload() error {
 		cfg.State = old.State
 	}
 	if old.MapsConfig() != cfg.MapsConfig() || old.PinDir != cfg.PinDir || old.Role != cfg.Role ||
-		fmt.Sprint(old.RouterInterfaceNames(), old.DecapInterfaceNames()) != fmt.Sprint(cfg.RouterInterfaceNames(), cfg.DecapInterfaceNames()) {
-		err := errors.New("limits, pin_dir, role and interfaces change only with a restart")
+		fmt.Sprint(old.RouterInterfaceNames(), old.DecapInterfaceNames()) != fmt.Sprint(cfg.RouterInterfaceNames(), cfg.DecapInterfaceNames()) ||
+		old.XDPChain.String() != cfg.XDPChain.String() {
+		err := errors.New("limits, pin_dir, role, interfaces and xdp_chain change only with a restart")
 		a.setErr(err)
 		return fmt.Errorf("reload refused, keeping the running state: %w", err)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
@@ -12,39 +13,66 @@ import (
 )
 
 // ErrForeignXDP means an interface already runs an XDP program that is not
-// one of our links; the agent will not replace it.
+// one of ours and xdp_chain does not say to take it over; the agent will
+// not replace it.
 var ErrForeignXDP = errors.New("interface has a foreign XDP program")
 
-// Attachment is one program attached to one interface through a pinned
-// bpf_link, so it stays attached while the agent restarts.
+// Attachment is one program attached to one interface: through a pinned
+// bpf_link, or — when it took over a program another tool attached with
+// netlink — through netlink with the program pinned; either way it stays
+// attached while the agent restarts.
 type Attachment struct {
 	Iface   string
 	Program string // "router" or "decap"
 	Mode    string // "native" or "generic"
-	Action  string // "attached" (new link) or "updated" (took over a pinned link)
+	Action  string // "attached" (new), "updated" (replaced our previous program) or "took over" (replaced a foreign one)
+	Via     string // "bpf_link" or "netlink"
 	link    link.Link
 }
 
 // Close drops our handle; the pinned link keeps the program attached.
-func (a *Attachment) Close() error { return a.link.Close() }
+func (a *Attachment) Close() error {
+	if a.link == nil {
+		return nil
+	}
+	return a.link.Close()
+}
 
 func linkPin(pinDir, iface, prog string) string {
 	// bpffs refuses dots in pin names.
 	return filepath.Join(pinDir, "links", iface+"_"+prog)
 }
 
-// attachXDP attaches prog to iface, or, when a pinned link from a previous
-// agent exists for that interface, atomically replaces the program it runs
-// (link.Update): packets never see the interface without a program.
-func attachXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir string) (*Attachment, error) {
+// netlinkPin is where our program attached through netlink is pinned:
+// proof, for the next agent and for detach, that the interface's program
+// is ours.
+func netlinkPin(pinDir, iface, prog string) string {
+	return filepath.Join(pinDir, "netlink", iface+"_"+prog)
+}
+
+// restorePin holds the program we took over, to be put back on detach
+// (xdp_chain.restore_on_detach).
+func restorePin(pinDir, iface, prog string) string {
+	return filepath.Join(pinDir, "restore", iface+"_"+prog)
+}
+
+// attachXDP attaches prog to iface. When an earlier agent left our program
+// there (a pinned link, or a netlink attachment it pinned), it atomically
+// replaces that program: packets never see the interface without one. A
+// foreign program is taken over (replaced atomically through netlink; it
+// must already be in the chain slot) only with takeOver; otherwise it is
+// ErrForeignXDP.
+func attachXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir string, takeOver *XDPChain) (*Attachment, error) {
 	nl, err := netlink.LinkByName(iface)
 	if err != nil {
 		return nil, fmt.Errorf("interface %s: %w", iface, err)
 	}
 	idx := nl.Attrs().Index
 	pin := linkPin(pinDir, iface, name)
-	if err := os.MkdirAll(filepath.Dir(pin), 0o700); err != nil {
-		return nil, fmt.Errorf("create link pin dir: %w", err)
+	for _, dir := range []string{filepath.Dir(pin), filepath.Dir(netlinkPin(pinDir, iface, name)), filepath.Dir(restorePin(pinDir, iface, name))} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("create pin dir: %w", err)
+		}
 	}
 
 	if _, err := os.Stat(pin); err == nil {
@@ -58,11 +86,26 @@ func attachXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir stri
 				l.Close()
 				return nil, fmt.Errorf("update %s program on %s: %w", name, iface, err)
 			}
-			return &Attachment{Iface: iface, Program: name, Mode: xdpMode(iface), Action: "updated", link: l}, nil
+			return &Attachment{Iface: iface, Program: name, Mode: xdpMode(iface), Action: "updated", Via: "bpf_link", link: l}, nil
 		}
 		// The interface was recreated: the old link is defunct.
 		_ = l.Unpin()
 		l.Close()
+	}
+
+	cur, err := readIfaceXDP(iface)
+	if err != nil {
+		return nil, err
+	}
+	if at, err := updateNetlink(prog, name, iface, pinDir, cur); at != nil || err != nil {
+		return at, err
+	}
+	if cur.ProgID != 0 {
+		if takeOver == nil || !takeOver.TakeOverAttached {
+			return nil, fmt.Errorf("%w: %s (prog id %d); detach it, or set xdp_chain.take_over_attached "+
+				"to run premirror in front of it (see README, \"Running beside another XDP program\")", ErrForeignXDP, iface, cur.ProgID)
+		}
+		return takeOverXDP(prog, name, iface, mode, pinDir, cur, takeOver.RestoreOnDetach)
 	}
 
 	try := []link.XDPAttachFlags{link.XDPDriverMode, link.XDPGenericMode}
@@ -78,8 +121,8 @@ func attachXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir stri
 		if err == nil {
 			break
 		}
-		if nl.Attrs().Xdp != nil && nl.Attrs().Xdp.Attached {
-			return nil, fmt.Errorf("%w: %s (prog id %d); detach it first", ErrForeignXDP, iface, nl.Attrs().Xdp.ProgId)
+		if st, _ := readIfaceXDP(iface); st.ProgID != 0 {
+			return nil, fmt.Errorf("%w: %s (prog id %d) appeared while attaching", ErrForeignXDP, iface, st.ProgID)
 		}
 	}
 	if err != nil {
@@ -89,7 +132,114 @@ func attachXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir stri
 		l.Close()
 		return nil, fmt.Errorf("pin link %s: %w", pin, err)
 	}
-	return &Attachment{Iface: iface, Program: name, Mode: xdpMode(iface), Action: "attached", link: l}, nil
+	return &Attachment{Iface: iface, Program: name, Mode: xdpMode(iface), Action: "attached", Via: "bpf_link", link: l}, nil
+}
+
+// updateNetlink replaces our own netlink-attached program (left by an
+// earlier agent that took the interface over) with prog. It returns nil,
+// nil when the interface does not run such a program.
+func updateNetlink(prog *ebpf.Program, name, iface, pinDir string, cur ifaceXDP) (*Attachment, error) {
+	pin := netlinkPin(pinDir, iface, name)
+	old, err := ebpf.LoadPinnedProgram(pin, nil)
+	if err != nil {
+		return nil, nil
+	}
+	defer old.Close()
+	var oldID ebpf.ProgramID
+	if info, err := old.Info(); err == nil {
+		oldID, _ = info.ID()
+	}
+	if oldID == 0 || cur.ProgID != uint32(oldID) {
+		// Someone replaced or detached our program: the pins are stale.
+		_ = os.Remove(pin)
+		_ = os.Remove(restorePin(pinDir, iface, name))
+		return nil, nil
+	}
+	flags, err := modeFlags(cur.Mode)
+	if err != nil {
+		return nil, fmt.Errorf("update %s program on %s: %w", name, iface, err)
+	}
+	if err := xdpReplace(cur.Index, prog.FD(), old.FD(), flags); err != nil {
+		return nil, fmt.Errorf("update %s program on %s: %w", name, iface, err)
+	}
+	if err := repin(prog, pin); err != nil {
+		return nil, err
+	}
+	return &Attachment{Iface: iface, Program: name, Mode: xdpMode(iface), Action: "updated", Via: "netlink"}, nil
+}
+
+// takeOverXDP atomically replaces the foreign program cur on iface with
+// prog, in the foreign program's mode. The caller has put that program in
+// prog's chain slot, so from the swap on it runs right after ours.
+func takeOverXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir string, cur ifaceXDP, restore bool) (*Attachment, error) {
+	flags, err := takeOverFlags(iface, mode, cur)
+	if err != nil {
+		return nil, err
+	}
+	foreign, err := ebpf.NewProgramFromID(ebpf.ProgramID(cur.ProgID))
+	if err != nil {
+		return nil, fmt.Errorf("xdp_chain.take_over_attached: open %s's program %d: %w", iface, cur.ProgID, err)
+	}
+	defer foreign.Close()
+	if restore {
+		if err := repin(foreign, restorePin(pinDir, iface, name)); err != nil {
+			return nil, err
+		}
+	}
+	if err := xdpReplace(cur.Index, prog.FD(), foreign.FD(), flags); err != nil {
+		_ = os.Remove(restorePin(pinDir, iface, name))
+		if errors.Is(err, errLinkAttached) {
+			return nil, fmt.Errorf("xdp_chain.take_over_attached: %s's program %d is attached through a bpf_link, which cannot be replaced; "+
+				"have its owner pin the program and use xdp_chain.pinned instead: %w", iface, cur.ProgID, err)
+		}
+		return nil, fmt.Errorf("xdp_chain.take_over_attached: replace %s's program %d with %s: %w", iface, cur.ProgID, name, err)
+	}
+	if err := repin(prog, netlinkPin(pinDir, iface, name)); err != nil {
+		return nil, err
+	}
+	return &Attachment{Iface: iface, Program: name, Mode: xdpMode(iface), Action: "took over", Via: "netlink"}, nil
+}
+
+// takeOverFlags checks that the foreign program's mode is one we can run
+// in and that xdp_mode allows, and returns its XDP_FLAGS_* mode.
+func takeOverFlags(iface string, mode XDPMode, cur ifaceXDP) (uint32, error) {
+	flags, err := modeFlags(cur.Mode)
+	if err != nil {
+		return 0, fmt.Errorf("xdp_chain.take_over_attached: %s: %w", iface, err)
+	}
+	if (mode == XDPNative && cur.Mode != xdpAttachedDrv) || (mode == XDPGeneric && cur.Mode != xdpAttachedSKB) {
+		return 0, fmt.Errorf("xdp_mode: %s, but the program to take over on %s runs in %s mode (a take-over keeps its mode)",
+			mode, iface, attachedModeName(cur.Mode))
+	}
+	return flags, nil
+}
+
+func attachedModeName(m uint8) string {
+	switch m {
+	case xdpAttachedDrv:
+		return "native"
+	case xdpAttachedSKB:
+		return "generic"
+	case xdpAttachedHW:
+		return "offload"
+	}
+	return "unknown"
+}
+
+// repin pins p at path, replacing whatever was pinned there. It pins a
+// clone: Program.Pin on an already pinned object moves the old pin, and
+// one program is pinned once per interface.
+func repin(p *ebpf.Program, path string) error {
+	c, err := p.Clone()
+	if err != nil {
+		return fmt.Errorf("pin program %s: %w", path, err)
+	}
+	defer c.Close()
+	_ = os.Remove(path)
+	if err := c.Pin(path); err != nil {
+		return fmt.Errorf("pin program %s: %w", path, err)
+	}
+	return nil
 }
 
 // xdpMode reads back the mode the kernel attached in.
@@ -98,22 +248,17 @@ func xdpMode(iface string) string {
 	if err != nil || nl.Attrs().Xdp == nil {
 		return "unknown"
 	}
-	switch nl.Attrs().Xdp.AttachMode {
-	case 1: // XDP_ATTACHED_DRV
-		return "native"
-	case 2: // XDP_ATTACHED_SKB
-		return "generic"
-	case 3:
-		return "offload"
-	}
-	return "unknown"
+	return attachedModeName(uint8(nl.Attrs().Xdp.AttachMode))
 }
 
-// Detach removes every pinned link under pinDir (detaching the programs)
-// and, with maps true, the pinned maps as well: the node forgets premirror.
+// Detach removes every pinned link under pinDir (detaching the programs),
+// detaches the programs it attached through netlink when taking an
+// interface over — putting the program it took over back where
+// xdp_chain.restore_on_detach pinned it — and, with maps true, removes the
+// pinned maps as well: the node forgets premirror.
 func Detach(pinDir string, withMaps bool) error {
 	links, _ := filepath.Glob(filepath.Join(pinDir, "links", "*"))
-	var errs []error
+	errs := detachNetlink(pinDir)
 	for _, p := range links {
 		l, err := link.LoadPinnedLink(p, nil)
 		if err == nil {
@@ -135,4 +280,68 @@ func Detach(pinDir string, withMaps bool) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// detachNetlink detaches (or swaps back) every program pinned under
+// pinDir/netlink, each only if the interface still runs it.
+func detachNetlink(pinDir string) []error {
+	pins, _ := filepath.Glob(filepath.Join(pinDir, "netlink", "*"))
+	var errs []error
+	for _, p := range pins {
+		base := filepath.Base(p)
+		iface, prog, ok := cutProgSuffix(base)
+		ours, err := ebpf.LoadPinnedProgram(p, nil)
+		if !ok || err != nil {
+			errs = append(errs, os.Remove(p))
+			continue
+		}
+		rpin := restorePin(pinDir, iface, prog)
+		if err := swapBack(ours, iface, rpin); err != nil {
+			errs = append(errs, fmt.Errorf("detach %s from %s: %w", prog, iface, err))
+		} else {
+			errs = append(errs, os.Remove(p))
+		}
+		ours.Close()
+		if err := os.Remove(rpin); err != nil && !os.IsNotExist(err) {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// swapBack replaces ours on iface with the program pinned at rpin, or
+// detaches it when nothing is pinned there. An interface that no longer
+// runs ours is left alone.
+func swapBack(ours *ebpf.Program, iface, rpin string) error {
+	cur, err := readIfaceXDP(iface)
+	if err != nil {
+		return nil // the interface is gone, and our program with it
+	}
+	info, err := ours.Info()
+	if err != nil {
+		return err
+	}
+	if id, _ := info.ID(); cur.ProgID != uint32(id) {
+		return nil
+	}
+	flags, err := modeFlags(cur.Mode)
+	if err != nil {
+		return err
+	}
+	fd := -1
+	if prev, err := ebpf.LoadPinnedProgram(rpin, nil); err == nil {
+		defer prev.Close()
+		fd = prev.FD()
+	}
+	return xdpReplace(cur.Index, fd, ours.FD(), flags)
+}
+
+// cutProgSuffix splits a pin name "<iface>_<program>".
+func cutProgSuffix(base string) (iface, prog string, ok bool) {
+	for _, p := range []string{"router", "decap"} {
+		if i, found := strings.CutSuffix(base, "_"+p); found && i != "" {
+			return i, p, true
+		}
+	}
+	return "", "", false
 }

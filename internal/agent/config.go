@@ -52,6 +52,10 @@ type Config struct {
 	OuterSourceV6    string   `yaml:"outer_source_v6"`
 	DecapAddresses   []string `yaml:"decap_addresses"`
 	Limits           Limits   `yaml:"limits"`
+	// XDPChain runs an operator's XDP program after ours on the traffic we
+	// pass untouched; without it an interface that already runs a foreign
+	// XDP program is refused (ErrForeignXDP).
+	XDPChain *XDPChain `yaml:"xdp_chain"`
 	// Controller, when set, supplies the desired state (the static state
 	// below is then ignored) and receives the agent's reports.
 	Controller *ControllerCfg `yaml:"controller"`
@@ -258,6 +262,9 @@ func (c *Config) Validate() error {
 	case XDPAuto, XDPNative, XDPGeneric:
 	default:
 		return fmt.Errorf("xdp_mode: %q is not auto, native or generic", c.XDPMode)
+	}
+	if err := c.XDPChain.validate(); err != nil {
+		return err
 	}
 	if !strings.HasPrefix(c.PinDir, "/") {
 		return fmt.Errorf("pin_dir: %q must be an absolute path on a bpffs", c.PinDir)

@@ -28,6 +28,7 @@ type metrics struct {
 	mirrorUp   *prometheus.Desc
 	memory     *prometheus.Desc
 	attached   *prometheus.Desc
+	next       *prometheus.Desc
 	info       *prometheus.Desc
 
 	scrapeErrors  prometheus.Counter
@@ -61,6 +62,7 @@ func newMetrics(a *Agent) *metrics {
 		mirrorUp:   d("mirror_state", "1 for the state each mirror is in.", "mirror", "state"),
 		memory:     d("map_memory_bytes", "Kernel memory of each BPF map.", "map"),
 		attached:   d("xdp_attached", "1 per attached XDP program.", "iface", "program", "mode"),
+		next:       d("xdp_next_program_info", "1 per XDP program chained after ours (xdp_chain), by our program and its name.", "program", "next"),
 		info:       d("desired_state_info", "The desired-state version the data plane runs.", "version"),
 		scrapeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Name: "collector_errors_total", Help: "Failures reading BPF maps at scrape time.",
@@ -106,7 +108,7 @@ func (m *metrics) reconcile(ok bool, d time.Duration) {
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.packets, m.decap, m.newFlows, m.fwdPackets, m.fwdBytes, m.sessions,
-		m.tables, m.routes, m.mirrorUp, m.memory, m.attached, m.info} {
+		m.tables, m.routes, m.mirrorUp, m.memory, m.attached, m.next, m.info} {
 		ch <- d
 	}
 	m.scrapeErrors.Describe(ch)
@@ -209,6 +211,28 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	for _, at := range a.attach {
 		ch <- prometheus.MustNewConstMetric(m.attached, prometheus.GaugeValue, 1, at.Iface, at.Program, at.Mode)
 	}
+	for _, s := range []struct {
+		name string
+		slot chainSlot
+	}{{"router", routerSlot(a.router)}, {"decap", decapSlot(a.decap)}} {
+		if s.slot == nil {
+			continue
+		}
+		p, err := s.slot.Next()
+		if err != nil {
+			fail()
+			continue
+		}
+		if p != nil {
+			info, err := pmaps.DescribeProgram(p)
+			p.Close()
+			if err != nil {
+				fail()
+				continue
+			}
+			ch <- prometheus.MustNewConstMetric(m.next, prometheus.GaugeValue, 1, s.name, info.Name)
+		}
+	}
 	if version != "" {
 		ch <- prometheus.MustNewConstMetric(m.info, prometheus.GaugeValue, 1, version)
 	}
@@ -252,3 +276,18 @@ func MetricNames() []string {
 }
 
 var fqNameRE = regexp.MustCompile(`fqName: "([^"]+)"`)
+
+// routerSlot and decapSlot avoid a non-nil interface holding a nil pointer.
+func routerSlot(r *pmaps.Router) chainSlot {
+	if r == nil {
+		return nil
+	}
+	return r
+}
+
+func decapSlot(d *pmaps.Decap) chainSlot {
+	if d == nil {
+		return nil
+	}
+	return d
+}

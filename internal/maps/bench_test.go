@@ -7,6 +7,7 @@ import (
 
 	"github.com/cilium/ebpf"
 	"github.com/premirror/premirror/internal/maps/internal/benchprog"
+	"github.com/premirror/premirror/internal/maps/mapstest"
 )
 
 // harness runs programs through BPF_PROG_TEST_RUN with the frame restored
@@ -124,6 +125,24 @@ func BenchmarkRouter(b *testing.B) {
 		ret, d := h.timeRun(b, f.r.Program(), other, b.N)
 		if ret != xdpPass {
 			b.Fatalf("verdict %s", verdictNames[ret])
+		}
+		report(b, d)
+	})
+	// The same packet handed on to a peer XDP program (xdp_chain): the
+	// tail call plus the peer's own work (a counter and a UDP port check).
+	b.Run("pass_non_vip_peer", func(b *testing.B) {
+		peer, err := mapstest.NewPeer(9, mapstest.PeerOptions{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer peer.Close()
+		if err := f.r.SetNext(peer.Program); err != nil {
+			b.Fatal(err)
+		}
+		defer f.r.ClearNext()
+		ret, d := h.timeRun(b, f.r.Program(), other, b.N)
+		if seen, err := peer.Seen(); ret != xdpPass || err != nil || seen != uint64(b.N) {
+			b.Fatalf("verdict %s, peer ran %d of %d times (%v)", verdictNames[ret], seen, b.N, err)
 		}
 		report(b, d)
 	})

@@ -40,6 +40,7 @@ type decapDecapStats struct {
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
 	decapMapPmDecapAddrs = "pm_decap_addrs"
+	decapMapPmDecapNext  = "pm_decap_next"
 	decapMapPmDecapStats = "pm_decap_stats"
 	decapProgPmDecap     = "pm_decap"
 )
@@ -94,6 +95,7 @@ type decapProgramSpecs struct {
 // It can be passed ebpf.CollectionSpec.Assign.
 type decapMapSpecs struct {
 	PmDecapAddrs *ebpf.MapSpec `ebpf:"pm_decap_addrs"`
+	PmDecapNext  *ebpf.MapSpec `ebpf:"pm_decap_next"`
 	PmDecapStats *ebpf.MapSpec `ebpf:"pm_decap_stats"`
 }
 
@@ -124,12 +126,14 @@ func (o *decapObjects) Close() error {
 // It can be passed to loadDecapObjects or ebpf.CollectionSpec.LoadAndAssign.
 type decapMaps struct {
 	PmDecapAddrs *ebpf.Map `ebpf:"pm_decap_addrs"`
+	PmDecapNext  *ebpf.Map `ebpf:"pm_decap_next"`
 	PmDecapStats *ebpf.Map `ebpf:"pm_decap_stats"`
 }
 
 func (m *decapMaps) Close() error {
 	return _DecapClose(
 		m.PmDecapAddrs,
+		m.PmDecapNext,
 		m.PmDecapStats,
 	)
 }

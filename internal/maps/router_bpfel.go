@@ -188,6 +188,7 @@ const (
 	routerMapPmCounters     = "pm_counters"
 	routerMapPmFrags        = "pm_frags"
 	routerMapPmMirrors      = "pm_mirrors"
+	routerMapPmNext         = "pm_next"
 	routerMapPmRegionsV4    = "pm_regions_v4"
 	routerMapPmRegionsV6    = "pm_regions_v6"
 	routerMapPmRouteIndex   = "pm_route_index"
@@ -255,6 +256,7 @@ type routerMapSpecs struct {
 	PmCounters    *ebpf.MapSpec `ebpf:"pm_counters"`
 	PmFrags       *ebpf.MapSpec `ebpf:"pm_frags"`
 	PmMirrors     *ebpf.MapSpec `ebpf:"pm_mirrors"`
+	PmNext        *ebpf.MapSpec `ebpf:"pm_next"`
 	PmRegionsV4   *ebpf.MapSpec `ebpf:"pm_regions_v4"`
 	PmRegionsV6   *ebpf.MapSpec `ebpf:"pm_regions_v6"`
 	PmRouteIndex  *ebpf.MapSpec `ebpf:"pm_route_index"`
@@ -298,6 +300,7 @@ type routerMaps struct {
 	PmCounters    *ebpf.Map `ebpf:"pm_counters"`
 	PmFrags       *ebpf.Map `ebpf:"pm_frags"`
 	PmMirrors     *ebpf.Map `ebpf:"pm_mirrors"`
+	PmNext        *ebpf.Map `ebpf:"pm_next"`
 	PmRegionsV4   *ebpf.Map `ebpf:"pm_regions_v4"`
 	PmRegionsV6   *ebpf.Map `ebpf:"pm_regions_v6"`
 	PmRouteIndex  *ebpf.Map `ebpf:"pm_route_index"`
@@ -316,6 +319,7 @@ func (m *routerMaps) Close() error {
 		m.PmCounters,
 		m.PmFrags,
 		m.PmMirrors,
+		m.PmNext,
 		m.PmRegionsV4,
 		m.PmRegionsV6,
 		m.PmRouteIndex,

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"regexp"
+	"testing"
+	"time"
+
+	"github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/maps/mapstest"
+)
+
+// TestInspectShowsNextProgram: inspect names the program chained after the
+// router, and says so when the slot is empty.
+func TestInspectShowsNextProgram(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loads BPF programs and pins maps")
+	}
+	dir := fmt.Sprintf("/sys/fs/bpf/premirror-inspect-test-%d-%d", os.Getpid(), time.Now().UnixNano())
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Skipf("no bpffs at /sys/fs/bpf: %v", err)
+	}
+	defer os.RemoveAll(dir)
+	cfg := maps.DefaultConfig()
+	cfg.MaxSessions, cfg.MaxAffinity, cfg.MaxTables, cfg.TableSlots = 1024, 1024, 16, 64
+	r, err := maps.LoadRouter(cfg, maps.Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	peer, err := mapstest.NewPeer(9, mapstest.PeerOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+
+	var out bytes.Buffer
+	if err := inspect(&out, dir, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`NEXT XDP PROGRAM\s+router\s+none`).Match(out.Bytes()) {
+		t.Fatalf("empty slot not shown:\n%s", out.String())
+	}
+	if err := r.SetNext(peer.Program); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := inspect(&out, dir, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`NEXT XDP PROGRAM\s+router\s+fw_udp_drop \(id \d+, tag [0-9a-f]+\)`).Match(out.Bytes()) {
+		t.Fatalf("chained program not shown:\n%s", out.String())
+	}
+}

@@ -1,0 +1,374 @@
+package agent
+
+import (
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/link"
+	"github.com/gopacket/gopacket"
+	"github.com/gopacket/gopacket/layers"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/maps/mapstest"
+)
+
+func progID(t *testing.T, p *ebpf.Program) uint32 {
+	t.Helper()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	return uint32(id)
+}
+
+func startAgent(t *testing.T, ns netNS, cfg *Config) (*Agent, error) {
+	t.Helper()
+	var a *Agent
+	var err error
+	ns.Do(func() { a = New(cfg, "", discardLogger()); err = a.Start() })
+	return a, err
+}
+
+// udpFrame is an Ethernet frame from pa1 to pa0 carrying UDP to dst:port.
+func udpFrame(t *testing.T, ns netNS, dst string, port uint16) []byte {
+	t.Helper()
+	var src, dstMAC net.HardwareAddr
+	ns.Do(func() {
+		l0, _ := netlink.LinkByName("pa0")
+		l1, _ := netlink.LinkByName("pa1")
+		dstMAC, src = l0.Attrs().HardwareAddr, l1.Attrs().HardwareAddr
+	})
+	eth := &layers.Ethernet{SrcMAC: src, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv4}
+	ip := &layers.IPv4{Version: 4, TTL: 64, Protocol: layers.IPProtocolUDP,
+		SrcIP: net.ParseIP("198.51.100.7").To4(), DstIP: net.ParseIP(dst).To4()}
+	udp := &layers.UDP{SrcPort: 40000, DstPort: layers.UDPPort(port)}
+	udp.SetNetworkLayerForChecksum(ip)
+	buf := gopacket.NewSerializeBuffer()
+	if err := gopacket.SerializeLayers(buf, gopacket.SerializeOptions{FixLengths: true, ComputeChecksums: true},
+		eth, ip, udp, gopacket.Payload("premirror chain test")); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// inject sends frames into pa1, so pa0 receives them: through pa0's
+// native XDP path, as from a wire.
+func inject(t *testing.T, ns netNS, frames ...[]byte) {
+	t.Helper()
+	ns.Do(func() {
+		l, err := netlink.LinkByName("pa1")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer unix.Close(fd)
+		for _, f := range frames {
+			if err := unix.Sendto(fd, f, 0, &unix.SockaddrLinklayer{Ifindex: l.Attrs().Index, Halen: 6}); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+}
+
+// received counts the datagrams a UDP socket on 10.77.0.1:port gets from
+// fn's traffic.
+func received(t *testing.T, ns netNS, port int, fn func()) int {
+	t.Helper()
+	var pc net.PacketConn
+	var err error
+	ns.Do(func() {
+		for _, p := range []string{"all", "pa0"} {
+			_ = os.WriteFile("/proc/sys/net/ipv4/conf/"+p+"/rp_filter", []byte("0"), 0o644)
+		}
+		pc, err = net.ListenPacket("udp4", net.JoinHostPort("10.77.0.1", strconv.Itoa(port)))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	fn()
+	n := 0
+	buf := make([]byte, 2048)
+	for {
+		_ = pc.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if _, _, err := pc.ReadFrom(buf); err != nil {
+			return n
+		}
+		n++
+	}
+}
+
+// checkChainTraffic sends real frames into pa0 and checks both programs'
+// effects: UDP to port 9 (not VIP traffic) dropped by the peer, UDP to
+// port 10 passed by both to the local socket, VIP traffic encapsulated by
+// the router and never shown to the peer.
+func checkChainTraffic(t *testing.T, ns netNS, a *Agent, peer *mapstest.Peer) {
+	t.Helper()
+	seen0, _ := peer.SeenUDP()
+	st0, _ := a.router.Stats()
+	if n := received(t, ns, 9, func() {
+		for range 5 {
+			inject(t, ns, udpFrame(t, ns, "10.77.0.1", 9))
+		}
+	}); n != 0 {
+		t.Errorf("%d of 5 datagrams to port 9 got through: the peer did not run", n)
+	}
+	if n := received(t, ns, 10, func() {
+		for range 5 {
+			inject(t, ns, udpFrame(t, ns, "10.77.0.1", 10))
+		}
+	}); n != 5 {
+		t.Errorf("%d of 5 datagrams to port 10 arrived, want all (passed by router and peer)", n)
+	}
+	seen1, _ := peer.SeenUDP()
+	for range 3 {
+		inject(t, ns, udpFrame(t, ns, "192.0.2.1", 53)) // a VIP
+	}
+	time.Sleep(100 * time.Millisecond)
+	seen2, _ := peer.SeenUDP()
+	st1, _ := a.router.Stats()
+	if seen1-seen0 != 10 {
+		t.Errorf("peer ran on %d UDP datagrams, want the 10 non-VIP ones", seen1-seen0)
+	}
+	if seen2 != seen1 {
+		t.Errorf("peer saw %d VIP packets", seen2-seen1)
+	}
+	// ≥: the kernel's own IPv6 chatter on the veth passes too.
+	if d := st1.PassNotVip - st0.PassNotVip; d < 10 {
+		t.Errorf("pass_not_vip +%d, want ≥ 10 (counted whatever the peer decides)", d)
+	}
+	if d := (st1.Tx + st1.Redirect + st1.PassNoNeigh) - (st0.Tx + st0.Redirect + st0.PassNoNeigh); d != 3 {
+		t.Errorf("%d VIP packets encapsulated, want 3", d)
+	}
+}
+
+// TestChainTakeOver: a firewall attached to pa0 through netlink. Without
+// xdp_chain the agent refuses the interface (ErrForeignXDP); with
+// take_over_attached it chains the firewall, replaces it atomically and
+// both programs act on real traffic; a restarted agent keeps the chain;
+// detach puts the firewall back.
+func TestChainTakeOver(t *testing.T) {
+	requireRoot(t)
+	ns := agentNS(t)
+	pin := bpffsDir(t)
+	peer := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{})
+	peerID := progID(t, peer.Program)
+	cfg, _ := testConfig(t, pin)
+	cfg.XDPChain = &XDPChain{TakeOverAttached: true, RestoreOnDetach: true}
+
+	t.Run("bpf_link cannot be taken over", func(t *testing.T) {
+		var l link.Link
+		var err error
+		ns.Do(func() {
+			nl, _ := netlink.LinkByName("pa0")
+			l, err = link.AttachXDP(link.XDPOptions{Program: peer.Program, Interface: nl.Attrs().Index})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		a, err := startAgent(t, ns, cfg)
+		if err == nil {
+			a.Close()
+			t.Fatal("took over a bpf_link")
+		}
+		if !strings.Contains(err.Error(), "xdp_chain.take_over_attached") || !strings.Contains(err.Error(), "bpf_link") {
+			t.Fatalf("unclear error: %v", err)
+		}
+		if id := xdpProgID(t, ns, "pa0"); id != peerID {
+			t.Fatalf("pa0 runs %d after a refused take-over, want the peer %d", id, peerID)
+		}
+	})
+
+	ns.Do(func() {
+		nl, _ := netlink.LinkByName("pa0")
+		if err := netlink.LinkSetXdpFdWithFlags(nl, peer.Program.FD(), unix.XDP_FLAGS_DRV_MODE); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	plain := *cfg
+	plain.XDPChain = nil
+	if a, err := startAgent(t, ns, &plain); !errors.Is(err, ErrForeignXDP) || !strings.Contains(err.Error(), "xdp_chain.take_over_attached") {
+		if a != nil {
+			a.Close()
+		}
+		t.Fatalf("without xdp_chain: %v, want ErrForeignXDP naming the setting", err)
+	}
+	generic := *cfg
+	generic.XDPMode = XDPGeneric
+	if a, err := startAgent(t, ns, &generic); err == nil || !strings.Contains(err.Error(), "xdp_mode") {
+		if a != nil {
+			a.Close()
+		}
+		t.Fatalf("generic take-over of a native program: %v, want an xdp_mode error", err)
+	}
+	if id := xdpProgID(t, ns, "pa0"); id != peerID {
+		t.Fatalf("pa0 runs %d after refused starts, want the peer %d", id, peerID)
+	}
+
+	a, err := startAgent(t, ns, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at := a.attach[0]; at.Action != "took over" || at.Via != "netlink" || at.Mode != "native" {
+		t.Fatalf("attachment %+v", at)
+	}
+	ours := xdpProgID(t, ns, "pa0")
+	if p, err := ebpf.NewProgramFromID(ebpf.ProgramID(ours)); err != nil {
+		t.Fatal(err)
+	} else if info, _ := p.Info(); info.Name != "pm_router" {
+		p.Close()
+		t.Fatalf("pa0 runs %q after the take-over", info.Name)
+	} else {
+		p.Close()
+	}
+	next, err := a.router.Next()
+	if err != nil || next == nil || progID(t, next) != peerID {
+		t.Fatalf("chain slot %v %v, want the peer %d", next, err, peerID)
+	}
+	next.Close()
+	checkChainTraffic(t, ns, a, peer)
+	if n, err := testutil.GatherAndCount(a.reg, "edge_xdp_next_program_info"); err != nil || n != 1 {
+		t.Fatalf("edge_xdp_next_program_info: %d series (%v)", n, err)
+	}
+	if problems, err := testutil.CollectAndLint(a.metrics); err != nil || len(problems) > 0 {
+		t.Fatalf("metric lint: %v %v", problems, err)
+	}
+	a.Close()
+
+	// Restart: our netlink attachment is replaced in place, the chain kept.
+	b, err := startAgent(t, ns, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at := b.attach[0]; at.Action != "updated" || at.Via != "netlink" {
+		t.Fatalf("restarted agent: %+v", at)
+	}
+	if id := xdpProgID(t, ns, "pa0"); id == ours || id == peerID {
+		t.Fatalf("pa0 runs %d after restart (ours was %d, peer %d)", id, ours, peerID)
+	}
+	checkChainTraffic(t, ns, b, peer)
+	b.Close()
+
+	var derr error
+	ns.Do(func() { derr = Detach(pin, true) })
+	if derr != nil {
+		t.Fatal(derr)
+	}
+	if id := xdpProgID(t, ns, "pa0"); id != peerID {
+		t.Fatalf("pa0 runs %d after detach, want the peer %d restored", id, peerID)
+	}
+}
+
+// TestChainPinned: xdp_chain.pinned chains a program pinned on bpffs;
+// bad ones are refused with the field named; removing xdp_chain empties
+// the slot.
+func TestChainPinned(t *testing.T) {
+	requireRoot(t)
+	ns := agentNS(t)
+	pin := bpffsDir(t)
+	peerDir := bpffsDir(t)
+	peer := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{})
+	frags := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{Frags: true, Name: "fw_frags"})
+	peerPin, fragsPin := filepath.Join(peerDir, "fw"), filepath.Join(peerDir, "fw_frags")
+	if err := peer.Program.Pin(peerPin); err != nil {
+		t.Fatal(err)
+	}
+	if err := frags.Program.Pin(fragsPin); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := testConfig(t, pin)
+	defer Detach(pin, true)
+
+	for _, tc := range []struct {
+		path string
+		is   error
+	}{{filepath.Join(peerDir, "missing"), nil}, {fragsPin, maps.ErrChainIncompatible}} {
+		c := *cfg
+		c.XDPChain = &XDPChain{Pinned: tc.path}
+		a, err := startAgent(t, ns, &c)
+		if err == nil {
+			a.Close()
+			t.Fatalf("started with xdp_chain.pinned %s", tc.path)
+		}
+		if !strings.Contains(err.Error(), "xdp_chain.pinned") || (tc.is != nil && !errors.Is(err, tc.is)) {
+			t.Fatalf("pinned %s: unclear error %v", tc.path, err)
+		}
+		t.Log(err)
+	}
+
+	c := *cfg
+	c.XDPChain = &XDPChain{Pinned: peerPin}
+	a, err := startAgent(t, ns, &c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at := a.attach[0]; at.Via != "bpf_link" || at.Action != "attached" {
+		t.Fatalf("attachment %+v", at)
+	}
+	checkChainTraffic(t, ns, a, peer)
+	a.Close()
+
+	// No xdp_chain any more: the slot is emptied and port 9 gets through.
+	b, err := startAgent(t, ns, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if next, err := b.router.Next(); err != nil || next != nil {
+		t.Fatalf("slot after xdp_chain was removed: %v %v", next, err)
+	}
+	if n := received(t, ns, 9, func() { inject(t, ns, udpFrame(t, ns, "10.77.0.1", 9)) }); n != 1 {
+		t.Fatalf("port 9 with an empty slot: %d of 1 arrived", n)
+	}
+}
+
+// TestChainTakeOverNeedsOneProgram: one slot per program, so interfaces
+// running different foreign programs are refused, naming both, and
+// nothing is changed.
+func TestChainTakeOverNeedsOneProgram(t *testing.T) {
+	requireRoot(t)
+	ns := agentNS(t)
+	pin := bpffsDir(t)
+	fw := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{})
+	lb := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{Name: "other_lb"})
+	ns.Do(func() {
+		for iface, p := range map[string]*ebpf.Program{"pa0": fw.Program, "pa1": lb.Program} {
+			l, _ := netlink.LinkByName(iface)
+			if err := netlink.LinkSetXdpFdWithFlags(l, p.FD(), unix.XDP_FLAGS_DRV_MODE); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+	cfg, _ := testConfig(t, pin)
+	cfg.Interfaces = []string{"pa0", "pa1"}
+	cfg.XDPChain = &XDPChain{TakeOverAttached: true}
+	a, err := startAgent(t, ns, cfg)
+	if err == nil {
+		a.Close()
+		t.Fatal("took over two different programs")
+	}
+	if !strings.Contains(err.Error(), "xdp_chain.take_over_attached") || !strings.Contains(err.Error(), "pa0") || !strings.Contains(err.Error(), "pa1") {
+		t.Fatalf("unclear error: %v", err)
+	}
+	if xdpProgID(t, ns, "pa0") != progID(t, fw.Program) || xdpProgID(t, ns, "pa1") != progID(t, lb.Program) {
+		t.Fatal("interfaces changed by a refused take-over")
+	}
+}
