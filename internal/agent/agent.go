@@ -312,11 +312,15 @@ func (a *Agent) Reload() error {
 		a.setErr(err)
 		return fmt.Errorf("reload refused, keeping the running state: %w", err)
 	}
+	if err := cfg.Replication.reloadable(old.Replication); err != nil {
+		a.setErr(err)
+		return fmt.Errorf("reload refused, keeping the running state: %w", err)
+	}
 	if err := a.apply(cfg); err != nil {
 		a.setErr(err)
 		return err
 	}
-	a.reloadSchedules(old, cfg)
+	a.reloadReplication(old, cfg)
 	a.setErr(nil)
 	return nil
 }

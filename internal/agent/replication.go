@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strconv"
 	"time"
@@ -158,6 +159,49 @@ func (r *Replication) validate() error {
 	return nil
 }
 
+// reloadable reports why a reload from old to r cannot be applied to a
+// running replicator, naming the field; nil when it can. New peers and
+// changed schedules and link rates apply at once (reloadReplication);
+// everything else the replicator opened at start needs a restart, and a
+// reload that changes it is refused rather than half-applied.
+func (r *Replication) reloadable(old *Replication) error {
+	switch {
+	case old == nil && r == nil:
+		return nil
+	case old == nil || r == nil:
+		return errors.New("replication: enabling or disabling the replicator needs a restart")
+	case r.Listen != old.Listen:
+		return errors.New("replication.listen: changes only with a restart")
+	case r.TLS != old.TLS:
+		return errors.New("replication.tls: changes only with a restart")
+	case r.Site != old.Site:
+		return errors.New("replication.site: changes only with a restart")
+	case r.WriteSocket != old.WriteSocket || !slices.Equal(r.WriteUIDs, old.WriteUIDs):
+		return errors.New("replication.write_socket and write_uids: change only with a restart")
+	case !reflect.DeepEqual(r.Volumes, old.Volumes):
+		return errors.New("replication.volumes: change only with a restart (replication tasks from the controller need none)")
+	}
+	now := map[string]PeerCfg{}
+	for _, p := range r.Peers {
+		now[p.Name] = p
+	}
+	for i, p := range old.Peers {
+		q, ok := now[p.Name]
+		switch {
+		case !ok:
+			return fmt.Errorf("replication.peers: peer %q (peers[%d] before) removed: removing a peer needs a restart", p.Name, i)
+		case q.Addr != p.Addr || q.ServerName != p.ServerName:
+			return fmt.Errorf("replication.peers: peer %q: addr and server_name change only with a restart", p.Name)
+		}
+	}
+	return nil
+}
+
+// peerConfig converts one peer to the replicator's configuration.
+func (p PeerCfg) peerConfig() replicator.PeerConfig {
+	return replicator.PeerConfig{Name: p.Name, Addr: p.Addr, ServerName: p.ServerName, Schedule: p.Schedule}
+}
+
 // config converts to the replicator's configuration.
 func (r *Replication) config(node string, log *slog.Logger) replicator.Config {
 	c := replicator.Config{
@@ -165,7 +209,7 @@ func (r *Replication) config(node string, log *slog.Logger) replicator.Config {
 		TLS: pki.Files{CA: r.TLS.CA, Cert: r.TLS.Cert, Key: r.TLS.Key},
 	}
 	for _, p := range r.Peers {
-		c.Peers = append(c.Peers, replicator.PeerConfig{Name: p.Name, Addr: p.Addr, ServerName: p.ServerName, Schedule: p.Schedule})
+		c.Peers = append(c.Peers, p.peerConfig())
 	}
 	for _, v := range r.Volumes {
 		vc := replicator.VolumeConfig{

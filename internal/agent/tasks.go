@@ -440,10 +440,11 @@ func peerLinks(r *Replication) func(peer string) linkPlan {
 	}
 }
 
-// reloadSchedules gives the replicator the peer schedules of a reloaded
-// config (a peer's link throttle follows its new schedule at once) and
-// plans the held replication tasks again against them.
-func (a *Agent) reloadSchedules(old, cfg *Config) {
+// reloadReplication gives the replicator the new peers and the peer
+// schedules of a reloaded config (a peer's link throttle follows its new
+// schedule at once) and plans the held replication tasks again against
+// them. Replication.reloadable has refused every other change.
+func (a *Agent) reloadReplication(old, cfg *Config) {
 	if a.repl == nil || cfg.Replication == nil {
 		return
 	}
@@ -454,7 +455,14 @@ func (a *Agent) reloadSchedules(old, cfg *Config) {
 		}
 	}
 	for _, p := range cfg.Replication.Peers {
-		if s, ok := prev[p.Name]; ok && s == p.Schedule {
+		was, ok := prev[p.Name]
+		if !ok {
+			if err := a.repl.AddPeer(p.peerConfig()); err != nil {
+				a.log.Warn("peer not added", "peer", p.Name, "err", err)
+			}
+			continue // added with its schedule
+		}
+		if was == p.Schedule {
 			continue
 		}
 		s := throttle.Fixed(throttle.Unlimited)

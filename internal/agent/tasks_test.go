@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -182,7 +183,7 @@ func (p *replPair) waitCopy(t *testing.T) {
 
 // newReplPair starts both nodes; schedule is the source's schedule of its
 // link to the target.
-func newReplPair(t *testing.T, schedule string) *replPair {
+func newReplPair(t *testing.T, schedule string, edit ...func(src *Replication)) *replPair {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := pki.NewCA("test", time.Hour)
@@ -221,6 +222,9 @@ func newReplPair(t *testing.T, schedule string) *replPair {
 	dstCfg := &Replication{TLS: files["dst"],
 		Volumes: []VolumeCfg{{Name: "disk", Path: dstImg, Role: "mirror"}},
 		Peers:   []PeerCfg{{Name: "src", Addr: lns["src"].Addr().String()}}}
+	for _, f := range edit {
+		f(srcCfg)
+	}
 	src := replNode(t, "src", srcCfg, lns["src"])
 	dst := replNode(t, "dst", dstCfg, lns["dst"])
 
@@ -505,7 +509,7 @@ func TestHeldTaskStartsWhenTheScheduleChanges(t *testing.T) {
 	a.mu.Lock()
 	a.cfg = &cfg
 	a.mu.Unlock()
-	a.reloadSchedules(old, &cfg)
+	a.reloadReplication(old, &cfg)
 	if got := p.src.DynamicMirrors("disk"); len(got) != 1 || got[0].Peer != "dst" {
 		t.Fatalf("after the schedule changed: dynamic mirrors %+v", got)
 	}
@@ -554,5 +558,94 @@ func TestHeldTaskStartsAtItsStart(t *testing.T) {
 	p.waitCopy(t)
 	if held := testutil.ToFloat64(a.metrics.tasks.WithLabelValues("held")); held != 0 {
 		t.Fatalf("still %v held after the start", held)
+	}
+}
+
+// TestReloadAddsPeer: a task to a node the replicator has no peer for
+// does nothing; a reload that adds the peer gives it to the running
+// replicator, the held task is applied again and the copy arrives.
+func TestReloadAddsPeer(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	var peer PeerCfg
+	p := newReplPair(t, "", func(src *Replication) { peer, src.Peers = src.Peers[0], nil })
+	a := New(&Config{Node: "src", Replication: p.srcCfg, Controller: &ControllerCfg{Site: "eu"}}, "", discardLogger())
+	a.repl = p.src
+	cp := &controlPlane{a: a}
+	a.cp = cp
+	t.Cleanup(cp.stopTasks)
+
+	st := sampleProtoState()
+	st.ReplicationTasks = []*pb.ReplicationTask{task("disk", "src", "dst")}
+	if err := cp.apply(st.GetVersion(), st); err != nil {
+		t.Fatalf("a task to an unknown peer failed the version: %v", err)
+	}
+	if got := p.src.DynamicMirrors("disk"); len(got) != 0 {
+		t.Fatalf("replicating to a peer the node does not know: %+v", got)
+	}
+
+	old := a.cfg
+	cfg := *old
+	r := *old.Replication
+	r.Peers = []PeerCfg{peer}
+	cfg.Replication = &r
+	if err := r.reloadable(old.Replication); err != nil {
+		t.Fatalf("adding a peer refused: %v", err)
+	}
+	a.mu.Lock()
+	a.cfg = &cfg
+	a.mu.Unlock()
+	a.reloadReplication(old, &cfg)
+	if got := p.src.DynamicMirrors("disk"); len(got) != 1 || got[0].Peer != "dst" {
+		t.Fatalf("after the reload added the peer: dynamic mirrors %+v", got)
+	}
+	p.waitCopy(t)
+}
+
+// TestReplicationReloadable: what a reload may change in a running
+// replicator (new peers, schedules, link rates, the task interval) and
+// what it must refuse, naming the field.
+func TestReplicationReloadable(t *testing.T) {
+	base := func() *Replication {
+		return &Replication{Listen: "127.0.0.1:7400", TLS: TLSFiles{CA: "ca", Cert: "c", Key: "k"},
+			Volumes: []VolumeCfg{{Name: "disk", Path: "/v/disk", Role: "primary", Mirrors: []MirrorCfg{{Peer: "b"}}}},
+			Peers:   []PeerCfg{{Name: "b", Addr: "10.0.0.2:7400"}}}
+	}
+	for _, tc := range []struct {
+		name    string
+		old     *Replication
+		edit    func(r *Replication) *Replication
+		wantErr string
+	}{
+		{"unchanged", base(), func(r *Replication) *Replication { return r }, ""},
+		{"both off", nil, func(*Replication) *Replication { return nil }, ""},
+		{"new peer", base(), func(r *Replication) *Replication {
+			r.Peers = append(r.Peers, PeerCfg{Name: "c", Addr: "10.0.0.3:7400"})
+			return r
+		}, ""},
+		{"schedule and link rate", base(), func(r *Replication) *Replication {
+			r.Peers[0].Schedule, r.Peers[0].LinkRate = "10MB", "1Gbit"
+			return r
+		}, ""},
+		{"task interval", base(), func(r *Replication) *Replication { r.TaskInterval = Duration(time.Second); return r }, ""},
+		{"enable", nil, func(r *Replication) *Replication { return r }, "replication: enabling"},
+		{"disable", base(), func(*Replication) *Replication { return nil }, "replication: enabling"},
+		{"listen", base(), func(r *Replication) *Replication { r.Listen = "0.0.0.0:7400"; return r }, "replication.listen"},
+		{"tls", base(), func(r *Replication) *Replication { r.TLS.Cert = "c2"; return r }, "replication.tls"},
+		{"site", base(), func(r *Replication) *Replication { r.Site = 7; return r }, "replication.site"},
+		{"write uids", base(), func(r *Replication) *Replication { r.WriteUIDs = []uint32{0, 1000}; return r }, "replication.write_socket"},
+		{"volume mirror", base(), func(r *Replication) *Replication { r.Volumes[0].Mirrors = nil; return r }, "replication.volumes"},
+		{"peer removed", base(), func(r *Replication) *Replication { r.Peers = nil; return r }, `peer "b" (peers[0] before) removed`},
+		{"peer addr", base(), func(r *Replication) *Replication { r.Peers[0].Addr = "10.0.0.9:7400"; return r }, `peer "b": addr`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.edit(base()).reloadable(tc.old)
+			switch {
+			case tc.wantErr == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)):
+				t.Fatalf("got %v, want an error naming %q", err, tc.wantErr)
+			}
+		})
 	}
 }

@@ -357,6 +357,19 @@ func (n *Node) peer(name string) (*nodePeer, error) {
 	return p, nil
 }
 
+// AddPeer adds a peer at run time (a site joined: placements and
+// dynamic mirrors may now name it). Volumes configured at start cannot
+// name it; dynamic mirrors (SetDynamicMirrors) can.
+func (n *Node) AddPeer(p PeerConfig) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if err := n.addPeer(p); err != nil {
+		return fmt.Errorf("add peer: %w", err)
+	}
+	n.log.Info("peer added", "peer", p.Name, "addr", p.Addr)
+	return nil
+}
+
 // SetSchedule replaces the bandwidth schedule of the link to peer at run
 // time; transfers in progress adopt it at once.
 func (n *Node) SetSchedule(peer string, s throttle.Schedule) error {
