@@ -78,10 +78,17 @@ func deadlineOf(origin time.Time, step time.Duration, k int) time.Time {
 	return origin.Add(time.Duration(k+1) * step)
 }
 
-// candidateDeadline is the deadline of a copy at cand.
-func candidateDeadline(fc *pb.ResourceForecast, demand []forecast.RegionDemand, req forecast.ScoreRequest, cand forecast.Candidate) time.Time {
+// candidateDeadline is the deadline of a copy at cand, evaluated at now:
+// never before now (a bucket that already began — the forecast's origin
+// lags the evaluation by up to a bucket — means the copy is wanted at
+// once, not that it is late).
+func candidateDeadline(fc *pb.ResourceForecast, demand []forecast.RegionDemand, req forecast.ScoreRequest, cand forecast.Candidate, now time.Time) time.Time {
 	k := readyBucket(demand, req.Current, cand.Latency, req.Horizon)
-	return deadlineOf(time.Unix(fc.GetOriginUnix(), 0), time.Duration(fc.GetStepSeconds())*time.Second, k)
+	d := deadlineOf(time.Unix(fc.GetOriginUnix(), 0), time.Duration(fc.GetStepSeconds())*time.Second, k)
+	if !d.IsZero() && d.Before(now) {
+		return now
+	}
+	return d
 }
 
 // deadlineText is how operators read a deadline.

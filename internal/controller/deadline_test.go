@@ -81,11 +81,15 @@ func TestCandidateDeadline(t *testing.T) {
 		{[]float64{5, 5, 5}, origin.Add(time.Hour)},
 		{[]float64{0, 0, 9, 9}, origin.Add(3 * time.Hour)},
 	} {
-		if got := candidateDeadline(fc, []forecast.RegionDemand{series("us", tc.q50...)}, req, cand); !got.Equal(tc.want) {
+		if got := candidateDeadline(fc, []forecast.RegionDemand{series("us", tc.q50...)}, req, cand, origin); !got.Equal(tc.want) {
 			t.Errorf("%v: deadline %v, want %v", tc.q50, got, tc.want)
 		}
 	}
-	if got := candidateDeadline(&pb.ResourceForecast{OriginUnix: origin.Unix()}, []forecast.RegionDemand{series("us", 1)}, req, cand); !got.IsZero() {
+	late := origin.Add(90 * time.Minute) // evaluated after the first bucket began
+	if got := candidateDeadline(fc, []forecast.RegionDemand{series("us", 5, 5, 5)}, req, cand, late); !got.Equal(late) {
+		t.Errorf("evaluated at %v: deadline %v, want the evaluation time (wanted at once)", late, got)
+	}
+	if got := candidateDeadline(&pb.ResourceForecast{OriginUnix: origin.Unix()}, []forecast.RegionDemand{series("us", 1)}, req, cand, origin); !got.IsZero() {
 		t.Errorf("no step: deadline %v, want none", got)
 	}
 }

@@ -380,7 +380,7 @@ func (c *Controller) placementInput(ctx context.Context, res *pb.Resource, rec *
 				n = uint64(cd.CopyBytes)
 			}
 			in.cands = append(in.cands, placeCandidate{site: s.Location, mirror: m.GetName(), score: s.Score,
-				copyBytes: n, deadline: candidateDeadline(fc, demand, setup.req, cd)})
+				copyBytes: n, deadline: candidateDeadline(fc, demand, setup.req, cd, now)})
 		}
 		slices.SortFunc(in.cands, func(a, b placeCandidate) int { return cmp.Compare(a.site, b.site) })
 	}

@@ -471,7 +471,7 @@ func writeCopyPlans(b *strings.Builder, st *scoreSetup, s *scored) {
 		if c.CopyBytes <= 0 {
 			n = uint64(st.req.Bytes)
 		}
-		dl := candidateDeadline(s.rec, demand, st.req, c)
+		dl := candidateDeadline(s.rec, demand, st.req, c, time.Now())
 		fmt.Fprintf(b, "  %-16s %s, in sync by %s", c.Location, mib(n), deadlineText(timeNano(dl)))
 		if note := st.copyNotes[c.Location]; note != "" {
 			fmt.Fprintf(b, "; %s", note)
