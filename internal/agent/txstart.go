@@ -37,9 +37,10 @@ type StartChoice struct {
 }
 
 // ChooseStart picks when to start sending n bytes over a link following
-// s so that they arrive by deadline. The candidates are now and every
+// s so that they arrive by deadline. The candidates are now, every
 // window boundary of s (throttle.Schedule.NextChange) before the
-// deadline; each is simulated at the schedule's rates, an unlimited rate
+// deadline, and the latest start (to the second) that still finishes by
+// it; each is simulated at the schedule's rates, an unlimited rate
 // (or one above linkRate) counting as linkRate (DefaultLinkRate when
 // linkRate ≤ 0). Among the starts that finish by the deadline it returns
 // the one sending the fewest peak bytes (bytes at less than the
@@ -58,6 +59,30 @@ func ChooseStart(s throttle.Schedule, linkRate int64, now, deadline time.Time, n
 	for t, i := now, 0; !t.IsZero() && !t.After(deadline) && i < maxStarts; t, i = s.NextChange(t), i+1 {
 		c := sim.run(t, deadline, deadline, n)
 		if c.OnTime && (best == nil || c.PeakBytes < best.PeakBytes) {
+			best = &c
+		}
+	}
+	if best != nil && best.PeakBytes > 0 {
+		// The latest start that still finishes in time: when the off-peak
+		// room before the deadline is too short for the whole transfer,
+		// starting just early enough sends only the remainder at peak
+		// (a start between two boundaries). Starting later never finishes
+		// earlier, so the on-time starts are [now, latest].
+		lo, hi := best.Start, deadline
+		for hi.Sub(lo) > time.Millisecond {
+			mid := lo.Add(hi.Sub(lo) / 2)
+			if sim.run(mid, deadline, deadline, n).OnTime {
+				lo = mid
+			} else {
+				hi = mid
+			}
+		}
+		// To the second: rounded up when that is still on time.
+		c := sim.run(lo.Truncate(time.Second).Add(time.Second), deadline, deadline, n)
+		if !c.OnTime {
+			c = sim.run(lo.Truncate(time.Second), deadline, deadline, n)
+		}
+		if c.OnTime && c.PeakBytes < best.PeakBytes {
 			best = &c
 		}
 	}
