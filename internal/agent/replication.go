@@ -40,6 +40,13 @@ type Replication struct {
 	// TaskInterval is the delta-cycle interval of mirrors the
 	// controller's replication tasks place; default DefaultTaskInterval.
 	TaskInterval Duration `yaml:"task_interval"`
+	// VolumeDir, when set, lets this node receive copies the controller
+	// places on it without declaring them: a replication task naming this
+	// node as target for a resource it holds no volume of creates a mirror
+	// volume <volume_dir>/<resource>.img that only the task's source node
+	// may write (for a selective copy, the source is also its upstream
+	// and must be a peer). Empty: only declared volumes receive copies.
+	VolumeDir string `yaml:"volume_dir"`
 }
 
 // TLSFiles names PEM files.
@@ -101,6 +108,9 @@ func (r *Replication) validate() error {
 	}
 	if r.TaskInterval < 0 {
 		return errors.New("replication.task_interval: negative")
+	}
+	if r.VolumeDir != "" && !filepath.IsAbs(r.VolumeDir) {
+		return fmt.Errorf("replication.volume_dir: %q must be absolute", r.VolumeDir)
 	}
 	peers := map[string]bool{}
 	for i, p := range r.Peers {
@@ -178,6 +188,8 @@ func (r *Replication) reloadable(old *Replication) error {
 		return errors.New("replication.site: changes only with a restart")
 	case r.WriteSocket != old.WriteSocket || !slices.Equal(r.WriteUIDs, old.WriteUIDs):
 		return errors.New("replication.write_socket and write_uids: change only with a restart")
+	case r.VolumeDir != old.VolumeDir:
+		return errors.New("replication.volume_dir: changes only with a restart")
 	case !reflect.DeepEqual(r.Volumes, old.Volumes):
 		return errors.New("replication.volumes: change only with a restart (replication tasks from the controller need none)")
 	}

@@ -41,9 +41,16 @@ const (
 	TaskSelfTarget = "self_target"
 	// TaskRejected: the replicator refused the volume's mirror set.
 	TaskRejected = "rejected"
+	// TaskNoTargetVolume: the task names this node as its target, which
+	// holds no volume of the resource and has no replication.volume_dir
+	// to create one in (or could not create it there).
+	TaskNoTargetVolume = "no_target_volume"
+	// TaskNoSpace: replication.volume_dir has less free space than the
+	// copy needs.
+	TaskNoSpace = "no_space"
 )
 
-var taskReasons = []string{TaskNoVolume, TaskNotPrimary, TaskUnknownPeer, TaskSelfTarget, TaskRejected}
+var taskReasons = []string{TaskNoVolume, TaskNotPrimary, TaskUnknownPeer, TaskSelfTarget, TaskRejected, TaskNoTargetVolume, TaskNoSpace}
 
 // taskProblem is a task addressed to this node that it cannot carry out.
 type taskProblem struct {
@@ -143,6 +150,9 @@ func (cp *controlPlane) applyTasks(version uint64, tasks []*pb.ReplicationTask) 
 		vols = a.repl.Status()
 	}
 	plan, problems := planTasks(cfg.Node, tasks, vols, peers, interval)
+	if a.repl != nil {
+		problems = append(problems, cp.ensureTargetVolumes(cfg, tasks, vols, peers)...)
+	}
 	now := time.Now()
 	if cp.clock != nil {
 		now = cp.clock()

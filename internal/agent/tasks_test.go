@@ -183,7 +183,7 @@ func (p *replPair) waitCopy(t *testing.T) {
 
 // newReplPair starts both nodes; schedule is the source's schedule of its
 // link to the target.
-func newReplPair(t *testing.T, schedule string, edit ...func(src *Replication)) *replPair {
+func newReplPair(t *testing.T, schedule string, edit ...func(src, dst *Replication)) *replPair {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := pki.NewCA("test", time.Hour)
@@ -223,7 +223,7 @@ func newReplPair(t *testing.T, schedule string, edit ...func(src *Replication)) 
 		Volumes: []VolumeCfg{{Name: "disk", Path: dstImg, Role: "mirror"}},
 		Peers:   []PeerCfg{{Name: "src", Addr: lns["src"].Addr().String()}}}
 	for _, f := range edit {
-		f(srcCfg)
+		f(srcCfg, dstCfg)
 	}
 	src := replNode(t, "src", srcCfg, lns["src"])
 	dst := replNode(t, "dst", dstCfg, lns["dst"])
@@ -568,7 +568,7 @@ func TestReloadAddsPeer(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 	var peer PeerCfg
-	p := newReplPair(t, "", func(src *Replication) { peer, src.Peers = src.Peers[0], nil })
+	p := newReplPair(t, "", func(src, _ *Replication) { peer, src.Peers = src.Peers[0], nil })
 	a := New(&Config{Node: "src", Replication: p.srcCfg, Controller: &ControllerCfg{Site: "eu"}}, "", discardLogger())
 	a.repl = p.src
 	cp := &controlPlane{a: a}
@@ -647,5 +647,86 @@ func TestReplicationReloadable(t *testing.T) {
 				t.Fatalf("got %v, want an error naming %q", err, tc.wantErr)
 			}
 		})
+	}
+}
+
+// TestTargetCreatesPlacedVolume: a mirror host with replication.volume_dir
+// and no declared volume receives a placed copy: the task naming it as
+// target creates the mirror volume (writable only by the task's source),
+// the source's push fills it byte for byte, and the host reports it. A
+// host without volume_dir counts the task as not carried out.
+func TestTargetCreatesPlacedVolume(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	var volDir string
+	p := newReplPair(t, "", func(_, dst *Replication) {
+		volDir = filepath.Join(filepath.Dir(dst.Volumes[0].Path), "placed")
+		dst.Volumes, dst.VolumeDir = nil, volDir
+	})
+	p.dstImg = filepath.Join(volDir, "disk.img")
+	agent := func(node string, r *Replication, n *replicator.Node) *controlPlane {
+		a := New(&Config{Node: node, Replication: r, Controller: &ControllerCfg{Site: "eu"}}, "", discardLogger())
+		a.repl = n
+		cp := &controlPlane{a: a}
+		a.cp = cp
+		t.Cleanup(cp.stopTasks)
+		return cp
+	}
+	src, dst := agent("src", p.srcCfg, p.src), agent("dst", p.dstCfg, p.dst)
+
+	st := sampleProtoState()
+	tk := task("disk", "src", "dst")
+	tk.CopyBytes = uint64(len(p.img))
+	st.ReplicationTasks = []*pb.ReplicationTask{tk}
+	for _, cp := range []*controlPlane{dst, src} {
+		if err := cp.apply(st.GetVersion(), st); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := testutil.ToFloat64(dst.a.metrics.taskErrors.WithLabelValues(TaskNoTargetVolume)); n != 0 {
+		t.Fatalf("%v tasks not carried out on the target", n)
+	}
+	p.waitCopy(t)
+	var got *replicator.Status
+	for _, s := range p.dst.Status() {
+		if s.Name == "disk" {
+			got = &s
+		}
+	}
+	if got == nil || got.Role != replicator.RoleMirror || got.Path != p.dstImg {
+		t.Fatalf("target volumes %+v: want a mirror volume disk at %s", p.dst.Status(), p.dstImg)
+	}
+	// Applying the version again creates nothing twice.
+	if err := dst.apply(st.GetVersion(), st); err != nil {
+		t.Fatal(err)
+	}
+
+	// A host without volume_dir cannot receive it: counted, not fatal.
+	r := *p.dstCfg
+	r.VolumeDir = ""
+	other := agent("dst", &r, p.dst)
+	st2 := sampleProtoState()
+	tk2 := task("other-disk", "src", "dst")
+	st2.ReplicationTasks = []*pb.ReplicationTask{tk2}
+	if err := other.apply(st2.GetVersion(), st2); err != nil {
+		t.Fatal(err)
+	}
+	if n := testutil.ToFloat64(other.a.metrics.taskErrors.WithLabelValues(TaskNoTargetVolume)); n != 1 {
+		t.Fatalf("no_target_volume counted %v times, want 1", n)
+	}
+}
+
+func TestVolumeFileNameAndSpace(t *testing.T) {
+	for name, ok := range map[string]bool{"disk": true, "vm-9.raw": true, "": false, ".": false, "..": false, ".hidden": false, "a/b": false, `a\b`: false} {
+		if volumeFileName(name) != ok {
+			t.Errorf("volumeFileName(%q) = %v", name, !ok)
+		}
+	}
+	dir := filepath.Join(t.TempDir(), "v")
+	if err := enoughSpace(dir, 1); err != nil {
+		t.Fatalf("one byte: %v", err)
+	}
+	if err := enoughSpace(dir, 1<<62); err == nil || !strings.Contains(err.Error(), "bytes free") {
+		t.Fatalf("an exabyte copy: %v", err)
 	}
 }

@@ -370,6 +370,23 @@ func (n *Node) AddPeer(p PeerConfig) error {
 	return nil
 }
 
+// AddVolume adds a mirror volume at run time: a copy the controller
+// placed on this node, which receives its first copy from a peer. Only
+// mirrors without downstream mirrors of their own can be added while the
+// node runs (a primary's replication loops start with Run).
+func (n *Node) AddVolume(vc VolumeConfig) error {
+	if vc.Role != RoleMirror || len(vc.Mirrors) > 0 {
+		return fmt.Errorf("add volume %s: only a mirror without mirrors of its own can be added at run time", vc.Name)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if err := n.addVolume(vc); err != nil {
+		return fmt.Errorf("add volume %s: %w", vc.Name, err)
+	}
+	n.log.Info("volume added", "volume", vc.Name, "path", vc.Path, "upstream", vc.Upstream, "allowed_peers", vc.AllowedPeers)
+	return nil
+}
+
 // SetSchedule replaces the bandwidth schedule of the link to peer at run
 // time; transfers in progress adopt it at once.
 func (n *Node) SetSchedule(peer string, s throttle.Schedule) error {
