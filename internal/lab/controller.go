@@ -298,6 +298,10 @@ type VolumeCopy struct {
 	Volume               string
 	PrimaryHost, Primary string // host and image path of the primary
 	MirrorHost, Mirror   string // host and image path of the mirror
+	// MirrorDir, when set, replaces Mirror: the mirror host declares no
+	// volume and creates <MirrorDir>/<Volume>.img when the placement's
+	// task arrives (agent replication.volume_dir).
+	MirrorDir string
 	Schedule             string // the primary's rate schedule towards the mirror host ("" unlimited)
 	TaskInterval         time.Duration
 }
@@ -316,6 +320,16 @@ func (l *Lab) SetVolumeCopy(v VolumeCopy) {
 			p.Schedule = v.Schedule
 			peers = []agent.PeerCfg{p}
 		case v.MirrorHost:
+			if v.MirrorDir != "" {
+				r, err := l.Replication(h.Name)
+				if err != nil {
+					return err
+				}
+				r.Volumes, r.Peers, r.VolumeDir = nil, nil, v.MirrorDir
+				r.TaskInterval = agent.Duration(v.TaskInterval)
+				c.Replication = r
+				return nil
+			}
 			vol = agent.VolumeCfg{Name: v.Volume, Path: v.Mirror, Role: "mirror", AllowedPeers: []string{v.PrimaryHost}}
 		default:
 			return nil

@@ -138,10 +138,12 @@ func TestPredictivePlacement(t *testing.T) {
 	})
 	e.dumpOnFailure()
 
-	// The volume: random data on m-core; m-us declares a mirror of it
-	// that only m-core may fill.
+	// The volume: random data on m-core; m-us declares no volume but a
+	// volume_dir, where the placement's task creates the mirror that only
+	// m-core may fill.
 	vols := t.TempDir()
-	coreImg, usImg := filepath.Join(vols, "m-core.img"), filepath.Join(vols, "m-us.img")
+	coreImg, usDir := filepath.Join(vols, "m-core.img"), filepath.Join(vols, "m-us")
+	usImg := filepath.Join(usDir, predResource+".img")
 	data := make([]byte, predSize)
 	rng := rand.NewChaCha8([32]byte{'p', 'l', 'a', 'c', 'e'})
 	rng.Read(data)
@@ -151,7 +153,7 @@ func TestPredictivePlacement(t *testing.T) {
 	// The copy is throttled so that it takes about 2 s: long enough to
 	// see that no flow goes to m-us while it is incomplete.
 	l.SetVolumeCopy(lab.VolumeCopy{Volume: predResource, PrimaryHost: "m-core", Primary: coreImg,
-		MirrorHost: "m-us", Mirror: usImg, Schedule: copyRate, TaskInterval: time.Second})
+		MirrorHost: "m-us", MirrorDir: usDir, Schedule: copyRate, TaskInterval: time.Second})
 
 	e.startController(lab.ControllerSetup{Bin: bin, Objects: predictiveObjects(e.tb), Replicators: []string{"m-core", "m-us"},
 		// Two-second buckets: forecasts, and the manager's evaluations,
