@@ -301,9 +301,9 @@ type VolumeCopy struct {
 	// MirrorDir, when set, replaces Mirror: the mirror host declares no
 	// volume and creates <MirrorDir>/<Volume>.img when the placement's
 	// task arrives (agent replication.volume_dir).
-	MirrorDir string
-	Schedule             string // the primary's rate schedule towards the mirror host ("" unlimited)
-	TaskInterval         time.Duration
+	MirrorDir    string
+	Schedule     string // the primary's rate schedule towards the mirror host ("" unlimited)
+	TaskInterval time.Duration
 }
 
 // SetVolumeCopy makes the agents of v's two hosts run replicators for it
