@@ -300,6 +300,12 @@ func (c *Config) Validate() error {
 	if c.Probe.Interval < 0 {
 		return errors.New("probe.interval: negative")
 	}
+	if c.Probe.Shortlist < 0 {
+		return errors.New("probe.shortlist: negative")
+	}
+	if c.Probe.SurveyInterval < 0 {
+		return errors.New("probe.survey_interval: negative")
+	}
 	if c.Replication != nil {
 		if err := c.Replication.validate(); err != nil {
 			return err

@@ -2,12 +2,14 @@ package agent
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,8 +52,33 @@ type ProbeCfg struct {
 	// Interval. A dead mirror in use is then out of the tables in well
 	// under a second, while the others cost a probe every Interval.
 	ActiveInterval Duration `yaml:"active_interval"`
+	// Shortlist bounds how many mirrors are probed every Interval: the
+	// mirrors in use plus the nearest others by estimated RTT (and any
+	// never measured); the rest are surveyed every SurveyInterval, and
+	// their estimates stay usable by the controller for a few survey
+	// intervals. Default DefaultShortlist; it matters only with more
+	// mirrors than that.
+	Shortlist int `yaml:"shortlist"`
+	// SurveyInterval is the probe period of mirrors outside the
+	// shortlist; default DefaultSurveyInterval, never below Interval.
+	SurveyInterval Duration `yaml:"survey_interval"`
 	Port           uint16   `yaml:"port"` // UDP echo port on mirrors; default 9461
 	Disabled       bool     `yaml:"disabled"`
+}
+
+// DefaultShortlist and DefaultSurveyInterval: with 32 mirrors probed
+// every 2 s and the rest every 30 s, an edge of a 1,000-mirror fleet
+// sends about 48 probes a second instead of 500.
+const (
+	DefaultShortlist      = 32
+	DefaultSurveyInterval = 30 * time.Second
+)
+
+func (p ProbeCfg) shortlist() int {
+	if p.Shortlist == 0 {
+		return DefaultShortlist
+	}
+	return p.Shortlist
 }
 
 // DefaultProbePort is the mirrors' UDP echo port.
@@ -110,6 +137,7 @@ type controlPlane struct {
 	mu      sync.Mutex
 	health  map[probe.Target]probe.Health
 	targets []probe.Target
+	active  []probe.Target // of targets: the mirrors carrying this edge's traffic
 	prev    map[pmaps.CounterKey]pmaps.Counter
 	cpu     cpuSampler
 	// The version whose replication tasks were last applied, so their
@@ -156,8 +184,12 @@ func newControlPlane(a *Agent) (*controlPlane, error) {
 		if active == 0 {
 			active = probe.DefaultActiveInterval
 		}
+		survey := time.Duration(a.cfg.Probe.SurveyInterval)
+		if survey == 0 {
+			survey = DefaultSurveyInterval
+		}
 		cp.sched, err = probe.NewScheduler(probe.SchedulerConfig{
-			Schedule:   probe.Schedule{Interval: interval, Active: active},
+			Schedule:   probe.Schedule{Interval: interval, Active: active, Survey: survey},
 			UDP:        &probe.UDPProber{},
 			OnResult:   cp.observe,
 			TimeoutFor: cp.timeoutFor,
@@ -269,12 +301,89 @@ func (cp *controlPlane) updateTargets() {
 		ts = append(ts, probe.Target{Mirror: uint32(id), Kind: probe.KindUDP,
 			Addr: netip.AddrPortFrom(m.Addr, a.cfg.Probe.port()).String()})
 	}
+	active := activeTargets(c, ts)
 	cp.mu.Lock()
-	cp.targets = ts
+	cp.targets, cp.active = ts, active
 	cp.mu.Unlock()
-	cp.sched.SetActive(activeTargets(c, ts))
+	cp.sched.SetActive(active)
+	cp.sched.SetSurvey(surveyTargets(ts, active, cp.probes, a.cfg.Probe.shortlist()))
 	cp.sched.SetTargets(ts)
 	cp.probes.Retain(ts)
+}
+
+// updateShortlist re-ranks the probe targets by their latest estimates
+// (a far mirror that came closer joins the shortlist at its next survey
+// probe) and sets the probe-class gauges.
+func (cp *controlPlane) updateShortlist() {
+	if cp.sched == nil {
+		return
+	}
+	cp.mu.Lock()
+	ts, active := cp.targets, cp.active
+	cp.mu.Unlock()
+	survey := surveyTargets(ts, active, cp.probes, cp.a.cfg.Probe.shortlist())
+	cp.sched.SetSurvey(survey)
+	m := cp.a.metrics
+	m.probeTargets.WithLabelValues("active").Set(float64(len(active)))
+	m.probeTargets.WithLabelValues("shortlist").Set(float64(len(ts) - len(active) - len(survey)))
+	m.probeTargets.WithLabelValues("survey").Set(float64(len(survey)))
+}
+
+// surveyTargets returns the targets outside the shortlist of k: every
+// active target is in it, then the others nearest first by estimated
+// RTT — never-measured ones before all (they must be measured once),
+// healthy ones before the rest — until k; the remaining ones are
+// surveyed.
+func surveyTargets(ts, active []probe.Target, tbl *probe.Table, k int) []probe.Target {
+	if len(ts) <= k {
+		return nil
+	}
+	isActive := map[probe.Target]bool{}
+	for _, t := range active {
+		isActive[t] = true
+	}
+	type ranked struct {
+		t       probe.Target
+		unknown bool
+		down    bool
+		rtt     time.Duration
+	}
+	var rs []ranked
+	for _, t := range ts {
+		if isActive[t] {
+			continue
+		}
+		r := ranked{t: t, unknown: true}
+		if est, ok := tbl.Get(t); ok && est.Probes > 0 {
+			r = ranked{t: t, down: est.Health == probe.HealthDown, rtt: est.RTT}
+		}
+		rs = append(rs, r)
+	}
+	slices.SortStableFunc(rs, func(a, b ranked) int {
+		switch {
+		case a.unknown != b.unknown:
+			if a.unknown {
+				return -1
+			}
+			return 1
+		case a.down != b.down:
+			if b.down {
+				return -1
+			}
+			return 1
+		case a.rtt != b.rtt:
+			return cmp.Compare(a.rtt, b.rtt)
+		}
+		return cmp.Compare(a.t.Mirror, b.t.Mirror)
+	})
+	keep := max(k-len(active), 0)
+	var out []probe.Target
+	for i, r := range rs {
+		if i >= keep {
+			out = append(out, r.t)
+		}
+	}
+	return out
 }
 
 // activeTargets are the probe targets of the mirrors that carry this
@@ -340,10 +449,14 @@ func (cp *controlPlane) probeResults() []*pb.ProbeResult {
 	a.mu.Lock()
 	names := a.compiled.MirrorNames
 	a.mu.Unlock()
+	// Reports come every second or two: re-rank the shortlist with them.
+	cp.updateShortlist()
 	var out []*pb.ProbeResult
 	for t, est := range cp.probes.Snapshot() {
 		if n, ok := names[pmaps.MirrorID(t.Mirror)]; ok {
-			out = append(out, control.ProbeResult(n, est))
+			r := control.ProbeResult(n, est)
+			r.IntervalNs = int64(cp.sched.Interval(t))
+			out = append(out, r)
 		}
 	}
 	return out

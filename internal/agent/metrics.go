@@ -37,6 +37,7 @@ type metrics struct {
 	taskErrors    *prometheus.CounterVec
 	tasks         *prometheus.GaugeVec
 	nextStart     prometheus.Gauge
+	probeTargets  *prometheus.GaugeVec
 
 	mu           sync.Mutex
 	sessionCount int
@@ -86,6 +87,13 @@ func newMetrics(a *Agent) *metrics {
 			Namespace: ns, Name: "replication_task_next_start_timestamp_seconds",
 			Help: "When the next held replication task starts (unix seconds; 0 when none is held).",
 		}),
+		probeTargets: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: ns, Name: "probe_targets",
+			Help: "Mirrors this edge probes, by class: active (carrying its traffic, every probe.active_interval), shortlist (every probe.interval) and survey (every probe.survey_interval).",
+		}, []string{"class"}),
+	}
+	for _, c := range []string{"active", "shortlist", "survey"} {
+		m.probeTargets.WithLabelValues(c)
 	}
 	m.tasks.WithLabelValues("held")
 	m.tasks.WithLabelValues("started")
@@ -117,6 +125,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.taskErrors.Describe(ch)
 	m.tasks.Describe(ch)
 	m.nextStart.Describe(ch)
+	m.probeTargets.Describe(ch)
 }
 
 func name(names map[uint32]string, id uint32) string {
@@ -242,6 +251,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	m.taskErrors.Collect(ch)
 	m.tasks.Collect(ch)
 	m.nextStart.Collect(ch)
+	m.probeTargets.Collect(ch)
 }
 
 // sessionsCached counts sessions at most every 10 s: a count walks the

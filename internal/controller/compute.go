@@ -177,7 +177,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 			if !ok {
 				continue
 			}
-			if lp := p.GetLastProbeUnixNano(); lp != 0 && now.Sub(time.Unix(0, lp)) > cfg.ProbeMaxAge {
+			if lp := p.GetLastProbeUnixNano(); lp != 0 && now.Sub(time.Unix(0, lp)) > probeMaxAge(cfg.ProbeMaxAge, p) {
 				continue
 			}
 			est := probe.Estimate{
@@ -510,4 +510,16 @@ func replicationTasks(w *world) []*pb.ReplicationTask {
 		}
 	}
 	return out
+}
+
+// surveyAgeFactor: an estimate of a mirror its edge probes only every
+// interval_ns (a survey of a mirror outside the edge's shortlist) stays
+// usable for this many intervals, so a far mirror remains a candidate
+// between its rare probes instead of blinking in and out of the routes.
+const surveyAgeFactor = 3
+
+// probeMaxAge is how old p's latest probe may be: the configured bound,
+// or a few of its edge's probe intervals when they are longer.
+func probeMaxAge(base time.Duration, p *pb.ProbeResult) time.Duration {
+	return max(base, surveyAgeFactor*time.Duration(p.GetIntervalNs()))
 }

@@ -242,3 +242,34 @@ func TestRouteRecordRestores(t *testing.T) {
 		t.Fatal("corrupt snapshot restored")
 	}
 }
+
+// TestProbeAgeFollowsTheEdgesInterval: an estimate older than the probe
+// max age is ignored, unless its edge probes that mirror only every
+// interval_ns (a survey outside its shortlist): then a few intervals.
+func TestProbeAgeFollowsTheEdgesInterval(t *testing.T) {
+	s := computeWorld()
+	up := pb.Health_HEALTH_UP
+	old := func(mirror string, rtt int, age, interval time.Duration) *pb.ProbeResult {
+		p := pr(mirror, rtt, up)
+		p.LastProbeUnixNano = t0.Add(-age).UnixNano()
+		p.IntervalNs = int64(interval)
+		return p
+	}
+	for _, tc := range []struct {
+		name          string
+		age, interval time.Duration
+		want          bool
+	}{
+		{"fresh", time.Second, 0, true},
+		{"stale, no interval", 20 * time.Second, 0, false},
+		{"stale for a 2 s interval", 20 * time.Second, 2 * time.Second, false},
+		{"20 s old, surveyed every 30 s", 20 * time.Second, 30 * time.Second, true},
+		{"100 s old, surveyed every 30 s", 100 * time.Second, 30 * time.Second, false},
+	} {
+		s.live = []*pb.LiveReport{edgeReport("e1", "eu", t0, pr("paris", 10, up), old("nyc", 80, tc.age, tc.interval))}
+		in, _ := buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
+		if _, ok := pathOf(in, 1, 2); ok != tc.want {
+			t.Errorf("%s: eu→nyc used %v, want %v", tc.name, ok, tc.want)
+		}
+	}
+}

@@ -74,6 +74,12 @@ type Schedule struct {
 	// than Interval; 0: Interval. Failover time follows it, probe load
 	// the much larger Interval of everything else.
 	Active time.Duration
+	// Survey is the mean time between two probes of a target marked as
+	// surveyed (Scheduler.SetSurvey: a mirror outside the edge's
+	// shortlist of nearest ones), when longer than Interval; 0: Interval.
+	// With hundreds of mirrors, probe load follows the shortlist, while
+	// the survey still notices a far mirror that came closer.
+	Survey time.Duration
 }
 
 // Validate checks the fields, naming the bad one.
@@ -85,6 +91,8 @@ func (s Schedule) Validate() error {
 		return fmt.Errorf("probe Jitter %v: must be below 1", s.Jitter)
 	case s.Active < 0:
 		return fmt.Errorf("probe Active %v: must be positive", s.Active)
+	case s.Survey < 0:
+		return fmt.Errorf("probe Survey %v: must be positive", s.Survey)
 	}
 	return nil
 }
@@ -106,6 +114,14 @@ func (s Schedule) First(r *rand.Rand) time.Duration {
 func (s Schedule) activeInterval() time.Duration {
 	if s.Active > 0 && s.Active < s.interval() {
 		return s.Active
+	}
+	return s.interval()
+}
+
+// surveyInterval is the period of a surveyed target.
+func (s Schedule) surveyInterval() time.Duration {
+	if s.Survey > s.interval() {
+		return s.Survey
 	}
 	return s.interval()
 }
@@ -149,6 +165,7 @@ type Scheduler struct {
 	wake    map[Target]chan struct{} // a loop's nudge: it became active
 	wanted  []Target
 	active  map[Target]bool
+	survey  map[Target]bool
 	wg      sync.WaitGroup
 	seed    uint64
 	stopped bool // Run has returned; no loop may start any more
@@ -215,7 +232,7 @@ func NewScheduler(cfg SchedulerConfig) (*Scheduler, error) {
 	}
 	return &Scheduler{
 		sched: cfg.Schedule, timeout: to, retry: retry, activeRetry: activeRetry, retries: retries, timeoutF: cfg.TimeoutFor,
-		active:   map[Target]bool{},
+		active: map[Target]bool{}, survey: map[Target]bool{},
 		onResult: cfg.OnResult, log: log, metrics: cfg.Metrics,
 		probers: map[Kind]Prober{KindTCP: cfg.TCP, KindUDP: cfg.UDP},
 		targets: map[Target]context.CancelFunc{}, wake: map[Target]chan struct{}{}, seed: seed,
@@ -253,11 +270,51 @@ func (s *Scheduler) SetActive(ts []Target) {
 	}
 }
 
+// SetSurvey marks the targets probed only every Schedule.Survey (from
+// their next probe on); an active target is never surveyed. A target
+// leaving the survey is probed within an Interval, not at the end of its
+// long wait. Safe at any time.
+func (s *Scheduler) SetSurvey(ts []Target) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	was := s.survey
+	s.survey = make(map[Target]bool, len(ts))
+	for _, t := range ts {
+		s.survey[t] = true
+	}
+	for t := range was {
+		if w := s.wake[t]; w != nil && !s.survey[t] {
+			select {
+			case w <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
 // isActive reports whether t is marked active.
 func (s *Scheduler) isActive(t Target) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.active[t]
+}
+
+// Interval returns the mean period t is probed at now: the active, the
+// survey or the plain interval.
+func (s *Scheduler) Interval(t Target) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.intervalLocked(t)
+}
+
+func (s *Scheduler) intervalLocked(t Target) time.Duration {
+	switch {
+	case s.active[t]:
+		return s.sched.activeInterval()
+	case s.survey[t]:
+		return s.sched.surveyInterval()
+	}
+	return s.sched.interval()
 }
 
 // reconcile starts and stops loops to match wanted; s.mu is held.
@@ -326,9 +383,10 @@ func (s *Scheduler) loop(ctx context.Context, t Target, r *rand.Rand, wake <-cha
 		case <-ctx.Done():
 			return
 		case <-wake:
-			// Became active: the next probe within an active interval.
+			// Became active, or left the survey: the next probe within
+			// its new interval.
 			timer.Stop()
-			timer.Reset(time.Duration(r.Float64() * float64(s.sched.activeInterval())))
+			timer.Reset(time.Duration(r.Float64() * float64(s.Interval(t))))
 			continue
 		case <-timer.C:
 		}
@@ -349,10 +407,8 @@ func (s *Scheduler) loop(ctx context.Context, t Target, r *rand.Rand, wake <-cha
 			timer.Reset(s.activeRetry) // confirm a failure fast
 		case failed > 0 && failed <= s.retries:
 			timer.Reset(s.retry)
-		case active:
-			timer.Reset(s.sched.next(r, s.sched.activeInterval()))
 		default:
-			timer.Reset(s.sched.Next(r))
+			timer.Reset(s.sched.next(r, s.Interval(t)))
 		}
 	}
 }

@@ -123,3 +123,61 @@ func TestActiveTargetsProbedFaster(t *testing.T) {
 		t.Fatalf("target made inactive still probed %d times in 200 ms", n)
 	}
 }
+
+// TestSurveyedTargetsProbedRarely: a surveyed target is probed every
+// Schedule.Survey, the others every Interval; one that leaves the survey
+// is nudged at once; Interval reports each target's period; an active
+// target is never surveyed.
+func TestSurveyedTargetsProbedRarely(t *testing.T) {
+	var mu sync.Mutex
+	count := map[uint32]int{}
+	fp := &fakeProber{rtt: map[string]time.Duration{}}
+	sch := Schedule{Interval: 20 * time.Millisecond, Active: 10 * time.Millisecond, Survey: time.Hour}
+	s, err := NewScheduler(SchedulerConfig{Schedule: sch, UDP: fp,
+		OnResult: func(r Result) {
+			mu.Lock()
+			count[r.Target.Mirror]++
+			mu.Unlock()
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := Target{Mirror: 1, Kind: KindUDP, Addr: "192.0.2.1:9"}
+	b := Target{Mirror: 2, Kind: KindUDP, Addr: "192.0.2.2:9"}
+	c := Target{Mirror: 3, Kind: KindUDP, Addr: "192.0.2.3:9"}
+	s.SetActive([]Target{c})
+	s.SetSurvey([]Target{b, c})
+	for tg, want := range map[Target]time.Duration{a: 20 * time.Millisecond, b: time.Hour, c: 10 * time.Millisecond} {
+		if got := s.Interval(tg); got != want {
+			t.Errorf("Interval(%d) = %v, want %v", tg.Mirror, got, want)
+		}
+	}
+	s.SetTargets([]Target{a, b, c})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { _ = s.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	got := func(m uint32) int {
+		mu.Lock()
+		defer mu.Unlock()
+		return count[m]
+	}
+	waitUntil := func(what string, ok func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for !ok() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: a %d probes, b %d, c %d", what, got(1), got(2), got(3))
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	// b's first probe falls within one Interval, then it waits an hour.
+	waitUntil("plain and active targets probed", func() bool { return got(1) >= 15 && got(3) >= 15 })
+	if n := got(2); n > 1 {
+		t.Fatalf("surveyed target probed %d times", n)
+	}
+	s.SetSurvey(nil)
+	waitUntil("target out of the survey probed again", func() bool { return got(2) >= 5 })
+}

@@ -44,7 +44,7 @@ func TestScheduleBounds(t *testing.T) {
 			}
 		})
 	}
-	for _, bad := range []Schedule{{Interval: -1}, {Jitter: 1}, {Jitter: 1.5}, {Active: -time.Second}} {
+	for _, bad := range []Schedule{{Interval: -1}, {Jitter: 1}, {Jitter: 1.5}, {Active: -time.Second}, {Survey: -time.Second}} {
 		if bad.Validate() == nil {
 			t.Errorf("%+v accepted", bad)
 		}

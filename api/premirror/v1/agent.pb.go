@@ -717,8 +717,13 @@ type ProbeResult struct {
 	Probes  uint64 `protobuf:"varint,9,opt,name=probes,proto3" json:"probes,omitempty"`
 	// Time of the latest probe (unix nanoseconds).
 	LastProbeUnixNano int64 `protobuf:"varint,10,opt,name=last_probe_unix_nano,json=lastProbeUnixNano,proto3" json:"last_probe_unix_nano,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The mean period this node probes the mirror at: the active interval
+	// for mirrors carrying its traffic, the survey interval for mirrors
+	// outside its shortlist. The controller ignores an estimate older than
+	// a few of these (and never younger than its probe max age). 0: unknown.
+	IntervalNs    int64 `protobuf:"varint,11,opt,name=interval_ns,json=intervalNs,proto3" json:"interval_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ProbeResult) Reset() {
@@ -817,6 +822,13 @@ func (x *ProbeResult) GetProbes() uint64 {
 func (x *ProbeResult) GetLastProbeUnixNano() int64 {
 	if x != nil {
 		return x.LastProbeUnixNano
+	}
+	return 0
+}
+
+func (x *ProbeResult) GetIntervalNs() int64 {
+	if x != nil {
+		return x.IntervalNs
 	}
 	return 0
 }
@@ -1141,7 +1153,7 @@ const file_premirror_v1_agent_proto_rawDesc = "" +
 	"\tmirror_id\x18\x03 \x01(\rR\bmirrorId\x12\x1b\n" +
 	"\tnew_flows\x18\x04 \x01(\x04R\bnewFlows\x12\x18\n" +
 	"\apackets\x18\x05 \x01(\x04R\apackets\x12\x14\n" +
-	"\x05bytes\x18\x06 \x01(\x04R\x05bytes\"\xb2\x02\n" +
+	"\x05bytes\x18\x06 \x01(\x04R\x05bytes\"\xd3\x02\n" +
 	"\vProbeResult\x12\x16\n" +
 	"\x06mirror\x18\x01 \x01(\tR\x06mirror\x12\x15\n" +
 	"\x06rtt_ns\x18\x02 \x01(\x03R\x05rttNs\x12\x1b\n" +
@@ -1153,7 +1165,9 @@ const file_premirror_v1_agent_proto_rawDesc = "" +
 	"\asamples\x18\b \x01(\x04R\asamples\x12\x16\n" +
 	"\x06probes\x18\t \x01(\x04R\x06probes\x12/\n" +
 	"\x14last_probe_unix_nano\x18\n" +
-	" \x01(\x03R\x11lastProbeUnixNano\"`\n" +
+	" \x01(\x03R\x11lastProbeUnixNano\x12\x1f\n" +
+	"\vinterval_ns\x18\v \x01(\x03R\n" +
+	"intervalNs\"`\n" +
 	"\tNodeStats\x12'\n" +
 	"\x0fcpu_utilization\x18\x01 \x01(\x01R\x0ecpuUtilization\x12*\n" +
 	"\x11memory_used_bytes\x18\x02 \x01(\x04R\x0fmemoryUsedBytes\"\x95\x02\n" +
