@@ -118,13 +118,27 @@ func (c *Counts) Locations() []LocationTotal {
 // ErrEmpty is returned when writing counts of no request.
 var ErrEmpty = errors.New("no requests counted")
 
-// WriteCSV writes timestamp,location,value rows, every bucket from the
-// first to the last request's and every location (zero counts written,
-// so a quiet bucket is an observed zero, not a gap). top > 0 keeps the
-// top locations by total and sums the rest into "other"; top ≤ 0 keeps
-// every location. total writes timestamp,value (all locations summed)
-// instead.
-func (c *Counts) WriteCSV(w io.Writer, top int, total bool) error {
+// WriteOptions shape the CSV WriteCSV writes.
+type WriteOptions struct {
+	// Top > 0 keeps the Top locations by total requests and sums the rest
+	// into "other"; 0 keeps every location.
+	Top int
+	// Total writes timestamp,value (all locations summed) instead of
+	// timestamp,location,value.
+	Total bool
+	// KeepPartial keeps the first and last buckets. By default they are
+	// dropped: the log starts and ends inside them, so they hold only part
+	// of a bucket's requests (forecast.Table.Series drops partial buckets
+	// the same way).
+	KeepPartial bool
+}
+
+// WriteCSV writes rows for every bucket from the first to the last
+// request's and every location, zero counts included, so a quiet bucket
+// is an observed zero, not a gap. Locations are sorted by name, "other"
+// last.
+func (c *Counts) WriteCSV(w io.Writer, o WriteOptions) error {
+	top, total := o.Top, o.Total
 	if c.total == 0 {
 		return ErrEmpty
 	}
@@ -160,6 +174,13 @@ func (c *Counts) WriteCSV(w io.Writer, top int, total bool) error {
 	for k, v := range c.cells {
 		grid[int(k.bucket-c.minB)*len(names)+colOut[k.loc]] += v
 	}
+	from, to := int64(0), nb
+	if !o.KeepPartial {
+		if nb < 3 {
+			return fmt.Errorf("%w: the requests span %d bucket(s) of %v, all partial (use a shorter step or keep partial buckets)", ErrEmpty, nb, c.step)
+		}
+		from, to = 1, nb-1
+	}
 	bw := bufio.NewWriter(w)
 	if total {
 		bw.WriteString("timestamp,value\n")
@@ -167,7 +188,7 @@ func (c *Counts) WriteCSV(w io.Writer, top int, total bool) error {
 		bw.WriteString("timestamp,location,value\n")
 	}
 	var buf []byte
-	for b := int64(0); b < nb; b++ {
+	for b := from; b < to; b++ {
 		ts := time.Unix(0, (c.minB+b)*int64(c.step)).UTC().Format(time.DateTime)
 		row := grid[int(b)*len(names) : int(b+1)*len(names)]
 		if total {

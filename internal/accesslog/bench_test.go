@@ -90,7 +90,7 @@ func BenchmarkScanLines(b *testing.B) {
 // figures SOURCES.md states — 10,000 lines, 1,753 client addresses,
 // 2015-05-17..20. One line (8899) is cut off inside its user agent: it is
 // counted as an unterminated quote and skipped, the other 9,999 parse
-// (three hold Apache's \\xNN escapes of non-ASCII bytes). Only counts are checked
+// (three hold Apache's \xNN escapes of non-ASCII bytes). Only counts are checked
 // or printed, never an address.
 func TestDevApacheLog(t *testing.T) {
 	data := devLog(t)

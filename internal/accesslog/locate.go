@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"sort"
 	"strings"
+
+	"github.com/premirror/premirror/internal/geoip"
 )
 
 // ErrPrefixes marks a bad prefix table; the message names the entry.
@@ -154,4 +156,25 @@ func CheckLocation(name string) error {
 		return fmt.Errorf("location name %q contains %q", name, name[i])
 	}
 	return nil
+}
+
+// GeoIP locates clients by country with legacy GeoIP country databases:
+// V4 answers IPv4 clients, V6 IPv6 clients (either may be nil). The
+// location is the two-letter country code ("US", or a pseudo-code such as
+// "EU" or "A1"); an address the database does not list is unknown.
+type GeoIP struct {
+	V4, V6 *geoip.DB
+}
+
+// Locate implements Locator.
+func (g GeoIP) Locate(a netip.Addr) (string, bool) {
+	a = a.Unmap()
+	db := g.V6
+	if a.Is4() {
+		db = g.V4
+	}
+	if db == nil {
+		return "", false
+	}
+	return db.Country(a)
 }

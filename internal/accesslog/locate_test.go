@@ -89,7 +89,7 @@ func TestCountsCSV(t *testing.T) {
 		t.Fatalf("total %d unknown %d", c.Total(), c.Unknown())
 	}
 	var b strings.Builder
-	if err := c.WriteCSV(&b, 2, false); err != nil {
+	if err := c.WriteCSV(&b, WriteOptions{Top: 2, KeepPartial: true}); err != nil {
 		t.Fatal(err)
 	}
 	want := `timestamp,location,value
@@ -107,14 +107,14 @@ func TestCountsCSV(t *testing.T) {
 		t.Fatalf("top 2:\n%s\nwant\n%s", b.String(), want)
 	}
 	b.Reset()
-	if err := c.WriteCSV(&b, 0, true); err != nil {
+	if err := c.WriteCSV(&b, WriteOptions{Total: true, KeepPartial: true}); err != nil {
 		t.Fatal(err)
 	}
 	if want := "timestamp,value\n2015-05-17 10:00:00,8\n2015-05-17 11:00:00,0\n2015-05-17 12:00:00,4\n"; b.String() != want {
 		t.Fatalf("total:\n%s", b.String())
 	}
 	b.Reset()
-	if err := c.WriteCSV(&b, 0, false); err != nil {
+	if err := c.WriteCSV(&b, WriteOptions{KeepPartial: true}); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(b.String(), "2015-05-17 12:00:00,unknown,1\n") || strings.Count(b.String(), "\n") != 1+3*5 {
@@ -124,18 +124,26 @@ func TestCountsCSV(t *testing.T) {
 	if locs[0] != (LocationTotal{"US", 5}) || locs[1] != (LocationTotal{"DE", 3}) || locs[len(locs)-1].Requests != 1 {
 		t.Fatalf("locations %v", locs)
 	}
+	old, _ := NewCounts(time.Hour, nil, "")
+	old.Add(netip.MustParseAddr("10.0.0.1"), time.Date(1969, 12, 31, 23, 30, 0, 0, time.UTC))
+	// By default the first and last (partial) buckets are dropped.
+	b.Reset()
+	if err := c.WriteCSV(&b, WriteOptions{Total: true}); err != nil || b.String() != "timestamp,value\n2015-05-17 11:00:00,0\n" {
+		t.Fatalf("trimmed: %v\n%s", err, b.String())
+	}
+	if err := old.WriteCSV(&b, WriteOptions{}); !errors.Is(err, ErrEmpty) || !strings.Contains(err.Error(), "all partial") {
+		t.Fatalf("one bucket trimmed: %v", err)
+	}
 	empty, _ := NewCounts(time.Minute, nil, "nowhere")
-	if err := empty.WriteCSV(&b, 0, false); !errors.Is(err, ErrEmpty) {
+	if err := empty.WriteCSV(&b, WriteOptions{}); !errors.Is(err, ErrEmpty) {
 		t.Fatalf("empty: %v", err)
 	}
 	if _, err := NewCounts(0, nil, ""); err == nil {
 		t.Fatal("zero step accepted")
 	}
 	// Buckets align to the epoch, also before 1970 (floor, not truncation).
-	old, _ := NewCounts(time.Hour, nil, "")
-	old.Add(netip.MustParseAddr("10.0.0.1"), time.Date(1969, 12, 31, 23, 30, 0, 0, time.UTC))
 	b.Reset()
-	if err := old.WriteCSV(&b, 0, true); err != nil || !strings.Contains(b.String(), "1969-12-31 23:00:00,1") {
+	if err := old.WriteCSV(&b, WriteOptions{Total: true, KeepPartial: true}); err != nil || !strings.Contains(b.String(), "1969-12-31 23:00:00,1") {
 		t.Fatalf("pre-epoch: %v %s", err, b.String())
 	}
 }
