@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/premirror/premirror/internal/geoip"
 )
 
 // syntheticLog is n combined-format lines from 2,000 clients, one second
@@ -48,8 +50,8 @@ func benchIngest(b *testing.B, data []byte, loc Locator) {
 			rec := r.Record()
 			c.Add(rec.Client, rec.Time)
 		}
-		if r.Err() != nil || int(c.Total()) != lines {
-			b.Fatalf("err %v, %d of %d lines", r.Err(), c.Total(), lines)
+		if st := r.Stats(); r.Err() != nil || int(st.Lines) != lines || c.Total() != uint64(st.Records) {
+			b.Fatalf("err %v, %d counted, stats %+v, %d lines", r.Err(), c.Total(), st, lines)
 		}
 	}
 	b.ReportMetric(float64(lines)*float64(b.N)/b.Elapsed().Seconds(), "lines/s")
@@ -66,6 +68,15 @@ func BenchmarkIngest(b *testing.B) {
 	}
 	b.Run("synthetic", func(b *testing.B) { benchIngest(b, syntheticLog(20000), tab) })
 	b.Run("apache_dev_log", func(b *testing.B) { benchIngest(b, devLog(b), tab) })
+	// The same with Debian's GeoIP country databases as the locator.
+	b.Run("apache_dev_log_geoip", func(b *testing.B) {
+		v4, err4 := geoip.Open("/usr/share/GeoIP/GeoIP.dat")
+		v6, err6 := geoip.Open("/usr/share/GeoIP/GeoIPv6.dat")
+		if err4 != nil || err6 != nil {
+			b.Skipf("GeoIP databases absent (apt-get install geoip-database): %v %v", err4, err6)
+		}
+		benchIngest(b, devLog(b), GeoIP{V4: v4, V6: v6})
+	})
 }
 
 // BenchmarkScanLines is the baseline: a bufio.Scanner reading the same
