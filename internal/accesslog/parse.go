@@ -98,17 +98,25 @@ func (f *Format) ParseLine(line []byte, rec *Record) Reason {
 }
 
 // quotedEnd returns the index of the first double quote in b not escaped
-// by a backslash, or -1.
+// by a backslash, or -1. A quote is escaped when an odd number of
+// backslashes precede it (Apache writes \" and \\).
 func quotedEnd(b []byte) int {
-	for i := 0; i < len(b); i++ {
-		switch b[i] {
-		case '\\':
-			i++ // skip the escaped byte (\" and \\ as Apache writes them)
-		case '"':
+	off := 0
+	for {
+		i := bytes.IndexByte(b[off:], '"')
+		if i < 0 {
+			return -1
+		}
+		i += off
+		n := 0
+		for j := i - 1; j >= 0 && b[j] == '\\'; j-- {
+			n++
+		}
+		if n%2 == 0 {
 			return i
 		}
+		off = i + 1
 	}
-	return -1
 }
 
 func setField(kind fieldKind, val []byte, rec *Record) Reason {
@@ -236,6 +244,16 @@ func parseUint(b []byte) (int64, bool) {
 
 var months = [...]string{"Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"}
 
+// monthOf returns 1..12 for an English month abbreviation, 0 otherwise.
+func monthOf(a, b, c byte) int {
+	for i, m := range months {
+		if m[0] == a && m[1] == b && m[2] == c {
+			return i + 1
+		}
+	}
+	return 0
+}
+
 // parseCLFTime reads 17/May/2015:10:05:03 +0000 (time.Parse layout
 // "02/Jan/2006:15:04:05 -0700") into UTC without allocating.
 func parseCLFTime(b []byte) (time.Time, bool) {
@@ -253,12 +271,7 @@ func parseCLFTime(b []byte) (time.Time, bool) {
 		return n
 	}
 	day, year, hh, mm, ss := num(b[0:2]), num(b[7:11]), num(b[12:14]), num(b[15:17]), num(b[18:20])
-	mon := 0
-	for i, m := range months {
-		if string(b[3:6]) == m {
-			mon = i + 1
-		}
-	}
+	mon := monthOf(b[3], b[4], b[5])
 	zh, zm := num(b[22:24]), num(b[24:26])
 	if mon == 0 || day < 1 || year < 0 || hh < 0 || hh > 23 || mm < 0 || mm > 59 || ss < 0 || ss > 59 ||
 		zh < 0 || zh > 23 || zm < 0 || zm > 59 || (b[21] != '+' && b[21] != '-') {
