@@ -313,3 +313,51 @@ func TestMatchesGeoiplookup(t *testing.T) {
 		})
 	}
 }
+
+// BenchmarkParse: validating Debian's IPv4 and IPv6 databases on load.
+func BenchmarkParse(b *testing.B) {
+	for _, name := range []string{"GeoIP.dat", "GeoIPv6.dat"} {
+		b.Run(name, func(b *testing.B) {
+			raw, err := os.ReadFile("/usr/share/GeoIP/" + name)
+			if err != nil {
+				b.Skipf("%v (apt-get install geoip-database)", err)
+			}
+			b.SetBytes(int64(len(raw)))
+			for b.Loop() {
+				if _, err := Parse(raw); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkCountry: one lookup in Debian's IPv4 database (random
+// addresses), against the synthetic database's shallow tree.
+func BenchmarkCountry(b *testing.B) {
+	b4, _ := testDB(b)
+	small, err := Parse(b4)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 1))
+	addrs := make([]netip.Addr, 1024)
+	for i := range addrs {
+		addrs[i] = netip.AddrFrom4([4]byte{byte(rng.UintN(224)), byte(rng.UintN(256)), byte(rng.UintN(256)), byte(rng.UintN(256))})
+	}
+	run := func(b *testing.B, db *DB) {
+		i := 0
+		for b.Loop() {
+			db.Country(addrs[i&1023])
+			i++
+		}
+	}
+	b.Run("synthetic", func(b *testing.B) { run(b, small) })
+	b.Run("debian_v4", func(b *testing.B) {
+		db, err := Open("/usr/share/GeoIP/GeoIP.dat")
+		if err != nil {
+			b.Skipf("%v (apt-get install geoip-database)", err)
+		}
+		run(b, db)
+	})
+}
