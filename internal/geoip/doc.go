@@ -36,7 +36,8 @@
 // Parse walks every node reachable from the root once and refuses the file
 // with ErrCorrupt if a record points outside the file or back to an
 // earlier node (writers number children after parents; Debian's files
-// have no backward record), or a path is longer than the address, so lookups cannot read out of bounds or loop. Validating Debian's
+// have no backward record), or a path is longer than the address, so
+// lookups cannot read out of bounds or loop. Validating Debian's
 // databases takes 4–12 ms (IPv4, 2 MB) and 35–85 ms (IPv6, 8 MB) on a
 // loaded 2-vCPU machine (BenchmarkParse); a lookup 60–110 ns.
 package geoip
