@@ -269,7 +269,7 @@ func ingestOne(ctx context.Context, name string, stdin io.Reader, f *accesslog.F
 		}
 	}
 	err := lr.Err()
-	if errors.Is(err, accesslog.ErrNoRecords) && len(opt.Name) > 0 {
+	if errors.Is(err, accesslog.ErrNoRecords) {
 		err = fmt.Errorf("%w (is --format right?)", err)
 	}
 	return lr.Stats(), err

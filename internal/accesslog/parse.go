@@ -127,13 +127,10 @@ func setField(kind fieldKind, val []byte, rec *Record) Reason {
 			return ReasonBadClient
 		}
 		rec.Client = a
-	case fieldTimeCLF:
-		t, ok := parseCLFTime(val[1 : len(val)-1])
-		if !ok {
-			return ReasonBadTime
+	case fieldTimeCLF, fieldTimeBare:
+		if kind == fieldTimeCLF {
+			val = val[1 : len(val)-1] // ParseLine checked the brackets
 		}
-		rec.Time = t
-	case fieldTimeBare:
 		t, ok := parseCLFTime(val)
 		if !ok {
 			return ReasonBadTime
