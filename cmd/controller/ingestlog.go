@@ -35,14 +35,15 @@ country databases, /usr/share/GeoIP/GeoIP.dat and GeoIPv6.dat from the
 geoip-database package). Addresses none of them knows count as --unknown.
 Every bucket between the first and the last request is written for every
 location, zeros included; the first and last buckets, which the log only
-partly covers, are dropped unless --keep-partial. Malformed lines are counted by reason and
-skipped (--strict: the first one is an error naming the line); the summary
-goes to standard error.
+partly covers, are dropped unless --keep-partial. Malformed lines are
+counted by reason and skipped (--strict: the first one is an error naming
+the line); the summary, counts only, goes to standard error.
 
 Examples:
   controller forecast ingest-log --geoip /usr/share/GeoIP/GeoIP.dat \
-      --geoip6 /usr/share/GeoIP/GeoIPv6.dat --step 15m --top 5 -o counts.csv access.log
-  controller forecast backtest --csv counts.csv --train 48h --season 24h --min-origins 24
+      --geoip6 /usr/share/GeoIP/GeoIPv6.dat --top 5 -o counts.csv access.log*.gz
+  controller forecast ingest-log --prefixes prefixes.csv --format nginx < access.log
+  controller forecast backtest --csv counts.csv --min-origins 21   # a short log: fewer origins
   controller forecast locations --csv counts.csv --test-from 2015-05-20
 
 To feed the counts to a running controller, write them with --objects (so
