@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
+
 	"github.com/premirror/premirror/internal/accesslog"
 	"github.com/premirror/premirror/internal/cli"
 )
@@ -218,5 +220,83 @@ func TestIngestLogGeoIP(t *testing.T) {
 	}
 	if _, _, err := ingest(t, nil, "--format", "common", "--geoip", v6, log); err == nil || !strings.Contains(err.Error(), "edition 12, want 1") {
 		t.Fatalf("swapped databases: %v", err)
+	}
+}
+
+// TestIngestLogReplay is the documented pipe into a running controller:
+// ingest-log --objects (locations = the controller's site names) writes
+// the counts, replay-access reports them as an edge agent over mutual
+// TLS, and the leader's forecast shows them per site.
+func TestIngestLogReplay(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	dir := t.TempDir()
+	// 40 hours: every hour 20 requests from eu's 10.1.0.0/16 and 7 from
+	// us's 10.2.0.0/16, plus one client in no site.
+	var b bytes.Buffer
+	start := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
+	for h := range 40 {
+		at := start.Add(time.Duration(h) * time.Hour)
+		for i := range 28 {
+			addr := "10.1.0.7"
+			switch {
+			case i >= 27:
+				addr = "198.51.100.1"
+			case i >= 20:
+				addr = "10.2.3.4"
+			}
+			fmt.Fprintf(&b, `%s - - [%s] "GET / HTTP/1.1" 200 1`+"\n", addr, at.Add(time.Duration(i)*time.Minute).Format("02/Jan/2006:15:04:05 -0700"))
+		}
+	}
+	logPath := writeTemp(t, "access.log", b.String())
+	counts := filepath.Join(dir, "counts.csv")
+	if _, summary, err := ingest(t, nil, "--format", "common", "--objects", forecastObjects, "-o", counts, logPath); err != nil ||
+		!strings.Contains(summary, "located by prefixes 1080, unknown 40; 3 locations: eu 800, us 280, unknown 40") {
+		t.Fatalf("ingest: %v\n%s", err, summary)
+	}
+
+	certs := filepath.Join(dir, "certs")
+	if _, err := ctl(t, "certs", "--dir", certs, "--agents", "replay-eu"); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- commands.Run(ctx, []string{"run", "--name", "solo", "--listen", addr, "--tls-dir", certs,
+			"--data-dir", filepath.Join(dir, "etcd"), "--etcd-listen", freeAddr(t), "--etcd-peer-listen", freeAddr(t),
+			"--metrics-addr", "", "--tick", "100ms", "--report-interval", "100ms",
+			"--forecast-step", "2s", "--forecast-window", "16", "--forecast-horizon", "4", "--forecast-grace", "1s"})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	admin := []string{"--server", addr, "--tls-dir", certs}
+	waitFor(t, "controller serving", 30*time.Second, func() bool {
+		_, err := ctl(t, append([]string{"apply", "-f", forecastObjects}, admin...)...)
+		return err == nil
+	})
+	rctx, rcancel := context.WithCancel(context.Background())
+	replayDone := make(chan error, 1)
+	go func() {
+		replayDone <- commands.Run(rctx, []string{"replay-access", "--server", addr, "--tls-dir", certs, "--tls-name", "replay-eu",
+			"--site", "eu", "--csv", counts, "--resource", "web", "--speedup", "1800", "--report-interval", "100ms"})
+	}()
+	defer func() {
+		rcancel()
+		if err := <-replayDone; err != nil {
+			t.Errorf("replay-access: %v", err)
+		}
+	}()
+	var out string
+	waitFor(t, "forecast of web with both sites' observed counts", 40*time.Second, func() bool {
+		var err error
+		out, err = ctl(t, append([]string{"forecast", "show", "web"}, admin...)...)
+		return err == nil && strings.Contains(out, "20 / ") && strings.Contains(out, "7 / ")
+	})
+	if testing.Verbose() {
+		t.Log("\n" + out)
 	}
 }
