@@ -118,6 +118,10 @@ func runIngestLog(ctx context.Context, args []string, stdin io.Reader, out, errO
 		if err != nil {
 			return err
 		}
+		if len(o.files) > 1 && st.Skipped() > 0 {
+			// Line numbers are per file: name the file they belong to.
+			fmt.Fprintf(errOut, "ingest-log: %s: %d lines, malformed skipped: %s\n", name, st.Lines, st.Summary())
+		}
 	}
 	if counts.Total() == 0 {
 		return fmt.Errorf("ingest-log: %w in %s (%d lines)", accesslog.ErrEmpty, strings.Join(o.files, ", "), stats.Lines)
@@ -140,7 +144,11 @@ func runIngestLog(ctx context.Context, args []string, stdin io.Reader, out, errO
 		}
 	}
 	// The summary: counts only, never an address.
-	fmt.Fprintf(errOut, "ingest-log: %d lines, %d requests, malformed skipped: %s\n", stats.Lines, stats.Records, stats.Summary())
+	if len(o.files) > 1 {
+		fmt.Fprintf(errOut, "ingest-log: %d files, %d lines, %d requests, %d malformed lines skipped\n", len(o.files), stats.Lines, stats.Records, stats.Skipped())
+	} else {
+		fmt.Fprintf(errOut, "ingest-log: %d lines, %d requests, malformed skipped: %s\n", stats.Lines, stats.Records, stats.Summary())
+	}
 	var by []string
 	for _, s := range srcs {
 		by = append(by, fmt.Sprintf("%s %d", s.name, s.hits))

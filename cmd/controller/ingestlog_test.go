@@ -115,6 +115,12 @@ func TestIngestLogPrefixes(t *testing.T) {
 	if err != nil || !strings.Contains(out, "2024-03-01 05:00:00,other,6\n2024-03-01 05:00:00,paris,18\n") && !strings.Contains(out, "2024-03-01 05:00:00,paris,18\n2024-03-01 05:00:00,other,6\n") {
 		t.Fatalf("top: %v\n%s", err, out)
 	}
+	// Two files: the per-file summary names the file of each line number.
+	_, summary, err = ingest(t, nil, "--prefixes", prefixes, logPath, gzPath)
+	if err != nil || !strings.Contains(summary, gzPath+": 130 lines, malformed skipped: unterminated_quote=1 (first line 61)") ||
+		!strings.Contains(summary, "2 files, 260 lines, 258 requests, 2 malformed lines skipped") {
+		t.Fatalf("two files: %v\n%s", err, summary)
+	}
 	csvPath := filepath.Join(t.TempDir(), "counts.csv")
 	if _, _, err = ingest(t, nil, "--prefixes", prefixes, "--total", "-o", csvPath, logPath); err != nil {
 		t.Fatal(err)
