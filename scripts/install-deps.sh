@@ -13,6 +13,10 @@ have iperf3    || need+=(iperf3)
 have rsync     || need+=(rsync)
 have ethtool   || need+=(ethtool)
 [ -d /usr/include/asm ] || [ -d /usr/include/x86_64-linux-gnu/asm ] || need+=(linux-libc-dev)
+# Legacy GeoIP country databases for `controller forecast ingest-log --geoip`
+# and geoiplookup, which internal/geoip's tests compare the reader against.
+[ -f /usr/share/GeoIP/GeoIP.dat ] && [ -f /usr/share/GeoIP/GeoIPv6.dat ] || need+=(geoip-database)
+have geoiplookup || need+=(geoip-bin)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

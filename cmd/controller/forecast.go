@@ -21,7 +21,7 @@ import (
 func init() {
 	commands.Register(cli.Command{
 		Name:    "forecast",
-		Summary: "prediction engine: show (from the running controller); offline tools backtest, locations, explain",
+		Summary: "prediction engine: show (from the running controller); offline tools backtest, locations, explain, ingest-log",
 		Run: func(ctx context.Context, args []string) error {
 			return runForecast(ctx, args, os.Stdout)
 		},
@@ -38,6 +38,8 @@ func runForecast(ctx context.Context, args []string, out io.Writer) error {
 		Run: func(ctx context.Context, a []string) error { return runLocations(ctx, a, out) }})
 	sub.Register(cli.Command{Name: "explain", Summary: "Mirroring Score breakdown for a resource whose per-region demand is a CSV",
 		Run: func(ctx context.Context, a []string) error { return runExplain(ctx, a, out) }})
+	sub.Register(cli.Command{Name: "ingest-log", Summary: "Apache/Nginx access logs → per-location request counts CSV (client prefixes, GeoIP countries)",
+		Run: func(ctx context.Context, a []string) error { return runIngestLog(ctx, a, os.Stdin, out, os.Stderr) }})
 	if len(args) == 0 {
 		sub.Usage(out)
 		return fmt.Errorf("%w: forecast needs a subcommand", cli.ErrUsage)

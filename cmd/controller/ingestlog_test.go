@@ -1,0 +1,308 @@
+package main
+
+import (
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/premirror/premirror/internal/accesslog"
+	"github.com/premirror/premirror/internal/cli"
+)
+
+// synthLog writes a combined-format log: hours 0..5 of 2024-03-01, each
+// hour 10+h requests from 10.1.0.7 (paris), 5 from 10.2.0.9 (nyc), 3 from
+// 2001:db8:1::5 (paris) and 1 from 192.0.2.1 (no prefix), plus one
+// malformed line.
+func synthLog(t *testing.T) (string, []byte) {
+	t.Helper()
+	var b bytes.Buffer
+	start := time.Date(2024, 3, 1, 0, 0, 0, 0, time.UTC)
+	line := func(addr string, at time.Time) {
+		fmt.Fprintf(&b, `%s - - [%s] "GET /disk.img HTTP/1.1" 200 4096 "-" "qemu/8.2"`+"\n", addr, at.Format("02/Jan/2006:15:04:05 -0700"))
+	}
+	for h := range 6 {
+		at := start.Add(time.Duration(h) * time.Hour)
+		for i := range 10 + h {
+			line("10.1.0.7", at.Add(time.Duration(i)*time.Minute))
+		}
+		for i := range 5 {
+			line("10.2.0.9", at.Add(time.Duration(30+i)*time.Minute))
+		}
+		for i := range 3 {
+			line("2001:db8:1::5", at.Add(time.Duration(40+i)*time.Minute))
+		}
+		line("192.0.2.1", at.Add(50*time.Minute))
+		if h == 2 {
+			b.WriteString(`10.1.0.7 - - [01/Mar/2024:02:59:00 +0000] "GET /cut-off` + "\n")
+		}
+	}
+	p := filepath.Join(t.TempDir(), "access.log")
+	if err := os.WriteFile(p, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p, b.Bytes()
+}
+
+func writeTemp(t *testing.T, name, content string) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func ingest(t *testing.T, stdin []byte, args ...string) (string, string, error) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	err := runIngestLog(context.Background(), args, bytes.NewReader(stdin), &out, &errOut)
+	return out.String(), errOut.String(), err
+}
+
+func TestIngestLogPrefixes(t *testing.T) {
+	logPath, raw := synthLog(t)
+	prefixes := writeTemp(t, "prefixes.csv", "prefix,region\n10.1.0.0/16,paris\n10.2.0.0/16,nyc\n2001:db8:1::/48,paris\n")
+	out, summary, err := ingest(t, nil, "--prefixes", prefixes, "--keep-partial", logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want strings.Builder
+	want.WriteString("timestamp,location,value\n")
+	for h := range 6 {
+		ts := fmt.Sprintf("2024-03-01 %02d:00:00", h)
+		fmt.Fprintf(&want, "%s,nyc,5\n%s,paris,%d\n%s,unknown,1\n", ts, ts, 13+h, ts)
+	}
+	if out != want.String() {
+		t.Fatalf("csv:\n%s\nwant\n%s", out, want.String())
+	}
+	for _, s := range []string{"130 lines, 129 requests", "unterminated_quote=1 (first line 61)", "located by prefixes 123, unknown 6", "3 locations: paris 93, nyc 30, unknown 6"} {
+		if !strings.Contains(summary, s) {
+			t.Errorf("summary lacks %q:\n%s", s, summary)
+		}
+	}
+
+	// The same log from standard input, gzipped from a file, and by a
+	// controller objects file (site client_prefixes) give the same table.
+	objects := writeTemp(t, "objects.yaml", "sites:\n  - {name: paris, client_prefixes: [10.1.0.0/16, \"2001:db8:1::/48\"]}\n  - {name: nyc, client_prefixes: [10.2.0.0/16]}\n")
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	zw.Write(raw)
+	zw.Close()
+	gzPath := writeTemp(t, "access.log.gz", gz.String())
+	for _, args := range [][]string{
+		{"--prefixes", prefixes, "--keep-partial"},
+		{"--prefixes", prefixes, "--keep-partial", "-"},
+		{"--objects", objects, "--keep-partial", gzPath},
+	} {
+		got, _, err := ingest(t, raw, args...)
+		if err != nil || got != want.String() {
+			t.Fatalf("%v: %v\n%s", args, err, got)
+		}
+	}
+
+	// --top 1 folds nyc and unknown into other; --total sums; default
+	// drops the partial first and last hours; -o writes a file.
+	out, _, err = ingest(t, nil, "--prefixes", prefixes, "--top", "1", "--keep-partial", logPath)
+	if err != nil || !strings.Contains(out, "2024-03-01 05:00:00,other,6\n2024-03-01 05:00:00,paris,18\n") && !strings.Contains(out, "2024-03-01 05:00:00,paris,18\n2024-03-01 05:00:00,other,6\n") {
+		t.Fatalf("top: %v\n%s", err, out)
+	}
+	// Two files: the per-file summary names the file of each line number.
+	_, summary, err = ingest(t, nil, "--prefixes", prefixes, logPath, gzPath)
+	if err != nil || !strings.Contains(summary, gzPath+": 130 lines, malformed skipped: unterminated_quote=1 (first line 61)") ||
+		!strings.Contains(summary, "2 files, 260 lines, 258 requests, 2 malformed lines skipped") {
+		t.Fatalf("two files: %v\n%s", err, summary)
+	}
+	csvPath := filepath.Join(t.TempDir(), "counts.csv")
+	if _, _, err = ingest(t, nil, "--prefixes", prefixes, "--total", "-o", csvPath, logPath); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(csvPath)
+	if want := "timestamp,value\n2024-03-01 01:00:00,20\n2024-03-01 02:00:00,21\n2024-03-01 03:00:00,22\n2024-03-01 04:00:00,23\n"; string(b) != want {
+		t.Fatalf("total:\n%s", b)
+	}
+}
+
+// TestIngestLogFeedsForecast: the CSV ingest-log writes is the input the
+// backtest and the location scoring read.
+func TestIngestLogFeedsForecast(t *testing.T) {
+	var b bytes.Buffer
+	start := time.Date(2024, 3, 1, 0, 0, 0, 0, time.UTC)
+	for h := range 24 * 9 {
+		at := start.Add(time.Duration(h) * time.Hour)
+		n := 3 + (h%24)/2
+		for i := range n {
+			addr := "10.1.0.7"
+			if i%3 == 0 {
+				addr = "10.2.0.9"
+			}
+			fmt.Fprintf(&b, `%s - - [%s] "GET / HTTP/1.1" 200 1`+"\n", addr, at.Add(time.Duration(i)*time.Minute).Format("02/Jan/2006:15:04:05 -0700"))
+		}
+	}
+	logPath := writeTemp(t, "access.log", b.String())
+	prefixes := writeTemp(t, "p.csv", "10.1.0.0/16,paris\n10.2.0.0/16,nyc\n")
+	csvPath := filepath.Join(t.TempDir(), "counts.csv")
+	if _, _, err := ingest(t, nil, "--format", "common", "--prefixes", prefixes, "-o", csvPath, logPath); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	if err := runForecast(context.Background(), []string{"backtest", "--csv", csvPath, "--methods", "naive,snaive_day",
+		"--train", "72h", "--min-origins", "24", "--json-all"}, &out); err != nil {
+		t.Fatalf("backtest: %v\n%s", err, out.String())
+	}
+	if n := strings.Count(out.String(), `"method"`); n != 4 || !strings.Contains(out.String(), `"series":"counts/paris"`) {
+		t.Fatalf("backtest rows:\n%s", out.String())
+	}
+	out.Reset()
+	if err := runForecast(context.Background(), []string{"locations", "--csv", csvPath, "--test-from", "2024-03-08", "--horizons", "1"}, &out); err != nil {
+		t.Fatalf("locations: %v\n%s", err, out.String())
+	}
+	if !strings.Contains(out.String(), "locations [nyc paris]") {
+		t.Fatalf("locations:\n%s", out.String())
+	}
+}
+
+func TestIngestLogErrors(t *testing.T) {
+	logPath, _ := synthLog(t)
+	badPrefixes := writeTemp(t, "bad.csv", "10.1.0.0/16,paris\n10.1.0.1/16,nyc\n")
+	dupObjects := writeTemp(t, "o.yaml", "sites:\n  - {name: a, client_prefixes: [10.1.0.0/16]}\n")
+	dupPrefixes := writeTemp(t, "d.csv", "10.1.0.0/16,a\n")
+	for _, tc := range []struct {
+		args  []string
+		usage bool
+		msg   string
+	}{
+		{[]string{"--format", "%h %l", logPath}, true, "no timestamp field"},
+		{[]string{"--step", "0s", logPath}, true, "--step"},
+		{[]string{"--top", "-1", logPath}, true, "--top"},
+		{[]string{"--unknown", "a,b", logPath}, true, "--unknown"},
+		{[]string{"/nonexistent.log"}, false, "no such file"},
+		{[]string{"--format", "nginx", "--strict", logPath}, false, "line 61: malformed log line (unterminated_quote)"},
+		{[]string{"--format", "%h %t", logPath}, false, "no line matched the log format"},
+		{[]string{"--prefixes", badPrefixes, logPath}, false, "bad.csv line 2: bad prefix table: 10.1.0.1/16 has host bits set"},
+		{[]string{"--prefixes", dupPrefixes, "--objects", dupObjects, logPath}, false, `site "a" client_prefixes[0]: bad prefix table: 10.1.0.0/16 listed twice`},
+		{[]string{"--geoip", logPath, logPath}, false, "corrupt GeoIP database"},
+	} {
+		_, _, err := ingest(t, nil, tc.args...)
+		if err == nil || errors.Is(err, cli.ErrUsage) != tc.usage || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%v: got %v, want usage=%v containing %q", tc.args, err, tc.usage, tc.msg)
+		}
+	}
+	if _, _, err := ingest(t, nil, "--keep-partial"); !errors.Is(err, accesslog.ErrEmpty) {
+		t.Errorf("empty stdin: %v", err)
+	}
+}
+
+// TestIngestLogGeoIP maps the synthetic log with Debian's databases when
+// installed: documentation prefixes are in no country.
+func TestIngestLogGeoIP(t *testing.T) {
+	v4, v6 := "/usr/share/GeoIP/GeoIP.dat", "/usr/share/GeoIP/GeoIPv6.dat"
+	for _, p := range []string{v4, v6} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("%s absent (apt-get install geoip-database)", p)
+		}
+	}
+	log := writeTemp(t, "a.log", `8.8.8.8 - - [01/Mar/2024:00:00:00 +0000] "GET / HTTP/1.1" 200 1
+2001:4860:4860::8888 - - [01/Mar/2024:00:00:01 +0000] "GET / HTTP/1.1" 200 1
+192.0.2.1 - - [01/Mar/2024:00:00:02 +0000] "GET / HTTP/1.1" 200 1
+`)
+	out, summary, err := ingest(t, nil, "--format", "common", "--geoip", v4, "--geoip6", v6, "--unknown", "nowhere", "--keep-partial", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "timestamp,location,value\n2024-03-01 00:00:00,US,2\n2024-03-01 00:00:00,nowhere,1\n"; out != want {
+		t.Fatalf("csv:\n%s", out)
+	}
+	if !strings.Contains(summary, "located by geoip 2, nowhere 1") {
+		t.Fatalf("summary %s", summary)
+	}
+	if _, _, err := ingest(t, nil, "--format", "common", "--geoip", v6, log); err == nil || !strings.Contains(err.Error(), "edition 12, want 1") {
+		t.Fatalf("swapped databases: %v", err)
+	}
+}
+
+// TestIngestLogReplay is the documented pipe into a running controller:
+// ingest-log --objects (locations = the controller's site names) writes
+// the counts, replay-access reports them as an edge agent over mutual
+// TLS, and the leader's forecast shows them per site.
+func TestIngestLogReplay(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	dir := t.TempDir()
+	// 40 hours: every hour 20 requests from eu's 10.1.0.0/16 and 7 from
+	// us's 10.2.0.0/16, plus one client in no site.
+	var b bytes.Buffer
+	start := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
+	for h := range 40 {
+		at := start.Add(time.Duration(h) * time.Hour)
+		for i := range 28 {
+			addr := "10.1.0.7"
+			switch {
+			case i >= 27:
+				addr = "198.51.100.1"
+			case i >= 20:
+				addr = "10.2.3.4"
+			}
+			fmt.Fprintf(&b, `%s - - [%s] "GET / HTTP/1.1" 200 1`+"\n", addr, at.Add(time.Duration(i)*time.Minute).Format("02/Jan/2006:15:04:05 -0700"))
+		}
+	}
+	logPath := writeTemp(t, "access.log", b.String())
+	counts := filepath.Join(dir, "counts.csv")
+	if _, summary, err := ingest(t, nil, "--format", "common", "--objects", forecastObjects, "-o", counts, logPath); err != nil ||
+		!strings.Contains(summary, "located by prefixes 1080, unknown 40; 3 locations: eu 800, us 280, unknown 40") {
+		t.Fatalf("ingest: %v\n%s", err, summary)
+	}
+
+	certs := filepath.Join(dir, "certs")
+	if _, err := ctl(t, "certs", "--dir", certs, "--agents", "replay-eu"); err != nil {
+		t.Fatal(err)
+	}
+	addr := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- commands.Run(ctx, []string{"run", "--name", "solo", "--listen", addr, "--tls-dir", certs,
+			"--data-dir", filepath.Join(dir, "etcd"), "--etcd-listen", freeAddr(t), "--etcd-peer-listen", freeAddr(t),
+			"--metrics-addr", "", "--tick", "100ms", "--report-interval", "100ms",
+			"--forecast-step", "2s", "--forecast-window", "16", "--forecast-horizon", "4", "--forecast-grace", "1s"})
+	}()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}()
+	admin := []string{"--server", addr, "--tls-dir", certs}
+	waitFor(t, "controller serving", 30*time.Second, func() bool {
+		_, err := ctl(t, append([]string{"apply", "-f", forecastObjects}, admin...)...)
+		return err == nil
+	})
+	rctx, rcancel := context.WithCancel(context.Background())
+	replayDone := make(chan error, 1)
+	go func() {
+		replayDone <- commands.Run(rctx, []string{"replay-access", "--server", addr, "--tls-dir", certs, "--tls-name", "replay-eu",
+			"--site", "eu", "--csv", counts, "--resource", "web", "--speedup", "1800", "--report-interval", "100ms"})
+	}()
+	defer func() {
+		rcancel()
+		if err := <-replayDone; err != nil {
+			t.Errorf("replay-access: %v", err)
+		}
+	}()
+	var out string
+	waitFor(t, "forecast of web with both sites' observed counts", 40*time.Second, func() bool {
+		var err error
+		out, err = ctl(t, append([]string{"forecast", "show", "web"}, admin...)...)
+		return err == nil && strings.Contains(out, "20 / ") && strings.Contains(out, "7 / ")
+	})
+	if testing.Verbose() {
+		t.Log("\n" + out)
+	}
+}
