@@ -2,12 +2,14 @@ package maps
 
 import (
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/premirror/premirror/internal/maps/internal/benchprog"
 	"github.com/premirror/premirror/internal/maps/mapstest"
+	"golang.org/x/sys/unix"
 )
 
 // harness runs programs through BPF_PROG_TEST_RUN with the frame restored
@@ -31,7 +33,10 @@ func (h *harness) timeRun(b *testing.B, prog *ebpf.Program, frame []byte, n int)
 	var ret uint32
 	var d time.Duration
 	var err error
-	h.f.env.do(func() { ret, d, err = prog.Benchmark(frame, n, nil) })
+	h.f.env.do(func() {
+		defer pinCPU()()
+		ret, d, err = prog.Benchmark(frame, n, nil)
+	})
 	if err != nil {
 		b.Fatalf("benchmark run: %v", err)
 	}
@@ -163,4 +168,35 @@ func BenchmarkRouter(b *testing.B) {
 		}
 		report(b, d-overhead)
 	})
+}
+
+// pinCPU keeps the calling thread on one CPU until the returned function
+// is called. A long BPF_PROG_TEST_RUN is restarted after a signal (EINTR:
+// Go's preemption signals on a busy machine) and may resume on another
+// CPU, whose per-CPU flow sequence (bench.bpf.c) starts elsewhere: the
+// warm-up then repeats flows instead of creating 1M distinct ones (695K
+// live were seen), and the "established" figure would include new flows.
+func pinCPU() func() {
+	runtime.LockOSThread()
+	var old, one unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &old); err != nil {
+		runtime.UnlockOSThread()
+		return func() {} // not pinned: the session count check still guards the figure
+	}
+	cpu := 0
+	for i := range 1024 {
+		if old.IsSet(i) {
+			cpu = i
+			break
+		}
+	}
+	one.Set(cpu)
+	if err := unix.SchedSetaffinity(0, &one); err != nil {
+		runtime.UnlockOSThread()
+		return func() {}
+	}
+	return func() {
+		_ = unix.SchedSetaffinity(0, &old)
+		runtime.UnlockOSThread()
+	}
 }
