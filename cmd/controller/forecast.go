@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"os"
 	"sort"
@@ -142,6 +144,7 @@ type backtestRowAll struct {
 	PinballH12 *float64 `json:"pinball_h12"`
 	Window     int      `json:"train_buckets"`
 	Origins    int      `json:"origins"`
+	ZeroScale  int      `json:"zero_scale_origins"`
 	Step       string   `json:"step"`
 	MarkedH1   *float64 `json:"marked_mase_h1,omitempty"`
 	MarkedH12  *float64 `json:"marked_mase_h12,omitempty"`
@@ -178,6 +181,10 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 	methods := fs.String("methods", "", "comma-separated methods (naive,snaive_day,snaive_week,ets,hybrid,hybrid_nofeeds,hybrid_nogru,hybrid_noyear,hybrid_nopool,blr); default baselines+hybrid")
 	noCov := fs.Bool("no-covariates", false, "ignore covariate columns")
 	mark := fs.String("mark", "", "also report errors on days where a covariate exceeds a value, e.g. liq_precp_1hr>0,snow_depth_in>0 (calendar days are always marked)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), backtestHelp)
+		fs.PrintDefaults()
+	}
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -197,9 +204,11 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	if !*jsonOut && !*jsonAll {
-		fmt.Fprintln(tw, "series\tmethod\ttrain_h\torigins\tmase_h1\tmase_h12\tmase_1to12\tsmape_h1\tsmape_h12\tcov80_h1\tcov80_h12\tpinball_h1\tpinball_h12\tvs_best_h1\tvs_best_h12\tmarked_h1\tmarked_h12\t")
+		fmt.Fprintln(tw, "series\tmethod\ttrain_h\torigins\tmase_h1\tmase_h12\tmase_1to12\tsmape_h1\tsmape_h12\tcov80_h1\tcov80_h12\tpinball_h1\tpinball_h12\tvs_best_h1\tvs_best_h12\tmarked_h1\tmarked_h12\tzero_scale\t")
 	}
 	enc := json.NewEncoder(out)
+	ran := 0
+	var skipped []error
 	for _, s := range series {
 		if len(want) > 0 && !want[s.Name] {
 			continue
@@ -234,9 +243,17 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 			EventDays:  forecast.MarkedDays(s, feeds, conds...),
 		}
 		res, err := forecast.Backtest(ctx, s, feeds, specs, cfg)
+		if errors.Is(err, forecast.ErrTooShort) && len(series) > 1 {
+			// One location of a per-location file with a few rows must
+			// not cost the others their results; say so and go on.
+			slog.Warn("backtest: location skipped", "series", s.Name, "reason", err)
+			skipped = append(skipped, err)
+			continue
+		}
 		if err != nil {
 			return err
 		}
+		ran++
 		best := forecast.BestBaseline(res)
 		for _, r := range res {
 			row := backtestRow{Series: r.Series, Method: r.Method,
@@ -246,7 +263,7 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 			switch {
 			case *jsonAll:
 				all := backtestRowAll{backtestRow: row, PinballH1: num(at(r.Pinball, 1)), PinballH12: num(at(r.Pinball, 12)),
-					Window: r.Window, Origins: r.Origins, Step: r.Step.String()}
+					Window: r.Window, Origins: r.Origins, ZeroScale: r.ZeroScale, Step: r.Step.String()}
 				if r.MarkedN[0] > 0 {
 					all.MarkedH1, all.MarkedH12, all.MarkedN = num(at(r.MarkedMASE, 1)), num(at(r.MarkedMASE, 12)), r.MarkedN[0]
 				}
@@ -258,18 +275,45 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 					return err
 				}
 			default:
-				fmt.Fprintf(tw, "%s\t%s\t%.0f\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", strings.ReplaceAll(r.Series, " ", "_"), r.Method,
+				fmt.Fprintf(tw, "%s\t%s\t%.0f\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", strings.ReplaceAll(r.Series, " ", "_"), r.Method,
 					float64(r.Window)*r.Step.Hours(), r.Origins,
 					f3(at(r.MASE, 1)), f3(at(r.MASE, 12)), f3(r.MASE1toH()),
 					f1(at(r.SMAPE, 1)), f1(at(r.SMAPE, 12)), f3(at(r.Cover80, 1)), f3(at(r.Cover80, 12)),
 					f3(at(r.Pinball, 1)), f3(at(r.Pinball, 12)),
 					f3(at(r.MASE, 1)/best[0]), f3(at(r.MASE, 12)/best[1]),
-					f3(at(r.MarkedMASE, 1)), f3(at(r.MarkedMASE, 12)))
+					f3(at(r.MarkedMASE, 1)), f3(at(r.MarkedMASE, 12)), r.ZeroScale)
 			}
 		}
 	}
+	if ran == 0 && len(skipped) > 0 {
+		return errors.Join(skipped...)
+	}
 	return tw.Flush()
 }
+
+// backtestHelp is printed above the flags of `forecast backtest --help`.
+const backtestHelp = `Usage: controller forecast backtest --csv FILE [flags]
+
+Rolling-origin backtest of the hybrid and the baselines. Input: a CSV of
+timestamp,value or timestamp,location,value (header optional; comma,
+semicolon or tab separated; a byte-order mark, CRLF and quoted fields are
+fine; extra numeric columns are covariates, extra text columns are ignored
+with a warning). Rows may come in any order. The bucket length is the
+median gap between timestamps (--step/--hourly aggregate further).
+  * repeated rows (same timestamp, location and value) are dropped, with a
+    warning; several values in one bucket are combined by --agg;
+  * missing buckets (gaps of any length) are filled for the models but
+    never scored, and no forecast is made from inside a gap;
+  * a location is backtested over its own span (first to last row); one
+    too short for the protocol is skipped with a warning;
+  * MASE is undefined at an origin whose training window has no
+    seasonal-naive error (a constant window): such origins are left out of
+    MASE and pinball (counted as zero_scale), and a series where every
+    origin is like that prints "-" (null in --json).
+A series shorter than two MASE seasons of training + --min-origins +
+--horizon buckets is an error naming what it needs.
+
+`
 
 func f3(v float64) string {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
@@ -346,7 +390,7 @@ func runLocations(ctx context.Context, args []string, out io.Writer) error {
 		enc := json.NewEncoder(out)
 		for _, s := range scores {
 			if err := enc.Encode(map[string]any{"series": seriesName(sf.csv), "method": s.Method, "horizon": s.Horizon,
-				"cross_entropy_per_request": *num(s.CE), "kl_per_request": *num(s.KL), "test_buckets": s.Buckets,
+				"cross_entropy_per_request": num(s.CE), "kl_per_request": num(s.KL), "test_buckets": s.Buckets,
 				"test_requests": s.Requests, "params": s.Params}); err != nil {
 				return err
 			}

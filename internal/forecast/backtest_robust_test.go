@@ -108,4 +108,3 @@ func TestSeasonalNaiveSlidingErrors(t *testing.T) {
 		}
 	}
 }
-
