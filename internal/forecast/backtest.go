@@ -224,6 +224,7 @@ func runMethod(ctx context.Context, s *Series, feeds *Feeds, spec MethodSpec, cf
 		return r, fmt.Errorf("%s on %s: %w", spec.Name, s.Name, err)
 	}
 	nS := make([]int, H) // targets counted for sMAPE/coverage (no scale needed)
+	nanFc := 0           // targets left unscored because the forecast was NaN
 	for i := 0; i <= last; i++ {
 		if i%512 == 0 && ctx.Err() != nil {
 			return r, ctx.Err()
@@ -243,6 +244,7 @@ func runMethod(ctx context.Context, s *Series, feeds *Feeds, spec MethodSpec, cf
 			}
 			y, q := s.Values[j], fc[h-1]
 			if math.IsNaN(q.Q50) {
+				nanFc++
 				continue
 			}
 			ae := math.Abs(y - q.Q50)
@@ -263,6 +265,9 @@ func runMethod(ctx context.Context, s *Series, feeds *Feeds, spec MethodSpec, cf
 				}
 			}
 		}
+	}
+	if nanFc > 0 {
+		slog.Warn("backtest: targets without a forecast (NaN) left unscored", "series", s.Name, "method", spec.Name, "targets", nanFc)
 	}
 	for h := 0; h < H; h++ {
 		if r.N[h] > 0 {
@@ -305,7 +310,7 @@ func Baselines() []MethodSpec {
 		{Name: "snaive_day", New: func(s *Series, _ *Feeds, c BacktestConfig) (Method, error) {
 			d := s.StepsPerDay()
 			if d < 2 {
-				return nil, fmt.Errorf("%w: daily seasonal naive needs sub-daily buckets", ErrNotApplicable)
+				return nil, fmt.Errorf("%w: daily seasonal naive needs buckets that divide a day (have %v)", ErrNotApplicable, s.Step)
 			}
 			return NewSeasonalNaive(d, c.Window, c.Horizon), nil
 		}},
@@ -321,9 +326,26 @@ func Baselines() []MethodSpec {
 			if m < 2 {
 				m = stepsPer(s.Step, 7*24*time.Hour)
 			}
+			if err := squaresFit(s); err != nil {
+				return nil, err
+			}
 			return NewETS(m, c.Window, c.Horizon), nil
 		}},
 	}
+}
+
+// maxSquarable bounds the values the least-squares methods (ETS, the
+// hybrid) accept: their sums of squares overflow beyond about 1e154, and
+// a forecast of NaN would leave every target unscored.
+const maxSquarable = 1e100
+
+func squaresFit(s *Series) error {
+	for _, v := range s.Values {
+		if math.Abs(v) > maxSquarable {
+			return fmt.Errorf("%w: a value of %.3g; sums of squares overflow beyond %g (rescale the series)", ErrNotApplicable, v, maxSquarable)
+		}
+	}
+	return nil
 }
 
 // ErrNotApplicable marks a method that does not apply to a series (for
@@ -338,6 +360,9 @@ func HybridSpec(name string, base HybridConfig) MethodSpec {
 		cfg.Step = s.Step
 		cfg.Window = c.Window
 		cfg.Horizon = c.Horizon
+		if err := squaresFit(s); err != nil {
+			return nil, err
+		}
 		if cfg.Window < minHybridWindow {
 			// Weekly buckets with a four-week window, say: report the
 			// method as not applicable and let the baselines run.

@@ -108,3 +108,40 @@ func TestSeasonalNaiveSlidingErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestBacktestExtremeValues: values whose squares overflow make ETS and
+// the hybrid not applicable (they forecast NaN, which left every target
+// unscored and the row empty) while the baselines still run; values around
+// 1e12 and negative ones are ordinary.
+func TestBacktestExtremeValues(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name    string
+		f       func(i int) float64
+		methods []string
+	}{
+		{"around 1e12", func(i int) float64 { return 1e12 * (2 + math.Sin(float64(i)/4)) }, []string{"naive", "snaive_day", "ets", "hybrid"}},
+		{"negative", func(i int) float64 { return -100 + 10*math.Sin(float64(i)/4) }, []string{"naive", "snaive_day", "ets", "hybrid"}},
+		{"around 1e300", func(i int) float64 { return 1e300 * (1 + 0.5*math.Sin(float64(i)/4)) }, []string{"naive", "snaive_day"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := synth(900, tc.f)
+			res, err := Backtest(ctx, s, nil, Methods(s, nil, "naive,snaive_day,ets,hybrid"), BacktestConfig{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, r := range res {
+				got = append(got, r.Method)
+				for h := range r.MASE {
+					if math.IsNaN(r.MASE[h]) || math.IsInf(r.MASE[h], 0) || r.N[h] == 0 {
+						t.Fatalf("%s h=%d: MASE %v over %d targets", r.Method, h+1, r.MASE[h], r.N[h])
+					}
+				}
+			}
+			if !slices.Equal(got, tc.methods) {
+				t.Fatalf("methods %v, want %v", got, tc.methods)
+			}
+		})
+	}
+}
