@@ -3,6 +3,7 @@ package forecast
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -478,7 +479,7 @@ func (t *Table) DropDuplicates() (dropped, conflicting int) {
 		if c := rec[a].Time.Compare(rec[b].Time); c != 0 {
 			return c
 		}
-		return cmpFloat(rec[a].Value, rec[b].Value)
+		return cmp.Compare(rec[a].Value, rec[b].Value)
 	})
 	drop := make([]bool, len(rec))
 	var kept []int // kept rows of the current (location, time, value) group
@@ -517,16 +518,6 @@ func (t *Table) DropDuplicates() (dropped, conflicting int) {
 		t.Records = out
 	}
 	return dropped, conflicting
-}
-
-func cmpFloat(a, b float64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 func sameRecord(a, b *Record) bool {
