@@ -431,8 +431,9 @@ type SeriesOptions struct {
 // NativeStep is the data's sampling interval: the median of the positive
 // gaps between consecutive distinct timestamps (so missing rows, which
 // make some gaps longer, and a stray off-grid row, which makes two
-// shorter, do not change it), rounded to a whole minute, hour or day when
-// within 2% of one (timestamps jittered by a few seconds).
+// shorter, do not change it), rounded to the nearest length that divides
+// a day when within 5% of it (jittered or irregular sampling), else to a
+// whole minute, hour or day when within 2% of one.
 func (t *Table) NativeStep() (time.Duration, error) {
 	ts := make([]int64, 0, len(t.Records))
 	for _, r := range t.Records {
@@ -449,6 +450,17 @@ func (t *Table) NativeStep() (time.Duration, error) {
 	}
 	slices.Sort(gaps)
 	step := gaps[(len(gaps)-1)/2] // the lower median: an observed gap
+	// Irregular sampling (a median gap of 307 s for a 5-minute sampler
+	// with missed samples): the nearest step that divides a day, within 5%.
+	best := niceSteps[0]
+	for _, c := range niceSteps {
+		if abs64(c-step) < abs64(best-step) {
+			best = c
+		}
+	}
+	if abs64(best-step)*20 <= step {
+		return time.Duration(best) * time.Second, nil
+	}
 	for _, unit := range []int64{60, 3600, 86400} {
 		if step >= unit {
 			r := (step + unit/2) / unit * unit
@@ -458,6 +470,17 @@ func (t *Table) NativeStep() (time.Duration, error) {
 		}
 	}
 	return time.Duration(step) * time.Second, nil
+}
+
+// niceSteps are the bucket lengths (seconds) that divide a day, and a week.
+var niceSteps = []int64{1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60, 120, 180, 240, 300, 360, 600, 720, 900, 1200, 1800,
+	3600, 7200, 10800, 14400, 21600, 28800, 43200, 86400, 7 * 86400}
+
+func abs64(x int64) int64 {
+	if x < 0 {
+		return -x
+	}
+	return x
 }
 
 // DropDuplicates removes rows repeating an earlier row's timestamp,

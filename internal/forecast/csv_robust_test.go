@@ -125,6 +125,29 @@ func TestNativeStep(t *testing.T) {
 			}
 			return ts
 		}, 15 * time.Minute},
+		{"irregular 5-minute sampling with missed samples", func() (ts []time.Time) {
+			rng := rand.New(rand.NewPCG(2, 2))
+			tm := t0
+			for range 2000 {
+				if rng.Float64() > 0.05 {
+					ts = append(ts, tm)
+				}
+				tm = tm.Add(time.Duration(300+rng.IntN(241)-120) * time.Second)
+			}
+			return ts
+		}, 5 * time.Minute},
+		{"7-minute stays 7-minute", func() (ts []time.Time) {
+			for i := range 100 {
+				ts = append(ts, t0.Add(time.Duration(i)*7*time.Minute))
+			}
+			return ts
+		}, 7 * time.Minute},
+		{"90-minute stays 90-minute", func() (ts []time.Time) {
+			for i := range 100 {
+				ts = append(ts, t0.Add(time.Duration(i)*90*time.Minute))
+			}
+			return ts
+		}, 90 * time.Minute},
 		{"irregular seconds stay seconds", func() (ts []time.Time) {
 			for i := range 100 {
 				ts = append(ts, t0.Add(time.Duration(i)*7*time.Second))
