@@ -299,7 +299,8 @@ timestamp,value or timestamp,location,value (header optional; comma,
 semicolon or tab separated; a byte-order mark, CRLF and quoted fields are
 fine; extra numeric columns are covariates, extra text columns are ignored
 with a warning). Rows may come in any order. The bucket length is the
-median gap between timestamps (--step/--hourly aggregate further).
+median gap between timestamps, rounded to the nearest length dividing a
+day when within 5% (jitter); --step/--hourly aggregate further.
   * repeated rows (same timestamp, location and value) are dropped, with a
     warning; several values in one bucket are combined by --agg;
   * missing buckets (gaps of any length) are filled for the models but

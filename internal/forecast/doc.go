@@ -220,9 +220,11 @@
 // dates, Unix times. Decisions, each logged when it changes data:
 //
 //   - Bucket length: the median gap between distinct timestamps, rounded
-//     to a minute/hour/day within 2% (jitter), not the smallest gap (one
-//     off-grid row halved an hourly series' step and filled every other
-//     bucket). Several samples in one bucket combine by the aggregation.
+//     to the nearest length dividing a day within 5% (jittered or
+//     irregular sampling), not the smallest gap (one off-grid row halved
+//     an hourly series' step and filled every other bucket; a jittered
+//     5-minute series became a 297 s one). Several samples in one bucket
+//     combine by the aggregation (logged).
 //   - Repeated rows (same time, location, value, covariates) are dropped
 //     (overlapping exports); same time and location with another value is
 //     another sample of that bucket (Table.DropDuplicates).
@@ -235,7 +237,7 @@
 //     not a site without demand), and the backtest trims those ends; a
 //     location then too short for the protocol is skipped with a warning.
 //   - MASE at an origin whose window has no seasonal-naive error (constant,
-//     or below 10⁻¹² of its level: round-off) is undefined: the origin is
+//     below 10⁻¹² of its level: round-off, or no observed pair) is undefined: the origin is
 //     left out of MASE and pinball and counted (Result.ZeroScale); with none
 //     left they are NaN, printed "-" and null in JSON. sMAPE counts a zero
 //     forecast of a zero as no error. Just after a constant stretch the
