@@ -50,7 +50,7 @@ func runForecast(ctx context.Context, args []string, out io.Writer) error {
 // seriesFlags are the input flags shared by the subcommands.
 type seriesFlags struct {
 	csv, agg, step, events, covs, indexStep string
-	hourly                                  bool
+	hourly, keepRepeats                     bool
 }
 
 func (f *seriesFlags) register(fs interface {
@@ -62,6 +62,7 @@ func (f *seriesFlags) register(fs interface {
 	fs.StringVar(&f.step, "step", "", "aggregate to buckets of this length (e.g. 1h); default: the file's own step")
 	fs.StringVar(&f.indexStep, "index-step", "", "read integer timestamps as bucket numbers of this length (e.g. 1h for a time column 1, 2, 3…); default: Unix seconds (or ms, µs, ns by magnitude)")
 	fs.StringVar(&f.agg, "agg", "sum", "how samples combine into a bucket: sum (counts, bytes) or mean (gauges)")
+	fs.BoolVar(&f.keepRepeats, "keep-repeats", false, "rows are events: keep rows repeating a timestamp, location and value, and sum every sample of a bucket (default: repeats are dropped as repeated exports)")
 	fs.StringVar(&f.events, "events", "", "events calendar CSV: start,end,name,kind[,region] (kind holiday = Sunday-like day)")
 	fs.StringVar(&f.covs, "covariates", "", "extra covariates CSV: timestamp[,region],name...")
 }
@@ -94,7 +95,7 @@ func (f *seriesFlags) load() ([]*forecast.Series, []forecast.Event, *forecast.Co
 		return nil, nil, nil, fmt.Errorf("open series: %w", err)
 	}
 	defer fh.Close()
-	series, err := forecast.LoadSeries(fh, forecast.SeriesOptions{Step: step, Agg: agg, IndexStep: indexStep})
+	series, err := forecast.LoadSeries(fh, forecast.SeriesOptions{Step: step, Agg: agg, IndexStep: indexStep, KeepRepeats: f.keepRepeats})
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("read %s: %w", f.csv, err)
 	}
@@ -302,7 +303,9 @@ with a warning). Rows may come in any order. The bucket length is the
 median gap between timestamps, rounded to the nearest length dividing a
 day when within 5% (jitter); --step/--hourly aggregate further.
   * repeated rows (same timestamp, location and value) are dropped, with a
-    warning; several values in one bucket are combined by --agg;
+    warning (--keep-repeats: the rows are events, keep them); a bucket
+    holding more samples than native steps (a DST artifact) sums as their
+    mean times that number; with --agg mean it is their mean;
   * missing buckets (gaps of any length) are filled for the models but
     never scored, and no forecast is made from inside a gap;
   * a location is backtested over its own span (first to last row); one

@@ -426,6 +426,13 @@ type SeriesOptions struct {
 	IndexStep time.Duration
 	// Agg combines the samples of one bucket.
 	Agg Agg
+	// KeepRepeats keeps rows that repeat another row's timestamp,
+	// location and value (an event log with one row per request) and lets
+	// a bucket's sum grow with every sample. By default such rows are
+	// repeated exports (LoadSeries drops them) and a bucket holding more
+	// samples than the step holds native steps (a DST artifact: NAB's
+	// 02:00 hour relabelled 03:00) is summed as its mean times that number.
+	KeepRepeats bool
 }
 
 // NativeStep is the data's sampling interval: the median of the positive
@@ -640,20 +647,6 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 			holi[d.Unix()] = true
 		}
 	}
-	if step == native {
-		multi := 0
-		for _, a := range locs {
-			for _, c := range a.cnt {
-				if c > 1 {
-					multi++
-				}
-			}
-		}
-		if multi > 0 {
-			slog.Warn("series: buckets at the data's own step hold several samples; combined by the aggregation",
-				"buckets", multi, "step", step.String(), "agg", opt.Agg.String())
-		}
-	}
 	// Partial edge buckets: compare with the fullest bucket of all locations.
 	lo, hi := int64(0), n-1
 	if per > 1 {
@@ -683,6 +676,7 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 	}
 	sort.Strings(names)
 	out := make([]*Series, 0, len(names))
+	overfull := 0 // buckets with more samples than native steps
 	for _, l := range names {
 		a := locs[l]
 		m := int(hi - lo + 1)
@@ -701,6 +695,11 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 				s.Values[i] = a.sum[k]
 				if opt.Agg == AggMean {
 					s.Values[i] /= a.cnt[k]
+				} else if per >= 1 && a.cnt[k] > float64(per) && !opt.KeepRepeats {
+					s.Values[i] *= float64(per) / a.cnt[k]
+				}
+				if per >= 1 && a.cnt[k] > float64(per) {
+					overfull++
 				}
 				s.Observed[i] = true
 			case t.HasLocation && anyAt[k] > 0:
@@ -734,6 +733,17 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 			return nil, fmt.Errorf("%w: location %q has no values", ErrBadInput, l)
 		}
 		out = append(out, s)
+	}
+	if overfull > 0 {
+		how := "mean of the samples"
+		if opt.Agg == AggSum {
+			how = fmt.Sprintf("mean × %d", per)
+			if opt.KeepRepeats {
+				how = "sum of the samples"
+			}
+		}
+		slog.Warn("series: buckets hold more samples than native steps", "buckets", overfull,
+			"step", step.String(), "native_step", native.String(), "value", how)
 	}
 	return out, nil
 }

@@ -183,8 +183,9 @@ func TestDropDuplicates(t *testing.T) {
 		{"file concatenated with itself", "2024-01-01 00:00,1\n2024-01-01 01:00,2\n2024-01-01 02:00,3\n2024-01-01 00:00,1\n2024-01-01 01:00,2\n2024-01-01 02:00,3\n",
 			3, 0, []float64{1, 2, 3}},
 		{"three copies", "2024-01-01 00:00,1\n2024-01-01 00:00,1\n2024-01-01 00:00,1\n2024-01-01 01:00,2\n", 2, 0, []float64{1, 2}},
-		{"A B A", "2024-01-01 00:00,1\n2024-01-01 00:00,5\n2024-01-01 00:00,1\n2024-01-01 01:00,2\n", 1, 1, []float64{6, 2}},
-		{"other values are samples", "2024-01-01 00:00,1\n2024-01-01 00:00,4\n2024-01-01 01:00,2\n", 0, 1, []float64{5, 2}},
+		// Two values for a bucket that holds one sample: their mean.
+		{"A B A", "2024-01-01 00:00,1\n2024-01-01 00:00,5\n2024-01-01 00:00,1\n2024-01-01 01:00,2\n", 1, 1, []float64{3, 2}},
+		{"other values are samples", "2024-01-01 00:00,1\n2024-01-01 00:00,4\n2024-01-01 01:00,2\n", 0, 1, []float64{2.5, 2}},
 		{"same time, other location", "2024-01-01 00:00,a,1\n2024-01-01 00:00,b,1\n2024-01-01 01:00,a,2\n2024-01-01 01:00,b,2\n", 0, 0, []float64{1, 2}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -204,6 +205,41 @@ func TestDropDuplicates(t *testing.T) {
 				t.Fatalf("values %v, want %v", ss[0].Values, tc.values)
 			}
 		})
+	}
+}
+
+// TestOverfullBuckets: NAB's daylight-saving artifact (the 02:xx hour of
+// 5-minute rows relabelled 03:00) summed to hourly gave 03:00 24 samples,
+// twice its demand; it is now the mean times 12. An event log with
+// KeepRepeats keeps every row and sums them.
+func TestOverfullBuckets(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("timestamp,value\n")
+	t0 := time.Date(2014, 3, 9, 0, 0, 0, 0, time.UTC)
+	for i := range 12 * 6 {
+		ts := t0.Add(time.Duration(i) * 5 * time.Minute)
+		if ts.Hour() == 2 {
+			ts = time.Date(2014, 3, 9, 3, 0, 0, 0, time.UTC)
+		}
+		fmt.Fprintf(&b, "%s,%d\n", ts.Format(time.DateTime), 10+i%2)
+	}
+	ss, err := LoadSeries(strings.NewReader(b.String()), SeriesOptions{Step: time.Hour, Agg: AggSum})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Hours 0..5; hour 2 is a gap; hour 3 holds 11 rows and the two
+	// distinct values of the twelve relabelled ones: 13 samples.
+	if v := ss[0].Values; v[0] != 126 || ss[0].Observed[2] || math.Abs(v[3]-126) > 1 || v[4] != 126 {
+		t.Fatalf("hourly sums %v observed %v", v, ss[0].Observed)
+	}
+	ev := "timestamp,location,value\n2024-01-01 00:00:01,a,1\n2024-01-01 00:00:01,a,1\n2024-01-01 00:00:02,a,1\n2024-01-01 01:00:05,a,1\n" +
+		"2024-01-01 02:00:01,a,1\n2024-01-01 02:00:01,a,1\n2024-01-01 02:00:03,a,1\n"
+	ss, err = LoadSeries(strings.NewReader(ev), SeriesOptions{Step: time.Hour, KeepRepeats: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := ss[0].Values; !slices.Equal(v, []float64{3, 1, 3}) {
+		t.Fatalf("event log per hour %v", v)
 	}
 }
 

@@ -227,7 +227,11 @@
 //     combine by the aggregation (logged).
 //   - Repeated rows (same time, location, value, covariates) are dropped
 //     (overlapping exports); same time and location with another value is
-//     another sample of that bucket (Table.DropDuplicates).
+//     another sample of that bucket (Table.DropDuplicates). Under sum
+//     aggregation a bucket with more samples than native steps (NAB's
+//     02:00 hour relabelled 03:00 on the spring-forward day) is the mean
+//     times that number, not a doubled count. SeriesOptions.KeepRepeats
+//     (--keep-repeats) is for event logs: every row counts.
 //   - Gaps of any length are filled by interpolation for the models'
 //     inputs but unobserved: never scored, and never an origin (the filled
 //     value at an origin inside a gap is drawn towards the value after the
