@@ -74,6 +74,15 @@ func TestReadTableVariants(t *testing.T) {
 	}
 }
 
+// grid returns n times from t0, step d apart.
+func grid(t0 time.Time, n int, d time.Duration) []time.Time {
+	ts := make([]time.Time, n)
+	for i := range ts {
+		ts[i] = t0.Add(time.Duration(i) * d)
+	}
+	return ts
+}
+
 // TestNativeStep: the sampling interval survives gaps, a stray off-grid
 // row and jittered timestamps (the smallest gap did not: one row at 00:30
 // in an hourly file made it a half-hourly series, half of it filled).
@@ -84,12 +93,7 @@ func TestNativeStep(t *testing.T) {
 		times func() []time.Time
 		want  time.Duration
 	}{
-		{"hourly", func() (ts []time.Time) {
-			for i := range 50 {
-				ts = append(ts, t0.Add(time.Duration(i)*time.Hour))
-			}
-			return ts
-		}, time.Hour},
+		{"hourly", func() []time.Time { return grid(t0, 50, time.Hour) }, time.Hour},
 		{"hourly with gaps of hours and days", func() (ts []time.Time) {
 			for i := range 200 {
 				if (i < 20 || i > 25) && (i < 60 || i > 110) {
@@ -98,11 +102,8 @@ func TestNativeStep(t *testing.T) {
 			}
 			return ts
 		}, time.Hour},
-		{"hourly with one off-grid row", func() (ts []time.Time) {
-			for i := range 50 {
-				ts = append(ts, t0.Add(time.Duration(i)*time.Hour))
-			}
-			return append(ts, t0.Add(10*time.Hour+30*time.Minute))
+		{"hourly with one off-grid row", func() []time.Time {
+			return append(grid(t0, 50, time.Hour), t0.Add(10*time.Hour+30*time.Minute))
 		}, time.Hour},
 		{"5-minute jittered by up to 3 s", func() (ts []time.Time) {
 			rng := rand.New(rand.NewPCG(1, 1))
@@ -119,12 +120,7 @@ func TestNativeStep(t *testing.T) {
 			}
 			return ts
 		}, 24 * time.Hour},
-		{"15-minute", func() (ts []time.Time) {
-			for i := range 100 {
-				ts = append(ts, t0.Add(time.Duration(i)*15*time.Minute))
-			}
-			return ts
-		}, 15 * time.Minute},
+		{"15-minute", func() []time.Time { return grid(t0, 100, 15*time.Minute) }, 15 * time.Minute},
 		{"irregular 5-minute sampling with missed samples", func() (ts []time.Time) {
 			rng := rand.New(rand.NewPCG(2, 2))
 			tm := t0
@@ -136,24 +132,9 @@ func TestNativeStep(t *testing.T) {
 			}
 			return ts
 		}, 5 * time.Minute},
-		{"7-minute stays 7-minute", func() (ts []time.Time) {
-			for i := range 100 {
-				ts = append(ts, t0.Add(time.Duration(i)*7*time.Minute))
-			}
-			return ts
-		}, 7 * time.Minute},
-		{"90-minute stays 90-minute", func() (ts []time.Time) {
-			for i := range 100 {
-				ts = append(ts, t0.Add(time.Duration(i)*90*time.Minute))
-			}
-			return ts
-		}, 90 * time.Minute},
-		{"irregular seconds stay seconds", func() (ts []time.Time) {
-			for i := range 100 {
-				ts = append(ts, t0.Add(time.Duration(i)*7*time.Second))
-			}
-			return ts
-		}, 7 * time.Second},
+		{"7-minute stays 7-minute", func() []time.Time { return grid(t0, 100, 7*time.Minute) }, 7 * time.Minute},
+		{"90-minute stays 90-minute", func() []time.Time { return grid(t0, 100, 90*time.Minute) }, 90 * time.Minute},
+		{"irregular seconds stay seconds", func() []time.Time { return grid(t0, 100, 7*time.Second) }, 7 * time.Second},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tb := &Table{}
