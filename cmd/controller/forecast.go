@@ -289,6 +289,13 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 	if ran == 0 && len(skipped) > 0 {
 		return errors.Join(skipped...)
 	}
+	if ran == 0 {
+		var have []string
+		for _, s := range series {
+			have = append(have, s.Name)
+		}
+		return fmt.Errorf("%w: --series %q selects none of %s", cli.ErrUsage, *only, strings.Join(have, ","))
+	}
 	return tw.Flush()
 }
 

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/premirror/premirror/internal/cli"
 	"github.com/premirror/premirror/internal/forecast"
 )
 
@@ -103,6 +104,7 @@ func TestBacktestAdversarialInputs(t *testing.T) {
 		{name: "5-minute aggregated hourly", args: []string{"--hourly", "--train", "168h"},
 			csv: genRows(12*24*16, 5*time.Minute, func(i int) float64 { return daily(i / 12) }, plainRow), series: 1},
 		{name: "too short", csv: genRows(100, time.Hour, daily, plainRow), wantErr: "need at least 228"},
+		{name: "--series selects nothing", csv: perLocation(), args: []string{"--series", "Z"}, wantErr: "selects none of A,B,C"},
 		{name: "every location too short", csv: "2024-01-01 00:00,a,1\n2024-01-01 01:00,a,2\n2024-01-01 00:00,b,1\n2024-01-01 01:00,b,2\n", wantErr: "need at least"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -114,8 +116,8 @@ func TestBacktestAdversarialInputs(t *testing.T) {
 			args := append([]string{"backtest", "--csv", p, "--json", "--methods", "naive,snaive_day,snaive_week,ets,hybrid"}, tc.args...)
 			err := runForecast(context.Background(), args, &out)
 			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.Is(err, forecast.ErrTooShort) {
-					t.Fatalf("error %v, want ErrTooShort naming %q", err, tc.wantErr)
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.Is(err, forecast.ErrTooShort) && !errors.Is(err, cli.ErrUsage) {
+					t.Fatalf("error %v, want ErrTooShort or ErrUsage naming %q", err, tc.wantErr)
 				}
 				return
 			}
