@@ -26,9 +26,9 @@ type BacktestConfig struct {
 	// Season is the MASE scaling season in buckets (default one day).
 	Season int
 	// MinOrigins is the least number of origins (default 168). When the
-	// series cannot give MinOrigins origins after a full Window, Window
-	// shrinks so it can (reported in Result.Window); below two seasons of
-	// training the series is rejected with ErrTooShort.
+	// series cannot give MinOrigins observed origins after a full Window,
+	// Window shrinks so it can (reported in Result.Window); below two
+	// seasons of training the series is rejected with ErrTooShort.
 	MinOrigins int
 	// MaxOrigins, when positive, keeps only the last MaxOrigins origins.
 	MaxOrigins int
@@ -55,16 +55,32 @@ func (c BacktestConfig) withDefaults(s *Series) (BacktestConfig, error) {
 		return c, fmt.Errorf("%w: backtest config %+v", ErrBadInput, c)
 	}
 	n := s.Len()
-	if avail := n - c.Horizon - c.Window + 1; avail < c.MinOrigins {
-		c.Window = n - c.Horizon - c.MinOrigins + 1
+	// The window ends where MinOrigins observed origins remain after it
+	// (origins inside a gap do not count: no forecast is made there).
+	need, p := c.MinOrigins, n-c.Horizon
+	for p > 0 && need > 0 {
+		p--
+		if s.Observed[p] {
+			need--
+		}
 	}
+	if need > 0 {
+		p -= need // not enough observed buckets: too short below
+	}
+	c.Window = min(c.Window, p+1)
 	if c.Window < 2*c.Season+1 {
 		hint := ""
 		if s.Step <= time.Second && s.Start.Year() == 1970 {
 			hint = " (a time column counting buckets 1, 2, 3…? give their length with --index-step)"
 		}
-		return c, fmt.Errorf("%w: %s has %d buckets of %v; need at least %d (%d training = two MASE seasons + 1, %d origins, %d horizon)%s",
-			ErrTooShort, s.Name, n, s.Step, 2*c.Season+1+c.MinOrigins+c.Horizon-1, 2*c.Season+1, c.MinOrigins, c.Horizon, hint)
+		obs := 0
+		for _, o := range s.Observed {
+			if o {
+				obs++
+			}
+		}
+		return c, fmt.Errorf("%w: %s has %d buckets of %v (%d observed); need at least %d (%d training = two MASE seasons + 1, %d observed origins, %d horizon)%s",
+			ErrTooShort, s.Name, n, s.Step, obs, 2*c.Season+1+c.MinOrigins+c.Horizon-1, 2*c.Season+1, c.MinOrigins, c.Horizon, hint)
 	}
 	return c, nil
 }

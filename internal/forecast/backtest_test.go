@@ -107,6 +107,18 @@ func TestBacktestWindowRule(t *testing.T) {
 	if _, ok := m["snaive_week"]; ok {
 		t.Fatal("weekly seasonal naive ran with a window shorter than a week")
 	}
+	// A day missing among the origins: the window shrinks by a day more,
+	// so that 168 origins are still forecast from.
+	for i := 250; i < 274; i++ {
+		s.Observed[i] = false
+	}
+	res, err = Backtest(ctx, s, nil, Baselines()[:1], BacktestConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := res[0]; r.Window != 157-24 || r.Origins != 168 {
+		t.Fatalf("with a gap: window %d origins %d", r.Window, r.Origins)
+	}
 	// Too short for two days of training plus 168 origins.
 	_, err = Backtest(ctx, synth(200, func(int) float64 { return 1 }), nil, Baselines(), BacktestConfig{})
 	if !errors.Is(err, ErrTooShort) {
