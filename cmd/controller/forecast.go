@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/csv"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"os"
 	"sort"
@@ -50,7 +52,7 @@ func runForecast(ctx context.Context, args []string, out io.Writer) error {
 // seriesFlags are the input flags shared by the subcommands.
 type seriesFlags struct {
 	csv, agg, step, events, covs, indexStep string
-	hourly                                  bool
+	hourly, keepRepeats                     bool
 }
 
 func (f *seriesFlags) register(fs interface {
@@ -62,6 +64,7 @@ func (f *seriesFlags) register(fs interface {
 	fs.StringVar(&f.step, "step", "", "aggregate to buckets of this length (e.g. 1h); default: the file's own step")
 	fs.StringVar(&f.indexStep, "index-step", "", "read integer timestamps as bucket numbers of this length (e.g. 1h for a time column 1, 2, 3…); default: Unix seconds (or ms, µs, ns by magnitude)")
 	fs.StringVar(&f.agg, "agg", "sum", "how samples combine into a bucket: sum (counts, bytes) or mean (gauges)")
+	fs.BoolVar(&f.keepRepeats, "keep-repeats", false, "rows are events: keep rows repeating a timestamp, location and value, and sum every sample of a bucket (default: repeats are dropped as repeated exports)")
 	fs.StringVar(&f.events, "events", "", "events calendar CSV: start,end,name,kind[,region] (kind holiday = Sunday-like day)")
 	fs.StringVar(&f.covs, "covariates", "", "extra covariates CSV: timestamp[,region],name...")
 }
@@ -94,7 +97,7 @@ func (f *seriesFlags) load() ([]*forecast.Series, []forecast.Event, *forecast.Co
 		return nil, nil, nil, fmt.Errorf("open series: %w", err)
 	}
 	defer fh.Close()
-	series, err := forecast.LoadSeries(fh, forecast.SeriesOptions{Step: step, Agg: agg, IndexStep: indexStep})
+	series, err := forecast.LoadSeries(fh, forecast.SeriesOptions{Step: step, Agg: agg, IndexStep: indexStep, KeepRepeats: f.keepRepeats})
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("read %s: %w", f.csv, err)
 	}
@@ -144,6 +147,7 @@ type backtestRowAll struct {
 	PinballH12 *float64 `json:"pinball_h12"`
 	Window     int      `json:"train_buckets"`
 	Origins    int      `json:"origins"`
+	ZeroScale  int      `json:"zero_scale_origins"`
 	Step       string   `json:"step"`
 	MarkedH1   *float64 `json:"marked_mase_h1,omitempty"`
 	MarkedH12  *float64 `json:"marked_mase_h12,omitempty"`
@@ -180,6 +184,10 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 	methods := fs.String("methods", "", "comma-separated methods (naive,snaive_day,snaive_week,ets,hybrid,hybrid_nofeeds,hybrid_nogru,hybrid_noyear,hybrid_nopool,blr); default baselines+hybrid")
 	noCov := fs.Bool("no-covariates", false, "ignore covariate columns")
 	mark := fs.String("mark", "", "also report errors on days where a covariate exceeds a value, e.g. liq_precp_1hr>0,snow_depth_in>0 (calendar days are always marked)")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), backtestHelp)
+		fs.PrintDefaults()
+	}
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -199,9 +207,11 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	if !*jsonOut && !*jsonAll {
-		fmt.Fprintln(tw, "series\tmethod\ttrain_h\torigins\tmase_h1\tmase_h12\tmase_1to12\tsmape_h1\tsmape_h12\tcov80_h1\tcov80_h12\tpinball_h1\tpinball_h12\tvs_best_h1\tvs_best_h12\tmarked_h1\tmarked_h12\t")
+		fmt.Fprintln(tw, "series\tmethod\ttrain_h\torigins\tmase_h1\tmase_h12\tmase_1to12\tsmape_h1\tsmape_h12\tcov80_h1\tcov80_h12\tpinball_h1\tpinball_h12\tvs_best_h1\tvs_best_h12\tmarked_h1\tmarked_h12\tzero_scale\t")
 	}
 	enc := json.NewEncoder(out)
+	ran := 0
+	var skipped []error
 	for _, s := range series {
 		if len(want) > 0 && !want[s.Name] {
 			continue
@@ -236,9 +246,17 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 			EventDays:  forecast.MarkedDays(s, feeds, conds...),
 		}
 		res, err := forecast.Backtest(ctx, s, feeds, specs, cfg)
+		if errors.Is(err, forecast.ErrTooShort) && len(series) > 1 {
+			// One location of a per-location file with a few rows must
+			// not cost the others their results; say so and go on.
+			slog.Warn("backtest: location skipped", "series", s.Name, "reason", err)
+			skipped = append(skipped, err)
+			continue
+		}
 		if err != nil {
 			return err
 		}
+		ran++
 		best := forecast.BestBaseline(res)
 		for _, r := range res {
 			row := backtestRow{Series: r.Series, Method: r.Method,
@@ -248,7 +266,7 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 			switch {
 			case *jsonAll:
 				all := backtestRowAll{backtestRow: row, PinballH1: num(at(r.Pinball, 1)), PinballH12: num(at(r.Pinball, 12)),
-					Window: r.Window, Origins: r.Origins, Step: r.Step.String()}
+					Window: r.Window, Origins: r.Origins, ZeroScale: r.ZeroScale, Step: r.Step.String()}
 				if r.MarkedN[0] > 0 {
 					all.MarkedH1, all.MarkedH12, all.MarkedN = num(at(r.MarkedMASE, 1)), num(at(r.MarkedMASE, 12)), r.MarkedN[0]
 				}
@@ -260,18 +278,55 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 					return err
 				}
 			default:
-				fmt.Fprintf(tw, "%s\t%s\t%.0f\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", strings.ReplaceAll(r.Series, " ", "_"), r.Method,
+				fmt.Fprintf(tw, "%s\t%s\t%.0f\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", strings.ReplaceAll(r.Series, " ", "_"), r.Method,
 					float64(r.Window)*r.Step.Hours(), r.Origins,
 					f3(at(r.MASE, 1)), f3(at(r.MASE, 12)), f3(r.MASE1toH()),
 					f1(at(r.SMAPE, 1)), f1(at(r.SMAPE, 12)), f3(at(r.Cover80, 1)), f3(at(r.Cover80, 12)),
 					f3(at(r.Pinball, 1)), f3(at(r.Pinball, 12)),
 					f3(at(r.MASE, 1)/best[0]), f3(at(r.MASE, 12)/best[1]),
-					f3(at(r.MarkedMASE, 1)), f3(at(r.MarkedMASE, 12)))
+					f3(at(r.MarkedMASE, 1)), f3(at(r.MarkedMASE, 12)), r.ZeroScale)
 			}
 		}
 	}
+	if ran == 0 && len(skipped) > 0 {
+		return errors.Join(skipped...)
+	}
+	if ran == 0 {
+		var have []string
+		for _, s := range series {
+			have = append(have, s.Name)
+		}
+		return fmt.Errorf("%w: --series %q selects none of %s", cli.ErrUsage, *only, strings.Join(have, ","))
+	}
 	return tw.Flush()
 }
+
+// backtestHelp is printed above the flags of `forecast backtest --help`.
+const backtestHelp = `Usage: controller forecast backtest --csv FILE [flags]
+
+Rolling-origin backtest of the hybrid and the baselines. Input: a CSV of
+timestamp,value or timestamp,location,value (header optional; comma,
+semicolon or tab separated; a byte-order mark, CRLF and quoted fields are
+fine; extra numeric columns are covariates, extra text columns are ignored
+with a warning). Rows may come in any order. The bucket length is the
+median gap between timestamps, rounded to the nearest length dividing a
+day when within 5% (jitter); --step/--hourly aggregate further.
+  * repeated rows (same timestamp, location and value) are dropped, with a
+    warning (--keep-repeats: the rows are events, keep them); a bucket
+    holding more samples than native steps (a DST artifact) sums as their
+    mean times that number; with --agg mean it is their mean;
+  * missing buckets (gaps of any length) are filled for the models but
+    never scored, and no forecast is made from inside a gap;
+  * a location is backtested over its own span (first to last row); one
+    too short for the protocol is skipped with a warning;
+  * MASE is undefined at an origin whose training window has no
+    seasonal-naive error (a constant window): such origins are left out of
+    MASE and pinball (counted as zero_scale), and a series where every
+    origin is like that prints "-" (null in --json).
+A series shorter than two MASE seasons of training + --min-origins +
+--horizon buckets is an error naming what it needs.
+
+`
 
 func f3(v float64) string {
 	if math.IsNaN(v) || math.IsInf(v, 0) {
@@ -348,7 +403,7 @@ func runLocations(ctx context.Context, args []string, out io.Writer) error {
 		enc := json.NewEncoder(out)
 		for _, s := range scores {
 			if err := enc.Encode(map[string]any{"series": seriesName(sf.csv), "method": s.Method, "horizon": s.Horizon,
-				"cross_entropy_per_request": *num(s.CE), "kl_per_request": *num(s.KL), "test_buckets": s.Buckets,
+				"cross_entropy_per_request": num(s.CE), "kl_per_request": num(s.KL), "test_buckets": s.Buckets,
 				"test_requests": s.Requests, "params": s.Params}); err != nil {
 				return err
 			}

@@ -26,9 +26,9 @@ type BacktestConfig struct {
 	// Season is the MASE scaling season in buckets (default one day).
 	Season int
 	// MinOrigins is the least number of origins (default 168). When the
-	// series cannot give MinOrigins origins after a full Window, Window
-	// shrinks so it can (reported in Result.Window); below two seasons of
-	// training the series is rejected with ErrTooShort.
+	// series cannot give MinOrigins observed origins after a full Window,
+	// Window shrinks so it can (reported in Result.Window); below two
+	// seasons of training the series is rejected with ErrTooShort.
 	MinOrigins int
 	// MaxOrigins, when positive, keeps only the last MaxOrigins origins.
 	MaxOrigins int
@@ -55,16 +55,32 @@ func (c BacktestConfig) withDefaults(s *Series) (BacktestConfig, error) {
 		return c, fmt.Errorf("%w: backtest config %+v", ErrBadInput, c)
 	}
 	n := s.Len()
-	if avail := n - c.Horizon - c.Window + 1; avail < c.MinOrigins {
-		c.Window = n - c.Horizon - c.MinOrigins + 1
+	// The window ends where MinOrigins observed origins remain after it
+	// (origins inside a gap do not count: no forecast is made there).
+	need, p := c.MinOrigins, n-c.Horizon
+	for p > 0 && need > 0 {
+		p--
+		if s.Observed[p] {
+			need--
+		}
 	}
+	if need > 0 {
+		p -= need // not enough observed buckets: too short below
+	}
+	c.Window = min(c.Window, p+1)
 	if c.Window < 2*c.Season+1 {
 		hint := ""
 		if s.Step <= time.Second && s.Start.Year() == 1970 {
 			hint = " (a time column counting buckets 1, 2, 3…? give their length with --index-step)"
 		}
-		return c, fmt.Errorf("%w: %s has %d buckets of %v; need %d training + %d origins + %d horizon%s",
-			ErrTooShort, s.Name, n, s.Step, 2*c.Season+1, c.MinOrigins, c.Horizon, hint)
+		obs := 0
+		for _, o := range s.Observed {
+			if o {
+				obs++
+			}
+		}
+		return c, fmt.Errorf("%w: %s has %d buckets of %v (%d observed); need at least %d (%d training = two MASE seasons + 1, %d observed origins, %d horizon)%s",
+			ErrTooShort, s.Name, n, s.Step, obs, 2*c.Season+1+c.MinOrigins+c.Horizon-1, 2*c.Season+1, c.MinOrigins, c.Horizon, hint)
 	}
 	return c, nil
 }
@@ -79,8 +95,15 @@ type MethodSpec struct {
 type Result struct {
 	Series, Method string
 	Window         int // training window actually used (buckets)
-	Origins        int
-	Step           time.Duration
+	// Origins counts the origins forecast from: buckets with a full window
+	// before them and H after, that were observed (at a filled gap the
+	// filled value would leak the value after the gap).
+	Origins int
+	// ZeroScale counts the origins whose training window has no
+	// seasonal-naive error (a constant window): MASE and pinball are
+	// undefined there and average over the other origins (NaN when none).
+	ZeroScale int
+	Step      time.Duration
 	// Per horizon h (index h-1): mean absolute scaled error, sMAPE (%),
 	// 80% interval coverage, scaled pinball loss averaged over q10/q50/q90.
 	MASE, SMAPE, Cover80, Pinball []float64
@@ -105,6 +128,7 @@ func (r *Result) MASE1toH() float64 {
 // is the mean absolute seasonal-naive (season = Season) error inside that
 // origin's training window. Methods run concurrently.
 func Backtest(ctx context.Context, s *Series, feeds *Feeds, methods []MethodSpec, cfg BacktestConfig) ([]Result, error) {
+	s = s.trimmed()
 	cfg, err := cfg.withDefaults(s)
 	if err != nil {
 		return nil, err
@@ -115,19 +139,30 @@ func Backtest(ctx context.Context, s *Series, feeds *Feeds, methods []MethodSpec
 	if cfg.MaxOrigins > 0 && last-first+1 > cfg.MaxOrigins {
 		first = last - cfg.MaxOrigins + 1
 	}
-	// MASE scale per origin from its own training window.
+	// MASE scale per origin from its own training window; zero for a
+	// window with no seasonal-naive error, or one below round-off of the
+	// window's values (a constant 0.1 + 0.2 - 0.3): dividing by it would
+	// give an absurd MASE.
 	scale := make([]float64, n)
+	zero := 0
 	for o := first; o <= last; o++ {
-		sum, cnt := 0.0, 0
+		sum, level, cnt := 0.0, 0.0, 0
 		for i := o - W + 1 + m; i <= o; i++ {
 			if s.Observed[i] && s.Observed[i-m] {
 				sum += math.Abs(s.Values[i] - s.Values[i-m])
+				level += math.Abs(s.Values[i])
 				cnt++
 			}
 		}
-		if cnt > 0 {
+		if cnt > 0 && sum > 1e-12*level {
 			scale[o] = sum / float64(cnt)
+		} else if s.Observed[o] {
+			zero++
 		}
+	}
+	if zero > 0 {
+		slog.Warn("backtest: MASE undefined at origins whose training window has no seasonal-naive error; left out of MASE and pinball",
+			"series", s.Name, "origins", zero)
 	}
 	marked := make([]bool, n)
 	if cfg.EventDays != nil {
@@ -147,6 +182,7 @@ func Backtest(ctx context.Context, s *Series, feeds *Feeds, methods []MethodSpec
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			results[mi], errs[mi] = runMethod(ctx, s, feeds, spec, cfg, first, last, scale, marked)
+			results[mi].ZeroScale = zero
 			if errors.Is(errs[mi], ErrNotApplicable) {
 				slog.Warn("backtest: method skipped", "series", s.Name, "method", spec.Name, "reason", errs[mi])
 				skip[mi], errs[mi] = true, nil
@@ -166,10 +202,37 @@ func Backtest(ctx context.Context, s *Series, feeds *Feeds, methods []MethodSpec
 	return out, nil
 }
 
+// trimmed returns s without its leading and trailing unobserved buckets
+// (a location before its first row or after its last): there is nothing
+// to learn from or score there. s itself when there are none.
+func (s *Series) trimmed() *Series {
+	i0, i1 := 0, s.Len()-1
+	for i0 <= i1 && !s.Observed[i0] {
+		i0++
+	}
+	for i1 >= i0 && !s.Observed[i1] {
+		i1--
+	}
+	if i0 == 0 && i1 == s.Len()-1 || i0 > i1 {
+		return s
+	}
+	t := *s
+	t.Start = s.Time(i0)
+	t.Values = s.Values[i0 : i1+1]
+	t.Observed = s.Observed[i0 : i1+1]
+	if s.Covariates != nil {
+		t.Covariates = make(map[string][]float64, len(s.Covariates))
+		for k, v := range s.Covariates {
+			t.Covariates[k] = v[i0 : i1+1]
+		}
+	}
+	return &t
+}
+
 func runMethod(ctx context.Context, s *Series, feeds *Feeds, spec MethodSpec, cfg BacktestConfig,
 	first, last int, scale []float64, marked []bool) (Result, error) {
 	H := cfg.Horizon
-	r := Result{Series: s.Name, Method: spec.Name, Window: cfg.Window, Origins: last - first + 1, Step: s.Step,
+	r := Result{Series: s.Name, Method: spec.Name, Window: cfg.Window, Step: s.Step,
 		MASE: make([]float64, H), SMAPE: make([]float64, H), Cover80: make([]float64, H), Pinball: make([]float64, H),
 		MarkedMASE: make([]float64, H), MarkedN: make([]int, H), N: make([]int, H)}
 	meth, err := spec.New(s, feeds, cfg)
@@ -177,6 +240,7 @@ func runMethod(ctx context.Context, s *Series, feeds *Feeds, spec MethodSpec, cf
 		return r, fmt.Errorf("%s on %s: %w", spec.Name, s.Name, err)
 	}
 	nS := make([]int, H) // targets counted for sMAPE/coverage (no scale needed)
+	nanFc := 0           // targets left unscored because the forecast was NaN
 	for i := 0; i <= last; i++ {
 		if i%512 == 0 && ctx.Err() != nil {
 			return r, ctx.Err()
@@ -184,9 +248,10 @@ func runMethod(ctx context.Context, s *Series, feeds *Feeds, spec MethodSpec, cf
 		if err := meth.Observe(s.Time(i), s.Values[i]); err != nil {
 			return r, fmt.Errorf("%s on %s at %v: %w", spec.Name, s.Name, s.Time(i), err)
 		}
-		if i < first {
+		if i < first || !s.Observed[i] {
 			continue
 		}
+		r.Origins++
 		fc := meth.Forecast()
 		for h := 1; h <= H; h++ {
 			j := i + h
@@ -195,6 +260,7 @@ func runMethod(ctx context.Context, s *Series, feeds *Feeds, spec MethodSpec, cf
 			}
 			y, q := s.Values[j], fc[h-1]
 			if math.IsNaN(q.Q50) {
+				nanFc++
 				continue
 			}
 			ae := math.Abs(y - q.Q50)
@@ -215,6 +281,9 @@ func runMethod(ctx context.Context, s *Series, feeds *Feeds, spec MethodSpec, cf
 				}
 			}
 		}
+	}
+	if nanFc > 0 {
+		slog.Warn("backtest: targets without a forecast (NaN) left unscored", "series", s.Name, "method", spec.Name, "targets", nanFc)
 	}
 	for h := 0; h < H; h++ {
 		if r.N[h] > 0 {
@@ -257,7 +326,7 @@ func Baselines() []MethodSpec {
 		{Name: "snaive_day", New: func(s *Series, _ *Feeds, c BacktestConfig) (Method, error) {
 			d := s.StepsPerDay()
 			if d < 2 {
-				return nil, fmt.Errorf("%w: daily seasonal naive needs sub-daily buckets", ErrNotApplicable)
+				return nil, fmt.Errorf("%w: daily seasonal naive needs buckets that divide a day (have %v)", ErrNotApplicable, s.Step)
 			}
 			return NewSeasonalNaive(d, c.Window, c.Horizon), nil
 		}},
@@ -273,9 +342,26 @@ func Baselines() []MethodSpec {
 			if m < 2 {
 				m = stepsPer(s.Step, 7*24*time.Hour)
 			}
+			if err := squaresFit(s); err != nil {
+				return nil, err
+			}
 			return NewETS(m, c.Window, c.Horizon), nil
 		}},
 	}
+}
+
+// maxSquarable bounds the values the least-squares methods (ETS, the
+// hybrid) accept: their sums of squares overflow beyond about 1e154, and
+// a forecast of NaN would leave every target unscored.
+const maxSquarable = 1e100
+
+func squaresFit(s *Series) error {
+	for _, v := range s.Values {
+		if math.Abs(v) > maxSquarable {
+			return fmt.Errorf("%w: a value of %.3g; sums of squares overflow beyond %g (rescale the series)", ErrNotApplicable, v, maxSquarable)
+		}
+	}
+	return nil
 }
 
 // ErrNotApplicable marks a method that does not apply to a series (for
@@ -290,6 +376,9 @@ func HybridSpec(name string, base HybridConfig) MethodSpec {
 		cfg.Step = s.Step
 		cfg.Window = c.Window
 		cfg.Horizon = c.Horizon
+		if err := squaresFit(s); err != nil {
+			return nil, err
+		}
 		if cfg.Window < minHybridWindow {
 			// Weekly buckets with a four-week window, say: report the
 			// method as not applicable and let the baselines run.

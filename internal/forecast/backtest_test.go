@@ -107,24 +107,57 @@ func TestBacktestWindowRule(t *testing.T) {
 	if _, ok := m["snaive_week"]; ok {
 		t.Fatal("weekly seasonal naive ran with a window shorter than a week")
 	}
-	// Too short for two days of training plus 168 origins.
-	_, err = Backtest(ctx, synth(200, func(int) float64 { return 1 }), nil, Baselines(), BacktestConfig{})
-	if !errors.Is(err, ErrTooShort) {
-		t.Fatalf("short series: %v", err)
-	}
-	// Unobserved targets are not scored.
-	rng := rand.New(rand.NewPCG(5, 5))
-	s = synth(1000, func(i int) float64 { return float64(i%24) + rng.NormFloat64() })
-	for i := 900; i < 1000; i++ {
+	// A day missing among the origins: the window shrinks by a day more,
+	// so that 168 origins are still forecast from.
+	for i := 250; i < 274; i++ {
 		s.Observed[i] = false
 	}
 	res, err = Backtest(ctx, s, nil, Baselines()[:1], BacktestConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Origins 671..987 target 672..988 at h=1; 900.. are unobserved.
-	if n := res[0].N[0]; n != 900-672 {
-		t.Fatalf("scored %d targets at h=1", n)
+	if r := res[0]; r.Window != 157-24 || r.Origins != 168 {
+		t.Fatalf("with a gap: window %d origins %d", r.Window, r.Origins)
+	}
+	// Too short for two days of training plus 168 origins.
+	_, err = Backtest(ctx, synth(200, func(int) float64 { return 1 }), nil, Baselines(), BacktestConfig{})
+	if !errors.Is(err, ErrTooShort) {
+		t.Fatalf("short series: %v", err)
+	}
+	// Unobserved targets are not scored, and neither are origins inside a
+	// gap (the filled value there is drawn towards the value after it).
+	rng := rand.New(rand.NewPCG(5, 5))
+	s = synth(1000, func(i int) float64 { return float64(i%24) + rng.NormFloat64() })
+	for i := 800; i < 900; i++ {
+		s.Observed[i] = false
+	}
+	res, err = Backtest(ctx, s, nil, Baselines()[:1], BacktestConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Origins 671..987 target 672..988 at h=1; origins 799..899 have an
+	// unobserved origin or target.
+	if n, o := res[0].N[0], res[0].Origins; n != 317-101 || o != 317-100 {
+		t.Fatalf("scored %d targets at h=1 from %d origins", n, o)
+	}
+	// Trailing unobserved buckets (a location that stopped reporting) are
+	// trimmed: the same series cut at 900 gives the same figures.
+	cut := *s
+	cut.Values, cut.Observed = s.Values[:800], s.Observed[:800]
+	for i := 800; i < 1000; i++ {
+		s.Observed[i] = false
+	}
+	a, err := Backtest(ctx, s, nil, Baselines()[:1], BacktestConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := Backtest(ctx, &cut, nil, Baselines()[:1], BacktestConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a[0].Origins != b[0].Origins || a[0].MASE[0] != b[0].MASE[0] || a[0].Window != b[0].Window {
+		t.Fatalf("trailing gap: origins %d MASE %v window %d; cut series: %d %v %d",
+			a[0].Origins, a[0].MASE[0], a[0].Window, b[0].Origins, b[0].MASE[0], b[0].Window)
 	}
 }
 

@@ -21,27 +21,37 @@ type Method interface {
 // window is the training window shared by the refit-per-origin baselines:
 // they see only the last W buckets, as the protocol says.
 type window struct {
-	W, H int
-	buf  []float64
-	n    int
+	W, H  int
+	buf   []float64 // the last min(n, W) values, oldest first
+	store []float64 // buf is its tail; refilled every W pushes (O(1) a push)
+	n     int
 }
 
-func (w *window) push(y float64) {
-	if len(w.buf) < w.W {
-		w.buf = append(w.buf, y)
-	} else {
-		copy(w.buf, w.buf[1:])
-		w.buf[len(w.buf)-1] = y
+// push appends y and returns the value that left the window (ok false
+// while it is filling).
+func (w *window) push(y float64) (left float64, ok bool) {
+	if w.store == nil {
+		w.store = make([]float64, 0, 2*w.W)
 	}
+	if len(w.buf) == w.W {
+		left, ok = w.buf[0], true
+	}
+	if len(w.store) == cap(w.store) {
+		k := copy(w.store, w.store[len(w.store)-(w.W-1):])
+		w.store = w.store[:k]
+	}
+	w.store = append(w.store, y)
+	w.buf = w.store[max(0, len(w.store)-w.W):]
 	w.n++
+	return left, ok
 }
 
-// empiricalQ returns the 10/50/90% quantiles of errs (sorted in place).
-func empiricalQ(errs []float64) (q10, q50, q90 float64) {
+// quantilesSorted returns the 10/50/90% quantiles (linear interpolation)
+// of sorted errors; zeros when there are none.
+func quantilesSorted(errs []float64) (q10, q50, q90 float64) {
 	if len(errs) == 0 {
 		return 0, 0, 0
 	}
-	slices.Sort(errs)
 	at := func(p float64) float64 {
 		x := p * float64(len(errs)-1)
 		i := int(x)
@@ -58,27 +68,63 @@ func empiricalQ(errs []float64) (q10, q50, q90 float64) {
 // the naive forecast. Its 80% interval comes from the empirical quantiles
 // of the same rule's h-step errors inside the training window (the median
 // is the rule itself: the point forecast of a baseline is not shifted).
+// The errors of each lag are kept sorted as the window slides (one
+// removal and one insertion a bucket), so a forecast costs O(H), not a
+// sort of the window: with 5-minute data a window holds 8064 buckets.
 type SeasonalNaive struct {
-	M int
-	w window
-	f []Quantiles
-	e []float64
+	M    int
+	w    window
+	f    []Quantiles
+	lags []int             // distinct lags of horizons 1..H
+	errs map[int][]float64 // per lag: sorted errors b[i]-b[i-lag] in the window
 }
 
 // NewSeasonalNaive returns the seasonal naive method with season m buckets
 // on a training window of W buckets and horizon H.
 func NewSeasonalNaive(m, W, H int) *SeasonalNaive {
-	return &SeasonalNaive{M: m, w: window{W: W, H: H}, f: make([]Quantiles, H)}
+	s := &SeasonalNaive{M: m, w: window{W: W, H: H}, f: make([]Quantiles, H), errs: map[int][]float64{}}
+	for h := 1; h <= H; h++ {
+		if lag := m * ((h + m - 1) / m); !slices.Contains(s.lags, lag) {
+			s.lags = append(s.lags, lag)
+		}
+	}
+	return s
 }
 
 // Observe implements Method.
-func (s *SeasonalNaive) Observe(_ time.Time, y float64) error { s.w.push(y); return nil }
+func (s *SeasonalNaive) Observe(_ time.Time, y float64) error {
+	// The window before the push, for the pair that leaves with its
+	// oldest value (push never overwrites the live tail it is).
+	var old []float64
+	if len(s.w.buf) == s.w.W {
+		old = s.w.buf
+	}
+	left, full := s.w.push(y)
+	b := s.w.buf
+	n := len(b)
+	for _, lag := range s.lags {
+		e := s.errs[lag]
+		if full && lag < n {
+			// The pair (old[0], old[lag]) left with old[0].
+			x := old[lag] - left
+			if i, ok := slices.BinarySearch(e, x); ok {
+				e = slices.Delete(e, i, i+1)
+			}
+		}
+		if lag < n {
+			x := y - b[n-1-lag]
+			i, _ := slices.BinarySearch(e, x)
+			e = slices.Insert(e, i, x)
+		}
+		s.errs[lag] = e
+	}
+	return nil
+}
 
 // Forecast implements Method.
 func (s *SeasonalNaive) Forecast() []Quantiles {
 	b := s.w.buf
 	n := len(b)
-	lastLag, q10, q90 := -1, 0.0, 0.0
 	for h := 1; h <= s.w.H; h++ {
 		lag := s.M * ((h + s.M - 1) / s.M)
 		if lag > n {
@@ -86,14 +132,7 @@ func (s *SeasonalNaive) Forecast() []Quantiles {
 			continue
 		}
 		pt := b[n-1+h-lag]
-		if lag != lastLag { // horizons sharing a lag share the error quantiles
-			s.e = s.e[:0]
-			for i := lag; i < n; i++ {
-				s.e = append(s.e, b[i]-b[i-lag])
-			}
-			q10, _, q90 = empiricalQ(s.e)
-			lastLag = lag
-		}
+		q10, _, q90 := quantilesSorted(s.errs[lag])
 		s.f[h-1] = Quantiles{Q10: pt + q10, Q50: pt, Q90: pt + q90}
 	}
 	return s.f

@@ -1,11 +1,16 @@
 package forecast
 
 import (
+	"bufio"
+	"bytes"
+	"cmp"
 	"encoding/csv"
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -30,6 +35,10 @@ type Table struct {
 	HasLocation bool
 	CovNames    []string
 	Records     []Record
+	// Ignored lists extra columns left out because their first non-empty
+	// cell is not a number (a host name, a status text): they cannot be
+	// covariates.
+	Ignored []string
 }
 
 // Column names the parser recognises (lower case). The first column is the
@@ -162,11 +171,19 @@ const maxTableRows = 5_000_000
 //	                                      wind_spd,...,hday)
 //
 // With a header, columns are found by name (see timeNames, locationNames,
-// valueNames, holidayNames); every other column is a numeric covariate.
-// A row with an empty value is skipped; a malformed row rejects the whole
-// input with an error naming its line.
+// valueNames, holidayNames); every other column is a numeric covariate,
+// except one whose first non-empty cell is not a number: that column is
+// ignored (listed in Table.Ignored). A row with an empty value is
+// skipped; a malformed row rejects the whole input with an error naming
+// its line. A UTF-8 byte-order mark is skipped, and a first line with no
+// comma but semicolons (or tabs) makes that the separator.
 func ReadTable(r io.Reader) (*Table, error) {
-	cr := csv.NewReader(r)
+	br := bufio.NewReader(r)
+	if b, err := br.Peek(3); err == nil && bytes.Equal(b, []byte("\xef\xbb\xbf")) {
+		_, _ = br.Discard(3)
+	}
+	cr := csv.NewReader(br)
+	cr.Comma = sniffComma(br)
 	cr.TrimLeadingSpace = true
 	cr.ReuseRecord = false
 	first, err := cr.Read()
@@ -179,6 +196,7 @@ func ReadTable(r io.Reader) (*Table, error) {
 	ncol := len(first)
 	tcol, lcol, vcol, hcol := 0, -1, -1, -1
 	var covCols []int
+	var covText []bool // covCols[j] turned out to be a text column
 	t := &Table{}
 	pending := [][]string{}
 	if _, err := ParseTime(first[0]); err == nil {
@@ -227,7 +245,9 @@ func ReadTable(r io.Reader) (*Table, error) {
 				t.CovNames = append(t.CovNames, names[i])
 			}
 		}
+		covText = make([]bool, len(covCols))
 	}
+	covKnown := make([]bool, len(covCols))
 	t.HasLocation = lcol >= 0
 	line := 1 // the header
 	if len(pending) > 0 {
@@ -264,13 +284,20 @@ func ReadTable(r io.Reader) (*Table, error) {
 		if len(covCols) > 0 {
 			rec.Covs = make([]float64, len(covCols))
 			for j, c := range covCols {
-				if isMissing(row[c]) {
+				if covText[j] || isMissing(row[c]) {
 					rec.Covs[j] = math.NaN()
 					continue
 				}
 				if rec.Covs[j], err = parseFinite(row[c]); err != nil {
+					if !covKnown[j] {
+						// The column's first value is text: not a covariate.
+						covText[j], covKnown[j] = true, true
+						rec.Covs[j] = math.NaN()
+						continue
+					}
 					return fmt.Errorf("line %d column %d: %w", line, c+1, err)
 				}
+				covKnown[j] = true
 			}
 		}
 		if len(t.Records) >= maxTableRows {
@@ -299,7 +326,65 @@ func ReadTable(r io.Reader) (*Table, error) {
 	if len(t.Records) == 0 {
 		return nil, fmt.Errorf("%w: no data rows", ErrBadInput)
 	}
+	if slices.Contains(covText, true) {
+		t.dropColumns(covText)
+	}
 	return t, nil
+}
+
+// dropColumns removes the covariates marked text from the table.
+func (t *Table) dropColumns(text []bool) {
+	var names []string
+	for j, n := range t.CovNames {
+		if text[j] {
+			t.Ignored = append(t.Ignored, n)
+		} else {
+			names = append(names, n)
+		}
+	}
+	t.CovNames = names
+	for i := range t.Records {
+		r := &t.Records[i]
+		k := 0
+		for j, v := range r.Covs {
+			if !text[j] {
+				r.Covs[k] = v
+				k++
+			}
+		}
+		r.Covs = r.Covs[:k]
+		if k == 0 {
+			r.Covs = nil
+		}
+	}
+}
+
+// sniffComma picks the field separator from the first line: a comma when
+// it has one, else a semicolon or a tab if it has those (spreadsheet
+// exports in locales whose decimal mark is a comma).
+func sniffComma(br *bufio.Reader) rune {
+	b, _ := br.Peek(4096) // fewer bytes at the end of a short input
+	if i := bytes.IndexByte(b, '\n'); i >= 0 {
+		b = b[:i]
+	}
+	count := map[byte]int{}
+	quoted := false
+	for _, c := range b {
+		if c == '"' {
+			quoted = !quoted
+		} else if !quoted {
+			count[c]++
+		}
+	}
+	switch {
+	case count[','] > 0:
+		return ','
+	case count[';'] > 0:
+		return ';'
+	case count['\t'] > 0:
+		return '\t'
+	}
+	return ','
 }
 
 // Agg says how samples inside one bucket combine.
@@ -311,6 +396,14 @@ const (
 	// AggMean averages them (gauges such as CPU percent).
 	AggMean
 )
+
+// String names the aggregation as ParseAgg reads it.
+func (a Agg) String() string {
+	if a == AggMean {
+		return "mean"
+	}
+	return "sum"
+}
 
 // ParseAgg reads "sum" or "mean".
 func ParseAgg(s string) (Agg, error) {
@@ -333,25 +426,140 @@ type SeriesOptions struct {
 	IndexStep time.Duration
 	// Agg combines the samples of one bucket.
 	Agg Agg
+	// KeepRepeats keeps rows that repeat another row's timestamp,
+	// location and value (an event log with one row per request) and lets
+	// a bucket's sum grow with every sample. By default such rows are
+	// repeated exports (LoadSeries drops them) and a bucket holding more
+	// samples than the step holds native steps (a DST artifact: NAB's
+	// 02:00 hour relabelled 03:00) is summed as its mean times that number.
+	KeepRepeats bool
 }
 
-// NativeStep is the smallest positive gap between distinct timestamps.
+// NativeStep is the data's sampling interval: the median of the positive
+// gaps between consecutive distinct timestamps (so missing rows, which
+// make some gaps longer, and a stray off-grid row, which makes two
+// shorter, do not change it), rounded to the nearest length that divides
+// a day when within 5% of it (jittered or irregular sampling), else to a
+// whole minute, hour or day when within 2% of one.
 func (t *Table) NativeStep() (time.Duration, error) {
 	ts := make([]int64, 0, len(t.Records))
 	for _, r := range t.Records {
 		ts = append(ts, r.Time.Unix())
 	}
-	sort.Slice(ts, func(i, j int) bool { return ts[i] < ts[j] })
-	var step int64
-	for i := 1; i < len(ts); i++ {
-		if d := ts[i] - ts[i-1]; d > 0 && (step == 0 || d < step) {
-			step = d
-		}
-	}
-	if step == 0 {
+	slices.Sort(ts)
+	ts = slices.Compact(ts)
+	if len(ts) < 2 {
 		return 0, fmt.Errorf("%w: fewer than two distinct timestamps", ErrBadInput)
 	}
+	gaps := make([]int64, len(ts)-1)
+	for i := 1; i < len(ts); i++ {
+		gaps[i-1] = ts[i] - ts[i-1]
+	}
+	slices.Sort(gaps)
+	step := gaps[(len(gaps)-1)/2] // the lower median: an observed gap
+	// Irregular sampling (a median gap of 307 s for a 5-minute sampler
+	// with missed samples): the nearest step that divides a day, within 5%.
+	best := niceSteps[0]
+	for _, c := range niceSteps {
+		if abs64(c-step) < abs64(best-step) {
+			best = c
+		}
+	}
+	if abs64(best-step)*20 <= step {
+		return time.Duration(best) * time.Second, nil
+	}
+	for _, unit := range []int64{60, 3600, 86400} {
+		if step >= unit {
+			r := (step + unit/2) / unit * unit
+			if d := r - step; d*50 <= step && -d*50 <= step {
+				step = r
+			}
+		}
+	}
 	return time.Duration(step) * time.Second, nil
+}
+
+// niceSteps are the bucket lengths (seconds) that divide a day, and a week.
+var niceSteps = []int64{1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60, 120, 180, 240, 300, 360, 600, 720, 900, 1200, 1800,
+	3600, 7200, 10800, 14400, 21600, 28800, 43200, 86400, 7 * 86400}
+
+func abs64(x int64) int64 {
+	if x < 0 {
+		return -x
+	}
+	return x
+}
+
+// DropDuplicates removes rows repeating an earlier row's timestamp,
+// location, value and covariates (overlapping exports, a re-sent sample),
+// keeping the first. Rows sharing a timestamp and location but not the
+// value are distinct samples and stay (Series combines them by
+// SeriesOptions.Agg, as it does samples of one bucket); conflicting
+// counts them.
+func (t *Table) DropDuplicates() (dropped, conflicting int) {
+	idx := make([]int, len(t.Records))
+	for i := range idx {
+		idx[i] = i
+	}
+	rec := t.Records
+	slices.SortStableFunc(idx, func(a, b int) int {
+		if c := strings.Compare(rec[a].Location, rec[b].Location); c != 0 {
+			return c
+		}
+		if c := rec[a].Time.Compare(rec[b].Time); c != 0 {
+			return c
+		}
+		return cmp.Compare(rec[a].Value, rec[b].Value)
+	})
+	drop := make([]bool, len(rec))
+	var kept []int // kept rows of the current (location, time, value) group
+	for k, i := range idx {
+		b := &rec[i]
+		if k > 0 {
+			a := &rec[idx[k-1]]
+			if a.Location != b.Location || !a.Time.Equal(b.Time) {
+				kept = kept[:0]
+			} else if a.Value != b.Value {
+				kept = kept[:0]
+				conflicting++
+			}
+		}
+		for _, j := range kept {
+			if sameRecord(&rec[j], b) {
+				drop[i] = true
+				dropped++
+				break
+			}
+		}
+		if !drop[i] {
+			if len(kept) > 0 {
+				conflicting++ // same value, other covariates
+			}
+			kept = append(kept, i)
+		}
+	}
+	if dropped > 0 {
+		out := rec[:0]
+		for i := range rec {
+			if !drop[i] {
+				out = append(out, rec[i])
+			}
+		}
+		t.Records = out
+	}
+	return dropped, conflicting
+}
+
+func sameRecord(a, b *Record) bool {
+	if a.Value != b.Value || a.Holiday != b.Holiday || len(a.Covs) != len(b.Covs) {
+		return false
+	}
+	for i, x := range a.Covs {
+		if y := b.Covs[i]; x != y && !(math.IsNaN(x) && math.IsNaN(y)) {
+			return false
+		}
+	}
+	return true
 }
 
 // maxSeriesLen bounds the bucket grid so a stray timestamp far from the
@@ -405,9 +613,10 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 		return nil, fmt.Errorf("%w: %d buckets of %v between first and last timestamp", ErrBadInput, n, step)
 	}
 	type acc struct {
-		sum, cnt []float64
-		cov      [][]float64
-		covN     [][]float64
+		sum, cnt    []float64
+		cov         [][]float64
+		covN        [][]float64
+		first, last int64 // the location's own span of buckets
 	}
 	locs := map[string]*acc{}
 	anyAt := make([]int, n)
@@ -415,7 +624,7 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 	for _, r := range t.Records {
 		a := locs[r.Location]
 		if a == nil {
-			a = &acc{sum: make([]float64, n), cnt: make([]float64, n)}
+			a = &acc{sum: make([]float64, n), cnt: make([]float64, n), first: n, last: -1}
 			for range t.CovNames {
 				a.cov = append(a.cov, make([]float64, n))
 				a.covN = append(a.covN, make([]float64, n))
@@ -423,6 +632,7 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 			locs[r.Location] = a
 		}
 		i := bucket(r.Time) - minB
+		a.first, a.last = min(a.first, i), max(a.last, i)
 		a.sum[i] += r.Value
 		a.cnt[i]++
 		anyAt[i]++
@@ -466,6 +676,7 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 	}
 	sort.Strings(names)
 	out := make([]*Series, 0, len(names))
+	overfull := 0 // buckets with more samples than native steps
 	for _, l := range names {
 		a := locs[l]
 		m := int(hi - lo + 1)
@@ -484,10 +695,20 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 				s.Values[i] = a.sum[k]
 				if opt.Agg == AggMean {
 					s.Values[i] /= a.cnt[k]
+				} else if per >= 1 && a.cnt[k] > float64(per) && !opt.KeepRepeats {
+					s.Values[i] *= float64(per) / a.cnt[k]
+				}
+				if per >= 1 && a.cnt[k] > float64(per) {
+					overfull++
 				}
 				s.Observed[i] = true
 			case t.HasLocation && anyAt[k] > 0:
-				s.Values[i], s.Observed[i] = 0, true
+				// Other locations report: this one had nothing, inside
+				// its own span; before its first row or after its last
+				// it was not reporting (a site added or retired), so the
+				// zero is not an observation (the backtest trims it).
+				s.Values[i] = 0
+				s.Observed[i] = int64(k) >= a.first && int64(k) <= a.last
 			default:
 				s.Values[i] = math.NaN()
 			}
@@ -512,6 +733,17 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 			return nil, fmt.Errorf("%w: location %q has no values", ErrBadInput, l)
 		}
 		out = append(out, s)
+	}
+	if overfull > 0 {
+		how := "mean of the samples"
+		if opt.Agg == AggSum {
+			how = fmt.Sprintf("mean × %d", per)
+			if opt.KeepRepeats {
+				how = "sum of the samples"
+			}
+		}
+		slog.Warn("series: buckets hold more samples than native steps", "buckets", overfull,
+			"step", step.String(), "native_step", native.String(), "value", how)
 	}
 	return out, nil
 }

@@ -192,6 +192,8 @@ func FuzzReadTable(f *testing.F) {
 	f.Add("pickup_dt,borough,pickups,temp_F,hday\n1/1/2015 1:00,Bronx,152,30,Y\n1/1/2015 2:00,Bronx,1,29,N\n")
 	f.Add("2015-01-01 01:00,Bronx,3\n2015-01-01 02:00,Queens,4\n")
 	f.Add("\"ds\",\"y\"\n\"2007-12-10\",9.59\n\"2007-12-12\",8\n")
+	f.Add("\ufefftimestamp;value\r\n2014-02-14 14:30:00;1\r\n2014-02-14 14:30:00;1\r\n2014-02-14 15:30:00;2\r\n")
+	f.Add("timestamp,value,host,temp\n2014-02-14T14:30:00+02:00,1,web,3\n2014-02-14T15:30:00+02:00,1,db,\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		tb, err := ReadTable(strings.NewReader(in))
 		if err != nil {
@@ -204,6 +206,12 @@ func FuzzReadTable(f *testing.F) {
 			if math.IsNaN(r.Value) || math.IsInf(r.Value, 0) || len(r.Covs) != len(tb.CovNames) {
 				t.Fatalf("accepted bad record %+v", r)
 			}
+		}
+		if d, _ := tb.DropDuplicates(); d > len(tb.Records)+d-1 {
+			t.Fatalf("dropped %d of %d rows", d, len(tb.Records)+d)
+		}
+		if d, _ := tb.DropDuplicates(); d != 0 {
+			t.Fatalf("a second pass dropped %d more", d)
 		}
 		ss, err := tb.Series(SeriesOptions{Step: time.Hour})
 		if err != nil {

@@ -220,4 +220,40 @@
 // absolute daily-seasonal-naive error inside that origin's window. When a
 // series is too short for a four-week window and 168 origins, the window
 // shrinks to leave 168 origins (reported; the NAB files hold two weeks).
+//
+// # Inputs the protocol meets in the wild
+//
+// ReadTable/LoadSeries take any row order, a UTF-8 byte-order mark, CRLF,
+// quoted fields, comma, semicolon or tab separators (from the first
+// line), zoneless times (UTC wall clock), times with offsets (instants),
+// dates, Unix times. Decisions, each logged when it changes data:
+//
+//   - Bucket length: the median gap between distinct timestamps, rounded
+//     to the nearest length dividing a day within 5% (jittered or
+//     irregular sampling), not the smallest gap (one off-grid row halved
+//     an hourly series' step and filled every other bucket; a jittered
+//     5-minute series became a 297 s one). Several samples in one bucket
+//     combine by the aggregation (logged).
+//   - Repeated rows (same time, location, value, covariates) are dropped
+//     (overlapping exports); same time and location with another value is
+//     another sample of that bucket (Table.DropDuplicates). Under sum
+//     aggregation a bucket with more samples than native steps (NAB's
+//     02:00 hour relabelled 03:00 on the spring-forward day) is the mean
+//     times that number, not a doubled count. SeriesOptions.KeepRepeats
+//     (--keep-repeats) is for event logs: every row counts.
+//   - Gaps of any length are filled by interpolation for the models'
+//     inputs but unobserved: never scored, and never an origin (the filled
+//     value at an origin inside a gap is drawn towards the value after the
+//     gap, which a forecast from there must not see).
+//   - A location counts as zero where others report, inside its own first
+//     to last row; outside them it is unobserved (a site added or retired,
+//     not a site without demand), and the backtest trims those ends; a
+//     location then too short for the protocol is skipped with a warning.
+//   - MASE at an origin whose window has no seasonal-naive error (constant,
+//     below 10⁻¹² of its level: round-off, or no observed pair) is undefined: the origin is
+//     left out of MASE and pinball and counted (Result.ZeroScale); with none
+//     left they are NaN, printed "-" and null in JSON. sMAPE counts a zero
+//     forecast of a zero as no error. Just after a constant stretch the
+//     scale is small and MASE large: that is MASE, not a failure.
+//   - A text extra column is ignored; a numeric one is a covariate.
 package forecast

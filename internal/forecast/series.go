@@ -3,7 +3,9 @@ package forecast
 import (
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
+	"strings"
 	"time"
 )
 
@@ -62,10 +64,21 @@ func (s *Series) Feeds(extra []Event) (*Feeds, error) {
 }
 
 // LoadSeries reads a demand CSV (see ReadTable) into regular series.
+// Repeated rows are dropped (Table.DropDuplicates) unless opt.KeepRepeats;
+// that and ignored text columns are logged (slog, warning level).
 func LoadSeries(r io.Reader, opt SeriesOptions) ([]*Series, error) {
 	t, err := ReadTable(r)
 	if err != nil {
 		return nil, err
+	}
+	if len(t.Ignored) > 0 {
+		slog.Warn("series: text columns ignored (not numeric covariates)", "columns", strings.Join(t.Ignored, ","))
+	}
+	if !opt.KeepRepeats {
+		if dropped, conflicting := t.DropDuplicates(); dropped+conflicting > 0 {
+			slog.Warn("series: rows repeating a timestamp", "dropped_repeats", dropped,
+				"kept_other_values", conflicting, "agg", opt.Agg.String())
+		}
 	}
 	if opt.IndexStep > 0 {
 		if err := t.reindex(opt.IndexStep); err != nil {

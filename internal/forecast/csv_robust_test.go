@@ -1,0 +1,294 @@
+package forecast
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// hourlyRows returns n hourly "timestamp,value" rows from 2024-01-01 in
+// the given time layout, values 10, 11, 12, ...
+func hourlyRows(n int, layout, sep, nl string) string {
+	var b strings.Builder
+	t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range n {
+		fmt.Fprintf(&b, "%s%s%d%s", t0.Add(time.Duration(i)*time.Hour).Format(layout), sep, 10+i, nl)
+	}
+	return b.String()
+}
+
+// TestReadTableVariants: header and format variants of one table read as
+// the same records; nothing is lost (the first row of a headerless file
+// starting with a byte-order mark was taken for a header and dropped).
+func TestReadTableVariants(t *testing.T) {
+	const n = 5
+	plain := "timestamp,value\n" + hourlyRows(n, time.DateTime, ",", "\n")
+	for _, tc := range []struct {
+		name, in      string
+		ignored, covs []string
+	}{
+		{name: "plain", in: plain},
+		{name: "BOM and header", in: "\ufeff" + plain},
+		{name: "BOM, no header", in: "\ufeff" + hourlyRows(n, time.DateTime, ",", "\n")},
+		{name: "CRLF", in: "timestamp,value\r\n" + hourlyRows(n, time.DateTime, ",", "\r\n")},
+		{name: "quoted", in: "\"timestamp\",\"value\"\n" + hourlyRows(n, `"`+time.DateTime+`"`, ",", "\n")},
+		{name: "semicolons", in: "timestamp;value\n" + hourlyRows(n, time.DateTime, ";", "\n")},
+		{name: "tabs", in: "timestamp\tvalue\n" + hourlyRows(n, time.DateTime, "\t", "\n")},
+		{name: "spaces around fields", in: " Timestamp , Value \n" + hourlyRows(n, time.DateTime, " ,  ", " \n")},
+		{name: "ISO-8601 UTC", in: "timestamp,value\n" + hourlyRows(n, "2006-01-02T15:04:05Z", ",", "\n")},
+		{name: "ISO-8601 offset", in: "timestamp,value\n" + strings.ReplaceAll(hourlyRows(n, "2006-01-02T15:04:05", ",", "\n"), ",", "+00:00,")},
+		{name: "text column ignored", in: "timestamp,value,host,status\n" + strings.ReplaceAll(hourlyRows(n, time.DateTime, ",", "\n"), "\n", ",web-1,\n"),
+			ignored: []string{"host"}, covs: []string{"status"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tb, err := ReadTable(strings.NewReader(tc.in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(tb.Records) != n || !slices.Equal(tb.CovNames, tc.covs) || !slices.Equal(tb.Ignored, tc.ignored) {
+				t.Fatalf("%d records, covariates %v, ignored %v", len(tb.Records), tb.CovNames, tb.Ignored)
+			}
+			t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+			for i, r := range tb.Records {
+				if !r.Time.Equal(t0.Add(time.Duration(i)*time.Hour)) || r.Value != float64(10+i) || len(r.Covs) != len(tc.covs) {
+					t.Fatalf("record %d: %+v", i, r)
+				}
+			}
+		})
+	}
+	// A text value in a column whose first value was a number is a typo,
+	// not a text column: refused with its line.
+	_, err := ReadTable(strings.NewReader("timestamp,value,temp,wind\n2024-01-01 00:00,1,3,1\n2024-01-01 01:00,1,x,1\n"))
+	if !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), "line 3 column 3") {
+		t.Fatalf("numeric column with text: %v", err)
+	}
+	// Dates only: a daily series.
+	ss, err := LoadSeries(strings.NewReader("date,value\n2024-01-01,1\n2024-01-02,2\n2024-01-04,4\n"), SeriesOptions{})
+	if err != nil || ss[0].Step != 24*time.Hour || ss[0].Len() != 4 || ss[0].Observed[2] {
+		t.Fatalf("daily: %v %+v", err, ss)
+	}
+}
+
+// grid returns n times from t0, step d apart.
+func grid(t0 time.Time, n int, d time.Duration) []time.Time {
+	ts := make([]time.Time, n)
+	for i := range ts {
+		ts[i] = t0.Add(time.Duration(i) * d)
+	}
+	return ts
+}
+
+// TestNativeStep: the sampling interval survives gaps, a stray off-grid
+// row and jittered timestamps (the smallest gap did not: one row at 00:30
+// in an hourly file made it a half-hourly series, half of it filled).
+func TestNativeStep(t *testing.T) {
+	t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name  string
+		times func() []time.Time
+		want  time.Duration
+	}{
+		{"hourly", func() []time.Time { return grid(t0, 50, time.Hour) }, time.Hour},
+		{"hourly with gaps of hours and days", func() (ts []time.Time) {
+			for i := range 200 {
+				if (i < 20 || i > 25) && (i < 60 || i > 110) {
+					ts = append(ts, t0.Add(time.Duration(i)*time.Hour))
+				}
+			}
+			return ts
+		}, time.Hour},
+		{"hourly with one off-grid row", func() []time.Time {
+			return append(grid(t0, 50, time.Hour), t0.Add(10*time.Hour+30*time.Minute))
+		}, time.Hour},
+		{"5-minute jittered by up to 3 s", func() (ts []time.Time) {
+			rng := rand.New(rand.NewPCG(1, 1))
+			for i := range 500 {
+				ts = append(ts, t0.Add(time.Duration(i)*5*time.Minute+time.Duration(rng.IntN(4))*time.Second))
+			}
+			return ts
+		}, 5 * time.Minute},
+		{"daily with missing days", func() (ts []time.Time) {
+			for i := range 100 {
+				if i%7 != 3 {
+					ts = append(ts, t0.AddDate(0, 0, i))
+				}
+			}
+			return ts
+		}, 24 * time.Hour},
+		{"15-minute", func() []time.Time { return grid(t0, 100, 15*time.Minute) }, 15 * time.Minute},
+		{"irregular 5-minute sampling with missed samples", func() (ts []time.Time) {
+			rng := rand.New(rand.NewPCG(2, 2))
+			tm := t0
+			for range 2000 {
+				if rng.Float64() > 0.05 {
+					ts = append(ts, tm)
+				}
+				tm = tm.Add(time.Duration(300+rng.IntN(241)-120) * time.Second)
+			}
+			return ts
+		}, 5 * time.Minute},
+		{"7-minute stays 7-minute", func() []time.Time { return grid(t0, 100, 7*time.Minute) }, 7 * time.Minute},
+		{"90-minute stays 90-minute", func() []time.Time { return grid(t0, 100, 90*time.Minute) }, 90 * time.Minute},
+		{"irregular seconds stay seconds", func() []time.Time { return grid(t0, 100, 7*time.Second) }, 7 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tb := &Table{}
+			for _, tm := range tc.times() {
+				tb.Records = append(tb.Records, Record{Time: tm, Value: 1})
+			}
+			got, err := tb.NativeStep()
+			if err != nil || got != tc.want {
+				t.Fatalf("NativeStep = %v, %v; want %v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestDropDuplicates: a repeated row is dropped once, whatever rows lie
+// between; rows sharing a timestamp with other values stay and are
+// combined by the aggregation.
+func TestDropDuplicates(t *testing.T) {
+	for _, tc := range []struct {
+		name              string
+		in                string
+		dropped, conflict int
+		values            []float64 // series at the native step, Agg sum
+	}{
+		{"no duplicates", "2024-01-01 00:00,1\n2024-01-01 01:00,2\n2024-01-01 02:00,3\n", 0, 0, []float64{1, 2, 3}},
+		{"repeated row", "2024-01-01 00:00,1\n2024-01-01 01:00,2\n2024-01-01 01:00,2\n2024-01-01 02:00,3\n", 1, 0, []float64{1, 2, 3}},
+		{"file concatenated with itself", "2024-01-01 00:00,1\n2024-01-01 01:00,2\n2024-01-01 02:00,3\n2024-01-01 00:00,1\n2024-01-01 01:00,2\n2024-01-01 02:00,3\n",
+			3, 0, []float64{1, 2, 3}},
+		{"three copies", "2024-01-01 00:00,1\n2024-01-01 00:00,1\n2024-01-01 00:00,1\n2024-01-01 01:00,2\n", 2, 0, []float64{1, 2}},
+		// Two values for a bucket that holds one sample: their mean.
+		{"A B A", "2024-01-01 00:00,1\n2024-01-01 00:00,5\n2024-01-01 00:00,1\n2024-01-01 01:00,2\n", 1, 1, []float64{3, 2}},
+		{"other values are samples", "2024-01-01 00:00,1\n2024-01-01 00:00,4\n2024-01-01 01:00,2\n", 0, 1, []float64{2.5, 2}},
+		{"same time, other location", "2024-01-01 00:00,a,1\n2024-01-01 00:00,b,1\n2024-01-01 01:00,a,2\n2024-01-01 01:00,b,2\n", 0, 0, []float64{1, 2}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tb, err := ReadTable(strings.NewReader(tc.in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, c := tb.DropDuplicates()
+			if d != tc.dropped || c != tc.conflict {
+				t.Fatalf("dropped %d conflicting %d, want %d %d", d, c, tc.dropped, tc.conflict)
+			}
+			ss, err := tb.Series(SeriesOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(ss[0].Values, tc.values) {
+				t.Fatalf("values %v, want %v", ss[0].Values, tc.values)
+			}
+		})
+	}
+}
+
+// TestOverfullBuckets: NAB's daylight-saving artifact (the 02:xx hour of
+// 5-minute rows relabelled 03:00) summed to hourly gave 03:00 24 samples,
+// twice its demand; it is now the mean times 12. An event log with
+// KeepRepeats keeps every row and sums them.
+func TestOverfullBuckets(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("timestamp,value\n")
+	t0 := time.Date(2014, 3, 9, 0, 0, 0, 0, time.UTC)
+	for i := range 12 * 6 {
+		ts := t0.Add(time.Duration(i) * 5 * time.Minute)
+		if ts.Hour() == 2 {
+			ts = time.Date(2014, 3, 9, 3, 0, 0, 0, time.UTC)
+		}
+		fmt.Fprintf(&b, "%s,%d\n", ts.Format(time.DateTime), 10+i%2)
+	}
+	ss, err := LoadSeries(strings.NewReader(b.String()), SeriesOptions{Step: time.Hour, Agg: AggSum})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Hours 0..5; hour 2 is a gap; hour 3 holds 11 rows and the two
+	// distinct values of the twelve relabelled ones: 13 samples.
+	if v := ss[0].Values; v[0] != 126 || ss[0].Observed[2] || math.Abs(v[3]-126) > 1 || v[4] != 126 {
+		t.Fatalf("hourly sums %v observed %v", v, ss[0].Observed)
+	}
+	ev := "timestamp,location,value\n2024-01-01 00:00:01,a,1\n2024-01-01 00:00:01,a,1\n2024-01-01 00:00:02,a,1\n2024-01-01 01:00:05,a,1\n" +
+		"2024-01-01 02:00:01,a,1\n2024-01-01 02:00:01,a,1\n2024-01-01 02:00:03,a,1\n"
+	ss, err = LoadSeries(strings.NewReader(ev), SeriesOptions{Step: time.Hour, KeepRepeats: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := ss[0].Values; !slices.Equal(v, []float64{3, 1, 3}) {
+		t.Fatalf("event log per hour %v", v)
+	}
+}
+
+// TestLocationSpans: a location that starts late or stops early is
+// unobserved outside its own rows (it was zero-filled and scored as if it
+// had no demand); inside, a missing row is still a zero count.
+func TestLocationSpans(t *testing.T) {
+	in := "timestamp,location,value\n" +
+		"2024-01-01 00:00,a,1\n2024-01-01 01:00,a,1\n2024-01-01 02:00,a,1\n2024-01-01 03:00,a,1\n" +
+		"2024-01-01 01:00,b,5\n2024-01-01 03:00,b,6\n" +
+		"2024-01-01 00:00,c,7\n"
+	ss, err := LoadSeries(strings.NewReader(in), SeriesOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]bool{
+		"a": {true, true, true, true},
+		"b": {false, true, true, true}, // its rows: 01:00 .. 03:00
+		"c": {true, false, false, false},
+	}
+	for _, s := range ss {
+		if !slices.Equal(s.Observed, want[s.Name]) {
+			t.Errorf("%s observed %v, want %v (values %v)", s.Name, s.Observed, want[s.Name], s.Values)
+		}
+	}
+	if b := ss[1]; b.Values[2] != 0 || b.Values[0] != 0 {
+		t.Errorf("b values %v", b.Values)
+	}
+	// The grid stays common (the locations tool needs it).
+	if _, err := LocationDataFromSeries(ss); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// FuzzParseTime: the timestamp parser never panics and what it accepts
+// is in UTC and formats back to something it accepts.
+func FuzzParseTime(f *testing.F) {
+	for _, s := range []string{"2023-01-02 10:30:00", "2023-01-02T12:30:00+02:00", "1/2/2023", "1672655400000", "7", "\ufeff2023-01-02"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		tm, err := ParseTime(s)
+		if err != nil {
+			if !errors.Is(err, ErrBadInput) {
+				t.Fatalf("error without ErrBadInput: %v", err)
+			}
+			return
+		}
+		if tm.Location() != time.UTC {
+			t.Fatalf("%q parsed to %v, not UTC", s, tm)
+		}
+	})
+}
+
+// FuzzParseMarkConditions: the --mark parser never panics and accepts
+// only finite thresholds.
+func FuzzParseMarkConditions(f *testing.F) {
+	f.Add("liq_precp_1hr>0,snow_depth_in>0")
+	f.Add("a>1e309")
+	f.Fuzz(func(t *testing.T, s string) {
+		cs, err := ParseMarkConditions(s)
+		if err != nil {
+			return
+		}
+		for _, c := range cs {
+			if math.IsNaN(c.Above) || math.IsInf(c.Above, 0) {
+				t.Fatalf("%q: threshold %v", s, c.Above)
+			}
+		}
+	})
+}
