@@ -50,6 +50,10 @@ type Matrix struct {
 	// Dated: the time column held dates (one snapshot per distinct date)
 	// rather than seconds.
 	Dated bool
+	// Notes says what the reader did to the data that a reader of the
+	// results should know (averaged repeats, merged times, a last line
+	// without a line ending); the replay report prints them.
+	Notes []string
 }
 
 func missing() Stat { return Stat{math.NaN(), math.NaN(), math.NaN(), math.NaN()} }
@@ -65,15 +69,51 @@ func newSnap(n int, at float64, label string) Snapshot {
 // lineReader wraps csv.Reader with line-numbered errors.
 type lineReader struct {
 	r    *csv.Reader
+	tail *tailReader
 	name string
 	line int // line of the last record read
 }
 
+// tailReader remembers the last byte read, so a reader can tell whether
+// the input ended with a line ending.
+type tailReader struct {
+	r    io.Reader
+	last byte
+	n    int64
+}
+
+func (t *tailReader) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if n > 0 {
+		t.last, t.n = p[n-1], t.n+int64(n)
+	}
+	return n, err
+}
+
+// utf8BOM is stripped from the start of every input: spreadsheet exports
+// add it, and it would otherwise become part of the first site's name.
+const utf8BOM = "\ufeff"
+
 func newReader(r io.Reader, name string) *lineReader {
-	cr := csv.NewReader(bufio.NewReader(r))
+	br := bufio.NewReader(r)
+	if b, err := br.Peek(len(utf8BOM)); err == nil && string(b) == utf8BOM {
+		_, _ = br.Discard(len(utf8BOM))
+	}
+	tail := &tailReader{r: br}
+	cr := csv.NewReader(tail)
 	cr.FieldsPerRecord = -1
 	cr.ReuseRecord = true
-	return &lineReader{r: cr, name: name}
+	return &lineReader{r: cr, tail: tail, name: name}
+}
+
+// endNote returns a note when the input's last line has no line ending:
+// a file cut short mid-number still parses, so say so rather than stay
+// silent. Call it after the last record was read.
+func (l *lineReader) endNote() []string {
+	if l.tail.n == 0 || l.tail.last == '\n' || l.tail.last == '\r' {
+		return nil
+	}
+	return []string{fmt.Sprintf("%s: the last line (%d) has no line ending; if the file was cut short, its last value may be truncated", l.name, l.line)}
 }
 
 func (l *lineReader) read() ([]string, int, error) {
@@ -190,11 +230,23 @@ const maxSites = 5000
 // maxCells bounds n²·snapshots so a hostile file cannot exhaust memory.
 const maxCells = 1 << 27
 
+// Column names the generic reader accepts (lower case), so the same
+// kinds of files with other headers (an IBM-style export, "from,to,…")
+// read without editing.
+var (
+	srcCols  = []string{"src", "source", "from", "src_region", "source_region", "src_site"}
+	dstCols  = []string{"dst", "destination", "to", "dst_region", "destination_region", "dst_site"}
+	rttCols  = []string{"rtt_ms", "rtt", "avg", "latency_ms", "avg_rtt_ms", "mean_rtt_ms", "latency"}
+	timeCols = []string{"time", "t", "timestamp", "date", "snapshot_date"}
+)
+
 // ReadPairs reads the generic format: a header naming src, dst and rtt_ms
-// (or rtt), and optionally time; one row per measurement. Several rows for
-// the same pair and time are averaged. A numeric time is seconds; anything
-// else (a date, an RFC 3339 time) orders snapshots by value, one per
-// distinct value.
+// (or an alias: srcCols, dstCols, rttCols, timeCols), and optionally time;
+// one row per measurement. Several rows for the same pair and time are
+// averaged, and so are rows whose times differ in spelling only ("60" and
+// "60.0", a date and its midnight); Notes counts them. A numeric time is
+// seconds; anything else (a date, an RFC 3339 time) orders snapshots by
+// value, one per distinct instant. Rows may come in any order.
 func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 	l := newReader(r, name)
 	rec, line, err := l.read()
@@ -211,15 +263,11 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 	if _, perr := strconv.ParseFloat(field(rec, 2), 64); perr != nil {
 		col = map[string]int{}
 		for i, h := range rec {
-			switch strings.ToLower(strings.TrimPrefix(h, "\ufeff")) {
-			case "src", "source", "from":
-				col["src"] = i
-			case "dst", "destination", "to":
-				col["dst"] = i
-			case "rtt_ms", "rtt", "avg", "latency_ms":
-				col["rtt"] = i
-			case "time", "t", "timestamp", "date":
-				col["time"] = i
+			h = strings.ToLower(h)
+			for c, names := range map[string][]string{"src": srcCols, "dst": dstCols, "rtt": rttCols, "time": timeCols} {
+				if _, dup := col[c]; !dup && slices.Contains(names, h) {
+					col[c] = i
+				}
 			}
 		}
 		for _, c := range []string{"src", "dst", "rtt"} {
@@ -237,11 +285,13 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 		i, j int
 	}
 	type acc struct {
+		k   key
 		sum float64
 		n   int
 	}
 	var sites siteIndex
-	cells := map[key]*acc{}
+	cells := map[key]int{} // index in accs, which keeps file order
+	var accs []acc
 	times := map[string]bool{}
 	handle := func(rec []string, line int) error {
 		src, dst := field(rec, col["src"]), field(rec, col["dst"])
@@ -265,13 +315,14 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 		if len(sites.names) > maxSites {
 			return l.errf(line, "more than %d sites", maxSites)
 		}
-		a := cells[k]
-		if a == nil {
-			a = &acc{}
-			cells[k] = a
+		ai, ok := cells[k]
+		if !ok {
+			ai = len(accs)
+			cells[k] = ai
+			accs = append(accs, acc{k: k})
 		}
-		a.sum += v
-		a.n++
+		accs[ai].sum += v
+		accs[ai].n++
 		times[t] = true
 		return nil
 	}
@@ -283,9 +334,10 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 	if err := l.each(handle); err != nil {
 		return nil, err
 	}
-	if len(cells) == 0 {
+	if len(accs) == 0 {
 		return nil, l.errf(line, "no measurements")
 	}
+	cells = nil // only accs is needed from here
 	labels := make([]string, 0, len(times))
 	for t := range times {
 		labels = append(labels, t)
@@ -294,25 +346,62 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 	if err != nil {
 		return nil, l.errf(0, "%v", err)
 	}
-	slices.SortFunc(labels, func(a, b string) int { return cmpFloat(at[a], at[b]) })
+	// One snapshot per instant; labels naming the same instant share it,
+	// under the label that sorts first.
+	slices.SortFunc(labels, func(a, b string) int {
+		if c := cmpFloat(at[a], at[b]); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
 	n := len(sites.names)
-	if n*n*len(labels) > maxCells {
-		return nil, l.errf(0, "%d sites × %d snapshots is too large", n, len(labels))
-	}
 	m := &Matrix{Name: name, Dated: dated}
+	snapOf := map[string]int{}
+	merged := 0
+	for _, t := range labels {
+		if k := len(m.Snaps); k > 0 && m.Snaps[k-1].At == at[t] {
+			snapOf[t] = k - 1
+			merged++
+			continue
+		}
+		if (len(m.Snaps)+1)*n*n > maxCells {
+			return nil, l.errf(0, "%d sites × %d snapshots is too large", n, len(labels)-merged)
+		}
+		snapOf[t] = len(m.Snaps)
+		m.Snaps = append(m.Snaps, newSnap(n, at[t], t))
+	}
 	for _, s := range sites.names {
 		m.Sites = append(m.Sites, Site{Name: s})
 	}
-	snapOf := map[string]int{}
-	for i, t := range labels {
-		snapOf[t] = i
-		m.Snaps = append(m.Snaps, newSnap(n, at[t], t))
+	// Sum per snapshot cell in file order, so the result does not depend
+	// on map order.
+	type cellKey struct{ s, i, j int }
+	count := make(map[cellKey]int, len(cells))
+	for _, a := range accs {
+		k := a.k
+		ck := cellKey{snapOf[k.t], k.i, k.j}
+		cell := &m.Snaps[ck.s].RTT[k.i*n+k.j]
+		if count[ck] == 0 {
+			cell.Avg = a.sum
+		} else {
+			cell.Avg += a.sum
+		}
+		count[ck] += a.n
 	}
-	for k, a := range cells {
-		st := missing()
-		st.Avg = a.sum / float64(a.n)
-		m.Snaps[snapOf[k.t]].RTT[k.i*n+k.j] = st
+	repeats := 0
+	for ck, c := range count {
+		if c > 1 {
+			repeats++
+			m.Snaps[ck.s].RTT[ck.i*n+ck.j].Avg /= float64(c)
+		}
 	}
+	if merged > 0 {
+		m.Notes = append(m.Notes, fmt.Sprintf("%s: %d time value(s) name the same instant as another and share its snapshot", name, merged))
+	}
+	if repeats > 0 {
+		m.Notes = append(m.Notes, fmt.Sprintf("%s: %d pair(s) were measured more than once in a snapshot; their RTTs are averaged", name, repeats))
+	}
+	m.Notes = append(m.Notes, l.endNote()...)
 	return m, nil
 }
 
@@ -456,7 +545,7 @@ func ReadWonderProxy(r io.Reader, name string, servers map[string]Site) (*Matrix
 		return nil, l.errf(1, "no measurements")
 	}
 	n := len(sites.names)
-	m := &Matrix{Name: name, Snaps: []Snapshot{newSnap(n, 0, "")}}
+	m := &Matrix{Name: name, Snaps: []Snapshot{newSnap(n, 0, "")}, Notes: l.endNote()}
 	for _, id := range sites.names {
 		s, ok := servers[id]
 		if !ok {
@@ -529,7 +618,7 @@ func ReadIBM(r io.Reader, name string) (*Matrix, error) {
 		return nil, l.errf(0, "%d regions × %d snapshots is too large", n, len(labels))
 	}
 	base := dates[labels[0]]
-	m := &Matrix{Name: name, Dated: true}
+	m := &Matrix{Name: name, Dated: true, Notes: l.endNote()}
 	for _, s := range sites.names {
 		m.Sites = append(m.Sites, Site{Name: s})
 	}
@@ -647,4 +736,28 @@ func loadServersNear(pings string) (map[string]Site, error) {
 	}
 	defer f.Close()
 	return ReadServers(f, filepath.Base(pick))
+}
+
+// ParseSiteList parses a comma-separated list of site names as one CSV
+// record, so a name holding a comma is given in double quotes
+// ("Washington, DC",Tokyo). Names are trimmed like the readers trim them;
+// an empty name is an error.
+func ParseSiteList(s string) ([]string, error) {
+	r := csv.NewReader(strings.NewReader(s))
+	r.TrimLeadingSpace = true
+	rec, err := r.Read()
+	if err != nil {
+		return nil, fmt.Errorf("site list %q: %w", s, err)
+	}
+	if _, err := r.Read(); err != io.EOF {
+		return nil, fmt.Errorf("site list %q: more than one line", s)
+	}
+	out := make([]string, 0, len(rec))
+	for i, nm := range rec {
+		if nm = strings.TrimSpace(nm); nm == "" {
+			return nil, fmt.Errorf("site list %q: name %d is empty", s, i+1)
+		}
+		out = append(out, nm)
+	}
+	return out, nil
 }
