@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/premirror/premirror/internal/cli"
@@ -24,6 +23,45 @@ func init() {
 		},
 	})
 }
+
+// routeEvalHelp is printed before the flags by -h.
+const routeEvalHelp = `usage: controller route-eval [flags]
+
+Replays a latency matrix through probes, estimators and the routing policy
+and scores it against origin-only, geography-nearest, round robin, greedy
+(no damping) and the per-instant oracle.
+
+Input (-dataset): WonderProxy grouped pings (source,destination,min,avg,
+max,mdev; a servers-*.csv beside it gives geography), the IBM weekly file
+(snapshot_date,…,src_region,dst_region,avg_rtt_ms) or a generic
+src,dst,rtt_ms[,time] file (header optional; aliases such as source/from,
+destination/to, avg_rtt_ms, date are accepted). A UTF-8 BOM and CRLF line
+ends are fine; names may be quoted and hold commas, spaces or any UTF-8.
+RTTs must be finite and in [0, 1e6] ms: anything else is an error naming
+the line.
+
+How the data is read:
+  * Asymmetry: a client uses its own row (client → mirror); the reverse
+    RTT is used only where that direction is missing.
+  * Missing pairs: a pair measured in neither direction is unknown, not
+    far: that mirror is unavailable to that client under every policy, the
+    oracle included. A site with no RTT to the origin or to any mirror is
+    left out. An unmeasured self-pair is -self-rtt.
+  * Time: snapshots missing a pair hold its nearest snapshot's value.
+    Rows may be in any order; times naming the same instant are one
+    snapshot. Numeric times are seconds and replay as such; dates replay
+    -segment each.
+  * Duplicates: repeated rows of the generic format (same pair and time)
+    are averaged; WonderProxy and IBM files have one row per pair (and
+    date), so a repeat there is an error.
+  * Every such fill-in, merge or drop is printed as a "note:" line.
+
+Output: the table, then one "route-eval policy=… key=value" line per
+policy. A ratio to the oracle is n/a in the table and left out of the line
+when the oracle's figure is 0 and the policy's is not.
+
+Flags:
+`
 
 // defaultLatencyDir is where the shared latency data lives, relative to the
 // repository root.
@@ -44,11 +82,11 @@ func runRouteEval(ctx context.Context, args []string, out io.Writer) error {
 		dataDir     = fs.String("data", defaultLatencyDir, "latency data directory; a relative path is tried from the working directory, then the repository root and its parents")
 		dataset     = fs.String("dataset", "wonderproxy", "\"wonderproxy\", \"ibm\", or the path of a matrix (WonderProxy grouped pings, IBM weekly, or src,dst,rtt_ms[,time])")
 		sites       = fs.String("sites", "", "optional name,lat,lon file giving the matrix's sites geography")
-		mirrorSites = fs.String("mirror-sites", "", "comma-separated mirror site names (default: k-medoids placement of -mirrors sites)")
+		mirrorSites = fs.String("mirror-sites", "", "comma-separated mirror site names, double-quoted where a name holds a comma (default: k-medoids placement of -mirrors sites)")
 		opts        = def
 		seed        = fs.Uint64("seed", def.Seed, "random seed (truth noise, probes, sessions)")
 	)
-	fs.IntVar(&opts.Mirrors, "mirrors", 0, "mirror sites to place by k-medoids (0: min(10, max(2, sites/4)))")
+	fs.IntVar(&opts.Mirrors, "mirrors", 0, "mirror sites to place by k-medoids, at most the site count (0: min(10, max(2, sites/4)))")
 	fs.StringVar(&opts.Origin, "origin", "", "origin site name (default: the 1-medoid)")
 	fs.DurationVar(&opts.Duration, "duration", def.Duration, "replay length of a single-snapshot matrix")
 	fs.DurationVar(&opts.Segment, "segment", def.Segment, "replay time per snapshot of a dated matrix (numeric time columns replay in their own seconds)")
@@ -72,6 +110,10 @@ func runRouteEval(ctx context.Context, args []string, out io.Writer) error {
 	fs.Float64Var(&rc.MaxMove, "max-move", rc.MaxMove, "share of a route's slots that may move per evaluation")
 	fs.Float64Var(&rc.TieBand, "tie-band", rc.TieBand, "near ties within this share of the best cost share weight")
 	fs.DurationVar(&rc.SlowStart, "slow-start", rc.SlowStart, "ramp time of a new or recovered mirror")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), routeEvalHelp)
+		fs.PrintDefaults()
+	}
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -81,8 +123,9 @@ func runRouteEval(ctx context.Context, args []string, out io.Writer) error {
 	opts.Seed = *seed
 	opts.Route = rc
 	if *mirrorSites != "" {
-		for _, s := range strings.Split(*mirrorSites, ",") {
-			opts.MirrorSites = append(opts.MirrorSites, strings.TrimSpace(s))
+		var err error
+		if opts.MirrorSites, err = eval.ParseSiteList(*mirrorSites); err != nil {
+			return fmt.Errorf("%w: -mirror-sites: %v", cli.ErrUsage, err)
 		}
 	}
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"math"
 	"os"
@@ -137,6 +138,82 @@ func TestRouteEvalErrors(t *testing.T) {
 	}
 	if err := commands.Run(context.Background(), []string{"route-eval", "-h"}); err == nil {
 		t.Fatal("-h returned no error")
+	}
+}
+
+// TestRouteEvalUnseenFiles runs the command on files shaped unlike the
+// shared ones: each gives a clear error or a report whose notes say what
+// was done to the data.
+func TestRouteEvalUnseenFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	names := []string{"Washington, DC", "東京", "São Paulo", "New York", "Zürich"}
+	var b strings.Builder
+	b.WriteString("\ufeffsource,destination,latency_ms\r\n")
+	for i, a := range names {
+		for j, c := range names {
+			if i != j {
+				fmt.Fprintf(&b, "%q,%q,%d\r\n", a, c, 3+8*abs(i-j))
+			}
+		}
+	}
+	quoted := write("quoted.csv", b.String())
+	one := write("one.csv", "src,dst,rtt_ms\na,a,1\n")
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string // substring; "" = success
+		usage   bool   // errors.Is(err, cli.ErrUsage)
+		out     []string
+	}{
+		{name: "quoted mirror names", args: []string{"-dataset", quoted, "-mirror-sites", `"Washington, DC",Zürich`, "-origin", "東京"},
+			out: []string{"mirrors (2): Washington, DC, Zürich", "origin: 東京", "no self-pair"}},
+		{name: "unknown names listed", args: []string{"-dataset", quoted, "-mirror-sites", "Washington,Tokyo"},
+			wantErr: `"Washington" (not in quoted.csv), "Tokyo" (not in quoted.csv)`},
+		{name: "empty mirror name", args: []string{"-dataset", quoted, "-mirror-sites", "a,,b"}, usage: true, wantErr: "name 2 is empty"},
+		{name: "too many mirrors", args: []string{"-dataset", quoted, "-mirrors", "9"}, wantErr: "mirrors 9: more than the 5 usable sites"},
+		{name: "one site", args: []string{"-dataset", one}, wantErr: "at least 2 sites"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := runRouteEval(context.Background(), append(tt.args, "-duration", "6m"), &out)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || (tt.usage && !errors.Is(err, cli.ErrUsage)) {
+					t.Fatalf("err = %v, want %q (usage %v)", err, tt.wantErr, tt.usage)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			machineLines(t, out.String())
+			for _, w := range tt.out {
+				if !strings.Contains(out.String(), w) {
+					t.Fatalf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}
+
+// TestRouteEvalHelpDocumentsData: -h says how missing pairs, asymmetry and
+// duplicates are handled.
+func TestRouteEvalHelpDocumentsData(t *testing.T) {
+	var out bytes.Buffer
+	if err := runRouteEval(context.Background(), []string{"-h"}, &out); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: %v", err)
+	}
+	for _, w := range []string{"Missing pairs", "Asymmetry", "Duplicates", "n/a", "-mirror-sites"} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("help lacks %q", w)
+		}
 	}
 }
 
