@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -228,6 +230,101 @@ func TestRatioDefined(t *testing.T) {
 		got := ratio(tt.a, tt.b)
 		if got != tt.want && !(math.IsNaN(got) && math.IsNaN(tt.want)) {
 			t.Errorf("ratio(%v, %v) = %v, want %v", tt.a, tt.b, got, tt.want)
+		}
+	}
+}
+
+// kMedoidsRef is the plain PAM swap phase (every candidate's cost summed
+// over all chosen sites), the reference the cached KMedoids must match.
+func kMedoidsRef(dist [][]float64, k int) []int {
+	nS := len(dist[0])
+	k = min(k, nS)
+	var chosen []int
+	in := make([]bool, nS)
+	best := make([]float64, len(dist))
+	for c := range best {
+		best[c] = math.Inf(1)
+	}
+	for len(chosen) < k {
+		pick, pickCost := -1, math.Inf(1)
+		for s := range nS {
+			if in[s] {
+				continue
+			}
+			t := 0.0
+			for c := range dist {
+				t += capInf(min(best[c], dist[c][s]))
+			}
+			if t < pickCost {
+				pick, pickCost = s, t
+			}
+		}
+		chosen = append(chosen, pick)
+		in[pick] = true
+		for c := range dist {
+			best[c] = min(best[c], dist[c][pick])
+		}
+	}
+	cost := func() float64 {
+		t := 0.0
+		for c := range dist {
+			b := math.Inf(1)
+			for _, s := range chosen {
+				b = min(b, dist[c][s])
+			}
+			t += capInf(b)
+		}
+		return t
+	}
+	cur := cost()
+	for range 100 {
+		improved := false
+		for i := range chosen {
+			for s := range nS {
+				if in[s] {
+					continue
+				}
+				old := chosen[i]
+				chosen[i] = s
+				if t := cost(); t < cur-1e-9 {
+					cur, in[old], in[s], improved = t, false, true, true
+					continue
+				}
+				chosen[i] = old
+			}
+		}
+		if !improved {
+			break
+		}
+	}
+	return chosen
+}
+
+// TestKMedoidsMatchesReference: the O(clients)-per-swap search places the
+// same medoids as the plain one, with ties, unknown pairs and k up to n.
+func TestKMedoidsMatchesReference(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for trial := range 60 {
+		n := 2 + r.IntN(40)
+		d := make([][]float64, n)
+		for i := range d {
+			d[i] = make([]float64, n)
+			for j := range d[i] {
+				switch x := r.Float64(); {
+				case i == j:
+					d[i][j] = 0
+				case x < 0.15:
+					d[i][j] = math.Inf(1)
+				case x < 0.3:
+					d[i][j] = 10 // ties
+				default:
+					d[i][j] = float64(r.IntN(300))
+				}
+			}
+		}
+		k := 1 + r.IntN(n)
+		if got, want := KMedoids(d, k), kMedoidsRef(d, k); !slices.Equal(got, want) {
+			t.Fatalf("trial %d (n %d, k %d): %v, reference %v", trial, n, k, got, want)
 		}
 	}
 }
