@@ -280,19 +280,19 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 		first = slices.Clone(rec)
 	}
 
-	type key struct {
-		t    string
-		i, j int
-	}
+	// Compact cells (24 bytes each, times interned) keep a matrix of a few
+	// thousand sites in memory.
+	type key struct{ t, i, j int32 }
 	type acc struct {
 		k   key
+		n   int32
 		sum float64
-		n   int
 	}
 	var sites siteIndex
-	cells := map[key]int{} // index in accs, which keeps file order
+	cells := map[key]int32{} // index in accs, which keeps file order
 	var accs []acc
-	times := map[string]bool{}
+	timeIdx := map[string]int32{}
+	var labels []string
 	handle := func(rec []string, line int) error {
 		src, dst := field(rec, col["src"]), field(rec, col["dst"])
 		if src == "" || dst == "" {
@@ -311,19 +311,24 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 		if len(cells) >= maxCells {
 			return l.errf(line, "more than %d measurements", maxCells)
 		}
-		k := key{t, sites.get(src), sites.get(dst)}
+		ti, ok := timeIdx[t]
+		if !ok {
+			ti = int32(len(labels))
+			timeIdx[t] = ti
+			labels = append(labels, t)
+		}
+		k := key{ti, int32(sites.get(src)), int32(sites.get(dst))}
 		if len(sites.names) > maxSites {
 			return l.errf(line, "more than %d sites", maxSites)
 		}
 		ai, ok := cells[k]
 		if !ok {
-			ai = len(accs)
+			ai = int32(len(accs))
 			cells[k] = ai
 			accs = append(accs, acc{k: k})
 		}
 		accs[ai].sum += v
 		accs[ai].n++
-		times[t] = true
 		return nil
 	}
 	if first != nil {
@@ -338,17 +343,14 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 		return nil, l.errf(line, "no measurements")
 	}
 	cells = nil // only accs is needed from here
-	labels := make([]string, 0, len(times))
-	for t := range times {
-		labels = append(labels, t)
-	}
 	at, dated, err := orderTimes(labels)
 	if err != nil {
 		return nil, l.errf(0, "%v", err)
 	}
 	// One snapshot per instant; labels naming the same instant share it,
 	// under the label that sorts first.
-	slices.SortFunc(labels, func(a, b string) int {
+	sorted := slices.Clone(labels)
+	slices.SortFunc(sorted, func(a, b string) int {
 		if c := cmpFloat(at[a], at[b]); c != 0 {
 			return c
 		}
@@ -356,18 +358,18 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 	})
 	n := len(sites.names)
 	m := &Matrix{Name: name, Dated: dated}
-	snapOf := map[string]int{}
+	snapOf := make([]int, len(labels)) // by time index
 	merged := 0
-	for _, t := range labels {
+	for _, t := range sorted {
 		if k := len(m.Snaps); k > 0 && m.Snaps[k-1].At == at[t] {
-			snapOf[t] = k - 1
+			snapOf[timeIdx[t]] = k - 1
 			merged++
 			continue
 		}
 		if (len(m.Snaps)+1)*n*n > maxCells {
 			return nil, l.errf(0, "%d sites × %d snapshots is too large", n, len(labels)-merged)
 		}
-		snapOf[t] = len(m.Snaps)
+		snapOf[timeIdx[t]] = len(m.Snaps)
 		m.Snaps = append(m.Snaps, newSnap(n, at[t], t))
 	}
 	for _, s := range sites.names {
@@ -375,24 +377,22 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 	}
 	// Sum per snapshot cell in file order, so the result does not depend
 	// on map order.
-	type cellKey struct{ s, i, j int }
-	count := make(map[cellKey]int, len(cells))
+	count := make([]int32, len(m.Snaps)*n*n) // rows per snapshot cell
 	for _, a := range accs {
-		k := a.k
-		ck := cellKey{snapOf[k.t], k.i, k.j}
-		cell := &m.Snaps[ck.s].RTT[k.i*n+k.j]
-		if count[ck] == 0 {
+		s, c := snapOf[a.k.t], int(a.k.i)*n+int(a.k.j)
+		cell := &m.Snaps[s].RTT[c]
+		if count[s*n*n+c] == 0 {
 			cell.Avg = a.sum
 		} else {
 			cell.Avg += a.sum
 		}
-		count[ck] += a.n
+		count[s*n*n+c] += a.n
 	}
 	repeats := 0
-	for ck, c := range count {
+	for x, c := range count {
 		if c > 1 {
 			repeats++
-			m.Snaps[ck.s].RTT[ck.i*n+ck.j].Avg /= float64(c)
+			m.Snaps[x/(n*n)].RTT[x%(n*n)].Avg /= float64(c)
 		}
 	}
 	if merged > 0 {
