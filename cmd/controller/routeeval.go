@@ -49,8 +49,9 @@ How the data is read:
     left out. An unmeasured self-pair is -self-rtt.
   * Time: snapshots missing a pair hold its nearest snapshot's value.
     Rows may be in any order; times naming the same instant are one
-    snapshot. Numeric times are seconds and replay as such; dates replay
-    -segment each.
+    snapshot. Numeric times are seconds and replay as such (-steps: each
+    snapshot replays -segment, as dates do); a replay longer than
+    -max-replay is refused.
   * Duplicates: repeated rows of the generic format (same pair and time)
     are averaged; WonderProxy and IBM files have one row per pair (and
     date), so a repeat there is an error.
@@ -101,6 +102,8 @@ func runRouteEval(ctx context.Context, args []string, out io.Writer) error {
 	fs.Float64Var(&opts.JitterFrac, "jitter-frac", def.JitterFrac, "RTT standard deviation as a share of RTT where the data gives none")
 	fs.DurationVar(&opts.Corr, "corr", def.Corr, "correlation time of a path's queueing state")
 	fs.DurationVar(&opts.SelfRTT, "self-rtt", def.SelfRTT, "RTT to a mirror at the client's own site when the data has no self pair")
+	fs.BoolVar(&opts.Steps, "steps", false, "replay every snapshot for -segment even when the time column is numeric (use when it is not in seconds)")
+	fs.DurationVar(&opts.MaxReplay, "max-replay", def.MaxReplay, "refuse a replay longer than this (a time column in ms would otherwise replay for years)")
 	fs.IntVar(&opts.Shortlist, "shortlist", 0, "probe only this many mirrors per client, chosen by Vivaldi coordinates (0: all)")
 	fs.IntVar(&rc.Slots, "slots", rc.Slots, "route table size")
 	fs.Float64Var(&rc.MinGain, "min-gain", rc.MinGain, "hysteresis: relative gain a challenger needs")

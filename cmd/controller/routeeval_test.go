@@ -165,6 +165,16 @@ func TestRouteEvalUnseenFiles(t *testing.T) {
 	}
 	quoted := write("quoted.csv", b.String())
 	one := write("one.csv", "src,dst,rtt_ms\na,a,1\n")
+	b.Reset()
+	b.WriteString("src,dst,rtt_ms,time\n") // times in ms, as some exports write them
+	for _, ms := range []int{0, 3600000, 7200000} {
+		for i := range 4 {
+			for j := range 4 {
+				fmt.Fprintf(&b, "s%d,s%d,%d,%d\n", i, j, 3+8*abs(i-j), ms)
+			}
+		}
+	}
+	msTimes := write("ms.csv", b.String())
 	tests := []struct {
 		name    string
 		args    []string
@@ -179,6 +189,8 @@ func TestRouteEvalUnseenFiles(t *testing.T) {
 		{name: "empty mirror name", args: []string{"-dataset", quoted, "-mirror-sites", "a,,b"}, usage: true, wantErr: "name 2 is empty"},
 		{name: "too many mirrors", args: []string{"-dataset", quoted, "-mirrors", "9"}, wantErr: "mirrors 9: more than the 5 usable sites"},
 		{name: "one site", args: []string{"-dataset", one}, wantErr: "at least 2 sites"},
+		{name: "time column in ms", args: []string{"-dataset", msTimes}, wantErr: "use -steps"},
+		{name: "time column in ms with -steps", args: []string{"-dataset", msTimes, "-steps", "-segment", "3m"}, out: []string{"3 snapshot(s), replay 9m0s"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

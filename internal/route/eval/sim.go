@@ -55,6 +55,12 @@ type Options struct {
 	// SelfRTT is the RTT of a client to a mirror at its own site when the
 	// data has no self pair (1 ms).
 	SelfRTT time.Duration
+	// Steps replays every snapshot of a matrix for Segment, as dated ones
+	// are, even when its time column is numeric (seconds otherwise).
+	Steps bool
+	// MaxReplay bounds the simulated time (72 h): a time column in the
+	// wrong unit fails fast instead of replaying for years.
+	MaxReplay time.Duration
 	// Shortlist > 0 probes, per client, only the Shortlist mirrors nearest
 	// by Vivaldi coordinates (plus one exploration probe per tick).
 	Shortlist int
@@ -68,7 +74,7 @@ func DefaultOptions() Options {
 		Duration: time.Hour, Segment: 10 * time.Minute, Tick: 2 * time.Second, Warmup: 2 * time.Minute,
 		SessionEvery: 30 * time.Second, SessionMean: 5 * time.Minute, RequestEvery: 10 * time.Second,
 		Seed: 1, ProbeLoss: 0.005, ProbeSpike: 0.01, ProbeNoise: 0.5, JitterFrac: 0.02,
-		Corr: 20 * time.Second, SelfRTT: time.Millisecond,
+		Corr: 20 * time.Second, SelfRTT: time.Millisecond, MaxReplay: 72 * time.Hour,
 	}
 }
 
@@ -93,6 +99,7 @@ func (o *Options) fill() error {
 	setD(&o.RequestEvery, d.RequestEvery)
 	setD(&o.Corr, d.Corr)
 	setD(&o.SelfRTT, d.SelfRTT)
+	setD(&o.MaxReplay, d.MaxReplay)
 	setF(&o.ProbeLoss, d.ProbeLoss)
 	setF(&o.ProbeSpike, d.ProbeSpike)
 	setF(&o.ProbeNoise, d.ProbeNoise)
@@ -126,6 +133,8 @@ func (o *Options) fill() error {
 		return bad("corr", o.Corr)
 	case o.Shortlist < 0:
 		return bad("shortlist", o.Shortlist)
+	case o.MaxReplay < 0:
+		return bad("max-replay", o.MaxReplay)
 	}
 	return nil
 }
@@ -211,6 +220,9 @@ var ErrTooFewSites = errors.New("a replay needs at least 2 sites")
 // ErrNothingScored is returned when no request falls after the warm-up,
 // so there is no figure to report.
 var ErrNothingScored = errors.New("no request was scored")
+
+// ErrTooLong is returned when the replay would be longer than MaxReplay.
+var ErrTooLong = errors.New("replay too long")
 
 // ErrUnknownSite is returned when -origin or -mirror-sites names a site
 // the matrix does not have (or left out).
@@ -314,6 +326,9 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 	}
 	slices.Sort(mirrors)
 	mirrors = slices.Compact(mirrors)
+	if dup := len(opts.MirrorSites) - len(mirrors); len(opts.MirrorSites) > 0 && dup > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d mirror site name(s) repeated in the list: each site holds one mirror", dup))
+	}
 	origin := -1
 	if opts.Origin != "" {
 		a, err := lookup("origin", []string{opts.Origin})
@@ -378,16 +393,16 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 	}
 
 	// Timeline.
-	D := int(opts.Duration / time.Second)
+	length := opts.Duration.Seconds()
 	var snapT []float64 // snapshot times, seconds of replay
 	if len(m.Snaps) > 1 {
-		if m.Dated {
+		if m.Dated || opts.Steps {
 			// Dated snapshots (weeks apart) are compressed to Segment each.
 			seg := opts.Segment.Seconds()
 			for k := range m.Snaps {
 				snapT = append(snapT, (float64(k)+0.5)*seg)
 			}
-			D = int(seg * float64(len(m.Snaps)))
+			length = seg * float64(len(m.Snaps))
 		} else {
 			// Numeric time columns are seconds: replayed as they are, the
 			// last snapshot holding for one mean gap.
@@ -396,9 +411,20 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 				snapT = append(snapT, s.At-t0)
 			}
 			span := snapT[len(snapT)-1]
-			D = int(span + span/float64(len(snapT)-1))
+			length = span + span/float64(len(snapT)-1)
 		}
 	}
+	// A time column in milliseconds, or epochs years apart, would replay
+	// for years: refuse rather than run for days or exhaust memory.
+	if length > opts.MaxReplay.Seconds() {
+		hint := "lower -duration or -segment"
+		if len(m.Snaps) > 1 && !m.Dated && !opts.Steps {
+			hint = fmt.Sprintf("its %d numeric times span %.0f s; if they are not seconds, or to compress them, use -steps (each snapshot replays -segment)", len(m.Snaps), snapT[len(snapT)-1])
+		}
+		return nil, fmt.Errorf("replay %s: %w: %v is longer than -max-replay %v: %s", m.Name, ErrTooLong,
+			time.Duration(length*float64(time.Second)).Round(time.Second), opts.MaxReplay, hint)
+	}
+	D := int(length)
 	if D <= int(opts.Warmup/time.Second) {
 		return nil, fmt.Errorf("route-eval: replay of %ds is not longer than the %v warm-up", D, opts.Warmup)
 	}

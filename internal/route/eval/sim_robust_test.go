@@ -31,6 +31,19 @@ func pairsMatrix(n int, rtt func(i, j int) float64) *Matrix {
 	return m
 }
 
+// timedMatrix repeats pairsMatrix(n, lineRTT) at numeric times (seconds).
+func timedMatrix(n int, at ...float64) *Matrix {
+	m := pairsMatrix(n, lineRTT)
+	base := m.Snaps[0]
+	m.Snaps = nil
+	for _, t := range at {
+		s := newSnap(n, t, fmt.Sprint(t))
+		copy(s.RTT, base.RTT)
+		m.Snaps = append(m.Snaps, s)
+	}
+	return m
+}
+
 func lineRTT(i, j int) float64 { return 3 + 10*math.Abs(float64(i-j)) }
 
 // checkReport holds for every report: finite figures, ratios finite or
@@ -92,6 +105,13 @@ func TestRunUnseenMatrices(t *testing.T) {
 		{name: "mirrors equal to the sites", m: pairsMatrix(3, lineRTT), o: with(short, func(o *Options) { o.Mirrors = 3 })},
 		{name: "unknown mirror sites all named", m: pairsMatrix(4, lineRTT), o: with(short, func(o *Options) { o.MirrorSites = []string{"x", "s1", "y"} }),
 			wantErr: ErrUnknownSite, errHas: `"x" (not in gen), "y" (not in gen)`},
+		{name: "repeated mirror names", m: pairsMatrix(4, lineRTT), o: with(short, func(o *Options) { o.MirrorSites = []string{"s1", "s3", "s1"} }),
+			note: "1 mirror site name(s) repeated", check: func(r *Report) string {
+				if len(r.Mirrors) != 2 {
+					return fmt.Sprintf("mirrors %v", r.Mirrors)
+				}
+				return ""
+			}},
 		{name: "unknown origin", m: pairsMatrix(4, lineRTT), o: with(short, func(o *Options) { o.Origin = "Tokyo" }), wantErr: ErrUnknownSite, errHas: `origin "Tokyo"`},
 		{name: "self-pairs absent", m: pairsMatrix(4, func(i, j int) float64 {
 			if i == j {
@@ -152,6 +172,15 @@ func TestRunUnseenMatrices(t *testing.T) {
 		}), o: short},
 		{name: "more than 127 mirrors", m: pairsMatrix(140, func(i, j int) float64 { return 2 + 0.5*math.Abs(float64(i-j)) }),
 			o: Options{Duration: 4 * time.Minute, Mirrors: 135}},
+		{name: "time column in ms refused, not replayed for years", m: timedMatrix(3, 0, 3.6e6, 7.2e6), o: short, wantErr: ErrTooLong, errHas: "use -steps"},
+		{name: "time column in ms with -steps", m: timedMatrix(3, 0, 3.6e6, 7.2e6), o: with(short, func(o *Options) { o.Steps, o.Segment = true, 5*time.Minute }),
+			check: func(r *Report) string {
+				if r.Simulated != 15*time.Minute {
+					return fmt.Sprintf("replayed %v, want 3 × 5m", r.Simulated)
+				}
+				return ""
+			}},
+		{name: "duration beyond -max-replay", m: pairsMatrix(3, lineRTT), o: with(short, func(o *Options) { o.Duration = 100 * time.Hour }), wantErr: ErrTooLong},
 		{name: "nothing scored", m: pairsMatrix(3, lineRTT), o: Options{Duration: 121 * time.Second, SessionEvery: time.Hour}, wantErr: ErrNothingScored},
 	}
 	for _, tt := range tests {
