@@ -435,7 +435,8 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 	s := &sim{
 		opts: opts, C: C, M: M, D: D, warm: warm, pairs: pairs, snapT: snapT,
 		rTruth: rand.New(rand.NewPCG(opts.Seed, 1)), rProbe: rand.New(rand.NewPCG(opts.Seed, 2)),
-		rSess: rand.New(rand.NewPCG(opts.Seed, 3)),
+		rSess:        rand.New(rand.NewPCG(opts.Seed, 3)),
+		originMirror: slices.Index(mirrors, origin),
 	}
 	if geoOK {
 		s.geo = make([]int, C)
@@ -631,9 +632,12 @@ type sim struct {
 	snapT                 []float64
 	rTruth, rProbe, rSess *rand.Rand
 	geo                   []int // per client, geography-nearest mirror (nil: no geography)
-	names, mirrorNames    []string
-	geoSites              []Site
-	mirrorSites           []Site
+	// originMirror is the mirror at the origin's site, -1 if none: the
+	// origin path is then that mirror's path, not a second draw of it.
+	originMirror       int
+	names, mirrorNames []string
+	geoSites           []Site
+	mirrorSites        []Site
 
 	sessions           int
 	lat                [6][]float32
@@ -677,6 +681,14 @@ func (s *sim) advance(t int) {
 			p := &s.pairs[c][j]
 			if !p.ok {
 				continue
+			}
+			if j == s.M && s.originMirror >= 0 {
+				// One site, one path: a policy on the origin cannot beat
+				// the oracle on the same mirror through noise.
+				if q := &s.pairs[c][s.originMirror]; q.ok {
+					p.cur, p.sdNw = q.cur, q.sdNw
+					continue
+				}
 			}
 			if t == 0 {
 				p.z = s.rTruth.NormFloat64()

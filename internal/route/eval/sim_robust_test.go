@@ -112,6 +112,14 @@ func TestRunUnseenMatrices(t *testing.T) {
 				}
 				return ""
 			}},
+		{name: "origin at the only mirror: one path, one truth", m: pairsMatrix(3, lineRTT),
+			o: with(short, func(o *Options) { o.MirrorSites, o.Origin = []string{"s1"}, "s1" }),
+			check: func(r *Report) string {
+				if o, or := byName(r)[PolicyOrigin], byName(r)[PolicyOracle]; o.Mean != or.Mean || o.P99 != or.P99 {
+					return fmt.Sprintf("origin-only %.3f/%.3f and the oracle %.3f/%.3f differ on the same path", o.Mean, o.P99, or.Mean, or.P99)
+				}
+				return ""
+			}},
 		{name: "unknown origin", m: pairsMatrix(4, lineRTT), o: with(short, func(o *Options) { o.Origin = "Tokyo" }), wantErr: ErrUnknownSite, errHas: `origin "Tokyo"`},
 		{name: "self-pairs absent", m: pairsMatrix(4, func(i, j int) float64 {
 			if i == j {
