@@ -29,7 +29,9 @@ const routeEvalHelp = `usage: controller route-eval [flags]
 
 Replays a latency matrix through probes, estimators and the routing policy
 and scores it against origin-only, geography-nearest, round robin, greedy
-(no damping) and the per-instant oracle.
+(no damping) and the per-instant oracle (the best mirror at each instant;
+the origin is not a candidate, so origin-only can beat it when the origin
+is nearer than every mirror).
 
 Input (-dataset): WonderProxy grouped pings (source,destination,min,avg,
 max,mdev; a servers-*.csv beside it gives geography), the IBM weekly file
