@@ -165,6 +165,8 @@ func TestRouteEvalUnseenFiles(t *testing.T) {
 	}
 	quoted := write("quoted.csv", b.String())
 	one := write("one.csv", "src,dst,rtt_ms\na,a,1\n")
+	square := write("square.csv", "Source \\ Destination,eu-west-1,us-east-1,ap-south-1\r\n"+
+		"eu-west-1,1.1,68.2,120.5\r\nus-east-1,67.9,0.9,-\r\nap-south-1,121.0 ms,190.2,1.0\r\n")
 	b.Reset()
 	b.WriteString("src,dst,rtt_ms,time\n") // times in ms, as some exports write them
 	for _, ms := range []int{0, 3600000, 7200000} {
@@ -189,6 +191,7 @@ func TestRouteEvalUnseenFiles(t *testing.T) {
 		{name: "empty mirror name", args: []string{"-dataset", quoted, "-mirror-sites", "a,,b"}, usage: true, wantErr: "name 2 is empty"},
 		{name: "too many mirrors", args: []string{"-dataset", quoted, "-mirrors", "9"}, wantErr: "mirrors 9: more than the 5 usable sites"},
 		{name: "one site", args: []string{"-dataset", one}, wantErr: "at least 2 sites"},
+		{name: "square cloud matrix", args: []string{"-dataset", square, "-mirrors", "2"}, out: []string{"dataset square.csv: 3 sites", "use the reverse direction's RTT"}},
 		{name: "time column in ms", args: []string{"-dataset", msTimes}, wantErr: "use -steps"},
 		{name: "time column in ms with -steps", args: []string{"-dataset", msTimes, "-steps", "-segment", "3m"}, out: []string{"3 snapshot(s), replay 9m0s"}},
 	}

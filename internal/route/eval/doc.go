@@ -11,7 +11,8 @@
 //
 // Readers: the generic pairs CSV (src,dst,rtt_ms[,time], header optional,
 // common aliases accepted), WonderProxy grouped pings with their servers
-// file, and the IBM weekly inter-region file; each rejects malformed input
+// file, the IBM weekly inter-region file, and square (wide) matrices as
+// clouds publish them (ReadSquare); each rejects malformed input
 // with the line and column. A UTF-8 BOM and CRLF line ends are accepted;
 // RTTs must be finite and in [0, 1e6] ms.
 //

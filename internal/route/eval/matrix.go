@@ -704,9 +704,133 @@ func LoadFile(path string) (*Matrix, error) {
 			return nil, err
 		}
 		return ReadWonderProxy(br, name, servers)
+	case looksSquare(first):
+		return ReadSquare(br, name)
 	default:
 		return ReadPairs(br, name)
 	}
+}
+
+// looksSquare tells a square matrix's header (a corner cell, then
+// destination names) from a pairs file's: no field names a pairs column,
+// and the second and third fields are not numbers (a header-less pairs
+// file has an RTT third).
+func looksSquare(first string) bool {
+	r := csv.NewReader(strings.NewReader(strings.TrimPrefix(first, utf8BOM)))
+	r.LazyQuotes = true
+	rec, _ := r.Read()
+	if len(rec) < 3 {
+		return false
+	}
+	for _, f := range rec {
+		f = strings.ToLower(strings.TrimSpace(f))
+		for _, cols := range [][]string{srcCols, dstCols, rttCols, timeCols} {
+			if slices.Contains(cols, f) {
+				return false
+			}
+		}
+	}
+	for _, f := range rec[1:3] {
+		if _, err := strconv.ParseFloat(strings.TrimSpace(f), 64); err == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// missingCell spells an unmeasured cell of a square matrix.
+func missingCell(s string) bool {
+	switch strings.ToLower(s) {
+	case "", "-", "–", "—", "n/a", "na", "nan", "null", "none":
+		return true
+	}
+	return false
+}
+
+// ReadSquare reads a square (wide) matrix, the layout cloud providers
+// publish inter-region latency in: a header of a corner cell and the
+// destination names, then one row per source, its name and one RTT in ms
+// per destination ("12.5" or "12.5 ms"). An empty cell, "-", "n/a" or
+// "NaN" is an unmeasured pair; a row of the wrong width, a repeated source
+// or destination, or any other value is an error naming the line.
+func ReadSquare(r io.Reader, name string) (*Matrix, error) {
+	l := newReader(r, name)
+	rec, line, err := l.read()
+	if err == io.EOF {
+		return nil, l.errf(1, "empty file")
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(rec) < 3 {
+		return nil, l.errf(line, "a square matrix's header needs a corner cell and at least two destinations")
+	}
+	dsts := slices.Clone(rec[1:])
+	var sites siteIndex
+	dstIdx := make([]int, len(dsts))
+	for k, d := range dsts {
+		if d == "" {
+			return nil, l.errf(line, "column %d: empty destination name", k+2)
+		}
+		if _, dup := sites.idx[d]; dup {
+			return nil, l.errf(line, "column %d: destination %q repeated", k+2, d)
+		}
+		dstIdx[k] = sites.get(d)
+	}
+	if len(sites.names) > maxSites {
+		return nil, l.errf(line, "more than %d sites", maxSites)
+	}
+	type cell struct {
+		i, j int
+		v    float64
+	}
+	var cells []cell
+	seen := map[string]bool{}
+	if err := l.each(func(rec []string, line int) error {
+		if len(rec) != len(dsts)+1 {
+			return l.errf(line, "%d fields, want %d (a source and one RTT per destination)", len(rec), len(dsts)+1)
+		}
+		src := rec[0]
+		if src == "" {
+			return l.errf(line, "empty source name")
+		}
+		if seen[src] {
+			return l.errf(line, "source %q repeated", src)
+		}
+		seen[src] = true
+		i := sites.get(src)
+		if len(sites.names) > maxSites {
+			return l.errf(line, "more than %d sites", maxSites)
+		}
+		for k, f := range rec[1:] {
+			if missingCell(f) {
+				continue
+			}
+			v, err := l.rtt(line, fmt.Sprintf("%d (%s)", k+2, dsts[k]), strings.TrimSpace(strings.TrimSuffix(f, "ms")))
+			if err != nil {
+				return err
+			}
+			cells = append(cells, cell{i, dstIdx[k], v})
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if len(cells) == 0 {
+		return nil, l.errf(line, "no measurements")
+	}
+	n := len(sites.names)
+	if n*n > maxCells {
+		return nil, l.errf(0, "%d sites is too large", n)
+	}
+	m := &Matrix{Name: name, Snaps: []Snapshot{newSnap(n, 0, "")}, Notes: l.endNote()}
+	for _, s := range sites.names {
+		m.Sites = append(m.Sites, Site{Name: s})
+	}
+	for _, c := range cells {
+		m.Snaps[0].RTT[c.i*n+c.j].Avg = c.v
+	}
+	return m, nil
 }
 
 // loadServersNear finds the WonderProxy servers file beside a pings file:

@@ -2,6 +2,9 @@ package eval
 
 import (
 	"errors"
+	"math"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -169,6 +172,96 @@ func FuzzParseSiteList(f *testing.F) {
 			if nm == "" || nm != strings.TrimSpace(nm) {
 				t.Fatalf("accepted name %q", nm)
 			}
+		}
+	})
+}
+
+func TestReadSquare(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		sites   []string
+		check   func(*Matrix) bool
+		wantErr string
+	}{
+		{name: "cloud table", in: "Source \\ Destination,us-east-1,eu-west-1,ap-south-1\r\nus-east-1,1.2,68.5,190\r\neu-west-1,67.9,0.9,120.3 ms\r\nap-south-1,-,,1.1\r\n",
+			sites: []string{"us-east-1", "eu-west-1", "ap-south-1"},
+			check: func(m *Matrix) bool {
+				r := m.Snaps[0].RTT
+				return r[0*3+1].Avg == 68.5 && r[1*3+0].Avg == 67.9 && r[1*3+2].Avg == 120.3 && math.IsNaN(r[2*3+0].Avg) && math.IsNaN(r[2*3+1].Avg) && r[2*3+2].Avg == 1.1
+			}},
+		{name: "sources not among the destinations", in: ",a,b\nc,5,6\n", sites: []string{"a", "b", "c"},
+			check: func(m *Matrix) bool { return m.Snaps[0].RTT[2*3+0].Avg == 5 && math.IsNaN(m.Snaps[0].RTT[0*3+2].Avg) }},
+		{name: "quoted names with commas", in: "\ufeff,\"Washington, DC\",東京\n\"Washington, DC\",1,150\n東京,NaN,1\n", sites: []string{"Washington, DC", "東京"}},
+		{name: "short row", in: ",a,b\na,1,2\nb,1\n", wantErr: "line 3: 2 fields, want 3"},
+		{name: "long row", in: ",a,b\na,1,2,3\n", wantErr: "line 2: 4 fields, want 3"},
+		{name: "negative cell", in: ",a,b\na,1,-2\n", wantErr: "line 2: column 3 (b)"},
+		{name: "text cell", in: ",a,b\na,1,fast\n", wantErr: "line 2: column 3 (b)"},
+		{name: "repeated destination", in: ",a,a\n", wantErr: "destination \"a\" repeated"},
+		{name: "repeated source", in: ",a,b\na,1,2\na,1,2\n", wantErr: "line 3: source \"a\" repeated"},
+		{name: "nothing measured", in: ",a,b\na,-,-\n", wantErr: "no measurements"},
+		{name: "one destination", in: ",a\na,1\n", wantErr: "at least two destinations"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, err := ReadSquare(strings.NewReader(tt.in), "sq.csv")
+			if tt.wantErr != "" {
+				if !errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want ErrFormat mentioning %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkMatrix(t, m)
+			var names []string
+			for _, s := range m.Sites {
+				names = append(names, s.Name)
+			}
+			if !slices.Equal(names, tt.sites) {
+				t.Fatalf("sites %q, want %q", names, tt.sites)
+			}
+			if tt.check != nil && !tt.check(m) {
+				t.Fatalf("content %+v", m.Snaps[0].RTT)
+			}
+		})
+	}
+}
+
+// TestLoadFileSquareOrPairs: the header decides between the square and the
+// pairs reader.
+func TestLoadFileSquareOrPairs(t *testing.T) {
+	dir := t.TempDir()
+	for _, tt := range []struct {
+		body   string
+		square bool
+	}{
+		{",a,b,c\na,1,2,3\n", true},
+		{"\ufeffregion,a,b\na,1,2\n", true},
+		{"src,dst,rtt_ms\na,b,1\n", false},
+		{"a,b,10\nb,a,11\n", false},
+		{"From,To,Latency_ms\na,b,1\n", false},
+	} {
+		p := filepath.Join(dir, "m.csv")
+		if err := os.WriteFile(p, []byte(tt.body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if got := looksSquare(strings.SplitN(strings.ToLower(tt.body), "\n", 2)[0]); got != tt.square {
+			t.Errorf("%q: square %v, want %v", tt.body, got, tt.square)
+		}
+		if _, err := LoadFile(p); err != nil {
+			t.Errorf("%q: %v", tt.body, err)
+		}
+	}
+}
+
+func FuzzReadSquare(f *testing.F) {
+	f.Add(",a,b\na,1,2\nb,3 ms,-\n")
+	f.Add("\ufeffx,\"p, q\",r\r\n\"p, q\",0,NaN\r\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		if m, err := ReadSquare(strings.NewReader(in), "f"); err == nil {
+			checkMatrix(t, m)
 		}
 	})
 }
