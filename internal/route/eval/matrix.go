@@ -131,6 +131,16 @@ func (l *lineReader) read() ([]string, int, error) {
 	return rec, l.line, nil
 }
 
+// first reads the first record (a header, or the first row); an empty
+// input is an error.
+func (l *lineReader) first() ([]string, int, error) {
+	rec, line, err := l.read()
+	if err == io.EOF {
+		return nil, 0, l.errf(1, "empty file")
+	}
+	return rec, line, err
+}
+
 // each calls fn for every non-blank record until the end of the input.
 func (l *lineReader) each(fn func(rec []string, line int) error) error {
 	for {
@@ -169,10 +179,7 @@ func (l *lineReader) rtt(line int, col, s string) (float64, error) {
 // header reads the first record and maps the wanted column names (case
 // insensitive) to positions; missing required columns are an error.
 func (l *lineReader) header(required, optional []string) (map[string]int, error) {
-	rec, line, err := l.read()
-	if err == io.EOF {
-		return nil, l.errf(1, "empty file")
-	}
+	rec, line, err := l.first()
 	if err != nil {
 		return nil, err
 	}
@@ -249,10 +256,7 @@ var (
 // value, one per distinct instant. Rows may come in any order.
 func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 	l := newReader(r, name)
-	rec, line, err := l.read()
-	if err == io.EOF {
-		return nil, l.errf(1, "empty file")
-	}
+	rec, line, err := l.first()
 	if err != nil {
 		return nil, err
 	}
@@ -755,10 +759,7 @@ func missingCell(s string) bool {
 // or destination, or any other value is an error naming the line.
 func ReadSquare(r io.Reader, name string) (*Matrix, error) {
 	l := newReader(r, name)
-	rec, line, err := l.read()
-	if err == io.EOF {
-		return nil, l.errf(1, "empty file")
-	}
+	rec, line, err := l.first()
 	if err != nil {
 		return nil, err
 	}

@@ -10,6 +10,27 @@ import (
 	"testing"
 )
 
+// acceptOrMatch checks a reader's result: with wantErr, an ErrFormat
+// naming it (ok false); else an accepted, well-formed matrix, whose site
+// names it returns.
+func acceptOrMatch(t *testing.T, m *Matrix, err error, wantErr string) (names []string, ok bool) {
+	t.Helper()
+	if wantErr != "" {
+		if !errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), wantErr) {
+			t.Fatalf("err = %v, want ErrFormat mentioning %q", err, wantErr)
+		}
+		return nil, false
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkMatrix(t, m)
+	for _, s := range m.Sites {
+		names = append(names, s.Name)
+	}
+	return names, true
+}
+
 // TestReadPairsUnseenShapes covers matrices shaped unlike the shared files:
 // encodings, header spellings, names, repeated rows and times, and files
 // cut short. note is a substring every accepted matrix's Notes must hold
@@ -62,19 +83,9 @@ func TestReadPairsUnseenShapes(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m, err := ReadPairs(strings.NewReader(tt.in), "x.csv")
-			if tt.wantErr != "" {
-				if !errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want ErrFormat mentioning %q", err, tt.wantErr)
-				}
+			names, ok := acceptOrMatch(t, m, err, tt.wantErr)
+			if !ok {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkMatrix(t, m)
-			var names []string
-			for _, s := range m.Sites {
-				names = append(names, s.Name)
 			}
 			if !slices.Equal(names, tt.sites) || len(m.Snaps) != tt.snaps {
 				t.Fatalf("sites %q, %d snapshots; want %q, %d", names, len(m.Snaps), tt.sites, tt.snaps)
@@ -205,19 +216,9 @@ func TestReadSquare(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			m, err := ReadSquare(strings.NewReader(tt.in), "sq.csv")
-			if tt.wantErr != "" {
-				if !errors.Is(err, ErrFormat) || !strings.Contains(err.Error(), tt.wantErr) {
-					t.Fatalf("err = %v, want ErrFormat mentioning %q", err, tt.wantErr)
-				}
+			names, ok := acceptOrMatch(t, m, err, tt.wantErr)
+			if !ok {
 				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			checkMatrix(t, m)
-			var names []string
-			for _, s := range m.Sites {
-				names = append(names, s.Name)
 			}
 			if !slices.Equal(names, tt.sites) {
 				t.Fatalf("sites %q, want %q", names, tt.sites)
