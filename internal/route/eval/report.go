@@ -16,7 +16,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	fmt.Fprintf(w, "mirrors (%d): %s\n", len(r.Mirrors), strings.Join(r.Mirrors, ", "))
 	fmt.Fprintf(w, "origin: %s\n", r.Origin)
 	if len(r.Dropped) > 0 {
-		fmt.Fprintf(w, "left out: %s\n", strings.Join(r.Dropped, ", "))
+		fmt.Fprintf(w, "left out (%d of %d sites): %s\n", len(r.Dropped), r.Sites, strings.Join(r.Dropped, ", "))
 	}
 	if r.NoGeo {
 		fmt.Fprintln(w, "no site coordinates: geo-nearest falls back to the origin")
