@@ -129,6 +129,7 @@ func runRouteEval(ctx context.Context, args []string, out io.Writer) error {
 	}
 	opts.Seed = *seed
 	opts.Route = rc
+	opts.Exact = true // the flags hold the defaults: an explicit 0 means 0
 	if *mirrorSites != "" {
 		var err error
 		if opts.MirrorSites, err = eval.ParseSiteList(*mirrorSites); err != nil {

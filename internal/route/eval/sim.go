@@ -66,6 +66,10 @@ type Options struct {
 	Shortlist int
 	// Route is the policy under test (zero: route.DefaultConfig()).
 	Route route.Config
+	// Exact uses every field as given, zero included, instead of filling
+	// zero fields with defaults. The command sets it: its flags already
+	// hold the defaults, so "-warmup 0" or "-self-rtt 0" must mean 0.
+	Exact bool
 }
 
 // DefaultOptions returns the replay defaults documented on Options.
@@ -81,12 +85,12 @@ func DefaultOptions() Options {
 func (o *Options) fill() error {
 	d := DefaultOptions()
 	setD := func(v *time.Duration, def time.Duration) {
-		if *v == 0 {
+		if *v == 0 && !o.Exact {
 			*v = def
 		}
 	}
 	setF := func(v *float64, def float64) {
-		if *v == 0 {
+		if *v == 0 && !o.Exact {
 			*v = def
 		}
 	}
@@ -104,22 +108,23 @@ func (o *Options) fill() error {
 	setF(&o.ProbeSpike, d.ProbeSpike)
 	setF(&o.ProbeNoise, d.ProbeNoise)
 	setF(&o.JitterFrac, d.JitterFrac)
-	if o.Seed == 0 {
+	if o.Seed == 0 && !o.Exact {
 		o.Seed = d.Seed
 	}
 	bad := func(f string, v any) error { return fmt.Errorf("route-eval option %s %v: out of range", f, v) }
 	switch {
 	case o.Mirrors < 0:
 		return bad("mirrors", o.Mirrors)
-	case o.Duration < 0:
+	case o.Duration <= 0:
 		return bad("duration", o.Duration)
-	case o.Segment < 0:
+	case o.Segment <= 0:
 		return bad("segment", o.Segment)
 	case o.Tick < time.Second || o.Tick%time.Second != 0:
 		return bad("tick", o.Tick.String()+" (whole seconds ≥ 1 s)")
 	case o.Warmup < 0:
 		return bad("warmup", o.Warmup)
-	case o.SessionEvery < 0 || o.SessionMean < 0 || o.RequestEvery < time.Second:
+	case o.SessionEvery <= 0 || o.SessionMean < 0 || o.RequestEvery < time.Second:
+		// A zero mean gap between sessions would start sessions forever.
 		return bad("session timing", []time.Duration{o.SessionEvery, o.SessionMean, o.RequestEvery})
 	case o.ProbeLoss < 0 || o.ProbeLoss >= 1:
 		return bad("probe-loss", o.ProbeLoss)
@@ -133,7 +138,7 @@ func (o *Options) fill() error {
 		return bad("corr", o.Corr)
 	case o.Shortlist < 0:
 		return bad("shortlist", o.Shortlist)
-	case o.MaxReplay < 0:
+	case o.MaxReplay <= 0:
 		return bad("max-replay", o.MaxReplay)
 	}
 	return nil

@@ -189,6 +189,26 @@ func TestRunUnseenMatrices(t *testing.T) {
 				return ""
 			}},
 		{name: "duration beyond -max-replay", m: pairsMatrix(3, lineRTT), o: with(short, func(o *Options) { o.Duration = 100 * time.Hour }), wantErr: ErrTooLong},
+		{name: "exact zeros: no warm-up, 0 ms self RTT", m: pairsMatrix(3, func(i, j int) float64 {
+			if i == j {
+				return -1
+			}
+			return lineRTT(i, j)
+		}), o: func() Options {
+			o := DefaultOptions()
+			o.Duration, o.Warmup, o.SelfRTT, o.ProbeLoss, o.Exact = 5*time.Minute, 0, 0, 0, true
+			return o
+		}(), note: "no self-pair: 0s assumed", check: func(r *Report) string {
+			if r.Scored != 5*time.Minute || r.Options.ProbeLoss != 0 {
+				return fmt.Sprintf("scored %v with probe loss %v; want all 5m and 0", r.Scored, r.Options.ProbeLoss)
+			}
+			return ""
+		}},
+		{name: "exact zero session gap refused, not looped on", m: pairsMatrix(3, lineRTT), o: func() Options {
+			o := DefaultOptions()
+			o.SessionEvery, o.Exact = 0, true
+			return o
+		}(), errHas: "session timing"},
 		{name: "nothing scored", m: pairsMatrix(3, lineRTT), o: Options{Duration: 121 * time.Second, SessionEvery: time.Hour}, wantErr: ErrNothingScored},
 	}
 	for _, tt := range tests {
