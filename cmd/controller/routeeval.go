@@ -159,7 +159,8 @@ func runRouteEval(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("route-eval: %w", err)
 		}
-		m.SetGeo(geo)
+		found := m.SetGeo(geo)
+		m.Notes = append(m.Notes, fmt.Sprintf("%s gave coordinates to %d of the %d sites (geo-nearest needs at least half)", filepath.Base(*sites), found, len(m.Sites)))
 	}
 	eval.AddKnownGeo(m)
 	start := time.Now()

@@ -165,6 +165,7 @@ func TestRouteEvalUnseenFiles(t *testing.T) {
 	}
 	quoted := write("quoted.csv", b.String())
 	one := write("one.csv", "src,dst,rtt_ms\na,a,1\n")
+	fewGeo := write("geo.csv", "name,lat,lon\nZürich,47.37,8.54\nParis,48.86,2.35\n")
 	square := write("square.csv", "Source \\ Destination,eu-west-1,us-east-1,ap-south-1\r\n"+
 		"eu-west-1,1.1,68.2,120.5\r\nus-east-1,67.9,0.9,-\r\nap-south-1,121.0 ms,190.2,1.0\r\n")
 	b.Reset()
@@ -194,6 +195,8 @@ func TestRouteEvalUnseenFiles(t *testing.T) {
 		{name: "explicit zeros are zeros", args: []string{"-dataset", quoted, "-warmup", "0", "-self-rtt", "0", "-probe-loss", "0"},
 			out: []string{"(scored 6m0s after 0s warm-up)", "no self-pair: 0s assumed"}},
 		{name: "zero session gap", args: []string{"-dataset", quoted, "-session-every", "0"}, wantErr: "session timing"},
+		{name: "sites file matching one site", args: []string{"-dataset", quoted, "-sites", fewGeo},
+			out: []string{"geo.csv gave coordinates to 1 of the 5 sites", "geo-nearest falls back to the origin"}},
 		{name: "square cloud matrix", args: []string{"-dataset", square, "-mirrors", "2"}, out: []string{"dataset square.csv: 3 sites", "use the reverse direction's RTT"}},
 		{name: "time column in ms", args: []string{"-dataset", msTimes}, wantErr: "use -steps"},
 		{name: "time column in ms with -steps", args: []string{"-dataset", msTimes, "-steps", "-segment", "3m"}, out: []string{"3 snapshot(s), replay 9m0s"}},

@@ -419,6 +419,14 @@ func cmpFloat(a, b float64) int {
 	return 0
 }
 
+// timeLayouts are the date and time spellings a time column may use (UTC
+// unless the value names a zone); day-first and month-first dates are left
+// out because they cannot be told apart.
+var timeLayouts = []string{
+	time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02 15:04:05", "2006-01-02T15:04", "2006-01-02 15:04",
+	"2006-01-02", "2006/01/02 15:04:05", "2006/01/02",
+}
+
 // orderTimes maps time labels to seconds: numbers are seconds; dates and
 // RFC 3339 times are seconds since the earliest; "" (no time column) is 0.
 func orderTimes(labels []string) (map[string]float64, bool, error) {
@@ -440,7 +448,7 @@ func orderTimes(labels []string) (map[string]float64, bool, error) {
 	for _, t := range labels {
 		var tm time.Time
 		var err error
-		for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05", "2006-01-02"} {
+		for _, layout := range timeLayouts {
 			if tm, err = time.Parse(layout, t); err == nil {
 				break
 			}
@@ -677,13 +685,17 @@ func parseLatLon(a, b string) (lat, lon float64, ok bool) {
 	return lat, lon, ok
 }
 
-// SetGeo gives the matrix's sites the coordinates of same-named sites.
-func (m *Matrix) SetGeo(geo map[string]Site) {
+// SetGeo gives the matrix's sites the coordinates of same-named sites and
+// returns how many of them it found.
+func (m *Matrix) SetGeo(geo map[string]Site) int {
+	found := 0
 	for i := range m.Sites {
 		if g, ok := geo[m.Sites[i].Name]; ok {
 			m.Sites[i].Lat, m.Sites[i].Lon, m.Sites[i].HasGeo = g.Lat, g.Lon, true
+			found++
 		}
 	}
+	return found
 }
 
 // LoadFile reads a matrix, choosing the reader from the header: WonderProxy

@@ -68,6 +68,9 @@ func TestReadPairsUnseenShapes(t *testing.T) {
 			check: func(m *Matrix) bool {
 				return m.Snaps[0].RTT[1].Avg == 10 && m.Snaps[1].RTT[1].Avg == 20 && m.Snaps[2].At == 600
 			}},
+		{name: "date-time spellings", in: "src,dst,rtt_ms,time\na,b,1,2024/01/01\na,b,2,2024-01-01T06:00\na,b,3,2024-01-01 12:00:00\na,b,4,2024-01-01T18:00:00+00:00\n",
+			sites: []string{"a", "b"}, snaps: 4, check: func(m *Matrix) bool { return m.Snaps[3].At == 18*3600 && m.Snaps[3].RTT[1].Avg == 4 }},
+		{name: "day-first date refused", in: "src,dst,rtt_ms,time\na,b,1,31/01/2024\n", wantErr: "neither seconds nor a date"},
 		{name: "single date", in: "src,dst,rtt_ms,date\na,b,10,2024-01-01\n", sites: []string{"a", "b"}, snaps: 1},
 		{name: "self pairs and zero RTT kept", in: "src,dst,rtt_ms\na,a,0\na,b,0\n", sites: []string{"a", "b"}, snaps: 1,
 			check: func(m *Matrix) bool { return m.Snaps[0].RTT[0].Avg == 0 && m.Snaps[0].RTT[1].Avg == 0 }},
