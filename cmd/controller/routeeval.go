@@ -55,7 +55,8 @@ How the data is read:
     Rows may be in any order; times naming the same instant are one
     snapshot. Numeric times are seconds and replay as such (-steps: each
     snapshot replays -segment, as dates do); a replay longer than
-    -max-replay is refused.
+    -max-replay is refused. Dates are ISO (2024-01-31, 2024-01-31 12:00,
+    RFC 3339) or 2024/01/31; day- or month-first dates are refused.
   * Duplicates: repeated rows of the generic format (same pair and time)
     are averaged; WonderProxy and IBM files have one row per pair (and
     date), so a repeat there is an error.
