@@ -431,7 +431,11 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 	}
 	D := int(length)
 	if D <= int(opts.Warmup/time.Second) {
-		return nil, fmt.Errorf("route-eval: replay of %ds is not longer than the %v warm-up", D, opts.Warmup)
+		hint := "lengthen -duration or shorten -warmup"
+		if len(m.Snaps) > 1 {
+			hint = "lengthen -segment with -steps, or shorten -warmup"
+		}
+		return nil, fmt.Errorf("route-eval: replay of %ds is not longer than the %v warm-up: %s", D, opts.Warmup, hint)
 	}
 	rep.Simulated = time.Duration(D) * time.Second
 	warm := int(opts.Warmup / time.Second)

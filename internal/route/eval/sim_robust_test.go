@@ -209,6 +209,7 @@ func TestRunUnseenMatrices(t *testing.T) {
 			o.SessionEvery, o.Exact = 0, true
 			return o
 		}(), errHas: "session timing"},
+		{name: "numeric times seconds apart", m: timedMatrix(3, 0, 1, 2), o: short, errHas: "lengthen -segment with -steps"},
 		{name: "nothing scored", m: pairsMatrix(3, lineRTT), o: Options{Duration: 121 * time.Second, SessionEvery: time.Hour}, wantErr: ErrNothingScored},
 	}
 	for _, tt := range tests {
