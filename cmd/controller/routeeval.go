@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/premirror/premirror/internal/cli"
@@ -24,6 +23,51 @@ func init() {
 		},
 	})
 }
+
+// routeEvalHelp is printed before the flags by -h.
+const routeEvalHelp = `usage: controller route-eval [flags]
+
+Replays a latency matrix through probes, estimators and the routing policy
+and scores it against origin-only, geography-nearest, round robin, greedy
+(no damping) and the per-instant oracle (the best mirror at each instant;
+the origin is not a candidate, so origin-only can beat it when the origin
+is nearer than every mirror).
+
+Input (-dataset): WonderProxy grouped pings (source,destination,min,avg,
+max,mdev; a servers-*.csv beside it gives geography), the IBM weekly file
+(snapshot_date,…,src_region,dst_region,avg_rtt_ms), a generic
+src,dst,rtt_ms[,time] file (header optional; aliases such as source/from,
+destination/to, avg_rtt_ms, date are accepted), or a square matrix as
+clouds publish them (a corner cell and destination names, then a source
+name and one RTT per destination; "", "-", "n/a" or "NaN" = unmeasured). A UTF-8 BOM and CRLF line
+ends are fine; names may be quoted and hold commas, spaces or any UTF-8.
+RTTs must be finite and in [0, 1e6] ms: anything else is an error naming
+the line.
+
+How the data is read:
+  * Asymmetry: a client uses its own row (client → mirror); the reverse
+    RTT is used only where that direction is missing.
+  * Missing pairs: a pair measured in neither direction is unknown, not
+    far: that mirror is unavailable to that client under every policy, the
+    oracle included. A site with no RTT to the origin or to any mirror is
+    left out. An unmeasured self-pair is -self-rtt.
+  * Time: snapshots missing a pair hold its nearest snapshot's value.
+    Rows may be in any order; times naming the same instant are one
+    snapshot. Numeric times are seconds and replay as such (-steps: each
+    snapshot replays -segment, as dates do); a replay longer than
+    -max-replay is refused. Dates are ISO (2024-01-31, 2024-01-31 12:00,
+    RFC 3339) or 2024/01/31; day- or month-first dates are refused.
+  * Duplicates: repeated rows of the generic format (same pair and time)
+    are averaged; WonderProxy and IBM files have one row per pair (and
+    date), so a repeat there is an error.
+  * Every such fill-in, merge or drop is printed as a "note:" line.
+
+Output: the table, then one "route-eval policy=… key=value" line per
+policy. A ratio to the oracle is n/a in the table and left out of the line
+when the oracle's figure is 0 and the policy's is not.
+
+Flags:
+`
 
 // defaultLatencyDir is where the shared latency data lives, relative to the
 // repository root.
@@ -42,13 +86,13 @@ func runRouteEval(ctx context.Context, args []string, out io.Writer) error {
 	rc := route.DefaultConfig()
 	var (
 		dataDir     = fs.String("data", defaultLatencyDir, "latency data directory; a relative path is tried from the working directory, then the repository root and its parents")
-		dataset     = fs.String("dataset", "wonderproxy", "\"wonderproxy\", \"ibm\", or the path of a matrix (WonderProxy grouped pings, IBM weekly, or src,dst,rtt_ms[,time])")
+		dataset     = fs.String("dataset", "wonderproxy", "\"wonderproxy\", \"ibm\", or the path of a matrix (WonderProxy grouped pings, IBM weekly, src,dst,rtt_ms[,time], or a square matrix)")
 		sites       = fs.String("sites", "", "optional name,lat,lon file giving the matrix's sites geography")
-		mirrorSites = fs.String("mirror-sites", "", "comma-separated mirror site names (default: k-medoids placement of -mirrors sites)")
+		mirrorSites = fs.String("mirror-sites", "", "comma-separated mirror site names, double-quoted where a name holds a comma (default: k-medoids placement of -mirrors sites)")
 		opts        = def
 		seed        = fs.Uint64("seed", def.Seed, "random seed (truth noise, probes, sessions)")
 	)
-	fs.IntVar(&opts.Mirrors, "mirrors", 0, "mirror sites to place by k-medoids (0: min(10, max(2, sites/4)))")
+	fs.IntVar(&opts.Mirrors, "mirrors", 0, "mirror sites to place by k-medoids, at most the site count (0: min(10, max(2, sites/4)))")
 	fs.StringVar(&opts.Origin, "origin", "", "origin site name (default: the 1-medoid)")
 	fs.DurationVar(&opts.Duration, "duration", def.Duration, "replay length of a single-snapshot matrix")
 	fs.DurationVar(&opts.Segment, "segment", def.Segment, "replay time per snapshot of a dated matrix (numeric time columns replay in their own seconds)")
@@ -63,6 +107,8 @@ func runRouteEval(ctx context.Context, args []string, out io.Writer) error {
 	fs.Float64Var(&opts.JitterFrac, "jitter-frac", def.JitterFrac, "RTT standard deviation as a share of RTT where the data gives none")
 	fs.DurationVar(&opts.Corr, "corr", def.Corr, "correlation time of a path's queueing state")
 	fs.DurationVar(&opts.SelfRTT, "self-rtt", def.SelfRTT, "RTT to a mirror at the client's own site when the data has no self pair")
+	fs.BoolVar(&opts.Steps, "steps", false, "replay every snapshot for -segment even when the time column is numeric (use when it is not in seconds)")
+	fs.DurationVar(&opts.MaxReplay, "max-replay", def.MaxReplay, "refuse a replay longer than this (a time column in ms would otherwise replay for years)")
 	fs.IntVar(&opts.Shortlist, "shortlist", 0, "probe only this many mirrors per client, chosen by Vivaldi coordinates (0: all)")
 	fs.IntVar(&rc.Slots, "slots", rc.Slots, "route table size")
 	fs.Float64Var(&rc.MinGain, "min-gain", rc.MinGain, "hysteresis: relative gain a challenger needs")
@@ -72,6 +118,10 @@ func runRouteEval(ctx context.Context, args []string, out io.Writer) error {
 	fs.Float64Var(&rc.MaxMove, "max-move", rc.MaxMove, "share of a route's slots that may move per evaluation")
 	fs.Float64Var(&rc.TieBand, "tie-band", rc.TieBand, "near ties within this share of the best cost share weight")
 	fs.DurationVar(&rc.SlowStart, "slow-start", rc.SlowStart, "ramp time of a new or recovered mirror")
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), routeEvalHelp)
+		fs.PrintDefaults()
+	}
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -80,9 +130,11 @@ func runRouteEval(ctx context.Context, args []string, out io.Writer) error {
 	}
 	opts.Seed = *seed
 	opts.Route = rc
+	opts.Exact = true // the flags hold the defaults: an explicit 0 means 0
 	if *mirrorSites != "" {
-		for _, s := range strings.Split(*mirrorSites, ",") {
-			opts.MirrorSites = append(opts.MirrorSites, strings.TrimSpace(s))
+		var err error
+		if opts.MirrorSites, err = eval.ParseSiteList(*mirrorSites); err != nil {
+			return fmt.Errorf("%w: -mirror-sites: %v", cli.ErrUsage, err)
 		}
 	}
 
@@ -108,7 +160,8 @@ func runRouteEval(ctx context.Context, args []string, out io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("route-eval: %w", err)
 		}
-		m.SetGeo(geo)
+		found := m.SetGeo(geo)
+		m.Notes = append(m.Notes, fmt.Sprintf("%s gave coordinates to %d of the %d sites (geo-nearest needs at least half)", filepath.Base(*sites), found, len(m.Sites)))
 	}
 	eval.AddKnownGeo(m)
 	start := time.Now()

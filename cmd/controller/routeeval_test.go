@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"math"
 	"os"
@@ -137,6 +138,103 @@ func TestRouteEvalErrors(t *testing.T) {
 	}
 	if err := commands.Run(context.Background(), []string{"route-eval", "-h"}); err == nil {
 		t.Fatal("-h returned no error")
+	}
+}
+
+// TestRouteEvalUnseenFiles runs the command on files shaped unlike the
+// shared ones: each gives a clear error or a report whose notes say what
+// was done to the data.
+func TestRouteEvalUnseenFiles(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	names := []string{"Washington, DC", "東京", "São Paulo", "New York", "Zürich"}
+	var b strings.Builder
+	b.WriteString("\ufeffsource,destination,latency_ms\r\n")
+	for i, a := range names {
+		for j, c := range names {
+			if i != j {
+				fmt.Fprintf(&b, "%q,%q,%d\r\n", a, c, 3+8*abs(i-j))
+			}
+		}
+	}
+	quoted := write("quoted.csv", b.String())
+	one := write("one.csv", "src,dst,rtt_ms\na,a,1\n")
+	fewGeo := write("geo.csv", "name,lat,lon\nZürich,47.37,8.54\nParis,48.86,2.35\n")
+	square := write("square.csv", "Source \\ Destination,eu-west-1,us-east-1,ap-south-1\r\n"+
+		"eu-west-1,1.1,68.2,120.5\r\nus-east-1,67.9,0.9,-\r\nap-south-1,121.0 ms,190.2,1.0\r\n")
+	b.Reset()
+	b.WriteString("src,dst,rtt_ms,time\n") // times in ms, as some exports write them
+	for _, ms := range []int{0, 3600000, 7200000} {
+		for i := range 4 {
+			for j := range 4 {
+				fmt.Fprintf(&b, "s%d,s%d,%d,%d\n", i, j, 3+8*abs(i-j), ms)
+			}
+		}
+	}
+	msTimes := write("ms.csv", b.String())
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr string // substring; "" = success
+		usage   bool   // errors.Is(err, cli.ErrUsage)
+		out     []string
+	}{
+		{name: "quoted mirror names", args: []string{"-dataset", quoted, "-mirror-sites", `"Washington, DC",Zürich`, "-origin", "東京"},
+			out: []string{"mirrors (2): Washington, DC, Zürich", "origin: 東京", "no self-pair"}},
+		{name: "unknown names listed", args: []string{"-dataset", quoted, "-mirror-sites", "Washington,Tokyo"},
+			wantErr: `"Washington" (not in quoted.csv), "Tokyo" (not in quoted.csv)`},
+		{name: "empty mirror name", args: []string{"-dataset", quoted, "-mirror-sites", "a,,b"}, usage: true, wantErr: "name 2 is empty"},
+		{name: "too many mirrors", args: []string{"-dataset", quoted, "-mirrors", "9"}, wantErr: "mirrors 9: more than the 5 usable sites"},
+		{name: "one site", args: []string{"-dataset", one}, wantErr: "at least 2 sites"},
+		{name: "explicit zeros are zeros", args: []string{"-dataset", quoted, "-warmup", "0", "-self-rtt", "0", "-probe-loss", "0"},
+			out: []string{"(scored 6m0s after 0s warm-up)", "no self-pair: 0s assumed"}},
+		{name: "zero session gap", args: []string{"-dataset", quoted, "-session-every", "0"}, wantErr: "session timing"},
+		{name: "sites file matching one site", args: []string{"-dataset", quoted, "-sites", fewGeo},
+			out: []string{"geo.csv gave coordinates to 1 of the 5 sites", "geo-nearest falls back to the origin"}},
+		{name: "square cloud matrix", args: []string{"-dataset", square, "-mirrors", "2"}, out: []string{"dataset square.csv: 3 sites", "use the reverse direction's RTT"}},
+		{name: "time column in ms", args: []string{"-dataset", msTimes}, wantErr: "use -steps"},
+		{name: "time column in ms with -steps", args: []string{"-dataset", msTimes, "-steps", "-segment", "3m"}, out: []string{"3 snapshot(s), replay 9m0s"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			err := runRouteEval(context.Background(), append(tt.args, "-duration", "6m"), &out)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || (tt.usage && !errors.Is(err, cli.ErrUsage)) {
+					t.Fatalf("err = %v, want %q (usage %v)", err, tt.wantErr, tt.usage)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			machineLines(t, out.String())
+			for _, w := range tt.out {
+				if !strings.Contains(out.String(), w) {
+					t.Fatalf("output lacks %q:\n%s", w, out.String())
+				}
+			}
+		})
+	}
+}
+
+// TestRouteEvalHelpDocumentsData: -h says how missing pairs, asymmetry and
+// duplicates are handled.
+func TestRouteEvalHelpDocumentsData(t *testing.T) {
+	var out bytes.Buffer
+	if err := runRouteEval(context.Background(), []string{"-h"}, &out); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("-h: %v", err)
+	}
+	for _, w := range []string{"Missing pairs", "Asymmetry", "Duplicates", "n/a", "-mirror-sites"} {
+		if !strings.Contains(out.String(), w) {
+			t.Errorf("help lacks %q", w)
+		}
 	}
 }
 

@@ -50,6 +50,10 @@ type Matrix struct {
 	// Dated: the time column held dates (one snapshot per distinct date)
 	// rather than seconds.
 	Dated bool
+	// Notes says what the reader did to the data that a reader of the
+	// results should know (averaged repeats, merged times, a last line
+	// without a line ending); the replay report prints them.
+	Notes []string
 }
 
 func missing() Stat { return Stat{math.NaN(), math.NaN(), math.NaN(), math.NaN()} }
@@ -65,15 +69,51 @@ func newSnap(n int, at float64, label string) Snapshot {
 // lineReader wraps csv.Reader with line-numbered errors.
 type lineReader struct {
 	r    *csv.Reader
+	tail *tailReader
 	name string
 	line int // line of the last record read
 }
 
+// tailReader remembers the last byte read, so a reader can tell whether
+// the input ended with a line ending.
+type tailReader struct {
+	r    io.Reader
+	last byte
+	n    int64
+}
+
+func (t *tailReader) Read(p []byte) (int, error) {
+	n, err := t.r.Read(p)
+	if n > 0 {
+		t.last, t.n = p[n-1], t.n+int64(n)
+	}
+	return n, err
+}
+
+// utf8BOM is stripped from the start of every input: spreadsheet exports
+// add it, and it would otherwise become part of the first site's name.
+const utf8BOM = "\ufeff"
+
 func newReader(r io.Reader, name string) *lineReader {
-	cr := csv.NewReader(bufio.NewReader(r))
+	br := bufio.NewReader(r)
+	if b, err := br.Peek(len(utf8BOM)); err == nil && string(b) == utf8BOM {
+		_, _ = br.Discard(len(utf8BOM))
+	}
+	tail := &tailReader{r: br}
+	cr := csv.NewReader(tail)
 	cr.FieldsPerRecord = -1
 	cr.ReuseRecord = true
-	return &lineReader{r: cr, name: name}
+	return &lineReader{r: cr, tail: tail, name: name}
+}
+
+// endNote returns a note when the input's last line has no line ending:
+// a file cut short mid-number still parses, so say so rather than stay
+// silent. Call it after the last record was read.
+func (l *lineReader) endNote() []string {
+	if l.tail.n == 0 || l.tail.last == '\n' || l.tail.last == '\r' {
+		return nil
+	}
+	return []string{fmt.Sprintf("%s: the last line (%d) has no line ending; if the file was cut short, its last value may be truncated", l.name, l.line)}
 }
 
 func (l *lineReader) read() ([]string, int, error) {
@@ -89,6 +129,16 @@ func (l *lineReader) read() ([]string, int, error) {
 		rec[i] = strings.TrimSpace(strings.TrimSuffix(rec[i], "\r"))
 	}
 	return rec, l.line, nil
+}
+
+// first reads the first record (a header, or the first row); an empty
+// input is an error.
+func (l *lineReader) first() ([]string, int, error) {
+	rec, line, err := l.read()
+	if err == io.EOF {
+		return nil, 0, l.errf(1, "empty file")
+	}
+	return rec, line, err
 }
 
 // each calls fn for every non-blank record until the end of the input.
@@ -129,10 +179,7 @@ func (l *lineReader) rtt(line int, col, s string) (float64, error) {
 // header reads the first record and maps the wanted column names (case
 // insensitive) to positions; missing required columns are an error.
 func (l *lineReader) header(required, optional []string) (map[string]int, error) {
-	rec, line, err := l.read()
-	if err == io.EOF {
-		return nil, l.errf(1, "empty file")
-	}
+	rec, line, err := l.first()
 	if err != nil {
 		return nil, err
 	}
@@ -190,17 +237,26 @@ const maxSites = 5000
 // maxCells bounds n²·snapshots so a hostile file cannot exhaust memory.
 const maxCells = 1 << 27
 
+// Column names the generic reader accepts (lower case), so the same
+// kinds of files with other headers (an IBM-style export, "from,to,…")
+// read without editing.
+var (
+	srcCols  = []string{"src", "source", "from", "src_region", "source_region", "src_site"}
+	dstCols  = []string{"dst", "destination", "to", "dst_region", "destination_region", "dst_site"}
+	rttCols  = []string{"rtt_ms", "rtt", "avg", "latency_ms", "avg_rtt_ms", "mean_rtt_ms", "latency"}
+	timeCols = []string{"time", "t", "timestamp", "date", "snapshot_date"}
+)
+
 // ReadPairs reads the generic format: a header naming src, dst and rtt_ms
-// (or rtt), and optionally time; one row per measurement. Several rows for
-// the same pair and time are averaged. A numeric time is seconds; anything
-// else (a date, an RFC 3339 time) orders snapshots by value, one per
-// distinct value.
+// (or an alias: srcCols, dstCols, rttCols, timeCols), and optionally time;
+// one row per measurement. Several rows for the same pair and time are
+// averaged, and so are rows whose times differ in spelling only ("60" and
+// "60.0", a date and its midnight); Notes counts them. A numeric time is
+// seconds; anything else (a date, an RFC 3339 time) orders snapshots by
+// value, one per distinct instant. Rows may come in any order.
 func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 	l := newReader(r, name)
-	rec, line, err := l.read()
-	if err == io.EOF {
-		return nil, l.errf(1, "empty file")
-	}
+	rec, line, err := l.first()
 	if err != nil {
 		return nil, err
 	}
@@ -211,15 +267,11 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 	if _, perr := strconv.ParseFloat(field(rec, 2), 64); perr != nil {
 		col = map[string]int{}
 		for i, h := range rec {
-			switch strings.ToLower(strings.TrimPrefix(h, "\ufeff")) {
-			case "src", "source", "from":
-				col["src"] = i
-			case "dst", "destination", "to":
-				col["dst"] = i
-			case "rtt_ms", "rtt", "avg", "latency_ms":
-				col["rtt"] = i
-			case "time", "t", "timestamp", "date":
-				col["time"] = i
+			h = strings.ToLower(h)
+			for c, names := range map[string][]string{"src": srcCols, "dst": dstCols, "rtt": rttCols, "time": timeCols} {
+				if _, dup := col[c]; !dup && slices.Contains(names, h) {
+					col[c] = i
+				}
 			}
 		}
 		for _, c := range []string{"src", "dst", "rtt"} {
@@ -232,17 +284,19 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 		first = slices.Clone(rec)
 	}
 
-	type key struct {
-		t    string
-		i, j int
-	}
+	// Compact cells (24 bytes each, times interned) keep a matrix of a few
+	// thousand sites in memory.
+	type key struct{ t, i, j int32 }
 	type acc struct {
+		k   key
+		n   int32
 		sum float64
-		n   int
 	}
 	var sites siteIndex
-	cells := map[key]*acc{}
-	times := map[string]bool{}
+	cells := map[key]int32{} // index in accs, which keeps file order
+	var accs []acc
+	timeIdx := map[string]int32{}
+	var labels []string
 	handle := func(rec []string, line int) error {
 		src, dst := field(rec, col["src"]), field(rec, col["dst"])
 		if src == "" || dst == "" {
@@ -261,18 +315,24 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 		if len(cells) >= maxCells {
 			return l.errf(line, "more than %d measurements", maxCells)
 		}
-		k := key{t, sites.get(src), sites.get(dst)}
+		ti, ok := timeIdx[t]
+		if !ok {
+			ti = int32(len(labels))
+			timeIdx[t] = ti
+			labels = append(labels, t)
+		}
+		k := key{ti, int32(sites.get(src)), int32(sites.get(dst))}
 		if len(sites.names) > maxSites {
 			return l.errf(line, "more than %d sites", maxSites)
 		}
-		a := cells[k]
-		if a == nil {
-			a = &acc{}
-			cells[k] = a
+		ai, ok := cells[k]
+		if !ok {
+			ai = int32(len(accs))
+			cells[k] = ai
+			accs = append(accs, acc{k: k})
 		}
-		a.sum += v
-		a.n++
-		times[t] = true
+		accs[ai].sum += v
+		accs[ai].n++
 		return nil
 	}
 	if first != nil {
@@ -283,36 +343,69 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 	if err := l.each(handle); err != nil {
 		return nil, err
 	}
-	if len(cells) == 0 {
+	if len(accs) == 0 {
 		return nil, l.errf(line, "no measurements")
 	}
-	labels := make([]string, 0, len(times))
-	for t := range times {
-		labels = append(labels, t)
-	}
+	cells = nil // only accs is needed from here
 	at, dated, err := orderTimes(labels)
 	if err != nil {
 		return nil, l.errf(0, "%v", err)
 	}
-	slices.SortFunc(labels, func(a, b string) int { return cmpFloat(at[a], at[b]) })
+	// One snapshot per instant; labels naming the same instant share it,
+	// under the label that sorts first.
+	sorted := slices.Clone(labels)
+	slices.SortFunc(sorted, func(a, b string) int {
+		if c := cmpFloat(at[a], at[b]); c != 0 {
+			return c
+		}
+		return strings.Compare(a, b)
+	})
 	n := len(sites.names)
-	if n*n*len(labels) > maxCells {
-		return nil, l.errf(0, "%d sites × %d snapshots is too large", n, len(labels))
-	}
 	m := &Matrix{Name: name, Dated: dated}
+	snapOf := make([]int, len(labels)) // by time index
+	merged := 0
+	for _, t := range sorted {
+		if k := len(m.Snaps); k > 0 && m.Snaps[k-1].At == at[t] {
+			snapOf[timeIdx[t]] = k - 1
+			merged++
+			continue
+		}
+		if (len(m.Snaps)+1)*n*n > maxCells {
+			return nil, l.errf(0, "%d sites × %d snapshots is too large", n, len(labels)-merged)
+		}
+		snapOf[timeIdx[t]] = len(m.Snaps)
+		m.Snaps = append(m.Snaps, newSnap(n, at[t], t))
+	}
 	for _, s := range sites.names {
 		m.Sites = append(m.Sites, Site{Name: s})
 	}
-	snapOf := map[string]int{}
-	for i, t := range labels {
-		snapOf[t] = i
-		m.Snaps = append(m.Snaps, newSnap(n, at[t], t))
+	// Sum per snapshot cell in file order, so the result does not depend
+	// on map order.
+	count := make([]int32, len(m.Snaps)*n*n) // rows per snapshot cell
+	for _, a := range accs {
+		s, c := snapOf[a.k.t], int(a.k.i)*n+int(a.k.j)
+		cell := &m.Snaps[s].RTT[c]
+		if count[s*n*n+c] == 0 {
+			cell.Avg = a.sum
+		} else {
+			cell.Avg += a.sum
+		}
+		count[s*n*n+c] += a.n
 	}
-	for k, a := range cells {
-		st := missing()
-		st.Avg = a.sum / float64(a.n)
-		m.Snaps[snapOf[k.t]].RTT[k.i*n+k.j] = st
+	repeats := 0
+	for x, c := range count {
+		if c > 1 {
+			repeats++
+			m.Snaps[x/(n*n)].RTT[x%(n*n)].Avg /= float64(c)
+		}
 	}
+	if merged > 0 {
+		m.Notes = append(m.Notes, fmt.Sprintf("%s: %d time value(s) name the same instant as another and share its snapshot", name, merged))
+	}
+	if repeats > 0 {
+		m.Notes = append(m.Notes, fmt.Sprintf("%s: %d pair(s) were measured more than once in a snapshot; their RTTs are averaged", name, repeats))
+	}
+	m.Notes = append(m.Notes, l.endNote()...)
 	return m, nil
 }
 
@@ -324,6 +417,14 @@ func cmpFloat(a, b float64) int {
 		return 1
 	}
 	return 0
+}
+
+// timeLayouts are the date and time spellings a time column may use (UTC
+// unless the value names a zone); day-first and month-first dates are left
+// out because they cannot be told apart.
+var timeLayouts = []string{
+	time.RFC3339Nano, "2006-01-02T15:04:05", "2006-01-02 15:04:05", "2006-01-02T15:04", "2006-01-02 15:04",
+	"2006-01-02", "2006/01/02 15:04:05", "2006/01/02",
 }
 
 // orderTimes maps time labels to seconds: numbers are seconds; dates and
@@ -347,7 +448,7 @@ func orderTimes(labels []string) (map[string]float64, bool, error) {
 	for _, t := range labels {
 		var tm time.Time
 		var err error
-		for _, layout := range []string{time.RFC3339Nano, "2006-01-02 15:04:05", "2006-01-02"} {
+		for _, layout := range timeLayouts {
 			if tm, err = time.Parse(layout, t); err == nil {
 				break
 			}
@@ -456,7 +557,7 @@ func ReadWonderProxy(r io.Reader, name string, servers map[string]Site) (*Matrix
 		return nil, l.errf(1, "no measurements")
 	}
 	n := len(sites.names)
-	m := &Matrix{Name: name, Snaps: []Snapshot{newSnap(n, 0, "")}}
+	m := &Matrix{Name: name, Snaps: []Snapshot{newSnap(n, 0, "")}, Notes: l.endNote()}
 	for _, id := range sites.names {
 		s, ok := servers[id]
 		if !ok {
@@ -529,7 +630,7 @@ func ReadIBM(r io.Reader, name string) (*Matrix, error) {
 		return nil, l.errf(0, "%d regions × %d snapshots is too large", n, len(labels))
 	}
 	base := dates[labels[0]]
-	m := &Matrix{Name: name, Dated: true}
+	m := &Matrix{Name: name, Dated: true, Notes: l.endNote()}
 	for _, s := range sites.names {
 		m.Sites = append(m.Sites, Site{Name: s})
 	}
@@ -584,13 +685,17 @@ func parseLatLon(a, b string) (lat, lon float64, ok bool) {
 	return lat, lon, ok
 }
 
-// SetGeo gives the matrix's sites the coordinates of same-named sites.
-func (m *Matrix) SetGeo(geo map[string]Site) {
+// SetGeo gives the matrix's sites the coordinates of same-named sites and
+// returns how many of them it found.
+func (m *Matrix) SetGeo(geo map[string]Site) int {
+	found := 0
 	for i := range m.Sites {
 		if g, ok := geo[m.Sites[i].Name]; ok {
 			m.Sites[i].Lat, m.Sites[i].Lon, m.Sites[i].HasGeo = g.Lat, g.Lon, true
+			found++
 		}
 	}
+	return found
 }
 
 // LoadFile reads a matrix, choosing the reader from the header: WonderProxy
@@ -615,9 +720,130 @@ func LoadFile(path string) (*Matrix, error) {
 			return nil, err
 		}
 		return ReadWonderProxy(br, name, servers)
+	case looksSquare(first):
+		return ReadSquare(br, name)
 	default:
 		return ReadPairs(br, name)
 	}
+}
+
+// looksSquare tells a square matrix's header (a corner cell, then
+// destination names) from a pairs file's: no field names a pairs column,
+// and the second and third fields are not numbers (a header-less pairs
+// file has an RTT third).
+func looksSquare(first string) bool {
+	r := csv.NewReader(strings.NewReader(strings.TrimPrefix(first, utf8BOM)))
+	r.LazyQuotes = true
+	rec, _ := r.Read()
+	if len(rec) < 3 {
+		return false
+	}
+	for _, f := range rec {
+		f = strings.ToLower(strings.TrimSpace(f))
+		for _, cols := range [][]string{srcCols, dstCols, rttCols, timeCols} {
+			if slices.Contains(cols, f) {
+				return false
+			}
+		}
+	}
+	for _, f := range rec[1:3] {
+		if _, err := strconv.ParseFloat(strings.TrimSpace(f), 64); err == nil {
+			return false
+		}
+	}
+	return true
+}
+
+// missingCell spells an unmeasured cell of a square matrix.
+func missingCell(s string) bool {
+	switch strings.ToLower(s) {
+	case "", "-", "–", "—", "n/a", "na", "nan", "null", "none":
+		return true
+	}
+	return false
+}
+
+// ReadSquare reads a square (wide) matrix, the layout cloud providers
+// publish inter-region latency in: a header of a corner cell and the
+// destination names, then one row per source, its name and one RTT in ms
+// per destination ("12.5" or "12.5 ms"). An empty cell, "-", "n/a" or
+// "NaN" is an unmeasured pair; a row of the wrong width, a repeated source
+// or destination, or any other value is an error naming the line.
+func ReadSquare(r io.Reader, name string) (*Matrix, error) {
+	l := newReader(r, name)
+	rec, line, err := l.first()
+	if err != nil {
+		return nil, err
+	}
+	if len(rec) < 3 {
+		return nil, l.errf(line, "a square matrix's header needs a corner cell and at least two destinations")
+	}
+	dsts := slices.Clone(rec[1:])
+	var sites siteIndex
+	dstIdx := make([]int, len(dsts))
+	for k, d := range dsts {
+		if d == "" {
+			return nil, l.errf(line, "column %d: empty destination name", k+2)
+		}
+		if _, dup := sites.idx[d]; dup {
+			return nil, l.errf(line, "column %d: destination %q repeated", k+2, d)
+		}
+		dstIdx[k] = sites.get(d)
+	}
+	if len(sites.names) > maxSites {
+		return nil, l.errf(line, "more than %d sites", maxSites)
+	}
+	type cell struct {
+		i, j int
+		v    float64
+	}
+	var cells []cell
+	seen := map[string]bool{}
+	if err := l.each(func(rec []string, line int) error {
+		if len(rec) != len(dsts)+1 {
+			return l.errf(line, "%d fields, want %d (a source and one RTT per destination)", len(rec), len(dsts)+1)
+		}
+		src := rec[0]
+		if src == "" {
+			return l.errf(line, "empty source name")
+		}
+		if seen[src] {
+			return l.errf(line, "source %q repeated", src)
+		}
+		seen[src] = true
+		i := sites.get(src)
+		if len(sites.names) > maxSites {
+			return l.errf(line, "more than %d sites", maxSites)
+		}
+		for k, f := range rec[1:] {
+			if missingCell(f) {
+				continue
+			}
+			v, err := l.rtt(line, fmt.Sprintf("%d (%s)", k+2, dsts[k]), strings.TrimSpace(strings.TrimSuffix(f, "ms")))
+			if err != nil {
+				return err
+			}
+			cells = append(cells, cell{i, dstIdx[k], v})
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	if len(cells) == 0 {
+		return nil, l.errf(line, "no measurements")
+	}
+	n := len(sites.names)
+	if n*n > maxCells {
+		return nil, l.errf(0, "%d sites is too large", n)
+	}
+	m := &Matrix{Name: name, Snaps: []Snapshot{newSnap(n, 0, "")}, Notes: l.endNote()}
+	for _, s := range sites.names {
+		m.Sites = append(m.Sites, Site{Name: s})
+	}
+	for _, c := range cells {
+		m.Snaps[0].RTT[c.i*n+c.j].Avg = c.v
+	}
+	return m, nil
 }
 
 // loadServersNear finds the WonderProxy servers file beside a pings file:
@@ -647,4 +873,28 @@ func loadServersNear(pings string) (map[string]Site, error) {
 	}
 	defer f.Close()
 	return ReadServers(f, filepath.Base(pick))
+}
+
+// ParseSiteList parses a comma-separated list of site names as one CSV
+// record, so a name holding a comma is given in double quotes
+// ("Washington, DC",Tokyo). Names are trimmed like the readers trim them;
+// an empty name is an error.
+func ParseSiteList(s string) ([]string, error) {
+	r := csv.NewReader(strings.NewReader(s))
+	r.TrimLeadingSpace = true
+	rec, err := r.Read()
+	if err != nil {
+		return nil, fmt.Errorf("site list %q: %w", s, err)
+	}
+	if _, err := r.Read(); err != io.EOF {
+		return nil, fmt.Errorf("site list %q: more than one line", s)
+	}
+	out := make([]string, 0, len(rec))
+	for i, nm := range rec {
+		if nm = strings.TrimSpace(nm); nm == "" {
+			return nil, fmt.Errorf("site list %q: name %d is empty", s, i+1)
+		}
+		out = append(out, nm)
+	}
+	return out, nil
 }

@@ -48,19 +48,43 @@ func KMedoids(dist [][]float64, k int) []int {
 			best[c] = min(best[c], dist[c][pick])
 		}
 	}
-	cost := func(set []int) float64 {
+	// Swap: first improvement, repeated until none; bounded for safety.
+	// Each client's nearest and second-nearest chosen RTT make a swap's
+	// cost O(clients) rather than O(clients·k); the sum runs over clients
+	// in the same order with the same minima, so the result is what a full
+	// recomputation gives.
+	near := make([]int, len(dist)) // position in chosen of the nearest
+	d1 := make([]float64, len(dist))
+	d2 := make([]float64, len(dist))
+	refresh := func() {
+		for c := range dist {
+			near[c], d1[c], d2[c] = -1, math.Inf(1), math.Inf(1)
+			for p, s := range chosen {
+				switch v := dist[c][s]; {
+				case v < d1[c]:
+					near[c], d1[c], d2[c] = p, v, d1[c]
+				case v < d2[c]:
+					d2[c] = v
+				}
+			}
+		}
+	}
+	swapCost := func(i, s int) float64 {
 		t := 0.0
 		for c := range dist {
-			b := math.Inf(1)
-			for _, s := range set {
-				b = min(b, dist[c][s])
+			other := d1[c]
+			if near[c] == i {
+				other = d2[c]
 			}
-			t += capInf(b)
+			t += capInf(min(other, dist[c][s]))
 		}
 		return t
 	}
-	// Swap: first improvement, repeated until none; bounded for safety.
-	cur := cost(chosen)
+	refresh()
+	cur := 0.0
+	for c := range dist {
+		cur += capInf(d1[c])
+	}
 	for iter := 0; iter < 100; iter++ {
 		improved := false
 		for i := range chosen {
@@ -68,15 +92,13 @@ func KMedoids(dist [][]float64, k int) []int {
 				if in[s] {
 					continue
 				}
-				old := chosen[i]
-				chosen[i] = s
-				if t := cost(chosen); t < cur-1e-9 {
+				if t := swapCost(i, s); t < cur-1e-9 {
 					cur = t
-					in[old], in[s] = false, true
+					in[chosen[i]], in[s] = false, true
+					chosen[i] = s
+					refresh()
 					improved = true
-					continue
 				}
-				chosen[i] = old
 			}
 		}
 		if !improved {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/premirror/premirror/internal/chash"
@@ -54,11 +55,21 @@ type Options struct {
 	// SelfRTT is the RTT of a client to a mirror at its own site when the
 	// data has no self pair (1 ms).
 	SelfRTT time.Duration
+	// Steps replays every snapshot of a matrix for Segment, as dated ones
+	// are, even when its time column is numeric (seconds otherwise).
+	Steps bool
+	// MaxReplay bounds the simulated time (72 h): a time column in the
+	// wrong unit fails fast instead of replaying for years.
+	MaxReplay time.Duration
 	// Shortlist > 0 probes, per client, only the Shortlist mirrors nearest
 	// by Vivaldi coordinates (plus one exploration probe per tick).
 	Shortlist int
 	// Route is the policy under test (zero: route.DefaultConfig()).
 	Route route.Config
+	// Exact uses every field as given, zero included, instead of filling
+	// zero fields with defaults. The command sets it: its flags already
+	// hold the defaults, so "-warmup 0" or "-self-rtt 0" must mean 0.
+	Exact bool
 }
 
 // DefaultOptions returns the replay defaults documented on Options.
@@ -67,19 +78,19 @@ func DefaultOptions() Options {
 		Duration: time.Hour, Segment: 10 * time.Minute, Tick: 2 * time.Second, Warmup: 2 * time.Minute,
 		SessionEvery: 30 * time.Second, SessionMean: 5 * time.Minute, RequestEvery: 10 * time.Second,
 		Seed: 1, ProbeLoss: 0.005, ProbeSpike: 0.01, ProbeNoise: 0.5, JitterFrac: 0.02,
-		Corr: 20 * time.Second, SelfRTT: time.Millisecond,
+		Corr: 20 * time.Second, SelfRTT: time.Millisecond, MaxReplay: 72 * time.Hour,
 	}
 }
 
 func (o *Options) fill() error {
 	d := DefaultOptions()
 	setD := func(v *time.Duration, def time.Duration) {
-		if *v == 0 {
+		if *v == 0 && !o.Exact {
 			*v = def
 		}
 	}
 	setF := func(v *float64, def float64) {
-		if *v == 0 {
+		if *v == 0 && !o.Exact {
 			*v = def
 		}
 	}
@@ -92,26 +103,28 @@ func (o *Options) fill() error {
 	setD(&o.RequestEvery, d.RequestEvery)
 	setD(&o.Corr, d.Corr)
 	setD(&o.SelfRTT, d.SelfRTT)
+	setD(&o.MaxReplay, d.MaxReplay)
 	setF(&o.ProbeLoss, d.ProbeLoss)
 	setF(&o.ProbeSpike, d.ProbeSpike)
 	setF(&o.ProbeNoise, d.ProbeNoise)
 	setF(&o.JitterFrac, d.JitterFrac)
-	if o.Seed == 0 {
+	if o.Seed == 0 && !o.Exact {
 		o.Seed = d.Seed
 	}
 	bad := func(f string, v any) error { return fmt.Errorf("route-eval option %s %v: out of range", f, v) }
 	switch {
 	case o.Mirrors < 0:
 		return bad("mirrors", o.Mirrors)
-	case o.Duration < 0:
+	case o.Duration <= 0:
 		return bad("duration", o.Duration)
-	case o.Segment < 0:
+	case o.Segment <= 0:
 		return bad("segment", o.Segment)
 	case o.Tick < time.Second || o.Tick%time.Second != 0:
 		return bad("tick", o.Tick.String()+" (whole seconds ≥ 1 s)")
 	case o.Warmup < 0:
 		return bad("warmup", o.Warmup)
-	case o.SessionEvery < 0 || o.SessionMean < 0 || o.RequestEvery < time.Second:
+	case o.SessionEvery <= 0 || o.SessionMean < 0 || o.RequestEvery < time.Second:
+		// A zero mean gap between sessions would start sessions forever.
 		return bad("session timing", []time.Duration{o.SessionEvery, o.SessionMean, o.RequestEvery})
 	case o.ProbeLoss < 0 || o.ProbeLoss >= 1:
 		return bad("probe-loss", o.ProbeLoss)
@@ -125,6 +138,8 @@ func (o *Options) fill() error {
 		return bad("corr", o.Corr)
 	case o.Shortlist < 0:
 		return bad("shortlist", o.Shortlist)
+	case o.MaxReplay <= 0:
+		return bad("max-replay", o.MaxReplay)
 	}
 	return nil
 }
@@ -160,6 +175,10 @@ type Report struct {
 	NoGeo    bool
 	Policies []PolicyResult
 	Options  Options
+	// Notes are facts about the data and the scoring a reader of the
+	// figures needs: what the reader merged, which paths were filled in or
+	// unknown, which ratios are undefined.
+	Notes []string
 }
 
 // Policy names, in report order.
@@ -199,6 +218,21 @@ type pairModel struct {
 // ErrNoClients is returned when no site can reach the origin and a mirror.
 var ErrNoClients = errors.New("no client site reaches the origin and a mirror")
 
+// ErrTooFewSites is returned for a matrix with fewer than two usable
+// sites: with one, every policy is the same single choice.
+var ErrTooFewSites = errors.New("a replay needs at least 2 sites")
+
+// ErrNothingScored is returned when no request falls after the warm-up,
+// so there is no figure to report.
+var ErrNothingScored = errors.New("no request was scored")
+
+// ErrTooLong is returned when the replay would be longer than MaxReplay.
+var ErrTooLong = errors.New("replay too long")
+
+// ErrUnknownSite is returned when -origin or -mirror-sites names a site
+// the matrix does not have (or left out).
+var ErrUnknownSite = errors.New("unknown site")
+
 // Run replays m under every policy and scores them.
 func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 	if err := opts.fill(); err != nil {
@@ -208,6 +242,7 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 		return nil, fmt.Errorf("replay %s: empty matrix", m.Name)
 	}
 	rep := &Report{Dataset: m.Name, Sites: len(m.Sites), Snapshots: len(m.Snaps), Options: opts}
+	rep.Notes = append(rep.Notes, m.Notes...)
 
 	// Sites: with mostly geo-tagged sites, drop the rest so the geography
 	// baseline is scored on the same clients as every other policy.
@@ -226,8 +261,14 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 		}
 	}
 	geoOK := withGeo*2 >= len(m.Sites)
+	if len(keep) < 2 {
+		return nil, fmt.Errorf("replay %s: %d usable site(s) of %d: %w", m.Name, len(keep), len(m.Sites), ErrTooFewSites)
+	}
 	n := len(m.Sites)
-	series := func(i, j int) ([]Stat, bool) { return fillSeries(m, n, i, j, opts.SelfRTT) }
+	series := func(i, j int) ([]Stat, bool) {
+		st, _, ok := fillSeries(m, n, i, j, opts.SelfRTT)
+		return st, ok
+	}
 
 	// Mean matrix over kept sites for placement and the origin.
 	mean := make([][]float64, len(keep))
@@ -250,17 +291,39 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 	for a, i := range keep {
 		byName[m.Sites[i].Name] = a
 	}
+	// lookup resolves site names, naming every unknown one at once and
+	// telling a site the file lacks from one left out for want of
+	// coordinates.
+	lookup := func(what string, names []string) ([]int, error) {
+		var out []int
+		var bad []string
+		for _, nm := range names {
+			if a, ok := byName[nm]; ok {
+				out = append(out, a)
+				continue
+			}
+			why := "not in " + m.Name
+			if slices.ContainsFunc(m.Sites, func(s Site) bool { return s.Name == nm }) {
+				why = "left out: no coordinates"
+			}
+			bad = append(bad, fmt.Sprintf("%q (%s)", nm, why))
+		}
+		if len(bad) > 0 {
+			return nil, fmt.Errorf("route-eval %s %s: %w", what, strings.Join(bad, ", "), ErrUnknownSite)
+		}
+		return out, nil
+	}
 	var mirrors []int // positions in keep
 	if len(opts.MirrorSites) > 0 {
-		for _, nm := range opts.MirrorSites {
-			a, ok := byName[nm]
-			if !ok {
-				return nil, fmt.Errorf("route-eval mirror site %q: not in %s", nm, m.Name)
-			}
-			mirrors = append(mirrors, a)
+		var err error
+		if mirrors, err = lookup("mirror sites", opts.MirrorSites); err != nil {
+			return nil, err
 		}
 	} else {
 		k := opts.Mirrors
+		if k > len(keep) {
+			return nil, fmt.Errorf("route-eval option mirrors %d: more than the %d usable sites of %s", k, len(keep), m.Name)
+		}
 		if k == 0 {
 			k = min(10, max(2, len(keep)/4))
 		}
@@ -268,13 +331,16 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 	}
 	slices.Sort(mirrors)
 	mirrors = slices.Compact(mirrors)
+	if dup := len(opts.MirrorSites) - len(mirrors); len(opts.MirrorSites) > 0 && dup > 0 {
+		rep.Notes = append(rep.Notes, fmt.Sprintf("%d mirror site name(s) repeated in the list: each site holds one mirror", dup))
+	}
 	origin := -1
 	if opts.Origin != "" {
-		a, ok := byName[opts.Origin]
-		if !ok {
-			return nil, fmt.Errorf("route-eval origin %q: not in %s", opts.Origin, m.Name)
+		a, err := lookup("origin", []string{opts.Origin})
+		if err != nil {
+			return nil, err
 		}
-		origin = a
+		origin = a[0]
 	} else if o := KMedoids(mean, 1); len(o) == 1 {
 		origin = o[0]
 	}
@@ -287,15 +353,18 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 	M := len(mirrors)
 	var clients []int
 	var pairs [][]pairModel // [client][mirror j, origin at M]
+	var cov coverage
 	for a := range keep {
 		row := make([]pairModel, M+1)
 		reach := 0
+		var rowCov coverage
 		for j := 0; j <= M; j++ {
 			t := origin
 			if j < M {
 				t = mirrors[j]
 			}
-			st, ok := series(keep[a], keep[t])
+			st, fi, ok := fillSeries(m, n, keep[a], keep[t], opts.SelfRTT)
+			rowCov.add(fi, ok)
 			if !ok {
 				continue
 			}
@@ -305,9 +374,14 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 			}
 		}
 		if reach == 0 || !row[M].ok {
-			rep.Dropped = append(rep.Dropped, m.Sites[keep[a]].Name+" (unreachable)")
+			why := " (no RTT to the origin)"
+			if reach == 0 {
+				why = " (no RTT to any mirror)"
+			}
+			rep.Dropped = append(rep.Dropped, m.Sites[keep[a]].Name+why)
 			continue
 		}
+		cov.merge(rowCov)
 		clients = append(clients, a)
 		pairs = append(pairs, row)
 	}
@@ -316,18 +390,24 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 		return nil, fmt.Errorf("replay %s: %w", m.Name, ErrNoClients)
 	}
 	rep.Clients = C
+	rep.Notes = append(rep.Notes, cov.notes(opts.SelfRTT)...)
+	for j, a := range mirrors {
+		if !slices.ContainsFunc(pairs, func(row []pairModel) bool { return row[j].ok }) {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("mirror %s has no measured RTT to any client region: no policy can use it", m.Sites[keep[a]].Name))
+		}
+	}
 
 	// Timeline.
-	D := int(opts.Duration / time.Second)
+	length := opts.Duration.Seconds()
 	var snapT []float64 // snapshot times, seconds of replay
 	if len(m.Snaps) > 1 {
-		if m.Dated {
+		if m.Dated || opts.Steps {
 			// Dated snapshots (weeks apart) are compressed to Segment each.
 			seg := opts.Segment.Seconds()
 			for k := range m.Snaps {
 				snapT = append(snapT, (float64(k)+0.5)*seg)
 			}
-			D = int(seg * float64(len(m.Snaps)))
+			length = seg * float64(len(m.Snaps))
 		} else {
 			// Numeric time columns are seconds: replayed as they are, the
 			// last snapshot holding for one mean gap.
@@ -336,11 +416,26 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 				snapT = append(snapT, s.At-t0)
 			}
 			span := snapT[len(snapT)-1]
-			D = int(span + span/float64(len(snapT)-1))
+			length = span + span/float64(len(snapT)-1)
 		}
 	}
+	// A time column in milliseconds, or epochs years apart, would replay
+	// for years: refuse rather than run for days or exhaust memory.
+	if length > opts.MaxReplay.Seconds() {
+		hint := "lower -duration or -segment"
+		if len(m.Snaps) > 1 && !m.Dated && !opts.Steps {
+			hint = fmt.Sprintf("its %d numeric times span %.0f s; if they are not seconds, or to compress them, use -steps (each snapshot replays -segment)", len(m.Snaps), snapT[len(snapT)-1])
+		}
+		return nil, fmt.Errorf("replay %s: %w: %v is longer than -max-replay %v: %s", m.Name, ErrTooLong,
+			time.Duration(length*float64(time.Second)).Round(time.Second), opts.MaxReplay, hint)
+	}
+	D := int(length)
 	if D <= int(opts.Warmup/time.Second) {
-		return nil, fmt.Errorf("route-eval: replay of %ds is not longer than the %v warm-up", D, opts.Warmup)
+		hint := "lengthen -duration or shorten -warmup"
+		if len(m.Snaps) > 1 {
+			hint = "lengthen -segment with -steps, or shorten -warmup"
+		}
+		return nil, fmt.Errorf("route-eval: replay of %ds is not longer than the %v warm-up: %s", D, opts.Warmup, hint)
 	}
 	rep.Simulated = time.Duration(D) * time.Second
 	warm := int(opts.Warmup / time.Second)
@@ -349,7 +444,8 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 	s := &sim{
 		opts: opts, C: C, M: M, D: D, warm: warm, pairs: pairs, snapT: snapT,
 		rTruth: rand.New(rand.NewPCG(opts.Seed, 1)), rProbe: rand.New(rand.NewPCG(opts.Seed, 2)),
-		rSess: rand.New(rand.NewPCG(opts.Seed, 3)),
+		rSess:        rand.New(rand.NewPCG(opts.Seed, 3)),
+		originMirror: slices.Index(mirrors, origin),
 	}
 	if geoOK {
 		s.geo = make([]int, C)
@@ -384,24 +480,45 @@ func Run(ctx context.Context, m *Matrix, opts Options) (*Report, error) {
 	rep.Sessions = s.sessions
 	rep.NoGeo = s.geo == nil
 	rep.Policies = s.results()
+	if rep.Policies[len(rep.Policies)-1].Requests == 0 {
+		return nil, fmt.Errorf("replay %s: %w in %v after the warm-up from %d client region(s): lengthen -duration or shorten -session-every", m.Name, ErrNothingScored, rep.Scored, C)
+	}
+	or := rep.Policies[len(rep.Policies)-1]
+	for _, q := range []struct {
+		name string
+		v    float64
+	}{{"mean", or.Mean}, {"p95", or.P95}} {
+		if q.v == 0 {
+			rep.Notes = append(rep.Notes, fmt.Sprintf("the oracle's %s is 0 ms: %s/oracle is n/a (undefined) where a policy's %s is not 0 too", q.name, q.name, q.name))
+		}
+	}
 	if opts.Shortlist > 0 && s.recallN > 0 {
 		rep.ShortlistRecall = float64(s.recallHit) / float64(s.recallN)
 	}
 	return rep, nil
 }
 
+// fillInfo says how fillSeries completed a path's series.
+type fillInfo struct {
+	reversed bool // some snapshot took the j → i measurement
+	carried  bool // some snapshot took the nearest snapshot's value
+	self     bool // a site to itself, unmeasured: the SelfRTT option
+}
+
 // fillSeries returns the (i → j) stats per snapshot: the reverse direction
 // where i → j is missing, then the nearest snapshot in time that has the
 // pair. ok is false when the pair is never measured.
-func fillSeries(m *Matrix, n, i, j int, self time.Duration) ([]Stat, bool) {
+func fillSeries(m *Matrix, n, i, j int, self time.Duration) ([]Stat, fillInfo, bool) {
 	T := len(m.Snaps)
 	out := make([]Stat, T)
 	have := make([]bool, T)
 	found := false
+	var fi fillInfo
 	for k, s := range m.Snaps {
 		st := s.RTT[i*n+j]
 		if math.IsNaN(st.Avg) {
 			st = s.RTT[j*n+i]
+			fi.reversed = fi.reversed || !math.IsNaN(st.Avg)
 		}
 		if !math.IsNaN(st.Avg) {
 			out[k], have[k], found = st, true, true
@@ -409,19 +526,21 @@ func fillSeries(m *Matrix, n, i, j int, self time.Duration) ([]Stat, bool) {
 	}
 	if !found {
 		if i != j {
-			return nil, false
+			return nil, fi, false
 		}
 		st := missing()
 		st.Avg = float64(self) / float64(time.Millisecond)
 		for k := range out {
 			out[k] = st
 		}
-		return out, true
+		fi.self = true
+		return out, fi, true
 	}
 	for k := range out {
 		if have[k] {
 			continue
 		}
+		fi.carried = true
 		for d := 1; d < T; d++ {
 			if k-d >= 0 && have[k-d] {
 				out[k] = out[k-d]
@@ -433,7 +552,54 @@ func fillSeries(m *Matrix, n, i, j int, self time.Duration) ([]Stat, bool) {
 			}
 		}
 	}
-	return out, true
+	return out, fi, true
+}
+
+// coverage counts how the replayed (client, mirror or origin) paths were
+// completed, for the report's notes.
+type coverage struct {
+	paths, reversed, carried, self, unknown int
+}
+
+func (c *coverage) add(fi fillInfo, ok bool) {
+	c.paths++
+	switch {
+	case !ok:
+		c.unknown++
+	case fi.self:
+		c.self++
+	}
+	if fi.reversed {
+		c.reversed++
+	}
+	if fi.carried {
+		c.carried++
+	}
+}
+
+func (c *coverage) merge(o coverage) {
+	c.paths += o.paths
+	c.reversed += o.reversed
+	c.carried += o.carried
+	c.self += o.self
+	c.unknown += o.unknown
+}
+
+func (c coverage) notes(self time.Duration) []string {
+	var out []string
+	if c.reversed > 0 {
+		out = append(out, fmt.Sprintf("%d of %d client→mirror/origin paths use the reverse direction's RTT where their own is missing", c.reversed, c.paths))
+	}
+	if c.carried > 0 {
+		out = append(out, fmt.Sprintf("%d of %d paths lack some snapshots and hold the nearest snapshot's RTT there", c.carried, c.paths))
+	}
+	if c.self > 0 {
+		out = append(out, fmt.Sprintf("%d path(s) from a site to itself have no self-pair: %v assumed (-self-rtt)", c.self, self))
+	}
+	if c.unknown > 0 {
+		out = append(out, fmt.Sprintf("%d of %d paths were never measured in either direction: that mirror is unavailable to that client under every policy, the oracle included", c.unknown, c.paths))
+	}
+	return out
 }
 
 // newPair derives the truth model of a path: a floor plus a lognormal
@@ -464,7 +630,7 @@ type session struct {
 	client int
 	start  int
 	hash   uint64
-	first  [6]int8 // first mirror per policy, -1 before the first request
+	first  [6]int32 // first mirror per policy, -1 before the first request
 	broken [6]bool
 }
 
@@ -475,9 +641,12 @@ type sim struct {
 	snapT                 []float64
 	rTruth, rProbe, rSess *rand.Rand
 	geo                   []int // per client, geography-nearest mirror (nil: no geography)
-	names, mirrorNames    []string
-	geoSites              []Site
-	mirrorSites           []Site
+	// originMirror is the mirror at the origin's site, -1 if none: the
+	// origin path is then that mirror's path, not a second draw of it.
+	originMirror       int
+	names, mirrorNames []string
+	geoSites           []Site
+	mirrorSites        []Site
 
 	sessions           int
 	lat                [6][]float32
@@ -500,7 +669,11 @@ func (s *sim) params(p *pairModel, t float64) (mu, fl, sd, mx float64) {
 	if t <= s.snapT[0] || k+1 >= len(s.snapT) {
 		return p.mu[k], p.fl[k], p.sd[k], p.mx[k]
 	}
-	f := (t - s.snapT[k]) / (s.snapT[k+1] - s.snapT[k])
+	gap := s.snapT[k+1] - s.snapT[k]
+	if gap <= 0 { // snapshots at one instant (a Matrix built in code)
+		return p.mu[k+1], p.fl[k+1], p.sd[k+1], p.mx[k+1]
+	}
+	f := (t - s.snapT[k]) / gap
 	lerp := func(a []float64) float64 { return a[k] + f*(a[k+1]-a[k]) }
 	return lerp(p.mu), lerp(p.fl), lerp(p.sd), max(p.mx[k], p.mx[k+1])
 }
@@ -517,6 +690,14 @@ func (s *sim) advance(t int) {
 			p := &s.pairs[c][j]
 			if !p.ok {
 				continue
+			}
+			if j == s.M && s.originMirror >= 0 {
+				// One site, one path: a policy on the origin cannot beat
+				// the oracle on the same mirror through noise.
+				if q := &s.pairs[c][s.originMirror]; q.ok {
+					p.cur, p.sdNw = q.cur, q.sdNw
+					continue
+				}
 			}
 			if t == 0 {
 				p.z = s.rTruth.NormFloat64()
@@ -804,7 +985,7 @@ func (s *sim) run(ctx context.Context) error {
 			}
 			for k := range 6 {
 				if first {
-					se.first[k] = int8(pick[k])
+					se.first[k] = int32(pick[k])
 				} else if int(se.first[k]) != pick[k] && !se.broken[k] {
 					se.broken[k] = true
 					if se.start >= s.warm {
@@ -888,12 +1069,21 @@ func (s *sim) results() []PolicyResult {
 	}
 	or := out[len(out)-1]
 	for k := range out {
-		if or.Mean > 0 {
-			out[k].MeanVsOracle = out[k].Mean / or.Mean
-		}
-		if or.P95 > 0 {
-			out[k].P95VsOracle = out[k].P95 / or.P95
-		}
+		out[k].MeanVsOracle = ratio(out[k].Mean, or.Mean)
+		out[k].P95VsOracle = ratio(out[k].P95, or.P95)
 	}
 	return out
+}
+
+// ratio is a policy's figure over the oracle's: 1 when equal (both 0
+// included), NaN (printed n/a) when the oracle's is 0 and the policy's is
+// not, since no finite ratio means anything there.
+func ratio(a, b float64) float64 {
+	switch {
+	case a == b:
+		return 1
+	case b > 0:
+		return a / b
+	}
+	return math.NaN()
 }
