@@ -54,6 +54,11 @@ route-eval: ## route policy replay on ../shared/data/latency (issue 4)
 demo: deps build ## 3-region testbed, edge router, 4 mirrors, real agent, traffic, counters (root)
 	@bash scripts/demo.sh
 
+.PHONY: images
+images: ## container images of edge-agent and controller (needs docker; see Dockerfile)
+	docker build --target edge-agent -t ghcr.io/premirror/edge-agent:latest .
+	docker build --target controller -t ghcr.io/premirror/controller:latest .
+
 .PHONY: vmtest
 vmtest: ## run the test binaries on other kernels under qemu
 	@bash scripts/vmtest/run.sh

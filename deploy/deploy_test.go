@@ -38,6 +38,15 @@ func documents(t *testing.T, path string) [][]byte {
 	return docs
 }
 
+// manifests are the documents of every shipped manifest.
+func manifests(t *testing.T) [][]byte {
+	var docs [][]byte
+	for _, f := range []string{"kubernetes/edge-agent.yaml", "kubernetes/controller.yaml"} {
+		docs = append(docs, documents(t, f)...)
+	}
+	return docs
+}
+
 func stripComments(s string) string {
 	var out []string
 	for _, l := range strings.Split(s, "\n") {
@@ -52,7 +61,7 @@ func stripComments(s string) string {
 // type of its kind (unknown fields are errors), checks the DaemonSet's
 // security posture, and parses the agent config it ships.
 func TestManifestsStrict(t *testing.T) {
-	for _, doc := range documents(t, "kubernetes/edge-agent.yaml") {
+	for _, doc := range manifests(t) {
 		var meta struct{ Kind string }
 		if err := yaml.Unmarshal(doc, &meta); err != nil {
 			t.Fatal(err)
@@ -67,6 +76,10 @@ func TestManifestsStrict(t *testing.T) {
 			obj = &corev1.ConfigMap{}
 		case "DaemonSet":
 			obj = &appsv1.DaemonSet{}
+		case "Service":
+			obj = &corev1.Service{}
+		case "StatefulSet":
+			obj = &appsv1.StatefulSet{}
 		default:
 			t.Fatalf("unexpected kind %q", meta.Kind)
 		}
@@ -97,6 +110,60 @@ func TestManifestsStrict(t *testing.T) {
 			if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Host != "127.0.0.1" || c.LivenessProbe.HTTPGet.Path != "/healthz" {
 				t.Error("liveness must probe /healthz on 127.0.0.1")
 			}
+		case *appsv1.StatefulSet:
+			spec := o.Spec.Template.Spec
+			c := spec.Containers[0]
+			if psc := spec.SecurityContext; psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
+				t.Error("the controller must run as a non-root user")
+			}
+			sc := c.SecurityContext
+			if sc == nil || sc.Privileged != nil && *sc.Privileged || sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem ||
+				!slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) > 0 {
+				t.Error("the controller container needs no capability, no privilege and no writable root")
+			}
+			if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Path != "/healthz" || c.ReadinessProbe == nil {
+				t.Error("liveness and readiness must probe /healthz")
+			}
+			if len(o.Spec.VolumeClaimTemplates) != 1 || !slices.ContainsFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool {
+				return m.Name == o.Spec.VolumeClaimTemplates[0].Name
+			}) {
+				t.Error("the embedded etcd's data directory must be on the persistent volume")
+			}
+			if len(c.Args) == 0 || c.Args[0] != "run" {
+				t.Errorf("controller args %v: want the run subcommand (cmd/controller checks its flags)", c.Args)
+			}
+		}
+	}
+}
+
+// TestImagesBuiltByDockerfile: every image a manifest runs is a target of
+// the repository's Dockerfile that builds the matching command.
+func TestImagesBuiltByDockerfile(t *testing.T) {
+	df, err := os.ReadFile("../Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	images := regexp.MustCompile(`image:\s*ghcr\.io/premirror/([a-z-]+):`)
+	for _, f := range []string{"kubernetes/edge-agent.yaml", "kubernetes/controller.yaml"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ms := images.FindAllStringSubmatch(string(b), -1)
+		if len(ms) == 0 {
+			t.Fatalf("%s runs no premirror image", f)
+		}
+		for _, m := range ms {
+			target := m[1]
+			if !regexp.MustCompile(`(?m)^FROM \S+ AS ` + target + `$`).Match(df) {
+				t.Errorf("%s runs %s, which the Dockerfile has no target for", f, target)
+			}
+			if !strings.Contains(string(df), "./cmd/"+target) {
+				t.Errorf("the Dockerfile does not build ./cmd/%s", target)
+			}
+			if _, err := os.Stat("../cmd/" + target); err != nil {
+				t.Errorf("image %s: %v", target, err)
+			}
 		}
 	}
 }
@@ -115,10 +182,11 @@ func TestManifestsSchema(t *testing.T) {
 	byKind := map[string]string{
 		"Namespace": "io.k8s.api.core.v1.Namespace", "ServiceAccount": "io.k8s.api.core.v1.ServiceAccount",
 		"ConfigMap": "io.k8s.api.core.v1.ConfigMap", "DaemonSet": "io.k8s.api.apps.v1.DaemonSet",
+		"Service": "io.k8s.api.core.v1.Service", "StatefulSet": "io.k8s.api.apps.v1.StatefulSet",
 	}
 	c := jsonschema.NewCompiler()
 	c.DefaultDraft(jsonschema.Draft4)
-	for _, doc := range documents(t, "kubernetes/edge-agent.yaml") {
+	for _, doc := range manifests(t) {
 		j, err := yaml.YAMLToJSON(doc)
 		if err != nil {
 			t.Fatal(err)
