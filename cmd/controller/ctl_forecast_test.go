@@ -24,27 +24,9 @@ func TestCtlForecastCommands(t *testing.T) {
 	if _, err := ctl(t, "certs", "--dir", certs, "--agents", "replay-eu,replay-us"); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- commands.Run(ctx, []string{"run", "--name", "solo", "--listen", addr, "--tls-dir", certs,
-			"--data-dir", filepath.Join(dir, "etcd"), "--etcd-listen", freeAddr(t), "--etcd-peer-listen", freeAddr(t),
-			"--metrics-addr", "", "--tick", "100ms", "--report-interval", "100ms",
-			"--forecast-step", "2s", "--forecast-window", "16", "--forecast-horizon", "4", "--forecast-grace", "1s",
-			"--forecast-covariates", "temp_f"})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	addr, stop := runForecastController(t, dir, certs, "--forecast-covariates", "temp_f")
+	defer stop()
 	admin := []string{"--server", addr, "--tls-dir", certs}
-	waitFor(t, "controller serving", 30*time.Second, func() bool {
-		_, err := ctl(t, append([]string{"apply", "-f", forecastObjects}, admin...)...)
-		return err == nil
-	})
 
 	// Feeds: a bad file names its line, a good one is stored.
 	bad := filepath.Join(dir, "events.csv")
@@ -148,4 +130,32 @@ func TestCtlForecastCommands(t *testing.T) {
 	if js, err := ctl(t, append([]string{"placements", "-o", "json"}, admin...)...); err != nil || !strings.Contains(js, `"nyc"`) || !strings.Contains(js, "MIRROR_KIND_FULL") {
 		t.Fatalf("placements -o json: %v\n%s", err, js)
 	}
+}
+
+// runForecastController runs a single-replica controller with 2-second
+// forecast buckets in dir, waits until it accepts forecastObjects, and
+// returns its address and a stop function that reports its exit error.
+func runForecastController(t *testing.T, dir, certs string, extra ...string) (string, func()) {
+	t.Helper()
+	addr := freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- commands.Run(ctx, append([]string{"run", "--name", "solo", "--listen", addr, "--tls-dir", certs,
+			"--data-dir", filepath.Join(dir, "etcd"), "--etcd-listen", freeAddr(t), "--etcd-peer-listen", freeAddr(t),
+			"--metrics-addr", "", "--tick", "100ms", "--report-interval", "100ms",
+			"--forecast-step", "2s", "--forecast-window", "16", "--forecast-horizon", "4", "--forecast-grace", "1s"}, extra...))
+	}()
+	stop := func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+	}
+	admin := []string{"--server", addr, "--tls-dir", certs}
+	waitFor(t, "controller serving", 30*time.Second, func() bool {
+		_, err := ctl(t, append([]string{"apply", "-f", forecastObjects}, admin...)...)
+		return err == nil
+	})
+	return addr, stop
 }

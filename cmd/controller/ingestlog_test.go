@@ -264,26 +264,9 @@ func TestIngestLogReplay(t *testing.T) {
 	if _, err := ctl(t, "certs", "--dir", certs, "--agents", "replay-eu"); err != nil {
 		t.Fatal(err)
 	}
-	addr := freeAddr(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- commands.Run(ctx, []string{"run", "--name", "solo", "--listen", addr, "--tls-dir", certs,
-			"--data-dir", filepath.Join(dir, "etcd"), "--etcd-listen", freeAddr(t), "--etcd-peer-listen", freeAddr(t),
-			"--metrics-addr", "", "--tick", "100ms", "--report-interval", "100ms",
-			"--forecast-step", "2s", "--forecast-window", "16", "--forecast-horizon", "4", "--forecast-grace", "1s"})
-	}()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-	}()
+	addr, stop := runForecastController(t, dir, certs)
+	defer stop()
 	admin := []string{"--server", addr, "--tls-dir", certs}
-	waitFor(t, "controller serving", 30*time.Second, func() bool {
-		_, err := ctl(t, append([]string{"apply", "-f", forecastObjects}, admin...)...)
-		return err == nil
-	})
 	rctx, rcancel := context.WithCancel(context.Background())
 	replayDone := make(chan error, 1)
 	go func() {
