@@ -68,17 +68,12 @@ func TestFastRetries(t *testing.T) {
 // Schedule.Active, the others every Interval; a target that becomes
 // active is nudged at once, not after its long wait.
 func TestActiveTargetsProbedFaster(t *testing.T) {
-	var mu sync.Mutex
-	count := map[uint32]int{}
+	c := &probeCounts{n: map[uint32]int{}}
 	fp := &fakeProber{rtt: map[string]time.Duration{}}
 	s, err := NewScheduler(SchedulerConfig{
 		Schedule: Schedule{Interval: time.Hour, Active: 20 * time.Millisecond},
 		UDP:      fp,
-		OnResult: func(r Result) {
-			mu.Lock()
-			count[r.Target.Mirror]++
-			mu.Unlock()
-		},
+		OnResult: c.add,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -91,21 +86,8 @@ func TestActiveTargetsProbedFaster(t *testing.T) {
 	done := make(chan struct{})
 	go func() { _ = s.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	got := func(m uint32) int {
-		mu.Lock()
-		defer mu.Unlock()
-		return count[m]
-	}
-	waitUntil := func(what string, ok func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: a %d probes, b %d", what, got(1), got(2))
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
+	got := c.get
+	waitUntil := func(what string, ok func() bool) { t.Helper(); c.waitUntil(t, what, ok) }
 	// An hour's interval: b (inactive) is not probed in this test unless
 	// its first probe falls in it (one in a few hundred thousand); a is
 	// probed every 20 ms.
@@ -129,17 +111,10 @@ func TestActiveTargetsProbedFaster(t *testing.T) {
 // is nudged at once; Interval reports each target's period; an active
 // target is never surveyed.
 func TestSurveyedTargetsProbedRarely(t *testing.T) {
-	var mu sync.Mutex
-	count := map[uint32]int{}
+	pc := &probeCounts{n: map[uint32]int{}}
 	fp := &fakeProber{rtt: map[string]time.Duration{}}
 	sch := Schedule{Interval: 20 * time.Millisecond, Active: 10 * time.Millisecond, Survey: time.Hour}
-	s, err := NewScheduler(SchedulerConfig{Schedule: sch, UDP: fp,
-		OnResult: func(r Result) {
-			mu.Lock()
-			count[r.Target.Mirror]++
-			mu.Unlock()
-		},
-	})
+	s, err := NewScheduler(SchedulerConfig{Schedule: sch, UDP: fp, OnResult: pc.add})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,21 +133,8 @@ func TestSurveyedTargetsProbedRarely(t *testing.T) {
 	done := make(chan struct{})
 	go func() { _ = s.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
-	got := func(m uint32) int {
-		mu.Lock()
-		defer mu.Unlock()
-		return count[m]
-	}
-	waitUntil := func(what string, ok func() bool) {
-		t.Helper()
-		deadline := time.Now().Add(10 * time.Second)
-		for !ok() {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: a %d probes, b %d, c %d", what, got(1), got(2), got(3))
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
+	got := pc.get
+	waitUntil := func(what string, ok func() bool) { t.Helper(); pc.waitUntil(t, what, ok) }
 	// b's first probe falls within one Interval, then it waits an hour.
 	waitUntil("plain and active targets probed", func() bool { return got(1) >= 15 && got(3) >= 15 })
 	if n := got(2); n > 1 {
@@ -180,4 +142,34 @@ func TestSurveyedTargetsProbedRarely(t *testing.T) {
 	}
 	s.SetSurvey(nil)
 	waitUntil("target out of the survey probed again", func() bool { return got(2) >= 5 })
+}
+
+// probeCounts counts the probes per mirror a scheduler reports.
+type probeCounts struct {
+	mu sync.Mutex
+	n  map[uint32]int
+}
+
+func (c *probeCounts) add(r Result) {
+	c.mu.Lock()
+	c.n[r.Target.Mirror]++
+	c.mu.Unlock()
+}
+
+func (c *probeCounts) get(m uint32) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[m]
+}
+
+// waitUntil polls ok for up to 10 s, failing with the counts of mirrors 1–3.
+func (c *probeCounts) waitUntil(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: probes of mirrors 1, 2, 3: %d, %d, %d", what, c.get(1), c.get(2), c.get(3))
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
