@@ -490,11 +490,22 @@ const (
 	predMirror   = "m-ap"
 )
 
-// predImage is host's image file of vm-disk-9.
-func predImage(dir, host string) string { return filepath.Join(dir, predResource+"."+host+".img") }
+// predImage is host's image file of vm-disk-9: m-core's declared
+// primary, or the mirror volume the placement creates in m-ap's
+// volume_dir.
+func predImage(dir, host string) string {
+	if host == predMirror {
+		return filepath.Join(predVolumeDir(dir), predResource+".img")
+	}
+	return filepath.Join(dir, predResource+"."+host+".img")
+}
+
+// predVolumeDir is m-ap's replication.volume_dir.
+func predVolumeDir(dir string) string { return filepath.Join(dir, "placed-"+predMirror) }
 
 // replicationSetup gives m-core a primary volume for vm-disk-9 (random
-// data) and m-ap a mirror of it that only m-core may fill.
+// data); m-ap declares no volume, only a volume_dir where the placement's
+// task creates the mirror that only m-core may fill.
 func replicationSetup(l *lab.Lab, dir string) error {
 	img := predImage(dir, "m-core")
 	data := make([]byte, predSize)
@@ -503,7 +514,7 @@ func replicationSetup(l *lab.Lab, dir string) error {
 		return err
 	}
 	l.SetVolumeCopy(lab.VolumeCopy{Volume: predResource, PrimaryHost: "m-core", Primary: img,
-		MirrorHost: predMirror, Mirror: predImage(dir, predMirror), TaskInterval: time.Second})
+		MirrorHost: predMirror, MirrorDir: predVolumeDir(dir), TaskInterval: time.Second})
 	return nil
 }
 
@@ -511,6 +522,7 @@ func predictivePhase(ctx context.Context, out io.Writer, l *lab.Lab, tb *testbed
 	fmt.Fprintf(out, "\n== phase 3: %s's clients start using %s (%d MiB), whose only copy is on m-core (16 ms from %s; %s is 6 ms)\n",
 		predRegion, predResource, predSize>>20, predRegion, predMirror)
 	fmt.Fprintf(out, "   mirror_policy: predictive, sites [%s]; a copy is placed when its Mirroring Score stays ≥ 0.6 (forecast buckets of 2 s)\n", predRegion)
+	fmt.Fprintf(out, "   %s declares no volume: its replication.volume_dir receives whatever copy is placed on it\n", predMirror)
 	dctx, stop := context.WithCancel(ctx)
 	defer stop()
 	var (
