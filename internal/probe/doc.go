@@ -10,7 +10,10 @@
 //     network namespace.
 //   - Scheduler probes every target on its own timer, every Interval (2 s by
 //     default) with a random jitter so probes from many edges never
-//     synchronize, and hands each Result to a callback.
+//     synchronize, and hands each Result to a callback. Targets marked
+//     active (carrying the edge's traffic) are probed every Active
+//     interval, targets marked surveyed (outside the edge's shortlist of
+//     nearest mirrors) every Survey interval.
 //   - Estimator, one per (edge, mirror), filters the samples: a median of the
 //     last three successful samples discards single outliers; a peak-EWMA
 //     (Finagle's) of the filtered value rises at once on a slow sample and
@@ -19,9 +22,10 @@
 //     Down after Fall consecutive failures and Up after Rise consecutive
 //     successes. Table holds the estimators of one agent behind a lock.
 //   - Coords keeps Vivaldi network coordinates (hashicorp/serf/coordinate)
-//     for every node from the same samples, so a controller with many
-//     mirrors can shortlist the 3–5 nearest per client region and probe only
-//     those directly.
+//     for every node from the same samples; controller route-eval uses them
+//     to shortlist the 3–5 nearest mirrors per client. The live agent
+//     shortlists by its own measured RTTs instead (it measures every mirror
+//     at least once per survey interval, so it needs no coordinates).
 //
 // Estimators are driven by the sample timestamps, never by the wall clock, so
 // a replay (controller route-eval) and the live agent run the same code.
