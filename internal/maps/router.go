@@ -98,6 +98,8 @@ type Router struct {
 
 	mu     sync.Mutex
 	tables *tableSet
+
+	nhMu sync.Mutex // serializes read-modify-writes of pm_nexthop_ctl
 }
 
 // LoadRouter loads the router program and its maps with the sizes of cfg,
@@ -123,6 +125,7 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 		"pm_mirrors":      cfg.MaxMirrors,
 		"pm_counters":     cfg.MaxCounters,
 		"pm_frags":        cfg.MaxFragments,
+		"pm_nexthops":     2 * cfg.MaxMirrors, // IPv4 and IPv6 inner packets
 	}
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = uint32(n)
