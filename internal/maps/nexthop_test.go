@@ -4,12 +4,13 @@ import (
 	"bytes"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/vishvananda/netlink"
-	"golang.org/x/sys/unix"
 )
 
 // sendPinned runs one frame received on ifindex, on a fixed CPU: the
@@ -21,25 +22,14 @@ func (f *fixture) sendPinned(t testing.TB, frame []byte, ifindex int) (uint32, [
 	var out []byte
 	var err error
 	f.env.do(func() {
-		var old, one unix.CPUSet
-		if err = unix.SchedGetaffinity(0, &old); err != nil {
-			return
-		}
-		for c := 0; c < len(old)*64; c++ {
-			if old.IsSet(c) {
-				one.Set(c)
-				break
-			}
-		}
-		if err = unix.SchedSetaffinity(0, &one); err != nil {
-			return
-		}
-		// The thread goes back to the runtime: give it its CPUs back.
-		defer unix.SchedSetaffinity(0, &old)
-		opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+256),
-			Context: xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(ifindex)}}
-		ret, err = f.r.Program().Run(opts)
-		out = opts.DataOut
+		err = onOneCPU(func() error {
+			opts := &ebpf.RunOptions{Data: frame, DataOut: make([]byte, len(frame)+256),
+				Context: xdpMD{DataEnd: uint32(len(frame)), IngressIfindex: uint32(ifindex)}}
+			var err error
+			ret, err = f.r.Program().Run(opts)
+			out = opts.DataOut
+			return err
+		})
 	})
 	if err != nil {
 		t.Fatalf("prog.Run: %v", err)
@@ -295,5 +285,49 @@ func TestNextHopTTLValidation(t *testing.T) {
 	c := f.nhCache(t)
 	if c.TTL != 2*time.Millisecond || g2 != g1+1 || c.Generation != g2 {
 		t.Fatalf("cache state %+v after bumps %d, %d; want TTL 2ms, generation %d", c, g1, g2, g2)
+	}
+}
+
+// TestNextHopCachePinReplaced: a pinned pm_nexthops of another layout (an
+// older build's, or another max_mirrors) is replaced, not refused: it is
+// only a cache. The rest of the pinned state is kept.
+func TestNextHopCachePinReplaced(t *testing.T) {
+	requireRoot(t)
+	dir := bpffsDir(t)
+	r, err := LoadRouter(testConfig(), Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetMirror(m1, Mirror{Addr: fixtureMirrors[m1], State: MirrorActive}); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	path := filepath.Join(dir, "pm_nexthops")
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: "pm_nexthops", Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 32, MaxEntries: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := LoadRouter(testConfig(), Options{PinDir: dir})
+	if err != nil {
+		t.Fatalf("load over an old cache pin: %v", err)
+	}
+	defer r2.Close()
+	if m, err := r2.Mirror(m1); err != nil || m.Addr != fixtureMirrors[m1] {
+		t.Fatalf("pinned mirror lost: %+v %v", m, err)
+	}
+	pinned, err := ebpf.LoadPinnedMap(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pinned.Close()
+	if pinned.MaxEntries() != uint32(2*testConfig().MaxMirrors) {
+		t.Fatalf("pinned cache has %d entries, want %d", pinned.MaxEntries(), 2*testConfig().MaxMirrors)
 	}
 }

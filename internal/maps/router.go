@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -135,6 +136,12 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 		return nil, fmt.Errorf("set route_slots_mask: %w", err)
 	}
 
+	if opts.PinDir != "" {
+		if err := dropIncompatibleCache(spec.Maps["pm_nexthops"], filepath.Join(opts.PinDir, "pm_nexthops")); err != nil {
+			return nil, err
+		}
+	}
+
 	r := &Router{cfg: cfg, pin: opts.PinDir}
 	copts, err := collectionOptions(spec, opts)
 	if err != nil {
@@ -158,6 +165,27 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 		return nil, fmt.Errorf("recover route tables: %w", err)
 	}
 	return r, nil
+}
+
+// dropIncompatibleCache removes a pinned cache map this build cannot use
+// (other size or layout): a cache holds nothing worth refusing to start
+// for. The running program keeps its own reference until it is replaced.
+func dropIncompatibleCache(ms *ebpf.MapSpec, path string) error {
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned %s: %w", ms.Name, err)
+	}
+	defer m.Close()
+	if ms.Compatible(m) == nil {
+		return nil
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("replace incompatible %s: %w", ms.Name, err)
+	}
+	return nil
 }
 
 // Close releases the program and map handles. Pinned maps stay in bpffs.
