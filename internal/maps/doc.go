@@ -63,11 +63,13 @@
 // ingress device and IPv4 TOS, and for a packet no longer than one the
 // lookup accepted (so the path-MTU check still holds). The agent bumps the
 // generation on every route, neighbour and link change (SetNextHopTTL,
-// BumpNextHopGeneration), so changes take effect within milliseconds; the
-// TTL (DefaultNextHopTTL) bounds staleness while no agent runs. ECMP
-// choices are unaffected: the lookup's inputs are the same for every
-// packet of a cache entry, so the kernel's hash picked the same path each
-// time anyway. A lookup that fails is never cached. When the neighbour is
-// not resolved yet the encapsulated packet is handed to the stack
-// (pass_no_neigh), which resolves it, so the edge needs IP forwarding on.
+// BumpNextHopGeneration; SetMirror and SetSettings bump it themselves when
+// a mirror's address or an outer source changes), so changes take effect
+// within milliseconds; the TTL (DefaultNextHopTTL) bounds staleness while
+// no agent runs. ECMP choices are unaffected: the lookup's inputs are the
+// same for every packet of a cache entry, so the kernel's hash picked the
+// same path each time anyway. A lookup that fails is never cached. When
+// the neighbour is not resolved yet the encapsulated packet is handed to
+// the stack (pass_no_neigh), which resolves it, so the edge needs IP
+// forwarding on.
 package maps

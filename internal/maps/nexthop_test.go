@@ -331,3 +331,43 @@ func TestNextHopCachePinReplaced(t *testing.T) {
 		t.Fatalf("pinned cache has %d entries, want %d", pinned.MaxEntries(), 2*testConfig().MaxMirrors)
 	}
 }
+
+// TestNextHopCacheFollowsMapWrites: the cache is keyed by mirror ID, so a
+// mirror that changes address, or a new outer source, must not keep the
+// next hop looked up for the old one.
+func TestNextHopCacheFollowsMapWrites(t *testing.T) {
+	f := newFixture(t)
+	if err := f.r.SetNextHopTTL(10 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	in := pkt{src: clientEU, dst: vipWeb.Addr, sport: 12, dport: 80, flags: "A"}.frame(t)
+	for i := range 2 {
+		if _, out := f.sendPinned(t, in, f.env.pm0); !bytes.Equal(out[:6], mirrorMAC(fixtureMirrors[m1])) {
+			t.Fatalf("packet %d: dst MAC %s", i, net.HardwareAddr(out[:6]))
+		}
+	}
+	g := f.nhCache(t).Generation
+	// A state change alone keeps the cache.
+	if err := f.r.SetMirror(m1, Mirror{Addr: fixtureMirrors[m1], State: MirrorDraining}); err != nil {
+		t.Fatal(err)
+	}
+	if f.nhCache(t).Generation != g {
+		t.Fatal("a mirror state change invalidated the next-hop cache")
+	}
+	moved := a("10.99.0.12")
+	if err := f.r.SetMirror(m1, Mirror{Addr: moved, State: MirrorActive}); err != nil {
+		t.Fatal(err)
+	}
+	v, out := f.sendPinned(t, in, f.env.pm0)
+	if v != xdpTX {
+		t.Fatalf("verdict %s", verdictNames[v])
+	}
+	checkEncap(t, in, out, moved, f.env.pm0MAC)
+	g = f.nhCache(t).Generation
+	if err := f.r.SetSettings(Settings{DefaultRegion: regDefault, OuterSourceV4: a("10.99.0.2"), OuterSourceV6: edgeV6}); err != nil {
+		t.Fatal(err)
+	}
+	if f.nhCache(t).Generation == g {
+		t.Fatal("a new outer source kept the next-hop cache")
+	}
+}

@@ -218,8 +218,17 @@ func (r *Router) SetSettings(s Settings) error {
 		}
 		v.OuterSrcV6 = s.OuterSourceV6.As16()
 	}
+	var old routerSettings
+	_ = r.objs.PmSettings.Lookup(uint32(0), &old)
 	if err := r.objs.PmSettings.Put(uint32(0), &v); err != nil {
 		return fmt.Errorf("write pm_settings: %w", err)
+	}
+	// The outer sources are inputs of the cached FIB lookups (source
+	// routing rules): drop the cache after, never before, the write.
+	if old.OuterSrcV4 != v.OuterSrcV4 || old.OuterSrcV6 != v.OuterSrcV6 {
+		if _, err := r.BumpNextHopGeneration(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -439,8 +448,18 @@ func (r *Router) SetMirror(id MirrorID, m Mirror) error {
 	var v routerMirror
 	v.Addr, v.Family = addrBytes(m.Addr)
 	v.State = uint32(m.State)
+	var old routerMirror
+	_ = r.objs.PmMirrors.Lookup(uint32(id), &old)
 	if err := r.objs.PmMirrors.Put(uint32(id), &v); err != nil {
 		return fmt.Errorf("write pm_mirrors %d: %w", id, err)
+	}
+	// The next-hop cache is keyed by mirror ID: a new address needs a new
+	// lookup. Bumping after the write leaves no window in which a lookup
+	// for the old address could be cached for the new one.
+	if old.Addr != v.Addr || old.Family != v.Family {
+		if _, err := r.BumpNextHopGeneration(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
