@@ -6,8 +6,9 @@
  * hop-by-hop / routing / destination-options / fragment headers, TCP, UDP,
  * ICMP errors) -> VIP -> session (5-tuple LRU) -> user affinity -> client
  * region (LPM) -> route table for (resource, region) -> mirror state ->
- * encapsulate (outer family = the mirror's family) -> next hop from
- * bpf_fib_lookup -> XDP_TX / XDP_REDIRECT. Mirrors answer clients directly.
+ * encapsulate (outer family = the mirror's family) -> next hop from the
+ * per-CPU next-hop cache or bpf_fib_lookup -> XDP_TX / XDP_REDIRECT. Mirrors
+ * answer clients directly.
  *
  * Anything that is not VIP traffic is passed untouched. VIP traffic is never
  * passed to the stack un-encapsulated: the VIP is not local here, so the
@@ -152,6 +153,24 @@ struct {
 	__type(value, struct settings);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pm_settings SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct nexthop_ctl);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_nexthop_ctl SEC(".maps");
+
+/* Two entries per mirror (IPv4 and IPv6 inner packets use different
+ * lookup inputs). Resized by the loader to 2 * max_mirrors. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2048);
+	__type(key, __u32);
+	__type(value, struct nexthop);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_nexthops SEC(".maps");
 
 /* Not preallocated: memory follows the (resource, region, mirror) triples
  * that actually carry traffic; an insert allocates once per triple. */
@@ -892,13 +911,105 @@ static __always_inline int has_src(const struct settings *st, __u8 family)
 	return (w[0] | w[1]) != 0;
 }
 
-static __always_inline int transmit(struct xdp_md *ctx, const struct pkt *p, const struct mirror *mi,
-				    const struct settings *st, __u32 hash)
+static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
+{
+	int d = 0;
+
+#pragma unroll
+	for (int i = 0; i < ETH_ALEN; i++)
+		d |= a[i] ^ b[i];
+	return d == 0;
+}
+
+/*
+ * Remember a successful lookup. Entries are per CPU, so plain stores do.
+ * A lookup that confirms the cached result (same generation, inputs and
+ * answer, not expired) only raises max_len and keeps the expiry: the
+ * entry's age is that of its oldest confirmation.
+ */
+static __always_inline void nexthop_fill(struct nexthop *nh, const struct bpf_fib_lookup *fp,
+					 const struct pkt *p, __u32 gen, __u32 ttl_ms, __u8 tos,
+					 __u32 tot, __u64 now)
+{
+	int same = now < nh->expires_ns && nh->generation == gen && nh->ifindex_in == p->ifindex &&
+		   nh->tos == tos && nh->ifindex_out == fp->ifindex && mac_eq(nh->dmac, fp->dmac) &&
+		   mac_eq(nh->smac, fp->smac);
+
+	nh->lookups++;
+	if (same) {
+		if (tot > nh->max_len)
+			nh->max_len = tot;
+		return;
+	}
+	nh->expires_ns = now + (__u64)ttl_ms * 1000000ULL;
+	nh->generation = gen;
+	nh->ifindex_in = p->ifindex;
+	nh->ifindex_out = fp->ifindex;
+	nh->max_len = tot;
+	nh->tos = tos;
+	__builtin_memcpy(nh->smac, fp->smac, ETH_ALEN);
+	__builtin_memcpy(nh->dmac, fp->dmac, ETH_ALEN);
+}
+
+/* Rewrite the MACs of the encapsulated frame and send it out ifindex. */
+static __always_inline int send(struct xdp_md *ctx, const struct pkt *p, __u32 ifindex,
+				const __u8 *smac, const __u8 *dmac)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return verdict(R_DROP_ENCAP, XDP_DROP);
+	__builtin_memcpy(eth->h_dest, dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, smac, ETH_ALEN);
+	if (ifindex == p->ifindex)
+		return verdict(R_TX, XDP_TX);
+	count(R_REDIRECT);
+	return bpf_redirect(ifindex, 0);
+}
+
+/*
+ * Next hop: a fresh pm_nexthops entry for (mirror, inner family) made by
+ * the same lookup (ingress device, TOS), in the current generation, that
+ * already accepted a packet at least this long (so the MTU check holds),
+ * or else bpf_fib_lookup. The agent bumps the generation on every route,
+ * neighbour and link change; the TTL bounds staleness while it is away.
+ */
+static __always_inline int transmit(struct xdp_md *ctx, const struct pkt *p, __u32 mirror,
+				    const struct mirror *mi, const struct settings *st, __u32 hash)
 {
 	struct bpf_fib_lookup fp = {};
+	struct nexthop *nh = NULL;
+	__u32 zero = 0, gen = 0, ttl_ms = 0;
+	__u64 now = 0;
 
 	if (!has_src(st, mi->family))
 		return verdict(R_DROP_NO_OUTER_SRC, XDP_DROP);
+
+	__u32 tot = p->ip_len + (mi->family == PM_FAMILY_V4 ? IPV4_HLEN : IPV6_HLEN);
+	__u8 tos = mi->family == PM_FAMILY_V4 ? p->tos : 0;
+	struct nexthop_ctl *ctl = bpf_map_lookup_elem(&pm_nexthop_ctl, &zero);
+
+	if (ctl && ctl->ttl_ms) {
+		__u32 idx = (mirror << 1) | (p->flow.family == PM_FAMILY_V6);
+
+		gen = ctl->generation;
+		ttl_ms = ctl->ttl_ms;
+		nh = bpf_map_lookup_elem(&pm_nexthops, &idx);
+	}
+	if (nh) {
+		now = bpf_ktime_get_coarse_ns();
+		if (now < nh->expires_ns && nh->generation == gen && nh->ifindex_in == p->ifindex &&
+		    nh->tos == tos && tot <= nh->max_len) {
+			int err = p->vlan ? encap(ctx, p, mi, st, hash, 18) : encap(ctx, p, mi, st, hash, 14);
+			if (err)
+				return verdict(R_DROP_ENCAP, XDP_DROP);
+			nh->hits++;
+			return send(ctx, p, nh->ifindex_out, nh->smac, nh->dmac);
+		}
+	}
+
 	int rc = fib(ctx, p, mi, st, &fp);
 	if (rc == BPF_FIB_LKUP_RET_FRAG_NEEDED)
 		return too_big(ctx, p, mi, fp.mtu_result);
@@ -914,17 +1025,9 @@ static __always_inline int transmit(struct xdp_md *ctx, const struct pkt *p, con
 	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH)
 		return verdict(R_PASS_NO_NEIGH, XDP_PASS);
 
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return verdict(R_DROP_ENCAP, XDP_DROP);
-	__builtin_memcpy(eth->h_dest, fp.dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, fp.smac, ETH_ALEN);
-	if (fp.ifindex == p->ifindex)
-		return verdict(R_TX, XDP_TX);
-	count(R_REDIRECT);
-	return bpf_redirect(fp.ifindex, 0);
+	if (nh)
+		nexthop_fill(nh, &fp, p, gen, ttl_ms, tos, tot, now);
+	return send(ctx, p, fp.ifindex, fp.smac, fp.dmac);
 }
 
 /* ---- the program ---- */
@@ -947,7 +1050,7 @@ static __always_inline int steer_later_fragment(struct xdp_md *ctx, struct pkt *
 		return verdict(R_DROP_NO_MIRROR, XDP_DROP);
 	count(R_FRAGMENTS);
 	account(fi->resource, fi->region, fi->mirror, p->ip_len, 0);
-	return transmit(ctx, p, mi, st, flow_hash(&p->flow, 1));
+	return transmit(ctx, p, fi->mirror, mi, st, flow_hash(&p->flow, 1));
 }
 
 SEC("xdp")
@@ -1076,5 +1179,5 @@ int pm_router(struct xdp_md *ctx)
 	if (p.icmp)
 		count(R_ICMP_STEERED);
 	account(vip->resource, region, mirror, p.ip_len, new_flow);
-	return transmit(ctx, &p, mi, st, flow_hash(&p.flow, 0));
+	return transmit(ctx, &p, mirror, mi, st, flow_hash(&p.flow, 0));
 }

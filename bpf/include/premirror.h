@@ -153,6 +153,38 @@ struct settings {
 	__u8 outer_src_v6[16]; /* outer source of IP6IP6 / 4in6 */
 };
 
+/*
+ * pm_nexthop_ctl value (single entry), written by the agent: the next-hop
+ * cache's lifetime and generation. A separate map, not fields of struct
+ * settings, so pinned pm_settings keeps its layout across upgrades and the
+ * agent's generation bumps never race its settings writes.
+ */
+struct nexthop_ctl {
+	__u32 generation; /* bumped on every route, neighbour or link change */
+	__u32 ttl_ms;     /* lifetime of a cached next hop; 0: cache off */
+};
+
+/*
+ * pm_nexthops value (per CPU), indexed by mirror ID * 2 + (inner packet is
+ * IPv6): the last successful bpf_fib_lookup toward a mirror. Used while
+ * fresh and for the same lookup inputs (ingress device, TOS); a lookup that
+ * fails is never stored.
+ */
+struct nexthop {
+	__u64 expires_ns;  /* bpf_ktime_get_coarse_ns() deadline; 0: empty */
+	__u32 generation;  /* nexthop_ctl.generation at the lookup */
+	__u32 ifindex_in;  /* ingress device the lookup was made for */
+	__u32 ifindex_out; /* egress device */
+	__u32 max_len;     /* largest outer L3 length a lookup accepted (MTU) */
+	__u8 tos;          /* IPv4 outer TOS of the lookup (0 for IPv6) */
+	__u8 pad;
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u8 pad2[2];
+	__u64 hits;        /* packets sent with this entry, no lookup */
+	__u64 lookups;     /* successful lookups that (re)filled it */
+};
+
 /* pm_counters key and value (per CPU). */
 struct counter_key {
 	__u32 resource;

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
 
 	pmaps "github.com/premirror/premirror/internal/maps"
 	"github.com/premirror/premirror/internal/replicator"
@@ -43,6 +44,7 @@ type Agent struct {
 	cp      *controlPlane
 	repl    *replicator.Node
 	attach  []*Attachment
+	netns   *netns.NsHandle // where Start ran: the router's interfaces and routes (nil: no router)
 	reg     *prometheus.Registry
 	metrics *metrics
 }
@@ -79,6 +81,14 @@ func (a *Agent) Start() error {
 			return err
 		}
 		a.router = r
+		// The next-hop watcher subscribes to this namespace's routes and
+		// neighbours, whichever thread Run is called on.
+		h, err := netns.Get()
+		if err != nil {
+			a.Close()
+			return fmt.Errorf("open network namespace: %w", err)
+		}
+		a.netns = &h
 		if err := enableForwarding(); err != nil {
 			a.log.Warn("ip forwarding not enabled: packets whose next hop is unresolved will be dropped by the stack", "err", err)
 		}
@@ -167,6 +177,9 @@ func (a *Agent) apply(cfg *Config) error {
 	if a.router != nil {
 		st, err := a.settings(cfg, compiled)
 		if err != nil {
+			return err
+		}
+		if err := a.router.SetNextHopTTL(cfg.NextHopTTL()); err != nil {
 			return err
 		}
 		a.mu.Lock()
@@ -353,6 +366,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cp != nil {
 		a.cp.run(runCtx, &wg)
 	}
+	if a.router != nil {
+		w := newNexthopWatcher(a.router, a.netns, a.log.With("component", "nexthop"), a.metrics.nhBumps)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w.run(runCtx)
+		}()
+	}
 	if a.repl != nil {
 		wg.Add(1)
 		go func() {
@@ -451,6 +472,10 @@ func (a *Agent) Close() error {
 	if a.router != nil {
 		errs = append(errs, a.router.Close())
 		a.router = nil
+	}
+	if a.netns != nil {
+		errs = append(errs, a.netns.Close())
+		a.netns = nil
 	}
 	if a.decap != nil {
 		errs = append(errs, a.decap.Close())

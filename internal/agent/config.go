@@ -52,6 +52,11 @@ type Config struct {
 	OuterSourceV6    string   `yaml:"outer_source_v6"`
 	DecapAddresses   []string `yaml:"decap_addresses"`
 	Limits           Limits   `yaml:"limits"`
+	// NextHopCacheTTL is how long the router reuses a FIB lookup toward a
+	// mirror (default maps.DefaultNextHopTTL; 0 turns the cache off). The
+	// agent invalidates the cache on every route, neighbour and link
+	// change, so the TTL only matters while no agent runs.
+	NextHopCacheTTL *Duration `yaml:"nexthop_cache_ttl"`
 	// XDPChain runs an operator's XDP program after ours on the traffic we
 	// pass untouched; without it an interface that already runs a foreign
 	// XDP program is refused (ErrForeignXDP).
@@ -205,6 +210,14 @@ func (c *Config) MapsConfig() maps.Config {
 	return m
 }
 
+// NextHopTTL is the router's next-hop cache TTL.
+func (c *Config) NextHopTTL() time.Duration {
+	if c.NextHopCacheTTL == nil {
+		return maps.DefaultNextHopTTL
+	}
+	return time.Duration(*c.NextHopCacheTTL)
+}
+
 // RouterInterfaceNames are the interfaces that get the router.
 func (c *Config) RouterInterfaceNames() []string {
 	switch c.Role {
@@ -285,6 +298,9 @@ func (c *Config) Validate() error {
 		if _, err := netip.ParseAddr(s); err != nil {
 			return fmt.Errorf("decap_addresses[%d]: %w", i, err)
 		}
+	}
+	if ttl := c.NextHopTTL(); ttl < 0 || ttl > maps.MaxNextHopTTL {
+		return fmt.Errorf("nexthop_cache_ttl: %v out of [0, %v]", ttl, maps.MaxNextHopTTL)
 	}
 	if err := c.MapsConfig().Validate(); err != nil {
 		return fmt.Errorf("limits.%w", err)

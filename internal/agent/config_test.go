@@ -38,6 +38,15 @@ func TestParseConfigValid(t *testing.T) {
 	if c.MapsConfig().TableSlots != 256 || c.MapsConfig().MaxVIPs != maps.DefaultConfig().MaxVIPs {
 		t.Fatalf("limits not applied: %+v", c.MapsConfig())
 	}
+	if c.NextHopTTL() != maps.DefaultNextHopTTL {
+		t.Fatalf("next-hop TTL %v, want the default", c.NextHopTTL())
+	}
+	for s, want := range map[string]time.Duration{"0s": 0, "400ms": 400 * time.Millisecond} {
+		c, err := ParseConfig(append([]byte("nexthop_cache_ttl: "+s+"\n"), b...))
+		if err != nil || c.NextHopTTL() != want {
+			t.Fatalf("nexthop_cache_ttl: %s -> %v, %v; want %v", s, c.NextHopTTL(), err, want)
+		}
+	}
 }
 
 // TestParseConfigErrors: every invalid field fails with its path named.
@@ -54,6 +63,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"unknown field", "node: edge-test", "node: edge-test\nnodes: x", "field nodes not found"},
 		{"negative active probe interval", "node: edge-test", "node: edge-test\nprobe: {active_interval: -1s}", "probe.active_interval"},
 		{"bad role", "role: edge", "role: router", "role: \"router\""},
+		{"next-hop TTL too long", "node: edge-test", "node: edge-test\nnexthop_cache_ttl: 11s", "nexthop_cache_ttl"},
+		{"next-hop TTL negative", "node: edge-test", "node: edge-test\nnexthop_cache_ttl: -1ms", "nexthop_cache_ttl"},
 		{"no interfaces", "interfaces: [pa0]", "interfaces: []", "interfaces:"},
 		{"bad xdp mode", "pin_dir:", "xdp_mode: turbo\npin_dir:", "xdp_mode"},
 		{"xdp_chain empty", "pin_dir:", "xdp_chain: {}\npin_dir:", "xdp_chain: set pinned or take_over_attached"},

@@ -6,6 +6,20 @@
 // serves metrics and health, and runs the node's replicator with its
 // local volume write socket.
 //
+// # Next-hop cache invalidation
+//
+// The router caches its FIB lookups per mirror (maps.Router.SetNextHopTTL,
+// config nexthop_cache_ttl, default maps.DefaultNextHopTTL). While Run
+// runs, a watcher subscribes to route, neighbour and link changes in the
+// namespace Start ran in and bumps the cache's generation
+// (BumpNextHopGeneration) at most 50 ms after any change that can alter a
+// lookup's answer: every route and link event, and neighbour events that
+// change a MAC or the neighbour's validity (state churn among the valid
+// states is ignored). A lost subscription (socket overrun) bumps at once
+// and resubscribes with backoff. Bumps are counted in
+// edge_nexthop_generation_bumps_total; cache hits and lookups, read from
+// the map at scrape time, in edge_nexthop_cache_{hits,lookups}_total.
+//
 // # Replication tasks and sync reports
 //
 // The controller places copies of a resource with the desired state's

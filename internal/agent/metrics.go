@@ -30,8 +30,11 @@ type metrics struct {
 	attached   *prometheus.Desc
 	next       *prometheus.Desc
 	info       *prometheus.Desc
+	nhHits     *prometheus.Desc
+	nhLookups  *prometheus.Desc
 
 	scrapeErrors  prometheus.Counter
+	nhBumps       prometheus.Counter
 	reconciles    *prometheus.CounterVec
 	reconcileTime prometheus.Histogram
 	taskErrors    *prometheus.CounterVec
@@ -65,8 +68,14 @@ func newMetrics(a *Agent) *metrics {
 		attached:   d("xdp_attached", "1 per attached XDP program.", "iface", "program", "mode"),
 		next:       d("xdp_next_program_info", "1 per XDP program chained after ours (xdp_chain), by our program and its name.", "program", "next"),
 		info:       d("desired_state_info", "The desired-state version the data plane runs.", "version"),
+		nhHits:     d("nexthop_cache_hits_total", "VIP packets sent with a cached next hop, without a FIB lookup (since the program was loaded)."),
+		nhLookups:  d("nexthop_cache_lookups_total", "Successful FIB lookups stored in the next-hop cache: misses, expiries and invalidations (since the program was loaded)."),
 		scrapeErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Namespace: ns, Name: "collector_errors_total", Help: "Failures reading BPF maps at scrape time.",
+		}),
+		nhBumps: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Name: "nexthop_generation_bumps_total",
+			Help: "Invalidations of the router's next-hop cache after route, neighbour or link changes.",
 		}),
 		reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "reconciles_total", Help: "Reconciliations of the maps with the desired state.",
@@ -116,10 +125,11 @@ func (m *metrics) reconcile(ok bool, d time.Duration) {
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.packets, m.decap, m.newFlows, m.fwdPackets, m.fwdBytes, m.sessions,
-		m.tables, m.routes, m.mirrorUp, m.memory, m.attached, m.next, m.info} {
+		m.tables, m.routes, m.mirrorUp, m.memory, m.attached, m.next, m.info, m.nhHits, m.nhLookups} {
 		ch <- d
 	}
 	m.scrapeErrors.Describe(ch)
+	m.nhBumps.Describe(ch)
 	m.reconciles.Describe(ch)
 	m.reconcileTime.Describe(ch)
 	m.taskErrors.Describe(ch)
@@ -200,6 +210,12 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 				}
 			}
 		}
+		if nh, err := r.NextHopCache(); err != nil {
+			fail()
+		} else {
+			ch <- prometheus.MustNewConstMetric(m.nhHits, prometheus.CounterValue, float64(nh.Hits))
+			ch <- prometheus.MustNewConstMetric(m.nhLookups, prometheus.CounterValue, float64(nh.Lookups))
+		}
 		if mem, err := r.MemoryUsage(); err != nil {
 			fail()
 		} else {
@@ -246,6 +262,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(m.info, prometheus.GaugeValue, 1, version)
 	}
 	m.scrapeErrors.Collect(ch)
+	m.nhBumps.Collect(ch)
 	m.reconciles.Collect(ch)
 	m.reconcileTime.Collect(ch)
 	m.taskErrors.Collect(ch)

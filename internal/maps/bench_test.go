@@ -2,14 +2,12 @@ package maps
 
 import (
 	"net/netip"
-	"runtime"
 	"testing"
 	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/premirror/premirror/internal/maps/internal/benchprog"
 	"github.com/premirror/premirror/internal/maps/mapstest"
-	"golang.org/x/sys/unix"
 )
 
 // harness runs programs through BPF_PROG_TEST_RUN with the frame restored
@@ -33,9 +31,14 @@ func (h *harness) timeRun(b *testing.B, prog *ebpf.Program, frame []byte, n int)
 	var ret uint32
 	var d time.Duration
 	var err error
+	// One CPU: the restore harness's flow sequence is per CPU, and a run
+	// that migrated would replay flows instead of creating new ones.
 	h.f.env.do(func() {
-		defer pinCPU()()
-		ret, d, err = prog.Benchmark(frame, n, nil)
+		err = onOneCPU(func() error {
+			var err error
+			ret, d, err = prog.Benchmark(frame, n, nil)
+			return err
+		})
 	})
 	if err != nil {
 		b.Fatalf("benchmark run: %v", err)
@@ -79,6 +82,11 @@ func BenchmarkRouter(b *testing.B) {
 	if err := f.r.SetRegionPrefix(netip.MustParsePrefix("198.51.0.0/16"), regEU); err != nil {
 		b.Fatal(err)
 	}
+	// The next-hop cache as the agent configures it: refilled every TTL,
+	// and on a miss; the *_fib cases below turn it off.
+	if err := f.r.SetNextHopTTL(DefaultNextHopTTL); err != nil {
+		b.Fatal(err)
+	}
 	syn4 := pkt{src: clientEU, dst: vipWeb.Addr, sport: 40000, dport: 80}.frame(b)
 	ack4 := pkt{src: clientEU, dst: vipWeb.Addr, sport: 40000, dport: 80, flags: "A"}.frame(b)
 	ack6 := pkt{src: client6EU, dst: vipWeb6.Addr, sport: 40000, dport: 443, flags: "A"}.frame(b)
@@ -95,6 +103,9 @@ func BenchmarkRouter(b *testing.B) {
 	smallCfg.MaxSessions = 4096
 	small := newFixtureConfig(b, smallCfg)
 	if err := small.r.SetRegionPrefix(netip.MustParsePrefix("198.51.0.0/16"), regEU); err != nil {
+		b.Fatal(err)
+	}
+	if err := small.r.SetNextHopTTL(DefaultNextHopTTL); err != nil {
 		b.Fatal(err)
 	}
 	smallH := newHarness(b, small)
@@ -154,6 +165,20 @@ func BenchmarkRouter(b *testing.B) {
 	encap("established_v4", ack4, 0, 0, 1)
 	encap("new_flow_v4", syn4, 1, 0, 0)
 	encap("established_v6", ack6, 0, 0, 1)
+	// The same packets with the next-hop cache off: bpf_fib_lookup on
+	// every packet, as before the cache.
+	for _, c := range []struct {
+		name  string
+		frame []byte
+	}{{"established_v4_fib", ack4}, {"established_v6_fib", ack6}} {
+		if err := f.r.SetNextHopTTL(0); err != nil {
+			b.Fatal(err)
+		}
+		encap(c.name, c.frame, 0, 0, 1)
+		if err := f.r.SetNextHopTTL(DefaultNextHopTTL); err != nil {
+			b.Fatal(err)
+		}
+	}
 	// 1M live sessions, each packet from the next one: the LRU lookups
 	// miss the CPU caches as they would on a busy edge.
 	encap("established_1M_sessions", ack4, 2, 1<<20, 1<<20)
@@ -168,35 +193,4 @@ func BenchmarkRouter(b *testing.B) {
 		}
 		report(b, d-overhead)
 	})
-}
-
-// pinCPU keeps the calling thread on one CPU until the returned function
-// is called. A long BPF_PROG_TEST_RUN is restarted after a signal (EINTR:
-// Go's preemption signals on a busy machine) and may resume on another
-// CPU, whose per-CPU flow sequence (bench.bpf.c) starts elsewhere: the
-// warm-up then repeats flows instead of creating 1M distinct ones (695K
-// live were seen), and the "established" figure would include new flows.
-func pinCPU() func() {
-	runtime.LockOSThread()
-	var old, one unix.CPUSet
-	if err := unix.SchedGetaffinity(0, &old); err != nil {
-		runtime.UnlockOSThread()
-		return func() {} // not pinned: the session count check still guards the figure
-	}
-	cpu := 0
-	for i := range 1024 {
-		if old.IsSet(i) {
-			cpu = i
-			break
-		}
-	}
-	one.Set(cpu)
-	if err := unix.SchedSetaffinity(0, &one); err != nil {
-		runtime.UnlockOSThread()
-		return func() {}
-	}
-	return func() {
-		_ = unix.SchedSetaffinity(0, &old)
-		runtime.UnlockOSThread()
-	}
 }

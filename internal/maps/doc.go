@@ -25,6 +25,8 @@
 //	pm_counters      per-CPU hash    (resource, region, mirror) → packets, bytes, new flows   router   agent
 //	pm_stats         per-CPU array[1] packets per verdict reason          router        agent
 //	pm_frags         LRU hash        (src, dst, proto, IP ID) → first fragment's mirror   router   router
+//	pm_nexthops      per-CPU array   mirror ID × 2 + inner-is-IPv6 → cached FIB result   router   router, agent (metrics)
+//	pm_nexthop_ctl   array[1]        next-hop cache TTL, generation       agent         router
 //	pm_decap_addrs   hash            local tunnel endpoint → flags        agent         decap
 //	pm_decap_stats   per-CPU array[1] packets per decap reason            decap         agent
 //
@@ -52,10 +54,22 @@
 //
 // # Next hop
 //
-// The router asks the kernel (bpf_fib_lookup) for the next hop of every
-// encapsulated packet, rather than reading one from a map the agent fills:
-// routes, ECMP and neighbour changes take effect at once, and nothing goes
-// stale while the agent restarts. When the neighbour is not resolved yet
-// the encapsulated packet is handed to the stack (pass_no_neigh), which
-// resolves it, so the edge needs IP forwarding on.
+// The router asks the kernel (bpf_fib_lookup) for the next hop, rather
+// than reading one from a map the agent fills: routes, ECMP and neighbour
+// changes are the kernel's, and nothing is configured twice. It keeps the
+// last successful answer per (mirror, inner family) and CPU in pm_nexthops
+// and reuses it for later packets while the entry is fresh: younger than
+// the TTL of pm_nexthop_ctl, of the current generation, made for the same
+// ingress device and IPv4 TOS, and for a packet no longer than one the
+// lookup accepted (so the path-MTU check still holds). The agent bumps the
+// generation on every route, neighbour and link change (SetNextHopTTL,
+// BumpNextHopGeneration; SetMirror and SetSettings bump it themselves when
+// a mirror's address or an outer source changes), so changes take effect
+// within milliseconds; the TTL (DefaultNextHopTTL) bounds staleness while
+// no agent runs. ECMP choices are unaffected: the lookup's inputs are the
+// same for every packet of a cache entry, so the kernel's hash picked the
+// same path each time anyway. A lookup that fails is never cached. When
+// the neighbour is not resolved yet the encapsulated packet is handed to
+// the stack (pass_no_neigh), which resolves it, so the edge needs IP
+// forwarding on.
 package maps

@@ -12,9 +12,13 @@ import (
 // FuzzRouter feeds arbitrary frames through the router and checks its
 // invariants: a verdict in the allowed set; a passed frame untouched
 // (unless handed to the stack encapsulated); every forwarded frame a
-// well-formed encapsulation of the input toward a configured mirror.
+// well-formed encapsulation of the input toward a configured mirror, sent
+// to that mirror's neighbour MAC (the next-hop cache is on, as in the agent).
 func FuzzRouter(f *testing.F) {
 	fx := newFixture(f)
+	if err := fx.r.SetNextHopTTL(DefaultNextHopTTL); err != nil {
+		f.Fatal(err)
+	}
 	seeds := []pkt{
 		{src: clientEU, dst: vipWeb.Addr, sport: 1, dport: 80},
 		{src: clientUS, dst: vipDNS.Addr, sport: 1, dport: 53, proto: layers.IPProtocolUDP},
@@ -76,6 +80,9 @@ func FuzzRouter(f *testing.F) {
 		}
 		if !mirrors[dst] {
 			t.Fatalf("forwarded to %s, not a mirror", dst)
+		}
+		if d["pass_no_neigh"] == 0 && !bytes.Equal(out[:6], mirrorMAC(dst)) {
+			t.Fatalf("sent to MAC %x, not the neighbour of %s", out[:6], dst)
 		}
 		inner := in[l2:]
 		if !bytes.Equal(out[l2+olen:], inner) || ipLen(inner) > len(inner) {

@@ -182,6 +182,7 @@ func (r *Router) MemoryUsage() (map[string]uint64, error) {
 		"pm_affinity": r.objs.PmAffinity, "pm_regions_v4": r.objs.PmRegionsV4, "pm_regions_v6": r.objs.PmRegionsV6,
 		"pm_route_index": r.objs.PmRouteIndex, "pm_route_tables": r.objs.PmRouteTables, "pm_mirrors": r.objs.PmMirrors,
 		"pm_settings": r.objs.PmSettings, "pm_table_ids": r.objs.PmTableIds, "pm_counters": r.objs.PmCounters, "pm_stats": r.objs.PmStats, "pm_frags": r.objs.PmFrags,
+		"pm_nexthops": r.objs.PmNexthops, "pm_nexthop_ctl": r.objs.PmNexthopCtl,
 	}
 	for name, m := range maps {
 		n, err := memlock(m.FD())

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -98,6 +99,8 @@ type Router struct {
 
 	mu     sync.Mutex
 	tables *tableSet
+
+	nhMu sync.Mutex // serializes read-modify-writes of pm_nexthop_ctl
 }
 
 // LoadRouter loads the router program and its maps with the sizes of cfg,
@@ -123,6 +126,7 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 		"pm_mirrors":      cfg.MaxMirrors,
 		"pm_counters":     cfg.MaxCounters,
 		"pm_frags":        cfg.MaxFragments,
+		"pm_nexthops":     2 * cfg.MaxMirrors, // IPv4 and IPv6 inner packets
 	}
 	for name, n := range sizes {
 		spec.Maps[name].MaxEntries = uint32(n)
@@ -130,6 +134,12 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 	spec.Maps["pm_route_tables"].InnerMap.MaxEntries = uint32(cfg.TableSlots)
 	if err := spec.Variables["route_slots_mask"].Set(uint32(cfg.TableSlots - 1)); err != nil {
 		return nil, fmt.Errorf("set route_slots_mask: %w", err)
+	}
+
+	if opts.PinDir != "" {
+		if err := dropIncompatibleCache(spec.Maps["pm_nexthops"], filepath.Join(opts.PinDir, "pm_nexthops")); err != nil {
+			return nil, err
+		}
 	}
 
 	r := &Router{cfg: cfg, pin: opts.PinDir}
@@ -155,6 +165,27 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 		return nil, fmt.Errorf("recover route tables: %w", err)
 	}
 	return r, nil
+}
+
+// dropIncompatibleCache removes a pinned cache map this build cannot use
+// (other size or layout): a cache holds nothing worth refusing to start
+// for. The running program keeps its own reference until it is replaced.
+func dropIncompatibleCache(ms *ebpf.MapSpec, path string) error {
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("open pinned %s: %w", ms.Name, err)
+	}
+	defer m.Close()
+	if ms.Compatible(m) == nil {
+		return nil
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("replace incompatible %s: %w", ms.Name, err)
+	}
+	return nil
 }
 
 // Close releases the program and map handles. Pinned maps stay in bpffs.
@@ -187,8 +218,17 @@ func (r *Router) SetSettings(s Settings) error {
 		}
 		v.OuterSrcV6 = s.OuterSourceV6.As16()
 	}
+	var old routerSettings
+	_ = r.objs.PmSettings.Lookup(uint32(0), &old)
 	if err := r.objs.PmSettings.Put(uint32(0), &v); err != nil {
 		return fmt.Errorf("write pm_settings: %w", err)
+	}
+	// The outer sources are inputs of the cached FIB lookups (source
+	// routing rules): drop the cache after, never before, the write.
+	if old.OuterSrcV4 != v.OuterSrcV4 || old.OuterSrcV6 != v.OuterSrcV6 {
+		if _, err := r.BumpNextHopGeneration(); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -408,8 +448,18 @@ func (r *Router) SetMirror(id MirrorID, m Mirror) error {
 	var v routerMirror
 	v.Addr, v.Family = addrBytes(m.Addr)
 	v.State = uint32(m.State)
+	var old routerMirror
+	_ = r.objs.PmMirrors.Lookup(uint32(id), &old)
 	if err := r.objs.PmMirrors.Put(uint32(id), &v); err != nil {
 		return fmt.Errorf("write pm_mirrors %d: %w", id, err)
+	}
+	// The next-hop cache is keyed by mirror ID: a new address needs a new
+	// lookup. Bumping after the write leaves no window in which a lookup
+	// for the old address could be cached for the new one.
+	if old.Addr != v.Addr || old.Family != v.Family {
+		if _, err := r.BumpNextHopGeneration(); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -80,6 +80,28 @@ type routerMirror struct {
 	State  uint32
 }
 
+type routerNexthop struct {
+	_          structs.HostLayout
+	ExpiresNs  uint64
+	Generation uint32
+	IfindexIn  uint32
+	IfindexOut uint32
+	MaxLen     uint32
+	Tos        uint8
+	Pad        uint8
+	Smac       [6]uint8
+	Dmac       [6]uint8
+	Pad2       [2]uint8
+	Hits       uint64
+	Lookups    uint64
+}
+
+type routerNexthopCtl struct {
+	_          structs.HostLayout
+	Generation uint32
+	TtlMs      uint32
+}
+
 type routerRegionInfo struct {
 	_      structs.HostLayout
 	Region uint32
@@ -189,6 +211,8 @@ const (
 	routerMapPmFrags        = "pm_frags"
 	routerMapPmMirrors      = "pm_mirrors"
 	routerMapPmNext         = "pm_next"
+	routerMapPmNexthopCtl   = "pm_nexthop_ctl"
+	routerMapPmNexthops     = "pm_nexthops"
 	routerMapPmRegionsV4    = "pm_regions_v4"
 	routerMapPmRegionsV6    = "pm_regions_v6"
 	routerMapPmRouteIndex   = "pm_route_index"
@@ -257,6 +281,8 @@ type routerMapSpecs struct {
 	PmFrags       *ebpf.MapSpec `ebpf:"pm_frags"`
 	PmMirrors     *ebpf.MapSpec `ebpf:"pm_mirrors"`
 	PmNext        *ebpf.MapSpec `ebpf:"pm_next"`
+	PmNexthopCtl  *ebpf.MapSpec `ebpf:"pm_nexthop_ctl"`
+	PmNexthops    *ebpf.MapSpec `ebpf:"pm_nexthops"`
 	PmRegionsV4   *ebpf.MapSpec `ebpf:"pm_regions_v4"`
 	PmRegionsV6   *ebpf.MapSpec `ebpf:"pm_regions_v6"`
 	PmRouteIndex  *ebpf.MapSpec `ebpf:"pm_route_index"`
@@ -301,6 +327,8 @@ type routerMaps struct {
 	PmFrags       *ebpf.Map `ebpf:"pm_frags"`
 	PmMirrors     *ebpf.Map `ebpf:"pm_mirrors"`
 	PmNext        *ebpf.Map `ebpf:"pm_next"`
+	PmNexthopCtl  *ebpf.Map `ebpf:"pm_nexthop_ctl"`
+	PmNexthops    *ebpf.Map `ebpf:"pm_nexthops"`
 	PmRegionsV4   *ebpf.Map `ebpf:"pm_regions_v4"`
 	PmRegionsV6   *ebpf.Map `ebpf:"pm_regions_v6"`
 	PmRouteIndex  *ebpf.Map `ebpf:"pm_route_index"`
@@ -320,6 +348,8 @@ func (m *routerMaps) Close() error {
 		m.PmFrags,
 		m.PmMirrors,
 		m.PmNext,
+		m.PmNexthopCtl,
+		m.PmNexthops,
 		m.PmRegionsV4,
 		m.PmRegionsV6,
 		m.PmRouteIndex,

@@ -1,0 +1,146 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/vishvananda/netlink"
+	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
+
+	"github.com/premirror/premirror/internal/maps"
+)
+
+// TestNexthopWatcherBumps runs a real agent in a namespace the test made
+// and changes that namespace's neighbours, routes and links: each change
+// must bump the router's next-hop generation (read back from the map).
+func TestNexthopWatcherBumps(t *testing.T) {
+	requireRoot(t)
+	ns := agentNS(t)
+	cfg, _ := testConfig(t, bpffsDir(t))
+	a, err := startAgent(t, ns, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ignore := goleak.IgnoreCurrent()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+		goleak.VerifyNone(t, ignore)
+		a.Close()
+	})
+	if ttl := mustCache(t, a).TTL; ttl != cfg.NextHopTTL() {
+		t.Fatalf("cache TTL %v, want the configured %v", ttl, cfg.NextHopTTL())
+	}
+
+	gen := func() uint32 { return mustCache(t, a).Generation }
+	// quiet waits until nothing has bumped for a while (the subscription's
+	// own bump, events from the agent's attach), so the next bump is ours.
+	quiet := func() uint32 {
+		t.Helper()
+		g, since := gen(), time.Now()
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+			if n := gen(); n != g {
+				g, since = n, time.Now()
+			} else if g > 0 && time.Since(since) > 300*time.Millisecond {
+				return g
+			}
+		}
+		t.Fatalf("generation never settled (at %d)", g)
+		return 0
+	}
+	bumped := func(what string, before uint32) {
+		t.Helper()
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if gen() > before {
+				return
+			}
+		}
+		t.Fatalf("%s: generation still %d after 5 s", what, before)
+	}
+	var pa0 netlink.Link
+	ns.Do(func() { pa0, err = netlink.LinkByName("pa0") })
+	if err != nil {
+		t.Fatal(err)
+	}
+	neigh := func(mac string) func() error {
+		return func() error {
+			hw, _ := net.ParseMAC(mac)
+			return netlink.NeighSet(&netlink.Neigh{LinkIndex: pa0.Attrs().Index, Family: netlink.FAMILY_V4,
+				IP: net.ParseIP("10.77.0.10"), HardwareAddr: hw, State: netlink.NUD_PERMANENT})
+		}
+	}
+	_, dst, _ := net.ParseCIDR("10.200.0.0/16")
+	for _, c := range []struct {
+		what   string
+		change func() error
+	}{
+		{"neighbour added", neigh("02:00:00:00:aa:01")},
+		{"neighbour MAC changed", neigh("02:00:00:00:aa:02")},
+		{"route added", func() error {
+			return netlink.RouteAdd(&netlink.Route{Dst: dst, Gw: net.ParseIP("10.77.0.10"), LinkIndex: pa0.Attrs().Index})
+		}},
+		{"link MTU changed", func() error { return netlink.LinkSetMTU(pa0, 1400) }},
+	} {
+		before := quiet()
+		var err error
+		ns.Do(func() { err = c.change() })
+		if err != nil {
+			t.Fatalf("%s: %v", c.what, err)
+		}
+		bumped(c.what, before)
+	}
+	if n := testutil.ToFloat64(a.metrics.nhBumps); n < 5 {
+		t.Fatalf("edge_nexthop_generation_bumps_total = %v after 5 bumps", n)
+	}
+	if problems, err := testutil.CollectAndLint(a.metrics); err != nil || len(problems) > 0 {
+		t.Fatalf("metric lint: %v %v", problems, err)
+	}
+}
+
+func mustCache(t *testing.T, a *Agent) maps.NextHopCache {
+	t.Helper()
+	c, err := a.router.NextHopCache()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestNeighbourChanged: only what changes a FIB lookup's answer counts.
+func TestNeighbourChanged(t *testing.T) {
+	w := newNexthopWatcher(nil, nil, discardLogger(), nil)
+	mac1, _ := net.ParseMAC("02:00:00:00:00:01")
+	mac2, _ := net.ParseMAC("02:00:00:00:00:02")
+	n := func(typ uint16, family int, state int, mac net.HardwareAddr) netlink.NeighUpdate {
+		return netlink.NeighUpdate{Type: typ, Neigh: netlink.Neigh{LinkIndex: 3, Family: family,
+			IP: net.ParseIP("10.0.0.1"), State: state, HardwareAddr: mac}}
+	}
+	for i, s := range []struct {
+		u    netlink.NeighUpdate
+		want bool
+	}{
+		{n(unix.RTM_NEWNEIGH, netlink.FAMILY_V4, netlink.NUD_INCOMPLETE, nil), true}, // first sight
+		{n(unix.RTM_NEWNEIGH, netlink.FAMILY_V4, netlink.NUD_REACHABLE, mac1), true}, // became valid
+		{n(unix.RTM_NEWNEIGH, netlink.FAMILY_V4, netlink.NUD_STALE, mac1), false},    // state churn
+		{n(unix.RTM_NEWNEIGH, netlink.FAMILY_V4, netlink.NUD_DELAY, mac1), false},
+		{n(unix.RTM_NEWNEIGH, netlink.FAMILY_V4, netlink.NUD_REACHABLE, mac2), true}, // new MAC
+		{n(unix.RTM_NEWNEIGH, netlink.FAMILY_V4, netlink.NUD_FAILED, mac2), true},    // invalid now
+		{n(unix.RTM_DELNEIGH, netlink.FAMILY_V4, netlink.NUD_FAILED, mac2), false},   // was invalid already
+		{n(unix.RTM_NEWNEIGH, netlink.FAMILY_V4, netlink.NUD_PERMANENT, mac1), true},
+		{n(unix.RTM_DELNEIGH, netlink.FAMILY_V4, netlink.NUD_PERMANENT, mac1), true}, // a valid one gone
+		{n(unix.RTM_NEWNEIGH, unix.AF_BRIDGE, netlink.NUD_PERMANENT, mac1), false},   // FDB entry
+	} {
+		if got := w.neighbourChanged(s.u); got != s.want {
+			t.Errorf("update %d (%+v): changed %v, want %v", i, s.u.Neigh, got, s.want)
+		}
+	}
+}
