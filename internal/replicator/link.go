@@ -205,7 +205,14 @@ func (l *link) sendPaced(ctx context.Context, f outFrame) error {
 				if err := l.raw.flush(); err != nil {
 					return err
 				}
-				budget = min(max(l.limiter.Quantum(), 1), remaining)
+				// Whatever is left goes at once if control was
+				// switched off mid-frame.
+				left := max(remaining, len(p))
+				q := l.limiter.Quantum()
+				if q <= 0 {
+					q = left
+				}
+				budget = min(q, left)
 				if err := l.limiter.Wait(ctx, budget); err != nil {
 					return err
 				}

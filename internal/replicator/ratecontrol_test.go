@@ -302,3 +302,37 @@ func TestRateControlYieldsToProbe(t *testing.T) {
 		t.Errorf("control on: probe p95 queueing delay %v, want <= %v (3x target)", on.probe.p95, 3*target)
 	}
 }
+
+// TestRateControlLoopback: a link under rate control paces frames in
+// quanta and samples the connection's RTT, and the copy and the delta
+// cycle after it arrive intact (no namespaces needed).
+func TestRateControlLoopback(t *testing.T) {
+	c := newCluster(t, "src", "dst")
+	makeImage(t, c.path("src.img"), 4096, bs, 5)
+	peers := c.peers("dst")
+	// A high floor keeps the test quick; pacing and sampling run all the same.
+	peers[0].RateControl = &throttle.DelayConfig{MinRate: 32 << 20}
+	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary}}, Peers: peers})
+	dst := c.start("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img"), Upstream: "src"}}, Peers: c.peers("src")})
+	p, err := src.peer("dst")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if q := p.limiter.Quantum(); q <= 0 {
+		t.Fatalf("quantum %d under rate control", q)
+	}
+	res, err := src.Push(context.Background(), "vol", "dst", PushOptions{Mode: ModeFull})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCycle(t, dst, "vol", res.Cycle)
+	sameFile(t, c.path("src.img"), c.path("dst.img"))
+	rate, capRate, _, base, ok := p.limiter.DelayState()
+	if !ok || base <= 0 || rate < 32<<20 || capRate != throttle.Unlimited {
+		t.Fatalf("delay state rate %d cap %d base %v ok %v: want RTT samples taken and the floor kept", rate, capRate, base, ok)
+	}
+	if _, err := NewNode(Config{Node: "x", TLS: c.tls["src"], Peers: []PeerConfig{{Name: "y", Addr: "127.0.0.1:1",
+		RateControl: &throttle.DelayConfig{Target: -time.Second}}}}); err == nil || !strings.Contains(err.Error(), "peers[0]: rate control: target delay") {
+		t.Fatalf("bad rate control accepted or not named: %v", err)
+	}
+}
