@@ -1,13 +1,17 @@
 // Package throttle limits replication bandwidth per peer link: a token
 // bucket whose rate follows a cron-like schedule of peak and off-peak
-// windows, changeable at run time.
+// windows, changeable at run time, and optionally a delay-based
+// (LEDBAT-style) Controller that keeps the rate below the schedule's as
+// far as the path's queueing delay demands (see Controller).
 //
 // A waiter never sleeps past a change: Wait sleeps at most until the next
 // window boundary, and SetSchedule wakes every waiter so it re-reads the
 // rate at once. A transfer throttled to a trickle during peak hours
 // therefore speeds up the moment the off-peak window opens or an operator
 // raises the rate, rather than finishing a long sleep computed at the old
-// rate (the stall that rate.Limiter's reservations would cause).
+// rate (the stall that rate.Limiter's reservations would cause). The same
+// holds under a Controller: every rate increase it makes wakes the
+// waiters.
 package throttle
 
 import (
