@@ -3,6 +3,7 @@ package replicator
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -87,11 +88,10 @@ type probeStats struct {
 
 // probe sends a small UDP datagram from A to an echo server in B every
 // 10 ms until stop closes, and returns the RTTs over the idle minimum.
-func (p *wanPath) probe(t *testing.T, idle time.Duration, stop <-chan struct{}) (base time.Duration, st probeStats) {
-	t.Helper()
+func (p *wanPath) probe(idle time.Duration, stop <-chan struct{}) (base time.Duration, st probeStats, err error) {
 	srv, err := p.b.ListenPacket("udp4", p.bAddr+":0")
 	if err != nil {
-		t.Fatal(err)
+		return 0, st, err
 	}
 	defer srv.Close()
 	var wg sync.WaitGroup
@@ -111,7 +111,7 @@ func (p *wanPath) probe(t *testing.T, idle time.Duration, stop <-chan struct{}) 
 	if err != nil {
 		srv.Close()
 		wg.Wait()
-		t.Fatal(err)
+		return 0, st, err
 	}
 	defer c.Close()
 	start := time.Now()
@@ -156,7 +156,7 @@ func (p *wanPath) probe(t *testing.T, idle time.Duration, stop <-chan struct{}) 
 			mu.Lock()
 			defer mu.Unlock()
 			if len(idleRTT) == 0 {
-				t.Fatal("no probe crossed the idle path")
+				return 0, st, errors.New("no probe crossed the idle path")
 			}
 			base = slices.Min(idleRTT)
 			q := make([]time.Duration, len(busyRTT))
@@ -168,7 +168,7 @@ func (p *wanPath) probe(t *testing.T, idle time.Duration, stop <-chan struct{}) 
 			if len(q) > 0 {
 				st.p50, st.p95 = q[len(q)/2], q[len(q)*95/100]
 			}
-			return base, st
+			return base, st, nil
 		case <-tick.C:
 		}
 		if !busy && time.Since(start) >= idle {
@@ -229,10 +229,11 @@ func copyOver(t *testing.T, p *wanPath, blocks int, ctl *throttle.DelayConfig) c
 
 	stop := make(chan struct{})
 	var res copyResult
+	var probeErr error
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		res.base, res.probe = p.probe(t, 500*time.Millisecond, stop)
+		res.base, res.probe, probeErr = p.probe(500*time.Millisecond, stop)
 	}()
 	time.Sleep(600 * time.Millisecond) // the probe learns the idle path
 	start := time.Now()
@@ -248,6 +249,9 @@ func copyOver(t *testing.T, p *wanPath, blocks int, ctl *throttle.DelayConfig) c
 	<-done
 	if err != nil {
 		t.Fatalf("push over the bottleneck: %v", err)
+	}
+	if probeErr != nil {
+		t.Fatalf("latency probe: %v", probeErr)
 	}
 	if !pr.Full || pr.FullDataBlks != uint64(blocks) {
 		t.Fatalf("push %+v: want a full copy of %d blocks", pr, blocks)
@@ -312,7 +316,8 @@ func TestRateControlLoopback(t *testing.T) {
 	peers := c.peers("dst")
 	// A high floor keeps the test quick; pacing and sampling run all the same.
 	peers[0].RateControl = &throttle.DelayConfig{MinRate: 32 << 20}
-	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary}}, Peers: peers})
+	reg := prometheus.NewRegistry()
+	src := c.start("src", Config{Registerer: reg, Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary}}, Peers: peers})
 	dst := c.start("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img"), Upstream: "src"}}, Peers: c.peers("src")})
 	p, err := src.peer("dst")
 	if err != nil {
@@ -330,6 +335,13 @@ func TestRateControlLoopback(t *testing.T) {
 	rate, capRate, _, base, ok := p.limiter.DelayState()
 	if !ok || base <= 0 || rate < 32<<20 || capRate != throttle.Unlimited {
 		t.Fatalf("delay state rate %d cap %d base %v ok %v: want RTT samples taken and the floor kept", rate, capRate, base, ok)
+	}
+	if problems, err := testutil.GatherAndLint(reg); err != nil || len(problems) > 0 {
+		t.Fatalf("metrics lint: %v %+v", err, problems)
+	}
+	if n, err := testutil.GatherAndCount(reg, "replicator_rate_control_queueing_delay_seconds",
+		"replicator_rate_control_rate_bytes_per_second", "replicator_rate_control_base_delay_seconds"); err != nil || n != 3 {
+		t.Fatalf("rate control gauges: %d series, %v", n, err)
 	}
 	if _, err := NewNode(Config{Node: "x", TLS: c.tls["src"], Peers: []PeerConfig{{Name: "y", Addr: "127.0.0.1:1",
 		RateControl: &throttle.DelayConfig{Target: -time.Second}}}}); err == nil || !strings.Contains(err.Error(), "peers[0]: rate control: target delay") {
