@@ -91,6 +91,48 @@ type PeerCfg struct {
 	// not limit it (a rate, see throttle.ParseRate); it sizes the start
 	// plans of replication tasks with a deadline. Default DefaultLinkRate.
 	LinkRate string `yaml:"link_rate"`
+	// RateControl is the link's delay-based rate control; absent means
+	// on with the defaults (see RateControlCfg).
+	RateControl *RateControlCfg `yaml:"rate_control"`
+}
+
+// RateControlCfg configures delay-based (LEDBAT-style) rate control of a
+// peer link: below the schedule's rate, copies go only as fast as keeps
+// the queueing delay they add to the path near target_delay, never
+// slower than min_rate (DRBD's c-min-rate). It is on by default: the
+// WAN paths copies cross are shared with the users the mirrors serve,
+// and an SRE expects a background copy to yield to them rather than to
+// fill the path's buffers; a dedicated replication link turns it off.
+type RateControlCfg struct {
+	// Enabled: default true.
+	Enabled *bool `yaml:"enabled"`
+	// TargetDelay is the queueing delay aimed for; default 25ms.
+	TargetDelay Duration `yaml:"target_delay"`
+	// MinRate is the floor (a rate, see throttle.ParseRate); default 1MiB.
+	MinRate string `yaml:"min_rate"`
+}
+
+// delayConfig returns the replicator's rate control configuration, nil
+// when off. The configuration was validated.
+func (r *RateControlCfg) delayConfig() (*throttle.DelayConfig, error) {
+	if r == nil {
+		return &throttle.DelayConfig{}, nil
+	}
+	if r.Enabled != nil && !*r.Enabled {
+		return nil, nil
+	}
+	dc := &throttle.DelayConfig{Target: time.Duration(r.TargetDelay)}
+	if r.MinRate != "" {
+		v, err := throttle.ParseRate(r.MinRate)
+		if err != nil || v <= 0 {
+			return nil, fmt.Errorf("min_rate: %q: want a positive byte rate such as 1MiB or 8Mbit", r.MinRate)
+		}
+		dc.MinRate = v
+	}
+	if err := dc.Validate(); err != nil {
+		return nil, fmt.Errorf("target_delay: %w", err)
+	}
+	return dc, nil
 }
 
 // DefaultWriteSocket is where the volume API listens.
@@ -131,6 +173,9 @@ func (r *Replication) validate() error {
 			if v, err := throttle.ParseRate(p.LinkRate); err != nil || v <= 0 {
 				return fmt.Errorf("%s.link_rate: %q: want a positive byte rate such as 1Gbit or 100MB", f, p.LinkRate)
 			}
+		}
+		if _, err := p.RateControl.delayConfig(); err != nil {
+			return fmt.Errorf("%s.rate_control.%w", f, err)
 		}
 	}
 	vols := map[string]bool{}
@@ -204,6 +249,8 @@ func (r *Replication) reloadable(old *Replication) error {
 			return fmt.Errorf("replication.peers: peer %q (peers[%d] before) removed: removing a peer needs a restart", p.Name, i)
 		case q.Addr != p.Addr || q.ServerName != p.ServerName:
 			return fmt.Errorf("replication.peers: peer %q: addr and server_name change only with a restart", p.Name)
+		case !reflect.DeepEqual(q.RateControl, p.RateControl):
+			return fmt.Errorf("replication.peers: peer %q: rate_control changes only with a restart", p.Name)
 		}
 	}
 	return nil
@@ -211,7 +258,8 @@ func (r *Replication) reloadable(old *Replication) error {
 
 // peerConfig converts one peer to the replicator's configuration.
 func (p PeerCfg) peerConfig() replicator.PeerConfig {
-	return replicator.PeerConfig{Name: p.Name, Addr: p.Addr, ServerName: p.ServerName, Schedule: p.Schedule}
+	rc, _ := p.RateControl.delayConfig() // validated with the config
+	return replicator.PeerConfig{Name: p.Name, Addr: p.Addr, ServerName: p.ServerName, Schedule: p.Schedule, RateControl: rc}
 }
 
 // config converts to the replicator's configuration.

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -123,6 +124,12 @@ func TestReplicationConfigErrors(t *testing.T) {
 		{func(r *Replication) { r.Peers[0].LinkRate = "fast" }, "replication.peers[0].link_rate"},
 		{func(r *Replication) { r.Peers[0].LinkRate = "unlimited" }, "replication.peers[0].link_rate"},
 		{func(r *Replication) { r.Peers[0].LinkRate = "0" }, "replication.peers[0].link_rate"},
+		{func(r *Replication) { r.Peers[0].RateControl = &RateControlCfg{MinRate: "slow"} }, "replication.peers[0].rate_control.min_rate"},
+		{func(r *Replication) { r.Peers[0].RateControl = &RateControlCfg{MinRate: "0"} }, "replication.peers[0].rate_control.min_rate"},
+		{func(r *Replication) {
+			r.Peers[0].RateControl = &RateControlCfg{TargetDelay: Duration(100 * time.Microsecond)}
+		}, "replication.peers[0].rate_control.target_delay"},
+		{func(r *Replication) { r.Peers[0].RateControl = &RateControlCfg{TargetDelay: Duration(-time.Second)} }, "replication.peers[0].rate_control.target_delay"},
 		{func(r *Replication) { r.Volumes[0].Path = "rel.img" }, "replication.volumes[0].path"},
 		{func(r *Replication) { r.Volumes[0].Role = "boss" }, "replication.volumes[0].role"},
 		{func(r *Replication) { r.Volumes[0].Mirrors[0].Peer = "m9" }, "replication.volumes[0].mirrors[0].peer"},
@@ -142,6 +149,21 @@ func TestReplicationConfigErrors(t *testing.T) {
 	}
 	if err := ok.validate(); err != nil {
 		t.Fatal(err)
+	}
+	// Rate control: on by default, off on request, fields carried over.
+	off := false
+	for _, tc := range []struct {
+		rc   *RateControlCfg
+		want *throttle.DelayConfig
+	}{
+		{nil, &throttle.DelayConfig{}},
+		{&RateControlCfg{Enabled: &off, MinRate: "5MiB"}, nil},
+		{&RateControlCfg{TargetDelay: Duration(40 * time.Millisecond), MinRate: "8Mbit"}, &throttle.DelayConfig{Target: 40 * time.Millisecond, MinRate: 1e6}},
+	} {
+		pc := PeerCfg{Name: "m2", Addr: "10.0.0.2:7400", RateControl: tc.rc}.peerConfig()
+		if !reflect.DeepEqual(pc.RateControl, tc.want) {
+			t.Errorf("rate_control %+v: replicator config %+v, want %+v", tc.rc, pc.RateControl, tc.want)
+		}
 	}
 	withRate := ok
 	withRate.Peers = []PeerCfg{{Name: "m2", Addr: "10.0.0.2:7400", LinkRate: "1Gbit"}}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/premirror/premirror/internal/pki"
 	"github.com/premirror/premirror/internal/replicator/throttle"
@@ -110,6 +111,7 @@ type link struct {
 
 	limiter *throttle.Limiter // nil: no limit (receivers)
 	stop    func() bool       // detaches the context watcher
+	rtt     *rttSampler       // nil: no delay control
 }
 
 func newLink(raw *countConn, conn *tls.Conn) *link {
@@ -129,6 +131,7 @@ func (l *link) close() error {
 	if l.stop != nil {
 		l.stop()
 	}
+	l.rtt.close()
 	return l.conn.Close()
 }
 
@@ -159,6 +162,9 @@ type outFrame struct {
 
 // sendFrame writes a frame, throttled by the link's limiter.
 func (l *link) sendFrame(ctx context.Context, f outFrame) error {
+	if l.limiter != nil && l.limiter.Quantum() > 0 {
+		return l.sendPaced(ctx, f)
+	}
 	if l.limiter != nil {
 		if err := l.limiter.Wait(ctx, f.size); err != nil {
 			return err
@@ -175,6 +181,61 @@ func (l *link) sendFrame(ctx context.Context, f outFrame) error {
 		}
 	}
 	if _, err := l.conn.Write(f.trailer); err != nil {
+		return fmt.Errorf("send frame: %w", err)
+	}
+	if err := l.raw.flush(); err != nil {
+		return fmt.Errorf("send frame: %w", err)
+	}
+	return nil
+}
+
+// sendPaced writes a frame a quantum at a time (see Limiter.Quantum),
+// each sent before waiting for the next one's tokens. A frame written
+// whole would reach the path's bottleneck as one line-rate burst, a
+// queue of up to a frame (4 MiB) that a delay target cannot allow. The
+// link's write lock is held throughout so no message lands inside the
+// frame.
+func (l *link) sendPaced(ctx context.Context, f outFrame) error {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	remaining, budget := f.size, 0
+	write := func(p []byte) error {
+		for len(p) > 0 {
+			if budget == 0 {
+				if err := l.raw.flush(); err != nil {
+					return err
+				}
+				// Whatever is left goes at once if control was
+				// switched off mid-frame.
+				left := max(remaining, len(p))
+				q := l.limiter.Quantum()
+				if q <= 0 {
+					q = left
+				}
+				budget = min(q, left)
+				if err := l.limiter.Wait(ctx, budget); err != nil {
+					return err
+				}
+			}
+			k := min(budget, len(p))
+			if _, err := l.conn.Write(p[:k]); err != nil {
+				return err
+			}
+			budget -= k
+			remaining -= k
+			p = p[k:]
+		}
+		return nil
+	}
+	if err := write(f.head); err != nil {
+		return fmt.Errorf("send frame: %w", err)
+	}
+	for _, d := range f.data {
+		if err := write(d); err != nil {
+			return fmt.Errorf("send frame: %w", err)
+		}
+	}
+	if err := write(f.trailer); err != nil {
 		return fmt.Errorf("send frame: %w", err)
 	}
 	if err := l.raw.flush(); err != nil {
@@ -212,6 +273,8 @@ type dialConfig struct {
 	addr    string
 	tls     *tls.Config
 	limiter *throttle.Limiter
+	// rtt, if set, receives RTT samples of the connection (delay control).
+	rtt func(time.Duration)
 	// metrics hooks for bytes on the wire
 	onWrite, onRead func(int)
 }
@@ -232,6 +295,9 @@ func dial(ctx context.Context, dc dialConfig, hello *wire.Hello) (*link, *wire.W
 	}
 	l := newLink(raw, tc)
 	l.limiter = dc.limiter
+	if dc.rtt != nil {
+		l.rtt = startRTTSampler(c, raw.tx.Load, dc.rtt)
+	}
 	l.watch(ctx)
 	if err := l.send(hello); err != nil {
 		l.close()

@@ -73,6 +73,12 @@ func newMetrics(n *Node) *Metrics {
 			incon: prometheus.NewDesc(ns+"_volume_inconsistent", "1 while a mirror's copy is incomplete.", []string{"volume"}, nil),
 			confl: prometheus.NewDesc(ns+"_conflicts_total", "Losing writes kept in the conflict log.", []string{"volume"}, nil),
 			limit: prometheus.NewDesc(ns+"_rate_limit_bytes_per_second", "Bandwidth limit in force per peer link (+Inf: none).", []string{"peer"}, nil),
+			ctlRate: prometheus.NewDesc(ns+"_rate_control_rate_bytes_per_second",
+				"Rate the delay controller allows on a peer link, under its schedule's rate (links under rate control only).", []string{"peer"}, nil),
+			ctlQueue: prometheus.NewDesc(ns+"_rate_control_queueing_delay_seconds",
+				"Queueing delay the delay controller last measured on a peer link: filtered RTT minus base RTT.", []string{"peer"}, nil),
+			ctlBase: prometheus.NewDesc(ns+"_rate_control_base_delay_seconds",
+				"Base RTT of a peer link: the minimum over the last 10 minutes.", []string{"peer"}, nil),
 		},
 	}
 }
@@ -95,10 +101,11 @@ func (m *Metrics) register(r prometheus.Registerer) error {
 type stateCollector struct {
 	n                                        *Node
 	dirty, epoch, cycle, incon, confl, limit *prometheus.Desc
+	ctlRate, ctlQueue, ctlBase               *prometheus.Desc
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.dirty, c.epoch, c.cycle, c.incon, c.confl, c.limit} {
+	for _, d := range []*prometheus.Desc{c.dirty, c.epoch, c.cycle, c.incon, c.confl, c.limit, c.ctlRate, c.ctlQueue, c.ctlBase} {
 		ch <- d
 	}
 }
@@ -125,6 +132,11 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			r = math.Inf(1)
 		}
 		ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, r, p.cfg.Name)
+		if rate, _, q, b, ok := p.limiter.DelayState(); ok {
+			ch <- prometheus.MustNewConstMetric(c.ctlRate, prometheus.GaugeValue, float64(rate), p.cfg.Name)
+			ch <- prometheus.MustNewConstMetric(c.ctlQueue, prometheus.GaugeValue, q.Seconds(), p.cfg.Name)
+			ch <- prometheus.MustNewConstMetric(c.ctlBase, prometheus.GaugeValue, b.Seconds(), p.cfg.Name)
+		}
 	}
 }
 

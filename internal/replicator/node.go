@@ -101,6 +101,11 @@ type PeerConfig struct {
 	// Schedule is the bandwidth schedule of the link to the peer (see
 	// throttle.ParseSchedule); empty means unlimited.
 	Schedule string
+	// RateControl, if set, puts the link under delay-based rate control
+	// (throttle.Controller): below the schedule's rate, copies to the
+	// peer go only as fast as keeps the queueing delay they add to the
+	// path near the target. nil: the schedule's rate alone.
+	RateControl *throttle.DelayConfig
 }
 
 // Mode is a kind of replication.
@@ -249,6 +254,12 @@ func (n *Node) addPeer(p PeerConfig) error {
 		return fmt.Errorf("tls: %w", err)
 	}
 	np := &nodePeer{cfg: p, limiter: throttle.NewLimiter(sched, nil), tls: tc}
+	if p.RateControl != nil {
+		if err := p.RateControl.Validate(); err != nil {
+			return fmt.Errorf("rate control: %w", err)
+		}
+		np.limiter.SetDelayControl(throttle.NewController(*p.RateControl))
+	}
 	np.links = newLinkPool(n, np)
 	n.peers[p.Name] = np
 	return nil

@@ -306,7 +306,9 @@ func (lp *linkPool) get(ctx context.Context, local, remote string, op wire.Op) (
 	}
 	ch := make(chan result, 1)
 	go func() {
-		l, _, err := dial(lctx, lp.n.dialConfig(lp.p), hello)
+		dc := lp.n.dialConfig(lp.p)
+		dc.rtt = nil // interactive traffic is neither throttled nor sampled
+		l, _, err := dial(lctx, dc, hello)
 		ch <- result{l, err}
 	}()
 	var r result

@@ -1,13 +1,17 @@
 // Package throttle limits replication bandwidth per peer link: a token
 // bucket whose rate follows a cron-like schedule of peak and off-peak
-// windows, changeable at run time.
+// windows, changeable at run time, and optionally a delay-based
+// (LEDBAT-style) Controller that keeps the rate below the schedule's as
+// far as the path's queueing delay demands (see Controller).
 //
 // A waiter never sleeps past a change: Wait sleeps at most until the next
 // window boundary, and SetSchedule wakes every waiter so it re-reads the
 // rate at once. A transfer throttled to a trickle during peak hours
 // therefore speeds up the moment the off-peak window opens or an operator
 // raises the rate, rather than finishing a long sleep computed at the old
-// rate (the stall that rate.Limiter's reservations would cause).
+// rate (the stall that rate.Limiter's reservations would cause). The same
+// holds under a Controller: every rate increase it makes wakes the
+// waiters.
 package throttle
 
 import (
@@ -277,7 +281,9 @@ type Limiter struct {
 	mu      sync.Mutex
 	clock   Clock
 	sched   Schedule
-	rate    int64
+	capRate int64 // the schedule's rate in force
+	rate    int64 // in force: capRate, or the controller's rate under it
+	ctl     *Controller
 	tokens  float64
 	last    time.Time
 	next    time.Time // when the schedule must be re-read
@@ -301,8 +307,7 @@ func (l *Limiter) SetSchedule(s Schedule) {
 	l.sched = s
 	now := l.clock.Now()
 	l.apply(now)
-	close(l.changed)
-	l.changed = make(chan struct{})
+	l.wake()
 }
 
 // Schedule returns the current schedule.
@@ -324,16 +329,86 @@ func (l *Limiter) Rate() int64 {
 // apply re-reads the schedule at now. Tokens carry over, capped by the
 // new burst, so a rate change neither loses nor invents a backlog.
 func (l *Limiter) apply(now time.Time) {
-	l.rate = l.sched.RateAt(now)
+	l.capRate = l.sched.RateAt(now)
+	l.rate = l.capRate
+	if l.ctl != nil {
+		l.rate = l.ctl.Rate(l.capRate)
+	}
 	l.next = l.sched.NextChange(now)
 	l.last = now
 	l.tokens = math.Min(l.tokens, l.burst())
 }
 
 // burst is a tenth of a second of traffic, at least 256 KiB so one large
-// frame does not need many wake-ups.
+// frame does not need many wake-ups. Under delay control it is 10 ms of
+// traffic (16 KiB to 4 MiB): a burst lands in the path's bottleneck queue
+// at once, so it must be small against the target delay.
 func (l *Limiter) burst() float64 {
+	if l.ctl != nil {
+		return math.Min(math.Max(16<<10, float64(l.rate)/100), 4<<20)
+	}
 	return math.Max(256<<10, float64(l.rate)/10)
+}
+
+// SetDelayControl puts the limiter's rate under c (nil: the schedule's
+// rate alone); the schedule's rate stays the cap. Waiters re-read the
+// rate at once.
+func (l *Limiter) SetDelayControl(c *Controller) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.ctl = c
+	l.apply(l.clock.Now())
+	l.wake()
+}
+
+// ObserveRTT feeds a round-trip time of the link's traffic to its delay
+// controller (a no-op without one). A rate increase wakes the waiters,
+// so none sleeps out a wait computed at the lower rate.
+func (l *Limiter) ObserveRTT(rtt time.Duration) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ctl == nil {
+		return
+	}
+	now := l.clock.Now()
+	l.refill(now) // credit the old rate up to now
+	old := l.rate
+	l.rate = l.ctl.Observe(now, rtt, l.capRate)
+	l.tokens = math.Min(l.tokens, l.burst())
+	if l.rate > old {
+		l.wake()
+	}
+}
+
+// DelayState reports the delay controller's view: the rate in force, the
+// schedule's rate (its cap), the last queueing delay and the base delay.
+// ok is false when the limiter has no controller.
+func (l *Limiter) DelayState() (rate, capRate int64, queue, base time.Duration, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ctl == nil {
+		return 0, 0, 0, 0, false
+	}
+	l.refill(l.clock.Now())
+	return l.rate, l.capRate, l.ctl.QueueDelay(), l.ctl.BaseDelay(), true
+}
+
+// Quantum is how many bytes a sender should write per Wait so that it
+// paces its traffic rather than sending whole frames at line rate: the
+// burst under delay control, 0 (no pacing needed) otherwise.
+func (l *Limiter) Quantum() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ctl == nil || l.rate == Unlimited {
+		return 0
+	}
+	return int(l.burst())
+}
+
+// wake releases every waiter; the caller holds mu.
+func (l *Limiter) wake() {
+	close(l.changed)
+	l.changed = make(chan struct{})
 }
 
 func (l *Limiter) refill(now time.Time) {
