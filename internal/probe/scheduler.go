@@ -260,12 +260,19 @@ func (s *Scheduler) SetActive(ts []Target) {
 	s.active = make(map[Target]bool, len(ts))
 	for _, t := range ts {
 		s.active[t] = true
-		if w := s.wake[t]; w != nil && !was[t] {
-			// Newly active: do not wait out a long inactive interval.
-			select {
-			case w <- struct{}{}:
-			default:
-			}
+		if !was[t] {
+			s.nudgeLocked(t) // newly active: do not wait out a long inactive interval
+		}
+	}
+}
+
+// nudgeLocked wakes t's loop so it reschedules its next probe under its
+// new interval; s.mu is held.
+func (s *Scheduler) nudgeLocked(t Target) {
+	if w := s.wake[t]; w != nil {
+		select {
+		case w <- struct{}{}:
+		default:
 		}
 	}
 }
@@ -283,11 +290,8 @@ func (s *Scheduler) SetSurvey(ts []Target) {
 		s.survey[t] = true
 	}
 	for t := range was {
-		if w := s.wake[t]; w != nil && !s.survey[t] {
-			select {
-			case w <- struct{}{}:
-			default:
-			}
+		if !s.survey[t] {
+			s.nudgeLocked(t)
 		}
 	}
 }
