@@ -94,6 +94,11 @@ func inspect(out io.Writer, pinDir string, c *agent.Compiled, maxSessions int) e
 		return err
 	}
 	fmt.Fprintf(w, "SETTINGS\tdefault region %s\touter source %v / %v\n", n.region(st.DefaultRegion), st.OuterSourceV4, st.OuterSourceV6)
+	nh, err := r.NextHopCache()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "NEXT-HOP CACHE\t%s\n", nextHopText(nh))
 	// The program xdp_chain runs after ours on what we pass untouched.
 	for _, s := range []struct{ prog, m string }{{"router", maps.RouterNextMap}, {"decap", maps.DecapNextMap}} {
 		if _, err := os.Stat(filepath.Join(pinDir, s.m)); err != nil {
@@ -219,4 +224,16 @@ func inspect(out io.Writer, pinDir string, c *agent.Compiled, maxSessions int) e
 		}
 	}
 	return nil
+}
+
+// nextHopText is the next-hop cache's state as operators read it.
+func nextHopText(nh maps.NextHopCache) string {
+	if nh.TTL == 0 {
+		return fmt.Sprintf("off (a FIB lookup per packet)\tgeneration %d", nh.Generation)
+	}
+	ratio := "no VIP packet yet"
+	if t := nh.Hits + nh.Lookups; t > 0 {
+		ratio = fmt.Sprintf("%.1f%% of VIP packets without a FIB lookup", 100*float64(nh.Hits)/float64(t))
+	}
+	return fmt.Sprintf("ttl %v, generation %d\t%d hits, %d FIB lookups (%s)", nh.TTL, nh.Generation, nh.Hits, nh.Lookups, ratio)
 }

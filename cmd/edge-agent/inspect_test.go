@@ -43,6 +43,14 @@ func TestInspectShowsNextProgram(t *testing.T) {
 	if !regexp.MustCompile(`NEXT XDP PROGRAM\s+router\s+none`).Match(out.Bytes()) {
 		t.Fatalf("empty slot not shown:\n%s", out.String())
 	}
+	// A router loaded without an agent has the cache off; the agent sets
+	// its TTL.
+	if !regexp.MustCompile(`NEXT-HOP CACHE\s+off \(a FIB lookup per packet\)\s+generation \d+`).Match(out.Bytes()) {
+		t.Fatalf("next-hop cache off not shown:\n%s", out.String())
+	}
+	if err := r.SetNextHopTTL(maps.DefaultNextHopTTL); err != nil {
+		t.Fatal(err)
+	}
 	if err := r.SetNext(peer.Program); err != nil {
 		t.Fatal(err)
 	}
@@ -52,5 +60,8 @@ func TestInspectShowsNextProgram(t *testing.T) {
 	}
 	if !regexp.MustCompile(`NEXT XDP PROGRAM\s+router\s+fw_udp_drop \(id \d+, tag [0-9a-f]+\)`).Match(out.Bytes()) {
 		t.Fatalf("chained program not shown:\n%s", out.String())
+	}
+	if !regexp.MustCompile(`NEXT-HOP CACHE\s+ttl 250ms, generation \d+\s+0 hits, 0 FIB lookups \(no VIP packet yet\)`).Match(out.Bytes()) {
+		t.Fatalf("next-hop cache not shown:\n%s", out.String())
 	}
 }
