@@ -15,7 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
-	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // rttSampleEvery is how often a link under delay control reads its RTT;
@@ -26,14 +27,12 @@ const rttSampleEvery = 10 * time.Millisecond
 // and whether data is in flight (only then is the RTT fresh: it updates
 // as acknowledgements of new data arrive).
 func tcpRTT(rc syscall.RawConn) (rtt time.Duration, inflight bool, ok bool) {
-	var info syscall.TCPInfo
-	size := uint32(unsafe.Sizeof(info))
-	var errno syscall.Errno
+	var info *unix.TCPInfo
+	var gerr error
 	err := rc.Control(func(fd uintptr) {
-		_, _, errno = syscall.Syscall6(syscall.SYS_GETSOCKOPT, fd, syscall.IPPROTO_TCP, syscall.TCP_INFO,
-			uintptr(unsafe.Pointer(&info)), uintptr(unsafe.Pointer(&size)), 0)
+		info, gerr = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO)
 	})
-	if err != nil || errno != 0 {
+	if err != nil || gerr != nil {
 		return 0, false, false
 	}
 	return time.Duration(info.Rtt) * time.Microsecond, info.Unacked > 0, true
