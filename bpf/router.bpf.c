@@ -911,6 +911,13 @@ static __always_inline int has_src(const struct settings *st, __u8 family)
 	return (w[0] | w[1]) != 0;
 }
 
+/* encap with the frame's L2 header length as a constant (verifier). */
+static __always_inline int encap_frame(struct xdp_md *ctx, const struct pkt *p, const struct mirror *mi,
+				       const struct settings *st, __u32 hash)
+{
+	return p->vlan ? encap(ctx, p, mi, st, hash, 18) : encap(ctx, p, mi, st, hash, 14);
+}
+
 static __always_inline int mac_eq(const __u8 *a, const __u8 *b)
 {
 	int d = 0;
@@ -1002,7 +1009,7 @@ static __always_inline int transmit(struct xdp_md *ctx, const struct pkt *p, __u
 		now = bpf_ktime_get_coarse_ns();
 		if (now < nh->expires_ns && nh->generation == gen && nh->ifindex_in == p->ifindex &&
 		    nh->tos == tos && tot <= nh->max_len) {
-			int err = p->vlan ? encap(ctx, p, mi, st, hash, 18) : encap(ctx, p, mi, st, hash, 14);
+			int err = encap_frame(ctx, p, mi, st, hash);
 			if (err)
 				return verdict(R_DROP_ENCAP, XDP_DROP);
 			nh->hits++;
@@ -1016,7 +1023,7 @@ static __always_inline int transmit(struct xdp_md *ctx, const struct pkt *p, __u
 	if (rc != BPF_FIB_LKUP_RET_SUCCESS && rc != BPF_FIB_LKUP_RET_NO_NEIGH)
 		return verdict(R_DROP_FIB_MISS, XDP_DROP);
 
-	int err = p->vlan ? encap(ctx, p, mi, st, hash, 18) : encap(ctx, p, mi, st, hash, 14);
+	int err = encap_frame(ctx, p, mi, st, hash);
 	if (err)
 		return verdict(R_DROP_ENCAP, XDP_DROP);
 
