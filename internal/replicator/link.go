@@ -172,16 +172,20 @@ func (l *link) sendFrame(ctx context.Context, f outFrame) error {
 	}
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	if _, err := l.conn.Write(f.head); err != nil {
-		return fmt.Errorf("send frame: %w", err)
-	}
-	for _, d := range f.data {
-		if _, err := l.conn.Write(d); err != nil {
+	return l.writeFrame(f, func(p []byte) error {
+		_, err := l.conn.Write(p)
+		return err
+	})
+}
+
+// writeFrame writes f's parts in order through write, then flushes; the
+// caller holds l.wmu.
+func (l *link) writeFrame(f outFrame, write func([]byte) error) error {
+	parts := append(append([][]byte{f.head}, f.data...), f.trailer)
+	for _, p := range parts {
+		if err := write(p); err != nil {
 			return fmt.Errorf("send frame: %w", err)
 		}
-	}
-	if _, err := l.conn.Write(f.trailer); err != nil {
-		return fmt.Errorf("send frame: %w", err)
 	}
 	if err := l.raw.flush(); err != nil {
 		return fmt.Errorf("send frame: %w", err)
@@ -198,7 +202,12 @@ func (l *link) sendFrame(ctx context.Context, f outFrame) error {
 func (l *link) sendPaced(ctx context.Context, f outFrame) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	remaining, budget := f.size, 0
+	// What is left of the frame, from its parts (never f.size: a frame
+	// must not stall on a count that disagrees with its bytes).
+	remaining, budget := len(f.head)+len(f.trailer), 0
+	for _, d := range f.data {
+		remaining += len(d)
+	}
 	write := func(p []byte) error {
 		for len(p) > 0 {
 			if budget == 0 {
@@ -207,12 +216,11 @@ func (l *link) sendPaced(ctx context.Context, f outFrame) error {
 				}
 				// Whatever is left goes at once if control was
 				// switched off mid-frame.
-				left := max(remaining, len(p))
 				q := l.limiter.Quantum()
 				if q <= 0 {
-					q = left
+					q = remaining
 				}
-				budget = min(q, left)
+				budget = min(q, remaining)
 				if err := l.limiter.Wait(ctx, budget); err != nil {
 					return err
 				}
@@ -227,21 +235,7 @@ func (l *link) sendPaced(ctx context.Context, f outFrame) error {
 		}
 		return nil
 	}
-	if err := write(f.head); err != nil {
-		return fmt.Errorf("send frame: %w", err)
-	}
-	for _, d := range f.data {
-		if err := write(d); err != nil {
-			return fmt.Errorf("send frame: %w", err)
-		}
-	}
-	if err := write(f.trailer); err != nil {
-		return fmt.Errorf("send frame: %w", err)
-	}
-	if err := l.raw.flush(); err != nil {
-		return fmt.Errorf("send frame: %w", err)
-	}
-	return nil
+	return l.writeFrame(f, write)
 }
 
 // sendError reports err to the peer as an Error frame (best effort).
