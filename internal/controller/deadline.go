@@ -20,18 +20,6 @@ import (
 // bandwidth. The origin's agent plans the transfer against it
 // (agent.ChooseStart).
 
-// scoreHorizon is the number of buckets forecast.Score weighs for a
-// request: the request's horizon, capped by the shortest region forecast.
-func scoreHorizon(demand []forecast.RegionDemand, horizon int) int {
-	h := horizon
-	for _, d := range demand {
-		if h <= 0 || h > len(d.Q) {
-			h = min(max(h, len(d.Q)), len(d.Q))
-		}
-	}
-	return h
-}
-
 // readyBucket returns the index (0: the bucket after the forecast's
 // origin) of the first bucket within horizon whose median benefit at a
 // candidate with the given per-region route costs (seconds) reaches the
@@ -39,7 +27,7 @@ func scoreHorizon(demand []forecast.RegionDemand, horizon int) int {
 // is each region's cost today; a region without one, or that the
 // candidate does not bring closer, gains nothing (as in forecast.Score).
 func readyBucket(demand []forecast.RegionDemand, current, latency map[string]float64, horizon int) int {
-	H := scoreHorizon(demand, horizon)
+	H := forecast.ScoreHorizon(demand, horizon)
 	if H <= 0 {
 		return -1
 	}

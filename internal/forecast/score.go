@@ -122,6 +122,9 @@ func Score(demand []RegionDemand, req ScoreRequest, step time.Duration, seed uin
 	if err := req.Prices.validate(); err != nil {
 		return nil, err
 	}
+	if req.Horizon < 0 {
+		return nil, fmt.Errorf("%w: score: horizon %d", ErrBadInput, req.Horizon)
+	}
 	if req.Bytes < 0 {
 		return nil, fmt.Errorf("%w: score: bytes %d", ErrBadInput, req.Bytes)
 	}
@@ -135,12 +138,7 @@ func Score(demand []RegionDemand, req ScoreRequest, step time.Duration, seed uin
 	if ns > 1<<20 {
 		return nil, fmt.Errorf("%w: score: %d samples", ErrBadInput, ns)
 	}
-	H := req.Horizon
-	for _, d := range demand {
-		if H == 0 || H > len(d.Q) {
-			H = min(max(H, len(d.Q)), len(d.Q))
-		}
-	}
+	H := ScoreHorizon(demand, req.Horizon)
 	if H == 0 {
 		return nil, fmt.Errorf("%w: score: no demand forecast", ErrNotReady)
 	}
@@ -262,10 +260,7 @@ type ExplainInput struct {
 // the cost, the benefit by region and the probability that it pays off.
 func RenderExplain(in ExplainInput) string {
 	var b strings.Builder
-	H := in.Request.Horizon
-	if H == 0 && len(in.Demand) > 0 {
-		H = len(in.Demand[0].Q)
-	}
+	H := ScoreHorizon(in.Demand, in.Request.Horizon)
 	p := in.Request.Prices
 	fmt.Fprintf(&b, "resource %s: Mirroring Score = P(benefit > cost) over the next %d × %v (from %s)\n",
 		in.Resource, H, in.Step, in.Origin.Add(in.Step).Format("2006-01-02 15:04"))
@@ -339,4 +334,16 @@ func fmtBytes(n int64) string {
 	default:
 		return fmt.Sprintf("%d B", n)
 	}
+}
+
+// ScoreHorizon is the number of buckets a score weighs: horizon (0: the
+// whole forecast), capped by the shortest region forecast in demand.
+func ScoreHorizon(demand []RegionDemand, horizon int) int {
+	h := horizon
+	for _, d := range demand {
+		if h <= 0 || h > len(d.Q) {
+			h = len(d.Q)
+		}
+	}
+	return max(h, 0)
 }

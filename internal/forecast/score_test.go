@@ -72,6 +72,7 @@ func TestScoreOrderingAndValidation(t *testing.T) {
 		{Prices: Prices{ValuePerRequestSecond: 1}},
 		{Candidates: []Candidate{{}}, Prices: Prices{ValuePerRequestSecond: 1}},
 		{Bytes: -1, Candidates: req.Candidates, Prices: Prices{ValuePerRequestSecond: 1}},
+		{Horizon: -1, Candidates: req.Candidates, Prices: Prices{ValuePerRequestSecond: 1}},
 	} {
 		if _, err := Score(demand, bad, time.Hour, 1); !errors.Is(err, ErrBadInput) {
 			t.Errorf("%+v: %v", bad, err)
@@ -93,6 +94,25 @@ func TestRenderExplain(t *testing.T) {
 	for _, want := range []string{"resource disk-1", "candidate Brooklyn", "saves     4.0 ms", "cost ", "P(benefit > cost)", "Brooklyn"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("explain output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+func TestScoreHorizon(t *testing.T) {
+	q := func(n int) RegionDemand { return RegionDemand{Q: make([]Quantiles, n)} }
+	for _, tc := range []struct {
+		demand  []RegionDemand
+		horizon int
+		want    int
+	}{
+		{nil, 0, 0},
+		{nil, 5, 5},
+		{[]RegionDemand{q(24), q(12)}, 0, 12},
+		{[]RegionDemand{q(24), q(12)}, 6, 6},
+		{[]RegionDemand{q(24), q(12)}, 30, 12},
+	} {
+		if got := ScoreHorizon(tc.demand, tc.horizon); got != tc.want {
+			t.Errorf("ScoreHorizon(%d regions, %d) = %d, want %d", len(tc.demand), tc.horizon, got, tc.want)
 		}
 	}
 }
