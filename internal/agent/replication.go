@@ -14,6 +14,7 @@ import (
 	"reflect"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -225,18 +226,9 @@ func (r *Replication) reloadable(old *Replication) error {
 		return nil
 	case old == nil || r == nil:
 		return errors.New("replication: enabling or disabling the replicator needs a restart")
-	case r.Listen != old.Listen:
-		return errors.New("replication.listen: changes only with a restart")
-	case r.TLS != old.TLS:
-		return errors.New("replication.tls: changes only with a restart")
-	case r.Site != old.Site:
-		return errors.New("replication.site: changes only with a restart")
-	case r.WriteSocket != old.WriteSocket || !slices.Equal(r.WriteUIDs, old.WriteUIDs):
-		return errors.New("replication.write_socket and write_uids: change only with a restart")
-	case r.VolumeDir != old.VolumeDir:
-		return errors.New("replication.volume_dir: changes only with a restart")
-	case !reflect.DeepEqual(r.Volumes, old.Volumes):
-		return errors.New("replication.volumes: change only with a restart (replication tasks from the controller need none)")
+	}
+	if err := restartOnly("replication", *old, *r, "peers", "task_interval"); err != nil {
+		return err
 	}
 	now := map[string]PeerCfg{}
 	for _, p := range r.Peers {
@@ -244,14 +236,32 @@ func (r *Replication) reloadable(old *Replication) error {
 	}
 	for i, p := range old.Peers {
 		q, ok := now[p.Name]
-		switch {
-		case !ok:
+		if !ok {
 			return fmt.Errorf("replication.peers: peer %q (peers[%d] before) removed: removing a peer needs a restart", p.Name, i)
-		case q.Addr != p.Addr || q.ServerName != p.ServerName:
-			return fmt.Errorf("replication.peers: peer %q: addr and server_name change only with a restart", p.Name)
-		case !reflect.DeepEqual(q.RateControl, p.RateControl):
-			return fmt.Errorf("replication.peers: peer %q: rate_control changes only with a restart", p.Name)
 		}
+		if err := restartOnly(fmt.Sprintf("replication.peers: peer %q:", p.Name), p, q, "schedule", "link_rate"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// restartOnly compares two values of one config struct field by field
+// and names the first field (by its yaml tag, after prefix) that differs
+// and is not among the reloadable ones: every field a reload does not
+// apply is refused, including fields added later.
+func restartOnly[T any](prefix string, old, now T, reloadable ...string) error {
+	a, b := reflect.ValueOf(old), reflect.ValueOf(now)
+	for i := range a.NumField() {
+		tag, _, _ := strings.Cut(a.Type().Field(i).Tag.Get("yaml"), ",")
+		if slices.Contains(reloadable, tag) || reflect.DeepEqual(a.Field(i).Interface(), b.Field(i).Interface()) {
+			continue
+		}
+		sep := "."
+		if strings.HasSuffix(prefix, ":") {
+			sep = " "
+		}
+		return fmt.Errorf("%s%s%s: changes only with a restart", prefix, sep, tag)
 	}
 	return nil
 }

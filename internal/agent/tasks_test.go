@@ -633,10 +633,15 @@ func TestReplicationReloadable(t *testing.T) {
 		{"listen", base(), func(r *Replication) *Replication { r.Listen = "0.0.0.0:7400"; return r }, "replication.listen"},
 		{"tls", base(), func(r *Replication) *Replication { r.TLS.Cert = "c2"; return r }, "replication.tls"},
 		{"site", base(), func(r *Replication) *Replication { r.Site = 7; return r }, "replication.site"},
-		{"write uids", base(), func(r *Replication) *Replication { r.WriteUIDs = []uint32{0, 1000}; return r }, "replication.write_socket"},
+		{"write uids", base(), func(r *Replication) *Replication { r.WriteUIDs = []uint32{0, 1000}; return r }, "replication.write_uids"},
+		{"volume dir", base(), func(r *Replication) *Replication { r.VolumeDir = "/v/placed"; return r }, "replication.volume_dir"},
 		{"volume mirror", base(), func(r *Replication) *Replication { r.Volumes[0].Mirrors = nil; return r }, "replication.volumes"},
 		{"peer removed", base(), func(r *Replication) *Replication { r.Peers = nil; return r }, `peer "b" (peers[0] before) removed`},
 		{"peer addr", base(), func(r *Replication) *Replication { r.Peers[0].Addr = "10.0.0.9:7400"; return r }, `peer "b": addr`},
+		{"peer rate control", base(), func(r *Replication) *Replication {
+			r.Peers[0].RateControl = &RateControlCfg{}
+			return r
+		}, `peer "b": rate_control`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.edit(base()).reloadable(tc.old)
