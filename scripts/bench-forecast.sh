@@ -19,6 +19,7 @@ if [ ! -d "$DATA" ]; then
 fi
 EVENTS=internal/forecast/testdata/nyc_events_2014_2015.csv
 LATENCY=internal/forecast/testdata/nyc_latency_ms.csv
+PLAYOFFS=internal/forecast/testdata/peyton_manning_playoffs.csv
 UBER=$DATA/uber_nyc_boroughs_hourly_2015-01_04.csv
 mkdir -p bin
 go build -o bin/controller ./cmd/controller
@@ -47,8 +48,9 @@ echo "   marked days: calendar days plus days with precipitation or snow cover"
 "$CTL" forecast backtest --csv "$UBER" --events "$EVENTS" --mark 'liq_precp_1hr>0,snow_depth_in>0' --methods "$M,hybrid_nopool,hybrid_nofeeds" "${FMT[@]}"
 
 echo
-echo "== backtest: Prophet daily series (weekly season in the models; MASE season = one day = one bucket, as the protocol says)"
-"$CTL" forecast backtest --csv "$DATA/prophet_wp_log_peyton_manning.csv" --methods "$M,hybrid_nopool,hybrid_noyear" "${FMT[@]}"
+echo "== backtest: Prophet daily series (weekly season in the models; MASE season = one day = one bucket, as the protocol says),"
+echo "   with Peyton Manning's playoff games as events ($PLAYOFFS, the dates of Prophet's documentation)"
+"$CTL" forecast backtest --csv "$DATA/prophet_wp_log_peyton_manning.csv" --events "$PLAYOFFS" --methods "$M,hybrid_nopool,hybrid_nofeeds,hybrid_noyear" "${FMT[@]}"
 
 echo
 echo "== access-location distribution, Uber boroughs: train Jan-Mar 2015, test April, horizons 1 h and 24 h"

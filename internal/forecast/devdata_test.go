@@ -135,3 +135,43 @@ func TestDevLocations(t *testing.T) {
 		}
 	}
 }
+
+// TestDevProphetPlayoffs guards what the events calendar buys on a second
+// data set: Peyton Manning's playoff games (the dates of Prophet's own
+// documentation) cut the daily page-view series' error on the days they
+// mark at h1 and h12, and its h12 error overall.
+func TestDevProphetPlayoffs(t *testing.T) {
+	dir := devData(t)
+	ev, err := os.Open(filepath.Join("testdata", "peyton_manning_playoffs.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	events, err := ReadEvents(ev)
+	ev.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := loadDev(t, filepath.Join(dir, "prophet_wp_log_peyton_manning.csv"), SeriesOptions{})[0]
+	feeds, err := s.Feeds(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Backtest(context.Background(), s, feeds, Methods(s, feeds, "hybrid,hybrid_nofeeds"),
+		BacktestConfig{EventDays: MarkedDays(s, feeds)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := byMethod(t, res)
+	with, without := m["hybrid"], m["hybrid_nofeeds"]
+	if with.MarkedN[0] == 0 {
+		t.Fatal("no marked targets: the calendar did not load")
+	}
+	for _, i := range []int{0, 11} {
+		if !(with.MarkedMASE[i] < without.MarkedMASE[i]) {
+			t.Errorf("playoff days MASE h%d: with calendar %.3f, without %.3f", i+1, with.MarkedMASE[i], without.MarkedMASE[i])
+		}
+	}
+	if !(with.MASE[11] < without.MASE[11]) {
+		t.Errorf("MASE h12: with calendar %.3f, without %.3f", with.MASE[11], without.MASE[11])
+	}
+}
