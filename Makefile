@@ -23,7 +23,7 @@ build: ## build all binaries into bin/
 	$(GO) build -o $(BIN)/ ./cmd/...
 
 .PHONY: lint
-lint: ## gofmt, go vet, generated files up to date
+lint: ## gofmt, go vet, staticcheck, generated files up to date
 	@bash scripts/lint.sh
 
 .PHONY: test

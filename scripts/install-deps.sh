@@ -58,3 +58,9 @@ if [ "$("$gobin/protoc-gen-go-grpc" --version 2>/dev/null)" != "protoc-gen-go-gr
   GOFLAGS= go install google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 fi
 # --- end control protocol code generation ----------------------------------
+
+# staticcheck, which scripts/lint.sh runs after go vet (pinned like the
+# plugins above).
+if ! "$gobin/staticcheck" -version 2>/dev/null | grep -q '(0.8.2)'; then
+  GOFLAGS= go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
+fi

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# gofmt, go vet, and a check that the committed generated files match `go generate`.
+# gofmt, go vet, staticcheck, and a check that the committed generated files match `go generate`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,6 +9,16 @@ if [ -n "$unformatted" ]; then
   exit 1
 fi
 go vet ./...
+
+# staticcheck (scripts/install-deps.sh installs the pinned version; a
+# machine without it skips the check with a note rather than fail lint).
+gobin="$(go env GOBIN)"
+[ -n "$gobin" ] || gobin="$(go env GOPATH)/bin"
+if [ -x "$gobin/staticcheck" ]; then
+  "$gobin/staticcheck" ./...
+else
+  echo "lint: staticcheck not installed (scripts/install-deps.sh installs it); skipped" >&2
+fi
 
 if git rev-parse --git-dir >/dev/null 2>&1 && command -v clang-16 >/dev/null; then
   go generate ./...

@@ -391,7 +391,7 @@ func waitCheckpoint(t *testing.T, r *replica, open time.Time) {
 	// the leader has handled its response; a pass holds fc.mu throughout,
 	// so taking it waits for the rest of that pass.
 	r.c.fc.mu.Lock()
-	r.c.fc.mu.Unlock()
+	r.c.fc.mu.Unlock() //lint:ignore SA2001 taking the lock is the wait
 }
 
 // checkpointOpen is the open bucket of the checkpoint in etcd (0: none).

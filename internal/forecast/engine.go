@@ -562,7 +562,7 @@ func (e *Engine) Score(resource string, req ScoreRequest) ([]MirrorScore, error)
 func demandOf(f ResourceForecast) []RegionDemand {
 	d := make([]RegionDemand, len(f.Regions))
 	for i, r := range f.Regions {
-		d[i] = RegionDemand{Region: r.Region, Q: r.Q}
+		d[i] = RegionDemand(r)
 	}
 	return d
 }

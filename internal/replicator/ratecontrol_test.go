@@ -195,11 +195,10 @@ func rateBits(s string) int64 {
 
 // copyResult is one full copy over the path with a probe alongside.
 type copyResult struct {
-	base     time.Duration
-	probe    probeStats
-	dur      time.Duration
-	mbps     float64 // copy throughput, MB/s of volume data
-	ctlQueue float64 // sender's rate_control_queueing_delay_seconds at the end
+	base  time.Duration
+	probe probeStats
+	dur   time.Duration
+	mbps  float64 // copy throughput, MB/s of volume data
 }
 
 // copyOver pushes a full copy of a fresh blocks-block volume from A to B
