@@ -129,7 +129,11 @@
 //     time of day over the last week and at its time of week over the
 //     window's weeks (seasonal naive that one spike cannot move; from a
 //     window of three days and three weeks), the median of the last 3
-//     values (a level one spike cannot move) and of the last season, and
+//     values (a level one spike cannot move) and of the last season, an
+//     online robust Holt-Winters (additive damped ETS with fixed
+//     smoothing, one-step errors clipped at 3 robust scales; per-bucket
+//     seasonal states draw a nightly job's one-hour burst, and its level
+//     follows shifts the window regression holds on to), and
 //     the hybrid re-anchored
 //     by its last one-step error when that error was a surprise (beyond 4
 //     robust scales: a spike or a level shift; this expert bets on the
@@ -144,9 +148,13 @@
 //     bucket multiplies an expert's weight by e^(−η·loss) and returns a
 //     share 1/W of the weight to all, so an expert that was bad for weeks
 //     takes over within a bucket or two after a level shift. Four learning
-//     rates η = 0.1, 0.4, 1.6, 6.4 give four combinations; they and the
+//     rates η = 0.1, 0.4, 1.6, 6.4 (divided by h^1.5 at horizon h: its
+//     losses arrive h−1 buckets late and consecutive origins share h−1
+//     targets, so a fast rate chases regimes it learns of too late) give
+//     four combinations; they and the
 //     hybrid alone are combined again by fixed share with the rate set by
-//     AdaHedge (ln N over the discounted mixability gap: no tuning), so
+//     AdaHedge (ln N over the discounted mixability gap, capped at
+//     8·h^−1.5), so
 //     how fast to follow, and whether to combine at all, is learnt per
 //     series and horizon. The final forecast is that combination (integer
 //     for counts); its 80% interval comes from its own tracked 10/90%

@@ -199,17 +199,18 @@ type Hybrid struct {
 	integer     bool               // every value so far was an integer (counts)
 	nonneg      bool               // no value so far was below zero
 
-	R        int       // ring of per-origin regression forecasts (the GRU's targets)
-	muY      []float64 // R×H regression forecast per origin
-	sgY      []float64 // R robust scale per origin
-	P        int       // ring of per-origin stacker inputs: H+1 origins
-	feat     []float32 // P×H×K stacker inputs per origin (single precision: they only weight a correction)
-	predY    []float64 // P×H stacked forecast (before events and the median shift)
-	predE    []float64 // P×H after events
-	predF    []float64 // P×H final point forecast (the combination's)
-	pl       *pool     // combination with simple experts (nil: NoPool)
-	yr       *yearly   // daily means over two years, for the yearly expert (nil: none)
-	surprise float64   // the hybrid's last one-step error if it was a surprise, else 0
+	R        int          // ring of per-origin regression forecasts (the GRU's targets)
+	muY      []float64    // R×H regression forecast per origin
+	sgY      []float64    // R robust scale per origin
+	P        int          // ring of per-origin stacker inputs: H+1 origins
+	feat     []float32    // P×H×K stacker inputs per origin (single precision: they only weight a correction)
+	predY    []float64    // P×H stacked forecast (before events and the median shift)
+	predE    []float64    // P×H after events
+	predF    []float64    // P×H final point forecast (the combination's)
+	pl       *pool        // combination with simple experts (nil: NoPool)
+	yr       *yearly      // daily means over two years, for the yearly expert (nil: none)
+	hw       *holtWinters // the combination's Holt-Winters expert (nil: not available)
+	surprise float64      // the hybrid's last one-step error if it was a surprise, else 0
 
 	K   int       // stacker width: numStk + covariates
 	rw  []float64 // H×K weights
@@ -302,6 +303,9 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 	}
 	if !cfg.NoPool {
 		m.pl = newPool(H, m.P, m.W, max(m.d.spd, 1), stepsPer(cfg.Step, 7*24*time.Hour))
+		if m.pl.avail[expHW] {
+			m.hw = newHoltWinters(m.pl.season)
+		}
 	}
 	m.rw = make([]float64, H*m.K)
 	m.rp = make([]float64, H*m.K*(m.K+1)/2)
@@ -490,8 +494,18 @@ func (m *Hybrid) observe(t time.Time, y float64, missing bool) error {
 		learn := !missing && (idx < 2*int64(m.W) || (idx+int64(m.cfg.Seed))%gruTrainEvery == 0)
 		gruOut = m.trainGRU(idx, learn)
 	}
+	if m.hw != nil {
+		m.hw.observe(idx, y, missing, m.ringAt)
+	}
 	m.forecast(idx, t, gruOut)
 	return nil
+}
+
+// ringAt returns the value of bucket i from the window ring and whether it
+// was observed (i within the last W buckets).
+func (m *Hybrid) ringAt(i int64) (float64, bool) {
+	k := i % int64(m.W)
+	return m.ys[k], m.inWindow(i) && m.wts[k] > 0
 }
 
 // skipMany advances the model over n unknown buckets, the last starting
@@ -517,6 +531,9 @@ func (m *Hybrid) skipMany(n int64, last time.Time) error {
 	m.blr.Reset()
 	m.es = [3]float64{}
 	m.surprise = 0
+	if m.hw != nil {
+		m.hw.reset()
+	}
 	m.n += n
 	m.last = last
 	m.sinceRebase = m.W // rebase at the next observation

@@ -39,8 +39,9 @@ const (
 	// snapVersion 2: the demand model gained the forecast combination
 	// (pool.go); 3: the yearly memory, three stacker inputs (yearly.go,
 	// the trend) and the non-negative flag; 4: the recent error scale of
-	// the intervals. Older snapshots are refused with ErrSnapshotVersion.
-	snapVersion = 4
+	// the intervals; 5: the Holt-Winters expert of the combination. Older
+	// snapshots are refused with ErrSnapshotVersion.
+	snapVersion = 5
 	// maxSnapshot bounds what Restore reads (a million series of a few
 	// hundred kilobytes would not fit anyway).
 	maxSnapshot = 64 << 30
@@ -275,6 +276,10 @@ func (m *Hybrid) encode(e *enc) {
 		e.fs(m.qF)
 		e.f64(m.surprise)
 		m.pl.encode(e)
+		e.bool(m.hw != nil)
+		if m.hw != nil {
+			m.hw.encode(e)
+		}
 	}
 	e.bool(m.yr != nil)
 	if m.yr != nil {
@@ -357,6 +362,13 @@ func (m *Hybrid) decode(d *dec) {
 		d.fsInto(m.qF, "final quantiles")
 		m.surprise = d.f64()
 		m.pl.decode(d)
+		if has := d.bool(); has != (m.hw != nil) {
+			d.fail("holt-winters expert present in one of snapshot and configuration only")
+			return
+		}
+		if m.hw != nil {
+			m.hw.decode(d)
+		}
 		d.inRange(m.shF, 0, math.MaxFloat64, "final error scales")
 		d.inRange(m.shr, 0, math.MaxFloat64, "robust error scales")
 		d.inRange(m.shFr, 0, math.MaxFloat64, "recent error scales")
