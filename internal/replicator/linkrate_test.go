@@ -147,10 +147,13 @@ func TestRateMeter(t *testing.T) {
 }
 
 // TestLinkRatesFollowThrottledCopies: a copy throttled to 8 MiB/s, an
-// idle pause, then a delta cycle: the link's measured rate is the
-// throttle's rate within tolerance both times, does not move while the
-// link is idle (a rate over wall time would fall by a third), is marked
-// as bound by the schedule, and is exported as a gauge.
+// idle pause, then a delta cycle. The link's measured rate never exceeds
+// the throttle (but for its burst) and is at least what the pushes
+// averaged over their wall time (a loaded machine may deliver less than
+// the throttle allows: the estimate must follow what was delivered); it
+// does not move while the link is idle, is marked bound by the schedule
+// exactly when it reached 90% of the throttle, and is exported as a
+// gauge.
 func TestLinkRatesFollowThrottledCopies(t *testing.T) {
 	const rate = 8 << 20
 	c := newCluster(t, "src", "dst")
@@ -169,24 +172,36 @@ func TestLinkRatesFollowThrottledCopies(t *testing.T) {
 	if r := src.LinkRates(); len(r) != 0 {
 		t.Fatalf("rates %+v before any traffic", r)
 	}
+	var sent int64
+	var wall time.Duration
+	push := func(mode Mode) {
+		t.Helper()
+		res, err := src.Push(context.Background(), "vol", "dst", PushOptions{Mode: mode})
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitCycle(t, dst, "vol", res.Cycle)
+		sent += res.WireBytes
+		wall += res.Duration
+	}
 	check := func(when string) LinkRate {
 		t.Helper()
 		r, ok := src.LinkRates()["dst"]
 		if !ok {
 			t.Fatalf("%s: no rate measured", when)
 		}
-		t.Logf("%s: %.2f MiB/s over %v busy, bound %v", when, float64(r.Rate)/(1<<20), r.Busy.Round(time.Millisecond), r.ScheduleBound)
-		if math.Abs(float64(r.Rate)-rate) > 0.2*rate || !r.ScheduleBound {
-			t.Fatalf("%s: measured %+v, want %d B/s ±20%%, schedule bound", when, r, rate)
+		avg := float64(sent) / wall.Seconds()
+		t.Logf("%s: %.2f MiB/s over %v busy (pushes averaged %.2f MiB/s over %v), bound %v", when, float64(r.Rate)/(1<<20),
+			r.Busy.Round(time.Millisecond), avg/(1<<20), wall.Round(time.Millisecond), r.ScheduleBound)
+		if float64(r.Rate) > 1.15*rate || float64(r.Rate) < 0.9*avg || r.Busy > wall {
+			t.Fatalf("%s: measured %+v: want at most %d B/s (+15%%), at least 90%% of the pushes' %.0f B/s, busy at most %v", when, r, rate, avg, wall)
+		}
+		if r.ScheduleBound != (float64(r.Rate) >= scheduleBoundShare*rate) {
+			t.Fatalf("%s: measured %+v: schedule bound wrong for a %d B/s schedule", when, r, rate)
 		}
 		return r
 	}
-	ctx := context.Background()
-	res, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull})
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitCycle(t, dst, "vol", res.Cycle)
+	push(ModeFull)
 	first := check("after the copy")
 	time.Sleep(time.Second)
 	if idle := src.LinkRates()["dst"]; idle != first {
@@ -197,10 +212,7 @@ func TestLinkRatesFollowThrottledCopies(t *testing.T) {
 		t.Fatal(err)
 	}
 	writeRandomBlocks(t, v, rand.New(rand.NewPCG(5, 7)), 6<<20/bs)
-	if res, err = src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta}); err != nil {
-		t.Fatal(err)
-	}
-	waitCycle(t, dst, "vol", res.Cycle)
+	push(ModeDelta)
 	if r := check("after the delta"); !r.Updated.After(first.Updated) || r.Busy <= first.Busy {
 		t.Fatalf("delta not measured: %+v, was %+v", r, first)
 	}
