@@ -41,9 +41,15 @@
 // target peer's schedule that sends the fewest bytes below the
 // schedule's highest rate and still finishes by the deadline (unlimited
 // windows at replication.peers[].link_rate, default DefaultLinkRate); at
-// once when none does. Until then the task is held (its mirror is not
-// set); a timer applies the tasks again at the start, and every version
-// and config reload plans again. Decisions are logged ("replication task
+// once when none does. The link's rate is capped by what the replicator
+// measured it delivering while backlogged (replicator.Node.LinkRates),
+// when measured within MeasuredRateMaxAge and not merely the schedule's
+// own rate: under delay control or on a slow path a link carries far
+// less than configured, and a plan at the configured rate would start
+// too late ("replication task planned at measured link rate" is logged).
+// Until then the task is held (its mirror is not set); a timer applies
+// the tasks again at the start and every minute before it, and every
+// version and config reload plans again. Decisions are logged ("replication task
 // held" / "started") and exported as edge_replication_tasks{state} and
 // edge_replication_task_next_start_timestamp_seconds. Primaries report
 // their change-tracking backlog per peer (ReplicaBacklog), which the

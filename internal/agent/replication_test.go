@@ -170,7 +170,7 @@ func TestReplicationConfigErrors(t *testing.T) {
 	if err := withRate.validate(); err != nil {
 		t.Fatal(err)
 	}
-	if l := peerLinks(&withRate)("m2"); l.rate != 125_000_000 || l.sched.RateAt(time.Now()) != throttle.Unlimited {
+	if l := peerLinks(&withRate, nil, time.Now())("m2"); l.rate != 125_000_000 || l.sched.RateAt(time.Now()) != throttle.Unlimited {
 		t.Fatalf("link plan %+v: want 1 Gbit/s, unlimited schedule", l)
 	}
 }

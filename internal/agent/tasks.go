@@ -164,7 +164,7 @@ func (cp *controlPlane) applyTasks(version uint64, tasks []*pb.ReplicationTask) 
 				return d.Peer == mc.Peer && d.Volume == cmp.Or(mc.Volume, vol)
 			})
 		}
-		starts = deferTasks(now, cfg.Node, tasks, plan, vols, running, peerLinks(cfg.Replication))
+		starts = deferTasks(now, cfg.Node, tasks, plan, vols, running, peerLinks(cfg.Replication, a.repl.LinkRates(), now))
 	}
 
 	cp.mu.Lock()
@@ -243,14 +243,22 @@ func (cp *controlPlane) noteStarts(version uint64, starts []taskStart, now time.
 		a.log.Info(msg, "version", version, "resource", ts.resource, "target", ts.target,
 			"start", ts.choice.Start.UTC().Format(time.RFC3339), "delay_seconds", max(0, ts.choice.Start.Sub(now).Seconds()),
 			"deadline", ts.deadline.UTC().Format(time.RFC3339), "bytes", ts.bytes, "peak_bytes", ts.choice.PeakBytes,
-			"finish", finish, "on_time", ts.choice.OnTime)
+			"finish", finish, "on_time", ts.choice.OnTime, "link_rate_bytes_per_second", cmp.Or(ts.link.rate, DefaultLinkRate))
+		if ts.link.measured {
+			a.log.Info("replication task planned at measured link rate", "version", version, "resource", ts.resource,
+				"target", ts.target, "link_rate_bytes_per_second", ts.link.rate,
+				"configured_rate_bytes_per_second", ts.link.configured, "measured_at", ts.link.measuredAt.UTC().Format(time.RFC3339))
+		}
 	}
 	if cp.taskTimer != nil {
 		cp.taskTimer.Stop()
 		cp.taskTimer = nil
 	}
 	if !next.IsZero() && !cp.taskStopped {
-		cp.taskTimer = time.AfterFunc(next.Sub(now), cp.retryTasks)
+		// While a copy is held, plan again every replanInterval: a link
+		// measured slower since (replicator.Node.LinkRates) may need it
+		// started before the start planned.
+		cp.taskTimer = time.AfterFunc(min(next.Sub(now), replanInterval), cp.retryTasks)
 	}
 	cp.mu.Unlock()
 	a.metrics.tasks.WithLabelValues("held").Set(float64(held))
@@ -355,13 +363,30 @@ type taskStart struct {
 	choice           StartChoice
 	// held: its start is still ahead, so its copy is not replicated yet.
 	held bool
+	// link is the link plan the start was chosen on.
+	link linkPlan
 }
 
 // linkPlan is what ChooseStart needs of the link to one peer.
 type linkPlan struct {
 	sched throttle.Schedule
-	rate  int64
+	// rate is the link's rate; 0 means DefaultLinkRate.
+	rate int64
+	// measured: rate is what the link was measured to deliver, below
+	// configured (link_rate or DefaultLinkRate), as of measuredAt.
+	measured   bool
+	configured int64
+	measuredAt time.Time
 }
+
+// MeasuredRateMaxAge bounds the age of a link's measured delivered rate
+// (replicator.LinkRate.Updated) that start planning uses; an older one,
+// or none, leaves the configured link_rate.
+const MeasuredRateMaxAge = 10 * time.Minute
+
+// replanInterval is how often held copies are planned again (see
+// noteStarts).
+const replanInterval = time.Minute
 
 // taskBytes is what a task's copy must send: a selective copy's hot
 // extents, a delta's backlog in this node's own change tracking (fresher
@@ -411,6 +436,7 @@ func deferTasks(now time.Time, node string, tasks []*pb.ReplicationTask, plan ma
 		s, ok := held[k.volume]
 		ts := taskStart{resource: k.volume, target: k.peer, deadline: time.Unix(0, t.GetDeadlineUnixNano()), bytes: taskBytes(t, s, ok)}
 		l := links(k.peer)
+		ts.link = l
 		ts.choice = ChooseStart(l.sched, l.rate, now, ts.deadline, ts.bytes)
 		if ts.choice.Start.After(now) && !running(k.volume, plan[k.volume][i]) {
 			ts.held = true
@@ -422,8 +448,15 @@ func deferTasks(now time.Time, node string, tasks []*pb.ReplicationTask, plan ma
 }
 
 // peerLinks returns the link plan of every peer in r: its schedule
-// (unlimited when none) and link_rate.
-func peerLinks(r *Replication) func(peer string) linkPlan {
+// (unlimited when none) and its rate, link_rate (DefaultLinkRate when
+// not set) or, when lower, the rate the link was measured to deliver
+// (measured, from replicator.Node.LinkRates) if measured within
+// MeasuredRateMaxAge of now and not bound by the schedule. A measured
+// rate is what the path carried (under delay control, what it let the
+// copies have), so it caps the link in every window, as link_rate does;
+// a schedule-bound one only says the path carried the schedule's rate,
+// which the plan already assumes.
+func peerLinks(r *Replication, measured map[string]replicator.LinkRate, now time.Time) func(peer string) linkPlan {
 	links := map[string]linkPlan{}
 	if r != nil {
 		for _, p := range r.Peers {
@@ -439,15 +472,26 @@ func peerLinks(r *Replication) func(peer string) linkPlan {
 					l.rate = v
 				}
 			}
-			links[p.Name] = l
+			links[p.Name] = withMeasured(l, measured, p.Name, now)
 		}
 	}
 	return func(peer string) linkPlan {
 		if l, ok := links[peer]; ok {
 			return l
 		}
-		return linkPlan{sched: throttle.Fixed(throttle.Unlimited)}
+		return withMeasured(linkPlan{sched: throttle.Fixed(throttle.Unlimited)}, measured, peer, now)
 	}
+}
+
+// withMeasured lowers l's rate to peer's measured rate (see peerLinks).
+func withMeasured(l linkPlan, measured map[string]replicator.LinkRate, peer string, now time.Time) linkPlan {
+	m, ok := measured[peer]
+	l.configured = cmp.Or(l.rate, DefaultLinkRate)
+	if !ok || m.ScheduleBound || m.Rate <= 0 || m.Rate >= l.configured || now.Sub(m.Updated) > MeasuredRateMaxAge {
+		return l
+	}
+	l.rate, l.measured, l.measuredAt = m.Rate, true, m.Updated
+	return l
 }
 
 // reloadReplication gives the replicator the new peers and the peer

@@ -440,6 +440,71 @@ func TestDeferTasks(t *testing.T) {
 	}
 }
 
+// TestDeferTasksMeasuredRate: a copy planned on a link measured slower
+// than configured starts earlier than on the configured rate, at once
+// when the measured rate makes peak and off-peak alike; a measurement
+// that is stale, bound by the schedule, above the configured rate or of
+// another peer leaves the configured rate.
+func TestDeferTasksMeasuredRate(t *testing.T) {
+	now := time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC) // a Monday, in the peak window
+	sched := mustSchedule(t, "100MB; * 08:00-20:00 10MB", time.UTC)
+	deadline := time.Date(2026, 3, 2, 20, 10, 0, 0, time.UTC)
+	off := time.Date(2026, 3, 2, 20, 0, 0, 0, time.UTC)
+	const size = 16 << 30
+	vols := []replicator.Status{{Name: "disk", Role: replicator.RolePrimary, Complete: true, BlockSize: 4096, Blocks: size / 4096}}
+	fresh := now.Add(-time.Minute)
+	// 12 MB/s: the 10 minutes off-peak carry 7.2 GB, the rest goes at peak.
+	between := ChooseStart(sched, 12e6, now, deadline, size).Start
+	if !between.After(now) || !between.Before(off) {
+		t.Fatalf("setup: start at 12 MB/s %v, want between %v and %v", between, now, off)
+	}
+	for _, tc := range []struct {
+		name     string
+		measured map[string]replicator.LinkRate
+		start    time.Time
+		rate     int64 // planned; 0: the default
+		held     bool
+	}{
+		{"none", nil, off, 0, true},
+		{"slower", map[string]replicator.LinkRate{"m2": {Rate: 12e6, Updated: fresh}}, between, 12e6, true},
+		{"slower than peak", map[string]replicator.LinkRate{"m2": {Rate: 1e6, Updated: fresh}}, now, 1e6, false},
+		{"stale", map[string]replicator.LinkRate{"m2": {Rate: 1e6, Updated: now.Add(-MeasuredRateMaxAge - time.Second)}}, off, 0, true},
+		{"schedule bound", map[string]replicator.LinkRate{"m2": {Rate: 1e6, Updated: fresh, ScheduleBound: true}}, off, 0, true},
+		{"faster than configured", map[string]replicator.LinkRate{"m2": {Rate: 2 * DefaultLinkRate, Updated: fresh}}, off, 0, true},
+		{"another peer", map[string]replicator.LinkRate{"m3": {Rate: 1e6, Updated: fresh}}, off, 0, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tasks := []*pb.ReplicationTask{task("disk", "me", "m2")}
+			tasks[0].DeadlineUnixNano = deadline.UnixNano()
+			plan, _ := planTasks("me", tasks, vols, map[string]bool{"m2": true}, time.Second)
+			links := func(peer string) linkPlan { return withMeasured(linkPlan{sched: sched}, tc.measured, peer, now) }
+			starts := deferTasks(now, "me", tasks, plan, vols, func(string, replicator.MirrorConfig) bool { return false }, links)
+			if len(starts) != 1 {
+				t.Fatalf("decisions %+v, want one", starts)
+			}
+			ts := starts[0]
+			if !ts.choice.Start.Equal(tc.start) || ts.held != tc.held || ts.link.rate != tc.rate || ts.link.measured != (tc.rate != 0) || !ts.choice.OnTime {
+				t.Fatalf("start %v held %v link %+v on time %v; want start %v held %v rate %d", ts.choice.Start, ts.held, ts.link,
+					ts.choice.OnTime, tc.start, tc.held, tc.rate)
+			}
+			if ts.link.configured != DefaultLinkRate {
+				t.Errorf("configured rate %d, want the default %d", ts.link.configured, DefaultLinkRate)
+			}
+		})
+	}
+	// Through the config: link_rate is the rate a measurement must beat.
+	r := &Replication{Peers: []PeerCfg{{Name: "m2", Addr: "10.0.0.2:7400", LinkRate: "100Mbit"}}}
+	for _, tc := range []struct {
+		measured int64
+		want     int64
+	}{{20e6, 12_500_000}, {5e6, 5e6}} {
+		l := peerLinks(r, map[string]replicator.LinkRate{"m2": {Rate: tc.measured, Updated: fresh}}, now)("m2")
+		if l.rate != tc.want || l.configured != 12_500_000 {
+			t.Errorf("measured %d under link_rate 100Mbit: planned %+v, want rate %d", tc.measured, l, tc.want)
+		}
+	}
+}
+
 func TestTaskBytes(t *testing.T) {
 	s := replicator.Status{BlockSize: 4096, Blocks: 1000, Dirty: map[string]uint64{"m1": 10, "big": 5000}}
 	for _, tc := range []struct {

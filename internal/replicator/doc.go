@@ -177,6 +177,20 @@
 // 75% of the uncontrolled throughput. Quorum writes are interactive and
 // neither throttled nor sampled.
 //
+// # Delivered rate
+//
+// What a link actually carries is measured where frames are sent: from
+// the moment a copy or cycle has a frame ready until it is on the socket,
+// so time spent reading, encoding or idle never counts. Frame bytes over
+// that backlogged time feed an exponentially weighted average with a
+// one-minute time constant (overlapping sessions to one peer count
+// together; stretches in a paused window, across a window boundary or
+// ending in a failed send are dropped). Node.LinkRates returns it per
+// peer with when it was last updated and whether the schedule, rather
+// than the path or the delay controller, set the pace; the agent plans
+// deadline-bound copies with it, and
+// replicator_link_delivered_rate_bytes_per_second exports it.
+//
 // # Dynamic mirrors and sync status
 //
 // Besides the mirrors in VolumeConfig, Node.SetDynamicMirrors sets a

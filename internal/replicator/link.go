@@ -110,6 +110,7 @@ type link struct {
 	wbuf []byte
 
 	limiter *throttle.Limiter // nil: no limit (receivers)
+	meter   *rateMeter        // measures throttled frames; nil: none
 	stop    func() bool       // detaches the context watcher
 	rtt     *rttSampler       // nil: no delay control
 }
@@ -160,8 +161,24 @@ type outFrame struct {
 	size          int
 }
 
-// sendFrame writes a frame, throttled by the link's limiter.
+// sendFrame writes a frame, throttled by the link's limiter. A throttled
+// link (copies and cycles, not interactive traffic) is measured: the
+// sender is backlogged from here until the frame is on the socket.
 func (l *link) sendFrame(ctx context.Context, f outFrame) error {
+	if l.meter == nil || l.limiter == nil {
+		return l.sendFrameNow(ctx, f)
+	}
+	l.meter.begin(time.Now())
+	err := l.sendFrameNow(ctx, f)
+	n := len(f.head) + len(f.trailer)
+	for _, d := range f.data {
+		n += len(d)
+	}
+	l.meter.end(time.Now(), n, err == nil)
+	return err
+}
+
+func (l *link) sendFrameNow(ctx context.Context, f outFrame) error {
 	if l.limiter != nil && l.limiter.Quantum() > 0 {
 		return l.sendPaced(ctx, f)
 	}
@@ -267,6 +284,7 @@ type dialConfig struct {
 	addr    string
 	tls     *tls.Config
 	limiter *throttle.Limiter
+	meter   *rateMeter // measures the link's frames (nil: none)
 	// rtt, if set, receives RTT samples of the connection (delay control).
 	rtt func(time.Duration)
 	// metrics hooks for bytes on the wire
@@ -288,7 +306,7 @@ func dial(ctx context.Context, dc dialConfig, hello *wire.Hello) (*link, *wire.W
 		return nil, nil, fmt.Errorf("tls handshake with %s: %w", dc.addr, err)
 	}
 	l := newLink(raw, tc)
-	l.limiter = dc.limiter
+	l.limiter, l.meter = dc.limiter, dc.meter
 	if dc.rtt != nil {
 		l.rtt = startRTTSampler(c, raw.tx.Load, dc.rtt)
 	}

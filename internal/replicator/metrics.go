@@ -79,6 +79,8 @@ func newMetrics(n *Node) *Metrics {
 				"Queueing delay the delay controller last measured on a peer link: filtered RTT minus base RTT.", []string{"peer"}, nil),
 			ctlBase: prometheus.NewDesc(ns+"_rate_control_base_delay_seconds",
 				"Base RTT of a peer link: the minimum over the last 10 minutes.", []string{"peer"}, nil),
+			delivered: prometheus.NewDesc(ns+"_link_delivered_rate_bytes_per_second",
+				"Rate a peer link delivered while it had data waiting to send: frame bytes over about the last minute of backlogged sending (links measured at least 2 s only).", []string{"peer"}, nil),
 		},
 	}
 }
@@ -101,11 +103,11 @@ func (m *Metrics) register(r prometheus.Registerer) error {
 type stateCollector struct {
 	n                                        *Node
 	dirty, epoch, cycle, incon, confl, limit *prometheus.Desc
-	ctlRate, ctlQueue, ctlBase               *prometheus.Desc
+	ctlRate, ctlQueue, ctlBase, delivered    *prometheus.Desc
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.dirty, c.epoch, c.cycle, c.incon, c.confl, c.limit, c.ctlRate, c.ctlQueue, c.ctlBase} {
+	for _, d := range []*prometheus.Desc{c.dirty, c.epoch, c.cycle, c.incon, c.confl, c.limit, c.ctlRate, c.ctlQueue, c.ctlBase, c.delivered} {
 		ch <- d
 	}
 }
@@ -136,6 +138,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(c.ctlRate, prometheus.GaugeValue, float64(rate), p.cfg.Name)
 			ch <- prometheus.MustNewConstMetric(c.ctlQueue, prometheus.GaugeValue, q.Seconds(), p.cfg.Name)
 			ch <- prometheus.MustNewConstMetric(c.ctlBase, prometheus.GaugeValue, b.Seconds(), p.cfg.Name)
+		}
+		if d, ok := p.delivered.rate(); ok {
+			ch <- prometheus.MustNewConstMetric(c.delivered, prometheus.GaugeValue, float64(d.Rate), p.cfg.Name)
 		}
 	}
 }

@@ -180,6 +180,8 @@ type nodePeer struct {
 	limiter *throttle.Limiter
 	tls     *tls.Config
 	links   *linkPool
+	// delivered measures what copies to the peer deliver (LinkRates).
+	delivered *rateMeter
 }
 
 // NewNode validates cfg and opens its volumes. Call Run to serve and
@@ -261,6 +263,7 @@ func (n *Node) addPeer(p PeerConfig) error {
 		np.limiter.SetDelayControl(throttle.NewController(*p.RateControl))
 	}
 	np.links = newLinkPool(n, np)
+	np.delivered = &rateMeter{sched: np.limiter.Schedule}
 	n.peers[p.Name] = np
 	return nil
 }

@@ -307,7 +307,8 @@ func (lp *linkPool) get(ctx context.Context, local, remote string, op wire.Op) (
 	ch := make(chan result, 1)
 	go func() {
 		dc := lp.n.dialConfig(lp.p)
-		dc.rtt = nil // interactive traffic is neither throttled nor sampled
+		// Interactive traffic is neither throttled, sampled nor measured.
+		dc.rtt, dc.meter = nil, nil
 		l, _, err := dial(lctx, dc, hello)
 		ch <- result{l, err}
 	}()
