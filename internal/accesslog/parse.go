@@ -217,7 +217,7 @@ func parseAddr(b []byte) (netip.Addr, bool) {
 	if len(b) >= 2 && b[0] == '[' && b[len(b)-1] == ']' {
 		b = b[1 : len(b)-1]
 	}
-	if len(b) == 0 || len(b) > 64 {
+	if len(b) == 0 {
 		return netip.Addr{}, false
 	}
 	if bytes.IndexByte(b, ':') < 0 {
@@ -232,7 +232,7 @@ func parseAddr(b []byte) (netip.Addr, bool) {
 		}
 		b = b[:i]
 	}
-	if len(b) == 0 {
+	if len(b) == 0 || len(b) > 64 { // the longest IPv6 text is 45 bytes
 		return netip.Addr{}, false
 	}
 	// string(b) would escape through ParseAddr's error and allocate on
