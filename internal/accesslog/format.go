@@ -58,8 +58,20 @@ type token struct {
 	// quoted: the field sits between two literal double quotes, so it
 	// ends at the first unescaped quote (it may contain spaces and \").
 	quoted bool
+	ext    extent      // how ParseLine finds the field's end, set by ParseFormat
 	tl     *timeLayout // fieldTimeParts
 }
+
+// extent is how the parser finds where a field ends.
+type extent uint8
+
+const (
+	extLiteral extent = iota // at the next literal
+	extQuoted                // at the first unescaped double quote
+	extBracket               // after the first ']' (%t)
+	extLayout                // where its time layout stops
+	extRest                  // at the end of the line (last token)
+)
 
 // Format is a compiled log format: the line layout the parser matches.
 // It is immutable and safe for concurrent use.
@@ -154,6 +166,16 @@ func ParseFormat(spec string) (*Format, error) {
 			return nil, fmt.Errorf("%w: %s and %s have no literal text between them", ErrFormat, t.name, toks[i+1].name)
 		}
 		t.quoted = i > 0 && strings.HasSuffix(toks[i-1].lit, `"`) && i+1 < len(toks) && strings.HasPrefix(toks[i+1].lit, `"`)
+		switch {
+		case t.quoted:
+			t.ext = extQuoted
+		case t.kind == fieldTimeCLF:
+			t.ext = extBracket
+		case t.kind == fieldTimeParts:
+			t.ext = extLayout
+		case i+1 == len(toks):
+			t.ext = extRest
+		}
 		var parts timePart
 		switch t.kind {
 		case fieldClient:

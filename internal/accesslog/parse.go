@@ -76,18 +76,23 @@ func (f *Format) ParseLine(line []byte, rec *Record) Reason {
 		rest := line[pos:]
 		var end int
 		timeDone := false
-		switch {
-		case t.quoted:
+		switch t.ext {
+		case extLiteral:
+			end = bytes.Index(rest, f.tokens[i+1].litb)
+			if end < 0 {
+				return ReasonLiteral
+			}
+		case extQuoted:
 			end = quotedEnd(rest)
 			if end < 0 {
 				return ReasonUnterminatedQuote
 			}
-		case t.kind == fieldTimeCLF:
+		case extBracket:
 			end = bytes.IndexByte(rest, ']') + 1
 			if len(rest) == 0 || rest[0] != '[' || end <= 0 {
 				return ReasonBadTime
 			}
-		case t.kind == fieldTimeParts:
+		case extLayout:
 			// The layout says where the field ends (it may hold the
 			// literal that follows it, as "%d/%b/%Y %T" holds a space).
 			n, ok := t.tl.parse(rest, &tp)
@@ -97,28 +102,21 @@ func (f *Format) ParseLine(line []byte, rec *Record) Reason {
 				return ReasonBadTime
 			}
 			end, timeDone = n, true
-		case i+1 < len(f.tokens):
-			end = bytes.Index(rest, f.tokens[i+1].litb)
-			if end < 0 {
-				return ReasonLiteral
-			}
 		default:
 			end = len(rest)
 		}
 		val := rest[:end]
 		pos += end
-		switch t.kind {
-		case fieldTimeParts:
-			if !timeDone {
-				if n, ok := t.tl.parse(val, &tp); !ok || n != len(val) {
-					return ReasonBadTime
-				}
-			}
-		case fieldForwarded:
-			fwd = val
-		default:
+		if t.kind < fieldForwarded {
 			if r := setField(t.kind, val, rec); r != ReasonNone {
 				return r
+			}
+		} else if t.kind == fieldForwarded {
+			fwd = val
+		} else if !timeDone {
+			// A quoted time field: the layout must take all of it.
+			if n, ok := t.tl.parse(val, &tp); !ok || n != len(val) {
+				return ReasonBadTime
 			}
 		}
 	}
