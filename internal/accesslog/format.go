@@ -195,8 +195,7 @@ func ParseFormat(spec string) (*Format, error) {
 			parts = t.tl.parts
 		}
 		if dup := f.timeParts & parts; dup != 0 {
-			p := partName(dup)
-			return nil, fmt.Errorf("%w: two timestamp fields: %s and %s both give the %s", ErrFormat, giver[bitIndex(dup)], t.name, p)
+			return nil, fmt.Errorf("%w: two timestamp fields: %s and %s both give the %s", ErrFormat, giver[bitIndex(dup)], t.name, partName(dup))
 		}
 		f.timeParts |= parts
 		for b := range numTimeParts {
@@ -219,16 +218,6 @@ func ParseFormat(spec string) (*Format, error) {
 		return nil, fmt.Errorf("%w: two timestamp fields: %s and a complete timestamp", ErrFormat, giver[bitIndex(extra)])
 	}
 	return f, nil
-}
-
-// bitIndex is the index of the lowest set bit of p.
-func bitIndex(p timePart) int {
-	for i := range numTimeParts {
-		if p&(1<<i) != 0 {
-			return i
-		}
-	}
-	return 0
 }
 
 // InLocation returns a copy of f that reads timestamps without a zone

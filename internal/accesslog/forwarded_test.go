@@ -5,7 +5,6 @@ import (
 	"net/netip"
 	"strings"
 	"testing"
-	"time"
 )
 
 // xffCombined is the combined format with the header appended, as
@@ -204,10 +203,7 @@ func TestParseLineAllocs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	paris, err := time.LoadLocation("Europe/Paris")
-	if err != nil {
-		t.Skipf("tzdata: %v", err)
-	}
+	paris := loadParis(t)
 	local, err := mustFormat(t, `%h [%{%d/%b/%Y:%H:%M:%S}t] %>s`).InLocation(paris)
 	if err != nil {
 		t.Fatal(err)

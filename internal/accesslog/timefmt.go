@@ -178,12 +178,20 @@ func (tl *timeLayout) literal(s string) {
 
 // partName names the lowest part in p.
 func partName(p timePart) string {
+	if p == 0 {
+		return "nothing"
+	}
+	return timePartNames[bitIndex(p)]
+}
+
+// bitIndex is the index of the lowest set bit of p.
+func bitIndex(p timePart) int {
 	for i := range numTimeParts {
 		if p&(1<<i) != 0 {
-			return timePartNames[i]
+			return i
 		}
 	}
-	return "nothing"
+	return 0
 }
 
 // checkTimeParts says what is wrong with the union of a format's composed

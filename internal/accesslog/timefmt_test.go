@@ -8,10 +8,7 @@ import (
 )
 
 func TestTimeFormats(t *testing.T) {
-	paris, err := time.LoadLocation("Europe/Paris")
-	if err != nil {
-		t.Skipf("tzdata: %v", err)
-	}
+	paris := loadParis(t)
 	const at = "2015-05-17 10:05:03" // UTC, unless the case says otherwise
 	for _, tc := range []struct {
 		name, spec, field string
@@ -136,10 +133,7 @@ func TestTimeFormatErrors(t *testing.T) {
 }
 
 func TestInLocation(t *testing.T) {
-	paris, err := time.LoadLocation("Europe/Paris")
-	if err != nil {
-		t.Skipf("tzdata: %v", err)
-	}
+	paris := loadParis(t)
 	for _, spec := range []string{"combined", `%h %{%F %T %z}t`, `%h %{sec}t`, `$remote_addr $msec`, `$remote_addr $time_iso8601`} {
 		f := mustFormat(t, spec)
 		if f.Zoneless() {
@@ -228,4 +222,14 @@ func FuzzStrftime(f *testing.F) {
 	f.Add(uint8(3), "20150517T100503+0530")
 	f.Add(uint8(4), "Sunday May  7 12:00:00 AM 2015")
 	f.Fuzz(func(t *testing.T, which uint8, s string) { checkStrftime(t, int(which), s) })
+}
+
+// loadParis returns Europe/Paris, or skips when the zone database is absent.
+func loadParis(t testing.TB) *time.Location {
+	t.Helper()
+	loc, err := time.LoadLocation("Europe/Paris")
+	if err != nil {
+		t.Skipf("tzdata: %v", err)
+	}
+	return loc
 }
