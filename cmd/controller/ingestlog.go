@@ -39,10 +39,32 @@ partly covers, are dropped unless --keep-partial. Malformed lines are
 counted by reason and skipped (--strict: the first one is an error naming
 the line); the summary, counts only, goes to standard error.
 
+Behind a reverse proxy or load balancer the connecting address (%h,
+$remote_addr) is the proxy. Log the header and add it to --format
+("%{X-Forwarded-For}i" in Apache, "$http_x_forwarded_for" in Nginx; the
+client address field is still required): the client is then the
+leftmost address of the header. That trusts the header as written — a
+client can forge it, which is acceptable for counting demand, never for
+security. With --trusted-proxies the header is believed only from those
+addresses and read right to left past them, as Apache's mod_remoteip and
+Nginx's real_ip_recursive do. A header with no usable address falls back
+to the connecting address (the line is kept); the summary counts both.
+
+Timestamps: %t, $time_local, $time_iso8601, Nginx $msec, Apache
+%{strftime}t (e.g. [%{%d/%b/%Y:%H:%M:%S %z}t]; conversions %Y %y %m %d %e
+%j %H %k %I %p %M %S %b %B %a %A %z %Z (UTC/GMT) %s %T %F %D %R %% %t,
+begin:/end: prefixes), %{sec}t, %{msec}t, %{usec}t, and
+%{msec_frac}t / %{usec_frac}t refining another time field. A timestamp
+without %z or %Z is read as UTC, or in --time-zone.
+
 Examples:
   controller forecast ingest-log --geoip /usr/share/GeoIP/GeoIP.dat \
       --geoip6 /usr/share/GeoIP/GeoIPv6.dat --top 5 -o counts.csv access.log*.gz
   controller forecast ingest-log --prefixes prefixes.csv --format nginx < access.log
+  controller forecast ingest-log --geoip /usr/share/GeoIP/GeoIP.dat --trusted-proxies 10.0.0.0/8 \
+      --format '%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-agent}i" "%{X-Forwarded-For}i"' access.log
+  controller forecast ingest-log --format '%h [%{%Y-%m-%d %H:%M:%S}t] "%r" %>s %b' \
+      --time-zone Europe/Paris --prefixes prefixes.csv access.log
   controller forecast backtest --csv counts.csv --min-origins 21   # a short log: fewer origins
   controller forecast locations --csv counts.csv --test-from 2015-05-20
 
@@ -57,6 +79,7 @@ Flags:
 // ingestOptions are the parsed flags of ingest-log.
 type ingestOptions struct {
 	format, prefixes, objects, geo4, geo6, unknown, out string
+	trustedProxies, timeZone                            string
 	step                                                time.Duration
 	top, maxLine                                        int
 	total, strict, keepPartial                          bool
@@ -78,9 +101,11 @@ func runIngestLog(ctx context.Context, args []string, stdin io.Reader, out, errO
 	fs.BoolVar(&o.keepPartial, "keep-partial", false, "keep the first and last buckets (dropped by default: the log starts and ends inside them)")
 	fs.StringVar(&o.out, "o", "", "output file (default standard output)")
 	fs.BoolVar(&o.strict, "strict", false, "stop at the first malformed line with an error naming it")
+	fs.StringVar(&o.trustedProxies, "trusted-proxies", "", "CIDR[,CIDR…] of the proxies whose X-Forwarded-For is believed (single addresses allowed); needs the header in --format")
+	fs.StringVar(&o.timeZone, "time-zone", "", "IANA zone (e.g. Europe/Paris) of timestamps logged without a zone (default UTC)")
 	fs.IntVar(&o.maxLine, "max-line", accesslog.DefaultMaxLine, "longest line accepted, bytes (longer lines are counted and skipped)")
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), ingestLogHelp)
+		io.WriteString(fs.Output(), ingestLogHelp)
 		fs.PrintDefaults()
 	}
 	if err := cli.ParseFlags(fs, args); err != nil {
@@ -96,9 +121,9 @@ func runIngestLog(ctx context.Context, args []string, stdin io.Reader, out, errO
 	if err := accesslog.CheckLocation(o.unknown); err != nil {
 		return fmt.Errorf("%w: --unknown: %v", cli.ErrUsage, err)
 	}
-	format, err := accesslog.ParseFormat(o.format)
+	format, err := o.parseFormat()
 	if err != nil {
-		return fmt.Errorf("%w: --format: %v", cli.ErrUsage, err)
+		return err
 	}
 	chain, srcs, err := o.locators()
 	if err != nil {
@@ -149,6 +174,13 @@ func runIngestLog(ctx context.Context, args []string, stdin io.Reader, out, errO
 	} else {
 		fmt.Fprintf(errOut, "ingest-log: %d lines, %d requests, malformed skipped: %s\n", stats.Lines, stats.Records, stats.Summary())
 	}
+	if format.HasForwarded() {
+		fmt.Fprintf(errOut, "ingest-log: X-Forwarded-For: client from the header %d, header unusable %d (connecting address counted)", stats.Forwarded, stats.ForwardedUnusable)
+		if len(format.TrustedProxies()) > 0 {
+			fmt.Fprintf(errOut, ", header ignored %d (connecting address not a trusted proxy)", stats.ForwardedUntrusted)
+		}
+		fmt.Fprintln(errOut)
+	}
 	var by []string
 	for _, s := range srcs {
 		by = append(by, fmt.Sprintf("%s %d", s.name, s.hits))
@@ -165,6 +197,33 @@ func runIngestLog(ctx context.Context, args []string, stdin io.Reader, out, errO
 	}
 	fmt.Fprintf(errOut, "ingest-log: located by %s; %d locations: %s\n", strings.Join(by, ", "), len(locs), strings.Join(head, ", "))
 	return nil
+}
+
+// parseFormat compiles --format with --trusted-proxies and --time-zone.
+func (o *ingestOptions) parseFormat() (*accesslog.Format, error) {
+	format, err := accesslog.ParseFormat(o.format)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --format: %v", cli.ErrUsage, err)
+	}
+	if o.trustedProxies != "" {
+		ps, err := accesslog.ParseTrustedProxies(o.trustedProxies)
+		if err == nil {
+			format, err = format.WithTrustedProxies(ps...)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: --trusted-proxies %q: %v", cli.ErrUsage, o.trustedProxies, err)
+		}
+	}
+	if o.timeZone != "" {
+		loc, err := time.LoadLocation(o.timeZone)
+		if err == nil {
+			format, err = format.InLocation(loc)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: --time-zone %q: %v", cli.ErrUsage, o.timeZone, err)
+		}
+	}
+	return format, nil
 }
 
 // countingLocator counts the addresses a locator knew, for the summary.

@@ -289,3 +289,104 @@ func TestIngestLogReplay(t *testing.T) {
 		t.Log("\n" + out)
 	}
 }
+
+// TestIngestLogForwarded: behind a proxy, the header names the clients;
+// --trusted-proxies restricts whose header is believed; the summary
+// counts what the header did.
+func TestIngestLogForwarded(t *testing.T) {
+	const format = `%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-agent}i" "%{X-Forwarded-For}i"`
+	var b strings.Builder
+	line := func(peer, xff string, minute int) {
+		fmt.Fprintf(&b, `%s - - [01/Mar/2024:00:%02d:00 +0000] "GET / HTTP/1.1" 200 1 "-" "curl/8" "%s"`+"\n", peer, minute, xff)
+	}
+	// Through the load balancer 10.9.0.1: 4 from paris, 2 from nyc (one
+	// via a second proxy, one with a port), 1 unusable header; then 1
+	// direct request from paris with a forged header.
+	line("10.9.0.1", "10.1.0.7", 0)
+	line("10.9.0.1", "10.1.0.8:5555, 10.9.0.2", 1)
+	line("10.9.0.1", "10.1.0.9", 2)
+	line("10.9.0.1", "[2001:db8:1::5]:443", 3)
+	line("10.9.0.1", "10.2.0.9", 4)
+	line("10.9.0.1", "10.2.0.1, 10.9.0.3", 5)
+	line("10.9.0.1", "unknown", 6)
+	line("10.1.0.3", "10.2.0.7", 7)
+	logPath := writeTemp(t, "xff.log", b.String())
+	prefixes := writeTemp(t, "p.csv", "10.1.0.0/16,paris\n10.2.0.0/16,nyc\n2001:db8:1::/48,paris\n10.9.0.0/16,proxy\n")
+
+	// Trusted as written: the forged header counts as nyc.
+	out, summary, err := ingest(t, nil, "--format", format, "--prefixes", prefixes, "--keep-partial", logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "timestamp,location,value\n2024-03-01 00:00:00,nyc,3\n2024-03-01 00:00:00,paris,4\n2024-03-01 00:00:00,proxy,1\n"; out != want {
+		t.Fatalf("csv:\n%s", out)
+	}
+	if !strings.Contains(summary, "X-Forwarded-For: client from the header 7, header unusable 1 (connecting address counted)\n") {
+		t.Fatalf("summary:\n%s", summary)
+	}
+	// Only 10.9.0.0/16 is trusted: the direct request is paris, and the
+	// second proxy's 10.9.0.x hops are skipped.
+	out, summary, err = ingest(t, nil, "--format", format, "--prefixes", prefixes, "--keep-partial",
+		"--trusted-proxies", "10.9.0.0/16, 192.0.2.1", logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "timestamp,location,value\n2024-03-01 00:00:00,nyc,2\n2024-03-01 00:00:00,paris,5\n2024-03-01 00:00:00,proxy,1\n"; out != want {
+		t.Fatalf("csv with trusted proxies:\n%s", out)
+	}
+	if !strings.Contains(summary, "client from the header 6, header unusable 1 (connecting address counted), header ignored 1 (connecting address not a trusted proxy)") {
+		t.Fatalf("summary:\n%s", summary)
+	}
+	// No header field, no header line in the summary.
+	if _, summary, err = ingest(t, nil, "--format", "combined", "--keep-partial", writeTemp(t, "c.log",
+		`10.1.0.7 - - [01/Mar/2024:00:00:00 +0000] "GET / HTTP/1.1" 200 1 "-" "x"`+"\n")); err != nil || strings.Contains(summary, "X-Forwarded-For") {
+		t.Fatalf("%v\n%s", err, summary)
+	}
+}
+
+// TestIngestLogTimeFormats: a strftime timestamp without a zone is UTC,
+// or local time in --time-zone; Nginx's $msec is epoch time.
+func TestIngestLogTimeFormats(t *testing.T) {
+	log := writeTemp(t, "t.log", `10.1.0.7 [2024-03-01 09:30:00] 200
+10.1.0.7 [2024-03-01 10:30:00] 200
+10.2.0.9 [2024-03-01 10:45:00] 200
+`)
+	prefixes := writeTemp(t, "p.csv", "10.1.0.0/16,paris\n10.2.0.0/16,nyc\n")
+	const format = `%h [%{%F %T}t] %>s`
+	out, _, err := ingest(t, nil, "--format", format, "--prefixes", prefixes, "--keep-partial", "--total", log)
+	if err != nil || out != "timestamp,value\n2024-03-01 09:00:00,1\n2024-03-01 10:00:00,2\n" {
+		t.Fatalf("utc: %v\n%s", err, out)
+	}
+	out, _, err = ingest(t, nil, "--format", format, "--time-zone", "Europe/Paris", "--prefixes", prefixes, "--keep-partial", "--total", log)
+	if err != nil || out != "timestamp,value\n2024-03-01 08:00:00,1\n2024-03-01 09:00:00,2\n" {
+		t.Fatalf("Europe/Paris: %v\n%s", err, out)
+	}
+	nginx := writeTemp(t, "n.log", "10.1.0.7 1709285400.123 200\n10.2.0.9 1709289000.999 200\n")
+	out, _, err = ingest(t, nil, "--format", `$remote_addr $msec $status`, "--prefixes", prefixes, "--keep-partial", nginx)
+	if err != nil || out != "timestamp,location,value\n2024-03-01 09:00:00,nyc,0\n2024-03-01 09:00:00,paris,1\n2024-03-01 10:00:00,nyc,1\n2024-03-01 10:00:00,paris,0\n" {
+		t.Fatalf("$msec: %v\n%s", err, out)
+	}
+}
+
+func TestIngestLogNewFlagErrors(t *testing.T) {
+	logPath, _ := synthLog(t)
+	const xff = `%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-agent}i" "%{X-Forwarded-For}i"`
+	for _, tc := range []struct {
+		args []string
+		msg  string
+	}{
+		{[]string{"--format", xff, "--trusted-proxies", "10.0.0.1/8", logPath}, `--trusted-proxies "10.0.0.1/8"`},
+		{[]string{"--format", xff, "--trusted-proxies", "10.0.0.0/8,lb.example", logPath}, `--trusted-proxies "10.0.0.0/8,lb.example": bad trusted proxies: "lb.example" is neither`},
+		{[]string{"--format", xff, "--trusted-proxies", ",", logPath}, "empty list"},
+		{[]string{"--trusted-proxies", "10.0.0.0/8", logPath}, `--trusted-proxies "10.0.0.0/8": bad trusted proxies: format `},
+		{[]string{"--trusted-proxies", "10.0.0.0/8", logPath}, "has no X-Forwarded-For field"},
+		{[]string{"--format", `%h %{%F %T}t`, "--time-zone", "Mars/Olympus", logPath}, `--time-zone "Mars/Olympus"`},
+		{[]string{"--time-zone", "Europe/Paris", logPath}, `--time-zone "Europe/Paris": format`},
+		{[]string{"--format", `%h %{%F %Q}t`, logPath}, "--format: bad log format: %{%F %Q}t: unsupported time conversion %Q"},
+	} {
+		_, _, err := ingest(t, nil, tc.args...)
+		if !errors.Is(err, cli.ErrUsage) || !strings.Contains(err.Error(), tc.msg) {
+			t.Errorf("%v: got %v, want a usage error containing %q", tc.args, err, tc.msg)
+		}
+	}
+}

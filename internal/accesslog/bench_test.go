@@ -131,3 +131,36 @@ func TestDevApacheLog(t *testing.T) {
 		t.Fatalf("span %v .. %v", first, last)
 	}
 }
+
+// BenchmarkParseLine: one line per op, by format, so the cost of the
+// X-Forwarded-For walk and of a compiled strftime layout can be set
+// against the plain combined line.
+func BenchmarkParseLine(b *testing.B) {
+	trusted, err := mustFormat(b, xffCombined).WithTrustedProxies(netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.0/24"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, bc := range []struct {
+		name string
+		f    *Format
+		line string
+	}{
+		{"combined", mustFormat(b, "combined"), combinedLine},
+		{"xff_as_written", mustFormat(b, xffCombined), xffLine("10.0.0.1", "203.0.113.7, 10.0.0.2")},
+		{"xff_trusted_3_hops", trusted, xffLine("10.0.0.1", "203.0.113.7, 192.0.2.9, 10.0.0.2")},
+		{"strftime_clf", mustFormat(b, `%h %l %u [%{%d/%b/%Y:%H:%M:%S %z}t] "%r" %>s %b`), `83.149.9.216 - - [17/May/2015:10:05:03 +0000] "GET / HTTP/1.1" 200 203023`},
+		{"clf", mustFormat(b, "common"), `83.149.9.216 - - [17/May/2015:10:05:03 +0000] "GET / HTTP/1.1" 200 203023`},
+		{"usec", mustFormat(b, `%h %{usec}t "%r" %>s %b`), `83.149.9.216 1431857103123456 "GET / HTTP/1.1" 200 203023`},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			line := []byte(bc.line)
+			var rec Record
+			b.ReportAllocs()
+			for b.Loop() {
+				if r := bc.f.ParseLine(line, &rec); r != ReasonNone {
+					b.Fatal(r)
+				}
+			}
+		})
+	}
+}

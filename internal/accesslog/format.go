@@ -3,7 +3,9 @@ package accesslog
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
+	"time"
 )
 
 // ErrFormat marks a log format specification the parser cannot use; the
@@ -34,14 +36,16 @@ var presets = map[string]string{
 type fieldKind uint8
 
 const (
-	fieldSkip     fieldKind = iota // matched and ignored
-	fieldClient                    // client address (%h, %a, $remote_addr)
-	fieldTimeCLF                   // [17/May/2015:10:05:03 +0000], brackets included (%t)
-	fieldTimeBare                  // 17/May/2015:10:05:03 +0000 ($time_local; the brackets are literals)
-	fieldTimeISO                   // RFC 3339 ($time_iso8601)
-	fieldStatus                    // final status (%>s, %s, $status)
-	fieldBytes                     // response bytes (%b, %B, $body_bytes_sent, $bytes_sent)
-	fieldRequest                   // request line (%r, $request)
+	fieldSkip      fieldKind = iota // matched and ignored
+	fieldClient                     // client address (%h, %a, $remote_addr)
+	fieldTimeCLF                    // [17/May/2015:10:05:03 +0000], brackets included (%t)
+	fieldTimeBare                   // 17/May/2015:10:05:03 +0000 ($time_local; the brackets are literals)
+	fieldTimeISO                    // RFC 3339 ($time_iso8601)
+	fieldStatus                     // final status (%>s, %s, $status)
+	fieldBytes                      // response bytes (%b, %B, $body_bytes_sent, $bytes_sent)
+	fieldRequest                    // request line (%r, $request)
+	fieldForwarded                  // X-Forwarded-For header (%{X-Forwarded-For}i, $http_x_forwarded_for)
+	fieldTimeParts                  // %{format}t, %{sec}t, $msec…: parsed by token.tl, composed after the line
 )
 
 // token is one literal or one field of a format.
@@ -54,13 +58,34 @@ type token struct {
 	// quoted: the field sits between two literal double quotes, so it
 	// ends at the first unescaped quote (it may contain spaces and \").
 	quoted bool
+	ext    extent      // how ParseLine finds the field's end, set by ParseFormat
+	tl     *timeLayout // fieldTimeParts
 }
+
+// extent is how the parser finds where a field ends.
+type extent uint8
+
+const (
+	extLiteral extent = iota // at the next literal
+	extQuoted                // at the first unescaped double quote
+	extBracket               // after the first ']' (%t)
+	extLayout                // where its time layout stops
+	extRest                  // at the end of the line (last token)
+)
 
 // Format is a compiled log format: the line layout the parser matches.
 // It is immutable and safe for concurrent use.
 type Format struct {
 	spec   string
 	tokens []token
+	// timeParts is the union of the parts the time fields give; composed
+	// says the time is built from them after the line (no %t,
+	// $time_local or $time_iso8601, which the parser reads whole).
+	timeParts timePart
+	composed  bool
+	forwarded bool           // has an X-Forwarded-For field
+	trusted   []netip.Prefix // WithTrustedProxies
+	loc       *time.Location // InLocation; nil is UTC
 }
 
 // String returns the specification the format was compiled from.
@@ -92,24 +117,24 @@ func ParseFormat(spec string) (*Format, error) {
 		c := spec[i]
 		switch {
 		case c == '%':
-			name, kind, n, err := apacheDirective(spec[i:])
+			tok, n, err := apacheDirective(spec[i:])
 			if err != nil {
 				return nil, err
 			}
-			if name == "%%" {
+			if tok.name == "%%" {
 				lit.WriteByte('%')
 			} else {
 				flush()
-				toks = append(toks, token{field: true, kind: kind, name: name})
+				toks = append(toks, tok)
 			}
 			i += n
 		case c == '$' && i+1 < len(spec) && (isVarChar(spec[i+1]) || spec[i+1] == '{'):
-			name, kind, n, err := nginxVariable(spec[i:])
+			tok, n, err := nginxVariable(spec[i:])
 			if err != nil {
 				return nil, err
 			}
 			flush()
-			toks = append(toks, token{field: true, kind: kind, name: name})
+			toks = append(toks, tok)
 			i += n
 		case c == '\\' && i+1 < len(spec):
 			// A backslash escapes the next character of the specification
@@ -129,7 +154,9 @@ func ParseFormat(spec string) (*Format, error) {
 		}
 	}
 	flush()
-	var client, ts bool
+	f := &Format{spec: spec, tokens: toks, composed: true}
+	var client string
+	var giver [numTimeParts]string // the field that gave each time part
 	for i := range toks {
 		t := &toks[i]
 		if !t.field {
@@ -139,80 +166,139 @@ func ParseFormat(spec string) (*Format, error) {
 			return nil, fmt.Errorf("%w: %s and %s have no literal text between them", ErrFormat, t.name, toks[i+1].name)
 		}
 		t.quoted = i > 0 && strings.HasSuffix(toks[i-1].lit, `"`) && i+1 < len(toks) && strings.HasPrefix(toks[i+1].lit, `"`)
+		switch {
+		case t.quoted:
+			t.ext = extQuoted
+		case t.kind == fieldTimeCLF:
+			t.ext = extBracket
+		case t.kind == fieldTimeParts:
+			t.ext = extLayout
+		case i+1 == len(toks):
+			t.ext = extRest
+		}
+		var parts timePart
 		switch t.kind {
 		case fieldClient:
-			if client {
-				return nil, fmt.Errorf("%w: two client address fields (%s)", ErrFormat, t.name)
+			if client != "" {
+				return nil, fmt.Errorf("%w: two client address fields (%s and %s)", ErrFormat, client, t.name)
 			}
-			client = true
+			client = t.name
+		case fieldForwarded:
+			if f.forwarded {
+				return nil, fmt.Errorf("%w: two X-Forwarded-For fields (%s)", ErrFormat, t.name)
+			}
+			f.forwarded = true
 		case fieldTimeCLF, fieldTimeBare, fieldTimeISO:
-			if ts {
-				return nil, fmt.Errorf("%w: two timestamp fields (%s)", ErrFormat, t.name)
+			parts = partsFull
+			f.composed = false
+		case fieldTimeParts:
+			parts = t.tl.parts
+		}
+		if dup := f.timeParts & parts; dup != 0 {
+			return nil, fmt.Errorf("%w: two timestamp fields: %s and %s both give the %s", ErrFormat, giver[bitIndex(dup)], t.name, partName(dup))
+		}
+		f.timeParts |= parts
+		for b := range numTimeParts {
+			if parts&(1<<b) != 0 {
+				giver[b] = t.name
 			}
-			ts = true
 		}
 	}
-	if !client {
+	if client == "" {
 		return nil, fmt.Errorf("%w: %q has no client address field (%%h, %%a or $remote_addr)", ErrFormat, spec)
 	}
-	if !ts {
-		return nil, fmt.Errorf("%w: %q has no timestamp field (%%t, $time_local or $time_iso8601)", ErrFormat, spec)
+	if f.timeParts&^partFrac == 0 {
+		return nil, fmt.Errorf("%w: %q has no timestamp field (%%t, %%{format}t, %%{sec}t, $time_local, $time_iso8601 or $msec)", ErrFormat, spec)
 	}
-	return &Format{spec: spec, tokens: toks}, nil
+	if f.composed {
+		if err := checkTimeParts(f.timeParts); err != nil {
+			return nil, fmt.Errorf("%w: the time fields of %q give %v", ErrFormat, spec, err)
+		}
+	} else if extra := f.timeParts &^ (partsFull | partFrac); extra != 0 {
+		return nil, fmt.Errorf("%w: two timestamp fields: %s and a complete timestamp", ErrFormat, giver[bitIndex(extra)])
+	}
+	return f, nil
 }
 
-// apacheDirective reads one % directive at the start of s and returns it,
-// its kind and its length.
-func apacheDirective(s string) (string, fieldKind, int, error) {
+// InLocation returns a copy of f that reads timestamps without a zone
+// (a %{format}t with no %z or %Z) as local time in loc instead of UTC. It
+// is an error for a format whose timestamps carry their zone or are epoch
+// times: the location would be silently ignored.
+func (f *Format) InLocation(loc *time.Location) (*Format, error) {
+	if !f.Zoneless() {
+		return nil, fmt.Errorf("format %q: its timestamp carries its own zone or is an epoch time", f.spec)
+	}
+	g := *f
+	g.loc = loc
+	return &g, nil
+}
+
+// Zoneless reports whether the format's timestamp has no zone of its own
+// (see InLocation).
+func (f *Format) Zoneless() bool {
+	return f.composed && f.timeParts&(partZone|partEpoch) == 0
+}
+
+// apacheDirective reads one % directive at the start of s and returns
+// its token and its length.
+func apacheDirective(s string) (token, int, error) {
 	i := 1
 	// Modifiers: < or > (original or final request), ! and status lists.
 	for i < len(s) && (s[i] == '<' || s[i] == '>' || s[i] == '!' || s[i] == ',' || (s[i] >= '0' && s[i] <= '9')) {
 		i++
 	}
-	arg := ""
+	arg, hasArg := "", false
 	if i < len(s) && s[i] == '{' {
 		end := strings.IndexByte(s[i:], '}')
 		if end < 0 {
-			return "", 0, 0, fmt.Errorf("%w: unterminated %%{ in %q", ErrFormat, s)
+			return token{}, 0, fmt.Errorf("%w: unterminated %%{ in %q", ErrFormat, s)
 		}
-		arg = s[i+1 : i+end]
+		arg, hasArg = s[i+1:i+end], true
 		i += end + 1
 	}
 	if i >= len(s) {
-		return "", 0, 0, fmt.Errorf("%w: %q ends inside a directive", ErrFormat, s)
+		return token{}, 0, fmt.Errorf("%w: %q ends inside a directive", ErrFormat, s)
 	}
 	letter := s[i]
 	name := s[:i+1]
+	field := func(k fieldKind) (token, int, error) { return token{field: true, kind: k, name: name}, i + 1, nil }
 	if letter == '%' && i == 1 {
-		return "%%", fieldSkip, 2, nil
+		return token{name: "%%"}, 2, nil
 	}
 	switch letter {
-	case 'h':
-		return name, fieldClient, i + 1, nil
-	case 'a':
-		return name, fieldClient, i + 1, nil
+	case 'h', 'a':
+		return field(fieldClient)
 	case 't':
-		if arg != "" {
-			return "", 0, 0, fmt.Errorf("%w: %s: only the default %%t timestamp is supported", ErrFormat, name)
+		if !hasArg {
+			return field(fieldTimeCLF)
 		}
-		return name, fieldTimeCLF, i + 1, nil
+		tl, err := compileApacheTime(name, arg)
+		if err != nil {
+			return token{}, 0, err
+		}
+		return token{field: true, kind: fieldTimeParts, name: name, tl: tl}, i + 1, nil
+	case 'i':
+		// Header names are case-insensitive.
+		if strings.EqualFold(strings.TrimSpace(arg), "X-Forwarded-For") {
+			return field(fieldForwarded)
+		}
 	case 's':
-		return name, fieldStatus, i + 1, nil
+		return field(fieldStatus)
 	case 'b', 'B':
-		return name, fieldBytes, i + 1, nil
+		return field(fieldBytes)
 	case 'r':
-		return name, fieldRequest, i + 1, nil
+		return field(fieldRequest)
 	}
 	if (letter >= 'a' && letter <= 'z') || (letter >= 'A' && letter <= 'Z') || letter == '^' {
 		if letter == '^' { // %{name}^ti and friends: two more letters
 			if i+2 >= len(s) {
-				return "", 0, 0, fmt.Errorf("%w: %q ends inside a directive", ErrFormat, s)
+				return token{}, 0, fmt.Errorf("%w: %q ends inside a directive", ErrFormat, s)
 			}
-			return s[:i+3], fieldSkip, i + 3, nil
+			return token{field: true, kind: fieldSkip, name: s[:i+3]}, i + 3, nil
 		}
-		return name, fieldSkip, i + 1, nil
+		return field(fieldSkip)
 	}
-	return "", 0, 0, fmt.Errorf("%w: unknown directive %q", ErrFormat, name)
+	return token{}, 0, fmt.Errorf("%w: unknown directive %q", ErrFormat, name)
 }
 
 func isVarChar(c byte) bool {
@@ -220,13 +306,13 @@ func isVarChar(c byte) bool {
 }
 
 // nginxVariable reads one $variable (or ${variable}) at the start of s.
-func nginxVariable(s string) (string, fieldKind, int, error) {
+func nginxVariable(s string) (token, int, error) {
 	var v string
 	n := 1
 	if s[1] == '{' {
 		end := strings.IndexByte(s, '}')
 		if end < 0 {
-			return "", 0, 0, fmt.Errorf("%w: unterminated ${ in %q", ErrFormat, s)
+			return token{}, 0, fmt.Errorf("%w: unterminated ${ in %q", ErrFormat, s)
 		}
 		v, n = s[2:end], end+1
 	} else {
@@ -235,22 +321,27 @@ func nginxVariable(s string) (string, fieldKind, int, error) {
 		}
 		v = s[1:n]
 	}
-	name := "$" + v
+	tok := token{field: true, kind: fieldSkip, name: "$" + v}
 	switch v {
 	case "remote_addr", "realip_remote_addr":
-		return name, fieldClient, n, nil
+		tok.kind = fieldClient
+	case "http_x_forwarded_for":
+		tok.kind = fieldForwarded
 	case "time_local":
-		return name, fieldTimeBare, n, nil
+		tok.kind = fieldTimeBare
 	case "time_iso8601":
-		return name, fieldTimeISO, n, nil
+		tok.kind = fieldTimeISO
+	case "msec":
+		tok.kind = fieldTimeParts
+		tok.tl = &timeLayout{ops: []timeOp{{conv: 'N'}}, parts: partEpoch | partFrac}
 	case "status":
-		return name, fieldStatus, n, nil
+		tok.kind = fieldStatus
 	case "body_bytes_sent", "bytes_sent":
-		return name, fieldBytes, n, nil
+		tok.kind = fieldBytes
 	case "request":
-		return name, fieldRequest, n, nil
+		tok.kind = fieldRequest
 	case "":
-		return "", 0, 0, fmt.Errorf("%w: empty variable name in %q", ErrFormat, s)
+		return token{}, 0, fmt.Errorf("%w: empty variable name in %q", ErrFormat, s)
 	}
-	return name, fieldSkip, n, nil
+	return tok, n, nil
 }

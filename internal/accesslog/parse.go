@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"time"
+	"unsafe"
 )
 
 // Reason says why a line was skipped. Reasons are stable strings (they
@@ -40,11 +41,17 @@ func (r Reason) String() string {
 // Record is one parsed request. Request aliases the line buffer and is
 // only valid until the next call to Reader.Next or ParseLine.
 type Record struct {
-	Client  netip.Addr // unmapped (an IPv4-mapped IPv6 address becomes IPv4), no zone
-	Time    time.Time  // UTC
-	Status  int        // -1 when the format has no status field
-	Bytes   int64      // -1 when the format has no size field or the size is "-"
-	Request []byte     // request line, nil when the format has none
+	// Client is the client's address: Peer, or the address the
+	// X-Forwarded-For field gave (see Forwarded). Unmapped (an
+	// IPv4-mapped IPv6 address becomes IPv4), no zone.
+	Client netip.Addr
+	// Peer is the connecting address (%h, $remote_addr), unmapped.
+	Peer      netip.Addr
+	Forwarded Forwarded // whether Client came from X-Forwarded-For
+	Time      time.Time // UTC
+	Status    int       // -1 when the format has no status field
+	Bytes     int64     // -1 when the format has no size field or the size is "-"
+	Request   []byte    // request line, nil when the format has none
 }
 
 // ParseLine parses one line (without its line break) into rec and returns
@@ -55,6 +62,8 @@ func (f *Format) ParseLine(line []byte, rec *Record) Reason {
 		return ReasonEmpty
 	}
 	pos := 0
+	var tp timeParts
+	var fwd []byte
 	for i := range f.tokens {
 		t := &f.tokens[i]
 		if !t.field {
@@ -66,33 +75,66 @@ func (f *Format) ParseLine(line []byte, rec *Record) Reason {
 		}
 		rest := line[pos:]
 		var end int
-		switch {
-		case t.quoted:
-			end = quotedEnd(rest)
-			if end < 0 {
-				return ReasonUnterminatedQuote
-			}
-		case t.kind == fieldTimeCLF:
-			end = bytes.IndexByte(rest, ']') + 1
-			if len(rest) == 0 || rest[0] != '[' || end <= 0 {
-				return ReasonBadTime
-			}
-		case i+1 < len(f.tokens):
+		timeDone := false
+		switch t.ext {
+		case extLiteral:
 			end = bytes.Index(rest, f.tokens[i+1].litb)
 			if end < 0 {
 				return ReasonLiteral
 			}
+		case extQuoted:
+			end = quotedEnd(rest)
+			if end < 0 {
+				return ReasonUnterminatedQuote
+			}
+		case extBracket:
+			end = bytes.IndexByte(rest, ']') + 1
+			if len(rest) == 0 || rest[0] != '[' || end <= 0 {
+				return ReasonBadTime
+			}
+		case extLayout:
+			// The layout says where the field ends (it may hold the
+			// literal that follows it, as "%d/%b/%Y %T" holds a space).
+			n, ok := t.tl.parse(rest, &tp)
+			if !ok || (i+1 < len(f.tokens) && !bytes.HasPrefix(rest[n:], f.tokens[i+1].litb)) {
+				// Text the layout did not take is part of a bad time
+				// (1431x…), not a misplaced literal.
+				return ReasonBadTime
+			}
+			end, timeDone = n, true
 		default:
 			end = len(rest)
 		}
 		val := rest[:end]
 		pos += end
-		if r := setField(t.kind, val, rec); r != ReasonNone {
-			return r
+		if t.kind < fieldForwarded {
+			if r := setField(t.kind, val, rec); r != ReasonNone {
+				return r
+			}
+		} else if t.kind == fieldForwarded {
+			fwd = val
+		} else if !timeDone {
+			// A quoted time field: the layout must take all of it.
+			if n, ok := t.tl.parse(val, &tp); !ok || n != len(val) {
+				return ReasonBadTime
+			}
 		}
 	}
 	if pos != len(line) {
 		return ReasonTrailing
+	}
+	if f.composed {
+		t, ok := f.composeTime(&tp)
+		if !ok {
+			return ReasonBadTime
+		}
+		rec.Time = t
+	} else if f.timeParts&partFrac != 0 {
+		rec.Time = rec.Time.Add(time.Duration(tp.frac))
+	}
+	rec.Peer = rec.Client
+	if f.forwarded {
+		f.applyForwarded(fwd, rec)
 	}
 	return ReasonNone
 }
@@ -173,20 +215,31 @@ func parseAddr(b []byte) (netip.Addr, bool) {
 	if len(b) >= 2 && b[0] == '[' && b[len(b)-1] == ']' {
 		b = b[1 : len(b)-1]
 	}
-	if len(b) == 0 || len(b) > 64 {
+	if len(b) == 0 {
 		return netip.Addr{}, false
 	}
-	var a netip.Addr
-	var err error
 	if bytes.IndexByte(b, ':') < 0 {
-		a, err = parseV4(b)
-	} else {
-		a, err = netip.ParseAddr(string(b))
+		a, err := parseV4(b)
+		return a, err == nil
 	}
+	// The zone is dropped anyway: cut it here so that ParseAddr keeps
+	// nothing of its input but an error, which is discarded.
+	if i := bytes.IndexByte(b, '%'); i >= 0 {
+		if i == len(b)-1 || bytes.IndexByte(b[:i], ':') < 0 {
+			return netip.Addr{}, false // an empty zone, or a zone after IPv4: ParseAddr refuses both
+		}
+		b = b[:i]
+	}
+	if len(b) == 0 || len(b) > 64 { // the longest IPv6 text is 45 bytes
+		return netip.Addr{}, false
+	}
+	// string(b) would escape through ParseAddr's error and allocate on
+	// every line; the unsafe view is only read during the call.
+	a, err := netip.ParseAddr(unsafe.String(&b[0], len(b)))
 	if err != nil {
 		return netip.Addr{}, false
 	}
-	return a.WithZone("").Unmap(), true
+	return a.Unmap(), true
 }
 
 // errV4 is returned by parseV4; callers only test it against nil.

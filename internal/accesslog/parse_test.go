@@ -104,7 +104,7 @@ func TestParseFormatErrors(t *testing.T) {
 		{`%l %u %t`, "no client address"},
 		{`%h %l %u`, "no timestamp"},
 		{`%h%t`, "no literal text between"},
-		{`%h %{%Y}t`, "only the default %t"},
+		{`%h %{%Y}t`, "give no month"},
 		{`%h %t %{Referer`, "unterminated %{"},
 		{`%h %t %`, "ends inside a directive"},
 		{`%h %h %t`, "two client address"},
@@ -164,15 +164,44 @@ func FuzzCLFTime(f *testing.F) {
 	f.Fuzz(func(t *testing.T, s string) { checkCLF(t, s) })
 }
 
-// FuzzParseLine: any line in any preset format either parses into a
-// record with a valid address and time or is refused with a reason; no
-// panic, and a parsed request lies inside the line.
+// FuzzParseLine: any line in the preset formats and in formats with the
+// X-Forwarded-For field and composed timestamps either parses into a
+// record with a valid address and a UTC time or is refused with a reason;
+// no panic, a parsed request lies inside the line, and the client differs
+// from the connecting address only when the header gave it.
 func FuzzParseLine(f *testing.F) {
 	f.Add(uint8(0), combinedLine)
 	f.Add(uint8(1), `10.0.0.1 - frank [10/Oct/2000:13:55:36 -0700] "GET /apache_pb.gif HTTP/1.0" 200 2326`)
 	f.Add(uint8(2), `2001:db8::1 - - [17/May/2015:10:05:03 +0200] "GET /\"x HTTP/1.1" 200 612 "-" "curl\\"`)
 	f.Add(uint8(3), `198.51.100.4 [[17/May/2015:10:05:03 +0000]] 503`)
-	formats := []*Format{mustFormat(f, "combined"), mustFormat(f, "common"), mustFormat(f, "nginx"), mustFormat(f, `%a [%t] %>s`)}
+	f.Add(uint8(4), xffLine("10.0.0.1", "203.0.113.7, [2001:db8::1]:443, 10.0.0.2"))
+	f.Add(uint8(5), xffLine("10.0.0.1", "203.0.113.7:80, junk, 10.0.0.2"))
+	f.Add(uint8(6), `192.0.2.1 [17/May/2015:10:05:03 +0200] 200`)
+	f.Add(uint8(7), `192.0.2.1 17/May/2015 10:05:03.123 +0200 200`)
+	f.Add(uint8(8), `192.0.2.1 1431857103.123 "-" 200`)
+	f.Add(uint8(9), `192.0.2.1 1431857103.042 200`)
+	f.Add(uint8(10), `192.0.2.1 Sun, 17 May 2015 10:05:03 GMT 200`)
+	f.Add(uint8(11), `192.0.2.1 2015-137 10:05 200`)
+	trusted, err := mustFormat(f, xffCombined).WithTrustedProxies(netip.MustParsePrefix("10.0.0.0/8"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	paris, err := time.LoadLocation("Europe/Paris")
+	if err != nil {
+		paris = time.UTC
+	}
+	local, err := mustFormat(f, `%h %{%Y-%j %H:%M}t %>s`).InLocation(paris)
+	if err != nil {
+		f.Fatal(err)
+	}
+	formats := []*Format{mustFormat(f, "combined"), mustFormat(f, "common"), mustFormat(f, "nginx"), mustFormat(f, `%a [%t] %>s`),
+		mustFormat(f, xffCombined), trusted,
+		mustFormat(f, `%h [%{%d/%b/%Y:%H:%M:%S %z}t] %>s`),
+		mustFormat(f, `%h %{%d/%b/%Y %T}t.%{msec_frac}t %{%z}t %>s`),
+		mustFormat(f, `$remote_addr $msec "$http_x_forwarded_for" $status`),
+		mustFormat(f, `%h %{sec}t.%{msec_frac}t %>s`),
+		mustFormat(f, `%h %{%a, %d %b %Y %T %Z}t %>s`), local,
+	}
 	f.Fuzz(func(t *testing.T, which uint8, line string) {
 		fm := formats[int(which)%len(formats)]
 		var rec Record
@@ -186,8 +215,12 @@ func FuzzParseLine(f *testing.F) {
 		if !rec.Client.IsValid() || rec.Client.Is4In6() || rec.Client.Zone() != "" {
 			t.Fatalf("client %v", rec.Client)
 		}
-		if rec.Time.IsZero() || rec.Time.Location() != time.UTC {
+		// (Year 1 is the zero Time: a parsed time is only checked for UTC.)
+		if rec.Time.Location() != time.UTC {
 			t.Fatalf("time %v", rec.Time)
+		}
+		if rec.Forwarded != ForwardedUsed && rec.Client != rec.Peer || !rec.Peer.IsValid() {
+			t.Fatalf("client %v peer %v (%d)", rec.Client, rec.Peer, rec.Forwarded)
 		}
 		if rec.Request != nil && !strings.Contains(line, string(rec.Request)) {
 			t.Fatalf("request %q not in line", rec.Request)

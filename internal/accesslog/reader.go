@@ -58,6 +58,11 @@ type Stats struct {
 	Records   int64 // lines parsed into records
 	Malformed [numReasons]int64
 	FirstBad  [numReasons]int64 // line number of the first line skipped for each reason
+	// Records by what their X-Forwarded-For field did (see Forwarded):
+	// the client taken from the header, a header present but unusable
+	// (the connecting address counted instead), a header ignored because
+	// the connecting address is not a trusted proxy.
+	Forwarded, ForwardedUnusable, ForwardedUntrusted int64
 }
 
 // Skipped is the number of malformed lines (blank lines included).
@@ -74,6 +79,9 @@ func (s *Stats) Skipped() int64 {
 func (s *Stats) Add(o Stats) {
 	s.Lines += o.Lines
 	s.Records += o.Records
+	s.Forwarded += o.Forwarded
+	s.ForwardedUnusable += o.ForwardedUnusable
+	s.ForwardedUntrusted += o.ForwardedUntrusted
 	for i := range s.Malformed {
 		if s.Malformed[i] == 0 {
 			s.FirstBad[i] = o.FirstBad[i]
@@ -148,6 +156,14 @@ func (r *Reader) Next() bool {
 		}
 		if reason == ReasonNone {
 			r.stats.Records++
+			switch r.rec.Forwarded {
+			case ForwardedUsed:
+				r.stats.Forwarded++
+			case ForwardedUnusable:
+				r.stats.ForwardedUnusable++
+			case ForwardedUntrusted:
+				r.stats.ForwardedUntrusted++
+			}
 			return true
 		}
 		if r.stats.Malformed[reason] == 0 {
