@@ -46,6 +46,10 @@ bench-replication: deps ## replicator vs rsync / iperf3 / disk ceilings (issue 5
 bench-forecast: ## forecast backtests on ../shared/data/dev (issue 6)
 	@bash scripts/bench-forecast.sh
 
+.PHONY: bench-forecast-nab
+bench-forecast-nab: ## forecast backtest on 46 held-out NAB series (NAB=path/to/NAB/data, a numenta/NAB checkout)
+	@bash scripts/validate-forecast-nab.sh $(NAB)
+
 .PHONY: route-eval
 route-eval: ## route policy replay on ../shared/data/latency (issue 4)
 	@bash scripts/route-eval.sh
