@@ -26,6 +26,21 @@ func devData(t *testing.T) string {
 	return dir
 }
 
+// loadEvents reads an events calendar from testdata.
+func loadEvents(t *testing.T, name string) []Event {
+	t.Helper()
+	f, err := os.Open(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	events, err := ReadEvents(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return events
+}
+
 func loadDev(t *testing.T, path string, opt SeriesOptions) []*Series {
 	t.Helper()
 	f, err := os.Open(path)
@@ -49,15 +64,7 @@ func loadDev(t *testing.T, path string, opt SeriesOptions) []*Series {
 // days.
 func TestDevTargets(t *testing.T) {
 	dir := devData(t)
-	ev, err := os.Open(filepath.Join("testdata", "nyc_events_2014_2015.csv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	events, err := ReadEvents(ev)
-	ev.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	events := loadEvents(t, "nyc_events_2014_2015.csv")
 	cases := []struct {
 		file, series    string
 		events, cover80 bool
@@ -142,15 +149,7 @@ func TestDevLocations(t *testing.T) {
 // mark at h1 and h12, and its h12 error overall.
 func TestDevProphetPlayoffs(t *testing.T) {
 	dir := devData(t)
-	ev, err := os.Open(filepath.Join("testdata", "peyton_manning_playoffs.csv"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	events, err := ReadEvents(ev)
-	ev.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
+	events := loadEvents(t, "peyton_manning_playoffs.csv")
 	s := loadDev(t, filepath.Join(dir, "prophet_wp_log_peyton_manning.csv"), SeriesOptions{})[0]
 	feeds, err := s.Feeds(events)
 	if err != nil {
