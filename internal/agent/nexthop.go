@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -35,10 +36,9 @@ type generationBumper interface {
 }
 
 // nexthopWatcher invalidates the router's next-hop cache when the kernel's
-// routes, neighbours or links change, so a new neighbour MAC or route takes
-// effect within nexthopDebounce rather than the cache TTL. The TTL remains
-// the backstop while no agent runs, and for what netlink does not announce
-// here (policy routing rules).
+// routes, policy routing rules, neighbours or links change, so a new
+// neighbour MAC, route or rule takes effect within nexthopDebounce rather
+// than the cache TTL. The TTL remains the backstop while no agent runs.
 type nexthopWatcher struct {
 	r        generationBumper
 	ns       *netns.NsHandle // namespace of the router's interfaces; nil: the calling thread's
@@ -93,7 +93,8 @@ func (w *nexthopWatcher) watch(ctx context.Context) (err error) {
 	routes := make(chan netlink.RouteUpdate, 64)
 	neighs := make(chan netlink.NeighUpdate, 256)
 	links := make(chan netlink.LinkUpdate, 16)
-	lost := make(chan error, 3)
+	rules := make(chan struct{}, 16)
+	lost := make(chan error, 4)
 	cb := func(err error) {
 		select {
 		case lost <- err:
@@ -128,6 +129,13 @@ func (w *nexthopWatcher) watch(ctx context.Context) (err error) {
 	}
 	started = append(started, func() {
 		for range links {
+		}
+	})
+	if err := subscribeRules(w.ns, rules, done, cb); err != nil {
+		return fmt.Errorf("subscribe to routing rules: %w", err)
+	}
+	started = append(started, func() {
+		for range rules {
 		}
 	})
 	// Whatever changed before the subscriptions existed is covered now.
@@ -181,11 +189,67 @@ func (w *nexthopWatcher) watch(ctx context.Context) (err error) {
 				return lostErr("links")
 			}
 			arm()
+		case _, ok := <-rules:
+			if !ok {
+				w.bump("resubscribe")
+				return lostErr("routing rules")
+			}
+			arm()
 		case <-fire:
 			fire, timer = nil, nil
 			w.bump("change")
 		}
 	}
+}
+
+// subscribeRules sends on ch whenever an IPv4 or IPv6 policy routing rule
+// is added or removed in namespace ns (nil: the calling thread's), until
+// done is closed; then, or when the socket fails (reported to cb), it
+// closes ch. vishvananda/netlink has no rule subscription: this is its
+// route subscription's pattern on the rule multicast groups. A rule
+// update's content does not matter: any change can move a FIB lookup.
+func subscribeRules(ns *netns.NsHandle, ch chan<- struct{}, done <-chan struct{}, cb func(error)) error {
+	var s *nl.NetlinkSocket
+	var err error
+	if ns == nil {
+		s, err = nl.Subscribe(unix.NETLINK_ROUTE, unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE)
+	} else {
+		s, err = nl.SubscribeAt(*ns, netns.None(), unix.NETLINK_ROUTE, unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE)
+	}
+	if err != nil {
+		return err
+	}
+	go func() {
+		<-done
+		s.Close()
+	}()
+	go func() {
+		defer close(ch)
+		for {
+			msgs, from, err := s.Receive()
+			if err != nil {
+				select {
+				case <-done: // closed on purpose
+				default:
+					cb(fmt.Errorf("receive: %w", err))
+				}
+				return
+			}
+			if from.Pid != nl.PidKernel {
+				continue
+			}
+			for _, m := range msgs {
+				if m.Header.Type == unix.RTM_NEWRULE || m.Header.Type == unix.RTM_DELRULE {
+					select {
+					case ch <- struct{}{}:
+					default: // a change is already pending
+					}
+					break
+				}
+			}
+		}
+	}()
+	return nil
 }
 
 // neighbourChanged reports whether u can change a FIB lookup's answer: a

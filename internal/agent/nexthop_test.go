@@ -89,6 +89,17 @@ func TestNexthopWatcherBumps(t *testing.T) {
 			return netlink.RouteAdd(&netlink.Route{Dst: dst, Gw: net.ParseIP("10.77.0.10"), LinkIndex: pa0.Attrs().Index})
 		}},
 		{"link MTU changed", func() error { return netlink.LinkSetMTU(pa0, 1400) }},
+		{"IPv4 routing rule added", func() error {
+			r := netlink.NewRule()
+			r.Src, r.Table, r.Priority = dst, 100, 1000
+			return netlink.RuleAdd(r)
+		}},
+		{"IPv6 routing rule added", func() error {
+			_, src6, _ := net.ParseCIDR("fd00:77::/64")
+			r := netlink.NewRule()
+			r.Family, r.Src, r.Table, r.Priority = netlink.FAMILY_V6, src6, 100, 1000
+			return netlink.RuleAdd(r)
+		}},
 	} {
 		before := quiet()
 		var err error
@@ -98,8 +109,8 @@ func TestNexthopWatcherBumps(t *testing.T) {
 		}
 		bumped(c.what, before)
 	}
-	if n := testutil.ToFloat64(a.metrics.nhBumps); n < 5 {
-		t.Fatalf("edge_nexthop_generation_bumps_total = %v after 5 bumps", n)
+	if n := testutil.ToFloat64(a.metrics.nhBumps); n < 7 {
+		t.Fatalf("edge_nexthop_generation_bumps_total = %v after 7 bumps", n)
 	}
 	if problems, err := testutil.CollectAndLint(a.metrics); err != nil || len(problems) > 0 {
 		t.Fatalf("metric lint: %v %v", problems, err)
