@@ -17,6 +17,9 @@ have ethtool   || need+=(ethtool)
 # and geoiplookup, which internal/geoip's tests compare the reader against.
 [ -f /usr/share/GeoIP/GeoIP.dat ] && [ -f /usr/share/GeoIP/GeoIPv6.dat ] || need+=(geoip-database)
 have geoiplookup || need+=(geoip-bin)
+# xdp-filter, a libxdp firewall: the agent's chaining test runs it beside
+# the router (TestChainXDPFilter).
+have xdp-filter || need+=(xdp-tools)
 
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then

@@ -2,8 +2,10 @@ package agent
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -371,4 +373,107 @@ func TestChainTakeOverNeedsOneProgram(t *testing.T) {
 	if xdpProgID(t, ns, "pa0") != progID(t, fw.Program) || xdpProgID(t, ns, "pa1") != progID(t, lb.Program) {
 		t.Fatal("interfaces changed by a refused take-over")
 	}
+}
+
+// TestChainXDPFilter: xdp-tools' xdp-filter, a real firewall loaded by
+// libxdp, as the peer. Attached first, it is taken over and keeps
+// filtering behind the router (UDP to port 9 denied, port 10 passed, VIP
+// traffic encapsulated and never shown to it); detach puts it back. The
+// other order: once the agent holds the interface through its bpf_link,
+// xdp-filter cannot attach and the router keeps running.
+func TestChainXDPFilter(t *testing.T) {
+	requireRoot(t)
+	for _, tool := range []string{"xdp-filter", "unshare"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("%s not installed (apt-get install xdp-tools util-linux; scripts/install-deps.sh installs them)", tool)
+		}
+	}
+	// xdp-filter pins its maps on /sys/fs/bpf: it runs in a private mount
+	// namespace with a bpffs of its own, gone when the commands end (the
+	// attached program keeps its maps), so nothing stays on the host.
+	xdpFilter := func(ns netNS, cmds ...string) error {
+		script := "mount -t bpf bpf /sys/fs/bpf"
+		for _, c := range cmds {
+			script += " && xdp-filter " + c
+		}
+		var out []byte
+		var err error
+		ns.Do(func() {
+			out, err = exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script).CombinedOutput()
+		})
+		if err != nil {
+			return fmt.Errorf("%s: %w: %s", script, err, out)
+		}
+		return nil
+	}
+	sendUDP := func(ns netNS, dst string, port uint16, n int) {
+		for range n {
+			inject(t, ns, udpFrame(t, ns, dst, port))
+		}
+	}
+
+	t.Run("filter first", func(t *testing.T) {
+		ns := agentNS(t)
+		pin := bpffsDir(t)
+		if err := xdpFilter(ns, "load --mode native pa0", "port 9 --proto udp --mode dst"); err != nil {
+			t.Fatal(err)
+		}
+		filterID := xdpProgID(t, ns, "pa0")
+		cfg, _ := testConfig(t, pin)
+		cfg.XDPChain = &XDPChain{TakeOverAttached: true, RestoreOnDetach: true}
+		a, err := startAgent(t, ns, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		if at := a.attach[0]; at.Action != "took over" {
+			t.Fatalf("attachment %+v", at)
+		}
+		if n := received(t, ns, 9, func() { sendUDP(ns, "10.77.0.1", 9, 5) }); n != 0 {
+			t.Errorf("%d of 5 datagrams to the denied port got through: xdp-filter did not run", n)
+		}
+		if n := received(t, ns, 10, func() { sendUDP(ns, "10.77.0.1", 10, 5) }); n != 5 {
+			t.Errorf("%d of 5 datagrams to port 10 arrived, want all", n)
+		}
+		st0, _ := a.router.Stats()
+		sendUDP(ns, "192.0.2.1", 53, 3) // a VIP
+		time.Sleep(100 * time.Millisecond)
+		st1, _ := a.router.Stats()
+		if d := (st1.Tx + st1.Redirect + st1.PassNoNeigh) - (st0.Tx + st0.Redirect + st0.PassNoNeigh); d != 3 {
+			t.Errorf("%d VIP packets encapsulated, want 3", d)
+		}
+		a.Close()
+		var derr error
+		ns.Do(func() { derr = Detach(pin, true) })
+		if derr != nil {
+			t.Fatal(derr)
+		}
+		if id := xdpProgID(t, ns, "pa0"); id != filterID {
+			t.Fatalf("pa0 runs %d after detach, want xdp-filter's %d back", id, filterID)
+		}
+		if n := received(t, ns, 9, func() { sendUDP(ns, "10.77.0.1", 9, 5) }); n != 0 {
+			t.Errorf("after detach %d of 5 datagrams to the denied port got through", n)
+		}
+	})
+
+	t.Run("agent first", func(t *testing.T) {
+		ns := agentNS(t)
+		cfg, _ := testConfig(t, bpffsDir(t))
+		a, err := startAgent(t, ns, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		ours := xdpProgID(t, ns, "pa0")
+		err = xdpFilter(ns, "load --mode native pa0")
+		if err == nil {
+			t.Fatal("xdp-filter attached over the agent's bpf_link")
+		}
+		if !strings.Contains(err.Error(), "busy") {
+			t.Fatalf("xdp-filter failed for another reason than the busy interface: %v", err)
+		}
+		if id := xdpProgID(t, ns, "pa0"); id != ours {
+			t.Fatalf("pa0 runs %d, want the router %d", id, ours)
+		}
+	})
 }
