@@ -45,8 +45,9 @@
 // versioned, length-prefixed binary format with a CRC-32C; a corrupt one
 // (ErrCorruptSnapshot), one of another format version (ErrSnapshotVersion,
 // which also wraps ErrCorruptSnapshot: version 2 added the forecast
-// combination, version 3 the yearly memory; older snapshots are refused,
-// not misread) or one of a
+// combination, 3 the yearly memory, 4 the recent interval scale, 5 the
+// Holt-Winters expert; older snapshots are refused, not misread, and the
+// controller's models start afresh) or one of a
 // differently shaped engine (ErrSnapshotMismatch) changes nothing. A model that fails on its input
 // is logged and restarted without holding up the bucket. Metrics:
 // premirror_forecast_* (series, resources, buckets closed, summaries by
