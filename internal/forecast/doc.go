@@ -125,7 +125,10 @@
 //     the tracked median (MASE is an absolute error).
 //  6. Combination (pool.go; M4's other lesson: combinations beat single
 //     methods). Per horizon, the hybrid's median is combined with its
-//     regression alone and simple experts: naive, the value a day and a
+//     regression alone, the regression with the origin's residual carried
+//     undamped (beyond one step: a random-walk-like gauge's level stays
+//     where the stacker, trained on decaying residuals, would pull it
+//     back), and simple experts: naive, the value a day and a
 //     week before the target, the medians of the values at the target's
 //     time of day over the last week and at its time of week over the
 //     window's weeks (seasonal naive that one spike cannot move; from a

@@ -21,13 +21,14 @@ const (
 	expSWeekMed         // the median of the values at the target's time of week in the weeks of the window
 	expSDayMed          // the median of the values at the target's time of day over the last week
 	expHW               // online robust Holt-Winters (holtwinters.go)
+	expPersist          // the regression's forecast plus the origin's residual, undamped (h > 1)
 	numExp
 )
 
 // expNames name the experts (test messages, debugging).
 var expNames = [numExp]string{"hybrid", "regression", "naive", "snaive_day", "snaive_week",
 	"median_3", "median_season", "hybrid_reanchored", "snaive_week_median", "snaive_day_median",
-	"holt_winters"}
+	"holt_winters", "regression_persistent"}
 
 const (
 	// poolEtas learning rates η_g = poolEta0·4^g = 0.1, 0.4, 1.6, 6.4
@@ -107,7 +108,7 @@ type pool struct {
 
 func newPool(H, P, W, spd, wk int) *pool {
 	p := &pool{H: H, P: P}
-	for _, k := range []int{expHybrid, expReg, expNaive, expMedShort, expReanchor} {
+	for _, k := range []int{expHybrid, expReg, expNaive, expMedShort, expReanchor, expPersist} {
 		p.avail[k] = true
 	}
 	if spd >= 2 && W > spd {
@@ -313,6 +314,15 @@ func (m *Hybrid) experts(idx int64, h int, hyb, mean, mu float64) *[numExp]float
 	f[expHybrid] = hyb
 	f[expReg] = mu
 	f[expReanchor] = hyb + m.surprise
+	// The residual carried undamped: on a random-walk-like gauge the
+	// stacker, trained on residuals that mostly decay, pulls long-horizon
+	// forecasts back to the window's fit while the level stays put. One
+	// step ahead this is naive with a seasonal step, which naive and the
+	// hybrid already cover: there it repeats the hybrid.
+	f[expPersist] = mu + m.res[idx%int64(m.W)]
+	if h == 1 {
+		f[expPersist] = hyb
+	}
 	f[expNaive] = last
 	lagged := func(lag int) float64 {
 		i := idx + int64(h) - int64(lag*((h+lag-1)/lag))
