@@ -356,16 +356,33 @@ func TestChainPinned(t *testing.T) {
 		t.Fatalf("attachment %+v", at)
 	}
 	checkChainTraffic(t, ns, a, peer)
+	// A slot of pa0's own (left by a take-over) would hide the pinned
+	// program there: a restart with pinned empties it.
+	other := mapstest.NewPeerT(t, 10, mapstest.PeerOptions{Name: "fw_other"})
+	if err := a.router.SetNextFor(a.attach[0].Ifindex, other.Program); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	a, err = startAgent(t, ns, &c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list, err := a.router.NextPrograms(nil); err != nil || len(list) != 1 || list[0].Ifindex != maps.AllInterfaces {
+		t.Fatalf("slots with xdp_chain.pinned: %+v %v, want slot 0 alone", list, err)
+	}
+	if err := a.router.SetNextFor(a.attach[0].Ifindex, other.Program); err != nil {
+		t.Fatal(err)
+	}
 	a.Close()
 
-	// No xdp_chain any more: the slot is emptied and port 9 gets through.
+	// No xdp_chain any more: every slot is emptied and port 9 gets through.
 	b, err := startAgent(t, ns, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if next, err := b.router.Next(); err != nil || next != nil {
-		t.Fatalf("slot after xdp_chain was removed: %v %v", next, err)
+	if list, err := b.router.NextPrograms(nil); err != nil || len(list) != 0 {
+		t.Fatalf("slots after xdp_chain was removed: %+v %v", list, err)
 	}
 	if n := received(t, ns, 9, func() { inject(t, ns, udpFrame(t, ns, "10.77.0.1", 9)) }); n != 1 {
 		t.Fatalf("port 9 with an empty slot: %d of 1 arrived", n)
