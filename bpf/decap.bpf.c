@@ -40,11 +40,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pm_decap_stats SEC(".maps");
 
-/* The operator's XDP program that runs after ours on what we pass
- * untouched (slot 0, written by the agent; empty: XDP_PASS). */
+/* The operator's XDP programs that run after ours on what we pass
+ * untouched, written by the agent; empty: XDP_PASS. Key = ingress ifindex
+ * (that interface only), key 0 = every interface; see pm_next in
+ * router.bpf.c. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 65536);
 	__type(key, __u32);
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -67,6 +69,7 @@ static __always_inline int verdict(enum pm_decap_reason r, int action)
 static __always_inline int pass_on(struct xdp_md *ctx, enum pm_decap_reason r)
 {
 	verdict(r, XDP_PASS);
+	bpf_tail_call(ctx, &pm_decap_next, ctx->ingress_ifindex);
 	bpf_tail_call(ctx, &pm_decap_next, 0);
 	return XDP_PASS;
 }

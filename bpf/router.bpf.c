@@ -200,15 +200,19 @@ struct {
 } pm_frags SEC(".maps");
 
 /*
- * The operator's XDP program that runs after ours (slot 0), written by the
- * agent (xdp_chain). A tail call to an empty slot falls through: the packet
- * passes to the stack as it would without the map. The kernel binds the
- * map to the router's program type and flags at load, so a peer of another
- * type or one built with frags support is refused when inserted.
+ * The operator's XDP programs that run after ours, written by the agent
+ * (xdp_chain). Key = ingress ifindex: the program for that interface only;
+ * key 0 = every interface (ifindex 0 is never a real device). 65536 slots
+ * cover the ifindexes a host gives its physical devices; a larger ifindex
+ * simply gets slot 0. A tail call to an empty slot (or an index beyond
+ * max_entries) falls through: the packet passes to the stack as it would
+ * without the map. The kernel binds the map to the router's program type
+ * and flags at load, so a peer of another type or one built with frags
+ * support is refused when inserted.
  */
 struct {
 	__uint(type, BPF_MAP_TYPE_PROG_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, 65536);
 	__type(key, __u32);
 	__type(value, __u32);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -252,11 +256,13 @@ static __always_inline int verdict(enum pm_reason r, int action)
 	return action;
 }
 
-/* Not ours: count it, then hand the untouched packet to the peer program,
- * or to the stack when there is none (or the tail call fails). */
+/* Not ours: count it, then hand the untouched packet to the interface's
+ * peer program, else the one for every interface, else (none, or the tail
+ * call fails) to the stack. A tail call that succeeds does not return. */
 static __always_inline int pass_on(struct xdp_md *ctx, enum pm_reason r)
 {
 	count(r);
+	bpf_tail_call(ctx, &pm_next, ctx->ingress_ifindex);
 	bpf_tail_call(ctx, &pm_next, 0);
 	return XDP_PASS;
 }

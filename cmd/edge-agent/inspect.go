@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -99,19 +100,21 @@ func inspect(out io.Writer, pinDir string, c *agent.Compiled, maxSessions int) e
 		return err
 	}
 	fmt.Fprintf(w, "NEXT-HOP CACHE\t%s\n", nextHopText(nh))
-	// The program xdp_chain runs after ours on what we pass untouched.
+	// The programs xdp_chain runs after ours on what we pass untouched:
+	// the one for every interface, then each interface's own.
 	for _, s := range []struct{ prog, m string }{{"router", maps.RouterNextMap}, {"decap", maps.DecapNextMap}} {
 		if _, err := os.Stat(filepath.Join(pinDir, s.m)); err != nil {
 			continue // this node does not run that program
 		}
-		next, ok, err := maps.PinnedNext(pinDir, s.m)
-		switch {
-		case err != nil:
+		entries, err := maps.PinnedNextPrograms(pinDir, s.m, nil)
+		if err != nil {
 			return err
-		case ok:
-			fmt.Fprintf(w, "NEXT XDP PROGRAM\t%s\t%s\n", s.prog, next)
-		default:
+		}
+		if len(entries) == 0 {
 			fmt.Fprintf(w, "NEXT XDP PROGRAM\t%s\tnone (passed packets go to the stack)\n", s.prog)
+		}
+		for _, e := range entries {
+			fmt.Fprintf(w, "NEXT XDP PROGRAM\t%s\t%s on %s\n", s.prog, e.Program, chainIfaceText(e.Ifindex))
 		}
 	}
 	fmt.Fprintln(w)
@@ -236,4 +239,15 @@ func nextHopText(nh maps.NextHopCache) string {
 		ratio = fmt.Sprintf("%.1f%% of VIP packets without a FIB lookup", 100*float64(nh.Hits)/float64(t))
 	}
 	return fmt.Sprintf("ttl %v, generation %d\t%d hits, %d FIB lookups (%s)", nh.TTL, nh.Generation, nh.Hits, nh.Lookups, ratio)
+}
+
+// chainIfaceText names the interface of a chain slot.
+func chainIfaceText(ifindex int) string {
+	if ifindex == maps.AllInterfaces {
+		return "every interface without its own"
+	}
+	if ifc, err := net.InterfaceByIndex(ifindex); err == nil {
+		return fmt.Sprintf("%s (ifindex %d)", ifc.Name, ifindex)
+	}
+	return fmt.Sprintf("ifindex %d (no such interface here)", ifindex)
 }

@@ -58,8 +58,26 @@ func TestInspectShowsNextProgram(t *testing.T) {
 	if err := inspect(&out, dir, nil, 0); err != nil {
 		t.Fatal(err)
 	}
-	if !regexp.MustCompile(`NEXT XDP PROGRAM\s+router\s+fw_udp_drop \(id \d+, tag [0-9a-f]+\)`).Match(out.Bytes()) {
+	if !regexp.MustCompile(`NEXT XDP PROGRAM\s+router\s+fw_udp_drop \(id \d+, tag [0-9a-f]+\) on every interface`).Match(out.Bytes()) {
 		t.Fatalf("chained program not shown:\n%s", out.String())
+	}
+	// An interface's own program (the router is not attached: the slot
+	// of lo is harmless).
+	lo, err := mapstest.NewPeer(9, mapstest.PeerOptions{Name: "fw_lo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lo.Close()
+	if err := r.SetNextFor(1, lo.Program); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := inspect(&out, dir, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`NEXT XDP PROGRAM\s+router\s+fw_udp_drop \(id \d+, tag [0-9a-f]+\) on every interface[^\n]*\n` +
+		`NEXT XDP PROGRAM\s+router\s+fw_lo \(id \d+, tag [0-9a-f]+\) on lo \(ifindex 1\)`).Match(out.Bytes()) {
+		t.Fatalf("per-interface program not shown:\n%s", out.String())
 	}
 	if !regexp.MustCompile(`NEXT-HOP CACHE\s+ttl 250ms, generation \d+\s+0 hits, 0 FIB lookups \(no VIP packet yet\)`).Match(out.Bytes()) {
 		t.Fatalf("next-hop cache not shown:\n%s", out.String())

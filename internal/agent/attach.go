@@ -23,6 +23,7 @@ var ErrForeignXDP = errors.New("interface has a foreign XDP program")
 // attached while the agent restarts.
 type Attachment struct {
 	Iface   string
+	Ifindex int    // the interface's index when attached: its chain slot
 	Program string // "router" or "decap"
 	Mode    string // "native" or "generic"
 	Action  string // "attached" (new), "updated" (replaced our previous program) or "took over" (replaced a foreign one)
@@ -60,8 +61,8 @@ func restorePin(pinDir, iface, prog string) string {
 // there (a pinned link, or a netlink attachment it pinned), it atomically
 // replaces that program: packets never see the interface without one. A
 // foreign program is taken over (replaced atomically through netlink; it
-// must already be in the chain slot) only with takeOver; otherwise it is
-// ErrForeignXDP.
+// must already be in the interface's chain slot) only with takeOver;
+// otherwise it is ErrForeignXDP.
 func attachXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir string, takeOver *XDPChain) (*Attachment, error) {
 	nl, err := netlink.LinkByName(iface)
 	if err != nil {
@@ -86,7 +87,7 @@ func attachXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir stri
 				l.Close()
 				return nil, fmt.Errorf("update %s program on %s: %w", name, iface, err)
 			}
-			return &Attachment{Iface: iface, Program: name, Mode: xdpMode(iface), Action: "updated", Via: "bpf_link", link: l}, nil
+			return &Attachment{Iface: iface, Ifindex: idx, Program: name, Mode: xdpMode(iface), Action: "updated", Via: "bpf_link", link: l}, nil
 		}
 		// The interface was recreated: the old link is defunct.
 		_ = l.Unpin()
@@ -132,7 +133,7 @@ func attachXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir stri
 		l.Close()
 		return nil, fmt.Errorf("pin link %s: %w", pin, err)
 	}
-	return &Attachment{Iface: iface, Program: name, Mode: xdpMode(iface), Action: "attached", Via: "bpf_link", link: l}, nil
+	return &Attachment{Iface: iface, Ifindex: idx, Program: name, Mode: xdpMode(iface), Action: "attached", Via: "bpf_link", link: l}, nil
 }
 
 // updateNetlink replaces our own netlink-attached program (left by an
@@ -165,12 +166,13 @@ func updateNetlink(prog *ebpf.Program, name, iface, pinDir string, cur ifaceXDP)
 	if err := repin(prog, pin); err != nil {
 		return nil, err
 	}
-	return &Attachment{Iface: iface, Program: name, Mode: xdpMode(iface), Action: "updated", Via: "netlink"}, nil
+	return &Attachment{Iface: iface, Ifindex: cur.Index, Program: name, Mode: xdpMode(iface), Action: "updated", Via: "netlink"}, nil
 }
 
 // takeOverXDP atomically replaces the foreign program cur on iface with
 // prog, in the foreign program's mode. The caller has put that program in
-// prog's chain slot, so from the swap on it runs right after ours.
+// the chain slot of iface's ifindex, so from the swap on it runs right
+// after ours there (and only there).
 func takeOverXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir string, cur ifaceXDP, restore bool) (*Attachment, error) {
 	flags, err := takeOverFlags(iface, mode, cur)
 	if err != nil {
@@ -197,7 +199,7 @@ func takeOverXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir st
 	if err := repin(prog, netlinkPin(pinDir, iface, name)); err != nil {
 		return nil, err
 	}
-	return &Attachment{Iface: iface, Program: name, Mode: xdpMode(iface), Action: "took over", Via: "netlink"}, nil
+	return &Attachment{Iface: iface, Ifindex: cur.Index, Program: name, Mode: xdpMode(iface), Action: "took over", Via: "netlink"}, nil
 }
 
 // takeOverFlags checks that the foreign program's mode is one we can run

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"strings"
 
 	"github.com/cilium/ebpf"
@@ -15,15 +16,17 @@ import (
 // XDPChain names the XDP program that runs after ours on every packet we
 // pass untouched (not VIP traffic, not tunnel traffic for this host, and
 // malformed packets we do not drop): an operator's firewall, DDoS filter
-// or other load balancer. It applies to every interface of a role; each
-// role (router, decap) has one slot, so one program follows it.
+// or other load balancer. A pinned program follows ours on every interface
+// of a role (router, decap); programs taken over follow ours each on its
+// own interface, so interfaces may run different ones.
 type XDPChain struct {
 	// Pinned is a bpffs path of the XDP program to chain, pinned by its
 	// loader (bpftool prog load … pinned, or libbpf/cilium/ebpf Pin).
 	Pinned string `yaml:"pinned"`
 	// TakeOverAttached chains the program that another tool attached to the
 	// interfaces through netlink (ip link set … xdp, libbpf's
-	// bpf_xdp_attach) and replaces it with ours atomically, in its mode.
+	// bpf_xdp_attach) and replaces it with ours atomically, in its mode:
+	// each interface's program goes in that interface's chain slot.
 	// A program attached through a bpf_link cannot be replaced: use Pinned.
 	TakeOverAttached bool `yaml:"take_over_attached"`
 	// RestoreOnDetach puts the program taken over back on the interface
@@ -58,32 +61,75 @@ func (c *XDPChain) String() string {
 	return fmt.Sprintf("take_over_attached (restore_on_detach %v)", c.RestoreOnDetach)
 }
 
-// chainSlot is a program's chain slot (maps.Router, maps.Decap).
+// chainSlot is a program's chain map (maps.Router, maps.Decap): slot 0
+// for every interface, one slot per ifindex.
 type chainSlot interface {
 	SetNext(*ebpf.Program) error
 	ClearNext() error
 	Next() (*ebpf.Program, error)
+	SetNextFor(int, *ebpf.Program) error
+	ClearNextFor(int) error
+	NextPrograms([]int) ([]pmaps.ChainEntry, error)
 }
 
-// setupChain makes slot hold what cfg asks for before prog is attached to
-// ifaces: the pinned program; the program the interfaces run (take-over);
-// nothing when xdp_chain is absent. Nothing is changed when a check fails.
+// takeOver is one interface's foreign program to chain in its slot.
+type takeOver struct {
+	iface string
+	index int
+	prog  *ebpf.Program
+}
+
+// setupChain makes the chain slots hold what cfg asks for before prog is
+// attached to ifaces:
+//   - pinned: the pinned program in slot 0 (every interface), no slot of
+//     an interface's own;
+//   - take_over_attached: each interface's foreign program in that
+//     interface's slot; an interface that already runs ours keeps its slot;
+//     one that runs nothing gets its slot emptied; slot 0 is left as it is
+//     (an agent of the one-slot build put its take-over there);
+//   - no xdp_chain: every slot empty.
+//
+// Slots of ifindexes that are not among ifaces are emptied in every case:
+// a new device could get that ifindex. Nothing is changed when a check
+// fails.
 func setupChain(log *slog.Logger, cfg *Config, slot chainSlot, name string, ifaces []string) error {
 	c := cfg.XDPChain
-	switch {
-	case c == nil:
-		prev, err := slot.Next()
+	index := map[int]string{} // configured ifindex → name
+	ours := map[int]bool{}    // take-over: runs our program already
+	var foreign []takeOver
+	defer func() {
+		for _, f := range foreign {
+			f.prog.Close()
+		}
+	}()
+	for _, iface := range ifaces {
+		cur, err := readIfaceXDP(iface)
 		if err != nil {
 			return err
 		}
-		if prev != nil {
-			info, _ := pmaps.DescribeProgram(prev)
-			prev.Close()
-			log.Warn("xdp_chain not configured: the program chained after ours is removed", "program", name, "next", info.String())
-			return slot.ClearNext()
+		index[cur.Index] = iface
+		if c == nil || !c.TakeOverAttached || cur.ProgID == 0 {
+			continue
 		}
-		return nil
-	case c.Pinned != "":
+		if runsOurs(cfg.PinDir, iface, name, cur.ProgID) {
+			ours[cur.Index] = true
+			continue
+		}
+		p, err := foreignProgram(cfg, iface, cur)
+		if err != nil {
+			return err
+		}
+		foreign = append(foreign, takeOver{iface: iface, index: cur.Index, prog: p})
+	}
+	have, err := slot.NextPrograms(nil)
+	if err != nil {
+		return err
+	}
+
+	// Fill first, then empty: a packet never misses a program it should see.
+	keep := map[int]bool{}
+	switch {
+	case c != nil && c.Pinned != "":
 		p, err := ebpf.LoadPinnedProgram(c.Pinned, nil)
 		if err != nil {
 			return fmt.Errorf("xdp_chain.pinned: %w", err)
@@ -92,53 +138,59 @@ func setupChain(log *slog.Logger, cfg *Config, slot chainSlot, name string, ifac
 		if err := slot.SetNext(p); err != nil {
 			return fmt.Errorf("xdp_chain.pinned: %s: %w", c.Pinned, err)
 		}
-		return nil
+		keep[pmaps.AllInterfaces] = true
+	case c != nil && c.TakeOverAttached:
+		keep[pmaps.AllInterfaces] = true
+		for _, f := range foreign {
+			if err := slot.SetNextFor(f.index, f.prog); err != nil {
+				return fmt.Errorf("xdp_chain.take_over_attached: %s: %w", f.iface, err)
+			}
+			keep[f.index] = true
+			info, _ := pmaps.DescribeProgram(f.prog)
+			log.Info("xdp program chained after ours", "program", name, "iface", f.iface, "next", info.String(), "xdp_chain", c.String())
+		}
+		// Runs ours: its slot holds what an earlier agent took over.
+		maps.Copy(keep, ours)
 	}
-	p, err := foreignProgram(cfg, name, ifaces)
-	if err != nil || p == nil {
-		return err
-	}
-	defer p.Close()
-	if err := slot.SetNext(p); err != nil {
-		return fmt.Errorf("xdp_chain.take_over_attached: %w", err)
+	for _, e := range have {
+		if keep[e.Ifindex] {
+			continue
+		}
+		where, why := index[e.Ifindex], ""
+		switch {
+		case e.Ifindex == pmaps.AllInterfaces:
+			where, why = "*", "xdp_chain not configured"
+		case where == "":
+			where, why = fmt.Sprintf("ifindex %d", e.Ifindex), "not a configured interface"
+		case c == nil:
+			why = "xdp_chain not configured"
+		case c.Pinned != "":
+			why = "xdp_chain.pinned applies to every interface"
+		default:
+			why = "the interface runs no program to take over"
+		}
+		log.Warn("the program chained after ours is removed", "program", name, "iface", where, "next", e.Program.String(), "reason", why)
+		if err := slot.ClearNextFor(e.Ifindex); err != nil {
+			return err
+		}
 	}
 	return nil
 }
 
-// foreignProgram finds the one program to take over on ifaces: every
-// interface runs it, ours, or nothing. nil: nothing to take over (the slot
-// keeps what an earlier take-over put there).
-func foreignProgram(cfg *Config, name string, ifaces []string) (*ebpf.Program, error) {
-	var id uint32
-	var where []string
-	for _, iface := range ifaces {
-		cur, err := readIfaceXDP(iface)
-		if err != nil {
-			return nil, err
-		}
-		if cur.ProgID == 0 || runsOurs(cfg.PinDir, iface, name, cur.ProgID) {
-			continue
-		}
-		if id != 0 && cur.ProgID != id {
-			return nil, fmt.Errorf("xdp_chain.take_over_attached: %s runs program %d but %s runs %d; one program can follow the %s",
-				strings.Join(where, ", "), id, iface, cur.ProgID, name)
-		}
-		if _, err := takeOverFlags(iface, cfg.XDPMode, cur); err != nil {
-			return nil, err
-		}
-		if linkAttached(cur) {
-			return nil, fmt.Errorf("xdp_chain.take_over_attached: %s's program %d is attached through a bpf_link, which cannot be replaced; "+
-				"have its owner pin the program and use xdp_chain.pinned instead", iface, cur.ProgID)
-		}
-		id = cur.ProgID
-		where = append(where, iface)
+// foreignProgram opens the program another tool attached to iface, after
+// checking that it can be taken over: its mode is one xdp_mode allows and
+// it is attached through netlink, not a bpf_link. The caller closes it.
+func foreignProgram(cfg *Config, iface string, cur ifaceXDP) (*ebpf.Program, error) {
+	if _, err := takeOverFlags(iface, cfg.XDPMode, cur); err != nil {
+		return nil, err
 	}
-	if id == 0 {
-		return nil, nil
+	if linkAttached(cur) {
+		return nil, fmt.Errorf("xdp_chain.take_over_attached: %s's program %d is attached through a bpf_link, which cannot be replaced; "+
+			"have its owner pin the program and use xdp_chain.pinned instead", iface, cur.ProgID)
 	}
-	p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
+	p, err := ebpf.NewProgramFromID(ebpf.ProgramID(cur.ProgID))
 	if err != nil {
-		return nil, fmt.Errorf("xdp_chain.take_over_attached: open %s's program %d: %w", where[0], id, err)
+		return nil, fmt.Errorf("xdp_chain.take_over_attached: open %s's program %d: %w", iface, cur.ProgID, err)
 	}
 	return p, nil
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -42,13 +43,30 @@ func startAgent(t *testing.T, ns netNS, cfg *Config) (*Agent, error) {
 	return a, err
 }
 
+// wire is a veth pair of the test namespace: frames sent into peer arrive
+// on dev (addressed addr) as from a wire.
+type wire struct{ dev, peer, addr string }
+
+// wireA is the pair agentNS creates; wireB is the second one of
+// TestChainTakeOverPerInterface.
+var (
+	wireA = wire{"pa0", "pa1", "10.77.0.1"}
+	wireB = wire{"pb0", "pb1", "10.78.0.1"}
+)
+
 // udpFrame is an Ethernet frame from pa1 to pa0 carrying UDP to dst:port.
 func udpFrame(t *testing.T, ns netNS, dst string, port uint16) []byte {
+	return wireA.udpFrame(t, ns, dst, port)
+}
+
+// udpFrame is an Ethernet frame from w.peer to w.dev carrying UDP to
+// dst:port.
+func (w wire) udpFrame(t *testing.T, ns netNS, dst string, port uint16) []byte {
 	t.Helper()
 	var src, dstMAC net.HardwareAddr
 	ns.Do(func() {
-		l0, _ := netlink.LinkByName("pa0")
-		l1, _ := netlink.LinkByName("pa1")
+		l0, _ := netlink.LinkByName(w.dev)
+		l1, _ := netlink.LinkByName(w.peer)
 		dstMAC, src = l0.Attrs().HardwareAddr, l1.Attrs().HardwareAddr
 	})
 	eth := &layers.Ethernet{SrcMAC: src, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv4}
@@ -66,10 +84,13 @@ func udpFrame(t *testing.T, ns netNS, dst string, port uint16) []byte {
 
 // inject sends frames into pa1, so pa0 receives them: through pa0's
 // native XDP path, as from a wire.
-func inject(t *testing.T, ns netNS, frames ...[]byte) {
+func inject(t *testing.T, ns netNS, frames ...[]byte) { wireA.inject(t, ns, frames...) }
+
+// inject sends frames into w.peer, so w.dev receives them.
+func (w wire) inject(t *testing.T, ns netNS, frames ...[]byte) {
 	t.Helper()
 	ns.Do(func() {
-		l, err := netlink.LinkByName("pa1")
+		l, err := netlink.LinkByName(w.peer)
 		if err != nil {
 			t.Error(err)
 			return
@@ -91,14 +112,20 @@ func inject(t *testing.T, ns netNS, frames ...[]byte) {
 // received counts the datagrams a UDP socket on 10.77.0.1:port gets from
 // fn's traffic.
 func received(t *testing.T, ns netNS, port int, fn func()) int {
+	return wireA.received(t, ns, port, fn)
+}
+
+// received counts the datagrams a UDP socket on w.addr:port gets from fn's
+// traffic.
+func (w wire) received(t *testing.T, ns netNS, port int, fn func()) int {
 	t.Helper()
 	var pc net.PacketConn
 	var err error
 	ns.Do(func() {
-		for _, p := range []string{"all", "pa0"} {
+		for _, p := range []string{"all", w.dev} {
 			_ = os.WriteFile("/proc/sys/net/ipv4/conf/"+p+"/rp_filter", []byte("0"), 0o644)
 		}
-		pc, err = net.ListenPacket("udp4", net.JoinHostPort("10.77.0.1", strconv.Itoa(port)))
+		pc, err = net.ListenPacket("udp4", net.JoinHostPort(w.addr, strconv.Itoa(port)))
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -241,14 +268,17 @@ func TestChainTakeOver(t *testing.T) {
 	} else {
 		p.Close()
 	}
-	next, err := a.router.Next()
+	next, err := a.router.NextFor(a.attach[0].Ifindex)
 	if err != nil || next == nil || progID(t, next) != peerID {
-		t.Fatalf("chain slot %v %v, want the peer %d", next, err, peerID)
+		t.Fatalf("pa0's chain slot %v %v, want the peer %d", next, err, peerID)
 	}
 	next.Close()
+	if all, err := a.router.Next(); err != nil || all != nil {
+		t.Fatalf("slot for every interface after a take-over: %v %v, want empty", all, err)
+	}
 	checkChainTraffic(t, ns, a, peer)
-	if n, err := testutil.GatherAndCount(a.reg, "edge_xdp_next_program_info"); err != nil || n != 1 {
-		t.Fatalf("edge_xdp_next_program_info: %d series (%v)", n, err)
+	if got := nextProgramSeries(t, a); !slices.Equal(got, []string{"router pa0 fw_udp_drop"}) {
+		t.Fatalf("edge_xdp_next_program_info: %v", got)
 	}
 	if problems, err := testutil.CollectAndLint(a.metrics); err != nil || len(problems) > 0 {
 		t.Fatalf("metric lint: %v %v", problems, err)
@@ -326,33 +356,106 @@ func TestChainPinned(t *testing.T) {
 		t.Fatalf("attachment %+v", at)
 	}
 	checkChainTraffic(t, ns, a, peer)
+	// A slot of pa0's own (left by a take-over) would hide the pinned
+	// program there: a restart with pinned empties it.
+	other := mapstest.NewPeerT(t, 10, mapstest.PeerOptions{Name: "fw_other"})
+	if err := a.router.SetNextFor(a.attach[0].Ifindex, other.Program); err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	a, err = startAgent(t, ns, &c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list, err := a.router.NextPrograms(nil); err != nil || len(list) != 1 || list[0].Ifindex != maps.AllInterfaces {
+		t.Fatalf("slots with xdp_chain.pinned: %+v %v, want slot 0 alone", list, err)
+	}
+	if err := a.router.SetNextFor(a.attach[0].Ifindex, other.Program); err != nil {
+		t.Fatal(err)
+	}
 	a.Close()
 
-	// No xdp_chain any more: the slot is emptied and port 9 gets through.
+	// No xdp_chain any more: every slot is emptied and port 9 gets through.
 	b, err := startAgent(t, ns, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if next, err := b.router.Next(); err != nil || next != nil {
-		t.Fatalf("slot after xdp_chain was removed: %v %v", next, err)
+	if list, err := b.router.NextPrograms(nil); err != nil || len(list) != 0 {
+		t.Fatalf("slots after xdp_chain was removed: %+v %v", list, err)
 	}
 	if n := received(t, ns, 9, func() { inject(t, ns, udpFrame(t, ns, "10.77.0.1", 9)) }); n != 1 {
 		t.Fatalf("port 9 with an empty slot: %d of 1 arrived", n)
 	}
 }
 
-// TestChainTakeOverNeedsOneProgram: one slot per program, so interfaces
-// running different foreign programs are refused, naming both, and
-// nothing is changed.
-func TestChainTakeOverNeedsOneProgram(t *testing.T) {
+// nextProgramSeries lists the edge_xdp_next_program_info series as
+// "program iface next".
+func nextProgramSeries(t *testing.T, a *Agent) []string {
+	t.Helper()
+	mfs, err := a.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, mf := range mfs {
+		if mf.GetName() != "edge_xdp_next_program_info" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			out = append(out, l["program"]+" "+l["iface"]+" "+l["next"])
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// addWireB adds the second veth pair pb0/pb1 (pb0 10.78.0.1/24) to ns.
+func addWireB(t *testing.T, ns netNS) {
+	t.Helper()
+	ns.Do(func() {
+		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "pb0"}, PeerName: "pb1"}); err != nil {
+			t.Fatal(err)
+		}
+		for _, n := range []string{"pb0", "pb1"} {
+			l, err := netlink.LinkByName(n)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n == "pb0" {
+				ad, _ := netlink.ParseAddr("10.78.0.1/24")
+				ad.Flags = 0x02 // nodad
+				if err := netlink.AddrAdd(l, ad); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := netlink.LinkSetUp(l); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
+
+// TestChainTakeOverPerInterface: pa0 and pb0 run different firewalls
+// (one drops UDP to port 9, the other UDP to port 10), both attached
+// through netlink. take_over_attached chains each in its interface's slot:
+// on real traffic each interface's own firewall acts, and only there, while
+// VIP traffic is encapsulated and shown to neither. A restart without pb0
+// in the config empties pb0's slot and keeps pa0's; detach puts each
+// interface's own firewall back.
+func TestChainTakeOverPerInterface(t *testing.T) {
 	requireRoot(t)
 	ns := agentNS(t)
+	addWireB(t, ns)
 	pin := bpffsDir(t)
-	fw := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{})
-	lb := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{Name: "other_lb"})
+	fwA := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{Name: "fw_a_drop9"})
+	fwB := mapstest.NewPeerT(t, 10, mapstest.PeerOptions{Name: "fw_b_drop10"})
 	ns.Do(func() {
-		for iface, p := range map[string]*ebpf.Program{"pa0": fw.Program, "pa1": lb.Program} {
+		for iface, p := range map[string]*ebpf.Program{"pa0": fwA.Program, "pb0": fwB.Program} {
 			l, _ := netlink.LinkByName(iface)
 			if err := netlink.LinkSetXdpFdWithFlags(l, p.FD(), unix.XDP_FLAGS_DRV_MODE); err != nil {
 				t.Fatal(err)
@@ -360,18 +463,103 @@ func TestChainTakeOverNeedsOneProgram(t *testing.T) {
 		}
 	})
 	cfg, _ := testConfig(t, pin)
-	cfg.Interfaces = []string{"pa0", "pa1"}
-	cfg.XDPChain = &XDPChain{TakeOverAttached: true}
+	cfg.Interfaces = []string{"pa0", "pb0"}
+	cfg.XDPChain = &XDPChain{TakeOverAttached: true, RestoreOnDetach: true}
 	a, err := startAgent(t, ns, cfg)
-	if err == nil {
-		a.Close()
-		t.Fatal("took over two different programs")
+	if err != nil {
+		t.Fatal(err)
 	}
-	if !strings.Contains(err.Error(), "xdp_chain.take_over_attached") || !strings.Contains(err.Error(), "pa0") || !strings.Contains(err.Error(), "pa1") {
-		t.Fatalf("unclear error: %v", err)
+	defer a.Close()
+	idx := map[string]int{}
+	for _, at := range a.attach {
+		if at.Action != "took over" || at.Via != "netlink" {
+			t.Fatalf("attachment %+v", at)
+		}
+		idx[at.Iface] = at.Ifindex
 	}
-	if xdpProgID(t, ns, "pa0") != progID(t, fw.Program) || xdpProgID(t, ns, "pa1") != progID(t, lb.Program) {
-		t.Fatal("interfaces changed by a refused take-over")
+	for iface, want := range map[string]*ebpf.Program{"pa0": fwA.Program, "pb0": fwB.Program} {
+		next, err := a.router.NextFor(idx[iface])
+		if err != nil || next == nil || progID(t, next) != progID(t, want) {
+			t.Fatalf("%s's chain slot %v %v, want its own firewall", iface, next, err)
+		}
+		next.Close()
+	}
+	if got := nextProgramSeries(t, a); !slices.Equal(got, []string{"router pa0 fw_a_drop9", "router pb0 fw_b_drop10"}) {
+		t.Fatalf("edge_xdp_next_program_info: %v", got)
+	}
+	if problems, err := testutil.CollectAndLint(a.metrics); err != nil || len(problems) > 0 {
+		t.Fatalf("metric lint: %v %v", problems, err)
+	}
+
+	// Each interface: its own port dropped, the other's passed, only its own
+	// firewall runs, VIP traffic ours.
+	for _, tc := range []struct {
+		w                  wire
+		drop, pass         uint16
+		own, other         *mapstest.Peer
+		ownName, otherName string
+	}{{wireA, 9, 10, fwA, fwB, "pa0's", "pb0's"}, {wireB, 10, 9, fwB, fwA, "pb0's", "pa0's"}} {
+		send := func(dst string, port uint16, n int) func() {
+			return func() {
+				for range n {
+					tc.w.inject(t, ns, tc.w.udpFrame(t, ns, dst, port))
+				}
+			}
+		}
+		own0, _ := tc.own.SeenUDP()
+		other0, _ := tc.other.SeenUDP()
+		if n := tc.w.received(t, ns, int(tc.drop), send(tc.w.addr, tc.drop, 5)); n != 0 {
+			t.Errorf("%s: %d of 5 datagrams to port %d got through: %s firewall did not run", tc.w.dev, n, tc.drop, tc.ownName)
+		}
+		if n := tc.w.received(t, ns, int(tc.pass), send(tc.w.addr, tc.pass, 5)); n != 5 {
+			t.Errorf("%s: %d of 5 datagrams to port %d arrived, want all (%s firewall does not run here)", tc.w.dev, n, tc.pass, tc.otherName)
+		}
+		own1, _ := tc.own.SeenUDP()
+		other1, _ := tc.other.SeenUDP()
+		if own1-own0 != 10 || other1 != other0 {
+			t.Errorf("%s: own firewall ran on %d datagrams (want 10), the other on %d (want 0)", tc.w.dev, own1-own0, other1-other0)
+		}
+		st0, _ := a.router.Stats()
+		send("192.0.2.1", 53, 3)() // a VIP
+		time.Sleep(100 * time.Millisecond)
+		st1, _ := a.router.Stats()
+		own2, _ := tc.own.SeenUDP()
+		if d := (st1.Tx + st1.Redirect + st1.PassNoNeigh) - (st0.Tx + st0.Redirect + st0.PassNoNeigh); d != 3 {
+			t.Errorf("%s: %d VIP packets encapsulated, want 3", tc.w.dev, d)
+		}
+		if own2 != own1 {
+			t.Errorf("%s: the firewall saw %d VIP packets", tc.w.dev, own2-own1)
+		}
+	}
+	a.Close()
+
+	// pb0 leaves the config: its slot is emptied at start (its ifindex
+	// could go to a new device), pa0's is kept.
+	onlyA := *cfg
+	onlyA.Interfaces = []string{"pa0"}
+	b, err := startAgent(t, ns, &onlyA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if at := b.attach[0]; at.Action != "updated" || at.Via != "netlink" {
+		t.Fatalf("restarted agent: %+v", at)
+	}
+	list, err := b.router.NextPrograms(nil)
+	if err != nil || len(list) != 1 || list[0].Ifindex != idx["pa0"] || list[0].Program.Name != "fw_a_drop9" {
+		t.Fatalf("slots after pb0 left the config: %+v %v", list, err)
+	}
+	b.Close()
+
+	var derr error
+	ns.Do(func() { derr = Detach(pin, true) })
+	if derr != nil {
+		t.Fatal(derr)
+	}
+	if xdpProgID(t, ns, "pa0") != progID(t, fwA.Program) || xdpProgID(t, ns, "pb0") != progID(t, fwB.Program) {
+		t.Fatal("detach did not put each interface's own firewall back")
+	}
+	if n := wireB.received(t, ns, 10, func() { wireB.inject(t, ns, wireB.udpFrame(t, ns, wireB.addr, 10)) }); n != 0 {
+		t.Errorf("pb0 after detach: port 10 got through")
 	}
 }
 

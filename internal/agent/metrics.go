@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"maps"
 	"regexp"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -66,7 +68,7 @@ func newMetrics(a *Agent) *metrics {
 		mirrorUp:   d("mirror_state", "1 for the state each mirror is in.", "mirror", "state"),
 		memory:     d("map_memory_bytes", "Kernel memory of each BPF map.", "map"),
 		attached:   d("xdp_attached", "1 per attached XDP program.", "iface", "program", "mode"),
-		next:       d("xdp_next_program_info", "1 per XDP program chained after ours (xdp_chain), by our program and its name.", "program", "next"),
+		next:       d("xdp_next_program_info", "1 per XDP program chained after ours (xdp_chain), by our program, the interface (\"*\": every interface without its own) and its name.", "program", "iface", "next"),
 		info:       d("desired_state_info", "The desired-state version the data plane runs.", "version"),
 		nhHits:     d("nexthop_cache_hits_total", "VIP packets sent with a cached next hop, without a FIB lookup (since the program was loaded)."),
 		nhLookups:  d("nexthop_cache_lookups_total", "Successful FIB lookups stored in the next-hop cache: misses, expiries and invalidations (since the program was loaded)."),
@@ -243,19 +245,21 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		if s.slot == nil {
 			continue
 		}
-		p, err := s.slot.Next()
+		// Slot 0 and the attached interfaces' slots: bounded labels, and
+		// no walk over the 65536 slots at every scrape.
+		names := map[int]string{pmaps.AllInterfaces: "*"}
+		for _, at := range a.attach {
+			if at.Program == s.name {
+				names[at.Ifindex] = at.Iface
+			}
+		}
+		entries, err := s.slot.NextPrograms(slices.Collect(maps.Keys(names)))
 		if err != nil {
 			fail()
 			continue
 		}
-		if p != nil {
-			info, err := pmaps.DescribeProgram(p)
-			p.Close()
-			if err != nil {
-				fail()
-				continue
-			}
-			ch <- prometheus.MustNewConstMetric(m.next, prometheus.GaugeValue, 1, s.name, info.Name)
+		for _, e := range entries {
+			ch <- prometheus.MustNewConstMetric(m.next, prometheus.GaugeValue, 1, s.name, names[e.Ifindex], e.Program.Name)
 		}
 	}
 	if version != "" {

@@ -3,6 +3,10 @@ package maps
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/cilium/ebpf"
@@ -221,4 +225,250 @@ func TestChainDecap(t *testing.T) {
 	if v, _ := f.env.run(t, d.Program(), udp9, 0); v != xdpPass {
 		t.Fatalf("empty slot: verdict %s", verdictNames[v])
 	}
+}
+
+// TestChainPerInterface: a program in an interface's slot follows ours on
+// that interface only, in place of the one for every interface (slot 0);
+// interfaces without a slot of their own keep slot 0; clearing an
+// interface's slot falls back to slot 0.
+func TestChainPerInterface(t *testing.T) {
+	f := newFixture(t)
+	onPM0 := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{Name: "fw_pm0"})
+	onPMR0 := mapstest.NewPeerT(t, 10, mapstest.PeerOptions{Name: "fw_pmr0"})
+	all := mapstest.NewPeerT(t, 11, mapstest.PeerOptions{Name: "fw_all"})
+	if err := f.r.SetNextFor(f.env.pm0, onPM0.Program); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.r.SetNextFor(f.env.pmr0, onPMR0.Program); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.r.SetNext(all.Program); err != nil {
+		t.Fatal(err)
+	}
+	udp := func(port uint16) []byte {
+		return pkt{src: clientEU, dst: a("192.0.2.99"), sport: 1000, dport: port, proto: layers.IPProtocolUDP}.frame(t)
+	}
+	lo := 1 // the loopback device: no slot of its own
+	peers := map[string]*mapstest.Peer{"pm0": onPM0, "pmr0": onPMR0, "all": all}
+	tests := []struct {
+		name    string
+		ifindex int
+		port    uint16
+		verdict uint32
+		runs    string // the one peer that runs
+	}{
+		{"pm0, port 9: its own peer drops", f.env.pm0, 9, xdpDrop, "pm0"},
+		{"pm0, port 11: its own peer passes, slot 0 not run", f.env.pm0, 11, xdpPass, "pm0"},
+		{"pmr0, port 9: its own peer passes", f.env.pmr0, 9, xdpPass, "pmr0"},
+		{"pmr0, port 10: its own peer drops", f.env.pmr0, 10, xdpDrop, "pmr0"},
+		{"lo, port 11: slot 0 drops", lo, 11, xdpDrop, "all"},
+		{"lo, port 9: slot 0 passes", lo, 9, xdpPass, "all"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			before := map[string]uint64{}
+			for n, p := range peers {
+				before[n] = peerSeen(t, p)
+			}
+			if v, _ := f.env.run(t, f.r.Program(), udp(tt.port), tt.ifindex); v != tt.verdict {
+				t.Fatalf("verdict %s, want %s", verdictNames[v], verdictNames[tt.verdict])
+			}
+			for n, p := range peers {
+				if got, want := peerSeen(t, p)-before[n], map[bool]uint64{true: 1}[n == tt.runs]; got != want {
+					t.Errorf("peer %s ran %d times, want %d", n, got, want)
+				}
+			}
+		})
+	}
+	// VIP traffic stays ours whatever the interface.
+	seen := peerSeen(t, onPM0)
+	if v, _ := f.env.run(t, f.r.Program(), pkt{src: clientEU, dst: vipDNS.Addr, sport: 2000, dport: 53, proto: layers.IPProtocolUDP}.frame(t), f.env.pm0); v != xdpTX {
+		t.Fatalf("VIP on pm0: verdict %s", verdictNames[v])
+	}
+	if peerSeen(t, onPM0) != seen {
+		t.Fatal("pm0's peer saw VIP traffic")
+	}
+
+	list, err := f.r.NextPrograms(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, e := range list {
+		got = append(got, fmt.Sprintf("%d=%s", e.Ifindex, e.Program.Name))
+	}
+	want := []string{"0=fw_all", fmt.Sprintf("%d=fw_pm0", f.env.pm0), fmt.Sprintf("%d=fw_pmr0", f.env.pmr0)}
+	if !slices.Equal(got, want) {
+		t.Fatalf("NextPrograms(nil) = %v, want %v", got, want)
+	}
+	if list, err := f.r.NextPrograms([]int{f.env.pmr0, lo, ChainSlots + 5}); err != nil || len(list) != 1 || list[0].Ifindex != f.env.pmr0 {
+		t.Fatalf("NextPrograms(pmr0, lo, out of range) = %+v %v", list, err)
+	}
+	if p, err := f.r.NextFor(f.env.pm0); err != nil || p == nil {
+		t.Fatalf("NextFor(pm0): %v %v", p, err)
+	} else {
+		p.Close()
+	}
+
+	for _, bad := range []int{-1, ChainSlots, ChainSlots + 1} {
+		if err := f.r.SetNextFor(bad, onPM0.Program); !errors.Is(err, ErrChainIncompatible) {
+			t.Errorf("SetNextFor(%d): %v, want ErrChainIncompatible", bad, err)
+		}
+	}
+	if err := f.r.SetNextFor(f.env.pm0, f.r.Program()); !errors.Is(err, ErrChainIncompatible) {
+		t.Errorf("SetNextFor(pm0, our router): %v, want ErrChainIncompatible", err)
+	}
+
+	// pm0 without a slot of its own: back to slot 0.
+	if err := f.r.ClearNextFor(f.env.pm0); err != nil {
+		t.Fatal(err)
+	}
+	seen = peerSeen(t, all)
+	if v, _ := f.env.run(t, f.r.Program(), udp(11), f.env.pm0); v != xdpDrop || peerSeen(t, all) != seen+1 {
+		t.Fatalf("pm0 after ClearNextFor: verdict %s, want slot 0's DROP", verdictNames[v])
+	}
+	if err := f.r.ClearNextFor(f.env.pm0); err != nil {
+		t.Fatalf("clearing an empty slot: %v", err)
+	}
+}
+
+// TestChainDecapPerInterface: the decap program takes the same
+// per-interface slots.
+func TestChainDecapPerInterface(t *testing.T) {
+	f := newFixture(t)
+	d, err := LoadDecap(Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	peer := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{})
+	if err := d.SetNextFor(f.env.pmr0, peer.Program); err != nil {
+		t.Fatal(err)
+	}
+	udp9 := pkt{src: clientEU, dst: a("192.0.2.99"), sport: 1, dport: 9, proto: layers.IPProtocolUDP}.frame(t)
+	if v, _ := f.env.run(t, d.Program(), udp9, f.env.pmr0); v != xdpDrop {
+		t.Fatalf("pmr0: verdict %s, want its peer's DROP", verdictNames[v])
+	}
+	if v, _ := f.env.run(t, d.Program(), udp9, f.env.pm0); v != xdpPass {
+		t.Fatalf("pm0 (no slot): verdict %s, want PASS", verdictNames[v])
+	}
+	if list, err := d.NextPrograms(nil); err != nil || len(list) != 1 || list[0].Ifindex != f.env.pmr0 {
+		t.Fatalf("NextPrograms: %+v %v", list, err)
+	}
+	if err := d.ClearNextFor(f.env.pmr0); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := f.env.run(t, d.Program(), udp9, f.env.pmr0); v != xdpPass {
+		t.Fatalf("pmr0 after ClearNextFor: verdict %s", verdictNames[v])
+	}
+}
+
+// pinOneSlotChain pins what the one-slot build left: a PROG_ARRAY with
+// max_entries 1 under name, holding peer in slot 0.
+func pinOneSlotChain(t *testing.T, dir, name string, peer *mapstest.Peer) {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	old, err := ebpf.NewMap(&ebpf.MapSpec{Name: name, Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer old.Close()
+	if err := old.Put(uint32(0), peer.Program); err != nil {
+		t.Fatal(err)
+	}
+	if err := old.Pin(path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// pinnedSlots is the max_entries of the map pinned at path.
+func pinnedSlots(t *testing.T, path string) uint32 {
+	t.Helper()
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	return m.MaxEntries()
+}
+
+// TestChainMigratesOneSlotPin: an agent upgraded from the one-slot build
+// finds pm_next / pm_decap_next pinned with max_entries 1. The program in
+// their slot 0 is carried into slot 0 of the new maps by LoadRouter and
+// LoadDecap (before anything is attached); a load that fails for another
+// reason leaves the old pin in place.
+func TestChainMigratesOneSlotPin(t *testing.T) {
+	env := newNSEnv(t)
+	dir := bpffsDir(t)
+	peer := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{})
+	cfg := testConfig()
+	r, err := LoadRouter(cfg, Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	pinOneSlotChain(t, dir, RouterNextMap, peer)
+
+	// A load that fails (another map's size changed) keeps the old pin.
+	other := cfg
+	other.MaxVIPs *= 2
+	if r, err := LoadRouter(other, Options{PinDir: dir}); !errors.Is(err, ErrIncompatiblePin) {
+		if r != nil {
+			r.Close()
+		}
+		t.Fatalf("LoadRouter with other sizes: %v, want ErrIncompatiblePin", err)
+	}
+	if n := pinnedSlots(t, filepath.Join(dir, RouterNextMap)); n != 1 {
+		t.Fatalf("after a failed load %s has %d slots, want the old map (1) back", RouterNextMap, n)
+	}
+	if info, ok, err := PinnedNext(dir, RouterNextMap); err != nil || !ok || info.Name != "fw_udp_drop" {
+		t.Fatalf("old pin after a failed load: %+v %v %v", info, ok, err)
+	}
+
+	r, err = LoadRouter(cfg, Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if n := pinnedSlots(t, filepath.Join(dir, RouterNextMap)); n != ChainSlots {
+		t.Fatalf("%s has %d slots after the upgrade, want %d", RouterNextMap, n, ChainSlots)
+	}
+	next, err := r.Next()
+	if err != nil || next == nil {
+		t.Fatalf("slot 0 after the upgrade: %v %v", next, err)
+	}
+	if progIDOf(t, next) != progIDOf(t, peer.Program) {
+		t.Fatal("slot 0 holds another program than the one-slot map did")
+	}
+	next.Close()
+	in := pkt{src: clientEU, dst: a("192.0.2.99"), sport: 1, dport: 9, proto: layers.IPProtocolUDP}.frame(t)
+	if v, _ := env.run(t, r.Program(), in, 0); v != xdpDrop {
+		t.Fatalf("upgraded router: verdict %s, want the peer's DROP", verdictNames[v])
+	}
+
+	pinOneSlotChain(t, dir, DecapNextMap, peer)
+	d, err := LoadDecap(Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if list, err := d.NextPrograms(nil); err != nil || len(list) != 1 || list[0].Ifindex != 0 || list[0].Program.Name != "fw_udp_drop" {
+		t.Fatalf("decap slots after the upgrade: %+v %v", list, err)
+	}
+	if v, _ := env.run(t, d.Program(), in, 0); v != xdpDrop {
+		t.Fatalf("upgraded decap: verdict %s, want the peer's DROP", verdictNames[v])
+	}
+}
+
+func progIDOf(t *testing.T, p *ebpf.Program) ebpf.ProgramID {
+	t.Helper()
+	info, err := p.Info()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := info.ID()
+	return id
 }

@@ -24,10 +24,21 @@ func LoadDecap(opts Options) (*Decap, error) {
 	if err != nil {
 		return nil, err
 	}
+	// An upgrade from the one-slot chain map: carry its program over.
+	mg, err := prepareChainMigration(spec.Maps[DecapNextMap], opts.PinDir)
+	if err != nil {
+		return nil, err
+	}
 	if err := spec.LoadAndAssign(&d.objs, copts); err != nil {
+		err = errors.Join(err, mg.abort())
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("%w under %s: %v", ErrIncompatiblePin, opts.PinDir, err)
 		}
+		return nil, fmt.Errorf("load decap: %w", err)
+	}
+	// Before the caller attaches the new program: no packet misses the peer.
+	if err := mg.finish(d.objs.PmDecapNext); err != nil {
+		d.Close()
 		return nil, fmt.Errorf("load decap: %w", err)
 	}
 	return d, nil

@@ -147,7 +147,13 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 	if err != nil {
 		return nil, err
 	}
+	// An upgrade from the one-slot chain map: carry its program over.
+	mg, err := prepareChainMigration(spec.Maps[RouterNextMap], opts.PinDir)
+	if err != nil {
+		return nil, err
+	}
 	if err := spec.LoadAndAssign(&r.objs, copts); err != nil {
+		err = errors.Join(err, mg.abort())
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load router: %w", err)
@@ -156,6 +162,11 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 			return nil, fmt.Errorf("%w under %s (sizes or layout changed; move the old pins away to start empty): %v",
 				ErrIncompatiblePin, opts.PinDir, err)
 		}
+		return nil, fmt.Errorf("load router: %w", err)
+	}
+	// Before the caller attaches the new program: no packet misses the peer.
+	if err := mg.finish(r.objs.PmNext); err != nil {
+		r.Close()
 		return nil, fmt.Errorf("load router: %w", err)
 	}
 	r.tables = newTableSet(r.objs.PmRouteTables, r.objs.PmTableIds, spec.Maps["pm_route_tables"].InnerMap, cfg)
