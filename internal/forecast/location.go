@@ -20,7 +20,7 @@ import (
 // log-probabilities, a per-region bias and per-region weather and event
 // terms, trained online on the cross-entropy per request with AdaGrad),
 // then a mixture of the stacker and every expert whose weights follow
-// their recent log loss (exponentiated gradient with a fixed share). The
+// their log loss (AdaHedge, with a fixed share). The
 // mixture is what makes the whole robust: when the stacker's weights are
 // noisy (long horizons, little signal) the mixture leans on the experts.
 
@@ -57,11 +57,10 @@ const howMid = 2
 
 const (
 	dayTypeForget = 0.9
-	// mixEta is the exponentiated-gradient step of the mixture weights
-	// (the gradients of the per-request log loss are O(1); steps of a few
-	// units let the weights settle within days) and mixShare the fixed
-	// share that keeps every candidate alive.
-	mixEta      = 3
+	// mixEtaMax caps AdaHedge's rate for the mixture weights (at the
+	// start the gap is nought) and mixShare is the fixed share that keeps
+	// every candidate alive.
+	mixEtaMax   = 1e3
 	mixShare    = 1e-3
 	recentAlpha = 0.3
 	piAlpha     = 1.0 / (24 * 28) // the long-run shares remember about four weeks
@@ -107,6 +106,7 @@ type locHorizon struct {
 	gw, gb  []float64 // AdaGrad accumulators
 	gg      []float64
 	mix     []float64 // mixture weights: [0] the stacker, [1+k] expert k
+	gap     float64   // AdaHedge's cumulative mixability gap of the mixture
 	ceSum   float64   // EW cross-entropy per request (for Explain)
 	ceCount float64
 }
@@ -114,6 +114,47 @@ type locHorizon struct {
 type covStats struct {
 	mean, m2 []float64
 	n        float64
+}
+
+// hedge moves the mixture weights by AdaHedge (de Rooij et al. 2014) on
+// each candidate's cross-entropy per request of the bucket (weighted by
+// the bucket's volume, wgt): the rate is ln N over the cumulative
+// mixability gap, so it needs no tuning and tracks the best candidate
+// (on NAB's Twitter volumes the stacker) where the exponentiated
+// gradient on the mixture's own loss, with a fixed step, chased the
+// last-hour shares. p is the stacker's forecast, x the experts'
+// log-probabilities. The fixed share that follows keeps every candidate
+// alive.
+func (lh *locHorizon) hedge(counts []float64, tot, wgt float64, x, p []float64, R int) {
+	var loss [1 + numLx]float64
+	mn, dot := math.Inf(1), 0.0
+	for k := range lh.mix {
+		if k == 1+lxHowAtOrigin {
+			continue // a forecast of the origin, not of the target
+		}
+		l := 0.0
+		for r := 0; r < R; r++ {
+			lk := math.Log(p[r])
+			if k > 0 {
+				lk = x[(k-1)*R+r]
+			}
+			l -= counts[r] / tot * lk
+		}
+		loss[k] = wgt * l
+		mn = math.Min(mn, loss[k])
+		dot += lh.mix[k] * loss[k]
+	}
+	eta := math.Min(math.Log(numLx)/math.Max(lh.gap, 1e-9), mixEtaMax)
+	sw := 0.0
+	for k := range lh.mix {
+		if k != 1+lxHowAtOrigin {
+			lh.mix[k] *= math.Exp(-eta * (loss[k] - mn))
+			sw += lh.mix[k]
+		}
+	}
+	// The mixability gap: the weighted mean loss above the mix loss.
+	lh.gap += math.Max(dot-(mn-math.Log(sw)/eta), 0)
+	normalise(lh.mix)
 }
 
 // NewLocationModel returns an empty model. feeds may be nil.
@@ -369,9 +410,6 @@ func (m *LocationModel) Observe(t time.Time, counts []float64) error {
 			}
 			x := m.pendX[(slot*len(m.hor)+hi)*numLx*R : (slot*len(m.hor)+hi+1)*numLx*R]
 			z := m.pendZ[(slot*len(m.hor)+hi)*max(m.J, 1) : (slot*len(m.hor)+hi+1)*max(m.J, 1)]
-			// Mixture weights: exponentiated gradient on the log loss
-			// per request of the mixture, with a fixed share so a
-			// candidate that was poor can come back.
 			mixP := m.scratch[R : 2*R]
 			m.combine(hi, x, z, mixP)
 			m.stack(hi, x, z, p)
@@ -381,21 +419,7 @@ func (m *LocationModel) Observe(t time.Time, counts []float64) error {
 			}
 			lh.ceSum = 0.99*lh.ceSum + ce/tot
 			lh.ceCount = 0.99*lh.ceCount + 1
-			for k := range lh.mix {
-				if lh.mix[k] == 0 && k == 1+lxHowAtOrigin {
-					continue
-				}
-				g := 0.0
-				for r := 0; r < R; r++ {
-					pk := p[r]
-					if k > 0 {
-						pk = math.Exp(x[(k-1)*R+r])
-					}
-					g -= counts[r] / tot * pk / mixP[r]
-				}
-				lh.mix[k] *= math.Exp(-mixEta * wgt * g)
-			}
-			normalise(lh.mix)
+			lh.hedge(counts, tot, wgt, x, p, R)
 			for k := range lh.mix {
 				if k != 1+lxHowAtOrigin {
 					lh.mix[k] = (1-mixShare)*lh.mix[k] + mixShare/float64(len(lh.mix)-1)

@@ -39,7 +39,8 @@ const (
 	// snapVersion 2: the demand model gained the forecast combination
 	// (pool.go); 3: the yearly memory, three stacker inputs (yearly.go,
 	// the trend) and the non-negative flag; 4: the recent error scale of
-	// the intervals; 5: the Holt-Winters expert of the combination. Older
+	// the intervals; 5: the Holt-Winters expert of the combination and the location
+	// mixture's AdaHedge state. Older
 	// snapshots are refused with ErrSnapshotVersion.
 	snapVersion = 5
 	// maxSnapshot bounds what Restore reads (a million series of a few
@@ -434,6 +435,7 @@ func (m *LocationModel) encode(e *enc) {
 		e.fs(lh.gb)
 		e.fs(lh.gg)
 		e.fs(lh.mix)
+		e.f64(lh.gap)
 		e.f64(lh.ceSum)
 		e.f64(lh.ceCount)
 	}
@@ -492,6 +494,9 @@ func decodeLocation(d *dec, cfg LocationConfig, feeds *Feeds) *LocationModel {
 		d.fsInto(lh.gb, "adagrad")
 		d.fsInto(lh.gg, "adagrad")
 		d.fsInto(lh.mix, "mixture weights")
+		if lh.gap = d.f64(); !(lh.gap >= 0) || math.IsInf(lh.gap, 0) {
+			d.fail("mixability gap")
+		}
 		lh.ceSum = d.f64()
 		lh.ceCount = d.f64()
 	}
