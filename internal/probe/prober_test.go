@@ -139,7 +139,15 @@ func TestUDPProberLoopback(t *testing.T) {
 					t.Fatalf("loopback rtt %v", rtt)
 				}
 			}
-			if got := testutil.ToFloat64(m.echoes.WithLabelValues("answered")); got != 3 {
+			// The responder counts a reply once WriteTo returns, which can
+			// be after the prober has read it: wait for the count.
+			got := 0.0
+			for deadline := time.Now().Add(2 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				if got = testutil.ToFloat64(m.echoes.WithLabelValues("answered")); got >= 3 {
+					break
+				}
+			}
+			if got != 3 {
 				t.Fatalf("answered = %v, want 3", got)
 			}
 			_, err := p.Probe(context.Background(), closedPort(t, "udp", lb.host))
