@@ -540,11 +540,8 @@ func TestHeldTaskStartsWhenTheScheduleChanges(t *testing.T) {
 	to := (from + 120) % 1440
 	peak := fmt.Sprintf("unlimited; * %02d:%02d-%02d:%02d 1MB", from/60, from%60, to/60, to%60)
 	p := newReplPair(t, peak)
-	a := New(&Config{Node: "src", Replication: p.srcCfg, Controller: &ControllerCfg{Site: "eu"}}, "", discardLogger())
-	a.repl = p.src
-	cp := &controlPlane{a: a}
-	a.cp = cp
-	t.Cleanup(cp.stopTasks)
+	cp := taskAgent(t, "src", p.srcCfg, p.src)
+	a := cp.a
 
 	st := sampleProtoState()
 	tk := task("disk", "src", "dst")
@@ -634,11 +631,8 @@ func TestReloadAddsPeer(t *testing.T) {
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
 	var peer PeerCfg
 	p := newReplPair(t, "", func(src, _ *Replication) { peer, src.Peers = src.Peers[0], nil })
-	a := New(&Config{Node: "src", Replication: p.srcCfg, Controller: &ControllerCfg{Site: "eu"}}, "", discardLogger())
-	a.repl = p.src
-	cp := &controlPlane{a: a}
-	a.cp = cp
-	t.Cleanup(cp.stopTasks)
+	cp := taskAgent(t, "src", p.srcCfg, p.src)
+	a := cp.a
 
 	st := sampleProtoState()
 	st.ReplicationTasks = []*pb.ReplicationTask{task("disk", "src", "dst")}
@@ -734,15 +728,7 @@ func TestTargetCreatesPlacedVolume(t *testing.T) {
 		dst.Volumes, dst.VolumeDir = nil, volDir
 	})
 	p.dstImg = filepath.Join(volDir, "disk.img")
-	agent := func(node string, r *Replication, n *replicator.Node) *controlPlane {
-		a := New(&Config{Node: node, Replication: r, Controller: &ControllerCfg{Site: "eu"}}, "", discardLogger())
-		a.repl = n
-		cp := &controlPlane{a: a}
-		a.cp = cp
-		t.Cleanup(cp.stopTasks)
-		return cp
-	}
-	src, dst := agent("src", p.srcCfg, p.src), agent("dst", p.dstCfg, p.dst)
+	src, dst := taskAgent(t, "src", p.srcCfg, p.src), taskAgent(t, "dst", p.dstCfg, p.dst)
 
 	st := sampleProtoState()
 	tk := task("disk", "src", "dst")
@@ -774,7 +760,7 @@ func TestTargetCreatesPlacedVolume(t *testing.T) {
 	// A host without volume_dir cannot receive it: counted, not fatal.
 	r := *p.dstCfg
 	r.VolumeDir = ""
-	other := agent("dst", &r, p.dst)
+	other := taskAgent(t, "dst", &r, p.dst)
 	st2 := sampleProtoState()
 	tk2 := task("other-disk", "src", "dst")
 	st2.ReplicationTasks = []*pb.ReplicationTask{tk2}
@@ -799,4 +785,17 @@ func TestVolumeFileNameAndSpace(t *testing.T) {
 	if err := enoughSpace(dir, 1<<62); err == nil || !strings.Contains(err.Error(), "bytes free") {
 		t.Fatalf("an exabyte copy: %v", err)
 	}
+}
+
+// taskAgent is an agent of node without a data plane (its routing state is
+// only compiled, which is all apply needs) running replicator n, with its
+// control plane; its task timers stop with the test.
+func taskAgent(t *testing.T, node string, r *Replication, n *replicator.Node) *controlPlane {
+	t.Helper()
+	a := New(&Config{Node: node, Replication: r, Controller: &ControllerCfg{Site: "eu"}}, "", discardLogger())
+	a.repl = n
+	cp := &controlPlane{a: a}
+	a.cp = cp
+	t.Cleanup(cp.stopTasks)
+	return cp
 }
