@@ -161,6 +161,17 @@ type outFrame struct {
 	size          int
 }
 
+// bytes is the frame's length from its parts (what goes on the wire; the
+// pacing and the rate meter count this, never size, so a count that
+// disagrees with the bytes cannot stall a frame or skew a rate).
+func (f outFrame) bytes() int {
+	n := len(f.head) + len(f.trailer)
+	for _, d := range f.data {
+		n += len(d)
+	}
+	return n
+}
+
 // sendFrame writes a frame, throttled by the link's limiter. A throttled
 // link (copies and cycles, not interactive traffic) is measured: the
 // sender is backlogged from here until the frame is on the socket.
@@ -170,11 +181,7 @@ func (l *link) sendFrame(ctx context.Context, f outFrame) error {
 	}
 	l.meter.begin(time.Now())
 	err := l.sendFrameNow(ctx, f)
-	n := len(f.head) + len(f.trailer)
-	for _, d := range f.data {
-		n += len(d)
-	}
-	l.meter.end(time.Now(), n, err == nil)
+	l.meter.end(time.Now(), f.bytes(), err == nil)
 	return err
 }
 
@@ -219,12 +226,7 @@ func (l *link) writeFrame(f outFrame, write func([]byte) error) error {
 func (l *link) sendPaced(ctx context.Context, f outFrame) error {
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	// What is left of the frame, from its parts (never f.size: a frame
-	// must not stall on a count that disagrees with its bytes).
-	remaining, budget := len(f.head)+len(f.trailer), 0
-	for _, d := range f.data {
-		remaining += len(d)
-	}
+	remaining, budget := f.bytes(), 0 // what is left of the frame
 	write := func(p []byte) error {
 		for len(p) > 0 {
 			if budget == 0 {
