@@ -322,17 +322,23 @@ func (m *LocationModel) context(tt time.Time, z []float64) {
 // combine writes horizon hi's forecast: the mixture of the stacker and
 // the experts under the mixture weights.
 func (m *LocationModel) combine(hi int, x, z, p []float64) {
+	m.stack(hi, x, z, p)
+	m.mixture(hi, x, p, p)
+}
+
+// mixture writes into out (which may be sp) the mixture of the stacker's
+// forecast sp and the experts x under horizon hi's weights.
+func (m *LocationModel) mixture(hi int, x, sp, out []float64) {
 	R := m.R
 	lh := &m.hor[hi]
-	m.stack(hi, x, z, p)
 	for r := 0; r < R; r++ {
-		v := lh.mix[0] * p[r]
+		v := lh.mix[0] * sp[r]
 		for k := 0; k < numLx; k++ {
 			if w := lh.mix[1+k]; w > 0 {
 				v += w * math.Exp(x[k*R+r])
 			}
 		}
-		p[r] = v
+		out[r] = v
 	}
 }
 
@@ -411,8 +417,8 @@ func (m *LocationModel) Observe(t time.Time, counts []float64) error {
 			x := m.pendX[(slot*len(m.hor)+hi)*numLx*R : (slot*len(m.hor)+hi+1)*numLx*R]
 			z := m.pendZ[(slot*len(m.hor)+hi)*max(m.J, 1) : (slot*len(m.hor)+hi+1)*max(m.J, 1)]
 			mixP := m.scratch[R : 2*R]
-			m.combine(hi, x, z, mixP)
 			m.stack(hi, x, z, p)
+			m.mixture(hi, x, p, mixP)
 			ce := 0.0
 			for r := 0; r < R; r++ {
 				ce -= counts[r] * math.Log(mixP[r])
