@@ -322,16 +322,9 @@ func prepareChainMigration(ms *ebpf.MapSpec, pinDir string) (*chainMigration, er
 		return nil, nil
 	}
 	path := filepath.Join(pinDir, ms.Name)
-	m, err := ebpf.LoadPinnedMap(path, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open pinned %s: %w", ms.Name, err)
-	}
-	if ms.Compatible(m) == nil {
-		m.Close()
-		return nil, nil
+	m, err := incompatiblePin(ms, path)
+	if m == nil || err != nil {
+		return nil, err
 	}
 	mg := &chainMigration{old: m, path: path, progs: map[int]*ebpf.Program{}}
 	ids, err := chain{m}.ids()

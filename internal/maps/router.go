@@ -182,21 +182,33 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 // (other size or layout): a cache holds nothing worth refusing to start
 // for. The running program keeps its own reference until it is replaced.
 func dropIncompatibleCache(ms *ebpf.MapSpec, path string) error {
-	m, err := ebpf.LoadPinnedMap(path, nil)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("open pinned %s: %w", ms.Name, err)
+	m, err := incompatiblePin(ms, path)
+	if m == nil || err != nil {
+		return err
 	}
 	defer m.Close()
-	if ms.Compatible(m) == nil {
-		return nil
-	}
 	if err := os.Remove(path); err != nil {
 		return fmt.Errorf("replace incompatible %s: %w", ms.Name, err)
 	}
 	return nil
+}
+
+// incompatiblePin opens the map pinned at path when this build cannot reuse
+// it for ms (other size or layout); nil when nothing is pinned there or the
+// pin is compatible. The caller closes it.
+func incompatiblePin(ms *ebpf.MapSpec, path string) (*ebpf.Map, error) {
+	m, err := ebpf.LoadPinnedMap(path, nil)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open pinned %s: %w", ms.Name, err)
+	}
+	if ms.Compatible(m) == nil {
+		m.Close()
+		return nil, nil
+	}
+	return m, nil
 }
 
 // Close releases the program and map handles. Pinned maps stay in bpffs.
