@@ -371,3 +371,48 @@ func TestNextHopCacheFollowsMapWrites(t *testing.T) {
 		t.Fatal("a new outer source kept the next-hop cache")
 	}
 }
+
+// TestIncompatibleNextHopCacheDropped: a pinned next-hop cache of another
+// size (a build whose cache had another layout, or another mirror count
+// for it) is dropped and made anew at load, not refused: a cache holds
+// nothing worth refusing to start for.
+func TestIncompatibleNextHopCacheDropped(t *testing.T) {
+	dir := bpffsDir(t)
+	cfg := testConfig()
+	r, err := LoadRouter(cfg, Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	path := filepath.Join(dir, "pm_nexthops")
+	old, err := ebpf.LoadPinnedMap(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := old.Info()
+	old.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	small, err := ebpf.NewMap(&ebpf.MapSpec{Type: info.Type, KeySize: info.KeySize, ValueSize: info.ValueSize, MaxEntries: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := small.Pin(path); err != nil {
+		small.Close()
+		t.Fatal(err)
+	}
+	small.Close()
+
+	r, err = LoadRouter(cfg, Options{PinDir: dir})
+	if err != nil {
+		t.Fatalf("load over an incompatible next-hop cache: %v", err)
+	}
+	defer r.Close()
+	if n := pinnedSlots(t, path); n != uint32(2*cfg.MaxMirrors) {
+		t.Fatalf("pm_nexthops has %d entries after the load, want %d", n, 2*cfg.MaxMirrors)
+	}
+}
