@@ -781,7 +781,7 @@ func (m *Hybrid) resolvePool(h, po int, y, rate float64) float64 {
 	}
 	m.pl.update(h, po, y, m.shr[h-1], m.integer)
 	ae := math.Abs(y - fin)
-	trackQuantiles(m.qF[2*(h-1):2*h], (y-fin)/m.ivScale(h), m.eta)
+	trackQuantiles(m.qF[2*(h-1):2*h], (y-fin)/m.ivScale(h), ivEta0/math.Sqrt(float64(h)))
 	m.shF[h-1] += rate * (ae - m.shF[h-1])
 	m.shFr[h-1] += math.Max(rate, ivRecentRate) * (ae - m.shFr[h-1])
 	// The losses are scaled by a robust version (errors clipped at a few

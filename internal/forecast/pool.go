@@ -73,6 +73,16 @@ const (
 	// what the slow scale alone gave, except the series with a transient.
 	ivRecentRate = 1.0 / 8
 	ivRecentCap  = 1.5
+	// ivEta0/√h is the step of the final interval's quantile trackers at
+	// horizon h (in units of its error scale). The one-step trackers
+	// learn of each error at once and can move fast (at 0.05, NAB
+	// network_in's short trace covered 89% at one step: the trackers had
+	// not come in from their start); an h-step error arrives h−1 buckets
+	// late and consecutive ones overlap, so a fast step there overshoots
+	// (0.1 at every horizon: 12-step coverage fell on 9 of 14 dev series).
+	// Steps 0.125–0.2 gave the same calibration on the dev traces and on
+	// 46 NAB series outside them (BENCHMARKS "round 6").
+	ivEta0 = 0.15
 	// poissonMaxMean: for integer series whose model mean is below this,
 	// the model experts give the median of a Poisson count with that mean
 	// (above it the Poisson median is within a third of the mean and the
