@@ -141,7 +141,15 @@
 //     the hybrid re-anchored
 //     by its last one-step error when that error was a surprise (beyond 4
 //     robust scales: a spike or a level shift; this expert bets on the
-//     shift, and its weight learns from the series which bet pays). For
+//     shift, and its weight learns from the series which bet pays); and,
+//     once a year has been seen, Holt-Winters and the regression each plus
+//     the yearly memory's change of level from the origin's day to the
+//     target's day (Prophet's yearly season given to the experts that
+//     carry today's level forward: Peyton Manning's page views at 12 days
+//     0.916 → 0.897 of the best baseline). Until then they sleep (Freund,
+//     Schapire, Singer and Warmuth's sleeping experts): left out of the
+//     combination, their weight unchanged, so a series shorter than a
+//     year is combined exactly as without them. For
 //     integer series whose model mean is below 20 the model experts give
 //     the median of a Poisson count with that mean instead (for counts of
 //     a few per bucket the count median, not a shifted mean, minimises the

@@ -302,7 +302,7 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 		m.yr = newYearly()
 	}
 	if !cfg.NoPool {
-		m.pl = newPool(H, m.P, m.W, max(m.d.spd, 1), stepsPer(cfg.Step, 7*24*time.Hour))
+		m.pl = newPool(H, m.P, m.W, max(m.d.spd, 1), stepsPer(cfg.Step, 7*24*time.Hour), m.yr != nil)
 		if m.pl.avail[expHW] {
 			m.hw = newHoltWinters(m.pl.season)
 		}

@@ -2,6 +2,7 @@ package forecast
 
 import (
 	"math"
+	"time"
 )
 
 // Experts of the forecast combination (see doc.go, "Combination"). The
@@ -22,13 +23,18 @@ const (
 	expSDayMed          // the median of the values at the target's time of day over the last week
 	expHW               // online robust Holt-Winters (holtwinters.go)
 	expPersist          // the regression's forecast plus the origin's residual, undamped (h > 1)
+	// Yearly experts: an expert that carries the origin's level forward,
+	// plus the yearly memory's change of level from the origin's day to
+	// the target's day (yearly.go). Asleep until a year has been seen.
+	expHWYear  // Holt-Winters
+	expRegYear // the regression
 	numExp
 )
 
 // expNames name the experts (test messages, debugging).
 var expNames = [numExp]string{"hybrid", "regression", "naive", "snaive_day", "snaive_week",
 	"median_3", "median_season", "hybrid_reanchored", "snaive_week_median", "snaive_day_median",
-	"holt_winters", "regression_persistent"}
+	"holt_winters", "regression_persistent", "holt_winters_yearly", "regression_yearly"}
 
 const (
 	// poolEtas learning rates η_g = poolEta0·4^g = 0.1, 0.4, 1.6, 6.4
@@ -116,7 +122,7 @@ type pool struct {
 	slow   []float64 // H learning-rate factor of each horizon, h^−poolDelayExp
 }
 
-func newPool(H, P, W, spd, wk int) *pool {
+func newPool(H, P, W, spd, wk int, yearly bool) *pool {
 	p := &pool{H: H, P: P}
 	for _, k := range []int{expHybrid, expReg, expNaive, expMedShort, expReanchor, expPersist} {
 		p.avail[k] = true
@@ -144,6 +150,10 @@ func newPool(H, P, W, spd, wk int) *pool {
 	}
 	if p.season >= 2 && W >= 2*p.season {
 		p.avail[expHW] = true
+	}
+	if yearly {
+		p.avail[expRegYear] = true
+		p.avail[expHWYear] = p.avail[expHW]
 	}
 	for _, ok := range p.avail {
 		if ok {
@@ -179,12 +189,21 @@ func (p *pool) combine(h, po int, f *[numExp]float64, integer bool) float64 {
 	fc := p.fc[(po*p.H+h-1)*numCand : (po*p.H+h)*numCand]
 	fc[0] = float32(f[expHybrid])
 	for g := 0; g < poolEtas; g++ {
+		// Sleeping experts (Freund, Schapire, Singer & Warmuth 1997): an
+		// expert with no forecast (NaN) is left out and the others'
+		// weights renormalised; its weight is neither won nor lost while
+		// it sleeps (update), so a series on which it never wakes is
+		// combined as if it did not exist.
 		w := p.w[((h-1)*poolEtas+g)*numExp : ((h-1)*poolEtas+g+1)*numExp]
-		c := 0.0
+		c, sw := 0.0, 0.0
 		for k, ok := range p.avail {
-			if ok {
+			if ok && !math.IsNaN(f[k]) {
 				c += w[k] * f[k]
+				sw += w[k]
 			}
+		}
+		if sw > 0 {
+			c /= sw
 		}
 		fc[g+1] = float32(c)
 	}
@@ -229,11 +248,19 @@ func (p *pool) update(h, po int, y, scale float64, integer bool) {
 		return math.Min(math.Abs(y-f)/scale, poolLossClip)
 	}
 	fx := p.fx[(po*p.H+h-1)*numExp : (po*p.H+h)*numExp]
+	fc := p.fc[(po*p.H+h-1)*numCand : (po*p.H+h)*numCand]
 	var e [numExp]float64
+	awake, nAwake := p.avail, p.nav
 	for k, ok := range p.avail {
-		if ok {
-			e[k] = math.Exp(-poolEta0 * p.slow[h-1] * loss(float64(fx[k])))
+		if !ok {
+			continue
 		}
+		if math.IsNaN(float64(fx[k])) {
+			awake[k] = false
+			nAwake--
+			continue
+		}
+		e[k] = math.Exp(-poolEta0 * p.slow[h-1] * loss(float64(fx[k])))
 	}
 	for g := 0; g < poolEtas; g++ {
 		if g > 0 {
@@ -242,9 +269,26 @@ func (p *pool) update(h, po int, y, scale float64, integer bool) {
 				e[k] *= e[k]
 			}
 		}
-		fixedShare(p.w[((h-1)*poolEtas+g)*numExp:((h-1)*poolEtas+g+1)*numExp], e[:], p.avail[:], p.nav, p.alpha)
+		w := p.w[((h-1)*poolEtas+g)*numExp : ((h-1)*poolEtas+g+1)*numExp]
+		if nAwake == p.nav {
+			fixedShare(w, e[:], p.avail[:], p.nav, p.alpha)
+			continue
+		}
+		// Sleeping experts keep their weight; the awake ones share the
+		// rest as if the sleepers were not there.
+		mass := 0.0
+		for k, ok := range awake {
+			if ok {
+				mass += w[k]
+			}
+		}
+		fixedShare(w, e[:], awake[:], nAwake, p.alpha)
+		for k, ok := range awake {
+			if ok {
+				w[k] *= mass
+			}
+		}
 	}
-	fc := p.fc[(po*p.H+h-1)*numCand : (po*p.H+h)*numCand]
 	var ec, lc [numCand]float64
 	all := [numCand]bool{}
 	v := p.v[(h-1)*numCand : h*numCand]
@@ -365,6 +409,14 @@ func (m *Hybrid) experts(idx int64, h int, hyb, mean, mu float64) *[numExp]float
 		if p.avail[expMedSeason] {
 			f[expMedSeason] = m.medLast(idx, p.season)
 		}
+	}
+	if p.avail[expRegYear] {
+		d, ok := m.yr.delta(m.last, m.last.Add(time.Duration(h)*m.cfg.Step))
+		if !ok {
+			d = math.NaN() // asleep
+		}
+		f[expRegYear] = mu + d
+		f[expHWYear] = f[expHW] + d
 	}
 	return f
 }

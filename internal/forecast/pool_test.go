@@ -15,7 +15,7 @@ import (
 // follow within a few updates (the discounted losses forget, and the
 // learning rate is chosen by the candidates' own recent losses).
 func TestPoolFollowsTheBetterExpert(t *testing.T) {
-	p := newPool(1, 2, 96, 24, 0)
+	p := newPool(1, 2, 96, 24, 0, false)
 	for k := range p.avail {
 		p.avail[k] = k == expHybrid || k == expNaive
 	}
@@ -47,6 +47,57 @@ func TestPoolFollowsTheBetterExpert(t *testing.T) {
 		if e > 1 {
 			t.Fatalf("%d updates after the swap the combination is still %.2f off (errors %v)", i+8, e, errs)
 		}
+	}
+}
+
+// TestPoolSleepingExperts: an expert with no forecast (NaN) sleeps. While
+// it sleeps the combination is the one a pool without it makes and its
+// weight does not move; once awake and exact it takes the weight.
+func TestPoolSleepingExperts(t *testing.T) {
+	with := newPool(1, 2, 96, 24, 0, true)
+	without := newPool(1, 2, 96, 24, 0, false)
+	if !with.avail[expHWYear] || without.avail[expRegYear] {
+		t.Fatal("yearly experts' availability")
+	}
+	rng := rand.New(rand.NewPCG(3, 3))
+	var f [numExp]float64
+	step := func(p *pool, i int, y float64) float64 {
+		c := p.combine(1, i%2, &f, false)
+		p.update(1, i%2, y, 1, false)
+		return c
+	}
+	sleeper := func() (w [poolEtas]float64) {
+		for g := range w {
+			w[g] = with.w[g*numExp+expRegYear]
+		}
+		return w
+	}
+	w0 := sleeper()
+	for i := 0; i < 300; i++ {
+		y := 10 + rng.NormFloat64()
+		for k := range f {
+			f[k] = y + float64(k%4)*rng.NormFloat64()
+		}
+		f[expHWYear], f[expRegYear] = math.NaN(), math.NaN()
+		a, b := step(with, i, y), step(without, i, y)
+		if math.Abs(a-b) > 1e-9 {
+			t.Fatalf("step %d: combination with sleeping experts %.12f, without %.12f", i, a, b)
+		}
+	}
+	if w := sleeper(); w != w0 {
+		t.Fatalf("a sleeping expert's weights moved: %v → %v", w0, w)
+	}
+	// Awake and exact, while the others err by several scales.
+	for i := 300; i < 400; i++ {
+		y := 10 + rng.NormFloat64()
+		for k := range f {
+			f[k] = y + 5 + rng.NormFloat64()
+		}
+		f[expRegYear] = y
+		step(with, i, y)
+	}
+	if w := with.weights(1)[expRegYear]; w < 0.8 {
+		t.Fatalf("the exact expert, awake for 100 steps, has weight %.3f", w)
 	}
 }
 

@@ -40,9 +40,9 @@ const (
 	// (pool.go); 3: the yearly memory, three stacker inputs (yearly.go,
 	// the trend) and the non-negative flag; 4: the recent error scale of
 	// the intervals; 5: the Holt-Winters expert of the combination and the location
-	// mixture's AdaHedge state. Older
+	// mixture's AdaHedge state; 6: two yearly experts in the combination. Older
 	// snapshots are refused with ErrSnapshotVersion.
-	snapVersion = 5
+	snapVersion = 6
 	// maxSnapshot bounds what Restore reads (a million series of a few
 	// hundred kilobytes would not fit anyway).
 	maxSnapshot = 64 << 30
