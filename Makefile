@@ -50,6 +50,10 @@ bench-forecast: ## forecast backtests on ../shared/data/dev (issue 6)
 bench-forecast-nab: ## forecast backtest on 46 held-out NAB series (NAB=path/to/NAB/data, a numenta/NAB checkout)
 	@bash scripts/validate-forecast-nab.sh $(NAB)
 
+.PHONY: bench-forecast-daily
+bench-forecast-daily: ## forecast backtest on Prophet's held-out daily examples (PROPHET=path/to/prophet/examples)
+	@bash scripts/validate-forecast-daily.sh $(PROPHET)
+
 .PHONY: route-eval
 route-eval: ## route policy replay on ../shared/data/latency (issue 4)
 	@bash scripts/route-eval.sh
