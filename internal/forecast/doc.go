@@ -158,8 +158,11 @@
 //     error scale (errors clipped at 4× it, so a spike does not make every
 //     later difference look small; one loss is clipped at 20 scales): each
 //     bucket multiplies an expert's weight by e^(−η·loss) and returns a
-//     share 1/W of the weight to all, so an expert that was bad for weeks
-//     takes over within a bucket or two after a level shift. Four learning
+//     share 1/W of the weight to all (1/W·h^−1.5 at horizon h, slowed
+//     with the rate below, so the balance between what losses take and
+//     the share gives back is the same at every horizon), so an expert
+//     that was bad for weeks takes over within a bucket or two after a
+//     level shift. Four learning
 //     rates η = 0.1, 0.4, 1.6, 6.4 (divided by h^1.5 at horizon h: its
 //     losses arrive h−1 buckets late and consecutive origins share h−1
 //     targets, so a fast rate chases regimes it learns of too late) give

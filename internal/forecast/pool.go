@@ -112,7 +112,7 @@ type pool struct {
 	lagDay int       // buckets in a day (expSDay)
 	lagWk  int       // buckets in a week (expSWeek)
 	season int       // buckets of expMedSeason
-	alpha  float64   // fixed share: 1/window, about one switch per window
+	alpha  float64   // fixed share: 1/window, about one switch per window (times h^−1.5 for the experts at horizon h)
 	lamGap float64   // discount of the candidates' mixability gap (memory a window)
 	fx     []float32 // P×H×numExp expert forecasts per origin
 	fc     []float32 // P×H×numCand candidate forecasts per origin
@@ -270,8 +270,14 @@ func (p *pool) update(h, po int, y, scale float64, integer bool) {
 			}
 		}
 		w := p.w[((h-1)*poolEtas+g)*numExp : ((h-1)*poolEtas+g+1)*numExp]
+		// The share slows with the rate: an expert's weight settles
+		// where what the share gives back balances what its losses take
+		// (about α/η), so at α/1 and η·h^−1.5 the twelve-step weights
+		// stayed near uniform and a random-walk gauge's naive expert,
+		// best by a third at twelve steps, never took over.
+		alpha := p.alpha * p.slow[h-1]
 		if nAwake == p.nav {
-			fixedShare(w, e[:], p.avail[:], p.nav, p.alpha)
+			fixedShare(w, e[:], p.avail[:], p.nav, alpha)
 			continue
 		}
 		// Sleeping experts keep their weight; the awake ones share the
@@ -282,7 +288,7 @@ func (p *pool) update(h, po int, y, scale float64, integer bool) {
 				mass += w[k]
 			}
 		}
-		fixedShare(w, e[:], awake[:], nAwake, p.alpha)
+		fixedShare(w, e[:], awake[:], nAwake, alpha)
 		for k, ok := range awake {
 			if ok {
 				w[k] *= mass
