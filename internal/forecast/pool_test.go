@@ -352,6 +352,68 @@ func TestHybridSnapshotPoolState(t *testing.T) {
 	}
 }
 
+// TestYearlyExpertsWake: on a daily series the yearly experts sleep (no
+// forecast) through the first year and forecast once the yearly memory
+// has a year, Holt-Winters's plus the year's change of level; a model
+// restored from a snapshot taken while they are awake continues exactly.
+func TestYearlyExpertsWake(t *testing.T) {
+	cfg := HybridConfig{Step: 24 * time.Hour, Horizon: 12, Seed: 2}
+	rng := rand.New(rand.NewPCG(21, 21))
+	ys := make([]float64, 500)
+	for d := range ys {
+		ys[d] = 10 + 3*math.Sin(2*math.Pi*float64(d+100)/365) + 0.2*rng.NormFloat64()
+	}
+	day := func(d int) time.Time { return yrStart.Add(time.Duration(d) * 24 * time.Hour) }
+	a, err := NewHybrid(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !a.pl.avail[expHWYear] || !a.pl.avail[expRegYear] {
+		t.Fatal("yearly experts not available on a daily series")
+	}
+	slot := func(m *Hybrid, h int) []float32 {
+		po := int((m.n - 1) % int64(m.P))
+		return m.pl.fx[(po*m.pl.H+h-1)*numExp : (po*m.pl.H+h)*numExp]
+	}
+	for d := 0; d < 450; d++ {
+		if err := a.Observe(day(d), ys[d]); err != nil {
+			t.Fatal(err)
+		}
+		fx := slot(a, 12)
+		awake := !math.IsNaN(float64(fx[expHWYear]))
+		switch {
+		case d < 300 && awake:
+			t.Fatalf("day %d: the yearly expert forecasts before a year is known", d)
+		case d == 449 && !awake:
+			t.Fatal("after 450 days the yearly experts still sleep")
+		}
+	}
+	// Day 449 is where the yearly sine falls fastest (about 0.6 over 12
+	// days): the yearly Holt-Winters expert is shifted by the change.
+	fx := slot(a, 12)
+	d, _ := a.yr.delta(a.last, a.last.Add(12*24*time.Hour))
+	if got := float64(fx[expHWYear] - fx[expHW]); math.Abs(got-d) > 1e-3 || d > -0.3 {
+		t.Fatalf("yearly Holt-Winters minus Holt-Winters %.4f, yearly change %.4f", got, d)
+	}
+	e := &enc{}
+	a.encode(e)
+	b, _ := NewHybrid(cfg, nil)
+	dd := &dec{b: e.b}
+	b.decode(dd)
+	if dd.err != nil {
+		t.Fatal(dd.err)
+	}
+	for d := 450; d < 500; d++ {
+		a.Observe(day(d), ys[d])
+		b.Observe(day(d), ys[d])
+	}
+	for h, q := range a.Forecast() {
+		if b.Forecast()[h] != q {
+			t.Fatalf("h=%d: %+v after restore, %+v before", h+1, b.Forecast()[h], q)
+		}
+	}
+}
+
 // TestNonNegativeQuantiles: a series never below zero gets no negative
 // quantile (a count that fell to zero has an interval [0, x], not [−x, x]);
 // once a value below zero is seen, quantiles may be negative again.
