@@ -6,9 +6,9 @@
  * hop-by-hop / routing / destination-options / fragment headers, TCP, UDP,
  * ICMP errors) -> VIP -> session (5-tuple LRU) -> user affinity -> client
  * region (LPM) -> route table for (resource, region) -> mirror state ->
- * encapsulate (outer family = the mirror's family) -> next hop from the
- * per-CPU next-hop cache or bpf_fib_lookup -> XDP_TX / XDP_REDIRECT. Mirrors
- * answer clients directly.
+ * encapsulate (outer family = the mirror's family; IP-in-IP or GUE per
+ * mirror) -> next hop from the per-CPU next-hop cache or bpf_fib_lookup ->
+ * XDP_TX / XDP_REDIRECT. Mirrors answer clients directly.
  *
  * Anything that is not VIP traffic is passed untouched. VIP traffic is never
  * passed to the stack un-encapsulated: the VIP is not local here, so the
@@ -237,8 +237,10 @@ struct pkt {
 	__u8 df;        /* outer may not be fragmented */
 	__u8 vlan;      /* one 802.1Q tag present */
 	__u8 icmp;      /* an ICMP error quoting flow */
-	__u8 pad[2];
+	__u8 l4_csum;   /* the transport checksum covers the packet: TCP, UDP with one, ICMP(v6) */
+	__u8 csum_ok;   /* csum is valid (see inner_csum) */
 	__u32 ifindex;  /* ingress device */
+	__u32 csum;     /* the packet's share of a GUE UDP checksum, unfolded-complement form (inner_csum) */
 };
 
 static __always_inline void count(enum pm_reason r)
@@ -347,6 +349,7 @@ static __always_inline int parse_ports(void *l4, void *data_end, struct pkt *p)
 		p->flow.sport = bpf_ntohs(th->source);
 		p->flow.dport = bpf_ntohs(th->dest);
 		p->tcp_flags = ((__u8 *)th)[13];
+		p->l4_csum = 1;
 		return P_OK;
 	}
 	if (p->flow.proto == IPPROTO_UDP) {
@@ -356,6 +359,8 @@ static __always_inline int parse_ports(void *l4, void *data_end, struct pkt *p)
 			return P_L4_MALFORMED;
 		p->flow.sport = bpf_ntohs(uh->source);
 		p->flow.dport = bpf_ntohs(uh->dest);
+		/* UDP over IPv4 may go without a checksum (0). */
+		p->l4_csum = uh->check != 0;
 		return P_OK;
 	}
 	return P_NOT_L4;
@@ -421,9 +426,9 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
 			return P_L4_MALFORMED;
 		if (ic->type != ICMP_DEST_UNREACH && ic->type != ICMP_TIME_EXCEEDED)
 			return P_NOT_L4;
+		p->l4_csum = 1;
 		/* The error's destination must be the quoted packet's source. */
-		int r = parse_quote_v4(ic + 1, data_end, p);
-		return r;
+		return parse_quote_v4(ic + 1, data_end, p);
 	}
 	if (p->flow.proto == IPPROTO_ICMPV6 && p->flow.family == PM_FAMILY_V6) {
 		struct icmp_hdr *ic = l4;
@@ -433,6 +438,7 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
 		if (ic->type != ICMPV6_DEST_UNREACH && ic->type != ICMPV6_PKT_TOOBIG &&
 		    ic->type != ICMPV6_TIME_EXCEED)
 			return P_NOT_L4;
+		p->l4_csum = 1;
 		return parse_quote_v6(ic + 1, data_end, p);
 	}
 	return parse_ports(l4, data_end, p);
@@ -464,7 +470,22 @@ static __always_inline int parse_v4(void *l3, void *data_end, struct pkt *p)
 	}
 	if (hl > 60)
 		return P_MALFORMED;
-	return parse_l4(l3 + hl, data_end, p);
+	int r = parse_l4(l3 + hl, data_end, p);
+	if (r == P_OK && p->l4_csum && p->frag == FRAG_NONE) {
+		/* The header, options included, sums to zero (its own
+		 * checksum); ICMP has no pseudo-header, so its message sums to
+		 * zero too. TCP and UDP: minus the pseudo-header. */
+		__u64 s = 0;
+		if (ih->protocol != IPPROTO_ICMP) {
+			s = csum_sub32(s, ih->saddr);
+			s = csum_sub32(s, ih->daddr);
+			s = csum_sub32(s, bpf_htons(ih->protocol));
+			s = csum_sub32(s, bpf_htons(tot - hl));
+		}
+		p->csum = csum_fold64(s);
+		p->csum_ok = 1;
+	}
+	return r;
 }
 
 struct ipv6_frag {
@@ -494,6 +515,7 @@ static __always_inline int parse_v6(void *l3, void *data_end, struct pkt *p)
 
 	__u8 nh = ih->nexthdr;
 	void *cur = ih + 1;
+	int ext = 0;
 
 #pragma unroll
 	for (int i = 0; i < MAX_EXT_HDRS; i++) {
@@ -504,6 +526,7 @@ static __always_inline int parse_v6(void *l3, void *data_end, struct pkt *p)
 				return P_L4_MALFORMED;
 			nh = eh[0];
 			cur += (eh[1] + 1) * 8;
+			ext = 1;
 			continue;
 		}
 		if (nh == IPPROTO_FRAGMENT) {
@@ -518,6 +541,7 @@ static __always_inline int parse_v6(void *l3, void *data_end, struct pkt *p)
 			}
 			nh = fh->nexthdr;
 			cur = fh + 1;
+			ext = 1;
 			continue;
 		}
 		break;
@@ -526,7 +550,20 @@ static __always_inline int parse_v6(void *l3, void *data_end, struct pkt *p)
 	    nh == IPPROTO_FRAGMENT)
 		return P_L4_MALFORMED; /* more extension headers than we walk */
 	p->flow.proto = nh;
-	return parse_l4(cur, data_end, p);
+	int r = parse_l4(cur, data_end, p);
+	/* UDP over IPv6 must carry a checksum; one of 0 is not derivable. */
+	if (r == P_OK && p->l4_csum && !ext) {
+		/* Header minus pseudo-header: the addresses, and the payload
+		 * length (= upper-layer length without extension headers)
+		 * cancel; left are version/class/flow label, next header and
+		 * hop limit, minus the pseudo-header's next header. */
+		__u64 s = *(__u32 *)ih;
+		s += *((__u16 *)ih + 3);
+		s = csum_sub32(s, bpf_htons(nh));
+		p->csum = csum_fold64(s);
+		p->csum_ok = 1;
+	}
+	return r;
 }
 
 /* ---- lookups ---- */
@@ -682,21 +719,66 @@ static __always_inline void account(__u32 resource, __u32 region, __u32 mirror, 
 
 /* ---- encapsulation and transmit ---- */
 
+/*
+ * GUE (encap = PM_ENCAP_GUE) is variant 1 of draft-ietf-intarea-gue, i.e.
+ * direct IP-in-UDP as Linux FOU's "direct" mode and Katran send it: outer
+ * IPv4 or IPv6 (the mirror's family), a UDP header, then the client's
+ * packet unchanged. The source port carries the flow hash, so a mirror
+ * whose NIC hashes only outer headers spreads flows over its RX queues
+ * (toward IPv6 mirrors the flow label carries it too, as for IPIP).
+ *
+ * The UDP checksum is derived without reading the payload: when the inner
+ * packet's own transport checksum covers all of it and its pseudo-header
+ * (an unfragmented TCP segment, UDP datagram with a checksum, or ICMPv6
+ * message, without IPv6 extension headers), the inner segment sums to
+ * minus its pseudo-header, so the outer checksum is
+ *   fold(outer pseudo-header + UDP header + inner IP header - inner pseudo-header)
+ * and an inner IPv4 header sums to zero on its own (its header checksum),
+ * options included. ICMP (IPv4) has no pseudo-header: its message sums to
+ * zero. struct pkt's csum holds the inner part, from parsing.
+ * Otherwise (fragments, whose checksum covers bytes not in this packet;
+ * UDP over IPv4 without a checksum; IPv6 with extension headers, which we
+ * would have to sum) the checksum is 0: legal over IPv4, and over IPv6 the
+ * zero-checksum exception for tunnels (RFC 6935, 6936), which our decap
+ * accepts; those packets are counted in gue_zero_csum_v6. A wrong inner
+ * checksum makes the outer one wrong too: the receiver drops a packet it
+ * would have dropped after decapsulation anyway.
+ */
+#define GUE_SPORT_BASE 0xC000 /* the IANA ephemeral range, 49152.. */
+#define GUE_SPORT_MASK 0x3FFF
+
+static __always_inline int is_gue(const struct mirror *mi)
+{
+	return mi->encap == PM_ENCAP_GUE;
+}
+
+/* Outer header bytes after L2 toward mi. */
+static __always_inline __u32 tunnel_len(const struct mirror *mi)
+{
+	return (mi->family == PM_FAMILY_V4 ? IPV4_HLEN : IPV6_HLEN) + (is_gue(mi) ? UDP_HLEN : 0);
+}
+
 static __always_inline int fib(struct xdp_md *ctx, const struct pkt *p, const struct mirror *mi,
 			       const struct settings *st, struct bpf_fib_lookup *fp)
 {
 	fp->ifindex = p->ifindex;
+	fp->tot_len = p->ip_len + tunnel_len(mi);
+	if (is_gue(mi)) {
+		/* Policy rules may match the UDP port. The source port is left
+		 * out: it varies per flow, and one cached answer serves every
+		 * flow to the mirror (see transmit). */
+		fp->l4_protocol = IPPROTO_UDP;
+		fp->dport = bpf_htons(mi->gue_dport);
+	} else {
+		fp->l4_protocol = p->flow.family == PM_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
+	}
 	if (mi->family == PM_FAMILY_V4) {
 		fp->family = AF_INET;
 		fp->tos = p->tos;
-		fp->l4_protocol = p->flow.family == PM_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
-		fp->tot_len = p->ip_len + IPV4_HLEN;
 		fp->ipv4_src = *(__u32 *)st->outer_src_v4;
 		fp->ipv4_dst = *(__u32 *)mi->addr;
 	} else {
 		fp->family = AF_INET6;
-		fp->l4_protocol = p->flow.family == PM_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
-		fp->tot_len = p->ip_len + IPV6_HLEN;
 		__builtin_memcpy(fp->ipv6_src, st->outer_src_v6, 16);
 		__builtin_memcpy(fp->ipv6_dst, mi->addr, 16);
 	}
@@ -704,50 +786,123 @@ static __always_inline int fib(struct xdp_md *ctx, const struct pkt *p, const st
 }
 
 /*
- * Insert the outer header between the L2 header (l2 bytes, a constant at
- * every call site so the verifier sees fixed offsets) and the packet.
+ * Make room for add bytes of outer header between the L2 header (l2 bytes)
+ * and the packet: both constants at every call site, so the verifier sees
+ * fixed offsets. Returns the new start of the frame, or NULL.
+ */
+static __always_inline void *push(struct xdp_md *ctx, const int add, const int l2)
+{
+	if (bpf_xdp_adjust_head(ctx, -add))
+		return NULL;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	if (data + add + l2 > data_end)
+		return NULL;
+	__builtin_memcpy(data, data + add, l2);
+	return data;
+}
+
+static __always_inline void outer_v4(struct iphdr *o, const struct pkt *p, const struct mirror *mi,
+				     const struct settings *st, __u8 proto, __u16 len)
+{
+	o->version = 4;
+	o->ihl = 5;
+	o->tos = p->tos;
+	o->tot_len = bpf_htons(len);
+	o->id = 0;
+	o->frag_off = p->df ? bpf_htons(IPV4_DF) : 0;
+	o->ttl = 64;
+	o->protocol = proto;
+	o->check = 0;
+	o->saddr = *(__u32 *)st->outer_src_v4;
+	o->daddr = *(__u32 *)mi->addr;
+	o->check = ipv4_csum(o);
+}
+
+static __always_inline void outer_v6(struct ipv6hdr *o, const struct pkt *p, const struct mirror *mi,
+				     const struct settings *st, __u8 proto, __u32 hash)
+{
+	/* Flow label from the flow hash gives mirrors RSS entropy. */
+	*(__be32 *)o = bpf_htonl(0x60000000 | ((__u32)p->tos << 20) | (hash & 0xfffff));
+	o->payload_len = bpf_htons(p->ip_len + (proto == IPPROTO_UDP ? UDP_HLEN : 0));
+	o->nexthdr = proto;
+	o->hop_limit = 64;
+	__builtin_memcpy(&o->saddr, st->outer_src_v6, 16);
+	__builtin_memcpy(&o->daddr, mi->addr, 16);
+}
+
+/* Fill the GUE UDP header; addrs is the raw sum of the outer addresses. */
+static __always_inline void gue_udp(struct udphdr *uh, const struct pkt *p, const struct mirror *mi,
+				    __u32 hash, __u64 addrs, int v6)
+{
+	__u16 len = p->ip_len + UDP_HLEN;
+
+	uh->source = bpf_htons(GUE_SPORT_BASE | (hash & GUE_SPORT_MASK));
+	uh->dest = bpf_htons(mi->gue_dport);
+	uh->len = bpf_htons(len);
+	uh->check = 0;
+	if (!p->csum_ok) {
+		if (v6)
+			count(R_GUE_ZERO_CSUM_V6);
+		return;
+	}
+	/* Pseudo-header (addresses, protocol, length) + UDP header
+	 * (ports, length) + the inner packet's share. */
+	__u64 s = addrs + p->csum + bpf_htons(IPPROTO_UDP) + 2 * (__u32)bpf_htons(len);
+	s += uh->source + uh->dest;
+	__u16 c = ~csum_fold64(s);
+	/* 0 means "no checksum" in UDP: send its other form. */
+	uh->check = c ? c : 0xffff;
+}
+
+static __always_inline __u64 sum_addr6(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return (__u64)w[0] + w[1] + w[2] + w[3];
+}
+
+/*
+ * Insert the outer header(s) between the L2 header (l2 bytes, a constant at
+ * every call site) and the packet.
  */
 static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p, const struct mirror *mi,
 				 const struct settings *st, __u32 hash, const int l2)
 {
-	const int olen = mi->family == PM_FAMILY_V4 ? IPV4_HLEN : IPV6_HLEN;
 	__u8 inner_proto = p->flow.family == PM_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
-
-	if (bpf_xdp_adjust_head(ctx, -olen))
-		return -1;
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	void *data;
 
 	if (mi->family == PM_FAMILY_V4) {
-		if (data + IPV4_HLEN + l2 > data_end)
-			return -1;
-		__builtin_memcpy(data, data + IPV4_HLEN, l2);
-		struct iphdr *o = data + l2;
-		o->version = 4;
-		o->ihl = 5;
-		o->tos = p->tos;
-		o->tot_len = bpf_htons(p->ip_len + IPV4_HLEN);
-		o->id = 0;
-		o->frag_off = p->df ? bpf_htons(IPV4_DF) : 0;
-		o->ttl = 64;
-		o->protocol = inner_proto;
-		o->check = 0;
-		o->saddr = *(__u32 *)st->outer_src_v4;
-		o->daddr = *(__u32 *)mi->addr;
-		o->check = ipv4_csum(o);
+		if (is_gue(mi)) {
+			data = push(ctx, IPV4_HLEN + UDP_HLEN, l2);
+			if (!data)
+				return -1;
+			struct iphdr *o = data + l2;
+			outer_v4(o, p, mi, st, IPPROTO_UDP, p->ip_len + IPV4_HLEN + UDP_HLEN);
+			__u64 addrs = (__u64)o->saddr + o->daddr;
+			gue_udp(data + l2 + IPV4_HLEN, p, mi, hash, addrs, 0);
+		} else {
+			data = push(ctx, IPV4_HLEN, l2);
+			if (!data)
+				return -1;
+			outer_v4(data + l2, p, mi, st, inner_proto, p->ip_len + IPV4_HLEN);
+		}
 		*(__be16 *)(data + l2 - 2) = ETH_P_IP_BE;
 	} else {
-		if (data + IPV6_HLEN + l2 > data_end)
-			return -1;
-		__builtin_memcpy(data, data + IPV6_HLEN, l2);
-		struct ipv6hdr *o = data + l2;
-		/* Flow label from the flow hash gives mirrors RSS entropy. */
-		*(__be32 *)o = bpf_htonl(0x60000000 | ((__u32)p->tos << 20) | (hash & 0xfffff));
-		o->payload_len = bpf_htons(p->ip_len);
-		o->nexthdr = inner_proto;
-		o->hop_limit = 64;
-		__builtin_memcpy(&o->saddr, st->outer_src_v6, 16);
-		__builtin_memcpy(&o->daddr, mi->addr, 16);
+		if (is_gue(mi)) {
+			data = push(ctx, IPV6_HLEN + UDP_HLEN, l2);
+			if (!data)
+				return -1;
+			outer_v6(data + l2, p, mi, st, IPPROTO_UDP, hash);
+			__u64 addrs = sum_addr6(st->outer_src_v6) + sum_addr6(mi->addr);
+			gue_udp(data + l2 + IPV6_HLEN, p, mi, hash, addrs, 1);
+		} else {
+			data = push(ctx, IPV6_HLEN, l2);
+			if (!data)
+				return -1;
+			outer_v6(data + l2, p, mi, st, inner_proto, hash);
+		}
 		*(__be16 *)(data + l2 - 2) = ETH_P_IPV6_BE;
 	}
 	return 0;
@@ -889,7 +1044,8 @@ static __always_inline int too_big_v6(struct xdp_md *ctx, const int l2, __u32 mt
 static __always_inline int too_big(struct xdp_md *ctx, const struct pkt *p, const struct mirror *mi,
 				   __u16 egress_mtu)
 {
-	int overhead = mi->family == PM_FAMILY_V4 ? IPV4_HLEN : IPV6_HLEN;
+	/* GUE's UDP header makes the tunnel 8 bytes longer. */
+	int overhead = tunnel_len(mi);
 	int err;
 
 	if (p->flow.family == PM_FAMILY_V4) {
@@ -1000,7 +1156,7 @@ static __always_inline int transmit(struct xdp_md *ctx, const struct pkt *p, __u
 	if (!has_src(st, mi->family))
 		return verdict(R_DROP_NO_OUTER_SRC, XDP_DROP);
 
-	__u32 tot = p->ip_len + (mi->family == PM_FAMILY_V4 ? IPV4_HLEN : IPV6_HLEN);
+	__u32 tot = p->ip_len + tunnel_len(mi);
 	__u8 tos = mi->family == PM_FAMILY_V4 ? p->tos : 0;
 	struct nexthop_ctl *ctl = bpf_map_lookup_elem(&pm_nexthop_ctl, &zero);
 

@@ -88,8 +88,13 @@ func newFixture(t testing.TB) *fixture { return newFixtureConfig(t, testConfig()
 
 func newFixtureConfig(t testing.TB, cfg Config) *fixture {
 	t.Helper()
+	return newFixtureWith(t, cfg, Options{})
+}
+
+func newFixtureWith(t testing.TB, cfg Config, opts Options) *fixture {
+	t.Helper()
 	env := newNSEnv(t)
-	r, err := LoadRouter(cfg, Options{})
+	r, err := LoadRouter(cfg, opts)
 	if err != nil {
 		t.Fatalf("load router: %v", err)
 	}
