@@ -238,9 +238,10 @@ struct pkt {
 	__u8 vlan;      /* one 802.1Q tag present */
 	__u8 icmp;      /* an ICMP error quoting flow */
 	__u8 l4_csum;   /* the transport checksum covers the packet: TCP, UDP with one, ICMP(v6) */
-	__u8 csum_ok;   /* csum is valid (see inner_csum) */
+	__u8 csum_ok;   /* and it can stand in for the packet in a GUE checksum (gue_udp) */
+	__u8 hl;        /* IPv4 header length */
+	__u8 pad[3];
 	__u32 ifindex;  /* ingress device */
-	__u32 csum;     /* the packet's share of a GUE UDP checksum, unfolded-complement form (inner_csum) */
 };
 
 static __always_inline void count(enum pm_reason r)
@@ -470,21 +471,10 @@ static __always_inline int parse_v4(void *l3, void *data_end, struct pkt *p)
 	}
 	if (hl > 60)
 		return P_MALFORMED;
+	p->hl = hl;
 	int r = parse_l4(l3 + hl, data_end, p);
-	if (r == P_OK && p->l4_csum && p->frag == FRAG_NONE) {
-		/* The header, options included, sums to zero (its own
-		 * checksum); ICMP has no pseudo-header, so its message sums to
-		 * zero too. TCP and UDP: minus the pseudo-header. */
-		__u64 s = 0;
-		if (ih->protocol != IPPROTO_ICMP) {
-			s = csum_sub32(s, ih->saddr);
-			s = csum_sub32(s, ih->daddr);
-			s = csum_sub32(s, bpf_htons(ih->protocol));
-			s = csum_sub32(s, bpf_htons(tot - hl));
-		}
-		p->csum = csum_fold64(s);
-		p->csum_ok = 1;
-	}
+	/* A fragment's transport checksum covers bytes it does not carry. */
+	p->csum_ok = p->l4_csum && p->frag == FRAG_NONE;
 	return r;
 }
 
@@ -551,18 +541,9 @@ static __always_inline int parse_v6(void *l3, void *data_end, struct pkt *p)
 		return P_L4_MALFORMED; /* more extension headers than we walk */
 	p->flow.proto = nh;
 	int r = parse_l4(cur, data_end, p);
-	/* UDP over IPv6 must carry a checksum; one of 0 is not derivable. */
-	if (r == P_OK && p->l4_csum && !ext) {
-		/* Header minus pseudo-header: the addresses, and the payload
-		 * length (= upper-layer length without extension headers)
-		 * cancel; left are version/class/flow label, next header and
-		 * hop limit, minus the pseudo-header's next header. */
-		__u64 s = *(__u32 *)ih;
-		s += *((__u16 *)ih + 3);
-		s = csum_sub32(s, bpf_htons(nh));
-		p->csum = csum_fold64(s);
-		p->csum_ok = 1;
-	}
+	/* Extension headers would have to be summed (see gue_udp); a
+	 * fragment header is one. */
+	p->csum_ok = p->l4_csum && !ext;
 	return r;
 }
 
@@ -735,7 +716,8 @@ static __always_inline void account(__u32 resource, __u32 region, __u32 mirror, 
  *   fold(outer pseudo-header + UDP header + inner IP header - inner pseudo-header)
  * and an inner IPv4 header sums to zero on its own (its header checksum),
  * options included. ICMP (IPv4) has no pseudo-header: its message sums to
- * zero. struct pkt's csum holds the inner part, from parsing.
+ * zero. Parsing only notes whether this holds (pkt.csum_ok); the sums are
+ * taken on the GUE path (inner_share), which IPIP packets never pay for.
  * Otherwise (fragments, whose checksum covers bytes not in this packet;
  * UDP over IPv4 without a checksum; IPv6 with extension headers, which we
  * would have to sum) the checksum is 0: legal over IPv4, and over IPv6 the
@@ -788,9 +770,10 @@ static __always_inline int fib(struct xdp_md *ctx, const struct pkt *p, const st
 /*
  * Make room for add bytes of outer header between the L2 header (l2 bytes)
  * and the packet: both constants at every call site, so the verifier sees
- * fixed offsets. Returns the new start of the frame, or NULL.
+ * fixed offsets. Returns the new start of the frame, or NULL, and the end
+ * in *end.
  */
-static __always_inline void *push(struct xdp_md *ctx, const int add, const int l2)
+static __always_inline void *push(struct xdp_md *ctx, const int add, const int l2, void **end)
 {
 	if (bpf_xdp_adjust_head(ctx, -add))
 		return NULL;
@@ -800,6 +783,7 @@ static __always_inline void *push(struct xdp_md *ctx, const int add, const int l
 	if (data + add + l2 > data_end)
 		return NULL;
 	__builtin_memcpy(data, data + add, l2);
+	*end = data_end;
 	return data;
 }
 
@@ -832,9 +816,41 @@ static __always_inline void outer_v6(struct ipv6hdr *o, const struct pkt *p, con
 	__builtin_memcpy(&o->daddr, mi->addr, 16);
 }
 
-/* Fill the GUE UDP header; addrs is the raw sum of the outer addresses. */
+/*
+ * The inner packet's share of a GUE checksum (csum_ok packets only): its IP
+ * header minus its pseudo-header. An IPv4 header sums to zero, so that is
+ * minus the pseudo-header, or nothing for ICMP. IPv6 (no extension
+ * headers): the addresses and the payload length (= the upper-layer
+ * length) cancel, leaving version/class/flow label and next header/hop
+ * limit minus the pseudo-header's next header; read from the packet at
+ * inner, as only GUE needs them. Returns -1 if inner is out of bounds.
+ */
+static __always_inline __s64 inner_share(const struct pkt *p, const void *inner, const void *data_end)
+{
+	__u64 s = 0;
+
+	if (p->flow.family == PM_FAMILY_V4) {
+		if (p->icmp)
+			return 0;
+		/* TCP / UDP: the flow's addresses are the header's. */
+		s = csum_sub32(s, *(__u32 *)p->flow.src);
+		s = csum_sub32(s, *(__u32 *)p->flow.dst);
+		s = csum_sub32(s, bpf_htons(p->flow.proto));
+		return csum_sub32(s, bpf_htons(p->ip_len - p->hl));
+	}
+	const struct ipv6hdr *ih = inner;
+
+	if ((void *)(ih + 1) > data_end)
+		return -1;
+	s = *(const __u32 *)ih;
+	s += *((const __u16 *)ih + 3);
+	return csum_sub32(s, bpf_htons(ih->nexthdr));
+}
+
+/* Fill the GUE UDP header; addrs is the raw sum of the outer addresses,
+ * inner the client's packet. */
 static __always_inline void gue_udp(struct udphdr *uh, const struct pkt *p, const struct mirror *mi,
-				    __u32 hash, __u64 addrs, int v6)
+				    __u32 hash, __u64 addrs, int v6, const void *inner, const void *data_end)
 {
 	__u16 len = p->ip_len + UDP_HLEN;
 
@@ -842,14 +858,15 @@ static __always_inline void gue_udp(struct udphdr *uh, const struct pkt *p, cons
 	uh->dest = bpf_htons(mi->gue_dport);
 	uh->len = bpf_htons(len);
 	uh->check = 0;
-	if (!p->csum_ok) {
+	__s64 share = p->csum_ok ? inner_share(p, inner, data_end) : -1;
+	if (share < 0) {
 		if (v6)
 			count(R_GUE_ZERO_CSUM_V6);
 		return;
 	}
 	/* Pseudo-header (addresses, protocol, length) + UDP header
 	 * (ports, length) + the inner packet's share. */
-	__u64 s = addrs + p->csum + bpf_htons(IPPROTO_UDP) + 2 * (__u32)bpf_htons(len);
+	__u64 s = addrs + share + bpf_htons(IPPROTO_UDP) + 2 * (__u32)bpf_htons(len);
 	s += uh->source + uh->dest;
 	__u16 c = ~csum_fold64(s);
 	/* 0 means "no checksum" in UDP: send its other form. */
@@ -871,19 +888,20 @@ static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p, const 
 				 const struct settings *st, __u32 hash, const int l2)
 {
 	__u8 inner_proto = p->flow.family == PM_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
-	void *data;
+	void *data, *end;
 
 	if (mi->family == PM_FAMILY_V4) {
 		if (is_gue(mi)) {
-			data = push(ctx, IPV4_HLEN + UDP_HLEN, l2);
+			data = push(ctx, IPV4_HLEN + UDP_HLEN, l2, &end);
 			if (!data)
 				return -1;
 			struct iphdr *o = data + l2;
 			outer_v4(o, p, mi, st, IPPROTO_UDP, p->ip_len + IPV4_HLEN + UDP_HLEN);
 			__u64 addrs = (__u64)o->saddr + o->daddr;
-			gue_udp(data + l2 + IPV4_HLEN, p, mi, hash, addrs, 0);
+			gue_udp(data + l2 + IPV4_HLEN, p, mi, hash, addrs, 0, data + l2 + IPV4_HLEN + UDP_HLEN,
+				end);
 		} else {
-			data = push(ctx, IPV4_HLEN, l2);
+			data = push(ctx, IPV4_HLEN, l2, &end);
 			if (!data)
 				return -1;
 			outer_v4(data + l2, p, mi, st, inner_proto, p->ip_len + IPV4_HLEN);
@@ -891,14 +909,15 @@ static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p, const 
 		*(__be16 *)(data + l2 - 2) = ETH_P_IP_BE;
 	} else {
 		if (is_gue(mi)) {
-			data = push(ctx, IPV6_HLEN + UDP_HLEN, l2);
+			data = push(ctx, IPV6_HLEN + UDP_HLEN, l2, &end);
 			if (!data)
 				return -1;
 			outer_v6(data + l2, p, mi, st, IPPROTO_UDP, hash);
 			__u64 addrs = sum_addr6(st->outer_src_v6) + sum_addr6(mi->addr);
-			gue_udp(data + l2 + IPV6_HLEN, p, mi, hash, addrs, 1);
+			gue_udp(data + l2 + IPV6_HLEN, p, mi, hash, addrs, 1, data + l2 + IPV6_HLEN + UDP_HLEN,
+				end);
 		} else {
-			data = push(ctx, IPV6_HLEN, l2);
+			data = push(ctx, IPV6_HLEN, l2, &end);
 			if (!data)
 				return -1;
 			outer_v6(data + l2, p, mi, st, inner_proto, hash);
