@@ -130,23 +130,8 @@ var gueSeeds = []pkt{
 // the input without its outer IP (and, for GUE, UDP) header, under the
 // inner family's ethertype; nothing else is ever returned.
 func FuzzDecap(f *testing.F) {
-	fx := newFixture(f)
-	fx.addGUE(f)
-	d, err := LoadDecap(Options{})
-	if err != nil {
-		f.Fatal(err)
-	}
-	f.Cleanup(func() { d.Close() })
-	for _, m := range fixtureMirrors {
-		if err := d.AddEndpoint(m); err != nil {
-			f.Fatal(err)
-		}
-	}
-	for _, m := range gueMirrors {
-		if err := d.SetEndpoint(DecapEndpoint{Addr: m.Addr, GUEPort: m.GUEPort}); err != nil {
-			f.Fatal(err)
-		}
-	}
+	e := newGUEDecapEnv(f)
+	fx, d := e.fixture, e.d
 	// Seeds: the router's output for IPIP and GUE flows, and plain frames.
 	for _, p := range append([]pkt{
 		{src: clientEU, dst: vipWeb.Addr, sport: 1, dport: 80},

@@ -467,18 +467,6 @@ func TestGUEMirrorSettings(t *testing.T) {
 	checkEncap(t, in, out, fixtureMirrors[m1], nil)
 }
 
-// decapDelta returns the decap reasons that changed between two reads.
-func decapDelta(before, after DecapStats) map[string]uint64 {
-	d := map[string]uint64{}
-	bf := before.Fields()
-	for i, fa := range after.Fields() {
-		if fa.Value != bf[i].Value {
-			d[fa.Name] = fa.Value - bf[i].Value
-		}
-	}
-	return d
-}
-
 // gueDecapEnv is a fixture with GUE mirrors and a decap program
 // terminating every fixture mirror, the GUE ones on their GUE ports.
 type gueDecapEnv struct {
@@ -486,7 +474,8 @@ type gueDecapEnv struct {
 	d *Decap
 }
 
-func newGUEDecapEnv(t *testing.T) *gueDecapEnv {
+func newGUEDecapEnv(t testing.TB) *gueDecapEnv {
+	t.Helper()
 	f := newFixture(t)
 	f.addGUE(t)
 	d, err := LoadDecap(Options{})
@@ -530,7 +519,7 @@ func (e *gueDecapEnv) decap(t *testing.T, frame []byte) (uint32, []byte, map[str
 	if err != nil {
 		t.Fatal(err)
 	}
-	return v, out, decapDelta(before, after)
+	return v, out, fieldDelta(before.Fields(), after.Fields())
 }
 
 // TestGUEDecap: GUE from the router is stripped for every family pair,

@@ -202,6 +202,17 @@ func dropIncompatibleCache(ms *ebpf.MapSpec, path string) error {
 	return nil
 }
 
+// incompatiblePinIn is incompatiblePin for ms's pin under pinDir (none
+// when pinDir is ""), with the pin's path.
+func incompatiblePinIn(ms *ebpf.MapSpec, pinDir string) (*ebpf.Map, string, error) {
+	if pinDir == "" {
+		return nil, "", nil
+	}
+	path := filepath.Join(pinDir, ms.Name)
+	m, err := incompatiblePin(ms, path)
+	return m, path, err
+}
+
 // incompatiblePin opens the map pinned at path when this build cannot reuse
 // it for ms (other size or layout); nil when nothing is pinned there or the
 // pin is compatible. The caller closes it.

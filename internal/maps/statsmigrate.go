@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"reflect"
 
 	"github.com/cilium/ebpf"
@@ -32,11 +31,7 @@ type statsMigration struct {
 // the load then refuses as before). The caller loads the collection, then
 // calls finish with the new map, or abort if the load failed.
 func prepareStatsMigration(ms *ebpf.MapSpec, pinDir string) (*statsMigration, error) {
-	if pinDir == "" {
-		return nil, nil
-	}
-	path := filepath.Join(pinDir, ms.Name)
-	m, err := incompatiblePin(ms, path)
+	m, path, err := incompatiblePinIn(ms, pinDir)
 	if m == nil || err != nil {
 		return nil, err
 	}
