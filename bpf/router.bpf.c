@@ -237,10 +237,7 @@ struct pkt {
 	__u8 df;        /* outer may not be fragmented */
 	__u8 vlan;      /* one 802.1Q tag present */
 	__u8 icmp;      /* an ICMP error quoting flow */
-	__u8 l4_csum;   /* the transport checksum covers the packet: TCP, UDP with one, ICMP(v6) */
-	__u8 csum_ok;   /* and it can stand in for the packet in a GUE checksum (gue_udp) */
-	__u8 hl;        /* IPv4 header length */
-	__u8 pad[3];
+	__u8 pad[2];
 	__u32 ifindex;  /* ingress device */
 };
 
@@ -350,7 +347,6 @@ static __always_inline int parse_ports(void *l4, void *data_end, struct pkt *p)
 		p->flow.sport = bpf_ntohs(th->source);
 		p->flow.dport = bpf_ntohs(th->dest);
 		p->tcp_flags = ((__u8 *)th)[13];
-		p->l4_csum = 1;
 		return P_OK;
 	}
 	if (p->flow.proto == IPPROTO_UDP) {
@@ -360,8 +356,6 @@ static __always_inline int parse_ports(void *l4, void *data_end, struct pkt *p)
 			return P_L4_MALFORMED;
 		p->flow.sport = bpf_ntohs(uh->source);
 		p->flow.dport = bpf_ntohs(uh->dest);
-		/* UDP over IPv4 may go without a checksum (0). */
-		p->l4_csum = uh->check != 0;
 		return P_OK;
 	}
 	return P_NOT_L4;
@@ -427,9 +421,9 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
 			return P_L4_MALFORMED;
 		if (ic->type != ICMP_DEST_UNREACH && ic->type != ICMP_TIME_EXCEEDED)
 			return P_NOT_L4;
-		p->l4_csum = 1;
 		/* The error's destination must be the quoted packet's source. */
-		return parse_quote_v4(ic + 1, data_end, p);
+		int r = parse_quote_v4(ic + 1, data_end, p);
+		return r;
 	}
 	if (p->flow.proto == IPPROTO_ICMPV6 && p->flow.family == PM_FAMILY_V6) {
 		struct icmp_hdr *ic = l4;
@@ -439,7 +433,6 @@ static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
 		if (ic->type != ICMPV6_DEST_UNREACH && ic->type != ICMPV6_PKT_TOOBIG &&
 		    ic->type != ICMPV6_TIME_EXCEED)
 			return P_NOT_L4;
-		p->l4_csum = 1;
 		return parse_quote_v6(ic + 1, data_end, p);
 	}
 	return parse_ports(l4, data_end, p);
@@ -471,11 +464,7 @@ static __always_inline int parse_v4(void *l3, void *data_end, struct pkt *p)
 	}
 	if (hl > 60)
 		return P_MALFORMED;
-	p->hl = hl;
-	int r = parse_l4(l3 + hl, data_end, p);
-	/* A fragment's transport checksum covers bytes it does not carry. */
-	p->csum_ok = p->l4_csum && p->frag == FRAG_NONE;
-	return r;
+	return parse_l4(l3 + hl, data_end, p);
 }
 
 struct ipv6_frag {
@@ -505,7 +494,6 @@ static __always_inline int parse_v6(void *l3, void *data_end, struct pkt *p)
 
 	__u8 nh = ih->nexthdr;
 	void *cur = ih + 1;
-	int ext = 0;
 
 #pragma unroll
 	for (int i = 0; i < MAX_EXT_HDRS; i++) {
@@ -516,7 +504,6 @@ static __always_inline int parse_v6(void *l3, void *data_end, struct pkt *p)
 				return P_L4_MALFORMED;
 			nh = eh[0];
 			cur += (eh[1] + 1) * 8;
-			ext = 1;
 			continue;
 		}
 		if (nh == IPPROTO_FRAGMENT) {
@@ -531,7 +518,6 @@ static __always_inline int parse_v6(void *l3, void *data_end, struct pkt *p)
 			}
 			nh = fh->nexthdr;
 			cur = fh + 1;
-			ext = 1;
 			continue;
 		}
 		break;
@@ -540,11 +526,7 @@ static __always_inline int parse_v6(void *l3, void *data_end, struct pkt *p)
 	    nh == IPPROTO_FRAGMENT)
 		return P_L4_MALFORMED; /* more extension headers than we walk */
 	p->flow.proto = nh;
-	int r = parse_l4(cur, data_end, p);
-	/* Extension headers would have to be summed (see gue_udp); a
-	 * fragment header is one. */
-	p->csum_ok = p->l4_csum && !ext;
-	return r;
+	return parse_l4(cur, data_end, p);
 }
 
 /* ---- lookups ---- */
@@ -716,8 +698,7 @@ static __always_inline void account(__u32 resource, __u32 region, __u32 mirror, 
  *   fold(outer pseudo-header + UDP header + inner IP header - inner pseudo-header)
  * and an inner IPv4 header sums to zero on its own (its header checksum),
  * options included. ICMP (IPv4) has no pseudo-header: its message sums to
- * zero. Parsing only notes whether this holds (pkt.csum_ok); the sums are
- * taken on the GUE path (inner_share), which IPIP packets never pay for.
+ * zero. The sums are taken on the GUE path only (inner_share).
  * Otherwise (fragments, whose checksum covers bytes not in this packet;
  * UDP over IPv4 without a checksum; IPv6 with extension headers, which we
  * would have to sum) the checksum is 0: legal over IPv4, and over IPv6 the
@@ -817,34 +798,66 @@ static __always_inline void outer_v6(struct ipv6hdr *o, const struct pkt *p, con
 }
 
 /*
- * The inner packet's share of a GUE checksum (csum_ok packets only): its IP
- * header minus its pseudo-header. An IPv4 header sums to zero, so that is
- * minus the pseudo-header, or nothing for ICMP. IPv6 (no extension
- * headers): the addresses and the payload length (= the upper-layer
- * length) cancel, leaving version/class/flow label and next header/hop
- * limit minus the pseudo-header's next header; read from the packet at
- * inner, as only GUE needs them. Returns -1 if inner is out of bounds.
+ * The inner packet's share of a GUE checksum: its IP header minus its
+ * pseudo-header, or -1 when its transport checksum does not stand in for
+ * it. Read from the packet (at inner, after the outer headers) on the GUE
+ * path only: flags noted while parsing every packet would cost IPIP
+ * packets a little and the verifier twice the states.
+ *
+ * Derivable: unfragmented (a fragment's checksum covers bytes it does not
+ * carry) TCP, UDP with a checksum, ICMP errors (the only ICMP we steer);
+ * over IPv6 only without extension headers (they would have to be
+ * summed). An IPv4 header, options included, sums to zero, so its share is
+ * minus the pseudo-header, or nothing for ICMP (no pseudo-header). IPv6:
+ * the addresses and the payload length (= the upper-layer length) cancel,
+ * leaving version/class/flow label and next header/hop limit minus the
+ * pseudo-header's next header.
  */
 static __always_inline __s64 inner_share(const struct pkt *p, const void *inner, const void *data_end)
 {
 	__u64 s = 0;
 
+	if (p->frag != FRAG_NONE)
+		return -1;
 	if (p->flow.family == PM_FAMILY_V4) {
-		if (p->icmp)
+		const struct iphdr *ih = inner;
+
+		if ((void *)(ih + 1) > data_end)
+			return -1;
+		if (ih->protocol == IPPROTO_ICMP)
 			return 0;
-		/* TCP / UDP: the flow's addresses are the header's. */
-		s = csum_sub32(s, *(__u32 *)p->flow.src);
-		s = csum_sub32(s, *(__u32 *)p->flow.dst);
-		s = csum_sub32(s, bpf_htons(p->flow.proto));
-		return csum_sub32(s, bpf_htons(p->ip_len - p->hl));
+		__u32 hl = (ih->ihl & 0xf) * 4;
+		if (ih->protocol == IPPROTO_UDP) {
+			const struct udphdr *uh = inner + hl;
+
+			/* UDP over IPv4 may go without a checksum (0). */
+			if ((void *)(uh + 1) > data_end || !uh->check)
+				return -1;
+		} else if (ih->protocol != IPPROTO_TCP) {
+			return -1;
+		}
+		s = csum_sub32(s, ih->saddr);
+		s = csum_sub32(s, ih->daddr);
+		s = csum_sub32(s, bpf_htons(ih->protocol));
+		return csum_sub32(s, bpf_htons(p->ip_len - hl));
 	}
 	const struct ipv6hdr *ih = inner;
 
 	if ((void *)(ih + 1) > data_end)
 		return -1;
+	__u8 nh = ih->nexthdr;
+	if (nh == IPPROTO_UDP) {
+		const struct udphdr *uh = (const void *)(ih + 1);
+
+		/* Over IPv6 a UDP checksum of 0 is invalid anyway. */
+		if ((void *)(uh + 1) > data_end || !uh->check)
+			return -1;
+	} else if (nh != IPPROTO_TCP && nh != IPPROTO_ICMPV6) {
+		return -1; /* an extension header */
+	}
 	s = *(const __u32 *)ih;
 	s += *((const __u16 *)ih + 3);
-	return csum_sub32(s, bpf_htons(ih->nexthdr));
+	return csum_sub32(s, bpf_htons(nh));
 }
 
 /* Fill the GUE UDP header; addrs is the raw sum of the outer addresses,
@@ -858,7 +871,7 @@ static __always_inline void gue_udp(struct udphdr *uh, const struct pkt *p, cons
 	uh->dest = bpf_htons(mi->gue_dport);
 	uh->len = bpf_htons(len);
 	uh->check = 0;
-	__s64 share = p->csum_ok ? inner_share(p, inner, data_end) : -1;
+	__s64 share = inner_share(p, inner, data_end);
 	if (share < 0) {
 		if (v6)
 			count(R_GUE_ZERO_CSUM_V6);
