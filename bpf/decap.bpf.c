@@ -4,8 +4,9 @@
  *
  * Strips the outer IPv4 (protocol 4 or 41) or IPv6 (next header 4 or 41)
  * header of packets addressed to one of this host's tunnel endpoints
- * (pm_decap_addrs) and passes the inner packet to the stack, where the VIP
- * is bound on a local interface. The inner packet is checked against the
+ * (pm_decap_addrs), and the outer IP and UDP headers of GUE packets (direct
+ * IP-in-UDP) to an endpoint's GUE port, and passes the inner packet to the
+ * stack, where the VIP is bound on a local interface. The inner packet is checked against the
  * outer one before anything is changed; a mismatch is dropped and counted.
  * Everything else passes untouched, through the peer XDP program in
  * pm_decap_next first if the operator installed one (see router.bpf.c);
@@ -17,6 +18,7 @@
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
+#include <linux/udp.h>
 #include <bpf/bpf_helpers.h>
 
 #include "premirror.h"
@@ -55,29 +57,35 @@ struct {
 _Static_assert(sizeof(struct decap_stats) == D_MAX * sizeof(__u64),
 	       "struct decap_stats must follow enum pm_decap_reason");
 
-static __always_inline int verdict(enum pm_decap_reason r, int action)
+static __always_inline void count(enum pm_decap_reason r)
 {
 	__u32 zero = 0;
 	struct decap_stats *st = bpf_map_lookup_elem(&pm_decap_stats, &zero);
 
 	if (st && r < D_MAX)
 		((__u64 *)st)[r]++;
+}
+
+static __always_inline int verdict(enum pm_decap_reason r, int action)
+{
+	count(r);
 	return action;
 }
 
 /* Not ours: count it and hand it on untouched (peer, else the stack). */
 static __always_inline int pass_on(struct xdp_md *ctx, enum pm_decap_reason r)
 {
-	verdict(r, XDP_PASS);
+	count(r);
 	bpf_tail_call(ctx, &pm_decap_next, ctx->ingress_ifindex);
 	bpf_tail_call(ctx, &pm_decap_next, 0);
 	return XDP_PASS;
 }
 
-/* Length of the inner packet per its own header, or 0 if it is not valid. */
-static __always_inline __u32 inner_len(void *in, void *data_end, __u8 proto)
+/* Length of the inner packet per its own header (family 4 or 6), or 0 if
+ * it is not valid. */
+static __always_inline __u32 inner_len(void *in, void *data_end, __u8 family)
 {
-	if (proto == IPPROTO_IPIP) {
+	if (family == PM_FAMILY_V4) {
 		struct iphdr *ih = in;
 
 		if ((void *)(ih + 1) > data_end || ih->version != 4 || ih->ihl < 5)
@@ -91,16 +99,16 @@ static __always_inline __u32 inner_len(void *in, void *data_end, __u8 proto)
 	return ntohs_len(ih->payload_len) + IPV6_HLEN;
 }
 
-static __always_inline int local_endpoint(const void *addr, __u8 family)
+static __always_inline struct decap_addr_info *local_endpoint(const void *addr, __u8 family)
 {
 	struct decap_addr k = { .family = family };
 
 	__builtin_memcpy(k.addr, addr, family == PM_FAMILY_V4 ? 4 : 16);
-	return bpf_map_lookup_elem(&pm_decap_addrs, &k) != NULL;
+	return bpf_map_lookup_elem(&pm_decap_addrs, &k);
 }
 
 /* Remove olen bytes after the l2-byte L2 header (constants at each site). */
-static __always_inline int strip(struct xdp_md *ctx, const int l2, const int olen, __u8 proto)
+static __always_inline int strip(struct xdp_md *ctx, const int l2, const int olen, __u8 family)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -110,8 +118,65 @@ static __always_inline int strip(struct xdp_md *ctx, const int l2, const int ole
 	/* Move the L2 header forward over the outer header, then set the
 	 * ethertype of the inner family. */
 	__builtin_memcpy(data + olen, data, l2);
-	*(__be16 *)(data + olen + l2 - 2) = proto == IPPROTO_IPIP ? ETH_P_IP_BE : ETH_P_IPV6_BE;
+	*(__be16 *)(data + olen + l2 - 2) = family == PM_FAMILY_V4 ? ETH_P_IP_BE : ETH_P_IPV6_BE;
 	return bpf_xdp_adjust_head(ctx, olen);
+}
+
+/*
+ * GUE (variant 1: direct IP-in-UDP, what the router sends to PM_ENCAP_GUE
+ * mirrors) to one of our endpoints on its GUE port. The UDP header must
+ * fill the rest of the outer packet (l4 is where it starts; rest = outer
+ * payload length), and the inner packet the rest of the UDP datagram;
+ * anything else is dropped. Returns the inner family (4 or 6), 0 when the
+ * datagram is not GUE for us (pass untouched), -1 when malformed.
+ *
+ * The UDP checksum is not verified. Doing so would mean summing the whole
+ * datagram, payload included, in the program (the kernel's verdict on it
+ * is not visible to XDP); the inner packet keeps its own protection, which
+ * the stack checks after we pass it on: the IPv4 header checksum, and the
+ * TCP / UDP / ICMPv6 checksum, whose pseudo-header covers the inner
+ * addresses. What the outer checksum alone would catch (corruption of an
+ * inner IPv6 flow label or hop limit, or of a packet without a transport
+ * checksum) IPIP does not catch either, and the link's CRC covers the hop.
+ * A zero checksum is accepted over IPv6 too (RFC 6935/6936: the router
+ * sends one when the inner packet's checksum cannot be derived).
+ */
+static __always_inline int gue(void *l4, void *data_end, __u32 rest, const struct decap_addr_info *ep,
+			       enum pm_decap_reason *why)
+{
+	struct udphdr *uh = l4;
+
+	*why = D_PASS_UDP_NOT_GUE;
+	if (!ep->gue_port)
+		return 0;
+	if ((void *)(uh + 1) > data_end) {
+		*why = D_PASS_NOT_TUNNEL; /* too short to tell: the stack judges it */
+		return 0;
+	}
+	if (ntohs_len(uh->dest) != ep->gue_port)
+		return 0;
+	if (ntohs_len(uh->len) != rest || rest < UDP_HLEN + IPV4_HLEN)
+		return -1;
+	__u8 *in = (void *)(uh + 1);
+	if ((void *)(in + 1) > data_end)
+		return -1;
+	__u8 family = in[0] >> 4;
+	if (family != PM_FAMILY_V4 && family != PM_FAMILY_V6)
+		return -1;
+	__u32 il = inner_len(in, data_end, family);
+	if (!il || il + UDP_HLEN != rest)
+		return -1;
+	return family;
+}
+
+/* UDP after an IPv4 header of ihl words to ep's GUE port (options case). */
+static __always_inline int to_gue_port(void *l3, __u8 ihl, void *data_end, const struct decap_addr_info *ep)
+{
+	struct udphdr *uh = l3 + (ihl & 0xf) * 4;
+
+	if ((void *)(uh + 1) > data_end)
+		return 0;
+	return ntohs_len(uh->dest) == ep->gue_port;
 }
 
 static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
@@ -119,38 +184,48 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 	void *l3 = data + l2;
-	__u8 inner;
+	__u8 inner, l4proto;
 	__u32 outer_len, olen;
+	struct decap_addr_info *ep;
 	enum pm_decap_reason ok;
 
 	if (proto == ETH_P_IP_BE) {
 		struct iphdr *oh = l3;
 
-		if ((void *)(oh + 1) > data_end)
+		if ((void *)(oh + 1) > data_end || oh->version != 4)
 			return pass_on(ctx, D_PASS_NOT_TUNNEL);
-		if (oh->version != 4 || (oh->protocol != IPPROTO_IPIP && oh->protocol != IPPROTO_IPV6))
+		l4proto = oh->protocol;
+		if (l4proto != IPPROTO_IPIP && l4proto != IPPROTO_IPV6 && l4proto != IPPROTO_UDP)
 			return pass_on(ctx, D_PASS_NOT_TUNNEL);
-		if (!local_endpoint(&oh->daddr, PM_FAMILY_V4))
-			return pass_on(ctx, D_PASS_NOT_LOCAL);
+		ep = local_endpoint(&oh->daddr, PM_FAMILY_V4);
+		if (!ep)
+			return pass_on(ctx, l4proto == IPPROTO_UDP ? D_PASS_NOT_TUNNEL : D_PASS_NOT_LOCAL);
+		if (l4proto == IPPROTO_UDP && !ep->gue_port)
+			return pass_on(ctx, D_PASS_UDP_NOT_GUE);
 		if (oh->frag_off & bpf_htons(IPV4_MF | IPV4_OFFSET))
 			return pass_on(ctx, D_PASS_FRAGMENT);
-		/* Our router never sends outer options; refuse to guess. */
-		if (oh->ihl != 5)
-			return verdict(D_DROP_MALFORMED, XDP_DROP);
-		inner = oh->protocol;
 		outer_len = ntohs_len(oh->tot_len);
 		olen = IPV4_HLEN;
 		ok = D_DECAP_V4;
+		if (oh->ihl != 5) {
+			/* Our router never sends outer options: a tunnel packet
+			 * with them is refused rather than guessed at. Other UDP
+			 * with options is the stack's. */
+			if (l4proto == IPPROTO_UDP && !to_gue_port(l3, oh->ihl, data_end, ep))
+				return pass_on(ctx, D_PASS_UDP_NOT_GUE);
+			return verdict(D_DROP_MALFORMED, XDP_DROP);
+		}
 	} else if (proto == ETH_P_IPV6_BE) {
 		struct ipv6hdr *oh = l3;
 
-		if ((void *)(oh + 1) > data_end)
+		if ((void *)(oh + 1) > data_end || oh->version != 6)
 			return pass_on(ctx, D_PASS_NOT_TUNNEL);
-		if (oh->version != 6 || (oh->nexthdr != IPPROTO_IPIP && oh->nexthdr != IPPROTO_IPV6))
+		l4proto = oh->nexthdr;
+		if (l4proto != IPPROTO_IPIP && l4proto != IPPROTO_IPV6 && l4proto != IPPROTO_UDP)
 			return pass_on(ctx, D_PASS_NOT_TUNNEL);
-		if (!local_endpoint(&oh->daddr, PM_FAMILY_V6))
-			return pass_on(ctx, D_PASS_NOT_LOCAL);
-		inner = oh->nexthdr;
+		ep = local_endpoint(&oh->daddr, PM_FAMILY_V6);
+		if (!ep)
+			return pass_on(ctx, l4proto == IPPROTO_UDP ? D_PASS_NOT_TUNNEL : D_PASS_NOT_LOCAL);
 		outer_len = ntohs_len(oh->payload_len) + IPV6_HLEN;
 		olen = IPV6_HLEN;
 		ok = D_DECAP_V6;
@@ -158,8 +233,26 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 		return pass_on(ctx, D_PASS_NOT_TUNNEL);
 	}
 
-	/* The inner packet must fill the outer one exactly and fit the frame
-	 * (trailing Ethernet padding is allowed). */
+	/* The outer packet must fit the frame (trailing Ethernet padding is
+	 * allowed). */
+	if (l4proto == IPPROTO_UDP) {
+		enum pm_decap_reason why;
+		int fam = gue(l3 + olen, data_end, outer_len - olen, ep, &why);
+
+		if (fam == 0)
+			return pass_on(ctx, why);
+		if (fam < 0 || outer_len < olen || l3 + outer_len > data_end)
+			return verdict(D_DROP_MALFORMED, XDP_DROP);
+		count(D_GUE);
+		int err = olen == IPV4_HLEN ? strip(ctx, l2, IPV4_HLEN + UDP_HLEN, fam)
+					    : strip(ctx, l2, IPV6_HLEN + UDP_HLEN, fam);
+		if (err)
+			return verdict(D_DROP_MALFORMED, XDP_DROP);
+		return verdict(ok, XDP_PASS);
+	}
+
+	/* IPIP / IPv6-in-IP: the inner packet must fill the outer one exactly. */
+	inner = l4proto == IPPROTO_IPIP ? PM_FAMILY_V4 : PM_FAMILY_V6;
 	__u32 il = inner_len(l3 + olen, data_end, inner);
 	if (!il || il + olen != outer_len || l3 + outer_len > data_end)
 		return verdict(D_DROP_MALFORMED, XDP_DROP);

@@ -6,9 +6,9 @@
  * hop-by-hop / routing / destination-options / fragment headers, TCP, UDP,
  * ICMP errors) -> VIP -> session (5-tuple LRU) -> user affinity -> client
  * region (LPM) -> route table for (resource, region) -> mirror state ->
- * encapsulate (outer family = the mirror's family) -> next hop from the
- * per-CPU next-hop cache or bpf_fib_lookup -> XDP_TX / XDP_REDIRECT. Mirrors
- * answer clients directly.
+ * encapsulate (outer family = the mirror's family; IP-in-IP or GUE per
+ * mirror) -> next hop from the per-CPU next-hop cache or bpf_fib_lookup ->
+ * XDP_TX / XDP_REDIRECT. Mirrors answer clients directly.
  *
  * Anything that is not VIP traffic is passed untouched. VIP traffic is never
  * passed to the stack un-encapsulated: the VIP is not local here, so the
@@ -682,21 +682,66 @@ static __always_inline void account(__u32 resource, __u32 region, __u32 mirror, 
 
 /* ---- encapsulation and transmit ---- */
 
+/*
+ * GUE (encap = PM_ENCAP_GUE) is variant 1 of draft-ietf-intarea-gue, i.e.
+ * direct IP-in-UDP as Linux FOU's "direct" mode and Katran send it: outer
+ * IPv4 or IPv6 (the mirror's family), a UDP header, then the client's
+ * packet unchanged. The source port carries the flow hash, so a mirror
+ * whose NIC hashes only outer headers spreads flows over its RX queues
+ * (toward IPv6 mirrors the flow label carries it too, as for IPIP).
+ *
+ * The UDP checksum is derived without reading the payload: when the inner
+ * packet's own transport checksum covers all of it and its pseudo-header
+ * (an unfragmented TCP segment, UDP datagram with a checksum, or ICMPv6
+ * message, without IPv6 extension headers), the inner segment sums to
+ * minus its pseudo-header, so the outer checksum is
+ *   fold(outer pseudo-header + UDP header + inner IP header - inner pseudo-header)
+ * and an inner IPv4 header sums to zero on its own (its header checksum),
+ * options included. ICMP (IPv4) has no pseudo-header: its message sums to
+ * zero. The sums are taken on the GUE path only (inner_share).
+ * Otherwise (fragments, whose checksum covers bytes not in this packet;
+ * UDP over IPv4 without a checksum; IPv6 with extension headers, which we
+ * would have to sum) the checksum is 0: legal over IPv4, and over IPv6 the
+ * zero-checksum exception for tunnels (RFC 6935, 6936), which our decap
+ * accepts; those packets are counted in gue_zero_csum_v6. A wrong inner
+ * checksum makes the outer one wrong too: the receiver drops a packet it
+ * would have dropped after decapsulation anyway.
+ */
+#define GUE_SPORT_BASE 0xC000 /* the IANA ephemeral range, 49152.. */
+#define GUE_SPORT_MASK 0x3FFF
+
+static __always_inline int is_gue(const struct mirror *mi)
+{
+	return mi->encap == PM_ENCAP_GUE;
+}
+
+/* Outer header bytes after L2 toward mi. */
+static __always_inline __u32 tunnel_len(const struct mirror *mi)
+{
+	return (mi->family == PM_FAMILY_V4 ? IPV4_HLEN : IPV6_HLEN) + (is_gue(mi) ? UDP_HLEN : 0);
+}
+
 static __always_inline int fib(struct xdp_md *ctx, const struct pkt *p, const struct mirror *mi,
 			       const struct settings *st, struct bpf_fib_lookup *fp)
 {
 	fp->ifindex = p->ifindex;
+	fp->tot_len = p->ip_len + tunnel_len(mi);
+	if (is_gue(mi)) {
+		/* Policy rules may match the UDP port. The source port is left
+		 * out: it varies per flow, and one cached answer serves every
+		 * flow to the mirror (see transmit). */
+		fp->l4_protocol = IPPROTO_UDP;
+		fp->dport = bpf_htons(mi->gue_dport);
+	} else {
+		fp->l4_protocol = p->flow.family == PM_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
+	}
 	if (mi->family == PM_FAMILY_V4) {
 		fp->family = AF_INET;
 		fp->tos = p->tos;
-		fp->l4_protocol = p->flow.family == PM_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
-		fp->tot_len = p->ip_len + IPV4_HLEN;
 		fp->ipv4_src = *(__u32 *)st->outer_src_v4;
 		fp->ipv4_dst = *(__u32 *)mi->addr;
 	} else {
 		fp->family = AF_INET6;
-		fp->l4_protocol = p->flow.family == PM_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
-		fp->tot_len = p->ip_len + IPV6_HLEN;
 		__builtin_memcpy(fp->ipv6_src, st->outer_src_v6, 16);
 		__builtin_memcpy(fp->ipv6_dst, mi->addr, 16);
 	}
@@ -704,50 +749,192 @@ static __always_inline int fib(struct xdp_md *ctx, const struct pkt *p, const st
 }
 
 /*
- * Insert the outer header between the L2 header (l2 bytes, a constant at
- * every call site so the verifier sees fixed offsets) and the packet.
+ * Make room for add bytes of outer header between the L2 header (l2 bytes)
+ * and the packet: both constants at every call site, so the verifier sees
+ * fixed offsets. Returns the new start of the frame, or NULL, and the end
+ * in *end.
+ */
+static __always_inline void *push(struct xdp_md *ctx, const int add, const int l2, void **end)
+{
+	if (bpf_xdp_adjust_head(ctx, -add))
+		return NULL;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	if (data + add + l2 > data_end)
+		return NULL;
+	__builtin_memcpy(data, data + add, l2);
+	*end = data_end;
+	return data;
+}
+
+static __always_inline void outer_v4(struct iphdr *o, const struct pkt *p, const struct mirror *mi,
+				     const struct settings *st, __u8 proto, __u16 len)
+{
+	o->version = 4;
+	o->ihl = 5;
+	o->tos = p->tos;
+	o->tot_len = bpf_htons(len);
+	o->id = 0;
+	o->frag_off = p->df ? bpf_htons(IPV4_DF) : 0;
+	o->ttl = 64;
+	o->protocol = proto;
+	o->check = 0;
+	o->saddr = *(__u32 *)st->outer_src_v4;
+	o->daddr = *(__u32 *)mi->addr;
+	o->check = ipv4_csum(o);
+}
+
+static __always_inline void outer_v6(struct ipv6hdr *o, const struct pkt *p, const struct mirror *mi,
+				     const struct settings *st, __u8 proto, __u32 hash)
+{
+	/* Flow label from the flow hash gives mirrors RSS entropy. */
+	*(__be32 *)o = bpf_htonl(0x60000000 | ((__u32)p->tos << 20) | (hash & 0xfffff));
+	o->payload_len = bpf_htons(p->ip_len + (proto == IPPROTO_UDP ? UDP_HLEN : 0));
+	o->nexthdr = proto;
+	o->hop_limit = 64;
+	__builtin_memcpy(&o->saddr, st->outer_src_v6, 16);
+	__builtin_memcpy(&o->daddr, mi->addr, 16);
+}
+
+/*
+ * The inner packet's share of a GUE checksum: its IP header minus its
+ * pseudo-header, or -1 when its transport checksum does not stand in for
+ * it. Read from the packet (at inner, after the outer headers) on the GUE
+ * path only: flags noted while parsing every packet would cost IPIP
+ * packets a little and the verifier twice the states.
+ *
+ * Derivable: unfragmented (a fragment's checksum covers bytes it does not
+ * carry) TCP, UDP with a checksum, ICMP errors (the only ICMP we steer);
+ * over IPv6 only without extension headers (they would have to be
+ * summed). An IPv4 header, options included, sums to zero, so its share is
+ * minus the pseudo-header, or nothing for ICMP (no pseudo-header). IPv6:
+ * the addresses and the payload length (= the upper-layer length) cancel,
+ * leaving version/class/flow label and next header/hop limit minus the
+ * pseudo-header's next header.
+ */
+static __always_inline __s64 inner_share(const struct pkt *p, const void *inner, const void *data_end)
+{
+	__u64 s = 0;
+
+	if (p->frag != FRAG_NONE)
+		return -1;
+	if (p->flow.family == PM_FAMILY_V4) {
+		const struct iphdr *ih = inner;
+
+		if ((void *)(ih + 1) > data_end)
+			return -1;
+		if (ih->protocol == IPPROTO_ICMP)
+			return 0;
+		__u32 hl = (ih->ihl & 0xf) * 4;
+		if (ih->protocol == IPPROTO_UDP) {
+			const struct udphdr *uh = inner + hl;
+
+			/* UDP over IPv4 may go without a checksum (0). */
+			if ((void *)(uh + 1) > data_end || !uh->check)
+				return -1;
+		} else if (ih->protocol != IPPROTO_TCP) {
+			return -1;
+		}
+		s = csum_sub32(s, ih->saddr);
+		s = csum_sub32(s, ih->daddr);
+		s = csum_sub32(s, bpf_htons(ih->protocol));
+		return csum_sub32(s, bpf_htons(p->ip_len - hl));
+	}
+	const struct ipv6hdr *ih = inner;
+
+	if ((void *)(ih + 1) > data_end)
+		return -1;
+	__u8 nh = ih->nexthdr;
+	if (nh == IPPROTO_UDP) {
+		const struct udphdr *uh = (const void *)(ih + 1);
+
+		/* Over IPv6 a UDP checksum of 0 is invalid anyway. */
+		if ((void *)(uh + 1) > data_end || !uh->check)
+			return -1;
+	} else if (nh != IPPROTO_TCP && nh != IPPROTO_ICMPV6) {
+		return -1; /* an extension header */
+	}
+	s = *(const __u32 *)ih;
+	s += *((const __u16 *)ih + 3);
+	return csum_sub32(s, bpf_htons(nh));
+}
+
+/* Fill the GUE UDP header; addrs is the raw sum of the outer addresses,
+ * inner the client's packet. */
+static __always_inline void gue_udp(struct udphdr *uh, const struct pkt *p, const struct mirror *mi,
+				    __u32 hash, __u64 addrs, int v6, const void *inner, const void *data_end)
+{
+	__u16 len = p->ip_len + UDP_HLEN;
+
+	uh->source = bpf_htons(GUE_SPORT_BASE | (hash & GUE_SPORT_MASK));
+	uh->dest = bpf_htons(mi->gue_dport);
+	uh->len = bpf_htons(len);
+	uh->check = 0;
+	__s64 share = inner_share(p, inner, data_end);
+	if (share < 0) {
+		if (v6)
+			count(R_GUE_ZERO_CSUM_V6);
+		return;
+	}
+	/* Pseudo-header (addresses, protocol, length) + UDP header
+	 * (ports, length) + the inner packet's share. */
+	__u64 s = addrs + share + bpf_htons(IPPROTO_UDP) + 2 * (__u32)bpf_htons(len);
+	s += uh->source + uh->dest;
+	__u16 c = ~csum_fold64(s);
+	/* 0 means "no checksum" in UDP: send its other form. */
+	uh->check = c ? c : 0xffff;
+}
+
+static __always_inline __u64 sum_addr6(const __u8 *a)
+{
+	const __u32 *w = (const __u32 *)a;
+
+	return (__u64)w[0] + w[1] + w[2] + w[3];
+}
+
+/*
+ * Insert the outer header(s) between the L2 header (l2 bytes, a constant at
+ * every call site) and the packet.
  */
 static __always_inline int encap(struct xdp_md *ctx, const struct pkt *p, const struct mirror *mi,
 				 const struct settings *st, __u32 hash, const int l2)
 {
-	const int olen = mi->family == PM_FAMILY_V4 ? IPV4_HLEN : IPV6_HLEN;
 	__u8 inner_proto = p->flow.family == PM_FAMILY_V4 ? IPPROTO_IPIP : IPPROTO_IPV6;
-
-	if (bpf_xdp_adjust_head(ctx, -olen))
-		return -1;
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
+	void *data, *end;
 
 	if (mi->family == PM_FAMILY_V4) {
-		if (data + IPV4_HLEN + l2 > data_end)
-			return -1;
-		__builtin_memcpy(data, data + IPV4_HLEN, l2);
-		struct iphdr *o = data + l2;
-		o->version = 4;
-		o->ihl = 5;
-		o->tos = p->tos;
-		o->tot_len = bpf_htons(p->ip_len + IPV4_HLEN);
-		o->id = 0;
-		o->frag_off = p->df ? bpf_htons(IPV4_DF) : 0;
-		o->ttl = 64;
-		o->protocol = inner_proto;
-		o->check = 0;
-		o->saddr = *(__u32 *)st->outer_src_v4;
-		o->daddr = *(__u32 *)mi->addr;
-		o->check = ipv4_csum(o);
+		if (is_gue(mi)) {
+			data = push(ctx, IPV4_HLEN + UDP_HLEN, l2, &end);
+			if (!data)
+				return -1;
+			struct iphdr *o = data + l2;
+			outer_v4(o, p, mi, st, IPPROTO_UDP, p->ip_len + IPV4_HLEN + UDP_HLEN);
+			__u64 addrs = (__u64)o->saddr + o->daddr;
+			gue_udp(data + l2 + IPV4_HLEN, p, mi, hash, addrs, 0, data + l2 + IPV4_HLEN + UDP_HLEN,
+				end);
+		} else {
+			data = push(ctx, IPV4_HLEN, l2, &end);
+			if (!data)
+				return -1;
+			outer_v4(data + l2, p, mi, st, inner_proto, p->ip_len + IPV4_HLEN);
+		}
 		*(__be16 *)(data + l2 - 2) = ETH_P_IP_BE;
 	} else {
-		if (data + IPV6_HLEN + l2 > data_end)
-			return -1;
-		__builtin_memcpy(data, data + IPV6_HLEN, l2);
-		struct ipv6hdr *o = data + l2;
-		/* Flow label from the flow hash gives mirrors RSS entropy. */
-		*(__be32 *)o = bpf_htonl(0x60000000 | ((__u32)p->tos << 20) | (hash & 0xfffff));
-		o->payload_len = bpf_htons(p->ip_len);
-		o->nexthdr = inner_proto;
-		o->hop_limit = 64;
-		__builtin_memcpy(&o->saddr, st->outer_src_v6, 16);
-		__builtin_memcpy(&o->daddr, mi->addr, 16);
+		if (is_gue(mi)) {
+			data = push(ctx, IPV6_HLEN + UDP_HLEN, l2, &end);
+			if (!data)
+				return -1;
+			outer_v6(data + l2, p, mi, st, IPPROTO_UDP, hash);
+			__u64 addrs = sum_addr6(st->outer_src_v6) + sum_addr6(mi->addr);
+			gue_udp(data + l2 + IPV6_HLEN, p, mi, hash, addrs, 1, data + l2 + IPV6_HLEN + UDP_HLEN,
+				end);
+		} else {
+			data = push(ctx, IPV6_HLEN, l2, &end);
+			if (!data)
+				return -1;
+			outer_v6(data + l2, p, mi, st, inner_proto, hash);
+		}
 		*(__be16 *)(data + l2 - 2) = ETH_P_IPV6_BE;
 	}
 	return 0;
@@ -889,7 +1076,8 @@ static __always_inline int too_big_v6(struct xdp_md *ctx, const int l2, __u32 mt
 static __always_inline int too_big(struct xdp_md *ctx, const struct pkt *p, const struct mirror *mi,
 				   __u16 egress_mtu)
 {
-	int overhead = mi->family == PM_FAMILY_V4 ? IPV4_HLEN : IPV6_HLEN;
+	/* GUE's UDP header makes the tunnel 8 bytes longer. */
+	int overhead = tunnel_len(mi);
 	int err;
 
 	if (p->flow.family == PM_FAMILY_V4) {
@@ -1000,7 +1188,7 @@ static __always_inline int transmit(struct xdp_md *ctx, const struct pkt *p, __u
 	if (!has_src(st, mi->family))
 		return verdict(R_DROP_NO_OUTER_SRC, XDP_DROP);
 
-	__u32 tot = p->ip_len + (mi->family == PM_FAMILY_V4 ? IPV4_HLEN : IPV6_HLEN);
+	__u32 tot = p->ip_len + tunnel_len(mi);
 	__u8 tos = mi->family == PM_FAMILY_V4 ? p->tos : 0;
 	struct nexthop_ctl *ctl = bpf_map_lookup_elem(&pm_nexthop_ctl, &zero);
 

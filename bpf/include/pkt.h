@@ -20,6 +20,7 @@
 
 #define IPV4_HLEN 20
 #define IPV6_HLEN 40
+#define UDP_HLEN 8
 
 #define IPV4_DF 0x4000
 #define IPV4_MF 0x2000
@@ -79,6 +80,30 @@ static __always_inline int parse_l2(void *data, void *data_end, __be16 *proto)
 		return 0;
 	*proto = vh->proto;
 	return sizeof(*eth) + sizeof(*vh);
+}
+
+/*
+ * Ones'-complement arithmetic for the Internet checksum on raw words, as
+ * loaded from the packet: the checksum does not depend on byte order
+ * (RFC 1071), so words are added as they sit in memory, constants are
+ * converted with bpf_htons, and a folded sum is stored without a swap. A
+ * 64-bit accumulator takes 32-bit words without carries lost; subtracting
+ * w is adding its complement (-w mod 2^32-1, hence mod 2^16-1).
+ */
+static __always_inline __u64 csum_sub32(__u64 sum, __u32 w)
+{
+	return sum + (__u32)~w;
+}
+
+/* Fold to 16 bits, not complemented: 0..0xffff, where 0 and 0xffff both
+ * stand for zero. */
+static __always_inline __u16 csum_fold64(__u64 sum)
+{
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffffffff) + (sum >> 32);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
 }
 
 /* Internet checksum of an option-less IPv4 header. */

@@ -137,13 +137,34 @@ enum mirror_state {
 	MIRROR_DOWN = 3,     /* its flows are re-picked from the route table */
 };
 
-/* pm_mirrors value, indexed by mirror ID. */
+/* mirror.encap: how packets are carried to the mirror. */
+enum mirror_encap {
+	/* IPIP / IPv6-in-IPv6 / 4in6 / 6in4 (the outer header's protocol
+	 * names the inner family). 0, so entries pinned by builds without
+	 * the field (whose byte here was padding) keep this meaning. */
+	PM_ENCAP_IPIP = 0,
+	/* GUE variant 1, i.e. direct IP-in-UDP (Linux FOU "direct", Katran's
+	 * GUE): outer IP, UDP from a flow-hash source port to gue_dport, then
+	 * the inner IP packet. Gives mirrors whose NICs cannot hash inner
+	 * headers RSS entropy. */
+	PM_ENCAP_GUE = 1,
+};
+
+/* pm_mirrors value, indexed by mirror ID. The layout only ever fills
+ * former padding: a map pinned by an older build stays compatible. */
 struct mirror {
-	__u8 addr[16]; /* tunnel endpoint */
+	__u8 addr[16];    /* tunnel endpoint */
 	__u8 family;
-	__u8 pad[3];
+	__u8 encap;       /* enum mirror_encap */
+	__u16 gue_dport;  /* UDP destination port for PM_ENCAP_GUE, host order */
 	enum mirror_state state;
 };
+
+_Static_assert(sizeof(struct mirror) == 24, "struct mirror is a pinned format");
+_Static_assert(__builtin_offsetof(struct mirror, family) == 16, "struct mirror is a pinned format");
+_Static_assert(__builtin_offsetof(struct mirror, encap) == 17, "struct mirror is a pinned format");
+_Static_assert(__builtin_offsetof(struct mirror, gue_dport) == 18, "struct mirror is a pinned format");
+_Static_assert(__builtin_offsetof(struct mirror, state) == 20, "struct mirror is a pinned format");
 
 /* pm_settings value (single entry). */
 struct settings {
@@ -239,6 +260,9 @@ struct stats {
 	__u64 rerouted;         /* established flows moved off a down mirror */
 	__u64 counter_overflow; /* pm_counters full: packets not counted per mirror */
 	__u64 icmp_too_big;     /* too big once encapsulated: ICMP frag-needed / packet-too-big sent back (XDP_TX) */
+	/* Fields are only ever appended: the agent carries a pinned map of
+	 * an older, shorter layout over into the new one. */
+	__u64 gue_zero_csum_v6; /* GUE over IPv6 sent with UDP checksum 0: the inner packet's could not be derived (RFC 6935/6936) */
 };
 
 enum pm_reason {
@@ -261,6 +285,7 @@ enum pm_reason {
 	R_REROUTED,
 	R_COUNTER_OVERFLOW,
 	R_ICMP_TOO_BIG,
+	R_GUE_ZERO_CSUM_V6,
 	R_MAX,
 };
 
@@ -271,18 +296,30 @@ struct decap_addr {
 	__u8 pad[3];
 };
 
+/*
+ * pm_decap_addrs value. Builds before GUE had a single __u32 flags here,
+ * always 0: on little-endian hosts its low half is flags and its high half
+ * gue_port, so a pinned entry of theirs reads as "no GUE".
+ */
 struct decap_addr_info {
-	__u32 flags;
+	__u16 flags;    /* none defined yet: 0 */
+	__u16 gue_port; /* UDP port GUE arrives on, host order; 0: IPIP / IPv6 tunnels only */
 };
 
-/* pm_decap_stats value (per CPU, single entry). */
+_Static_assert(sizeof(struct decap_addr_info) == 4, "struct decap_addr_info is a pinned format");
+_Static_assert(__builtin_offsetof(struct decap_addr_info, gue_port) == 2, "struct decap_addr_info is a pinned format");
+
+/* pm_decap_stats value (per CPU, single entry). Fields are only ever
+ * appended (see struct stats). */
 struct decap_stats {
 	__u64 decap_v4;         /* outer IPv4 stripped */
 	__u64 decap_v6;         /* outer IPv6 stripped */
-	__u64 pass_not_tunnel;  /* not IPIP / IPv6-in-IP */
-	__u64 pass_not_local;   /* tunnel packet to an address we do not terminate */
+	__u64 pass_not_tunnel;  /* not IPIP / IPv6-in-IP / GUE to one of our endpoints */
+	__u64 pass_not_local;   /* IPIP / IPv6-in-IP packet to an address we do not terminate */
 	__u64 pass_fragment;    /* fragmented outer packet, left to the stack */
 	__u64 drop_malformed;   /* inner packet invalid or inconsistent with the outer */
+	__u64 gue;              /* GUE packets stripped (also in decap_v4 / decap_v6) */
+	__u64 pass_udp_not_gue; /* UDP to one of our endpoints, not to its GUE port (or GUE off there) */
 };
 
 enum pm_decap_reason {
@@ -292,6 +329,8 @@ enum pm_decap_reason {
 	D_PASS_NOT_LOCAL,
 	D_PASS_FRAGMENT,
 	D_DROP_MALFORMED,
+	D_GUE,
+	D_PASS_UDP_NOT_GUE,
 	D_MAX,
 };
 

@@ -201,7 +201,7 @@ func (a *Agent) apply(cfg *Config) error {
 		if err != nil {
 			return err
 		}
-		ch, err := ReconcileDecap(a.decap, addrs)
+		ch, err := ReconcileDecap(a.decap, addrs, uint16(cfg.DecapGUEPort))
 		if err != nil {
 			a.metrics.reconcile(false, time.Since(start))
 			return fmt.Errorf("reconcile decap maps: %w", err)

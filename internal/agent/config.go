@@ -51,7 +51,12 @@ type Config struct {
 	OuterSourceV4    string   `yaml:"outer_source_v4"`
 	OuterSourceV6    string   `yaml:"outer_source_v6"`
 	DecapAddresses   []string `yaml:"decap_addresses"`
-	Limits           Limits   `yaml:"limits"`
+	// DecapGUEPort makes every decap address also accept GUE (direct
+	// IP-in-UDP) on this UDP port: edges send it to mirrors configured
+	// with encap gue and the same gue_port. 0 or absent: IPIP and IPv6
+	// tunnels only. Roles mirror and both.
+	DecapGUEPort int    `yaml:"decap_gue_port"`
+	Limits       Limits `yaml:"limits"`
 	// NextHopCacheTTL is how long the router reuses a FIB lookup toward a
 	// mirror (default maps.DefaultNextHopTTL; 0 turns the cache off). The
 	// agent invalidates the cache on every route, neighbour and link
@@ -107,6 +112,12 @@ type Mirror struct {
 	ID      uint32 `yaml:"id"`
 	Address string `yaml:"address"`
 	State   string `yaml:"state"` // active (default), draining, down
+	// Encap is how edges carry packets to the mirror: ipip (default:
+	// IPIP / IPv6-in-IPv6 by the address's family) or gue (IP in UDP to
+	// GUEPort, with a per-flow source port, for mirror NICs that spread
+	// load over RX queues by outer headers only).
+	Encap   string `yaml:"encap,omitempty"`
+	GUEPort int    `yaml:"gue_port,omitempty"` // required with encap gue; the mirror's decap_gue_port
 }
 
 // Resource is a mirrored service and its VIPs.
@@ -299,6 +310,14 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("decap_addresses[%d]: %w", i, err)
 		}
 	}
+	if c.DecapGUEPort != 0 {
+		if c.DecapGUEPort < 1 || c.DecapGUEPort > 65535 {
+			return fmt.Errorf("decap_gue_port: %d out of [1, 65535]", c.DecapGUEPort)
+		}
+		if c.Role == RoleEdge {
+			return errors.New("decap_gue_port: only for role mirror or both (an edge runs no decap program)")
+		}
+	}
 	if ttl := c.NextHopTTL(); ttl < 0 || ttl > maps.MaxNextHopTTL {
 		return fmt.Errorf("nexthop_cache_ttl: %v out of [0, %v]", ttl, maps.MaxNextHopTTL)
 	}
@@ -440,9 +459,22 @@ func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
 				return nil, fmt.Errorf("%s.state: %w", f, err)
 			}
 		}
+		mm := maps.Mirror{Addr: addr.Unmap(), State: state}
+		if mm.Encap, err = maps.ParseEncapsulation(m.Encap); err != nil {
+			return nil, fmt.Errorf("%s.encap: %w", f, err)
+		}
+		switch {
+		case m.GUEPort < 0 || m.GUEPort > 65535:
+			return nil, fmt.Errorf("%s.gue_port: %d out of [1, 65535]", f, m.GUEPort)
+		case mm.Encap == maps.EncapGUE && m.GUEPort == 0:
+			return nil, fmt.Errorf("%s.gue_port: required with encap gue (the mirror's decap_gue_port)", f)
+		case mm.Encap != maps.EncapGUE && m.GUEPort != 0:
+			return nil, fmt.Errorf("%s.gue_port: only with encap gue", f)
+		}
+		mm.GUEPort = uint16(m.GUEPort)
 		mirrors[m.Name] = maps.MirrorID(m.ID)
 		out.MirrorNames[maps.MirrorID(m.ID)] = m.Name
-		out.Mirrors[maps.MirrorID(m.ID)] = maps.Mirror{Addr: addr.Unmap(), State: state}
+		out.Mirrors[maps.MirrorID(m.ID)] = mm
 	}
 	seenRes := map[string]bool{}
 	for i, r := range s.Resources {

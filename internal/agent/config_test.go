@@ -38,6 +38,16 @@ func TestParseConfigValid(t *testing.T) {
 	if c.MapsConfig().TableSlots != 256 || c.MapsConfig().MaxVIPs != maps.DefaultConfig().MaxVIPs {
 		t.Fatalf("limits not applied: %+v", c.MapsConfig())
 	}
+	if m := comp.Mirrors[3]; m.Encap != maps.EncapGUE || m.GUEPort != 6080 {
+		t.Fatalf("GUE mirror compiled as %+v", m)
+	}
+	if m := comp.Mirrors[1]; m.Encap != maps.EncapIPIP || m.GUEPort != 0 {
+		t.Fatalf("IPIP mirror compiled as %+v", m)
+	}
+	mc, err := ParseConfig([]byte(strings.Replace(string(b), "role: edge", "role: mirror\ndecap_gue_port: 6080", 1)))
+	if err != nil || mc.DecapGUEPort != 6080 {
+		t.Fatalf("decap_gue_port: %v, %v", mc, err)
+	}
 	if c.NextHopTTL() != maps.DefaultNextHopTTL {
 		t.Fatalf("next-hop TTL %v, want the default", c.NextHopTTL())
 	}
@@ -84,6 +94,12 @@ func TestParseConfigErrors(t *testing.T) {
 		{"mirror id too large", "{name: paris6, id: 3", "{name: paris6, id: 64", "mirrors[2].id"},
 		{"mirror address", "10.77.0.11", "10.77.0.300", "mirrors[1].address"},
 		{"mirror state", "state: draining", "state: sleeping", "mirrors[1].state"},
+		{"mirror encap", "address: 10.77.0.10}", "address: 10.77.0.10, encap: vxlan}", "mirrors[0].encap"},
+		{"GUE without port", "address: 10.77.0.10}", "address: 10.77.0.10, encap: gue}", "mirrors[0].gue_port: required"},
+		{"GUE port without GUE", "address: 10.77.0.10}", "address: 10.77.0.10, gue_port: 6080}", "mirrors[0].gue_port: only with encap gue"},
+		{"GUE port out of range", "address: 10.77.0.10}", "address: 10.77.0.10, encap: gue, gue_port: 70000}", "mirrors[0].gue_port: 70000"},
+		{"decap GUE port on an edge", "node: edge-test", "node: edge-test\ndecap_gue_port: 6080", "decap_gue_port: only for role mirror or both"},
+		{"decap GUE port out of range", "role: edge\ninterfaces: [pa0]", "role: mirror\ninterfaces: [pa0]\ndecap_gue_port: 0x10000", "decap_gue_port: 65536"},
 		{"vip syntax", "192.0.2.1:53/udp", "192.0.2.1:53/sctp", "resources[0].vips[1]"},
 		{"vip without port", "192.0.2.1:53/udp", "192.0.2.1/udp", "resources[0].vips[1]"},
 		{"route to unknown mirror", "us: {dallas: 1}", "us: {tokyo: 1}", `resources[0].routes["us"]: mirror "tokyo"`},

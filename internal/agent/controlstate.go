@@ -37,8 +37,17 @@ func StateFromProto(st *pb.DesiredState) (DesiredState, error) {
 		if err != nil {
 			return out, fmt.Errorf("mirrors[%d].state: %w", i, err)
 		}
+		encap, err := encapName(m.GetEncap())
+		if err != nil {
+			return out, fmt.Errorf("mirrors[%d].encap: %w", i, err)
+		}
+		if m.GetGuePort() > 65535 {
+			return out, fmt.Errorf("mirrors[%d].gue_port: %d out of [1, 65535]", i, m.GetGuePort())
+		}
 		mirrorName[m.GetId()] = m.GetName()
-		out.Mirrors = append(out.Mirrors, Mirror{Name: m.GetName(), ID: m.GetId(), Address: m.GetAddress(), State: state})
+		// Compile checks that GUE has a port and IPIP none.
+		out.Mirrors = append(out.Mirrors, Mirror{Name: m.GetName(), ID: m.GetId(), Address: m.GetAddress(), State: state,
+			Encap: encap, GUEPort: int(m.GetGuePort())})
 	}
 	// Weight sets are shared between routes: resolve each once.
 	sets := make([]map[string]uint32, len(st.GetWeightSets()))
@@ -110,6 +119,16 @@ func mirrorStateName(s pb.MirrorState) (string, error) {
 		return "down", nil
 	}
 	return "", fmt.Errorf("unknown state %d", int32(s))
+}
+
+func encapName(e pb.Encapsulation) (string, error) {
+	switch e {
+	case pb.Encapsulation_ENCAPSULATION_UNSPECIFIED, pb.Encapsulation_ENCAPSULATION_IPIP:
+		return "", nil
+	case pb.Encapsulation_ENCAPSULATION_GUE:
+		return "gue", nil
+	}
+	return "", fmt.Errorf("unknown encapsulation %d", int32(e))
 }
 
 // vipString renders a VIP the way ParseVIP reads it.

@@ -1,6 +1,8 @@
 package agent
 
 import (
+	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -21,7 +23,8 @@ func sampleProtoState() *pb.DesiredState {
 		},
 		Mirrors: []*pb.MirrorEndpoint{
 			{Name: "paris", Id: 1, Address: "192.0.2.10"},
-			{Name: "nyc", Id: 2, Address: "2001:db8::20", State: pb.MirrorState_MIRROR_STATE_DRAINING},
+			{Name: "nyc", Id: 2, Address: "2001:db8::20", State: pb.MirrorState_MIRROR_STATE_DRAINING,
+				Encap: pb.Encapsulation_ENCAPSULATION_GUE, GuePort: 6080},
 		},
 		WeightSets: []*pb.WeightSet{
 			{Weights: []*pb.MirrorWeight{{MirrorId: 1, Weight: 1}}},
@@ -52,6 +55,20 @@ func TestStateFromProto(t *testing.T) {
 	if c.DefaultRegion != 1 || len(c.Prefixes) != 3 || c.Mirrors[2].State != maps.MirrorDraining {
 		t.Fatalf("compiled %+v", c)
 	}
+	if m := c.Mirrors[2]; m.Encap != maps.EncapGUE || m.GUEPort != 6080 {
+		t.Fatalf("GUE mirror compiled as %+v", m)
+	}
+	if m := c.Mirrors[1]; m.Encap != maps.EncapIPIP || m.GUEPort != 0 {
+		t.Fatalf("IPIP mirror compiled as %+v", m)
+	}
+	// A GUE mirror without a port converts, and Compile refuses it.
+	st := sampleProtoState()
+	st.Mirrors[1].GuePort = 0
+	if ds, err := StateFromProto(st); err != nil {
+		t.Fatal(err)
+	} else if _, err := ds.Compile(maps.DefaultConfig()); err == nil || !strings.Contains(err.Error(), "mirrors[1].gue_port") {
+		t.Fatalf("GUE without a port: %v", err)
+	}
 	o := c.VIPs[maps.VIP{Addr: mustAddr("203.0.113.5"), Port: 443, Proto: maps.TCP}]
 	if o.Resource != 7 || o.AffinityTimeout != 30*time.Minute || o.AffinityPrefixV4 != 24 {
 		t.Fatalf("vip options %+v", o)
@@ -77,6 +94,8 @@ func TestStateFromProtoRejects(t *testing.T) {
 		{"dup region id", func(s *pb.DesiredState) { s.Regions[1].Id = 1 }, "regions[1].id"},
 		{"dup mirror id", func(s *pb.DesiredState) { s.Mirrors[1].Id = 1 }, "mirrors[1].id"},
 		{"bad mirror state", func(s *pb.DesiredState) { s.Mirrors[0].State = 42 }, "mirrors[0].state"},
+		{"bad encapsulation", func(s *pb.DesiredState) { s.Mirrors[0].Encap = 9 }, "mirrors[0].encap"},
+		{"GUE port too big", func(s *pb.DesiredState) { s.Mirrors[1].GuePort = 70000 }, "mirrors[1].gue_port"},
 		{"unknown mirror in set", func(s *pb.DesiredState) { s.WeightSets[1].Weights[1].MirrorId = 9 }, "weight_sets[1].weights[1].mirror_id"},
 		{"mirror twice in set", func(s *pb.DesiredState) { s.WeightSets[1].Weights[1].MirrorId = 1 }, "weight_sets[1].weights[1].mirror_id"},
 		{"unknown region", func(s *pb.DesiredState) { s.Resources[0].RouteRegions[1] = 5 }, "resources[0].route_regions[1]"},
@@ -123,4 +142,50 @@ func FuzzStateFromProto(f *testing.F) {
 		}
 		_, _ = ds.Compile(maps.DefaultConfig())
 	})
+}
+
+// TestReconcileDecapGUE: endpoints follow the address list and the GUE
+// port, rewriting only what differs.
+func TestReconcileDecapGUE(t *testing.T) {
+	requireRoot(t)
+	d, err := maps.LoadDecap(maps.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	a4, a6, old := mustAddr("192.0.2.10"), mustAddr("2001:db8::10"), mustAddr("192.0.2.99")
+	if err := d.AddEndpoint(old); err != nil {
+		t.Fatal(err)
+	}
+	for _, step := range []struct {
+		addrs          []netip.Addr
+		port           uint16
+		written, dropd int
+	}{
+		{[]netip.Addr{a4, a6}, 0, 2, 1},
+		{[]netip.Addr{a4, a6}, 0, 0, 0},    // unchanged: nothing written
+		{[]netip.Addr{a4, a6}, 6080, 2, 0}, // the port changed on both
+		{[]netip.Addr{a6}, 6080, 0, 1},
+		{[]netip.Addr{a6}, 0, 1, 0},
+	} {
+		ch, err := ReconcileDecap(d, step.addrs, step.port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ch.Written != step.written || ch.Deleted != step.dropd {
+			t.Fatalf("%v port %d: changes %+v, want %d written %d deleted", step.addrs, step.port, ch, step.written, step.dropd)
+		}
+		eps, err := d.Endpoints()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(eps) != len(step.addrs) {
+			t.Fatalf("endpoints %v, want %v", eps, step.addrs)
+		}
+		for _, e := range eps {
+			if !slices.Contains(step.addrs, e.Addr) || e.GUEPort != step.port {
+				t.Fatalf("endpoint %+v, want one of %v with GUE port %d", e, step.addrs, step.port)
+			}
+		}
+	}
 }

@@ -185,8 +185,9 @@ func quotaShares(w map[pmaps.MirrorID]uint32, slots int) map[pmaps.MirrorID]int 
 	return out
 }
 
-// ReconcileDecap makes the decap program terminate exactly addrs.
-func ReconcileDecap(d *pmaps.Decap, addrs []netip.Addr) (Changes, error) {
+// ReconcileDecap makes the decap program terminate exactly addrs, each
+// also accepting GUE on guePort (0: IPIP and IPv6 tunnels only).
+func ReconcileDecap(d *pmaps.Decap, addrs []netip.Addr, guePort uint16) (Changes, error) {
 	var ch Changes
 	have, err := d.Endpoints()
 	if err != nil {
@@ -197,18 +198,19 @@ func ReconcileDecap(d *pmaps.Decap, addrs []netip.Addr) (Changes, error) {
 		want[a.Unmap()] = true
 	}
 	got := map[netip.Addr]bool{}
-	for _, a := range have {
-		got[a] = true
-		if !want[a] {
-			if err := d.RemoveEndpoint(a); err != nil {
+	for _, e := range have {
+		if !want[e.Addr] {
+			if err := d.RemoveEndpoint(e.Addr); err != nil {
 				return ch, err
 			}
 			ch.Deleted++
+			continue
 		}
+		got[e.Addr] = e.GUEPort == guePort
 	}
 	for a := range want {
 		if !got[a] {
-			if err := d.AddEndpoint(a); err != nil {
+			if err := d.SetEndpoint(pmaps.DecapEndpoint{Addr: a, GUEPort: guePort}); err != nil {
 				return ch, fmt.Errorf("decap endpoint %s: %w", a, err)
 			}
 			ch.Written++

@@ -370,7 +370,8 @@ func buildDesired(w *world, res *route.Result, slots int, now time.Time) (*pb.De
 		ds.Regions = append(ds.Regions, &pb.RegionState{Name: r.GetName(), Id: r.GetId(), Prefixes: r.GetClientPrefixes()})
 	}
 	for _, m := range w.mirrors {
-		ds.Mirrors = append(ds.Mirrors, &pb.MirrorEndpoint{Name: m.GetName(), Id: m.GetId(), Address: m.GetAddress(), State: w.dpState[m.GetId()]})
+		ds.Mirrors = append(ds.Mirrors, &pb.MirrorEndpoint{Name: m.GetName(), Id: m.GetId(), Address: m.GetAddress(), State: w.dpState[m.GetId()],
+			Encap: m.GetEncap(), GuePort: m.GetGuePort()})
 	}
 	sets := weightSets{byPtr: map[uintptr]uint32{}, byKey: map[string]uint32{}, ds: ds}
 	sum := &pb.RouteSummary{}

@@ -137,6 +137,8 @@ func TestBuildInputMirrorHealthAndReplicas(t *testing.T) {
 
 func TestBuildDesired(t *testing.T) {
 	s := computeWorld()
+	// nyc is reached over GUE: the edges must learn it.
+	s.mirrors[1].Encap, s.mirrors[1].GuePort = pb.Encapsulation_ENCAPSULATION_GUE, 6080
 	s.live = []*pb.LiveReport{
 		edgeReport("e1", "eu", t0, pr("paris", 10, pb.Health_HEALTH_UP), pr("nyc", 80, pb.Health_HEALTH_UP)),
 		edgeReport("u1", "us", t0, pr("paris", 80, pb.Health_HEALTH_UP), pr("nyc", 10, pb.Health_HEALTH_UP)),
@@ -153,6 +155,12 @@ func TestBuildDesired(t *testing.T) {
 	ds, sum := buildDesired(w, res, 1024, t0)
 	if sum.GetRoutes() != 3 || sum.GetUnrouted() != 0 {
 		t.Fatalf("summary %v", sum)
+	}
+	for _, m := range ds.GetMirrors() {
+		gue := m.GetName() == "nyc"
+		if (m.GetEncap() == pb.Encapsulation_ENCAPSULATION_GUE) != gue || (m.GetGuePort() == 6080) != gue {
+			t.Fatalf("mirror endpoint %v", m)
+		}
 	}
 	if w := routeOf(ds, "disk", "eu"); w["paris"] != 1024 {
 		t.Fatalf("eu %v", w)

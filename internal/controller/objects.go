@@ -62,6 +62,9 @@ type yamlMirror struct {
 	CapacityRPS float64 `yaml:"capacity_rps,omitempty"`
 	State       string  `yaml:"state,omitempty"`
 	ServiceTime string  `yaml:"service_time,omitempty"`
+	// Encap is ipip (default) or gue; GUEPort is required with gue.
+	Encap   string `yaml:"encap,omitempty"`
+	GUEPort int64  `yaml:"gue_port,omitempty"`
 }
 
 type yamlResource struct {
@@ -202,8 +205,34 @@ func (m yamlMirror) proto() (*pb.Mirror, error) {
 	if err != nil {
 		return nil, err
 	}
+	enc, err := parseEncapsulation(m.Encap)
+	if err != nil {
+		return nil, fmt.Errorf("encap: %w", err)
+	}
+	if m.GUEPort < 0 || m.GUEPort > math.MaxUint16 {
+		return nil, fmt.Errorf("gue_port: %d out of [1, %d]", m.GUEPort, math.MaxUint16)
+	}
 	return &pb.Mirror{Name: m.Name, Site: m.Site, Address: m.Address, Node: m.Node, CapacityRps: m.CapacityRPS,
-		State: st, ServiceTimeMs: float64(svc) / float64(time.Millisecond)}, nil
+		State: st, ServiceTimeMs: float64(svc) / float64(time.Millisecond), Encap: enc, GuePort: uint32(m.GUEPort)}, nil
+}
+
+func parseEncapsulation(s string) (pb.Encapsulation, error) {
+	switch s {
+	case "", "ipip":
+		return pb.Encapsulation_ENCAPSULATION_UNSPECIFIED, nil
+	case "gue":
+		return pb.Encapsulation_ENCAPSULATION_GUE, nil
+	}
+	return 0, fmt.Errorf("%q is not ipip or gue", s)
+}
+
+// EncapsulationName is the YAML name of an encapsulation ("" for the
+// default, IP-in-IP).
+func EncapsulationName(e pb.Encapsulation) string {
+	if e == pb.Encapsulation_ENCAPSULATION_GUE {
+		return "gue"
+	}
+	return ""
 }
 
 func (r yamlResource) proto() (*pb.Resource, error) {
@@ -363,6 +392,18 @@ func checkMirror(m *pb.Mirror) error {
 	}
 	if _, ok := pb.MirrorState_name[int32(m.GetState())]; !ok {
 		return fmt.Errorf("state: %d is not a mirror state", m.GetState())
+	}
+	switch m.GetEncap() {
+	case pb.Encapsulation_ENCAPSULATION_GUE:
+		if p := m.GetGuePort(); p == 0 || p > math.MaxUint16 {
+			return fmt.Errorf("gue_port: %d, want 1..%d with encap gue (the mirror host's decap_gue_port)", p, math.MaxUint16)
+		}
+	case pb.Encapsulation_ENCAPSULATION_UNSPECIFIED, pb.Encapsulation_ENCAPSULATION_IPIP:
+		if m.GetGuePort() != 0 {
+			return fmt.Errorf("gue_port: %d is only for encap gue", m.GetGuePort())
+		}
+	default:
+		return fmt.Errorf("encap: %d is not an encapsulation", m.GetEncap())
 	}
 	return nil
 }
@@ -584,7 +625,8 @@ func FormatObjects(o *pb.Objects) ([]byte, error) {
 	}
 	for _, m := range o.GetMirrors() {
 		ym := yamlMirror{ID: m.GetId(), Name: m.GetName(), Site: m.GetSite(), Address: m.GetAddress(), Node: m.GetNode(),
-			CapacityRPS: m.GetCapacityRps(), State: MirrorStateName(m.GetState())}
+			CapacityRPS: m.GetCapacityRps(), State: MirrorStateName(m.GetState()),
+			Encap: EncapsulationName(m.GetEncap()), GUEPort: int64(m.GetGuePort())}
 		if st := m.GetServiceTimeMs(); st > 0 {
 			ym.ServiceTime = time.Duration(st * float64(time.Millisecond)).String()
 		}

@@ -37,6 +37,12 @@ func TestParseObjectsValid(t *testing.T) {
 	if o.Mirrors[1].GetState() != pb.MirrorState_MIRROR_STATE_DRAINING {
 		t.Fatal(o.Mirrors[1])
 	}
+	if m := o.Mirrors[1]; m.GetEncap() != pb.Encapsulation_ENCAPSULATION_GUE || m.GetGuePort() != 6080 {
+		t.Fatalf("GUE mirror %v", m)
+	}
+	if m := o.Mirrors[0]; m.GetEncap() != pb.Encapsulation_ENCAPSULATION_UNSPECIFIED || m.GetGuePort() != 0 {
+		t.Fatalf("IPIP mirror %v", m)
+	}
 }
 
 // Each case breaks one field of a valid file; the error must name it.
@@ -57,6 +63,10 @@ func TestParseObjectsNamesTheField(t *testing.T) {
 		{"mirror address", "address: 192.0.2.10", "address: 192.0.2.300", "mirrors[0] (paris).address"},
 		{"mirror state", "state: draining", "state: sleeping", "mirrors[1].state"},
 		{"service time", "service_time: 2ms", "service_time: soon", "service_time"},
+		{"encap", "encap: gue", "encap: vxlan", "mirrors[1].encap"},
+		{"GUE without port", "    gue_port: 6080\n", "", "mirrors[1] (nyc).gue_port: 0"},
+		{"GUE port out of range", "gue_port: 6080", "gue_port: 70000", "mirrors[1].gue_port: 70000"},
+		{"GUE port without GUE", "service_time: 2ms", "service_time: 2ms\n    gue_port: 6080", "mirrors[0] (paris).gue_port: 6080 is only for encap gue"},
 		{"missing site", "    site: eu\n", "", "mirrors[0] (paris).site"},
 		{"vip", "vips: [203.0.113.5,", "vips: [203.0.113.500,", "resources[0] (disk-42).vips[0]"},
 		{"port", "ports: [443, 10809]", "ports: [443, 70000]", "resources[0].ports[1]"},

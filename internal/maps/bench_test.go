@@ -76,6 +76,7 @@ func BenchmarkRouter(b *testing.B) {
 	cfg := DefaultConfig()
 	cfg.MaxSessions = 2 << 20
 	f := newFixtureConfig(b, cfg)
+	f.addGUE(b)
 	h := newHarness(b, f)
 	// The flow benchmarks rewrite the low 16 bits of the client address:
 	// keep those clients in a region that has a route.
@@ -91,6 +92,10 @@ func BenchmarkRouter(b *testing.B) {
 	ack4 := pkt{src: clientEU, dst: vipWeb.Addr, sport: 40000, dport: 80, flags: "A"}.frame(b)
 	ack6 := pkt{src: client6EU, dst: vipWeb6.Addr, sport: 40000, dport: 443, flags: "A"}.frame(b)
 	other := pkt{src: clientEU, dst: a("192.0.2.99"), sport: 40000, dport: 80, flags: "A"}.frame(b)
+	// The same established flows toward GUE mirrors (addGUE): IPv4 in
+	// IPv4 and IPv6 in IPv6, UDP checksum derived.
+	gue4 := pkt{src: clientEU, dst: vipG.Addr, sport: 40000, dport: 80, flags: "A"}.frame(b)
+	gue6 := pkt{src: client6EU, dst: vipG6.Addr, sport: 40000, dport: 443, flags: "A"}.frame(b)
 
 	// The harness's own cost, measured with enough repetitions to be stable
 	// even when the benchmark itself runs once (-benchtime=1x).
@@ -165,6 +170,8 @@ func BenchmarkRouter(b *testing.B) {
 	encap("established_v4", ack4, 0, 0, 1)
 	encap("new_flow_v4", syn4, 1, 0, 0)
 	encap("established_v6", ack6, 0, 0, 1)
+	encap("established_v4_gue", gue4, 0, 0, 1)
+	encap("established_v6_gue", gue6, 0, 0, 1)
 	// The same packets with the next-hop cache off: bpf_fib_lookup on
 	// every packet, as before the cache.
 	for _, c := range []struct {

@@ -318,11 +318,7 @@ type chainMigration struct {
 // (also when pinDir is ""). The caller loads the new collection, then calls
 // finish, or abort if loading failed.
 func prepareChainMigration(ms *ebpf.MapSpec, pinDir string) (*chainMigration, error) {
-	if pinDir == "" {
-		return nil, nil
-	}
-	path := filepath.Join(pinDir, ms.Name)
-	m, err := incompatiblePin(ms, path)
+	m, path, err := incompatiblePinIn(ms, pinDir)
 	if m == nil || err != nil {
 		return nil, err
 	}

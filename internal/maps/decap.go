@@ -29,8 +29,13 @@ func LoadDecap(opts Options) (*Decap, error) {
 	if err != nil {
 		return nil, err
 	}
+	// An upgrade from a build with fewer reason counters: carry them over.
+	smg, err := prepareStatsMigration(spec.Maps["pm_decap_stats"], opts.PinDir)
+	if err != nil {
+		return nil, errors.Join(err, mg.abort())
+	}
 	if err := spec.LoadAndAssign(&d.objs, copts); err != nil {
-		err = errors.Join(err, mg.abort())
+		err = errors.Join(err, mg.abort(), smg.abort())
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("%w under %s: %v", ErrIncompatiblePin, opts.PinDir, err)
 		}
@@ -38,6 +43,10 @@ func LoadDecap(opts Options) (*Decap, error) {
 	}
 	// Before the caller attaches the new program: no packet misses the peer.
 	if err := mg.finish(d.objs.PmDecapNext); err != nil {
+		d.Close()
+		return nil, errors.Join(fmt.Errorf("load decap: %w", err), smg.abort())
+	}
+	if err := smg.finish(d.objs.PmDecapStats); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("load decap: %w", err)
 	}
@@ -50,15 +59,32 @@ func (d *Decap) Close() error { return d.objs.Close() }
 // Program is the XDP program to attach.
 func (d *Decap) Program() *ebpf.Program { return d.objs.PmDecap }
 
-// AddEndpoint makes the program decapsulate tunnel packets to addr.
+// DecapEndpoint is one local tunnel endpoint the decap program terminates
+// (pm_decap_addrs).
+type DecapEndpoint struct {
+	Addr netip.Addr
+	// GUEPort, when not 0, also accepts GUE (direct IP-in-UDP, what the
+	// router sends to EncapGUE mirrors) to this UDP port; other UDP to Addr
+	// passes untouched. 0: IPIP and IPv6 tunnels only.
+	GUEPort uint16
+}
+
+// AddEndpoint makes the program decapsulate IPIP and IPv6 tunnel packets
+// to addr (no GUE; see SetEndpoint).
 func (d *Decap) AddEndpoint(addr netip.Addr) error {
-	if !addr.IsValid() {
+	return d.SetEndpoint(DecapEndpoint{Addr: addr})
+}
+
+// SetEndpoint creates or updates a tunnel endpoint.
+func (d *Decap) SetEndpoint(e DecapEndpoint) error {
+	if !e.Addr.IsValid() {
 		return errors.New("decap endpoint address is empty")
 	}
 	var k decapDecapAddr
-	k.Addr, k.Family = addrBytes(addr)
-	if err := d.objs.PmDecapAddrs.Put(&k, &decapDecapAddrInfo{}); err != nil {
-		return fmt.Errorf("write pm_decap_addrs %s: %w", addr, err)
+	k.Addr, k.Family = addrBytes(e.Addr)
+	v := decapDecapAddrInfo{GuePort: e.GUEPort}
+	if err := d.objs.PmDecapAddrs.Put(&k, &v); err != nil {
+		return fmt.Errorf("write pm_decap_addrs %s: %w", e.Addr, err)
 	}
 	return nil
 }
@@ -73,16 +99,19 @@ func (d *Decap) RemoveEndpoint(addr netip.Addr) error {
 	return nil
 }
 
-// Endpoints lists the addresses decapsulated here.
-func (d *Decap) Endpoints() ([]netip.Addr, error) {
-	var out []netip.Addr
+// Endpoints lists the endpoints decapsulated here.
+func (d *Decap) Endpoints() ([]DecapEndpoint, error) {
+	var out []DecapEndpoint
 	var k decapDecapAddr
 	var v decapDecapAddrInfo
 	it := d.objs.PmDecapAddrs.Iterate()
 	for it.Next(&k, &v) {
-		out = append(out, bytesAddr(k.Addr, k.Family))
+		out = append(out, DecapEndpoint{Addr: bytesAddr(k.Addr, k.Family), GUEPort: v.GuePort})
 	}
-	return out, it.Err()
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate pm_decap_addrs: %w", err)
+	}
+	return out, nil
 }
 
 // Stats reads the decap counters.

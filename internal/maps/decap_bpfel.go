@@ -21,8 +21,9 @@ type decapDecapAddr struct {
 }
 
 type decapDecapAddrInfo struct {
-	_     structs.HostLayout
-	Flags uint32
+	_       structs.HostLayout
+	Flags   uint16
+	GuePort uint16
 }
 
 type decapDecapStats struct {
@@ -33,6 +34,8 @@ type decapDecapStats struct {
 	PassNotLocal  uint64
 	PassFragment  uint64
 	DropMalformed uint64
+	Gue           uint64
+	PassUdpNotGue uint64
 }
 
 // Names of all BPF objects in the ELF.

@@ -20,15 +20,40 @@
 //	pm_regions_v4/v6 LPM trie        client prefix → region               agent         router
 //	pm_route_index   hash            (resource, region) → table           agent         router
 //	pm_route_tables  array of maps   table → [slots]mirror (inner arrays) agent         router
-//	pm_mirrors       array           mirror ID → address, state           agent         router
+//	pm_mirrors       array           mirror ID → address, state, encap, GUE port   agent   router
 //	pm_settings      array[1]        default region, outer sources        agent         router
 //	pm_counters      per-CPU hash    (resource, region, mirror) → packets, bytes, new flows   router   agent
 //	pm_stats         per-CPU array[1] packets per verdict reason          router        agent
 //	pm_frags         LRU hash        (src, dst, proto, IP ID) → first fragment's mirror   router   router
 //	pm_nexthops      per-CPU array   mirror ID × 2 + inner-is-IPv6 → cached FIB result   router   router, agent (metrics)
 //	pm_nexthop_ctl   array[1]        next-hop cache TTL, generation       agent         router
-//	pm_decap_addrs   hash            local tunnel endpoint → flags        agent         decap
+//	pm_decap_addrs   hash            local tunnel endpoint → GUE port     agent         decap
 //	pm_decap_stats   per-CPU array[1] packets per decap reason            decap         agent
+//
+// Layouts only grow into former padding (struct mirror's encap and
+// gue_dport, decap_addr_info's gue_port: an entry an older build wrote
+// reads as IPIP / no GUE) or at the end of the reason counters: LoadRouter
+// and LoadDecap carry a pinned pm_stats / pm_decap_stats of an older,
+// shorter layout over into the new map, counters included
+// (statsmigrate.go); any other difference is ErrIncompatiblePin.
+//
+// # Encapsulation
+//
+// A mirror's Encap picks how the router carries packets to it: EncapIPIP
+// (IPIP or 6in4 toward an IPv4 address, IPv6-in-IPv6 or 4in6 toward an
+// IPv6 one) or EncapGUE: GUE variant 1, i.e. direct IP-in-UDP as Linux
+// FOU's direct mode and Katran send it, to the mirror's GUEPort, from a
+// source port that is the flow hash in 49152–65535 (GUESourcePort), so a
+// mirror NIC that hashes only outer headers still spreads flows over its
+// RX queues. The UDP checksum is derived from the inner packet's own
+// checksum without reading the payload (see gue_udp in router.bpf.c);
+// where that is impossible (fragments, UDP over IPv4 without a checksum,
+// IPv6 extension headers) it is 0, which IPv6 allows tunnels (RFC 6935,
+// 6936) and which Stats counts as gue_zero_csum_v6 over IPv6. GUE costs 8
+// bytes more: the FIB lookup and the path-MTU answer account for them.
+// The decap program accepts GUE on an endpoint's GUEPort (SetEndpoint)
+// beside IPIP, and does not verify the UDP checksum (the inner packet's
+// own checksums are checked by the stack after it).
 //
 // # Route tables
 //
@@ -64,11 +89,12 @@
 // lookup accepted (so the path-MTU check still holds). The agent bumps the
 // generation on every route, neighbour and link change (SetNextHopTTL,
 // BumpNextHopGeneration; SetMirror and SetSettings bump it themselves when
-// a mirror's address or an outer source changes), so changes take effect
+// a mirror's address or encapsulation, or an outer source, changes), so changes take effect
 // within milliseconds; the TTL (DefaultNextHopTTL) bounds staleness while
 // no agent runs. ECMP choices are unaffected: the lookup's inputs are the
 // same for every packet of a cache entry, so the kernel's hash picked the
-// same path each time anyway. A lookup that fails is never cached. When
+// same path each time anyway (for GUE the lookup names UDP and the
+// mirror's port but not the per-flow source port, for that reason). A lookup that fails is never cached. When
 // the neighbour is not resolved yet the encapsulated packet is handed to
 // the stack (pass_no_neigh), which resolves it, so the edge needs IP
 // forwarding on.

@@ -62,3 +62,19 @@ func UserHash(res ResourceID, client [16]byte, family uint8) uint32 {
 	h = hashAddr(h, client, family)
 	return fmix(h)
 }
+
+// GUE source ports (gue_udp in router.bpf.c): the flow hash in the IANA
+// ephemeral range, 49152–65535.
+const (
+	gueSportBase = 0xC000
+	gueSportMask = 0x3FFF
+)
+
+// GUESourcePort is the UDP source port of a flow's GUE packets toward an
+// EncapGUE mirror: its flow hash (with the source port, whatever the
+// VIP's HashNoSrcPort) in 49152–65535. Every packet of a flow carries the
+// same port, so a mirror NIC hashing outer headers keeps a flow on one RX
+// queue and spreads flows over all of them.
+func GUESourcePort(f Flow) uint16 {
+	return gueSportBase | uint16(FlowHash(f, false)&gueSportMask)
+}

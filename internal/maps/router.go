@@ -152,8 +152,13 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 	if err != nil {
 		return nil, err
 	}
+	// An upgrade from a build with fewer reason counters: carry them over.
+	smg, err := prepareStatsMigration(spec.Maps["pm_stats"], opts.PinDir)
+	if err != nil {
+		return nil, errors.Join(err, mg.abort())
+	}
 	if err := spec.LoadAndAssign(&r.objs, copts); err != nil {
-		err = errors.Join(err, mg.abort())
+		err = errors.Join(err, mg.abort(), smg.abort())
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load router: %w", err)
@@ -166,6 +171,10 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 	}
 	// Before the caller attaches the new program: no packet misses the peer.
 	if err := mg.finish(r.objs.PmNext); err != nil {
+		r.Close()
+		return nil, errors.Join(fmt.Errorf("load router: %w", err), smg.abort())
+	}
+	if err := smg.finish(r.objs.PmStats); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("load router: %w", err)
 	}
@@ -191,6 +200,17 @@ func dropIncompatibleCache(ms *ebpf.MapSpec, path string) error {
 		return fmt.Errorf("replace incompatible %s: %w", ms.Name, err)
 	}
 	return nil
+}
+
+// incompatiblePinIn is incompatiblePin for ms's pin under pinDir (none
+// when pinDir is ""), with the pin's path.
+func incompatiblePinIn(ms *ebpf.MapSpec, pinDir string) (*ebpf.Map, string, error) {
+	if pinDir == "" {
+		return nil, "", nil
+	}
+	path := filepath.Join(pinDir, ms.Name)
+	m, err := incompatiblePin(ms, path)
+	return m, path, err
 }
 
 // incompatiblePin opens the map pinned at path when this build cannot reuse
@@ -468,18 +488,30 @@ func (r *Router) SetMirror(id MirrorID, m Mirror) error {
 	if m.State == MirrorUnused || m.State > MirrorDown {
 		return fmt.Errorf("mirror %d: state %s is not settable", id, m.State)
 	}
-	var v routerMirror
-	v.Addr, v.Family = addrBytes(m.Addr)
-	v.State = uint32(m.State)
+	switch m.Encap {
+	case EncapIPIP:
+		if m.GUEPort != 0 {
+			return fmt.Errorf("mirror %d: GUEPort %d is only for encapsulation gue", id, m.GUEPort)
+		}
+	case EncapGUE:
+		if m.GUEPort == 0 {
+			return fmt.Errorf("mirror %d: GUEPort is required (not 0) with encapsulation gue", id)
+		}
+	default:
+		return fmt.Errorf("mirror %d: Encap %s is not ipip or gue", id, m.Encap)
+	}
+	v := mirrorValue(m)
 	var old routerMirror
 	_ = r.objs.PmMirrors.Lookup(uint32(id), &old)
 	if err := r.objs.PmMirrors.Put(uint32(id), &v); err != nil {
 		return fmt.Errorf("write pm_mirrors %d: %w", id, err)
 	}
 	// The next-hop cache is keyed by mirror ID: a new address needs a new
-	// lookup. Bumping after the write leaves no window in which a lookup
-	// for the old address could be cached for the new one.
-	if old.Addr != v.Addr || old.Family != v.Family {
+	// lookup, and so does a new encapsulation (the lookup's protocol and
+	// port, and the MTU check's overhead, change). Bumping after the write
+	// leaves no window in which a lookup for the old inputs could be
+	// cached for the new ones.
+	if old.Addr != v.Addr || old.Family != v.Family || old.Encap != v.Encap || old.GueDport != v.GueDport {
 		if _, err := r.BumpNextHopGeneration(); err != nil {
 			return err
 		}
@@ -523,7 +555,20 @@ func (r *Router) Mirror(id MirrorID) (Mirror, error) {
 	if v.State == uint32(MirrorUnused) {
 		return Mirror{}, nil
 	}
-	return Mirror{Addr: bytesAddr(v.Addr, v.Family), State: MirrorState(v.State)}, nil
+	return mirrorOf(v), nil
+}
+
+func mirrorValue(m Mirror) routerMirror {
+	var v routerMirror
+	v.Addr, v.Family = addrBytes(m.Addr)
+	v.State = uint32(m.State)
+	v.Encap = uint8(m.Encap)
+	v.GueDport = m.GUEPort
+	return v
+}
+
+func mirrorOf(v routerMirror) Mirror {
+	return Mirror{Addr: bytesAddr(v.Addr, v.Family), State: MirrorState(v.State), Encap: Encapsulation(v.Encap), GUEPort: v.GueDport}
 }
 
 // Mirrors lists configured mirrors.
@@ -534,7 +579,7 @@ func (r *Router) Mirrors() (map[MirrorID]Mirror, error) {
 	it := r.objs.PmMirrors.Iterate()
 	for it.Next(&k, &v) {
 		if v.State != uint32(MirrorUnused) {
-			out[MirrorID(k)] = Mirror{Addr: bytesAddr(v.Addr, v.Family), State: MirrorState(v.State)}
+			out[MirrorID(k)] = mirrorOf(v)
 		}
 	}
 	if err := it.Err(); err != nil {

@@ -73,11 +73,12 @@ type routerFragKey struct {
 }
 
 type routerMirror struct {
-	_      structs.HostLayout
-	Addr   [16]uint8
-	Family uint8
-	Pad    [3]uint8
-	State  uint32
+	_        structs.HostLayout
+	Addr     [16]uint8
+	Family   uint8
+	Encap    uint8
+	GueDport uint16
+	State    uint32
 }
 
 type routerNexthop struct {
@@ -166,6 +167,7 @@ type routerStats struct {
 	Rerouted        uint64
 	CounterOverflow uint64
 	IcmpTooBig      uint64
+	GueZeroCsumV6   uint64
 }
 
 type routerTableRef struct {

@@ -88,8 +88,13 @@ func newFixture(t testing.TB) *fixture { return newFixtureConfig(t, testConfig()
 
 func newFixtureConfig(t testing.TB, cfg Config) *fixture {
 	t.Helper()
+	return newFixtureWith(t, cfg, Options{})
+}
+
+func newFixtureWith(t testing.TB, cfg Config, opts Options) *fixture {
+	t.Helper()
 	env := newNSEnv(t)
-	r, err := LoadRouter(cfg, Options{})
+	r, err := LoadRouter(cfg, opts)
 	if err != nil {
 		t.Fatalf("load router: %v", err)
 	}
@@ -147,11 +152,15 @@ func (f *fixture) counter(t testing.TB, k CounterKey) Counter {
 
 // statDelta returns the names of the reasons that changed between two reads.
 func statDelta(before, after Stats) map[string]uint64 {
+	return fieldDelta(before.Fields(), after.Fields())
+}
+
+// fieldDelta is statDelta for any list of reasons (Stats, DecapStats).
+func fieldDelta(before, after []StatField) map[string]uint64 {
 	d := map[string]uint64{}
-	bf := before.Fields()
-	for i, fa := range after.Fields() {
-		if fa.Value != bf[i].Value {
-			d[fa.Name] = fa.Value - bf[i].Value
+	for i, fa := range after {
+		if fa.Value != before[i].Value {
+			d[fa.Name] = fa.Value - before[i].Value
 		}
 	}
 	return d

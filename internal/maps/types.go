@@ -110,10 +110,54 @@ type VIPOptions struct {
 	HashNoSrcPort bool
 }
 
+// Encapsulation is how the router carries packets to a mirror.
+type Encapsulation uint8
+
+// Encapsulations, as in enum mirror_encap of bpf/include/premirror.h.
+const (
+	// EncapIPIP is IP-in-IP: IPIP / 6in4 toward IPv4 mirrors, IPv6-in-IPv6
+	// / 4in6 toward IPv6 ones. The zero value, and what mirrors written by
+	// builds before GUE read as.
+	EncapIPIP Encapsulation = 0
+	// EncapGUE is GUE variant 1 (direct IP-in-UDP, Linux FOU "direct"):
+	// outer IP, UDP from a flow-hash source port to the mirror's GUEPort,
+	// the client's packet. For mirrors whose NICs spread load over RX
+	// queues by outer headers only. 8 bytes more overhead than IPIP.
+	EncapGUE Encapsulation = 1
+)
+
+var encapNames = [...]string{"ipip", "gue"}
+
+func (e Encapsulation) String() string {
+	if int(e) < len(encapNames) {
+		return encapNames[e]
+	}
+	return fmt.Sprintf("encap(%d)", uint8(e))
+}
+
+// ParseEncapsulation parses "ipip" (also "", the default) or "gue".
+func ParseEncapsulation(s string) (Encapsulation, error) {
+	if s == "" {
+		return EncapIPIP, nil
+	}
+	for i, n := range encapNames {
+		if strings.EqualFold(s, n) {
+			return Encapsulation(i), nil
+		}
+	}
+	return 0, fmt.Errorf("encapsulation %q: want ipip or gue", s)
+}
+
 // Mirror is one tunnel endpoint as the router sees it.
 type Mirror struct {
-	Addr  netip.Addr // outer destination; its family picks IPIP or IPv6 encapsulation
+	Addr  netip.Addr // outer destination; its family picks the outer IPv4 or IPv6 header
 	State MirrorState
+	// Encap is IP-in-IP (the zero value) or GUE.
+	Encap Encapsulation
+	// GUEPort is the UDP destination port of GUE packets: required with
+	// EncapGUE, 0 with EncapIPIP. The mirror's decap must accept GUE on it
+	// (Decap.SetEndpoint).
+	GUEPort uint16
 }
 
 // Settings are the router's node-wide knobs.

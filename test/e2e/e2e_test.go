@@ -96,6 +96,12 @@ type env struct {
 
 func start(t *testing.T, arms int, res agent.Resource, mutate func(*agent.DesiredState)) *env {
 	t.Helper()
+	return startWith(t, arms, res, mutate, nil)
+}
+
+// startWith is start with a hook on every agent's config (lab.SetConfigHook).
+func startWith(t *testing.T, arms int, res agent.Resource, mutate func(*agent.DesiredState), hook func(*testbed.Host, *agent.Config) error) *env {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: network namespaces, XDP, bpffs")
 	}
@@ -114,6 +120,9 @@ func start(t *testing.T, arms int, res agent.Resource, mutate func(*agent.Desire
 		mutate(&state)
 	}
 	l := lab.New(tb, agentBin, t.TempDir(), state, nil)
+	if hook != nil {
+		l.SetConfigHook(hook)
+	}
 	t.Cleanup(func() {
 		if err := l.Close(); err != nil {
 			t.Errorf("lab close: %v", err)

@@ -82,6 +82,61 @@ func (MirrorState) EnumDescriptor() ([]byte, []int) {
 	return file_premirror_v1_objects_proto_rawDescGZIP(), []int{0}
 }
 
+// Encapsulation is how edges carry packets to a mirror.
+type Encapsulation int32
+
+const (
+	// Unspecified means IP-in-IP.
+	Encapsulation_ENCAPSULATION_UNSPECIFIED Encapsulation = 0
+	// IPIP / 6in4 toward an IPv4 address, IPv6-in-IPv6 / 4in6 toward an
+	// IPv6 one.
+	Encapsulation_ENCAPSULATION_IPIP Encapsulation = 1
+	// GUE variant 1 (direct IP-in-UDP) to gue_port, with a per-flow source
+	// port: RX-queue spreading on mirror NICs that hash outer headers only.
+	Encapsulation_ENCAPSULATION_GUE Encapsulation = 2
+)
+
+// Enum value maps for Encapsulation.
+var (
+	Encapsulation_name = map[int32]string{
+		0: "ENCAPSULATION_UNSPECIFIED",
+		1: "ENCAPSULATION_IPIP",
+		2: "ENCAPSULATION_GUE",
+	}
+	Encapsulation_value = map[string]int32{
+		"ENCAPSULATION_UNSPECIFIED": 0,
+		"ENCAPSULATION_IPIP":        1,
+		"ENCAPSULATION_GUE":         2,
+	}
+)
+
+func (x Encapsulation) Enum() *Encapsulation {
+	p := new(Encapsulation)
+	*p = x
+	return p
+}
+
+func (x Encapsulation) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Encapsulation) Descriptor() protoreflect.EnumDescriptor {
+	return file_premirror_v1_objects_proto_enumTypes[1].Descriptor()
+}
+
+func (Encapsulation) Type() protoreflect.EnumType {
+	return &file_premirror_v1_objects_proto_enumTypes[1]
+}
+
+func (x Encapsulation) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Encapsulation.Descriptor instead.
+func (Encapsulation) EnumDescriptor() ([]byte, []int) {
+	return file_premirror_v1_objects_proto_rawDescGZIP(), []int{1}
+}
+
 // Protocol is a VIP's transport protocol.
 type Protocol int32
 
@@ -116,11 +171,11 @@ func (x Protocol) String() string {
 }
 
 func (Protocol) Descriptor() protoreflect.EnumDescriptor {
-	return file_premirror_v1_objects_proto_enumTypes[1].Descriptor()
+	return file_premirror_v1_objects_proto_enumTypes[2].Descriptor()
 }
 
 func (Protocol) Type() protoreflect.EnumType {
-	return &file_premirror_v1_objects_proto_enumTypes[1]
+	return &file_premirror_v1_objects_proto_enumTypes[2]
 }
 
 func (x Protocol) Number() protoreflect.EnumNumber {
@@ -129,7 +184,7 @@ func (x Protocol) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use Protocol.Descriptor instead.
 func (Protocol) EnumDescriptor() ([]byte, []int) {
-	return file_premirror_v1_objects_proto_rawDescGZIP(), []int{1}
+	return file_premirror_v1_objects_proto_rawDescGZIP(), []int{2}
 }
 
 // MirrorMode says who chooses a resource's mirrors.
@@ -170,11 +225,11 @@ func (x MirrorMode) String() string {
 }
 
 func (MirrorMode) Descriptor() protoreflect.EnumDescriptor {
-	return file_premirror_v1_objects_proto_enumTypes[2].Descriptor()
+	return file_premirror_v1_objects_proto_enumTypes[3].Descriptor()
 }
 
 func (MirrorMode) Type() protoreflect.EnumType {
-	return &file_premirror_v1_objects_proto_enumTypes[2]
+	return &file_premirror_v1_objects_proto_enumTypes[3]
 }
 
 func (x MirrorMode) Number() protoreflect.EnumNumber {
@@ -183,7 +238,7 @@ func (x MirrorMode) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use MirrorMode.Descriptor instead.
 func (MirrorMode) EnumDescriptor() ([]byte, []int) {
-	return file_premirror_v1_objects_proto_rawDescGZIP(), []int{2}
+	return file_premirror_v1_objects_proto_rawDescGZIP(), []int{3}
 }
 
 // Site is a client region and a place where edges and mirrors run. Its
@@ -340,6 +395,12 @@ type Mirror struct {
 	// Mean service time per request in milliseconds (queueing term); 0: the
 	// routing policy's default.
 	ServiceTimeMs float64 `protobuf:"fixed64,7,opt,name=service_time_ms,json=serviceTimeMs,proto3" json:"service_time_ms,omitempty"`
+	// How edges carry packets to the mirror (unspecified: IP-in-IP).
+	Encap Encapsulation `protobuf:"varint,8,opt,name=encap,proto3,enum=premirror.v1.Encapsulation" json:"encap,omitempty"`
+	// UDP destination port of GUE packets: required (1..65535) with
+	// ENCAPSULATION_GUE, 0 otherwise. The mirror host's agent must accept
+	// GUE on it (its decap_gue_port).
+	GuePort uint32 `protobuf:"varint,9,opt,name=gue_port,json=guePort,proto3" json:"gue_port,omitempty"`
 	// Assigned by the controller; ignored on apply.
 	Id            uint32 `protobuf:"varint,15,opt,name=id,proto3" json:"id,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -421,6 +482,20 @@ func (x *Mirror) GetState() MirrorState {
 func (x *Mirror) GetServiceTimeMs() float64 {
 	if x != nil {
 		return x.ServiceTimeMs
+	}
+	return 0
+}
+
+func (x *Mirror) GetEncap() Encapsulation {
+	if x != nil {
+		return x.Encap
+	}
+	return Encapsulation_ENCAPSULATION_UNSPECIFIED
+}
+
+func (x *Mirror) GetGuePort() uint32 {
+	if x != nil {
+		return x.GuePort
 	}
 	return 0
 }
@@ -917,7 +992,7 @@ const file_premirror_v1_objects_proto_rawDesc = "" +
 	"\x02id\x18\x0f \x01(\rR\x02id\"D\n" +
 	"\bLocation\x12\x1a\n" +
 	"\blatitude\x18\x01 \x01(\x01R\blatitude\x12\x1c\n" +
-	"\tlongitude\x18\x02 \x01(\x01R\tlongitude\"\xea\x01\n" +
+	"\tlongitude\x18\x02 \x01(\x01R\tlongitude\"\xb8\x02\n" +
 	"\x06Mirror\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x18\n" +
@@ -925,7 +1000,9 @@ const file_premirror_v1_objects_proto_rawDesc = "" +
 	"\x04node\x18\x04 \x01(\tR\x04node\x12!\n" +
 	"\fcapacity_rps\x18\x05 \x01(\x01R\vcapacityRps\x12/\n" +
 	"\x05state\x18\x06 \x01(\x0e2\x19.premirror.v1.MirrorStateR\x05state\x12&\n" +
-	"\x0fservice_time_ms\x18\a \x01(\x01R\rserviceTimeMs\x12\x0e\n" +
+	"\x0fservice_time_ms\x18\a \x01(\x01R\rserviceTimeMs\x121\n" +
+	"\x05encap\x18\b \x01(\x0e2\x1b.premirror.v1.EncapsulationR\x05encap\x12\x19\n" +
+	"\bgue_port\x18\t \x01(\rR\aguePort\x12\x0e\n" +
 	"\x02id\x18\x0f \x01(\rR\x02id\"\x8d\x01\n" +
 	"\fMirrorPolicy\x12,\n" +
 	"\x04mode\x18\x01 \x01(\x0e2\x18.premirror.v1.MirrorModeR\x04mode\x12\x18\n" +
@@ -972,7 +1049,11 @@ const file_premirror_v1_objects_proto_rawDesc = "" +
 	"\x18MIRROR_STATE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13MIRROR_STATE_ACTIVE\x10\x01\x12\x19\n" +
 	"\x15MIRROR_STATE_DRAINING\x10\x02\x12\x15\n" +
-	"\x11MIRROR_STATE_DOWN\x10\x03*H\n" +
+	"\x11MIRROR_STATE_DOWN\x10\x03*]\n" +
+	"\rEncapsulation\x12\x1d\n" +
+	"\x19ENCAPSULATION_UNSPECIFIED\x10\x00\x12\x16\n" +
+	"\x12ENCAPSULATION_IPIP\x10\x01\x12\x15\n" +
+	"\x11ENCAPSULATION_GUE\x10\x02*H\n" +
 	"\bProtocol\x12\x18\n" +
 	"\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x10\n" +
 	"\fPROTOCOL_TCP\x10\x01\x12\x10\n" +
@@ -995,39 +1076,41 @@ func file_premirror_v1_objects_proto_rawDescGZIP() []byte {
 	return file_premirror_v1_objects_proto_rawDescData
 }
 
-var file_premirror_v1_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_premirror_v1_objects_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_premirror_v1_objects_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_premirror_v1_objects_proto_goTypes = []any{
 	(MirrorState)(0),       // 0: premirror.v1.MirrorState
-	(Protocol)(0),          // 1: premirror.v1.Protocol
-	(MirrorMode)(0),        // 2: premirror.v1.MirrorMode
-	(*Site)(nil),           // 3: premirror.v1.Site
-	(*Location)(nil),       // 4: premirror.v1.Location
-	(*Mirror)(nil),         // 5: premirror.v1.Mirror
-	(*MirrorPolicy)(nil),   // 6: premirror.v1.MirrorPolicy
-	(*Affinity)(nil),       // 7: premirror.v1.Affinity
-	(*Thresholds)(nil),     // 8: premirror.v1.Thresholds
-	(*RequestProfile)(nil), // 9: premirror.v1.RequestProfile
-	(*Resource)(nil),       // 10: premirror.v1.Resource
-	(*Objects)(nil),        // 11: premirror.v1.Objects
+	(Encapsulation)(0),     // 1: premirror.v1.Encapsulation
+	(Protocol)(0),          // 2: premirror.v1.Protocol
+	(MirrorMode)(0),        // 3: premirror.v1.MirrorMode
+	(*Site)(nil),           // 4: premirror.v1.Site
+	(*Location)(nil),       // 5: premirror.v1.Location
+	(*Mirror)(nil),         // 6: premirror.v1.Mirror
+	(*MirrorPolicy)(nil),   // 7: premirror.v1.MirrorPolicy
+	(*Affinity)(nil),       // 8: premirror.v1.Affinity
+	(*Thresholds)(nil),     // 9: premirror.v1.Thresholds
+	(*RequestProfile)(nil), // 10: premirror.v1.RequestProfile
+	(*Resource)(nil),       // 11: premirror.v1.Resource
+	(*Objects)(nil),        // 12: premirror.v1.Objects
 }
 var file_premirror_v1_objects_proto_depIdxs = []int32{
-	4,  // 0: premirror.v1.Site.location:type_name -> premirror.v1.Location
+	5,  // 0: premirror.v1.Site.location:type_name -> premirror.v1.Location
 	0,  // 1: premirror.v1.Mirror.state:type_name -> premirror.v1.MirrorState
-	2,  // 2: premirror.v1.MirrorPolicy.mode:type_name -> premirror.v1.MirrorMode
-	1,  // 3: premirror.v1.Resource.protocol:type_name -> premirror.v1.Protocol
-	6,  // 4: premirror.v1.Resource.mirror_policy:type_name -> premirror.v1.MirrorPolicy
-	7,  // 5: premirror.v1.Resource.affinity:type_name -> premirror.v1.Affinity
-	8,  // 6: premirror.v1.Resource.thresholds:type_name -> premirror.v1.Thresholds
-	9,  // 7: premirror.v1.Resource.profile:type_name -> premirror.v1.RequestProfile
-	3,  // 8: premirror.v1.Objects.sites:type_name -> premirror.v1.Site
-	5,  // 9: premirror.v1.Objects.mirrors:type_name -> premirror.v1.Mirror
-	10, // 10: premirror.v1.Objects.resources:type_name -> premirror.v1.Resource
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	1,  // 2: premirror.v1.Mirror.encap:type_name -> premirror.v1.Encapsulation
+	3,  // 3: premirror.v1.MirrorPolicy.mode:type_name -> premirror.v1.MirrorMode
+	2,  // 4: premirror.v1.Resource.protocol:type_name -> premirror.v1.Protocol
+	7,  // 5: premirror.v1.Resource.mirror_policy:type_name -> premirror.v1.MirrorPolicy
+	8,  // 6: premirror.v1.Resource.affinity:type_name -> premirror.v1.Affinity
+	9,  // 7: premirror.v1.Resource.thresholds:type_name -> premirror.v1.Thresholds
+	10, // 8: premirror.v1.Resource.profile:type_name -> premirror.v1.RequestProfile
+	4,  // 9: premirror.v1.Objects.sites:type_name -> premirror.v1.Site
+	6,  // 10: premirror.v1.Objects.mirrors:type_name -> premirror.v1.Mirror
+	11, // 11: premirror.v1.Objects.resources:type_name -> premirror.v1.Resource
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_premirror_v1_objects_proto_init() }
@@ -1040,7 +1123,7 @@ func file_premirror_v1_objects_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_premirror_v1_objects_proto_rawDesc), len(file_premirror_v1_objects_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,

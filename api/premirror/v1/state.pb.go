@@ -392,11 +392,14 @@ func (x *RegionState) GetPrefixes() []string {
 
 // MirrorEndpoint is a mirror as the data plane sees it.
 type MirrorEndpoint struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Id            uint32                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
-	Address       string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
-	State         MirrorState            `protobuf:"varint,4,opt,name=state,proto3,enum=premirror.v1.MirrorState" json:"state,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Name    string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Id      uint32                 `protobuf:"varint,2,opt,name=id,proto3" json:"id,omitempty"`
+	Address string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
+	State   MirrorState            `protobuf:"varint,4,opt,name=state,proto3,enum=premirror.v1.MirrorState" json:"state,omitempty"`
+	// As in Mirror.
+	Encap         Encapsulation `protobuf:"varint,5,opt,name=encap,proto3,enum=premirror.v1.Encapsulation" json:"encap,omitempty"`
+	GuePort       uint32        `protobuf:"varint,6,opt,name=gue_port,json=guePort,proto3" json:"gue_port,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -457,6 +460,20 @@ func (x *MirrorEndpoint) GetState() MirrorState {
 		return x.State
 	}
 	return MirrorState_MIRROR_STATE_UNSPECIFIED
+}
+
+func (x *MirrorEndpoint) GetEncap() Encapsulation {
+	if x != nil {
+		return x.Encap
+	}
+	return Encapsulation_ENCAPSULATION_UNSPECIFIED
+}
+
+func (x *MirrorEndpoint) GetGuePort() uint32 {
+	if x != nil {
+		return x.GuePort
+	}
+	return 0
 }
 
 // VIP is one (address, port, protocol) a resource is reached at.
@@ -748,12 +765,14 @@ const file_premirror_v1_state_proto_rawDesc = "" +
 	"\vRegionState\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x1a\n" +
-	"\bprefixes\x18\x03 \x03(\tR\bprefixes\"\x7f\n" +
+	"\bprefixes\x18\x03 \x03(\tR\bprefixes\"\xcd\x01\n" +
 	"\x0eMirrorEndpoint\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x18\n" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12/\n" +
-	"\x05state\x18\x04 \x01(\x0e2\x19.premirror.v1.MirrorStateR\x05state\"g\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x19.premirror.v1.MirrorStateR\x05state\x121\n" +
+	"\x05encap\x18\x05 \x01(\x0e2\x1b.premirror.v1.EncapsulationR\x05encap\x12\x19\n" +
+	"\bgue_port\x18\x06 \x01(\rR\aguePort\"g\n" +
 	"\x03VIP\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x122\n" +
@@ -803,8 +822,9 @@ var file_premirror_v1_state_proto_goTypes = []any{
 	(*WeightSet)(nil),       // 7: premirror.v1.WeightSet
 	(*MirrorWeight)(nil),    // 8: premirror.v1.MirrorWeight
 	(MirrorState)(0),        // 9: premirror.v1.MirrorState
-	(Protocol)(0),           // 10: premirror.v1.Protocol
-	(*Affinity)(nil),        // 11: premirror.v1.Affinity
+	(Encapsulation)(0),      // 10: premirror.v1.Encapsulation
+	(Protocol)(0),           // 11: premirror.v1.Protocol
+	(*Affinity)(nil),        // 12: premirror.v1.Affinity
 }
 var file_premirror_v1_state_proto_depIdxs = []int32{
 	3,  // 0: premirror.v1.DesiredState.regions:type_name -> premirror.v1.RegionState
@@ -814,15 +834,16 @@ var file_premirror_v1_state_proto_depIdxs = []int32{
 	2,  // 4: premirror.v1.DesiredState.replication_tasks:type_name -> premirror.v1.ReplicationTask
 	0,  // 5: premirror.v1.ReplicationTask.kind:type_name -> premirror.v1.MirrorKind
 	9,  // 6: premirror.v1.MirrorEndpoint.state:type_name -> premirror.v1.MirrorState
-	10, // 7: premirror.v1.VIP.protocol:type_name -> premirror.v1.Protocol
-	5,  // 8: premirror.v1.ResourceState.vips:type_name -> premirror.v1.VIP
-	11, // 9: premirror.v1.ResourceState.affinity:type_name -> premirror.v1.Affinity
-	8,  // 10: premirror.v1.WeightSet.weights:type_name -> premirror.v1.MirrorWeight
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	10, // 7: premirror.v1.MirrorEndpoint.encap:type_name -> premirror.v1.Encapsulation
+	11, // 8: premirror.v1.VIP.protocol:type_name -> premirror.v1.Protocol
+	5,  // 9: premirror.v1.ResourceState.vips:type_name -> premirror.v1.VIP
+	12, // 10: premirror.v1.ResourceState.affinity:type_name -> premirror.v1.Affinity
+	8,  // 11: premirror.v1.WeightSet.weights:type_name -> premirror.v1.MirrorWeight
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_premirror_v1_state_proto_init() }
