@@ -412,14 +412,29 @@ func activeTargets(c *Compiled, ts []probe.Target) []probe.Target {
 
 // timeoutFor waits a few RTTs of the path (like TCP's RTO) rather than a
 // fixed second, so a lost probe to a near mirror is known lost in
-// milliseconds and failover is bounded by the probe interval.
+// milliseconds and failover is bounded by the probe interval. Like TCP's
+// RTO (RFC 6298 §5.5) it doubles after every timeout in a row: a path
+// whose RTT grew beyond the timeout (a reroute, a slower link) would
+// otherwise never answer in time, never teach the estimator its new RTT,
+// and be declared down instead of slower. With Fall = 3 a 25 ms timeout
+// reaches 100 ms on the third probe.
 func (cp *controlPlane) timeoutFor(t probe.Target) time.Duration {
 	est, ok := cp.probes.Get(t)
 	if !ok || est.Samples < 3 {
 		return 0 // the scheduler's default
 	}
+	return probeTimeout(est)
+}
+
+// probeTimeout is timeoutFor's rule for one path's estimate.
+func probeTimeout(est probe.Estimate) time.Duration {
+	const floor, ceiling = 25 * time.Millisecond, time.Second
 	rtt := max(est.RTT, est.Median)
-	return min(max(3*rtt+4*est.Jitter, 25*time.Millisecond), time.Second)
+	d := max(3*rtt+4*est.Jitter, floor)
+	for i := 0; i < est.Failures && d < ceiling; i++ {
+		d *= 2
+	}
+	return min(d, ceiling)
 }
 
 func (cp *controlPlane) observe(r probe.Result) {

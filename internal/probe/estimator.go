@@ -121,6 +121,8 @@ type Estimate struct {
 	// Samples counts successful probes, Probes all probes, ever.
 	Samples int
 	Probes  int
+	// Failures counts the probes that failed since the last success.
+	Failures int
 	// LastProbe and LastSuccess are the times of the latest probe and of
 	// the latest successful one.
 	LastProbe   time.Time
@@ -198,12 +200,14 @@ func (e *Estimator) Observe(at time.Time, rtt time.Duration, err error) error {
 	if err != nil {
 		e.okRun = 0
 		e.failRun++
+		e.est.Failures = e.failRun
 		if e.failRun >= e.cfg.Fall {
 			e.setHealth(HealthDown, at)
 		}
 		return nil
 	}
 	e.failRun = 0
+	e.est.Failures = 0
 	e.okRun++
 	if e.okRun >= e.cfg.Rise {
 		e.setHealth(HealthUp, at)

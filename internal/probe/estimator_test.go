@@ -234,3 +234,29 @@ func BenchmarkEstimatorObserve(b *testing.B) {
 		_ = e.Observe(at, ms(20+float64(i%7)), nil)
 	}
 }
+
+// TestEstimateCountsFailuresInARow: Estimate.Failures is the run of
+// failed probes since the last success (what the timeout backs off on).
+func TestEstimateCountsFailuresInARow(t *testing.T) {
+	e, err := NewEstimator(EstimatorConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Unix(0, 0)
+	for i, c := range []struct {
+		fail bool
+		want int
+	}{{false, 0}, {true, 1}, {true, 2}, {false, 0}, {true, 1}} {
+		var perr error
+		if c.fail {
+			perr = ErrTimeout
+		}
+		at = at.Add(250 * time.Millisecond)
+		if err := e.Observe(at, 3*time.Millisecond, perr); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.Estimate().Failures; got != c.want {
+			t.Fatalf("probe %d: %d failures in a row, want %d", i, got, c.want)
+		}
+	}
+}
