@@ -201,7 +201,7 @@ func (a *Agent) apply(cfg *Config) error {
 		if err != nil {
 			return err
 		}
-		ch, err := ReconcileDecap(a.decap, addrs, uint16(cfg.DecapGUEPort))
+		ch, err := ReconcileDecap(a.decap, decapPorts(addrs, uint16(cfg.DecapGUEPort), compiled.Mirrors, a.log))
 		if err != nil {
 			a.metrics.reconcile(false, time.Since(start))
 			return fmt.Errorf("reconcile decap maps: %w", err)

@@ -54,7 +54,9 @@ type Config struct {
 	// DecapGUEPort makes every decap address also accept GUE (direct
 	// IP-in-UDP) on this UDP port: edges send it to mirrors configured
 	// with encap gue and the same gue_port. 0 or absent: IPIP and IPv6
-	// tunnels only. Roles mirror and both.
+	// tunnels only. Roles mirror and both. A GUE mirror of the desired
+	// state at one of this host's decap addresses sets that address's
+	// port itself (decapPorts).
 	DecapGUEPort int    `yaml:"decap_gue_port"`
 	Limits       Limits `yaml:"limits"`
 	// NextHopCacheTTL is how long the router reuses a FIB lookup toward a

@@ -168,7 +168,7 @@ func TestReconcileDecapGUE(t *testing.T) {
 		{[]netip.Addr{a6}, 6080, 0, 1},
 		{[]netip.Addr{a6}, 0, 1, 0},
 	} {
-		ch, err := ReconcileDecap(d, step.addrs, step.port)
+		ch, err := ReconcileDecap(d, decapPorts(step.addrs, step.port, nil, nil))
 		if err != nil {
 			t.Fatal(err)
 		}

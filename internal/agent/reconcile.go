@@ -2,6 +2,7 @@ package agent
 
 import (
 	"fmt"
+	"log/slog"
 	"maps"
 	"net/netip"
 
@@ -185,36 +186,58 @@ func quotaShares(w map[pmaps.MirrorID]uint32, slots int) map[pmaps.MirrorID]int 
 	return out
 }
 
-// ReconcileDecap makes the decap program terminate exactly addrs, each
-// also accepting GUE on guePort (0: IPIP and IPv6 tunnels only).
-func ReconcileDecap(d *pmaps.Decap, addrs []netip.Addr, guePort uint16) (Changes, error) {
+// ReconcileDecap makes the decap program terminate exactly the addresses
+// of want, each also accepting GUE on its port (0: IPIP and IPv6 tunnels
+// only).
+func ReconcileDecap(d *pmaps.Decap, want map[netip.Addr]uint16) (Changes, error) {
 	var ch Changes
 	have, err := d.Endpoints()
 	if err != nil {
 		return ch, err
 	}
-	want := map[netip.Addr]bool{}
-	for _, a := range addrs {
-		want[a.Unmap()] = true
-	}
 	got := map[netip.Addr]bool{}
 	for _, e := range have {
-		if !want[e.Addr] {
+		port, ok := want[e.Addr]
+		if !ok {
 			if err := d.RemoveEndpoint(e.Addr); err != nil {
 				return ch, err
 			}
 			ch.Deleted++
 			continue
 		}
-		got[e.Addr] = e.GUEPort == guePort
+		got[e.Addr] = e.GUEPort == port
 	}
-	for a := range want {
+	for a, port := range want {
 		if !got[a] {
-			if err := d.SetEndpoint(pmaps.DecapEndpoint{Addr: a, GUEPort: guePort}); err != nil {
+			if err := d.SetEndpoint(pmaps.DecapEndpoint{Addr: a, GUEPort: port}); err != nil {
 				return ch, fmt.Errorf("decap endpoint %s: %w", a, err)
 			}
 			ch.Written++
 		}
 	}
 	return ch, nil
+}
+
+// decapPorts is the GUE port of each decap address: decap_gue_port, or
+// the port a GUE mirror at that address is reached on (the desired
+// state's mirrors say how edges encapsulate toward this host, so its
+// decap accepts exactly that; a static decap_gue_port that disagrees is
+// overridden and reported).
+func decapPorts(addrs []netip.Addr, def uint16, mirrors map[pmaps.MirrorID]pmaps.Mirror, log *slog.Logger) map[netip.Addr]uint16 {
+	want := make(map[netip.Addr]uint16, len(addrs))
+	for _, a := range addrs {
+		want[a.Unmap()] = def
+	}
+	for id, m := range mirrors {
+		a := m.Addr.Unmap()
+		p, local := want[a]
+		if !local || m.Encap != pmaps.EncapGUE || p == m.GUEPort {
+			continue
+		}
+		if p != 0 && log != nil {
+			log.Warn("decap_gue_port overridden by the mirror's gue_port", "address", a, "mirror", id, "decap_gue_port", p, "gue_port", m.GUEPort)
+		}
+		want[a] = m.GUEPort
+	}
+	return want
 }
