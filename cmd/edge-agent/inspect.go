@@ -144,7 +144,7 @@ func inspect(out io.Writer, pinDir string, c *agent.Compiled, maxSessions int) e
 	if err != nil {
 		return err
 	}
-	fmt.Fprintln(w, "\nMIRROR\tADDRESS\tSTATE")
+	fmt.Fprintln(w, "\nMIRROR\tADDRESS\tSTATE\tENCAP")
 	for _, id := range slices.Sorted(func(yield func(maps.MirrorID) bool) {
 		for id := range ms {
 			if !yield(id) {
@@ -152,7 +152,11 @@ func inspect(out io.Writer, pinDir string, c *agent.Compiled, maxSessions int) e
 			}
 		}
 	}) {
-		fmt.Fprintf(w, "%s\t%s\t%s\n", n.mirror(id), ms[id].Addr, ms[id].State)
+		encap := ms[id].Encap.String()
+		if ms[id].Encap == maps.EncapGUE {
+			encap = fmt.Sprintf("%s udp/%d", encap, ms[id].GUEPort)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", n.mirror(id), ms[id].Addr, ms[id].State, encap)
 	}
 
 	routes := r.Routes()

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"net/netip"
 	"os"
 	"regexp"
 	"testing"
@@ -36,9 +37,19 @@ func TestInspectShowsNextProgram(t *testing.T) {
 	}
 	defer peer.Close()
 
+	// Mirrors show their encapsulation (GUE with its port).
+	if err := r.SetMirror(1, maps.Mirror{Addr: netip.MustParseAddr("192.0.2.5"), State: maps.MirrorActive}); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.SetMirror(2, maps.Mirror{Addr: netip.MustParseAddr("2001:db8::6"), State: maps.MirrorActive, Encap: maps.EncapGUE, GUEPort: 6080}); err != nil {
+		t.Fatal(err)
+	}
 	var out bytes.Buffer
 	if err := inspect(&out, dir, nil, 0); err != nil {
 		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`MIRROR\s+ADDRESS\s+STATE\s+ENCAP\n1\s+192\.0\.2\.5\s+active\s+ipip\n2\s+2001:db8::6\s+active\s+gue udp/6080\n`).Match(out.Bytes()) {
+		t.Fatalf("mirrors' encapsulation not shown:\n%s", out.String())
 	}
 	if !regexp.MustCompile(`NEXT XDP PROGRAM\s+router\s+none`).Match(out.Bytes()) {
 		t.Fatalf("empty slot not shown:\n%s", out.String())
