@@ -142,7 +142,8 @@
 //     by its last one-step error when that error was a surprise (beyond 4
 //     robust scales: a spike or a level shift; this expert bets on the
 //     shift, and its weight learns from the series which bet pays); and,
-//     once a year has been seen, Holt-Winters and the regression each plus
+//     once a year has been seen (on series whose horizon spans a week or
+//     more), Holt-Winters and the regression each plus
 //     the yearly memory's change of level from the origin's day to the
 //     target's day (Prophet's yearly season given to the experts that
 //     carry today's level forward: Peyton Manning's page views at 12 days

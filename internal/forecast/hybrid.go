@@ -302,7 +302,11 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 		m.yr = newYearly()
 	}
 	if !cfg.NoPool {
-		m.pl = newPool(H, m.P, m.W, max(m.d.spd, 1), stepsPer(cfg.Step, 7*24*time.Hour), m.yr != nil)
+		// The yearly experts where the horizon spans a week or more:
+		// over a shorter one the year's change of level is a sliver and
+		// they would repeat Holt-Winters and the regression.
+		yearly := m.yr != nil && time.Duration(H)*cfg.Step >= 7*24*time.Hour
+		m.pl = newPool(H, m.P, m.W, max(m.d.spd, 1), stepsPer(cfg.Step, 7*24*time.Hour), yearly)
 		if m.pl.avail[expHW] {
 			m.hw = newHoltWinters(m.pl.season)
 		}
