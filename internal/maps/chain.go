@@ -308,21 +308,19 @@ func PinnedNextPrograms(dir, mapName string, ifindexes []int) ([]ChainEntry, err
 // cannot reuse (an upgrade from the one-slot maps) into the new map, so an
 // upgrade never drops the operator's program.
 type chainMigration struct {
-	old   *ebpf.Map // unpinned, still open (the running program holds it too)
-	path  string
-	progs map[int]*ebpf.Program
+	unpinned // the running program holds the old map too
+	progs    map[int]*ebpf.Program
 }
 
 // prepareChainMigration unpins the chain map ms.Name under pinDir if it is
 // incompatible with ms, keeping its filled slots. nil: nothing to migrate
-// (also when pinDir is ""). The caller loads the new collection, then calls
-// finish, or abort if loading failed.
+// (also when pinDir is "").
 func prepareChainMigration(ms *ebpf.MapSpec, pinDir string) (*chainMigration, error) {
 	m, path, err := incompatiblePinIn(ms, pinDir)
 	if m == nil || err != nil {
 		return nil, err
 	}
-	mg := &chainMigration{old: m, path: path, progs: map[int]*ebpf.Program{}}
+	mg := &chainMigration{unpinned: unpinned{old: m, path: path}, progs: map[int]*ebpf.Program{}}
 	ids, err := chain{m}.ids()
 	if err != nil {
 		mg.close()
@@ -347,8 +345,8 @@ func prepareChainMigration(ms *ebpf.MapSpec, pinDir string) (*chainMigration, er
 }
 
 // finish writes the old map's programs into m, the new chain map, before
-// the new program is attached. On failure the old map is pinned again and
-// m unpinned, so nothing is lost.
+// the new program is attached; on failure the old map is pinned back, so
+// nothing is lost.
 func (mg *chainMigration) finish(m *ebpf.Map) error {
 	if mg == nil {
 		return nil
@@ -356,11 +354,7 @@ func (mg *chainMigration) finish(m *ebpf.Map) error {
 	defer mg.close()
 	for i, p := range mg.progs {
 		if err := (chain{m}).set(i, p); err != nil {
-			_ = m.Unpin()
-			if perr := mg.old.Pin(mg.path); perr != nil {
-				err = errors.Join(err, fmt.Errorf("pin the old %s back: %w", mg.path, perr))
-			}
-			return fmt.Errorf("migrate %s slot %d: %w", mg.path, i, err)
+			return mg.restore(fmt.Errorf("slot %d: %w", i, err))
 		}
 	}
 	return nil
@@ -372,15 +366,7 @@ func (mg *chainMigration) abort() error {
 		return nil
 	}
 	defer mg.close()
-	// The failed load may have created and pinned an (empty) new map
-	// before another map or the program failed.
-	if err := os.Remove(mg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("pin the old %s back: %w", mg.path, err)
-	}
-	if err := mg.old.Pin(mg.path); err != nil {
-		return fmt.Errorf("pin the old %s back: %w", mg.path, err)
-	}
-	return nil
+	return mg.repin()
 }
 
 func (mg *chainMigration) close() {

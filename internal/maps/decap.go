@@ -24,29 +24,18 @@ func LoadDecap(opts Options) (*Decap, error) {
 	if err != nil {
 		return nil, err
 	}
-	// An upgrade from the one-slot chain map: carry its program over.
-	mg, err := prepareChainMigration(spec.Maps[DecapNextMap], opts.PinDir)
+	mg, err := preparePinMigrations(spec, opts.PinDir, DecapNextMap, "pm_decap_stats")
 	if err != nil {
 		return nil, err
 	}
-	// An upgrade from a build with fewer reason counters: carry them over.
-	smg, err := prepareStatsMigration(spec.Maps["pm_decap_stats"], opts.PinDir)
-	if err != nil {
-		return nil, errors.Join(err, mg.abort())
-	}
 	if err := spec.LoadAndAssign(&d.objs, copts); err != nil {
-		err = errors.Join(err, mg.abort(), smg.abort())
+		err = errors.Join(err, mg.abort())
 		if errors.Is(err, ebpf.ErrMapIncompatible) {
 			return nil, fmt.Errorf("%w under %s: %v", ErrIncompatiblePin, opts.PinDir, err)
 		}
 		return nil, fmt.Errorf("load decap: %w", err)
 	}
-	// Before the caller attaches the new program: no packet misses the peer.
-	if err := mg.finish(d.objs.PmDecapNext); err != nil {
-		d.Close()
-		return nil, errors.Join(fmt.Errorf("load decap: %w", err), smg.abort())
-	}
-	if err := smg.finish(d.objs.PmDecapStats); err != nil {
+	if err := mg.finish(d.objs.PmDecapNext, d.objs.PmDecapStats); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("load decap: %w", err)
 	}

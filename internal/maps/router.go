@@ -147,18 +147,12 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 	if err != nil {
 		return nil, err
 	}
-	// An upgrade from the one-slot chain map: carry its program over.
-	mg, err := prepareChainMigration(spec.Maps[RouterNextMap], opts.PinDir)
+	mg, err := preparePinMigrations(spec, opts.PinDir, RouterNextMap, "pm_stats")
 	if err != nil {
 		return nil, err
 	}
-	// An upgrade from a build with fewer reason counters: carry them over.
-	smg, err := prepareStatsMigration(spec.Maps["pm_stats"], opts.PinDir)
-	if err != nil {
-		return nil, errors.Join(err, mg.abort())
-	}
 	if err := spec.LoadAndAssign(&r.objs, copts); err != nil {
-		err = errors.Join(err, mg.abort(), smg.abort())
+		err = errors.Join(err, mg.abort())
 		var ve *ebpf.VerifierError
 		if errors.As(err, &ve) {
 			return nil, fmt.Errorf("load router: %w", err)
@@ -169,12 +163,7 @@ func LoadRouter(cfg Config, opts Options) (*Router, error) {
 		}
 		return nil, fmt.Errorf("load router: %w", err)
 	}
-	// Before the caller attaches the new program: no packet misses the peer.
-	if err := mg.finish(r.objs.PmNext); err != nil {
-		r.Close()
-		return nil, errors.Join(fmt.Errorf("load router: %w", err), smg.abort())
-	}
-	if err := smg.finish(r.objs.PmStats); err != nil {
+	if err := mg.finish(r.objs.PmNext, r.objs.PmStats); err != nil {
 		r.Close()
 		return nil, fmt.Errorf("load router: %w", err)
 	}

@@ -19,17 +19,38 @@ import (
 // the copy and the attachment of the new one (link.Update, milliseconds
 // later) is lost, and the Prometheus counters see at most that dip.
 
-// statsMigration is a pending copy of one pinned counter map.
-type statsMigration struct {
+// unpinned is a pinned map this build cannot reuse, unpinned and still
+// open while the new collection loads: repin puts it back.
+type unpinned struct {
 	old  *ebpf.Map
 	path string
 }
 
+// repin removes whatever the load pinned at the path (the new map, or a
+// map a failed load created) and pins the old map there again.
+func (u *unpinned) repin() error {
+	if err := os.Remove(u.path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("pin the old %s back: %w", u.path, err)
+	}
+	if err := u.old.Pin(u.path); err != nil {
+		return fmt.Errorf("pin the old %s back: %w", u.path, err)
+	}
+	return nil
+}
+
+// restore is repin after a failed carry-over into the new map: err, and
+// any failure to pin the old map back.
+func (u *unpinned) restore(err error) error {
+	return errors.Join(fmt.Errorf("migrate %s: %w", u.path, err), u.repin())
+}
+
+// statsMigration is a pending copy of one pinned counter map.
+type statsMigration struct{ unpinned }
+
 // prepareStatsMigration unpins the counter map ms.Name under pinDir when it
 // is an older, shorter layout of ms. nil: nothing to migrate (no pin, a
 // compatible one, or an incompatible one that is not a prefix of ms, which
-// the load then refuses as before). The caller loads the collection, then
-// calls finish with the new map, or abort if the load failed.
+// the load then refuses as before).
 func prepareStatsMigration(ms *ebpf.MapSpec, pinDir string) (*statsMigration, error) {
 	m, path, err := incompatiblePinIn(ms, pinDir)
 	if m == nil || err != nil {
@@ -44,22 +65,18 @@ func prepareStatsMigration(ms *ebpf.MapSpec, pinDir string) (*statsMigration, er
 		m.Close()
 		return nil, fmt.Errorf("migrate %s: unpin the old map: %w", ms.Name, err)
 	}
-	return &statsMigration{old: m, path: path}, nil
+	return &statsMigration{unpinned{old: m, path: path}}, nil
 }
 
-// finish copies the old counters into m, the new map. On failure the old
-// map is pinned again and m unpinned.
+// finish copies the old counters into m, the new map; on failure the old
+// map is pinned back.
 func (mg *statsMigration) finish(m *ebpf.Map) error {
 	if mg == nil {
 		return nil
 	}
 	defer mg.old.Close()
 	if err := copyCounters(mg.old, m); err != nil {
-		_ = m.Unpin()
-		if perr := mg.old.Pin(mg.path); perr != nil {
-			err = errors.Join(err, fmt.Errorf("pin the old %s back: %w", mg.path, perr))
-		}
-		return fmt.Errorf("migrate %s: %w", mg.path, err)
+		return mg.restore(err)
 	}
 	return nil
 }
@@ -70,14 +87,41 @@ func (mg *statsMigration) abort() error {
 		return nil
 	}
 	defer mg.old.Close()
-	// The failed load may have pinned a new map before failing.
-	if err := os.Remove(mg.path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("pin the old %s back: %w", mg.path, err)
+	return mg.repin()
+}
+
+// pinMigrations are the two carry-overs a program's load does: its chain
+// map (an upgrade from the one-slot map: the operator's programs) and its
+// reason counters (an upgrade from a build with fewer).
+type pinMigrations struct {
+	chain *chainMigration
+	stats *statsMigration
+}
+
+// preparePinMigrations unpins what the load of spec cannot reuse among
+// the chain map chainName and the counter map statsName under pinDir.
+func preparePinMigrations(spec *ebpf.CollectionSpec, pinDir, chainName, statsName string) (*pinMigrations, error) {
+	cm, err := prepareChainMigration(spec.Maps[chainName], pinDir)
+	if err != nil {
+		return nil, err
 	}
-	if err := mg.old.Pin(mg.path); err != nil {
-		return fmt.Errorf("pin the old %s back: %w", mg.path, err)
+	sm, err := prepareStatsMigration(spec.Maps[statsName], pinDir)
+	if err != nil {
+		return nil, errors.Join(err, cm.abort())
 	}
-	return nil
+	return &pinMigrations{chain: cm, stats: sm}, nil
+}
+
+// abort pins both old maps back after the load failed.
+func (p *pinMigrations) abort() error { return errors.Join(p.chain.abort(), p.stats.abort()) }
+
+// finish carries both over into the loaded maps, before the caller
+// attaches the new program (no packet misses the operator's peer).
+func (p *pinMigrations) finish(next, stats *ebpf.Map) error {
+	if err := p.chain.finish(next); err != nil {
+		return errors.Join(err, p.stats.abort())
+	}
+	return p.stats.finish(stats)
 }
 
 // copyCounters writes every entry's per-CPU uint64 counters of from into
