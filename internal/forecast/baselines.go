@@ -154,8 +154,15 @@ type ETS struct {
 
 // NewETS returns ETS(A,Ad,A) with season m on window W and horizon H.
 func NewETS(m, W, H int) *ETS {
-	return &ETS{M: m, w: window{W: W, H: H}, f: make([]Quantiles, H), par: []float64{-1, -3, -3, 1.5}}
+	return &ETS{M: m, w: window{W: W, H: H}, f: make([]Quantiles, H), par: slices.Clone(etsStartLow)}
 }
+
+// Fixed starts of the fit (unconstrained, see etsParams): α ≈ 0.27 and
+// α ≈ 0.73, both with a small trend and season gain and φ ≈ 0.95.
+var (
+	etsStartLow  = []float64{-1, -3, -3, 1.5}
+	etsStartHigh = []float64{1, -3, -3, 1.5}
+)
 
 // Observe implements Method.
 func (e *ETS) Observe(_ time.Time, y float64) error { e.w.push(y); return nil }
@@ -254,13 +261,22 @@ func (e *ETS) Forecast() []Quantiles {
 		}
 		return etsRun(y, m, a, b, g, phi, e.state)
 	}
-	res, err := optimize.Minimize(optimize.Problem{Func: obj}, e.par,
-		&optimize.Settings{FuncEvaluations: 300, Converger: &optimize.FunctionConverge{Absolute: 1e-10, Relative: 1e-6, Iterations: 20}},
-		&optimize.NelderMead{SimplexSize: 0.5})
-	if err == nil || res != nil {
-		if res != nil && !math.IsNaN(res.F) {
-			copy(e.par, res.X)
+	// Nelder-Mead from the previous origin's fit and from fixed starts,
+	// keeping the lowest error: warm-started alone, a fit that once fell
+	// into a corner (α and γ near 0: the first cycles' level and profile
+	// frozen) stayed there after a level shift for the rest of the
+	// series, and the baseline forecast the old level for days.
+	best, bestF := slices.Clone(e.par), math.Inf(1)
+	for _, start := range [][]float64{e.par, etsStartLow, etsStartHigh} {
+		res, err := optimize.Minimize(optimize.Problem{Func: obj}, start,
+			&optimize.Settings{FuncEvaluations: 300, Converger: &optimize.FunctionConverge{Absolute: 1e-10, Relative: 1e-6, Iterations: 20}},
+			&optimize.NelderMead{SimplexSize: 0.5})
+		if (err == nil || res != nil) && res != nil && res.F < bestF {
+			best, bestF = slices.Clone(res.X), res.F
 		}
+	}
+	if !math.IsInf(bestF, 1) {
+		e.par = best
 	}
 	a, b, g, phi := etsParams(e.par)
 	if m < 2 {
