@@ -262,21 +262,19 @@ func (e *ETS) Forecast() []Quantiles {
 		return etsRun(y, m, a, b, g, phi, e.state)
 	}
 	// Nelder-Mead from the previous origin's fit and from fixed starts,
-	// keeping the lowest error: warm-started alone, a fit that once fell
-	// into a corner (α and γ near 0: the first cycles' level and profile
-	// frozen) stayed there after a level shift for the rest of the
-	// series, and the baseline forecast the old level for days.
-	best, bestF := slices.Clone(e.par), math.Inf(1)
+	// keeping the lowest error: warm-started alone, a fit that a spike
+	// once pushed into a corner (α near 0: the first cycles' level
+	// frozen) stayed there after the level shift that followed, for the
+	// rest of the series. An error only ends a run early: its result, if
+	// any, is still the best point it found.
+	bestF := math.Inf(1)
 	for _, start := range [][]float64{e.par, etsStartLow, etsStartHigh} {
-		res, err := optimize.Minimize(optimize.Problem{Func: obj}, start,
+		res, _ := optimize.Minimize(optimize.Problem{Func: obj}, start,
 			&optimize.Settings{FuncEvaluations: 300, Converger: &optimize.FunctionConverge{Absolute: 1e-10, Relative: 1e-6, Iterations: 20}},
 			&optimize.NelderMead{SimplexSize: 0.5})
-		if (err == nil || res != nil) && res != nil && res.F < bestF {
-			best, bestF = slices.Clone(res.X), res.F
+		if res != nil && res.F < bestF {
+			e.par, bestF = slices.Clone(res.X), res.F
 		}
-	}
-	if !math.IsInf(bestF, 1) {
-		e.par = best
 	}
 	a, b, g, phi := etsParams(e.par)
 	if m < 2 {
