@@ -107,8 +107,11 @@ func TestManifestsStrict(t *testing.T) {
 			if !slices.Equal(sc.Capabilities.Add, []corev1.Capability{"BPF", "NET_ADMIN", "PERFMON"}) {
 				t.Errorf("capabilities add %v, want BPF NET_ADMIN PERFMON", sc.Capabilities.Add)
 			}
-			if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Host != "127.0.0.1" || c.LivenessProbe.HTTPGet.Path != "/healthz" {
-				t.Error("liveness must probe /healthz on 127.0.0.1")
+			if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Host != "127.0.0.1" || c.LivenessProbe.HTTPGet.Path != "/livez" {
+				t.Error("liveness must probe /livez on 127.0.0.1 (a refused reload fails /healthz, and a restart cannot fix it)")
+			}
+			if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet.Path != "/healthz" {
+				t.Error("readiness must probe /healthz")
 			}
 		case *appsv1.StatefulSet:
 			spec := o.Spec.Template.Spec

@@ -195,6 +195,14 @@ func (a *Agent) apply(cfg *Config) error {
 		}
 		total.Written += ch.Written
 		total.Deleted += ch.Deleted
+		if cfg.Controller == nil {
+			// Nobody reports the access counts: the counters of what
+			// left the state go now (under a controller, after their last
+			// report: controlPlane.accessCounts).
+			if cs, err := a.router.Counters(); err == nil {
+				a.pruneCounters(cs, compiled)
+			}
+		}
 	}
 	if a.decap != nil {
 		addrs, err := decapAddresses(cfg)
@@ -355,6 +363,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{ErrorLog: slog.NewLogLogger(a.log.Handler(), slog.LevelWarn)}))
 	mux.HandleFunc("/healthz", a.healthz)
+	mux.HandleFunc("/livez", a.livez)
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	a.log.Info("serving metrics and health", "addr", ln.Addr().String())
@@ -442,6 +451,23 @@ func fileStamp(path string) string {
 	return fmt.Sprint(st.ModTime().UnixNano(), st.Size())
 }
 
+// livez answers whether the agent is alive: it serves and its programs
+// are attached. A refused reload does not make it fail: restarting the
+// agent cannot fix a bad file, and a fresh agent refuses to start on one
+// (its forwarding goes on meanwhile, but the kubelet's restarts would
+// become a crash loop). That is what /healthz reports, for readiness and
+// alerts.
+func (a *Agent) livez(w http.ResponseWriter, _ *http.Request) {
+	if len(a.attach) == 0 {
+		http.Error(w, "no program attached", http.StatusServiceUnavailable)
+		return
+	}
+	fmt.Fprintln(w, "ok")
+}
+
+// healthz answers whether the agent runs the configuration it was given:
+// 503 while no program is attached or after a refused reload (forwarding
+// goes on with the last good state).
 func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
 	a.mu.Lock()
 	err, version := a.lastErr, a.version

@@ -226,6 +226,12 @@ func TestReload(t *testing.T) {
 	if rec.Code != http.StatusServiceUnavailable || !strings.Contains(string(body), "nowhere") {
 		t.Fatalf("healthz %d %s", rec.Code, body)
 	}
+	// Alive all the same: a liveness restart cannot fix the file.
+	rec = httptest.NewRecorder()
+	a.livez(rec, httptest.NewRequest("GET", "/livez", nil))
+	if rec.Code != http.StatusOK {
+		t.Fatalf("livez %d after a refused reload, want 200", rec.Code)
+	}
 }
 
 // TestForcedGenericMode: xdp_mode generic attaches in skb mode.

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/control"
 	pmaps "github.com/premirror/premirror/internal/maps"
@@ -227,6 +229,7 @@ func newControlPlane(a *Agent) (*controlPlane, error) {
 	if a.router != nil {
 		cfg.AccessCounts = cp.accessCounts
 		cfg.Probes = cp.probeResults
+		cp.baselineCounters()
 	}
 	if a.decap != nil {
 		cfg.MirrorHealth = cp.mirrorHealth
@@ -477,19 +480,56 @@ func (cp *controlPlane) probeResults() []*pb.ProbeResult {
 	return out
 }
 
-// accessCounts returns the counters' growth since the previous call.
+// baselineCounters makes the counters' present values the point the
+// first report counts from. The counters outlive the agent (pinned): what
+// they hold at start was counted before this process and partly reported
+// by the one before it. Counting from here loses at most one report
+// interval across a restart, instead of sending everything since the maps
+// were created as one interval's accesses (a burst of new flows in every
+// forecast after each restart).
+func (cp *controlPlane) baselineCounters() {
+	cs, err := cp.a.router.Counters()
+	if err != nil {
+		cp.a.log.Warn("read access counters", "err", err)
+		return
+	}
+	cp.mu.Lock()
+	cp.prev = cs
+	cp.mu.Unlock()
+}
+
+// accessCounts returns the counters' growth since the previous call and
+// then deletes the counters nothing will count into again (their
+// resource, region or mirror left the desired state): their last growth
+// is in this report, and left in place they would fill pm_counters until
+// counter_overflow.
 func (cp *controlPlane) accessCounts() []*pb.AccessCount {
 	cs, err := cp.a.router.Counters()
 	if err != nil {
 		cp.a.log.Warn("read access counters", "err", err)
 		return nil
 	}
+	cp.a.mu.Lock()
+	c := cp.a.compiled
+	cp.a.mu.Unlock()
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
+	out := counterGrowth(cp.prev, cs)
+	cp.prev = cs
+	if c != nil {
+		cp.a.pruneCounters(cs, c)
+	}
+	return out
+}
+
+// counterGrowth is what each counter gained from prev to cur, for the
+// counters that gained packets or new flows. A counter below its previous
+// value was recreated (maps detached and loaded again) and counts from 0.
+func counterGrowth(prev, cur map[pmaps.CounterKey]pmaps.Counter) []*pb.AccessCount {
 	var out []*pb.AccessCount
-	for k, v := range cs {
-		p := cp.prev[k]
-		if v.Packets < p.Packets { // counters were reset (maps recreated)
+	for k, v := range cur {
+		p := prev[k]
+		if v.Packets < p.Packets {
 			p = pmaps.Counter{}
 		}
 		d := pmaps.Counter{Packets: v.Packets - p.Packets, Bytes: v.Bytes - p.Bytes, NewFlows: v.NewFlows - p.NewFlows}
@@ -499,8 +539,41 @@ func (cp *controlPlane) accessCounts() []*pb.AccessCount {
 		out = append(out, &pb.AccessCount{ResourceId: uint32(k.Resource), RegionId: uint32(k.Region), MirrorId: uint32(k.Mirror),
 			NewFlows: d.NewFlows, Packets: d.Packets, Bytes: d.Bytes})
 	}
-	cp.prev = cs
 	return out
+}
+
+// staleCounter reports whether counter k's resource, region or mirror is
+// gone from the desired state c. Region 0 (no prefix matched and no
+// default region) and the default region are never stale.
+func staleCounter(k pmaps.CounterKey, c *Compiled) bool {
+	if _, ok := c.ResourceNames[k.Resource]; !ok {
+		return true
+	}
+	if _, ok := c.Mirrors[k.Mirror]; !ok {
+		return true
+	}
+	_, ok := c.RegionNames[k.Region]
+	return !ok && k.Region != 0 && k.Region != c.DefaultRegion
+}
+
+// pruneCounters deletes the counters of cs that are stale under c (from
+// the map and from cs).
+func (a *Agent) pruneCounters(cs map[pmaps.CounterKey]pmaps.Counter, c *Compiled) {
+	n := 0
+	for k := range cs {
+		if !staleCounter(k, c) {
+			continue
+		}
+		if err := a.router.DeleteCounter(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+			a.log.Warn("delete stale access counter", "resource", k.Resource, "region", k.Region, "mirror", k.Mirror, "err", err)
+			continue
+		}
+		delete(cs, k)
+		n++
+	}
+	if n > 0 {
+		a.log.Debug("stale access counters deleted", "count", n)
+	}
 }
 
 // mirrorHealth speaks for the mirrors whose address this host

@@ -1,0 +1,185 @@
+package agent
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	pmaps "github.com/premirror/premirror/internal/maps"
+)
+
+func TestCounterGrowth(t *testing.T) {
+	k1 := pmaps.CounterKey{Resource: 7, Region: 1, Mirror: 1}
+	k2 := pmaps.CounterKey{Resource: 7, Region: 2, Mirror: 2}
+	for _, tc := range []struct {
+		name      string
+		prev, cur map[pmaps.CounterKey]pmaps.Counter
+		want      map[pmaps.CounterKey]pmaps.Counter
+	}{
+		{"first report counts from zero", nil,
+			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 5, Bytes: 500, NewFlows: 2}},
+			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 5, Bytes: 500, NewFlows: 2}}},
+		{"growth only",
+			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 5, Bytes: 500, NewFlows: 2}, k2: {Packets: 1, Bytes: 60, NewFlows: 1}},
+			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 8, Bytes: 800, NewFlows: 3}, k2: {Packets: 1, Bytes: 60, NewFlows: 1}},
+			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 3, Bytes: 300, NewFlows: 1}}},
+		{"recreated counter counts from zero",
+			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 50, Bytes: 5000, NewFlows: 20}},
+			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 4, Bytes: 400, NewFlows: 1}},
+			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 4, Bytes: 400, NewFlows: 1}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := map[pmaps.CounterKey]pmaps.Counter{}
+			for _, a := range counterGrowth(tc.prev, tc.cur) {
+				got[pmaps.CounterKey{Resource: pmaps.ResourceID(a.ResourceId), Region: pmaps.RegionID(a.RegionId), Mirror: pmaps.MirrorID(a.MirrorId)}] =
+					pmaps.Counter{Packets: a.Packets, Bytes: a.Bytes, NewFlows: a.NewFlows}
+			}
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+			for k, w := range tc.want {
+				if got[k] != w {
+					t.Fatalf("%v: got %+v, want %+v", k, got[k], w)
+				}
+			}
+		})
+	}
+}
+
+func TestStaleCounter(t *testing.T) {
+	c := &Compiled{
+		DefaultRegion: 3,
+		Mirrors:       map[pmaps.MirrorID]pmaps.Mirror{1: {}},
+		RegionNames:   map[pmaps.RegionID]string{1: "eu"},
+		ResourceNames: map[pmaps.ResourceID]string{7: "web"},
+	}
+	for _, tc := range []struct {
+		k     pmaps.CounterKey
+		stale bool
+	}{
+		{pmaps.CounterKey{Resource: 7, Region: 1, Mirror: 1}, false},
+		{pmaps.CounterKey{Resource: 7, Region: 0, Mirror: 1}, false}, // no region matched, none by default
+		{pmaps.CounterKey{Resource: 7, Region: 3, Mirror: 1}, false}, // the default region
+		{pmaps.CounterKey{Resource: 8, Region: 1, Mirror: 1}, true},  // resource gone
+		{pmaps.CounterKey{Resource: 7, Region: 2, Mirror: 1}, true},  // region gone
+		{pmaps.CounterKey{Resource: 7, Region: 1, Mirror: 2}, true},  // mirror gone
+	} {
+		if got := staleCounter(tc.k, c); got != tc.stale {
+			t.Errorf("staleCounter(%+v) = %v, want %v", tc.k, got, tc.stale)
+		}
+	}
+}
+
+// waitCounters polls the router's counters until ok accepts them.
+func waitCounters(t *testing.T, a *Agent, ok func(map[pmaps.CounterKey]pmaps.Counter) bool) map[pmaps.CounterKey]pmaps.Counter {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		cs, err := a.router.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok(cs) {
+			return cs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("counters %v", cs)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestAccessCountersAcrossRestartAndPrune: real packets through the
+// attached router. A new control plane reports only what was counted
+// after it started (the pinned counters' earlier values are not one
+// interval's accesses); the counters of a resource that left the desired
+// state are reported once more and then deleted, under a controller at
+// the report and without one at the apply.
+func TestAccessCountersAcrossRestartAndPrune(t *testing.T) {
+	requireRoot(t)
+	ns := agentNS(t)
+	pin := bpffsDir(t)
+	cfg, path := testConfig(t, pin)
+	var a *Agent
+	var err error
+	ns.Do(func() { a = New(cfg, "", nil); err = a.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	web := func(cs map[pmaps.CounterKey]pmaps.Counter) (c pmaps.Counter) {
+		for k, v := range cs {
+			if k.Resource == 7 {
+				c.Packets += v.Packets
+				c.NewFlows += v.NewFlows
+			}
+		}
+		return c
+	}
+	frame := udpFrame(t, ns, "192.0.2.1", 53) // a VIP of resource web (7)
+	inject(t, ns, frame)
+	waitCounters(t, a, func(cs map[pmaps.CounterKey]pmaps.Counter) bool { return web(cs).Packets == 1 })
+
+	cp := &controlPlane{a: a} // a control plane starting now
+	cp.baselineCounters()
+	inject(t, ns, frame) // the same flow: one more packet, no new flow
+	waitCounters(t, a, func(cs map[pmaps.CounterKey]pmaps.Counter) bool { return web(cs).Packets == 2 })
+	var rep pmaps.Counter
+	for _, c := range cp.accessCounts() {
+		rep.Packets += c.Packets
+		rep.NewFlows += c.NewFlows
+	}
+	if rep.Packets != 1 || rep.NewFlows != 0 {
+		t.Fatalf("first report after start: %+v, want the one packet since, no new flow", rep)
+	}
+
+	// Under a controller: web leaves the state; its last packet is
+	// reported, then its counters are gone.
+	inject(t, ns, frame)
+	waitCounters(t, a, func(cs map[pmaps.CounterKey]pmaps.Counter) bool { return web(cs).Packets == 3 })
+	a.mu.Lock()
+	keep := a.compiled
+	without := *keep
+	without.ResourceNames = map[pmaps.ResourceID]string{}
+	a.compiled = &without
+	a.mu.Unlock()
+	rep = pmaps.Counter{}
+	for _, c := range cp.accessCounts() {
+		rep.Packets += c.Packets
+	}
+	if rep.Packets != 1 {
+		t.Fatalf("last report of a removed resource: %d packets, want 1", rep.Packets)
+	}
+	if cs, _ := a.router.Counters(); web(cs).Packets != 0 {
+		t.Fatalf("counters of a removed resource kept: %v", cs)
+	}
+	a.mu.Lock()
+	a.compiled = keep
+	a.mu.Unlock()
+
+	// Without a controller: the apply that removes web deletes them.
+	inject(t, ns, frame)
+	waitCounters(t, a, func(cs map[pmaps.CounterKey]pmaps.Counter) bool { return web(cs).Packets > 0 })
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := strings.Replace(string(b), "id: 7", "id: 8", 1)
+	path2 := filepath.Join(t.TempDir(), "edge.yaml")
+	if err := os.WriteFile(path2, []byte(moved), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg2, err := LoadConfig(path2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Do(func() { err = a.apply(cfg2) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cs, _ := a.router.Counters(); web(cs).Packets != 0 {
+		t.Fatalf("static apply kept the counters of a removed resource: %v", cs)
+	}
+}
