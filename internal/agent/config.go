@@ -340,6 +340,9 @@ func (c *Config) Validate() error {
 	if c.Probe.Shortlist < 0 {
 		return errors.New("probe.shortlist: negative")
 	}
+	if c.Probe.EchoRate < 0 {
+		return errors.New("probe.echo_rate: negative (0 takes the default)")
+	}
 	if c.Probe.SurveyInterval < 0 {
 		return errors.New("probe.survey_interval: negative")
 	}

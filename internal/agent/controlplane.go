@@ -66,6 +66,12 @@ type ProbeCfg struct {
 	SurveyInterval Duration `yaml:"survey_interval"`
 	Port           uint16   `yaml:"port"` // UDP echo port on mirrors; default 9461
 	Disabled       bool     `yaml:"disabled"`
+	// EchoRate bounds the echo replies a mirror host sends per second
+	// (default probe.DefaultEchoRate): the budget of every edge probing
+	// it, and the most a spoofed flood can reflect. An edge that routes to
+	// the mirror probes it every active_interval, the others every
+	// interval or survey_interval.
+	EchoRate int `yaml:"echo_rate"`
 }
 
 // DefaultShortlist and DefaultSurveyInterval: with 32 mirrors probed
@@ -617,7 +623,7 @@ func (cp *controlPlane) run(ctx context.Context, wg *sync.WaitGroup) {
 		go func() { defer wg.Done(); _ = cp.sched.Run(ctx) }()
 	}
 	if cp.a.decap != nil && !cp.a.cfg.Probe.Disabled {
-		r := &probe.Responder{Logger: cp.a.log, Metrics: cp.pmet}
+		r := &probe.Responder{Rate: float64(cp.a.cfg.Probe.EchoRate), Logger: cp.a.log, Metrics: cp.pmet}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

@@ -11,10 +11,13 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// DefaultEchoRate bounds the replies a Responder sends per second. Edges
-// probe every 2 s, so 2000/s serves 4000 edge×mirror paths per host while
-// keeping a spoofed flood from turning the mirror into a reflector.
-const DefaultEchoRate = 2000
+// DefaultEchoRate bounds the replies a Responder sends per second. An edge
+// probes a mirror it routes to every 400 ms (2.5/s) and the others every
+// 2 s or less often, so 10,000/s serves 4,000 edges all routing to one
+// host, while a spoofed flood reflects no more than that, in replies no
+// larger than its requests (no amplification). The agent sets it with
+// probe.echo_rate.
+const DefaultEchoRate = 10000
 
 // Responder answers UDP echo requests on a mirror host. It replies only to
 // well-formed requests, with a datagram of the same size, under a rate
