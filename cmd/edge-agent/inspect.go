@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -80,28 +81,33 @@ func (n namer) resource(id maps.ResourceID) string {
 	return strconv.Itoa(int(id))
 }
 
+// inspect prints the state pinned under pinDir: the router's (edges) and
+// the decap program's (mirror hosts), whichever the node runs.
 func inspect(out io.Writer, pinDir string, c *agent.Compiled, maxSessions int) error {
-	r, err := maps.OpenPinnedRouter(pinDir)
-	if err != nil {
-		return fmt.Errorf("no router state under %s (is the agent running with this pin dir?): %w", pinDir, err)
+	_, rerr := os.Stat(filepath.Join(pinDir, "pm_sessions"))
+	_, derr := os.Stat(filepath.Join(pinDir, "pm_decap_addrs"))
+	if rerr != nil && derr != nil {
+		return fmt.Errorf("no router or decap state under %s (is the agent running with this pin dir?)", pinDir)
 	}
-	defer r.Close()
-	n := namer{c}
 	w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
 	defer w.Flush()
+	if rerr == nil {
+		if err := inspectRouter(w, pinDir, namer{c}, maxSessions); err != nil {
+			return err
+		}
+	} else if err := printNextPrograms(w, pinDir); err != nil {
+		return err
+	}
+	if derr == nil {
+		return inspectDecap(w, pinDir)
+	}
+	return nil
+}
 
-	st, err := r.Settings()
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "SETTINGS\tdefault region %s\touter source %v / %v\n", n.region(st.DefaultRegion), st.OuterSourceV4, st.OuterSourceV6)
-	nh, err := r.NextHopCache()
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "NEXT-HOP CACHE\t%s\n", nextHopText(nh))
-	// The programs xdp_chain runs after ours on what we pass untouched:
-	// the one for every interface, then each interface's own.
+// printNextPrograms prints the programs xdp_chain runs after ours on what
+// we pass untouched: the one for every interface, then each interface's
+// own.
+func printNextPrograms(w io.Writer, pinDir string) error {
 	for _, s := range []struct{ prog, m string }{{"router", maps.RouterNextMap}, {"decap", maps.DecapNextMap}} {
 		if _, err := os.Stat(filepath.Join(pinDir, s.m)); err != nil {
 			continue // this node does not run that program
@@ -118,6 +124,72 @@ func inspect(out io.Writer, pinDir string, c *agent.Compiled, maxSessions int) e
 		}
 	}
 	fmt.Fprintln(w)
+	return nil
+}
+
+// inspectDecap prints the endpoints the decap program terminates and its
+// packets by reason.
+func inspectDecap(w io.Writer, pinDir string) error {
+	d, err := maps.OpenPinnedDecap(pinDir)
+	if err != nil {
+		return fmt.Errorf("decap state under %s: %w", pinDir, err)
+	}
+	defer d.Close()
+	eps, err := d.Endpoints()
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(eps, func(a, b maps.DecapEndpoint) int { return a.Addr.Compare(b.Addr) })
+	fmt.Fprintln(w, "\nDECAP ENDPOINT\tACCEPTS")
+	for _, e := range eps {
+		acc := "ipip / ip6ip6"
+		if e.GUEPort != 0 {
+			acc += fmt.Sprintf(", gue udp/%d", e.GUEPort)
+		}
+		fmt.Fprintf(w, "%s\t%s\n", e.Addr, acc)
+	}
+	st, err := d.Stats()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(w, "\nDECAP VERDICT\tREASON\tPACKETS")
+	for _, f := range st.Fields() {
+		if f.Value > 0 {
+			fmt.Fprintf(w, "%s\t%s\t%d\n", f.Verdict, f.Name, f.Value)
+		}
+	}
+	return nil
+}
+
+// addrText is an address, or "none" for an unset one.
+func addrText(a netip.Addr) string {
+	if !a.IsValid() {
+		return "none"
+	}
+	return a.String()
+}
+
+// inspectRouter prints the router's maps.
+func inspectRouter(w io.Writer, pinDir string, n namer, maxSessions int) error {
+	r, err := maps.OpenPinnedRouter(pinDir)
+	if err != nil {
+		return fmt.Errorf("router state under %s: %w", pinDir, err)
+	}
+	defer r.Close()
+
+	st, err := r.Settings()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "SETTINGS\tdefault region %s\touter source %s / %s\n", n.region(st.DefaultRegion), addrText(st.OuterSourceV4), addrText(st.OuterSourceV6))
+	nh, err := r.NextHopCache()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "NEXT-HOP CACHE\t%s\n", nextHopText(nh))
+	if err := printNextPrograms(w, pinDir); err != nil {
+		return err
+	}
 
 	vips, err := r.VIPs()
 	if err != nil {

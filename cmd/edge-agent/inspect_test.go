@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cilium/ebpf"
+
 	"github.com/premirror/premirror/internal/maps"
 	"github.com/premirror/premirror/internal/maps/mapstest"
 )
@@ -92,5 +94,53 @@ func TestInspectShowsNextProgram(t *testing.T) {
 	}
 	if !regexp.MustCompile(`NEXT-HOP CACHE\s+ttl 250ms, generation \d+\s+0 hits, 0 FIB lookups \(no VIP packet yet\)`).Match(out.Bytes()) {
 		t.Fatalf("next-hop cache not shown:\n%s", out.String())
+	}
+}
+
+// TestInspectMirrorHost: on a node that runs only the decap program,
+// inspect shows its endpoints (with their GUE ports) and its packets by
+// reason instead of failing on the missing router state; with neither
+// program pinned it says so.
+func TestInspectMirrorHost(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: loads BPF programs and pins maps")
+	}
+	dir := fmt.Sprintf("/sys/fs/bpf/premirror-inspect-decap-%d-%d", os.Getpid(), time.Now().UnixNano())
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Skipf("no bpffs at /sys/fs/bpf: %v", err)
+	}
+	defer os.RemoveAll(dir)
+	var out bytes.Buffer
+	if err := inspect(&out, dir, nil, 0); err == nil || !regexp.MustCompile(`no router or decap state`).MatchString(err.Error()) {
+		t.Fatalf("empty pin dir: %v", err)
+	}
+	d, err := maps.LoadDecap(maps.Options{PinDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := d.SetEndpoint(maps.DecapEndpoint{Addr: netip.MustParseAddr("10.77.0.10")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetEndpoint(maps.DecapEndpoint{Addr: netip.MustParseAddr("fd77::10"), GUEPort: 6080}); err != nil {
+		t.Fatal(err)
+	}
+	// One packet that is not a tunnel, so the reasons have a count.
+	frame := make([]byte, 60)
+	frame[12], frame[13] = 0x08, 0x06 // ARP
+	if _, err := d.Program().Run(&ebpf.RunOptions{Data: frame}); err != nil {
+		t.Fatal(err)
+	}
+	if err := inspect(&out, dir, nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	for _, re := range []string{
+		`NEXT XDP PROGRAM\s+decap\s+none`,
+		`DECAP ENDPOINT\s+ACCEPTS\n10\.77\.0\.10\s+ipip / ip6ip6\nfd77::10\s+ipip / ip6ip6, gue udp/6080\n`,
+		`DECAP VERDICT\s+REASON\s+PACKETS\npass\s+pass_not_tunnel\s+1\n`,
+	} {
+		if !regexp.MustCompile(re).Match(out.Bytes()) {
+			t.Fatalf("missing %q in:\n%s", re, out.String())
+		}
 	}
 }

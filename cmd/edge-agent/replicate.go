@@ -465,7 +465,7 @@ func replicatePromote(ctx context.Context, args []string) error {
 	fs := cli.NewFlagSet("edge-agent replicate", "promote")
 	var lv localVolume
 	lv.register(fs)
-	epoch := fs.Uint64("epoch", 0, "new epoch (default current+1; the controller assigns it in production)")
+	epoch := fs.Uint64("epoch", 0, "new epoch (default: this copy's epoch + 1; it must exceed every other copy's epoch to fence them)")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}

@@ -315,14 +315,15 @@ func (cp *controlPlane) updateTargets() {
 	cp.targets, cp.active = ts, active
 	cp.mu.Unlock()
 	cp.sched.SetActive(active)
-	cp.sched.SetSurvey(surveyTargets(ts, active, cp.probes, a.cfg.Probe.shortlist()))
+	cp.updateShortlist()
 	cp.sched.SetTargets(ts)
 	cp.probes.Retain(ts)
 }
 
 // updateShortlist re-ranks the probe targets by their latest estimates
 // (a far mirror that came closer joins the shortlist at its next survey
-// probe) and sets the probe-class gauges.
+// probe) and sets the probe-class gauges: at every new target list, at
+// every report to the controller and, without one, every probe interval.
 func (cp *controlPlane) updateShortlist() {
 	if cp.sched == nil {
 		return
@@ -636,6 +637,26 @@ func (cp *controlPlane) run(ctx context.Context, wg *sync.WaitGroup) {
 	if cp.client != nil {
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = cp.client.Run(ctx) }()
+	} else if cp.sched != nil {
+		// No reports pace the re-ranking (probeResults): a ticker does.
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			every := time.Duration(cp.a.cfg.Probe.Interval)
+			if every <= 0 {
+				every = probe.DefaultInterval
+			}
+			t := time.NewTicker(every)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-t.C:
+					cp.updateShortlist()
+				}
+			}
+		}()
 	}
 	// No held task may start after the agent stops.
 	wg.Add(1)

@@ -62,7 +62,7 @@ func newMetrics(a *Agent) *metrics {
 		newFlows:   d("new_flows_total", "New client flows (TCP SYNs, new UDP flows) by client region and mirror: the access log.", "region", "mirror"),
 		fwdPackets: d("forwarded_packets_total", "VIP packets encapsulated toward each mirror.", "mirror"),
 		fwdBytes:   d("forwarded_bytes_total", "VIP bytes (inner IP packets) encapsulated toward each mirror.", "mirror"),
-		sessions:   d("sessions", "Established flows in the session table (counted at most every 10 s)."),
+		sessions:   d("sessions", "Flows in the session table, established or not (counted at most every 10 s)."),
 		tables:     d("route_tables", "Distinct route tables installed (shared by routes with identical slots)."),
 		routes:     d("routes", "Routes installed, one per (resource, client region)."),
 		mirrorUp:   d("mirror_state", "1 for the state each mirror is in.", "mirror", "state"),

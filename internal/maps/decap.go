@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"path/filepath"
+	"strings"
 
 	"github.com/cilium/ebpf"
 )
@@ -38,6 +40,35 @@ func LoadDecap(opts Options) (*Decap, error) {
 	if err := mg.finish(d.objs.PmDecapNext, d.objs.PmDecapStats); err != nil {
 		d.Close()
 		return nil, fmt.Errorf("load decap: %w", err)
+	}
+	return d, nil
+}
+
+// OpenPinnedDecap opens the decap maps a running agent pinned under dir,
+// read-only and without loading a program: for `edge-agent inspect` on a
+// mirror host. Program is nil.
+func OpenPinnedDecap(dir string) (*Decap, error) {
+	spec, err := loadDecap()
+	if err != nil {
+		return nil, err
+	}
+	opened := map[string]*ebpf.Map{}
+	for name := range spec.Maps {
+		if strings.HasPrefix(name, ".") {
+			continue // .rodata and friends are not pinned
+		}
+		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+		if err != nil {
+			for _, o := range opened {
+				o.Close()
+			}
+			return nil, fmt.Errorf("open pinned %s: %w", name, err)
+		}
+		opened[name] = m
+	}
+	d := &Decap{}
+	if err := (&ebpf.Collection{Maps: opened}).Assign(&d.objs.decapMaps); err != nil {
+		return nil, err
 	}
 	return d, nil
 }

@@ -20,6 +20,7 @@
 //	pm_regions_v4/v6 LPM trie        client prefix → region               agent         router
 //	pm_route_index   hash            (resource, region) → table           agent         router
 //	pm_route_tables  array of maps   table → [slots]mirror (inner arrays) agent         router
+//	pm_table_ids     array           table → its inner map's ID (bookkeeping) agent     agent (restart)
 //	pm_mirrors       array           mirror ID → address, state, encap, GUE port   agent   router
 //	pm_settings      array[1]        default region, outer sources        agent         router
 //	pm_counters      per-CPU hash    (resource, region, mirror) → packets, bytes, new flows   router   agent
@@ -29,6 +30,8 @@
 //	pm_nexthop_ctl   array[1]        next-hop cache TTL, generation       agent         router
 //	pm_decap_addrs   hash            local tunnel endpoint → GUE port     agent         decap
 //	pm_decap_stats   per-CPU array[1] packets per decap reason            decap         agent
+//	pm_next          prog array      ifindex (0: every interface) → next XDP program   agent   router (tail call)
+//	pm_decap_next    prog array      the same, after the decap program    agent         decap (tail call)
 //
 // Layouts only grow into former padding (struct mirror's encap and
 // gue_dport, decap_addr_info's gue_port: an entry an older build wrote

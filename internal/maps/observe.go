@@ -46,6 +46,10 @@ func fields(v reflect.Value) []StatField {
 		switch {
 		case name == "tx" || name == "redirect":
 			verdict = name
+		case name == "icmp_too_big":
+			// Its own verdict (the answer goes back out with XDP_TX),
+			// not an event about packets counted under another.
+			verdict = "tx"
 		case strings.HasPrefix(name, "pass_"):
 			verdict = "pass"
 		case strings.HasPrefix(name, "drop_"):

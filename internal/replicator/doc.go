@@ -114,7 +114,10 @@
 // there, applied newest-version-wins) and returns after WriteQuorum copies
 // acknowledge; Node.Read asks every mirror, needs ReadQuorum copies to
 // answer, and returns, per block, the newest version. Epochs are assigned
-// by whoever promotes (the controller in production, Promote by hand).
+// by whoever promotes: Promote, which `edge-agent replicate promote` calls
+// on a volume no process holds. The controller places and retires copies
+// but does not promote one: moving a volume's writer is an operator's
+// decision (OPERATIONS.md).
 //
 // # Read repair
 //
