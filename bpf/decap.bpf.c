@@ -54,6 +54,22 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pm_decap_next SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct probe_echo_cfg);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_decap_probe SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct probe_echo_budget);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_decap_probe_budget SEC(".maps");
+
 _Static_assert(sizeof(struct decap_stats) == D_MAX * sizeof(__u64),
 	       "struct decap_stats must follow enum pm_decap_reason");
 
@@ -97,6 +113,107 @@ static __always_inline __u32 inner_len(void *in, void *data_end, __u8 family)
 	if ((void *)(ih + 1) > data_end || ih->version != 6)
 		return 0;
 	return ntohs_len(ih->payload_len) + IPV6_HLEN;
+}
+
+/* The probe datagram (internal/probe/packet.go): "PMPR", version 1, type
+ * (1 request, 2 reply), a zero word, then seq, nonce and send time; 28 to
+ * 1232 bytes with padding. */
+#define PROBE_HLEN 28
+#define PROBE_MAXLEN 1232
+#define PROBE_MAGIC_BE 0x504d5052 /* "PMPR" */
+
+/* RFC 1624 incremental update of a checksum for one 16-bit word changed
+ * from old to new (words as they sit in memory). */
+static __always_inline __u16 csum_replace16(__u16 check, __u16 old, __u16 new)
+{
+	__u64 sum = (__u16)~check;
+
+	sum += (__u16)~old;
+	sum += new;
+	return (__u16)~csum_fold64(sum);
+}
+
+/* Whether the reply budget of this CPU has room for one more reply. */
+static __always_inline int probe_budget_ok(__u32 rate)
+{
+	__u32 zero = 0;
+	struct probe_echo_budget *b = bpf_map_lookup_elem(&pm_decap_probe_budget, &zero);
+
+	if (!b || rate == 0)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	__u64 cost = 1000000000ULL / rate;
+	/* A tenth of a second of replies may go at once. */
+	__u64 cap = 100000000ULL > cost ? 100000000ULL : cost;
+
+	b->budget_ns += now - b->last_ns;
+	b->last_ns = now;
+	if (b->budget_ns > cap)
+		b->budget_ns = cap;
+	if (b->budget_ns < cost)
+		return 0;
+	b->budget_ns -= cost;
+	return 1;
+}
+
+/*
+ * An edge's UDP echo probe to one of our endpoints (udp at l4, the IP
+ * header at l3 of family fam), answered here with XDP_TX: the request
+ * turned into the reply the agent's responder would send (same size, type
+ * byte 2) with addresses, ports and MACs swapped. The probe then measures
+ * the path through this program, and a mirror host answers while its
+ * agent restarts (the program stays attached). Returns -1 when the
+ * datagram is not a well-formed request to the probe port (the caller
+ * goes on), XDP_PASS when over the reply budget (the agent's responder,
+ * with its own limit, may still answer), XDP_TX when answered.
+ */
+static __always_inline int probe_echo(void *data, void *data_end, void *l3, struct udphdr *uh, __u8 fam, __u32 l4len)
+{
+	__u32 zero = 0;
+	struct probe_echo_cfg *cfg = bpf_map_lookup_elem(&pm_decap_probe, &zero);
+
+	if (!cfg || !cfg->port || (void *)(uh + 1) > data_end || ntohs_len(uh->dest) != cfg->port)
+		return -1;
+	__u32 plen = ntohs_len(uh->len);
+	__u8 *p = (void *)(uh + 1);
+	/* The datagram must be what the IP header says it carries, exactly. */
+	if (plen != l4len || plen < UDP_HLEN + PROBE_HLEN || plen > UDP_HLEN + PROBE_MAXLEN || (void *)(p + PROBE_HLEN) > data_end ||
+	    (void *)uh + plen > data_end)
+		return -1;
+	if (*(__be32 *)p != bpf_htonl(PROBE_MAGIC_BE) || p[4] != 1 || p[5] != 1 || p[6] || p[7])
+		return -1;
+	if (!probe_budget_ok(cfg->rate))
+		return verdict(D_PASS_PROBE_OVER_BUDGET, XDP_PASS);
+
+	__u16 oldw = *(__u16 *)(p + 4);
+	p[5] = 2;
+	if (uh->check)
+		uh->check = csum_replace16(uh->check, oldw, *(__u16 *)(p + 4)) ?: 0xffff;
+	__be16 port = uh->source;
+	uh->source = uh->dest;
+	uh->dest = port;
+	if (fam == PM_FAMILY_V4) {
+		struct iphdr *ih = l3;
+		__u32 a = ih->saddr;
+		__u16 oldt = *(__u16 *)&ih->ttl;
+
+		ih->saddr = ih->daddr;
+		ih->daddr = a;
+		ih->ttl = 64;
+		ih->check = csum_replace16(ih->check, oldt, *(__u16 *)&ih->ttl);
+	} else {
+		struct ipv6hdr *ih = l3;
+		struct in6_addr a = ih->saddr;
+
+		ih->saddr = ih->daddr;
+		ih->daddr = a;
+		ih->hop_limit = 64;
+	}
+	__u8 mac[6];
+	__builtin_memcpy(mac, data, 6);
+	__builtin_memcpy(data, data + 6, 6);
+	__builtin_memcpy(data + 6, mac, 6);
+	return verdict(D_PROBE_ECHO, XDP_TX);
 }
 
 static __always_inline struct decap_addr_info *local_endpoint(const void *addr, __u8 family)
@@ -200,6 +317,13 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 		ep = local_endpoint(&oh->daddr, PM_FAMILY_V4);
 		if (!ep)
 			return pass_on(ctx, l4proto == IPPROTO_UDP ? D_PASS_NOT_TUNNEL : D_PASS_NOT_LOCAL);
+		if (l4proto == IPPROTO_UDP && oh->ihl == 5 && !(oh->frag_off & bpf_htons(IPV4_MF | IPV4_OFFSET))) {
+			int r = probe_echo(data, data_end, l3, l3 + IPV4_HLEN, PM_FAMILY_V4,
+					   ntohs_len(oh->tot_len) - IPV4_HLEN);
+
+			if (r >= 0)
+				return r;
+		}
 		if (l4proto == IPPROTO_UDP && !ep->gue_port)
 			return pass_on(ctx, D_PASS_UDP_NOT_GUE);
 		if (oh->frag_off & bpf_htons(IPV4_MF | IPV4_OFFSET))
@@ -226,6 +350,12 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 		ep = local_endpoint(&oh->daddr, PM_FAMILY_V6);
 		if (!ep)
 			return pass_on(ctx, l4proto == IPPROTO_UDP ? D_PASS_NOT_TUNNEL : D_PASS_NOT_LOCAL);
+		if (l4proto == IPPROTO_UDP) {
+			int r = probe_echo(data, data_end, l3, l3 + IPV6_HLEN, PM_FAMILY_V6, ntohs_len(oh->payload_len));
+
+			if (r >= 0)
+				return r;
+		}
 		outer_len = ntohs_len(oh->payload_len) + IPV6_HLEN;
 		olen = IPV6_HLEN;
 		ok = D_DECAP_V6;

@@ -320,6 +320,24 @@ struct decap_stats {
 	__u64 drop_malformed;   /* inner packet invalid or inconsistent with the outer */
 	__u64 gue;              /* GUE packets stripped (also in decap_v4 / decap_v6) */
 	__u64 pass_udp_not_gue; /* UDP to one of our endpoints, not to its GUE port (or GUE off there) */
+	__u64 probe_echo;       /* probe echo requests answered here (XDP_TX) */
+	__u64 pass_probe_over_budget; /* probe echo requests over the reply budget: left to the agent's responder */
+};
+
+/* pm_decap_probe value (array[1]): the edges' UDP echo probes, answered
+ * by the decap program itself so a mirror host stays reachable to probes
+ * while its agent restarts. port 0: off (the agent's responder answers). */
+struct probe_echo_cfg {
+	__u16 port;     /* host order */
+	__u16 pad;
+	__u32 rate;     /* replies per second and CPU, at least 1 */
+};
+
+/* pm_decap_probe_budget value (per CPU): the reply budget's token bucket,
+ * in nanoseconds of reply time earned. */
+struct probe_echo_budget {
+	__u64 last_ns;
+	__u64 budget_ns;
 };
 
 enum pm_decap_reason {
@@ -331,6 +349,8 @@ enum pm_decap_reason {
 	D_DROP_MALFORMED,
 	D_GUE,
 	D_PASS_UDP_NOT_GUE,
+	D_PROBE_ECHO,
+	D_PASS_PROBE_OVER_BUDGET,
 	D_MAX,
 };
 

@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	pmaps "github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/probe"
 	"github.com/premirror/premirror/internal/replicator"
 )
 
@@ -213,6 +214,21 @@ func (a *Agent) apply(cfg *Config) error {
 		if err != nil {
 			a.metrics.reconcile(false, time.Since(start))
 			return fmt.Errorf("reconcile decap maps: %w", err)
+		}
+		// The decap program answers the edges' probes itself, so they see
+		// this host while its agent restarts (an upgrade would otherwise
+		// read as a dead mirror and move its established flows away);
+		// the agent's responder takes what is over the budget.
+		port, rate := uint16(0), 0
+		if !cfg.Probe.Disabled {
+			port, rate = cfg.Probe.port(), cfg.Probe.EchoRate
+			if rate == 0 {
+				rate = probe.DefaultEchoRate
+			}
+		}
+		if err := a.decap.SetProbeEcho(port, rate); err != nil {
+			a.metrics.reconcile(false, time.Since(start))
+			return fmt.Errorf("decap probe echo: %w", err)
 		}
 		total.Written += ch.Written
 		total.Deleted += ch.Deleted

@@ -134,6 +134,26 @@ func (d *Decap) Endpoints() ([]DecapEndpoint, error) {
 	return out, nil
 }
 
+// SetProbeEcho makes the decap program answer the edges' UDP echo probes
+// to its endpoints on port itself (internal/probe's datagram), at most
+// ratePerSecond (> 0) replies a second on the host, split over its CPUs.
+// Requests over that budget go on to the stack, where the agent's
+// responder may answer them. Port 0 turns it off.
+func (d *Decap) SetProbeEcho(port uint16, ratePerSecond int) error {
+	if port != 0 && ratePerSecond <= 0 {
+		return fmt.Errorf("probe echo rate %d: must be positive", ratePerSecond)
+	}
+	cpus, err := ebpf.PossibleCPU()
+	if err != nil {
+		return err
+	}
+	cfg := decapProbeEchoCfg{Port: port, Rate: uint32(max(1, ratePerSecond/max(cpus, 1)))}
+	if err := d.objs.PmDecapProbe.Update(uint32(0), &cfg, ebpf.UpdateAny); err != nil {
+		return fmt.Errorf("write pm_decap_probe: %w", err)
+	}
+	return nil
+}
+
 // Stats reads the decap counters.
 func (d *Decap) Stats() (DecapStats, error) {
 	var per []decapDecapStats

@@ -27,25 +27,42 @@ type decapDecapAddrInfo struct {
 }
 
 type decapDecapStats struct {
-	_             structs.HostLayout
-	DecapV4       uint64
-	DecapV6       uint64
-	PassNotTunnel uint64
-	PassNotLocal  uint64
-	PassFragment  uint64
-	DropMalformed uint64
-	Gue           uint64
-	PassUdpNotGue uint64
+	_                   structs.HostLayout
+	DecapV4             uint64
+	DecapV6             uint64
+	PassNotTunnel       uint64
+	PassNotLocal        uint64
+	PassFragment        uint64
+	DropMalformed       uint64
+	Gue                 uint64
+	PassUdpNotGue       uint64
+	ProbeEcho           uint64
+	PassProbeOverBudget uint64
+}
+
+type decapProbeEchoBudget struct {
+	_        structs.HostLayout
+	LastNs   uint64
+	BudgetNs uint64
+}
+
+type decapProbeEchoCfg struct {
+	_    structs.HostLayout
+	Port uint16
+	Pad  uint16
+	Rate uint32
 }
 
 // Names of all BPF objects in the ELF.
 //
 // Used for safe lookups in a Collection or CollectionSpec.
 const (
-	decapMapPmDecapAddrs = "pm_decap_addrs"
-	decapMapPmDecapNext  = "pm_decap_next"
-	decapMapPmDecapStats = "pm_decap_stats"
-	decapProgPmDecap     = "pm_decap"
+	decapMapPmDecapAddrs       = "pm_decap_addrs"
+	decapMapPmDecapNext        = "pm_decap_next"
+	decapMapPmDecapProbe       = "pm_decap_probe"
+	decapMapPmDecapProbeBudget = "pm_decap_probe_budget"
+	decapMapPmDecapStats       = "pm_decap_stats"
+	decapProgPmDecap           = "pm_decap"
 )
 
 // loadDecap returns the embedded CollectionSpec for decap.
@@ -97,9 +114,11 @@ type decapProgramSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type decapMapSpecs struct {
-	PmDecapAddrs *ebpf.MapSpec `ebpf:"pm_decap_addrs"`
-	PmDecapNext  *ebpf.MapSpec `ebpf:"pm_decap_next"`
-	PmDecapStats *ebpf.MapSpec `ebpf:"pm_decap_stats"`
+	PmDecapAddrs       *ebpf.MapSpec `ebpf:"pm_decap_addrs"`
+	PmDecapNext        *ebpf.MapSpec `ebpf:"pm_decap_next"`
+	PmDecapProbe       *ebpf.MapSpec `ebpf:"pm_decap_probe"`
+	PmDecapProbeBudget *ebpf.MapSpec `ebpf:"pm_decap_probe_budget"`
+	PmDecapStats       *ebpf.MapSpec `ebpf:"pm_decap_stats"`
 }
 
 // decapVariableSpecs contains global variables before they are loaded into the kernel.
@@ -128,15 +147,19 @@ func (o *decapObjects) Close() error {
 //
 // It can be passed to loadDecapObjects or ebpf.CollectionSpec.LoadAndAssign.
 type decapMaps struct {
-	PmDecapAddrs *ebpf.Map `ebpf:"pm_decap_addrs"`
-	PmDecapNext  *ebpf.Map `ebpf:"pm_decap_next"`
-	PmDecapStats *ebpf.Map `ebpf:"pm_decap_stats"`
+	PmDecapAddrs       *ebpf.Map `ebpf:"pm_decap_addrs"`
+	PmDecapNext        *ebpf.Map `ebpf:"pm_decap_next"`
+	PmDecapProbe       *ebpf.Map `ebpf:"pm_decap_probe"`
+	PmDecapProbeBudget *ebpf.Map `ebpf:"pm_decap_probe_budget"`
+	PmDecapStats       *ebpf.Map `ebpf:"pm_decap_stats"`
 }
 
 func (m *decapMaps) Close() error {
 	return _DecapClose(
 		m.PmDecapAddrs,
 		m.PmDecapNext,
+		m.PmDecapProbe,
+		m.PmDecapProbeBudget,
 		m.PmDecapStats,
 	)
 }

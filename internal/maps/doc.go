@@ -30,6 +30,8 @@
 //	pm_nexthop_ctl   array[1]        next-hop cache TTL, generation       agent         router
 //	pm_decap_addrs   hash            local tunnel endpoint → GUE port     agent         decap
 //	pm_decap_stats   per-CPU array[1] packets per decap reason            decap         agent
+//	pm_decap_probe   array[1]        probe echo port, replies/s per CPU   agent         decap
+//	pm_decap_probe_budget per-CPU array[1] the echo replies' token bucket decap         decap
 //	pm_next          prog array      ifindex (0: every interface) → next XDP program   agent   router (tail call)
 //	pm_decap_next    prog array      the same, after the decap program    agent         decap (tail call)
 //

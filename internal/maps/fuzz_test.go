@@ -6,7 +6,10 @@ import (
 	"net/netip"
 	"testing"
 
+	"github.com/gopacket/gopacket"
 	"github.com/gopacket/gopacket/layers"
+
+	"github.com/premirror/premirror/internal/probe"
 )
 
 // FuzzRouter feeds arbitrary frames through the router and checks its
@@ -128,10 +131,26 @@ var gueSeeds = []pkt{
 // FuzzDecap feeds arbitrary frames through the decap program: a frame it
 // passes is untouched unless it counted a decapsulation, and then it is
 // the input without its outer IP (and, for GUE, UDP) header, under the
-// inner family's ethertype; nothing else is ever returned.
+// inner family's ethertype; a frame it sends back is a counted probe echo
+// of the same length whose payload decodes as a probe reply; nothing else
+// is ever returned.
 func FuzzDecap(f *testing.F) {
 	e := newGUEDecapEnv(f)
 	fx, d := e.fixture, e.d
+	if err := d.SetProbeEcho(9461, 1_000_000); err != nil {
+		f.Fatal(err)
+	}
+	req, err := probe.AppendPacket(nil, probe.Packet{Type: probe.TypeRequest, Seq: 1, Nonce: 2, Len: 64})
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, dst := range []netip.Addr{fixtureMirrors[m1], fixtureMirrors[m3v6], gueMirrors[mGUE6].Addr} {
+		src := netip.MustParseAddr("10.1.0.5")
+		if dst.Is6() {
+			src = netip.MustParseAddr("fd01::5")
+		}
+		f.Add(echoFrame(f, src, dst, 9461, req, false))
+	}
 	// Seeds: the router's output for IPIP and GUE flows, and plain frames.
 	for _, p := range append([]pkt{
 		{src: clientEU, dst: vipWeb.Addr, sport: 1, dport: 80},
@@ -155,6 +174,19 @@ func FuzzDecap(f *testing.F) {
 		after, _ := d.Stats()
 		decapped := after.DecapV4+after.DecapV6 > before.DecapV4+before.DecapV6
 		switch {
+		case v == xdpTX:
+			if after.ProbeEcho != before.ProbeEcho+1 || decapped || len(out) != len(in) {
+				t.Fatalf("sent back: probe echoes %d → %d, decapsulated %v, %d → %d bytes", before.ProbeEcho, after.ProbeEcho, decapped, len(in), len(out))
+			}
+			pk := gopacket.NewPacket(out, layers.LayerTypeEthernet, gopacket.Default)
+			udp, _ := pk.Layer(layers.LayerTypeUDP).(*layers.UDP)
+			if udp == nil {
+				t.Fatalf("probe echo without UDP: %x", out)
+			}
+			if p, err := probe.DecodePacket(udp.Payload); err != nil || p.Type != probe.TypeReply {
+				t.Fatalf("probe echo payload %x: %+v %v", udp.Payload, p, err)
+			}
+			return
 		case v == xdpDrop:
 			if decapped {
 				t.Fatal("dropped and counted as decapsulated")

@@ -46,9 +46,9 @@ func fields(v reflect.Value) []StatField {
 		switch {
 		case name == "tx" || name == "redirect":
 			verdict = name
-		case name == "icmp_too_big":
-			// Its own verdict (the answer goes back out with XDP_TX),
-			// not an event about packets counted under another.
+		case name == "icmp_too_big" || name == "probe_echo":
+			// Their own verdict (the answer goes back out with
+			// XDP_TX), not events about packets counted under another.
 			verdict = "tx"
 		case strings.HasPrefix(name, "pass_"):
 			verdict = "pass"

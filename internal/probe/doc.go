@@ -4,8 +4,10 @@
 // The pieces, in the order a sample flows through them:
 //
 //   - Probers (TCPProber, UDPProber) time one probe: a TCP handshake
-//     (SYN → SYN-ACK, the cost a new client connection pays) or one UDP echo
-//     answered by a Responder the agent runs on every mirror host. Both take
+//     (SYN → SYN-ACK, the cost a new client connection pays) or one UDP echo,
+//     answered on mirror hosts by the decap XDP program (bpf/decap.bpf.c,
+//     so a host answers while its agent restarts) and, over its reply
+//     budget or where it is not attached, by a Responder the agent runs. Both take
 //     a dial or listen function so the agent can open sockets inside a
 //     network namespace.
 //   - Scheduler probes every target on its own timer, every Interval (2 s by

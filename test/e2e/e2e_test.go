@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/premirror/premirror/internal/agent"
 	"github.com/premirror/premirror/internal/lab"
+	"github.com/premirror/premirror/internal/probe"
 	"github.com/premirror/premirror/internal/testbed"
 )
 
@@ -535,4 +537,45 @@ func TestRTTMatchesDelays(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestMirrorAnswersProbesWithoutItsAgent: the decap program answers the
+// edges' UDP echo probes itself, so a mirror host whose agent is stopped
+// (a restart, an upgrade) still answers them and is not taken for dead;
+// over IPv4 and IPv6.
+func TestMirrorAnswersProbesWithoutItsAgent(t *testing.T) {
+	e := start(t, 2, webResource(map[string]map[string]uint32{"eu": {"m-eu": 1}, "us": {"m-us": 1}}, nil), nil)
+	if err := e.lab.Stop("m-eu"); err != nil {
+		t.Fatal(err)
+	}
+	m := e.tb.Host("m-eu")
+	p := &probe.UDPProber{Dial: e.tb.Host("edge1").Dial, Size: 64, Timeout: 2 * time.Second}
+	for _, a := range []netip.Addr{m.V4(), m.V6()} {
+		rtt, err := p.Probe(e.ctx(), netip.AddrPortFrom(a, agent.DefaultProbePort).String())
+		if err != nil {
+			t.Fatalf("probe to %s with its agent stopped: %v", a, err)
+		}
+		t.Logf("probe to %s with its agent stopped: %v", a, rtt)
+	}
+	if err := e.lab.Start(e.ctx(), "m-eu"); err != nil {
+		t.Fatal(err)
+	}
+	met, err := e.lab.Metrics("m-eu")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`edge_decap_packets_total\{reason="probe_echo"\} [1-9]`).MatchString(met) {
+		t.Errorf("no probe echo counted on m-eu:\n%s", grepLines(met, "edge_decap_packets_total"))
+	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
