@@ -4,8 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"path/filepath"
-	"strings"
 
 	"github.com/cilium/ebpf"
 )
@@ -52,19 +50,9 @@ func OpenPinnedDecap(dir string) (*Decap, error) {
 	if err != nil {
 		return nil, err
 	}
-	opened := map[string]*ebpf.Map{}
-	for name := range spec.Maps {
-		if strings.HasPrefix(name, ".") {
-			continue // .rodata and friends are not pinned
-		}
-		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
-		if err != nil {
-			for _, o := range opened {
-				o.Close()
-			}
-			return nil, fmt.Errorf("open pinned %s: %w", name, err)
-		}
-		opened[name] = m
+	opened, err := openPinnedMaps(spec, dir)
+	if err != nil {
+		return nil, err
 	}
 	d := &Decap{}
 	if err := (&ebpf.Collection{Maps: opened}).Assign(&d.objs.decapMaps); err != nil {

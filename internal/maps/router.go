@@ -577,15 +577,8 @@ func (r *Router) Mirrors() (map[MirrorID]Mirror, error) {
 	return out, nil
 }
 
-// OpenPinnedRouter opens the maps a running agent pinned under dir,
-// without loading a program: for read-only tools such as
-// `edge-agent inspect`. Its Config is read back from the maps.
-func OpenPinnedRouter(dir string) (*Router, error) {
-	spec, err := loadRouter()
-	if err != nil {
-		return nil, err
-	}
-	r := &Router{pin: dir}
+// openPinnedMaps opens every map of spec pinned under dir, read-only.
+func openPinnedMaps(spec *ebpf.CollectionSpec, dir string) (map[string]*ebpf.Map, error) {
 	opened := map[string]*ebpf.Map{}
 	for name := range spec.Maps {
 		if strings.HasPrefix(name, ".") {
@@ -599,6 +592,22 @@ func OpenPinnedRouter(dir string) (*Router, error) {
 			return nil, fmt.Errorf("open pinned %s: %w", name, err)
 		}
 		opened[name] = m
+	}
+	return opened, nil
+}
+
+// OpenPinnedRouter opens the maps a running agent pinned under dir,
+// without loading a program: for read-only tools such as
+// `edge-agent inspect`. Its Config is read back from the maps.
+func OpenPinnedRouter(dir string) (*Router, error) {
+	spec, err := loadRouter()
+	if err != nil {
+		return nil, err
+	}
+	r := &Router{pin: dir}
+	opened, err := openPinnedMaps(spec, dir)
+	if err != nil {
+		return nil, err
 	}
 	if err := (&ebpf.Collection{Maps: opened}).Assign(&r.objs.routerMaps); err != nil {
 		return nil, err
