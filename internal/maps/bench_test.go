@@ -1,6 +1,7 @@
 package maps
 
 import (
+	"bytes"
 	"net/netip"
 	"testing"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/premirror/premirror/internal/maps/internal/benchprog"
 	"github.com/premirror/premirror/internal/maps/mapstest"
+	"github.com/premirror/premirror/internal/probe"
 )
 
 // harness runs programs through BPF_PROG_TEST_RUN with the frame restored
@@ -199,5 +201,63 @@ func BenchmarkRouter(b *testing.B) {
 			b.Fatalf("verdict %s", verdictNames[ret])
 		}
 		report(b, d-overhead)
+	})
+}
+
+// BenchmarkDecap: the decap program on a mirror host, kernel-timed ns per
+// packet through the restore harness (its cost subtracted): an IPIP packet
+// stripped, and an edge's UDP echo probe answered in XDP, beside the
+// XDP_TX floor.
+func BenchmarkDecap(b *testing.B) {
+	f := newFixture(b)
+	h := newHarness(b, f)
+	d, err := LoadDecap(Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { d.Close() })
+	mirror := fixtureMirrors[m1]
+	if err := d.AddEndpoint(mirror); err != nil {
+		b.Fatal(err)
+	}
+	if err := d.SetProbeEcho(9461, 1<<30); err != nil {
+		b.Fatal(err)
+	}
+	// The router's own IPIP output towards m1 is the decap's input.
+	v, out := f.send(b, pkt{src: clientEU, dst: vipWeb.Addr, sport: 1, dport: 80}.frame(b))
+	if v != xdpTX && v != xdpRedirect {
+		b.Fatalf("router verdict %s", verdictNames[v])
+	}
+	ipip := bytes.Clone(out)
+	req, err := probe.AppendPacket(nil, probe.Packet{Type: probe.TypeRequest, Seq: 1, Nonce: 2, Len: 64})
+	if err != nil {
+		b.Fatal(err)
+	}
+	echo := echoFrame(b, netip.MustParseAddr("10.1.0.5"), mirror, 9461, req, false)
+
+	const calib = 200000
+	_, floorCal := h.timeRun(b, h.objs.BenchFloor, echo, calib)
+	_, harnessCal := h.restored(b, h.objs.BenchFloor, echo, 0, 0, calib)
+	overhead := harnessCal - floorCal
+	for _, c := range []struct {
+		name  string
+		frame []byte
+		want  uint32
+	}{
+		{"ipip_v4", ipip, xdpPass},
+		{"probe_echo_v4", echo, xdpTX},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			ret, dur := h.restored(b, d.Program(), c.frame, 0, 0, b.N)
+			if ret != c.want {
+				b.Fatalf("verdict %s", verdictNames[ret])
+			}
+			b.ReportMetric(float64((dur - overhead).Nanoseconds()), "ns/pkt")
+			b.ReportMetric(float64(overhead.Nanoseconds()), "harness-ns")
+		})
+	}
+	b.Run("floor", func(b *testing.B) {
+		_, dur := h.timeRun(b, h.objs.BenchFloor, echo, b.N)
+		b.ReportMetric(float64(dur.Nanoseconds()), "ns/pkt")
 	})
 }
