@@ -167,12 +167,17 @@ static __always_inline int probe_budget_ok(__u32 rate)
  * goes on), XDP_PASS when over the reply budget (the agent's responder,
  * with its own limit, may still answer), XDP_TX when answered.
  */
-static __always_inline int probe_echo(void *data, void *data_end, void *l3, struct udphdr *uh, __u8 fam, __u32 l4len)
+static __always_inline int probe_echo(void *data, void *data_end, void *l3, struct udphdr *uh, __u8 fam, __u32 l4len,
+				      const struct decap_addr_info *ep)
 {
+	/* GUE to the endpoint's port (the hot path) is no probe: it leaves
+	 * with one compare, before the settings lookup. */
+	if ((void *)(uh + 1) > data_end || (ep->gue_port && ntohs_len(uh->dest) == ep->gue_port))
+		return -1;
 	__u32 zero = 0;
 	struct probe_echo_cfg *cfg = bpf_map_lookup_elem(&pm_decap_probe, &zero);
 
-	if (!cfg || !cfg->port || (void *)(uh + 1) > data_end || ntohs_len(uh->dest) != cfg->port)
+	if (!cfg || !cfg->port || ntohs_len(uh->dest) != cfg->port)
 		return -1;
 	__u32 plen = ntohs_len(uh->len);
 	__u8 *p = (void *)(uh + 1);
@@ -319,7 +324,7 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 			return pass_on(ctx, l4proto == IPPROTO_UDP ? D_PASS_NOT_TUNNEL : D_PASS_NOT_LOCAL);
 		if (l4proto == IPPROTO_UDP && oh->ihl == 5 && !(oh->frag_off & bpf_htons(IPV4_MF | IPV4_OFFSET))) {
 			int r = probe_echo(data, data_end, l3, l3 + IPV4_HLEN, PM_FAMILY_V4,
-					   ntohs_len(oh->tot_len) - IPV4_HLEN);
+					   ntohs_len(oh->tot_len) - IPV4_HLEN, ep);
 
 			if (r >= 0)
 				return r;
@@ -351,7 +356,7 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 		if (!ep)
 			return pass_on(ctx, l4proto == IPPROTO_UDP ? D_PASS_NOT_TUNNEL : D_PASS_NOT_LOCAL);
 		if (l4proto == IPPROTO_UDP) {
-			int r = probe_echo(data, data_end, l3, l3 + IPV6_HLEN, PM_FAMILY_V6, ntohs_len(oh->payload_len));
+			int r = probe_echo(data, data_end, l3, l3 + IPV6_HLEN, PM_FAMILY_V6, ntohs_len(oh->payload_len), ep);
 
 			if (r >= 0)
 				return r;

@@ -22,7 +22,6 @@ import (
 	"github.com/vishvananda/netns"
 
 	pmaps "github.com/premirror/premirror/internal/maps"
-	"github.com/premirror/premirror/internal/probe"
 	"github.com/premirror/premirror/internal/replicator"
 )
 
@@ -221,10 +220,7 @@ func (a *Agent) apply(cfg *Config) error {
 		// the agent's responder takes what is over the budget.
 		port, rate := uint16(0), 0
 		if !cfg.Probe.Disabled {
-			port, rate = cfg.Probe.port(), cfg.Probe.EchoRate
-			if rate == 0 {
-				rate = probe.DefaultEchoRate
-			}
+			port, rate = cfg.Probe.port(), cfg.Probe.echoRate()
 		}
 		if err := a.decap.SetProbeEcho(port, rate); err != nil {
 			a.metrics.reconcile(false, time.Since(start))

@@ -92,6 +92,22 @@ func (p ProbeCfg) shortlist() int {
 // DefaultProbePort is the mirrors' UDP echo port.
 const DefaultProbePort = 9461
 
+// interval is the probe period of the mirrors not in use.
+func (p ProbeCfg) interval() time.Duration {
+	if p.Interval == 0 {
+		return probe.DefaultInterval
+	}
+	return time.Duration(p.Interval)
+}
+
+// echoRate is the reply budget of a mirror host, per second.
+func (p ProbeCfg) echoRate() int {
+	if p.EchoRate == 0 {
+		return probe.DefaultEchoRate
+	}
+	return p.EchoRate
+}
+
 func (p ProbeCfg) port() uint16 {
 	if p.Port == 0 {
 		return DefaultProbePort
@@ -184,10 +200,7 @@ func newControlPlane(a *Agent) (*controlPlane, error) {
 			return nil, err
 		}
 		cp.probes = tbl
-		interval := time.Duration(a.cfg.Probe.Interval)
-		if interval == 0 {
-			interval = probe.DefaultInterval
-		}
+		interval := a.cfg.Probe.interval()
 		active := time.Duration(a.cfg.Probe.ActiveInterval)
 		if active == 0 {
 			active = probe.DefaultActiveInterval
@@ -551,7 +564,7 @@ func counterGrowth(prev, cur map[pmaps.CounterKey]pmaps.Counter) []*pb.AccessCou
 
 // staleCounter reports whether counter k's resource, region or mirror is
 // gone from the desired state c. Region 0 (no prefix matched and no
-// default region) and the default region are never stale.
+// default region) is never stale; a default region is a defined one.
 func staleCounter(k pmaps.CounterKey, c *Compiled) bool {
 	if _, ok := c.ResourceNames[k.Resource]; !ok {
 		return true
@@ -560,7 +573,7 @@ func staleCounter(k pmaps.CounterKey, c *Compiled) bool {
 		return true
 	}
 	_, ok := c.RegionNames[k.Region]
-	return !ok && k.Region != 0 && k.Region != c.DefaultRegion
+	return !ok && k.Region != 0
 }
 
 // pruneCounters deletes the counters of cs that are stale under c (from
@@ -624,7 +637,7 @@ func (cp *controlPlane) run(ctx context.Context, wg *sync.WaitGroup) {
 		go func() { defer wg.Done(); _ = cp.sched.Run(ctx) }()
 	}
 	if cp.a.decap != nil && !cp.a.cfg.Probe.Disabled {
-		r := &probe.Responder{Rate: float64(cp.a.cfg.Probe.EchoRate), Logger: cp.a.log, Metrics: cp.pmet}
+		r := &probe.Responder{Rate: float64(cp.a.cfg.Probe.echoRate()), Logger: cp.a.log, Metrics: cp.pmet}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -642,11 +655,7 @@ func (cp *controlPlane) run(ctx context.Context, wg *sync.WaitGroup) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			every := time.Duration(cp.a.cfg.Probe.Interval)
-			if every <= 0 {
-				every = probe.DefaultInterval
-			}
-			t := time.NewTicker(every)
+			t := time.NewTicker(cp.a.cfg.Probe.interval())
 			defer t.Stop()
 			for {
 				select {

@@ -52,7 +52,7 @@ func TestStaleCounter(t *testing.T) {
 	c := &Compiled{
 		DefaultRegion: 3,
 		Mirrors:       map[pmaps.MirrorID]pmaps.Mirror{1: {}},
-		RegionNames:   map[pmaps.RegionID]string{1: "eu"},
+		RegionNames:   map[pmaps.RegionID]string{1: "eu", 3: "ap"}, // Compile: the default region is a defined one
 		ResourceNames: map[pmaps.ResourceID]string{7: "web"},
 	}
 	for _, tc := range []struct {

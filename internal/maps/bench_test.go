@@ -206,10 +206,12 @@ func BenchmarkRouter(b *testing.B) {
 
 // BenchmarkDecap: the decap program on a mirror host, kernel-timed ns per
 // packet through the restore harness (its cost subtracted): an IPIP packet
-// stripped, and an edge's UDP echo probe answered in XDP, beside the
-// XDP_TX floor.
+// stripped, a GUE one (UDP to the endpoint's GUE port: it must not pay
+// for the probe echo's settings), and an edge's UDP echo probe answered in
+// XDP, beside the XDP_TX floor.
 func BenchmarkDecap(b *testing.B) {
 	f := newFixture(b)
+	f.addGUE(b)
 	h := newHarness(b, f)
 	d, err := LoadDecap(Options{})
 	if err != nil {
@@ -229,6 +231,14 @@ func BenchmarkDecap(b *testing.B) {
 		b.Fatalf("router verdict %s", verdictNames[v])
 	}
 	ipip := bytes.Clone(out)
+	g := gueMirrors[mGUE4]
+	if err := d.SetEndpoint(DecapEndpoint{Addr: g.Addr, GUEPort: g.GUEPort}); err != nil {
+		b.Fatal(err)
+	}
+	if v, out = f.send(b, pkt{src: clientEU, dst: vipG.Addr, sport: 1, dport: 80}.frame(b)); v != xdpTX && v != xdpRedirect {
+		b.Fatalf("router verdict %s", verdictNames[v])
+	}
+	gue := bytes.Clone(out)
 	req, err := probe.AppendPacket(nil, probe.Packet{Type: probe.TypeRequest, Seq: 1, Nonce: 2, Len: 64})
 	if err != nil {
 		b.Fatal(err)
@@ -245,6 +255,7 @@ func BenchmarkDecap(b *testing.B) {
 		want  uint32
 	}{
 		{"ipip_v4", ipip, xdpPass},
+		{"gue_v4", gue, xdpPass},
 		{"probe_echo_v4", echo, xdpTX},
 	} {
 		b.Run(c.name, func(b *testing.B) {
