@@ -319,6 +319,9 @@ func (c *Config) Validate() error {
 		if c.Role == RoleEdge {
 			return errors.New("decap_gue_port: only for role mirror or both (an edge runs no decap program)")
 		}
+		if !c.Probe.Disabled && uint16(c.DecapGUEPort) == c.Probe.port() {
+			return fmt.Errorf("decap_gue_port: %d is also probe.port: probes would be taken for GUE", c.DecapGUEPort)
+		}
 	}
 	if ttl := c.NextHopTTL(); ttl < 0 || ttl > maps.MaxNextHopTTL {
 		return fmt.Errorf("nexthop_cache_ttl: %v out of [0, %v]", ttl, maps.MaxNextHopTTL)

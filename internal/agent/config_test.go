@@ -73,6 +73,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"unknown field", "node: edge-test", "node: edge-test\nnodes: x", "field nodes not found"},
 		{"negative active probe interval", "node: edge-test", "node: edge-test\nprobe: {active_interval: -1s}", "probe.active_interval"},
 		{"negative echo rate", "node: edge-test", "node: edge-test\nprobe: {echo_rate: -5}", "probe.echo_rate"},
+		{"GUE on the probe port", "role: edge", "role: mirror\ndecap_gue_port: 9461", "decap_gue_port: 9461 is also probe.port"},
 		{"bad role", "role: edge", "role: router", "role: \"router\""},
 		{"next-hop TTL too long", "node: edge-test", "node: edge-test\nnexthop_cache_ttl: 11s", "nexthop_cache_ttl"},
 		{"next-hop TTL negative", "node: edge-test", "node: edge-test\nnexthop_cache_ttl: -1ms", "nexthop_cache_ttl"},
