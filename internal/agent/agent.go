@@ -35,6 +35,9 @@ type Agent struct {
 	mu       sync.Mutex
 	cfg      *Config
 	compiled *Compiled
+	// hosted is this host's verdict on the mirrors it serves, as of the
+	// last apply (reported to the controller, exported as a metric).
+	hosted   map[pmaps.MirrorID]hostedMirror
 	version  string // hash of the applied desired state
 	lastErr  error
 	observed *Observed // what the router maps hold after the last reconcile; nil: read them
@@ -204,37 +207,61 @@ func (a *Agent) apply(cfg *Config) error {
 			}
 		}
 	}
-	if a.decap != nil {
+	// Which mirrors this host serves and how its decap is set up. A host
+	// terminates tunnels when it runs the decap program (decap_addresses
+	// is refused on edges; set alone, without a data plane, in tests).
+	hosted := hostedWithoutDecap(compiled, cfg.Node)
+	if a.decap != nil || len(cfg.DecapAddresses) > 0 {
 		addrs, err := decapAddresses(cfg)
 		if err != nil {
 			return err
 		}
-		ch, err := ReconcileDecap(a.decap, decapPorts(addrs, uint16(cfg.DecapGUEPort), compiled.Mirrors, a.log))
-		if err != nil {
-			a.metrics.reconcile(false, time.Since(start))
-			return fmt.Errorf("reconcile decap maps: %w", err)
-		}
-		// The decap program answers the edges' probes itself, so they see
-		// this host while its agent restarts (an upgrade would otherwise
-		// read as a dead mirror and move its established flows away);
-		// the agent's responder takes what is over the budget.
-		port, rate := uint16(0), 0
+		probePort := uint16(0)
 		if !cfg.Probe.Disabled {
-			port, rate = cfg.Probe.port(), cfg.Probe.echoRate()
+			probePort = cfg.Probe.port()
 		}
-		if err := a.decap.SetProbeEcho(port, rate); err != nil {
+		var ports map[netip.Addr]uint16
+		ports, hosted = planDecap(addrs, uint16(cfg.DecapGUEPort), probePort, compiled, cfg.Node, a.log)
+		if err := a.applyDecap(cfg, ports, probePort, &total); err != nil {
 			a.metrics.reconcile(false, time.Since(start))
-			return fmt.Errorf("decap probe echo: %w", err)
+			return err
 		}
-		total.Written += ch.Written
-		total.Deleted += ch.Deleted
 	}
 	a.metrics.reconcile(true, time.Since(start))
 	a.mu.Lock()
 	a.cfg, a.compiled, a.version = cfg, compiled, stateVersion(cfg)
+	prev := a.hosted
+	a.hosted = hosted
 	a.mu.Unlock()
+	logHosted(a.log, prev, hosted, compiled)
 	a.log.Info("desired state applied", "version", a.version, "written", total.Written, "deleted", total.Deleted,
 		"duration", time.Since(start).Round(time.Microsecond))
+	return nil
+}
+
+// applyDecap programs the decap endpoints and the probe echo (no-op
+// without a decap program).
+func (a *Agent) applyDecap(cfg *Config, ports map[netip.Addr]uint16, probePort uint16, total *Changes) error {
+	if a.decap == nil {
+		return nil
+	}
+	ch, err := ReconcileDecap(a.decap, ports)
+	if err != nil {
+		return fmt.Errorf("reconcile decap maps: %w", err)
+	}
+	// The decap program answers the edges' probes itself, so they see
+	// this host while its agent restarts (an upgrade would otherwise
+	// read as a dead mirror and move its established flows away); the
+	// agent's responder takes what is over the budget.
+	rate := 0
+	if probePort != 0 {
+		rate = cfg.Probe.echoRate()
+	}
+	if err := a.decap.SetProbeEcho(probePort, rate); err != nil {
+		return fmt.Errorf("decap probe echo: %w", err)
+	}
+	total.Written += ch.Written
+	total.Deleted += ch.Deleted
 	return nil
 }
 

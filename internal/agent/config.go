@@ -120,6 +120,9 @@ type Mirror struct {
 	// load over RX queues by outer headers only).
 	Encap   string `yaml:"encap,omitempty"`
 	GUEPort int    `yaml:"gue_port,omitempty"` // required with encap gue; the mirror's decap_gue_port
+	// Node is the host whose agent reports on the mirror (set by the
+	// controller's desired state; a static file has no reports).
+	Node string `yaml:"-"`
 }
 
 // Resource is a mirrored service and its VIPs.
@@ -312,6 +315,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("decap_addresses[%d]: %w", i, err)
 		}
 	}
+	if len(c.DecapAddresses) > 0 && c.Role == RoleEdge {
+		return errors.New("decap_addresses: only for role mirror or both (an edge runs no decap program)")
+	}
 	if c.DecapGUEPort != 0 {
 		if c.DecapGUEPort < 1 || c.DecapGUEPort > 65535 {
 			return fmt.Errorf("decap_gue_port: %d out of [1, 65535]", c.DecapGUEPort)
@@ -391,6 +397,8 @@ type Compiled struct {
 	RegionNames   map[maps.RegionID]string
 	MirrorNames   map[maps.MirrorID]string
 	ResourceNames map[maps.ResourceID]string
+	// MirrorNodes is the host of each mirror that names one.
+	MirrorNodes map[maps.MirrorID]string
 }
 
 // Compile validates names, IDs, prefixes and routes and resolves them.
@@ -403,6 +411,7 @@ func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
 		RegionNames:   map[maps.RegionID]string{},
 		MirrorNames:   map[maps.MirrorID]string{},
 		ResourceNames: map[maps.ResourceID]string{},
+		MirrorNodes:   map[maps.MirrorID]string{},
 	}
 	regions := map[string]maps.RegionID{}
 	for i, r := range s.Regions {
@@ -483,6 +492,9 @@ func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
 		mirrors[m.Name] = maps.MirrorID(m.ID)
 		out.MirrorNames[maps.MirrorID(m.ID)] = m.Name
 		out.Mirrors[maps.MirrorID(m.ID)] = mm
+		if m.Node != "" {
+			out.MirrorNodes[maps.MirrorID(m.ID)] = m.Node
+		}
 	}
 	seenRes := map[string]bool{}
 	for i, r := range s.Resources {

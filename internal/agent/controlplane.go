@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -596,27 +597,27 @@ func (a *Agent) pruneCounters(cs map[pmaps.CounterKey]pmaps.Counter, c *Compiled
 	}
 }
 
-// mirrorHealth speaks for the mirrors whose address this host
-// decapsulates, with the sync state of the copies its replicator holds.
+// mirrorHealth speaks for the mirrors this host serves (its decap
+// addresses', and those the desired state names it host of): up, or down
+// with why (planDecap), with the sync state of the copies its replicator
+// holds.
 func (cp *controlPlane) mirrorHealth() []*pb.MirrorHealth {
 	a := cp.a
-	addrs, err := decapAddresses(a.cfg)
-	if err != nil {
+	a.mu.Lock()
+	c, hosted := a.compiled, a.hosted
+	a.mu.Unlock()
+	if c == nil {
 		return nil
 	}
-	local := map[netip.Addr]bool{}
-	for _, ad := range addrs {
-		local[ad] = true
-	}
-	a.mu.Lock()
-	c := a.compiled
-	a.mu.Unlock()
 	util := cp.utilization()
 	var out []*pb.MirrorHealth
-	for id, m := range c.Mirrors {
-		if local[m.Addr] {
-			out = append(out, &pb.MirrorHealth{Mirror: c.MirrorNames[id], Health: pb.Health_HEALTH_UP, Utilization: util})
+	for _, id := range slices.Sorted(maps.Keys(hosted)) {
+		h := hosted[id]
+		mh := &pb.MirrorHealth{Mirror: c.MirrorNames[id], Health: pb.Health_HEALTH_UP, Utilization: util}
+		if !h.up {
+			mh.Health, mh.Reason = pb.Health_HEALTH_DOWN, h.reason
 		}
+		out = append(out, mh)
 	}
 	if a.repl != nil {
 		st := a.repl.Status()

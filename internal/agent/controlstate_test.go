@@ -1,12 +1,14 @@
 package agent
 
 import (
+	stdmaps "maps"
 	"net/netip"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
@@ -168,7 +170,8 @@ func TestReconcileDecapGUE(t *testing.T) {
 		{[]netip.Addr{a6}, 6080, 0, 1},
 		{[]netip.Addr{a6}, 0, 1, 0},
 	} {
-		ch, err := ReconcileDecap(d, decapPorts(step.addrs, step.port, nil, nil))
+		ports, _ := planDecap(step.addrs, step.port, 0, nil, "", nil)
+		ch, err := ReconcileDecap(d, ports)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -187,5 +190,88 @@ func TestReconcileDecapGUE(t *testing.T) {
 				t.Fatalf("endpoint %+v, want one of %v with GUE port %d", e, step.addrs, step.port)
 			}
 		}
+	}
+}
+
+// TestMirrorHealthSaysWhyDown: a mirror host reports every mirror it
+// serves, up or down with why, to the controller (which stops routing to
+// a down one) and in edge_hosted_mirror_up: one whose gue_port is the
+// host's probe port (its decap would take the probes for GUE), a second
+// GUE port at an address that has one, and a mirror naming this node at
+// an address it does not terminate. Fixing the state brings them back.
+// A node without a decap program reports the mirrors naming it down.
+func TestMirrorHealthSaysWhyDown(t *testing.T) {
+	st := sampleProtoState()
+	st.Mirrors = []*pb.MirrorEndpoint{
+		{Name: "paris", Id: 1, Address: "192.0.2.10", Node: "host"},
+		{Name: "probe-port", Id: 2, Address: "2001:db8::10", Encap: pb.Encapsulation_ENCAPSULATION_GUE, GuePort: uint32(DefaultProbePort)},
+		{Name: "gue-a", Id: 3, Address: "192.0.2.10", Encap: pb.Encapsulation_ENCAPSULATION_GUE, GuePort: 6080},
+		{Name: "gue-b", Id: 4, Address: "192.0.2.10", Encap: pb.Encapsulation_ENCAPSULATION_GUE, GuePort: 6081, Node: "host"},
+		{Name: "elsewhere", Id: 5, Address: "192.0.2.77", Node: "host"},
+		{Name: "not-ours", Id: 6, Address: "192.0.2.78", Node: "other"},
+	}
+	st.WeightSets = []*pb.WeightSet{{Weights: []*pb.MirrorWeight{{MirrorId: 1, Weight: 1}}}}
+	st.Resources[0].RouteRegions, st.Resources[0].RouteWeightSets = []uint32{0}, []uint32{0}
+
+	a := New(&Config{Node: "host", Role: RoleMirror, DecapAddresses: []string{"192.0.2.10", "2001:db8::10"},
+		Controller: &ControllerCfg{Site: "eu", Utilization: "none"}}, "", discardLogger())
+	cp := &controlPlane{a: a}
+	if err := cp.apply(st.GetVersion(), st); err != nil {
+		t.Fatal(err)
+	}
+	health := func() map[string]string {
+		got := map[string]string{}
+		for _, mh := range cp.mirrorHealth() {
+			got[mh.GetMirror()] = strings.TrimPrefix(mh.GetHealth().String(), "HEALTH_") + " " + mh.GetReason()
+		}
+		return got
+	}
+	want := map[string]string{"paris": "UP ", "probe-port": "DOWN gue_port_is_probe_port", "gue-a": "UP ",
+		"gue-b": "DOWN gue_port_conflict", "elsewhere": "DOWN address_not_decapsulated"}
+	if got := health(); !stdmaps.Equal(got, want) {
+		t.Fatalf("reported %v, want %v", got, want)
+	}
+	if n, err := testutil.GatherAndCount(a.Registry(), "edge_hosted_mirror_up"); err != nil || n != 5 {
+		t.Fatalf("edge_hosted_mirror_up: %d series (%v), want 5", n, err)
+	}
+	exp := `
+# HELP edge_hosted_mirror_up ` + hostedHelp + `
+# TYPE edge_hosted_mirror_up gauge
+edge_hosted_mirror_up{mirror="elsewhere",reason="address_not_decapsulated"} 0
+edge_hosted_mirror_up{mirror="gue-a",reason=""} 1
+edge_hosted_mirror_up{mirror="gue-b",reason="gue_port_conflict"} 0
+edge_hosted_mirror_up{mirror="paris",reason=""} 1
+edge_hosted_mirror_up{mirror="probe-port",reason="gue_port_is_probe_port"} 0
+`
+	if err := testutil.GatherAndCompare(a.Registry(), strings.NewReader(exp), "edge_hosted_mirror_up"); err != nil {
+		t.Fatal(err)
+	}
+	if problems, err := testutil.CollectAndLint(a.metrics); err != nil || len(problems) > 0 {
+		t.Fatalf("lint: %v %v", problems, err)
+	}
+
+	// The operator fixes the ports and moves "elsewhere" onto this host.
+	st.Mirrors[1].GuePort, st.Mirrors[3].GuePort, st.Mirrors[4].Address = 9000, 6080, "2001:db8::10"
+	if err := cp.apply(st.GetVersion()+1, st); err != nil {
+		t.Fatal(err)
+	}
+	for m, h := range health() {
+		if h != "UP " {
+			t.Fatalf("after the fix %s is %q", m, h)
+		}
+	}
+
+	edge := New(&Config{Node: "host", Role: RoleEdge, Controller: &ControllerCfg{Site: "eu", Utilization: "none"}}, "", discardLogger())
+	ecp := &controlPlane{a: edge}
+	if err := ecp.apply(st.GetVersion(), st); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]string{}
+	for _, mh := range ecp.mirrorHealth() {
+		got[mh.GetMirror()] = mh.GetHealth().String() + " " + mh.GetReason()
+	}
+	if want := map[string]string{"paris": "HEALTH_DOWN no_decap_program", "gue-b": "HEALTH_DOWN no_decap_program",
+		"elsewhere": "HEALTH_DOWN no_decap_program"}; !stdmaps.Equal(got, want) {
+		t.Fatalf("edge reported %v, want %v", got, want)
 	}
 }

@@ -28,6 +28,7 @@ type metrics struct {
 	tables     *prometheus.Desc
 	routes     *prometheus.Desc
 	mirrorUp   *prometheus.Desc
+	hosted     *prometheus.Desc
 	memory     *prometheus.Desc
 	attached   *prometheus.Desc
 	next       *prometheus.Desc
@@ -66,6 +67,7 @@ func newMetrics(a *Agent) *metrics {
 		tables:     d("route_tables", "Distinct route tables installed (shared by routes with identical slots)."),
 		routes:     d("routes", "Routes installed, one per (resource, client region)."),
 		mirrorUp:   d("mirror_state", "1 for the state each mirror is in.", "mirror", "state"),
+		hosted:     d("hosted_mirror_up", hostedHelp, "mirror", "reason"),
 		memory:     d("map_memory_bytes", "Kernel memory of each BPF map.", "map"),
 		attached:   d("xdp_attached", "1 per attached XDP program.", "iface", "program", "mode"),
 		next:       d("xdp_next_program_info", "1 per XDP program chained after ours (xdp_chain), by our program, the interface (\"*\": every interface without its own) and its name.", "program", "iface", "next"),
@@ -124,10 +126,12 @@ func (m *metrics) reconcile(ok bool, d time.Duration) {
 	m.reconcileTime.Observe(d.Seconds())
 }
 
+const hostedHelp = "Mirrors this host serves (at its decap addresses, or naming it as their host): 1 up, 0 down with why (gue_port_is_probe_port, gue_port_conflict, address_not_decapsulated, no_decap_program; empty when up), as reported to the controller."
+
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.packets, m.decap, m.newFlows, m.fwdPackets, m.fwdBytes, m.sessions,
-		m.tables, m.routes, m.mirrorUp, m.memory, m.attached, m.next, m.info, m.nhHits, m.nhLookups} {
+		m.tables, m.routes, m.mirrorUp, m.hosted, m.memory, m.attached, m.next, m.info, m.nhHits, m.nhLookups} {
 		ch <- d
 	}
 	m.scrapeErrors.Describe(ch)
@@ -151,10 +155,17 @@ func name(names map[uint32]string, id uint32) string {
 func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	a := m.a
 	a.mu.Lock()
-	c, version := a.compiled, a.version
+	c, version, hosted := a.compiled, a.version, a.hosted
 	a.mu.Unlock()
 	regionNames, mirrorNames := map[uint32]string{}, map[uint32]string{}
 	if c != nil {
+		for id, h := range hosted {
+			v := 0.0
+			if h.up {
+				v = 1
+			}
+			ch <- prometheus.MustNewConstMetric(m.hosted, prometheus.GaugeValue, v, c.MirrorNames[id], h.reason)
+		}
 		for id, n := range c.RegionNames {
 			regionNames[uint32(id)] = n
 		}

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"slices"
 
 	"github.com/premirror/premirror/internal/chash"
 	pmaps "github.com/premirror/premirror/internal/maps"
@@ -218,26 +219,114 @@ func ReconcileDecap(d *pmaps.Decap, want map[netip.Addr]uint16) (Changes, error)
 	return ch, nil
 }
 
-// decapPorts is the GUE port of each decap address: decap_gue_port, or
-// the port a GUE mirror at that address is reached on (the desired
-// state's mirrors say how edges encapsulate toward this host, so its
-// decap accepts exactly that; a static decap_gue_port that disagrees is
-// overridden and reported).
-func decapPorts(addrs []netip.Addr, def uint16, mirrors map[pmaps.MirrorID]pmaps.Mirror, log *slog.Logger) map[netip.Addr]uint16 {
+// Why a host reports a mirror it serves DOWN (MirrorHealth.reason).
+const (
+	// The mirror's gue_port is this host's probe.port: decapsulating GUE
+	// there would swallow the edges' probes, so the port is not opened.
+	hostedGUEProbePort = "gue_port_is_probe_port"
+	// Another mirror at the same address (the lowest ID) took the
+	// address's one GUE port with a different gue_port.
+	hostedGUEConflict = "gue_port_conflict"
+	// The mirror names this host but its address is none of this host's
+	// decap addresses: what edges send it is not decapsulated here.
+	hostedNotDecapsulated = "address_not_decapsulated"
+	// The mirror names this host, which runs no decap program (role edge).
+	hostedNoDecap = "no_decap_program"
+)
+
+// hostedMirror is this host's verdict on a mirror it serves: one at a
+// decap address of its, or one whose desired state names it as host.
+type hostedMirror struct {
+	up     bool
+	reason string         // why not up
+	other  pmaps.MirrorID // gue_port_conflict: the mirror whose port stands
+}
+
+// planDecap decides the GUE port of each decap address and this host's
+// verdict on every mirror it serves. An address accepts GUE on
+// decap_gue_port (def), or on the port a GUE mirror at that address is
+// reached on (the desired state's mirrors say how edges encapsulate
+// toward this host, so its decap accepts exactly that; a static
+// decap_gue_port that disagrees is overridden and reported). An address
+// has one GUE port: mirrors are taken in ID order and the first one's
+// port stands, a later mirror there with another port is down (so is a
+// mirror whose port is probePort, 0 when probes are off). A mirror that
+// names this node (from the controller) but is at none of addrs is down
+// too. Deterministic: map order never picks the port.
+func planDecap(addrs []netip.Addr, def, probePort uint16, c *Compiled, node string, log *slog.Logger) (map[netip.Addr]uint16, map[pmaps.MirrorID]hostedMirror) {
 	want := make(map[netip.Addr]uint16, len(addrs))
 	for _, a := range addrs {
 		want[a.Unmap()] = def
 	}
-	for id, m := range mirrors {
+	hosted := map[pmaps.MirrorID]hostedMirror{}
+	if c == nil {
+		return want, hosted
+	}
+	claimed := map[netip.Addr]pmaps.MirrorID{}
+	for _, id := range slices.Sorted(maps.Keys(c.Mirrors)) {
+		m := c.Mirrors[id]
 		a := m.Addr.Unmap()
 		p, local := want[a]
-		if !local || m.Encap != pmaps.EncapGUE || p == m.GUEPort {
+		switch {
+		case !local:
+			if node != "" && c.MirrorNodes[id] == node {
+				hosted[id] = hostedMirror{reason: hostedNotDecapsulated}
+			}
+			continue
+		case m.Encap != pmaps.EncapGUE:
+			hosted[id] = hostedMirror{up: true}
+			continue
+		case probePort != 0 && m.GUEPort == probePort:
+			hosted[id] = hostedMirror{reason: hostedGUEProbePort}
 			continue
 		}
-		if p != 0 && log != nil {
-			log.Warn("decap_gue_port overridden by the mirror's gue_port", "address", a, "mirror", id, "decap_gue_port", p, "gue_port", m.GUEPort)
+		if first, ok := claimed[a]; ok {
+			if p == m.GUEPort {
+				hosted[id] = hostedMirror{up: true}
+			} else {
+				hosted[id] = hostedMirror{reason: hostedGUEConflict, other: first}
+			}
+			continue
+		}
+		claimed[a] = id
+		hosted[id] = hostedMirror{up: true}
+		if p != m.GUEPort && p != 0 && log != nil {
+			log.Warn("decap_gue_port overridden by the mirror's gue_port", "address", a, "mirror", c.MirrorNames[id], "decap_gue_port", p, "gue_port", m.GUEPort)
 		}
 		want[a] = m.GUEPort
 	}
-	return want
+	return want, hosted
+}
+
+// hostedWithoutDecap is the verdict of a host without a decap program
+// (role edge) on the mirrors that name it as their host.
+func hostedWithoutDecap(c *Compiled, node string) map[pmaps.MirrorID]hostedMirror {
+	hosted := map[pmaps.MirrorID]hostedMirror{}
+	if c == nil || node == "" {
+		return hosted
+	}
+	for id, n := range c.MirrorNodes {
+		if n == node {
+			hosted[id] = hostedMirror{reason: hostedNoDecap}
+		}
+	}
+	return hosted
+}
+
+// logHosted logs the changes of this host's verdicts on its mirrors.
+func logHosted(log *slog.Logger, prev, cur map[pmaps.MirrorID]hostedMirror, c *Compiled) {
+	for _, id := range slices.Sorted(maps.Keys(cur)) {
+		h, was := cur[id], prev[id]
+		_, seen := prev[id]
+		switch {
+		case !h.up && h.reason == hostedGUEConflict && (!seen || was != h):
+			log.Warn("mirror served by this host reported down: another mirror at its address took the GUE port",
+				"mirror", c.MirrorNames[id], "reason", h.reason, "gue_port", c.Mirrors[id].GUEPort,
+				"kept", c.MirrorNames[h.other], "kept_gue_port", c.Mirrors[h.other].GUEPort)
+		case !h.up && (!seen || was != h):
+			log.Warn("mirror served by this host reported down", "mirror", c.MirrorNames[id], "reason", h.reason)
+		case h.up && seen && !was.up:
+			log.Info("mirror served by this host reported up again", "mirror", c.MirrorNames[id])
+		}
+	}
 }

@@ -49,6 +49,9 @@ type world struct {
 	// dpState is each mirror's data-plane state: the admin state, or down
 	// when its host says so or every fresh probe of it failed.
 	dpState map[uint32]pb.MirrorState
+	// downWhy says why an active mirror is down in the data plane: its
+	// host's report ("host: " and the host's reason) or "probes".
+	downWhy map[uint32]string
 	// placed is the mirroring manager's record per resource.
 	placed map[string]*pb.PlacementRecord
 	// replicas is what each mirror's host last reported (fresh reports
@@ -96,7 +99,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 	w := &world{
 		regions: slices.Clone(s.sites), mirrors: slices.Clone(s.mirrors), resources: slices.Clone(s.resources),
 		regionID: make(map[string]uint32, len(s.sites)), mirrorID: make(map[string]uint32, len(s.mirrors)),
-		dpState: make(map[uint32]pb.MirrorState, len(s.mirrors)), placed: s.placed,
+		dpState: make(map[uint32]pb.MirrorState, len(s.mirrors)), downWhy: map[uint32]string{}, placed: s.placed,
 		replicas: map[repKey]*pb.ReplicaSync{}, backlogs: map[backlogKey]uint64{},
 	}
 	slices.SortFunc(w.regions, func(a, b *pb.Site) int { return cmp.Compare(a.GetId(), b.GetId()) })
@@ -295,6 +298,10 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 		}
 		if state == pb.MirrorState_MIRROR_STATE_ACTIVE && (hostDown || allProbesDown) {
 			state = pb.MirrorState_MIRROR_STATE_DOWN
+			w.downWhy[id] = "probes"
+			if hostDown {
+				w.downWhy[id] = "host: " + cmp.Or(mh.GetReason(), "down")
+			}
 		}
 		w.dpState[id] = state
 		in.Mirrors = append(in.Mirrors, rm)
@@ -371,7 +378,7 @@ func buildDesired(w *world, res *route.Result, slots int, now time.Time) (*pb.De
 	}
 	for _, m := range w.mirrors {
 		ds.Mirrors = append(ds.Mirrors, &pb.MirrorEndpoint{Name: m.GetName(), Id: m.GetId(), Address: m.GetAddress(), State: w.dpState[m.GetId()],
-			Encap: m.GetEncap(), GuePort: m.GetGuePort()})
+			Encap: m.GetEncap(), GuePort: m.GetGuePort(), Node: m.GetNode()})
 	}
 	sets := weightSets{byPtr: map[uintptr]uint32{}, byKey: map[string]uint32{}, ds: ds}
 	sum := &pb.RouteSummary{}

@@ -107,8 +107,8 @@ func TestBuildInputMirrorHealthAndReplicas(t *testing.T) {
 		{Node: "paris-host", ReceivedUnixNano: t0.UnixNano(), Mirrors: []*pb.MirrorHealth{{Mirror: "nyc", Health: pb.Health_HEALTH_DOWN}}},
 	}
 	in, w := buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
-	if w.dpState[1] != pb.MirrorState_MIRROR_STATE_DOWN {
-		t.Fatalf("paris failed every probe: data-plane state %v", w.dpState[1])
+	if w.dpState[1] != pb.MirrorState_MIRROR_STATE_DOWN || w.downWhy[1] != "probes" {
+		t.Fatalf("paris failed every probe: data-plane state %v (why %q)", w.dpState[1], w.downWhy[1])
 	}
 	if !in.Mirrors[1].Up || in.Mirrors[1].Utilization != 0.5 || w.dpState[2] != pb.MirrorState_MIRROR_STATE_ACTIVE {
 		t.Fatalf("nyc %+v state %v", in.Mirrors[1], w.dpState[2])
@@ -121,11 +121,11 @@ func TestBuildInputMirrorHealthAndReplicas(t *testing.T) {
 		t.Fatalf("demand %v", res.Demand)
 	}
 
-	// The host itself says nyc is down.
-	s.live[1].Mirrors[0].Health = pb.Health_HEALTH_DOWN
+	// The host itself says nyc is down, and why.
+	s.live[1].Mirrors[0].Health, s.live[1].Mirrors[0].Reason = pb.Health_HEALTH_DOWN, "gue_port_is_probe_port"
 	in, w = buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
-	if in.Mirrors[1].Up || w.dpState[2] != pb.MirrorState_MIRROR_STATE_DOWN {
-		t.Fatalf("nyc down by its host: %+v %v", in.Mirrors[1], w.dpState[2])
+	if in.Mirrors[1].Up || w.dpState[2] != pb.MirrorState_MIRROR_STATE_DOWN || w.downWhy[2] != "host: gue_port_is_probe_port" {
+		t.Fatalf("nyc down by its host: %+v %v (why %q)", in.Mirrors[1], w.dpState[2], w.downWhy[2])
 	}
 	// Admin state wins over health.
 	s.mirrors[1].State = pb.MirrorState_MIRROR_STATE_DRAINING
@@ -139,6 +139,9 @@ func TestBuildDesired(t *testing.T) {
 	s := computeWorld()
 	// nyc is reached over GUE: the edges must learn it.
 	s.mirrors[1].Encap, s.mirrors[1].GuePort = pb.Encapsulation_ENCAPSULATION_GUE, 6080
+	// Its host learns that it speaks for it, even at an address it does
+	// not terminate.
+	s.mirrors[1].Node = "nyc-host"
 	s.live = []*pb.LiveReport{
 		edgeReport("e1", "eu", t0, pr("paris", 10, pb.Health_HEALTH_UP), pr("nyc", 80, pb.Health_HEALTH_UP)),
 		edgeReport("u1", "us", t0, pr("paris", 80, pb.Health_HEALTH_UP), pr("nyc", 10, pb.Health_HEALTH_UP)),
@@ -158,7 +161,7 @@ func TestBuildDesired(t *testing.T) {
 	}
 	for _, m := range ds.GetMirrors() {
 		gue := m.GetName() == "nyc"
-		if (m.GetEncap() == pb.Encapsulation_ENCAPSULATION_GUE) != gue || (m.GetGuePort() == 6080) != gue {
+		if (m.GetEncap() == pb.Encapsulation_ENCAPSULATION_GUE) != gue || (m.GetGuePort() == 6080) != gue || (m.GetNode() == "nyc-host") != gue {
 			t.Fatalf("mirror endpoint %v", m)
 		}
 	}

@@ -22,6 +22,7 @@ type leaderState struct {
 	state    *route.State
 	lastNow  time.Time
 	held     map[uint32]*heldRegion
+	downWhy  map[uint32]string // why each active mirror was down at the last tick (logged on change)
 	lastSave time.Time
 	saves    chan routeSave // to the route-record writer (latest wins)
 }
@@ -207,7 +208,24 @@ func (c *Controller) compute(ls *leaderState, now time.Time) (*pb.DesiredState, 
 	c.routeM.Observe(res, time.Since(start))
 	ls.lastNow = now
 	ds, sum := buildDesired(w, res, c.engine.Config().Slots, now)
+	c.logDown(ls, w)
 	return ds, sum, next, nil
+}
+
+// logDown logs the active mirrors that went down in the data plane, and
+// why, or came back.
+func (c *Controller) logDown(ls *leaderState, w *world) {
+	for _, m := range w.mirrors {
+		id := m.GetId()
+		why, was := w.downWhy[id], ls.downWhy[id]
+		switch {
+		case why != "" && why != was:
+			c.log.Warn("mirror down: routed around", "mirror", m.GetName(), "why", why, "node", m.GetNode())
+		case why == "" && was != "":
+			c.log.Info("mirror up again", "mirror", m.GetName(), "was", was)
+		}
+	}
+	ls.downWhy = w.downWhy
 }
 
 func (c *Controller) inputConfig() inputConfig {

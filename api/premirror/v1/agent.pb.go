@@ -901,7 +901,10 @@ type MirrorHealth struct {
 	// What this host's primary volumes still have to send to each peer
 	// they track changes for (a retired placed copy keeps its tracking),
 	// so the controller can cost a delta copy by what it must catch up on.
-	Backlogs      []*ReplicaBacklog `protobuf:"bytes,6,rep,name=backlogs,proto3" json:"backlogs,omitempty"`
+	Backlogs []*ReplicaBacklog `protobuf:"bytes,6,rep,name=backlogs,proto3" json:"backlogs,omitempty"`
+	// Why the host reports it DOWN: gue_port_is_probe_port,
+	// gue_port_conflict, address_not_decapsulated, no_decap_program.
+	Reason        string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -976,6 +979,13 @@ func (x *MirrorHealth) GetBacklogs() []*ReplicaBacklog {
 		return x.Backlogs
 	}
 	return nil
+}
+
+func (x *MirrorHealth) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
 }
 
 // ReplicaBacklog is the change-tracking backlog of one primary volume
@@ -1170,14 +1180,15 @@ const file_premirror_v1_agent_proto_rawDesc = "" +
 	"intervalNs\"`\n" +
 	"\tNodeStats\x12'\n" +
 	"\x0fcpu_utilization\x18\x01 \x01(\x01R\x0ecpuUtilization\x12*\n" +
-	"\x11memory_used_bytes\x18\x02 \x01(\x04R\x0fmemoryUsedBytes\"\x95\x02\n" +
+	"\x11memory_used_bytes\x18\x02 \x01(\x04R\x0fmemoryUsedBytes\"\xad\x02\n" +
 	"\fMirrorHealth\x12\x16\n" +
 	"\x06mirror\x18\x01 \x01(\tR\x06mirror\x12,\n" +
 	"\x06health\x18\x02 \x01(\x0e2\x14.premirror.v1.HealthR\x06health\x12 \n" +
 	"\vutilization\x18\x03 \x01(\x01R\vutilization\x12,\n" +
 	"\x12requests_in_flight\x18\x04 \x01(\x04R\x10requestsInFlight\x125\n" +
 	"\breplicas\x18\x05 \x03(\v2\x19.premirror.v1.ReplicaSyncR\breplicas\x128\n" +
-	"\bbacklogs\x18\x06 \x03(\v2\x1c.premirror.v1.ReplicaBacklogR\bbacklogs\"e\n" +
+	"\bbacklogs\x18\x06 \x03(\v2\x1c.premirror.v1.ReplicaBacklogR\bbacklogs\x12\x16\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\"e\n" +
 	"\x0eReplicaBacklog\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\tR\bresource\x12\x12\n" +
 	"\x04peer\x18\x02 \x01(\tR\x04peer\x12#\n" +

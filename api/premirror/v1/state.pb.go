@@ -398,8 +398,11 @@ type MirrorEndpoint struct {
 	Address string                 `protobuf:"bytes,3,opt,name=address,proto3" json:"address,omitempty"`
 	State   MirrorState            `protobuf:"varint,4,opt,name=state,proto3,enum=premirror.v1.MirrorState" json:"state,omitempty"`
 	// As in Mirror.
-	Encap         Encapsulation `protobuf:"varint,5,opt,name=encap,proto3,enum=premirror.v1.Encapsulation" json:"encap,omitempty"`
-	GuePort       uint32        `protobuf:"varint,6,opt,name=gue_port,json=guePort,proto3" json:"gue_port,omitempty"`
+	Encap   Encapsulation `protobuf:"varint,5,opt,name=encap,proto3,enum=premirror.v1.Encapsulation" json:"encap,omitempty"`
+	GuePort uint32        `protobuf:"varint,6,opt,name=gue_port,json=guePort,proto3" json:"gue_port,omitempty"`
+	// As in Mirror: the host whose agent reports on it (empty: none), so
+	// that agent also speaks for a mirror it cannot serve.
+	Node          string `protobuf:"bytes,7,opt,name=node,proto3" json:"node,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -474,6 +477,13 @@ func (x *MirrorEndpoint) GetGuePort() uint32 {
 		return x.GuePort
 	}
 	return 0
+}
+
+func (x *MirrorEndpoint) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
 }
 
 // VIP is one (address, port, protocol) a resource is reached at.
@@ -765,14 +775,15 @@ const file_premirror_v1_state_proto_rawDesc = "" +
 	"\vRegionState\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x1a\n" +
-	"\bprefixes\x18\x03 \x03(\tR\bprefixes\"\xcd\x01\n" +
+	"\bprefixes\x18\x03 \x03(\tR\bprefixes\"\xe1\x01\n" +
 	"\x0eMirrorEndpoint\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x18\n" +
 	"\aaddress\x18\x03 \x01(\tR\aaddress\x12/\n" +
 	"\x05state\x18\x04 \x01(\x0e2\x19.premirror.v1.MirrorStateR\x05state\x121\n" +
 	"\x05encap\x18\x05 \x01(\x0e2\x1b.premirror.v1.EncapsulationR\x05encap\x12\x19\n" +
-	"\bgue_port\x18\x06 \x01(\rR\aguePort\"g\n" +
+	"\bgue_port\x18\x06 \x01(\rR\aguePort\x12\x12\n" +
+	"\x04node\x18\a \x01(\tR\x04node\"g\n" +
 	"\x03VIP\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x122\n" +
