@@ -599,8 +599,8 @@ func (a *Agent) pruneCounters(cs map[pmaps.CounterKey]pmaps.Counter, c *Compiled
 
 // mirrorHealth speaks for the mirrors this host serves (its decap
 // addresses', and those the desired state names it host of): up, or down
-// with why (planDecap), with the sync state of the copies its replicator
-// holds.
+// or unknown with why (planDecap), with the sync state of the copies its
+// replicator holds.
 func (cp *controlPlane) mirrorHealth() []*pb.MirrorHealth {
 	a := cp.a
 	a.mu.Lock()
@@ -613,11 +613,7 @@ func (cp *controlPlane) mirrorHealth() []*pb.MirrorHealth {
 	var out []*pb.MirrorHealth
 	for _, id := range slices.Sorted(maps.Keys(hosted)) {
 		h := hosted[id]
-		mh := &pb.MirrorHealth{Mirror: c.MirrorNames[id], Health: pb.Health_HEALTH_UP, Utilization: util}
-		if !h.up {
-			mh.Health, mh.Reason = pb.Health_HEALTH_DOWN, h.reason
-		}
-		out = append(out, mh)
+		out = append(out, &pb.MirrorHealth{Mirror: c.MirrorNames[id], Health: h.health, Reason: h.reason, Utilization: util})
 	}
 	if a.repl != nil {
 		st := a.repl.Status()

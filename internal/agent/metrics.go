@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -67,7 +68,7 @@ func newMetrics(a *Agent) *metrics {
 		tables:     d("route_tables", "Distinct route tables installed (shared by routes with identical slots)."),
 		routes:     d("routes", "Routes installed, one per (resource, client region)."),
 		mirrorUp:   d("mirror_state", "1 for the state each mirror is in.", "mirror", "state"),
-		hosted:     d("hosted_mirror_up", hostedHelp, "mirror", "reason"),
+		hosted:     d("hosted_mirror_health", hostedHelp, "mirror", "health", "reason"),
 		memory:     d("map_memory_bytes", "Kernel memory of each BPF map.", "map"),
 		attached:   d("xdp_attached", "1 per attached XDP program.", "iface", "program", "mode"),
 		next:       d("xdp_next_program_info", "1 per XDP program chained after ours (xdp_chain), by our program, the interface (\"*\": every interface without its own) and its name.", "program", "iface", "next"),
@@ -126,7 +127,7 @@ func (m *metrics) reconcile(ok bool, d time.Duration) {
 	m.reconcileTime.Observe(d.Seconds())
 }
 
-const hostedHelp = "Mirrors this host serves (at its decap addresses, or naming it as their host): 1 up, 0 down with why (gue_port_is_probe_port, gue_port_conflict, address_not_decapsulated, no_decap_program; empty when up), as reported to the controller."
+const hostedHelp = "1 per mirror this host serves (at its decap addresses, or naming it as its host), for the health it reports to the controller: up; down (gue_port_is_probe_port, gue_port_conflict: GUE to it is not decapsulated); unknown, left to the probes (address_not_decapsulated, no_decap_program)."
 
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
@@ -160,11 +161,8 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	regionNames, mirrorNames := map[uint32]string{}, map[uint32]string{}
 	if c != nil {
 		for id, h := range hosted {
-			v := 0.0
-			if h.up {
-				v = 1
-			}
-			ch <- prometheus.MustNewConstMetric(m.hosted, prometheus.GaugeValue, v, c.MirrorNames[id], h.reason)
+			health := strings.ToLower(strings.TrimPrefix(h.health.String(), "HEALTH_"))
+			ch <- prometheus.MustNewConstMetric(m.hosted, prometheus.GaugeValue, 1, c.MirrorNames[id], health, h.reason)
 		}
 		for id, n := range c.RegionNames {
 			regionNames[uint32(id)] = n

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/maps"
 	"github.com/premirror/premirror/internal/probe"
 )
@@ -44,15 +45,15 @@ func TestProbeTimeoutBacksOff(t *testing.T) {
 // hosts' addresses and IPIP mirrors change nothing. An address has one
 // GUE port: the lowest-ID GUE mirror there sets it and a mirror asking
 // for another is reported down, as is one whose port is probe.port (not
-// opened: GUE would take the probes) and one naming this node at an
-// address it does not decapsulate. The outcome never depends on map order.
+// opened: GUE would take the probes); one naming this node at an address
+// it does not decapsulate is unknown (a NATed public address looks the
+// same), left to the probes. The outcome never depends on map order.
 func TestPlanDecap(t *testing.T) {
 	a4, a6, other := netip.MustParseAddr("192.0.2.10"), netip.MustParseAddr("2001:db8::10"), netip.MustParseAddr("192.0.2.99")
 	gue := func(a netip.Addr, port uint16) maps.Mirror {
 		return maps.Mirror{Addr: a, Encap: maps.EncapGUE, GUEPort: port}
 	}
-	up := hostedMirror{up: true}
-	down := func(r string) hostedMirror { return hostedMirror{reason: r} }
+	up, down := hostedUp, hostedDown
 	const probePort = 7946
 	for _, c := range []struct {
 		name       string
@@ -73,13 +74,13 @@ func TestPlanDecap(t *testing.T) {
 		{"two ports at one address: the lower ID's stands", 0,
 			map[maps.MirrorID]maps.Mirror{7: gue(a4, 9001), 3: gue(a4, 9000), 5: gue(a4, 9000), 9: {Addr: a4}}, nil,
 			map[netip.Addr]uint16{a4: 9000, a6: 0},
-			map[maps.MirrorID]hostedMirror{3: up, 5: up, 7: {reason: hostedGUEConflict, other: 3}, 9: up}},
+			map[maps.MirrorID]hostedMirror{3: up, 5: up, 7: {health: pb.Health_HEALTH_DOWN, reason: hostedGUEConflict, other: 3}, 9: up}},
 		{"gue_port = probe.port is not opened", 6080, map[maps.MirrorID]maps.Mirror{1: gue(a4, probePort), 2: gue(a4, 9000)}, nil,
 			map[netip.Addr]uint16{a4: 9000, a6: 6080}, map[maps.MirrorID]hostedMirror{1: down(hostedGUEProbePort), 2: up}},
 		{"named host, address not here", 0, map[maps.MirrorID]maps.Mirror{1: {Addr: other}, 2: gue(other, 9000), 3: {Addr: netip.MustParseAddr("192.0.2.98")}},
 			map[maps.MirrorID]string{1: "me", 2: "me", 3: "someone-else"},
 			map[netip.Addr]uint16{a4: 0, a6: 0},
-			map[maps.MirrorID]hostedMirror{1: down(hostedNotDecapsulated), 2: down(hostedNotDecapsulated)}},
+			map[maps.MirrorID]hostedMirror{1: hostedUnknown(hostedNotDecapsulated), 2: hostedUnknown(hostedNotDecapsulated)}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			comp := &Compiled{Mirrors: c.mirrors, MirrorNodes: c.nodes, MirrorNames: map[maps.MirrorID]string{}}
@@ -96,12 +97,12 @@ func TestPlanDecap(t *testing.T) {
 	}
 	// Probes off: the port is free for GUE.
 	comp := &Compiled{Mirrors: map[maps.MirrorID]maps.Mirror{1: gue(a4, probePort)}}
-	if got, hosted := planDecap([]netip.Addr{a4}, 0, 0, comp, "me", nil); got[a4] != probePort || !hosted[1].up {
+	if got, hosted := planDecap([]netip.Addr{a4}, 0, 0, comp, "me", nil); got[a4] != probePort || hosted[1] != up {
 		t.Fatalf("probes off: ports %v hosted %+v, want %d and up", got, hosted, probePort)
 	}
 	// An edge runs no decap program: the mirrors naming it are down.
 	comp = &Compiled{Mirrors: map[maps.MirrorID]maps.Mirror{1: {Addr: a4}, 2: {Addr: a6}}, MirrorNodes: map[maps.MirrorID]string{1: "me"}}
-	if got := hostedWithoutDecap(comp, "me"); !stdmaps.Equal(got, map[maps.MirrorID]hostedMirror{1: down(hostedNoDecap)}) {
+	if got := hostedWithoutDecap(comp, "me"); !stdmaps.Equal(got, map[maps.MirrorID]hostedMirror{1: hostedUnknown(hostedNoDecap)}) {
 		t.Fatalf("edge: hosted %+v", got)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"slices"
 
+	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/chash"
 	pmaps "github.com/premirror/premirror/internal/maps"
 )
@@ -219,7 +220,11 @@ func ReconcileDecap(d *pmaps.Decap, want map[netip.Addr]uint16) (Changes, error)
 	return ch, nil
 }
 
-// Why a host reports a mirror it serves DOWN (MirrorHealth.reason).
+// Why a host does not report a mirror it serves up (MirrorHealth.reason).
+// The GUE ones are DOWN: edges' GUE packets are not decapsulated, and the
+// probes cannot tell (the decap program answers them either way). The
+// others are UNKNOWN, left to the probes: a mirror's address may be a
+// public address NATed to the host's own, which this host cannot see.
 const (
 	// The mirror's gue_port is this host's probe.port: decapsulating GUE
 	// there would swallow the edges' probes, so the port is not opened.
@@ -228,7 +233,7 @@ const (
 	// address's one GUE port with a different gue_port.
 	hostedGUEConflict = "gue_port_conflict"
 	// The mirror names this host but its address is none of this host's
-	// decap addresses: what edges send it is not decapsulated here.
+	// decap addresses.
 	hostedNotDecapsulated = "address_not_decapsulated"
 	// The mirror names this host, which runs no decap program (role edge).
 	hostedNoDecap = "no_decap_program"
@@ -237,9 +242,19 @@ const (
 // hostedMirror is this host's verdict on a mirror it serves: one at a
 // decap address of its, or one whose desired state names it as host.
 type hostedMirror struct {
-	up     bool
+	health pb.Health
 	reason string         // why not up
 	other  pmaps.MirrorID // gue_port_conflict: the mirror whose port stands
+}
+
+var hostedUp = hostedMirror{health: pb.Health_HEALTH_UP}
+
+func hostedDown(reason string) hostedMirror {
+	return hostedMirror{health: pb.Health_HEALTH_DOWN, reason: reason}
+}
+
+func hostedUnknown(reason string) hostedMirror {
+	return hostedMirror{health: pb.Health_HEALTH_UNKNOWN, reason: reason}
 }
 
 // planDecap decides the GUE port of each decap address and this host's
@@ -251,8 +266,8 @@ type hostedMirror struct {
 // has one GUE port: mirrors are taken in ID order and the first one's
 // port stands, a later mirror there with another port is down (so is a
 // mirror whose port is probePort, 0 when probes are off). A mirror that
-// names this node (from the controller) but is at none of addrs is down
-// too. Deterministic: map order never picks the port.
+// names this node (from the controller) but is at none of addrs is
+// unknown. Deterministic: map order never picks the port.
 func planDecap(addrs []netip.Addr, def, probePort uint16, c *Compiled, node string, log *slog.Logger) (map[netip.Addr]uint16, map[pmaps.MirrorID]hostedMirror) {
 	want := make(map[netip.Addr]uint16, len(addrs))
 	for _, a := range addrs {
@@ -270,26 +285,26 @@ func planDecap(addrs []netip.Addr, def, probePort uint16, c *Compiled, node stri
 		switch {
 		case !local:
 			if node != "" && c.MirrorNodes[id] == node {
-				hosted[id] = hostedMirror{reason: hostedNotDecapsulated}
+				hosted[id] = hostedUnknown(hostedNotDecapsulated)
 			}
 			continue
 		case m.Encap != pmaps.EncapGUE:
-			hosted[id] = hostedMirror{up: true}
+			hosted[id] = hostedUp
 			continue
 		case probePort != 0 && m.GUEPort == probePort:
-			hosted[id] = hostedMirror{reason: hostedGUEProbePort}
+			hosted[id] = hostedDown(hostedGUEProbePort)
 			continue
 		}
 		if first, ok := claimed[a]; ok {
 			if p == m.GUEPort {
-				hosted[id] = hostedMirror{up: true}
+				hosted[id] = hostedUp
 			} else {
-				hosted[id] = hostedMirror{reason: hostedGUEConflict, other: first}
+				hosted[id] = hostedMirror{health: pb.Health_HEALTH_DOWN, reason: hostedGUEConflict, other: first}
 			}
 			continue
 		}
 		claimed[a] = id
-		hosted[id] = hostedMirror{up: true}
+		hosted[id] = hostedUp
 		if p != m.GUEPort && p != 0 && log != nil {
 			log.Warn("decap_gue_port overridden by the mirror's gue_port", "address", a, "mirror", c.MirrorNames[id], "decap_gue_port", p, "gue_port", m.GUEPort)
 		}
@@ -307,7 +322,7 @@ func hostedWithoutDecap(c *Compiled, node string) map[pmaps.MirrorID]hostedMirro
 	}
 	for id, n := range c.MirrorNodes {
 		if n == node {
-			hosted[id] = hostedMirror{reason: hostedNoDecap}
+			hosted[id] = hostedUnknown(hostedNoDecap)
 		}
 	}
 	return hosted
@@ -318,15 +333,22 @@ func logHosted(log *slog.Logger, prev, cur map[pmaps.MirrorID]hostedMirror, c *C
 	for _, id := range slices.Sorted(maps.Keys(cur)) {
 		h, was := cur[id], prev[id]
 		_, seen := prev[id]
+		if seen && was == h {
+			continue
+		}
+		name := c.MirrorNames[id]
 		switch {
-		case !h.up && h.reason == hostedGUEConflict && (!seen || was != h):
+		case h.reason == hostedGUEConflict:
 			log.Warn("mirror served by this host reported down: another mirror at its address took the GUE port",
-				"mirror", c.MirrorNames[id], "reason", h.reason, "gue_port", c.Mirrors[id].GUEPort,
+				"mirror", name, "reason", h.reason, "gue_port", c.Mirrors[id].GUEPort,
 				"kept", c.MirrorNames[h.other], "kept_gue_port", c.Mirrors[h.other].GUEPort)
-		case !h.up && (!seen || was != h):
-			log.Warn("mirror served by this host reported down", "mirror", c.MirrorNames[id], "reason", h.reason)
-		case h.up && seen && !was.up:
-			log.Info("mirror served by this host reported up again", "mirror", c.MirrorNames[id])
+		case h.health == pb.Health_HEALTH_DOWN:
+			log.Warn("mirror served by this host reported down", "mirror", name, "reason", h.reason)
+		case h.health == pb.Health_HEALTH_UNKNOWN:
+			log.Warn("mirror names this host, which cannot vouch for it: left to the probes", "mirror", name, "reason", h.reason,
+				"address", c.Mirrors[id].Addr)
+		case seen:
+			log.Info("mirror served by this host reported up again", "mirror", name)
 		}
 	}
 }
