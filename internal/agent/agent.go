@@ -50,6 +50,9 @@ type Agent struct {
 	netns   *netns.NsHandle // where Start ran: the router's interfaces and routes (nil: no router)
 	reg     *prometheus.Registry
 	metrics *metrics
+	// svc checks the services of the resources this host's mirrors hold
+	// (mirror hosts under a controller; nil otherwise).
+	svc *serviceChecker
 }
 
 // New prepares an agent; Run starts it.
@@ -61,6 +64,9 @@ func New(cfg *Config, path string, log *slog.Logger) *Agent {
 	a.reg = prometheus.NewRegistry()
 	a.metrics = newMetrics(a)
 	a.reg.MustRegister(a.metrics)
+	if cfg.Controller != nil && cfg.Role != RoleEdge && !cfg.ServiceCheck.Disabled {
+		a.svc = newServiceChecker(cfg.ServiceCheck, func(r string) { a.metrics.serviceChecks.WithLabelValues(r).Inc() })
+	}
 	return a
 }
 
@@ -234,6 +240,9 @@ func (a *Agent) apply(cfg *Config) error {
 	a.hosted = hosted
 	a.mu.Unlock()
 	logHosted(a.log, prev, hosted, compiled)
+	if a.svc != nil {
+		a.svc.setTargets(serviceTargets(compiled, hosted))
+	}
 	a.log.Info("desired state applied", "version", a.version, "written", total.Written, "deleted", total.Deleted,
 		"duration", time.Since(start).Round(time.Microsecond))
 	return nil

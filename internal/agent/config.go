@@ -73,6 +73,9 @@ type Config struct {
 	Controller *ControllerCfg `yaml:"controller"`
 	// Probe configures the edges' active probes to mirrors.
 	Probe ProbeCfg `yaml:"probe"`
+	// ServiceCheck configures a mirror host's checks that the services of
+	// the resources its mirrors hold answer (under a controller).
+	ServiceCheck ServiceCheckCfg `yaml:"service_check"`
 	// Replication runs the node's block replicator.
 	Replication *Replication `yaml:"replication"`
 	State       DesiredState `yaml:",inline"`
@@ -120,9 +123,12 @@ type Mirror struct {
 	// load over RX queues by outer headers only).
 	Encap   string `yaml:"encap,omitempty"`
 	GUEPort int    `yaml:"gue_port,omitempty"` // required with encap gue; the mirror's decap_gue_port
-	// Node is the host whose agent reports on the mirror (set by the
-	// controller's desired state; a static file has no reports).
-	Node string `yaml:"-"`
+	// Node is the host whose agent reports on the mirror and Resources
+	// the IDs of the resources it holds a copy of, whose services that
+	// host checks (set by the controller's desired state; a static file
+	// has no reports).
+	Node      string   `yaml:"-"`
+	Resources []uint32 `yaml:"-"`
 }
 
 // Resource is a mirrored service and its VIPs.
@@ -355,6 +361,9 @@ func (c *Config) Validate() error {
 	if c.Probe.SurveyInterval < 0 {
 		return errors.New("probe.survey_interval: negative")
 	}
+	if err := c.ServiceCheck.validate(); err != nil {
+		return err
+	}
 	if c.Replication != nil {
 		if err := c.Replication.validate(); err != nil {
 			return err
@@ -397,21 +406,25 @@ type Compiled struct {
 	RegionNames   map[maps.RegionID]string
 	MirrorNames   map[maps.MirrorID]string
 	ResourceNames map[maps.ResourceID]string
-	// MirrorNodes is the host of each mirror that names one.
-	MirrorNodes map[maps.MirrorID]string
+	// MirrorNodes is the host of each mirror that names one, and
+	// MirrorResources the resources each holds a copy of (both from the
+	// controller).
+	MirrorNodes     map[maps.MirrorID]string
+	MirrorResources map[maps.MirrorID][]maps.ResourceID
 }
 
 // Compile validates names, IDs, prefixes and routes and resolves them.
 func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
 	out := &Compiled{
-		Prefixes:      map[netip.Prefix]maps.RegionID{},
-		Mirrors:       map[maps.MirrorID]maps.Mirror{},
-		VIPs:          map[maps.VIP]maps.VIPOptions{},
-		Routes:        map[maps.RouteKey]map[maps.MirrorID]uint32{},
-		RegionNames:   map[maps.RegionID]string{},
-		MirrorNames:   map[maps.MirrorID]string{},
-		ResourceNames: map[maps.ResourceID]string{},
-		MirrorNodes:   map[maps.MirrorID]string{},
+		Prefixes:        map[netip.Prefix]maps.RegionID{},
+		Mirrors:         map[maps.MirrorID]maps.Mirror{},
+		VIPs:            map[maps.VIP]maps.VIPOptions{},
+		Routes:          map[maps.RouteKey]map[maps.MirrorID]uint32{},
+		RegionNames:     map[maps.RegionID]string{},
+		MirrorNames:     map[maps.MirrorID]string{},
+		ResourceNames:   map[maps.ResourceID]string{},
+		MirrorNodes:     map[maps.MirrorID]string{},
+		MirrorResources: map[maps.MirrorID][]maps.ResourceID{},
 	}
 	regions := map[string]maps.RegionID{}
 	for i, r := range s.Regions {
@@ -494,6 +507,9 @@ func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
 		out.Mirrors[maps.MirrorID(m.ID)] = mm
 		if m.Node != "" {
 			out.MirrorNodes[maps.MirrorID(m.ID)] = m.Node
+		}
+		for _, r := range m.Resources {
+			out.MirrorResources[maps.MirrorID(m.ID)] = append(out.MirrorResources[maps.MirrorID(m.ID)], maps.ResourceID(r))
 		}
 	}
 	seenRes := map[string]bool{}

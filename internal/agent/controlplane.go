@@ -599,8 +599,8 @@ func (a *Agent) pruneCounters(cs map[pmaps.CounterKey]pmaps.Counter, c *Compiled
 
 // mirrorHealth speaks for the mirrors this host serves (its decap
 // addresses', and those the desired state names it host of): up, or down
-// or unknown with why (planDecap), with the sync state of the copies its
-// replicator holds.
+// or unknown with why (planDecap), the resources whose service does not
+// answer here, and the sync state of the copies its replicator holds.
 func (cp *controlPlane) mirrorHealth() []*pb.MirrorHealth {
 	a := cp.a
 	a.mu.Lock()
@@ -610,10 +610,20 @@ func (cp *controlPlane) mirrorHealth() []*pb.MirrorHealth {
 		return nil
 	}
 	util := cp.utilization()
+	var unserved []pmaps.ResourceID
+	if a.svc != nil {
+		unserved = a.svc.unserved()
+	}
 	var out []*pb.MirrorHealth
 	for _, id := range slices.Sorted(maps.Keys(hosted)) {
 		h := hosted[id]
-		out = append(out, &pb.MirrorHealth{Mirror: c.MirrorNames[id], Health: h.health, Reason: h.reason, Utilization: util})
+		mh := &pb.MirrorHealth{Mirror: c.MirrorNames[id], Health: h.health, Reason: h.reason, Utilization: util}
+		for _, r := range unserved {
+			if slices.Contains(c.MirrorResources[id], r) {
+				mh.UnservedResources = append(mh.UnservedResources, c.ResourceNames[r])
+			}
+		}
+		out = append(out, mh)
 	}
 	if a.repl != nil {
 		st := a.repl.Status()
@@ -643,6 +653,10 @@ func (cp *controlPlane) run(ctx context.Context, wg *sync.WaitGroup) {
 				cp.a.log.Error("probe responder stopped", "err", err)
 			}
 		}()
+	}
+	if svc := cp.a.svc; svc != nil {
+		wg.Add(1)
+		go func() { defer wg.Done(); svc.run(ctx) }()
 	}
 	if cp.client != nil {
 		wg.Add(1)

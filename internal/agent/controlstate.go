@@ -47,7 +47,7 @@ func StateFromProto(st *pb.DesiredState) (DesiredState, error) {
 		mirrorName[m.GetId()] = m.GetName()
 		// Compile checks that GUE has a port and IPIP none.
 		out.Mirrors = append(out.Mirrors, Mirror{Name: m.GetName(), ID: m.GetId(), Address: m.GetAddress(), State: state,
-			Encap: encap, GUEPort: int(m.GetGuePort()), Node: m.GetNode()})
+			Encap: encap, GUEPort: int(m.GetGuePort()), Node: m.GetNode(), Resources: m.GetResourceIds()})
 	}
 	// Weight sets are shared between routes: resolve each once.
 	sets := make([]map[string]uint32, len(st.GetWeightSets()))

@@ -30,6 +30,7 @@ type metrics struct {
 	routes     *prometheus.Desc
 	mirrorUp   *prometheus.Desc
 	hosted     *prometheus.Desc
+	unserved   *prometheus.Desc
 	memory     *prometheus.Desc
 	attached   *prometheus.Desc
 	next       *prometheus.Desc
@@ -45,6 +46,7 @@ type metrics struct {
 	tasks         *prometheus.GaugeVec
 	nextStart     prometheus.Gauge
 	probeTargets  *prometheus.GaugeVec
+	serviceChecks *prometheus.CounterVec
 
 	mu           sync.Mutex
 	sessionCount int
@@ -69,6 +71,7 @@ func newMetrics(a *Agent) *metrics {
 		routes:     d("routes", "Routes installed, one per (resource, client region)."),
 		mirrorUp:   d("mirror_state", "1 for the state each mirror is in.", "mirror", "state"),
 		hosted:     d("hosted_mirror_health", hostedHelp, "mirror", "health", "reason"),
+		unserved:   d("service_unserved", "1 per resource whose service does not answer on this host (service_check: no TCP VIP accepted a connection, fall checks in a row); reported to the controller, which routes it to other copies.", "resource"),
 		memory:     d("map_memory_bytes", "Kernel memory of each BPF map.", "map"),
 		attached:   d("xdp_attached", "1 per attached XDP program.", "iface", "program", "mode"),
 		next:       d("xdp_next_program_info", "1 per XDP program chained after ours (xdp_chain), by our program, the interface (\"*\": every interface without its own) and its name.", "program", "iface", "next"),
@@ -101,6 +104,10 @@ func newMetrics(a *Agent) *metrics {
 			Namespace: ns, Name: "replication_task_next_start_timestamp_seconds",
 			Help: "When the next held replication task starts (unix seconds; 0 when none is held).",
 		}),
+		serviceChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Name: "service_checks_total",
+			Help: "TCP connections to the VIPs of the resources this host's mirrors hold (service_check), by result: ok, refused, timeout, error.",
+		}, []string{"result"}),
 		probeTargets: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Name: "probe_targets",
 			Help: "Mirrors this edge probes, by class: active (carrying its traffic, every probe.active_interval), shortlist (every probe.interval) and survey (every probe.survey_interval).",
@@ -108,6 +115,9 @@ func newMetrics(a *Agent) *metrics {
 	}
 	for _, c := range []string{"active", "shortlist", "survey"} {
 		m.probeTargets.WithLabelValues(c)
+	}
+	for _, r := range checkResults {
+		m.serviceChecks.WithLabelValues(r)
 	}
 	m.tasks.WithLabelValues("held")
 	m.tasks.WithLabelValues("started")
@@ -132,7 +142,7 @@ const hostedHelp = "1 per mirror this host serves (at its decap addresses, or na
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.packets, m.decap, m.newFlows, m.fwdPackets, m.fwdBytes, m.sessions,
-		m.tables, m.routes, m.mirrorUp, m.hosted, m.memory, m.attached, m.next, m.info, m.nhHits, m.nhLookups} {
+		m.tables, m.routes, m.mirrorUp, m.hosted, m.unserved, m.memory, m.attached, m.next, m.info, m.nhHits, m.nhLookups} {
 		ch <- d
 	}
 	m.scrapeErrors.Describe(ch)
@@ -143,6 +153,7 @@ func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	m.tasks.Describe(ch)
 	m.nextStart.Describe(ch)
 	m.probeTargets.Describe(ch)
+	m.serviceChecks.Describe(ch)
 }
 
 func name(names map[uint32]string, id uint32) string {
@@ -163,6 +174,11 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		for id, h := range hosted {
 			health := strings.ToLower(strings.TrimPrefix(h.health.String(), "HEALTH_"))
 			ch <- prometheus.MustNewConstMetric(m.hosted, prometheus.GaugeValue, 1, c.MirrorNames[id], health, h.reason)
+		}
+		if a.svc != nil {
+			for _, r := range a.svc.unserved() {
+				ch <- prometheus.MustNewConstMetric(m.unserved, prometheus.GaugeValue, 1, c.ResourceNames[r])
+			}
 		}
 		for id, n := range c.RegionNames {
 			regionNames[uint32(id)] = n
@@ -282,6 +298,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	m.tasks.Collect(ch)
 	m.nextStart.Collect(ch)
 	m.probeTargets.Collect(ch)
+	m.serviceChecks.Collect(ch)
 }
 
 // sessionsCached counts sessions at most every 10 s: a count walks the

@@ -57,6 +57,9 @@ type world struct {
 	// replicas is what each mirror's host last reported (fresh reports
 	// only) of the copies it holds, by (mirror, resource).
 	replicas map[repKey]*pb.ReplicaSync
+	// unserved: the mirror's host reports the resource's service does
+	// not answer there (fresh reports only); that copy is not routed to.
+	unserved map[repKey]bool
 	// backlogs is what each node's primary volumes last reported still
 	// to send to each peer (fresh reports only), in bytes.
 	backlogs map[backlogKey]uint64
@@ -100,7 +103,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 		regions: slices.Clone(s.sites), mirrors: slices.Clone(s.mirrors), resources: slices.Clone(s.resources),
 		regionID: make(map[string]uint32, len(s.sites)), mirrorID: make(map[string]uint32, len(s.mirrors)),
 		dpState: make(map[uint32]pb.MirrorState, len(s.mirrors)), downWhy: map[uint32]string{}, placed: s.placed,
-		replicas: map[repKey]*pb.ReplicaSync{}, backlogs: map[backlogKey]uint64{},
+		replicas: map[repKey]*pb.ReplicaSync{}, backlogs: map[backlogKey]uint64{}, unserved: map[repKey]bool{},
 	}
 	slices.SortFunc(w.regions, func(a, b *pb.Site) int { return cmp.Compare(a.GetId(), b.GetId()) })
 	slices.SortFunc(w.mirrors, func(a, b *pb.Mirror) int { return cmp.Compare(a.GetId(), b.GetId()) })
@@ -149,6 +152,9 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 					mirrorHealth[m.GetName()] = mh
 					for _, rs := range mh.GetReplicas() {
 						replicas[repKey{m.GetName(), rs.GetResource()}] = rs
+					}
+					for _, r := range mh.GetUnservedResources() {
+						w.unserved[repKey{m.GetName(), r}] = true
 					}
 					for _, b := range mh.GetBacklogs() {
 						w.backlogs[backlogKey{rep.GetNode(), b.GetResource(), b.GetPeer()}] = b.GetPendingBytes()
@@ -314,7 +320,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 		}
 		maxLag := time.Duration(r.GetThresholds().GetMaxLagSeconds()) * time.Second
 		if oid, ok := w.mirrorID[r.GetOrigin()]; ok {
-			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: oid, InSync: true})
+			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: oid, InSync: !w.unserved[repKey{r.GetOrigin(), r.GetName()}]})
 		}
 		for _, name := range r.GetMirrorPolicy().GetMirrors() {
 			mid, ok := w.mirrorID[name]
@@ -327,7 +333,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 			if rs := replicas[repKey{name, r.GetName()}]; rs != nil {
 				inSync = replicaInSync(rs, maxLag)
 			}
-			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: mid, InSync: inSync})
+			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: mid, InSync: inSync && !w.unserved[repKey{name, r.GetName()}]})
 		}
 		// Copies the mirroring manager placed are routable only once their
 		// host reports them in sync within the lag bound: until then the
@@ -337,7 +343,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 			if !ok || slices.Contains(r.GetMirrorPolicy().GetMirrors(), pl.GetMirror()) || pl.GetMirror() == r.GetOrigin() {
 				continue
 			}
-			inSync := replicaInSync(replicas[repKey{pl.GetMirror(), r.GetName()}], maxLag)
+			inSync := replicaInSync(replicas[repKey{pl.GetMirror(), r.GetName()}], maxLag) && !w.unserved[repKey{pl.GetMirror(), r.GetName()}]
 			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: mid, InSync: inSync})
 		}
 		rr.Demand = demand[r.GetId()]
@@ -367,6 +373,31 @@ func haversineKm(a, b *pb.Location) float64 {
 	return 2 * r * math.Asin(math.Min(1, math.Sqrt(h)))
 }
 
+// heldResources lists, per mirror ID, the resources it holds a copy of
+// (origin, listed mirror, placed copy), sorted: the host checks their
+// services.
+func heldResources(w *world) map[uint32][]uint32 {
+	held := map[uint32][]uint32{}
+	add := func(mirror string, r uint32) {
+		if id, ok := w.mirrorID[mirror]; ok && !slices.Contains(held[id], r) {
+			held[id] = append(held[id], r)
+		}
+	}
+	for _, r := range w.resources {
+		add(r.GetOrigin(), r.GetId())
+		for _, m := range r.GetMirrorPolicy().GetMirrors() {
+			add(m, r.GetId())
+		}
+		for _, pl := range w.placed[r.GetName()].GetPlaced() {
+			add(pl.GetMirror(), r.GetId())
+		}
+	}
+	for _, ids := range held {
+		slices.Sort(ids)
+	}
+	return held
+}
+
 // buildDesired turns the policy's result into the global desired state
 // (version and default region unset). Every resource also gets a wildcard
 // route to its origin, which serves regions the policy has no candidate
@@ -376,9 +407,10 @@ func buildDesired(w *world, res *route.Result, slots int, now time.Time) (*pb.De
 	for _, r := range w.regions {
 		ds.Regions = append(ds.Regions, &pb.RegionState{Name: r.GetName(), Id: r.GetId(), Prefixes: r.GetClientPrefixes()})
 	}
+	held := heldResources(w)
 	for _, m := range w.mirrors {
 		ds.Mirrors = append(ds.Mirrors, &pb.MirrorEndpoint{Name: m.GetName(), Id: m.GetId(), Address: m.GetAddress(), State: w.dpState[m.GetId()],
-			Encap: m.GetEncap(), GuePort: m.GetGuePort(), Node: m.GetNode()})
+			Encap: m.GetEncap(), GuePort: m.GetGuePort(), Node: m.GetNode(), ResourceIds: held[m.GetId()]})
 	}
 	sets := weightSets{byPtr: map[uintptr]uint32{}, byKey: map[string]uint32{}, ds: ds}
 	sum := &pb.RouteSummary{}

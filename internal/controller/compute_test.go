@@ -2,6 +2,8 @@ package controller
 
 import (
 	"encoding/json"
+	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -127,6 +129,31 @@ func TestBuildInputMirrorHealthAndReplicas(t *testing.T) {
 	if in.Mirrors[1].Up || w.dpState[2] != pb.MirrorState_MIRROR_STATE_DOWN || w.downWhy[2] != "host: gue_port_is_probe_port" {
 		t.Fatalf("nyc down by its host: %+v %v (why %q)", in.Mirrors[1], w.dpState[2], w.downWhy[2])
 	}
+	// A host whose service of a resource does not answer: that copy is
+	// not routable (the origin's too), the mirror stays up for the other
+	// resources; a report from a host the mirror does not name is not
+	// believed.
+	s.live[1].Mirrors[0].Health, s.live[1].Mirrors[0].Reason = pb.Health_HEALTH_UP, ""
+	s.live[1].Mirrors[0].Replicas[0].LagNs = 0
+	s.live[1].Mirrors[0].UnservedResources = []string{"disk", "other"}
+	s.live[2].Mirrors = nil
+	in, _ = buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
+	if reps := in.Resources[0].Replicas; len(reps) != 2 || !reps[0].InSync || reps[1].InSync || !in.Mirrors[1].Up {
+		t.Fatalf("nyc does not serve disk: replicas %+v, nyc %+v", reps, in.Mirrors[1])
+	}
+	s.live[1].Mirrors = append(s.live[1].Mirrors, &pb.MirrorHealth{Mirror: "paris", Health: pb.Health_HEALTH_UP, UnservedResources: []string{"disk"}})
+	in, _ = buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
+	if reps := in.Resources[0].Replicas; !reps[0].InSync {
+		t.Fatalf("nyc-host spoke for paris: replicas %+v", reps)
+	}
+	s.live[2].Mirrors = []*pb.MirrorHealth{{Mirror: "paris", Health: pb.Health_HEALTH_UP, UnservedResources: []string{"disk"}}}
+	in, _ = buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
+	if reps := in.Resources[0].Replicas; reps[0].InSync {
+		t.Fatalf("paris (the origin) does not serve disk: replicas %+v", reps)
+	}
+	s.live[1].Mirrors, s.live[2].Mirrors = s.live[1].Mirrors[:1], nil
+	s.live[1].Mirrors[0].UnservedResources = nil
+
 	// Admin state wins over health.
 	s.mirrors[1].State = pb.MirrorState_MIRROR_STATE_DRAINING
 	in, w = buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
@@ -163,6 +190,10 @@ func TestBuildDesired(t *testing.T) {
 		gue := m.GetName() == "nyc"
 		if (m.GetEncap() == pb.Encapsulation_ENCAPSULATION_GUE) != gue || (m.GetGuePort() == 6080) != gue || (m.GetNode() == "nyc-host") != gue {
 			t.Fatalf("mirror endpoint %v", m)
+		}
+		// paris is disk's origin, nyc a listed mirror: both hosts check it.
+		if !slices.Equal(m.GetResourceIds(), []uint32{7}) {
+			t.Fatalf("mirror endpoint %v: resources %v, want [7]", m.GetName(), m.GetResourceIds())
 		}
 	}
 	if w := routeOf(ds, "disk", "eu"); w["paris"] != 1024 {
@@ -282,5 +313,20 @@ func TestProbeAgeFollowsTheEdgesInterval(t *testing.T) {
 		if _, ok := pathOf(in, 1, 2); ok != tc.want {
 			t.Errorf("%s: eu→nyc used %v, want %v", tc.name, ok, tc.want)
 		}
+	}
+}
+
+// TestHeldResources: a mirror holds the resources it is origin of, listed
+// for, or has a placed copy of, each once and sorted; unknown mirrors
+// are skipped.
+func TestHeldResources(t *testing.T) {
+	s := computeWorld()
+	s.resources = append(s.resources, &pb.Resource{Name: "db", Id: 3, Origin: "nyc",
+		MirrorPolicy: &pb.MirrorPolicy{Mirrors: []string{"nyc", "ghost"}}})
+	s.placed = map[string]*pb.PlacementRecord{"db": {Resource: "db", Placed: []*pb.Placement{{Mirror: "paris"}, {Mirror: "nyc"}}}}
+	_, w := buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
+	got := heldResources(w)
+	if want := map[uint32][]uint32{1: {3, 7}, 2: {3, 7}}; !maps.EqualFunc(got, want, slices.Equal) {
+		t.Fatalf("held %v, want %v", got, want)
 	}
 }

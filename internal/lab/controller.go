@@ -35,6 +35,9 @@ type ControllerSetup struct {
 	ProbeInterval time.Duration
 	// ReportInterval of the agents; 0 keeps the default.
 	ReportInterval time.Duration
+	// ServiceCheckInterval of the mirror hosts' service checks (timeout
+	// half of it); 0 keeps the default.
+	ServiceCheckInterval time.Duration
 	// Replicators are the hosts that get a replicator certificate from the
 	// lab's CA (see Lab.Replication): the agents' certificates carry no
 	// names to verify a replication listener by.
@@ -239,11 +242,12 @@ func (l *Lab) ControllerLog() string {
 
 // controllerConfig is the agent config section for host under the lab
 // controller, or nil.
-func (l *Lab) controllerConfig(host string) (*agent.ControllerCfg, agent.ProbeCfg) {
+func (l *Lab) controllerConfig(host string) (*agent.ControllerCfg, agent.ProbeCfg, agent.ServiceCheckCfg) {
 	c := l.ctl
 	if c == nil {
-		return nil, agent.ProbeCfg{}
+		return nil, agent.ProbeCfg{}, agent.ServiceCheckCfg{}
 	}
+	sc := agent.ServiceCheckCfg{Interval: agent.Duration(c.setup.ServiceCheckInterval), Timeout: agent.Duration(c.setup.ServiceCheckInterval / 2)}
 	return &agent.ControllerCfg{
 			Endpoints:      []string{c.addr},
 			Site:           c.setup.Sites[host],
@@ -255,7 +259,7 @@ func (l *Lab) controllerConfig(host string) (*agent.ControllerCfg, agent.ProbeCf
 			Utilization: "none",
 		}, agent.ProbeCfg{
 			Interval: agent.Duration(c.setup.ProbeInterval),
-		}
+		}, sc
 }
 
 // ReplicationPort is where lab replicators listen, on their host's eth0

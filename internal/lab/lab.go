@@ -136,7 +136,7 @@ func (l *Lab) config(h *testbed.Host) agent.Config {
 		XDPMode:     agent.XDPNative,
 		Limits:      l.limits,
 	}
-	c.Controller, c.Probe = l.controllerConfig(h.Name)
+	c.Controller, c.Probe, c.ServiceCheck = l.controllerConfig(h.Name)
 	switch h.Role {
 	case testbed.RoleEdge:
 		c.Role = agent.RoleEdge

@@ -430,6 +430,22 @@ func (t *Testbed) SwitchNS() *NetNS { return t.swNS }
 // Service returns the identity service of the named mirror, or nil.
 func (t *Testbed) Service(mirror string) *MirrorService { return t.svcs[mirror] }
 
+// RestartService starts the named mirror's identity service again after
+// its Close (a service that died and came back), on the same sockets'
+// addresses.
+func (t *Testbed) RestartService(mirror string) error {
+	h := t.byName[mirror]
+	if h == nil || h.Role != RoleMirror {
+		return fmt.Errorf("no mirror %q", mirror)
+	}
+	if s := t.svcs[mirror]; s != nil {
+		if err := s.Close(); err != nil {
+			return err
+		}
+	}
+	return t.startService(h)
+}
+
 // SetDelay sets the one-way delay between a and b in both directions,
 // keeping each direction's loss. a and b are host or region names (a
 // region stands for all its clients). Frames already in flight keep their

@@ -351,3 +351,32 @@ func TestFailoverAtDefaultProbeInterval(t *testing.T) {
 	t.Logf("failover at the default probe timing (%v, active mirrors %v): new flows of us served by m-core %v after m-us died",
 		probe.DefaultInterval, probe.DefaultActiveInterval, took.Round(time.Millisecond))
 }
+
+// TestDeadServiceMovesResource: the mirror host checks the services of
+// the resources its mirrors hold; when eu's mirror stops serving web (its
+// listeners closed, the host and its decap program still up, so the
+// edges' probes still see it), eu's new flows move to the next copy, and
+// come back once the service does.
+func TestDeadServiceMovesResource(t *testing.T) {
+	e, bin := newControlled(t)
+	e.startController(lab.ControllerSetup{Bin: bin, Objects: controlledObjects(e.tb), ServiceCheckInterval: 200 * time.Millisecond})
+	e.waitSettled(t, "eu-1", "m-eu", 30*time.Second)
+
+	if err := e.tb.Service("m-eu").Close(); err != nil {
+		t.Fatal(err)
+	}
+	took := e.waitServed("eu-2", "tcp", "m-core", 30*time.Second)
+	t.Logf("web moved off m-eu %v after its service stopped (checks every 200 ms, fall 3)", took.Round(time.Millisecond))
+	if got := e.askQuick("eu-1", "tcp", vip6, time.Second); got != "m-core" {
+		t.Errorf("eu-1 over IPv6 served by %q, want m-core", got)
+	}
+	if got := e.askQuick("us-1", "tcp", vip4, time.Second); got != "m-us" {
+		t.Errorf("us-1 served by %q, want m-us (its own mirror serves)", got)
+	}
+
+	if err := e.tb.RestartService("m-eu"); err != nil {
+		t.Fatal(err)
+	}
+	took = e.waitServed("eu-2", "tcp", "m-eu", 60*time.Second)
+	t.Logf("web back on m-eu %v after its service returned (rise 2)", took.Round(time.Millisecond))
+}

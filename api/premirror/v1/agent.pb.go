@@ -902,11 +902,16 @@ type MirrorHealth struct {
 	// they track changes for (a retired placed copy keeps its tracking),
 	// so the controller can cost a delta copy by what it must catch up on.
 	Backlogs []*ReplicaBacklog `protobuf:"bytes,6,rep,name=backlogs,proto3" json:"backlogs,omitempty"`
-	// Why the host reports it DOWN: gue_port_is_probe_port,
-	// gue_port_conflict, address_not_decapsulated, no_decap_program.
-	Reason        string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Why the host does not report it UP: gue_port_is_probe_port,
+	// gue_port_conflict (DOWN); address_not_decapsulated, no_decap_program
+	// (UNKNOWN).
+	Reason string `protobuf:"bytes,7,opt,name=reason,proto3" json:"reason,omitempty"`
+	// Resources of this mirror whose service does not answer here (no TCP
+	// VIP of theirs accepted a connection, several checks in a row): the
+	// controller routes them to other copies.
+	UnservedResources []string `protobuf:"bytes,8,rep,name=unserved_resources,json=unservedResources,proto3" json:"unserved_resources,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *MirrorHealth) Reset() {
@@ -986,6 +991,13 @@ func (x *MirrorHealth) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *MirrorHealth) GetUnservedResources() []string {
+	if x != nil {
+		return x.UnservedResources
+	}
+	return nil
 }
 
 // ReplicaBacklog is the change-tracking backlog of one primary volume
@@ -1180,7 +1192,7 @@ const file_premirror_v1_agent_proto_rawDesc = "" +
 	"intervalNs\"`\n" +
 	"\tNodeStats\x12'\n" +
 	"\x0fcpu_utilization\x18\x01 \x01(\x01R\x0ecpuUtilization\x12*\n" +
-	"\x11memory_used_bytes\x18\x02 \x01(\x04R\x0fmemoryUsedBytes\"\xad\x02\n" +
+	"\x11memory_used_bytes\x18\x02 \x01(\x04R\x0fmemoryUsedBytes\"\xdc\x02\n" +
 	"\fMirrorHealth\x12\x16\n" +
 	"\x06mirror\x18\x01 \x01(\tR\x06mirror\x12,\n" +
 	"\x06health\x18\x02 \x01(\x0e2\x14.premirror.v1.HealthR\x06health\x12 \n" +
@@ -1188,7 +1200,8 @@ const file_premirror_v1_agent_proto_rawDesc = "" +
 	"\x12requests_in_flight\x18\x04 \x01(\x04R\x10requestsInFlight\x125\n" +
 	"\breplicas\x18\x05 \x03(\v2\x19.premirror.v1.ReplicaSyncR\breplicas\x128\n" +
 	"\bbacklogs\x18\x06 \x03(\v2\x1c.premirror.v1.ReplicaBacklogR\bbacklogs\x12\x16\n" +
-	"\x06reason\x18\a \x01(\tR\x06reason\"e\n" +
+	"\x06reason\x18\a \x01(\tR\x06reason\x12-\n" +
+	"\x12unserved_resources\x18\b \x03(\tR\x11unservedResources\"e\n" +
 	"\x0eReplicaBacklog\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\tR\bresource\x12\x12\n" +
 	"\x04peer\x18\x02 \x01(\tR\x04peer\x12#\n" +

@@ -402,7 +402,10 @@ type MirrorEndpoint struct {
 	GuePort uint32        `protobuf:"varint,6,opt,name=gue_port,json=guePort,proto3" json:"gue_port,omitempty"`
 	// As in Mirror: the host whose agent reports on it (empty: none), so
 	// that agent also speaks for a mirror it cannot serve.
-	Node          string `protobuf:"bytes,7,opt,name=node,proto3" json:"node,omitempty"`
+	Node string `protobuf:"bytes,7,opt,name=node,proto3" json:"node,omitempty"`
+	// Resources this mirror holds a copy of (as origin, listed mirror or
+	// placed copy), sorted: its host checks that their services answer.
+	ResourceIds   []uint32 `protobuf:"varint,8,rep,packed,name=resource_ids,json=resourceIds,proto3" json:"resource_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -484,6 +487,13 @@ func (x *MirrorEndpoint) GetNode() string {
 		return x.Node
 	}
 	return ""
+}
+
+func (x *MirrorEndpoint) GetResourceIds() []uint32 {
+	if x != nil {
+		return x.ResourceIds
+	}
+	return nil
 }
 
 // VIP is one (address, port, protocol) a resource is reached at.
@@ -775,7 +785,7 @@ const file_premirror_v1_state_proto_rawDesc = "" +
 	"\vRegionState\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x1a\n" +
-	"\bprefixes\x18\x03 \x03(\tR\bprefixes\"\xe1\x01\n" +
+	"\bprefixes\x18\x03 \x03(\tR\bprefixes\"\x84\x02\n" +
 	"\x0eMirrorEndpoint\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\rR\x02id\x12\x18\n" +
@@ -783,7 +793,8 @@ const file_premirror_v1_state_proto_rawDesc = "" +
 	"\x05state\x18\x04 \x01(\x0e2\x19.premirror.v1.MirrorStateR\x05state\x121\n" +
 	"\x05encap\x18\x05 \x01(\x0e2\x1b.premirror.v1.EncapsulationR\x05encap\x12\x19\n" +
 	"\bgue_port\x18\x06 \x01(\rR\aguePort\x12\x12\n" +
-	"\x04node\x18\a \x01(\tR\x04node\"g\n" +
+	"\x04node\x18\a \x01(\tR\x04node\x12!\n" +
+	"\fresource_ids\x18\b \x03(\rR\vresourceIds\"g\n" +
 	"\x03VIP\x12\x18\n" +
 	"\aaddress\x18\x01 \x01(\tR\aaddress\x12\x12\n" +
 	"\x04port\x18\x02 \x01(\rR\x04port\x122\n" +
