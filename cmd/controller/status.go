@@ -35,6 +35,12 @@ func printStatus(st *pb.StatusResponse, _ []string) error {
 	if r := st.GetRoutes(); r != nil {
 		fmt.Fprintf(ctlOut, "routes:  %d (%d changed, %d unrouted, %d in panic, %.2f%% of slots moved, computed in %v)\n",
 			r.GetRoutes(), r.GetChanged(), r.GetUnrouted(), r.GetPanic(), 100*r.GetMovedShare(), time.Duration(r.GetDurationNs()).Round(time.Microsecond))
+		for _, d := range r.GetMirrorsDown() {
+			fmt.Fprintf(ctlOut, "down:    mirror %s (%s)\n", d.GetMirror(), d.GetWhy())
+		}
+		for _, u := range r.GetUnserved() {
+			fmt.Fprintf(ctlOut, "unserved: %s on mirror %s (its host's service check fails)\n", u.GetResource(), u.GetMirror())
+		}
 	}
 	tw := tabwriter.NewWriter(ctlOut, 2, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "\nNODE\tSITE\tROLE\tCONNECTED\tCONTROLLER\tSENT\tACKED\tNACKED\tERROR")

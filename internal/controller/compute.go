@@ -414,6 +414,16 @@ func buildDesired(w *world, res *route.Result, slots int, now time.Time) (*pb.De
 	}
 	sets := weightSets{byPtr: map[uintptr]uint32{}, byKey: map[string]uint32{}, ds: ds}
 	sum := &pb.RouteSummary{}
+	for _, m := range w.mirrors {
+		if why := w.downWhy[m.GetId()]; why != "" {
+			sum.MirrorsDown = append(sum.MirrorsDown, &pb.MirrorDown{Mirror: m.GetName(), Why: why})
+		}
+		for _, r := range w.resources {
+			if w.unserved[repKey{m.GetName(), r.GetName()}] {
+				sum.Unserved = append(sum.Unserved, &pb.UnservedCopy{Mirror: m.GetName(), Resource: r.GetName()})
+			}
+		}
+	}
 	if res != nil {
 		sum.Routes = uint32(len(res.Routes))
 		sum.Changed, sum.MovedSlots, sum.Panic, sum.Spilled = uint32(res.Changed), uint32(res.MovedSlots), uint32(res.Panic), uint32(res.Spilled)

@@ -112,6 +112,9 @@ func TestBuildInputMirrorHealthAndReplicas(t *testing.T) {
 	if w.dpState[1] != pb.MirrorState_MIRROR_STATE_DOWN || w.downWhy[1] != "probes" {
 		t.Fatalf("paris failed every probe: data-plane state %v (why %q)", w.dpState[1], w.downWhy[1])
 	}
+	if _, sum := buildDesired(w, nil, 1024, t0); len(sum.GetMirrorsDown()) != 1 || sum.GetMirrorsDown()[0].GetWhy() != "probes" {
+		t.Fatalf("summary's mirrors down: %v", sum.GetMirrorsDown())
+	}
 	if !in.Mirrors[1].Up || in.Mirrors[1].Utilization != 0.5 || w.dpState[2] != pb.MirrorState_MIRROR_STATE_ACTIVE {
 		t.Fatalf("nyc %+v state %v", in.Mirrors[1], w.dpState[2])
 	}
@@ -137,9 +140,13 @@ func TestBuildInputMirrorHealthAndReplicas(t *testing.T) {
 	s.live[1].Mirrors[0].Replicas[0].LagNs = 0
 	s.live[1].Mirrors[0].UnservedResources = []string{"disk", "other"}
 	s.live[2].Mirrors = nil
-	in, _ = buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
+	in, w = buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
 	if reps := in.Resources[0].Replicas; len(reps) != 2 || !reps[0].InSync || reps[1].InSync || !in.Mirrors[1].Up {
 		t.Fatalf("nyc does not serve disk: replicas %+v, nyc %+v", reps, in.Mirrors[1])
+	}
+	if _, sum := buildDesired(w, nil, 1024, t0); len(sum.GetUnserved()) != 1 || sum.GetUnserved()[0].GetMirror() != "nyc" ||
+		sum.GetUnserved()[0].GetResource() != "disk" {
+		t.Fatalf("summary's unserved copies: %v (an unknown resource is not listed)", sum.GetUnserved())
 	}
 	s.live[1].Mirrors = append(s.live[1].Mirrors, &pb.MirrorHealth{Mirror: "paris", Health: pb.Health_HEALTH_UP, UnservedResources: []string{"disk"}})
 	in, _ = buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})

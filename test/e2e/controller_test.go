@@ -373,6 +373,9 @@ func TestDeadServiceMovesResource(t *testing.T) {
 	if got := e.askQuick("us-1", "tcp", vip4, time.Second); got != "m-us" {
 		t.Errorf("us-1 served by %q, want m-us (its own mirror serves)", got)
 	}
+	if st, err := e.lab.ControllerStatus(e.ctx()); err != nil || !strings.Contains(st, "unserved: web on mirror m-eu") {
+		t.Errorf("controller status does not say why (%v):\n%s", err, st)
+	}
 
 	if err := e.tb.RestartService("m-eu"); err != nil {
 		t.Fatal(err)

@@ -846,8 +846,12 @@ type RouteSummary struct {
 	// Share of all slots moved by this version.
 	MovedShare float64 `protobuf:"fixed64,6,opt,name=moved_share,json=movedShare,proto3" json:"moved_share,omitempty"`
 	// Routes with no candidate (their region uses the wildcard route).
-	Unrouted      uint32 `protobuf:"varint,7,opt,name=unrouted,proto3" json:"unrouted,omitempty"`
-	DurationNs    int64  `protobuf:"varint,8,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"`
+	Unrouted   uint32 `protobuf:"varint,7,opt,name=unrouted,proto3" json:"unrouted,omitempty"`
+	DurationNs int64  `protobuf:"varint,8,opt,name=duration_ns,json=durationNs,proto3" json:"duration_ns,omitempty"`
+	// Active mirrors the version marks down, and why.
+	MirrorsDown []*MirrorDown `protobuf:"bytes,9,rep,name=mirrors_down,json=mirrorsDown,proto3" json:"mirrors_down,omitempty"`
+	// Copies not routed to because their host's service check fails.
+	Unserved      []*UnservedCopy `protobuf:"bytes,10,rep,name=unserved,proto3" json:"unserved,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -938,6 +942,129 @@ func (x *RouteSummary) GetDurationNs() int64 {
 	return 0
 }
 
+func (x *RouteSummary) GetMirrorsDown() []*MirrorDown {
+	if x != nil {
+		return x.MirrorsDown
+	}
+	return nil
+}
+
+func (x *RouteSummary) GetUnserved() []*UnservedCopy {
+	if x != nil {
+		return x.Unserved
+	}
+	return nil
+}
+
+// MirrorDown is an active mirror the controller routes around.
+type MirrorDown struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Mirror string                 `protobuf:"bytes,1,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	// "probes" (every region probing it sees it down) or "host: " and the
+	// reason its host reports.
+	Why           string `protobuf:"bytes,2,opt,name=why,proto3" json:"why,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MirrorDown) Reset() {
+	*x = MirrorDown{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MirrorDown) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MirrorDown) ProtoMessage() {}
+
+func (x *MirrorDown) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MirrorDown.ProtoReflect.Descriptor instead.
+func (*MirrorDown) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *MirrorDown) GetMirror() string {
+	if x != nil {
+		return x.Mirror
+	}
+	return ""
+}
+
+func (x *MirrorDown) GetWhy() string {
+	if x != nil {
+		return x.Why
+	}
+	return ""
+}
+
+// UnservedCopy is a (mirror, resource) whose service does not answer on
+// the mirror's host.
+type UnservedCopy struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mirror        string                 `protobuf:"bytes,1,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	Resource      string                 `protobuf:"bytes,2,opt,name=resource,proto3" json:"resource,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnservedCopy) Reset() {
+	*x = UnservedCopy{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnservedCopy) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnservedCopy) ProtoMessage() {}
+
+func (x *UnservedCopy) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnservedCopy.ProtoReflect.Descriptor instead.
+func (*UnservedCopy) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *UnservedCopy) GetMirror() string {
+	if x != nil {
+		return x.Mirror
+	}
+	return ""
+}
+
+func (x *UnservedCopy) GetResource() string {
+	if x != nil {
+		return x.Resource
+	}
+	return ""
+}
+
 // ForecastRequest names a resource; empty lists the resources.
 type ForecastRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -948,7 +1075,7 @@ type ForecastRequest struct {
 
 func (x *ForecastRequest) Reset() {
 	*x = ForecastRequest{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[13]
+	mi := &file_premirror_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -960,7 +1087,7 @@ func (x *ForecastRequest) String() string {
 func (*ForecastRequest) ProtoMessage() {}
 
 func (x *ForecastRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[13]
+	mi := &file_premirror_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -973,7 +1100,7 @@ func (x *ForecastRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForecastRequest.ProtoReflect.Descriptor instead.
 func (*ForecastRequest) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ForecastRequest) GetResource() string {
@@ -1000,7 +1127,7 @@ type RegionForecast struct {
 
 func (x *RegionForecast) Reset() {
 	*x = RegionForecast{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[14]
+	mi := &file_premirror_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1012,7 +1139,7 @@ func (x *RegionForecast) String() string {
 func (*RegionForecast) ProtoMessage() {}
 
 func (x *RegionForecast) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[14]
+	mi := &file_premirror_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1025,7 +1152,7 @@ func (x *RegionForecast) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionForecast.ProtoReflect.Descriptor instead.
 func (*RegionForecast) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *RegionForecast) GetRegion() string {
@@ -1078,7 +1205,7 @@ type BucketObservation struct {
 
 func (x *BucketObservation) Reset() {
 	*x = BucketObservation{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[15]
+	mi := &file_premirror_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1090,7 +1217,7 @@ func (x *BucketObservation) String() string {
 func (*BucketObservation) ProtoMessage() {}
 
 func (x *BucketObservation) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[15]
+	mi := &file_premirror_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1103,7 +1230,7 @@ func (x *BucketObservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BucketObservation.ProtoReflect.Descriptor instead.
 func (*BucketObservation) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *BucketObservation) GetStartUnix() int64 {
@@ -1145,7 +1272,7 @@ type LocationShares struct {
 
 func (x *LocationShares) Reset() {
 	*x = LocationShares{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[16]
+	mi := &file_premirror_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1157,7 +1284,7 @@ func (x *LocationShares) String() string {
 func (*LocationShares) ProtoMessage() {}
 
 func (x *LocationShares) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[16]
+	mi := &file_premirror_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1170,7 +1297,7 @@ func (x *LocationShares) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocationShares.ProtoReflect.Descriptor instead.
 func (*LocationShares) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *LocationShares) GetShares() []float64 {
@@ -1205,7 +1332,7 @@ type ResourceForecast struct {
 
 func (x *ResourceForecast) Reset() {
 	*x = ResourceForecast{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[17]
+	mi := &file_premirror_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1217,7 +1344,7 @@ func (x *ResourceForecast) String() string {
 func (*ResourceForecast) ProtoMessage() {}
 
 func (x *ResourceForecast) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[17]
+	mi := &file_premirror_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1230,7 +1357,7 @@ func (x *ResourceForecast) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceForecast.ProtoReflect.Descriptor instead.
 func (*ResourceForecast) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ResourceForecast) GetResource() string {
@@ -1306,7 +1433,7 @@ type RegionBenefit struct {
 
 func (x *RegionBenefit) Reset() {
 	*x = RegionBenefit{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[18]
+	mi := &file_premirror_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1318,7 +1445,7 @@ func (x *RegionBenefit) String() string {
 func (*RegionBenefit) ProtoMessage() {}
 
 func (x *RegionBenefit) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[18]
+	mi := &file_premirror_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1331,7 +1458,7 @@ func (x *RegionBenefit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionBenefit.ProtoReflect.Descriptor instead.
 func (*RegionBenefit) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *RegionBenefit) GetRegion() string {
@@ -1398,7 +1525,7 @@ type MirrorScore struct {
 
 func (x *MirrorScore) Reset() {
 	*x = MirrorScore{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[19]
+	mi := &file_premirror_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1410,7 +1537,7 @@ func (x *MirrorScore) String() string {
 func (*MirrorScore) ProtoMessage() {}
 
 func (x *MirrorScore) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[19]
+	mi := &file_premirror_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1423,7 +1550,7 @@ func (x *MirrorScore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorScore.ProtoReflect.Descriptor instead.
 func (*MirrorScore) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *MirrorScore) GetSite() string {
@@ -1518,7 +1645,7 @@ type RegionRoute struct {
 
 func (x *RegionRoute) Reset() {
 	*x = RegionRoute{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[20]
+	mi := &file_premirror_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1530,7 +1657,7 @@ func (x *RegionRoute) String() string {
 func (*RegionRoute) ProtoMessage() {}
 
 func (x *RegionRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[20]
+	mi := &file_premirror_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1543,7 +1670,7 @@ func (x *RegionRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionRoute.ProtoReflect.Descriptor instead.
 func (*RegionRoute) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RegionRoute) GetRegion() string {
@@ -1579,7 +1706,7 @@ type Prices struct {
 
 func (x *Prices) Reset() {
 	*x = Prices{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[21]
+	mi := &file_premirror_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1591,7 +1718,7 @@ func (x *Prices) String() string {
 func (*Prices) ProtoMessage() {}
 
 func (x *Prices) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[21]
+	mi := &file_premirror_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1604,7 +1731,7 @@ func (x *Prices) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Prices.ProtoReflect.Descriptor instead.
 func (*Prices) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Prices) GetCopyPerByte() float64 {
@@ -1650,7 +1777,7 @@ type ForecastResponse struct {
 
 func (x *ForecastResponse) Reset() {
 	*x = ForecastResponse{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[22]
+	mi := &file_premirror_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1662,7 +1789,7 @@ func (x *ForecastResponse) String() string {
 func (*ForecastResponse) ProtoMessage() {}
 
 func (x *ForecastResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[22]
+	mi := &file_premirror_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1675,7 +1802,7 @@ func (x *ForecastResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForecastResponse.ProtoReflect.Descriptor instead.
 func (*ForecastResponse) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ForecastResponse) GetResources() []string {
@@ -1744,7 +1871,7 @@ type ExplainRequest struct {
 
 func (x *ExplainRequest) Reset() {
 	*x = ExplainRequest{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[23]
+	mi := &file_premirror_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1756,7 +1883,7 @@ func (x *ExplainRequest) String() string {
 func (*ExplainRequest) ProtoMessage() {}
 
 func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[23]
+	mi := &file_premirror_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1769,7 +1896,7 @@ func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainRequest.ProtoReflect.Descriptor instead.
 func (*ExplainRequest) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ExplainRequest) GetResource() string {
@@ -1789,7 +1916,7 @@ type ExplainResponse struct {
 
 func (x *ExplainResponse) Reset() {
 	*x = ExplainResponse{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[24]
+	mi := &file_premirror_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1801,7 +1928,7 @@ func (x *ExplainResponse) String() string {
 func (*ExplainResponse) ProtoMessage() {}
 
 func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[24]
+	mi := &file_premirror_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1814,7 +1941,7 @@ func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainResponse.ProtoReflect.Descriptor instead.
 func (*ExplainResponse) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ExplainResponse) GetText() string {
@@ -1837,7 +1964,7 @@ type FeedRequest struct {
 
 func (x *FeedRequest) Reset() {
 	*x = FeedRequest{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[25]
+	mi := &file_premirror_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1849,7 +1976,7 @@ func (x *FeedRequest) String() string {
 func (*FeedRequest) ProtoMessage() {}
 
 func (x *FeedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[25]
+	mi := &file_premirror_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1862,7 +1989,7 @@ func (x *FeedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeedRequest.ProtoReflect.Descriptor instead.
 func (*FeedRequest) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *FeedRequest) GetKind() FeedKind {
@@ -1902,7 +2029,7 @@ type FeedResponse struct {
 
 func (x *FeedResponse) Reset() {
 	*x = FeedResponse{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[26]
+	mi := &file_premirror_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1914,7 +2041,7 @@ func (x *FeedResponse) String() string {
 func (*FeedResponse) ProtoMessage() {}
 
 func (x *FeedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[26]
+	mi := &file_premirror_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1927,7 +2054,7 @@ func (x *FeedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeedResponse.ProtoReflect.Descriptor instead.
 func (*FeedResponse) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *FeedResponse) GetEntries() uint32 {
@@ -1975,7 +2102,7 @@ type PlacementRecord struct {
 
 func (x *PlacementRecord) Reset() {
 	*x = PlacementRecord{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[27]
+	mi := &file_premirror_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1987,7 +2114,7 @@ func (x *PlacementRecord) String() string {
 func (*PlacementRecord) ProtoMessage() {}
 
 func (x *PlacementRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[27]
+	mi := &file_premirror_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2000,7 +2127,7 @@ func (x *PlacementRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlacementRecord.ProtoReflect.Descriptor instead.
 func (*PlacementRecord) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PlacementRecord) GetResource() string {
@@ -2081,7 +2208,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[28]
+	mi := &file_premirror_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2093,7 +2220,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[28]
+	mi := &file_premirror_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2106,7 +2233,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Placement) GetSite() string {
@@ -2207,7 +2334,7 @@ type PlacementEvent struct {
 
 func (x *PlacementEvent) Reset() {
 	*x = PlacementEvent{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[29]
+	mi := &file_premirror_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2219,7 +2346,7 @@ func (x *PlacementEvent) String() string {
 func (*PlacementEvent) ProtoMessage() {}
 
 func (x *PlacementEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[29]
+	mi := &file_premirror_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2232,7 +2359,7 @@ func (x *PlacementEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlacementEvent.ProtoReflect.Descriptor instead.
 func (*PlacementEvent) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *PlacementEvent) GetUnixNano() int64 {
@@ -2350,7 +2477,7 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	" \x01(\x04R\fackedVersion\x12%\n" +
 	"\x0enacked_version\x18\v \x01(\x04R\rnackedVersion\x12\x1d\n" +
 	"\n" +
-	"nack_error\x18\f \x01(\tR\tnackError\"\xef\x01\n" +
+	"nack_error\x18\f \x01(\tR\tnackError\"\xe4\x02\n" +
 	"\fRouteSummary\x12\x16\n" +
 	"\x06routes\x18\x01 \x01(\rR\x06routes\x12\x18\n" +
 	"\achanged\x18\x02 \x01(\rR\achanged\x12\x1f\n" +
@@ -2362,7 +2489,17 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"movedShare\x12\x1a\n" +
 	"\bunrouted\x18\a \x01(\rR\bunrouted\x12\x1f\n" +
 	"\vduration_ns\x18\b \x01(\x03R\n" +
-	"durationNs\"-\n" +
+	"durationNs\x12;\n" +
+	"\fmirrors_down\x18\t \x03(\v2\x18.premirror.v1.MirrorDownR\vmirrorsDown\x126\n" +
+	"\bunserved\x18\n" +
+	" \x03(\v2\x1a.premirror.v1.UnservedCopyR\bunserved\"6\n" +
+	"\n" +
+	"MirrorDown\x12\x16\n" +
+	"\x06mirror\x18\x01 \x01(\tR\x06mirror\x12\x10\n" +
+	"\x03why\x18\x02 \x01(\tR\x03why\"B\n" +
+	"\fUnservedCopy\x12\x16\n" +
+	"\x06mirror\x18\x01 \x01(\tR\x06mirror\x12\x1a\n" +
+	"\bresource\x18\x02 \x01(\tR\bresource\"-\n" +
 	"\x0fForecastRequest\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\tR\bresource\"\x97\x01\n" +
 	"\x0eRegionForecast\x12\x16\n" +
@@ -2520,7 +2657,7 @@ func file_premirror_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_premirror_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_premirror_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_premirror_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_premirror_v1_admin_proto_goTypes = []any{
 	(FeedKind)(0),              // 0: premirror.v1.FeedKind
 	(CopyState)(0),             // 1: premirror.v1.CopyState
@@ -2537,74 +2674,78 @@ var file_premirror_v1_admin_proto_goTypes = []any{
 	(*StatusResponse)(nil),     // 12: premirror.v1.StatusResponse
 	(*AgentStatus)(nil),        // 13: premirror.v1.AgentStatus
 	(*RouteSummary)(nil),       // 14: premirror.v1.RouteSummary
-	(*ForecastRequest)(nil),    // 15: premirror.v1.ForecastRequest
-	(*RegionForecast)(nil),     // 16: premirror.v1.RegionForecast
-	(*BucketObservation)(nil),  // 17: premirror.v1.BucketObservation
-	(*LocationShares)(nil),     // 18: premirror.v1.LocationShares
-	(*ResourceForecast)(nil),   // 19: premirror.v1.ResourceForecast
-	(*RegionBenefit)(nil),      // 20: premirror.v1.RegionBenefit
-	(*MirrorScore)(nil),        // 21: premirror.v1.MirrorScore
-	(*RegionRoute)(nil),        // 22: premirror.v1.RegionRoute
-	(*Prices)(nil),             // 23: premirror.v1.Prices
-	(*ForecastResponse)(nil),   // 24: premirror.v1.ForecastResponse
-	(*ExplainRequest)(nil),     // 25: premirror.v1.ExplainRequest
-	(*ExplainResponse)(nil),    // 26: premirror.v1.ExplainResponse
-	(*FeedRequest)(nil),        // 27: premirror.v1.FeedRequest
-	(*FeedResponse)(nil),       // 28: premirror.v1.FeedResponse
-	(*PlacementRecord)(nil),    // 29: premirror.v1.PlacementRecord
-	(*Placement)(nil),          // 30: premirror.v1.Placement
-	(*PlacementEvent)(nil),     // 31: premirror.v1.PlacementEvent
-	nil,                        // 32: premirror.v1.PlacementRecord.AboveEntry
-	nil,                        // 33: premirror.v1.PlacementRecord.BelowEntry
-	(*Objects)(nil),            // 34: premirror.v1.Objects
-	(NodeRole)(0),              // 35: premirror.v1.NodeRole
-	(MirrorKind)(0),            // 36: premirror.v1.MirrorKind
+	(*MirrorDown)(nil),         // 15: premirror.v1.MirrorDown
+	(*UnservedCopy)(nil),       // 16: premirror.v1.UnservedCopy
+	(*ForecastRequest)(nil),    // 17: premirror.v1.ForecastRequest
+	(*RegionForecast)(nil),     // 18: premirror.v1.RegionForecast
+	(*BucketObservation)(nil),  // 19: premirror.v1.BucketObservation
+	(*LocationShares)(nil),     // 20: premirror.v1.LocationShares
+	(*ResourceForecast)(nil),   // 21: premirror.v1.ResourceForecast
+	(*RegionBenefit)(nil),      // 22: premirror.v1.RegionBenefit
+	(*MirrorScore)(nil),        // 23: premirror.v1.MirrorScore
+	(*RegionRoute)(nil),        // 24: premirror.v1.RegionRoute
+	(*Prices)(nil),             // 25: premirror.v1.Prices
+	(*ForecastResponse)(nil),   // 26: premirror.v1.ForecastResponse
+	(*ExplainRequest)(nil),     // 27: premirror.v1.ExplainRequest
+	(*ExplainResponse)(nil),    // 28: premirror.v1.ExplainResponse
+	(*FeedRequest)(nil),        // 29: premirror.v1.FeedRequest
+	(*FeedResponse)(nil),       // 30: premirror.v1.FeedResponse
+	(*PlacementRecord)(nil),    // 31: premirror.v1.PlacementRecord
+	(*Placement)(nil),          // 32: premirror.v1.Placement
+	(*PlacementEvent)(nil),     // 33: premirror.v1.PlacementEvent
+	nil,                        // 34: premirror.v1.PlacementRecord.AboveEntry
+	nil,                        // 35: premirror.v1.PlacementRecord.BelowEntry
+	(*Objects)(nil),            // 36: premirror.v1.Objects
+	(NodeRole)(0),              // 37: premirror.v1.NodeRole
+	(MirrorKind)(0),            // 38: premirror.v1.MirrorKind
 }
 var file_premirror_v1_admin_proto_depIdxs = []int32{
-	29, // 0: premirror.v1.PlacementsResponse.records:type_name -> premirror.v1.PlacementRecord
-	34, // 1: premirror.v1.ApplyRequest.objects:type_name -> premirror.v1.Objects
+	31, // 0: premirror.v1.PlacementsResponse.records:type_name -> premirror.v1.PlacementRecord
+	36, // 1: premirror.v1.ApplyRequest.objects:type_name -> premirror.v1.Objects
 	5,  // 2: premirror.v1.ApplyResponse.changes:type_name -> premirror.v1.ObjectChange
-	34, // 3: premirror.v1.GetResponse.objects:type_name -> premirror.v1.Objects
+	36, // 3: premirror.v1.GetResponse.objects:type_name -> premirror.v1.Objects
 	13, // 4: premirror.v1.StatusResponse.agents:type_name -> premirror.v1.AgentStatus
 	14, // 5: premirror.v1.StatusResponse.routes:type_name -> premirror.v1.RouteSummary
-	35, // 6: premirror.v1.AgentStatus.role:type_name -> premirror.v1.NodeRole
-	17, // 7: premirror.v1.RegionForecast.recent:type_name -> premirror.v1.BucketObservation
-	16, // 8: premirror.v1.ResourceForecast.regions:type_name -> premirror.v1.RegionForecast
-	18, // 9: premirror.v1.ResourceForecast.shares:type_name -> premirror.v1.LocationShares
-	20, // 10: premirror.v1.MirrorScore.regions:type_name -> premirror.v1.RegionBenefit
-	19, // 11: premirror.v1.ForecastResponse.forecast:type_name -> premirror.v1.ResourceForecast
-	22, // 12: premirror.v1.ForecastResponse.routes:type_name -> premirror.v1.RegionRoute
-	23, // 13: premirror.v1.ForecastResponse.prices:type_name -> premirror.v1.Prices
-	21, // 14: premirror.v1.ForecastResponse.scores:type_name -> premirror.v1.MirrorScore
-	0,  // 15: premirror.v1.FeedRequest.kind:type_name -> premirror.v1.FeedKind
-	30, // 16: premirror.v1.PlacementRecord.placed:type_name -> premirror.v1.Placement
-	32, // 17: premirror.v1.PlacementRecord.above:type_name -> premirror.v1.PlacementRecord.AboveEntry
-	33, // 18: premirror.v1.PlacementRecord.below:type_name -> premirror.v1.PlacementRecord.BelowEntry
-	31, // 19: premirror.v1.PlacementRecord.events:type_name -> premirror.v1.PlacementEvent
-	36, // 20: premirror.v1.Placement.kind:type_name -> premirror.v1.MirrorKind
-	1,  // 21: premirror.v1.Placement.copy_state:type_name -> premirror.v1.CopyState
-	36, // 22: premirror.v1.PlacementEvent.kind:type_name -> premirror.v1.MirrorKind
-	4,  // 23: premirror.v1.Admin.Apply:input_type -> premirror.v1.ApplyRequest
-	7,  // 24: premirror.v1.Admin.Delete:input_type -> premirror.v1.DeleteRequest
-	9,  // 25: premirror.v1.Admin.Get:input_type -> premirror.v1.GetRequest
-	11, // 26: premirror.v1.Admin.Status:input_type -> premirror.v1.StatusRequest
-	15, // 27: premirror.v1.Admin.Forecast:input_type -> premirror.v1.ForecastRequest
-	25, // 28: premirror.v1.Admin.Explain:input_type -> premirror.v1.ExplainRequest
-	27, // 29: premirror.v1.Admin.Feed:input_type -> premirror.v1.FeedRequest
-	2,  // 30: premirror.v1.Admin.Placements:input_type -> premirror.v1.PlacementsRequest
-	6,  // 31: premirror.v1.Admin.Apply:output_type -> premirror.v1.ApplyResponse
-	8,  // 32: premirror.v1.Admin.Delete:output_type -> premirror.v1.DeleteResponse
-	10, // 33: premirror.v1.Admin.Get:output_type -> premirror.v1.GetResponse
-	12, // 34: premirror.v1.Admin.Status:output_type -> premirror.v1.StatusResponse
-	24, // 35: premirror.v1.Admin.Forecast:output_type -> premirror.v1.ForecastResponse
-	26, // 36: premirror.v1.Admin.Explain:output_type -> premirror.v1.ExplainResponse
-	28, // 37: premirror.v1.Admin.Feed:output_type -> premirror.v1.FeedResponse
-	3,  // 38: premirror.v1.Admin.Placements:output_type -> premirror.v1.PlacementsResponse
-	31, // [31:39] is the sub-list for method output_type
-	23, // [23:31] is the sub-list for method input_type
-	23, // [23:23] is the sub-list for extension type_name
-	23, // [23:23] is the sub-list for extension extendee
-	0,  // [0:23] is the sub-list for field type_name
+	37, // 6: premirror.v1.AgentStatus.role:type_name -> premirror.v1.NodeRole
+	15, // 7: premirror.v1.RouteSummary.mirrors_down:type_name -> premirror.v1.MirrorDown
+	16, // 8: premirror.v1.RouteSummary.unserved:type_name -> premirror.v1.UnservedCopy
+	19, // 9: premirror.v1.RegionForecast.recent:type_name -> premirror.v1.BucketObservation
+	18, // 10: premirror.v1.ResourceForecast.regions:type_name -> premirror.v1.RegionForecast
+	20, // 11: premirror.v1.ResourceForecast.shares:type_name -> premirror.v1.LocationShares
+	22, // 12: premirror.v1.MirrorScore.regions:type_name -> premirror.v1.RegionBenefit
+	21, // 13: premirror.v1.ForecastResponse.forecast:type_name -> premirror.v1.ResourceForecast
+	24, // 14: premirror.v1.ForecastResponse.routes:type_name -> premirror.v1.RegionRoute
+	25, // 15: premirror.v1.ForecastResponse.prices:type_name -> premirror.v1.Prices
+	23, // 16: premirror.v1.ForecastResponse.scores:type_name -> premirror.v1.MirrorScore
+	0,  // 17: premirror.v1.FeedRequest.kind:type_name -> premirror.v1.FeedKind
+	32, // 18: premirror.v1.PlacementRecord.placed:type_name -> premirror.v1.Placement
+	34, // 19: premirror.v1.PlacementRecord.above:type_name -> premirror.v1.PlacementRecord.AboveEntry
+	35, // 20: premirror.v1.PlacementRecord.below:type_name -> premirror.v1.PlacementRecord.BelowEntry
+	33, // 21: premirror.v1.PlacementRecord.events:type_name -> premirror.v1.PlacementEvent
+	38, // 22: premirror.v1.Placement.kind:type_name -> premirror.v1.MirrorKind
+	1,  // 23: premirror.v1.Placement.copy_state:type_name -> premirror.v1.CopyState
+	38, // 24: premirror.v1.PlacementEvent.kind:type_name -> premirror.v1.MirrorKind
+	4,  // 25: premirror.v1.Admin.Apply:input_type -> premirror.v1.ApplyRequest
+	7,  // 26: premirror.v1.Admin.Delete:input_type -> premirror.v1.DeleteRequest
+	9,  // 27: premirror.v1.Admin.Get:input_type -> premirror.v1.GetRequest
+	11, // 28: premirror.v1.Admin.Status:input_type -> premirror.v1.StatusRequest
+	17, // 29: premirror.v1.Admin.Forecast:input_type -> premirror.v1.ForecastRequest
+	27, // 30: premirror.v1.Admin.Explain:input_type -> premirror.v1.ExplainRequest
+	29, // 31: premirror.v1.Admin.Feed:input_type -> premirror.v1.FeedRequest
+	2,  // 32: premirror.v1.Admin.Placements:input_type -> premirror.v1.PlacementsRequest
+	6,  // 33: premirror.v1.Admin.Apply:output_type -> premirror.v1.ApplyResponse
+	8,  // 34: premirror.v1.Admin.Delete:output_type -> premirror.v1.DeleteResponse
+	10, // 35: premirror.v1.Admin.Get:output_type -> premirror.v1.GetResponse
+	12, // 36: premirror.v1.Admin.Status:output_type -> premirror.v1.StatusResponse
+	26, // 37: premirror.v1.Admin.Forecast:output_type -> premirror.v1.ForecastResponse
+	28, // 38: premirror.v1.Admin.Explain:output_type -> premirror.v1.ExplainResponse
+	30, // 39: premirror.v1.Admin.Feed:output_type -> premirror.v1.FeedResponse
+	3,  // 40: premirror.v1.Admin.Placements:output_type -> premirror.v1.PlacementsResponse
+	33, // [33:41] is the sub-list for method output_type
+	25, // [25:33] is the sub-list for method input_type
+	25, // [25:25] is the sub-list for extension type_name
+	25, // [25:25] is the sub-list for extension extendee
+	0,  // [0:25] is the sub-list for field type_name
 }
 
 func init() { file_premirror_v1_admin_proto_init() }
@@ -2621,7 +2762,7 @@ func file_premirror_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_premirror_v1_admin_proto_rawDesc), len(file_premirror_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
