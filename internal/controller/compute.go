@@ -3,9 +3,11 @@ package controller
 import (
 	"cmp"
 	"crypto/sha256"
+	"maps"
 	"math"
 	"reflect"
 	"slices"
+	"strings"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -375,25 +377,28 @@ func haversineKm(a, b *pb.Location) float64 {
 
 // heldResources lists, per mirror ID, the resources it holds a copy of
 // (origin, listed mirror, placed copy), sorted: the host checks their
-// services.
+// services. w.resources is in ID order, so appending keeps each list
+// sorted; a mirror named twice for one resource is added once.
 func heldResources(w *world) map[uint32][]uint32 {
 	held := map[uint32][]uint32{}
-	add := func(mirror string, r uint32) {
-		if id, ok := w.mirrorID[mirror]; ok && !slices.Contains(held[id], r) {
-			held[id] = append(held[id], r)
-		}
-	}
+	var ids []uint32
 	for _, r := range w.resources {
-		add(r.GetOrigin(), r.GetId())
+		ids = ids[:0]
+		add := func(mirror string) {
+			if id, ok := w.mirrorID[mirror]; ok && !slices.Contains(ids, id) {
+				ids = append(ids, id)
+			}
+		}
+		add(r.GetOrigin())
 		for _, m := range r.GetMirrorPolicy().GetMirrors() {
-			add(m, r.GetId())
+			add(m)
 		}
 		for _, pl := range w.placed[r.GetName()].GetPlaced() {
-			add(pl.GetMirror(), r.GetId())
+			add(pl.GetMirror())
 		}
-	}
-	for _, ids := range held {
-		slices.Sort(ids)
+		for _, id := range ids {
+			held[id] = append(held[id], r.GetId())
+		}
 	}
 	return held
 }
@@ -418,9 +423,17 @@ func buildDesired(w *world, res *route.Result, slots int, now time.Time) (*pb.De
 		if why := w.downWhy[m.GetId()]; why != "" {
 			sum.MirrorsDown = append(sum.MirrorsDown, &pb.MirrorDown{Mirror: m.GetName(), Why: why})
 		}
+	}
+	if len(w.unserved) > 0 {
+		known := make(map[string]bool, len(w.resources))
 		for _, r := range w.resources {
-			if w.unserved[repKey{m.GetName(), r.GetName()}] {
-				sum.Unserved = append(sum.Unserved, &pb.UnservedCopy{Mirror: m.GetName(), Resource: r.GetName()})
+			known[r.GetName()] = true
+		}
+		for _, k := range slices.SortedFunc(maps.Keys(w.unserved), func(a, b repKey) int {
+			return cmp.Or(strings.Compare(a.mirror, b.mirror), strings.Compare(a.resource, b.resource))
+		}) {
+			if known[k.resource] {
+				sum.Unserved = append(sum.Unserved, &pb.UnservedCopy{Mirror: k.mirror, Resource: k.resource})
 			}
 		}
 	}
