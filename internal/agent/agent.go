@@ -51,7 +51,7 @@ type Agent struct {
 	reg     *prometheus.Registry
 	metrics *metrics
 	// svc checks the services of the resources this host's mirrors hold
-	// (mirror hosts under a controller; nil otherwise).
+	// (mirror hosts; nil on edges).
 	svc *serviceChecker
 }
 
@@ -64,7 +64,7 @@ func New(cfg *Config, path string, log *slog.Logger) *Agent {
 	a.reg = prometheus.NewRegistry()
 	a.metrics = newMetrics(a)
 	a.reg.MustRegister(a.metrics)
-	if cfg.Controller != nil && cfg.Role != RoleEdge && !cfg.ServiceCheck.Disabled {
+	if cfg.Role != RoleEdge && !cfg.ServiceCheck.Disabled {
 		a.svc = newServiceChecker(cfg.ServiceCheck, func(r string) { a.metrics.serviceChecks.WithLabelValues(r).Inc() })
 	}
 	return a

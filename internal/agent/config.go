@@ -74,7 +74,7 @@ type Config struct {
 	// Probe configures the edges' active probes to mirrors.
 	Probe ProbeCfg `yaml:"probe"`
 	// ServiceCheck configures a mirror host's checks that the services of
-	// the resources its mirrors hold answer (under a controller).
+	// the resources its mirrors hold answer.
 	ServiceCheck ServiceCheckCfg `yaml:"service_check"`
 	// Replication runs the node's block replicator.
 	Replication *Replication `yaml:"replication"`

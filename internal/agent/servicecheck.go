@@ -20,9 +20,9 @@ import (
 // serves: every interval it opens a TCP connection to each TCP VIP of
 // each resource its mirrors hold a copy of, on this host. A resource
 // whose VIPs all fail fall checks in a row is reported unserved, and the
-// controller routes it to other copies until rise checks in a row pass.
-// The edges' probes cannot see a dead service: the decap program answers
-// them.
+// controller routes it to other copies until rise checks in a row pass
+// (without a controller: metrics only). The edges' probes cannot see a
+// dead service: the decap program answers them.
 type ServiceCheckCfg struct {
 	Interval Duration `yaml:"interval"` // default 5s
 	Timeout  Duration `yaml:"timeout"`  // default 1s, below interval
@@ -268,7 +268,8 @@ func (s *serviceChecker) run(ctx context.Context) {
 
 // serviceTargets lists, per resource held by a mirror this host serves
 // (up or not: a copy must not be routed to while its service is dead),
-// the resource's TCP VIPs.
+// the resource's TCP VIPs. What a mirror holds comes from the controller;
+// in a static file, the resources routed to it.
 func serviceTargets(c *Compiled, hosted map[pmaps.MirrorID]hostedMirror) map[pmaps.ResourceID][]netip.AddrPort {
 	out := map[pmaps.ResourceID][]netip.AddrPort{}
 	if c == nil {
@@ -278,6 +279,13 @@ func serviceTargets(c *Compiled, hosted map[pmaps.MirrorID]hostedMirror) map[pma
 	for id := range hosted {
 		for _, r := range c.MirrorResources[id] {
 			held[r] = true
+		}
+		if len(c.MirrorResources[id]) == 0 {
+			for k, ws := range c.Routes {
+				if _, ok := ws[id]; ok {
+					held[k.Resource] = true
+				}
+			}
 		}
 	}
 	for v, o := range c.VIPs {

@@ -229,3 +229,23 @@ edge_service_unserved{resource="db"} 1
 		t.Fatal("service_check.disabled: checker created")
 	}
 }
+
+// TestServiceTargetsStatic: without a controller a mirror holds what the
+// static routes send it; only TCP VIPs are checked.
+func TestServiceTargetsStatic(t *testing.T) {
+	c := &Compiled{
+		VIPs: map[maps.VIP]maps.VIPOptions{
+			{Addr: netip.MustParseAddr("192.0.2.1"), Port: 443, Proto: maps.TCP}: {Resource: 1},
+			{Addr: netip.MustParseAddr("192.0.2.1"), Port: 53, Proto: maps.UDP}:  {Resource: 1},
+			{Addr: netip.MustParseAddr("192.0.2.2"), Port: 80, Proto: maps.TCP}:  {Resource: 2},
+		},
+		Routes: map[maps.RouteKey]map[maps.MirrorID]uint32{
+			{Resource: 1, Region: 1}: {5: 1, 6: 1},
+			{Resource: 2, Region: 1}: {6: 1},
+		},
+	}
+	got := serviceTargets(c, map[maps.MirrorID]hostedMirror{5: hostedUp})
+	if want := map[maps.ResourceID][]netip.AddrPort{1: {netip.MustParseAddrPort("192.0.2.1:443")}}; !stdmaps.EqualFunc(got, want, slices.Equal) {
+		t.Fatalf("targets %v, want %v", got, want)
+	}
+}
