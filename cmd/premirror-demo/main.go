@@ -141,7 +141,8 @@ func run(ctx context.Context, c config, out io.Writer) (err error) {
 				"--route-slow-start", "1ms", "--route-max-move", "1", "--table-slots", "1024",
 				"--forecast-step", "2s", "--forecast-window", "16", "--forecast-horizon", "4", "--forecast-grace", "1s"},
 			Sites: sites, ProbeInterval: 500 * time.Millisecond, ReportInterval: 500 * time.Millisecond,
-			Replicators: []string{"m-core", predMirror},
+			ServiceCheckInterval: 500 * time.Millisecond,
+			Replicators:          []string{"m-core", predMirror},
 		})
 		if err != nil {
 			return err
@@ -245,6 +246,9 @@ func run(ctx context.Context, c config, out io.Writer) (err error) {
 		if err := predictivePhase(ctx, out, l, tb, topo, dir); err != nil {
 			return err
 		}
+		if err := servicePhase(ctx, out, l, tb, topo); err != nil {
+			return err
+		}
 		st, _ := l.ControllerStatus(ctx)
 		fmt.Fprintf(out, "\n== controller status\n%s", indent(st))
 	}
@@ -269,6 +273,59 @@ func run(ctx context.Context, c config, out io.Writer) (err error) {
 			}
 		}
 	}
+	return nil
+}
+
+// servicePhase stops the service behind the VIPs on the second region's
+// mirror, host and decap program still up (the edges' probes see nothing),
+// and shows the mirror host's service checks moving the region's TCP
+// flows to m-core, and back once the service returns.
+func servicePhase(ctx context.Context, out io.Writer, l *lab.Lab, tb *testbed.Testbed, topo testbed.Topology) error {
+	region := topo.Regions[1].Name
+	mirror, client := "m-"+region, tb.Clients(region)[0]
+	waitTCP := func(want string) (time.Duration, error) {
+		start := time.Now()
+		for last := ""; time.Since(start) < time.Minute; {
+			if s := ask(ctx, client, "tcp", topo.VIPs[0]); s.ok {
+				last = s.mirror
+			}
+			if last == want {
+				return time.Since(start), nil
+			}
+			select {
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+		return 0, fmt.Errorf("%s: TCP not served by %s within a minute\n%s", region, want, l.ControllerLog())
+	}
+	fmt.Fprintf(out, "\n== phase 4: the service on %s stops (its sockets close; the host, its decap program and the probes are fine)\n", mirror)
+	if err := tb.Service(mirror).Close(); err != nil {
+		return err
+	}
+	d, err := waitTCP("m-core")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "   %.1fs: %s's new TCP flows are served by m-core: %s's agent found no listener on the VIPs 3 checks in a row (every 0.5 s) and reported it\n",
+		d.Seconds(), region, mirror)
+	if st, err := l.ControllerStatus(ctx); err == nil {
+		for _, line := range strings.Split(st, "\n") {
+			if strings.HasPrefix(line, "unserved:") {
+				fmt.Fprintf(out, "   controller status: %s\n", line)
+			}
+		}
+	}
+	fmt.Fprintf(out, "   (UDP is not checked: a UDP service gives no answer to check without speaking its protocol)\n")
+	if err := tb.RestartService(mirror); err != nil {
+		return err
+	}
+	if d, err = waitTCP(mirror); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "   %.1fs after it listens again, %s serves %s's new TCP flows again (2 passing checks, then the route's dwell)\n",
+		d.Seconds(), mirror, region)
 	return nil
 }
 
