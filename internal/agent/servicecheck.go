@@ -81,10 +81,11 @@ var checkResults = []string{checkOK, checkRefused, checkTimeout, checkError}
 // restarted agent does not pull its copies out of the routes before it
 // has checked them fall times.
 type serviceChecker struct {
-	cfg     ServiceCheckCfg
-	dial    func(ctx context.Context, addr netip.AddrPort) error
-	isLocal func(netip.Addr) bool
-	count   func(result string)
+	cfg  ServiceCheckCfg
+	dial func(ctx context.Context, addr netip.AddrPort) error
+	// localAddrs lists this namespace's addresses, once per round.
+	localAddrs func() map[netip.Addr]bool
+	count      func(result string)
 
 	mu      sync.Mutex
 	targets map[pmaps.ResourceID][]netip.AddrPort
@@ -100,7 +101,7 @@ func newServiceChecker(cfg ServiceCheckCfg, count func(string)) *serviceChecker 
 	if count == nil {
 		count = func(string) {}
 	}
-	return &serviceChecker{cfg: cfg, dial: dialTCP, isLocal: isLocalAddr, count: count,
+	return &serviceChecker{cfg: cfg, dial: dialTCP, localAddrs: interfaceAddrs, count: count,
 		targets: map[pmaps.ResourceID][]netip.AddrPort{}, state: map[pmaps.ResourceID]*checkState{}}
 }
 
@@ -114,21 +115,22 @@ func dialTCP(ctx context.Context, addr netip.AddrPort) error {
 	return c.Close()
 }
 
-// isLocalAddr reports whether a is assigned to an interface of this
-// network namespace. A VIP that is not is served somewhere this host
-// cannot see (a pod's namespace behind a route, another box): checking
-// it from here would measure the route, so it is not checked.
-func isLocalAddr(a netip.Addr) bool {
+// interfaceAddrs is the set of addresses assigned in this network
+// namespace. A VIP that is not among them is served somewhere this host
+// cannot see (a pod's namespace behind a route, another box): checking it
+// from here would measure the route, so it is not checked.
+func interfaceAddrs() map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
-		return false
+		return out
 	}
 	for _, ad := range addrs {
-		if p, err := netip.ParsePrefix(ad.String()); err == nil && p.Addr().Unmap() == a.Unmap() {
-			return true
+		if p, err := netip.ParsePrefix(ad.String()); err == nil {
+			out[p.Addr().Unmap()] = true
 		}
 	}
-	return false
+	return out
 }
 
 // setTargets replaces the resources to check and their TCP VIPs;
@@ -169,10 +171,11 @@ func (s *serviceChecker) checkOnce(ctx context.Context) {
 		vips []netip.AddrPort
 	}
 	var jobs []job
+	addrs := s.localAddrs()
 	for _, r := range slices.Sorted(maps.Keys(targets)) {
 		var local []netip.AddrPort
 		for _, v := range targets[r] {
-			if s.isLocal(v.Addr()) {
+			if addrs[v.Addr().Unmap()] {
 				local = append(local, v)
 			}
 		}

@@ -42,7 +42,7 @@ func TestServiceCheckHysteresis(t *testing.T) {
 			var dialed []netip.AddrPort
 			var results []string
 			s := newServiceChecker(ServiceCheckCfg{}, func(r string) { results = append(results, r) })
-			s.isLocal = func(a netip.Addr) bool { return a != remote.Addr() }
+			s.localAddrs = func() map[netip.Addr]bool { return map[netip.Addr]bool{vip1.Addr(): true, vip2.Addr(): true} }
 			s.dial = func(_ context.Context, v netip.AddrPort) error {
 				dialed = append(dialed, v)
 				if (v == vip1 && strings.Contains(up, "1")) || (v == vip2 && strings.Contains(up, "2")) {
