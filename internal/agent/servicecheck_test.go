@@ -249,3 +249,61 @@ func TestServiceTargetsStatic(t *testing.T) {
 		t.Fatalf("targets %v, want %v", got, want)
 	}
 }
+
+// BenchmarkServiceCheckRound: one round of service checks over 1,000
+// resources whose TCP VIPs answer on loopback (connect and close; at most
+// serviceCheckParallel at a time), the per-interval cost on a mirror host;
+// baseline: the same connects and closes one after another, bare.
+func BenchmarkServiceCheckRound(b *testing.B) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	v := netip.MustParseAddrPort(l.Addr().String())
+	const n = 1000
+	b.Run("round", func(b *testing.B) {
+		targets := map[maps.ResourceID][]netip.AddrPort{}
+		for r := range n {
+			targets[maps.ResourceID(r+1)] = []netip.AddrPort{v}
+		}
+		var mu sync.Mutex
+		ok := 0
+		s := newServiceChecker(ServiceCheckCfg{}, func(r string) {
+			if r == checkOK {
+				mu.Lock()
+				ok++
+				mu.Unlock()
+			}
+		})
+		s.setTargets(targets)
+		b.ResetTimer()
+		for range b.N {
+			s.checkOnce(context.Background())
+		}
+		b.StopTimer()
+		if ok != n*b.N || len(s.unserved()) != 0 {
+			b.Fatalf("%d checks passed of %d, unserved %v", ok, n*b.N, s.unserved())
+		}
+		b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*n), "µs/check")
+	})
+	b.Run("baseline-dial-serial", func(b *testing.B) {
+		for range b.N {
+			for range n {
+				if err := dialTCP(context.Background(), v); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*n), "µs/check")
+	})
+}
