@@ -589,15 +589,14 @@ func TestHeldTaskStartsWhenTheScheduleChanges(t *testing.T) {
 func TestHeldTaskStartsAtItsStart(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
-	wall := time.Now()
-	boundary := wall.Add(12 * time.Hour).Truncate(time.Minute).Add(time.Minute)
-	offset := boundary.Add(-100 * time.Millisecond).Sub(wall)
+	boundary := time.Now().Add(12 * time.Hour).Truncate(time.Minute).Add(time.Minute)
 	b := boundary.In(time.Local)
 	from := (b.Hour()*60 + b.Minute() + 1439) % 1440
 	peak := fmt.Sprintf("unlimited; * %02d:%02d-%02d:%02d 1MB", from/60, from%60, b.Hour(), b.Minute())
 	p := newReplPair(t, peak)
 	a := New(&Config{Node: "src", Replication: p.srcCfg, Controller: &ControllerCfg{Site: "eu"}}, "", discardLogger())
 	a.repl = p.src
+	var offset time.Duration
 	cp := &controlPlane{a: a, clock: func() time.Time { return time.Now().Add(offset) }}
 	t.Cleanup(cp.stopTasks)
 
@@ -605,6 +604,10 @@ func TestHeldTaskStartsAtItsStart(t *testing.T) {
 	tk := task("disk", "src", "dst")
 	tk.DeadlineUnixNano = boundary.Add(time.Hour).UnixNano()
 	st.ReplicationTasks = []*pb.ReplicationTask{tk}
+	// The node's clock reads 500 ms before the boundary now, right before
+	// the apply (the replicators' setup above can take longer than that
+	// on a loaded machine).
+	offset = boundary.Add(-500 * time.Millisecond).Sub(time.Now())
 	if err := cp.apply(st.GetVersion(), st); err != nil {
 		t.Fatal(err)
 	}
