@@ -607,7 +607,7 @@ func TestHeldTaskStartsAtItsStart(t *testing.T) {
 	// The node's clock reads 500 ms before the boundary now, right before
 	// the apply (the replicators' setup above can take longer than that
 	// on a loaded machine).
-	offset = boundary.Add(-500 * time.Millisecond).Sub(time.Now())
+	offset = time.Until(boundary.Add(-500 * time.Millisecond))
 	if err := cp.apply(st.GetVersion(), st); err != nil {
 		t.Fatal(err)
 	}
