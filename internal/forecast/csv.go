@@ -35,8 +35,10 @@ type Table struct {
 	HasLocation bool
 	CovNames    []string
 	Records     []Record
-	// Ignored lists extra columns left out because their first non-empty
-	// cell is not a number (a host name, a status text): they cannot be
+	// Ignored lists extra columns left out: row numbers or blank columns
+	// (no header name, pandas' "Unnamed: 0", "index"; labelled "column N
+	// (no name)" when nameless), then columns whose first non-empty cell
+	// is not a number (a host name, a status text), which cannot be
 	// covariates.
 	Ignored []string
 }
@@ -115,6 +117,21 @@ func parseUnix(s string) (time.Time, bool) {
 	return time.Unix(int64(whole), int64(math.Round((sec-whole)*1e9))).UTC(), true
 }
 
+// isIndexColumn reports whether a header name (lower case) marks a
+// row-number or empty column rather than data: no name, pandas'
+// "unnamed: N", or "index".
+func isIndexColumn(name string) bool {
+	if name == "" || name == "index" {
+		return true
+	}
+	rest, ok := strings.CutPrefix(name, "unnamed:")
+	if !ok {
+		return false
+	}
+	_, err := strconv.Atoi(strings.TrimSpace(rest))
+	return err == nil
+}
+
 func indexOf(names []string, want []string) int {
 	for i, n := range names {
 		for _, w := range want {
@@ -173,7 +190,8 @@ const maxTableRows = 5_000_000
 // With a header, columns are found by name (see timeNames, locationNames,
 // valueNames, holidayNames); every other column is a numeric covariate,
 // except one whose first non-empty cell is not a number: that column is
-// ignored (listed in Table.Ignored). A row with an empty value is
+// ignored (listed in Table.Ignored), as is a column with no name or a
+// row-number column (isIndexColumn). A row with an empty value is
 // skipped; a malformed row rejects the whole input with an error naming
 // its line. A UTF-8 byte-order mark is skipped, and a first line with no
 // comma but semicolons (or tabs) makes that the separator.
@@ -218,28 +236,55 @@ func ReadTable(r io.Reader) (*Table, error) {
 		if i := indexOf(names, timeNames); i >= 0 {
 			tcol = i
 		}
+		// A row-number column (pandas' unnamed index, "Unnamed: 0" after
+		// a round trip) or the empty column of a trailing separator is
+		// no part of the data: taken for the location it made every row
+		// its own location. The first column stays the time when no
+		// column is named for it (an unnamed DatetimeIndex).
+		var named []int
+		for i, n := range names {
+			if i != tcol && isIndexColumn(n) {
+				label := n
+				if n == "" {
+					label = fmt.Sprintf("column %d (no name)", i+1)
+				}
+				t.Ignored = append(t.Ignored, label)
+				continue
+			}
+			named = append(named, i)
+		}
 		lcol = indexOf(names, locationNames)
 		vcol = indexOf(names, valueNames)
 		hcol = indexOf(names, holidayNames)
+		// other returns the named column that is none of the given ones
+		// (the shapes below have exactly one).
+		other := func(not ...int) int {
+			for _, i := range named {
+				if !slices.Contains(not, i) {
+					return i
+				}
+			}
+			return -1
+		}
 		if vcol < 0 {
 			switch {
-			case ncol == 2:
-				vcol = 1 - tcol
-			case ncol == 3 && lcol < 0 && tcol == 0:
-				lcol, vcol = 1, 2
-			case ncol == 3 && lcol >= 0:
-				vcol = 3 - tcol - lcol
+			case len(named) == 2:
+				vcol = other(tcol)
+			case len(named) == 3 && lcol < 0 && tcol == named[0]:
+				lcol, vcol = named[1], named[2]
+			case len(named) == 3 && lcol >= 0:
+				vcol = other(tcol, lcol)
 			default:
 				return nil, fmt.Errorf("%w: header %v: cannot tell the value column (name it \"value\")", ErrBadInput, names)
 			}
 		}
-		if ncol == 3 && lcol < 0 && vcol >= 0 {
-			lcol = 3 - tcol - vcol
+		if len(named) == 3 && lcol < 0 && vcol >= 0 {
+			lcol = other(tcol, vcol)
 		}
-		if tcol == vcol || (lcol >= 0 && (lcol == tcol || lcol == vcol)) {
+		if vcol < 0 || tcol == vcol || (lcol >= 0 && (lcol == tcol || lcol == vcol)) {
 			return nil, fmt.Errorf("%w: header %v: time, location and value columns overlap", ErrBadInput, names)
 		}
-		for i := range names {
+		for _, i := range named {
 			if i != tcol && i != lcol && i != vcol && i != hcol {
 				covCols = append(covCols, i)
 				t.CovNames = append(t.CovNames, names[i])

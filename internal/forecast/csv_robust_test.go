@@ -292,3 +292,52 @@ func FuzzParseMarkConditions(f *testing.F) {
 		}
 	})
 }
+
+// TestReadTableIndexColumns: pandas' to_csv writes its row index as a
+// first column with an empty name (or "Unnamed: 0" after a round trip),
+// and a trailing separator adds an empty column. Such a column was taken
+// for the location (one location per row, each too short to backtest) or
+// became a covariate counting rows; it is ignored and listed.
+func TestReadTableIndexColumns(t *testing.T) {
+	const n = 5
+	t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	rows := func(f func(i int, ts string) string) string {
+		var b strings.Builder
+		for i := range n {
+			b.WriteString(f(i, t0.Add(time.Duration(i)*time.Hour).Format(time.DateTime)) + "\n")
+		}
+		return b.String()
+	}
+	for _, tc := range []struct {
+		name, in string
+		loc      bool
+		ignored  []string
+	}{
+		{name: "pandas index", in: ",timestamp,value\n" + rows(func(i int, ts string) string { return fmt.Sprintf("%d,%s,%d", i, ts, 10+i) }),
+			ignored: []string{"column 1 (no name)"}},
+		{name: "pandas index, per location", in: ",timestamp,location,value\n" + rows(func(i int, ts string) string { return fmt.Sprintf("%d,%s,eu,%d", i, ts, 10+i) }),
+			loc: true, ignored: []string{"column 1 (no name)"}},
+		{name: "pandas index after a round trip", in: "Unnamed: 0,timestamp,value\n" + rows(func(i int, ts string) string { return fmt.Sprintf("%d,%s,%d", i, ts, 10+i) }),
+			ignored: []string{"unnamed: 0"}},
+		{name: "unnamed time index", in: ",value\n" + rows(func(i int, ts string) string { return fmt.Sprintf("%s,%d", ts, 10+i) })},
+		{name: "trailing separator", in: "timestamp,value,\n" + rows(func(i int, ts string) string { return fmt.Sprintf("%s,%d,", ts, 10+i) }),
+			ignored: []string{"column 3 (no name)"}},
+		{name: "trailing separator, semicolons", in: "timestamp;location;value;\n" + rows(func(i int, ts string) string { return fmt.Sprintf("%s;eu;%d;", ts, 10+i) }),
+			loc: true, ignored: []string{"column 4 (no name)"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tb, err := ReadTable(strings.NewReader(tc.in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(tb.Records) != n || len(tb.CovNames) != 0 || tb.HasLocation != tc.loc || !slices.Equal(tb.Ignored, tc.ignored) {
+				t.Fatalf("%d records, covariates %v, location %v, ignored %q", len(tb.Records), tb.CovNames, tb.HasLocation, tb.Ignored)
+			}
+			for i, r := range tb.Records {
+				if !r.Time.Equal(t0.Add(time.Duration(i)*time.Hour)) || r.Value != float64(10+i) || (tc.loc && r.Location != "eu") {
+					t.Fatalf("record %d: %+v", i, r)
+				}
+			}
+		})
+	}
+}

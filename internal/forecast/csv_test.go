@@ -194,6 +194,8 @@ func FuzzReadTable(f *testing.F) {
 	f.Add("\"ds\",\"y\"\n\"2007-12-10\",9.59\n\"2007-12-12\",8\n")
 	f.Add("\ufefftimestamp;value\r\n2014-02-14 14:30:00;1\r\n2014-02-14 14:30:00;1\r\n2014-02-14 15:30:00;2\r\n")
 	f.Add("timestamp,value,host,temp\n2014-02-14T14:30:00+02:00,1,web,3\n2014-02-14T15:30:00+02:00,1,db,\n")
+	f.Add(",timestamp,location,value\n0,2014-02-14 14:30:00,eu,1\n1,2014-02-14 15:30:00,eu,2\n")
+	f.Add("Unnamed: 0;timestamp;value;\n0;2014-02-14 14:30:00;1;\n1;2014-02-14 15:30:00;2;\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		tb, err := ReadTable(strings.NewReader(in))
 		if err != nil {
