@@ -237,6 +237,14 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 		if len(specs) == 0 {
 			return fmt.Errorf("%w: --methods %q selects nothing", cli.ErrUsage, *methods)
 		}
+		if *window < s.Step {
+			// Monthly rows with the default four weeks: no bucket fits.
+			return fmt.Errorf("%w: --train %v is shorter than one bucket (%v) of %s: pass a --train of many buckets", cli.ErrUsage, *window, s.Step, name)
+		}
+		if w := int(*window / s.Step); w <= *horizon {
+			slog.Warn("backtest: training window holds fewer buckets than the horizon; methods that need a horizon of history leave targets unscored (pass a longer --train)",
+				"series", name, "train_buckets", w, "horizon", *horizon)
+		}
 		cfg := forecast.BacktestConfig{
 			Window:     int(*window / s.Step),
 			Horizon:    *horizon,
