@@ -362,8 +362,8 @@ func runLocations(ctx context.Context, args []string, out io.Writer) error {
 	fs := cli.NewFlagSet("controller forecast", "locations")
 	var sf seriesFlags
 	sf.register(fs)
-	testFrom := fs.String("test-from", "", "start of the test period (default: the first day of the data's last calendar month)")
-	horizons := fs.String("horizons", "1,24", "comma-separated horizons in buckets")
+	testFrom := fs.String("test-from", "", "start of the test period (default: the first day of the data's last calendar month; for data inside one month, its last quarter)")
+	horizons := fs.String("horizons", "", "comma-separated horizons in buckets, at most a week of buckets (default: 1 and one day of buckets, 1,24 for hourly data)")
 	jsonOut := fs.Bool("json", false, "print one JSON object per (method, horizon)")
 	noCov := fs.Bool("no-covariates", false, "ignore covariate columns")
 	if err := cli.ParseFlags(fs, args); err != nil {
@@ -373,17 +373,40 @@ func runLocations(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var hs []int
-	for _, f := range strings.Split(*horizons, ",") {
-		var h int
-		if _, err := fmt.Sscan(strings.TrimSpace(f), &h); err != nil || h < 1 {
-			return fmt.Errorf("%w: --horizons %q", cli.ErrUsage, *horizons)
-		}
-		hs = append(hs, h)
-	}
 	d, err := forecast.LocationDataFromSeries(series)
 	if err != nil {
 		return err
+	}
+	// Counts below zero are not requests; LocationDataFromSeries would
+	// clamp them to zero and the score would hide it.
+	for _, s := range series {
+		for i, v := range s.Values {
+			if v < 0 && s.Observed[i] {
+				return fmt.Errorf("%w: location %q has a negative count %g at %s: the locations tool reads request counts",
+					forecast.ErrBadInput, s.Name, v, s.Time(i).Format(time.DateTime))
+			}
+		}
+	}
+	// The location model looks at most a week ahead; hourly data's
+	// default "1,24" is 24 days on daily buckets.
+	day, week := max(int(24*time.Hour/d.Step), 1), max(int(7*24*time.Hour/d.Step), 1)
+	hlist := *horizons
+	if hlist == "" {
+		hlist = fmt.Sprintf("1,%d", day)
+		if day == 1 {
+			hlist = "1"
+		}
+	}
+	var hs []int
+	for _, f := range strings.Split(hlist, ",") {
+		var h int
+		if _, err := fmt.Sscan(strings.TrimSpace(f), &h); err != nil || h < 1 {
+			return fmt.Errorf("%w: --horizons %q", cli.ErrUsage, hlist)
+		}
+		if h > week {
+			return fmt.Errorf("%w: --horizons: %d buckets of %v is beyond the location model's reach of a week (%d buckets)", cli.ErrUsage, h, d.Step, week)
+		}
+		hs = append(hs, h)
 	}
 	feeds, err := series[0].Feeds(events)
 	if err != nil {
@@ -398,6 +421,14 @@ func runLocations(ctx context.Context, args []string, out io.Writer) error {
 	}
 	end := d.Start.Add(time.Duration(len(d.Counts)) * d.Step)
 	from := time.Date(end.Add(-d.Step).Year(), end.Add(-d.Step).Month(), 1, 0, 0, 0, 0, time.UTC)
+	if !from.After(d.Start) {
+		// The data lies inside one calendar month (a few days of logs):
+		// train on its first three quarters, test on the last.
+		from = d.Start.Add(end.Sub(d.Start) * 3 / 4).Truncate(d.Step)
+		if from.Sub(d.Start) >= 48*time.Hour {
+			from = from.Truncate(24 * time.Hour)
+		}
+	}
 	if *testFrom != "" {
 		if from, err = forecast.ParseTime(*testFrom); err != nil {
 			return fmt.Errorf("%w: --test-from: %v", cli.ErrUsage, err)
@@ -406,6 +437,15 @@ func runLocations(ctx context.Context, args []string, out io.Writer) error {
 	scores, err := forecast.LocationBenchmark(d, feeds, covs, from, hs)
 	if err != nil {
 		return err
+	}
+	scored := false
+	for _, s := range scores {
+		scored = scored || s.Requests > 0
+	}
+	if !scored {
+		// A cross-entropy of 0 over no requests would read as perfect.
+		return fmt.Errorf("%w: no requests in the test period %s .. %s: nothing to score (--test-from)", forecast.ErrBadInput,
+			from.Format(time.DateTime), end.Format(time.DateTime))
 	}
 	if *jsonOut {
 		enc := json.NewEncoder(out)

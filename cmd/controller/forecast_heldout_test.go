@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -77,5 +78,82 @@ func TestBacktestCoarseBuckets(t *testing.T) {
 	_, err := forecast.Backtest(context.Background(), s, nil, forecast.Baselines(), forecast.BacktestConfig{})
 	if !errors.Is(err, forecast.ErrBadInput) || !strings.Contains(err.Error(), "window of 0 buckets") {
 		t.Fatalf("library error %v", err)
+	}
+}
+
+// locRows writes a timestamp,location,value table of n buckets of step
+// for the given locations; v gives each count.
+func locRows(n int, step time.Duration, locs []string, v func(i, j int) float64) string {
+	var b strings.Builder
+	b.WriteString("timestamp,location,value\n")
+	t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i := range n {
+		for j, l := range locs {
+			fmt.Fprintf(&b, "%s,%s,%g\n", t0.Add(time.Duration(i)*step).Format(time.DateTime), l, v(i, j))
+		}
+	}
+	return b.String()
+}
+
+// TestLocationsHeldOutShapes: inputs the dev files do not have. A log of
+// a few days (ingest-log's output) lies inside one calendar month, so the
+// default test start was the data's start and the error "test start ...
+// outside the data"; daily buckets failed on the default horizon 24 with
+// "location horizon 24 buckets"; an all-zero test period printed a
+// cross-entropy of 0 (a perfect score); negative counts were clamped to
+// zero silently.
+func TestLocationsHeldOutShapes(t *testing.T) {
+	varied := func(i, j int) float64 { return float64(5 + (i*7+j*3)%11) }
+	for _, tc := range []struct {
+		name, csv string
+		args      []string
+		wantErr   string
+		horizons  []int // horizons of the scored rows
+	}{
+		{name: "four days of hourly counts", csv: locRows(96, time.Hour, []string{"a", "b", "c"}, varied), horizons: []int{1, 24}},
+		{name: "daily buckets", csv: locRows(400, 24*time.Hour, []string{"a", "b"}, varied), horizons: []int{1}},
+		{name: "15-minute buckets", csv: locRows(96*20, 15*time.Minute, []string{"a", "b"}, varied), horizons: []int{1, 96}},
+		{name: "daily, horizon beyond a week", csv: locRows(400, 24*time.Hour, []string{"a", "b"}, varied), args: []string{"--horizons", "1,24"},
+			wantErr: "--horizons: 24 buckets of 24h0m0s"},
+		{name: "all zero", csv: locRows(24*60, time.Hour, []string{"a", "b"}, func(int, int) float64 { return 0 }), wantErr: "no requests in the test period"},
+		{name: "negative count", csv: locRows(24*60, time.Hour, []string{"a", "b"}, func(i, j int) float64 {
+			if i == 30 && j == 1 {
+				return -3
+			}
+			return varied(i, j)
+		}), wantErr: `location "b" has a negative count -3 at 2024-01-02 06:00`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out bytes.Buffer
+			args := append([]string{"locations", "--csv", writeTrace(t, tc.csv), "--json"}, tc.args...)
+			err := runForecast(context.Background(), args, &out)
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !errors.Is(err, forecast.ErrBadInput) && !errors.Is(err, cli.ErrUsage) {
+					t.Fatalf("error %v, want one naming %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows := 0
+			for _, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+				var r struct {
+					Horizon int      `json:"horizon"`
+					CE      *float64 `json:"cross_entropy_per_request"`
+					Buckets int      `json:"test_buckets"`
+				}
+				if err := json.Unmarshal([]byte(l), &r); err != nil {
+					t.Fatal(err)
+				}
+				if r.CE == nil || *r.CE <= 0 || r.Buckets == 0 || r.Horizon != tc.horizons[rows%len(tc.horizons)] {
+					t.Fatalf("row %s", l)
+				}
+				rows++
+			}
+			if rows != 3*len(tc.horizons) {
+				t.Fatalf("%d rows:\n%s", rows, out.String())
+			}
+		})
 	}
 }
