@@ -314,9 +314,13 @@ const backtestHelp = `Usage: controller forecast backtest --csv FILE [flags]
 
 Rolling-origin backtest of the hybrid and the baselines. Input: a CSV of
 timestamp,value or timestamp,location,value (header optional; comma,
-semicolon or tab separated; a byte-order mark, CRLF and quoted fields are
-fine; extra numeric columns are covariates, extra text columns are ignored
-with a warning). Rows may come in any order. The bucket length is the
+semicolon or tab separated, with a decimal comma when not comma
+separated; a UTF-8 byte-order mark, CRLF or CR line ends and quoted fields
+are fine; extra numeric columns are covariates, extra text columns and
+nameless or row-number columns such as pandas' index are ignored with a
+warning; with time and value named, a third column is the location unless
+every cell is a number and no timestamp repeats). Rows may come in any
+order. The bucket length is the
 median gap between timestamps, rounded to the nearest length dividing a
 day when within 5% (jitter); --step/--hourly aggregate further.
   * repeated rows (same timestamp, location and value) are dropped, with a

@@ -69,6 +69,11 @@ var timeLayouts = []string{
 	"1/2/2006 15:04:05",
 	"1/2/2006 15:04",
 	"1/2/2006",
+	// Dotted dates are day-first wherever they are written (German,
+	// Russian, ... spreadsheet exports).
+	"2.1.2006 15:04:05",
+	"2.1.2006 15:04",
+	"2.1.2006",
 }
 
 // ParseTime parses a timestamp in one of the layouts the CSV readers
@@ -165,7 +170,21 @@ func isMissing(s string) bool {
 }
 
 func parseFinite(s string) (float64, error) {
-	v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	return parseNumber(s, false)
+}
+
+// parseNumber is parseFinite that also reads a decimal comma ("0,5")
+// when decComma is set: in a file separated by semicolons or tabs, the
+// exports of comma-decimal locales. Only digits, one comma, digits: a
+// number with thousands marks ("1.234,5") is not guessed at.
+func parseNumber(s string, decComma bool) (float64, error) {
+	s = strings.TrimSpace(s)
+	if decComma {
+		if a, b, ok := strings.Cut(strings.TrimLeft(s, "+-"), ","); ok && a != "" && b != "" && allDigits(a) && allDigits(b) {
+			s = strings.Replace(s, ",", ".", 1)
+		}
+	}
+	v, err := strconv.ParseFloat(s, 64)
 	if err != nil {
 		return 0, fmt.Errorf("%w: not a number: %q", ErrBadInput, s)
 	}
@@ -173,6 +192,15 @@ func parseFinite(s string) (float64, error) {
 		return 0, fmt.Errorf("%w: not a finite number: %q", ErrBadInput, s)
 	}
 	return v, nil
+}
+
+func allDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // maxTableRows bounds what ReadTable accepts so a hostile file cannot
@@ -200,8 +228,20 @@ func ReadTable(r io.Reader) (*Table, error) {
 	if b, err := br.Peek(3); err == nil && bytes.Equal(b, []byte("\xef\xbb\xbf")) {
 		_, _ = br.Discard(3)
 	}
-	cr := csv.NewReader(br)
+	if b, err := br.Peek(2); err == nil && (b[0] == 0xff && b[1] == 0xfe || b[0] == 0xfe && b[1] == 0xff) {
+		// Excel's "Unicode text": every other byte would be a NUL.
+		return nil, fmt.Errorf("%w: UTF-16 text (byte-order mark %X): save the file as UTF-8 CSV", ErrBadInput, b)
+	}
+	var in io.Reader = br
+	if head, _ := br.Peek(4096); bytes.IndexByte(head, '\n') < 0 && bytes.IndexByte(head, '\r') >= 0 {
+		// Classic Mac line ends (CR only), which encoding/csv does not
+		// split on: the whole file would be one header.
+		in = crReader{br}
+	}
+	cr := csv.NewReader(in)
 	cr.Comma = sniffComma(br)
+	decComma := cr.Comma != ','
+
 	cr.TrimLeadingSpace = true
 	cr.ReuseRecord = false
 	first, err := cr.Read()
@@ -215,6 +255,7 @@ func ReadTable(r io.Reader) (*Table, error) {
 	tcol, lcol, vcol, hcol := 0, -1, -1, -1
 	var covCols []int
 	var covText []bool // covCols[j] turned out to be a text column
+	third := ""        // name of a third column whose role is undecided
 	t := &Table{}
 	pending := [][]string{}
 	if _, err := ParseTime(first[0]); err == nil {
@@ -279,7 +320,11 @@ func ReadTable(r io.Reader) (*Table, error) {
 			}
 		}
 		if len(named) == 3 && lcol < 0 && vcol >= 0 {
+			// Time and value are named, the third column is not: a
+			// location ("zone", "country") or a covariate ("temp").
+			// Decided after reading (resolveThird).
 			lcol = other(tcol, vcol)
+			third = names[lcol]
 		}
 		if vcol < 0 || tcol == vcol || (lcol >= 0 && (lcol == tcol || lcol == vcol)) {
 			return nil, fmt.Errorf("%w: header %v: time, location and value columns overlap", ErrBadInput, names)
@@ -294,7 +339,8 @@ func ReadTable(r io.Reader) (*Table, error) {
 	}
 	covKnown := make([]bool, len(covCols))
 	t.HasLocation = lcol >= 0
-	line := 1 // the header
+	emptyLoc := 0 // first line with an empty location cell
+	line := 1     // the header
 	if len(pending) > 0 {
 		line = 0
 	}
@@ -310,15 +356,18 @@ func ReadTable(r io.Reader) (*Table, error) {
 		if err != nil {
 			return fmt.Errorf("line %d column %d: %w", line, tcol+1, err)
 		}
-		v, err := parseFinite(row[vcol])
+		v, err := parseNumber(row[vcol], decComma)
 		if err != nil {
 			return fmt.Errorf("line %d column %d: %w", line, vcol+1, err)
 		}
 		rec := Record{Time: ts, Value: v}
 		if lcol >= 0 {
 			rec.Location = strings.TrimSpace(row[lcol])
-			if rec.Location == "" {
+			if rec.Location == "" && third == "" {
 				return fmt.Errorf("%w: line %d: empty location", ErrBadInput, line)
+			}
+			if rec.Location == "" && emptyLoc == 0 {
+				emptyLoc = line // an error unless the column is a covariate
 			}
 		}
 		if hcol >= 0 {
@@ -333,7 +382,7 @@ func ReadTable(r io.Reader) (*Table, error) {
 					rec.Covs[j] = math.NaN()
 					continue
 				}
-				if rec.Covs[j], err = parseFinite(row[c]); err != nil {
+				if rec.Covs[j], err = parseNumber(row[c], decComma); err != nil {
 					if !covKnown[j] {
 						// The column's first value is text: not a covariate.
 						covText[j], covKnown[j] = true, true
@@ -371,10 +420,49 @@ func ReadTable(r io.Reader) (*Table, error) {
 	if len(t.Records) == 0 {
 		return nil, fmt.Errorf("%w: no data rows", ErrBadInput)
 	}
+	if third != "" {
+		t.resolveThird(third, decComma)
+	}
+	if t.HasLocation && emptyLoc > 0 {
+		return nil, fmt.Errorf("%w: line %d: empty location", ErrBadInput, emptyLoc)
+	}
 	if slices.Contains(covText, true) {
 		t.dropColumns(covText)
 	}
 	return t, nil
+}
+
+// resolveThird decides the role of a third column (name) that was read
+// as the location: it is a numeric covariate when every cell is a number
+// (or missing) and no timestamp repeats, since a per-location table lists
+// several locations at one time; otherwise it stays the location.
+func (t *Table) resolveThird(name string, decComma bool) {
+	vals := make([]float64, len(t.Records))
+	times := make([]int64, len(t.Records))
+	for i, r := range t.Records {
+		v := math.NaN()
+		if !isMissing(r.Location) {
+			x, err := parseNumber(r.Location, decComma)
+			if err != nil {
+				return
+			}
+			v = x
+		}
+		vals[i], times[i] = v, r.Time.UnixNano()
+	}
+	slices.Sort(times)
+	for i := 1; i < len(times); i++ {
+		if times[i] == times[i-1] {
+			return
+		}
+	}
+	t.HasLocation = false
+	t.CovNames = append([]string{name}, t.CovNames...)
+	for i := range t.Records {
+		r := &t.Records[i]
+		r.Location = ""
+		r.Covs = append([]float64{vals[i]}, r.Covs...)
+	}
 }
 
 // dropColumns removes the covariates marked text from the table.
@@ -409,7 +497,7 @@ func (t *Table) dropColumns(text []bool) {
 // exports in locales whose decimal mark is a comma).
 func sniffComma(br *bufio.Reader) rune {
 	b, _ := br.Peek(4096) // fewer bytes at the end of a short input
-	if i := bytes.IndexByte(b, '\n'); i >= 0 {
+	if i := bytes.IndexAny(b, "\r\n"); i >= 0 {
 		b = b[:i]
 	}
 	count := map[byte]int{}
@@ -430,6 +518,19 @@ func sniffComma(br *bufio.Reader) rune {
 		return '\t'
 	}
 	return ','
+}
+
+// crReader turns every CR into LF (for inputs with no LF at all).
+type crReader struct{ r io.Reader }
+
+func (c crReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	for i, b := range p[:n] {
+		if b == '\r' {
+			p[i] = '\n'
+		}
+	}
+	return n, err
 }
 
 // Agg says how samples inside one bucket combine.

@@ -341,3 +341,99 @@ func TestReadTableIndexColumns(t *testing.T) {
 		})
 	}
 }
+
+// TestReadTableLocaleExports: spreadsheet exports in comma-decimal locales
+// (semicolon or tab separated, "0,5", dotted day-first dates) and classic
+// Mac line ends (CR only). The decimal comma was "not a number"; CR-only
+// input became one header line holding the whole file; UTF-16 (Excel's
+// "Unicode text") was garbled into an unrecognised timestamp and is now
+// refused by name.
+func TestReadTableLocaleExports(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		values   []float64
+		covs     []float64 // first covariate per row, when any
+		wantErr  string
+	}{
+		{name: "semicolons, decimal comma", in: "timestamp;value\n2024-01-01 00:00;0,5\n2024-01-01 01:00;1,25\n", values: []float64{0.5, 1.25}},
+		{name: "tabs, decimal comma, covariate", in: "timestamp\tvalue\ttemp\n2024-01-01 00:00\t3\t-1,5\n2024-01-01 01:00\t4\t2\n",
+			values: []float64{3, 4}, covs: []float64{-1.5, 2}},
+		{name: "dotted day-first dates", in: "Datum;Wert\n31.01.2024 23:00;1\n01.02.2024 00:00;2\n", values: []float64{1, 2}},
+		{name: "CR line ends", in: "timestamp,value\r2024-01-01 00:00,1\r2024-01-01 01:00,2\r", values: []float64{1, 2}},
+		{name: "CR line ends, semicolons", in: "timestamp;value\r2024-01-01 00:00;1,5\r2024-01-01 01:00;2\r", values: []float64{1.5, 2}},
+		{name: "comma separator: a decimal comma is two fields", in: "timestamp,value\n2024-01-01 00:00,0,5\n", wantErr: "line 2"},
+		{name: "thousands and decimal marks are not guessed", in: "timestamp;value\n2024-01-01 00:00;1.234,5\n", wantErr: "line 2 column 2"},
+		{name: "UTF-16 little endian", in: "\xff\xfet\x00s\x00,\x00v\x00\n\x00", wantErr: "UTF-16"},
+		{name: "UTF-16 big endian", in: "\xfe\xff\x00t\x00s", wantErr: "UTF-16"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tb, err := ReadTable(strings.NewReader(tc.in))
+			if tc.wantErr != "" {
+				if !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want ErrBadInput naming %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got, covs []float64
+			for _, r := range tb.Records {
+				got = append(got, r.Value)
+				if len(r.Covs) > 0 {
+					covs = append(covs, r.Covs[0])
+				}
+			}
+			if !slices.Equal(got, tc.values) || !slices.Equal(covs, tc.covs) {
+				t.Fatalf("values %v covariates %v", got, covs)
+			}
+			if d := tb.Records[1].Time.Sub(tb.Records[0].Time); d != time.Hour {
+				t.Fatalf("times %v, %v", tb.Records[0].Time, tb.Records[1].Time)
+			}
+		})
+	}
+}
+
+// TestReadTableThirdColumn: with time and value named, a third column of
+// another name was always the location, so "timestamp,value,temp" made
+// one location per temperature (the help says extra numeric columns are
+// covariates). It is now a covariate when every cell is a number and no
+// timestamp repeats, else the location.
+func TestReadTableThirdColumn(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		loc      bool
+		covs     []string
+		wantErr  string
+	}{
+		{name: "numeric covariate", in: "timestamp,value,temp\n2024-01-01 00:00,1,-3.5\n2024-01-01 01:00,2,\n2024-01-01 02:00,3,4\n", covs: []string{"temp"}},
+		{name: "text location", in: "timestamp,value,country\n2024-01-01 00:00,1,FR\n2024-01-01 00:00,2,DE\n2024-01-01 01:00,3,FR\n", loc: true},
+		{name: "integer zone ids, time-major", in: "timestamp,zone,value\n2024-01-01 00:00,1,5\n2024-01-01 00:00,2,6\n2024-01-01 01:00,1,7\n", loc: true},
+		{name: "integer zone ids, zone-major", in: "timestamp,value,zone\n2024-01-01 00:00,5,1\n2024-01-01 01:00,7,1\n2024-01-01 00:00,6,2\n", loc: true},
+		{name: "empty location", in: "timestamp,value,country\n2024-01-01 00:00,1,FR\n2024-01-01 00:00,2,\n", wantErr: "line 3: empty location"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tb, err := ReadTable(strings.NewReader(tc.in))
+			if tc.wantErr != "" {
+				if !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tb.HasLocation != tc.loc || !slices.Equal(tb.CovNames, tc.covs) {
+				t.Fatalf("location %v covariates %v", tb.HasLocation, tb.CovNames)
+			}
+			for _, r := range tb.Records {
+				if (r.Location != "") != tc.loc || len(r.Covs) != len(tc.covs) {
+					t.Fatalf("record %+v", r)
+				}
+			}
+			if tc.covs != nil && (tb.Records[0].Covs[0] != -3.5 || !math.IsNaN(tb.Records[1].Covs[0])) {
+				t.Fatalf("covariate values %v %v", tb.Records[0].Covs, tb.Records[1].Covs)
+			}
+		})
+	}
+}

@@ -196,6 +196,8 @@ func FuzzReadTable(f *testing.F) {
 	f.Add("timestamp,value,host,temp\n2014-02-14T14:30:00+02:00,1,web,3\n2014-02-14T15:30:00+02:00,1,db,\n")
 	f.Add(",timestamp,location,value\n0,2014-02-14 14:30:00,eu,1\n1,2014-02-14 15:30:00,eu,2\n")
 	f.Add("Unnamed: 0;timestamp;value;\n0;2014-02-14 14:30:00;1;\n1;2014-02-14 15:30:00;2;\n")
+	f.Add("Datum;Wert;temp\r31.01.2024 23:00;0,5;-1,5\r01.02.2024 00:00;1,25;\r")
+	f.Add("timestamp,value,zone\n2024-01-01 00:00,5,1\n2024-01-01 01:00,7,1\n2024-01-01 00:00,6,2\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		tb, err := ReadTable(strings.NewReader(in))
 		if err != nil {
