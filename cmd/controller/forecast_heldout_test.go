@@ -157,3 +157,35 @@ func TestLocationsHeldOutShapes(t *testing.T) {
 		})
 	}
 }
+
+// TestBacktestLocationsSideBySide: the locations of a per-location file
+// are backtested concurrently (200 locations took minutes on one core);
+// the output is in location order and each location's rows are what a
+// run of that location alone prints.
+func TestBacktestLocationsSideBySide(t *testing.T) {
+	locs := []string{"eu", "us", "ap", "sa", "af"}
+	p := writeTrace(t, locRows(24*16, time.Hour, locs, func(i, j int) float64 {
+		return float64(20 + 10*j + (i*(j+3))%17 + 8*(i%24)/(j+1))
+	}))
+	run := func(extra ...string) string {
+		var out bytes.Buffer
+		args := append([]string{"backtest", "--csv", p, "--json", "--methods", "naive,ets,hybrid", "--min-origins", "48"}, extra...)
+		if err := runForecast(context.Background(), args, &out); err != nil {
+			t.Fatal(err)
+		}
+		return out.String()
+	}
+	all := strings.Split(strings.TrimSpace(run()), "\n")
+	if len(all) != 3*len(locs) {
+		t.Fatalf("%d rows:\n%s", len(all), strings.Join(all, "\n"))
+	}
+	sorted := []string{"af", "ap", "eu", "sa", "us"}
+	for k, l := range sorted {
+		alone := strings.Split(strings.TrimSpace(run("--series", l)), "\n")
+		for m := range alone {
+			if all[3*k+m] != alone[m] {
+				t.Fatalf("%s row %d: together %s, alone %s", l, m, all[3*k+m], alone[m])
+			}
+		}
+	}
+}

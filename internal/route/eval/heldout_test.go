@@ -35,6 +35,7 @@ func TestLoadFileHeldOutLayouts(t *testing.T) {
 		{name: "CR line ends, square", body: ",a,b\ra,0,10\rb,11,0\r", sites: []string{"a", "b"}, rtt: 10},
 		{name: "client,server,ping_ms", body: "client,server,ping_ms\na,b,10\n", sites: []string{"a", "b"}, rtt: 10},
 		{name: "source,target,latency", body: "source,target,latency\na,b,10\n", sites: []string{"a", "b"}, rtt: 10},
+		{name: "UTF-16 refused by name", body: "\xff\xfes\x00r\x00c\x00", wantErr: "UTF-16"},
 		{name: "unknown header names what it accepts", body: "src,dest_host,rtt_ms\na,b,10\n", wantErr: "lacks a dst column (want one of dst, destination"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -771,6 +771,10 @@ func LoadFile(path string) (*Matrix, error) {
 	defer f.Close()
 	br := bufio.NewReader(f)
 	head, _ := br.Peek(512)
+	if len(head) >= 2 && (head[0] == 0xff && head[1] == 0xfe || head[0] == 0xfe && head[1] == 0xff) {
+		// Excel's "Unicode text": every other byte would be a NUL.
+		return nil, fmt.Errorf("%w: %s: UTF-16 text (byte-order mark %X): save the file as UTF-8", ErrFormat, filepath.Base(path), head[:2])
+	}
 	first := strings.ToLower(firstLine(string(head)))
 	name := filepath.Base(path)
 	switch {
