@@ -204,7 +204,7 @@ func TestRouteEvalUnseenFiles(t *testing.T) {
 		out     []string
 	}{
 		{name: "quoted mirror names", args: []string{"-dataset", quoted, "-mirror-sites", `"Washington, DC",Zürich`, "-origin", "東京"},
-			out: []string{"mirrors (2): Washington, DC, Zürich", "origin: 東京", "no self-pair"}},
+			out: []string{`mirrors (2): "Washington, DC", Zürich`, "origin: 東京", "no self-pair"}},
 		{name: "unknown names listed", args: []string{"-dataset", quoted, "-mirror-sites", "Washington,Tokyo"},
 			wantErr: `"Washington" (not in quoted.csv), "Tokyo" (not in quoted.csv)`},
 		{name: "empty mirror name", args: []string{"-dataset", quoted, "-mirror-sites", "a,,b"}, usage: true, wantErr: "name 2 is empty"},

@@ -150,3 +150,18 @@ func FuzzReadPingDat(f *testing.F) {
 		}
 	})
 }
+
+// TestSiteListRoundTrips: the printed mirror list reads back through
+// -mirror-sites; names with commas were joined bare ("City 2, X, City 9,
+// X"), which reads as four sites.
+func TestSiteListRoundTrips(t *testing.T) {
+	for _, names := range [][]string{
+		{"a", "b"},
+		{"City 2, X", "Zürich", `say "hi"`, "東京"},
+	} {
+		got, err := ParseSiteList(siteList(names))
+		if err != nil || !slices.Equal(got, names) {
+			t.Fatalf("%q -> %q -> %q, %v", names, siteList(names), got, err)
+		}
+	}
+}
