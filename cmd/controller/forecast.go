@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/csv"
@@ -679,35 +681,64 @@ func splitList(s string) []string {
 	return out
 }
 
-// readLatency reads region,location,latency_ms rows into seconds.
+// readLatency reads region,location,latency_ms rows into seconds. A
+// first line whose third field is not a number is a header (any names);
+// '#' starts a comment line; the separator may be a comma, semicolon or
+// tab, and a UTF-8 byte-order mark is skipped.
 func readLatency(path string) (map[string]map[string]float64, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open latency: %w", err)
 	}
 	defer f.Close()
-	r := csv.NewReader(f)
+	return parseLatency(f, path)
+}
+
+// parseLatency is readLatency's parser; path names the input in errors.
+func parseLatency(in io.Reader, path string) (map[string]map[string]float64, error) {
+	br := bufio.NewReader(in)
+	if b, err := br.Peek(3); err == nil && string(b) == "\ufeff" {
+		_, _ = br.Discard(3)
+	}
+	head, _ := br.Peek(4096)
+	first := head
+	for len(first) > 0 && first[0] == '#' { // the separator comes from the first record
+		i := bytes.IndexByte(first, '\n')
+		if i < 0 {
+			break
+		}
+		first = first[i+1:]
+	}
+	if i := bytes.IndexAny(first, "\r\n"); i >= 0 {
+		first = first[:i]
+	}
+	r := csv.NewReader(br)
+	r.Comma = forecast.Separator(first)
 	r.FieldsPerRecord = 3
 	r.Comment = '#'
+	r.TrimLeadingSpace = true
 	out := map[string]map[string]float64{}
-	line := 0
-	for {
+	for rec := 0; ; rec++ {
 		row, err := r.Read()
 		if err == io.EOF {
 			break
 		}
-		line++
 		if err != nil {
-			return nil, fmt.Errorf("%s line %d: %w", path, line, err)
+			return nil, fmt.Errorf("%w: %s: %v", forecast.ErrBadInput, path, err)
 		}
-		if line == 1 && strings.EqualFold(strings.TrimSpace(row[0]), "region") {
-			continue
+		line, _ := r.FieldPos(0)
+		cell := strings.TrimSpace(row[2])
+		ms, err := strconv.ParseFloat(cell, 64)
+		if err != nil && rec == 0 {
+			continue // a header
 		}
-		ms, err := strconv.ParseFloat(strings.TrimSpace(row[2]), 64)
-		if err != nil || ms < 0 || math.IsInf(ms, 0) {
-			return nil, fmt.Errorf("%w: %s line %d: latency %q", forecast.ErrBadInput, path, line, row[2])
+		if err != nil || !(ms >= 0) || math.IsInf(ms, 0) { // !(ms >= 0) also refuses NaN
+			return nil, fmt.Errorf("%w: %s line %d: latency %q (want milliseconds ≥ 0)", forecast.ErrBadInput, path, line, row[2])
 		}
 		reg, loc := strings.TrimSpace(row[0]), strings.TrimSpace(row[1])
+		if reg == "" || loc == "" {
+			return nil, fmt.Errorf("%w: %s line %d: empty region or location", forecast.ErrBadInput, path, line)
+		}
 		if out[reg] == nil {
 			out[reg] = map[string]float64{}
 		}

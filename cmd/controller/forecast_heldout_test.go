@@ -189,3 +189,65 @@ func TestBacktestLocationsSideBySide(t *testing.T) {
 		}
 	}
 }
+
+// TestReadLatencyVariants: route-cost files for `forecast explain` in
+// other spellings. A byte-order mark or a header other than "region,…"
+// was read as data ("latency \"latency_ms\""), semicolons failed as
+// "wrong number of fields", and a NaN latency was accepted and printed as
+// a NaN route cost.
+func TestReadLatencyVariants(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		wantErr    string
+	}{
+		{name: "plain", body: "region,location,latency_ms\neu,a,10\nus,a,80\n"},
+		{name: "no header, comments", body: "# measured 2024-01\neu,a,10\nus,a,80\n"},
+		{name: "BOM and CRLF", body: "\ufeffregion,location,latency_ms\r\neu,a,10\r\nus,a,80\r\n"},
+		{name: "other header", body: "src,dst,rtt_ms\neu,a,10\nus,a,80\n"},
+		{name: "semicolons", body: "region;location;latency_ms\neu;a;10\nus;a;80\n"},
+		{name: "quoted names", body: "region,location,latency_ms\n\"eu, west\",a,10\nus,a,80\n"},
+		{name: "NaN", body: "region,location,latency_ms\neu,a,NaN\nus,a,80\n", wantErr: "line 2: latency \"NaN\""},
+		{name: "negative", body: "region,location,latency_ms\neu,a,10\nus,a,-1\n", wantErr: "line 3: latency \"-1\""},
+		{name: "text on a data line", body: "region,location,latency_ms\neu,a,10\nus,a,fast\n", wantErr: "line 3: latency \"fast\""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lat, err := readLatency(writeTrace(t, tc.body))
+			if tc.wantErr != "" {
+				if !errors.Is(err, forecast.ErrBadInput) || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(lat) != 2 || lat["us"]["a"] != 0.08 {
+				t.Fatalf("latency %v", lat)
+			}
+		})
+	}
+}
+
+// FuzzParseLatency: the route-cost parser never panics, and what it
+// accepts is finite, non-negative seconds under non-empty names.
+func FuzzParseLatency(f *testing.F) {
+	f.Add("region,location,latency_ms\neu,a,10\nus,a,80\n")
+	f.Add("\ufeff# c\r\nsrc;dst;rtt_ms\r\n\"eu; w\";a;1,5\r\n")
+	f.Add("eu\ta\tNaN\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		lat, err := parseLatency(strings.NewReader(in), "f")
+		if err != nil {
+			if !errors.Is(err, forecast.ErrBadInput) {
+				t.Fatalf("error without ErrBadInput: %v", err)
+			}
+			return
+		}
+		for reg, row := range lat {
+			for loc, v := range row {
+				if reg == "" || loc == "" || !(v >= 0) || math.IsInf(v, 0) {
+					t.Fatalf("accepted %q→%q %v", reg, loc, v)
+				}
+			}
+		}
+	})
+}

@@ -492,14 +492,20 @@ func (t *Table) dropColumns(text []bool) {
 	}
 }
 
-// sniffComma picks the field separator from the first line: a comma when
-// it has one, else a semicolon or a tab if it has those (spreadsheet
-// exports in locales whose decimal mark is a comma).
+// sniffComma picks the field separator from the first line (Separator).
 func sniffComma(br *bufio.Reader) rune {
 	b, _ := br.Peek(4096) // fewer bytes at the end of a short input
 	if i := bytes.IndexAny(b, "\r\n"); i >= 0 {
 		b = b[:i]
 	}
+	return Separator(b)
+}
+
+// Separator picks the field separator of a CSV from its first line: a
+// comma when it has one outside quotes, else a semicolon or a tab if it
+// has those (spreadsheet exports in locales whose decimal mark is a
+// comma).
+func Separator(b []byte) rune {
 	count := map[byte]int{}
 	quoted := false
 	for _, c := range b {
