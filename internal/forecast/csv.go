@@ -66,6 +66,16 @@ var timeLayouts = []string{
 	"2006-01-02T15:04:05",
 	"2006-01-02T15:04",
 	"2006-01-02",
+	// Offsets without a colon or without minutes: strftime's and Ruby's
+	// "+0000", PostgreSQL's "+00".
+	"2006-01-02T15:04:05Z0700",
+	"2006-01-02 15:04:05Z0700",
+	"2006-01-02 15:04:05 Z0700",
+	"2006-01-02T15:04:05Z07",
+	"2006-01-02 15:04:05Z07",
+	"2006/01/02 15:04:05",
+	"2006/01/02 15:04",
+	"2006/01/02",
 	"1/2/2006 15:04:05",
 	"1/2/2006 15:04",
 	"1/2/2006",
@@ -85,9 +95,23 @@ func ParseTime(s string) (time.Time, error) {
 	if t, ok := parseUnix(s); ok {
 		return t, nil
 	}
+	// BigQuery writes "2014-02-14 14:30:00 UTC". Other zone abbreviations
+	// are ambiguous (EST, IST) and stay unrecognised.
+	in := s
+	for _, z := range []string{" UTC", " GMT"} {
+		if t, ok := strings.CutSuffix(in, z); ok {
+			in = t
+			break
+		}
+	}
 	for _, l := range timeLayouts {
-		if t, err := time.Parse(l, s); err == nil {
+		if t, err := time.Parse(l, in); err == nil {
 			return t.UTC(), nil
+		}
+	}
+	if a, _, ok := strings.Cut(s, "/"); ok {
+		if d, err := strconv.Atoi(a); err == nil && d > 12 && d <= 31 {
+			return time.Time{}, fmt.Errorf("%w: unrecognised timestamp %q: day-first dates are not read (month-first 1/2/2006 is; better ISO 2006-01-02)", ErrBadInput, s)
 		}
 	}
 	return time.Time{}, fmt.Errorf("%w: unrecognised timestamp %q", ErrBadInput, s)

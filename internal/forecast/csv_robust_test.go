@@ -437,3 +437,44 @@ func TestReadTableThirdColumn(t *testing.T) {
 		})
 	}
 }
+
+// TestParseTimeExportSpellings: timestamp spellings of database and
+// language exports (BigQuery's "… UTC", PostgreSQL's "+00", Ruby's and
+// strftime's "+0000", year-first slashes) were "unrecognised"; a
+// day-first date says why it is refused.
+func TestParseTimeExportSpellings(t *testing.T) {
+	want := time.Date(2014, 2, 14, 14, 30, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		in      string
+		shift   time.Duration // want + shift
+		wantErr string
+	}{
+		{in: "2014-02-14 14:30:00 UTC"},
+		{in: "2014-02-14 14:30:00 GMT"},
+		{in: "2014-02-14T14:30:00 UTC"},
+		{in: "2014-02-14 14:30:00+00"},
+		{in: "2014-02-14 15:30:00+01"},
+		{in: "2014-02-14T14:30:00+0000"},
+		{in: "2014-02-14T16:30:00.000+0200"},
+		{in: "2014-02-14 14:30:00 +0000"},
+		{in: "2014-02-14 09:30:00 -0500"},
+		{in: "2014/02/14 14:30:00"},
+		{in: "2014/02/14 14:30"},
+		{in: "2014/02/14", shift: -14*time.Hour - 30*time.Minute},
+		{in: "14/02/2014 14:30", wantErr: "day-first"},
+		{in: "2014-02-14 14:30:00 EST", wantErr: "unrecognised"}, // abbreviations are ambiguous
+	} {
+		t.Run(tc.in, func(t *testing.T) {
+			got, err := ParseTime(tc.in)
+			if tc.wantErr != "" {
+				if !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || !got.Equal(want.Add(tc.shift)) || got.Location() != time.UTC {
+				t.Fatalf("ParseTime = %v, %v", got, err)
+			}
+		})
+	}
+}
