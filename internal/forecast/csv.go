@@ -770,6 +770,16 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 	if sec <= 0 {
 		return nil, fmt.Errorf("%w: step %v below one second", ErrBadInput, step)
 	}
+	keepFrom, keepTo := t.strayBounds()
+	records := t.Records
+	if !keepFrom.IsZero() || !keepTo.IsZero() {
+		records = nil
+		for _, r := range t.Records {
+			if (keepFrom.IsZero() || !r.Time.Before(keepFrom)) && (keepTo.IsZero() || !r.Time.After(keepTo)) {
+				records = append(records, r)
+			}
+		}
+	}
 	minB, maxB := int64(math.MaxInt64), int64(math.MinInt64)
 	bucket := func(tm time.Time) int64 {
 		u := tm.Unix()
@@ -779,7 +789,7 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 		}
 		return b
 	}
-	for _, r := range t.Records {
+	for _, r := range records {
 		b := bucket(r.Time)
 		minB = min(minB, b)
 		maxB = max(maxB, b)
@@ -797,7 +807,7 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 	locs := map[string]*acc{}
 	anyAt := make([]int, n)
 	holi := map[int64]bool{}
-	for _, r := range t.Records {
+	for _, r := range records {
 		a := locs[r.Location]
 		if a == nil {
 			a = &acc{sum: make([]float64, n), cnt: make([]float64, n), first: n, last: -1}
@@ -922,6 +932,46 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 			"step", step.String(), "native_step", native.String(), "value", how)
 	}
 	return out, nil
+}
+
+// strayBounds finds rows far from all the others at either end (an
+// epoch-zero placeholder, a typo'd year): at most 1% of the distinct
+// timestamps, separated from the rest by a gap longer than the rest's
+// whole span. Left in, they stretch the grid over years of interpolated
+// buckets that change what is trained and scored. It returns the first
+// and last time to keep (zero: no bound) and warns about what it leaves
+// out; a long outage inside the data is no stray.
+func (t *Table) strayBounds() (from, to time.Time) {
+	ts := make([]int64, 0, len(t.Records))
+	for _, r := range t.Records {
+		ts = append(ts, r.Time.UnixNano())
+	}
+	slices.Sort(ts)
+	ts = slices.Compact(ts)
+	m := len(ts)
+	limit := m / 100 // most stray timestamps at one end
+	lead, tail := 0, 0
+	for k := 1; k <= limit; k++ {
+		if ts[k]-ts[k-1] > ts[m-1]-ts[k] {
+			lead = k
+		}
+	}
+	for k := 1; k <= limit && m-k-1 > lead; k++ {
+		if ts[m-k]-ts[m-k-1] > ts[m-k-1]-ts[lead] {
+			tail = k
+		}
+	}
+	if lead > 0 {
+		from = time.Unix(0, ts[lead]).UTC()
+		slog.Warn("series: rows far before all the others left out (a placeholder or typo'd date?)",
+			"timestamps", lead, "first", time.Unix(0, ts[0]).UTC().Format(time.DateTime), "data_from", from.Format(time.DateTime))
+	}
+	if tail > 0 {
+		to = time.Unix(0, ts[m-tail-1]).UTC()
+		slog.Warn("series: rows far after all the others left out (a placeholder or typo'd date?)",
+			"timestamps", tail, "last", time.Unix(0, ts[m-1]).UTC().Format(time.DateTime), "data_to", to.Format(time.DateTime))
+	}
+	return from, to
 }
 
 // fillGaps replaces NaNs by linear interpolation (constant at the edges).
