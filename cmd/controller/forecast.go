@@ -185,7 +185,7 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 	season := fs.Duration("season", 24*time.Hour, "MASE scaling season")
 	minOrigins := fs.Int("min-origins", 168, "least number of origins (the window shrinks for short series)")
 	maxOrigins := fs.Int("origins", 0, "use only the last N origins (0: every origin after the first window)")
-	only := fs.String("series", "", "comma-separated series (locations) to run; default all")
+	only := fs.String("series", "", "comma-separated series (locations) to run, double-quoted where a name holds a comma; default all")
 	methods := fs.String("methods", "", "comma-separated methods (naive,snaive_day,snaive_week,ets,hybrid,hybrid_nofeeds,hybrid_nogru,hybrid_noyear,hybrid_nopool,blr); default baselines+hybrid")
 	noCov := fs.Bool("no-covariates", false, "ignore covariate columns")
 	mark := fs.String("mark", "", "also report errors on days where a covariate exceeds a value, e.g. liq_precp_1hr>0,snow_depth_in>0 (calendar days are always marked)")
@@ -205,10 +205,12 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	want := map[string]bool{}
-	for _, s := range strings.Split(*only, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			want[s] = true
-		}
+	names, err := nameList(*only)
+	if err != nil {
+		return fmt.Errorf("%w: --series: %v", cli.ErrUsage, err)
+	}
+	for _, s := range names {
+		want[s] = true
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	if !*jsonOut && !*jsonAll {
@@ -367,7 +369,7 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 		for _, s := range series {
 			have = append(have, s.Name)
 		}
-		return fmt.Errorf("%w: --series %q selects none of %s", cli.ErrUsage, *only, strings.Join(have, ","))
+		return fmt.Errorf("%w: --series %q selects none of %s", cli.ErrUsage, *only, joinNames(have))
 	}
 	return tw.Flush()
 }
@@ -543,8 +545,8 @@ func runExplain(ctx context.Context, args []string, out io.Writer) error {
 	horizon := fs.Int("horizon", 24, "decision horizon in buckets")
 	size := fs.Float64("size-gib", 10, "resource size in GiB")
 	latency := fs.String("latency", "", "route costs CSV: region,location,latency_ms (required)")
-	mirrors := fs.String("mirrors", "", "comma-separated locations that hold a mirror today (required)")
-	cands := fs.String("candidates", "", "comma-separated candidate locations (default: every other location of --latency)")
+	mirrors := fs.String("mirrors", "", "comma-separated locations that hold a mirror today, double-quoted where a name holds a comma (required)")
+	cands := fs.String("candidates", "", "comma-separated candidate locations, double-quoted where a name holds a comma (default: every other location of --latency)")
 	copyGB := fs.Float64("copy-per-gb", 0.02, "cost of copying one GB to a location")
 	storeGBh := fs.Float64("store-per-gb-hour", 0.0001, "cost of storing one GB for an hour")
 	value := fs.Float64("value-per-request-second", 0.0005, "value of one second of latency saved on one request")
@@ -626,7 +628,10 @@ func runExplain(ctx context.Context, args []string, out io.Writer) error {
 	}
 	req := forecast.ScoreRequest{Bytes: int64(*size * (1 << 30)), Horizon: *horizon, Current: map[string]float64{},
 		Prices: forecast.Prices{CopyPerByte: *copyGB / 1e9, StorePerByteHour: *storeGBh / 1e9, ValuePerRequestSecond: *value}}
-	mir := splitList(*mirrors)
+	mir, err := nameList(*mirrors)
+	if err != nil {
+		return fmt.Errorf("%w: --mirrors: %v", cli.ErrUsage, err)
+	}
 	for region, row := range lat {
 		best := math.Inf(1)
 		for _, m := range mir {
@@ -638,7 +643,10 @@ func runExplain(ctx context.Context, args []string, out io.Writer) error {
 			req.Current[region] = best
 		}
 	}
-	cl := splitList(*cands)
+	cl, err := nameList(*cands)
+	if err != nil {
+		return fmt.Errorf("%w: --candidates: %v", cli.ErrUsage, err)
+	}
 	if len(cl) == 0 {
 		seen := map[string]bool{}
 		for _, m := range mir {
@@ -669,6 +677,41 @@ func runExplain(ctx context.Context, args []string, out io.Writer) error {
 	}
 	_, err = io.WriteString(out, text)
 	return err
+}
+
+// nameList reads a comma-separated list of names as one CSV record, so a
+// location holding a comma is given in double quotes ("New York, NY");
+// a stray quote inside a name is kept.
+func nameList(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	r := csv.NewReader(strings.NewReader(s))
+	r.TrimLeadingSpace, r.LazyQuotes = true, true
+	rec, err := r.Read()
+	if err != nil {
+		return nil, fmt.Errorf("list %q: %w", s, err)
+	}
+	var out []string
+	for _, n := range rec {
+		if n = strings.TrimSpace(n); n != "" {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// joinNames is nameList's inverse: names holding a comma or a quote are
+// double-quoted.
+func joinNames(names []string) string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		if strings.ContainsAny(n, ",\"") {
+			n = `"` + strings.ReplaceAll(n, `"`, `""`) + `"`
+		}
+		out[i] = n
+	}
+	return strings.Join(out, ",")
 }
 
 func splitList(s string) []string {

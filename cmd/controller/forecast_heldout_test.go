@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -250,4 +251,32 @@ func FuzzParseLatency(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestNameLists: --series, --mirrors and --candidates split on every
+// comma, so a location such as "New York, NY" could not be selected.
+func TestNameLists(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []string
+	}{
+		{"", nil},
+		{"eu, us", []string{"eu", "us"}},
+		{`"New York, NY",Zürich`, []string{"New York, NY", "Zürich"}},
+		{`a"b, "c""d"`, []string{`a"b`, `c"d`}},
+	} {
+		got, err := nameList(tc.in)
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Fatalf("nameList(%q) = %q, %v; want %q", tc.in, got, err, tc.want)
+		}
+		if back, err := nameList(joinNames(got)); err != nil || !slices.Equal(back, got) {
+			t.Fatalf("round trip of %q: %q, %v", got, back, err)
+		}
+	}
+	p := writeTrace(t, locRows(24*12, time.Hour, []string{`"New York, NY"`, "Zürich"}, func(i, j int) float64 { return float64(10 + (i+3*j)%7) }))
+	var out bytes.Buffer
+	if err := runForecast(context.Background(), []string{"backtest", "--csv", p, "--methods", "naive", "--json", "--min-origins", "24",
+		"--series", `"New York, NY"`}, &out); err != nil || strings.Count(out.String(), "\n") != 1 || !strings.Contains(out.String(), "New York, NY") {
+		t.Fatalf("--series with a comma: %v\n%s", err, out.String())
+	}
 }
