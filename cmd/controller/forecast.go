@@ -395,7 +395,9 @@ day when within 5% (jitter); --step/--hourly aggregate further.
   * missing buckets (gaps of any length) are filled for the models but
     never scored, and no forecast is made from inside a gap;
   * a location is backtested over its own span (first to last row); one
-    too short for the protocol is skipped with a warning;
+    too short for the protocol is skipped with a warning; inside it, a
+    location with no row where others have one counted zero requests
+    (with --agg mean, gauges: a missing sample, a gap);
   * MASE is undefined at an origin whose training window has no
     seasonal-naive error (a constant window): such origins are left out of
     MASE and pinball (counted as zero_scale), and a series where every

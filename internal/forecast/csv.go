@@ -749,7 +749,8 @@ const maxSeriesLen = 10_000_000
 // with locations a location absent at a timestamp that other locations
 // report counts as zero (count tables list only non-zero rows); a bucket
 // no location reports is a gap, filled by linear interpolation and marked
-// unobserved so the backtest never scores it.
+// unobserved so the backtest never scores it. With AggMean (gauges such
+// as CPU percent per host) an absent row is a gap too, never a zero.
 func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 	native, err := t.NativeStep()
 	if err != nil {
@@ -888,7 +889,7 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 					overfull++
 				}
 				s.Observed[i] = true
-			case t.HasLocation && anyAt[k] > 0:
+			case t.HasLocation && anyAt[k] > 0 && opt.Agg == AggSum:
 				// Other locations report: this one had nothing, inside
 				// its own span; before its first row or after its last
 				// it was not reporting (a site added or retired), so the

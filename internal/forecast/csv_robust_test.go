@@ -526,3 +526,31 @@ func TestStrayEdgeRows(t *testing.T) {
 		})
 	}
 }
+
+// TestMissingLocationRowsByAgg: in a count table a location absent at a
+// time others report had no requests (zero); in a gauge table (--agg
+// mean: CPU percent per host) an absent row is a missing sample, not a
+// zero: it was filled with 0 and scored as an observation.
+func TestMissingLocationRowsByAgg(t *testing.T) {
+	in := "timestamp,location,value\n" +
+		"2024-01-01 00:00,a,50\n2024-01-01 00:00,b,40\n" +
+		"2024-01-01 01:00,a,60\n" + // b missing
+		"2024-01-01 02:00,a,70\n2024-01-01 02:00,b,44\n"
+	for _, tc := range []struct {
+		agg      Agg
+		values   []float64
+		observed []bool
+	}{
+		{AggSum, []float64{40, 0, 44}, []bool{true, true, true}},
+		{AggMean, []float64{40, 42, 44}, []bool{true, false, true}},
+	} {
+		ss, err := LoadSeries(strings.NewReader(in), SeriesOptions{Agg: tc.agg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := ss[1]
+		if b.Name != "b" || !slices.Equal(b.Values, tc.values) || !slices.Equal(b.Observed, tc.observed) {
+			t.Fatalf("agg %v: b values %v observed %v", tc.agg, b.Values, b.Observed)
+		}
+	}
+}
