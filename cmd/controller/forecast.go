@@ -378,16 +378,18 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 const backtestHelp = `Usage: controller forecast backtest --csv FILE [flags]
 
 Rolling-origin backtest of the hybrid and the baselines. Input: a CSV of
-timestamp,value or timestamp,location,value (header optional; comma,
-semicolon or tab separated, with a decimal comma when not comma
-separated; a UTF-8 byte-order mark, CRLF or CR line ends and quoted fields
-are fine; extra numeric columns are covariates, extra text columns and
-nameless or row-number columns such as pandas' index are ignored with a
-warning; with time and value named, a third column is the location unless
-every cell is a number and no timestamp repeats). Rows may come in any
-order. The bucket length is the
-median gap between timestamps, rounded to the nearest length dividing a
-day when within 5% (jitter); --step/--hourly aggregate further.
+timestamp,value or timestamp,location,value (header optional), or a wide
+table: a time column and one column per location, none named value.
+Comma, semicolon or tab separated (then a decimal comma is read too); a
+UTF-8 byte-order mark, CRLF or CR line ends and quoted fields are fine;
+extra numeric columns are covariates; extra text columns and nameless or
+row-number columns (pandas' index) are ignored with a warning; with time
+and value named, a third column is the location unless every cell is a
+number and no timestamp repeats. Rows may come in any order; a few rows
+far from all the others (an epoch-zero placeholder) are left out with a
+warning. The bucket length is the median gap between timestamps, rounded
+to the nearest length dividing a day when within 5% (jitter);
+--step/--hourly aggregate further.
   * repeated rows (same timestamp, location and value) are dropped, with a
     warning (--keep-repeats: the rows are events, keep them); a bucket
     holding more samples than native steps (a DST artifact) sums as their

@@ -280,6 +280,9 @@ func ReadTable(r io.Reader) (*Table, error) {
 	var covCols []int
 	var covText []bool // covCols[j] turned out to be a text column
 	third := ""        // name of a third column whose role is undecided
+	var wideCols []int // a wide table: one location per column
+	wide3 := false     // three columns: long, or a wide table of two
+	var raw3 [][]string
 	t := &Table{}
 	pending := [][]string{}
 	if _, err := ParseTime(first[0]); err == nil {
@@ -336,9 +339,19 @@ func ReadTable(r io.Reader) (*Table, error) {
 			case len(named) == 2:
 				vcol = other(tcol)
 			case len(named) == 3 && lcol < 0 && tcol == named[0]:
+				// time,location,value, or two locations' columns (wide):
+				// decided after reading (wide3).
 				lcol, vcol = named[1], named[2]
+				wide3 = true
 			case len(named) == 3 && lcol >= 0:
 				vcol = other(tcol, lcol)
+			case len(named) >= 4 && lcol < 0:
+				// One column per location (a wide table).
+				for _, i := range named {
+					if i != tcol && i != hcol {
+						wideCols = append(wideCols, i)
+					}
+				}
 			default:
 				return nil, fmt.Errorf("%w: header %v: cannot tell the value column (name it \"value\")", ErrBadInput, names)
 			}
@@ -350,11 +363,11 @@ func ReadTable(r io.Reader) (*Table, error) {
 			lcol = other(tcol, vcol)
 			third = names[lcol]
 		}
-		if vcol < 0 || tcol == vcol || (lcol >= 0 && (lcol == tcol || lcol == vcol)) {
+		if wideCols == nil && (vcol < 0 || tcol == vcol || (lcol >= 0 && (lcol == tcol || lcol == vcol))) {
 			return nil, fmt.Errorf("%w: header %v: time, location and value columns overlap", ErrBadInput, names)
 		}
 		for _, i := range named {
-			if i != tcol && i != lcol && i != vcol && i != hcol {
+			if wideCols == nil && i != tcol && i != lcol && i != vcol && i != hcol {
 				covCols = append(covCols, i)
 				t.CovNames = append(t.CovNames, names[i])
 			}
@@ -362,9 +375,43 @@ func ReadTable(r io.Reader) (*Table, error) {
 		covText = make([]bool, len(covCols))
 	}
 	covKnown := make([]bool, len(covCols))
-	t.HasLocation = lcol >= 0
-	emptyLoc := 0 // first line with an empty location cell
-	line := 1     // the header
+	t.HasLocation = lcol >= 0 || wideCols != nil
+	emptyLoc := 0               // first line with an empty location cell
+	line := 1                   // the header
+	wideKnown := map[int]bool{} // a wide column's first non-empty cell was read
+	wideText := map[int]bool{}  // ... and was text: the column is ignored
+	// wideRow adds one record per location column of a wide row.
+	wideRow := func(row []string, line int, cols []int) error {
+		ts, err := ParseTime(row[tcol])
+		if err != nil {
+			return fmt.Errorf("line %d column %d: %w", line, tcol+1, err)
+		}
+		holiday := false
+		if hcol >= 0 {
+			if holiday, err = parseBool(row[hcol]); err != nil {
+				return fmt.Errorf("line %d column %d: %w", line, hcol+1, err)
+			}
+		}
+		for _, c := range cols {
+			if wideText[c] || isMissing(row[c]) {
+				continue
+			}
+			v, err := parseNumber(row[c], decComma)
+			if err != nil && !wideKnown[c] {
+				wideText[c], wideKnown[c] = true, true
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("line %d column %d: %w", line, c+1, err)
+			}
+			wideKnown[c] = true
+			if len(t.Records) >= maxTableRows {
+				return fmt.Errorf("%w: more than %d values", ErrBadInput, maxTableRows)
+			}
+			t.Records = append(t.Records, Record{Time: ts, Location: strings.TrimSpace(first[c]), Value: v, Holiday: holiday})
+		}
+		return nil
+	}
 	if len(pending) > 0 {
 		line = 0
 	}
@@ -372,6 +419,12 @@ func ReadTable(r io.Reader) (*Table, error) {
 		line++
 		if len(row) != ncol {
 			return fmt.Errorf("%w: line %d: %d columns, want %d", ErrBadInput, line, len(row), ncol)
+		}
+		if wideCols != nil {
+			return wideRow(row, line, wideCols)
+		}
+		if wide3 {
+			raw3 = append(raw3, slices.Clone(row))
 		}
 		if isMissing(row[vcol]) {
 			return nil // missing value: the bucket becomes a gap
@@ -387,7 +440,7 @@ func ReadTable(r io.Reader) (*Table, error) {
 		rec := Record{Time: ts, Value: v}
 		if lcol >= 0 {
 			rec.Location = strings.TrimSpace(row[lcol])
-			if rec.Location == "" && third == "" {
+			if rec.Location == "" && third == "" && !wide3 {
 				return fmt.Errorf("%w: line %d: empty location", ErrBadInput, line)
 			}
 			if rec.Location == "" && emptyLoc == 0 {
@@ -441,8 +494,27 @@ func ReadTable(r io.Reader) (*Table, error) {
 			return nil, err
 		}
 	}
+	if wide3 && isWide3(raw3, tcol, lcol, decComma) {
+		// Rebuild as two location columns ("ds,location_4,location_41").
+		t.Records = t.Records[:0]
+		hdr := 1
+		if len(pending) > 0 {
+			hdr = 0
+		}
+		for i, row := range raw3 {
+			if err := wideRow(row, hdr+i+1, []int{lcol, vcol}); err != nil {
+				return nil, err
+			}
+		}
+		emptyLoc = 0
+	}
 	if len(t.Records) == 0 {
 		return nil, fmt.Errorf("%w: no data rows", ErrBadInput)
+	}
+	for _, c := range wideCols {
+		if wideText[c] {
+			t.Ignored = append(t.Ignored, strings.ToLower(strings.TrimSpace(first[c])))
+		}
 	}
 	if third != "" {
 		t.resolveThird(third, decComma)
@@ -454,6 +526,24 @@ func ReadTable(r io.Reader) (*Table, error) {
 		t.dropColumns(covText)
 	}
 	return t, nil
+}
+
+// isWide3 tells two location columns (a wide table) from a location and
+// a value column under an unknown header: the first column is a location
+// when one of its cells is not a number or a timestamp repeats (a long
+// table lists several locations at one time).
+func isWide3(rows [][]string, tcol, c int, decComma bool) bool {
+	seen := make(map[string]bool, len(rows))
+	for _, r := range rows {
+		if seen[r[tcol]] {
+			return false
+		}
+		seen[r[tcol]] = true
+		if _, err := parseNumber(r[c], decComma); err != nil && !isMissing(r[c]) {
+			return false
+		}
+	}
+	return true
 }
 
 // resolveThird decides the role of a third column (name) that was read

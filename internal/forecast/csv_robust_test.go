@@ -554,3 +554,49 @@ func TestMissingLocationRowsByAgg(t *testing.T) {
 		}
 	}
 }
+
+// TestReadTableWide: one column per location under a time column and no
+// column named for the value ("ds,location_4,location_41" in Prophet's
+// multivariate example) made the first location's counts the location
+// names (617 one-row locations), or with more columns was refused; each
+// column is now a location.
+func TestReadTableWide(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		locs     []string // locations of the records, in order
+		values   []float64
+		ignored  []string
+		wantErr  string
+	}{
+		{name: "two locations", in: "ds,location_4,location_41\n2023-04-01 00:00:00,903,975\n2023-04-01 01:00:00,800,\n",
+			locs: []string{"location_4", "location_41", "location_4"}, values: []float64{903, 975, 800}},
+		{name: "three locations, names keep their case", in: "time;EU;US;AP\n2024-01-01 00:00;1;2;3\n2024-01-01 01:00;4;5;6\n",
+			locs: []string{"EU", "US", "AP", "EU", "US", "AP"}, values: []float64{1, 2, 3, 4, 5, 6}},
+		{name: "text column ignored", in: "time,eu,us,note\n2024-01-01 00:00,1,2,ok\n2024-01-01 01:00,4,5,\n",
+			locs: []string{"eu", "us", "eu", "us"}, values: []float64{1, 2, 4, 5}, ignored: []string{"note"}},
+		{name: "long format with numeric ids stays long", in: "time,zone,count_x\n2024-01-01 00:00,1,5\n2024-01-01 00:00,2,6\n",
+			locs: []string{"1", "2"}, values: []float64{5, 6}},
+		{name: "text in a location column", in: "time,eu,us,ap\n2024-01-01 00:00,1,2,3\n2024-01-01 01:00,4,x,6\n", wantErr: "line 3 column 3"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tb, err := ReadTable(strings.NewReader(tc.in))
+			if tc.wantErr != "" {
+				if !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var locs []string
+			var vals []float64
+			for _, r := range tb.Records {
+				locs, vals = append(locs, r.Location), append(vals, r.Value)
+			}
+			if !tb.HasLocation || !slices.Equal(locs, tc.locs) || !slices.Equal(vals, tc.values) || len(tb.CovNames) != 0 || !slices.Equal(tb.Ignored, tc.ignored) {
+				t.Fatalf("locations %q values %v covariates %v ignored %v", locs, vals, tb.CovNames, tb.Ignored)
+			}
+		})
+	}
+}
