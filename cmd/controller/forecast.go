@@ -388,7 +388,8 @@ and value named, a third column is the location unless every cell is a
 number and no timestamp repeats. Rows may come in any order; a few rows
 far from all the others (an epoch-zero placeholder) are left out with a
 warning. The bucket length is the median gap between timestamps, rounded
-to the nearest length dividing a day when within 5% (jitter);
+to the nearest length dividing a day when within 5% (jitter), or one
+calendar month (730h) for rows on the first or last day of each month;
 --step/--hourly aggregate further.
   * repeated rows (same timestamp, location and value) are dropped, with a
     warning (--keep-repeats: the rows are events, keep them); a bucket

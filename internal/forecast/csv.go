@@ -846,6 +846,10 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 	if err != nil {
 		return nil, err
 	}
+	monthly := opt.Step == 0 && opt.IndexStep == 0 && native >= 28*24*time.Hour && native <= 31*24*time.Hour && calendarMonthly(t.Records)
+	if monthly {
+		native = monthStep
+	}
 	step := opt.Step
 	if step == 0 {
 		step = native
@@ -870,6 +874,18 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 				records = append(records, r)
 			}
 		}
+	}
+	if monthly {
+		// Calendar months are 28 to 31 days: fixed buckets of the median
+		// gap drift against them (two months in one bucket, none in
+		// another). One bucket per month instead, a twelfth of a year.
+		mapped := make([]Record, len(records))
+		for i, r := range records {
+			r.Time = time.Unix(int64((r.Time.Year()-1970)*12+int(r.Time.Month())-1)*int64(monthStep/time.Second), 0).UTC()
+			mapped[i] = r
+		}
+		records = mapped
+		slog.Info("series: monthly rows, one bucket per calendar month", "step", monthStep.String())
 	}
 	minB, maxB := int64(math.MaxInt64), int64(math.MinInt64)
 	bucket := func(tm time.Time) int64 {
@@ -1023,6 +1039,28 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 			"step", step.String(), "native_step", native.String(), "value", how)
 	}
 	return out, nil
+}
+
+// monthStep is the bucket of monthly data: a twelfth of a 365-day year,
+// so the yearly season is 12 buckets.
+const monthStep = 730 * time.Hour
+
+// calendarMonthly reports whether every row is at midnight on the first,
+// or every row on the last, day of its month (monthly data as exported).
+func calendarMonthly(rs []Record) bool {
+	first, last := true, true
+	for _, r := range rs {
+		tm := r.Time
+		if tm.Hour() != 0 || tm.Minute() != 0 || tm.Second() != 0 || tm.Nanosecond() != 0 {
+			return false
+		}
+		first = first && tm.Day() == 1
+		last = last && tm.AddDate(0, 0, 1).Day() == 1
+		if !first && !last {
+			return false
+		}
+	}
+	return len(rs) > 0
 }
 
 // strayBounds finds rows far from all the others at either end (an
