@@ -1,6 +1,9 @@
 package main
 
 import (
+	"bufio"
+	"bytes"
+	"cmp"
 	"context"
 	"encoding/csv"
 	"encoding/json"
@@ -10,9 +13,11 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -180,7 +185,7 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 	season := fs.Duration("season", 24*time.Hour, "MASE scaling season")
 	minOrigins := fs.Int("min-origins", 168, "least number of origins (the window shrinks for short series)")
 	maxOrigins := fs.Int("origins", 0, "use only the last N origins (0: every origin after the first window)")
-	only := fs.String("series", "", "comma-separated series (locations) to run; default all")
+	only := fs.String("series", "", "comma-separated series (locations) to run, double-quoted where a name holds a comma; default all")
 	methods := fs.String("methods", "", "comma-separated methods (naive,snaive_day,snaive_week,ets,hybrid,hybrid_nofeeds,hybrid_nogru,hybrid_noyear,hybrid_nopool,blr); default baselines+hybrid")
 	noCov := fs.Bool("no-covariates", false, "ignore covariate columns")
 	mark := fs.String("mark", "", "also report errors on days where a covariate exceeds a value, e.g. liq_precp_1hr>0,snow_depth_in>0 (calendar days are always marked)")
@@ -200,18 +205,27 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 		return err
 	}
 	want := map[string]bool{}
-	for _, s := range strings.Split(*only, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			want[s] = true
-		}
+	names, err := nameList(*only)
+	if err != nil {
+		return fmt.Errorf("%w: --series: %v", cli.ErrUsage, err)
+	}
+	for _, s := range names {
+		want[s] = true
 	}
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	if !*jsonOut && !*jsonAll {
 		fmt.Fprintln(tw, "series\tmethod\ttrain_h\torigins\tmase_h1\tmase_h12\tmase_1to12\tsmape_h1\tsmape_h12\tcov80_h1\tcov80_h12\tpinball_h1\tpinball_h12\tvs_best_h1\tvs_best_h12\tmarked_h1\tmarked_h12\tzero_scale\t")
 	}
 	enc := json.NewEncoder(out)
-	ran := 0
-	var skipped []error
+	type job struct {
+		s     *forecast.Series
+		feeds *forecast.Feeds
+		specs []forecast.MethodSpec
+		cfg   forecast.BacktestConfig
+		res   []forecast.Result
+		err   error
+	}
+	var jobs []*job
 	for _, s := range series {
 		if len(want) > 0 && !want[s.Name] {
 			continue
@@ -237,15 +251,74 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 		if len(specs) == 0 {
 			return fmt.Errorf("%w: --methods %q selects nothing", cli.ErrUsage, *methods)
 		}
-		cfg := forecast.BacktestConfig{
+		if *window < s.Step {
+			// Monthly rows with the default four weeks: no bucket fits.
+			return fmt.Errorf("%w: --train %v is shorter than one bucket (%v) of %s: pass a --train of many buckets", cli.ErrUsage, *window, s.Step, name)
+		}
+		if w := int(*window / s.Step); w <= *horizon {
+			slog.Warn("backtest: training window holds fewer buckets than the horizon; methods that need a horizon of history leave targets unscored (pass a longer --train)",
+				"series", name, "train_buckets", w, "horizon", *horizon)
+		}
+		jobs = append(jobs, &job{s: s, feeds: feeds, specs: specs, cfg: forecast.BacktestConfig{
 			Window:     int(*window / s.Step),
 			Horizon:    *horizon,
 			Season:     max(int(*season/s.Step), 1),
 			MinOrigins: *minOrigins,
 			MaxOrigins: *maxOrigins,
 			EventDays:  forecast.MarkedDays(s, feeds, conds...),
+		}})
+	}
+	// Series run side by side (a per-location file of 200 locations took
+	// minutes on one core: ETS refits at every origin); the output keeps
+	// the file's order.
+	rctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	next := make(chan *job)
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), max(len(jobs), 1)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range next {
+				j.res, j.err = forecast.Backtest(rctx, j.s, j.feeds, j.specs, j.cfg)
+				if j.err != nil && !(errors.Is(j.err, forecast.ErrTooShort) && len(series) > 1) {
+					cancel() // the command fails: stop the others
+				}
+			}
+		}()
+	}
+	go func() {
+		defer close(next)
+		for i, j := range jobs {
+			select {
+			case next <- j:
+			case <-rctx.Done():
+				for _, j := range jobs[i:] {
+					j.err = rctx.Err()
+				}
+				return
+			}
+			if len(jobs) > 1 {
+				slog.Info("backtest: series started", "series", j.s.Name, "n", i+1, "of", len(jobs))
+			}
 		}
-		res, err := forecast.Backtest(ctx, s, feeds, specs, cfg)
+	}()
+	wg.Wait()
+	// The first failure in file order that is not a skip nor a stop we
+	// caused: a series cancelled because a later one failed reports that.
+	var fatal error
+	for _, j := range jobs {
+		skip := errors.Is(j.err, forecast.ErrTooShort) && len(series) > 1
+		ours := ctx.Err() == nil && errors.Is(j.err, context.Canceled)
+		if j.err != nil && !skip && !ours {
+			fatal = j.err
+			break
+		}
+	}
+	ran := 0
+	var skipped []error
+	for _, j := range jobs {
+		s, res, err := j.s, j.res, j.err
 		if errors.Is(err, forecast.ErrTooShort) && len(series) > 1 {
 			// One location of a per-location file with a few rows must
 			// not cost the others their results; say so and go on.
@@ -254,7 +327,7 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 			continue
 		}
 		if err != nil {
-			return err
+			return cmp.Or(fatal, err)
 		}
 		ran++
 		best := forecast.BestBaseline(res)
@@ -296,7 +369,7 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 		for _, s := range series {
 			have = append(have, s.Name)
 		}
-		return fmt.Errorf("%w: --series %q selects none of %s", cli.ErrUsage, *only, strings.Join(have, ","))
+		return fmt.Errorf("%w: --series %q selects none of %s", cli.ErrUsage, *only, joinNames(have))
 	}
 	return tw.Flush()
 }
@@ -305,12 +378,19 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 const backtestHelp = `Usage: controller forecast backtest --csv FILE [flags]
 
 Rolling-origin backtest of the hybrid and the baselines. Input: a CSV of
-timestamp,value or timestamp,location,value (header optional; comma,
-semicolon or tab separated; a byte-order mark, CRLF and quoted fields are
-fine; extra numeric columns are covariates, extra text columns are ignored
-with a warning). Rows may come in any order. The bucket length is the
-median gap between timestamps, rounded to the nearest length dividing a
-day when within 5% (jitter); --step/--hourly aggregate further.
+timestamp,value or timestamp,location,value (header optional), or a wide
+table: a time column and one column per location, none named value.
+Comma, semicolon or tab separated (then a decimal comma is read too); a
+UTF-8 byte-order mark, CRLF or CR line ends and quoted fields are fine;
+extra numeric columns are covariates; extra text columns and nameless or
+row-number columns (pandas' index) are ignored with a warning; with time
+and value named, a third column is the location unless every cell is a
+number and no timestamp repeats. Rows may come in any order; a few rows
+far from all the others (an epoch-zero placeholder) are left out with a
+warning. The bucket length is the median gap between timestamps, rounded
+to the nearest length dividing a day when within 5% (jitter), or one
+calendar month (730h) for rows on the first or last day of each month;
+--step/--hourly aggregate further.
   * repeated rows (same timestamp, location and value) are dropped, with a
     warning (--keep-repeats: the rows are events, keep them); a bucket
     holding more samples than native steps (a DST artifact) sums as their
@@ -318,7 +398,9 @@ day when within 5% (jitter); --step/--hourly aggregate further.
   * missing buckets (gaps of any length) are filled for the models but
     never scored, and no forecast is made from inside a gap;
   * a location is backtested over its own span (first to last row); one
-    too short for the protocol is skipped with a warning;
+    too short for the protocol is skipped with a warning; inside it, a
+    location with no row where others have one counted zero requests
+    (with --agg mean, gauges: a missing sample, a gap);
   * MASE is undefined at an origin whose training window has no
     seasonal-naive error (a constant window): such origins are left out of
     MASE and pinball (counted as zero_scale), and a series where every
@@ -354,8 +436,8 @@ func runLocations(ctx context.Context, args []string, out io.Writer) error {
 	fs := cli.NewFlagSet("controller forecast", "locations")
 	var sf seriesFlags
 	sf.register(fs)
-	testFrom := fs.String("test-from", "", "start of the test period (default: the first day of the data's last calendar month)")
-	horizons := fs.String("horizons", "1,24", "comma-separated horizons in buckets")
+	testFrom := fs.String("test-from", "", "start of the test period (default: the first day of the data's last calendar month; for data inside one month, its last quarter)")
+	horizons := fs.String("horizons", "", "comma-separated horizons in buckets, at most a week of buckets (default: 1 and one day of buckets, 1,24 for hourly data)")
 	jsonOut := fs.Bool("json", false, "print one JSON object per (method, horizon)")
 	noCov := fs.Bool("no-covariates", false, "ignore covariate columns")
 	if err := cli.ParseFlags(fs, args); err != nil {
@@ -365,17 +447,40 @@ func runLocations(ctx context.Context, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var hs []int
-	for _, f := range strings.Split(*horizons, ",") {
-		var h int
-		if _, err := fmt.Sscan(strings.TrimSpace(f), &h); err != nil || h < 1 {
-			return fmt.Errorf("%w: --horizons %q", cli.ErrUsage, *horizons)
-		}
-		hs = append(hs, h)
-	}
 	d, err := forecast.LocationDataFromSeries(series)
 	if err != nil {
 		return err
+	}
+	// Counts below zero are not requests; LocationDataFromSeries would
+	// clamp them to zero and the score would hide it.
+	for _, s := range series {
+		for i, v := range s.Values {
+			if v < 0 && s.Observed[i] {
+				return fmt.Errorf("%w: location %q has a negative count %g at %s: the locations tool reads request counts",
+					forecast.ErrBadInput, s.Name, v, s.Time(i).Format(time.DateTime))
+			}
+		}
+	}
+	// The location model looks at most a week ahead; hourly data's
+	// default "1,24" is 24 days on daily buckets.
+	day, week := max(int(24*time.Hour/d.Step), 1), max(int(7*24*time.Hour/d.Step), 1)
+	hlist := *horizons
+	if hlist == "" {
+		hlist = fmt.Sprintf("1,%d", day)
+		if day == 1 {
+			hlist = "1"
+		}
+	}
+	var hs []int
+	for _, f := range strings.Split(hlist, ",") {
+		var h int
+		if _, err := fmt.Sscan(strings.TrimSpace(f), &h); err != nil || h < 1 {
+			return fmt.Errorf("%w: --horizons %q", cli.ErrUsage, hlist)
+		}
+		if h > week {
+			return fmt.Errorf("%w: --horizons: %d buckets of %v is beyond the location model's reach of a week (%d buckets)", cli.ErrUsage, h, d.Step, week)
+		}
+		hs = append(hs, h)
 	}
 	feeds, err := series[0].Feeds(events)
 	if err != nil {
@@ -390,6 +495,14 @@ func runLocations(ctx context.Context, args []string, out io.Writer) error {
 	}
 	end := d.Start.Add(time.Duration(len(d.Counts)) * d.Step)
 	from := time.Date(end.Add(-d.Step).Year(), end.Add(-d.Step).Month(), 1, 0, 0, 0, 0, time.UTC)
+	if !from.After(d.Start) {
+		// The data lies inside one calendar month (a few days of logs):
+		// train on its first three quarters, test on the last.
+		from = d.Start.Add(end.Sub(d.Start) * 3 / 4).Truncate(d.Step)
+		if from.Sub(d.Start) >= 48*time.Hour {
+			from = from.Truncate(24 * time.Hour)
+		}
+	}
 	if *testFrom != "" {
 		if from, err = forecast.ParseTime(*testFrom); err != nil {
 			return fmt.Errorf("%w: --test-from: %v", cli.ErrUsage, err)
@@ -398,6 +511,15 @@ func runLocations(ctx context.Context, args []string, out io.Writer) error {
 	scores, err := forecast.LocationBenchmark(d, feeds, covs, from, hs)
 	if err != nil {
 		return err
+	}
+	scored := false
+	for _, s := range scores {
+		scored = scored || s.Requests > 0
+	}
+	if !scored {
+		// A cross-entropy of 0 over no requests would read as perfect.
+		return fmt.Errorf("%w: no requests in the test period %s .. %s: nothing to score (--test-from)", forecast.ErrBadInput,
+			from.Format(time.DateTime), end.Format(time.DateTime))
 	}
 	if *jsonOut {
 		enc := json.NewEncoder(out)
@@ -428,8 +550,8 @@ func runExplain(ctx context.Context, args []string, out io.Writer) error {
 	horizon := fs.Int("horizon", 24, "decision horizon in buckets")
 	size := fs.Float64("size-gib", 10, "resource size in GiB")
 	latency := fs.String("latency", "", "route costs CSV: region,location,latency_ms (required)")
-	mirrors := fs.String("mirrors", "", "comma-separated locations that hold a mirror today (required)")
-	cands := fs.String("candidates", "", "comma-separated candidate locations (default: every other location of --latency)")
+	mirrors := fs.String("mirrors", "", "comma-separated locations that hold a mirror today, double-quoted where a name holds a comma (required)")
+	cands := fs.String("candidates", "", "comma-separated candidate locations, double-quoted where a name holds a comma (default: every other location of --latency)")
 	copyGB := fs.Float64("copy-per-gb", 0.02, "cost of copying one GB to a location")
 	storeGBh := fs.Float64("store-per-gb-hour", 0.0001, "cost of storing one GB for an hour")
 	value := fs.Float64("value-per-request-second", 0.0005, "value of one second of latency saved on one request")
@@ -511,7 +633,10 @@ func runExplain(ctx context.Context, args []string, out io.Writer) error {
 	}
 	req := forecast.ScoreRequest{Bytes: int64(*size * (1 << 30)), Horizon: *horizon, Current: map[string]float64{},
 		Prices: forecast.Prices{CopyPerByte: *copyGB / 1e9, StorePerByteHour: *storeGBh / 1e9, ValuePerRequestSecond: *value}}
-	mir := splitList(*mirrors)
+	mir, err := nameList(*mirrors)
+	if err != nil {
+		return fmt.Errorf("%w: --mirrors: %v", cli.ErrUsage, err)
+	}
 	for region, row := range lat {
 		best := math.Inf(1)
 		for _, m := range mir {
@@ -523,7 +648,10 @@ func runExplain(ctx context.Context, args []string, out io.Writer) error {
 			req.Current[region] = best
 		}
 	}
-	cl := splitList(*cands)
+	cl, err := nameList(*cands)
+	if err != nil {
+		return fmt.Errorf("%w: --candidates: %v", cli.ErrUsage, err)
+	}
 	if len(cl) == 0 {
 		seen := map[string]bool{}
 		for _, m := range mir {
@@ -556,6 +684,41 @@ func runExplain(ctx context.Context, args []string, out io.Writer) error {
 	return err
 }
 
+// nameList reads a comma-separated list of names as one CSV record, so a
+// location holding a comma is given in double quotes ("New York, NY");
+// a stray quote inside a name is kept.
+func nameList(s string) ([]string, error) {
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	r := csv.NewReader(strings.NewReader(s))
+	r.TrimLeadingSpace, r.LazyQuotes = true, true
+	rec, err := r.Read()
+	if err != nil {
+		return nil, fmt.Errorf("list %q: %w", s, err)
+	}
+	var out []string
+	for _, n := range rec {
+		if n = strings.TrimSpace(n); n != "" {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+// joinNames is nameList's inverse: names holding a comma or a quote are
+// double-quoted.
+func joinNames(names []string) string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		if strings.ContainsAny(n, ",\"") {
+			n = `"` + strings.ReplaceAll(n, `"`, `""`) + `"`
+		}
+		out[i] = n
+	}
+	return strings.Join(out, ",")
+}
+
 func splitList(s string) []string {
 	var out []string
 	for _, f := range strings.Split(s, ",") {
@@ -566,35 +729,64 @@ func splitList(s string) []string {
 	return out
 }
 
-// readLatency reads region,location,latency_ms rows into seconds.
+// readLatency reads region,location,latency_ms rows into seconds. A
+// first line whose third field is not a number is a header (any names);
+// '#' starts a comment line; the separator may be a comma, semicolon or
+// tab, and a UTF-8 byte-order mark is skipped.
 func readLatency(path string) (map[string]map[string]float64, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open latency: %w", err)
 	}
 	defer f.Close()
-	r := csv.NewReader(f)
+	return parseLatency(f, path)
+}
+
+// parseLatency is readLatency's parser; path names the input in errors.
+func parseLatency(in io.Reader, path string) (map[string]map[string]float64, error) {
+	br := bufio.NewReader(in)
+	if b, err := br.Peek(3); err == nil && string(b) == "\ufeff" {
+		_, _ = br.Discard(3)
+	}
+	head, _ := br.Peek(4096)
+	first := head
+	for len(first) > 0 && first[0] == '#' { // the separator comes from the first record
+		i := bytes.IndexByte(first, '\n')
+		if i < 0 {
+			break
+		}
+		first = first[i+1:]
+	}
+	if i := bytes.IndexAny(first, "\r\n"); i >= 0 {
+		first = first[:i]
+	}
+	r := csv.NewReader(br)
+	r.Comma = forecast.Separator(first)
 	r.FieldsPerRecord = 3
 	r.Comment = '#'
+	r.TrimLeadingSpace = true
 	out := map[string]map[string]float64{}
-	line := 0
-	for {
+	for rec := 0; ; rec++ {
 		row, err := r.Read()
 		if err == io.EOF {
 			break
 		}
-		line++
 		if err != nil {
-			return nil, fmt.Errorf("%s line %d: %w", path, line, err)
+			return nil, fmt.Errorf("%w: %s: %v", forecast.ErrBadInput, path, err)
 		}
-		if line == 1 && strings.EqualFold(strings.TrimSpace(row[0]), "region") {
-			continue
+		line, _ := r.FieldPos(0)
+		cell := strings.TrimSpace(row[2])
+		ms, err := strconv.ParseFloat(cell, 64)
+		if err != nil && rec == 0 {
+			continue // a header
 		}
-		ms, err := strconv.ParseFloat(strings.TrimSpace(row[2]), 64)
-		if err != nil || ms < 0 || math.IsInf(ms, 0) {
-			return nil, fmt.Errorf("%w: %s line %d: latency %q", forecast.ErrBadInput, path, line, row[2])
+		if err != nil || !(ms >= 0) || math.IsInf(ms, 0) { // !(ms >= 0) also refuses NaN
+			return nil, fmt.Errorf("%w: %s line %d: latency %q (want milliseconds ≥ 0)", forecast.ErrBadInput, path, line, row[2])
 		}
 		reg, loc := strings.TrimSpace(row[0]), strings.TrimSpace(row[1])
+		if reg == "" || loc == "" {
+			return nil, fmt.Errorf("%w: %s line %d: empty region or location", forecast.ErrBadInput, path, line)
+		}
 		if out[reg] == nil {
 			out[reg] = map[string]float64{}
 		}

@@ -36,11 +36,16 @@ is nearer than every mirror).
 Input (-dataset): WonderProxy grouped pings (source,destination,min,avg,
 max,mdev; a servers-*.csv beside it gives geography), the IBM weekly file
 (snapshot_date,…,src_region,dst_region,avg_rtt_ms), a generic
-src,dst,rtt_ms[,time] file (header optional; aliases such as source/from,
-destination/to, avg_rtt_ms, date are accepted), or a square matrix as
-clouds publish them (a corner cell and destination names, then a source
-name and one RTT per destination; "", "-", "n/a" or "NaN" = unmeasured). A UTF-8 BOM and CRLF line
-ends are fine; names may be quoted and hold commas, spaces or any UTF-8.
+src,dst,rtt_ms[,time] file (header optional; aliases such as source/from/
+client, destination/to/target/server, avg_rtt_ms/latency/ping_ms, date are
+accepted), a square matrix as clouds publish them (a corner cell and
+destination names, then a source name and one RTT per destination; "",
+"-", "n/a" or "NaN" = unmeasured), or a directory of per-source ping
+summaries (one <source>.dat file per site, lines min/avg/max/mdev:
+destination, as in fantoch's latency_gcp and latency_aws sets). Fields may
+be separated by commas, semicolons or tabs; a UTF-8 BOM and CRLF or CR
+line ends are fine; names may be quoted and hold commas, spaces or any
+UTF-8.
 RTTs must be finite and in [0, 1e6] ms: anything else is an error naming
 the line.
 
@@ -86,7 +91,7 @@ func runRouteEval(ctx context.Context, args []string, out io.Writer) error {
 	rc := route.DefaultConfig()
 	var (
 		dataDir     = fs.String("data", defaultLatencyDir, "latency data directory; a relative path is tried from the working directory, then the repository root and its parents")
-		dataset     = fs.String("dataset", "wonderproxy", "\"wonderproxy\", \"ibm\", or the path of a matrix (WonderProxy grouped pings, IBM weekly, src,dst,rtt_ms[,time], or a square matrix)")
+		dataset     = fs.String("dataset", "wonderproxy", "\"wonderproxy\", \"ibm\", or the path of a matrix (WonderProxy grouped pings, IBM weekly, src,dst,rtt_ms[,time], a square matrix, or a directory of <source>.dat ping summaries)")
 		sites       = fs.String("sites", "", "optional name,lat,lon file giving the matrix's sites geography")
 		mirrorSites = fs.String("mirror-sites", "", "comma-separated mirror site names, double-quoted where a name holds a comma (default: k-medoids placement of -mirrors sites)")
 		opts        = def

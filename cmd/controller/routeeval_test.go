@@ -178,6 +178,24 @@ func TestRouteEvalUnseenFiles(t *testing.T) {
 		}
 	}
 	msTimes := write("ms.csv", b.String())
+	// Held-out layouts: per-source ping summaries in a directory (fantoch's
+	// latency_gcp), and a tab-separated square matrix pasted from a page.
+	pingDir := filepath.Join(dir, "gcp")
+	if err := os.Mkdir(pingDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	regions := []string{"us-east1", "europe-west4", "asia-east1", "us-west1"}
+	for i, a := range regions {
+		b.Reset()
+		for j, c := range regions {
+			r := 0.2 + 40*float64(abs(i-j))
+			fmt.Fprintf(&b, "%.3f/%.3f/%.3f/0.2:%s\n", r*0.98, r, r*1.1, c)
+		}
+		if err := os.WriteFile(filepath.Join(pingDir, a+".dat"), []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tabSquare := write("pasted.tsv", "\tWashington, DC\tTokyo\tParis\nWashington, DC\t1\t150\t80\nTokyo\t151\t1\t220\nParis\t81\t219\t1\n")
 	tests := []struct {
 		name    string
 		args    []string
@@ -186,7 +204,7 @@ func TestRouteEvalUnseenFiles(t *testing.T) {
 		out     []string
 	}{
 		{name: "quoted mirror names", args: []string{"-dataset", quoted, "-mirror-sites", `"Washington, DC",Zürich`, "-origin", "東京"},
-			out: []string{"mirrors (2): Washington, DC, Zürich", "origin: 東京", "no self-pair"}},
+			out: []string{`mirrors (2): "Washington, DC", Zürich`, "origin: 東京", "no self-pair"}},
 		{name: "unknown names listed", args: []string{"-dataset", quoted, "-mirror-sites", "Washington,Tokyo"},
 			wantErr: `"Washington" (not in quoted.csv), "Tokyo" (not in quoted.csv)`},
 		{name: "empty mirror name", args: []string{"-dataset", quoted, "-mirror-sites", "a,,b"}, usage: true, wantErr: "name 2 is empty"},
@@ -198,6 +216,10 @@ func TestRouteEvalUnseenFiles(t *testing.T) {
 		{name: "sites file matching one site", args: []string{"-dataset", quoted, "-sites", fewGeo},
 			out: []string{"geo.csv gave coordinates to 1 of the 5 sites", "geo-nearest falls back to the origin"}},
 		{name: "square cloud matrix", args: []string{"-dataset", square, "-mirrors", "2"}, out: []string{"dataset square.csv: 3 sites", "use the reverse direction's RTT"}},
+		{name: "directory of per-source ping files", args: []string{"-dataset", pingDir, "-mirrors", "2"}, out: []string{"dataset gcp: 4 sites"}},
+		{name: "one ping file", args: []string{"-dataset", filepath.Join(pingDir, "us-east1.dat")}, wantErr: "pass the directory"},
+		{name: "tab-separated square matrix", args: []string{"-dataset", tabSquare, "-mirror-sites", `"Washington, DC",Paris`},
+			out: []string{"dataset pasted.tsv: 3 sites"}},
 		{name: "time column in ms", args: []string{"-dataset", msTimes}, wantErr: "use -steps"},
 		{name: "time column in ms with -steps", args: []string{"-dataset", msTimes, "-steps", "-segment", "3m"}, out: []string{"3 snapshot(s), replay 9m0s"}},
 	}

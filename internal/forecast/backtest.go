@@ -51,8 +51,15 @@ func (c BacktestConfig) withDefaults(s *Series) (BacktestConfig, error) {
 	if c.MinOrigins == 0 {
 		c.MinOrigins = 168
 	}
-	if c.Horizon < 1 || c.Season < 1 || c.Window < 1 || c.MinOrigins < 1 {
-		return c, fmt.Errorf("%w: backtest config %+v", ErrBadInput, c)
+	for _, f := range []struct {
+		what string
+		v    int
+	}{{"window", c.Window}, {"horizon", c.Horizon}, {"season", c.Season}, {"minimum origins", c.MinOrigins}} {
+		if f.v < 1 {
+			// Buckets longer than the window (monthly rows, a four-week
+			// window) round it to zero: say which figure and why.
+			return c, fmt.Errorf("%w: backtest of %s: a %s of %d buckets of %v (want at least 1)", ErrBadInput, s.Name, f.what, f.v, s.Step)
+		}
 	}
 	n := s.Len()
 	// The window ends where MinOrigins observed origins remain after it

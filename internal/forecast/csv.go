@@ -35,8 +35,10 @@ type Table struct {
 	HasLocation bool
 	CovNames    []string
 	Records     []Record
-	// Ignored lists extra columns left out because their first non-empty
-	// cell is not a number (a host name, a status text): they cannot be
+	// Ignored lists extra columns left out: row numbers or blank columns
+	// (no header name, pandas' "Unnamed: 0", "index"; labelled "column N
+	// (no name)" when nameless), then columns whose first non-empty cell
+	// is not a number (a host name, a status text), which cannot be
 	// covariates.
 	Ignored []string
 }
@@ -64,9 +66,24 @@ var timeLayouts = []string{
 	"2006-01-02T15:04:05",
 	"2006-01-02T15:04",
 	"2006-01-02",
+	// Offsets without a colon or without minutes: strftime's and Ruby's
+	// "+0000", PostgreSQL's "+00".
+	"2006-01-02T15:04:05Z0700",
+	"2006-01-02 15:04:05Z0700",
+	"2006-01-02 15:04:05 Z0700",
+	"2006-01-02T15:04:05Z07",
+	"2006-01-02 15:04:05Z07",
+	"2006/01/02 15:04:05",
+	"2006/01/02 15:04",
+	"2006/01/02",
 	"1/2/2006 15:04:05",
 	"1/2/2006 15:04",
 	"1/2/2006",
+	// Dotted dates are day-first wherever they are written (German,
+	// Russian, ... spreadsheet exports).
+	"2.1.2006 15:04:05",
+	"2.1.2006 15:04",
+	"2.1.2006",
 }
 
 // ParseTime parses a timestamp in one of the layouts the CSV readers
@@ -78,9 +95,23 @@ func ParseTime(s string) (time.Time, error) {
 	if t, ok := parseUnix(s); ok {
 		return t, nil
 	}
+	// BigQuery writes "2014-02-14 14:30:00 UTC". Other zone abbreviations
+	// are ambiguous (EST, IST) and stay unrecognised.
+	in := s
+	for _, z := range []string{" UTC", " GMT"} {
+		if t, ok := strings.CutSuffix(in, z); ok {
+			in = t
+			break
+		}
+	}
 	for _, l := range timeLayouts {
-		if t, err := time.Parse(l, s); err == nil {
+		if t, err := time.Parse(l, in); err == nil {
 			return t.UTC(), nil
+		}
+	}
+	if a, _, ok := strings.Cut(s, "/"); ok {
+		if d, err := strconv.Atoi(a); err == nil && d > 12 && d <= 31 {
+			return time.Time{}, fmt.Errorf("%w: unrecognised timestamp %q: day-first dates are not read (month-first 1/2/2006 is; better ISO 2006-01-02)", ErrBadInput, s)
 		}
 	}
 	return time.Time{}, fmt.Errorf("%w: unrecognised timestamp %q", ErrBadInput, s)
@@ -113,6 +144,21 @@ func parseUnix(s string) (time.Time, bool) {
 	}
 	whole := math.Floor(sec)
 	return time.Unix(int64(whole), int64(math.Round((sec-whole)*1e9))).UTC(), true
+}
+
+// isIndexColumn reports whether a header name (lower case) marks a
+// row-number or empty column rather than data: no name, pandas'
+// "unnamed: N", or "index".
+func isIndexColumn(name string) bool {
+	if name == "" || name == "index" {
+		return true
+	}
+	rest, ok := strings.CutPrefix(name, "unnamed:")
+	if !ok {
+		return false
+	}
+	_, err := strconv.Atoi(strings.TrimSpace(rest))
+	return err == nil
 }
 
 func indexOf(names []string, want []string) int {
@@ -148,7 +194,21 @@ func isMissing(s string) bool {
 }
 
 func parseFinite(s string) (float64, error) {
-	v, err := strconv.ParseFloat(strings.TrimSpace(s), 64)
+	return parseNumber(s, false)
+}
+
+// parseNumber is parseFinite that also reads a decimal comma ("0,5")
+// when decComma is set: in a file separated by semicolons or tabs, the
+// exports of comma-decimal locales. Only digits, one comma, digits: a
+// number with thousands marks ("1.234,5") is not guessed at.
+func parseNumber(s string, decComma bool) (float64, error) {
+	s = strings.TrimSpace(s)
+	if decComma {
+		if a, b, ok := strings.Cut(strings.TrimLeft(s, "+-"), ","); ok && a != "" && b != "" && allDigits(a) && allDigits(b) {
+			s = strings.Replace(s, ",", ".", 1)
+		}
+	}
+	v, err := strconv.ParseFloat(s, 64)
 	if err != nil {
 		return 0, fmt.Errorf("%w: not a number: %q", ErrBadInput, s)
 	}
@@ -156,6 +216,15 @@ func parseFinite(s string) (float64, error) {
 		return 0, fmt.Errorf("%w: not a finite number: %q", ErrBadInput, s)
 	}
 	return v, nil
+}
+
+func allDigits(s string) bool {
+	for _, c := range s {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // maxTableRows bounds what ReadTable accepts so a hostile file cannot
@@ -173,7 +242,8 @@ const maxTableRows = 5_000_000
 // With a header, columns are found by name (see timeNames, locationNames,
 // valueNames, holidayNames); every other column is a numeric covariate,
 // except one whose first non-empty cell is not a number: that column is
-// ignored (listed in Table.Ignored). A row with an empty value is
+// ignored (listed in Table.Ignored), as is a column with no name or a
+// row-number column (isIndexColumn). A row with an empty value is
 // skipped; a malformed row rejects the whole input with an error naming
 // its line. A UTF-8 byte-order mark is skipped, and a first line with no
 // comma but semicolons (or tabs) makes that the separator.
@@ -182,8 +252,20 @@ func ReadTable(r io.Reader) (*Table, error) {
 	if b, err := br.Peek(3); err == nil && bytes.Equal(b, []byte("\xef\xbb\xbf")) {
 		_, _ = br.Discard(3)
 	}
-	cr := csv.NewReader(br)
+	if b, err := br.Peek(2); err == nil && (b[0] == 0xff && b[1] == 0xfe || b[0] == 0xfe && b[1] == 0xff) {
+		// Excel's "Unicode text": every other byte would be a NUL.
+		return nil, fmt.Errorf("%w: UTF-16 text (byte-order mark %X): save the file as UTF-8 CSV", ErrBadInput, b)
+	}
+	var in io.Reader = br
+	if head, _ := br.Peek(4096); bytes.IndexByte(head, '\n') < 0 && bytes.IndexByte(head, '\r') >= 0 {
+		// Classic Mac line ends (CR only), which encoding/csv does not
+		// split on: the whole file would be one header.
+		in = crReader{br}
+	}
+	cr := csv.NewReader(in)
 	cr.Comma = sniffComma(br)
+	decComma := cr.Comma != ','
+
 	cr.TrimLeadingSpace = true
 	cr.ReuseRecord = false
 	first, err := cr.Read()
@@ -197,6 +279,10 @@ func ReadTable(r io.Reader) (*Table, error) {
 	tcol, lcol, vcol, hcol := 0, -1, -1, -1
 	var covCols []int
 	var covText []bool // covCols[j] turned out to be a text column
+	third := ""        // name of a third column whose role is undecided
+	var wideCols []int // a wide table: one location per column
+	wide3 := false     // three columns: long, or a wide table of two
+	var raw3 [][]string
 	t := &Table{}
 	pending := [][]string{}
 	if _, err := ParseTime(first[0]); err == nil {
@@ -218,29 +304,70 @@ func ReadTable(r io.Reader) (*Table, error) {
 		if i := indexOf(names, timeNames); i >= 0 {
 			tcol = i
 		}
+		// A row-number column (pandas' unnamed index, "Unnamed: 0" after
+		// a round trip) or the empty column of a trailing separator is
+		// no part of the data: taken for the location it made every row
+		// its own location. The first column stays the time when no
+		// column is named for it (an unnamed DatetimeIndex).
+		var named []int
+		for i, n := range names {
+			if i != tcol && isIndexColumn(n) {
+				label := n
+				if n == "" {
+					label = fmt.Sprintf("column %d (no name)", i+1)
+				}
+				t.Ignored = append(t.Ignored, label)
+				continue
+			}
+			named = append(named, i)
+		}
 		lcol = indexOf(names, locationNames)
 		vcol = indexOf(names, valueNames)
 		hcol = indexOf(names, holidayNames)
+		// other returns the named column that is none of the given ones
+		// (the shapes below have exactly one).
+		other := func(not ...int) int {
+			for _, i := range named {
+				if !slices.Contains(not, i) {
+					return i
+				}
+			}
+			return -1
+		}
 		if vcol < 0 {
 			switch {
-			case ncol == 2:
-				vcol = 1 - tcol
-			case ncol == 3 && lcol < 0 && tcol == 0:
-				lcol, vcol = 1, 2
-			case ncol == 3 && lcol >= 0:
-				vcol = 3 - tcol - lcol
+			case len(named) == 2:
+				vcol = other(tcol)
+			case len(named) == 3 && lcol < 0 && tcol == named[0]:
+				// time,location,value, or two locations' columns (wide):
+				// decided after reading (wide3).
+				lcol, vcol = named[1], named[2]
+				wide3 = true
+			case len(named) == 3 && lcol >= 0:
+				vcol = other(tcol, lcol)
+			case len(named) >= 4 && lcol < 0:
+				// One column per location (a wide table).
+				for _, i := range named {
+					if i != tcol && i != hcol {
+						wideCols = append(wideCols, i)
+					}
+				}
 			default:
 				return nil, fmt.Errorf("%w: header %v: cannot tell the value column (name it \"value\")", ErrBadInput, names)
 			}
 		}
-		if ncol == 3 && lcol < 0 && vcol >= 0 {
-			lcol = 3 - tcol - vcol
+		if len(named) == 3 && lcol < 0 && vcol >= 0 {
+			// Time and value are named, the third column is not: a
+			// location ("zone", "country") or a covariate ("temp").
+			// Decided after reading (resolveThird).
+			lcol = other(tcol, vcol)
+			third = names[lcol]
 		}
-		if tcol == vcol || (lcol >= 0 && (lcol == tcol || lcol == vcol)) {
+		if wideCols == nil && (vcol < 0 || tcol == vcol || (lcol >= 0 && (lcol == tcol || lcol == vcol))) {
 			return nil, fmt.Errorf("%w: header %v: time, location and value columns overlap", ErrBadInput, names)
 		}
-		for i := range names {
-			if i != tcol && i != lcol && i != vcol && i != hcol {
+		for _, i := range named {
+			if wideCols == nil && i != tcol && i != lcol && i != vcol && i != hcol {
 				covCols = append(covCols, i)
 				t.CovNames = append(t.CovNames, names[i])
 			}
@@ -248,8 +375,43 @@ func ReadTable(r io.Reader) (*Table, error) {
 		covText = make([]bool, len(covCols))
 	}
 	covKnown := make([]bool, len(covCols))
-	t.HasLocation = lcol >= 0
-	line := 1 // the header
+	t.HasLocation = lcol >= 0 || wideCols != nil
+	emptyLoc := 0               // first line with an empty location cell
+	line := 1                   // the header
+	wideKnown := map[int]bool{} // a wide column's first non-empty cell was read
+	wideText := map[int]bool{}  // ... and was text: the column is ignored
+	// wideRow adds one record per location column of a wide row.
+	wideRow := func(row []string, line int, cols []int) error {
+		ts, err := ParseTime(row[tcol])
+		if err != nil {
+			return fmt.Errorf("line %d column %d: %w", line, tcol+1, err)
+		}
+		holiday := false
+		if hcol >= 0 {
+			if holiday, err = parseBool(row[hcol]); err != nil {
+				return fmt.Errorf("line %d column %d: %w", line, hcol+1, err)
+			}
+		}
+		for _, c := range cols {
+			if wideText[c] || isMissing(row[c]) {
+				continue
+			}
+			v, err := parseNumber(row[c], decComma)
+			if err != nil && !wideKnown[c] {
+				wideText[c], wideKnown[c] = true, true
+				continue
+			}
+			if err != nil {
+				return fmt.Errorf("line %d column %d: %w", line, c+1, err)
+			}
+			wideKnown[c] = true
+			if len(t.Records) >= maxTableRows {
+				return fmt.Errorf("%w: more than %d values", ErrBadInput, maxTableRows)
+			}
+			t.Records = append(t.Records, Record{Time: ts, Location: strings.TrimSpace(first[c]), Value: v, Holiday: holiday})
+		}
+		return nil
+	}
 	if len(pending) > 0 {
 		line = 0
 	}
@@ -258,6 +420,12 @@ func ReadTable(r io.Reader) (*Table, error) {
 		if len(row) != ncol {
 			return fmt.Errorf("%w: line %d: %d columns, want %d", ErrBadInput, line, len(row), ncol)
 		}
+		if wideCols != nil {
+			return wideRow(row, line, wideCols)
+		}
+		if wide3 {
+			raw3 = append(raw3, slices.Clone(row))
+		}
 		if isMissing(row[vcol]) {
 			return nil // missing value: the bucket becomes a gap
 		}
@@ -265,15 +433,18 @@ func ReadTable(r io.Reader) (*Table, error) {
 		if err != nil {
 			return fmt.Errorf("line %d column %d: %w", line, tcol+1, err)
 		}
-		v, err := parseFinite(row[vcol])
+		v, err := parseNumber(row[vcol], decComma)
 		if err != nil {
 			return fmt.Errorf("line %d column %d: %w", line, vcol+1, err)
 		}
 		rec := Record{Time: ts, Value: v}
 		if lcol >= 0 {
 			rec.Location = strings.TrimSpace(row[lcol])
-			if rec.Location == "" {
+			if rec.Location == "" && third == "" && !wide3 {
 				return fmt.Errorf("%w: line %d: empty location", ErrBadInput, line)
+			}
+			if rec.Location == "" && emptyLoc == 0 {
+				emptyLoc = line // an error unless the column is a covariate
 			}
 		}
 		if hcol >= 0 {
@@ -288,7 +459,7 @@ func ReadTable(r io.Reader) (*Table, error) {
 					rec.Covs[j] = math.NaN()
 					continue
 				}
-				if rec.Covs[j], err = parseFinite(row[c]); err != nil {
+				if rec.Covs[j], err = parseNumber(row[c], decComma); err != nil {
 					if !covKnown[j] {
 						// The column's first value is text: not a covariate.
 						covText[j], covKnown[j] = true, true
@@ -323,13 +494,89 @@ func ReadTable(r io.Reader) (*Table, error) {
 			return nil, err
 		}
 	}
+	if wide3 && isWide3(raw3, tcol, lcol, decComma) {
+		// Rebuild as two location columns ("ds,location_4,location_41").
+		t.Records = t.Records[:0]
+		hdr := 1
+		if len(pending) > 0 {
+			hdr = 0
+		}
+		for i, row := range raw3 {
+			if err := wideRow(row, hdr+i+1, []int{lcol, vcol}); err != nil {
+				return nil, err
+			}
+		}
+		emptyLoc = 0
+	}
 	if len(t.Records) == 0 {
 		return nil, fmt.Errorf("%w: no data rows", ErrBadInput)
+	}
+	for _, c := range wideCols {
+		if wideText[c] {
+			t.Ignored = append(t.Ignored, strings.ToLower(strings.TrimSpace(first[c])))
+		}
+	}
+	if third != "" {
+		t.resolveThird(third, decComma)
+	}
+	if t.HasLocation && emptyLoc > 0 {
+		return nil, fmt.Errorf("%w: line %d: empty location", ErrBadInput, emptyLoc)
 	}
 	if slices.Contains(covText, true) {
 		t.dropColumns(covText)
 	}
 	return t, nil
+}
+
+// isWide3 tells two location columns (a wide table) from a location and
+// a value column under an unknown header: the first column is a location
+// when one of its cells is not a number or a timestamp repeats (a long
+// table lists several locations at one time).
+func isWide3(rows [][]string, tcol, c int, decComma bool) bool {
+	seen := make(map[string]bool, len(rows))
+	for _, r := range rows {
+		if seen[r[tcol]] {
+			return false
+		}
+		seen[r[tcol]] = true
+		if _, err := parseNumber(r[c], decComma); err != nil && !isMissing(r[c]) {
+			return false
+		}
+	}
+	return true
+}
+
+// resolveThird decides the role of a third column (name) that was read
+// as the location: it is a numeric covariate when every cell is a number
+// (or missing) and no timestamp repeats, since a per-location table lists
+// several locations at one time; otherwise it stays the location.
+func (t *Table) resolveThird(name string, decComma bool) {
+	vals := make([]float64, len(t.Records))
+	times := make([]int64, len(t.Records))
+	for i, r := range t.Records {
+		v := math.NaN()
+		if !isMissing(r.Location) {
+			x, err := parseNumber(r.Location, decComma)
+			if err != nil {
+				return
+			}
+			v = x
+		}
+		vals[i], times[i] = v, r.Time.UnixNano()
+	}
+	slices.Sort(times)
+	for i := 1; i < len(times); i++ {
+		if times[i] == times[i-1] {
+			return
+		}
+	}
+	t.HasLocation = false
+	t.CovNames = append([]string{name}, t.CovNames...)
+	for i := range t.Records {
+		r := &t.Records[i]
+		r.Location = ""
+		r.Covs = append([]float64{vals[i]}, r.Covs...)
+	}
 }
 
 // dropColumns removes the covariates marked text from the table.
@@ -359,14 +606,20 @@ func (t *Table) dropColumns(text []bool) {
 	}
 }
 
-// sniffComma picks the field separator from the first line: a comma when
-// it has one, else a semicolon or a tab if it has those (spreadsheet
-// exports in locales whose decimal mark is a comma).
+// sniffComma picks the field separator from the first line (Separator).
 func sniffComma(br *bufio.Reader) rune {
 	b, _ := br.Peek(4096) // fewer bytes at the end of a short input
-	if i := bytes.IndexByte(b, '\n'); i >= 0 {
+	if i := bytes.IndexAny(b, "\r\n"); i >= 0 {
 		b = b[:i]
 	}
+	return Separator(b)
+}
+
+// Separator picks the field separator of a CSV from its first line: a
+// comma when it has one outside quotes, else a semicolon or a tab if it
+// has those (spreadsheet exports in locales whose decimal mark is a
+// comma).
+func Separator(b []byte) rune {
 	count := map[byte]int{}
 	quoted := false
 	for _, c := range b {
@@ -385,6 +638,19 @@ func sniffComma(br *bufio.Reader) rune {
 		return '\t'
 	}
 	return ','
+}
+
+// crReader turns every CR into LF (for inputs with no LF at all).
+type crReader struct{ r io.Reader }
+
+func (c crReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	for i, b := range p[:n] {
+		if b == '\r' {
+			p[i] = '\n'
+		}
+	}
+	return n, err
 }
 
 // Agg says how samples inside one bucket combine.
@@ -573,11 +839,16 @@ const maxSeriesLen = 10_000_000
 // with locations a location absent at a timestamp that other locations
 // report counts as zero (count tables list only non-zero rows); a bucket
 // no location reports is a gap, filled by linear interpolation and marked
-// unobserved so the backtest never scores it.
+// unobserved so the backtest never scores it. With AggMean (gauges such
+// as CPU percent per host) an absent row is a gap too, never a zero.
 func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 	native, err := t.NativeStep()
 	if err != nil {
 		return nil, err
+	}
+	monthly := opt.Step == 0 && opt.IndexStep == 0 && native >= 28*24*time.Hour && native <= 31*24*time.Hour && calendarMonthly(t.Records)
+	if monthly {
+		native = monthStep
 	}
 	step := opt.Step
 	if step == 0 {
@@ -594,6 +865,28 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 	if sec <= 0 {
 		return nil, fmt.Errorf("%w: step %v below one second", ErrBadInput, step)
 	}
+	keepFrom, keepTo := t.strayBounds()
+	records := t.Records
+	if !keepFrom.IsZero() || !keepTo.IsZero() {
+		records = nil
+		for _, r := range t.Records {
+			if (keepFrom.IsZero() || !r.Time.Before(keepFrom)) && (keepTo.IsZero() || !r.Time.After(keepTo)) {
+				records = append(records, r)
+			}
+		}
+	}
+	if monthly {
+		// Calendar months are 28 to 31 days: fixed buckets of the median
+		// gap drift against them (two months in one bucket, none in
+		// another). One bucket per month instead, a twelfth of a year.
+		mapped := make([]Record, len(records))
+		for i, r := range records {
+			r.Time = time.Unix(int64((r.Time.Year()-1970)*12+int(r.Time.Month())-1)*int64(monthStep/time.Second), 0).UTC()
+			mapped[i] = r
+		}
+		records = mapped
+		slog.Info("series: monthly rows, one bucket per calendar month", "step", monthStep.String())
+	}
 	minB, maxB := int64(math.MaxInt64), int64(math.MinInt64)
 	bucket := func(tm time.Time) int64 {
 		u := tm.Unix()
@@ -603,7 +896,7 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 		}
 		return b
 	}
-	for _, r := range t.Records {
+	for _, r := range records {
 		b := bucket(r.Time)
 		minB = min(minB, b)
 		maxB = max(maxB, b)
@@ -621,7 +914,7 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 	locs := map[string]*acc{}
 	anyAt := make([]int, n)
 	holi := map[int64]bool{}
-	for _, r := range t.Records {
+	for _, r := range records {
 		a := locs[r.Location]
 		if a == nil {
 			a = &acc{sum: make([]float64, n), cnt: make([]float64, n), first: n, last: -1}
@@ -702,7 +995,7 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 					overfull++
 				}
 				s.Observed[i] = true
-			case t.HasLocation && anyAt[k] > 0:
+			case t.HasLocation && anyAt[k] > 0 && opt.Agg == AggSum:
 				// Other locations report: this one had nothing, inside
 				// its own span; before its first row or after its last
 				// it was not reporting (a site added or retired), so the
@@ -746,6 +1039,68 @@ func (t *Table) Series(opt SeriesOptions) ([]*Series, error) {
 			"step", step.String(), "native_step", native.String(), "value", how)
 	}
 	return out, nil
+}
+
+// monthStep is the bucket of monthly data: a twelfth of a 365-day year,
+// so the yearly season is 12 buckets.
+const monthStep = 730 * time.Hour
+
+// calendarMonthly reports whether every row is at midnight on the first,
+// or every row on the last, day of its month (monthly data as exported).
+func calendarMonthly(rs []Record) bool {
+	first, last := true, true
+	for _, r := range rs {
+		tm := r.Time
+		if tm.Hour() != 0 || tm.Minute() != 0 || tm.Second() != 0 || tm.Nanosecond() != 0 {
+			return false
+		}
+		first = first && tm.Day() == 1
+		last = last && tm.AddDate(0, 0, 1).Day() == 1
+		if !first && !last {
+			return false
+		}
+	}
+	return len(rs) > 0
+}
+
+// strayBounds finds rows far from all the others at either end (an
+// epoch-zero placeholder, a typo'd year): at most 1% of the distinct
+// timestamps, separated from the rest by a gap longer than the rest's
+// whole span. Left in, they stretch the grid over years of interpolated
+// buckets that change what is trained and scored. It returns the first
+// and last time to keep (zero: no bound) and warns about what it leaves
+// out; a long outage inside the data is no stray.
+func (t *Table) strayBounds() (from, to time.Time) {
+	ts := make([]int64, 0, len(t.Records))
+	for _, r := range t.Records {
+		ts = append(ts, r.Time.UnixNano())
+	}
+	slices.Sort(ts)
+	ts = slices.Compact(ts)
+	m := len(ts)
+	limit := m / 100 // most stray timestamps at one end
+	lead, tail := 0, 0
+	for k := 1; k <= limit; k++ {
+		if ts[k]-ts[k-1] > ts[m-1]-ts[k] {
+			lead = k
+		}
+	}
+	for k := 1; k <= limit && m-k-1 > lead; k++ {
+		if ts[m-k]-ts[m-k-1] > ts[m-k-1]-ts[lead] {
+			tail = k
+		}
+	}
+	if lead > 0 {
+		from = time.Unix(0, ts[lead]).UTC()
+		slog.Warn("series: rows far before all the others left out (a placeholder or typo'd date?)",
+			"timestamps", lead, "first", time.Unix(0, ts[0]).UTC().Format(time.DateTime), "data_from", from.Format(time.DateTime))
+	}
+	if tail > 0 {
+		to = time.Unix(0, ts[m-tail-1]).UTC()
+		slog.Warn("series: rows far after all the others left out (a placeholder or typo'd date?)",
+			"timestamps", tail, "last", time.Unix(0, ts[m-1]).UTC().Format(time.DateTime), "data_to", to.Format(time.DateTime))
+	}
+	return from, to
 }
 
 // fillGaps replaces NaNs by linear interpolation (constant at the edges).

@@ -35,7 +35,8 @@ func TestReadTableShapes(t *testing.T) {
 		{name: "bad time", in: "timestamp,value\nyesterday,1\n", wantErr: "unrecognised timestamp"},
 		{name: "ragged row", in: "timestamp,value\n2014-01-01 00:00:00,1,2\n", wantErr: "line 2"},
 		{name: "bad holiday flag", in: "pickup_dt,borough,pickups,hday\n1/1/2015 1:00,Bronx,1,maybe\n", wantErr: "yes/no"},
-		{name: "no value column", in: "timestamp,a,b,c\n2014-01-01 00:00:00,1,2,3\n", wantErr: "value column"},
+		// (timestamp,a,b,c is a wide table: TestReadTableWide.)
+		{name: "no value column", in: "timestamp,location,b,c\n2014-01-01 00:00:00,x,2,3\n", wantErr: "value column"},
 		{name: "empty", in: "", wantErr: "empty input"},
 		{name: "header only", in: "timestamp,value\n", wantErr: "no data rows"},
 		{name: "four columns headerless", in: "2014-01-01 00:00:00,a,1,2\n", wantErr: "without a header"},
@@ -194,6 +195,12 @@ func FuzzReadTable(f *testing.F) {
 	f.Add("\"ds\",\"y\"\n\"2007-12-10\",9.59\n\"2007-12-12\",8\n")
 	f.Add("\ufefftimestamp;value\r\n2014-02-14 14:30:00;1\r\n2014-02-14 14:30:00;1\r\n2014-02-14 15:30:00;2\r\n")
 	f.Add("timestamp,value,host,temp\n2014-02-14T14:30:00+02:00,1,web,3\n2014-02-14T15:30:00+02:00,1,db,\n")
+	f.Add(",timestamp,location,value\n0,2014-02-14 14:30:00,eu,1\n1,2014-02-14 15:30:00,eu,2\n")
+	f.Add("Unnamed: 0;timestamp;value;\n0;2014-02-14 14:30:00;1;\n1;2014-02-14 15:30:00;2;\n")
+	f.Add("Datum;Wert;temp\r31.01.2024 23:00;0,5;-1,5\r01.02.2024 00:00;1,25;\r")
+	f.Add("timestamp,value,zone\n2024-01-01 00:00,5,1\n2024-01-01 01:00,7,1\n2024-01-01 00:00,6,2\n")
+	f.Add("ds,location_4,location_41\n2023-04-01 00:00:00,903,975\n2023-04-01 01:00:00,,975\n")
+	f.Add("time;EU;US;note\n2024-01-01 00:00;1;2,5;ok\n2024-01-01 01:00;4;;\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		tb, err := ReadTable(strings.NewReader(in))
 		if err != nil {

@@ -2,6 +2,7 @@ package eval
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -99,11 +100,65 @@ func newReader(r io.Reader, name string) *lineReader {
 	if b, err := br.Peek(len(utf8BOM)); err == nil && string(b) == utf8BOM {
 		_, _ = br.Discard(len(utf8BOM))
 	}
-	tail := &tailReader{r: br}
+	head, _ := br.Peek(4096) // less at the end of a short input
+	var in io.Reader = br
+	if bytes.IndexByte(head, '\n') < 0 && bytes.IndexByte(head, '\r') >= 0 {
+		// Classic Mac line ends (CR only), which encoding/csv does not
+		// split on: the whole file would be one header.
+		in = crReader{br}
+	}
+	tail := &tailReader{r: in}
 	cr := csv.NewReader(tail)
+	cr.Comma = sniffSep(firstLine(string(head)))
 	cr.FieldsPerRecord = -1
 	cr.ReuseRecord = true
 	return &lineReader{r: cr, tail: tail, name: name}
+}
+
+// crReader turns every CR into LF (for inputs with no LF at all).
+type crReader struct{ r io.Reader }
+
+func (c crReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	for i, b := range p[:n] {
+		if b == '\r' {
+			p[i] = '\n'
+		}
+	}
+	return n, err
+}
+
+// firstLine is s up to its first line end (LF or CR).
+func firstLine(s string) string {
+	if i := strings.IndexAny(s, "\r\n"); i >= 0 {
+		return s[:i]
+	}
+	return s
+}
+
+// sniffSep picks the field separator of a file from its first line: the
+// most frequent of comma, semicolon and tab outside quotes (a spreadsheet
+// export in a comma-decimal locale uses semicolons, a table pasted from a
+// web page tabs, and a tab-separated name may hold a comma); comma when
+// there is none.
+func sniffSep(line string) rune {
+	count := map[rune]int{}
+	quoted := false
+	for _, c := range line {
+		switch {
+		case c == '"':
+			quoted = !quoted
+		case !quoted && (c == ',' || c == ';' || c == '\t'):
+			count[c]++
+		}
+	}
+	sep := ','
+	for _, c := range []rune{';', '\t'} {
+		if count[c] > count[sep] {
+			sep = c
+		}
+	}
+	return sep
 }
 
 // endNote returns a note when the input's last line has no line ending:
@@ -241,9 +296,9 @@ const maxCells = 1 << 27
 // kinds of files with other headers (an IBM-style export, "from,to,…")
 // read without editing.
 var (
-	srcCols  = []string{"src", "source", "from", "src_region", "source_region", "src_site"}
-	dstCols  = []string{"dst", "destination", "to", "dst_region", "destination_region", "dst_site"}
-	rttCols  = []string{"rtt_ms", "rtt", "avg", "latency_ms", "avg_rtt_ms", "mean_rtt_ms", "latency"}
+	srcCols  = []string{"src", "source", "from", "src_region", "source_region", "src_site", "client", "client_region"}
+	dstCols  = []string{"dst", "destination", "to", "dst_region", "destination_region", "dst_site", "target", "server", "target_region", "server_region"}
+	rttCols  = []string{"rtt_ms", "rtt", "avg", "latency_ms", "avg_rtt_ms", "mean_rtt_ms", "latency", "ping_ms", "ping", "avg_ms", "rtt_avg_ms"}
 	timeCols = []string{"time", "t", "timestamp", "date", "snapshot_date"}
 )
 
@@ -274,9 +329,9 @@ func ReadPairs(r io.Reader, name string) (*Matrix, error) {
 				}
 			}
 		}
-		for _, c := range []string{"src", "dst", "rtt"} {
+		for c, names := range map[string][]string{"src": srcCols, "dst": dstCols, "rtt": rttCols} {
 			if _, ok := col[c]; !ok {
-				return nil, l.errf(line, "header %q lacks a %s column", strings.Join(rec, ","), c)
+				return nil, l.errf(line, "header %q lacks a %s column (want one of %s; RTTs in ms)", strings.Join(rec, ","), c, strings.Join(names, ", "))
 			}
 		}
 		_, hasTime = col["time"]
@@ -702,6 +757,13 @@ func (m *Matrix) SetGeo(geo map[string]Site) int {
 // grouped pings (with the servers file next to it, servers-*.csv, for
 // geography), the IBM weekly file, or the generic pairs format.
 func LoadFile(path string) (*Matrix, error) {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		return LoadPingDir(path)
+	}
+	if strings.EqualFold(filepath.Ext(path), ".dat") {
+		return nil, fmt.Errorf("%w: %s: one per-source ping file is one row of a matrix: pass the directory holding every source's .dat file",
+			ErrFormat, filepath.Base(path))
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open latency matrix: %w", err)
@@ -709,7 +771,11 @@ func LoadFile(path string) (*Matrix, error) {
 	defer f.Close()
 	br := bufio.NewReader(f)
 	head, _ := br.Peek(512)
-	first := strings.ToLower(strings.SplitN(string(head), "\n", 2)[0])
+	if len(head) >= 2 && (head[0] == 0xff && head[1] == 0xfe || head[0] == 0xfe && head[1] == 0xff) {
+		// Excel's "Unicode text": every other byte would be a NUL.
+		return nil, fmt.Errorf("%w: %s: UTF-16 text (byte-order mark %X): save the file as UTF-8", ErrFormat, filepath.Base(path), head[:2])
+	}
+	first := strings.ToLower(firstLine(string(head)))
 	name := filepath.Base(path)
 	switch {
 	case strings.Contains(first, "snapshot_date") && strings.Contains(first, "avg_rtt_ms"):
@@ -732,7 +798,9 @@ func LoadFile(path string) (*Matrix, error) {
 // and the second and third fields are not numbers (a header-less pairs
 // file has an RTT third).
 func looksSquare(first string) bool {
-	r := csv.NewReader(strings.NewReader(strings.TrimPrefix(first, utf8BOM)))
+	first = strings.TrimPrefix(first, utf8BOM)
+	r := csv.NewReader(strings.NewReader(first))
+	r.Comma = sniffSep(first)
 	r.LazyQuotes = true
 	rec, _ := r.Read()
 	if len(rec) < 3 {

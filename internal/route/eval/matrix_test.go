@@ -200,6 +200,8 @@ func FuzzReadPairs(f *testing.F) {
 	f.Add("src,dst,rtt_ms\na,b,10\n")
 	f.Add("a,b,1,0\nb,a,2,5\n")
 	f.Add("src,dst,rtt_ms,time\na,b,30,2024-01-08\na,b,10,2024-01-01T00:00:00Z\n")
+	f.Add("client;server;ping_ms\ra;b;10\rb;a;11\r")
+	f.Add("a\tb\t10\nb\ta\t11\n")
 	f.Fuzz(func(t *testing.T, in string) {
 		if m, err := ReadPairs(strings.NewReader(in), "f"); err == nil {
 			checkMatrix(t, m)

@@ -13,7 +13,7 @@ func (r *Report) WriteTable(w io.Writer) error {
 	o := r.Options
 	fmt.Fprintf(w, "dataset %s: %d sites, %d client regions, %d snapshot(s), replay %v (scored %v after %v warm-up), %d sessions, seed %d\n",
 		r.Dataset, r.Sites, r.Clients, r.Snapshots, r.Simulated, r.Scored, o.Warmup, r.Sessions, o.Seed)
-	fmt.Fprintf(w, "mirrors (%d): %s\n", len(r.Mirrors), strings.Join(r.Mirrors, ", "))
+	fmt.Fprintf(w, "mirrors (%d): %s\n", len(r.Mirrors), siteList(r.Mirrors))
 	fmt.Fprintf(w, "origin: %s\n", r.Origin)
 	if len(r.Dropped) > 0 {
 		fmt.Fprintf(w, "left out (%d of %d sites): %s\n", len(r.Dropped), r.Sites, strings.Join(r.Dropped, ", "))
@@ -34,6 +34,20 @@ func (r *Report) WriteTable(w io.Writer) error {
 			p.Name, p.Mean, p.P50, p.P95, p.P99, fmtRatio(p.MeanVsOracle), fmtRatio(p.P95VsOracle), p.FlipsPerHour, 100*p.Disrupted)
 	}
 	return tw.Flush()
+}
+
+// siteList joins site names as -mirror-sites reads them back
+// (ParseSiteList): a name holding a comma or a quote is double-quoted, so
+// "City 2, X" is not read as two sites.
+func siteList(names []string) string {
+	out := make([]string, len(names))
+	for i, n := range names {
+		if strings.ContainsAny(n, ",\"") {
+			n = `"` + strings.ReplaceAll(n, `"`, `""`) + `"`
+		}
+		out[i] = n
+	}
+	return strings.Join(out, ", ")
 }
 
 // fmtRatio prints a ratio to the oracle, n/a where it is undefined.

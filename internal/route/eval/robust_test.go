@@ -263,6 +263,8 @@ func TestLoadFileSquareOrPairs(t *testing.T) {
 func FuzzReadSquare(f *testing.F) {
 	f.Add(",a,b\na,1,2\nb,3 ms,-\n")
 	f.Add("\ufeffx,\"p, q\",r\r\n\"p, q\",0,NaN\r\n")
+	f.Add("\tWashington, DC\tTokyo\nWashington, DC\t1\t150\nTokyo\t151\t1\n")
+	f.Add(";a;b\ra;0;10\rb;11;-\r")
 	f.Fuzz(func(t *testing.T, in string) {
 		if m, err := ReadSquare(strings.NewReader(in), "f"); err == nil {
 			checkMatrix(t, m)
