@@ -248,23 +248,10 @@ const maxTableRows = 5_000_000
 // its line. A UTF-8 byte-order mark is skipped, and a first line with no
 // comma but semicolons (or tabs) makes that the separator.
 func ReadTable(r io.Reader) (*Table, error) {
-	br := bufio.NewReader(r)
-	if b, err := br.Peek(3); err == nil && bytes.Equal(b, []byte("\xef\xbb\xbf")) {
-		_, _ = br.Discard(3)
+	cr, decComma, err := newCSVReader(r)
+	if err != nil {
+		return nil, err
 	}
-	if b, err := br.Peek(2); err == nil && (b[0] == 0xff && b[1] == 0xfe || b[0] == 0xfe && b[1] == 0xff) {
-		// Excel's "Unicode text": every other byte would be a NUL.
-		return nil, fmt.Errorf("%w: UTF-16 text (byte-order mark %X): save the file as UTF-8 CSV", ErrBadInput, b)
-	}
-	var in io.Reader = br
-	if head, _ := br.Peek(4096); bytes.IndexByte(head, '\n') < 0 && bytes.IndexByte(head, '\r') >= 0 {
-		// Classic Mac line ends (CR only), which encoding/csv does not
-		// split on: the whole file would be one header.
-		in = crReader{br}
-	}
-	cr := csv.NewReader(in)
-	cr.Comma = sniffComma(br)
-	decComma := cr.Comma != ','
 
 	cr.TrimLeadingSpace = true
 	cr.ReuseRecord = false
@@ -606,13 +593,47 @@ func (t *Table) dropColumns(text []bool) {
 	}
 }
 
+// newCSVReader opens r as a spreadsheet or database export: a UTF-8
+// byte-order mark skipped, UTF-16 refused by name, CR-only line ends
+// split, the separator sniffed from the first line (Separator). decComma:
+// the separator is not a comma, so numbers may carry a decimal comma.
+func newCSVReader(r io.Reader) (*csv.Reader, bool, error) {
+	br := bufio.NewReader(r)
+	if b, err := br.Peek(3); err == nil && bytes.Equal(b, []byte("\xef\xbb\xbf")) {
+		_, _ = br.Discard(3)
+	}
+	if b, err := br.Peek(2); err == nil && (b[0] == 0xff && b[1] == 0xfe || b[0] == 0xfe && b[1] == 0xff) {
+		// Excel's "Unicode text": every other byte would be a NUL.
+		return nil, false, fmt.Errorf("%w: UTF-16 text (byte-order mark %X): save the file as UTF-8 CSV", ErrBadInput, b)
+	}
+	var in io.Reader = br
+	if head, _ := br.Peek(4096); bytes.IndexByte(head, '\n') < 0 && bytes.IndexByte(head, '\r') >= 0 {
+		// Classic Mac line ends (CR only), which encoding/csv does not
+		// split on: the whole file would be one header.
+		in = crReader{br}
+	}
+	cr := csv.NewReader(in)
+	cr.Comma = sniffComma(br)
+	return cr, cr.Comma != ',', nil
+}
+
 // sniffComma picks the field separator from the first line (Separator).
+// Comment lines ("#…", the feeds' files allow them) and blank lines are
+// passed over: their punctuation says nothing.
 func sniffComma(br *bufio.Reader) rune {
 	b, _ := br.Peek(4096) // fewer bytes at the end of a short input
-	if i := bytes.IndexAny(b, "\r\n"); i >= 0 {
-		b = b[:i]
+	for len(b) > 0 {
+		line := b
+		if i := bytes.IndexAny(b, "\r\n"); i >= 0 {
+			line, b = b[:i], b[i+1:]
+		} else {
+			b = nil
+		}
+		if t := bytes.TrimSpace(line); len(t) > 0 && t[0] != '#' {
+			return Separator(line)
+		}
 	}
-	return Separator(b)
+	return ','
 }
 
 // Separator picks the field separator of a CSV from its first line: a

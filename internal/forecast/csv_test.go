@@ -322,3 +322,32 @@ func TestIndexStep(t *testing.T) {
 		}
 	}
 }
+
+// TestFeedsSpreadsheetExports: the events and covariates files are read
+// like the tables: a byte-order mark, semicolons (a comment line's own
+// punctuation not taken for the separator), CR-only line ends, a decimal
+// comma in a covariate; UTF-16 is refused by name.
+func TestFeedsSpreadsheetExports(t *testing.T) {
+	ev, err := ReadEvents(strings.NewReader("\ufeff# NYC; public sources, 2014\nstart;end;name;kind\r\n2014-11-27;2014-11-27;Thanksgiving;holiday\r\n"))
+	if err != nil || len(ev) != 1 || ev[0].Name != "Thanksgiving" {
+		t.Fatalf("events: %+v, %v", ev, err)
+	}
+	if ev, err := ReadEvents(strings.NewReader("start,end,name,kind\r2014-11-27,2014-11-27,Thanksgiving,holiday\r")); err != nil || len(ev) != 1 {
+		t.Fatalf("CR-only events: %+v, %v", ev, err)
+	}
+	c := NewCovariates(time.Hour)
+	if err := c.ReadCSV(strings.NewReader("\ufefftimestamp;temp\n2015-01-01 00:00;-1,5\n")); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := c.At("temp", "", time.Date(2015, 1, 1, 0, 0, 0, 0, time.UTC)); !ok || v != -1.5 {
+		t.Fatalf("temp = %v %v, want -1.5", v, ok)
+	}
+	for _, read := range []func() error{
+		func() error { _, err := ReadEvents(strings.NewReader("\xff\xfes\x00")); return err },
+		func() error { return NewCovariates(time.Hour).ReadCSV(strings.NewReader("\xff\xfet\x00")) },
+	} {
+		if err := read(); !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), "UTF-16") {
+			t.Errorf("UTF-16: %v", err)
+		}
+	}
+}

@@ -271,7 +271,8 @@
 //     value at an origin inside a gap is drawn towards the value after the
 //     gap, which a forecast from there must not see).
 //   - A location counts as zero where others report, inside its own first
-//     to last row; outside them it is unobserved (a site added or retired,
+//     to last row (counts; with --agg mean, a gauge per host, a missing
+//     row is a gap instead); outside them it is unobserved (a site added or retired,
 //     not a site without demand), and the backtest trims those ends; a
 //     location then too short for the protocol is skipped with a warning.
 //   - MASE at an origin whose window has no seasonal-naive error (constant,

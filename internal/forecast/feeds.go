@@ -117,12 +117,15 @@ func (c *Calendar) Active(t time.Time, region, kind string) bool {
 // (the event lasts through that day). A header row starting with "start"
 // is skipped. Kind "holiday" marks days that behave like a Sunday.
 func ReadEvents(r io.Reader) ([]Event, error) {
-	cr := csv.NewReader(r)
+	cr, _, err := newCSVReader(r)
+	if err != nil {
+		return nil, err
+	}
 	cr.TrimLeadingSpace = true
 	cr.FieldsPerRecord = -1
 	cr.Comment = '#'
 	var out []Event
-	err := eachRow(cr, "events", 0, func(line int, row []string) error {
+	err = eachRow(cr, "events", 0, func(line int, row []string) error {
 		if line == 1 && len(row) > 0 && strings.EqualFold(strings.TrimSpace(row[0]), "start") {
 			return nil
 		}
@@ -328,7 +331,10 @@ func (c *Covariates) Prune(before time.Time) {
 // The header is required (it names the covariates); a region column is
 // recognised by name (location, region, borough). Empty cells are skipped.
 func (c *Covariates) ReadCSV(r io.Reader) error {
-	cr := csv.NewReader(r)
+	cr, decComma, err := newCSVReader(r)
+	if err != nil {
+		return err
+	}
 	cr.TrimLeadingSpace = true
 	head, err := cr.Read()
 	if err != nil {
@@ -361,7 +367,7 @@ func (c *Covariates) ReadCSV(r io.Reader) error {
 			if i == rcol || isMissing(row[i]) {
 				continue
 			}
-			v, err := parseFinite(row[i])
+			v, err := parseNumber(row[i], decComma)
 			if err != nil {
 				return fmt.Errorf("covariates line %d column %d: %w", line, i+1, err)
 			}

@@ -72,7 +72,7 @@ func LoadSeries(r io.Reader, opt SeriesOptions) ([]*Series, error) {
 		return nil, err
 	}
 	if len(t.Ignored) > 0 {
-		slog.Warn("series: text columns ignored (not numeric covariates)", "columns", strings.Join(t.Ignored, ","))
+		slog.Warn("series: columns ignored (text, or a row index: not numeric covariates)", "columns", strings.Join(t.Ignored, ","))
 	}
 	if !opt.KeepRepeats {
 		if dropped, conflicting := t.DropDuplicates(); dropped+conflicting > 0 {
