@@ -102,6 +102,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"GUE port out of range", "address: 10.77.0.10}", "address: 10.77.0.10, encap: gue, gue_port: 70000}", "mirrors[0].gue_port: 70000"},
 		{"decap GUE port on an edge", "node: edge-test", "node: edge-test\ndecap_gue_port: 6080", "decap_gue_port: only for role mirror or both"},
 		{"decap addresses on an edge", "node: edge-test", "node: edge-test\ndecap_addresses: [192.0.2.10]", "decap_addresses: only for role mirror or both"},
+		{"service check timeout above its interval", "node: edge-test", "node: edge-test\nservice_check: {interval: 500ms}", "service_check.timeout: 1s must be below service_check.interval 500ms"},
 		{"decap GUE port out of range", "role: edge\ninterfaces: [pa0]", "role: mirror\ninterfaces: [pa0]\ndecap_gue_port: 0x10000", "decap_gue_port: 65536"},
 		{"vip syntax", "192.0.2.1:53/udp", "192.0.2.1:53/sctp", "resources[0].vips[1]"},
 		{"vip without port", "192.0.2.1:53/udp", "192.0.2.1/udp", "resources[0].vips[1]"},
