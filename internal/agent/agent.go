@@ -164,6 +164,20 @@ func (a *Agent) attachRole(prog *ebpf.Program, slot chainSlot, name string, ifac
 		next.Close()
 		a.log.Info("xdp program chained after ours", "program", name, "next", info.String(), "xdp_chain", cfg.XDPChain.String())
 	}
+	if cfg.XDPRoot != nil {
+		at, err := attachRoot(prog, name, cfg.PinDir, cfg.XDPRoot)
+		if err != nil {
+			return err
+		}
+		a.log.Info("xdp program ready behind the root program", "program", name, "prog_array", cfg.XDPRoot.ProgArray,
+			"key", cfg.XDPRoot.Key, "action", at.Action)
+		a.attach = append(a.attach, at)
+		return nil
+	}
+	// Without xdp_root now: a slot of ours in a root's array is emptied.
+	if err := detachRoots(cfg.PinDir, name, "", ""); err != nil {
+		return err
+	}
 	for _, iface := range ifaces {
 		at, err := attachXDP(prog, name, iface, cfg.XDPMode, cfg.PinDir, cfg.XDPChain)
 		if err != nil {

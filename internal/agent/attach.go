@@ -256,11 +256,15 @@ func xdpMode(iface string) string {
 // Detach removes every pinned link under pinDir (detaching the programs),
 // detaches the programs it attached through netlink when taking an
 // interface over — putting the program it took over back where
-// xdp_chain.restore_on_detach pinned it — and, with maps true, removes the
+// xdp_chain.restore_on_detach pinned it —, empties our slots in a root
+// program's array (xdp_root) and, with maps true, removes the
 // pinned maps as well: the node forgets premirror.
 func Detach(pinDir string, withMaps bool) error {
 	links, _ := filepath.Glob(filepath.Join(pinDir, "links", "*"))
 	errs := detachNetlink(pinDir)
+	if err := detachRoots(pinDir, "", "", ""); err != nil {
+		errs = append(errs, err)
+	}
 	for _, p := range links {
 		l, err := link.LoadPinnedLink(p, nil)
 		if err == nil {

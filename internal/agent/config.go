@@ -68,6 +68,9 @@ type Config struct {
 	// pass untouched; without it an interface that already runs a foreign
 	// XDP program is refused (ErrForeignXDP).
 	XDPChain *XDPChain `yaml:"xdp_chain"`
+	// XDPRoot runs our program behind the operator's root XDP program
+	// (through its program array) instead of on the interfaces.
+	XDPRoot *XDPRoot `yaml:"xdp_root"`
 	// Controller, when set, supplies the desired state (the static state
 	// below is then ignored) and receives the agent's reports.
 	Controller *ControllerCfg `yaml:"controller"`
@@ -297,6 +300,9 @@ func (c *Config) Validate() error {
 	case XDPAuto, XDPNative, XDPGeneric:
 	default:
 		return fmt.Errorf("xdp_mode: %q is not auto, native or generic", c.XDPMode)
+	}
+	if err := c.XDPRoot.validate(c); err != nil {
+		return err
 	}
 	if err := c.XDPChain.validate(); err != nil {
 		return err

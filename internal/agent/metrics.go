@@ -73,7 +73,7 @@ func newMetrics(a *Agent) *metrics {
 		hosted:     d("hosted_mirror_health", hostedHelp, "mirror", "health", "reason"),
 		unserved:   d("service_unserved", "1 per resource whose service does not answer on this host (service_check: no TCP VIP accepted a connection, fall checks in a row); reported to the controller, which routes it to other copies.", "resource"),
 		memory:     d("map_memory_bytes", "Kernel memory of each BPF map.", "map"),
-		attached:   d("xdp_attached", "1 per attached XDP program.", "iface", "program", "mode"),
+		attached:   d("xdp_attached", "1 per attached XDP program (iface \"*\" and mode \"root\": in the slot of the root program's array, xdp_root).", "iface", "program", "mode"),
 		next:       d("xdp_next_program_info", "1 per XDP program chained after ours (xdp_chain), by our program, the interface (\"*\": every interface without its own) and its name.", "program", "iface", "next"),
 		info:       d("desired_state_info", "The desired-state version the data plane runs.", "version"),
 		nhHits:     d("nexthop_cache_hits_total", "VIP packets sent with a cached next hop, without a FIB lookup (since the program was loaded)."),

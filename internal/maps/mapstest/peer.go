@@ -140,3 +140,75 @@ func (p *Peer) counter(slot uint32) (uint64, error) {
 
 // Close releases the program and its counter.
 func (p *Peer) Close() error { return errors.Join(p.Program.Close(), p.seen.Close()) }
+
+// Root stands in for a root XDP program that dispatches to others through
+// a program array, the way Katran's shared mode and DDoS filters in front
+// of a load balancer do: it counts every packet, tail-calls Array[Key],
+// and passes what that does not take (an empty slot).
+type Root struct {
+	Program *ebpf.Program
+	Array   *ebpf.Map
+	seen    *ebpf.Map
+}
+
+// NewRoot loads a Root with an 8-slot program array. Needs CAP_BPF.
+func NewRoot(key uint32) (*Root, error) {
+	seen, err := ebpf.NewMap(&ebpf.MapSpec{Name: "root_seen", Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1})
+	if err != nil {
+		return nil, fmt.Errorf("create root counter: %w", err)
+	}
+	arr, err := ebpf.NewMap(&ebpf.MapSpec{Name: "root_progs", Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 8})
+	if err != nil {
+		seen.Close()
+		return nil, fmt.Errorf("create root program array: %w", err)
+	}
+	insns := asm.Instructions{
+		asm.Mov.Reg(asm.R6, asm.R1),
+		asm.StoreImm(asm.R10, -4, 0, asm.Word),
+		asm.Mov.Reg(asm.R2, asm.R10),
+		asm.Add.Imm(asm.R2, -4),
+		asm.LoadMapPtr(asm.R1, seen.FD()),
+		asm.FnMapLookupElem.Call(),
+		asm.JEq.Imm(asm.R0, 0, "call"),
+		asm.Mov.Imm(asm.R1, 1),
+		asm.StoreXAdd(asm.R0, asm.R1, asm.DWord),
+		asm.Mov.Reg(asm.R1, asm.R6).WithSymbol("call"),
+		asm.LoadMapPtr(asm.R2, arr.FD()),
+		asm.Mov.Imm(asm.R3, int32(key)),
+		asm.FnTailCall.Call(),
+		asm.Mov.Imm(asm.R0, xdpPass),
+		asm.Return(),
+	}
+	prog, err := ebpf.NewProgram(&ebpf.ProgramSpec{Name: "root_dispatch", Type: ebpf.XDP, AttachType: ebpf.AttachXDP,
+		License: "GPL", Instructions: insns})
+	if err != nil {
+		seen.Close()
+		arr.Close()
+		return nil, fmt.Errorf("load root program: %w", err)
+	}
+	return &Root{Program: prog, Array: arr, seen: seen}, nil
+}
+
+// NewRootT is NewRoot for tests: it fails tb on error and closes the root
+// when tb ends.
+func NewRootT(tb testing.TB, key uint32) *Root {
+	tb.Helper()
+	r, err := NewRoot(key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { r.Close() })
+	return r
+}
+
+// Seen is the number of packets the root has run on.
+func (r *Root) Seen() (uint64, error) {
+	var v uint64
+	err := r.seen.Lookup(uint32(0), &v)
+	return v, err
+}
+
+// Close releases the root's program and maps (a pinned array stays).
+func (r *Root) Close() error {
+	return errors.Join(r.Program.Close(), r.Array.Close(), r.seen.Close())
+}
