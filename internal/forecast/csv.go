@@ -15,6 +15,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/premirror/premirror/internal/textin"
 )
 
 // ErrBadInput marks input a parser rejected; the wrapped message names the
@@ -599,19 +601,10 @@ func (t *Table) dropColumns(text []bool) {
 // the separator is not a comma, so numbers may carry a decimal comma.
 func newCSVReader(r io.Reader) (*csv.Reader, bool, error) {
 	br := bufio.NewReader(r)
-	if b, err := br.Peek(3); err == nil && bytes.Equal(b, []byte("\xef\xbb\xbf")) {
-		_, _ = br.Discard(3)
-	}
-	if b, err := br.Peek(2); err == nil && (b[0] == 0xff && b[1] == 0xfe || b[0] == 0xfe && b[1] == 0xff) {
-		// Excel's "Unicode text": every other byte would be a NUL.
+	if b, _ := br.Peek(2); textin.IsUTF16(b) {
 		return nil, false, fmt.Errorf("%w: UTF-16 text (byte-order mark %X): save the file as UTF-8 CSV", ErrBadInput, b)
 	}
-	var in io.Reader = br
-	if head, _ := br.Peek(4096); bytes.IndexByte(head, '\n') < 0 && bytes.IndexByte(head, '\r') >= 0 {
-		// Classic Mac line ends (CR only), which encoding/csv does not
-		// split on: the whole file would be one header.
-		in = crReader{br}
-	}
+	in, _ := textin.Normalize(br)
 	cr := csv.NewReader(in)
 	cr.Comma = sniffComma(br)
 	return cr, cr.Comma != ',', nil
@@ -659,19 +652,6 @@ func Separator(b []byte) rune {
 		return '\t'
 	}
 	return ','
-}
-
-// crReader turns every CR into LF (for inputs with no LF at all).
-type crReader struct{ r io.Reader }
-
-func (c crReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	for i, b := range p[:n] {
-		if b == '\r' {
-			p[i] = '\n'
-		}
-	}
-	return n, err
 }
 
 // Agg says how samples inside one bucket combine.

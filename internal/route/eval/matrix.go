@@ -2,7 +2,6 @@ package eval
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -14,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/premirror/premirror/internal/textin"
 )
 
 // ErrFormat wraps every malformed-input error of the readers; the message
@@ -91,41 +92,17 @@ func (t *tailReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// utf8BOM is stripped from the start of every input: spreadsheet exports
-// add it, and it would otherwise become part of the first site's name.
+// utf8BOM starts spreadsheet exports (textin.Normalize skips it).
 const utf8BOM = "\ufeff"
 
 func newReader(r io.Reader, name string) *lineReader {
-	br := bufio.NewReader(r)
-	if b, err := br.Peek(len(utf8BOM)); err == nil && string(b) == utf8BOM {
-		_, _ = br.Discard(len(utf8BOM))
-	}
-	head, _ := br.Peek(4096) // less at the end of a short input
-	var in io.Reader = br
-	if bytes.IndexByte(head, '\n') < 0 && bytes.IndexByte(head, '\r') >= 0 {
-		// Classic Mac line ends (CR only), which encoding/csv does not
-		// split on: the whole file would be one header.
-		in = crReader{br}
-	}
+	in, head := textin.Normalize(bufio.NewReader(r))
 	tail := &tailReader{r: in}
 	cr := csv.NewReader(tail)
 	cr.Comma = sniffSep(firstLine(string(head)))
 	cr.FieldsPerRecord = -1
 	cr.ReuseRecord = true
 	return &lineReader{r: cr, tail: tail, name: name}
-}
-
-// crReader turns every CR into LF (for inputs with no LF at all).
-type crReader struct{ r io.Reader }
-
-func (c crReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	for i, b := range p[:n] {
-		if b == '\r' {
-			p[i] = '\n'
-		}
-	}
-	return n, err
 }
 
 // firstLine is s up to its first line end (LF or CR).
@@ -771,7 +748,7 @@ func LoadFile(path string) (*Matrix, error) {
 	defer f.Close()
 	br := bufio.NewReader(f)
 	head, _ := br.Peek(512)
-	if len(head) >= 2 && (head[0] == 0xff && head[1] == 0xfe || head[0] == 0xfe && head[1] == 0xff) {
+	if textin.IsUTF16(head) {
 		// Excel's "Unicode text": every other byte would be a NUL.
 		return nil, fmt.Errorf("%w: %s: UTF-16 text (byte-order mark %X): save the file as UTF-8", ErrFormat, filepath.Base(path), head[:2])
 	}

@@ -1,0 +1,35 @@
+package textin
+
+import (
+	"bufio"
+	"io"
+	"strings"
+	"testing"
+)
+
+func TestNormalize(t *testing.T) {
+	for _, c := range []struct{ name, in, want, head string }{
+		{"plain", "a,b\n1,2\n", "a,b\n1,2\n", "a,b\n1,2\n"},
+		{"byte-order mark", "\ufeffa,b\r\n1,2\r\n", "a,b\r\n1,2\r\n", "a,b\r\n1,2\r\n"},
+		{"CR only", "a;b\r1;2\r", "a;b\n1;2\n", "a;b\r1;2\r"},
+		{"mark and CR only", "\ufeffa\r1\r", "a\n1\n", "a\r1\r"},
+		{"CRLF kept", "a\r\n1\r\n", "a\r\n1\r\n", "a\r\n1\r\n"},
+		{"empty", "", "", ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			in, head := Normalize(bufio.NewReader(strings.NewReader(c.in)))
+			got, err := io.ReadAll(in)
+			if err != nil || string(got) != c.want || string(head) != c.head {
+				t.Fatalf("read %q head %q (%v), want %q head %q", got, head, err, c.want, c.head)
+			}
+		})
+	}
+}
+
+func TestIsUTF16(t *testing.T) {
+	for in, want := range map[string]bool{"\xff\xfea\x00": true, "\xfe\xff\x00a": true, "\ufeffa": false, "ab": false, "\xff": false} {
+		if IsUTF16([]byte(in)) != want {
+			t.Errorf("IsUTF16(%q) = %v", in, !want)
+		}
+	}
+}
