@@ -251,9 +251,9 @@ func newControlPlane(a *Agent) (*controlPlane, error) {
 		cfg.Probes = cp.probeResults
 		cp.baselineCounters()
 	}
-	if a.decap != nil {
-		cfg.MirrorHealth = cp.mirrorHealth
-	}
+	// Every node speaks for the mirrors it serves or that name it as
+	// their host (an edge named as one says it cannot vouch for them).
+	cfg.MirrorHealth = cp.mirrorHealth
 	cl, err := control.New(cfg)
 	if err != nil {
 		return nil, err

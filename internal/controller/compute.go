@@ -65,6 +65,10 @@ type world struct {
 	// backlogs is what each node's primary volumes last reported still
 	// to send to each peer (fresh reports only), in bytes.
 	backlogs map[backlogKey]uint64
+	// held lists, per mirror ID, the resources it holds a copy of (origin,
+	// listed mirror, placed copy) in ID order: its host checks their
+	// services.
+	held map[uint32][]uint32
 }
 
 type repKey struct{ mirror, resource string }
@@ -105,7 +109,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 		regions: slices.Clone(s.sites), mirrors: slices.Clone(s.mirrors), resources: slices.Clone(s.resources),
 		regionID: make(map[string]uint32, len(s.sites)), mirrorID: make(map[string]uint32, len(s.mirrors)),
 		dpState: make(map[uint32]pb.MirrorState, len(s.mirrors)), downWhy: map[uint32]string{}, placed: s.placed,
-		replicas: map[repKey]*pb.ReplicaSync{}, backlogs: map[backlogKey]uint64{}, unserved: map[repKey]bool{},
+		replicas: map[repKey]*pb.ReplicaSync{}, backlogs: map[backlogKey]uint64{}, unserved: map[repKey]bool{}, held: map[uint32][]uint32{},
 	}
 	slices.SortFunc(w.regions, func(a, b *pb.Site) int { return cmp.Compare(a.GetId(), b.GetId()) })
 	slices.SortFunc(w.mirrors, func(a, b *pb.Mirror) int { return cmp.Compare(a.GetId(), b.GetId()) })
@@ -321,8 +325,16 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 			rr.Profile = route.Profile{RoundTrips: p.GetRoundTrips(), Bytes: p.GetBytesPerRequest()}
 		}
 		maxLag := time.Duration(r.GetThresholds().GetMaxLagSeconds()) * time.Second
+		// A copy is routable when in sync and its host's service check
+		// passes; every copy's host checks the resource (w.held).
+		add := func(mid uint32, name string, inSync bool) {
+			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: mid, InSync: inSync && !w.unserved[repKey{name, r.GetName()}]})
+			if h := w.held[mid]; len(h) == 0 || h[len(h)-1] != r.GetId() {
+				w.held[mid] = append(h, r.GetId())
+			}
+		}
 		if oid, ok := w.mirrorID[r.GetOrigin()]; ok {
-			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: oid, InSync: !w.unserved[repKey{r.GetOrigin(), r.GetName()}]})
+			add(oid, r.GetOrigin(), true)
 		}
 		for _, name := range r.GetMirrorPolicy().GetMirrors() {
 			mid, ok := w.mirrorID[name]
@@ -335,7 +347,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 			if rs := replicas[repKey{name, r.GetName()}]; rs != nil {
 				inSync = replicaInSync(rs, maxLag)
 			}
-			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: mid, InSync: inSync && !w.unserved[repKey{name, r.GetName()}]})
+			add(mid, name, inSync)
 		}
 		// Copies the mirroring manager placed are routable only once their
 		// host reports them in sync within the lag bound: until then the
@@ -345,8 +357,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 			if !ok || slices.Contains(r.GetMirrorPolicy().GetMirrors(), pl.GetMirror()) || pl.GetMirror() == r.GetOrigin() {
 				continue
 			}
-			inSync := replicaInSync(replicas[repKey{pl.GetMirror(), r.GetName()}], maxLag) && !w.unserved[repKey{pl.GetMirror(), r.GetName()}]
-			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: mid, InSync: inSync})
+			add(mid, pl.GetMirror(), replicaInSync(replicas[repKey{pl.GetMirror(), r.GetName()}], maxLag))
 		}
 		rr.Demand = demand[r.GetId()]
 		in.Resources = append(in.Resources, rr)
@@ -375,34 +386,6 @@ func haversineKm(a, b *pb.Location) float64 {
 	return 2 * r * math.Asin(math.Min(1, math.Sqrt(h)))
 }
 
-// heldResources lists, per mirror ID, the resources it holds a copy of
-// (origin, listed mirror, placed copy), sorted: the host checks their
-// services. w.resources is in ID order, so appending keeps each list
-// sorted; a mirror named twice for one resource is added once.
-func heldResources(w *world) map[uint32][]uint32 {
-	held := map[uint32][]uint32{}
-	var ids []uint32
-	for _, r := range w.resources {
-		ids = ids[:0]
-		add := func(mirror string) {
-			if id, ok := w.mirrorID[mirror]; ok && !slices.Contains(ids, id) {
-				ids = append(ids, id)
-			}
-		}
-		add(r.GetOrigin())
-		for _, m := range r.GetMirrorPolicy().GetMirrors() {
-			add(m)
-		}
-		for _, pl := range w.placed[r.GetName()].GetPlaced() {
-			add(pl.GetMirror())
-		}
-		for _, id := range ids {
-			held[id] = append(held[id], r.GetId())
-		}
-	}
-	return held
-}
-
 // buildDesired turns the policy's result into the global desired state
 // (version and default region unset). Every resource also gets a wildcard
 // route to its origin, which serves regions the policy has no candidate
@@ -412,10 +395,9 @@ func buildDesired(w *world, res *route.Result, slots int, now time.Time) (*pb.De
 	for _, r := range w.regions {
 		ds.Regions = append(ds.Regions, &pb.RegionState{Name: r.GetName(), Id: r.GetId(), Prefixes: r.GetClientPrefixes()})
 	}
-	held := heldResources(w)
 	for _, m := range w.mirrors {
 		ds.Mirrors = append(ds.Mirrors, &pb.MirrorEndpoint{Name: m.GetName(), Id: m.GetId(), Address: m.GetAddress(), State: w.dpState[m.GetId()],
-			Encap: m.GetEncap(), GuePort: m.GetGuePort(), Node: m.GetNode(), ResourceIds: held[m.GetId()]})
+			Encap: m.GetEncap(), GuePort: m.GetGuePort(), Node: m.GetNode(), ResourceIds: w.held[m.GetId()]})
 	}
 	sets := weightSets{byPtr: map[uintptr]uint32{}, byKey: map[string]uint32{}, ds: ds}
 	sum := &pb.RouteSummary{}

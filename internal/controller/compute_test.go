@@ -332,7 +332,7 @@ func TestHeldResources(t *testing.T) {
 		MirrorPolicy: &pb.MirrorPolicy{Mirrors: []string{"nyc", "ghost"}}})
 	s.placed = map[string]*pb.PlacementRecord{"db": {Resource: "db", Placed: []*pb.Placement{{Mirror: "paris"}, {Mirror: "nyc"}}}}
 	_, w := buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
-	got := heldResources(w)
+	got := w.held
 	if want := map[uint32][]uint32{1: {3, 7}, 2: {3, 7}}; !maps.EqualFunc(got, want, slices.Equal) {
 		t.Fatalf("held %v, want %v", got, want)
 	}
