@@ -61,24 +61,27 @@ func loadDev(t *testing.T, path string, opt SeriesOptions) []*Series {
 // the forecast combination's case), NAB elb and ec2_cpu the hybrid stays ≤ 0.9 × the best
 // baseline at h1 and h12, with 80% intervals covering 75–85% where the
 // series has a continuous spread, and events help on the taxi's event
-// days.
+// days. On NAB rds_cpu only h1 is met (the shift gate; its h12 cannot be,
+// see BENCHMARKS "Why the misses remain").
 func TestDevTargets(t *testing.T) {
 	dir := devData(t)
 	events := loadEvents(t, "nyc_events_2014_2015.csv")
 	cases := []struct {
 		file, series    string
 		events, cover80 bool
-		agg             Agg // gauges are averaged into hours, as scripts/bench-forecast.sh does
+		agg             Agg  // gauges are averaged into hours, as scripts/bench-forecast.sh does
+		h1Only          bool // the target is met one step ahead only
 	}{
-		{"nab_nyc_taxi.csv", "", true, true, AggSum},
-		{"uber_nyc_boroughs_hourly_2015-01_04.csv", "Manhattan", true, true, AggSum},
-		{"uber_nyc_boroughs_hourly_2015-01_04.csv", "Brooklyn", true, true, AggSum},
-		{"uber_nyc_boroughs_hourly_2015-01_04.csv", "NA", true, true, AggSum},
+		{"nab_nyc_taxi.csv", "", true, true, AggSum, false},
+		{"uber_nyc_boroughs_hourly_2015-01_04.csv", "Manhattan", true, true, AggSum, false},
+		{"uber_nyc_boroughs_hourly_2015-01_04.csv", "Brooklyn", true, true, AggSum, false},
+		{"uber_nyc_boroughs_hourly_2015-01_04.csv", "NA", true, true, AggSum, false},
 		// Coverage 0.81 / 0.88: since the twelve-step share slows with
 		// its rate (round 6) the intervals after its drop stay too wide.
-		{"nab_ec2_network_in_257a54.csv", "", false, false, AggSum},
-		{"nab_elb_request_count_8c0756.csv", "", false, true, AggSum},
-		{"nab_ec2_cpu_utilization_53ea38.csv", "", false, true, AggMean},
+		{"nab_ec2_network_in_257a54.csv", "", false, false, AggSum, false},
+		{"nab_elb_request_count_8c0756.csv", "", false, true, AggSum, false},
+		{"nab_ec2_cpu_utilization_53ea38.csv", "", false, true, AggMean, false},
+		{"nab_rds_cpu_utilization_cc0c53.csv", "", false, true, AggMean, true},
 	}
 	for _, c := range cases {
 		t.Run(strings.TrimSuffix(c.file, ".csv")+"/"+c.series, func(t *testing.T) {
@@ -104,7 +107,7 @@ func TestDevTargets(t *testing.T) {
 			best := BestBaseline(res)
 			m := byMethod(t, res)
 			h := m["hybrid"]
-			if r1, r12 := h.MASE[0]/best[0], h.MASE[11]/best[1]; r1 > 0.9 || r12 > 0.9 {
+			if r1, r12 := h.MASE[0]/best[0], h.MASE[11]/best[1]; r1 > 0.9 || (r12 > 0.9 && !c.h1Only) {
 				t.Errorf("hybrid / best baseline: h1 %.3f h12 %.3f", r1, r12)
 			}
 			for _, i := range []int{0, 11} {

@@ -189,6 +189,21 @@
 //     scaled by the hybrid's relative event effect), with the hybrid's
 //     interval moved along (taxi event days MASE h1 / h12 0.512 / 1.374
 //     with the hybrid alone → 0.507 / 1.366).
+//  7. Shift gate (Hybrid.shiftGate). Right after a surprise the
+//     combination still weighs the experts that were right before it,
+//     so after the first level shift in weeks it follows the new level
+//     over a few buckets: NAB rds_cpu's jump from 6 to 14.6 cost the
+//     one-step forecast after it 48 error scales, a third of the series'
+//     MASE. The gate bets that the surprise's level persists (the
+//     one-step forecast is the last value) unless its evidence says
+//     otherwise: after each surprise it scores both forecasts and keeps
+//     the bet's discounted advantage in absolute error (a memory of about
+//     thirty surprises) per surprise size (bins of 4–8, 8–16, … scales),
+//     and it bets when the evidence of surprises at least a quarter as
+//     large is not negative. A spiky series' first spikes teach it to
+//     keep out; a series that shifts once has nothing to teach it, and the
+//     bet pays. Only one step ahead: per horizon, the same gate moved no
+//     twelve-step figure held out.
 //
 // Every constant above is a rule stated once (window, Huber threshold,
 // ridge, prior scales from evidence, α grid, step sizes, the combination's

@@ -199,18 +199,20 @@ type Hybrid struct {
 	integer     bool               // every value so far was an integer (counts)
 	nonneg      bool               // no value so far was below zero
 
-	R        int          // ring of per-origin regression forecasts (the GRU's targets)
-	muY      []float64    // R×H regression forecast per origin
-	sgY      []float64    // R robust scale per origin
-	P        int          // ring of per-origin stacker inputs: H+1 origins
-	feat     []float32    // P×H×K stacker inputs per origin (single precision: they only weight a correction)
-	predY    []float64    // P×H stacked forecast (before events and the median shift)
-	predE    []float64    // P×H after events
-	predF    []float64    // P×H final point forecast (the combination's)
-	pl       *pool        // combination with simple experts (nil: NoPool)
-	yr       *yearly      // daily means over two years, for the yearly expert (nil: none)
-	hw       *holtWinters // the combination's Holt-Winters expert (nil: not available)
-	surprise float64      // the hybrid's last one-step error if it was a surprise, else 0
+	R        int               // ring of per-origin regression forecasts (the GRU's targets)
+	muY      []float64         // R×H regression forecast per origin
+	sgY      []float64         // R robust scale per origin
+	P        int               // ring of per-origin stacker inputs: H+1 origins
+	feat     []float32         // P×H×K stacker inputs per origin (single precision: they only weight a correction)
+	predY    []float64         // P×H stacked forecast (before events and the median shift)
+	predE    []float64         // P×H after events
+	predF    []float64         // P×H final point forecast (the combination's)
+	pl       *pool             // combination with simple experts (nil: NoPool)
+	yr       *yearly           // daily means over two years, for the yearly expert (nil: none)
+	hw       *holtWinters      // the combination's Holt-Winters expert (nil: not available)
+	surprise float64           // the hybrid's last one-step error if it was a surprise, else 0
+	gate     [gateBins]float64 // discounted advantage of the shifted one-step forecast after a surprise, per size (shiftGate)
+	gateF    [3]float64        // the pending one-step (unshifted, shifted) forecasts of a gated origin and its size bin; NaN when none
 
 	K   int       // stacker width: numStk + covariates
 	rw  []float64 // H×K weights
@@ -307,6 +309,7 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 		// they would repeat Holt-Winters and the regression.
 		yearly := m.yr != nil && time.Duration(H)*cfg.Step >= 7*24*time.Hour
 		m.pl = newPool(H, m.P, m.W, max(m.d.spd, 1), stepsPer(cfg.Step, 7*24*time.Hour), yearly)
+		m.clearGate()
 		if m.pl.avail[expHW] {
 			m.hw = newHoltWinters(m.pl.season)
 		}
@@ -535,6 +538,7 @@ func (m *Hybrid) skipMany(n int64, last time.Time) error {
 	m.blr.Reset()
 	m.es = [3]float64{}
 	m.surprise = 0
+	m.clearGate()
 	if m.hw != nil {
 		m.hw.reset()
 	}
@@ -784,6 +788,13 @@ func (m *Hybrid) resolvePool(h, po int, y, rate float64) float64 {
 		}
 	}
 	m.pl.update(h, po, y, m.shr[h-1], m.integer)
+	if g := m.gateF; h == 1 && !math.IsNaN(g[0]) {
+		for k := range m.gate {
+			m.gate[k] *= gateLam
+		}
+		m.gate[int(g[2])] += (math.Abs(y-g[0]) - math.Abs(y-g[1])) / m.shr[0]
+		m.clearGate()
+	}
 	ae := math.Abs(y - fin)
 	trackQuantiles(m.qF[2*(h-1):2*h], (y-fin)/m.ivScale(h), ivEta0/math.Sqrt(float64(h)))
 	m.shF[h-1] += rate * (ae - m.shF[h-1])
@@ -798,6 +809,46 @@ func (m *Hybrid) resolvePool(h, po int, y, rate float64) float64 {
 	}
 	return fin
 }
+
+// shiftGate decides the final one-step forecast after a surprise, given
+// the combination's forecast c and the last value. The combination learns
+// from all buckets, so right after the first level shift in weeks it still
+// weighs the experts that were right before it and follows the new level
+// over a few buckets (NAB rds_cpu: 7.8 forecast for 14.9 after the jump,
+// 48 error scales, the backtest's largest one-step cost but for the jump
+// itself). One value cannot tell a spike from a shift, so the gate learns
+// which bet pays on this series: after each surprise it keeps both c and
+// the last value (the level the surprise showed, kept), and when the
+// target arrives adds the last value's advantage in absolute error, in
+// robust scales, to a discounted sum (gateLam) for the surprise's size
+// (bins of 4–8, 8–16, … scales). It bets on the shift unless the evidence
+// of the surprises at least a quarter as large (this bin and up, and the
+// two below) says the bet loses; so with no such history it bets on it.
+// On a spiky series the first spikes teach it otherwise; on a series that
+// shifts once there is nothing to learn from, and that bet is the one that
+// pays. Sizes matter: Gaussian noise's surprises of 4–6 scales revert and
+// say little about a jump of a hundred. The advantage is weighed, not
+// counted: a burst's end is a cheap win for the shift, a one-bucket spike
+// an expensive loss.
+func (m *Hybrid) shiftGate(c, last float64) float64 {
+	m.clearGate()
+	if m.surprise == 0 {
+		return c
+	}
+	bin := min(max(int(math.Log2(math.Abs(m.surprise)/m.shr[0]))-2, 0), gateBins-1)
+	m.gateF = [3]float64{c, last, float64(bin)}
+	d := 0.0
+	for _, v := range m.gate[max(bin-gateBelow, 0):] {
+		d += v
+	}
+	if d >= 0 {
+		return last
+	}
+	return c
+}
+
+// clearGate forgets the pending gated forecast.
+func (m *Hybrid) clearGate() { m.gateF = [3]float64{math.NaN(), math.NaN(), math.NaN()} }
 
 // stackUpdate adds one (inputs, target) pair to the exponentially weighted,
 // Huber-weighted ridge regression of horizon index h and re-solves it.
@@ -1090,11 +1141,18 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 				m.predF[po*H+h-1] = c
 			}
 			m.pl.skip(h, po)
+			if h == 1 {
+				m.clearGate()
+			}
 		} else if m.pl != nil {
 			// The final forecast is the combination's; its intervals come
 			// from its own calibrated error quantiles (once an event is
 			// under way, the recent values show its level too).
-			c := m.pl.combine(h, po, m.experts(idx, h, fq.Q50, pred, mu), m.integer)
+			ex := m.experts(idx, h, fq.Q50, pred, mu)
+			c := m.pl.combine(h, po, ex, m.integer)
+			if h == 1 {
+				c = m.shiftGate(c, ex[expNaive])
+			}
 			m.predF[po*H+h-1] = c
 			if m.shF[h-1] == 0 {
 				m.shF[h-1], m.shr[h-1], m.shFr[h-1] = sc, sc, sc

@@ -571,3 +571,99 @@ func TestIntervalsRecoverAfterTransient(t *testing.T) {
 		t.Fatalf("80%% interval coverage %.3f over the %d buckets from three days after a spike (want about 0.8)", cov, n)
 	}
 }
+
+// TestShiftGate: the first surprise of a quiet series is taken for a level
+// shift, so the one-step forecast made right after it is the new level;
+// on a series whose surprises are one-bucket spikes the gate learns from
+// the first spikes that the bet loses and stops making it.
+func TestShiftGate(t *testing.T) {
+	const W = 24 * 14
+	newModel := func() *Hybrid {
+		m, err := NewHybrid(HybridConfig{Step: time.Hour, Window: W, Horizon: 12}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	t.Run("shift", func(t *testing.T) {
+		// A flat gauge that jumps by 100 noise SDs, as NAB rds_cpu does.
+		const at = W + 150
+		rng := rand.New(rand.NewPCG(21, 21))
+		s := synth(at+24, func(i int) float64 {
+			v := 6 + 0.05*rng.NormFloat64()
+			if i >= at {
+				v += 5
+			}
+			return v
+		})
+		m := newModel()
+		for i := 0; i <= at; i++ {
+			if err := m.Observe(s.Time(i), s.Values[i]); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if m.surprise == 0 {
+			t.Fatal("the jump was not a surprise")
+		}
+		if f, y := m.Forecast()[0].Q50, s.Values[at+1]; math.Abs(f-y) > 0.25 {
+			t.Fatalf("one-step forecast after the jump %.2f, value %.2f (level before 6, after 11; gate %v)", f, y, m.gate)
+		}
+		// A restart while the gated forecast is pending: the restored
+		// model scores it and goes on exactly as the original.
+		e := &enc{}
+		m.encode(e)
+		r := newModel()
+		d := &dec{b: e.b}
+		r.decode(d)
+		if d.err != nil || r.gate != m.gate || r.gateF != m.gateF {
+			t.Fatalf("restored gate %v %v, want %v %v (%v)", r.gate, r.gateF, m.gate, m.gateF, d.err)
+		}
+		for i := at + 1; i < s.Len(); i++ {
+			m.Observe(s.Time(i), s.Values[i])
+			r.Observe(s.Time(i), s.Values[i])
+			if r.Forecast()[0] != m.Forecast()[0] || r.gate != m.gate {
+				t.Fatalf("bucket %d after restore: %+v, gate %v; original %+v, gate %v", i, r.Forecast()[0], r.gate, m.Forecast()[0], m.gate)
+			}
+		}
+		// A pending forecast's size bin out of range is refused.
+		m.gateF = [3]float64{1, 2, gateBins}
+		e = &enc{}
+		m.encode(e)
+		d = &dec{b: e.b}
+		newModel().decode(d)
+		if d.err == nil {
+			t.Fatal("a pending gated forecast of size bin gateBins was accepted")
+		}
+	})
+	t.Run("spikes", func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(22, 22))
+		spike := func(i int) bool { return i > 100 && i%37 == 0 }
+		s := synth(W+600, func(i int) float64 {
+			v := 1000 + 20*rng.NormFloat64()
+			if spike(i) {
+				v *= 10
+			}
+			return v
+		})
+		m := newModel()
+		var bets, after int
+		for i := 0; i < s.Len()-1; i++ {
+			if err := m.Observe(s.Time(i), s.Values[i]); err != nil {
+				t.Fatal(err)
+			}
+			if spike(i) && i > W {
+				after++
+				if f := m.Forecast()[0].Q50; f > 5500 { // nearer the spike than the level
+					bets++
+					t.Logf("bucket %d: forecast %.0f after %.0f, gate %.1f", i, f, s.Values[i], m.gate)
+				}
+			}
+		}
+		if g := m.gate[gateBins-1]; g >= 0 {
+			t.Fatalf("gate evidence %v after %d spikes: still betting on shifts", m.gate, after)
+		}
+		if bets > 0 {
+			t.Fatalf("the forecast after %d of %d spikes past the first window followed the spike", bets, after)
+		}
+	})
+}

@@ -40,9 +40,9 @@ const (
 	// (pool.go); 3: the yearly memory, three stacker inputs (yearly.go,
 	// the trend) and the non-negative flag; 4: the recent error scale of
 	// the intervals; 5: the Holt-Winters expert of the combination and the location
-	// mixture's AdaHedge state; 6: two yearly experts in the combination. Older
-	// snapshots are refused with ErrSnapshotVersion.
-	snapVersion = 6
+	// mixture's AdaHedge state; 6: two yearly experts in the combination;
+	// 7: the shift gate. Older snapshots are refused with ErrSnapshotVersion.
+	snapVersion = 7
 	// maxSnapshot bounds what Restore reads (a million series of a few
 	// hundred kilobytes would not fit anyway).
 	maxSnapshot = 64 << 30
@@ -276,6 +276,12 @@ func (m *Hybrid) encode(e *enc) {
 		e.fs(m.shFr)
 		e.fs(m.qF)
 		e.f64(m.surprise)
+		for _, v := range m.gate {
+			e.f64(v)
+		}
+		for _, v := range m.gateF {
+			e.f64(v)
+		}
 		m.pl.encode(e)
 		e.bool(m.hw != nil)
 		if m.hw != nil {
@@ -362,6 +368,20 @@ func (m *Hybrid) decode(d *dec) {
 		d.fsInto(m.shFr, "recent error scales")
 		d.fsInto(m.qF, "final quantiles")
 		m.surprise = d.f64()
+		for k := range m.gate {
+			m.gate[k] = d.f64()
+		}
+		for k := range m.gateF {
+			m.gateF[k] = d.f64()
+		}
+		d.inRange(m.gate[:], -math.MaxFloat64, math.MaxFloat64, "shift gate")
+		if g := m.gateF; !math.IsNaN(g[0]) || !math.IsNaN(g[1]) || !math.IsNaN(g[2]) {
+			d.inRange(g[:2], -math.MaxFloat64, math.MaxFloat64, "shift gate's pending forecasts")
+			d.inRange(g[2:], 0, gateBins-1, "shift gate's pending size")
+			if g[2] != math.Trunc(g[2]) {
+				d.fail("shift gate's pending size is not a whole bin")
+			}
+		}
 		m.pl.decode(d)
 		if has := d.bool(); has != (m.hw != nil) {
 			d.fail("holt-winters expert present in one of snapshot and configuration only")
