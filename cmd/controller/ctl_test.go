@@ -128,6 +128,35 @@ func TestCtlEndToEnd(t *testing.T) {
 		t.Fatalf("apply of get output: %v\n%s", err, out)
 	}
 
+	// Draining a host: its mirrors drain, nothing else changes; a mirror
+	// already draining (nyc) or down is left as it is; undrain reverses.
+	out, err = ctl(t, append([]string{"drain", "node", "paris-host"}, admin...)...)
+	if err != nil || !strings.Contains(out, "mirror/paris draining (was active)") || !strings.Contains(out, `mirror=~"paris"`) {
+		t.Fatalf("drain node: %v\n%s", err, out)
+	}
+	if out, _ := ctl(t, append([]string{"get", "mirror", "paris"}, admin...)...); !strings.Contains(out, "state: draining") || !strings.Contains(out, "node: paris-host") {
+		t.Fatalf("paris after drain:\n%s", out)
+	}
+	if out, err := ctl(t, append([]string{"drain", "mirror", "nyc"}, admin...)...); err != nil || !strings.Contains(out, "mirror/nyc already draining") {
+		t.Fatalf("drain of a draining mirror: %v\n%s", err, out)
+	}
+	if _, err := ctl(t, append([]string{"drain", "node", "nobody"}, admin...)...); err == nil || !strings.Contains(err.Error(), `no mirror names node "nobody"`) {
+		t.Fatalf("drain of an unknown node: %v", err)
+	}
+	if _, err := ctl(t, append([]string{"drain", "site", "eu"}, admin...)...); err == nil {
+		t.Fatal("drain site accepted")
+	}
+	out, err = ctl(t, append([]string{"undrain", "mirror", "paris"}, admin...)...)
+	if err != nil || !strings.Contains(out, "mirror/paris active (was draining)") {
+		t.Fatalf("undrain: %v\n%s", err, out)
+	}
+	if out, err := ctl(t, append([]string{"apply", "-f", objectsFile}, admin...)...); err != nil || strings.Contains(out, "updated") {
+		t.Fatalf("after undrain the objects are as applied: %v\n%s", err, out)
+	}
+	if _, err := ctl(t, append([]string{"drain", "node", "paris-host"}, "--server", addr, "--tls-dir", certs, "--tls-name", "edge-eu")...); err == nil || !strings.Contains(err.Error(), "may not change objects") {
+		t.Fatalf("agent drain: %v", err)
+	}
+
 	// Invalid objects: the offending field is named, locally and by the
 	// controller's set validation.
 	bad := filepath.Join(dir, "bad.yaml")

@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"google.golang.org/grpc/status"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/cli"
+)
+
+func init() {
+	commands.Register(cli.Command{
+		Name:    "drain",
+		Summary: "drain mirrors before their host goes down: drain <mirror NAME | node NODE> (new flows go elsewhere, established ones stay)",
+		Run:     func(ctx context.Context, args []string) error { return ctlDrain(ctx, "drain", args) },
+	})
+	commands.Register(cli.Command{
+		Name:    "undrain",
+		Summary: "return drained mirrors to service: undrain <mirror NAME | node NODE>",
+		Run:     func(ctx context.Context, args []string) error { return ctlDrain(ctx, "undrain", args) },
+	})
+}
+
+// ctlDrain sets the mirrors named (one mirror, or every mirror whose node
+// is the host named) draining, or back to active for undrain. It reads the
+// mirrors and applies only those whose state changes, so what the
+// operator wrote in other fields is kept as stored; mirrors that are down
+// are left down either way (draining one would take new flows off a
+// mirror nothing sends to, and undraining one would send it traffic).
+func ctlDrain(ctx context.Context, verb string, args []string) error {
+	fs := cli.NewFlagSet("controller", verb)
+	dry := fs.Bool("dry-run", false, "validate on the controller without writing")
+	af := ctlAddAdminFlags(fs)
+	pos, err := ctlParse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 2 || (pos[0] != "mirror" && pos[0] != "node") || pos[1] == "" {
+		return fmt.Errorf("%w: %s <mirror NAME | node NODE>", cli.ErrUsage, verb)
+	}
+	c, rctx, done, err := af.dial(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
+	resp, err := c.Get(rctx, &pb.GetRequest{Kind: "mirror"})
+	if err != nil {
+		return fmt.Errorf("%s: read mirrors: %s", verb, status.Convert(err).Message())
+	}
+	var picked []*pb.Mirror
+	for _, m := range resp.GetObjects().GetMirrors() {
+		if (pos[0] == "mirror" && m.GetName() == pos[1]) || (pos[0] == "node" && m.GetNode() == pos[1]) {
+			picked = append(picked, m)
+		}
+	}
+	if len(picked) == 0 {
+		if pos[0] == "node" {
+			return fmt.Errorf("%s: no mirror names node %q as its host (the mirrors' node field)", verb, pos[1])
+		}
+		return fmt.Errorf("%s: no mirror %q", verb, pos[1])
+	}
+	from, to := pb.MirrorState_MIRROR_STATE_ACTIVE, pb.MirrorState_MIRROR_STATE_DRAINING
+	if verb == "undrain" {
+		from, to = to, from
+	}
+	var changed []*pb.Mirror
+	var lines, names []string
+	for _, m := range picked {
+		st := m.GetState()
+		if st == pb.MirrorState_MIRROR_STATE_UNSPECIFIED {
+			st = pb.MirrorState_MIRROR_STATE_ACTIVE
+		}
+		switch st {
+		case to:
+			lines = append(lines, fmt.Sprintf("mirror/%s already %s", m.GetName(), stateWord(to)))
+		case from:
+			m.State = to
+			changed = append(changed, m)
+			names = append(names, m.GetName())
+			lines = append(lines, fmt.Sprintf("mirror/%s %s (was %s)", m.GetName(), stateWord(to), stateWord(from)))
+		default:
+			lines = append(lines, fmt.Sprintf("mirror/%s is %s: left as it is", m.GetName(), stateWord(st)))
+		}
+	}
+	if len(changed) > 0 {
+		if _, err := c.Apply(rctx, &pb.ApplyRequest{Objects: &pb.Objects{Mirrors: changed}, DryRun: *dry}); err != nil {
+			return fmt.Errorf("%s: %s", verb, status.Convert(err).Message())
+		}
+	}
+	for _, l := range lines {
+		fmt.Fprintln(ctlOut, l)
+	}
+	switch {
+	case *dry:
+		fmt.Fprintln(ctlOut, "dry run: nothing written")
+	case verb == "drain" && len(names) > 0:
+		fmt.Fprintf(ctlOut, "new flows go to other mirrors; established flows stay until they end. Before taking the host down, wait for\n"+
+			"  sum(rate(edge_forwarded_packets_total{mirror=~%q}[1m]))\nto reach 0 (edge agents' metrics).\n", strings.Join(names, "|"))
+	}
+	return nil
+}
+
+func stateWord(s pb.MirrorState) string {
+	switch s {
+	case pb.MirrorState_MIRROR_STATE_DRAINING:
+		return "draining"
+	case pb.MirrorState_MIRROR_STATE_DOWN:
+		return "down"
+	}
+	return "active"
+}
