@@ -212,6 +212,8 @@ type Hybrid struct {
 	hw       *holtWinters      // the combination's Holt-Winters expert (nil: not available)
 	surprise float64           // the hybrid's last one-step error if it was a surprise, else 0
 	gate     [gateBins]float64 // discounted advantage of the shifted one-step forecast after a surprise, per size (shiftGate)
+	gateN    [gateBins]float64 // discounted number of those bets, per size
+	gateL    [gateBins]float64 // and of those the bet lost
 	gateF    [3]float64        // the pending one-step (unshifted, shifted) forecasts of a gated origin and its size bin; NaN when none
 
 	K   int       // stacker width: numStk + covariates
@@ -791,8 +793,16 @@ func (m *Hybrid) resolvePool(h, po int, y, rate float64) float64 {
 	if g := m.gateF; h == 1 && !math.IsNaN(g[0]) {
 		for k := range m.gate {
 			m.gate[k] *= gateLam
+			m.gateN[k] *= gateLam
+			m.gateL[k] *= gateLam
 		}
-		m.gate[int(g[2])] += (math.Abs(y-g[0]) - math.Abs(y-g[1])) / m.shr[0]
+		k := int(g[2])
+		adv := (math.Abs(y-g[0]) - math.Abs(y-g[1])) / m.shr[0]
+		m.gate[k] += adv
+		m.gateN[k]++
+		if adv < 0 {
+			m.gateL[k]++
+		}
 		m.clearGate()
 	}
 	ae := math.Abs(y - fin)
@@ -821,15 +831,19 @@ func (m *Hybrid) resolvePool(h, po int, y, rate float64) float64 {
 // the last value (the level the surprise showed, kept), and when the
 // target arrives adds the last value's advantage in absolute error, in
 // robust scales, to a discounted sum (gateLam) for the surprise's size
-// (bins of 4–8, 8–16, … scales). It bets on the shift unless the evidence
-// of the surprises at least a quarter as large (this bin and up, and the
-// two below) says the bet loses; so with no such history it bets on it.
-// On a spiky series the first spikes teach it otherwise; on a series that
-// shifts once there is nothing to learn from, and that bet is the one that
-// pays. Sizes matter: Gaussian noise's surprises of 4–6 scales revert and
-// say little about a jump of a hundred. The advantage is weighed, not
-// counted: a burst's end is a cheap win for the shift, a one-bucket spike
-// an expensive loss.
+// (bins of 4–8, 8–16, … scales), and how many bets were made and lost.
+// It bets on the shift unless the evidence of the surprises at least a
+// quarter as large (this bin and up, and the two below) says the bet
+// loses, in total or more often than it wins; so with no such history it
+// bets on it. On a spiky series the first spikes teach it otherwise; on a
+// series that shifts once there is nothing to learn from, and that bet is
+// the one that pays. Sizes matter: Gaussian noise's surprises of 4–6
+// scales revert and say little about a jump of a hundred. The advantage
+// is weighed (a burst's end is a cheap win for the shift, a one-bucket
+// spike an expensive loss), and counted too: where bursts of one size
+// last one bucket or several alike (NAB disk_write), the total swings
+// around zero and a gate following its sign loses a whole burst on every
+// wrong bet.
 func (m *Hybrid) shiftGate(c, last float64) float64 {
 	m.clearGate()
 	if m.surprise == 0 {
@@ -837,11 +851,13 @@ func (m *Hybrid) shiftGate(c, last float64) float64 {
 	}
 	bin := min(max(int(math.Log2(math.Abs(m.surprise)/m.shr[0]))-2, 0), gateBins-1)
 	m.gateF = [3]float64{c, last, float64(bin)}
-	d := 0.0
-	for _, v := range m.gate[max(bin-gateBelow, 0):] {
-		d += v
+	adv, n, lost := 0.0, 0.0, 0.0
+	for k := max(bin-gateBelow, 0); k < gateBins; k++ {
+		adv += m.gate[k]
+		n += m.gateN[k]
+		lost += m.gateL[k]
 	}
-	if d >= 0 {
+	if adv >= 0 && lost <= n/2 {
 		return last
 	}
 	return c

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -625,7 +626,8 @@ func TestShiftGate(t *testing.T) {
 				t.Fatalf("bucket %d after restore: %+v, gate %v; original %+v, gate %v", i, r.Forecast()[0], r.gate, m.Forecast()[0], m.gate)
 			}
 		}
-		// A pending forecast's size bin out of range is refused.
+		// A pending forecast's size bin out of range, or more bets lost
+		// than made, is refused.
 		m.gateF = [3]float64{1, 2, gateBins}
 		e = &enc{}
 		m.encode(e)
@@ -633,6 +635,15 @@ func TestShiftGate(t *testing.T) {
 		newModel().decode(d)
 		if d.err == nil {
 			t.Fatal("a pending gated forecast of size bin gateBins was accepted")
+		}
+		m.clearGate()
+		m.gateL[0] = m.gateN[0] + 1
+		e = &enc{}
+		m.encode(e)
+		d = &dec{b: e.b}
+		newModel().decode(d)
+		if d.err == nil || !strings.Contains(d.err.Error(), "bets lost") {
+			t.Fatalf("more bets lost than made: %v", d.err)
 		}
 	})
 	t.Run("spikes", func(t *testing.T) {

@@ -276,8 +276,10 @@ func (m *Hybrid) encode(e *enc) {
 		e.fs(m.shFr)
 		e.fs(m.qF)
 		e.f64(m.surprise)
-		for _, v := range m.gate {
-			e.f64(v)
+		for _, a := range [][]float64{m.gate[:], m.gateN[:], m.gateL[:]} {
+			for _, v := range a {
+				e.f64(v)
+			}
 		}
 		for _, v := range m.gateF {
 			e.f64(v)
@@ -368,13 +370,22 @@ func (m *Hybrid) decode(d *dec) {
 		d.fsInto(m.shFr, "recent error scales")
 		d.fsInto(m.qF, "final quantiles")
 		m.surprise = d.f64()
-		for k := range m.gate {
-			m.gate[k] = d.f64()
+		for _, a := range [][]float64{m.gate[:], m.gateN[:], m.gateL[:]} {
+			for k := range a {
+				a[k] = d.f64()
+			}
 		}
 		for k := range m.gateF {
 			m.gateF[k] = d.f64()
 		}
 		d.inRange(m.gate[:], -math.MaxFloat64, math.MaxFloat64, "shift gate")
+		d.inRange(m.gateN[:], 0, math.MaxFloat64, "shift gate's bets")
+		for k, l := range m.gateL {
+			if !(l >= 0 && l <= m.gateN[k]) {
+				d.fail(fmt.Sprintf("shift gate: %v bets lost of %v", l, m.gateN[k]))
+				break
+			}
+		}
 		if g := m.gateF; !math.IsNaN(g[0]) || !math.IsNaN(g[1]) || !math.IsNaN(g[2]) {
 			d.inRange(g[:2], -math.MaxFloat64, math.MaxFloat64, "shift gate's pending forecasts")
 			d.inRange(g[2:], 0, gateBins-1, "shift gate's pending size")
