@@ -9,6 +9,7 @@ import (
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/cli"
+	"github.com/premirror/premirror/internal/controller"
 )
 
 func init() {
@@ -75,14 +76,14 @@ func ctlDrain(ctx context.Context, verb string, args []string) error {
 		}
 		switch st {
 		case to:
-			lines = append(lines, fmt.Sprintf("mirror/%s already %s", m.GetName(), stateWord(to)))
+			lines = append(lines, fmt.Sprintf("mirror/%s already %s", m.GetName(), controller.MirrorStateName(to)))
 		case from:
 			m.State = to
 			changed = append(changed, m)
 			names = append(names, m.GetName())
-			lines = append(lines, fmt.Sprintf("mirror/%s %s (was %s)", m.GetName(), stateWord(to), stateWord(from)))
+			lines = append(lines, fmt.Sprintf("mirror/%s %s (was %s)", m.GetName(), controller.MirrorStateName(to), controller.MirrorStateName(from)))
 		default:
-			lines = append(lines, fmt.Sprintf("mirror/%s is %s: left as it is", m.GetName(), stateWord(st)))
+			lines = append(lines, fmt.Sprintf("mirror/%s is %s: left as it is", m.GetName(), controller.MirrorStateName(st)))
 		}
 	}
 	if len(changed) > 0 {
@@ -103,12 +104,3 @@ func ctlDrain(ctx context.Context, verb string, args []string) error {
 	return nil
 }
 
-func stateWord(s pb.MirrorState) string {
-	switch s {
-	case pb.MirrorState_MIRROR_STATE_DRAINING:
-		return "draining"
-	case pb.MirrorState_MIRROR_STATE_DOWN:
-		return "down"
-	}
-	return "active"
-}
