@@ -103,4 +103,3 @@ func ctlDrain(ctx context.Context, verb string, args []string) error {
 	}
 	return nil
 }
-
