@@ -790,7 +790,9 @@ func (m *Hybrid) resolvePool(h, po int, y, rate float64) float64 {
 		}
 	}
 	m.pl.update(h, po, y, m.shr[h-1], m.integer)
-	if g := m.gateF; h == 1 && !math.IsNaN(g[0]) {
+	// The error scale is positive once a forecast has missed; a series
+	// that never changed has no scale to weigh the bet's outcome in.
+	if g := m.gateF; h == 1 && !math.IsNaN(g[0]) && m.shr[0] > 0 {
 		for k := range m.gate {
 			m.gate[k] *= gateLam
 			m.gateN[k] *= gateLam
@@ -803,6 +805,8 @@ func (m *Hybrid) resolvePool(h, po int, y, rate float64) float64 {
 		if adv < 0 {
 			m.gateL[k]++
 		}
+	}
+	if h == 1 {
 		m.clearGate()
 	}
 	ae := math.Abs(y - fin)
@@ -849,7 +853,10 @@ func (m *Hybrid) shiftGate(c, last float64) float64 {
 	if m.surprise == 0 {
 		return c
 	}
-	bin := min(max(int(math.Log2(math.Abs(m.surprise)/m.shr[0]))-2, 0), gateBins-1)
+	bin := gateBins - 1 // a surprise on a series that never missed is as large as they come
+	if z := math.Abs(m.surprise) / m.shr[0]; z < math.Exp2(gateBins+1) {
+		bin = max(int(math.Log2(z))-2, 0)
+	}
 	m.gateF = [3]float64{c, last, float64(bin)}
 	adv, n, lost := 0.0, 0.0, 0.0
 	for k := max(bin-gateBelow, 0); k < gateBins; k++ {

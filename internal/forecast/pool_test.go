@@ -678,3 +678,42 @@ func TestShiftGate(t *testing.T) {
 		}
 	})
 }
+
+// TestShiftGateConstantSeries: on a series that was constant (error scale
+// zero) every change is a surprise of unbounded size; the gate's evidence
+// must stay finite and the model's snapshot restorable.
+func TestShiftGateConstantSeries(t *testing.T) {
+	cfg := HybridConfig{Step: time.Hour, Window: 24 * 7, Horizon: 6}
+	m, err := NewHybrid(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 24*10; i++ {
+		v := 5.0
+		if i >= 24*9 && i%3 == 0 {
+			v = 9 // changes after nine constant days, some persisting, some not
+		}
+		if err := m.Observe(t0.Add(time.Duration(i)*time.Hour), v); err != nil {
+			t.Fatal(err)
+		}
+		for h, q := range m.Forecast() {
+			if math.IsNaN(q.Q50) || math.IsInf(q.Q50, 0) {
+				t.Fatalf("bucket %d h%d: forecast %v", i, h+1, q)
+			}
+		}
+	}
+	for k, g := range m.gate {
+		if math.IsNaN(g) || math.IsInf(g, 0) {
+			t.Fatalf("gate evidence %d: %v", k, m.gate)
+		}
+	}
+	t.Logf("gate %v bets %v lost %v, scale %v", m.gate, m.gateN, m.gateL, m.shr[0])
+	e := &enc{}
+	m.encode(e)
+	r, _ := NewHybrid(cfg, nil)
+	d := &dec{b: e.b}
+	r.decode(d)
+	if d.err != nil {
+		t.Fatalf("restore: %v", d.err)
+	}
+}
