@@ -48,7 +48,7 @@ const (
 	// themselves combined by a Fixed-Share forecaster whose rate AdaHedge
 	// sets (at most candEtaMax): which learning rate suits a series, and
 	// whether to combine at all, is learnt online too.
-	numCand    = poolEtas + 1
+	numCand    = 2*poolEtas + 1
 	candEtaMax = 8.0
 	// poolDelayExp slows the learning of horizon h by h^−1.5, at both
 	// levels (the experts' rates and AdaHedge's cap): an h-step forecast's
@@ -217,6 +217,7 @@ func (p *pool) combine(h, po int, f *[numExp]float64, integer bool) float64 {
 			c /= sw
 		}
 		fc[g+1] = float32(c)
+		fc[1+poolEtas+g] = float32(weightedMedian(f, w, &p.avail))
 	}
 	v := p.v[(h-1)*numCand : h*numCand]
 	c := 0.0
@@ -231,6 +232,45 @@ func (p *pool) combine(h, po int, f *[numExp]float64, integer bool) float64 {
 		c = math.Round(c)
 	}
 	return c
+}
+
+// weightedMedian is the weighted median of the available, awake experts'
+// forecasts f with weights w: the point forecast that minimises the
+// weighted absolute loss, where the weighted mean minimises the squared
+// one (for a burst half the experts expect, the mean is a level no bucket
+// ever has).
+func weightedMedian(f *[numExp]float64, w []float64, avail *[numExp]bool) float64 {
+	var idx [numExp]int
+	n, sw := 0, 0.0
+	for k, ok := range avail {
+		if ok && !math.IsNaN(f[k]) {
+			idx[n] = k
+			n++
+			sw += w[k]
+		}
+	}
+	if n == 0 {
+		return math.NaN()
+	}
+	for i := 1; i < n; i++ { // insertion sort by forecast: at most numExp entries
+		for j := i; j > 0 && f[idx[j]] < f[idx[j-1]]; j-- {
+			idx[j], idx[j-1] = idx[j-1], idx[j]
+		}
+	}
+	acc, half := 0.0, sw/2
+	for i, k := range idx[:n] {
+		acc += w[k]
+		if math.Abs(acc-half) <= 1e-9*sw && i+1 < n {
+			// Exactly half the weight on each side (equal weights, an
+			// even count): the midpoint, as an unweighted median does,
+			// whatever the rounding of the sums.
+			return (f[k] + f[idx[i+1]]) / 2
+		}
+		if acc >= half {
+			return f[k]
+		}
+	}
+	return f[idx[n-1]]
 }
 
 // skip marks the forecast of horizon h at origin slot po as not made by
@@ -361,7 +401,7 @@ func (p *pool) weights(h int) (w [numExp]float64) {
 	for g := 0; g < poolEtas; g++ {
 		wg := p.w[((h-1)*poolEtas+g)*numExp : ((h-1)*poolEtas+g+1)*numExp]
 		for k := range w {
-			w[k] += v[g+1] * wg[k]
+			w[k] += (v[g+1] + v[1+poolEtas+g]) * wg[k]
 		}
 	}
 	return w

@@ -717,3 +717,36 @@ func TestShiftGateConstantSeries(t *testing.T) {
 		t.Fatalf("restore: %v", d.err)
 	}
 }
+
+// TestWeightedMedian: the weighted median of the awake experts (NaN
+// sleeps), the midpoint when the weight splits exactly in half.
+func TestWeightedMedian(t *testing.T) {
+	nan := math.NaN()
+	cases := []struct {
+		name string
+		f, w []float64 // the first len(f) experts; the rest unavailable
+		want float64
+	}{
+		{"one", []float64{3}, []float64{1}, 3},
+		{"heavy expert wins", []float64{0, 5e8, 0, 5e8}, []float64{0.1, 0.6, 0.1, 0.2}, 5e8},
+		{"majority of weight at zero", []float64{0, 5e8, 0}, []float64{0.4, 0.35, 0.25}, 0},
+		{"even split: midpoint", []float64{1, 2, 3, 4}, []float64{0.25, 0.25, 0.25, 0.25}, 2.5},
+		{"unnormalised weights", []float64{10, 20, 30}, []float64{1, 1, 5}, 30},
+		{"sleeping expert left out", []float64{1, nan, 2, 100}, []float64{0.3, 0.9, 0.3, 0.2}, 2},
+		{"all asleep", []float64{nan, nan}, []float64{1, 1}, nan},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var f [numExp]float64
+			var avail [numExp]bool
+			w := make([]float64, numExp)
+			for k := range c.f {
+				f[k], w[k], avail[k] = c.f[k], c.w[k], true
+			}
+			got := weightedMedian(&f, w, &avail)
+			if got != c.want && !(math.IsNaN(got) && math.IsNaN(c.want)) {
+				t.Fatalf("weighted median %v, want %v", got, c.want)
+			}
+		})
+	}
+}
