@@ -44,10 +44,11 @@ const (
 	// almost following the last best.
 	poolEtas = 4
 	poolEta0 = 0.1
-	// The candidates, the hybrid alone and the poolEtas combinations, are
-	// themselves combined by a Fixed-Share forecaster whose rate AdaHedge
-	// sets (at most candEtaMax): which learning rate suits a series, and
-	// whether to combine at all, is learnt online too.
+	// The candidates, the hybrid alone and per learning rate the experts'
+	// weighted mean and weighted median, are themselves combined by a
+	// Fixed-Share forecaster whose rate AdaHedge sets (at most
+	// candEtaMax): which learning rate suits a series, mean or median,
+	// and whether to combine at all, is learnt online too.
 	numCand    = 2*poolEtas + 1
 	candEtaMax = 8.0
 	// poolDelayExp slows the learning of horizon h by h^−1.5, at both
@@ -113,9 +114,10 @@ const (
 // expert's weight by e^{−η·loss}, then every weight gets a share α of the
 // uniform distribution back, so an expert that was bad for weeks can take
 // over within a bucket or two after a regime change (a level shift, after
-// which the naive and median rules win). Two levels: one combination per
-// learning rate, and a fixed-share combination of those with the hybrid
-// alone, whose weights learn which rate suits the series.
+// which the naive and median rules win). Two levels: two combinations
+// (weighted mean and weighted median) per learning rate, and a
+// fixed-share combination of those with the hybrid alone, whose weights
+// learn which suits the series.
 type pool struct {
 	H, P   int
 	avail  [numExp]bool
