@@ -64,7 +64,8 @@ func New(cfg *Config, path string, log *slog.Logger) *Agent {
 	a.reg = prometheus.NewRegistry()
 	a.metrics = newMetrics(a)
 	a.reg.MustRegister(a.metrics)
-	if cfg.Role != RoleEdge && !cfg.ServiceCheck.Disabled {
+	if cfg.Role != RoleEdge {
+		// Created even when disabled: a reload may enable it.
 		a.svc = newServiceChecker(cfg.ServiceCheck, func(r string) { a.metrics.serviceChecks.WithLabelValues(r).Inc() })
 	}
 	return a
@@ -404,6 +405,9 @@ func (a *Agent) Reload() error {
 		return err
 	}
 	a.reloadReplication(old, cfg)
+	if a.svc != nil {
+		a.svc.setConfig(cfg.ServiceCheck)
+	}
 	a.setErr(nil)
 	return nil
 }

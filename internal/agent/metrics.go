@@ -106,7 +106,7 @@ func newMetrics(a *Agent) *metrics {
 		}),
 		serviceChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "service_checks_total",
-			Help: "TCP connections to the VIPs of the resources this host's mirrors hold (service_check), by result: ok, refused, timeout, error.",
+			Help: "Checks of the VIPs of the resources this host's mirrors hold (service_check: a TCP connection, or an HTTP GET on service_check.http's ports), by result: ok, refused, timeout, bad_status (HTTP status outside expect), error.",
 		}, []string{"result"}),
 		probeTargets: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Name: "probe_targets",

@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -18,17 +20,30 @@ import (
 
 // ServiceCheckCfg configures a mirror host's checks of the services it
 // serves: every interval it opens a TCP connection to each TCP VIP of
-// each resource its mirrors hold a copy of, on this host. A resource
-// whose VIPs all fail fall checks in a row is reported unserved, and the
-// controller routes it to other copies until rise checks in a row pass
-// (without a controller: metrics only). The edges' probes cannot see a
-// dead service: the decap program answers them.
+// each resource its mirrors hold a copy of, on this host (an HTTP GET on
+// the ports HTTP lists). A resource whose VIPs all fail fall checks in a
+// row is reported unserved, and the controller routes it to other copies
+// until rise checks in a row pass (without a controller: metrics only).
+// The edges' probes cannot see a dead service: the decap program answers
+// them. Every field applies on a config reload.
 type ServiceCheckCfg struct {
-	Interval Duration `yaml:"interval"` // default 5s
-	Timeout  Duration `yaml:"timeout"`  // default 1s, below interval
-	Fall     int      `yaml:"fall"`     // default 3
-	Rise     int      `yaml:"rise"`     // default 2
-	Disabled bool     `yaml:"disabled"`
+	Interval Duration      `yaml:"interval"` // default 5s
+	Timeout  Duration      `yaml:"timeout"`  // default 1s, below interval
+	Fall     int           `yaml:"fall"`     // default 3
+	Rise     int           `yaml:"rise"`     // default 2
+	Disabled bool          `yaml:"disabled"`
+	HTTP     *HTTPCheckCfg `yaml:"http"`
+}
+
+// HTTPCheckCfg turns the check of some VIP ports into an HTTP GET whose
+// status must fall in Expect: a process that accepts connections but
+// answers 503 (draining, its backend gone) is not serving. Ports not
+// listed keep the bare TCP connection.
+type HTTPCheckCfg struct {
+	Path     string `yaml:"path"`      // default "/"
+	Ports    []int  `yaml:"ports"`     // plain HTTP
+	TLSPorts []int  `yaml:"tls_ports"` // HTTPS; the certificate is not verified (the check is of the service, not of its name)
+	Expect   string `yaml:"expect"`    // status or range, default "200-399"
 }
 
 // Service check defaults.
@@ -51,6 +66,9 @@ func (c ServiceCheckCfg) fall() int { return cmp.Or(c.Fall, DefaultServiceCheckF
 func (c ServiceCheckCfg) rise() int { return cmp.Or(c.Rise, DefaultServiceCheckRise) }
 
 func (c ServiceCheckCfg) validate() error {
+	if err := c.HTTP.validate(); err != nil {
+		return err
+	}
 	switch {
 	case c.Interval < 0:
 		return errors.New("service_check.interval: negative")
@@ -66,28 +84,89 @@ func (c ServiceCheckCfg) validate() error {
 	return nil
 }
 
+func (h *HTTPCheckCfg) validate() error {
+	if h == nil {
+		return nil
+	}
+	if h.Path != "" && !strings.HasPrefix(h.Path, "/") {
+		return fmt.Errorf("service_check.http.path: %q does not start with /", h.Path)
+	}
+	if len(h.Ports)+len(h.TLSPorts) == 0 {
+		return errors.New("service_check.http: neither ports nor tls_ports lists a port")
+	}
+	seen := map[int]string{}
+	for _, l := range []struct {
+		name  string
+		ports []int
+	}{{"ports", h.Ports}, {"tls_ports", h.TLSPorts}} {
+		for i, p := range l.ports {
+			if p < 1 || p > 65535 {
+				return fmt.Errorf("service_check.http.%s[%d]: %d is not a port (1-65535)", l.name, i, p)
+			}
+			if other, dup := seen[p]; dup {
+				return fmt.Errorf("service_check.http.%s[%d]: port %d is already in %s", l.name, i, p, other)
+			}
+			seen[p] = l.name
+		}
+	}
+	if _, _, err := h.expect(); err != nil {
+		return err
+	}
+	return nil
+}
+
+// expect parses Expect: "200", "200-299"; default 200-399.
+func (h *HTTPCheckCfg) expect() (lo, hi int, err error) {
+	if h.Expect == "" {
+		return 200, 399, nil
+	}
+	a, b, isRange := strings.Cut(h.Expect, "-")
+	bad := fmt.Errorf("service_check.http.expect: %q is not a status (100-599) or a range of them (200-299)", h.Expect)
+	if lo, err = strconv.Atoi(strings.TrimSpace(a)); err != nil {
+		return 0, 0, bad
+	}
+	hi = lo
+	if isRange {
+		if hi, err = strconv.Atoi(strings.TrimSpace(b)); err != nil {
+			return 0, 0, bad
+		}
+	}
+	if lo < 100 || hi > 599 || lo > hi {
+		return 0, 0, bad
+	}
+	return lo, hi, nil
+}
+
 // Results of one service check (edge_service_checks_total{result}).
 const (
-	checkOK      = "ok"
-	checkRefused = "refused"
-	checkTimeout = "timeout"
-	checkError   = "error"
+	checkOK        = "ok"
+	checkRefused   = "refused"
+	checkTimeout   = "timeout"
+	checkBadStatus = "bad_status" // an HTTP check answered outside service_check.http.expect
+	checkError     = "error"
 )
 
-var checkResults = []string{checkOK, checkRefused, checkTimeout, checkError}
+var checkResults = []string{checkOK, checkRefused, checkTimeout, checkBadStatus, checkError}
+
+// errBadStatus: the service answered, with a status outside expect.
+var errBadStatus = errors.New("HTTP status outside service_check.http.expect")
 
 // serviceChecker tracks whether this host's services answer, per
 // resource, with rise/fall hysteresis. A resource starts served: a
 // restarted agent does not pull its copies out of the routes before it
 // has checked them fall times.
 type serviceChecker struct {
-	cfg  ServiceCheckCfg
+	// dial checks one VIP (tests replace it); nil: by the configuration,
+	// a TCP connection or an HTTP GET.
 	dial func(ctx context.Context, addr netip.AddrPort) error
 	// localAddrs lists this namespace's addresses, once per round.
 	localAddrs func() map[netip.Addr]bool
 	count      func(result string)
+	changed    chan struct{} // a new configuration (run resets its ticker)
 
 	mu      sync.Mutex
+	cfg     ServiceCheckCfg
+	http    *httpChecker // nil without service_check.http
 	targets map[pmaps.ResourceID][]netip.AddrPort
 	state   map[pmaps.ResourceID]*checkState
 }
@@ -101,8 +180,44 @@ func newServiceChecker(cfg ServiceCheckCfg, count func(string)) *serviceChecker 
 	if count == nil {
 		count = func(string) {}
 	}
-	return &serviceChecker{cfg: cfg, dial: dialTCP, localAddrs: interfaceAddrs, count: count,
+	s := &serviceChecker{localAddrs: interfaceAddrs, count: count, changed: make(chan struct{}, 1),
 		targets: map[pmaps.ResourceID][]netip.AddrPort{}, state: map[pmaps.ResourceID]*checkState{}}
+	s.setConfig(cfg)
+	return s
+}
+
+// setConfig applies a (validated) configuration: the next round uses it.
+// Disabling forgets every verdict, so no resource stays unserved on the
+// word of checks that no longer run.
+func (s *serviceChecker) setConfig(cfg ServiceCheckCfg) {
+	s.mu.Lock()
+	s.cfg = cfg
+	s.http = nil
+	if cfg.HTTP != nil {
+		s.http = newHTTPChecker(*cfg.HTTP)
+	}
+	if cfg.Disabled {
+		clear(s.state)
+	}
+	s.mu.Unlock()
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// check checks one VIP: an HTTP GET on the ports service_check.http
+// lists, else a TCP connection.
+func (s *serviceChecker) check(ctx context.Context, v netip.AddrPort, h *httpChecker) error {
+	if s.dial != nil {
+		return s.dial(ctx, v)
+	}
+	if h != nil {
+		if tls, ok := h.ports[v.Port()]; ok {
+			return h.get(ctx, v, tls)
+		}
+	}
+	return dialTCP(ctx, v)
 }
 
 // dialTCP opens and closes one TCP connection to addr.
@@ -164,8 +279,11 @@ func (s *serviceChecker) unserved() []pmaps.ResourceID {
 // connections at a time, and updates the verdicts.
 func (s *serviceChecker) checkOnce(ctx context.Context) {
 	s.mu.Lock()
-	targets := s.targets
+	targets, cfg, h := s.targets, s.cfg, s.http
 	s.mu.Unlock()
+	if cfg.Disabled {
+		return
+	}
 	type job struct {
 		r    pmaps.ResourceID
 		vips []netip.AddrPort
@@ -194,7 +312,7 @@ func (s *serviceChecker) checkOnce(ctx context.Context) {
 			// One VIP answering is enough: the service runs; a VIP that
 			// does not is a listener or address problem the metrics show.
 			for _, v := range j.vips {
-				if s.checkVIP(ctx, v) {
+				if s.checkVIP(ctx, v, cfg.timeout(), h) {
 					ok[i] = true
 					return
 				}
@@ -207,6 +325,9 @@ func (s *serviceChecker) checkOnce(ctx context.Context) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.cfg.Disabled {
+		return // disabled while the round ran
+	}
 	for i, j := range jobs {
 		if _, still := s.targets[j.r]; !still {
 			continue
@@ -232,14 +353,16 @@ func (s *serviceChecker) observe(st *checkState, ok bool) {
 	}
 }
 
-func (s *serviceChecker) checkVIP(ctx context.Context, v netip.AddrPort) bool {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.timeout())
+func (s *serviceChecker) checkVIP(ctx context.Context, v netip.AddrPort, timeout time.Duration, h *httpChecker) bool {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	err := s.dial(ctx, v)
+	err := s.check(ctx, v, h)
 	switch {
 	case err == nil:
 		s.count(checkOK)
 		return true
+	case errors.Is(err, errBadStatus):
+		s.count(checkBadStatus)
 	case errors.Is(err, syscall.ECONNREFUSED):
 		s.count(checkRefused)
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
@@ -257,12 +380,19 @@ func isTimeout(err error) bool {
 
 // run checks every interval until ctx ends.
 func (s *serviceChecker) run(ctx context.Context) {
-	t := time.NewTicker(s.cfg.interval())
+	interval := func() time.Duration {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.cfg.interval()
+	}
+	t := time.NewTicker(interval())
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-s.changed:
+			t.Reset(interval())
 		case <-t.C:
 			s.checkOnce(ctx)
 		}

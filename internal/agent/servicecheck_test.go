@@ -4,10 +4,13 @@ import (
 	"context"
 	stdmaps "maps"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -225,8 +228,12 @@ edge_service_unserved{resource="db"} 1
 	// With service_check disabled nothing is checked or reported.
 	b := New(&Config{Node: "host", Role: RoleMirror, ServiceCheck: ServiceCheckCfg{Disabled: true},
 		Controller: &ControllerCfg{Site: "eu"}}, "", discardLogger())
-	if b.svc != nil {
-		t.Fatal("service_check.disabled: checker created")
+	b.svc.setTargets(map[maps.ResourceID][]netip.AddrPort{9: {dead}})
+	for range 4 {
+		b.svc.checkOnce(context.Background())
+	}
+	if got := b.svc.unserved(); len(got) != 0 {
+		t.Fatalf("service_check.disabled: unserved %v", got)
 	}
 }
 
@@ -306,4 +313,135 @@ func BenchmarkServiceCheckRound(b *testing.B) {
 		}
 		b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*n), "µs/check")
 	})
+}
+
+// TestServiceCheckHTTP: on the ports service_check.http lists, a check is
+// an HTTP GET of its path (plain or TLS, the certificate unverified) whose
+// status must fall in expect; a listener that accepts but does not speak
+// HTTP fails; other ports keep the bare TCP connection.
+func TestServiceCheckHTTP(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	var status atomic.Int32
+	status.Store(http.StatusOK)
+	var paths sync.Map
+	h := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		paths.Store(r.URL.Path, r.Header.Get("User-Agent"))
+		w.WriteHeader(int(status.Load()))
+	})
+	plain := httptest.NewServer(h)
+	defer plain.Close()
+	secure := httptest.NewTLSServer(h)
+	defer secure.Close()
+	// Accepts and closes at once: a port that is open but serves nothing.
+	mute, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mute.Close()
+	go func() {
+		for {
+			c, err := mute.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	// A bare TCP port (not listed): a listener is enough.
+	bare, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bare.Close()
+
+	ap := func(s string) netip.AddrPort {
+		return netip.MustParseAddrPort(strings.TrimPrefix(strings.TrimPrefix(s, "http://"), "https://"))
+	}
+	vPlain, vTLS, vMute, vBare := ap(plain.URL), ap(secure.URL), ap(mute.Addr().String()), ap(bare.Addr().String())
+	results := map[string]int{}
+	var mu sync.Mutex
+	cfg := ServiceCheckCfg{Timeout: Duration(2 * time.Second), HTTP: &HTTPCheckCfg{
+		Path: "/healthz", Ports: []int{int(vPlain.Port()), int(vMute.Port())}, TLSPorts: []int{int(vTLS.Port())}, Expect: "200-299"}}
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	s := newServiceChecker(cfg, func(r string) { mu.Lock(); results[r]++; mu.Unlock() })
+	s.setTargets(map[maps.ResourceID][]netip.AddrPort{1: {vPlain}, 2: {vTLS}, 3: {vMute}, 4: {vBare}})
+	ctx := context.Background()
+	round := func(n int) {
+		for range n {
+			s.checkOnce(ctx)
+		}
+	}
+	round(3)
+	if got := s.unserved(); !slices.Equal(got, []maps.ResourceID{3}) {
+		t.Fatalf("unserved %v, want [3] (the mute port); results %v", got, results)
+	}
+	if ua, ok := paths.Load("/healthz"); !ok || ua != "premirror-service-check" {
+		t.Fatalf("the check did not GET /healthz with its user agent: %v", ua)
+	}
+	if results[checkOK] != 9 || results[checkError] != 3 {
+		t.Fatalf("results %v, want 9 ok (plain, TLS, bare) and 3 errors (mute)", results)
+	}
+	// The service answers, but 503: the HTTP resources go unserved, the
+	// bare one does not.
+	status.Store(http.StatusServiceUnavailable)
+	round(3)
+	if got := s.unserved(); !slices.Equal(got, []maps.ResourceID{1, 2, 3}) {
+		t.Fatalf("after 503s: unserved %v, want [1 2 3]; results %v", got, results)
+	}
+	if results[checkBadStatus] != 6 {
+		t.Fatalf("results %v, want 6 bad_status", results)
+	}
+	// A redirect is an answer when expect allows it (the default 200-399),
+	// and is not followed.
+	status.Store(http.StatusFound)
+	cfg.HTTP.Expect = ""
+	s.setConfig(cfg)
+	round(2)
+	if got := s.unserved(); !slices.Equal(got, []maps.ResourceID{3}) {
+		t.Fatalf("after 302s with the default expect: unserved %v, want [3]", got)
+	}
+}
+
+// TestServiceCheckReload: a new configuration applies to the next round;
+// disabling forgets every verdict and checks nothing until enabled again.
+func TestServiceCheckReload(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	vip := netip.MustParseAddrPort("192.0.2.1:443")
+	var dials atomic.Int32
+	s := newServiceChecker(ServiceCheckCfg{}, nil)
+	s.localAddrs = func() map[netip.Addr]bool { return map[netip.Addr]bool{vip.Addr(): true} }
+	s.dial = func(context.Context, netip.AddrPort) error { dials.Add(1); return syscall.ECONNREFUSED }
+	s.setTargets(map[maps.ResourceID][]netip.AddrPort{5: {vip}})
+	ctx := context.Background()
+	s.setConfig(ServiceCheckCfg{Fall: 1})
+	s.checkOnce(ctx)
+	if !slices.Contains(s.unserved(), 5) {
+		t.Fatal("fall 1: not unserved after one failed round")
+	}
+	s.setConfig(ServiceCheckCfg{Disabled: true})
+	if len(s.unserved()) != 0 {
+		t.Fatalf("disabled: still unserved %v", s.unserved())
+	}
+	before := dials.Load()
+	s.checkOnce(ctx)
+	if dials.Load() != before || len(s.unserved()) != 0 {
+		t.Fatal("disabled: a round still checked")
+	}
+	// The running loop picks up a new interval.
+	s.setConfig(ServiceCheckCfg{Interval: Duration(time.Hour), Timeout: Duration(time.Second)})
+	rctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { s.run(rctx); close(done) }()
+	s.setConfig(ServiceCheckCfg{Interval: Duration(20 * time.Millisecond), Timeout: Duration(10 * time.Millisecond), Fall: 1})
+	deadline := time.Now().Add(5 * time.Second)
+	for !slices.Contains(s.unserved(), 5) {
+		if time.Now().After(deadline) {
+			t.Fatal("the loop did not take the 20ms interval (an hour's ticker still running)")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
 }
