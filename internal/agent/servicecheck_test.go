@@ -393,6 +393,25 @@ func TestServiceCheckHTTP(t *testing.T) {
 	if results[checkBadStatus] != 6 {
 		t.Fatalf("results %v, want 6 bad_status", results)
 	}
+	// IPv6: the URL brackets the address.
+	if l6, err := net.Listen("tcp6", "[::1]:0"); err == nil {
+		srv6 := httptest.NewUnstartedServer(h)
+		srv6.Listener.Close()
+		srv6.Listener = l6
+		srv6.Start()
+		defer srv6.Close()
+		v6 := netip.MustParseAddrPort(l6.Addr().String())
+		status.Store(http.StatusOK)
+		c6 := ServiceCheckCfg{Timeout: Duration(2 * time.Second), HTTP: &HTTPCheckCfg{Ports: []int{int(v6.Port())}}}
+		s6 := newServiceChecker(c6, nil)
+		s6.localAddrs = func() map[netip.Addr]bool { return map[netip.Addr]bool{v6.Addr(): true} }
+		if !s6.checkVIP(ctx, v6, time.Second, s6.http) {
+			t.Fatalf("HTTP check of %v failed", v6)
+		}
+		if _, ok := paths.Load("/"); !ok {
+			t.Fatal("the IPv6 check did not GET / (the default path)")
+		}
+	}
 	// A redirect is an answer when expect allows it (the default 200-399),
 	// and is not followed.
 	status.Store(http.StatusFound)
