@@ -71,7 +71,7 @@ func newMetrics(a *Agent) *metrics {
 		routes:     d("routes", "Routes installed, one per (resource, client region)."),
 		mirrorUp:   d("mirror_state", "1 for the state each mirror is in.", "mirror", "state"),
 		hosted:     d("hosted_mirror_health", hostedHelp, "mirror", "health", "reason"),
-		unserved:   d("service_unserved", "1 per resource whose service does not answer on this host (service_check: no TCP VIP accepted a connection, fall checks in a row); reported to the controller, which routes it to other copies.", "resource"),
+		unserved:   d("service_unserved", "1 per resource whose service does not answer on this host (service_check: no VIP of it passed its check, fall rounds in a row); reported to the controller, which routes it to other copies.", "resource"),
 		memory:     d("map_memory_bytes", "Kernel memory of each BPF map.", "map"),
 		attached:   d("xdp_attached", "1 per attached XDP program (iface \"*\" and mode \"root\": in the slot of the root program's array, xdp_root).", "iface", "program", "mode"),
 		next:       d("xdp_next_program_info", "1 per XDP program chained after ours (xdp_chain), by our program, the interface (\"*\": every interface without its own) and its name.", "program", "iface", "next"),
@@ -106,7 +106,7 @@ func newMetrics(a *Agent) *metrics {
 		}),
 		serviceChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Name: "service_checks_total",
-			Help: "Checks of the VIPs of the resources this host's mirrors hold (service_check: a TCP connection, or an HTTP GET on service_check.http's ports), by result: ok, refused, timeout, bad_status (HTTP status outside expect), error.",
+			Help: "Checks of the VIPs of the resources this host's mirrors hold (service_check: a TCP connection, an HTTP GET on service_check.http's ports, a datagram and its reply on service_check.udp's), by result: ok, refused, timeout, bad_status (HTTP status outside expect), error.",
 		}, []string{"result"}),
 		probeTargets: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Namespace: ns, Name: "probe_targets",

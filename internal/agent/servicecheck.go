@@ -3,6 +3,7 @@ package agent
 import (
 	"cmp"
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"maps"
@@ -25,7 +26,8 @@ import (
 // row is reported unserved, and the controller routes it to other copies
 // until rise checks in a row pass (without a controller: metrics only).
 // The edges' probes cannot see a dead service: the decap program answers
-// them. Every field applies on a config reload.
+// them. UDP VIPs are checked only on the ports UDP lists, with its
+// payload. Every field applies on a config reload.
 type ServiceCheckCfg struct {
 	Interval Duration      `yaml:"interval"` // default 5s
 	Timeout  Duration      `yaml:"timeout"`  // default 1s, below interval
@@ -33,6 +35,17 @@ type ServiceCheckCfg struct {
 	Rise     int           `yaml:"rise"`     // default 2
 	Disabled bool          `yaml:"disabled"`
 	HTTP     *HTTPCheckCfg `yaml:"http"`
+	UDP      *UDPCheckCfg  `yaml:"udp"`
+}
+
+// UDPCheckCfg checks the UDP VIPs on Ports: Send (hex) goes to the VIP and
+// any datagram back within the timeout passes. UDP has no generic
+// question every service answers, so the operator names one (a DNS query,
+// a QUIC Initial of an unsupported version, which a QUIC server answers
+// with Version Negotiation); an ICMP port unreachable counts as refused.
+type UDPCheckCfg struct {
+	Ports []int  `yaml:"ports"`
+	Send  string `yaml:"send"` // hex, 1 to 1472 bytes (one unfragmented datagram)
 }
 
 // HTTPCheckCfg turns the check of some VIP ports into an HTTP GET whose
@@ -67,6 +80,9 @@ func (c ServiceCheckCfg) rise() int { return cmp.Or(c.Rise, DefaultServiceCheckR
 
 func (c ServiceCheckCfg) validate() error {
 	if err := c.HTTP.validate(); err != nil {
+		return err
+	}
+	if err := c.UDP.validate(); err != nil {
 		return err
 	}
 	switch {
@@ -115,6 +131,35 @@ func (h *HTTPCheckCfg) validate() error {
 	return nil
 }
 
+func (u *UDPCheckCfg) validate() error {
+	if u == nil {
+		return nil
+	}
+	if len(u.Ports) == 0 {
+		return errors.New("service_check.udp.ports: no port listed")
+	}
+	seen := map[int]bool{}
+	for i, p := range u.Ports {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("service_check.udp.ports[%d]: %d is not a port (1-65535)", i, p)
+		}
+		if seen[p] {
+			return fmt.Errorf("service_check.udp.ports[%d]: port %d listed twice", i, p)
+		}
+		seen[p] = true
+	}
+	b, err := hex.DecodeString(u.Send)
+	switch {
+	case u.Send == "":
+		return errors.New("service_check.udp.send: missing (the payload the service answers, in hex)")
+	case err != nil:
+		return fmt.Errorf("service_check.udp.send: not hex: %v", err)
+	case len(b) > 1472:
+		return fmt.Errorf("service_check.udp.send: %d bytes, at most 1472 (one unfragmented datagram)", len(b))
+	}
+	return nil
+}
+
 // expect parses Expect: "200", "200-299"; default 200-399.
 func (h *HTTPCheckCfg) expect() (lo, hi int, err error) {
 	if h.Expect == "" {
@@ -158,17 +203,20 @@ var errBadStatus = errors.New("HTTP status outside service_check.http.expect")
 type serviceChecker struct {
 	// dial checks one VIP (tests replace it); nil: by the configuration,
 	// a TCP connection or an HTTP GET.
-	dial func(ctx context.Context, addr netip.AddrPort) error
+	dial    func(ctx context.Context, addr netip.AddrPort) error
+	dialUDP func(ctx context.Context, addr netip.AddrPort) error
 	// localAddrs lists this namespace's addresses, once per round.
 	localAddrs func() map[netip.Addr]bool
 	count      func(result string)
 	changed    chan struct{} // a new configuration (run resets its ticker)
 
 	mu      sync.Mutex
-	cfg     ServiceCheckCfg
-	http    *httpChecker // nil without service_check.http
-	targets map[pmaps.ResourceID][]netip.AddrPort
-	state   map[pmaps.ResourceID]*checkState
+	cfg        ServiceCheckCfg
+	http       *httpChecker // nil without service_check.http
+	udp        *udpChecker  // nil without service_check.udp
+	targets    map[pmaps.ResourceID][]netip.AddrPort // TCP VIPs
+	udpTargets map[pmaps.ResourceID][]netip.AddrPort // UDP VIPs (checked on udp.ports only)
+	state      map[pmaps.ResourceID]*checkState
 }
 
 type checkState struct {
@@ -192,9 +240,12 @@ func newServiceChecker(cfg ServiceCheckCfg, count func(string)) *serviceChecker 
 func (s *serviceChecker) setConfig(cfg ServiceCheckCfg) {
 	s.mu.Lock()
 	s.cfg = cfg
-	s.http = nil
+	s.http, s.udp = nil, nil
 	if cfg.HTTP != nil {
 		s.http = newHTTPChecker(*cfg.HTTP)
+	}
+	if cfg.UDP != nil {
+		s.udp = newUDPChecker(*cfg.UDP)
 	}
 	if cfg.Disabled {
 		clear(s.state)
@@ -206,7 +257,15 @@ func (s *serviceChecker) setConfig(cfg ServiceCheckCfg) {
 	}
 }
 
-// check checks one VIP: an HTTP GET on the ports service_check.http
+// checkUDP checks one UDP VIP (tests replace the dial with dialUDP).
+func (s *serviceChecker) checkUDP(ctx context.Context, v netip.AddrPort, u *udpChecker) error {
+	if s.dialUDP != nil {
+		return s.dialUDP(ctx, v)
+	}
+	return u.probe(ctx, v)
+}
+
+// check checks one TCP VIP: an HTTP GET on the ports service_check.http
 // lists, else a TCP connection.
 func (s *serviceChecker) check(ctx context.Context, v netip.AddrPort, h *httpChecker) error {
 	if s.dial != nil {
@@ -248,14 +307,22 @@ func interfaceAddrs() map[netip.Addr]bool {
 	return out
 }
 
-// setTargets replaces the resources to check and their TCP VIPs;
-// resources no longer listed are forgotten.
+// setTargets replaces the resources to check and their TCP VIPs (and
+// no UDP ones); resources no longer listed are forgotten.
 func (s *serviceChecker) setTargets(t map[pmaps.ResourceID][]netip.AddrPort) {
+	s.setAllTargets(t, nil)
+}
+
+// setAllTargets replaces the resources to check, their TCP and their UDP
+// VIPs; resources in neither are forgotten.
+func (s *serviceChecker) setAllTargets(tcp, udp map[pmaps.ResourceID][]netip.AddrPort) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.targets = t
+	s.targets, s.udpTargets = tcp, udp
 	for r := range s.state {
-		if _, ok := t[r]; !ok {
+		_, inTCP := tcp[r]
+		_, inUDP := udp[r]
+		if !inTCP && !inUDP {
 			delete(s.state, r)
 		}
 	}
@@ -279,26 +346,39 @@ func (s *serviceChecker) unserved() []pmaps.ResourceID {
 // connections at a time, and updates the verdicts.
 func (s *serviceChecker) checkOnce(ctx context.Context) {
 	s.mu.Lock()
-	targets, cfg, h := s.targets, s.cfg, s.http
+	targets, udpTargets, cfg, h, u := s.targets, s.udpTargets, s.cfg, s.http, s.udp
 	s.mu.Unlock()
 	if cfg.Disabled {
 		return
 	}
 	type job struct {
 		r    pmaps.ResourceID
-		vips []netip.AddrPort
+		vips []netip.AddrPort // TCP
+		udp  []netip.AddrPort
 	}
 	var jobs []job
 	addrs := s.localAddrs()
-	for _, r := range slices.Sorted(maps.Keys(targets)) {
-		var local []netip.AddrPort
+	resources := slices.Sorted(maps.Keys(targets))
+	for r := range udpTargets {
+		if _, dup := targets[r]; !dup {
+			resources = append(resources, r)
+		}
+	}
+	slices.Sort(resources)
+	for _, r := range resources {
+		j := job{r: r}
 		for _, v := range targets[r] {
 			if addrs[v.Addr().Unmap()] {
-				local = append(local, v)
+				j.vips = append(j.vips, v)
 			}
 		}
-		if len(local) > 0 {
-			jobs = append(jobs, job{r, local})
+		for _, v := range udpTargets[r] {
+			if u != nil && u.ports[v.Port()] && addrs[v.Addr().Unmap()] {
+				j.udp = append(j.udp, v)
+			}
+		}
+		if len(j.vips)+len(j.udp) > 0 {
+			jobs = append(jobs, j)
 		}
 	}
 	ok := make([]bool, len(jobs))
@@ -312,7 +392,13 @@ func (s *serviceChecker) checkOnce(ctx context.Context) {
 			// One VIP answering is enough: the service runs; a VIP that
 			// does not is a listener or address problem the metrics show.
 			for _, v := range j.vips {
-				if s.checkVIP(ctx, v, cfg.timeout(), h) {
+				if s.checkVIP(ctx, v, cfg.timeout(), func(ctx context.Context) error { return s.check(ctx, v, h) }) {
+					ok[i] = true
+					return
+				}
+			}
+			for _, v := range j.udp {
+				if s.checkVIP(ctx, v, cfg.timeout(), func(ctx context.Context) error { return s.checkUDP(ctx, v, u) }) {
 					ok[i] = true
 					return
 				}
@@ -329,8 +415,10 @@ func (s *serviceChecker) checkOnce(ctx context.Context) {
 		return // disabled while the round ran
 	}
 	for i, j := range jobs {
-		if _, still := s.targets[j.r]; !still {
-			continue
+		_, inTCP := s.targets[j.r]
+		_, inUDP := s.udpTargets[j.r]
+		if !inTCP && !inUDP {
+			continue // left while the round ran
 		}
 		st := s.state[j.r]
 		if st == nil {
@@ -353,10 +441,10 @@ func (s *serviceChecker) observe(st *checkState, ok bool) {
 	}
 }
 
-func (s *serviceChecker) checkVIP(ctx context.Context, v netip.AddrPort, timeout time.Duration, h *httpChecker) bool {
+func (s *serviceChecker) checkVIP(ctx context.Context, v netip.AddrPort, timeout time.Duration, check func(context.Context) error) bool {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	err := s.check(ctx, v, h)
+	err := check(ctx)
 	switch {
 	case err == nil:
 		s.count(checkOK)
@@ -401,9 +489,9 @@ func (s *serviceChecker) run(ctx context.Context) {
 
 // serviceTargets lists, per resource held by a mirror this host serves
 // (up or not: a copy must not be routed to while its service is dead),
-// the resource's TCP VIPs. What a mirror holds comes from the controller;
+// the resource's VIPs of one protocol. What a mirror holds comes from the controller;
 // in a static file, the resources routed to it.
-func serviceTargets(c *Compiled, hosted map[pmaps.MirrorID]hostedMirror) map[pmaps.ResourceID][]netip.AddrPort {
+func serviceTargets(c *Compiled, hosted map[pmaps.MirrorID]hostedMirror, proto pmaps.Proto) map[pmaps.ResourceID][]netip.AddrPort {
 	out := map[pmaps.ResourceID][]netip.AddrPort{}
 	if c == nil {
 		return out
@@ -422,7 +510,7 @@ func serviceTargets(c *Compiled, hosted map[pmaps.MirrorID]hostedMirror) map[pma
 		}
 	}
 	for v, o := range c.VIPs {
-		if held[o.Resource] && v.Proto == pmaps.TCP {
+		if held[o.Resource] && v.Proto == proto {
 			out[o.Resource] = append(out[o.Resource], netip.AddrPortFrom(v.Addr, v.Port))
 		}
 	}

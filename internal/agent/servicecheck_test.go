@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/hex"
 	stdmaps "maps"
 	"net"
 	"net/http"
@@ -251,9 +252,71 @@ func TestServiceTargetsStatic(t *testing.T) {
 			{Resource: 2, Region: 1}: {6: 1},
 		},
 	}
-	got := serviceTargets(c, map[maps.MirrorID]hostedMirror{5: hostedUp})
+	got := serviceTargets(c, map[maps.MirrorID]hostedMirror{5: hostedUp}, maps.TCP)
 	if want := map[maps.ResourceID][]netip.AddrPort{1: {netip.MustParseAddrPort("192.0.2.1:443")}}; !stdmaps.EqualFunc(got, want, slices.Equal) {
 		t.Fatalf("targets %v, want %v", got, want)
+	}
+	got = serviceTargets(c, map[maps.MirrorID]hostedMirror{5: hostedUp}, maps.UDP)
+	if want := map[maps.ResourceID][]netip.AddrPort{1: {netip.MustParseAddrPort("192.0.2.1:53")}}; !stdmaps.EqualFunc(got, want, slices.Equal) {
+		t.Fatalf("UDP targets %v, want %v", got, want)
+	}
+}
+
+// TestServiceCheckUDP: on the ports service_check.udp lists, the payload
+// goes to the UDP VIP and any reply passes; a closed port is refused
+// (ICMP port unreachable), a service that reads but does not answer times
+// out; a UDP VIP on a port not listed is not checked. IPv4 and IPv6.
+func TestServiceCheckUDP(t *testing.T) {
+	defer goleak.VerifyNone(t)
+	listen := func(network, addr string, answer bool) (netip.AddrPort, func()) {
+		c, err := net.ListenPacket(network, addr)
+		if err != nil {
+			t.Skipf("%s %s: %v", network, addr, err)
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			buf := make([]byte, 2048)
+			for {
+				n, from, err := c.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				if answer && string(buf[:n]) == "ping" {
+					c.WriteTo([]byte("pong"), from)
+				}
+			}
+		}()
+		return netip.MustParseAddrPort(c.LocalAddr().String()), func() { c.Close(); <-done }
+	}
+	echo4, stop4 := listen("udp4", "127.0.0.1:0", true)
+	defer stop4()
+	echo6, stop6 := listen("udp6", "[::1]:0", true)
+	defer stop6()
+	silent, stopSilent := listen("udp4", "127.0.0.1:0", false)
+	defer stopSilent()
+	closed, stopClosed := listen("udp4", "127.0.0.1:0", false)
+	stopClosed() // nobody there now
+	unlisted, stopUnlisted := listen("udp4", "127.0.0.1:0", false)
+	defer stopUnlisted()
+
+	cfg := ServiceCheckCfg{Timeout: Duration(300 * time.Millisecond), UDP: &UDPCheckCfg{
+		Ports: []int{int(echo4.Port()), int(echo6.Port()), int(silent.Port()), int(closed.Port())}, Send: hex.EncodeToString([]byte("ping"))}}
+	if err := cfg.validate(); err != nil {
+		t.Fatal(err)
+	}
+	results := map[string]int{}
+	var mu sync.Mutex
+	s := newServiceChecker(cfg, func(r string) { mu.Lock(); results[r]++; mu.Unlock() })
+	s.setAllTargets(nil, map[maps.ResourceID][]netip.AddrPort{1: {echo4}, 2: {echo6}, 3: {silent}, 4: {closed}, 5: {unlisted}})
+	for range 3 {
+		s.checkOnce(context.Background())
+	}
+	if got := s.unserved(); !slices.Equal(got, []maps.ResourceID{3, 4}) {
+		t.Fatalf("unserved %v, want [3 4] (silent, closed); results %v", got, results)
+	}
+	if results[checkOK] != 6 || results[checkTimeout] != 3 || results[checkRefused] != 3 {
+		t.Fatalf("results %v, want 6 ok, 3 timeout, 3 refused (the unlisted port unchecked)", results)
 	}
 }
 
@@ -405,7 +468,7 @@ func TestServiceCheckHTTP(t *testing.T) {
 		c6 := ServiceCheckCfg{Timeout: Duration(2 * time.Second), HTTP: &HTTPCheckCfg{Ports: []int{int(v6.Port())}}}
 		s6 := newServiceChecker(c6, nil)
 		s6.localAddrs = func() map[netip.Addr]bool { return map[netip.Addr]bool{v6.Addr(): true} }
-		if !s6.checkVIP(ctx, v6, time.Second, s6.http) {
+		if !s6.checkVIP(ctx, v6, time.Second, func(ctx context.Context) error { return s6.check(ctx, v6, s6.http) }) {
 			t.Fatalf("HTTP check of %v failed", v6)
 		}
 		if _, ok := paths.Load("/"); !ok {

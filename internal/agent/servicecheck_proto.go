@@ -3,12 +3,14 @@ package agent
 import (
 	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"strconv"
+	"time"
 )
 
 // httpChecker runs the HTTP form of the service check (service_check.http).
@@ -71,6 +73,51 @@ func (h *httpChecker) get(ctx context.Context, v netip.AddrPort, useTLS bool) er
 	resp.Body.Close()
 	if resp.StatusCode < h.lo || resp.StatusCode > h.hi {
 		return fmt.Errorf("%w: %d from %s", errBadStatus, resp.StatusCode, url)
+	}
+	return nil
+}
+
+// udpChecker runs the UDP form of the service check (service_check.udp).
+type udpChecker struct {
+	ports   map[uint16]bool
+	payload []byte
+}
+
+func newUDPChecker(c UDPCheckCfg) *udpChecker {
+	u := &udpChecker{ports: map[uint16]bool{}}
+	u.payload, _ = hex.DecodeString(c.Send) // validated with the configuration
+	for _, p := range c.Ports {
+		u.ports[uint16(p)] = true
+	}
+	return u
+}
+
+// probe sends the payload from a connected socket and waits, until ctx's
+// deadline, for any datagram back; the kernel reports an ICMP port
+// unreachable to a connected socket as ECONNREFUSED.
+func (u *udpChecker) probe(ctx context.Context, v netip.AddrPort) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "udp", v.String())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		if err := c.SetDeadline(dl); err != nil {
+			return err
+		}
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) }) // cancelled before the deadline
+	defer stop()
+	if _, err := c.Write(u.payload); err != nil {
+		return err
+	}
+	var buf [512]byte // the reply's content is not judged: a truncated read is fine
+	if _, err := c.Read(buf[:]); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
 	}
 	return nil
 }
