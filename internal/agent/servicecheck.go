@@ -210,10 +210,10 @@ type serviceChecker struct {
 	count      func(result string)
 	changed    chan struct{} // a new configuration (run resets its ticker)
 
-	mu      sync.Mutex
+	mu         sync.Mutex
 	cfg        ServiceCheckCfg
-	http       *httpChecker // nil without service_check.http
-	udp        *udpChecker  // nil without service_check.udp
+	http       *httpChecker                          // nil without service_check.http
+	udp        *udpChecker                           // nil without service_check.udp
 	targets    map[pmaps.ResourceID][]netip.AddrPort // TCP VIPs
 	udpTargets map[pmaps.ResourceID][]netip.AddrPort // UDP VIPs (checked on udp.ports only)
 	state      map[pmaps.ResourceID]*checkState

@@ -216,7 +216,7 @@ func TestMirrorHealthReportsUnservedResources(t *testing.T) {
 		t.Fatalf("reported %v, want %v", got, want)
 	}
 	exp := `
-# HELP edge_service_unserved 1 per resource whose service does not answer on this host (service_check: no TCP VIP accepted a connection, fall checks in a row); reported to the controller, which routes it to other copies.
+# HELP edge_service_unserved 1 per resource whose service does not answer on this host (service_check: no VIP of it passed its check, fall rounds in a row); reported to the controller, which routes it to other copies.
 # TYPE edge_service_unserved gauge
 edge_service_unserved{resource="db"} 1
 `
