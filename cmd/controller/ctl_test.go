@@ -137,6 +137,10 @@ func TestCtlEndToEnd(t *testing.T) {
 	if out, _ := ctl(t, append([]string{"get", "mirror", "paris"}, admin...)...); !strings.Contains(out, "state: draining") || !strings.Contains(out, "node: paris-host") {
 		t.Fatalf("paris after drain:\n%s", out)
 	}
+	waitFor(t, "status to list paris draining", 10*time.Second, func() bool {
+		out, _ := ctl(t, append([]string{"status"}, admin...)...)
+		return strings.Contains(out, "draining: mirror paris (set by the operator")
+	})
 	if out, err := ctl(t, append([]string{"drain", "mirror", "nyc"}, admin...)...); err != nil || !strings.Contains(out, "mirror/nyc already draining") {
 		t.Fatalf("drain of a draining mirror: %v\n%s", err, out)
 	}

@@ -38,6 +38,9 @@ func printStatus(st *pb.StatusResponse, _ []string) error {
 		for _, d := range r.GetMirrorsDown() {
 			fmt.Fprintf(ctlOut, "down:    mirror %s (%s)\n", d.GetMirror(), d.GetWhy())
 		}
+		for _, m := range r.GetDraining() {
+			fmt.Fprintf(ctlOut, "draining: mirror %s (set by the operator: established flows stay, no new ones)\n", m)
+		}
 		for _, u := range r.GetUnserved() {
 			fmt.Fprintf(ctlOut, "unserved: %s on mirror %s (its host's service check fails)\n", u.GetResource(), u.GetMirror())
 		}

@@ -405,6 +405,9 @@ func buildDesired(w *world, res *route.Result, slots int, now time.Time) (*pb.De
 		if why := w.downWhy[m.GetId()]; why != "" {
 			sum.MirrorsDown = append(sum.MirrorsDown, &pb.MirrorDown{Mirror: m.GetName(), Why: why})
 		}
+		if m.GetState() == pb.MirrorState_MIRROR_STATE_DRAINING {
+			sum.Draining = append(sum.Draining, m.GetName())
+		}
 	}
 	if len(w.unserved) > 0 {
 		known := make(map[string]bool, len(w.resources))

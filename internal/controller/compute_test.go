@@ -167,6 +167,9 @@ func TestBuildInputMirrorHealthAndReplicas(t *testing.T) {
 	if in.Mirrors[1].Up || w.dpState[2] != pb.MirrorState_MIRROR_STATE_DRAINING {
 		t.Fatalf("draining nyc: %+v %v", in.Mirrors[1], w.dpState[2])
 	}
+	if _, sum := buildDesired(w, nil, 1024, t0); !slices.Equal(sum.GetDraining(), []string{"nyc"}) {
+		t.Fatalf("summary's draining mirrors: %v", sum.GetDraining())
+	}
 }
 
 func TestBuildDesired(t *testing.T) {

@@ -851,7 +851,10 @@ type RouteSummary struct {
 	// Active mirrors the version marks down, and why.
 	MirrorsDown []*MirrorDown `protobuf:"bytes,9,rep,name=mirrors_down,json=mirrorsDown,proto3" json:"mirrors_down,omitempty"`
 	// Copies not routed to because their host's service check fails.
-	Unserved      []*UnservedCopy `protobuf:"bytes,10,rep,name=unserved,proto3" json:"unserved,omitempty"`
+	Unserved []*UnservedCopy `protobuf:"bytes,10,rep,name=unserved,proto3" json:"unserved,omitempty"`
+	// Mirrors the operator set draining (controller drain): they keep their
+	// established flows and take no new ones.
+	Draining      []string `protobuf:"bytes,11,rep,name=draining,proto3" json:"draining,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -952,6 +955,13 @@ func (x *RouteSummary) GetMirrorsDown() []*MirrorDown {
 func (x *RouteSummary) GetUnserved() []*UnservedCopy {
 	if x != nil {
 		return x.Unserved
+	}
+	return nil
+}
+
+func (x *RouteSummary) GetDraining() []string {
+	if x != nil {
+		return x.Draining
 	}
 	return nil
 }
@@ -2477,7 +2487,7 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	" \x01(\x04R\fackedVersion\x12%\n" +
 	"\x0enacked_version\x18\v \x01(\x04R\rnackedVersion\x12\x1d\n" +
 	"\n" +
-	"nack_error\x18\f \x01(\tR\tnackError\"\xe4\x02\n" +
+	"nack_error\x18\f \x01(\tR\tnackError\"\x80\x03\n" +
 	"\fRouteSummary\x12\x16\n" +
 	"\x06routes\x18\x01 \x01(\rR\x06routes\x12\x18\n" +
 	"\achanged\x18\x02 \x01(\rR\achanged\x12\x1f\n" +
@@ -2492,7 +2502,8 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"durationNs\x12;\n" +
 	"\fmirrors_down\x18\t \x03(\v2\x18.premirror.v1.MirrorDownR\vmirrorsDown\x126\n" +
 	"\bunserved\x18\n" +
-	" \x03(\v2\x1a.premirror.v1.UnservedCopyR\bunserved\"6\n" +
+	" \x03(\v2\x1a.premirror.v1.UnservedCopyR\bunserved\x12\x1a\n" +
+	"\bdraining\x18\v \x03(\tR\bdraining\"6\n" +
 	"\n" +
 	"MirrorDown\x12\x16\n" +
 	"\x06mirror\x18\x01 \x01(\tR\x06mirror\x12\x10\n" +
