@@ -317,7 +317,7 @@ func servicePhase(ctx context.Context, out io.Writer, l *lab.Lab, tb *testbed.Te
 			}
 		}
 	}
-	fmt.Fprintf(out, "   (UDP is not checked: a UDP service gives no answer to check without speaking its protocol)\n")
+	fmt.Fprintf(out, "   (UDP VIPs are checked only on the ports service_check.udp lists, with a payload their service answers; this demo lists none)\n")
 	if err := tb.RestartService(mirror); err != nil {
 		return err
 	}
