@@ -326,6 +326,30 @@ func servicePhase(ctx context.Context, out io.Writer, l *lab.Lab, tb *testbed.Te
 	}
 	fmt.Fprintf(out, "   %.1fs after it listens again, %s serves %s's new TCP flows again (2 passing checks, then the route's dwell)\n",
 		d.Seconds(), mirror, region)
+
+	// The same host, drained by the operator before a reboot.
+	fmt.Fprintf(out, "\n== phase 5: the operator drains %s's host before a reboot: controller drain node %s\n", mirror, mirror)
+	b, err := l.ControllerCommand(ctx, "drain", "node", mirror)
+	if err != nil {
+		return fmt.Errorf("controller drain: %w\n%s", err, b)
+	}
+	if first, _, _ := strings.Cut(string(b), "\n"); first != "" {
+		fmt.Fprintf(out, "   %s\n", first)
+	}
+	if d, err = waitTCP("m-core"); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "   %.1fs: %s's new TCP flows go to m-core; flows already on %s stay there until they end\n", d.Seconds(), region, mirror)
+	if b, err = l.ControllerCommand(ctx, "undrain", "node", mirror); err != nil {
+		return fmt.Errorf("controller undrain: %w\n%s", err, b)
+	}
+	if first, _, _ := strings.Cut(string(b), "\n"); first != "" {
+		fmt.Fprintf(out, "   controller undrain node %s: %s\n", mirror, first)
+	}
+	// Not waited for: the route comes back once its dwell allows, and the
+	// dwell doubles with each switch of the last half hour (this route
+	// has switched several times in this demo), against flapping.
+	fmt.Fprintf(out, "   %s's new TCP flows return to %s when the route's dwell allows (doubled by each recent switch: anti-flapping)\n", region, mirror)
 	return nil
 }
 
