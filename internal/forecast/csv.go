@@ -629,30 +629,9 @@ func sniffComma(br *bufio.Reader) rune {
 	return ','
 }
 
-// Separator picks the field separator of a CSV from its first line: a
-// comma when it has one outside quotes, else a semicolon or a tab if it
-// has those (spreadsheet exports in locales whose decimal mark is a
-// comma).
-func Separator(b []byte) rune {
-	count := map[byte]int{}
-	quoted := false
-	for _, c := range b {
-		if c == '"' {
-			quoted = !quoted
-		} else if !quoted {
-			count[c]++
-		}
-	}
-	switch {
-	case count[','] > 0:
-		return ','
-	case count[';'] > 0:
-		return ';'
-	case count['\t'] > 0:
-		return '\t'
-	}
-	return ','
-}
+// Separator picks the field separator of a CSV from its first line (the
+// rule route-eval's matrices follow too: textin.Separator).
+func Separator(b []byte) rune { return textin.Separator(b) }
 
 // Agg says how samples inside one bucket combine.
 type Agg int

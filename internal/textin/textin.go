@@ -48,3 +48,35 @@ func (c crReader) Read(p []byte) (int, error) {
 	}
 	return n, err
 }
+
+// Separator picks the field separator of a CSV from its first line: the
+// most frequent of comma, semicolon and tab outside quotes (a spreadsheet
+// export in a comma-decimal locale uses semicolons, a table pasted from a
+// web page tabs, and a tab- or semicolon-separated header may name a
+// column "requests (count, per hour)"); a comma on a tie or when there is
+// none.
+func Separator(line []byte) rune {
+	var commas, semis, tabs int
+	quoted := false
+	for _, c := range line {
+		switch {
+		case c == '"':
+			quoted = !quoted
+		case quoted:
+		case c == ',':
+			commas++
+		case c == ';':
+			semis++
+		case c == '\t':
+			tabs++
+		}
+	}
+	sep, n := ',', commas
+	if semis > n {
+		sep, n = ';', semis
+	}
+	if tabs > n {
+		sep = '\t'
+	}
+	return sep
+}

@@ -33,3 +33,26 @@ func TestIsUTF16(t *testing.T) {
 		}
 	}
 }
+
+func TestSeparator(t *testing.T) {
+	for _, c := range []struct {
+		line string
+		want rune
+	}{
+		{"timestamp,value", ','},
+		{"timestamp;value", ';'},
+		{"timestamp\tvalue", '\t'},
+		{"timestamp", ','},
+		{"", ','},
+		{"time\tlocation\trequests (count, per hour)", '\t'},
+		{"time;requests (count, per hour);note", ';'},
+		{`"time; UTC",value`, ','},
+		{`"a,b,c";x;y`, ';'},
+		{"a,b;c", ','}, // a tie: comma
+		{"a;b\tc\td", '\t'},
+	} {
+		if got := Separator([]byte(c.line)); got != c.want {
+			t.Errorf("Separator(%q) = %q, want %q", c.line, got, c.want)
+		}
+	}
+}

@@ -113,30 +113,9 @@ func firstLine(s string) string {
 	return s
 }
 
-// sniffSep picks the field separator of a file from its first line: the
-// most frequent of comma, semicolon and tab outside quotes (a spreadsheet
-// export in a comma-decimal locale uses semicolons, a table pasted from a
-// web page tabs, and a tab-separated name may hold a comma); comma when
-// there is none.
-func sniffSep(line string) rune {
-	count := map[rune]int{}
-	quoted := false
-	for _, c := range line {
-		switch {
-		case c == '"':
-			quoted = !quoted
-		case !quoted && (c == ',' || c == ';' || c == '\t'):
-			count[c]++
-		}
-	}
-	sep := ','
-	for _, c := range []rune{';', '\t'} {
-		if count[c] > count[sep] {
-			sep = c
-		}
-	}
-	return sep
-}
+// sniffSep picks the field separator of a file from its first line
+// (textin.Separator, the forecast tables' rule too).
+func sniffSep(line string) rune { return textin.Separator([]byte(line)) }
 
 // endNote returns a note when the input's last line has no line ending:
 // a file cut short mid-number still parses, so say so rather than stay
