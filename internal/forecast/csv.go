@@ -2,7 +2,6 @@ package forecast
 
 import (
 	"bufio"
-	"bytes"
 	"cmp"
 	"encoding/csv"
 	"errors"
@@ -610,27 +609,15 @@ func newCSVReader(r io.Reader) (*csv.Reader, bool, error) {
 	return cr, cr.Comma != ',', nil
 }
 
-// sniffComma picks the field separator from the first line (Separator).
-// Comment lines ("#…", the feeds' files allow them) and blank lines are
-// passed over: their punctuation says nothing.
+// sniffComma picks the field separator from the head of the input
+// (Separator).
 func sniffComma(br *bufio.Reader) rune {
 	b, _ := br.Peek(4096) // fewer bytes at the end of a short input
-	for len(b) > 0 {
-		line := b
-		if i := bytes.IndexAny(b, "\r\n"); i >= 0 {
-			line, b = b[:i], b[i+1:]
-		} else {
-			b = nil
-		}
-		if t := bytes.TrimSpace(line); len(t) > 0 && t[0] != '#' {
-			return Separator(line)
-		}
-	}
-	return ','
+	return Separator(b)
 }
 
-// Separator picks the field separator of a CSV from its first line (the
-// rule route-eval's matrices follow too: textin.Separator).
+// Separator picks the field separator of a CSV from its head (the rule
+// route-eval's matrices follow too: textin.Separator).
 func Separator(b []byte) rune { return textin.Separator(b) }
 
 // Agg says how samples inside one bucket combine.

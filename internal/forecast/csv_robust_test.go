@@ -39,6 +39,7 @@ func TestReadTableVariants(t *testing.T) {
 		{name: "quoted", in: "\"timestamp\",\"value\"\n" + hourlyRows(n, `"`+time.DateTime+`"`, ",", "\n")},
 		{name: "semicolons", in: "timestamp;value\n" + hourlyRows(n, time.DateTime, ";", "\n")},
 		{name: "tabs", in: "timestamp\tvalue\n" + hourlyRows(n, time.DateTime, "\t", "\n")},
+		{name: "tabs, a comma in the value column's name", in: "timestamp\trequests (count, per hour)\n" + hourlyRows(n, time.DateTime, "\t", "\n")},
 		{name: "spaces around fields", in: " Timestamp , Value \n" + hourlyRows(n, time.DateTime, " ,  ", " \n")},
 		{name: "ISO-8601 UTC", in: "timestamp,value\n" + hourlyRows(n, "2006-01-02T15:04:05Z", ",", "\n")},
 		{name: "ISO-8601 offset", in: "timestamp,value\n" + strings.ReplaceAll(hourlyRows(n, "2006-01-02T15:04:05", ",", "\n"), ",", "+00:00,")},

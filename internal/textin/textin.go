@@ -49,34 +49,54 @@ func (c crReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// Separator picks the field separator of a CSV from its first line: the
-// most frequent of comma, semicolon and tab outside quotes (a spreadsheet
-// export in a comma-decimal locale uses semicolons, a table pasted from a
-// web page tabs, and a tab- or semicolon-separated header may name a
-// column "requests (count, per hour)"); a comma on a tie or when there is
-// none.
-func Separator(line []byte) rune {
+// Separator picks the field separator of a CSV from its head (its first
+// bytes): the most frequent of comma, semicolon and tab outside quotes over
+// its first few lines (blank lines and "#" comments passed over). A
+// spreadsheet export in a comma-decimal locale uses semicolons, a table
+// pasted from a web page tabs, and a tab- or semicolon-separated header may
+// name a column "requests (count, per hour)". On a tie the semicolon or
+// tab wins: in such a file a comma is a decimal mark or part of a name in
+// every line, while a comma-separated file rarely holds as many semicolons
+// or tabs as separators. A comma when there is none.
+func Separator(head []byte) rune {
 	var commas, semis, tabs int
-	quoted := false
-	for _, c := range line {
-		switch {
-		case c == '"':
-			quoted = !quoted
-		case quoted:
-		case c == ',':
-			commas++
-		case c == ';':
-			semis++
-		case c == '\t':
-			tabs++
+	for lines := 0; len(head) > 0 && lines < sniffLines; {
+		line := head
+		if i := bytes.IndexAny(head, "\r\n"); i >= 0 {
+			line, head = head[:i], head[i+1:]
+		} else {
+			head = nil
+		}
+		if t := bytes.TrimSpace(line); len(t) == 0 || t[0] == '#' {
+			continue
+		}
+		lines++
+		quoted := false
+		for _, c := range line {
+			switch {
+			case c == '"':
+				quoted = !quoted
+			case quoted:
+			case c == ',':
+				commas++
+			case c == ';':
+				semis++
+			case c == '\t':
+				tabs++
+			}
 		}
 	}
-	sep, n := ',', commas
-	if semis > n {
-		sep, n = ';', semis
+	switch {
+	case commas == 0 && semis == 0 && tabs == 0:
+		return ','
+	case tabs >= semis && tabs >= commas:
+		return '\t'
+	case semis >= commas:
+		return ';'
 	}
-	if tabs > n {
-		sep = '\t'
-	}
-	return sep
+	return ','
 }
+
+// sniffLines is how many lines Separator reads: enough for the data rows
+// to outvote a header, few enough that a stray line later does not matter.
+const sniffLines = 5

@@ -48,8 +48,12 @@ func TestSeparator(t *testing.T) {
 		{"time;requests (count, per hour);note", ';'},
 		{`"time; UTC",value`, ','},
 		{`"a,b,c";x;y`, ';'},
-		{"a,b;c", ','}, // a tie: comma
+		{"a,b;c", ';'}, // a tie: the comma is the one that appears by accident
 		{"a;b\tc\td", '\t'},
+		{"time\trequests (count, per hour)\n2024-01-01 00:00\t5\n", '\t'},
+		{"2024-01-01 00:00;0,5\n2024-01-01 01:00;1,25\n", ';'}, // headerless, decimal commas
+		{"# comment, with commas\n\ntimestamp;value\n", ';'},
+		{"timestamp,value,note\n2024-01-01,1,a;b\n2024-01-02,2,c\n", ','},
 	} {
 		if got := Separator([]byte(c.line)); got != c.want {
 			t.Errorf("Separator(%q) = %q, want %q", c.line, got, c.want)
