@@ -99,7 +99,7 @@ func newReader(r io.Reader, name string) *lineReader {
 	in, head := textin.Normalize(bufio.NewReader(r))
 	tail := &tailReader{r: in}
 	cr := csv.NewReader(tail)
-	cr.Comma = sniffSep(firstLine(string(head)))
+	cr.Comma = textin.Separator(head) // its first lines: data rows outvote a header
 	cr.FieldsPerRecord = -1
 	cr.ReuseRecord = true
 	return &lineReader{r: cr, tail: tail, name: name}
@@ -113,8 +113,8 @@ func firstLine(s string) string {
 	return s
 }
 
-// sniffSep picks the field separator of a file from its first line
-// (textin.Separator, the forecast tables' rule too).
+// sniffSep picks the field separator of one line (textin.Separator, the
+// forecast tables' rule too).
 func sniffSep(line string) rune { return textin.Separator([]byte(line)) }
 
 // endNote returns a note when the input's last line has no line ending:
