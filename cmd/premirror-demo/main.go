@@ -8,6 +8,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -142,7 +143,10 @@ func run(ctx context.Context, c config, out io.Writer) (err error) {
 				"--forecast-step", "2s", "--forecast-window", "16", "--forecast-horizon", "4", "--forecast-grace", "1s"},
 			Sites: sites, ProbeInterval: 500 * time.Millisecond, ReportInterval: 500 * time.Millisecond,
 			ServiceCheckInterval: 500 * time.Millisecond,
-			Replicators:          []string{"m-core", predMirror},
+			// The demo's UDP service answers every datagram: any payload
+			// is a question it answers.
+			ServiceCheckUDP: &agent.UDPCheckCfg{Ports: []int{udpPort}, Send: hex.EncodeToString([]byte("health"))},
+			Replicators:     []string{"m-core", predMirror},
 		})
 		if err != nil {
 			return err
@@ -283,10 +287,10 @@ func run(ctx context.Context, c config, out io.Writer) (err error) {
 func servicePhase(ctx context.Context, out io.Writer, l *lab.Lab, tb *testbed.Testbed, topo testbed.Topology) error {
 	region := topo.Regions[1].Name
 	mirror, client := "m-"+region, tb.Clients(region)[0]
-	waitTCP := func(want string) (time.Duration, error) {
+	wait := func(network, want string) (time.Duration, error) {
 		start := time.Now()
 		for last := ""; time.Since(start) < time.Minute; {
-			if s := ask(ctx, client, "tcp", topo.VIPs[0]); s.ok {
+			if s := ask(ctx, client, network, topo.VIPs[0]); s.ok {
 				last = s.mirror
 			}
 			if last == want {
@@ -298,8 +302,9 @@ func servicePhase(ctx context.Context, out io.Writer, l *lab.Lab, tb *testbed.Te
 			case <-time.After(50 * time.Millisecond):
 			}
 		}
-		return 0, fmt.Errorf("%s: TCP not served by %s within a minute\n%s", region, want, l.ControllerLog())
+		return 0, fmt.Errorf("%s: %s not served by %s within a minute\n%s", region, network, want, l.ControllerLog())
 	}
+	waitTCP := func(want string) (time.Duration, error) { return wait("tcp", want) }
 	fmt.Fprintf(out, "\n== phase 4: the service on %s stops (its sockets close; the host, its decap program and the probes are fine)\n", mirror)
 	if err := tb.Service(mirror).Close(); err != nil {
 		return err
@@ -310,6 +315,10 @@ func servicePhase(ctx context.Context, out io.Writer, l *lab.Lab, tb *testbed.Te
 	}
 	fmt.Fprintf(out, "   %.1fs: %s's new TCP flows are served by m-core: %s's agent found no listener on the VIPs 3 checks in a row (every 0.5 s) and reported it\n",
 		d.Seconds(), region, mirror)
+	if d, err = wait("udp", "m-core"); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "   +%.1fs: and its UDP flows too: the check's datagram to the UDP VIPs got no reply (service_check.udp)\n", d.Seconds())
 	if st, err := l.ControllerStatus(ctx); err == nil {
 		for _, line := range strings.Split(st, "\n") {
 			if strings.HasPrefix(line, "unserved:") {
@@ -317,15 +326,18 @@ func servicePhase(ctx context.Context, out io.Writer, l *lab.Lab, tb *testbed.Te
 			}
 		}
 	}
-	fmt.Fprintf(out, "   (UDP VIPs are checked only on the ports service_check.udp lists, with a payload their service answers; this demo lists none)\n")
 	if err := tb.RestartService(mirror); err != nil {
 		return err
 	}
 	if d, err = waitTCP(mirror); err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "   %.1fs after it listens again, %s serves %s's new TCP flows again (2 passing checks, then the route's dwell)\n",
-		d.Seconds(), mirror, region)
+	du, err := wait("udp", mirror)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "   %.1fs after it listens again, %s serves %s's new TCP flows again, and %.1fs later its UDP flows (2 passing checks, then each route's dwell)\n",
+		d.Seconds(), mirror, region, du.Seconds())
 
 	// The same host, drained by the operator before a reboot.
 	fmt.Fprintf(out, "\n== phase 5: the operator drains %s's host before a reboot: controller drain node %s\n", mirror, mirror)

@@ -38,6 +38,9 @@ type ControllerSetup struct {
 	// ServiceCheckInterval of the mirror hosts' service checks (timeout
 	// half of it); 0 keeps the default.
 	ServiceCheckInterval time.Duration
+	// ServiceCheckUDP, when set, also checks the mirror hosts' UDP VIPs
+	// on its ports (service_check.udp).
+	ServiceCheckUDP *agent.UDPCheckCfg
 	// Replicators are the hosts that get a replicator certificate from the
 	// lab's CA (see Lab.Replication): the agents' certificates carry no
 	// names to verify a replication listener by.
@@ -247,7 +250,8 @@ func (l *Lab) controllerConfig(host string) (*agent.ControllerCfg, agent.ProbeCf
 	if c == nil {
 		return nil, agent.ProbeCfg{}, agent.ServiceCheckCfg{}
 	}
-	sc := agent.ServiceCheckCfg{Interval: agent.Duration(c.setup.ServiceCheckInterval), Timeout: agent.Duration(c.setup.ServiceCheckInterval / 2)}
+	sc := agent.ServiceCheckCfg{Interval: agent.Duration(c.setup.ServiceCheckInterval), Timeout: agent.Duration(c.setup.ServiceCheckInterval / 2),
+		UDP: c.setup.ServiceCheckUDP}
 	return &agent.ControllerCfg{
 			Endpoints:      []string{c.addr},
 			Site:           c.setup.Sites[host],
