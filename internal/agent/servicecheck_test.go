@@ -456,6 +456,29 @@ func TestServiceCheckHTTP(t *testing.T) {
 	if results[checkBadStatus] != 6 {
 		t.Fatalf("results %v, want 6 bad_status", results)
 	}
+	// Accepts and never answers: the check times out.
+	hang, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hang.Close()
+	held := make(chan net.Conn, 1)
+	go func() {
+		if c, err := hang.Accept(); err == nil {
+			held <- c
+		}
+	}()
+	vHang := ap(hang.Addr().String())
+	sh := newServiceChecker(ServiceCheckCfg{HTTP: &HTTPCheckCfg{Ports: []int{int(vHang.Port())}}}, func(r string) { mu.Lock(); results[r]++; mu.Unlock() })
+	before := results[checkTimeout]
+	if sh.checkVIP(ctx, vHang, 200*time.Millisecond, func(ctx context.Context) error { return sh.check(ctx, vHang, sh.http) }) {
+		t.Fatal("a server that never answers passed")
+	}
+	if results[checkTimeout] != before+1 {
+		t.Fatalf("results %v: want one more timeout", results)
+	}
+	(<-held).Close()
+
 	// IPv6: the URL brackets the address.
 	if l6, err := net.Listen("tcp6", "[::1]:0"); err == nil {
 		srv6 := httptest.NewUnstartedServer(h)
