@@ -383,3 +383,47 @@ func TestDeadServiceMovesResource(t *testing.T) {
 	took = e.waitServed("eu-2", "tcp", "m-eu", 60*time.Second)
 	t.Logf("web back on m-eu %v after its service returned (rise 2)", took.Round(time.Millisecond))
 }
+
+// TestDrainKeepsEstablishedFlows: `controller drain node` on a mirror's
+// host moves its region's new flows to another copy at once, while the TCP
+// streams already open to it keep every byte and their mirror;
+// `controller status` says so; undrain brings new flows back.
+func TestDrainKeepsEstablishedFlows(t *testing.T) {
+	e, bin := newControlled(t)
+	e.startController(lab.ControllerSetup{Bin: bin, Objects: controlledObjects(e.tb)})
+	e.waitSettled(t, "eu-1", "m-eu", 30*time.Second)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	streams := append(e.openStreams(ctx, "eu-1", vip4, 2), e.openStreams(ctx, "eu-2", vip6, 1)...)
+	for _, s := range streams {
+		if s.servedBy() != "m-eu" {
+			t.Fatalf("stream on %s before the drain", s.servedBy())
+		}
+	}
+	out, err := e.lab.ControllerCommand(e.ctx(), "drain", "node", "m-eu")
+	if err != nil || !strings.Contains(string(out), "mirror/m-eu draining (was active)") {
+		t.Fatalf("drain: %v\n%s", err, out)
+	}
+	took := e.waitServed("eu-2", "tcp", "m-core", 30*time.Second)
+	t.Logf("new flows left the drained m-eu %v after the drain", took.Round(time.Millisecond))
+	if got := e.askQuick("eu-1", "udp", vip6, time.Second); got != "m-core" {
+		t.Errorf("eu-1 udp over IPv6 served by %q after the drain, want m-core", got)
+	}
+	if st, err := e.lab.ControllerStatus(e.ctx()); err != nil || !strings.Contains(st, "draining: mirror m-eu") {
+		t.Errorf("controller status does not list the drained mirror (%v):\n%s", err, st)
+	}
+	time.Sleep(500 * time.Millisecond) // the streams keep echoing through the drained mirror
+	cancel()
+	finish(t, streams)
+	for _, s := range streams {
+		if s.servedBy() != "m-eu" {
+			t.Errorf("established stream moved to %s", s.servedBy())
+		}
+	}
+
+	if out, err := e.lab.ControllerCommand(e.ctx(), "undrain", "node", "m-eu"); err != nil || !strings.Contains(string(out), "mirror/m-eu active (was draining)") {
+		t.Fatalf("undrain: %v\n%s", err, out)
+	}
+	took = e.waitServed("eu-2", "tcp", "m-eu", 120*time.Second)
+	t.Logf("new flows back on m-eu %v after the undrain (the route's dwell)", took.Round(time.Millisecond))
+}
