@@ -256,7 +256,7 @@ func (a *Agent) apply(cfg *Config) error {
 	a.mu.Unlock()
 	logHosted(a.log, prev, hosted, compiled)
 	if a.svc != nil {
-		a.svc.setAllTargets(serviceTargets(compiled, hosted, pmaps.TCP), serviceTargets(compiled, hosted, pmaps.UDP))
+		a.svc.setTargets(serviceTargets(compiled, hosted))
 	}
 	a.log.Info("desired state applied", "version", a.version, "written", total.Written, "deleted", total.Deleted,
 		"duration", time.Since(start).Round(time.Microsecond))

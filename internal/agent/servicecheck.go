@@ -111,19 +111,11 @@ func (h *HTTPCheckCfg) validate() error {
 		return errors.New("service_check.http: neither ports nor tls_ports lists a port")
 	}
 	seen := map[int]string{}
-	for _, l := range []struct {
-		name  string
-		ports []int
-	}{{"ports", h.Ports}, {"tls_ports", h.TLSPorts}} {
-		for i, p := range l.ports {
-			if p < 1 || p > 65535 {
-				return fmt.Errorf("service_check.http.%s[%d]: %d is not a port (1-65535)", l.name, i, p)
-			}
-			if other, dup := seen[p]; dup {
-				return fmt.Errorf("service_check.http.%s[%d]: port %d is already in %s", l.name, i, p, other)
-			}
-			seen[p] = l.name
-		}
+	if err := checkPorts("service_check.http.ports", h.Ports, seen); err != nil {
+		return err
+	}
+	if err := checkPorts("service_check.http.tls_ports", h.TLSPorts, seen); err != nil {
+		return err
 	}
 	if _, _, err := h.expect(); err != nil {
 		return err
@@ -138,15 +130,8 @@ func (u *UDPCheckCfg) validate() error {
 	if len(u.Ports) == 0 {
 		return errors.New("service_check.udp.ports: no port listed")
 	}
-	seen := map[int]bool{}
-	for i, p := range u.Ports {
-		if p < 1 || p > 65535 {
-			return fmt.Errorf("service_check.udp.ports[%d]: %d is not a port (1-65535)", i, p)
-		}
-		if seen[p] {
-			return fmt.Errorf("service_check.udp.ports[%d]: port %d listed twice", i, p)
-		}
-		seen[p] = true
+	if err := checkPorts("service_check.udp.ports", u.Ports, map[int]string{}); err != nil {
+		return err
 	}
 	b, err := hex.DecodeString(u.Send)
 	switch {
@@ -156,6 +141,21 @@ func (u *UDPCheckCfg) validate() error {
 		return fmt.Errorf("service_check.udp.send: not hex: %v", err)
 	case len(b) > 1472:
 		return fmt.Errorf("service_check.udp.send: %d bytes, at most 1472 (one unfragmented datagram)", len(b))
+	}
+	return nil
+}
+
+// checkPorts validates the ports of the list named field: each in
+// 1-65535 and in no list seen (the lists' names by port) before.
+func checkPorts(field string, ports []int, seen map[int]string) error {
+	for i, p := range ports {
+		if p < 1 || p > 65535 {
+			return fmt.Errorf("%s[%d]: %d is not a port (1-65535)", field, i, p)
+		}
+		if other, dup := seen[p]; dup {
+			return fmt.Errorf("%s[%d]: port %d is already in %s", field, i, p, other)
+		}
+		seen[p] = field
 	}
 	return nil
 }
@@ -201,22 +201,20 @@ var errBadStatus = errors.New("HTTP status outside service_check.http.expect")
 // restarted agent does not pull its copies out of the routes before it
 // has checked them fall times.
 type serviceChecker struct {
-	// dial checks one VIP (tests replace it); nil: by the configuration,
-	// a TCP connection or an HTTP GET.
-	dial    func(ctx context.Context, addr netip.AddrPort) error
-	dialUDP func(ctx context.Context, addr netip.AddrPort) error
+	// dial checks one VIP (tests replace it); nil: checkService, by the
+	// configuration.
+	dial func(ctx context.Context, v pmaps.VIP) error
 	// localAddrs lists this namespace's addresses, once per round.
 	localAddrs func() map[netip.Addr]bool
 	count      func(result string)
 	changed    chan struct{} // a new configuration (run resets its ticker)
 
-	mu         sync.Mutex
-	cfg        ServiceCheckCfg
-	http       *httpChecker                          // nil without service_check.http
-	udp        *udpChecker                           // nil without service_check.udp
-	targets    map[pmaps.ResourceID][]netip.AddrPort // TCP VIPs
-	udpTargets map[pmaps.ResourceID][]netip.AddrPort // UDP VIPs (checked on udp.ports only)
-	state      map[pmaps.ResourceID]*checkState
+	mu      sync.Mutex
+	cfg     ServiceCheckCfg
+	http    *httpChecker                     // nil without service_check.http
+	udp     *udpChecker                      // nil without service_check.udp
+	targets map[pmaps.ResourceID][]pmaps.VIP // TCP VIPs, and UDP ones (checked on udp.ports only)
+	state   map[pmaps.ResourceID]*checkState
 }
 
 type checkState struct {
@@ -229,7 +227,7 @@ func newServiceChecker(cfg ServiceCheckCfg, count func(string)) *serviceChecker 
 		count = func(string) {}
 	}
 	s := &serviceChecker{localAddrs: interfaceAddrs, count: count, changed: make(chan struct{}, 1),
-		targets: map[pmaps.ResourceID][]netip.AddrPort{}, state: map[pmaps.ResourceID]*checkState{}}
+		targets: map[pmaps.ResourceID][]pmaps.VIP{}, state: map[pmaps.ResourceID]*checkState{}}
 	s.setConfig(cfg)
 	return s
 }
@@ -257,26 +255,25 @@ func (s *serviceChecker) setConfig(cfg ServiceCheckCfg) {
 	}
 }
 
-// checkUDP checks one UDP VIP (tests replace the dial with dialUDP).
-func (s *serviceChecker) checkUDP(ctx context.Context, v netip.AddrPort, u *udpChecker) error {
-	if s.dialUDP != nil {
-		return s.dialUDP(ctx, v)
-	}
-	return u.probe(ctx, v)
+// checked reports whether a round checks v (a UDP VIP only on the ports
+// service_check.udp lists).
+func checked(v pmaps.VIP, u *udpChecker) bool {
+	return v.Proto != pmaps.UDP || (u != nil && u.ports[v.Port])
 }
 
-// check checks one TCP VIP: an HTTP GET on the ports service_check.http
-// lists, else a TCP connection.
-func (s *serviceChecker) check(ctx context.Context, v netip.AddrPort, h *httpChecker) error {
-	if s.dial != nil {
-		return s.dial(ctx, v)
+// checkService checks one VIP: UDP with service_check.udp's payload; TCP with an
+// HTTP GET on the ports service_check.http lists, else a connection.
+func checkService(ctx context.Context, v pmaps.VIP, h *httpChecker, u *udpChecker) error {
+	ap := netip.AddrPortFrom(v.Addr, v.Port)
+	if v.Proto == pmaps.UDP {
+		return u.probe(ctx, ap)
 	}
 	if h != nil {
-		if tls, ok := h.ports[v.Port()]; ok {
-			return h.get(ctx, v, tls)
+		if tls, ok := h.ports[v.Port]; ok {
+			return h.get(ctx, ap, tls)
 		}
 	}
-	return dialTCP(ctx, v)
+	return dialTCP(ctx, ap)
 }
 
 // dialTCP opens and closes one TCP connection to addr.
@@ -307,22 +304,14 @@ func interfaceAddrs() map[netip.Addr]bool {
 	return out
 }
 
-// setTargets replaces the resources to check and their TCP VIPs (and
-// no UDP ones); resources no longer listed are forgotten.
-func (s *serviceChecker) setTargets(t map[pmaps.ResourceID][]netip.AddrPort) {
-	s.setAllTargets(t, nil)
-}
-
-// setAllTargets replaces the resources to check, their TCP and their UDP
-// VIPs; resources in neither are forgotten.
-func (s *serviceChecker) setAllTargets(tcp, udp map[pmaps.ResourceID][]netip.AddrPort) {
+// setTargets replaces the resources to check and their VIPs; resources
+// no longer listed are forgotten.
+func (s *serviceChecker) setTargets(t map[pmaps.ResourceID][]pmaps.VIP) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.targets, s.udpTargets = tcp, udp
+	s.targets = t
 	for r := range s.state {
-		_, inTCP := tcp[r]
-		_, inUDP := udp[r]
-		if !inTCP && !inUDP {
+		if _, ok := t[r]; !ok {
 			delete(s.state, r)
 		}
 	}
@@ -346,39 +335,26 @@ func (s *serviceChecker) unserved() []pmaps.ResourceID {
 // connections at a time, and updates the verdicts.
 func (s *serviceChecker) checkOnce(ctx context.Context) {
 	s.mu.Lock()
-	targets, udpTargets, cfg, h, u := s.targets, s.udpTargets, s.cfg, s.http, s.udp
+	targets, cfg, h, u := s.targets, s.cfg, s.http, s.udp
 	s.mu.Unlock()
 	if cfg.Disabled {
 		return
 	}
 	type job struct {
 		r    pmaps.ResourceID
-		vips []netip.AddrPort // TCP
-		udp  []netip.AddrPort
+		vips []pmaps.VIP
 	}
 	var jobs []job
 	addrs := s.localAddrs()
-	resources := slices.Sorted(maps.Keys(targets))
-	for r := range udpTargets {
-		if _, dup := targets[r]; !dup {
-			resources = append(resources, r)
-		}
-	}
-	slices.Sort(resources)
-	for _, r := range resources {
-		j := job{r: r}
+	for _, r := range slices.Sorted(maps.Keys(targets)) {
+		var local []pmaps.VIP
 		for _, v := range targets[r] {
-			if addrs[v.Addr().Unmap()] {
-				j.vips = append(j.vips, v)
+			if addrs[v.Addr.Unmap()] && checked(v, u) {
+				local = append(local, v)
 			}
 		}
-		for _, v := range udpTargets[r] {
-			if u != nil && u.ports[v.Port()] && addrs[v.Addr().Unmap()] {
-				j.udp = append(j.udp, v)
-			}
-		}
-		if len(j.vips)+len(j.udp) > 0 {
-			jobs = append(jobs, j)
+		if len(local) > 0 {
+			jobs = append(jobs, job{r, local})
 		}
 	}
 	ok := make([]bool, len(jobs))
@@ -392,13 +368,7 @@ func (s *serviceChecker) checkOnce(ctx context.Context) {
 			// One VIP answering is enough: the service runs; a VIP that
 			// does not is a listener or address problem the metrics show.
 			for _, v := range j.vips {
-				if s.checkVIP(ctx, v, cfg.timeout(), func(ctx context.Context) error { return s.check(ctx, v, h) }) {
-					ok[i] = true
-					return
-				}
-			}
-			for _, v := range j.udp {
-				if s.checkVIP(ctx, v, cfg.timeout(), func(ctx context.Context) error { return s.checkUDP(ctx, v, u) }) {
+				if s.checkVIP(ctx, v, cfg.timeout(), h, u) {
 					ok[i] = true
 					return
 				}
@@ -415,9 +385,7 @@ func (s *serviceChecker) checkOnce(ctx context.Context) {
 		return // disabled while the round ran
 	}
 	for i, j := range jobs {
-		_, inTCP := s.targets[j.r]
-		_, inUDP := s.udpTargets[j.r]
-		if !inTCP && !inUDP {
+		if _, still := s.targets[j.r]; !still {
 			continue // left while the round ran
 		}
 		st := s.state[j.r]
@@ -441,10 +409,15 @@ func (s *serviceChecker) observe(st *checkState, ok bool) {
 	}
 }
 
-func (s *serviceChecker) checkVIP(ctx context.Context, v netip.AddrPort, timeout time.Duration, check func(context.Context) error) bool {
+func (s *serviceChecker) checkVIP(ctx context.Context, v pmaps.VIP, timeout time.Duration, h *httpChecker, u *udpChecker) bool {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	err := check(ctx)
+	var err error
+	if s.dial != nil {
+		err = s.dial(ctx, v)
+	} else {
+		err = checkService(ctx, v, h, u)
+	}
 	switch {
 	case err == nil:
 		s.count(checkOK)
@@ -489,10 +462,10 @@ func (s *serviceChecker) run(ctx context.Context) {
 
 // serviceTargets lists, per resource held by a mirror this host serves
 // (up or not: a copy must not be routed to while its service is dead),
-// the resource's VIPs of one protocol. What a mirror holds comes from the controller;
-// in a static file, the resources routed to it.
-func serviceTargets(c *Compiled, hosted map[pmaps.MirrorID]hostedMirror, proto pmaps.Proto) map[pmaps.ResourceID][]netip.AddrPort {
-	out := map[pmaps.ResourceID][]netip.AddrPort{}
+// the resource's VIPs. What a mirror holds comes from the controller; in
+// a static file, the resources routed to it.
+func serviceTargets(c *Compiled, hosted map[pmaps.MirrorID]hostedMirror) map[pmaps.ResourceID][]pmaps.VIP {
+	out := map[pmaps.ResourceID][]pmaps.VIP{}
 	if c == nil {
 		return out
 	}
@@ -510,12 +483,14 @@ func serviceTargets(c *Compiled, hosted map[pmaps.MirrorID]hostedMirror, proto p
 		}
 	}
 	for v, o := range c.VIPs {
-		if held[o.Resource] && v.Proto == proto {
-			out[o.Resource] = append(out[o.Resource], netip.AddrPortFrom(v.Addr, v.Port))
+		if held[o.Resource] {
+			out[o.Resource] = append(out[o.Resource], v)
 		}
 	}
 	for _, vs := range out {
-		slices.SortFunc(vs, func(a, b netip.AddrPort) int { return a.Compare(b) })
+		slices.SortFunc(vs, func(a, b pmaps.VIP) int {
+			return cmp.Or(netip.AddrPortFrom(a.Addr, a.Port).Compare(netip.AddrPortFrom(b.Addr, b.Port)), cmp.Compare(a.Proto, b.Proto))
+		})
 	}
 	return out
 }

@@ -47,14 +47,15 @@ func TestServiceCheckHysteresis(t *testing.T) {
 			var results []string
 			s := newServiceChecker(ServiceCheckCfg{}, func(r string) { results = append(results, r) })
 			s.localAddrs = func() map[netip.Addr]bool { return map[netip.Addr]bool{vip1.Addr(): true, vip2.Addr(): true} }
-			s.dial = func(_ context.Context, v netip.AddrPort) error {
+			s.dial = func(_ context.Context, vip maps.VIP) error {
+				v := netip.AddrPortFrom(vip.Addr, vip.Port)
 				dialed = append(dialed, v)
 				if (v == vip1 && strings.Contains(up, "1")) || (v == vip2 && strings.Contains(up, "2")) {
 					return nil
 				}
 				return syscall.ECONNREFUSED
 			}
-			s.setTargets(map[maps.ResourceID][]netip.AddrPort{7: {vip1, vip2}, 8: {remote}})
+			s.setTargets(map[maps.ResourceID][]maps.VIP{7: tcpVIPs(vip1, vip2), 8: tcpVIPs(remote)})
 			for i, r := range c.rounds {
 				up = r
 				s.checkOnce(context.Background())
@@ -69,7 +70,7 @@ func TestServiceCheckHysteresis(t *testing.T) {
 				t.Fatalf("refusals not counted: %v", results)
 			}
 			// Forgotten with its resource.
-			s.setTargets(map[maps.ResourceID][]netip.AddrPort{})
+			s.setTargets(map[maps.ResourceID][]maps.VIP{})
 			if len(s.unserved()) != 0 {
 				t.Fatalf("unserved after the resource left: %v", s.unserved())
 			}
@@ -97,9 +98,9 @@ func TestServiceCheckRealListeners(t *testing.T) {
 	results := map[string]int{}
 	var mu sync.Mutex // the checks of one round run in parallel
 	s := newServiceChecker(ServiceCheckCfg{Timeout: Duration(time.Second)}, func(r string) { mu.Lock(); results[r]++; mu.Unlock() })
-	targets := map[maps.ResourceID][]netip.AddrPort{1: {v4}}
+	targets := map[maps.ResourceID][]maps.VIP{1: tcpVIPs(v4)}
 	if v6.IsValid() {
-		targets[2] = []netip.AddrPort{v6}
+		targets[2] = tcpVIPs(v6)
 	}
 	s.setTargets(targets)
 	ctx := context.Background()
@@ -202,8 +203,9 @@ func TestMirrorHealthReportsUnservedResources(t *testing.T) {
 	if err := cp.apply(st.GetVersion(), st); err != nil {
 		t.Fatal(err)
 	}
-	if want := map[maps.ResourceID][]netip.AddrPort{7: {live}, 8: {dead}}; !stdmaps.EqualFunc(a.svc.targets, want, slices.Equal) {
-		t.Fatalf("targets %v, want %v (TCP VIPs only)", a.svc.targets, want)
+	want := map[maps.ResourceID][]maps.VIP{7: tcpVIPs(live), 8: append(udpVIPs(netip.MustParseAddrPort("127.0.0.1:53")), tcpVIPs(dead)...)}
+	if !stdmaps.EqualFunc(a.svc.targets, want, slices.Equal) {
+		t.Fatalf("targets %v, want %v (the UDP one is checked only on service_check.udp's ports)", a.svc.targets, want)
 	}
 	for range DefaultServiceCheckFall {
 		a.svc.checkOnce(context.Background())
@@ -229,7 +231,7 @@ edge_service_unserved{resource="db"} 1
 	// With service_check disabled nothing is checked or reported.
 	b := New(&Config{Node: "host", Role: RoleMirror, ServiceCheck: ServiceCheckCfg{Disabled: true},
 		Controller: &ControllerCfg{Site: "eu"}}, "", discardLogger())
-	b.svc.setTargets(map[maps.ResourceID][]netip.AddrPort{9: {dead}})
+	b.svc.setTargets(map[maps.ResourceID][]maps.VIP{9: tcpVIPs(dead)})
 	for range 4 {
 		b.svc.checkOnce(context.Background())
 	}
@@ -252,13 +254,10 @@ func TestServiceTargetsStatic(t *testing.T) {
 			{Resource: 2, Region: 1}: {6: 1},
 		},
 	}
-	got := serviceTargets(c, map[maps.MirrorID]hostedMirror{5: hostedUp}, maps.TCP)
-	if want := map[maps.ResourceID][]netip.AddrPort{1: {netip.MustParseAddrPort("192.0.2.1:443")}}; !stdmaps.EqualFunc(got, want, slices.Equal) {
+	got := serviceTargets(c, map[maps.MirrorID]hostedMirror{5: hostedUp})
+	want := map[maps.ResourceID][]maps.VIP{1: append(udpVIPs(netip.MustParseAddrPort("192.0.2.1:53")), tcpVIPs(netip.MustParseAddrPort("192.0.2.1:443"))...)}
+	if !stdmaps.EqualFunc(got, want, slices.Equal) {
 		t.Fatalf("targets %v, want %v", got, want)
-	}
-	got = serviceTargets(c, map[maps.MirrorID]hostedMirror{5: hostedUp}, maps.UDP)
-	if want := map[maps.ResourceID][]netip.AddrPort{1: {netip.MustParseAddrPort("192.0.2.1:53")}}; !stdmaps.EqualFunc(got, want, slices.Equal) {
-		t.Fatalf("UDP targets %v, want %v", got, want)
 	}
 }
 
@@ -308,7 +307,7 @@ func TestServiceCheckUDP(t *testing.T) {
 	results := map[string]int{}
 	var mu sync.Mutex
 	s := newServiceChecker(cfg, func(r string) { mu.Lock(); results[r]++; mu.Unlock() })
-	s.setAllTargets(nil, map[maps.ResourceID][]netip.AddrPort{1: {echo4}, 2: {echo6}, 3: {silent}, 4: {closed}, 5: {unlisted}})
+	s.setTargets(map[maps.ResourceID][]maps.VIP{1: udpVIPs(echo4), 2: udpVIPs(echo6), 3: udpVIPs(silent), 4: udpVIPs(closed), 5: udpVIPs(unlisted)})
 	for range 3 {
 		s.checkOnce(context.Background())
 	}
@@ -342,9 +341,9 @@ func BenchmarkServiceCheckRound(b *testing.B) {
 	v := netip.MustParseAddrPort(l.Addr().String())
 	const n = 1000
 	b.Run("round", func(b *testing.B) {
-		targets := map[maps.ResourceID][]netip.AddrPort{}
+		targets := map[maps.ResourceID][]maps.VIP{}
 		for r := range n {
-			targets[maps.ResourceID(r+1)] = []netip.AddrPort{v}
+			targets[maps.ResourceID(r+1)] = tcpVIPs(v)
 		}
 		var mu sync.Mutex
 		ok := 0
@@ -429,7 +428,7 @@ func TestServiceCheckHTTP(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := newServiceChecker(cfg, func(r string) { mu.Lock(); results[r]++; mu.Unlock() })
-	s.setTargets(map[maps.ResourceID][]netip.AddrPort{1: {vPlain}, 2: {vTLS}, 3: {vMute}, 4: {vBare}})
+	s.setTargets(map[maps.ResourceID][]maps.VIP{1: tcpVIPs(vPlain), 2: tcpVIPs(vTLS), 3: tcpVIPs(vMute), 4: tcpVIPs(vBare)})
 	ctx := context.Background()
 	round := func(n int) {
 		for range n {
@@ -471,7 +470,7 @@ func TestServiceCheckHTTP(t *testing.T) {
 	vHang := ap(hang.Addr().String())
 	sh := newServiceChecker(ServiceCheckCfg{HTTP: &HTTPCheckCfg{Ports: []int{int(vHang.Port())}}}, func(r string) { mu.Lock(); results[r]++; mu.Unlock() })
 	before := results[checkTimeout]
-	if sh.checkVIP(ctx, vHang, 200*time.Millisecond, func(ctx context.Context) error { return sh.check(ctx, vHang, sh.http) }) {
+	if sh.checkVIP(ctx, tcpVIPs(vHang)[0], 200*time.Millisecond, sh.http, nil) {
 		t.Fatal("a server that never answers passed")
 	}
 	if results[checkTimeout] != before+1 {
@@ -491,7 +490,7 @@ func TestServiceCheckHTTP(t *testing.T) {
 		c6 := ServiceCheckCfg{Timeout: Duration(2 * time.Second), HTTP: &HTTPCheckCfg{Ports: []int{int(v6.Port())}}}
 		s6 := newServiceChecker(c6, nil)
 		s6.localAddrs = func() map[netip.Addr]bool { return map[netip.Addr]bool{v6.Addr(): true} }
-		if !s6.checkVIP(ctx, v6, time.Second, func(ctx context.Context) error { return s6.check(ctx, v6, s6.http) }) {
+		if !s6.checkVIP(ctx, tcpVIPs(v6)[0], time.Second, s6.http, nil) {
 			t.Fatalf("HTTP check of %v failed", v6)
 		}
 		if _, ok := paths.Load("/"); !ok {
@@ -517,8 +516,8 @@ func TestServiceCheckReload(t *testing.T) {
 	var dials atomic.Int32
 	s := newServiceChecker(ServiceCheckCfg{}, nil)
 	s.localAddrs = func() map[netip.Addr]bool { return map[netip.Addr]bool{vip.Addr(): true} }
-	s.dial = func(context.Context, netip.AddrPort) error { dials.Add(1); return syscall.ECONNREFUSED }
-	s.setTargets(map[maps.ResourceID][]netip.AddrPort{5: {vip}})
+	s.dial = func(context.Context, maps.VIP) error { dials.Add(1); return syscall.ECONNREFUSED }
+	s.setTargets(map[maps.ResourceID][]maps.VIP{5: tcpVIPs(vip)})
 	ctx := context.Background()
 	s.setConfig(ServiceCheckCfg{Fall: 1})
 	s.checkOnce(ctx)
@@ -549,4 +548,16 @@ func TestServiceCheckReload(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// tcpVIPs and udpVIPs turn addresses and ports into service-check targets.
+func tcpVIPs(aps ...netip.AddrPort) []maps.VIP { return protoVIPs(maps.TCP, aps) }
+func udpVIPs(aps ...netip.AddrPort) []maps.VIP { return protoVIPs(maps.UDP, aps) }
+
+func protoVIPs(p maps.Proto, aps []netip.AddrPort) []maps.VIP {
+	out := make([]maps.VIP, len(aps))
+	for i, ap := range aps {
+		out[i] = maps.VIP{Addr: ap.Addr(), Port: ap.Port(), Proto: p}
+	}
+	return out
 }
