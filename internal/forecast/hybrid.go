@@ -199,22 +199,20 @@ type Hybrid struct {
 	integer     bool               // every value so far was an integer (counts)
 	nonneg      bool               // no value so far was below zero
 
-	R        int               // ring of per-origin regression forecasts (the GRU's targets)
-	muY      []float64         // R×H regression forecast per origin
-	sgY      []float64         // R robust scale per origin
-	P        int               // ring of per-origin stacker inputs: H+1 origins
-	feat     []float32         // P×H×K stacker inputs per origin (single precision: they only weight a correction)
-	predY    []float64         // P×H stacked forecast (before events and the median shift)
-	predE    []float64         // P×H after events
-	predF    []float64         // P×H final point forecast (the combination's)
-	pl       *pool             // combination with simple experts (nil: NoPool)
-	yr       *yearly           // daily means over two years, for the yearly expert (nil: none)
-	hw       *holtWinters      // the combination's Holt-Winters expert (nil: not available)
-	surprise float64           // the hybrid's last one-step error if it was a surprise, else 0
-	gate     [gateBins]float64 // discounted advantage of the shifted one-step forecast after a surprise, per size (shiftGate)
-	gateN    [gateBins]float64 // discounted number of those bets, per size
-	gateL    [gateBins]float64 // and of those the bet lost
-	gateF    [3]float64        // the pending one-step (unshifted, shifted) forecasts of a gated origin and its size bin; NaN when none
+	R        int                    // ring of per-origin regression forecasts (the GRU's targets)
+	muY      []float64              // R×H regression forecast per origin
+	sgY      []float64              // R robust scale per origin
+	P        int                    // ring of per-origin stacker inputs: H+1 origins
+	feat     []float32              // P×H×K stacker inputs per origin (single precision: they only weight a correction)
+	predY    []float64              // P×H stacked forecast (before events and the median shift)
+	predE    []float64              // P×H after events
+	predF    []float64              // P×H final point forecast (the combination's)
+	pl       *pool                  // combination with simple experts (nil: NoPool)
+	yr       *yearly                // daily means over two years, for the yearly expert (nil: none)
+	hw       *holtWinters           // the combination's Holt-Winters expert (nil: not available)
+	surprise float64                // the hybrid's last one-step error if it was a surprise, else 0
+	gate     [gateBins]gateEvidence // the shift gate's evidence per surprise size (shiftGate)
+	bet      gateBet                // the one-step bet pending on the next value
 
 	K   int       // stacker width: numStk + covariates
 	rw  []float64 // H×K weights
@@ -311,7 +309,6 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 		// they would repeat Holt-Winters and the regression.
 		yearly := m.yr != nil && time.Duration(H)*cfg.Step >= 7*24*time.Hour
 		m.pl = newPool(H, m.P, m.W, max(m.d.spd, 1), stepsPer(cfg.Step, 7*24*time.Hour), yearly)
-		m.clearGate()
 		if m.pl.avail[expHW] {
 			m.hw = newHoltWinters(m.pl.season)
 		}
@@ -540,7 +537,7 @@ func (m *Hybrid) skipMany(n int64, last time.Time) error {
 	m.blr.Reset()
 	m.es = [3]float64{}
 	m.surprise = 0
-	m.clearGate()
+	m.bet = gateBet{}
 	if m.hw != nil {
 		m.hw.reset()
 	}
@@ -792,22 +789,21 @@ func (m *Hybrid) resolvePool(h, po int, y, rate float64) float64 {
 	m.pl.update(h, po, y, m.shr[h-1], m.integer)
 	// The error scale is positive once a forecast has missed; a series
 	// that never changed has no scale to weigh the bet's outcome in.
-	if g := m.gateF; h == 1 && !math.IsNaN(g[0]) && m.shr[0] > 0 {
+	if b := m.bet; h == 1 && b.pending && m.shr[0] > 0 {
 		for k := range m.gate {
-			m.gate[k] *= gateLam
-			m.gateN[k] *= gateLam
-			m.gateL[k] *= gateLam
+			g := &m.gate[k]
+			g.adv, g.n, g.lost = gateLam*g.adv, gateLam*g.n, gateLam*g.lost
 		}
-		k := int(g[2])
-		adv := (math.Abs(y-g[0]) - math.Abs(y-g[1])) / m.shr[0]
-		m.gate[k] += adv
-		m.gateN[k]++
+		g := &m.gate[b.bin]
+		adv := (math.Abs(y-b.c) - math.Abs(y-b.last)) / m.shr[0]
+		g.adv += adv
+		g.n++
 		if adv < 0 {
-			m.gateL[k]++
+			g.lost++
 		}
 	}
 	if h == 1 {
-		m.clearGate()
+		m.bet = gateBet{}
 	}
 	ae := math.Abs(y - fin)
 	trackQuantiles(m.qF[2*(h-1):2*h], (y-fin)/m.ivScale(h), ivEta0/math.Sqrt(float64(h)))
@@ -849,7 +845,7 @@ func (m *Hybrid) resolvePool(h, po int, y, rate float64) float64 {
 // around zero and a gate following its sign loses a whole burst on every
 // wrong bet.
 func (m *Hybrid) shiftGate(c, last float64) float64 {
-	m.clearGate()
+	m.bet = gateBet{}
 	if m.surprise == 0 {
 		return c
 	}
@@ -857,21 +853,29 @@ func (m *Hybrid) shiftGate(c, last float64) float64 {
 	if z := math.Abs(m.surprise) / m.shr[0]; z < math.Exp2(gateBins+1) {
 		bin = max(int(math.Log2(z))-2, 0)
 	}
-	m.gateF = [3]float64{c, last, float64(bin)}
-	adv, n, lost := 0.0, 0.0, 0.0
-	for k := max(bin-gateBelow, 0); k < gateBins; k++ {
-		adv += m.gate[k]
-		n += m.gateN[k]
-		lost += m.gateL[k]
+	m.bet = gateBet{pending: true, c: c, last: last, bin: bin}
+	var sum gateEvidence
+	for _, g := range m.gate[max(bin-gateBelow, 0):] {
+		sum.adv, sum.n, sum.lost = sum.adv+g.adv, sum.n+g.n, sum.lost+g.lost
 	}
-	if adv >= 0 && lost <= n/2 {
+	if sum.adv >= 0 && sum.lost <= sum.n/2 {
 		return last
 	}
 	return c
 }
 
-// clearGate forgets the pending gated forecast.
-func (m *Hybrid) clearGate() { m.gateF = [3]float64{math.NaN(), math.NaN(), math.NaN()} }
+// gateEvidence is what the shift gate learnt from the surprises of one
+// size: the discounted advantage of betting on the shift (robust scales),
+// and the discounted number of bets and of those lost.
+type gateEvidence struct{ adv, n, lost float64 }
+
+// gateBet is a one-step bet awaiting its value: the combination's
+// forecast c, the last value, and the surprise's size bin.
+type gateBet struct {
+	pending bool
+	c, last float64
+	bin     int
+}
 
 // stackUpdate adds one (inputs, target) pair to the exponentially weighted,
 // Huber-weighted ridge regression of horizon index h and re-solves it.
@@ -1165,7 +1169,7 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 			}
 			m.pl.skip(h, po)
 			if h == 1 {
-				m.clearGate()
+				m.bet = gateBet{}
 			}
 		} else if m.pl != nil {
 			// The final forecast is the combination's; its intervals come

@@ -616,8 +616,8 @@ func TestShiftGate(t *testing.T) {
 		r := newModel()
 		d := &dec{b: e.b}
 		r.decode(d)
-		if d.err != nil || r.gate != m.gate || r.gateF != m.gateF {
-			t.Fatalf("restored gate %v %v, want %v %v (%v)", r.gate, r.gateF, m.gate, m.gateF, d.err)
+		if d.err != nil || r.gate != m.gate || r.bet != m.bet || !m.bet.pending {
+			t.Fatalf("restored gate %v %+v, want %v %+v, pending (%v)", r.gate, r.bet, m.gate, m.bet, d.err)
 		}
 		for i := at + 1; i < s.Len(); i++ {
 			m.Observe(s.Time(i), s.Values[i])
@@ -628,7 +628,7 @@ func TestShiftGate(t *testing.T) {
 		}
 		// A pending forecast's size bin out of range, or more bets lost
 		// than made, is refused.
-		m.gateF = [3]float64{1, 2, gateBins}
+		m.bet = gateBet{pending: true, c: 1, last: 2, bin: gateBins}
 		e = &enc{}
 		m.encode(e)
 		d = &dec{b: e.b}
@@ -636,8 +636,8 @@ func TestShiftGate(t *testing.T) {
 		if d.err == nil {
 			t.Fatal("a pending gated forecast of size bin gateBins was accepted")
 		}
-		m.clearGate()
-		m.gateL[0] = m.gateN[0] + 1
+		m.bet = gateBet{}
+		m.gate[0].lost = m.gate[0].n + 1
 		e = &enc{}
 		m.encode(e)
 		d = &dec{b: e.b}
@@ -670,7 +670,7 @@ func TestShiftGate(t *testing.T) {
 				}
 			}
 		}
-		if g := m.gate[gateBins-1]; g >= 0 {
+		if g := m.gate[gateBins-1]; g.adv >= 0 {
 			t.Fatalf("gate evidence %v after %d spikes: still betting on shifts", m.gate, after)
 		}
 		if bets > 0 {
@@ -703,11 +703,11 @@ func TestShiftGateConstantSeries(t *testing.T) {
 		}
 	}
 	for k, g := range m.gate {
-		if math.IsNaN(g) || math.IsInf(g, 0) {
+		if math.IsNaN(g.adv) || math.IsInf(g.adv, 0) {
 			t.Fatalf("gate evidence %d: %v", k, m.gate)
 		}
 	}
-	t.Logf("gate %v bets %v lost %v, scale %v", m.gate, m.gateN, m.gateL, m.shr[0])
+	t.Logf("gate %+v, scale %v", m.gate, m.shr[0])
 	e := &enc{}
 	m.encode(e)
 	r, _ := NewHybrid(cfg, nil)

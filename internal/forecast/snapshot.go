@@ -276,14 +276,15 @@ func (m *Hybrid) encode(e *enc) {
 		e.fs(m.shFr)
 		e.fs(m.qF)
 		e.f64(m.surprise)
-		for _, a := range [][]float64{m.gate[:], m.gateN[:], m.gateL[:]} {
-			for _, v := range a {
-				e.f64(v)
-			}
+		for _, g := range m.gate {
+			e.f64(g.adv)
+			e.f64(g.n)
+			e.f64(g.lost)
 		}
-		for _, v := range m.gateF {
-			e.f64(v)
-		}
+		e.bool(m.bet.pending)
+		e.f64(m.bet.c)
+		e.f64(m.bet.last)
+		e.int(m.bet.bin)
 		m.pl.encode(e)
 		e.bool(m.hw != nil)
 		if m.hw != nil {
@@ -370,27 +371,19 @@ func (m *Hybrid) decode(d *dec) {
 		d.fsInto(m.shFr, "recent error scales")
 		d.fsInto(m.qF, "final quantiles")
 		m.surprise = d.f64()
-		for _, a := range [][]float64{m.gate[:], m.gateN[:], m.gateL[:]} {
-			for k := range a {
-				a[k] = d.f64()
+		for k := range m.gate {
+			g := &m.gate[k]
+			g.adv, g.n, g.lost = d.f64(), d.f64(), d.f64()
+			d.inRange([]float64{g.adv}, -math.MaxFloat64, math.MaxFloat64, "shift gate")
+			if !(g.n >= 0 && g.n <= math.MaxFloat64 && g.lost >= 0 && g.lost <= g.n) {
+				d.fail(fmt.Sprintf("shift gate: %v bets lost of %v", g.lost, g.n))
 			}
 		}
-		for k := range m.gateF {
-			m.gateF[k] = d.f64()
-		}
-		d.inRange(m.gate[:], -math.MaxFloat64, math.MaxFloat64, "shift gate")
-		d.inRange(m.gateN[:], 0, math.MaxFloat64, "shift gate's bets")
-		for k, l := range m.gateL {
-			if !(l >= 0 && l <= m.gateN[k]) {
-				d.fail(fmt.Sprintf("shift gate: %v bets lost of %v", l, m.gateN[k]))
-				break
-			}
-		}
-		if g := m.gateF; !math.IsNaN(g[0]) || !math.IsNaN(g[1]) || !math.IsNaN(g[2]) {
-			d.inRange(g[:2], -math.MaxFloat64, math.MaxFloat64, "shift gate's pending forecasts")
-			d.inRange(g[2:], 0, gateBins-1, "shift gate's pending size")
-			if g[2] != math.Trunc(g[2]) {
-				d.fail("shift gate's pending size is not a whole bin")
+		m.bet = gateBet{pending: d.bool(), c: d.f64(), last: d.f64(), bin: d.int()}
+		if m.bet.pending {
+			d.inRange([]float64{m.bet.c, m.bet.last}, -math.MaxFloat64, math.MaxFloat64, "shift gate's pending forecasts")
+			if m.bet.bin < 0 || m.bet.bin >= gateBins {
+				d.fail(fmt.Sprintf("shift gate's pending size bin %d outside [0, %d)", m.bet.bin, gateBins))
 			}
 		}
 		m.pl.decode(d)
