@@ -23,6 +23,7 @@ import (
 
 	"github.com/premirror/premirror/internal/cli"
 	"github.com/premirror/premirror/internal/forecast"
+	"github.com/premirror/premirror/internal/textin"
 )
 
 func init() {
@@ -761,7 +762,7 @@ func parseLatency(in io.Reader, path string) (map[string]map[string]float64, err
 		first = first[:i]
 	}
 	r := csv.NewReader(br)
-	r.Comma = forecast.Separator(first)
+	r.Comma = textin.Separator(first)
 	r.FieldsPerRecord = 3
 	r.Comment = '#'
 	r.TrimLeadingSpace = true

@@ -246,8 +246,9 @@ const maxTableRows = 5_000_000
 // ignored (listed in Table.Ignored), as is a column with no name or a
 // row-number column (isIndexColumn). A row with an empty value is
 // skipped; a malformed row rejects the whole input with an error naming
-// its line. A UTF-8 byte-order mark is skipped, and a first line with no
-// comma but semicolons (or tabs) makes that the separator.
+// its line. A UTF-8 byte-order mark is skipped, and the separator is the
+// most frequent of comma, semicolon and tab in the first lines
+// (textin.Separator).
 func ReadTable(r io.Reader) (*Table, error) {
 	cr, decComma, err := newCSVReader(r)
 	if err != nil {
@@ -596,29 +597,19 @@ func (t *Table) dropColumns(text []bool) {
 
 // newCSVReader opens r as a spreadsheet or database export: a UTF-8
 // byte-order mark skipped, UTF-16 refused by name, CR-only line ends
-// split, the separator sniffed from the first line (Separator). decComma:
-// the separator is not a comma, so numbers may carry a decimal comma.
+// split, the separator sniffed from its first lines (textin.Separator).
+// decComma: the separator is not a comma, so numbers may carry a decimal
+// comma.
 func newCSVReader(r io.Reader) (*csv.Reader, bool, error) {
 	br := bufio.NewReader(r)
 	if b, _ := br.Peek(2); textin.IsUTF16(b) {
 		return nil, false, fmt.Errorf("%w: UTF-16 text (byte-order mark %X): save the file as UTF-8 CSV", ErrBadInput, b)
 	}
-	in, _ := textin.Normalize(br)
+	in, head := textin.Normalize(br)
 	cr := csv.NewReader(in)
-	cr.Comma = sniffComma(br)
+	cr.Comma = textin.Separator(head)
 	return cr, cr.Comma != ',', nil
 }
-
-// sniffComma picks the field separator from the head of the input
-// (Separator).
-func sniffComma(br *bufio.Reader) rune {
-	b, _ := br.Peek(4096) // fewer bytes at the end of a short input
-	return Separator(b)
-}
-
-// Separator picks the field separator of a CSV from its head (the rule
-// route-eval's matrices follow too: textin.Separator).
-func Separator(b []byte) rune { return textin.Separator(b) }
 
 // Agg says how samples inside one bucket combine.
 type Agg int

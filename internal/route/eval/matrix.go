@@ -113,10 +113,6 @@ func firstLine(s string) string {
 	return s
 }
 
-// sniffSep picks the field separator of one line (textin.Separator, the
-// forecast tables' rule too).
-func sniffSep(line string) rune { return textin.Separator([]byte(line)) }
-
 // endNote returns a note when the input's last line has no line ending:
 // a file cut short mid-number still parses, so say so rather than stay
 // silent. Call it after the last record was read.
@@ -756,7 +752,7 @@ func LoadFile(path string) (*Matrix, error) {
 func looksSquare(first string) bool {
 	first = strings.TrimPrefix(first, utf8BOM)
 	r := csv.NewReader(strings.NewReader(first))
-	r.Comma = sniffSep(first)
+	r.Comma = textin.Separator([]byte(first))
 	r.LazyQuotes = true
 	rec, _ := r.Read()
 	if len(rec) < 3 {
