@@ -68,7 +68,7 @@ func ctlDrain(ctx context.Context, verb string, args []string) error {
 		from, to = to, from
 	}
 	var changed []*pb.Mirror
-	var lines, names []string
+	var lines []string
 	for _, m := range picked {
 		st := m.GetState()
 		if st == pb.MirrorState_MIRROR_STATE_UNSPECIFIED {
@@ -80,7 +80,6 @@ func ctlDrain(ctx context.Context, verb string, args []string) error {
 		case from:
 			m.State = to
 			changed = append(changed, m)
-			names = append(names, m.GetName())
 			lines = append(lines, fmt.Sprintf("mirror/%s %s (was %s)", m.GetName(), controller.MirrorStateName(to), controller.MirrorStateName(from)))
 		default:
 			lines = append(lines, fmt.Sprintf("mirror/%s is %s: left as it is", m.GetName(), controller.MirrorStateName(st)))
@@ -97,7 +96,11 @@ func ctlDrain(ctx context.Context, verb string, args []string) error {
 	switch {
 	case *dry:
 		fmt.Fprintln(ctlOut, "dry run: nothing written")
-	case verb == "drain" && len(names) > 0:
+	case verb == "drain" && len(changed) > 0:
+		names := make([]string, len(changed))
+		for i, m := range changed {
+			names[i] = m.GetName()
+		}
 		fmt.Fprintf(ctlOut, "new flows go to other mirrors; established flows stay until they end. Before taking the host down, wait for\n"+
 			"  sum(rate(edge_forwarded_packets_total{mirror=~%q}[1m]))\nto reach 0 (edge agents' metrics).\n", strings.Join(names, "|"))
 	}
