@@ -135,7 +135,7 @@ func (r *Result) MASE1toH() float64 {
 // is the mean absolute seasonal-naive (season = Season) error inside that
 // origin's training window. Methods run concurrently.
 func Backtest(ctx context.Context, s *Series, feeds *Feeds, methods []MethodSpec, cfg BacktestConfig) ([]Result, error) {
-	s = s.trimmed()
+	s = s.trimmed().rescaled()
 	cfg, err := cfg.withDefaults(s)
 	if err != nil {
 		return nil, err
@@ -349,26 +349,44 @@ func Baselines() []MethodSpec {
 			if m < 2 {
 				m = stepsPer(s.Step, 7*24*time.Hour)
 			}
-			if err := squaresFit(s); err != nil {
-				return nil, err
-			}
 			return NewETS(m, c.Window, c.Horizon), nil
 		}},
 	}
 }
 
-// maxSquarable bounds the values the least-squares methods (ETS, the
-// hybrid) accept: their sums of squares overflow beyond about 1e154, and
-// a forecast of NaN would leave every target unscored.
-const maxSquarable = 1e100
+// rescaleBound: a series whose largest magnitude lies outside
+// [2^−rescaleBound, 2^rescaleBound] is backtested in units of a power of
+// two. The models' sums of squares overflow beyond about 1e154 and
+// underflow below 1e−154, and the combination keeps its experts'
+// forecasts as float32 (1e−38 to 3e38); every other part of the protocol
+// is scale-free (MASE, sMAPE and coverage are ratios, the pinball loss is
+// divided by the MASE scale), and multiplying by 2^k is exact, so the
+// figures are those of the series itself. Within the bound nothing is
+// rescaled: integer counts stay integers (the hybrid forecasts counts as
+// counts).
+const rescaleBound = 64
 
-func squaresFit(s *Series) error {
-	for _, v := range s.Values {
-		if math.Abs(v) > maxSquarable {
-			return fmt.Errorf("%w: a value of %.3g; sums of squares overflow beyond %g (rescale the series)", ErrNotApplicable, v, maxSquarable)
+// rescaled returns s in units of 2^k, its largest observed magnitude in
+// [1, 2), when that magnitude is outside the bound; s itself otherwise.
+func (s *Series) rescaled() *Series {
+	top := 0.0
+	for i, v := range s.Values {
+		if s.Observed[i] {
+			top = math.Max(top, math.Abs(v))
 		}
 	}
-	return nil
+	if top == 0 || (top >= math.Ldexp(1, -rescaleBound) && top <= math.Ldexp(1, rescaleBound)) {
+		return s
+	}
+	_, e := math.Frexp(top) // top = f·2^e, f in [0.5, 1)
+	t := *s
+	t.Values = make([]float64, len(s.Values))
+	for i, v := range s.Values {
+		t.Values[i] = math.Ldexp(v, 1-e)
+	}
+	slog.Info("backtest: values rescaled for the models' floating-point range (the figures are scale-free)",
+		"series", s.Name, "unit", fmt.Sprintf("2^%d", e-1))
+	return &t
 }
 
 // ErrNotApplicable marks a method that does not apply to a series (for
@@ -383,9 +401,6 @@ func HybridSpec(name string, base HybridConfig) MethodSpec {
 		cfg.Step = s.Step
 		cfg.Window = c.Window
 		cfg.Horizon = c.Horizon
-		if err := squaresFit(s); err != nil {
-			return nil, err
-		}
 		if cfg.Window < minHybridWindow {
 			// Weekly buckets with a four-week window, say: report the
 			// method as not applicable and let the baselines run.

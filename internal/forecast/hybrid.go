@@ -600,7 +600,12 @@ func (m *Hybrid) rebase() {
 		mean /= sw
 		sd := math.Sqrt(math.Max(sq/sw-mean*mean, 0))
 		m.c = mean
-		m.s = math.Max(sd, 1e-9*(math.Abs(mean)+1))
+		// Relative floor: the model is scale-equivariant (a series in
+		// bytes and the same in petabytes give the same forecasts).
+		m.s = math.Max(sd, 1e-9*math.Abs(mean))
+		if m.s == 0 {
+			m.s = 1 // a constant zero window: any unit will do
+		}
 	}
 	m.d.trendRef = m.last.Unix()
 	m.blr.Reset()
@@ -1054,7 +1059,7 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 			sy += v
 			sf += v - m.res[i%int64(m.W)]
 		}
-		if math.Abs(sf) < 1e-12 {
+		if math.Abs(sf) <= 1e-12*math.Abs(sy) {
 			return 0
 		}
 		return clip(sy/sf-1, 10)
