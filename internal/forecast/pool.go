@@ -91,6 +91,9 @@ const (
 	// what the slow scale alone gave, except the series with a transient.
 	ivRecentRate = 1.0 / 8
 	ivRecentCap  = 1.5
+	// errAbsurd: an error beyond this many times the error scale it
+	// updates is a broken measurement, not a regime (clipErr).
+	errAbsurd = 1000.0
 	// ivEta0/√h is the step of the final interval's quantile trackers at
 	// horizon h (in units of its error scale). The one-step trackers
 	// learn of each error at once and can move fast (at 0.05, NAB
@@ -198,7 +201,7 @@ func newPool(H, P, W, spd, wk int, yearly bool) *pool {
 // combine stores the experts' forecasts f of horizon h (1-based) made at
 // origin slot po and the candidates built from them, and returns the
 // combined forecast. Integer series get an integer forecast.
-func (p *pool) combine(h, po int, f *[numExp]float64, integer bool) float64 {
+func (p *pool) combine(h, po int, f *[numExp]float64, scale float64, integer bool) float64 {
 	fc := p.fc[(po*p.H+h-1)*numCand : (po*p.H+h)*numCand]
 	fc[0] = float32(f[expHybrid])
 	for g := 0; g < poolEtas; g++ {
@@ -208,10 +211,19 @@ func (p *pool) combine(h, po int, f *[numExp]float64, integer bool) float64 {
 		// it sleeps (update), so a series on which it never wakes is
 		// combined as if it did not exist.
 		w := p.w[((h-1)*poolEtas+g)*numExp : ((h-1)*poolEtas+g+1)*numExp]
+		med := weightedMedian(f, w, &p.avail)
+		// The mean takes each expert at most poolLossClip error scales
+		// from the median, the most one loss can teach the weights: a
+		// seasonal naive replaying last week's counter reset (10⁹ on a
+		// series of level 10) moved the mean by 10⁷ at a weight of 1%.
+		lo, hi := math.Inf(-1), math.Inf(1)
+		if scale > 0 {
+			lo, hi = med-poolLossClip*scale, med+poolLossClip*scale
+		}
 		c, sw := 0.0, 0.0
 		for k, ok := range p.avail {
 			if ok && !math.IsNaN(f[k]) {
-				c += w[k] * f[k]
+				c += w[k] * math.Min(math.Max(f[k], lo), hi)
 				sw += w[k]
 			}
 		}
@@ -219,7 +231,7 @@ func (p *pool) combine(h, po int, f *[numExp]float64, integer bool) float64 {
 			c /= sw
 		}
 		fc[g+1] = float32(c)
-		fc[1+poolEtas+g] = float32(weightedMedian(f, w, &p.avail))
+		fc[1+poolEtas+g] = float32(med)
 	}
 	v := p.v[(h-1)*numCand : h*numCand]
 	c := 0.0

@@ -41,8 +41,10 @@ const (
 	// the trend) and the non-negative flag; 4: the recent error scale of
 	// the intervals; 5: the Holt-Winters expert of the combination and the location
 	// mixture's AdaHedge state; 6: two yearly experts in the combination;
-	// 7: the shift gate. Older snapshots are refused with ErrSnapshotVersion.
-	snapVersion = 7
+	// 7: the shift gate; 8: the stored residuals are Huberized (weight ×
+	// residual: Hybrid.clean reads the value back from them). Older
+	// snapshots are refused with ErrSnapshotVersion.
+	snapVersion = 8
 	// maxSnapshot bounds what Restore reads (a million series of a few
 	// hundred kilobytes would not fit anyway).
 	maxSnapshot = 64 << 30
