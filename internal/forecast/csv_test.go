@@ -3,6 +3,7 @@ package forecast
 import (
 	"errors"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -183,6 +184,19 @@ func TestCovariates(t *testing.T) {
 	}
 	if len(c.Names()) != before {
 		t.Fatalf("a rejected file changed the feeds: %v", c.Names())
+	}
+	// A value under a nameless header column is refused before any of the
+	// file applies (the fuzzer found it half-applied: the named column
+	// first, then Set refused the empty name); a trailing comma in the
+	// header is fine while its column stays empty.
+	if err := c.ReadCSV(strings.NewReader("timestamp,gust,\n2015-01-01 00:00,3,4\n")); !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), "column 3") {
+		t.Fatalf("value in a nameless column: %v", err)
+	}
+	if len(c.Names()) != before {
+		t.Fatalf("a rejected file changed the feeds: %v", c.Names())
+	}
+	if err := c.ReadCSV(strings.NewReader("timestamp,gust,\n2015-01-01 00:00,3,\n")); err != nil || !slices.Contains(c.Names(), "gust") {
+		t.Fatalf("trailing comma in the header: %v, names %v", err, c.Names())
 	}
 }
 

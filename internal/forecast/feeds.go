@@ -367,6 +367,12 @@ func (c *Covariates) ReadCSV(r io.Reader) error {
 			if i == rcol || isMissing(row[i]) {
 				continue
 			}
+			if names[i] == "" {
+				// Checked here, not by Set, so the file is refused
+				// before any of it applies (a header's trailing comma
+				// is fine while its column stays empty).
+				return fmt.Errorf("%w: covariates line %d column %d: a value in a column with no name in the header", ErrBadInput, line, i+1)
+			}
 			v, err := parseNumber(row[i], decComma)
 			if err != nil {
 				return fmt.Errorf("covariates line %d column %d: %w", line, i+1, err)
