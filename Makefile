@@ -34,6 +34,10 @@ test: deps ## everything CI runs: lint, generate check, unit + netns tests, ever
 test-long: deps ## long stress and crash loops (root)
 	@PREMIRROR_LONG=1 bash scripts/test.sh
 
+.PHONY: fuzz
+fuzz: ## run every fuzz target with the fuzzing engine (FUZZTIME=30s each, FUZZ=regexp of targets; root)
+	@bash scripts/fuzz.sh
+
 .PHONY: bench
 bench: deps ## data-plane and package benchmarks with full benchtime
 	@bash scripts/bench.sh
