@@ -544,13 +544,16 @@ func (cp *controlPlane) accessCounts() []*pb.AccessCount {
 }
 
 // counterGrowth is what each counter gained from prev to cur, for the
-// counters that gained packets or new flows. A counter below its previous
-// value was recreated (maps detached and loaded again) and counts from 0.
+// counters that gained packets or new flows. A counter with any field
+// below its previous value was recreated (maps detached and loaded again)
+// and counts from 0: checking packets alone, a recreated counter that had
+// already passed the old packet count but not the old flow count reported
+// 2^64 − a few new flows.
 func counterGrowth(prev, cur map[pmaps.CounterKey]pmaps.Counter) []*pb.AccessCount {
 	var out []*pb.AccessCount
 	for k, v := range cur {
 		p := prev[k]
-		if v.Packets < p.Packets {
+		if v.Packets < p.Packets || v.Bytes < p.Bytes || v.NewFlows < p.NewFlows {
 			p = pmaps.Counter{}
 		}
 		d := pmaps.Counter{Packets: v.Packets - p.Packets, Bytes: v.Bytes - p.Bytes, NewFlows: v.NewFlows - p.NewFlows}

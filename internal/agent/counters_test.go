@@ -29,6 +29,14 @@ func TestCounterGrowth(t *testing.T) {
 			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 50, Bytes: 5000, NewFlows: 20}},
 			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 4, Bytes: 400, NewFlows: 1}},
 			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 4, Bytes: 400, NewFlows: 1}}},
+		{"recreated counter already past the old packets, not the old flows",
+			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 50, Bytes: 5000, NewFlows: 20}},
+			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 60, Bytes: 6000, NewFlows: 3}},
+			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 60, Bytes: 6000, NewFlows: 3}}},
+		{"recreated counter past the old packets, not the old bytes",
+			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 50, Bytes: 50000, NewFlows: 2}},
+			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 60, Bytes: 3600, NewFlows: 5}},
+			map[pmaps.CounterKey]pmaps.Counter{k1: {Packets: 60, Bytes: 3600, NewFlows: 5}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got := map[pmaps.CounterKey]pmaps.Counter{}
