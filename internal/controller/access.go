@@ -34,6 +34,13 @@ import (
 // replica's clock before the replica places the report by its own clock.
 const maxClockSkew = 30 * time.Second
 
+// maxFlowsPerSecond bounds the new flows one access count may claim per
+// second of its report's span (at least a second): ten times the packet
+// rate of a 400 Gbit/s link of minimum-size frames. Beyond it the count
+// is a broken counter (a wrapped subtraction: 2^64 − a few), not demand,
+// and is dropped before it reaches the forecaster.
+const maxFlowsPerSecond = 6e9
+
 // bucketFlows is one session's new flows in one bucket.
 type bucketFlows struct {
 	flows     map[[2]uint32]uint64 // (resource ID, region ID) → new flows
@@ -114,10 +121,17 @@ func (a *agentConn) recordAccess(r *pb.Report, now time.Time) {
 		return
 	}
 	start, end := reportSpan(r, now, fc.maxSpan())
+	limit := maxFlowsPerSecond * max(end.Sub(start).Seconds(), 1)
 	var received, late float64
 	a.mu.Lock()
 	for _, ac := range r.GetAccess() {
 		if ac.GetNewFlows() == 0 {
+			continue
+		}
+		if float64(ac.GetNewFlows()) > limit {
+			a.c.m.accessFlows.WithLabelValues("implausible").Inc()
+			a.c.log.Warn("implausible access count dropped", "node", a.node, "resource_id", ac.GetResourceId(),
+				"region_id", ac.GetRegionId(), "new_flows", ac.GetNewFlows(), "span", end.Sub(start))
 			continue
 		}
 		k := [2]uint32{ac.GetResourceId(), ac.GetRegionId()}

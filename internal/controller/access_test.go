@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/flate"
 	"crypto/sha256"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -166,10 +167,20 @@ func TestPendingAccessRules(t *testing.T) {
 	if n := testutil.ToFloat64(a.c.m.accessFlows.WithLabelValues("late_at_replica")); n != 10 {
 		t.Fatalf("late flows counted: %v, want 10", n)
 	}
+	// A count no link could carry in its one-second span (a wrapped
+	// counter subtraction) is dropped and counted, the rest of the report
+	// kept.
+	a.recordAccess(rep(t0.Add(time.Hour+19*time.Second), math.MaxUint64-16), t0.Add(time.Hour+19*time.Second))
+	if n := testutil.ToFloat64(a.c.m.accessFlows.WithLabelValues("implausible")); n != 1 {
+		t.Fatalf("implausible counts: %v, want 1", n)
+	}
+	if got := due(t0.Add(time.Hour+19*time.Second), false); len(got) != 1 || len(got[0].GetFlows()) != 1 || got[0].GetFlows()[0].GetNewFlows() != 1 {
+		t.Fatalf("after an implausible count: %v", got)
+	}
 	// A closing session writes everything dirty.
 	a.recordAccess(rep(t0.Add(time.Hour+20*time.Second), 1), t0.Add(time.Hour+20*time.Second))
 	a.recordAccess(rep(t0.Add(time.Hour+21*time.Second), 1), t0.Add(time.Hour+21*time.Second))
-	if got := due(t0.Add(time.Hour+21*time.Second), true); len(got) != 1 || got[0].GetFlows()[0].GetNewFlows() != 4 {
+	if got := due(t0.Add(time.Hour+21*time.Second), true); len(got) != 1 || got[0].GetFlows()[0].GetNewFlows() != 5 { // 1 + 2 + 2
 		t.Fatalf("final session flush: %v", got)
 	}
 }

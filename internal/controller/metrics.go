@@ -60,7 +60,8 @@ func newMetrics(c *Controller) *metrics {
 			Help: "Route-table slots moved by the versions this replica wrote."}),
 		accessFlows: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "premirror_controller_access_flows_total",
 			Help: "New flows of agents' access counts on their way to the forecaster, by outcome: received (by this replica), " +
-				"late_at_replica (for a bucket already written for the last time), ingested, late, rejected, " +
+				"late_at_replica (for a bucket already written for the last time), implausible (counts, not flows: more new flows " +
+				"than a link can carry in the report's span, a broken counter), ingested, late, rejected, " +
 				"unknown_resource, unknown_region (by the leader)."}, []string{"outcome"}),
 		aggregateWrites: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_controller_access_aggregate_writes_total",
 			Help: "Per-bucket access aggregates this replica wrote to etcd."}),
