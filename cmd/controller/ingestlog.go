@@ -35,9 +35,13 @@ country databases, /usr/share/GeoIP/GeoIP.dat and GeoIPv6.dat from the
 geoip-database package). Addresses none of them knows count as --unknown.
 Every bucket between the first and the last request is written for every
 location, zeros included; the first and last buckets, which the log only
-partly covers, are dropped unless --keep-partial. Malformed lines are
+partly covers, are dropped unless --keep-partial. A few requests far from
+all the others (at most 1% at either end, past a gap longer than the rest
+of the log: a typo'd year, a reset clock) are left out with a warning, as
+the forecast commands leave out stray rows. Malformed lines are
 counted by reason and skipped (--strict: the first one is an error naming
-the line); the summary, counts only, goes to standard error.
+the line; a time before 1678 or after 2262 is bad_time); the summary,
+counts only, goes to standard error.
 
 Behind a reverse proxy or load balancer the connecting address (%h,
 $remote_addr) is the proxy. Log the header and add it to --format
@@ -150,6 +154,16 @@ func runIngestLog(ctx context.Context, args []string, stdin io.Reader, out, errO
 	}
 	if counts.Total() == 0 {
 		return fmt.Errorf("ingest-log: %w in %s (%d lines)", accesslog.ErrEmpty, strings.Join(o.files, ", "), stats.Lines)
+	}
+	if st := counts.TrimStray(); st.Before > 0 {
+		fmt.Fprintf(errOut, "ingest-log: %d request(s) far before all the others left out (a typo'd date or a reset clock?), the first at %s\n",
+			st.Before, st.First.Format(time.DateTime))
+		if st.After > 0 {
+			fmt.Fprintf(errOut, "ingest-log: %d request(s) far after all the others left out, the last at %s\n", st.After, st.Last.Format(time.DateTime))
+		}
+	} else if st.After > 0 {
+		fmt.Fprintf(errOut, "ingest-log: %d request(s) far after all the others left out (a typo'd date or a reset clock?), the last at %s\n",
+			st.After, st.Last.Format(time.DateTime))
 	}
 	w := out
 	var f *os.File

@@ -368,6 +368,33 @@ func TestIngestLogTimeFormats(t *testing.T) {
 	}
 }
 
+// TestIngestLogStrayDates: one line dated 2105 among two days of 2015
+// would have made 788,000 hourly rows of zeros; it is left out and said
+// so. A year no int64 of nanoseconds holds is a bad time.
+func TestIngestLogStrayDates(t *testing.T) {
+	var b strings.Builder
+	at := time.Date(2015, 5, 17, 0, 0, 0, 0, time.UTC)
+	for m := range 48 * 60 {
+		if m%2 == 0 {
+			fmt.Fprintf(&b, "10.1.0.7 - - [%s] \"GET / HTTP/1.1\" 200 5\n", at.Add(time.Duration(m)*time.Minute).Format("02/Jan/2006:15:04:05 -0700"))
+		}
+	}
+	b.WriteString(`10.1.0.7 - - [17/May/2105:10:05:03 +0000] "GET / HTTP/1.1" 200 5` + "\n")
+	b.WriteString(`10.1.0.7 - - [01/Jan/0001:00:00:00 +0000] "GET / HTTP/1.1" 200 5` + "\n")
+	out, errOut, err := ingest(t, []byte(b.String()), "--format", "common", "--total", "-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rows := strings.Count(out, "\n") - 1; rows != 46 { // 48 hours, the partial first and last dropped
+		t.Fatalf("%d rows, want 46:\n%s", rows, errOut)
+	}
+	for _, want := range []string{"1 request(s) far after all the others left out", "2105-05-17 10:00:00", "bad_time=1"} {
+		if !strings.Contains(errOut, want) {
+			t.Fatalf("summary lacks %q:\n%s", want, errOut)
+		}
+	}
+}
+
 func TestIngestLogNewFlagErrors(t *testing.T) {
 	logPath, _ := synthLog(t)
 	const xff = `%h %l %u %t "%r" %>s %b "%{Referer}i" "%{User-agent}i" "%{X-Forwarded-For}i"`

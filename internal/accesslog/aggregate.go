@@ -86,6 +86,103 @@ func (c *Counts) Add(client netip.Addr, t time.Time) {
 // Total is the number of requests counted.
 func (c *Counts) Total() uint64 { return c.total }
 
+// Stray is what TrimStray left out: requests before and after the rest,
+// and the span of the buckets they fell in (zero times: none).
+type Stray struct {
+	Before, After uint64
+	First, Last   time.Time // the first stray bucket before, the last after
+}
+
+// TrimStray leaves out the requests far before or after all the others:
+// at each end, at most 1% of the requests, in buckets separated from the
+// rest by a gap longer than the rest's whole span — a typo'd year or a
+// reset clock in a few lines, which would otherwise make every bucket
+// between them and the rest a row of zeros in the CSV (a line dated 2105
+// in a log of 2015: 788,000 hourly rows). forecast's table reader leaves
+// out stray rows by the same rule. Strays at one end hide those at the
+// other (they stretch the span the gap is compared with), so it trims
+// until nothing more is stray.
+func (c *Counts) TrimStray() Stray {
+	var st Stray
+	for {
+		s := c.trimStrayOnce()
+		if s.Before+s.After == 0 {
+			return st
+		}
+		st.Before += s.Before
+		st.After += s.After
+		if !s.First.IsZero() && (st.First.IsZero() || s.First.Before(st.First)) {
+			st.First = s.First
+		}
+		if !s.Last.IsZero() && s.Last.After(st.Last) {
+			st.Last = s.Last
+		}
+	}
+}
+
+func (c *Counts) trimStrayOnce() Stray {
+	per := map[int64]uint64{}
+	for k, v := range c.cells {
+		per[k.bucket] += v
+	}
+	bs := make([]int64, 0, len(per))
+	for b := range per {
+		bs = append(bs, b)
+	}
+	slices.Sort(bs)
+	m := len(bs)
+	var st Stray
+	if m < 3 {
+		return st
+	}
+	lead, tail := 0, 0
+	var cum uint64
+	for k := 1; k < m-1; k++ {
+		if cum += per[bs[k-1]]; cum*100 > c.total {
+			break
+		}
+		if bs[k]-bs[k-1] > bs[m-1]-bs[k] {
+			lead = k
+		}
+	}
+	cum = 0
+	for k := 1; m-k-1 > lead; k++ {
+		if cum += per[bs[m-k]]; cum*100 > c.total {
+			break
+		}
+		if bs[m-k]-bs[m-k-1] > bs[m-k-1]-bs[lead] {
+			tail = k
+		}
+	}
+	if lead == 0 && tail == 0 {
+		return st
+	}
+	lo, hi := bs[lead], bs[m-1-tail]
+	for k, v := range c.cells {
+		switch {
+		case k.bucket < lo:
+			st.Before += v
+		case k.bucket > hi:
+			st.After += v
+		default:
+			continue
+		}
+		delete(c.cells, k)
+	}
+	if lead > 0 {
+		st.First = c.bucketTime(bs[0])
+	}
+	if tail > 0 {
+		st.Last = c.bucketTime(bs[m-1])
+	}
+	c.total -= st.Before + st.After
+	c.minB, c.maxB = lo, hi
+	return st
+}
+
+// bucketTime is the start of bucket b.
+func (c *Counts) bucketTime(b int64) time.Time { return time.Unix(0, b*int64(c.step)).UTC() }
+
 // Unknown is the number of requests whose address no locator knew.
 func (c *Counts) Unknown() uint64 { return c.unknown64 }
 
@@ -114,6 +211,11 @@ func (c *Counts) Locations() []LocationTotal {
 	})
 	return out
 }
+
+// maxCells bounds the rows WriteCSV writes (and the counts it holds in
+// memory for them, 8 bytes each): ten years of one-minute buckets for a
+// dozen locations.
+const maxCells = 64 << 20
 
 // ErrEmpty is returned when writing counts of no request.
 var ErrEmpty = errors.New("no requests counted")
@@ -170,6 +272,10 @@ func (c *Counts) WriteCSV(w io.Writer, o WriteOptions) error {
 		colOut[i] = p
 	}
 	nb := c.maxB - c.minB + 1
+	if nb > maxCells/int64(len(names)) {
+		return fmt.Errorf("the requests span %d buckets of %v (%s to %s) × %d locations, more than %d rows: a stray date in the log? (a longer --step, or fix those lines)",
+			nb, c.step, c.bucketTime(c.minB).Format(time.DateTime), c.bucketTime(c.maxB).Format(time.DateTime), len(names), maxCells)
+	}
 	grid := make([]uint64, int(nb)*len(names))
 	for k, v := range c.cells {
 		grid[int(k.bucket-c.minB)*len(names)+colOut[k.loc]] += v
@@ -189,7 +295,7 @@ func (c *Counts) WriteCSV(w io.Writer, o WriteOptions) error {
 	}
 	var buf []byte
 	for b := from; b < to; b++ {
-		ts := time.Unix(0, (c.minB+b)*int64(c.step)).UTC().Format(time.DateTime)
+		ts := c.bucketTime(c.minB + b).Format(time.DateTime)
 		row := grid[int(b)*len(names) : int(b+1)*len(names)]
 		if total {
 			var s uint64

@@ -2,7 +2,9 @@ package accesslog
 
 import (
 	"errors"
+	"io"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -145,5 +147,70 @@ func TestCountsCSV(t *testing.T) {
 	b.Reset()
 	if err := old.WriteCSV(&b, WriteOptions{Total: true, KeepPartial: true}); err != nil || !strings.Contains(b.String(), "1969-12-31 23:00:00,1") {
 		t.Fatalf("pre-epoch: %v %s", err, b.String())
+	}
+}
+
+// TestTrimStray: a few requests far from all the others (a typo'd year, a
+// reset clock) are left out by the rule forecast's tables apply to rows;
+// anything more than 1% of the requests, or not separated by more than the
+// rest's span, stays.
+func TestTrimStray(t *testing.T) {
+	day := time.Date(2015, 5, 17, 0, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name          string
+		extra         []time.Time // besides 200 requests an hour over two days
+		before, after uint64
+		rows          int // hourly rows written after trimming (0: not written)
+	}{
+		{"none", nil, 0, 0, 48},
+		{"a typo'd year after", []time.Time{day.AddDate(90, 0, 0)}, 0, 1, 48},
+		{"a reset clock before", []time.Time{time.Unix(0, 0), time.Unix(60, 0)}, 2, 0, 48},
+		{"both ends", []time.Time{time.Unix(0, 0), day.AddDate(90, 0, 0), day.AddDate(91, 0, 0)}, 1, 2, 48},
+		{"near the rest: a gap shorter than the span", []time.Time{day.Add(-40 * time.Hour)}, 0, 0, 88},
+		{"more than 1% of the requests", slices.Repeat([]time.Time{day.AddDate(90, 0, 0)}, 100), 0, 0, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := NewCounts(time.Hour, nil, "")
+			if err != nil {
+				t.Fatal(err)
+			}
+			a := netip.MustParseAddr("10.0.0.1")
+			for h := range 48 {
+				for range 200 {
+					c.Add(a, day.Add(time.Duration(h)*time.Hour))
+				}
+			}
+			for _, x := range tc.extra {
+				c.Add(a, x)
+			}
+			total := c.Total()
+			st := c.TrimStray()
+			if st.Before != tc.before || st.After != tc.after || c.Total() != total-tc.before-tc.after {
+				t.Fatalf("left out %d before, %d after (total %d → %d), want %d, %d", st.Before, st.After, total, c.Total(), tc.before, tc.after)
+			}
+			if (tc.before > 0) == st.First.IsZero() || (tc.after > 0) == st.Last.IsZero() {
+				t.Fatalf("stray span %v .. %v", st.First, st.Last)
+			}
+			if tc.rows == 0 {
+				return
+			}
+			var b strings.Builder
+			if err := c.WriteCSV(&b, WriteOptions{Total: true, KeepPartial: true}); err != nil {
+				t.Fatal(err)
+			}
+			if rows := strings.Count(b.String(), "\n") - 1; rows != tc.rows {
+				t.Fatalf("%d rows, want %d", rows, tc.rows)
+			}
+		})
+	}
+	// Beyond the bound on rows (ten years of minutes for a dozen
+	// locations), writing is refused with the span named, not attempted.
+	c, _ := NewCounts(time.Second, nil, "")
+	a := netip.MustParseAddr("10.0.0.1")
+	for _, y := range []int{0, 5, 10} {
+		c.Add(a, day.AddDate(y, 0, 0))
+	}
+	if err := c.WriteCSV(io.Discard, WriteOptions{}); err == nil || !strings.Contains(err.Error(), "stray date") {
+		t.Fatalf("a 10-year span of 1 s buckets: %v", err)
 	}
 }

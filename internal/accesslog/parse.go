@@ -3,6 +3,7 @@ package accesslog
 import (
 	"bytes"
 	"errors"
+	"math"
 	"net/netip"
 	"time"
 	"unsafe"
@@ -20,7 +21,7 @@ const (
 	ReasonLiteral                  // the format's literal text is not where it should be
 	ReasonUnterminatedQuote        // a quoted field has no closing quote
 	ReasonBadClient                // the client field is not an IPv4 or IPv6 address ("-", a host name)
-	ReasonBadTime                  // the timestamp does not parse
+	ReasonBadTime                  // the timestamp does not parse, or is before 1678 or after 2262
 	ReasonBadStatus                // the status is not a three-digit number
 	ReasonBadBytes                 // the size is neither "-" nor a decimal number
 	ReasonTrailing                 // text after the last field of the format
@@ -132,12 +133,25 @@ func (f *Format) ParseLine(line []byte, rec *Record) Reason {
 	} else if f.timeParts&partFrac != 0 {
 		rec.Time = rec.Time.Add(time.Duration(tp.frac))
 	}
+	if rec.Time.Before(minTime) || rec.Time.After(maxTime) {
+		// Syntactically a time (01/Jan/0001, 31/Dec/9999), but outside
+		// the nanoseconds since 1970 an int64 holds: its bucket would
+		// be garbage.
+		return ReasonBadTime
+	}
 	rec.Peer = rec.Client
 	if f.forwarded {
 		f.applyForwarded(fwd, rec)
 	}
 	return ReasonNone
 }
+
+// minTime and maxTime bound the times a record may have: those whose
+// Unix nanoseconds fit an int64 (1677-09-21 to 2262-04-11).
+var (
+	minTime = time.Unix(0, math.MinInt64).UTC()
+	maxTime = time.Unix(0, math.MaxInt64).UTC()
+)
 
 // quotedEnd returns the index of the first double quote in b not escaped
 // by a backslash, or -1. A quote is escaped when an odd number of

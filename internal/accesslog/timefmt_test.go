@@ -199,6 +199,9 @@ func checkStrftime(t *testing.T, which int, s string) {
 		if want.Year() < 1000 {
 			return // %Y reads four digits
 		}
+		if want.Before(minTime) || want.After(maxTime) {
+			return // refused by design: no int64 nanoseconds since 1970 (ParseLine)
+		}
 		t.Fatalf("%q as %s: refused (%s), time.Parse accepts %v", s, o.spec, r, want)
 	}
 }
