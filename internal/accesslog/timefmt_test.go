@@ -2,6 +2,7 @@ package accesslog
 
 import (
 	"errors"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -165,6 +166,9 @@ var strftimeOracle = []struct{ spec, layout string }{
 	{`%A %B %e %I:%M:%S %p %Y`, "Monday January _2 03:04:05 PM 2006"},
 }
 
+// ampm finds an AM/PM marker in any case.
+var ampm = regexp.MustCompile(`(?i)\b[ap]m\b`)
+
 // checkStrftime compares the compiled layout with time.Parse on s: what
 // both accept must be the same instant; what we refuse, time.Parse must
 // refuse too or accept only in a non-canonical spelling.
@@ -174,6 +178,13 @@ func checkStrftime(t *testing.T, which int, s string) {
 	var rec Record
 	r := f.ParseLine([]byte(`192.0.2.1 [`+s+`]`), &rec)
 	want, err := time.Parse(o.layout, s)
+	if err != nil && r == ReasonNone {
+		// strptime's %p matches AM and PM in any case, time.Parse only
+		// "AM", "am", "PM" and "pm": compare on the marker upper-cased.
+		if w, e := time.Parse(o.layout, ampm.ReplaceAllStringFunc(s, strings.ToUpper)); e == nil {
+			want, err = w, nil
+		}
+	}
 	if r == ReasonNone && err != nil {
 		// time.Parse checks the weekday against the date and knows more
 		// zone names; we ignore the weekday and know only UTC and GMT.
@@ -224,6 +235,7 @@ func FuzzStrftime(f *testing.F) {
 	f.Add(uint8(2), "Sun, 17 May 2015 10:05:03 GMT")
 	f.Add(uint8(3), "20150517T100503+0530")
 	f.Add(uint8(4), "Sunday May  7 12:00:00 AM 2015")
+	f.Add(uint8(4), "Sunday May 17 01:00:00 Am 2015") // strptime's %p ignores case
 	f.Fuzz(func(t *testing.T, which uint8, s string) { checkStrftime(t, int(which), s) })
 }
 
