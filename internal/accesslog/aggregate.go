@@ -83,7 +83,7 @@ func (c *Counts) Add(client netip.Addr, t time.Time) {
 	c.total++
 }
 
-// Total is the number of requests counted.
+// Total is the number of requests counted (less those TrimStray left out).
 func (c *Counts) Total() uint64 { return c.total }
 
 // Stray is what TrimStray left out: requests before and after the rest,
@@ -183,7 +183,8 @@ func (c *Counts) trimStrayOnce() Stray {
 // bucketTime is the start of bucket b.
 func (c *Counts) bucketTime(b int64) time.Time { return time.Unix(0, b*int64(c.step)).UTC() }
 
-// Unknown is the number of requests whose address no locator knew.
+// Unknown is the number of requests whose address no locator knew, as
+// read (TrimStray leaves it as it is, like the locators' own counts).
 func (c *Counts) Unknown() uint64 { return c.unknown64 }
 
 // LocationTotal is one location's request count.
