@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/premirror/premirror/internal/textin"
 )
 
 // DefaultUnknown is the location of addresses no locator knows.
@@ -93,34 +95,14 @@ type Stray struct {
 	First, Last   time.Time // the first stray bucket before, the last after
 }
 
-// TrimStray leaves out the requests far before or after all the others:
-// at each end, at most 1% of the requests, in buckets separated from the
-// rest by a gap longer than the rest's whole span — a typo'd year or a
-// reset clock in a few lines, which would otherwise make every bucket
-// between them and the rest a row of zeros in the CSV (a line dated 2105
-// in a log of 2015: 788,000 hourly rows). forecast's table reader leaves
-// out stray rows by the same rule. Strays at one end hide those at the
-// other (they stretch the span the gap is compared with), so it trims
-// until nothing more is stray.
+// TrimStray leaves out the requests far before or after all the others
+// (textin.StrayEnds over the buckets, weighted by their requests: at most
+// 1% of the requests at either end, past a gap longer than the rest) — a
+// typo'd year or a reset clock in a few lines, which would otherwise make
+// every bucket between them and the rest a row of zeros in the CSV (a
+// line dated 2105 in a log of 2015: 788,000 hourly rows). forecast's
+// table reader leaves out stray rows by the same rule.
 func (c *Counts) TrimStray() Stray {
-	var st Stray
-	for {
-		s := c.trimStrayOnce()
-		if s.Before+s.After == 0 {
-			return st
-		}
-		st.Before += s.Before
-		st.After += s.After
-		if !s.First.IsZero() && (st.First.IsZero() || s.First.Before(st.First)) {
-			st.First = s.First
-		}
-		if !s.Last.IsZero() && s.Last.After(st.Last) {
-			st.Last = s.Last
-		}
-	}
-}
-
-func (c *Counts) trimStrayOnce() Stray {
 	per := map[int64]uint64{}
 	for k, v := range c.cells {
 		per[k.bucket] += v
@@ -130,34 +112,16 @@ func (c *Counts) trimStrayOnce() Stray {
 		bs = append(bs, b)
 	}
 	slices.Sort(bs)
-	m := len(bs)
+	n := make([]uint64, len(bs))
+	for i, b := range bs {
+		n[i] = per[b]
+	}
 	var st Stray
-	if m < 3 {
-		return st
-	}
-	lead, tail := 0, 0
-	var cum uint64
-	for k := 1; k < m-1; k++ {
-		if cum += per[bs[k-1]]; cum*100 > c.total {
-			break
-		}
-		if bs[k]-bs[k-1] > bs[m-1]-bs[k] {
-			lead = k
-		}
-	}
-	cum = 0
-	for k := 1; m-k-1 > lead; k++ {
-		if cum += per[bs[m-k]]; cum*100 > c.total {
-			break
-		}
-		if bs[m-k]-bs[m-k-1] > bs[m-k-1]-bs[lead] {
-			tail = k
-		}
-	}
+	lead, tail := textin.StrayEnds(bs, n)
 	if lead == 0 && tail == 0 {
 		return st
 	}
-	lo, hi := bs[lead], bs[m-1-tail]
+	lo, hi := bs[lead], bs[len(bs)-1-tail]
 	for k, v := range c.cells {
 		switch {
 		case k.bucket < lo:
@@ -173,7 +137,7 @@ func (c *Counts) trimStrayOnce() Stray {
 		st.First = c.bucketTime(bs[0])
 	}
 	if tail > 0 {
-		st.Last = c.bucketTime(bs[m-1])
+		st.Last = c.bucketTime(bs[len(bs)-1])
 	}
 	c.total -= st.Before + st.After
 	c.minB, c.maxB = lo, hi

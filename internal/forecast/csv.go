@@ -1022,9 +1022,8 @@ func calendarMonthly(rs []Record) bool {
 }
 
 // strayBounds finds rows far from all the others at either end (an
-// epoch-zero placeholder, a typo'd year): at most 1% of the distinct
-// timestamps, separated from the rest by a gap longer than the rest's
-// whole span. Left in, they stretch the grid over years of interpolated
+// epoch-zero placeholder, a typo'd year; textin.StrayEnds over the
+// distinct timestamps). Left in, they stretch the grid over years of interpolated
 // buckets that change what is trained and scored. It returns the first
 // and last time to keep (zero: no bound) and warns about what it leaves
 // out; a long outage inside the data is no stray.
@@ -1036,18 +1035,7 @@ func (t *Table) strayBounds() (from, to time.Time) {
 	slices.Sort(ts)
 	ts = slices.Compact(ts)
 	m := len(ts)
-	limit := m / 100 // most stray timestamps at one end
-	lead, tail := 0, 0
-	for k := 1; k <= limit; k++ {
-		if ts[k]-ts[k-1] > ts[m-1]-ts[k] {
-			lead = k
-		}
-	}
-	for k := 1; k <= limit && m-k-1 > lead; k++ {
-		if ts[m-k]-ts[m-k-1] > ts[m-k-1]-ts[lead] {
-			tail = k
-		}
-	}
+	lead, tail := textin.StrayEnds(ts, nil)
 	if lead > 0 {
 		from = time.Unix(0, ts[lead]).UTC()
 		slog.Warn("series: rows far before all the others left out (a placeholder or typo'd date?)",

@@ -506,6 +506,8 @@ func TestStrayEdgeRows(t *testing.T) {
 		{name: "typo'd year at the end", recs: append(hourly(500), Record{Time: time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC), Value: 5}), start: t0, n: 500},
 		{name: "two stray rows before", recs: append(hourly(500), Record{Time: time.Date(2001, 1, 1, 0, 0, 0, 0, time.UTC), Value: 5},
 			Record{Time: time.Date(2001, 1, 1, 1, 0, 0, 0, time.UTC), Value: 5}), start: t0, n: 500},
+		{name: "strays at both ends (the later one hid the earlier)", recs: append(hourly(500), Record{Time: time.Unix(0, 0).UTC(), Value: 5},
+			Record{Time: time.Date(2099, 1, 1, 0, 0, 0, 0, time.UTC), Value: 5}), start: t0, n: 500},
 		{name: "outage in the middle stays", recs: append(hourly(300), func() (rs []Record) {
 			for _, r := range hourly(300) {
 				r.Time = r.Time.AddDate(0, 4, 0)

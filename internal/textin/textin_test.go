@@ -3,6 +3,7 @@ package textin
 import (
 	"bufio"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -57,6 +58,43 @@ func TestSeparator(t *testing.T) {
 	} {
 		if got := Separator([]byte(c.line)); got != c.want {
 			t.Errorf("Separator(%q) = %q, want %q", c.line, got, c.want)
+		}
+	}
+}
+
+// TestStrayEnds: placeholder and typo'd dates at either end are found,
+// also when strays at both ends hide each other on a first pass; a
+// cluster holding more than 1% of the samples, or one nearer than the
+// rest's span, stays.
+func TestStrayEnds(t *testing.T) {
+	const day = 86400
+	series := func(n int, extra ...int64) []int64 {
+		var p []int64
+		for i := range n {
+			p = append(p, 1_431_820_800+int64(i)*3600) // 2015-05-17, hourly
+		}
+		p = append(p, extra...)
+		slices.Sort(p)
+		return p
+	}
+	for _, tc := range []struct {
+		name       string
+		pos        []int64
+		weight     []uint64
+		lead, tail int
+	}{
+		{"none", series(200), nil, 0, 0},
+		{"epoch zero", series(200, 0), nil, 1, 0},
+		{"a typo'd year", series(200, 1_431_820_800+90*365*day), nil, 0, 1},
+		{"both ends hide each other on a first pass", series(200, 0, 1_431_820_800+90*365*day), nil, 1, 1},
+		{"near: the gap is shorter than the span", series(200, 1_431_820_800-3*day), nil, 0, 0},
+		{"more than 1% of the samples", series(100, 0, 1), nil, 0, 0},
+		{"weighted: one stray bucket of a few requests", []int64{0, 100, 101, 102}, []uint64{1, 300, 300, 300}, 1, 0},
+		{"weighted: the far bucket holds 2%", []int64{0, 100, 101, 102}, []uint64{20, 300, 300, 300}, 0, 0},
+		{"too few to tell", []int64{0, 1000}, nil, 0, 0},
+	} {
+		if lead, tail := StrayEnds(tc.pos, tc.weight); lead != tc.lead || tail != tc.tail {
+			t.Errorf("%s: lead %d tail %d, want %d %d", tc.name, lead, tail, tc.lead, tc.tail)
 		}
 	}
 }
