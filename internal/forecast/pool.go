@@ -204,6 +204,10 @@ func newPool(H, P, W, spd, wk int, yearly bool) *pool {
 func (p *pool) combine(h, po int, f *[numExp]float64, scale float64, integer bool) float64 {
 	fc := p.fc[(po*p.H+h-1)*numCand : (po*p.H+h)*numCand]
 	fc[0] = float32(f[expHybrid])
+	// The experts sorted by forecast once: the order is the same at every
+	// rate, only the weights differ.
+	var idx [numExp]int
+	order := sortAwake(f, &p.avail, &idx)
 	for g := 0; g < poolEtas; g++ {
 		// Sleeping experts (Freund, Schapire, Singer & Warmuth 1997): an
 		// expert with no forecast (NaN) is left out and the others'
@@ -211,7 +215,7 @@ func (p *pool) combine(h, po int, f *[numExp]float64, scale float64, integer boo
 		// it sleeps (update), so a series on which it never wakes is
 		// combined as if it did not exist.
 		w := p.w[((h-1)*poolEtas+g)*numExp : ((h-1)*poolEtas+g+1)*numExp]
-		med := weightedMedian(f, w, &p.avail)
+		med := weightedMedianSorted(f, w, &p.avail, order)
 		// The mean takes each expert at most poolLossClip error scales
 		// from the median, the most one loss can teach the weights: a
 		// seasonal naive replaying last week's counter reset (10⁹ on a
@@ -255,36 +259,54 @@ func (p *pool) combine(h, po int, f *[numExp]float64, scale float64, integer boo
 // ever has).
 func weightedMedian(f *[numExp]float64, w []float64, avail *[numExp]bool) float64 {
 	var idx [numExp]int
-	n, sw := 0, 0.0
+	return weightedMedianSorted(f, w, avail, sortAwake(f, avail, &idx))
+}
+
+// sortAwake writes into idx the available, awake experts (forecast not
+// NaN) in ascending order of forecast and returns that prefix of idx.
+func sortAwake(f *[numExp]float64, avail *[numExp]bool, idx *[numExp]int) []int {
+	n := 0
 	for k, ok := range avail {
 		if ok && !math.IsNaN(f[k]) {
 			idx[n] = k
 			n++
-			sw += w[k]
 		}
-	}
-	if n == 0 {
-		return math.NaN()
 	}
 	for i := 1; i < n; i++ { // insertion sort by forecast: at most numExp entries
 		for j := i; j > 0 && f[idx[j]] < f[idx[j-1]]; j-- {
 			idx[j], idx[j-1] = idx[j-1], idx[j]
 		}
 	}
+	return idx[:n]
+}
+
+// weightedMedianSorted is weightedMedian over the experts order, sorted
+// by sortAwake from avail.
+func weightedMedianSorted(f *[numExp]float64, w []float64, avail *[numExp]bool, order []int) float64 {
+	n := len(order)
+	if n == 0 {
+		return math.NaN()
+	}
+	sw := 0.0
+	for k, ok := range avail { // in expert order: the same rounding at every rate
+		if ok && !math.IsNaN(f[k]) {
+			sw += w[k]
+		}
+	}
 	acc, half := 0.0, sw/2
-	for i, k := range idx[:n] {
+	for i, k := range order {
 		acc += w[k]
 		if math.Abs(acc-half) <= 1e-9*sw && i+1 < n {
 			// Exactly half the weight on each side (equal weights, an
 			// even count): the midpoint, as an unweighted median does,
 			// whatever the rounding of the sums.
-			return (f[k] + f[idx[i+1]]) / 2
+			return (f[k] + f[order[i+1]]) / 2
 		}
 		if acc >= half {
 			return f[k]
 		}
 	}
-	return f[idx[n-1]]
+	return f[order[n-1]]
 }
 
 // skip marks the forecast of horizon h at origin slot po as not made by
