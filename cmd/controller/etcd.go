@@ -36,7 +36,7 @@ func ctlEtcd(ctx context.Context, args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	var quiet atomic.Bool
 	e, ep, err := controller.StartEtcd(controller.EmbeddedEtcd{Dir: *dataDir, ClientAddr: *listen, PeerAddr: *peer,
-		TLS: files, ClientNames: etcdNames(*etcdClients), Logger: controller.EtcdLogger(log, &quiet)})
+		TLS: files, ClientNames: splitList(*etcdClients), Logger: controller.EtcdLogger(log, &quiet)})
 	if err != nil {
 		return err
 	}

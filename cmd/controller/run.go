@@ -57,18 +57,6 @@ func (f ctlTLSFlags) files() pki.Files {
 	return pki.Files{CA: pick(*f.ca, "ca.pem"), Cert: pick(*f.cert, *f.name+".pem"), Key: pick(*f.key, *f.name+"-key.pem")}
 }
 
-// etcdNames splits --etcd-client-names; empty leaves the embedded etcd
-// to accept only its own certificate's name.
-func etcdNames(s string) []string {
-	var out []string
-	for _, n := range strings.Split(s, ",") {
-		if n = strings.TrimSpace(n); n != "" {
-			out = append(out, n)
-		}
-	}
-	return out
-}
-
 // Defaults of the price flags, in the units operators quote (see
 // controller.DefaultPrices).
 const (
@@ -138,7 +126,7 @@ func ctlRun(ctx context.Context, args []string) error {
 	if *endpoints == "" {
 		var quiet atomic.Bool
 		e, ep, err := controller.StartEtcd(controller.EmbeddedEtcd{Dir: *dataDir, ClientAddr: *etcdListen, PeerAddr: *etcdPeer,
-			TLS: files, ClientNames: etcdNames(*etcdClients), Logger: controller.EtcdLogger(log, &quiet)})
+			TLS: files, ClientNames: splitList(*etcdClients), Logger: controller.EtcdLogger(log, &quiet)})
 		if err != nil {
 			return err
 		}
