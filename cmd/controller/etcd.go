@@ -25,6 +25,7 @@ func ctlEtcd(ctx context.Context, args []string) error {
 	dataDir := fs.String("data-dir", "/var/lib/premirror/etcd", "etcd data directory")
 	listen := fs.String("etcd-listen", "127.0.0.1:2379", "client address (the certificate's SANs must name its host)")
 	peer := fs.String("etcd-peer-listen", "127.0.0.1:2380", "peer address")
+	etcdClients := fs.String("etcd-client-names", "", "comma-separated certificate names accepted (default: this certificate's own; name every replica's)")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
@@ -35,7 +36,7 @@ func ctlEtcd(ctx context.Context, args []string) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	var quiet atomic.Bool
 	e, ep, err := controller.StartEtcd(controller.EmbeddedEtcd{Dir: *dataDir, ClientAddr: *listen, PeerAddr: *peer,
-		TLS: files, Logger: controller.EtcdLogger(log, &quiet)})
+		TLS: files, ClientNames: splitList(*etcdClients), Logger: controller.EtcdLogger(log, &quiet)})
 	if err != nil {
 		return err
 	}

@@ -73,6 +73,7 @@ func ctlRun(ctx context.Context, args []string) error {
 	endpoints := fs.String("etcd-endpoints", "", "comma-separated etcd endpoints of an external cluster (https:// uses the controller's certificate); empty runs an embedded single-node etcd")
 	etcdListen := fs.String("etcd-listen", "127.0.0.1:2379", "embedded etcd client address (mutual TLS; other replicas may use it as --etcd-endpoints)")
 	etcdPeer := fs.String("etcd-peer-listen", "127.0.0.1:2380", "embedded etcd peer address")
+	etcdClients := fs.String("etcd-client-names", "", "comma-separated certificate names the embedded etcd accepts (default: this replica's own certificate's; name every replica that uses it as --etcd-endpoints)")
 	maxTxn := fs.Int("etcd-max-txn-ops", 0, "operations per etcd transaction (0: 16384 embedded, 128 external, etcd's default); larger applies are split")
 	prefix := fs.String("etcd-prefix", controller.DefaultPrefix, "etcd key prefix")
 	tick := fs.Duration("tick", controller.DefaultTickInterval, "route computation interval (health and object changes compute at once)")
@@ -125,7 +126,7 @@ func ctlRun(ctx context.Context, args []string) error {
 	if *endpoints == "" {
 		var quiet atomic.Bool
 		e, ep, err := controller.StartEtcd(controller.EmbeddedEtcd{Dir: *dataDir, ClientAddr: *etcdListen, PeerAddr: *etcdPeer,
-			TLS: files, Logger: controller.EtcdLogger(log, &quiet)})
+			TLS: files, ClientNames: splitList(*etcdClients), Logger: controller.EtcdLogger(log, &quiet)})
 		if err != nil {
 			return err
 		}

@@ -62,6 +62,14 @@ func TestMutualTLSRefusesUnknownClients(t *testing.T) {
 		t.Fatal(err)
 	}
 	foreign := issueFiles(t, otherCA, t.TempDir(), "edge-1", nil)
+	expiredLeaf, err := shared.ca.Issue("edge-1", nil, -time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired, err := pki.WriteLeaf(t.TempDir(), "edge-1", shared.ca, expiredLeaf)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	creds := func(tc any) *credentials.TransportCredentials {
 		c := credentials.NewTLS(clientTLS(t, tc.(pki.Files)))
@@ -80,6 +88,7 @@ func TestMutualTLSRefusesUnknownClients(t *testing.T) {
 	}{
 		{"valid certificate registers", creds(good), "edge-1", codes.OK},
 		{"certificate of another CA", creds(foreign), "edge-1", codes.Unavailable},
+		{"expired certificate", creds(expired), "edge-1", codes.Unavailable},
 		{"no client certificate", &nc, "edge-1", codes.Unavailable},
 		{"node is not the certificate's", creds(good), "edge-2", codes.PermissionDenied},
 	}
@@ -96,6 +105,9 @@ func TestMutualTLSRefusesUnknownClients(t *testing.T) {
 	ctx := context.Background()
 	if _, err := adminClient(t, r.addr, "edge-1").Apply(ctx, &pb.ApplyRequest{Objects: testObjects()}); status.Code(err) != codes.PermissionDenied {
 		t.Fatalf("agent certificate applied objects: %v", err)
+	}
+	if _, err := adminClient(t, r.addr, "edge-1").Delete(ctx, &pb.DeleteRequest{Kind: "mirror", Name: "m1"}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("agent certificate deleted an object: %v", err)
 	}
 	if _, err := adminClient(t, r.addr, "edge-1").Status(ctx, &pb.StatusRequest{}); err != nil {
 		t.Fatalf("status with a valid certificate: %v", err)

@@ -2,6 +2,8 @@ package controller
 
 import (
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/url"
@@ -38,6 +40,12 @@ type EmbeddedEtcd struct {
 	// TLS secures both listeners with mutual TLS (the controller's own
 	// certificate must carry the listen host in its SANs).
 	TLS pki.Files
+	// ClientNames are the certificate common names both listeners accept;
+	// empty: only the common name of TLS.Cert (every replica of the
+	// development CA is "controller"). Agents and admins hold certificates
+	// of the same CA, and etcd's data is everything the admin API guards:
+	// a CA-signed certificate alone must not reach it.
+	ClientNames []string
 	// UnsafeNoFsync skips fsync (tests only: a crash may lose writes).
 	UnsafeNoFsync bool
 	// Logger receives etcd's logs; nil logs errors to stderr.
@@ -45,7 +53,8 @@ type EmbeddedEtcd struct {
 }
 
 // StartEtcd starts an embedded etcd and returns it with its client
-// endpoint. Clients must present a certificate of the same CA.
+// endpoint. Clients must present a certificate of the same CA whose
+// common name is one of ClientNames.
 func StartEtcd(c EmbeddedEtcd) (*embed.Etcd, string, error) {
 	if err := c.TLS.Validate(); err != nil {
 		return nil, "", fmt.Errorf("embedded etcd: %w", err)
@@ -78,8 +87,18 @@ func StartEtcd(c EmbeddedEtcd) (*embed.Etcd, string, error) {
 	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
 	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
 	cfg.InitialCluster = cfg.Name + "=" + pu.String()
-	tlsInfo := transport.TLSInfo{CertFile: c.TLS.Cert, KeyFile: c.TLS.Key, TrustedCAFile: c.TLS.CA, ClientCertAuth: true}
+	names := c.ClientNames
+	if len(names) == 0 {
+		own, err := certName(c.TLS.Cert)
+		if err != nil {
+			return nil, "", fmt.Errorf("embedded etcd: %w", err)
+		}
+		names = []string{own}
+	}
+	tlsInfo := transport.TLSInfo{CertFile: c.TLS.Cert, KeyFile: c.TLS.Key, TrustedCAFile: c.TLS.CA, ClientCertAuth: true,
+		AllowedCNs: names}
 	cfg.ClientTLSInfo, cfg.PeerTLSInfo = tlsInfo, tlsInfo
+	cfg.TlsMinVersion = "TLS1.3" // as every other channel (pki)
 	cfg.LogLevel = "error"
 	if c.Logger != nil {
 		cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(c.Logger)
@@ -105,6 +124,26 @@ func StartEtcd(c EmbeddedEtcd) (*embed.Etcd, string, error) {
 		return nil, "", fmt.Errorf("embedded etcd: %w", err)
 	}
 	return e, cu.String(), nil
+}
+
+// certName is the common name of the first certificate in a PEM file.
+func certName(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read certificate: %w", err)
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return "", fmt.Errorf("certificate %s: no PEM block", path)
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return "", fmt.Errorf("certificate %s: %w", path, err)
+	}
+	if cert.Subject.CommonName == "" {
+		return "", fmt.Errorf("certificate %s: no common name", path)
+	}
+	return cert.Subject.CommonName, nil
 }
 
 func freeLoopbackAddr() (string, error) {

@@ -65,8 +65,8 @@ type VolumeConfig struct {
 	Upstream       string
 	UpstreamVolume string
 	// AllowedPeers restricts which authenticated peers (certificate common
-	// names) may open sessions on the volume; empty allows any peer the CA
-	// signed.
+	// names) may open sessions on the volume. Empty: a mirror takes any
+	// peer the CA signed, a primary only this node's configured peers.
 	AllowedPeers []string
 	// WriteQuorum (W) and ReadQuorum (R) count copies, this one included,
 	// that must acknowledge a Node.Write or answer a Node.Read; 0 means 1.
@@ -226,6 +226,9 @@ func NewNode(cfg Config) (*Node, error) {
 		if err := n.addVolume(vc); err != nil {
 			n.Close()
 			return nil, fmt.Errorf("replicator config: volumes[%d] (%s): %w", i, vc.Name, err)
+		}
+		if vc.Role != RolePrimary && len(vc.AllowedPeers) == 0 {
+			n.log.Warn("mirror volume takes sessions from any certificate of the CA; set allowed_peers", "volume", vc.Name)
 		}
 	}
 	return n, nil

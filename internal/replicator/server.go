@@ -134,8 +134,8 @@ func (s *session) run(ctx context.Context) error {
 	if s.nv, err = s.n.nodeVolume(h.Volume); err != nil {
 		return err
 	}
-	if a := s.nv.cfg.AllowedPeers; len(a) > 0 && !slices.Contains(a, s.l.peer) {
-		return fmt.Errorf("%w: %q may not open sessions on volume %s", ErrUnauthorized, s.l.peer, h.Volume)
+	if err := s.authorize(); err != nil {
+		return err
 	}
 	switch h.Op {
 	case wire.OpStatus:
@@ -222,6 +222,31 @@ func (s *session) run(ctx context.Context) error {
 			return fmt.Errorf("%w: unexpected %s frame", ErrProtocol, f.Type)
 		}
 	}
+}
+
+// authorize checks that the peer's certificate may open sessions on the
+// volume: one of its allowed_peers when it lists any. Without them a
+// mirror takes any peer the CA signed, but a primary only the nodes this
+// one is configured to replicate with (Config.Peers, AddPeer): every
+// node of the CA holds a certificate, and a primary's data is the one
+// copy that matters — a stranger could read it, or push with a newer
+// epoch, which deposes it and overwrites its data.
+func (s *session) authorize() error {
+	h := &s.hello
+	if a := s.nv.cfg.AllowedPeers; len(a) > 0 {
+		if !slices.Contains(a, s.l.peer) {
+			return fmt.Errorf("%w: %q may not open sessions on volume %s", ErrUnauthorized, s.l.peer, h.Volume)
+		}
+		return nil
+	}
+	if v := s.volume(); v != nil {
+		if st := v.state(); st.Role == RolePrimary && !st.Fenced {
+			if _, err := s.n.peer(s.l.peer); err != nil {
+				return fmt.Errorf("%w: %q is not a peer of this node, and volume %s is a primary without allowed_peers", ErrUnauthorized, s.l.peer, h.Volume)
+			}
+		}
+	}
+	return nil
 }
 
 func (s *session) volume() *Volume {

@@ -1,0 +1,64 @@
+package replicator
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/premirror/premirror/internal/replicator/wire"
+)
+
+// TestPrimaryRefusesPeersItDoesNotReplicateWith: every node of the CA
+// (each edge, the admins, the controller) holds a certificate the
+// replicator accepts. A primary without allowed_peers used to take a
+// session from any of them: a node that is none of its peers could read
+// the volume, or push with a newer epoch, which deposes the primary (its
+// writes then fail) and overwrites its data. Only the nodes it replicates
+// with (its configured peers) may open sessions on it; a mirror without
+// allowed_peers still takes any peer (documented, to be set per volume).
+func TestPrimaryRefusesPeersItDoesNotReplicateWith(t *testing.T) {
+	c := newCluster(t, "origin", "mirror", "rogue")
+	orig := makeImage(t, c.path("origin.img"), 64, bs, 1)
+	makeImage(t, c.path("rogue.img"), 64, bs, 2)
+	origin := c.start("origin", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("origin.img"), Role: RolePrimary,
+		Mirrors: []MirrorConfig{{Peer: "mirror"}}}}, Peers: c.peers("mirror")})
+	c.start("mirror", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("mirror.img")}}})
+	rogue := c.start("rogue", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("rogue.img"), Role: RolePrimary}},
+		Peers: c.peers("origin")})
+	ctx := context.Background()
+	if _, err := origin.Push(ctx, "vol", "mirror", PushOptions{Mode: ModeFull}); err != nil {
+		t.Fatalf("push to the configured mirror: %v", err)
+	}
+	if _, err := rogue.Promote("vol", 5); err != nil {
+		t.Fatal(err)
+	}
+
+	// Writing: a full copy at a newer epoch.
+	if _, err := rogue.Push(ctx, "vol", "origin", PushOptions{Mode: ModeFull}); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("push from a node the primary does not replicate with: %v, want ErrUnauthorized", err)
+	}
+	if err := origin.Write(ctx, "vol", make([]byte, bs), 0); err != nil {
+		t.Fatalf("the primary was deposed: %v", err)
+	}
+	ov, _ := origin.Volume("vol")
+	if st := ov.Status(); st.Role != RolePrimary || st.Epoch != 1 {
+		t.Fatalf("primary after the refused push: role %s epoch %d", st.Role, st.Epoch)
+	}
+	if got := readBlock(t, c.path("origin.img"), 1); string(got) != string(orig[bs:2*bs]) {
+		t.Fatal("the refused push changed the primary's data")
+	}
+
+	// Reading: a read session, as a selective mirror opens.
+	p, err := rogue.peer("origin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rv, _ := rogue.Volume("vol")
+	l, _, err := dial(ctx, rogue.dialConfig(p), rogue.hello(rv, wire.OpRead, "vol"))
+	if err == nil {
+		l.close()
+	}
+	if !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("read session from a node the primary does not replicate with: %v, want ErrUnauthorized", err)
+	}
+}
