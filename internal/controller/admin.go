@@ -31,7 +31,10 @@ func (s *adminService) requireAdmin(ctx context.Context) error {
 		return status.Error(codes.Unauthenticated, "no verified client certificate")
 	}
 	if !slices.Contains(s.c.cfg.AdminNames, cn) {
-		return status.Errorf(codes.PermissionDenied, "certificate %q may not change objects (admins: %s)", cn, strings.Join(s.c.cfg.AdminNames, ", "))
+		// The admins' names stay in the log: a refused caller learns
+		// nothing about whose certificate to steal.
+		s.c.log.Warn("admin write refused", "certificate", cn, "admins", strings.Join(s.c.cfg.AdminNames, ","))
+		return status.Errorf(codes.PermissionDenied, "certificate %q may not change objects (not in the controller's --admin-names)", cn)
 	}
 	return nil
 }

@@ -78,6 +78,9 @@ const (
 	DefaultCheckpointInterval = 10 * time.Second
 )
 
+// maxStreamsPerConn caps the concurrent gRPC streams of one connection.
+const maxStreamsPerConn = 64
+
 func (c *Config) setDefaults() error {
 	if c.Name == "" {
 		h, _ := os.Hostname()
@@ -229,6 +232,10 @@ func (c *Controller) Serve(ctx context.Context, lis net.Listener) error {
 		grpc.Creds(credentials.NewTLS(tc)),
 		grpc.ForceServerCodecV2(c.codec),
 		grpc.MaxRecvMsgSize(64<<20),
+		// An agent holds one session stream and makes a few unary calls;
+		// the cap bounds what one connection of an authenticated but
+		// misbehaving node can hold open.
+		grpc.MaxConcurrentStreams(maxStreamsPerConn),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
