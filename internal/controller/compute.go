@@ -141,8 +141,14 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 		regionIdx[r.GetId()] = i
 	}
 	edgeSites := map[uint32]bool{} // regions with a live edge, probing or about to
+	inv := newInventory(slices.Values(w.regions))
 	for _, rep := range s.live {
 		if now.Sub(time.Unix(0, rep.GetReceivedUnixNano())) > cfg.ReportMaxAge {
+			continue
+		}
+		// Registration checked the node's site; the sites may have listed
+		// their nodes since.
+		if inv.allows(rep.GetNode(), rep.GetSite()) != nil {
 			continue
 		}
 		if id, ok := w.regionID[rep.GetSite()]; ok && rep.GetRole() != pb.NodeRole_NODE_ROLE_MIRROR {

@@ -31,6 +31,13 @@ func applyObjects(t *testing.T, addr string, o *pb.Objects) {
 // first error the controller answers with (nil if it registered).
 func sessionErr(t *testing.T, addr string, tc *credentials.TransportCredentials, node string) error {
 	t.Helper()
+	return sessionErrAt(t, addr, tc, node, "")
+}
+
+// sessionErrAt registers node as an edge of site and returns the
+// session's first error (nil: registered).
+func sessionErrAt(t *testing.T, addr string, tc *credentials.TransportCredentials, node, site string) error {
+	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(*tc))
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +49,7 @@ func sessionErr(t *testing.T, addr string, tc *credentials.TransportCredentials,
 	if err != nil {
 		return err
 	}
-	if err := s.Send(&pb.AgentMessage{Msg: &pb.AgentMessage_Register{Register: &pb.Register{Node: node, Role: pb.NodeRole_NODE_ROLE_EDGE}}}); err != nil {
+	if err := s.Send(&pb.AgentMessage{Msg: &pb.AgentMessage_Register{Register: &pb.Register{Node: node, Site: site, Role: pb.NodeRole_NODE_ROLE_EDGE}}}); err != nil {
 		_, err = s.Recv()
 		return err
 	}

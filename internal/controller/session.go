@@ -86,6 +86,10 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 	if err := checkRegister(reg); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
+	if err := c.view.siteAllows(reg.GetNode(), reg.GetSite()); err != nil {
+		c.log.Warn("registration refused", "node", reg.GetNode(), "site", reg.GetSite(), "err", err)
+		return status.Errorf(codes.PermissionDenied, "register: %v", err)
+	}
 	ctx, cancel := context.WithCancel(stream.Context())
 	defer cancel()
 	now := time.Now()

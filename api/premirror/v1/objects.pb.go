@@ -253,6 +253,10 @@ type Site struct {
 	// Requests per second the site's mirrors can serve when a mirror does
 	// not declare its own capacity; 0 means unknown (no capacity cap).
 	CapacityRps float64 `protobuf:"fixed64,4,opt,name=capacity_rps,json=capacityRps,proto3" json:"capacity_rps,omitempty"`
+	// Nodes (certificate names) whose agents may register in this site.
+	// Empty: any node may, on its own word. A node listed by one site may
+	// register only in that site.
+	Nodes []string `protobuf:"bytes,5,rep,name=nodes,proto3" json:"nodes,omitempty"`
 	// Assigned by the controller; ignored on apply.
 	Id            uint32 `protobuf:"varint,15,opt,name=id,proto3" json:"id,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -315,6 +319,13 @@ func (x *Site) GetCapacityRps() float64 {
 		return x.CapacityRps
 	}
 	return 0
+}
+
+func (x *Site) GetNodes() []string {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
 }
 
 func (x *Site) GetId() uint32 {
@@ -983,12 +994,13 @@ var File_premirror_v1_objects_proto protoreflect.FileDescriptor
 
 const file_premirror_v1_objects_proto_rawDesc = "" +
 	"\n" +
-	"\x1apremirror/v1/objects.proto\x12\fpremirror.v1\"\xaa\x01\n" +
+	"\x1apremirror/v1/objects.proto\x12\fpremirror.v1\"\xc0\x01\n" +
 	"\x04Site\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
 	"\x0fclient_prefixes\x18\x02 \x03(\tR\x0eclientPrefixes\x122\n" +
 	"\blocation\x18\x03 \x01(\v2\x16.premirror.v1.LocationR\blocation\x12!\n" +
-	"\fcapacity_rps\x18\x04 \x01(\x01R\vcapacityRps\x12\x0e\n" +
+	"\fcapacity_rps\x18\x04 \x01(\x01R\vcapacityRps\x12\x14\n" +
+	"\x05nodes\x18\x05 \x03(\tR\x05nodes\x12\x0e\n" +
 	"\x02id\x18\x0f \x01(\rR\x02id\"D\n" +
 	"\bLocation\x12\x1a\n" +
 	"\blatitude\x18\x01 \x01(\x01R\blatitude\x12\x1c\n" +
