@@ -507,7 +507,8 @@ func (s *session) serveReads(ctx context.Context) error {
 		if v == nil {
 			return err
 		}
-		if req.Block+uint64(req.Count) > v.blocks || req.Count > maxReadBlocks {
+		// Block first: Block+Count can wrap past 2^64 to a small number.
+		if req.Block >= v.blocks || uint64(req.Count) > v.blocks-req.Block || req.Count > maxReadBlocks {
 			return fmt.Errorf("%w: read of blocks %d+%d outside %d", ErrProtocol, req.Block, req.Count, v.blocks)
 		}
 		hi := req.Block + uint64(req.Count)
