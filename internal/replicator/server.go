@@ -237,6 +237,11 @@ func (s *session) admit() error {
 	h := &s.hello
 	v := s.volume()
 	if v == nil {
+		// The mirror will be created with this geometry: refuse one that
+		// no image can hold before anything is written.
+		if err := checkGeometry(int(h.BlockSize), h.Blocks); err != nil {
+			return err
+		}
 		size, err := imageSize(s.nv.cfg.Path)
 		if err != nil {
 			return err

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"math"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/premirror/premirror/internal/pki"
@@ -72,4 +74,55 @@ func TestReadRequestOutOfRange(t *testing.T) {
 	if err := l.read(&m); err != nil {
 		t.Fatalf("in-range read after the bad ones: %v", err)
 	}
+}
+
+// TestHelloGeometryRefused opens copies to a mirror that holds nothing
+// yet with geometries no source can have: no blocks, or more bytes than
+// an int64 holds (the size check multiplied without overflow checks, the
+// product wrapped, and the mirror saved metadata for 2^62 blocks that no
+// image could hold, so the node then refused to start). Each must fail
+// with ErrGeometry before anything is created, and a real copy must work
+// afterwards, also after a restart.
+func TestHelloGeometryRefused(t *testing.T) {
+	c := newCluster(t, "src", "m")
+	makeImage(t, c.path("src.img"), 64, bs, 1)
+	mcfg := Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("m.img")}}}
+	c.start("m", mcfg)
+	lin := [16]byte{1, 2, 3}
+	cases := []struct {
+		name   string
+		blocks uint64
+		bsize  uint32
+	}{
+		{"no blocks", 0, bs},
+		{"size overflows int64", 1 << 62, bs},
+		{"size wraps to zero", 1 << 52, 1 << 12},
+		{"all ones", math.MaxUint64, bs},
+		{"bad block size", 64, 1000},
+	}
+	for _, tc := range cases {
+		l, _, err := rawSession(t, c, "src", "m", wire.Hello{Op: wire.OpFull, Node: "src", Volume: "vol",
+			Lineage: lin, BlockSize: tc.bsize, Blocks: tc.blocks, Epoch: 1})
+		if err == nil {
+			err = l.send(&wire.FullBegin{Session: 1, End: tc.blocks})
+			if err == nil {
+				var a wire.Ack
+				err = l.read(&a)
+			}
+			l.close()
+		}
+		if !errors.Is(err, ErrGeometry) {
+			t.Errorf("%s: %v, want ErrGeometry", tc.name, err)
+		}
+		if _, err := os.Stat(filepath.Join(c.path("m.img.pmr"), stateFile)); err == nil {
+			t.Fatalf("%s: the refused session saved mirror metadata", tc.name)
+		}
+	}
+	c.stop("m")
+	c.start("m", mcfg)
+	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary}}, Peers: c.peers("m")})
+	if _, err := src.Push(context.Background(), "vol", "m", PushOptions{Mode: ModeFull}); err != nil {
+		t.Fatalf("push after the refused sessions: %v", err)
+	}
+	sameFile(t, c.path("src.img"), c.path("m.img"))
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -212,10 +213,23 @@ func checkBlockSize(bs int) error {
 	return nil
 }
 
+// checkGeometry checks a source's geometry as a peer announces it: a
+// valid block size and a size of at least one block whose byte count an
+// int64 (file offsets) holds.
+func checkGeometry(bs int, blocks uint64) error {
+	if err := checkBlockSize(bs); err != nil {
+		return err
+	}
+	if blocks == 0 || blocks > math.MaxInt64/uint64(bs) {
+		return fmt.Errorf("source of %d blocks of %d bytes: %w: want 1..%d blocks", blocks, bs, ErrGeometry, math.MaxInt64/uint64(bs))
+	}
+	return nil
+}
+
 // createMirror creates the image (when missing) and metadata of an empty
 // mirror volume for a source of the given geometry.
 func createMirror(path string, o VolumeOptions, bs int, blocks uint64) (*Volume, error) {
-	if err := checkBlockSize(bs); err != nil {
+	if err := checkGeometry(bs, blocks); err != nil {
 		return nil, err
 	}
 	if o.MetaDir == "" {
