@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/premirror/premirror/internal/pki"
@@ -125,4 +126,36 @@ func TestHelloGeometryRefused(t *testing.T) {
 		t.Fatalf("push after the refused sessions: %v", err)
 	}
 	sameFile(t, c.path("src.img"), c.path("m.img"))
+}
+
+// TestDuplicateMirrorRefused configures one mirror twice. Write quorum
+// counted it as two copies (both fan-out goroutines used the same
+// session, and each acknowledgement counted), so W=3 was met by two
+// copies. The config must be refused with the field named.
+func TestDuplicateMirrorRefused(t *testing.T) {
+	c := newCluster(t, "a", "b")
+	makeImage(t, c.path("a.img"), 64, bs, 1)
+	cases := [][]MirrorConfig{
+		{{Peer: "b"}, {Peer: "b"}},
+		{{Peer: "b"}, {Peer: "b", Volume: "vol"}},
+		{{Peer: "b", Volume: "x"}, {Peer: "b", Volume: "x", Mode: ModeSelective}},
+	}
+	for _, ms := range cases {
+		n, err := NewNode(Config{Node: "a", TLS: c.tls["a"], Logger: quietLogger(), Peers: c.peers("b"),
+			Volumes: []VolumeConfig{{Name: "vol", Path: c.path("a.img"), Role: RolePrimary, Mirrors: ms, WriteQuorum: 3}}})
+		if err == nil {
+			n.Close()
+		}
+		if err == nil || !strings.Contains(err.Error(), "mirrors[1]") {
+			t.Errorf("mirrors %+v: %v, want an error naming mirrors[1]", ms, err)
+		}
+	}
+	// Two volumes of one peer are two copies.
+	n, err := NewNode(Config{Node: "a", TLS: c.tls["a"], Logger: quietLogger(), Peers: c.peers("b"),
+		Volumes: []VolumeConfig{{Name: "vol", Path: c.path("a.img"), Role: RolePrimary,
+			Mirrors: []MirrorConfig{{Peer: "b"}, {Peer: "b", Volume: "other"}}, WriteQuorum: 3}}})
+	if err != nil {
+		t.Fatalf("two volumes on one peer: %v", err)
+	}
+	n.Close()
 }
