@@ -159,3 +159,49 @@ func TestDuplicateMirrorRefused(t *testing.T) {
 	}
 	n.Close()
 }
+
+// TestEpochBeyondVersionRefused: block versions hold the epoch in 32
+// bits. A volume promoted to epoch 2^32 stamped its writes with epoch 0,
+// so every later write lost to the data of the epoch it had just fenced
+// (and mirrors refused its sync writes as fenced). Such epochs must be
+// refused where they enter: Promote, and a peer's Hello.
+func TestEpochBeyondVersionRefused(t *testing.T) {
+	dir := t.TempDir()
+	v, err := OpenVolume(filepath.Join(dir, "p.img"), VolumeOptions{Init: true, Size: 16 * bs, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	for _, e := range []uint64{1 << 32, math.MaxUint64} {
+		if _, err := v.Promote(e); err == nil || !strings.Contains(err.Error(), "4294967295") {
+			t.Errorf("Promote(%d): %v, want an error naming the largest epoch", e, err)
+		}
+	}
+	if e, err := v.Promote(math.MaxUint32); err != nil || e != math.MaxUint32 {
+		t.Fatalf("Promote(MaxUint32) = %d, %v", e, err)
+	}
+	if _, err := v.Promote(0); err == nil {
+		t.Fatal("Promote(0) at the largest epoch succeeded")
+	}
+	if _, err := v.WriteAt(make([]byte, bs), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.Version(0).Epoch; got != math.MaxUint32 {
+		t.Fatalf("write at epoch %d has version epoch %d", uint64(math.MaxUint32), got)
+	}
+
+	c := newCluster(t, "src", "m")
+	makeImage(t, c.path("m.img"), 64, bs, 1)
+	c.start("m", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("m.img"), Role: RolePrimary}}})
+	mv, _ := c.nodes["m"].Volume("vol")
+	for _, op := range []wire.Op{wire.OpDelta, wire.OpSyncWrite} {
+		_, _, err := rawSession(t, c, "src", "m", wire.Hello{Op: op, Node: "src", Volume: "vol",
+			Lineage: lineageBytes(mv.Status().Lineage), BlockSize: bs, Blocks: 64, Epoch: 1 << 32})
+		if !errors.Is(err, ErrProtocol) {
+			t.Errorf("%s session at epoch 2^32: %v, want ErrProtocol", op, err)
+		}
+	}
+	if st := mv.Status(); st.Epoch != 1 || st.Role != RolePrimary || st.Fenced {
+		t.Fatalf("after the refused sessions: epoch %d role %s fenced %v, want epoch 1, an unfenced primary", st.Epoch, st.Role, st.Fenced)
+	}
+}

@@ -730,6 +730,11 @@ func (v *Volume) DirtyBlocks(peer string) uint64 {
 	return 0
 }
 
+// maxEpoch is the largest epoch: a block version holds it in 32 bits, so
+// a larger one would be stamped on writes truncated (2^32 as 0) and they
+// would lose to the data of the very epochs it fenced.
+const maxEpoch = math.MaxUint32
+
 // Promote makes the volume the primary at epoch (which must exceed the
 // current epoch; 0 means current+1). The epoch is how the rest of the
 // cluster fences the previous primary: mirrors reject sessions and
@@ -739,6 +744,9 @@ func (v *Volume) Promote(epoch uint64) (uint64, error) {
 	defer v.mu.Unlock()
 	if epoch == 0 {
 		epoch = v.st.Epoch + 1
+	}
+	if epoch > maxEpoch {
+		return 0, fmt.Errorf("volume %s: promote to epoch %d: block versions hold epochs up to %d", v.name, epoch, uint64(maxEpoch))
 	}
 	if epoch <= v.st.Epoch {
 		return 0, fmt.Errorf("volume %s: promote to epoch %d: %w: current epoch is %d", v.name, epoch, ErrFenced, v.st.Epoch)
