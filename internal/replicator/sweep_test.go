@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/premirror/premirror/internal/pki"
 	"github.com/premirror/premirror/internal/replicator/wire"
@@ -203,5 +204,77 @@ func TestEpochBeyondVersionRefused(t *testing.T) {
 	}
 	if st := mv.Status(); st.Epoch != 1 || st.Role != RolePrimary || st.Fenced {
 		t.Fatalf("after the refused sessions: epoch %d role %s fenced %v, want epoch 1, an unfenced primary", st.Epoch, st.Role, st.Fenced)
+	}
+}
+
+// TestWriteVersionAfterClockStepsBack restarts a primary whose wall clock
+// went back (an RTC set ahead, then corrected by NTP; the hybrid clock is
+// not persisted). A rewrite of a block was stamped by the wall clock
+// alone, older than the version the block already had, so every mirror
+// kept its copy (newest version wins, and the same site loses silently):
+// the mirrors diverged from the primary without an error. The same held
+// for blocks recovery re-versions after a crash. A write must always get
+// a version newer than the block's.
+func TestWriteVersionAfterClockStepsBack(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.img")
+	clockAt := func(at time.Time) *Clock {
+		c := NewClock(7)
+		c.now = func() time.Time { return at }
+		return c
+	}
+	ahead := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	behind := ahead.Add(-24 * time.Hour)
+	v, err := OpenVolume(path, VolumeOptions{Init: true, Size: 4096 * bs, Logger: quietLogger(), Clock: clockAt(ahead)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	blk := make([]byte, bs)
+	if _, err := v.WriteAt(blk, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.WriteAt(blk, 2048*bs); err != nil { // recovery case, below
+		t.Fatal(err)
+	}
+	old0, old2048 := v.Version(0), v.Version(2048)
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	v, err = OpenVolume(path, VolumeOptions{Logger: quietLogger(), Clock: clockAt(behind)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.WriteAt(blk, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got := v.Version(0); !old0.Less(got) {
+		t.Fatalf("rewrite after the clock stepped back has version %s, not newer than %s", got, old0)
+	}
+	// A crash with block 2048's extent in the activity log: recovery
+	// re-versions the extent's blocks, and must go past 2048's version.
+	if _, err := v.WriteAt(blk, 2049*bs); err != nil {
+		t.Fatal(err)
+	}
+	v.closeFiles()
+	v, err = OpenVolume(path, VolumeOptions{Logger: quietLogger(), Clock: clockAt(behind)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	if got := v.Version(2048); !old2048.Less(got) {
+		t.Fatalf("block re-versioned by recovery has version %s, not newer than %s", got, old2048)
+	}
+}
+
+// TestClockNeverWraps: a version whose clock is the largest value (a
+// peer's garbage, or a clock run out) must not make the next local
+// version wrap to zero, which would order it before everything.
+func TestClockNeverWraps(t *testing.T) {
+	c := NewClock(1)
+	c.Observe(Version{Epoch: 1, Clock: math.MaxUint64, Site: 2})
+	a := c.Now(1)
+	b := c.Now(1)
+	if a.Clock != math.MaxUint64 || b.Clock != math.MaxUint64 {
+		t.Fatalf("clock after observing 2^64-1: %d then %d, want it to stay at 2^64-1", a.Clock, b.Clock)
 	}
 }

@@ -359,7 +359,7 @@ func (v *Volume) recover() error {
 			if v.st.Role == RolePrimary {
 				// The data may have changed after the last persisted
 				// version: give it a version newer than anything shipped.
-				v.setVersion(b, v.clock.Now(v.st.Epoch))
+				v.setVersion(b, v.clock.After(v.st.Epoch, v.version(b)))
 			}
 			for _, p := range v.peers {
 				p.markDirty(b)
@@ -577,7 +577,7 @@ func (v *Volume) writeTracked(p []byte, off int64) ([]Version, error) {
 	defer v.mu.Unlock()
 	vers := make([]Version, 0, hi-lo)
 	for b := uint64(lo); b < uint64(hi); b++ {
-		ver := v.clock.Now(v.st.Epoch)
+		ver := v.clock.After(v.st.Epoch, v.version(b))
 		v.setVersion(b, ver)
 		vers = append(vers, ver)
 		for _, pb := range v.peers {
