@@ -1,6 +1,7 @@
 package replicator
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math"
@@ -9,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/cespare/xxhash/v2"
 
 	"github.com/premirror/premirror/internal/pki"
 	"github.com/premirror/premirror/internal/replicator/wire"
@@ -276,5 +279,99 @@ func TestClockNeverWraps(t *testing.T) {
 	b := c.Now(1)
 	if a.Clock != math.MaxUint64 || b.Clock != math.MaxUint64 {
 		t.Fatalf("clock after observing 2^64-1: %d then %d, want it to stay at 2^64-1", a.Clock, b.Clock)
+	}
+}
+
+// TestVersionEpochBeyondSession sends blocks stamped with an epoch newer
+// than the one the sender opened the session with. A cycle refuses such
+// a manifest entry; a sync write and a full copy applied it, and the
+// block then beat every later write of the real newer epochs' primaries
+// up to it (epoch 2^32-1: forever). They must be refused and not applied.
+func TestVersionEpochBeyondSession(t *testing.T) {
+	c := newCluster(t, "src", "m")
+	makeImage(t, c.path("src.img"), 64, bs, 1)
+	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary}}, Peers: c.peers("m")})
+	m := c.start("m", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("m.img")}}})
+	if _, err := src.Push(context.Background(), "vol", "m", PushOptions{Mode: ModeFull}); err != nil {
+		t.Fatal(err)
+	}
+	sv, _ := src.Volume("vol")
+	mv, _ := m.Volume("vol")
+	data := bytes.Repeat([]byte{0xEE}, bs)
+	entry := wire.BlockEntry{Kind: wire.KindRaw, Block: 3, Version: Version{Epoch: math.MaxUint32, Clock: 1, Site: 9},
+		Sum: xxhash.Sum64(data), Data: data}
+	hello := wire.Hello{Node: "src", Volume: "vol", Lineage: lineageBytes(sv.Status().Lineage), BlockSize: bs, Blocks: 64, Epoch: 1}
+
+	hello.Op = wire.OpSyncWrite
+	l, _, err := rawSession(t, c, "src", "m", hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.send(&wire.Blocks{Seq: 1, Entries: []wire.BlockEntry{entry}}); err != nil {
+		t.Fatal(err)
+	}
+	var a wire.Ack
+	if err := l.read(&a); !errors.Is(err, ErrProtocol) {
+		t.Errorf("sync write of a block at epoch 2^32-1 in an epoch 1 session: %v, want ErrProtocol", err)
+	}
+	l.close()
+	if got := mv.Version(3); got.Epoch == math.MaxUint32 {
+		t.Fatalf("sync write applied: block 3 has version %s", got)
+	}
+
+	hello.Op = wire.OpFull
+	hello.Flags = wire.HelloRestart
+	l, _, err = rawSession(t, c, "src", "m", hello)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.send(&wire.FullBegin{Session: 1, End: 64}); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.read(&a); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.send(&wire.Blocks{Seq: 1, Entries: []wire.BlockEntry{entry}}); err != nil {
+		t.Fatal(err)
+	}
+	err = l.send(&wire.FullEnd{Session: 1, Next: 64})
+	for err == nil && a.Kind != wire.AckFullEnd {
+		err = l.read(&a)
+	}
+	if !errors.Is(err, ErrProtocol) {
+		t.Errorf("full copy of a block at epoch 2^32-1 in an epoch 1 session: %v, want ErrProtocol", err)
+	}
+	if got := mv.Version(3); got.Epoch == math.MaxUint32 {
+		t.Fatalf("full copy applied: block 3 has version %s", got)
+	}
+}
+
+// TestSyncWriteAfterPromotion: a primary promoted to a newer epoch while
+// its sync-write sessions are open stamps writes with the new epoch; the
+// sessions announced the old one, so they are opened again rather than
+// sending blocks the mirror must refuse.
+func TestSyncWriteAfterPromotion(t *testing.T) {
+	c := newCluster(t, "a", "b")
+	makeImage(t, c.path("a.img"), 64, bs, 1)
+	a := c.start("a", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("a.img"), Role: RolePrimary,
+		Mirrors: []MirrorConfig{{Peer: "b"}}, WriteQuorum: 2}}, Peers: c.peers("b")})
+	b := c.start("b", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("b.img")}}})
+	ctx := context.Background()
+	if _, err := a.Push(ctx, "vol", "b", PushOptions{Mode: ModeFull}); err != nil {
+		t.Fatal(err)
+	}
+	data := bytes.Repeat([]byte{0x11}, bs)
+	if err := a.Write(ctx, "vol", data, 5*bs); err != nil {
+		t.Fatal(err)
+	}
+	if e, err := a.Promote("vol", 0); err != nil || e != 2 {
+		t.Fatalf("promote: %d, %v", e, err)
+	}
+	if err := a.Write(ctx, "vol", data, 6*bs); err != nil {
+		t.Fatalf("write after promotion: %v", err)
+	}
+	bv, _ := b.Volume("vol")
+	if got := bv.Version(6); got.Epoch != 2 {
+		t.Fatalf("mirror holds block 6 at version %s, want epoch 2", got)
 	}
 }
