@@ -52,7 +52,9 @@ func TestParseSchedule(t *testing.T) {
 
 func TestParseScheduleErrors(t *testing.T) {
 	for _, spec := range []string{"fast", "1MB; mon 08:00 5MB", "1MB; xyz 08:00-09:00 5MB", "1MB; mon 25:00-26:00 5MB",
-		"1MB; mon 08:00-09:00 -5MB", "1MB; mon 08:00-09:00", "-1"} {
+		"1MB; mon 08:00-09:00 -5MB", "1MB; mon 08:00-09:00", "-1",
+		// Positive rates that truncate to 0 B/s, which would pause the link.
+		"0.5", "1MB; mon 08:00-09:00 0.9B", "1MB; * 00:00-24:00 1e-10GiB"} {
 		if _, err := ParseSchedule(spec); err == nil {
 			t.Errorf("%q: accepted", spec)
 		}
