@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -373,5 +375,42 @@ func TestSyncWriteAfterPromotion(t *testing.T) {
 	bv, _ := b.Volume("vol")
 	if got := bv.Version(6); got.Epoch != 2 {
 		t.Fatalf("mirror holds block 6 at version %s, want epoch 2", got)
+	}
+}
+
+// TestTruncatedMetadataRefused cuts the volume's paged metadata files
+// short (a copy that stopped early, a full disk). Opening must fail with
+// ErrCorrupt naming the file and both sizes; it said "read …: EOF",
+// which also matched errors.Is(err, io.EOF).
+func TestTruncatedMetadataRefused(t *testing.T) {
+	for _, tc := range []struct {
+		file string
+		size int64
+	}{
+		{"versions", metaHeader + 100},
+		{"versions", 10},
+		{"al", metaHeader},
+		{"peer-b.dirty", 20},
+	} {
+		dir := t.TempDir()
+		path := filepath.Join(dir, "p.img")
+		v, err := OpenVolume(path, VolumeOptions{Init: true, Size: 2048 * bs, Logger: quietLogger()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := v.AddPeer("b"); err != nil {
+			t.Fatal(err)
+		}
+		if err := v.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(filepath.Join(path+".pmr", tc.file), tc.size); err != nil {
+			t.Fatal(err)
+		}
+		_, err = OpenVolume(path, VolumeOptions{Logger: quietLogger()})
+		if !errors.Is(err, ErrCorrupt) || errors.Is(err, io.EOF) || !strings.Contains(err.Error(), tc.file) ||
+			!strings.Contains(err.Error(), fmt.Sprint(tc.size)) {
+			t.Errorf("%s truncated to %d bytes: %v, want ErrCorrupt naming the file and its size", tc.file, tc.size, err)
+		}
 	}
 }
