@@ -131,7 +131,14 @@ func openPaged(path, magic string, size uint64, create bool) (*pagedFile, []byte
 		}
 		return pf, data, nil
 	}
+	truncated := func() error {
+		return fmt.Errorf("%s: %w: truncated to %d bytes, the volume's metadata needs %d", path, ErrCorrupt, st.Size(), metaHeader+size)
+	}
 	hdr := make([]byte, 32)
+	if st.Size() < int64(len(hdr)) {
+		f.Close()
+		return nil, nil, truncated()
+	}
 	if _, err := f.ReadAt(hdr, 0); err != nil {
 		f.Close()
 		return nil, nil, fmt.Errorf("read %s header: %w", path, err)
@@ -143,6 +150,10 @@ func openPaged(path, magic string, size uint64, create bool) (*pagedFile, []byte
 	if got := binary.LittleEndian.Uint64(hdr[8:]); got != size {
 		f.Close()
 		return nil, nil, fmt.Errorf("%s: %w: holds %d bytes, volume needs %d", path, ErrGeometry, got, size)
+	}
+	if st.Size() < int64(metaHeader+size) {
+		f.Close()
+		return nil, nil, truncated()
 	}
 	if _, err := f.ReadAt(data, metaHeader); err != nil {
 		f.Close()

@@ -2,6 +2,7 @@ package replicator
 
 import (
 	"hash/fnv"
+	"math"
 	"sync"
 	"time"
 
@@ -35,13 +36,34 @@ func (c *Clock) physical() uint64 { return uint64(c.now().UnixMilli()) << 16 }
 func (c *Clock) Now(epoch uint64) Version {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	return c.nowLocked(epoch)
+}
+
+func (c *Clock) nowLocked(epoch uint64) Version {
 	p := c.physical()
-	if p > c.last {
+	switch {
+	case p > c.last:
 		c.last = p
-	} else {
+	case c.last < math.MaxUint64:
 		c.last++
+		// else stay: wrapping to 0 would order the version before all
+		// others (2^64-1 is year 10895, reached only by a garbage clock).
 	}
 	return Version{Epoch: uint32(epoch), Clock: c.last, Site: c.site}
+}
+
+// After returns a fresh version for epoch newer than prev, the version
+// the block being written has now. A write follows the one it replaces,
+// and the wall clock alone does not order them when it stepped back
+// since (the clock is not persisted across restarts): mirrors, which
+// keep the newest version, would keep the older data.
+func (c *Clock) After(epoch uint64, prev Version) Version {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if uint64(prev.Epoch) == epoch && prev.Clock > c.last {
+		c.last = prev.Clock
+	}
+	return c.nowLocked(epoch)
 }
 
 // Observe moves the clock past a remote version.

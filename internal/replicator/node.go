@@ -1,6 +1,7 @@
 package replicator
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -297,10 +298,18 @@ func (n *Node) addVolume(vc VolumeConfig) error {
 	if vc.ReadQuorum < 0 || vc.ReadQuorum > copies {
 		return fmt.Errorf("read_quorum %d: want 1..%d (this copy and %d mirrors)", vc.ReadQuorum, copies, len(vc.Mirrors))
 	}
+	seen := map[dynKey]int{}
 	for i, m := range vc.Mirrors {
 		if _, ok := n.peers[m.Peer]; !ok {
 			return fmt.Errorf("mirrors[%d].peer %q: no such peer", i, m.Peer)
 		}
+		// One copy listed twice would count twice towards the quorums
+		// (both fan-out calls share its session) and run two loops.
+		k := dynKey{m.Peer, cmp.Or(m.Volume, vc.Name)}
+		if j, dup := seen[k]; dup {
+			return fmt.Errorf("mirrors[%d]: peer %s volume %s is mirrors[%d] already", i, k.peer, k.volume, j)
+		}
+		seen[k] = i
 		if m.Mode != "" && m.Mode != ModeFull && m.Mode != ModeSelective {
 			return fmt.Errorf("mirrors[%d].mode %q: want full or selective", i, m.Mode)
 		}

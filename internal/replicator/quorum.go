@@ -273,6 +273,7 @@ type peerLink struct {
 	dec    *zstd.Decoder
 	local  string
 	remote string
+	epoch  uint64 // the session's Hello epoch
 }
 
 func newLinkPool(n *Node, p *nodePeer) *linkPool {
@@ -290,13 +291,16 @@ func (lp *linkPool) get(ctx context.Context, local, remote string, op wire.Op) (
 	lp.mu.Unlock()
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	if pl.l != nil {
-		return pl, nil
-	}
 	v, err := lp.n.Volume(local)
 	if err != nil {
 		return nil, err
 	}
+	if pl.l != nil && pl.epoch == v.Epoch() {
+		return pl, nil
+	}
+	// A session announces the epoch in its Hello and the peer refuses
+	// blocks of a newer one: after a promotion, open a new session.
+	pl.closeLocked()
 	// The session outlives the request that opened it; closeAll ends it.
 	lctx, cancel := context.WithCancel(context.Background())
 	hello := lp.n.hello(v, op, remote)
@@ -334,7 +338,7 @@ func (lp *linkPool) get(ctx context.Context, local, remote string, op wire.Op) (
 		r.l.close()
 		return nil, err
 	}
-	pl.l, pl.cancel, pl.enc = r.l, cancel, enc
+	pl.l, pl.cancel, pl.enc, pl.epoch = r.l, cancel, enc, hello.Epoch
 	return pl, nil
 }
 
@@ -507,7 +511,8 @@ func (s *session) serveReads(ctx context.Context) error {
 		if v == nil {
 			return err
 		}
-		if req.Block+uint64(req.Count) > v.blocks || req.Count > maxReadBlocks {
+		// Block first: Block+Count can wrap past 2^64 to a small number.
+		if req.Block >= v.blocks || uint64(req.Count) > v.blocks-req.Block || req.Count > maxReadBlocks {
 			return fmt.Errorf("%w: read of blocks %d+%d outside %d", ErrProtocol, req.Block, req.Count, v.blocks)
 		}
 		hi := req.Block + uint64(req.Count)
@@ -565,6 +570,12 @@ func (s *session) serveSyncWrites(ctx context.Context) error {
 			e := &m.Entries[i]
 			if e.Kind == wire.KindZeroRange || e.Kind == wire.KindAbsent || e.Block >= v.blocks {
 				return fmt.Errorf("%w: sync write of block %d", ErrProtocol, e.Block)
+			}
+			if uint64(e.Version.Epoch) > s.hello.Epoch {
+				// As in a cycle's manifest: the sender cannot have written
+				// under an epoch newer than its own, and such a version
+				// would beat every write up to that epoch.
+				return fmt.Errorf("%w: sync write of block %d version from epoch %d in a session of epoch %d", ErrProtocol, e.Block, e.Version.Epoch, s.hello.Epoch)
 			}
 			if uint64(e.Version.Epoch) < epoch {
 				s.n.metrics.fenced.WithLabelValues(v.name).Inc()

@@ -44,6 +44,8 @@ func (s *session) recvCycle(ctx context.Context, cb *wire.CycleBegin) error {
 		return fmt.Errorf("%w: mirror %s has an unfinished full copy at block %d; finish it first", ErrInconsistent, v.name, st.FullNext)
 	case cb.Cycle != st.Cycle+1:
 		return fmt.Errorf("%w: cycle %d does not follow committed cycle %d", ErrProtocol, cb.Cycle, st.Cycle)
+	case cb.Epoch > maxEpoch:
+		return fmt.Errorf("%w: cycle from epoch %d, beyond %d, the largest a block version holds", ErrProtocol, cb.Epoch, uint64(maxEpoch))
 	case cb.Epoch < st.Epoch:
 		return fmt.Errorf("%w: cycle from epoch %d, volume %s is at epoch %d", ErrFenced, cb.Epoch, v.name, st.Epoch)
 	case cb.Entries > v.blocks:

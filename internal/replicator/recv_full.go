@@ -187,6 +187,9 @@ func (w *fullWriter) apply(f wire.Frame) error {
 		if e.Block < w.next || end > w.fb.End {
 			return fmt.Errorf("%w: block %d outside the copy's remaining range %d..%d", ErrProtocol, e.Block, w.next, w.fb.End)
 		}
+		if e.Kind != wire.KindZeroRange && e.Kind != wire.KindAbsent && uint64(e.Version.Epoch) > w.s.hello.Epoch {
+			return fmt.Errorf("%w: block %d version from epoch %d in a copy of epoch %d", ErrProtocol, e.Block, e.Version.Epoch, w.s.hello.Epoch)
+		}
 		w.next = end
 		if hooks.received != nil && e.Kind != wire.KindZeroRange && e.Kind != wire.KindAbsent {
 			hooks.received(v.name, e.Block, e.Version)

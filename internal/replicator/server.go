@@ -260,8 +260,16 @@ func (s *session) volume() *Volume {
 // second primary of the same epoch.
 func (s *session) admit() error {
 	h := &s.hello
+	if h.Epoch > maxEpoch {
+		return fmt.Errorf("%w: sender epoch %d exceeds %d, the largest a block version holds", ErrProtocol, h.Epoch, uint64(maxEpoch))
+	}
 	v := s.volume()
 	if v == nil {
+		// The mirror will be created with this geometry: refuse one that
+		// no image can hold before anything is written.
+		if err := checkGeometry(int(h.BlockSize), h.Blocks); err != nil {
+			return err
+		}
 		size, err := imageSize(s.nv.cfg.Path)
 		if err != nil {
 			return err

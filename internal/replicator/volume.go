@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -212,10 +213,23 @@ func checkBlockSize(bs int) error {
 	return nil
 }
 
+// checkGeometry checks a source's geometry as a peer announces it: a
+// valid block size and a size of at least one block whose byte count an
+// int64 (file offsets) holds.
+func checkGeometry(bs int, blocks uint64) error {
+	if err := checkBlockSize(bs); err != nil {
+		return err
+	}
+	if blocks == 0 || blocks > math.MaxInt64/uint64(bs) {
+		return fmt.Errorf("source of %d blocks of %d bytes: %w: want 1..%d blocks", blocks, bs, ErrGeometry, math.MaxInt64/uint64(bs))
+	}
+	return nil
+}
+
 // createMirror creates the image (when missing) and metadata of an empty
 // mirror volume for a source of the given geometry.
 func createMirror(path string, o VolumeOptions, bs int, blocks uint64) (*Volume, error) {
-	if err := checkBlockSize(bs); err != nil {
+	if err := checkGeometry(bs, blocks); err != nil {
 		return nil, err
 	}
 	if o.MetaDir == "" {
@@ -345,7 +359,7 @@ func (v *Volume) recover() error {
 			if v.st.Role == RolePrimary {
 				// The data may have changed after the last persisted
 				// version: give it a version newer than anything shipped.
-				v.setVersion(b, v.clock.Now(v.st.Epoch))
+				v.setVersion(b, v.clock.After(v.st.Epoch, v.version(b)))
 			}
 			for _, p := range v.peers {
 				p.markDirty(b)
@@ -563,7 +577,7 @@ func (v *Volume) writeTracked(p []byte, off int64) ([]Version, error) {
 	defer v.mu.Unlock()
 	vers := make([]Version, 0, hi-lo)
 	for b := uint64(lo); b < uint64(hi); b++ {
-		ver := v.clock.Now(v.st.Epoch)
+		ver := v.clock.After(v.st.Epoch, v.version(b))
 		v.setVersion(b, ver)
 		vers = append(vers, ver)
 		for _, pb := range v.peers {
@@ -716,6 +730,11 @@ func (v *Volume) DirtyBlocks(peer string) uint64 {
 	return 0
 }
 
+// maxEpoch is the largest epoch: a block version holds it in 32 bits, so
+// a larger one would be stamped on writes truncated (2^32 as 0) and they
+// would lose to the data of the very epochs it fenced.
+const maxEpoch = math.MaxUint32
+
 // Promote makes the volume the primary at epoch (which must exceed the
 // current epoch; 0 means current+1). The epoch is how the rest of the
 // cluster fences the previous primary: mirrors reject sessions and
@@ -725,6 +744,9 @@ func (v *Volume) Promote(epoch uint64) (uint64, error) {
 	defer v.mu.Unlock()
 	if epoch == 0 {
 		epoch = v.st.Epoch + 1
+	}
+	if epoch > maxEpoch {
+		return 0, fmt.Errorf("volume %s: promote to epoch %d: block versions hold epochs up to %d", v.name, epoch, uint64(maxEpoch))
 	}
 	if epoch <= v.st.Epoch {
 		return 0, fmt.Errorf("volume %s: promote to epoch %d: %w: current epoch is %d", v.name, epoch, ErrFenced, v.st.Epoch)

@@ -84,13 +84,15 @@ func (s Schedule) NextChange(t time.Time) time.Time {
 		return time.Time{}
 	}
 	lt := t.In(s.loc())
-	day := time.Date(lt.Year(), lt.Month(), lt.Day(), 0, 0, 0, 0, s.loc())
 	var best time.Time
 	for i := 0; i <= 8; i++ {
-		d := day.AddDate(0, 0, i)
 		for _, w := range s.Windows {
 			for _, m := range [2]int{w.Start, w.End % 1440} {
-				c := d.Add(time.Duration(m) * time.Minute)
+				// Wall-clock minute m of the day, not midnight plus m
+				// minutes: on a day the clocks change those differ by
+				// an hour, and on the long day midnight+m can fall
+				// before t, so the boundary would be skipped.
+				c := time.Date(lt.Year(), lt.Month(), lt.Day()+i, m/60, m%60, 0, 0, s.loc())
 				if c.After(t) && (best.IsZero() || c.Before(best)) {
 					best = c
 				}
@@ -247,6 +249,10 @@ func ParseRate(s string) (int64, error) {
 	v, err := strconv.ParseFloat(strings.TrimSpace(ls), 64)
 	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) || v*mult > math.MaxInt64/2 {
 		return 0, fmt.Errorf("bad rate %q", s)
+	}
+	if v > 0 && v*mult < 1 {
+		// It would truncate to 0, which pauses: say so instead.
+		return 0, fmt.Errorf("bad rate %q: below 1 byte per second (write 0 to pause)", s)
 	}
 	return int64(v * mult), nil
 }

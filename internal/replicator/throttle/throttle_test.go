@@ -52,7 +52,9 @@ func TestParseSchedule(t *testing.T) {
 
 func TestParseScheduleErrors(t *testing.T) {
 	for _, spec := range []string{"fast", "1MB; mon 08:00 5MB", "1MB; xyz 08:00-09:00 5MB", "1MB; mon 25:00-26:00 5MB",
-		"1MB; mon 08:00-09:00 -5MB", "1MB; mon 08:00-09:00", "-1"} {
+		"1MB; mon 08:00-09:00 -5MB", "1MB; mon 08:00-09:00", "-1",
+		// Positive rates that truncate to 0 B/s, which would pause the link.
+		"0.5", "1MB; mon 08:00-09:00 0.9B", "1MB; * 00:00-24:00 1e-10GiB"} {
 		if _, err := ParseSchedule(spec); err == nil {
 			t.Errorf("%q: accepted", spec)
 		}
@@ -161,5 +163,52 @@ func TestParseRate(t *testing.T) {
 		if err != nil || got != want {
 			t.Errorf("ParseRate(%q) = %d, %v; want %d", in, got, err, want)
 		}
+	}
+}
+
+// TestNextChangeAcrossDST checks window boundaries on the days a zone's
+// clocks change: the boundary is the wall-clock minute of the schedule,
+// not midnight plus that many hours (which is an hour off on a 23- or
+// 25-hour day, and on the long day lands on a minute already passed, so
+// the limiter would miss the boundary and keep the window's rate until
+// the next one).
+func TestNextChangeAcrossDST(t *testing.T) {
+	berlin, err := time.LoadLocation("Europe/Berlin")
+	if err != nil {
+		t.Skipf("no tz database: %v", err)
+	}
+	s, err := ParseSchedule("unlimited; * 08:00-20:00 0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Location = berlin
+	at := func(y int, m time.Month, d, hh, mm int) time.Time { return time.Date(y, m, d, hh, mm, 0, 0, berlin) }
+	cases := []struct {
+		name      string
+		now, want time.Time
+	}{
+		{"spring forward, window end", at(2025, 3, 30, 12, 0), at(2025, 3, 30, 20, 0)},
+		{"spring forward, window start", at(2025, 3, 30, 1, 0), at(2025, 3, 30, 8, 0)},
+		{"fall back, window end", at(2025, 10, 26, 12, 0), at(2025, 10, 26, 20, 0)},
+		{"fall back, window end from 19:00", at(2025, 10, 26, 19, 0), at(2025, 10, 26, 20, 0)},
+		{"fall back, window start", at(2025, 10, 26, 1, 0), at(2025, 10, 26, 8, 0)},
+	}
+	for _, tc := range cases {
+		if got := s.NextChange(tc.now); !got.Equal(tc.want) {
+			t.Errorf("%s: NextChange(%s) = %s, want %s", tc.name, tc.now, got.In(berlin), tc.want)
+		}
+	}
+	// The limiter re-reads the rate at the boundary: at 20:00 on the
+	// long day the paused window is over.
+	clk := &fakeClock{now: at(2025, 10, 26, 19, 0)}
+	l := NewLimiter(s, clk)
+	if r := l.Rate(); r != 0 {
+		t.Fatalf("rate at 19:00 = %d, want 0 (paused window)", r)
+	}
+	clk.mu.Lock()
+	clk.now = at(2025, 10, 26, 20, 0)
+	clk.mu.Unlock()
+	if r := l.Rate(); r != Unlimited {
+		t.Fatalf("rate at 20:00 on the day clocks go back = %d, want unlimited", r)
 	}
 }
