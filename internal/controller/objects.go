@@ -123,9 +123,10 @@ func parseDuration(field, s string) (time.Duration, error) {
 }
 
 // ParseObjects reads YAML documents of sites, mirrors and resources and
-// validates each object on its own (references between objects are
-// checked by ValidateObjects against the full set). Unknown fields are
-// errors; an error names the document and field.
+// validates each object on its own and that no name of a kind comes twice
+// (references between objects are checked by ValidateObjects against the
+// full set). Unknown fields are errors; an error names the document and
+// field.
 func ParseObjects(b []byte) (*pb.Objects, error) {
 	out := &pb.Objects{}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
@@ -182,7 +183,34 @@ func ParseObjects(b []byte) (*pb.Objects, error) {
 			return nil, invalidf("resources[%d] (%s).%v", i, r.GetName(), err)
 		}
 	}
+	if err := checkUnique(out); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+// checkUnique refuses an input (a file, one apply) that names an object
+// twice: which of the two should win is not ours to guess, and both
+// writes in one etcd transaction fail with etcd's own message.
+func checkUnique(o *pb.Objects) error {
+	if err := uniqueNames("sites", o.GetSites()); err != nil {
+		return err
+	}
+	if err := uniqueNames("mirrors", o.GetMirrors()); err != nil {
+		return err
+	}
+	return uniqueNames("resources", o.GetResources())
+}
+
+func uniqueNames[T named](kind string, list []T) error {
+	first := map[string]int{}
+	for i, x := range list {
+		if j, ok := first[x.GetName()]; ok {
+			return invalidf("%s[%d] (%s).name: listed twice (also %s[%d])", kind, i, x.GetName(), kind, j)
+		}
+		first[x.GetName()] = i
+	}
+	return nil
 }
 
 // The yaml→proto conversions catch only what the proto cannot hold (a

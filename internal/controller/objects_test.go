@@ -85,6 +85,7 @@ func TestParseObjectsNamesTheField(t *testing.T) {
 		{"second document", "    origin: nyc", "    origin: nyc\n    colour: red", "document 1"},
 		{"second document index", "vips: [203.0.113.6]", "vips: [nope]", "resources[1] (web).vips[0]"},
 		{"not yaml", "sites:", "sites: [", "document 0"},
+		{"mirror twice across documents", "resources:\n  - name: web", "mirrors:\n  - {name: paris, site: us, address: 192.0.2.30}\nresources:\n  - name: web", "mirrors[2] (paris).name: listed twice (also mirrors[0])"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
