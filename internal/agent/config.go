@@ -14,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/yamlstrict"
 )
 
 // Role says which programs a node runs.
@@ -189,6 +190,17 @@ func ParseConfig(b []byte) (*Config, error) {
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("parse config: %w", err)
+	}
+	// A second document would be ignored: refuse it rather than run on
+	// half of what the file says.
+	if err := dec.Decode(new(yaml.Node)); !errors.Is(err, io.EOF) {
+		return nil, errors.New("parse config: more than one YAML document (---): the agent reads one")
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err == nil {
+		if err := yamlstrict.WholeNumbers(&doc, c); err != nil {
+			return nil, fmt.Errorf("parse config: %w", err)
+		}
 	}
 	c.setDefaults()
 	if err := c.Validate(); err != nil {

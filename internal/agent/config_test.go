@@ -125,6 +125,12 @@ func TestParseConfigErrors(t *testing.T) {
 		{"zero weights", "us: {dallas: 1}", "us: {dallas: 0}", "every weight is zero"},
 		{"affinity prefix", "prefix_v4: 24", "prefix_v4: 40", "resources[0].affinity.prefix_v4"},
 		{"affinity timeout", "timeout: 30m", "timeout: soon", "duration"},
+		{"fractional weight", "us: {dallas: 1}", "us: {dallas: 0.5}", `parse config: resources[0].routes["us"]["dallas"]: 0.5 is not a whole number (line 29)`},
+		{"fractional region id", "{name: us, id: 2", "{name: us, id: 1.5", "regions[1].id: 1.5 is not a whole number"},
+		{"fractional GUE port", "gue_port: 6080}", "gue_port: 6080.5}", "mirrors[2].gue_port: 6080.5"},
+		{"fractional affinity prefix", "prefix_v4: 24", "prefix_v4: 24.5", "resources[0].affinity.prefix_v4: 24.5"},
+		{"fractional limit", "max_sessions: 4096", "max_sessions: 4096.5", "limits.max_sessions: 4096.5"},
+		{"second document", "node: edge-test", "node: edge-test\n---\nnode: other", "more than one YAML document"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/yamlstrict"
 )
 
 // ErrInvalid wraps every validation failure of user objects; the message
@@ -131,6 +132,8 @@ func ParseObjects(b []byte) (*pb.Objects, error) {
 	out := &pb.Objects{}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
+	// The same documents again as nodes, for what KnownFields misses.
+	nodes := yaml.NewDecoder(bytes.NewReader(b))
 	for doc := 0; ; doc++ {
 		var f objectsFile
 		err := dec.Decode(&f)
@@ -139,6 +142,15 @@ func ParseObjects(b []byte) (*pb.Objects, error) {
 		}
 		if err != nil {
 			return nil, invalidf("document %d: %v", doc, err)
+		}
+		var n yaml.Node
+		if nodes.Decode(&n) == nil {
+			if err := yamlstrict.WholeNumbers(&n, &f); err != nil {
+				if doc == 0 {
+					return nil, invalidf("%v", err)
+				}
+				return nil, invalidf("document %d: %v", doc, err)
+			}
 		}
 		where := func(kind string, i int) string {
 			if doc == 0 {

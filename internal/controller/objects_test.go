@@ -85,6 +85,11 @@ func TestParseObjectsNamesTheField(t *testing.T) {
 		{"second document", "    origin: nyc", "    origin: nyc\n    colour: red", "document 1"},
 		{"second document index", "vips: [203.0.113.6]", "vips: [nope]", "resources[1] (web).vips[0]"},
 		{"not yaml", "sites:", "sites: [", "document 0"},
+		{"fractional port", "ports: [443, 10809]", "ports: [443, 10809.5]", "resources[0].ports[1]: 10809.5 is not a whole number (line 27)"},
+		{"fractional GUE port", "gue_port: 6080", "gue_port: 6080.9", "mirrors[1].gue_port: 6080.9"},
+		{"fractional affinity prefix", "prefix_v4: 24", "prefix_v4: 23.5", "resources[0].affinity.prefix_v4: 23.5"},
+		{"fractional size", "size_bytes: 21474836480", "size_bytes: 2.5", "resources[0].size_bytes: 2.5"},
+		{"fractional in the second document", "ports: [80]", "ports: [80.5]", "document 1: resources[0].ports[0]: 80.5"},
 		{"mirror twice across documents", "resources:\n  - name: web", "mirrors:\n  - {name: paris, site: us, address: 192.0.2.30}\nresources:\n  - name: web", "mirrors[2] (paris).name: listed twice (also mirrors[0])"},
 	}
 	for _, tc := range cases {
