@@ -330,7 +330,9 @@ func (a *Agent) settings(cfg *Config, c *Compiled) (pmaps.Settings, error) {
 func decapAddresses(cfg *Config) ([]netip.Addr, error) {
 	var out []netip.Addr
 	for _, s := range cfg.DecapAddresses {
-		out = append(out, netip.MustParseAddr(s))
+		// Unmapped as mirror addresses are: ::ffff:192.0.2.1 is the
+		// IPv4 address tunnel packets arrive for.
+		out = append(out, netip.MustParseAddr(s).Unmap())
 	}
 	if len(out) > 0 {
 		return out, nil

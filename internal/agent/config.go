@@ -327,15 +327,18 @@ func (c *Config) Validate() error {
 			continue
 		}
 		a, err := netip.ParseAddr(f.v)
+		if err == nil {
+			_, err = unicast(a)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", f.name, err)
 		}
-		if (f.name == "outer_source_v4") != a.Is4() {
+		if (f.name == "outer_source_v4") != a.Is4() || a.Is4In6() {
 			return fmt.Errorf("%s: %s is the wrong family", f.name, a)
 		}
 	}
 	for i, s := range c.DecapAddresses {
-		if _, err := netip.ParseAddr(s); err != nil {
+		if _, err := parseUnicast(s); err != nil {
 			return fmt.Errorf("decap_addresses[%d]: %w", i, err)
 		}
 	}
@@ -410,7 +413,53 @@ func ParseVIP(s string) (maps.VIP, error) {
 	if ap.Port() == 0 {
 		return maps.VIP{}, fmt.Errorf("%q: port 0", s)
 	}
-	return maps.VIP{Addr: ap.Addr().Unmap(), Port: ap.Port(), Proto: p}, nil
+	a, err := unicast(ap.Addr())
+	if err != nil {
+		return maps.VIP{}, fmt.Errorf("%q: %w", s, err)
+	}
+	return maps.VIP{Addr: a, Port: ap.Port(), Proto: p}, nil
+}
+
+// parseUnicast parses an address packets are sent to or from (see
+// unicast).
+func parseUnicast(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return a, err
+	}
+	return unicast(a)
+}
+
+// unicast refuses what the data plane cannot key or send to: a zone
+// (maps hold bare addresses, so fe80::1%a and fe80::1%b would be one
+// key), the unspecified address, multicast and the IPv4 broadcast. An
+// IPv4-mapped IPv6 address is returned as the IPv4 address packets carry.
+func unicast(a netip.Addr) (netip.Addr, error) {
+	switch a = a.Unmap(); {
+	case a.Zone() != "":
+		return a, fmt.Errorf("%s: an address with a zone (%%%s) is not for the data plane", a, a.Zone())
+	case a.IsUnspecified(), a.IsMulticast(), a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return a, fmt.Errorf("%s: not a unicast address", a)
+	}
+	return a, nil
+}
+
+// clientPrefix parses a region's client prefix: no host bits, and not an
+// IPv4-mapped IPv6 prefix, which no packet matches (IPv4 clients are
+// looked up as IPv4).
+func clientPrefix(s string) (netip.Prefix, error) {
+	pf, err := netip.ParsePrefix(s)
+	if err != nil {
+		return pf, err
+	}
+	if pf.Masked() != pf {
+		return pf, fmt.Errorf("%s has host bits set (did you mean %s?)", pf, pf.Masked())
+	}
+	if pf.Addr().Is4In6() && pf.Bits() >= 96 {
+		return pf, fmt.Errorf("%s is IPv4-mapped and matches no packet (did you mean %s?)", pf,
+			netip.PrefixFrom(pf.Addr().Unmap(), pf.Bits()-96))
+	}
+	return pf, nil
 }
 
 // Compiled is a DesiredState resolved to data-plane IDs.
@@ -462,12 +511,9 @@ func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
 		regions[r.Name] = maps.RegionID(r.ID)
 		out.RegionNames[maps.RegionID(r.ID)] = r.Name
 		for j, p := range r.Prefixes {
-			pf, err := netip.ParsePrefix(p)
+			pf, err := clientPrefix(p)
 			if err != nil {
 				return nil, fmt.Errorf("%s.prefixes[%d]: %w", f, j, err)
-			}
-			if pf.Masked() != pf {
-				return nil, fmt.Errorf("%s.prefixes[%d]: %s has host bits set (did you mean %s?)", f, j, pf, pf.Masked())
 			}
 			if other, dup := out.Prefixes[pf]; dup {
 				return nil, fmt.Errorf("%s.prefixes[%d]: %s already belongs to region %s", f, j, pf, out.RegionNames[other])
@@ -497,7 +543,7 @@ func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
 		if _, dup := out.MirrorNames[maps.MirrorID(m.ID)]; dup {
 			return nil, fmt.Errorf("%s.id: %d used twice", f, m.ID)
 		}
-		addr, err := netip.ParseAddr(m.Address)
+		addr, err := parseUnicast(m.Address)
 		if err != nil {
 			return nil, fmt.Errorf("%s.address: %w", f, err)
 		}
@@ -507,7 +553,7 @@ func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
 				return nil, fmt.Errorf("%s.state: %w", f, err)
 			}
 		}
-		mm := maps.Mirror{Addr: addr.Unmap(), State: state}
+		mm := maps.Mirror{Addr: addr, State: state}
 		if mm.Encap, err = maps.ParseEncapsulation(m.Encap); err != nil {
 			return nil, fmt.Errorf("%s.encap: %w", f, err)
 		}

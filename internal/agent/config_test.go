@@ -130,6 +130,16 @@ func TestParseConfigErrors(t *testing.T) {
 		{"fractional GUE port", "gue_port: 6080}", "gue_port: 6080.5}", "mirrors[2].gue_port: 6080.5"},
 		{"fractional affinity prefix", "prefix_v4: 24", "prefix_v4: 24.5", "resources[0].affinity.prefix_v4: 24.5"},
 		{"fractional limit", "max_sessions: 4096", "max_sessions: 4096.5", "limits.max_sessions: 4096.5"},
+		{"vip with a zone", "192.0.2.1:53/udp", "\"[fe80::1%eth0]:53/udp\"", "resources[0].vips[1]: \"[fe80::1%eth0]:53/udp\": fe80::1%eth0: an address with a zone"},
+		{"unspecified vip", "192.0.2.1:53/udp", "0.0.0.0:53/udp", "resources[0].vips[1]: \"0.0.0.0:53/udp\": 0.0.0.0: not a unicast address"},
+		{"multicast mirror", "10.77.0.11", "224.0.0.5", "mirrors[1].address: 224.0.0.5: not a unicast address"},
+		{"unspecified mirror", "10.77.0.11", "\"::\"", "mirrors[1].address: ::: not a unicast address"},
+		{"mirror with a zone", "10.77.0.11", "\"fe80::11%eth0\"", "mirrors[1].address: fe80::11%eth0: an address with a zone"},
+		{"IPv4-mapped prefix", "[203.0.113.0/24]", "[\"::ffff:203.0.113.0/120\"]", "regions[1].prefixes[0]: ::ffff:203.0.113.0/120 is IPv4-mapped and matches no packet (did you mean 203.0.113.0/24?)"},
+		{"IPv4-mapped prefix shadowing another region's", "[203.0.113.0/24]", "[\"::ffff:198.51.100.0/120\"]", "regions[1].prefixes[0]: ::ffff:198.51.100.0/120 is IPv4-mapped"},
+		{"unspecified decap address", "role: edge", "role: mirror\ndecap_addresses: [0.0.0.0]", "decap_addresses[0]: 0.0.0.0: not a unicast address"},
+		{"IPv4-mapped outer source v6", "metrics_addr:", "outer_source_v6: \"::ffff:192.0.2.7\"\nmetrics_addr:", "outer_source_v6: ::ffff:192.0.2.7 is the wrong family"},
+		{"multicast outer source", "metrics_addr:", "outer_source_v4: 239.1.1.1\nmetrics_addr:", "outer_source_v4: 239.1.1.1: not a unicast address"},
 		{"second document", "node: edge-test", "node: edge-test\n---\nnode: other", "more than one YAML document"},
 	}
 	for _, tt := range tests {
@@ -163,6 +173,16 @@ func FuzzParseConfig(f *testing.F) {
 			t.Fatalf("accepted config does not compile: %v", err)
 		}
 	})
+}
+
+// Decap addresses are unmapped as mirror addresses are: a tunnel packet
+// for ::ffff:192.0.2.1 arrives as IPv4 (before, the IPv6 form was keyed
+// and IPv4 tunnel packets to the address were not decapsulated).
+func TestDecapAddressesUnmapped(t *testing.T) {
+	got, err := decapAddresses(&Config{DecapAddresses: []string{"::ffff:192.0.2.1", "2001:db8::1"}})
+	if err != nil || len(got) != 2 || got[0] != mustAddr("192.0.2.1") || got[1] != mustAddr("2001:db8::1") {
+		t.Fatalf("decap addresses %v, %v", got, err)
+	}
 }
 
 func TestParseVIP(t *testing.T) {

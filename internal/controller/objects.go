@@ -377,6 +377,24 @@ func checkName(n string) error {
 	return nil
 }
 
+// checkUnicast refuses addresses the agents refuse in the desired state
+// (agent.ParseVIP, mirror addresses): a zone, which the data plane's
+// keys drop (fe80::1%a and fe80::1%b would be one VIP), the unspecified
+// address, multicast and the IPv4 broadcast.
+func checkUnicast(s string) error {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return err
+	}
+	switch a = a.Unmap(); {
+	case a.Zone() != "":
+		return fmt.Errorf("%s: an address with a zone (%%%s) is not for the data plane", a, a.Zone())
+	case a.IsUnspecified(), a.IsMulticast(), a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return fmt.Errorf("%s: not a unicast address", a)
+	}
+	return nil
+}
+
 func finiteNonNeg(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) && f >= 0 }
 
 func checkSite(s *pb.Site) error {
@@ -391,6 +409,12 @@ func checkSite(s *pb.Site) error {
 		}
 		if pf.Masked() != pf {
 			return fmt.Errorf("client_prefixes[%d]: %s has host bits set (did you mean %s?)", i, pf, pf.Masked())
+		}
+		// IPv4 clients are looked up as IPv4 (by the agents, and by
+		// ingest-log): a mapped prefix would match nobody.
+		if pf.Addr().Is4In6() && pf.Bits() >= 96 {
+			return fmt.Errorf("client_prefixes[%d]: %s is IPv4-mapped and matches no client (did you mean %s?)", i, pf,
+				netip.PrefixFrom(pf.Addr().Unmap(), pf.Bits()-96))
 		}
 		if seen[pf] {
 			return fmt.Errorf("client_prefixes[%d]: %s listed twice", i, pf)
@@ -418,7 +442,7 @@ func checkMirror(m *pb.Mirror) error {
 	if m.GetSite() == "" {
 		return errors.New("site: missing")
 	}
-	if _, err := netip.ParseAddr(m.GetAddress()); err != nil {
+	if err := checkUnicast(m.GetAddress()); err != nil {
 		return fmt.Errorf("address: %w", err)
 	}
 	if n := m.GetNode(); n != "" && len(n) > 253 {
@@ -457,10 +481,10 @@ func checkResource(r *pb.Resource) error {
 	}
 	addrs := map[netip.Addr]bool{}
 	for i, v := range r.GetVips() {
-		a, err := netip.ParseAddr(v)
-		if err != nil {
+		if err := checkUnicast(v); err != nil {
 			return fmt.Errorf("vips[%d]: %w", i, err)
 		}
+		a := netip.MustParseAddr(v)
 		if addrs[a.Unmap()] {
 			return fmt.Errorf("vips[%d]: %s listed twice", i, a)
 		}

@@ -85,6 +85,11 @@ func TestParseObjectsNamesTheField(t *testing.T) {
 		{"second document", "    origin: nyc", "    origin: nyc\n    colour: red", "document 1"},
 		{"second document index", "vips: [203.0.113.6]", "vips: [nope]", "resources[1] (web).vips[0]"},
 		{"not yaml", "sites:", "sites: [", "document 0"},
+		{"IPv4-mapped prefix", "[10.2.0.0/16]", "[\"::ffff:10.2.0.0/112\"]", "sites[1] (us).client_prefixes[0]: ::ffff:10.2.0.0/112 is IPv4-mapped and matches no client (did you mean 10.2.0.0/16?)"},
+		{"multicast mirror", "address: 192.0.2.10", "address: 224.0.0.10", "mirrors[0] (paris).address: 224.0.0.10: not a unicast address"},
+		{"mirror with a zone", "address: 192.0.2.10", "address: \"fe80::10%eth0\"", "mirrors[0] (paris).address: fe80::10%eth0: an address with a zone"},
+		{"unspecified vip", "vips: [203.0.113.5,", "vips: [0.0.0.0,", "resources[0] (disk-42).vips[0]: 0.0.0.0: not a unicast address"},
+		{"vip with a zone", "vips: [203.0.113.5,", "vips: [\"fe80::5%eth0\",", "resources[0] (disk-42).vips[0]: fe80::5%eth0: an address with a zone"},
 		{"fractional port", "ports: [443, 10809]", "ports: [443, 10809.5]", "resources[0].ports[1]: 10809.5 is not a whole number (line 27)"},
 		{"fractional GUE port", "gue_port: 6080", "gue_port: 6080.9", "mirrors[1].gue_port: 6080.9"},
 		{"fractional affinity prefix", "prefix_v4: 24", "prefix_v4: 23.5", "resources[0].affinity.prefix_v4: 23.5"},
@@ -126,6 +131,12 @@ func TestValidateObjectsReferences(t *testing.T) {
 			r.Name = "copy"
 			o.Resources = append(o.Resources, r)
 		}, Limits{}, `resource "copy": vips[0]`},
+		{"vip of two resources through zones", func(o *pb.Objects) {
+			r := proto.Clone(o.Resources[0]).(*pb.Resource)
+			r.Name, r.Vips = "copy", []string{"fe80::5%b"}
+			o.Resources[0].Vips = []string{"fe80::5%a"}
+			o.Resources = append(o.Resources, r)
+		}, Limits{}, `resource "disk": vips[0]: fe80::5%a: an address with a zone`},
 		{"too many vips", func(o *pb.Objects) { o.Resources[0].Ports = []uint32{1, 2, 3} }, Limits{MaxVIPs: 2}, "VIPs exceed"},
 		{"too many routes", func(o *pb.Objects) {}, Limits{MaxRoutes: 2}, "routes"},
 	}
