@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/netip"
 	"os"
 	"strconv"
@@ -595,6 +596,11 @@ func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
 		if a := r.Affinity; a != nil {
 			if a.Timeout <= 0 {
 				return nil, fmt.Errorf("%s.affinity.timeout: must be > 0", f)
+			}
+			// The data plane keeps whole seconds in 32 bits: a longer
+			// timeout would wrap to a short one.
+			if limit := Duration(math.MaxUint32 * time.Second); a.Timeout > limit {
+				return nil, fmt.Errorf("%s.affinity.timeout: %v out of (0, %v]", f, time.Duration(a.Timeout), time.Duration(limit))
 			}
 			if a.PrefixV4 < 0 || a.PrefixV4 > 32 {
 				return nil, fmt.Errorf("%s.affinity.prefix_v4: %d out of [1, 32]", f, a.PrefixV4)

@@ -140,6 +140,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"unspecified decap address", "role: edge", "role: mirror\ndecap_addresses: [0.0.0.0]", "decap_addresses[0]: 0.0.0.0: not a unicast address"},
 		{"IPv4-mapped outer source v6", "metrics_addr:", "outer_source_v6: \"::ffff:192.0.2.7\"\nmetrics_addr:", "outer_source_v6: ::ffff:192.0.2.7 is the wrong family"},
 		{"multicast outer source", "metrics_addr:", "outer_source_v4: 239.1.1.1\nmetrics_addr:", "outer_source_v4: 239.1.1.1: not a unicast address"},
+		{"affinity timeout beyond 32-bit seconds", "timeout: 30m", "timeout: 2000000h", "resources[0].affinity.timeout: 2000000h0m0s out of (0, 1193046h28m15s]"},
 		{"second document", "node: edge-test", "node: edge-test\n---\nnode: other", "more than one YAML document"},
 	}
 	for _, tt := range tests {
