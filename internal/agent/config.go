@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -304,10 +306,21 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("role: %q is not edge, mirror or both", c.Role)
 	}
-	for i, name := range append(append(append([]string{}, c.Interfaces...), c.RouterInterfaces...), c.DecapInterfaces...) {
-		if name == "" || len(name) > 15 || strings.ContainsAny(name, "/ ") {
-			return fmt.Errorf("interfaces[%d]: %q is not an interface name", i, name)
+	for _, l := range []struct {
+		field string
+		names []string
+	}{{"interfaces", c.Interfaces}, {"router_interfaces", c.RouterInterfaces}, {"decap_interfaces", c.DecapInterfaces}} {
+		for i, name := range l.names {
+			if !validIfaceName(name) {
+				return fmt.Errorf("%s[%d]: %q is not an interface name", l.field, i, name)
+			}
+			if j := slices.Index(l.names, name); j != i {
+				return fmt.Errorf("%s[%d]: %s listed twice (also %s[%d])", l.field, i, name, l.field, j)
+			}
 		}
+	}
+	if err := checkHostPort(c.MetricsAddr, true); err != nil {
+		return fmt.Errorf("metrics_addr: %w", err)
 	}
 	switch c.XDPMode {
 	case XDPAuto, XDPNative, XDPGeneric:
@@ -393,6 +406,47 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.State.Compile(c.MapsConfig()); err != nil {
 		return err
+	}
+	return nil
+}
+
+// validIfaceName is the kernel's rule (dev_valid_name): 1 to 15 bytes,
+// not . or .., no '/', ':' or white space; control bytes (NUL would cut
+// the name short in netlink) are refused too.
+func validIfaceName(s string) bool {
+	if s == "" || len(s) > 15 || s == "." || s == ".." {
+		return false
+	}
+	for _, r := range s {
+		if r == '/' || r == ':' || r <= ' ' || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// checkHostPort checks a host:port address before anything listens or
+// dials: a port out of range or missing fails at start, naming the
+// field, rather than after the programs are attached. Port 0 (any free
+// port) is for listen addresses only.
+func checkHostPort(s string, listen bool) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return err
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	switch {
+	case port == "":
+		return fmt.Errorf("%q: port missing", s)
+	case err == nil && n == 0 && !listen:
+		return fmt.Errorf("%q: port 0", s)
+	case err == nil:
+		return nil
+	}
+	// A service name (https) is looked up in /etc/services, never on the
+	// network.
+	if _, lerr := net.LookupPort("tcp", port); lerr != nil {
+		return fmt.Errorf("%q: port %q is not a number in [1, 65535] or a known service", s, port)
 	}
 	return nil
 }

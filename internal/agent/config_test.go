@@ -141,6 +141,17 @@ func TestParseConfigErrors(t *testing.T) {
 		{"IPv4-mapped outer source v6", "metrics_addr:", "outer_source_v6: \"::ffff:192.0.2.7\"\nmetrics_addr:", "outer_source_v6: ::ffff:192.0.2.7 is the wrong family"},
 		{"multicast outer source", "metrics_addr:", "outer_source_v4: 239.1.1.1\nmetrics_addr:", "outer_source_v4: 239.1.1.1: not a unicast address"},
 		{"affinity timeout beyond 32-bit seconds", "timeout: 30m", "timeout: 2000000h", "resources[0].affinity.timeout: 2000000h0m0s out of (0, 1193046h28m15s]"},
+		{"bad decap interface of role both", "role: edge\ninterfaces: [pa0]", "role: both\nrouter_interfaces: [pa0, pa1]\ndecap_interfaces: [\"a/b\"]", `decap_interfaces[0]: "a/b" is not an interface name`},
+		{"interface listed twice", "interfaces: [pa0]", "interfaces: [pa0, pa1, pa0]", "interfaces[2]: pa0 listed twice (also interfaces[0])"},
+		{"interface named ..", "interfaces: [pa0]", "interfaces: [\"..\"]", `interfaces[0]: ".." is not an interface name`},
+		{"interface name with a colon", "interfaces: [pa0]", "interfaces: [\"eth0:1\"]", `interfaces[0]: "eth0:1" is not an interface name`},
+		{"interface name with NUL", "interfaces: [pa0]", "interfaces: [\"pa\\0x\"]", `interfaces[0]: "pa\x00x" is not an interface name`},
+		{"metrics address without a port", "metrics_addr: 127.0.0.1:0", "metrics_addr: 9450", "metrics_addr: address 9450: missing port"},
+		{"metrics port out of range", "metrics_addr: 127.0.0.1:0", "metrics_addr: 127.0.0.1:99999", `metrics_addr: "127.0.0.1:99999": port "99999" is not a number`},
+		{"controller endpoint without port", "node: edge-test", "node: edge-test\ncontroller: {endpoints: [\"ctl:\"], site: eu, tls: {ca: a, cert: b, key: c}}", `controller.endpoints[0]: "ctl:": port missing`},
+		{"controller endpoint port 0", "node: edge-test", "node: edge-test\ncontroller: {endpoints: [\"ctl:0\"], site: eu, tls: {ca: a, cert: b, key: c}}", `controller.endpoints[0]: "ctl:0": port 0`},
+		{"negative report interval", "node: edge-test", "node: edge-test\ncontroller: {endpoints: [\"ctl:7443\"], site: eu, report_interval: -1s, tls: {ca: a, cert: b, key: c}}", "controller.report_interval: -1s is negative"},
+		{"replication peer port out of range", "node: edge-test", "node: edge-test\nreplication: {tls: {ca: a, cert: b, key: c}, peers: [{name: p, addr: \"10.0.0.1:70000\"}]}", `replication.peers[0].addr: "10.0.0.1:70000": port "70000"`},
 		{"second document", "node: edge-test", "node: edge-test\n---\nnode: other", "more than one YAML document"},
 	}
 	for _, tt := range tests {

@@ -145,7 +145,7 @@ func (r *Replication) validate() error {
 		return fmt.Errorf("replication.%w (replication channels are always mutual TLS)", err)
 	}
 	if r.Listen != "" {
-		if _, _, err := net.SplitHostPort(r.Listen); err != nil {
+		if err := checkHostPort(r.Listen, true); err != nil {
 			return fmt.Errorf("replication.listen: %w", err)
 		}
 	}
@@ -162,7 +162,7 @@ func (r *Replication) validate() error {
 			return fmt.Errorf("%s.name: %q empty or defined twice", f, p.Name)
 		}
 		peers[p.Name] = true
-		if _, _, err := net.SplitHostPort(p.Addr); err != nil {
+		if err := checkHostPort(p.Addr, false); err != nil {
 			return fmt.Errorf("%s.addr: %w", f, err)
 		}
 		if p.Schedule != "" {
