@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -136,6 +137,29 @@ func (r *RateControlCfg) delayConfig() (*throttle.DelayConfig, error) {
 	return dc, nil
 }
 
+// checkSelection: extents and hot_extents select what a selective copy
+// sends and are ignored by a full one, so either without mode selective
+// is a mistake that would copy the whole volume; a selective copy that
+// selects nothing would copy nothing.
+func (m MirrorCfg) checkSelection() error {
+	if m.HotExtents < 0 {
+		return fmt.Errorf("hot_extents: %d is negative", m.HotExtents)
+	}
+	for i, e := range m.Extents {
+		if e[1] == 0 || e[0]+e[1] < e[0] {
+			return fmt.Errorf("extents[%d]: [%d, %d] is not [first block, block count > 0]", i, e[0], e[1])
+		}
+	}
+	selects := len(m.Extents) > 0 || m.HotExtents > 0
+	switch {
+	case replicator.Mode(m.Mode) == replicator.ModeSelective && !selects:
+		return errors.New("mode: selective without extents or hot_extents would copy nothing")
+	case replicator.Mode(m.Mode) != replicator.ModeSelective && selects:
+		return fmt.Errorf("extents, hot_extents: only with mode selective (mode %s copies the whole volume)", cmp.Or(m.Mode, "full"))
+	}
+	return nil
+}
+
 // DefaultWriteSocket is where the volume API listens.
 const DefaultWriteSocket = "/run/premirror/volumes.sock"
 
@@ -202,6 +226,11 @@ func (r *Replication) validate() error {
 			if !peers[m.Peer] {
 				return fmt.Errorf("%s.peer: %q is not defined", mf, m.Peer)
 			}
+			for k, o := range v.Mirrors[:j] {
+				if o.Peer == m.Peer && cmp.Or(o.Volume, v.Name) == cmp.Or(m.Volume, v.Name) {
+					return fmt.Errorf("%s: peer %q volume %q is already %s.mirrors[%d]", mf, m.Peer, cmp.Or(m.Volume, v.Name), f, k)
+				}
+			}
 			switch replicator.Mode(m.Mode) {
 			case "", replicator.ModeFull, replicator.ModeSelective:
 			default:
@@ -209,6 +238,9 @@ func (r *Replication) validate() error {
 			}
 			if m.Interval < 0 {
 				return fmt.Errorf("%s.interval: negative", mf)
+			}
+			if err := m.checkSelection(); err != nil {
+				return fmt.Errorf("%s.%w", mf, err)
 			}
 		}
 	}

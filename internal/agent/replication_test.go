@@ -135,6 +135,21 @@ func TestReplicationConfigErrors(t *testing.T) {
 		{func(r *Replication) { r.Volumes[0].Mirrors[0].Peer = "m9" }, "replication.volumes[0].mirrors[0].peer"},
 		{func(r *Replication) { r.Volumes[0].Mirrors[0].Mode = "delta" }, "replication.volumes[0].mirrors[0].mode"},
 		{func(r *Replication) { r.TaskInterval = -1 }, "replication.task_interval"},
+		{func(r *Replication) { r.Volumes[0].Mirrors[0].Extents = [][2]uint64{{0, 256}} }, "replication.volumes[0].mirrors[0].extents, hot_extents: only with mode selective (mode full copies the whole volume)"},
+		{func(r *Replication) { r.Volumes[0].Mirrors[0].HotExtents = 4 }, "replication.volumes[0].mirrors[0].extents, hot_extents: only with mode selective"},
+		{func(r *Replication) { r.Volumes[0].Mirrors[0].Mode = "selective" }, "replication.volumes[0].mirrors[0].mode: selective without extents or hot_extents would copy nothing"},
+		{func(r *Replication) {
+			r.Volumes[0].Mirrors[0].Mode, r.Volumes[0].Mirrors[0].Extents = "selective", [][2]uint64{{0, 8}, {16, 0}}
+		}, "replication.volumes[0].mirrors[0].extents[1]: [16, 0] is not [first block, block count > 0]"},
+		{func(r *Replication) {
+			r.Volumes[0].Mirrors[0].Mode, r.Volumes[0].Mirrors[0].Extents = "selective", [][2]uint64{{1 << 63, 1 << 63}}
+		}, "replication.volumes[0].mirrors[0].extents[0]"},
+		{func(r *Replication) {
+			r.Volumes[0].Mirrors[0].Mode, r.Volumes[0].Mirrors[0].HotExtents = "selective", -1
+		}, "replication.volumes[0].mirrors[0].hot_extents: -1 is negative"},
+		{func(r *Replication) {
+			r.Volumes[0].Mirrors = append(r.Volumes[0].Mirrors, MirrorCfg{Peer: "m2", Volume: "d"})
+		}, `replication.volumes[0].mirrors[1]: peer "m2" volume "d" is already replication.volumes[0].mirrors[0]`},
 	}
 	for _, tt := range tests {
 		r := ok
@@ -149,6 +164,12 @@ func TestReplicationConfigErrors(t *testing.T) {
 	}
 	if err := ok.validate(); err != nil {
 		t.Fatal(err)
+	}
+	sel := ok
+	sel.Volumes = []VolumeCfg{ok.Volumes[0]}
+	sel.Volumes[0].Mirrors = []MirrorCfg{{Peer: "m2", Mode: "selective", Extents: [][2]uint64{{0, 256}}}, {Peer: "m2", Volume: "d2", Mode: "selective", HotExtents: 8}}
+	if err := sel.validate(); err != nil {
+		t.Fatalf("selective mirrors: %v", err)
 	}
 	// Rate control: on by default, off on request, fields carried over.
 	off := false
