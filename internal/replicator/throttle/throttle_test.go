@@ -52,7 +52,9 @@ func TestParseSchedule(t *testing.T) {
 
 func TestParseScheduleErrors(t *testing.T) {
 	for _, spec := range []string{"fast", "1MB; mon 08:00 5MB", "1MB; xyz 08:00-09:00 5MB", "1MB; mon 25:00-26:00 5MB",
-		"1MB; mon 08:00-09:00 -5MB", "1MB; mon 08:00-09:00", "-1"} {
+		"1MB; mon 08:00-09:00 -5MB", "1MB; mon 08:00-09:00", "-1",
+		// Below a byte per second: truncated to 0, which pauses.
+		"1MB; mon 08:00-09:00 0.5", "0.9B", "1e-3"} {
 		if _, err := ParseSchedule(spec); err == nil {
 			t.Errorf("%q: accepted", spec)
 		}
@@ -155,7 +157,8 @@ func TestWaitHonoursContext(t *testing.T) {
 }
 
 func TestParseRate(t *testing.T) {
-	cases := map[string]int64{"100": 100, "1KiB": 1024, "1.5MB": 1500000, "8Mbit": 1e6, "2GiB/s": 2 << 30, "unlimited": Unlimited, "0": 0}
+	cases := map[string]int64{"100": 100, "1KiB": 1024, "1.5MB": 1500000, "8Mbit": 1e6, "2GiB/s": 2 << 30, "unlimited": Unlimited, "0": 0,
+		"0.0": 0, "1.5": 1, "0.5KiB": 512}
 	for in, want := range cases {
 		got, err := ParseRate(in)
 		if err != nil || got != want {
