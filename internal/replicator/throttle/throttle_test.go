@@ -2,6 +2,7 @@ package throttle
 
 import (
 	"context"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -165,4 +166,23 @@ func TestParseRate(t *testing.T) {
 			t.Errorf("ParseRate(%q) = %d, %v; want %d", in, got, err, want)
 		}
 	}
+}
+
+// FuzzParseSchedule: any text is parsed or refused without a panic, and
+// an accepted schedule prints as text that parses back to it.
+func FuzzParseSchedule(f *testing.F) {
+	for _, s := range []string{"unlimited; mon-fri 08:00-20:00 20MiB; sat,sun 10:00-16:00 50MiB", "0", "1MB; fri-mon 22:00-06:00 0.5KiB",
+		"inf;;* 00:00-24:00 8Mbit", "1MB; mon 08:00-09:00 0.5"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		sch, err := ParseSchedule(s)
+		if err != nil {
+			return
+		}
+		back, err := ParseSchedule(sch.String())
+		if err != nil || !reflect.DeepEqual(back, sch) {
+			t.Fatalf("%q printed as %q, which parses to %+v, %v; want %+v", s, sch.String(), back, err, sch)
+		}
+	})
 }
