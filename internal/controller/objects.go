@@ -317,6 +317,9 @@ func (r yamlResource) proto() (*pb.Resource, error) {
 		if timeout < time.Second || timeout > math.MaxUint32*time.Second {
 			return nil, fmt.Errorf("affinity.timeout: %v out of [1s, %v]", timeout, math.MaxUint32*time.Second)
 		}
+		if timeout%time.Second != 0 {
+			return nil, fmt.Errorf("affinity.timeout: %v is not whole seconds (the data plane keeps seconds)", timeout)
+		}
 		if a.PrefixV4 < 0 || a.PrefixV4 > 32 {
 			return nil, fmt.Errorf("affinity.prefix_v4: %d out of [0, 32]", a.PrefixV4)
 		}
@@ -333,6 +336,11 @@ func (r yamlResource) proto() (*pb.Resource, error) {
 		}
 		if lag > math.MaxUint32*time.Second {
 			return nil, fmt.Errorf("thresholds.max_lag: %v out of range", lag)
+		}
+		// Kept in whole seconds, where 0 means no bound: 500ms would
+		// have become unbounded.
+		if lag%time.Second != 0 {
+			return nil, fmt.Errorf("thresholds.max_lag: %v is not whole seconds", lag)
 		}
 		pr.Thresholds = &pb.Thresholds{MirrorScore: t.MirrorScore, RetireScore: t.RetireScore,
 			MaxLagSeconds: uint32(lag / time.Second)}
