@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -561,8 +562,10 @@ func checkResource(r *pb.Resource) error {
 				return fmt.Errorf("thresholds.%s: %v out of [0, 1]", f.name, f.v)
 			}
 		}
-		if t.GetMirrorScore() > 0 && t.GetRetireScore() >= t.GetMirrorScore() {
-			return fmt.Errorf("thresholds.retire_score: %v must be below mirror_score %v (hysteresis)", t.GetRetireScore(), t.GetMirrorScore())
+		// Against the default mirror_score too: placement would otherwise
+		// drop a retire_score at or above it for half the mirror_score.
+		if ms := cmp.Or(t.GetMirrorScore(), defaultMirrorScore); t.GetRetireScore() >= ms {
+			return fmt.Errorf("thresholds.retire_score: %v must be below mirror_score %v (hysteresis)", t.GetRetireScore(), ms)
 		}
 	}
 	if p := r.GetProfile(); p != nil {

@@ -85,6 +85,7 @@ func TestParseObjectsNamesTheField(t *testing.T) {
 		{"second document", "    origin: nyc", "    origin: nyc\n    colour: red", "document 1"},
 		{"second document index", "vips: [203.0.113.6]", "vips: [nope]", "resources[1] (web).vips[0]"},
 		{"not yaml", "sites:", "sites: [", "document 0"},
+		{"retire score above the default mirror score", "mirror_score: 0.6, retire_score: 0.3", "retire_score: 0.9", "resources[0] (disk-42).thresholds.retire_score: 0.9 must be below mirror_score 0.8"},
 		{"sub-second max lag", "max_lag: 30s", "max_lag: 500ms", "resources[0].thresholds.max_lag: 500ms is not whole seconds"},
 		{"fractional affinity timeout", "timeout: 30m", "timeout: 1.5s", "resources[0].affinity.timeout: 1.5s is not whole seconds"},
 		{"IPv4-mapped prefix", "[10.2.0.0/16]", "[\"::ffff:10.2.0.0/112\"]", "sites[1] (us).client_prefixes[0]: ::ffff:10.2.0.0/112 is IPv4-mapped and matches no client (did you mean 10.2.0.0/16?)"},
