@@ -227,6 +227,37 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// reloadable reports why a reload from old to c cannot be applied to
+// the running agent, naming the field; nil when it can. Apply re-reads
+// the desired state, outer sources, decap addresses and GUE port, the
+// next-hop TTL, the service checks, the probe shortlist and the
+// controller's utilization; what the agent set up once at start (maps,
+// attachments, listeners, the controller session, the probe scheduler
+// and responder) stays as it was, so a change to it is refused rather
+// than recorded as applied while the old setting runs on. Fields added
+// later are restart-only until listed here.
+func (c *Config) reloadable(old *Config) error {
+	if old.MapsConfig() != c.MapsConfig() {
+		return errors.New("limits: changes only with a restart (pinned maps keep their size)")
+	}
+	if err := restartOnly("", *old, *c, "limits", "outer_source_v4", "outer_source_v6", "decap_addresses", "decap_gue_port",
+		"nexthop_cache_ttl", "service_check", "probe", "controller", "replication", ""); err != nil {
+		return err
+	}
+	if err := restartOnly("probe", old.Probe, c.Probe, "shortlist"); err != nil {
+		return err
+	}
+	switch {
+	case (old.Controller == nil) != (c.Controller == nil):
+		return errors.New("controller: adding or removing the controller section needs a restart")
+	case c.Controller != nil:
+		if err := restartOnly("controller", *old.Controller, *c.Controller, "utilization"); err != nil {
+			return err
+		}
+	}
+	return c.Replication.reloadable(old.Replication)
+}
+
 // MapsConfig is the data-plane sizing of c.
 func (c *Config) MapsConfig() maps.Config {
 	m := maps.DefaultConfig()

@@ -1,7 +1,9 @@
 package agent
 
 import (
+	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -206,6 +208,114 @@ func TestParseVIP(t *testing.T) {
 		v, err := ParseVIP(in)
 		if err != nil || v.String() != want {
 			t.Errorf("ParseVIP(%q) = %v, %v; want %s", in, v, err, want)
+		}
+	}
+}
+
+// TestConfigReloadable: a reload may change what apply re-reads; what the
+// agent set up once at start is refused with the field named. Before,
+// only limits, pin_dir, role, interfaces and xdp_chain were refused: a
+// reload changing probe.port (the decap program passed probes to the new
+// port while the responder listened on the old one), controller.endpoints,
+// metrics_addr, xdp_mode or xdp_root was reported as applied and ran on
+// the old setting, and one adding or removing the controller section left
+// two sources of desired state.
+func TestConfigReloadable(t *testing.T) {
+	base, err := os.ReadFile("testdata/edge.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ctl = "\ncontroller: {endpoints: [\"ctl:7443\"], site: eu, tls: {ca: a, cert: b, key: c}}\n"
+	const node = "node: edge-test"
+	for _, tc := range []struct {
+		name, extra, from, to, want string
+	}{
+		{"routes", "", "us: {dallas: 1}", "us: {dallas: 1, paris: 1}", ""},
+		{"next-hop TTL", "", node, node + "\nnexthop_cache_ttl: 1s", ""},
+		{"outer source", "", node, node + "\nouter_source_v4: 192.0.2.9", ""},
+		{"service check", "", node, node + "\nservice_check: {interval: 10s}", ""},
+		{"probe shortlist", "", node, node + "\nprobe: {shortlist: 8}", ""},
+		{"controller utilization", ctl, "site: eu", "site: eu, utilization: none", ""},
+		{"node", "", node, "node: other", "node: changes only with a restart"},
+		{"metrics address", "", "metrics_addr: 127.0.0.1:0", "metrics_addr: 127.0.0.1:9999", "metrics_addr: changes only with a restart"},
+		{"xdp mode", "", node, node + "\nxdp_mode: generic", "xdp_mode: changes only with a restart"},
+		{"xdp root", "", node, node + "\nxdp_root: {prog_array: /sys/fs/bpf/root}", "xdp_root: changes only with a restart"},
+		{"xdp chain", "", node, node + "\nxdp_chain: {take_over_attached: true}", "xdp_chain: changes only with a restart"},
+		{"pin dir", "", "pin_dir: /sys/fs/bpf/will-be-replaced", "pin_dir: /sys/fs/bpf/other", "pin_dir: changes only with a restart"},
+		{"interfaces", "", "interfaces: [pa0]", "interfaces: [pa0, pa1]", "interfaces: changes only with a restart"},
+		{"limits", "", "max_sessions: 4096", "max_sessions: 8192", "limits: changes only with a restart"},
+		{"probe interval", "", node, node + "\nprobe: {interval: 5s}", "probe.interval: changes only with a restart"},
+		{"probe port", "", node, node + "\nprobe: {port: 9999}", "probe.port: changes only with a restart"},
+		{"probe disabled", "", node, node + "\nprobe: {disabled: true}", "probe.disabled: changes only with a restart"},
+		{"controller endpoints", ctl, "ctl:7443", "ctl2:7443", "controller.endpoints: changes only with a restart"},
+		{"controller added", "", node, node + ctl, "controller: adding or removing"},
+		{"controller removed", ctl, ctl, "\n", "controller: adding or removing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			src := string(base) + tc.extra
+			old, err := ParseConfig([]byte(src))
+			if err != nil {
+				t.Fatal(err)
+			}
+			edited := strings.Replace(src, tc.from, tc.to, 1)
+			if edited == src {
+				t.Fatalf("edit %q not applied", tc.from)
+			}
+			now, err := ParseConfig([]byte(edited))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = now.reloadable(old)
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("got %v, want an error naming %q", err, tc.want)
+			}
+		})
+	}
+}
+
+// TestReloadKeepsFlagOverrides: the command line's overrides apply to the
+// file read at a reload too. Before, `run --pin-dir` made every reload
+// fail ("pin_dir … change only with a restart"): the file's pin_dir was
+// read as a change (and --xdp-mode, --metrics-addr silently undone).
+func TestReloadKeepsFlagOverrides(t *testing.T) {
+	b, err := os.ReadFile("testdata/edge.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "edge.yaml")
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, withOverrides := range []bool{false, true} {
+		cfg, err := LoadConfig(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		flags := func(c *Config) { c.PinDir, c.XDPMode = "/sys/fs/bpf/from-flag", XDPGeneric }
+		flags(cfg)
+		a := New(cfg, path, slog.New(slog.DiscardHandler))
+		if withOverrides {
+			a.Overrides = flags
+		}
+		edited := strings.Replace(string(b), "us: {dallas: 1}", "us: {dallas: 1, paris: 1}", 1)
+		if err := os.WriteFile(path, []byte(edited), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		err = a.Reload()
+		if !withOverrides {
+			if err == nil || !strings.Contains(err.Error(), "xdp_mode: changes only with a restart") {
+				t.Fatalf("reload without the overrides: %v, want the flags' xdp_mode read as a change", err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("reload with the flags' overrides: %v", err)
+		}
+		if a.cfg.PinDir != "/sys/fs/bpf/from-flag" || a.cfg.XDPMode != XDPGeneric || a.cfg.State.Resources[0].Routes["us"]["paris"] != 1 {
+			t.Fatalf("after reload: pin_dir %s, xdp_mode %s, routes %v", a.cfg.PinDir, a.cfg.XDPMode, a.cfg.State.Resources[0].Routes)
 		}
 	}
 }

@@ -290,7 +290,10 @@ func restartOnly[T any](prefix string, old, now T, reloadable ...string) error {
 			continue
 		}
 		sep := "."
-		if strings.HasSuffix(prefix, ":") {
+		switch {
+		case prefix == "":
+			sep = ""
+		case strings.HasSuffix(prefix, ":"):
 			sep = " "
 		}
 		return fmt.Errorf("%s%s%s: changes only with a restart", prefix, sep, tag)
