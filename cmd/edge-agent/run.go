@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	// Replication schedules are in local time: TZ must name a zone even
+	// in an image without a zone database.
+	_ "time/tzdata"
 
 	"github.com/premirror/premirror/internal/agent"
 	"github.com/premirror/premirror/internal/cli"

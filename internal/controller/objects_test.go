@@ -3,12 +3,16 @@ package controller
 import (
 	"errors"
 	"os"
+	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/yamlstrict"
 )
 
 func TestParseObjectsValid(t *testing.T) {
@@ -207,5 +211,36 @@ func TestFormatObjectsRoundTrip(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "id: 4") {
 		t.Fatalf("ids not printed:\n%s", out)
+	}
+}
+
+// TestOperationsDocumentsEveryField: docs/OPERATIONS.md §6 lists every
+// field of the objects apply reads, and only those.
+func TestOperationsDocumentsEveryField(t *testing.T) {
+	b, err := os.ReadFile("../../docs/OPERATIONS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, sec, ok := strings.Cut(string(b), "\n### controller objects")
+	if !ok {
+		t.Fatal("OPERATIONS.md has no controller objects section")
+	}
+	if i := strings.Index(sec, "\n#"); i >= 0 {
+		sec = sec[:i]
+	}
+	var doc []string
+	for _, m := range regexp.MustCompile("(?m)^\\| `([^`]+)` \\|").FindAllStringSubmatch(sec, -1) {
+		doc = append(doc, m[1])
+	}
+	real := yamlstrict.Paths(reflect.TypeFor[objectsFile]())
+	for _, p := range real {
+		if !slices.Contains(doc, p) {
+			t.Errorf("%s is not in OPERATIONS.md §6", p)
+		}
+	}
+	for _, p := range doc {
+		if !slices.Contains(real, p) {
+			t.Errorf("OPERATIONS.md §6 documents %s, which apply does not read", p)
+		}
 	}
 }

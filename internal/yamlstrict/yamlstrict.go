@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -143,4 +144,40 @@ func name(path string) string {
 		return "value"
 	}
 	return path
+}
+
+// Paths lists the YAML paths of the fields of t, a struct type or a
+// pointer to one, as WholeNumbers names them but with [] for any list
+// index (limits.max_vips, replication.volumes[].mirrors[].peer), in
+// sorted order; inlined structs are merged, maps and custom types not
+// looked into. Documentation tests compare it with the fields they list.
+func Paths(t reflect.Type) []string {
+	var out []string
+	var walk func(t reflect.Type, prefix string, depth int)
+	walk = func(t reflect.Type, prefix string, depth int) {
+		fields := map[string]reflect.Type{}
+		structFields(t, fields, 0)
+		for key, ft := range fields {
+			p := prefix + key
+			out = append(out, p)
+			for ft.Kind() == reflect.Pointer {
+				ft = ft.Elem()
+			}
+			if ft.Kind() == reflect.Slice || ft.Kind() == reflect.Array {
+				ft, p = ft.Elem(), p+"[]"
+				for ft.Kind() == reflect.Pointer {
+					ft = ft.Elem()
+				}
+			}
+			if ft.Kind() == reflect.Struct && depth < maxDepth && !reflect.PointerTo(ft).Implements(unmarshalerType) {
+				walk(ft, p+".", depth+1)
+			}
+		}
+	}
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	walk(t, "", 0)
+	slices.Sort(out)
+	return out
 }

@@ -1,6 +1,8 @@
 package yamlstrict
 
 import (
+	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -86,4 +88,13 @@ func FuzzWholeNumbers(f *testing.F) {
 		}
 		_ = WholeNumbers(&n, &doc{})
 	})
+}
+
+func TestPaths(t *testing.T) {
+	got := Paths(reflect.TypeFor[*doc]())
+	want := []string{"count", "inner", "inner.port", "inner.weight", "list", "list[].port", "list[].weight", "name",
+		"other", "other.slots", "pair", "ports", "ratio", "routes", "slots", "timeout"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("paths\n%v\nwant\n%v", got, want)
+	}
 }
