@@ -235,8 +235,9 @@ func ctlRun(ctx context.Context, args []string) error {
 	}
 	cfg, _ := f.config() // checked
 	cfg.Logger = log
-	// Fail on unreadable certificates here, before etcd reports it less clearly.
-	if _, err := pki.ServerConfig(files); err != nil {
+	// Fail on certificates that cannot complete a handshake (unreadable,
+	// expired, of another CA) here, before etcd reports it less clearly.
+	if err := files.Check(time.Now()); err != nil {
 		return fmt.Errorf("tls (see `controller certs`): %w", err)
 	}
 

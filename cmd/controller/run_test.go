@@ -7,8 +7,10 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/premirror/premirror/internal/cli"
+	"github.com/premirror/premirror/internal/pki"
 )
 
 // TestRunRefusesBadFlags: a bad flag fails before anything starts (the
@@ -61,5 +63,34 @@ func TestRunRefusesBadFlags(t *testing.T) {
 				t.Fatalf("data dir: %v, want none", err)
 			}
 		})
+	}
+}
+
+// TestRunRefusesExpiredCertificate: a certificate that cannot complete a
+// handshake fails run before etcd starts; before, an expired one loaded
+// and every agent's and admin's handshake failed at run time.
+func TestRunRefusesExpiredCertificate(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.NewCA("test-ca", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue("controller", []string{"127.0.0.1"}, -time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pki.WriteLeaf(filepath.Join(dir, "tls"), "controller", ca, leaf); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(dir, "etcd")
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	err = ctlRun(ctx, []string{"--tls-dir", filepath.Join(dir, "tls"), "--data-dir", data, "--listen", "127.0.0.1:0",
+		"--metrics-addr", "", "--etcd-listen", "127.0.0.1:0", "--etcd-peer-listen", "127.0.0.1:0"})
+	if err == nil || !strings.Contains(err.Error(), "tls (see `controller certs`)") || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("error %v, want the expired certificate named", err)
+	}
+	if _, err := os.Stat(data); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("data dir: %v, want none", err)
 	}
 }

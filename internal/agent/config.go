@@ -17,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/pki"
 	"github.com/premirror/premirror/internal/yamlstrict"
 )
 
@@ -256,6 +257,24 @@ func (c *Config) reloadable(old *Config) error {
 		}
 	}
 	return c.Replication.reloadable(old.Replication)
+}
+
+// checkTLS verifies the certificate files of the controller session and
+// the replicator (pki.Files.Check) before Start touches anything: an
+// expired certificate or one another CA signed fails the start naming
+// its field, rather than every handshake after the maps were written.
+func (c *Config) checkTLS(now time.Time) error {
+	if c.Controller != nil {
+		if err := (pki.Files{CA: c.Controller.TLS.CA, Cert: c.Controller.TLS.Cert, Key: c.Controller.TLS.Key}).Check(now); err != nil {
+			return fmt.Errorf("controller.tls: %w", err)
+		}
+	}
+	if r := c.Replication; r != nil {
+		if err := (pki.Files{CA: r.TLS.CA, Cert: r.TLS.Cert, Key: r.TLS.Key}).Check(now); err != nil {
+			return fmt.Errorf("replication.tls: %w", err)
+		}
+	}
+	return nil
 }
 
 // MapsConfig is the data-plane sizing of c.

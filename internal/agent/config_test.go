@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/pki"
 )
 
 func TestParseConfigValid(t *testing.T) {
@@ -317,5 +319,77 @@ func TestReloadKeepsFlagOverrides(t *testing.T) {
 		if a.cfg.PinDir != "/sys/fs/bpf/from-flag" || a.cfg.XDPMode != XDPGeneric || a.cfg.State.Resources[0].Routes["us"]["paris"] != 1 {
 			t.Fatalf("after reload: pin_dir %s, xdp_mode %s, routes %v", a.cfg.PinDir, a.cfg.XDPMode, a.cfg.State.Resources[0].Routes)
 		}
+	}
+}
+
+// TestStartChecksCertificatesFirst: certificate files that cannot complete
+// a handshake fail Start naming the field, before the pin directory or a
+// map is touched. Before, an expired certificate or one another CA signed
+// loaded fine and failed every controller handshake (and replication
+// session) at run time, after the static state had been written.
+func TestStartChecksCertificatesFirst(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.NewCA("test-ca", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := pki.NewCA("other-ca", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(ca *pki.CA, name string, validity time.Duration) TLSFiles {
+		leaf, err := ca.Issue(name, nil, validity)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := pki.WriteLeaf(filepath.Join(dir, name), name, ca, leaf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return TLSFiles{CA: f.CA, Cert: f.Cert, Key: f.Key}
+	}
+	good, expired, foreign := issue(ca, "edge-test", time.Hour), issue(ca, "old", -time.Minute), issue(other, "foreign", time.Hour)
+	foreign.CA = good.CA
+	b, err := os.ReadFile("testdata/edge.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		edit func(*Config)
+		want string
+	}{
+		{"expired controller certificate", func(c *Config) {
+			c.Controller = &ControllerCfg{Endpoints: []string{"127.0.0.1:1"}, Site: "eu", TLS: expired}
+		}, "controller.tls: tls cert " + expired.Cert},
+		{"controller certificate of another CA", func(c *Config) {
+			c.Controller = &ControllerCfg{Endpoints: []string{"127.0.0.1:1"}, Site: "eu", TLS: foreign}
+		}, "signed by unknown authority"},
+		{"replication key missing", func(c *Config) {
+			c.Replication = &Replication{TLS: TLSFiles{CA: good.CA, Cert: good.Cert, Key: filepath.Join(dir, "none.pem")}}
+		}, "replication.tls: load key pair"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := ParseConfig(b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cfg.PinDir = filepath.Join(dir, "pins-"+strings.ReplaceAll(tc.name, " ", "-"))
+			tc.edit(cfg)
+			if err := cfg.Validate(); err != nil {
+				t.Fatalf("the file validates: %v", err)
+			}
+			a := New(cfg, "", slog.New(slog.DiscardHandler))
+			err = a.Start()
+			if err == nil {
+				a.Close()
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("start: %v, want an error with %q", err, tc.want)
+			}
+			if _, err := os.Stat(cfg.PinDir); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("pin dir touched: %v", err)
+			}
+		})
 	}
 }
