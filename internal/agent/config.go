@@ -2,6 +2,8 @@ package agent
 
 import (
 	"bytes"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -268,6 +270,16 @@ func (c *Config) checkTLS(now time.Time) error {
 		if err := (pki.Files{CA: c.Controller.TLS.CA, Cert: c.Controller.TLS.Cert, Key: c.Controller.TLS.Key}).Check(now); err != nil {
 			return fmt.Errorf("controller.tls: %w", err)
 		}
+		// The controller registers an agent only under its certificate's
+		// name: any other node name is refused at every attempt.
+		cn, err := commonName(c.Controller.TLS.Cert)
+		if err != nil {
+			return fmt.Errorf("controller.tls.cert: %w", err)
+		}
+		if cn != c.Node {
+			return fmt.Errorf("controller.tls.cert: %s is for %q, not node %q (set node, or issue `controller certs --agents %s`)",
+				c.Controller.TLS.Cert, cn, c.Node, c.Node)
+		}
 	}
 	if r := c.Replication; r != nil {
 		if err := (pki.Files{CA: r.TLS.CA, Cert: r.TLS.Cert, Key: r.TLS.Key}).Check(now); err != nil {
@@ -275,6 +287,24 @@ func (c *Config) checkTLS(now time.Time) error {
 		}
 	}
 	return nil
+}
+
+// commonName is the subject common name of the first certificate in a
+// PEM file.
+func commonName(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return "", errors.New("no PEM block")
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return "", err
+	}
+	return cert.Subject.CommonName, nil
 }
 
 // MapsConfig is the data-plane sizing of c.

@@ -323,10 +323,12 @@ func TestReloadKeepsFlagOverrides(t *testing.T) {
 }
 
 // TestStartChecksCertificatesFirst: certificate files that cannot complete
-// a handshake fail Start naming the field, before the pin directory or a
-// map is touched. Before, an expired certificate or one another CA signed
-// loaded fine and failed every controller handshake (and replication
-// session) at run time, after the static state had been written.
+// a handshake, or a controller certificate for another node, fail Start
+// naming the field, before the pin directory or a map is touched. Before,
+// an expired certificate or one another CA signed loaded fine and failed
+// every controller handshake (and replication session) at run time, and
+// the controller refused every registration of a node its certificate
+// does not name, after the static state had been written.
 func TestStartChecksCertificatesFirst(t *testing.T) {
 	dir := t.TempDir()
 	ca, err := pki.NewCA("test-ca", time.Hour)
@@ -365,6 +367,9 @@ func TestStartChecksCertificatesFirst(t *testing.T) {
 		{"controller certificate of another CA", func(c *Config) {
 			c.Controller = &ControllerCfg{Endpoints: []string{"127.0.0.1:1"}, Site: "eu", TLS: foreign}
 		}, "signed by unknown authority"},
+		{"controller certificate of another node", func(c *Config) {
+			c.Controller = &ControllerCfg{Endpoints: []string{"127.0.0.1:1"}, Site: "eu", TLS: issue(ca, "edge-other", time.Hour)}
+		}, `controller.tls.cert: ` + filepath.Join(dir, "edge-other", "edge-other.pem") + ` is for "edge-other", not node "edge-test"`},
 		{"replication key missing", func(c *Config) {
 			c.Replication = &Replication{TLS: TLSFiles{CA: good.CA, Cert: good.Cert, Key: filepath.Join(dir, "none.pem")}}
 		}, "replication.tls: load key pair"},
