@@ -132,7 +132,7 @@ func names(flagName, list string, lower bool) ([]string, error) {
 			n = strings.ToLower(n)
 		}
 		if n == "" || slices.Contains(out, n) {
-			return nil, fmt.Errorf("--%s: %q: an empty or repeated name", flagName, list)
+			return nil, fmt.Errorf("--%s: %q: an empty or repeated entry", flagName, list)
 		}
 		out = append(out, n)
 	}
@@ -147,6 +147,11 @@ func (f *runFlags) config() (controller.Config, error) {
 	}
 	if *f.maxTxn < 0 {
 		return controller.Config{}, fmt.Errorf("--etcd-max-txn-ops: %d is negative", *f.maxTxn)
+	}
+	if *f.endpoints != "" {
+		if _, err := names("etcd-endpoints", *f.endpoints, false); err != nil {
+			return controller.Config{}, err
+		}
 	}
 	// Listen addresses are bound after etcd starts: check them first.
 	for _, l := range []struct{ flag, addr string }{{"listen", *f.listen}, {"metrics-addr", *f.metricsAddr},

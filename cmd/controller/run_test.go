@@ -37,11 +37,12 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{[]string{"--route-confirm=-1"}, "--route-confirm=-1"},
 		{[]string{"--forecast-max-snapshot=-1"}, "--forecast-max-snapshot=-1: forecast max snapshot bytes: -1 is negative"},
 		{[]string{"--etcd-max-txn-ops=-3"}, "--etcd-max-txn-ops: -3 is negative"},
-		{[]string{"--admin-names=admin,,ops"}, `--admin-names: "admin,,ops": an empty or repeated name`},
+		{[]string{"--admin-names=admin,,ops"}, `--admin-names: "admin,,ops": an empty or repeated entry`},
 		{[]string{"--forecast-covariates=temp,TEMP"}, "--forecast-covariates"},
 		{[]string{"--listen=7443"}, "--listen: address 7443: missing port"},
 		{[]string{"--metrics-addr=127.0.0.1:99999"}, `--metrics-addr: "127.0.0.1:99999": port "99999"`},
 		{[]string{"--etcd-peer-listen=localhost"}, "--etcd-peer-listen"},
+		{[]string{"--etcd-endpoints=https://a:2379,,https://b:2379"}, `--etcd-endpoints: "https://a:2379,,https://b:2379": an empty or repeated entry`},
 		// Each is fine alone; together the retention (48 min at a 2 min
 		// step) does not exceed twice the grace.
 		{[]string{"--forecast-step=2m", "--forecast-grace=25m"}, "flags together: forecast retention"},
