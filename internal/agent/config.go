@@ -787,6 +787,22 @@ func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
 			out.Routes[maps.RouteKey{Resource: rid, Region: reg}] = w
 		}
 	}
+	// Checked here, not when the maps fill up: reconcile would stop
+	// half-way, some prefixes of the new state written.
+	var v4, v6 int
+	for p := range out.Prefixes {
+		if p.Addr().Is4() {
+			v4++
+		} else {
+			v6++
+		}
+	}
+	if v4 > lim.MaxPrefixesV4 {
+		return nil, fmt.Errorf("regions: %d IPv4 prefixes exceed limits.max_prefixes_v4 %d", v4, lim.MaxPrefixesV4)
+	}
+	if v6 > lim.MaxPrefixesV6 {
+		return nil, fmt.Errorf("regions: %d IPv6 prefixes exceed limits.max_prefixes_v6 %d", v6, lim.MaxPrefixesV6)
+	}
 	if len(out.VIPs) > lim.MaxVIPs {
 		return nil, fmt.Errorf("resources: %d VIPs exceed limits.max_vips %d", len(out.VIPs), lim.MaxVIPs)
 	}

@@ -156,6 +156,10 @@ func TestParseConfigErrors(t *testing.T) {
 		{"controller endpoint port 0", "node: edge-test", "node: edge-test\ncontroller: {endpoints: [\"ctl:0\"], site: eu, tls: {ca: a, cert: b, key: c}}", `controller.endpoints[0]: "ctl:0": port 0`},
 		{"negative report interval", "node: edge-test", "node: edge-test\ncontroller: {endpoints: [\"ctl:7443\"], site: eu, report_interval: -1s, tls: {ca: a, cert: b, key: c}}", "controller.report_interval: -1s is negative"},
 		{"replication peer port out of range", "node: edge-test", "node: edge-test\nreplication: {tls: {ca: a, cert: b, key: c}, peers: [{name: p, addr: \"10.0.0.1:70000\"}]}", `replication.peers[0].addr: "10.0.0.1:70000": port "70000"`},
+		{"more IPv4 prefixes than the map holds", "max_sessions: 4096", "max_sessions: 4096\n  max_prefixes_v4: 1", "regions: 2 IPv4 prefixes exceed limits.max_prefixes_v4 1"},
+		{"more IPv6 prefixes than the map holds", "max_counters: 1024\ndefault_region: eu\nregions:\n  - {name: eu, id: 1, prefixes: [198.51.100.0/24, \"2001:db8:1::/48\"]}",
+			"max_counters: 1024\n  max_prefixes_v6: 1\ndefault_region: eu\nregions:\n  - {name: eu, id: 1, prefixes: [198.51.100.0/24, \"2001:db8:1::/48\", \"2001:db8:2::/48\"]}",
+			"regions: 2 IPv6 prefixes exceed limits.max_prefixes_v6 1"},
 		{"second document", "node: edge-test", "node: edge-test\n---\nnode: other", "more than one YAML document"},
 	}
 	for _, tt := range tests {
