@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/agent"
 	"github.com/premirror/premirror/internal/yamlstrict"
 )
 
@@ -215,32 +216,38 @@ func TestFormatObjectsRoundTrip(t *testing.T) {
 }
 
 // TestOperationsDocumentsEveryField: docs/OPERATIONS.md §6 lists every
-// field of the objects apply reads, and only those.
+// field of the edge-agent's configuration and of the objects apply reads,
+// and only those.
 func TestOperationsDocumentsEveryField(t *testing.T) {
 	b, err := os.ReadFile("../../docs/OPERATIONS.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, sec, ok := strings.Cut(string(b), "\n### controller objects")
-	if !ok {
-		t.Fatal("OPERATIONS.md has no controller objects section")
-	}
-	if i := strings.Index(sec, "\n#"); i >= 0 {
-		sec = sec[:i]
-	}
-	var doc []string
-	for _, m := range regexp.MustCompile("(?m)^\\| `([^`]+)` \\|").FindAllStringSubmatch(sec, -1) {
-		doc = append(doc, m[1])
-	}
-	real := yamlstrict.Paths(reflect.TypeFor[objectsFile]())
-	for _, p := range real {
-		if !slices.Contains(doc, p) {
-			t.Errorf("%s is not in OPERATIONS.md §6", p)
+	for _, tc := range []struct {
+		heading string
+		typ     reflect.Type
+	}{{"### edge-agent", reflect.TypeFor[agent.Config]()}, {"### controller objects", reflect.TypeFor[objectsFile]()}} {
+		_, sec, ok := strings.Cut(string(b), "\n"+tc.heading)
+		if !ok {
+			t.Fatalf("OPERATIONS.md has no %q section", tc.heading)
 		}
-	}
-	for _, p := range doc {
-		if !slices.Contains(real, p) {
-			t.Errorf("OPERATIONS.md §6 documents %s, which apply does not read", p)
+		if i := strings.Index(sec, "\n#"); i >= 0 {
+			sec = sec[:i]
+		}
+		var doc []string
+		for _, m := range regexp.MustCompile("(?m)^\\| `([^`]+)` \\|").FindAllStringSubmatch(sec, -1) {
+			doc = append(doc, m[1])
+		}
+		real := yamlstrict.Paths(tc.typ)
+		for _, p := range real {
+			if !slices.Contains(doc, p) {
+				t.Errorf("%s: %s is not documented", tc.heading, p)
+			}
+		}
+		for _, p := range doc {
+			if !slices.Contains(real, p) {
+				t.Errorf("%s: documents %s, which is not read", tc.heading, p)
+			}
 		}
 	}
 }
