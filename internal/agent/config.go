@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -164,11 +165,34 @@ type Duration time.Duration
 
 // UnmarshalYAML parses a Go duration string.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
+	v, err := parseDuration(n)
 	if err != nil {
-		return fmt.Errorf("duration %q: %w", n.Value, err)
+		return fmt.Errorf("line %d: %w", n.Line, err)
 	}
 	*d = Duration(v)
+	return nil
+}
+
+func parseDuration(n *yaml.Node) (time.Duration, error) {
+	if n.Kind != yaml.ScalarNode {
+		return 0, errors.New("want a duration such as 30s or 1h30m")
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return 0, fmt.Errorf("duration %q: %w", n.Value, err)
+	}
+	return v, nil
+}
+
+// checkDurations names the field of a bad duration, which the decoder's
+// error from UnmarshalYAML cannot.
+func checkDurations(path string, n *yaml.Node, t reflect.Type) error {
+	if t != reflect.TypeFor[Duration]() || (n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null") {
+		return nil
+	}
+	if _, err := parseDuration(n); err != nil {
+		return fmt.Errorf("%s: %w (line %d)", path, err, n.Line)
+	}
 	return nil
 }
 
@@ -192,6 +216,14 @@ func LoadConfig(path string) (*Config, error) {
 // ParseConfig decodes and validates a YAML document.
 func ParseConfig(b []byte) (*Config, error) {
 	c := &Config{}
+	// First as a node: what the decoder would truncate or report without
+	// the field's name is refused naming it.
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err == nil {
+		if err := yamlstrict.Check(&doc, c, checkDurations); err != nil {
+			return nil, fmt.Errorf("parse config: %w", err)
+		}
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
@@ -201,12 +233,6 @@ func ParseConfig(b []byte) (*Config, error) {
 	// half of what the file says.
 	if err := dec.Decode(new(yaml.Node)); !errors.Is(err, io.EOF) {
 		return nil, errors.New("parse config: more than one YAML document (---): the agent reads one")
-	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(b, &doc); err == nil {
-		if err := yamlstrict.WholeNumbers(&doc, c); err != nil {
-			return nil, fmt.Errorf("parse config: %w", err)
-		}
 	}
 	c.setDefaults()
 	if err := c.Validate(); err != nil {

@@ -20,13 +20,21 @@ var unmarshalerType = reflect.TypeFor[yaml.Unmarshaler]()
 // routes["eu"]["paris"]) and the line. Types with their own UnmarshalYAML
 // read their scalars themselves and are not looked into.
 func WholeNumbers(doc *yaml.Node, v any) error {
-	return walk(doc, reflect.TypeOf(v), "", 0)
+	return walk(doc, reflect.TypeOf(v), "", 0, nil)
+}
+
+// Check is WholeNumbers, and also calls custom for every node whose field
+// in v has a type with its own UnmarshalYAML, with the field's path: run
+// before decoding, it lets such a type's error name the field, which the
+// decoder's does not.
+func Check(doc *yaml.Node, v any, custom func(path string, n *yaml.Node, t reflect.Type) error) error {
+	return walk(doc, reflect.TypeOf(v), "", 0, custom)
 }
 
 // maxDepth bounds the walk over recursive types and nested aliases.
 const maxDepth = 64
 
-func walk(n *yaml.Node, t reflect.Type, path string, depth int) error {
+func walk(n *yaml.Node, t reflect.Type, path string, depth int, custom func(string, *yaml.Node, reflect.Type) error) error {
 	if n == nil || t == nil || depth > maxDepth {
 		return nil
 	}
@@ -40,11 +48,14 @@ func walk(n *yaml.Node, t reflect.Type, path string, depth int) error {
 		if len(n.Content) == 0 {
 			return nil
 		}
-		return walk(n.Content[0], t, path, depth+1)
+		return walk(n.Content[0], t, path, depth+1, custom)
 	}
 	for {
 		if t.Implements(unmarshalerType) || reflect.PointerTo(t).Implements(unmarshalerType) {
-			return nil
+			if custom == nil {
+				return nil
+			}
+			return custom(name(path), n, t)
 		}
 		if t.Kind() != reflect.Pointer {
 			break
@@ -69,7 +80,7 @@ func walk(n *yaml.Node, t reflect.Type, path string, depth int) error {
 			return nil
 		}
 		for i, c := range n.Content {
-			if err := walk(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i), depth+1); err != nil {
+			if err := walk(c, t.Elem(), fmt.Sprintf("%s[%d]", path, i), depth+1, custom); err != nil {
 				return err
 			}
 		}
@@ -78,7 +89,7 @@ func walk(n *yaml.Node, t reflect.Type, path string, depth int) error {
 			return nil
 		}
 		for i := 0; i+1 < len(n.Content); i += 2 {
-			if err := walk(n.Content[i+1], t.Elem(), path+"["+strconv.Quote(n.Content[i].Value)+"]", depth+1); err != nil {
+			if err := walk(n.Content[i+1], t.Elem(), path+"["+strconv.Quote(n.Content[i].Value)+"]", depth+1, custom); err != nil {
 				return err
 			}
 		}
@@ -98,7 +109,7 @@ func walk(n *yaml.Node, t reflect.Type, path string, depth int) error {
 			if path != "" {
 				p = path + "." + key
 			}
-			if err := walk(n.Content[i+1], ft, p, depth+1); err != nil {
+			if err := walk(n.Content[i+1], ft, p, depth+1, custom); err != nil {
 				return err
 			}
 		}

@@ -76,6 +76,21 @@ func TestWholeNumbers(t *testing.T) {
 	}
 }
 
+func TestCheckCustom(t *testing.T) {
+	var n yaml.Node
+	if err := yaml.Unmarshal([]byte("inner: {port: 1}\ntimeout: soon\n"), &n); err != nil {
+		t.Fatal(err)
+	}
+	var seen []string
+	err := Check(&n, &doc{}, func(path string, n *yaml.Node, typ reflect.Type) error {
+		seen = append(seen, path+"="+n.Value+" "+typ.Name())
+		return nil
+	})
+	if err != nil || !slices.Equal(seen, []string{"timeout=soon dur"}) {
+		t.Fatalf("custom saw %v, %v", seen, err)
+	}
+}
+
 // FuzzWholeNumbers: any document (aliases, cycles, wrong shapes) is
 // walked without a panic.
 func FuzzWholeNumbers(f *testing.F) {
