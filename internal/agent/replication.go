@@ -360,6 +360,11 @@ func serveVolumeAPI(ctx context.Context, node *replicator.Node, path string, uid
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("replication.write_socket: %w", err)
 	}
+	// A stale socket of a previous agent is replaced; anything else at
+	// the path (a mistyped volume image path, say) is not ours to delete.
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() != os.ModeSocket {
+		return nil, fmt.Errorf("replication.write_socket: %s exists and is a %v, not a socket", path, fi.Mode().Type())
+	}
 	_ = os.Remove(path)
 	ln, err := net.Listen("unix", path)
 	if err != nil {

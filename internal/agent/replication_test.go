@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -108,6 +109,42 @@ func TestVolumeAPI(t *testing.T) {
 			resp.Body.Close()
 		})
 	}
+}
+
+// TestVolumeAPIKeepsWhatIsNotASocket: write_socket naming an existing
+// file or directory fails the start and leaves it; a stale socket is
+// replaced. Before, whatever was at the path was removed first: a write
+// socket mistyped as the volume image's path deleted the image.
+func TestVolumeAPIKeepsWhatIsNotASocket(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(img, []byte("data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{img, dir} {
+		_, err := serveVolumeAPI(context.Background(), nil, path, nil, slog.New(slog.DiscardHandler))
+		if err == nil || !strings.Contains(err.Error(), "replication.write_socket: "+path+" exists and is a") {
+			t.Fatalf("%s: %v, want it refused", path, err)
+		}
+	}
+	if b, err := os.ReadFile(img); err != nil || string(b) != "data" {
+		t.Fatalf("image after a refused start: %q, %v", b, err)
+	}
+	// A socket left by a previous agent is replaced.
+	sock := filepath.Join(dir, "volumes.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop, err := serveVolumeAPI(ctx, nil, sock, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("stale socket: %v", err)
+	}
+	stop()
 }
 
 func TestReplicationConfigErrors(t *testing.T) {
