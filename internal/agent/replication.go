@@ -204,6 +204,9 @@ func (r *Replication) validate() error {
 		}
 	}
 	vols := map[string]bool{}
+	// Two volumes on one image or metadata directory would both write
+	// it; the second failed at start as "locked by another process".
+	files := map[string]string{}
 	for i, v := range r.Volumes {
 		f := fmt.Sprintf("replication.volumes[%d]", i)
 		if v.Name == "" || vols[v.Name] {
@@ -212,6 +215,13 @@ func (r *Replication) validate() error {
 		vols[v.Name] = true
 		if !filepath.IsAbs(v.Path) {
 			return fmt.Errorf("%s.path: %q must be absolute", f, v.Path)
+		}
+		meta := cmp.Or(v.MetaDir, v.Path+".pmr")
+		for _, p := range []struct{ field, path string }{{"path", filepath.Clean(v.Path)}, {"meta_dir", filepath.Clean(meta)}} {
+			if other, dup := files[p.path]; dup {
+				return fmt.Errorf("%s.%s: %s is already %s", f, p.field, p.path, other)
+			}
+			files[p.path] = f + "." + p.field
 		}
 		switch replicator.Role(v.Role) {
 		case replicator.RolePrimary, replicator.RoleMirror:

@@ -185,6 +185,12 @@ func TestReplicationConfigErrors(t *testing.T) {
 			r.Volumes[0].Mirrors[0].Mode, r.Volumes[0].Mirrors[0].HotExtents = "selective", -1
 		}, "replication.volumes[0].mirrors[0].hot_extents: -1 is negative"},
 		{func(r *Replication) {
+			r.Volumes = append(r.Volumes, VolumeCfg{Name: "e", Path: "/v/../v/d.img", Role: "mirror"})
+		}, "replication.volumes[1].path: /v/d.img is already replication.volumes[0].path"},
+		{func(r *Replication) {
+			r.Volumes = append(r.Volumes, VolumeCfg{Name: "e", Path: "/v/e.img", MetaDir: "/v/d.img.pmr/", Role: "mirror"})
+		}, "replication.volumes[1].meta_dir: /v/d.img.pmr is already replication.volumes[0].meta_dir"},
+		{func(r *Replication) {
 			r.Volumes[0].Mirrors = append(r.Volumes[0].Mirrors, MirrorCfg{Peer: "m2", Volume: "d"})
 		}, `replication.volumes[0].mirrors[1]: peer "m2" volume "d" is already replication.volumes[0].mirrors[0]`},
 	}
