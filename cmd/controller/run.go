@@ -3,12 +3,15 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -64,77 +67,213 @@ const (
 	DefaultPriceStorePerGBMonth = 0.10
 )
 
-func ctlRun(ctx context.Context, args []string) error {
+// runFlags are controller run's flags.
+type runFlags struct {
+	listen, name, dataDir, endpoints, etcdListen, etcdPeer, etcdClients, prefix, admins, metricsAddr *string
+	tls                                                                                              ctlTLSFlags
+	maxTxn, confirm, slots, fcWindow, fcHorizon                                                      *int
+	tick, report, lease, minGainAbs, dwell, slowStart, fcStep, fcGrace, fcFlush                      *time.Duration
+	minGain, maxMove, copyGB, storeGBMonth, valueReqSec                                              *float64
+	fcOff, debug                                                                                     *bool
+	fcCovs, fcState                                                                                  *string
+	fcMaxSnap                                                                                        *int64
+}
+
+func newRunFlags() (*flag.FlagSet, *runFlags) {
 	fs := cli.NewFlagSet("controller", "run")
-	listen := fs.String("listen", ":7443", "address for agent sessions and the admin API (mutual TLS)")
-	name := fs.String("name", "", "replica name (default: host name and process ID)")
-	tlsf := ctlAddTLSFlags(fs, "controller")
-	dataDir := fs.String("data-dir", "/var/lib/premirror/controller", "embedded etcd data directory")
-	endpoints := fs.String("etcd-endpoints", "", "comma-separated etcd endpoints of an external cluster (https:// uses the controller's certificate); empty runs an embedded single-node etcd")
-	etcdListen := fs.String("etcd-listen", "127.0.0.1:2379", "embedded etcd client address (mutual TLS; other replicas may use it as --etcd-endpoints)")
-	etcdPeer := fs.String("etcd-peer-listen", "127.0.0.1:2380", "embedded etcd peer address")
-	etcdClients := fs.String("etcd-client-names", "", "comma-separated certificate names the embedded etcd accepts (default: this replica's own certificate's; name every replica that uses it as --etcd-endpoints)")
-	maxTxn := fs.Int("etcd-max-txn-ops", 0, "operations per etcd transaction (0: 16384 embedded, 128 external, etcd's default); larger applies are split")
-	prefix := fs.String("etcd-prefix", controller.DefaultPrefix, "etcd key prefix")
-	tick := fs.Duration("tick", controller.DefaultTickInterval, "route computation interval (health and object changes compute at once)")
-	report := fs.Duration("report-interval", controller.DefaultReportInterval, "how often agents report")
-	lease := fs.Duration("lease-ttl", controller.DefaultLeaseTTL, "leader and session lease; a dead leader is replaced after about this long")
-	admins := fs.String("admin-names", "admin", "comma-separated certificate names allowed to change objects")
-	metricsAddr := fs.String("metrics-addr", "127.0.0.1:9451", "metrics and health listen address (empty: none)")
+	f := &runFlags{}
+	f.listen = fs.String("listen", ":7443", "address for agent sessions and the admin API (mutual TLS)")
+	f.name = fs.String("name", "", "replica name (default: host name and process ID)")
+	f.tls = ctlAddTLSFlags(fs, "controller")
+	f.dataDir = fs.String("data-dir", "/var/lib/premirror/controller", "embedded etcd data directory")
+	f.endpoints = fs.String("etcd-endpoints", "", "comma-separated etcd endpoints of an external cluster (https:// uses the controller's certificate); empty runs an embedded single-node etcd")
+	f.etcdListen = fs.String("etcd-listen", "127.0.0.1:2379", "embedded etcd client address (mutual TLS; other replicas may use it as --etcd-endpoints)")
+	f.etcdPeer = fs.String("etcd-peer-listen", "127.0.0.1:2380", "embedded etcd peer address")
+	f.etcdClients = fs.String("etcd-client-names", "", "comma-separated certificate names the embedded etcd accepts (default: this replica's own certificate's; name every replica that uses it as --etcd-endpoints)")
+	f.maxTxn = fs.Int("etcd-max-txn-ops", 0, "operations per etcd transaction (0: 16384 embedded, 128 external, etcd's default); larger applies are split")
+	f.prefix = fs.String("etcd-prefix", controller.DefaultPrefix, "etcd key prefix")
+	f.tick = fs.Duration("tick", controller.DefaultTickInterval, "route computation interval (health and object changes compute at once)")
+	f.report = fs.Duration("report-interval", controller.DefaultReportInterval, "how often agents report")
+	f.lease = fs.Duration("lease-ttl", controller.DefaultLeaseTTL, "leader and session lease; a dead leader is replaced after about this long")
+	f.admins = fs.String("admin-names", "admin", "comma-separated certificate names allowed to change objects")
+	f.metricsAddr = fs.String("metrics-addr", "127.0.0.1:9451", "metrics and health listen address (empty: none)")
 	// Routing policy knobs; 0 keeps internal/route's defaults (the issue's:
 	// 10% and 5 ms better for 3 evaluations, 60 s dwell, 10% slew, 30 s slow start).
-	minGain := fs.Float64("route-min-gain", 0, "a challenger must be this share better than the incumbent (default 0.10)")
-	minGainAbs := fs.Duration("route-min-gain-abs", 0, "… and this much better in absolute cost (default 5ms)")
-	confirm := fs.Int("route-confirm", 0, "… for this many consecutive evaluations (default 3)")
-	dwell := fs.Duration("route-dwell", 0, "minimum time a region keeps its primary mirror (default 60s)")
-	maxMove := fs.Float64("route-max-move", 0, "largest share of a region's slots one evaluation may move (default 0.10)")
-	slowStart := fs.Duration("route-slow-start", 0, "ramp of a new or recovered mirror's weight (default 30s)")
-	slots := fs.Int("table-slots", maps.DefaultConfig().TableSlots, "route table size the weights are quantized for (the agents' table_slots)")
+	f.minGain = fs.Float64("route-min-gain", 0, "a challenger must be this share better than the incumbent (default 0.10)")
+	f.minGainAbs = fs.Duration("route-min-gain-abs", 0, "… and this much better in absolute cost (default 5ms)")
+	f.confirm = fs.Int("route-confirm", 0, "… for this many consecutive evaluations (default 3)")
+	f.dwell = fs.Duration("route-dwell", 0, "minimum time a region keeps its primary mirror (default 60s)")
+	f.maxMove = fs.Float64("route-max-move", 0, "largest share of a region's slots one evaluation may move (default 0.10)")
+	f.slowStart = fs.Duration("route-slow-start", 0, "ramp of a new or recovered mirror's weight (default 30s)")
+	f.slots = fs.Int("table-slots", maps.DefaultConfig().TableSlots, "route table size the weights are quantized for (the agents' table_slots)")
 	// Forecasting: the leader's prediction engine and the Mirroring Score.
-	fcOff := fs.Bool("forecast-disable", false, "run without the prediction engine (no access aggregates, forecasts or scores)")
-	fcStep := fs.Duration("forecast-step", time.Hour, "forecast bucket length (whole seconds; every replica must use the same)")
-	fcWindow := fs.Int("forecast-window", 0, "regression window in buckets (default four weeks of buckets)")
-	fcHorizon := fs.Int("forecast-horizon", 0, "forecast horizon in buckets (default one day of buckets)")
-	fcCovs := fs.String("forecast-covariates", "", "comma-separated covariate names the models use (fed with `controller feed covariates`)")
-	fcGrace := fs.Duration("forecast-grace", 0, "the leader closes a bucket this long after it ends (default 3 report intervals + 2s)")
-	fcFlush := fs.Duration("forecast-flush", 0, "a replica rewrites a bucket's access totals in etcd at most this often (default step/10 within [report interval, 1m])")
-	fcState := fs.String("forecast-state-file", "", "also keep the forecast checkpoint in this file (needed when it outgrows --forecast-max-snapshot)")
-	fcMaxSnap := fs.Int64("forecast-max-snapshot", 256<<20, "largest deflated forecast checkpoint kept in etcd, bytes")
-	copyGB := fs.Float64("price-copy-per-gb", DefaultPriceCopyPerGB, "Mirroring Score: cost of copying one GB to a site")
-	storeGBMonth := fs.Float64("price-store-per-gb-month", DefaultPriceStorePerGBMonth, "Mirroring Score: cost of storing one GB for a month (730 h)")
-	valueReqSec := fs.Float64("value-per-request-second", controller.DefaultPrices.ValuePerRequestSecond, "Mirroring Score: value of one second of latency saved on one request")
-	debug := fs.Bool("debug", false, "debug logs")
+	f.fcOff = fs.Bool("forecast-disable", false, "run without the prediction engine (no access aggregates, forecasts or scores)")
+	f.fcStep = fs.Duration("forecast-step", time.Hour, "forecast bucket length (whole seconds; every replica must use the same)")
+	f.fcWindow = fs.Int("forecast-window", 0, "regression window in buckets (default four weeks of buckets)")
+	f.fcHorizon = fs.Int("forecast-horizon", 0, "forecast horizon in buckets (default one day of buckets)")
+	f.fcCovs = fs.String("forecast-covariates", "", "comma-separated covariate names the models use (fed with `controller feed covariates`)")
+	f.fcGrace = fs.Duration("forecast-grace", 0, "the leader closes a bucket this long after it ends (default 3 report intervals + 2s)")
+	f.fcFlush = fs.Duration("forecast-flush", 0, "a replica rewrites a bucket's access totals in etcd at most this often (default step/10 within [report interval, 1m])")
+	f.fcState = fs.String("forecast-state-file", "", "also keep the forecast checkpoint in this file (needed when it outgrows --forecast-max-snapshot)")
+	f.fcMaxSnap = fs.Int64("forecast-max-snapshot", 256<<20, "largest deflated forecast checkpoint kept in etcd, bytes")
+	f.copyGB = fs.Float64("price-copy-per-gb", DefaultPriceCopyPerGB, "Mirroring Score: cost of copying one GB to a site")
+	f.storeGBMonth = fs.Float64("price-store-per-gb-month", DefaultPriceStorePerGBMonth, "Mirroring Score: cost of storing one GB for a month (730 h)")
+	f.valueReqSec = fs.Float64("value-per-request-second", controller.DefaultPrices.ValuePerRequestSecond, "Mirroring Score: value of one second of latency saved on one request")
+	f.debug = fs.Bool("debug", false, "debug logs")
+	return fs, f
+}
+
+// names splits a comma-separated list, refusing an empty or repeated
+// entry (a stray comma).
+func names(flagName, list string, lower bool) ([]string, error) {
+	var out []string
+	for _, n := range strings.Split(list, ",") {
+		n = strings.TrimSpace(n)
+		if lower {
+			n = strings.ToLower(n)
+		}
+		if n == "" || slices.Contains(out, n) {
+			return nil, fmt.Errorf("--%s: %q: an empty or repeated entry", flagName, list)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// config is the replica's configuration (logger and etcd aside).
+func (f *runFlags) config() (controller.Config, error) {
+	admins, err := names("admin-names", *f.admins, false)
+	if err != nil {
+		return controller.Config{}, err
+	}
+	if *f.maxTxn < 0 {
+		return controller.Config{}, fmt.Errorf("--etcd-max-txn-ops: %d is negative", *f.maxTxn)
+	}
+	if *f.endpoints != "" {
+		if _, err := names("etcd-endpoints", *f.endpoints, false); err != nil {
+			return controller.Config{}, err
+		}
+	}
+	if _, err := f.etcdClientNames(); err != nil {
+		return controller.Config{}, err
+	}
+	// Listen addresses are bound after etcd starts: check them first.
+	for _, l := range []struct{ flag, addr string }{{"listen", *f.listen}, {"metrics-addr", *f.metricsAddr},
+		{"etcd-listen", *f.etcdListen}, {"etcd-peer-listen", *f.etcdPeer}} {
+		if l.addr == "" && l.flag == "metrics-addr" {
+			continue
+		}
+		if _, port, err := net.SplitHostPort(l.addr); err != nil {
+			return controller.Config{}, fmt.Errorf("--%s: %w", l.flag, err)
+		} else if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return controller.Config{}, fmt.Errorf("--%s: %q: port %q is not in [0, 65535]", l.flag, l.addr, port)
+		}
+	}
+	cfg := controller.Config{Name: *f.name, TLS: f.tls.files(), AdminNames: admins, Prefix: *f.prefix,
+		TickInterval: *f.tick, ReportInterval: *f.report, LeaseTTL: *f.lease}
+	cfg.Route.Slots = *f.slots
+	cfg.Route.MinGain, cfg.Route.MinGainAbs, cfg.Route.Confirm = *f.minGain, *f.minGainAbs, *f.confirm
+	cfg.Route.Dwell, cfg.Route.MaxMove, cfg.Route.SlowStart = *f.dwell, *f.maxMove, *f.slowStart
+	cfg.Forecast = controller.ForecastConfig{Disable: *f.fcOff, Grace: *f.fcGrace, FlushInterval: *f.fcFlush, StateFile: *f.fcState,
+		MaxSnapshotBytes: *f.fcMaxSnap, Prices: forecast.Prices{CopyPerByte: *f.copyGB / 1e9, StorePerByteHour: *f.storeGBMonth / 1e9 / 730,
+			ValuePerRequestSecond: *f.valueReqSec}}
+	cfg.Forecast.Engine.Step, cfg.Forecast.Engine.Window, cfg.Forecast.Engine.Horizon = *f.fcStep, *f.fcWindow, *f.fcHorizon
+	if *f.fcCovs != "" {
+		if cfg.Forecast.Engine.Covariates, err = names("forecast-covariates", *f.fcCovs, true); err != nil {
+			return controller.Config{}, err
+		}
+	}
+	return cfg, nil
+}
+
+// etcdClientNames are the certificate names the embedded etcd accepts
+// (none: its own certificate's).
+func (f *runFlags) etcdClientNames() ([]string, error) {
+	if *f.etcdClients == "" {
+		return nil, nil
+	}
+	return names("etcd-client-names", *f.etcdClients, false)
+}
+
+// checkRunFlags validates what the flags make before anything starts
+// (embedded etcd creates its data directory), naming the flag at fault:
+// each flag the command line set is tried alone over the defaults, with
+// the validation controller.New runs. What only a combination of flags
+// breaks is reported as such.
+func checkRunFlags(fs *flag.FlagSet, f *runFlags) error {
+	check := func(f *runFlags) error {
+		cfg, err := f.config()
+		if err != nil {
+			return err
+		}
+		return controller.CheckConfig(cfg)
+	}
+	err := check(f)
+	if err == nil {
+		return nil
+	}
+	var blame error
+	fs.Visit(func(fl *flag.Flag) {
+		if blame != nil {
+			return
+		}
+		fs1, f1 := newRunFlags()
+		if fs1.Set(fl.Name, fl.Value.String()) != nil {
+			return
+		}
+		if err1 := check(f1); err1 != nil {
+			if !strings.HasPrefix(err1.Error(), "--") {
+				err1 = fmt.Errorf("--%s=%s: %w", fl.Name, fl.Value, err1)
+			}
+			blame = err1
+		}
+	})
+	if blame != nil {
+		return fmt.Errorf("%w: %v", cli.ErrUsage, blame)
+	}
+	return fmt.Errorf("%w: flags together: %v", cli.ErrUsage, err)
+}
+
+func ctlRun(ctx context.Context, args []string) error {
+	fs, f := newRunFlags()
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
 	}
 	level := slog.LevelInfo
-	if *debug {
+	if *f.debug {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
-	files := tlsf.files()
+	files := f.tls.files()
 	if err := files.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", cli.ErrUsage, err)
 	}
-	// Fail on unreadable certificates here, before etcd reports it less clearly.
-	if _, err := pki.ServerConfig(files); err != nil {
+	if err := checkRunFlags(fs, f); err != nil {
+		return err
+	}
+	cfg, _ := f.config() // checked
+	cfg.Logger = log
+	// Fail on certificates that cannot complete a handshake (unreadable,
+	// expired, of another CA) here, before etcd reports it less clearly.
+	if err := files.Check(time.Now()); err != nil {
 		return fmt.Errorf("tls (see `controller certs`): %w", err)
 	}
 
 	var eps []string
 	var etcdTLS *pki.Files
-	if *endpoints == "" {
+	if *f.endpoints == "" {
+		etcdClients, _ := f.etcdClientNames() // checked
 		var quiet atomic.Bool
-		e, ep, err := controller.StartEtcd(controller.EmbeddedEtcd{Dir: *dataDir, ClientAddr: *etcdListen, PeerAddr: *etcdPeer,
-			TLS: files, ClientNames: splitList(*etcdClients), Logger: controller.EtcdLogger(log, &quiet)})
+		e, ep, err := controller.StartEtcd(controller.EmbeddedEtcd{Dir: *f.dataDir, ClientAddr: *f.etcdListen, PeerAddr: *f.etcdPeer,
+			TLS: files, ClientNames: etcdClients, Logger: controller.EtcdLogger(log, &quiet)})
 		if err != nil {
 			return err
 		}
 		defer func() { quiet.Store(true); e.Close() }()
-		log.Info("embedded etcd ready", "endpoint", ep, "data_dir", *dataDir)
+		log.Info("embedded etcd ready", "endpoint", ep, "data_dir", *f.dataDir)
 		eps, etcdTLS = []string{ep}, &files
 	} else {
-		for _, e := range strings.Split(*endpoints, ",") {
+		for _, e := range strings.Split(*f.endpoints, ",") {
 			e = strings.TrimSpace(e)
 			eps = append(eps, e)
 			if !strings.HasPrefix(e, "http://") {
@@ -148,39 +287,25 @@ func ctlRun(ctx context.Context, args []string) error {
 	}
 	defer etcd.Close()
 
-	cfg := controller.Config{Name: *name, TLS: files, AdminNames: strings.Split(*admins, ","), Prefix: *prefix,
-		TickInterval: *tick, ReportInterval: *report, LeaseTTL: *lease, Logger: log}
-	cfg.Route.Slots = *slots
-	cfg.Route.MinGain, cfg.Route.MinGainAbs, cfg.Route.Confirm = *minGain, *minGainAbs, *confirm
-	cfg.Route.Dwell, cfg.Route.MaxMove, cfg.Route.SlowStart = *dwell, *maxMove, *slowStart
-	cfg.Forecast = controller.ForecastConfig{Disable: *fcOff, Grace: *fcGrace, FlushInterval: *fcFlush, StateFile: *fcState,
-		MaxSnapshotBytes: *fcMaxSnap, Prices: forecast.Prices{CopyPerByte: *copyGB / 1e9, StorePerByteHour: *storeGBMonth / 1e9 / 730,
-			ValuePerRequestSecond: *valueReqSec}}
-	cfg.Forecast.Engine.Step, cfg.Forecast.Engine.Window, cfg.Forecast.Engine.Horizon = *fcStep, *fcWindow, *fcHorizon
-	if *fcCovs != "" {
-		for _, n := range strings.Split(*fcCovs, ",") {
-			cfg.Forecast.Engine.Covariates = append(cfg.Forecast.Engine.Covariates, strings.ToLower(strings.TrimSpace(n)))
-		}
-	}
 	c, err := controller.New(cfg, etcd)
 	if err != nil {
 		return err
 	}
 	switch {
-	case *maxTxn > 0:
-		c.Store().MaxTxnOps = *maxTxn
-	case *endpoints != "":
+	case *f.maxTxn > 0:
+		c.Store().MaxTxnOps = *f.maxTxn
+	case *f.endpoints != "":
 		c.Store().MaxTxnOps = 128
 	}
-	lis, err := net.Listen("tcp", *listen)
+	lis, err := net.Listen("tcp", *f.listen)
 	if err != nil {
-		return fmt.Errorf("listen %s: %w", *listen, err)
+		return fmt.Errorf("listen %s: %w", *f.listen, err)
 	}
-	if *metricsAddr != "" {
-		ml, err := net.Listen("tcp", *metricsAddr)
+	if *f.metricsAddr != "" {
+		ml, err := net.Listen("tcp", *f.metricsAddr)
 		if err != nil {
 			lis.Close()
-			return fmt.Errorf("metrics-addr: listen %s: %w", *metricsAddr, err)
+			return fmt.Errorf("metrics-addr: listen %s: %w", *f.metricsAddr, err)
 		}
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(c.Registry(), promhttp.HandlerOpts{}))

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	// Replication schedules are in local time: TZ must name a zone even
+	// in an image without a zone database.
+	_ "time/tzdata"
 
 	"github.com/premirror/premirror/internal/agent"
 	"github.com/premirror/premirror/internal/cli"
@@ -39,19 +42,24 @@ func runAgent(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	if *mode != "" {
-		cfg.XDPMode = agent.XDPMode(*mode)
+	// The flags win over the file, at start and at every reload.
+	overrides := func(cfg *agent.Config) {
+		if *mode != "" {
+			cfg.XDPMode = agent.XDPMode(*mode)
+		}
+		if *metrics != "" {
+			cfg.MetricsAddr = *metrics
+		}
+		if *pinDir != "" {
+			cfg.PinDir = *pinDir
+		}
 	}
-	if *metrics != "" {
-		cfg.MetricsAddr = *metrics
-	}
-	if *pinDir != "" {
-		cfg.PinDir = *pinDir
-	}
+	overrides(cfg)
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
 	a := agent.New(cfg, *path, log)
+	a.Overrides = overrides
 	if err := a.Start(); err != nil {
 		if *debug {
 			return fmt.Errorf("%+v", err)

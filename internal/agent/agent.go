@@ -29,6 +29,12 @@ import (
 // attaches them, keeps the maps equal to the desired state, and serves
 // metrics and health.
 type Agent struct {
+	// Overrides, when set, is applied to every configuration read from
+	// the file at a reload, as the command line's flags were to the
+	// first (--pin-dir, --xdp-mode, --metrics-addr): a reload must not
+	// read the flags' absence as a change.
+	Overrides func(*Config)
+
 	log  *slog.Logger
 	path string // config file, for reloads ("" when given in memory)
 
@@ -82,6 +88,9 @@ func (a *Agent) Router() *pmaps.Router { return a.router }
 // the data plane is forwarding.
 func (a *Agent) Start() error {
 	cfg := a.cfg
+	if err := cfg.checkTLS(time.Now()); err != nil {
+		return err
+	}
 	if err := ensureBPFFS(cfg.PinDir); err != nil {
 		return err
 	}
@@ -330,7 +339,9 @@ func (a *Agent) settings(cfg *Config, c *Compiled) (pmaps.Settings, error) {
 func decapAddresses(cfg *Config) ([]netip.Addr, error) {
 	var out []netip.Addr
 	for _, s := range cfg.DecapAddresses {
-		out = append(out, netip.MustParseAddr(s))
+		// Unmapped as mirror addresses are: ::ffff:192.0.2.1 is the
+		// IPv4 address tunnel packets arrive for.
+		out = append(out, netip.MustParseAddr(s).Unmap())
 	}
 	if len(out) > 0 {
 		return out, nil
@@ -371,13 +382,17 @@ func ifaceAddrs(iface string) ([]netip.Addr, error) {
 }
 
 // Reload re-reads the config file and applies it. A config that does not
-// validate is refused and the running state kept. Limits, pin directory
-// and interfaces need a restart; changing them here is refused too.
+// validate is refused and the running state kept, and so is one that
+// changes what only a restart applies (Config.reloadable names it).
 func (a *Agent) Reload() error {
 	if a.path == "" {
 		return nil
 	}
 	cfg, err := LoadConfig(a.path)
+	if err == nil && a.Overrides != nil {
+		a.Overrides(cfg)
+		err = cfg.Validate()
+	}
 	if err != nil {
 		a.setErr(err)
 		return fmt.Errorf("reload refused, keeping the running state: %w", err)
@@ -389,14 +404,7 @@ func (a *Agent) Reload() error {
 		// The controller owns the desired state; the file only tunes the agent.
 		cfg.State = old.State
 	}
-	if old.MapsConfig() != cfg.MapsConfig() || old.PinDir != cfg.PinDir || old.Role != cfg.Role ||
-		fmt.Sprint(old.RouterInterfaceNames(), old.DecapInterfaceNames()) != fmt.Sprint(cfg.RouterInterfaceNames(), cfg.DecapInterfaceNames()) ||
-		old.XDPChain.String() != cfg.XDPChain.String() {
-		err := errors.New("limits, pin_dir, role, interfaces and xdp_chain change only with a restart")
-		a.setErr(err)
-		return fmt.Errorf("reload refused, keeping the running state: %w", err)
-	}
-	if err := cfg.Replication.reloadable(old.Replication); err != nil {
+	if err := cfg.reloadable(old); err != nil {
 		a.setErr(err)
 		return fmt.Errorf("reload refused, keeping the running state: %w", err)
 	}

@@ -2,11 +2,17 @@ package agent
 
 import (
 	"bytes"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math"
+	"net"
 	"net/netip"
 	"os"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +20,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/pki"
+	"github.com/premirror/premirror/internal/yamlstrict"
 )
 
 // Role says which programs a node runs.
@@ -157,11 +165,34 @@ type Duration time.Duration
 
 // UnmarshalYAML parses a Go duration string.
 func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	v, err := time.ParseDuration(n.Value)
+	v, err := parseDuration(n)
 	if err != nil {
-		return fmt.Errorf("duration %q: %w", n.Value, err)
+		return fmt.Errorf("line %d: %w", n.Line, err)
 	}
 	*d = Duration(v)
+	return nil
+}
+
+func parseDuration(n *yaml.Node) (time.Duration, error) {
+	if n.Kind != yaml.ScalarNode {
+		return 0, errors.New("want a duration such as 30s or 1h30m")
+	}
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return 0, fmt.Errorf("duration %q: %w", n.Value, err)
+	}
+	return v, nil
+}
+
+// checkDurations names the field of a bad duration, which the decoder's
+// error from UnmarshalYAML cannot.
+func checkDurations(path string, n *yaml.Node, t reflect.Type) error {
+	if t != reflect.TypeFor[Duration]() || (n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null") {
+		return nil
+	}
+	if _, err := parseDuration(n); err != nil {
+		return fmt.Errorf("%s: %w (line %d)", path, err, n.Line)
+	}
 	return nil
 }
 
@@ -185,10 +216,23 @@ func LoadConfig(path string) (*Config, error) {
 // ParseConfig decodes and validates a YAML document.
 func ParseConfig(b []byte) (*Config, error) {
 	c := &Config{}
+	// First as a node: what the decoder would truncate or report without
+	// the field's name is refused naming it.
+	var doc yaml.Node
+	if err := yaml.Unmarshal(b, &doc); err == nil {
+		if err := yamlstrict.Check(&doc, c, checkDurations); err != nil {
+			return nil, fmt.Errorf("parse config: %w", err)
+		}
+	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("parse config: %w", err)
+	}
+	// A second document would be ignored: refuse it rather than run on
+	// half of what the file says.
+	if err := dec.Decode(new(yaml.Node)); !errors.Is(err, io.EOF) {
+		return nil, errors.New("parse config: more than one YAML document (---): the agent reads one")
 	}
 	c.setDefaults()
 	if err := c.Validate(); err != nil {
@@ -210,6 +254,83 @@ func (c *Config) setDefaults() {
 	if c.Node == "" {
 		c.Node, _ = os.Hostname()
 	}
+}
+
+// reloadable reports why a reload from old to c cannot be applied to
+// the running agent, naming the field; nil when it can. Apply re-reads
+// the desired state, outer sources, decap addresses and GUE port, the
+// next-hop TTL, the service checks, the probe shortlist and the
+// controller's utilization; what the agent set up once at start (maps,
+// attachments, listeners, the controller session, the probe scheduler
+// and responder) stays as it was, so a change to it is refused rather
+// than recorded as applied while the old setting runs on. Fields added
+// later are restart-only until listed here.
+func (c *Config) reloadable(old *Config) error {
+	if old.MapsConfig() != c.MapsConfig() {
+		return errors.New("limits: changes only with a restart (pinned maps keep their size)")
+	}
+	if err := restartOnly("", *old, *c, "limits", "outer_source_v4", "outer_source_v6", "decap_addresses", "decap_gue_port",
+		"nexthop_cache_ttl", "service_check", "probe", "controller", "replication", ""); err != nil {
+		return err
+	}
+	if err := restartOnly("probe", old.Probe, c.Probe, "shortlist"); err != nil {
+		return err
+	}
+	switch {
+	case (old.Controller == nil) != (c.Controller == nil):
+		return errors.New("controller: adding or removing the controller section needs a restart")
+	case c.Controller != nil:
+		if err := restartOnly("controller", *old.Controller, *c.Controller, "utilization"); err != nil {
+			return err
+		}
+	}
+	return c.Replication.reloadable(old.Replication)
+}
+
+// checkTLS verifies the certificate files of the controller session and
+// the replicator (pki.Files.Check) before Start touches anything: an
+// expired certificate or one another CA signed fails the start naming
+// its field, rather than every handshake after the maps were written.
+func (c *Config) checkTLS(now time.Time) error {
+	if c.Controller != nil {
+		if err := (pki.Files{CA: c.Controller.TLS.CA, Cert: c.Controller.TLS.Cert, Key: c.Controller.TLS.Key}).Check(now); err != nil {
+			return fmt.Errorf("controller.tls: %w", err)
+		}
+		// The controller registers an agent only under its certificate's
+		// name: any other node name is refused at every attempt.
+		cn, err := commonName(c.Controller.TLS.Cert)
+		if err != nil {
+			return fmt.Errorf("controller.tls.cert: %w", err)
+		}
+		if cn != c.Node {
+			return fmt.Errorf("controller.tls.cert: %s is for %q, not node %q (set node, or issue `controller certs --agents %s`)",
+				c.Controller.TLS.Cert, cn, c.Node, c.Node)
+		}
+	}
+	if r := c.Replication; r != nil {
+		if err := (pki.Files{CA: r.TLS.CA, Cert: r.TLS.Cert, Key: r.TLS.Key}).Check(now); err != nil {
+			return fmt.Errorf("replication.tls: %w", err)
+		}
+	}
+	return nil
+}
+
+// commonName is the subject common name of the first certificate in a
+// PEM file.
+func commonName(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return "", errors.New("no PEM block")
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return "", err
+	}
+	return cert.Subject.CommonName, nil
 }
 
 // MapsConfig is the data-plane sizing of c.
@@ -291,10 +412,21 @@ func (c *Config) Validate() error {
 	default:
 		return fmt.Errorf("role: %q is not edge, mirror or both", c.Role)
 	}
-	for i, name := range append(append(append([]string{}, c.Interfaces...), c.RouterInterfaces...), c.DecapInterfaces...) {
-		if name == "" || len(name) > 15 || strings.ContainsAny(name, "/ ") {
-			return fmt.Errorf("interfaces[%d]: %q is not an interface name", i, name)
+	for _, l := range []struct {
+		field string
+		names []string
+	}{{"interfaces", c.Interfaces}, {"router_interfaces", c.RouterInterfaces}, {"decap_interfaces", c.DecapInterfaces}} {
+		for i, name := range l.names {
+			if !validIfaceName(name) {
+				return fmt.Errorf("%s[%d]: %q is not an interface name", l.field, i, name)
+			}
+			if j := slices.Index(l.names, name); j != i {
+				return fmt.Errorf("%s[%d]: %s listed twice (also %s[%d])", l.field, i, name, l.field, j)
+			}
 		}
+	}
+	if err := checkHostPort(c.MetricsAddr, true); err != nil {
+		return fmt.Errorf("metrics_addr: %w", err)
 	}
 	switch c.XDPMode {
 	case XDPAuto, XDPNative, XDPGeneric:
@@ -315,15 +447,18 @@ func (c *Config) Validate() error {
 			continue
 		}
 		a, err := netip.ParseAddr(f.v)
+		if err == nil {
+			_, err = unicast(a)
+		}
 		if err != nil {
 			return fmt.Errorf("%s: %w", f.name, err)
 		}
-		if (f.name == "outer_source_v4") != a.Is4() {
+		if (f.name == "outer_source_v4") != a.Is4() || a.Is4In6() {
 			return fmt.Errorf("%s: %s is the wrong family", f.name, a)
 		}
 	}
 	for i, s := range c.DecapAddresses {
-		if _, err := netip.ParseAddr(s); err != nil {
+		if _, err := parseUnicast(s); err != nil {
 			return fmt.Errorf("decap_addresses[%d]: %w", i, err)
 		}
 	}
@@ -381,6 +516,47 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// validIfaceName is the kernel's rule (dev_valid_name): 1 to 15 bytes,
+// not . or .., no '/', ':' or white space; control bytes (NUL would cut
+// the name short in netlink) are refused too.
+func validIfaceName(s string) bool {
+	if s == "" || len(s) > 15 || s == "." || s == ".." {
+		return false
+	}
+	for _, r := range s {
+		if r == '/' || r == ':' || r <= ' ' || r == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+// checkHostPort checks a host:port address before anything listens or
+// dials: a port out of range or missing fails at start, naming the
+// field, rather than after the programs are attached. Port 0 (any free
+// port) is for listen addresses only.
+func checkHostPort(s string, listen bool) error {
+	_, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return err
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	switch {
+	case port == "":
+		return fmt.Errorf("%q: port missing", s)
+	case err == nil && n == 0 && !listen:
+		return fmt.Errorf("%q: port 0", s)
+	case err == nil:
+		return nil
+	}
+	// A service name (https) is looked up in /etc/services, never on the
+	// network.
+	if _, lerr := net.LookupPort("tcp", port); lerr != nil {
+		return fmt.Errorf("%q: port %q is not a number in [1, 65535] or a known service", s, port)
+	}
+	return nil
+}
+
 // ParseVIP parses "addr:port/proto" ("[v6]:port/proto" for IPv6).
 func ParseVIP(s string) (maps.VIP, error) {
 	hostport, proto, ok := strings.Cut(s, "/")
@@ -398,7 +574,53 @@ func ParseVIP(s string) (maps.VIP, error) {
 	if ap.Port() == 0 {
 		return maps.VIP{}, fmt.Errorf("%q: port 0", s)
 	}
-	return maps.VIP{Addr: ap.Addr().Unmap(), Port: ap.Port(), Proto: p}, nil
+	a, err := unicast(ap.Addr())
+	if err != nil {
+		return maps.VIP{}, fmt.Errorf("%q: %w", s, err)
+	}
+	return maps.VIP{Addr: a, Port: ap.Port(), Proto: p}, nil
+}
+
+// parseUnicast parses an address packets are sent to or from (see
+// unicast).
+func parseUnicast(s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return a, err
+	}
+	return unicast(a)
+}
+
+// unicast refuses what the data plane cannot key or send to: a zone
+// (maps hold bare addresses, so fe80::1%a and fe80::1%b would be one
+// key), the unspecified address, multicast and the IPv4 broadcast. An
+// IPv4-mapped IPv6 address is returned as the IPv4 address packets carry.
+func unicast(a netip.Addr) (netip.Addr, error) {
+	switch a = a.Unmap(); {
+	case a.Zone() != "":
+		return a, fmt.Errorf("%s: an address with a zone (%%%s) is not for the data plane", a, a.Zone())
+	case a.IsUnspecified(), a.IsMulticast(), a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return a, fmt.Errorf("%s: not a unicast address", a)
+	}
+	return a, nil
+}
+
+// clientPrefix parses a region's client prefix: no host bits, and not an
+// IPv4-mapped IPv6 prefix, which no packet matches (IPv4 clients are
+// looked up as IPv4).
+func clientPrefix(s string) (netip.Prefix, error) {
+	pf, err := netip.ParsePrefix(s)
+	if err != nil {
+		return pf, err
+	}
+	if pf.Masked() != pf {
+		return pf, fmt.Errorf("%s has host bits set (did you mean %s?)", pf, pf.Masked())
+	}
+	if pf.Addr().Is4In6() && pf.Bits() >= 96 {
+		return pf, fmt.Errorf("%s is IPv4-mapped and matches no packet (did you mean %s?)", pf,
+			netip.PrefixFrom(pf.Addr().Unmap(), pf.Bits()-96))
+	}
+	return pf, nil
 }
 
 // Compiled is a DesiredState resolved to data-plane IDs.
@@ -450,12 +672,9 @@ func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
 		regions[r.Name] = maps.RegionID(r.ID)
 		out.RegionNames[maps.RegionID(r.ID)] = r.Name
 		for j, p := range r.Prefixes {
-			pf, err := netip.ParsePrefix(p)
+			pf, err := clientPrefix(p)
 			if err != nil {
 				return nil, fmt.Errorf("%s.prefixes[%d]: %w", f, j, err)
-			}
-			if pf.Masked() != pf {
-				return nil, fmt.Errorf("%s.prefixes[%d]: %s has host bits set (did you mean %s?)", f, j, pf, pf.Masked())
 			}
 			if other, dup := out.Prefixes[pf]; dup {
 				return nil, fmt.Errorf("%s.prefixes[%d]: %s already belongs to region %s", f, j, pf, out.RegionNames[other])
@@ -485,7 +704,7 @@ func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
 		if _, dup := out.MirrorNames[maps.MirrorID(m.ID)]; dup {
 			return nil, fmt.Errorf("%s.id: %d used twice", f, m.ID)
 		}
-		addr, err := netip.ParseAddr(m.Address)
+		addr, err := parseUnicast(m.Address)
 		if err != nil {
 			return nil, fmt.Errorf("%s.address: %w", f, err)
 		}
@@ -495,7 +714,7 @@ func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
 				return nil, fmt.Errorf("%s.state: %w", f, err)
 			}
 		}
-		mm := maps.Mirror{Addr: addr.Unmap(), State: state}
+		mm := maps.Mirror{Addr: addr, State: state}
 		if mm.Encap, err = maps.ParseEncapsulation(m.Encap); err != nil {
 			return nil, fmt.Errorf("%s.encap: %w", f, err)
 		}
@@ -537,6 +756,11 @@ func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
 		if a := r.Affinity; a != nil {
 			if a.Timeout <= 0 {
 				return nil, fmt.Errorf("%s.affinity.timeout: must be > 0", f)
+			}
+			// The data plane keeps whole seconds in 32 bits: a longer
+			// timeout would wrap to a short one.
+			if limit := Duration(math.MaxUint32 * time.Second); a.Timeout > limit {
+				return nil, fmt.Errorf("%s.affinity.timeout: %v out of (0, %v]", f, time.Duration(a.Timeout), time.Duration(limit))
 			}
 			if a.PrefixV4 < 0 || a.PrefixV4 > 32 {
 				return nil, fmt.Errorf("%s.affinity.prefix_v4: %d out of [1, 32]", f, a.PrefixV4)
@@ -588,6 +812,22 @@ func (s *DesiredState) Compile(lim maps.Config) (*Compiled, error) {
 			}
 			out.Routes[maps.RouteKey{Resource: rid, Region: reg}] = w
 		}
+	}
+	// Checked here, not when the maps fill up: reconcile would stop
+	// half-way, some prefixes of the new state written.
+	var v4, v6 int
+	for p := range out.Prefixes {
+		if p.Addr().Is4() {
+			v4++
+		} else {
+			v6++
+		}
+	}
+	if v4 > lim.MaxPrefixesV4 {
+		return nil, fmt.Errorf("regions: %d IPv4 prefixes exceed limits.max_prefixes_v4 %d", v4, lim.MaxPrefixesV4)
+	}
+	if v6 > lim.MaxPrefixesV6 {
+		return nil, fmt.Errorf("regions: %d IPv6 prefixes exceed limits.max_prefixes_v6 %d", v6, lim.MaxPrefixesV6)
 	}
 	if len(out.VIPs) > lim.MaxVIPs {
 		return nil, fmt.Errorf("resources: %d VIPs exceed limits.max_vips %d", len(out.VIPs), lim.MaxVIPs)

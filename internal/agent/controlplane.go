@@ -121,12 +121,15 @@ func (c *ControllerCfg) validate() error {
 		return errors.New("controller.endpoints: at least one endpoint is required")
 	}
 	for i, e := range c.Endpoints {
-		if _, _, err := net.SplitHostPort(e); err != nil {
+		if err := checkHostPort(e, false); err != nil {
 			return fmt.Errorf("controller.endpoints[%d]: %w", i, err)
 		}
 	}
 	if c.Site == "" {
 		return errors.New("controller.site: missing (the Site object this node belongs to)")
+	}
+	if c.ReportInterval < 0 {
+		return fmt.Errorf("controller.report_interval: %v is negative", time.Duration(c.ReportInterval))
 	}
 	if err := (pki.Files{CA: c.TLS.CA, Cert: c.TLS.Cert, Key: c.TLS.Key}).Validate(); err != nil {
 		return fmt.Errorf("controller.%w (the control channel is always mutual TLS)", err)

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -136,6 +137,29 @@ func (r *RateControlCfg) delayConfig() (*throttle.DelayConfig, error) {
 	return dc, nil
 }
 
+// checkSelection: extents and hot_extents select what a selective copy
+// sends and are ignored by a full one, so either without mode selective
+// is a mistake that would copy the whole volume; a selective copy that
+// selects nothing would copy nothing.
+func (m MirrorCfg) checkSelection() error {
+	if m.HotExtents < 0 {
+		return fmt.Errorf("hot_extents: %d is negative", m.HotExtents)
+	}
+	for i, e := range m.Extents {
+		if e[1] == 0 || e[0]+e[1] < e[0] {
+			return fmt.Errorf("extents[%d]: [%d, %d] is not [first block, block count > 0]", i, e[0], e[1])
+		}
+	}
+	selects := len(m.Extents) > 0 || m.HotExtents > 0
+	switch {
+	case replicator.Mode(m.Mode) == replicator.ModeSelective && !selects:
+		return errors.New("mode: selective without extents or hot_extents would copy nothing")
+	case replicator.Mode(m.Mode) != replicator.ModeSelective && selects:
+		return fmt.Errorf("extents, hot_extents: only with mode selective (mode %s copies the whole volume)", cmp.Or(m.Mode, "full"))
+	}
+	return nil
+}
+
 // DefaultWriteSocket is where the volume API listens.
 const DefaultWriteSocket = "/run/premirror/volumes.sock"
 
@@ -145,7 +169,7 @@ func (r *Replication) validate() error {
 		return fmt.Errorf("replication.%w (replication channels are always mutual TLS)", err)
 	}
 	if r.Listen != "" {
-		if _, _, err := net.SplitHostPort(r.Listen); err != nil {
+		if err := checkHostPort(r.Listen, true); err != nil {
 			return fmt.Errorf("replication.listen: %w", err)
 		}
 	}
@@ -162,7 +186,7 @@ func (r *Replication) validate() error {
 			return fmt.Errorf("%s.name: %q empty or defined twice", f, p.Name)
 		}
 		peers[p.Name] = true
-		if _, _, err := net.SplitHostPort(p.Addr); err != nil {
+		if err := checkHostPort(p.Addr, false); err != nil {
 			return fmt.Errorf("%s.addr: %w", f, err)
 		}
 		if p.Schedule != "" {
@@ -180,6 +204,9 @@ func (r *Replication) validate() error {
 		}
 	}
 	vols := map[string]bool{}
+	// Two volumes on one image or metadata directory would both write
+	// it; the second failed at start as "locked by another process".
+	files := map[string]string{}
 	for i, v := range r.Volumes {
 		f := fmt.Sprintf("replication.volumes[%d]", i)
 		if v.Name == "" || vols[v.Name] {
@@ -188,6 +215,13 @@ func (r *Replication) validate() error {
 		vols[v.Name] = true
 		if !filepath.IsAbs(v.Path) {
 			return fmt.Errorf("%s.path: %q must be absolute", f, v.Path)
+		}
+		meta := cmp.Or(v.MetaDir, v.Path+".pmr")
+		for _, p := range []struct{ field, path string }{{"path", filepath.Clean(v.Path)}, {"meta_dir", filepath.Clean(meta)}} {
+			if other, dup := files[p.path]; dup {
+				return fmt.Errorf("%s.%s: %s is already %s", f, p.field, p.path, other)
+			}
+			files[p.path] = f + "." + p.field
 		}
 		switch replicator.Role(v.Role) {
 		case replicator.RolePrimary, replicator.RoleMirror:
@@ -202,6 +236,11 @@ func (r *Replication) validate() error {
 			if !peers[m.Peer] {
 				return fmt.Errorf("%s.peer: %q is not defined", mf, m.Peer)
 			}
+			for k, o := range v.Mirrors[:j] {
+				if o.Peer == m.Peer && cmp.Or(o.Volume, v.Name) == cmp.Or(m.Volume, v.Name) {
+					return fmt.Errorf("%s: peer %q volume %q is already %s.mirrors[%d]", mf, m.Peer, cmp.Or(m.Volume, v.Name), f, k)
+				}
+			}
 			switch replicator.Mode(m.Mode) {
 			case "", replicator.ModeFull, replicator.ModeSelective:
 			default:
@@ -209,6 +248,9 @@ func (r *Replication) validate() error {
 			}
 			if m.Interval < 0 {
 				return fmt.Errorf("%s.interval: negative", mf)
+			}
+			if err := m.checkSelection(); err != nil {
+				return fmt.Errorf("%s.%w", mf, err)
 			}
 		}
 	}
@@ -258,7 +300,10 @@ func restartOnly[T any](prefix string, old, now T, reloadable ...string) error {
 			continue
 		}
 		sep := "."
-		if strings.HasSuffix(prefix, ":") {
+		switch {
+		case prefix == "":
+			sep = ""
+		case strings.HasSuffix(prefix, ":"):
 			sep = " "
 		}
 		return fmt.Errorf("%s%s%s: changes only with a restart", prefix, sep, tag)
@@ -324,6 +369,11 @@ func serveVolumeAPI(ctx context.Context, node *replicator.Node, path string, uid
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
 		return nil, fmt.Errorf("replication.write_socket: %w", err)
+	}
+	// A stale socket of a previous agent is replaced; anything else at
+	// the path (a mistyped volume image path, say) is not ours to delete.
+	if fi, err := os.Lstat(path); err == nil && fi.Mode().Type() != os.ModeSocket {
+		return nil, fmt.Errorf("replication.write_socket: %s exists and is a %v, not a socket", path, fi.Mode().Type())
 	}
 	_ = os.Remove(path)
 	ln, err := net.Listen("unix", path)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -110,6 +111,42 @@ func TestVolumeAPI(t *testing.T) {
 	}
 }
 
+// TestVolumeAPIKeepsWhatIsNotASocket: write_socket naming an existing
+// file or directory fails the start and leaves it; a stale socket is
+// replaced. Before, whatever was at the path was removed first: a write
+// socket mistyped as the volume image's path deleted the image.
+func TestVolumeAPIKeepsWhatIsNotASocket(t *testing.T) {
+	dir := t.TempDir()
+	img := filepath.Join(dir, "disk.img")
+	if err := os.WriteFile(img, []byte("data"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, path := range []string{img, dir} {
+		_, err := serveVolumeAPI(context.Background(), nil, path, nil, slog.New(slog.DiscardHandler))
+		if err == nil || !strings.Contains(err.Error(), "replication.write_socket: "+path+" exists and is a") {
+			t.Fatalf("%s: %v, want it refused", path, err)
+		}
+	}
+	if b, err := os.ReadFile(img); err != nil || string(b) != "data" {
+		t.Fatalf("image after a refused start: %q, %v", b, err)
+	}
+	// A socket left by a previous agent is replaced.
+	sock := filepath.Join(dir, "volumes.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop, err := serveVolumeAPI(ctx, nil, sock, nil, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("stale socket: %v", err)
+	}
+	stop()
+}
+
 func TestReplicationConfigErrors(t *testing.T) {
 	ok := Replication{TLS: TLSFiles{CA: "a", Cert: "b", Key: "c"},
 		Peers:   []PeerCfg{{Name: "m2", Addr: "10.0.0.2:7400"}},
@@ -135,6 +172,27 @@ func TestReplicationConfigErrors(t *testing.T) {
 		{func(r *Replication) { r.Volumes[0].Mirrors[0].Peer = "m9" }, "replication.volumes[0].mirrors[0].peer"},
 		{func(r *Replication) { r.Volumes[0].Mirrors[0].Mode = "delta" }, "replication.volumes[0].mirrors[0].mode"},
 		{func(r *Replication) { r.TaskInterval = -1 }, "replication.task_interval"},
+		{func(r *Replication) { r.Volumes[0].Mirrors[0].Extents = [][2]uint64{{0, 256}} }, "replication.volumes[0].mirrors[0].extents, hot_extents: only with mode selective (mode full copies the whole volume)"},
+		{func(r *Replication) { r.Volumes[0].Mirrors[0].HotExtents = 4 }, "replication.volumes[0].mirrors[0].extents, hot_extents: only with mode selective"},
+		{func(r *Replication) { r.Volumes[0].Mirrors[0].Mode = "selective" }, "replication.volumes[0].mirrors[0].mode: selective without extents or hot_extents would copy nothing"},
+		{func(r *Replication) {
+			r.Volumes[0].Mirrors[0].Mode, r.Volumes[0].Mirrors[0].Extents = "selective", [][2]uint64{{0, 8}, {16, 0}}
+		}, "replication.volumes[0].mirrors[0].extents[1]: [16, 0] is not [first block, block count > 0]"},
+		{func(r *Replication) {
+			r.Volumes[0].Mirrors[0].Mode, r.Volumes[0].Mirrors[0].Extents = "selective", [][2]uint64{{1 << 63, 1 << 63}}
+		}, "replication.volumes[0].mirrors[0].extents[0]"},
+		{func(r *Replication) {
+			r.Volumes[0].Mirrors[0].Mode, r.Volumes[0].Mirrors[0].HotExtents = "selective", -1
+		}, "replication.volumes[0].mirrors[0].hot_extents: -1 is negative"},
+		{func(r *Replication) {
+			r.Volumes = append(r.Volumes, VolumeCfg{Name: "e", Path: "/v/../v/d.img", Role: "mirror"})
+		}, "replication.volumes[1].path: /v/d.img is already replication.volumes[0].path"},
+		{func(r *Replication) {
+			r.Volumes = append(r.Volumes, VolumeCfg{Name: "e", Path: "/v/e.img", MetaDir: "/v/d.img.pmr/", Role: "mirror"})
+		}, "replication.volumes[1].meta_dir: /v/d.img.pmr is already replication.volumes[0].meta_dir"},
+		{func(r *Replication) {
+			r.Volumes[0].Mirrors = append(r.Volumes[0].Mirrors, MirrorCfg{Peer: "m2", Volume: "d"})
+		}, `replication.volumes[0].mirrors[1]: peer "m2" volume "d" is already replication.volumes[0].mirrors[0]`},
 	}
 	for _, tt := range tests {
 		r := ok
@@ -149,6 +207,12 @@ func TestReplicationConfigErrors(t *testing.T) {
 	}
 	if err := ok.validate(); err != nil {
 		t.Fatal(err)
+	}
+	sel := ok
+	sel.Volumes = []VolumeCfg{ok.Volumes[0]}
+	sel.Volumes[0].Mirrors = []MirrorCfg{{Peer: "m2", Mode: "selective", Extents: [][2]uint64{{0, 256}}}, {Peer: "m2", Volume: "d2", Mode: "selective", HotExtents: 8}}
+	if err := sel.validate(); err != nil {
+		t.Fatalf("selective mirrors: %v", err)
 	}
 	// Rate control: on by default, off on request, fields carried over.
 	off := false

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/forecast"
 	"github.com/premirror/premirror/internal/maps"
 	"github.com/premirror/premirror/internal/pki"
 	"github.com/premirror/premirror/internal/route"
@@ -157,6 +158,25 @@ type Controller struct {
 	fc       *forecaster // nil when forecasting is disabled
 
 	crash atomic.Bool // tests: stop as if killed (no resign, no revoke)
+}
+
+// CheckConfig validates cfg as New does, without an etcd client, so a
+// command can refuse a bad configuration before it starts anything.
+func CheckConfig(cfg Config) error {
+	if err := cfg.setDefaults(); err != nil {
+		return err
+	}
+	if _, err := route.New(cfg.Route); err != nil {
+		return err
+	}
+	if !cfg.Forecast.Disable {
+		ec := cfg.Forecast.Engine
+		ec.Logger = slog.New(slog.DiscardHandler)
+		if _, err := forecast.NewEngine(ec); err != nil {
+			return fmt.Errorf("forecast engine: %w", err)
+		}
+	}
+	return nil
 }
 
 // New prepares a replica using an etcd client it does not own.

@@ -138,6 +138,11 @@ func (f *ForecastConfig) setDefaults(reportInterval time.Duration) error {
 	if f.MaxSnapshotBytes == 0 {
 		f.MaxSnapshotBytes = 256 << 20
 	}
+	// A negative bound would keep every checkpoint out of etcd: a
+	// successor would start its forecasts from nothing.
+	if f.MaxSnapshotBytes < 0 {
+		return fmt.Errorf("forecast max snapshot bytes: %d is negative", f.MaxSnapshotBytes)
+	}
 	return nil
 }
 

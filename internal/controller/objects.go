@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/yamlstrict"
 )
 
 // ErrInvalid wraps every validation failure of user objects; the message
@@ -123,13 +125,16 @@ func parseDuration(field, s string) (time.Duration, error) {
 }
 
 // ParseObjects reads YAML documents of sites, mirrors and resources and
-// validates each object on its own (references between objects are
-// checked by ValidateObjects against the full set). Unknown fields are
-// errors; an error names the document and field.
+// validates each object on its own and that no name of a kind comes twice
+// (references between objects are checked by ValidateObjects against the
+// full set). Unknown fields are errors; an error names the document and
+// field.
 func ParseObjects(b []byte) (*pb.Objects, error) {
 	out := &pb.Objects{}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
+	// The same documents again as nodes, for what KnownFields misses.
+	nodes := yaml.NewDecoder(bytes.NewReader(b))
 	for doc := 0; ; doc++ {
 		var f objectsFile
 		err := dec.Decode(&f)
@@ -138,6 +143,15 @@ func ParseObjects(b []byte) (*pb.Objects, error) {
 		}
 		if err != nil {
 			return nil, invalidf("document %d: %v", doc, err)
+		}
+		var n yaml.Node
+		if nodes.Decode(&n) == nil {
+			if err := yamlstrict.WholeNumbers(&n, &f); err != nil {
+				if doc == 0 {
+					return nil, invalidf("%v", err)
+				}
+				return nil, invalidf("document %d: %v", doc, err)
+			}
 		}
 		where := func(kind string, i int) string {
 			if doc == 0 {
@@ -182,7 +196,34 @@ func ParseObjects(b []byte) (*pb.Objects, error) {
 			return nil, invalidf("resources[%d] (%s).%v", i, r.GetName(), err)
 		}
 	}
+	if err := checkUnique(out); err != nil {
+		return nil, err
+	}
 	return out, nil
+}
+
+// checkUnique refuses an input (a file, one apply) that names an object
+// twice: which of the two should win is not ours to guess, and both
+// writes in one etcd transaction fail with etcd's own message.
+func checkUnique(o *pb.Objects) error {
+	if err := uniqueNames("sites", o.GetSites()); err != nil {
+		return err
+	}
+	if err := uniqueNames("mirrors", o.GetMirrors()); err != nil {
+		return err
+	}
+	return uniqueNames("resources", o.GetResources())
+}
+
+func uniqueNames[T named](kind string, list []T) error {
+	first := map[string]int{}
+	for i, x := range list {
+		if j, ok := first[x.GetName()]; ok {
+			return invalidf("%s[%d] (%s).name: listed twice (also %s[%d])", kind, i, x.GetName(), kind, j)
+		}
+		first[x.GetName()] = i
+	}
+	return nil
 }
 
 // The yaml→proto conversions catch only what the proto cannot hold (a
@@ -277,6 +318,9 @@ func (r yamlResource) proto() (*pb.Resource, error) {
 		if timeout < time.Second || timeout > math.MaxUint32*time.Second {
 			return nil, fmt.Errorf("affinity.timeout: %v out of [1s, %v]", timeout, math.MaxUint32*time.Second)
 		}
+		if timeout%time.Second != 0 {
+			return nil, fmt.Errorf("affinity.timeout: %v is not whole seconds (the data plane keeps seconds)", timeout)
+		}
 		if a.PrefixV4 < 0 || a.PrefixV4 > 32 {
 			return nil, fmt.Errorf("affinity.prefix_v4: %d out of [0, 32]", a.PrefixV4)
 		}
@@ -293,6 +337,11 @@ func (r yamlResource) proto() (*pb.Resource, error) {
 		}
 		if lag > math.MaxUint32*time.Second {
 			return nil, fmt.Errorf("thresholds.max_lag: %v out of range", lag)
+		}
+		// Kept in whole seconds, where 0 means no bound: 500ms would
+		// have become unbounded.
+		if lag%time.Second != 0 {
+			return nil, fmt.Errorf("thresholds.max_lag: %v is not whole seconds", lag)
 		}
 		pr.Thresholds = &pb.Thresholds{MirrorScore: t.MirrorScore, RetireScore: t.RetireScore,
 			MaxLagSeconds: uint32(lag / time.Second)}
@@ -337,6 +386,24 @@ func checkName(n string) error {
 	return nil
 }
 
+// checkUnicast refuses addresses the agents refuse in the desired state
+// (agent.ParseVIP, mirror addresses): a zone, which the data plane's
+// keys drop (fe80::1%a and fe80::1%b would be one VIP), the unspecified
+// address, multicast and the IPv4 broadcast.
+func checkUnicast(s string) error {
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return err
+	}
+	switch a = a.Unmap(); {
+	case a.Zone() != "":
+		return fmt.Errorf("%s: an address with a zone (%%%s) is not for the data plane", a, a.Zone())
+	case a.IsUnspecified(), a.IsMulticast(), a == netip.AddrFrom4([4]byte{255, 255, 255, 255}):
+		return fmt.Errorf("%s: not a unicast address", a)
+	}
+	return nil
+}
+
 func finiteNonNeg(f float64) bool { return !math.IsNaN(f) && !math.IsInf(f, 0) && f >= 0 }
 
 func checkSite(s *pb.Site) error {
@@ -351,6 +418,12 @@ func checkSite(s *pb.Site) error {
 		}
 		if pf.Masked() != pf {
 			return fmt.Errorf("client_prefixes[%d]: %s has host bits set (did you mean %s?)", i, pf, pf.Masked())
+		}
+		// IPv4 clients are looked up as IPv4 (by the agents, and by
+		// ingest-log): a mapped prefix would match nobody.
+		if pf.Addr().Is4In6() && pf.Bits() >= 96 {
+			return fmt.Errorf("client_prefixes[%d]: %s is IPv4-mapped and matches no client (did you mean %s?)", i, pf,
+				netip.PrefixFrom(pf.Addr().Unmap(), pf.Bits()-96))
 		}
 		if seen[pf] {
 			return fmt.Errorf("client_prefixes[%d]: %s listed twice", i, pf)
@@ -378,7 +451,7 @@ func checkMirror(m *pb.Mirror) error {
 	if m.GetSite() == "" {
 		return errors.New("site: missing")
 	}
-	if _, err := netip.ParseAddr(m.GetAddress()); err != nil {
+	if err := checkUnicast(m.GetAddress()); err != nil {
 		return fmt.Errorf("address: %w", err)
 	}
 	if n := m.GetNode(); n != "" && len(n) > 253 {
@@ -417,10 +490,10 @@ func checkResource(r *pb.Resource) error {
 	}
 	addrs := map[netip.Addr]bool{}
 	for i, v := range r.GetVips() {
-		a, err := netip.ParseAddr(v)
-		if err != nil {
+		if err := checkUnicast(v); err != nil {
 			return fmt.Errorf("vips[%d]: %w", i, err)
 		}
+		a := netip.MustParseAddr(v)
 		if addrs[a.Unmap()] {
 			return fmt.Errorf("vips[%d]: %s listed twice", i, a)
 		}
@@ -489,8 +562,10 @@ func checkResource(r *pb.Resource) error {
 				return fmt.Errorf("thresholds.%s: %v out of [0, 1]", f.name, f.v)
 			}
 		}
-		if t.GetMirrorScore() > 0 && t.GetRetireScore() >= t.GetMirrorScore() {
-			return fmt.Errorf("thresholds.retire_score: %v must be below mirror_score %v (hysteresis)", t.GetRetireScore(), t.GetMirrorScore())
+		// Against the default mirror_score too: placement would otherwise
+		// drop a retire_score at or above it for half the mirror_score.
+		if ms := cmp.Or(t.GetMirrorScore(), defaultMirrorScore); t.GetRetireScore() >= ms {
+			return fmt.Errorf("thresholds.retire_score: %v must be below mirror_score %v (hysteresis)", t.GetRetireScore(), ms)
 		}
 	}
 	if p := r.GetProfile(); p != nil {

@@ -3,12 +3,17 @@ package controller
 import (
 	"errors"
 	"os"
+	"reflect"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/agent"
+	"github.com/premirror/premirror/internal/yamlstrict"
 )
 
 func TestParseObjectsValid(t *testing.T) {
@@ -85,6 +90,20 @@ func TestParseObjectsNamesTheField(t *testing.T) {
 		{"second document", "    origin: nyc", "    origin: nyc\n    colour: red", "document 1"},
 		{"second document index", "vips: [203.0.113.6]", "vips: [nope]", "resources[1] (web).vips[0]"},
 		{"not yaml", "sites:", "sites: [", "document 0"},
+		{"retire score above the default mirror score", "mirror_score: 0.6, retire_score: 0.3", "retire_score: 0.9", "resources[0] (disk-42).thresholds.retire_score: 0.9 must be below mirror_score 0.8"},
+		{"sub-second max lag", "max_lag: 30s", "max_lag: 500ms", "resources[0].thresholds.max_lag: 500ms is not whole seconds"},
+		{"fractional affinity timeout", "timeout: 30m", "timeout: 1.5s", "resources[0].affinity.timeout: 1.5s is not whole seconds"},
+		{"IPv4-mapped prefix", "[10.2.0.0/16]", "[\"::ffff:10.2.0.0/112\"]", "sites[1] (us).client_prefixes[0]: ::ffff:10.2.0.0/112 is IPv4-mapped and matches no client (did you mean 10.2.0.0/16?)"},
+		{"multicast mirror", "address: 192.0.2.10", "address: 224.0.0.10", "mirrors[0] (paris).address: 224.0.0.10: not a unicast address"},
+		{"mirror with a zone", "address: 192.0.2.10", "address: \"fe80::10%eth0\"", "mirrors[0] (paris).address: fe80::10%eth0: an address with a zone"},
+		{"unspecified vip", "vips: [203.0.113.5,", "vips: [0.0.0.0,", "resources[0] (disk-42).vips[0]: 0.0.0.0: not a unicast address"},
+		{"vip with a zone", "vips: [203.0.113.5,", "vips: [\"fe80::5%eth0\",", "resources[0] (disk-42).vips[0]: fe80::5%eth0: an address with a zone"},
+		{"fractional port", "ports: [443, 10809]", "ports: [443, 10809.5]", "resources[0].ports[1]: 10809.5 is not a whole number (line 27)"},
+		{"fractional GUE port", "gue_port: 6080", "gue_port: 6080.9", "mirrors[1].gue_port: 6080.9"},
+		{"fractional affinity prefix", "prefix_v4: 24", "prefix_v4: 23.5", "resources[0].affinity.prefix_v4: 23.5"},
+		{"fractional size", "size_bytes: 21474836480", "size_bytes: 2.5", "resources[0].size_bytes: 2.5"},
+		{"fractional in the second document", "ports: [80]", "ports: [80.5]", "document 1: resources[0].ports[0]: 80.5"},
+		{"mirror twice across documents", "resources:\n  - name: web", "mirrors:\n  - {name: paris, site: us, address: 192.0.2.30}\nresources:\n  - name: web", "mirrors[2] (paris).name: listed twice (also mirrors[0])"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -120,6 +139,12 @@ func TestValidateObjectsReferences(t *testing.T) {
 			r.Name = "copy"
 			o.Resources = append(o.Resources, r)
 		}, Limits{}, `resource "copy": vips[0]`},
+		{"vip of two resources through zones", func(o *pb.Objects) {
+			r := proto.Clone(o.Resources[0]).(*pb.Resource)
+			r.Name, r.Vips = "copy", []string{"fe80::5%b"}
+			o.Resources[0].Vips = []string{"fe80::5%a"}
+			o.Resources = append(o.Resources, r)
+		}, Limits{}, `resource "disk": vips[0]: fe80::5%a: an address with a zone`},
 		{"too many vips", func(o *pb.Objects) { o.Resources[0].Ports = []uint32{1, 2, 3} }, Limits{MaxVIPs: 2}, "VIPs exceed"},
 		{"too many routes", func(o *pb.Objects) {}, Limits{MaxRoutes: 2}, "routes"},
 	}
@@ -187,5 +212,42 @@ func TestFormatObjectsRoundTrip(t *testing.T) {
 	}
 	if !strings.Contains(string(out), "id: 4") {
 		t.Fatalf("ids not printed:\n%s", out)
+	}
+}
+
+// TestOperationsDocumentsEveryField: docs/OPERATIONS.md §6 lists every
+// field of the edge-agent's configuration and of the objects apply reads,
+// and only those.
+func TestOperationsDocumentsEveryField(t *testing.T) {
+	b, err := os.ReadFile("../../docs/OPERATIONS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		heading string
+		typ     reflect.Type
+	}{{"### edge-agent", reflect.TypeFor[agent.Config]()}, {"### controller objects", reflect.TypeFor[objectsFile]()}} {
+		_, sec, ok := strings.Cut(string(b), "\n"+tc.heading)
+		if !ok {
+			t.Fatalf("OPERATIONS.md has no %q section", tc.heading)
+		}
+		if i := strings.Index(sec, "\n#"); i >= 0 {
+			sec = sec[:i]
+		}
+		var doc []string
+		for _, m := range regexp.MustCompile("(?m)^\\| `([^`]+)` \\|").FindAllStringSubmatch(sec, -1) {
+			doc = append(doc, m[1])
+		}
+		real := yamlstrict.Paths(tc.typ)
+		for _, p := range real {
+			if !slices.Contains(doc, p) {
+				t.Errorf("%s: %s is not documented", tc.heading, p)
+			}
+		}
+		for _, p := range doc {
+			if !slices.Contains(real, p) {
+				t.Errorf("%s: documents %s, which is not read", tc.heading, p)
+			}
+		}
 	}
 }

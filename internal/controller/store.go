@@ -175,7 +175,8 @@ var marshal = proto.MarshalOptions{Deterministic: true}
 
 // Apply creates or updates objects by name after validating the whole
 // resulting set; new names get the next free ID of their kind. Nothing is
-// written when validation fails or dryRun is set.
+// written when validation fails or dryRun is set; an input naming one
+// object twice is invalid.
 func (s *Store) Apply(ctx context.Context, in *pb.Objects, dryRun bool) ([]*pb.ObjectChange, error) {
 	for attempt := 0; ; attempt++ {
 		changes, err := s.applyOnce(ctx, in, dryRun)
@@ -193,6 +194,9 @@ type pendingPut struct {
 }
 
 func (s *Store) applyOnce(ctx context.Context, in *pb.Objects, dryRun bool) ([]*pb.ObjectChange, error) {
+	if err := checkUnique(in); err != nil {
+		return nil, err
+	}
 	cur, err := s.readObjects(ctx)
 	if err != nil {
 		return nil, err

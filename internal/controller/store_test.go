@@ -127,6 +127,36 @@ func TestStoreSplitsLargeApplies(t *testing.T) {
 	}
 }
 
+// An apply that names an object twice is refused whole, dry run or not,
+// however the store splits its transactions: before, the two writes of
+// one key failed in etcd ("duplicate key given in txn request") or, split
+// over two transactions, the later silently won with a second new ID.
+func TestStoreRefusesDuplicateNames(t *testing.T) {
+	cli := etcdClient(t)
+	defer cli.Close()
+	for _, tc := range []struct {
+		name   string
+		maxOps int
+		dry    bool
+	}{{"one transaction", 0, false}, {"split", 3, false}, {"dry run", 0, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := NewStore(cli, testPrefix(t), DefaultLimits())
+			if tc.maxOps > 0 {
+				s.MaxTxnOps = tc.maxOps
+			}
+			o := testObjects()
+			o.Sites = append(o.Sites, &pb.Site{Name: "zz"}, &pb.Site{Name: "zz", ClientPrefixes: []string{"10.9.0.0/16"}})
+			_, err := s.Apply(context.Background(), o, tc.dry)
+			if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "sites[3] (zz).name: listed twice (also sites[2])") {
+				t.Fatalf("apply: %v, want ErrInvalid naming sites[3]", err)
+			}
+			if got, err := s.Get(context.Background(), "", ""); err != nil || len(got.GetSites())+len(got.GetMirrors())+len(got.GetResources()) != 0 {
+				t.Fatalf("written after a refused apply: %v, %v", got, err)
+			}
+		})
+	}
+}
+
 func TestDesiredWriteIsFenced(t *testing.T) {
 	cli := etcdClient(t)
 	defer cli.Close()

@@ -128,6 +128,35 @@ func (f Files) Validate() error {
 	return nil
 }
 
+// Check loads the files as ServerConfig and ClientConfig do and verifies
+// that the certificate chains to the CA and is valid at now. Loading
+// alone accepts an expired certificate, one not yet valid and one another
+// CA signed, all of which then fail every handshake long after the
+// process started; Check fails at start instead, naming the file.
+func (f Files) Check(now time.Time) error {
+	cert, pool, err := load(f)
+	if err != nil {
+		return err
+	}
+	leaf, err := x509.ParseCertificate(cert.Certificate[0])
+	if err != nil {
+		return fmt.Errorf("tls cert %s: %w", f.Cert, err)
+	}
+	inter := x509.NewCertPool()
+	for _, der := range cert.Certificate[1:] {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			inter.AddCert(c)
+		}
+	}
+	_, err = leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, CurrentTime: now,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	if err != nil {
+		return fmt.Errorf("tls cert %s (%q, valid %s to %s) against ca %s: %w", f.Cert, leaf.Subject.CommonName,
+			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339), f.CA, err)
+	}
+	return nil
+}
+
 // WriteLeaf writes ca.pem, <name>.pem and <name>-key.pem into dir (keys 0600)
 // and returns their paths.
 func WriteLeaf(dir, name string, ca *CA, leaf *Leaf) (Files, error) {

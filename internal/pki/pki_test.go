@@ -3,6 +3,9 @@ package pki
 import (
 	"crypto/tls"
 	"io"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -89,5 +92,65 @@ func TestFilesValidate(t *testing.T) {
 	}
 	if _, err := ServerConfig(Files{CA: "/nonexistent", Cert: "/x", Key: "/y"}); err == nil {
 		t.Fatal("want error for missing files")
+	}
+}
+
+// TestFilesCheck: what loads but cannot complete a handshake fails
+// Check, naming the file: before, only a missing or unparsable file or a
+// key of another certificate was caught, and an expired certificate or
+// one another CA signed failed every handshake at run time.
+func TestFilesCheck(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := NewCA("test-ca", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := NewCA("other-ca", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name string, ca *CA, validity time.Duration) Files {
+		leaf, err := ca.Issue(name, nil, validity)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := WriteLeaf(filepath.Join(dir, name), name, ca, leaf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	good := write("node-a", ca, time.Hour)
+	if err := good.Check(time.Now()); err != nil {
+		t.Fatalf("valid files: %v", err)
+	}
+	expired := write("expired", ca, -time.Second)
+	foreign := write("foreign", other, time.Hour)
+	corrupt := filepath.Join(dir, "corrupt.pem")
+	if err := os.WriteFile(corrupt, []byte("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		f    Files
+		now  time.Time
+		want string
+	}{
+		{"expired", expired, time.Now(), "tls cert " + expired.Cert + ` ("expired"`},
+		{"not yet valid", good, time.Now().Add(-time.Hour), "certificate has expired or is not yet valid"},
+		{"valid past the CA", good, time.Now().Add(2 * time.Hour), "certificate has expired or is not yet valid"},
+		{"another CA", Files{CA: good.CA, Cert: foreign.Cert, Key: foreign.Key}, time.Now(), "signed by unknown authority"},
+		{"key of another certificate", Files{CA: good.CA, Cert: good.Cert, Key: foreign.Key}, time.Now(), "load key pair " + good.Cert},
+		{"corrupt certificate", Files{CA: good.CA, Cert: corrupt, Key: good.Key}, time.Now(), "load key pair " + corrupt},
+		{"corrupt CA", Files{CA: corrupt, Cert: good.Cert, Key: good.Key}, time.Now(), "ca " + corrupt},
+		{"missing key", Files{CA: good.CA, Cert: good.Cert, Key: filepath.Join(dir, "none.pem")}, time.Now(), "no such file"},
+		{"a directory", Files{CA: dir, Cert: good.Cert, Key: good.Key}, time.Now(), "read ca"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.f.Check(tc.now)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error with %q", err, tc.want)
+			}
+		})
 	}
 }

@@ -250,9 +250,10 @@ func ParseRate(s string) (int64, error) {
 	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) || v*mult > math.MaxInt64/2 {
 		return 0, fmt.Errorf("bad rate %q", s)
 	}
-	if v > 0 && v*mult < 1 {
-		// It would truncate to 0, which pauses: say so instead.
-		return 0, fmt.Errorf("bad rate %q: below 1 byte per second (write 0 to pause)", s)
+	// Only an explicit 0 pauses: 0.5 (a unit forgotten: 0.5MiB) would
+	// truncate to 0 and pause the link for good.
+	if v*mult > 0 && v*mult < 1 {
+		return 0, fmt.Errorf("bad rate %q: below 1 byte per second (0 pauses; was a unit left out?)", s)
 	}
 	return int64(v * mult), nil
 }

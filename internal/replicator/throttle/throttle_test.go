@@ -2,6 +2,7 @@ package throttle
 
 import (
 	"context"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -53,8 +54,8 @@ func TestParseSchedule(t *testing.T) {
 func TestParseScheduleErrors(t *testing.T) {
 	for _, spec := range []string{"fast", "1MB; mon 08:00 5MB", "1MB; xyz 08:00-09:00 5MB", "1MB; mon 25:00-26:00 5MB",
 		"1MB; mon 08:00-09:00 -5MB", "1MB; mon 08:00-09:00", "-1",
-		// Positive rates that truncate to 0 B/s, which would pause the link.
-		"0.5", "1MB; mon 08:00-09:00 0.9B", "1MB; * 00:00-24:00 1e-10GiB"} {
+		// Positive rates below a byte per second: truncated to 0, which pauses.
+		"0.5", "1MB; mon 08:00-09:00 0.9B", "1MB; * 00:00-24:00 1e-10GiB", "1MB; mon 08:00-09:00 0.5", "0.9B", "1e-3"} {
 		if _, err := ParseSchedule(spec); err == nil {
 			t.Errorf("%q: accepted", spec)
 		}
@@ -157,7 +158,8 @@ func TestWaitHonoursContext(t *testing.T) {
 }
 
 func TestParseRate(t *testing.T) {
-	cases := map[string]int64{"100": 100, "1KiB": 1024, "1.5MB": 1500000, "8Mbit": 1e6, "2GiB/s": 2 << 30, "unlimited": Unlimited, "0": 0}
+	cases := map[string]int64{"100": 100, "1KiB": 1024, "1.5MB": 1500000, "8Mbit": 1e6, "2GiB/s": 2 << 30, "unlimited": Unlimited, "0": 0,
+		"0.0": 0, "1.5": 1, "0.5KiB": 512}
 	for in, want := range cases {
 		got, err := ParseRate(in)
 		if err != nil || got != want {
@@ -211,4 +213,23 @@ func TestNextChangeAcrossDST(t *testing.T) {
 	if r := l.Rate(); r != Unlimited {
 		t.Fatalf("rate at 20:00 on the day clocks go back = %d, want unlimited", r)
 	}
+}
+
+// FuzzParseSchedule: any text is parsed or refused without a panic, and
+// an accepted schedule prints as text that parses back to it.
+func FuzzParseSchedule(f *testing.F) {
+	for _, s := range []string{"unlimited; mon-fri 08:00-20:00 20MiB; sat,sun 10:00-16:00 50MiB", "0", "1MB; fri-mon 22:00-06:00 0.5KiB",
+		"inf;;* 00:00-24:00 8Mbit", "1MB; mon 08:00-09:00 0.5"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		sch, err := ParseSchedule(s)
+		if err != nil {
+			return
+		}
+		back, err := ParseSchedule(sch.String())
+		if err != nil || !reflect.DeepEqual(back, sch) {
+			t.Fatalf("%q printed as %q, which parses to %+v, %v; want %+v", s, sch.String(), back, err, sch)
+		}
+	})
 }
