@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"regexp"
 	"slices"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -48,6 +49,7 @@ type yamlSite struct {
 	ClientPrefixes []string      `yaml:"client_prefixes,omitempty"`
 	Location       *yamlLocation `yaml:"location,omitempty"`
 	CapacityRPS    float64       `yaml:"capacity_rps,omitempty"`
+	Nodes          []string      `yaml:"nodes,omitempty"`
 }
 
 type yamlLocation struct {
@@ -230,7 +232,7 @@ func uniqueNames[T named](kind string, list []T) error {
 // negative port, an unknown enum name); checkX validates the values.
 
 func (s yamlSite) proto() (*pb.Site, error) {
-	ps := &pb.Site{Name: s.Name, ClientPrefixes: s.ClientPrefixes, CapacityRps: s.CapacityRPS}
+	ps := &pb.Site{Name: s.Name, ClientPrefixes: s.ClientPrefixes, CapacityRps: s.CapacityRPS, Nodes: s.Nodes}
 	if s.Location != nil {
 		ps.Location = &pb.Location{Latitude: s.Location.Latitude, Longitude: s.Location.Longitude}
 	}
@@ -441,6 +443,15 @@ func checkSite(s *pb.Site) error {
 	if !finiteNonNeg(s.GetCapacityRps()) {
 		return fmt.Errorf("capacity_rps: %v must be ≥ 0", s.GetCapacityRps())
 	}
+	for i, n := range s.GetNodes() {
+		// Node names are certificate common names, as the agents' node.
+		if n == "" || len(n) > 253 || strings.ContainsFunc(n, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
+			return fmt.Errorf("nodes[%d]: %q is not a node name (1-253 characters, no spaces or control characters)", i, n)
+		}
+		if slices.Index(s.GetNodes(), n) != i {
+			return fmt.Errorf("nodes[%d]: %q listed twice", i, n)
+		}
+	}
 	return nil
 }
 
@@ -598,6 +609,7 @@ func DefaultLimits() Limits {
 // twice, and the data-plane limits. Errors name the object and field.
 func ValidateObjects(o *pb.Objects, lim Limits) error {
 	sites := map[string]bool{}
+	nodeSite := map[string]string{}
 	prefixOwner := map[netip.Prefix]string{}
 	for _, s := range o.GetSites() {
 		f := fmt.Sprintf("site %q", s.GetName())
@@ -608,6 +620,12 @@ func ValidateObjects(o *pb.Objects, lim Limits) error {
 			return invalidf("%s: name: defined twice", f)
 		}
 		sites[s.GetName()] = true
+		for i, n := range s.GetNodes() {
+			if other, dup := nodeSite[n]; dup {
+				return invalidf("%s: nodes[%d]: %q already belongs to site %q", f, i, n, other)
+			}
+			nodeSite[n] = s.GetName()
+		}
 		for i, p := range s.GetClientPrefixes() {
 			pf := netip.MustParsePrefix(p)
 			if other, dup := prefixOwner[pf]; dup {
@@ -692,7 +710,8 @@ func ValidateObjects(o *pb.Objects, lim Limits) error {
 func FormatObjects(o *pb.Objects) ([]byte, error) {
 	var f objectsFile
 	for _, s := range o.GetSites() {
-		ys := yamlSite{ID: s.GetId(), Name: s.GetName(), ClientPrefixes: s.GetClientPrefixes(), CapacityRPS: s.GetCapacityRps()}
+		ys := yamlSite{ID: s.GetId(), Name: s.GetName(), ClientPrefixes: s.GetClientPrefixes(), CapacityRPS: s.GetCapacityRps(),
+			Nodes: s.GetNodes()}
 		if l := s.GetLocation(); l != nil {
 			ys.Location = &yamlLocation{Latitude: l.GetLatitude(), Longitude: l.GetLongitude()}
 		}

@@ -64,6 +64,8 @@ func TestParseObjectsNamesTheField(t *testing.T) {
 		{"host bits", "10.1.0.0/16,", "10.1.0.1/16,", "sites[0] (eu).client_prefixes[0]"},
 		{"latitude", "latitude: 48.85", "latitude: 98.85", "sites[0] (eu).location.latitude"},
 		{"negative capacity", "capacity_rps: 20000", "capacity_rps: -1", "sites[0] (eu).capacity_rps"},
+		{"node listed twice", "capacity_rps: 20000", "capacity_rps: 20000\n    nodes: [edge-1, edge-1]", `sites[0] (eu).nodes[1]: "edge-1" listed twice`},
+		{"node with a space", "capacity_rps: 20000", "capacity_rps: 20000\n    nodes: [\"edge 1\"]", "sites[0] (eu).nodes[0]"},
 		{"bad name", "name: eu\n", "name: EU West\n", "sites[0] (EU West).name"},
 		{"mirror address", "address: 192.0.2.10", "address: 192.0.2.300", "mirrors[0] (paris).address"},
 		{"mirror state", "state: draining", "state: sleeping", "mirrors[1].state"},
@@ -129,6 +131,10 @@ func TestValidateObjectsReferences(t *testing.T) {
 	}{
 		{"site twice", func(o *pb.Objects) { o.Sites = append(o.Sites, &pb.Site{Name: "eu"}) }, Limits{}, `site "eu": name: defined twice`},
 		{"prefix in two sites", func(o *pb.Objects) { o.Sites[1].ClientPrefixes = []string{"10.1.0.0/16"} }, Limits{}, `site "us": client_prefixes[0]`},
+		{"node in two sites", func(o *pb.Objects) {
+			o.Sites[0].Nodes, o.Sites[1].Nodes = []string{"edge-1"}, []string{"edge-2", "edge-1"}
+		},
+			Limits{}, `site "us": nodes[1]: "edge-1" already belongs to site "eu"`},
 		{"unknown site", func(o *pb.Objects) { o.Mirrors[0].Site = "mars" }, Limits{}, `mirror "paris": site: "mars"`},
 		{"address twice", func(o *pb.Objects) { o.Mirrors[1].Address = "192.0.2.10" }, Limits{}, `mirror "nyc": address`},
 		{"unknown origin", func(o *pb.Objects) { o.Resources[0].Origin = "tokyo" }, Limits{}, `resource "disk": origin: "tokyo"`},
