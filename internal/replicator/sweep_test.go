@@ -46,7 +46,8 @@ func rawSession(t *testing.T, c *cluster, from, to string, h wire.Hello) (*link,
 func TestReadRequestOutOfRange(t *testing.T) {
 	c := newCluster(t, "m", "c")
 	makeImage(t, c.path("m.img"), 64, bs, 1)
-	c.start("m", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("m.img"), Role: RolePrimary}}})
+	// c is m's peer: a primary takes sessions only from its peers.
+	c.start("m", Config{Peers: c.peers("c"), Volumes: []VolumeConfig{{Name: "vol", Path: c.path("m.img"), Role: RolePrimary}}})
 	cases := []wire.ReadReq{
 		{Block: math.MaxUint64, Count: 1},
 		{Block: math.MaxUint64 - 99, Count: 200},
@@ -198,7 +199,7 @@ func TestEpochBeyondVersionRefused(t *testing.T) {
 
 	c := newCluster(t, "src", "m")
 	makeImage(t, c.path("m.img"), 64, bs, 1)
-	c.start("m", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("m.img"), Role: RolePrimary}}})
+	c.start("m", Config{Peers: c.peers("src"), Volumes: []VolumeConfig{{Name: "vol", Path: c.path("m.img"), Role: RolePrimary}}})
 	mv, _ := c.nodes["m"].Volume("vol")
 	for _, op := range []wire.Op{wire.OpDelta, wire.OpSyncWrite} {
 		_, _, err := rawSession(t, c, "src", "m", wire.Hello{Op: op, Node: "src", Volume: "vol",
