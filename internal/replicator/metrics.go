@@ -20,6 +20,7 @@ type Metrics struct {
 	cycles        *prometheus.CounterVec
 	cycleSeconds  *prometheus.HistogramVec
 	rejected      *prometheus.CounterVec
+	refusedConns  prometheus.Counter
 	fenced        *prometheus.CounterVec
 	verifyDiff    *prometheus.CounterVec
 	readRepairs   *prometheus.CounterVec
@@ -52,6 +53,8 @@ func newMetrics(n *Node) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}, []string{"volume"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "rejected_frames_total",
 			Help: "Frames rejected and not applied: corrupt (checksum) or protocol (malformed, unexpected)."}, []string{"reason"}),
+		refusedConns: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "refused_connections_total",
+			Help: "Connections closed unanswered because maxHandshakes others were still authenticating."}),
 		fenced: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "fenced_total",
 			Help: "Sessions or writes rejected because the writer's epoch was superseded."}, []string{"volume"}),
 		verifyDiff: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "verify_mismatched_blocks_total",
@@ -87,7 +90,7 @@ func newMetrics(n *Node) *Metrics {
 
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.sentBytes, m.recvBytes, m.blocksSent, m.blocksSkipped, m.blocksRecv, m.cycles,
-		m.cycleSeconds, m.rejected, m.fenced, m.verifyDiff, m.readRepairs, m.progDone, m.progTotal, m.progRate, m.progETA, m.state}
+		m.cycleSeconds, m.rejected, m.refusedConns, m.fenced, m.verifyDiff, m.readRepairs, m.progDone, m.progTotal, m.progRate, m.progETA, m.state}
 }
 
 func (m *Metrics) register(r prometheus.Registerer) error {

@@ -21,11 +21,19 @@ const handshakeTimeout = 10 * time.Second
 // busyWait is how long a session waits for another on the same volume.
 const busyWait = 3 * time.Second
 
+// maxHandshakes bounds the accepted connections still in TLS or Hello:
+// anyone who reaches the port can open them, and each holds a descriptor
+// and a goroutine for up to handshakeTimeout. Peers reconnect with a
+// backoff, so a refused one retries; authenticated sessions do not count.
+const maxHandshakes = 64
+
 func (n *Node) acceptLoop(ctx context.Context, ln net.Listener) {
 	stop := context.AfterFunc(ctx, func() { ln.Close() })
 	defer stop()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	pending := make(chan struct{}, maxHandshakes)
+	var lastWarn time.Time
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -36,10 +44,22 @@ func (n *Node) acceptLoop(ctx context.Context, ln net.Listener) {
 			time.Sleep(50 * time.Millisecond)
 			continue
 		}
+		select {
+		case pending <- struct{}{}:
+		default:
+			n.metrics.refusedConns.Inc()
+			if time.Since(lastWarn) > 10*time.Second {
+				lastWarn = time.Now()
+				n.log.Warn("replication connection refused: too many still authenticating", "remote", c.RemoteAddr().String(), "limit", maxHandshakes)
+			}
+			c.Close()
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			n.serveConn(ctx, c)
+			var once sync.Once
+			n.serveConn(ctx, c, func() { once.Do(func() { <-pending }) })
 		}()
 	}
 }
@@ -56,7 +76,10 @@ type session struct {
 	}
 }
 
-func (n *Node) serveConn(ctx context.Context, c net.Conn) {
+// serveConn serves one accepted connection; authenticated is called once
+// its Hello has been read (or it failed before that).
+func (n *Node) serveConn(ctx context.Context, c net.Conn, authenticated func()) {
+	defer authenticated()
 	raw := &countConn{Conn: c}
 	tc := tls.Server(raw, n.srvTLS)
 	hctx, cancel := context.WithTimeout(ctx, handshakeTimeout)
@@ -91,6 +114,7 @@ func (n *Node) serveConn(ctx context.Context, c net.Conn) {
 		return
 	}
 	c.SetReadDeadline(time.Time{})
+	authenticated()
 	s.log = n.log.With("peer", peer, "volume", s.hello.Volume, "op", s.hello.Op.String())
 	if err := s.run(ctx); err != nil {
 		if ctx.Err() != nil {
