@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -29,8 +30,11 @@ import (
 // holds them and does not send them again.
 //
 // Record: [crc32c u32][kind u8][0 0 0][len u32][payload]; the checksum
-// covers everything after itself. A torn or corrupt record ends the
-// journal (it was never acknowledged).
+// covers everything after itself. A torn record ends the journal (it was
+// never acknowledged): appends only ever tear at the tail. A damaged
+// record with a valid one after it is not a torn tail but data that
+// changed after it was synced, and what follows it may have been
+// acknowledged: that is errJournalDamaged, never a silent cut.
 
 const (
 	recBegin    = 1 // cycle u64, epoch u64, lineage [16], entries u64, flags u8
@@ -103,11 +107,16 @@ func openJournal(path string) (*journal, error) {
 	return j, nil
 }
 
+// errJournalDamaged: a journal record is damaged and valid records follow
+// it (see the record format above).
+var errJournalDamaged = fmt.Errorf("%w: journal damaged before its tail", ErrCorrupt)
+
 // scan rebuilds the staged index and the last cycle from the file and cuts
 // off a torn tail.
 func (j *journal) scan() error {
 	var off int64
 	hdr := make([]byte, recHeader)
+	defer func() { j.size = off }()
 	for {
 		if _, err := j.f.ReadAt(hdr, off); err != nil {
 			break
@@ -128,11 +137,67 @@ func (j *journal) scan() error {
 		}
 		off += recHeader + n
 	}
-	j.size = off
+	if at, ok, err := j.validRecordAfter(off); err != nil {
+		return err
+	} else if ok {
+		return fmt.Errorf("%w: %s: the record at offset %d is damaged and a valid one follows at %d", errJournalDamaged, j.path, off, at)
+	}
 	if err := j.f.Truncate(off); err != nil {
 		return ioError("truncate "+j.path, err)
 	}
 	return nil
+}
+
+// validRecordAfter looks past the end of the valid records, off, for a
+// record that checks out: a kind, zero padding, a length that kind can
+// have, and its checksum. Data records hold at most wire.MaxBlockSize.
+func (j *journal) validRecordAfter(off int64) (int64, bool, error) {
+	st, err := j.f.Stat()
+	if err != nil {
+		return 0, false, ioError("stat "+j.path, err)
+	}
+	size := st.Size()
+	const window = 1 << 20
+	buf := make([]byte, window+recHeader+4)
+	for base := off + 1; base+recHeader <= size; base += window {
+		n, err := j.f.ReadAt(buf[:min(int64(len(buf)), size-base)], base)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return 0, false, ioError("read "+j.path, err)
+		}
+		for i := 0; i < min(n, window) && i+recHeader <= n; i++ {
+			h := buf[i:]
+			kind, l := h[4], int64(binary.LittleEndian.Uint32(h[8:]))
+			if kind < recBegin || kind > recCommit || h[5]|h[6]|h[7] != 0 || base+int64(i)+recHeader+l > size {
+				continue
+			}
+			switch kind {
+			case recBegin:
+				if l != 41 {
+					continue
+				}
+			case recCommit:
+				if l != 24 {
+					continue
+				}
+			case recData:
+				if l < 32 || l > 32+wire.MaxBlockSize {
+					continue
+				}
+			case recManifest:
+				if i+recHeader+4 > n || l != 4+35*int64(binary.LittleEndian.Uint32(h[recHeader:])) || l > 64<<20 {
+					continue
+				}
+			}
+			rec := make([]byte, recHeader+l)
+			if _, err := j.f.ReadAt(rec, base+int64(i)); err != nil {
+				return 0, false, ioError("read "+j.path, err)
+			}
+			if crc32.Checksum(rec[4:], castagnoli) == binary.LittleEndian.Uint32(rec) {
+				return base + int64(i), true, nil
+			}
+		}
+	}
+	return 0, false, nil
 }
 
 func (j *journal) replayRecord(kind byte, p []byte, dataOff int64) error {

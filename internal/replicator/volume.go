@@ -338,14 +338,37 @@ func (v *Volume) openPresent() error {
 	return nil
 }
 
+// resyncAfterDamage handles a mirror's journal or sync log that changed
+// after it was synced: what it held may have been acknowledged, so the
+// copy can no longer vouch for any block. Both logs are emptied and the
+// copy marked inconsistent with a full copy to run from block 0, which
+// the source starts at its next cycle (WelcomeFullActive); reads are
+// refused until it commits. A primary's damaged log is left for the
+// operator: nobody holds newer data to copy from.
+func (v *Volume) resyncAfterDamage(cause error) error {
+	v.log.Error("mirror journal damaged; discarding it and asking the source for a full copy", "err", cause)
+	for _, p := range []string{journalPath(v.metaDir), syncLogPath(v.metaDir)} {
+		if err := os.Truncate(p, 0); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return ioError("truncate "+p, err)
+		}
+	}
+	return v.updateState(func(st *volState) {
+		st.Inconsistent, st.Empty = true, false
+		st.FullActive, st.FullNext, st.FullSession = true, 0, 0
+	})
+}
+
 // recover replays the mirror journal and the sync-write log, then turns the
 // activity log into dirty and probe bits.
 func (v *Volume) recover() error {
-	if err := v.replayJournal(); err != nil {
-		return err
-	}
-	if err := v.replaySyncLog(); err != nil {
-		return err
+	for _, replay := range []func() error{v.replayJournal, v.replaySyncLog} {
+		if err := replay(); errors.Is(err, errJournalDamaged) && v.st.Role == RoleMirror {
+			if err := v.resyncAfterDamage(err); err != nil {
+				return err
+			}
+		} else if err != nil {
+			return err
+		}
 	}
 	exts := v.al.active()
 	if len(exts) == 0 {
