@@ -18,6 +18,7 @@ type metrics struct {
 	versions   prometheus.Counter
 	acks       *prometheus.CounterVec
 	reports    prometheus.Counter
+	throttled  prometheus.Counter
 	movedSlots prometheus.Counter
 
 	accessFlows       *prometheus.CounterVec
@@ -56,6 +57,8 @@ func newMetrics(c *Controller) *metrics {
 			Help: "Versions agents confirmed on this replica, by result (ack, nack)."}, []string{"result"}),
 		reports: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_controller_agent_reports_total",
 			Help: "Agent reports received by this replica."}),
+		throttled: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_controller_agent_messages_throttled_total",
+			Help: "Agent messages that waited because their session sent more than 10 per report interval."}),
 		movedSlots: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_controller_route_moved_slots_total",
 			Help: "Route-table slots moved by the versions this replica wrote."}),
 		accessFlows: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "premirror_controller_access_flows_total",
@@ -93,7 +96,7 @@ func newMetrics(c *Controller) *metrics {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.leader, m.version, m.agents, m.ticks, m.tickTime, m.versions, m.acks, m.reports, m.movedSlots,
+	return []prometheus.Collector{m.leader, m.version, m.agents, m.ticks, m.tickTime, m.versions, m.acks, m.reports, m.throttled, m.movedSlots,
 		m.accessFlows, m.aggregateWrites, m.aggregatesLate, m.fcPass, m.fcCheckpoints, m.fcCheckpointBytes, m.fcCheckpointTime, m.fcRestores, m.fcFeeds,
 		m.placementEvals, m.placementDecisions, m.placedCopies}
 }

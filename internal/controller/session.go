@@ -11,6 +11,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -24,6 +25,16 @@ import (
 
 // registerTimeout bounds the wait for an agent's Register.
 const registerTimeout = 10 * time.Second
+
+// An agent sends a report every report interval, one more on each health
+// change, and an ACK per version: msgsPerInterval messages per interval
+// (burst msgBurst) is far above that. Every report and ACK is an etcd
+// write, so a session beyond it is slowed (its stream waits; nothing is
+// dropped), and one node cannot fill etcd's quota for everyone.
+const (
+	msgsPerInterval = 10
+	msgBurst        = 50
+)
 
 // demandTau is the time constant of the new-flow rate an agent's access
 // deltas are smoothed into.
@@ -57,6 +68,7 @@ type agentConn struct {
 	cancel context.CancelFunc
 	stream grpc.BidiStreamingServer[pb.AgentMessage, pb.ControllerMessage]
 	sendMu sync.Mutex
+	lim    *rate.Limiter // messages from the agent (msgsPerInterval)
 
 	mu         sync.Mutex
 	status     *pb.AgentStatus
@@ -94,6 +106,7 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 	defer cancel()
 	now := time.Now()
 	a := &agentConn{c: c, node: reg.GetNode(), site: reg.GetSite(), role: reg.GetRole(), cancel: cancel, stream: stream,
+		lim:    rate.NewLimiter(rate.Every(c.cfg.ReportInterval/msgsPerInterval), msgBurst),
 		demand: map[[2]uint32]float64{}, lastReport: now, access: sessionAccess{buckets: map[int64]*bucketFlows{}},
 		status: &pb.AgentStatus{Node: reg.GetNode(), Site: reg.GetSite(), Role: reg.GetRole(), Addresses: reg.GetAddresses(),
 			Connected: true, Controller: c.cfg.Name, ConnectedUnixNano: now.UnixNano(), LastSeenUnixNano: now.UnixNano(),
@@ -226,6 +239,12 @@ func (a *agentConn) recvLoop(ctx context.Context) error {
 		m, err := a.stream.Recv()
 		if err != nil {
 			return err
+		}
+		if !a.lim.Allow() {
+			a.c.m.throttled.Inc()
+			if err := a.lim.Wait(ctx); err != nil {
+				return err
+			}
 		}
 		switch msg := m.GetMsg().(type) {
 		case *pb.AgentMessage_Ack:
