@@ -126,6 +126,33 @@ func TestHelloGeometryRefused(t *testing.T) {
 			t.Fatalf("%s: the refused session saved mirror metadata", tc.name)
 		}
 	}
+	// A geometry int64 holds, but larger than the mirror's filesystem: the
+	// node would have allocated metadata for it (16 bytes a block).
+	d, err := os.Open(c.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	huge := uint64(fsBytes(d))/bs*4 + 1
+	d.Close()
+	l, _, err := rawSession(t, c, "src", "m", wire.Hello{Op: wire.OpFull, Node: "src", Volume: "vol",
+		Lineage: lin, BlockSize: bs, Blocks: huge, Epoch: 1})
+	if err == nil {
+		err = l.send(&wire.FullBegin{Session: 1, End: huge})
+		if err == nil {
+			var a wire.Ack
+			err = l.read(&a)
+		}
+		l.close()
+	}
+	if !errors.Is(err, ErrMirrorTooSmall) {
+		t.Errorf("%d blocks, 4 times the filesystem: %v, want ErrMirrorTooSmall", huge, err)
+	}
+	if fi, err := os.Stat(c.path("m.img")); err == nil && fi.Size() != 0 {
+		t.Errorf("the refused session sized the image to %d bytes", fi.Size())
+	}
+	if _, err := os.Stat(filepath.Join(c.path("m.img.pmr"), stateFile)); err == nil {
+		t.Fatal("the refused session saved mirror metadata")
+	}
 	c.stop("m")
 	c.start("m", mcfg)
 	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary}}, Peers: c.peers("m")})

@@ -139,3 +139,12 @@ func isDevice(f *os.File) bool {
 	st, err := f.Stat()
 	return err == nil && st.Mode()&os.ModeDevice != 0
 }
+
+// fsBytes is the size of the filesystem holding f (0 when unknown).
+func fsBytes(f *os.File) int64 {
+	var st syscall.Statfs_t
+	if err := syscall.Fstatfs(int(f.Fd()), &st); err != nil || st.Bsize <= 0 {
+		return 0
+	}
+	return int64(st.Blocks) * st.Bsize
+}

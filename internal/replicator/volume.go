@@ -242,6 +242,14 @@ func createMirror(path string, o VolumeOptions, bs int, blocks uint64) (*Volume,
 	}
 	size, err := fileSize(f)
 	if err == nil && size == 0 && !isDevice(f) {
+		// A sparse image takes any size, but its metadata (16 bytes a
+		// block) and bitmaps do not: a source larger than the whole
+		// filesystem cannot be mirrored here, and a Hello claiming one
+		// must not make this node allocate for it.
+		if fs := fsBytes(f); fs > 0 && want > fs {
+			f.Close()
+			return nil, fmt.Errorf("mirror %s: %w: source has %d bytes, more than the whole filesystem holding it (%d)", path, ErrMirrorTooSmall, want, fs)
+		}
 		err = f.Truncate(want)
 		size = want
 	}
