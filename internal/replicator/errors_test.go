@@ -90,15 +90,20 @@ func TestDiskFull(t *testing.T) {
 	c := newCluster(t, "src", "dst")
 	makeImage(t, c.path("src.img"), 2048, bs, 1) // 8 MiB
 	mnt := t.TempDir()
-	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=2m"); err != nil {
+	// The filesystem holds the (sparse) image, but not its data: the copy
+	// runs out of space part way.
+	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=12m"); err != nil {
 		t.Skipf("mount tmpfs: %v", err)
 	}
 	defer syscall.Unmount(mnt, syscall.MNT_DETACH)
+	if err := os.WriteFile(mnt+"/filler", make([]byte, 9<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary}}, Peers: c.peers("dst")})
 	dst := c.start("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: mnt + "/dst.img"}}})
 	_, err := src.Push(context.Background(), "vol", "dst", PushOptions{Mode: ModeFull})
-	if !errors.Is(err, ErrNoSpace) {
-		t.Fatalf("push: %v, want ErrNoSpace", err)
+	if !errors.Is(err, ErrNoSpace) || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("push: %v, want ErrNoSpace from the filesystem", err)
 	}
 	// Nothing half-applied is exposed: the mirror refuses reads.
 	buf := make([]byte, bs)

@@ -144,8 +144,8 @@ func TestHelloGeometryRefused(t *testing.T) {
 		}
 		l.close()
 	}
-	if !errors.Is(err, ErrMirrorTooSmall) {
-		t.Errorf("%d blocks, 4 times the filesystem: %v, want ErrMirrorTooSmall", huge, err)
+	if !errors.Is(err, ErrNoSpace) {
+		t.Errorf("%d blocks, 4 times the filesystem: %v, want ErrNoSpace", huge, err)
 	}
 	if fi, err := os.Stat(c.path("m.img")); err == nil && fi.Size() != 0 {
 		t.Errorf("the refused session sized the image to %d bytes", fi.Size())

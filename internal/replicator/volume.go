@@ -248,7 +248,7 @@ func createMirror(path string, o VolumeOptions, bs int, blocks uint64) (*Volume,
 		// must not make this node allocate for it.
 		if fs := fsBytes(f); fs > 0 && want > fs {
 			f.Close()
-			return nil, fmt.Errorf("mirror %s: %w: source has %d bytes, more than the whole filesystem holding it (%d)", path, ErrMirrorTooSmall, want, fs)
+			return nil, fmt.Errorf("mirror %s: %w: source has %d bytes, more than the whole filesystem holding it (%d)", path, ErrNoSpace, want, fs)
 		}
 		err = f.Truncate(want)
 		size = want
