@@ -8,6 +8,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"go.uber.org/goleak"
 	"net"
 	"net/netip"
 	"os"
@@ -45,9 +46,25 @@ func TestMain(m *testing.M) {
 		}
 		code := m.Run()
 		os.RemoveAll(dir)
+		if code == 0 {
+			code = leaked()
+		}
 		os.Exit(code)
 	}
 	os.Exit(m.Run())
+}
+
+// leaked reports goroutines the tests left behind (the in-process
+// controllers, sessions and probes must all have stopped); etcd's and
+// glog's daemons are not ours.
+func leaked() int {
+	if err := goleak.Find(goleak.IgnoreTopFunction("go.opencensus.io/stats/view.(*worker).start"),
+		goleak.IgnoreAnyFunction("github.com/golang/glog.(*fileSink).flushDaemon"),
+		goleak.IgnoreTopFunction("go.etcd.io/etcd/pkg/v3/schedule.(*fifo).run")); err != nil {
+		fmt.Fprintln(os.Stderr, "goleak:", err)
+		return 1
+	}
+	return 0
 }
 
 var (
