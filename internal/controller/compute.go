@@ -62,6 +62,10 @@ type world struct {
 	// unserved: the mirror's host reports the resource's service does
 	// not answer there (fresh reports only); that copy is not routed to.
 	unserved map[repKey]bool
+	// routable: the copy is one the routing policy may send traffic to
+	// (in sync within the lag bound, its service answering), by (mirror,
+	// resource); the mirroring manager's keep scores count only these.
+	routable map[repKey]bool
 	// backlogs is what each node's primary volumes last reported still
 	// to send to each peer (fresh reports only), in bytes.
 	backlogs map[backlogKey]uint64
@@ -103,7 +107,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 		regions: slices.Clone(s.sites), mirrors: slices.Clone(s.mirrors), resources: slices.Clone(s.resources),
 		regionID: make(map[string]uint32, len(s.sites)), mirrorID: make(map[string]uint32, len(s.mirrors)),
 		dpState: make(map[uint32]pb.MirrorState, len(s.mirrors)), downWhy: map[uint32]string{}, placed: s.placed,
-		replicas: map[repKey]*pb.ReplicaSync{}, backlogs: map[backlogKey]uint64{}, unserved: map[repKey]bool{}, held: map[uint32][]uint32{},
+		replicas: map[repKey]*pb.ReplicaSync{}, backlogs: map[backlogKey]uint64{}, unserved: map[repKey]bool{}, routable: map[repKey]bool{}, held: map[uint32][]uint32{},
 	}
 	slices.SortFunc(w.regions, func(a, b *pb.Site) int { return cmp.Compare(a.GetId(), b.GetId()) })
 	slices.SortFunc(w.mirrors, func(a, b *pb.Mirror) int { return cmp.Compare(a.GetId(), b.GetId()) })
@@ -317,7 +321,9 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 		// A copy is routable when in sync and its host's service check
 		// passes; every copy's host checks the resource (w.held).
 		add := func(mid uint32, name string, inSync bool) {
-			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: mid, InSync: inSync && !w.unserved[repKey{name, r.GetName()}]})
+			inSync = inSync && !w.unserved[repKey{name, r.GetName()}]
+			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: mid, InSync: inSync})
+			w.routable[repKey{name, r.GetName()}] = inSync
 			if h := w.held[mid]; len(h) == 0 || h[len(h)-1] != r.GetId() {
 				w.held[mid] = append(h, r.GetId())
 			}
