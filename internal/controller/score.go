@@ -423,6 +423,9 @@ func (c *Controller) explain(s *scored) string {
 	if len(rec.GetShares()) > 0 {
 		in.Shares = rec.GetShares()[0].GetShares()
 	}
+	if s.res != nil && s.res.GetMirrorPolicy().GetMode() == pb.MirrorMode_MIRROR_MODE_PREDICTIVE {
+		in.MirrorScore, _ = thresholds(s.res) // the verdicts say what the manager does
+	}
 	var b strings.Builder
 	b.WriteString(forecast.RenderExplain(in))
 	if st := s.setup; st != nil {

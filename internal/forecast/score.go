@@ -253,6 +253,12 @@ type ExplainInput struct {
 	// Accuracy per region: recent mean absolute error at h=1 and at the
 	// last horizon, of the hybrid and of its regression alone.
 	Accuracy map[string][4]float64
+	// MirrorScore, when above 0, is the score at which the mirroring
+	// manager places a copy: each candidate's verdict is then said
+	// against it, since the fixed likelihood words alone said "mirror"
+	// of scores the manager does not act on (and "borderline" of some
+	// it does).
+	MirrorScore float64
 }
 
 // RenderExplain writes the operator-readable breakdown of the Mirroring
@@ -293,14 +299,20 @@ func RenderExplain(in ExplainInput) string {
 		fmt.Fprintf(&b, "  (location shares rest on %.0f requests of hour-of-week evidence)\n", in.ShareConcentration)
 	}
 	for _, s := range in.Scores {
-		verdict := "do not mirror"
+		verdict, likely := "do not mirror", "unlikely to pay off"
 		switch {
 		case s.Score >= 0.9:
-			verdict = "mirror: very likely to pay off"
+			verdict, likely = "mirror: very likely to pay off", "very likely to pay off"
 		case s.Score >= 0.5:
-			verdict = "mirror: more likely than not to pay off"
+			verdict, likely = "mirror: more likely than not to pay off", "more likely than not to pay off"
 		case s.Score >= 0.2:
-			verdict = "borderline"
+			verdict, likely = "borderline", "borderline"
+		}
+		switch {
+		case in.MirrorScore > 0 && s.Score >= in.MirrorScore:
+			verdict = fmt.Sprintf("%s; at or above mirror_score %.3g", likely, in.MirrorScore)
+		case in.MirrorScore > 0:
+			verdict = fmt.Sprintf("%s; below mirror_score %.3g: no copy", likely, in.MirrorScore)
 		}
 		fmt.Fprintf(&b, "\ncandidate %s: score %.3f (%s)\n", s.Location, s.Score, verdict)
 		fmt.Fprintf(&b, "  cost %.4g = copy %.4g + store %.4g\n", s.Cost, s.CopyCost, s.StoreCost)

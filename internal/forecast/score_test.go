@@ -98,6 +98,27 @@ func TestRenderExplain(t *testing.T) {
 	}
 }
 
+// TestRenderExplainVerdictFollowsThreshold: with the resource's
+// mirror_score given, a candidate's verdict says whether the manager acts
+// on it; the fixed words said "mirror: very likely to pay off" of a 0.9
+// score the manager (at mirror_score 0.95) would never place.
+func TestRenderExplainVerdictFollowsThreshold(t *testing.T) {
+	ms := MirrorScore{Location: "Brooklyn", Score: 0.92}
+	for _, tt := range []struct {
+		threshold   float64
+		want, avoid string
+	}{
+		{0, "(mirror: very likely to pay off)", "mirror_score"},
+		{0.95, "(very likely to pay off; below mirror_score 0.95: no copy)", "mirror:"},
+		{0.9, "(very likely to pay off; at or above mirror_score 0.9)", "no copy"},
+	} {
+		out := RenderExplain(ExplainInput{Resource: "disk-1", Step: time.Hour, Scores: []MirrorScore{ms}, MirrorScore: tt.threshold})
+		if !strings.Contains(out, tt.want) || strings.Contains(out, tt.avoid) {
+			t.Errorf("mirror_score %v: want %q and no %q in:\n%s", tt.threshold, tt.want, tt.avoid, out)
+		}
+	}
+}
+
 func TestScoreHorizon(t *testing.T) {
 	q := func(n int) RegionDemand { return RegionDemand{Q: make([]Quantiles, n)} }
 	for _, tc := range []struct {
