@@ -137,3 +137,55 @@ func TestScoreHorizon(t *testing.T) {
 		}
 	}
 }
+
+// TestScoreRefusesBadNumbers: a NaN quantile, or a NaN, infinite or
+// negative latency, is refused with the region (and bucket or candidate)
+// named. A NaN quantile made every benefit NaN (score 0, mean NaN); a NaN
+// latency silently saved nothing and a negative one more than the whole
+// route. A price so large that latency saved × price overflows still
+// scores, with no NaN from an empty draw.
+func TestScoreRefusesBadNumbers(t *testing.T) {
+	base := func() ([]RegionDemand, ScoreRequest) {
+		return []RegionDemand{{Region: "a", Q: []Quantiles{{0, 10, 100}, {0, 0, 0}}}},
+			ScoreRequest{Bytes: 1 << 30, Current: map[string]float64{"a": 0.05},
+				Candidates: []Candidate{{Location: "x", Latency: map[string]float64{"a": 0.01}}},
+				Prices:     Prices{CopyPerByte: 1e-11, StorePerByteHour: 1e-13, ValuePerRequestSecond: 0.5}}
+	}
+	for _, tt := range []struct {
+		name string
+		f    func([]RegionDemand, *ScoreRequest)
+		want string // error text; "" for a finite score
+	}{
+		{"NaN quantile", func(d []RegionDemand, _ *ScoreRequest) { d[0].Q[1].Q90 = math.NaN() }, "region a bucket 2: quantile NaN"},
+		{"infinite quantile", func(d []RegionDemand, _ *ScoreRequest) { d[0].Q[0].Q90 = math.Inf(1) }, "region a bucket 1: quantile +Inf"},
+		{"NaN latency", func(_ []RegionDemand, r *ScoreRequest) { r.Candidates[0].Latency["a"] = math.NaN() }, "latency from region a to x: NaN"},
+		{"negative latency", func(_ []RegionDemand, r *ScoreRequest) { r.Candidates[0].Latency["a"] = -1 }, "latency from region a to x: -1"},
+		{"NaN current cost", func(_ []RegionDemand, r *ScoreRequest) { r.Current["a"] = math.NaN() }, "current route cost of region a: NaN"},
+		{"huge value of a second", func(_ []RegionDemand, r *ScoreRequest) {
+			r.Prices.ValuePerRequestSecond = math.MaxFloat64
+			r.Current["a"] = 3
+		}, ""},
+		{"2^60 bytes", func(_ []RegionDemand, r *ScoreRequest) { r.Bytes = 1 << 60 }, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d, req := base()
+			tt.f(d, &req)
+			sc, err := Score(d, req, time.Hour, 1)
+			if tt.want != "" {
+				if !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), tt.want) {
+					t.Fatalf("error %v, want ErrBadInput with %q", err, tt.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := sc[0]
+			for _, v := range []float64{s.Score, s.Cost, s.BenefitMean, s.BenefitQ10, s.BenefitQ50, s.BenefitQ90} {
+				if math.IsNaN(v) {
+					t.Fatalf("NaN in %+v", s)
+				}
+			}
+		})
+	}
+}
