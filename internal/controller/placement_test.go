@@ -449,3 +449,30 @@ func TestKeepScores(t *testing.T) {
 		})
 	}
 }
+
+// TestExplainNamesHostsWithoutNode: the manager places nothing while the
+// origin names no node, and no copy on a host that names none, whatever
+// the scores (placementInput); explain printed those scores as candidates
+// the manager acts on without saying so.
+func TestExplainNamesHostsWithoutNode(t *testing.T) {
+	res := &pb.Resource{Name: "disk", Origin: "paris", MirrorPolicy: &pb.MirrorPolicy{Mode: pb.MirrorMode_MIRROR_MODE_PREDICTIVE}}
+	setup := func(parisNode string) *scoreSetup {
+		return &scoreSetup{
+			w:      &world{mirrors: []*pb.Mirror{{Name: "paris", Node: parisNode}, {Name: "nyc"}, {Name: "tokyo", Node: "host-tokyo"}}},
+			req:    forecast.ScoreRequest{Candidates: []forecast.Candidate{{Location: "us"}, {Location: "asia"}}},
+			mirror: map[string]string{"us": "nyc", "asia": "tokyo"},
+		}
+	}
+	for _, tt := range []struct {
+		node, want, avoid string
+	}{
+		{"host-paris", "places no copy at us (mirror nyc): the host names no node to receive it", "asia"},
+		{"", "places nothing: the origin paris names no node", "us"},
+	} {
+		var b strings.Builder
+		writeNoNode(&b, res, setup(tt.node))
+		if !strings.Contains(b.String(), tt.want) || strings.Contains(b.String(), tt.avoid) {
+			t.Errorf("origin node %q: want %q and no %q in %q", tt.node, tt.want, tt.avoid, b.String())
+		}
+	}
+}
