@@ -62,6 +62,10 @@ type world struct {
 	// unserved: the mirror's host reports the resource's service does
 	// not answer there (fresh reports only); that copy is not routed to.
 	unserved map[repKey]bool
+	// routable: the copy is one the routing policy may send traffic to
+	// (in sync within the lag bound, its service answering), by (mirror,
+	// resource); the mirroring manager's keep scores count only these.
+	routable map[repKey]bool
 	// backlogs is what each node's primary volumes last reported still
 	// to send to each peer (fresh reports only), in bytes.
 	backlogs map[backlogKey]uint64
@@ -96,12 +100,6 @@ func pbHealth(h pb.Health) probe.Health {
 
 type pathKey struct{ region, mirror uint32 }
 
-type pathAgg struct {
-	rtt, jitter []time.Duration
-	loss        float64
-	up, n       int
-}
-
 // buildInput turns a snapshot into the routing policy's input. held is
 // updated in place: regions with fresh paths replace their held paths.
 func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*heldRegion) (*route.Input, *world) {
@@ -109,7 +107,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 		regions: slices.Clone(s.sites), mirrors: slices.Clone(s.mirrors), resources: slices.Clone(s.resources),
 		regionID: make(map[string]uint32, len(s.sites)), mirrorID: make(map[string]uint32, len(s.mirrors)),
 		dpState: make(map[uint32]pb.MirrorState, len(s.mirrors)), downWhy: map[uint32]string{}, placed: s.placed,
-		replicas: map[repKey]*pb.ReplicaSync{}, backlogs: map[backlogKey]uint64{}, unserved: map[repKey]bool{}, held: map[uint32][]uint32{},
+		replicas: map[repKey]*pb.ReplicaSync{}, backlogs: map[backlogKey]uint64{}, unserved: map[repKey]bool{}, routable: map[repKey]bool{}, held: map[uint32][]uint32{},
 	}
 	slices.SortFunc(w.regions, func(a, b *pb.Site) int { return cmp.Compare(a.GetId(), b.GetId()) })
 	slices.SortFunc(w.mirrors, func(a, b *pb.Mirror) int { return cmp.Compare(a.GetId(), b.GetId()) })
@@ -131,7 +129,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 
 	// Fresh reports: probe paths from edges, self-reports of mirror hosts,
 	// demand rates.
-	agg := map[pathKey]*pathAgg{}
+	agg := map[pathKey][]route.Path{}
 	mirrorHealth := map[string]*pb.MirrorHealth{}
 	nodeCPU := map[string]float64{}
 	replicas := w.replicas
@@ -207,33 +205,22 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 				Samples: int(p.GetSamples()), Probes: int(p.GetProbes()),
 			}
 			path, ok := route.PathFromEstimate(region, mid, est)
-			if !ok || path.RTT < 0 || path.Jitter < 0 || !(path.Loss >= 0 && path.Loss <= 1) {
+			if !ok || path.RTT < 0 || path.Recent < 0 || path.Jitter < 0 || !(path.Loss >= 0 && path.Loss <= 1) {
 				continue
 			}
 			k := pathKey{region, mid}
-			a := agg[k]
-			if a == nil {
-				a = &pathAgg{}
-				agg[k] = a
-			}
-			a.rtt = append(a.rtt, path.RTT)
-			a.jitter = append(a.jitter, path.Jitter)
-			a.loss += path.Loss
-			a.n++
-			if path.Up {
-				a.up++
-			}
+			agg[k] = append(agg[k], path)
 		}
 	}
 
-	// Aggregate each (region, mirror) over its edges: median RTT and
-	// jitter, mean loss, up while at least half the edges see it up.
+	// Aggregate each (region, mirror) over its edges: median RTT, latest
+	// sample (the incumbent's view, Config.PeakIncumbent) and jitter, mean
+	// loss, up while at least half the edges see it up.
 	fresh := map[uint32][]route.Path{}
 	probedDown := map[uint32]int{}
 	probed := map[uint32]int{}
-	for k, a := range agg {
-		p := route.Path{Region: k.region, Mirror: k.mirror, RTT: median(a.rtt), Jitter: median(a.jitter),
-			Loss: a.loss / float64(a.n), Up: 2*a.up >= a.n}
+	for k, ps := range agg {
+		p, _ := route.MergeEdgePaths(ps)
 		fresh[k.region] = append(fresh[k.region], p)
 		probed[k.mirror]++
 		if !p.Up {
@@ -334,7 +321,9 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 		// A copy is routable when in sync and its host's service check
 		// passes; every copy's host checks the resource (w.held).
 		add := func(mid uint32, name string, inSync bool) {
-			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: mid, InSync: inSync && !w.unserved[repKey{name, r.GetName()}]})
+			inSync = inSync && !w.unserved[repKey{name, r.GetName()}]
+			rr.Replicas = append(rr.Replicas, route.Replica{Mirror: mid, InSync: inSync})
+			w.routable[repKey{name, r.GetName()}] = inSync
 			if h := w.held[mid]; len(h) == 0 || h[len(h)-1] != r.GetId() {
 				w.held[mid] = append(h, r.GetId())
 			}
@@ -369,16 +358,6 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 		in.Resources = append(in.Resources, rr)
 	}
 	return in, w
-}
-
-func median(d []time.Duration) time.Duration {
-	s := slices.Clone(d)
-	slices.Sort(s)
-	n := len(s)
-	if n%2 == 1 {
-		return s[n/2]
-	}
-	return (s[n/2-1] + s[n/2]) / 2
 }
 
 // haversineKm is the great-circle distance between two locations.

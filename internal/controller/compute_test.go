@@ -340,3 +340,63 @@ func TestHeldResources(t *testing.T) {
 		t.Fatalf("held %v, want %v", got, want)
 	}
 }
+
+// TestBuildInputKeepsLatestSample: the route policy judges a route's
+// current mirror by min(peak-EWMA, latest median-of-3) so that one spike
+// the peak-EWMA remembers does not count as fresh evidence at every later
+// evaluation; the controller must pass the edges' median on. It dropped it
+// (Recent 0 means "RTT"), so after one spike on the incumbent the three
+// confirmations all saw the same spike and the route switched.
+func TestBuildInputKeepsLatestSample(t *testing.T) {
+	s := computeWorld()
+	up := pb.Health_HEALTH_UP
+	probe := func(mirror string, peak, med time.Duration) *pb.ProbeResult {
+		return &pb.ProbeResult{Mirror: mirror, RttNs: int64(peak), MedianNs: int64(med), MinNs: int64(med), Health: up, Samples: 5, Probes: 5}
+	}
+	ms := time.Millisecond
+	s.live = []*pb.LiveReport{
+		edgeReport("e1", "eu", t0, probe("paris", 60*ms, 10*ms), probe("nyc", 40*ms, 40*ms)),
+		edgeReport("e2", "eu", t0, probe("paris", 70*ms, 12*ms), probe("nyc", 40*ms, 40*ms)),
+		// A buggy agent's negative median: the path is not believed.
+		edgeReport("u1", "us", t0, probe("paris", 60*ms, -ms)),
+	}
+	in, _ := buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
+	if p, _ := pathOf(in, 1, 1); p.RTT != 65*ms || p.Recent != 11*ms {
+		t.Fatalf("eu→paris %+v: want RTT 65ms (median of the peaks), Recent 11ms (median of the medians)", p)
+	}
+	if _, ok := pathOf(in, 2, 1); ok {
+		t.Fatal("a probe with a negative median was used")
+	}
+
+	// The decision: eu is on paris (10 ms); one spike lifts paris's
+	// peak-EWMA to 60–70 ms while its latest samples are back at 10–12 ms.
+	// nyc (40 ms) must not take the route over on the remembered spike.
+	e, err := route.New(route.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.live = []*pb.LiveReport{
+		edgeReport("e1", "eu", t0, probe("paris", 10*ms, 10*ms), probe("nyc", 40*ms, 40*ms)),
+	}
+	held := map[uint32]*heldRegion{}
+	in, _ = buildInput(s, t0, testInputCfg, held)
+	_, st, err := e.Step(nil, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 6; i++ {
+		now := t0.Add(time.Duration(i) * 2 * time.Second)
+		s.live = []*pb.LiveReport{
+			edgeReport("e1", "eu", now, probe("paris", 65*ms, 11*ms), probe("nyc", 40*ms, 40*ms)),
+		}
+		in, _ = buildInput(s, now, testInputCfg, held)
+		var res *route.Result
+		res, st, err = e.Step(st, in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w := st.Weights(7, 1); w[1] != 1024 {
+			t.Fatalf("evaluation %d: eu moved off paris on a remembered spike: %v (%v)", i, w, res.At(0, 0).Why)
+		}
+	}
+}

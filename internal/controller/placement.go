@@ -28,9 +28,10 @@ import (
 //     (one placement per resource and evaluation);
 //   - every copy the manager placed gets a keep score: the same score with
 //     the copy already paid for (only storage counts) and the current cost
-//     of each region taken as the best other copy's; a copy that scores
-//     below retire_score at retireConfirm evaluations in a row is retired,
-//     and at once when its host is deleted or administratively down, its
+//     of each region taken as the best other routable copy's (keepScores);
+//     a copy that scores below retire_score at retireConfirm evaluations
+//     in a row is retired (one per resource and evaluation), and at once
+//     when its host is deleted or administratively down, its
 //     site no longer allowed, or the resource left predictive mode.
 //
 // A placed copy is a full copy, or a delta when its host held one before
@@ -127,7 +128,12 @@ func decide(rec *pb.PlacementRecord, in placeInput) (*pb.PlacementRecord, bool) 
 		}
 		pl.CopyState, pl.LagNs = r.state, int64(r.lag)
 	}
-	// Retirements first: they free room for placements.
+	// Retirements first: they free room for placements. At most one copy
+	// goes for its keep score per evaluation, the lowest: each keep score
+	// counts the other copies as staying, so two copies serving the same
+	// regions both score low, and retiring both at once would leave those
+	// regions neither.
+	due, dueScore := "", math.Inf(1)
 	for i := len(out.Placed) - 1; i >= 0; i-- {
 		pl := out.Placed[i]
 		m := pl.GetMirror()
@@ -149,9 +155,12 @@ func decide(rec *pb.PlacementRecord, in placeInput) (*pb.PlacementRecord, bool) 
 			continue
 		}
 		out.Below[m]++
-		if out.Below[m] >= retireConfirm {
-			retire(i, fmt.Sprintf("keep score %.3f below retire_score %.3g for %d evaluations", ks, in.retireScore, retireConfirm))
+		if out.Below[m] >= retireConfirm && (ks < dueScore || ks == dueScore && m < due) {
+			due, dueScore = m, ks
 		}
+	}
+	if i := slices.IndexFunc(out.Placed, func(pl *pb.Placement) bool { return pl.GetMirror() == due }); due != "" && i >= 0 {
+		retire(i, fmt.Sprintf("keep score %.3f below retire_score %.3g for %d evaluations", dueScore, in.retireScore, out.Below[due]))
 	}
 	if !in.predictive {
 		clear(out.Above)
@@ -394,16 +403,23 @@ func (c *Controller) placementInput(ctx context.Context, res *pb.Resource, rec *
 
 // keepScores scores each placed copy as if it were a candidate again,
 // against the best other copy per region and with the copy already paid.
+// Only copies the routes may use count as the others (a copy still
+// copying, out of sync or not serving would leave its regions on the
+// origin), and a copy that is the only one a region with predicted demand
+// has a healthy path to scores 1: retiring it would leave that region no
+// copy at all, whatever the score says of its latency.
 func keepScores(res *pb.Resource, rec *pb.PlacementRecord, s *scoreSetup, demand []forecast.RegionDemand, step time.Duration, seed uint64) (map[string]float64, error) {
 	out := map[string]float64{}
+	H := forecast.ScoreHorizon(demand, s.req.Horizon)
 	for _, pl := range rec.GetPlaced() {
 		id, ok := s.ids[pl.GetMirror()]
 		if !ok {
 			continue
 		}
-		req := forecast.ScoreRequest{Bytes: s.req.Bytes, Prices: s.req.Prices, Current: map[string]float64{}}
+		req := forecast.ScoreRequest{Bytes: s.req.Bytes, Horizon: s.req.Horizon, Prices: s.req.Prices, Current: map[string]float64{}}
 		req.Prices.CopyPerByte = 0 // sunk
 		cand := forecast.Candidate{Location: pl.GetSite(), Latency: map[string]float64{}}
+		only := false
 		for _, d := range demand {
 			if cc, ok := s.costs[d.Region][id]; ok && cc.healthy {
 				cand.Latency[d.Region] = cc.ms / 1000
@@ -411,16 +427,24 @@ func keepScores(res *pb.Resource, rec *pb.PlacementRecord, s *scoreSetup, demand
 			best := math.Inf(1)
 			for _, other := range s.copies {
 				oid, ok := s.ids[other]
-				if !ok || other == pl.GetMirror() {
+				if !ok || other == pl.GetMirror() || !s.w.routable[repKey{other, res.GetName()}] {
 					continue
 				}
 				if cc, ok := s.costs[d.Region][oid]; ok && cc.healthy {
 					best = math.Min(best, cc.ms/1000)
 				}
 			}
-			if !math.IsInf(best, 1) {
+			_, reaches := cand.Latency[d.Region]
+			switch {
+			case !math.IsInf(best, 1):
 				req.Current[d.Region] = best
+			case reaches && mayHaveDemand(d, H):
+				only = true
 			}
+		}
+		if only {
+			out[pl.GetMirror()] = 1
+			continue
 		}
 		if len(cand.Latency) == 0 || len(req.Current) == 0 {
 			continue
@@ -433,6 +457,17 @@ func keepScores(res *pb.Resource, rec *pb.PlacementRecord, s *scoreSetup, demand
 		out[pl.GetMirror()] = sc[0].Score
 	}
 	return out, nil
+}
+
+// mayHaveDemand reports whether d's 90% quantile is above zero in any of
+// its first h buckets.
+func mayHaveDemand(d forecast.RegionDemand, h int) bool {
+	for _, q := range d.Q[:min(h, len(d.Q))] {
+		if q.Q90 > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // copyStates is what the hosts of a resource's placed copies last

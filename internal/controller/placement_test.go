@@ -12,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/forecast"
 )
 
 // TestDecide walks the mirroring manager's rules one evaluation at a time.
@@ -88,6 +89,16 @@ func TestDecide(t *testing.T) {
 			{in: with(func(*placeInput) {}), wantPlaced: []string{"nyc"}},
 			{in: with(func(i *placeInput) { i.keep["nyc"] = 0.1 }), wantPlaced: []string{"nyc"}},
 			{in: with(func(i *placeInput) { i.keep["nyc"] = 0.1 }), wantEvent: "retire"},
+		}},
+		// Each keep score counts the other copies as staying: two copies
+		// serving the same regions both score low. Retiring both in one
+		// evaluation left those regions neither; one goes (the lowest),
+		// and the other is scored again without it.
+		{"one retirement for a low keep score per evaluation", placed("nyc", "tokyo"), []step{
+			{in: with(func(i *placeInput) { i.keep["nyc"], i.keep["tokyo"] = 0.1, 0.05 }), wantPlaced: []string{"nyc", "tokyo"}},
+			{in: with(func(i *placeInput) { i.keep["nyc"], i.keep["tokyo"] = 0.1, 0.05 }), wantPlaced: []string{"nyc", "tokyo"}},
+			{in: with(func(i *placeInput) { i.keep["nyc"], i.keep["tokyo"] = 0.1, 0.05 }), wantPlaced: []string{"nyc"}, wantEvent: "retire"},
+			{in: with(func(i *placeInput) { i.keep["nyc"] = 0.9 }), wantPlaced: []string{"nyc"}},
 		}},
 		{"a gone host is retired at once", placed("nyc", "tokyo"), []step{
 			{in: with(func(i *placeInput) { i.gone["tokyo"] = "its mirror host was deleted"; i.keep["nyc"] = 0.9 }),
@@ -372,5 +383,96 @@ func TestReplicationTasks(t *testing.T) {
 		Kind: pb.MirrorKind_MIRROR_KIND_SELECTIVE, HotExtents: 3, PlacedUnixNano: 7, DeadlineUnixNano: 9, CopyBytes: 3 << 22}}
 	if len(got) != len(want) || !proto.Equal(got[0], want[0]) {
 		t.Fatalf("tasks %v, want %v", got, want)
+	}
+}
+
+// TestKeepScores: a placed copy's keep score weighs it against the copies
+// the routes can use without it. A copy still copying (or out of sync)
+// serves nobody, so it must not make an in-sync copy look redundant — the
+// in-sync copy was retired and its regions fell back to the origin while
+// the other was still copying. A copy that is the only one a region with
+// demand reaches is kept whatever the latency arithmetic says.
+func TestKeepScores(t *testing.T) {
+	res := &pb.Resource{Name: "disk", Origin: "paris"}
+	rec := &pb.PlacementRecord{Resource: "disk", Placed: []*pb.Placement{{Site: "us", Mirror: "nyc"}, {Site: "us2", Mirror: "bos"}}}
+	flat := func(region string, n float64) forecast.RegionDemand {
+		d := forecast.RegionDemand{Region: region}
+		for range 24 {
+			d.Q = append(d.Q, forecast.Quantiles{Q10: n / 2, Q50: n, Q90: 2 * n})
+		}
+		return d
+	}
+	demand := []forecast.RegionDemand{flat("eu", 100), flat("us", 1000)}
+	// us saves 75 ms × ~24000 requests on nyc against paris (1800 ≫ the
+	// storage's 240), 1 ms against bos (24 ≪ 240).
+	prices := forecast.Prices{StorePerByteHour: 1e-8, ValuePerRequestSecond: 1}
+	setup := func(down map[string]bool, routable map[string]bool) *scoreSetup {
+		c := func(ms float64, path string) candCost { return candCost{ms: ms, healthy: !down[path]} }
+		w := &world{routable: map[repKey]bool{}}
+		for m, ok := range routable {
+			w.routable[repKey{m, "disk"}] = ok
+		}
+		return &scoreSetup{req: forecast.ScoreRequest{Bytes: 1e9, Prices: prices},
+			ids:    map[string]uint32{"paris": 1, "nyc": 2, "bos": 3},
+			copies: []string{"paris", "nyc", "bos"}, w: w,
+			costs: map[string]map[uint32]candCost{
+				"eu": {1: c(10, "eu/paris"), 2: c(80, "eu/nyc"), 3: c(85, "eu/bos")},
+				"us": {1: c(80, "us/paris"), 2: c(5, "us/nyc"), 3: c(6, "us/bos")},
+			}}
+	}
+	for _, tt := range []struct {
+		name     string
+		down     map[string]bool // paths down, "region/mirror"
+		routable map[string]bool
+		want     map[string]float64 // keep scores, ±0.05; absent: not scored
+	}{
+		{"both copies routable: each redundant beside the other", nil,
+			map[string]bool{"paris": true, "nyc": true, "bos": true}, map[string]float64{"nyc": 0, "bos": 0}},
+		{"bos still copying: nyc is what serves us", nil,
+			map[string]bool{"paris": true, "nyc": true, "bos": false}, map[string]float64{"nyc": 1, "bos": 0}},
+		{"paris down from us, bos down: nyc is us's only copy", map[string]bool{"us/paris": true, "us/bos": true, "eu/bos": true},
+			map[string]bool{"paris": true, "nyc": true, "bos": true}, map[string]float64{"nyc": 1}},
+		{"paris not serving, bos copying: nyc is the only copy", nil,
+			map[string]bool{"paris": false, "nyc": true, "bos": false}, map[string]float64{"nyc": 1, "bos": 0}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := setup(tt.down, tt.routable)
+			got, err := keepScores(res, rec, s, demand, time.Hour, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for m, want := range tt.want {
+				if v, ok := got[m]; !ok || v < want-0.05 || v > want+0.05 {
+					t.Errorf("keep score of %s: %v (scored %v), want %v", m, v, ok, want)
+				}
+			}
+		})
+	}
+}
+
+// TestExplainNamesHostsWithoutNode: the manager places nothing while the
+// origin names no node, and no copy on a host that names none, whatever
+// the scores (placementInput); explain printed those scores as candidates
+// the manager acts on without saying so.
+func TestExplainNamesHostsWithoutNode(t *testing.T) {
+	res := &pb.Resource{Name: "disk", Origin: "paris", MirrorPolicy: &pb.MirrorPolicy{Mode: pb.MirrorMode_MIRROR_MODE_PREDICTIVE}}
+	setup := func(parisNode string) *scoreSetup {
+		return &scoreSetup{
+			w:      &world{mirrors: []*pb.Mirror{{Name: "paris", Node: parisNode}, {Name: "nyc"}, {Name: "tokyo", Node: "host-tokyo"}}},
+			req:    forecast.ScoreRequest{Candidates: []forecast.Candidate{{Location: "us"}, {Location: "asia"}}},
+			mirror: map[string]string{"us": "nyc", "asia": "tokyo"},
+		}
+	}
+	for _, tt := range []struct {
+		node, want, avoid string
+	}{
+		{"host-paris", "places no copy at us (mirror nyc): the host names no node to receive it", "asia"},
+		{"", "places nothing: the origin paris names no node", "us"},
+	} {
+		var b strings.Builder
+		writeNoNode(&b, res, setup(tt.node))
+		if !strings.Contains(b.String(), tt.want) || strings.Contains(b.String(), tt.avoid) {
+			t.Errorf("origin node %q: want %q and no %q in %q", tt.node, tt.want, tt.avoid, b.String())
+		}
 	}
 }

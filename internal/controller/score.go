@@ -423,6 +423,9 @@ func (c *Controller) explain(s *scored) string {
 	if len(rec.GetShares()) > 0 {
 		in.Shares = rec.GetShares()[0].GetShares()
 	}
+	if s.res != nil && s.res.GetMirrorPolicy().GetMode() == pb.MirrorMode_MIRROR_MODE_PREDICTIVE {
+		in.MirrorScore, _ = thresholds(s.res) // the verdicts say what the manager does
+	}
 	var b strings.Builder
 	b.WriteString(forecast.RenderExplain(in))
 	if st := s.setup; st != nil {
@@ -452,6 +455,9 @@ func (c *Controller) explain(s *scored) string {
 	}
 	if s.res != nil {
 		writeManagerState(&b, s.res, c.view.placements()[s.res.GetName()])
+		if st := s.setup; st != nil && s.res.GetMirrorPolicy().GetMode() == pb.MirrorMode_MIRROR_MODE_PREDICTIVE {
+			writeNoNode(&b, s.res, st)
+		}
 	}
 	fmt.Fprintf(&b, "forecast published by %s at %s; route costs from replica %s at %s\n", rec.GetLeader(),
 		time.Unix(0, rec.GetWrittenUnixNano()).UTC().Format(time.RFC3339), c.cfg.Name, time.Now().UTC().Format(time.RFC3339))
@@ -517,6 +523,29 @@ func writeManagerState(b *strings.Builder, res *pb.Resource, rec *pb.PlacementRe
 	slices.Sort(sites)
 	if len(sites) > 0 {
 		fmt.Fprintf(b, "  at or above mirror_score so far: %s\n", strings.Join(sites, ", "))
+	}
+}
+
+// writeNoNode says which scores the manager cannot act on because a host
+// names no node (placementInput skips them): the origin's, so nothing is
+// placed, or a candidate's, so that site gets no copy whatever its score.
+func writeNoNode(b *strings.Builder, res *pb.Resource, st *scoreSetup) {
+	node := map[string]string{}
+	for _, m := range st.w.mirrors {
+		node[m.GetName()] = m.GetNode()
+	}
+	if node[res.GetOrigin()] == "" {
+		fmt.Fprintf(b, "  places nothing: the origin %s names no node to send copies from\n", res.GetOrigin())
+		return
+	}
+	var sites []string
+	for _, c := range st.req.Candidates {
+		if m := st.mirror[c.Location]; node[m] == "" {
+			sites = append(sites, c.Location+" (mirror "+m+")")
+		}
+	}
+	if len(sites) > 0 {
+		fmt.Fprintf(b, "  places no copy at %s: the host names no node to receive it\n", strings.Join(sites, ", "))
 	}
 }
 

@@ -142,6 +142,22 @@ func Score(demand []RegionDemand, req ScoreRequest, step time.Duration, seed uin
 	if H == 0 {
 		return nil, fmt.Errorf("%w: score: no demand forecast", ErrNotReady)
 	}
+	// Non-finite or negative inputs are refused by name: a NaN quantile
+	// made every benefit NaN (score 0, mean NaN), and a NaN or negative
+	// latency silently saved nothing or more than the whole route.
+	okCost := func(v float64) bool { return v >= 0 && !math.IsInf(v, 0) }
+	for _, d := range demand {
+		for h, q := range d.Q[:H] {
+			for _, v := range [3]float64{q.Q10, q.Q50, q.Q90} {
+				if math.IsNaN(v) || math.IsInf(v, 0) {
+					return nil, fmt.Errorf("%w: score: region %s bucket %d: quantile %v", ErrBadInput, d.Region, h+1, v)
+				}
+			}
+		}
+		if v, ok := req.Current[d.Region]; ok && !okCost(v) {
+			return nil, fmt.Errorf("%w: score: current route cost of region %s: %v s", ErrBadInput, d.Region, v)
+		}
+	}
 	hours := float64(H) * step.Hours()
 	// Draw every region's total demand once; all candidates share the
 	// draws, so their scores are comparable.
@@ -179,6 +195,9 @@ func Score(demand []RegionDemand, req ScoreRequest, step time.Duration, seed uin
 		for i, d := range demand {
 			cur, ok := req.Current[d.Region]
 			lat, ok2 := c.Latency[d.Region]
+			if ok2 && !okCost(lat) {
+				return nil, fmt.Errorf("%w: score: latency from region %s to %s: %v s", ErrBadInput, d.Region, c.Location, lat)
+			}
 			saved := 0.0
 			if ok2 && (!ok || lat < cur) {
 				if !ok {
@@ -202,9 +221,11 @@ func Score(demand []RegionDemand, req ScoreRequest, step time.Duration, seed uin
 				v := saved * req.Prices.ValuePerRequestSecond
 				sum := 0.0
 				for s := 0; s < ns; s++ {
-					b := v * totals[i][s]
-					ben[s] += b
-					sum += b
+					if t := totals[i][s]; t > 0 { // a huge v times no demand is 0, not NaN
+						b := v * t
+						ben[s] += b
+						sum += b
+					}
 				}
 				rb.BenefitMean = sum / float64(ns)
 			}
@@ -253,6 +274,12 @@ type ExplainInput struct {
 	// Accuracy per region: recent mean absolute error at h=1 and at the
 	// last horizon, of the hybrid and of its regression alone.
 	Accuracy map[string][4]float64
+	// MirrorScore, when above 0, is the score at which the mirroring
+	// manager places a copy: each candidate's verdict is then said
+	// against it, since the fixed likelihood words alone said "mirror"
+	// of scores the manager does not act on (and "borderline" of some
+	// it does).
+	MirrorScore float64
 }
 
 // RenderExplain writes the operator-readable breakdown of the Mirroring
@@ -293,14 +320,20 @@ func RenderExplain(in ExplainInput) string {
 		fmt.Fprintf(&b, "  (location shares rest on %.0f requests of hour-of-week evidence)\n", in.ShareConcentration)
 	}
 	for _, s := range in.Scores {
-		verdict := "do not mirror"
+		verdict, likely := "do not mirror", "unlikely to pay off"
 		switch {
 		case s.Score >= 0.9:
-			verdict = "mirror: very likely to pay off"
+			verdict, likely = "mirror: very likely to pay off", "very likely to pay off"
 		case s.Score >= 0.5:
-			verdict = "mirror: more likely than not to pay off"
+			verdict, likely = "mirror: more likely than not to pay off", "more likely than not to pay off"
 		case s.Score >= 0.2:
-			verdict = "borderline"
+			verdict, likely = "borderline", "borderline"
+		}
+		switch {
+		case in.MirrorScore > 0 && s.Score >= in.MirrorScore:
+			verdict = fmt.Sprintf("%s; at or above mirror_score %.3g", likely, in.MirrorScore)
+		case in.MirrorScore > 0:
+			verdict = fmt.Sprintf("%s; below mirror_score %.3g: no copy", likely, in.MirrorScore)
 		}
 		fmt.Fprintf(&b, "\ncandidate %s: score %.3f (%s)\n", s.Location, s.Score, verdict)
 		fmt.Fprintf(&b, "  cost %.4g = copy %.4g + store %.4g\n", s.Cost, s.CopyCost, s.StoreCost)

@@ -98,6 +98,27 @@ func TestRenderExplain(t *testing.T) {
 	}
 }
 
+// TestRenderExplainVerdictFollowsThreshold: with the resource's
+// mirror_score given, a candidate's verdict says whether the manager acts
+// on it; the fixed words said "mirror: very likely to pay off" of a 0.9
+// score the manager (at mirror_score 0.95) would never place.
+func TestRenderExplainVerdictFollowsThreshold(t *testing.T) {
+	ms := MirrorScore{Location: "Brooklyn", Score: 0.92}
+	for _, tt := range []struct {
+		threshold   float64
+		want, avoid string
+	}{
+		{0, "(mirror: very likely to pay off)", "mirror_score"},
+		{0.95, "(very likely to pay off; below mirror_score 0.95: no copy)", "mirror:"},
+		{0.9, "(very likely to pay off; at or above mirror_score 0.9)", "no copy"},
+	} {
+		out := RenderExplain(ExplainInput{Resource: "disk-1", Step: time.Hour, Scores: []MirrorScore{ms}, MirrorScore: tt.threshold})
+		if !strings.Contains(out, tt.want) || strings.Contains(out, tt.avoid) {
+			t.Errorf("mirror_score %v: want %q and no %q in:\n%s", tt.threshold, tt.want, tt.avoid, out)
+		}
+	}
+}
+
 func TestScoreHorizon(t *testing.T) {
 	q := func(n int) RegionDemand { return RegionDemand{Q: make([]Quantiles, n)} }
 	for _, tc := range []struct {
@@ -114,5 +135,57 @@ func TestScoreHorizon(t *testing.T) {
 		if got := ScoreHorizon(tc.demand, tc.horizon); got != tc.want {
 			t.Errorf("ScoreHorizon(%d regions, %d) = %d, want %d", len(tc.demand), tc.horizon, got, tc.want)
 		}
+	}
+}
+
+// TestScoreRefusesBadNumbers: a NaN quantile, or a NaN, infinite or
+// negative latency, is refused with the region (and bucket or candidate)
+// named. A NaN quantile made every benefit NaN (score 0, mean NaN); a NaN
+// latency silently saved nothing and a negative one more than the whole
+// route. A price so large that latency saved × price overflows still
+// scores, with no NaN from an empty draw.
+func TestScoreRefusesBadNumbers(t *testing.T) {
+	base := func() ([]RegionDemand, ScoreRequest) {
+		return []RegionDemand{{Region: "a", Q: []Quantiles{{0, 10, 100}, {0, 0, 0}}}},
+			ScoreRequest{Bytes: 1 << 30, Current: map[string]float64{"a": 0.05},
+				Candidates: []Candidate{{Location: "x", Latency: map[string]float64{"a": 0.01}}},
+				Prices:     Prices{CopyPerByte: 1e-11, StorePerByteHour: 1e-13, ValuePerRequestSecond: 0.5}}
+	}
+	for _, tt := range []struct {
+		name string
+		f    func([]RegionDemand, *ScoreRequest)
+		want string // error text; "" for a finite score
+	}{
+		{"NaN quantile", func(d []RegionDemand, _ *ScoreRequest) { d[0].Q[1].Q90 = math.NaN() }, "region a bucket 2: quantile NaN"},
+		{"infinite quantile", func(d []RegionDemand, _ *ScoreRequest) { d[0].Q[0].Q90 = math.Inf(1) }, "region a bucket 1: quantile +Inf"},
+		{"NaN latency", func(_ []RegionDemand, r *ScoreRequest) { r.Candidates[0].Latency["a"] = math.NaN() }, "latency from region a to x: NaN"},
+		{"negative latency", func(_ []RegionDemand, r *ScoreRequest) { r.Candidates[0].Latency["a"] = -1 }, "latency from region a to x: -1"},
+		{"NaN current cost", func(_ []RegionDemand, r *ScoreRequest) { r.Current["a"] = math.NaN() }, "current route cost of region a: NaN"},
+		{"huge value of a second", func(_ []RegionDemand, r *ScoreRequest) {
+			r.Prices.ValuePerRequestSecond = math.MaxFloat64
+			r.Current["a"] = 3
+		}, ""},
+		{"2^60 bytes", func(_ []RegionDemand, r *ScoreRequest) { r.Bytes = 1 << 60 }, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			d, req := base()
+			tt.f(d, &req)
+			sc, err := Score(d, req, time.Hour, 1)
+			if tt.want != "" {
+				if !errors.Is(err, ErrBadInput) || !strings.Contains(err.Error(), tt.want) {
+					t.Fatalf("error %v, want ErrBadInput with %q", err, tt.want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := sc[0]
+			for _, v := range []float64{s.Score, s.Cost, s.BenefitMean, s.BenefitQ10, s.BenefitQ50, s.BenefitQ90} {
+				if math.IsNaN(v) {
+					t.Fatalf("NaN in %+v", s)
+				}
+			}
+		})
 	}
 }

@@ -125,9 +125,13 @@ func (sc *stepCtx) spill(res *Result) map[MirrorID]bool {
 				dm := in.Mirrors[dst].ID
 				// Enough slots to clear the excess, but no more than the
 				// destination can take without going over its own cap.
-				need := int32(math.Ceil((load[mi]-limit[mi])/slot - eps))
-				room := int32((limit[dst] - load[dst]) / slot)
-				slots := min(qm, need, room)
+				// Clamped in float64: an uncapped destination has infinite
+				// room and a tiny entry needs more slots than int32 holds,
+				// and converting either to int32 is undefined (−2^31 on
+				// amd64, which stopped the spill).
+				need := math.Ceil((load[mi]-limit[mi])/slot - eps)
+				room := math.Floor((limit[dst] - load[dst]) / slot)
+				slots := int32(min(float64(qm), need, room))
 				if slots <= 0 {
 					break
 				}
