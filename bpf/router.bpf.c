@@ -237,7 +237,8 @@ struct pkt {
 	__u8 df;        /* outer may not be fragmented */
 	__u8 vlan;      /* one 802.1Q tag present */
 	__u8 icmp;      /* an ICMP error quoting flow */
-	__u8 pad[2];
+	__u8 frag_proto; /* protocol field beside the fragment offset: the pm_frags key's */
+	__u8 pad;
 	__u32 ifindex;  /* ingress device */
 };
 
@@ -333,16 +334,21 @@ enum parse_result {
 	P_OK,
 	P_NOT_IP,
 	P_MALFORMED,    /* could not read the addresses */
-	P_L4_MALFORMED, /* addresses known, transport header bad */
+	P_L4_MALFORMED, /* addresses known, the rest (lengths, transport header) bad */
 	P_NOT_L4,       /* neither TCP, UDP nor an ICMP error */
 };
 
-static __always_inline int parse_ports(void *l4, void *data_end, struct pkt *p)
+/*
+ * room: bytes from l4 to the end of the IP packet by its own length. The
+ * frame may go on (Ethernet pads to 60 bytes, with zeros or leftovers): a
+ * header that is not inside the packet is not read from the padding.
+ */
+static __always_inline int parse_ports(void *l4, void *data_end, __u32 room, struct pkt *p)
 {
 	if (p->flow.proto == IPPROTO_TCP) {
 		struct tcphdr *th = l4;
 
-		if ((void *)(th + 1) > data_end || th->doff < 5)
+		if ((void *)(th + 1) > data_end || th->doff < 5 || th->doff * 4 > room)
 			return P_L4_MALFORMED;
 		p->flow.sport = bpf_ntohs(th->source);
 		p->flow.dport = bpf_ntohs(th->dest);
@@ -352,7 +358,12 @@ static __always_inline int parse_ports(void *l4, void *data_end, struct pkt *p)
 	if (p->flow.proto == IPPROTO_UDP) {
 		struct udphdr *uh = l4;
 
-		if ((void *)(uh + 1) > data_end)
+		if ((void *)(uh + 1) > data_end || room < UDP_HLEN)
+			return P_L4_MALFORMED;
+		/* The datagram's length: at least its header, and within the
+		 * packet (a first fragment's covers the whole datagram). */
+		__u32 ulen = ntohs_len(uh->len);
+		if (ulen < UDP_HLEN || (p->frag == FRAG_NONE && ulen > room))
 			return P_L4_MALFORMED;
 		p->flow.sport = bpf_ntohs(uh->source);
 		p->flow.dport = bpf_ntohs(uh->dest);
@@ -366,7 +377,7 @@ static __always_inline int parse_ports(void *l4, void *data_end, struct pkt *p)
  * from the VIP to the client. Rebuild the client's flow key from the quote
  * so the error reaches the mirror that owns the flow (PMTU discovery).
  */
-static __always_inline int parse_quote_v4(void *q, void *data_end, struct pkt *p)
+static __always_inline int parse_quote_v4(void *q, void *data_end, __u32 room, struct pkt *p)
 {
 	struct iphdr *ih = q;
 
@@ -377,9 +388,13 @@ static __always_inline int parse_quote_v4(void *q, void *data_end, struct pkt *p
 		return P_L4_MALFORMED;
 	/* The quote carries only 8 bytes of transport header. */
 	__u16 *ports = q + hl;
-	if ((void *)(ports + 2) > data_end)
+	if ((void *)(ports + 2) > data_end || hl + 4 > room)
 		return P_L4_MALFORMED;
 	if (ih->protocol != IPPROTO_TCP && ih->protocol != IPPROTO_UDP)
+		return P_NOT_L4;
+	/* The error goes to the quoted packet's source: an error to any
+	 * other address is not about a flow of ours, whatever it quotes. */
+	if (ih->saddr != *(__u32 *)p->flow.dst)
 		return P_NOT_L4;
 	p->flow.proto = ih->protocol;
 	*(__u32 *)p->flow.src = ih->daddr;
@@ -390,17 +405,20 @@ static __always_inline int parse_quote_v4(void *q, void *data_end, struct pkt *p
 	return P_OK;
 }
 
-static __always_inline int parse_quote_v6(void *q, void *data_end, struct pkt *p)
+static __always_inline int parse_quote_v6(void *q, void *data_end, __u32 room, struct pkt *p)
 {
 	struct ipv6hdr *ih = q;
 
 	if ((void *)(ih + 1) > data_end || ih->version != 6)
 		return P_L4_MALFORMED;
 	__u16 *ports = (void *)(ih + 1);
-	if ((void *)(ports + 2) > data_end)
+	if ((void *)(ports + 2) > data_end || IPV6_HLEN + 4 > room)
 		return P_L4_MALFORMED;
 	if (ih->nexthdr != IPPROTO_TCP && ih->nexthdr != IPPROTO_UDP)
 		return P_NOT_L4;
+	const __u32 *qs = (const __u32 *)&ih->saddr, *d = (const __u32 *)p->flow.dst;
+	if ((qs[0] ^ d[0]) | (qs[1] ^ d[1]) | (qs[2] ^ d[2]) | (qs[3] ^ d[3]))
+		return P_NOT_L4; /* not to the quoted source (see parse_quote_v4) */
 	p->flow.proto = ih->nexthdr;
 	__builtin_memcpy(p->flow.src, &ih->daddr, 16);
 	__builtin_memcpy(p->flow.dst, &ih->saddr, 16);
@@ -410,32 +428,30 @@ static __always_inline int parse_quote_v6(void *q, void *data_end, struct pkt *p
 	return P_OK;
 }
 
-static __always_inline int parse_l4(void *l4, void *data_end, struct pkt *p)
+static __always_inline int parse_l4(void *l4, void *data_end, __u32 room, struct pkt *p)
 {
 	if (p->frag == FRAG_LATER)
 		return P_OK;
 	if (p->flow.proto == IPPROTO_ICMP && p->flow.family == PM_FAMILY_V4) {
 		struct icmp_hdr *ic = l4;
 
-		if ((void *)(ic + 1) > data_end)
+		if ((void *)(ic + 1) > data_end || room < sizeof(*ic))
 			return P_L4_MALFORMED;
 		if (ic->type != ICMP_DEST_UNREACH && ic->type != ICMP_TIME_EXCEEDED)
 			return P_NOT_L4;
-		/* The error's destination must be the quoted packet's source. */
-		int r = parse_quote_v4(ic + 1, data_end, p);
-		return r;
+		return parse_quote_v4(ic + 1, data_end, room - sizeof(*ic), p);
 	}
 	if (p->flow.proto == IPPROTO_ICMPV6 && p->flow.family == PM_FAMILY_V6) {
 		struct icmp_hdr *ic = l4;
 
-		if ((void *)(ic + 1) > data_end)
+		if ((void *)(ic + 1) > data_end || room < sizeof(*ic))
 			return P_L4_MALFORMED;
 		if (ic->type != ICMPV6_DEST_UNREACH && ic->type != ICMPV6_PKT_TOOBIG &&
 		    ic->type != ICMPV6_TIME_EXCEED)
 			return P_NOT_L4;
-		return parse_quote_v6(ic + 1, data_end, p);
+		return parse_quote_v6(ic + 1, data_end, room - sizeof(*ic), p);
 	}
-	return parse_ports(l4, data_end, p);
+	return parse_ports(l4, data_end, room, p);
 }
 
 static __always_inline int parse_v4(void *l3, void *data_end, struct pkt *p)
@@ -446,14 +462,17 @@ static __always_inline int parse_v4(void *l3, void *data_end, struct pkt *p)
 		return P_MALFORMED;
 	if (ih->version != 4 || ih->ihl < 5)
 		return P_MALFORMED;
+	p->flow.family = PM_FAMILY_V4;
+	p->flow.proto = ih->protocol;
+	p->frag_proto = ih->protocol;
+	*(__u32 *)p->flow.src = ih->saddr;
+	*(__u32 *)p->flow.dst = ih->daddr;
+	/* From here the addresses are known: to a VIP address, a bad
+	 * length is dropped, not passed. */
 	__u32 hl = ih->ihl * 4;
 	__u32 tot = ntohs_len(ih->tot_len);
 	if (tot < hl || l3 + tot > data_end)
-		return P_MALFORMED;
-	p->flow.family = PM_FAMILY_V4;
-	p->flow.proto = ih->protocol;
-	*(__u32 *)p->flow.src = ih->saddr;
-	*(__u32 *)p->flow.dst = ih->daddr;
+		return P_L4_MALFORMED;
 	p->ip_len = tot;
 	p->tos = ih->tos;
 	__u16 fo = bpf_ntohs(ih->frag_off);
@@ -464,7 +483,7 @@ static __always_inline int parse_v4(void *l3, void *data_end, struct pkt *p)
 	}
 	if (hl > 60)
 		return P_MALFORMED;
-	return parse_l4(l3 + hl, data_end, p);
+	return parse_l4(l3 + hl, data_end, tot - hl, p);
 }
 
 struct ipv6_frag {
@@ -482,51 +501,69 @@ static __always_inline int parse_v6(void *l3, void *data_end, struct pkt *p)
 		return P_MALFORMED;
 	if (ih->version != 6)
 		return P_MALFORMED;
-	__u32 tot = ntohs_len(ih->payload_len) + IPV6_HLEN;
-	if (l3 + tot > data_end)
-		return P_MALFORMED;
 	p->flow.family = PM_FAMILY_V6;
 	__builtin_memcpy(p->flow.src, &ih->saddr, 16);
 	__builtin_memcpy(p->flow.dst, &ih->daddr, 16);
+	/* A payload length of 0 with a jumbo option (RFC 2675) is a
+	 * jumbogram: more than a frame here, and not ours to carry. */
+	__u32 tot = ntohs_len(ih->payload_len) + IPV6_HLEN;
+	if (l3 + tot > data_end)
+		return P_L4_MALFORMED;
 	p->ip_len = tot;
 	p->tos = (ih->priority << 4) | (ih->flow_lbl[0] >> 4);
 	p->df = 1; /* IPv6 is never fragmented on the path */
 
 	__u8 nh = ih->nexthdr;
 	void *cur = ih + 1;
+	__u32 off = IPV6_HLEN; /* of cur, checked against tot */
 
 #pragma unroll
 	for (int i = 0; i < MAX_EXT_HDRS; i++) {
 		if (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS) {
 			__u8 *eh = cur;
 
-			if ((void *)(eh + 2) > data_end)
+			if ((void *)(eh + 2) > data_end || off + 2 > tot)
 				return P_L4_MALFORMED;
 			nh = eh[0];
 			cur += (eh[1] + 1) * 8;
+			off += (eh[1] + 1) * 8;
 			continue;
 		}
 		if (nh == IPPROTO_FRAGMENT) {
 			struct ipv6_frag *fh = cur;
 
-			if ((void *)(fh + 1) > data_end)
+			if ((void *)(fh + 1) > data_end || off + sizeof(*fh) > tot)
 				return P_L4_MALFORMED;
 			__u16 fo = bpf_ntohs(fh->frag_off);
+			nh = fh->nexthdr;
+			cur = fh + 1;
+			off += sizeof(*fh);
 			if ((fo & 0xfff8) || (fo & 1)) {
 				p->frag = (fo & 0xfff8) ? FRAG_LATER : FRAG_FIRST;
 				p->frag_id = bpf_ntohl(fh->id);
+				/* Every fragment carries this next header, also
+				 * when more extension headers follow in the first
+				 * one: it keys pm_frags. A later fragment's data
+				 * is no header at all. */
+				p->frag_proto = nh;
+				if (p->frag == FRAG_LATER)
+					break;
 			}
-			nh = fh->nexthdr;
-			cur = fh + 1;
 			continue;
 		}
 		break;
 	}
+	if (p->frag == FRAG_LATER) {
+		p->flow.proto = nh;
+		return P_OK;
+	}
 	if (nh == IPPROTO_HOPOPTS || nh == IPPROTO_ROUTING || nh == IPPROTO_DSTOPTS ||
 	    nh == IPPROTO_FRAGMENT)
 		return P_L4_MALFORMED; /* more extension headers than we walk */
+	if (off > tot)
+		return P_L4_MALFORMED;
 	p->flow.proto = nh;
-	return parse_l4(cur, data_end, p);
+	return parse_l4(cur, data_end, tot - off, p);
 }
 
 /* ---- lookups ---- */
@@ -1233,19 +1270,47 @@ static __always_inline int transmit(struct xdp_md *ctx, const struct pkt *p, __u
 
 /* ---- the program ---- */
 
+/* The datagram a fragment belongs to: the same in every fragment. */
+static __always_inline void frag_key_of(const struct pkt *p, struct frag_key *fk)
+{
+	fk->id = p->frag_id;
+	fk->proto = p->frag_proto;
+	fk->family = p->flow.family;
+	__builtin_memcpy(fk->src, p->flow.src, 16);
+	__builtin_memcpy(fk->dst, p->flow.dst, 16);
+}
+
+/*
+ * Not VIP traffic: passed. A first fragment of it to a VIP address leaves
+ * a record without a mirror, so that its later fragments, which carry no
+ * ports and would be dropped as strays at that address, are passed too.
+ */
+static __always_inline int pass_not_vip(struct xdp_md *ctx, const struct pkt *p)
+{
+	if (p->frag == FRAG_FIRST && is_vip_addr(p)) {
+		struct frag_key fk = {};
+		struct frag_info fi = { .mirror = PM_MIRROR_NONE };
+
+		frag_key_of(p, &fk);
+		bpf_map_update_elem(&pm_frags, &fk, &fi, BPF_ANY);
+	}
+	return pass_on(ctx, R_PASS_NOT_VIP);
+}
+
 static __always_inline int steer_later_fragment(struct xdp_md *ctx, struct pkt *p,
 						const struct settings *st)
 {
-	struct frag_key fk = { .id = p->frag_id, .proto = p->flow.proto, .family = p->flow.family };
+	struct frag_key fk = {};
 
-	__builtin_memcpy(fk.src, p->flow.src, 16);
-	__builtin_memcpy(fk.dst, p->flow.dst, 16);
+	frag_key_of(p, &fk);
 	struct frag_info *fi = bpf_map_lookup_elem(&pm_frags, &fk);
 	if (!fi) {
 		if (is_vip_addr(p))
 			return verdict(R_DROP_FRAG_MISS, XDP_DROP);
 		return pass_on(ctx, R_PASS_NOT_VIP);
 	}
+	if (fi->mirror == PM_MIRROR_NONE) /* its first fragment was passed */
+		return pass_on(ctx, R_PASS_NOT_VIP);
 	struct mirror *mi = mirror_get(fi->mirror);
 	if (!mi || mi->state == MIRROR_DOWN || mi->state == MIRROR_UNUSED)
 		return verdict(R_DROP_NO_MIRROR, XDP_DROP);
@@ -1282,7 +1347,7 @@ int pm_router(struct xdp_md *ctx)
 	case P_OK:
 		break;
 	case P_NOT_L4:
-		return pass_on(ctx, R_PASS_NOT_VIP);
+		return pass_not_vip(ctx, &p);
 	case P_L4_MALFORMED:
 		/* Never let a broken packet to a VIP address reach the stack. */
 		if (is_vip_addr(&p))
@@ -1306,7 +1371,7 @@ int pm_router(struct xdp_md *ctx)
 	__builtin_memcpy(vk.addr, p.flow.dst, 16);
 	struct vip_info *vip = bpf_map_lookup_elem(&pm_vips, &vk);
 	if (!vip)
-		return pass_on(ctx, R_PASS_NOT_VIP);
+		return pass_not_vip(ctx, &p);
 	/* Settings only matter to VIP traffic: non-VIP packets skip the lookup. */
 	st = bpf_map_lookup_elem(&pm_settings, &zero);
 	if (!st)
@@ -1369,11 +1434,10 @@ int pm_router(struct xdp_md *ctx)
 		return verdict(R_DROP_NO_MIRROR, XDP_DROP);
 
 	if (p.frag == FRAG_FIRST) {
-		struct frag_key fk = { .id = p.frag_id, .proto = p.flow.proto, .family = p.flow.family };
+		struct frag_key fk = {};
 		struct frag_info fi = { .mirror = mirror, .resource = vip->resource, .region = region };
 
-		__builtin_memcpy(fk.src, p.flow.src, 16);
-		__builtin_memcpy(fk.dst, p.flow.dst, 16);
+		frag_key_of(&p, &fk);
 		bpf_map_update_elem(&pm_frags, &fk, &fi, BPF_ANY);
 		count(R_FRAGMENTS);
 	}

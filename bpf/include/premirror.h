@@ -224,13 +224,13 @@ struct frag_key {
 	__u8 src[16];
 	__u8 dst[16];
 	__u32 id;
-	__u8 proto;
+	__u8 proto;   /* beside the fragment offset (IPv6: the fragment header's next header) */
 	__u8 family;
 	__u8 pad[2];
 };
 
 struct frag_info {
-	__u32 mirror;
+	__u32 mirror; /* PM_MIRROR_NONE: the first fragment was passed (not VIP traffic) */
 	__u32 resource;
 	__u32 region;
 	__u32 pad;

@@ -765,12 +765,14 @@ func checkTooBig(t *testing.T, in, out []byte, mtu int) {
 func TestTruncatedFrames(t *testing.T) {
 	f := newFixture(t)
 	frames := map[string][]byte{
-		"v4 tcp":     pkt{src: clientEU, dst: vipWeb.Addr, sport: 1, dport: 80}.frame(t),
-		"v4 udp":     pkt{src: clientEU, dst: vipDNS.Addr, sport: 1, dport: 53, proto: layers.IPProtocolUDP}.frame(t),
-		"v4 options": pkt{src: clientEU, dst: vipWeb.Addr, sport: 1, dport: 80, v4opts: []layers.IPv4Option{{OptionType: 0x94, OptionLength: 4, OptionData: []byte{0, 0}}}}.frame(t),
-		"v6 ext":     pkt{src: client6EU, dst: vipWeb6.Addr, sport: 1, dport: 443, v6ext: []layers.IPProtocol{layers.IPProtocolIPv6HopByHop, layers.IPProtocolIPv6Routing}}.frame(t),
-		"vlan":       pkt{src: clientEU, dst: vipWeb.Addr, sport: 1, dport: 80, vlan: 7}.frame(t),
-		"icmp":       pkt{src: a("198.51.100.254"), dst: vipWeb.Addr, proto: layers.IPProtocolICMPv4, icmp: &icmpErr{3, 4, 1400, pkt{src: vipWeb.Addr, dst: clientEU, sport: 80, dport: 1}}}.frame(t),
+		"v4 tcp":              pkt{src: clientEU, dst: vipWeb.Addr, sport: 1, dport: 80}.frame(t),
+		"v4 udp":              pkt{src: clientEU, dst: vipDNS.Addr, sport: 1, dport: 53, proto: layers.IPProtocolUDP}.frame(t),
+		"v4 options":          pkt{src: clientEU, dst: vipWeb.Addr, sport: 1, dport: 80, v4opts: []layers.IPv4Option{{OptionType: 0x94, OptionLength: 4, OptionData: []byte{0, 0}}}}.frame(t),
+		"v6 ext":              pkt{src: client6EU, dst: vipWeb6.Addr, sport: 1, dport: 443, v6ext: []layers.IPProtocol{layers.IPProtocolIPv6HopByHop, layers.IPProtocolIPv6Routing}}.frame(t),
+		"vlan":                pkt{src: clientEU, dst: vipWeb.Addr, sport: 1, dport: 80, vlan: 7}.frame(t),
+		"icmp":                pkt{src: a("198.51.100.254"), dst: vipWeb.Addr, proto: layers.IPProtocolICMPv4, icmp: &icmpErr{3, 4, 1400, pkt{src: vipWeb.Addr, dst: clientEU, sport: 80, dport: 1}}}.frame(t),
+		"icmpv6":              pkt{src: a("2001:db8:1::fe"), dst: vipWeb6.Addr, proto: layers.IPProtocolICMPv6, icmp: &icmpErr{2, 0, 1280, pkt{src: vipWeb6.Addr, dst: client6EU, sport: 443, dport: 1}}}.frame(t),
+		"v6 frag + dest opts": ethFrame(rawV6(client6EU, vipWeb6.Addr, []v6hdr{v6Frag(0, true, 9), v6DstOpts}, 6, -1, tcpHdr(1, 443, 0x02, 5)), 0x86dd, 0),
 	}
 	allowed := []string{"pass_not_ip", "pass_malformed", "drop_malformed", "pass_not_vip"}
 	for name, full := range frames {
