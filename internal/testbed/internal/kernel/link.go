@@ -33,12 +33,12 @@ type VethSpec struct {
 // appears in the caller's namespace), sets the aliases and brings both ends
 // up. It returns the ifindex of each end.
 func CreateVeth(s VethSpec) (aIndex, bIndex int, err error) {
-	ha, err := netlink.NewHandleAt(s.ANS)
+	ha, err := netlink.NewHandleAt(s.ANS, unix.NETLINK_ROUTE)
 	if err != nil {
 		return 0, 0, fmt.Errorf("netlink handle: %w", err)
 	}
 	defer ha.Close()
-	hb, err := netlink.NewHandleAt(s.BNS)
+	hb, err := netlink.NewHandleAt(s.BNS, unix.NETLINK_ROUTE)
 	if err != nil {
 		return 0, 0, fmt.Errorf("netlink handle: %w", err)
 	}
@@ -189,7 +189,7 @@ func DelAddr(h netns.NsHandle, link string, p netip.Prefix) error {
 
 // withLink runs fn with a netlink handle in h and the named link.
 func withLink(h netns.NsHandle, link string, fn func(*netlink.Handle, netlink.Link) error) error {
-	nh, err := netlink.NewHandleAt(h)
+	nh, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink handle: %w", err)
 	}
@@ -215,9 +215,9 @@ func ListLinks(h netns.NsHandle) ([]LinkInfo, error) {
 	var nh *netlink.Handle
 	var err error
 	if h.IsOpen() {
-		nh, err = netlink.NewHandleAt(h)
+		nh, err = netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
 	} else {
-		nh, err = netlink.NewHandle()
+		nh, err = netlink.NewHandle(unix.NETLINK_ROUTE)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("netlink handle: %w", err)
@@ -336,7 +336,7 @@ func b2u(b bool) uint32 {
 // link's routes before then: a connect fails with "network is
 // unreachable".
 func WaitOperUp(h netns.NsHandle, timeout time.Duration, links ...string) error {
-	nh, err := netlink.NewHandleAt(h)
+	nh, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink handle: %w", err)
 	}
@@ -366,7 +366,7 @@ func WaitOperUp(h netns.NsHandle, timeout time.Duration, links ...string) error 
 // netlink call returns; until then packets to it are not delivered
 // locally (a TCP client sees "network is unreachable").
 func WaitLocal(h netns.NsHandle, timeout time.Duration, addrs ...netip.Addr) error {
-	nh, err := netlink.NewHandleAt(h)
+	nh, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
 	if err != nil {
 		return fmt.Errorf("netlink handle: %w", err)
 	}
