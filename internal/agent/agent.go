@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -37,6 +38,12 @@ type Agent struct {
 
 	log  *slog.Logger
 	path string // config file, for reloads ("" when given in memory)
+
+	// applyMu serializes the applies that start from the running
+	// configuration (reloads, controller versions, the periodic resync,
+	// interface changes): each reads a.cfg and writes it back, and one
+	// that read it before another's write would undo that write.
+	applyMu sync.Mutex
 
 	mu       sync.Mutex
 	cfg      *Config
@@ -298,8 +305,12 @@ func (a *Agent) applyDecap(cfg *Config, ports map[netip.Addr]uint16, probePort u
 	return nil
 }
 
+// stateVersion hashes the desired state's content (JSON follows pointers
+// and sorts map keys; %+v would print a pointer's address), so equal
+// states get equal versions on every node and across reloads.
 func stateVersion(cfg *Config) string {
-	h := sha256.Sum256([]byte(fmt.Sprintf("%+v", cfg.State)))
+	b, _ := json.Marshal(cfg.State) // strings, numbers, slices, maps: never fails
+	h := sha256.Sum256(b)
 	return fmt.Sprintf("%x", h[:6])
 }
 
@@ -388,6 +399,8 @@ func (a *Agent) Reload() error {
 	if a.path == "" {
 		return nil
 	}
+	a.applyMu.Lock()
+	defer a.applyMu.Unlock()
 	cfg, err := LoadConfig(a.path)
 	if err == nil && a.Overrides != nil {
 		a.Overrides(cfg)
@@ -492,6 +505,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.reload("sighup")
 			last = fileStamp(a.path)
 		case <-resync.C:
+			a.applyMu.Lock()
 			a.mu.Lock()
 			a.observed = nil
 			cfg := a.cfg
@@ -499,6 +513,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err := a.apply(cfg); err != nil {
 				a.log.Error("periodic resync failed", "err", err)
 			}
+			a.applyMu.Unlock()
 		case <-tick.C:
 			if s := fileStamp(a.path); s != last {
 				last = s

@@ -291,14 +291,17 @@ func (cp *controlPlane) apply(version uint64, st *pb.DesiredState) error {
 		return err
 	}
 	a := cp.a
+	a.applyMu.Lock()
 	a.mu.Lock()
 	next := *a.cfg
 	a.mu.Unlock()
 	next.State = ds
 	if next.State.DefaultRegion == "" {
-		next.State.DefaultRegion = a.cfg.Controller.Site
+		next.State.DefaultRegion = next.Controller.Site
 	}
-	if err := a.apply(&next); err != nil {
+	err = a.apply(&next)
+	a.applyMu.Unlock()
+	if err != nil {
 		return err
 	}
 	// After the routing state, and never a NACK: a task this node cannot
