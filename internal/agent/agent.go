@@ -7,11 +7,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -59,8 +62,11 @@ type Agent struct {
 	decap   *pmaps.Decap
 	cp      *controlPlane
 	repl    *replicator.Node
-	attach  []*Attachment
-	netns   *netns.NsHandle // where Start ran: the router's interfaces and routes (nil: no router)
+	attach  []*Attachment // guarded by mu once Run runs (refreshInterfaces)
+	// missing names the configured interfaces ("<iface>_<program>") that
+	// are gone: nothing steers their traffic until they return (healthz).
+	missing map[string]bool
+	netns   *netns.NsHandle // where Start ran: the interfaces, addresses and routes the agent manages
 	reg     *prometheus.Registry
 	metrics *metrics
 	// svc checks the services of the resources this host's mirrors hold
@@ -73,7 +79,7 @@ func New(cfg *Config, path string, log *slog.Logger) *Agent {
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &Agent{cfg: cfg, path: path, log: log.With("node", cfg.Node)}
+	a := &Agent{cfg: cfg, path: path, log: log.With("node", cfg.Node), missing: map[string]bool{}}
 	a.reg = prometheus.NewRegistry()
 	a.metrics = newMetrics(a)
 	a.reg.MustRegister(a.metrics)
@@ -101,20 +107,19 @@ func (a *Agent) Start() error {
 	if err := ensureBPFFS(cfg.PinDir); err != nil {
 		return err
 	}
+	// The watchers subscribe to this namespace's links, addresses, routes
+	// and neighbours, whichever thread Run is called on.
+	h, err := netns.Get()
+	if err != nil {
+		return fmt.Errorf("open network namespace: %w", err)
+	}
+	a.netns = &h
 	if names := cfg.RouterInterfaceNames(); len(names) > 0 {
 		r, err := pmaps.LoadRouter(cfg.MapsConfig(), pmaps.Options{PinDir: cfg.PinDir})
 		if err != nil {
 			return err
 		}
 		a.router = r
-		// The next-hop watcher subscribes to this namespace's routes and
-		// neighbours, whichever thread Run is called on.
-		h, err := netns.Get()
-		if err != nil {
-			a.Close()
-			return fmt.Errorf("open network namespace: %w", err)
-		}
-		a.netns = &h
 		if err := enableForwarding(); err != nil {
 			a.log.Warn("ip forwarding not enabled: packets whose next hop is unresolved will be dropped by the stack", "err", err)
 		}
@@ -462,6 +467,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cp != nil {
 		a.cp.run(runCtx, &wg)
 	}
+	ifaces := make(chan struct{}, 1)
+	if a.router != nil || a.decap != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.watchInterfaces(runCtx, ifaces)
+		}()
+	}
 	if a.router != nil {
 		w := newNexthopWatcher(a.router, a.netns, a.log.With("component", "nexthop"), a.metrics.nhBumps)
 		wg.Add(1)
@@ -514,6 +527,10 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.log.Error("periodic resync failed", "err", err)
 			}
 			a.applyMu.Unlock()
+		case <-ifaces:
+			if err := a.refreshInterfaces(); err != nil {
+				a.log.Error("interface change not applied", "err", err)
+			}
 		case <-tick.C:
 			if s := fileStamp(a.path); s != last {
 				last = s
@@ -546,8 +563,14 @@ func fileStamp(path string) string {
 // (its forwarding goes on meanwhile, but the kubelet's restarts would
 // become a crash loop). That is what /healthz reports, for readiness and
 // alerts.
+//
+// An interface that went away counts as attached here: the agent attaches
+// again when it returns, and a new agent would fail to start without it.
 func (a *Agent) livez(w http.ResponseWriter, _ *http.Request) {
-	if len(a.attach) == 0 {
+	a.mu.Lock()
+	n := len(a.attach) + len(a.missing)
+	a.mu.Unlock()
+	if n == 0 {
 		http.Error(w, "no program attached", http.StatusServiceUnavailable)
 		return
 	}
@@ -560,9 +583,15 @@ func (a *Agent) livez(w http.ResponseWriter, _ *http.Request) {
 func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
 	a.mu.Lock()
 	err, version := a.lastErr, a.version
+	attached, missing := len(a.attach), slices.Sorted(maps.Keys(a.missing))
 	a.mu.Unlock()
-	if len(a.attach) == 0 {
+	if attached == 0 && len(missing) == 0 {
 		http.Error(w, "no program attached", http.StatusServiceUnavailable)
+		return
+	}
+	if len(missing) > 0 {
+		http.Error(w, "configured interface gone, its program attaches again when it returns: "+strings.Join(missing, ", "),
+			http.StatusServiceUnavailable)
 		return
 	}
 	if err != nil {
@@ -576,10 +605,12 @@ func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
 // keeps forwarding until the next agent takes over (or `detach`).
 func (a *Agent) Close() error {
 	var errs []error
+	a.mu.Lock()
 	for _, at := range a.attach {
 		errs = append(errs, at.Close())
 	}
 	a.attach = nil
+	a.mu.Unlock()
 	if a.repl != nil {
 		errs = append(errs, a.repl.Close())
 		a.repl = nil
