@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -47,6 +48,11 @@ type Agent struct {
 	// interface changes): each reads a.cfg and writes it back, and one
 	// that read it before another's write would undo that write.
 	applyMu sync.Mutex
+	// keepRouting: under a controller, until the first version (cached
+	// or streamed) is applied, the routing state in the maps is the
+	// previous agent's, kept: the file's state is empty there, and
+	// applying it would withdraw every VIP while no controller answers.
+	keepRouting atomic.Bool
 
 	mu       sync.Mutex
 	cfg      *Config
@@ -58,11 +64,11 @@ type Agent struct {
 	lastErr  error
 	observed *Observed // what the router maps hold after the last reconcile; nil: read them
 
-	router  *pmaps.Router
-	decap   *pmaps.Decap
-	cp      *controlPlane
-	repl    *replicator.Node
-	attach  []*Attachment // guarded by mu once Run runs (refreshInterfaces)
+	router *pmaps.Router
+	decap  *pmaps.Decap
+	cp     *controlPlane
+	repl   *replicator.Node
+	attach []*Attachment // guarded by mu once Run runs (refreshInterfaces)
 	// missing names the configured interfaces ("<iface>_<program>") that
 	// are gone: nothing steers their traffic until they return (healthz).
 	missing map[string]bool
@@ -133,6 +139,10 @@ func (a *Agent) Start() error {
 		a.decap = d
 	}
 	// State first, then attach: a fresh attach never runs on empty maps.
+	// Under a controller the routing state is the controller's: the maps
+	// keep the previous agent's until a version (the cache's, below)
+	// replaces it; only the node's own settings are applied now.
+	a.keepRouting.Store(cfg.Controller != nil)
 	if err := a.apply(cfg); err != nil {
 		a.Close()
 		return err
@@ -211,13 +221,16 @@ func (a *Agent) attachRole(prog *ebpf.Program, slot chainSlot, name string, ifac
 	return nil
 }
 
-// apply compiles cfg and reconciles the maps with it.
+// apply compiles cfg and reconciles the maps with it; while keepRouting,
+// only the node's settings (outer sources, next-hop TTL, decap endpoints
+// missing from the map) are written.
 func (a *Agent) apply(cfg *Config) error {
 	start := time.Now()
 	compiled, err := cfg.State.Compile(cfg.MapsConfig())
 	if err != nil {
 		return err
 	}
+	keep := a.keepRouting.Load()
 	var total Changes
 	if a.router != nil {
 		st, err := a.settings(cfg, compiled)
@@ -227,25 +240,32 @@ func (a *Agent) apply(cfg *Config) error {
 		if err := a.router.SetNextHopTTL(cfg.NextHopTTL()); err != nil {
 			return err
 		}
-		a.mu.Lock()
-		have := a.observed
-		a.mu.Unlock()
-		ch, obs, err := Reconcile(a.router, compiled, st, have)
-		a.mu.Lock()
-		a.observed = obs // nil after a failure: the next reconcile reads the maps
-		a.mu.Unlock()
-		if err != nil {
-			a.metrics.reconcile(false, time.Since(start))
-			return fmt.Errorf("reconcile router maps: %w", err)
-		}
-		total.Written += ch.Written
-		total.Deleted += ch.Deleted
-		if cfg.Controller == nil {
-			// Nobody reports the access counts: the counters of what
-			// left the state go now (under a controller, after their last
-			// report: controlPlane.accessCounts).
-			if cs, err := a.router.Counters(); err == nil {
-				a.pruneCounters(cs, compiled)
+		if keep {
+			if err := a.applySettingsOnly(st, &total); err != nil {
+				a.metrics.reconcile(false, time.Since(start))
+				return err
+			}
+		} else {
+			a.mu.Lock()
+			have := a.observed
+			a.mu.Unlock()
+			ch, obs, err := Reconcile(a.router, compiled, st, have)
+			a.mu.Lock()
+			a.observed = obs // nil after a failure: the next reconcile reads the maps
+			a.mu.Unlock()
+			if err != nil {
+				a.metrics.reconcile(false, time.Since(start))
+				return fmt.Errorf("reconcile router maps: %w", err)
+			}
+			total.Written += ch.Written
+			total.Deleted += ch.Deleted
+			if cfg.Controller == nil {
+				// Nobody reports the access counts: the counters of what
+				// left the state go now (under a controller, after their last
+				// report: controlPlane.accessCounts).
+				if cs, err := a.router.Counters(); err == nil {
+					a.pruneCounters(cs, compiled)
+				}
 			}
 		}
 	}
@@ -264,14 +284,18 @@ func (a *Agent) apply(cfg *Config) error {
 		}
 		var ports map[netip.Addr]uint16
 		ports, hosted = planDecap(addrs, uint16(cfg.DecapGUEPort), probePort, compiled, cfg.Node, a.log)
-		if err := a.applyDecap(cfg, ports, probePort, &total); err != nil {
+		if err := a.applyDecap(cfg, ports, probePort, keep, &total); err != nil {
 			a.metrics.reconcile(false, time.Since(start))
 			return err
 		}
 	}
 	a.metrics.reconcile(true, time.Since(start))
+	version := stateVersion(cfg)
+	if keep {
+		version = keptVersion
+	}
 	a.mu.Lock()
-	a.cfg, a.compiled, a.version = cfg, compiled, stateVersion(cfg)
+	a.cfg, a.compiled, a.version = cfg, compiled, version
 	prev := a.hosted
 	a.hosted = hosted
 	a.mu.Unlock()
@@ -284,11 +308,48 @@ func (a *Agent) apply(cfg *Config) error {
 	return nil
 }
 
+// keptVersion is the version (healthz, edge_desired_state_info) while the
+// maps hold the previous agent's routing state (keepRouting).
+const keptVersion = "kept"
+
+// applySettingsOnly writes the router's node settings and nothing of the
+// routing state (keepRouting).
+func (a *Agent) applySettingsOnly(st pmaps.Settings, total *Changes) error {
+	have, err := a.router.Settings()
+	if err != nil {
+		return fmt.Errorf("read router settings: %w", err)
+	}
+	a.mu.Lock()
+	a.observed = nil // the first version reads what the maps hold
+	a.mu.Unlock()
+	if have == st {
+		return nil
+	}
+	if err := a.router.SetSettings(st); err != nil {
+		return fmt.Errorf("router settings: %w", err)
+	}
+	total.Written++
+	return nil
+}
+
 // applyDecap programs the decap endpoints and the probe echo (no-op
-// without a decap program).
-func (a *Agent) applyDecap(cfg *Config, ports map[netip.Addr]uint16, probePort uint16, total *Changes) error {
+// without a decap program); keep adds missing endpoints only.
+func (a *Agent) applyDecap(cfg *Config, ports map[netip.Addr]uint16, probePort uint16, keep bool, total *Changes) error {
 	if a.decap == nil {
 		return nil
+	}
+	if keep {
+		// The GUE ports of the endpoints come from the controller's
+		// mirrors: keep every endpoint as the map holds it, add the
+		// missing ones.
+		have, err := a.decap.Endpoints()
+		if err != nil {
+			return fmt.Errorf("reconcile decap maps: %w", err)
+		}
+		ports = maps.Clone(ports)
+		for _, e := range have {
+			ports[e.Addr] = e.GUEPort
+		}
 	}
 	ch, err := ReconcileDecap(a.decap, ports)
 	if err != nil {

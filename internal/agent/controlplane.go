@@ -299,7 +299,13 @@ func (cp *controlPlane) apply(version uint64, st *pb.DesiredState) error {
 	if next.State.DefaultRegion == "" {
 		next.State.DefaultRegion = next.Controller.Site
 	}
+	// A version owns the routing state: the maps stop keeping the
+	// previous agent's (a failed apply keeps them).
+	kept := a.keepRouting.Swap(false)
 	err = a.apply(&next)
+	if err != nil && kept {
+		a.keepRouting.Store(true)
+	}
 	a.applyMu.Unlock()
 	if err != nil {
 		return err
@@ -543,7 +549,8 @@ func (cp *controlPlane) accessCounts() []*pb.AccessCount {
 	defer cp.mu.Unlock()
 	out := counterGrowth(cp.prev, cs)
 	cp.prev = cs
-	if c != nil {
+	// No version yet (keepRouting): every counter would look stale.
+	if c != nil && !cp.a.keepRouting.Load() {
 		cp.a.pruneCounters(cs, c)
 	}
 	return out

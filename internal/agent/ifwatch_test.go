@@ -12,7 +12,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/expfmt"
 	"github.com/vishvananda/netlink"
-
 )
 
 // TestInterfaceChangesUnderRunningAgent changes the world under a running
