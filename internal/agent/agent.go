@@ -593,6 +593,11 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.log.Error("interface change not applied", "err", err)
 			}
 		case <-tick.C:
+			if a.missingAny() {
+				if err := a.refreshInterfaces(); err != nil {
+					a.log.Debug("interface still missing", "err", err)
+				}
+			}
 			if s := fileStamp(a.path); s != last {
 				last = s
 				a.reload("file changed")

@@ -18,8 +18,8 @@ import (
 const ifaceDebounce = 200 * time.Millisecond
 
 // watchInterfaces signals on changed (debounced) whenever a configured
-// interface appears, disappears or is renamed, or an address is added or
-// removed in the agent's namespace, until ctx ends. A lost subscription
+// interface appears, disappears or is renamed, or an address of an
+// attached interface is added or removed, until ctx ends. A lost subscription
 // signals too (events may have been missed) and resubscribes.
 func (a *Agent) watchInterfaces(ctx context.Context, changed chan<- struct{}) {
 	names := append(a.cfg.RouterInterfaceNames(), a.cfg.DecapInterfaceNames()...)
@@ -84,6 +84,7 @@ func (a *Agent) watchInterfacesOnce(ctx context.Context, names []string, signal 
 		for range addrs {
 		}
 	})
+	root := a.cfg.XDPRoot != nil
 	// Whatever changed before the subscriptions existed is looked at now.
 	signal()
 	var fire <-chan time.Time
@@ -106,16 +107,30 @@ func (a *Agent) watchInterfacesOnce(ctx context.Context, names []string, signal 
 			if slices.Contains(names, u.Attrs().Name) || a.attachedAt(u.Attrs().Index) {
 				arm()
 			}
-		case _, ok := <-addrs:
+		case u, ok := <-addrs:
 			if !ok {
 				return fmt.Errorf("%w (addresses)", errSubscriptionLost)
 			}
-			arm()
+			// Only the attached interfaces' addresses are read (a node
+			// adding link-local addresses to every new pod veth costs
+			// nothing); behind xdp_root no attachment names a device.
+			if root || a.attachedAt(u.LinkIndex) {
+				arm()
+			}
 		case <-fire:
 			fire = nil
 			signal()
 		}
 	}
+}
+
+// missingAny reports whether a configured interface is gone (or failed to
+// attach again): Run then looks every few seconds besides the events, so
+// a missed event or a failed attach does not leave it unattached.
+func (a *Agent) missingAny() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.missing) > 0
 }
 
 func (a *Agent) attachedAt(ifindex int) bool {
