@@ -50,7 +50,6 @@ func TestResponderRepliesFromProbedAddress(t *testing.T) {
 	}
 }
 
-
 // TestResponderRepliesFromProbedAddressIPv6: the same over IPv6, in a
 // namespace the test makes with two addresses on lo (the agent's
 // dual-stack socket).
