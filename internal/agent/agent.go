@@ -96,6 +96,13 @@ func New(cfg *Config, path string, log *slog.Logger) *Agent {
 	return a
 }
 
+// config is the running configuration (apply replaces it).
+func (a *Agent) config() *Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
+}
+
 // Registry is the agent's Prometheus registry (the replicator and probes
 // register their collectors here too).
 func (a *Agent) Registry() *prometheus.Registry { return a.reg }
@@ -552,7 +559,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.log.Error("replicator stopped", "err", err)
 			}
 		}()
-		r := a.cfg.Replication
+		r := a.config().Replication
 		if _, err := serveVolumeAPI(runCtx, a.repl, r.WriteSocket, r.WriteUIDs, a.log); err != nil {
 			return err
 		}

@@ -22,7 +22,11 @@ const ifaceDebounce = 200 * time.Millisecond
 // attached interface is added or removed, until ctx ends. A lost subscription
 // signals too (events may have been missed) and resubscribes.
 func (a *Agent) watchInterfaces(ctx context.Context, changed chan<- struct{}) {
-	names := append(a.cfg.RouterInterfaceNames(), a.cfg.DecapInterfaceNames()...)
+	a.mu.Lock()
+	cfg := a.cfg // what it names changes only with a restart
+	a.mu.Unlock()
+	names := append(cfg.RouterInterfaceNames(), cfg.DecapInterfaceNames()...)
+	root := cfg.XDPRoot != nil
 	signal := func() {
 		select {
 		case changed <- struct{}{}:
@@ -31,7 +35,7 @@ func (a *Agent) watchInterfaces(ctx context.Context, changed chan<- struct{}) {
 	}
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		err := a.watchInterfacesOnce(ctx, names, signal)
+		err := a.watchInterfacesOnce(ctx, names, root, signal)
 		if ctx.Err() != nil {
 			return
 		}
@@ -47,7 +51,7 @@ func (a *Agent) watchInterfaces(ctx context.Context, changed chan<- struct{}) {
 	}
 }
 
-func (a *Agent) watchInterfacesOnce(ctx context.Context, names []string, signal func()) error {
+func (a *Agent) watchInterfacesOnce(ctx context.Context, names []string, root bool, signal func()) error {
 	done := make(chan struct{})
 	links := make(chan netlink.LinkUpdate, 64)
 	addrs := make(chan netlink.AddrUpdate, 64)
@@ -84,7 +88,6 @@ func (a *Agent) watchInterfacesOnce(ctx context.Context, names []string, signal 
 		for range addrs {
 		}
 	})
-	root := a.cfg.XDPRoot != nil
 	// Whatever changed before the subscriptions existed is looked at now.
 	signal()
 	var fire <-chan time.Time
