@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -32,17 +31,8 @@ func TestInterfaceChangesUnderRunningAgent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-		a.Close()
-		Detach(cfg.PinDir, true)
-	})
+	t.Cleanup(func() { Detach(cfg.PinDir, true) }) // after runAgent's
+	runAgent(t, a)
 
 	health := func(h http.HandlerFunc) (int, string) {
 		rec := httptest.NewRecorder()

@@ -30,15 +30,7 @@ func TestResponderRepliesFromProbedAddress(t *testing.T) {
 			if err != nil {
 				t.Skipf("listen %s: %v", tc.listen, err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- (&Responder{}).Serve(ctx, pc) }()
-			defer func() {
-				cancel()
-				if err := <-done; err != nil {
-					t.Errorf("responder: %v", err)
-				}
-			}()
+			serve(t, pc)
 			port := pc.LocalAddr().(*net.UDPAddr).Port
 			d := &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP("127.0.0.1")}}
 			p := &UDPProber{Dial: d.DialContext, Timeout: 500 * time.Millisecond}
@@ -79,15 +71,7 @@ func TestResponderRepliesFromProbedAddressIPv6(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- (&Responder{}).Serve(ctx, pc) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("responder: %v", err)
-		}
-	}()
+	serve(t, pc)
 	target := net.JoinHostPort("fd00:77::2", strconv.Itoa(pc.LocalAddr().(*net.UDPAddr).Port))
 	d := &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP("fd00:77::1")}}
 	p := &UDPProber{Timeout: 500 * time.Millisecond, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
@@ -102,4 +86,17 @@ func TestResponderRepliesFromProbedAddressIPv6(t *testing.T) {
 	if _, err := p.Probe(context.Background(), target); err != nil {
 		t.Fatalf("probe of %s from fd00:77::1: %v", target, err)
 	}
+}
+
+// serve runs a Responder on pc until the test ends.
+func serve(t *testing.T, pc net.PacketConn) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- (&Responder{}).Serve(ctx, pc) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("responder: %v", err)
+		}
+	})
 }
