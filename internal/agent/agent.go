@@ -3,15 +3,20 @@ package agent
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/signal"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -38,6 +43,17 @@ type Agent struct {
 	log  *slog.Logger
 	path string // config file, for reloads ("" when given in memory)
 
+	// applyMu serializes the applies that start from the running
+	// configuration (reloads, controller versions, the periodic resync,
+	// interface changes): each reads a.cfg and writes it back, and one
+	// that read it before another's write would undo that write.
+	applyMu sync.Mutex
+	// keepRouting: under a controller, until the first version (cached
+	// or streamed) is applied, the routing state in the maps is the
+	// previous agent's, kept: the file's state is empty there, and
+	// applying it would withdraw every VIP while no controller answers.
+	keepRouting atomic.Bool
+
 	mu       sync.Mutex
 	cfg      *Config
 	compiled *Compiled
@@ -48,12 +64,15 @@ type Agent struct {
 	lastErr  error
 	observed *Observed // what the router maps hold after the last reconcile; nil: read them
 
-	router  *pmaps.Router
-	decap   *pmaps.Decap
-	cp      *controlPlane
-	repl    *replicator.Node
-	attach  []*Attachment
-	netns   *netns.NsHandle // where Start ran: the router's interfaces and routes (nil: no router)
+	router *pmaps.Router
+	decap  *pmaps.Decap
+	cp     *controlPlane
+	repl   *replicator.Node
+	attach []*Attachment // guarded by mu once Run runs (refreshInterfaces)
+	// missing names the configured interfaces ("<iface>_<program>") that
+	// are gone: nothing steers their traffic until they return (healthz).
+	missing map[string]bool
+	netns   *netns.NsHandle // where Start ran: the interfaces, addresses and routes the agent manages
 	reg     *prometheus.Registry
 	metrics *metrics
 	// svc checks the services of the resources this host's mirrors hold
@@ -66,7 +85,7 @@ func New(cfg *Config, path string, log *slog.Logger) *Agent {
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &Agent{cfg: cfg, path: path, log: log.With("node", cfg.Node)}
+	a := &Agent{cfg: cfg, path: path, log: log.With("node", cfg.Node), missing: map[string]bool{}}
 	a.reg = prometheus.NewRegistry()
 	a.metrics = newMetrics(a)
 	a.reg.MustRegister(a.metrics)
@@ -75,6 +94,13 @@ func New(cfg *Config, path string, log *slog.Logger) *Agent {
 		a.svc = newServiceChecker(cfg.ServiceCheck, func(r string) { a.metrics.serviceChecks.WithLabelValues(r).Inc() })
 	}
 	return a
+}
+
+// config is the running configuration (apply replaces it).
+func (a *Agent) config() *Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
 }
 
 // Registry is the agent's Prometheus registry (the replicator and probes
@@ -94,20 +120,19 @@ func (a *Agent) Start() error {
 	if err := ensureBPFFS(cfg.PinDir); err != nil {
 		return err
 	}
+	// The watchers subscribe to this namespace's links, addresses, routes
+	// and neighbours, whichever thread Run is called on.
+	h, err := netns.Get()
+	if err != nil {
+		return fmt.Errorf("open network namespace: %w", err)
+	}
+	a.netns = &h
 	if names := cfg.RouterInterfaceNames(); len(names) > 0 {
 		r, err := pmaps.LoadRouter(cfg.MapsConfig(), pmaps.Options{PinDir: cfg.PinDir})
 		if err != nil {
 			return err
 		}
 		a.router = r
-		// The next-hop watcher subscribes to this namespace's routes and
-		// neighbours, whichever thread Run is called on.
-		h, err := netns.Get()
-		if err != nil {
-			a.Close()
-			return fmt.Errorf("open network namespace: %w", err)
-		}
-		a.netns = &h
 		if err := enableForwarding(); err != nil {
 			a.log.Warn("ip forwarding not enabled: packets whose next hop is unresolved will be dropped by the stack", "err", err)
 		}
@@ -121,6 +146,10 @@ func (a *Agent) Start() error {
 		a.decap = d
 	}
 	// State first, then attach: a fresh attach never runs on empty maps.
+	// Under a controller the routing state is the controller's: the maps
+	// keep the previous agent's until a version (the cache's, below)
+	// replaces it; only the node's own settings are applied now.
+	a.keepRouting.Store(cfg.Controller != nil)
 	if err := a.apply(cfg); err != nil {
 		a.Close()
 		return err
@@ -199,13 +228,16 @@ func (a *Agent) attachRole(prog *ebpf.Program, slot chainSlot, name string, ifac
 	return nil
 }
 
-// apply compiles cfg and reconciles the maps with it.
+// apply compiles cfg and reconciles the maps with it; while keepRouting,
+// only the node's settings (outer sources, next-hop TTL, decap endpoints
+// missing from the map) are written.
 func (a *Agent) apply(cfg *Config) error {
 	start := time.Now()
 	compiled, err := cfg.State.Compile(cfg.MapsConfig())
 	if err != nil {
 		return err
 	}
+	keep := a.keepRouting.Load()
 	var total Changes
 	if a.router != nil {
 		st, err := a.settings(cfg, compiled)
@@ -215,25 +247,32 @@ func (a *Agent) apply(cfg *Config) error {
 		if err := a.router.SetNextHopTTL(cfg.NextHopTTL()); err != nil {
 			return err
 		}
-		a.mu.Lock()
-		have := a.observed
-		a.mu.Unlock()
-		ch, obs, err := Reconcile(a.router, compiled, st, have)
-		a.mu.Lock()
-		a.observed = obs // nil after a failure: the next reconcile reads the maps
-		a.mu.Unlock()
-		if err != nil {
-			a.metrics.reconcile(false, time.Since(start))
-			return fmt.Errorf("reconcile router maps: %w", err)
-		}
-		total.Written += ch.Written
-		total.Deleted += ch.Deleted
-		if cfg.Controller == nil {
-			// Nobody reports the access counts: the counters of what
-			// left the state go now (under a controller, after their last
-			// report: controlPlane.accessCounts).
-			if cs, err := a.router.Counters(); err == nil {
-				a.pruneCounters(cs, compiled)
+		if keep {
+			if err := a.applySettingsOnly(st, &total); err != nil {
+				a.metrics.reconcile(false, time.Since(start))
+				return err
+			}
+		} else {
+			a.mu.Lock()
+			have := a.observed
+			a.mu.Unlock()
+			ch, obs, err := Reconcile(a.router, compiled, st, have)
+			a.mu.Lock()
+			a.observed = obs // nil after a failure: the next reconcile reads the maps
+			a.mu.Unlock()
+			if err != nil {
+				a.metrics.reconcile(false, time.Since(start))
+				return fmt.Errorf("reconcile router maps: %w", err)
+			}
+			total.Written += ch.Written
+			total.Deleted += ch.Deleted
+			if cfg.Controller == nil {
+				// Nobody reports the access counts: the counters of what
+				// left the state go now (under a controller, after their last
+				// report: controlPlane.accessCounts).
+				if cs, err := a.router.Counters(); err == nil {
+					a.pruneCounters(cs, compiled)
+				}
 			}
 		}
 	}
@@ -252,14 +291,18 @@ func (a *Agent) apply(cfg *Config) error {
 		}
 		var ports map[netip.Addr]uint16
 		ports, hosted = planDecap(addrs, uint16(cfg.DecapGUEPort), probePort, compiled, cfg.Node, a.log)
-		if err := a.applyDecap(cfg, ports, probePort, &total); err != nil {
+		if err := a.applyDecap(cfg, ports, probePort, keep, &total); err != nil {
 			a.metrics.reconcile(false, time.Since(start))
 			return err
 		}
 	}
 	a.metrics.reconcile(true, time.Since(start))
+	version := stateVersion(cfg)
+	if keep {
+		version = keptVersion
+	}
 	a.mu.Lock()
-	a.cfg, a.compiled, a.version = cfg, compiled, stateVersion(cfg)
+	a.cfg, a.compiled, a.version = cfg, compiled, version
 	prev := a.hosted
 	a.hosted = hosted
 	a.mu.Unlock()
@@ -272,11 +315,48 @@ func (a *Agent) apply(cfg *Config) error {
 	return nil
 }
 
+// keptVersion is the version (healthz, edge_desired_state_info) while the
+// maps hold the previous agent's routing state (keepRouting).
+const keptVersion = "kept"
+
+// applySettingsOnly writes the router's node settings and nothing of the
+// routing state (keepRouting).
+func (a *Agent) applySettingsOnly(st pmaps.Settings, total *Changes) error {
+	have, err := a.router.Settings()
+	if err != nil {
+		return fmt.Errorf("read router settings: %w", err)
+	}
+	a.mu.Lock()
+	a.observed = nil // the first version reads what the maps hold
+	a.mu.Unlock()
+	if have == st {
+		return nil
+	}
+	if err := a.router.SetSettings(st); err != nil {
+		return fmt.Errorf("router settings: %w", err)
+	}
+	total.Written++
+	return nil
+}
+
 // applyDecap programs the decap endpoints and the probe echo (no-op
-// without a decap program).
-func (a *Agent) applyDecap(cfg *Config, ports map[netip.Addr]uint16, probePort uint16, total *Changes) error {
+// without a decap program); keep adds missing endpoints only.
+func (a *Agent) applyDecap(cfg *Config, ports map[netip.Addr]uint16, probePort uint16, keep bool, total *Changes) error {
 	if a.decap == nil {
 		return nil
+	}
+	if keep {
+		// The GUE ports of the endpoints come from the controller's
+		// mirrors: keep every endpoint as the map holds it, add the
+		// missing ones.
+		have, err := a.decap.Endpoints()
+		if err != nil {
+			return fmt.Errorf("reconcile decap maps: %w", err)
+		}
+		ports = maps.Clone(ports)
+		for _, e := range have {
+			ports[e.Addr] = e.GUEPort
+		}
 	}
 	ch, err := ReconcileDecap(a.decap, ports)
 	if err != nil {
@@ -298,8 +378,12 @@ func (a *Agent) applyDecap(cfg *Config, ports map[netip.Addr]uint16, probePort u
 	return nil
 }
 
+// stateVersion hashes the desired state's content (JSON follows pointers
+// and sorts map keys; %+v would print a pointer's address), so equal
+// states get equal versions on every node and across reloads.
 func stateVersion(cfg *Config) string {
-	h := sha256.Sum256([]byte(fmt.Sprintf("%+v", cfg.State)))
+	b, _ := json.Marshal(cfg.State) // strings, numbers, slices, maps: never fails
+	h := sha256.Sum256(b)
 	return fmt.Sprintf("%x", h[:6])
 }
 
@@ -388,6 +472,8 @@ func (a *Agent) Reload() error {
 	if a.path == "" {
 		return nil
 	}
+	a.applyMu.Lock()
+	defer a.applyMu.Unlock()
 	cfg, err := LoadConfig(a.path)
 	if err == nil && a.Overrides != nil {
 		a.Overrides(cfg)
@@ -449,6 +535,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cp != nil {
 		a.cp.run(runCtx, &wg)
 	}
+	ifaces := make(chan struct{}, 1)
+	if a.router != nil || a.decap != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			a.watchInterfaces(runCtx, ifaces)
+		}()
+	}
 	if a.router != nil {
 		w := newNexthopWatcher(a.router, a.netns, a.log.With("component", "nexthop"), a.metrics.nhBumps)
 		wg.Add(1)
@@ -465,7 +559,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.log.Error("replicator stopped", "err", err)
 			}
 		}()
-		r := a.cfg.Replication
+		r := a.config().Replication
 		if _, err := serveVolumeAPI(runCtx, a.repl, r.WriteSocket, r.WriteUIDs, a.log); err != nil {
 			return err
 		}
@@ -492,6 +586,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.reload("sighup")
 			last = fileStamp(a.path)
 		case <-resync.C:
+			a.applyMu.Lock()
 			a.mu.Lock()
 			a.observed = nil
 			cfg := a.cfg
@@ -499,7 +594,17 @@ func (a *Agent) Run(ctx context.Context) error {
 			if err := a.apply(cfg); err != nil {
 				a.log.Error("periodic resync failed", "err", err)
 			}
+			a.applyMu.Unlock()
+		case <-ifaces:
+			if err := a.refreshInterfaces(); err != nil {
+				a.log.Error("interface change not applied", "err", err)
+			}
 		case <-tick.C:
+			if a.missingAny() {
+				if err := a.refreshInterfaces(); err != nil {
+					a.log.Debug("interface still missing", "err", err)
+				}
+			}
 			if s := fileStamp(a.path); s != last {
 				last = s
 				a.reload("file changed")
@@ -531,8 +636,14 @@ func fileStamp(path string) string {
 // (its forwarding goes on meanwhile, but the kubelet's restarts would
 // become a crash loop). That is what /healthz reports, for readiness and
 // alerts.
+//
+// An interface that went away counts as attached here: the agent attaches
+// again when it returns, and a new agent would fail to start without it.
 func (a *Agent) livez(w http.ResponseWriter, _ *http.Request) {
-	if len(a.attach) == 0 {
+	a.mu.Lock()
+	n := len(a.attach) + len(a.missing)
+	a.mu.Unlock()
+	if n == 0 {
 		http.Error(w, "no program attached", http.StatusServiceUnavailable)
 		return
 	}
@@ -545,9 +656,15 @@ func (a *Agent) livez(w http.ResponseWriter, _ *http.Request) {
 func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
 	a.mu.Lock()
 	err, version := a.lastErr, a.version
+	attached, missing := len(a.attach), slices.Sorted(maps.Keys(a.missing))
 	a.mu.Unlock()
-	if len(a.attach) == 0 {
+	if attached == 0 && len(missing) == 0 {
 		http.Error(w, "no program attached", http.StatusServiceUnavailable)
+		return
+	}
+	if len(missing) > 0 {
+		http.Error(w, "configured interface gone, its program attaches again when it returns: "+strings.Join(missing, ", "),
+			http.StatusServiceUnavailable)
 		return
 	}
 	if err != nil {
@@ -561,10 +678,12 @@ func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
 // keeps forwarding until the next agent takes over (or `detach`).
 func (a *Agent) Close() error {
 	var errs []error
+	a.mu.Lock()
 	for _, at := range a.attach {
 		errs = append(errs, at.Close())
 	}
 	a.attach = nil
+	a.mu.Unlock()
 	if a.repl != nil {
 		errs = append(errs, a.repl.Close())
 		a.repl = nil

@@ -148,7 +148,7 @@ func (c *ControllerCfg) validate() error {
 }
 
 func (cp *controlPlane) utilization() float64 {
-	if cp.a.cfg.Controller != nil && cp.a.cfg.Controller.Utilization == "none" {
+	if c := cp.a.config().Controller; c != nil && c.Utilization == "none" {
 		return 0
 	}
 	return cp.cpu.utilization()
@@ -291,14 +291,23 @@ func (cp *controlPlane) apply(version uint64, st *pb.DesiredState) error {
 		return err
 	}
 	a := cp.a
+	a.applyMu.Lock()
 	a.mu.Lock()
 	next := *a.cfg
 	a.mu.Unlock()
 	next.State = ds
 	if next.State.DefaultRegion == "" {
-		next.State.DefaultRegion = a.cfg.Controller.Site
+		next.State.DefaultRegion = next.Controller.Site
 	}
-	if err := a.apply(&next); err != nil {
+	// A version owns the routing state: the maps stop keeping the
+	// previous agent's (a failed apply keeps them).
+	kept := a.keepRouting.Swap(false)
+	err = a.apply(&next)
+	if err != nil && kept {
+		a.keepRouting.Store(true)
+	}
+	a.applyMu.Unlock()
+	if err != nil {
 		return err
 	}
 	// After the routing state, and never a NACK: a task this node cannot
@@ -325,7 +334,7 @@ func (cp *controlPlane) updateTargets() {
 	var ts []probe.Target
 	for id, m := range c.Mirrors {
 		ts = append(ts, probe.Target{Mirror: uint32(id), Kind: probe.KindUDP,
-			Addr: netip.AddrPortFrom(m.Addr, a.cfg.Probe.port()).String()})
+			Addr: netip.AddrPortFrom(m.Addr, a.config().Probe.port()).String()})
 	}
 	active := activeTargets(c, ts)
 	cp.mu.Lock()
@@ -348,7 +357,7 @@ func (cp *controlPlane) updateShortlist() {
 	cp.mu.Lock()
 	ts, active := cp.targets, cp.active
 	cp.mu.Unlock()
-	survey := surveyTargets(ts, active, cp.probes, cp.a.cfg.Probe.shortlist())
+	survey := surveyTargets(ts, active, cp.probes, cp.a.config().Probe.shortlist())
 	cp.sched.SetSurvey(survey)
 	m := cp.a.metrics
 	m.probeTargets.WithLabelValues("active").Set(float64(len(active)))
@@ -540,7 +549,8 @@ func (cp *controlPlane) accessCounts() []*pb.AccessCount {
 	defer cp.mu.Unlock()
 	out := counterGrowth(cp.prev, cs)
 	cp.prev = cs
-	if c != nil {
+	// No version yet (keepRouting): every counter would look stale.
+	if c != nil && !cp.a.keepRouting.Load() {
 		cp.a.pruneCounters(cs, c)
 	}
 	return out
@@ -649,12 +659,13 @@ func (cp *controlPlane) run(ctx context.Context, wg *sync.WaitGroup) {
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = cp.sched.Run(ctx) }()
 	}
-	if cp.a.decap != nil && !cp.a.cfg.Probe.Disabled {
-		r := &probe.Responder{Rate: float64(cp.a.cfg.Probe.echoRate()), Logger: cp.a.log, Metrics: cp.pmet}
+	pcfg := cp.a.config().Probe // restart-only fields
+	if cp.a.decap != nil && !pcfg.Disabled {
+		r := &probe.Responder{Rate: float64(pcfg.echoRate()), Logger: cp.a.log, Metrics: cp.pmet}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			addr := net.JoinHostPort("::", strconv.Itoa(int(cp.a.cfg.Probe.port())))
+			addr := net.JoinHostPort("::", strconv.Itoa(int(pcfg.port())))
 			if err := r.ListenAndServe(ctx, nil, "udp", addr); err != nil && ctx.Err() == nil {
 				cp.a.log.Error("probe responder stopped", "err", err)
 			}
@@ -672,7 +683,7 @@ func (cp *controlPlane) run(ctx context.Context, wg *sync.WaitGroup) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			t := time.NewTicker(cp.a.cfg.Probe.interval())
+			t := time.NewTicker(pcfg.interval())
 			defer t.Stop()
 			for {
 				select {

@@ -168,6 +168,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	a := m.a
 	a.mu.Lock()
 	c, version, hosted := a.compiled, a.version, a.hosted
+	attach := slices.Clone(a.attach)
 	a.mu.Unlock()
 	regionNames, mirrorNames := map[uint32]string{}, map[uint32]string{}
 	if c != nil {
@@ -260,7 +261,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	for _, at := range a.attach {
+	for _, at := range attach {
 		ch <- prometheus.MustNewConstMetric(m.attached, prometheus.GaugeValue, 1, at.Iface, at.Program, at.Mode)
 	}
 	for _, s := range []struct {
@@ -273,7 +274,7 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		// Slot 0 and the attached interfaces' slots: bounded labels, and
 		// no walk over the 65536 slots at every scrape.
 		names := map[int]string{pmaps.AllInterfaces: "*"}
-		for _, at := range a.attach {
+		for _, at := range attach {
 			if at.Program == s.name {
 				names[at.Ifindex] = at.Iface
 			}

@@ -25,18 +25,7 @@ func TestNexthopWatcherBumps(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ignore := goleak.IgnoreCurrent()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("run: %v", err)
-		}
-		goleak.VerifyNone(t, ignore)
-		a.Close()
-	})
+	runAgent(t, a)
 	if ttl := mustCache(t, a).TTL; ttl != cfg.NextHopTTL() {
 		t.Fatalf("cache TTL %v, want the configured %v", ttl, cfg.NextHopTTL())
 	}
@@ -115,6 +104,24 @@ func TestNexthopWatcherBumps(t *testing.T) {
 	if problems, err := testutil.CollectAndLint(a.metrics); err != nil || len(problems) > 0 {
 		t.Fatalf("metric lint: %v %v", problems, err)
 	}
+}
+
+// runAgent runs a until the test ends; then Run must return nil, leave
+// no goroutine behind, and a is closed.
+func runAgent(t *testing.T, a *Agent) {
+	t.Helper()
+	ignore := goleak.IgnoreCurrent()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("run: %v", err)
+		}
+		goleak.VerifyNone(t, ignore)
+		a.Close()
+	})
 }
 
 func mustCache(t *testing.T, a *Agent) maps.NextHopCache {

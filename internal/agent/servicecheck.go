@@ -204,7 +204,8 @@ type serviceChecker struct {
 	// dial checks one VIP (tests replace it); nil: checkService, by the
 	// configuration.
 	dial func(ctx context.Context, v pmaps.VIP) error
-	// localAddrs lists this namespace's addresses, once per round.
+	// localAddrs lists this namespace's addresses, once per round (nil:
+	// unknown).
 	localAddrs func() map[netip.Addr]bool
 	count      func(result string)
 	changed    chan struct{} // a new configuration (run resets its ticker)
@@ -291,11 +292,11 @@ func dialTCP(ctx context.Context, addr netip.AddrPort) error {
 // cannot see (a pod's namespace behind a route, another box): checking it
 // from here would measure the route, so it is not checked.
 func interfaceAddrs() map[netip.Addr]bool {
-	out := map[netip.Addr]bool{}
 	addrs, err := net.InterfaceAddrs()
 	if err != nil {
-		return out
+		return nil // unknown: the round is skipped
 	}
+	out := map[netip.Addr]bool{}
 	for _, ad := range addrs {
 		if p, err := netip.ParsePrefix(ad.String()); err == nil {
 			out[p.Addr().Unmap()] = true
@@ -346,6 +347,9 @@ func (s *serviceChecker) checkOnce(ctx context.Context) {
 	}
 	var jobs []job
 	addrs := s.localAddrs()
+	if addrs == nil {
+		return // the addresses could not be read: the verdicts stand
+	}
 	for _, r := range slices.Sorted(maps.Keys(targets)) {
 		var local []pmaps.VIP
 		for _, v := range targets[r] {
@@ -383,6 +387,14 @@ func (s *serviceChecker) checkOnce(ctx context.Context) {
 	defer s.mu.Unlock()
 	if s.cfg.Disabled {
 		return // disabled while the round ran
+	}
+	// A resource with no VIP checked here any more (its addresses left
+	// the host) forgets its verdict, as when checks are disabled: none
+	// stays unserved on the word of checks that no longer run.
+	for r := range s.state {
+		if !slices.ContainsFunc(jobs, func(j job) bool { return j.r == r }) {
+			delete(s.state, r)
+		}
 	}
 	for i, j := range jobs {
 		if _, still := s.targets[j.r]; !still {

@@ -561,3 +561,36 @@ func protoVIPs(p maps.Proto, aps []netip.AddrPort) []maps.VIP {
 	}
 	return out
 }
+
+// TestServiceCheckForgetsVIPTakenOff: a resource whose VIPs are no
+// longer addresses of this host is no longer checked, and its verdict is
+// forgotten as when service_check is disabled: it kept the verdict of its
+// last checks, so one that had fallen stayed unserved — routed away from
+// this copy — until the agent restarted (a restarted agent starts it
+// served), and an address put back started from that stale verdict.
+func TestServiceCheckForgetsVIPTakenOff(t *testing.T) {
+	vip := netip.MustParseAddrPort("192.0.2.1:443")
+	local := true
+	s := newServiceChecker(ServiceCheckCfg{}, nil)
+	s.localAddrs = func() map[netip.Addr]bool { return map[netip.Addr]bool{vip.Addr(): local} }
+	s.dial = func(context.Context, maps.VIP) error { return syscall.ECONNREFUSED }
+	s.setTargets(map[maps.ResourceID][]maps.VIP{7: tcpVIPs(vip)})
+	for range 3 {
+		s.checkOnce(context.Background())
+	}
+	if !slices.Contains(s.unserved(), 7) {
+		t.Fatal("not unserved after three refusals")
+	}
+	local = false // the operator takes the VIP off this host
+	s.checkOnce(context.Background())
+	if got := s.unserved(); len(got) != 0 {
+		t.Fatalf("unserved %v after its VIP left the host: the verdict of checks that no longer run", got)
+	}
+	local = true // back, still refused: it falls again after three rounds
+	for i := range 3 {
+		s.checkOnce(context.Background())
+		if got := slices.Contains(s.unserved(), 7); got != (i == 2) {
+			t.Fatalf("round %d after the VIP returned: unserved %v", i, got)
+		}
+	}
+}

@@ -416,6 +416,13 @@ func FuzzLoadCache(f *testing.F) {
 	f.Add(b)
 	f.Add([]byte{0x08})
 	dir := f.TempDir()
+	framed := filepath.Join(dir, "framed.pb")
+	if err := writeCache(framed, &pb.DesiredState{Version: 3, DefaultRegion: "eu"}); err != nil {
+		f.Fatal(err)
+	}
+	if fb, err := os.ReadFile(framed); err == nil {
+		f.Add(fb)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		p := filepath.Join(dir, "state.pb")
 		if err := os.WriteFile(p, b, 0o600); err != nil {
