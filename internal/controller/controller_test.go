@@ -38,26 +38,34 @@ func sessionErr(t *testing.T, addr string, tc *credentials.TransportCredentials,
 // session's first error (nil: registered).
 func sessionErrAt(t *testing.T, addr string, tc *credentials.TransportCredentials, node, site string) error {
 	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := openSession(ctx, t, addr, tc, node, site)
+	return err
+}
+
+// openSession opens a session with tc and registers node as an edge of
+// site; the stream lives as long as ctx (and the test).
+func openSession(ctx context.Context, t *testing.T, addr string, tc *credentials.TransportCredentials, node, site string) (grpc.BidiStreamingClient[pb.AgentMessage, pb.ControllerMessage], error) {
+	t.Helper()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(*tc))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
+	t.Cleanup(func() { conn.Close() })
 	s, err := pb.NewAgentSessionClient(conn).Session(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := s.Send(&pb.AgentMessage{Msg: &pb.AgentMessage_Register{Register: &pb.Register{Node: node, Site: site, Role: pb.NodeRole_NODE_ROLE_EDGE}}}); err != nil {
 		_, err = s.Recv()
-		return err
+		return nil, err
 	}
 	m, err := s.Recv()
 	if err == nil && m.GetRegistered() == nil {
 		t.Fatalf("first message %v", m)
 	}
-	return err
+	return s, err
 }
 
 func TestMutualTLSRefusesUnknownClients(t *testing.T) {

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
@@ -18,22 +17,11 @@ import (
 func TestSessionMessagesThrottled(t *testing.T) {
 	r := startReplica(t, "r1", testPrefix(t), nil) // report interval 100ms: 100 messages/s
 	tc := credentials.NewTLS(clientTLS(t, issueFiles(t, shared.ca, t.TempDir(), "edge-1", nil)))
-	conn, err := grpc.NewClient(r.addr, grpc.WithTransportCredentials(tc))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	s, err := pb.NewAgentSessionClient(conn).Session(ctx)
+	s, err := openSession(ctx, t, r.addr, &tc, "edge-1", "eu")
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := s.Send(&pb.AgentMessage{Msg: &pb.AgentMessage_Register{Register: &pb.Register{Node: "edge-1", Site: "eu", Role: pb.NodeRole_NODE_ROLE_EDGE}}}); err != nil {
-		t.Fatal(err)
-	}
-	if m, err := s.Recv(); err != nil || m.GetRegistered() == nil {
-		t.Fatalf("register: %v %v", m, err)
+		t.Fatalf("register: %v", err)
 	}
 	before := testutil.ToFloat64(r.c.m.reports)
 	start := time.Now()
