@@ -25,6 +25,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	pmaps "github.com/premirror/premirror/internal/maps"
 	"github.com/premirror/premirror/internal/replicator"
@@ -456,13 +457,25 @@ func ifaceAddrs(iface string) ([]netip.Addr, error) {
 	if err != nil {
 		return nil, fmt.Errorf("addresses of %s: %w", iface, err)
 	}
+	return usableAddrs(as), nil
+}
+
+// usableAddrs are the addresses of an interface a packet can use: one
+// whose duplicate address detection failed is never assigned by the
+// kernel, so it can be neither an outer source nor a decap endpoint. A
+// tentative one (DAD still running) is kept: it becomes usable within
+// seconds, and the address watcher applies the change.
+func usableAddrs(as []netlink.Addr) []netip.Addr {
 	var out []netip.Addr
 	for _, ad := range as {
+		if ad.Flags&unix.IFA_F_DADFAILED != 0 {
+			continue
+		}
 		if a, ok := netip.AddrFromSlice(ad.IP); ok {
 			out = append(out, a.Unmap())
 		}
 	}
-	return out, nil
+	return out
 }
 
 // Reload re-reads the config file and applies it. A config that does not

@@ -3,16 +3,20 @@ package agent
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/premirror/premirror/internal/maps"
 	"github.com/premirror/premirror/internal/testbed"
@@ -250,5 +254,25 @@ func TestForcedGenericMode(t *testing.T) {
 	defer func() { a.Close(); Detach(pin, true) }()
 	if got := a.attach[0].Mode; got != "generic" {
 		t.Fatalf("attached in %s mode, want generic", got)
+	}
+}
+
+// TestUsableAddrs: an address whose duplicate address detection failed is
+// never assigned and must not become an outer source or decap endpoint; a
+// tentative one is kept (usable within seconds), IPv4-mapped ones unmapped.
+func TestUsableAddrs(t *testing.T) {
+	addr := func(s string, flags int) netlink.Addr {
+		return netlink.Addr{IPNet: &net.IPNet{IP: net.ParseIP(s), Mask: net.CIDRMask(64, 128)}, Flags: flags}
+	}
+	got := usableAddrs([]netlink.Addr{
+		addr("2001:db8::1", unix.IFA_F_DADFAILED|unix.IFA_F_TENTATIVE),
+		addr("2001:db8::2", unix.IFA_F_TENTATIVE),
+		addr("2001:db8::3", 0),
+		addr("192.0.2.1", 0),
+		addr("2001:db8::4", unix.IFA_F_DADFAILED),
+	})
+	want := []netip.Addr{netip.MustParseAddr("2001:db8::2"), netip.MustParseAddr("2001:db8::3"), netip.MustParseAddr("192.0.2.1")}
+	if !slices.Equal(got, want) {
+		t.Fatalf("usable addresses %v, want %v", got, want)
 	}
 }
