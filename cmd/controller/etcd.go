@@ -33,10 +33,14 @@ func ctlEtcd(ctx context.Context, args []string) error {
 	if err := files.Validate(); err != nil {
 		return fmt.Errorf("%w: %v", cli.ErrUsage, err)
 	}
+	clients, err := etcdClientNames(*etcdClients)
+	if err != nil {
+		return fmt.Errorf("%w: %v", cli.ErrUsage, err)
+	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, nil))
 	var quiet atomic.Bool
 	e, ep, err := controller.StartEtcd(controller.EmbeddedEtcd{Dir: *dataDir, ClientAddr: *listen, PeerAddr: *peer,
-		TLS: files, ClientNames: splitList(*etcdClients), Logger: controller.EtcdLogger(log, &quiet)})
+		TLS: files, ClientNames: clients, Logger: controller.EtcdLogger(log, &quiet)})
 	if err != nil {
 		return err
 	}

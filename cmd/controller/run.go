@@ -154,7 +154,7 @@ func (f *runFlags) config() (controller.Config, error) {
 			return controller.Config{}, err
 		}
 	}
-	if _, err := f.etcdClientNames(); err != nil {
+	if _, err := etcdClientNames(*f.etcdClients); err != nil {
 		return controller.Config{}, err
 	}
 	// Listen addresses are bound after etcd starts: check them first.
@@ -186,13 +186,14 @@ func (f *runFlags) config() (controller.Config, error) {
 	return cfg, nil
 }
 
-// etcdClientNames are the certificate names the embedded etcd accepts
-// (none: its own certificate's).
-func (f *runFlags) etcdClientNames() ([]string, error) {
-	if *f.etcdClients == "" {
+// etcdClientNames parses --etcd-client-names (run and etcd): the
+// certificate names the embedded etcd accepts; none: its own
+// certificate's.
+func etcdClientNames(list string) ([]string, error) {
+	if list == "" {
 		return nil, nil
 	}
-	return names("etcd-client-names", *f.etcdClients, false)
+	return names("etcd-client-names", list, false)
 }
 
 // checkRunFlags validates what the flags make before anything starts
@@ -262,7 +263,7 @@ func ctlRun(ctx context.Context, args []string) error {
 	var eps []string
 	var etcdTLS *pki.Files
 	if *f.endpoints == "" {
-		etcdClients, _ := f.etcdClientNames() // checked
+		etcdClients, _ := etcdClientNames(*f.etcdClients) // checked
 		var quiet atomic.Bool
 		e, ep, err := controller.StartEtcd(controller.EmbeddedEtcd{Dir: *f.dataDir, ClientAddr: *f.etcdListen, PeerAddr: *f.etcdPeer,
 			TLS: files, ClientNames: etcdClients, Logger: controller.EtcdLogger(log, &quiet)})

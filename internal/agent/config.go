@@ -2,8 +2,6 @@ package agent
 
 import (
 	"bytes"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -298,7 +296,7 @@ func (c *Config) checkTLS(now time.Time) error {
 		}
 		// The controller registers an agent only under its certificate's
 		// name: any other node name is refused at every attempt.
-		cn, err := commonName(c.Controller.TLS.Cert)
+		cn, err := pki.CommonName(c.Controller.TLS.Cert)
 		if err != nil {
 			return fmt.Errorf("controller.tls.cert: %w", err)
 		}
@@ -313,24 +311,6 @@ func (c *Config) checkTLS(now time.Time) error {
 		}
 	}
 	return nil
-}
-
-// commonName is the subject common name of the first certificate in a
-// PEM file.
-func commonName(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return "", errors.New("no PEM block")
-	}
-	cert, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		return "", err
-	}
-	return cert.Subject.CommonName, nil
 }
 
 // MapsConfig is the data-plane sizing of c.

@@ -2,8 +2,6 @@ package controller
 
 import (
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/pem"
 	"fmt"
 	"net"
 	"net/url"
@@ -89,7 +87,10 @@ func StartEtcd(c EmbeddedEtcd) (*embed.Etcd, string, error) {
 	cfg.InitialCluster = cfg.Name + "=" + pu.String()
 	names := c.ClientNames
 	if len(names) == 0 {
-		own, err := certName(c.TLS.Cert)
+		own, err := pki.CommonName(c.TLS.Cert)
+		if err == nil && own == "" {
+			err = fmt.Errorf("certificate %s: no common name", c.TLS.Cert)
+		}
 		if err != nil {
 			return nil, "", fmt.Errorf("embedded etcd: %w", err)
 		}
@@ -124,26 +125,6 @@ func StartEtcd(c EmbeddedEtcd) (*embed.Etcd, string, error) {
 		return nil, "", fmt.Errorf("embedded etcd: %w", err)
 	}
 	return e, cu.String(), nil
-}
-
-// certName is the common name of the first certificate in a PEM file.
-func certName(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("read certificate: %w", err)
-	}
-	blk, _ := pem.Decode(b)
-	if blk == nil {
-		return "", fmt.Errorf("certificate %s: no PEM block", path)
-	}
-	cert, err := x509.ParseCertificate(blk.Bytes)
-	if err != nil {
-		return "", fmt.Errorf("certificate %s: %w", path, err)
-	}
-	if cert.Subject.CommonName == "" {
-		return "", fmt.Errorf("certificate %s: no common name", path)
-	}
-	return cert.Subject.CommonName, nil
 }
 
 func freeLoopbackAddr() (string, error) {

@@ -157,6 +157,24 @@ func (f Files) Check(now time.Time) error {
 	return nil
 }
 
+// CommonName is the subject common name of the first certificate in the
+// PEM file at path.
+func CommonName(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	blk, _ := pem.Decode(b)
+	if blk == nil {
+		return "", fmt.Errorf("certificate %s: no PEM block", path)
+	}
+	cert, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return "", fmt.Errorf("certificate %s: %w", path, err)
+	}
+	return cert.Subject.CommonName, nil
+}
+
 // WriteLeaf writes ca.pem, <name>.pem and <name>-key.pem into dir (keys 0600)
 // and returns their paths.
 func WriteLeaf(dir, name string, ca *CA, leaf *Leaf) (Files, error) {

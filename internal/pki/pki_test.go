@@ -154,3 +154,34 @@ func TestFilesCheck(t *testing.T) {
 		})
 	}
 }
+
+// TestCommonName reads the name of an issued certificate and refuses a
+// file that holds none.
+func TestCommonName(t *testing.T) {
+	ca, err := NewCA("test", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := ca.Issue("edge-1", nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	f, err := WriteLeaf(dir, "edge-1", ca, leaf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cn, err := CommonName(f.Cert); err != nil || cn != "edge-1" {
+		t.Fatalf("CommonName = %q, %v; want edge-1", cn, err)
+	}
+	if _, err := CommonName(f.Key + ".missing"); err == nil {
+		t.Fatal("a missing file has a name")
+	}
+	junk := filepath.Join(dir, "junk.pem")
+	if err := os.WriteFile(junk, []byte("not a certificate"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := CommonName(junk); err == nil || !strings.Contains(err.Error(), "no PEM block") {
+		t.Fatalf("junk: %v, want no PEM block", err)
+	}
+}

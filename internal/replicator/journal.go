@@ -42,6 +42,12 @@ const (
 	recData     = 3 // block u64, version, sum u64, data (empty: zeros)
 	recCommit   = 4 // cycle u64, entries u64, digest u64
 	recHeader   = 12
+
+	// Payload lengths, for replay and for validRecordAfter.
+	recBeginLen    = 41
+	recManifestEnt = 35 // a manifest is 4 + recManifestEnt·count
+	recDataHdr     = 32 // then the block's data (none for zeros)
+	recCommitLen   = 24
 )
 
 // Where a cycle entry's data comes from at apply time.
@@ -172,19 +178,19 @@ func (j *journal) validRecordAfter(off int64) (int64, bool, error) {
 			}
 			switch kind {
 			case recBegin:
-				if l != 41 {
+				if l != recBeginLen {
 					continue
 				}
 			case recCommit:
-				if l != 24 {
+				if l != recCommitLen {
 					continue
 				}
 			case recData:
-				if l < 32 || l > 32+wire.MaxBlockSize {
+				if l < recDataHdr || l > recDataHdr+wire.MaxBlockSize {
 					continue
 				}
 			case recManifest:
-				if i+recHeader+4 > n || l != 4+35*int64(binary.LittleEndian.Uint32(h[recHeader:])) || l > 64<<20 {
+				if i+recHeader+4 > n || l != 4+recManifestEnt*int64(binary.LittleEndian.Uint32(h[recHeader:])) || l > 64<<20 {
 					continue
 				}
 			}
@@ -203,7 +209,7 @@ func (j *journal) validRecordAfter(off int64) (int64, bool, error) {
 func (j *journal) replayRecord(kind byte, p []byte, dataOff int64) error {
 	switch kind {
 	case recBegin:
-		if len(p) != 41 {
+		if len(p) != recBeginLen {
 			return errors.New("bad begin")
 		}
 		c := &jcycle{cycle: binary.LittleEndian.Uint64(p), epoch: binary.LittleEndian.Uint64(p[8:]),
@@ -215,21 +221,21 @@ func (j *journal) replayRecord(kind byte, p []byte, dataOff int64) error {
 			return errors.New("manifest without begin")
 		}
 		n := int(binary.LittleEndian.Uint32(p))
-		if len(p) != 4+35*n {
+		if len(p) != 4+recManifestEnt*n {
 			return errors.New("bad manifest")
 		}
 		for i := 0; i < n; i++ {
-			q := p[4+35*i:]
+			q := p[4+recManifestEnt*i:]
 			e := jentry{ManifestEntry: wire.ManifestEntry{Block: binary.LittleEndian.Uint64(q), Version: getVer(q[8:]),
 				Flags: q[24], Hash: binary.LittleEndian.Uint64(q[25:])}, src: q[33]}
 			j.cur.add(e)
 		}
 	case recData:
-		if len(p) < 32 {
+		if len(p) < recDataHdr {
 			return errors.New("bad data")
 		}
 		b := binary.LittleEndian.Uint64(p)
-		sb := stagedBlock{ver: getVer(p[8:]), sum: binary.LittleEndian.Uint64(p[24:]), off: dataOff + 32, n: len(p) - 32}
+		sb := stagedBlock{ver: getVer(p[8:]), sum: binary.LittleEndian.Uint64(p[24:]), off: dataOff + recDataHdr, n: len(p) - recDataHdr}
 		sb.zero = sb.n == 0
 		if old, ok := j.staged[b]; !ok || !sb.ver.Less(old.ver) {
 			j.staged[b] = sb
@@ -238,7 +244,7 @@ func (j *journal) replayRecord(kind byte, p []byte, dataOff int64) error {
 			j.cur.received(b, sb.ver)
 		}
 	case recCommit:
-		if j.cur == nil || len(p) != 24 {
+		if j.cur == nil || len(p) != recCommitLen {
 			return errors.New("commit without begin")
 		}
 		if binary.LittleEndian.Uint64(p) == j.cur.cycle && j.cur.missing == 0 {
@@ -312,7 +318,7 @@ func (j *journal) sync() error {
 }
 
 func (j *journal) begin(c *jcycle) error {
-	p := make([]byte, 0, 41)
+	p := make([]byte, 0, recBeginLen)
 	p = binary.LittleEndian.AppendUint64(p, c.cycle)
 	p = binary.LittleEndian.AppendUint64(p, c.epoch)
 	p = append(p, c.lineage[:]...)
@@ -326,7 +332,7 @@ func (j *journal) begin(c *jcycle) error {
 }
 
 func (j *journal) manifest(es []jentry) error {
-	p := make([]byte, 0, 4+35*len(es))
+	p := make([]byte, 0, 4+recManifestEnt*len(es))
 	p = binary.LittleEndian.AppendUint32(p, uint32(len(es)))
 	for _, e := range es {
 		p = binary.LittleEndian.AppendUint64(p, e.Block)
@@ -350,17 +356,17 @@ func (j *journal) stage(blocks []recvItem, sums []uint64) error {
 	batch := j.buf[:0]
 	offs := make([]int64, len(blocks))
 	for i, it := range blocks {
-		p := make([]byte, 0, 32)
+		p := make([]byte, 0, recDataHdr)
 		p = binary.LittleEndian.AppendUint64(p, it.block)
 		p = putVer(p, it.ver)
 		p = binary.LittleEndian.AppendUint64(p, sums[i])
 		recStart := len(batch)
 		batch = append(batch, 0, 0, 0, 0, recData, 0, 0, 0)
-		batch = binary.LittleEndian.AppendUint32(batch, uint32(32+len(it.data)))
+		batch = binary.LittleEndian.AppendUint32(batch, uint32(recDataHdr+len(it.data)))
 		batch = append(batch, p...)
 		batch = append(batch, it.data...)
 		binary.LittleEndian.PutUint32(batch[recStart:], crc32.Checksum(batch[recStart+4:], castagnoli))
-		offs[i] = start + int64(recStart) + recHeader + 32
+		offs[i] = start + int64(recStart) + recHeader + recDataHdr
 	}
 	j.buf = batch
 	if _, err := j.f.WriteAt(batch, start); err != nil {
