@@ -3,6 +3,7 @@ package probe
 import (
 	"context"
 	"net"
+	"net/netip"
 	"strconv"
 	"testing"
 	"time"
@@ -52,20 +53,18 @@ func TestResponderRepliesFromProbedAddressIPv6(t *testing.T) {
 		if err != nil {
 			return err
 		}
-		if err := netlink.LinkSetUp(lo); err != nil {
-			return err
-		}
-		for _, s := range []string{"fd00:77::1/128", "fd00:77::2/128"} {
-			a, _ := netlink.ParseAddr(s)
-			a.Flags = 0x02 // nodad
-			if err := netlink.AddrAdd(lo, a); err != nil {
-				return err
-			}
-		}
-		return nil
+		return netlink.LinkSetUp(lo)
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	// AddAddr returns once each address's local route is in: the kernel
+	// installs it from a work item after the netlink call, and a probe
+	// sent before then is not delivered (seen on a loaded CI machine).
+	for _, s := range []string{"fd00:77::1/128", "fd00:77::2/128"} {
+		if err := ns.AddAddr("lo", netip.MustParsePrefix(s)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	pc, err := ns.ListenPacket("udp", "[::]:0")
 	if err != nil {
