@@ -34,7 +34,7 @@ func TestResponderRepliesFromProbedAddress(t *testing.T) {
 			serve(t, pc)
 			port := pc.LocalAddr().(*net.UDPAddr).Port
 			d := &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP("127.0.0.1")}}
-			p := &UDPProber{Dial: d.DialContext, Timeout: 500 * time.Millisecond}
+			p := &UDPProber{Dial: d.DialContext, Timeout: 5 * time.Second}
 			target := net.JoinHostPort("127.0.0.2", strconv.Itoa(port))
 			if _, err := p.Probe(context.Background(), target); err != nil {
 				t.Fatalf("probe of %s from 127.0.0.1: %v", target, err)
@@ -73,7 +73,7 @@ func TestResponderRepliesFromProbedAddressIPv6(t *testing.T) {
 	serve(t, pc)
 	target := net.JoinHostPort("fd00:77::2", strconv.Itoa(pc.LocalAddr().(*net.UDPAddr).Port))
 	d := &net.Dialer{LocalAddr: &net.UDPAddr{IP: net.ParseIP("fd00:77::1")}}
-	p := &UDPProber{Timeout: 500 * time.Millisecond, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
+	p := &UDPProber{Timeout: 5 * time.Second, Dial: func(ctx context.Context, network, addr string) (net.Conn, error) {
 		var c net.Conn
 		err := ns.Do(func() error {
 			var err error

@@ -111,7 +111,7 @@ func TestMirrorServiceLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ec.Close()
-	sctx, scancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	sctx, scancel := context.WithTimeout(ctx, time.Second)
 	defer scancel()
 	res, err := Echo(sctx, ec.(*net.TCPConn), 4096, time.Millisecond, nil)
 	if err != nil || res.Mirror != "m9" || res.Received == 0 {
