@@ -2,7 +2,6 @@ package agent
 
 import (
 	"maps"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -11,7 +10,11 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/premirror/premirror/internal/control"
 	pmaps "github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/probe"
+	"github.com/premirror/premirror/internal/promdesc"
+	"github.com/premirror/premirror/internal/replicator"
 )
 
 // metrics reads the data-plane maps at scrape time (like tubular's
@@ -318,22 +321,29 @@ func (m *metrics) sessionsCached(r *pmaps.Router) (int, error) {
 	return n, nil
 }
 
-// MetricNames lists the fully qualified names of every metric the agent
-// exports; the Grafana dashboard test keeps its queries in sync with them.
+// Metrics lists every metric an edge-agent process exports, with its
+// labels: the agent's own (edge_*), the prober's and the controller
+// session's (premirror_probe_*, premirror_control_*) and the replicator's
+// (replicator_*). The deploy tests keep the dashboards' queries and the
+// alert rules in sync with it.
+func Metrics() []promdesc.Metric {
+	ms, err := promdesc.Describe(newMetrics(&Agent{}), probe.NewMetrics(), &control.Client{})
+	if err != nil {
+		panic(err) // a Desc that does not print as client_golang prints it
+	}
+	return append(ms, replicator.MetricDescs()...)
+}
+
+// MetricNames lists the names of the agent's own metrics (edge_*).
 func MetricNames() []string {
-	m := newMetrics(&Agent{})
-	ch := make(chan *prometheus.Desc, 64)
-	go func() { m.Describe(ch); close(ch) }()
 	var out []string
-	for d := range ch {
-		if sub := fqNameRE.FindStringSubmatch(d.String()); sub != nil {
-			out = append(out, sub[1])
+	for _, n := range promdesc.Names(Metrics()) {
+		if strings.HasPrefix(n, ns+"_") {
+			out = append(out, n)
 		}
 	}
 	return out
 }
-
-var fqNameRE = regexp.MustCompile(`fqName: "([^"]+)"`)
 
 // routerSlot and decapSlot avoid a non-nil interface holding a nil pointer.
 func routerSlot(r *pmaps.Router) chainSlot {

@@ -1,11 +1,10 @@
 package controller
 
 import (
-	"regexp"
-
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/premirror/premirror/internal/forecast"
+	"github.com/premirror/premirror/internal/promdesc"
 	"github.com/premirror/premirror/internal/route"
 )
 
@@ -101,40 +100,18 @@ func (m *metrics) collectors() []prometheus.Collector {
 		m.placementEvals, m.placementDecisions, m.placedCopies}
 }
 
-// MetricNames lists the fully qualified names of every metric a controller
-// exports (its own, the routing policy's and the prediction engine's); the
-// Grafana dashboard test keeps its queries in sync with them.
-func MetricNames() []string {
-	var rec describer
-	for _, c := range newMetrics(&Controller{}).collectors() {
-		_ = rec.Register(c)
+// Metrics lists every metric a controller exports (its own, the routing
+// policy's and the prediction engine's) with its labels; the deploy tests
+// keep the dashboards' queries and the alert rules in sync with it.
+func Metrics() []promdesc.Metric {
+	var rec promdesc.Recorder
+	rec.MustRegister(newMetrics(&Controller{}).collectors()...)
+	rec.MustRegister(route.NewMetrics())
+	if _, err := forecast.NewEngine(forecast.EngineConfig{Registerer: &rec}); err != nil {
+		panic(err)
 	}
-	_ = rec.Register(route.NewMetrics())
-	_, _ = forecast.NewEngine(forecast.EngineConfig{Registerer: &rec})
-	return rec.names
+	return rec.Metrics()
 }
 
-// describer is a Registerer that only records the names of what it is
-// given.
-type describer struct{ names []string }
-
-func (d *describer) Register(c prometheus.Collector) error {
-	ch := make(chan *prometheus.Desc, 64)
-	go func() { c.Describe(ch); close(ch) }()
-	for desc := range ch {
-		if sub := fqNameRE.FindStringSubmatch(desc.String()); sub != nil {
-			d.names = append(d.names, sub[1])
-		}
-	}
-	return nil
-}
-
-func (d *describer) MustRegister(cs ...prometheus.Collector) {
-	for _, c := range cs {
-		_ = d.Register(c)
-	}
-}
-
-func (d *describer) Unregister(prometheus.Collector) bool { return false }
-
-var fqNameRE = regexp.MustCompile(`fqName: "([^"]+)"`)
+// MetricNames lists the names of Metrics.
+func MetricNames() []string { return promdesc.Names(Metrics()) }

@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/premirror/premirror/internal/promdesc"
 	"github.com/premirror/premirror/internal/replicator/throttle"
 )
 
@@ -91,6 +92,16 @@ func newMetrics(n *Node) *Metrics {
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.sentBytes, m.recvBytes, m.blocksSent, m.blocksSkipped, m.blocksRecv, m.cycles,
 		m.cycleSeconds, m.rejected, m.refusedConns, m.fenced, m.verifyDiff, m.readRepairs, m.progDone, m.progTotal, m.progRate, m.progETA, m.state}
+}
+
+// MetricDescs lists the replicator_* metrics a Node registers, with their
+// labels (for the deploy tests' dashboard and alert-rule checks).
+func MetricDescs() []promdesc.Metric {
+	ms, err := promdesc.Describe(newMetrics(&Node{}).collectors()...)
+	if err != nil {
+		panic(err)
+	}
+	return ms
 }
 
 func (m *Metrics) register(r prometheus.Registerer) error {
