@@ -210,8 +210,6 @@ func TestManifestsSchema(t *testing.T) {
 	}
 }
 
-// TestDashboardQueries: every metric the Grafana dashboard queries is one
-// the agent exports.
 // TestDashboardQueries: every metric the dashboards query is one the agent
 // (edge dashboard) or the controller (controller dashboard) exports.
 func TestDashboardQueries(t *testing.T) {

@@ -67,3 +67,23 @@ fi
 if ! "$gobin/staticcheck" -version 2>/dev/null | grep -q '(0.8.2)'; then
   GOFLAGS= go install honnef.co/go/tools/cmd/staticcheck@v0.8.2
 fi
+
+# promtool checks the Prometheus alert rules and runs their unit tests
+# (deploy/prometheus, TestAlertRules). Debian ships it only inside the
+# prometheus server package: its binary alone is taken from the package,
+# so no server is installed, started or left listening.
+if ! have promtool; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "install-deps: missing promtool; run as root (sudo make ...)" >&2
+    exit 1
+  fi
+  tmp=$(mktemp -d)
+  chmod 755 "$tmp" # apt-get download writes as the _apt user
+  if ! (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1); then
+    apt-get update -qq
+    (cd "$tmp" && apt-get download -qq prometheus >/dev/null)
+  fi
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root"
+  install -m 0755 "$tmp/root/usr/bin/promtool" /usr/local/bin/promtool
+  rm -rf "$tmp"
+fi
