@@ -224,6 +224,7 @@ func newControlPlane(a *Agent) (*controlPlane, error) {
 		if err != nil {
 			return nil, err
 		}
+		a.reg.MustRegister(newPathMetrics(cp))
 	}
 	c := a.cfg.Controller
 	if c == nil {

@@ -322,12 +322,13 @@ func (m *metrics) sessionsCached(r *pmaps.Router) (int, error) {
 }
 
 // Metrics lists every metric an edge-agent process exports, with its
-// labels: the agent's own (edge_*), the prober's and the controller
+// labels: the agent's own (edge_*, the per-mirror path estimates among
+// them), the prober's and the controller
 // session's (premirror_probe_*, premirror_control_*) and the replicator's
 // (replicator_*). The deploy tests keep the dashboards' queries and the
 // alert rules in sync with it.
 func Metrics() []promdesc.Metric {
-	ms, err := promdesc.Describe(newMetrics(&Agent{}), probe.NewMetrics(), &control.Client{})
+	ms, err := promdesc.Describe(newMetrics(&Agent{}), newPathMetrics(nil), probe.NewMetrics(), &control.Client{})
 	if err != nil {
 		panic(err) // a Desc that does not print as client_golang prints it
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -240,6 +241,11 @@ func TestControllerRouting(t *testing.T) {
 		}
 		took := e.waitServed("eu-2", "tcp", "m-core", 30*time.Second)
 		t.Logf("new flows moved from m-eu (now 80 ms RTT) to m-core (20 ms) %v after the link slowed", took.Round(time.Millisecond))
+		// The edge's latency metrics say why: m-eu's smoothed RTT is the
+		// new 80 ms, m-core's floor the 20 ms of its path.
+		rtt := e.waitMirrorMetric("edge-eu", "edge_mirror_rtt_seconds", "m-eu", func(v float64) bool { return v >= 0.075 && v < 0.2 })
+		floor := e.waitMirrorMetric("edge-eu", "edge_mirror_rtt_min_seconds", "m-core", func(v float64) bool { return v >= 0.018 && v < 0.06 })
+		t.Logf("edge-eu's metrics: m-eu RTT %.1f ms, m-core floor %.1f ms", rtt*1000, floor*1000)
 		time.Sleep(300 * time.Millisecond)
 		cancel()
 		finish(t, streams)
@@ -304,6 +310,32 @@ func TestControllerRouting(t *testing.T) {
 			time.Sleep(200 * time.Millisecond)
 		}
 	})
+}
+
+// waitMirrorMetric polls host's agent until its per-mirror gauge name for
+// mirror satisfies ok, and returns the value.
+func (e *env) waitMirrorMetric(host, name, mirror string, ok func(float64) bool) float64 {
+	e.t.Helper()
+	var last string
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		m, err := e.lab.Metrics(host)
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		for _, l := range strings.Split(m, "\n") {
+			if !strings.HasPrefix(l, name+"{") || !strings.Contains(l, `mirror="`+mirror+`"`) {
+				continue
+			}
+			last = l
+			f := strings.Fields(l)
+			if v, err := strconv.ParseFloat(f[len(f)-1], 64); err == nil && ok(v) {
+				return v
+			}
+		}
+	}
+	e.t.Fatalf("%s: %s for %s never as expected; last: %s", host, name, mirror, last)
+	return 0
 }
 
 // allAcked reports whether `controller status` shows n connected agents
