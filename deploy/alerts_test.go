@@ -12,6 +12,7 @@ import (
 
 	"github.com/premirror/premirror/internal/agent"
 	"github.com/premirror/premirror/internal/controller"
+	"github.com/premirror/premirror/internal/promdesc"
 )
 
 const (
@@ -65,11 +66,11 @@ func readYAML(t *testing.T, path string, v any, strict bool) {
 	}
 }
 
-// exported maps every metric the agent and the controller export to its
-// labels; job and instance are Prometheus's, on every series.
-func exported() map[string][]string {
+// exported maps every metric of ms to its labels; job and instance are
+// Prometheus's, on every series.
+func exported(ms ...promdesc.Metric) map[string][]string {
 	m := map[string][]string{}
-	for _, d := range append(agent.Metrics(), controller.Metrics()...) {
+	for _, d := range ms {
 		m[d.Name] = append(slices.Clone(d.Labels), "job", "instance")
 	}
 	return m
@@ -110,11 +111,15 @@ func checkSelectors(t errorer, where, expr string, have map[string][]string) {
 	t.Helper()
 	var all []string
 	for _, loc := range metricRE.FindAllStringIndex(expr, -1) {
-		name := baseName(expr[loc[0]:loc[1]], have)
+		full := expr[loc[0]:loc[1]]
+		name := baseName(full, have)
 		labels, ok := have[name]
 		if !ok {
-			t.Errorf("%s: %s is not exported by the agent or the controller", where, name)
+			t.Errorf("%s: %s is not exported", where, name)
 			continue
+		}
+		if name != full && strings.HasSuffix(full, "_bucket") {
+			labels = append(slices.Clone(labels), "le")
 		}
 		all = append(all, labels...)
 		rest := expr[loc[1]:]
@@ -147,7 +152,7 @@ func TestAlertRules(t *testing.T) {
 	readYAML(t, rulesFile, &rf, true)
 	var rt ruleTests
 	readYAML(t, rulesTestFile, &rt, false)
-	have := exported()
+	have := exported(append(agent.Metrics(), controller.Metrics()...)...)
 
 	fires, quiet := map[string]bool{}, map[string]bool{}
 	for _, tc := range rt.Tests {
@@ -235,7 +240,8 @@ func TestCheckSelectors(t *testing.T) {
 	}{
 		{`rate(edge_x_total{reason="a"}[5m])`, false},
 		{`sum by (reason) (rate(edge_x_total[5m]))`, false},
-		{`histogram_quantile(0.99, rate(edge_h_seconds_bucket[5m]))`, false},
+		{`histogram_quantile(0.99, sum by (le) (rate(edge_h_seconds_bucket[5m])))`, false},
+		{`sum by (le) (edge_x_total)`, true},               // le only on a histogram's buckets
 		{`rate(edge_y_total[5m])`, true},                   // not exported
 		{`rate(edge_x_total{verdict="drop"}[5m])`, true},   // no such label
 		{`sum by (mirror) (rate(edge_x_total[5m]))`, true}, // nor to group by
