@@ -145,8 +145,10 @@ type Controller struct {
 	engine *route.Engine
 	m      *metrics
 	routeM *route.Metrics
-	reg    *prometheus.Registry
-	codec  codec
+	// latRegions are the regions with latency series (leader goroutine).
+	latRegions map[string]bool
+	reg        *prometheus.Registry
+	codec      codec
 
 	sessMu   sync.Mutex
 	sessions map[string]*agentConn

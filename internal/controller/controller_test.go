@@ -170,6 +170,15 @@ func TestAgentSessionDeliversVersionsAndRecordsAcks(t *testing.T) {
 	if w := routeOf(us.current(), "disk", "us"); w["paris"] != 0 {
 		t.Fatalf("us route %v should be nyc only", w)
 	}
+	// The latency each region's routes give it, and the best they could.
+	regionRTT := func(region string) (routed, best float64) {
+		return testutil.ToFloat64(r.c.m.regionRTT.WithLabelValues(region)), testutil.ToFloat64(r.c.m.regionBestRTT.WithLabelValues(region))
+	}
+	waitFor(t, "region latency metrics", 10*time.Second, func() bool {
+		eur, eub := regionRTT("eu")
+		usr, usb := regionRTT("us")
+		return eur == 0.005 && eub == 0.005 && usr == 0.005 && usb == 0.005
+	})
 
 	// A failure bypasses damping: nyc down for us leaves its table at once.
 	before := us.client.Version()
@@ -177,6 +186,11 @@ func TestAgentSessionDeliversVersionsAndRecordsAcks(t *testing.T) {
 	waitFor(t, "failover off nyc", 15*time.Second, func() bool {
 		w := routeOf(us.current(), "disk", "us")
 		return us.client.Version() > before && w["nyc"] == 0 && w["paris"] > 0
+	})
+	// us now goes 80 ms to paris, and nothing nearer is routable.
+	waitFor(t, "us latency after the failover", 10*time.Second, func() bool {
+		routed, best := regionRTT("us")
+		return routed == 0.080 && best == 0.080
 	})
 
 	// Status: both agents connected and on the current version.

@@ -51,6 +51,10 @@ func (c *Controller) leaderLoop(ctx context.Context) {
 			c.log.Info("leading: computing routes", "tick", c.cfg.TickInterval)
 			err = c.lead(ctx, sess, el)
 			c.m.leader.Set(0)
+			// Only the leader's view of the routes is current.
+			c.m.regionRTT.Reset()
+			c.m.regionBestRTT.Reset()
+			c.latRegions = nil
 		}
 		if c.crash.Load() {
 			sess.Orphan() // as if killed: the lease runs out on its own
@@ -206,10 +210,40 @@ func (c *Controller) compute(ls *leaderState, now time.Time) (*pb.DesiredState, 
 		return nil, nil, nil, err
 	}
 	c.routeM.Observe(res, time.Since(start))
+	c.observeLatency(w, in, res)
 	ls.lastNow = now
 	ds, sum := buildDesired(w, res, c.engine.Config().Slots, now)
 	c.logDown(ls, w)
 	return ds, sum, next, nil
+}
+
+// observeLatency exports, per client region, the path RTT the routes
+// give its traffic and the best they could (route.RegionLatency); a
+// region whose routes have no measured path has no series.
+func (c *Controller) observeLatency(w *world, in *route.Input, res *route.Result) {
+	names := make(map[route.RegionID]string, len(w.regions))
+	for _, r := range w.regions {
+		names[r.GetId()] = r.GetName()
+	}
+	now := make(map[string]bool, len(names))
+	for _, x := range route.RegionLatency(in, res) {
+		if x.Routes == 0 {
+			continue
+		}
+		n := names[x.Region]
+		now[n] = true
+		c.m.regionRTT.WithLabelValues(n).Set(x.Routed.Seconds())
+		c.m.regionBestRTT.WithLabelValues(n).Set(x.Best.Seconds())
+	}
+	// Series of regions gone, or without a measured route now, go; the
+	// others were overwritten in place (no scrape sees them missing).
+	for n := range c.latRegions {
+		if !now[n] {
+			c.m.regionRTT.DeleteLabelValues(n)
+			c.m.regionBestRTT.DeleteLabelValues(n)
+		}
+	}
+	c.latRegions = now
 }
 
 // logDown logs the active mirrors that went down in the data plane, and

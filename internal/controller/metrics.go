@@ -33,6 +33,8 @@ type metrics struct {
 	placementEvals     *prometheus.CounterVec
 	placementDecisions *prometheus.CounterVec
 	placedCopies       *prometheus.GaugeVec
+	regionRTT          *prometheus.GaugeVec
+	regionBestRTT      *prometheus.GaugeVec
 }
 
 func newMetrics(c *Controller) *metrics {
@@ -91,13 +93,19 @@ func newMetrics(c *Controller) *metrics {
 		placedCopies: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "premirror_controller_placed_copies",
 			Help: "Copies the mirroring manager holds placed, over every resource, at its last evaluation, by what their hosts " +
 				"report (unreported, copying, in_sync: only in_sync copies are routed to)."}, []string{"state"}),
+		regionRTT: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "premirror_controller_region_rtt_seconds",
+			Help: "Path RTT each client region's traffic goes over at the leader's last route computation: per route the " +
+				"slot-weighted RTT of the paths to its table's mirrors, averaged over the region's routes (the leader only)."}, []string{"region"}),
+		regionBestRTT: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "premirror_controller_region_best_rtt_seconds",
+			Help: "For the same routes, the lowest path RTT among each resource's routable copies, averaged: " +
+				"premirror_controller_region_rtt_seconds above it is what damping, capacity and the other cost terms cost in latency (the leader only)."}, []string{"region"}),
 	}
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.leader, m.version, m.agents, m.ticks, m.tickTime, m.versions, m.acks, m.reports, m.throttled, m.movedSlots,
 		m.accessFlows, m.aggregateWrites, m.aggregatesLate, m.fcPass, m.fcCheckpoints, m.fcCheckpointBytes, m.fcCheckpointTime, m.fcRestores, m.fcFeeds,
-		m.placementEvals, m.placementDecisions, m.placedCopies}
+		m.placementEvals, m.placementDecisions, m.placedCopies, m.regionRTT, m.regionBestRTT}
 }
 
 // Metrics lists every metric a controller exports (its own, the routing

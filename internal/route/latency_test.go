@@ -1,0 +1,99 @@
+package route
+
+import (
+	"testing"
+	"time"
+)
+
+func TestRegionLatency(t *testing.T) {
+	ms := func(f float64) time.Duration { return time.Duration(f * float64(time.Millisecond)) }
+	base := func() *Input {
+		return &Input{
+			Regions: []RegionID{1, 2},
+			Mirrors: []Mirror{{ID: 10, Up: true}, {ID: 20, Up: true}, {ID: 30, Up: true}},
+			Paths: []Path{
+				{Region: 1, Mirror: 10, RTT: ms(10), Up: true},
+				{Region: 1, Mirror: 20, RTT: ms(30), Up: true},
+				{Region: 2, Mirror: 20, RTT: ms(5), Up: true},
+			},
+			Resources: []Resource{{ID: 1, Replicas: []Replica{{10, true}, {20, true}, {30, true}}}},
+		}
+	}
+	for _, tc := range []struct {
+		name         string
+		mutate       func(*Input)
+		routes       []Route
+		routed, best [2]time.Duration
+		counted      [2]int
+	}{
+		{"all on the far copy", nil,
+			[]Route{{Resource: 1, Region: 1, Weights: map[MirrorID]uint32{20: 1024}}},
+			[2]time.Duration{ms(30), 0}, [2]time.Duration{ms(10), 0}, [2]int{1, 0}},
+		{"split evenly", nil,
+			[]Route{{Resource: 1, Region: 1, Weights: map[MirrorID]uint32{10: 512, 20: 512}}},
+			[2]time.Duration{ms(20), 0}, [2]time.Duration{ms(10), 0}, [2]int{1, 0}},
+		{"the near copy out of sync is not the best", func(in *Input) { in.Resources[0].Replicas[0].InSync = false },
+			[]Route{{Resource: 1, Region: 1, Weights: map[MirrorID]uint32{20: 1024}}},
+			[2]time.Duration{ms(30), 0}, [2]time.Duration{ms(30), 0}, [2]int{1, 0}},
+		{"nor a copy whose mirror is down", func(in *Input) { in.Mirrors[0].Up = false },
+			[]Route{{Resource: 1, Region: 1, Weights: map[MirrorID]uint32{20: 1024}}},
+			[2]time.Duration{ms(30), 0}, [2]time.Duration{ms(30), 0}, [2]int{1, 0}},
+		{"a mirror without a measured path is left out", nil,
+			[]Route{{Resource: 1, Region: 1, Weights: map[MirrorID]uint32{30: 512, 10: 512}}},
+			[2]time.Duration{ms(10), 0}, [2]time.Duration{ms(10), 0}, [2]int{1, 0}},
+		{"only unmeasured mirrors, or no table: not counted", nil,
+			[]Route{{Resource: 1, Region: 1, Weights: map[MirrorID]uint32{30: 1024}}, {Resource: 1, Region: 2}},
+			[2]time.Duration{}, [2]time.Duration{}, [2]int{0, 0}},
+		{"regions apart, routes of a region averaged",
+			func(in *Input) {
+				in.Resources = append(in.Resources, Resource{ID: 2, Replicas: []Replica{{10, true}}})
+			},
+			[]Route{
+				{Resource: 1, Region: 1, Weights: map[MirrorID]uint32{20: 1024}},
+				{Resource: 2, Region: 1, Weights: map[MirrorID]uint32{10: 1024}},
+				{Resource: 1, Region: 2, Weights: map[MirrorID]uint32{20: 1024}},
+			},
+			[2]time.Duration{ms(20), ms(5)}, [2]time.Duration{ms(10), ms(5)}, [2]int{2, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			in := base()
+			if tc.mutate != nil {
+				tc.mutate(in)
+			}
+			got := RegionLatency(in, &Result{Routes: tc.routes})
+			if len(got) != 2 || got[0].Region != 1 || got[1].Region != 2 {
+				t.Fatalf("regions %+v", got)
+			}
+			for i, g := range got {
+				if g.Routes != tc.counted[i] || g.Routed != tc.routed[i] || g.Best != tc.best[i] {
+					t.Errorf("region %d: %+v, want routes %d routed %v best %v", g.Region, g, tc.counted[i], tc.routed[i], tc.best[i])
+				}
+			}
+		})
+	}
+}
+
+// TestRegionLatencyThroughDamping: after the near mirror gets faster,
+// the routes stay on the old one while the switch is confirmed, and the
+// gap between routed and best is what that costs; once the slots have
+// moved the two meet.
+func TestRegionLatencyThroughDamping(t *testing.T) {
+	w := newWorld([]RegionID{1}, []MirrorID{1, 2}, func(_ RegionID, m MirrorID) float64 { return map[MirrorID]float64{1: 50, 2: 80}[m] })
+	r := newRunner(t, Config{}, w)
+	at := func() RegionRTT { return RegionLatency(r.w.input(r.now.Add(-2*time.Second)), r.res)[0] }
+	r.step()
+	if g := at(); g.Routed != 50*time.Millisecond || g.Best != 50*time.Millisecond {
+		t.Fatalf("installed: %+v", g)
+	}
+	w.set(1, 2, 20)
+	r.step()
+	if g := at(); g.Routed != 50*time.Millisecond || g.Best != 20*time.Millisecond {
+		t.Fatalf("confirming: %+v, want routed 50 ms against best 20 ms", g)
+	}
+	for range 30 {
+		r.step()
+	}
+	if g := at(); g.Routed != 20*time.Millisecond || g.Best != 20*time.Millisecond {
+		t.Fatalf("settled: %+v", g)
+	}
+}
