@@ -122,6 +122,22 @@ func BenchmarkRouteTick(b *testing.B) {
 			}
 		}
 	})
+	b.Run("region-latency", func(b *testing.B) {
+		// The per-region latency summary a leader makes every tenth
+		// computation (observeLatency), on the same routes.
+		c := benchController(b, w, nil, "/bench/")
+		in, _ := buildInput(c.view.snapshot(), now, c.inputConfig(), map[uint32]*heldRegion{})
+		res, _, err := c.engine.Step(nil, in)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.ResetTimer()
+		for range b.N {
+			if len(route.RegionLatency(in, res)) != nSites {
+				b.Fatal("regions")
+			}
+		}
+	})
 	b.Run("steady", func(b *testing.B) {
 		c := benchController(b, w, nil, "/bench/")
 		ls := &leaderState{held: map[uint32]*heldRegion{}, saves: make(chan routeSave, 1)}

@@ -1,6 +1,10 @@
 package route
 
-import "time"
+import (
+	"reflect"
+	"time"
+	"unsafe"
+)
 
 // RegionRTT is what one evaluation's routes give a client region: the
 // path RTT its traffic goes over, against the best it could have.
@@ -25,42 +29,139 @@ type RegionRTT struct {
 // in.Regions, in that order. Every resource counts once, whatever its
 // demand: the mean is over routes, not requests.
 func RegionLatency(in *Input, res *Result) []RegionRTT {
-	type pk struct {
-		r RegionID
-		m MirrorID
+	// Dense tables: one tick holds hundreds of thousands of routes, and
+	// map lookups per path would cost more than the route computation.
+	nR := len(in.Regions)
+	rpos := make(map[RegionID]int, nR)
+	for i, r := range in.Regions {
+		rpos[r] = i
 	}
-	paths := make(map[pk]*Path, len(in.Paths))
-	for i := range in.Paths {
-		p := &in.Paths[i]
-		paths[pk{p.Region, p.Mirror}] = p
-	}
-	up := make(map[MirrorID]bool, len(in.Mirrors))
+	var maxID MirrorID
 	for _, m := range in.Mirrors {
-		up[m.ID] = m.Up
+		maxID = max(maxID, m.ID)
+	}
+	for _, p := range in.Paths {
+		maxID = max(maxID, p.Mirror)
+	}
+	const denseLimit = 1 << 16
+	mpos := map[MirrorID]int{}
+	var dense []int32 // mirror ID → position + 1, when IDs are small
+	if maxID < denseLimit {
+		dense = make([]int32, int(maxID)+1)
+	}
+	nM := 0
+	pos := func(m MirrorID) int {
+		if dense != nil {
+			if int(m) < len(dense) {
+				return int(dense[m]) - 1
+			}
+			return -1
+		}
+		if i, ok := mpos[m]; ok {
+			return i
+		}
+		return -1
+	}
+	add := func(m MirrorID) {
+		if pos(m) >= 0 {
+			return
+		}
+		if dense != nil {
+			dense[m] = int32(nM + 1)
+		} else {
+			mpos[m] = nM
+		}
+		nM++
+	}
+	for _, m := range in.Mirrors {
+		add(m.ID)
+	}
+	for _, p := range in.Paths {
+		add(p.Mirror)
+	}
+	up := make([]bool, nM)
+	for _, m := range in.Mirrors {
+		up[pos(m.ID)] = m.Up
+	}
+	// rtt[r*nM+m] in seconds, -1 without a path; pathUp its probe health.
+	rtt := make([]float64, nR*nM)
+	for i := range rtt {
+		rtt[i] = -1
+	}
+	pathUp := make([]bool, nR*nM)
+	for _, p := range in.Paths {
+		r, ok := rpos[p.Region]
+		if !ok {
+			continue
+		}
+		k := r*nM + pos(p.Mirror)
+		rtt[k], pathUp[k] = p.RTT.Seconds(), p.Up
 	}
 	type acc struct {
 		n            int
 		routed, best float64 // seconds
 	}
-	sums := make(map[RegionID]*acc, len(in.Regions))
-	for _, r := range in.Regions {
-		sums[r] = &acc{}
-	}
+	sums := make([]acc, nR)
 	byID := make(map[ResourceID]*Resource, len(in.Resources))
 	for i := range in.Resources {
 		byID[in.Resources[i].ID] = &in.Resources[i]
 	}
+	// Weight sets are shared by many routes: each is flattened to mirror
+	// positions once, keyed by the map's identity.
+	type entry struct {
+		m     int
+		slots float64
+	}
+	flat := map[unsafe.Pointer][]entry{}
+	var lastKey unsafe.Pointer
+	var lastES []entry
+	flatten := func(w map[MirrorID]uint32) []entry {
+		key := reflect.ValueOf(w).UnsafePointer()
+		if key == lastKey {
+			return lastES
+		}
+		es, ok := flat[key]
+		if ok {
+			lastKey, lastES = key, es
+			return es
+		}
+		es = make([]entry, 0, len(w))
+		for m, slots := range w {
+			if i := pos(m); i >= 0 && slots > 0 {
+				es = append(es, entry{i, float64(slots)})
+			}
+		}
+		flat[key] = es
+		lastKey, lastES = key, es
+		return es
+	}
+	// Routes come resource-major in the input's order (Result.Routes):
+	// positions then need no lookups.
+	ordered := nR > 0 && len(res.Routes) == len(in.Resources)*nR
+	var lastRes ResourceID
+	var rs *Resource
 	for i := range res.Routes {
 		rt := &res.Routes[i]
-		a := sums[rt.Region]
-		if a == nil || len(rt.Weights) == 0 {
+		if len(rt.Weights) == 0 {
 			continue
 		}
+		var r int
+		if ordered && in.Regions[i%nR] == rt.Region && in.Resources[i/nR].ID == rt.Resource {
+			r, rs, lastRes = i%nR, &in.Resources[i/nR], rt.Resource
+		} else {
+			var ok bool
+			if r, ok = rpos[rt.Region]; !ok {
+				continue
+			}
+			if rs == nil || rt.Resource != lastRes {
+				rs, lastRes = byID[rt.Resource], rt.Resource
+			}
+		}
 		var w, s float64
-		for m, slots := range rt.Weights {
-			if p := paths[pk{rt.Region, m}]; p != nil && slots > 0 {
-				w += float64(slots)
-				s += float64(slots) * p.RTT.Seconds()
+		for _, e := range flatten(rt.Weights) {
+			if v := rtt[r*nM+e.m]; v >= 0 {
+				w += e.slots
+				s += e.slots * v
 			}
 		}
 		if w == 0 {
@@ -68,21 +169,25 @@ func RegionLatency(in *Input, res *Result) []RegionRTT {
 		}
 		routed := s / w
 		best := routed
-		if rs := byID[rt.Resource]; rs != nil {
+		if rs != nil {
 			for _, rep := range rs.Replicas {
-				p := paths[pk{rt.Region, rep.Mirror}]
-				if rep.InSync && up[rep.Mirror] && p != nil && p.Up && p.RTT.Seconds() < best {
-					best = p.RTT.Seconds()
+				m := pos(rep.Mirror)
+				if m < 0 || !rep.InSync || !up[m] {
+					continue
+				}
+				if k := r*nM + m; pathUp[k] && rtt[k] >= 0 && rtt[k] < best {
+					best = rtt[k]
 				}
 			}
 		}
+		a := &sums[r]
 		a.n++
 		a.routed += routed
 		a.best += best
 	}
-	out := make([]RegionRTT, 0, len(in.Regions))
-	for _, r := range in.Regions {
-		a := sums[r]
+	out := make([]RegionRTT, 0, nR)
+	for i, r := range in.Regions {
+		a := sums[i]
 		x := RegionRTT{Region: r, Routes: a.n}
 		if a.n > 0 {
 			x.Routed = time.Duration(a.routed / float64(a.n) * float64(time.Second))
