@@ -97,3 +97,49 @@ func TestRegionLatencyThroughDamping(t *testing.T) {
 		t.Fatalf("settled: %+v", g)
 	}
 }
+
+// TestRegionLatencySparseAndUnordered: mirror IDs too large for the dense
+// table, routes not in the input's order and a path to a region outside
+// it give what small IDs in order give.
+func TestRegionLatencySparseAndUnordered(t *testing.T) {
+	mk := func(big MirrorID, reversed bool) []RegionRTT {
+		in := &Input{
+			Regions: []RegionID{1, 2},
+			Mirrors: []Mirror{{ID: big + 1, Up: true}, {ID: big + 2, Up: true}},
+			Paths: []Path{
+				{Region: 1, Mirror: big + 1, RTT: 10 * time.Millisecond, Up: true},
+				{Region: 1, Mirror: big + 2, RTT: 40 * time.Millisecond, Up: true},
+				{Region: 2, Mirror: big + 2, RTT: 7 * time.Millisecond, Up: true},
+				{Region: 9, Mirror: big + 1, RTT: time.Millisecond, Up: true},
+			},
+			Resources: []Resource{
+				{ID: 1, Replicas: []Replica{{big + 1, true}, {big + 2, true}}},
+				{ID: 2, Replicas: []Replica{{big + 2, true}}},
+			},
+		}
+		routes := []Route{
+			{Resource: 1, Region: 1, Weights: map[MirrorID]uint32{big + 2: 768, big + 1: 256}},
+			{Resource: 1, Region: 2, Weights: map[MirrorID]uint32{big + 2: 1024}},
+			{Resource: 2, Region: 1, Weights: map[MirrorID]uint32{big + 2: 1024}},
+			{Resource: 2, Region: 2, Weights: map[MirrorID]uint32{big + 2: 1024}},
+		}
+		if reversed {
+			for i, j := 0, len(routes)-1; i < j; i, j = i+1, j-1 {
+				routes[i], routes[j] = routes[j], routes[i]
+			}
+		}
+		return RegionLatency(in, &Result{Routes: routes})
+	}
+	want := mk(0, false)
+	// Region 1: (0.75·40 + 0.25·10 = 32.5) and 40, best 10 and 40.
+	if want[0].Routes != 2 || want[0].Routed != 36250*time.Microsecond || want[0].Best != 25*time.Millisecond {
+		t.Fatalf("region 1: %+v", want[0])
+	}
+	for _, big := range []MirrorID{0, 1 << 20, 1<<32 - 10} {
+		for _, rev := range []bool{false, true} {
+			if got := mk(big, rev); got[0] != want[0] || got[1] != want[1] {
+				t.Errorf("IDs from %d, reversed %v: %+v, want %+v", big, rev, got, want)
+			}
+		}
+	}
+}
