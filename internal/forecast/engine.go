@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"runtime"
 	"sort"
 	"sync"
@@ -94,6 +95,33 @@ type AccessSummary struct {
 type seriesState struct {
 	m     *Hybrid
 	first int64 // first bucket the series observed
+	// last is the previous bucket's count (lastOK: known), the naive
+	// forecast the online accuracy metrics compare against; not in
+	// snapshots (the first bucket after a restore is not scored).
+	last   float64
+	lastOK bool
+}
+
+// stepScores sums one bucket's one-step scores over series (one worker's
+// share): what engineMetrics' accuracy counters add.
+type stepScores struct {
+	scored, hits     float64
+	absErr, naiveErr float64
+}
+
+// score adds the one-step forecast q of y (the model's before it
+// observes y) against the previous bucket's count.
+func (a *stepScores) score(s *seriesState, q []Quantiles, y float64) {
+	if len(q) == 0 || !s.lastOK {
+		return
+	}
+	f := q[0]
+	a.scored++
+	if f.Q10 <= y && y <= f.Q90 {
+		a.hits++
+	}
+	a.absErr += math.Abs(y - f.Q50)
+	a.naiveErr += math.Abs(y - s.last)
 }
 
 type resourceState struct {
@@ -404,6 +432,7 @@ func (e *Engine) closeBucket(b int64) error {
 	}
 	var wg sync.WaitGroup
 	failed := make([][]SeriesKey, e.cfg.Workers)
+	acc := make([]stepScores, e.cfg.Workers)
 	next := make(chan int, len(keys))
 	for i := range keys {
 		next <- i
@@ -415,13 +444,18 @@ func (e *Engine) closeBucket(b int64) error {
 			defer wg.Done()
 			for i := range next {
 				k := keys[i]
-				m := e.series[k].m
+				st := e.series[k]
+				m := st.m
 				var err error
 				switch {
 				case known:
-					err = m.Observe(t, counts[k])
+					y := counts[k]
+					acc[w].score(st, m.Forecast(), y)
+					err = m.Observe(t, y)
+					st.last, st.lastOK = y, true
 				case m.Observed() > 0:
 					err = m.Skip(t)
+					st.lastOK = false
 				}
 				if err != nil {
 					e.cfg.Logger.Error("forecast model failed; restarting it", "resource", k.Resource, "region", k.Region, "err", err)
@@ -431,6 +465,12 @@ func (e *Engine) closeBucket(b int64) error {
 		}()
 	}
 	wg.Wait()
+	for _, a := range acc {
+		e.met.scored.Add(a.scored)
+		e.met.hits.Add(a.hits)
+		e.met.absErr.Add(a.absErr)
+		e.met.naiveErr.Add(a.naiveErr)
+	}
 	// A model that failed (say its regression lost positive definiteness
 	// on absurd input) must not stop the other series or the bucket: it
 	// starts afresh from the next bucket.
@@ -616,6 +656,9 @@ type engineMetrics struct {
 	advance           prometheus.Histogram
 	snapshotBytes     prometheus.Gauge
 	restarts          prometheus.Counter
+	// One-step accuracy, online: summed over series, so large series
+	// weigh most (what a copy's benefit is counted in).
+	scored, hits, absErr, naiveErr prometheus.Counter
 }
 
 func newEngineMetrics() *engineMetrics {
@@ -635,11 +678,20 @@ func newEngineMetrics() *engineMetrics {
 			Help: "Size of the last model-state snapshot."}),
 		restarts: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_forecast_model_restarts_total",
 			Help: "Models that failed on their input and were started afresh."}),
+		scored: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_forecast_scored_total",
+			Help: "One-bucket-ahead forecasts scored against what came (series × buckets with the previous bucket known)."}),
+		hits: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_forecast_interval_hits_total",
+			Help: "Scored forecasts whose 80% interval (10th to 90th percentile) held the count that came: over scored_total, the interval's coverage."}),
+		absErr: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_forecast_abs_error_total",
+			Help: "Sum over scored forecasts of |count − median forecast| (requests)."}),
+		naiveErr: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_forecast_naive_abs_error_total",
+			Help: "Sum over the same points of |count − previous bucket's count|: abs_error_total over it is the forecast's error relative to naive (below 1: better)."}),
 	}
 }
 
 func (m *engineMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.series, m.resources, m.closed, m.summaries, m.advance, m.snapshotBytes, m.restarts}
+	return []prometheus.Collector{m.series, m.resources, m.closed, m.summaries, m.advance, m.snapshotBytes, m.restarts,
+		m.scored, m.hits, m.absErr, m.naiveErr}
 }
 
 func (m *engineMetrics) register(r prometheus.Registerer) error {

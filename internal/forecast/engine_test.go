@@ -111,6 +111,21 @@ func TestEngineForecastAndScore(t *testing.T) {
 	if got := testutil.ToFloat64(e.met.closed); got != 24*21 {
 		t.Fatalf("closed buckets %v", got)
 	}
+	// Online one-step accuracy over the same buckets: a daily pattern
+	// with Poisson noise, which the models learn and the last bucket's
+	// count does not.
+	scored, hits := testutil.ToFloat64(e.met.scored), testutil.ToFloat64(e.met.hits)
+	absErr, naiveErr := testutil.ToFloat64(e.met.absErr), testutil.ToFloat64(e.met.naiveErr)
+	if scored < 3*(24*21-1)-3 || scored > 3*(24*21-1) {
+		t.Errorf("scored %v, want about one per series and bucket after the first", scored)
+	}
+	if cov := hits / scored; cov < 0.6 || cov > 0.95 {
+		t.Errorf("80%% interval held %.3f of the counts", cov)
+	}
+	if r := absErr / naiveErr; r <= 0 || r >= 0.9 {
+		t.Errorf("error relative to naive %.3f, want well below 1 on a learnt daily pattern", r)
+	}
+	t.Logf("one step ahead over 21 days: coverage %.3f, error relative to naive %.3f", hits/scored, absErr/naiveErr)
 }
 
 func TestEngineIngestRules(t *testing.T) {
