@@ -133,8 +133,8 @@ func BenchmarkRouteTick(b *testing.B) {
 		}
 		b.ResetTimer()
 		for range b.N {
-			if len(route.RegionLatency(in, res)) != nSites {
-				b.Fatal("regions")
+			if rs, err := route.RegionLatency(in, res); err != nil || len(rs) != nSites {
+				b.Fatal(len(rs), err)
 			}
 		}
 	})

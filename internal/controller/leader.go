@@ -237,7 +237,12 @@ func (c *Controller) observeLatency(w *world, in *route.Input, res *route.Result
 		names[r.GetId()] = r.GetName()
 	}
 	now := make(map[string]bool, len(names))
-	for _, x := range route.RegionLatency(in, res) {
+	xs, err := route.RegionLatency(in, res)
+	if err != nil {
+		c.log.Warn("route latency summary refused its input", "err", err) // Step took it: a bug
+		return
+	}
+	for _, x := range xs {
 		if x.Routes == 0 {
 			continue
 		}

@@ -26,76 +26,27 @@ type RegionRTT struct {
 }
 
 // RegionLatency summarizes res against the paths of in, per region of
-// in.Regions, in that order. Every resource counts once, whatever its
-// demand: the mean is over routes, not requests.
-func RegionLatency(in *Input, res *Result) []RegionRTT {
-	// Dense tables: one tick holds hundreds of thousands of routes, and
-	// map lookups per path would cost more than the route computation.
-	nR := len(in.Regions)
-	rpos := make(map[RegionID]int, nR)
-	for i, r := range in.Regions {
-		rpos[r] = i
+// in.Regions, in that order; in must be what res was computed from (an
+// input Step would refuse is refused here too). Every resource counts
+// once, whatever its demand: the mean is over routes, not requests.
+func RegionLatency(in *Input, res *Result) ([]RegionRTT, error) {
+	// The positions Step validated with: dense tables, since one tick
+	// holds hundreds of thousands of routes and map lookups per path would
+	// cost more than the route computation.
+	ix, err := in.validate()
+	if err != nil {
+		return nil, err
 	}
-	var maxID MirrorID
-	for _, m := range in.Mirrors {
-		maxID = max(maxID, m.ID)
-	}
-	for _, p := range in.Paths {
-		maxID = max(maxID, p.Mirror)
-	}
-	const denseLimit = 1 << 16
-	mpos := map[MirrorID]int{}
-	var dense []int32 // mirror ID → position + 1, when IDs are small
-	if maxID < denseLimit {
-		dense = make([]int32, int(maxID)+1)
-	}
-	nM := 0
-	pos := func(m MirrorID) int {
-		if dense != nil {
-			if int(m) < len(dense) {
-				return int(dense[m]) - 1
-			}
-			return -1
-		}
-		if i, ok := mpos[m]; ok {
-			return i
-		}
-		return -1
-	}
-	add := func(m MirrorID) {
-		if pos(m) >= 0 {
-			return
-		}
-		if dense != nil {
-			dense[m] = int32(nM + 1)
-		} else {
-			mpos[m] = nM
-		}
-		nM++
-	}
-	for _, m := range in.Mirrors {
-		add(m.ID)
-	}
-	for _, p := range in.Paths {
-		add(p.Mirror)
-	}
-	up := make([]bool, nM)
-	for _, m := range in.Mirrors {
-		up[pos(m.ID)] = m.Up
-	}
+	nR, nM := len(in.Regions), len(in.Mirrors)
 	// rtt[r*nM+m] in seconds, -1 without a path; pathUp its probe health.
 	rtt := make([]float64, nR*nM)
-	for i := range rtt {
-		rtt[i] = -1
-	}
 	pathUp := make([]bool, nR*nM)
-	for _, p := range in.Paths {
-		r, ok := rpos[p.Region]
-		if !ok {
-			continue
+	for k, pi := range ix.path {
+		rtt[k] = -1
+		if pi > 0 {
+			p := &in.Paths[pi-1]
+			rtt[k], pathUp[k] = p.RTT.Seconds(), p.Up
 		}
-		k := r*nM + pos(p.Mirror)
-		rtt[k], pathUp[k] = p.RTT.Seconds(), p.Up
 	}
 	type acc struct {
 		n            int
@@ -127,7 +78,7 @@ func RegionLatency(in *Input, res *Result) []RegionRTT {
 		}
 		es = make([]entry, 0, len(w))
 		for m, slots := range w {
-			if i := pos(m); i >= 0 && slots > 0 {
+			if i := ix.pos(m); i >= 0 && slots > 0 {
 				es = append(es, entry{i, float64(slots)})
 			}
 		}
@@ -150,7 +101,7 @@ func RegionLatency(in *Input, res *Result) []RegionRTT {
 			r, rs, lastRes = i%nR, &in.Resources[i/nR], rt.Resource
 		} else {
 			var ok bool
-			if r, ok = rpos[rt.Region]; !ok {
+			if r, ok = ix.region[rt.Region]; !ok {
 				continue
 			}
 			if rs == nil || rt.Resource != lastRes {
@@ -171,8 +122,8 @@ func RegionLatency(in *Input, res *Result) []RegionRTT {
 		best := routed
 		if rs != nil {
 			for _, rep := range rs.Replicas {
-				m := pos(rep.Mirror)
-				if m < 0 || !rep.InSync || !up[m] {
+				m := ix.pos(rep.Mirror)
+				if m < 0 || !rep.InSync || !in.Mirrors[m].Up {
 					continue
 				}
 				if k := r*nM + m; pathUp[k] && rtt[k] >= 0 && rtt[k] < best {
@@ -195,5 +146,5 @@ func RegionLatency(in *Input, res *Result) []RegionRTT {
 		}
 		out = append(out, x)
 	}
-	return out
+	return out, nil
 }

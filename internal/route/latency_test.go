@@ -1,6 +1,7 @@
 package route
 
 import (
+	"errors"
 	"testing"
 	"time"
 )
@@ -9,6 +10,7 @@ func TestRegionLatency(t *testing.T) {
 	ms := func(f float64) time.Duration { return time.Duration(f * float64(time.Millisecond)) }
 	base := func() *Input {
 		return &Input{
+			Now:     t0,
 			Regions: []RegionID{1, 2},
 			Mirrors: []Mirror{{ID: 10, Up: true}, {ID: 20, Up: true}, {ID: 30, Up: true}},
 			Paths: []Path{
@@ -60,7 +62,10 @@ func TestRegionLatency(t *testing.T) {
 			if tc.mutate != nil {
 				tc.mutate(in)
 			}
-			got := RegionLatency(in, &Result{Routes: tc.routes})
+			got, err := RegionLatency(in, &Result{Routes: tc.routes})
+			if err != nil {
+				t.Fatal(err)
+			}
 			if len(got) != 2 || got[0].Region != 1 || got[1].Region != 2 {
 				t.Fatalf("regions %+v", got)
 			}
@@ -80,7 +85,13 @@ func TestRegionLatency(t *testing.T) {
 func TestRegionLatencyThroughDamping(t *testing.T) {
 	w := newWorld([]RegionID{1}, []MirrorID{1, 2}, func(_ RegionID, m MirrorID) float64 { return map[MirrorID]float64{1: 50, 2: 80}[m] })
 	r := newRunner(t, Config{}, w)
-	at := func() RegionRTT { return RegionLatency(r.w.input(r.now.Add(-2*time.Second)), r.res)[0] }
+	at := func() RegionRTT {
+		got, err := RegionLatency(r.w.input(r.now.Add(-2*time.Second)), r.res)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got[0]
+	}
 	r.step()
 	if g := at(); g.Routed != 50*time.Millisecond || g.Best != 50*time.Millisecond {
 		t.Fatalf("installed: %+v", g)
@@ -99,18 +110,18 @@ func TestRegionLatencyThroughDamping(t *testing.T) {
 }
 
 // TestRegionLatencySparseAndUnordered: mirror IDs too large for the dense
-// table, routes not in the input's order and a path to a region outside
-// it give what small IDs in order give.
+// table and routes not in the input's order give what small IDs in order
+// give.
 func TestRegionLatencySparseAndUnordered(t *testing.T) {
 	mk := func(big MirrorID, reversed bool) []RegionRTT {
 		in := &Input{
+			Now:     t0,
 			Regions: []RegionID{1, 2},
 			Mirrors: []Mirror{{ID: big + 1, Up: true}, {ID: big + 2, Up: true}},
 			Paths: []Path{
 				{Region: 1, Mirror: big + 1, RTT: 10 * time.Millisecond, Up: true},
 				{Region: 1, Mirror: big + 2, RTT: 40 * time.Millisecond, Up: true},
 				{Region: 2, Mirror: big + 2, RTT: 7 * time.Millisecond, Up: true},
-				{Region: 9, Mirror: big + 1, RTT: time.Millisecond, Up: true},
 			},
 			Resources: []Resource{
 				{ID: 1, Replicas: []Replica{{big + 1, true}, {big + 2, true}}},
@@ -128,7 +139,11 @@ func TestRegionLatencySparseAndUnordered(t *testing.T) {
 				routes[i], routes[j] = routes[j], routes[i]
 			}
 		}
-		return RegionLatency(in, &Result{Routes: routes})
+		got, err := RegionLatency(in, &Result{Routes: routes})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return got
 	}
 	want := mk(0, false)
 	// Region 1: (0.75·40 + 0.25·10 = 32.5) and 40, best 10 and 40.
@@ -141,5 +156,15 @@ func TestRegionLatencySparseAndUnordered(t *testing.T) {
 				t.Errorf("IDs from %d, reversed %v: %+v, want %+v", big, rev, got, want)
 			}
 		}
+	}
+}
+
+// TestRegionLatencyRefusesWhatStepRefuses: an input Step would not take
+// (a path to a region it does not list) is an error, not a summary.
+func TestRegionLatencyRefusesWhatStepRefuses(t *testing.T) {
+	in := &Input{Now: t0, Regions: []RegionID{1}, Mirrors: []Mirror{{ID: 1, Up: true}},
+		Paths: []Path{{Region: 9, Mirror: 1, RTT: time.Millisecond, Up: true}}}
+	if _, err := RegionLatency(in, &Result{}); !errors.Is(err, ErrInvalidInput) {
+		t.Fatalf("err %v, want ErrInvalidInput", err)
 	}
 }
