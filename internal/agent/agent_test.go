@@ -64,15 +64,6 @@ func agentNS(t *testing.T) netNS {
 			if err != nil {
 				return err
 			}
-			if n == "pa0" {
-				for _, s := range []string{"10.77.0.1/24", "fd77::1/64"} {
-					ad, _ := netlink.ParseAddr(s)
-					ad.Flags = 0x02 // nodad
-					if err := netlink.AddrAdd(l, ad); err != nil {
-						return err
-					}
-				}
-			}
 			if err := netlink.LinkSetUp(l); err != nil {
 				return err
 			}
@@ -82,7 +73,20 @@ func agentNS(t *testing.T) netNS {
 	if err != nil {
 		t.Fatal(err)
 	}
+	addPA0Addrs(t, n)
 	return netNS{n, t}
+}
+
+// addPA0Addrs gives pa0 its addresses and returns once they are local (an
+// IPv6 address gets its local route from a kernel work item after the
+// netlink call; a packet sent before is not delivered).
+func addPA0Addrs(t *testing.T, n *testbed.NetNS) {
+	t.Helper()
+	for _, s := range []string{"10.77.0.1/24", "fd77::1/64"} {
+		if err := n.AddAddr("pa0", netip.MustParsePrefix(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
 }
 
 func testConfig(t *testing.T, pin string) (*Config, string) {

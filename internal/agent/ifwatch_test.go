@@ -173,19 +173,12 @@ func agentNSLinks(t *testing.T, ns netNS) {
 		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "pa0"}, PeerName: "pa1"}); err != nil {
 			t.Fatal(err)
 		}
-		l, _ := netlink.LinkByName("pa0")
-		for _, s := range []string{"10.77.0.1/24", "fd77::1/64"} {
-			ad, _ := netlink.ParseAddr(s)
-			ad.Flags = 0x02 // nodad
-			if err := netlink.AddrAdd(l, ad); err != nil {
-				t.Fatal(err)
-			}
-		}
 		for _, n := range []string{"pa0", "pa1"} {
 			l, _ := netlink.LinkByName(n)
 			netlink.LinkSetUp(l)
 		}
 	})
+	addPA0Addrs(t, ns.n)
 }
 
 func rename(t *testing.T, ns netNS, from, to string) {
