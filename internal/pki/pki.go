@@ -7,6 +7,7 @@ package pki
 import (
 	"github.com/premirror/premirror/internal/atomicfile"
 
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -108,11 +109,12 @@ func (ca *CA) KeyPEM() ([]byte, error) {
 	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), nil
 }
 
-// Files names the three PEM files a peer needs.
+// Files names the PEM files a peer needs, and an optional CRL.
 type Files struct {
-	CA   string // CA certificate that signs every peer
+	CA   string // CA certificates (a bundle) that sign every peer
 	Cert string // this peer's certificate
 	Key  string // this peer's private key
+	CRL  string // optional: certificates revoked by a CA of the bundle (PEM or DER)
 }
 
 // Validate reports which field is missing.
@@ -128,20 +130,17 @@ func (f Files) Validate() error {
 	return nil
 }
 
-// Check loads the files as ServerConfig and ClientConfig do and verifies
+// Check loads the files as Open does and verifies
 // that the certificate chains to the CA and is valid at now. Loading
 // alone accepts an expired certificate, one not yet valid and one another
 // CA signed, all of which then fail every handshake long after the
 // process started; Check fails at start instead, naming the file.
 func (f Files) Check(now time.Time) error {
-	cert, pool, err := load(f)
+	m, err := loadMaterial(f)
 	if err != nil {
 		return err
 	}
-	leaf, err := x509.ParseCertificate(cert.Certificate[0])
-	if err != nil {
-		return fmt.Errorf("tls cert %s: %w", f.Cert, err)
-	}
+	cert, pool, leaf := m.cert, m.pool, m.leaf
 	inter := x509.NewCertPool()
 	for _, der := range cert.Certificate[1:] {
 		if c, err := x509.ParseCertificate(der); err == nil {
@@ -153,6 +152,9 @@ func (f Files) Check(now time.Time) error {
 	if err != nil {
 		return fmt.Errorf("tls cert %s (%q, valid %s to %s) against ca %s: %w", f.Cert, leaf.Subject.CommonName,
 			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339), f.CA, err)
+	}
+	if _, revoked := m.revoked[fmt.Sprintf("%x", leaf.SerialNumber)]; revoked && bytes.Equal(leaf.RawIssuer, m.crl.RawIssuer) {
+		return fmt.Errorf("tls cert %s (%q, serial %x): %w by %s", f.Cert, leaf.Subject.CommonName, leaf.SerialNumber, ErrRevoked, f.CRL)
 	}
 	return nil
 }
@@ -198,44 +200,42 @@ func WriteLeaf(dir, name string, ca *CA, leaf *Leaf) (Files, error) {
 	return f, nil
 }
 
-// ServerConfig returns a TLS config that requires and verifies client
-// certificates signed by the CA (mutual TLS, TLS 1.3 only).
-func ServerConfig(f Files) (*tls.Config, error) {
-	cert, pool, err := load(f)
+// ServerConfig opens f (Open) and returns its ServerConfig: mutual TLS
+// 1.3 that follows the files.
+func ServerConfig(f Files, nextProtos ...string) (*tls.Config, error) {
+	s, err := Open(f, nil)
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
-		ClientCAs:    pool,
-		ClientAuth:   tls.RequireAndVerifyClientCert,
-	}, nil
+	return s.ServerConfig(nextProtos...), nil
 }
 
-// ClientConfig returns a TLS config that presents the peer's certificate
-// and verifies the server against the CA. serverName must match a SAN of
-// the server certificate.
+// ClientConfig opens f (Open) and returns its ClientConfig for serverName,
+// which must match a SAN of the server certificate.
 func ClientConfig(f Files, serverName string) (*tls.Config, error) {
-	cert, pool, err := load(f)
+	s, err := Open(f, nil)
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{cert},
-		RootCAs:      pool,
-		ServerName:   serverName,
-	}, nil
+	return s.ClientConfig(serverName), nil
 }
 
 // PeerName returns the common name of the verified peer certificate of a
 // TLS connection state, or "" when there is none.
 func PeerName(cs tls.ConnectionState) string {
-	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
-		return ""
+	if c := PeerCertificate(cs); c != nil {
+		return c.Subject.CommonName
 	}
-	return cs.VerifiedChains[0][0].Subject.CommonName
+	return ""
+}
+
+// PeerCertificate returns the verified peer certificate of a TLS
+// connection state, or nil when there is none.
+func PeerCertificate(cs tls.ConnectionState) *x509.Certificate {
+	if len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return cs.VerifiedChains[0][0]
 }
 
 func load(f Files) (tls.Certificate, *x509.CertPool, error) {
@@ -264,3 +264,40 @@ func serial() *big.Int {
 	}
 	return n
 }
+
+// Revoke returns a new CRL, DER encoded (what etcd reads), signed by ca: the entries of prev
+// (a CRL ca signed, or nil) plus serials, numbered one above prev and
+// valid until now+validity. Peers that load it (Files.CRL) refuse those
+// certificates from their next handshake on.
+func (ca *CA) Revoke(prev *x509.RevocationList, serials []*big.Int, now time.Time, validity time.Duration) ([]byte, error) {
+	tmpl := &x509.RevocationList{Number: big.NewInt(1), ThisUpdate: now, NextUpdate: now.Add(validity)}
+	seen := map[string]bool{}
+	if prev != nil {
+		if err := prev.CheckSignatureFrom(ca.Cert); err != nil {
+			return nil, fmt.Errorf("existing crl: not signed by this ca: %w", err)
+		}
+		if prev.Number != nil {
+			tmpl.Number = new(big.Int).Add(prev.Number, big.NewInt(1))
+		}
+		for _, e := range prev.RevokedCertificateEntries {
+			seen[e.SerialNumber.String()] = true
+			tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries, e)
+		}
+	}
+	for _, sn := range serials {
+		if seen[sn.String()] {
+			continue
+		}
+		seen[sn.String()] = true
+		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries,
+			x509.RevocationListEntry{SerialNumber: sn, RevocationTime: now})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.Cert, ca.Key)
+	if err != nil {
+		return nil, fmt.Errorf("sign crl: %w", err)
+	}
+	return der, nil
+}
+
+// ReadCRL reads a CRL file (PEM or DER).
+func ReadCRL(path string) (*x509.RevocationList, error) { return readCRL(path) }
