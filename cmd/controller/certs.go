@@ -6,11 +6,13 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
+	"github.com/premirror/premirror/internal/atomicfile"
 	"github.com/premirror/premirror/internal/cli"
 	"github.com/premirror/premirror/internal/pki"
 )
@@ -131,4 +133,96 @@ func ctlLoadOrCreateCA(dir string, validity time.Duration) (*pki.CA, bool, error
 		return nil, false, err
 	}
 	return ca, true, nil
+}
+
+func init() {
+	commands.Register(cli.Command{
+		Name:    "revoke",
+		Summary: "add certificates to the CA's revocation list (<dir>/ca.crl); with none, re-sign it (a new next update)",
+		Run:     ctlRevoke,
+	})
+}
+
+// ctlRevoke writes dir/ca.crl: the entries already there plus the named
+// certificates (files, or serials in hex), signed by dir's CA. Processes
+// started with --tls-crl (controllers) or tls.crl (agents) refuse those
+// peers from their next handshake, without a restart.
+func ctlRevoke(_ context.Context, args []string) error {
+	fs := cli.NewFlagSet("controller", "revoke")
+	dir := fs.String("dir", "./certs", "directory with ca.pem and ca-key.pem (see certs); the list is written to ca.crl there")
+	validity := fs.Duration("validity", 30*24*time.Hour, "until the list's next update: past it peers log a warning and export the time (run revoke again before)")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: controller revoke [--dir DIR] [--validity D] [CERT.pem | SERIAL]...\n")
+		fs.PrintDefaults()
+	}
+	if err := cli.ParseFlags(fs, args); err != nil {
+		return err
+	}
+	if *validity <= 0 {
+		return fmt.Errorf("%w: --validity must be positive", cli.ErrUsage)
+	}
+	certPath, keyPath := filepath.Join(*dir, "ca.pem"), filepath.Join(*dir, "ca-key.pem")
+	for _, p := range []string{certPath, keyPath} {
+		if _, err := os.Stat(p); err != nil {
+			return fmt.Errorf("revoke needs the CA: %w", err)
+		}
+	}
+	ca, _, err := ctlLoadOrCreateCA(*dir, 0)
+	if err != nil {
+		return err
+	}
+	var serials []*big.Int
+	for _, a := range fs.Args() {
+		sn, err := ctlSerialOf(a, ca)
+		if err != nil {
+			return err
+		}
+		serials = append(serials, sn)
+	}
+	crlPath := filepath.Join(*dir, "ca.crl")
+	var prev *x509.RevocationList
+	if _, err := os.Stat(crlPath); err == nil {
+		if prev, err = pki.ReadCRL(crlPath); err != nil {
+			return err
+		}
+	}
+	b, err := ca.Revoke(prev, serials, time.Now(), *validity)
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.Write(crlPath, 0o644, b); err != nil {
+		return err
+	}
+	crl, err := pki.ReadCRL(crlPath)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(ctlOut, "CRL       %s (number %s, %d revoked, next update %s)\n", crlPath, crl.Number,
+		len(crl.RevokedCertificateEntries), crl.NextUpdate.UTC().Format(time.RFC3339))
+	return nil
+}
+
+// ctlSerialOf reads a certificate file's serial (refusing one another CA
+// issued: its serial means nothing in this CA's list) or parses a hex
+// serial.
+func ctlSerialOf(arg string, ca *pki.CA) (*big.Int, error) {
+	if b, err := os.ReadFile(arg); err == nil {
+		blk, _ := pem.Decode(b)
+		if blk == nil {
+			return nil, fmt.Errorf("%s: no PEM block", arg)
+		}
+		c, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", arg, err)
+		}
+		if err := c.CheckSignatureFrom(ca.Cert); err != nil {
+			return nil, fmt.Errorf("%s (%q) was not issued by this CA: %w", arg, c.Subject.CommonName, err)
+		}
+		return c.SerialNumber, nil
+	}
+	sn, ok := new(big.Int).SetString(strings.TrimPrefix(strings.ReplaceAll(arg, ":", ""), "0x"), 16)
+	if !ok || sn.Sign() <= 0 {
+		return nil, fmt.Errorf("%w: %q is neither a certificate file nor a hex serial", cli.ErrUsage, arg)
+	}
+	return sn, nil
 }

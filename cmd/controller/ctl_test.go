@@ -57,6 +57,28 @@ func healthz(addr string) string {
 	return string(b)
 }
 
+func metricsText(t *testing.T, addr string) string {
+	t.Helper()
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(d)
@@ -86,11 +108,17 @@ func TestCtlEndToEnd(t *testing.T) {
 		t.Fatal("certs replaced an existing CA")
 	}
 
+	// An empty revocation list to start with.
+	if out, err := ctl(t, "revoke", "--dir", certs); err != nil || !strings.Contains(out, "0 revoked") {
+		t.Fatalf("revoke (none): %v\n%s", err, out)
+	}
+	crl := filepath.Join(certs, "ca.crl")
+
 	addr, maddr := freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- commands.Run(ctx, []string{"run", "--name", "solo", "--listen", addr, "--tls-dir", certs,
+		done <- commands.Run(ctx, []string{"run", "--name", "solo", "--listen", addr, "--tls-dir", certs, "--tls-crl", crl,
 			"--data-dir", filepath.Join(dir, "etcd"), "--etcd-listen", freeAddr(t), "--etcd-peer-listen", freeAddr(t),
 			"--metrics-addr", maddr, "--tick", "100ms"})
 	}()
@@ -190,6 +218,32 @@ func TestCtlEndToEnd(t *testing.T) {
 	}
 	if _, err := ctl(t, "apply"); err == nil {
 		t.Fatal("apply without -f accepted")
+	}
+
+	// Revocation takes effect at the running controller's next handshake:
+	// edge-us may read until its certificate is listed.
+	asEdgeUS := []string{"get", "site", "eu", "--server", addr, "--tls-dir", certs, "--tls-name", "edge-us"}
+	if _, err := ctl(t, asEdgeUS...); err != nil {
+		t.Fatalf("get as edge-us before revocation: %v", err)
+	}
+	if out, err := ctl(t, "revoke", "--dir", certs, filepath.Join(certs, "edge-us.pem")); err != nil || !strings.Contains(out, "1 revoked") {
+		t.Fatalf("revoke edge-us: %v\n%s", err, out)
+	}
+	if _, err := ctl(t, asEdgeUS...); err == nil {
+		t.Fatal("a revoked certificate still reads")
+	}
+	if _, err := ctl(t, append([]string{"get", "site", "eu"}, admin...)...); err != nil {
+		t.Fatalf("admin after edge-us's revocation: %v", err)
+	}
+	if m := metricsText(t, maddr); !strings.Contains(m, `premirror_tls_revoked_handshakes_total{channel="agents"} 1`) ||
+		!strings.Contains(m, `premirror_tls_reloads_total{channel="agents",result="loaded"} 1`) {
+		t.Fatalf("metrics after a revocation:\n%s", grepLines(m, "premirror_tls_"))
+	}
+	// Bad arguments are named.
+	for _, args := range [][]string{{"revoke", "--dir", certs, "zz"}, {"revoke", "--dir", t.TempDir()}, {"revoke", "--dir", certs, objectsFile}} {
+		if _, err := ctl(t, args...); err == nil {
+			t.Fatalf("%v accepted", args)
+		}
 	}
 }
 

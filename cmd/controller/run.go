@@ -35,7 +35,7 @@ func init() {
 
 // ctlTLSFlags are the certificate flags every subcommand shares.
 type ctlTLSFlags struct {
-	dir, name, ca, cert, key *string
+	dir, name, ca, cert, key, crl *string
 }
 
 func ctlAddTLSFlags(fs interface {
@@ -47,6 +47,7 @@ func ctlAddTLSFlags(fs interface {
 		ca:   fs.String("tls-ca", "", "CA certificate (overrides --tls-dir)"),
 		cert: fs.String("tls-cert", "", "certificate (overrides --tls-dir)"),
 		key:  fs.String("tls-key", "", "private key (overrides --tls-dir)"),
+		crl:  fs.String("tls-crl", "", "certificate revocation list signed by the CA (controller revoke writes <tls-dir>/ca.crl); peers it lists are refused. Certificate, CA and CRL files are re-read when they change"),
 	}
 }
 
@@ -57,7 +58,7 @@ func (f ctlTLSFlags) files() pki.Files {
 		}
 		return filepath.Join(*f.dir, file)
 	}
-	return pki.Files{CA: pick(*f.ca, "ca.pem"), Cert: pick(*f.cert, *f.name+".pem"), Key: pick(*f.key, *f.name+"-key.pem")}
+	return pki.Files{CA: pick(*f.ca, "ca.pem"), Cert: pick(*f.cert, *f.name+".pem"), Key: pick(*f.key, *f.name+"-key.pem"), CRL: *f.crl}
 }
 
 // Defaults of the price flags, in the units operators quote (see

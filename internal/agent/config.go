@@ -291,7 +291,7 @@ func (c *Config) reloadable(old *Config) error {
 // its field, rather than every handshake after the maps were written.
 func (c *Config) checkTLS(now time.Time) error {
 	if c.Controller != nil {
-		if err := (pki.Files{CA: c.Controller.TLS.CA, Cert: c.Controller.TLS.Cert, Key: c.Controller.TLS.Key}).Check(now); err != nil {
+		if err := c.Controller.TLS.Files().Check(now); err != nil {
 			return fmt.Errorf("controller.tls: %w", err)
 		}
 		// The controller registers an agent only under its certificate's
@@ -306,7 +306,7 @@ func (c *Config) checkTLS(now time.Time) error {
 		}
 	}
 	if r := c.Replication; r != nil {
-		if err := (pki.Files{CA: r.TLS.CA, Cert: r.TLS.Cert, Key: r.TLS.Key}).Check(now); err != nil {
+		if err := r.TLS.Files().Check(now); err != nil {
 			return fmt.Errorf("replication.tls: %w", err)
 		}
 	}

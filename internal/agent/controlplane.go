@@ -131,7 +131,7 @@ func (c *ControllerCfg) validate() error {
 	if c.ReportInterval < 0 {
 		return fmt.Errorf("controller.report_interval: %v is negative", time.Duration(c.ReportInterval))
 	}
-	if err := (pki.Files{CA: c.TLS.CA, Cert: c.TLS.Cert, Key: c.TLS.Key}).Validate(); err != nil {
+	if err := c.TLS.Files().Validate(); err != nil {
 		return fmt.Errorf("controller.%w (the control channel is always mutual TLS)", err)
 	}
 	for i, a := range c.Addresses {
@@ -230,10 +230,11 @@ func newControlPlane(a *Agent) (*controlPlane, error) {
 	if c == nil {
 		return cp, nil
 	}
-	tlsCfg, err := pki.ClientConfig(pki.Files{CA: c.TLS.CA, Cert: c.TLS.Cert, Key: c.TLS.Key}, "")
+	tlsSrc, err := pki.Open(c.TLS.Files(), a.log.With("channel", "controller"))
 	if err != nil {
 		return nil, fmt.Errorf("controller.tls: %w", err)
 	}
+	a.reg.MustRegister(tlsSrc.Collector("controller"))
 	addrs := c.Addresses
 	if len(addrs) == 0 {
 		for _, iface := range append(a.cfg.RouterInterfaceNames(), a.cfg.DecapInterfaceNames()...) {
@@ -246,7 +247,7 @@ func newControlPlane(a *Agent) (*controlPlane, error) {
 		}
 	}
 	cfg := control.Config{
-		Endpoints: c.Endpoints, TLS: tlsCfg, Node: a.cfg.Node, Site: c.Site, Role: a.role(), Addresses: addrs,
+		Endpoints: c.Endpoints, Credentials: tlsSrc.ClientCredentials(), Node: a.cfg.Node, Site: c.Site, Role: a.role(), Addresses: addrs,
 		AgentVersion: "edge-agent", Apply: cp.apply, NodeStats: cp.nodeStats,
 		ReportInterval: time.Duration(c.ReportInterval), CacheFile: c.StateCache, Logger: a.log,
 	}

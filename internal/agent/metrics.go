@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"github.com/premirror/premirror/internal/pki"
 	"maps"
 	"slices"
 	"strconv"
@@ -328,7 +329,8 @@ func (m *metrics) sessionsCached(r *pmaps.Router) (int, error) {
 // (replicator_*). The deploy tests keep the dashboards' queries and the
 // alert rules in sync with it.
 func Metrics() []promdesc.Metric {
-	ms, err := promdesc.Describe(newMetrics(&Agent{}), newPathMetrics(nil), probe.NewMetrics(), &control.Client{})
+	ms, err := promdesc.Describe(newMetrics(&Agent{}), newPathMetrics(nil), probe.NewMetrics(), &control.Client{},
+		new(pki.Source).Collector("controller"))
 	if err != nil {
 		panic(err) // a Desc that does not print as client_golang prints it
 	}

@@ -56,7 +56,14 @@ type TLSFiles struct {
 	CA   string `yaml:"ca"`
 	Cert string `yaml:"cert"`
 	Key  string `yaml:"key"`
+	// CRL (optional) lists certificates of the CA that are refused.
+	// All four files are re-read when they change (a renewed
+	// certificate, a new CRL), without a restart.
+	CRL string `yaml:"crl"`
 }
+
+// Files are the pki form of the paths.
+func (f TLSFiles) Files() pki.Files { return pki.Files{CA: f.CA, Cert: f.Cert, Key: f.Key, CRL: f.CRL} }
 
 // VolumeCfg is one replicated volume.
 type VolumeCfg struct {
@@ -165,7 +172,7 @@ const DefaultWriteSocket = "/run/premirror/volumes.sock"
 
 // validate names the first bad field under "replication.".
 func (r *Replication) validate() error {
-	if err := (pki.Files{CA: r.TLS.CA, Cert: r.TLS.Cert, Key: r.TLS.Key}).Validate(); err != nil {
+	if err := r.TLS.Files().Validate(); err != nil {
 		return fmt.Errorf("replication.%w (replication channels are always mutual TLS)", err)
 	}
 	if r.Listen != "" {
@@ -321,7 +328,7 @@ func (p PeerCfg) peerConfig() replicator.PeerConfig {
 func (r *Replication) config(node string, log *slog.Logger) replicator.Config {
 	c := replicator.Config{
 		Node: node, Site: r.Site, Listen: r.Listen, Logger: log,
-		TLS: pki.Files{CA: r.TLS.CA, Cert: r.TLS.Cert, Key: r.TLS.Key},
+		TLS: r.TLS.Files(),
 	}
 	for _, p := range r.Peers {
 		c.Peers = append(c.Peers, p.peerConfig())

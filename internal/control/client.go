@@ -35,13 +35,18 @@ const (
 // ErrNotRegistered is returned by a session the controller did not accept.
 var ErrNotRegistered = errors.New("controller did not register the agent")
 
-// Config configures a Client. Endpoints, TLS, Node and Apply are required.
+// Config configures a Client. Endpoints, TLS (or Credentials), Node and
+// Apply are required.
 type Config struct {
 	// Endpoints are controller replicas (host:port), tried in turn.
 	Endpoints []string
 	// TLS is the mutual-TLS client configuration (pki.ClientConfig). An
 	// empty ServerName verifies each endpoint's host name.
 	TLS *tls.Config
+	// Credentials, when set, are used instead of TLS: a pki.Source's
+	// ClientCredentials build a configuration per connection, so a
+	// renewed certificate, CA bundle or CRL applies to the next session.
+	Credentials credentials.TransportCredentials
 	// Node must equal the common name of the client certificate.
 	Node string
 	// Site is the node's site (a Site object's name).
@@ -82,7 +87,7 @@ func (c *Config) validate() error {
 	switch {
 	case len(c.Endpoints) == 0:
 		return errors.New("control endpoints: at least one controller address is required")
-	case c.TLS == nil:
+	case c.TLS == nil && c.Credentials == nil:
 		return errors.New("control tls: a mutual-TLS client configuration is required")
 	case c.Node == "":
 		return errors.New("control node: missing")
@@ -228,8 +233,12 @@ func Backoff(minD, maxD time.Duration, n int, u float64) time.Duration {
 // session runs one connection; registered reports whether the controller
 // accepted the agent before the session ended.
 func (c *Client) session(ctx context.Context, endpoint string) (registered bool, err error) {
+	creds := c.cfg.Credentials
+	if creds == nil {
+		creds = credentials.NewTLS(c.cfg.TLS)
+	}
 	conn, err := grpc.NewClient(endpoint,
-		grpc.WithTransportCredentials(credentials.NewTLS(c.cfg.TLS)),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes)),
 	)

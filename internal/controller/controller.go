@@ -137,6 +137,7 @@ func setDurations(fs ...durationDefault) error {
 // Controller is one replica: it serves agents and the admin API from its
 // view of etcd, and computes routes while it leads.
 type Controller struct {
+	tls    *pki.Source // the agents' and admins' channel (etcd reads its files itself)
 	cfg    Config
 	log    *slog.Logger
 	cli    *clientv3.Client
@@ -194,8 +195,12 @@ func New(cfg Config, cli *clientv3.Client) (*Controller, error) {
 		sessions: map[string]*agentConn{}, reg: prometheus.NewRegistry(), codec: newCodec()}
 	c.store = NewStore(cli, cfg.Prefix, cfg.Limits)
 	c.view = newView(c.store, c.log)
+	if c.tls, err = pki.Open(cfg.TLS, c.log); err != nil {
+		return nil, err
+	}
 	c.m = newMetrics(c)
 	c.routeM = route.NewMetrics()
+	c.reg.MustRegister(c.tls.Collector("agents"))
 	c.reg.MustRegister(c.m.collectors()...)
 	c.reg.MustRegister(c.routeM)
 	c.access = &accessWriter{c: c, leases: map[int64]clientv3.LeaseID{}}
@@ -227,10 +232,8 @@ func (c *Controller) Version() uint64 { return c.view.desiredRecord().GetState()
 // replica has resigned and its agents' sessions are closed; they
 // reconnect to another replica.
 func (c *Controller) Serve(ctx context.Context, lis net.Listener) error {
-	tc, err := pki.ServerConfig(c.cfg.TLS)
-	if err != nil {
-		return err
-	}
+	tc := c.tls.ServerConfig()
+	var err error
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup

@@ -2,6 +2,8 @@ package controller
 
 import (
 	"context"
+	"math/big"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,6 +16,7 @@ import (
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/agent"
+	"github.com/premirror/premirror/internal/atomicfile"
 	"github.com/premirror/premirror/internal/maps"
 	"github.com/premirror/premirror/internal/pki"
 )
@@ -92,7 +95,7 @@ func TestMutualTLSRefusesUnknownClients(t *testing.T) {
 	}
 	// No client certificate at all: only the CA to verify the server.
 	noCert := clientTLS(t, good)
-	noCert.Certificates = nil
+	noCert.Certificates, noCert.GetClientCertificate = nil, nil
 	nc := credentials.NewTLS(noCert)
 
 	cases := []struct {
@@ -349,5 +352,71 @@ func TestLeaderFailover(t *testing.T) {
 	rec, _, err := b.c.store.readDesired(context.Background())
 	if err != nil || rec.GetLeader() != "rb" {
 		t.Fatalf("record written by %q (%v)", rec.GetLeader(), err)
+	}
+}
+
+// TestRevokedAgentSessionEnds: revoking a registered agent's certificate
+// (a new CRL file, no restart) ends its live session at its next message
+// and its reconnection is refused at the handshake; another agent is not
+// affected.
+func TestRevokedAgentSessionEnds(t *testing.T) {
+	dir := t.TempDir()
+	crl := filepath.Join(dir, "ca.crl")
+	writeCRL := func(serials ...*big.Int) {
+		t.Helper()
+		b, err := shared.ca.Revoke(nil, serials, time.Now(), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := atomicfile.Write(crl, 0o644, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeCRL()
+	r := startReplica(t, "r1", testPrefix(t), func(c *Config) { c.TLS.CRL = crl })
+	bad := issueFiles(t, shared.ca, t.TempDir(), "edge-1", nil)
+	good := issueFiles(t, shared.ca, t.TempDir(), "edge-2", nil)
+	creds := func(f pki.Files) *credentials.TransportCredentials {
+		c := credentials.NewTLS(clientTLS(t, f))
+		return &c
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	sBad, err := openSession(ctx, t, r.addr, creds(bad), "edge-1", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sGood, err := openSession(ctx, t, r.addr, creds(good), "edge-2", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := pki.Open(bad, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeCRL(leaf.Leaf().SerialNumber)
+
+	ack := &pb.AgentMessage{Msg: &pb.AgentMessage_Ack{Ack: &pb.Ack{Version: 0}}}
+	if err := sBad.Send(ack); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		_, err := sBad.Recv()
+		if err == nil {
+			continue // a version pushed meanwhile
+		}
+		if status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "revoked") {
+			t.Fatalf("revoked session ended with %v, want PermissionDenied: certificate revoked", err)
+		}
+		break
+	}
+	if err := sessionErr(t, r.addr, creds(bad), "edge-1"); status.Code(err) != codes.Unavailable {
+		t.Fatalf("reconnection with a revoked certificate: %v, want Unavailable (handshake refused)", err)
+	}
+	if err := sGood.Send(ack); err != nil {
+		t.Fatalf("the other agent's session: %v", err)
+	}
+	if err := sessionErr(t, r.addr, creds(good), "edge-2"); err != nil {
+		t.Fatalf("the other agent reconnects: %v", err)
 	}
 }

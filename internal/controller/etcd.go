@@ -2,6 +2,7 @@ package controller
 
 import (
 	"crypto/tls"
+	"encoding/pem"
 	"fmt"
 	"net"
 	"net/url"
@@ -96,8 +97,21 @@ func StartEtcd(c EmbeddedEtcd) (*embed.Etcd, string, error) {
 		}
 		names = []string{own}
 	}
+	if c.TLS.CRL != "" {
+		// etcd parses the file as DER and, given PEM, refuses every
+		// connection, the controller's own included.
+		b, err := os.ReadFile(c.TLS.CRL)
+		if err != nil {
+			return nil, "", fmt.Errorf("embedded etcd: tls crl: %w", err)
+		}
+		if blk, _ := pem.Decode(b); blk != nil {
+			return nil, "", fmt.Errorf("embedded etcd: tls crl %s is PEM; etcd reads DER only (openssl crl -in %s -outform DER -out ca.crl)", c.TLS.CRL, c.TLS.CRL)
+		}
+	}
+	// etcd reads the certificate and the CRL again at every handshake
+	// (a renewal needs no restart); the CA bundle only at start.
 	tlsInfo := transport.TLSInfo{CertFile: c.TLS.Cert, KeyFile: c.TLS.Key, TrustedCAFile: c.TLS.CA, ClientCertAuth: true,
-		AllowedCNs: names}
+		AllowedCNs: names, CRLFile: c.TLS.CRL}
 	cfg.ClientTLSInfo, cfg.PeerTLSInfo = tlsInfo, tlsInfo
 	cfg.TlsMinVersion = "TLS1.3" // as every other channel (pki)
 	cfg.LogLevel = "error"

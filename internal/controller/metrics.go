@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"github.com/premirror/premirror/internal/pki"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/premirror/premirror/internal/forecast"
@@ -115,6 +116,7 @@ func Metrics() []promdesc.Metric {
 	var rec promdesc.Recorder
 	rec.MustRegister(newMetrics(&Controller{}).collectors()...)
 	rec.MustRegister(route.NewMetrics())
+	rec.MustRegister(new(pki.Source).Collector("agents"))
 	if _, err := forecast.NewEngine(forecast.EngineConfig{Registerer: &rec}); err != nil {
 		panic(err)
 	}

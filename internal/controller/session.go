@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"math"
@@ -43,15 +44,23 @@ const demandTau = 30 * time.Second
 // peerName is the verified client certificate's common name ("" when
 // there is none; the TLS config already refuses such clients).
 func peerName(ctx context.Context) string {
+	if c := peerCert(ctx); c != nil {
+		return c.Subject.CommonName
+	}
+	return ""
+}
+
+// peerCert is the verified client certificate, or nil.
+func peerCert(ctx context.Context) *x509.Certificate {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return ""
+		return nil
 	}
 	ti, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok {
-		return ""
+		return nil
 	}
-	return pki.PeerName(ti.State)
+	return pki.PeerCertificate(ti.State)
 }
 
 type sessionService struct {
@@ -67,6 +76,7 @@ type agentConn struct {
 	role   pb.NodeRole
 	cancel context.CancelFunc
 	stream grpc.BidiStreamingServer[pb.AgentMessage, pb.ControllerMessage]
+	cert   *x509.Certificate // the session's client certificate
 	sendMu sync.Mutex
 	lim    *rate.Limiter // messages from the agent (msgsPerInterval)
 
@@ -106,6 +116,7 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 	defer cancel()
 	now := time.Now()
 	a := &agentConn{c: c, node: reg.GetNode(), site: reg.GetSite(), role: reg.GetRole(), cancel: cancel, stream: stream,
+		cert:   peerCert(stream.Context()),
 		lim:    rate.NewLimiter(rate.Every(c.cfg.ReportInterval/msgsPerInterval), msgBurst),
 		demand: map[[2]uint32]float64{}, lastReport: now, access: sessionAccess{buckets: map[int64]*bucketFlows{}},
 		status: &pb.AgentStatus{Node: reg.GetNode(), Site: reg.GetSite(), Role: reg.GetRole(), Addresses: reg.GetAddresses(),
@@ -239,6 +250,14 @@ func (a *agentConn) recvLoop(ctx context.Context) error {
 		m, err := a.stream.Recv()
 		if err != nil {
 			return err
+		}
+		// A certificate revoked after the handshake ends the session at
+		// its next message (reports come every interval); the agent's
+		// reconnection is then refused by the handshake.
+		if a.c.tls != nil && a.c.tls.Revoked(a.cert) {
+			a.c.log.Warn("agent session ended: its certificate was revoked", "node", a.node,
+				"serial", fmt.Sprintf("%x", a.cert.SerialNumber))
+			return status.Error(codes.PermissionDenied, "certificate revoked")
 		}
 		if !a.lim.Allow() {
 			a.c.m.throttled.Inc()

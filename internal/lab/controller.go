@@ -58,6 +58,7 @@ type ctlState struct {
 	addr    string
 	dataDir string
 	log     string
+	certArg []string // the `controller certs` command that made certs
 	cmd     *exec.Cmd
 	done    chan error
 }
@@ -99,6 +100,7 @@ func (l *Lab) StartController(ctx context.Context, s ControllerSetup) error {
 	if err != nil {
 		return fmt.Errorf("controller certs: %v\n%s", err, out)
 	}
+	c.certArg = certArgs
 	l.mu.Lock()
 	l.ctl = c
 	l.mu.Unlock()
@@ -175,6 +177,20 @@ func (l *Lab) RestartController(ctx context.Context) error {
 		return errors.New("no controller")
 	}
 	return l.startController(ctx)
+}
+
+// RenewCerts issues every certificate of the lab again from its CA (new
+// keys and serials over the same files), as a renewal by cert-manager
+// would; running processes take them at their next handshake.
+func (l *Lab) RenewCerts(ctx context.Context) error {
+	c := l.ctl
+	if c == nil {
+		return errors.New("no controller")
+	}
+	if out, err := exec.CommandContext(ctx, c.setup.Bin, c.certArg...).CombinedOutput(); err != nil {
+		return fmt.Errorf("controller certs: %v\n%s", err, out)
+	}
+	return nil
 }
 
 // ControllerCommand runs a controller client subcommand (status,

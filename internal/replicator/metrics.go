@@ -1,6 +1,7 @@
 package replicator
 
 import (
+	"github.com/premirror/premirror/internal/pki"
 	"math"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -97,7 +98,7 @@ func (m *Metrics) collectors() []prometheus.Collector {
 // MetricDescs lists the replicator_* metrics a Node registers, with their
 // labels (for the deploy tests' dashboard and alert-rule checks).
 func MetricDescs() []promdesc.Metric {
-	ms, err := promdesc.Describe(newMetrics(&Node{}).collectors()...)
+	ms, err := promdesc.Describe(append(newMetrics(&Node{}).collectors(), new(pki.Source).Collector("replication"))...)
 	if err != nil {
 		panic(err)
 	}

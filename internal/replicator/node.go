@@ -127,6 +127,7 @@ type Node struct {
 	log     *slog.Logger
 	clock   *Clock
 	srvTLS  *tls.Config
+	tlsSrc  *pki.Source // follows the certificate, CA and CRL files
 	metrics *Metrics
 
 	mu    sync.Mutex
@@ -179,7 +180,6 @@ type nodeVolume struct {
 type nodePeer struct {
 	cfg     PeerConfig
 	limiter *throttle.Limiter
-	tls     *tls.Config
 	links   *linkPool
 	// delivered measures what copies to the peer deliver (LinkRates).
 	delivered *rateMeter
@@ -209,12 +209,16 @@ func NewNode(cfg Config) (*Node, error) {
 	n.bgCtx, n.bgCancel = context.WithCancel(context.Background())
 	n.repairSlots = make(chan struct{}, maxRepairs)
 	var err error
-	if n.srvTLS, err = pki.ServerConfig(cfg.TLS); err != nil {
+	if n.tlsSrc, err = pki.Open(cfg.TLS, n.log.With("channel", "replication")); err != nil {
 		return nil, fmt.Errorf("replicator config: tls: %w", err)
 	}
+	n.srvTLS = n.tlsSrc.ServerConfig()
 	n.metrics = newMetrics(n)
 	if cfg.Registerer != nil {
 		if err := n.metrics.register(cfg.Registerer); err != nil {
+			return nil, fmt.Errorf("register replicator metrics: %w", err)
+		}
+		if err := cfg.Registerer.Register(n.tlsSrc.Collector("replication")); err != nil {
 			return nil, fmt.Errorf("register replicator metrics: %w", err)
 		}
 	}
@@ -255,11 +259,7 @@ func (n *Node) addPeer(p PeerConfig) error {
 			return fmt.Errorf("schedule: %w", err)
 		}
 	}
-	tc, err := pki.ClientConfig(n.cfg.TLS, p.ServerName)
-	if err != nil {
-		return fmt.Errorf("tls: %w", err)
-	}
-	np := &nodePeer{cfg: p, limiter: throttle.NewLimiter(sched, nil), tls: tc}
+	np := &nodePeer{cfg: p, limiter: throttle.NewLimiter(sched, nil)}
 	if p.RateControl != nil {
 		if err := p.RateControl.Validate(); err != nil {
 			return fmt.Errorf("rate control: %w", err)

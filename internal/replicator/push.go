@@ -177,7 +177,8 @@ func (n *Node) hello(v *Volume, op wire.Op, remote string) *wire.Hello {
 
 func (n *Node) dialConfig(p *nodePeer) dialConfig {
 	name := p.cfg.Name
-	dc := dialConfig{addr: p.cfg.Addr, tls: p.tls, limiter: p.limiter, meter: p.delivered,
+	// A configuration per connection: the CA bundle and CRL current now.
+	dc := dialConfig{addr: p.cfg.Addr, tls: n.tlsSrc.ClientConfig(p.cfg.ServerName), limiter: p.limiter, meter: p.delivered,
 		onWrite: func(k int) { n.metrics.sentBytes.WithLabelValues(name).Add(float64(k)) },
 		onRead:  func(k int) { n.metrics.recvBytes.WithLabelValues(name).Add(float64(k)) }}
 	if p.cfg.RateControl != nil {

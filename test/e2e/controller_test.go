@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -277,6 +278,11 @@ func TestControllerRouting(t *testing.T) {
 		if err := e.lab.StopController(); err != nil {
 			t.Fatal(err)
 		}
+		// Every certificate is renewed meanwhile: the agents that keep
+		// running reconnect with theirs, re-read from the files.
+		if err := e.lab.RenewCerts(e.ctx()); err != nil {
+			t.Fatal(err)
+		}
 		if got := e.askQuick("eu-1", "tcp", vip4, 2*time.Second); got != "m-core" {
 			t.Fatalf("without the controller eu served by %q", got)
 		}
@@ -308,6 +314,14 @@ func TestControllerRouting(t *testing.T) {
 				t.Fatalf("agents did not converge: %v\n%s", err, st)
 			}
 			time.Sleep(200 * time.Millisecond)
+		}
+		m, err := e.lab.Metrics("edge-eu")
+		if err != nil {
+			t.Fatal(err)
+		}
+		loaded := regexp.MustCompile(`premirror_tls_reloads_total\{channel="controller",result="loaded"\} [1-9]`)
+		if !loaded.MatchString(m) || !strings.Contains(m, `premirror_tls_files_stale{channel="controller"} 0`) {
+			t.Fatalf("edge-eu did not take its renewed certificate:\n%s", grepLines(m, "premirror_tls_"))
 		}
 	})
 }
