@@ -96,7 +96,8 @@ func newMetrics(c *Controller) *metrics {
 				"report (unreported, copying, in_sync: only in_sync copies are routed to)."}, []string{"state"}),
 		regionRTT: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "premirror_controller_region_rtt_seconds",
 			Help: "Path RTT each client region's traffic goes over at the leader's last route computation: per route the " +
-				"slot-weighted RTT of the paths to its table's mirrors, averaged over the region's routes (the leader only)."}, []string{"region"}),
+				"slot-weighted RTT of the paths to its table's mirrors, averaged over the region's routes weighted by their demand " +
+				"from the region (each route once while no demand is known) (the leader only)."}, []string{"region"}),
 		regionBestRTT: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "premirror_controller_region_best_rtt_seconds",
 			Help: "For the same routes, the lowest path RTT among each resource's routable copies, averaged: " +
 				"premirror_controller_region_rtt_seconds above it is what damping, capacity and the other cost terms cost in latency (the leader only)."}, []string{"region"}),

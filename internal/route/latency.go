@@ -1,6 +1,7 @@
 package route
 
 import (
+	"math"
 	"reflect"
 	"time"
 	"unsafe"
@@ -13,6 +14,11 @@ type RegionRTT struct {
 	// Routes counts the region's routes with a table and a measured path
 	// to at least one of its mirrors; the means below are over them.
 	Routes int
+	// Demand is those routes' demand from the region (requests/s). When
+	// it is positive the means are weighted by each route's demand — the
+	// latency the region's requests get; routes of unknown demand then
+	// weigh nothing. Without any, each route counts once.
+	Demand float64
 	// Routed is the mean over those routes of the slot-weighted RTT of the
 	// paths to the mirrors in the table (mirrors without a measured path
 	// left out of the weighting).
@@ -27,8 +33,9 @@ type RegionRTT struct {
 
 // RegionLatency summarizes res against the paths of in, per region of
 // in.Regions, in that order; in must be what res was computed from (an
-// input Step would refuse is refused here too). Every resource counts
-// once, whatever its demand: the mean is over routes, not requests.
+// input Step would refuse is refused here too). The means are over
+// requests where the resources' demand is known, over routes where not
+// (RegionRTT.Demand).
 func RegionLatency(in *Input, res *Result) ([]RegionRTT, error) {
 	// The positions Step validated with: dense tables, since one tick
 	// holds hundreds of thousands of routes and map lookups per path would
@@ -49,8 +56,10 @@ func RegionLatency(in *Input, res *Result) ([]RegionRTT, error) {
 		}
 	}
 	type acc struct {
-		n            int
-		routed, best float64 // seconds
+		n              int
+		routed, best   float64 // seconds, summed over routes
+		demand         float64 // requests/s
+		dRouted, dBest float64 // seconds × requests/s
 	}
 	sums := make([]acc, nR)
 	byID := make(map[ResourceID]*Resource, len(in.Resources))
@@ -135,16 +144,28 @@ func RegionLatency(in *Input, res *Result) ([]RegionRTT, error) {
 		a.n++
 		a.routed += routed
 		a.best += best
+		if rs != nil && r < len(rs.Demand) && rs.Demand[r] > 0 {
+			d := rs.Demand[r]
+			a.demand += d
+			a.dRouted += d * routed
+			a.dBest += d * best
+		}
 	}
 	out := make([]RegionRTT, 0, nR)
 	for i, r := range in.Regions {
 		a := sums[i]
-		x := RegionRTT{Region: r, Routes: a.n}
-		if a.n > 0 {
-			x.Routed = time.Duration(a.routed / float64(a.n) * float64(time.Second))
-			x.Best = time.Duration(a.best / float64(a.n) * float64(time.Second))
+		x := RegionRTT{Region: r, Routes: a.n, Demand: a.demand}
+		switch {
+		case a.demand > 0:
+			x.Routed, x.Best = seconds(a.dRouted/a.demand), seconds(a.dBest/a.demand)
+		case a.n > 0:
+			x.Routed, x.Best = seconds(a.routed/float64(a.n)), seconds(a.best/float64(a.n))
 		}
 		out = append(out, x)
 	}
 	return out, nil
 }
+
+// seconds rounds to the nanosecond (a weighted mean of whole
+// milliseconds is not one below them).
+func seconds(s float64) time.Duration { return time.Duration(math.Round(s * float64(time.Second))) }

@@ -56,6 +56,31 @@ func TestRegionLatency(t *testing.T) {
 				{Resource: 1, Region: 2, Weights: map[MirrorID]uint32{20: 1024}},
 			},
 			[2]time.Duration{ms(20), ms(5)}, [2]time.Duration{ms(10), ms(5)}, [2]int{2, 1}},
+		{"demand weights the mean: the region's requests, not its routes",
+			func(in *Input) {
+				in.Resources[0].Replicas = []Replica{{20, true}}
+				in.Resources[0].Demand = []float64{3, 0}
+				in.Resources = append(in.Resources, Resource{ID: 2, Replicas: []Replica{{10, true}}, Demand: []float64{1, 0}})
+			},
+			[]Route{
+				{Resource: 1, Region: 1, Weights: map[MirrorID]uint32{20: 1024}},
+				{Resource: 2, Region: 1, Weights: map[MirrorID]uint32{10: 1024}},
+				{Resource: 1, Region: 2, Weights: map[MirrorID]uint32{20: 1024}},
+			},
+			// Region 1: (3×30 + 1×10) / 4 routed, (3×30 + 1×10) / 4 best
+			// (resource 1's only copy is the far one); region 2 has no
+			// demand: its one route counts once.
+			[2]time.Duration{ms(25), ms(5)}, [2]time.Duration{ms(25), ms(5)}, [2]int{2, 1}},
+		{"a route of unknown demand weighs nothing beside known demand",
+			func(in *Input) {
+				in.Resources[0].Demand = []float64{2, 0}
+				in.Resources = append(in.Resources, Resource{ID: 2, Replicas: []Replica{{20, true}}})
+			},
+			[]Route{
+				{Resource: 1, Region: 1, Weights: map[MirrorID]uint32{10: 1024}},
+				{Resource: 2, Region: 1, Weights: map[MirrorID]uint32{20: 1024}},
+			},
+			[2]time.Duration{ms(10), 0}, [2]time.Duration{ms(10), 0}, [2]int{2, 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			in := base()
