@@ -1,8 +1,6 @@
 package pki
 
 import (
-	"crypto/tls"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -35,36 +33,14 @@ func TestMutualTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", scfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	names := make(chan string, 2)
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			tc := c.(*tls.Conn)
-			if err := tc.Handshake(); err != nil {
-				names <- "refused"
-			} else {
-				names <- PeerName(tc.ConnectionState())
-				io.WriteString(tc, "ok")
-			}
-			tc.Close()
-		}
-	}()
-
+	addr, res := serve(t, scfg)
 	tests := []struct {
-		name  string
-		files Files
-		want  string
+		name    string
+		files   Files
+		refused bool
 	}{
-		{"signed client accepted", cliFiles, "node-a"},
-		{"foreign client refused", rogueFiles, "refused"},
+		{"signed client accepted", cliFiles, false},
+		{"foreign client refused", rogueFiles, true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -72,14 +48,12 @@ func TestMutualTLS(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			c, err := tls.Dial("tcp", ln.Addr().String(), ccfg)
-			if err == nil {
-				// TLS 1.3 reports a refused client certificate on first read.
-				_, err = io.ReadAll(c)
-				c.Close()
+			r := dial(t, addr, ccfg, res)
+			if refused := r.serverErr != nil; refused != tt.refused || refused != (r.clientErr != nil) {
+				t.Fatalf("server err %v, client err %v; want refused %v", r.serverErr, r.clientErr, tt.refused)
 			}
-			if got := <-names; got != tt.want {
-				t.Fatalf("server saw %q, want %q (client err %v)", got, tt.want, err)
+			if !tt.refused && r.peerName != "node-a" {
+				t.Fatalf("server named the client %q, want node-a", r.peerName)
 			}
 		})
 	}

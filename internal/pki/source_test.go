@@ -26,6 +26,7 @@ import (
 // handshakeResult is what each side of one connection saw.
 type handshakeResult struct {
 	serverSaw *big.Int // client certificate serial the server verified; nil if refused
+	peerName  string   // PeerName on the server side
 	clientSaw *big.Int // server certificate serial; nil if the client failed
 	serverErr error
 	clientErr error
@@ -51,6 +52,7 @@ func serve(t *testing.T, cfg *tls.Config) (addr string, results <-chan handshake
 			var r handshakeResult
 			if r.serverErr = tc.Handshake(); r.serverErr == nil {
 				r.serverSaw = tc.ConnectionState().VerifiedChains[0][0].SerialNumber
+				r.peerName = PeerName(tc.ConnectionState())
 				io.WriteString(tc, "ok")
 			}
 			tc.Close()
@@ -75,7 +77,7 @@ func dial(t *testing.T, addr string, cfg *tls.Config, results <-chan handshakeRe
 	}
 	r.clientErr = err
 	srv := <-results
-	r.serverSaw, r.serverErr = srv.serverSaw, srv.serverErr
+	r.serverSaw, r.serverErr, r.peerName = srv.serverSaw, srv.serverErr, srv.peerName
 	return r
 }
 
