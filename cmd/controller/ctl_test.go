@@ -114,13 +114,13 @@ func TestCtlEndToEnd(t *testing.T) {
 	}
 	crl := filepath.Join(certs, "ca.crl")
 
-	addr, maddr := freeAddr(t), freeAddr(t)
+	addr, maddr, paddr := freeAddr(t), freeAddr(t), freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
 		done <- commands.Run(ctx, []string{"run", "--name", "solo", "--listen", addr, "--tls-dir", certs, "--tls-crl", crl,
 			"--data-dir", filepath.Join(dir, "etcd"), "--etcd-listen", freeAddr(t), "--etcd-peer-listen", freeAddr(t),
-			"--metrics-addr", maddr, "--tick", "100ms"})
+			"--metrics-addr", maddr, "--pprof-addr", paddr, "--tick", "100ms"})
 	}()
 	defer func() {
 		cancel()
@@ -129,6 +129,16 @@ func TestCtlEndToEnd(t *testing.T) {
 		}
 	}()
 	waitFor(t, "controller leads", 30*time.Second, func() bool { return strings.Contains(healthz(maddr), `leader "solo"`) })
+	// Runtime profiles on their own listener.
+	if resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + paddr + "/debug/pprof/goroutine?debug=1"); err != nil {
+		t.Fatal(err)
+	} else {
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if !strings.Contains(string(b), "goroutine profile") {
+			t.Fatalf("pprof: %.200s", b)
+		}
+	}
 
 	admin := []string{"--server", addr, "--tls-dir", certs}
 	out, err = ctl(t, append([]string{"apply", "-f", objectsFile}, admin...)...)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/premirror/premirror/internal/debugserver"
 	"log/slog"
 	"net"
 	"net/http"
@@ -70,14 +71,14 @@ const (
 
 // runFlags are controller run's flags.
 type runFlags struct {
-	listen, name, dataDir, endpoints, etcdListen, etcdPeer, etcdClients, prefix, admins, metricsAddr *string
-	tls                                                                                              ctlTLSFlags
-	maxTxn, confirm, slots, fcWindow, fcHorizon                                                      *int
-	tick, report, lease, minGainAbs, dwell, slowStart, fcStep, fcGrace, fcFlush                      *time.Duration
-	minGain, maxMove, copyGB, storeGBMonth, valueReqSec                                              *float64
-	fcOff, debug                                                                                     *bool
-	fcCovs, fcState                                                                                  *string
-	fcMaxSnap                                                                                        *int64
+	listen, name, dataDir, endpoints, etcdListen, etcdPeer, etcdClients, prefix, admins, metricsAddr, pprofAddr *string
+	tls                                                                                                         ctlTLSFlags
+	maxTxn, confirm, slots, fcWindow, fcHorizon                                                                 *int
+	tick, report, lease, minGainAbs, dwell, slowStart, fcStep, fcGrace, fcFlush                                 *time.Duration
+	minGain, maxMove, copyGB, storeGBMonth, valueReqSec                                                         *float64
+	fcOff, debug                                                                                                *bool
+	fcCovs, fcState                                                                                             *string
+	fcMaxSnap                                                                                                   *int64
 }
 
 func newRunFlags() (*flag.FlagSet, *runFlags) {
@@ -98,6 +99,7 @@ func newRunFlags() (*flag.FlagSet, *runFlags) {
 	f.lease = fs.Duration("lease-ttl", controller.DefaultLeaseTTL, "leader and session lease; a dead leader is replaced after about this long")
 	f.admins = fs.String("admin-names", "admin", "comma-separated certificate names allowed to change objects")
 	f.metricsAddr = fs.String("metrics-addr", "127.0.0.1:9451", "metrics and health listen address (empty: none)")
+	f.pprofAddr = fs.String("pprof-addr", "", "serve Go runtime profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:6061 (empty: none)")
 	// Routing policy knobs; 0 keeps internal/route's defaults (the issue's:
 	// 10% and 5 ms better for 3 evaluations, 60 s dwell, 10% slew, 30 s slow start).
 	f.minGain = fs.Float64("route-min-gain", 0, "a challenger must be this share better than the incumbent (default 0.10)")
@@ -159,9 +161,9 @@ func (f *runFlags) config() (controller.Config, error) {
 		return controller.Config{}, err
 	}
 	// Listen addresses are bound after etcd starts: check them first.
-	for _, l := range []struct{ flag, addr string }{{"listen", *f.listen}, {"metrics-addr", *f.metricsAddr},
+	for _, l := range []struct{ flag, addr string }{{"listen", *f.listen}, {"metrics-addr", *f.metricsAddr}, {"pprof-addr", *f.pprofAddr},
 		{"etcd-listen", *f.etcdListen}, {"etcd-peer-listen", *f.etcdPeer}} {
-		if l.addr == "" && l.flag == "metrics-addr" {
+		if l.addr == "" && (l.flag == "metrics-addr" || l.flag == "pprof-addr") {
 			continue
 		}
 		if _, port, err := net.SplitHostPort(l.addr); err != nil {
@@ -317,6 +319,14 @@ func ctlRun(ctx context.Context, args []string) error {
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { _ = srv.Serve(ml) }()
 		defer srv.Close()
+	}
+	if *f.pprofAddr != "" {
+		pctx, stop := context.WithCancel(ctx)
+		defer stop()
+		if _, err := debugserver.Start(pctx, *f.pprofAddr, "--pprof-addr", log); err != nil {
+			lis.Close()
+			return err
+		}
 	}
 	err = c.Serve(ctx, lis)
 	if errors.Is(err, context.Canceled) {

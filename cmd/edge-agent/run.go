@@ -28,6 +28,7 @@ func runAgent(ctx context.Context, args []string) error {
 	mode := fs.String("xdp-mode", "", "force the XDP attach mode: native, generic or auto (overrides xdp_mode)")
 	metrics := fs.String("metrics-addr", "", "metrics and health listen address (overrides metrics_addr)")
 	pinDir := fs.String("pin-dir", "", "bpffs directory for pinned maps and links (overrides pin_dir)")
+	pprofAddr := fs.String("pprof-addr", "", "serve Go runtime profiles (/debug/pprof/) on this address, e.g. 127.0.0.1:6060 (overrides pprof_addr)")
 	debug := fs.Bool("debug", false, "debug logs, full verifier output on load errors")
 	if err := cli.ParseFlags(fs, args); err != nil {
 		return err
@@ -52,6 +53,9 @@ func runAgent(ctx context.Context, args []string) error {
 		}
 		if *pinDir != "" {
 			cfg.PinDir = *pinDir
+		}
+		if *pprofAddr != "" {
+			cfg.PprofAddr = *pprofAddr
 		}
 	}
 	overrides(cfg)

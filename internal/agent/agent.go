@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/premirror/premirror/internal/debugserver"
 	"log/slog"
 	"maps"
 	"net"
@@ -540,6 +541,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = srv.Serve(ln) }()
 	a.log.Info("serving metrics and health", "addr", ln.Addr().String())
+	if p := a.cfg.PprofAddr; p != "" {
+		if _, err := debugserver.Start(ctx, p, "pprof_addr", a.log); err != nil {
+			srv.Close()
+			return err
+		}
+	}
 
 	var wg sync.WaitGroup
 	defer wg.Wait()

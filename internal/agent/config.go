@@ -54,9 +54,12 @@ type Config struct {
 	XDPMode          XDPMode  `yaml:"xdp_mode"`
 	PinDir           string   `yaml:"pin_dir"`
 	MetricsAddr      string   `yaml:"metrics_addr"`
-	OuterSourceV4    string   `yaml:"outer_source_v4"`
-	OuterSourceV6    string   `yaml:"outer_source_v6"`
-	DecapAddresses   []string `yaml:"decap_addresses"`
+	// PprofAddr serves Go's runtime profiles when set (off by default;
+	// internal/debugserver says why not on the metrics listener).
+	PprofAddr      string   `yaml:"pprof_addr"`
+	OuterSourceV4  string   `yaml:"outer_source_v4"`
+	OuterSourceV6  string   `yaml:"outer_source_v6"`
+	DecapAddresses []string `yaml:"decap_addresses"`
 	// DecapGUEPort makes every decap address also accept GUE (direct
 	// IP-in-UDP) on this UDP port: edges send it to mirrors configured
 	// with encap gue and the same gue_port. 0 or absent: IPIP and IPv6
@@ -407,6 +410,11 @@ func (c *Config) Validate() error {
 	}
 	if err := checkHostPort(c.MetricsAddr, true); err != nil {
 		return fmt.Errorf("metrics_addr: %w", err)
+	}
+	if c.PprofAddr != "" {
+		if err := checkHostPort(c.PprofAddr, true); err != nil {
+			return fmt.Errorf("pprof_addr: %w", err)
+		}
 	}
 	switch c.XDPMode {
 	case XDPAuto, XDPNative, XDPGeneric:

@@ -111,6 +111,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"xdp_root with a take-over", "node: edge-test", "node: edge-test\nxdp_root: {prog_array: /sys/fs/bpf/root/progs}\nxdp_chain: {take_over_attached: true}", "xdp_root: excludes xdp_chain.take_over_attached"},
 		{"service check timeout above its interval", "node: edge-test", "node: edge-test\nservice_check: {interval: 500ms}", "service_check.timeout: 1s must be below service_check.interval 500ms"},
 		{"http check path", "node: edge-test", "node: edge-test\nservice_check: {http: {path: healthz, ports: [80]}}", `service_check.http.path: "healthz" does not start with /`},
+		{"pprof address without port", "node: edge-test", "node: edge-test\npprof_addr: 127.0.0.1", "pprof_addr: "},
+		{"pprof port out of range", "node: edge-test", "node: edge-test\npprof_addr: 127.0.0.1:70000", "pprof_addr: "},
 		{"http check without ports", "node: edge-test", "node: edge-test\nservice_check: {http: {path: /healthz}}", "service_check.http: neither ports nor tls_ports"},
 		{"http check port range", "node: edge-test", "node: edge-test\nservice_check: {http: {ports: [80, 70000]}}", "service_check.http.ports[1]: 70000 is not a port"},
 		{"http check port twice", "node: edge-test", "node: edge-test\nservice_check: {http: {ports: [443], tls_ports: [443]}}", "service_check.http.tls_ports[0]: port 443 is already in service_check.http.ports"},
