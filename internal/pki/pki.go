@@ -140,14 +140,20 @@ func (f Files) Check(now time.Time) error {
 	if err != nil {
 		return err
 	}
-	cert, pool, leaf := m.cert, m.pool, m.leaf
+	return m.check(f, now)
+}
+
+// check verifies that m's certificate chains to m's CA bundle, is valid
+// at now and is not in m's CRL.
+func (m *material) check(f Files, now time.Time) error {
+	leaf := m.leaf
 	inter := x509.NewCertPool()
-	for _, der := range cert.Certificate[1:] {
+	for _, der := range m.cert.Certificate[1:] {
 		if c, err := x509.ParseCertificate(der); err == nil {
 			inter.AddCert(c)
 		}
 	}
-	_, err = leaf.Verify(x509.VerifyOptions{Roots: pool, Intermediates: inter, CurrentTime: now,
+	_, err := leaf.Verify(x509.VerifyOptions{Roots: m.pool, Intermediates: inter, CurrentTime: now,
 		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
 	if err != nil {
 		return fmt.Errorf("tls cert %s (%q, valid %s to %s) against ca %s: %w", f.Cert, leaf.Subject.CommonName,

@@ -30,8 +30,10 @@ var ErrRevoked = errors.New("certificate revoked")
 // by cert-manager or Vault (a Secret volume swaps its files atomically), a
 // CA bundle that gains the next CA, or a new CRL takes effect without a
 // restart. A change that does not load (a key written before its
-// certificate, a truncated file) keeps the previous material, is logged
-// once and counted, and is tried again when the files change again.
+// certificate, a truncated file) or would not serve (an expired
+// certificate, one the bundle's CAs did not sign) keeps
+// the previous material, is logged once and counted, and is tried again
+// when the files change again.
 type Source struct {
 	files Files
 	log   *slog.Logger
@@ -113,6 +115,18 @@ func (s *Source) current() *material {
 	}
 	s.sig = sig
 	m, err := loadMaterial(s.files)
+	if err == nil {
+		// A set that loads but cannot serve (expired, not signed by the
+		// bundle's CAs) is refused too: unlike at start there is a good
+		// one to keep. Open takes such a set, as loading always did;
+		// Files.Check is the strict start-up test. A CRL that lists our
+		// own certificate is taken all the same: its other entries must
+		// be enforced, and peers that hold it refuse us either way.
+		if err = m.check(s.files, time.Now()); errors.Is(err, ErrRevoked) {
+			s.log.Error("this process's own certificate is in the new CRL: peers that load it refuse this node; issue it a new one", "err", err)
+			err = nil
+		}
+	}
 	if err != nil {
 		s.reload.failed.Add(1)
 		s.failedSig = sig

@@ -201,6 +201,28 @@ func TestSourceKeepsLastGood(t *testing.T) {
 	if exp := gauge(t, reg, "premirror_tls_certificate_expiry_timestamp_seconds"); exp != float64(fx.srcS.Leaf().NotAfter.Unix()) {
 		t.Fatalf("expiry gauge %v, want %v", exp, fx.srcS.Leaf().NotAfter.Unix())
 	}
+
+	// A complete set that would not serve: an expired certificate, and
+	// one another CA signed. The one in use stays.
+	inUse := fx.srcS.Leaf().SerialNumber
+	expired, _ := fx.ca.Issue("server", []string{"127.0.0.1"}, -time.Minute)
+	otherCA, _ := NewCA("other", time.Hour)
+	foreign, _ := otherCA.Issue("server", []string{"127.0.0.1"}, time.Hour)
+	for i, l := range []*Leaf{expired, foreign} {
+		if err := atomicfile.Write(fx.srv.Key, 0o600, l.KeyPEM); err != nil {
+			t.Fatal(err)
+		}
+		if err := atomicfile.Write(fx.srv.Cert, 0o644, l.CertPEM); err != nil {
+			t.Fatal(err)
+		}
+		r = dial(t, addr, ccfg, res)
+		if r.clientErr != nil || !sameSerial(r.clientSaw, inUse) {
+			t.Fatalf("set %d that would not serve: %+v (want the certificate in use, %x)", i, r, inUse)
+		}
+		if got := gauge(t, reg, "premirror_tls_files_stale"); got != 1 {
+			t.Fatalf("set %d: stale = %v, want 1", i, got)
+		}
+	}
 }
 
 // TestSourceCRL: a certificate the CRL lists is refused by the other side
@@ -262,6 +284,11 @@ func TestSourceCRL(t *testing.T) {
 	r = dial(t, addr, srcO.ClientConfig("127.0.0.1"), res)
 	if !errors.Is(r.clientErr, ErrRevoked) {
 		t.Fatalf("revoked server: client err %v, want ErrRevoked", r.clientErr)
+	}
+	// The server loaded that CRL though it lists the server itself: its
+	// other entries are enforced.
+	if !srcS.Revoked(srcS.Leaf()) {
+		t.Fatal("a CRL listing the process's own certificate was not loaded")
 	}
 
 	// A CRL signed by another CA is not this CA's word.
