@@ -212,6 +212,14 @@ func TestAlertRules(t *testing.T) {
 	if len(alerts) < 20 {
 		t.Fatalf("only %d alerts read from %s", len(alerts), rulesFile)
 	}
+	// OPERATIONS §1 "Alerts" lists every alert.
+	_, table, _ := strings.Cut(string(ops), "\n### Alerts\n")
+	table, _, _ = strings.Cut(table, "\n## ")
+	for _, a := range alerts {
+		if !strings.Contains(table, "| `"+a+"` |") {
+			t.Errorf("OPERATIONS.md §1 \"Alerts\" has no row for %s", a)
+		}
+	}
 	for a := range fires {
 		if !slices.Contains(alerts, a) {
 			t.Errorf("%s tests alert %s, which %s does not define", rulesTestFile, a, rulesFile)
