@@ -206,14 +206,10 @@ func ctlRevoke(_ context.Context, args []string) error {
 // issued: its serial means nothing in this CA's list) or parses a hex
 // serial.
 func ctlSerialOf(arg string, ca *pki.CA) (*big.Int, error) {
-	if b, err := os.ReadFile(arg); err == nil {
-		blk, _ := pem.Decode(b)
-		if blk == nil {
-			return nil, fmt.Errorf("%s: no PEM block", arg)
-		}
-		c, err := x509.ParseCertificate(blk.Bytes)
+	if _, err := os.Stat(arg); err == nil {
+		c, err := pki.ReadCertificate(arg)
 		if err != nil {
-			return nil, fmt.Errorf("%s: %w", arg, err)
+			return nil, err
 		}
 		if err := c.CheckSignatureFrom(ca.Cert); err != nil {
 			return nil, fmt.Errorf("%s (%q) was not issued by this CA: %w", arg, c.Subject.CommonName, err)

@@ -7,7 +7,6 @@ package pki
 import (
 	"github.com/premirror/premirror/internal/atomicfile"
 
-	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -159,7 +158,7 @@ func (m *material) check(f Files, now time.Time) error {
 		return fmt.Errorf("tls cert %s (%q, valid %s to %s) against ca %s: %w", f.Cert, leaf.Subject.CommonName,
 			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339), f.CA, err)
 	}
-	if _, revoked := m.revoked[fmt.Sprintf("%x", leaf.SerialNumber)]; revoked && bytes.Equal(leaf.RawIssuer, m.crl.RawIssuer) {
+	if m.lists(leaf) {
 		return fmt.Errorf("tls cert %s (%q, serial %x): %w by %s", f.Cert, leaf.Subject.CommonName, leaf.SerialNumber, ErrRevoked, f.CRL)
 	}
 	return nil
@@ -168,19 +167,28 @@ func (m *material) check(f Files, now time.Time) error {
 // CommonName is the subject common name of the first certificate in the
 // PEM file at path.
 func CommonName(path string) (string, error) {
-	b, err := os.ReadFile(path)
+	c, err := ReadCertificate(path)
 	if err != nil {
 		return "", err
 	}
+	return c.Subject.CommonName, nil
+}
+
+// ReadCertificate parses the first certificate in the PEM file at path.
+func ReadCertificate(path string) (*x509.Certificate, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
 	blk, _ := pem.Decode(b)
 	if blk == nil {
-		return "", fmt.Errorf("certificate %s: no PEM block", path)
+		return nil, fmt.Errorf("certificate %s: no PEM block", path)
 	}
 	cert, err := x509.ParseCertificate(blk.Bytes)
 	if err != nil {
-		return "", fmt.Errorf("certificate %s: %w", path, err)
+		return nil, fmt.Errorf("certificate %s: %w", path, err)
 	}
-	return cert.Subject.CommonName, nil
+	return cert, nil
 }
 
 // WriteLeaf writes ca.pem, <name>.pem and <name>-key.pem into dir (keys 0600)
@@ -208,12 +216,12 @@ func WriteLeaf(dir, name string, ca *CA, leaf *Leaf) (Files, error) {
 
 // ServerConfig opens f (Open) and returns its ServerConfig: mutual TLS
 // 1.3 that follows the files.
-func ServerConfig(f Files, nextProtos ...string) (*tls.Config, error) {
+func ServerConfig(f Files) (*tls.Config, error) {
 	s, err := Open(f, nil)
 	if err != nil {
 		return nil, err
 	}
-	return s.ServerConfig(nextProtos...), nil
+	return s.ServerConfig(), nil
 }
 
 // ClientConfig opens f (Open) and returns its ClientConfig for serverName,

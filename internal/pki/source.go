@@ -38,11 +38,11 @@ type Source struct {
 	files Files
 	log   *slog.Logger
 
-	mu        sync.Mutex // serializes reloads
-	sig       [4]fileSig // of the files last tried, loaded or not
-	failedSig [4]fileSig // sig when the last try failed; zero after a load
-	cur       atomic.Pointer[material]
-	reload    struct{ ok, failed, revoked atomic.Uint64 }
+	mu     sync.Mutex // guards sig, cur and stale; serializes reloads
+	sig    [4]fileSig // of the files last tried, loaded or not
+	cur    *material
+	stale  bool // the files last tried did not load: cur is older
+	reload struct{ ok, failed, revoked atomic.Uint64 }
 	// lastRevokedLog (Unix ns) rate-limits the refused-revoked log line.
 	lastRevokedLog atomic.Int64
 }
@@ -53,6 +53,15 @@ type material struct {
 	pool    *x509.CertPool
 	crl     *x509.RevocationList // nil: no CRL configured
 	revoked map[string]struct{}  // serial (hex) of crl's entries
+}
+
+// lists reports whether m's CRL revokes c.
+func (m *material) lists(c *x509.Certificate) bool {
+	if m.crl == nil || c == nil || !bytes.Equal(c.RawIssuer, m.crl.RawIssuer) {
+		return false
+	}
+	_, ok := m.revoked[fmt.Sprintf("%x", c.SerialNumber)]
+	return ok
 }
 
 // fileSig tells whether a file changed: a Secret volume replaces files by
@@ -96,7 +105,7 @@ func Open(f Files, log *slog.Logger) (*Source, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.cur.Store(m)
+	s.cur = m
 	m.warnStale(log, f, time.Now())
 	return s, nil
 }
@@ -111,7 +120,7 @@ func (s *Source) current() *material {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if sig == s.sig {
-		return s.cur.Load()
+		return s.cur
 	}
 	s.sig = sig
 	m, err := loadMaterial(s.files)
@@ -129,13 +138,13 @@ func (s *Source) current() *material {
 	}
 	if err != nil {
 		s.reload.failed.Add(1)
-		s.failedSig = sig
+		s.stale = true
 		s.log.Warn("tls files changed but do not load; keeping the previous certificate", "cert", s.files.Cert, "err", err)
-		return s.cur.Load()
+		return s.cur
 	}
 	s.reload.ok.Add(1)
-	s.failedSig = [4]fileSig{}
-	s.cur.Store(m)
+	s.stale = false
+	s.cur = m
 	s.log.Info("tls files reloaded", "cert", s.files.Cert, "name", m.leaf.Subject.CommonName,
 		"serial", fmt.Sprintf("%x", m.leaf.SerialNumber), "not_after", m.leaf.NotAfter.UTC().Format(time.RFC3339),
 		"crl_entries", len(m.revoked))
@@ -146,14 +155,7 @@ func (s *Source) current() *material {
 // Revoked reports whether the CRL current now lists c (a peer's verified
 // certificate), so a long-lived session can be ended when its peer is
 // revoked after the handshake.
-func (s *Source) Revoked(c *x509.Certificate) bool {
-	m := s.current()
-	if m.crl == nil || c == nil || !bytes.Equal(c.RawIssuer, m.crl.RawIssuer) {
-		return false
-	}
-	_, ok := m.revoked[fmt.Sprintf("%x", c.SerialNumber)]
-	return ok
-}
+func (s *Source) Revoked(c *x509.Certificate) bool { return s.current().lists(c) }
 
 // Leaf is the certificate the source presents now.
 func (s *Source) Leaf() *x509.Certificate { return s.current().leaf }
@@ -161,13 +163,10 @@ func (s *Source) Leaf() *x509.Certificate { return s.current().leaf }
 // ServerConfig returns a TLS 1.3 server configuration that requires a
 // client certificate of the CA, not revoked, and presents the current
 // certificate. Every handshake takes the material then current (through
-// GetConfigForClient), so the ALPN protocols of the server go in
-// nextProtos (gRPC's credentials add "h2" to what GetConfigForClient
-// returns themselves).
-func (s *Source) ServerConfig(nextProtos ...string) *tls.Config {
+// GetConfigForClient; gRPC's credentials add "h2" to what it returns).
+func (s *Source) ServerConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
-		NextProtos: nextProtos,
 		GetConfigForClient: func(hi *tls.ClientHelloInfo) (*tls.Config, error) {
 			m := s.current()
 			peer := ""
@@ -176,7 +175,6 @@ func (s *Source) ServerConfig(nextProtos ...string) *tls.Config {
 			}
 			return &tls.Config{
 				MinVersion:       tls.VersionTLS13,
-				NextProtos:       nextProtos,
 				Certificates:     []tls.Certificate{m.cert},
 				ClientCAs:        m.pool,
 				ClientAuth:       tls.RequireAndVerifyClientCert,
@@ -231,14 +229,8 @@ func (c sourceCreds) Clone() credentials.TransportCredentials {
 // 10 s at most: a revoked node retries). The chain was verified against
 // m's CA bundle before this runs.
 func (s *Source) checkRevoked(m *material, cs tls.ConnectionState, peer string) error {
-	if m.crl == nil {
-		return nil
-	}
 	for _, c := range cs.PeerCertificates {
-		if !bytes.Equal(c.RawIssuer, m.crl.RawIssuer) {
-			continue
-		}
-		if _, ok := m.revoked[fmt.Sprintf("%x", c.SerialNumber)]; ok {
+		if m.lists(c) {
 			s.reload.revoked.Add(1)
 			if now := time.Now().UnixNano(); now-s.lastRevokedLog.Load() >= int64(10*time.Second) {
 				s.lastRevokedLog.Store(now)
@@ -380,7 +372,7 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 	m := c.s.current()
 	stale := 0.0
 	c.s.mu.Lock()
-	if c.s.failedSig == c.s.sig && c.s.failedSig != ([4]fileSig{}) {
+	if c.s.stale {
 		stale = 1
 	}
 	c.s.mu.Unlock()
