@@ -257,15 +257,18 @@
 // A Bayesian network P(region | hour of week, day type, events, weather)
 // with Dirichlet posteriors whose counts decay (hour-of-week tables with
 // weekly forgetting 0.3, 0.6, 0.8, 0.95; an hour-of-day × weekday/weekend
-// table), plus short-term experts (last bucket's shares, recent shares, the
-// hour-of-week shares shifted by the last day's deviation from them) and
-// the long-run shares. Per horizon a log-linear stacker (multinomial
-// logistic regression on the experts' log-probabilities with per-region
-// biases and per-region weather/event terms, AdaGrad on the cross-entropy
-// per request) and a mixture of that stacker with every expert, whose
-// weights follow their log loss (exponentiated gradient with a fixed
-// share). The mixture makes it robust where the stacker is noisy (24 h
-// ahead); at 1 h the stacker's use of the last bucket's shares wins.
+// table), plus short-term experts (last bucket's shares, alone and pooled
+// with the long-run shares by a quarter and by one mean bucket's worth of
+// requests; recent shares; the hour-of-week shares shifted by the last
+// day's deviation from them) and the long-run shares. Per horizon a
+// log-linear stacker (multinomial logistic regression on the experts'
+// log-probabilities with per-region biases and per-region weather/event
+// terms, AdaGrad on the cross-entropy per request) and a mixture of that
+// stacker with every expert, whose weights follow their log loss
+// (AdaHedge with a fixed share). The mixture makes it robust where the
+// stacker is noisy (24 h ahead). The engine makes each resource's
+// forecasts once per closed bucket, in its workers, and every reader
+// copies them (LocationModel.Precompute).
 //
 // # Mirroring Score
 //

@@ -484,27 +484,54 @@ func (e *Engine) closeBucket(b int64) error {
 			e.met.restarts.Inc()
 		}
 	}
+	// The location models, one per resource, in parallel as the demand
+	// models are; each then makes its forecasts for the bucket's readers.
+	names := make([]string, 0, len(e.res))
 	for name, rs := range e.res {
-		if rs.loc == nil {
-			continue
+		if rs.loc != nil {
+			names = append(names, name)
 		}
-		c := make([]float64, len(rs.regions))
-		for i, r := range rs.regions {
-			c[i] = counts[SeriesKey{name, r}]
-		}
-		var err error
-		switch {
-		case !known && rs.loc.n > 0:
-			err = rs.loc.Skip(t)
-		case known && (rs.loc.n > 0 || sum(c) > 0):
-			err = rs.loc.Observe(t, c)
-		}
-		if err != nil {
-			e.cfg.Logger.Error("location model failed; restarting it", "resource", name, "err", err)
-			loc, lerr := NewLocationModel(LocationConfig{Regions: append([]string(nil), rs.regions...), Step: e.cfg.Step,
+	}
+	nextRes := make(chan string, len(names))
+	for _, n := range names {
+		nextRes <- n
+	}
+	close(nextRes)
+	lfailed := make([][]string, e.cfg.Workers)
+	for w := 0; w < e.cfg.Workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for name := range nextRes {
+				rs := e.res[name]
+				c := make([]float64, len(rs.regions))
+				for i, r := range rs.regions {
+					c[i] = counts[SeriesKey{name, r}]
+				}
+				var err error
+				switch {
+				case !known && rs.loc.n > 0:
+					err = rs.loc.Skip(t)
+				case known && (rs.loc.n > 0 || sum(c) > 0):
+					err = rs.loc.Observe(t, c)
+				}
+				if err != nil {
+					e.cfg.Logger.Error("location model failed; restarting it", "resource", name, "err", err)
+					lfailed[w] = append(lfailed[w], name)
+					continue
+				}
+				rs.loc.Precompute(e.cfg.Horizon)
+			}
+		}()
+	}
+	wg.Wait()
+	for _, ns := range lfailed {
+		for _, name := range ns {
+			rs := e.res[name]
+			loc, err := NewLocationModel(LocationConfig{Regions: append([]string(nil), rs.regions...), Step: e.cfg.Step,
 				Horizons: e.locHorizons(), Covariates: e.cfg.Covariates, Kinds: e.kinds()}, e.feeds)
-			if lerr != nil {
-				return lerr
+			if err != nil {
+				return err
 			}
 			rs.loc = loc
 			e.met.restarts.Inc()
@@ -573,8 +600,9 @@ func (e *Engine) forecastLocked(resource string) (ResourceForecast, error) {
 		return out, fmt.Errorf("%w: %q has no closed bucket yet", ErrNotReady, resource)
 	}
 	if rs.loc != nil && rs.loc.n > 0 && len(out.Regions) == len(rs.regions) {
+		all := make([]float64, e.cfg.Horizon*len(rs.regions))
 		for h := 1; h <= e.cfg.Horizon; h++ {
-			p := make([]float64, len(rs.regions))
+			p := all[(h-1)*len(rs.regions) : h*len(rs.regions) : h*len(rs.regions)]
 			c, err := rs.loc.Predict(h, p)
 			if err != nil {
 				return out, err

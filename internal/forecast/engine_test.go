@@ -255,7 +255,7 @@ func TestSnapshotRejectsCorruption(t *testing.T) {
 		"flipped payload byte": func(x []byte) []byte { x[100] ^= 1; return x },
 		"truncated":            func(x []byte) []byte { return x[:len(x)-9] },
 		"bad magic":            func(x []byte) []byte { x[0] = 'X'; return x },
-		"future version":       func(x []byte) []byte { x[8] = 9; return x },
+		"future version":       func(x []byte) []byte { x[8] = snapVersion + 1; return x },
 		"empty":                func([]byte) []byte { return nil },
 	} {
 		err := b.UnmarshalBinary(mutate(append([]byte(nil), blob...)))

@@ -122,3 +122,62 @@ func TestLocationModelBasics(t *testing.T) {
 		t.Fatalf("after adding a region: %v (%v)", p, err)
 	}
 }
+
+// TestLocationPrecompute: the forecasts made once at a bucket's close are
+// the ones Predict computes, and a later bucket, a skipped bucket or a new
+// region is never answered from the old ones.
+func TestLocationPrecompute(t *testing.T) {
+	d := synthLocations(24*10, 3)
+	m, err := NewLocationModel(LocationConfig{Regions: d.Regions}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const H = 24
+	fresh := func(h int) []float64 {
+		p := make([]float64, m.R)
+		m.predict(h, p)
+		return p
+	}
+	cached := func(h int) []float64 {
+		p := make([]float64, m.R)
+		if _, err := m.Predict(h, p); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	same := func(step string) {
+		t.Helper()
+		for h := 1; h <= H+2; h++ {
+			a, b := cached(h), fresh(h)
+			for r := range a {
+				if a[r] != b[r] {
+					t.Fatalf("%s: h=%d region %d: Predict %v, computed %v", step, h, r, a, b)
+				}
+			}
+		}
+	}
+	for i, c := range d.Counts[:200] {
+		if err := m.Observe(d.Start.Add(time.Duration(i)*d.Step), c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m.Precompute(H)
+	same("precomputed")
+	if m.fcN != m.n {
+		t.Fatal("Precompute made no forecasts")
+	}
+	// The model moves on without a Precompute: Predict must not answer
+	// with the previous bucket's forecasts.
+	if err := m.Observe(d.Start.Add(200*d.Step), d.Counts[200]); err != nil {
+		t.Fatal(err)
+	}
+	same("after an observe")
+	m.Precompute(H)
+	if err := m.Skip(d.Start.Add(201 * d.Step)); err != nil {
+		t.Fatal(err)
+	}
+	same("after a skip")
+	m.Precompute(H)
+	m.addRegion("north")
+	same("after a new region")
+}

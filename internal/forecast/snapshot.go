@@ -42,9 +42,10 @@ const (
 	// the intervals; 5: the Holt-Winters expert of the combination and the location
 	// mixture's AdaHedge state; 6: two yearly experts in the combination;
 	// 7: the shift gate; 8: the stored residuals are Huberized (weight ×
-	// residual: Hybrid.clean reads the value back from them). Older
-	// snapshots are refused with ErrSnapshotVersion.
-	snapVersion = 8
+	// residual: Hybrid.clean reads the value back from them); 9: two
+	// pooled persistence experts in the location model. Older snapshots
+	// are refused with ErrSnapshotVersion.
+	snapVersion = 9
 	// maxSnapshot bounds what Restore reads (a million series of a few
 	// hundred kilobytes would not fit anyway).
 	maxSnapshot = 64 << 30
