@@ -46,8 +46,10 @@
 // (ErrCorruptSnapshot), one of another format version (ErrSnapshotVersion,
 // which also wraps ErrCorruptSnapshot: version 2 added the forecast
 // combination, 3 the yearly memory, 4 the recent interval scale, 5 the
-// Holt-Winters expert; older snapshots are refused, not misread, and the
-// controller's models start afresh) or one of a
+// Holt-Winters expert, ..., 9 the location model's pooled persistence
+// experts; the previous version is read and converted, so an upgraded
+// controller keeps what its models learnt; older snapshots are refused,
+// not misread, and the controller's models start afresh) or one of a
 // differently shaped engine (ErrSnapshotMismatch) changes nothing. A model that fails on its input
 // is logged and restarted without holding up the bucket. Metrics:
 // premirror_forecast_* (series, resources, buckets closed, summaries by

@@ -2,14 +2,18 @@ package forecast
 
 import (
 	"bytes"
+	"compress/gzip"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -266,7 +270,7 @@ func TestSnapshotRejectsCorruption(t *testing.T) {
 	// Snapshots of the previous formats (version 1, before the demand
 	// model gained its forecast combination; 2, before its yearly memory)
 	// are refused by name, with a message that says so, and not misread.
-	for v := uint32(1); v < snapVersion; v++ {
+	for v := uint32(1); v < snapMinVersion; v++ {
 		old := append([]byte(nil), blob...)
 		binary.LittleEndian.PutUint32(old[len(snapMagic):], v)
 		err := b.UnmarshalBinary(old)
@@ -307,21 +311,25 @@ func FuzzSnapshot(f *testing.F) {
 		if len(payload) > 1<<22 {
 			return
 		}
-		b := make([]byte, 0, len(payload)+24)
-		b = append(b, snapMagic...)
-		b = binary.LittleEndian.AppendUint32(b, snapVersion)
-		b = binary.LittleEndian.AppendUint64(b, uint64(len(payload)))
-		b = append(b, payload...)
-		b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(payload, castagnoli))
-		e, _ := NewEngine(EngineConfig{Window: 24 * 14, Horizon: 4, Hidden: 2, Workers: 1})
-		if err := e.UnmarshalBinary(b); err != nil {
-			return
+		// Every version this build reads (the older ones take another
+		// path through the location model).
+		for v := uint32(snapMinVersion); v <= snapVersion; v++ {
+			b := make([]byte, 0, len(payload)+24)
+			b = append(b, snapMagic...)
+			b = binary.LittleEndian.AppendUint32(b, v)
+			b = binary.LittleEndian.AppendUint64(b, uint64(len(payload)))
+			b = append(b, payload...)
+			b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(payload, castagnoli))
+			e, _ := NewEngine(EngineConfig{Window: 24 * 14, Horizon: 4, Hidden: 2, Workers: 1})
+			if err := e.UnmarshalBinary(b); err != nil {
+				continue
+			}
+			// A snapshot that decodes must leave a working engine.
+			for _, r := range e.Resources() {
+				e.Forecast(r)
+			}
+			e.Advance(time.Unix(0, 0))
 		}
-		// A snapshot that decodes must leave a working engine.
-		for _, r := range e.Resources() {
-			e.Forecast(r)
-		}
-		e.Advance(time.Unix(0, 0))
 	})
 }
 
@@ -371,5 +379,85 @@ func TestEngineRestartsFailedModel(t *testing.T) {
 	feed(t, e, 31, 40, rand.New(rand.NewPCG(10, 10)))
 	if f, err := e.Forecast("vol-1"); err != nil || len(f.Regions) != 3 {
 		t.Fatalf("after restart: %v, %d regions", err, len(f.Regions))
+	}
+}
+
+// TestSnapshotUpgradeFromV8: a snapshot written by the previous release
+// (format version 8, before the location model's pooled persistence
+// experts; testdata/engine-v8.snap.gz, made by main at 92b6f54 from
+// feed(0, 24*9) with PCG(8, 8) on a one-week window) is read by this
+// build: the demand forecasts are exactly the ones the old build gave
+// (testdata/engine-v8.forecast.json), the location model goes on with
+// what it learnt, and the next snapshot is of the current version.
+func TestSnapshotUpgradeFromV8(t *testing.T) {
+	raw, err := os.ReadFile("testdata/engine-v8.snap.gz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, err := gzip.NewReader(bytes.NewReader(raw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := io.ReadAll(zr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := binary.LittleEndian.Uint32(blob[len(snapMagic):]); v != 8 {
+		t.Fatalf("testdata snapshot is version %d, want 8", v)
+	}
+	var want ResourceForecast
+	j, err := os.ReadFile("testdata/engine-v8.forecast.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(j, &want); err != nil {
+		t.Fatal(err)
+	}
+	e, err := NewEngine(EngineConfig{Window: 24 * 7, Horizon: 12, Workers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.UnmarshalBinary(blob); err != nil {
+		t.Fatalf("version 8 snapshot: %v", err)
+	}
+	got, err := e.Forecast("vol-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.Origin.Equal(want.Origin) || !reflect.DeepEqual(got.Regions, want.Regions) {
+		t.Fatalf("demand forecasts changed across the upgrade:\n got %+v\nwant %+v", got.Regions, want.Regions)
+	}
+	// The location model kept its tables: its shares are close to the old
+	// build's (the two new experts carry a fixed share's weight only).
+	if len(got.Shares) != len(want.Shares) {
+		t.Fatalf("%d share rows, want %d", len(got.Shares), len(want.Shares))
+	}
+	for h := range got.Shares {
+		s := 0.0
+		for r, p := range got.Shares[h] {
+			s += p
+			if math.Abs(p-want.Shares[h][r]) > 0.01 {
+				t.Fatalf("h=%d region %d: share %.4f, the old build's %.4f", h+1, r, p, want.Shares[h][r])
+			}
+		}
+		if math.Abs(s-1) > 1e-9 {
+			t.Fatalf("h=%d: shares sum to %v", h+1, s)
+		}
+	}
+	// It goes on learning, and saves in the current format.
+	feed(t, e, 24*9, 24*10, rand.New(rand.NewPCG(9, 9)))
+	if _, err := e.Forecast("vol-1"); err != nil {
+		t.Fatal(err)
+	}
+	b, err := e.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v := binary.LittleEndian.Uint32(b[len(snapMagic):]); v != snapVersion {
+		t.Fatalf("saved as version %d, want %d", v, snapVersion)
+	}
+	e2, _ := NewEngine(EngineConfig{Window: 24 * 7, Horizon: 12, Workers: 1})
+	if err := e2.UnmarshalBinary(b); err != nil {
+		t.Fatal(err)
 	}
 }

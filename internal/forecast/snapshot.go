@@ -43,9 +43,13 @@ const (
 	// mixture's AdaHedge state; 6: two yearly experts in the combination;
 	// 7: the shift gate; 8: the stored residuals are Huberized (weight ×
 	// residual: Hybrid.clean reads the value back from them); 9: two
-	// pooled persistence experts in the location model. Older snapshots
-	// are refused with ErrSnapshotVersion.
+	// pooled persistence experts in the location model. Snapshots from
+	// snapMinVersion on are read (an upgraded controller keeps what its
+	// models learnt); older ones are refused with ErrSnapshotVersion.
 	snapVersion = 9
+	// snapMinVersion is the oldest format this build reads: version 8
+	// differs only in the location model's expert count (readLocExperts).
+	snapMinVersion = 8
 	// maxSnapshot bounds what Restore reads (a million series of a few
 	// hundred kilobytes would not fit anyway).
 	maxSnapshot = 64 << 30
@@ -94,6 +98,7 @@ func (e *enc) strs(v []string) {
 type dec struct {
 	b   []byte
 	err error
+	ver uint32 // the snapshot's format version
 }
 
 func (d *dec) fail(what string) {
@@ -514,13 +519,21 @@ func decodeLocation(d *dec, cfg LocationConfig, feeds *Feeds) *LocationModel {
 			d.fail("horizon")
 			return nil
 		}
-		d.fsInto(lh.w, "expert weights")
+		readLocExperts(d, lh.w, 0, "expert weights")
 		d.fsInto(lh.b, "region biases")
 		d.fsInto(lh.g, "context weights")
-		d.fsInto(lh.gw, "adagrad")
+		readLocExperts(d, lh.gw, 0, "adagrad")
 		d.fsInto(lh.gb, "adagrad")
 		d.fsInto(lh.gg, "adagrad")
-		d.fsInto(lh.mix, "mixture weights")
+		readLocExperts(d, lh.mix, 1, "mixture weights")
+		if d.ver < 9 {
+			// The new experts join the mixture at the fixed share's
+			// weight, as a candidate the mixture had written off would.
+			for k := 1 + lxPool0; k <= 1+lxPool1; k++ {
+				lh.mix[k] = mixShare / float64(len(lh.mix)-1)
+			}
+			normalise(lh.mix)
+		}
 		if lh.gap = d.f64(); !(lh.gap >= 0) || math.IsInf(lh.gap, 0) {
 			d.fail("mixability gap")
 		}
@@ -530,16 +543,39 @@ func decodeLocation(d *dec, cfg LocationConfig, feeds *Feeds) *LocationModel {
 	d.fsInto(m.cov.mean, "covariate means")
 	d.fsInto(m.cov.m2, "covariate moments")
 	m.cov.n = d.f64()
-	d.fsInto(m.pendX, "pending experts")
+	if d.ver < 9 {
+		// Version 8's pending inputs lack the pooled experts: read and
+		// drop them, so that nothing is learnt from the (at most a day's)
+		// forecasts made before the upgrade.
+		d.fsInto(make([]float64, len(m.pendX)/numLx*numLxV8), "pending experts")
+	} else {
+		d.fsInto(m.pendX, "pending experts")
+	}
 	d.fsInto(m.pendZ, "pending context")
 	if d.int() != len(m.pendOK) {
 		d.fail("pending")
 		return nil
 	}
 	for i := range m.pendOK {
-		m.pendOK[i] = d.bool()
+		m.pendOK[i] = d.bool() && d.ver >= 9
 	}
 	return m
+}
+
+// numLxV8 is the location model's expert count in snapshot version 8:
+// every expert but the two pooled persistence ones, which come last.
+const numLxV8 = lxPool0
+
+// readLocExperts reads a per-expert slice (off leading entries, then one
+// per expert) into dst; a version 8 snapshot's has no entries for the
+// pooled persistence experts, which are left as they are (zero weights,
+// empty accumulators).
+func readLocExperts(d *dec, dst []float64, off int, what string) {
+	if d.ver >= 9 {
+		d.fsInto(dst, what)
+		return
+	}
+	d.fsInto(dst[:off+numLxV8], what)
 }
 
 // MarshalBinary returns a snapshot of the engine's whole state (models,
@@ -653,9 +689,10 @@ func (e *Engine) UnmarshalBinary(b []byte) error {
 	if len(b) < hdr+4 || string(b[:len(snapMagic)]) != snapMagic {
 		return fmt.Errorf("%w: bad header", ErrCorruptSnapshot)
 	}
-	if v := binary.LittleEndian.Uint32(b[len(snapMagic):]); v != snapVersion {
-		return fmt.Errorf("%w: %w: format version %d, this build reads only version %d (the models' state changed shape; start from empty models)",
-			ErrCorruptSnapshot, ErrSnapshotVersion, v, snapVersion)
+	ver := binary.LittleEndian.Uint32(b[len(snapMagic):])
+	if ver < snapMinVersion || ver > snapVersion {
+		return fmt.Errorf("%w: %w: format version %d, this build reads versions %d to %d (the models' state changed shape; start from empty models)",
+			ErrCorruptSnapshot, ErrSnapshotVersion, ver, snapMinVersion, snapVersion)
 	}
 	n := binary.LittleEndian.Uint64(b[len(snapMagic)+4:])
 	if n != uint64(len(b)-hdr-4) {
@@ -665,7 +702,7 @@ func (e *Engine) UnmarshalBinary(b []byte) error {
 	if crc32.Checksum(payload, castagnoli) != binary.LittleEndian.Uint32(b[hdr+int(n):]) {
 		return fmt.Errorf("%w: checksum mismatch", ErrCorruptSnapshot)
 	}
-	d := &dec{b: payload}
+	d := &dec{b: payload, ver: ver}
 	c := e.cfg
 	step, window, horizon, hidden := time.Duration(d.i64()), d.int(), d.int(), d.int()
 	covs := d.strs()
