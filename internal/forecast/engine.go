@@ -417,6 +417,28 @@ func (e *Engine) Advance(now time.Time) error {
 	return nil
 }
 
+// parallel runs f(w, i) for i in [0, n) on the engine's workers (w is
+// the worker's index, for per-worker results) and returns when all are
+// done.
+func (e *Engine) parallel(n int, f func(w, i int)) {
+	next := make(chan int, n)
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	var wg sync.WaitGroup
+	for w := 0; w < e.cfg.Workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				f(w, i)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
 func (e *Engine) closeBucket(b int64) error {
 	counts, known := e.pending[b]
 	delete(e.pending, b)
@@ -430,41 +452,28 @@ func (e *Engine) closeBucket(b int64) error {
 			keys = append(keys, k)
 		}
 	}
-	var wg sync.WaitGroup
 	failed := make([][]SeriesKey, e.cfg.Workers)
 	acc := make([]stepScores, e.cfg.Workers)
-	next := make(chan int, len(keys))
-	for i := range keys {
-		next <- i
-	}
-	close(next)
-	for w := 0; w < e.cfg.Workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range next {
-				k := keys[i]
-				st := e.series[k]
-				m := st.m
-				var err error
-				switch {
-				case known:
-					y := counts[k]
-					acc[w].score(st, m.Forecast(), y)
-					err = m.Observe(t, y)
-					st.last, st.lastOK = y, true
-				case m.Observed() > 0:
-					err = m.Skip(t)
-					st.lastOK = false
-				}
-				if err != nil {
-					e.cfg.Logger.Error("forecast model failed; restarting it", "resource", k.Resource, "region", k.Region, "err", err)
-					failed[w] = append(failed[w], k)
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	e.parallel(len(keys), func(w, i int) {
+		k := keys[i]
+		st := e.series[k]
+		m := st.m
+		var err error
+		switch {
+		case known:
+			y := counts[k]
+			acc[w].score(st, m.Forecast(), y)
+			err = m.Observe(t, y)
+			st.last, st.lastOK = y, true
+		case m.Observed() > 0:
+			err = m.Skip(t)
+			st.lastOK = false
+		}
+		if err != nil {
+			e.cfg.Logger.Error("forecast model failed; restarting it", "resource", k.Resource, "region", k.Region, "err", err)
+			failed[w] = append(failed[w], k)
+		}
+	})
 	for _, a := range acc {
 		e.met.scored.Add(a.scored)
 		e.met.hits.Add(a.hits)
@@ -492,39 +501,28 @@ func (e *Engine) closeBucket(b int64) error {
 			names = append(names, name)
 		}
 	}
-	nextRes := make(chan string, len(names))
-	for _, n := range names {
-		nextRes <- n
-	}
-	close(nextRes)
 	lfailed := make([][]string, e.cfg.Workers)
-	for w := 0; w < e.cfg.Workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for name := range nextRes {
-				rs := e.res[name]
-				c := make([]float64, len(rs.regions))
-				for i, r := range rs.regions {
-					c[i] = counts[SeriesKey{name, r}]
-				}
-				var err error
-				switch {
-				case !known && rs.loc.n > 0:
-					err = rs.loc.Skip(t)
-				case known && (rs.loc.n > 0 || sum(c) > 0):
-					err = rs.loc.Observe(t, c)
-				}
-				if err != nil {
-					e.cfg.Logger.Error("location model failed; restarting it", "resource", name, "err", err)
-					lfailed[w] = append(lfailed[w], name)
-					continue
-				}
-				rs.loc.Precompute(e.cfg.Horizon)
-			}
-		}()
-	}
-	wg.Wait()
+	e.parallel(len(names), func(w, i int) {
+		name := names[i]
+		rs := e.res[name]
+		c := make([]float64, len(rs.regions))
+		for j, r := range rs.regions {
+			c[j] = counts[SeriesKey{name, r}]
+		}
+		var err error
+		switch {
+		case !known && rs.loc.n > 0:
+			err = rs.loc.Skip(t)
+		case known && (rs.loc.n > 0 || sum(c) > 0):
+			err = rs.loc.Observe(t, c)
+		}
+		if err != nil {
+			e.cfg.Logger.Error("location model failed; restarting it", "resource", name, "err", err)
+			lfailed[w] = append(lfailed[w], name)
+			return
+		}
+		rs.loc.Precompute(e.cfg.Horizon)
+	})
 	for _, ns := range lfailed {
 		for _, name := range ns {
 			rs := e.res[name]

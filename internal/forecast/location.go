@@ -3,6 +3,7 @@ package forecast
 import (
 	"fmt"
 	"math"
+	"slices"
 	"time"
 )
 
@@ -600,20 +601,12 @@ func (m *LocationModel) Precompute(H int) {
 	if m.n == 0 || H < 1 {
 		return
 	}
-	m.fc = slicesGrow(m.fc, H*m.R)
-	m.fcConc = slicesGrow(m.fcConc, H)
+	m.fc = slices.Grow(m.fc[:0], H*m.R)[:H*m.R]
+	m.fcConc = slices.Grow(m.fcConc[:0], H)[:H]
 	for h := 1; h <= H; h++ {
 		m.fcConc[h-1] = m.predict(h, m.fc[(h-1)*m.R:h*m.R])
 	}
 	m.fcN, m.fcR = m.n, m.R
-}
-
-// slicesGrow returns s resized to n, reusing its array when it can.
-func slicesGrow(s []float64, n int) []float64 {
-	if cap(s) >= n {
-		return s[:n]
-	}
-	return make([]float64, n)
 }
 
 // predict computes the forecast Predict returns (m.n > 0, len(p) >= R).
