@@ -63,3 +63,18 @@ printf '%s\n' "${list[@]}" | xargs -P "$(nproc)" -I{} bash -c 'one {}' | sort |
       c += ($10 >= 0.75 && $10 <= 0.85) + ($11 >= 0.75 && $11 <= 0.85) }
     END { printf "series %d; hybrid/best baseline geometric mean h1 %.3f h12 %.3f; <= 0.9: h1 %d h12 %d; worse than the best baseline: h1 %d h12 %d; 80%% coverage in 75-85%%: %d of %d\n",
       n, exp(l1 / n), exp(l12 / n), p1, p12, w1, w12, c, 2 * n }'
+
+# The access-location model on held-out data: the ten Twitter volumes read
+# as one resource's ten locations (hourly sums), trained to 2015-04-01 and
+# tested after ("Access-location model on held-out data" in BENCHMARKS.md).
+tweets=$(mktemp --suffix .csv)
+trap 'rm -f "$tweets"' EXIT
+{
+  echo "timestamp,location,value"
+  for s in AAPL AMZN CRM CVS FB GOOG IBM KO PFE UPS; do
+    awk -F, -v s="$s" 'NR > 1 { h[substr($1, 1, 13) ":00:00"] += $2 } END { for (k in h) print k "," s "," h[k] }' \
+      "$NAB/realTweets/Twitter_volume_$s.csv"
+  done | sort
+} > "$tweets"
+echo "== access locations: NAB's ten Twitter volumes as one resource's ten locations"
+bin/controller forecast locations --csv "$tweets" --test-from 2015-04-01 --horizons 1,24
