@@ -98,8 +98,12 @@ func (e *enc) strs(v []string) {
 type dec struct {
 	b   []byte
 	err error
-	ver uint32 // the snapshot's format version
+	ver uint32 // the snapshot's format version; 0 (a part decoded alone) is the current one
 }
+
+// locV8 says the location model is in version 8's shape (no pooled
+// persistence experts).
+func (d *dec) locV8() bool { return d.ver == 8 }
 
 func (d *dec) fail(what string) {
 	if d.err == nil {
@@ -526,7 +530,7 @@ func decodeLocation(d *dec, cfg LocationConfig, feeds *Feeds) *LocationModel {
 		d.fsInto(lh.gb, "adagrad")
 		d.fsInto(lh.gg, "adagrad")
 		readLocExperts(d, lh.mix, 1, "mixture weights")
-		if d.ver < 9 {
+		if d.locV8() {
 			// The new experts join the mixture at the fixed share's
 			// weight, as a candidate the mixture had written off would.
 			for k := 1 + lxPool0; k <= 1+lxPool1; k++ {
@@ -543,7 +547,7 @@ func decodeLocation(d *dec, cfg LocationConfig, feeds *Feeds) *LocationModel {
 	d.fsInto(m.cov.mean, "covariate means")
 	d.fsInto(m.cov.m2, "covariate moments")
 	m.cov.n = d.f64()
-	if d.ver < 9 {
+	if d.locV8() {
 		// Version 8's pending inputs lack the pooled experts: read and
 		// drop them, so that nothing is learnt from the (at most a day's)
 		// forecasts made before the upgrade.
@@ -557,7 +561,7 @@ func decodeLocation(d *dec, cfg LocationConfig, feeds *Feeds) *LocationModel {
 		return nil
 	}
 	for i := range m.pendOK {
-		m.pendOK[i] = d.bool() && d.ver >= 9
+		m.pendOK[i] = d.bool() && !d.locV8()
 	}
 	return m
 }
@@ -571,7 +575,7 @@ const numLxV8 = lxPool0
 // pooled persistence experts, which are left as they are (zero weights,
 // empty accumulators).
 func readLocExperts(d *dec, dst []float64, off int, what string) {
-	if d.ver >= 9 {
+	if !d.locV8() {
 		d.fsInto(dst, what)
 		return
 	}
