@@ -16,14 +16,15 @@ import (
 //
 // whose conditional tables are Dirichlet posteriors with forgetting
 // (several memories), plus the short-term experts (last bucket's shares,
-// alone and pooled with the long-run shares; recent shares), combined per horizon in two stages: a log-linear
-// stacker (a multinomial logistic regression on the experts'
-// log-probabilities, a per-region bias and per-region weather and event
-// terms, trained online on the cross-entropy per request with AdaGrad),
-// then a mixture of the stacker and every expert whose weights follow
-// their log loss (AdaHedge, with a fixed share). The
-// mixture is what makes the whole robust: when the stacker's weights are
-// noisy (long horizons, little signal) the mixture leans on the experts.
+// alone and pooled with the long-run shares; recent shares), combined
+// per horizon in two stages: a log-linear stacker (a multinomial
+// logistic regression on the experts' log-probabilities, a per-region
+// bias and per-region weather and event terms, trained online on the
+// cross-entropy per request with AdaGrad), then a mixture of the stacker
+// and every expert whose weights follow their log loss (AdaHedge, with a
+// fixed share). The mixture is what makes the whole robust: when the
+// stacker's weights are noisy (long horizons, little signal) the mixture
+// leans on the experts.
 
 // LocationConfig configures a LocationModel.
 type LocationConfig struct {
