@@ -590,7 +590,7 @@ func (m *LocationModel) Predict(h int, p []float64) (conc float64, err error) {
 		copy(p, m.fc[(h-1)*m.R:h*m.R])
 		return m.fcConc[h-1], nil
 	}
-	return m.predict(h, p), nil
+	return m.predict(h, p, make([]float64, numLx*m.R+max(m.J, 1))), nil
 }
 
 // Precompute makes the forecasts of horizons 1..H from the current state
@@ -604,14 +604,16 @@ func (m *LocationModel) Precompute(H int) {
 	}
 	m.fc = slices.Grow(m.fc[:0], H*m.R)[:H*m.R]
 	m.fcConc = slices.Grow(m.fcConc[:0], H)[:H]
+	work := make([]float64, numLx*m.R+max(m.J, 1))
 	for h := 1; h <= H; h++ {
-		m.fcConc[h-1] = m.predict(h, m.fc[(h-1)*m.R:h*m.R])
+		m.fcConc[h-1] = m.predict(h, m.fc[(h-1)*m.R:h*m.R], work)
 	}
 	m.fcN, m.fcR = m.n, m.R
 }
 
-// predict computes the forecast Predict returns (m.n > 0, len(p) >= R).
-func (m *LocationModel) predict(h int, p []float64) (conc float64) {
+// predict computes the forecast Predict returns (m.n > 0, len(p) >= R);
+// work holds the experts and the context (numLx·R + max(J, 1) values).
+func (m *LocationModel) predict(h int, p, work []float64) (conc float64) {
 	hi := 0
 	for i, lh := range m.hor {
 		if abs(lh.h-h) < abs(m.hor[hi].h-h) {
@@ -619,8 +621,7 @@ func (m *LocationModel) predict(h int, p []float64) (conc float64) {
 		}
 	}
 	tt := m.last.Add(time.Duration(h) * m.cfg.Step)
-	x := make([]float64, numLx*m.R)
-	z := make([]float64, max(m.J, 1))
+	x, z := work[:numLx*m.R], work[numLx*m.R:]
 	m.experts(tt, x)
 	if m.J > 0 {
 		m.context(tt, z)

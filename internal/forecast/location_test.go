@@ -135,7 +135,7 @@ func TestLocationPrecompute(t *testing.T) {
 	const H = 24
 	fresh := func(h int) []float64 {
 		p := make([]float64, m.R)
-		m.predict(h, p)
+		m.predict(h, p, make([]float64, numLx*m.R+max(m.J, 1)))
 		return p
 	}
 	cached := func(h int) []float64 {
