@@ -301,8 +301,7 @@ func (e *Engine) addSeries(k SeriesKey, b int64) error {
 	if rs.loc != nil {
 		rs.loc.addRegion(k.Region)
 	} else if len(rs.regions) >= 2 {
-		loc, err := NewLocationModel(LocationConfig{Regions: append([]string(nil), rs.regions...), Step: e.cfg.Step,
-			Horizons: e.locHorizons(), Covariates: e.cfg.Covariates, Kinds: e.kinds()}, e.feeds)
+		loc, err := e.newLocationModel(rs.regions)
 		if err != nil {
 			return err
 		}
@@ -417,6 +416,13 @@ func (e *Engine) Advance(now time.Time) error {
 	return nil
 }
 
+// newLocationModel returns an empty location model over regions (copied)
+// configured as the engine's.
+func (e *Engine) newLocationModel(regions []string) (*LocationModel, error) {
+	return NewLocationModel(LocationConfig{Regions: append([]string(nil), regions...), Step: e.cfg.Step,
+		Horizons: e.locHorizons(), Covariates: e.cfg.Covariates, Kinds: e.kinds()}, e.feeds)
+}
+
 // parallel runs f(w, i) for i in [0, n) on the engine's workers (w is
 // the worker's index, for per-worker results) and returns when all are
 // done.
@@ -526,8 +532,7 @@ func (e *Engine) closeBucket(b int64) error {
 	for _, ns := range lfailed {
 		for _, name := range ns {
 			rs := e.res[name]
-			loc, err := NewLocationModel(LocationConfig{Regions: append([]string(nil), rs.regions...), Step: e.cfg.Step,
-				Horizons: e.locHorizons(), Covariates: e.cfg.Covariates, Kinds: e.kinds()}, e.feeds)
+			loc, err := e.newLocationModel(rs.regions)
 			if err != nil {
 				return err
 			}
