@@ -45,6 +45,7 @@ func cloneEngineSeries(tb testing.TB, e, tmpl *Engine, resource string, nRes int
 			// Copies share the template's schedule; give each its own, as
 			// series with their own seeds have.
 			seed := seedOf(name + "\x00" + r)
+			m.cfg.Seed = seed // the weekly Holt-Winters fit and the GRU's training buckets
 			m.nextTune = m.n + int64(seed%24)
 			m.sinceRebase = int(seed % uint64(m.W/2))
 			e.series[SeriesKey{name, r}] = &seriesState{m: m, first: src.first}

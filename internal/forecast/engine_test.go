@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -382,82 +383,110 @@ func TestEngineRestartsFailedModel(t *testing.T) {
 	}
 }
 
-// TestSnapshotUpgradeFromV8: a snapshot written by the previous release
-// (format version 8, before the location model's pooled persistence
-// experts; testdata/engine-v8.snap.gz, made by main at 92b6f54 from
-// feed(0, 24*9) with PCG(8, 8) on a one-week window) is read by this
-// build: the demand forecasts are exactly the ones the old build gave
-// (testdata/engine-v8.forecast.json), the location model goes on with
-// what it learnt, and the next snapshot is of the current version.
-func TestSnapshotUpgradeFromV8(t *testing.T) {
-	raw, err := os.ReadFile("testdata/engine-v8.snap.gz")
-	if err != nil {
-		t.Fatal(err)
-	}
-	zr, err := gzip.NewReader(bytes.NewReader(raw))
-	if err != nil {
-		t.Fatal(err)
-	}
-	blob, err := io.ReadAll(zr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v := binary.LittleEndian.Uint32(blob[len(snapMagic):]); v != 8 {
-		t.Fatalf("testdata snapshot is version %d, want 8", v)
-	}
-	var want ResourceForecast
-	j, err := os.ReadFile("testdata/engine-v8.forecast.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(j, &want); err != nil {
-		t.Fatal(err)
-	}
-	e, err := NewEngine(EngineConfig{Window: 24 * 7, Horizon: 12, Workers: 1})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := e.UnmarshalBinary(blob); err != nil {
-		t.Fatalf("version 8 snapshot: %v", err)
-	}
-	got, err := e.Forecast("vol-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !got.Origin.Equal(want.Origin) || !reflect.DeepEqual(got.Regions, want.Regions) {
-		t.Fatalf("demand forecasts changed across the upgrade:\n got %+v\nwant %+v", got.Regions, want.Regions)
-	}
-	// The location model kept its tables: its shares are close to the old
-	// build's (the two new experts carry a fixed share's weight only).
-	if len(got.Shares) != len(want.Shares) {
-		t.Fatalf("%d share rows, want %d", len(got.Shares), len(want.Shares))
-	}
-	for h := range got.Shares {
-		s := 0.0
-		for r, p := range got.Shares[h] {
-			s += p
-			if math.Abs(p-want.Shares[h][r]) > 0.01 {
-				t.Fatalf("h=%d region %d: share %.4f, the old build's %.4f", h+1, r, p, want.Shares[h][r])
+// TestSnapshotUpgrade: snapshots written by earlier releases are read by
+// this build — format 8 (before the location model's pooled persistence
+// experts; testdata/engine-v8.snap.gz, made by main at 92b6f54) and
+// format 9 (before the demand combination's fitted Holt-Winters expert;
+// testdata/engine-v9.snap.gz, made by main at 6ef0de2), both from
+// feed(0, 24*9) with PCG(8, 8) on a one-week window. The demand forecasts
+// are exactly the ones the old build gave (engine-v*.forecast.json), the
+// location model goes on with what it learnt, the new expert wakes at its
+// first weekly fit, and the next snapshot is of the current version.
+func TestSnapshotUpgrade(t *testing.T) {
+	for _, c := range []struct {
+		ver      uint32
+		shareTol float64 // the old build's location shares, to within
+	}{
+		{8, 0.01}, // the two new location experts carry a fixed share's weight only
+		{9, 0},    // the location model is unchanged since
+	} {
+		t.Run(fmt.Sprintf("v%d", c.ver), func(t *testing.T) {
+			raw, err := os.ReadFile(fmt.Sprintf("testdata/engine-v%d.snap.gz", c.ver))
+			if err != nil {
+				t.Fatal(err)
 			}
-		}
-		if math.Abs(s-1) > 1e-9 {
-			t.Fatalf("h=%d: shares sum to %v", h+1, s)
-		}
-	}
-	// It goes on learning, and saves in the current format.
-	feed(t, e, 24*9, 24*10, rand.New(rand.NewPCG(9, 9)))
-	if _, err := e.Forecast("vol-1"); err != nil {
-		t.Fatal(err)
-	}
-	b, err := e.MarshalBinary()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if v := binary.LittleEndian.Uint32(b[len(snapMagic):]); v != snapVersion {
-		t.Fatalf("saved as version %d, want %d", v, snapVersion)
-	}
-	e2, _ := NewEngine(EngineConfig{Window: 24 * 7, Horizon: 12, Workers: 1})
-	if err := e2.UnmarshalBinary(b); err != nil {
-		t.Fatal(err)
+			zr, err := gzip.NewReader(bytes.NewReader(raw))
+			if err != nil {
+				t.Fatal(err)
+			}
+			blob, err := io.ReadAll(zr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v := binary.LittleEndian.Uint32(blob[len(snapMagic):]); v != c.ver {
+				t.Fatalf("testdata snapshot is version %d, want %d", v, c.ver)
+			}
+			var want ResourceForecast
+			j, err := os.ReadFile(fmt.Sprintf("testdata/engine-v%d.forecast.json", c.ver))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(j, &want); err != nil {
+				t.Fatal(err)
+			}
+			e, err := NewEngine(EngineConfig{Window: 24 * 7, Horizon: 12, Workers: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := e.UnmarshalBinary(blob); err != nil {
+				t.Fatalf("version %d snapshot: %v", c.ver, err)
+			}
+			got, err := e.Forecast("vol-1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !got.Origin.Equal(want.Origin) || !reflect.DeepEqual(got.Regions, want.Regions) {
+				t.Fatalf("demand forecasts changed across the upgrade:\n got %+v\nwant %+v", got.Regions, want.Regions)
+			}
+			// The location model kept its tables.
+			if len(got.Shares) != len(want.Shares) {
+				t.Fatalf("%d share rows, want %d", len(got.Shares), len(want.Shares))
+			}
+			for h := range got.Shares {
+				s := 0.0
+				for r, p := range got.Shares[h] {
+					s += p
+					if math.Abs(p-want.Shares[h][r]) > c.shareTol {
+						t.Fatalf("h=%d region %d: share %.4f, the old build's %.4f", h+1, r, p, want.Shares[h][r])
+					}
+				}
+				if math.Abs(s-1) > 1e-9 {
+					t.Fatalf("h=%d: shares sum to %v", h+1, s)
+				}
+			}
+			// The fitted Holt-Winters expert starts asleep (the old
+			// snapshot has no fit) and wakes within a week, at its
+			// series' own bucket of the week.
+			for k, st := range e.series {
+				if st.m.hwf == nil || st.m.hwf.par != nil {
+					t.Fatalf("%v: fitted expert %v after the upgrade, want present and unfitted", k, st.m.hwf)
+				}
+			}
+			feed(t, e, 24*9, 24*17, rand.New(rand.NewPCG(9, 9)))
+			for k, st := range e.series {
+				if st.m.hwf.par == nil {
+					t.Fatalf("%v: fitted expert still asleep a week after the upgrade", k)
+				}
+			}
+			if _, err := e.Forecast("vol-1"); err != nil {
+				t.Fatal(err)
+			}
+			b, err := e.MarshalBinary()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v := binary.LittleEndian.Uint32(b[len(snapMagic):]); v != snapVersion {
+				t.Fatalf("saved as version %d, want %d", v, snapVersion)
+			}
+			e2, _ := NewEngine(EngineConfig{Window: 24 * 7, Horizon: 12, Workers: 1})
+			if err := e2.UnmarshalBinary(b); err != nil {
+				t.Fatal(err)
+			}
+			for k, st := range e2.series {
+				if !slices.Equal(st.m.hwf.par, e.series[k].m.hwf.par) {
+					t.Fatalf("%v: fitted parameters %v after a restore, want %v", k, st.m.hwf.par, e.series[k].m.hwf.par)
+				}
+			}
+		})
 	}
 }

@@ -3,6 +3,7 @@ package forecast
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -95,8 +96,9 @@ func TestHoltWintersWaitsForASeason(t *testing.T) {
 }
 
 // TestCombinationWeighsHoltWintersOnADailyJob: on the daily-job series the
-// combination's largest one-step weight goes to the Holt-Winters expert,
-// whose per-hour seasonal states draw the burst.
+// combination's largest one-step weight goes to a Holt-Winters expert
+// (the fixed or the fitted one), whose per-hour seasonal states draw the
+// burst.
 func TestCombinationWeighsHoltWintersOnADailyJob(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 77))
 	m, err := NewHybrid(HybridConfig{Step: time.Hour, Window: 24 * 28, Horizon: 12}, nil)
@@ -109,9 +111,10 @@ func TestCombinationWeighsHoltWintersOnADailyJob(t *testing.T) {
 		}
 	}
 	w := m.pl.weights(1)
+	hw := max(w[expHW], w[expHWFit])
 	for k := range w {
-		if k != expHW && w[k] >= w[expHW] {
-			t.Fatalf("weight of %s %.3f ≥ holt_winters %.3f", expNames[k], w[k], w[expHW])
+		if k != expHW && k != expHWFit && w[k] >= hw {
+			t.Fatalf("weight of %s %.3f ≥ the Holt-Winters experts' %.3f, %.3f", expNames[k], w[k], w[expHW], w[expHWFit])
 		}
 	}
 }
@@ -147,4 +150,142 @@ func withGaps(s []float64, at, k int) []float64 {
 		s[i] = math.NaN()
 	}
 	return s
+}
+
+// etsProcess simulates n buckets of ETS(A,Ad,A) with season m: a level
+// that follows its shocks by α, a damped trend, a daily shape.
+func etsProcess(n, m int, alpha, beta, gamma, phi float64, rng *rand.Rand) []float64 {
+	l, b := 500.0, 0.0
+	s := make([]float64, m)
+	for i := range s {
+		s[i] = 80 * math.Sin(2*math.Pi*float64(i)/float64(m))
+	}
+	y := make([]float64, n)
+	for i := range y {
+		e := 10 * rng.NormFloat64()
+		y[i] = l + phi*b + s[i%m] + e
+		l += phi*b + alpha*e
+		b = phi*b + beta*e
+		s[i%m] += gamma * e
+	}
+	return y
+}
+
+// TestHoltWintersRefit: on a series whose level follows its shocks fast
+// (α = 0.8) the fit finds a fast level, its states are the fitted filter's
+// (the forecast right after the fit is the one etsRun's final state
+// gives, whatever the window's phase in the season), and over the next
+// week the fitted expert's one-step error is well below the fixed-α one's.
+func TestHoltWintersRefit(t *testing.T) {
+	const m, W = 24, 24 * 28
+	for _, off := range []int{0, 5} {
+		y := etsProcess(W+off+168, m, 0.8, 0.02, 0.05, 0.95, rand.New(rand.NewPCG(4, 4)))
+		fit := runHW(m, y[:W+off])
+		fixed := runHW(m, y[:W+off])
+		idx := int64(W + off - 1)
+		win := y[off : W+off]
+		fit.refit(idx, win)
+		if fit.par == nil || fit.alpha < 0.6 || fit.alpha > 0.95 {
+			t.Fatalf("offset %d: fitted α %.3f (params %v), want near 0.8", off, fit.alpha, fit.par)
+		}
+		st := make([]float64, 2+m)
+		etsRun(win, m, fit.alpha, fit.beta, fit.gamma, fit.phi, st)
+		for h := 1; h <= 3; h++ {
+			damp := 0.0
+			for p, i := 1.0, 0; i < h; i++ {
+				p *= fit.phi
+				damp += p
+			}
+			want := st[0] + damp*st[1] + st[2+(W+h-1)%m]
+			if got := fit.forecast(idx, h); math.Abs(got-want) > 1e-9*math.Abs(want) {
+				t.Fatalf("offset %d h=%d: forecast %v after the fit, the fitted filter's %v", off, h, got, want)
+			}
+		}
+		ring := func(i int64) (float64, bool) { return y[i], true }
+		var eFit, eFixed float64
+		for i := W + off; i < len(y); i++ {
+			eFit += math.Abs(y[i] - fit.forecast(int64(i-1), 1))
+			eFixed += math.Abs(y[i] - fixed.forecast(int64(i-1), 1))
+			fit.observe(int64(i), y[i], false, ring)
+			fixed.observe(int64(i), y[i], false, ring)
+		}
+		if eFit > 0.8*eFixed {
+			t.Fatalf("offset %d: one-step error over a week %.0f fitted, %.0f fixed", off, eFit, eFixed)
+		}
+	}
+}
+
+// TestHoltWintersRefitScaleFree: the fit is the same to the bit in any
+// unit (a power of two times the values).
+func TestHoltWintersRefitScaleFree(t *testing.T) {
+	y := etsProcess(24*14, 24, 0.3, 0.01, 0.1, 0.9, rand.New(rand.NewPCG(5, 5)))
+	var want []float64
+	for _, k := range []int{0, -60, 60} {
+		v := make([]float64, len(y))
+		for i := range y {
+			v[i] = math.Ldexp(y[i], k)
+		}
+		w := runHW(24, v)
+		w.refit(int64(len(v)-1), v)
+		if want == nil {
+			want = w.par
+		} else if !slices.Equal(w.par, want) {
+			t.Fatalf("×2^%d: parameters %v, want %v", k, w.par, want)
+		}
+	}
+}
+
+// TestFittedExpertSchedule: the fitted expert sleeps (NaN) until two
+// seasons are known, is fitted then, and refits once a week at a bucket
+// that depends on the series' seed, so series made together spread their
+// fits over the week.
+func TestFittedExpertSchedule(t *testing.T) {
+	sc := new(hybridScratch)
+	fits := func(seed uint64) []int64 {
+		m, err := NewHybrid(HybridConfig{Step: time.Hour, Window: 24 * 28, Horizon: 12, Seed: seed}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rng := rand.New(rand.NewPCG(seed, 1))
+		var at []int64
+		var last *float64
+		for i := 0; i < 24*7*4; i++ {
+			if err := m.Observe(t0.Add(time.Duration(i)*time.Hour), dailyJob(i, rng)); err != nil {
+				t.Fatal(err)
+			}
+			if m.hwf.par == nil {
+				m.sc = sc // experts() writes into the scratch
+				f := m.experts(m.n-1, 1, 0, 0, 0)[expHWFit]
+				m.sc = nil
+				if !math.IsNaN(f) {
+					t.Fatalf("bucket %d: unfitted expert forecasts %v, want asleep", i, f)
+				}
+				continue
+			}
+			if &m.hwf.par[0] != last {
+				at, last = append(at, int64(i)), &m.hwf.par[0]
+			}
+		}
+		return at
+	}
+	a, b := fits(1), fits(2)
+	if len(a) != 5 || a[0] != 47 || len(b) != 5 || b[0] != 47 {
+		t.Fatalf("fits at buckets %v (seed 1) and %v (seed 2): want the first at 47 (two days), then one a week", a, b)
+	}
+	for i := 1; i < len(a); i++ {
+		if a[i]-a[i-1] > 168 || (a[i]+1)%168 != 0 || (b[i]+2)%168 != 0 {
+			t.Fatalf("weekly fits at %v (seed 1) and %v (seed 2), want at (bucket + seed) ≡ 0 mod 168", a, b)
+		}
+	}
+}
+
+// BenchmarkHoltWintersRefit: one weekly fit of the fitted expert on a
+// four-week hourly window (the grid, then at most hwFitEvals evaluations).
+func BenchmarkHoltWintersRefit(b *testing.B) {
+	y := etsProcess(24*28, 24, 0.5, 0.02, 0.1, 0.9, rand.New(rand.NewPCG(6, 6)))
+	w := runHW(24, y)
+	for b.Loop() {
+		w.par = nil
+		w.refit(int64(len(y)-1), y)
+	}
 }

@@ -210,6 +210,7 @@ type Hybrid struct {
 	pl       *pool                  // combination with simple experts (nil: NoPool)
 	yr       *yearly                // daily means over two years, for the yearly expert (nil: none)
 	hw       *holtWinters           // the combination's Holt-Winters expert (nil: not available)
+	hwf      *holtWinters           // the same with its parameters fitted weekly (expHWFit; nil: not available)
 	surprise float64                // the hybrid's last one-step error if it was a surprise, else 0
 	gate     [gateBins]gateEvidence // the shift gate's evidence per surprise size (shiftGate)
 	bet      gateBet                // the one-step bet pending on the next value
@@ -311,6 +312,9 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 		m.pl = newPool(H, m.P, m.W, max(m.d.spd, 1), stepsPer(cfg.Step, 7*24*time.Hour), yearly)
 		if m.pl.avail[expHW] {
 			m.hw = newHoltWinters(m.pl.season)
+		}
+		if m.pl.avail[expHWFit] {
+			m.hwf = newHoltWinters(m.pl.season)
 		}
 	}
 	m.rw = make([]float64, H*m.K)
@@ -509,8 +513,42 @@ func (m *Hybrid) observe(t time.Time, y float64, missing bool) error {
 	if m.hw != nil {
 		m.hw.observe(idx, y, missing, m.ringAt)
 	}
+	if m.hwf != nil {
+		m.hwf.observe(idx, y, missing, m.ringAt)
+		m.refitHW(idx)
+	}
 	m.forecast(idx, t, gruOut)
 	return nil
+}
+
+// refitHW re-estimates the fitted Holt-Winters expert's parameters on the
+// window once a week (a season for weekly-season series), at a bucket
+// that depends on the seed so that series created together do not all fit
+// in the same bucket; the first fit comes as soon as two seasons are
+// known. It fits the longest run of observed buckets ending at idx (at
+// least two seasons), read as the robust fit saw them (clean: a counter
+// reset is not a level to follow).
+func (m *Hybrid) refitHW(idx int64) {
+	w := m.hwf
+	if !w.ready() {
+		return
+	}
+	run := 0
+	for run < int(min(m.n, int64(m.W))) && m.wts[(idx-int64(run))%int64(m.W)] > 0 {
+		run++
+	}
+	if run < 2*w.m {
+		return
+	}
+	every := int64(max(w.m, stepsPer(m.cfg.Step, 7*24*time.Hour)))
+	if !(w.par == nil && run == 2*w.m) && (idx+int64(m.cfg.Seed))%every != 0 {
+		return
+	}
+	y := grow(m.sc.tmp, run)
+	for i := range run {
+		y[i] = m.clean(idx - int64(run) + 1 + int64(i))
+	}
+	w.refit(idx, y)
 }
 
 // clean is bucket i's value as the robust fit saw it: the value itself,
@@ -558,6 +596,9 @@ func (m *Hybrid) skipMany(n int64, last time.Time) error {
 	m.bet = gateBet{}
 	if m.hw != nil {
 		m.hw.reset()
+	}
+	if m.hwf != nil {
+		m.hwf.reset()
 	}
 	m.n += n
 	m.last = last

@@ -28,13 +28,22 @@ const (
 	// the target's day (yearly.go). Asleep until a year has been seen.
 	expHWYear  // Holt-Winters
 	expRegYear // the regression
+	// Holt-Winters with its smoothing parameters fitted to the window
+	// once a week (holtWinters.refit), asleep until the first fit: on
+	// smooth series a fitted ETS is the best one-step rule there is, and
+	// expHW's fixed, slow parameters are not it.
+	expHWFit
 	numExp
 )
+
+// numExpV9 is the expert count of snapshot formats 8 and 9 (before
+// expHWFit).
+const numExpV9 = expHWFit
 
 // expNames name the experts (test messages, debugging).
 var expNames = [numExp]string{"hybrid", "regression", "naive", "snaive_day", "snaive_week",
 	"median_3", "median_season", "hybrid_reanchored", "snaive_week_median", "snaive_day_median",
-	"holt_winters", "regression_persistent", "holt_winters_yearly", "regression_yearly"}
+	"holt_winters", "regression_persistent", "holt_winters_yearly", "regression_yearly", "holt_winters_fitted"}
 
 const (
 	// poolEtas learning rates η_g = poolEta0·4^g = 0.1, 0.4, 1.6, 6.4
@@ -166,6 +175,7 @@ func newPool(H, P, W, spd, wk int, yearly bool) *pool {
 	}
 	if p.season >= 2 && W >= 2*p.season {
 		p.avail[expHW] = true
+		p.avail[expHWFit] = true
 	}
 	if yearly {
 		p.avail[expRegYear] = true
@@ -496,6 +506,12 @@ func (m *Hybrid) experts(idx int64, h int, hyb, mean, mu float64) *[numExp]float
 			f[expHW] = m.hw.forecast(idx, h)
 		}
 	}
+	if p.avail[expHWFit] {
+		f[expHWFit] = math.NaN() // asleep until fitted
+		if m.hwf.par != nil && m.hwf.ready() {
+			f[expHWFit] = m.hwf.forecast(idx, h)
+		}
+	}
 	if h == 1 {
 		// The medians do not depend on the horizon.
 		f[expMedShort] = m.medLast(idx, 3)
@@ -577,11 +593,36 @@ func (p *pool) encode(e *enc) {
 }
 
 // decode reads what encode wrote; sizes must match, the weights must be
-// probabilities and the gaps finite and non-negative.
+// probabilities and the gaps finite and non-negative. A format 8 or 9
+// snapshot has one expert fewer (numExpV9): expHWFit joins asleep, with
+// the weight a fresh pool gives each expert, the others' scaled to leave
+// room for it.
 func (p *pool) decode(d *dec) {
-	d.f32sInto(p.fx, "expert forecasts")
-	d.f32sInto(p.fc, "candidate forecasts")
-	d.fsInto(p.w, "expert weights")
+	if d.before(10) {
+		fx := make([]float32, len(p.fx)/numExp*numExpV9)
+		w := make([]float64, len(p.w)/numExp*numExpV9)
+		d.f32sInto(fx, "expert forecasts")
+		d.f32sInto(p.fc, "candidate forecasts")
+		d.fsInto(w, "expert weights")
+		for b := range len(fx) / numExpV9 {
+			copy(p.fx[b*numExp:], fx[b*numExpV9:(b+1)*numExpV9])
+			p.fx[b*numExp+expHWFit] = float32(math.NaN())
+		}
+		share := 0.0
+		if p.avail[expHWFit] {
+			share = 1 / float64(p.nav)
+		}
+		for b := range len(w) / numExpV9 {
+			for k := range numExpV9 {
+				p.w[b*numExp+k] = w[b*numExpV9+k] * (1 - share)
+			}
+			p.w[b*numExp+expHWFit] = share
+		}
+	} else {
+		d.f32sInto(p.fx, "expert forecasts")
+		d.f32sInto(p.fc, "candidate forecasts")
+		d.fsInto(p.w, "expert weights")
+	}
 	d.fsInto(p.v, "candidate weights")
 	d.fsInto(p.gap, "mixability gaps")
 	d.inRange(p.w, 0, 1, "expert weights")

@@ -43,12 +43,15 @@ const (
 	// mixture's AdaHedge state; 6: two yearly experts in the combination;
 	// 7: the shift gate; 8: the stored residuals are Huberized (weight ×
 	// residual: Hybrid.clean reads the value back from them); 9: two
-	// pooled persistence experts in the location model. Snapshots from
+	// pooled persistence experts in the location model; 10: the demand
+	// combination's Holt-Winters expert with fitted parameters. Snapshots from
 	// snapMinVersion on are read (an upgraded controller keeps what its
 	// models learnt); older ones are refused with ErrSnapshotVersion.
-	snapVersion = 9
-	// snapMinVersion is the oldest format this build reads: version 8
-	// differs only in the location model's expert count (readLocExperts).
+	snapVersion = 10
+	// snapMinVersion is the oldest format this build reads: version 9
+	// differs only in the demand combination's expert count (one expert
+	// fewer: pool.decode), version 8 also in the location model's
+	// (readLocExperts).
 	snapMinVersion = 8
 	// maxSnapshot bounds what Restore reads (a million series of a few
 	// hundred kilobytes would not fit anyway).
@@ -100,6 +103,9 @@ type dec struct {
 	err error
 	ver uint32 // the snapshot's format version; 0 (a part decoded alone) is the current one
 }
+
+// before says the snapshot was written in a format older than v.
+func (d *dec) before(v uint32) bool { return d.ver != 0 && d.ver < v }
 
 // locV8 says the location model is in version 8's shape (no pooled
 // persistence experts).
@@ -302,6 +308,10 @@ func (m *Hybrid) encode(e *enc) {
 		if m.hw != nil {
 			m.hw.encode(e)
 		}
+		e.bool(m.hwf != nil)
+		if m.hwf != nil {
+			m.hwf.encode(e)
+		}
 	}
 	e.bool(m.yr != nil)
 	if m.yr != nil {
@@ -405,6 +415,17 @@ func (m *Hybrid) decode(d *dec) {
 		}
 		if m.hw != nil {
 			m.hw.decode(d)
+		}
+		// Format 9 has no fitted expert: it starts afresh, asleep until
+		// its first fit.
+		if !d.before(10) {
+			if has := d.bool(); has != (m.hwf != nil) {
+				d.fail("fitted holt-winters expert present in one of snapshot and configuration only")
+				return
+			}
+			if m.hwf != nil {
+				m.hwf.decode(d)
+			}
 		}
 		d.inRange(m.shF, 0, math.MaxFloat64, "final error scales")
 		d.inRange(m.shr, 0, math.MaxFloat64, "robust error scales")
