@@ -58,6 +58,10 @@ bench-forecast-nab: ## forecast backtest on 46 held-out NAB series (NAB=path/to/
 bench-forecast-daily: ## forecast backtest on Prophet's held-out daily examples (PROPHET=path/to/prophet/examples)
 	@bash scripts/validate-forecast-daily.sh $(PROPHET)
 
+.PHONY: bench-forecast-m4
+bench-forecast-m4: ## forecast backtest on the M4 competition's 414 hourly series (M4=path/to/M4-methods/Dataset)
+	@bash scripts/validate-forecast-m4.sh $(M4)
+
 .PHONY: route-eval
 route-eval: ## route policy replay on ../shared/data/latency (issue 4)
 	@bash scripts/route-eval.sh
