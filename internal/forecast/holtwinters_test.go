@@ -236,9 +236,9 @@ func TestHoltWintersRefitScaleFree(t *testing.T) {
 }
 
 // TestFittedExpertSchedule: the fitted expert sleeps (NaN) until two
-// seasons are known, is fitted then, and refits once a week at a bucket
-// that depends on the series' seed, so series made together spread their
-// fits over the week.
+// seasons are known and its bucket of the day comes, and refits once a
+// week at a bucket that depends on the series' seed, so series made
+// together spread their fits over the day and the week.
 func TestFittedExpertSchedule(t *testing.T) {
 	sc := new(hybridScratch)
 	fits := func(seed uint64) []int64 {
@@ -269,8 +269,10 @@ func TestFittedExpertSchedule(t *testing.T) {
 		return at
 	}
 	a, b := fits(1), fits(2)
-	if len(a) != 5 || a[0] != 47 || len(b) != 5 || b[0] != 47 {
-		t.Fatalf("fits at buckets %v (seed 1) and %v (seed 2): want the first at 47 (two days), then one a week", a, b)
+	// Seed 1: bucket 47 ends the second day and is its bucket of the day;
+	// seed 2's is 22 of each day, 70 the first after two days.
+	if len(a) != 5 || a[0] != 47 || len(b) != 5 || b[0] != 70 {
+		t.Fatalf("fits at buckets %v (seed 1) and %v (seed 2): want the first at the series' bucket of the day after two days (47, 70), then one a week", a, b)
 	}
 	for i := 1; i < len(a); i++ {
 		if a[i]-a[i-1] > 168 || (a[i]+1)%168 != 0 || (b[i]+2)%168 != 0 {

@@ -522,15 +522,24 @@ func (m *Hybrid) observe(t time.Time, y float64, missing bool) error {
 }
 
 // refitHW re-estimates the fitted Holt-Winters expert's parameters on the
-// window once a week (a season for weekly-season series), at a bucket
-// that depends on the seed so that series created together do not all fit
-// in the same bucket; the first fit comes as soon as two seasons are
-// known. It fits the longest run of observed buckets ending at idx (at
-// least two seasons), read as the robust fit saw them (clean: a counter
-// reset is not a level to follow).
+// window once a week (a season for weekly-season series), at a bucket of
+// the week that depends on the seed, so that series created together do
+// not all fit in the same bucket. A young series (window not yet full) is
+// first fitted at its bucket of the season once two seasons are known; a
+// series without a fit but a full window (restored from a format 9
+// snapshot) waits for its bucket of the week, so an upgrade does not fit
+// a week's share of series a day. It fits the longest run of observed
+// buckets ending at idx (at least two seasons), read as the robust fit saw
+// them (clean: a counter reset is not a level to follow).
 func (m *Hybrid) refitHW(idx int64) {
 	w := m.hwf
 	if !w.ready() {
+		return
+	}
+	at := idx + int64(m.cfg.Seed)
+	weekly := at%int64(max(w.m, stepsPer(m.cfg.Step, 7*24*time.Hour))) == 0
+	first := w.par == nil && m.n <= int64(m.W) && at%int64(w.m) == 0
+	if !weekly && !first {
 		return
 	}
 	run := 0
@@ -538,10 +547,6 @@ func (m *Hybrid) refitHW(idx int64) {
 		run++
 	}
 	if run < 2*w.m {
-		return
-	}
-	every := int64(max(w.m, stepsPer(m.cfg.Step, 7*24*time.Hour)))
-	if !(w.par == nil && run == 2*w.m) && (idx+int64(m.cfg.Seed))%every != 0 {
 		return
 	}
 	y := grow(m.sc.tmp, run)
