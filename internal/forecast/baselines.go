@@ -243,6 +243,17 @@ func etsRun(y []float64, m int, a, b, g, phi float64, st []float64) float64 {
 	return sse
 }
 
+// etsMinimize runs Nelder-Mead on an ETS fit's objective from start, for at
+// most evals evaluations (the ETS baseline and the fitted Holt-Winters
+// expert). An error only ends a run early: the result, if any, is still
+// the best point found.
+func etsMinimize(obj func([]float64) float64, start []float64, evals int) *optimize.Result {
+	res, _ := optimize.Minimize(optimize.Problem{Func: obj}, start,
+		&optimize.Settings{FuncEvaluations: evals, Converger: &optimize.FunctionConverge{Absolute: 1e-10, Relative: 1e-6, Iterations: 20}},
+		&optimize.NelderMead{SimplexSize: 0.5})
+	return res
+}
+
 // Forecast implements Method.
 func (e *ETS) Forecast() []Quantiles {
 	y := e.w.buf
@@ -269,9 +280,7 @@ func (e *ETS) Forecast() []Quantiles {
 	// any, is still the best point it found.
 	bestF := math.Inf(1)
 	for _, start := range [][]float64{e.par, etsStartLow, etsStartHigh} {
-		res, _ := optimize.Minimize(optimize.Problem{Func: obj}, start,
-			&optimize.Settings{FuncEvaluations: 300, Converger: &optimize.FunctionConverge{Absolute: 1e-10, Relative: 1e-6, Iterations: 20}},
-			&optimize.NelderMead{SimplexSize: 0.5})
+		res := etsMinimize(obj, start, 300)
 		if res != nil && res.F < bestF {
 			e.par, bestF = slices.Clone(res.X), res.F
 		}

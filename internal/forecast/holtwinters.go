@@ -3,8 +3,6 @@ package forecast
 import (
 	"math"
 	"slices"
-
-	"gonum.org/v1/gonum/optimize"
 )
 
 // holtWinters is an online additive Holt-Winters forecaster (exponential
@@ -190,10 +188,7 @@ func (w *holtWinters) refit(idx int64, y []float64) {
 	if best == nil {
 		return // no finite error anywhere: keep what there is
 	}
-	res, _ := optimize.Minimize(optimize.Problem{Func: obj}, best,
-		&optimize.Settings{FuncEvaluations: hwFitEvals, Converger: &optimize.FunctionConverge{Absolute: 1e-10, Relative: 1e-6, Iterations: 20}},
-		&optimize.NelderMead{SimplexSize: 0.5})
-	if res != nil && res.F < bestF {
+	if res := etsMinimize(obj, best, hwFitEvals); res != nil && res.F < bestF {
 		best = slices.Clone(res.X)
 	}
 	w.par = best
