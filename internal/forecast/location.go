@@ -590,8 +590,11 @@ func (m *LocationModel) Predict(h int, p []float64) (conc float64, err error) {
 		copy(p, m.fc[(h-1)*m.R:h*m.R])
 		return m.fcConc[h-1], nil
 	}
-	return m.predict(h, p, make([]float64, numLx*m.R+max(m.J, 1))), nil
+	return m.predict(h, p, make([]float64, m.workLen())), nil
 }
+
+// workLen is the length of predict's work buffer.
+func (m *LocationModel) workLen() int { return numLx*m.R + max(m.J, 1) }
 
 // Precompute makes the forecasts of horizons 1..H from the current state
 // once, so that the controller's many readers of a bucket's forecasts
@@ -604,7 +607,7 @@ func (m *LocationModel) Precompute(H int) {
 	}
 	m.fc = slices.Grow(m.fc[:0], H*m.R)[:H*m.R]
 	m.fcConc = slices.Grow(m.fcConc[:0], H)[:H]
-	work := make([]float64, numLx*m.R+max(m.J, 1))
+	work := make([]float64, m.workLen())
 	for h := 1; h <= H; h++ {
 		m.fcConc[h-1] = m.predict(h, m.fc[(h-1)*m.R:h*m.R], work)
 	}
@@ -612,7 +615,7 @@ func (m *LocationModel) Precompute(H int) {
 }
 
 // predict computes the forecast Predict returns (m.n > 0, len(p) >= R);
-// work holds the experts and the context (numLx·R + max(J, 1) values).
+// work holds the experts and the context (workLen values).
 func (m *LocationModel) predict(h int, p, work []float64) (conc float64) {
 	hi := 0
 	for i, lh := range m.hor {

@@ -104,12 +104,10 @@ type dec struct {
 	ver uint32 // the snapshot's format version; 0 (a part decoded alone) is the current one
 }
 
-// before says the snapshot was written in a format older than v.
+// before says the snapshot was written in a format older than v (format
+// 9 added the location model's pooled persistence experts, 10 the demand
+// combination's fitted Holt-Winters expert).
 func (d *dec) before(v uint32) bool { return d.ver != 0 && d.ver < v }
-
-// locV8 says the location model is in version 8's shape (no pooled
-// persistence experts).
-func (d *dec) locV8() bool { return d.ver == 8 }
 
 func (d *dec) fail(what string) {
 	if d.err == nil {
@@ -551,7 +549,7 @@ func decodeLocation(d *dec, cfg LocationConfig, feeds *Feeds) *LocationModel {
 		d.fsInto(lh.gb, "adagrad")
 		d.fsInto(lh.gg, "adagrad")
 		readLocExperts(d, lh.mix, 1, "mixture weights")
-		if d.locV8() {
+		if d.before(9) {
 			// The new experts join the mixture at the fixed share's
 			// weight, as a candidate the mixture had written off would.
 			for k := 1 + lxPool0; k <= 1+lxPool1; k++ {
@@ -568,7 +566,7 @@ func decodeLocation(d *dec, cfg LocationConfig, feeds *Feeds) *LocationModel {
 	d.fsInto(m.cov.mean, "covariate means")
 	d.fsInto(m.cov.m2, "covariate moments")
 	m.cov.n = d.f64()
-	if d.locV8() {
+	if d.before(9) {
 		// Version 8's pending inputs lack the pooled experts: read and
 		// drop them, so that nothing is learnt from the (at most a day's)
 		// forecasts made before the upgrade.
@@ -582,7 +580,7 @@ func decodeLocation(d *dec, cfg LocationConfig, feeds *Feeds) *LocationModel {
 		return nil
 	}
 	for i := range m.pendOK {
-		m.pendOK[i] = d.bool() && !d.locV8()
+		m.pendOK[i] = d.bool() && !d.before(9)
 	}
 	return m
 }
@@ -596,7 +594,7 @@ const numLxV8 = lxPool0
 // pooled persistence experts, which are left as they are (zero weights,
 // empty accumulators).
 func readLocExperts(d *dec, dst []float64, off int, what string) {
-	if !d.locV8() {
+	if !d.before(9) {
 		d.fsInto(dst, what)
 		return
 	}
