@@ -387,7 +387,8 @@ func TestEngineRestartsFailedModel(t *testing.T) {
 // this build — format 8 (before the location model's pooled persistence
 // experts; testdata/engine-v8.snap.gz, made by main at 92b6f54) and
 // format 9 (before the demand combination's fitted Holt-Winters expert;
-// testdata/engine-v9.snap.gz, made by main at 6ef0de2), both from
+// testdata/engine-v9.snap.gz, made by main at 6ef0de2) and format 10
+// (before the issued interval bounds; engine-v10, main at 2b423c9), all from
 // feed(0, 24*9) with PCG(8, 8) on a one-week window. The demand forecasts
 // are exactly the ones the old build gave (engine-v*.forecast.json), the
 // location model goes on with what it learnt, the new expert wakes at its
@@ -399,6 +400,7 @@ func TestSnapshotUpgrade(t *testing.T) {
 	}{
 		{8, 0.01}, // the two new location experts carry a fixed share's weight only
 		{9, 0},    // the location model is unchanged since
+		{10, 0},   // format 10 lacks only the issued interval bounds
 	} {
 		t.Run(fmt.Sprintf("v%d", c.ver), func(t *testing.T) {
 			raw, err := os.ReadFile(fmt.Sprintf("testdata/engine-v%d.snap.gz", c.ver))
@@ -454,12 +456,21 @@ func TestSnapshotUpgrade(t *testing.T) {
 					t.Fatalf("h=%d: shares sum to %v", h+1, s)
 				}
 			}
-			// The fitted Holt-Winters expert starts asleep (the old
-			// snapshot has no fit) and wakes within a week, at its
-			// series' own bucket of the week.
+			// The fitted Holt-Winters expert starts asleep (formats 8
+			// and 9 have no fit) and wakes within a week, at its
+			// series' own bucket of the week. The pending origins'
+			// issued bounds are today's (format 10 kept none).
 			for k, st := range e.series {
-				if st.m.hwf == nil || st.m.hwf.par != nil {
-					t.Fatalf("%v: fitted expert %v after the upgrade, want present and unfitted", k, st.m.hwf)
+				if st.m.hwf == nil || (c.ver < 10) != (st.m.hwf.par == nil) {
+					t.Fatalf("%v: fitted expert %v after the upgrade from format %d", k, st.m.hwf, c.ver)
+				}
+				H := st.m.cfg.Horizon
+				for i := 0; i < len(st.m.ivF); i += 2 {
+					h := i/2%H + 1
+					iv := st.m.ivScale(h)
+					if st.m.ivF[i] != iv*st.m.qF[2*h-2] || st.m.ivF[i+1] != iv*st.m.qF[2*h-1] {
+						t.Fatalf("%v: issued bounds at slot %d h=%d: %v, want %v×%v", k, i/2/H, h, st.m.ivF[i:i+2], iv, st.m.qF[2*h-2:2*h])
+					}
 				}
 			}
 			feed(t, e, 24*9, 24*17, rand.New(rand.NewPCG(9, 9)))

@@ -234,6 +234,7 @@ type Hybrid struct {
 	shFr []float64 // H mean absolute error of the final forecast over the last few buckets
 	shr  []float64 // H robust version of shF (errors clipped at poolScaleClip times it)
 	qF   []float64 // H×2 tracked 10/90% quantiles of the final forecast's error / ivScale
+	ivF  []float64 // P×H×2 the 10/90% bounds issued at each origin, as offsets from predF
 	eta  float64
 
 	gru  *GRU
@@ -301,6 +302,7 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 	m.predY = make([]float64, m.P*H)
 	m.predE = make([]float64, m.P*H)
 	m.predF = make([]float64, m.P*H)
+	m.ivF = make([]float64, 2*m.P*H)
 	if cfg.Step <= 24*time.Hour && !cfg.NoYear {
 		m.yr = newYearly()
 	}
@@ -848,6 +850,30 @@ func trackQuantiles(q []float64, u, eta float64) {
 	}
 }
 
+// trackInterval moves the final interval's quantile trackers at horizon h
+// by whether the bounds issued at origin slot po held the error e: the
+// adaptive conformal update (Gibbs & Candès 2021), whose long-run miss
+// rate is the nominal one whatever the scale did meanwhile. Until round
+// 13 the trackers judged e in the interval scale of the bucket it
+// arrived in; at h steps that scale has already absorbed the errors of
+// the h−1 origins before, which share most of this error's shocks, so a
+// large error looked smaller than the interval it missed and the
+// 12-step intervals covered 0.76 on average on M4's hourly series
+// (BENCHMARKS "round 13").
+func (m *Hybrid) trackInterval(h, po int, e float64) {
+	j := 2 * (po*m.cfg.Horizon + h - 1)
+	q := m.qF[2*(h-1) : 2*h]
+	eta := ivEta0 / math.Pow(float64(h), ivDelayExp)
+	for k, tau := range [2]float64{0.1, 0.9} {
+		if e < m.ivF[j+k] {
+			q[k] -= eta * (1 - tau)
+		} else {
+			q[k] += eta * tau
+		}
+	}
+	q[1] = math.Max(q[1], q[0])
+}
+
 // resolvePool scores the combination's forecasts of bucket y made at
 // origin slot po for horizon h and updates its interval trackers and
 // scales (rate: the error scales' step); returns the final point forecast
@@ -884,7 +910,7 @@ func (m *Hybrid) resolvePool(h, po int, y, rate float64) float64 {
 		m.bet = gateBet{}
 	}
 	ae := math.Abs(y - fin)
-	trackQuantiles(m.qF[2*(h-1):2*h], (y-fin)/m.ivScale(h), ivEta0/math.Sqrt(float64(h)))
+	m.trackInterval(h, po, y-fin)
 	ac := clipErr(ae, m.ivScale(h))
 	m.shF[h-1] += rate * (ac - m.shF[h-1])
 	m.shFr[h-1] += math.Max(rate, ivRecentRate) * (ac - m.shFr[h-1])
@@ -1266,6 +1292,8 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 			qf := m.qF[2*(h-1) : 2*h]
 			iv := m.ivScale(h)
 			fq = Quantiles{Q10: math.Min(c+iv*qf[0], c), Q50: c, Q90: math.Max(c+iv*qf[1], c)}
+			j := 2 * (po*H + h - 1)
+			m.ivF[j], m.ivF[j+1] = iv*qf[0], iv*qf[1]
 		}
 		if h == 1 {
 			m.med1 = fq.Q50

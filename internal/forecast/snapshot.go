@@ -44,14 +44,16 @@ const (
 	// 7: the shift gate; 8: the stored residuals are Huberized (weight ×
 	// residual: Hybrid.clean reads the value back from them); 9: two
 	// pooled persistence experts in the location model; 10: the demand
-	// combination's Holt-Winters expert with fitted parameters. Snapshots from
+	// combination's Holt-Winters expert with fitted parameters; 11: the
+	// interval bounds issued at each pending origin. Snapshots from
 	// snapMinVersion on are read (an upgraded controller keeps what its
 	// models learnt); older ones are refused with ErrSnapshotVersion.
-	snapVersion = 10
-	// snapMinVersion is the oldest format this build reads: version 9
-	// differs only in the demand combination's expert count (one expert
-	// fewer: pool.decode), version 8 also in the location model's
-	// (readLocExperts).
+	snapVersion = 11
+	// snapMinVersion is the oldest format this build reads: version 10
+	// differs only in the issued interval bounds (rebuilt from the
+	// trackers), version 9 also in the demand combination's expert count
+	// (one expert fewer: pool.decode), version 8 also in the location
+	// model's (readLocExperts).
 	snapMinVersion = 8
 	// maxSnapshot bounds what Restore reads (a million series of a few
 	// hundred kilobytes would not fit anyway).
@@ -291,6 +293,7 @@ func (m *Hybrid) encode(e *enc) {
 		e.fs(m.shr)
 		e.fs(m.shFr)
 		e.fs(m.qF)
+		e.fs(m.ivF)
 		e.f64(m.surprise)
 		for _, g := range m.gate {
 			e.f64(g.adv)
@@ -390,6 +393,19 @@ func (m *Hybrid) decode(d *dec) {
 		d.fsInto(m.shr, "robust error scales")
 		d.fsInto(m.shFr, "recent error scales")
 		d.fsInto(m.qF, "final quantiles")
+		if d.before(11) {
+			// Format 10 kept no issued bounds: the pending origins' are
+			// taken as today's (what the trackers used to judge by).
+			H := m.cfg.Horizon
+			for i := 0; i < len(m.ivF); i += 2 {
+				h := i/2%H + 1
+				iv := m.ivScale(h)
+				m.ivF[i], m.ivF[i+1] = iv*m.qF[2*(h-1)], iv*m.qF[2*(h-1)+1]
+			}
+		} else {
+			d.fsInto(m.ivF, "issued interval bounds")
+			d.inRange(m.ivF, -math.MaxFloat64, math.MaxFloat64, "issued interval bounds")
+		}
 		m.surprise = d.f64()
 		for k := range m.gate {
 			g := &m.gate[k]
