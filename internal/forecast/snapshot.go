@@ -404,7 +404,9 @@ func (m *Hybrid) decode(d *dec) {
 			}
 		} else {
 			d.fsInto(m.ivF, "issued interval bounds")
-			d.inRange(m.ivF, -math.MaxFloat64, math.MaxFloat64, "issued interval bounds")
+			// ±Inf only where a bound overflowed at 10³⁰⁸ (the forecast's own
+			// quantile was infinite too); NaN is corruption.
+			d.inRange(m.ivF, math.Inf(-1), math.Inf(1), "issued interval bounds")
 		}
 		m.surprise = d.f64()
 		for k := range m.gate {
