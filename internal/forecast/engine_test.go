@@ -501,3 +501,37 @@ func TestSnapshotUpgrade(t *testing.T) {
 		})
 	}
 }
+
+// TestSnapshotIssuedBounds: an issued interval bound that overflowed to
+// ±Inf (values near 10³⁰⁸) round-trips; a NaN one is corruption.
+func TestSnapshotIssuedBounds(t *testing.T) {
+	for _, c := range []struct {
+		v       float64
+		corrupt bool
+	}{{math.Inf(1), false}, {math.Inf(-1), false}, {math.NaN(), true}} {
+		e, err := NewEngine(EngineConfig{Window: 24 * 7, Horizon: 12, Workers: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		feed(t, e, 0, 24*9, rand.New(rand.NewPCG(8, 8)))
+		for _, st := range e.series {
+			st.m.ivF[1] = c.v
+		}
+		b, err := e.MarshalBinary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		e2, _ := NewEngine(EngineConfig{Window: 24 * 7, Horizon: 12, Workers: 1})
+		err = e2.UnmarshalBinary(b)
+		if c.corrupt != errors.Is(err, ErrCorruptSnapshot) || (!c.corrupt && err != nil) {
+			t.Fatalf("bound %v: restore error %v", c.v, err)
+		}
+		if !c.corrupt {
+			for k, st := range e2.series {
+				if st.m.ivF[1] != c.v {
+					t.Fatalf("%v: bound %v after the restore, want %v", k, st.m.ivF[1], c.v)
+				}
+			}
+		}
+	}
+}
