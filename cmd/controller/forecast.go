@@ -149,15 +149,17 @@ type backtestRow struct {
 // backtestRowAll adds the protocol details (--json-all).
 type backtestRowAll struct {
 	backtestRow
-	PinballH1  *float64 `json:"pinball_h1"`
-	PinballH12 *float64 `json:"pinball_h12"`
-	Window     int      `json:"train_buckets"`
-	Origins    int      `json:"origins"`
-	ZeroScale  int      `json:"zero_scale_origins"`
-	Step       string   `json:"step"`
-	MarkedH1   *float64 `json:"marked_mase_h1,omitempty"`
-	MarkedH12  *float64 `json:"marked_mase_h12,omitempty"`
-	MarkedN    int      `json:"marked_targets_h1,omitempty"`
+	PinballH1   *float64 `json:"pinball_h1"`
+	PinballH12  *float64 `json:"pinball_h12"`
+	Window      int      `json:"train_buckets"`
+	Origins     int      `json:"origins"`
+	ZeroScale   int      `json:"zero_scale_origins"`
+	Step        string   `json:"step"`
+	MarkedH1    *float64 `json:"marked_mase_h1,omitempty"`
+	MarkedH12   *float64 `json:"marked_mase_h12,omitempty"`
+	MarkedN     int      `json:"marked_targets_h1,omitempty"`
+	MarkedCov1  *float64 `json:"marked_coverage80_h1,omitempty"`
+	MarkedCov12 *float64 `json:"marked_coverage80_h12,omitempty"`
 }
 
 func num(v float64) *float64 {
@@ -343,6 +345,7 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 					Window: r.Window, Origins: r.Origins, ZeroScale: r.ZeroScale, Step: r.Step.String()}
 				if r.MarkedN[0] > 0 {
 					all.MarkedH1, all.MarkedH12, all.MarkedN = num(at(r.MarkedMASE, 1)), num(at(r.MarkedMASE, 12)), r.MarkedN[0]
+					all.MarkedCov1, all.MarkedCov12 = num(at(r.MarkedCover80, 1)), num(at(r.MarkedCover80, 12))
 				}
 				if err := enc.Encode(all); err != nil {
 					return err

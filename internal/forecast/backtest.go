@@ -115,9 +115,10 @@ type Result struct {
 	// 80% interval coverage, scaled pinball loss averaged over q10/q50/q90.
 	MASE, SMAPE, Cover80, Pinball []float64
 	// The same restricted to targets in marked buckets (EventDays).
-	MarkedMASE []float64
-	MarkedN    []int
-	N          []int // scored targets per horizon
+	MarkedMASE    []float64
+	MarkedCover80 []float64
+	MarkedN       []int
+	N             []int // scored targets per horizon
 }
 
 // MASE1toH averages MASE over horizons 1..H.
@@ -241,7 +242,7 @@ func runMethod(ctx context.Context, s *Series, feeds *Feeds, spec MethodSpec, cf
 	H := cfg.Horizon
 	r := Result{Series: s.Name, Method: spec.Name, Window: cfg.Window, Step: s.Step,
 		MASE: make([]float64, H), SMAPE: make([]float64, H), Cover80: make([]float64, H), Pinball: make([]float64, H),
-		MarkedMASE: make([]float64, H), MarkedN: make([]int, H), N: make([]int, H)}
+		MarkedMASE: make([]float64, H), MarkedCover80: make([]float64, H), MarkedN: make([]int, H), N: make([]int, H)}
 	meth, err := spec.New(s, feeds, cfg)
 	if err != nil {
 		return r, fmt.Errorf("%s on %s: %w", spec.Name, s.Name, err)
@@ -284,6 +285,9 @@ func runMethod(ctx context.Context, s *Series, feeds *Feeds, spec MethodSpec, cf
 				r.N[h-1]++
 				if marked[j] {
 					r.MarkedMASE[h-1] += ae / sc
+					if y >= q.Q10 && y <= q.Q90 {
+						r.MarkedCover80[h-1]++
+					}
 					r.MarkedN[h-1]++
 				}
 			}
@@ -307,8 +311,9 @@ func runMethod(ctx context.Context, s *Series, feeds *Feeds, spec MethodSpec, cf
 		}
 		if r.MarkedN[h] > 0 {
 			r.MarkedMASE[h] /= float64(r.MarkedN[h])
+			r.MarkedCover80[h] /= float64(r.MarkedN[h])
 		} else {
-			r.MarkedMASE[h] = math.NaN()
+			r.MarkedMASE[h], r.MarkedCover80[h] = math.NaN(), math.NaN()
 		}
 	}
 	return r, nil
