@@ -459,7 +459,8 @@ func TestSnapshotUpgrade(t *testing.T) {
 			// The fitted Holt-Winters expert starts asleep (formats 8
 			// and 9 have no fit) and wakes within a week, at its
 			// series' own bucket of the week. The pending origins'
-			// issued bounds are today's (format 10 kept none).
+			// issued bounds are today's and the event trackers the
+			// ordinary ones (format 10 kept neither).
 			for k, st := range e.series {
 				if st.m.hwf == nil || (c.ver < 10) != (st.m.hwf.par == nil) {
 					t.Fatalf("%v: fitted expert %v after the upgrade from format %d", k, st.m.hwf, c.ver)
@@ -471,6 +472,9 @@ func TestSnapshotUpgrade(t *testing.T) {
 					if st.m.ivF[i] != iv*st.m.qF[2*h-2] || st.m.ivF[i+1] != iv*st.m.qF[2*h-1] {
 						t.Fatalf("%v: issued bounds at slot %d h=%d: %v, want %v×%v", k, i/2/H, h, st.m.ivF[i:i+2], iv, st.m.qF[2*h-2:2*h])
 					}
+				}
+				if !slices.Equal(st.m.qE, st.m.qF) {
+					t.Fatalf("%v: event trackers %v after the upgrade, want the ordinary ones %v", k, st.m.qE, st.m.qF)
 				}
 			}
 			feed(t, e, 24*9, 24*17, rand.New(rand.NewPCG(9, 9)))

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"testing"
+	"time"
 )
 
 // TestTwelveStepCoverageAcrossVolatilityRegimes: the final intervals'
@@ -41,5 +42,51 @@ func TestTwelveStepCoverageAcrossVolatilityRegimes(t *testing.T) {
 	t.Logf("mean coverage h1 %.3f h12 %.3f", c1, c12)
 	if c1 < 0.77 || c1 > 0.83 || c12 < 0.77 || c12 > 0.83 {
 		t.Errorf("mean 80%% coverage over %d series h1 %.3f h12 %.3f, want 0.77–0.83", seeds, c1, c12)
+	}
+}
+
+// TestEventDayCoverage: a series whose demand drops on holidays by an
+// amount that differs from one holiday to the next. The effect learnt
+// from earlier holidays moves the forecast, but how far this one departs
+// from it is an error of another size than an ordinary day's: event
+// targets get their own interval trackers (Hybrid.eventInterval), and
+// their 80% intervals cover about 80% of event-day targets, not the
+// ordinary days' share.
+func TestEventDayCoverage(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 21))
+	start := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	const days = 240
+	var events []Event
+	eff := map[int]float64{}
+	for d := 6; d < days; d += 5 {
+		eff[d] = 0.5 + 0.3*(2*rng.Float64()-1)
+		day := start.Add(time.Duration(d) * 24 * time.Hour)
+		events = append(events, Event{Start: day, End: day.Add(24 * time.Hour), Name: "h", Kind: KindHoliday})
+	}
+	s := synth(days*24, func(i int) float64 {
+		v := 200 + 80*math.Sin(2*math.Pi*float64(i%24-6)/24)
+		if e, ok := eff[i/24]; ok {
+			v *= e
+		}
+		return v + 5*rng.NormFloat64()
+	})
+	s.Start = start
+	feeds, err := s.Feeds(events)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := Backtest(context.Background(), s, feeds, []MethodSpec{HybridSpec("hybrid", HybridConfig{})}, BacktestConfig{EventDays: MarkedDays(s, feeds)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := res[0]
+	t.Logf("event-day coverage h1 %.3f h12 %.3f (%d targets); all days %.3f / %.3f", h.MarkedCover80[0], h.MarkedCover80[11], h.MarkedN[11], h.Cover80[0], h.Cover80[11])
+	for _, i := range []int{0, 11} {
+		if c := h.MarkedCover80[i]; c < 0.7 || c > 0.9 {
+			t.Errorf("event-day 80%% coverage h%d %.3f over %d targets, want 0.7–0.9", i+1, c, h.MarkedN[i])
+		}
+		if c := h.Cover80[i]; c < 0.75 || c > 0.85 {
+			t.Errorf("80%% coverage h%d %.3f, want 0.75–0.85", i+1, c)
+		}
 	}
 }

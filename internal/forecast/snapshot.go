@@ -45,7 +45,8 @@ const (
 	// residual: Hybrid.clean reads the value back from them); 9: two
 	// pooled persistence experts in the location model; 10: the demand
 	// combination's Holt-Winters expert with fitted parameters; 11: the
-	// interval bounds issued at each pending origin. Snapshots from
+	// interval bounds issued at each pending origin and the event targets'
+	// interval trackers. Snapshots from
 	// snapMinVersion on are read (an upgraded controller keeps what its
 	// models learnt); older ones are refused with ErrSnapshotVersion.
 	snapVersion = 11
@@ -294,6 +295,7 @@ func (m *Hybrid) encode(e *enc) {
 		e.fs(m.shFr)
 		e.fs(m.qF)
 		e.fs(m.ivF)
+		e.fs(m.qE)
 		e.f64(m.surprise)
 		for _, g := range m.gate {
 			e.f64(g.adv)
@@ -402,11 +404,16 @@ func (m *Hybrid) decode(d *dec) {
 				iv := m.ivScale(h)
 				m.ivF[i], m.ivF[i+1] = iv*m.qF[2*(h-1)], iv*m.qF[2*(h-1)+1]
 			}
+			// Nor event trackers: they start from the ordinary ones
+			// (what event targets of the combination were judged by).
+			copy(m.qE, m.qF)
 		} else {
 			d.fsInto(m.ivF, "issued interval bounds")
 			// ±Inf only where a bound overflowed at 10³⁰⁸ (the forecast's own
 			// quantile was infinite too); NaN is corruption.
 			d.inRange(m.ivF, math.Inf(-1), math.Inf(1), "issued interval bounds")
+			d.fsInto(m.qE, "event quantiles")
+			d.inRange(m.qE, -math.MaxFloat64, math.MaxFloat64, "event quantiles")
 		}
 		m.surprise = d.f64()
 		for k := range m.gate {
