@@ -182,7 +182,7 @@ func runBacktest(ctx context.Context, args []string, out io.Writer) error {
 	var sf seriesFlags
 	sf.register(fs)
 	jsonOut := fs.Bool("json", false, "print one JSON object per (series, method) with the protocol's fields")
-	jsonAll := fs.Bool("json-all", false, "like --json, plus pinball loss, window, origins and event-day errors")
+	jsonAll := fs.Bool("json-all", false, "like --json, plus pinball loss, window, origins and event-day errors and coverage")
 	window := fs.Duration("train", 28*24*time.Hour, "training window")
 	horizon := fs.Int("horizon", 12, "forecast horizon in buckets")
 	season := fs.Duration("season", 24*time.Hour, "MASE scaling season")

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -414,6 +416,43 @@ func TestIngestLogNewFlagErrors(t *testing.T) {
 		_, _, err := ingest(t, nil, tc.args...)
 		if !errors.Is(err, cli.ErrUsage) || !strings.Contains(err.Error(), tc.msg) {
 			t.Errorf("%v: got %v, want a usage error containing %q", tc.args, err, tc.msg)
+		}
+	}
+}
+
+// TestBacktestMarkedDays: with a calendar, --json-all reports the event
+// days' MASE and 80% coverage beside the whole backtest's.
+func TestBacktestMarkedDays(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("timestamp,value\n")
+	start := time.Date(2024, 3, 1, 0, 0, 0, 0, time.UTC)
+	for h := range 24 * 12 {
+		v := 100 + 40*math.Sin(2*math.Pi*float64(h%24)/24) + float64(h%7)
+		if h/24 == 9 {
+			v /= 2
+		}
+		fmt.Fprintf(&b, "%s,%.0f\n", start.Add(time.Duration(h)*time.Hour).Format(time.RFC3339), v)
+	}
+	csvPath := writeTemp(t, "demand.csv", b.String())
+	events := writeTemp(t, "events.csv", "start,end,name,kind\n2024-03-10,2024-03-11,closure,holiday\n")
+	var out bytes.Buffer
+	if err := runForecast(context.Background(), []string{"backtest", "--csv", csvPath, "--events", events, "--methods", "naive,hybrid",
+		"--train", "120h", "--min-origins", "24", "--json-all"}, &out); err != nil {
+		t.Fatalf("backtest: %v\n%s", err, out.String())
+	}
+	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+		var row struct {
+			Method string   `json:"method"`
+			N      int      `json:"marked_targets_h1"`
+			MASE   *float64 `json:"marked_mase_h1"`
+			Cov1   *float64 `json:"marked_coverage80_h1"`
+			Cov12  *float64 `json:"marked_coverage80_h12"`
+		}
+		if err := json.Unmarshal([]byte(line), &row); err != nil {
+			t.Fatal(err)
+		}
+		if row.N < 24 || row.MASE == nil || row.Cov1 == nil || row.Cov12 == nil || *row.Cov1 < 0 || *row.Cov1 > 1 || *row.Cov12 < 0 || *row.Cov12 > 1 {
+			t.Fatalf("%s: marked-day fields %+v\n%s", row.Method, row, line)
 		}
 	}
 }

@@ -189,7 +189,8 @@
 //     for counts); its 80% interval comes from its own tracked 10/90%
 //     error quantiles (adaptive conformal trackers judging each error by
 //     the bounds issued at its origin, stepping 0.15/h^0.2: fast where an
-//     error is known at once, slower where it arrives h−1 buckets late), in units of its mean absolute error capped at 1.5×
+//     error is known at once, slower where it arrives h−1 buckets late;
+//     targets inside a calendar event have trackers of their own), in units of its mean absolute error capped at 1.5×
 //     the mean over the last ~8 buckets (a spike or the turbulent days
 //     before a level shift widen the intervals while they are recent, not
 //     for the 64-bucket memory of the scale: NAB network_in's coverage
