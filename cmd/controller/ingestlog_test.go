@@ -441,17 +441,12 @@ func TestBacktestMarkedDays(t *testing.T) {
 		t.Fatalf("backtest: %v\n%s", err, out.String())
 	}
 	for _, line := range strings.Split(strings.TrimSpace(out.String()), "\n") {
-		var row struct {
-			Method string   `json:"method"`
-			N      int      `json:"marked_targets_h1"`
-			MASE   *float64 `json:"marked_mase_h1"`
-			Cov1   *float64 `json:"marked_coverage80_h1"`
-			Cov12  *float64 `json:"marked_coverage80_h12"`
-		}
+		var row backtestRowAll
 		if err := json.Unmarshal([]byte(line), &row); err != nil {
 			t.Fatal(err)
 		}
-		if row.N < 24 || row.MASE == nil || row.Cov1 == nil || row.Cov12 == nil || *row.Cov1 < 0 || *row.Cov1 > 1 || *row.Cov12 < 0 || *row.Cov12 > 1 {
+		if row.MarkedN < 24 || row.MarkedH1 == nil || row.MarkedCov1 == nil || row.MarkedCov12 == nil ||
+			*row.MarkedCov1 < 0 || *row.MarkedCov1 > 1 || *row.MarkedCov12 < 0 || *row.MarkedCov12 > 1 {
 			t.Fatalf("%s: marked-day fields %+v\n%s", row.Method, row, line)
 		}
 	}
