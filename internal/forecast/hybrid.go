@@ -821,13 +821,18 @@ func (m *Hybrid) resolve(idx int64, y float64) {
 		m.sh[h-1] += rate * (clipErr(math.Abs(y-pred), sc) - sc)
 		fin := pred + sc*q[1]
 		if m.pl != nil {
-			if m.pl.used(h, po) {
-				fin = m.resolvePool(h, po, y, rate, na > 0)
+			used := m.pl.used(h, po)
+			if used {
+				fin = m.resolvePool(h, po, y, rate)
 			} else if h == 1 {
 				m.surprise = 0 // an event's first hour is no level shift
 			}
+			// The final interval's trackers: an event target's (issued by
+			// either path) or an ordinary one's.
 			if na > 0 {
 				m.trackInterval(m.qE[2*(h-1):2*h], h, po, y-m.predF[po*H+h-1])
+			} else if used {
+				m.trackInterval(m.qF[2*(h-1):2*h], h, po, y-fin)
 			}
 		}
 		const wAcc = 1.0 / 168
@@ -904,10 +909,10 @@ func (m *Hybrid) eventInterval(h, po int, c, sc float64) Quantiles {
 }
 
 // resolvePool scores the combination's forecasts of bucket y made at
-// origin slot po for horizon h and updates its interval trackers and
-// scales (rate: the error scales' step); returns the final point forecast
-// that was made.
-func (m *Hybrid) resolvePool(h, po int, y, rate float64, ev bool) float64 {
+// origin slot po for horizon h and updates its error scales (rate: their
+// step); returns the final point forecast that was made (resolve moves
+// the interval trackers).
+func (m *Hybrid) resolvePool(h, po int, y, rate float64) float64 {
 	H := m.cfg.Horizon
 	fin := m.predF[po*H+h-1]
 	if h == 1 {
@@ -939,9 +944,6 @@ func (m *Hybrid) resolvePool(h, po int, y, rate float64, ev bool) float64 {
 		m.bet = gateBet{}
 	}
 	ae := math.Abs(y - fin)
-	if !ev {
-		m.trackInterval(m.qF[2*(h-1):2*h], h, po, y-fin)
-	}
 	ac := clipErr(ae, m.ivScale(h))
 	m.shF[h-1] += rate * (ac - m.shF[h-1])
 	m.shFr[h-1] += math.Max(rate, ivRecentRate) * (ac - m.shFr[h-1])
