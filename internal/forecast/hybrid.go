@@ -1284,8 +1284,6 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 		q := m.q[3*(h-1) : 3*h]
 		fq := Quantiles{Q10: pred + sc*q[0], Q50: pred + sc*q[1], Q90: pred + sc*q[2]}
 		m.predF[po*H+h-1] = fq.Q50
-		evT := false
-		m.activeKinds(th, func(int) { evT = true })
 		if m.pl != nil && m.eventAhead(t, th) {
 			// A target in an event that has not begun at the origin: the
 			// other experts lack the hybrid's learnt event effect, so
@@ -1293,7 +1291,7 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 			// combination forecasts with its current weights, but the
 			// target teaches the weights nothing (skip): recent accuracy
 			// on ordinary buckets cannot weigh knowledge only the
-			// calendar has. The interval is the hybrid's, moved along.
+			// calendar has. The interval is the event trackers'.
 			if base > 0 {
 				f := *m.experts(idx, h, fq.Q50, pred, mu)
 				r := pred / base
@@ -1302,10 +1300,7 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 						f[k] *= r
 					}
 				}
-				c := m.pl.combine(h, po, &f, m.shr[h-1], m.integer)
-				d := c - fq.Q50
-				fq = Quantiles{Q10: fq.Q10 + d, Q50: c, Q90: fq.Q90 + d}
-				m.predF[po*H+h-1] = c
+				m.predF[po*H+h-1] = m.pl.combine(h, po, &f, m.shr[h-1], m.integer)
 			}
 			fq = m.eventInterval(h, po, m.predF[po*H+h-1], sc)
 			m.pl.skip(h, po)
@@ -1325,6 +1320,8 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 			if m.shF[h-1] == 0 {
 				m.shF[h-1], m.shr[h-1], m.shFr[h-1] = sc, sc, sc
 			}
+			evT := false
+			m.activeKinds(th, func(int) { evT = true })
 			if evT {
 				fq = m.eventInterval(h, po, c, sc)
 			} else {

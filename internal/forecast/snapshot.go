@@ -51,8 +51,8 @@ const (
 	// models learnt); older ones are refused with ErrSnapshotVersion.
 	snapVersion = 11
 	// snapMinVersion is the oldest format this build reads: version 10
-	// differs only in the issued interval bounds (rebuilt from the
-	// trackers), version 9 also in the demand combination's expert count
+	// differs only in the issued interval bounds and the event trackers
+	// (rebuilt from the ordinary trackers), version 9 also in the demand combination's expert count
 	// (one expert fewer: pool.decode), version 8 also in the location
 	// model's (readLocExperts).
 	snapMinVersion = 8
@@ -109,7 +109,8 @@ type dec struct {
 
 // before says the snapshot was written in a format older than v (format
 // 9 added the location model's pooled persistence experts, 10 the demand
-// combination's fitted Holt-Winters expert).
+// combination's fitted Holt-Winters expert, 11 the issued interval bounds
+// and the event trackers).
 func (d *dec) before(v uint32) bool { return d.ver != 0 && d.ver < v }
 
 func (d *dec) fail(what string) {
