@@ -255,6 +255,7 @@ func (a *agentConn) recvLoop(ctx context.Context) error {
 		// its next message (reports come every interval); the agent's
 		// reconnection is then refused by the handshake.
 		if a.c.tls.Revoked(a.cert) {
+			a.c.tls.EndedRevoked()
 			a.c.log.Warn("agent session ended: its certificate was revoked", "node", a.node,
 				"serial", fmt.Sprintf("%x", a.cert.SerialNumber))
 			return status.Error(codes.PermissionDenied, "certificate revoked")

@@ -42,7 +42,7 @@ type Source struct {
 	sig    [4]fileSig // of the files last tried, loaded or not
 	cur    *material
 	stale  bool // the files last tried did not load: cur is older
-	reload struct{ ok, failed, revoked atomic.Uint64 }
+	reload struct{ ok, failed, revoked, ended atomic.Uint64 }
 	// lastRevokedLog (Unix ns) rate-limits the refused-revoked log line.
 	lastRevokedLog atomic.Int64
 }
@@ -156,6 +156,17 @@ func (s *Source) current() *material {
 // certificate), so a long-lived session can be ended when its peer is
 // revoked after the handshake.
 func (s *Source) Revoked(c *x509.Certificate) bool { return s.current().lists(c) }
+
+// Revocations loads the files if they changed and returns the test of the
+// CRL current now: a sweep over many live sessions stats the files once.
+func (s *Source) Revocations() func(*x509.Certificate) bool { return s.current().lists }
+
+// EndedRevoked counts a live session ended because its peer's certificate
+// was revoked after the handshake (premirror_tls_revoked_sessions_ended_total).
+func (s *Source) EndedRevoked() { s.reload.ended.Add(1) }
+
+// RevokedSessionsEnded is how many EndedRevoked counted.
+func (s *Source) RevokedSessionsEnded() uint64 { return s.reload.ended.Load() }
 
 // Leaf is the certificate the source presents now.
 func (s *Source) Leaf() *x509.Certificate { return s.current().leaf }
@@ -352,18 +363,20 @@ func (s *Source) Collector(channel string) prometheus.Collector {
 			"Changes of the TLS files taken (result=loaded) or refused because they did not load (result=failed).", []string{"result"}, l),
 		revoked: prometheus.NewDesc("premirror_tls_revoked_handshakes_total",
 			"Handshakes refused because the peer's certificate is in the CRL.", nil, l),
+		ended: prometheus.NewDesc("premirror_tls_revoked_sessions_ended_total",
+			"Live sessions ended because the peer's certificate was revoked after their handshake.", nil, l),
 		crlNext: prometheus.NewDesc("premirror_tls_crl_next_update_timestamp_seconds",
 			"The loaded CRL's next update (Unix time); absent without a CRL. Past it the CRL is still enforced.", nil, l),
 	}
 }
 
 type sourceCollector struct {
-	s                                        *Source
-	expiry, stale, reloads, revoked, crlNext *prometheus.Desc
+	s                                               *Source
+	expiry, stale, reloads, revoked, ended, crlNext *prometheus.Desc
 }
 
 func (c *sourceCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.expiry, c.stale, c.reloads, c.revoked, c.crlNext} {
+	for _, d := range []*prometheus.Desc{c.expiry, c.stale, c.reloads, c.revoked, c.ended, c.crlNext} {
 		ch <- d
 	}
 }
@@ -381,6 +394,7 @@ func (c *sourceCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.reloads, prometheus.CounterValue, float64(c.s.reload.ok.Load()), "loaded")
 	ch <- prometheus.MustNewConstMetric(c.reloads, prometheus.CounterValue, float64(c.s.reload.failed.Load()), "failed")
 	ch <- prometheus.MustNewConstMetric(c.revoked, prometheus.CounterValue, float64(c.s.reload.revoked.Load()))
+	ch <- prometheus.MustNewConstMetric(c.ended, prometheus.CounterValue, float64(c.s.reload.ended.Load()))
 	if m.crl != nil && !m.crl.NextUpdate.IsZero() {
 		ch <- prometheus.MustNewConstMetric(c.crlNext, prometheus.GaugeValue, float64(m.crl.NextUpdate.Unix()))
 	}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"net"
 	"sync"
@@ -113,13 +114,24 @@ type link struct {
 	meter   *rateMeter        // measures throttled frames; nil: none
 	stop    func() bool       // detaches the context watcher
 	rtt     *rttSampler       // nil: no delay control
+
+	// chain is the peer's verified certificate chain, which the node's
+	// revocation sweep checks against the CRL current now; untrack takes
+	// the link out of that sweep (nil: not tracked).
+	chain   []*x509.Certificate
+	untrack func()
+	revoked atomic.Bool // the sweep ended the link
 }
 
 func newLink(raw *countConn, conn *tls.Conn) *link {
 	raw.buffer()
 	br := bufio.NewReaderSize(conn, 256<<10)
-	return &link{raw: raw, conn: conn, br: br, rd: wire.NewReader(br),
-		peer: pki.PeerName(conn.ConnectionState())}
+	cs := conn.ConnectionState()
+	l := &link{raw: raw, conn: conn, br: br, rd: wire.NewReader(br), peer: pki.PeerName(cs)}
+	if len(cs.VerifiedChains) > 0 {
+		l.chain = cs.VerifiedChains[0]
+	}
+	return l
 }
 
 // watch closes the connection when ctx ends so blocked reads and writes
@@ -131,6 +143,9 @@ func (l *link) watch(ctx context.Context) {
 func (l *link) close() error {
 	if l.stop != nil {
 		l.stop()
+	}
+	if l.untrack != nil {
+		l.untrack()
 	}
 	l.rtt.close()
 	return l.conn.Close()
@@ -291,6 +306,8 @@ type dialConfig struct {
 	rtt func(time.Duration)
 	// metrics hooks for bytes on the wire
 	onWrite, onRead func(int)
+	// track, if set, enters the link in its node's revocation sweep.
+	track func(*link)
 }
 
 // dial connects, completes mutual TLS and exchanges Hello/Welcome. The
@@ -309,6 +326,9 @@ func dial(ctx context.Context, dc dialConfig, hello *wire.Hello) (*link, *wire.W
 	}
 	l := newLink(raw, tc)
 	l.limiter, l.meter = dc.limiter, dc.meter
+	if dc.track != nil {
+		dc.track(l)
+	}
 	if dc.rtt != nil {
 		l.rtt = startRTTSampler(c, raw.tx.Load, dc.rtt)
 	}

@@ -138,6 +138,7 @@ type Node struct {
 	// protocol range; tests narrow it to exercise negotiation.
 	protoMin, protoMax uint16
 	hooks              testHooks
+	live               liveLinks // sessions the revocation sweep checks
 
 	// Background work (read repairs): Close cancels bgCtx and waits.
 	bgMu     sync.Mutex
@@ -161,6 +162,8 @@ type testHooks struct {
 	// sender: the cycle's commit is sent; ctx is the session's, which the
 	// frame reader cancels when the peer fails the session
 	committed func(ctx context.Context)
+	// revokeEvery replaces revocationSweep (0: the default).
+	revokeEvery time.Duration
 }
 
 type blockVer struct {
@@ -504,6 +507,11 @@ func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 		}
 	}
 	n.mu.Unlock()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		n.revocationLoop(ctx)
+	}()
 	n.runDynamic(ctx)
 	<-ctx.Done()
 	n.stopDynamic(false)

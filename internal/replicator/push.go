@@ -180,7 +180,8 @@ func (n *Node) dialConfig(p *nodePeer) dialConfig {
 	// A configuration per connection: the CA bundle and CRL current now.
 	dc := dialConfig{addr: p.cfg.Addr, tls: n.tlsSrc.ClientConfig(p.cfg.ServerName), limiter: p.limiter, meter: p.delivered,
 		onWrite: func(k int) { n.metrics.sentBytes.WithLabelValues(name).Add(float64(k)) },
-		onRead:  func(k int) { n.metrics.recvBytes.WithLabelValues(name).Add(float64(k)) }}
+		onRead:  func(k int) { n.metrics.recvBytes.WithLabelValues(name).Add(float64(k)) },
+		track:   n.live.add}
 	if p.cfg.RateControl != nil {
 		dc.rtt = p.limiter.ObserveRTT
 	}

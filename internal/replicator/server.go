@@ -96,6 +96,7 @@ func (n *Node) serveConn(ctx context.Context, c net.Conn, authenticated func()) 
 	}
 	l := newLink(raw, tc)
 	l.watch(ctx)
+	n.live.add(l)
 	defer l.close()
 	if l.peer == "" {
 		n.log.Warn("replication peer without a verified certificate", "remote", c.RemoteAddr().String())
