@@ -250,6 +250,7 @@ func newControlPlane(a *Agent) (*controlPlane, error) {
 		Endpoints: c.Endpoints, Credentials: tlsSrc.ClientCredentials(), Node: a.cfg.Node, Site: c.Site, Role: a.role(), Addresses: addrs,
 		AgentVersion: "edge-agent", Apply: cp.apply, NodeStats: cp.nodeStats,
 		ReportInterval: time.Duration(c.ReportInterval), CacheFile: c.StateCache, Logger: a.log,
+		Revocation: tlsSrc,
 	}
 	if a.router != nil {
 		cfg.AccessCounts = cp.accessCounts

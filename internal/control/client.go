@@ -3,6 +3,7 @@ package control
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 )
@@ -81,7 +83,23 @@ type Config struct {
 	// CacheFile, when set, receives every applied version (see LoadCache).
 	CacheFile string
 	Logger    *slog.Logger
+	// Revocation, when set (a pki.Source), is asked before every desired
+	// state is applied and every report is sent whether the controller's
+	// certificate has been revoked since the handshake; if so the session
+	// ends (and the reconnection is refused by the handshake's CRL check).
+	Revocation Revocation
 }
+
+// Revocation tells whether a certificate is in the CRL current now and
+// counts the sessions it ended (pki.Source).
+type Revocation interface {
+	Revoked(*x509.Certificate) bool
+	EndedRevoked()
+}
+
+// errControllerRevoked ends a session whose controller's certificate was
+// revoked after the handshake.
+var errControllerRevoked = errors.New("controller certificate revoked since the session opened")
 
 func (c *Config) validate() error {
 	switch {
@@ -276,6 +294,26 @@ func (c *Client) session(ctx context.Context, endpoint string) (registered bool,
 	if reg.GetReportIntervalMs() > 0 {
 		interval = time.Duration(reg.GetReportIntervalMs()) * time.Millisecond
 	}
+	// The controller's verified certificate, checked against the CRL
+	// before each state is applied and each report sent.
+	revoked := func() bool { return false }
+	if rv := c.cfg.Revocation; rv != nil {
+		var cert *x509.Certificate
+		if p, ok := peer.FromContext(stream.Context()); ok {
+			if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok && len(ti.State.VerifiedChains) > 0 {
+				cert = ti.State.VerifiedChains[0][0]
+			}
+		}
+		revoked = func() bool {
+			if cert == nil || !rv.Revoked(cert) {
+				return false
+			}
+			rv.EndedRevoked()
+			c.log.Warn("controller session ended: its certificate was revoked", "endpoint", endpoint,
+				"name", cert.Subject.CommonName, "serial", fmt.Sprintf("%x", cert.SerialNumber))
+			return true
+		}
+	}
 	c.mu.Lock()
 	c.controller = reg.GetController()
 	c.mu.Unlock()
@@ -294,7 +332,11 @@ func (c *Client) session(ctx context.Context, endpoint string) (registered bool,
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		reportErr <- c.reportLoop(sctx, s, interval)
+		err := c.reportLoop(sctx, s, interval, revoked)
+		if err != nil {
+			cancel() // the receive below returns, and reports this error
+		}
+		reportErr <- err
 	}()
 	defer wg.Wait()
 	defer cancel()
@@ -313,6 +355,9 @@ func (c *Client) session(ctx context.Context, endpoint string) (registered bool,
 		st := msg.GetState()
 		if st == nil {
 			continue // a newer controller's message this agent does not know
+		}
+		if revoked() {
+			return true, errControllerRevoked
 		}
 		if err := s.send(c.handleState(st)); err != nil {
 			return true, fmt.Errorf("ack version %d: %w", st.GetVersion(), err)
@@ -353,10 +398,13 @@ func (c *Client) handleState(st *pb.DesiredState) *pb.AgentMessage {
 	return &pb.AgentMessage{Msg: &pb.AgentMessage_Ack{Ack: ack}}
 }
 
-func (c *Client) reportLoop(ctx context.Context, s *sessionIO, interval time.Duration) error {
+func (c *Client) reportLoop(ctx context.Context, s *sessionIO, interval time.Duration, revoked func() bool) error {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
+		if revoked() {
+			return errControllerRevoked
+		}
 		if err := c.sendReport(s); err != nil {
 			return fmt.Errorf("report: %w", err)
 		}

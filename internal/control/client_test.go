@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -21,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/atomicfile"
 	"github.com/premirror/premirror/internal/pki"
 )
 
@@ -75,6 +78,7 @@ type testSession struct {
 	stream grpc.BidiStreamingServer[pb.AgentMessage, pb.ControllerMessage]
 	recv   chan *pb.AgentMessage
 	end    chan struct{}
+	gone   chan struct{} // closed when the session has ended
 }
 
 func (s *testServer) Session(stream grpc.BidiStreamingServer[pb.AgentMessage, pb.ControllerMessage]) error {
@@ -86,7 +90,9 @@ func (s *testServer) Session(stream grpc.BidiStreamingServer[pb.AgentMessage, pb
 		<-stream.Context().Done()
 		return nil
 	}
-	ts := &testSession{reg: m.GetRegister(), stream: stream, recv: make(chan *pb.AgentMessage, 64), end: make(chan struct{})}
+	ts := &testSession{reg: m.GetRegister(), stream: stream, recv: make(chan *pb.AgentMessage, 64), end: make(chan struct{}),
+		gone: make(chan struct{})}
+	defer close(ts.gone)
 	if p, ok := peer.FromContext(stream.Context()); ok {
 		if ti, ok := p.AuthInfo.(credentials.TLSInfo); ok {
 			ts.peer = pki.PeerName(ti.State)
@@ -268,6 +274,106 @@ func TestSessionAckNackAndReconnect(t *testing.T) {
 	}
 	if n := testutil.CollectAndCount(c); n != 6 {
 		t.Fatalf("%d metrics", n)
+	}
+}
+
+// TestRevokedControllerSessionEnds: a controller whose certificate is
+// revoked after the session opened (the CRL file changes, no restart)
+// gets no further state applied and no further report: the agent ends the
+// session, and its reconnection is refused by the handshake.
+func TestRevokedControllerSessionEnds(t *testing.T) {
+	dir := t.TempDir()
+	ca, err := pki.NewCA("test-ca", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	issue := func(name string, hosts []string) pki.Files {
+		leaf, err := ca.Issue(name, hosts, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := pki.WriteLeaf(dir, name, ca, leaf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	ctlFiles := issue("controller", []string{"127.0.0.1"})
+	srvTLS, err := pki.ServerConfig(ctlFiles)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crl := filepath.Join(dir, "ca.crl")
+	writeCRL := func(serials ...*big.Int) {
+		t.Helper()
+		b, err := ca.Revoke(nil, serials, time.Now(), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := atomicfile.Write(crl, 0o644, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeCRL()
+	agentFiles := issue("edge-9", nil)
+	agentFiles.CRL = crl
+	src, err := pki.Open(agentFiles, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &testServer{sessions: make(chan *testSession, 4)}
+	addr := startServer(t, certs{server: srvTLS}, srv)
+	ag := &agentFake{}
+	runClient(t, Config{Endpoints: []string{addr}, Credentials: src.ClientCredentials(), Revocation: src,
+		Node: "edge-9", Apply: ag.apply, MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond})
+	ts := waitSession(t, srv)
+	ts.sendState(t, 1)
+	if a := ts.waitAck(t, 1); a.GetError() != "" {
+		t.Fatal(a)
+	}
+	ctl, err := pki.Open(ctlFiles, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeCRL(ctl.Leaf().SerialNumber)
+	// Whichever comes first, this state or the next report, ends it.
+	_ = ts.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_State{State: &pb.DesiredState{Version: 2}}})
+	select {
+	case <-ts.gone:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the session with a revoked controller did not end")
+	}
+	if got := ag.calls(); len(got) != 1 || got[0] != 1 {
+		t.Fatalf("apply calls %v, want [1]: a revoked controller's state was applied", got)
+	}
+	if n := src.RevokedSessionsEnded(); n != 1 {
+		t.Fatalf("sessions ended as revoked: %d, want 1", n)
+	}
+	// The reconnection fails its handshake on the CRL (counted), and no
+	// session reaches the server.
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(src.Collector("controller"))
+	refused := func() float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "premirror_tls_revoked_handshakes_total" {
+				return mf.GetMetric()[0].GetCounter().GetValue()
+			}
+		}
+		return 0
+	}
+	for deadline := time.Now().Add(5 * time.Second); refused() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no reconnection refused by the CRL")
+		}
+	}
+	select {
+	case ts := <-srv.sessions:
+		t.Fatalf("a session from %q reached the server after the revocation", ts.peer)
+	default:
 	}
 }
 
