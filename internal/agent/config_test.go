@@ -159,6 +159,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"metrics port out of range", "metrics_addr: 127.0.0.1:0", "metrics_addr: 127.0.0.1:99999", `metrics_addr: "127.0.0.1:99999": port "99999" is not a number`},
 		{"controller endpoint without port", "node: edge-test", "node: edge-test\ncontroller: {endpoints: [\"ctl:\"], site: eu, tls: {ca: a, cert: b, key: c}}", `controller.endpoints[0]: "ctl:": port missing`},
 		{"controller endpoint port 0", "node: edge-test", "node: edge-test\ncontroller: {endpoints: [\"ctl:0\"], site: eu, tls: {ca: a, cert: b, key: c}}", `controller.endpoints[0]: "ctl:0": port 0`},
+		{"empty controller server name", "node: edge-test", "node: edge-test\ncontroller: {endpoints: [\"ctl:7443\"], site: eu, server_names: [controller, \" \"], tls: {ca: a, cert: b, key: c}}", "controller.server_names[1]: empty name"},
 		{"negative report interval", "node: edge-test", "node: edge-test\ncontroller: {endpoints: [\"ctl:7443\"], site: eu, report_interval: -1s, tls: {ca: a, cert: b, key: c}}", "controller.report_interval: -1s is negative"},
 		{"replication peer port out of range", "node: edge-test", "node: edge-test\nreplication: {tls: {ca: a, cert: b, key: c}, peers: [{name: p, addr: \"10.0.0.1:70000\"}]}", `replication.peers[0].addr: "10.0.0.1:70000": port "70000"`},
 		{"more IPv4 prefixes than the map holds", "max_sessions: 4096", "max_sessions: 4096\n  max_prefixes_v4: 1", "regions: 2 IPv4 prefixes exceed limits.max_prefixes_v4 1"},

@@ -35,6 +35,11 @@ type ControllerCfg struct {
 	Site      string   `yaml:"site"`
 	Addresses []string `yaml:"addresses"`
 	TLS       TLSFiles `yaml:"tls"`
+	// ServerNames, when set, are the common names the controller's
+	// certificate may carry (`controller certs` names it "controller").
+	// Without them any certificate of the CA valid for the endpoint's host
+	// is taken for the controller.
+	ServerNames []string `yaml:"server_names"`
 	// StateCache keeps the last applied version, so a restarted agent
 	// forwards on it before the controller answers.
 	StateCache     string   `yaml:"state_cache"`
@@ -137,6 +142,11 @@ func (c *ControllerCfg) validate() error {
 	for i, a := range c.Addresses {
 		if _, err := netip.ParseAddr(a); err != nil {
 			return fmt.Errorf("controller.addresses[%d]: %w", i, err)
+		}
+	}
+	for i, n := range c.ServerNames {
+		if strings.TrimSpace(n) == "" {
+			return fmt.Errorf("controller.server_names[%d]: empty name", i)
 		}
 	}
 	switch c.Utilization {
@@ -247,7 +257,7 @@ func newControlPlane(a *Agent) (*controlPlane, error) {
 		}
 	}
 	cfg := control.Config{
-		Endpoints: c.Endpoints, Credentials: tlsSrc.ClientCredentials(), Node: a.cfg.Node, Site: c.Site, Role: a.role(), Addresses: addrs,
+		Endpoints: c.Endpoints, Credentials: tlsSrc.ClientCredentialsFor(c.ServerNames), Node: a.cfg.Node, Site: c.Site, Role: a.role(), Addresses: addrs,
 		AgentVersion: "edge-agent", Apply: cp.apply, NodeStats: cp.nodeStats,
 		ReportInterval: time.Duration(c.ReportInterval), CacheFile: c.StateCache, Logger: a.log,
 		Revocation: tlsSrc,

@@ -269,9 +269,12 @@ func (l *Lab) controllerConfig(host string) (*agent.ControllerCfg, agent.ProbeCf
 	sc := agent.ServiceCheckCfg{Interval: agent.Duration(c.setup.ServiceCheckInterval), Timeout: agent.Duration(c.setup.ServiceCheckInterval / 2),
 		UDP: c.setup.ServiceCheckUDP}
 	return &agent.ControllerCfg{
-			Endpoints:      []string{c.addr},
-			Site:           c.setup.Sites[host],
-			TLS:            agent.TLSFiles{CA: filepath.Join(c.certs, "ca.pem"), Cert: filepath.Join(c.certs, host+".pem"), Key: filepath.Join(c.certs, host+"-key.pem")},
+			Endpoints: []string{c.addr},
+			Site:      c.setup.Sites[host],
+			TLS:       agent.TLSFiles{CA: filepath.Join(c.certs, "ca.pem"), Cert: filepath.Join(c.certs, host+".pem"), Key: filepath.Join(c.certs, host+"-key.pem")},
+			// `controller certs` names the controller's certificate so:
+			// no agent's certificate is taken for it.
+			ServerNames:    []string{"controller"},
 			StateCache:     filepath.Join(l.dir, host+".state.pb"),
 			ReportInterval: agent.Duration(c.setup.ReportInterval),
 			// Every namespace shares this machine's CPUs: its load says

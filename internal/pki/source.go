@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -202,6 +203,17 @@ func (s *Source) ServerConfig() *tls.Config {
 // bundle and CRL are those of the call: take a new config per connection
 // (ClientCredentials does) to follow their changes too.
 func (s *Source) ClientConfig(serverName string) *tls.Config {
+	return s.clientConfig(serverName, nil)
+}
+
+// ErrUnexpectedPeer is returned by a handshake whose server presented a
+// valid certificate of the CA under a common name the client does not
+// accept in that role (ClientCredentialsFor).
+var ErrUnexpectedPeer = errors.New("peer certificate not accepted in this role")
+
+// clientConfig is ClientConfig that also requires, when names is not
+// empty, the server certificate's common name to be one of names.
+func (s *Source) clientConfig(serverName string, names []string) *tls.Config {
 	m := s.current()
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -211,28 +223,61 @@ func (s *Source) ClientConfig(serverName string) *tls.Config {
 			c := s.current().cert
 			return &c, nil
 		},
-		VerifyConnection: func(cs tls.ConnectionState) error { return s.checkRevoked(m, cs, serverName) },
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if err := s.checkRevoked(m, cs, serverName); err != nil {
+				return err
+			}
+			return checkName(cs, names)
+		},
 	}
+}
+
+// checkName requires the verified peer certificate's common name to be one
+// of names (none: any).
+func checkName(cs tls.ConnectionState, names []string) error {
+	if len(names) == 0 {
+		return nil
+	}
+	c := PeerCertificate(cs)
+	if c != nil && slices.Contains(names, c.Subject.CommonName) {
+		return nil
+	}
+	cn := ""
+	if c != nil {
+		cn = c.Subject.CommonName
+	}
+	return fmt.Errorf("%w: server certificate %q is none of %q", ErrUnexpectedPeer, cn, names)
 }
 
 // ClientCredentials are gRPC transport credentials that build a
 // ClientConfig for every connection, so a long-lived client follows CA
 // and CRL changes as well as certificate renewals.
 func (s *Source) ClientCredentials() credentials.TransportCredentials {
-	return sourceCreds{s: s, TransportCredentials: credentials.NewTLS(s.ClientConfig(""))}
+	return s.ClientCredentialsFor(nil)
+}
+
+// ClientCredentialsFor is ClientCredentials that also requires the server
+// certificate's common name to be one of names (none: any certificate of
+// the CA valid for the host dialed). An agent names the controller's
+// certificate so that another certificate of the same CA which carries
+// the controller's address in its SANs is not taken for the controller.
+func (s *Source) ClientCredentialsFor(names []string) credentials.TransportCredentials {
+	names = slices.Clone(names)
+	return sourceCreds{s: s, names: names, TransportCredentials: credentials.NewTLS(s.clientConfig("", names))}
 }
 
 type sourceCreds struct {
-	s *Source
+	s     *Source
+	names []string
 	credentials.TransportCredentials
 }
 
 func (c sourceCreds) ClientHandshake(ctx context.Context, authority string, raw net.Conn) (net.Conn, credentials.AuthInfo, error) {
-	return credentials.NewTLS(c.s.ClientConfig("")).ClientHandshake(ctx, authority, raw)
+	return credentials.NewTLS(c.s.clientConfig("", c.names)).ClientHandshake(ctx, authority, raw)
 }
 
 func (c sourceCreds) Clone() credentials.TransportCredentials {
-	return sourceCreds{s: c.s, TransportCredentials: c.TransportCredentials.Clone()}
+	return sourceCreds{s: c.s, names: c.names, TransportCredentials: c.TransportCredentials.Clone()}
 }
 
 // checkRevoked refuses a peer (its address, or the server name dialed)

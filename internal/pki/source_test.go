@@ -389,6 +389,53 @@ func TestSourceGRPC(t *testing.T) {
 	}
 }
 
+// TestClientCredentialsFor: a client that names the server's role takes
+// only a certificate of that common name. Another certificate of the same
+// CA, valid for the address dialed, is refused (an agent does not take a
+// node's certificate for the controller's).
+func TestClientCredentialsFor(t *testing.T) {
+	fx := newFixture(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(fx.srcS.ServerConfig())))
+	healthpb.RegisterHealthServer(srv, health.NewServer())
+	go srv.Serve(ln)
+	defer srv.Stop()
+	for _, tc := range []struct {
+		names []string
+		ok    bool
+	}{
+		{nil, true},
+		{[]string{"server"}, true},
+		{[]string{"controller", "server"}, true},
+		{[]string{"controller"}, false},
+		{[]string{"Server"}, false}, // names are exact
+	} {
+		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(fx.srcC.ClientCredentialsFor(tc.names)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err = healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		conn.Close()
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("names %q: %v", tc.names, err)
+		case !tc.ok && (err == nil || !strings.Contains(err.Error(), ErrUnexpectedPeer.Error())):
+			t.Errorf("names %q: %v, want %v", tc.names, err, ErrUnexpectedPeer)
+		}
+	}
+	// The plain TLS configuration says the same, with the error itself.
+	cfg := fx.srcC.clientConfig("", []string{"controller"})
+	addr, results := serve(t, fx.srcS.ServerConfig())
+	if r := dial(t, addr, cfg, results); !errors.Is(r.clientErr, ErrUnexpectedPeer) {
+		t.Fatalf("tls dial: %v, want ErrUnexpectedPeer", r.clientErr)
+	}
+}
+
 func mustCRL(t *testing.T, path string) *x509.RevocationList {
 	t.Helper()
 	c, err := ReadCRL(path)
