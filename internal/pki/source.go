@@ -211,8 +211,14 @@ func (s *Source) ClientConfig(serverName string) *tls.Config {
 // accept in that role (ClientCredentialsFor).
 var ErrUnexpectedPeer = errors.New("peer certificate not accepted in this role")
 
-// clientConfig is ClientConfig that also requires, when names is not
-// empty, the server certificate's common name to be one of names.
+// ClientConfigFor is ClientConfig that also requires, when names is not
+// empty, the server certificate's common name to be one of names
+// (ErrUnexpectedPeer): a replicator dialing a peer takes only that peer's
+// certificate, not another of the CA valid for the same address.
+func (s *Source) ClientConfigFor(serverName string, names []string) *tls.Config {
+	return s.clientConfig(serverName, slices.Clone(names))
+}
+
 func (s *Source) clientConfig(serverName string, names []string) *tls.Config {
 	m := s.current()
 	return &tls.Config{

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"testing"
 
+	"github.com/premirror/premirror/internal/pki"
 	"github.com/premirror/premirror/internal/replicator/wire"
 )
 
@@ -60,5 +61,29 @@ func TestPrimaryRefusesPeersItDoesNotReplicateWith(t *testing.T) {
 	}
 	if !errors.Is(err, ErrUnauthorized) {
 		t.Fatalf("read session from a node the primary does not replicate with: %v, want ErrUnauthorized", err)
+	}
+}
+
+// TestPrimarySendsOnlyToThePeerItNamed: every node's certificate is valid
+// for the address a test cluster listens on (127.0.0.1), as certificates
+// of nodes behind one address or a shared VIP are in the field. A primary
+// whose mirror's address leads to another node of the CA (a stale DNS
+// record, an address reused) must not hand that node the volume: the
+// peer is its certificate's common name, and the handshake refuses any
+// other.
+func TestPrimarySendsOnlyToThePeerItNamed(t *testing.T) {
+	c := newCluster(t, "origin", "mirror", "impostor")
+	makeImage(t, c.path("origin.img"), 64, bs, 1)
+	peers := c.peers("mirror")
+	peers[0].Addr = c.addrs["impostor"]
+	origin := c.start("origin", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("origin.img"), Role: RolePrimary,
+		Mirrors: []MirrorConfig{{Peer: "mirror"}}}}, Peers: peers})
+	impostor := c.start("impostor", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("impostor.img")}}})
+	_, err := origin.Push(context.Background(), "vol", "mirror", PushOptions{Mode: ModeFull})
+	if !errors.Is(err, pki.ErrUnexpectedPeer) {
+		t.Fatalf("push to another node's address: %v, want ErrUnexpectedPeer", err)
+	}
+	if v, _ := impostor.Volume("vol"); v != nil && v.Status().FullNext != 0 {
+		t.Fatalf("the impostor received %d blocks", v.Status().FullNext)
 	}
 }

@@ -178,7 +178,10 @@ func (n *Node) hello(v *Volume, op wire.Op, remote string) *wire.Hello {
 func (n *Node) dialConfig(p *nodePeer) dialConfig {
 	name := p.cfg.Name
 	// A configuration per connection: the CA bundle and CRL current now.
-	dc := dialConfig{addr: p.cfg.Addr, tls: n.tlsSrc.ClientConfig(p.cfg.ServerName), limiter: p.limiter, meter: p.delivered,
+	// The peer is its certificate's common name (PeerConfig.Name): a
+	// certificate of the CA for another node is refused even where it is
+	// valid for the address dialed.
+	dc := dialConfig{addr: p.cfg.Addr, tls: n.tlsSrc.ClientConfigFor(p.cfg.ServerName, []string{name}), limiter: p.limiter, meter: p.delivered,
 		onWrite: func(k int) { n.metrics.sentBytes.WithLabelValues(name).Add(float64(k)) },
 		onRead:  func(k int) { n.metrics.recvBytes.WithLabelValues(name).Add(float64(k)) },
 		track:   n.live.add}
