@@ -34,14 +34,16 @@ type certs struct {
 	client *tls.Config
 }
 
-func newCerts(t *testing.T, clientName string) certs {
+// newIssuer returns a fresh CA and what issues and writes its leaves.
+func newIssuer(t *testing.T) (*pki.CA, func(name string, hosts []string) pki.Files) {
 	t.Helper()
 	dir := t.TempDir()
 	ca, err := pki.NewCA("test-ca", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	issue := func(name string, hosts []string) pki.Files {
+	return ca, func(name string, hosts []string) pki.Files {
+		t.Helper()
 		leaf, err := ca.Issue(name, hosts, time.Hour)
 		if err != nil {
 			t.Fatal(err)
@@ -52,6 +54,11 @@ func newCerts(t *testing.T, clientName string) certs {
 		}
 		return f
 	}
+}
+
+func newCerts(t *testing.T, clientName string) certs {
+	t.Helper()
+	_, issue := newIssuer(t)
 	srv, err := pki.ServerConfig(issue("controller", []string{"127.0.0.1", "localhost"}))
 	if err != nil {
 		t.Fatal(err)
@@ -282,28 +289,13 @@ func TestSessionAckNackAndReconnect(t *testing.T) {
 // gets no further state applied and no further report: the agent ends the
 // session, and its reconnection is refused by the handshake.
 func TestRevokedControllerSessionEnds(t *testing.T) {
-	dir := t.TempDir()
-	ca, err := pki.NewCA("test-ca", time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	issue := func(name string, hosts []string) pki.Files {
-		leaf, err := ca.Issue(name, hosts, time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f, err := pki.WriteLeaf(dir, name, ca, leaf)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return f
-	}
+	ca, issue := newIssuer(t)
 	ctlFiles := issue("controller", []string{"127.0.0.1"})
 	srvTLS, err := pki.ServerConfig(ctlFiles)
 	if err != nil {
 		t.Fatal(err)
 	}
-	crl := filepath.Join(dir, "ca.crl")
+	crl := filepath.Join(t.TempDir(), "ca.crl")
 	writeCRL := func(serials ...*big.Int) {
 		t.Helper()
 		b, err := ca.Revoke(nil, serials, time.Now(), time.Hour)

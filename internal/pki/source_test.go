@@ -356,19 +356,26 @@ func TestSourceCARotation(t *testing.T) {
 // TestSourceGRPC: gRPC over a Source's server config (gRPC adds h2 to the
 // per-handshake config) and ClientCredentials, across a renewal of the server's
 // certificate.
-func TestSourceGRPC(t *testing.T) {
-	fx := newFixture(t)
+// healthServer serves gRPC health checks with cfg until the test ends.
+func healthServer(t *testing.T, cfg *tls.Config) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(fx.srcS.ServerConfig())))
+	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(cfg)))
 	healthpb.RegisterHealthServer(srv, health.NewServer())
 	go srv.Serve(ln)
-	defer srv.Stop()
+	t.Cleanup(srv.Stop)
+	return ln.Addr().String()
+}
+
+func TestSourceGRPC(t *testing.T) {
+	fx := newFixture(t)
+	addr := healthServer(t, fx.srcS.ServerConfig())
 	check := func() *big.Int {
 		t.Helper()
-		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(fx.srcC.ClientCredentials()))
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(fx.srcC.ClientCredentials()))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -395,14 +402,7 @@ func TestSourceGRPC(t *testing.T) {
 // node's certificate for the controller's).
 func TestClientCredentialsFor(t *testing.T) {
 	fx := newFixture(t)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := grpc.NewServer(grpc.Creds(credentials.NewTLS(fx.srcS.ServerConfig())))
-	healthpb.RegisterHealthServer(srv, health.NewServer())
-	go srv.Serve(ln)
-	defer srv.Stop()
+	srvAddr := healthServer(t, fx.srcS.ServerConfig())
 	for _, tc := range []struct {
 		names []string
 		ok    bool
@@ -413,7 +413,7 @@ func TestClientCredentialsFor(t *testing.T) {
 		{[]string{"controller"}, false},
 		{[]string{"Server"}, false}, // names are exact
 	} {
-		conn, err := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(fx.srcC.ClientCredentialsFor(tc.names)))
+		conn, err := grpc.NewClient(srvAddr, grpc.WithTransportCredentials(fx.srcC.ClientCredentialsFor(tc.names)))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -14,28 +14,39 @@ import (
 	"github.com/premirror/premirror/internal/pki"
 )
 
+// useCRL gives every node of c a CRL file, empty for now, and returns
+// what writes it anew listing serials (atomically, as a Secret volume
+// swaps files).
+func (c *cluster) useCRL() func(serials ...*big.Int) {
+	c.t.Helper()
+	crl := filepath.Join(c.dir, "ca.crl")
+	write := func(serials ...*big.Int) {
+		c.t.Helper()
+		b, err := testCA.Revoke(nil, serials, time.Now(), time.Hour)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		if err := atomicfile.Write(crl, 0o644, b); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	write()
+	for n, f := range c.tls {
+		f.CRL = crl
+		c.tls[n] = f
+	}
+	return write
+}
+
 // TestRevokedPeerRefused: a CRL written while the nodes run (no restart)
 // shuts a revoked node out in either direction: a primary refuses to
 // push to a revoked mirror (the client verifies the server), a mirror
 // refuses a revoked primary (the server verifies the client).
 func TestRevokedPeerRefused(t *testing.T) {
 	c := newCluster(t, "origin", "mirror")
-	crl := filepath.Join(c.dir, "ca.crl")
-	writeCRL := func(serials ...*big.Int) {
-		t.Helper()
-		b, err := testCA.Revoke(nil, serials, time.Now(), time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := atomicfile.Write(crl, 0o644, b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	writeCRL()
+	writeCRL := c.useCRL()
 	serial := map[string]*big.Int{}
 	for n, f := range c.tls {
-		f.CRL = crl
-		c.tls[n] = f
 		s, err := pki.Open(f, nil)
 		if err != nil {
 			t.Fatal(err)
@@ -76,22 +87,7 @@ func TestRevokedPeerRefused(t *testing.T) {
 // writes below would reach the mirror through the pooled session.
 func TestRevokedLiveSessionEnds(t *testing.T) {
 	c := newCluster(t, "origin", "mirror")
-	crl := filepath.Join(c.dir, "ca.crl")
-	writeCRL := func(serials ...*big.Int) {
-		t.Helper()
-		b, err := testCA.Revoke(nil, serials, time.Now(), time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := atomicfile.Write(crl, 0o644, b); err != nil {
-			t.Fatal(err)
-		}
-	}
-	writeCRL()
-	for n, f := range c.tls {
-		f.CRL = crl
-		c.tls[n] = f
-	}
+	writeCRL := c.useCRL()
 	fast := func(n *Node) { n.hooks.revokeEvery = 20 * time.Millisecond }
 	makeImage(t, c.path("origin.img"), 64, bs, 1)
 	origin := c.startWith("origin", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("origin.img"), Role: RolePrimary,
