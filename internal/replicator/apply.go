@@ -45,9 +45,13 @@ func (v *Volume) applyLocked(items []recvItem, force bool) error {
 		v.mu.Unlock()
 		return ErrClosed
 	}
+	var ahead time.Duration // the furthest ahead of the wall clock, beyond clockAheadWarn
+	var aheadVer Version
 	for i, it := range items {
 		local := v.version(it.block)
-		v.clock.Observe(it.ver)
+		if d := v.clock.Observe(it.ver); d > clockAheadWarn && d > ahead {
+			ahead, aheadVer = d, it.ver
+		}
 		if it.adopt {
 			keep[i] = true
 			continue
@@ -72,6 +76,9 @@ func (v *Volume) applyLocked(items []recvItem, force bool) error {
 		}
 	}
 	v.mu.Unlock()
+	if ahead > 0 {
+		v.warnAhead(ahead, aheadVer)
+	}
 
 	for _, l := range losses {
 		if l.local {
@@ -190,4 +197,16 @@ func (v *Volume) writeRuns(items []recvItem, keep []bool) error {
 		v.runBuf = run[:0]
 	}
 	return err
+}
+
+// warnAhead logs, at most once a minute per volume, a received version
+// whose clock runs far ahead of this node's wall clock.
+func (v *Volume) warnAhead(d time.Duration, ver Version) {
+	now := time.Now().UnixNano()
+	if last := v.lastAheadLog.Load(); last != 0 && now-last < int64(time.Minute) {
+		return
+	}
+	v.lastAheadLog.Store(now)
+	v.log.Warn("received a version from a clock ahead of ours: this node's versions follow it (replicator_clock_ahead_seconds); fix the time of that site's node",
+		"volume", v.name, "site", ver.Site, "version", ver.String(), "ahead", d.Round(time.Second).String())
 }

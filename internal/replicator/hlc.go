@@ -66,14 +66,43 @@ func (c *Clock) After(epoch uint64, prev Version) Version {
 	return c.nowLocked(epoch)
 }
 
-// Observe moves the clock past a remote version.
-func (c *Clock) Observe(v Version) {
+// Observe moves the clock past a remote version and returns how far that
+// version's clock is ahead of the wall clock here (zero if it is not).
+// The clock follows it whatever the distance, so that causality holds;
+// the caller tells the operator when it is far (clockAheadWarn).
+func (c *Clock) Observe(v Version) time.Duration {
 	c.mu.Lock()
 	if v.Clock > c.last {
 		c.last = v.Clock
 	}
 	c.mu.Unlock()
+	return c.aheadOf(v.Clock)
 }
+
+// Ahead is how far the clock runs ahead of the wall clock: zero while it
+// follows wall time; after it observed a version from a clock ahead of
+// ours (a peer whose time is wrong), every version this node issues is
+// that far ahead too, and wins against concurrent writes of nodes that
+// have not seen it, until the wall clock catches up.
+func (c *Clock) Ahead() time.Duration {
+	c.mu.Lock()
+	last := c.last
+	c.mu.Unlock()
+	return c.aheadOf(last)
+}
+
+func (c *Clock) aheadOf(hlc uint64) time.Duration {
+	d := int64(hlc>>16) - c.now().UnixMilli()
+	if d <= 0 {
+		return 0
+	}
+	return time.Duration(d) * time.Millisecond
+}
+
+// clockAheadWarn: a received version whose clock is further ahead of
+// ours than this is logged (NTP keeps hosts within milliseconds; a minute
+// is a wrong clock, not skew).
+const clockAheadWarn = time.Minute
 
 // SiteID derives a site id from a node name when none is configured.
 func SiteID(node string) uint32 {

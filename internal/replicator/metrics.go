@@ -84,6 +84,8 @@ func newMetrics(n *Node) *Metrics {
 				"Queueing delay the delay controller last measured on a peer link: filtered RTT minus base RTT.", []string{"peer"}, nil),
 			ctlBase: prometheus.NewDesc(ns+"_rate_control_base_delay_seconds",
 				"Base RTT of a peer link: the minimum over the last 10 minutes.", []string{"peer"}, nil),
+			ahead: prometheus.NewDesc(ns+"_clock_ahead_seconds",
+				"How far this node's hybrid clock runs ahead of its wall clock: 0 normally; more after a version from a node whose clock is ahead arrived (this node's versions then follow it).", nil, nil),
 			delivered: prometheus.NewDesc(ns+"_link_delivered_rate_bytes_per_second",
 				"Rate a peer link delivered while it had data waiting to send: frame bytes over about the last minute of backlogged sending (links measured at least 2 s only).", []string{"peer"}, nil),
 		},
@@ -119,15 +121,19 @@ type stateCollector struct {
 	n                                        *Node
 	dirty, epoch, cycle, incon, confl, limit *prometheus.Desc
 	ctlRate, ctlQueue, ctlBase, delivered    *prometheus.Desc
+	ahead                                    *prometheus.Desc
 }
 
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.dirty, c.epoch, c.cycle, c.incon, c.confl, c.limit, c.ctlRate, c.ctlQueue, c.ctlBase, c.delivered} {
+	for _, d := range []*prometheus.Desc{c.dirty, c.epoch, c.cycle, c.incon, c.confl, c.limit, c.ctlRate, c.ctlQueue, c.ctlBase, c.delivered, c.ahead} {
 		ch <- d
 	}
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	if c.n.clock != nil {
+		ch <- prometheus.MustNewConstMetric(c.ahead, prometheus.GaugeValue, c.n.clock.Ahead().Seconds())
+	}
 	for _, s := range c.n.Status() {
 		for peer, d := range s.Dirty {
 			ch <- prometheus.MustNewConstMetric(c.dirty, prometheus.GaugeValue, float64(d), s.Name, peer)

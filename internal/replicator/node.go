@@ -482,7 +482,7 @@ func (n *Node) Run(ctx context.Context) error {
 func (n *Node) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	if ln != nil {
-		n.log.Info("replicator listening", "addr", ln.Addr().String())
+		n.log.Info("replicator listening", "addr", ln.Addr().String(), "site", n.clock.Site())
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

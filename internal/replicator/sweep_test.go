@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/premirror/premirror/internal/pki"
 	"github.com/premirror/premirror/internal/replicator/wire"
@@ -309,6 +310,73 @@ func TestClockNeverWraps(t *testing.T) {
 	b := c.Now(1)
 	if a.Clock != math.MaxUint64 || b.Clock != math.MaxUint64 {
 		t.Fatalf("clock after observing 2^64-1: %d then %d, want it to stay at 2^64-1", a.Clock, b.Clock)
+	}
+}
+
+// TestClockAhead: a version from a clock two hours ahead moves this clock
+// there (causality), and Ahead says so until the wall clock catches up.
+func TestClockAhead(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	c := NewClock(1)
+	c.now = func() time.Time { return now }
+	if d := c.Ahead(); d != 0 {
+		t.Fatalf("fresh clock %v ahead", d)
+	}
+	if d := c.Observe(Version{Epoch: 1, Clock: uint64(now.Add(-time.Hour).UnixMilli()) << 16, Site: 2}); d != 0 {
+		t.Fatalf("a version from the past is %v ahead", d)
+	}
+	future := now.Add(2 * time.Hour)
+	if d := c.Observe(Version{Epoch: 1, Clock: uint64(future.UnixMilli())<<16 | 7, Site: 2}); d != 2*time.Hour {
+		t.Fatalf("observe: %v ahead, want 2h", d)
+	}
+	if v := c.Now(1); v.Clock>>16 != uint64(future.UnixMilli()) || c.Ahead() != 2*time.Hour {
+		t.Fatalf("after observing: issued %s, %v ahead", v, c.Ahead())
+	}
+	now = future.Add(time.Second)
+	if d := c.Ahead(); d != 0 {
+		t.Fatalf("wall clock caught up: still %v ahead", d)
+	}
+}
+
+// TestClockAheadReported: a primary whose clock runs two hours ahead
+// pushes to a mirror; the mirror's hybrid clock follows it, which its
+// replicator_clock_ahead_seconds shows, and a fresh mirror shows zero.
+func TestClockAheadReported(t *testing.T) {
+	c := newCluster(t, "src", "m")
+	makeImage(t, c.path("src.img"), 64, bs, 1)
+	src := c.startWith("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary}}, Peers: c.peers("m")},
+		func(n *Node) { n.clock.now = func() time.Time { return time.Now().Add(2 * time.Hour) } })
+	reg := prometheus.NewRegistry()
+	m := c.start("m", Config{Registerer: reg, Volumes: []VolumeConfig{{Name: "vol", Path: c.path("m.img")}}})
+	ahead := func() float64 {
+		t.Helper()
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() == "replicator_clock_ahead_seconds" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		t.Fatal("replicator_clock_ahead_seconds not exported")
+		return 0
+	}
+	if a := ahead(); a != 0 {
+		t.Fatalf("before any version arrived: %v s ahead", a)
+	}
+	sv, _ := src.Volume("vol")
+	if _, err := sv.WriteAt(bytes.Repeat([]byte{3}, bs), 5*bs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := src.Push(context.Background(), "vol", "m", PushOptions{Mode: ModeFull}); err != nil {
+		t.Fatal(err)
+	}
+	if a := ahead(); a < 7000 || a > 7300 {
+		t.Fatalf("after versions from a clock 2 h ahead: %v s ahead, want about 7200", a)
+	}
+	if d := m.clock.Ahead(); d < time.Hour {
+		t.Fatalf("mirror clock %v ahead", d)
 	}
 }
 
