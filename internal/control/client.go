@@ -304,13 +304,19 @@ func (c *Client) session(ctx context.Context, endpoint string) (registered bool,
 				cert = ti.State.VerifiedChains[0][0]
 			}
 		}
+		var ended atomic.Bool // the report loop and the receiver both ask: count once
 		revoked = func() bool {
+			if ended.Load() {
+				return true
+			}
 			if cert == nil || !rv.Revoked(cert) {
 				return false
 			}
-			rv.EndedRevoked()
-			c.log.Warn("controller session ended: its certificate was revoked", "endpoint", endpoint,
-				"name", cert.Subject.CommonName, "serial", fmt.Sprintf("%x", cert.SerialNumber))
+			if ended.CompareAndSwap(false, true) {
+				rv.EndedRevoked()
+				c.log.Warn("controller session ended: its certificate was revoked", "endpoint", endpoint,
+					"name", cert.Subject.CommonName, "serial", fmt.Sprintf("%x", cert.SerialNumber))
+			}
 			return true
 		}
 	}
