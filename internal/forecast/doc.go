@@ -190,7 +190,8 @@
 //     error quantiles (adaptive conformal trackers judging each error by
 //     the bounds issued at its origin, stepping 0.15/h^0.2: fast where an
 //     error is known at once, slower where it arrives h−1 buckets late;
-//     targets inside a calendar event have trackers of their own), in units of its mean absolute error capped at 1.5×
+//     targets inside a calendar event have trackers and an error scale
+//     of their own, round 14), in units of its mean absolute error capped at 1.5×
 //     the mean over the last ~8 buckets (a spike or the turbulent days
 //     before a level shift widen the intervals while they are recent, not
 //     for the 64-bucket memory of the scale: NAB network_in's coverage
@@ -201,8 +202,8 @@
 //     and recent accuracy cannot weigh (with the plain combination there,
 //     the taxi's event days lost the calendar's benefit); it is forecast
 //     by the combination of experts that all carry that effect (each
-//     scaled by the hybrid's relative event effect), with the hybrid's
-//     interval moved along (taxi event days MASE h1 / h12 0.512 / 1.374
+//     scaled by the hybrid's relative event effect), with the event
+//     targets' interval (taxi event days MASE h1 / h12 0.512 / 1.374
 //     with the hybrid alone → 0.507 / 1.366).
 //  7. Shift gate (Hybrid.shiftGate). Right after a surprise the
 //     combination still weighs the experts that were right before it,

@@ -388,7 +388,8 @@ func TestEngineRestartsFailedModel(t *testing.T) {
 // experts; testdata/engine-v8.snap.gz, made by main at 92b6f54) and
 // format 9 (before the demand combination's fitted Holt-Winters expert;
 // testdata/engine-v9.snap.gz, made by main at 6ef0de2) and format 10
-// (before the issued interval bounds; engine-v10, main at 2b423c9), all from
+// (before the issued interval bounds; engine-v10, main at 2b423c9) and 11
+// (before the event error scale; engine-v11, main at 070246a), all from
 // feed(0, 24*9) with PCG(8, 8) on a one-week window. The demand forecasts
 // are exactly the ones the old build gave (engine-v*.forecast.json), the
 // location model goes on with what it learnt, the new expert wakes at its
@@ -400,7 +401,8 @@ func TestSnapshotUpgrade(t *testing.T) {
 	}{
 		{8, 0.01}, // the two new location experts carry a fixed share's weight only
 		{9, 0},    // the location model is unchanged since
-		{10, 0},   // format 10 lacks only the issued interval bounds
+		{10, 0},   // format 10 lacks the issued interval bounds and the event trackers
+		{11, 0},   // format 11 lacks only the event error scale
 	} {
 		t.Run(fmt.Sprintf("v%d", c.ver), func(t *testing.T) {
 			raw, err := os.ReadFile(fmt.Sprintf("testdata/engine-v%d.snap.gz", c.ver))
@@ -466,15 +468,18 @@ func TestSnapshotUpgrade(t *testing.T) {
 					t.Fatalf("%v: fitted expert %v after the upgrade from format %d", k, st.m.hwf, c.ver)
 				}
 				H := st.m.cfg.Horizon
-				for i := 0; i < len(st.m.ivF); i += 2 {
+				for i := 0; i < len(st.m.ivF) && c.ver < 11; i += 2 {
 					h := i/2%H + 1
 					iv := st.m.ivScale(h)
 					if st.m.ivF[i] != iv*st.m.qF[2*h-2] || st.m.ivF[i+1] != iv*st.m.qF[2*h-1] {
 						t.Fatalf("%v: issued bounds at slot %d h=%d: %v, want %v×%v", k, i/2/H, h, st.m.ivF[i:i+2], iv, st.m.qF[2*h-2:2*h])
 					}
 				}
-				if !slices.Equal(st.m.qE, st.m.qF) {
+				if c.ver < 11 && !slices.Equal(st.m.qE, st.m.qF) {
 					t.Fatalf("%v: event trackers %v after the upgrade, want the ordinary ones %v", k, st.m.qE, st.m.qF)
+				}
+				if slices.ContainsFunc(st.m.shE, func(v float64) bool { return v != 0 }) || slices.ContainsFunc(st.m.nE, func(v float64) bool { return v != 0 }) {
+					t.Fatalf("%v: event error scale %v (%v errors) after the upgrade, want it afresh", k, st.m.shE, st.m.nE)
 				}
 			}
 			feed(t, e, 24*9, 24*17, rand.New(rand.NewPCG(9, 9)))

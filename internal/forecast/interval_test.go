@@ -2,6 +2,7 @@ package forecast
 
 import (
 	"context"
+	"errors"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -53,9 +54,29 @@ func TestTwelveStepCoverageAcrossVolatilityRegimes(t *testing.T) {
 // their 80% intervals cover about 80% of event-day targets, not the
 // ordinary days' share.
 func TestEventDayCoverage(t *testing.T) {
+	s, feeds := holidaySeries(t, 240)
+	res, err := Backtest(context.Background(), s, feeds, []MethodSpec{HybridSpec("hybrid", HybridConfig{})}, BacktestConfig{EventDays: MarkedDays(s, feeds)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := res[0]
+	t.Logf("event-day coverage h1 %.3f h12 %.3f (%d targets); all days %.3f / %.3f", h.MarkedCover80[0], h.MarkedCover80[11], h.MarkedN[11], h.Cover80[0], h.Cover80[11])
+	for _, i := range []int{0, 11} {
+		if c := h.MarkedCover80[i]; c < 0.75 || c > 0.85 {
+			t.Errorf("event-day 80%% coverage h%d %.3f over %d targets, want 0.75–0.85", i+1, c, h.MarkedN[i])
+		}
+		if c := h.Cover80[i]; c < 0.75 || c > 0.85 {
+			t.Errorf("80%% coverage h%d %.3f, want 0.75–0.85", i+1, c)
+		}
+	}
+}
+
+// holidaySeries is a daily cycle with noise over days days, every fifth
+// day a holiday whose effect (×0.2 to ×0.8) differs per occurrence.
+func holidaySeries(t *testing.T, days int) (*Series, *Feeds) {
+	t.Helper()
 	rng := rand.New(rand.NewPCG(21, 21))
 	start := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
-	const days = 240
 	var events []Event
 	eff := map[int]float64{}
 	for d := 6; d < days; d += 5 {
@@ -75,18 +96,52 @@ func TestEventDayCoverage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := Backtest(context.Background(), s, feeds, []MethodSpec{HybridSpec("hybrid", HybridConfig{})}, BacktestConfig{EventDays: MarkedDays(s, feeds)})
+	return s, feeds
+}
+
+// TestSnapshotEventScale: the event targets' error scale round-trips (the
+// restored model forecasts exactly as the original through the next
+// event day), and a negative one is refused as corruption.
+func TestSnapshotEventScale(t *testing.T) {
+	s, feeds := holidaySeries(t, 60)
+	cfg := HybridConfig{Step: time.Hour, Window: 24 * 14, Horizon: 12}
+	a, err := NewHybrid(cfg, feeds)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := res[0]
-	t.Logf("event-day coverage h1 %.3f h12 %.3f (%d targets); all days %.3f / %.3f", h.MarkedCover80[0], h.MarkedCover80[11], h.MarkedN[11], h.Cover80[0], h.Cover80[11])
-	for _, i := range []int{0, 11} {
-		if c := h.MarkedCover80[i]; c < 0.7 || c > 0.9 {
-			t.Errorf("event-day 80%% coverage h%d %.3f over %d targets, want 0.7–0.9", i+1, c, h.MarkedN[i])
+	cut := 24 * 40
+	for i := 0; i < cut; i++ {
+		if err := a.Observe(s.Time(i), s.Values[i]); err != nil {
+			t.Fatal(err)
 		}
-		if c := h.Cover80[i]; c < 0.75 || c > 0.85 {
-			t.Errorf("80%% coverage h%d %.3f, want 0.75–0.85", i+1, c)
+	}
+	if a.nE[11] == 0 || !(a.shE[11] > 0) {
+		t.Fatalf("no event error scale learnt: %v over %v errors", a.shE, a.nE)
+	}
+	e := &enc{}
+	a.encode(e)
+	b, _ := NewHybrid(cfg, feeds)
+	d := &dec{b: e.b}
+	b.decode(d)
+	if d.err != nil || len(d.b) != 0 {
+		t.Fatalf("decode: %v (%d bytes left)", d.err, len(d.b))
+	}
+	for i := cut; i < cut+24*6; i++ { // through the holiday on day 41
+		a.Observe(s.Time(i), s.Values[i])
+		b.Observe(s.Time(i), s.Values[i])
+		for h, q := range a.Forecast() {
+			if b.Forecast()[h] != q {
+				t.Fatalf("bucket %d h=%d: %+v after restore, %+v before", i, h+1, b.Forecast()[h], q)
+			}
 		}
+	}
+	a.shE[3] = -1
+	be := &enc{}
+	a.encode(be)
+	c, _ := NewHybrid(cfg, feeds)
+	d = &dec{b: be.b}
+	c.decode(d)
+	if !errors.Is(d.err, ErrCorruptSnapshot) {
+		t.Fatalf("a negative event error scale: %v, want ErrCorruptSnapshot", d.err)
 	}
 }

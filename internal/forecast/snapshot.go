@@ -46,12 +46,13 @@ const (
 	// pooled persistence experts in the location model; 10: the demand
 	// combination's Holt-Winters expert with fitted parameters; 11: the
 	// interval bounds issued at each pending origin and the event targets'
-	// interval trackers. Snapshots from
+	// interval trackers; 12: the event targets' error scale. Snapshots from
 	// snapMinVersion on are read (an upgraded controller keeps what its
 	// models learnt); older ones are refused with ErrSnapshotVersion.
-	snapVersion = 11
-	// snapMinVersion is the oldest format this build reads: version 10
-	// differs only in the issued interval bounds and the event trackers
+	snapVersion = 12
+	// snapMinVersion is the oldest format this build reads: version 11
+	// differs only in the event targets' error scale (it starts afresh),
+	// version 10 also in the issued interval bounds and the event trackers
 	// (rebuilt from the ordinary trackers), version 9 also in the demand combination's expert count
 	// (one expert fewer: pool.decode), version 8 also in the location
 	// model's (readLocExperts).
@@ -297,6 +298,8 @@ func (m *Hybrid) encode(e *enc) {
 		e.fs(m.qF)
 		e.fs(m.ivF)
 		e.fs(m.qE)
+		e.fs(m.shE)
+		e.fs(m.nE)
 		e.f64(m.surprise)
 		for _, g := range m.gate {
 			e.f64(g.adv)
@@ -415,6 +418,14 @@ func (m *Hybrid) decode(d *dec) {
 			d.inRange(m.ivF, math.Inf(-1), math.Inf(1), "issued interval bounds")
 			d.fsInto(m.qE, "event quantiles")
 			d.inRange(m.qE, -math.MaxFloat64, math.MaxFloat64, "event quantiles")
+		}
+		// Format 11 and older kept no event error scale: it starts
+		// afresh (the ordinary scale stands in until an event resolves).
+		if !d.before(12) {
+			d.fsInto(m.shE, "event error scales")
+			d.inRange(m.shE, 0, math.MaxFloat64, "event error scales")
+			d.fsInto(m.nE, "event error counts")
+			d.inRange(m.nE, 0, math.MaxFloat64, "event error counts")
 		}
 		m.surprise = d.f64()
 		for k := range m.gate {
