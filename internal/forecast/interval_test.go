@@ -50,9 +50,11 @@ func TestTwelveStepCoverageAcrossVolatilityRegimes(t *testing.T) {
 // amount that differs from one holiday to the next. The effect learnt
 // from earlier holidays moves the forecast, but how far this one departs
 // from it is an error of another size than an ordinary day's: event
-// targets get their own interval trackers (Hybrid.eventInterval), and
-// their 80% intervals cover about 80% of event-day targets, not the
-// ordinary days' share.
+// targets get their own interval trackers and error scale
+// (Hybrid.eventInterval), and their 80% intervals cover 75–85% of
+// event-day targets (0.799 / 0.813 at h1 / h12; with the ordinary
+// trackers h12 was 0.304, with their own trackers over the ordinary
+// scale 0.785).
 func TestEventDayCoverage(t *testing.T) {
 	s, feeds := holidaySeries(t, 240)
 	res, err := Backtest(context.Background(), s, feeds, []MethodSpec{HybridSpec("hybrid", HybridConfig{})}, BacktestConfig{EventDays: MarkedDays(s, feeds)})
