@@ -45,12 +45,12 @@ func (v *Volume) applyLocked(items []recvItem, force bool) error {
 		v.mu.Unlock()
 		return ErrClosed
 	}
-	var ahead time.Duration // the furthest ahead of the wall clock, beyond clockAheadWarn
-	var aheadVer Version
+	var newest Version // the newest clock received, checked against the wall clock once
 	for i, it := range items {
 		local := v.version(it.block)
-		if d := v.clock.Observe(it.ver); d > clockAheadWarn && d > ahead {
-			ahead, aheadVer = d, it.ver
+		v.clock.Observe(it.ver)
+		if it.ver.Clock > newest.Clock {
+			newest = it.ver
 		}
 		if it.adopt {
 			keep[i] = true
@@ -76,8 +76,8 @@ func (v *Volume) applyLocked(items []recvItem, force bool) error {
 		}
 	}
 	v.mu.Unlock()
-	if ahead > 0 {
-		v.warnAhead(ahead, aheadVer)
+	if d := v.clock.aheadOf(newest.Clock); d > clockAheadWarn {
+		v.warnAhead(d, newest)
 	}
 
 	for _, l := range losses {

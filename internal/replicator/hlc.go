@@ -66,17 +66,15 @@ func (c *Clock) After(epoch uint64, prev Version) Version {
 	return c.nowLocked(epoch)
 }
 
-// Observe moves the clock past a remote version and returns how far that
-// version's clock is ahead of the wall clock here (zero if it is not).
-// The clock follows it whatever the distance, so that causality holds;
-// the caller tells the operator when it is far (clockAheadWarn).
-func (c *Clock) Observe(v Version) time.Duration {
+// Observe moves the clock past a remote version, whatever the distance,
+// so that causality holds (the receiver tells the operator when a version
+// is far ahead of the wall clock: clockAheadWarn).
+func (c *Clock) Observe(v Version) {
 	c.mu.Lock()
 	if v.Clock > c.last {
 		c.last = v.Clock
 	}
 	c.mu.Unlock()
-	return c.aheadOf(v.Clock)
 }
 
 // Ahead is how far the clock runs ahead of the wall clock: zero while it
@@ -91,6 +89,7 @@ func (c *Clock) Ahead() time.Duration {
 	return c.aheadOf(last)
 }
 
+// aheadOf is how far the hybrid clock value hlc is ahead of the wall clock.
 func (c *Clock) aheadOf(hlc uint64) time.Duration {
 	d := int64(hlc>>16) - c.now().UnixMilli()
 	if d <= 0 {

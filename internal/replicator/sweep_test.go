@@ -322,12 +322,16 @@ func TestClockAhead(t *testing.T) {
 	if d := c.Ahead(); d != 0 {
 		t.Fatalf("fresh clock %v ahead", d)
 	}
-	if d := c.Observe(Version{Epoch: 1, Clock: uint64(now.Add(-time.Hour).UnixMilli()) << 16, Site: 2}); d != 0 {
-		t.Fatalf("a version from the past is %v ahead", d)
+	past := Version{Epoch: 1, Clock: uint64(now.Add(-time.Hour).UnixMilli()) << 16, Site: 2}
+	c.Observe(past)
+	if d, dv := c.Ahead(), c.aheadOf(past.Clock); d != 0 || dv != 0 {
+		t.Fatalf("after a version from the past: clock %v ahead, the version %v", d, dv)
 	}
 	future := now.Add(2 * time.Hour)
-	if d := c.Observe(Version{Epoch: 1, Clock: uint64(future.UnixMilli())<<16 | 7, Site: 2}); d != 2*time.Hour {
-		t.Fatalf("observe: %v ahead, want 2h", d)
+	fv := Version{Epoch: 1, Clock: uint64(future.UnixMilli())<<16 | 7, Site: 2}
+	c.Observe(fv)
+	if d := c.aheadOf(fv.Clock); d != 2*time.Hour {
+		t.Fatalf("the version is %v ahead, want 2h", d)
 	}
 	if v := c.Now(1); v.Clock>>16 != uint64(future.UnixMilli()) || c.Ahead() != 2*time.Hour {
 		t.Fatalf("after observing: issued %s, %v ahead", v, c.Ahead())

@@ -51,19 +51,19 @@ type VolumeOptions struct {
 // replication metadata: block versions, per-peer dirty bitmaps guarded by
 // an activity log, and mirror state. Methods are safe for concurrent use.
 type Volume struct {
-	name string
+	name    string
+	path    string
+	metaDir string
+	log     *slog.Logger
+	clock   *Clock
+	f       *os.File
+	lockf   *os.File
+	bs      int
+	blocks  uint64 // logical size
+	capBlks uint64 // image capacity
+	device  bool
 	// lastAheadLog (Unix ns) rate-limits warnAhead.
 	lastAheadLog atomic.Int64
-	path         string
-	metaDir      string
-	log          *slog.Logger
-	clock        *Clock
-	f            *os.File
-	lockf        *os.File
-	bs           int
-	blocks       uint64 // logical size
-	capBlks      uint64 // image capacity
-	device       bool
 
 	// io orders data against metadata: writers and cycle applies hold it
 	// exclusively, readers and snapshot reads share it, and Flush takes it
