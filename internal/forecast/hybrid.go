@@ -739,6 +739,13 @@ func (m *Hybrid) activeKinds(t time.Time, fn func(k int)) {
 	}
 }
 
+// inEvent says whether t is inside an event of a kind the model learns.
+func (m *Hybrid) inEvent(t time.Time) bool {
+	in := false
+	m.activeKinds(t, func(int) { in = true })
+	return in
+}
+
 // eventAhead reports whether an event kind is active at the target time
 // but was not at the origin.
 func (m *Hybrid) eventAhead(origin, target time.Time) bool {
@@ -820,9 +827,7 @@ func (m *Hybrid) resolve(idx int64, y float64) {
 		// The error scale follows the recent mean absolute error: a
 		// running mean at first, then a memory of a few days so the
 		// interval width tracks regimes.
-		m.nh[h-1]++
-		rate := math.Max(1.0/64, 1/m.nh[h-1])
-		m.sh[h-1] += rate * (clipErr(math.Abs(y-pred), sc) - sc)
+		rate := followScale(&m.sh[h-1], &m.nh[h-1], math.Abs(y-pred))
 		fin := pred + sc*q[1]
 		if m.pl != nil {
 			used := m.pl.used(h, po)
@@ -836,15 +841,7 @@ func (m *Hybrid) resolve(idx int64, y float64) {
 			if na > 0 {
 				e := y - m.predF[po*H+h-1]
 				m.trackInterval(m.qE[2*(h-1):2*h], h, po, e)
-				// The event targets' own error scale, kept as the
-				// forecast's is (a running mean, then a memory of 64).
-				m.nE[h-1]++
-				se := &m.shE[h-1]
-				ae := math.Abs(e)
-				if *se > 0 {
-					ae = clipErr(ae, *se)
-				}
-				*se += math.Max(1.0/64, 1/m.nE[h-1]) * (ae - *se)
+				followScale(&m.shE[h-1], &m.nE[h-1], math.Abs(e))
 			} else if used {
 				m.trackInterval(m.qF[2*(h-1):2*h], h, po, y-fin)
 			}
@@ -1340,9 +1337,7 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 			if m.shF[h-1] == 0 {
 				m.shF[h-1], m.shr[h-1], m.shFr[h-1] = sc, sc, sc
 			}
-			evT := false
-			m.activeKinds(th, func(int) { evT = true })
-			if evT {
+			if m.inEvent(th) {
 				fq = m.eventInterval(h, po, c, sc)
 			} else {
 				fq = m.issue(m.qF[2*(h-1):2*h], h, po, c, m.ivScale(h))
@@ -1412,6 +1407,16 @@ func median(v []float64) float64 {
 		}
 	}
 	return v[k]
+}
+
+// followScale moves the mean absolute error s by one more error ae (the
+// nth, clipped by clipErr): a running mean at first, then a memory of 64
+// errors, so an interval's width tracks regimes. Returns the step taken.
+func followScale(s, n *float64, ae float64) float64 {
+	*n++
+	rate := math.Max(1.0/64, 1 / *n)
+	*s += rate * (clipErr(ae, *s) - *s)
+	return rate
 }
 
 // clipErr bounds an absolute error at errAbsurd times the scale ref it
