@@ -268,6 +268,8 @@ func TestCycleAsOf(t *testing.T) {
 		t.Fatalf("verify found no difference: %+v", res)
 	}
 	sameFile(t, c.path("src.img"), c.path("dst.img"))
+	// The mirror acknowledges a durable commit and applies it after.
+	waitCycle(t, dst, "vol", res.Cycle)
 	repaired := mirrorStatus(t, dst, "vol")
 	if repaired.Cycle <= copied.Cycle || !repaired.CycleAsOf.Equal(copied.CycleAsOf) {
 		t.Fatalf("repair cycle: cycle %d→%d, as of %v→%v; want a new cycle and the same time",
