@@ -8,6 +8,9 @@
  * IP-in-UDP) to an endpoint's GUE port, and passes the inner packet to the
  * stack, where the VIP is bound on a local interface. The inner packet is checked against the
  * outer one before anything is changed; a mismatch is dropped and counted.
+ * An endpoint marked DECAP_F_SOURCES takes tunnel packets only from outer
+ * sources in pm_decap_sources (the edges): others are dropped and counted,
+ * so a host that can reach the endpoint cannot inject inner packets.
  * Everything else passes untouched, through the peer XDP program in
  * pm_decap_next first if the operator installed one (see router.bpf.c);
  * decapsulated packets are ours and go straight to the stack. (This kernel
@@ -33,6 +36,18 @@ struct {
 	__type(value, struct decap_addr_info);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } pm_decap_addrs SEC(".maps");
+
+/* The outer sources tunnel packets are taken from, for endpoints with
+ * DECAP_F_SOURCES (the edges' outer_source addresses or their networks),
+ * written by the agent from decap_sources. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__type(key, struct decap_src_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} pm_decap_sources SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -229,6 +244,17 @@ static __always_inline struct decap_addr_info *local_endpoint(const void *addr, 
 	return bpf_map_lookup_elem(&pm_decap_addrs, &k);
 }
 
+/* Whether a tunnel packet from outer source sk may not be decapsulated
+ * at endpoint ep: the endpoint takes only listed sources and sk is in no
+ * listed prefix. sk is filled only when the endpoint checks. */
+static __always_inline int source_denied(const struct decap_addr_info *ep, struct decap_src_key *sk)
+{
+	if (!(ep->flags & DECAP_F_SOURCES))
+		return 0;
+	sk->prefixlen = 128;
+	return bpf_map_lookup_elem(&pm_decap_sources, sk) == NULL;
+}
+
 /* Remove olen bytes after the l2-byte L2 header (constants at each site). */
 static __always_inline int strip(struct xdp_md *ctx, const int l2, const int olen, __u8 family)
 {
@@ -310,6 +336,7 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 	__u32 outer_len, olen;
 	struct decap_addr_info *ep;
 	enum pm_decap_reason ok;
+	struct decap_src_key sk = {};
 
 	if (proto == ETH_P_IP_BE) {
 		struct iphdr *oh = l3;
@@ -336,6 +363,11 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 		outer_len = ntohs_len(oh->tot_len);
 		olen = IPV4_HLEN;
 		ok = D_DECAP_V4;
+		if (ep->flags & DECAP_F_SOURCES) {
+			sk.addr[10] = 0xff;
+			sk.addr[11] = 0xff;
+			__builtin_memcpy(&sk.addr[12], &oh->saddr, 4);
+		}
 		if (oh->ihl != 5) {
 			/* Our router never sends outer options: a tunnel packet
 			 * with them is refused rather than guessed at. Other UDP
@@ -364,6 +396,8 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 		outer_len = ntohs_len(oh->payload_len) + IPV6_HLEN;
 		olen = IPV6_HLEN;
 		ok = D_DECAP_V6;
+		if (ep->flags & DECAP_F_SOURCES)
+			__builtin_memcpy(sk.addr, &oh->saddr, 16);
 	} else {
 		return pass_on(ctx, D_PASS_NOT_TUNNEL);
 	}
@@ -376,6 +410,8 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 
 		if (fam == 0)
 			return pass_on(ctx, why);
+		if (source_denied(ep, &sk))
+			return verdict(D_DROP_SOURCE, XDP_DROP);
 		if (fam < 0 || outer_len < olen || l3 + outer_len > data_end)
 			return verdict(D_DROP_MALFORMED, XDP_DROP);
 		count(D_GUE);
@@ -386,6 +422,8 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 		return verdict(ok, XDP_PASS);
 	}
 
+	if (source_denied(ep, &sk))
+		return verdict(D_DROP_SOURCE, XDP_DROP);
 	/* IPIP / IPv6-in-IP: the inner packet must fill the outer one exactly. */
 	inner = l4proto == IPPROTO_IPIP ? PM_FAMILY_V4 : PM_FAMILY_V6;
 	__u32 il = inner_len(l3 + olen, data_end, inner);

@@ -302,8 +302,21 @@ struct decap_addr {
  * gue_port, so a pinned entry of theirs reads as "no GUE".
  */
 struct decap_addr_info {
-	__u16 flags;    /* none defined yet: 0 */
+	__u16 flags;    /* DECAP_F_* */
 	__u16 gue_port; /* UDP port GUE arrives on, host order; 0: IPIP / IPv6 tunnels only */
+};
+
+/* decap_addr_info.flags: tunnel packets to this endpoint are taken only
+ * from outer sources inside a prefix of pm_decap_sources (others are
+ * dropped, counted as drop_source). Unset: from any source. */
+#define DECAP_F_SOURCES 1
+
+/* pm_decap_sources key (LPM trie): an allowed outer source prefix, IPv4
+ * as IPv4-mapped IPv6 (::ffff:a.b.c.d/96+len), so one trie holds both
+ * families. */
+struct decap_src_key {
+	__u32 prefixlen;
+	__u8 addr[16];
 };
 
 _Static_assert(sizeof(struct decap_addr_info) == 4, "struct decap_addr_info is a pinned format");
@@ -322,6 +335,7 @@ struct decap_stats {
 	__u64 pass_udp_not_gue; /* UDP to one of our endpoints, not to its GUE port (or GUE off there) */
 	__u64 probe_echo;       /* probe echo requests answered here (XDP_TX) */
 	__u64 pass_probe_over_budget; /* probe echo requests over the reply budget: left to the agent's responder */
+	__u64 drop_source;      /* tunnel packet to a DECAP_F_SOURCES endpoint from an outer source outside pm_decap_sources */
 };
 
 /* pm_decap_probe value (array[1]): the edges' UDP echo probes, answered
@@ -351,6 +365,7 @@ enum pm_decap_reason {
 	D_PASS_UDP_NOT_GUE,
 	D_PROBE_ECHO,
 	D_PASS_PROBE_OVER_BUDGET,
+	D_DROP_SOURCE,
 	D_MAX,
 };
 

@@ -140,13 +140,33 @@ func inspectDecap(w io.Writer, pinDir string) error {
 		return err
 	}
 	slices.SortFunc(eps, func(a, b maps.DecapEndpoint) int { return a.Addr.Compare(b.Addr) })
-	fmt.Fprintln(w, "\nDECAP ENDPOINT\tACCEPTS")
+	srcs, err := d.Sources()
+	if err != nil {
+		return err
+	}
+	slices.SortFunc(srcs, func(a, b netip.Prefix) int {
+		if c := a.Addr().Compare(b.Addr()); c != 0 {
+			return c
+		}
+		return a.Bits() - b.Bits()
+	})
+	fmt.Fprintln(w, "\nDECAP ENDPOINT\tACCEPTS\tFROM")
 	for _, e := range eps {
 		acc := "ipip / ip6ip6"
 		if e.GUEPort != 0 {
 			acc += fmt.Sprintf(", gue udp/%d", e.GUEPort)
 		}
-		fmt.Fprintf(w, "%s\t%s\n", e.Addr, acc)
+		from := "any source"
+		if e.SourcesOnly {
+			from = "decap sources only"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\n", e.Addr, acc, from)
+	}
+	if len(srcs) > 0 {
+		fmt.Fprintln(w, "\nDECAP SOURCE")
+		for _, p := range srcs {
+			fmt.Fprintln(w, p)
+		}
 	}
 	st, err := d.Stats()
 	if err != nil {

@@ -122,7 +122,10 @@ func TestInspectMirrorHost(t *testing.T) {
 	if err := d.SetEndpoint(maps.DecapEndpoint{Addr: netip.MustParseAddr("10.77.0.10")}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.SetEndpoint(maps.DecapEndpoint{Addr: netip.MustParseAddr("fd77::10"), GUEPort: 6080}); err != nil {
+	if err := d.SetEndpoint(maps.DecapEndpoint{Addr: netip.MustParseAddr("fd77::10"), GUEPort: 6080, SourcesOnly: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SetSources([]netip.Prefix{netip.MustParsePrefix("fd77::/64"), netip.MustParsePrefix("10.77.0.1/32")}); err != nil {
 		t.Fatal(err)
 	}
 	// One packet that is not a tunnel, so the reasons have a count.
@@ -136,7 +139,8 @@ func TestInspectMirrorHost(t *testing.T) {
 	}
 	for _, re := range []string{
 		`NEXT XDP PROGRAM\s+decap\s+none`,
-		`DECAP ENDPOINT\s+ACCEPTS\n10\.77\.0\.10\s+ipip / ip6ip6\nfd77::10\s+ipip / ip6ip6, gue udp/6080\n`,
+		`DECAP ENDPOINT\s+ACCEPTS\s+FROM\n10\.77\.0\.10\s+ipip / ip6ip6\s+any source\nfd77::10\s+ipip / ip6ip6, gue udp/6080\s+decap sources only\n`,
+		`DECAP SOURCE\n10\.77\.0\.1/32\nfd77::/64\n`,
 		`DECAP VERDICT\s+REASON\s+PACKETS\npass\s+pass_not_tunnel\s+1\n`,
 	} {
 		if !regexp.MustCompile(re).Match(out.Bytes()) {

@@ -360,9 +360,23 @@ func (a *Agent) applyDecap(cfg *Config, ports map[netip.Addr]uint16, probePort u
 			ports[e.Addr] = e.GUEPort
 		}
 	}
-	ch, err := ReconcileDecap(a.decap, ports)
+	// The sources are listed before the endpoints check them and the
+	// checks lifted before the list is emptied: a listed edge is never
+	// refused in between.
+	srcs := cfg.decapSources()
+	if len(srcs) > 0 {
+		if err := a.decap.SetSources(srcs); err != nil {
+			return fmt.Errorf("decap sources: %w", err)
+		}
+	}
+	ch, err := ReconcileDecap(a.decap, ports, len(srcs) > 0)
 	if err != nil {
 		return fmt.Errorf("reconcile decap maps: %w", err)
+	}
+	if len(srcs) == 0 {
+		if err := a.decap.SetSources(nil); err != nil {
+			return fmt.Errorf("decap sources: %w", err)
+		}
 	}
 	// The decap program answers the edges' probes itself, so they see
 	// this host while its agent restarts (an upgrade would otherwise

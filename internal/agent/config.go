@@ -66,8 +66,15 @@ type Config struct {
 	// tunnels only. Roles mirror and both. A GUE mirror of the desired
 	// state at one of this host's decap addresses sets that address's
 	// port itself (decapPorts).
-	DecapGUEPort int    `yaml:"decap_gue_port"`
-	Limits       Limits `yaml:"limits"`
+	DecapGUEPort int `yaml:"decap_gue_port"`
+	// DecapSources are the outer sources the decap addresses take tunnel
+	// packets from: addresses or prefixes (the edges' outer_source_v4/v6,
+	// or their networks). Tunnel packets from any other source are
+	// dropped and counted (drop_source), so whoever reaches a decap
+	// address cannot inject inner packets. Empty or absent: any source.
+	// Roles mirror and both.
+	DecapSources []string `yaml:"decap_sources"`
+	Limits       Limits   `yaml:"limits"`
 	// NextHopCacheTTL is how long the router reuses a FIB lookup toward a
 	// mirror (default maps.DefaultNextHopTTL; 0 turns the cache off). The
 	// agent invalidates the cache on every route, neighbour and link
@@ -270,7 +277,7 @@ func (c *Config) reloadable(old *Config) error {
 	if old.MapsConfig() != c.MapsConfig() {
 		return errors.New("limits: changes only with a restart (pinned maps keep their size)")
 	}
-	if err := restartOnly("", *old, *c, "limits", "outer_source_v4", "outer_source_v6", "decap_addresses", "decap_gue_port",
+	if err := restartOnly("", *old, *c, "limits", "outer_source_v4", "outer_source_v6", "decap_addresses", "decap_gue_port", "decap_sources",
 		"nexthop_cache_ttl", "service_check", "probe", "controller", "replication", ""); err != nil {
 		return err
 	}
@@ -453,6 +460,17 @@ func (c *Config) Validate() error {
 	if len(c.DecapAddresses) > 0 && c.Role == RoleEdge {
 		return errors.New("decap_addresses: only for role mirror or both (an edge runs no decap program)")
 	}
+	for i, s := range c.DecapSources {
+		if _, err := parseSource(s); err != nil {
+			return fmt.Errorf("decap_sources[%d]: %w", i, err)
+		}
+	}
+	if len(c.DecapSources) > 0 && c.Role == RoleEdge {
+		return errors.New("decap_sources: only for role mirror or both (an edge runs no decap program)")
+	}
+	if n := len(c.decapSources()); n > maps.MaxDecapSources {
+		return fmt.Errorf("decap_sources: %d prefixes, the data plane holds %d", n, maps.MaxDecapSources)
+	}
 	if c.DecapGUEPort != 0 {
 		if c.DecapGUEPort < 1 || c.DecapGUEPort > 65535 {
 			return fmt.Errorf("decap_gue_port: %d out of [1, 65535]", c.DecapGUEPort)
@@ -571,6 +589,42 @@ func ParseVIP(s string) (maps.VIP, error) {
 
 // parseUnicast parses an address packets are sent to or from (see
 // unicast).
+// parseSource reads a decap source: a prefix (host bits masked) or one
+// address (a /32 or /128).
+func parseSource(s string) (netip.Prefix, error) {
+	if strings.Contains(s, "/") {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return p, err
+		}
+		if p.Addr().Is4In6() {
+			return p, fmt.Errorf("%s: write an IPv4 prefix as IPv4", s)
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.Prefix{}, err
+	}
+	if a.Zone() != "" {
+		return netip.Prefix{}, fmt.Errorf("%s: an address with a zone is not an outer source", s)
+	}
+	a = a.Unmap()
+	return netip.PrefixFrom(a, a.BitLen()), nil
+}
+
+// decapSources are DecapSources parsed, without repeats; nil when empty
+// (any source). Validate has refused what does not parse.
+func (c *Config) decapSources() []netip.Prefix {
+	var out []netip.Prefix
+	for _, s := range c.DecapSources {
+		if p, err := parseSource(s); err == nil && !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
 func parseUnicast(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil {

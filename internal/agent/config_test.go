@@ -3,8 +3,10 @@ package agent
 import (
 	"errors"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -147,6 +149,11 @@ func TestParseConfigErrors(t *testing.T) {
 		{"IPv4-mapped prefix", "[203.0.113.0/24]", "[\"::ffff:203.0.113.0/120\"]", "regions[1].prefixes[0]: ::ffff:203.0.113.0/120 is IPv4-mapped and matches no packet (did you mean 203.0.113.0/24?)"},
 		{"IPv4-mapped prefix shadowing another region's", "[203.0.113.0/24]", "[\"::ffff:198.51.100.0/120\"]", "regions[1].prefixes[0]: ::ffff:198.51.100.0/120 is IPv4-mapped"},
 		{"unspecified decap address", "role: edge", "role: mirror\ndecap_addresses: [0.0.0.0]", "decap_addresses[0]: 0.0.0.0: not a unicast address"},
+		{"decap source not an address", "role: edge", "role: mirror\ndecap_sources: [10.0.0.0/8, edge-eu]", `decap_sources[1]: ParseAddr("edge-eu")`},
+		{"decap source prefix too long", "role: edge", "role: mirror\ndecap_sources: [10.0.0.0/33]", `decap_sources[0]: netip.ParsePrefix("10.0.0.0/33"): prefix length out of range`},
+		{"IPv4-mapped decap source prefix", "role: edge", "role: mirror\ndecap_sources: [\"::ffff:10.0.0.0/104\"]", "decap_sources[0]: ::ffff:10.0.0.0/104: write an IPv4 prefix as IPv4"},
+		{"decap source with a zone", "role: edge", "role: mirror\ndecap_sources: [\"fe80::1%eth0\"]", "decap_sources[0]: fe80::1%eth0: an address with a zone"},
+		{"decap sources on an edge", "node: edge-test", "node: edge-test\ndecap_sources: [10.0.0.1]", "decap_sources: only for role mirror or both"},
 		{"IPv4-mapped outer source v6", "metrics_addr:", "outer_source_v6: \"::ffff:192.0.2.7\"\nmetrics_addr:", "outer_source_v6: ::ffff:192.0.2.7 is the wrong family"},
 		{"multicast outer source", "metrics_addr:", "outer_source_v4: 239.1.1.1\nmetrics_addr:", "outer_source_v4: 239.1.1.1: not a unicast address"},
 		{"affinity timeout beyond 32-bit seconds", "timeout: 30m", "timeout: 2000000h", "resources[0].affinity.timeout: 2000000h0m0s out of (0, 1193046h28m15s]"},
@@ -204,6 +211,21 @@ func FuzzParseConfig(f *testing.F) {
 // Decap addresses are unmapped as mirror addresses are: a tunnel packet
 // for ::ffff:192.0.2.1 arrives as IPv4 (before, the IPv6 form was keyed
 // and IPv4 tunnel packets to the address were not decapsulated).
+// TestDecapSources: addresses become host prefixes, host bits are
+// masked, IPv4-mapped addresses unmapped, repeats dropped.
+func TestDecapSources(t *testing.T) {
+	c := &Config{DecapSources: []string{"10.99.0.1", "10.99.7.7/16", "::ffff:10.99.0.1", "fd99::1", "fd99::/64", "10.99.0.0/16"}}
+	got := c.decapSources()
+	want := []netip.Prefix{netip.MustParsePrefix("10.99.0.1/32"), netip.MustParsePrefix("10.99.0.0/16"),
+		netip.MustParsePrefix("fd99::1/128"), netip.MustParsePrefix("fd99::/64")}
+	if !slices.Equal(got, want) {
+		t.Fatalf("decap sources %v, want %v", got, want)
+	}
+	if got := (&Config{}).decapSources(); got != nil {
+		t.Fatalf("no decap sources read as %v", got)
+	}
+}
+
 func TestDecapAddressesUnmapped(t *testing.T) {
 	got, err := decapAddresses(&Config{DecapAddresses: []string{"::ffff:192.0.2.1", "2001:db8::1"}})
 	if err != nil || len(got) != 2 || got[0] != mustAddr("192.0.2.1") || got[1] != mustAddr("2001:db8::1") {

@@ -162,16 +162,19 @@ func TestReconcileDecapGUE(t *testing.T) {
 	for _, step := range []struct {
 		addrs          []netip.Addr
 		port           uint16
+		only           bool // sources only
 		written, dropd int
 	}{
-		{[]netip.Addr{a4, a6}, 0, 2, 1},
-		{[]netip.Addr{a4, a6}, 0, 0, 0},    // unchanged: nothing written
-		{[]netip.Addr{a4, a6}, 6080, 2, 0}, // the port changed on both
-		{[]netip.Addr{a6}, 6080, 0, 1},
-		{[]netip.Addr{a6}, 0, 1, 0},
+		{[]netip.Addr{a4, a6}, 0, false, 2, 1},
+		{[]netip.Addr{a4, a6}, 0, false, 0, 0},    // unchanged: nothing written
+		{[]netip.Addr{a4, a6}, 6080, false, 2, 0}, // the port changed on both
+		{[]netip.Addr{a4, a6}, 6080, true, 2, 0},  // decap_sources set
+		{[]netip.Addr{a4, a6}, 6080, true, 0, 0},
+		{[]netip.Addr{a6}, 6080, true, 0, 1},
+		{[]netip.Addr{a6}, 0, false, 1, 0},
 	} {
 		ports, _ := planDecap(step.addrs, step.port, 0, nil, "", nil)
-		ch, err := ReconcileDecap(d, ports)
+		ch, err := ReconcileDecap(d, ports, step.only)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -186,8 +189,8 @@ func TestReconcileDecapGUE(t *testing.T) {
 			t.Fatalf("endpoints %v, want %v", eps, step.addrs)
 		}
 		for _, e := range eps {
-			if !slices.Contains(step.addrs, e.Addr) || e.GUEPort != step.port {
-				t.Fatalf("endpoint %+v, want one of %v with GUE port %d", e, step.addrs, step.port)
+			if !slices.Contains(step.addrs, e.Addr) || e.GUEPort != step.port || e.SourcesOnly != step.only {
+				t.Fatalf("endpoint %+v, want one of %v with GUE port %d, sources only %v", e, step.addrs, step.port, step.only)
 			}
 		}
 	}

@@ -190,8 +190,9 @@ func quotaShares(w map[pmaps.MirrorID]uint32, slots int) map[pmaps.MirrorID]int 
 
 // ReconcileDecap makes the decap program terminate exactly the addresses
 // of want, each also accepting GUE on its port (0: IPIP and IPv6 tunnels
-// only).
-func ReconcileDecap(d *pmaps.Decap, want map[netip.Addr]uint16) (Changes, error) {
+// only), and taking tunnel packets only from the prefixes of
+// pm_decap_sources when sourcesOnly.
+func ReconcileDecap(d *pmaps.Decap, want map[netip.Addr]uint16, sourcesOnly bool) (Changes, error) {
 	var ch Changes
 	have, err := d.Endpoints()
 	if err != nil {
@@ -207,11 +208,11 @@ func ReconcileDecap(d *pmaps.Decap, want map[netip.Addr]uint16) (Changes, error)
 			ch.Deleted++
 			continue
 		}
-		got[e.Addr] = e.GUEPort == port
+		got[e.Addr] = e.GUEPort == port && e.SourcesOnly == sourcesOnly
 	}
 	for a, port := range want {
 		if !got[a] {
-			if err := d.SetEndpoint(pmaps.DecapEndpoint{Addr: a, GUEPort: port}); err != nil {
+			if err := d.SetEndpoint(pmaps.DecapEndpoint{Addr: a, GUEPort: port, SourcesOnly: sourcesOnly}); err != nil {
 				return ch, fmt.Errorf("decap endpoint %s: %w", a, err)
 			}
 			ch.Written++

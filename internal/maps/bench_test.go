@@ -249,16 +249,39 @@ func BenchmarkDecap(b *testing.B) {
 	_, floorCal := h.timeRun(b, h.objs.BenchFloor, echo, calib)
 	_, harnessCal := h.restored(b, h.objs.BenchFloor, echo, 0, 0, calib)
 	overhead := harnessCal - floorCal
+	// decap_sources: 64 edge networks (IPv4 /24s and IPv6 /48s) plus the
+	// router's own address, so the trie has depth to walk.
+	var srcs []netip.Prefix
+	for i := range 32 {
+		srcs = append(srcs, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 50, byte(i), 0}), 24),
+			netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, byte(i)}), 48))
+	}
+	srcs = append(srcs, netip.PrefixFrom(edgeV4, 32))
+	if err := d.SetSources(srcs); err != nil {
+		b.Fatal(err)
+	}
+	sourcesOnly := func(on bool) {
+		if err := d.SetEndpoint(DecapEndpoint{Addr: mirror, SourcesOnly: on}); err != nil {
+			b.Fatal(err)
+		}
+		if err := d.SetEndpoint(DecapEndpoint{Addr: g.Addr, GUEPort: g.GUEPort, SourcesOnly: on}); err != nil {
+			b.Fatal(err)
+		}
+	}
 	for _, c := range []struct {
-		name  string
-		frame []byte
-		want  uint32
+		name    string
+		frame   []byte
+		want    uint32
+		sources bool
 	}{
-		{"ipip_v4", ipip, xdpPass},
-		{"gue_v4", gue, xdpPass},
-		{"probe_echo_v4", echo, xdpTX},
+		{"ipip_v4", ipip, xdpPass, false},
+		{"gue_v4", gue, xdpPass, false},
+		{"probe_echo_v4", echo, xdpTX, false},
+		{"ipip_v4_sources", ipip, xdpPass, true},
+		{"gue_v4_sources", gue, xdpPass, true},
 	} {
 		b.Run(c.name, func(b *testing.B) {
+			sourcesOnly(c.sources)
 			ret, dur := h.restored(b, d.Program(), c.frame, 0, 0, b.N)
 			if ret != c.want {
 				b.Fatalf("verdict %s", verdictNames[ret])

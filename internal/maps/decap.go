@@ -75,7 +75,14 @@ type DecapEndpoint struct {
 	// router sends to EncapGUE mirrors) to this UDP port; other UDP to Addr
 	// passes untouched. 0: IPIP and IPv6 tunnels only.
 	GUEPort uint16
+	// SourcesOnly takes tunnel packets to Addr only from outer sources in
+	// a prefix of SetSources; others are dropped (drop_source). False:
+	// from any source.
+	SourcesOnly bool
 }
+
+// decapFlagSources is DECAP_F_SOURCES (bpf/include/premirror.h).
+const decapFlagSources = 1
 
 // AddEndpoint makes the program decapsulate IPIP and IPv6 tunnel packets
 // to addr (no GUE; see SetEndpoint).
@@ -91,6 +98,9 @@ func (d *Decap) SetEndpoint(e DecapEndpoint) error {
 	var k decapDecapAddr
 	k.Addr, k.Family = addrBytes(e.Addr)
 	v := decapDecapAddrInfo{GuePort: e.GUEPort}
+	if e.SourcesOnly {
+		v.Flags |= decapFlagSources
+	}
 	if err := d.objs.PmDecapAddrs.Put(&k, &v); err != nil {
 		return fmt.Errorf("write pm_decap_addrs %s: %w", e.Addr, err)
 	}
@@ -114,10 +124,89 @@ func (d *Decap) Endpoints() ([]DecapEndpoint, error) {
 	var v decapDecapAddrInfo
 	it := d.objs.PmDecapAddrs.Iterate()
 	for it.Next(&k, &v) {
-		out = append(out, DecapEndpoint{Addr: bytesAddr(k.Addr, k.Family), GUEPort: v.GuePort})
+		out = append(out, DecapEndpoint{Addr: bytesAddr(k.Addr, k.Family), GUEPort: v.GuePort, SourcesOnly: v.Flags&decapFlagSources != 0})
 	}
 	if err := it.Err(); err != nil {
 		return nil, fmt.Errorf("iterate pm_decap_addrs: %w", err)
+	}
+	return out, nil
+}
+
+// MaxDecapSources is how many prefixes pm_decap_sources holds.
+const MaxDecapSources = 1024
+
+// srcKey is p's pm_decap_sources key: IPv4 as IPv4-mapped IPv6.
+func srcKey(p netip.Prefix) decapDecapSrcKey {
+	p = p.Masked()
+	bits := p.Bits()
+	if p.Addr().Is4() {
+		bits += 96
+	}
+	return decapDecapSrcKey{Prefixlen: uint32(bits), Addr: p.Addr().As16()}
+}
+
+// keyPrefix is the prefix of a pm_decap_sources key.
+func keyPrefix(k decapDecapSrcKey) netip.Prefix {
+	a := netip.AddrFrom16(k.Addr)
+	bits := int(k.Prefixlen)
+	if a.Is4In6() && bits >= 96 {
+		return netip.PrefixFrom(a.Unmap(), bits-96)
+	}
+	return netip.PrefixFrom(a, bits)
+}
+
+// SetSources makes pm_decap_sources hold exactly the prefixes of want:
+// the outer sources that endpoints with SourcesOnly take tunnel packets
+// from. Prefixes are written before stale ones are deleted, so a source
+// in both the old and the new list is never refused in between.
+func (d *Decap) SetSources(want []netip.Prefix) error {
+	keep := map[decapDecapSrcKey]bool{}
+	for _, p := range want {
+		if !p.IsValid() {
+			return fmt.Errorf("decap source %v: not a prefix", p)
+		}
+		keep[srcKey(p)] = true
+	}
+	if len(keep) > MaxDecapSources {
+		return fmt.Errorf("%d decap sources: pm_decap_sources holds %d", len(keep), MaxDecapSources)
+	}
+	one := uint8(1)
+	for k := range keep {
+		if err := d.objs.PmDecapSources.Put(&k, &one); err != nil {
+			return fmt.Errorf("write pm_decap_sources %s: %w", keyPrefix(k), err)
+		}
+	}
+	var stale []decapDecapSrcKey
+	var k decapDecapSrcKey
+	var v uint8
+	it := d.objs.PmDecapSources.Iterate()
+	for it.Next(&k, &v) {
+		if !keep[k] {
+			stale = append(stale, k)
+		}
+	}
+	if err := it.Err(); err != nil {
+		return fmt.Errorf("iterate pm_decap_sources: %w", err)
+	}
+	for _, k := range stale {
+		if err := d.objs.PmDecapSources.Delete(&k); err != nil && !isNotExist(err) {
+			return fmt.Errorf("delete pm_decap_sources %s: %w", keyPrefix(k), err)
+		}
+	}
+	return nil
+}
+
+// Sources lists the prefixes of pm_decap_sources.
+func (d *Decap) Sources() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	var k decapDecapSrcKey
+	var v uint8
+	it := d.objs.PmDecapSources.Iterate()
+	for it.Next(&k, &v) {
+		out = append(out, keyPrefix(k))
+	}
+	if err := it.Err(); err != nil {
+		return nil, fmt.Errorf("iterate pm_decap_sources: %w", err)
 	}
 	return out, nil
 }

@@ -26,6 +26,12 @@ type decapDecapAddrInfo struct {
 	GuePort uint16
 }
 
+type decapDecapSrcKey struct {
+	_         structs.HostLayout
+	Prefixlen uint32
+	Addr      [16]uint8
+}
+
 type decapDecapStats struct {
 	_                   structs.HostLayout
 	DecapV4             uint64
@@ -38,6 +44,7 @@ type decapDecapStats struct {
 	PassUdpNotGue       uint64
 	ProbeEcho           uint64
 	PassProbeOverBudget uint64
+	DropSource          uint64
 }
 
 type decapProbeEchoBudget struct {
@@ -61,6 +68,7 @@ const (
 	decapMapPmDecapNext        = "pm_decap_next"
 	decapMapPmDecapProbe       = "pm_decap_probe"
 	decapMapPmDecapProbeBudget = "pm_decap_probe_budget"
+	decapMapPmDecapSources     = "pm_decap_sources"
 	decapMapPmDecapStats       = "pm_decap_stats"
 	decapProgPmDecap           = "pm_decap"
 )
@@ -118,6 +126,7 @@ type decapMapSpecs struct {
 	PmDecapNext        *ebpf.MapSpec `ebpf:"pm_decap_next"`
 	PmDecapProbe       *ebpf.MapSpec `ebpf:"pm_decap_probe"`
 	PmDecapProbeBudget *ebpf.MapSpec `ebpf:"pm_decap_probe_budget"`
+	PmDecapSources     *ebpf.MapSpec `ebpf:"pm_decap_sources"`
 	PmDecapStats       *ebpf.MapSpec `ebpf:"pm_decap_stats"`
 }
 
@@ -151,6 +160,7 @@ type decapMaps struct {
 	PmDecapNext        *ebpf.Map `ebpf:"pm_decap_next"`
 	PmDecapProbe       *ebpf.Map `ebpf:"pm_decap_probe"`
 	PmDecapProbeBudget *ebpf.Map `ebpf:"pm_decap_probe_budget"`
+	PmDecapSources     *ebpf.Map `ebpf:"pm_decap_sources"`
 	PmDecapStats       *ebpf.Map `ebpf:"pm_decap_stats"`
 }
 
@@ -160,6 +170,7 @@ func (m *decapMaps) Close() error {
 		m.PmDecapNext,
 		m.PmDecapProbe,
 		m.PmDecapProbeBudget,
+		m.PmDecapSources,
 		m.PmDecapStats,
 	)
 }

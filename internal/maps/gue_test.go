@@ -691,3 +691,140 @@ func TestUDPChecksumHelper(t *testing.T) {
 		}
 	}
 }
+
+// TestDecapSources: an endpoint marked SourcesOnly decapsulates tunnel
+// packets (IPIP, IPv6-in-IP and GUE, either outer family) only from outer
+// sources inside a prefix of pm_decap_sources; the rest are dropped and
+// counted, other UDP to the endpoint still passes, and an unmarked
+// endpoint takes any source.
+func TestDecapSources(t *testing.T) {
+	e := newGUEDecapEnv(t)
+	mark := func(on bool) {
+		t.Helper()
+		for _, m := range fixtureMirrors {
+			if err := e.d.SetEndpoint(DecapEndpoint{Addr: m, SourcesOnly: on}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, m := range gueMirrors {
+			if err := e.d.SetEndpoint(DecapEndpoint{Addr: m.Addr, GUEPort: m.GUEPort, SourcesOnly: on}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	udp := layers.IPProtocolUDP
+	pkts := map[string]pkt{
+		"ipip":       {src: clientEU, dst: vipWeb.Addr, sport: 1, dport: 80},
+		"ip6ip6":     {src: client6EU, dst: vipWeb6.Addr, sport: 1, dport: 443},
+		"gue v4":     {src: clientEU, dst: vipGU.Addr, sport: 1, dport: 53, proto: udp},
+		"gue v6":     {src: client6EU, dst: vipGU6.Addr, sport: 1, dport: 53, proto: udp},
+		"gue v4 in6": {src: clientAS, dst: vipG.Addr, sport: 1, dport: 80},
+	}
+	frames := map[string][]byte{}
+	outer6 := map[string]bool{}
+	for name, p := range pkts {
+		_, frames[name] = e.encap(t, p)
+		outer6[name] = binary.BigEndian.Uint16(frames[name][12:]) == 0x86dd
+	}
+	if src := netip.AddrFrom4([4]byte(frames["ipip"][14+12 : 14+16])); src != edgeV4 {
+		t.Fatalf("the router's outer IPv4 source is %s, the test expects %s", src, edgeV4)
+	}
+	pfx := func(ss ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name       string
+		marked     bool
+		sources    []netip.Prefix
+		allow4     bool // outer IPv4 packets decapsulated
+		allow6     bool
+		wantListed []netip.Prefix // what Sources reads back (nil: sources)
+	}{
+		{"marked, no source listed", true, nil, false, false, nil},
+		{"the edges' networks", true, pfx("10.99.0.0/16", "fd99::/64"), true, true, nil},
+		{"the IPv4 edge only", true, pfx("10.99.0.1/32"), true, false, nil},
+		{"the IPv6 edge only", true, pfx("fd99::1/128"), false, true, nil},
+		{"host bits are masked", true, pfx("10.99.7.7/16"), true, false, pfx("10.99.0.0/16")},
+		{"other networks", true, pfx("10.98.0.0/16", "10.99.0.2/32", "fd98::/16", "fd99::2/128"), false, false, nil},
+		{"::/0 holds IPv4 too", true, pfx("::/0"), true, true, nil},
+		{"unmarked endpoints take any source", false, pfx("10.98.0.0/16"), true, true, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mark(tc.marked)
+			if err := e.d.SetSources(tc.sources); err != nil {
+				t.Fatal(err)
+			}
+			got, err := e.d.Sources()
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := tc.wantListed
+			if want == nil {
+				want = tc.sources
+			}
+			cmp := func(a, b netip.Prefix) int {
+				if c := a.Addr().Compare(b.Addr()); c != 0 {
+					return c
+				}
+				return a.Bits() - b.Bits()
+			}
+			slices.SortFunc(got, cmp)
+			want = slices.SortedFunc(slices.Values(want), cmp)
+			if !slices.Equal(got, want) {
+				t.Fatalf("pm_decap_sources holds %v, want %v", got, want)
+			}
+			eps, err := e.d.Endpoints()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ep := range eps {
+				if ep.SourcesOnly != tc.marked {
+					t.Fatalf("endpoint %s reads back SourcesOnly=%v", ep.Addr, ep.SourcesOnly)
+				}
+			}
+			for name, frame := range frames {
+				allow := tc.allow4
+				if outer6[name] {
+					allow = tc.allow6
+				}
+				in := slices.Clone(frame)
+				v, out, d := e.decap(t, slices.Clone(frame))
+				switch {
+				case allow && (v != xdpPass || d["decap_v4"]+d["decap_v6"] != 1 || d["drop_source"] != 0):
+					t.Errorf("%s: verdict %s reasons %v, want it decapsulated", name, verdictNames[v], d)
+				case !allow && (v != xdpDrop || d["drop_source"] != 1 || len(d) != 1):
+					t.Errorf("%s: verdict %s reasons %v, want drop_source", name, verdictNames[v], d)
+				case !allow && !bytes.Equal(out, in):
+					t.Errorf("%s: dropped frame modified", name)
+				}
+			}
+			// Other UDP to a GUE endpoint is not a tunnel packet: it
+			// passes to the stack whatever its source.
+			other := slices.Clone(frames["gue v4"])
+			binary.BigEndian.PutUint16(other[14+20+2:], 9)
+			if v, _, d := e.decap(t, other); v != xdpPass || d["pass_udp_not_gue"] != 1 {
+				t.Errorf("UDP to another port: verdict %s reasons %v, want pass_udp_not_gue", verdictNames[v], d)
+			}
+		})
+	}
+	if err := e.d.SetSources(pfx("10.99.0.0/16")); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.d.SetSources([]netip.Prefix{{}}); err == nil {
+		t.Fatal("an invalid prefix was accepted")
+	}
+	big := make([]netip.Prefix, MaxDecapSources+1)
+	for i := range big {
+		big[i] = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)
+	}
+	if err := e.d.SetSources(big); err == nil {
+		t.Fatalf("%d sources accepted", len(big))
+	}
+	if got, _ := e.d.Sources(); len(got) != 1 {
+		t.Fatalf("refused lists changed the map: %v", got)
+	}
+}

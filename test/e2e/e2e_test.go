@@ -121,6 +121,17 @@ func start(t *testing.T, arms int, res agent.Resource, mutate func(*agent.Desire
 // startWith is start with a hook on every agent's config (lab.SetConfigHook).
 func startWith(t *testing.T, arms int, res agent.Resource, mutate func(*agent.DesiredState), hook func(*testbed.Host, *agent.Config) error) *env {
 	t.Helper()
+	var mk func(*testbed.Testbed) func(*testbed.Host, *agent.Config) error
+	if hook != nil {
+		mk = func(*testbed.Testbed) func(*testbed.Host, *agent.Config) error { return hook }
+	}
+	return startWithTB(t, arms, res, mutate, mk)
+}
+
+// startWithTB is startWith for a hook that needs the testbed (another
+// host's addresses): mk makes it once the testbed is up.
+func startWithTB(t *testing.T, arms int, res agent.Resource, mutate func(*agent.DesiredState), mk func(*testbed.Testbed) func(*testbed.Host, *agent.Config) error) *env {
+	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root: network namespaces, XDP, bpffs")
 	}
@@ -139,8 +150,8 @@ func startWith(t *testing.T, arms int, res agent.Resource, mutate func(*agent.De
 		mutate(&state)
 	}
 	l := lab.New(tb, agentBin, t.TempDir(), state, nil)
-	if hook != nil {
-		l.SetConfigHook(hook)
+	if mk != nil {
+		l.SetConfigHook(mk(tb))
 	}
 	t.Cleanup(func() {
 		if err := l.Close(); err != nil {

@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strconv"
 	"testing"
+	"time"
 
 	"github.com/premirror/premirror/internal/agent"
 	"github.com/premirror/premirror/internal/testbed"
@@ -79,4 +80,60 @@ func decapCount(t *testing.T, e *env, host, reason string) uint64 {
 	}
 	t.Fatalf("%s metrics lack edge_decap_packets_total{reason=%q}", host, reason)
 	return 0
+}
+
+// TestDecapSources: a mirror host with decap_sources decapsulates only
+// tunnel packets from the listed outer sources. m-eu lists the edge's
+// outer addresses and serves; m-us lists another network, so the edge's
+// packets to it are dropped and counted (drop_source) and its clients get
+// no answer; m-core lists the edge's IPv6 network and serves over IPv6
+// outer headers once routes move there.
+func TestDecapSources(t *testing.T) {
+	e := startWithTB(t, 1, webResource(map[string]map[string]uint32{
+		"eu": {"m-eu": 1},
+		"us": {"m-us": 1},
+	}, nil), nil, func(tb *testbed.Testbed) func(*testbed.Host, *agent.Config) error {
+		// A one-armed edge's tunnel packets leave from its only
+		// interface (a two-armed one's from eth1, the lab's
+		// outer_source_v4/v6).
+		arm := tb.Host("edge1").Ifaces[0]
+		return func(h *testbed.Host, c *agent.Config) error {
+			switch h.Name {
+			case "m-eu":
+				c.DecapSources = []string{arm.V4.String(), arm.V6.String()}
+			case "m-us":
+				c.DecapSources = []string{"192.0.2.0/24", "2001:db8::/32"}
+			case "m-core":
+				c.DecapSources = []string{netip.PrefixFrom(arm.V6, 64).Masked().String()}
+			}
+			return nil
+		}
+	})
+	for _, network := range []string{"tcp", "udp"} {
+		for _, vip := range []netip.Addr{vip4, vip6} {
+			if got := e.ask(e.tb.Clients("eu")[0].Name, network, vip); got != "m-eu" {
+				t.Errorf("eu %s %s served by %s, want m-eu", network, vip, got)
+			}
+			if got := e.askQuick(e.tb.Clients("us")[0].Name, network, vip, time.Second); got != "" {
+				t.Errorf("us %s %s served by %s through a mirror that does not list the edge", network, vip, got)
+			}
+		}
+	}
+	if n := decapCount(t, e, "m-us", "drop_source"); n == 0 {
+		t.Error("m-us counted no drop_source")
+	}
+	if n := decapCount(t, e, "m-us", "decap_v4") + decapCount(t, e, "m-us", "decap_v6"); n != 0 {
+		t.Errorf("m-us decapsulated %d packets from an unlisted source", n)
+	}
+	if n := decapCount(t, e, "m-eu", "drop_source"); n != 0 {
+		t.Errorf("m-eu dropped %d packets of its listed edge", n)
+	}
+	e.setState(routes(map[string]map[string]uint32{"eu": {"m-eu": 1}, "us": {"m-core": 1}}))
+	for _, network := range []string{"tcp", "udp"} {
+		for _, vip := range []netip.Addr{vip4, vip6} {
+			if got := e.ask(e.tb.Clients("us")[0].Name, network, vip); got != "m-core" {
+				t.Errorf("us %s %s served by %s, want m-core", network, vip, got)
+			}
+		}
+	}
 }
