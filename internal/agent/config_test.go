@@ -196,6 +196,7 @@ func FuzzParseConfig(f *testing.F) {
 	b, _ := os.ReadFile("testdata/edge.yaml")
 	f.Add(b)
 	f.Add([]byte("role: edge\ninterfaces: [x]\n"))
+	f.Add([]byte("role: mirror\ninterfaces: [x]\ndecap_sources: [10.0.0.1, \"fd00::/8\"]\n"))
 	f.Fuzz(func(t *testing.T, in []byte) {
 		c, err := ParseConfig(in)
 		if err != nil {
@@ -208,9 +209,6 @@ func FuzzParseConfig(f *testing.F) {
 	})
 }
 
-// Decap addresses are unmapped as mirror addresses are: a tunnel packet
-// for ::ffff:192.0.2.1 arrives as IPv4 (before, the IPv6 form was keyed
-// and IPv4 tunnel packets to the address were not decapsulated).
 // TestDecapSources: addresses become host prefixes, host bits are
 // masked, IPv4-mapped addresses unmapped, repeats dropped.
 func TestDecapSources(t *testing.T) {
@@ -226,6 +224,9 @@ func TestDecapSources(t *testing.T) {
 	}
 }
 
+// Decap addresses are unmapped as mirror addresses are: a tunnel packet
+// for ::ffff:192.0.2.1 arrives as IPv4 (before, the IPv6 form was keyed
+// and IPv4 tunnel packets to the address were not decapsulated).
 func TestDecapAddressesUnmapped(t *testing.T) {
 	got, err := decapAddresses(&Config{DecapAddresses: []string{"::ffff:192.0.2.1", "2001:db8::1"}})
 	if err != nil || len(got) != 2 || got[0] != mustAddr("192.0.2.1") || got[1] != mustAddr("2001:db8::1") {
