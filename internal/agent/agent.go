@@ -146,6 +146,11 @@ func (a *Agent) Start() error {
 			return err
 		}
 		a.decap = d
+		if n := len(cfg.decapSources()); n > 0 {
+			a.log.Info("decap takes tunnel packets only from decap_sources", "prefixes", n)
+		} else {
+			a.log.Warn("decap takes tunnel packets from any outer source; set decap_sources to the edges' addresses")
+		}
 	}
 	// State first, then attach: a fresh attach never runs on empty maps.
 	// Under a controller the routing state is the controller's: the maps
