@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 
@@ -146,5 +148,18 @@ func TestInspectMirrorHost(t *testing.T) {
 		if !regexp.MustCompile(re).Match(out.Bytes()) {
 			t.Fatalf("missing %q in:\n%s", re, out.String())
 		}
+	}
+
+	// An agent of a build before decap_sources pinned no pm_decap_sources:
+	// inspect still reads the rest.
+	if err := os.Remove(filepath.Join(dir, "pm_decap_sources")); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	if err := inspect(&out, dir, nil, 0); err != nil {
+		t.Fatalf("pins of an older agent: %v", err)
+	}
+	if !strings.Contains(out.String(), "fd77::10") || strings.Contains(out.String(), "DECAP SOURCE") {
+		t.Fatalf("pins of an older agent:\n%s", out.String())
 	}
 }

@@ -50,7 +50,9 @@ func OpenPinnedDecap(dir string) (*Decap, error) {
 	if err != nil {
 		return nil, err
 	}
-	opened, err := openPinnedMaps(spec, dir)
+	// pm_decap_sources came after the others: an agent of an older build
+	// has not pinned it.
+	opened, err := openPinnedMaps(spec, dir, "pm_decap_sources")
 	if err != nil {
 		return nil, err
 	}

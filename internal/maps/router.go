@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -578,13 +579,20 @@ func (r *Router) Mirrors() (map[MirrorID]Mirror, error) {
 }
 
 // openPinnedMaps opens every map of spec pinned under dir, read-only.
-func openPinnedMaps(spec *ebpf.CollectionSpec, dir string) (map[string]*ebpf.Map, error) {
+func openPinnedMaps(spec *ebpf.CollectionSpec, dir string, since ...string) (map[string]*ebpf.Map, error) {
 	opened := map[string]*ebpf.Map{}
 	for name := range spec.Maps {
 		if strings.HasPrefix(name, ".") {
 			continue // .rodata and friends are not pinned
 		}
 		m, err := ebpf.LoadPinnedMap(filepath.Join(dir, name), &ebpf.LoadPinOptions{ReadOnly: true})
+		if errors.Is(err, os.ErrNotExist) && slices.Contains(since, name) {
+			// A map newer than the agent that pinned the others: it
+			// reads as empty, which is what that agent has configured.
+			ms := spec.Maps[name].Copy()
+			ms.Pinning = ebpf.PinNone
+			m, err = ebpf.NewMap(ms)
+		}
 		if err != nil {
 			for _, o := range opened {
 				o.Close()
