@@ -251,6 +251,8 @@ static __always_inline int source_denied(const struct decap_addr_info *ep, struc
 {
 	if (!(ep->flags & DECAP_F_SOURCES))
 		return 0;
+	if (sk->prefixlen)
+		return 1; /* marked by the caller: no edge's address */
 	sk->prefixlen = 128;
 	return bpf_map_lookup_elem(&pm_decap_sources, sk) == NULL;
 }
@@ -396,8 +398,15 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 		outer_len = ntohs_len(oh->payload_len) + IPV6_HLEN;
 		olen = IPV6_HLEN;
 		ok = D_DECAP_V6;
-		if (ep->flags & DECAP_F_SOURCES)
+		if (ep->flags & DECAP_F_SOURCES) {
 			__builtin_memcpy(sk.addr, &oh->saddr, 16);
+			/* An IPv4-mapped IPv6 source never comes from an edge (RFC
+			 * 4291 2.5.5.2: not on the wire) and would match the IPv4
+			 * prefixes: refused. */
+			if (!oh->saddr.in6_u.u6_addr32[0] && !oh->saddr.in6_u.u6_addr32[1] &&
+			    oh->saddr.in6_u.u6_addr32[2] == bpf_htonl(0xffff))
+				sk.prefixlen = 1;
+		}
 	} else {
 		return pass_on(ctx, D_PASS_NOT_TUNNEL);
 	}

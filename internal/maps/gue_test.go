@@ -802,6 +802,15 @@ func TestDecapSources(t *testing.T) {
 					t.Errorf("%s: dropped frame modified", name)
 				}
 			}
+			// An IPv6 outer source that is IPv4-mapped (never on the
+			// wire) does not pass for the listed IPv4 edge.
+			mapped := slices.Clone(frames["ip6ip6"])
+			src := netip.AddrFrom16(edgeV4.As16()).As16() // ::ffff:10.99.0.1
+			copy(mapped[14+8:], src[:])
+			wantMapped := !tc.marked // refused wherever sources are checked, ::/0 too
+			if v, _, d := e.decap(t, mapped); wantMapped != (v == xdpPass) || (!wantMapped && d["drop_source"] != 1) {
+				t.Errorf("IPv4-mapped outer IPv6 source: verdict %s reasons %v, want decapsulated %v", verdictNames[v], d, wantMapped)
+			}
 			// Other UDP to a GUE endpoint is not a tunnel packet: it
 			// passes to the stack whatever its source.
 			other := slices.Clone(frames["gue v4"])
