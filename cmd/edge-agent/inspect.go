@@ -144,12 +144,7 @@ func inspectDecap(w io.Writer, pinDir string) error {
 	if err != nil {
 		return err
 	}
-	slices.SortFunc(srcs, func(a, b netip.Prefix) int {
-		if c := a.Addr().Compare(b.Addr()); c != 0 {
-			return c
-		}
-		return a.Bits() - b.Bits()
-	})
+	slices.SortFunc(srcs, netip.Prefix.Compare)
 	fmt.Fprintln(w, "\nDECAP ENDPOINT\tACCEPTS\tFROM")
 	for _, e := range eps {
 		acc := "ipip / ip6ip6"

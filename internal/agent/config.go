@@ -587,30 +587,18 @@ func ParseVIP(s string) (maps.VIP, error) {
 	return maps.VIP{Addr: a, Port: ap.Port(), Proto: p}, nil
 }
 
-// parseUnicast parses an address packets are sent to or from (see
-// unicast).
-// parseSource reads a decap source: a prefix (host bits masked) or one
-// address (a /32 or /128).
+// parseSource reads a decap source: a prefix (no host bits, IPv4 written
+// as IPv4: the trie keys IPv4 as IPv4-mapped, so ::ffff:10.0.0.0/104
+// would be 10.0.0.0/8) or one unicast address (a /32 or /128).
 func parseSource(s string) (netip.Prefix, error) {
-	if strings.Contains(s, "/") {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return p, err
-		}
-		if p.Addr().Is4In6() {
-			return p, fmt.Errorf("%s: write an IPv4 prefix as IPv4", s)
-		}
-		return p.Masked(), nil
+	if !strings.Contains(s, "/") {
+		a, err := parseUnicast(s)
+		return netip.PrefixFrom(a, a.BitLen()), err
 	}
-	a, err := netip.ParseAddr(s)
-	if err != nil {
-		return netip.Prefix{}, err
+	if p, err := netip.ParsePrefix(s); err == nil && p.Addr().Is4In6() {
+		return p, fmt.Errorf("%s: write an IPv4 prefix as IPv4", s)
 	}
-	if a.Zone() != "" {
-		return netip.Prefix{}, fmt.Errorf("%s: an address with a zone is not an outer source", s)
-	}
-	a = a.Unmap()
-	return netip.PrefixFrom(a, a.BitLen()), nil
+	return clientPrefix(s)
 }
 
 // decapSources are DecapSources parsed, without repeats; nil when empty
@@ -625,6 +613,8 @@ func (c *Config) decapSources() []netip.Prefix {
 	return out
 }
 
+// parseUnicast parses an address packets are sent to or from (see
+// unicast).
 func parseUnicast(s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(s)
 	if err != nil {

@@ -153,6 +153,8 @@ func TestParseConfigErrors(t *testing.T) {
 		{"decap source prefix too long", "role: edge", "role: mirror\ndecap_sources: [10.0.0.0/33]", `decap_sources[0]: netip.ParsePrefix("10.0.0.0/33"): prefix length out of range`},
 		{"IPv4-mapped decap source prefix", "role: edge", "role: mirror\ndecap_sources: [\"::ffff:10.0.0.0/104\"]", "decap_sources[0]: ::ffff:10.0.0.0/104: write an IPv4 prefix as IPv4"},
 		{"decap source with a zone", "role: edge", "role: mirror\ndecap_sources: [\"fe80::1%eth0\"]", "decap_sources[0]: fe80::1%eth0: an address with a zone"},
+		{"multicast decap source", "role: edge", "role: mirror\ndecap_sources: [10.0.0.1, 239.1.1.1]", "decap_sources[1]: 239.1.1.1: not a unicast address"},
+		{"decap source prefix with host bits", "role: edge", "role: mirror\ndecap_sources: [10.99.7.7/16]", "decap_sources[0]: 10.99.7.7/16 has host bits set (did you mean 10.99.0.0/16?)"},
 		{"decap sources on an edge", "node: edge-test", "node: edge-test\ndecap_sources: [10.0.0.1]", "decap_sources: only for role mirror or both"},
 		{"IPv4-mapped outer source v6", "metrics_addr:", "outer_source_v6: \"::ffff:192.0.2.7\"\nmetrics_addr:", "outer_source_v6: ::ffff:192.0.2.7 is the wrong family"},
 		{"multicast outer source", "metrics_addr:", "outer_source_v4: 239.1.1.1\nmetrics_addr:", "outer_source_v4: 239.1.1.1: not a unicast address"},
@@ -209,10 +211,10 @@ func FuzzParseConfig(f *testing.F) {
 	})
 }
 
-// TestDecapSources: addresses become host prefixes, host bits are
-// masked, IPv4-mapped addresses unmapped, repeats dropped.
+// TestDecapSources: addresses become host prefixes, IPv4-mapped
+// addresses unmapped, repeats dropped.
 func TestDecapSources(t *testing.T) {
-	c := &Config{DecapSources: []string{"10.99.0.1", "10.99.7.7/16", "::ffff:10.99.0.1", "fd99::1", "fd99::/64", "10.99.0.0/16"}}
+	c := &Config{DecapSources: []string{"10.99.0.1", "10.99.0.0/16", "::ffff:10.99.0.1", "fd99::1", "fd99::/64", "10.99.0.0/16"}}
 	got := c.decapSources()
 	want := []netip.Prefix{netip.MustParsePrefix("10.99.0.1/32"), netip.MustParsePrefix("10.99.0.0/16"),
 		netip.MustParsePrefix("fd99::1/128"), netip.MustParsePrefix("fd99::/64")}

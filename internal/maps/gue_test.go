@@ -766,14 +766,8 @@ func TestDecapSources(t *testing.T) {
 			if want == nil {
 				want = tc.sources
 			}
-			cmp := func(a, b netip.Prefix) int {
-				if c := a.Addr().Compare(b.Addr()); c != 0 {
-					return c
-				}
-				return a.Bits() - b.Bits()
-			}
-			slices.SortFunc(got, cmp)
-			want = slices.SortedFunc(slices.Values(want), cmp)
+			slices.SortFunc(got, netip.Prefix.Compare)
+			want = slices.SortedFunc(slices.Values(want), netip.Prefix.Compare)
 			if !slices.Equal(got, want) {
 				t.Fatalf("pm_decap_sources holds %v, want %v", got, want)
 			}
