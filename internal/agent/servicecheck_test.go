@@ -21,6 +21,7 @@ import (
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/maps"
+	"github.com/premirror/premirror/internal/testnet"
 )
 
 // TestServiceCheckHysteresis: a resource is unserved after fall failed
@@ -84,14 +85,17 @@ func TestServiceCheckHysteresis(t *testing.T) {
 // a listener returns; run stops with its context.
 func TestServiceCheckRealListeners(t *testing.T) {
 	defer goleak.VerifyNone(t)
-	l4, err := net.Listen("tcp4", "127.0.0.1:0")
+	// Ports below the ephemeral range: a closed one stays free (no
+	// connection, not even the checker's own by simultaneous open, takes
+	// it), so "refused" is certain and the listener can come back.
+	l4, err := testnet.Listen("tcp4", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l4.Close()
 	v4 := netip.MustParseAddrPort(l4.Addr().String())
 	var v6 netip.AddrPort
-	if l6, err := net.Listen("tcp6", "[::1]:0"); err == nil {
+	if l6, err := testnet.Listen("tcp6", "::1"); err == nil {
 		v6 = netip.MustParseAddrPort(l6.Addr().String())
 		l6.Close() // nobody listens there now: refused
 	}
@@ -128,7 +132,7 @@ func TestServiceCheckRealListeners(t *testing.T) {
 	}
 	l4b, err := net.Listen("tcp4", v4.String())
 	if err != nil {
-		t.Skipf("port %d taken meanwhile: %v", v4.Port(), err)
+		t.Fatalf("port %d taken meanwhile: %v", v4.Port(), err)
 	}
 	defer l4b.Close()
 	for range 2 {
@@ -479,7 +483,7 @@ func TestServiceCheckHTTP(t *testing.T) {
 	(<-held).Close()
 
 	// IPv6: the URL brackets the address.
-	if l6, err := net.Listen("tcp6", "[::1]:0"); err == nil {
+	if l6, err := testnet.Listen("tcp6", "::1"); err == nil {
 		srv6 := httptest.NewUnstartedServer(h)
 		srv6.Listener.Close()
 		srv6.Listener = l6

@@ -25,6 +25,7 @@ import (
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/control"
 	"github.com/premirror/premirror/internal/pki"
+	"github.com/premirror/premirror/internal/testnet"
 )
 
 // One embedded etcd serves every test of the binary (starting one takes
@@ -144,7 +145,8 @@ func startReplica(t testing.TB, name, prefix string, tweak func(*Config)) *repli
 	if err != nil {
 		t.Fatal(err)
 	}
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	// Below the ephemeral range: startReplicaAt may reopen the address.
+	lis, err := testnet.Listen("tcp", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/premirror/premirror/internal/pki"
+	"github.com/premirror/premirror/internal/testnet"
 )
 
 // testCA issues certificates for test nodes; one per test binary.
@@ -70,7 +71,9 @@ func newCluster(t *testing.T, names ...string) *cluster {
 	c := &cluster{t: t, dir: dir, tls: certs(t, dir, names...), addrs: map[string]string{},
 		lns: map[string]net.Listener{}, nodes: map[string]*Node{}, stops: map[string]func(){}}
 	for _, n := range names {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		// Below the ephemeral range: a stopped node's port must still be
+		// free when start brings it back.
+		ln, err := testnet.Listen("tcp", "127.0.0.1")
 		if err != nil {
 			t.Fatal(err)
 		}
