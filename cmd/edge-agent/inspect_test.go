@@ -127,7 +127,7 @@ func TestInspectMirrorHost(t *testing.T) {
 	if err := d.SetEndpoint(maps.DecapEndpoint{Addr: netip.MustParseAddr("fd77::10"), GUEPort: 6080, SourcesOnly: true}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.SetSources([]netip.Prefix{netip.MustParsePrefix("fd77::/64"), netip.MustParsePrefix("10.77.0.1/32")}); err != nil {
+	if _, _, err := d.SetSources([]netip.Prefix{netip.MustParsePrefix("fd77::/64"), netip.MustParsePrefix("10.77.0.1/32")}); err != nil {
 		t.Fatal(err)
 	}
 	// One packet that is not a tunnel, so the reasons have a count.

@@ -369,9 +369,18 @@ func (a *Agent) applyDecap(cfg *Config, ports map[netip.Addr]uint16, probePort u
 	// checks lifted before the list is emptied: a listed edge is never
 	// refused in between.
 	srcs := cfg.decapSources()
-	if len(srcs) > 0 {
-		if err := a.decap.SetSources(srcs); err != nil {
+	setSources := func() error {
+		w, d, err := a.decap.SetSources(srcs)
+		total.Written += w
+		total.Deleted += d
+		if err != nil {
 			return fmt.Errorf("decap sources: %w", err)
+		}
+		return nil
+	}
+	if len(srcs) > 0 {
+		if err := setSources(); err != nil {
+			return err
 		}
 	}
 	ch, err := ReconcileDecap(a.decap, ports, len(srcs) > 0)
@@ -379,8 +388,8 @@ func (a *Agent) applyDecap(cfg *Config, ports map[netip.Addr]uint16, probePort u
 		return fmt.Errorf("reconcile decap maps: %w", err)
 	}
 	if len(srcs) == 0 {
-		if err := a.decap.SetSources(nil); err != nil {
-			return fmt.Errorf("decap sources: %w", err)
+		if err := setSources(); err != nil {
+			return err
 		}
 	}
 	// The decap program answers the edges' probes itself, so they see

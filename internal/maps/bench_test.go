@@ -257,7 +257,7 @@ func BenchmarkDecap(b *testing.B) {
 			netip.PrefixFrom(netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, 0, byte(i)}), 48))
 	}
 	srcs = append(srcs, netip.PrefixFrom(edgeV4, 32))
-	if err := d.SetSources(srcs); err != nil {
+	if _, _, err := d.SetSources(srcs); err != nil {
 		b.Fatal(err)
 	}
 	sourcesOnly := func(on bool) {

@@ -159,43 +159,51 @@ func keyPrefix(k decapDecapSrcKey) netip.Prefix {
 
 // SetSources makes pm_decap_sources hold exactly the prefixes of want:
 // the outer sources that endpoints with SourcesOnly take tunnel packets
-// from. Prefixes are written before stale ones are deleted, so a source
-// in both the old and the new list is never refused in between.
-func (d *Decap) SetSources(want []netip.Prefix) error {
+// from. Only differences are written (the agent applies every desired
+// state), and missing prefixes before stale ones are deleted, so a source
+// in both the old and the new list is never refused in between. It
+// returns how many prefixes it wrote and deleted.
+func (d *Decap) SetSources(want []netip.Prefix) (written, deleted int, err error) {
 	keep := map[decapDecapSrcKey]bool{}
 	for _, p := range want {
 		if !p.IsValid() {
-			return fmt.Errorf("decap source %v: not a prefix", p)
+			return 0, 0, fmt.Errorf("decap source %v: not a prefix", p)
 		}
 		keep[srcKey(p)] = true
 	}
 	if len(keep) > MaxDecapSources {
-		return fmt.Errorf("%d decap sources: pm_decap_sources holds %d", len(keep), MaxDecapSources)
+		return 0, 0, fmt.Errorf("%d decap sources: pm_decap_sources holds %d", len(keep), MaxDecapSources)
 	}
-	one := uint8(1)
-	for k := range keep {
-		if err := d.objs.PmDecapSources.Put(&k, &one); err != nil {
-			return fmt.Errorf("write pm_decap_sources %s: %w", keyPrefix(k), err)
-		}
-	}
-	var stale []decapDecapSrcKey
+	have := map[decapDecapSrcKey]bool{}
 	var k decapDecapSrcKey
 	var v uint8
 	it := d.objs.PmDecapSources.Iterate()
 	for it.Next(&k, &v) {
-		if !keep[k] {
-			stale = append(stale, k)
-		}
+		have[k] = true
 	}
 	if err := it.Err(); err != nil {
-		return fmt.Errorf("iterate pm_decap_sources: %w", err)
+		return 0, 0, fmt.Errorf("iterate pm_decap_sources: %w", err)
 	}
-	for _, k := range stale {
-		if err := d.objs.PmDecapSources.Delete(&k); err != nil && !isNotExist(err) {
-			return fmt.Errorf("delete pm_decap_sources %s: %w", keyPrefix(k), err)
+	one := uint8(1)
+	for k := range keep {
+		if have[k] {
+			continue
 		}
+		if err := d.objs.PmDecapSources.Put(&k, &one); err != nil {
+			return written, deleted, fmt.Errorf("write pm_decap_sources %s: %w", keyPrefix(k), err)
+		}
+		written++
 	}
-	return nil
+	for k := range have {
+		if keep[k] {
+			continue
+		}
+		if err := d.objs.PmDecapSources.Delete(&k); err != nil && !isNotExist(err) {
+			return written, deleted, fmt.Errorf("delete pm_decap_sources %s: %w", keyPrefix(k), err)
+		}
+		deleted++
+	}
+	return written, deleted, nil
 }
 
 // Sources lists the prefixes of pm_decap_sources.

@@ -755,7 +755,7 @@ func TestDecapSources(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mark(tc.marked)
-			if err := e.d.SetSources(tc.sources); err != nil {
+			if _, _, err := e.d.SetSources(tc.sources); err != nil {
 				t.Fatal(err)
 			}
 			got, err := e.d.Sources()
@@ -814,17 +814,24 @@ func TestDecapSources(t *testing.T) {
 			}
 		})
 	}
-	if err := e.d.SetSources(pfx("10.99.0.0/16")); err != nil {
-		t.Fatal(err)
+	// Only differences are written: the last case listed 10.98.0.0/16.
+	for i, want := range [][2]int{{1, 1}, {0, 0}} {
+		w, d, err := e.d.SetSources(pfx("10.99.0.0/16"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if w != want[0] || d != want[1] {
+			t.Fatalf("SetSources %d: wrote %d, deleted %d; want %d, %d", i, w, d, want[0], want[1])
+		}
 	}
-	if err := e.d.SetSources([]netip.Prefix{{}}); err == nil {
+	if _, _, err := e.d.SetSources([]netip.Prefix{{}}); err == nil {
 		t.Fatal("an invalid prefix was accepted")
 	}
 	big := make([]netip.Prefix, MaxDecapSources+1)
 	for i := range big {
 		big[i] = netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 8), byte(i), 0}), 24)
 	}
-	if err := e.d.SetSources(big); err == nil {
+	if _, _, err := e.d.SetSources(big); err == nil {
 		t.Fatalf("%d sources accepted", len(big))
 	}
 	if got, _ := e.d.Sources(); len(got) != 1 {
