@@ -146,8 +146,10 @@
 //     until two seasons are known and its bucket of the day comes: on
 //     smooth hourly series a fitted ETS is the best one-step rule there
 //     is, and on M4's 414 hourly series the hybrid was worse than the best
-//     baseline at one step on 157 of them, 92 with this expert), and
-//     the hybrid re-anchored
+//     baseline at one step on 157 of them, 92 with this expert; between
+//     fits, over a window of two weeks or more, its states are those of
+//     the fitted filter re-run over the window, as the ETS baseline's at
+//     every origin: 78), and the hybrid re-anchored
 //     by its last one-step error when that error was a surprise (beyond 4
 //     robust scales: a spike or a level shift; this expert bets on the
 //     shift, and its weight learns from the series which bet pays); and,

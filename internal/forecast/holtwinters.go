@@ -3,6 +3,7 @@ package forecast
 import (
 	"math"
 	"slices"
+	"time"
 )
 
 // holtWinters is an online additive Holt-Winters forecaster (exponential
@@ -193,6 +194,19 @@ func (w *holtWinters) refit(idx int64, y []float64) {
 	}
 	w.par = best
 	w.alpha, w.beta, w.gamma, w.phi = etsParams(best)
+	w.rerun(idx, y, st)
+}
+
+// hwRerunWindow is the shortest window over which the fitted filter is
+// re-run between fits (Hybrid.refitHW).
+const hwRerunWindow = 14 * 24 * time.Hour
+
+// rerun runs the filter with the current parameters over y, the values of
+// the buckets up to idx (oldest first; at least two seasons), from the
+// decomposition of its first cycles, and takes its states at idx. st is
+// working memory of 2+m values.
+func (w *holtWinters) rerun(idx int64, y, st []float64) {
+	m := w.m
 	etsRun(y, m, w.alpha, w.beta, w.gamma, w.phi, st)
 	// etsRun's season slot r holds the bucket r after y's first, so
 	// bucket i's slot here is i mod m.

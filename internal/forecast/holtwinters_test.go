@@ -291,3 +291,49 @@ func BenchmarkHoltWintersRefit(b *testing.B) {
 		w.refit(int64(len(y)-1), y)
 	}
 }
+
+// TestFittedExpertRerun: between weekly fits the fitted expert's states
+// are those of its filter re-run over the window, as the ETS baseline's
+// at every origin, when the window holds two weeks or more; over a
+// shorter window they follow the online update.
+func TestFittedExpertRerun(t *testing.T) {
+	for _, tc := range []struct {
+		days  int
+		rerun bool
+	}{{28, true}, {14, true}, {7, false}} {
+		W := 24 * tc.days
+		m, err := NewHybrid(HybridConfig{Step: time.Hour, Window: W, Horizon: 12, Seed: 3}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		y := etsProcess(W+24*9, 24, 0.6, 0.02, 0.1, 0.9, rand.New(rand.NewPCG(7, 7)))
+		checked := 0
+		for i, v := range y {
+			if err := m.Observe(t0.Add(time.Duration(i)*time.Hour), v); err != nil {
+				t.Fatal(err)
+			}
+			w := m.hwf
+			at := int64(i) + 3
+			if w.par == nil || i < W || at%168 == 0 {
+				continue // not fitted yet, window not full, or a fit bucket
+			}
+			win := make([]float64, W)
+			for k := range win {
+				win[k] = m.clean(int64(i - W + 1 + k))
+			}
+			st := make([]float64, 2+24)
+			etsRun(win, 24, w.alpha, w.beta, w.gamma, w.phi, st)
+			same := w.l == st[0] && w.b == st[1]
+			for r := 0; r < 24; r++ {
+				same = same && w.s[(i-W+1+r)%24] == st[2+r]
+			}
+			if same != tc.rerun {
+				t.Fatalf("%d-day window, bucket %d: states equal to the re-run filter's: %v, want %v (level %v vs %v)", tc.days, i, same, tc.rerun, w.l, st[0])
+			}
+			checked++
+		}
+		if checked < 24*7 {
+			t.Fatalf("%d-day window: %d buckets checked", tc.days, checked)
+		}
+	}
+}
