@@ -149,7 +149,8 @@
 //     baseline at one step on 157 of them, 92 with this expert; between
 //     fits, over a window of two weeks or more, its states are those of
 //     the fitted filter re-run over the window, as the ETS baseline's at
-//     every origin: 78), and the hybrid re-anchored
+//     every origin, and its parameters are polished daily: 51), and the
+//     hybrid re-anchored
 //     by its last one-step error when that error was a surprise (beyond 4
 //     robust scales: a spike or a level shift; this expert bets on the
 //     shift, and its weight learns from the series which bet pays); and,

@@ -157,19 +157,7 @@ func (w *holtWinters) refit(idx int64, y []float64) {
 		return
 	}
 	st := make([]float64, 2+m)
-	// The error in units of a power of two near the values' size: the
-	// optimiser's absolute tolerance then means the same in any unit, and
-	// the fit is the same to the bit (TestBacktestScaleFree).
-	big := 0.0
-	for _, v := range y {
-		big = math.Max(big, math.Abs(v))
-	}
-	_, exp := math.Frexp(big)
-	unit := math.Ldexp(1, -2*exp)
-	obj := func(p []float64) float64 {
-		a, b, g, phi := etsParams(p)
-		return etsRun(y, m, a, b, g, phi, st) * unit
-	}
+	obj := w.objective(y, st)
 	best, bestF := []float64(nil), math.Inf(1)
 	try := func(p []float64) {
 		if f := obj(p); f < bestF {
@@ -194,6 +182,44 @@ func (w *holtWinters) refit(idx int64, y []float64) {
 	}
 	w.par = best
 	w.alpha, w.beta, w.gamma, w.phi = etsParams(best)
+	w.rerun(idx, y, st)
+}
+
+// objective is the fit's objective on y: the filter's one-step squared
+// error in units of a power of two near the values' size, so that the
+// optimiser's absolute tolerance means the same in any unit and the fit
+// is the same to the bit (TestBacktestScaleFree). st is working memory of
+// 2+m values.
+func (w *holtWinters) objective(y, st []float64) func([]float64) float64 {
+	big := 0.0
+	for _, v := range y {
+		big = math.Max(big, math.Abs(v))
+	}
+	_, exp := math.Frexp(big)
+	unit := math.Ldexp(1, -2*exp)
+	return func(p []float64) float64 {
+		a, b, g, phi := etsParams(p)
+		return etsRun(y, w.m, a, b, g, phi, st) * unit
+	}
+}
+
+// hwPolishEvals bounds the daily polish of a fitted expert's parameters
+// (a third of the weekly fit's Nelder-Mead budget, without its grid).
+const hwPolishEvals = 20
+
+// polish moves the fitted parameters downhill from where they are, by at
+// most hwPolishEvals evaluations of the objective on y (the values up to
+// idx, oldest first), then re-runs the filter: the weekly fit's local
+// step, cheap enough to take every season, so the parameters follow a
+// series whose dynamics drift within the week. st is working memory of
+// 2+m values.
+func (w *holtWinters) polish(idx int64, y, st []float64) {
+	obj := w.objective(y, st)
+	f0 := obj(w.par)
+	if res := etsMinimize(obj, w.par, hwPolishEvals); res != nil && res.F < f0 {
+		w.par = slices.Clone(res.X)
+		w.alpha, w.beta, w.gamma, w.phi = etsParams(w.par)
+	}
 	w.rerun(idx, y, st)
 }
 

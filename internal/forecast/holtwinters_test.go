@@ -238,11 +238,13 @@ func TestHoltWintersRefitScaleFree(t *testing.T) {
 // TestFittedExpertSchedule: the fitted expert sleeps (NaN) until two
 // seasons are known and its bucket of the day comes, and refits once a
 // week at a bucket that depends on the series' seed, so series made
-// together spread their fits over the day and the week.
+// together spread their fits over the day and the week. (A window of one
+// week: over two weeks or more the daily polish moves the parameters too,
+// TestFittedExpertPolish.)
 func TestFittedExpertSchedule(t *testing.T) {
 	sc := new(hybridScratch)
 	fits := func(seed uint64) []int64 {
-		m, err := NewHybrid(HybridConfig{Step: time.Hour, Window: 24 * 28, Horizon: 12, Seed: seed}, nil)
+		m, err := NewHybrid(HybridConfig{Step: time.Hour, Window: 24 * 7, Horizon: 12, Seed: seed}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -335,5 +337,55 @@ func TestFittedExpertRerun(t *testing.T) {
 		if checked < 24*7 {
 			t.Fatalf("%d-day window: %d buckets checked", tc.days, checked)
 		}
+	}
+}
+
+// TestFittedExpertPolish: over a window of two weeks or more the fitted
+// expert's parameters move only at its bucket of the day (the polish) and
+// of the week (the fit), and a polish never makes the window's objective
+// worse.
+func TestFittedExpertPolish(t *testing.T) {
+	const W, seed = 24 * 14, 3
+	m, err := NewHybrid(HybridConfig{Step: time.Hour, Window: W, Horizon: 12, Seed: seed}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The smoothing changes half-way: the polish has something to follow.
+	y := etsProcess(W+24*14, 24, 0.2, 0.01, 0.05, 0.9, rand.New(rand.NewPCG(8, 8)))
+	y2 := etsProcess(24*14, 24, 0.9, 0.05, 0.2, 0.95, rand.New(rand.NewPCG(9, 9)))
+	for i := range y2 {
+		y[W+i] = y2[i] - y2[0] + y[W-1]
+	}
+	polished := 0
+	for i, v := range y {
+		old := slices.Clone(m.hwf.par)
+		if err := m.Observe(t0.Add(time.Duration(i)*time.Hour), v); err != nil {
+			t.Fatal(err)
+		}
+		at := int64(i) + seed
+		if old == nil || at%168 == 0 {
+			continue // before the first fit, or the weekly fit
+		}
+		if at%24 != 0 {
+			if !slices.Equal(old, m.hwf.par) {
+				t.Fatalf("bucket %d: parameters moved outside the bucket of the day", i)
+			}
+			continue
+		}
+		n := min(i+1, W)
+		win := make([]float64, n)
+		for k := range win {
+			win[k] = m.clean(int64(i - n + 1 + k))
+		}
+		obj := m.hwf.objective(win, make([]float64, 2+24))
+		if fNew, fOld := obj(m.hwf.par), obj(old); fNew > fOld {
+			t.Fatalf("bucket %d: polish raised the objective %v -> %v", i, fOld, fNew)
+		}
+		if !slices.Equal(old, m.hwf.par) {
+			polished++
+		}
+	}
+	if polished < 10 {
+		t.Fatalf("parameters polished at %d buckets of the day, want most of the 25 after the first fit", polished)
 	}
 }

@@ -544,13 +544,15 @@ func (m *Hybrid) observe(t time.Time, y float64, missing bool) error {
 //
 // Between fits, when the window holds at least two weeks, every bucket
 // re-runs the fitted filter over that run (rerun: about 5 µs at four weeks
-// hourly) and takes its states, as the ETS baseline does at every origin;
-// the online update then only carries a restored or short-run model. On
-// M4's hourly series this took the one-step losses to the best baseline
-// from 92 to 78 of 414; on windows shorter than two weeks (the short NAB
-// traces, about 6.5 days) it cost one-step accuracy, as the states the
-// online filter carries from before such a window are worth more than a
-// re-run over a few cycles (BENCHMARKS "round 16").
+// hourly) and takes its states, as the ETS baseline does at every origin,
+// and once a season (a day) the parameters are polished from where they
+// are (polish: a few dozen runs) before it. On M4's hourly series this
+// took the one-step losses to the best baseline from 92 to 51 of 414; on
+// windows shorter than two weeks (the short NAB traces, about 6.5 days)
+// the re-run cost one-step accuracy, as the states the online filter
+// carries from before such a window are worth more than a re-run over a
+// few cycles, so there the online update carries the states between fits
+// (BENCHMARKS "round 16").
 func (m *Hybrid) refitHW(idx int64) {
 	w := m.hwf
 	if !w.ready() {
@@ -580,7 +582,11 @@ func (m *Hybrid) refitHW(idx int64) {
 	}
 	if rerun {
 		m.sc.hwSt = grow(m.sc.hwSt, 2+w.m)
-		w.rerun(idx, y, m.sc.hwSt)
+		if at%int64(w.m) == 0 {
+			w.polish(idx, y, m.sc.hwSt)
+		} else {
+			w.rerun(idx, y, m.sc.hwSt)
+		}
 		return
 	}
 	w.refit(idx, y)
