@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/premirror/premirror/internal/testnet"
 )
 
 func run(t *testing.T, ctx context.Context, args ...string) string {
@@ -34,7 +36,9 @@ func TestReplicateCommands(t *testing.T) {
 	run(t, ctx, "replicate", "dev-certs", "--dir", filepath.Join(dir, "tls"), "--names", "src,dst")
 	src := filepath.Join(dir, "src.img")
 	run(t, ctx, "replicate", "init", "--image", src, "--size", "4MiB")
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// Below the ephemeral range: nothing takes the port before serve
+	// listens there.
+	ln, err := testnet.Listen("tcp", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}

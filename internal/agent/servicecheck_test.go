@@ -180,7 +180,7 @@ func TestMirrorHealthReportsUnservedResources(t *testing.T) {
 	}
 	live := netip.MustParseAddrPort(l.Addr().String())
 	defer l.Close()
-	l2, err := net.Listen("tcp4", "127.0.0.1:0")
+	l2, err := testnet.Listen("tcp4", "127.0.0.1") // closed, it stays refused
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,6 +25,7 @@ import (
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/atomicfile"
 	"github.com/premirror/premirror/internal/pki"
+	"github.com/premirror/premirror/internal/testnet"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -373,7 +374,7 @@ func TestEndpointRotation(t *testing.T) {
 	ce := newCerts(t, "edge-2")
 	srv := &testServer{sessions: make(chan *testSession, 4)}
 	addr := startServer(t, ce, srv)
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	dead, err := testnet.Listen("tcp", "127.0.0.1") // closed, it stays refused
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -294,6 +294,16 @@ func BenchmarkHoltWintersRefit(b *testing.B) {
 	}
 }
 
+// cleanWindow is the last n buckets up to i as the fitted expert reads
+// them (Hybrid.clean), oldest first.
+func cleanWindow(m *Hybrid, i, n int) []float64 {
+	win := make([]float64, n)
+	for k := range win {
+		win[k] = m.clean(int64(i - n + 1 + k))
+	}
+	return win
+}
+
 // TestFittedExpertRerun: between weekly fits the fitted expert's states
 // are those of its filter re-run over the window, as the ETS baseline's
 // at every origin, when the window holds two weeks or more; over a
@@ -319,10 +329,7 @@ func TestFittedExpertRerun(t *testing.T) {
 			if w.par == nil || i < W || at%168 == 0 {
 				continue // not fitted yet, window not full, or a fit bucket
 			}
-			win := make([]float64, W)
-			for k := range win {
-				win[k] = m.clean(int64(i - W + 1 + k))
-			}
+			win := cleanWindow(m, i, W)
 			st := make([]float64, 2+24)
 			etsRun(win, 24, w.alpha, w.beta, w.gamma, w.phi, st)
 			same := w.l == st[0] && w.b == st[1]
@@ -372,12 +379,7 @@ func TestFittedExpertPolish(t *testing.T) {
 			}
 			continue
 		}
-		n := min(i+1, W)
-		win := make([]float64, n)
-		for k := range win {
-			win[k] = m.clean(int64(i - n + 1 + k))
-		}
-		obj := m.hwf.objective(win, make([]float64, 2+24))
+		obj := m.hwf.objective(cleanWindow(m, i, min(i+1, W)), make([]float64, 2+24))
 		if fNew, fOld := obj(m.hwf.par), obj(old); fNew > fOld {
 			t.Fatalf("bucket %d: polish raised the objective %v -> %v", i, fOld, fNew)
 		}

@@ -561,12 +561,9 @@ func (m *Hybrid) refitHW(idx int64) {
 	at := idx + int64(m.cfg.Seed)
 	weekly := at%int64(max(w.m, stepsPer(m.cfg.Step, 7*24*time.Hour))) == 0
 	first := w.par == nil && m.n <= int64(m.W) && at%int64(w.m) == 0
-	rerun := false
-	if !weekly && !first {
-		if w.par == nil || time.Duration(m.W)*m.cfg.Step < hwRerunWindow {
-			return
-		}
-		rerun = true
+	fit := weekly || first
+	if !fit && (w.par == nil || time.Duration(m.W)*m.cfg.Step < hwRerunWindow) {
+		return
 	}
 	run := 0
 	for run < int(min(m.n, int64(m.W))) && m.wts[(idx-int64(run))%int64(m.W)] > 0 {
@@ -580,16 +577,15 @@ func (m *Hybrid) refitHW(idx int64) {
 	for i := range run {
 		y[i] = m.clean(idx - int64(run) + 1 + int64(i))
 	}
-	if rerun {
-		m.sc.hwSt = grow(m.sc.hwSt, 2+w.m)
-		if at%int64(w.m) == 0 {
-			w.polish(idx, y, m.sc.hwSt)
-		} else {
-			w.rerun(idx, y, m.sc.hwSt)
-		}
-		return
+	m.sc.hwSt = grow(m.sc.hwSt, 2+w.m)
+	switch {
+	case fit:
+		w.refit(idx, y)
+	case at%int64(w.m) == 0:
+		w.polish(idx, y, m.sc.hwSt)
+	default:
+		w.rerun(idx, y, m.sc.hwSt)
 	}
-	w.refit(idx, y)
 }
 
 // clean is bucket i's value as the robust fit saw it: the value itself,

@@ -3,7 +3,6 @@ package replicator
 import (
 	"fmt"
 	"math/rand/v2"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -12,6 +11,8 @@ import (
 	"time"
 
 	"github.com/cespare/xxhash/v2"
+
+	"github.com/premirror/premirror/internal/testnet"
 )
 
 // TestCrashSafety kills the sender and the receiver with SIGKILL at random
@@ -37,7 +38,9 @@ func TestCrashSafety(t *testing.T) {
 		t.Fatal(err)
 	}
 	v.Close()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// Below the ephemeral range: the receiver restarts on this address
+	// while the sender redials it, and a redial must not take the port.
+	ln, err := testnet.Listen("tcp", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
 	}
