@@ -41,16 +41,21 @@ func printStatus(st *pb.StatusResponse, _ []string) error {
 		for _, m := range r.GetDraining() {
 			fmt.Fprintf(ctlOut, "draining: mirror %s (set by the operator: established flows stay, no new ones)\n", m)
 		}
+		for _, p := range r.GetRefused() {
+			fmt.Fprintf(ctlOut, "refused: mirror %s for region %s (its host's decap_sources leaves out edge %s)\n",
+				p.GetMirror(), p.GetRegion(), strings.Join(p.GetEdges(), ", "))
+		}
 		for _, u := range r.GetUnserved() {
 			fmt.Fprintf(ctlOut, "unserved: %s on mirror %s (its host's service check fails)\n", u.GetResource(), u.GetMirror())
 		}
 	}
 	tw := tabwriter.NewWriter(ctlOut, 2, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "\nNODE\tSITE\tROLE\tCONNECTED\tCONTROLLER\tSENT\tACKED\tNACKED\tERROR")
+	fmt.Fprintln(tw, "\nNODE\tSITE\tROLE\tCONNECTED\tCONTROLLER\tSENT\tACKED\tNACKED\tOUTER_SOURCES\tERROR")
 	for _, a := range st.GetAgents() {
 		role := strings.ToLower(strings.TrimPrefix(a.GetRole().String(), "NODE_ROLE_"))
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%s\t%d\t%d\t%d\t%s\n", a.GetNode(), ctlDash(a.GetSite()), role, a.GetConnected(),
-			ctlDash(a.GetController()), a.GetSentVersion(), a.GetAckedVersion(), a.GetNackedVersion(), ctlDash(a.GetNackError()))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%s\t%d\t%d\t%d\t%s\t%s\n", a.GetNode(), ctlDash(a.GetSite()), role, a.GetConnected(),
+			ctlDash(a.GetController()), a.GetSentVersion(), a.GetAckedVersion(), a.GetNackedVersion(),
+			ctlDash(strings.Join(a.GetOuterSources(), ",")), ctlDash(a.GetNackError()))
 	}
 	return tw.Flush()
 }

@@ -65,6 +65,11 @@ type Agent struct {
 	version  string // hash of the applied desired state
 	lastErr  error
 	observed *Observed // what the router maps hold after the last reconcile; nil: read them
+	// edgeSources are the registered edges' outer sources of the last
+	// controller version; unlisted those this host's decap_sources
+	// leaves out (checkEdgeSources).
+	edgeSources, unlisted []edgeSource
+	reportedSources       []netip.Prefix // decap_sources as last checked
 
 	router *pmaps.Router
 	decap  *pmaps.Decap
@@ -314,6 +319,7 @@ func (a *Agent) apply(cfg *Config) error {
 	a.hosted = hosted
 	a.mu.Unlock()
 	logHosted(a.log, prev, hosted, compiled)
+	a.checkEdgeSources(cfg)
 	if a.svc != nil {
 		a.svc.setTargets(serviceTargets(compiled, hosted))
 	}

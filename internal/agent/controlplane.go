@@ -263,6 +263,7 @@ func newControlPlane(a *Agent) (*controlPlane, error) {
 		Revocation: tlsSrc,
 	}
 	if a.router != nil {
+		cfg.OuterSources = a.outerSources
 		cfg.AccessCounts = cp.accessCounts
 		cfg.Probes = cp.probeResults
 		cp.baselineCounters()
@@ -270,6 +271,9 @@ func newControlPlane(a *Agent) (*controlPlane, error) {
 	// Every node speaks for the mirrors it serves or that name it as
 	// their host (an edge named as one says it cannot vouch for them).
 	cfg.MirrorHealth = cp.mirrorHealth
+	if a.decap != nil {
+		cfg.DecapSources = a.decapSourcesReported
+	}
 	cl, err := control.New(cfg)
 	if err != nil {
 		return nil, err
@@ -309,6 +313,9 @@ func (cp *controlPlane) apply(version uint64, st *pb.DesiredState) error {
 	next := *a.cfg
 	a.mu.Unlock()
 	next.State = ds
+	a.mu.Lock()
+	a.edgeSources = edgeSourcesFromProto(st.GetEdgeSources(), next.Node)
+	a.mu.Unlock()
 	if next.State.DefaultRegion == "" {
 		next.State.DefaultRegion = next.Controller.Site
 	}

@@ -35,6 +35,7 @@ type metrics struct {
 	mirrorUp   *prometheus.Desc
 	hosted     *prometheus.Desc
 	unserved   *prometheus.Desc
+	unlisted   *prometheus.Desc
 	memory     *prometheus.Desc
 	attached   *prometheus.Desc
 	next       *prometheus.Desc
@@ -76,6 +77,7 @@ func newMetrics(a *Agent) *metrics {
 		mirrorUp:   d("mirror_state", "1 for the state each mirror is in.", "mirror", "state"),
 		hosted:     d("hosted_mirror_health", hostedHelp, "mirror", "health", "reason"),
 		unserved:   d("service_unserved", "1 per resource whose service does not answer on this host (service_check: no VIP of it passed its check, fall rounds in a row); reported to the controller, which routes it to other copies.", "resource"),
+		unlisted:   d("decap_source_unlisted", "1 per outer source of a registered edge (the controller's list) that decap_sources leaves out: this host would drop that edge's tunnel packets (drop_source). None without decap_sources.", "edge", "address"),
 		memory:     d("map_memory_bytes", "Kernel memory of each BPF map.", "map"),
 		attached:   d("xdp_attached", "1 per attached XDP program (iface \"*\" and mode \"root\": in the slot of the root program's array, xdp_root).", "iface", "program", "mode"),
 		next:       d("xdp_next_program_info", "1 per XDP program chained after ours (xdp_chain), by our program, the interface (\"*\": every interface without its own) and its name.", "program", "iface", "next"),
@@ -146,7 +148,7 @@ const hostedHelp = "1 per mirror this host serves (at its decap addresses, or na
 // Describe implements prometheus.Collector.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{m.packets, m.decap, m.newFlows, m.fwdPackets, m.fwdBytes, m.sessions,
-		m.tables, m.routes, m.mirrorUp, m.hosted, m.unserved, m.memory, m.attached, m.next, m.info, m.nhHits, m.nhLookups} {
+		m.tables, m.routes, m.mirrorUp, m.hosted, m.unserved, m.unlisted, m.memory, m.attached, m.next, m.info, m.nhHits, m.nhLookups} {
 		ch <- d
 	}
 	m.scrapeErrors.Describe(ch)
@@ -173,7 +175,11 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 	a.mu.Lock()
 	c, version, hosted := a.compiled, a.version, a.hosted
 	attach := slices.Clone(a.attach)
+	unlisted := a.unlisted
 	a.mu.Unlock()
+	for _, e := range unlisted {
+		ch <- prometheus.MustNewConstMetric(m.unlisted, prometheus.GaugeValue, 1, e.node, e.addr.String())
+	}
 	regionNames, mirrorNames := map[uint32]string{}, map[uint32]string{}
 	if c != nil {
 		for id, h := range hosted {

@@ -72,6 +72,14 @@ type Config struct {
 	NodeStats func() *pb.NodeStats
 	// MirrorHealth returns the health of the mirrors this node hosts.
 	MirrorHealth func() []*pb.MirrorHealth
+	// OuterSources returns the outer sources of the node's tunnel
+	// packets (nil on a node without the router), sent at registration
+	// and in every report.
+	OuterSources func() []string
+	// DecapSources returns the prefixes this node's decap takes tunnel
+	// packets from (nil: any, or no decap program), sent at registration
+	// and in every report.
+	DecapSources func() []string
 
 	// ReportInterval is used until the controller asks for another one.
 	ReportInterval time.Duration
@@ -271,10 +279,17 @@ func (c *Client) session(ctx context.Context, endpoint string) (registered bool,
 		return false, fmt.Errorf("open session on %s: %w", endpoint, err)
 	}
 	s := &sessionIO{stream: stream}
-	err = s.send(&pb.AgentMessage{Msg: &pb.AgentMessage_Register{Register: &pb.Register{
+	register := &pb.Register{
 		Node: c.cfg.Node, Site: c.cfg.Site, Role: c.cfg.Role, Addresses: c.cfg.Addresses,
 		AppliedVersion: c.Version(), AgentVersion: c.cfg.AgentVersion,
-	}}})
+	}
+	if f := c.cfg.OuterSources; f != nil {
+		register.OuterSources = f()
+	}
+	if f := c.cfg.DecapSources; f != nil {
+		register.DecapSources = f()
+	}
+	err = s.send(&pb.AgentMessage{Msg: &pb.AgentMessage_Register{Register: register}})
 	if err != nil {
 		return false, fmt.Errorf("register: %w", err)
 	}
@@ -436,6 +451,12 @@ func (c *Client) sendReport(s *sessionIO) error {
 	}
 	if f := c.cfg.MirrorHealth; f != nil {
 		r.Mirrors = f()
+	}
+	if f := c.cfg.OuterSources; f != nil {
+		r.OuterSources = f()
+	}
+	if f := c.cfg.DecapSources; f != nil {
+		r.DecapSources = f()
 	}
 	c.mu.Lock()
 	if f := c.cfg.AccessCounts; f != nil {

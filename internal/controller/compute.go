@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"maps"
 	"math"
+	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -62,6 +63,9 @@ type world struct {
 	// unserved: the mirror's host reports the resource's service does
 	// not answer there (fresh reports only); that copy is not routed to.
 	unserved map[repKey]bool
+	// refused: the (region, mirror) paths down because the mirror's host
+	// refuses these edges of the region (refusedPaths).
+	refused map[pathKey][]string
 	// routable: the copy is one the routing policy may send traffic to
 	// (in sync within the lag bound, its service answering), by (mirror,
 	// resource); the mirroring manager's keep scores count only these.
@@ -138,7 +142,8 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 	for i, r := range w.regions {
 		regionIdx[r.GetId()] = i
 	}
-	edgeSites := map[uint32]bool{} // regions with a live edge, probing or about to
+	edgeSites := map[uint32]bool{}    // regions with a live edge, probing or about to
+	edgeRegion := map[string]uint32{} // live edge → its site's region
 	inv := newInventory(slices.Values(w.regions))
 	for _, rep := range s.live {
 		if now.Sub(time.Unix(0, rep.GetReceivedUnixNano())) > cfg.ReportMaxAge {
@@ -151,6 +156,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 		}
 		if id, ok := w.regionID[rep.GetSite()]; ok && rep.GetRole() != pb.NodeRole_NODE_ROLE_MIRROR {
 			edgeSites[id] = true
+			edgeRegion[rep.GetNode()] = id
 		}
 		if ns := rep.GetNodeStats(); ns != nil {
 			nodeCPU[rep.GetNode()] = ns.GetCpuUtilization()
@@ -219,13 +225,25 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 	fresh := map[uint32][]route.Path{}
 	probedDown := map[uint32]int{}
 	probed := map[uint32]int{}
+	refused := refusedPaths(s, edgeRegion, mirrorsByNode)
+	w.refused = refused
 	for k, ps := range agg {
 		p, _ := route.MergeEdgePaths(ps)
-		fresh[k.region] = append(fresh[k.region], p)
 		probed[k.mirror]++
 		if !p.Up {
 			probedDown[k.mirror]++
 		}
+		// After the count: a refused path says nothing of the mirror.
+		// It is no candidate at all, not a down one (a region in panic
+		// spreads over its down paths); the region's held paths are
+		// replaced all the same.
+		if len(refused[k]) > 0 {
+			if _, ok := fresh[k.region]; !ok {
+				fresh[k.region] = nil
+			}
+			continue
+		}
+		fresh[k.region] = append(fresh[k.region], p)
 	}
 	for r, ps := range fresh {
 		slices.SortFunc(ps, func(a, b route.Path) int { return cmp.Compare(a.Mirror, b.Mirror) })
@@ -360,6 +378,50 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 	return in, w
 }
 
+// refusedPaths are the (region, mirror) paths whose mirror's host would
+// drop the tunnel packets of one of the region's live edges: an outer
+// source of the edge outside the host's decap_sources (both from their
+// registrations and reports). The probes cannot tell (they are not
+// tunnel packets), and a region's routes are shared by all its edges:
+// such a path is no candidate for the whole region. The value names the
+// refused edges, sorted (s.edges is).
+func refusedPaths(s *snapshot, edgeRegion map[string]uint32, mirrorsByNode map[string][]*pb.Mirror) map[pathKey][]string {
+	out := map[pathKey][]string{}
+	if len(s.filters) == 0 {
+		return out
+	}
+	for _, e := range s.edges {
+		region, ok := edgeRegion[e.GetNode()]
+		if !ok {
+			continue // not live: it probes nothing and gets no version
+		}
+		for host, filter := range s.filters {
+			if host == e.GetNode() || !refuses(filter, e.GetAddresses()) {
+				continue // a node does not tunnel to itself
+			}
+			for _, m := range mirrorsByNode[host] {
+				k := pathKey{region, m.GetId()}
+				out[k] = append(out[k], e.GetNode())
+			}
+		}
+	}
+	return out
+}
+
+// refuses says whether a decap_sources list leaves out one of addrs.
+func refuses(filter []netip.Prefix, addrs []string) bool {
+	for _, s := range addrs {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			continue
+		}
+		if !slices.ContainsFunc(filter, func(p netip.Prefix) bool { return p.Contains(a.Unmap()) }) {
+			return true
+		}
+	}
+	return false
+}
+
 // haversineKm is the great-circle distance between two locations.
 func haversineKm(a, b *pb.Location) float64 {
 	const r = 6371.0
@@ -392,6 +454,20 @@ func buildDesired(w *world, res *route.Result, slots int, now time.Time) (*pb.De
 		}
 		if m.GetState() == pb.MirrorState_MIRROR_STATE_DRAINING {
 			sum.Draining = append(sum.Draining, m.GetName())
+		}
+	}
+	if len(w.refused) > 0 {
+		regionName, mirrorName := map[uint32]string{}, map[uint32]string{}
+		for _, r := range w.regions {
+			regionName[r.GetId()] = r.GetName()
+		}
+		for _, m := range w.mirrors {
+			mirrorName[m.GetId()] = m.GetName()
+		}
+		for _, k := range slices.SortedFunc(maps.Keys(w.refused), func(a, b pathKey) int {
+			return cmp.Or(cmp.Compare(a.region, b.region), cmp.Compare(a.mirror, b.mirror))
+		}) {
+			sum.Refused = append(sum.Refused, &pb.RefusedPath{Region: regionName[k.region], Mirror: mirrorName[k.mirror], Edges: w.refused[k]})
 		}
 	}
 	if len(w.unserved) > 0 {

@@ -3,6 +3,7 @@ package controller
 import (
 	"encoding/json"
 	"maps"
+	"net/netip"
 	"slices"
 	"testing"
 	"time"
@@ -398,5 +399,92 @@ func TestBuildInputKeepsLatestSample(t *testing.T) {
 		if w := st.Weights(7, 1); w[1] != 1024 {
 			t.Fatalf("evaluation %d: eu moved off paris on a remembered spike: %v (%v)", i, w, res.At(0, 0).Why)
 		}
+	}
+}
+
+// TestRefusedPathsRouteAround: a region whose edge has an outer source
+// outside a mirror host's decap_sources does not route to that host's
+// mirrors, whatever the probes say; the other regions keep them, the
+// mirror is not down, and the summary says why.
+func TestRefusedPathsRouteAround(t *testing.T) {
+	up := pb.Health_HEALTH_UP
+	edges := func(u1, u2 []string) []*pb.EdgeSource {
+		return []*pb.EdgeSource{
+			{Node: "e1", Addresses: []string{"10.9.9.9"}},
+			{Node: "gone", Addresses: []string{"203.0.113.1"}}, // has a record, not live
+			{Node: "u1", Addresses: u1},
+			{Node: "u2", Addresses: u2},
+		}
+	}
+	listed := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("2001:db8::/32")}
+	for _, tc := range []struct {
+		name    string
+		edges   []*pb.EdgeSource
+		filters map[string][]netip.Prefix
+		usNyc   bool // us routed to nyc
+		refused []*pb.RefusedPath
+	}{
+		{"no decap_sources", edges([]string{"192.0.2.1"}, []string{"192.0.2.2"}), nil, true, nil},
+		{"every live edge listed", edges([]string{"10.1.0.1", "2001:db8::1"}, []string{"::ffff:10.1.0.2"}), map[string][]netip.Prefix{"nyc-host": listed}, true, nil},
+		{"one us edge unlisted", edges([]string{"10.1.0.1"}, []string{"192.0.2.2"}), map[string][]netip.Prefix{"nyc-host": listed}, false,
+			[]*pb.RefusedPath{{Region: "us", Mirror: "nyc", Edges: []string{"u2"}}}},
+		{"IPv6 source unlisted", edges([]string{"10.1.0.1", "2001:db9::1"}, []string{"192.0.2.2"}), map[string][]netip.Prefix{"nyc-host": listed}, false,
+			[]*pb.RefusedPath{{Region: "us", Mirror: "nyc", Edges: []string{"u1", "u2"}}}},
+		{"every us path refused", edges([]string{"192.0.2.1"}, nil), map[string][]netip.Prefix{"nyc-host": listed, "paris-host": listed}, false,
+			[]*pb.RefusedPath{{Region: "us", Mirror: "paris", Edges: []string{"u1"}}, {Region: "us", Mirror: "nyc", Edges: []string{"u1"}}}},
+		{"another host's list", edges([]string{"192.0.2.1"}, nil), map[string][]netip.Prefix{"paris-host": listed}, true,
+			[]*pb.RefusedPath{{Region: "us", Mirror: "paris", Edges: []string{"u1"}}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := computeWorld()
+			s.mirrors[1].Node = "nyc-host"
+			s.edges, s.filters = tc.edges, tc.filters
+			s.live = []*pb.LiveReport{
+				edgeReport("e1", "eu", t0, pr("paris", 80, up), pr("nyc", 10, up)),
+				edgeReport("u1", "us", t0, pr("paris", 80, up), pr("nyc", 10, up)),
+				edgeReport("u2", "us", t0, pr("paris", 80, up), pr("nyc", 10, up)),
+			}
+			eng, err := route.New(route.Config{Slots: 1024})
+			if err != nil {
+				t.Fatal(err)
+			}
+			held := map[uint32]*heldRegion{}
+			if tc.refused != nil {
+				// Paths held from before the host's list changed go too.
+				held[2] = &heldRegion{seen: t0, paths: []route.Path{{Region: 2, Mirror: 1, RTT: 80 * time.Millisecond, Up: true}, {Region: 2, Mirror: 2, RTT: 10 * time.Millisecond, Up: true}}}
+			}
+			in, w := buildInput(s, t0, testInputCfg, held)
+			for _, r := range tc.refused {
+				mid := map[string]uint32{"paris": 1, "nyc": 2}[r.GetMirror()]
+				if _, ok := pathOf(in, map[string]uint32{"eu": 1, "us": 2}[r.GetRegion()], mid); ok {
+					t.Fatalf("refused path %v is a candidate", r)
+				}
+			}
+			res, _, err := eng.Step(nil, in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ds, sum := buildDesired(w, res, 1024, t0)
+			if got := routeOf(ds, "disk", "us")["nyc"] == 1024; got != tc.usNyc {
+				t.Fatalf("us routes %v, want nyc: %v", routeOf(ds, "disk", "us"), tc.usNyc)
+			}
+			if w := routeOf(ds, "disk", "us"); len(tc.refused) == 2 && w != nil {
+				t.Fatalf("us routes %v with every path refused: want the wildcard", w)
+			}
+			if w := routeOf(ds, "disk", "eu"); w["nyc"] != 1024 {
+				t.Fatalf("eu routes %v: its edge is listed, nyc is its best", w)
+			}
+			if len(sum.GetMirrorsDown()) != 0 || w.dpState[2] != pb.MirrorState_MIRROR_STATE_ACTIVE {
+				t.Fatalf("a refused path marked the mirror down: %v %v", sum.GetMirrorsDown(), w.dpState[2])
+			}
+			if len(sum.GetRefused()) != len(tc.refused) {
+				t.Fatalf("summary refused %v, want %v", sum.GetRefused(), tc.refused)
+			}
+			for i, r := range tc.refused {
+				if g := sum.GetRefused()[i]; g.GetRegion() != r.GetRegion() || g.GetMirror() != r.GetMirror() || !slices.Equal(g.GetEdges(), r.GetEdges()) {
+					t.Fatalf("summary refused %v, want %v", sum.GetRefused(), tc.refused)
+				}
+			}
+		})
 	}
 }

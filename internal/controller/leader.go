@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"time"
 
 	"go.etcd.io/etcd/client/v3/concurrency"
@@ -24,7 +25,8 @@ type leaderState struct {
 	// latTicks counts computations, for observeLatency's every tenth.
 	latTicks int
 	held     map[uint32]*heldRegion
-	downWhy  map[uint32]string // why each active mirror was down at the last tick (logged on change)
+	downWhy  map[uint32]string    // why each active mirror was down at the last tick (logged on change)
+	refused  map[pathKey][]string // the refused paths of the last tick (logged on change)
 	lastSave time.Time
 	saves    chan routeSave // to the route-record writer (latest wins)
 }
@@ -221,6 +223,7 @@ func (c *Controller) compute(ls *leaderState, now time.Time) (*pb.DesiredState, 
 	ls.latTicks++
 	ls.lastNow = now
 	ds, sum := buildDesired(w, res, c.engine.Config().Slots, now)
+	ds.EdgeSources = snap.edges
 	c.logDown(ls, w)
 	return ds, sum, next, nil
 }
@@ -276,6 +279,32 @@ func (c *Controller) logDown(ls *leaderState, w *world) {
 		}
 	}
 	ls.downWhy = w.downWhy
+	names := func(k pathKey) (region, mirror string) {
+		for _, r := range w.regions {
+			if r.GetId() == k.region {
+				region = r.GetName()
+			}
+		}
+		for _, m := range w.mirrors {
+			if m.GetId() == k.mirror {
+				mirror = m.GetName()
+			}
+		}
+		return region, mirror
+	}
+	for k, edges := range w.refused {
+		if !slices.Equal(edges, ls.refused[k]) {
+			r, m := names(k)
+			c.log.Warn("region routed around a mirror whose host's decap_sources leaves out its edges", "region", r, "mirror", m, "edges", edges)
+		}
+	}
+	for k := range ls.refused {
+		if _, ok := w.refused[k]; !ok {
+			r, m := names(k)
+			c.log.Info("region may use the mirror again: its host lists its edges", "region", r, "mirror", m)
+		}
+	}
+	ls.refused = w.refused
 }
 
 func (c *Controller) inputConfig() inputConfig {

@@ -232,18 +232,26 @@ type fakeAgent struct {
 	health []*pb.MirrorHealth
 	access []*pb.AccessCount // deltas for the next report
 	refuse bool
+	outer  []string // outer sources sent at registration and in reports
+	decap  []string // decap_sources, likewise
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
 func startAgent(t testing.TB, node, site string, role pb.NodeRole, endpoints ...string) *fakeAgent {
 	t.Helper()
+	return startAgentWith(t, node, site, role, nil, endpoints...)
+}
+
+// startAgentWith starts an agent that registers with outer sources.
+func startAgentWith(t testing.TB, node, site string, role pb.NodeRole, outer []string, endpoints ...string) *fakeAgent {
+	t.Helper()
 	f := issueFiles(t, shared.ca, t.TempDir(), node, nil)
-	a := &fakeAgent{states: map[uint64]*pb.DesiredState{}, probes: map[string]*pb.ProbeResult{}, done: make(chan struct{})}
+	a := &fakeAgent{states: map[uint64]*pb.DesiredState{}, probes: map[string]*pb.ProbeResult{}, done: make(chan struct{}), outer: outer}
 	c, err := control.New(control.Config{
 		Endpoints: endpoints, TLS: clientTLS(t, f), Node: node, Site: site, Role: role,
 		Apply: a.apply, Probes: a.probeList, MirrorHealth: a.mirrorHealth, AccessCounts: a.accessCounts,
-		MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Logger: quietLogger(),
+		OuterSources: a.outerSources, DecapSources: a.decapSources, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond, Logger: quietLogger(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -269,6 +277,30 @@ func (a *fakeAgent) apply(v uint64, st *pb.DesiredState) error {
 	}
 	a.states[v] = proto.Clone(st).(*pb.DesiredState)
 	return nil
+}
+
+func (a *fakeAgent) outerSources() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.outer
+}
+
+func (a *fakeAgent) decapSources() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.decap
+}
+
+func (a *fakeAgent) setDecapSources(s ...string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.decap = s
+}
+
+func (a *fakeAgent) setOuterSources(s ...string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.outer = s
 }
 
 func (a *fakeAgent) probeList() []*pb.ProbeResult {

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"cmp"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -120,6 +121,7 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 		lim:    rate.NewLimiter(rate.Every(c.cfg.ReportInterval/msgsPerInterval), msgBurst),
 		demand: map[[2]uint32]float64{}, lastReport: now, access: sessionAccess{buckets: map[int64]*bucketFlows{}},
 		status: &pb.AgentStatus{Node: reg.GetNode(), Site: reg.GetSite(), Role: reg.GetRole(), Addresses: reg.GetAddresses(),
+			OuterSources: outerSources(reg.GetOuterSources()), DecapSources: decapSources(reg.GetDecapSources()),
 			Connected: true, Controller: c.cfg.Name, ConnectedUnixNano: now.UnixNano(), LastSeenUnixNano: now.UnixNano(),
 			AckedVersion: reg.GetAppliedVersion()}}
 	if old := c.addSession(a); old != nil {
@@ -193,7 +195,88 @@ func checkRegister(r *pb.Register) error {
 			return fmt.Errorf("register addresses[%d]: %w", i, err)
 		}
 	}
+	if err := checkOuterSources("register", r.GetOuterSources()); err != nil {
+		return err
+	}
+	return checkDecapSources("register", r.GetDecapSources())
+}
+
+// maxDecapSources is what a node's decap holds (maps.MaxDecapSources).
+const maxDecapSources = 1024
+
+// checkDecapSources refuses a decap_sources list the agent's own config
+// check would have.
+func checkDecapSources(msg string, srcs []string) error {
+	if len(srcs) > maxDecapSources {
+		return fmt.Errorf("%s decap_sources: %d prefixes, at most %d", msg, len(srcs), maxDecapSources)
+	}
+	for i, s := range srcs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return fmt.Errorf("%s decap_sources[%d]: %w", msg, i, err)
+		}
+		if p != p.Masked() {
+			return fmt.Errorf("%s decap_sources[%d]: %s has host bits set", msg, i, s)
+		}
+	}
 	return nil
+}
+
+// decapSources is srcs canonical (sorted, without repeats), as the
+// status keeps them; nil when empty. srcs passed checkDecapSources.
+func decapSources(srcs []string) []string {
+	var ps []netip.Prefix
+	for _, s := range srcs {
+		ps = append(ps, netip.MustParsePrefix(s))
+	}
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
+		return cmp.Or(a.Addr().Compare(b.Addr()), cmp.Compare(a.Bits(), b.Bits()))
+	})
+	ps = slices.Compact(ps)
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.String())
+	}
+	return out
+}
+
+// maxOuterSources bounds an agent's outer sources (an edge has one per
+// family; the rest is room for a change of mind, not for a network).
+const maxOuterSources = 8
+
+// checkOuterSources refuses what could not be an edge's outer source:
+// each is one unicast address, so an agent's word names hosts, never a
+// prefix a mirror host could be told to trust.
+func checkOuterSources(msg string, srcs []string) error {
+	if len(srcs) > maxOuterSources {
+		return fmt.Errorf("%s outer_sources: %d addresses, at most %d", msg, len(srcs), maxOuterSources)
+	}
+	for i, s := range srcs {
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return fmt.Errorf("%s outer_sources[%d]: %w", msg, i, err)
+		}
+		if a = a.Unmap(); a.Zone() != "" || !a.IsGlobalUnicast() {
+			return fmt.Errorf("%s outer_sources[%d]: %s is not a unicast address", msg, i, s)
+		}
+	}
+	return nil
+}
+
+// outerSources is srcs canonical (unmapped, sorted, without repeats), as
+// the status keeps them; nil when empty. srcs passed checkOuterSources.
+func outerSources(srcs []string) []string {
+	var as []netip.Addr
+	for _, s := range srcs {
+		as = append(as, netip.MustParseAddr(s).Unmap())
+	}
+	slices.SortFunc(as, netip.Addr.Compare)
+	as = slices.Compact(as)
+	var out []string
+	for _, a := range as {
+		out = append(out, a.String())
+	}
+	return out
 }
 
 func (c *Controller) addSession(a *agentConn) *agentConn {
@@ -309,10 +392,37 @@ func (a *agentConn) ack(ctx context.Context, ack *pb.Ack) error {
 
 func (a *agentConn) report(ctx context.Context, r *pb.Report) error {
 	a.c.m.reports.Inc()
+	if err := checkOuterSources("report", r.GetOuterSources()); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err := checkDecapSources("report", r.GetDecapSources()); err != nil {
+		return status.Error(codes.InvalidArgument, err.Error())
+	}
 	if f := a.c.cfg.OnReport; f != nil {
 		f(a.node, r)
 	}
 	a.recordAccess(r, a.c.cfg.Forecast.now())
+	// A derived outer source follows the edge's interface, a reload may
+	// change decap_sources: a change is recorded (the leader lists the
+	// edges to the mirror hosts and routes around the hosts that would
+	// refuse them). An agent that sends no outer sources keeps what it
+	// registered; no decap_sources means any source.
+	outer, decap := outerSources(r.GetOuterSources()), decapSources(r.GetDecapSources())
+	a.mu.Lock()
+	changed := outer != nil && !slices.Equal(outer, a.status.OuterSources) || !slices.Equal(decap, a.status.DecapSources)
+	if changed {
+		if outer != nil {
+			a.status.OuterSources = outer
+		}
+		a.status.DecapSources = decap
+	}
+	a.mu.Unlock()
+	if changed {
+		a.c.log.Info("node's tunnel sources changed", "node", a.node, "outer_sources", outer, "decap_sources", decap)
+		if err := a.writeStatus(ctx); err != nil {
+			return status.Errorf(codes.Unavailable, "record tunnel sources: %v", err)
+		}
+	}
 	return a.writeLive(ctx, r)
 }
 

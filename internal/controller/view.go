@@ -4,7 +4,10 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
+	"net/netip"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -183,16 +186,22 @@ func (v *view) applyLocked(kv *mvccpb.KeyValue, deleted bool) (desired, objects,
 	case strings.HasPrefix(rel, keyAgents):
 		node := strings.TrimPrefix(rel, keyAgents)
 		if deleted {
+			prev := v.agents[node].GetStatus()
 			delete(v.agents, node)
-			return false, false, false
+			return false, false, len(prev.GetOuterSources()) > 0 || len(prev.GetDecapSources()) > 0
 		}
 		rec := &pb.AgentRecord{}
 		if err := proto.Unmarshal(kv.Value, rec); err != nil {
 			bad(err)
 			return false, false, false
 		}
+		// An edge's outer sources are in the desired state, a host's
+		// decap_sources decide which regions may use its mirrors: a
+		// change computes now.
+		prev, st := v.agents[node].GetStatus(), rec.GetStatus()
 		v.agents[node] = rec
-		return false, false, false
+		return false, false, prev.GetRole() != st.GetRole() ||
+			!slices.Equal(prev.GetOuterSources(), st.GetOuterSources()) || !slices.Equal(prev.GetDecapSources(), st.GetDecapSources())
 	case strings.HasPrefix(rel, keyLive):
 		node := strings.TrimPrefix(rel, keyLive)
 		if deleted {
@@ -265,6 +274,8 @@ type snapshot struct {
 	live      []*pb.LiveReport
 	desired   *pb.DesiredRecord
 	placed    map[string]*pb.PlacementRecord // resource → record (shared, read only)
+	edges     []*pb.EdgeSource               // by node
+	filters   map[string][]netip.Prefix      // node → its decap_sources (non-empty only)
 }
 
 func (v *view) snapshot() *snapshot {
@@ -289,7 +300,42 @@ func (v *view) snapshot() *snapshot {
 	for _, x := range v.live {
 		s.live = append(s.live, x)
 	}
+	s.edges = edgeSources(v.agents)
+	s.filters = decapFilters(v.agents)
 	return s
+}
+
+// decapFilters are the decap_sources of the nodes that have one. The
+// status holds them canonical (the session checked them).
+func decapFilters(agents map[string]*pb.AgentRecord) map[string][]netip.Prefix {
+	out := map[string][]netip.Prefix{}
+	for node, rec := range agents {
+		for _, s := range rec.GetStatus().GetDecapSources() {
+			if p, err := netip.ParsePrefix(s); err == nil {
+				out[node] = append(out[node], p)
+			}
+		}
+	}
+	return out
+}
+
+// isEdge says whether a node of role r sends tunnel packets.
+func isEdge(r pb.NodeRole) bool {
+	return r == pb.NodeRole_NODE_ROLE_EDGE || r == pb.NodeRole_NODE_ROLE_BOTH
+}
+
+// edgeSources lists the outer sources of every edge with a record,
+// connected or not (a disconnected edge forwards on its last version),
+// sorted by node.
+func edgeSources(agents map[string]*pb.AgentRecord) []*pb.EdgeSource {
+	var out []*pb.EdgeSource
+	for _, node := range slices.Sorted(maps.Keys(agents)) {
+		st := agents[node].GetStatus()
+		if isEdge(st.GetRole()) && len(st.GetOuterSources()) > 0 {
+			out = append(out, &pb.EdgeSource{Node: node, Addresses: slices.Clone(st.GetOuterSources())})
+		}
+	}
+	return out
 }
 
 func (v *view) desiredRecord() *pb.DesiredRecord {

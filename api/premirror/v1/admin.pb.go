@@ -717,6 +717,10 @@ type AgentStatus struct {
 	AckedVersion  uint64 `protobuf:"varint,10,opt,name=acked_version,json=ackedVersion,proto3" json:"acked_version,omitempty"`
 	NackedVersion uint64 `protobuf:"varint,11,opt,name=nacked_version,json=nackedVersion,proto3" json:"nacked_version,omitempty"`
 	NackError     string `protobuf:"bytes,12,opt,name=nack_error,json=nackError,proto3" json:"nack_error,omitempty"`
+	// As in Register.outer_sources and decap_sources (the latest the agent
+	// sent).
+	OuterSources  []string `protobuf:"bytes,13,rep,name=outer_sources,json=outerSources,proto3" json:"outer_sources,omitempty"`
+	DecapSources  []string `protobuf:"bytes,14,rep,name=decap_sources,json=decapSources,proto3" json:"decap_sources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -835,6 +839,20 @@ func (x *AgentStatus) GetNackError() string {
 	return ""
 }
 
+func (x *AgentStatus) GetOuterSources() []string {
+	if x != nil {
+		return x.OuterSources
+	}
+	return nil
+}
+
+func (x *AgentStatus) GetDecapSources() []string {
+	if x != nil {
+		return x.DecapSources
+	}
+	return nil
+}
+
 // RouteSummary describes one route computation.
 type RouteSummary struct {
 	state      protoimpl.MessageState `protogen:"open.v1"`
@@ -854,7 +872,10 @@ type RouteSummary struct {
 	Unserved []*UnservedCopy `protobuf:"bytes,10,rep,name=unserved,proto3" json:"unserved,omitempty"`
 	// Mirrors the operator set draining (controller drain): they keep their
 	// established flows and take no new ones.
-	Draining      []string `protobuf:"bytes,11,rep,name=draining,proto3" json:"draining,omitempty"`
+	Draining []string `protobuf:"bytes,11,rep,name=draining,proto3" json:"draining,omitempty"`
+	// Paths routed around because the mirror's host would drop the tunnel
+	// packets of an edge of the region (decap_sources leaves it out).
+	Refused       []*RefusedPath `protobuf:"bytes,12,rep,name=refused,proto3" json:"refused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -966,6 +987,75 @@ func (x *RouteSummary) GetDraining() []string {
 	return nil
 }
 
+func (x *RouteSummary) GetRefused() []*RefusedPath {
+	if x != nil {
+		return x.Refused
+	}
+	return nil
+}
+
+// RefusedPath is a (region, mirror) no route of the version takes: the
+// mirror's host refuses the listed edges of the region.
+type RefusedPath struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Region        string                 `protobuf:"bytes,1,opt,name=region,proto3" json:"region,omitempty"`
+	Mirror        string                 `protobuf:"bytes,2,opt,name=mirror,proto3" json:"mirror,omitempty"`
+	Edges         []string               `protobuf:"bytes,3,rep,name=edges,proto3" json:"edges,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RefusedPath) Reset() {
+	*x = RefusedPath{}
+	mi := &file_premirror_v1_admin_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RefusedPath) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RefusedPath) ProtoMessage() {}
+
+func (x *RefusedPath) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_admin_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RefusedPath.ProtoReflect.Descriptor instead.
+func (*RefusedPath) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RefusedPath) GetRegion() string {
+	if x != nil {
+		return x.Region
+	}
+	return ""
+}
+
+func (x *RefusedPath) GetMirror() string {
+	if x != nil {
+		return x.Mirror
+	}
+	return ""
+}
+
+func (x *RefusedPath) GetEdges() []string {
+	if x != nil {
+		return x.Edges
+	}
+	return nil
+}
+
 // MirrorDown is an active mirror the controller routes around.
 type MirrorDown struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
@@ -979,7 +1069,7 @@ type MirrorDown struct {
 
 func (x *MirrorDown) Reset() {
 	*x = MirrorDown{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[13]
+	mi := &file_premirror_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1081,7 @@ func (x *MirrorDown) String() string {
 func (*MirrorDown) ProtoMessage() {}
 
 func (x *MirrorDown) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[13]
+	mi := &file_premirror_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1094,7 @@ func (x *MirrorDown) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorDown.ProtoReflect.Descriptor instead.
 func (*MirrorDown) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MirrorDown) GetMirror() string {
@@ -1033,7 +1123,7 @@ type UnservedCopy struct {
 
 func (x *UnservedCopy) Reset() {
 	*x = UnservedCopy{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[14]
+	mi := &file_premirror_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1045,7 +1135,7 @@ func (x *UnservedCopy) String() string {
 func (*UnservedCopy) ProtoMessage() {}
 
 func (x *UnservedCopy) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[14]
+	mi := &file_premirror_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1058,7 +1148,7 @@ func (x *UnservedCopy) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnservedCopy.ProtoReflect.Descriptor instead.
 func (*UnservedCopy) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UnservedCopy) GetMirror() string {
@@ -1085,7 +1175,7 @@ type ForecastRequest struct {
 
 func (x *ForecastRequest) Reset() {
 	*x = ForecastRequest{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[15]
+	mi := &file_premirror_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1097,7 +1187,7 @@ func (x *ForecastRequest) String() string {
 func (*ForecastRequest) ProtoMessage() {}
 
 func (x *ForecastRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[15]
+	mi := &file_premirror_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1110,7 +1200,7 @@ func (x *ForecastRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForecastRequest.ProtoReflect.Descriptor instead.
 func (*ForecastRequest) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ForecastRequest) GetResource() string {
@@ -1137,7 +1227,7 @@ type RegionForecast struct {
 
 func (x *RegionForecast) Reset() {
 	*x = RegionForecast{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[16]
+	mi := &file_premirror_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1149,7 +1239,7 @@ func (x *RegionForecast) String() string {
 func (*RegionForecast) ProtoMessage() {}
 
 func (x *RegionForecast) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[16]
+	mi := &file_premirror_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1162,7 +1252,7 @@ func (x *RegionForecast) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionForecast.ProtoReflect.Descriptor instead.
 func (*RegionForecast) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RegionForecast) GetRegion() string {
@@ -1215,7 +1305,7 @@ type BucketObservation struct {
 
 func (x *BucketObservation) Reset() {
 	*x = BucketObservation{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[17]
+	mi := &file_premirror_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1227,7 +1317,7 @@ func (x *BucketObservation) String() string {
 func (*BucketObservation) ProtoMessage() {}
 
 func (x *BucketObservation) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[17]
+	mi := &file_premirror_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1240,7 +1330,7 @@ func (x *BucketObservation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BucketObservation.ProtoReflect.Descriptor instead.
 func (*BucketObservation) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *BucketObservation) GetStartUnix() int64 {
@@ -1282,7 +1372,7 @@ type LocationShares struct {
 
 func (x *LocationShares) Reset() {
 	*x = LocationShares{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[18]
+	mi := &file_premirror_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1294,7 +1384,7 @@ func (x *LocationShares) String() string {
 func (*LocationShares) ProtoMessage() {}
 
 func (x *LocationShares) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[18]
+	mi := &file_premirror_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1307,7 +1397,7 @@ func (x *LocationShares) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LocationShares.ProtoReflect.Descriptor instead.
 func (*LocationShares) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *LocationShares) GetShares() []float64 {
@@ -1342,7 +1432,7 @@ type ResourceForecast struct {
 
 func (x *ResourceForecast) Reset() {
 	*x = ResourceForecast{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[19]
+	mi := &file_premirror_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1444,7 @@ func (x *ResourceForecast) String() string {
 func (*ResourceForecast) ProtoMessage() {}
 
 func (x *ResourceForecast) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[19]
+	mi := &file_premirror_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1457,7 @@ func (x *ResourceForecast) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceForecast.ProtoReflect.Descriptor instead.
 func (*ResourceForecast) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ResourceForecast) GetResource() string {
@@ -1443,7 +1533,7 @@ type RegionBenefit struct {
 
 func (x *RegionBenefit) Reset() {
 	*x = RegionBenefit{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[20]
+	mi := &file_premirror_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1455,7 +1545,7 @@ func (x *RegionBenefit) String() string {
 func (*RegionBenefit) ProtoMessage() {}
 
 func (x *RegionBenefit) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[20]
+	mi := &file_premirror_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1468,7 +1558,7 @@ func (x *RegionBenefit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionBenefit.ProtoReflect.Descriptor instead.
 func (*RegionBenefit) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *RegionBenefit) GetRegion() string {
@@ -1535,7 +1625,7 @@ type MirrorScore struct {
 
 func (x *MirrorScore) Reset() {
 	*x = MirrorScore{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[21]
+	mi := &file_premirror_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1547,7 +1637,7 @@ func (x *MirrorScore) String() string {
 func (*MirrorScore) ProtoMessage() {}
 
 func (x *MirrorScore) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[21]
+	mi := &file_premirror_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1560,7 +1650,7 @@ func (x *MirrorScore) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorScore.ProtoReflect.Descriptor instead.
 func (*MirrorScore) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *MirrorScore) GetSite() string {
@@ -1655,7 +1745,7 @@ type RegionRoute struct {
 
 func (x *RegionRoute) Reset() {
 	*x = RegionRoute{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[22]
+	mi := &file_premirror_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1667,7 +1757,7 @@ func (x *RegionRoute) String() string {
 func (*RegionRoute) ProtoMessage() {}
 
 func (x *RegionRoute) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[22]
+	mi := &file_premirror_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1680,7 +1770,7 @@ func (x *RegionRoute) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionRoute.ProtoReflect.Descriptor instead.
 func (*RegionRoute) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RegionRoute) GetRegion() string {
@@ -1716,7 +1806,7 @@ type Prices struct {
 
 func (x *Prices) Reset() {
 	*x = Prices{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[23]
+	mi := &file_premirror_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1728,7 +1818,7 @@ func (x *Prices) String() string {
 func (*Prices) ProtoMessage() {}
 
 func (x *Prices) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[23]
+	mi := &file_premirror_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1741,7 +1831,7 @@ func (x *Prices) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Prices.ProtoReflect.Descriptor instead.
 func (*Prices) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Prices) GetCopyPerByte() float64 {
@@ -1787,7 +1877,7 @@ type ForecastResponse struct {
 
 func (x *ForecastResponse) Reset() {
 	*x = ForecastResponse{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[24]
+	mi := &file_premirror_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1799,7 +1889,7 @@ func (x *ForecastResponse) String() string {
 func (*ForecastResponse) ProtoMessage() {}
 
 func (x *ForecastResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[24]
+	mi := &file_premirror_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1812,7 +1902,7 @@ func (x *ForecastResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForecastResponse.ProtoReflect.Descriptor instead.
 func (*ForecastResponse) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ForecastResponse) GetResources() []string {
@@ -1881,7 +1971,7 @@ type ExplainRequest struct {
 
 func (x *ExplainRequest) Reset() {
 	*x = ExplainRequest{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[25]
+	mi := &file_premirror_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1893,7 +1983,7 @@ func (x *ExplainRequest) String() string {
 func (*ExplainRequest) ProtoMessage() {}
 
 func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[25]
+	mi := &file_premirror_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1906,7 +1996,7 @@ func (x *ExplainRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainRequest.ProtoReflect.Descriptor instead.
 func (*ExplainRequest) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ExplainRequest) GetResource() string {
@@ -1926,7 +2016,7 @@ type ExplainResponse struct {
 
 func (x *ExplainResponse) Reset() {
 	*x = ExplainResponse{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[26]
+	mi := &file_premirror_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1938,7 +2028,7 @@ func (x *ExplainResponse) String() string {
 func (*ExplainResponse) ProtoMessage() {}
 
 func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[26]
+	mi := &file_premirror_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1951,7 +2041,7 @@ func (x *ExplainResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExplainResponse.ProtoReflect.Descriptor instead.
 func (*ExplainResponse) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExplainResponse) GetText() string {
@@ -1974,7 +2064,7 @@ type FeedRequest struct {
 
 func (x *FeedRequest) Reset() {
 	*x = FeedRequest{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[27]
+	mi := &file_premirror_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1986,7 +2076,7 @@ func (x *FeedRequest) String() string {
 func (*FeedRequest) ProtoMessage() {}
 
 func (x *FeedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[27]
+	mi := &file_premirror_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1999,7 +2089,7 @@ func (x *FeedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeedRequest.ProtoReflect.Descriptor instead.
 func (*FeedRequest) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *FeedRequest) GetKind() FeedKind {
@@ -2039,7 +2129,7 @@ type FeedResponse struct {
 
 func (x *FeedResponse) Reset() {
 	*x = FeedResponse{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[28]
+	mi := &file_premirror_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2051,7 +2141,7 @@ func (x *FeedResponse) String() string {
 func (*FeedResponse) ProtoMessage() {}
 
 func (x *FeedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[28]
+	mi := &file_premirror_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2064,7 +2154,7 @@ func (x *FeedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeedResponse.ProtoReflect.Descriptor instead.
 func (*FeedResponse) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *FeedResponse) GetEntries() uint32 {
@@ -2112,7 +2202,7 @@ type PlacementRecord struct {
 
 func (x *PlacementRecord) Reset() {
 	*x = PlacementRecord{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[29]
+	mi := &file_premirror_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2124,7 +2214,7 @@ func (x *PlacementRecord) String() string {
 func (*PlacementRecord) ProtoMessage() {}
 
 func (x *PlacementRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[29]
+	mi := &file_premirror_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2137,7 +2227,7 @@ func (x *PlacementRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlacementRecord.ProtoReflect.Descriptor instead.
 func (*PlacementRecord) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PlacementRecord) GetResource() string {
@@ -2218,7 +2308,7 @@ type Placement struct {
 
 func (x *Placement) Reset() {
 	*x = Placement{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[30]
+	mi := &file_premirror_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2230,7 +2320,7 @@ func (x *Placement) String() string {
 func (*Placement) ProtoMessage() {}
 
 func (x *Placement) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[30]
+	mi := &file_premirror_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2243,7 +2333,7 @@ func (x *Placement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Placement.ProtoReflect.Descriptor instead.
 func (*Placement) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Placement) GetSite() string {
@@ -2344,7 +2434,7 @@ type PlacementEvent struct {
 
 func (x *PlacementEvent) Reset() {
 	*x = PlacementEvent{}
-	mi := &file_premirror_v1_admin_proto_msgTypes[31]
+	mi := &file_premirror_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2356,7 +2446,7 @@ func (x *PlacementEvent) String() string {
 func (*PlacementEvent) ProtoMessage() {}
 
 func (x *PlacementEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_admin_proto_msgTypes[31]
+	mi := &file_premirror_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2369,7 +2459,7 @@ func (x *PlacementEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PlacementEvent.ProtoReflect.Descriptor instead.
 func (*PlacementEvent) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_premirror_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *PlacementEvent) GetUnixNano() int64 {
@@ -2470,7 +2560,7 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12*\n" +
 	"\x11version_unix_nano\x18\x03 \x01(\x03R\x0fversionUnixNano\x121\n" +
 	"\x06agents\x18\x04 \x03(\v2\x19.premirror.v1.AgentStatusR\x06agents\x122\n" +
-	"\x06routes\x18\x05 \x01(\v2\x1a.premirror.v1.RouteSummaryR\x06routes\"\xaa\x03\n" +
+	"\x06routes\x18\x05 \x01(\v2\x1a.premirror.v1.RouteSummaryR\x06routes\"\xf4\x03\n" +
 	"\vAgentStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12*\n" +
@@ -2487,7 +2577,9 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	" \x01(\x04R\fackedVersion\x12%\n" +
 	"\x0enacked_version\x18\v \x01(\x04R\rnackedVersion\x12\x1d\n" +
 	"\n" +
-	"nack_error\x18\f \x01(\tR\tnackError\"\x80\x03\n" +
+	"nack_error\x18\f \x01(\tR\tnackError\x12#\n" +
+	"\router_sources\x18\r \x03(\tR\fouterSources\x12#\n" +
+	"\rdecap_sources\x18\x0e \x03(\tR\fdecapSources\"\xb5\x03\n" +
 	"\fRouteSummary\x12\x16\n" +
 	"\x06routes\x18\x01 \x01(\rR\x06routes\x12\x18\n" +
 	"\achanged\x18\x02 \x01(\rR\achanged\x12\x1f\n" +
@@ -2503,7 +2595,12 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"\fmirrors_down\x18\t \x03(\v2\x18.premirror.v1.MirrorDownR\vmirrorsDown\x126\n" +
 	"\bunserved\x18\n" +
 	" \x03(\v2\x1a.premirror.v1.UnservedCopyR\bunserved\x12\x1a\n" +
-	"\bdraining\x18\v \x03(\tR\bdraining\"6\n" +
+	"\bdraining\x18\v \x03(\tR\bdraining\x123\n" +
+	"\arefused\x18\f \x03(\v2\x19.premirror.v1.RefusedPathR\arefused\"S\n" +
+	"\vRefusedPath\x12\x16\n" +
+	"\x06region\x18\x01 \x01(\tR\x06region\x12\x16\n" +
+	"\x06mirror\x18\x02 \x01(\tR\x06mirror\x12\x14\n" +
+	"\x05edges\x18\x03 \x03(\tR\x05edges\"6\n" +
 	"\n" +
 	"MirrorDown\x12\x16\n" +
 	"\x06mirror\x18\x01 \x01(\tR\x06mirror\x12\x10\n" +
@@ -2668,7 +2765,7 @@ func file_premirror_v1_admin_proto_rawDescGZIP() []byte {
 }
 
 var file_premirror_v1_admin_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_premirror_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_premirror_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_premirror_v1_admin_proto_goTypes = []any{
 	(FeedKind)(0),              // 0: premirror.v1.FeedKind
 	(CopyState)(0),             // 1: premirror.v1.CopyState
@@ -2685,78 +2782,80 @@ var file_premirror_v1_admin_proto_goTypes = []any{
 	(*StatusResponse)(nil),     // 12: premirror.v1.StatusResponse
 	(*AgentStatus)(nil),        // 13: premirror.v1.AgentStatus
 	(*RouteSummary)(nil),       // 14: premirror.v1.RouteSummary
-	(*MirrorDown)(nil),         // 15: premirror.v1.MirrorDown
-	(*UnservedCopy)(nil),       // 16: premirror.v1.UnservedCopy
-	(*ForecastRequest)(nil),    // 17: premirror.v1.ForecastRequest
-	(*RegionForecast)(nil),     // 18: premirror.v1.RegionForecast
-	(*BucketObservation)(nil),  // 19: premirror.v1.BucketObservation
-	(*LocationShares)(nil),     // 20: premirror.v1.LocationShares
-	(*ResourceForecast)(nil),   // 21: premirror.v1.ResourceForecast
-	(*RegionBenefit)(nil),      // 22: premirror.v1.RegionBenefit
-	(*MirrorScore)(nil),        // 23: premirror.v1.MirrorScore
-	(*RegionRoute)(nil),        // 24: premirror.v1.RegionRoute
-	(*Prices)(nil),             // 25: premirror.v1.Prices
-	(*ForecastResponse)(nil),   // 26: premirror.v1.ForecastResponse
-	(*ExplainRequest)(nil),     // 27: premirror.v1.ExplainRequest
-	(*ExplainResponse)(nil),    // 28: premirror.v1.ExplainResponse
-	(*FeedRequest)(nil),        // 29: premirror.v1.FeedRequest
-	(*FeedResponse)(nil),       // 30: premirror.v1.FeedResponse
-	(*PlacementRecord)(nil),    // 31: premirror.v1.PlacementRecord
-	(*Placement)(nil),          // 32: premirror.v1.Placement
-	(*PlacementEvent)(nil),     // 33: premirror.v1.PlacementEvent
-	nil,                        // 34: premirror.v1.PlacementRecord.AboveEntry
-	nil,                        // 35: premirror.v1.PlacementRecord.BelowEntry
-	(*Objects)(nil),            // 36: premirror.v1.Objects
-	(NodeRole)(0),              // 37: premirror.v1.NodeRole
-	(MirrorKind)(0),            // 38: premirror.v1.MirrorKind
+	(*RefusedPath)(nil),        // 15: premirror.v1.RefusedPath
+	(*MirrorDown)(nil),         // 16: premirror.v1.MirrorDown
+	(*UnservedCopy)(nil),       // 17: premirror.v1.UnservedCopy
+	(*ForecastRequest)(nil),    // 18: premirror.v1.ForecastRequest
+	(*RegionForecast)(nil),     // 19: premirror.v1.RegionForecast
+	(*BucketObservation)(nil),  // 20: premirror.v1.BucketObservation
+	(*LocationShares)(nil),     // 21: premirror.v1.LocationShares
+	(*ResourceForecast)(nil),   // 22: premirror.v1.ResourceForecast
+	(*RegionBenefit)(nil),      // 23: premirror.v1.RegionBenefit
+	(*MirrorScore)(nil),        // 24: premirror.v1.MirrorScore
+	(*RegionRoute)(nil),        // 25: premirror.v1.RegionRoute
+	(*Prices)(nil),             // 26: premirror.v1.Prices
+	(*ForecastResponse)(nil),   // 27: premirror.v1.ForecastResponse
+	(*ExplainRequest)(nil),     // 28: premirror.v1.ExplainRequest
+	(*ExplainResponse)(nil),    // 29: premirror.v1.ExplainResponse
+	(*FeedRequest)(nil),        // 30: premirror.v1.FeedRequest
+	(*FeedResponse)(nil),       // 31: premirror.v1.FeedResponse
+	(*PlacementRecord)(nil),    // 32: premirror.v1.PlacementRecord
+	(*Placement)(nil),          // 33: premirror.v1.Placement
+	(*PlacementEvent)(nil),     // 34: premirror.v1.PlacementEvent
+	nil,                        // 35: premirror.v1.PlacementRecord.AboveEntry
+	nil,                        // 36: premirror.v1.PlacementRecord.BelowEntry
+	(*Objects)(nil),            // 37: premirror.v1.Objects
+	(NodeRole)(0),              // 38: premirror.v1.NodeRole
+	(MirrorKind)(0),            // 39: premirror.v1.MirrorKind
 }
 var file_premirror_v1_admin_proto_depIdxs = []int32{
-	31, // 0: premirror.v1.PlacementsResponse.records:type_name -> premirror.v1.PlacementRecord
-	36, // 1: premirror.v1.ApplyRequest.objects:type_name -> premirror.v1.Objects
+	32, // 0: premirror.v1.PlacementsResponse.records:type_name -> premirror.v1.PlacementRecord
+	37, // 1: premirror.v1.ApplyRequest.objects:type_name -> premirror.v1.Objects
 	5,  // 2: premirror.v1.ApplyResponse.changes:type_name -> premirror.v1.ObjectChange
-	36, // 3: premirror.v1.GetResponse.objects:type_name -> premirror.v1.Objects
+	37, // 3: premirror.v1.GetResponse.objects:type_name -> premirror.v1.Objects
 	13, // 4: premirror.v1.StatusResponse.agents:type_name -> premirror.v1.AgentStatus
 	14, // 5: premirror.v1.StatusResponse.routes:type_name -> premirror.v1.RouteSummary
-	37, // 6: premirror.v1.AgentStatus.role:type_name -> premirror.v1.NodeRole
-	15, // 7: premirror.v1.RouteSummary.mirrors_down:type_name -> premirror.v1.MirrorDown
-	16, // 8: premirror.v1.RouteSummary.unserved:type_name -> premirror.v1.UnservedCopy
-	19, // 9: premirror.v1.RegionForecast.recent:type_name -> premirror.v1.BucketObservation
-	18, // 10: premirror.v1.ResourceForecast.regions:type_name -> premirror.v1.RegionForecast
-	20, // 11: premirror.v1.ResourceForecast.shares:type_name -> premirror.v1.LocationShares
-	22, // 12: premirror.v1.MirrorScore.regions:type_name -> premirror.v1.RegionBenefit
-	21, // 13: premirror.v1.ForecastResponse.forecast:type_name -> premirror.v1.ResourceForecast
-	24, // 14: premirror.v1.ForecastResponse.routes:type_name -> premirror.v1.RegionRoute
-	25, // 15: premirror.v1.ForecastResponse.prices:type_name -> premirror.v1.Prices
-	23, // 16: premirror.v1.ForecastResponse.scores:type_name -> premirror.v1.MirrorScore
-	0,  // 17: premirror.v1.FeedRequest.kind:type_name -> premirror.v1.FeedKind
-	32, // 18: premirror.v1.PlacementRecord.placed:type_name -> premirror.v1.Placement
-	34, // 19: premirror.v1.PlacementRecord.above:type_name -> premirror.v1.PlacementRecord.AboveEntry
-	35, // 20: premirror.v1.PlacementRecord.below:type_name -> premirror.v1.PlacementRecord.BelowEntry
-	33, // 21: premirror.v1.PlacementRecord.events:type_name -> premirror.v1.PlacementEvent
-	38, // 22: premirror.v1.Placement.kind:type_name -> premirror.v1.MirrorKind
-	1,  // 23: premirror.v1.Placement.copy_state:type_name -> premirror.v1.CopyState
-	38, // 24: premirror.v1.PlacementEvent.kind:type_name -> premirror.v1.MirrorKind
-	4,  // 25: premirror.v1.Admin.Apply:input_type -> premirror.v1.ApplyRequest
-	7,  // 26: premirror.v1.Admin.Delete:input_type -> premirror.v1.DeleteRequest
-	9,  // 27: premirror.v1.Admin.Get:input_type -> premirror.v1.GetRequest
-	11, // 28: premirror.v1.Admin.Status:input_type -> premirror.v1.StatusRequest
-	17, // 29: premirror.v1.Admin.Forecast:input_type -> premirror.v1.ForecastRequest
-	27, // 30: premirror.v1.Admin.Explain:input_type -> premirror.v1.ExplainRequest
-	29, // 31: premirror.v1.Admin.Feed:input_type -> premirror.v1.FeedRequest
-	2,  // 32: premirror.v1.Admin.Placements:input_type -> premirror.v1.PlacementsRequest
-	6,  // 33: premirror.v1.Admin.Apply:output_type -> premirror.v1.ApplyResponse
-	8,  // 34: premirror.v1.Admin.Delete:output_type -> premirror.v1.DeleteResponse
-	10, // 35: premirror.v1.Admin.Get:output_type -> premirror.v1.GetResponse
-	12, // 36: premirror.v1.Admin.Status:output_type -> premirror.v1.StatusResponse
-	26, // 37: premirror.v1.Admin.Forecast:output_type -> premirror.v1.ForecastResponse
-	28, // 38: premirror.v1.Admin.Explain:output_type -> premirror.v1.ExplainResponse
-	30, // 39: premirror.v1.Admin.Feed:output_type -> premirror.v1.FeedResponse
-	3,  // 40: premirror.v1.Admin.Placements:output_type -> premirror.v1.PlacementsResponse
-	33, // [33:41] is the sub-list for method output_type
-	25, // [25:33] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	38, // 6: premirror.v1.AgentStatus.role:type_name -> premirror.v1.NodeRole
+	16, // 7: premirror.v1.RouteSummary.mirrors_down:type_name -> premirror.v1.MirrorDown
+	17, // 8: premirror.v1.RouteSummary.unserved:type_name -> premirror.v1.UnservedCopy
+	15, // 9: premirror.v1.RouteSummary.refused:type_name -> premirror.v1.RefusedPath
+	20, // 10: premirror.v1.RegionForecast.recent:type_name -> premirror.v1.BucketObservation
+	19, // 11: premirror.v1.ResourceForecast.regions:type_name -> premirror.v1.RegionForecast
+	21, // 12: premirror.v1.ResourceForecast.shares:type_name -> premirror.v1.LocationShares
+	23, // 13: premirror.v1.MirrorScore.regions:type_name -> premirror.v1.RegionBenefit
+	22, // 14: premirror.v1.ForecastResponse.forecast:type_name -> premirror.v1.ResourceForecast
+	25, // 15: premirror.v1.ForecastResponse.routes:type_name -> premirror.v1.RegionRoute
+	26, // 16: premirror.v1.ForecastResponse.prices:type_name -> premirror.v1.Prices
+	24, // 17: premirror.v1.ForecastResponse.scores:type_name -> premirror.v1.MirrorScore
+	0,  // 18: premirror.v1.FeedRequest.kind:type_name -> premirror.v1.FeedKind
+	33, // 19: premirror.v1.PlacementRecord.placed:type_name -> premirror.v1.Placement
+	35, // 20: premirror.v1.PlacementRecord.above:type_name -> premirror.v1.PlacementRecord.AboveEntry
+	36, // 21: premirror.v1.PlacementRecord.below:type_name -> premirror.v1.PlacementRecord.BelowEntry
+	34, // 22: premirror.v1.PlacementRecord.events:type_name -> premirror.v1.PlacementEvent
+	39, // 23: premirror.v1.Placement.kind:type_name -> premirror.v1.MirrorKind
+	1,  // 24: premirror.v1.Placement.copy_state:type_name -> premirror.v1.CopyState
+	39, // 25: premirror.v1.PlacementEvent.kind:type_name -> premirror.v1.MirrorKind
+	4,  // 26: premirror.v1.Admin.Apply:input_type -> premirror.v1.ApplyRequest
+	7,  // 27: premirror.v1.Admin.Delete:input_type -> premirror.v1.DeleteRequest
+	9,  // 28: premirror.v1.Admin.Get:input_type -> premirror.v1.GetRequest
+	11, // 29: premirror.v1.Admin.Status:input_type -> premirror.v1.StatusRequest
+	18, // 30: premirror.v1.Admin.Forecast:input_type -> premirror.v1.ForecastRequest
+	28, // 31: premirror.v1.Admin.Explain:input_type -> premirror.v1.ExplainRequest
+	30, // 32: premirror.v1.Admin.Feed:input_type -> premirror.v1.FeedRequest
+	2,  // 33: premirror.v1.Admin.Placements:input_type -> premirror.v1.PlacementsRequest
+	6,  // 34: premirror.v1.Admin.Apply:output_type -> premirror.v1.ApplyResponse
+	8,  // 35: premirror.v1.Admin.Delete:output_type -> premirror.v1.DeleteResponse
+	10, // 36: premirror.v1.Admin.Get:output_type -> premirror.v1.GetResponse
+	12, // 37: premirror.v1.Admin.Status:output_type -> premirror.v1.StatusResponse
+	27, // 38: premirror.v1.Admin.Forecast:output_type -> premirror.v1.ForecastResponse
+	29, // 39: premirror.v1.Admin.Explain:output_type -> premirror.v1.ExplainResponse
+	31, // 40: premirror.v1.Admin.Feed:output_type -> premirror.v1.FeedResponse
+	3,  // 41: premirror.v1.Admin.Placements:output_type -> premirror.v1.PlacementsResponse
+	34, // [34:42] is the sub-list for method output_type
+	26, // [26:34] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_premirror_v1_admin_proto_init() }
@@ -2773,7 +2872,7 @@ func file_premirror_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_premirror_v1_admin_proto_rawDesc), len(file_premirror_v1_admin_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   34,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

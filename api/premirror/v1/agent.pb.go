@@ -326,7 +326,20 @@ type Register struct {
 	// controller), so status is right before the first ACK.
 	AppliedVersion uint64 `protobuf:"varint,5,opt,name=applied_version,json=appliedVersion,proto3" json:"applied_version,omitempty"`
 	// Free-form build identifier of the agent.
-	AgentVersion  string `protobuf:"bytes,6,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	AgentVersion string `protobuf:"bytes,6,opt,name=agent_version,json=agentVersion,proto3" json:"agent_version,omitempty"`
+	// Outer source addresses of the node's tunnel packets (edges: its
+	// outer_source_v4/v6, set or derived; empty on a mirror-only node):
+	// unicast addresses, at most 8. With the mirror hosts' decap_sources
+	// the controller knows which hosts would refuse the edge's packets
+	// and routes its region around their mirrors; it also lists them to
+	// the hosts (DesiredState.edge_sources), which name such edges.
+	OuterSources []string `protobuf:"bytes,7,rep,name=outer_sources,json=outerSources,proto3" json:"outer_sources,omitempty"`
+	// The outer sources this node's decap takes tunnel packets from (its
+	// decap_sources, prefixes; empty: any). The controller routes no
+	// region through this node's mirrors while an edge of the region has
+	// an outer source outside them: the decap would drop its packets, and
+	// the edge's probes, not being tunnel packets, cannot tell.
+	DecapSources  []string `protobuf:"bytes,8,rep,name=decap_sources,json=decapSources,proto3" json:"decap_sources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -401,6 +414,20 @@ func (x *Register) GetAgentVersion() string {
 		return x.AgentVersion
 	}
 	return ""
+}
+
+func (x *Register) GetOuterSources() []string {
+	if x != nil {
+		return x.OuterSources
+	}
+	return nil
+}
+
+func (x *Register) GetDecapSources() []string {
+	if x != nil {
+		return x.DecapSources
+	}
+	return nil
 }
 
 // Registered accepts a session.
@@ -535,7 +562,12 @@ type Report struct {
 	Probes []*ProbeResult `protobuf:"bytes,4,rep,name=probes,proto3" json:"probes,omitempty"`
 	Node   *NodeStats     `protobuf:"bytes,5,opt,name=node,proto3" json:"node,omitempty"`
 	// Health of the mirrors this node hosts.
-	Mirrors       []*MirrorHealth `protobuf:"bytes,6,rep,name=mirrors,proto3" json:"mirrors,omitempty"`
+	Mirrors []*MirrorHealth `protobuf:"bytes,6,rep,name=mirrors,proto3" json:"mirrors,omitempty"`
+	// As in Register, current: a derived outer source follows the
+	// interface's addresses.
+	OuterSources []string `protobuf:"bytes,7,rep,name=outer_sources,json=outerSources,proto3" json:"outer_sources,omitempty"`
+	// As in Register, current (a reload may change them).
+	DecapSources  []string `protobuf:"bytes,8,rep,name=decap_sources,json=decapSources,proto3" json:"decap_sources,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -608,6 +640,20 @@ func (x *Report) GetNode() *NodeStats {
 func (x *Report) GetMirrors() []*MirrorHealth {
 	if x != nil {
 		return x.Mirrors
+	}
+	return nil
+}
+
+func (x *Report) GetOuterSources() []string {
+	if x != nil {
+		return x.OuterSources
+	}
+	return nil
+}
+
+func (x *Report) GetDecapSources() []string {
+	if x != nil {
+		return x.DecapSources
 	}
 	return nil
 }
@@ -1143,14 +1189,16 @@ const file_premirror_v1_agent_proto_rawDesc = "" +
 	"registered\x18\x01 \x01(\v2\x18.premirror.v1.RegisteredH\x00R\n" +
 	"registered\x122\n" +
 	"\x05state\x18\x02 \x01(\v2\x1a.premirror.v1.DesiredStateH\x00R\x05stateB\x05\n" +
-	"\x03msg\"\xca\x01\n" +
+	"\x03msg\"\x94\x02\n" +
 	"\bRegister\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12*\n" +
 	"\x04role\x18\x03 \x01(\x0e2\x16.premirror.v1.NodeRoleR\x04role\x12\x1c\n" +
 	"\taddresses\x18\x04 \x03(\tR\taddresses\x12'\n" +
 	"\x0fapplied_version\x18\x05 \x01(\x04R\x0eappliedVersion\x12#\n" +
-	"\ragent_version\x18\x06 \x01(\tR\fagentVersion\"\x83\x01\n" +
+	"\ragent_version\x18\x06 \x01(\tR\fagentVersion\x12#\n" +
+	"\router_sources\x18\a \x03(\tR\fouterSources\x12#\n" +
+	"\rdecap_sources\x18\b \x03(\tR\fdecapSources\"\x83\x01\n" +
 	"\n" +
 	"Registered\x12\x1e\n" +
 	"\n" +
@@ -1160,14 +1208,16 @@ const file_premirror_v1_agent_proto_rawDesc = "" +
 	"\x0fcurrent_version\x18\x03 \x01(\x04R\x0ecurrentVersion\"5\n" +
 	"\x03Ack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error\"\x9d\x02\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"\xe7\x02\n" +
 	"\x06Report\x12&\n" +
 	"\x0fstart_unix_nano\x18\x01 \x01(\x03R\rstartUnixNano\x12\"\n" +
 	"\rend_unix_nano\x18\x02 \x01(\x03R\vendUnixNano\x121\n" +
 	"\x06access\x18\x03 \x03(\v2\x19.premirror.v1.AccessCountR\x06access\x121\n" +
 	"\x06probes\x18\x04 \x03(\v2\x19.premirror.v1.ProbeResultR\x06probes\x12+\n" +
 	"\x04node\x18\x05 \x01(\v2\x17.premirror.v1.NodeStatsR\x04node\x124\n" +
-	"\amirrors\x18\x06 \x03(\v2\x1a.premirror.v1.MirrorHealthR\amirrors\"\xb5\x01\n" +
+	"\amirrors\x18\x06 \x03(\v2\x1a.premirror.v1.MirrorHealthR\amirrors\x12#\n" +
+	"\router_sources\x18\a \x03(\tR\fouterSources\x12#\n" +
+	"\rdecap_sources\x18\b \x03(\tR\fdecapSources\"\xb5\x01\n" +
 	"\vAccessCount\x12\x1f\n" +
 	"\vresource_id\x18\x01 \x01(\rR\n" +
 	"resourceId\x12\x1b\n" +

@@ -106,8 +106,15 @@ type DesiredState struct {
 	// Copies the mirroring manager has placed: the node holding a
 	// resource's primary keeps a mirror of it on each task's target.
 	ReplicationTasks []*ReplicationTask `protobuf:"bytes,9,rep,name=replication_tasks,json=replicationTasks,proto3" json:"replication_tasks,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The outer sources every edge node the controller has a record of
+	// registered (connected or not: a disconnected edge forwards on its
+	// last version), sorted by node. A mirror host's decap_sources stays
+	// the operator's list: with this one the host names the edges it would
+	// refuse (edge_decap_source_unlisted); the controller, which has both
+	// lists, routes their regions around its mirrors.
+	EdgeSources   []*EdgeSource `protobuf:"bytes,10,rep,name=edge_sources,json=edgeSources,proto3" json:"edge_sources,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *DesiredState) Reset() {
@@ -203,6 +210,66 @@ func (x *DesiredState) GetReplicationTasks() []*ReplicationTask {
 	return nil
 }
 
+func (x *DesiredState) GetEdgeSources() []*EdgeSource {
+	if x != nil {
+		return x.EdgeSources
+	}
+	return nil
+}
+
+// EdgeSource is one edge node's outer source addresses.
+type EdgeSource struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Node          string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	Addresses     []string               `protobuf:"bytes,2,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EdgeSource) Reset() {
+	*x = EdgeSource{}
+	mi := &file_premirror_v1_state_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EdgeSource) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EdgeSource) ProtoMessage() {}
+
+func (x *EdgeSource) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_state_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EdgeSource.ProtoReflect.Descriptor instead.
+func (*EdgeSource) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *EdgeSource) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *EdgeSource) GetAddresses() []string {
+	if x != nil {
+		return x.Addresses
+	}
+	return nil
+}
+
 // ReplicationTask asks the node that holds a resource's primary copy (the
 // origin mirror's node) to replicate it to another node. The volume has
 // the resource's name on both nodes; the target is the source
@@ -238,7 +305,7 @@ type ReplicationTask struct {
 
 func (x *ReplicationTask) Reset() {
 	*x = ReplicationTask{}
-	mi := &file_premirror_v1_state_proto_msgTypes[1]
+	mi := &file_premirror_v1_state_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -250,7 +317,7 @@ func (x *ReplicationTask) String() string {
 func (*ReplicationTask) ProtoMessage() {}
 
 func (x *ReplicationTask) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[1]
+	mi := &file_premirror_v1_state_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -263,7 +330,7 @@ func (x *ReplicationTask) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicationTask.ProtoReflect.Descriptor instead.
 func (*ReplicationTask) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{1}
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ReplicationTask) GetResource() string {
@@ -341,7 +408,7 @@ type RegionState struct {
 
 func (x *RegionState) Reset() {
 	*x = RegionState{}
-	mi := &file_premirror_v1_state_proto_msgTypes[2]
+	mi := &file_premirror_v1_state_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -353,7 +420,7 @@ func (x *RegionState) String() string {
 func (*RegionState) ProtoMessage() {}
 
 func (x *RegionState) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[2]
+	mi := &file_premirror_v1_state_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -366,7 +433,7 @@ func (x *RegionState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegionState.ProtoReflect.Descriptor instead.
 func (*RegionState) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{2}
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *RegionState) GetName() string {
@@ -412,7 +479,7 @@ type MirrorEndpoint struct {
 
 func (x *MirrorEndpoint) Reset() {
 	*x = MirrorEndpoint{}
-	mi := &file_premirror_v1_state_proto_msgTypes[3]
+	mi := &file_premirror_v1_state_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -424,7 +491,7 @@ func (x *MirrorEndpoint) String() string {
 func (*MirrorEndpoint) ProtoMessage() {}
 
 func (x *MirrorEndpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[3]
+	mi := &file_premirror_v1_state_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -437,7 +504,7 @@ func (x *MirrorEndpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorEndpoint.ProtoReflect.Descriptor instead.
 func (*MirrorEndpoint) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{3}
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MirrorEndpoint) GetName() string {
@@ -508,7 +575,7 @@ type VIP struct {
 
 func (x *VIP) Reset() {
 	*x = VIP{}
-	mi := &file_premirror_v1_state_proto_msgTypes[4]
+	mi := &file_premirror_v1_state_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -520,7 +587,7 @@ func (x *VIP) String() string {
 func (*VIP) ProtoMessage() {}
 
 func (x *VIP) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[4]
+	mi := &file_premirror_v1_state_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -533,7 +600,7 @@ func (x *VIP) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VIP.ProtoReflect.Descriptor instead.
 func (*VIP) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{4}
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *VIP) GetAddress() string {
@@ -576,7 +643,7 @@ type ResourceState struct {
 
 func (x *ResourceState) Reset() {
 	*x = ResourceState{}
-	mi := &file_premirror_v1_state_proto_msgTypes[5]
+	mi := &file_premirror_v1_state_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -588,7 +655,7 @@ func (x *ResourceState) String() string {
 func (*ResourceState) ProtoMessage() {}
 
 func (x *ResourceState) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[5]
+	mi := &file_premirror_v1_state_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -601,7 +668,7 @@ func (x *ResourceState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResourceState.ProtoReflect.Descriptor instead.
 func (*ResourceState) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{5}
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ResourceState) GetName() string {
@@ -663,7 +730,7 @@ type WeightSet struct {
 
 func (x *WeightSet) Reset() {
 	*x = WeightSet{}
-	mi := &file_premirror_v1_state_proto_msgTypes[6]
+	mi := &file_premirror_v1_state_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -675,7 +742,7 @@ func (x *WeightSet) String() string {
 func (*WeightSet) ProtoMessage() {}
 
 func (x *WeightSet) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[6]
+	mi := &file_premirror_v1_state_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -688,7 +755,7 @@ func (x *WeightSet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WeightSet.ProtoReflect.Descriptor instead.
 func (*WeightSet) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{6}
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *WeightSet) GetWeights() []*MirrorWeight {
@@ -709,7 +776,7 @@ type MirrorWeight struct {
 
 func (x *MirrorWeight) Reset() {
 	*x = MirrorWeight{}
-	mi := &file_premirror_v1_state_proto_msgTypes[7]
+	mi := &file_premirror_v1_state_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -721,7 +788,7 @@ func (x *MirrorWeight) String() string {
 func (*MirrorWeight) ProtoMessage() {}
 
 func (x *MirrorWeight) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_state_proto_msgTypes[7]
+	mi := &file_premirror_v1_state_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -734,7 +801,7 @@ func (x *MirrorWeight) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorWeight.ProtoReflect.Descriptor instead.
 func (*MirrorWeight) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_state_proto_rawDescGZIP(), []int{7}
+	return file_premirror_v1_state_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *MirrorWeight) GetMirrorId() uint32 {
@@ -755,7 +822,7 @@ var File_premirror_v1_state_proto protoreflect.FileDescriptor
 
 const file_premirror_v1_state_proto_rawDesc = "" +
 	"\n" +
-	"\x18premirror/v1/state.proto\x12\fpremirror.v1\x1a\x1apremirror/v1/objects.proto\"\xcc\x03\n" +
+	"\x18premirror/v1/state.proto\x12\fpremirror.v1\x1a\x1apremirror/v1/objects.proto\"\x89\x04\n" +
 	"\fDesiredState\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12%\n" +
 	"\x0edefault_region\x18\x02 \x01(\tR\rdefaultRegion\x123\n" +
@@ -767,7 +834,13 @@ const file_premirror_v1_state_proto_rawDesc = "" +
 	"\vtable_slots\x18\a \x01(\rR\n" +
 	"tableSlots\x12,\n" +
 	"\x12computed_unix_nano\x18\b \x01(\x03R\x10computedUnixNano\x12J\n" +
-	"\x11replication_tasks\x18\t \x03(\v2\x1d.premirror.v1.ReplicationTaskR\x10replicationTasks\"\xcd\x02\n" +
+	"\x11replication_tasks\x18\t \x03(\v2\x1d.premirror.v1.ReplicationTaskR\x10replicationTasks\x12;\n" +
+	"\fedge_sources\x18\n" +
+	" \x03(\v2\x18.premirror.v1.EdgeSourceR\vedgeSources\">\n" +
+	"\n" +
+	"EdgeSource\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x1c\n" +
+	"\taddresses\x18\x02 \x03(\tR\taddresses\"\xcd\x02\n" +
 	"\x0fReplicationTask\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\tR\bresource\x12\x1f\n" +
 	"\vsource_node\x18\x02 \x01(\tR\n" +
@@ -832,40 +905,42 @@ func file_premirror_v1_state_proto_rawDescGZIP() []byte {
 }
 
 var file_premirror_v1_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_premirror_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_premirror_v1_state_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_premirror_v1_state_proto_goTypes = []any{
 	(MirrorKind)(0),         // 0: premirror.v1.MirrorKind
 	(*DesiredState)(nil),    // 1: premirror.v1.DesiredState
-	(*ReplicationTask)(nil), // 2: premirror.v1.ReplicationTask
-	(*RegionState)(nil),     // 3: premirror.v1.RegionState
-	(*MirrorEndpoint)(nil),  // 4: premirror.v1.MirrorEndpoint
-	(*VIP)(nil),             // 5: premirror.v1.VIP
-	(*ResourceState)(nil),   // 6: premirror.v1.ResourceState
-	(*WeightSet)(nil),       // 7: premirror.v1.WeightSet
-	(*MirrorWeight)(nil),    // 8: premirror.v1.MirrorWeight
-	(MirrorState)(0),        // 9: premirror.v1.MirrorState
-	(Encapsulation)(0),      // 10: premirror.v1.Encapsulation
-	(Protocol)(0),           // 11: premirror.v1.Protocol
-	(*Affinity)(nil),        // 12: premirror.v1.Affinity
+	(*EdgeSource)(nil),      // 2: premirror.v1.EdgeSource
+	(*ReplicationTask)(nil), // 3: premirror.v1.ReplicationTask
+	(*RegionState)(nil),     // 4: premirror.v1.RegionState
+	(*MirrorEndpoint)(nil),  // 5: premirror.v1.MirrorEndpoint
+	(*VIP)(nil),             // 6: premirror.v1.VIP
+	(*ResourceState)(nil),   // 7: premirror.v1.ResourceState
+	(*WeightSet)(nil),       // 8: premirror.v1.WeightSet
+	(*MirrorWeight)(nil),    // 9: premirror.v1.MirrorWeight
+	(MirrorState)(0),        // 10: premirror.v1.MirrorState
+	(Encapsulation)(0),      // 11: premirror.v1.Encapsulation
+	(Protocol)(0),           // 12: premirror.v1.Protocol
+	(*Affinity)(nil),        // 13: premirror.v1.Affinity
 }
 var file_premirror_v1_state_proto_depIdxs = []int32{
-	3,  // 0: premirror.v1.DesiredState.regions:type_name -> premirror.v1.RegionState
-	4,  // 1: premirror.v1.DesiredState.mirrors:type_name -> premirror.v1.MirrorEndpoint
-	6,  // 2: premirror.v1.DesiredState.resources:type_name -> premirror.v1.ResourceState
-	7,  // 3: premirror.v1.DesiredState.weight_sets:type_name -> premirror.v1.WeightSet
-	2,  // 4: premirror.v1.DesiredState.replication_tasks:type_name -> premirror.v1.ReplicationTask
-	0,  // 5: premirror.v1.ReplicationTask.kind:type_name -> premirror.v1.MirrorKind
-	9,  // 6: premirror.v1.MirrorEndpoint.state:type_name -> premirror.v1.MirrorState
-	10, // 7: premirror.v1.MirrorEndpoint.encap:type_name -> premirror.v1.Encapsulation
-	11, // 8: premirror.v1.VIP.protocol:type_name -> premirror.v1.Protocol
-	5,  // 9: premirror.v1.ResourceState.vips:type_name -> premirror.v1.VIP
-	12, // 10: premirror.v1.ResourceState.affinity:type_name -> premirror.v1.Affinity
-	8,  // 11: premirror.v1.WeightSet.weights:type_name -> premirror.v1.MirrorWeight
-	12, // [12:12] is the sub-list for method output_type
-	12, // [12:12] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	4,  // 0: premirror.v1.DesiredState.regions:type_name -> premirror.v1.RegionState
+	5,  // 1: premirror.v1.DesiredState.mirrors:type_name -> premirror.v1.MirrorEndpoint
+	7,  // 2: premirror.v1.DesiredState.resources:type_name -> premirror.v1.ResourceState
+	8,  // 3: premirror.v1.DesiredState.weight_sets:type_name -> premirror.v1.WeightSet
+	3,  // 4: premirror.v1.DesiredState.replication_tasks:type_name -> premirror.v1.ReplicationTask
+	2,  // 5: premirror.v1.DesiredState.edge_sources:type_name -> premirror.v1.EdgeSource
+	0,  // 6: premirror.v1.ReplicationTask.kind:type_name -> premirror.v1.MirrorKind
+	10, // 7: premirror.v1.MirrorEndpoint.state:type_name -> premirror.v1.MirrorState
+	11, // 8: premirror.v1.MirrorEndpoint.encap:type_name -> premirror.v1.Encapsulation
+	12, // 9: premirror.v1.VIP.protocol:type_name -> premirror.v1.Protocol
+	6,  // 10: premirror.v1.ResourceState.vips:type_name -> premirror.v1.VIP
+	13, // 11: premirror.v1.ResourceState.affinity:type_name -> premirror.v1.Affinity
+	9,  // 12: premirror.v1.WeightSet.weights:type_name -> premirror.v1.MirrorWeight
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_premirror_v1_state_proto_init() }
@@ -880,7 +955,7 @@ func file_premirror_v1_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_premirror_v1_state_proto_rawDesc), len(file_premirror_v1_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
