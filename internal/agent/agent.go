@@ -70,6 +70,7 @@ type Agent struct {
 	// leaves out (checkEdgeSources).
 	edgeSources, unlisted []edgeSource
 	reportedSources       []netip.Prefix // decap_sources as last checked
+	reportedOuter         []string       // outer sources as last checked
 
 	router *pmaps.Router
 	decap  *pmaps.Decap

@@ -62,6 +62,19 @@ func unlistedEdges(edges []edgeSource, srcs []netip.Prefix) []edgeSource {
 // reload, an address change), so a missing edge is named before its
 // first packet is refused; the log says when the set changes.
 func (a *Agent) checkEdgeSources(cfg *Config) {
+	// An edge's new outer source (a derived one followed its interface)
+	// goes to the controller at once: hosts whose lists leave it out
+	// drop its packets from now on, until its region is routed around
+	// them.
+	if outer := a.outerSources(); a.router != nil {
+		a.mu.Lock()
+		changed := !slices.Equal(outer, a.reportedOuter)
+		a.reportedOuter = outer
+		a.mu.Unlock()
+		if changed && a.cp != nil && a.cp.client != nil {
+			a.cp.client.ReportNow()
+		}
+	}
 	if a.decap == nil {
 		return
 	}
