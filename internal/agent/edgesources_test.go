@@ -24,27 +24,20 @@ func TestUnlistedEdges(t *testing.T) {
 	if !slices.Equal(es, want) {
 		t.Fatalf("parsed %v, want %v (sorted, unmapped, once, without self or what does not parse)", es, want)
 	}
-	pfx := func(ss ...string) []netip.Prefix {
-		var out []netip.Prefix
-		for _, s := range ss {
-			out = append(out, netip.MustParsePrefix(s))
-		}
-		return out
-	}
 	for _, tc := range []struct {
 		name string
-		srcs []netip.Prefix
+		srcs []string // decap_sources
 		want []string // edge=addr
 	}{
 		{"no decap_sources: any source", nil, nil},
-		{"network holds all", pfx("192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"), nil},
-		{"IPv6 missing", pfx("192.0.2.0/24", "198.51.100.7/32"), []string{"edge-b=2001:db8:1::b"}},
-		{"one host listed", pfx("192.0.2.10/32"), []string{"edge-b=192.0.2.11", "edge-b=2001:db8:1::b", "edge-c=198.51.100.7"}},
-		{"other network", pfx("10.0.0.0/8"), []string{"edge-a=192.0.2.10", "edge-b=192.0.2.11", "edge-b=2001:db8:1::b", "edge-c=198.51.100.7"}},
+		{"network holds all", []string{"192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"}, nil},
+		{"IPv6 missing", []string{"192.0.2.0/24", "198.51.100.7"}, []string{"edge-b=2001:db8:1::b"}},
+		{"one host listed", []string{"192.0.2.10"}, []string{"edge-b=192.0.2.11", "edge-b=2001:db8:1::b", "edge-c=198.51.100.7"}},
+		{"other network", []string{"10.0.0.0/8"}, []string{"edge-a=192.0.2.10", "edge-b=192.0.2.11", "edge-b=2001:db8:1::b", "edge-c=198.51.100.7"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var got []string
-			for _, e := range unlistedEdges(es, tc.srcs) {
+			for _, e := range unlistedEdges(es, (&Config{DecapSources: tc.srcs}).decapSources()) {
 				got = append(got, e.String())
 			}
 			if !slices.Equal(got, tc.want) {
