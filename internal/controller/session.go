@@ -22,6 +22,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
+	pmaps "github.com/premirror/premirror/internal/maps"
 	"github.com/premirror/premirror/internal/pki"
 )
 
@@ -201,14 +202,11 @@ func checkRegister(r *pb.Register) error {
 	return checkDecapSources("register", r.GetDecapSources())
 }
 
-// maxDecapSources is what a node's decap holds (maps.MaxDecapSources).
-const maxDecapSources = 1024
-
 // checkDecapSources refuses a decap_sources list the agent's own config
 // check would have.
 func checkDecapSources(msg string, srcs []string) error {
-	if len(srcs) > maxDecapSources {
-		return fmt.Errorf("%s decap_sources: %d prefixes, at most %d", msg, len(srcs), maxDecapSources)
+	if len(srcs) > pmaps.MaxDecapSources {
+		return fmt.Errorf("%s decap_sources: %d prefixes, at most %d", msg, len(srcs), pmaps.MaxDecapSources)
 	}
 	for i, s := range srcs {
 		p, err := netip.ParsePrefix(s)
