@@ -21,7 +21,7 @@ func init() {
 	})
 	commands.Register(cli.Command{
 		Name:    "delete",
-		Summary: "delete one object: delete <site|mirror|resource> <name>",
+		Summary: "delete one object, or forget a decommissioned node: delete <site|mirror|resource|node> <name>",
 		Run:     ctlDelete,
 	})
 }
@@ -78,7 +78,7 @@ func ctlDelete(ctx context.Context, args []string) error {
 		return err
 	}
 	if len(pos) != 2 {
-		return fmt.Errorf("%w: delete <site|mirror|resource> <name>", cli.ErrUsage)
+		return fmt.Errorf("%w: delete <site|mirror|resource|node> <name>", cli.ErrUsage)
 	}
 	c, rctx, done, err := af.dial(ctx)
 	if err != nil {

@@ -226,6 +226,9 @@ func TestCtlEndToEnd(t *testing.T) {
 	if _, err := ctl(t, append([]string{"delete", "mirror", "paris"}, admin...)...); err == nil || !strings.Contains(err.Error(), "still uses it") {
 		t.Fatalf("delete of a used mirror: %v", err)
 	}
+	if _, err := ctl(t, append([]string{"delete", "node", "nobody"}, admin...)...); err == nil || !strings.Contains(err.Error(), `delete node nobody: node "nobody": no agent record`) {
+		t.Fatalf("forget an unknown node: %v", err)
+	}
 	if _, err := ctl(t, "apply"); err == nil {
 		t.Fatal("apply without -f accepted")
 	}

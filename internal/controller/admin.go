@@ -77,6 +77,13 @@ func (s *adminService) Delete(ctx context.Context, req *pb.DeleteRequest) (*pb.D
 	if err := s.requireAdmin(ctx); err != nil {
 		return nil, err
 	}
+	if req.GetKind() == kindNode {
+		if err := s.c.forgetNode(ctx, req.GetName()); err != nil {
+			return nil, err
+		}
+		s.c.log.Info("node forgotten", "by", peerName(ctx), "node", req.GetName())
+		return &pb.DeleteResponse{}, nil
+	}
 	if err := s.c.store.Delete(ctx, req.GetKind(), req.GetName()); err != nil {
 		return nil, grpcError(err)
 	}
@@ -300,4 +307,29 @@ func checkFeed(req *pb.FeedRequest, step time.Duration, used []string) (*pb.Feed
 		return resp, nil
 	}
 	return nil, fmt.Errorf("kind: %v is not events or covariates", req.GetKind())
+}
+
+// kindNode is Delete's kind for an agent record (not an object).
+const kindNode = "node"
+
+// forgetNode removes a node's agent record: a decommissioned node
+// otherwise stays in status, and an edge's outer sources in the desired
+// state (its hosts would name it unlisted forever). A node with a live
+// session is refused; one that connects later registers afresh.
+func (c *Controller) forgetNode(ctx context.Context, node string) error {
+	agent, live := c.store.key(keyAgents, node), c.store.key(keyLive, node)
+	resp, err := c.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(live), "=", 0), clientv3.Compare(clientv3.CreateRevision(agent), ">", 0)).
+		Then(clientv3.OpDelete(agent)).
+		Else(clientv3.OpGet(live, clientv3.WithCountOnly())).Commit()
+	if err != nil {
+		return grpcError(err)
+	}
+	if resp.Succeeded {
+		return nil
+	}
+	if resp.Responses[0].GetResponseRange().GetCount() > 0 {
+		return status.Errorf(codes.FailedPrecondition, "node %q is connected: stop its agent first", node)
+	}
+	return status.Errorf(codes.NotFound, "node %q: no agent record", node)
 }

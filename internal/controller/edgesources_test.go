@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
@@ -166,6 +168,41 @@ func TestEdgeSourcesListed(t *testing.T) {
 		{Node: "both-us", Addresses: []string{"198.51.100.20", "2001:db8::20"}},
 		{Node: "edge-eu", Addresses: []string{"192.0.2.11"}}})() {
 		t.Fatalf("version %d (was %d) lists %v", host.client.Version(), v, st.GetEdgeSources())
+	}
+
+	// Decommissioned: forgetting the node takes its sources out. Only
+	// admins may; a connected node or one without a record is refused.
+	ctx := context.Background()
+	del := func(c pb.AdminClient, node string) error {
+		_, err := c.Delete(ctx, &pb.DeleteRequest{Kind: "node", Name: node})
+		return err
+	}
+	waitFor(t, "both-us connected again", 10*time.Second, func() bool {
+		s, err := adm.Status(ctx, &pb.StatusRequest{})
+		return err == nil && slices.ContainsFunc(s.GetAgents(), func(a *pb.AgentStatus) bool { return a.GetNode() == "both-us" && a.GetConnected() })
+	})
+	if err := del(adm, "both-us"); status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "stop its agent first") {
+		t.Fatalf("forget a connected node: %v, want FailedPrecondition", err)
+	}
+	if err := del(adm, "nobody"); status.Code(err) != codes.NotFound {
+		t.Fatalf("forget an unknown node: %v, want NotFound", err)
+	}
+	if err := del(adminClient(t, r.addr, "edge-eu"), "edge-eu"); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("an agent's certificate forgot a node: %v, want PermissionDenied", err)
+	}
+	if err := del(adm, "edge-eu"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "forgotten edge unlisted", 10*time.Second, listed([]*pb.EdgeSource{
+		{Node: "both-us", Addresses: []string{"198.51.100.20", "2001:db8::20"}}}))
+	s, err = adm.Status(ctx, &pb.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range s.GetAgents() {
+		if a.GetNode() == "edge-eu" {
+			t.Fatalf("forgotten node still in status: %v", a)
+		}
 	}
 }
 

@@ -278,7 +278,7 @@ func (x *ApplyRequest) GetDryRun() bool {
 // ObjectChange is what Apply did to one object.
 type ObjectChange struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// site, mirror or resource.
+	// site, mirror, resource or node.
 	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
 	Name string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	// created, updated or unchanged.

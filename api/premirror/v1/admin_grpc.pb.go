@@ -43,6 +43,9 @@ type AdminClient interface {
 	// the message names the offending field) and nothing is written.
 	Apply(ctx context.Context, in *ApplyRequest, opts ...grpc.CallOption) (*ApplyResponse, error)
 	// Delete removes one object; an object still referenced is refused.
+	// Kind node forgets a decommissioned node's agent record (its status
+	// line, and an edge's outer sources the desired state lists); a node
+	// whose agent is connected is refused (FailedPrecondition).
 	Delete(ctx context.Context, in *DeleteRequest, opts ...grpc.CallOption) (*DeleteResponse, error)
 	// Get lists objects, with their IDs.
 	Get(ctx context.Context, in *GetRequest, opts ...grpc.CallOption) (*GetResponse, error)
@@ -168,6 +171,9 @@ type AdminServer interface {
 	// the message names the offending field) and nothing is written.
 	Apply(context.Context, *ApplyRequest) (*ApplyResponse, error)
 	// Delete removes one object; an object still referenced is refused.
+	// Kind node forgets a decommissioned node's agent record (its status
+	// line, and an edge's outer sources the desired state lists); a node
+	// whose agent is connected is refused (FailedPrecondition).
 	Delete(context.Context, *DeleteRequest) (*DeleteResponse, error)
 	// Get lists objects, with their IDs.
 	Get(context.Context, *GetRequest) (*GetResponse, error)
