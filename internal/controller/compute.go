@@ -63,8 +63,8 @@ type world struct {
 	// unserved: the mirror's host reports the resource's service does
 	// not answer there (fresh reports only); that copy is not routed to.
 	unserved map[repKey]bool
-	// refused: the (region, mirror) paths down because the mirror's host
-	// refuses these edges of the region (refusedPaths).
+	// refused: the (region, mirror) paths that are no candidates because
+	// the mirror's host refuses these edges of the region (refusedPaths).
 	refused map[pathKey][]string
 	// routable: the copy is one the routing policy may send traffic to
 	// (in sync within the lag bound, its service answering), by (mirror,
@@ -225,8 +225,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 	fresh := map[uint32][]route.Path{}
 	probedDown := map[uint32]int{}
 	probed := map[uint32]int{}
-	refused := refusedPaths(s, edgeRegion, mirrorsByNode)
-	w.refused = refused
+	w.refused = refusedPaths(s, edgeRegion, mirrorsByNode)
 	for k, ps := range agg {
 		p, _ := route.MergeEdgePaths(ps)
 		probed[k.mirror]++
@@ -237,7 +236,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 		// It is no candidate at all, not a down one (a region in panic
 		// spreads over its down paths); the region's held paths are
 		// replaced all the same.
-		if len(refused[k]) > 0 {
+		if len(w.refused[k]) > 0 {
 			if _, ok := fresh[k.region]; !ok {
 				fresh[k.region] = nil
 			}

@@ -25,8 +25,8 @@ type leaderState struct {
 	// latTicks counts computations, for observeLatency's every tenth.
 	latTicks int
 	held     map[uint32]*heldRegion
-	downWhy  map[uint32]string    // why each active mirror was down at the last tick (logged on change)
-	refused  map[pathKey][]string // the refused paths of the last tick (logged on change)
+	downWhy  map[uint32]string      // why each active mirror was down at the last tick (logged on change)
+	refused  map[[2]string][]string // (region, mirror) → edges refused at the last tick (logged on change)
 	lastSave time.Time
 	saves    chan routeSave // to the route-record writer (latest wins)
 }
@@ -225,6 +225,7 @@ func (c *Controller) compute(ls *leaderState, now time.Time) (*pb.DesiredState, 
 	ds, sum := buildDesired(w, res, c.engine.Config().Slots, now)
 	ds.EdgeSources = snap.edges
 	c.logDown(ls, w)
+	c.logRefused(ls, sum.GetRefused())
 	return ds, sum, next, nil
 }
 
@@ -279,32 +280,25 @@ func (c *Controller) logDown(ls *leaderState, w *world) {
 		}
 	}
 	ls.downWhy = w.downWhy
-	names := func(k pathKey) (region, mirror string) {
-		for _, r := range w.regions {
-			if r.GetId() == k.region {
-				region = r.GetName()
-			}
-		}
-		for _, m := range w.mirrors {
-			if m.GetId() == k.mirror {
-				mirror = m.GetName()
-			}
-		}
-		return region, mirror
-	}
-	for k, edges := range w.refused {
-		if !slices.Equal(edges, ls.refused[k]) {
-			r, m := names(k)
-			c.log.Warn("region routed around a mirror whose host's decap_sources leaves out its edges", "region", r, "mirror", m, "edges", edges)
+}
+
+// logRefused logs the refused paths (RouteSummary.refused) that changed
+// since the last tick.
+func (c *Controller) logRefused(ls *leaderState, refused []*pb.RefusedPath) {
+	now := make(map[[2]string][]string, len(refused))
+	for _, p := range refused {
+		k := [2]string{p.GetRegion(), p.GetMirror()}
+		now[k] = p.GetEdges()
+		if !slices.Equal(p.GetEdges(), ls.refused[k]) {
+			c.log.Warn("region routed around a mirror whose host's decap_sources leaves out its edges", "region", k[0], "mirror", k[1], "edges", p.GetEdges())
 		}
 	}
 	for k := range ls.refused {
-		if _, ok := w.refused[k]; !ok {
-			r, m := names(k)
-			c.log.Info("region may use the mirror again: its host lists its edges", "region", r, "mirror", m)
+		if _, ok := now[k]; !ok {
+			c.log.Info("region may use the mirror again: its host lists its edges", "region", k[0], "mirror", k[1])
 		}
 	}
-	ls.refused = w.refused
+	ls.refused = now
 }
 
 func (c *Controller) inputConfig() inputConfig {
