@@ -320,6 +320,7 @@ func (a *Agent) apply(cfg *Config) error {
 	a.hosted = hosted
 	a.mu.Unlock()
 	logHosted(a.log, prev, hosted, compiled)
+	a.noteOuterSources()
 	a.checkEdgeSources(cfg)
 	if a.svc != nil {
 		a.svc.setTargets(serviceTargets(compiled, hosted))

@@ -311,11 +311,9 @@ func (cp *controlPlane) apply(version uint64, st *pb.DesiredState) error {
 	a.applyMu.Lock()
 	a.mu.Lock()
 	next := *a.cfg
-	a.mu.Unlock()
-	next.State = ds
-	a.mu.Lock()
 	a.edgeSources = edgeSourcesFromProto(st.GetEdgeSources(), next.Node)
 	a.mu.Unlock()
+	next.State = ds
 	if next.State.DefaultRegion == "" {
 		next.State.DefaultRegion = next.Controller.Site
 	}

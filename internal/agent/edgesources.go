@@ -62,19 +62,6 @@ func unlistedEdges(edges []edgeSource, srcs []netip.Prefix) []edgeSource {
 // reload, an address change), so a missing edge is named before its
 // first packet is refused; the log says when the set changes.
 func (a *Agent) checkEdgeSources(cfg *Config) {
-	// An edge's new outer source (a derived one followed its interface)
-	// goes to the controller at once: hosts whose lists leave it out
-	// drop its packets from now on, until its region is routed around
-	// them.
-	if outer := a.outerSources(); a.router != nil {
-		a.mu.Lock()
-		changed := !slices.Equal(outer, a.reportedOuter)
-		a.reportedOuter = outer
-		a.mu.Unlock()
-		if changed && a.cp != nil && a.cp.client != nil {
-			a.cp.client.ReportNow()
-		}
-	}
 	if a.decap == nil {
 		return
 	}
@@ -103,6 +90,24 @@ func (a *Agent) checkEdgeSources(cfg *Config) {
 	}
 	a.log.Warn("decap_sources would refuse registered edges: add their outer sources or networks",
 		slog.String("edges", strings.Join(names, ",")))
+}
+
+// noteOuterSources reports an edge's new outer source (a derived one
+// followed its interface) to the controller at once: hosts whose lists
+// leave it out drop its packets from now on, until its region is routed
+// around them.
+func (a *Agent) noteOuterSources() {
+	if a.router == nil {
+		return
+	}
+	outer := a.outerSources()
+	a.mu.Lock()
+	changed := !slices.Equal(outer, a.reportedOuter)
+	a.reportedOuter = outer
+	a.mu.Unlock()
+	if changed && a.cp != nil && a.cp.client != nil {
+		a.cp.client.ReportNow()
+	}
 }
 
 // outerSources are the outer sources the router writes (nil without the
