@@ -327,23 +327,41 @@ func (l *Lab) SetState(ctx context.Context, state agent.DesiredState) error {
 	}
 	l.mu.Unlock()
 	for _, a := range edges {
-		before := countLines(a.Log, "desired state applied")
-		if err := l.writeConfig(a); err != nil {
+		if err := l.reload(ctx, a); err != nil {
 			return err
 		}
-		if a.cmd != nil {
-			_ = a.cmd.Process.Signal(syscall.SIGHUP)
+	}
+	return nil
+}
+
+// Reload rewrites host's agent config (through the config hook, which
+// may have changed) and signals the agent to reload, then waits until it
+// applied it.
+func (l *Lab) Reload(ctx context.Context, host string) error {
+	a := l.Agent(host)
+	if a == nil {
+		return fmt.Errorf("no agent on %s", host)
+	}
+	return l.reload(ctx, a)
+}
+
+func (l *Lab) reload(ctx context.Context, a *Agent) error {
+	before := countLines(a.Log, "desired state applied")
+	if err := l.writeConfig(a); err != nil {
+		return err
+	}
+	if a.cmd != nil {
+		_ = a.cmd.Process.Signal(syscall.SIGHUP)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for countLines(a.Log, "desired state applied") <= before {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("agent on %s did not apply the new state:\n%s", a.Host.Name, tail(a.Log))
 		}
-		deadline := time.Now().Add(10 * time.Second)
-		for countLines(a.Log, "desired state applied") <= before {
-			if time.Now().After(deadline) {
-				return fmt.Errorf("agent on %s did not apply the new state:\n%s", a.Host.Name, tail(a.Log))
-			}
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(20 * time.Millisecond):
-			}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	return nil

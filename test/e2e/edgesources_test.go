@@ -123,4 +123,59 @@ func TestUnlistedEdgeRoutedAround(t *testing.T) {
 	if n := decapCount(t, e, "m-us", "drop_source"); n != 0 {
 		t.Errorf("m-us dropped %d tunnel packets of edge-us once it listed it", n)
 	}
+
+	// edge-us's route for (web, us), from inspect: web and us are the
+	// first resource and the second site applied (IDs 1 and 2), m-us's
+	// ID is the MIRROR line with its address.
+	routeOffMUS := func() bool {
+		out, _ := e.tb.Host("edge-us").Run(ctx, agentBin, "inspect", "--pin-dir", e.lab.PinDir("edge-us"))
+		mUS, off := "", false
+		for _, l := range strings.Split(string(out), "\n") {
+			f := strings.Fields(l)
+			switch {
+			case len(f) == 4 && f[1] == e.tb.Host("m-us").V4().String():
+				mUS = f[0] + "="
+			case len(f) >= 4 && f[0] == "1" && f[1] == "2" && mUS != "" && strings.Contains(l, "%"):
+				off = !strings.Contains(l, " "+mUS)
+			}
+		}
+		return off
+	}
+	// After its restart m-us's service check starts over: wait until
+	// the route is on m-us again before narrowing.
+	for deadline := time.Now().Add(30 * time.Second); routeOffMUS(); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("edge-us's route for us never came back to m-us")
+		}
+	}
+	// Narrowed by a reload: m-us drops edge-us's packets at once and
+	// reports its list at once; us moves off m-us within a report, a
+	// tick and a push (the window ARCHITECTURE states; logged for
+	// docs/BENCHMARKS.md, not asserted).
+	listUS = false
+	start := time.Now()
+	if err := e.lab.Reload(ctx, "m-us"); err != nil {
+		t.Fatal(err)
+	}
+	applied := time.Since(start)
+	var moved time.Duration
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if routeOffMUS() {
+			moved = time.Since(start)
+			break
+		}
+	}
+	if moved == 0 {
+		t.Fatal("edge-us still routes us to m-us 30 s after m-us narrowed its decap_sources")
+	}
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		if got := e.askQuick("us-1", "tcp", vip4, time.Second); got != "" && got != "m-us" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("us-1 not served by another mirror after the route moved")
+		}
+	}
+	t.Logf("narrowed decap_sources: applied by m-us after %v, edge-us's route for us off m-us after %v",
+		applied.Round(time.Millisecond), moved.Round(time.Millisecond))
 }
