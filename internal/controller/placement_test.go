@@ -280,9 +280,11 @@ func TestMirroringManager(t *testing.T) {
 		p := record().GetPlaced()
 		return len(p) == 1 && p[0].GetCopyState() == pb.CopyState_COPY_STATE_IN_SYNC && p[0].GetLagNs() == int64(time.Second)
 	})
-	if got := testutil.ToFloat64(g.r1.c.m.placedCopies.WithLabelValues("in_sync")); got != 1 {
-		t.Errorf("placed copies in sync: metric %v, want 1", got)
-	}
+	// The gauges are set once every resource's record is written: the
+	// record can be seen a moment before them.
+	waitFor(t, "placed copies in sync: metric 1", 10*time.Second, func() bool {
+		return testutil.ToFloat64(g.r1.c.m.placedCopies.WithLabelValues("in_sync")) == 1
+	})
 
 	// Every evaluation is recorded, also when nothing changes.
 	before := record().GetEvaluatedUnixNano()
