@@ -69,8 +69,7 @@ type Agent struct {
 	// controller version; unlisted those this host's decap_sources
 	// leaves out (checkEdgeSources).
 	edgeSources, unlisted []edgeSource
-	reportedSources       []netip.Prefix // decap_sources as last checked
-	reportedOuter         []string       // outer sources as last checked
+	reportedOuter         []string // outer sources as last checked
 
 	router *pmaps.Router
 	decap  *pmaps.Decap
@@ -315,13 +314,14 @@ func (a *Agent) apply(cfg *Config) error {
 		version = keptVersion
 	}
 	a.mu.Lock()
+	prevCfg := a.cfg
 	a.cfg, a.compiled, a.version = cfg, compiled, version
 	prev := a.hosted
 	a.hosted = hosted
 	a.mu.Unlock()
 	logHosted(a.log, prev, hosted, compiled)
 	a.noteOuterSources()
-	a.checkEdgeSources(cfg)
+	a.checkEdgeSources(prevCfg, cfg)
 	if a.svc != nil {
 		a.svc.setTargets(serviceTargets(compiled, hosted))
 	}

@@ -61,20 +61,20 @@ func unlistedEdges(edges []edgeSource, srcs []netip.Prefix) []edgeSource {
 // this host's decap_sources after every apply (a controller version, a
 // reload, an address change), so a missing edge is named before its
 // first packet is refused; the log says when the set changes.
-func (a *Agent) checkEdgeSources(cfg *Config) {
+func (a *Agent) checkEdgeSources(prevCfg, cfg *Config) {
 	if a.decap == nil {
 		return
 	}
 	srcs := cfg.decapSources()
 	a.mu.Lock()
 	now := unlistedEdges(a.edgeSources, srcs)
-	prev, prevSrcs := a.unlisted, a.reportedSources
-	a.unlisted, a.reportedSources = now, srcs
+	prev := a.unlisted
+	a.unlisted = now
 	a.mu.Unlock()
 	// The controller routes no region through this host's mirrors while
 	// an edge of it is unlisted: a new list must not wait for the next
 	// report.
-	if !slices.Equal(prevSrcs, srcs) && a.cp != nil && a.cp.client != nil {
+	if prevCfg != nil && !slices.Equal(prevCfg.decapSources(), srcs) && a.cp != nil && a.cp.client != nil {
 		a.cp.client.ReportNow()
 	}
 	if slices.Equal(prev, now) {

@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"maps"
 	"math"
-	"net/netip"
 	"reflect"
 	"slices"
 	"strings"
@@ -225,7 +224,7 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 	fresh := map[uint32][]route.Path{}
 	probedDown := map[uint32]int{}
 	probed := map[uint32]int{}
-	w.refused = refusedPaths(s, edgeRegion, mirrorsByNode)
+	w.refused = refusedPaths(s.tunnel.refusals, edgeRegion, mirrorsByNode)
 	for k, ps := range agg {
 		p, _ := route.MergeEdgePaths(ps)
 		probed[k.mirror]++
@@ -378,47 +377,26 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 }
 
 // refusedPaths are the (region, mirror) paths whose mirror's host would
-// drop the tunnel packets of one of the region's live edges: an outer
-// source of the edge outside the host's decap_sources (both from their
-// registrations and reports). The probes cannot tell (they are not
-// tunnel packets), and a region's routes are shared by all its edges:
-// such a path is no candidate for the whole region. The value names the
-// refused edges, sorted (s.edges is).
-func refusedPaths(s *snapshot, edgeRegion map[string]uint32, mirrorsByNode map[string][]*pb.Mirror) map[pathKey][]string {
+// drop the tunnel packets of one of the region's live edges (an outer
+// source of the edge outside the host's decap_sources, tunnelFrom). The
+// probes cannot tell (they are not tunnel packets), and a region's
+// routes are shared by all its edges: such a path is no candidate for
+// the whole region. The value names the refused edges, sorted.
+func refusedPaths(refusals map[string][]string, edgeRegion map[string]uint32, mirrorsByNode map[string][]*pb.Mirror) map[pathKey][]string {
 	out := map[pathKey][]string{}
-	if len(s.filters) == 0 {
-		return out
-	}
-	for _, e := range s.edges {
-		region, ok := edgeRegion[e.GetNode()]
-		if !ok {
-			continue // not live: it probes nothing and gets no version
-		}
-		for host, filter := range s.filters {
-			if host == e.GetNode() || !refuses(filter, e.GetAddresses()) {
-				continue // a node does not tunnel to itself
+	for host, edges := range refusals {
+		for _, e := range edges {
+			region, ok := edgeRegion[e]
+			if !ok {
+				continue // not live: it probes nothing and gets no version
 			}
 			for _, m := range mirrorsByNode[host] {
 				k := pathKey{region, m.GetId()}
-				out[k] = append(out[k], e.GetNode())
+				out[k] = append(out[k], e)
 			}
 		}
 	}
 	return out
-}
-
-// refuses says whether a decap_sources list leaves out one of addrs.
-func refuses(filter []netip.Prefix, addrs []string) bool {
-	for _, s := range addrs {
-		a, err := netip.ParseAddr(s)
-		if err != nil {
-			continue
-		}
-		if !slices.ContainsFunc(filter, func(p netip.Prefix) bool { return p.Contains(a.Unmap()) }) {
-			return true
-		}
-	}
-	return false
 }
 
 // haversineKm is the great-circle distance between two locations.

@@ -438,7 +438,19 @@ func TestRefusedPathsRouteAround(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			s := computeWorld()
 			s.mirrors[1].Node = "nyc-host"
-			s.edges, s.filters = tc.edges, tc.filters
+			// The records the view derives the refusals from.
+			agents := map[string]*pb.AgentRecord{}
+			for _, e := range tc.edges {
+				agents[e.GetNode()] = &pb.AgentRecord{Status: &pb.AgentStatus{Node: e.GetNode(), Role: pb.NodeRole_NODE_ROLE_EDGE, OuterSources: e.GetAddresses()}}
+			}
+			for host, ps := range tc.filters {
+				st := &pb.AgentStatus{Node: host, Role: pb.NodeRole_NODE_ROLE_MIRROR}
+				for _, p := range ps {
+					st.DecapSources = append(st.DecapSources, p.String())
+				}
+				agents[host] = &pb.AgentRecord{Status: st}
+			}
+			s.tunnel = tunnelFrom(agents)
 			s.live = []*pb.LiveReport{
 				edgeReport("e1", "eu", t0, pr("paris", 80, up), pr("nyc", 10, up)),
 				edgeReport("u1", "us", t0, pr("paris", 80, up), pr("nyc", 10, up)),

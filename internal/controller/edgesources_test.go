@@ -236,3 +236,31 @@ func FuzzCheckRegister(f *testing.F) {
 		}
 	})
 }
+
+// TestTunnelFrom: edges (role edge or both) are listed by node; a host
+// refuses each edge with a source outside its list, never itself; a
+// mirror-only node's outer sources are no edge's; without a list a host
+// refuses nobody.
+func TestTunnelFrom(t *testing.T) {
+	rec := func(node string, role pb.NodeRole, outer, decap []string) *pb.AgentRecord {
+		return &pb.AgentRecord{Status: &pb.AgentStatus{Node: node, Role: role, OuterSources: outer, DecapSources: decap}}
+	}
+	tn := tunnelFrom(map[string]*pb.AgentRecord{
+		"both": rec("both", pb.NodeRole_NODE_ROLE_BOTH, []string{"192.0.2.1"}, []string{"10.0.0.0/8"}),
+		"e2":   rec("e2", pb.NodeRole_NODE_ROLE_EDGE, []string{"10.0.0.2", "2001:db8::2"}, nil),
+		"e1":   rec("e1", pb.NodeRole_NODE_ROLE_EDGE, []string{"10.0.0.1"}, nil),
+		"m":    rec("m", pb.NodeRole_NODE_ROLE_MIRROR, []string{"192.0.2.9"}, []string{"10.0.0.1/32", "192.0.2.0/24"}),
+		"open": rec("open", pb.NodeRole_NODE_ROLE_MIRROR, nil, nil),
+	})
+	var nodes []string
+	for _, e := range tn.edges {
+		nodes = append(nodes, e.GetNode())
+	}
+	if !slices.Equal(nodes, []string{"both", "e1", "e2"}) {
+		t.Fatalf("edges %v", nodes)
+	}
+	want := map[string][]string{"both": {"e2"}, "m": {"e2"}}
+	if len(tn.refusals) != len(want) || !slices.Equal(tn.refusals["both"], want["both"]) || !slices.Equal(tn.refusals["m"], want["m"]) {
+		t.Fatalf("refusals %v, want %v", tn.refusals, want)
+	}
+}

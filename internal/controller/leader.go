@@ -223,7 +223,7 @@ func (c *Controller) compute(ls *leaderState, now time.Time) (*pb.DesiredState, 
 	ls.latTicks++
 	ls.lastNow = now
 	ds, sum := buildDesired(w, res, c.engine.Config().Slots, now)
-	ds.EdgeSources = snap.edges
+	ds.EdgeSources = snap.tunnel.edges
 	c.logDown(ls, w)
 	c.logRefused(ls, sum.GetRefused())
 	return ds, sum, next, nil

@@ -27,17 +27,21 @@ type view struct {
 	store *Store
 	log   *slog.Logger
 
-	mu       sync.RWMutex
-	rev      int64
-	sites    map[string]*pb.Site
-	mirrors  map[string]*pb.Mirror
-	res      map[string]*pb.Resource
-	desired  *pb.DesiredRecord
-	agents   map[string]*pb.AgentRecord
-	live     map[string]*pb.LiveReport
-	placed   map[string]*pb.PlacementRecord // resource → the mirroring manager's record
-	health   map[string]string              // node → signature of its health verdicts
-	election map[string]electionKey
+	mu      sync.RWMutex
+	rev     int64
+	sites   map[string]*pb.Site
+	mirrors map[string]*pb.Mirror
+	res     map[string]*pb.Resource
+	desired *pb.DesiredRecord
+	agents  map[string]*pb.AgentRecord
+	// tunnel is derived from agents (tunnelFrom), rebuilt after a batch
+	// of events that changed a node's role or tunnel sources.
+	tunnel      tunnelSources
+	tunnelDirty bool
+	live        map[string]*pb.LiveReport
+	placed      map[string]*pb.PlacementRecord // resource → the mirroring manager's record
+	health      map[string]string              // node → signature of its health verdicts
+	election    map[string]electionKey
 
 	desiredCh *broadcast // a new desired version
 	objectsCh *broadcast // objects changed
@@ -64,6 +68,7 @@ func (v *view) reset() {
 	v.placed = map[string]*pb.PlacementRecord{}
 	v.election = map[string]electionKey{}
 	v.desired = nil
+	v.tunnel, v.tunnelDirty = tunnelSources{}, false
 }
 
 // run lists the prefix and follows it until ctx ends, listing again when
@@ -91,6 +96,7 @@ func (v *view) follow(ctx context.Context) error {
 	for _, kv := range resp.Kvs {
 		v.applyLocked(kv, false)
 	}
+	v.refreshTunnelLocked()
 	v.rev = resp.Header.Revision
 	v.mu.Unlock()
 	v.desiredCh.signal()
@@ -111,6 +117,7 @@ func (v *view) follow(ctx context.Context) error {
 			d, o, k := v.applyLocked(ev.Kv, ev.Type == mvccpb.DELETE)
 			desired, objects, kick = desired || d, objects || o, kick || k
 		}
+		v.refreshTunnelLocked()
 		v.rev = wr.Header.Revision
 		v.mu.Unlock()
 		if desired {
@@ -188,7 +195,9 @@ func (v *view) applyLocked(kv *mvccpb.KeyValue, deleted bool) (desired, objects,
 		if deleted {
 			prev := v.agents[node].GetStatus()
 			delete(v.agents, node)
-			return false, false, len(prev.GetOuterSources()) > 0 || len(prev.GetDecapSources()) > 0
+			changed := len(prev.GetOuterSources()) > 0 || len(prev.GetDecapSources()) > 0
+			v.tunnelDirty = v.tunnelDirty || changed
+			return false, false, changed
 		}
 		rec := &pb.AgentRecord{}
 		if err := proto.Unmarshal(kv.Value, rec); err != nil {
@@ -200,8 +209,10 @@ func (v *view) applyLocked(kv *mvccpb.KeyValue, deleted bool) (desired, objects,
 		// change computes now.
 		prev, st := v.agents[node].GetStatus(), rec.GetStatus()
 		v.agents[node] = rec
-		return false, false, prev.GetRole() != st.GetRole() ||
+		changed := prev.GetRole() != st.GetRole() ||
 			!slices.Equal(prev.GetOuterSources(), st.GetOuterSources()) || !slices.Equal(prev.GetDecapSources(), st.GetDecapSources())
+		v.tunnelDirty = v.tunnelDirty || changed
+		return false, false, changed
 	case strings.HasPrefix(rel, keyLive):
 		node := strings.TrimPrefix(rel, keyLive)
 		if deleted {
@@ -274,8 +285,7 @@ type snapshot struct {
 	live      []*pb.LiveReport
 	desired   *pb.DesiredRecord
 	placed    map[string]*pb.PlacementRecord // resource → record (shared, read only)
-	edges     []*pb.EdgeSource               // by node
-	filters   map[string][]netip.Prefix      // node → its decap_sources (non-empty only)
+	tunnel    tunnelSources                  // shared, read only
 }
 
 func (v *view) snapshot() *snapshot {
@@ -300,23 +310,28 @@ func (v *view) snapshot() *snapshot {
 	for _, x := range v.live {
 		s.live = append(s.live, x)
 	}
-	s.edges = edgeSources(v.agents)
-	s.filters = decapFilters(v.agents)
+	s.tunnel = v.tunnel
 	return s
 }
 
-// decapFilters are the decap_sources of the nodes that have one. The
-// status holds them canonical (the session checked them).
-func decapFilters(agents map[string]*pb.AgentRecord) map[string][]netip.Prefix {
-	out := map[string][]netip.Prefix{}
-	for node, rec := range agents {
-		for _, s := range rec.GetStatus().GetDecapSources() {
-			if p, err := netip.ParsePrefix(s); err == nil {
-				out[node] = append(out[node], p)
-			}
-		}
+// tunnelSources is what the nodes' tunnel sources say, derived from their
+// agent records.
+type tunnelSources struct {
+	// edges: the outer sources of every edge with a record, connected or
+	// not (a disconnected edge forwards on its last version), by node.
+	edges []*pb.EdgeSource
+	// refusals: host → the edges (sorted) with an outer source outside
+	// the host's decap_sources; hosts without one refuse nobody.
+	refusals map[string][]string
+}
+
+// refreshTunnelLocked rebuilds v.tunnel if a node's role or tunnel
+// sources changed: once per batch of events, not per computation (the
+// comparison is edges × hosts).
+func (v *view) refreshTunnelLocked() {
+	if v.tunnelDirty {
+		v.tunnel, v.tunnelDirty = tunnelFrom(v.agents), false
 	}
-	return out
 }
 
 // isEdge says whether a node of role r sends tunnel packets.
@@ -324,18 +339,49 @@ func isEdge(r pb.NodeRole) bool {
 	return r == pb.NodeRole_NODE_ROLE_EDGE || r == pb.NodeRole_NODE_ROLE_BOTH
 }
 
-// edgeSources lists the outer sources of every edge with a record,
-// connected or not (a disconnected edge forwards on its last version),
-// sorted by node.
-func edgeSources(agents map[string]*pb.AgentRecord) []*pb.EdgeSource {
-	var out []*pb.EdgeSource
+// tunnelFrom derives tunnelSources from the agent records, whose lists
+// the session checked and keeps canonical. A node does not tunnel to
+// itself, so a node of role both never refuses its own sources.
+func tunnelFrom(agents map[string]*pb.AgentRecord) tunnelSources {
+	t := tunnelSources{refusals: map[string][]string{}}
+	type edge struct {
+		node  string
+		addrs []netip.Addr
+	}
+	var edges []edge
 	for _, node := range slices.Sorted(maps.Keys(agents)) {
 		st := agents[node].GetStatus()
-		if isEdge(st.GetRole()) && len(st.GetOuterSources()) > 0 {
-			out = append(out, &pb.EdgeSource{Node: node, Addresses: slices.Clone(st.GetOuterSources())})
+		if !isEdge(st.GetRole()) || len(st.GetOuterSources()) == 0 {
+			continue
+		}
+		t.edges = append(t.edges, &pb.EdgeSource{Node: node, Addresses: st.GetOuterSources()})
+		e := edge{node: node}
+		for _, s := range st.GetOuterSources() {
+			if a, err := netip.ParseAddr(s); err == nil {
+				e.addrs = append(e.addrs, a.Unmap())
+			}
+		}
+		edges = append(edges, e)
+	}
+	for host, rec := range agents {
+		var filter []netip.Prefix
+		for _, s := range rec.GetStatus().GetDecapSources() {
+			if p, err := netip.ParsePrefix(s); err == nil {
+				filter = append(filter, p)
+			}
+		}
+		if len(filter) == 0 {
+			continue
+		}
+		for _, e := range edges {
+			if e.node != host && slices.ContainsFunc(e.addrs, func(a netip.Addr) bool {
+				return !slices.ContainsFunc(filter, func(p netip.Prefix) bool { return p.Contains(a) })
+			}) {
+				t.refusals[host] = append(t.refusals[host], e.node)
+			}
 		}
 	}
-	return out
+	return t
 }
 
 func (v *view) desiredRecord() *pb.DesiredRecord {
