@@ -62,7 +62,8 @@ func loadDev(t *testing.T, path string, opt SeriesOptions) []*Series {
 // baseline at h1 and h12, with 80% intervals covering 75–85% where the
 // series has a continuous spread, and events help on the taxi's event
 // days. On NAB rds_cpu only h1 is met (the shift gate; its h12 cannot be,
-// see BENCHMARKS "Why the misses remain").
+// see BENCHMARKS "Why the misses remain"); at h12 it stays ahead of the
+// best baseline (the carry of the gate's bets, round 17).
 func TestDevTargets(t *testing.T) {
 	dir := devData(t)
 	events := loadEvents(t, "nyc_events_2014_2015.csv")
@@ -107,7 +108,7 @@ func TestDevTargets(t *testing.T) {
 			best := BestBaseline(res)
 			m := byMethod(t, res)
 			h := m["hybrid"]
-			if r1, r12 := h.MASE[0]/best[0], h.MASE[11]/best[1]; r1 > 0.9 || (r12 > 0.9 && !c.h1Only) {
+			if r1, r12 := h.MASE[0]/best[0], h.MASE[11]/best[1]; r1 > 0.9 || (r12 > 0.9 && !c.h1Only) || r12 >= 1 {
 				t.Errorf("hybrid / best baseline: h1 %.3f h12 %.3f", r1, r12)
 			}
 			for _, i := range []int{0, 11} {

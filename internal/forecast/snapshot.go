@@ -46,12 +46,14 @@ const (
 	// pooled persistence experts in the location model; 10: the demand
 	// combination's Holt-Winters expert with fitted parameters; 11: the
 	// interval bounds issued at each pending origin and the event targets'
-	// interval trackers; 12: the event targets' error scale. Snapshots from
+	// interval trackers; 12: the event targets' error scale; 13: the
+	// longer horizons' carry of the shift gate's bets. Snapshots from
 	// snapMinVersion on are read (an upgraded controller keeps what its
 	// models learnt); older ones are refused with ErrSnapshotVersion.
-	snapVersion = 12
-	// snapMinVersion is the oldest format this build reads: version 11
-	// differs only in the event targets' error scale (it starts afresh),
+	snapVersion = 13
+	// snapMinVersion is the oldest format this build reads: version 12
+	// differs only in the carry (it starts afresh), version 11 also in
+	// the event targets' error scale (it starts afresh too),
 	// version 10 also in the issued interval bounds and the event trackers
 	// (rebuilt from the ordinary trackers), version 9 also in the demand combination's expert count
 	// (one expert fewer: pool.decode), version 8 also in the location
@@ -310,6 +312,7 @@ func (m *Hybrid) encode(e *enc) {
 		e.f64(m.bet.c)
 		e.f64(m.bet.last)
 		e.int(m.bet.bin)
+		m.carry.encode(e)
 		m.pl.encode(e)
 		e.bool(m.hw != nil)
 		if m.hw != nil {
@@ -442,6 +445,11 @@ func (m *Hybrid) decode(d *dec) {
 			if m.bet.bin < 0 || m.bet.bin >= gateBins {
 				d.fail(fmt.Sprintf("shift gate's pending size bin %d outside [0, %d)", m.bet.bin, gateBins))
 			}
+		}
+		// Format 12 and older kept no carry: it starts afresh (no bet
+		// to carry, its losses and evidence empty).
+		if !d.before(13) {
+			m.carry.decode(d)
 		}
 		m.pl.decode(d)
 		if has := d.bool(); has != (m.hw != nil) {
@@ -920,4 +928,53 @@ func (e *Engine) LoadFile(path string) error {
 	}
 	defer f.Close()
 	return e.Restore(f)
+}
+
+// encode writes the carry's state (its shape comes from the configuration).
+func (k *carry) encode(e *enc) {
+	e.i64(k.at)
+	e.int(k.bin)
+	e.f32s(k.c)
+	for _, b := range k.bet {
+		e.int(int(b))
+	}
+	e.fs(k.loss)
+	e.fs(k.n)
+	for _, g := range k.ev {
+		e.f64(g.adv)
+		e.f64(g.n)
+		e.f64(g.lost)
+	}
+}
+
+// decode reads what encode wrote: sizes must match, losses and counts be
+// finite and non-negative, the evidence as the gate's.
+func (k *carry) decode(d *dec) {
+	if k.at = d.i64(); k.at < 0 {
+		d.fail(fmt.Sprintf("carry: origin %d", k.at))
+	}
+	if k.bin = d.int(); k.bin < 0 || k.bin >= gateBins {
+		d.fail(fmt.Sprintf("carry: size bin %d outside [0, %d)", k.bin, gateBins))
+	}
+	d.f32sInto(k.c, "carry's combination forecasts")
+	for i := range k.bet {
+		b := d.int()
+		if b < -1 || b >= gateBins {
+			d.fail(fmt.Sprintf("carry: pending size bin %d outside [-1, %d)", b, gateBins))
+			return
+		}
+		k.bet[i] = int8(b)
+	}
+	d.fsInto(k.loss, "carry's losses")
+	d.fsInto(k.n, "carry's loss counts")
+	d.inRange(k.loss, 0, math.MaxFloat64, "carry's losses")
+	d.inRange(k.n, 0, math.MaxFloat64, "carry's loss counts")
+	for i := range k.ev {
+		g := &k.ev[i]
+		g.adv, g.n, g.lost = d.f64(), d.f64(), d.f64()
+		d.inRange([]float64{g.adv}, -math.MaxFloat64, math.MaxFloat64, "carry's evidence")
+		if !(g.n >= 0 && g.n <= math.MaxFloat64 && g.lost >= 0 && g.lost <= g.n) {
+			d.fail(fmt.Sprintf("carry's evidence: %v bets lost of %v", g.lost, g.n))
+		}
+	}
 }
