@@ -9,6 +9,17 @@ import (
 	"time"
 )
 
+// newHourlyModel is a hybrid on hourly buckets with a window of W and a
+// horizon of H.
+func newHourlyModel(t *testing.T, W, H int) *Hybrid {
+	t.Helper()
+	m, err := NewHybrid(HybridConfig{Step: time.Hour, Window: W, Horizon: H}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
 // TestShiftCarry: after the one-step gate bets on a level shift, the
 // longer horizons of a random-walk-like series carry it (carryShift); a
 // seasonal series' spike is carried no longer than the gate bets on it,
@@ -16,13 +27,7 @@ import (
 // evidence.
 func TestShiftCarry(t *testing.T) {
 	const W, H = 24 * 14, 12
-	newModel := func() *Hybrid {
-		m, err := NewHybrid(HybridConfig{Step: time.Hour, Window: W, Horizon: H}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return m
-	}
+	newModel := func() *Hybrid { return newHourlyModel(t, W, H) }
 	t.Run("random walk drops", func(t *testing.T) {
 		// A gauge that wanders (NAB grok_asg, ec2_cpu ac20cd) and drops
 		// by 60 steps' noise at once.

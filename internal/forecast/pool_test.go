@@ -579,13 +579,7 @@ func TestIntervalsRecoverAfterTransient(t *testing.T) {
 // the first spikes that the bet loses and stops making it.
 func TestShiftGate(t *testing.T) {
 	const W = 24 * 14
-	newModel := func() *Hybrid {
-		m, err := NewHybrid(HybridConfig{Step: time.Hour, Window: W, Horizon: 12}, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return m
-	}
+	newModel := func() *Hybrid { return newHourlyModel(t, W, 12) }
 	t.Run("shift", func(t *testing.T) {
 		// A flat gauge that jumps by 100 noise SDs, as NAB rds_cpu does.
 		const at = W + 150

@@ -303,11 +303,7 @@ func (m *Hybrid) encode(e *enc) {
 		e.fs(m.shE)
 		e.fs(m.nE)
 		e.f64(m.surprise)
-		for _, g := range m.gate {
-			e.f64(g.adv)
-			e.f64(g.n)
-			e.f64(g.lost)
-		}
+		encodeEvidence(e, m.gate[:])
 		e.bool(m.bet.pending)
 		e.f64(m.bet.c)
 		e.f64(m.bet.last)
@@ -431,14 +427,7 @@ func (m *Hybrid) decode(d *dec) {
 			d.inRange(m.nE, 0, math.MaxFloat64, "event error counts")
 		}
 		m.surprise = d.f64()
-		for k := range m.gate {
-			g := &m.gate[k]
-			g.adv, g.n, g.lost = d.f64(), d.f64(), d.f64()
-			d.inRange([]float64{g.adv}, -math.MaxFloat64, math.MaxFloat64, "shift gate")
-			if !(g.n >= 0 && g.n <= math.MaxFloat64 && g.lost >= 0 && g.lost <= g.n) {
-				d.fail(fmt.Sprintf("shift gate: %v bets lost of %v", g.lost, g.n))
-			}
-		}
+		decodeEvidence(d, m.gate[:], "shift gate")
 		m.bet = gateBet{pending: d.bool(), c: d.f64(), last: d.f64(), bin: d.int()}
 		if m.bet.pending {
 			d.inRange([]float64{m.bet.c, m.bet.last}, -math.MaxFloat64, math.MaxFloat64, "shift gate's pending forecasts")
@@ -940,10 +929,28 @@ func (k *carry) encode(e *enc) {
 	}
 	e.fs(k.loss)
 	e.fs(k.n)
-	for _, g := range k.ev {
+	encodeEvidence(e, k.ev)
+}
+
+// encodeEvidence writes bets' evidence (the shift gate's, the carry's).
+func encodeEvidence(e *enc, ev []gateEvidence) {
+	for _, g := range ev {
 		e.f64(g.adv)
 		e.f64(g.n)
 		e.f64(g.lost)
+	}
+}
+
+// decodeEvidence reads what encodeEvidence wrote into ev: a finite
+// advantage, a finite non-negative count and at most that many lost.
+func decodeEvidence(d *dec, ev []gateEvidence, what string) {
+	for i := range ev {
+		g := &ev[i]
+		g.adv, g.n, g.lost = d.f64(), d.f64(), d.f64()
+		d.inRange([]float64{g.adv}, -math.MaxFloat64, math.MaxFloat64, what)
+		if !(g.n >= 0 && g.n <= math.MaxFloat64 && g.lost >= 0 && g.lost <= g.n) {
+			d.fail(fmt.Sprintf("%s: %v bets lost of %v", what, g.lost, g.n))
+		}
 	}
 }
 
@@ -969,12 +976,5 @@ func (k *carry) decode(d *dec) {
 	d.fsInto(k.n, "carry's loss counts")
 	d.inRange(k.loss, 0, math.MaxFloat64, "carry's losses")
 	d.inRange(k.n, 0, math.MaxFloat64, "carry's loss counts")
-	for i := range k.ev {
-		g := &k.ev[i]
-		g.adv, g.n, g.lost = d.f64(), d.f64(), d.f64()
-		d.inRange([]float64{g.adv}, -math.MaxFloat64, math.MaxFloat64, "carry's evidence")
-		if !(g.n >= 0 && g.n <= math.MaxFloat64 && g.lost >= 0 && g.lost <= g.n) {
-			d.fail(fmt.Sprintf("carry's evidence: %v bets lost of %v", g.lost, g.n))
-		}
-	}
+	decodeEvidence(d, k.ev, "carry's evidence")
 }
