@@ -985,17 +985,7 @@ func (m *Hybrid) resolvePool(h, po int, y, rate float64) float64 {
 	// The error scale is positive once a forecast has missed; a series
 	// that never changed has no scale to weigh the bet's outcome in.
 	if b := m.bet; h == 1 && b.pending && m.shr[0] > 0 {
-		for k := range m.gate {
-			g := &m.gate[k]
-			g.adv, g.n, g.lost = gateLam*g.adv, gateLam*g.n, gateLam*g.lost
-		}
-		g := &m.gate[b.bin]
-		adv := (math.Abs(y-b.c) - math.Abs(y-b.last)) / m.shr[0]
-		g.adv += adv
-		g.n++
-		if adv < 0 {
-			g.lost++
-		}
+		scoreBet(m.gate[:], b.bin, (math.Abs(y-b.c)-math.Abs(y-b.last))/m.shr[0])
 	}
 	if h == 1 {
 		m.bet = gateBet{}
@@ -1049,15 +1039,39 @@ func (m *Hybrid) shiftGate(idx int64, c, last float64) float64 {
 		bin = max(int(math.Log2(z))-2, 0)
 	}
 	m.bet = gateBet{pending: true, c: c, last: last, bin: bin}
-	var sum gateEvidence
-	for _, g := range m.gate[max(bin-gateBelow, 0):] {
-		sum.adv, sum.n, sum.lost = sum.adv+g.adv, sum.n+g.n, sum.lost+g.lost
-	}
-	if sum.adv >= 0 && sum.lost <= sum.n/2 {
+	if betPays(m.gate[:], bin) {
 		m.carry.at, m.carry.bin = idx+1, bin
 		return last
 	}
 	return c
+}
+
+// betPays reports whether the evidence ev (per surprise size bin) lets a
+// bet after a surprise of size bin be made: the evidence of surprises at
+// least a quarter as large (bin and up, and gateBelow bins below) neither
+// says the bet loses in total nor that it lost more often than it won.
+// With no evidence the bet is made.
+func betPays(ev []gateEvidence, bin int) bool {
+	var sum gateEvidence
+	for _, g := range ev[max(bin-gateBelow, 0):] {
+		sum.adv, sum.n, sum.lost = sum.adv+g.adv, sum.n+g.n, sum.lost+g.lost
+	}
+	return sum.adv >= 0 && sum.lost <= sum.n/2
+}
+
+// scoreBet discounts the evidence ev of every size (gateLam per bet) and
+// adds a bet's advantage adv (in error scales; negative: it lost) to bin's.
+func scoreBet(ev []gateEvidence, bin int, adv float64) {
+	for k := range ev {
+		g := &ev[k]
+		g.adv, g.n, g.lost = gateLam*g.adv, gateLam*g.n, gateLam*g.lost
+	}
+	g := &ev[bin]
+	g.adv += adv
+	g.n++
+	if adv < 0 {
+		g.lost++
+	}
 }
 
 // carry is what carryShift keeps per series.
@@ -1128,11 +1142,7 @@ func (m *Hybrid) carryShift(idx int64, h, po int, c, last float64) float64 {
 		return c
 	}
 	k.bet[i] = int8(k.bin)
-	var ev gateEvidence
-	for _, g := range k.ev[(h-1)*gateBins+max(k.bin-gateBelow, 0) : h*gateBins] {
-		ev.adv, ev.n, ev.lost = ev.adv+g.adv, ev.n+g.n, ev.lost+g.lost
-	}
-	if ev.adv < 0 || ev.lost > ev.n/2 {
+	if !betPays(k.ev[(h-1)*gateBins:h*gateBins], k.bin) {
 		return c
 	}
 	return last
@@ -1166,20 +1176,8 @@ func (m *Hybrid) resolveCarry(h, po int, y float64) {
 	k.loss[2*(h-1)] = lam*k.loss[2*(h-1)] + lp
 	k.loss[2*(h-1)+1] = lam*k.loss[2*(h-1)+1] + lc
 	k.n[h-1]++
-	if k.bet[i] < 0 {
-		return
-	}
-	ev := k.ev[(h-1)*gateBins : h*gateBins]
-	for b := range ev {
-		g := &ev[b]
-		g.adv, g.n, g.lost = gateLam*g.adv, gateLam*g.n, gateLam*g.lost
-	}
-	g := &ev[k.bet[i]]
-	adv := lc - lp
-	g.adv += adv
-	g.n++
-	if adv < 0 {
-		g.lost++
+	if k.bet[i] >= 0 {
+		scoreBet(k.ev[(h-1)*gateBins:h*gateBins], int(k.bet[i]), lc-lp)
 	}
 }
 
