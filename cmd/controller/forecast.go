@@ -399,8 +399,12 @@ calendar month (730h) for rows on the first or last day of each month;
     warning (--keep-repeats: the rows are events, keep them); a bucket
     holding more samples than native steps (a DST artifact) sums as their
     mean times that number; with --agg mean it is their mean;
-  * missing buckets (gaps of any length) are filled for the models but
-    never scored, and no forecast is made from inside a gap;
+  * missing buckets (gaps of any length) are filled by interpolation but
+    never scored, no forecast is made from inside a gap, and no interval
+    is learnt from one: the hybrid takes a gap up to a day long as an
+    estimate for its state and skips a longer one (as the controller does
+    a bucket with no report), the seasonal naive baselines count only
+    error pairs observed at both ends;
   * a location is backtested over its own span (first to last row); one
     too short for the protocol is skipped with a warning; inside it, a
     location with no row where others have one counted zero requests

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -234,4 +235,106 @@ func TestEventsReduceErrorOnMarkedDays(t *testing.T) {
 		t.Fatalf("marked-day MASE h12 with events %.3f, without %.3f (%d targets)", with.MarkedMASE[11], without.MarkedMASE[11], with.MarkedN[11])
 	}
 	t.Logf("marked-day MASE h12: with %.3f, without %.3f", with.MarkedMASE[11], without.MarkedMASE[11])
+}
+
+// asObservations hides a method's gap handling: it observes every filled
+// value as data (how the backtest fed gaps before it told them apart).
+type asObservations struct{ Method }
+
+// TestBacktestGapsNotLearnt: a sensor that reports only by day (nine hours
+// missing every night, filled by interpolation) plus a three-day outage.
+// The hybrid learns its error scales from observed buckets only, so its
+// 80% intervals cover about 80% of the observed targets; fed the straight
+// interpolated nights as data it learnt errors of nearly zero there and
+// its intervals were too narrow.
+func TestBacktestGapsNotLearnt(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 7))
+	ar := 0.0
+	s := synth(24*7*8, func(i int) float64 {
+		ar = 0.7*ar + 5*rng.NormFloat64()
+		return 200 + 40*math.Sin(2*math.Pi*float64(i%24)/24) + ar
+	})
+	for i := range s.Values {
+		if h := i % 24; h >= 22 || h < 7 || (i >= 24*7*6 && i < 24*7*6+72) {
+			s.Observed[i] = false
+			s.Values[i] = math.NaN()
+		}
+	}
+	fillGaps(s.Values)
+	hy := HybridSpec("hybrid", HybridConfig{})
+	opaque := MethodSpec{Name: "opaque", New: func(s *Series, f *Feeds, c BacktestConfig) (Method, error) {
+		m, err := hy.New(s, f, c)
+		return asObservations{m}, err
+	}}
+	res, err := Backtest(context.Background(), s, nil, []MethodSpec{hy, opaque}, BacktestConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := byMethod(t, res)
+	for _, h := range []int{1, 12} {
+		c, o := r["hybrid"].Cover80[h-1], r["opaque"].Cover80[h-1]
+		t.Logf("h=%d: coverage %.3f (gaps as data %.3f), MASE %.3f (%.3f)", h, c, o, r["hybrid"].MASE[h-1], r["opaque"].MASE[h-1])
+		if c < 0.72 || c > 0.88 {
+			t.Errorf("h=%d: 80%% interval covers %.3f of %d observed targets", h, c, r["hybrid"].N[h-1])
+		}
+	}
+	if c, o := r["hybrid"].Cover80[0], r["opaque"].Cover80[0]; o > c-0.05 {
+		t.Errorf("one step: gaps as data cover %.3f, told apart %.3f: the test no longer shows the difference", o, c)
+	}
+}
+
+// TestHybridFill: a filled bucket moves the model's state but teaches it
+// nothing (no error scale, no count-ness lost) and is checked like an
+// observation.
+func TestHybridFill(t *testing.T) {
+	m := newHourlyModel(t, 24*7, 12)
+	t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	if err := m.Fill(t0, 1); !errors.Is(err, ErrNotReady) {
+		t.Fatalf("fill before the first observation: %v", err)
+	}
+	rng := rand.New(rand.NewPCG(3, 3))
+	i := 0
+	obs := func() {
+		t.Helper()
+		y := math.Round(50 + 20*math.Sin(2*math.Pi*float64(i%24)/24) + 4*rng.NormFloat64())
+		if err := m.Observe(t0.Add(time.Duration(i)*time.Hour), y); err != nil {
+			t.Fatal(err)
+		}
+		i++
+	}
+	for range 24 * 10 {
+		obs()
+	}
+	next := t0.Add(time.Duration(i) * time.Hour)
+	if err := m.Fill(next, math.NaN()); !errors.Is(err, ErrBadInput) {
+		t.Fatalf("fill with NaN: %v", err)
+	}
+	if err := m.Fill(next.Add(time.Hour), 1); !errors.Is(err, ErrOutOfOrder) {
+		t.Fatalf("fill out of order: %v", err)
+	}
+	sh := slices.Clone(m.sh)
+	for range 6 {
+		// An interpolated stretch: not an integer, far off the forecast.
+		if err := m.Fill(t0.Add(time.Duration(i)*time.Hour), 1000.5); err != nil {
+			t.Fatal(err)
+		}
+		i++
+	}
+	if !slices.Equal(sh, m.sh) {
+		t.Fatalf("filled buckets changed the error scales: %v -> %v", sh, m.sh)
+	}
+	if !m.integer {
+		t.Fatal("a filled non-integer value made a count series continuous")
+	}
+	for _, q := range m.Forecast() {
+		if q.Q50 != math.Trunc(q.Q50) {
+			t.Fatalf("count forecast %v is not an integer", q)
+		}
+	}
+	for range 24 {
+		obs()
+	}
+	if slices.Equal(sh, m.sh) {
+		t.Fatal("observations no longer move the error scales: the check above proves nothing")
+	}
 }

@@ -18,6 +18,18 @@ type Method interface {
 	Forecast() []Quantiles
 }
 
+// gapAware is a Method that can tell a gap in the series from an
+// observation, as the controller does when nothing arrives for a bucket:
+// it learns nothing from it and scores nothing against it. filled is the
+// interpolation across the gap; long reports a gap longer than the
+// protocol's season (a day), across which a straight line erases whole
+// cycles. Without it a method
+// observes the filled value, and the interpolated stretch teaches its
+// error scales errors of nearly zero.
+type gapAware interface {
+	Gap(t time.Time, filled float64, long bool) error
+}
+
 // window is the training window shared by the refit-per-origin baselines:
 // they see only the last W buckets, as the protocol says.
 type window struct {
@@ -74,6 +86,7 @@ func quantilesSorted(errs []float64) (q10, q50, q90 float64) {
 type SeasonalNaive struct {
 	M    int
 	w    window
+	gaps window // parallel to w: 1 where the bucket was a gap, else 0
 	f    []Quantiles
 	lags []int             // distinct lags of horizons 1..H
 	errs map[int][]float64 // per lag: sorted errors b[i]-b[i-lag] in the window
@@ -82,7 +95,7 @@ type SeasonalNaive struct {
 // NewSeasonalNaive returns the seasonal naive method with season m buckets
 // on a training window of W buckets and horizon H.
 func NewSeasonalNaive(m, W, H int) *SeasonalNaive {
-	s := &SeasonalNaive{M: m, w: window{W: W, H: H}, f: make([]Quantiles, H), errs: map[int][]float64{}}
+	s := &SeasonalNaive{M: m, w: window{W: W, H: H}, gaps: window{W: W, H: H}, f: make([]Quantiles, H), errs: map[int][]float64{}}
 	for h := 1; h <= H; h++ {
 		if lag := m * ((h + m - 1) / m); !slices.Contains(s.lags, lag) {
 			s.lags = append(s.lags, lag)
@@ -93,32 +106,49 @@ func NewSeasonalNaive(m, W, H int) *SeasonalNaive {
 
 // Observe implements Method.
 func (s *SeasonalNaive) Observe(_ time.Time, y float64) error {
+	s.push(y, false)
+	return nil
+}
+
+// Gap implements gapAware: the filled value stands in for the point
+// forecasts (the rule reads the window as it is), but no error pair with
+// a gap at either end enters the interval's quantiles.
+func (s *SeasonalNaive) Gap(_ time.Time, filled float64, _ bool) error {
+	s.push(filled, true)
+	return nil
+}
+
+func (s *SeasonalNaive) push(y float64, gap bool) {
 	// The window before the push, for the pair that leaves with its
 	// oldest value (push never overwrites the live tail it is).
-	var old []float64
+	var old, oldGap []float64
 	if len(s.w.buf) == s.w.W {
-		old = s.w.buf
+		old, oldGap = s.w.buf, s.gaps.buf
 	}
 	left, full := s.w.push(y)
-	b := s.w.buf
+	g := 0.0
+	if gap {
+		g = 1
+	}
+	leftGap, _ := s.gaps.push(g)
+	b, bg := s.w.buf, s.gaps.buf
 	n := len(b)
 	for _, lag := range s.lags {
 		e := s.errs[lag]
-		if full && lag < n {
+		if full && lag < n && leftGap == 0 && oldGap[lag] == 0 {
 			// The pair (old[0], old[lag]) left with old[0].
 			x := old[lag] - left
 			if i, ok := slices.BinarySearch(e, x); ok {
 				e = slices.Delete(e, i, i+1)
 			}
 		}
-		if lag < n {
+		if lag < n && !gap && bg[n-1-lag] == 0 {
 			x := y - b[n-1-lag]
 			i, _ := slices.BinarySearch(e, x)
 			e = slices.Insert(e, i, x)
 		}
 		s.errs[lag] = e
 	}
-	return nil
 }
 
 // Forecast implements Method.

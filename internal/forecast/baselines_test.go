@@ -3,6 +3,7 @@ package forecast
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 	"time"
 )
@@ -66,5 +67,46 @@ func TestETSFitDoesNotDependOnPath(t *testing.T) {
 	}
 	if worse > 0 {
 		t.Logf("%d origins worse than a fresh fit", worse)
+	}
+}
+
+// The seasonal naive baselines keep each lag's errors sorted as the
+// window slides; with gaps in the series only pairs observed at both ends
+// count. Checked against the errors recomputed from the window at every
+// bucket, for lags shorter and longer than the gaps.
+func TestSeasonalNaiveErrorsSkipGaps(t *testing.T) {
+	const W, H = 60, 12
+	r := rand.New(rand.NewPCG(5, 5))
+	for _, m := range []int{1, 24} {
+		s := NewSeasonalNaive(m, W, H)
+		var ys []float64
+		var gap []bool
+		for i := range 400 {
+			y := math.Round(10 * r.NormFloat64())
+			g := r.IntN(5) == 0 || (i >= 150 && i < 190)
+			ys, gap = append(ys, y), append(gap, g)
+			var err error
+			if g {
+				err = s.Gap(time.Time{}, y, false)
+			} else {
+				err = s.Observe(time.Time{}, y)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			lo := max(0, len(ys)-W)
+			for _, lag := range s.lags {
+				var want []float64
+				for j := lo + lag; j < len(ys); j++ {
+					if !gap[j] && !gap[j-lag] {
+						want = append(want, ys[j]-ys[j-lag])
+					}
+				}
+				slices.Sort(want)
+				if got := s.errs[lag]; !slices.Equal(got, want) && !(len(got) == 0 && len(want) == 0) {
+					t.Fatalf("m=%d bucket %d lag %d: errors %v, want %v", m, i, lag, got, want)
+				}
+			}
+		}
 	}
 }

@@ -342,7 +342,14 @@
 //   - Gaps of any length are filled by interpolation for the models'
 //     inputs but unobserved: never scored, and never an origin (the filled
 //     value at an origin inside a gap is drawn towards the value after the
-//     gap, which a forecast from there must not see).
+//     gap, which a forecast from there must not see). Methods that can
+//     tell a gap from data (gapAware) learn nothing from it: the hybrid
+//     takes a gap up to a day long as an estimate for its state (Fill:
+//     no error scale, tracker, weight or GRU step) and skips a longer one
+//     (Skip, as the controller does a bucket with no report), the seasonal
+//     naive baselines count only error pairs observed at both ends. Fed as
+//     data, the straight interpolated stretches had taught the error
+//     scales errors of nearly zero (BENCHMARKS "round 18").
 //   - A location counts as zero where others report, inside its own first
 //     to last row (counts; with --agg mean, a gauge per host, a missing
 //     row is a gap instead); outside them it is unobserved (a site added or retired,
