@@ -181,3 +181,46 @@ func TestLocationPrecompute(t *testing.T) {
 	m.addRegion("north")
 	same("after a new region")
 }
+
+// Hours that no location reported are gaps: the per-location series fill
+// them by interpolation for the demand models, but the location table
+// holds no requests there, so they are never scored (scoring them scored
+// the forecasts against interpolated shares nobody requested).
+func TestLocationDataGapsHoldNoRequests(t *testing.T) {
+	const n = 24 * 14
+	start := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+	mk := func(name string, f func(i int) float64) *Series {
+		s := &Series{Name: name, Start: start, Step: time.Hour, Values: make([]float64, n), Observed: make([]bool, n)}
+		for i := range s.Values {
+			s.Values[i], s.Observed[i] = f(i), true
+		}
+		return s
+	}
+	a := mk("a", func(i int) float64 { return 10 + float64(i%24) })
+	b := mk("b", func(i int) float64 { return 30 })
+	gap := 0
+	for i := 24 * 10; i < 24*10+30; i++ {
+		a.Observed[i], b.Observed[i] = false, false
+		gap++
+	}
+	b.Observed[24*12] = false // one location quiet: still a bucket with requests
+	d, err := LocationDataFromSeries([]*Series{a, b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, c := range d.Counts {
+		if inGap := i >= 24*10 && i < 24*10+30; inGap != (sum(c) == 0) {
+			t.Fatalf("bucket %d: counts %v (in the gap: %v)", i, c, inGap)
+		}
+	}
+	from := start.Add(24 * 7 * time.Hour)
+	sc, err := ScoreLocations(d, from, start.Add(n*time.Hour), []int{1}, func() (LocationPredictor, error) {
+		return NewPersistenceLoc(2, 1), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := n - 24*7 - gap; sc[0].Buckets != want {
+		t.Fatalf("scored %d buckets, want %d (the %d gap hours left out)", sc[0].Buckets, want, gap)
+	}
+}

@@ -158,6 +158,16 @@ func LocationDataFromSeries(ss []*Series) (*LocationData, error) {
 	d.Counts = make([][]float64, n)
 	for i := range d.Counts {
 		d.Counts[i] = make([]float64, len(ss))
+		// A bucket no location reported is a gap: its interpolated counts
+		// are no requests anyone made, so it holds none (never scored:
+		// ScoreLocations skips empty buckets, the models learn nothing).
+		seen := false
+		for _, s := range ss {
+			seen = seen || s.Observed[i]
+		}
+		if !seen {
+			continue
+		}
 		for j, s := range ss {
 			d.Counts[i][j] = math.Max(s.Values[i], 0)
 		}
