@@ -146,7 +146,7 @@ const hwFitEvals = 60
 // daily profile almost every day, the best fit of many smooth hourly
 // series, which the fit's Nelder-Mead steps do not reach from a small
 // gain's basin (M4: 51 → 46 series behind the best baseline at one step,
-// BENCHMARKS "round 18").
+// BENCHMARKS "round 19").
 var hwFitGrid = [3][]float64{{-3, -1, 1, 3}, {-3, 0}, {-3, -1, 1, 3}}
 
 // refit re-estimates the smoothing parameters on y, the values of the

@@ -225,7 +225,7 @@ func TestHoltWintersRefit(t *testing.T) {
 // fast-level, slow-season basin: 10–23% more one-step squared error here;
 // on M4's H322 the fitted expert's one-step error was 2.5 times the
 // baseline's, whose warm start across origins had left it (BENCHMARKS
-// "round 18").
+// "round 19").
 func TestHoltWintersRefitFindsLargeSeasonalGain(t *testing.T) {
 	const m, W = 24, 24 * 28
 	sensor := func(seed uint64) []float64 {
