@@ -23,9 +23,8 @@ type Method interface {
 // it learns nothing from it and scores nothing against it. filled is the
 // interpolation across the gap; long reports a gap longer than the
 // protocol's season (a day), across which a straight line erases whole
-// cycles. Without it a method
-// observes the filled value, and the interpolated stretch teaches its
-// error scales errors of nearly zero.
+// cycles. Without it a method observes the filled value, and the
+// interpolated stretch teaches its error scales errors of nearly zero.
 type gapAware interface {
 	Gap(t time.Time, filled float64, long bool) error
 }
