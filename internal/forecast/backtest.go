@@ -247,20 +247,7 @@ func runMethod(ctx context.Context, s *Series, feeds *Feeds, spec MethodSpec, cf
 	if err != nil {
 		return r, fmt.Errorf("%s on %s: %w", spec.Name, s.Name, err)
 	}
-	// Each gap's length: up to a season (a day) its interpolation is a
-	// local estimate; across a longer one a straight line erases whole
-	// cycles (a week for daily data measured worse: BENCHMARKS round 18).
-	gapLen := make([]int, len(s.Observed))
-	for i := 0; i < len(gapLen); {
-		j := i
-		for j < len(gapLen) && !s.Observed[j] {
-			j++
-		}
-		for k := i; k < j; k++ {
-			gapLen[k] = j - i
-		}
-		i = max(j, i+1)
-	}
+	long := longGaps(s.Observed, cfg.Season)
 	nS := make([]int, H) // targets counted for sMAPE/coverage (no scale needed)
 	nanFc := 0           // targets left unscored because the forecast was NaN
 	for i := 0; i <= last; i++ {
@@ -269,7 +256,7 @@ func runMethod(ctx context.Context, s *Series, feeds *Feeds, spec MethodSpec, cf
 		}
 		var err error
 		if g, ok := meth.(gapAware); ok && !s.Observed[i] {
-			err = g.Gap(s.Time(i), s.Values[i], gapLen[i] > cfg.Season)
+			err = g.Gap(s.Time(i), s.Values[i], long[i])
 		} else {
 			err = meth.Observe(s.Time(i), s.Values[i])
 		}
@@ -337,6 +324,27 @@ func runMethod(ctx context.Context, s *Series, feeds *Feeds, spec MethodSpec, cf
 		}
 	}
 	return r, nil
+}
+
+// longGaps marks the buckets of gaps longer than season: up to a season
+// (a day) a gap's interpolation is a local estimate; across a longer one a
+// straight line erases whole cycles (a week for daily data measured
+// worse: BENCHMARKS round 18).
+func longGaps(observed []bool, season int) []bool {
+	long := make([]bool, len(observed))
+	for i := 0; i < len(observed); i++ {
+		j := i
+		for j < len(observed) && !observed[j] {
+			j++
+		}
+		if j-i > season {
+			for k := i; k < j; k++ {
+				long[k] = true
+			}
+		}
+		i = j
+	}
+	return long
 }
 
 func pinball(y, q, tau float64) float64 {

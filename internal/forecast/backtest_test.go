@@ -283,13 +283,13 @@ func TestBacktestGapsNotLearnt(t *testing.T) {
 	}
 }
 
-// TestHybridFill: a filled bucket moves the model's state but teaches it
-// nothing (no error scale, no count-ness lost) and is checked like an
-// observation.
+// TestHybridFill: a filled bucket (Hybrid.fill) moves the model's state
+// but teaches it nothing (no error scale, no count-ness lost) and is
+// checked like an observation.
 func TestHybridFill(t *testing.T) {
 	m := newHourlyModel(t, 24*7, 12)
 	t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
-	if err := m.Fill(t0, 1); !errors.Is(err, ErrNotReady) {
+	if err := m.fill(t0, 1); !errors.Is(err, ErrNotReady) {
 		t.Fatalf("fill before the first observation: %v", err)
 	}
 	rng := rand.New(rand.NewPCG(3, 3))
@@ -306,16 +306,16 @@ func TestHybridFill(t *testing.T) {
 		obs()
 	}
 	next := t0.Add(time.Duration(i) * time.Hour)
-	if err := m.Fill(next, math.NaN()); !errors.Is(err, ErrBadInput) {
+	if err := m.fill(next, math.NaN()); !errors.Is(err, ErrBadInput) {
 		t.Fatalf("fill with NaN: %v", err)
 	}
-	if err := m.Fill(next.Add(time.Hour), 1); !errors.Is(err, ErrOutOfOrder) {
+	if err := m.fill(next.Add(time.Hour), 1); !errors.Is(err, ErrOutOfOrder) {
 		t.Fatalf("fill out of order: %v", err)
 	}
 	sh := slices.Clone(m.sh)
 	for range 6 {
 		// An interpolated stretch: not an integer, far off the forecast.
-		if err := m.Fill(t0.Add(time.Duration(i)*time.Hour), 1000.5); err != nil {
+		if err := m.fill(t0.Add(time.Duration(i)*time.Hour), 1000.5); err != nil {
 			t.Fatal(err)
 		}
 		i++
@@ -336,5 +336,30 @@ func TestHybridFill(t *testing.T) {
 	}
 	if slices.Equal(sh, m.sh) {
 		t.Fatal("observations no longer move the error scales: the check above proves nothing")
+	}
+}
+
+func TestLongGaps(t *testing.T) {
+	for _, tc := range []struct {
+		obs  string // o observed, . gap
+		want string // L in a gap longer than the season (2)
+	}{
+		{"oooo", "...."},
+		{"o.o..o...o", "......LLL."},
+		{"...o", "LLL."},
+		{"o..", "..."},
+		{"o...", ".LLL"},
+	} {
+		obs := make([]bool, len(tc.obs))
+		for i, c := range tc.obs {
+			obs[i] = c == 'o'
+		}
+		got := []byte{}
+		for _, l := range longGaps(obs, 2) {
+			got = append(got, map[bool]byte{true: 'L', false: '.'}[l])
+		}
+		if string(got) != tc.want {
+			t.Errorf("%s: long gaps %s, want %s", tc.obs, got, tc.want)
+		}
 	}
 }

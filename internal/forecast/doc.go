@@ -346,7 +346,7 @@
 //     value at an origin inside a gap is drawn towards the value after the
 //     gap, which a forecast from there must not see). Methods that can
 //     tell a gap from data (gapAware) learn nothing from it: the hybrid
-//     takes a gap up to a day long as an estimate for its state (Fill:
+//     takes a gap up to a day long as an estimate for its state (fill:
 //     no error scale, tracker, weight or GRU step) and skips a longer one
 //     (Skip, as the controller does a bucket with no report), the seasonal
 //     naive baselines count only error pairs observed at both ends. Fed as

@@ -156,7 +156,10 @@ var hwFitGrid = [3][]float64{{-3, -1, 1, 3}, {-3, 0}, {-3, -1, 1, 3}}
 // one, competes with the grid, so a steady series keeps its parameters;
 // a fit alone from the last one could stay in a corner a spike once pushed
 // it into (the ETS baseline's experience, baselines.go).
-func (w *holtWinters) refit(idx int64, y []float64) {
+func (w *holtWinters) refit(idx int64, y []float64) { w.refitGrid(idx, y, &hwFitGrid) }
+
+// refitGrid is refit from the given grid (a test compares grids).
+func (w *holtWinters) refitGrid(idx int64, y []float64, grid *[3][]float64) {
 	m := w.m
 	if m < 2 || len(y) < 2*m {
 		return
@@ -172,9 +175,9 @@ func (w *holtWinters) refit(idx int64, y []float64) {
 	if w.par != nil {
 		try(w.par)
 	}
-	for _, a := range hwFitGrid[0] {
-		for _, b := range hwFitGrid[1] {
-			for _, g := range hwFitGrid[2] {
+	for _, a := range grid[0] {
+		for _, b := range grid[1] {
+			for _, g := range grid[2] {
 				try([]float64{a, b, g, etsStartLow[3]})
 			}
 		}

@@ -242,8 +242,8 @@ func TestHoltWintersRefitFindsLargeSeasonalGain(t *testing.T) {
 	sse := func(y []float64, w *holtWinters) float64 {
 		return etsRun(y, m, w.alpha, w.beta, w.gamma, w.phi, make([]float64, 2+m))
 	}
-	grid := hwFitGrid
-	defer func() { hwFitGrid = grid }()
+	narrowGrid := hwFitGrid
+	narrowGrid[2] = []float64{-3, -1}
 	for seed := range uint64(3) {
 		y := sensor(seed)
 		w := runHW(m, y)
@@ -256,10 +256,8 @@ func TestHoltWintersRefitFindsLargeSeasonalGain(t *testing.T) {
 		fit, base := sse(y, w), etsSSE(e, y, e.par)
 		// The grid without large seasonal gains, to show the case still
 		// tells them apart.
-		hwFitGrid[2] = []float64{-3, -1}
 		narrow := runHW(m, y)
-		narrow.refit(int64(W-1), y)
-		hwFitGrid = grid
+		narrow.refitGrid(int64(W-1), y, &narrowGrid)
 		t.Logf("seed %d: fitted α %.2f γ %.2f SSE %.4g; baseline %.4g; narrow grid α %.2f γ %.2f SSE %.4g",
 			seed, w.alpha, w.gamma, fit, base, narrow.alpha, narrow.gamma, sse(y, narrow))
 		if fit > 1.03*base {

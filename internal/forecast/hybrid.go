@@ -426,7 +426,7 @@ func (m *Hybrid) Skip(t time.Time) error {
 	return m.observe(t, m.med1, obsMissing)
 }
 
-// Fill feeds an estimate of a bucket that had no data (the backtest's
+// fill feeds an estimate of a bucket that had no data (the backtest's
 // interpolation across a gap of its CSV): the window, the regression and
 // the experts' states take it as they would an observation, so a series
 // with many gaps still has the runs of buckets its seasonal fits need,
@@ -434,7 +434,7 @@ func (m *Hybrid) Skip(t time.Time) error {
 // smoother than the series, and scoring it taught the error scales and
 // the interval trackers errors of nearly zero (a NAB traffic sensor with
 // half its hours missing: 80% intervals covering 61%).
-func (m *Hybrid) Fill(t time.Time, y float64) error {
+func (m *Hybrid) fill(t time.Time, y float64) error {
 	if m.n == 0 {
 		return fmt.Errorf("%w: fill before the first observation", ErrNotReady)
 	}
@@ -445,24 +445,26 @@ func (m *Hybrid) Fill(t time.Time, y float64) error {
 }
 
 // Gap implements the backtest's gapAware: a gap up to the protocol's
-// season (a day) is taken by its interpolation (Fill); across a longer one
+// season (a day) is taken by its interpolation (fill); across a longer one
 // the model's own forecast carries the season (Skip), as it does in the
 // controller.
 func (m *Hybrid) Gap(t time.Time, filled float64, long bool) error {
 	if long {
 		return m.Skip(t)
 	}
-	return m.Fill(t, filled)
+	return m.fill(t, filled)
 }
 
-// How observe takes a bucket's value.
+// obsKind is how observe takes a bucket's value.
+type obsKind int
+
 const (
-	obsValue   = iota // an observation
-	obsFilled         // an estimate: state only, nothing scored or learnt
-	obsMissing        // unknown: weight zero in the window, nothing learnt
+	obsValue   obsKind = iota // an observation
+	obsFilled                 // an estimate: state only, nothing scored or learnt
+	obsMissing                // unknown: weight zero in the window, nothing learnt
 )
 
-func (m *Hybrid) observe(t time.Time, y float64, how int) error {
+func (m *Hybrid) observe(t time.Time, y float64, how obsKind) error {
 	if m.n > 0 && !t.Equal(m.last.Add(m.cfg.Step)) {
 		return fmt.Errorf("%w: got %v after %v", ErrOutOfOrder, t, m.last)
 	}
