@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -402,11 +401,10 @@ func startReplicaAt(t testing.TB, name, prefix, addr string) *replica {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var lis net.Listener
-	waitFor(t, "address free", 5*time.Second, func() bool {
-		lis, err = net.Listen("tcp", addr)
-		return err == nil
-	})
+	lis, err := testnet.Relisten("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &replica{c: c, addr: addr, cli: cli, cancel: cancel, done: make(chan error, 1)}
 	go func() { r.done <- c.Serve(ctx, lis) }()

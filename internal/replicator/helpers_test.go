@@ -124,7 +124,7 @@ func (c *cluster) startWith(name string, cfg Config, adjust func(*Node)) *Node {
 	ln := c.lns[name]
 	delete(c.lns, name)
 	if ln == nil {
-		if ln, err = net.Listen("tcp", c.addrs[name]); err != nil {
+		if ln, err = testnet.Relisten("tcp", c.addrs[name], 5*time.Second); err != nil {
 			c.t.Fatal(err)
 		}
 	}

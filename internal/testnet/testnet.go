@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // lowest port tried: above the ports of common local services.
@@ -58,4 +59,20 @@ func ephemeralLow() (int, bool) {
 		return 0, false
 	}
 	return lo, true
+}
+
+// Relisten opens a listener again on addr (a restarted server keeps the
+// address its peers know), retrying while another socket holds it, for at
+// most within. Below the ephemeral range only an explicit bind takes a
+// port, but another test package's Listen may still pick it in the moment
+// the server is down.
+func Relisten(network, addr string, within time.Duration) (net.Listener, error) {
+	deadline := time.Now().Add(within)
+	for {
+		ln, err := net.Listen(network, addr)
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			return ln, err
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -1,9 +1,12 @@
 package testnet
 
 import (
+	"errors"
 	"net"
 	"strconv"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestListenBelowEphemeralRange(t *testing.T) {
@@ -29,4 +32,29 @@ func TestListenBelowEphemeralRange(t *testing.T) {
 		}
 		again.Close()
 	}
+}
+
+// Relisten waits while another socket holds the address and gives up
+// after its bound with the bind's error.
+func TestRelisten(t *testing.T) {
+	holder, err := Listen("tcp", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := holder.Addr().String()
+	if _, err := Relisten("tcp", addr, 100*time.Millisecond); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("address held: %v, want EADDRINUSE", err)
+	}
+	released := make(chan struct{})
+	go func() {
+		time.Sleep(150 * time.Millisecond)
+		holder.Close()
+		close(released)
+	}()
+	ln, err := Relisten("tcp", addr, 5*time.Second)
+	<-released
+	if err != nil {
+		t.Fatalf("address released: %v", err)
+	}
+	ln.Close()
 }
