@@ -41,6 +41,12 @@ const maxClockSkew = 30 * time.Second
 // and is dropped before it reaches the forecaster.
 const maxFlowsPerSecond = 6e9
 
+// plausibleFlows reports whether n new flows over span (at least a second)
+// can be demand rather than a broken counter (maxFlowsPerSecond).
+func plausibleFlows(n uint64, span time.Duration) bool {
+	return float64(n) <= maxFlowsPerSecond*max(span.Seconds(), 1)
+}
+
 // bucketFlows is one session's new flows in one bucket.
 type bucketFlows struct {
 	flows     map[[2]uint32]uint64 // (resource ID, region ID) → new flows
@@ -121,14 +127,13 @@ func (a *agentConn) recordAccess(r *pb.Report, now time.Time) {
 		return
 	}
 	start, end := reportSpan(r, now, fc.maxSpan())
-	limit := maxFlowsPerSecond * max(end.Sub(start).Seconds(), 1)
 	var received, late float64
 	a.mu.Lock()
 	for _, ac := range r.GetAccess() {
 		if ac.GetNewFlows() == 0 {
 			continue
 		}
-		if float64(ac.GetNewFlows()) > limit {
+		if !plausibleFlows(ac.GetNewFlows(), end.Sub(start)) {
 			a.c.m.accessFlows.WithLabelValues("implausible").Inc()
 			a.c.log.Warn("implausible access count dropped", "node", a.node, "resource_id", ac.GetResourceId(),
 				"region_id", ac.GetRegionId(), "new_flows", ac.GetNewFlows(), "span", end.Sub(start))

@@ -283,8 +283,18 @@ func buildInput(s *snapshot, now time.Time, cfg inputConfig, held map[uint32]*he
 			paths[r.GetId()] = append(paths[r.GetId()], p)
 		}
 	}
+	// Held (and borrowed) paths may name a mirror deleted since they were
+	// fresh: such a path is no candidate, and would make the input invalid.
+	known := make(map[uint32]bool, len(w.mirrors))
+	for _, m := range w.mirrors {
+		known[m.GetId()] = true
+	}
 	for _, r := range w.regions {
-		in.Paths = append(in.Paths, paths[r.GetId()]...)
+		for _, p := range paths[r.GetId()] {
+			if known[p.Mirror] {
+				in.Paths = append(in.Paths, p)
+			}
+		}
 	}
 
 	for _, m := range w.mirrors {

@@ -3,12 +3,15 @@ package controller
 import (
 	"encoding/json"
 	"maps"
+	"math"
 	"net/netip"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/pki"
 	"github.com/premirror/premirror/internal/route"
 )
 
@@ -498,5 +501,113 @@ func TestRefusedPathsRouteAround(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A region whose edges fell silent keeps its last paths for PathHold. A
+// mirror deleted meanwhile must leave them: a path to an unknown mirror
+// makes the route input invalid, and the leader would compute no route
+// for anyone (failovers included) until the hold ran out.
+func TestHeldPathsOfDeletedMirror(t *testing.T) {
+	s := computeWorld()
+	up := pb.Health_HEALTH_UP
+	s.live = []*pb.LiveReport{
+		edgeReport("e1", "eu", t0, pr("paris", 10, up), pr("nyc", 80, up)),
+		edgeReport("u1", "us", t0, pr("paris", 70, up)),
+	}
+	held := map[uint32]*heldRegion{}
+	eng, err := route.New(route.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, _ := buildInput(s, t0, testInputCfg, held)
+	_, st, err := eng.Step(nil, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// eu's edge falls silent; the nyc mirror is deleted (and the resource
+	// no longer lists it).
+	s.mirrors = s.mirrors[:1]
+	s.resources[0].MirrorPolicy = nil
+	now := t0.Add(10 * time.Second)
+	s.live = []*pb.LiveReport{edgeReport("u1", "us", now, pr("paris", 70, up))}
+	in, _ = buildInput(s, now, testInputCfg, held)
+	if _, ok := pathOf(in, 1, 1); !ok {
+		t.Fatal("eu's held path to paris lost: the hold should keep it")
+	}
+	if _, _, err := eng.Step(st, in); err != nil {
+		t.Fatalf("route step after deleting a mirror a held region had a path to: %v", err)
+	}
+}
+
+// A mirror's service time that validation accepts (the admin API takes
+// the proto as it is) must be refused there if the routing policy cannot
+// take it as a time.Duration: beyond 2^63 ns it would wrap negative and
+// every route computation fail.
+func TestServiceTimeBeyondDurationRefused(t *testing.T) {
+	s := computeWorld()
+	s.mirrors[0].ServiceTimeMs = 1e13
+	err := ValidateObjects(&pb.Objects{Sites: s.sites, Mirrors: s.mirrors, Resources: s.resources}, DefaultLimits())
+	if err == nil || !strings.Contains(err.Error(), "service_time") {
+		t.Fatalf("service_time_ms 1e13: %v, want it refused naming service_time", err)
+	}
+}
+
+// A wrapped access counter (2^64 − a few new flows in a second) is
+// dropped from the forecaster's path (recordAccess); the routing policy's
+// demand rate must not take it either: ~10^17 flows/s of projected load
+// would drive the capacity spill-over for half an hour.
+func TestSmoothDemandDropsImplausibleCount(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	a := &agentConn{demand: map[[2]uint32]float64{}, lastReport: now.Add(-time.Second)}
+	r := &pb.Report{StartUnixNano: now.Add(-time.Second).UnixNano(), EndUnixNano: now.UnixNano(),
+		Access: []*pb.AccessCount{
+			{ResourceId: 7, RegionId: 1, NewFlows: math.MaxUint64 - 3},
+			{ResourceId: 7, RegionId: 2, NewFlows: 100},
+		}}
+	out := a.smoothDemand(r, now)
+	if len(out) != 1 || out[0].GetRegionId() != 2 {
+		t.Fatalf("demand %v: want only region 2's", out)
+	}
+}
+
+// `controller run --report-interval 10s`: an edge whose last report is 6 s
+// old reports on time and must still count. With a fixed 5 s report max
+// age its paths, mirror health and copy states would blink out for half
+// of every interval.
+func TestReportAgesFollowReportInterval(t *testing.T) {
+	for _, tc := range []struct {
+		interval, maxAge time.Duration
+		wantErr          string
+	}{
+		{interval: time.Second},
+		{interval: 10 * time.Second},
+		{interval: 2 * time.Second, maxAge: 2 * time.Second, wantErr: "report max age: 2s must exceed the report interval 2s"},
+	} {
+		cfg := Config{ReportInterval: tc.interval, ReportMaxAge: tc.maxAge, TLS: pki.Files{CA: "ca.pem", Cert: "c.pem", Key: "k.pem"},
+			Forecast: ForecastConfig{Disable: true}}
+		err := cfg.setDefaults()
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("interval %v, max age %v: %v, want %q", tc.interval, tc.maxAge, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.interval == time.Second && (cfg.ReportMaxAge != DefaultReportMaxAge || cfg.ProbeMaxAge != DefaultProbeMaxAge) {
+			t.Fatalf("default interval: max ages %v / %v, want the defaults", cfg.ReportMaxAge, cfg.ProbeMaxAge)
+		}
+		icfg := inputConfig{ReportMaxAge: cfg.ReportMaxAge, ProbeMaxAge: cfg.ProbeMaxAge, PathHold: cfg.PathHold, TableSlots: 1024}
+		s := computeWorld()
+		p := pr("paris", 10, pb.Health_HEALTH_UP)
+		p.LastProbeUnixNano = t0.Add(-time.Second).UnixNano()
+		s.live = []*pb.LiveReport{edgeReport("e1", "eu", t0, p)}
+		age := tc.interval * 6 / 10 // inside the interval: on time
+		in, _ := buildInput(s, t0.Add(age), icfg, map[uint32]*heldRegion{})
+		if _, ok := pathOf(in, 1, 1); !ok {
+			t.Fatalf("report interval %v, max ages %v / %v: a report %v old is ignored", tc.interval, cfg.ReportMaxAge, cfg.ProbeMaxAge, age)
+		}
 	}
 }

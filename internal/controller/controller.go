@@ -90,13 +90,22 @@ func (c *Config) setDefaults() error {
 	if len(c.AdminNames) == 0 {
 		c.AdminNames = []string{"admin"}
 	}
+	if c.ReportInterval == 0 {
+		c.ReportInterval = DefaultReportInterval
+	}
+	// The ages scale with a longer report interval: an agent reporting on
+	// time must not look silent between its reports.
+	ri := c.ReportInterval
 	if err := setDurations(
 		durationDefault{&c.TickInterval, DefaultTickInterval, "tick interval"}, durationDefault{&c.ReportInterval, DefaultReportInterval, "report interval"},
-		durationDefault{&c.ReportMaxAge, DefaultReportMaxAge, "report max age"}, durationDefault{&c.ProbeMaxAge, DefaultProbeMaxAge, "probe max age"},
+		durationDefault{&c.ReportMaxAge, max(DefaultReportMaxAge, 5*ri), "report max age"}, durationDefault{&c.ProbeMaxAge, max(DefaultProbeMaxAge, 10*ri), "probe max age"},
 		durationDefault{&c.PathHold, DefaultPathHold, "path hold"}, durationDefault{&c.LeaseTTL, DefaultLeaseTTL, "lease ttl"},
 		durationDefault{&c.CheckpointInterval, DefaultCheckpointInterval, "checkpoint interval"},
 	); err != nil {
 		return err
+	}
+	if c.ReportMaxAge <= c.ReportInterval {
+		return fmt.Errorf("report max age: %v must exceed the report interval %v", c.ReportMaxAge, c.ReportInterval)
 	}
 	if c.Route.Slots == 0 {
 		c.Route.Slots = maps.DefaultConfig().TableSlots

@@ -474,6 +474,11 @@ func checkMirror(m *pb.Mirror) error {
 	if !finiteNonNeg(m.GetServiceTimeMs()) {
 		return fmt.Errorf("service_time: %vms must be ≥ 0", m.GetServiceTimeMs())
 	}
+	// The routing policy takes it as a time.Duration: beyond (or rounding
+	// to) 2^63 ns it would wrap negative and the route input be refused.
+	if m.GetServiceTimeMs() >= float64(math.MaxInt64)/float64(time.Millisecond) {
+		return fmt.Errorf("service_time: %vms is out of range", m.GetServiceTimeMs())
+	}
 	if _, ok := pb.MirrorState_name[int32(m.GetState())]; !ok {
 		return fmt.Errorf("state: %d is not a mirror state", m.GetState())
 	}

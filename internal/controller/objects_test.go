@@ -70,6 +70,7 @@ func TestParseObjectsNamesTheField(t *testing.T) {
 		{"mirror address", "address: 192.0.2.10", "address: 192.0.2.300", "mirrors[0] (paris).address"},
 		{"mirror state", "state: draining", "state: sleeping", "mirrors[1].state"},
 		{"service time", "service_time: 2ms", "service_time: soon", "service_time"},
+		{"service time beyond a duration", "service_time: 2ms", "service_time: 2562047h47m16.854775807s", "mirrors[0] (paris).service_time"},
 		{"encap", "encap: gue", "encap: vxlan", "mirrors[1].encap"},
 		{"GUE without port", "    gue_port: 6080\n", "", "mirrors[1] (nyc).gue_port: 0"},
 		{"GUE port out of range", "gue_port: 6080", "gue_port: 70000", "mirrors[1].gue_port: 70000"},

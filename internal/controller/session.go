@@ -449,6 +449,10 @@ func (a *agentConn) smoothDemand(r *pb.Report, now time.Time) []*pb.DemandRate {
 	a.lastReport = now
 	sample := map[[2]uint32]float64{}
 	for _, ac := range r.GetAccess() {
+		// A broken counter is no demand (recordAccess drops and counts it).
+		if !plausibleFlows(ac.GetNewFlows(), dt) {
+			continue
+		}
 		sample[[2]uint32{ac.GetResourceId(), ac.GetRegionId()}] += float64(ac.GetNewFlows())
 	}
 	alpha := 1 - math.Exp(-dt.Seconds()/demandTau.Seconds())
