@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -386,4 +387,55 @@ func (s *syncBuffer) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// A certificate's files are <name>.pem and <name>-key.pem: a name ending
+// in "-key" would write its certificate over another's key ("ca-key" over
+// the CA's private key, "controller-key" over the controller's).
+func TestCertsRefusesKeyFileNames(t *testing.T) {
+	for _, flag := range []string{"--agents=ca-key", "--admins=controller-key", "--replicators=r1-key"} {
+		dir := t.TempDir()
+		if _, err := ctl(t, "certs", "--dir", dir); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := ctl(t, "certs", "--dir", dir, flag); err == nil || !strings.Contains(err.Error(), "cannot name a certificate") {
+			t.Fatalf("%s: %v, want it refused", flag, err)
+		}
+		// The CA and the controller's key pair are untouched.
+		if _, err := ctl(t, "certs", "--dir", dir, "--agents=edge-1"); err != nil {
+			t.Fatalf("after %s the CA no longer loads: %v", flag, err)
+		}
+		if _, err := tls.LoadX509KeyPair(filepath.Join(dir, "controller.pem"), filepath.Join(dir, "controller-key.pem")); err != nil {
+			t.Fatalf("after %s the controller's key pair no longer loads: %v", flag, err)
+		}
+	}
+}
+
+// replay-access returns when its context ends. Its loop selects on the
+// context and on the client's result; when it took the result, a deferred
+// second receive would wait forever.
+func TestReplayReturnsOnCancel(t *testing.T) {
+	dir := t.TempDir()
+	certs := filepath.Join(dir, "certs")
+	if _, err := ctl(t, "certs", "--dir", certs, "--agents", "replay-eu"); err != nil {
+		t.Fatal(err)
+	}
+	csv := filepath.Join(dir, "d.csv")
+	if err := os.WriteFile(csv, []byte("timestamp,location,value\n2024-01-01T00:00:00Z,eu,5\n2024-01-01T01:00:00Z,eu,6\n2024-01-01T02:00:00Z,eu,7\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 { // the select picks at random: 20 runs miss it with p = 2^-20
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel() // ended before it starts: the client returns at once
+		done := make(chan error, 1)
+		go func() {
+			done <- commands.Run(ctx, []string{"replay-access", "--server", freeAddr(t), "--tls-dir", certs, "--tls-name", "replay-eu",
+				"--site", "eu", "--csv", csv, "--resource", "web", "--speedup", "3600"})
+		}()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("run %d: replay-access did not return after its context ended", i)
+		}
+	}
 }

@@ -174,7 +174,13 @@ func ctlReplay(ctx context.Context, args []string) error {
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- client.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	ran := false // the loop took Run's result: nothing more comes on done
+	defer func() {
+		cancel()
+		if !ran {
+			<-done
+		}
+	}()
 
 	// Align the replay so each CSV bucket fills one wall interval of
 	// step/speedup, starting at the next such boundary.
@@ -194,6 +200,7 @@ func ctlReplay(ctx context.Context, args []string) error {
 		case <-ctx.Done():
 			return nil
 		case err := <-done:
+			ran = true
 			return err
 		case <-t.C:
 		}
