@@ -179,8 +179,9 @@ static __always_inline int probe_budget_ok(__u32 rate)
  * the path through this program, and a mirror host answers while its
  * agent restarts (the program stays attached). Returns -1 when the
  * datagram is not a well-formed request to the probe port (the caller
- * goes on), XDP_PASS when over the reply budget (the agent's responder,
- * with its own limit, may still answer), XDP_TX when answered.
+ * goes on), XDP_PASS when over the reply budget (the caller passes it on
+ * untouched, through pm_decap_next: the agent's responder, with its own
+ * limit, may still answer), XDP_TX when answered.
  */
 static __always_inline int probe_echo(void *data, void *data_end, void *l3, struct udphdr *uh, __u8 fam, __u32 l4len,
 				      const struct decap_addr_info *ep)
@@ -203,7 +204,7 @@ static __always_inline int probe_echo(void *data, void *data_end, void *l3, stru
 	if (*(__be32 *)p != bpf_htonl(PROBE_MAGIC_BE) || p[4] != 1 || p[5] != 1 || p[6] || p[7])
 		return -1;
 	if (!probe_budget_ok(cfg->rate))
-		return verdict(D_PASS_PROBE_OVER_BUDGET, XDP_PASS);
+		return XDP_PASS; /* counted by the caller's pass_on */
 
 	__u16 oldw = *(__u16 *)(p + 4);
 	p[5] = 2;
@@ -355,6 +356,8 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 			int r = probe_echo(data, data_end, l3, l3 + IPV4_HLEN, PM_FAMILY_V4,
 					   ntohs_len(oh->tot_len) - IPV4_HLEN, ep);
 
+			if (r == XDP_PASS)
+				return pass_on(ctx, D_PASS_PROBE_OVER_BUDGET);
 			if (r >= 0)
 				return r;
 		}
@@ -392,6 +395,8 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 		if (l4proto == IPPROTO_UDP) {
 			int r = probe_echo(data, data_end, l3, l3 + IPV6_HLEN, PM_FAMILY_V6, ntohs_len(oh->payload_len), ep);
 
+			if (r == XDP_PASS)
+				return pass_on(ctx, D_PASS_PROBE_OVER_BUDGET);
 			if (r >= 0)
 				return r;
 		}

@@ -240,6 +240,9 @@ struct pkt {
 	__u8 frag_proto; /* protocol field beside the fragment offset: the pm_frags key's */
 	__u8 pad;
 	__u32 ifindex;  /* ingress device */
+	/* An ICMP error's own source: flow holds the quoted flow's
+	 * addresses, pm_frags keys the fragment's (frag_key_of). */
+	__u8 frag_src[16];
 };
 
 static __always_inline void count(enum pm_reason r)
@@ -397,6 +400,7 @@ static __always_inline int parse_quote_v4(void *q, void *data_end, __u32 room, s
 	if (ih->saddr != *(__u32 *)p->flow.dst)
 		return P_NOT_L4;
 	p->flow.proto = ih->protocol;
+	*(__u32 *)p->frag_src = *(__u32 *)p->flow.src;
 	*(__u32 *)p->flow.src = ih->daddr;
 	*(__u32 *)p->flow.dst = ih->saddr;
 	p->flow.sport = bpf_ntohs(ports[1]);
@@ -420,6 +424,7 @@ static __always_inline int parse_quote_v6(void *q, void *data_end, __u32 room, s
 	if ((qs[0] ^ d[0]) | (qs[1] ^ d[1]) | (qs[2] ^ d[2]) | (qs[3] ^ d[3]))
 		return P_NOT_L4; /* not to the quoted source (see parse_quote_v4) */
 	p->flow.proto = ih->nexthdr;
+	__builtin_memcpy(p->frag_src, p->flow.src, 16);
 	__builtin_memcpy(p->flow.src, &ih->daddr, 16);
 	__builtin_memcpy(p->flow.dst, &ih->saddr, 16);
 	p->flow.sport = bpf_ntohs(ports[1]);
@@ -867,8 +872,11 @@ static __always_inline __s64 inner_share(const struct pkt *p, const void *inner,
 		if (ih->protocol == IPPROTO_UDP) {
 			const struct udphdr *uh = inner + hl;
 
-			/* UDP over IPv4 may go without a checksum (0). */
-			if ((void *)(uh + 1) > data_end || !uh->check)
+			/* UDP over IPv4 may go without a checksum (0). A
+			 * datagram shorter than the IP payload (a trailer
+			 * follows) covers neither the trailer nor this length. */
+			if ((void *)(uh + 1) > data_end || !uh->check ||
+			    ntohs_len(uh->len) != p->ip_len - hl)
 				return -1;
 		} else if (ih->protocol != IPPROTO_TCP) {
 			return -1;
@@ -886,8 +894,10 @@ static __always_inline __s64 inner_share(const struct pkt *p, const void *inner,
 	if (nh == IPPROTO_UDP) {
 		const struct udphdr *uh = (const void *)(ih + 1);
 
-		/* Over IPv6 a UDP checksum of 0 is invalid anyway. */
-		if ((void *)(uh + 1) > data_end || !uh->check)
+		/* Over IPv6 a UDP checksum of 0 is invalid anyway; a
+		 * trailer after the datagram is not covered (see IPv4). */
+		if ((void *)(uh + 1) > data_end || !uh->check ||
+		    ntohs_len(uh->len) != p->ip_len - IPV6_HLEN)
 			return -1;
 	} else if (nh != IPPROTO_TCP && nh != IPPROTO_ICMPV6) {
 		return -1; /* an extension header */
@@ -1270,13 +1280,16 @@ static __always_inline int transmit(struct xdp_md *ctx, const struct pkt *p, __u
 
 /* ---- the program ---- */
 
-/* The datagram a fragment belongs to: the same in every fragment. */
+/* The datagram a fragment belongs to: the same in every fragment. An ICMP
+ * error's flow is the quoted one, (client, VIP); its fragments carry
+ * (sender of the error, VIP), and the later ones are not parsed: key the
+ * error's own source. (Its destination is the VIP either way.) */
 static __always_inline void frag_key_of(const struct pkt *p, struct frag_key *fk)
 {
 	fk->id = p->frag_id;
 	fk->proto = p->frag_proto;
 	fk->family = p->flow.family;
-	__builtin_memcpy(fk->src, p->flow.src, 16);
+	__builtin_memcpy(fk->src, p->icmp ? p->frag_src : p->flow.src, 16);
 	__builtin_memcpy(fk->dst, p->flow.dst, 16);
 }
 
