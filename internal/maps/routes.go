@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"os"
 	"slices"
 
 	"github.com/cilium/ebpf"
@@ -217,6 +218,45 @@ func (ts *tableSet) publish(slots []uint32) (uint32, error) {
 	return id, nil
 }
 
+// full reports whether publishing a new table would need an ID there is not.
+func (ts *tableSet) full() bool {
+	return len(ts.free) == 0 && int(ts.next) >= ts.cfg.MaxTables
+}
+
+// replace puts slots in table id (used by one route only) in place.
+func (ts *tableSet) replace(id uint32, slots []uint32) error {
+	m, err := ebpf.NewMap(ts.inner)
+	if err != nil {
+		return fmt.Errorf("create route table: %w", err)
+	}
+	defer m.Close()
+	keys := make([]uint32, len(slots))
+	for i := range keys {
+		keys[i] = uint32(i)
+	}
+	if _, err := m.BatchUpdate(keys, slots, nil); err != nil {
+		return fmt.Errorf("fill route table: %w", err)
+	}
+	info, err := m.Info()
+	if err != nil {
+		return fmt.Errorf("route table info: %w", err)
+	}
+	mapID, _ := info.ID()
+	// Published first: a crash before the record leaves pm_table_ids
+	// naming the freed map, which recover detects and reads around.
+	if err := ts.outer.Put(id, m); err != nil {
+		return fmt.Errorf("publish route table %d: %w", id, err)
+	}
+	if err := ts.ids.Put(id, &routerTableRef{MapId: uint32(mapID)}); err != nil {
+		return fmt.Errorf("record route table %d: %w", id, err)
+	}
+	t := ts.byID[id]
+	delete(ts.byDigest, t.digest)
+	t.slots, t.digest = slots, digest(slots)
+	ts.byDigest[t.digest] = id
+	return nil
+}
+
 func (ts *tableSet) release(id uint32) {
 	t := ts.byID[id]
 	if t.refs--; t.refs > 0 {
@@ -232,6 +272,15 @@ func (ts *tableSet) release(id uint32) {
 }
 
 func (ts *tableSet) set(index *ebpf.Map, key routerRouteKey, slots []uint32) error {
+	if old, had := ts.index[key]; had && ts.full() && ts.byID[old].refs == 1 {
+		if _, shared := ts.byDigest[digest(slots)]; !shared {
+			// Every table is in use and this key alone holds its
+			// own: a new one would need a free ID first. Swap the
+			// inner map in place instead: one pointer replaced under
+			// RCU, a packet sees the old table or the new one.
+			return ts.replace(old, slots)
+		}
+	}
 	id, err := ts.publish(slots)
 	if err != nil {
 		return err
@@ -302,6 +351,12 @@ func (ts *tableSet) recover(index *ebpf.Map, prune bool) error {
 			return fmt.Errorf("route table %d is referenced but not recorded in pm_table_ids", id)
 		}
 		slots, err := ts.read(id, mapID)
+		if errors.Is(err, os.ErrNotExist) {
+			// A crash between replace's two writes: the table's
+			// inner map changed, its record did not. Ask the outer
+			// map (one slow lookup before Linux 6.8, only here).
+			slots, err = ts.readPublished(id)
+		}
 		if err != nil {
 			return err
 		}
@@ -327,6 +382,25 @@ func (ts *tableSet) recover(index *ebpf.Map, prune bool) error {
 		}
 	}
 	return nil
+}
+
+// readPublished reads table id through pm_route_tables and records its
+// inner map in pm_table_ids again.
+func (ts *tableSet) readPublished(id uint32) ([]uint32, error) {
+	var m *ebpf.Map
+	if err := ts.outer.Lookup(id, &m); err != nil {
+		return nil, fmt.Errorf("route table %d: recorded map gone, and not published: %w", id, err)
+	}
+	info, err := m.Info()
+	m.Close()
+	if err != nil {
+		return nil, fmt.Errorf("route table %d info: %w", id, err)
+	}
+	mapID, _ := info.ID()
+	if err := ts.ids.Put(id, &routerTableRef{MapId: uint32(mapID)}); err != nil {
+		return nil, fmt.Errorf("record route table %d: %w", id, err)
+	}
+	return ts.read(id, uint32(mapID))
 }
 
 func (ts *tableSet) read(id, mapID uint32) ([]uint32, error) {
