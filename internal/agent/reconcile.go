@@ -6,6 +6,7 @@ import (
 	"maps"
 	"net/netip"
 	"slices"
+	"time"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/chash"
@@ -67,9 +68,11 @@ func observedAfter(want *Compiled, settings pmaps.Settings, slots int) *Observed
 // touching only entries that differ from have (what the maps hold; nil
 // reads it from them), so a restarted agent facing maps that already hold
 // its state writes nothing. Order keeps every intermediate state
-// forwardable: mirrors before the VIPs and routes that use them, stale
-// routes and VIPs before the mirrors they referenced. On success it
-// returns what the maps now hold.
+// forwardable: mirrors before the VIPs and routes that use them, routes
+// before the client prefixes and default region that lead to them,
+// prefixes moved or removed before the routes of the regions they left
+// are deleted, stale routes and VIPs before the mirrors they referenced.
+// On success it returns what the maps now hold.
 func Reconcile(r *pmaps.Router, want *Compiled, settings pmaps.Settings, have *Observed) (Changes, *Observed, error) {
 	var ch Changes
 	if have == nil {
@@ -78,8 +81,57 @@ func Reconcile(r *pmaps.Router, want *Compiled, settings pmaps.Settings, have *O
 			return ch, nil, err
 		}
 	}
-	if have.Settings != settings {
-		if err := r.SetSettings(settings); err != nil {
+	lim := r.Config()
+	// Stale entries go after the new ones are written, unless both would
+	// not fit the map together: Compile only checks that the new state
+	// fits, and a full map would refuse the new entries on every retry.
+	// Those stale entries are leaving anyway: they go first.
+	deleteVIPs := func() error {
+		for v := range have.VIPs {
+			if _, ok := want.VIPs[v]; !ok {
+				if err := r.DeleteVIP(v); err != nil {
+					return err
+				}
+				ch.Deleted++
+			}
+		}
+		return nil
+	}
+	deleteRoutes := func() error {
+		for k := range have.Shares {
+			if _, ok := want.Routes[k]; !ok {
+				if err := r.DeleteRoute(k.Resource, k.Region); err != nil {
+					return err
+				}
+				ch.Deleted++
+			}
+		}
+		return nil
+	}
+	deletePrefixes := func() error {
+		for p := range have.Prefixes {
+			if _, ok := want.Prefixes[p]; !ok {
+				if err := r.DeleteRegionPrefix(p); err != nil {
+					return err
+				}
+				ch.Deleted++
+			}
+		}
+		return nil
+	}
+	vipsFirst := unionLen(have.VIPs, want.VIPs, nil) > lim.MaxVIPs
+	routesFirst := unionLen(have.Shares, want.Routes, nil) > lim.MaxRoutes
+	is4 := func(p netip.Prefix) bool { return p.Addr().Is4() }
+	is6 := func(p netip.Prefix) bool { return !p.Addr().Is4() }
+	prefixesFirst := unionLen(have.Prefixes, want.Prefixes, is4) > lim.MaxPrefixesV4 ||
+		unionLen(have.Prefixes, want.Prefixes, is6) > lim.MaxPrefixesV6
+
+	// The outer sources go first (a new mirror may need one); a new
+	// default region only once its routes are in place.
+	early := settings
+	early.DefaultRegion = have.Settings.DefaultRegion
+	if have.Settings != early {
+		if err := r.SetSettings(early); err != nil {
 			return ch, nil, err
 		}
 		ch.Written++
@@ -92,12 +144,9 @@ func Reconcile(r *pmaps.Router, want *Compiled, settings pmaps.Settings, have *O
 			ch.Written++
 		}
 	}
-	for p, reg := range want.Prefixes {
-		if got, ok := have.Prefixes[p]; !ok || got != reg {
-			if err := r.SetRegionPrefix(p, reg); err != nil {
-				return ch, nil, err
-			}
-			ch.Written++
+	if vipsFirst {
+		if err := deleteVIPs(); err != nil {
+			return ch, nil, err
 		}
 	}
 	for v, o := range want.VIPs {
@@ -108,7 +157,12 @@ func Reconcile(r *pmaps.Router, want *Compiled, settings pmaps.Settings, have *O
 			ch.Written++
 		}
 	}
-	slots := r.Config().TableSlots
+	if routesFirst {
+		if err := deleteRoutes(); err != nil {
+			return ch, nil, err
+		}
+	}
+	slots := lim.TableSlots
 	for k, w := range want.Routes {
 		if got, ok := have.Shares[k]; ok && maps.Equal(got, quotaShares(w, slots)) {
 			continue
@@ -118,20 +172,42 @@ func Reconcile(r *pmaps.Router, want *Compiled, settings pmaps.Settings, have *O
 		}
 		ch.Written++
 	}
-	for k := range have.Shares {
-		if _, ok := want.Routes[k]; !ok {
-			if err := r.DeleteRoute(k.Resource, k.Region); err != nil {
-				return ch, nil, err
-			}
-			ch.Deleted++
+	// Clients move to their new regions once those have routes, and
+	// leave their old ones before those lose theirs.
+	if prefixesFirst {
+		if err := deletePrefixes(); err != nil {
+			return ch, nil, err
 		}
 	}
-	for v := range have.VIPs {
-		if _, ok := want.VIPs[v]; !ok {
-			if err := r.DeleteVIP(v); err != nil {
+	for p, reg := range want.Prefixes {
+		if got, ok := have.Prefixes[p]; !ok || got != reg {
+			if err := r.SetRegionPrefix(p, reg); err != nil {
 				return ch, nil, err
 			}
-			ch.Deleted++
+			ch.Written++
+		}
+	}
+	if settings.DefaultRegion != early.DefaultRegion {
+		if err := r.SetSettings(settings); err != nil {
+			return ch, nil, err
+		}
+		if have.Settings == early {
+			ch.Written++
+		}
+	}
+	if !prefixesFirst {
+		if err := deletePrefixes(); err != nil {
+			return ch, nil, err
+		}
+	}
+	if !routesFirst {
+		if err := deleteRoutes(); err != nil {
+			return ch, nil, err
+		}
+	}
+	if !vipsFirst {
+		if err := deleteVIPs(); err != nil {
+			return ch, nil, err
 		}
 	}
 	for id := range have.Mirrors {
@@ -142,19 +218,29 @@ func Reconcile(r *pmaps.Router, want *Compiled, settings pmaps.Settings, have *O
 			ch.Deleted++
 		}
 	}
-	for p := range have.Prefixes {
-		if _, ok := want.Prefixes[p]; !ok {
-			if err := r.DeleteRegionPrefix(p); err != nil {
-				return ch, nil, err
-			}
-			ch.Deleted++
-		}
-	}
 	return ch, observedAfter(want, settings, slots), nil
 }
 
+// unionLen counts the keys of a and b (those for which keep holds, every
+// key when keep is nil): the entries a map holds between writing b's and
+// deleting a's others.
+func unionLen[K comparable, A, B any](a map[K]A, b map[K]B, keep func(K) bool) int {
+	n := 0
+	for k := range a {
+		if keep == nil || keep(k) {
+			n++
+		}
+	}
+	for k := range b {
+		if _, dup := a[k]; !dup && (keep == nil || keep(k)) {
+			n++
+		}
+	}
+	return n
+}
+
 // sameVIPOptions compares options as the map stores them (prefix defaults
-// filled in, timeouts in whole seconds).
+// filled in, timeouts in whole seconds rounded up).
 func sameVIPOptions(have, want pmaps.VIPOptions) bool {
 	norm := func(o pmaps.VIPOptions) pmaps.VIPOptions {
 		if o.AffinityPrefixV4 == 0 {
@@ -163,7 +249,10 @@ func sameVIPOptions(have, want pmaps.VIPOptions) bool {
 		if o.AffinityPrefixV6 == 0 {
 			o.AffinityPrefixV6 = 64
 		}
-		o.AffinityTimeout = o.AffinityTimeout.Round(1e9)
+		// SetVIP keeps whole seconds, rounded up.
+		if o.AffinityTimeout > 0 {
+			o.AffinityTimeout = (o.AffinityTimeout + time.Second - 1).Truncate(time.Second)
+		}
 		return o
 	}
 	return norm(have) == norm(want)
