@@ -482,10 +482,9 @@ static __always_inline int parse_v4(void *l3, void *data_end, struct pkt *p)
 	p->tos = ih->tos;
 	__u16 fo = bpf_ntohs(ih->frag_off);
 	p->df = !!(fo & IPV4_DF);
-	if (fo & (IPV4_MF | IPV4_OFFSET)) {
+	p->frag_id = bpf_ntohs(ih->id); /* also the outer header's without DF */
+	if (fo & (IPV4_MF | IPV4_OFFSET))
 		p->frag = (fo & IPV4_OFFSET) ? FRAG_LATER : FRAG_FIRST;
-		p->frag_id = bpf_ntohs(ih->id);
-	}
 	if (hl > 60)
 		return P_MALFORMED;
 	return parse_l4(l3 + hl, data_end, tot - hl, p);
@@ -817,7 +816,11 @@ static __always_inline void outer_v4(struct iphdr *o, const struct pkt *p, const
 	o->ihl = 5;
 	o->tos = p->tos;
 	o->tot_len = bpf_htons(len);
-	o->id = 0;
+	/* A fragmentable outer packet needs an ID that differs between
+	 * packets (RFC 6864: a path router may fragment it, and the mirror
+	 * reassembles by ID): the inner IPv4 packet's, which its sender
+	 * varies. With DF (every IPv6 inner packet) 0 is as good as any. */
+	o->id = p->df ? 0 : bpf_htons((__u16)p->frag_id);
 	o->frag_off = p->df ? bpf_htons(IPV4_DF) : 0;
 	o->ttl = 64;
 	o->protocol = proto;

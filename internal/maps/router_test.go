@@ -230,6 +230,16 @@ func checkEncap(t testing.TB, in, out []byte, wantMirror netip.Addr, wantSrcMAC 
 		if (ip.Flags&layers.IPv4DontFragment != 0) != wantDF {
 			t.Errorf("outer DF %v, want %v", ip.Flags, wantDF)
 		}
+		// A fragmentable outer packet carries the inner one's ID (a path
+		// router may fragment it: a constant ID would mix packets at the
+		// mirror's reassembly).
+		wantID := uint16(0)
+		if !wantDF {
+			wantID = binary.BigEndian.Uint16(innerIn[4:])
+		}
+		if ip.Id != wantID {
+			t.Errorf("outer IP ID %#04x, want %#04x", ip.Id, wantID)
+		}
 	} else {
 		if ethType != 0x86dd {
 			t.Fatalf("ethertype %#x, want IPv6", ethType)
