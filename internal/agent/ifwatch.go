@@ -62,18 +62,18 @@ func (a *Agent) watchInterfacesOnce(ctx context.Context, names []string, root bo
 		default:
 		}
 	}
-	var started []chan struct{}
+	// Once done is closed, each subscription closes its channel after its
+	// socket: drain them then, so none blocks on a full channel. Not
+	// before: a drain running beside the loop below would take a share
+	// of the updates, which the loop would never see.
+	var started []func()
 	defer func() {
 		close(done)
-		for _, s := range started {
-			<-s
+		for _, drain := range started {
+			drain()
 		}
 	}()
-	drain := func(f func()) {
-		s := make(chan struct{})
-		started = append(started, s)
-		go func() { defer close(s); f() }()
-	}
+	drain := func(f func()) { started = append(started, f) }
 	if err := netlink.LinkSubscribeWithOptions(links, done, netlink.LinkSubscribeOptions{Namespace: a.netns, ErrorCallback: cb}); err != nil {
 		return fmt.Errorf("subscribe to links: %w", err)
 	}

@@ -1,9 +1,11 @@
 package agent
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -194,4 +196,50 @@ func rename(t *testing.T, ns netNS, from, to string) {
 		}
 		netlink.LinkSetUp(l)
 	})
+}
+
+// TestInterfaceWatchHasOneReceiver: while the interface watch runs, its
+// loop must be the only receiver of the link and address updates. A
+// second receiver (a "drain" goroutine ranging over the channel) takes
+// a share of the events, which the loop then never sees: a deleted,
+// re-created or renamed interface, or a changed address, can go
+// unnoticed. The watch subscribes in the test's own namespace (no
+// namespace or link is created) and no event is needed: the stacks
+// show the receivers.
+func TestInterfaceWatchHasOneReceiver(t *testing.T) {
+	a := New(&Config{Node: "n"}, "", discardLogger())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	signalled := make(chan struct{}, 1)
+	go func() {
+		done <- a.watchInterfacesOnce(ctx, []string{"pm-none0"}, false, func() {
+			select {
+			case signalled <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	select {
+	case <-signalled: // subscribed
+	case err := <-done:
+		t.Skipf("cannot subscribe to netlink here: %v", err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the watch never subscribed")
+	}
+	time.Sleep(50 * time.Millisecond) // let every goroutine it started park
+	buf := make([]byte, 1<<20)
+	n := runtime.Stack(buf, true)
+	var thieves []string
+	for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+		if strings.Contains(g, "watchInterfacesOnce.func") && strings.Contains(g, "[chan receive]") {
+			thieves = append(thieves, g)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if len(thieves) > 0 {
+		t.Fatalf("%d goroutines receive the updates besides the watch loop:\n%s", len(thieves), strings.Join(thieves, "\n\n"))
+	}
 }
