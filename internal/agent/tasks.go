@@ -131,6 +131,11 @@ func primary(s replicator.Status) bool { return s.Role == replicator.RolePrimary
 func (cp *controlPlane) applyTasks(version uint64, tasks []*pb.ReplicationTask) {
 	cp.taskMu.Lock()
 	defer cp.taskMu.Unlock()
+	cp.applyTasksLocked(version, tasks)
+}
+
+// applyTasksLocked is applyTasks; the caller holds cp.taskMu.
+func (cp *controlPlane) applyTasksLocked(version uint64, tasks []*pb.ReplicationTask) {
 	a := cp.a
 	a.mu.Lock()
 	cfg := a.cfg
@@ -273,11 +278,16 @@ func (cp *controlPlane) noteStarts(version uint64, starts []taskStart, now time.
 // retryTasks applies the last version's tasks again: a held task's start
 // has come, or the peer schedules changed.
 func (cp *controlPlane) retryTasks() {
+	// The tasks are read under taskMu: read before it, they could be an
+	// older version's that an apply in progress is replacing, and would
+	// be applied over the newer ones.
+	cp.taskMu.Lock()
+	defer cp.taskMu.Unlock()
 	cp.mu.Lock()
 	version, tasks, ok := cp.taskVersion, cp.lastTasks, cp.taskApplied && !cp.taskStopped
 	cp.mu.Unlock()
 	if ok {
-		cp.applyTasks(version, tasks)
+		cp.applyTasksLocked(version, tasks)
 	}
 }
 

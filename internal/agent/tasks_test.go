@@ -6,8 +6,10 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -801,4 +803,68 @@ func taskAgent(t *testing.T, node string, r *Replication, n *replicator.Node) *c
 	a.cp = cp
 	t.Cleanup(cp.stopTasks)
 	return cp
+}
+
+// TestRetryTasksDoesNotReapplyAnOlderVersion: the task timer (or a config
+// reload) calls retryTasks, which reads the last version's tasks and then
+// waits for taskMu. If a new version's applyTasks holds taskMu at that
+// moment, retryTasks must not apply the tasks it read (the older version's)
+// over the newer version's once it gets the lock.
+func TestRetryTasksDoesNotReapplyAnOlderVersion(t *testing.T) {
+	p := newReplPair(t, "")
+	cp := taskAgent(t, "src", p.srcCfg, p.src)
+
+	// Version 9 places a copy of disk on dst.
+	v1 := sampleProtoState()
+	v1.ReplicationTasks = []*pb.ReplicationTask{task("disk", "src", "dst")}
+	if err := cp.apply(v1.GetVersion(), v1); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.src.DynamicMirrors("disk"); len(got) != 1 {
+		t.Fatalf("version 9: dynamic mirrors %+v, want dst", got)
+	}
+
+	// Version 10 retires it. While its applyTasks holds taskMu (inside the
+	// clock call), the task timer fires: retryTasks reads version 9's
+	// tasks and blocks on taskMu.
+	var armed atomic.Bool
+	retryDone := make(chan struct{})
+	cp.clock = func() time.Time {
+		if armed.CompareAndSwap(true, false) {
+			go func() { defer close(retryDone); cp.retryTasks() }()
+			waitBlockedInRetry(t)
+		}
+		return time.Now()
+	}
+	v2 := sampleProtoState()
+	v2.Version = 10
+	armed.Store(true)
+	if err := cp.apply(v2.GetVersion(), v2); err != nil {
+		t.Fatal(err)
+	}
+	<-retryDone
+
+	cp.mu.Lock()
+	ver := cp.taskVersion
+	cp.mu.Unlock()
+	if got := p.src.DynamicMirrors("disk"); len(got) != 0 || ver != 10 {
+		t.Fatalf("after version 10 retired the copy: tasks of version %d in force, dynamic mirrors %+v", ver, got)
+	}
+}
+
+// waitBlockedInRetry waits until a goroutine running retryTasks waits for
+// a mutex inside applyTasks.
+func waitBlockedInRetry(t *testing.T) {
+	deadline := time.Now().Add(5 * time.Second)
+	buf := make([]byte, 1<<20)
+	for time.Now().Before(deadline) {
+		n := runtime.Stack(buf, true)
+		for _, g := range strings.Split(string(buf[:n]), "\n\n") {
+			if strings.Contains(g, "retryTasks") && strings.Contains(g, "sync.(*Mutex).Lock") {
+				return
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Error("retryTasks never blocked")
 }
