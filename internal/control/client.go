@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 )
@@ -391,9 +392,14 @@ func (c *Client) handleState(st *pb.DesiredState) *pb.AgentMessage {
 	v := st.GetVersion()
 	ack := &pb.Ack{Version: v}
 	c.mu.Lock()
-	same := c.applied == v && c.state != nil
+	applied, cur := c.applied, c.state
 	c.mu.Unlock()
-	if same {
+	// The version number alone does not say the data plane runs this
+	// state: the controller encodes a version per site (its default
+	// region), and a state restored from the cache may be another
+	// site's encoding of it (the node's controller.site changed across
+	// the restart).
+	if applied == v && cur != nil && proto.Equal(cur, st) {
 		// The data plane already runs it (a reconnect): confirm only.
 		return &pb.AgentMessage{Msg: &pb.AgentMessage_Ack{Ack: ack}}
 	}

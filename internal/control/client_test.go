@@ -533,3 +533,43 @@ func FuzzLoadCache(f *testing.F) {
 		}
 	})
 }
+
+// TestSameVersionOtherContentApplied: the controller encodes a version per
+// site (its default region is the agent's site). An agent restarted with
+// another controller.site applies its cache (the old site's encoding of
+// version 9) and records it applied; when the controller then sends
+// version 9 for the new site, the client must apply it, not ACK it as
+// what the data plane already runs.
+func TestSameVersionOtherContentApplied(t *testing.T) {
+	ce := newCerts(t, "edge-1")
+	srv := &testServer{sessions: make(chan *testSession, 4)}
+	addr := startServer(t, ce, srv)
+	ag := &agentFake{}
+	c, err := New(Config{Endpoints: []string{addr}, TLS: ce.client, Node: "edge-1", Site: "us", Role: pb.NodeRole_NODE_ROLE_EDGE,
+		Apply: ag.apply, MinBackoff: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As the agent does after LoadCache: the cached state, written
+	// while the node was in site eu.
+	c.SetApplied(9, &pb.DesiredState{Version: 9, DefaultRegion: "eu", Regions: []*pb.RegionState{{Name: "eu", Id: 1}, {Name: "us", Id: 2}}})
+	runStarted(t, c)
+	ts := waitSession(t, srv)
+	st := &pb.DesiredState{Version: 9, DefaultRegion: "us", Regions: []*pb.RegionState{{Name: "eu", Id: 1}, {Name: "us", Id: 2}}}
+	if err := ts.stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_State{State: st}}); err != nil {
+		t.Fatal(err)
+	}
+	ts.waitAck(t, 9)
+	if _, got := c.State(); got.GetDefaultRegion() != "us" || len(ag.calls()) != 1 {
+		t.Fatalf("version 9 for site us ACKed while running site eu's (default region %q, apply calls %v)",
+			got.GetDefaultRegion(), ag.calls())
+	}
+}
+
+func runStarted(t *testing.T, c *Client) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+}
