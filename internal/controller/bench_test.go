@@ -84,7 +84,7 @@ func (w *benchWorld) report(now time.Time, down string) {
 	}
 }
 
-func benchController(b *testing.B, w *benchWorld, cli *clientv3.Client, prefix string) *Controller {
+func benchController(b testing.TB, w *benchWorld, cli *clientv3.Client, prefix string) *Controller {
 	// Discarded: the failover run logs a mirror going down or up every
 	// tick, which would break the benchmark's output lines.
 	c, err := New(Config{Name: "bench", TLS: shared.files, Prefix: prefix, Logger: slog.New(slog.DiscardHandler)}, cli)

@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"encoding/json"
 	"maps"
 	"math"
@@ -609,5 +610,45 @@ func TestReportAgesFollowReportInterval(t *testing.T) {
 		if _, ok := pathOf(in, 1, 1); !ok {
 			t.Fatalf("report interval %v, max ages %v / %v: a report %v old is ignored", tc.interval, cfg.ReportMaxAge, cfg.ProbeMaxAge, age)
 		}
+	}
+}
+
+// A tick whose write fails (etcd unavailable, here a cancelled context)
+// leaves the damping state where the published version left it: the
+// next tick starts from what agents run, so two slew-limited moves never
+// go out as one.
+func TestTickKeepsDampingStateWhenWriteFails(t *testing.T) {
+	w := newBenchWorld(4, 3, 8)
+	cli := etcdClient(t)
+	defer cli.Close()
+	prefix := testPrefix(t)
+	c := benchController(t, w, cli, prefix)
+	resp, err := cli.Put(context.Background(), prefix+keyElection+"t", "t")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := &leaderState{fence: fence{key: prefix + keyElection + "t", rev: resp.Header.Revision},
+		held: map[uint32]*heldRegion{}, saves: make(chan routeSave, 4)}
+	now := time.Unix(1_800_000_000, 0)
+	w.report(now, "")
+	if err := c.tick(context.Background(), ls); err != nil {
+		t.Fatal(err)
+	}
+	published, v := ls.state, ls.version
+	now = now.Add(time.Second)
+	w.report(now, w.mirror[0]) // a mirror fails: a new version is due
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := c.tick(cancelled, ls); err == nil {
+		t.Fatal("tick wrote with a cancelled context")
+	}
+	if ls.state != published || ls.version != v {
+		t.Fatal("a failed write advanced the damping state past the published version")
+	}
+	if err := c.tick(context.Background(), ls); err != nil {
+		t.Fatal(err)
+	}
+	if ls.state == published || ls.version != v+1 {
+		t.Fatalf("version %d after the retry, want %d with a new state", ls.version, v+1)
 	}
 }

@@ -161,12 +161,15 @@ func (c *Controller) tick(ctx context.Context, ls *leaderState) error {
 		c.log.Error("route computation failed; keeping the current version", "err", err)
 		return err
 	}
-	ls.state = next
+	// The damping state advances only with what agents get: after a
+	// failed write the next tick starts from the published routes, not
+	// from a move nobody saw (two slew-limited moves would go out as one).
 	dg, err := digest(ds)
 	if err != nil {
 		return err
 	}
 	if bytes.Equal(dg, ls.digest) {
+		ls.state = next
 		if time.Since(ls.lastSave) >= c.cfg.CheckpointInterval {
 			c.saveRoutes(ls)
 		}
@@ -188,7 +191,7 @@ func (c *Controller) tick(ctx context.Context, ls *leaderState) error {
 		}
 		return err
 	}
-	ls.version, ls.digest, ls.modRev = ds.Version, dg, rev
+	ls.version, ls.digest, ls.modRev, ls.state = ds.Version, dg, rev, next
 	c.saveRoutes(ls)
 	c.m.versions.Inc()
 	c.m.movedSlots.Add(float64(sum.GetMovedSlots()))
