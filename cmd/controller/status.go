@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/cli"
@@ -36,7 +38,7 @@ func printStatus(st *pb.StatusResponse, _ []string) error {
 		fmt.Fprintf(ctlOut, "routes:  %d (%d changed, %d unrouted, %d in panic, %.2f%% of slots moved, computed in %v)\n",
 			r.GetRoutes(), r.GetChanged(), r.GetUnrouted(), r.GetPanic(), 100*r.GetMovedShare(), time.Duration(r.GetDurationNs()).Round(time.Microsecond))
 		for _, d := range r.GetMirrorsDown() {
-			fmt.Fprintf(ctlOut, "down:    mirror %s (%s)\n", d.GetMirror(), d.GetWhy())
+			fmt.Fprintf(ctlOut, "down:    mirror %s (%s)\n", d.GetMirror(), printable(d.GetWhy()))
 		}
 		for _, m := range r.GetDraining() {
 			fmt.Fprintf(ctlOut, "draining: mirror %s (set by the operator: established flows stay, no new ones)\n", m)
@@ -53,16 +55,28 @@ func printStatus(st *pb.StatusResponse, _ []string) error {
 	fmt.Fprintln(tw, "\nNODE\tSITE\tROLE\tCONNECTED\tCONTROLLER\tSENT\tACKED\tNACKED\tOUTER_SOURCES\tERROR")
 	for _, a := range st.GetAgents() {
 		role := strings.ToLower(strings.TrimPrefix(a.GetRole().String(), "NODE_ROLE_"))
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%s\t%d\t%d\t%d\t%s\t%s\n", a.GetNode(), ctlDash(a.GetSite()), role, a.GetConnected(),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%t\t%s\t%d\t%d\t%d\t%s\t%s\n", ctlDash(a.GetNode()), ctlDash(a.GetSite()), role, a.GetConnected(),
 			ctlDash(a.GetController()), a.GetSentVersion(), a.GetAckedVersion(), a.GetNackedVersion(),
 			ctlDash(strings.Join(a.GetOuterSources(), ",")), ctlDash(a.GetNackError()))
 	}
 	return tw.Flush()
 }
 
+// ctlDash prints an agent's word: "-" for nothing, and quoted with its
+// control characters escaped when it has any (printable), so an agent's
+// error text cannot move the operator's cursor, recolour the terminal or
+// break the table.
 func ctlDash(s string) string {
 	if s == "" {
 		return "-"
+	}
+	return printable(s)
+}
+
+// printable is s, or s quoted with its control characters escaped.
+func printable(s string) string {
+	if strings.IndexFunc(s, func(r rune) bool { return !unicode.IsPrint(r) }) >= 0 {
+		return strconv.Quote(s)
 	}
 	return s
 }

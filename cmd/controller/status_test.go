@@ -28,3 +28,23 @@ func TestPrintStatusSaysWhy(t *testing.T) {
 		}
 	}
 }
+
+// An agent's words (its NACK error, site, outer sources) reach the
+// operator's terminal: control characters are shown escaped, never sent.
+func TestPrintStatusEscapesAgentText(t *testing.T) {
+	var buf bytes.Buffer
+	ctlOut = &buf
+	defer func() { ctlOut = os.Stdout }()
+	st := &pb.StatusResponse{Leader: "c1", Version: 4, Agents: []*pb.AgentStatus{{Node: "edge-1", Site: "eu",
+		NackedVersion: 4, NackError: "bad\x1b[2J\x1b]0;owned\x07\nversion"}}}
+	if err := printStatus(st, nil); err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	if strings.ContainsAny(out, "\x1b\x07") || !strings.Contains(out, `"bad\x1b[2J\x1b]0;owned\a\nversion"`) {
+		t.Fatalf("agent text not escaped:\n%q", out)
+	}
+	if !strings.Contains(out, "edge-1") || strings.Contains(out, `"edge-1"`) {
+		t.Fatalf("plain text altered:\n%s", out)
+	}
+}
