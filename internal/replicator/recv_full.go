@@ -41,7 +41,9 @@ func (s *session) recvFull(ctx context.Context, fb *wire.FullBegin) error {
 		return fmt.Errorf("%w: cannot resume a full copy at block %d: mirror holds %d blocks of it", ErrProtocol, fb.Start, st.FullNext)
 	}
 	selective := fb.Flags&wire.FullSelective != 0
-	zeroed := fb.Start == 0 && st.Empty
+	// Zero ranges may be skipped only on an image this node created empty:
+	// a reused file or a block device still holds its old bytes.
+	zeroed := fb.Start == 0 && st.Empty && st.ZeroImage
 	if fb.Start == 0 {
 		j, err := s.journal(v)
 		if err != nil {
@@ -56,7 +58,7 @@ func (s *session) recvFull(ctx context.Context, fb *wire.FullBegin) error {
 	}
 	if err := v.updateState(func(st *volState) {
 		st.FullActive, st.FullNext, st.FullSession = true, fb.Start, fb.Session
-		st.Inconsistent, st.Empty = true, false
+		st.Inconsistent, st.Empty, st.ZeroImage = true, false, false
 		st.SourceLineage = lineage
 	}); err != nil {
 		return err

@@ -214,3 +214,27 @@ func TestVerifyRepairsCorruption(t *testing.T) {
 		t.Fatalf("after repair: %v differ=%v", err, r.Differ)
 	}
 }
+
+// TestFullCopyOverExistingImage: a mirror created over an image file
+// that already holds bytes (a reused disk, a block device) must end up
+// identical to the source after a full copy.
+func TestFullCopyOverExistingImage(t *testing.T) {
+	c := newCluster(t, "src", "dst")
+	makeImage(t, c.path("src.img"), 2048, bs, 1)
+	// The mirror's image exists already, full of old bytes.
+	if err := os.WriteFile(c.path("dst.img"), bytes.Repeat([]byte{0xAB}, 2048*bs), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	vc := VolumeConfig{Name: "vol", Path: c.path("src.img"), Role: RolePrimary, Mirrors: []MirrorConfig{{Peer: "dst"}}}
+	src := c.start("src", Config{Volumes: []VolumeConfig{vc}, Peers: c.peers("dst")})
+	dst := c.start("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img"), Upstream: "src"}}, Peers: c.peers("src")})
+	res, err := src.Push(context.Background(), "vol", "dst", PushOptions{Mode: ModeFull})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dv := waitCycle(t, dst, "vol", res.Cycle)
+	if st := dv.Status(); !st.Complete {
+		t.Fatalf("mirror status %+v", st)
+	}
+	sameFile(t, c.path("src.img"), c.path("dst.img"))
+}

@@ -39,10 +39,14 @@ type volState struct {
 	Cycle         uint64 `json:"cycle,omitempty"`        // last committed delta cycle
 	Inconsistent  bool   `json:"inconsistent,omitempty"` // a copy is incomplete or no cycle since
 	Empty         bool   `json:"empty,omitempty"`        // created, nothing received yet
-	FullActive    bool   `json:"full_active,omitempty"`  // a full/selective copy can resume
-	FullSession   uint64 `json:"full_session,omitempty"`
-	FullNext      uint64 `json:"full_next,omitempty"`
-	Selective     bool   `json:"selective,omitempty"`
+	// ZeroImage: createMirror made the image itself (a new, sparse file),
+	// so it is known all zero until the first copy writes to it. An image
+	// or device that already existed may hold anything.
+	ZeroImage   bool   `json:"zero_image,omitempty"`
+	FullActive  bool   `json:"full_active,omitempty"` // a full/selective copy can resume
+	FullSession uint64 `json:"full_session,omitempty"`
+	FullNext    uint64 `json:"full_next,omitempty"`
+	Selective   bool   `json:"selective,omitempty"`
 	// CycleAsOf is when the newest applied (non-repair) cycle's snapshot
 	// was taken at the source, in Unix nanoseconds on this node's clock.
 	CycleAsOf int64 `json:"cycle_as_of_unix_nano,omitempty"`

@@ -244,6 +244,7 @@ func createMirror(path string, o VolumeOptions, bs int, blocks uint64) (*Volume,
 		return nil, ioError("create mirror image "+path, err)
 	}
 	size, err := fileSize(f)
+	zeroImage := false
 	if err == nil && size == 0 && !isDevice(f) {
 		// A sparse image takes any size, but its metadata (16 bytes a
 		// block) and bitmaps do not: a source larger than the whole
@@ -255,6 +256,7 @@ func createMirror(path string, o VolumeOptions, bs int, blocks uint64) (*Volume,
 		}
 		err = f.Truncate(want)
 		size = want
+		zeroImage = true
 	}
 	f.Close()
 	if err != nil {
@@ -266,7 +268,7 @@ func createMirror(path string, o VolumeOptions, bs int, blocks uint64) (*Volume,
 	if err := os.MkdirAll(o.MetaDir, 0o700); err != nil {
 		return nil, ioError("create "+o.MetaDir, err)
 	}
-	st := volState{Lineage: newLineage(), BlockSize: bs, Blocks: blocks, Role: RoleMirror, Inconsistent: true, Empty: true}
+	st := volState{Lineage: newLineage(), BlockSize: bs, Blocks: blocks, Role: RoleMirror, Inconsistent: true, Empty: true, ZeroImage: zeroImage}
 	if err := saveState(o.MetaDir, st); err != nil {
 		return nil, err
 	}
