@@ -1,8 +1,10 @@
 package replicator
 
 import (
+	"bytes"
 	"context"
 	"errors"
+	"os"
 	"testing"
 
 	"github.com/premirror/premirror/internal/pki"
@@ -85,5 +87,76 @@ func TestPrimarySendsOnlyToThePeerItNamed(t *testing.T) {
 	}
 	if v, _ := impostor.Volume("vol"); v != nil && v.Status().FullNext != 0 {
 		t.Fatalf("the impostor received %d blocks", v.Status().FullNext)
+	}
+}
+
+// TestSyncWriteChecksLineage: a mirror holding another volume's
+// copy refuses that primary's delta cycles (ErrLineage); it must refuse
+// its synchronous writes too rather than write them into the other
+// volume's copy.
+func TestSyncWriteChecksLineage(t *testing.T) {
+	c := newCluster(t, "other", "src", "dst")
+	makeImage(t, c.path("other.img"), 256, bs, 1)
+	makeImage(t, c.path("src.img"), 256, bs, 2)
+	other := c.start("other", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("other.img"), Role: RolePrimary,
+		Mirrors: []MirrorConfig{{Peer: "dst"}}}}, Peers: c.peers("dst")})
+	dst := c.start("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img"), Upstream: "other"}}, Peers: c.peers("other", "src")})
+	ctx := context.Background()
+	res, err := other.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCycle(t, dst, "vol", res.Cycle)
+	sameFile(t, c.path("other.img"), c.path("dst.img"))
+
+	// A different primary volume is (mis)configured with dst as its mirror.
+	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary,
+		WriteQuorum: 2, Mirrors: []MirrorConfig{{Peer: "dst"}}}}, Peers: c.peers("dst")})
+	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta}); !errors.Is(err, ErrLineage) {
+		t.Fatalf("delta push to a mirror of another volume: %v, want ErrLineage", err)
+	}
+	buf := bytes.Repeat([]byte{0x5A}, bs)
+	werr := src.Write(ctx, "vol", buf, 10*bs)
+	t.Logf("quorum write: %v", werr)
+	if msg := compareFiles(c.path("other.img"), c.path("dst.img")); msg != "" {
+		t.Fatalf("the mirror of other's volume took src's sync write: %s", msg)
+	}
+	if werr == nil {
+		t.Fatal("quorum write acknowledged by a mirror holding another volume")
+	}
+}
+
+// TestQuorumReadChecksLineage: a quorum read must not take a
+// block from a mirror holding another volume's copy (nor read-repair
+// the primary with it).
+func TestQuorumReadChecksLineage(t *testing.T) {
+	c := newCluster(t, "other", "src", "dst")
+	makeImage(t, c.path("other.img"), 256, bs, 1)
+	srcData := makeImage(t, c.path("src.img"), 256, bs, 2)
+	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary,
+		ReadQuorum: 2, Mirrors: []MirrorConfig{{Peer: "dst"}}}}, Peers: c.peers("dst")})
+	other := c.start("other", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("other.img"), Role: RolePrimary,
+		Mirrors: []MirrorConfig{{Peer: "dst"}}}}, Peers: c.peers("dst")})
+	dst := c.start("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img"), Upstream: "other"}}, Peers: c.peers("other", "src")})
+	ctx := context.Background()
+	ov, _ := other.Volume("vol")
+	if _, err := ov.WriteAt(bytes.Repeat([]byte{0x77}, bs), 20*bs); err != nil {
+		t.Fatal(err)
+	}
+	res, err := other.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCycle(t, dst, "vol", res.Cycle)
+	buf := make([]byte, bs)
+	rerr := src.Read(ctx, "vol", buf, 20*bs)
+	t.Logf("quorum read: %v", rerr)
+	if rerr == nil && !bytes.Equal(buf, srcData[20*bs:21*bs]) {
+		t.Fatal("quorum read returned the other volume's block")
+	}
+	src.Close() // waits for read repairs
+	got, _ := os.ReadFile(c.path("src.img"))
+	if !bytes.Equal(got[20*bs:21*bs], srcData[20*bs:21*bs]) {
+		t.Fatal("read repair wrote the other volume's block into the primary")
 	}
 }

@@ -113,7 +113,11 @@
 // written blocks to every mirror on a long-lived session (logged durably
 // there, applied newest-version-wins) and returns after WriteQuorum copies
 // acknowledge; Node.Read asks every mirror, needs ReadQuorum copies to
-// answer, and returns, per block, the newest version. Epochs are assigned
+// answer, and returns, per block, the newest version. As for a cycle, only
+// a copy of the sender's data takes part: a mirror that is empty or holds
+// another volume's lineage refuses sync writes and reads (ErrLineage), so
+// it neither counts toward a quorum nor answers with its own blocks.
+// Epochs are assigned
 // by whoever promotes: Promote, which `edge-agent replicate promote` calls
 // on a volume no process holds. The controller places and retires copies
 // but does not promote one: moving a volume's writer is an operator's

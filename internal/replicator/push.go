@@ -166,13 +166,27 @@ func (n *Node) pushError(v *Volume, err error) error {
 // hello builds the Hello for a session about v.
 func (n *Node) hello(v *Volume, op wire.Op, remote string) *wire.Hello {
 	st := v.state()
-	lin := st.Lineage
+	return &wire.Hello{MinProto: n.protoMin, MaxProto: n.protoMax, Op: op, Node: n.cfg.Node, Volume: remote,
+		Lineage: lineageBytes(dataLineage(st)), BlockSize: uint32(v.bs), Blocks: v.blocks, Epoch: st.Epoch}
+}
+
+// dataLineage is the identity of the data a volume holds: its own
+// lineage, or for a mirror its source's.
+func dataLineage(st volState) string {
 	if st.Role == RoleMirror && st.SourceLineage != "" {
 		// A cascaded mirror ships its source's data under its lineage.
-		lin = st.SourceLineage
+		return st.SourceLineage
 	}
-	return &wire.Hello{MinProto: n.protoMin, MaxProto: n.protoMax, Op: op, Node: n.cfg.Node, Volume: remote,
-		Lineage: lineageBytes(lin), BlockSize: uint32(v.bs), Blocks: v.blocks, Epoch: st.Epoch}
+	return st.Lineage
+}
+
+// checkLineage refuses to serve or take the blocks of a session whose
+// peer holds another volume's data (or, here, an empty mirror).
+func (s *session) checkLineage(v *Volume) error {
+	if lin, peer := dataLineage(v.state()), lineageString(s.hello.Lineage); lin != peer {
+		return fmt.Errorf("%w: volume %s holds data of volume %s, the peer's is %s", ErrLineage, v.name, lin, peer)
+	}
+	return nil
 }
 
 func (n *Node) dialConfig(p *nodePeer) dialConfig {

@@ -515,6 +515,11 @@ func (s *session) serveReads(ctx context.Context) error {
 		if req.Block >= v.blocks || uint64(req.Count) > v.blocks-req.Block || req.Count > maxReadBlocks {
 			return fmt.Errorf("%w: read of blocks %d+%d outside %d", ErrProtocol, req.Block, req.Count, v.blocks)
 		}
+		// A copy of another volume (or none yet) must not answer: its
+		// versions would compete with the reader's own data.
+		if err := s.checkLineage(v); err != nil {
+			return err
+		}
 		hi := req.Block + uint64(req.Count)
 		held := req.Flags&wire.ReadHeld != 0
 		if miss := v.missing(req.Block, hi); len(miss) > 0 && !held {
@@ -564,6 +569,11 @@ func (s *session) serveSyncWrites(ctx context.Context) error {
 			return err
 		}
 		epoch := v.Epoch()
+		// As for a cycle: only a copy of the sender's volume takes its
+		// writes, never an empty mirror or one holding another volume.
+		if err := s.checkLineage(v); err != nil {
+			return err
+		}
 		items := make([]recvItem, 0, len(m.Entries))
 		sums := make([]uint64, 0, len(m.Entries))
 		for i := range m.Entries {

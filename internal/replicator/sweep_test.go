@@ -48,7 +48,12 @@ func TestReadRequestOutOfRange(t *testing.T) {
 	c := newCluster(t, "m", "c")
 	makeImage(t, c.path("m.img"), 64, bs, 1)
 	// c is m's peer: a primary takes sessions only from its peers.
-	c.start("m", Config{Peers: c.peers("c"), Volumes: []VolumeConfig{{Name: "vol", Path: c.path("m.img"), Role: RolePrimary}}})
+	mn := c.start("m", Config{Peers: c.peers("c"), Volumes: []VolumeConfig{{Name: "vol", Path: c.path("m.img"), Role: RolePrimary}}})
+	mv, err := mn.Volume("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lin := lineageBytes(mv.Status().Lineage)
 	cases := []wire.ReadReq{
 		{Block: math.MaxUint64, Count: 1},
 		{Block: math.MaxUint64 - 99, Count: 200},
@@ -57,7 +62,7 @@ func TestReadRequestOutOfRange(t *testing.T) {
 		{Block: 60, Count: 5},
 	}
 	for _, req := range cases {
-		l, _, err := rawSession(t, c, "c", "m", wire.Hello{Op: wire.OpRead, Node: "c", Volume: "vol"})
+		l, _, err := rawSession(t, c, "c", "m", wire.Hello{Op: wire.OpRead, Node: "c", Volume: "vol", Lineage: lin})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -72,7 +77,7 @@ func TestReadRequestOutOfRange(t *testing.T) {
 		l.close()
 	}
 	// Still serving: an in-range read works.
-	l, _, err := rawSession(t, c, "c", "m", wire.Hello{Op: wire.OpRead, Node: "c", Volume: "vol"})
+	l, _, err := rawSession(t, c, "c", "m", wire.Hello{Op: wire.OpRead, Node: "c", Volume: "vol", Lineage: lin})
 	if err != nil {
 		t.Fatal(err)
 	}
