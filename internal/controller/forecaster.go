@@ -410,6 +410,13 @@ func (f *forecaster) closeBuckets(ctx context.Context) (bool, error) {
 		switch {
 		case ingErr == nil:
 			f.c.m.accessFlows.WithLabelValues("ingested").Add(total)
+		case errors.Is(ingErr, forecast.ErrTooManySeries):
+			// The series already modelled were applied; new ones beyond
+			// the engine's MaxSeries were dropped (the engine counts them:
+			// premirror_forecast_summaries_total{outcome="rejected"}).
+			f.c.m.accessFlows.WithLabelValues("ingested").Add(total)
+			f.c.log.Error("access summaries of new series beyond the forecast series limit dropped", "bucket", time.Unix(b, 0).UTC(),
+				"accepted", acc, "err", ingErr)
 		case errors.Is(ingErr, forecast.ErrLate):
 			// The engine closed b before (a checkpoint newer than our
 			// bookkeeping): it counts them once already.
@@ -422,7 +429,7 @@ func (f *forecaster) closeBuckets(ctx context.Context) (bool, error) {
 		if err := f.eng.Advance(time.Unix(b+step, 0)); err != nil {
 			return true, fmt.Errorf("advance past %d: %w", b, err)
 		}
-		if ingErr == nil && len(batch) > 0 { // an empty batch leaves the bucket unknown
+		if (ingErr == nil || errors.Is(ingErr, forecast.ErrTooManySeries)) && len(batch) > 0 { // an empty batch leaves the bucket unknown
 			f.recordBucket(b, sums)
 		}
 		f.next = b + step // a failure after this point does not ingest b again

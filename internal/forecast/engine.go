@@ -22,6 +22,10 @@ var (
 	ErrLate = errors.New("summary for a closed bucket")
 	// ErrFuture marks summaries too far ahead of the open bucket.
 	ErrFuture = errors.New("summary too far in the future")
+	// ErrTooManySeries marks summaries of new series beyond MaxSeries;
+	// they are dropped and counted, the batch's others applied. It also
+	// wraps ErrBadInput.
+	ErrTooManySeries = fmt.Errorf("%w: series limit reached", ErrBadInput)
 	// ErrUnknownResource is returned for a resource the engine never saw.
 	ErrUnknownResource = errors.New("unknown resource")
 	// ErrSnapshotMismatch is returned when a snapshot was taken with a
@@ -200,7 +204,8 @@ func validName(kind, s string) error {
 // validated first: a malformed summary (empty or invalid names, zero
 // time) rejects the batch and nothing is applied. Summaries for closed
 // buckets are dropped and counted; the returned error then wraps ErrLate
-// (the others were applied). Summaries more than maxAhead buckets past the
+// (the others were applied). Summaries that would add a series beyond
+// MaxSeries are dropped the same way (ErrTooManySeries). Summaries more than maxAhead buckets past the
 // open bucket reject the batch with ErrFuture.
 func (e *Engine) Ingest(batch []AccessSummary) (accepted int, err error) {
 	for i, s := range batch {
@@ -222,29 +227,24 @@ func (e *Engine) Ingest(batch []AccessSummary) (accepted int, err error) {
 	if len(batch) == 0 {
 		return 0, nil
 	}
+	// A fresh engine starts at the batch's oldest bucket, but only once
+	// the batch is accepted: a rejected batch changes nothing.
+	open := e.open
 	if !e.started {
-		first := e.bucket(batch[0].Start)
+		open = e.bucket(batch[0].Start)
 		for _, s := range batch {
-			first = min(first, e.bucket(s.Start))
+			open = min(open, e.bucket(s.Start))
 		}
-		e.open, e.started = first, true
 	}
-	newKeys := 0
 	for i, s := range batch {
 		b := e.bucket(s.Start)
-		if b > e.open+maxAhead {
+		if b > open+maxAhead {
 			e.met.summaries.WithLabelValues("rejected").Add(float64(len(batch)))
-			return 0, fmt.Errorf("summary %d at %v: %w (open bucket starts %v)", i, s.Start, ErrFuture, e.bucketStart(e.open))
-		}
-		if _, ok := e.series[SeriesKey{s.Resource, s.Region}]; !ok {
-			newKeys++
+			return 0, fmt.Errorf("summary %d at %v: %w (open bucket starts %v)", i, s.Start, ErrFuture, e.bucketStart(open))
 		}
 	}
-	if len(e.series)+newKeys > e.cfg.MaxSeries {
-		e.met.summaries.WithLabelValues("rejected").Add(float64(len(batch)))
-		return 0, fmt.Errorf("%w: %d series would exceed the limit of %d", ErrBadInput, len(e.series)+newKeys, e.cfg.MaxSeries)
-	}
-	late := 0
+	e.open, e.started = open, true
+	late, refused := 0, 0
 	for _, s := range batch {
 		b := e.bucket(s.Start)
 		if b < e.open {
@@ -252,10 +252,20 @@ func (e *Engine) Ingest(batch []AccessSummary) (accepted int, err error) {
 			continue
 		}
 		k := SeriesKey{s.Resource, s.Region}
-		if _, ok := e.series[k]; !ok {
+		if st, ok := e.series[k]; !ok {
+			if len(e.series) >= e.cfg.MaxSeries {
+				// Only the new series is refused: the batch's other
+				// series keep their bucket.
+				refused++
+				continue
+			}
 			if err := e.addSeries(k, b); err != nil {
 				return accepted, err
 			}
+		} else if b < st.first {
+			// First seen in a later (still open) bucket: the series starts
+			// here, or closeBucket would drop this accepted count.
+			st.first = b
 		}
 		p := e.pending[b]
 		if p == nil {
@@ -266,11 +276,16 @@ func (e *Engine) Ingest(batch []AccessSummary) (accepted int, err error) {
 		accepted++
 	}
 	e.met.summaries.WithLabelValues("accepted").Add(float64(accepted))
+	var errs []error
+	if refused > 0 {
+		e.met.summaries.WithLabelValues("rejected").Add(float64(refused))
+		errs = append(errs, fmt.Errorf("%d of %d summaries: %w (limit %d)", refused, len(batch), ErrTooManySeries, e.cfg.MaxSeries))
+	}
 	if late > 0 {
 		e.met.summaries.WithLabelValues("late").Add(float64(late))
-		return accepted, fmt.Errorf("%d of %d summaries: %w", late, len(batch), ErrLate)
+		errs = append(errs, fmt.Errorf("%d of %d summaries: %w", late, len(batch), ErrLate))
 	}
-	return accepted, nil
+	return accepted, errors.Join(errs...)
 }
 
 func (e *Engine) hybridConfig(region string, seed uint64) HybridConfig {
@@ -353,6 +368,8 @@ func (e *Engine) ReadEventsCSV(r io.Reader) error {
 // ReadCovariatesCSV adds the values of a wide covariates CSV
 // (timestamp[,region],name...); a bad file changes nothing.
 func (e *Engine) ReadCovariatesCSV(r io.Reader) error {
+	e.mu.RLock() // e.feeds is swapped by UnmarshalBinary
+	defer e.mu.RUnlock()
 	return e.feeds.Covariates.ReadCSV(r)
 }
 
@@ -360,6 +377,8 @@ func (e *Engine) ReadCovariatesCSV(r io.Reader) error {
 // region ("" = every region) and the bucket containing t. Values for
 // future buckets are forecasts of the covariate and are used as such.
 func (e *Engine) SetCovariate(name, region string, t time.Time, v float64) error {
+	e.mu.RLock() // e.feeds is swapped by UnmarshalBinary
+	defer e.mu.RUnlock()
 	return e.feeds.Covariates.Set(name, region, t, v)
 }
 

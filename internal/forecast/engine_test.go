@@ -549,3 +549,139 @@ func TestSnapshotIssuedBounds(t *testing.T) {
 		}
 	}
 }
+
+// A series first seen in a future bucket (an agent whose clock runs ahead,
+// which maxAhead explicitly allows) must still learn the counts that
+// arrive for earlier, still-open buckets: Ingest accepts them, so
+// Advance must not drop them.
+func TestIngestEarlierBucketOfNewSeries(t *testing.T) {
+	e := newTestEngine(t, nil)
+	// Start the engine at t0 with another series.
+	if _, err := e.Ingest([]AccessSummary{{Resource: "r", Region: "us", Start: t0, NewFlows: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	// eu first reports for bucket t0+2h (clock ahead), then for t0.
+	if _, err := e.Ingest([]AccessSummary{{Resource: "r", Region: "eu", Start: t0.Add(2 * time.Hour), NewFlows: 7}}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := e.Ingest([]AccessSummary{{Resource: "r", Region: "eu", Start: t0, NewFlows: 5}})
+	if err != nil || n != 1 {
+		t.Fatalf("accepted %d, %v", n, err)
+	}
+	if err := e.Advance(t0.Add(3 * time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	s := e.series[SeriesKey{"r", "eu"}]
+	if s.m.Observed() != 3 || s.m.ys[0] != 5 {
+		t.Fatalf("eu observed %d buckets, values %v: the accepted count 5 at t0 was dropped", s.m.Observed(), s.m.ys[:3])
+	}
+}
+
+// ScoreHorizon is documented as capped by the shortest region forecast;
+// a region with an empty forecast ahead of a longer one resets the cap,
+// and Score then slices past the short region (panic).
+func TestScoreHorizonEmptyRegion(t *testing.T) {
+	q := []Quantiles{{1, 2, 3}, {1, 2, 3}}
+	demand := []RegionDemand{{Region: "a", Q: q}, {Region: "b"}, {Region: "c", Q: q}}
+	if h := ScoreHorizon(demand, 0); h != 0 {
+		t.Errorf("ScoreHorizon = %d, want 0 (region b has no forecast)", h)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			t.Fatalf("Score panicked: %v", r)
+		}
+	}()
+	_, err := Score(demand, ScoreRequest{Bytes: 1, Current: map[string]float64{"a": 0.1},
+		Candidates: []Candidate{{Location: "x", Latency: map[string]float64{"a": 0.01}}},
+		Prices:     Prices{ValuePerRequestSecond: 1}}, time.Hour, 1)
+	t.Logf("err %v", err)
+}
+
+// The Engine is documented safe for concurrent use; SetCovariate reads
+// e.feeds without the lock while UnmarshalBinary swaps it under the lock.
+func TestSetCovariateRacesRestore(t *testing.T) {
+	e, err := NewEngine(EngineConfig{Window: 48, Horizon: 4, Workers: 1, Covariates: []string{"temp"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap, err := e.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; i < 100; i++ {
+			_ = e.SetCovariate("temp", "", t0.Add(time.Duration(i)*time.Hour), 1)
+		}
+	}()
+	for i := 0; i < 100; i++ {
+		if err := e.UnmarshalBinary(snap); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+}
+
+// A batch rejected with ErrFuture applies nothing; on a fresh engine it
+// nevertheless starts the engine at the batch's oldest bucket, so the
+// next (good) batch is refused too.
+func TestRejectedFirstBatchStartsEngine(t *testing.T) {
+	e := newTestEngine(t, nil)
+	late := t0.Add(-200 * time.Hour) // one agent's clock far behind
+	_, err := e.Ingest([]AccessSummary{{Resource: "r", Region: "eu", Start: late, NewFlows: 1},
+		{Resource: "r", Region: "eu", Start: t0, NewFlows: 1}})
+	if !errors.Is(err, ErrFuture) {
+		t.Fatalf("mixed batch: %v", err)
+	}
+	if n, err := e.Ingest([]AccessSummary{{Resource: "r", Region: "eu", Start: t0, NewFlows: 5}}); err != nil || n != 1 {
+		t.Fatalf("a good batch after a rejected one: accepted %d, %v", n, err)
+	}
+}
+
+// Two summaries of one new series (two intervals of one bucket, as the
+// agents send) count as one new series against MaxSeries.
+func TestMaxSeriesCountsNewSeriesOnce(t *testing.T) {
+	e, err := NewEngine(EngineConfig{Window: 48, Horizon: 4, Workers: 1, MaxSeries: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Ingest([]AccessSummary{{Resource: "r", Region: "us", Start: t0, NewFlows: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	n, err := e.Ingest([]AccessSummary{{Resource: "r", Region: "eu", Start: t0, NewFlows: 1},
+		{Resource: "r", Region: "eu", Start: t0.Add(30 * time.Minute), NewFlows: 1}})
+	if err != nil || n != 2 {
+		t.Fatalf("accepted %d, %v (the batch adds one series, within MaxSeries 2)", n, err)
+	}
+}
+
+// At MaxSeries, a batch holding one new series must not cost the existing
+// series their bucket: the controller ingests a whole bucket (every
+// series) as one batch, so rejecting it all froze every forecast once
+// the limit was reached and any new (resource, region) kept reporting.
+func TestMaxSeriesKeepsExistingSeries(t *testing.T) {
+	e, err := NewEngine(EngineConfig{Window: 48, Horizon: 4, Workers: 1, MaxSeries: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for b := 0; b < 3; b++ {
+		start := t0.Add(time.Duration(b) * time.Hour)
+		batch := []AccessSummary{{Resource: "r", Region: "eu", Start: start, NewFlows: 10}, {Resource: "r", Region: "us", Start: start, NewFlows: 20}}
+		if b > 0 {
+			batch = append(batch, AccessSummary{Resource: "r2", Region: "eu", Start: start, NewFlows: 1})
+		}
+		n, err := e.Ingest(batch)
+		t.Logf("bucket %d: accepted %d, %v", b, n, err)
+		if err := e.Advance(start.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := e.series[SeriesKey{"r", "eu"}]
+	if s.m.wts[1] != 1 || s.m.wts[2] != 1 || s.m.ys[1] != 10 {
+		t.Fatalf("r/eu: values %v weights %v: buckets 1 and 2 were lost to r2/eu beyond the limit", s.m.ys[:3], s.m.wts[:3])
+	}
+	if _, ok := e.series[SeriesKey{"r2", "eu"}]; ok || len(e.series) != 2 {
+		t.Fatalf("%d series", len(e.series))
+	}
+}

@@ -373,8 +373,8 @@ func fmtBytes(n int64) string {
 // whole forecast), capped by the shortest region forecast in demand.
 func ScoreHorizon(demand []RegionDemand, horizon int) int {
 	h := horizon
-	for _, d := range demand {
-		if h <= 0 || h > len(d.Q) {
+	for i, d := range demand {
+		if (i == 0 && h <= 0) || h > len(d.Q) {
 			h = len(d.Q)
 		}
 	}
