@@ -32,7 +32,9 @@ import (
 //     a copy that scores below retire_score at retireConfirm evaluations
 //     in a row is retired (one per resource and evaluation), and at once
 //     when its host is deleted or administratively down, its
-//     site no longer allowed, or the resource left predictive mode.
+//     site no longer allowed, or the resource left predictive mode; and
+//     copies beyond a lowered max_mirrors go at once, the lowest keep
+//     scores first.
 //
 // A placed copy is a full copy, or a delta when its host held one before
 // (a retired copy keeps its data), or — for a resource that declares a
@@ -165,6 +167,17 @@ func decide(rec *pb.PlacementRecord, in placeInput) (*pb.PlacementRecord, bool) 
 	if !in.predictive {
 		clear(out.Above)
 		return out, changed
+	}
+	// max_mirrors lowered (or mirrors listed) below what stands: the
+	// placed copies beyond the bound go at once, the lowest scores first.
+	for in.maxCopies > 0 && len(out.Placed) > 0 && in.copies+len(out.Placed) > in.maxCopies {
+		low := 0
+		for i, pl := range out.Placed {
+			if l := out.Placed[low]; pl.GetScore() < l.GetScore() || pl.GetScore() == l.GetScore() && pl.GetMirror() < l.GetMirror() {
+				low = i
+			}
+		}
+		retire(low, fmt.Sprintf("max_mirrors %d: %d copies with the origin and listed mirrors", in.maxCopies, in.copies+len(out.Placed)))
 	}
 
 	// Hysteresis counters of the candidates; sites no longer candidates

@@ -478,3 +478,26 @@ func TestExplainNamesHostsWithoutNode(t *testing.T) {
 		}
 	}
 }
+
+// max_mirrors is "an upper bound on copies including the origin". After
+// an operator lowers it below the copies the manager placed, the excess
+// copies must go; decide only stops placing, so the resource keeps more
+// copies than its bound for as long as their keep scores stay high.
+func TestLoweredMaxMirrorsRetiresExcess(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	rec := &pb.PlacementRecord{Resource: "disk", Placed: []*pb.Placement{
+		{Site: "us", Mirror: "nyc", Kind: pb.MirrorKind_MIRROR_KIND_FULL},
+		{Site: "asia", Mirror: "tokyo", Kind: pb.MirrorKind_MIRROR_KIND_FULL},
+	}}
+	for i := 0; i < 5; i++ {
+		in := placeInput{now: now.Add(time.Duration(i) * time.Hour), predictive: true, mirrorScore: 0.6, retireScore: 0.3,
+			maxCopies: 2, copies: 1, keep: map[string]float64{"nyc": 0.9, "tokyo": 0.7}, gone: map[string]string{}}
+		rec, _ = decide(rec, in)
+	}
+	if n := 1 + len(rec.GetPlaced()); n > 2 {
+		t.Fatalf("%d copies with max_mirrors 2: %v", n, rec.GetPlaced())
+	}
+	if rec.GetPlaced()[0].GetMirror() != "nyc" {
+		t.Fatalf("kept %v, want the higher keep score (nyc)", rec.GetPlaced())
+	}
+}
