@@ -86,39 +86,11 @@ func Reconcile(r *pmaps.Router, want *Compiled, settings pmaps.Settings, have *O
 	// not fit the map together: Compile only checks that the new state
 	// fits, and a full map would refuse the new entries on every retry.
 	// Those stale entries are leaving anyway: they go first.
-	deleteVIPs := func() error {
-		for v := range have.VIPs {
-			if _, ok := want.VIPs[v]; !ok {
-				if err := r.DeleteVIP(v); err != nil {
-					return err
-				}
-				ch.Deleted++
-			}
-		}
-		return nil
-	}
+	deleteVIPs := func() error { return deleteStale(have.VIPs, want.VIPs, r.DeleteVIP, &ch.Deleted) }
 	deleteRoutes := func() error {
-		for k := range have.Shares {
-			if _, ok := want.Routes[k]; !ok {
-				if err := r.DeleteRoute(k.Resource, k.Region); err != nil {
-					return err
-				}
-				ch.Deleted++
-			}
-		}
-		return nil
+		return deleteStale(have.Shares, want.Routes, func(k pmaps.RouteKey) error { return r.DeleteRoute(k.Resource, k.Region) }, &ch.Deleted)
 	}
-	deletePrefixes := func() error {
-		for p := range have.Prefixes {
-			if _, ok := want.Prefixes[p]; !ok {
-				if err := r.DeleteRegionPrefix(p); err != nil {
-					return err
-				}
-				ch.Deleted++
-			}
-		}
-		return nil
-	}
+	deletePrefixes := func() error { return deleteStale(have.Prefixes, want.Prefixes, r.DeleteRegionPrefix, &ch.Deleted) }
 	vipsFirst := unionLen(have.VIPs, want.VIPs, nil) > lim.MaxVIPs
 	routesFirst := unionLen(have.Shares, want.Routes, nil) > lim.MaxRoutes
 	is4 := func(p netip.Prefix) bool { return p.Addr().Is4() }
@@ -219,6 +191,20 @@ func Reconcile(r *pmaps.Router, want *Compiled, settings pmaps.Settings, have *O
 		}
 	}
 	return ch, observedAfter(want, settings, slots), nil
+}
+
+// deleteStale deletes, with del, every key of have that want lacks,
+// counting them in n.
+func deleteStale[K comparable, A, B any](have map[K]A, want map[K]B, del func(K) error, n *int) error {
+	for k := range have {
+		if _, ok := want[k]; !ok {
+			if err := del(k); err != nil {
+				return err
+			}
+			*n++
+		}
+	}
+	return nil
 }
 
 // unionLen counts the keys of a and b (those for which keep holds, every
