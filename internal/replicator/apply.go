@@ -12,7 +12,7 @@ type recvItem struct {
 	ver   Version
 	data  []byte // nil: all zeros
 	adopt bool   // the image already holds these bytes: set the version only
-	force bool   // take it whatever the versions say (repair)
+	force bool   // a repair: replace the bytes even at the same version (never a newer one)
 	// epoch is the sender's epoch: a primary vouches for all the data it
 	// ships, so any local version from an older epoch loses to it even
 	// if its clock is newer (a deposed primary's unshipped write).
@@ -56,7 +56,10 @@ func (v *Volume) applyLocked(items []recvItem, force bool) error {
 			keep[i] = true
 			continue
 		}
-		if !force && !it.force && it.ver.Less(local) && local.Epoch >= max(it.epoch, it.ver.Epoch) {
+		// A repair (it.force) replaces bytes whatever they are, but never
+		// a newer version: a write that reached this copy after the
+		// repair's snapshot was taken must not be rolled back.
+		if !force && it.ver.Less(local) && local.Epoch >= max(it.epoch, it.ver.Epoch) {
 			if local.Site != it.ver.Site {
 				losses = append(losses, loss{c: Conflict{Time: now, Block: it.block, Winner: local, Loser: it.ver, Data: it.data}})
 			}

@@ -1,6 +1,8 @@
 package replicator
 
 import (
+	"bytes"
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -181,4 +183,65 @@ func checkMirror(t *testing.T, dir string) bool {
 		t.Fatalf("mirror at cycle %d has content %s, the source had %s: torn cycle", st.Cycle, got, want)
 	}
 	return true
+}
+
+// TestCrashWhileSelectiveMirrorTurnsFull: a selective mirror receives a
+// full copy from block 0. recvFull first drops the presence bitmap
+// (setSelective(false), which saves state.json), and only then marks the
+// copy active and inconsistent. A crash between the two steps leaves a
+// mirror that says it is a complete, consistent full copy while it holds
+// only the selective blocks: reads of the others return zeros, and the
+// source, seeing no copy in progress, never sends them.
+func TestCrashWhileSelectiveMirrorTurnsFull(t *testing.T) {
+	c, src, dst, data := twoNodes(t, 2048, nil)
+	ctx := context.Background()
+	res, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeSelective, Extents: []Extent{{Start: 100, Count: 50}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCycle(t, dst, "vol", res.Cycle)
+	c.stop("dst")
+
+	// The mirror's first steps of a full copy from block 0 (recvFull),
+	// then a crash.
+	dstCfg := Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img"), Upstream: "src"}}, Peers: c.peers("src")}
+	v, err := OpenVolume(c.path("dst.img"), VolumeOptions{Name: "vol", Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	j, err := openJournal(journalPath(v.metaDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := j.reset(); err != nil {
+		t.Fatal(err)
+	}
+	j.Close()
+	if err := v.setSelective(false); err != nil {
+		t.Fatal(err)
+	}
+	v.Close() // crash: nothing else of recvFull ran
+
+	dst = c.start("dst", dstCfg)
+	dv, err := dst.Volume("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := dv.Status()
+	t.Logf("after the crash: complete=%v inconsistent=%v fullActive=%v selective=%v", st.Complete, st.Inconsistent, st.FullActive, st.Selective)
+	// The source's next push, and a read of a block the mirror never held.
+	res, err = src.Push(ctx, "vol", "dst", PushOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCycle(t, dst, "vol", res.Cycle)
+	buf := make([]byte, bs)
+	const b = 501
+	if err := dst.Read(ctx, "vol", buf, b*bs); err != nil {
+		t.Fatalf("read: %v", err)
+	}
+	if !bytes.Equal(buf, data[b*bs:(b+1)*bs]) {
+		st = dv.Status()
+		t.Fatalf("block %d, never copied, reads as other bytes than the source's (mirror complete=%v, full copy after the crash: %v)", b, st.Complete, res.Full)
+	}
 }

@@ -222,7 +222,11 @@ type fullJob struct {
 func (n *Node) sendFull(ctx context.Context, l *link, w *wire.Welcome, v *Volume, peer string, mode Mode, o PushOptions, res *PushResult) (err error) {
 	lineage := n.hello(v, wire.OpFull, "").Lineage
 	startBlk := uint64(0)
-	if w.Flags&wire.WelcomeFullActive != 0 && w.Lineage == lineage && !o.Restart {
+	// Only a copy of the same kind resumes: a full copy resumed as a
+	// selective one would leave the blocks past the resume point outside
+	// the extents unsent at a mirror that tracks no presence.
+	sameKind := (w.Flags&wire.WelcomeSelective != 0) == (mode == ModeSelective)
+	if w.Flags&wire.WelcomeFullActive != 0 && w.Lineage == lineage && sameKind && !o.Restart {
 		startBlk = w.FullNext
 		res.Resumed = true
 	}

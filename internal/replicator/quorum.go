@@ -65,15 +65,18 @@ func (n *Node) Write(ctx context.Context, volume string, p []byte, off int64) er
 	acks, errs := n.fanOut(ctx, nv, wire.OpSyncWrite, func(ctx context.Context, pl *peerLink) error {
 		return pl.syncWrite(ctx, &bt)
 	})
-	if acks+1 >= w {
-		return nil
-	}
+	// A mirror that refused the write for its epoch has seen a newer
+	// primary: this one is deposed, however many other copies (which
+	// have not seen that epoch yet) acknowledged.
 	for _, e := range errs {
 		if errors.Is(e, ErrFenced) {
 			v.fence(0)
 			n.metrics.fenced.WithLabelValues(volume).Inc()
 			return fmt.Errorf("write to %s: %w", volume, e)
 		}
+	}
+	if acks+1 >= w {
+		return nil
 	}
 	return fmt.Errorf("write to %s: %w: %d of %d copies acknowledged: %w", volume, ErrNoQuorum, acks+1, w, errors.Join(errs...))
 }
@@ -220,6 +223,42 @@ func (n *Node) readThrough(ctx context.Context, nv *nodeVolume, v *Volume, block
 	if remote == "" {
 		remote = nv.cfg.Name
 	}
+	// A fetched block older than a version a delta cycle announced for it
+	// meanwhile (see decide) is not stored: fetch what is still missing
+	// again.
+	for attempt := 0; len(blocks) > 0; attempt++ {
+		if attempt == readThroughAttempts {
+			return fmt.Errorf("volume %s: %w: %d blocks still not held after %d read-through attempts", v.name, ErrInconsistent, len(blocks), attempt)
+		}
+		if err := n.fetchBlocks(ctx, nv, v, p, remote, blocks); err != nil {
+			return err
+		}
+		blocks = v.missingOf(blocks)
+	}
+	return nil
+}
+
+// readThroughAttempts bounds the fetches of blocks that keep changing.
+const readThroughAttempts = 5
+
+// missingOf returns the blocks of bs a selective mirror still lacks.
+func (v *Volume) missingOf(bs []uint64) []uint64 {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.present == nil {
+		return nil
+	}
+	var out []uint64
+	for _, b := range bs {
+		if !v.present.Has(b) {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// fetchBlocks is one read-through pass over blocks.
+func (n *Node) fetchBlocks(ctx context.Context, nv *nodeVolume, v *Volume, p *nodePeer, remote string, blocks []uint64) error {
 	pl, err := p.links.get(ctx, nv.cfg.Name, remote, wire.OpRead)
 	if err != nil {
 		return fmt.Errorf("read-through from %s: %w", nv.cfg.Upstream, err)
@@ -235,9 +274,10 @@ func (n *Node) readThrough(ctx context.Context, nv *nodeVolume, v *Volume, block
 			p.links.drop(pl)
 			return fmt.Errorf("read-through from %s: %w", nv.cfg.Upstream, err)
 		}
+		epoch := pl.welcomeEpoch()
 		items := make([]recvItem, len(got.blocks))
 		for k := range got.blocks {
-			items[k] = recvItem{block: got.blocks[k], ver: got.vers[k], data: got.data[k*v.bs : (k+1)*v.bs]}
+			items[k] = recvItem{block: got.blocks[k], ver: got.vers[k], data: got.data[k*v.bs : (k+1)*v.bs], epoch: uint32(epoch)}
 		}
 		v.io.Lock()
 		err = v.applyLocked(items, false)
@@ -274,6 +314,9 @@ type peerLink struct {
 	local  string
 	remote string
 	epoch  uint64 // the session's Hello epoch
+	// peerEpoch is the epoch the peer's Welcome reported: data it ships
+	// beats local versions of older epochs, as a cycle's does.
+	peerEpoch uint64
 }
 
 func newLinkPool(n *Node, p *nodePeer) *linkPool {
@@ -306,6 +349,7 @@ func (lp *linkPool) get(ctx context.Context, local, remote string, op wire.Op) (
 	hello := lp.n.hello(v, op, remote)
 	type result struct {
 		l   *link
+		w   *wire.Welcome
 		err error
 	}
 	ch := make(chan result, 1)
@@ -313,8 +357,8 @@ func (lp *linkPool) get(ctx context.Context, local, remote string, op wire.Op) (
 		dc := lp.n.dialConfig(lp.p)
 		// Interactive traffic is neither throttled, sampled nor measured.
 		dc.rtt, dc.meter = nil, nil
-		l, _, err := dial(lctx, dc, hello)
-		ch <- result{l, err}
+		l, w, err := dial(lctx, dc, hello)
+		ch <- result{l, w, err}
 	}()
 	var r result
 	select {
@@ -338,8 +382,15 @@ func (lp *linkPool) get(ctx context.Context, local, remote string, op wire.Op) (
 		r.l.close()
 		return nil, err
 	}
-	pl.l, pl.cancel, pl.enc, pl.epoch = r.l, cancel, enc, hello.Epoch
+	pl.l, pl.cancel, pl.enc, pl.epoch, pl.peerEpoch = r.l, cancel, enc, hello.Epoch, r.w.Epoch
 	return pl, nil
+}
+
+// welcomeEpoch is the epoch the peer reported when the link was opened.
+func (pl *peerLink) welcomeEpoch() uint64 {
+	pl.mu.Lock()
+	defer pl.mu.Unlock()
+	return pl.peerEpoch
 }
 
 // drop closes a link after an error; the next get redials.

@@ -3,6 +3,7 @@ package replicator
 import (
 	"bytes"
 	"context"
+	"errors"
 	"testing"
 	"time"
 
@@ -356,5 +357,111 @@ func TestReadRepairLeavesOlderEpochToCycles(t *testing.T) {
 	}
 	if cv.Version(20) != av.Version(20) || !bytes.Equal(readBlock(t, c.path("c.img"), 20), data) {
 		t.Fatalf("delta cycle did not bring block 20: %s at c, %s at a", cv.Version(20), av.Version(20))
+	}
+}
+
+// TestReadThroughRacingCycle: a selective mirror fetches block b from its
+// upstream (version V1); before the fetched data is stored, the source
+// writes b (V2) and a delta cycle commits at the mirror, which skips b
+// because it is not held yet. The read-through then stores V1 and marks
+// b held: the mirror keeps serving V1 although it committed a cycle that
+// carried V2, and no later cycle sends b again.
+func TestReadThroughRacingCycle(t *testing.T) {
+	_, src, dst, _ := twoNodes(t, 2048, nil)
+	ctx := context.Background()
+	res, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeSelective, Extents: []Extent{{Start: 100, Count: 50}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dv := waitCycle(t, dst, "vol", res.Cycle)
+	const blk = 500
+	if len(dv.missing(blk, blk+1)) != 1 {
+		t.Fatal("block should not be held yet")
+	}
+
+	// The copy's session ends after its closing apply has flushed.
+	nv, _ := dst.nodeVolume("vol")
+	for len(nv.sess) > 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	// Hold the mirror's image lock: the read-through below fetches, then
+	// waits to store (as a descheduled reader would).
+	dv.io.Lock()
+	readDone := make(chan error, 1)
+	go func() {
+		buf := make([]byte, bs)
+		readDone <- dst.Read(ctx, "vol", buf, blk*bs)
+	}()
+	// Wait until the fetch has been answered by the source.
+	time.Sleep(300 * time.Millisecond)
+
+	newData := bytes.Repeat([]byte{0x3C}, bs)
+	sv, _ := src.Volume("vol")
+	if _, err := sv.WriteAt(newData, blk*bs); err != nil {
+		t.Fatal(err)
+	}
+	res, err = src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta})
+	if err != nil {
+		dv.io.Unlock()
+		t.Fatal(err)
+	}
+	dv.io.Unlock()
+	if err := <-readDone; err != nil {
+		t.Fatal(err)
+	}
+	waitCycle(t, dst, "vol", res.Cycle)
+
+	// The mirror has committed the cycle that carried newData for blk.
+	got := make([]byte, bs)
+	if err := dst.Read(ctx, "vol", got, blk*bs); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, newData) {
+		t.Fatalf("mirror at cycle %d serves block %d at version %s, source has %s: stale read-through data kept",
+			dv.Status().Cycle, blk, dv.Version(blk), sv.Version(blk))
+	}
+	// And it stays so: another cycle does not bring it.
+	if res, err = src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta}); err != nil {
+		t.Fatal(err)
+	}
+	waitCycle(t, dst, "vol", res.Cycle)
+}
+
+// TestQuorumWriteFencedDespiteQuorum: a primary whose sync write one
+// mirror refuses as fenced (that mirror was promoted to a newer epoch)
+// has been deposed, even when the other mirrors still acknowledge enough
+// copies for the write quorum. It must stop taking writes (ErrFenced),
+// not keep acknowledging writes that the new primary's epoch will
+// overrule.
+func TestQuorumWriteFencedDespiteQuorum(t *testing.T) {
+	c := newCluster(t, "a", "b", "c")
+	makeImage(t, c.path("a.img"), 256, bs, 1)
+	a := c.start("a", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("a.img"), Role: RolePrimary,
+		Mirrors: []MirrorConfig{{Peer: "b"}, {Peer: "c"}}, WriteQuorum: 2}}, Peers: c.peers("b", "c")})
+	b := c.start("b", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("b.img")}}})
+	c.start("c", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("c.img")}}})
+	ctx := context.Background()
+	for _, p := range []string{"b", "c"} {
+		if _, err := a.Push(ctx, "vol", p, PushOptions{Mode: ModeFull}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := a.Write(ctx, "vol", bytes.Repeat([]byte{1}, bs), 3*bs); err != nil {
+		t.Fatal(err)
+	}
+	// b is promoted: a is deposed.
+	if e, err := b.Promote("vol", 0); err != nil || e != 2 {
+		t.Fatalf("promote: %d %v", e, err)
+	}
+	err := a.Write(ctx, "vol", bytes.Repeat([]byte{2}, bs), 4*bs)
+	av, _ := a.Volume("vol")
+	if !errors.Is(err, ErrFenced) {
+		t.Errorf("write at a deposed primary (b refused it as fenced, c acknowledged): %v, want ErrFenced", err)
+	}
+	if !av.Status().Fenced {
+		t.Errorf("the deposed primary is not fenced after a mirror refused its write for its epoch")
+	}
+	if err := a.Write(ctx, "vol", bytes.Repeat([]byte{3}, bs), 5*bs); !errors.Is(err, ErrFenced) {
+		t.Fatalf("second write at the deposed primary: %v, want ErrFenced", err)
 	}
 }

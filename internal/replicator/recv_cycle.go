@@ -198,6 +198,13 @@ func (r *cycleReceiver) decide(e wire.ManifestEntry) (uint8, error) {
 	v.mu.Lock()
 	present := v.present == nil || v.present.Has(e.Block)
 	local := v.version(e.Block)
+	if !present && local.Less(e.Version) {
+		// Not held: the cycle skips it, but a read-through fetch in
+		// flight may bring older data. Keep the version this cycle
+		// announced so that such a fetch loses (newest-version-wins)
+		// and is made again, instead of being stored as held.
+		v.setVersion(e.Block, e.Version)
+	}
 	v.mu.Unlock()
 	switch {
 	case !present:

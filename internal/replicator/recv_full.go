@@ -39,6 +39,8 @@ func (s *session) recvFull(ctx context.Context, fb *wire.FullBegin) error {
 		return fmt.Errorf("%w: full copy ends at block %d, volume has %d", ErrProtocol, fb.End, v.blocks)
 	case fb.Start > 0 && !(st.FullActive && st.FullNext == fb.Start && st.SourceLineage == lineage):
 		return fmt.Errorf("%w: cannot resume a full copy at block %d: mirror holds %d blocks of it", ErrProtocol, fb.Start, st.FullNext)
+	case fb.Start > 0 && st.Selective != (fb.Flags&wire.FullSelective != 0):
+		return fmt.Errorf("%w: cannot resume a copy at block %d as another kind (selective %v, the interrupted one %v)", ErrProtocol, fb.Start, fb.Flags&wire.FullSelective != 0, st.Selective)
 	}
 	selective := fb.Flags&wire.FullSelective != 0
 	// Zero ranges may be skipped only on an image this node created empty:
@@ -336,7 +338,14 @@ func (v *Volume) setSelective(on bool) error {
 		v.presFile, v.present = nil, nil
 		removeFile(v.metaDir, "present")
 	}
-	return v.updateStateLocked(func(st *volState) { st.Selective = on })
+	// A copy of the other kind starts over from block 0, and the state
+	// that records the new kind says so at once: a crash before the rest
+	// of recvFull runs must not leave a selective mirror's few blocks
+	// looking like a complete full copy (or the reverse).
+	return v.updateStateLocked(func(st *volState) {
+		st.Selective = on
+		st.Inconsistent, st.FullActive, st.FullNext = true, true, 0
+	})
 }
 
 func removeFile(dir, name string) { os.Remove(filepath.Join(dir, name)) }

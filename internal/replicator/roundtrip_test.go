@@ -6,7 +6,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"testing"
+	"time"
 
+	"github.com/premirror/premirror/internal/replicator/throttle"
 	"go.uber.org/goleak"
 )
 
@@ -237,4 +239,50 @@ func TestFullCopyOverExistingImage(t *testing.T) {
 		t.Fatalf("mirror status %+v", st)
 	}
 	sameFile(t, c.path("src.img"), c.path("dst.img"))
+}
+
+// TestResumeFullCopyAsSelective: a full copy is interrupted after a
+// checkpoint; the next push asks for a selective copy, which the sender
+// resumes from the mirror's FullNext. The mirror was not selective (no
+// presence bitmap), so blocks past FullNext outside the extents are never
+// sent, yet the mirror ends up consistent, not selective, and serves
+// them as whatever its image held (zeros).
+func TestResumeFullCopyAsSelective(t *testing.T) {
+	c := newCluster(t, "src", "dst")
+	data := makeImage(t, c.path("src.img"), 4096, bs, 1) // 16 MiB
+	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary}},
+		Peers: []PeerConfig{{Name: "dst", Addr: c.addrs["dst"], Schedule: "4MiB"}}})
+	dst := c.start("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img"), Upstream: "src"}}, Peers: c.peers("src")})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		for ctx.Err() == nil {
+			if dv, err := dst.Volume("vol"); err == nil && dv.Status().FullNext > 0 {
+				cancel()
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull}); err == nil {
+		t.Fatal("interrupted copy reported success")
+	}
+	cancel()
+	if err := src.SetSchedule("dst", throttle.Fixed(throttle.Unlimited)); err != nil {
+		t.Fatal(err)
+	}
+	res, err := src.Push(context.Background(), "vol", "dst", PushOptions{Mode: ModeSelective, Extents: []Extent{{Start: 0, Count: 10}}})
+	if err != nil {
+		t.Logf("selective push over an interrupted full copy refused: %v", err)
+		return
+	}
+	dv := waitCycle(t, dst, "vol", res.Cycle)
+	st := dv.Status()
+	t.Logf("resumed=%v from %d; mirror: complete=%v selective=%v present=%d", res.Resumed, res.ResumeFrom, st.Complete, st.Selective, st.PresentBlocks)
+	buf := make([]byte, bs)
+	for _, b := range []uint64{4000, 4090, 3000} {
+		err := dst.Read(context.Background(), "vol", buf, int64(b)*bs)
+		if err == nil && !bytes.Equal(buf, data[b*bs:(b+1)*bs]) {
+			t.Fatalf("block %d read at the mirror (complete=%v selective=%v) differs from the source: never copied", b, st.Complete, st.Selective)
+		}
+	}
 }
