@@ -112,6 +112,9 @@ static __always_inline int pass_on(struct xdp_md *ctx, enum pm_decap_reason r)
 	return XDP_PASS;
 }
 
+/* IPv6 fragment header (next header value). */
+#define PM_NEXTHDR_FRAGMENT 44
+
 /* Length of the inner packet per its own header (family 4 or 6), or 0 if
  * it is not valid. */
 static __always_inline __u32 inner_len(void *in, void *data_end, __u8 family)
@@ -121,7 +124,11 @@ static __always_inline __u32 inner_len(void *in, void *data_end, __u8 family)
 
 		if ((void *)(ih + 1) > data_end || ih->version != 4 || ih->ihl < 5)
 			return 0;
-		return ntohs_len(ih->tot_len);
+		__u32 tl = ntohs_len(ih->tot_len);
+		/* A total length shorter than the header is no packet. */
+		if (tl < (__u32)ih->ihl * 4)
+			return 0;
+		return tl;
 	}
 	struct ipv6hdr *ih = in;
 
@@ -247,15 +254,19 @@ static __always_inline struct decap_addr_info *local_endpoint(const void *addr, 
 
 /* Whether a tunnel packet from outer source sk may not be decapsulated
  * at endpoint ep: the endpoint takes only listed sources and sk is in no
- * listed prefix. sk is filled only when the endpoint checks. */
-static __always_inline int source_denied(const struct decap_addr_info *ep, struct decap_src_key *sk)
+ * listed prefix. sk is filled only when the endpoint checks. An IPv4
+ * source (v4) matches only an IPv4 prefix: the longest match of its
+ * ::ffff:a.b.c.d key is an IPv6 prefix (::/0 … ::/80, value
+ * DECAP_SRC_V6) only when no IPv4 prefix holds it. */
+static __always_inline int source_denied(const struct decap_addr_info *ep, struct decap_src_key *sk, int v4)
 {
 	if (!(ep->flags & DECAP_F_SOURCES))
 		return 0;
 	if (sk->prefixlen)
 		return 1; /* marked by the caller: no edge's address */
 	sk->prefixlen = 128;
-	return bpf_map_lookup_elem(&pm_decap_sources, sk) == NULL;
+	__u8 *v = bpf_map_lookup_elem(&pm_decap_sources, sk);
+	return !v || (v4 && *v == DECAP_SRC_V6);
 }
 
 /* Remove olen bytes after the l2-byte L2 header (constants at each site). */
@@ -387,6 +398,24 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 		if ((void *)(oh + 1) > data_end || oh->version != 6)
 			return pass_on(ctx, D_PASS_NOT_TUNNEL);
 		l4proto = oh->nexthdr;
+		if (l4proto == PM_NEXTHDR_FRAGMENT) {
+			/* A fragment of a tunnel packet to one of our endpoints is
+			 * counted as its IPv4 counterpart is (pass_fragment), and
+			 * left to the stack as before. */
+			__u8 *fh = (void *)(oh + 1);
+
+			if ((void *)(fh + 8) > data_end)
+				return pass_on(ctx, D_PASS_NOT_TUNNEL);
+			l4proto = fh[0];
+			if (l4proto != IPPROTO_IPIP && l4proto != IPPROTO_IPV6 && l4proto != IPPROTO_UDP)
+				return pass_on(ctx, D_PASS_NOT_TUNNEL);
+			ep = local_endpoint(&oh->daddr, PM_FAMILY_V6);
+			if (!ep)
+				return pass_on(ctx, l4proto == IPPROTO_UDP ? D_PASS_NOT_TUNNEL : D_PASS_NOT_LOCAL);
+			if (l4proto == IPPROTO_UDP && !ep->gue_port)
+				return pass_on(ctx, D_PASS_UDP_NOT_GUE);
+			return pass_on(ctx, D_PASS_FRAGMENT);
+		}
 		if (l4proto != IPPROTO_IPIP && l4proto != IPPROTO_IPV6 && l4proto != IPPROTO_UDP)
 			return pass_on(ctx, D_PASS_NOT_TUNNEL);
 		ep = local_endpoint(&oh->daddr, PM_FAMILY_V6);
@@ -424,7 +453,7 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 
 		if (fam == 0)
 			return pass_on(ctx, why);
-		if (source_denied(ep, &sk))
+		if (source_denied(ep, &sk, olen == IPV4_HLEN))
 			return verdict(D_DROP_SOURCE, XDP_DROP);
 		if (fam < 0 || outer_len < olen || l3 + outer_len > data_end)
 			return verdict(D_DROP_MALFORMED, XDP_DROP);
@@ -436,7 +465,7 @@ static __always_inline int decap(struct xdp_md *ctx, const int l2, __be16 proto)
 		return verdict(ok, XDP_PASS);
 	}
 
-	if (source_denied(ep, &sk))
+	if (source_denied(ep, &sk, olen == IPV4_HLEN))
 		return verdict(D_DROP_SOURCE, XDP_DROP);
 	/* IPIP / IPv6-in-IP: the inner packet must fill the outer one exactly. */
 	inner = l4proto == IPPROTO_IPIP ? PM_FAMILY_V4 : PM_FAMILY_V6;

@@ -319,6 +319,13 @@ struct decap_src_key {
 	__u8 addr[16];
 };
 
+/* pm_decap_sources value: the family of the listed prefix. An IPv4
+ * source is taken only by an IPv4 prefix (an IPv6 prefix such as ::/0
+ * covers the ::ffff:0:0/96 keys too, but lists IPv6 sources only); 1,
+ * written by builds before, is taken as either. */
+#define DECAP_SRC_V4 4
+#define DECAP_SRC_V6 6
+
 _Static_assert(sizeof(struct decap_addr_info) == 4, "struct decap_addr_info is a pinned format");
 _Static_assert(__builtin_offsetof(struct decap_addr_info, gue_port) == 2, "struct decap_addr_info is a pinned format");
 

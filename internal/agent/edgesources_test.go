@@ -33,6 +33,9 @@ func TestUnlistedEdges(t *testing.T) {
 		{"network holds all", []string{"192.0.2.0/24", "198.51.100.0/24", "2001:db8::/32"}, nil},
 		{"IPv6 missing", []string{"192.0.2.0/24", "198.51.100.7"}, []string{"edge-b=2001:db8:1::b"}},
 		{"one host listed", []string{"192.0.2.10"}, []string{"edge-b=192.0.2.11", "edge-b=2001:db8:1::b", "edge-c=198.51.100.7"}},
+		// An IPv6 prefix lists IPv6 sources only, in the data plane too
+		// (pm_decap_sources values carry the family).
+		{"::/0 lists no IPv4 edge", []string{"::/0"}, []string{"edge-a=192.0.2.10", "edge-b=192.0.2.11", "edge-c=198.51.100.7"}},
 		{"other network", []string{"10.0.0.0/8"}, []string{"edge-a=192.0.2.10", "edge-b=192.0.2.11", "edge-b=2001:db8:1::b", "edge-c=198.51.100.7"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

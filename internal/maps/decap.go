@@ -147,6 +147,16 @@ func srcKey(p netip.Prefix) decapDecapSrcKey {
 	return decapDecapSrcKey{Prefixlen: uint32(bits), Addr: p.Addr().As16()}
 }
 
+// srcFamily is p's pm_decap_sources value (DECAP_SRC_V4 / _V6): an IPv4
+// source is taken only where the longest match is an IPv4 prefix, so an
+// IPv6 prefix covering ::ffff:0:0/96 (::/0) does not list IPv4 sources.
+func srcFamily(k decapDecapSrcKey) uint8 {
+	if netip.AddrFrom16(k.Addr).Is4In6() && k.Prefixlen >= 96 {
+		return 4
+	}
+	return 6
+}
+
 // keyPrefix is the prefix of a pm_decap_sources key.
 func keyPrefix(k decapDecapSrcKey) netip.Prefix {
 	a := netip.AddrFrom16(k.Addr)
@@ -174,22 +184,22 @@ func (d *Decap) SetSources(want []netip.Prefix) (written, deleted int, err error
 	if len(keep) > MaxDecapSources {
 		return 0, 0, fmt.Errorf("%d decap sources: pm_decap_sources holds %d", len(keep), MaxDecapSources)
 	}
-	have := map[decapDecapSrcKey]bool{}
+	have := map[decapDecapSrcKey]uint8{}
 	var k decapDecapSrcKey
 	var v uint8
 	it := d.objs.PmDecapSources.Iterate()
 	for it.Next(&k, &v) {
-		have[k] = true
+		have[k] = v
 	}
 	if err := it.Err(); err != nil {
 		return 0, 0, fmt.Errorf("iterate pm_decap_sources: %w", err)
 	}
-	one := uint8(1)
 	for k := range keep {
-		if have[k] {
+		fam := srcFamily(k)
+		if hv, ok := have[k]; ok && hv == fam {
 			continue
 		}
-		if err := d.objs.PmDecapSources.Put(&k, &one); err != nil {
+		if err := d.objs.PmDecapSources.Put(&k, &fam); err != nil {
 			return written, deleted, fmt.Errorf("write pm_decap_sources %s: %w", keyPrefix(k), err)
 		}
 		written++

@@ -750,7 +750,8 @@ func TestDecapSources(t *testing.T) {
 		{"the IPv6 edge only", true, pfx("fd99::1/128"), false, true, nil},
 		{"host bits are masked", true, pfx("10.99.7.7/16"), true, false, pfx("10.99.0.0/16")},
 		{"other networks", true, pfx("10.98.0.0/16", "10.99.0.2/32", "fd98::/16", "fd99::2/128"), false, false, nil},
-		{"::/0 holds IPv4 too", true, pfx("::/0"), true, true, nil},
+		{"::/0 lists IPv6 sources only (an IPv4 source needs an IPv4 prefix)", true, pfx("::/0"), false, true, nil},
+		{"0.0.0.0/0 and ::/0 hold every source", true, pfx("0.0.0.0/0", "::/0"), true, true, nil},
 		{"unmarked endpoints take any source", false, pfx("10.98.0.0/16"), true, true, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
