@@ -437,7 +437,7 @@ func (e *Engine) Step(prev *State, in *Input) (*Result, *State, error) {
 		if rt.Spilled > 0 {
 			res.Spilled++
 		}
-		if rt.Why.Mode == ModePanic {
+		if rt.Why.Panic { // in panic whatever the mode (a failover in panic too)
 			res.Panic++
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"math/rand/v2"
 	"reflect"
 	"strings"
 	"testing"
@@ -742,5 +743,84 @@ func TestMergeEdgePaths(t *testing.T) {
 				t.Fatalf("got %+v ok=%v", p, ok)
 			}
 		})
+	}
+}
+
+// TestOrderIndependence: permuting Input.Mirrors, Input.Paths and
+// each resource's Replicas changes no route's weights or mode.
+func TestOrderIndependence(t *testing.T) {
+	for seed := range uint64(6) {
+		rng := rand.New(rand.NewPCG(seed, 7))
+		regions := []RegionID{1, 2, 3}
+		mirrors := []MirrorID{1, 2, 3, 4, 5, 6, 7}
+		w := newWorld(regions, mirrors, func(_ RegionID, m MirrorID) float64 { return float64(20 + rng.IntN(4)*5) }) // many exact ties
+		for i := range w.mirrors {
+			if rng.IntN(2) == 0 {
+				w.mirrors[i].Capacity = 10 + rng.Float64()*30
+			}
+		}
+		w.resources[0].Demand = []float64{20, 30, 25}
+		w.resources = append(w.resources, Resource{ID: 2, Replicas: w.resources[0].Replicas[:4], Demand: []float64{5, 50, 9}})
+		e, err := New(Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var st *State
+		now := t0
+		for tick := range 120 {
+			if rng.IntN(4) == 0 {
+				k := pathKey{regions[rng.IntN(3)], mirrors[rng.IntN(7)]}
+				w.down[k] = !w.down[k]
+			}
+			if rng.IntN(6) == 0 {
+				k := pathKey{regions[rng.IntN(3)], mirrors[rng.IntN(7)]}
+				w.rtt[k] = float64(20 + rng.IntN(4)*5)
+			}
+			in := w.input(now)
+			res, next, err := e.Step(st, in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p := w.input(now)
+			rng.Shuffle(len(p.Mirrors), func(i, j int) { p.Mirrors[i], p.Mirrors[j] = p.Mirrors[j], p.Mirrors[i] })
+			rng.Shuffle(len(p.Paths), func(i, j int) { p.Paths[i], p.Paths[j] = p.Paths[j], p.Paths[i] })
+			for i := range p.Resources {
+				reps := append([]Replica(nil), p.Resources[i].Replicas...)
+				rng.Shuffle(len(reps), func(a, b int) { reps[a], reps[b] = reps[b], reps[a] })
+				p.Resources[i].Replicas = reps
+			}
+			res2, _, err := e.Step(st, p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := range res.Routes {
+				a, b := res.Routes[i], res2.Routes[i]
+				if !reflect.DeepEqual(a.Weights, b.Weights) || a.Why.Mode != b.Why.Mode {
+					t.Fatalf("seed %d tick %d route %d/%d: %v %v vs permuted %v %v", seed, tick, a.Resource, a.Region, a.Weights, a.Why.Mode, b.Weights, b.Why.Mode)
+				}
+			}
+			if !reflect.DeepEqual(res.Overloaded, res2.Overloaded) {
+				t.Fatalf("seed %d tick %d: overloaded %v vs %v", seed, tick, res.Overloaded, res2.Overloaded)
+			}
+			st = next
+			now = now.Add(2 * time.Second)
+		}
+	}
+}
+
+// TestPanicCount: Result.Panic "counts routes in panic mode"; a
+// route that enters panic in the same evaluation a replica leaves sync is
+// in panic (Why.Panic) but reported as failover, and not counted.
+func TestPanicCount(t *testing.T) {
+	w := newWorld([]RegionID{1}, []MirrorID{1, 2, 3, 4}, func(_ RegionID, m MirrorID) float64 { return 40 + float64(m)*20 })
+	r := newRunner(t, Config{}, w)
+	r.step()
+	w.down[pathKey{1, 2}], w.down[pathKey{1, 3}] = true, true
+	w.resources[0].Replicas[0].InSync = false // mirror 1, which held the route, leaves sync
+	res := r.step()
+	rt := res.Routes[0]
+	t.Logf("mode %v panic %v weights %v res.Panic %d", rt.Why.Mode, rt.Why.Panic, rt.Weights, res.Panic)
+	if rt.Why.Panic && res.Panic != 1 {
+		t.Errorf("route in panic (%v) not counted: Result.Panic %d", rt.Why, res.Panic)
 	}
 }
