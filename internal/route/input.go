@@ -270,7 +270,10 @@ func MergeEdgePaths(ps []Path) (p Path, ok bool) {
 		if len(v)%2 == 1 {
 			return v[len(v)/2]
 		}
-		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+		// The midpoint without the sum, which could wrap negative on
+		// large estimates (an edge's word): v is sorted.
+		lo, hi := v[len(v)/2-1], v[len(v)/2]
+		return lo + (hi-lo)/2
 	}
 	p = Path{Region: ps[0].Region, Mirror: ps[0].Mirror, Hops: ps[0].Hops, Bandwidth: ps[0].Bandwidth}
 	p.RTT = med(func(x Path) time.Duration { return x.RTT })
