@@ -12,6 +12,7 @@ import (
 	"time"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
+	pmaps "github.com/premirror/premirror/internal/maps"
 	"github.com/premirror/premirror/internal/pki"
 	"github.com/premirror/premirror/internal/route"
 )
@@ -650,5 +651,52 @@ func TestTickKeepsDampingStateWhenWriteFails(t *testing.T) {
 	}
 	if ls.state == published || ls.version != v+1 {
 		t.Fatalf("version %d after the retry, want %d with a new state", ls.version, v+1)
+	}
+}
+
+// One edge reporting an absurd (but non-negative) RTT next to an honest
+// edge of the same region must not make the merged path invalid: the route
+// engine would then refuse every tick's input and no version would ever
+// be computed again.
+func TestHugeProbeRTTDoesNotBreakComputation(t *testing.T) {
+	s := computeWorld()
+	up := pb.Health_HEALTH_UP
+	huge := &pb.ProbeResult{Mirror: "paris", RttNs: math.MaxInt64, MedianNs: math.MaxInt64, MinNs: 1,
+		JitterNs: math.MaxInt64, Health: up, Samples: 5, Probes: 5}
+	s.live = []*pb.LiveReport{
+		edgeReport("e1", "eu", t0, pr("paris", 10, up)),
+		edgeReport("evil", "eu", t0, huge),
+	}
+	in, _ := buildInput(s, t0, testInputCfg, map[uint32]*heldRegion{})
+	for _, p := range in.Paths {
+		if p.RTT < 0 || p.Recent < 0 || p.Jitter < 0 {
+			t.Errorf("path %d→%d: negative merged estimate %+v", p.Region, p.Mirror, p)
+		}
+	}
+	eng, err := route.New(route.Config{Slots: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := eng.Step(nil, in); err != nil {
+		t.Fatalf("route computation refused the input: %v", err)
+	}
+}
+
+// The data plane holds maps.DefaultConfig().MaxPrefixesV4 client prefixes
+// of each family; every agent refuses (NACKs) a desired state with more,
+// and every agent gets the same regions, so a set beyond it must be
+// refused at apply as the VIP and route limits are: otherwise no agent
+// takes any new version.
+func TestClientPrefixesBeyondDataPlaneRefused(t *testing.T) {
+	o := testObjects()
+	lim := DefaultLimits()
+	n := pmaps.DefaultConfig().MaxPrefixesV4 + 1
+	var ps []string
+	for i := range n {
+		ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte{11, byte(i >> 16), byte(i >> 8), byte(i)}), 32).String())
+	}
+	o.Sites[1].ClientPrefixes = ps
+	if err := ValidateObjects(o, lim); err == nil {
+		t.Fatalf("%d IPv4 client prefixes accepted; the data plane holds %d", n, pmaps.DefaultConfig().MaxPrefixesV4)
 	}
 }

@@ -15,8 +15,10 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/forecast"
@@ -272,6 +274,21 @@ func (c *Controller) Serve(ctx context.Context, lis net.Listener) error {
 		grpc.MaxConcurrentStreams(maxStreamsPerConn),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		// The handshake checks the CRL once per connection, and a client's
+		// connection lives on: every call is checked, so a certificate
+		// revoked since (an admin's, an agent's) loses its rights at once.
+		grpc.UnaryInterceptor(func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+			if err := c.refuseRevoked(ctx); err != nil {
+				return nil, err
+			}
+			return h(ctx, req)
+		}),
+		grpc.StreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+			if err := c.refuseRevoked(ss.Context()); err != nil {
+				return err
+			}
+			return h(srv, ss)
+		}),
 	)
 	pb.RegisterAgentSessionServer(srv, &sessionService{c: c})
 	pb.RegisterAdminServer(srv, &adminService{c: c})
@@ -316,6 +333,17 @@ func (c *Controller) Serve(ctx context.Context, lis net.Listener) error {
 	}
 	c.liveMu.Unlock()
 	return err
+}
+
+// refuseRevoked refuses a call whose client certificate was revoked after
+// its connection's handshake.
+func (c *Controller) refuseRevoked(ctx context.Context) error {
+	if cert := peerCert(ctx); cert != nil && c.tls.Revoked(cert) {
+		c.log.Warn("call refused: the client's certificate was revoked", "certificate", cert.Subject.CommonName,
+			"serial", fmt.Sprintf("%x", cert.SerialNumber))
+		return status.Error(codes.PermissionDenied, "certificate revoked")
+	}
+	return nil
 }
 
 func (c *Controller) renewLive(ctx context.Context) error {

@@ -420,3 +420,49 @@ func TestRevokedAgentSessionEnds(t *testing.T) {
 		t.Fatalf("the other agent reconnects: %v", err)
 	}
 }
+
+// An agent session ends at its next message once its certificate is
+// revoked (a new CRL, no restart). An admin's gRPC connection lives as
+// long: a revoked admin certificate must not keep changing objects over a
+// connection opened before the revocation.
+func TestRevokedAdminRefusedOnOpenConnection(t *testing.T) {
+	dir := t.TempDir()
+	crl := filepath.Join(dir, "ca.crl")
+	writeCRL := func(f pki.Files) {
+		t.Helper()
+		var serials []*big.Int
+		if f.Cert != "" {
+			leaf, err := pki.Open(f, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			serials = append(serials, leaf.Leaf().SerialNumber)
+		}
+		b, err := shared.ca.Revoke(nil, serials, time.Now(), time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := atomicfile.Write(crl, 0o644, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeCRL(pki.Files{})
+	r := startReplica(t, "r1", testPrefix(t), func(c *Config) { c.TLS.CRL = crl })
+	admin := issueFiles(t, shared.ca, t.TempDir(), "admin", nil)
+	conn, err := grpc.NewClient(r.addr, grpc.WithTransportCredentials(credentials.NewTLS(clientTLS(t, admin))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := pb.NewAdminClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := c.Apply(ctx, &pb.ApplyRequest{Objects: testObjects()}); err != nil {
+		t.Fatal(err)
+	}
+	writeCRL(admin)
+	_, err = c.Delete(ctx, &pb.DeleteRequest{Kind: "resource", Name: "disk"})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("revoked admin certificate on its open connection: Delete returned %v, want PermissionDenied", err)
+	}
+}

@@ -601,12 +601,16 @@ type Limits struct {
 	MaxMirrorID uint32 // highest mirror ID the data plane accepts
 	MaxVIPs     int
 	MaxRoutes   int // (resource, region) pairs, wildcard included
+	// MaxPrefixesV4 and MaxPrefixesV6 bound the sites' client prefixes of
+	// each family (every agent gets all regions' prefixes).
+	MaxPrefixesV4, MaxPrefixesV6 int
 }
 
 // DefaultLimits follow maps.DefaultConfig.
 func DefaultLimits() Limits {
 	c := maps.DefaultConfig()
-	return Limits{MaxMirrorID: uint32(c.MaxMirrors - 1), MaxVIPs: c.MaxVIPs, MaxRoutes: c.MaxRoutes}
+	return Limits{MaxMirrorID: uint32(c.MaxMirrors - 1), MaxVIPs: c.MaxVIPs, MaxRoutes: c.MaxRoutes,
+		MaxPrefixesV4: c.MaxPrefixesV4, MaxPrefixesV6: c.MaxPrefixesV6}
 }
 
 // ValidateObjects checks a complete object set: each object, names unique
@@ -700,6 +704,20 @@ func ValidateObjects(o *pb.Objects, lim Limits) error {
 			}
 		}
 		routes += 1 + len(o.GetSites())
+	}
+	var v4, v6 int
+	for p := range prefixOwner {
+		if p.Addr().Is4() {
+			v4++
+		} else {
+			v6++
+		}
+	}
+	if lim.MaxPrefixesV4 > 0 && v4 > lim.MaxPrefixesV4 {
+		return invalidf("sites: %d IPv4 client prefixes exceed the data plane's %d", v4, lim.MaxPrefixesV4)
+	}
+	if lim.MaxPrefixesV6 > 0 && v6 > lim.MaxPrefixesV6 {
+		return invalidf("sites: %d IPv6 client prefixes exceed the data plane's %d", v6, lim.MaxPrefixesV6)
 	}
 	if lim.MaxVIPs > 0 && len(vipOwner) > lim.MaxVIPs {
 		return invalidf("resources: %d VIPs exceed the data plane's %d", len(vipOwner), lim.MaxVIPs)

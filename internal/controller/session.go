@@ -39,6 +39,18 @@ const (
 	msgBurst        = 50
 )
 
+// A node's records (live/<node>, agents/<node>) are bounded in size and
+// charged to the message limiter by size: a report is bounded otherwise
+// only by the gRPC receive limit and etcd's request limit (10 MiB), and
+// msgsPerInterval of those would write ~100 MB/s that etcd keeps for its
+// history. maxAgentRecordBytes is far above what an agent reports (a
+// probe per mirror, a replica state per copy held); every
+// recordBytesPerMessage bytes of a record count as one more message.
+const (
+	maxAgentRecordBytes   = 4 << 20
+	recordBytesPerMessage = 128 << 10
+)
+
 // demandTau is the time constant of the new-flow rate an agent's access
 // deltas are smoothed into.
 const demandTau = 30 * time.Second
@@ -129,6 +141,10 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 		old.cancel() // the agent reconnected: the old stream is dead or dying
 	}
 	defer c.removeSession(a)
+	// Before the first write: a write that failed (cancelled with the
+	// stream) may still have landed, and would leave the node looking
+	// connected to this replica for as long as it runs.
+	defer a.disconnect()
 	log := c.log.With("node", a.node, "site", a.site)
 	if err := a.writeStatus(ctx); err != nil {
 		return status.Errorf(codes.Unavailable, "record registration: %v", err)
@@ -136,7 +152,6 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 	if err := a.writeLive(ctx, nil); err != nil {
 		return status.Errorf(codes.Unavailable, "record session: %v", err)
 	}
-	defer a.disconnect()
 	defer a.finalFlush()
 	cur := c.view.desiredRecord().GetState().GetVersion()
 	if err := a.send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Registered{Registered: &pb.Registered{
@@ -495,8 +510,25 @@ func (a *agentConn) writeLive(ctx context.Context, r *pb.Report) error {
 	if err != nil {
 		return err
 	}
+	if err := a.chargeRecord(ctx, "report", len(b)); err != nil {
+		return err
+	}
 	_, err = a.c.cli.Put(ctx, a.c.store.key(keyLive, a.node), string(b), clientv3.WithLease(a.c.liveLease()))
 	return err
+}
+
+// chargeRecord refuses a record beyond maxAgentRecordBytes and waits for
+// the message limiter's tokens of a large one (recordBytesPerMessage).
+func (a *agentConn) chargeRecord(ctx context.Context, what string, n int) error {
+	if n > maxAgentRecordBytes {
+		a.c.log.Warn("agent record refused: too large", "node", a.node, "record", what, "bytes", n)
+		return status.Errorf(codes.ResourceExhausted, "%s: %d bytes exceed the %d a node's record may take", what, n, maxAgentRecordBytes)
+	}
+	if extra := n / recordBytesPerMessage; extra > 0 && !a.lim.AllowN(time.Now(), extra) {
+		a.c.m.throttled.Inc()
+		return a.lim.WaitN(ctx, extra)
+	}
+	return nil
 }
 
 // writeStatus stores the agent's registration and ACK state.
@@ -505,6 +537,9 @@ func (a *agentConn) writeStatus(ctx context.Context) error {
 	b, err := marshal.Marshal(&pb.AgentRecord{Status: proto.Clone(a.status).(*pb.AgentStatus)})
 	a.mu.Unlock()
 	if err != nil {
+		return err
+	}
+	if err := a.chargeRecord(ctx, "status", len(b)); err != nil {
 		return err
 	}
 	_, err = a.c.cli.Put(ctx, a.c.store.key(keyAgents, a.node), string(b))
