@@ -276,6 +276,16 @@ func (c *peerCmd) node(schedule string) (*replicator.Node, replicator.PeerConfig
 		return nil, pc, err
 	}
 	pc.Schedule = schedule
+	// The node would initialize an image without metadata as a new
+	// primary (a typo'd --image, the wrong device) and push it over the
+	// mirror's copy: only an initialized volume is pushed or verified.
+	v, err := replicator.OpenVolume(c.image, replicator.VolumeOptions{MetaDir: c.meta, Logger: logger(c.debug)})
+	if err != nil {
+		return nil, pc, fmt.Errorf("--image %s: %w (replicate init creates a primary)", c.image, err)
+	}
+	if err := v.Close(); err != nil {
+		return nil, pc, err
+	}
 	n, err := localNode(c.image, c.meta, c.volume, pc, files, c.tls.node, c.debug)
 	return n, pc, err
 }
@@ -531,6 +541,14 @@ func replicateDevCerts(ctx context.Context, args []string) error {
 	}
 	if *dir == "" || *names == "" {
 		return fmt.Errorf("%w: --dir and --names are required", cli.ErrUsage)
+	}
+	for _, n := range strings.Split(*names, ",") {
+		// A name's files are <name>.pem and <name>-key.pem next to ca.pem:
+		// "x-key" would write its certificate over x's key, "ca" over the
+		// CA, and a path would leave --dir.
+		if n == "" || strings.ContainsAny(n, "/\\ ") || n == "." || n == ".." || n == "ca" || strings.HasSuffix(n, "-key") {
+			return fmt.Errorf("%w: --names: %q cannot name a certificate", cli.ErrUsage, n)
+		}
 	}
 	ca, err := pki.NewCA("premirror-dev", 365*24*time.Hour)
 	if err != nil {

@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"errors"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +14,8 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/premirror/premirror/internal/cli"
+	"github.com/premirror/premirror/internal/pki"
 	"github.com/premirror/premirror/internal/testnet"
 )
 
@@ -98,5 +102,88 @@ func TestReplicateCommands(t *testing.T) {
 	}
 	if err := commands.Run(ctx, []string{"replicate", "push", "--image", src}); err == nil {
 		t.Fatal("push without --peer succeeded")
+	}
+}
+
+// dev-certs names files <name>.pem and <name>-key.pem: a name ending in
+// -key writes its certificate over another name's key ("ca" over the CA,
+// "../x" outside --dir, "" a ".pem"). Such names must be refused.
+func TestDevCertsRefusesCollidingNames(t *testing.T) {
+	for _, names := range []string{"src,src-key", "src,ca", "src,", "../escape"} {
+		base := t.TempDir()
+		dir := filepath.Join(base, "tls")
+		err := commands.Run(context.Background(), []string{"replicate", "dev-certs", "--dir", dir, "--names", names})
+		if errors.Is(err, cli.ErrUsage) {
+			continue
+		}
+		t.Errorf("dev-certs --names %q: %v, want a usage error", names, err)
+		if names == "src,src-key" {
+			if _, perr := pki.ClientConfig(pki.Files{CA: filepath.Join(dir, "ca.pem"), Cert: filepath.Join(dir, "src.pem"),
+				Key: filepath.Join(dir, "src-key.pem")}, ""); perr != nil {
+				t.Errorf("  and src's files are broken: %v", perr)
+			}
+		}
+		if _, serr := os.Stat(filepath.Join(base, "escape.pem")); serr == nil {
+			t.Errorf("  and it wrote %s, outside --dir", filepath.Join(base, "escape.pem"))
+		}
+	}
+}
+
+// push and verify name the local image of an initialized primary: a
+// --image that has no volume metadata (a typo, the wrong device) must be
+// refused, not initialized on the spot as a new primary and pushed over
+// the mirror's copy of the real volume.
+func TestPushRefusesUninitializedImage(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	run(t, ctx, "replicate", "dev-certs", "--dir", filepath.Join(dir, "tls"), "--names", "src,dst")
+	src := filepath.Join(dir, "src.img")
+	run(t, ctx, "replicate", "init", "--image", src, "--size", "1MiB")
+	ln, err := testnet.Listen("tcp", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	sctx, cancel := context.WithCancel(ctx)
+	served := make(chan error, 1)
+	dst := filepath.Join(dir, "dst.img")
+	go func() {
+		served <- commands.Run(sctx, []string{"replicate", "serve", "--node", "dst", "--tls-dir", filepath.Join(dir, "tls"),
+			"--listen", addr, "--volume", "vol=" + dst})
+	}()
+	defer func() { cancel(); <-served }()
+	for i := 0; i < 100; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	tlsArgs := []string{"--node", "src", "--tls-dir", filepath.Join(dir, "tls"), "--peer", "dst@" + addr}
+	run(t, ctx, append([]string{"replicate", "push", "--mode", "full", "--image", src}, tlsArgs...)...)
+	before, _ := os.ReadFile(dst)
+
+	// Another file, never initialized: a typo for src.img.
+	other := filepath.Join(dir, "other.img")
+	junk := make([]byte, 1<<20)
+	rand.Read(junk)
+	if err := os.WriteFile(other, junk, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	stdout = &out
+	err = commands.Run(ctx, append([]string{"replicate", "push", "--mode", "full", "--image", other}, tlsArgs...))
+	stdout = os.Stdout
+	if _, serr := os.Stat(other + ".pmr"); serr == nil {
+		t.Errorf("push initialized %s as a new primary volume (err %v)", other, err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	after, _ := os.ReadFile(dst)
+	if !bytes.Equal(before, after) {
+		t.Errorf("push from an uninitialized image replaced the mirror's copy (err %v)", err)
+	}
+	if err == nil {
+		t.Error("push from an uninitialized image succeeded")
 	}
 }
