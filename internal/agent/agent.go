@@ -44,6 +44,10 @@ type Agent struct {
 
 	log  *slog.Logger
 	path string // config file, for reloads ("" when given in memory)
+	// stamp is the config file's stamp when New was given the
+	// configuration read from it: Run compares with it, so an edit saved
+	// while Start ran is applied at Run's first tick.
+	stamp string
 
 	// applyMu serializes the applies that start from the running
 	// configuration (reloads, controller versions, the periodic resync,
@@ -92,7 +96,7 @@ func New(cfg *Config, path string, log *slog.Logger) *Agent {
 	if log == nil {
 		log = slog.Default()
 	}
-	a := &Agent{cfg: cfg, path: path, log: log.With("node", cfg.Node), missing: map[string]bool{}}
+	a := &Agent{cfg: cfg, path: path, stamp: fileStamp(path), log: log.With("node", cfg.Node), missing: map[string]bool{}}
 	a.reg = prometheus.NewRegistry()
 	a.metrics = newMetrics(a)
 	a.reg.MustRegister(a.metrics)
@@ -230,7 +234,7 @@ func (a *Agent) attachRole(prog *ebpf.Program, slot chainSlot, name string, ifac
 		return err
 	}
 	for _, iface := range ifaces {
-		at, err := attachXDP(prog, name, iface, cfg.XDPMode, cfg.PinDir, cfg.XDPChain)
+		at, err := attachXDP(prog, name, iface, cfg.XDPMode, cfg.PinDir, cfg.XDPChain, slot)
 		if err != nil {
 			return err
 		}
@@ -630,7 +634,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	// (someone may have written them with bpftool).
 	resync := time.NewTicker(5 * time.Minute)
 	defer resync.Stop()
-	last := fileStamp(a.path)
+	last := a.stamp
 	for {
 		select {
 		case <-ctx.Done():
@@ -647,7 +651,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.observed = nil
 			cfg := a.cfg
 			a.mu.Unlock()
-			if err := a.apply(cfg); err != nil {
+			if err := inNS(a.netns, func() error { return a.apply(cfg) }); err != nil {
 				a.log.Error("periodic resync failed", "err", err)
 			}
 			a.applyMu.Unlock()
@@ -670,7 +674,9 @@ func (a *Agent) Run(ctx context.Context) error {
 }
 
 func (a *Agent) reload(why string) {
-	if err := a.Reload(); err != nil {
+	// In Start's namespace, as refreshInterfaces: apply reads the
+	// interfaces' addresses.
+	if err := inNS(a.netns, a.Reload); err != nil {
 		a.log.Error("reload failed", "why", why, "err", err)
 	}
 }
@@ -767,6 +773,12 @@ func ensureBPFFS(pinDir string) error {
 		if err := syscall.Statfs(pinDir, &st); err == nil && uint32(st.Type) == 0xcafe4a11 {
 			return nil
 		}
+	}
+	// Mount one only where none is: a second bpffs over /sys/fs/bpf
+	// would hide every pin of the first (other tools' and ours).
+	var root syscall.Statfs_t
+	if err := syscall.Statfs("/sys/fs/bpf", &root); err == nil && uint32(root.Type) == 0xcafe4a11 {
+		return fmt.Errorf("pin_dir %s is not on a bpffs (one is mounted at /sys/fs/bpf)", pinDir)
 	}
 	if err := syscall.Mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
 		return fmt.Errorf("pin_dir %s is not on a bpffs and mounting /sys/fs/bpf failed: %w", pinDir, err)

@@ -280,3 +280,73 @@ func TestUsableAddrs(t *testing.T) {
 		t.Fatalf("usable addresses %v, want %v", got, want)
 	}
 }
+
+// TestRestartAppliesXDPMode: xdp_mode changes with a restart (OPERATIONS
+// §4). An agent restarted with xdp_mode native over its own pinned link
+// in generic mode must not silently go on in generic mode (skb mode is
+// the slow path native was asked to avoid): it runs native, or refuses
+// naming xdp_mode, as a take-over in the wrong mode does.
+func TestRestartAppliesXDPMode(t *testing.T) {
+	requireRoot(t)
+	ns := agentNS(t)
+	pin := bpffsDir(t)
+	cfg, _ := testConfig(t, pin)
+	cfg.XDPMode = XDPGeneric
+	a, err := startAgent(t, ns, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := a.attach[0].Mode; m != "generic" {
+		t.Fatalf("first agent attached in %s mode, want generic", m)
+	}
+	a.Close()
+	native := *cfg
+	native.XDPMode = XDPNative
+	b, err := startAgent(t, ns, &native)
+	if err != nil {
+		return // refused: fine
+	}
+	defer b.Close()
+	if at := b.attach[0]; at.Mode != "native" {
+		t.Fatalf("restarted with xdp_mode native: %s in %s mode, no error", at.Action, at.Mode)
+	}
+}
+
+// TestFileChangedDuringStartIsApplied: the config file is read, then
+// Start loads and attaches the programs (seconds on a big node). An edit
+// saved meanwhile must be applied like any other (the file is watched),
+// not taken as the baseline Run compares later edits against.
+func TestFileChangedDuringStartIsApplied(t *testing.T) {
+	requireRoot(t)
+	ns := agentNS(t)
+	pin := bpffsDir(t)
+	cfg, path := testConfig(t, pin)
+	var a *Agent
+	var err error
+	ns.Do(func() { a = New(cfg, path, nil) })
+	ns.Do(func() { err = a.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := a.config()
+	// Saved while Start ran (before Run): dallas goes down.
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	edited := strings.Replace(string(b), "state: draining", "state: down", 1)
+	if edited == string(b) {
+		t.Fatal("test config changed")
+	}
+	time.Sleep(10 * time.Millisecond) // a new mtime
+	if err := os.WriteFile(path, []byte(edited), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	runAgent(t, a)
+	for deadline := time.Now().Add(6 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if a.config() != started {
+			return
+		}
+	}
+	t.Fatal("the edit saved during Start was never applied (Run took the edited file as its baseline)")
+}

@@ -60,10 +60,10 @@ func restorePin(pinDir, iface, prog string) string {
 // attachXDP attaches prog to iface. When an earlier agent left our program
 // there (a pinned link, or a netlink attachment it pinned), it atomically
 // replaces that program: packets never see the interface without one. A
-// foreign program is taken over (replaced atomically through netlink; it
-// must already be in the interface's chain slot) only with takeOver;
+// foreign program is taken over (replaced atomically through netlink, after
+// being put in the interface's slot of chain) only with takeOver;
 // otherwise it is ErrForeignXDP.
-func attachXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir string, takeOver *XDPChain) (*Attachment, error) {
+func attachXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir string, takeOver *XDPChain, chain chainSlot) (*Attachment, error) {
 	nl, err := netlink.LinkByName(iface)
 	if err != nil {
 		return nil, fmt.Errorf("interface %s: %w", iface, err)
@@ -83,6 +83,14 @@ func attachXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir stri
 		}
 		info, ierr := l.Info()
 		if ierr == nil && info.XDP() != nil && int(info.XDP().Ifindex) == idx {
+			// link.Update keeps the link's mode: a changed xdp_mode would
+			// silently not apply.
+			if cur, err := readIfaceXDP(iface); err == nil {
+				if err := keepsMode(iface, mode, cur.Mode); err != nil {
+					l.Close()
+					return nil, err
+				}
+			}
 			if err := l.Update(prog); err != nil {
 				l.Close()
 				return nil, fmt.Errorf("update %s program on %s: %w", name, iface, err)
@@ -98,7 +106,12 @@ func attachXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir stri
 	if err != nil {
 		return nil, err
 	}
-	if at, err := updateNetlink(prog, name, iface, pinDir, cur); at != nil || err != nil {
+	if at, err := updateNetlink(prog, name, iface, mode, pinDir, cur); at != nil || err != nil {
+		if err == nil {
+			// restore_on_detach is the running config's, which may differ
+			// from the one of the agent that took the interface over.
+			err = syncRestorePin(name, iface, pinDir, cur.Index, takeOver, chain)
+		}
 		return at, err
 	}
 	if cur.ProgID != 0 {
@@ -106,7 +119,7 @@ func attachXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir stri
 			return nil, fmt.Errorf("%w: %s (prog id %d); detach it, or set xdp_chain.take_over_attached "+
 				"to run premirror in front of it (see README, \"Running beside another XDP program\")", ErrForeignXDP, iface, cur.ProgID)
 		}
-		return takeOverXDP(prog, name, iface, mode, pinDir, cur, takeOver.RestoreOnDetach)
+		return takeOverXDP(prog, name, iface, mode, pinDir, cur, takeOver.RestoreOnDetach, chain)
 	}
 
 	try := []link.XDPAttachFlags{link.XDPDriverMode, link.XDPGenericMode}
@@ -139,7 +152,7 @@ func attachXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir stri
 // updateNetlink replaces our own netlink-attached program (left by an
 // earlier agent that took the interface over) with prog. It returns nil,
 // nil when the interface does not run such a program.
-func updateNetlink(prog *ebpf.Program, name, iface, pinDir string, cur ifaceXDP) (*Attachment, error) {
+func updateNetlink(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir string, cur ifaceXDP) (*Attachment, error) {
 	pin := netlinkPin(pinDir, iface, name)
 	old, err := ebpf.LoadPinnedProgram(pin, nil)
 	if err != nil {
@@ -160,6 +173,9 @@ func updateNetlink(prog *ebpf.Program, name, iface, pinDir string, cur ifaceXDP)
 	if err != nil {
 		return nil, fmt.Errorf("update %s program on %s: %w", name, iface, err)
 	}
+	if err := keepsMode(iface, mode, cur.Mode); err != nil {
+		return nil, err
+	}
 	if err := xdpReplace(cur.Index, prog.FD(), old.FD(), flags); err != nil {
 		return nil, fmt.Errorf("update %s program on %s: %w", name, iface, err)
 	}
@@ -169,11 +185,37 @@ func updateNetlink(prog *ebpf.Program, name, iface, pinDir string, cur ifaceXDP)
 	return &Attachment{Iface: iface, Ifindex: cur.Index, Program: name, Mode: xdpMode(iface), Action: "updated", Via: "netlink"}, nil
 }
 
+// syncRestorePin makes the restore pin of our netlink attachment on iface
+// say what xdp_chain.restore_on_detach says now: the program taken over
+// (in the interface's chain slot) pinned when set, nothing otherwise.
+func syncRestorePin(name, iface, pinDir string, ifindex int, c *XDPChain, chain chainSlot) error {
+	rpin := restorePin(pinDir, iface, name)
+	if c == nil || !c.TakeOverAttached || !c.RestoreOnDetach || chain == nil {
+		if err := os.Remove(rpin); err != nil && !os.IsNotExist(err) {
+			return fmt.Errorf("xdp_chain.restore_on_detach: %w", err)
+		}
+		return nil
+	}
+	if _, err := os.Stat(rpin); err == nil {
+		return nil
+	}
+	p, err := chain.NextFor(ifindex)
+	if err != nil {
+		return fmt.Errorf("xdp_chain.restore_on_detach: %s: %w", iface, err)
+	}
+	if p == nil {
+		return nil // nothing was taken over
+	}
+	defer p.Close()
+	return repin(p, rpin)
+}
+
 // takeOverXDP atomically replaces the foreign program cur on iface with
-// prog, in the foreign program's mode. The caller has put that program in
-// the chain slot of iface's ifindex, so from the swap on it runs right
-// after ours there (and only there).
-func takeOverXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir string, cur ifaceXDP, restore bool) (*Attachment, error) {
+// prog, in the foreign program's mode. It puts that very program in the
+// chain slot of iface's ifindex first (setupChain did, but the interface's
+// program may have been replaced since), so from the swap on it runs right
+// after ours there (and only there); the swap expects it on the interface.
+func takeOverXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir string, cur ifaceXDP, restore bool, chain chainSlot) (*Attachment, error) {
 	flags, err := takeOverFlags(iface, mode, cur)
 	if err != nil {
 		return nil, err
@@ -183,6 +225,11 @@ func takeOverXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir st
 		return nil, fmt.Errorf("xdp_chain.take_over_attached: open %s's program %d: %w", iface, cur.ProgID, err)
 	}
 	defer foreign.Close()
+	if chain != nil {
+		if err := chain.SetNextFor(cur.Index, foreign); err != nil {
+			return nil, fmt.Errorf("xdp_chain.take_over_attached: %s: %w", iface, err)
+		}
+	}
 	if restore {
 		if err := repin(foreign, restorePin(pinDir, iface, name)); err != nil {
 			return nil, err
@@ -214,6 +261,18 @@ func takeOverFlags(iface string, mode XDPMode, cur ifaceXDP) (uint32, error) {
 			mode, iface, attachedModeName(cur.Mode))
 	}
 	return flags, nil
+}
+
+// keepsMode refuses an update in place of our program running in mode
+// attached when xdp_mode asks for the other one: an update keeps the
+// mode, and switching it cannot be atomic (the kernel runs one mode at a
+// time), so it takes a detach.
+func keepsMode(iface string, mode XDPMode, attached uint8) error {
+	if (mode == XDPNative && attached == xdpAttachedSKB) || (mode == XDPGeneric && attached == xdpAttachedDrv) {
+		return fmt.Errorf("xdp_mode: %s, but our program on %s runs in %s mode and an update keeps it; "+
+			"to change it run `edge-agent detach` (without -maps, the maps stay) and start the agent again", mode, iface, attachedModeName(attached))
+	}
+	return nil
 }
 
 func attachedModeName(m uint8) string {

@@ -67,6 +67,7 @@ type chainSlot interface {
 	SetNext(*ebpf.Program) error
 	ClearNext() error
 	Next() (*ebpf.Program, error)
+	NextFor(int) (*ebpf.Program, error)
 	SetNextFor(int, *ebpf.Program) error
 	ClearNextFor(int) error
 	NextPrograms([]int) ([]pmaps.ChainEntry, error)

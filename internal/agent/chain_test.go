@@ -665,3 +665,121 @@ func TestChainXDPFilter(t *testing.T) {
 		}
 	})
 }
+
+// TestRestoreOnDetachFollowsRestart: xdp_chain changes with a restart, and
+// the restarted agent's restore_on_detach is what detach must do. An
+// agent that took pa0 over with restore_on_detach true, restarted with it
+// false, must not have detach put the firewall back; and the other way
+// round, detach must put it back.
+func TestRestoreOnDetachFollowsRestart(t *testing.T) {
+	requireRoot(t)
+	for _, tc := range []struct {
+		name          string
+		first, second bool
+	}{{"true then false", true, false}, {"false then true", false, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := agentNS(t)
+			pin := bpffsDir(t)
+			fw := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{})
+			fwID := progID(t, fw.Program)
+			ns.Do(func() {
+				l, _ := netlink.LinkByName("pa0")
+				if err := netlink.LinkSetXdpFdWithFlags(l, fw.Program.FD(), unix.XDP_FLAGS_DRV_MODE); err != nil {
+					t.Fatal(err)
+				}
+			})
+			cfg, _ := testConfig(t, pin)
+			cfg.XDPChain = &XDPChain{TakeOverAttached: true, RestoreOnDetach: tc.first}
+			a, err := startAgent(t, ns, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.Close()
+			cfg2 := *cfg
+			cfg2.XDPChain = &XDPChain{TakeOverAttached: true, RestoreOnDetach: tc.second}
+			b, err := startAgent(t, ns, &cfg2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if at := b.attach[0]; at.Action != "updated" || at.Via != "netlink" {
+				t.Fatalf("restarted agent: %+v", at)
+			}
+			b.Close()
+			ns.Do(func() { err = Detach(pin, true) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := uint32(0)
+			if tc.second {
+				want = fwID
+			}
+			if id := xdpProgID(t, ns, "pa0"); id != want {
+				t.Fatalf("pa0 runs %d after detach with restore_on_detach %v (the running agent's), want %d", id, tc.second, want)
+			}
+		})
+	}
+}
+
+// TestTakeOverChainsTheProgramItReplaces: setupChain puts pa0's foreign
+// program in pa0's chain slot, then attachXDP swaps it for ours. If the
+// operator's tool replaced its program on pa0 in between (a firewall
+// upgrade), the swap must not go through with the old program in the
+// slot: pa0 would then run ours followed by a program that is no longer
+// the interface's, and the one it ran last would be dropped entirely.
+func TestTakeOverChainsTheProgramItReplaces(t *testing.T) {
+	requireRoot(t)
+	ns := agentNS(t)
+	pin := bpffsDir(t)
+	cfg, _ := testConfig(t, pin)
+	cfg.XDPChain = &XDPChain{TakeOverAttached: true}
+	fw1 := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{Name: "fw_one"})
+	fw2 := mapstest.NewPeerT(t, 9, mapstest.PeerOptions{Name: "fw_two"})
+	fw2ID := progID(t, fw2.Program)
+
+	var idx int
+	ns.Do(func() {
+		l, _ := netlink.LinkByName("pa0")
+		idx = l.Attrs().Index
+		if err := netlink.LinkSetXdpFdWithFlags(l, fw1.Program.FD(), unix.XDP_FLAGS_DRV_MODE); err != nil {
+			t.Fatal(err)
+		}
+	})
+	r, err := maps.LoadRouter(cfg.MapsConfig(), maps.Options{PinDir: cfg.PinDir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ns.Do(func() { err = setupChain(discardLogger(), cfg, r, "router", []string{"pa0"}) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The firewall's owner swaps in its new version meanwhile.
+	ns.Do(func() {
+		l, _ := netlink.LinkByName("pa0")
+		if err := netlink.LinkSetXdpFdWithFlags(l, fw2.Program.FD(), unix.XDP_FLAGS_DRV_MODE); err != nil {
+			t.Fatal(err)
+		}
+	})
+	var at *Attachment
+	ns.Do(func() { at, err = attachXDP(r.Program(), "router", "pa0", cfg.XDPMode, cfg.PinDir, cfg.XDPChain, r) })
+	if err != nil {
+		// Refused: fine if pa0 still runs fw2.
+		if id := xdpProgID(t, ns, "pa0"); id != fw2ID {
+			t.Fatalf("take-over refused (%v) but pa0 runs %d, want fw2 %d", err, id, fw2ID)
+		}
+		return
+	}
+	next, err := r.NextFor(idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var nextID uint32
+	if next != nil {
+		nextID = progID(t, next)
+		next.Close()
+	}
+	if nextID != fw2ID {
+		t.Fatalf("pa0 taken over (%s): it runs ours followed by program %d, not fw2 %d, the program it replaced (fw2 is gone from pa0)",
+			at.Action, nextID, fw2ID)
+	}
+}

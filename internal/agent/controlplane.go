@@ -623,6 +623,9 @@ func (a *Agent) pruneCounters(cs map[pmaps.CounterKey]pmaps.Counter, c *Compiled
 			a.log.Warn("delete stale access counter", "resource", k.Resource, "region", k.Region, "mirror", k.Mirror, "err", err)
 			continue
 		}
+		if a.metrics != nil {
+			a.metrics.retire(k, cs[k])
+		}
 		delete(cs, k)
 		n++
 	}

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
+
 	pmaps "github.com/premirror/premirror/internal/maps"
 )
 
@@ -189,5 +191,107 @@ func TestAccessCountersAcrossRestartAndPrune(t *testing.T) {
 	}
 	if cs, _ := a.router.Counters(); web(cs).Packets != 0 {
 		t.Fatalf("static apply kept the counters of a removed resource: %v", cs)
+	}
+}
+
+// forwardedPackets reads edge_forwarded_packets_total{mirror} from a scrape.
+func forwardedPackets(t *testing.T, a *Agent, mirror string) (float64, bool) {
+	t.Helper()
+	mfs, err := a.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "edge_forwarded_packets_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if labelIs(m, "mirror", mirror) {
+				return m.GetCounter().GetValue(), true
+			}
+		}
+	}
+	return 0, false
+}
+
+func labelIs(m *dto.Metric, name, value string) bool {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name && l.GetValue() == value {
+			return true
+		}
+	}
+	return false
+}
+
+// TestForwardedCounterNeverGoesBackwards: two resources route to one
+// mirror; removing one of them (static config, its counters pruned at
+// the apply) must not make edge_forwarded_packets_total{mirror} go down:
+// the mirror is still there and Prometheus reads a decrease as a reset.
+func TestForwardedCounterNeverGoesBackwards(t *testing.T) {
+	requireRoot(t)
+	ns := agentNS(t)
+	pin := bpffsDir(t)
+	_, path := testConfig(t, pin)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Every region to paris only, and a second resource (api) on paris.
+	base := strings.NewReplacer(
+		"eu: {paris: 3, dallas: 1}", "eu: {paris: 1}",
+		"us: {dallas: 1}", "us: {paris: 1}",
+		`"*": {paris6: 1}`, `"*": {paris: 1}`,
+	).Replace(string(b))
+	two := base + `  - name: api
+    id: 9
+    vips: [192.0.2.2:53/udp]
+    routes:
+      "*": {paris: 1}
+`
+	write := func(s string) *Config {
+		if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		c, err := LoadConfig(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	cfg := write(two)
+	var a *Agent
+	ns.Do(func() { a = New(cfg, "", nil); err = a.Start() })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+
+	inject(t, ns, udpFrame(t, ns, "192.0.2.1", 53), udpFrame(t, ns, "192.0.2.2", 53))
+	waitCounters(t, a, func(cs map[pmaps.CounterKey]pmaps.Counter) bool {
+		var web, api uint64
+		for k, v := range cs {
+			switch k.Resource {
+			case 7:
+				web += v.Packets
+			case 9:
+				api += v.Packets
+			}
+		}
+		return web == 1 && api == 1
+	})
+	before, ok := forwardedPackets(t, a, "paris")
+	if !ok || before != 2 {
+		t.Fatalf("edge_forwarded_packets_total{mirror=paris} = %v (present %v), want 2", before, ok)
+	}
+
+	// api leaves the state; paris stays.
+	cfg2 := write(base)
+	ns.Do(func() { err = a.apply(cfg2) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	after, ok := forwardedPackets(t, a, "paris")
+	if !ok || after < before {
+		t.Fatalf("edge_forwarded_packets_total{mirror=paris} went from %v to %v (present %v) after a resource left: a counter must not go backwards", before, after, ok)
 	}
 }

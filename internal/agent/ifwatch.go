@@ -234,7 +234,7 @@ func (a *Agent) reattach(prog *ebpf.Program, slot chainSlot, name string, ifaces
 	}
 	var errs []error
 	for _, iface := range todo {
-		at, err := attachXDP(prog, name, iface, a.cfg.XDPMode, a.cfg.PinDir, a.cfg.XDPChain)
+		at, err := attachXDP(prog, name, iface, a.cfg.XDPMode, a.cfg.PinDir, a.cfg.XDPChain, slot)
 		if err != nil {
 			errs = append(errs, err)
 			a.mu.Lock()

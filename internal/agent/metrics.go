@@ -56,6 +56,32 @@ type metrics struct {
 	mu           sync.Mutex
 	sessionCount int
 	sessionAt    time.Time
+	// retired holds what the deleted access counters (pruneCounters)
+	// had counted, by region and mirror: the forwarded and new-flow
+	// counters are sums over resources, and one resource's counters
+	// leaving must not make a mirror's sum go down (a reset to
+	// Prometheus). Dropped once the mirror leaves the desired state.
+	retired map[retiredKey]pmaps.Counter
+}
+
+type retiredKey struct {
+	region pmaps.RegionID
+	mirror pmaps.MirrorID
+}
+
+// retire adds a deleted counter's last values to the exported sums.
+func (m *metrics) retire(k pmaps.CounterKey, v pmaps.Counter) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.retired == nil {
+		m.retired = map[retiredKey]pmaps.Counter{}
+	}
+	rk := retiredKey{k.Region, k.Mirror}
+	r := m.retired[rk]
+	r.Packets += v.Packets
+	r.Bytes += v.Bytes
+	r.NewFlows += v.NewFlows
+	m.retired[rk] = r
 }
 
 const ns = "edge"
@@ -220,6 +246,23 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 				pk[mn] += v.Packets
 				by[mn] += v.Bytes
 			}
+			m.mu.Lock()
+			for k, v := range m.retired {
+				if c == nil {
+					continue
+				}
+				if _, ok := c.Mirrors[k.mirror]; !ok {
+					delete(m.retired, k) // the mirror left: its series go
+					continue
+				}
+				mn := name(mirrorNames, uint32(k.mirror))
+				if _, ok := c.RegionNames[k.region]; ok || k.region == 0 {
+					flows[rm{name(regionNames, uint32(k.region)), mn}] += v.NewFlows
+				}
+				pk[mn] += v.Packets
+				by[mn] += v.Bytes
+			}
+			m.mu.Unlock()
 			for k, v := range flows {
 				ch <- prometheus.MustNewConstMetric(m.newFlows, prometheus.CounterValue, float64(v), k.region, k.mirror)
 			}

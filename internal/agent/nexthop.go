@@ -203,8 +203,8 @@ func (w *nexthopWatcher) watch(ctx context.Context) (err error) {
 }
 
 // subscribeRules sends on ch whenever an IPv4 or IPv6 policy routing rule
-// is added or removed in namespace ns (nil: the calling thread's), until
-// done is closed; then, or when the socket fails (reported to cb), it
+// or a nexthop object is added, replaced or removed in namespace ns (nil:
+// the calling thread's), until done is closed; then, or when the socket fails (reported to cb), it
 // closes ch. vishvananda/netlink has no rule subscription: this is its
 // route subscription's pattern on the rule multicast groups. A rule
 // update's content does not matter: any change can move a FIB lookup.
@@ -212,9 +212,9 @@ func subscribeRules(ns *netns.NsHandle, ch chan<- struct{}, done <-chan struct{}
 	var s *nl.NetlinkSocket
 	var err error
 	if ns == nil {
-		s, err = nl.Subscribe(unix.NETLINK_ROUTE, unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE)
+		s, err = nl.Subscribe(unix.NETLINK_ROUTE, unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE, unix.RTNLGRP_NEXTHOP)
 	} else {
-		s, err = nl.SubscribeAt(*ns, netns.None(), unix.NETLINK_ROUTE, unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE)
+		s, err = nl.SubscribeAt(*ns, netns.None(), unix.NETLINK_ROUTE, unix.RTNLGRP_IPV4_RULE, unix.RTNLGRP_IPV6_RULE, unix.RTNLGRP_NEXTHOP)
 	}
 	if err != nil {
 		return err
@@ -239,12 +239,16 @@ func subscribeRules(ns *netns.NsHandle, ch chan<- struct{}, done <-chan struct{}
 				continue
 			}
 			for _, m := range msgs {
-				if m.Header.Type == unix.RTM_NEWRULE || m.Header.Type == unix.RTM_DELRULE {
+				switch m.Header.Type {
+				case unix.RTM_NEWRULE, unix.RTM_DELRULE,
+					// A nexthop object replaced or removed: with
+					// net.ipv4.nexthop_compat_mode=0 the routes using it
+					// are not notified, yet their FIB answer changed.
+					unix.RTM_NEWNEXTHOP, unix.RTM_DELNEXTHOP:
 					select {
 					case ch <- struct{}{}:
 					default: // a change is already pending
 					}
-					break
 				}
 			}
 		}

@@ -162,3 +162,54 @@ func TestNeighbourChanged(t *testing.T) {
 		}
 	}
 }
+
+// TestNexthopObjectReplaceBumps: a route through a nexthop object
+// (ip nexthop, Linux 5.3+) changes its FIB answer when the nexthop object
+// is replaced. With net.ipv4.nexthop_compat_mode=0 (which the kernel's
+// ip-sysctl documentation suggests once a system uses the nexthop API)
+// that replacement sends no route notification, only RTM_NEWNEXTHOP:
+// the cache must be invalidated anyway.
+func TestNexthopObjectReplaceBumps(t *testing.T) {
+	requireRoot(t)
+	ns := agentNS(t)
+	cfg, _ := testConfig(t, bpffsDir(t))
+	a, err := startAgent(t, ns, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAgent(t, a)
+	run := func(args ...string) {
+		t.Helper()
+		if _, err := ns.n.Run(context.Background(), args[0], args[1:]...); err != nil {
+			t.Skip(err) // no nexthop objects / sysctl on this kernel
+		}
+	}
+	run("sysctl", "-w", "net.ipv4.nexthop_compat_mode=0")
+	// Both gateways resolved already: the replacement changes no neighbour.
+	run("ip", "neigh", "replace", "10.77.0.10", "lladdr", "02:00:00:00:aa:10", "dev", "pa0", "nud", "permanent")
+	run("ip", "neigh", "replace", "10.77.0.11", "lladdr", "02:00:00:00:aa:11", "dev", "pa0", "nud", "permanent")
+	run("ip", "nexthop", "add", "id", "77", "via", "10.77.0.10", "dev", "pa0")
+	run("ip", "route", "add", "10.200.0.0/16", "nhid", "77")
+
+	gen := func() uint32 { return mustCache(t, a).Generation }
+	g, since := gen(), time.Now()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if n := gen(); n != g {
+			g, since = n, time.Now()
+		} else if g > 0 && time.Since(since) > 3*time.Second {
+			// (IPv6 link-local addresses and their routes arrive a
+			// second or two after the veth came up.)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("generation never settled (at %d)", g)
+		}
+	}
+	run("ip", "nexthop", "replace", "id", "77", "via", "10.77.0.11", "dev", "pa0")
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if gen() > g {
+			return
+		}
+	}
+	t.Fatalf("nexthop object 77 replaced (10.200.0.0/16 now via 10.77.0.11): generation still %d after 3 s", g)
+}
