@@ -257,6 +257,11 @@ type hybridScratch struct {
 	hwSt                       []float64 // the fitted Holt-Winters filter's states (rerun)
 	tape                       GRUTape
 	exp                        [numExp]float64
+	// The horizon-free medians of experts, for model medOf at origin
+	// medIdx (a borrower's own; reset when the scratch is returned).
+	medOf               *Hybrid
+	medIdx              int64
+	medShort, medSeason float64
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(hybridScratch) }}
@@ -480,9 +485,11 @@ func (m *Hybrid) observe(t time.Time, y float64, how obsKind) error {
 	sc.tmp = grow(sc.tmp, m.W)
 	sc.stk = grow(sc.stk, m.K*m.K)
 	sc.f = grow(sc.f, m.K)
+	sc.medOf = nil
 	m.sc = sc
 	defer func() {
 		m.sc = nil
+		sc.medOf = nil
 		scratchPool.Put(sc)
 	}()
 	idx := m.n

@@ -482,6 +482,10 @@ func (p *pool) weights(h int) (w [numExp]float64) {
 // its mean and mu the regression's forecast.
 func (m *Hybrid) experts(idx int64, h int, hyb, mean, mu float64) *[numExp]float64 {
 	f := &m.sc.exp
+	// Every slot afresh: the array is pooled scratch, last written by
+	// whichever model borrowed it before (an unavailable expert's slot
+	// would carry that model's forecast into this one's pool state).
+	*f = [numExp]float64{}
 	p := m.pl
 	last := m.ys[idx%int64(m.W)]
 	if m.integer && mean >= 0 && mean < poissonMaxMean {
@@ -536,12 +540,20 @@ func (m *Hybrid) experts(idx int64, h int, hyb, mean, mu float64) *[numExp]float
 			f[expHWFit] = m.hwf.forecast(idx, h)
 		}
 	}
-	if h == 1 {
-		// The medians do not depend on the horizon.
-		f[expMedShort] = m.medLast(idx, 3)
+	// The medians do not depend on the horizon: computed once per origin
+	// of this model (not only at h = 1, which an event ahead can skip:
+	// the longer horizons read another series' medians then).
+	sc := m.sc
+	if sc.medOf != m || sc.medIdx != idx {
+		sc.medShort, sc.medSeason = m.medLast(idx, 3), 0
 		if p.avail[expMedSeason] {
-			f[expMedSeason] = m.medLast(idx, p.season)
+			sc.medSeason = m.medLast(idx, p.season)
 		}
+		sc.medOf, sc.medIdx = m, idx
+	}
+	f[expMedShort] = sc.medShort
+	if p.avail[expMedSeason] {
+		f[expMedSeason] = sc.medSeason
 	}
 	if p.avail[expRegYear] {
 		d, ok := m.yr.delta(m.last, m.last.Add(time.Duration(h)*m.cfg.Step))

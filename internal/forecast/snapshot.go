@@ -47,12 +47,16 @@ const (
 	// combination's Holt-Winters expert with fitted parameters; 11: the
 	// interval bounds issued at each pending origin and the event targets'
 	// interval trackers; 12: the event targets' error scale; 13: the
-	// longer horizons' carry of the shift gate's bets. Snapshots from
+	// longer horizons' carry of the shift gate's bets; 14: the location
+	// model's forecasts made when its last bucket closed (Precompute),
+	// which a restored engine serves as the original does. Snapshots from
 	// snapMinVersion on are read (an upgraded controller keeps what its
 	// models learnt); older ones are refused with ErrSnapshotVersion.
-	snapVersion = 13
-	// snapMinVersion is the oldest format this build reads: version 12
-	// differs only in the carry (it starts afresh), version 11 also in
+	snapVersion = 14
+	// snapMinVersion is the oldest format this build reads: version 13
+	// differs only in the location model's precomputed forecasts (made
+	// afresh from the current feeds), version 12 also in the carry (it
+	// starts afresh), version 11 also in
 	// the event targets' error scale (it starts afresh too),
 	// version 10 also in the issued interval bounds and the event trackers
 	// (rebuilt from the ordinary trackers), version 9 also in the demand combination's expert count
@@ -537,6 +541,14 @@ func (m *LocationModel) encode(e *enc) {
 	for _, ok := range m.pendOK {
 		e.bool(ok)
 	}
+	// The forecasts Precompute made when the last bucket closed, from the
+	// feeds as they were then: Predict serves them until the next close.
+	fresh := m.n > 0 && m.fcN == m.n && m.fcR == m.R && len(m.fcConc) > 0
+	e.bool(fresh)
+	if fresh {
+		e.fs(m.fcConc)
+		e.fs(m.fc[:len(m.fcConc)*m.R])
+	}
 }
 
 // decodeLocation reads a location model; cfg supplies everything but the
@@ -615,6 +627,16 @@ func decodeLocation(d *dec, cfg LocationConfig, feeds *Feeds) *LocationModel {
 	}
 	for i := range m.pendOK {
 		m.pendOK[i] = d.bool() && !d.before(9)
+	}
+	// Format 13 and older kept no precomputed forecasts: Predict makes
+	// them from the current feeds.
+	if !d.before(14) && d.bool() {
+		m.fcConc = d.fs()
+		m.fc = d.fs()
+		if d.err == nil && (m.n <= 0 || len(m.fcConc) == 0 || len(m.fc) != len(m.fcConc)*m.R) {
+			d.fail(fmt.Sprintf("location forecasts: %d shares for %d horizons of %d regions", len(m.fc), len(m.fcConc), m.R))
+		}
+		m.fcN, m.fcR = m.n, m.R
 	}
 	return m
 }
