@@ -645,7 +645,12 @@ func (f *forecaster) checkpoint(ctx context.Context, fn fence) error {
 	ops := []clientv3.Op{
 		clientv3.OpPut(st.fkey(fkeyManifest), string(mb)),
 		clientv3.OpDelete(st.fkey(fkeyChunks), clientv3.WithRange(genPfx)),
-		clientv3.OpDelete(clientv3.GetPrefixRangeEnd(genPfx), clientv3.WithRange(clientv3.GetPrefixRangeEnd(st.fkey(fkeyChunks)))),
+		// From this generation's chunk n on: the later generations, and
+		// chunks of this one beyond its count left by an earlier attempt
+		// at the same generation (a failed write, or a leader that crashed
+		// before its manifest, when generations run on by one from a
+		// manifest written by a clock ahead); the reader counts them all.
+		clientv3.OpDelete(st.fkey(chunkKey(gen, n)), clientv3.WithRange(clientv3.GetPrefixRangeEnd(st.fkey(fkeyChunks)))),
 	}
 	accessOp := -1
 	if f.next > 0 {
@@ -788,11 +793,25 @@ func (f *forecaster) readEtcdCheckpoint(ctx context.Context) (*pb.ForecastCheckp
 			return nil, 0, nil
 		}
 		pfx := st.fkey(fmt.Sprintf("%s%020d/", fkeyChunks, man.GetGeneration()))
-		cr, err := f.c.cli.Get(ctx, pfx, clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
-		if err != nil {
-			return nil, 0, fmt.Errorf("read forecast checkpoint: %w", err)
+		// The chunks a page at a time (one response holding a checkpoint
+		// of MaxSnapshotBytes would exceed the client's receive limit),
+		// all at the manifest's revision.
+		var kvs []*mvccpb.KeyValue
+		page := int64(max(1, (32<<20)/f.cfg.ValueBytes))
+		from, end := pfx, clientv3.GetPrefixRangeEnd(pfx)
+		for uint64(len(kvs)) <= uint64(man.GetChunks()) {
+			cr, err := f.c.cli.Get(ctx, from, clientv3.WithRange(end), clientv3.WithRev(resp.Header.Revision), clientv3.WithLimit(page),
+				clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+			if err != nil {
+				return nil, 0, fmt.Errorf("read forecast checkpoint: %w", err)
+			}
+			kvs = append(kvs, cr.Kvs...)
+			if !cr.More || len(cr.Kvs) == 0 {
+				break
+			}
+			from = string(cr.Kvs[len(cr.Kvs)-1].Key) + "\x00"
 		}
-		packed, err := joinChunks(man, cr.Kvs, pfx)
+		packed, err := joinChunks(man, kvs, pfx)
 		if err != nil {
 			if attempt < 2 {
 				continue // a new checkpoint replaced this one meanwhile
@@ -814,18 +833,22 @@ func joinChunks(man *pb.ForecastManifest, kvs []*mvccpb.KeyValue, pfx string) ([
 	if uint64(len(kvs)) != uint64(man.GetChunks()) {
 		return nil, fmt.Errorf("%d chunks, manifest says %d", len(kvs), man.GetChunks())
 	}
-	if man.GetSizeBytes() > 1<<40 {
-		return nil, fmt.Errorf("size %d", man.GetSizeBytes())
-	}
-	out := make([]byte, 0, man.GetSizeBytes())
+	// The size is checked against the chunks before anything is
+	// allocated: a corrupt size field must not reserve what it claims
+	// (2^40 bytes is a fatal out-of-memory, not an error).
+	var size uint64
 	for i, kv := range kvs {
 		if string(kv.Key) != pfx+fmt.Sprintf("%06d", i) {
 			return nil, fmt.Errorf("chunk %d missing (found %s)", i, kv.Key)
 		}
-		out = append(out, kv.Value...)
+		size += uint64(len(kv.Value))
 	}
-	if uint64(len(out)) != man.GetSizeBytes() {
-		return nil, fmt.Errorf("%d bytes, manifest says %d", len(out), man.GetSizeBytes())
+	if size != man.GetSizeBytes() {
+		return nil, fmt.Errorf("%d bytes, manifest says %d", size, man.GetSizeBytes())
+	}
+	out := make([]byte, 0, size)
+	for _, kv := range kvs {
+		out = append(out, kv.Value...)
 	}
 	if s := sha256.Sum256(out); !bytes.Equal(s[:], man.GetSha256()) {
 		return nil, errors.New("checksum mismatch")

@@ -1,0 +1,154 @@
+package controller
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/forecast"
+)
+
+// A manifest whose size field is corrupt (here 2^40) is refused with an
+// error, without reserving the size it claims before the chunks are
+// counted.
+func TestJoinChunksCorruptSizeRefused(t *testing.T) {
+	chunk := []byte("one small chunk")
+	sum := sha256.Sum256(chunk)
+	pfx := "p-forecast/snap/c/00000000000000000001/"
+	man := &pb.ForecastManifest{Generation: 1, Chunks: 1, SizeBytes: 1 << 40, Sha256: sum[:]}
+	kvs := []*mvccpb.KeyValue{{Key: []byte(pfx + "000000"), Value: chunk}}
+	if _, err := joinChunks(man, kvs, pfx); err == nil {
+		t.Fatal("a manifest claiming 1 TiB for 15 bytes was accepted")
+	}
+	man.SizeBytes = uint64(len(chunk))
+	if b, err := joinChunks(man, kvs, pfx); err != nil || string(b) != string(chunk) {
+		t.Fatalf("good manifest: %q, %v", b, err)
+	}
+}
+
+// A leader that crashed while writing the chunks of generation G leaves
+// them behind; when its successor picks the same generation (generations
+// are sequential once a manifest's came from a clock ahead of the
+// successor's), the successor's own checkpoint must still restore:
+// leftover chunks beyond its count must not make it unreadable.
+func TestCheckpointIgnoresStaleChunksOfItsGeneration(t *testing.T) {
+	cli := etcdClient(t)
+	t.Cleanup(func() { cli.Close() })
+	prefix := testPrefix(t)
+	c, err := New(Config{Name: "r1", TLS: shared.files, Prefix: prefix, ReportInterval: 100 * time.Millisecond, Logger: quietLogger(),
+		Forecast: ForecastConfig{Engine: testEngineConfig(), Grace: 5 * time.Second}}, cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, st, ctx := c.fc, c.store, context.Background()
+	fr, err := cli.Put(ctx, prefix+"fence", "r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fn := fence{key: prefix + "fence", rev: fr.Header.Revision}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+
+	// Some learnt state: one series, a few closed buckets.
+	t0 := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
+	for b := 0; b < 5; b++ {
+		start := t0.Add(time.Duration(b) * time.Hour)
+		if _, err := f.eng.Ingest([]forecast.AccessSummary{{Resource: "disk", Region: "eu", Start: start, NewFlows: 10}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := f.eng.Advance(start.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	f.next = t0.Add(5 * time.Hour).Unix()
+
+	// The manifest was written by a leader whose clock ran a day ahead.
+	ahead := uint64(time.Now().Add(24 * time.Hour).UnixNano())
+	f.gen = ahead
+	if err := f.checkpoint(ctx, fn); err != nil {
+		t.Fatal(err)
+	}
+	if f.gen != ahead+1 {
+		t.Fatalf("generation %d, want %d", f.gen, ahead+1)
+	}
+	// The next leader crashed after writing three chunks of generation
+	// ahead+2, before its manifest.
+	for i := 0; i < 3; i++ {
+		if _, err := cli.Put(ctx, st.fkey(chunkKey(ahead+2, i)), "stale chunk of a crashed leader"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Its successor restores the manifest's checkpoint and checkpoints
+	// (generation ahead+2 again: its clock is behind the manifest's).
+	if err := f.restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(c.m.fcRestores.WithLabelValues("etcd")); got != 1 {
+		t.Fatalf("first restore: %v from etcd", got)
+	}
+	if err := f.checkpoint(ctx, fn); err != nil {
+		t.Fatal(err)
+	}
+	if f.gen != ahead+2 {
+		t.Fatalf("generation %d, want %d", f.gen, ahead+2)
+	}
+	// A failover now must restore that checkpoint.
+	if err := f.restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(c.m.fcRestores.WithLabelValues("etcd")); got != 2 {
+		t.Fatalf("the last checkpoint was not restored (restores from etcd %v, none %v): the models start afresh",
+			got, testutil.ToFloat64(c.m.fcRestores.WithLabelValues("none")))
+	}
+	if s := f.eng.Stats(); s.Series != 1 || f.next != t0.Add(5*time.Hour).Unix() {
+		t.Fatalf("restored %d series, open bucket %d", s.Series, f.next)
+	}
+}
+
+// A checkpoint within a MaxSnapshotBytes above 256 MiB (the client's
+// receive limit) is written chunk by chunk; its successor must be able to
+// read it back (here: the chunks are read, and the random content is then
+// refused as corrupt, not a read error that restore retries forever).
+func TestReadCheckpointLargerThanReceiveLimit(t *testing.T) {
+	if os.Getenv("PREMIRROR_LONG") == "" {
+		t.Skip("writes 264 MiB to etcd: make test-long")
+	}
+	cli := etcdClient(t)
+	t.Cleanup(func() { cli.Close() })
+	prefix := testPrefix(t)
+	c, err := New(Config{Name: "r1", TLS: shared.files, Prefix: prefix, ReportInterval: 100 * time.Millisecond, Logger: quietLogger(),
+		Forecast: ForecastConfig{Engine: testEngineConfig(), Grace: 5 * time.Second, MaxSnapshotBytes: 1 << 30}}, cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, st, ctx := c.fc, c.store, context.Background()
+	t.Cleanup(func() { cli.Delete(context.Background(), st.fkey(""), clientv3.WithPrefix()) })
+	const n = 264
+	h := sha256.New()
+	chunk := make([]byte, 1<<20)
+	for i := 0; i < n; i++ {
+		rand.Read(chunk)
+		h.Write(chunk)
+		if _, err := cli.Put(ctx, st.fkey(chunkKey(7, i)), string(chunk)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	man := &pb.ForecastManifest{Generation: 7, Chunks: n, SizeBytes: n << 20, Sha256: h.Sum(nil)}
+	mb, _ := marshal.Marshal(man)
+	if _, err := cli.Put(ctx, st.fkey(fkeyManifest), string(mb)); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, gen, err := f.readEtcdCheckpoint(ctx); err != nil || gen != 7 {
+		t.Fatalf("checkpoint of %d MiB not read: generation %d, %v", n, gen, err)
+	}
+}
