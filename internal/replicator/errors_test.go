@@ -436,24 +436,7 @@ func TestResumeFullCopy(t *testing.T) {
 	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary}},
 		Peers: []PeerConfig{{Name: "dst", Addr: c.addrs["dst"], Schedule: "4MiB"}}})
 	dst := c.start("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img")}}})
-	ctx, cancel := context.WithCancel(context.Background())
-	// Interrupt once the mirror has acknowledged a checkpoint.
-	go func() {
-		for ctx.Err() == nil {
-			if dv, err := dst.Volume("vol"); err == nil && dv.Status().FullNext > 0 {
-				cancel()
-				return
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
-	}()
-	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull}); err == nil {
-		t.Fatal("interrupted copy reported success")
-	}
-	cancel()
-	if err := src.SetSchedule("dst", throttle.Fixed(throttle.Unlimited)); err != nil {
-		t.Fatal(err)
-	}
+	interruptFullCopy(t, src, dst)
 	res, err := src.Push(context.Background(), "vol", "dst", PushOptions{Mode: ModeFull})
 	if err != nil {
 		t.Fatal(err)

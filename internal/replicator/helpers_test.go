@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/premirror/premirror/internal/pki"
+	"github.com/premirror/premirror/internal/replicator/throttle"
 	"github.com/premirror/premirror/internal/testnet"
 )
 
@@ -276,4 +277,28 @@ func writeRandomBlocks(t testing.TB, v *Volume, rng *rand.Rand, k int) map[uint6
 		touched[b] = true
 	}
 	return touched
+}
+
+// interruptFullCopy starts a full copy of vol from src to dst, cancels it
+// once dst has acknowledged a checkpoint (src's schedule to dst must be
+// slow enough for that), then lifts the schedule: the copy can resume.
+func interruptFullCopy(t *testing.T, src, dst *Node) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		for ctx.Err() == nil {
+			if dv, err := dst.Volume("vol"); err == nil && dv.Status().FullNext > 0 {
+				cancel()
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull}); err == nil {
+		t.Fatal("interrupted copy reported success")
+	}
+	cancel()
+	if err := src.SetSchedule("dst", throttle.Fixed(throttle.Unlimited)); err != nil {
+		t.Fatal(err)
+	}
 }
