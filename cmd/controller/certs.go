@@ -46,9 +46,9 @@ func ctlCerts(_ context.Context, args []string) error {
 		return out
 	}
 	for _, n := range append(append(list(*admins), list(*agents)...), list(*replicators)...) {
-		// A name's files are <name>.pem and <name>-key.pem: "x-key" would
-		// write its certificate over x's key (ca-key.pem is the CA's).
-		if strings.ContainsAny(n, "/\\ ") || n == "ca" || n == "controller" || strings.HasSuffix(n, "-key") {
+		// Checked before anything is written; "controller" is the
+		// controller's own certificate.
+		if err := pki.CheckLeafName(n); err != nil || n == "controller" {
 			return fmt.Errorf("%w: %q cannot name a certificate", cli.ErrUsage, n)
 		}
 	}

@@ -543,11 +543,8 @@ func replicateDevCerts(ctx context.Context, args []string) error {
 		return fmt.Errorf("%w: --dir and --names are required", cli.ErrUsage)
 	}
 	for _, n := range strings.Split(*names, ",") {
-		// A name's files are <name>.pem and <name>-key.pem next to ca.pem:
-		// "x-key" would write its certificate over x's key, "ca" over the
-		// CA, and a path would leave --dir.
-		if n == "" || strings.ContainsAny(n, "/\\ ") || n == "." || n == ".." || n == "ca" || strings.HasSuffix(n, "-key") {
-			return fmt.Errorf("%w: --names: %q cannot name a certificate", cli.ErrUsage, n)
+		if err := pki.CheckLeafName(n); err != nil { // before anything is written
+			return fmt.Errorf("%w: --names: %v", cli.ErrUsage, err)
 		}
 	}
 	ca, err := pki.NewCA("premirror-dev", 365*24*time.Hour)

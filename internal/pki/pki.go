@@ -20,6 +20,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -191,9 +192,22 @@ func ReadCertificate(path string) (*x509.Certificate, error) {
 	return cert, nil
 }
 
+// CheckLeafName refuses a name whose files WriteLeaf cannot write beside
+// the others': <name>.pem and <name>-key.pem sit next to ca.pem, so "ca"
+// would overwrite the CA, "x-key" x's key, and a path would leave dir.
+func CheckLeafName(name string) error {
+	if name == "" || name == "." || name == ".." || name == "ca" || strings.ContainsAny(name, `/\ `) || strings.HasSuffix(name, "-key") {
+		return fmt.Errorf("%q cannot name a certificate's files", name)
+	}
+	return nil
+}
+
 // WriteLeaf writes ca.pem, <name>.pem and <name>-key.pem into dir (keys 0600)
 // and returns their paths.
 func WriteLeaf(dir, name string, ca *CA, leaf *Leaf) (Files, error) {
+	if err := CheckLeafName(name); err != nil {
+		return Files{}, err
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return Files{}, err
 	}

@@ -159,3 +159,24 @@ func TestCommonName(t *testing.T) {
 		t.Fatalf("junk: %v, want no PEM block", err)
 	}
 }
+
+// TestCheckLeafName: WriteLeaf writes <name>.pem and <name>-key.pem next
+// to ca.pem; a name that would overwrite another's files or leave dir is
+// refused.
+func TestCheckLeafName(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{
+		{"edge-1", true}, {"admin", true}, {"keys", true},
+		{"", false}, {".", false}, {"..", false}, {"ca", false}, {"edge-1-key", false},
+		{"../x", false}, {`a\b`, false}, {"a b", false},
+	} {
+		if err := CheckLeafName(tc.name); (err == nil) != tc.ok {
+			t.Errorf("CheckLeafName(%q) = %v, want ok %v", tc.name, err, tc.ok)
+		}
+	}
+	if _, err := WriteLeaf(t.TempDir(), "ca", nil, nil); err == nil {
+		t.Error("WriteLeaf wrote a leaf named ca")
+	}
+}
