@@ -765,19 +765,23 @@ func (a *Agent) Close() error {
 	return errors.Join(errs...)
 }
 
+// onBPFFS reports whether path is on a bpffs (statfs f_type BPF_FS_MAGIC).
+func onBPFFS(path string) bool {
+	var st syscall.Statfs_t
+	return syscall.Statfs(path, &st) == nil && uint32(st.Type) == 0xcafe4a11
+}
+
 // ensureBPFFS checks that pinDir is on a bpffs, mounting one at
 // /sys/fs/bpf when nothing is mounted there.
 func ensureBPFFS(pinDir string) error {
 	if err := os.MkdirAll(pinDir, 0o700); err == nil {
-		var st syscall.Statfs_t
-		if err := syscall.Statfs(pinDir, &st); err == nil && uint32(st.Type) == 0xcafe4a11 {
+		if onBPFFS(pinDir) {
 			return nil
 		}
 	}
 	// Mount one only where none is: a second bpffs over /sys/fs/bpf
 	// would hide every pin of the first (other tools' and ours).
-	var root syscall.Statfs_t
-	if err := syscall.Statfs("/sys/fs/bpf", &root); err == nil && uint32(root.Type) == 0xcafe4a11 {
+	if onBPFFS("/sys/fs/bpf") {
 		return fmt.Errorf("pin_dir %s is not on a bpffs (one is mounted at /sys/fs/bpf)", pinDir)
 	}
 	if err := syscall.Mount("bpf", "/sys/fs/bpf", "bpf", 0, "mode=0700"); err != nil {
@@ -786,8 +790,7 @@ func ensureBPFFS(pinDir string) error {
 	if err := os.MkdirAll(pinDir, 0o700); err != nil {
 		return fmt.Errorf("pin_dir: %w", err)
 	}
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(pinDir, &st); err != nil || uint32(st.Type) != 0xcafe4a11 {
+	if !onBPFFS(pinDir) {
 		return fmt.Errorf("pin_dir %s is not on a bpffs", pinDir)
 	}
 	return nil

@@ -319,6 +319,12 @@ func xdpMode(iface string) string {
 // program's array (xdp_root) and, with maps true, removes the
 // pinned maps as well: the node forgets premirror.
 func Detach(pinDir string, withMaps bool) error {
+	if _, err := os.Stat(pinDir); os.IsNotExist(err) && filepath.IsAbs(pinDir) {
+		return nil // nothing pinned: nothing to detach
+	}
+	if err := checkPinDir(pinDir); err != nil {
+		return err
+	}
 	links, _ := filepath.Glob(filepath.Join(pinDir, "links", "*"))
 	errs := detachNetlink(pinDir)
 	if err := detachRoots(pinDir, "", "", ""); err != nil {
@@ -409,4 +415,21 @@ func cutProgSuffix(base string) (iface, prog string, ok bool) {
 		}
 	}
 	return "", "", false
+}
+
+// checkPinDir refuses a pin dir Detach must not touch: one that is not a
+// directory on a bpffs (Detach removes files there, and with withMaps the
+// whole tree), or the bpffs mount itself (other programs' pins).
+func checkPinDir(dir string) error {
+	if !filepath.IsAbs(dir) {
+		return fmt.Errorf("pin dir %q: must be an absolute path on a bpffs", dir)
+	}
+	dir = filepath.Clean(dir)
+	if !onBPFFS(dir) {
+		return fmt.Errorf("pin dir %s: not on a bpffs", dir)
+	}
+	if dir == "/" || !onBPFFS(filepath.Dir(dir)) {
+		return fmt.Errorf("pin dir %s: is a bpffs mount itself, not the agent's directory on it", dir)
+	}
+	return nil
 }
