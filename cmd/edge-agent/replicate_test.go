@@ -40,33 +40,8 @@ func TestReplicateCommands(t *testing.T) {
 	run(t, ctx, "replicate", "dev-certs", "--dir", filepath.Join(dir, "tls"), "--names", "src,dst")
 	src := filepath.Join(dir, "src.img")
 	run(t, ctx, "replicate", "init", "--image", src, "--size", "4MiB")
-	// Below the ephemeral range: nothing takes the port before serve
-	// listens there.
-	ln, err := testnet.Listen("tcp", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	sctx, cancel := context.WithCancel(ctx)
-	served := make(chan error, 1)
-	go func() {
-		served <- commands.Run(sctx, []string{"replicate", "serve", "--node", "dst", "--tls-dir", filepath.Join(dir, "tls"),
-			"--listen", addr, "--volume", "vol=" + filepath.Join(dir, "dst.img")})
-	}()
-	defer func() {
-		cancel()
-		if err := <-served; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-	}()
-	for i := 0; i < 100; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	addr, stop := serveMirror(t, filepath.Join(dir, "tls"), filepath.Join(dir, "dst.img"))
+	defer stop()
 	tlsArgs := []string{"--node", "src", "--tls-dir", filepath.Join(dir, "tls"), "--image", src, "--peer", "dst@" + addr}
 	out := run(t, ctx, append([]string{"replicate", "push", "--mode", "full"}, tlsArgs...)...)
 	if !strings.Contains(out, "copy:") || !strings.Contains(out, "cycle 1") {
@@ -139,27 +114,9 @@ func TestPushRefusesUninitializedImage(t *testing.T) {
 	run(t, ctx, "replicate", "dev-certs", "--dir", filepath.Join(dir, "tls"), "--names", "src,dst")
 	src := filepath.Join(dir, "src.img")
 	run(t, ctx, "replicate", "init", "--image", src, "--size", "1MiB")
-	ln, err := testnet.Listen("tcp", "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	sctx, cancel := context.WithCancel(ctx)
-	served := make(chan error, 1)
 	dst := filepath.Join(dir, "dst.img")
-	go func() {
-		served <- commands.Run(sctx, []string{"replicate", "serve", "--node", "dst", "--tls-dir", filepath.Join(dir, "tls"),
-			"--listen", addr, "--volume", "vol=" + dst})
-	}()
-	defer func() { cancel(); <-served }()
-	for i := 0; i < 100; i++ {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	addr, stop := serveMirror(t, filepath.Join(dir, "tls"), dst)
+	defer stop()
 	tlsArgs := []string{"--node", "src", "--tls-dir", filepath.Join(dir, "tls"), "--peer", "dst@" + addr}
 	run(t, ctx, append([]string{"replicate", "push", "--mode", "full", "--image", src}, tlsArgs...)...)
 	before, _ := os.ReadFile(dst)
@@ -173,7 +130,7 @@ func TestPushRefusesUninitializedImage(t *testing.T) {
 	}
 	var out bytes.Buffer
 	stdout = &out
-	err = commands.Run(ctx, append([]string{"replicate", "push", "--mode", "full", "--image", other}, tlsArgs...))
+	err := commands.Run(ctx, append([]string{"replicate", "push", "--mode", "full", "--image", other}, tlsArgs...))
 	stdout = os.Stdout
 	if _, serr := os.Stat(other + ".pmr"); serr == nil {
 		t.Errorf("push initialized %s as a new primary volume (err %v)", other, err)
@@ -185,5 +142,39 @@ func TestPushRefusesUninitializedImage(t *testing.T) {
 	}
 	if err == nil {
 		t.Error("push from an uninitialized image succeeded")
+	}
+}
+
+// serveMirror runs `replicate serve` as node dst with volume vol at image,
+// waits until it listens, and returns its address and a stop function
+// (which reports serve's error).
+func serveMirror(t *testing.T, tlsDir, image string) (string, func()) {
+	t.Helper()
+	// Below the ephemeral range: nothing takes the port before serve
+	// listens there.
+	ln, err := testnet.Listen("tcp", "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() {
+		served <- commands.Run(ctx, []string{"replicate", "serve", "--node", "dst", "--tls-dir", tlsDir,
+			"--listen", addr, "--volume", "vol=" + image})
+	}()
+	for i := 0; i < 100; i++ {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return addr, func() {
+		cancel()
+		if err := <-served; err != nil {
+			t.Errorf("serve: %v", err)
+		}
 	}
 }
