@@ -405,7 +405,7 @@ func (s *Series) rescaled() *Series {
 	top := 0.0
 	for i, v := range s.Values {
 		if s.Observed[i] {
-			top = math.Max(top, math.Abs(v))
+			top = max(top, math.Abs(v))
 		}
 	}
 	if top == 0 || (top >= math.Ldexp(1, -rescaleBound) && top <= math.Ldexp(1, rescaleBound)) {

@@ -114,7 +114,7 @@ func (b *BLR) SolveWith(buf []float64) error {
 		fit += v * b.U[i]
 	}
 	b.An = b.A0 + b.N/2
-	b.Bn = b.B0 + 0.5*math.Max(b.YY-fit, 0)
+	b.Bn = b.B0 + 0.5*max(b.YY-fit, 0)
 	return nil
 }
 

@@ -112,7 +112,7 @@ func (w *holtWinters) observe(idx int64, y float64, missing bool, ring func(i in
 	ec := e
 	if w.sc > 0 {
 		ec = clip(e, hwClip*w.sc)
-		w.sc += hwScaleRate * (math.Min(math.Abs(e), 2*hwClip*w.sc) - w.sc)
+		w.sc += hwScaleRate * (min(math.Abs(e), 2*hwClip*w.sc) - w.sc)
 	} else {
 		w.sc = math.Abs(e)
 	}
@@ -201,7 +201,7 @@ func (w *holtWinters) refitGrid(idx int64, y []float64, grid *[3][]float64) {
 func (w *holtWinters) objective(y, st []float64) func([]float64) float64 {
 	big := 0.0
 	for _, v := range y {
-		big = math.Max(big, math.Abs(v))
+		big = max(big, math.Abs(v))
 	}
 	_, exp := math.Frexp(big)
 	unit := math.Ldexp(1, -2*exp)

@@ -532,7 +532,7 @@ func (m *Hybrid) observe(t time.Time, y float64, how obsKind) error {
 		return fmt.Errorf("regression at %v: %w", t, err)
 	}
 	floor := 1e-9 * (math.Abs(m.c) + m.s)
-	m.sig = math.Max(m.s*math.Sqrt(m.blr.Sigma2()), floor)
+	m.sig = max(m.s*math.Sqrt(m.blr.Sigma2()), floor)
 	m.d.fill(t, m.x)
 	e := 0.0 // a missing bucket says nothing about the residual
 	if !missing {
@@ -556,9 +556,9 @@ func (m *Hybrid) observe(t time.Time, y float64, how obsKind) error {
 		}
 	}
 	if len(tmp) > 0 {
-		m.nu = math.Max(1.4826*median(tmp), floor)
+		m.nu = max(1.4826*median(tmp), floor)
 	}
-	m.nu = math.Max(m.nu, floor)
+	m.nu = max(m.nu, floor)
 	if !missing {
 		m.observeCovariates(t)
 	}
@@ -769,7 +769,7 @@ func (m *Hybrid) rebase() {
 		m.c = mean
 		// Relative floor: the model is scale-equivariant (a series in
 		// bytes and the same in petabytes give the same forecasts).
-		m.s = math.Max(math.Sqrt(sq/sw2), 1e-9*math.Abs(mean))
+		m.s = max(math.Sqrt(sq/sw2), 1e-9*math.Abs(mean))
 		if m.s == 0 {
 			m.s = 1 // a constant zero window: any unit will do
 		}
@@ -897,8 +897,8 @@ func (m *Hybrid) resolve(idx int64, y float64) {
 			// event are far from independent: each counts as evBins/spd
 			// of an observation, so a day weighs like one observation.
 			d := clip(y/base-1, 3)
-			noise := math.Max(m.sh[h-1], sg) / base
-			prec := 1 / (noise * noise * math.Max(float64(m.spd)/evBins, 1) * float64(na))
+			noise := max(m.sh[h-1], sg) / base
+			prec := 1 / (noise * noise * max(float64(m.spd)/evBins, 1) * float64(na))
 			for _, k := range active[:na] {
 				i := m.evIndex(h, k, tt)
 				m.evM[i] = (m.evP[i]*m.evM[i] + prec*d) / (m.evP[i] + prec)
@@ -953,7 +953,7 @@ func trackQuantiles(q []float64, u, eta float64) {
 		}
 	}
 	for k := 1; k < len(q); k++ {
-		q[k] = math.Max(q[k], q[k-1])
+		q[k] = max(q[k], q[k-1])
 	}
 }
 
@@ -977,7 +977,7 @@ func (m *Hybrid) trackInterval(q []float64, h, po int, e float64) {
 			q[k] += eta * tau
 		}
 	}
-	q[1] = math.Max(q[1], q[0])
+	q[1] = max(q[1], q[0])
 }
 
 // issue returns the interval c + iv·q of the final forecast c at horizon h
@@ -985,7 +985,7 @@ func (m *Hybrid) trackInterval(q []float64, h, po int, e float64) {
 func (m *Hybrid) issue(q []float64, h, po int, c, iv float64) Quantiles {
 	j := 2 * (po*m.cfg.Horizon + h - 1)
 	m.ivF[j], m.ivF[j+1] = iv*q[0], iv*q[1]
-	return Quantiles{Q10: math.Min(c+iv*q[0], c), Q50: c, Q90: math.Max(c+iv*q[1], c)}
+	return Quantiles{Q10: min(c+iv*q[0], c), Q50: c, Q90: max(c+iv*q[1], c)}
 }
 
 // eventInterval is the interval of a target inside a calendar event: the
@@ -1041,14 +1041,14 @@ func (m *Hybrid) resolvePool(h, po int, y, rate float64) float64 {
 	ae := math.Abs(y - fin)
 	ac := clipErr(ae, m.ivScale(h))
 	m.shF[h-1] += rate * (ac - m.shF[h-1])
-	m.shFr[h-1] += math.Max(rate, ivRecentRate) * (ac - m.shFr[h-1])
+	m.shFr[h-1] += max(rate, ivRecentRate) * (ac - m.shFr[h-1])
 	// The losses are scaled by a robust version (errors clipped at a few
 	// times it): after one spike every later difference between the
 	// experts must not look small.
 	if m.nh[h-1] <= 16 {
 		m.shr[h-1] = m.shF[h-1]
 	} else {
-		m.shr[h-1] += rate * (math.Min(ae, poolScaleClip*m.shr[h-1]) - m.shr[h-1])
+		m.shr[h-1] += rate * (min(ae, poolScaleClip*m.shr[h-1]) - m.shr[h-1])
 	}
 	return fin
 }
@@ -1201,7 +1201,7 @@ func (m *Hybrid) carryShift(idx int64, h, po int, c, last float64) float64 {
 // is larger. The robust scale alone (the combination's own) nears zero on
 // a series that is zero most of the time, and every deviation from zero
 // would then weigh like a burst.
-func (m *Hybrid) carryScale(h int) float64 { return math.Max(m.shr[h-1], m.shF[h-1]) }
+func (m *Hybrid) carryScale(h int) float64 { return max(m.shr[h-1], m.shF[h-1]) }
 
 // resolveCarry scores the last value and the combination at horizon
 // h ≥ 2 on the target y of origin slot po, and the carry if it was
@@ -1216,7 +1216,7 @@ func (m *Hybrid) resolveCarry(h, po int, y float64) {
 	k := &m.carry
 	i := po*H + h - 1
 	c, p := float64(k.c[i]), float64(m.pl.fx[i*numExp+expNaive])
-	lp, lc := math.Min(math.Abs(y-p)/sc, poolLossClip), math.Min(math.Abs(y-c)/sc, poolLossClip)
+	lp, lc := min(math.Abs(y-p)/sc, poolLossClip), min(math.Abs(y-c)/sc, poolLossClip)
 	if math.IsNaN(lp) || math.IsNaN(lc) {
 		return
 	}
@@ -1501,11 +1501,11 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 		if len(m.cfg.Kinds) > 0 && base > 0 {
 			eff := 0.0
 			m.activeKinds(th, func(k int) { eff += m.evM[m.evIndex(h, k, th)] })
-			pred = base * math.Max(1+eff, 0)
+			pred = base * max(1+eff, 0)
 		}
 		m.predE[po*H+h-1] = pred
 		if m.sh[h-1] == 0 {
-			m.sh[h-1] = 0.8 * math.Max(m.sig, nu) // a Gaussian's mean absolute deviation
+			m.sh[h-1] = 0.8 * max(m.sig, nu) // a Gaussian's mean absolute deviation
 		}
 		sc := m.sh[h-1]
 		q := m.q[3*(h-1) : 3*h]
@@ -1563,13 +1563,13 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 			// Rounding the bounds inwards changes no coverage; the median
 			// goes to the nearest integer.
 			fq = Quantiles{Q10: math.Ceil(fq.Q10), Q50: math.Round(fq.Q50), Q90: math.Floor(fq.Q90)}
-			fq.Q90 = math.Max(fq.Q90, fq.Q50)
-			fq.Q10 = math.Min(fq.Q10, fq.Q50)
+			fq.Q90 = max(fq.Q90, fq.Q50)
+			fq.Q10 = min(fq.Q10, fq.Q50)
 		}
 		if m.nonneg {
 			// A series never below zero (access counts, bytes) has no
 			// negative quantiles: a quantile below zero is zero.
-			fq = Quantiles{Q10: math.Max(fq.Q10, 0), Q50: math.Max(fq.Q50, 0), Q90: math.Max(fq.Q90, 0)}
+			fq = Quantiles{Q10: max(fq.Q10, 0), Q50: max(fq.Q50, 0), Q90: max(fq.Q90, 0)}
 		}
 		m.fc[h-1] = fq
 	}
@@ -1626,7 +1626,7 @@ func median(v []float64) float64 {
 // errors, so an interval's width tracks regimes. Returns the step taken.
 func followScale(s, n *float64, ae float64) float64 {
 	*n++
-	rate := math.Max(1.0/64, 1 / *n)
+	rate := max(1.0/64, 1 / *n)
 	*s += rate * (clipErr(ae, *s) - *s)
 	return rate
 }
@@ -1641,7 +1641,7 @@ func followScale(s, n *float64, ae float64) float64 {
 // its interval coverage (BENCHMARKS "round 10").
 func clipErr(ae, ref float64) float64 {
 	if ref > 0 {
-		return math.Min(ae, errAbsurd*ref)
+		return min(ae, errAbsurd*ref)
 	}
 	return ae
 }
@@ -1654,7 +1654,7 @@ func clipErr(ae, ref float64) float64 {
 func (m *Hybrid) ivScale(h int) float64 {
 	s := m.shF[h-1]
 	if r := m.shFr[h-1]; r > 0 {
-		s = math.Min(s, ivRecentCap*r)
+		s = min(s, ivRecentCap*r)
 	}
 	return s
 }

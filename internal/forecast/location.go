@@ -161,10 +161,10 @@ func (lh *locHorizon) hedge(counts []float64, tot, wgt float64, x, p []float64, 
 			l -= counts[r] / tot * lk
 		}
 		loss[k] = wgt * l
-		mn = math.Min(mn, loss[k])
+		mn = min(mn, loss[k])
 		dot += lh.mix[k] * loss[k]
 	}
-	eta := math.Min(math.Log(numLx)/math.Max(lh.gap, 1e-9), mixEtaMax)
+	eta := min(math.Log(numLx)/max(lh.gap, 1e-9), mixEtaMax)
 	sw := 0.0
 	for k := range lh.mix {
 		if k != 1+lxHowAtOrigin {
@@ -173,7 +173,7 @@ func (lh *locHorizon) hedge(counts []float64, tot, wgt float64, x, p []float64, 
 		}
 	}
 	// The mixability gap: the weighted mean loss above the mix loss.
-	lh.gap += math.Max(dot-(mn-math.Log(sw)/eta), 0)
+	lh.gap += max(dot-(mn-math.Log(sw)/eta), 0)
 	normalise(lh.mix)
 }
 
@@ -310,7 +310,7 @@ func (m *LocationModel) experts(tt time.Time, x []float64) {
 	mx := math.Inf(-1)
 	for r := 0; r < R; r++ {
 		dr[r] = x[lxHowMid*R+r] + m.drift[r]
-		mx = math.Max(mx, dr[r])
+		mx = max(mx, dr[r])
 	}
 	s := 0.0
 	for r := 0; r < R; r++ {
@@ -397,7 +397,7 @@ func (m *LocationModel) stack(hi int, x, z, p []float64) {
 			v += lh.g[j*R+r] * z[j]
 		}
 		p[r] = v
-		mx = math.Max(mx, v)
+		mx = max(mx, v)
 	}
 	s := 0.0
 	for r := range p[:R] {
@@ -429,8 +429,8 @@ func (m *LocationModel) Observe(t time.Time, counts []float64) error {
 	}
 	// Learn from the forecasts that targeted this bucket.
 	if tot > 0 {
-		m.tot += math.Max(piAlpha, 1/float64(m.n+1)) * (tot - m.tot)
-		wgt := clip(tot/math.Max(m.tot, 1e-9), 5)
+		m.tot += max(piAlpha, 1/float64(m.n+1)) * (tot - m.tot)
+		wgt := clip(tot/max(m.tot, 1e-9), 5)
 		p := m.scratch[:R]
 		for hi := range m.hor {
 			lh := &m.hor[hi]
@@ -512,7 +512,7 @@ func (m *LocationModel) Observe(t time.Time, counts []float64) error {
 	}
 	copy(m.lastN, counts)
 	if tot > 0 {
-		a := math.Max(piAlpha, 1/float64(m.n+1))
+		a := max(piAlpha, 1/float64(m.n+1))
 		for r := 0; r < R; r++ {
 			s := counts[r] / tot
 			m.pi[r] += a * (s - m.pi[r])

@@ -100,7 +100,7 @@ func updatePi(pi, counts []float64, n *float64) {
 		return
 	}
 	*n++
-	a := math.Max(piAlpha, 1 / *n)
+	a := max(piAlpha, 1 / *n)
 	for r := range pi {
 		if *n == 1 {
 			pi[r] = counts[r] / tot
@@ -169,7 +169,7 @@ func LocationDataFromSeries(ss []*Series) (*LocationData, error) {
 			continue
 		}
 		for j, s := range ss {
-			d.Counts[i][j] = math.Max(s.Values[i], 0)
+			d.Counts[i][j] = max(s.Values[i], 0)
 		}
 	}
 	return d, nil

@@ -261,7 +261,7 @@ func (p *pool) combine(h, po int, f *[numExp]float64, scale float64, integer boo
 		c, sw := 0.0, 0.0
 		for k, ok := range p.avail {
 			if ok && !math.IsNaN(f[k]) {
-				c += w[k] * math.Min(math.Max(f[k], lo), hi)
+				c += w[k] * min(max(f[k], lo), hi)
 				sw += w[k]
 			}
 		}
@@ -366,7 +366,7 @@ func (p *pool) update(h, po int, y, scale float64, integer bool) {
 		if integer {
 			f = math.Round(f)
 		}
-		return math.Min(math.Abs(y-f)/scale, poolLossClip)
+		return min(math.Abs(y-f)/scale, poolLossClip)
 	}
 	fx := p.fx[(po*p.H+h-1)*numExp : (po*p.H+h)*numExp]
 	fc := p.fc[(po*p.H+h-1)*numCand : (po*p.H+h)*numCand]
@@ -422,11 +422,11 @@ func (p *pool) update(h, po int, y, scale float64, integer bool) {
 	// AdaHedge (de Rooij et al. 2014): the rate is ln N over the
 	// cumulative mixability gap (discounted like the window), so it
 	// needs no tuning and adapts to how far apart the candidates are.
-	eta := math.Min(math.Log(numCand)/math.Max(p.gap[h-1], 1e-9), candEtaMax*p.slow[h-1])
+	eta := min(math.Log(numCand)/max(p.gap[h-1], 1e-9), candEtaMax*p.slow[h-1])
 	dot, mix, mn := 0.0, 0.0, math.Inf(1)
 	for g, x := range fc {
 		lc[g] = loss(float64(x))
-		mn = math.Min(mn, lc[g])
+		mn = min(mn, lc[g])
 		dot += v[g] * lc[g]
 		all[g] = true
 	}
@@ -435,7 +435,7 @@ func (p *pool) update(h, po int, y, scale float64, integer bool) {
 		mix += v[g] * ec[g]
 	}
 	m := mn - math.Log(mix)/eta // the mix loss
-	p.gap[h-1] = p.lamGap*p.gap[h-1] + math.Max(dot-m, 0)
+	p.gap[h-1] = p.lamGap*p.gap[h-1] + max(dot-m, 0)
 	fixedShare(p.v[(h-1)*numCand:h*numCand], ec[:], all[:], numCand, p.alpha)
 }
 

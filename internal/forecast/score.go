@@ -98,7 +98,7 @@ func quantileZ(q Quantiles, z float64) float64 {
 	} else {
 		v = q.Q50 + z*(q.Q90-q.Q50)/1.2815515655446004
 	}
-	return math.Max(v, 0)
+	return max(v, 0)
 }
 
 // normQuantile is the standard normal quantile (Acklam's rational
@@ -213,9 +213,9 @@ func Score(demand []RegionDemand, req ScoreRequest, step time.Duration, seed uin
 			}
 			rb := RegionBenefit{Region: d.Region, SavedSeconds: saved}
 			for h := 0; h < H; h++ {
-				rb.RequestsQ10 += math.Max(d.Q[h].Q10, 0)
-				rb.RequestsQ50 += math.Max(d.Q[h].Q50, 0)
-				rb.RequestsQ90 += math.Max(d.Q[h].Q90, 0)
+				rb.RequestsQ10 += max(d.Q[h].Q10, 0)
+				rb.RequestsQ50 += max(d.Q[h].Q50, 0)
+				rb.RequestsQ90 += max(d.Q[h].Q90, 0)
 			}
 			if saved > 0 {
 				v := saved * req.Prices.ValuePerRequestSecond
@@ -298,9 +298,9 @@ func RenderExplain(in ExplainInput) string {
 	for i, d := range in.Demand {
 		var q10, q50, q90 float64
 		for h := 0; h < H && h < len(d.Q); h++ {
-			q10 += math.Max(d.Q[h].Q10, 0)
-			q50 += math.Max(d.Q[h].Q50, 0)
-			q90 += math.Max(d.Q[h].Q90, 0)
+			q10 += max(d.Q[h].Q10, 0)
+			q50 += max(d.Q[h].Q50, 0)
+			q90 += max(d.Q[h].Q90, 0)
 		}
 		share := "-"
 		if i < len(in.Shares) {
