@@ -244,73 +244,108 @@ func (a *Agent) attachRole(prog *ebpf.Program, slot chainSlot, name string, ifac
 	return nil
 }
 
-// apply compiles cfg and reconciles the maps with it; while keepRouting,
-// only the node's settings (outer sources, next-hop TTL, decap endpoints
-// missing from the map) are written.
-func (a *Agent) apply(cfg *Config) error {
-	start := time.Now()
+// applyPlan is what one apply writes, worked out before the first map
+// write: everything that can refuse a configuration (its compilation, the
+// addresses read from the interfaces) refuses it while the data plane is
+// untouched.
+type applyPlan struct {
+	cfg       *Config
+	compiled  *Compiled
+	keep      bool           // keepRouting: the router's settings only
+	settings  pmaps.Settings // the router's (with a router)
+	ports     map[netip.Addr]uint16
+	probePort uint16
+	hosted    map[pmaps.MirrorID]hostedMirror
+}
+
+// plan compiles cfg and reads what apply needs from the interfaces; it
+// writes no map.
+func (a *Agent) plan(cfg *Config, keep bool, log *slog.Logger) (*applyPlan, error) {
 	compiled, err := cfg.State.Compile(cfg.MapsConfig())
 	if err != nil {
-		return err
+		return nil, err
 	}
-	keep := a.keepRouting.Load()
-	var total Changes
+	p := &applyPlan{cfg: cfg, compiled: compiled, keep: keep}
 	if a.router != nil {
-		st, err := a.settings(cfg, compiled)
-		if err != nil {
-			return err
-		}
-		if err := a.router.SetNextHopTTL(cfg.NextHopTTL()); err != nil {
-			return err
-		}
-		if keep {
-			if err := a.applySettingsOnly(st, &total); err != nil {
-				a.metrics.reconcile(false, time.Since(start))
-				return err
-			}
-		} else {
-			a.mu.Lock()
-			have := a.observed
-			a.mu.Unlock()
-			ch, obs, err := Reconcile(a.router, compiled, st, have)
-			a.mu.Lock()
-			a.observed = obs // nil after a failure: the next reconcile reads the maps
-			a.mu.Unlock()
-			if err != nil {
-				a.metrics.reconcile(false, time.Since(start))
-				return fmt.Errorf("reconcile router maps: %w", err)
-			}
-			total.Written += ch.Written
-			total.Deleted += ch.Deleted
-			if cfg.Controller == nil {
-				// Nobody reports the access counts: the counters of what
-				// left the state go now (under a controller, after their last
-				// report: controlPlane.accessCounts).
-				if cs, err := a.router.Counters(); err == nil {
-					a.pruneCounters(cs, compiled)
-				}
-			}
+		if p.settings, err = a.settings(cfg, compiled); err != nil {
+			return nil, err
 		}
 	}
 	// Which mirrors this host serves and how its decap is set up. A host
 	// terminates tunnels when it runs the decap program (decap_addresses
 	// is refused on edges; set alone, without a data plane, in tests).
-	hosted := hostedWithoutDecap(compiled, cfg.Node)
+	p.hosted = hostedWithoutDecap(compiled, cfg.Node)
 	if a.decap != nil || len(cfg.DecapAddresses) > 0 {
 		addrs, err := decapAddresses(cfg)
 		if err != nil {
-			return err
+			return nil, err
 		}
-		probePort := uint16(0)
 		if !cfg.Probe.Disabled {
-			probePort = cfg.Probe.port()
+			p.probePort = cfg.Probe.port()
 		}
-		var ports map[netip.Addr]uint16
-		ports, hosted = planDecap(addrs, uint16(cfg.DecapGUEPort), probePort, compiled, cfg.Node, a.log)
-		if err := a.applyDecap(cfg, ports, probePort, keep, &total); err != nil {
-			a.metrics.reconcile(false, time.Since(start))
-			return err
+		p.ports, p.hosted = planDecap(addrs, uint16(cfg.DecapGUEPort), p.probePort, compiled, cfg.Node, log)
+	}
+	return p, nil
+}
+
+// program writes p into the router's and the decap's maps.
+func (a *Agent) program(p *applyPlan) (Changes, error) {
+	var total Changes
+	if a.router != nil {
+		if err := a.router.SetNextHopTTL(p.cfg.NextHopTTL()); err != nil {
+			return total, err
 		}
+		if p.keep {
+			if err := a.applySettingsOnly(p.settings, &total); err != nil {
+				return total, err
+			}
+		} else {
+			a.mu.Lock()
+			have := a.observed
+			a.mu.Unlock()
+			ch, obs, err := Reconcile(a.router, p.compiled, p.settings, have)
+			a.mu.Lock()
+			a.observed = obs // nil after a failure: the next reconcile reads the maps
+			a.mu.Unlock()
+			if err != nil {
+				return total, fmt.Errorf("reconcile router maps: %w", err)
+			}
+			total.Written += ch.Written
+			total.Deleted += ch.Deleted
+			if p.cfg.Controller == nil {
+				// Nobody reports the access counts: the counters of what
+				// left the state go now (under a controller, after their last
+				// report: controlPlane.accessCounts).
+				if cs, err := a.router.Counters(); err == nil {
+					a.pruneCounters(cs, p.compiled)
+				}
+			}
+		}
+	}
+	if err := a.applyDecap(p.cfg, p.ports, p.probePort, p.keep, &total); err != nil {
+		return total, err
+	}
+	return total, nil
+}
+
+// apply compiles cfg and reconciles the maps with it; while keepRouting,
+// only the node's settings (outer sources, next-hop TTL, decap endpoints
+// missing from the map) are written. It is all or nothing: a
+// configuration refused before the first write leaves the maps as they
+// were, and a write that fails part-way puts them back on the running
+// configuration (restore).
+func (a *Agent) apply(cfg *Config) error {
+	start := time.Now()
+	keep := a.keepRouting.Load()
+	p, err := a.plan(cfg, keep, a.log)
+	if err != nil {
+		return err
+	}
+	total, err := a.program(p)
+	if err != nil {
+		a.metrics.reconcile(false, time.Since(start))
+		a.restore(cfg, err)
+		return err
 	}
 	a.metrics.reconcile(true, time.Since(start))
 	version := stateVersion(cfg)
@@ -319,19 +354,49 @@ func (a *Agent) apply(cfg *Config) error {
 	}
 	a.mu.Lock()
 	prevCfg := a.cfg
-	a.cfg, a.compiled, a.version = cfg, compiled, version
+	a.cfg, a.compiled, a.version = cfg, p.compiled, version
 	prev := a.hosted
-	a.hosted = hosted
+	a.hosted = p.hosted
 	a.mu.Unlock()
-	logHosted(a.log, prev, hosted, compiled)
+	logHosted(a.log, prev, p.hosted, p.compiled)
 	a.noteOuterSources()
 	a.checkEdgeSources(prevCfg, cfg)
 	if a.svc != nil {
-		a.svc.setTargets(serviceTargets(compiled, hosted))
+		a.svc.setTargets(serviceTargets(p.compiled, p.hosted))
 	}
 	a.log.Info("desired state applied", "version", a.version, "written", total.Written, "deleted", total.Deleted,
 		"duration", time.Since(start).Round(time.Microsecond))
 	return nil
+}
+
+// restore puts the maps back on the running configuration after applying
+// failed stopped part-way: otherwise the router would forward on the
+// refused state (role both writes the router's maps before the decap's)
+// while the agent's version, health and reports, and a controller's NACK,
+// say the old one, until the periodic resync. Nothing to restore at start
+// or when the running configuration itself was re-applied (resync, an
+// interface change): the next attempt writes toward the same state. Under
+// a controller before its first version (keepRouting) the routing the
+// maps kept from the previous agent was never read and cannot be put
+// back; the node's settings are.
+func (a *Agent) restore(failed *Config, cause error) {
+	a.mu.Lock()
+	prev, keep, version := a.cfg, a.version == keptVersion, a.version
+	a.mu.Unlock()
+	if prev == nil || prev == failed {
+		return
+	}
+	// Planned as when it was applied; its notes were logged then.
+	p, err := a.plan(prev, keep, slog.New(slog.DiscardHandler))
+	if err == nil {
+		_, err = a.program(p)
+	}
+	if err != nil {
+		a.log.Error("apply failed part-way and the running version was not restored; the periodic resync retries",
+			"version", version, "cause", cause, "err", err)
+		return
+	}
+	a.log.Warn("apply failed part-way; maps restored to the running version", "version", version, "cause", cause)
 }
 
 // keptVersion is the version (healthz, edge_desired_state_info) while the
