@@ -157,6 +157,27 @@ func TestDecapProbeEcho(t *testing.T) {
 		})
 	}
 
+	// The program does not verify the request's UDP checksum (that would
+	// sum the whole datagram here); it updates it incrementally, so a
+	// request corrupted on the way is answered with a reply whose checksum
+	// is just as wrong, which the prober's UDP socket drops: a loss, never
+	// an RTT (the prober times with its own clock and wants its nonce and
+	// seq back anyway). A checksum recomputed from scratch would launder
+	// the corruption.
+	for _, tc := range []struct {
+		name     string
+		src, dst netip.Addr
+		l3       int
+	}{{"v4", edge4, mirror4, 20}, {"v6", edge6, mirror6, 40}} {
+		f := echoFrame(t, tc.src, tc.dst, 9461, probeRequest(t, 64), false)
+		f[14+tc.l3+8+20] ^= 0x5a // the request's send time
+		v, out, _ := run(f)
+		udp := out[14+tc.l3:]
+		if v != xdpTX || udpChecksumValid(tc.dst, tc.src, udp) || udp[6]|udp[7] == 0 {
+			t.Errorf("corrupted %s request: verdict %d, reply checksum %02x%02x; want XDP_TX with a wrong, non-zero checksum", tc.name, v, udp[6], udp[7])
+		}
+	}
+
 	// Not requests to the probe port: as before (UDP to an endpoint
 	// without GUE passes), never answered.
 	bad := probeRequest(t, 64)
