@@ -217,7 +217,9 @@ type forecaster struct {
 	gcBefore int64 // aggregates of buckets before it are deleted (0: none yet)
 	// Work still owed after a failed etcd write.
 	publishDue, snapDue bool
-	placeDue            bool // forecasts published: the mirroring manager evaluates
+	// Forecasts published for this bucket (f.next then; 0: none): the
+	// mirroring manager evaluates for it.
+	placeBucket int64
 }
 
 func newForecaster(c *Controller) (*forecaster, error) {
@@ -245,7 +247,7 @@ func (f *forecaster) resetLocked() {
 		f.c.log.Error("forecast engine reset failed", "err", err) // cannot happen: our own snapshot
 	}
 	f.history, f.nextH1 = map[seriesKey][]*pb.BucketObservation{}, map[seriesKey]h1{}
-	f.feedsRev, f.next, f.readRev, f.gcBefore, f.publishDue, f.snapDue = 0, 0, 0, 0, false, false
+	f.feedsRev, f.next, f.readRev, f.gcBefore, f.publishDue, f.snapDue, f.placeBucket = 0, 0, 0, 0, false, false, 0
 }
 
 // run is the forecasting part of one leadership: restore, then close
@@ -275,15 +277,15 @@ func (f *forecaster) run(ctx context.Context, fn fence) {
 	for {
 		f.mu.Lock()
 		err := f.pass(ctx, fn)
-		place := f.placeDue
-		f.placeDue = false
+		bucket := f.placeBucket
+		f.placeBucket = 0
 		f.mu.Unlock()
-		if place && err == nil {
+		if bucket != 0 && err == nil {
 			// Outside the lock: scoring reads etcd and runs the route
 			// policy, and must not hold up the admin API's forecasts.
-			if err = f.c.evaluatePlacements(ctx, fn, time.Now()); err != nil && !errors.Is(err, ErrNotLeader) {
+			if err = f.c.evaluatePlacements(ctx, fn, bucket, time.Now()); err != nil && !errors.Is(err, ErrNotLeader) {
 				f.mu.Lock()
-				f.placeDue = true // retry at the next tick, not the next bucket
+				f.placeBucket = bucket // retry at the next tick, not the next bucket
 				f.mu.Unlock()
 			}
 		}
@@ -323,7 +325,7 @@ func (f *forecaster) pass(ctx context.Context, fn fence) error {
 		if err := f.publish(ctx, fn); err != nil {
 			return err
 		}
-		f.publishDue, f.placeDue = false, true
+		f.publishDue, f.placeBucket = false, f.next
 	}
 	if f.snapDue {
 		if err := f.checkpoint(ctx, fn); err != nil {

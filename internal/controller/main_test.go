@@ -134,12 +134,22 @@ type replica struct {
 
 func startReplica(t testing.TB, name, prefix string, tweak func(*Config)) *replica {
 	t.Helper()
+	return startReplicaKV(t, name, prefix, tweak, nil)
+}
+
+// startReplicaKV is startReplica whose etcd KV calls go through wrap (a
+// test's fault injection), set before the replica starts.
+func startReplicaKV(t testing.TB, name, prefix string, tweak func(*Config), wrap func(clientv3.KV) clientv3.KV) *replica {
+	t.Helper()
 	cfg := Config{Name: name, TLS: shared.files, Prefix: prefix, TickInterval: 100 * time.Millisecond,
 		ReportInterval: 100 * time.Millisecond, LeaseTTL: 2 * time.Second, Logger: quietLogger()}
 	if tweak != nil {
 		tweak(&cfg)
 	}
 	cli := etcdClient(t)
+	if wrap != nil {
+		cli.KV = wrap(cli.KV)
+	}
 	c, err := New(cfg, cli)
 	if err != nil {
 		t.Fatal(err)

@@ -240,11 +240,14 @@ func thresholds(res *pb.Resource) (place, retire float64) {
 	return place, retire
 }
 
-// evaluatePlacements runs the manager over every resource once (the
-// leader, after publishing a bucket's forecasts) and writes every record
-// it evaluated, fenced on the leadership. All resources are scored from
-// one view and one routing input.
-func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.Time) error {
+// evaluatePlacements runs the manager over every resource once for
+// bucket (the leader, after publishing its forecasts) and writes every
+// record it evaluated, fenced on the leadership. All resources are scored
+// from one view and one routing input. Each record is its own write, so
+// a pass can fail part-way; a record that already counted bucket is
+// skipped, so the retry (or a new leader closing the bucket again) does
+// not count its evidence twice toward placeConfirm or retireConfirm.
+func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, bucket int64, now time.Time) error {
 	base := c.newScoreBase(now)
 	snap := base.snap
 	names := make([]string, 0, len(snap.resources))
@@ -267,6 +270,12 @@ func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.
 		if rec == nil {
 			rec = &pb.PlacementRecord{Resource: name}
 		}
+		if rec.GetEvaluatedBucketUnix() >= bucket {
+			for _, pl := range rec.GetPlaced() {
+				placed[pl.GetCopyState()]++
+			}
+			continue
+		}
 		in, err := c.placementInput(ctx, byName[name], rec, base, now)
 		if err != nil {
 			c.log.Warn("placement not evaluated", "resource", name, "err", err)
@@ -274,6 +283,7 @@ func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, now time.
 			continue
 		}
 		next, changed := decide(rec, in)
+		next.EvaluatedBucketUnix = bucket
 		c.m.placementEvals.WithLabelValues("ok").Inc()
 		for _, ev := range next.GetEvents() {
 			if !changed || ev.GetUnixNano() != now.UnixNano() {

@@ -2,11 +2,14 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -499,5 +502,95 @@ func TestLoweredMaxMirrorsRetiresExcess(t *testing.T) {
 	}
 	if rec.GetPlaced()[0].GetMirror() != "nyc" {
 		t.Fatalf("kept %v, want the higher keep score (nyc)", rec.GetPlaced())
+	}
+}
+
+// failOnceKV fails the first transaction that writes key, after calling
+// before (which may wait), as an etcd error part-way through a pass would.
+type failOnceKV struct {
+	clientv3.KV
+	key    string
+	before func()
+	failed atomic.Bool
+}
+
+func (k *failOnceKV) Txn(ctx context.Context) clientv3.Txn {
+	return &failOnceTxn{Txn: k.KV.Txn(ctx), k: k}
+}
+
+type failOnceTxn struct {
+	clientv3.Txn
+	k     *failOnceKV
+	match bool
+}
+
+func (t *failOnceTxn) If(cs ...clientv3.Cmp) clientv3.Txn { t.Txn = t.Txn.If(cs...); return t }
+func (t *failOnceTxn) Else(ops ...clientv3.Op) clientv3.Txn {
+	t.Txn = t.Txn.Else(ops...)
+	return t
+}
+func (t *failOnceTxn) Then(ops ...clientv3.Op) clientv3.Txn {
+	for _, op := range ops {
+		t.match = t.match || string(op.KeyBytes()) == t.k.key
+	}
+	t.Txn = t.Txn.Then(ops...)
+	return t
+}
+func (t *failOnceTxn) Commit() (*clientv3.TxnResponse, error) {
+	if t.match && t.k.failed.CompareAndSwap(false, true) {
+		t.k.before()
+		return nil, errors.New("injected etcd failure")
+	}
+	return t.Txn.Commit()
+}
+
+// A placement pass that fails part-way (here: the write of web's record,
+// after disk's was written) is retried at the next tick; the retry must
+// not count the bucket's evidence a second time for disk, whose record
+// already holds it. Before, disk's site reached placeConfirm (2) on one
+// bucket and was placed.
+func TestRetriedPlacementPassCountsBucketOnce(t *testing.T) {
+	g := &forecastRig{prefix: testPrefix(t), t0: time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)}
+	g.clock = newFakeClock(g.t0)
+	hook := &failOnceKV{key: g.prefix + keyPlaced + "web"}
+	var r1 *replica
+	hook.before = func() {
+		// Disk's record is committed; the retry must see it in the view
+		// (as it would a tick later), or the test proves nothing.
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+			if r1.c.view.placements()["disk"].GetEvaluatedUnixNano() != 0 {
+				return
+			}
+		}
+	}
+	r1 = startReplicaKV(t, "r1", g.prefix, g.tweak(nil), func(kv clientv3.KV) clientv3.KV { hook.KV = kv; return hook })
+	g.r1 = r1
+	waitFor(t, "r1 leads", 10*time.Second, func() bool { return r1.c.Leader() == "r1" })
+	objs := forecastObjects()
+	for _, m := range objs.Mirrors {
+		m.Node = "host-" + m.Name
+	}
+	pol := &pb.MirrorPolicy{Mode: pb.MirrorMode_MIRROR_MODE_PREDICTIVE, MaxMirrors: 2}
+	objs.Resources[0].MirrorPolicy = pol
+	objs.Resources[0].Thresholds = &pb.Thresholds{MirrorScore: 0.6, RetireScore: 0.45}
+	objs.Resources = append(objs.Resources, &pb.Resource{Name: "web", Vips: []string{"203.0.113.6"}, Ports: []uint32{443},
+		Protocol: pb.Protocol_PROTOCOL_TCP, Origin: "paris", SizeBytes: 1 << 30, MirrorPolicy: pol})
+	applyObjects(t, r1.addr, objs)
+	eu := startAgent(t, "edge-eu", "eu", pb.NodeRole_NODE_ROLE_EDGE, r1.addr)
+	us := startAgent(t, "edge-us", "us", pb.NodeRole_NODE_ROLE_EDGE, r1.addr)
+	disk, reg := ids(t, eu)
+	eu.setProbes(map[string]time.Duration{"paris": 5 * time.Millisecond, "nyc": 80 * time.Millisecond, "tokyo": 220 * time.Millisecond}, pb.Health_HEALTH_UP)
+	us.setProbes(map[string]time.Duration{"paris": 80 * time.Millisecond, "nyc": 4 * time.Millisecond, "tokyo": 150 * time.Millisecond}, pb.Health_HEALTH_UP)
+	admin := adminClient(t, r1.addr, "viewer")
+	br := &bucketRun{t: t, clock: g.clock, t0: g.t0, cli: r1.cli, st: r1.c.store, admin: admin, reps: []*replica{r1}}
+
+	br.bucket(0, flows{eu, disk, reg["eu"], "eu", 500}, flows{us, disk, reg["us"], "us", 3000})
+	waitFor(t, "web's record written by the retried pass", 10*time.Second, func() bool {
+		return hook.failed.Load() && r1.c.view.placements()["web"] != nil
+	})
+	rec := r1.c.view.placements()["disk"]
+	if len(rec.GetPlaced()) != 0 || rec.GetAbove()["us"] != 1 {
+		t.Fatalf("after one bucket, a failed pass and its retry: placed %v, above %v; want nothing placed, us above once",
+			rec.GetPlaced(), rec.GetAbove())
 	}
 }

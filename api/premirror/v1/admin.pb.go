@@ -2195,9 +2195,15 @@ type PlacementRecord struct {
 	// When the record was last evaluated (unix nanoseconds).
 	EvaluatedUnixNano int64 `protobuf:"varint,6,opt,name=evaluated_unix_nano,json=evaluatedUnixNano,proto3" json:"evaluated_unix_nano,omitempty"`
 	// Last decisions, newest first (at most 16), for `controller placements`.
-	Events        []*PlacementEvent `protobuf:"bytes,7,rep,name=events,proto3" json:"events,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Events []*PlacementEvent `protobuf:"bytes,7,rep,name=events,proto3" json:"events,omitempty"`
+	// Forecast bucket the last evaluation counted (the first bucket not
+	// closed when its forecasts were published, unix seconds). A pass
+	// retried after a failed write, or repeated by a new leader, skips the
+	// records that already hold its bucket: each bucket counts once toward
+	// above and below.
+	EvaluatedBucketUnix int64 `protobuf:"varint,8,opt,name=evaluated_bucket_unix,json=evaluatedBucketUnix,proto3" json:"evaluated_bucket_unix,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *PlacementRecord) Reset() {
@@ -2277,6 +2283,13 @@ func (x *PlacementRecord) GetEvents() []*PlacementEvent {
 		return x.Events
 	}
 	return nil
+}
+
+func (x *PlacementRecord) GetEvaluatedBucketUnix() int64 {
+	if x != nil {
+		return x.EvaluatedBucketUnix
+	}
+	return 0
 }
 
 // Placement is one copy placed by the manager.
@@ -2688,7 +2701,7 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"\fFeedResponse\x12\x18\n" +
 	"\aentries\x18\x01 \x01(\rR\aentries\x12\x16\n" +
 	"\x06unused\x18\x02 \x03(\tR\x06unused\x12\x1a\n" +
-	"\brevision\x18\x03 \x01(\x03R\brevision\"\xcc\x03\n" +
+	"\brevision\x18\x03 \x01(\x03R\brevision\"\x80\x04\n" +
 	"\x0fPlacementRecord\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\tR\bresource\x12/\n" +
 	"\x06placed\x18\x02 \x03(\v2\x17.premirror.v1.PlacementR\x06placed\x12\x12\n" +
@@ -2696,7 +2709,8 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"\x05above\x18\x04 \x03(\v2(.premirror.v1.PlacementRecord.AboveEntryR\x05above\x12>\n" +
 	"\x05below\x18\x05 \x03(\v2(.premirror.v1.PlacementRecord.BelowEntryR\x05below\x12.\n" +
 	"\x13evaluated_unix_nano\x18\x06 \x01(\x03R\x11evaluatedUnixNano\x124\n" +
-	"\x06events\x18\a \x03(\v2\x1c.premirror.v1.PlacementEventR\x06events\x1a8\n" +
+	"\x06events\x18\a \x03(\v2\x1c.premirror.v1.PlacementEventR\x06events\x122\n" +
+	"\x15evaluated_bucket_unix\x18\b \x01(\x03R\x13evaluatedBucketUnix\x1a8\n" +
 	"\n" +
 	"AboveEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
