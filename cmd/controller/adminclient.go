@@ -22,6 +22,10 @@ import (
 // ctlOut receives the admin subcommands' output (tests replace it).
 var ctlOut io.Writer = os.Stdout
 
+// ctlDialOptions are added to every admin connection (tests add
+// interceptors).
+var ctlDialOptions []grpc.DialOption
+
 // ctlAdminFlags connect an admin subcommand to a controller.
 type ctlAdminFlags struct {
 	server  *string
@@ -43,8 +47,9 @@ func (f ctlAdminFlags) dial(ctx context.Context) (pb.AdminClient, context.Contex
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	conn, err := grpc.NewClient(*f.server, grpc.WithTransportCredentials(credentials.NewTLS(tc)),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.MaxCallSendMsgSize(64<<20)))
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(tc)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(256<<20), grpc.MaxCallSendMsgSize(64<<20))}, ctlDialOptions...)
+	conn, err := grpc.NewClient(*f.server, opts...)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("connect %s: %w", *f.server, err)
 	}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
@@ -31,6 +32,9 @@ func init() {
 // operator wrote in other fields is kept as stored; mirrors that are down
 // are left down either way (draining one would take new flows off a
 // mirror nothing sends to, and undraining one would send it traffic).
+// The apply is conditional on the revision read (a compare-and-swap):
+// the whole mirror is written back, so an edit that lands in between
+// would otherwise be overwritten with what was read.
 func ctlDrain(ctx context.Context, verb string, args []string) error {
 	fs := cli.NewFlagSet("controller", verb)
 	dry := fs.Bool("dry-run", false, "validate on the controller without writing")
@@ -47,28 +51,66 @@ func ctlDrain(ctx context.Context, verb string, args []string) error {
 		return err
 	}
 	defer done()
-	resp, err := c.Get(rctx, &pb.GetRequest{Kind: "mirror"})
+	var changed []*pb.Mirror
+	var lines []string
+	for attempt := 1; ; attempt++ {
+		changed, lines, err = drainOnce(rctx, c, verb, pos[0], pos[1], *dry)
+		if status.Code(err) != codes.Aborted {
+			break
+		}
+		if attempt == drainAttempts {
+			return fmt.Errorf("%s: the objects changed while it ran, %d times in a row; nothing written, run it again (%s)",
+				verb, attempt, status.Convert(err).Message())
+		}
+	}
 	if err != nil {
-		return fmt.Errorf("%s: read mirrors: %s", verb, status.Convert(err).Message())
+		return err
+	}
+	for _, l := range lines {
+		fmt.Fprintln(ctlOut, l)
+	}
+	switch {
+	case *dry:
+		fmt.Fprintln(ctlOut, "dry run: nothing written")
+	case verb == "drain" && len(changed) > 0:
+		names := make([]string, len(changed))
+		for i, m := range changed {
+			names[i] = m.GetName()
+		}
+		fmt.Fprintf(ctlOut, "new flows go to other mirrors; established flows stay until they end. Before taking the host down, wait for\n"+
+			"  sum(rate(edge_forwarded_packets_total{mirror=~%q}[1m]))\nto reach 0 (edge agents' metrics).\n", strings.Join(names, "|"))
+	}
+	return nil
+}
+
+// drainAttempts bounds how often drain reads again after a concurrent
+// edit of the objects.
+const drainAttempts = 5
+
+// drainOnce reads the mirrors, picks those named and applies their new
+// state if no object changed since the read. An error with code Aborted
+// means one did (nothing was written).
+func drainOnce(ctx context.Context, c pb.AdminClient, verb, sel, name string, dry bool) (changed []*pb.Mirror, lines []string, err error) {
+	resp, err := c.Get(ctx, &pb.GetRequest{Kind: "mirror"})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s: read mirrors: %s", verb, status.Convert(err).Message())
 	}
 	var picked []*pb.Mirror
 	for _, m := range resp.GetObjects().GetMirrors() {
-		if (pos[0] == "mirror" && m.GetName() == pos[1]) || (pos[0] == "node" && m.GetNode() == pos[1]) {
+		if (sel == "mirror" && m.GetName() == name) || (sel == "node" && m.GetNode() == name) {
 			picked = append(picked, m)
 		}
 	}
 	if len(picked) == 0 {
-		if pos[0] == "node" {
-			return fmt.Errorf("%s: no mirror names node %q as its host (the mirrors' node field)", verb, pos[1])
+		if sel == "node" {
+			return nil, nil, fmt.Errorf("%s: no mirror names node %q as its host (the mirrors' node field)", verb, name)
 		}
-		return fmt.Errorf("%s: no mirror %q", verb, pos[1])
+		return nil, nil, fmt.Errorf("%s: no mirror %q", verb, name)
 	}
 	from, to := pb.MirrorState_MIRROR_STATE_ACTIVE, pb.MirrorState_MIRROR_STATE_DRAINING
 	if verb == "undrain" {
 		from, to = to, from
 	}
-	var changed []*pb.Mirror
-	var lines []string
 	for _, m := range picked {
 		st := m.GetState()
 		if st == pb.MirrorState_MIRROR_STATE_UNSPECIFIED {
@@ -86,23 +128,13 @@ func ctlDrain(ctx context.Context, verb string, args []string) error {
 		}
 	}
 	if len(changed) > 0 {
-		if _, err := c.Apply(rctx, &pb.ApplyRequest{Objects: &pb.Objects{Mirrors: changed}, DryRun: *dry}); err != nil {
-			return fmt.Errorf("%s: %s", verb, status.Convert(err).Message())
+		_, err := c.Apply(ctx, &pb.ApplyRequest{Objects: &pb.Objects{Mirrors: changed}, DryRun: dry, IfRevision: resp.GetRevision()})
+		if status.Code(err) == codes.Aborted {
+			return nil, nil, err
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s: %s", verb, status.Convert(err).Message())
 		}
 	}
-	for _, l := range lines {
-		fmt.Fprintln(ctlOut, l)
-	}
-	switch {
-	case *dry:
-		fmt.Fprintln(ctlOut, "dry run: nothing written")
-	case verb == "drain" && len(changed) > 0:
-		names := make([]string, len(changed))
-		for i, m := range changed {
-			names[i] = m.GetName()
-		}
-		fmt.Fprintf(ctlOut, "new flows go to other mirrors; established flows stay until they end. Before taking the host down, wait for\n"+
-			"  sum(rate(edge_forwarded_packets_total{mirror=~%q}[1m]))\nto reach 0 (edge agents' metrics).\n", strings.Join(names, "|"))
-	}
-	return nil
+	return changed, lines, nil
 }

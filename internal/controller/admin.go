@@ -47,7 +47,7 @@ func grpcError(err error) error {
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, ErrNotFound):
 		return status.Error(codes.NotFound, err.Error())
-	case errors.Is(err, ErrConflict):
+	case errors.Is(err, ErrConflict), errors.Is(err, ErrStale):
 		return status.Error(codes.Aborted, err.Error())
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return status.FromContextError(err).Err()
@@ -60,7 +60,7 @@ func (s *adminService) Apply(ctx context.Context, req *pb.ApplyRequest) (*pb.App
 	if err := s.requireAdmin(ctx); err != nil {
 		return nil, err
 	}
-	changes, err := s.c.store.Apply(ctx, req.GetObjects(), req.GetDryRun())
+	changes, err := s.c.store.ApplyIf(ctx, req.GetObjects(), req.GetDryRun(), req.GetIfRevision())
 	if err != nil {
 		return nil, grpcError(err)
 	}
@@ -93,11 +93,11 @@ func (s *adminService) Delete(ctx context.Context, req *pb.DeleteRequest) (*pb.D
 
 // Get implements pb.AdminServer.
 func (s *adminService) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
-	o, err := s.c.store.Get(ctx, req.GetKind(), req.GetName())
+	o, rev, err := s.c.store.GetRev(ctx, req.GetKind(), req.GetName())
 	if err != nil {
 		return nil, grpcError(err)
 	}
-	return &pb.GetResponse{Objects: o}, nil
+	return &pb.GetResponse{Objects: o, Revision: rev}, nil
 }
 
 // Status implements pb.AdminServer.

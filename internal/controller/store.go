@@ -54,6 +54,10 @@ const DefaultPrefix = "/premirror/v1/"
 // a few times before returning it.
 var ErrConflict = errors.New("objects changed concurrently")
 
+// ErrStale means an object was applied or deleted after the revision an
+// edit was based on (ApplyIf): the editor must read the objects again.
+var ErrStale = errors.New("objects changed since they were read")
+
 // ErrNotFound is returned for a missing object.
 var ErrNotFound = errors.New("object not found")
 
@@ -178,8 +182,15 @@ var marshal = proto.MarshalOptions{Deterministic: true}
 // written when validation fails or dryRun is set; an input naming one
 // object twice is invalid.
 func (s *Store) Apply(ctx context.Context, in *pb.Objects, dryRun bool) ([]*pb.ObjectChange, error) {
+	return s.ApplyIf(ctx, in, dryRun, 0)
+}
+
+// ApplyIf is Apply for an edit based on the objects as read at revision
+// ifRev (GetRev): when any object was applied or deleted after it, it
+// returns ErrStale and writes nothing. 0 applies unconditionally.
+func (s *Store) ApplyIf(ctx context.Context, in *pb.Objects, dryRun bool, ifRev int64) ([]*pb.ObjectChange, error) {
 	for attempt := 0; ; attempt++ {
-		changes, err := s.applyOnce(ctx, in, dryRun)
+		changes, err := s.applyOnce(ctx, in, dryRun, ifRev)
 		if !errors.Is(err, ErrConflict) || attempt == 4 {
 			return changes, err
 		}
@@ -193,13 +204,19 @@ type pendingPut struct {
 	id         uint32
 }
 
-func (s *Store) applyOnce(ctx context.Context, in *pb.Objects, dryRun bool) ([]*pb.ObjectChange, error) {
+func (s *Store) applyOnce(ctx context.Context, in *pb.Objects, dryRun bool, ifRev int64) ([]*pb.ObjectChange, error) {
 	if err := checkUnique(in); err != nil {
 		return nil, err
 	}
 	cur, err := s.readObjects(ctx)
 	if err != nil {
 		return nil, err
+	}
+	// Every object write moves objects-gen in its transaction, and commit
+	// is fenced on the genRev read here: a write after this check fails
+	// the commit, and the retry sees it here.
+	if ifRev > 0 && cur.genRev > ifRev {
+		return nil, fmt.Errorf("%w (an apply or delete at revision %d, after revision %d)", ErrStale, cur.genRev, ifRev)
 	}
 	merged := proto.Clone(cur.objs).(*pb.Objects)
 	var changes []*pb.ObjectChange
@@ -395,9 +412,15 @@ func (s *Store) deleteOnce(ctx context.Context, kind, name string) error {
 
 // Get returns the objects of kind ("" for all), or the one named.
 func (s *Store) Get(ctx context.Context, kind, name string) (*pb.Objects, error) {
+	o, _, err := s.GetRev(ctx, kind, name)
+	return o, err
+}
+
+// GetRev is Get with the revision the objects were read at, for ApplyIf.
+func (s *Store) GetRev(ctx context.Context, kind, name string) (*pb.Objects, int64, error) {
 	cur, err := s.readObjects(ctx)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	o := cur.objs
 	out := &pb.Objects{}
@@ -420,12 +443,12 @@ func (s *Store) Get(ctx context.Context, kind, name string) (*pb.Objects, error)
 	switch kind {
 	case "", KindSite, KindMirror, KindResource:
 	default:
-		return nil, invalidf("kind: %q is not site, mirror or resource", kind)
+		return nil, 0, invalidf("kind: %q is not site, mirror or resource", kind)
 	}
 	if name != "" && len(out.Sites)+len(out.Mirrors)+len(out.Resources) == 0 {
-		return nil, fmt.Errorf("%s %q: %w", kind, name, ErrNotFound)
+		return nil, 0, fmt.Errorf("%s %q: %w", kind, name, ErrNotFound)
 	}
-	return out, nil
+	return out, cur.rev, nil
 }
 
 // pack and unpack compress the large leader records: a desired state is

@@ -6,6 +6,9 @@ import (
 	"strings"
 	"testing"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
@@ -211,4 +214,111 @@ func FuzzUnpack(f *testing.F) {
 		var rec pb.DesiredRecord
 		_ = unpack(b, &rec)
 	})
+}
+
+// beforeCommitKV calls before (once) just before a transaction commits.
+type beforeCommitKV struct {
+	clientv3.KV
+	before func()
+}
+
+func (k *beforeCommitKV) Txn(ctx context.Context) clientv3.Txn {
+	return &beforeCommitTxn{Txn: k.KV.Txn(ctx), k: k}
+}
+
+type beforeCommitTxn struct {
+	clientv3.Txn
+	k *beforeCommitKV
+}
+
+func (t *beforeCommitTxn) If(cs ...clientv3.Cmp) clientv3.Txn { t.Txn = t.Txn.If(cs...); return t }
+func (t *beforeCommitTxn) Then(ops ...clientv3.Op) clientv3.Txn {
+	t.Txn = t.Txn.Then(ops...)
+	return t
+}
+func (t *beforeCommitTxn) Else(ops ...clientv3.Op) clientv3.Txn {
+	t.Txn = t.Txn.Else(ops...)
+	return t
+}
+func (t *beforeCommitTxn) Commit() (*clientv3.TxnResponse, error) {
+	if f := t.k.before; f != nil {
+		t.k.before = nil
+		f()
+	}
+	return t.Txn.Commit()
+}
+
+// ApplyIf is a compare-and-swap on the revision the objects were read
+// at: an edit that lands after the read, whether before ApplyIf reads the
+// objects again or between that read and its commit, makes it fail with
+// ErrStale (codes.Aborted) and write nothing, so a read-modify-write such
+// as drain does not overwrite it with what it read.
+func TestApplyIfRefusesEditsAfterTheRevisionRead(t *testing.T) {
+	other := etcdClient(t)
+	defer other.Close()
+	cli := etcdClient(t)
+	defer cli.Close()
+	hook := &beforeCommitKV{KV: cli.KV}
+	cli.KV = hook
+	prefix := testPrefix(t)
+	s, o := NewStore(cli, prefix, DefaultLimits()), NewStore(other, prefix, DefaultLimits())
+	ctx := context.Background()
+	if _, err := o.Apply(ctx, testObjects(), false); err != nil {
+		t.Fatal(err)
+	}
+	paris := func(st *Store) (*pb.Mirror, int64) {
+		t.Helper()
+		objs, rev, err := st.GetRev(ctx, KindMirror, "paris")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return objs.GetMirrors()[0], rev
+	}
+	edit := func(capacity float64) {
+		t.Helper()
+		m, _ := paris(o)
+		m.CapacityRps = capacity
+		if _, err := o.Apply(ctx, &pb.Objects{Mirrors: []*pb.Mirror{m}}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	drain := func(m *pb.Mirror, rev int64, dry bool) error {
+		m.State = pb.MirrorState_MIRROR_STATE_DRAINING
+		_, err := s.ApplyIf(ctx, &pb.Objects{Mirrors: []*pb.Mirror{m}}, dry, rev)
+		return err
+	}
+	for _, tc := range []struct {
+		name  string
+		dry   bool
+		hook  bool // the edit lands between ApplyIf's own read and its commit
+		edits float64
+	}{
+		{"edit before the apply", false, false, 7001},
+		{"edit before the dry run", true, false, 7002},
+		{"edit between the apply's read and its commit", false, true, 7003},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, rev := paris(s)
+			if tc.hook {
+				hook.before = func() { edit(tc.edits) }
+			} else {
+				edit(tc.edits)
+			}
+			err := drain(m, rev, tc.dry)
+			if !errors.Is(err, ErrStale) || status.Code(grpcError(err)) != codes.Aborted {
+				t.Fatalf("apply on revision %d after an edit: %v", rev, err)
+			}
+			if got, _ := paris(o); got.GetCapacityRps() != tc.edits || got.GetState() == pb.MirrorState_MIRROR_STATE_DRAINING {
+				t.Fatalf("paris after a refused drain: %v", got)
+			}
+		})
+	}
+	// Read again: it applies, over the edit.
+	m, rev := paris(s)
+	if err := drain(m, rev, false); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := paris(o); got.GetCapacityRps() != 7003 || got.GetState() != pb.MirrorState_MIRROR_STATE_DRAINING {
+		t.Fatalf("paris after the drain: %v", got)
+	}
 }

@@ -226,7 +226,12 @@ type ApplyRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Objects *Objects               `protobuf:"bytes,1,opt,name=objects,proto3" json:"objects,omitempty"`
 	// Validate only.
-	DryRun        bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	DryRun bool `protobuf:"varint,2,opt,name=dry_run,json=dryRun,proto3" json:"dry_run,omitempty"`
+	// Nonzero: apply only if no object was applied or deleted after this
+	// revision (a GetResponse's), else fail with ABORTED and write nothing.
+	// A read-modify-write (`controller drain`) sends what it read and reads
+	// again on ABORTED instead of overwriting a concurrent edit.
+	IfRevision    int64 `protobuf:"varint,3,opt,name=if_revision,json=ifRevision,proto3" json:"if_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -273,6 +278,13 @@ func (x *ApplyRequest) GetDryRun() bool {
 		return x.DryRun
 	}
 	return false
+}
+
+func (x *ApplyRequest) GetIfRevision() int64 {
+	if x != nil {
+		return x.IfRevision
+	}
+	return 0
 }
 
 // ObjectChange is what Apply did to one object.
@@ -539,8 +551,10 @@ func (x *GetRequest) GetName() string {
 
 // GetResponse holds the selected objects.
 type GetResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Objects       *Objects               `protobuf:"bytes,1,opt,name=objects,proto3" json:"objects,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Objects *Objects               `protobuf:"bytes,1,opt,name=objects,proto3" json:"objects,omitempty"`
+	// etcd revision the objects were read at (for ApplyRequest.if_revision).
+	Revision      int64 `protobuf:"varint,2,opt,name=revision,proto3" json:"revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -580,6 +594,13 @@ func (x *GetResponse) GetObjects() *Objects {
 		return x.Objects
 	}
 	return nil
+}
+
+func (x *GetResponse) GetRevision() int64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
 }
 
 // StatusRequest is empty.
@@ -2546,10 +2567,12 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"\x11PlacementsRequest\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\tR\bresource\"M\n" +
 	"\x12PlacementsResponse\x127\n" +
-	"\arecords\x18\x01 \x03(\v2\x1d.premirror.v1.PlacementRecordR\arecords\"X\n" +
+	"\arecords\x18\x01 \x03(\v2\x1d.premirror.v1.PlacementRecordR\arecords\"y\n" +
 	"\fApplyRequest\x12/\n" +
 	"\aobjects\x18\x01 \x01(\v2\x15.premirror.v1.ObjectsR\aobjects\x12\x17\n" +
-	"\adry_run\x18\x02 \x01(\bR\x06dryRun\"^\n" +
+	"\adry_run\x18\x02 \x01(\bR\x06dryRun\x12\x1f\n" +
+	"\vif_revision\x18\x03 \x01(\x03R\n" +
+	"ifRevision\"^\n" +
 	"\fObjectChange\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x16\n" +
@@ -2564,9 +2587,10 @@ const file_premirror_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"GetRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\">\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\"Z\n" +
 	"\vGetResponse\x12/\n" +
-	"\aobjects\x18\x01 \x01(\v2\x15.premirror.v1.ObjectsR\aobjects\"\x0f\n" +
+	"\aobjects\x18\x01 \x01(\v2\x15.premirror.v1.ObjectsR\aobjects\x12\x1a\n" +
+	"\brevision\x18\x02 \x01(\x03R\brevision\"\x0f\n" +
 	"\rStatusRequest\"\xd5\x01\n" +
 	"\x0eStatusResponse\x12\x16\n" +
 	"\x06leader\x18\x01 \x01(\tR\x06leader\x12\x18\n" +
