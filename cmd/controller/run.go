@@ -73,7 +73,7 @@ const (
 type runFlags struct {
 	listen, name, dataDir, endpoints, etcdListen, etcdPeer, etcdClients, prefix, admins, metricsAddr, pprofAddr *string
 	tls                                                                                                         ctlTLSFlags
-	maxTxn, confirm, slots, fcWindow, fcHorizon                                                                 *int
+	maxTxn, maxReq, confirm, slots, fcWindow, fcHorizon                                                         *int
 	tick, report, lease, minGainAbs, dwell, slowStart, fcStep, fcGrace, fcFlush                                 *time.Duration
 	minGain, maxMove, copyGB, storeGBMonth, valueReqSec                                                         *float64
 	fcOff, debug                                                                                                *bool
@@ -93,6 +93,7 @@ func newRunFlags() (*flag.FlagSet, *runFlags) {
 	f.etcdPeer = fs.String("etcd-peer-listen", "127.0.0.1:2380", "embedded etcd peer address")
 	f.etcdClients = fs.String("etcd-client-names", "", "comma-separated certificate names the embedded etcd accepts (default: this replica's own certificate's; name every replica that uses it as --etcd-endpoints)")
 	f.maxTxn = fs.Int("etcd-max-txn-ops", 0, "operations per etcd transaction (0: 16384 embedded, 128 external, etcd's default); larger applies are split")
+	f.maxReq = fs.Int("etcd-max-request-bytes", 0, "etcd's request size limit (0: 10 MiB embedded, 1.5 MiB external, etcd's default); an apply beyond it is refused as invalid")
 	f.prefix = fs.String("etcd-prefix", controller.DefaultPrefix, "etcd key prefix")
 	f.tick = fs.Duration("tick", controller.DefaultTickInterval, "route computation interval (health and object changes compute at once)")
 	f.report = fs.Duration("report-interval", controller.DefaultReportInterval, "how often agents report")
@@ -151,6 +152,10 @@ func (f *runFlags) config() (controller.Config, error) {
 	}
 	if *f.maxTxn < 0 {
 		return controller.Config{}, fmt.Errorf("--etcd-max-txn-ops: %d is negative", *f.maxTxn)
+	}
+	if *f.maxReq < 0 || *f.maxReq > controller.EtcdMaxRequestBytes {
+		// Beyond it the controller's etcd client would not send the request.
+		return controller.Config{}, fmt.Errorf("--etcd-max-request-bytes: %d is not within [0, %d]", *f.maxReq, controller.EtcdMaxRequestBytes)
 	}
 	if *f.endpoints != "" {
 		if _, err := names("etcd-endpoints", *f.endpoints, false); err != nil {
@@ -300,6 +305,12 @@ func ctlRun(ctx context.Context, args []string) error {
 		c.Store().MaxTxnOps = *f.maxTxn
 	case *f.endpoints != "":
 		c.Store().MaxTxnOps = 128
+	}
+	switch {
+	case *f.maxReq > 0:
+		c.Store().MaxRequestBytes = *f.maxReq
+	case *f.endpoints != "":
+		c.Store().MaxRequestBytes = controller.EtcdDefaultMaxRequestBytes
 	}
 	lis, err := net.Listen("tcp", *f.listen)
 	if err != nil {

@@ -37,6 +37,8 @@ func TestRunRefusesBadFlags(t *testing.T) {
 		{[]string{"--route-confirm=-1"}, "--route-confirm=-1"},
 		{[]string{"--forecast-max-snapshot=-1"}, "--forecast-max-snapshot=-1: forecast max snapshot bytes: -1 is negative"},
 		{[]string{"--etcd-max-txn-ops=-3"}, "--etcd-max-txn-ops: -3 is negative"},
+		{[]string{"--etcd-max-request-bytes=-1"}, "--etcd-max-request-bytes: -1 is not within [0, 10485760]"},
+		{[]string{"--etcd-max-request-bytes=20000000"}, "--etcd-max-request-bytes: 20000000 is not within [0, 10485760]"},
 		{[]string{"--admin-names=admin,,ops"}, `--admin-names: "admin,,ops": an empty or repeated entry`},
 		{[]string{"--etcd-client-names=controller,controller"}, `--etcd-client-names: "controller,controller": an empty or repeated entry`},
 		{[]string{"--forecast-covariates=temp,TEMP"}, "--forecast-covariates"},

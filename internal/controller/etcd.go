@@ -20,12 +20,16 @@ import (
 // Etcd request limits of the embedded etcd. A compressed desired state for
 // 4096 resources × 64 regions is about 90 kB, but a bulk apply of
 // thousands of objects needs more than etcd's 128 operations per
-// transaction. Against an external cluster with smaller limits, set
+// transaction. Against an external cluster with other limits, set
 // Store.MaxTxnOps to its --max-txn-ops (applies are split, each part
-// valid) and keep its --max-request-bytes above the largest apply.
+// valid) and Store.MaxRequestBytes to its --max-request-bytes (an apply
+// beyond it is refused before anything is written).
 const (
 	EtcdMaxRequestBytes = 10 << 20
 	EtcdMaxTxnOps       = 16384
+	// EtcdDefaultMaxRequestBytes is etcd's own default, assumed of an
+	// external cluster.
+	EtcdDefaultMaxRequestBytes = 3 << 19 // 1.5 MiB
 )
 
 // EmbeddedEtcd configures the single-node etcd `controller run` starts by

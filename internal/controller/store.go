@@ -74,6 +74,11 @@ type Store struct {
 	// is split (sites, then mirrors, then resources, so every prefix of
 	// it is valid).
 	MaxTxnOps int
+	// MaxRequestBytes is etcd's --max-request-bytes. An apply with a
+	// transaction beyond it is refused before anything is written
+	// (ErrInvalid): etcd would refuse it as well, and that error reads as
+	// an outage, which clients retry.
+	MaxRequestBytes int
 }
 
 // NewStore returns a store under prefix (DefaultPrefix when empty).
@@ -84,7 +89,8 @@ func NewStore(cli *clientv3.Client, prefix string, lim Limits) *Store {
 	if !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
-	return &Store{cli: cli, prefix: prefix, fprefix: forecastPrefix(prefix), lim: lim, MaxTxnOps: EtcdMaxTxnOps}
+	return &Store{cli: cli, prefix: prefix, fprefix: forecastPrefix(prefix), lim: lim, MaxTxnOps: EtcdMaxTxnOps,
+		MaxRequestBytes: EtcdMaxRequestBytes}
 }
 
 // Prefix is the store's key prefix.
@@ -285,15 +291,21 @@ func (s *Store) applyOnce(ctx context.Context, in *pb.Objects, dryRun bool, ifRe
 	if err := ValidateObjects(merged, s.lim); err != nil {
 		return nil, err
 	}
+	txns := s.txns(puts)
+	if err := s.checkRequestSize(txns, puts); err != nil {
+		return nil, err
+	}
 	if dryRun || len(puts) == 0 {
 		return changes, nil
 	}
-	return changes, s.commit(ctx, cur.genRev, puts)
+	return changes, s.commit(ctx, cur.genRev, txns)
 }
 
-// commit writes puts in transactions fenced on the objects generation.
-func (s *Store) commit(ctx context.Context, genRev int64, puts []pendingPut) error {
+// txns splits puts into the transactions commit writes, in order: at
+// most MaxTxnOps operations each, objects-gen's put included.
+func (s *Store) txns(puts []pendingPut) [][]clientv3.Op {
 	per := max(1, (s.MaxTxnOps-1)/2)
+	var out [][]clientv3.Op
 	for len(puts) > 0 {
 		n := min(per, len(puts))
 		var ops []clientv3.Op
@@ -303,7 +315,50 @@ func (s *Store) commit(ctx context.Context, genRev int64, puts []pendingPut) err
 				ops = append(ops, clientv3.OpPut(s.key(keyIDs, p.kind, "/", p.name), strconv.FormatUint(uint64(p.id), 10)))
 			}
 		}
-		ops = append(ops, clientv3.OpPut(s.key(keyGen), ""))
+		out = append(out, append(ops, clientv3.OpPut(s.key(keyGen), "")))
+		puts = puts[n:]
+	}
+	return out
+}
+
+// A put's framing in etcd's request (the tags and lengths of its key,
+// value, PutRequest and RequestOp) takes at most 22 bytes; txnFraming
+// covers the compare on objects-gen and the request's header.
+const (
+	putFraming = 24
+	txnFraming = 1 << 10
+)
+
+// requestBytes bounds from above what etcd measures of a transaction of
+// puts against its --max-request-bytes.
+func requestBytes(ops []clientv3.Op) int {
+	n := txnFraming
+	for _, op := range ops {
+		n += len(op.KeyBytes()) + len(op.ValueBytes()) + putFraming
+	}
+	return n
+}
+
+// checkRequestSize refuses an apply with a transaction beyond
+// MaxRequestBytes, naming its size, the limit and the largest object.
+func (s *Store) checkRequestSize(txns [][]clientv3.Op, puts []pendingPut) error {
+	for _, ops := range txns {
+		n := requestBytes(ops)
+		if s.MaxRequestBytes <= 0 || n <= s.MaxRequestBytes {
+			continue
+		}
+		big := slices.MaxFunc(puts, func(a, b pendingPut) int { return len(a.value) - len(b.value) })
+		return invalidf("%d bytes to write in one etcd request (%d operations), above the etcd request limit of %d bytes "+
+			"(--etcd-max-request-bytes); the largest object is %s %q (%d bytes): apply fewer or smaller objects at a time",
+			n, len(ops), s.MaxRequestBytes, big.kind, big.name, len(big.value))
+	}
+	return nil
+}
+
+// commit writes txns (from txns) in order, each fenced on the objects
+// generation the previous one left.
+func (s *Store) commit(ctx context.Context, genRev int64, txns [][]clientv3.Op) error {
+	for _, ops := range txns {
 		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.key(keyGen)), "=", genRev)).Then(ops...).Commit()
 		if err != nil {
 			return fmt.Errorf("write objects: %w", err)
@@ -312,7 +367,6 @@ func (s *Store) commit(ctx context.Context, genRev int64, puts []pendingPut) err
 			return ErrConflict
 		}
 		genRev = resp.Header.Revision
-		puts = puts[n:]
 	}
 	return nil
 }

@@ -3,6 +3,8 @@ package controller
 import (
 	"context"
 	"errors"
+	"fmt"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -320,5 +322,74 @@ func TestApplyIfRefusesEditsAfterTheRevisionRead(t *testing.T) {
 	}
 	if got, _ := paris(o); got.GetCapacityRps() != 7003 || got.GetState() != pb.MirrorState_MIRROR_STATE_DRAINING {
 		t.Fatalf("paris after the drain: %v", got)
+	}
+}
+
+// An apply whose etcd request would exceed etcd's request limit is
+// refused before anything is written, as invalid (a client must not
+// retry it as it would an unavailable etcd), naming the size and the
+// limit; the limit applies to each transaction commit splits the apply
+// into. Before, etcd (or the client's send limit) refused it and the
+// admin API answered Unavailable.
+func TestApplyBeyondEtcdRequestLimitRefused(t *testing.T) {
+	// n sites of 50 node names of 249 bytes: about 12.3 KiB per site, in
+	// one etcd transaction by default.
+	sites := func(n int) []*pb.Site {
+		out := make([]*pb.Site, n)
+		for i := range out {
+			out[i] = &pb.Site{Name: fmt.Sprintf("s-%05d", i)}
+			for j := range 50 {
+				out[i].Nodes = append(out[i].Nodes, fmt.Sprintf("n%0248d", i*50+j))
+			}
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name   string
+		limit  int // 0: the default, the embedded etcd's limit
+		maxOps int
+		sites  []*pb.Site
+		want   string // in the error; "": accepted
+	}{
+		{name: "beyond the embedded etcd's 10 MiB", sites: sites(860),
+			want: "above the etcd request limit of 10485760 bytes"},
+		{name: "beyond an external etcd's 1.5 MiB", limit: 3 << 19, sites: sites(130),
+			want: "above the etcd request limit of 1572864 bytes"},
+		{name: "split in transactions each within the limit", limit: 3 << 19, maxOps: 131, sites: sites(130)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cli := etcdClient(t)
+			defer cli.Close()
+			s := NewStore(cli, testPrefix(t), DefaultLimits())
+			if tc.limit > 0 {
+				s.MaxRequestBytes = tc.limit
+			}
+			if tc.maxOps > 0 {
+				s.MaxTxnOps = tc.maxOps
+			}
+			for _, dry := range []bool{false, true} {
+				_, err := s.Apply(context.Background(), &pb.Objects{Sites: tc.sites}, dry)
+				if tc.want == "" {
+					if err != nil {
+						t.Fatalf("dry run %v: %v", dry, err)
+					}
+					continue
+				}
+				if status.Code(grpcError(err)) != codes.InvalidArgument || !strings.Contains(err.Error(), tc.want) {
+					t.Fatalf("dry run %v: %v (%v), want InvalidArgument with %q", dry, err, status.Code(grpcError(err)), tc.want)
+				}
+				if !regexp.MustCompile(`: \d+ bytes to write in one etcd request`).MatchString(err.Error()) {
+					t.Fatalf("the error does not name the request's size: %v", err)
+				}
+			}
+			got, err := s.Get(context.Background(), "", "")
+			want := 0
+			if tc.want == "" {
+				want = len(tc.sites)
+			}
+			if err != nil || len(got.GetSites()) != want {
+				t.Fatalf("%d sites stored (want %d), %v", len(got.GetSites()), want, err)
+			}
+		})
 	}
 }
