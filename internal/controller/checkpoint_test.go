@@ -152,3 +152,89 @@ func TestReadCheckpointLargerThanReceiveLimit(t *testing.T) {
 		t.Fatalf("checkpoint of %d MiB not read: generation %d, %v", n, gen, err)
 	}
 }
+
+// checkpointRig is a forecaster that is not running (the test drives
+// it, holding its lock) with a fence it holds, and a state file.
+type checkpointRig struct {
+	c     *Controller
+	f     *forecaster
+	fn    fence
+	cli   *clientv3.Client
+	t0    time.Time
+	state string
+}
+
+func newCheckpointRig(t *testing.T) *checkpointRig {
+	t.Helper()
+	cli := etcdClient(t)
+	t.Cleanup(func() { cli.Close() })
+	prefix := testPrefix(t)
+	state := t.TempDir() + "/forecast.state"
+	c, err := New(Config{Name: "r1", TLS: shared.files, Prefix: prefix, ReportInterval: 100 * time.Millisecond, Logger: quietLogger(),
+		Forecast: ForecastConfig{Engine: testEngineConfig(), Grace: 5 * time.Second, StateFile: state}}, cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fr, err := cli.Put(context.Background(), prefix+"fence", "r1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := &checkpointRig{c: c, f: c.fc, fn: fence{key: prefix + "fence", rev: fr.Header.Revision}, cli: cli,
+		t0: time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC), state: state}
+	g.f.mu.Lock()
+	t.Cleanup(g.f.mu.Unlock)
+	return g
+}
+
+// learn closes buckets [from, to) of one series, as closeBuckets would.
+func (g *checkpointRig) learn(t *testing.T, from, to int) {
+	t.Helper()
+	for b := from; b < to; b++ {
+		start := g.t0.Add(time.Duration(b) * time.Hour)
+		if _, err := g.f.eng.Ingest([]forecast.AccessSummary{{Resource: "disk", Region: "eu", Start: start, NewFlows: 10}}); err != nil {
+			t.Fatal(err)
+		}
+		if err := g.f.eng.Advance(start.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	g.f.next = g.t0.Add(time.Duration(to) * time.Hour).Unix()
+}
+
+func (g *checkpointRig) restores(source string) float64 {
+	return testutil.ToFloat64(g.c.m.fcRestores.WithLabelValues(source))
+}
+
+// A state file that reads well but whose snapshot the engine refuses
+// (another format, a bug) must not cost the model: restore falls back to
+// etcd's checkpoint. Before, the models started afresh though etcd held
+// a good one.
+func TestRestoreFallsBackToEtcdWhenStateFileRefused(t *testing.T) {
+	g := newCheckpointRig(t)
+	ctx := context.Background()
+	g.learn(t, 0, 5)
+	if err := g.f.checkpoint(ctx, g.fn); err != nil {
+		t.Fatal(err)
+	}
+	// A later file (it names a later open bucket, so restore prefers it)
+	// with a snapshot the engine cannot read.
+	bad := &pb.ForecastCheckpoint{Engine: []byte("not an engine snapshot"), OpenBucketUnix: g.t0.Add(6 * time.Hour).Unix(),
+		WrittenUnixNano: time.Now().UnixNano(), StepSeconds: 3600}
+	packed, err := packLevel(bad, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := writeStateFile(g.state, packed, sha256.Sum256(packed)); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.f.restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if g.restores("discarded") != 1 || g.restores("etcd") != 1 {
+		t.Fatalf("restores: discarded %v, etcd %v, file %v, none %v; want the file discarded, etcd's restored",
+			g.restores("discarded"), g.restores("etcd"), g.restores("file"), g.restores("none"))
+	}
+	if s := g.f.eng.Stats(); s.Series != 1 || g.f.next != g.t0.Add(5*time.Hour).Unix() || g.f.gcBefore != g.f.next {
+		t.Fatalf("restored %d series, open bucket %d, gcBefore %d", s.Series, g.f.next, g.f.gcBefore)
+	}
+}

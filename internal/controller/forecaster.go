@@ -726,34 +726,51 @@ func (f *forecaster) reportLate(deleted []*mvccpb.KeyValue) {
 
 // restore loads the newest checkpoint (etcd's or the state file's) and
 // the feeds stored after it. A read failure is returned (retry: starting
-// afresh would overwrite a good checkpoint); a corrupt or mismatched
-// checkpoint is logged and the engine starts empty.
+// afresh would overwrite a good checkpoint); a checkpoint the engine
+// refuses is logged and the other one is tried, and the engine starts
+// empty only when neither is usable.
 func (f *forecaster) restore(ctx context.Context) error {
 	f.resetLocked()
-	cp, gen, err := f.readEtcdCheckpoint(ctx)
+	ecp, gen, err := f.readEtcdCheckpoint(ctx)
 	if err != nil {
 		return err
 	}
-	source := "etcd"
+	type candidate struct {
+		cp     *pb.ForecastCheckpoint
+		source string
+	}
+	var cands []candidate
+	if ecp != nil {
+		cands = append(cands, candidate{ecp, "etcd"})
+	}
 	if f.cfg.StateFile != "" {
 		fcp, ferr := readStateFile(f.cfg.StateFile)
 		switch {
 		case ferr != nil && !errors.Is(ferr, os.ErrNotExist):
 			f.c.log.Error("forecast state file unusable", "path", f.cfg.StateFile, "err", ferr)
-		case fcp != nil && (cp == nil || fcp.GetOpenBucketUnix() > cp.GetOpenBucketUnix()):
-			cp, source = fcp, "file"
+		case fcp != nil && (ecp == nil || fcp.GetOpenBucketUnix() > ecp.GetOpenBucketUnix()):
+			cands = append([]candidate{{fcp, "file"}}, cands...)
+		case fcp != nil:
+			cands = append(cands, candidate{fcp, "file"}) // older, but better than nothing
 		}
+	}
+	var cp *pb.ForecastCheckpoint
+	source := ""
+	for i, cd := range cands {
+		if err := f.eng.UnmarshalBinary(cd.cp.GetEngine()); err != nil {
+			f.c.m.fcRestores.WithLabelValues("discarded").Inc()
+			next := "the models start afresh"
+			if i+1 < len(cands) {
+				next = "trying the one in " + cands[i+1].source
+			}
+			f.c.log.Error("forecast checkpoint refused; "+next, "source", cd.source, "err", err)
+			f.resetLocked()
+			continue
+		}
+		cp, source = cd.cp, cd.source
+		break
 	}
 	f.gen = gen
-	if cp != nil {
-		if err := f.eng.UnmarshalBinary(cp.GetEngine()); err != nil {
-			f.c.m.fcRestores.WithLabelValues("discarded").Inc()
-			f.c.log.Error("forecast checkpoint refused; the models start afresh", "source", source, "err", err)
-			cp = nil
-			f.resetLocked()
-			f.gen = gen
-		}
-	}
 	if cp == nil {
 		f.c.m.fcRestores.WithLabelValues("none").Inc()
 		f.c.log.Info("forecasting starts without a checkpoint")
