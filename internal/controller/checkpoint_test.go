@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"errors"
 	"os"
 	"testing"
 	"time"
@@ -236,5 +237,69 @@ func TestRestoreFallsBackToEtcdWhenStateFileRefused(t *testing.T) {
 	}
 	if s := g.f.eng.Stats(); s.Series != 1 || g.f.next != g.t0.Add(5*time.Hour).Unix() || g.f.gcBefore != g.f.next {
 		t.Fatalf("restored %d series, open bucket %d, gcBefore %d", s.Series, g.f.next, g.f.gcBefore)
+	}
+}
+
+// The state file is restored over etcd's checkpoint only when etcd took
+// none after the one the file's state descends from: here the file's
+// leader (its clock ahead, so its file names a later open bucket) lost
+// the etcd write, and the next leader, on another host, applied a feed
+// and checkpointed, which deleted the feed. Before, restore preferred the
+// file for its later open bucket, and the feed was lost for good.
+func TestRestorePrefersLaterEtcdCheckpointOverStateFile(t *testing.T) {
+	g := newCheckpointRig(t)
+	f, ctx := g.f, context.Background()
+	g.learn(t, 0, 5)
+	if err := f.checkpoint(ctx, g.fn); err != nil {
+		t.Fatal(err)
+	}
+	// The file's leader closes bucket 5 early; its etcd write is fenced
+	// off (it lost the leadership), its file is written.
+	g.learn(t, 5, 6)
+	if err := f.checkpoint(ctx, fence{key: g.fn.key, rev: g.fn.rev + 1}); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("checkpoint without the fence: %v", err)
+	}
+	// The next leader has no state file: it restores etcd's checkpoint,
+	// applies a feed and checkpoints.
+	f.cfg.StateFile = ""
+	if err := f.restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := pack(&pb.FeedRecord{Kind: pb.FeedKind_FEED_KIND_EVENTS, Csv: []byte("start,end,name,kind\n2026-03-10,2026-03-10,fair,holiday\n"), Name: "events.csv"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	put, err := g.cli.Put(ctx, g.c.store.fkey(fkeyFeeds+"00000000000000000001-events"), string(rec))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if applied, err := f.applyFeeds(ctx); err != nil || !applied || f.feedsRev != put.Header.Revision {
+		t.Fatalf("feed applied %v (feeds revision %d, want %d): %v", applied, f.feedsRev, put.Header.Revision, err)
+	}
+	if err := f.checkpoint(ctx, g.fn); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := g.cli.Get(ctx, g.c.store.fkey(fkeyFeeds), clientv3.WithPrefix(), clientv3.WithCountOnly()); err != nil || resp.Count != 0 {
+		t.Fatalf("feeds left after the checkpoint: %v %v", resp, err)
+	}
+	// The file's host leads again.
+	f.cfg.StateFile = g.state
+	if err := f.restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if g.restores("etcd") != 2 || g.restores("file") != 0 || f.feedsRev != put.Header.Revision || f.next != g.t0.Add(5*time.Hour).Unix() {
+		t.Fatalf("restored from etcd %v, from the file %v; feeds revision %d (want %d), open bucket %d: the feed is lost",
+			g.restores("etcd"), g.restores("file"), f.feedsRev, put.Header.Revision, f.next)
+	}
+	// A file written after etcd's last checkpoint, from it, is restored.
+	g.learn(t, 5, 6)
+	if err := f.checkpoint(ctx, fence{key: g.fn.key, rev: g.fn.rev + 1}); !errors.Is(err, ErrNotLeader) {
+		t.Fatalf("checkpoint without the fence: %v", err)
+	}
+	if err := f.restore(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if g.restores("file") != 1 || f.next != g.t0.Add(6*time.Hour).Unix() || f.feedsRev != put.Header.Revision {
+		t.Fatalf("restored from the file %v, open bucket %d, feeds revision %d", g.restores("file"), f.next, f.feedsRev)
 	}
 }

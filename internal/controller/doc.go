@@ -80,7 +80,8 @@
 //     deletes older chunks, the aggregates of closed buckets and the feeds
 //     applied. A checkpoint larger than MaxSnapshotBytes (256 MiB, about
 //     3,000 series) is not put in etcd; StateFile, when set, receives every
-//     checkpoint and is restored when it is newer than etcd's. etcd, not a
+//     checkpoint and is restored when etcd took none after the one its
+//     state descends from (and when etcd's is refused). etcd, not a
 //     file, is the default home because it is the one store every replica
 //     shares: a successor on another host needs the model. A new leader
 //     restores the checkpoint, applies the feeds stored after it and

@@ -69,7 +69,8 @@ type ForecastConfig struct {
 	// one goes only to StateFile.
 	MaxSnapshotBytes int64
 	// StateFile, when set, also receives every checkpoint (atomically); a
-	// leader starting on this host restores the newer of it and etcd's.
+	// leader starting on this host restores it when etcd took no
+	// checkpoint after the one it descends from (fileFirst).
 	StateFile string
 	// Clock is forecasting's clock (tests); nil means time.Now.
 	Clock func() time.Time
@@ -595,7 +596,7 @@ func (f *forecaster) checkpoint(ctx context.Context, fn fence) error {
 		return fmt.Errorf("snapshot engine: %w", err)
 	}
 	cp := &pb.ForecastCheckpoint{Engine: eb, FeedsRevision: f.feedsRev, OpenBucketUnix: f.next,
-		WrittenUnixNano: start.UnixNano(), StepSeconds: f.step()}
+		WrittenUnixNano: start.UnixNano(), StepSeconds: f.step(), BaseGeneration: proto.Uint64(f.gen)}
 	for k, h := range f.history {
 		cp.History = append(cp.History, &pb.SeriesHistory{Resource: k.resource, Region: k.region, Buckets: h})
 	}
@@ -748,7 +749,7 @@ func (f *forecaster) restore(ctx context.Context) error {
 		switch {
 		case ferr != nil && !errors.Is(ferr, os.ErrNotExist):
 			f.c.log.Error("forecast state file unusable", "path", f.cfg.StateFile, "err", ferr)
-		case fcp != nil && (ecp == nil || fcp.GetOpenBucketUnix() > ecp.GetOpenBucketUnix()):
+		case fcp != nil && (ecp == nil || fileFirst(fcp, ecp, gen)):
 			cands = append([]candidate{{fcp, "file"}}, cands...)
 		case fcp != nil:
 			cands = append(cands, candidate{fcp, "file"}) // older, but better than nothing
@@ -792,6 +793,22 @@ func (f *forecaster) restore(ctx context.Context) error {
 	}
 	f.refreshH1()
 	return nil
+}
+
+// fileFirst reports whether the state file's checkpoint is restored over
+// etcd's, of generation gen: when etcd took none after the one the file
+// descends from (its leader wrote it after that one and could not write
+// etcd: a checkpoint too large for it, a failed write, a crash). Open
+// buckets do not order them: a later one in the file may come from a
+// leader whose clock ran ahead or whose grace was shorter, while a later
+// etcd checkpoint deleted the feeds and aggregates it covered, which the
+// file lacks. A file of an earlier build, which names no base, is
+// restored when it names the later open bucket.
+func fileFirst(file, etcd *pb.ForecastCheckpoint, gen uint64) bool {
+	if file.BaseGeneration == nil {
+		return file.GetOpenBucketUnix() > etcd.GetOpenBucketUnix()
+	}
+	return file.GetBaseGeneration() >= gen
 }
 
 // readEtcdCheckpoint returns the checkpoint the manifest names (nil when

@@ -745,9 +745,15 @@ type ForecastCheckpoint struct {
 	History         []*SeriesHistory `protobuf:"bytes,4,rep,name=history,proto3" json:"history,omitempty"`
 	WrittenUnixNano int64            `protobuf:"varint,5,opt,name=written_unix_nano,json=writtenUnixNano,proto3" json:"written_unix_nano,omitempty"`
 	// Bucket length the checkpoint was taken with.
-	StepSeconds   int64 `protobuf:"varint,6,opt,name=step_seconds,json=stepSeconds,proto3" json:"step_seconds,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	StepSeconds int64 `protobuf:"varint,6,opt,name=step_seconds,json=stepSeconds,proto3" json:"step_seconds,omitempty"`
+	// Generation of the newest etcd checkpoint the leader had restored or
+	// written when it took this one: the state descends from it. A state
+	// file is restored over etcd's checkpoint only while etcd's generation
+	// is not above it (absent in files of earlier builds: then by open
+	// bucket).
+	BaseGeneration *uint64 `protobuf:"varint,7,opt,name=base_generation,json=baseGeneration,proto3,oneof" json:"base_generation,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *ForecastCheckpoint) Reset() {
@@ -818,6 +824,13 @@ func (x *ForecastCheckpoint) GetWrittenUnixNano() int64 {
 func (x *ForecastCheckpoint) GetStepSeconds() int64 {
 	if x != nil {
 		return x.StepSeconds
+	}
+	return 0
+}
+
+func (x *ForecastCheckpoint) GetBaseGeneration() uint64 {
+	if x != nil && x.BaseGeneration != nil {
+		return *x.BaseGeneration
 	}
 	return 0
 }
@@ -1032,14 +1045,16 @@ const file_premirror_v1_store_proto_rawDesc = "" +
 	"\x06sha256\x18\x04 \x01(\fR\x06sha256\x12(\n" +
 	"\x10open_bucket_unix\x18\x05 \x01(\x03R\x0eopenBucketUnix\x12\x16\n" +
 	"\x06leader\x18\x06 \x01(\tR\x06leader\x12*\n" +
-	"\x11written_unix_nano\x18\a \x01(\x03R\x0fwrittenUnixNano\"\x83\x02\n" +
+	"\x11written_unix_nano\x18\a \x01(\x03R\x0fwrittenUnixNano\"\xc5\x02\n" +
 	"\x12ForecastCheckpoint\x12\x16\n" +
 	"\x06engine\x18\x01 \x01(\fR\x06engine\x12%\n" +
 	"\x0efeeds_revision\x18\x02 \x01(\x03R\rfeedsRevision\x12(\n" +
 	"\x10open_bucket_unix\x18\x03 \x01(\x03R\x0eopenBucketUnix\x125\n" +
 	"\ahistory\x18\x04 \x03(\v2\x1b.premirror.v1.SeriesHistoryR\ahistory\x12*\n" +
 	"\x11written_unix_nano\x18\x05 \x01(\x03R\x0fwrittenUnixNano\x12!\n" +
-	"\fstep_seconds\x18\x06 \x01(\x03R\vstepSeconds\"~\n" +
+	"\fstep_seconds\x18\x06 \x01(\x03R\vstepSeconds\x12,\n" +
+	"\x0fbase_generation\x18\a \x01(\x04H\x00R\x0ebaseGeneration\x88\x01\x01B\x12\n" +
+	"\x10_base_generation\"~\n" +
 	"\rSeriesHistory\x12\x1a\n" +
 	"\bresource\x18\x01 \x01(\tR\bresource\x12\x16\n" +
 	"\x06region\x18\x02 \x01(\tR\x06region\x129\n" +
@@ -1117,6 +1132,7 @@ func file_premirror_v1_store_proto_init() {
 	file_premirror_v1_admin_proto_init()
 	file_premirror_v1_agent_proto_init()
 	file_premirror_v1_state_proto_init()
+	file_premirror_v1_store_proto_msgTypes[9].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
