@@ -279,16 +279,20 @@ func (f *forecaster) run(ctx context.Context, fn fence) {
 		f.mu.Lock()
 		err := f.pass(ctx, fn)
 		bucket := f.placeBucket
-		f.placeBucket = 0
 		f.mu.Unlock()
-		if bucket != 0 && err == nil {
+		// The bucket's forecasts are out even when a later step of the
+		// pass failed (the checkpoint): evaluate them now, and until an
+		// evaluation completes, at every tick, not the next bucket.
+		if bucket != 0 && !errors.Is(err, ErrNotLeader) {
 			// Outside the lock: scoring reads etcd and runs the route
 			// policy, and must not hold up the admin API's forecasts.
-			if err = f.c.evaluatePlacements(ctx, fn, bucket, time.Now()); err != nil && !errors.Is(err, ErrNotLeader) {
+			perr := f.c.evaluatePlacements(ctx, fn, bucket, time.Now())
+			if perr == nil || errors.Is(perr, ErrNotLeader) {
 				f.mu.Lock()
-				f.placeBucket = bucket // retry at the next tick, not the next bucket
+				f.placeBucket = 0
 				f.mu.Unlock()
 			}
+			err = errors.Join(err, perr)
 		}
 		switch {
 		case errors.Is(err, ErrNotLeader):

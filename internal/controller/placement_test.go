@@ -550,21 +550,39 @@ func (t *failOnceTxn) Commit() (*clientv3.TxnResponse, error) {
 // already holds it. Before, disk's site reached placeConfirm (2) on one
 // bucket and was placed.
 func TestRetriedPlacementPassCountsBucketOnce(t *testing.T) {
-	g := &forecastRig{prefix: testPrefix(t), t0: time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)}
-	g.clock = newFakeClock(g.t0)
-	hook := &failOnceKV{key: g.prefix + keyPlaced + "web"}
-	var r1 *replica
-	hook.before = func() {
+	prefix := testPrefix(t)
+	var r1p atomic.Pointer[replica]
+	hook := &failOnceKV{key: prefix + keyPlaced + "web", before: func() {
 		// Disk's record is committed; the retry must see it in the view
 		// (as it would a tick later), or the test proves nothing.
 		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-			if r1.c.view.placements()["disk"].GetEvaluatedUnixNano() != 0 {
+			if r1p.Load().c.view.placements()["disk"].GetEvaluatedUnixNano() != 0 {
 				return
 			}
 		}
+	}}
+	r1, br, eu, us := placementRig(t, prefix, func(kv clientv3.KV) clientv3.KV { hook.KV = kv; return hook })
+	r1p.Store(r1)
+
+	br.bucket(0, eu, us)
+	waitFor(t, "web's record written by the retried pass", 10*time.Second, func() bool {
+		return hook.failed.Load() && r1.c.view.placements()["web"] != nil
+	})
+	rec := r1.c.view.placements()["disk"]
+	if len(rec.GetPlaced()) != 0 || rec.GetAbove()["us"] != 1 {
+		t.Fatalf("after one bucket, a failed pass and its retry: placed %v, above %v; want nothing placed, us above once",
+			rec.GetPlaced(), rec.GetAbove())
 	}
-	r1 = startReplicaKV(t, "r1", g.prefix, g.tweak(nil), func(kv clientv3.KV) clientv3.KV { hook.KV = kv; return hook })
-	g.r1 = r1
+}
+
+// placementRig is a forecasting leader whose etcd KV calls go through
+// wrap, with disk and web predictive, agents at eu and us probing all
+// three mirrors, and a bucketRun to drive buckets.
+func placementRig(t *testing.T, prefix string, wrap func(clientv3.KV) clientv3.KV) (*replica, *bucketRun, flows, flows) {
+	t.Helper()
+	g := &forecastRig{prefix: prefix, t0: time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)}
+	g.clock = newFakeClock(g.t0)
+	r1 := startReplicaKV(t, "r1", g.prefix, g.tweak(nil), wrap)
 	waitFor(t, "r1 leads", 10*time.Second, func() bool { return r1.c.Leader() == "r1" })
 	objs := forecastObjects()
 	for _, m := range objs.Mirrors {
@@ -581,16 +599,24 @@ func TestRetriedPlacementPassCountsBucketOnce(t *testing.T) {
 	disk, reg := ids(t, eu)
 	eu.setProbes(map[string]time.Duration{"paris": 5 * time.Millisecond, "nyc": 80 * time.Millisecond, "tokyo": 220 * time.Millisecond}, pb.Health_HEALTH_UP)
 	us.setProbes(map[string]time.Duration{"paris": 80 * time.Millisecond, "nyc": 4 * time.Millisecond, "tokyo": 150 * time.Millisecond}, pb.Health_HEALTH_UP)
-	admin := adminClient(t, r1.addr, "viewer")
-	br := &bucketRun{t: t, clock: g.clock, t0: g.t0, cli: r1.cli, st: r1.c.store, admin: admin, reps: []*replica{r1}}
+	br := &bucketRun{t: t, clock: g.clock, t0: g.t0, cli: r1.cli, st: r1.c.store, admin: adminClient(t, r1.addr, "viewer"), reps: []*replica{r1}}
+	return r1, br, flows{eu, disk, reg["eu"], "eu", 500}, flows{us, disk, reg["us"], "us", 3000}
+}
 
-	br.bucket(0, flows{eu, disk, reg["eu"], "eu", 500}, flows{us, disk, reg["us"], "us", 3000})
-	waitFor(t, "web's record written by the retried pass", 10*time.Second, func() bool {
-		return hook.failed.Load() && r1.c.view.placements()["web"] != nil
+// Forecasts published, then the checkpoint's write fails: the pass is
+// incomplete, but the bucket's forecasts are out and the mirroring
+// manager must still evaluate them (at the next tick, with the retried
+// checkpoint). Before, the evaluation was dropped: the bucket counted for
+// no placement.
+func TestPlacementEvaluatedWhenCheckpointFails(t *testing.T) {
+	prefix := testPrefix(t)
+	hook := &failOnceKV{key: forecastPrefix(prefix) + fkeyManifest, before: func() {}}
+	r1, br, eu, us := placementRig(t, prefix, func(kv clientv3.KV) clientv3.KV { hook.KV = kv; return hook })
+	br.bucket(0, eu, us)
+	waitFor(t, "disk evaluated for bucket 0", 10*time.Second, func() bool {
+		return hook.failed.Load() && r1.c.view.placements()["disk"].GetEvaluatedBucketUnix() == br.t0.Add(time.Hour).Unix()
 	})
-	rec := r1.c.view.placements()["disk"]
-	if len(rec.GetPlaced()) != 0 || rec.GetAbove()["us"] != 1 {
-		t.Fatalf("after one bucket, a failed pass and its retry: placed %v, above %v; want nothing placed, us above once",
-			rec.GetPlaced(), rec.GetAbove())
+	if rec := r1.c.view.placements()["disk"]; rec.GetAbove()["us"] != 1 {
+		t.Fatalf("disk after bucket 0: %v", rec)
 	}
 }
