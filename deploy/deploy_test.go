@@ -6,7 +6,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -135,6 +137,97 @@ func TestManifestsStrict(t *testing.T) {
 			}
 			if len(c.Args) == 0 || c.Args[0] != "run" {
 				t.Errorf("controller args %v: want the run subcommand (cmd/controller checks its flags)", c.Args)
+			}
+		}
+	}
+}
+
+// TestMetricsScrapedAndProbed: every workload serves /metrics on the port
+// its configuration sets (the agent's metrics_addr, the controller's
+// --metrics-addr), carries the prometheus.io annotations that point
+// annotation-based pod scraping there (no alert rule names a job: an
+// unscraped controller leaves PremirrorControllerNoLeader silent), and
+// probes health on that same port.
+func TestMetricsScrapedAndProbed(t *testing.T) {
+	var agentCfg string
+	type workload struct {
+		kind string
+		tmpl corev1.PodTemplateSpec
+	}
+	var workloads []workload
+	for _, doc := range manifests(t) {
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal(doc, &meta); err != nil {
+			t.Fatal(err)
+		}
+		switch meta.Kind {
+		case "ConfigMap":
+			var o corev1.ConfigMap
+			if err := yaml.Unmarshal(doc, &o); err != nil {
+				t.Fatal(err)
+			}
+			if c, ok := o.Data["edge-agent.yaml"]; ok {
+				agentCfg = c
+			}
+		case "DaemonSet":
+			var o appsv1.DaemonSet
+			if err := yaml.Unmarshal(doc, &o); err != nil {
+				t.Fatal(err)
+			}
+			workloads = append(workloads, workload{meta.Kind, o.Spec.Template})
+		case "StatefulSet":
+			var o appsv1.StatefulSet
+			if err := yaml.Unmarshal(doc, &o); err != nil {
+				t.Fatal(err)
+			}
+			workloads = append(workloads, workload{meta.Kind, o.Spec.Template})
+		}
+	}
+	if len(workloads) != 2 {
+		t.Fatalf("%d workloads, want the agent's DaemonSet and the controller's StatefulSet", len(workloads))
+	}
+	for _, w := range workloads {
+		c := w.tmpl.Spec.Containers[0]
+		var addr string
+		switch w.kind {
+		case "DaemonSet":
+			cfg, err := agent.ParseConfig([]byte(agentCfg))
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr = cfg.MetricsAddr
+		case "StatefulSet":
+			addr = "127.0.0.1:9451" // cmd/controller run's default
+			for _, a := range c.Args {
+				if v, ok := strings.CutPrefix(a, "--metrics-addr="); ok {
+					addr = v
+				}
+			}
+		}
+		_, port, err := net.SplitHostPort(addr)
+		if err != nil {
+			t.Fatalf("%s: metrics address %q: %v", w.kind, addr, err)
+		}
+		// A probe's port is a number or the name of one of the container's.
+		portOf := func(p *corev1.HTTPGetAction) string {
+			for _, cp := range c.Ports {
+				if cp.Name != "" && cp.Name == p.Port.StrVal {
+					return fmt.Sprint(cp.ContainerPort)
+				}
+			}
+			return p.Port.String()
+		}
+		if a := w.tmpl.Annotations; a["prometheus.io/scrape"] != "true" || a["prometheus.io/port"] != port {
+			t.Errorf("%s: pod annotations %v: want prometheus.io/scrape \"true\" and prometheus.io/port %q (its metrics address is %s)",
+				w.kind, a, port, addr)
+		}
+		for name, p := range map[string]*corev1.Probe{"liveness": c.LivenessProbe, "readiness": c.ReadinessProbe} {
+			if p == nil || p.HTTPGet == nil {
+				t.Errorf("%s: no %s HTTP probe", w.kind, name)
+				continue
+			}
+			if got := portOf(p.HTTPGet); got != port {
+				t.Errorf("%s: %s probe on port %s, but metrics and health listen on %s", w.kind, name, got, addr)
 			}
 		}
 	}
