@@ -5,6 +5,7 @@ import (
 	"os/exec"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -144,9 +145,9 @@ func checkSelectors(t errorer, where, expr string, have map[string][]string) {
 
 // TestAlertRules: every alert names metrics and labels the code exports,
 // carries a severity, a summary and a description, and has unit tests in
-// premirror-rules_test.yaml that see it fire and that see it stay quiet;
-// promtool checks the file and runs those tests (which also render every
-// annotation).
+// premirror-rules_test.yaml that see it fire and that see it stay quiet,
+// and the README counts them; promtool checks the file and runs those
+// tests (which also render every annotation).
 func TestAlertRules(t *testing.T) {
 	var rf ruleFile
 	readYAML(t, rulesFile, &rf, true)
@@ -211,6 +212,16 @@ func TestAlertRules(t *testing.T) {
 	}
 	if len(alerts) < 20 {
 		t.Fatalf("only %d alerts read from %s", len(alerts), rulesFile)
+	}
+	// The README counts them.
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m := regexp.MustCompile(`premirror-rules\.yaml` + "`" + ` holds (\d+) alerting rules`).FindSubmatch(readme); m == nil {
+		t.Error("README.md no longer says how many alerting rules premirror-rules.yaml holds")
+	} else if string(m[1]) != strconv.Itoa(len(alerts)) {
+		t.Errorf("README.md says premirror-rules.yaml holds %s alerting rules; it holds %d", m[1], len(alerts))
 	}
 	// OPERATIONS §1 "Alerts" lists every alert.
 	_, table, _ := strings.Cut(string(ops), "\n### Alerts\n")
