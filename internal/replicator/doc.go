@@ -45,8 +45,12 @@
 // acknowledged block is sent twice, whichever side crashed. Needed blocks
 // are appended to the journal (synced every 16 MiB and at commit); the
 // commit carries a digest of the manifest; the mirror appends a commit
-// record, syncs, applies in place, syncs, records the cycle number and
-// empties the journal. Recovery applies a committed cycle again
+// record, syncs, applies in place, syncs, records the cycle number,
+// empties the journal, and only then acknowledges: the source retires a
+// cycle's dirty bits on that acknowledgement. A cycle that fails to apply
+// is rejected instead (replicator_cycles_rejected_total): its journal is
+// emptied, the copy is inconsistent until a later cycle applies, and the
+// source sends its blocks again. Recovery applies a committed cycle again
 // (idempotent) and ignores an uncommitted one, so a restarted mirror shows
 // the previous cycle or the new one, never a mix.
 //

@@ -400,12 +400,28 @@ func TestReadThroughRacingCycle(t *testing.T) {
 	if _, err := sv.WriteAt(newData, blk*bs); err != nil {
 		t.Fatal(err)
 	}
-	res, err = src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta})
-	if err != nil {
-		dv.io.Unlock()
-		t.Fatal(err)
+	// The mirror acknowledges the cycle once applied, which waits for the
+	// lock: push in the background, and release the lock once the cycle's
+	// manifest has recorded the version it announced for blk.
+	type pushed struct {
+		res PushResult
+		err error
+	}
+	pushDone := make(chan pushed, 1)
+	go func() {
+		res, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta})
+		pushDone <- pushed{res, err}
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for dv.Version(blk) != sv.Version(blk) && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
 	}
 	dv.io.Unlock()
+	p := <-pushDone
+	if p.err != nil {
+		t.Fatal(p.err)
+	}
+	res = p.res
 	if err := <-readDone; err != nil {
 		t.Fatal(err)
 	}

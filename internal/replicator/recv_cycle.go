@@ -310,7 +310,7 @@ func (r *cycleReceiver) syncAck() error {
 }
 
 // commit checks the cycle is complete and matches the sender's manifest,
-// makes it durable, applies it and acknowledges.
+// makes it durable, applies it and acknowledges the applied cycle.
 func (r *cycleReceiver) commit(m *wire.CycleCommit) error {
 	c := r.c
 	switch {
@@ -330,15 +330,37 @@ func (r *cycleReceiver) commit(m *wire.CycleCommit) error {
 		h(r.v.name, r.pending)
 		r.pending = r.pending[:0]
 	}
-	// The commit record is durable: from here the cycle survives any
-	// crash (recovery applies it), so it is acknowledged now and applied
-	// while the sender moves on. The session (and so the next cycle) waits
-	// for the apply; in-process readers never see it half done.
-	ackErr := r.s.l.send(&wire.Ack{Kind: wire.AckCommit, Seq: r.seq, Value: c.cycle})
+	// The commit record is durable, so a crash from here on applies the
+	// cycle at the next start. The acknowledgement still waits for the
+	// apply: on it the sender retires the cycle's dirty bits, and numbers
+	// its next cycle from the one this mirror applied, so a cycle
+	// acknowledged and then not applied would never be sent again.
 	if err := r.v.applyCycle(r.j, c); err != nil {
-		return fmt.Errorf("apply cycle %d (it will be applied again at the next start): %w", c.cycle, err)
+		r.s.n.metrics.cyclesRejected.WithLabelValues(r.v.name).Inc()
+		if rerr := r.v.rejectCycle(r.j, c.cycle, err); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		return fmt.Errorf("apply cycle %d: %w; cycle rejected, the source sends its blocks again", c.cycle, err)
 	}
-	return ackErr
+	return r.s.l.send(&wire.Ack{Kind: wire.AckCommit, Seq: r.seq, Value: c.cycle})
+}
+
+// rejectCycle drops a committed cycle that failed to apply. The sender,
+// unacknowledged, keeps the cycle's blocks dirty and sends them again, so
+// the journal is emptied, staged data included: that data may be what
+// failed (a damaged block would fail every retry). The failed apply may
+// have written part of the cycle, so the copy is marked inconsistent
+// (reads refused) until a later cycle applies in full; in memory even if
+// that cannot be recorded.
+func (v *Volume) rejectCycle(j *journal, cycle uint64, cause error) error {
+	v.log.Error("delta cycle failed to apply; rejected, the source sends it again", "cycle", cycle, "err", cause)
+	v.mu.Lock()
+	err := v.updateStateLocked(func(st *volState) { st.Inconsistent = true })
+	if err != nil {
+		v.st.Inconsistent = true
+	}
+	v.mu.Unlock()
+	return errors.Join(err, j.reset())
 }
 
 // blockHash hashes block b of the image.
