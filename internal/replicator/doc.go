@@ -143,7 +143,9 @@
 // answers them as absent, "no version", like a Dynamo replica without the
 // key, and neither fetches them nor is given them), and blocks whose
 // newest version predates the current epoch, which a mirror would refuse
-// as a fenced write; delta cycles and verify bring those.
+// as a fenced write; delta cycles and verify bring those. Repairs sent to
+// mirrors are fenced as writes are: a fenced copy sends none, and a repair
+// a mirror refuses as fenced fences this copy.
 //
 // Protocol 2 added this "absent" answer (ReadReq flag ReadHeld, KindAbsent
 // entries). With a protocol 1 peer, a quorum read makes a selective mirror

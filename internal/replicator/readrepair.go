@@ -2,6 +2,7 @@ package replicator
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/premirror/premirror/internal/replicator/wire"
@@ -35,8 +36,15 @@ type readAnswer struct {
 // local is this copy's answer. Blocks a mirror answered as absent (a
 // selective mirror that does not hold them) are never sent: repair must
 // not turn a selective mirror into a full one.
+//
+// Repairs sent to mirrors are writes, and are fenced as Node.Write is: a
+// deposed copy sends none (a mirror that has not seen the newer epoch yet
+// would take them), and a mirror refusing one as fenced deposes this copy.
 func (n *Node) readRepair(v *Volume, best, local *batch, answers []readAnswer) {
 	epoch := v.Epoch()
+	if v.fenced() {
+		answers = nil
+	}
 	for _, a := range answers {
 		// A mirror refuses sync-written blocks whose version predates its
 		// epoch (that is how it fences a deposed primary), so blocks last
@@ -55,7 +63,14 @@ func (n *Node) readRepair(v *Volume, best, local *batch, answers []readAnswer) {
 			if h := n.hooks.repair; h != nil {
 				h(v.name, peer)
 			}
+			if v.fenced() { // deposed since the read
+				return
+			}
 			if err := a.pl.pool.repair(ctx, a.pl, bt); err != nil {
+				if errors.Is(err, ErrFenced) {
+					v.fence(0)
+					n.metrics.fenced.WithLabelValues(v.name).Inc()
+				}
 				n.log.Debug("read repair failed", "volume", v.name, "peer", peer, "blocks", len(bt.blocks), "err", err)
 				return
 			}

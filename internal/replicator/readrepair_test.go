@@ -481,3 +481,68 @@ func TestQuorumWriteFencedDespiteQuorum(t *testing.T) {
 		t.Fatalf("second write at the deposed primary: %v, want ErrFenced", err)
 	}
 }
+
+// TestReadRepairHonoursFencing: read repairs are writes to other copies,
+// so they follow the fencing rules of Node.Write. A copy that is fenced
+// (deposed) sends none, and a repair a mirror refuses as fenced (it has
+// seen a newer epoch) deposes the reader, as a refused sync write does.
+func TestReadRepairHonoursFencing(t *testing.T) {
+	cases := []struct {
+		name string
+		// depose makes the primary a deposed, or makes c refuse it.
+		depose func(t *testing.T, a, b, c *Node)
+	}{
+		{name: "reader already fenced", depose: func(t *testing.T, a, b, _ *Node) {
+			if _, err := b.Promote("vol", 0); err != nil {
+				t.Fatal(err)
+			}
+			// b refuses the write: a is fenced (c, unaware, takes it).
+			if err := a.Write(context.Background(), "vol", bytes.Repeat([]byte{9}, bs), 90*bs); !errors.Is(err, ErrFenced) {
+				t.Fatalf("write at the deposed primary: %v, want ErrFenced", err)
+			}
+		}},
+		{name: "mirror refuses as fenced", depose: func(t *testing.T, _, _, c *Node) {
+			if _, err := c.Promote("vol", 0); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cl, a, cfgs := threeCopies(t, nil)
+			ctx := context.Background()
+			const blk = 40
+			// Promoted, c serves only its peers (a primary's rule).
+			cc := cfgs["c"]
+			cc.Peers = cl.peers("a")
+			cfgs["c"] = cc
+			cn := missWrites(t, cl, a, cfgs, 0x51, blk)
+			cv, _ := cn.Volume("vol")
+			before := cv.Version(blk)
+			tc.depose(t, a, cl.nodes["b"], cn)
+			fenced := testutil.ToFloat64(a.metrics.fenced.WithLabelValues("vol"))
+
+			got := make([]byte, bs)
+			if err := a.Read(ctx, "vol", got, blk*bs); err != nil {
+				t.Fatal(err)
+			}
+			waitRepairs(a)
+			if v := cv.Version(blk); v != before {
+				t.Errorf("c's block %d went from %s to %s: repaired by a deposed primary", blk, before, v)
+			}
+			if n := repairs(a); n != 0 {
+				t.Errorf("read_repairs_total = %v, want 0", n)
+			}
+			av, _ := a.Volume("vol")
+			if !av.Status().Fenced {
+				t.Errorf("the primary is not fenced after a mirror refused its repair for its epoch")
+			}
+			if f := testutil.ToFloat64(a.metrics.fenced.WithLabelValues("vol")); tc.name == "mirror refuses as fenced" && f != fenced+1 {
+				t.Errorf("replicator_fenced_total at a = %v, want %v", f, fenced+1)
+			}
+			if err := a.Write(ctx, "vol", bytes.Repeat([]byte{7}, bs), 41*bs); !errors.Is(err, ErrFenced) {
+				t.Errorf("write after the read: %v, want ErrFenced", err)
+			}
+		})
+	}
+}

@@ -850,6 +850,13 @@ func (v *Volume) fence(seen uint64) {
 	v.log.Warn("fenced: a peer has a newer epoch; local writes are rejected")
 }
 
+// fenced reports whether a newer epoch has deposed the volume.
+func (v *Volume) fenced() bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.st.Fenced
+}
+
 func (v *Volume) updateState(f func(*volState)) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
