@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -16,8 +17,12 @@ import (
 // volume of every replication task that names this node as its target
 // for a resource it holds no volume of, so a copy the controller places
 // here needs no volume declared in advance. The volume accepts sessions
-// only from the task's source node; a selective copy reads the blocks it
-// lacks through from that source (which must then be a peer). A created
+// only from the source nodes of the tasks placing it here, and follows
+// them: when the controller moves the resource's origin, the task from
+// the new source lets it in, and the old source, no longer named by a
+// task, is refused (its open sessions end). A volume no task names keeps
+// the sources it had. A selective copy reads the blocks it lacks through
+// from its first task's source (which must then be a peer). A created
 // volume stays when its task is retired (a later placement is a delta);
 // after a restart the next task opens it again. Tasks it cannot serve
 // come back as problems. The caller holds cp.taskMu.
@@ -27,7 +32,39 @@ func (cp *controlPlane) ensureTargetVolumes(cfg *Config, tasks []*pb.Replication
 	for _, s := range vols {
 		held[s.Name] = true
 	}
+	// Volumes in the config keep their configured allowed_peers; the
+	// others were created here for tasks.
+	configured := map[string]bool{}
+	if cfg.Replication != nil {
+		for _, v := range cfg.Replication.Volumes {
+			configured[v.Name] = true
+		}
+	}
+	sources := map[string][]string{}
+	first := map[string]*pb.ReplicationTask{}
+	for _, t := range tasks {
+		r, src := t.GetResource(), t.GetSourceNode()
+		if t.GetTargetNode() != cfg.Node || src == cfg.Node {
+			continue
+		}
+		if first[r] == nil {
+			first[r] = t
+		}
+		if !slices.Contains(sources[r], src) {
+			sources[r] = append(sources[r], src)
+		}
+	}
 	var problems []taskProblem
+	for r, srcs := range sources {
+		slices.Sort(srcs)
+		if !held[r] || configured[r] {
+			continue
+		}
+		if err := a.repl.SetAllowedPeers(r, srcs); err != nil {
+			a.log.Warn("placed copy's sources not updated", "resource", r, "sources", srcs, "err", err)
+			problems = append(problems, taskProblem{task: first[r], reason: TaskRejected})
+		}
+	}
 	for _, t := range tasks {
 		if t.GetTargetNode() != cfg.Node || t.GetSourceNode() == cfg.Node || held[t.GetResource()] {
 			continue
@@ -42,7 +79,7 @@ func (cp *controlPlane) ensureTargetVolumes(cfg *Config, tasks []*pb.Replication
 			continue
 		}
 		vc := replicator.VolumeConfig{Name: t.GetResource(), Path: filepath.Join(dir, t.GetResource()+".img"),
-			Role: replicator.RoleMirror, AllowedPeers: []string{t.GetSourceNode()}}
+			Role: replicator.RoleMirror, AllowedPeers: sources[t.GetResource()]}
 		if t.GetKind() == pb.MirrorKind_MIRROR_KIND_SELECTIVE {
 			if !peers[t.GetSourceNode()] {
 				problems = append(problems, taskProblem{task: t, reason: TaskUnknownPeer})

@@ -39,7 +39,8 @@ const (
 	TaskUnknownPeer = "unknown_peer"
 	// TaskSelfTarget: the task asks the node to replicate to itself.
 	TaskSelfTarget = "self_target"
-	// TaskRejected: the replicator refused the volume's mirror set.
+	// TaskRejected: the replicator refused the volume's mirror set (on a
+	// source) or a placed copy's source nodes (on a target).
 	TaskRejected = "rejected"
 	// TaskNoTargetVolume: the task names this node as its target, which
 	// holds no volume of the resource and has no replication.volume_dir

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -183,17 +184,17 @@ func (p *replPair) waitCopy(t *testing.T) {
 	}
 }
 
-// newReplPair starts both nodes; schedule is the source's schedule of its
-// link to the target.
-func newReplPair(t *testing.T, schedule string, edit ...func(src, dst *Replication)) *replPair {
+// replNet gives each named node a certificate of one test CA, written
+// under dir, and a listener on loopback.
+func replNet(t *testing.T, dir string, names ...string) (map[string]TLSFiles, map[string]net.Listener) {
 	t.Helper()
-	dir := t.TempDir()
 	ca, err := pki.NewCA("test", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
 	files := map[string]TLSFiles{}
-	for _, n := range []string{"src", "dst"} {
+	lns := map[string]net.Listener{}
+	for _, n := range names {
 		leaf, err := ca.Issue(n, []string{"127.0.0.1"}, time.Hour)
 		if err != nil {
 			t.Fatal(err)
@@ -203,13 +204,19 @@ func newReplPair(t *testing.T, schedule string, edit ...func(src, dst *Replicati
 			t.Fatal(err)
 		}
 		files[n] = TLSFiles{CA: f.CA, Cert: f.Cert, Key: f.Key}
-	}
-	lns := map[string]net.Listener{}
-	for _, n := range []string{"src", "dst"} {
 		if lns[n], err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return files, lns
+}
+
+// newReplPair starts both nodes; schedule is the source's schedule of its
+// link to the target.
+func newReplPair(t *testing.T, schedule string, edit ...func(src, dst *Replication)) *replPair {
+	t.Helper()
+	dir := t.TempDir()
+	files, lns := replNet(t, dir, "src", "dst")
 	img := make([]byte, 256<<10)
 	for i := range img {
 		img[i] = byte(i * 7)
@@ -774,6 +781,90 @@ func TestTargetCreatesPlacedVolume(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(other.a.metrics.taskErrors.WithLabelValues(TaskNoTargetVolume)); n != 1 {
 		t.Fatalf("no_target_volume counted %v times, want 1", n)
+	}
+}
+
+// TestPlacedCopyFollowsNewSource: a copy placed here takes sessions only
+// from its task's source. When the controller moves the resource's origin
+// (the operator promoted another copy, src2, and the task now comes from
+// it), the copy must take src2's cycles without an agent restart, and
+// refuse the old source, which no task names any more.
+func TestPlacedCopyFollowsNewSource(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	dir := t.TempDir()
+	files, lns := replNet(t, dir, "src", "src2", "dst")
+	peer := func(n string) PeerCfg { return PeerCfg{Name: n, Addr: lns[n].Addr().String()} }
+	img := make([]byte, 64<<10)
+	for i := range img {
+		img[i] = byte(i * 13)
+	}
+	srcImg, dstImg := filepath.Join(dir, "src.img"), filepath.Join(dir, "placed", "disk.img")
+	if err := os.WriteFile(srcImg, img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fast := Duration(30 * time.Millisecond)
+	srcCfg := &Replication{TLS: files["src"], TaskInterval: fast,
+		Volumes: []VolumeCfg{{Name: "disk", Path: srcImg, Role: "primary"}}, Peers: []PeerCfg{peer("dst"), peer("src2")}}
+	src2Cfg := &Replication{TLS: files["src2"], TaskInterval: fast,
+		Volumes: []VolumeCfg{{Name: "disk", Path: filepath.Join(dir, "src2.img"), Role: "mirror"}}, Peers: []PeerCfg{peer("dst")}}
+	dstCfg := &Replication{TLS: files["dst"], VolumeDir: filepath.Dir(dstImg), Peers: []PeerCfg{peer("src"), peer("src2")}}
+	src, src2, dst := replNode(t, "src", srcCfg, lns["src"]), replNode(t, "src2", src2Cfg, lns["src2"]), replNode(t, "dst", dstCfg, lns["dst"])
+	ctx := context.Background()
+	// src2 holds a copy of disk, as a copy an operator promotes does.
+	if _, err := src.Push(ctx, "disk", "src2", replicator.PushOptions{Mode: replicator.ModeFull}); err != nil {
+		t.Fatal(err)
+	}
+	cps := map[string]*controlPlane{"src": taskAgent(t, "src", srcCfg, src), "src2": taskAgent(t, "src2", src2Cfg, src2),
+		"dst": taskAgent(t, "dst", dstCfg, dst)}
+	apply := func(version uint64, source string) {
+		t.Helper()
+		st := sampleProtoState()
+		st.Version = version
+		st.ReplicationTasks = []*pb.ReplicationTask{task("disk", source, "dst")}
+		for _, n := range []string{"dst", "src", "src2"} {
+			if err := cps[n].apply(version, st); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	waitImage := func(want []byte) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			b, err := os.ReadFile(dstImg)
+			if err == nil && string(b) == string(want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("the placed copy does not hold the source's data (%v)", err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	apply(9, "src")
+	waitImage(img)
+
+	if _, err := src2.Promote("disk", 0); err != nil {
+		t.Fatal(err)
+	}
+	v2, err := src2.Volume("disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := slices.Clone(img)
+	copy(want[4096:8192], strings.Repeat("new origin ", 373))
+	if _, err := v2.WriteAt(want[4096:8192], 4096); err != nil {
+		t.Fatal(err)
+	}
+	apply(10, "src2")
+	waitImage(want)
+	if n := testutil.ToFloat64(cps["dst"].a.metrics.taskErrors.WithLabelValues(TaskRejected)); n != 0 {
+		t.Fatalf("%v tasks rejected on the target", n)
+	}
+	// The old source is no task's any more.
+	if _, err := src.Push(ctx, "disk", "dst", replicator.PushOptions{}); !errors.Is(err, replicator.ErrUnauthorized) {
+		t.Fatalf("push from the former source: %v, want ErrUnauthorized", err)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/premirror/premirror/internal/pki"
 	"github.com/premirror/premirror/internal/replicator/wire"
@@ -158,5 +159,66 @@ func TestQuorumReadChecksLineage(t *testing.T) {
 	got, _ := os.ReadFile(c.path("src.img"))
 	if !bytes.Equal(got[20*bs:21*bs], srcData[20*bs:21*bs]) {
 		t.Fatal("read repair wrote the other volume's block into the primary")
+	}
+}
+
+// TestSetAllowedPeers: a mirror that takes sessions only from its
+// source is given a new source at run time (the resource's origin moved
+// to a promoted copy): the new source's cycles are accepted, the old
+// source is refused, and a session it still had open is ended.
+func TestSetAllowedPeers(t *testing.T) {
+	c := newCluster(t, "a", "b", "m")
+	makeImage(t, c.path("a.img"), 256, bs, 1)
+	a := c.start("a", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("a.img"), Role: RolePrimary}}, Peers: c.peers("b", "m")})
+	b := c.start("b", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("b.img")}}, Peers: c.peers("m")})
+	m := c.start("m", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("m.img"), AllowedPeers: []string{"a"}}}})
+	ctx := context.Background()
+	for _, to := range []string{"b", "m"} {
+		if _, err := a.Push(ctx, "vol", to, PushOptions{Mode: ModeFull}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := b.Promote("vol", 0); err != nil {
+		t.Fatal(err)
+	}
+	bv, _ := b.Volume("vol")
+	if _, err := bv.WriteAt(bytes.Repeat([]byte{0x6B}, bs), 7*bs); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Push(ctx, "vol", "m", PushOptions{}); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("push from b before it is allowed: %v, want ErrUnauthorized", err)
+	}
+	// a keeps a read session open on m.
+	p, _ := a.peer("m")
+	av, _ := a.Volume("vol")
+	l, _, err := dial(ctx, a.dialConfig(p), a.hello(av, wire.OpRead, "vol"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.close()
+
+	for _, bad := range [][]string{nil, {}, {"a b"}} {
+		if err := m.SetAllowedPeers("vol", bad); err == nil {
+			t.Errorf("SetAllowedPeers(%q) accepted", bad)
+		}
+	}
+	if err := m.SetAllowedPeers("nope", []string{"b"}); !errors.Is(err, ErrUnknownVolume) {
+		t.Errorf("SetAllowedPeers on an unknown volume: %v", err)
+	}
+	if err := m.SetAllowedPeers("vol", []string{"b"}); err != nil {
+		t.Fatal(err)
+	}
+	l.conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := l.rd.Next(); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Errorf("a's read session after a was removed: %v, want it ended", err)
+	}
+	res, err := b.Push(ctx, "vol", "m", PushOptions{})
+	if err != nil {
+		t.Fatalf("push from the new source: %v", err)
+	}
+	waitCycle(t, m, "vol", res.Cycle)
+	sameFile(t, c.path("b.img"), c.path("m.img"))
+	if _, err := a.Push(ctx, "vol", "m", PushOptions{}); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("push from the old source: %v, want ErrUnauthorized", err)
 	}
 }

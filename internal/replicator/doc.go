@@ -211,7 +211,10 @@
 // replication tasks): each new (peer, remote volume) gets the same loop
 // as a configured mirror, and a mirror no longer listed is stopped before
 // the call returns. Its change tracking stays, so adding it again later
-// ships a delta of what changed meanwhile, not a full copy.
+// ships a delta of what changed meanwhile, not a full copy. On the mirror
+// side, Node.SetAllowedPeers replaces a volume's allowed peers at run
+// time (the agent gives a placed copy the sources of its tasks) and ends
+// the sessions of peers it drops.
 //
 // On the mirror side, Status says whether a volume is Complete (a whole
 // copy whose closing cycle committed, not selective) and its Lag: the

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -178,6 +179,11 @@ type nodeVolume struct {
 	sess chan struct{} // holds one token while a changing session runs
 	jnl  *journal
 	swal *syncLog
+	// allowed is cfg.AllowedPeers, replaced by SetAllowedPeers; links are
+	// the sessions accepted on the volume, which it ends when their peer
+	// is no longer allowed.
+	allowed []string
+	links   map[*link]struct{}
 }
 
 type nodePeer struct {
@@ -322,7 +328,7 @@ func (n *Node) addVolume(vc VolumeConfig) error {
 			return fmt.Errorf("upstream %q: no such peer", vc.Upstream)
 		}
 	}
-	nv := &nodeVolume{cfg: vc, sess: make(chan struct{}, 1)}
+	nv := &nodeVolume{cfg: vc, sess: make(chan struct{}, 1), allowed: slices.Clone(vc.AllowedPeers), links: map[*link]struct{}{}}
 	opts := n.volOptions(vc)
 	opts.Init = vc.Role == RolePrimary
 	opts.BlockSize = vc.BlockSize
@@ -413,6 +419,50 @@ func (n *Node) AddVolume(vc VolumeConfig) error {
 		return fmt.Errorf("add volume %s: %w", vc.Name, err)
 	}
 	n.log.Info("volume added", "volume", vc.Name, "path", vc.Path, "upstream", vc.Upstream, "allowed_peers", vc.AllowedPeers)
+	return nil
+}
+
+// SetAllowedPeers replaces, at run time, the peers that may open sessions
+// on a volume (VolumeConfig.AllowedPeers) and ends the sessions open from
+// peers no longer listed. The agent gives a copy the controller placed
+// here the source nodes of its current replication tasks, which change
+// when the controller moves the resource's origin. An empty list is
+// refused: it would admit every certificate of the CA.
+func (n *Node) SetAllowedPeers(volume string, peers []string) error {
+	if len(peers) == 0 {
+		return fmt.Errorf("allowed peers of %s: empty list", volume)
+	}
+	for _, p := range peers {
+		if !peerNameRE.MatchString(p) {
+			return fmt.Errorf("allowed peers of %s: name %q: want letters, digits, '.', '_' or '-'", volume, p)
+		}
+	}
+	nv, err := n.nodeVolume(volume)
+	if err != nil {
+		return fmt.Errorf("allowed peers: %w", err)
+	}
+	peers = slices.Clone(peers)
+	slices.Sort(peers)
+	peers = slices.Compact(peers)
+	var ended []*link
+	nv.mu.Lock()
+	old := nv.allowed
+	if slices.Equal(slices.Sorted(slices.Values(old)), peers) {
+		nv.mu.Unlock()
+		return nil
+	}
+	nv.allowed = peers
+	for l := range nv.links {
+		if !slices.Contains(peers, l.peer) {
+			ended = append(ended, l)
+		}
+	}
+	nv.mu.Unlock()
+	n.log.Info("allowed peers changed", "volume", volume, "allowed_peers", peers, "before", old)
+	for _, l := range ended {
+		n.log.Warn("replication session ended: the peer may no longer open sessions on the volume", "volume", volume, "peer", l.peer)
+		l.conn.Close()
+	}
 	return nil
 }
 

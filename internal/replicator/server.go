@@ -159,6 +159,7 @@ func (s *session) run(ctx context.Context) error {
 	if s.nv, err = s.n.nodeVolume(h.Volume); err != nil {
 		return err
 	}
+	defer s.nv.track(s.l)()
 	if err := s.authorize(); err != nil {
 		return err
 	}
@@ -258,7 +259,7 @@ func (s *session) run(ctx context.Context) error {
 // epoch, which deposes it and overwrites its data.
 func (s *session) authorize() error {
 	h := &s.hello
-	if a := s.nv.cfg.AllowedPeers; len(a) > 0 {
+	if a := s.nv.allowedPeers(); len(a) > 0 {
 		if !slices.Contains(a, s.l.peer) {
 			return fmt.Errorf("%w: %q may not open sessions on volume %s", ErrUnauthorized, s.l.peer, h.Volume)
 		}
@@ -272,6 +273,26 @@ func (s *session) authorize() error {
 		}
 	}
 	return nil
+}
+
+// track enters an accepted session's link in the volume's until the
+// returned function is called. It comes before authorize, so that a
+// SetAllowedPeers either precedes the check or finds the link to end.
+func (nv *nodeVolume) track(l *link) func() {
+	nv.mu.Lock()
+	nv.links[l] = struct{}{}
+	nv.mu.Unlock()
+	return func() {
+		nv.mu.Lock()
+		delete(nv.links, l)
+		nv.mu.Unlock()
+	}
+}
+
+func (nv *nodeVolume) allowedPeers() []string {
+	nv.mu.Lock()
+	defer nv.mu.Unlock()
+	return nv.allowed
 }
 
 func (s *session) volume() *Volume {
