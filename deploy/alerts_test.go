@@ -14,25 +14,17 @@ import (
 	"github.com/premirror/premirror/internal/agent"
 	"github.com/premirror/premirror/internal/controller"
 	"github.com/premirror/premirror/internal/promdesc"
+	"github.com/premirror/premirror/internal/promdesc/alerttest"
 )
 
 const (
-	rulesFile     = "prometheus/premirror-rules.yaml"
+	rulesFile     = "prometheus/premirror-rules.yaml" // alerttest.RulesPath
 	rulesTestFile = "prometheus/premirror-rules_test.yaml"
 )
 
-type ruleFile struct {
-	Groups []struct {
-		Name  string
-		Rules []struct {
-			Alert       string
-			Expr        string
-			For         string
-			Labels      map[string]string
-			Annotations map[string]string
-		}
-	}
-}
+// ruleFile is shared with the components' tests, which check that their
+// counters' series the alerts select exist at 0 before the first event.
+type ruleFile = alerttest.Rules
 
 type ruleTests struct {
 	RuleFiles []string `json:"rule_files"`
@@ -81,6 +73,7 @@ var (
 	metricRE  = regexp.MustCompile(`\b(?:edge|premirror|replicator)_[a-z0-9_]+`)
 	matcherRE = regexp.MustCompile(`(\w+)\s*(?:=~|!~|!=|=)\s*"`)
 	runbookRE = regexp.MustCompile(`OPERATIONS\.md §(\d), \\"([^"\\]+)\\"`)
+	rangeRE   = regexp.MustCompile(`\b(?:increase|rate|irate|delta)\(`)
 	groupRE   = regexp.MustCompile(`\b(?:by|on|without|ignoring|group_left|group_right)\s*\(([^)]*)\)`)
 )
 
@@ -149,6 +142,9 @@ func checkSelectors(t errorer, where, expr string, have map[string][]string) {
 // and the README counts them; promtool checks the file and runs those
 // tests (which also render every annotation).
 func TestAlertRules(t *testing.T) {
+	if "deploy/"+rulesFile != alerttest.RulesPath {
+		t.Fatalf("alerttest reads %s, not %s", alerttest.RulesPath, rulesFile)
+	}
 	var rf ruleFile
 	readYAML(t, rulesFile, &rf, true)
 	var rt ruleTests
@@ -182,6 +178,10 @@ func TestAlertRules(t *testing.T) {
 			}
 			alerts = append(alerts, r.Alert)
 			checkSelectors(t, r.Alert, r.Expr, have)
+			// The components' tests see every counter it takes the rate of.
+			if n, sel := len(rangeRE.FindAllString(r.Expr, -1)), alerttest.Selectors(r.Alert, r.Expr); n != len(sel) {
+				t.Errorf("%s: alerttest reads %d of its %d increase()/rate() selectors: %v", r.Alert, len(sel), n, sel)
+			}
 			if s := r.Labels["severity"]; s != "critical" && s != "warning" {
 				t.Errorf("%s: severity %q, want critical or warning", r.Alert, s)
 			}
