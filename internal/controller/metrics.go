@@ -39,7 +39,7 @@ type metrics struct {
 }
 
 func newMetrics(c *Controller) *metrics {
-	return &metrics{
+	m := &metrics{
 		leader: prometheus.NewGauge(prometheus.GaugeOpts{Name: "premirror_controller_leader",
 			Help: "1 while this replica leads (computes routes and writes desired state)."}),
 		version: prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "premirror_controller_desired_version",
@@ -66,7 +66,7 @@ func newMetrics(c *Controller) *metrics {
 		accessFlows: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "premirror_controller_access_flows_total",
 			Help: "New flows of agents' access counts on their way to the forecaster, by outcome: received (by this replica), " +
 				"late_at_replica (for a bucket already written for the last time), implausible (counts, not flows: more new flows " +
-				"than a link can carry in the report's span, a broken counter), ingested, late, rejected, " +
+				"than a link can carry in the report's span, a broken counter), write_failed (lost with a failed aggregate write), ingested, late, rejected, " +
 				"unknown_resource, unknown_region (by the leader)."}, []string{"outcome"}),
 		aggregateWrites: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_controller_access_aggregate_writes_total",
 			Help: "Per-bucket access aggregates this replica wrote to etcd."}),
@@ -102,6 +102,23 @@ func newMetrics(c *Controller) *metrics {
 			Help: "For the same routes, the lowest path RTT among each resource's routable copies, averaged: " +
 				"premirror_controller_region_rtt_seconds above it is what damping, capacity and the other cost terms cost in latency (the leader only)."}, []string{"region"}),
 	}
+	// Every result the alerts' increase() and rate() select exists from
+	// the start: a series created by its first event starts at 1, and
+	// increase() over it sees nothing, so a single NACK or failure would
+	// raise no alert.
+	for _, r := range []string{"ok", "error"} {
+		m.ticks.WithLabelValues(r)
+	}
+	for _, r := range []string{"ack", "nack"} {
+		m.acks.WithLabelValues(r)
+	}
+	for _, r := range []string{"etcd", "file", "too_large", "error", "file_error"} {
+		m.fcCheckpoints.WithLabelValues(r)
+	}
+	for _, o := range []string{"received", "late_at_replica", "implausible", "write_failed", "ingested", "late", "rejected", "unknown_resource", "unknown_region"} {
+		m.accessFlows.WithLabelValues(o)
+	}
+	return m
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
