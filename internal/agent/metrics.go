@@ -153,10 +153,13 @@ func newMetrics(a *Agent) *metrics {
 	}
 	m.tasks.WithLabelValues("held")
 	m.tasks.WithLabelValues("started")
-	// Every reason from the start, so a rate() sees the first error.
+	// Every reason and result from the start, so a rate() sees the first
+	// error (a series created by it starts at 1: no increase).
 	for _, r := range taskReasons {
 		m.taskErrors.WithLabelValues(r)
 	}
+	m.reconciles.WithLabelValues("ok")
+	m.reconciles.WithLabelValues("error")
 	return m
 }
 

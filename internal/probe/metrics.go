@@ -18,7 +18,7 @@ type Metrics struct {
 
 // NewMetrics creates the collectors; register the result with a registry.
 func NewMetrics() *Metrics {
-	return &Metrics{
+	m := &Metrics{
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "premirror_probe_results_total",
 			Help: "Probes sent, by kind (tcp, udp) and result (ok, timeout, refused, error).",
@@ -33,6 +33,18 @@ func NewMetrics() *Metrics {
 			Help: "UDP echo datagrams received by the responder, by outcome (answered, malformed, rate_limited, send_error).",
 		}, []string{"outcome"}),
 	}
+	// Every series from the start: one created by its first event starts
+	// at 1, and rate() over it misses that event (the alerts on failing
+	// probes and rate-limited echoes).
+	for _, k := range []Kind{KindTCP, KindUDP} {
+		for _, r := range []string{"ok", "timeout", "refused", "error"} {
+			m.results.WithLabelValues(k.String(), r)
+		}
+	}
+	for _, o := range []string{"answered", "malformed", "rate_limited", "send_error"} {
+		m.echoes.WithLabelValues(o)
+	}
+	return m
 }
 
 // Describe implements prometheus.Collector.
