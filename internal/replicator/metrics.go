@@ -38,7 +38,7 @@ func newMetrics(n *Node) *Metrics {
 	const ns = "replicator"
 	pm := []string{"peer", "mode"}
 	vpm := []string{"volume", "peer", "mode"}
-	return &Metrics{
+	m := &Metrics{
 		sentBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "sent_bytes_total",
 			Help: "Bytes sent on replication connections, TLS included."}, []string{"peer"}),
 		recvBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "received_bytes_total",
@@ -93,6 +93,29 @@ func newMetrics(n *Node) *Metrics {
 				"Rate a peer link delivered while it had data waiting to send: frame bytes over about the last minute of backlogged sending (links measured at least 2 s only).", []string{"peer"}, nil),
 		},
 	}
+	// The series the alerts take the increase of exist at 0 from when
+	// their labels are known (here, volumeAdded, mirrorAdded): one created
+	// by its first event starts at 1, and increase() over it misses that
+	// event.
+	m.rejected.WithLabelValues("corrupt")
+	m.rejected.WithLabelValues("protocol")
+	return m
+}
+
+// volumeAdded creates the alerted series of a volume the node now has, and
+// of its configured mirrors, at 0.
+func (m *Metrics) volumeAdded(vc VolumeConfig) {
+	m.fenced.WithLabelValues(vc.Name)
+	m.verifyDiff.WithLabelValues(vc.Name)
+	for _, mc := range vc.Mirrors {
+		m.mirrorAdded(vc.Name, mc.Peer)
+	}
+}
+
+// mirrorAdded creates the cycle counters of volume's copy at peer at 0.
+func (m *Metrics) mirrorAdded(volume, peer string) {
+	m.cycles.WithLabelValues(volume, peer, "ok")
+	m.cycles.WithLabelValues(volume, peer, "error")
 }
 
 func (m *Metrics) collectors() []prometheus.Collector {

@@ -123,6 +123,7 @@ func (n *Node) SetDynamicMirrors(volume string, mirrors []MirrorConfig) error {
 		}
 		l := &dynLoop{cfg: m}
 		cur[k] = l
+		n.metrics.mirrorAdded(volume, k.peer)
 		n.log.Info("dynamic mirror added", "volume", volume, "peer", k.peer, "remote_volume", k.volume,
 			"mode", m.Mode, "interval", m.Interval, "running", d.ctx != nil)
 		if d.ctx != nil {

@@ -349,6 +349,7 @@ func (n *Node) addVolume(vc VolumeConfig) error {
 			}
 		}
 	}
+	n.metrics.volumeAdded(vc)
 	n.vols[vc.Name] = nv
 	return nil
 }
