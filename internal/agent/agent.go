@@ -125,6 +125,9 @@ func (a *Agent) Router() *pmaps.Router { return a.router }
 // the data plane is forwarding.
 func (a *Agent) Start() error {
 	cfg := a.cfg
+	if err := checkCapabilities(); err != nil {
+		return err
+	}
 	if err := cfg.checkTLS(time.Now()); err != nil {
 		return err
 	}

@@ -10,6 +10,8 @@ import (
 	"github.com/cilium/ebpf"
 	"github.com/cilium/ebpf/link"
 	"github.com/vishvananda/netlink"
+
+	pmaps "github.com/premirror/premirror/internal/maps"
 )
 
 // ErrForeignXDP means an interface already runs an XDP program that is not
@@ -222,7 +224,7 @@ func takeOverXDP(prog *ebpf.Program, name, iface string, mode XDPMode, pinDir st
 	}
 	foreign, err := ebpf.NewProgramFromID(ebpf.ProgramID(cur.ProgID))
 	if err != nil {
-		return nil, fmt.Errorf("xdp_chain.take_over_attached: open %s's program %d: %w", iface, cur.ProgID, err)
+		return nil, fmt.Errorf("xdp_chain.take_over_attached: open %s's program %d: %w", iface, cur.ProgID, pmaps.ByIDError(err))
 	}
 	defer foreign.Close()
 	if chain != nil {

@@ -191,7 +191,7 @@ func foreignProgram(cfg *Config, iface string, cur ifaceXDP) (*ebpf.Program, err
 	}
 	p, err := ebpf.NewProgramFromID(ebpf.ProgramID(cur.ProgID))
 	if err != nil {
-		return nil, fmt.Errorf("xdp_chain.take_over_attached: open %s's program %d: %w", iface, cur.ProgID, err)
+		return nil, fmt.Errorf("xdp_chain.take_over_attached: open %s's program %d: %w", iface, cur.ProgID, pmaps.ByIDError(err))
 	}
 	return p, nil
 }

@@ -118,7 +118,7 @@ func (c chain) get(ifindex int) (*ebpf.Program, error) {
 	}
 	p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
 	if err != nil {
-		return nil, fmt.Errorf("open program %d from %s slot %d: %w", id, c.m, ifindex, err)
+		return nil, fmt.Errorf("open program %d from %s slot %d: %w", id, c.m, ifindex, ByIDError(err))
 	}
 	return p, nil
 }
@@ -181,7 +181,7 @@ func (c chain) list(ifindexes []int) ([]ChainEntry, error) {
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("open program %d from %s slot %d: %w", ids[i], c.m, i, err)
+			return nil, fmt.Errorf("open program %d from %s slot %d: %w", ids[i], c.m, i, ByIDError(err))
 		}
 		info, err := DescribeProgram(p)
 		p.Close()
@@ -333,7 +333,7 @@ func prepareChainMigration(ms *ebpf.MapSpec, pinDir string) (*chainMigration, er
 		}
 		if err != nil {
 			mg.close()
-			return nil, fmt.Errorf("migrate %s: open program %d of slot %d: %w", ms.Name, id, i, err)
+			return nil, fmt.Errorf("migrate %s: open program %d of slot %d: %w", ms.Name, id, i, ByIDError(err))
 		}
 		mg.progs[i] = p
 	}

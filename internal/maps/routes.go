@@ -389,7 +389,7 @@ func (ts *tableSet) recover(index *ebpf.Map, prune bool) error {
 func (ts *tableSet) readPublished(id uint32) ([]uint32, error) {
 	var m *ebpf.Map
 	if err := ts.outer.Lookup(id, &m); err != nil {
-		return nil, fmt.Errorf("route table %d: recorded map gone, and not published: %w", id, err)
+		return nil, fmt.Errorf("route table %d: recorded map gone, and not published: %w", id, ByIDError(err))
 	}
 	info, err := m.Info()
 	m.Close()
@@ -406,7 +406,7 @@ func (ts *tableSet) readPublished(id uint32) ([]uint32, error) {
 func (ts *tableSet) read(id, mapID uint32) ([]uint32, error) {
 	m, err := ebpf.NewMapFromID(ebpf.MapID(mapID))
 	if err != nil {
-		return nil, fmt.Errorf("open route table %d (map id %d): %w", id, mapID, err)
+		return nil, fmt.Errorf("open route table %d (map id %d): %w", id, mapID, ByIDError(err))
 	}
 	defer m.Close()
 	if m.Type() != ebpf.Array || m.KeySize() != 4 || m.ValueSize() != 4 {
