@@ -1,11 +1,14 @@
 package agent
 
 import (
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/premirror/premirror/internal/maps/mapstest"
 )
 
 // withoutCapability runs fn on an OS thread whose effective set lacks
@@ -49,5 +52,51 @@ func TestCheckCapabilities(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), c.name) {
 			t.Errorf("without %s: %v", c.name, err)
 		}
+	}
+}
+
+// TestDetachRootWithoutSysAdminKeepsRecord: detaching from a root's
+// program array opens the slot's program by ID to see that it is ours,
+// which needs CAP_SYS_ADMIN. Without it the check read as "not ours":
+// the slot was left holding our program and its record was removed, so
+// no later detach would ever empty it. Now the record stays, the error
+// names the capability, and a detach with it finishes the job.
+func TestDetachRootWithoutSysAdminKeepsRecord(t *testing.T) {
+	requireRoot(t)
+	ns := agentNS(t)
+	pin, rootDir := bpffsDir(t), bpffsDir(t)
+	const key = 3
+	root := mapstest.NewRootT(t, key)
+	arrPin := filepath.Join(rootDir, "root_progs")
+	if err := root.Array.Pin(arrPin); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := testConfig(t, pin)
+	cfg.XDPRoot = &XDPRoot{ProgArray: arrPin, Key: key}
+	defer Detach(pin, true)
+	a, err := startAgent(t, ns, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	filled := func() bool { _, ok := slotProgram(root.Array, key); return ok }
+	records := func() int { m, _ := filepath.Glob(filepath.Join(pin, "root", "*")); return len(m) }
+	if !filled() || records() != 1 {
+		t.Fatalf("after start: slot filled %v, %d records", filled(), records())
+	}
+
+	withoutCapability(t, unix.CAP_SYS_ADMIN, func() { err = detachRoots(pin, "", "", "") })
+	if err == nil || !strings.Contains(err.Error(), "CAP_SYS_ADMIN") {
+		t.Errorf("detach without CAP_SYS_ADMIN: %v, want an error naming it", err)
+	}
+	if !filled() || records() != 1 {
+		t.Fatalf("detach without CAP_SYS_ADMIN: slot filled %v, %d records; want the record kept while the slot holds ours", filled(), records())
+	}
+
+	if err := detachRoots(pin, "", "", ""); err != nil {
+		t.Fatal(err)
+	}
+	if filled() || records() != 0 {
+		t.Fatalf("detach: slot filled %v, %d records", filled(), records())
 	}
 }

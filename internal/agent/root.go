@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/cilium/ebpf"
+
+	pmaps "github.com/premirror/premirror/internal/maps"
 )
 
 // XDPRoot runs premirror's program behind another XDP program instead of
@@ -68,8 +70,10 @@ func attachRoot(prog *ebpf.Program, name, pinDir string, root *XDPRoot) (*Attach
 		return nil, err
 	}
 	action := "attached"
-	if id, ok := slotProgram(arr, root.Key); ok && programNamed(id, "pm_"+name) {
-		action = "updated"
+	if id, ok := slotProgram(arr, root.Key); ok {
+		if ours, _ := programNamed(id, "pm_"+name); ours {
+			action = "updated"
+		}
 	}
 	if err := arr.Update(root.Key, prog, ebpf.UpdateAny); err != nil {
 		return nil, fmt.Errorf("xdp_root: put the %s program in %s[%d]: %w (the root must be an XDP program loaded like ours: "+
@@ -100,15 +104,21 @@ func slotProgram(arr *ebpf.Map, key uint32) (ebpf.ProgramID, bool) {
 	return ebpf.ProgramID(id), true
 }
 
-// programNamed reports whether program id is named name.
-func programNamed(id ebpf.ProgramID, name string) bool {
+// programNamed reports whether program id is named name; false without
+// an error when the program is gone. Any other failure to open it (EPERM
+// without CAP_SYS_ADMIN) is an error: the caller cannot tell whether the
+// slot holds ours.
+func programNamed(id ebpf.ProgramID, name string) (bool, error) {
 	p, err := ebpf.NewProgramFromID(id)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
 	if err != nil {
-		return false
+		return false, fmt.Errorf("open program %d: %w", id, pmaps.ByIDError(err))
 	}
 	defer p.Close()
 	info, err := p.Info()
-	return err == nil && info.Name == name
+	return err == nil && info.Name == name, nil
 }
 
 // detachRoots empties the slots our root records under pinDir point at
@@ -139,9 +149,19 @@ func detachRoots(pinDir, name, keep, keepArray string) error {
 			arr.Close()
 			continue
 		}
-		if id, ok := slotProgram(arr, uint32(key)); ok && programNamed(id, "pm_"+prog) {
-			if err := arr.Delete(uint32(key)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
-				errs = append(errs, fmt.Errorf("empty slot %d of the root's array (%s): %w", key, rec, err))
+		if id, ok := slotProgram(arr, uint32(key)); ok {
+			ours, err := programNamed(id, "pm_"+prog)
+			if err != nil {
+				// Keep the record: without it nothing would ever empty
+				// the slot, and the root would call our program on.
+				arr.Close()
+				errs = append(errs, fmt.Errorf("slot %d of the root's array (%s): %w", key, rec, err))
+				continue
+			}
+			if ours {
+				if err := arr.Delete(uint32(key)); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {
+					errs = append(errs, fmt.Errorf("empty slot %d of the root's array (%s): %w", key, rec, err))
+				}
 			}
 		}
 		arr.Close()
