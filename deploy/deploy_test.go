@@ -107,8 +107,11 @@ func TestManifestsStrict(t *testing.T) {
 			if !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) {
 				t.Errorf("capabilities drop %v, want ALL", sc.Capabilities.Drop)
 			}
-			if !slices.Equal(sc.Capabilities.Add, []corev1.Capability{"BPF", "NET_ADMIN", "PERFMON"}) {
-				t.Errorf("capabilities add %v, want BPF NET_ADMIN PERFMON", sc.Capabilities.Add)
+			// SYS_ADMIN: every restart opens the pinned route tables by
+			// ID (cmd/edge-agent TestRestartUnderManifestCapabilities
+			// runs the agent under exactly this set).
+			if !slices.Equal(sc.Capabilities.Add, []corev1.Capability{"BPF", "NET_ADMIN", "PERFMON", "SYS_ADMIN"}) {
+				t.Errorf("capabilities add %v, want BPF NET_ADMIN PERFMON SYS_ADMIN", sc.Capabilities.Add)
 			}
 			if c.LivenessProbe == nil || c.LivenessProbe.HTTPGet.Host != "127.0.0.1" || c.LivenessProbe.HTTPGet.Path != "/livez" {
 				t.Error("liveness must probe /livez on 127.0.0.1 (a refused reload fails /healthz, and a restart cannot fix it)")

@@ -257,6 +257,40 @@ func (tb *capsTestbed) start(caps []string) (string, error) {
 	return out.String(), nil
 }
 
+// TestRestartUnderManifestCapabilities: the agent runs, restarts and is
+// inspected with exactly the capabilities the DaemonSet grants. The
+// first start installs the shipped config's routes; the restart reads
+// them back from the pinned maps, as every pod restart or upgrade does.
+// With BPF, NET_ADMIN and PERFMON alone that restart failed ("recover
+// route tables: open route table 0 (map id N): operation not
+// permitted": the kernel opens a map by ID only for CAP_SYS_ADMIN) and
+// the pod crash-looped.
+func TestRestartUnderManifestCapabilities(t *testing.T) {
+	ds := readDaemonSet(t)
+	if !ds.noNewPrivs {
+		t.Error("the edge-agent container must set allowPrivilegeEscalation: false")
+	}
+	tb := newCapsTestbed(t, ds)
+	for i, what := range []string{"first start", "restart with routes installed", "second restart"} {
+		out, err := tb.start(ds.caps)
+		if err != nil {
+			t.Fatalf("%s (start %d) with capabilities %v: %v\n%s", what, i+1, ds.caps, err, out)
+		}
+		// A watch that cannot enter the namespace only logs it, and
+		// runs without it.
+		if strings.Contains(out, "not permitted") {
+			t.Fatalf("%s (start %d) with capabilities %v: an operation was refused:\n%s", what, i+1, ds.caps, out)
+		}
+	}
+	out, err := tb.agentCmd(ds.caps, "inspect", "--pin-dir", tb.pinDir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("inspect with capabilities %v: %v\n%s", ds.caps, err, out)
+	}
+	if !regexp.MustCompile(`(?m)^RESOURCE\s+REGION\s+TABLE.*\n\d+\s+\S+\s+\d+\s+\d+=`).Match(out) {
+		t.Fatalf("inspect shows no routes:\n%s", out)
+	}
+}
+
 // TestMissingCapabilityNamed: without CAP_SYS_ADMIN the agent refuses to
 // start naming it, instead of starting once and crash-looping on the
 // next start with a bare "operation not permitted"; inspect names it too
