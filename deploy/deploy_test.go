@@ -145,6 +145,90 @@ func TestManifestsStrict(t *testing.T) {
 	}
 }
 
+// TestControllerExampleWorkable uncomments the agent's controller:
+// section and the DaemonSet's volumes for it, and checks that they can
+// work on every node from one ConfigMap: the TLS files have fixed names
+// (the config has no per-node substitution: "<node>.pem" named a file
+// no node has), they come from a per-node hostPath (the node's own
+// certificate, not a Secret shared by all), and the state cache is on a
+// writable hostPath (the root filesystem is read-only).
+func TestControllerExampleWorkable(t *testing.T) {
+	var cfgText string
+	var ds *appsv1.DaemonSet
+	for _, doc := range documents(t, "kubernetes/edge-agent.yaml") {
+		var meta struct{ Kind string }
+		if err := yaml.Unmarshal(doc, &meta); err != nil {
+			t.Fatal(err)
+		}
+		switch meta.Kind {
+		case "ConfigMap":
+			var o corev1.ConfigMap
+			if err := yaml.UnmarshalStrict(doc, &o); err != nil {
+				t.Fatal(err)
+			}
+			cfgText = o.Data["edge-agent.yaml"]
+		case "DaemonSet":
+			// The commented volume mounts and volumes, uncommented.
+			on := regexp.MustCompile(`(?m)^(\s+)# (- \{name: |- name: |  hostPath: )`).ReplaceAll(doc, []byte("$1$2"))
+			ds = &appsv1.DaemonSet{}
+			if err := yaml.UnmarshalStrict(on, ds); err != nil {
+				t.Fatalf("DaemonSet with its commented volumes: %v", err)
+			}
+		}
+	}
+	// The controller: block: "# controller:" and the "#   " lines after it.
+	var block []string
+	lines := strings.Split(cfgText, "\n")
+	for i, l := range lines {
+		if l != "# controller:" {
+			continue
+		}
+		block = append(block, "controller:")
+		for _, m := range lines[i+1:] {
+			rest, ok := strings.CutPrefix(m, "#   ")
+			if !ok {
+				break
+			}
+			block = append(block, "  "+rest)
+		}
+	}
+	if len(block) < 2 {
+		t.Fatal("no commented controller: section in the agent config")
+	}
+	cfg, err := agent.ParseConfig([]byte(cfgText + "\n" + strings.Join(block, "\n") + "\n"))
+	if err != nil {
+		t.Fatalf("the agent config with its controller: section: %v", err)
+	}
+	c := cfg.Controller
+	spec := ds.Spec.Template.Spec
+	volumes := map[string]corev1.Volume{}
+	for _, v := range spec.Volumes {
+		volumes[v.Name] = v
+	}
+	// mountOf is the container's mount holding path (the deepest).
+	mountOf := func(path string) (corev1.VolumeMount, bool) {
+		var best corev1.VolumeMount
+		for _, m := range spec.Containers[0].VolumeMounts {
+			if strings.HasPrefix(path, strings.TrimSuffix(m.MountPath, "/")+"/") && len(m.MountPath) > len(best.MountPath) {
+				best = m
+			}
+		}
+		return best, best.Name != ""
+	}
+	for field, path := range map[string]string{"ca": c.TLS.CA, "cert": c.TLS.Cert, "key": c.TLS.Key} {
+		if strings.ContainsAny(path, "<>$") {
+			t.Errorf("controller.tls.%s %q: a placeholder; one ConfigMap serves every node, so the name must be fixed", field, path)
+		}
+		m, ok := mountOf(path)
+		if !ok || volumes[m.Name].HostPath == nil {
+			t.Errorf("controller.tls.%s %s: not on a hostPath volume mount (each node provides its own certificate)", field, path)
+		}
+	}
+	if m, ok := mountOf(c.StateCache); !ok || m.ReadOnly || volumes[m.Name].HostPath == nil {
+		t.Errorf("controller.state_cache %s: not on a writable hostPath volume mount (the root filesystem is read-only, and the cache must outlive the pod)", c.StateCache)
+	}
+}
+
 // TestMetricsScrapedAndProbed: every workload serves /metrics on the port
 // its configuration sets (the agent's metrics_addr, the controller's
 // --metrics-addr), carries the prometheus.io annotations that point
