@@ -82,6 +82,14 @@
 // mirror does not hold. Read-through returns the upstream's current data,
 // so a selective mirror is a cache, not a point-in-time copy.
 //
+// Node.SetUpstream moves the upstream at run time (the data's origin
+// moved to another node). A read-through in flight then is not cut off,
+// but its answer is stored only if the upstream is unchanged when the
+// store takes the volume's io lock; otherwise it is dropped, as is a
+// failure of the old upstream, and the blocks are fetched again from the
+// new one. Stored, such an answer would count as held: a deposed copy's
+// data, served until a cycle or verify replaced it.
+//
 // # Checksums and compression
 //
 // Per-block checksums are xxHash64: ~16 GB/s on one core here, 64 bits so
@@ -214,7 +222,8 @@
 // ships a delta of what changed meanwhile, not a full copy. On the mirror
 // side, Node.SetAllowedPeers replaces a volume's allowed peers at run
 // time (the agent gives a placed copy the sources of its tasks) and ends
-// the sessions of peers it drops.
+// the sessions of peers it drops; Node.SetUpstream replaces a selective
+// mirror's upstream (see Full and selective copies).
 //
 // On the mirror side, Status says whether a volume is Complete (a whole
 // copy whose closing cycle committed, not selective) and its Lag: the

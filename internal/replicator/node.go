@@ -13,6 +13,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -63,7 +64,8 @@ type VolumeConfig struct {
 	// Mirrors are the peers this volume is replicated to (primary side).
 	Mirrors []MirrorConfig
 	// Upstream is the peer that missing blocks of a selective mirror are
-	// read from; UpstreamVolume defaults to Name.
+	// read from; UpstreamVolume defaults to Name. Node.SetUpstream
+	// replaces them at run time.
 	Upstream       string
 	UpstreamVolume string
 	// AllowedPeers restricts which authenticated peers (certificate common
@@ -160,6 +162,7 @@ type testHooks struct {
 	corrupt  func(frame []byte)                        // damage outgoing block data after checksumming
 	onCycle  func(vol string, cycle uint64)            // sender: cycle snapshot taken
 	repair   func(vol, peer string)                    // a read repair of peer ("local": this copy) is about to be sent
+	fetching func(vol, peer string)                    // a read-through request to peer is about to be sent
 	// sender: the cycle's commit is sent; ctx is the session's, which the
 	// frame reader cancels when the peer fails the session
 	committed func(ctx context.Context)
@@ -184,6 +187,12 @@ type nodeVolume struct {
 	// is no longer allowed.
 	allowed []string
 	links   map[*link]struct{}
+	// up is the read-through upstream, cfg.Upstream and UpstreamVolume
+	// until SetUpstream replaces it. upGen is up.gen, read without mu
+	// where a fetch, holding the volume's io lock, checks that its answer
+	// still comes from the upstream.
+	up    upstream
+	upGen atomic.Uint64
 }
 
 type nodePeer struct {
@@ -328,7 +337,8 @@ func (n *Node) addVolume(vc VolumeConfig) error {
 			return fmt.Errorf("upstream %q: no such peer", vc.Upstream)
 		}
 	}
-	nv := &nodeVolume{cfg: vc, sess: make(chan struct{}, 1), allowed: slices.Clone(vc.AllowedPeers), links: map[*link]struct{}{}}
+	nv := &nodeVolume{cfg: vc, sess: make(chan struct{}, 1), allowed: slices.Clone(vc.AllowedPeers), links: map[*link]struct{}{},
+		up: upstream{peer: vc.Upstream, volume: cmp.Or(vc.UpstreamVolume, vc.Name)}}
 	opts := n.volOptions(vc)
 	opts.Init = vc.Role == RolePrimary
 	opts.BlockSize = vc.BlockSize
@@ -467,6 +477,57 @@ func (n *Node) SetAllowedPeers(volume string, peers []string) error {
 	return nil
 }
 
+// SetUpstream replaces, at run time, the peer a selective mirror reads
+// the blocks it lacks through from (VolumeConfig.Upstream, and
+// UpstreamVolume, "" for the volume's name). The agent gives a placed
+// copy the source of its current tasks, which changes when the
+// controller moves the resource's origin. A read-through in flight is not
+// interrupted: if it fails, or once its answer arrives, it sees the
+// change, discards the answer unstored and fetches the blocks again from
+// the new upstream, since the old one may be a deposed copy whose data
+// would then count as held.
+func (n *Node) SetUpstream(volume, peer, remoteVolume string) error {
+	if peer == "" {
+		return fmt.Errorf("upstream of %s: empty", volume)
+	}
+	if _, err := n.peer(peer); err != nil {
+		return fmt.Errorf("upstream of %s: %w", volume, err)
+	}
+	remoteVolume = cmp.Or(remoteVolume, volume)
+	if !peerNameRE.MatchString(remoteVolume) {
+		return fmt.Errorf("upstream of %s: volume %q: want letters, digits, '.', '_' or '-'", volume, remoteVolume)
+	}
+	nv, err := n.nodeVolume(volume)
+	if err != nil {
+		return fmt.Errorf("upstream: %w", err)
+	}
+	nv.mu.Lock()
+	old := nv.up
+	if old.peer == peer && old.volume == remoteVolume {
+		nv.mu.Unlock()
+		return nil
+	}
+	nv.up = upstream{peer: peer, volume: remoteVolume, gen: old.gen + 1}
+	nv.upGen.Store(old.gen + 1)
+	nv.mu.Unlock()
+	n.log.Info("upstream changed", "volume", volume, "upstream", peer, "upstream_volume", remoteVolume,
+		"before", old.peer, "before_volume", old.volume)
+	return nil
+}
+
+// upstream is where a selective mirror reads missing blocks through from;
+// gen counts SetUpstream's changes.
+type upstream struct {
+	peer, volume string
+	gen          uint64
+}
+
+func (nv *nodeVolume) upstream() upstream {
+	nv.mu.Lock()
+	defer nv.mu.Unlock()
+	return nv.up
+}
+
 // SetSchedule replaces the bandwidth schedule of the link to peer at run
 // time; transfers in progress adopt it at once.
 func (n *Node) SetSchedule(peer string, s throttle.Schedule) error {
@@ -503,11 +564,14 @@ func (n *Node) Status() []Status {
 		nv.mu.Lock()
 		v := nv.vol
 		nv.mu.Unlock()
+		up := nv.upstream().peer
 		if v == nil {
-			out = append(out, Status{Name: name, Path: nv.cfg.Path, Role: RoleMirror, Empty: true, Inconsistent: true})
+			out = append(out, Status{Name: name, Path: nv.cfg.Path, Role: RoleMirror, Empty: true, Inconsistent: true, Upstream: up})
 			continue
 		}
-		out = append(out, v.Status())
+		st := v.Status()
+		st.Upstream = up
+		out = append(out, st)
 	}
 	return out
 }

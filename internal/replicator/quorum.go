@@ -212,26 +212,28 @@ func (n *Node) fanOut(ctx context.Context, nv *nodeVolume, op wire.Op, f func(co
 // them once per call at worst; storing is newest-version-wins so a fetch
 // racing a delta cycle cannot go back in time.
 func (n *Node) readThrough(ctx context.Context, nv *nodeVolume, v *Volume, blocks []uint64) error {
-	if nv.cfg.Upstream == "" {
-		return fmt.Errorf("volume %s: %w: %d blocks not held and no upstream configured", v.name, ErrInconsistent, len(blocks))
-	}
-	p, err := n.peer(nv.cfg.Upstream)
-	if err != nil {
-		return err
-	}
-	remote := nv.cfg.UpstreamVolume
-	if remote == "" {
-		remote = nv.cfg.Name
-	}
 	// A fetched block older than a version a delta cycle announced for it
-	// meanwhile (see decide) is not stored: fetch what is still missing
-	// again.
+	// meanwhile (see decide) is not stored, nor is an answer from an
+	// upstream SetUpstream replaced meanwhile: fetch what is still
+	// missing again, from the upstream of the moment.
 	for attempt := 0; len(blocks) > 0; attempt++ {
 		if attempt == readThroughAttempts {
 			return fmt.Errorf("volume %s: %w: %d blocks still not held after %d read-through attempts", v.name, ErrInconsistent, len(blocks), attempt)
 		}
-		if err := n.fetchBlocks(ctx, nv, v, p, remote, blocks); err != nil {
+		up := nv.upstream()
+		if up.peer == "" {
+			return fmt.Errorf("volume %s: %w: %d blocks not held and no upstream configured", v.name, ErrInconsistent, len(blocks))
+		}
+		p, err := n.peer(up.peer)
+		if err != nil {
 			return err
+		}
+		if err := n.fetchBlocks(ctx, nv, v, p, up, blocks); err != nil {
+			if nv.upGen.Load() == up.gen || ctx.Err() != nil {
+				return err
+			}
+			n.log.Info("read-through from a former upstream failed or was discarded; fetching from the new one",
+				"volume", v.name, "former_upstream", up.peer, "err", err)
 		}
 		blocks = v.missingOf(blocks)
 	}
@@ -240,6 +242,10 @@ func (n *Node) readThrough(ctx context.Context, nv *nodeVolume, v *Volume, block
 
 // readThroughAttempts bounds the fetches of blocks that keep changing.
 const readThroughAttempts = 5
+
+// errUpstreamMoved: an answer came from a peer that is no longer the
+// volume's upstream; it was not stored.
+var errUpstreamMoved = errors.New("the volume's upstream changed during the fetch")
 
 // missingOf returns the blocks of bs a selective mirror still lacks.
 func (v *Volume) missingOf(bs []uint64) []uint64 {
@@ -257,11 +263,14 @@ func (v *Volume) missingOf(bs []uint64) []uint64 {
 	return out
 }
 
-// fetchBlocks is one read-through pass over blocks.
-func (n *Node) fetchBlocks(ctx context.Context, nv *nodeVolume, v *Volume, p *nodePeer, remote string, blocks []uint64) error {
-	pl, err := p.links.get(ctx, nv.cfg.Name, remote, wire.OpRead)
+// fetchBlocks is one read-through pass over blocks from up (the peer p).
+func (n *Node) fetchBlocks(ctx context.Context, nv *nodeVolume, v *Volume, p *nodePeer, up upstream, blocks []uint64) error {
+	pl, err := p.links.get(ctx, nv.cfg.Name, up.volume, wire.OpRead)
 	if err != nil {
-		return fmt.Errorf("read-through from %s: %w", nv.cfg.Upstream, err)
+		return fmt.Errorf("read-through from %s: %w", up.peer, err)
+	}
+	if h := n.hooks.fetching; h != nil {
+		h(nv.cfg.Name, up.peer)
 	}
 	for i := 0; i < len(blocks); {
 		// Fetch contiguous runs.
@@ -272,7 +281,7 @@ func (n *Node) fetchBlocks(ctx context.Context, nv *nodeVolume, v *Volume, p *no
 		got, err := pl.read(ctx, blocks[i], blocks[j-1]+1, v.bs, false)
 		if err != nil {
 			p.links.drop(pl)
-			return fmt.Errorf("read-through from %s: %w", nv.cfg.Upstream, err)
+			return fmt.Errorf("read-through from %s: %w", up.peer, err)
 		}
 		epoch := pl.welcomeEpoch()
 		items := make([]recvItem, len(got.blocks))
@@ -280,6 +289,16 @@ func (n *Node) fetchBlocks(ctx context.Context, nv *nodeVolume, v *Volume, p *no
 			items[k] = recvItem{block: got.blocks[k], ver: got.vers[k], data: got.data[k*v.bs : (k+1)*v.bs], epoch: uint32(epoch)}
 		}
 		v.io.Lock()
+		// Checked under the io lock the store holds: an answer is stored
+		// only if the upstream did not change before it was.
+		if nv.upGen.Load() != up.gen {
+			v.io.Unlock()
+			if nv.upstream().peer != up.peer {
+				// Nothing reads through from the former upstream now.
+				p.links.drop(pl)
+			}
+			return fmt.Errorf("read-through from %s: %w", up.peer, errUpstreamMoved)
+		}
 		err = v.applyLocked(items, false)
 		v.io.Unlock()
 		if err != nil {

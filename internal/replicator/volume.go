@@ -113,6 +113,9 @@ type Status struct {
 	PresentBlocks uint64            `json:"present_blocks,omitempty"`
 	Dirty         map[string]uint64 `json:"dirty,omitempty"` // peer → dirty blocks
 	Conflicts     uint64            `json:"conflicts,omitempty"`
+	// Upstream is the peer a selective mirror reads the blocks it lacks
+	// through from (Node.Status only).
+	Upstream string `json:"upstream,omitempty"`
 	// Complete reports that the volume holds a whole, consistent copy:
 	// something was received, no full copy is partial or in progress, the
 	// delta cycle that must follow every copy has committed, and it is not
