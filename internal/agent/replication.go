@@ -45,9 +45,10 @@ type Replication struct {
 	// VolumeDir, when set, lets this node receive copies the controller
 	// places on it without declaring them: a replication task naming this
 	// node as target for a resource it holds no volume of creates a mirror
-	// volume <volume_dir>/<resource>.img that only the task's source node
-	// may write (for a selective copy, the source is also its upstream
-	// and must be a peer). Empty: only declared volumes receive copies.
+	// volume <volume_dir>/<resource>.img that only the sources of the
+	// tasks placing it may write (for a selective copy, the source is
+	// also its upstream and must be a peer; both follow a move of the
+	// resource's origin). Empty: only declared volumes receive copies.
 	VolumeDir string `yaml:"volume_dir"`
 }
 

@@ -35,7 +35,9 @@ const (
 	// TaskNotPrimary: it holds one, but as a mirror (or a fenced primary),
 	// which may not feed a placed copy.
 	TaskNotPrimary = "not_primary"
-	// TaskUnknownPeer: the target node is not a peer in replication.peers.
+	// TaskUnknownPeer: the target node (on a source), or the source a
+	// selective copy reads through from (on a target), is not a peer in
+	// replication.peers.
 	TaskUnknownPeer = "unknown_peer"
 	// TaskSelfTarget: the task asks the node to replicate to itself.
 	TaskSelfTarget = "self_target"

@@ -868,6 +868,126 @@ func TestPlacedCopyFollowsNewSource(t *testing.T) {
 	}
 }
 
+// TestPlacedSelectiveCopyFollowsNewSource: a selective copy placed here
+// reads the blocks it lacks through from its task's source. When the
+// controller moves the resource's origin to src2 (the operator promoted
+// it), later read-throughs must go to src2, not to src, which still
+// holds the deposed data and may be retired.
+func TestPlacedSelectiveCopyFollowsNewSource(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	dir := t.TempDir()
+	files, lns := replNet(t, dir, "src", "src2", "dst")
+	peer := func(n string) PeerCfg { return PeerCfg{Name: n, Addr: lns[n].Addr().String()} }
+	img := make([]byte, 64<<10)
+	for i := range img {
+		img[i] = byte(i * 13)
+	}
+	srcImg := filepath.Join(dir, "src.img")
+	if err := os.WriteFile(srcImg, img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fast := Duration(30 * time.Millisecond)
+	srcCfg := &Replication{TLS: files["src"], TaskInterval: fast,
+		Volumes: []VolumeCfg{{Name: "disk", Path: srcImg, Role: "primary"}}, Peers: []PeerCfg{peer("dst"), peer("src2")}}
+	src2Cfg := &Replication{TLS: files["src2"], TaskInterval: fast,
+		Volumes: []VolumeCfg{{Name: "disk", Path: filepath.Join(dir, "src2.img"), Role: "mirror"}}, Peers: []PeerCfg{peer("dst")}}
+	dstCfg := &Replication{TLS: files["dst"], VolumeDir: filepath.Join(dir, "placed"), Peers: []PeerCfg{peer("src"), peer("src2")}}
+	src, src2, dst := replNode(t, "src", srcCfg, lns["src"]), replNode(t, "src2", src2Cfg, lns["src2"]), replNode(t, "dst", dstCfg, lns["dst"])
+	ctx := context.Background()
+	if _, err := src.Push(ctx, "disk", "src2", replicator.PushOptions{Mode: replicator.ModeFull}); err != nil {
+		t.Fatal(err)
+	}
+	cps := map[string]*controlPlane{"src": taskAgent(t, "src", srcCfg, src), "src2": taskAgent(t, "src2", src2Cfg, src2),
+		"dst": taskAgent(t, "dst", dstCfg, dst)}
+	apply := func(version uint64, source string) {
+		t.Helper()
+		st := sampleProtoState()
+		st.Version = version
+		tk := task("disk", source, "dst")
+		tk.Kind = pb.MirrorKind_MIRROR_KIND_SELECTIVE
+		st.ReplicationTasks = []*pb.ReplicationTask{tk}
+		for _, n := range []string{"dst", "src", "src2"} {
+			if err := cps[n].apply(version, st); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	status := func() replicator.Status {
+		for _, s := range dst.Status() {
+			if s.Name == "disk" {
+				return s
+			}
+		}
+		return replicator.Status{}
+	}
+	apply(9, "src")
+	deadline := time.Now().Add(10 * time.Second)
+	for st := status(); !st.Selective || st.Inconsistent || st.FullActive; st = status() {
+		if time.Now().After(deadline) {
+			t.Fatalf("the selective copy was not received: %+v", st)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	buf := make([]byte, 4096)
+	if err := dst.Read(ctx, "disk", buf, 0); err != nil || string(buf) != string(img[:4096]) {
+		t.Fatalf("read-through from src: %v, or wrong bytes", err)
+	}
+
+	if _, err := src2.Promote("disk", 0); err != nil {
+		t.Fatal(err)
+	}
+	v2, err := src2.Volume("disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	moved := []byte(strings.Repeat("new origin ", 373)[:4096])
+	if _, err := v2.WriteAt(moved, 8192); err != nil {
+		t.Fatal(err)
+	}
+	apply(10, "src2")
+	if got := status().Upstream; got != "src2" {
+		t.Errorf("upstream %q after the origin moved, want src2", got)
+	}
+	if err := dst.Read(ctx, "disk", buf, 8192); err != nil {
+		t.Fatal(err)
+	}
+	if string(buf) != string(moved) {
+		t.Fatal("the placed copy read through from the former origin, not from the new one")
+	}
+	for _, r := range []string{TaskRejected, TaskUnknownPeer} {
+		if n := testutil.ToFloat64(cps["dst"].a.metrics.taskErrors.WithLabelValues(r)); n != 0 {
+			t.Errorf("%v tasks counted %s on the target", n, r)
+		}
+	}
+}
+
+// TestUpstreamTask: which task's source a selective placed copy reads
+// through from when a version names several.
+func TestUpstreamTask(t *testing.T) {
+	at := func(source string, placed int64) *pb.ReplicationTask {
+		tk := task("disk", source, "dst")
+		tk.PlacedUnixNano = placed
+		return tk
+	}
+	for _, c := range []struct {
+		name    string
+		tasks   []*pb.ReplicationTask
+		current string
+		want    string
+	}{
+		{"one source", []*pb.ReplicationTask{at("b", 1)}, "a", "b"},
+		{"current still named", []*pb.ReplicationTask{at("b", 2), at("a", 1)}, "a", "a"},
+		{"newest placement", []*pb.ReplicationTask{at("a", 1), at("c", 3), at("b", 2)}, "", "c"},
+		{"newest placement, current gone", []*pb.ReplicationTask{at("a", 1), at("c", 3)}, "x", "c"},
+		{"ties by name", []*pb.ReplicationTask{at("c", 1), at("b", 1)}, "", "b"},
+	} {
+		if got := upstreamTask(c.tasks, c.current).GetSourceNode(); got != c.want {
+			t.Errorf("%s: upstream %s, want %s", c.name, got, c.want)
+		}
+	}
+}
+
 func TestVolumeFileNameAndSpace(t *testing.T) {
 	for name, ok := range map[string]bool{"disk": true, "vm-9.raw": true, "": false, ".": false, "..": false, ".hidden": false, "a/b": false, `a\b`: false} {
 		if volumeFileName(name) != ok {

@@ -223,7 +223,8 @@
 // side, Node.SetAllowedPeers replaces a volume's allowed peers at run
 // time (the agent gives a placed copy the sources of its tasks) and ends
 // the sessions of peers it drops; Node.SetUpstream replaces a selective
-// mirror's upstream (see Full and selective copies).
+// mirror's upstream (see Full and selective copies; the agent gives a
+// placed selective copy the source of its current tasks).
 //
 // On the mirror side, Status says whether a volume is Complete (a whole
 // copy whose closing cycle committed, not selective) and its Lag: the
