@@ -85,7 +85,7 @@ push() { "$EA" replicate push --node src "${TLS[@]}" --image "$work/src.img" --j
 # Full copy, receiver in memory: the single-machine stand-in for a mirror with
 # its own disk, so the source's disk read and the network are what is measured.
 drop_cache "$work/src.img"
-out=$(push --peer "dst-shm@127.0.0.1:$rport" --volume shm --mode full)
+out=$(push --peer "dst@127.0.0.1:$rport" --volume shm --mode full)
 full_s=$(calc "$(echo "$out" | jsonnum full_ns) / 1e9")
 full_MBps=$(calc "$size / 1e6 / $full_s")
 full_wire=$(echo "$out" | jsonnum wire_bytes)
