@@ -329,8 +329,9 @@ func Detach(pinDir string, withMaps bool) error {
 	}
 	links, _ := filepath.Glob(filepath.Join(pinDir, "links", "*"))
 	errs := detachNetlink(pinDir)
-	if err := detachRoots(pinDir, "", "", ""); err != nil {
-		errs = append(errs, err)
+	rootErr := detachRoots(pinDir, "", "", "")
+	if rootErr != nil {
+		errs = append(errs, rootErr)
 	}
 	for _, p := range links {
 		l, err := link.LoadPinnedLink(p, nil)
@@ -348,9 +349,32 @@ func Detach(pinDir string, withMaps bool) error {
 		}
 	}
 	if withMaps {
-		if err := os.RemoveAll(pinDir); err != nil {
+		if err := removePinned(pinDir, rootErr != nil); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// removePinned removes the pinned state under pinDir; with keepRoots it
+// keeps pinDir/root, where detachRoots left the records of slots it
+// could not empty (without CAP_SYS_ADMIN it cannot tell whether a slot
+// holds ours): removing them would leave the root's array calling our
+// program with nothing left to ever empty its slot.
+func removePinned(pinDir string, keepRoots bool) error {
+	if !keepRoots {
+		return os.RemoveAll(pinDir)
+	}
+	ents, err := os.ReadDir(pinDir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range ents {
+		if e.Name() == "root" {
+			continue
+		}
+		errs = append(errs, os.RemoveAll(filepath.Join(pinDir, e.Name())))
 	}
 	return errors.Join(errs...)
 }

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"os"
 	"path/filepath"
 	"runtime"
 	"strings"
@@ -98,5 +99,53 @@ func TestDetachRootWithoutSysAdminKeepsRecord(t *testing.T) {
 	}
 	if filled() || records() != 0 {
 		t.Fatalf("detach: slot filled %v, %d records", filled(), records())
+	}
+}
+
+// TestDetachMapsWithoutSysAdminKeepsRootRecord: `edge-agent detach -maps`
+// without CAP_SYS_ADMIN cannot check the root's slot either, and must not
+// lose the record that lets a later detach empty it: removing the whole
+// pin directory removed the record detachRoots had just kept, and the
+// root's array went on calling our program for good.
+func TestDetachMapsWithoutSysAdminKeepsRootRecord(t *testing.T) {
+	requireRoot(t)
+	ns := agentNS(t)
+	pin, rootDir := bpffsDir(t), bpffsDir(t)
+	const key = 3
+	root := mapstest.NewRootT(t, key)
+	arrPin := filepath.Join(rootDir, "root_progs")
+	if err := root.Array.Pin(arrPin); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := testConfig(t, pin)
+	cfg.XDPRoot = &XDPRoot{ProgArray: arrPin, Key: key}
+	defer Detach(pin, true)
+	a, err := startAgent(t, ns, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	filled := func() bool { _, ok := slotProgram(root.Array, key); return ok }
+	records := func() int { m, _ := filepath.Glob(filepath.Join(pin, "root", "*")); return len(m) }
+	if !filled() || records() != 1 {
+		t.Fatalf("after start: slot filled %v, %d records", filled(), records())
+	}
+
+	withoutCapability(t, unix.CAP_SYS_ADMIN, func() { err = Detach(pin, true) })
+	if err == nil || !strings.Contains(err.Error(), "CAP_SYS_ADMIN") {
+		t.Errorf("detach -maps without CAP_SYS_ADMIN: %v, want an error naming it", err)
+	}
+	if !filled() || records() != 1 {
+		t.Fatalf("detach -maps without CAP_SYS_ADMIN: slot filled %v, %d records; want the record kept while the slot holds ours", filled(), records())
+	}
+
+	if err := Detach(pin, true); err != nil {
+		t.Fatal(err)
+	}
+	if filled() {
+		t.Fatal("detach -maps with CAP_SYS_ADMIN left our program in the root's slot")
+	}
+	if _, err := os.Stat(pin); !os.IsNotExist(err) {
+		t.Fatalf("detach -maps left %s: %v", pin, err)
 	}
 }
