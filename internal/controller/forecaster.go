@@ -219,8 +219,12 @@ type forecaster struct {
 	// Work still owed after a failed etcd write.
 	publishDue, snapDue bool
 	// Forecasts published for this bucket (f.next then; 0: none): the
-	// mirroring manager evaluates for it.
-	placeBucket int64
+	// mirroring manager evaluates for it. Set by restore too, since a
+	// checkpoint's open bucket had its forecasts published: the previous
+	// leader may have lost the leadership before its evaluation completed.
+	// placeResume is then the checkpoint's time (0 otherwise): records
+	// evaluated since were evaluated for the bucket (evaluatePlacements).
+	placeBucket, placeResume int64
 }
 
 func newForecaster(c *Controller) (*forecaster, error) {
@@ -249,6 +253,7 @@ func (f *forecaster) resetLocked() {
 	}
 	f.history, f.nextH1 = map[seriesKey][]*pb.BucketObservation{}, map[seriesKey]h1{}
 	f.feedsRev, f.next, f.readRev, f.gcBefore, f.publishDue, f.snapDue, f.placeBucket = 0, 0, 0, 0, false, false, 0
+	f.placeResume = 0
 }
 
 // run is the forecasting part of one leadership: restore, then close
@@ -278,7 +283,7 @@ func (f *forecaster) run(ctx context.Context, fn fence) {
 	for {
 		f.mu.Lock()
 		err := f.pass(ctx, fn)
-		bucket := f.placeBucket
+		bucket, resume := f.placeBucket, f.placeResume
 		f.mu.Unlock()
 		// The bucket's forecasts are out even when a later step of the
 		// pass failed (the checkpoint): evaluate them now, and until an
@@ -286,10 +291,10 @@ func (f *forecaster) run(ctx context.Context, fn fence) {
 		if bucket != 0 && !errors.Is(err, ErrNotLeader) {
 			// Outside the lock: scoring reads etcd and runs the route
 			// policy, and must not hold up the admin API's forecasts.
-			perr := f.c.evaluatePlacements(ctx, fn, bucket, time.Now())
+			perr := f.c.evaluatePlacements(ctx, fn, bucket, resume, time.Now())
 			if perr == nil || errors.Is(perr, ErrNotLeader) {
 				f.mu.Lock()
-				f.placeBucket = 0
+				f.placeBucket, f.placeResume = 0, 0
 				f.mu.Unlock()
 			}
 			err = errors.Join(err, perr)
@@ -330,7 +335,7 @@ func (f *forecaster) pass(ctx context.Context, fn fence) error {
 		if err := f.publish(ctx, fn); err != nil {
 			return err
 		}
-		f.publishDue, f.placeBucket = false, f.next
+		f.publishDue, f.placeBucket, f.placeResume = false, f.next, 0
 	}
 	if f.snapDue {
 		if err := f.checkpoint(ctx, fn); err != nil {
@@ -781,6 +786,11 @@ func (f *forecaster) restore(ctx context.Context) error {
 		f.c.log.Info("forecasting starts without a checkpoint")
 	} else {
 		f.feedsRev, f.next = cp.GetFeedsRevision(), cp.GetOpenBucketUnix()
+		// Its leader published the forecasts of its open bucket before it
+		// checkpointed, but may have lost the leadership before its
+		// placement pass completed: finish that pass (records already
+		// evaluated for the bucket are skipped).
+		f.placeBucket, f.placeResume = f.next, max(cp.GetWrittenUnixNano(), 1)
 		if source == "etcd" {
 			f.gcBefore = f.next // its manifest deleted the aggregates before it
 		}

@@ -247,7 +247,12 @@ func thresholds(res *pb.Resource) (place, retire float64) {
 // a pass can fail part-way; a record that already counted bucket is
 // skipped, so the retry (or a new leader closing the bucket again) does
 // not count its evidence twice toward placeConfirm or retireConfirm.
-func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, bucket int64, now time.Time) error {
+// resumeAfter (unix nanoseconds; 0: none) is a new leader finishing its
+// predecessor's pass for bucket, whose checkpoint was taken then: a record
+// evaluated since was evaluated for bucket (publish precedes checkpoint),
+// whatever build wrote it, and one of an earlier build, which names no
+// bucket, may have counted it; both are skipped too.
+func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, bucket, resumeAfter int64, now time.Time) error {
 	base := c.newScoreBase(now)
 	snap := base.snap
 	names := make([]string, 0, len(snap.resources))
@@ -270,7 +275,8 @@ func (c *Controller) evaluatePlacements(ctx context.Context, fn fence, bucket in
 		if rec == nil {
 			rec = &pb.PlacementRecord{Resource: name}
 		}
-		if rec.GetEvaluatedBucketUnix() >= bucket {
+		if rec.GetEvaluatedBucketUnix() >= bucket || resumeAfter != 0 && (rec.GetEvaluatedUnixNano() >= resumeAfter ||
+			rec.GetEvaluatedBucketUnix() == 0 && rec.GetEvaluatedUnixNano() != 0) {
 			for _, pl := range rec.GetPlaced() {
 				placed[pl.GetCopyState()]++
 			}
