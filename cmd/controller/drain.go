@@ -127,6 +127,11 @@ func drainOnce(ctx context.Context, c pb.AdminClient, verb, sel, name string, dr
 			lines = append(lines, fmt.Sprintf("mirror/%s is %s: left as it is", m.GetName(), controller.MirrorStateName(st)))
 		}
 	}
+	if len(changed) > 0 && resp.GetRevision() == 0 {
+		// A replica older than this command neither reports the revision
+		// nor honours if_revision: the write is then unconditional.
+		lines = append(lines, "warning: the controller reported no revision (a replica older than this command), so an edit made while this ran may be undone; check with controller get mirror")
+	}
 	if len(changed) > 0 {
 		_, err := c.Apply(ctx, &pb.ApplyRequest{Objects: &pb.Objects{Mirrors: changed}, DryRun: dry, IfRevision: resp.GetRevision()})
 		if status.Code(err) == codes.Aborted {

@@ -103,3 +103,28 @@ func TestDrainKeepsConcurrentEdit(t *testing.T) {
 		t.Fatalf("paris after a refused undrain and five edits:\n%s", got)
 	}
 }
+
+// TestDrainWarnsWithoutRevision: a replica older than drain's
+// compare-and-swap answers Get without a revision and ignores
+// if_revision, so the write is unconditional; drain says so.
+func TestDrainWarnsWithoutRevision(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) })
+	admin := startCtlController(t)
+	if out, err := ctl(t, append([]string{"apply", "-f", objectsFile}, admin...)...); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	defer func() { ctlDialOptions = nil }()
+	oldReplica := func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if r, ok := reply.(*pb.GetResponse); ok {
+			r.Revision = 0
+		}
+		return err
+	}
+	ctlDialOptions = []grpc.DialOption{grpc.WithChainUnaryInterceptor(oldReplica)}
+	out, err := ctl(t, append([]string{"drain", "mirror", "paris"}, admin...)...)
+	if err != nil || !strings.Contains(out, "mirror/paris draining (was active)") || !strings.Contains(out, "warning: the controller reported no revision") {
+		t.Fatalf("drain against a replica without revisions: %v\n%s", err, out)
+	}
+}
