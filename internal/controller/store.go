@@ -295,6 +295,13 @@ func (s *Store) applyOnce(ctx context.Context, in *pb.Objects, dryRun bool, ifRe
 	if err := s.checkRequestSize(txns, puts); err != nil {
 		return nil, err
 	}
+	if ifRev > 0 && len(txns) > 1 {
+		// A split apply is not atomic: an edit between its parts would
+		// leave the first part written under an answer that says the
+		// condition failed and nothing was.
+		return nil, invalidf("a conditional apply must fit one etcd transaction: %d objects to write, at most %d per transaction (--etcd-max-txn-ops); apply fewer at a time",
+			len(puts), max(1, (s.MaxTxnOps-1)/2))
+	}
 	if dryRun || len(puts) == 0 {
 		return changes, nil
 	}

@@ -393,3 +393,45 @@ func TestApplyBeyondEtcdRequestLimitRefused(t *testing.T) {
 		})
 	}
 }
+
+// TestApplyIfRefusesSplit: an apply larger than one transaction is
+// written in parts, which a condition on the revision cannot cover (an
+// edit between the parts would fail the condition after the first part
+// was written), so a conditional one is refused whole.
+func TestApplyIfRefusesSplit(t *testing.T) {
+	cli := etcdClient(t)
+	defer cli.Close()
+	s := NewStore(cli, testPrefix(t), DefaultLimits())
+	ctx := context.Background()
+	if _, err := s.Apply(ctx, testObjects(), false); err != nil {
+		t.Fatal(err)
+	}
+	objs, rev, err := s.GetRev(ctx, KindMirror, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(objs.GetMirrors()) < 2 {
+		t.Fatalf("test objects hold %d mirrors, want 2 or more", len(objs.GetMirrors()))
+	}
+	for _, m := range objs.GetMirrors() {
+		m.State = pb.MirrorState_MIRROR_STATE_DRAINING
+	}
+	s.MaxTxnOps = 3 // one object per transaction
+	_, err = s.ApplyIf(ctx, objs, false, rev)
+	if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "must fit one etcd transaction") {
+		t.Fatalf("conditional apply in %d parts: %v, want refused as invalid", len(objs.GetMirrors()), err)
+	}
+	after, _, err := s.GetRev(ctx, KindMirror, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range after.GetMirrors() {
+		if m.GetState() == pb.MirrorState_MIRROR_STATE_DRAINING {
+			t.Errorf("mirror %s written by a refused apply", m.GetName())
+		}
+	}
+	// Unconditional, the same apply is split and written.
+	if _, err := s.ApplyIf(ctx, objs, false, 0); err != nil {
+		t.Fatalf("unconditional split apply: %v", err)
+	}
+}
