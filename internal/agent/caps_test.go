@@ -60,92 +60,60 @@ func TestCheckCapabilities(t *testing.T) {
 // program array opens the slot's program by ID to see that it is ours,
 // which needs CAP_SYS_ADMIN. Without it the check read as "not ours":
 // the slot was left holding our program and its record was removed, so
-// no later detach would ever empty it. Now the record stays, the error
-// names the capability, and a detach with it finishes the job.
+// no later detach would ever empty it. `edge-agent detach -maps` then
+// also removed the whole pin directory, record included. Now the record
+// stays, the error names the capability, and a detach with it finishes
+// the job.
 func TestDetachRootWithoutSysAdminKeepsRecord(t *testing.T) {
 	requireRoot(t)
-	ns := agentNS(t)
-	pin, rootDir := bpffsDir(t), bpffsDir(t)
-	const key = 3
-	root := mapstest.NewRootT(t, key)
-	arrPin := filepath.Join(rootDir, "root_progs")
-	if err := root.Array.Pin(arrPin); err != nil {
-		t.Fatal(err)
-	}
-	cfg, _ := testConfig(t, pin)
-	cfg.XDPRoot = &XDPRoot{ProgArray: arrPin, Key: key}
-	defer Detach(pin, true)
-	a, err := startAgent(t, ns, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.Close()
-	filled := func() bool { _, ok := slotProgram(root.Array, key); return ok }
-	records := func() int { m, _ := filepath.Glob(filepath.Join(pin, "root", "*")); return len(m) }
-	if !filled() || records() != 1 {
-		t.Fatalf("after start: slot filled %v, %d records", filled(), records())
-	}
+	for _, tc := range []struct {
+		name   string
+		detach func(pin string) error
+		gone   bool // the pin directory is removed once the slot is emptied
+	}{
+		{"detach", func(pin string) error { return detachRoots(pin, "", "", "") }, false},
+		{"detach -maps", func(pin string) error { return Detach(pin, true) }, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := agentNS(t)
+			pin, rootDir := bpffsDir(t), bpffsDir(t)
+			const key = 3
+			root := mapstest.NewRootT(t, key)
+			arrPin := filepath.Join(rootDir, "root_progs")
+			if err := root.Array.Pin(arrPin); err != nil {
+				t.Fatal(err)
+			}
+			cfg, _ := testConfig(t, pin)
+			cfg.XDPRoot = &XDPRoot{ProgArray: arrPin, Key: key}
+			defer Detach(pin, true)
+			a, err := startAgent(t, ns, cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			a.Close()
+			filled := func() bool { _, ok := slotProgram(root.Array, key); return ok }
+			records := func() int { m, _ := filepath.Glob(filepath.Join(pin, "root", "*")); return len(m) }
+			if !filled() || records() != 1 {
+				t.Fatalf("after start: slot filled %v, %d records", filled(), records())
+			}
 
-	withoutCapability(t, unix.CAP_SYS_ADMIN, func() { err = detachRoots(pin, "", "", "") })
-	if err == nil || !strings.Contains(err.Error(), "CAP_SYS_ADMIN") {
-		t.Errorf("detach without CAP_SYS_ADMIN: %v, want an error naming it", err)
-	}
-	if !filled() || records() != 1 {
-		t.Fatalf("detach without CAP_SYS_ADMIN: slot filled %v, %d records; want the record kept while the slot holds ours", filled(), records())
-	}
+			withoutCapability(t, unix.CAP_SYS_ADMIN, func() { err = tc.detach(pin) })
+			if err == nil || !strings.Contains(err.Error(), "CAP_SYS_ADMIN") {
+				t.Errorf("without CAP_SYS_ADMIN: %v, want an error naming it", err)
+			}
+			if !filled() || records() != 1 {
+				t.Fatalf("without CAP_SYS_ADMIN: slot filled %v, %d records; want the record kept while the slot holds ours", filled(), records())
+			}
 
-	if err := detachRoots(pin, "", "", ""); err != nil {
-		t.Fatal(err)
-	}
-	if filled() || records() != 0 {
-		t.Fatalf("detach: slot filled %v, %d records", filled(), records())
-	}
-}
-
-// TestDetachMapsWithoutSysAdminKeepsRootRecord: `edge-agent detach -maps`
-// without CAP_SYS_ADMIN cannot check the root's slot either, and must not
-// lose the record that lets a later detach empty it: removing the whole
-// pin directory removed the record detachRoots had just kept, and the
-// root's array went on calling our program for good.
-func TestDetachMapsWithoutSysAdminKeepsRootRecord(t *testing.T) {
-	requireRoot(t)
-	ns := agentNS(t)
-	pin, rootDir := bpffsDir(t), bpffsDir(t)
-	const key = 3
-	root := mapstest.NewRootT(t, key)
-	arrPin := filepath.Join(rootDir, "root_progs")
-	if err := root.Array.Pin(arrPin); err != nil {
-		t.Fatal(err)
-	}
-	cfg, _ := testConfig(t, pin)
-	cfg.XDPRoot = &XDPRoot{ProgArray: arrPin, Key: key}
-	defer Detach(pin, true)
-	a, err := startAgent(t, ns, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	a.Close()
-	filled := func() bool { _, ok := slotProgram(root.Array, key); return ok }
-	records := func() int { m, _ := filepath.Glob(filepath.Join(pin, "root", "*")); return len(m) }
-	if !filled() || records() != 1 {
-		t.Fatalf("after start: slot filled %v, %d records", filled(), records())
-	}
-
-	withoutCapability(t, unix.CAP_SYS_ADMIN, func() { err = Detach(pin, true) })
-	if err == nil || !strings.Contains(err.Error(), "CAP_SYS_ADMIN") {
-		t.Errorf("detach -maps without CAP_SYS_ADMIN: %v, want an error naming it", err)
-	}
-	if !filled() || records() != 1 {
-		t.Fatalf("detach -maps without CAP_SYS_ADMIN: slot filled %v, %d records; want the record kept while the slot holds ours", filled(), records())
-	}
-
-	if err := Detach(pin, true); err != nil {
-		t.Fatal(err)
-	}
-	if filled() {
-		t.Fatal("detach -maps with CAP_SYS_ADMIN left our program in the root's slot")
-	}
-	if _, err := os.Stat(pin); !os.IsNotExist(err) {
-		t.Fatalf("detach -maps left %s: %v", pin, err)
+			if err := tc.detach(pin); err != nil {
+				t.Fatal(err)
+			}
+			if filled() || records() != 0 {
+				t.Fatalf("with CAP_SYS_ADMIN: slot filled %v, %d records", filled(), records())
+			}
+			if _, err := os.Stat(pin); tc.gone && !os.IsNotExist(err) {
+				t.Fatalf("detach -maps left %s: %v", pin, err)
+			}
+		})
 	}
 }
