@@ -95,9 +95,15 @@ func testConfig(t *testing.T, pin string) (*Config, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := strings.Replace(string(b), "/sys/fs/bpf/will-be-replaced", pin, 1)
-	path := filepath.Join(t.TempDir(), "edge.yaml")
-	if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+	return writeConfig(t, "edge.yaml", strings.Replace(string(b), "/sys/fs/bpf/will-be-replaced", pin, 1))
+}
+
+// writeConfig writes text as the config file name in a directory of its
+// own and loads it. It returns the config and the file's path.
+func writeConfig(t *testing.T, name, text string) (*Config, string) {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	c, err := LoadConfig(path)

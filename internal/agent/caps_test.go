@@ -8,8 +8,6 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/premirror/premirror/internal/maps/mapstest"
 )
 
 // withoutCapability runs fn on an OS thread whose effective set lacks
@@ -76,13 +74,9 @@ func TestDetachRootWithoutSysAdminKeepsRecord(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := agentNS(t)
-			pin, rootDir := bpffsDir(t), bpffsDir(t)
+			pin := bpffsDir(t)
 			const key = 3
-			root := mapstest.NewRootT(t, key)
-			arrPin := filepath.Join(rootDir, "root_progs")
-			if err := root.Array.Pin(arrPin); err != nil {
-				t.Fatal(err)
-			}
+			root, _, arrPin := pinnedRoot(t, key)
 			cfg, _ := testConfig(t, pin)
 			cfg.XDPRoot = &XDPRoot{ProgArray: arrPin, Key: key}
 			defer Detach(pin, true)

@@ -2,7 +2,6 @@ package agent
 
 import (
 	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -176,15 +175,7 @@ func TestAccessCountersAcrossRestartAndPrune(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	moved := strings.Replace(string(b), "id: 7", "id: 8", 1)
-	path2 := filepath.Join(t.TempDir(), "edge.yaml")
-	if err := os.WriteFile(path2, []byte(moved), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cfg2, err := LoadConfig(path2)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cfg2, _ := writeConfig(t, "edge.yaml", strings.Replace(string(b), "id: 7", "id: 8", 1))
 	ns.Do(func() { err = a.apply(cfg2) })
 	if err != nil {
 		t.Fatal(err)

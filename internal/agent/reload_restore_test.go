@@ -80,14 +80,7 @@ func TestReloadAllOrNothing(t *testing.T) {
 			}
 			file := strings.Replace(string(b), "role: edge\ninterfaces: [pa0]\n",
 				"role: both\nrouter_interfaces: [pa0]\ndecap_interfaces: [pa1]\ndecap_sources: [10.77.0.0/24]\n", 1)
-			path := filepath.Join(t.TempDir(), "both.yaml")
-			if err := os.WriteFile(path, []byte(file), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			cfg, err := LoadConfig(path)
-			if err != nil {
-				t.Fatal(err)
-			}
+			cfg, path := writeConfig(t, "both.yaml", file)
 			var a *Agent
 			ns.Do(func() { a = New(cfg, path, discardLogger()); err = a.Start() })
 			if err != nil {

@@ -13,6 +13,20 @@ import (
 	"github.com/premirror/premirror/internal/maps/mapstest"
 )
 
+// pinnedRoot is the operator's root XDP program, which tail-calls slot
+// key of its program array, with the array pinned as arrPin, root_progs
+// in a bpffs directory of its own, rootDir.
+func pinnedRoot(t *testing.T, key uint32) (root *mapstest.Root, rootDir, arrPin string) {
+	t.Helper()
+	rootDir = bpffsDir(t)
+	root = mapstest.NewRootT(t, key)
+	arrPin = filepath.Join(rootDir, "root_progs")
+	if err := root.Array.Pin(arrPin); err != nil {
+		t.Fatal(err)
+	}
+	return root, rootDir, arrPin
+}
+
 // TestXDPRoot: the operator's root XDP program runs on pa0 and
 // tail-calls slot 3 of its pinned program array. With xdp_root the agent
 // attaches nothing: it puts the router in that slot, VIP traffic the root
@@ -23,13 +37,9 @@ import (
 func TestXDPRoot(t *testing.T) {
 	requireRoot(t)
 	ns := agentNS(t)
-	pin, rootDir := bpffsDir(t), bpffsDir(t)
+	pin := bpffsDir(t)
 	const key = 3
-	root := mapstest.NewRootT(t, key)
-	arrPin := filepath.Join(rootDir, "root_progs")
-	if err := root.Array.Pin(arrPin); err != nil {
-		t.Fatal(err)
-	}
+	root, rootDir, arrPin := pinnedRoot(t, key)
 	notArray, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
 	if err != nil {
 		t.Fatal(err)

@@ -784,14 +784,22 @@ func TestTargetCreatesPlacedVolume(t *testing.T) {
 	}
 }
 
-// TestPlacedCopyFollowsNewSource: a copy placed here takes sessions only
-// from its task's source. When the controller moves the resource's origin
-// (the operator promoted another copy, src2, and the task now comes from
-// it), the copy must take src2's cycles without an agent restart, and
-// refuse the old source, which no task names any more.
-func TestPlacedCopyFollowsNewSource(t *testing.T) {
-	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+// originMove is three replication nodes for a copy placed on dst whose
+// origin moves: src holds volume disk (64 KiB) as primary, src2 holds a
+// full copy of it pushed from src, as a copy an operator promotes does,
+// and dst, with volume_dir and no volume, receives the copy its tasks
+// place. Each node runs the agent's task control plane.
+type originMove struct {
+	img            []byte
+	dstImg         string
+	src, src2, dst *replicator.Node
+	cps            map[string]*controlPlane
+	kind           pb.MirrorKind
+}
+
+// newOriginMove starts the three nodes; kind is the placed copy's.
+func newOriginMove(t *testing.T, kind pb.MirrorKind) *originMove {
+	t.Helper()
 	dir := t.TempDir()
 	files, lns := replNet(t, dir, "src", "src2", "dst")
 	peer := func(n string) PeerCfg { return PeerCfg{Name: n, Addr: lns[n].Addr().String()} }
@@ -810,29 +818,57 @@ func TestPlacedCopyFollowsNewSource(t *testing.T) {
 		Volumes: []VolumeCfg{{Name: "disk", Path: filepath.Join(dir, "src2.img"), Role: "mirror"}}, Peers: []PeerCfg{peer("dst")}}
 	dstCfg := &Replication{TLS: files["dst"], VolumeDir: filepath.Dir(dstImg), Peers: []PeerCfg{peer("src"), peer("src2")}}
 	src, src2, dst := replNode(t, "src", srcCfg, lns["src"]), replNode(t, "src2", src2Cfg, lns["src2"]), replNode(t, "dst", dstCfg, lns["dst"])
-	ctx := context.Background()
-	// src2 holds a copy of disk, as a copy an operator promotes does.
-	if _, err := src.Push(ctx, "disk", "src2", replicator.PushOptions{Mode: replicator.ModeFull}); err != nil {
+	if _, err := src.Push(context.Background(), "disk", "src2", replicator.PushOptions{Mode: replicator.ModeFull}); err != nil {
 		t.Fatal(err)
 	}
 	cps := map[string]*controlPlane{"src": taskAgent(t, "src", srcCfg, src), "src2": taskAgent(t, "src2", src2Cfg, src2),
 		"dst": taskAgent(t, "dst", dstCfg, dst)}
-	apply := func(version uint64, source string) {
-		t.Helper()
-		st := sampleProtoState()
-		st.Version = version
-		st.ReplicationTasks = []*pb.ReplicationTask{task("disk", source, "dst")}
-		for _, n := range []string{"dst", "src", "src2"} {
-			if err := cps[n].apply(version, st); err != nil {
-				t.Fatal(err)
-			}
+	return &originMove{img: img, dstImg: dstImg, src: src, src2: src2, dst: dst, cps: cps, kind: kind}
+}
+
+// apply applies version, whose one task copies disk from source to dst,
+// on every node, the target first.
+func (m *originMove) apply(t *testing.T, version uint64, source string) {
+	t.Helper()
+	st := sampleProtoState()
+	st.Version = version
+	tk := task("disk", source, "dst")
+	tk.Kind = m.kind
+	st.ReplicationTasks = []*pb.ReplicationTask{tk}
+	for _, n := range []string{"dst", "src", "src2"} {
+		if err := m.cps[n].apply(version, st); err != nil {
+			t.Fatal(err)
 		}
 	}
+}
+
+// promote makes src2's copy the primary and returns it for writing.
+func (m *originMove) promote(t *testing.T) *replicator.Volume {
+	t.Helper()
+	if _, err := m.src2.Promote("disk", 0); err != nil {
+		t.Fatal(err)
+	}
+	v2, err := m.src2.Volume("disk")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v2
+}
+
+// TestPlacedCopyFollowsNewSource: a copy placed here takes sessions only
+// from its task's source. When the controller moves the resource's origin
+// (the operator promoted another copy, src2, and the task now comes from
+// it), the copy must take src2's cycles without an agent restart, and
+// refuse the old source, which no task names any more.
+func TestPlacedCopyFollowsNewSource(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	m := newOriginMove(t, pb.MirrorKind_MIRROR_KIND_FULL)
 	waitImage := func(want []byte) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			b, err := os.ReadFile(dstImg)
+			b, err := os.ReadFile(m.dstImg)
 			if err == nil && string(b) == string(want) {
 				return
 			}
@@ -842,28 +878,22 @@ func TestPlacedCopyFollowsNewSource(t *testing.T) {
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	apply(9, "src")
-	waitImage(img)
+	m.apply(t, 9, "src")
+	waitImage(m.img)
 
-	if _, err := src2.Promote("disk", 0); err != nil {
-		t.Fatal(err)
-	}
-	v2, err := src2.Volume("disk")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := slices.Clone(img)
+	v2 := m.promote(t)
+	want := slices.Clone(m.img)
 	copy(want[4096:8192], strings.Repeat("new origin ", 373))
 	if _, err := v2.WriteAt(want[4096:8192], 4096); err != nil {
 		t.Fatal(err)
 	}
-	apply(10, "src2")
+	m.apply(t, 10, "src2")
 	waitImage(want)
-	if n := testutil.ToFloat64(cps["dst"].a.metrics.taskErrors.WithLabelValues(TaskRejected)); n != 0 {
+	if n := testutil.ToFloat64(m.cps["dst"].a.metrics.taskErrors.WithLabelValues(TaskRejected)); n != 0 {
 		t.Fatalf("%v tasks rejected on the target", n)
 	}
 	// The old source is no task's any more.
-	if _, err := src.Push(ctx, "disk", "dst", replicator.PushOptions{}); !errors.Is(err, replicator.ErrUnauthorized) {
+	if _, err := m.src.Push(context.Background(), "disk", "dst", replicator.PushOptions{}); !errors.Is(err, replicator.ErrUnauthorized) {
 		t.Fatalf("push from the former source: %v, want ErrUnauthorized", err)
 	}
 }
@@ -876,52 +906,17 @@ func TestPlacedCopyFollowsNewSource(t *testing.T) {
 func TestPlacedSelectiveCopyFollowsNewSource(t *testing.T) {
 	ignore := goleak.IgnoreCurrent()
 	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
-	dir := t.TempDir()
-	files, lns := replNet(t, dir, "src", "src2", "dst")
-	peer := func(n string) PeerCfg { return PeerCfg{Name: n, Addr: lns[n].Addr().String()} }
-	img := make([]byte, 64<<10)
-	for i := range img {
-		img[i] = byte(i * 13)
-	}
-	srcImg := filepath.Join(dir, "src.img")
-	if err := os.WriteFile(srcImg, img, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	fast := Duration(30 * time.Millisecond)
-	srcCfg := &Replication{TLS: files["src"], TaskInterval: fast,
-		Volumes: []VolumeCfg{{Name: "disk", Path: srcImg, Role: "primary"}}, Peers: []PeerCfg{peer("dst"), peer("src2")}}
-	src2Cfg := &Replication{TLS: files["src2"], TaskInterval: fast,
-		Volumes: []VolumeCfg{{Name: "disk", Path: filepath.Join(dir, "src2.img"), Role: "mirror"}}, Peers: []PeerCfg{peer("dst")}}
-	dstCfg := &Replication{TLS: files["dst"], VolumeDir: filepath.Join(dir, "placed"), Peers: []PeerCfg{peer("src"), peer("src2")}}
-	src, src2, dst := replNode(t, "src", srcCfg, lns["src"]), replNode(t, "src2", src2Cfg, lns["src2"]), replNode(t, "dst", dstCfg, lns["dst"])
+	m := newOriginMove(t, pb.MirrorKind_MIRROR_KIND_SELECTIVE)
 	ctx := context.Background()
-	if _, err := src.Push(ctx, "disk", "src2", replicator.PushOptions{Mode: replicator.ModeFull}); err != nil {
-		t.Fatal(err)
-	}
-	cps := map[string]*controlPlane{"src": taskAgent(t, "src", srcCfg, src), "src2": taskAgent(t, "src2", src2Cfg, src2),
-		"dst": taskAgent(t, "dst", dstCfg, dst)}
-	apply := func(version uint64, source string) {
-		t.Helper()
-		st := sampleProtoState()
-		st.Version = version
-		tk := task("disk", source, "dst")
-		tk.Kind = pb.MirrorKind_MIRROR_KIND_SELECTIVE
-		st.ReplicationTasks = []*pb.ReplicationTask{tk}
-		for _, n := range []string{"dst", "src", "src2"} {
-			if err := cps[n].apply(version, st); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
 	status := func() replicator.Status {
-		for _, s := range dst.Status() {
+		for _, s := range m.dst.Status() {
 			if s.Name == "disk" {
 				return s
 			}
 		}
 		return replicator.Status{}
 	}
-	apply(9, "src")
+	m.apply(t, 9, "src")
 	deadline := time.Now().Add(10 * time.Second)
 	for st := status(); !st.Selective || st.Inconsistent || st.FullActive; st = status() {
 		if time.Now().After(deadline) {
@@ -930,33 +925,27 @@ func TestPlacedSelectiveCopyFollowsNewSource(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	buf := make([]byte, 4096)
-	if err := dst.Read(ctx, "disk", buf, 0); err != nil || string(buf) != string(img[:4096]) {
+	if err := m.dst.Read(ctx, "disk", buf, 0); err != nil || string(buf) != string(m.img[:4096]) {
 		t.Fatalf("read-through from src: %v, or wrong bytes", err)
 	}
 
-	if _, err := src2.Promote("disk", 0); err != nil {
-		t.Fatal(err)
-	}
-	v2, err := src2.Volume("disk")
-	if err != nil {
-		t.Fatal(err)
-	}
+	v2 := m.promote(t)
 	moved := []byte(strings.Repeat("new origin ", 373)[:4096])
 	if _, err := v2.WriteAt(moved, 8192); err != nil {
 		t.Fatal(err)
 	}
-	apply(10, "src2")
+	m.apply(t, 10, "src2")
 	if got := status().Upstream; got != "src2" {
 		t.Errorf("upstream %q after the origin moved, want src2", got)
 	}
-	if err := dst.Read(ctx, "disk", buf, 8192); err != nil {
+	if err := m.dst.Read(ctx, "disk", buf, 8192); err != nil {
 		t.Fatal(err)
 	}
 	if string(buf) != string(moved) {
 		t.Fatal("the placed copy read through from the former origin, not from the new one")
 	}
 	for _, r := range []string{TaskRejected, TaskUnknownPeer} {
-		if n := testutil.ToFloat64(cps["dst"].a.metrics.taskErrors.WithLabelValues(r)); n != 0 {
+		if n := testutil.ToFloat64(m.cps["dst"].a.metrics.taskErrors.WithLabelValues(r)); n != 0 {
 			t.Errorf("%v tasks counted %s on the target", n, r)
 		}
 	}
