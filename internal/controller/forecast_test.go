@@ -606,36 +606,18 @@ func TestForecastStateFile(t *testing.T) {
 // the access aggregates: there a write of another replica lands after
 // anything the leader read for the checkpoint.
 type kvHook struct {
-	clientv3.KV
 	accessPrefix string
 	before       func()
 }
 
-func (k *kvHook) Txn(ctx context.Context) clientv3.Txn { return &txnHook{Txn: k.KV.Txn(ctx), k: k} }
-
-type txnHook struct {
-	clientv3.Txn
-	k      *kvHook
-	access bool // Then deletes the aggregates
-}
-
-func (t *txnHook) If(cs ...clientv3.Cmp) clientv3.Txn { t.Txn = t.Txn.If(cs...); return t }
-func (t *txnHook) Else(ops ...clientv3.Op) clientv3.Txn {
-	t.Txn = t.Txn.Else(ops...)
-	return t
-}
-func (t *txnHook) Then(ops ...clientv3.Op) clientv3.Txn {
-	for _, op := range ops {
-		t.access = t.access || op.IsDelete() && string(op.KeyBytes()) == t.k.accessPrefix
-	}
-	t.Txn = t.Txn.Then(ops...)
-	return t
-}
-func (t *txnHook) Commit() (*clientv3.TxnResponse, error) {
-	if t.access && t.k.before != nil {
-		t.k.before()
-	}
-	return t.Txn.Commit()
+func (k *kvHook) wrap(kv clientv3.KV) clientv3.KV {
+	return &txnKV{KV: kv, commit: func(then []clientv3.Op) error {
+		access := slices.ContainsFunc(then, func(op clientv3.Op) bool { return op.IsDelete() && string(op.KeyBytes()) == k.accessPrefix })
+		if access && k.before != nil {
+			k.before()
+		}
+		return nil
+	}}
 }
 
 // A checkpoint reports exactly the late aggregates it deletes, once each:
@@ -646,8 +628,8 @@ func (t *txnHook) Commit() (*clientv3.TxnResponse, error) {
 func TestCheckpointReportsLateAggregatesItDeletes(t *testing.T) {
 	cli := etcdClient(t)
 	t.Cleanup(func() { cli.Close() })
-	hook := &kvHook{KV: cli.KV}
-	cli.KV = hook
+	hook := &kvHook{}
+	cli.KV = hook.wrap(cli.KV)
 	prefix := testPrefix(t)
 	c, err := New(Config{Name: "r1", TLS: shared.files, Prefix: prefix, ReportInterval: 100 * time.Millisecond, Logger: quietLogger(),
 		Forecast: ForecastConfig{Engine: testEngineConfig(), Grace: 5 * time.Second}}, cli)

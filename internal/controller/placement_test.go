@@ -3,6 +3,7 @@ package controller
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -505,43 +506,60 @@ func TestLoweredMaxMirrorsRetiresExcess(t *testing.T) {
 	}
 }
 
+// txnKV passes each transaction, with the ops of its Then branch, to
+// commit just before it commits; an error from commit fails it instead,
+// as an etcd error would.
+type txnKV struct {
+	clientv3.KV
+	commit func(then []clientv3.Op) error
+}
+
+func (k *txnKV) Txn(ctx context.Context) clientv3.Txn { return &txnHook{Txn: k.KV.Txn(ctx), k: k} }
+
+type txnHook struct {
+	clientv3.Txn
+	k    *txnKV
+	then []clientv3.Op
+}
+
+func (t *txnHook) If(cs ...clientv3.Cmp) clientv3.Txn { t.Txn = t.Txn.If(cs...); return t }
+func (t *txnHook) Else(ops ...clientv3.Op) clientv3.Txn {
+	t.Txn = t.Txn.Else(ops...)
+	return t
+}
+func (t *txnHook) Then(ops ...clientv3.Op) clientv3.Txn {
+	t.then = append(t.then, ops...)
+	t.Txn = t.Txn.Then(ops...)
+	return t
+}
+func (t *txnHook) Commit() (*clientv3.TxnResponse, error) {
+	if err := t.k.commit(t.then); err != nil {
+		return nil, err
+	}
+	return t.Txn.Commit()
+}
+
+// writes reports whether one of ops is on key.
+func writes(ops []clientv3.Op, key string) bool {
+	return slices.ContainsFunc(ops, func(op clientv3.Op) bool { return string(op.KeyBytes()) == key })
+}
+
 // failOnceKV fails the first transaction that writes key, after calling
 // before (which may wait), as an etcd error part-way through a pass would.
 type failOnceKV struct {
-	clientv3.KV
 	key    string
 	before func()
 	failed atomic.Bool
 }
 
-func (k *failOnceKV) Txn(ctx context.Context) clientv3.Txn {
-	return &failOnceTxn{Txn: k.KV.Txn(ctx), k: k}
-}
-
-type failOnceTxn struct {
-	clientv3.Txn
-	k     *failOnceKV
-	match bool
-}
-
-func (t *failOnceTxn) If(cs ...clientv3.Cmp) clientv3.Txn { t.Txn = t.Txn.If(cs...); return t }
-func (t *failOnceTxn) Else(ops ...clientv3.Op) clientv3.Txn {
-	t.Txn = t.Txn.Else(ops...)
-	return t
-}
-func (t *failOnceTxn) Then(ops ...clientv3.Op) clientv3.Txn {
-	for _, op := range ops {
-		t.match = t.match || string(op.KeyBytes()) == t.k.key
-	}
-	t.Txn = t.Txn.Then(ops...)
-	return t
-}
-func (t *failOnceTxn) Commit() (*clientv3.TxnResponse, error) {
-	if t.match && t.k.failed.CompareAndSwap(false, true) {
-		t.k.before()
-		return nil, errors.New("injected etcd failure")
-	}
-	return t.Txn.Commit()
+func (k *failOnceKV) wrap(kv clientv3.KV) clientv3.KV {
+	return &txnKV{KV: kv, commit: func(then []clientv3.Op) error {
+		if writes(then, k.key) && k.failed.CompareAndSwap(false, true) {
+			k.before()
+			return errors.New("injected etcd failure")
+		}
+		return nil
+	}}
 }
 
 // A placement pass that fails part-way (here: the write of web's record,
@@ -561,7 +579,7 @@ func TestRetriedPlacementPassCountsBucketOnce(t *testing.T) {
 			}
 		}
 	}}
-	r1, br, eu, us := placementRig(t, prefix, func(kv clientv3.KV) clientv3.KV { hook.KV = kv; return hook })
+	r1, br, eu, us := placementRig(t, prefix, hook.wrap)
 	r1p.Store(r1)
 
 	br.bucket(0, eu, us)
@@ -611,7 +629,7 @@ func placementRig(t *testing.T, prefix string, wrap func(clientv3.KV) clientv3.K
 func TestPlacementEvaluatedWhenCheckpointFails(t *testing.T) {
 	prefix := testPrefix(t)
 	hook := &failOnceKV{key: forecastPrefix(prefix) + fkeyManifest, before: func() {}}
-	r1, br, eu, us := placementRig(t, prefix, func(kv clientv3.KV) clientv3.KV { hook.KV = kv; return hook })
+	r1, br, eu, us := placementRig(t, prefix, hook.wrap)
 	br.bucket(0, eu, us)
 	waitFor(t, "disk evaluated for bucket 0", 10*time.Second, func() bool {
 		return hook.failed.Load() && r1.c.view.placements()["disk"].GetEvaluatedBucketUnix() == br.t0.Add(time.Hour).Unix()
@@ -623,40 +641,19 @@ func TestPlacementEvaluatedWhenCheckpointFails(t *testing.T) {
 
 // failKV fails every transaction that writes key while on is set.
 type failKV struct {
-	clientv3.KV
 	key  string
 	on   atomic.Bool
 	hits atomic.Int32
 }
 
-func (k *failKV) Txn(ctx context.Context) clientv3.Txn {
-	return &failTxn{Txn: k.KV.Txn(ctx), k: k}
-}
-
-type failTxn struct {
-	clientv3.Txn
-	k     *failKV
-	match bool
-}
-
-func (t *failTxn) If(cs ...clientv3.Cmp) clientv3.Txn { t.Txn = t.Txn.If(cs...); return t }
-func (t *failTxn) Else(ops ...clientv3.Op) clientv3.Txn {
-	t.Txn = t.Txn.Else(ops...)
-	return t
-}
-func (t *failTxn) Then(ops ...clientv3.Op) clientv3.Txn {
-	for _, op := range ops {
-		t.match = t.match || string(op.KeyBytes()) == t.k.key
-	}
-	t.Txn = t.Txn.Then(ops...)
-	return t
-}
-func (t *failTxn) Commit() (*clientv3.TxnResponse, error) {
-	if t.match && t.k.on.Load() {
-		t.k.hits.Add(1)
-		return nil, errors.New("injected etcd failure")
-	}
-	return t.Txn.Commit()
+func (k *failKV) wrap(kv clientv3.KV) clientv3.KV {
+	return &txnKV{KV: kv, commit: func(then []clientv3.Op) error {
+		if writes(then, k.key) && k.on.Load() {
+			k.hits.Add(1)
+			return errors.New("injected etcd failure")
+		}
+		return nil
+	}}
 }
 
 // The evaluation of a published bucket stays due until it completes, but
@@ -672,7 +669,7 @@ func TestPlacementPassResumedByNextLeader(t *testing.T) {
 	prefix := testPrefix(t)
 	hook := &failKV{key: prefix + keyPlaced + "web"}
 	hook.on.Store(true)
-	r1, br, eu, us := placementRig(t, prefix, func(kv clientv3.KV) clientv3.KV { hook.KV = kv; return hook })
+	r1, br, eu, us := placementRig(t, prefix, hook.wrap)
 	bucket := br.t0.Add(time.Hour).Unix()
 
 	br.bucket(0, eu, us)
