@@ -50,6 +50,36 @@ func manifests(t *testing.T) [][]byte {
 	return docs
 }
 
+// kind is a manifest document's kind.
+func kind(t *testing.T, doc []byte) string {
+	t.Helper()
+	var meta struct{ Kind string }
+	if err := yaml.Unmarshal(doc, &meta); err != nil {
+		t.Fatal(err)
+	}
+	return meta.Kind
+}
+
+// shippedAgentConfig is the agent config the manifests ship: the
+// edge-agent.yaml of their ConfigMap, decoded strictly.
+func shippedAgentConfig(t *testing.T) string {
+	t.Helper()
+	for _, doc := range manifests(t) {
+		if kind(t, doc) != "ConfigMap" {
+			continue
+		}
+		var o corev1.ConfigMap
+		if err := yaml.UnmarshalStrict(doc, &o); err != nil {
+			t.Fatal(err)
+		}
+		if c, ok := o.Data["edge-agent.yaml"]; ok {
+			return c
+		}
+	}
+	t.Fatal("no ConfigMap in the manifests holds edge-agent.yaml")
+	return ""
+}
+
 func stripComments(s string) string {
 	var out []string
 	for _, l := range strings.Split(s, "\n") {
@@ -65,12 +95,9 @@ func stripComments(s string) string {
 // security posture, and parses the agent config it ships.
 func TestManifestsStrict(t *testing.T) {
 	for _, doc := range manifests(t) {
-		var meta struct{ Kind string }
-		if err := yaml.Unmarshal(doc, &meta); err != nil {
-			t.Fatal(err)
-		}
+		k := kind(t, doc)
 		var obj any
-		switch meta.Kind {
+		switch k {
 		case "Namespace":
 			obj = &corev1.Namespace{}
 		case "ServiceAccount":
@@ -84,10 +111,10 @@ func TestManifestsStrict(t *testing.T) {
 		case "StatefulSet":
 			obj = &appsv1.StatefulSet{}
 		default:
-			t.Fatalf("unexpected kind %q", meta.Kind)
+			t.Fatalf("unexpected kind %q", k)
 		}
 		if err := yaml.UnmarshalStrict(doc, obj); err != nil {
-			t.Fatalf("%s: %v", meta.Kind, err)
+			t.Fatalf("%s: %v", k, err)
 		}
 		switch o := obj.(type) {
 		case *corev1.ConfigMap:
@@ -153,27 +180,17 @@ func TestManifestsStrict(t *testing.T) {
 // certificate, not a Secret shared by all), and the state cache is on a
 // writable hostPath (the root filesystem is read-only).
 func TestControllerExampleWorkable(t *testing.T) {
-	var cfgText string
+	cfgText := shippedAgentConfig(t)
 	var ds *appsv1.DaemonSet
 	for _, doc := range documents(t, "kubernetes/edge-agent.yaml") {
-		var meta struct{ Kind string }
-		if err := yaml.Unmarshal(doc, &meta); err != nil {
-			t.Fatal(err)
+		if kind(t, doc) != "DaemonSet" {
+			continue
 		}
-		switch meta.Kind {
-		case "ConfigMap":
-			var o corev1.ConfigMap
-			if err := yaml.UnmarshalStrict(doc, &o); err != nil {
-				t.Fatal(err)
-			}
-			cfgText = o.Data["edge-agent.yaml"]
-		case "DaemonSet":
-			// The commented volume mounts and volumes, uncommented.
-			on := regexp.MustCompile(`(?m)^(\s+)# (- \{name: |- name: |  hostPath: )`).ReplaceAll(doc, []byte("$1$2"))
-			ds = &appsv1.DaemonSet{}
-			if err := yaml.UnmarshalStrict(on, ds); err != nil {
-				t.Fatalf("DaemonSet with its commented volumes: %v", err)
-			}
+		// The commented volume mounts and volumes, uncommented.
+		on := regexp.MustCompile(`(?m)^(\s+)# (- \{name: |- name: |  hostPath: )`).ReplaceAll(doc, []byte("$1$2"))
+		ds = &appsv1.DaemonSet{}
+		if err := yaml.UnmarshalStrict(on, ds); err != nil {
+			t.Fatalf("DaemonSet with its commented volumes: %v", err)
 		}
 	}
 	// The controller: block: "# controller:" and the "#   " lines after it.
@@ -236,38 +253,26 @@ func TestControllerExampleWorkable(t *testing.T) {
 // unscraped controller leaves PremirrorControllerNoLeader silent), and
 // probes health on that same port.
 func TestMetricsScrapedAndProbed(t *testing.T) {
-	var agentCfg string
+	agentCfg := shippedAgentConfig(t)
 	type workload struct {
 		kind string
 		tmpl corev1.PodTemplateSpec
 	}
 	var workloads []workload
 	for _, doc := range manifests(t) {
-		var meta struct{ Kind string }
-		if err := yaml.Unmarshal(doc, &meta); err != nil {
-			t.Fatal(err)
-		}
-		switch meta.Kind {
-		case "ConfigMap":
-			var o corev1.ConfigMap
-			if err := yaml.Unmarshal(doc, &o); err != nil {
-				t.Fatal(err)
-			}
-			if c, ok := o.Data["edge-agent.yaml"]; ok {
-				agentCfg = c
-			}
+		switch k := kind(t, doc); k {
 		case "DaemonSet":
 			var o appsv1.DaemonSet
 			if err := yaml.Unmarshal(doc, &o); err != nil {
 				t.Fatal(err)
 			}
-			workloads = append(workloads, workload{meta.Kind, o.Spec.Template})
+			workloads = append(workloads, workload{k, o.Spec.Template})
 		case "StatefulSet":
 			var o appsv1.StatefulSet
 			if err := yaml.Unmarshal(doc, &o); err != nil {
 				t.Fatal(err)
 			}
-			workloads = append(workloads, workload{meta.Kind, o.Spec.Template})
+			workloads = append(workloads, workload{k, o.Spec.Template})
 		}
 	}
 	if len(workloads) != 2 {
