@@ -2,84 +2,270 @@ package replicator
 
 import (
 	"context"
+	"errors"
 	"math/rand/v2"
 	"os"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
-// TestCycleApplyFailureRecovers: a mirror commits a delta cycle whose
-// staged data then fails to apply (here a journal block damaged on disk
-// after its commit was synced). The mirror must neither apply the cycle
-// nor acknowledge it as applied, and the next cycle, without a restart,
-// must bring the mirror to the source's content: the failed cycle's
-// blocks may not be lost because the source retired them on an ACK.
-func TestCycleApplyFailureRecovers(t *testing.T) {
-	c := newCluster(t, "src", "dst")
+// applyFailCluster starts a primary "src" and a mirror "dst" of 1024
+// blocks, adjusts dst before it serves, and runs the first full copy.
+func applyFailCluster(t *testing.T, adjust func(*Node)) (c *cluster, src, dst *Node) {
+	t.Helper()
+	c = newCluster(t, "src", "dst")
 	makeImage(t, c.path("src.img"), 1024, bs, 1)
-	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary,
+	src = c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary,
 		Mirrors: []MirrorConfig{{Peer: "dst"}}}}, Peers: c.peers("dst")})
-	var damage atomic.Bool
-	jpath := journalPath(c.path("dst.img") + ".pmr")
-	reg := prometheus.NewRegistry()
-	dst := c.startWith("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img")}}, Registerer: reg},
-		func(n *Node) {
-			n.hooks.durable = func(string, []blockVer) {
-				if !damage.CompareAndSwap(true, false) {
-					return
-				}
-				// The commit record (12+24 bytes) ends the journal; the
-				// last data block lies just before it.
-				f, err := os.OpenFile(jpath, os.O_RDWR, 0)
-				if err != nil {
-					t.Error(err)
-					return
-				}
-				defer f.Close()
-				st, _ := f.Stat()
-				at := st.Size() - 36 - bs/2
-				b := []byte{0}
-				f.ReadAt(b, at)
-				b[0] ^= 0xFF
-				if _, err := f.WriteAt(b, at); err != nil {
-					t.Error(err)
-				}
-			}
-		})
-	ctx := context.Background()
-	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull}); err != nil {
+	dst = c.startWith("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img")}},
+		Registerer: prometheus.NewRegistry()}, adjust)
+	if _, err := src.Push(context.Background(), "vol", "dst", PushOptions{Mode: ModeFull}); err != nil {
 		t.Fatal(err)
 	}
+	return c, src, dst
+}
+
+// sessionsEnded waits until no changing session runs on the mirror's
+// volume: the one that acknowledged a cycle has then applied it, or
+// failed to.
+func sessionsEnded(t *testing.T, n *Node) {
+	t.Helper()
+	nv, err := n.nodeVolume("vol")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(nv.sess) > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the mirror's session did not end")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// refusesReads fails unless the mirror refuses reads as inconsistent.
+func refusesReads(t *testing.T, n *Node, v *Volume) {
+	t.Helper()
+	buf := make([]byte, bs)
+	if _, err := v.ReadAt(buf, 0); !errors.Is(err, ErrInconsistent) {
+		t.Errorf("mirror read after a failed apply: %v, want ErrInconsistent", err)
+	}
+	if err := n.Read(context.Background(), "vol", buf, 0); !errors.Is(err, ErrInconsistent) {
+		t.Errorf("node read after a failed apply: %v, want ErrInconsistent", err)
+	}
+}
+
+// committedInJournal returns the committed cycle the mirror's journal
+// file holds, 0 if none.
+func committedInJournal(t *testing.T, c *cluster) uint64 {
+	t.Helper()
+	j, err := openJournal(journalPath(c.path("dst.img") + ".pmr"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer j.Close()
+	if j.cur == nil || !j.cur.committed {
+		return 0
+	}
+	return j.cur.cycle
+}
+
+// TestCycleApplyFailureRecovers: a mirror commits and acknowledges a
+// delta cycle whose staged data then fails to apply (here a journal block
+// damaged on disk after its commit was synced). The source retired the
+// cycle's blocks on the acknowledgement, so the mirror has lost them: it
+// must stop reporting a complete copy and refuse reads, and, without a
+// restart, ask for a full copy, after which it equals the source.
+func TestCycleApplyFailureRecovers(t *testing.T) {
+	var damage atomic.Bool
+	var jpath string
+	c, src, dst := applyFailCluster(t, func(n *Node) {
+		n.hooks.durable = func(string, []blockVer) {
+			if !damage.CompareAndSwap(true, false) {
+				return
+			}
+			// The commit record (12+24 bytes) ends the journal; the
+			// last data block lies just before it.
+			f, err := os.OpenFile(jpath, os.O_RDWR, 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer f.Close()
+			st, _ := f.Stat()
+			at := st.Size() - 36 - bs/2
+			b := []byte{0}
+			f.ReadAt(b, at)
+			b[0] ^= 0xFF
+			if _, err := f.WriteAt(b, at); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	jpath = journalPath(c.path("dst.img") + ".pmr")
+	ctx := context.Background()
 	sv, _ := src.Volume("vol")
 	rng := rand.New(rand.NewPCG(5, 5))
 	writeRandomBlocks(t, sv, rng, 40)
 	damage.Store(true)
-	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta}); err == nil {
-		t.Error("a cycle the mirror could not apply was reported pushed")
+	// The commit was durable, so it was acknowledged: the push succeeds.
+	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta}); err != nil {
+		t.Fatal(err)
 	}
 	if damage.Load() {
 		t.Fatal("the damaging hook did not run")
 	}
+	sessionsEnded(t, dst)
 	dv, _ := dst.Volume("vol")
-	if st := dv.Status(); st.Complete {
-		t.Errorf("mirror reports a complete copy after a failed apply: %+v", st)
+	if st := dv.Status(); st.Complete || !st.Inconsistent || !st.FullActive || st.FullNext != 0 {
+		t.Errorf("mirror after losing an acknowledged cycle: %+v, want inconsistent with a full copy from block 0 to run", st)
 	}
-	if n := testutil.ToFloat64(dst.metrics.cyclesRejected.WithLabelValues("vol")); n != 1 {
-		t.Errorf("replicator_cycles_rejected_total = %v, want 1", n)
+	refusesReads(t, dst, dv)
+	if n := testutil.ToFloat64(dst.metrics.applyFailures.WithLabelValues("vol")); n != 1 {
+		t.Errorf("replicator_cycle_apply_failures_total = %v, want 1", n)
+	}
+	if cy := committedInJournal(t, c); cy != 0 {
+		t.Errorf("the damaged cycle %d is still in the journal", cy)
 	}
 
-	// The same node takes the next cycles and catches up.
+	// The same node takes the next push, a full copy, and catches up.
 	writeRandomBlocks(t, sv, rng, 10)
 	res, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta})
 	if err != nil {
-		t.Fatalf("cycle after the rejected one: %v", err)
+		t.Fatalf("push after the lost cycle: %v", err)
+	}
+	if !res.Full {
+		t.Error("the push after the lost cycle ran no full copy")
 	}
 	waitCycle(t, dst, "vol", res.Cycle)
+	sessionsEnded(t, dst)
 	sameFile(t, c.path("src.img"), c.path("dst.img"))
 	if st := dv.Status(); !st.Complete {
-		t.Errorf("mirror not complete after the next cycle applied: %+v", st)
+		t.Errorf("mirror not complete after the full copy and its cycle: %+v", st)
+	}
+}
+
+// TestCycleApplyIOErrorRetried: a cycle the mirror acknowledged fails to
+// apply with an I/O error. It stays committed in the journal, the mirror
+// refuses reads, and the next session applies it before its Welcome: the
+// source numbers its next cycle after it, and the mirror, without a
+// restart, ends equal to the source (nothing of the failed cycle lost).
+func TestCycleApplyIOErrorRetried(t *testing.T) {
+	var fail atomic.Int32
+	c, src, dst := applyFailCluster(t, func(n *Node) {
+		n.hooks.applying = func(string, uint64) error {
+			if fail.Add(-1) >= 0 {
+				return errors.New("injected I/O error")
+			}
+			return nil
+		}
+	})
+	ctx := context.Background()
+	sv, _ := src.Volume("vol")
+	dv, _ := dst.Volume("vol")
+	rng := rand.New(rand.NewPCG(6, 6))
+	before := dv.Status().Cycle
+	writeRandomBlocks(t, sv, rng, 40)
+	fail.Store(1)
+	res, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta})
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := res.Cycle
+	sessionsEnded(t, dst)
+	if st := dv.Status(); st.Complete || !st.Inconsistent || st.Cycle != before {
+		t.Errorf("mirror after a failed apply: %+v, want inconsistent at cycle %d", st, before)
+	}
+	refusesReads(t, dst, dv)
+	if cy := committedInJournal(t, c); cy != failed {
+		t.Errorf("journal holds committed cycle %d, want %d", cy, failed)
+	}
+	if n := testutil.ToFloat64(dst.metrics.applyFailures.WithLabelValues("vol")); n != 1 {
+		t.Errorf("replicator_cycle_apply_failures_total = %v, want 1", n)
+	}
+
+	writeRandomBlocks(t, sv, rng, 10)
+	res, err = src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta})
+	if err != nil {
+		t.Fatalf("push after the failed apply: %v", err)
+	}
+	if res.Full || res.Cycle != failed+1 {
+		t.Errorf("push after the failed apply: cycle %d (full copy %v), want cycle %d", res.Cycle, res.Full, failed+1)
+	}
+	waitCycle(t, dst, "vol", res.Cycle)
+	sessionsEnded(t, dst)
+	sameFile(t, c.path("src.img"), c.path("dst.img"))
+	if st := dv.Status(); !st.Complete {
+		t.Errorf("mirror not complete after the retry and the next cycle: %+v", st)
+	}
+	buf := make([]byte, bs)
+	if _, err := dv.ReadAt(buf, 0); err != nil {
+		t.Errorf("mirror read after the retry: %v", err)
+	}
+}
+
+// TestCycleApplyRetryFailsRefusesSession: when the retry of a failed
+// apply fails again, the session is refused (the source's cycle fails),
+// and the committed cycle stays in the journal: no new cycle replaces it.
+// Once the disk recovers, the next session applies it.
+func TestCycleApplyRetryFailsRefusesSession(t *testing.T) {
+	var fail atomic.Int32
+	c, src, dst := applyFailCluster(t, func(n *Node) {
+		n.hooks.applying = func(string, uint64) error {
+			if fail.Add(-1) >= 0 {
+				return errors.New("injected I/O error")
+			}
+			return nil
+		}
+	})
+	ctx := context.Background()
+	sv, _ := src.Volume("vol")
+	dv, _ := dst.Volume("vol")
+	rng := rand.New(rand.NewPCG(7, 7))
+	writeRandomBlocks(t, sv, rng, 40)
+	fail.Store(2)
+	res, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta})
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := res.Cycle
+	sessionsEnded(t, dst)
+
+	writeRandomBlocks(t, sv, rng, 10)
+	dirty := sv.DirtyBlocks("dst")
+	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta}); !errors.Is(err, ErrInconsistent) {
+		t.Fatalf("push while the retry fails: %v, want ErrInconsistent", err)
+	}
+	sessionsEnded(t, dst)
+	if cy := committedInJournal(t, c); cy != failed {
+		t.Errorf("journal holds committed cycle %d, want %d", cy, failed)
+	}
+	if st := dv.Status(); st.Complete || st.Cycle != failed-1 {
+		t.Errorf("mirror after a failed retry: %+v, want inconsistent at cycle %d", st, failed-1)
+	}
+	refusesReads(t, dst, dv)
+	if d := sv.DirtyBlocks("dst"); d != dirty {
+		t.Errorf("source has %d blocks dirty for the mirror after the refused push, had %d", d, dirty)
+	}
+	if n := testutil.ToFloat64(dst.metrics.applyFailures.WithLabelValues("vol")); n != 2 {
+		t.Errorf("replicator_cycle_apply_failures_total = %v, want 2", n)
+	}
+
+	res, err = src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta})
+	if err != nil {
+		t.Fatalf("push once the disk recovered: %v", err)
+	}
+	if res.Cycle != failed+1 {
+		t.Errorf("push once the disk recovered: cycle %d, want %d", res.Cycle, failed+1)
+	}
+	waitCycle(t, dst, "vol", res.Cycle)
+	sessionsEnded(t, dst)
+	sameFile(t, c.path("src.img"), c.path("dst.img"))
+	if st := dv.Status(); !st.Complete {
+		t.Errorf("mirror not complete after the retry applied: %+v", st)
 	}
 }

@@ -45,14 +45,21 @@
 // acknowledged block is sent twice, whichever side crashed. Needed blocks
 // are appended to the journal (synced every 16 MiB and at commit); the
 // commit carries a digest of the manifest; the mirror appends a commit
-// record, syncs, applies in place, syncs, records the cycle number,
-// empties the journal, and only then acknowledges: the source retires a
-// cycle's dirty bits on that acknowledgement. A cycle that fails to apply
-// is rejected instead (replicator_cycles_rejected_total): its journal is
-// emptied, the copy is inconsistent until a later cycle applies, and the
-// source sends its blocks again. Recovery applies a committed cycle again
+// record, syncs, acknowledges, applies in place, syncs, records the cycle
+// number and empties the journal. The source retires the cycle's dirty
+// bits on that acknowledgement, so a cycle that was acknowledged must
+// never be lost. After a crash, recovery applies a committed cycle again
 // (idempotent) and ignores an uncommitted one, so a restarted mirror shows
-// the previous cycle or the new one, never a mix.
+// the previous cycle or the new one, never a mix. An apply that fails
+// without a crash (replicator_cycle_apply_failures_total) is made safe in
+// service: if staged data is damaged (a checksum fails), the cycle is lost
+// on this mirror, which, as after a damaged journal at start, empties its
+// logs and asks for a full copy from block 0; after any other failure (an
+// I/O error) the cycle stays committed in the journal, the copy refuses
+// reads, and the next session that changes the volume applies it again
+// before its Welcome reports the cycle number the source counts from. If
+// that fails too, the session is refused (the source's cycle fails), and
+// no cycle can begin behind a committed one that is not applied.
 //
 // # Full and selective copies
 //

@@ -200,8 +200,9 @@ func fillRandom(rng *rand.Rand, b []byte) {
 	}
 }
 
-// sameFile fails unless the two images hold the same bytes, retrying for
-// a few seconds.
+// sameFile fails unless the two images hold the same bytes. A mirror
+// acknowledges a cycle once it is durable and applies it right after, so
+// the comparison retries for a few seconds.
 func sameFile(t testing.TB, a, b string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)

@@ -19,11 +19,13 @@ import (
 // The mirror journal makes a delta cycle atomic. Blocks of a cycle are
 // appended to the journal (never to the image) and synced before they are
 // acknowledged; the sender then asks for a commit, the mirror appends a
-// commit record and syncs it, applies the cycle to the image in place,
-// syncs the image and metadata, records the cycle number, and only then
-// empties the journal. Recovery applies a committed cycle again (applying
-// is idempotent) and ignores an uncommitted one, so after a crash at any
-// point the image is the previous cycle's or the new one's.
+// commit record, syncs it and acknowledges the commit, applies the cycle
+// to the image in place, syncs the image and metadata, records the cycle
+// number, and only then empties the journal. Recovery applies a committed
+// cycle again (applying is idempotent) and ignores an uncommitted one, so
+// after a crash at any point the image is the previous cycle's or the new
+// one's. Without a crash, a committed cycle whose apply failed stays until
+// a retry applies it (session.settle); begin refuses to follow it.
 //
 // Staged blocks of an uncommitted cycle stay in the journal: when the
 // sender retries, it learns from the Need answer that the mirror already
@@ -116,6 +118,16 @@ func openJournal(path string) (*journal, error) {
 // errJournalDamaged: a journal record is damaged and valid records follow
 // it (see the record format above).
 var errJournalDamaged = fmt.Errorf("%w: journal damaged before its tail", ErrCorrupt)
+
+// errStagedDamaged: a staged block fails its checksum, or a block a
+// committed cycle needs is not staged: data already acknowledged is gone.
+var errStagedDamaged = fmt.Errorf("%w: staged data damaged", ErrCorrupt)
+
+// journalDamaged reports whether err says a journal lost acknowledged
+// data: a mirror then needs a full copy (resyncAfterDamage).
+func journalDamaged(err error) bool {
+	return errors.Is(err, errJournalDamaged) || errors.Is(err, errStagedDamaged)
+}
 
 // scan rebuilds the staged index and the last cycle from the file and cuts
 // off a torn tail.
@@ -318,6 +330,12 @@ func (j *journal) sync() error {
 }
 
 func (j *journal) begin(c *jcycle) error {
+	if j.cur != nil && j.cur.committed {
+		// Its commit was acknowledged: once the begin record follows it,
+		// neither recovery nor a retry would apply it, and the source
+		// will not send it again.
+		return fmt.Errorf("%w: cycle %d is committed and not applied yet; cycle %d cannot begin", ErrInconsistent, j.cur.cycle, c.cycle)
+	}
 	p := make([]byte, 0, recBeginLen)
 	p = binary.LittleEndian.AppendUint64(p, c.cycle)
 	p = binary.LittleEndian.AppendUint64(p, c.epoch)
@@ -408,13 +426,13 @@ func (j *journal) read(b uint64, sb stagedBlock, bs int, dst []byte) ([]byte, er
 		return dst[:bs], nil
 	}
 	if sb.n != bs {
-		return nil, fmt.Errorf("journal %s: %w: block %d has %d bytes", j.path, ErrCorrupt, b, sb.n)
+		return nil, fmt.Errorf("journal %s: %w: block %d has %d bytes", j.path, errStagedDamaged, b, sb.n)
 	}
 	if _, err := j.f.ReadAt(dst[:bs], sb.off); err != nil {
 		return nil, ioError("read journal "+j.path, err)
 	}
 	if xxhash.Sum64(dst[:bs]) != sb.sum {
-		return nil, fmt.Errorf("journal %s: %w: block %d checksum mismatch", j.path, ErrCorrupt, b)
+		return nil, fmt.Errorf("journal %s: %w: block %d checksum mismatch", j.path, errStagedDamaged, b)
 	}
 	return dst[:bs], nil
 }
@@ -432,13 +450,15 @@ func (j *journal) reset() error {
 	if err := j.f.Truncate(0); err != nil {
 		return ioError("truncate "+j.path, err)
 	}
-	if err := fdatasync(j.f); err != nil {
-		return ioError("sync "+j.path, err)
-	}
+	// The file is empty now, synced or not: the index must say so, or the
+	// next append would leave a hole that reads as damage.
 	j.size = 0
 	j.staged = map[uint64]stagedBlock{}
 	j.cur = nil
 	j.dirty = false
+	if err := fdatasync(j.f); err != nil {
+		return ioError("sync "+j.path, err)
+	}
 	return nil
 }
 
@@ -472,7 +492,7 @@ func (v *Volume) applyCycle(j *journal, c *jcycle) error {
 		case srcNeed, srcStaged:
 			sb, ok := j.staged[e.Block]
 			if !ok || sb.ver != e.Version {
-				return fmt.Errorf("cycle %d: %w: block %d version %s not staged", c.cycle, ErrCorrupt, e.Block, e.Version)
+				return fmt.Errorf("cycle %d: %w: block %d version %s not staged", c.cycle, errStagedDamaged, e.Block, e.Version)
 			}
 			data, err := j.read(e.Block, sb, v.bs, buf)
 			if err != nil {

@@ -14,24 +14,24 @@ import (
 // volume and peer names come from configuration or from certificates the
 // cluster CA issued; mode, reason and result are small enums.
 type Metrics struct {
-	sentBytes      *prometheus.CounterVec
-	recvBytes      *prometheus.CounterVec
-	blocksSent     *prometheus.CounterVec
-	blocksSkipped  *prometheus.CounterVec
-	blocksRecv     *prometheus.CounterVec
-	cycles         *prometheus.CounterVec
-	cycleSeconds   *prometheus.HistogramVec
-	cyclesRejected *prometheus.CounterVec
-	rejected       *prometheus.CounterVec
-	refusedConns   prometheus.Counter
-	fenced         *prometheus.CounterVec
-	verifyDiff     *prometheus.CounterVec
-	readRepairs    *prometheus.CounterVec
-	progDone       *prometheus.GaugeVec
-	progTotal      *prometheus.GaugeVec
-	progRate       *prometheus.GaugeVec
-	progETA        *prometheus.GaugeVec
-	state          *stateCollector
+	sentBytes     *prometheus.CounterVec
+	recvBytes     *prometheus.CounterVec
+	blocksSent    *prometheus.CounterVec
+	blocksSkipped *prometheus.CounterVec
+	blocksRecv    *prometheus.CounterVec
+	cycles        *prometheus.CounterVec
+	cycleSeconds  *prometheus.HistogramVec
+	applyFailures *prometheus.CounterVec
+	rejected      *prometheus.CounterVec
+	refusedConns  prometheus.Counter
+	fenced        *prometheus.CounterVec
+	verifyDiff    *prometheus.CounterVec
+	readRepairs   *prometheus.CounterVec
+	progDone      *prometheus.GaugeVec
+	progTotal     *prometheus.GaugeVec
+	progRate      *prometheus.GaugeVec
+	progETA       *prometheus.GaugeVec
+	state         *stateCollector
 }
 
 func newMetrics(n *Node) *Metrics {
@@ -54,8 +54,8 @@ func newMetrics(n *Node) *Metrics {
 		cycleSeconds: prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "cycle_duration_seconds",
 			Help:    "Duration of committed delta cycles, snapshot to commit acknowledgement.",
 			Buckets: prometheus.ExponentialBuckets(0.005, 2, 14)}, []string{"volume"}),
-		cyclesRejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cycles_rejected_total",
-			Help: "Delta cycles a mirror received but failed to apply, and rejected unacknowledged: the source sends their blocks again."}, []string{"volume"}),
+		applyFailures: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "cycle_apply_failures_total",
+			Help: "Failed attempts of a mirror to apply a delta cycle it committed and acknowledged, retries included: after an I/O error the cycle stays in the journal and is applied again before the next session (reads are refused meanwhile); after damaged staged data a full copy follows."}, []string{"volume"}),
 		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "rejected_frames_total",
 			Help: "Frames rejected and not applied: corrupt (checksum) or protocol (malformed, unexpected)."}, []string{"reason"}),
 		refusedConns: prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "refused_connections_total",
@@ -107,6 +107,7 @@ func newMetrics(n *Node) *Metrics {
 func (m *Metrics) volumeAdded(vc VolumeConfig) {
 	m.fenced.WithLabelValues(vc.Name)
 	m.verifyDiff.WithLabelValues(vc.Name)
+	m.applyFailures.WithLabelValues(vc.Name)
 	for _, mc := range vc.Mirrors {
 		m.mirrorAdded(vc.Name, mc.Peer)
 	}
@@ -120,7 +121,7 @@ func (m *Metrics) mirrorAdded(volume, peer string) {
 
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.sentBytes, m.recvBytes, m.blocksSent, m.blocksSkipped, m.blocksRecv, m.cycles,
-		m.cycleSeconds, m.cyclesRejected, m.rejected, m.refusedConns, m.fenced, m.verifyDiff, m.readRepairs, m.progDone, m.progTotal, m.progRate, m.progETA, m.state}
+		m.cycleSeconds, m.applyFailures, m.rejected, m.refusedConns, m.fenced, m.verifyDiff, m.readRepairs, m.progDone, m.progTotal, m.progRate, m.progETA, m.state}
 }
 
 // MetricDescs lists the replicator_* metrics a Node registers, with their

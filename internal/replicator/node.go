@@ -166,6 +166,9 @@ type testHooks struct {
 	// sender: the cycle's commit is sent; ctx is the session's, which the
 	// frame reader cancels when the peer fails the session
 	committed func(ctx context.Context)
+	// mirror: a committed cycle is about to be applied; an error fails
+	// the apply (as an I/O error would) without touching the image
+	applying func(vol string, cycle uint64) error
 	// revokeEvery replaces revocationSweep (0: the default).
 	revokeEvery time.Duration
 }

@@ -400,9 +400,11 @@ func TestReadThroughRacingCycle(t *testing.T) {
 	if _, err := sv.WriteAt(newData, blk*bs); err != nil {
 		t.Fatal(err)
 	}
-	// The mirror acknowledges the cycle once applied, which waits for the
-	// lock: push in the background, and release the lock once the cycle's
-	// manifest has recorded the version it announced for blk.
+	// The cycle's apply waits for the lock. Push in the background, so
+	// the test holds whenever the mirror acknowledges (now at its durable
+	// commit, before the apply), and release the lock once the cycle's
+	// manifest has recorded the version it announced for blk: the store
+	// then follows it.
 	type pushed struct {
 		res PushResult
 		err error

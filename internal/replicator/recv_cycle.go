@@ -310,7 +310,7 @@ func (r *cycleReceiver) syncAck() error {
 }
 
 // commit checks the cycle is complete and matches the sender's manifest,
-// makes it durable, applies it and acknowledges the applied cycle.
+// makes it durable, acknowledges and applies it.
 func (r *cycleReceiver) commit(m *wire.CycleCommit) error {
 	c := r.c
 	switch {
@@ -330,37 +330,97 @@ func (r *cycleReceiver) commit(m *wire.CycleCommit) error {
 		h(r.v.name, r.pending)
 		r.pending = r.pending[:0]
 	}
-	// The commit record is durable, so a crash from here on applies the
-	// cycle at the next start. The acknowledgement still waits for the
-	// apply: on it the sender retires the cycle's dirty bits, and numbers
-	// its next cycle from the one this mirror applied, so a cycle
-	// acknowledged and then not applied would never be sent again.
-	if err := r.v.applyCycle(r.j, c); err != nil {
-		r.s.n.metrics.cyclesRejected.WithLabelValues(r.v.name).Inc()
-		if rerr := r.v.rejectCycle(r.j, c.cycle, err); rerr != nil {
-			err = errors.Join(err, rerr)
-		}
-		return fmt.Errorf("apply cycle %d: %w; cycle rejected, the source sends its blocks again", c.cycle, err)
-	}
-	return r.s.l.send(&wire.Ack{Kind: wire.AckCommit, Seq: r.seq, Value: c.cycle})
+	// The commit record is durable: from here the cycle survives any
+	// crash (recovery applies it), so it is acknowledged now and applied
+	// while the sender moves on; the sender retires the cycle's dirty
+	// bits on this acknowledgement. The session (and so the next cycle)
+	// waits for the apply; in-process readers never see it half done.
+	// applyAcked keeps a failed apply from losing the cycle.
+	ackErr := r.s.l.send(&wire.Ack{Kind: wire.AckCommit, Seq: r.seq, Value: c.cycle})
+	return errors.Join(r.s.applyAcked(r.v, r.j, c), ackErr)
 }
 
-// rejectCycle drops a committed cycle that failed to apply. The sender,
-// unacknowledged, keeps the cycle's blocks dirty and sends them again, so
-// the journal is emptied, staged data included: that data may be what
-// failed (a damaged block would fail every retry). The failed apply may
-// have written part of the cycle, so the copy is marked inconsistent
-// (reads refused) until a later cycle applies in full; in memory even if
-// that cannot be recorded.
-func (v *Volume) rejectCycle(j *journal, cycle uint64, cause error) error {
-	v.log.Error("delta cycle failed to apply; rejected, the source sends it again", "cycle", cycle, "err", cause)
-	v.mu.Lock()
-	err := v.updateStateLocked(func(st *volState) { st.Inconsistent = true })
-	if err != nil {
-		v.st.Inconsistent = true
+// applyAcked applies a committed cycle whose commit was acknowledged, and
+// makes a failed apply safe without a restart. The source has retired the
+// cycle's blocks and numbers its next cycle from the one the next Welcome
+// reports, so the cycle can neither be dropped nor be passed over:
+//
+//   - Staged data damaged (a checksum fails): the acknowledged data is
+//     lost here, so, as at start, the copy gets a full copy from block 0.
+//     It returns nil then: the next Welcome asks for that copy.
+//   - Otherwise (an I/O error on the image or metadata) the cycle stays
+//     committed in the journal, the copy refuses reads, and the next
+//     changing session applies it again before its Welcome (settle). The
+//     error ends this session.
+func (s *session) applyAcked(v *Volume, j *journal, c *jcycle) error {
+	var err error
+	if h := s.n.hooks.applying; h != nil {
+		err = h(v.name, c.cycle)
 	}
-	v.mu.Unlock()
-	return errors.Join(err, j.reset())
+	if err == nil {
+		err = v.applyCycle(j, c)
+	}
+	if err == nil {
+		v.setUnapplied(0)
+		return nil
+	}
+	s.n.metrics.applyFailures.WithLabelValues(v.name).Inc()
+	if journalDamaged(err) {
+		if rerr := s.resync(v, j, fmt.Errorf("apply cycle %d: %w", c.cycle, err)); rerr != nil {
+			// Not ErrCorrupt: no frame was rejected.
+			return fmt.Errorf("%w: cycle %d: %v; the copy is marked for a full copy: %w", ErrInconsistent, c.cycle, err, rerr)
+		}
+		return nil
+	}
+	v.setUnapplied(c.cycle)
+	v.log.Error("acknowledged delta cycle failed to apply; it stays in the journal and is applied again before the next session",
+		"cycle", c.cycle, "err", err)
+	return fmt.Errorf("%w: cycle %d is committed and failed to apply (applied again before the next session): %w", ErrInconsistent, c.cycle, err)
+}
+
+// settle applies again a cycle that failed to apply in an earlier
+// session, before this session's Welcome reports the cycle number and
+// before any cycle can begin. If it fails again the session is refused:
+// the source's cycle fails (and its alert fires) while the committed
+// cycle stays in the journal for the next attempt or a restart.
+func (s *session) settle() error {
+	v := s.volume()
+	if v == nil || v.unappliedCycle() == 0 {
+		return nil
+	}
+	j, err := s.journal(v)
+	if err != nil {
+		return err
+	}
+	if j.cur == nil || !j.cur.committed {
+		// Emptied: applyCycle empties it last, once the cycle is recorded
+		// and synced, so only syncing the emptied file failed.
+		v.setUnapplied(0)
+		return nil
+	}
+	v.log.Info("applying again a cycle that failed to apply", "cycle", j.cur.cycle)
+	return s.applyAcked(v, j, j.cur)
+}
+
+// resync is resyncAfterDamage for a volume in service. The copy is marked
+// first: if that cannot be recorded, the journal is kept so that a
+// restart finds the damage again. The logs are emptied through their open
+// objects, so what they index matches the files. The sync log's writes are
+// already in the image: it is checkpointed (flushed, then emptied); not
+// open yet, it is empty (recovery emptied it).
+func (s *session) resync(v *Volume, j *journal, cause error) error {
+	v.log.Error("mirror journal damaged; discarding it and asking the source for a full copy", "err", cause)
+	if err := v.needFullCopy(); err != nil {
+		return err
+	}
+	s.nv.mu.Lock()
+	swal := s.nv.swal
+	s.nv.mu.Unlock()
+	err := j.reset()
+	if swal != nil {
+		err = errors.Join(err, swal.checkpoint(v))
+	}
+	return err
 }
 
 // blockHash hashes block b of the image.

@@ -194,6 +194,9 @@ func (s *session) run(ctx context.Context) error {
 	if err := s.admit(); err != nil {
 		return err
 	}
+	if err := s.settle(); err != nil {
+		return err
+	}
 	if err := s.welcome(); err != nil {
 		return err
 	}

@@ -91,6 +91,12 @@ type Volume struct {
 	conflicts *conflictLog
 	closed    bool
 	suspect   uint64 // blocks marked for probing by the last recovery
+	// unapplied is a cycle this mirror acknowledged whose apply failed
+	// (0: none). It stays committed in the journal and is applied again
+	// before the next changing session (session.settle); until then the
+	// copy counts as inconsistent. Not persisted: after a crash, recovery
+	// applies the committed cycle anyway.
+	unapplied uint64
 }
 
 // Status is a snapshot of a volume's state for status output.
@@ -368,17 +374,45 @@ func (v *Volume) resyncAfterDamage(cause error) error {
 			return ioError("truncate "+p, err)
 		}
 	}
-	return v.updateState(func(st *volState) {
+	return v.needFullCopy()
+}
+
+// needFullCopy marks the copy inconsistent with a full copy to run from
+// block 0. If that cannot be recorded, it is still marked in memory: the
+// copy must not serve reads or take delta cycles meanwhile.
+func (v *Volume) needFullCopy() error {
+	mark := func(st *volState) {
 		st.Inconsistent, st.Empty = true, false
 		st.FullActive, st.FullNext, st.FullSession = true, 0, 0
-	})
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.unapplied = 0 // the full copy replaces whatever it held
+	err := v.updateStateLocked(mark)
+	if err != nil {
+		mark(&v.st)
+	}
+	return err
+}
+
+// setUnapplied records the cycle whose apply failed (0: none).
+func (v *Volume) setUnapplied(cycle uint64) {
+	v.mu.Lock()
+	v.unapplied = cycle
+	v.mu.Unlock()
+}
+
+func (v *Volume) unappliedCycle() uint64 {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.unapplied
 }
 
 // recover replays the mirror journal and the sync-write log, then turns the
 // activity log into dirty and probe bits.
 func (v *Volume) recover() error {
 	for _, replay := range []func() error{v.replayJournal, v.replaySyncLog} {
-		if err := replay(); errors.Is(err, errJournalDamaged) && v.st.Role == RoleMirror {
+		if err := replay(); journalDamaged(err) && v.st.Role == RoleMirror {
 			if err := v.resyncAfterDamage(err); err != nil {
 				return err
 			}
@@ -448,7 +482,7 @@ func (v *Volume) Status() Status {
 	defer v.mu.Unlock()
 	s := Status{Name: v.name, Path: v.path, Role: v.st.Role, Epoch: v.st.Epoch, Fenced: v.st.Fenced,
 		BlockSize: v.bs, Blocks: v.blocks, Lineage: v.st.Lineage, SourceLineage: v.st.SourceLineage,
-		Cycle: v.st.Cycle, Inconsistent: v.st.Inconsistent, Empty: v.st.Empty, FullActive: v.st.FullActive,
+		Cycle: v.st.Cycle, Inconsistent: v.st.Inconsistent || v.unapplied != 0, Empty: v.st.Empty, FullActive: v.st.FullActive,
 		FullNext: v.st.FullNext, Selective: v.st.Selective, Conflicts: v.conflicts.count()}
 	s.Complete = !s.Empty && !s.Inconsistent && !s.FullActive && !s.Selective
 	if v.st.CycleAsOf != 0 {
@@ -525,6 +559,10 @@ func (v *Volume) readableLocked(off int64, n int) error {
 	}
 	if v.st.Role == RoleMirror && v.st.Inconsistent && !v.st.Selective {
 		return fmt.Errorf("volume %s: %w: the first copy from the source is incomplete", v.name, ErrInconsistent)
+	}
+	if v.unapplied != 0 {
+		// The image may hold part of the cycle.
+		return fmt.Errorf("volume %s: %w: cycle %d failed to apply and waits for a retry", v.name, ErrInconsistent, v.unapplied)
 	}
 	if v.present != nil && n > 0 {
 		lo, hi := uint64(off)/uint64(v.bs), (uint64(off)+uint64(n)-1)/uint64(v.bs)
@@ -790,7 +828,7 @@ func (v *Volume) Promote(epoch uint64) (uint64, error) {
 	if epoch <= v.st.Epoch {
 		return 0, fmt.Errorf("volume %s: promote to epoch %d: %w: current epoch is %d", v.name, epoch, ErrFenced, v.st.Epoch)
 	}
-	if v.st.Role == RoleMirror && v.st.Inconsistent && !v.st.Selective {
+	if v.st.Role == RoleMirror && ((v.st.Inconsistent && !v.st.Selective) || v.unapplied != 0) {
 		return 0, fmt.Errorf("volume %s: %w: cannot promote a mirror whose copy is incomplete", v.name, ErrInconsistent)
 	}
 	st := v.st
@@ -877,10 +915,16 @@ func (v *Volume) updateStateLocked(f func(*volState)) error {
 	return nil
 }
 
+// state returns the volume's state, inconsistent while a failed cycle
+// waits for its retry (so Welcome and Push treat it so).
 func (v *Volume) state() volState {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return v.st
+	st := v.st
+	if v.unapplied != 0 {
+		st.Inconsistent = true
+	}
+	return st
 }
 
 // HotExtents returns up to k extents of the given size in blocks, hottest
