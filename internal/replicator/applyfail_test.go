@@ -29,6 +29,22 @@ func applyFailCluster(t *testing.T, adjust func(*Node)) (c *cluster, src, dst *N
 	return c, src, dst
 }
 
+// ioFailCluster is applyFailCluster whose mirror fails the next fail
+// applies with an injected I/O error (none until the test stores a count).
+func ioFailCluster(t *testing.T) (c *cluster, src, dst *Node, fail *atomic.Int32) {
+	t.Helper()
+	fail = new(atomic.Int32)
+	c, src, dst = applyFailCluster(t, func(n *Node) {
+		n.hooks.applying = func(string, uint64) error {
+			if fail.Add(-1) >= 0 {
+				return errors.New("injected I/O error")
+			}
+			return nil
+		}
+	})
+	return c, src, dst, fail
+}
+
 // sessionsEnded waits until no changing session runs on the mirror's
 // volume: the one that acknowledged a cycle has then applied it, or
 // failed to.
@@ -155,15 +171,7 @@ func TestCycleApplyFailureRecovers(t *testing.T) {
 // source numbers its next cycle after it, and the mirror, without a
 // restart, ends equal to the source (nothing of the failed cycle lost).
 func TestCycleApplyIOErrorRetried(t *testing.T) {
-	var fail atomic.Int32
-	c, src, dst := applyFailCluster(t, func(n *Node) {
-		n.hooks.applying = func(string, uint64) error {
-			if fail.Add(-1) >= 0 {
-				return errors.New("injected I/O error")
-			}
-			return nil
-		}
-	})
+	c, src, dst, fail := ioFailCluster(t)
 	ctx := context.Background()
 	sv, _ := src.Volume("vol")
 	dv, _ := dst.Volume("vol")
@@ -213,15 +221,7 @@ func TestCycleApplyIOErrorRetried(t *testing.T) {
 // and the committed cycle stays in the journal: no new cycle replaces it.
 // Once the disk recovers, the next session applies it.
 func TestCycleApplyRetryFailsRefusesSession(t *testing.T) {
-	var fail atomic.Int32
-	c, src, dst := applyFailCluster(t, func(n *Node) {
-		n.hooks.applying = func(string, uint64) error {
-			if fail.Add(-1) >= 0 {
-				return errors.New("injected I/O error")
-			}
-			return nil
-		}
-	})
+	c, src, dst, fail := ioFailCluster(t)
 	ctx := context.Background()
 	sv, _ := src.Volume("vol")
 	dv, _ := dst.Volume("vol")
