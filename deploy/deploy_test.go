@@ -444,3 +444,40 @@ func checkDashboard(t *testing.T, file string, have map[string][]string) {
 		t.Fatalf("only %d queries found", n)
 	}
 }
+
+// TestStatefulSetGovernedByHeadlessService: a StatefulSet's serviceName
+// must name a headless Service of the manifests (clusterIP None), the
+// one that gives each replica a stable DNS name; the controller's named
+// its ClusterIP Service, which gives none.
+func TestStatefulSetGovernedByHeadlessService(t *testing.T) {
+	services := map[string]corev1.Service{}
+	var sets []appsv1.StatefulSet
+	for _, doc := range manifests(t) {
+		switch kind(t, doc) {
+		case "Service":
+			var s corev1.Service
+			if err := yaml.Unmarshal(doc, &s); err != nil {
+				t.Fatal(err)
+			}
+			services[s.Namespace+"/"+s.Name] = s
+		case "StatefulSet":
+			var s appsv1.StatefulSet
+			if err := yaml.Unmarshal(doc, &s); err != nil {
+				t.Fatal(err)
+			}
+			sets = append(sets, s)
+		}
+	}
+	if len(sets) == 0 {
+		t.Fatal("no StatefulSet in the manifests")
+	}
+	for _, s := range sets {
+		svc, ok := services[s.Namespace+"/"+s.Spec.ServiceName]
+		switch {
+		case !ok:
+			t.Errorf("StatefulSet %s: serviceName %q is no Service of the manifests", s.Name, s.Spec.ServiceName)
+		case svc.Spec.ClusterIP != corev1.ClusterIPNone:
+			t.Errorf("StatefulSet %s: serviceName %q is not headless (clusterIP %q)", s.Name, s.Spec.ServiceName, svc.Spec.ClusterIP)
+		}
+	}
+}
