@@ -269,3 +269,42 @@ func TestCycleApplyRetryFailsRefusesSession(t *testing.T) {
 		t.Errorf("mirror not complete after the retry applied: %+v", st)
 	}
 }
+
+// TestCycleApplyFailureRefusesPeerReads: a mirror whose acknowledged
+// cycle failed to apply refuses reads, those of peers too (quorum reads,
+// read-throughs): its image may hold part of the cycle under the previous
+// versions. Before, serveReads answered them, so a quorum read counted it.
+func TestCycleApplyFailureRefusesPeerReads(t *testing.T) {
+	c := newCluster(t, "src", "dst")
+	makeImage(t, c.path("src.img"), 1024, bs, 1)
+	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary,
+		ReadQuorum: 2, Mirrors: []MirrorConfig{{Peer: "dst"}}}}, Peers: c.peers("dst")})
+	var fail atomic.Int32
+	dst := c.startWith("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img")}},
+		Registerer: prometheus.NewRegistry()}, func(n *Node) {
+		n.hooks.applying = func(string, uint64) error {
+			if fail.Add(-1) >= 0 {
+				return errors.New("injected I/O error")
+			}
+			return nil
+		}
+	})
+	ctx := context.Background()
+	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull}); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, bs)
+	if err := src.Read(ctx, "vol", buf, 0); err != nil {
+		t.Fatalf("quorum read before the failure: %v", err)
+	}
+	sv, _ := src.Volume("vol")
+	writeRandomBlocks(t, sv, rand.New(rand.NewPCG(8, 8)), 40)
+	fail.Store(1)
+	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta}); err != nil {
+		t.Fatal(err)
+	}
+	sessionsEnded(t, dst)
+	if err := src.Read(ctx, "vol", buf, 0); !errors.Is(err, ErrNoQuorum) {
+		t.Errorf("quorum read while the mirror's cycle is unapplied: %v, want ErrNoQuorum", err)
+	}
+}

@@ -590,6 +590,11 @@ func (s *session) serveReads(ctx context.Context) error {
 		if err := s.checkLineage(v); err != nil {
 			return err
 		}
+		// Nor a copy whose acknowledged cycle failed to apply: its image
+		// may hold part of the cycle under the previous versions.
+		if cy := v.unappliedCycle(); cy != 0 {
+			return fmt.Errorf("volume %s: %w: cycle %d failed to apply and waits for a retry", v.name, ErrInconsistent, cy)
+		}
 		hi := req.Block + uint64(req.Count)
 		held := req.Flags&wire.ReadHeld != 0
 		if miss := v.missing(req.Block, hi); len(miss) > 0 && !held {
