@@ -308,3 +308,60 @@ func TestCycleApplyFailureRefusesPeerReads(t *testing.T) {
 		t.Errorf("quorum read while the mirror's cycle is unapplied: %v, want ErrNoQuorum", err)
 	}
 }
+
+// TestCycleApplyPartialRefusesReadsAtOnce: an apply that fails after
+// writing part of the cycle to the image must refuse reads from the
+// moment it releases the image, not once the failure is handled: a
+// reader in between saw a mix of the two cycles.
+func TestCycleApplyPartialRefusesReadsAtOnce(t *testing.T) {
+	var swap atomic.Bool
+	var dv *Volume
+	var saved *os.File
+	var readErr error
+	var checked atomic.Bool
+	c, src, dst := applyFailCluster(t, func(n *Node) {
+		n.hooks.applying = func(string, uint64) error {
+			if !swap.Load() {
+				return nil
+			}
+			// The image writes of this apply fail (a read-only
+			// descriptor), as an I/O error part-way would.
+			ro, err := os.Open(dv.path)
+			if err != nil {
+				return err
+			}
+			dv.io.Lock()
+			saved, dv.f = dv.f, ro
+			dv.io.Unlock()
+			return nil
+		}
+		n.hooks.applyFailed = func(string, uint64) {
+			if !swap.CompareAndSwap(true, false) {
+				return
+			}
+			_, readErr = dv.ReadAt(make([]byte, bs), 0)
+			checked.Store(true)
+			dv.io.Lock()
+			ro := dv.f
+			dv.f = saved
+			dv.io.Unlock()
+			ro.Close()
+		}
+	})
+	_ = c
+	dv, _ = dst.Volume("vol")
+	sv, _ := src.Volume("vol")
+	writeRandomBlocks(t, sv, rand.New(rand.NewPCG(9, 9)), 40)
+	swap.Store(true)
+	if _, err := src.Push(context.Background(), "vol", "dst", PushOptions{Mode: ModeDelta}); err != nil {
+		t.Fatal(err)
+	}
+	sessionsEnded(t, dst)
+	if !checked.Load() {
+		t.Fatal("the apply did not fail")
+	}
+	if !errors.Is(readErr, ErrInconsistent) {
+		t.Errorf("read between the failed apply and its handling: %v, want ErrInconsistent", readErr)
+	}
+	refusesReads(t, dst, dv)
+}

@@ -509,6 +509,11 @@ func (v *Volume) applyCycle(j *journal, c *jcycle) error {
 	}
 	v.io.Lock()
 	err := v.applyLocked(items, false)
+	if err != nil {
+		// The image may hold part of the cycle now: refuse reads before
+		// releasing it (session.applyAcked keeps the mark or replaces it).
+		v.setUnapplied(c.cycle)
+	}
 	v.io.Unlock()
 	if err != nil {
 		return err

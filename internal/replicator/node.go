@@ -169,6 +169,8 @@ type testHooks struct {
 	// mirror: a committed cycle is about to be applied; an error fails
 	// the apply (as an I/O error would) without touching the image
 	applying func(vol string, cycle uint64) error
+	// mirror: a committed cycle failed to apply (before it is handled)
+	applyFailed func(vol string, cycle uint64)
 	// revokeEvery replaces revocationSweep (0: the default).
 	revokeEvery time.Duration
 }

@@ -364,6 +364,9 @@ func (s *session) applyAcked(v *Volume, j *journal, c *jcycle) error {
 		v.setUnapplied(0)
 		return nil
 	}
+	if h := s.n.hooks.applyFailed; h != nil {
+		h(v.name, c.cycle)
+	}
 	s.n.metrics.applyFailures.WithLabelValues(v.name).Inc()
 	if journalDamaged(err) {
 		if rerr := s.resync(v, j, fmt.Errorf("apply cycle %d: %w", c.cycle, err)); rerr != nil {
