@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -128,22 +127,7 @@ func newCapsTestbed(t *testing.T, ds daemonSet) *capsTestbed {
 		t.Fatal(err)
 	}
 	ns := testbed.NewNetNS(t)
-	err = ns.Do(func() error {
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "eth0"}, PeerName: "wire0"}); err != nil {
-			return err
-		}
-		for _, n := range []string{"eth0", "wire0", "lo"} {
-			l, err := netlink.LinkByName(n)
-			if err != nil {
-				return err
-			}
-			if err := netlink.LinkSetUp(l); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := ns.AddVeth("eth0", "wire0"); err != nil {
 		t.Fatal(err)
 	}
 	// The shipped mirrors (10.10.0.10, 10.20.0.10) are on this link.

@@ -55,22 +55,7 @@ func requireRoot(t *testing.T) {
 // agentNS is a namespace with the veth pa0/pa1 the test config names.
 func agentNS(t *testing.T) netNS {
 	n := testbed.NewNetNS(t)
-	err := n.Do(func() error {
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "pa0"}, PeerName: "pa1"}); err != nil {
-			return err
-		}
-		for _, n := range []string{"pa0", "pa1", "lo"} {
-			l, err := netlink.LinkByName(n)
-			if err != nil {
-				return err
-			}
-			if err := netlink.LinkSetUp(l); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	if err := n.AddVeth("pa0", "pa1"); err != nil {
 		t.Fatal(err)
 	}
 	addPA0Addrs(t, n)

@@ -171,15 +171,9 @@ func TestInterfaceChangesUnderRunningAgent(t *testing.T) {
 // agentNSLinks creates agentNS's veth pair pa0/pa1 (again).
 func agentNSLinks(t *testing.T, ns netNS) {
 	t.Helper()
-	ns.Do(func() {
-		if err := netlink.LinkAdd(&netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "pa0"}, PeerName: "pa1"}); err != nil {
-			t.Fatal(err)
-		}
-		for _, n := range []string{"pa0", "pa1"} {
-			l, _ := netlink.LinkByName(n)
-			netlink.LinkSetUp(l)
-		}
-	})
+	if err := ns.n.AddVeth("pa0", "pa1"); err != nil {
+		t.Fatal(err)
+	}
 	addPA0Addrs(t, ns.n)
 }
 

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
 	"github.com/premirror/premirror/internal/testbed/internal/kernel"
@@ -303,6 +304,22 @@ func (n *NetNS) Enter(tb testing.TB) {
 		if err := restore(); err != nil {
 			tb.Errorf("leave namespace %s: %v", n.name, err)
 		}
+	})
+}
+
+// AddVeth creates the veth pair name/peer with both ends in the
+// namespace and brings them and lo up: a link for an XDP program with a
+// peer to send through, and a loopback for the addresses tests bind.
+func (n *NetNS) AddVeth(name, peer string) error {
+	if _, _, err := kernel.CreateVeth(kernel.VethSpec{ANS: n.h, AName: name, BNS: n.h, BName: peer}); err != nil {
+		return err
+	}
+	return n.Do(func() error {
+		lo, err := netlink.LinkByName("lo")
+		if err != nil {
+			return err
+		}
+		return netlink.LinkSetUp(lo)
 	})
 }
 
