@@ -45,6 +45,19 @@ func ioFailCluster(t *testing.T) (c *cluster, src, dst *Node, fail *atomic.Int32
 	return c, src, dst, fail
 }
 
+// caughtUp waits for the mirror to apply cycle and end its session, then
+// checks it equals the source and reports a complete copy (after what).
+func caughtUp(t *testing.T, c *cluster, dst *Node, cycle uint64, after string) {
+	t.Helper()
+	waitCycle(t, dst, "vol", cycle)
+	sessionsEnded(t, dst)
+	sameFile(t, c.path("src.img"), c.path("dst.img"))
+	dv, _ := dst.Volume("vol")
+	if st := dv.Status(); !st.Complete {
+		t.Errorf("mirror not complete after %s: %+v", after, st)
+	}
+}
+
 // sessionsEnded waits until no changing session runs on the mirror's
 // volume: the one that acknowledged a cycle has then applied it, or
 // failed to.
@@ -157,12 +170,7 @@ func TestCycleApplyFailureRecovers(t *testing.T) {
 	if !res.Full {
 		t.Error("the push after the lost cycle ran no full copy")
 	}
-	waitCycle(t, dst, "vol", res.Cycle)
-	sessionsEnded(t, dst)
-	sameFile(t, c.path("src.img"), c.path("dst.img"))
-	if st := dv.Status(); !st.Complete {
-		t.Errorf("mirror not complete after the full copy and its cycle: %+v", st)
-	}
+	caughtUp(t, c, dst, res.Cycle, "the full copy and its cycle")
 }
 
 // TestCycleApplyIOErrorRetried: a cycle the mirror acknowledged fails to
@@ -204,12 +212,7 @@ func TestCycleApplyIOErrorRetried(t *testing.T) {
 	if res.Full || res.Cycle != failed+1 {
 		t.Errorf("push after the failed apply: cycle %d (full copy %v), want cycle %d", res.Cycle, res.Full, failed+1)
 	}
-	waitCycle(t, dst, "vol", res.Cycle)
-	sessionsEnded(t, dst)
-	sameFile(t, c.path("src.img"), c.path("dst.img"))
-	if st := dv.Status(); !st.Complete {
-		t.Errorf("mirror not complete after the retry and the next cycle: %+v", st)
-	}
+	caughtUp(t, c, dst, res.Cycle, "the retry and the next cycle")
 	buf := make([]byte, bs)
 	if _, err := dv.ReadAt(buf, 0); err != nil {
 		t.Errorf("mirror read after the retry: %v", err)
@@ -262,12 +265,7 @@ func TestCycleApplyRetryFailsRefusesSession(t *testing.T) {
 	if res.Cycle != failed+1 {
 		t.Errorf("push once the disk recovered: cycle %d, want %d", res.Cycle, failed+1)
 	}
-	waitCycle(t, dst, "vol", res.Cycle)
-	sessionsEnded(t, dst)
-	sameFile(t, c.path("src.img"), c.path("dst.img"))
-	if st := dv.Status(); !st.Complete {
-		t.Errorf("mirror not complete after the retry applied: %+v", st)
-	}
+	caughtUp(t, c, dst, res.Cycle, "the retry applied")
 }
 
 // TestCycleApplyFailureRefusesPeerReads: a mirror whose acknowledged
