@@ -119,9 +119,7 @@ func TestAgentLifecycle(t *testing.T) {
 	pin := bpffsDir(t)
 	cfg, _ := testConfig(t, pin)
 
-	var a *Agent
-	var err error
-	ns.Do(func() { a = New(cfg, "", nil); err = a.Start() })
+	a, err := startAgent(t, ns, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,9 +190,7 @@ func TestReload(t *testing.T) {
 	ns := agentNS(t)
 	pin := bpffsDir(t)
 	cfg, path := testConfig(t, pin)
-	var a *Agent
-	var err error
-	ns.Do(func() { a = New(cfg, path, nil); err = a.Start() })
+	a, err := startAgentFile(t, ns, cfg, path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,9 +236,7 @@ func TestForcedGenericMode(t *testing.T) {
 	pin := bpffsDir(t)
 	cfg, _ := testConfig(t, pin)
 	cfg.XDPMode = XDPGeneric
-	var a *Agent
-	var err error
-	ns.Do(func() { a = New(cfg, "", nil); err = a.Start() })
+	a, err := startAgent(t, ns, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -37,9 +37,16 @@ func progID(t *testing.T, p *ebpf.Program) uint32 {
 
 func startAgent(t *testing.T, ns netNS, cfg *Config) (*Agent, error) {
 	t.Helper()
+	return startAgentFile(t, ns, cfg, "")
+}
+
+// startAgentFile is startAgent for an agent that watches its config file
+// at path (reloads).
+func startAgentFile(t *testing.T, ns netNS, cfg *Config, path string) (*Agent, error) {
+	t.Helper()
 	var a *Agent
 	var err error
-	ns.Do(func() { a = New(cfg, "", discardLogger()); err = a.Start() })
+	ns.Do(func() { a = New(cfg, path, discardLogger()); err = a.Start() })
 	return a, err
 }
 

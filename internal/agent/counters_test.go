@@ -111,9 +111,7 @@ func TestAccessCountersAcrossRestartAndPrune(t *testing.T) {
 	ns := agentNS(t)
 	pin := bpffsDir(t)
 	cfg, path := testConfig(t, pin)
-	var a *Agent
-	var err error
-	ns.Do(func() { a = New(cfg, "", nil); err = a.Start() })
+	a, err := startAgent(t, ns, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
