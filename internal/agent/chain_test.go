@@ -40,6 +40,21 @@ func startAgent(t *testing.T, ns netNS, cfg *Config) (*Agent, error) {
 	return startAgentFile(t, ns, cfg, "")
 }
 
+// runningAgent starts an agent of the test config in a namespace of its
+// own and runs it until the test ends; its pins are removed after.
+func runningAgent(t *testing.T) (netNS, *Config, *Agent) {
+	t.Helper()
+	ns := agentNS(t)
+	cfg, _ := testConfig(t, bpffsDir(t))
+	a, err := startAgent(t, ns, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { Detach(cfg.PinDir, true) }) // after runAgent's
+	runAgent(t, a)
+	return ns, cfg, a
+}
+
 // startAgentFile is startAgent for an agent that watches its config file
 // at path (reloads).
 func startAgentFile(t *testing.T, ns netNS, cfg *Config, path string) (*Agent, error) {

@@ -27,14 +27,7 @@ import (
 // back), and a returning one is attached again and steers traffic.
 func TestInterfaceChangesUnderRunningAgent(t *testing.T) {
 	requireRoot(t)
-	ns := agentNS(t)
-	cfg, _ := testConfig(t, bpffsDir(t))
-	a, err := startAgent(t, ns, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { Detach(cfg.PinDir, true) }) // after runAgent's
-	runAgent(t, a)
+	ns, _, a := runningAgent(t)
 
 	health := func(h http.HandlerFunc) (int, string) {
 		rec := httptest.NewRecorder()

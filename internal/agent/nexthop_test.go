@@ -19,13 +19,7 @@ import (
 // must bump the router's next-hop generation (read back from the map).
 func TestNexthopWatcherBumps(t *testing.T) {
 	requireRoot(t)
-	ns := agentNS(t)
-	cfg, _ := testConfig(t, bpffsDir(t))
-	a, err := startAgent(t, ns, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runAgent(t, a)
+	ns, cfg, a := runningAgent(t)
 	if ttl := mustCache(t, a).TTL; ttl != cfg.NextHopTTL() {
 		t.Fatalf("cache TTL %v, want the configured %v", ttl, cfg.NextHopTTL())
 	}
@@ -56,6 +50,7 @@ func TestNexthopWatcherBumps(t *testing.T) {
 		t.Fatalf("%s: generation still %d after 5 s", what, before)
 	}
 	var pa0 netlink.Link
+	var err error
 	ns.Do(func() { pa0, err = netlink.LinkByName("pa0") })
 	if err != nil {
 		t.Fatal(err)
@@ -171,13 +166,7 @@ func TestNeighbourChanged(t *testing.T) {
 // the cache must be invalidated anyway.
 func TestNexthopObjectReplaceBumps(t *testing.T) {
 	requireRoot(t)
-	ns := agentNS(t)
-	cfg, _ := testConfig(t, bpffsDir(t))
-	a, err := startAgent(t, ns, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	runAgent(t, a)
+	ns, _, a := runningAgent(t)
 	run := func(args ...string) {
 		t.Helper()
 		if _, err := ns.n.Run(context.Background(), args[0], args[1:]...); err != nil {
