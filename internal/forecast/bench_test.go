@@ -69,22 +69,29 @@ func cloneEngineSeries(tb testing.TB, e, tmpl *Engine, resource string, nRes int
 // resource's forecast. Reported: ns per bucket for all series, heap bytes
 // per series (demand model plus a fifth of a location model).
 func BenchmarkEngineBucket10k(b *testing.B) {
-	benchEngine(b, 2000, 5)
+	benchEngine(b, 2000, 5, 24*35)
+}
+
+// BenchmarkEngineBucket10kMature is BenchmarkEngineBucket10k once the
+// models are past their first two windows (eight weeks), where the GRU
+// trains every other bucket (gruTrainEvery) instead of every bucket: a
+// fleet's steady state. BenchmarkEngineBucket10k is its first weeks.
+func BenchmarkEngineBucket10kMature(b *testing.B) {
+	benchEngine(b, 2000, 5, 24*(56+7))
 }
 
 // BenchmarkEngineBucket1k is the same with 1,000 series.
 func BenchmarkEngineBucket1k(b *testing.B) {
-	benchEngine(b, 200, 5)
+	benchEngine(b, 200, 5, 24*35)
 }
 
-func benchEngine(b *testing.B, nRes, nReg int) {
+func benchEngine(b *testing.B, nRes, nReg, warm int) {
 	regions := []string{"eu", "us", "ap", "sa", "af"}[:nReg]
 	tmpl, err := NewEngine(EngineConfig{Workers: 2})
 	if err != nil {
 		b.Fatal(err)
 	}
 	rng := rand.New(rand.NewPCG(1, 1))
-	warm := 24 * 35 // a full window plus a week
 	for k := 0; k < warm; k++ {
 		start := t0.Add(time.Duration(k) * time.Hour)
 		batch := make([]AccessSummary, 0, nReg)
