@@ -185,6 +185,7 @@ type Hybrid struct {
 	W    int
 	ys   []float64 // ring of the last W values
 	wts  []float64 // ring of the regression weights given to them
+	run  int64     // buckets up to the newest with weight > 0 in a row (not encoded: countRun)
 	res  []float64 // ring of in-sample residuals (data units)
 	es   [3]float64
 	nu   float64        // robust residual scale: 1.4826 × median |residual|
@@ -216,6 +217,8 @@ type Hybrid struct {
 	bet      gateBet                // the one-step bet pending on the next value
 	carry    carry                  // the longer horizons' share of the gate's bets (carryShift)
 	noCarry  bool                   // the carry's ablation (tests)
+
+	memoDay, memoWk medMemo // the seasonal median experts' medians by target (medLagged)
 
 	K   int       // stacker width: numStk + covariates
 	rw  []float64 // H×K weights
@@ -324,6 +327,7 @@ func NewHybrid(cfg HybridConfig, feeds *Feeds) (*Hybrid, error) {
 		yearly := m.yr != nil && time.Duration(H)*cfg.Step >= 7*24*time.Hour
 		m.pl = newPool(H, m.P, m.W, max(m.d.spd, 1), stepsPer(cfg.Step, 7*24*time.Hour), yearly)
 		m.carry = newCarry(H, m.P)
+		m.memoDay, m.memoWk = newMedMemo(H+1), newMedMemo(H+1)
 		if m.pl.avail[expHW] {
 			m.hw = newHoltWinters(m.pl.season)
 		}
@@ -512,6 +516,11 @@ func (m *Hybrid) observe(t time.Time, y float64, how obsKind) error {
 	}
 	m.ys[idx%int64(m.W)] = y
 	m.wts[idx%int64(m.W)] = wNew
+	if wNew > 0 {
+		m.run++
+	} else {
+		m.run = 0
+	}
 	m.last = t
 	if m.yr != nil {
 		m.yr.add(t, y, !missing)
@@ -556,7 +565,10 @@ func (m *Hybrid) observe(t time.Time, y float64, how obsKind) error {
 		}
 	}
 	if len(tmp) > 0 {
-		m.nu = max(1.4826*median(tmp), floor)
+		// One value entered the window and one left it since the last
+		// bucket, so the last median (nu undone) is a pivot a rank or two
+		// from this one.
+		m.nu = max(1.4826*medianNear(tmp, m.nu/1.4826), floor)
 	}
 	m.nu = max(m.nu, floor)
 	if !missing {
@@ -616,10 +628,7 @@ func (m *Hybrid) refitHW(idx int64) {
 	if !fit && (w.par == nil || time.Duration(m.W)*m.cfg.Step < hwRerunWindow) {
 		return
 	}
-	run := 0
-	for run < int(min(m.n, int64(m.W))) && m.wts[(idx-int64(run))%int64(m.W)] > 0 {
-		run++
-	}
+	run := int(min(m.run, m.n, int64(m.W)))
 	if run < 2*w.m {
 		return
 	}
@@ -678,6 +687,9 @@ func (m *Hybrid) skipMany(n int64, last time.Time) error {
 	for i := range m.wts {
 		m.wts[i], m.res[i] = 0, 0
 	}
+	m.run = 0
+	m.memoDay.reset()
+	m.memoWk.reset()
 	m.blr.Reset()
 	m.es = [3]float64{}
 	m.surprise = 0
@@ -1426,6 +1438,11 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 	}
 	rho24, rho6 := rho(int64(m.spd)), rho(max(int64(m.spd)/4, 1))
 	stack := !m.cfg.NoStack && m.n > m.warm()
+	// The yearly features depend on the target's day only (the origin is
+	// fixed here): sub-daily horizons share one or two days.
+	yrDay := int64(math.MinInt64)
+	var yrDelta, yrAnom float64
+	var yrDeltaOK, yrAnomOK bool
 	for h := 1; h <= H; h++ {
 		th := t.Add(time.Duration(h) * m.cfg.Step)
 		m.d.fill(th, m.x)
@@ -1466,11 +1483,16 @@ func (m *Hybrid) forecast(idx int64, t time.Time, gruOut []float64) {
 			}
 		}
 		if m.yr != nil {
-			if d, ok := m.yr.delta(t, th); ok {
-				f[stkYear] = nr(d)
+			if d := dayOf(th); d != yrDay {
+				yrDay = d
+				yrDelta, yrDeltaOK = m.yr.delta(t, th)
+				yrAnom, yrAnomOK = m.yr.anomaly(th)
 			}
-			if d, ok := m.yr.anomaly(th); ok {
-				f[stkYearDay] = nr(d)
+			if yrDeltaOK {
+				f[stkYear] = nr(yrDelta)
+			}
+			if yrAnomOK {
+				f[stkYearDay] = nr(yrAnom)
 			}
 		}
 		f[stkTrend] = nr(muMid - mu)
@@ -1619,6 +1641,84 @@ func median(v []float64) float64 {
 		}
 	}
 	return v[k]
+}
+
+// countRun counts run from the weights ring: the buckets up to the newest
+// with weight > 0 in a row, at most the window.
+func (m *Hybrid) countRun() int64 {
+	var run int64
+	for run < min(m.n, int64(m.W)) && m.wts[(m.n-1-run)%int64(m.W)] > 0 {
+		run++
+	}
+	return run
+}
+
+// medianNear is median(v), the element of rank len(v)/2, found from
+// guess, a value believed to be a few ranks from it: one pass counts the
+// values below and equal to guess and, when the median is not guess
+// itself, a second keeps the few values between them. Far guesses and
+// NaNs go to median. Reorders v only when it falls back.
+func medianNear(v []float64, guess float64) float64 {
+	const near = 8
+	n := len(v)
+	if n == 0 {
+		return 0
+	}
+	k := n / 2
+	below, equal := 0, 0
+	for _, x := range v {
+		switch {
+		case x < guess:
+			below++
+		case x == guess:
+			equal++
+		case x != x:
+			return median(v)
+		}
+	}
+	var keep [near]float64 // the r values nearest guess on the median's side, nearest first
+	switch {
+	case k >= below && k < below+equal:
+		return guess
+	case k < below:
+		// The median is the r-th largest value below guess.
+		r := below - k
+		if r > near {
+			return median(v)
+		}
+		m := 0
+		for _, x := range v {
+			if x >= guess || (m == r && x <= keep[r-1]) {
+				continue
+			}
+			i := min(m, r-1)
+			for ; i > 0 && keep[i-1] < x; i-- {
+				keep[i] = keep[i-1]
+			}
+			keep[i] = x
+			m = min(m+1, r)
+		}
+		return keep[r-1]
+	default:
+		// The median is the r-th smallest value above guess.
+		r := k - below - equal + 1
+		if r > near {
+			return median(v)
+		}
+		m := 0
+		for _, x := range v {
+			if x <= guess || (m == r && x >= keep[r-1]) {
+				continue
+			}
+			i := min(m, r-1)
+			for ; i > 0 && keep[i-1] > x; i-- {
+				keep[i] = keep[i-1]
+			}
+			keep[i] = x
+			m = min(m+1, r)
+		}
+		return keep[r-1]
+	}
 }
 
 // followScale moves the mean absolute error s by one more error ae (the

@@ -523,10 +523,10 @@ func (m *Hybrid) experts(idx int64, h int, hyb, mean, mu float64) *[numExp]float
 		f[expSWeek] = lagged(p.lagWk)
 	}
 	if p.avail[expSWeekMed] {
-		f[expSWeekMed] = m.medLagged(idx, h, p.lagWk, 0, last)
+		f[expSWeekMed] = m.medLagged(idx, h, p.lagWk, 0, last, &m.memoWk)
 	}
 	if p.avail[expSDayMed] {
-		f[expSDayMed] = m.medLagged(idx, h, p.lagDay, 7, last)
+		f[expSDayMed] = m.medLagged(idx, h, p.lagDay, 7, last, &m.memoDay)
 	}
 	if p.avail[expHW] {
 		f[expHW] = hyb // until its first season is seen
@@ -570,7 +570,27 @@ func (m *Hybrid) experts(idx int64, h int, hyb, mean, mu float64) *[numExp]float
 // before the target bucket idx+h, at most maxK of them (0: as many as the
 // window holds), skipping multiples that are still in the future at
 // origin idx; def when there is none.
-func (m *Hybrid) medLagged(idx int64, h, lag, maxK int, def float64) float64 {
+//
+// With memo, a median is kept by target and found again at the next
+// origins: while no multiple is in the future (h ≤ lag) the candidates
+// are the multiples from the target back to the window's start, values
+// never change once in the ring, and the count of candidates tells when
+// one has left the window.
+func (m *Hybrid) medLagged(idx int64, h, lag, maxK int, def float64, memo *medMemo) float64 {
+	target := idx + int64(h)
+	slot, cnt := -1, int64(0)
+	if memo != nil && h <= lag {
+		if lo := max(m.n-int64(m.W), 0); target >= lo {
+			cnt = (target - lo) / int64(lag)
+		}
+		if maxK > 0 {
+			cnt = min(cnt, int64(maxK))
+		}
+		slot = int(target % int64(len(memo.tag)))
+		if memo.tag[slot] == target+1 && memo.cnt[slot] == cnt {
+			return memo.val[slot]
+		}
+	}
 	tmp := m.sc.tmp[:0]
 	for k := 1; maxK == 0 || k <= maxK; k++ {
 		i := idx + int64(h) - int64(k*lag)
@@ -585,10 +605,29 @@ func (m *Hybrid) medLagged(idx int64, h, lag, maxK int, def float64) float64 {
 		}
 	}
 	if len(tmp) == 0 {
-		return def
+		return def // not kept: def is the origin's
 	}
-	return median(tmp)
+	v := median(tmp)
+	if slot >= 0 {
+		memo.tag[slot], memo.cnt[slot], memo.val[slot] = target+1, cnt, v
+	}
+	return v
 }
+
+// medMemo keeps medLagged's medians by target bucket (slot target mod
+// its length, at least the horizon). It is not model state: a restored
+// or reset model starts it empty.
+type medMemo struct {
+	tag []int64 // target+1; 0: empty
+	cnt []int64 // candidates in the window when computed
+	val []float64
+}
+
+func newMedMemo(n int) medMemo {
+	return medMemo{tag: make([]int64, n), cnt: make([]int64, n), val: make([]float64, n)}
+}
+
+func (c *medMemo) reset() { clear(c.tag) }
 
 // medLast is the median of the last k known values up to bucket idx.
 func (m *Hybrid) medLast(idx int64, k int) float64 {

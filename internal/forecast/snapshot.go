@@ -355,6 +355,7 @@ func (m *Hybrid) decode(d *dec) {
 	m.last = d.time()
 	d.fsInto(m.ys, "window")
 	d.fsInto(m.wts, "weights")
+	m.run = m.countRun()
 	d.fsInto(m.res, "residuals")
 	d.fsInto(m.es[:], "levels")
 	m.nu = d.f64()
