@@ -179,3 +179,41 @@ func TestMedLaggedMemo(t *testing.T) {
 		}
 	}
 }
+
+// TestSortAwakeFrom checks the sort from the last order against sortAwake
+// (a stable sort in expert order) from any start, with ties and sleeping
+// experts, and that the order stays a permutation of the experts.
+func TestSortAwakeFrom(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 5))
+	var order [numExp]int
+	for trial := 0; trial < 50000; trial++ {
+		var f [numExp]float64
+		var avail [numExp]bool
+		for k := range f {
+			avail[k] = rng.IntN(6) > 0
+			switch rng.IntN(5) {
+			case 0:
+				f[k] = math.NaN()
+			case 1:
+				f[k] = float64(rng.IntN(3))
+			default:
+				f[k] = rng.NormFloat64()
+			}
+		}
+		if trial%7 == 0 {
+			rng.Shuffle(numExp, func(i, j int) { order[i], order[j] = order[j], order[i] })
+		}
+		var idx [numExp]int
+		want := slices.Clone(sortAwake(&f, &avail, &idx))
+		if got := sortAwakeFrom(&f, &avail, &order); !slices.Equal(got, want) {
+			t.Fatalf("trial %d: sortAwakeFrom(%v, %v) = %v, want %v", trial, f, avail, got, want)
+		}
+		seen := order
+		slices.Sort(seen[:])
+		for k, v := range seen {
+			if v != k {
+				t.Fatalf("trial %d: order %v is not a permutation", trial, order)
+			}
+		}
+	}
+}

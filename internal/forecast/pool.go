@@ -169,6 +169,7 @@ type pool struct {
 	v      []float64 // H×numCand candidate weights
 	gap    []float64 // H discounted mixability gap of the candidates (AdaHedge)
 	slow   []float64 // H learning-rate factor of each horizon, h^−poolDelayExp
+	order  [numExp]int // the last combine's order of the experts (sortAwakeFrom's start; not state)
 }
 
 func newPool(H, P, W, spd, wk int, yearly bool) *pool {
@@ -240,8 +241,7 @@ func (p *pool) combine(h, po int, f *[numExp]float64, scale float64, integer boo
 	fc[0] = float32(f[expHybrid])
 	// The experts sorted by forecast once: the order is the same at every
 	// rate, only the weights differ.
-	var idx [numExp]int
-	order := sortAwake(f, &p.avail, &idx)
+	order := sortAwakeFrom(f, &p.avail, &p.order)
 	for g := 0; g < poolEtas; g++ {
 		// Sleeping experts (Freund, Schapire, Singer & Warmuth 1997): an
 		// expert with no forecast (NaN) is left out and the others'
@@ -312,6 +312,47 @@ func sortAwake(f *[numExp]float64, avail *[numExp]bool, idx *[numExp]int) []int 
 		}
 	}
 	return idx[:n]
+}
+
+// sortAwakeFrom is sortAwake starting from order, the experts' order of
+// the last call (any permutation of the experts will do): the forecasts
+// of the next horizon or origin mostly keep it, so the insertion sort
+// moves few entries and its comparisons are predictable. Ties are broken
+// by expert number, which makes the result sortAwake's (a stable sort of
+// the experts in number order) whatever the start. order is left holding
+// every expert, the ones asleep after the returned prefix.
+func sortAwakeFrom(f *[numExp]float64, avail *[numExp]bool, order *[numExp]int) []int {
+	if *order == ([numExp]int{}) { // zero value: not a permutation yet
+		for k := range order {
+			order[k] = k
+		}
+	}
+	var sleep [numExp]int
+	n, ns := 0, 0
+	for _, k := range order {
+		if avail[k] && !math.IsNaN(f[k]) {
+			order[n] = k
+			n++
+		} else {
+			sleep[ns] = k
+			ns++
+		}
+	}
+	copy(order[n:], sleep[:ns])
+	for i := 1; i < n; i++ {
+		k := order[i]
+		v := f[k]
+		j := i
+		for ; j > 0; j-- {
+			p := order[j-1]
+			if f[p] < v || (f[p] == v && p < k) {
+				break
+			}
+			order[j] = p
+		}
+		order[j] = k
+	}
+	return order[:n]
 }
 
 // weightedMedianSorted is weightedMedian over the experts order, sorted
