@@ -7,10 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -39,10 +41,30 @@ func (s *adminService) requireAdmin(ctx context.Context) error {
 	return nil
 }
 
+// ReasonApplySplit is the ErrorInfo reason (domain ErrorDomain) of an
+// apply with if_revision refused because it would take more than one
+// etcd transaction; its metadata MetaObjectsPerTxn is how many of its
+// objects one transaction holds.
+const (
+	ErrorDomain       = "premirror"
+	ReasonApplySplit  = "CONDITIONAL_APPLY_SPLIT"
+	MetaObjectsPerTxn = "objectsPerTransaction"
+)
+
 func grpcError(err error) error {
+	var split *SplitError
 	switch {
 	case err == nil:
 		return nil
+	case errors.As(err, &split):
+		st, derr := status.New(codes.InvalidArgument, err.Error()).WithDetails(&errdetails.ErrorInfo{
+			Reason: ReasonApplySplit, Domain: ErrorDomain,
+			Metadata: map[string]string{MetaObjectsPerTxn: strconv.Itoa(split.PerTxn)},
+		})
+		if derr != nil {
+			return status.Error(codes.InvalidArgument, err.Error())
+		}
+		return st.Err()
 	case errors.Is(err, ErrInvalid):
 		return status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, ErrNotFound):

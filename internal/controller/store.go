@@ -299,13 +299,40 @@ func (s *Store) applyOnce(ctx context.Context, in *pb.Objects, dryRun bool, ifRe
 		// A split apply is not atomic: an edit between its parts would
 		// leave the first part written under an answer that says the
 		// condition failed and nothing was.
-		return nil, invalidf("a conditional apply must fit one etcd transaction: %d objects to write, at most %d per transaction (--etcd-max-txn-ops); apply fewer at a time",
-			len(puts), max(1, (s.MaxTxnOps-1)/2))
+		return nil, &SplitError{Objects: len(puts), PerTxn: s.putsIn(txns[0])}
 	}
 	if dryRun || len(puts) == 0 {
 		return changes, nil
 	}
 	return changes, s.commit(ctx, cur.genRev, txns)
+}
+
+// SplitError refuses a conditional apply (ApplyIf) that commit would
+// split over several transactions; it wraps ErrInvalid. PerTxn is how
+// many of its objects the first transaction holds: a client that can
+// split its edit itself (drain) applies that many at a time, each part a
+// compare-and-swap on its own read (the admin API passes PerTxn on as
+// an ErrorInfo, ReasonApplySplit).
+type SplitError struct {
+	Objects, PerTxn int
+}
+
+func (e *SplitError) Error() string {
+	return fmt.Sprintf("%v: a conditional apply must fit one etcd transaction: %d objects to write, at most %d in one transaction "+
+		"(--etcd-max-txn-ops, --etcd-max-request-bytes); apply fewer at a time", ErrInvalid, e.Objects, e.PerTxn)
+}
+
+func (e *SplitError) Unwrap() error { return ErrInvalid }
+
+// putsIn counts the objects a transaction of txns writes.
+func (s *Store) putsIn(ops []clientv3.Op) int {
+	n := 0
+	for _, op := range ops {
+		if strings.HasPrefix(string(op.KeyBytes()), s.key(keyObjects)) {
+			n++
+		}
+	}
+	return n
 }
 
 // txns splits puts into the transactions commit writes, in order: at

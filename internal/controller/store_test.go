@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -433,5 +434,67 @@ func TestApplyIfRefusesSplit(t *testing.T) {
 	// Unconditional, the same apply is split and written.
 	if _, err := s.ApplyIf(ctx, objs, false, 0); err != nil {
 		t.Fatalf("unconditional split apply: %v", err)
+	}
+}
+
+// The refusal of a conditional apply that would be split says, as an
+// ErrorInfo of the admin API's status, how many of its objects one
+// transaction holds: drain applies that many at a time, each batch
+// conditional on a read of its own.
+func TestApplyIfSplitSaysObjectsPerTransaction(t *testing.T) {
+	cli := etcdClient(t)
+	defer cli.Close()
+	s := NewStore(cli, testPrefix(t), DefaultLimits())
+	ctx := context.Background()
+	o := testObjects()
+	for i := range 6 {
+		o.Mirrors = append(o.Mirrors, &pb.Mirror{Name: fmt.Sprintf("m-%d", i), Site: "eu", Address: fmt.Sprintf("192.0.2.%d", 100+i)})
+	}
+	if _, err := s.Apply(ctx, o, false); err != nil {
+		t.Fatal(err)
+	}
+	objs, rev, err := s.GetRev(ctx, KindMirror, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range objs.GetMirrors() {
+		m.State = pb.MirrorState_MIRROR_STATE_DRAINING
+	}
+	s.MaxTxnOps = 7 // three objects per transaction
+	_, err = s.ApplyIf(ctx, objs, true, rev)
+	var split *SplitError
+	if !errors.As(err, &split) || !errors.Is(err, ErrInvalid) || split.PerTxn != 3 || split.Objects != len(objs.GetMirrors()) {
+		t.Fatalf("conditional apply of %d mirrors, 3 per transaction: %v (%+v)", len(objs.GetMirrors()), err, split)
+	}
+	st := status.Convert(grpcError(err))
+	var info *errdetails.ErrorInfo
+	for _, d := range st.Details() {
+		if x, ok := d.(*errdetails.ErrorInfo); ok {
+			info = x
+		}
+	}
+	if st.Code() != codes.InvalidArgument || info.GetReason() != ReasonApplySplit || info.GetDomain() != ErrorDomain ||
+		info.GetMetadata()[MetaObjectsPerTxn] != "3" {
+		t.Fatalf("admin API status: %v, details %v", st.Code(), st.Details())
+	}
+	// Three at a time, each conditional on its own read, they apply.
+	for len(objs.GetMirrors()) > 0 {
+		n := min(3, len(objs.GetMirrors()))
+		if _, err := s.ApplyIf(ctx, &pb.Objects{Mirrors: objs.Mirrors[:n]}, false, rev); err != nil {
+			t.Fatalf("batch of %d: %v", n, err)
+		}
+		objs.Mirrors = objs.Mirrors[n:]
+		if _, rev, err = s.GetRev(ctx, KindMirror, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	after, _, err := s.GetRev(ctx, KindMirror, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range after.GetMirrors() {
+		if m.GetState() != pb.MirrorState_MIRROR_STATE_DRAINING {
+			t.Errorf("mirror %s: %v", m.GetName(), m.GetState())
+		}
 	}
 }

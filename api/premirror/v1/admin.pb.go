@@ -230,7 +230,12 @@ type ApplyRequest struct {
 	// Nonzero: apply only if no object was applied or deleted after this
 	// revision (a GetResponse's), else fail with ABORTED and write nothing.
 	// A read-modify-write (`controller drain`) sends what it read and reads
-	// again on ABORTED instead of overwriting a concurrent edit.
+	// again on ABORTED instead of overwriting a concurrent edit. Such an
+	// apply must fit one etcd transaction: a larger one is refused whole
+	// with INVALID_ARGUMENT and a google.rpc.ErrorInfo (domain "premirror",
+	// reason "CONDITIONAL_APPLY_SPLIT", metadata "objectsPerTransaction":
+	// how many of its objects one transaction holds), so that the client can
+	// apply them in batches, each conditional on a read of its own.
 	IfRevision    int64 `protobuf:"varint,3,opt,name=if_revision,json=ifRevision,proto3" json:"if_revision,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
