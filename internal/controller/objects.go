@@ -443,14 +443,16 @@ func checkSite(s *pb.Site) error {
 	if !finiteNonNeg(s.GetCapacityRps()) {
 		return fmt.Errorf("capacity_rps: %v must be ≥ 0", s.GetCapacityRps())
 	}
+	nodes := make(map[string]bool, len(s.GetNodes()))
 	for i, n := range s.GetNodes() {
 		// Node names are certificate common names, as the agents' node.
 		if n == "" || len(n) > 253 || strings.ContainsFunc(n, func(r rune) bool { return r <= ' ' || r == 0x7f }) {
 			return fmt.Errorf("nodes[%d]: %q is not a node name (1-253 characters, no spaces or control characters)", i, n)
 		}
-		if slices.Index(s.GetNodes(), n) != i {
+		if nodes[n] {
 			return fmt.Errorf("nodes[%d]: %q listed twice", i, n)
 		}
+		nodes[n] = true
 	}
 	return nil
 }
