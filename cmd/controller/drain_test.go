@@ -324,3 +324,34 @@ func TestDrainReportsPartialBatches(t *testing.T) {
 		}
 	}
 }
+
+// When etcd's request limit binds before its operations limit (2,000
+// bytes here: a handful of mirrors), drain's batches are as many mirrors
+// as fit the request, as the controller says in its refusal.
+func TestDrainBatchesBySize(t *testing.T) {
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) })
+	admin := startCtlController(t, "--etcd-max-request-bytes", "2000")
+	if out, err := ctl(t, append([]string{"apply", "-f", rackObjects(t, 30)}, admin...)...); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	defer func() { ctlDialOptions = nil }()
+	var sizes []int
+	ctlDialOptions = []grpc.DialOption{grpc.WithChainUnaryInterceptor(editsAfterFirstWrite(t, 0, 0, &sizes))}
+	out, err := ctl(t, append([]string{"drain", "node", "rack-1"}, admin...)...)
+	if err != nil || !strings.Contains(out, "mirror/m-29 draining (was active)") {
+		t.Fatalf("drain of 30 mirrors under a 2,000-byte request limit: %v\n%s", err, out)
+	}
+	total := 0
+	for _, n := range sizes {
+		total += n
+	}
+	if total != 30 || len(sizes) < 3 || sizes[0] >= 30 {
+		t.Errorf("applies written: %v, want 30 mirrors in several batches", sizes)
+	}
+	for name, st := range mirrorStates(t, admin) {
+		if want := name != "other"; (st == "draining") != want {
+			t.Errorf("mirror %s after drain: %q", name, st)
+		}
+	}
+}

@@ -93,7 +93,7 @@ func newRunFlags() (*flag.FlagSet, *runFlags) {
 	f.etcdPeer = fs.String("etcd-peer-listen", "127.0.0.1:2380", "embedded etcd peer address")
 	f.etcdClients = fs.String("etcd-client-names", "", "comma-separated certificate names the embedded etcd accepts (default: this replica's own certificate's; name every replica that uses it as --etcd-endpoints)")
 	f.maxTxn = fs.Int("etcd-max-txn-ops", 0, "operations per etcd transaction (0: 16384 embedded, 128 external, etcd's default); larger applies are split")
-	f.maxReq = fs.Int("etcd-max-request-bytes", 0, "etcd's request size limit (0: 10 MiB embedded, 1.5 MiB external, etcd's default); an apply beyond it is refused as invalid")
+	f.maxReq = fs.Int("etcd-max-request-bytes", 0, "etcd's request size limit (0: 10 MiB embedded, 1.5 MiB external, etcd's default); larger applies are split, an object beyond it is refused as invalid")
 	f.prefix = fs.String("etcd-prefix", controller.DefaultPrefix, "etcd key prefix")
 	f.tick = fs.Duration("tick", controller.DefaultTickInterval, "route computation interval (health and object changes compute at once)")
 	f.report = fs.Duration("report-interval", controller.DefaultReportInterval, "how often agents report")

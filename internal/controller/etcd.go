@@ -21,9 +21,10 @@ import (
 // 4096 resources × 64 regions is about 90 kB, but a bulk apply of
 // thousands of objects needs more than etcd's 128 operations per
 // transaction. Against an external cluster with other limits, set
-// Store.MaxTxnOps to its --max-txn-ops (applies are split, each part
-// valid) and Store.MaxRequestBytes to its --max-request-bytes (an apply
-// beyond it is refused before anything is written).
+// Store.MaxTxnOps to its --max-txn-ops and Store.MaxRequestBytes to its
+// --max-request-bytes (a larger apply is split, each part valid; an
+// object beyond the request limit is refused before anything is
+// written).
 const (
 	EtcdMaxRequestBytes = 10 << 20
 	EtcdMaxTxnOps       = 16384

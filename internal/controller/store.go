@@ -72,10 +72,12 @@ type Store struct {
 	lim     Limits
 	// MaxTxnOps bounds the operations of one transaction; a larger apply
 	// is split (sites, then mirrors, then resources, so every prefix of
-	// it is valid).
+	// it is valid). A split apply is not atomic: a failure between its
+	// transactions leaves the earlier ones written.
 	MaxTxnOps int
-	// MaxRequestBytes is etcd's --max-request-bytes. An apply with a
-	// transaction beyond it is refused before anything is written
+	// MaxRequestBytes is etcd's --max-request-bytes. An apply larger
+	// than it is split by size the same way; one with an object that
+	// alone exceeds it is refused before anything is written
 	// (ErrInvalid): etcd would refuse it as well, and that error reads as
 	// an outage, which clients retry.
 	MaxRequestBytes int
@@ -292,14 +294,14 @@ func (s *Store) applyOnce(ctx context.Context, in *pb.Objects, dryRun bool, ifRe
 		return nil, err
 	}
 	txns := s.txns(puts)
-	if err := s.checkRequestSize(txns, puts); err != nil {
+	if err := s.checkRequestSize(txns); err != nil {
 		return nil, err
 	}
 	if ifRev > 0 && len(txns) > 1 {
 		// A split apply is not atomic: an edit between its parts would
 		// leave the first part written under an answer that says the
 		// condition failed and nothing was.
-		return nil, &SplitError{Objects: len(puts), PerTxn: s.putsIn(txns[0])}
+		return nil, &SplitError{Objects: len(puts), PerTxn: len(txns[0].puts)}
 	}
 	if dryRun || len(puts) == 0 {
 		return changes, nil
@@ -324,33 +326,43 @@ func (e *SplitError) Error() string {
 
 func (e *SplitError) Unwrap() error { return ErrInvalid }
 
-// putsIn counts the objects a transaction of txns writes.
-func (s *Store) putsIn(ops []clientv3.Op) int {
-	n := 0
-	for _, op := range ops {
-		if strings.HasPrefix(string(op.KeyBytes()), s.key(keyObjects)) {
-			n++
-		}
-	}
-	return n
+// txn is one transaction of an apply: the objects it writes and its
+// operations, objects-gen's put last.
+type txn struct {
+	puts []pendingPut
+	ops  []clientv3.Op
 }
 
-// txns splits puts into the transactions commit writes, in order: at
-// most MaxTxnOps operations each, objects-gen's put included.
-func (s *Store) txns(puts []pendingPut) [][]clientv3.Op {
+// txns splits puts into the transactions commit writes, in order (sites,
+// then mirrors, then resources, so every prefix is valid): at most
+// MaxTxnOps operations each, objects-gen's put included, and at most
+// MaxRequestBytes of request (requestBytes) when it is set. An object
+// too large for a transaction of its own still gets one, which
+// checkRequestSize refuses.
+func (s *Store) txns(puts []pendingPut) []txn {
 	per := max(1, (s.MaxTxnOps-1)/2)
-	var out [][]clientv3.Op
-	for len(puts) > 0 {
-		n := min(per, len(puts))
-		var ops []clientv3.Op
-		for _, p := range puts[:n] {
-			ops = append(ops, clientv3.OpPut(s.key(objectKey(p.kind, p.name)), string(p.value)))
-			if p.newID {
-				ops = append(ops, clientv3.OpPut(s.key(keyIDs, p.kind, "/", p.name), strconv.FormatUint(uint64(p.id), 10)))
-			}
+	gen := clientv3.OpPut(s.key(keyGen), "")
+	var out []txn
+	var cur txn
+	size := requestBytes([]clientv3.Op{gen})
+	for _, p := range puts {
+		ops := []clientv3.Op{clientv3.OpPut(s.key(objectKey(p.kind, p.name)), string(p.value))}
+		if p.newID {
+			ops = append(ops, clientv3.OpPut(s.key(keyIDs, p.kind, "/", p.name), strconv.FormatUint(uint64(p.id), 10)))
 		}
-		out = append(out, append(ops, clientv3.OpPut(s.key(keyGen), "")))
-		puts = puts[n:]
+		n := requestBytes(ops) - txnFraming
+		if len(cur.puts) == per || (len(cur.puts) > 0 && s.MaxRequestBytes > 0 && size+n > s.MaxRequestBytes) {
+			cur.ops = append(cur.ops, gen)
+			out = append(out, cur)
+			cur, size = txn{}, requestBytes([]clientv3.Op{gen})
+		}
+		cur.puts = append(cur.puts, p)
+		cur.ops = append(cur.ops, ops...)
+		size += n
+	}
+	if len(cur.puts) > 0 {
+		cur.ops = append(cur.ops, gen)
+		out = append(out, cur)
 	}
 	return out
 }
@@ -374,26 +386,29 @@ func requestBytes(ops []clientv3.Op) int {
 }
 
 // checkRequestSize refuses an apply with a transaction beyond
-// MaxRequestBytes, naming its size, the limit and the largest object.
-func (s *Store) checkRequestSize(txns [][]clientv3.Op, puts []pendingPut) error {
-	for _, ops := range txns {
-		n := requestBytes(ops)
+// MaxRequestBytes, naming its size, the limit and its largest object.
+// txns splits by size, so such a transaction holds one object that alone
+// exceeds the limit (or, with a limit below what an object's keys take,
+// a small one).
+func (s *Store) checkRequestSize(txns []txn) error {
+	for _, t := range txns {
+		n := requestBytes(t.ops)
 		if s.MaxRequestBytes <= 0 || n <= s.MaxRequestBytes {
 			continue
 		}
-		big := slices.MaxFunc(puts, func(a, b pendingPut) int { return len(a.value) - len(b.value) })
+		big := slices.MaxFunc(t.puts, func(a, b pendingPut) int { return len(a.value) - len(b.value) })
 		return invalidf("%d bytes to write in one etcd request (%d operations), above the etcd request limit of %d bytes "+
-			"(--etcd-max-request-bytes); the largest object is %s %q (%d bytes): apply fewer or smaller objects at a time",
-			n, len(ops), s.MaxRequestBytes, big.kind, big.name, len(big.value))
+			"(--etcd-max-request-bytes); the largest object is %s %q (%d bytes), too large for a transaction of its own: make it smaller",
+			n, len(t.ops), s.MaxRequestBytes, big.kind, big.name, len(big.value))
 	}
 	return nil
 }
 
 // commit writes txns (from txns) in order, each fenced on the objects
 // generation the previous one left.
-func (s *Store) commit(ctx context.Context, genRev int64, txns [][]clientv3.Op) error {
-	for _, ops := range txns {
-		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.key(keyGen)), "=", genRev)).Then(ops...).Commit()
+func (s *Store) commit(ctx context.Context, genRev int64, txns []txn) error {
+	for _, t := range txns {
+		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(s.key(keyGen)), "=", genRev)).Then(t.ops...).Commit()
 		if err != nil {
 			return fmt.Errorf("write objects: %w", err)
 		}

@@ -326,12 +326,14 @@ func TestApplyIfRefusesEditsAfterTheRevisionRead(t *testing.T) {
 	}
 }
 
-// An apply whose etcd request would exceed etcd's request limit is
-// refused before anything is written, as invalid (a client must not
-// retry it as it would an unavailable etcd), naming the size and the
-// limit; the limit applies to each transaction commit splits the apply
-// into. Before, etcd (or the client's send limit) refused it and the
-// admin API answered Unavailable.
+// An apply whose etcd request would exceed etcd's request limit because
+// of an object too large for a transaction of its own is refused before
+// anything is written, as invalid (a client must not retry it as it
+// would an unavailable etcd), naming the size, the limit and the object;
+// the limit applies to each transaction commit splits the apply into,
+// and many objects beyond it together are split by size
+// (TestApplySplitsBySize). Before, etcd (or the client's send limit)
+// refused it and the admin API answered Unavailable.
 func TestApplyBeyondEtcdRequestLimitRefused(t *testing.T) {
 	// n sites of 50 node names of 249 bytes: about 12.3 KiB per site, in
 	// one etcd transaction by default.
@@ -345,6 +347,14 @@ func TestApplyBeyondEtcdRequestLimitRefused(t *testing.T) {
 		}
 		return out
 	}
+	// One site of n node names of 249 bytes, after two of sites'.
+	big := func(n int) []*pb.Site {
+		s := &pb.Site{Name: "big"}
+		for j := range n {
+			s.Nodes = append(s.Nodes, fmt.Sprintf("b%0248d", j))
+		}
+		return append(sites(2), s)
+	}
 	for _, tc := range []struct {
 		name   string
 		limit  int // 0: the default, the embedded etcd's limit
@@ -352,10 +362,12 @@ func TestApplyBeyondEtcdRequestLimitRefused(t *testing.T) {
 		sites  []*pb.Site
 		want   string // in the error; "": accepted
 	}{
-		{name: "beyond the embedded etcd's 10 MiB", sites: sites(860),
-			want: "above the etcd request limit of 10485760 bytes"},
-		{name: "beyond an external etcd's 1.5 MiB", limit: 3 << 19, sites: sites(130),
-			want: "above the etcd request limit of 1572864 bytes"},
+		{name: "an object beyond the embedded etcd's 10 MiB", sites: big(43000),
+			want: `above the etcd request limit of 10485760 bytes (--etcd-max-request-bytes); the largest object is site "big"`},
+		{name: "an object beyond an external etcd's 1.5 MiB", limit: 3 << 19, sites: big(6500),
+			want: `above the etcd request limit of 1572864 bytes (--etcd-max-request-bytes); the largest object is site "big"`},
+		{name: "objects beyond the embedded etcd's 10 MiB together, split by size", sites: sites(860)},
+		{name: "objects beyond an external etcd's 1.5 MiB together, split by size", limit: 3 << 19, sites: sites(130)},
 		{name: "split in transactions each within the limit", limit: 3 << 19, maxOps: 131, sites: sites(130)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -496,5 +508,103 @@ func TestApplyIfSplitSaysObjectsPerTransaction(t *testing.T) {
 		if m.GetState() != pb.MirrorState_MIRROR_STATE_DRAINING {
 			t.Errorf("mirror %s: %v", m.GetName(), m.GetState())
 		}
+	}
+}
+
+// recordingKV records the request bytes (requestBytes) of each
+// transaction committed through it.
+type recordingKV struct {
+	clientv3.KV
+	sizes []int
+}
+
+func (k *recordingKV) Txn(ctx context.Context) clientv3.Txn {
+	return &recordingTxn{Txn: k.KV.Txn(ctx), k: k}
+}
+
+type recordingTxn struct {
+	clientv3.Txn
+	k   *recordingKV
+	ops []clientv3.Op
+}
+
+func (t *recordingTxn) If(cs ...clientv3.Cmp) clientv3.Txn { t.Txn = t.Txn.If(cs...); return t }
+func (t *recordingTxn) Then(ops ...clientv3.Op) clientv3.Txn {
+	t.ops = append(t.ops, ops...)
+	t.Txn = t.Txn.Then(ops...)
+	return t
+}
+func (t *recordingTxn) Else(ops ...clientv3.Op) clientv3.Txn { t.Txn = t.Txn.Else(ops...); return t }
+func (t *recordingTxn) Commit() (*clientv3.TxnResponse, error) {
+	t.k.sizes = append(t.k.sizes, requestBytes(t.ops))
+	return t.Txn.Commit()
+}
+
+// An apply beyond etcd's request limit only because of its number of
+// objects is split by size, as it is by count, into transactions each
+// within the limit, in order (sites first); one object that alone
+// exceeds the limit is still refused whole, naming it. Before, the whole
+// apply was refused as soon as its one transaction exceeded the limit.
+func TestApplySplitsBySize(t *testing.T) {
+	// A site of 50 node names of 249 bytes: about 12.3 KiB.
+	site := func(name string, nodes int) *pb.Site {
+		s := &pb.Site{Name: name}
+		for j := range nodes {
+			s.Nodes = append(s.Nodes, fmt.Sprintf("%s-%0240d", name, j))
+		}
+		return s
+	}
+	const limit = 3 << 19 // an external etcd's 1.5 MiB
+	cli := etcdClient(t)
+	defer cli.Close()
+	rec := &recordingKV{KV: cli.KV}
+	cli.KV = rec
+	s := NewStore(cli, testPrefix(t), DefaultLimits())
+	s.MaxRequestBytes = limit
+	ctx := context.Background()
+
+	o := &pb.Objects{}
+	for i := range 200 { // 2.4 MiB in all
+		o.Sites = append(o.Sites, site(fmt.Sprintf("s-%03d", i), 50))
+	}
+	o.Mirrors = []*pb.Mirror{{Name: "m", Site: "s-199", Address: "192.0.2.1"}}
+	if _, err := s.Apply(ctx, o, true); err != nil {
+		t.Fatalf("dry run of 200 sites of 12 KiB under a %d-byte limit: %v", limit, err)
+	}
+	if len(rec.sizes) != 0 {
+		t.Fatalf("a dry run committed %d transactions", len(rec.sizes))
+	}
+	if _, err := s.Apply(ctx, o, false); err != nil {
+		t.Fatalf("apply of 200 sites of 12 KiB under a %d-byte limit: %v", limit, err)
+	}
+	if len(rec.sizes) < 2 {
+		t.Fatalf("%d transactions written, want the apply split by size", len(rec.sizes))
+	}
+	for _, n := range rec.sizes {
+		if n > limit {
+			t.Errorf("a transaction of %d bytes, above the limit %d: %v", n, limit, rec.sizes)
+		}
+	}
+	got, err := s.Get(ctx, "", "")
+	if err != nil || len(got.GetSites()) != 200 || len(got.GetMirrors()) != 1 {
+		t.Fatalf("%d sites, %d mirrors stored, %v", len(got.GetSites()), len(got.GetMirrors()), err)
+	}
+
+	// One object beyond the limit: refused whole, small ones with it.
+	rec.sizes = nil
+	big := site("big", 6500) // about 1.6 MB
+	for _, dry := range []bool{true, false} {
+		_, err = s.Apply(ctx, &pb.Objects{Sites: []*pb.Site{site("small-1", 1), big, site("small-2", 1)}}, dry)
+		if status.Code(grpcError(err)) != codes.InvalidArgument || !strings.Contains(err.Error(), "above the etcd request limit of 1572864 bytes") ||
+			!regexp.MustCompile(`: \d+ bytes to write in one etcd request`).MatchString(err.Error()) ||
+			!strings.Contains(err.Error(), `the largest object is site "big" (`) {
+			t.Fatalf("dry run %v: apply with one object beyond the limit: %v", dry, err)
+		}
+	}
+	if len(rec.sizes) != 0 {
+		t.Fatalf("a refused apply committed %d transactions", len(rec.sizes))
+	}
+	if got, err := s.Get(ctx, KindSite, ""); err != nil || len(got.GetSites()) != 200 {
+		t.Fatalf("%d sites stored after a refused apply, %v", len(got.GetSites()), err)
 	}
 }
