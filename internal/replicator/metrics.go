@@ -119,6 +119,19 @@ func (m *Metrics) mirrorAdded(volume, peer string) {
 	m.cycles.WithLabelValues(volume, peer, "error")
 }
 
+// mirrorRemoved deletes the series of volume's copy at peer once no
+// mirror of volume targets peer any more: its cycle counters and its
+// transfer gauges, which would otherwise stay exported (the last
+// transfer's ETA and rate included) for as long as the node runs. Its
+// dirty blocks stay: the change tracking for peer is kept.
+func (m *Metrics) mirrorRemoved(volume, peer string) {
+	l := prometheus.Labels{"volume": volume, "peer": peer}
+	m.cycles.DeletePartialMatch(l)
+	for _, g := range []*prometheus.GaugeVec{m.progDone, m.progTotal, m.progRate, m.progETA} {
+		g.DeletePartialMatch(l)
+	}
+}
+
 func (m *Metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.sentBytes, m.recvBytes, m.blocksSent, m.blocksSkipped, m.blocksRecv, m.cycles,
 		m.cycleSeconds, m.applyFailures, m.rejected, m.refusedConns, m.fenced, m.verifyDiff, m.readRepairs, m.progDone, m.progTotal, m.progRate, m.progETA, m.state}

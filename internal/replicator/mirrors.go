@@ -109,12 +109,14 @@ func (n *Node) SetDynamicMirrors(volume string, mirrors []MirrorConfig) error {
 		cur = map[dynKey]*dynLoop{}
 		d.vols[volume] = cur
 	}
+	retired := map[string]bool{} // peers
 	for k, l := range cur {
 		if m, ok := want[k]; ok && sameMirror(m, l.cfg) {
 			continue
 		}
 		l.stop()
 		delete(cur, k)
+		retired[k.peer] = true
 		n.log.Info("dynamic mirror retired", "volume", volume, "peer", k.peer, "remote_volume", k.volume)
 	}
 	for k, m := range want {
@@ -129,6 +131,18 @@ func (n *Node) SetDynamicMirrors(volume string, mirrors []MirrorConfig) error {
 		if d.ctx != nil {
 			n.startDynLoop(d.ctx, volume, l)
 		}
+	}
+	// The series are per (volume, peer): a peer still holding a copy of
+	// the volume, configured or dynamic, keeps them. The retired loops
+	// have stopped, so none of their pushes recreates them.
+	for k := range cur {
+		delete(retired, k.peer)
+	}
+	for k := range static {
+		delete(retired, k.peer)
+	}
+	for p := range retired {
+		n.metrics.mirrorRemoved(volume, p)
 	}
 	if len(cur) == 0 {
 		delete(d.vols, volume)
