@@ -363,3 +363,71 @@ func TestCycleApplyPartialRefusesReadsAtOnce(t *testing.T) {
 	}
 	refusesReads(t, dst, dv)
 }
+
+// TestQuorumReadSkipsUnservableCopies: a copy whose acknowledged cycle
+// failed to apply, or whose copy is incomplete (here marked for a full
+// copy, as damage does), neither counts toward nor answers a quorum read,
+// whether this node reads it (Node.Read's own copy, which before was read
+// without looking at either mark) or a peer does (serveReads, which before
+// looked at the failed apply only). The mirror dst reads with R = 2 from
+// itself and src; src reads with R = 2 from itself and dst.
+func TestQuorumReadSkipsUnservableCopies(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		mark func(t *testing.T, src *Node, dv *Volume, fail *atomic.Int32)
+	}{
+		{"failed apply", func(t *testing.T, src *Node, dv *Volume, fail *atomic.Int32) {
+			sv, _ := src.Volume("vol")
+			writeRandomBlocks(t, sv, rand.New(rand.NewPCG(10, 10)), 40)
+			fail.Store(1)
+			if _, err := src.Push(context.Background(), "vol", "dst", PushOptions{Mode: ModeDelta}); err != nil {
+				t.Fatal(err)
+			}
+			if dv.unappliedCycle() == 0 {
+				t.Fatal("the cycle's apply did not fail")
+			}
+		}},
+		{"incomplete copy", func(t *testing.T, _ *Node, dv *Volume, _ *atomic.Int32) {
+			if err := dv.needFullCopy(); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newCluster(t, "src", "dst")
+			makeImage(t, c.path("src.img"), 1024, bs, 1)
+			src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary,
+				ReadQuorum: 2, Mirrors: []MirrorConfig{{Peer: "dst"}}}}, Peers: c.peers("dst")})
+			var fail atomic.Int32
+			dst := c.startWith("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img"),
+				ReadQuorum: 2, Mirrors: []MirrorConfig{{Peer: "src"}}}}, Peers: c.peers("src"),
+				Registerer: prometheus.NewRegistry()}, func(n *Node) {
+				n.hooks.applying = func(string, uint64) error {
+					if fail.Add(-1) >= 0 {
+						return errors.New("injected I/O error")
+					}
+					return nil
+				}
+			})
+			ctx := context.Background()
+			if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull}); err != nil {
+				t.Fatal(err)
+			}
+			buf := make([]byte, 4*bs)
+			for name, n := range map[string]*Node{"src": src, "dst": dst} {
+				if err := n.Read(ctx, "vol", buf, 2*bs); err != nil {
+					t.Fatalf("%s: quorum read before the mark: %v", name, err)
+				}
+			}
+			dv, _ := dst.Volume("vol")
+			tc.mark(t, src, dv, &fail)
+			sessionsEnded(t, dst)
+			for name, n := range map[string]*Node{"src": src, "dst": dst} {
+				err := n.Read(ctx, "vol", buf, 2*bs)
+				if !errors.Is(err, ErrNoQuorum) {
+					t.Errorf("%s: quorum read with dst's copy marked: %v, want ErrNoQuorum", name, err)
+				}
+			}
+		})
+	}
+}

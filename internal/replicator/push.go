@@ -412,7 +412,7 @@ func (v *Volume) readChunks(ctx context.Context, from, to uint64, extents []Exte
 			for i := range bt.blocks {
 				bt.blocks[i] = b + uint64(i)
 			}
-			if err := v.readChunk(bt, dm); err != nil {
+			if err := v.readChunk(bt, dm, nil); err != nil {
 				return err
 			}
 			if !emit(bt) {
@@ -428,8 +428,10 @@ func (v *Volume) readChunks(ctx context.Context, from, to uint64, extents []Exte
 // under the shared io lock so no write lands in between (a write after
 // the versions were read would otherwise ship new data under an old
 // version, which the next cycle would then wrongly consider held).
-// Regions the file system reports as holes are not read.
-func (v *Volume) readChunk(bt *batch, dm *dataMap) error {
+// Regions the file system reports as holes are not read. A non-nil check
+// runs first with the locks held (v.mu too), so the state it checks, such
+// as a failed apply's mark (set under the io lock), holds for the data.
+func (v *Volume) readChunk(bt *batch, dm *dataMap, check func() error) error {
 	bs := int64(v.bs)
 	first := int64(bt.blocks[0])
 	n := int64(len(bt.blocks))
@@ -437,6 +439,12 @@ func (v *Volume) readChunk(bt *batch, dm *dataMap) error {
 	v.io.RLock()
 	defer v.io.RUnlock()
 	v.mu.Lock()
+	if check != nil {
+		if err := check(); err != nil {
+			v.mu.Unlock()
+			return err
+		}
+	}
 	for i, b := range bt.blocks {
 		bt.vers[i] = v.version(b)
 	}

@@ -108,13 +108,32 @@ func (n *Node) Read(ctx context.Context, volume string, p []byte, off int64) err
 		_, err := v.ReadAt(p, off)
 		return err
 	}
-	// Quorum read: whole blocks with versions from every copy.
-	local, err := v.readBlocks(lo, hi)
-	if err != nil {
-		return err
+	// Quorum read: whole blocks with versions from every copy. This copy
+	// answers only as the single-copy path would let it: one whose first
+	// copy is incomplete or whose acknowledged cycle failed to apply may
+	// hold part of a cycle under older versions, so it neither counts
+	// nor answers, as mirrors refuse peers' reads then (serveReads).
+	local, lerr := v.readBlocks(lo, hi, func() error { return v.readableLocked(off, len(p)) })
+	if lerr != nil && !errors.Is(lerr, ErrInconsistent) {
+		return lerr
+	}
+	self := 1
+	// answered: a copy holding the block answered it (not absent).
+	answered := make([]bool, hi-lo)
+	best := &batch{blocks: make([]uint64, hi-lo), vers: make([]Version, hi-lo), data: make([]byte, (hi-lo)*uint64(v.bs))}
+	if lerr == nil {
+		copy(best.vers, local.vers)
+		copy(best.data, local.data)
+		for i := range answered {
+			answered[i] = true
+		}
+	} else {
+		self = 0
+	}
+	for i := range best.blocks {
+		best.blocks[i] = lo + uint64(i)
 	}
 	var mu sync.Mutex
-	best := &batch{blocks: local.blocks, vers: slices.Clone(local.vers), data: slices.Clone(local.data)}
 	var answers []readAnswer
 	acks, errs := n.fanOut(ctx, nv, wire.OpRead, func(ctx context.Context, pl *peerLink) error {
 		got, err := pl.read(ctx, lo, hi, v.bs, true)
@@ -125,15 +144,27 @@ func (n *Node) Read(ctx context.Context, volume string, p []byte, off int64) err
 		defer mu.Unlock()
 		answers = append(answers, readAnswer{pl: pl, got: got})
 		for i := range got.vers {
-			if !got.absent[i] && best.vers[i].Less(got.vers[i]) {
+			if got.absent[i] {
+				continue
+			}
+			if !answered[i] || best.vers[i].Less(got.vers[i]) {
 				best.vers[i] = got.vers[i]
 				copy(best.data[i*v.bs:(i+1)*v.bs], got.data[i*v.bs:(i+1)*v.bs])
 			}
+			answered[i] = true
 		}
 		return nil
 	})
-	if acks+1 < r {
-		return fmt.Errorf("read from %s: %w: %d of %d copies answered: %w", volume, ErrNoQuorum, acks+1, r, errors.Join(errs...))
+	if lerr != nil {
+		errs = append(errs, fmt.Errorf("this copy: %w", lerr))
+	}
+	if acks+self < r {
+		return fmt.Errorf("read from %s: %w: %d of %d copies answered: %w", volume, ErrNoQuorum, acks+self, r, errors.Join(errs...))
+	}
+	// Without this copy, a block every answering mirror lacks (selective
+	// ones) has no answer at all: zeros would be a made-up value.
+	if i := slices.Index(answered, false); i >= 0 {
+		return fmt.Errorf("read from %s: %w: no answering copy holds block %d: %w", volume, ErrNoQuorum, lo+uint64(i), errors.Join(errs...))
 	}
 	// fanOut has returned: no callback touches best or answers any more.
 	copy(p, best.data[off-int64(lo)*bs:])
@@ -150,14 +181,15 @@ func (n *Node) localVolume(volume string) (*nodeVolume, *Volume, error) {
 	return nv, v, err
 }
 
-// readBlocks reads whole blocks [lo, hi) with their versions.
-func (v *Volume) readBlocks(lo, hi uint64) (*batch, error) {
+// readBlocks reads whole blocks [lo, hi) with their versions, if check
+// (nil: none; see readChunk) allows.
+func (v *Volume) readBlocks(lo, hi uint64, check func() error) (*batch, error) {
 	n := hi - lo
 	bt := &batch{blocks: make([]uint64, n), vers: make([]Version, n), data: make([]byte, n*uint64(v.bs)), hole: make([]bool, n)}
 	for i := range bt.blocks {
 		bt.blocks[i] = lo + uint64(i)
 	}
-	if err := v.readChunk(bt, nil); err != nil {
+	if err := v.readChunk(bt, nil, check); err != nil {
 		return nil, err
 	}
 	for i, h := range bt.hole {
@@ -590,11 +622,6 @@ func (s *session) serveReads(ctx context.Context) error {
 		if err := s.checkLineage(v); err != nil {
 			return err
 		}
-		// Nor a copy whose acknowledged cycle failed to apply: its image
-		// may hold part of the cycle under the previous versions.
-		if cy := v.unappliedCycle(); cy != 0 {
-			return fmt.Errorf("volume %s: %w: cycle %d failed to apply and waits for a retry", v.name, ErrInconsistent, cy)
-		}
 		hi := req.Block + uint64(req.Count)
 		held := req.Flags&wire.ReadHeld != 0
 		if miss := v.missing(req.Block, hi); len(miss) > 0 && !held {
@@ -602,7 +629,11 @@ func (s *session) serveReads(ctx context.Context) error {
 				return err
 			}
 		}
-		bt, err := v.readBlocks(req.Block, hi)
+		// Nor a copy whose acknowledged cycle failed to apply (its image
+		// may hold part of the cycle under the previous versions), nor a
+		// full mirror whose copy is incomplete: checked under the io lock
+		// the read holds, which a failing apply sets its mark under.
+		bt, err := v.readBlocks(req.Block, hi, v.servableLocked)
 		if err != nil {
 			return err
 		}

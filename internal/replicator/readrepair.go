@@ -33,7 +33,7 @@ type readAnswer struct {
 
 // readRepair starts background repairs of the copies whose answer to a
 // quorum read was older than best (the newest version of each block).
-// local is this copy's answer. Blocks a mirror answered as absent (a
+// local is this copy's answer (nil: it did not answer). Blocks a mirror answered as absent (a
 // selective mirror that does not hold them) are never sent: repair must
 // not turn a selective mirror into a full one.
 //
@@ -77,6 +77,11 @@ func (n *Node) readRepair(v *Volume, best, local *batch, answers []readAnswer) {
 			n.metrics.readRepairs.WithLabelValues(v.name).Add(float64(len(bt.blocks)))
 			n.log.Debug("read repair", "volume", v.name, "peer", peer, "blocks", len(bt.blocks))
 		})
+	}
+	if local == nil {
+		// This copy did not answer (Node.Read): it may not serve reads,
+		// and the retry of its failed cycle or its copy will bring it.
+		return
 	}
 	// The local copy takes any newer version, whatever its epoch:
 	// applyLocked orders epochs itself.

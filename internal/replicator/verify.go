@@ -187,7 +187,7 @@ func (v *Volume) leafHashes(ctx context.Context, present *Bitmap) ([]uint64, err
 			for i := range bt.blocks {
 				bt.blocks[i] = b + uint64(i)
 			}
-			if err := v.readChunk(&bt, dm); err != nil {
+			if err := v.readChunk(&bt, dm, nil); err != nil {
 				rerr = err
 				return
 			}

@@ -554,6 +554,25 @@ func (v *Volume) ReadAt(p []byte, off int64) (int, error) {
 }
 
 func (v *Volume) readableLocked(off int64, n int) error {
+	if err := v.servableLocked(); err != nil {
+		return err
+	}
+	if v.present != nil && n > 0 {
+		lo, hi := uint64(off)/uint64(v.bs), (uint64(off)+uint64(n)-1)/uint64(v.bs)
+		for b := lo; b <= hi; b++ {
+			if !v.present.Has(b) {
+				return fmt.Errorf("volume %s: %w: block %d is not held by this selective mirror", v.name, ErrInconsistent, b)
+			}
+		}
+	}
+	return nil
+}
+
+// servableLocked reports whether the copy may answer reads at all, to
+// local readers and peers alike: not while a full mirror's copy is
+// incomplete, nor while an acknowledged cycle waits for its apply to be
+// retried. Blocks a selective mirror lacks are the caller's concern.
+func (v *Volume) servableLocked() error {
 	if v.closed {
 		return ErrClosed
 	}
@@ -563,14 +582,6 @@ func (v *Volume) readableLocked(off int64, n int) error {
 	if v.unapplied != 0 {
 		// The image may hold part of the cycle.
 		return fmt.Errorf("volume %s: %w: cycle %d failed to apply and waits for a retry", v.name, ErrInconsistent, v.unapplied)
-	}
-	if v.present != nil && n > 0 {
-		lo, hi := uint64(off)/uint64(v.bs), (uint64(off)+uint64(n)-1)/uint64(v.bs)
-		for b := lo; b <= hi; b++ {
-			if !v.present.Has(b) {
-				return fmt.Errorf("volume %s: %w: block %d is not held by this selective mirror", v.name, ErrInconsistent, b)
-			}
-		}
 	}
 	return nil
 }
