@@ -431,3 +431,60 @@ func TestQuorumReadSkipsUnservableCopies(t *testing.T) {
 		})
 	}
 }
+
+// TestPromoteDuringFailingApply: a mirror is promoted while a cycle it
+// acknowledged is applying, and the apply then fails with an I/O error.
+// The new primary must serve reads without a restart, holding the
+// acknowledged cycle. Before, the promotion went through at once and the
+// failed cycle, which only a mirror's next session applies again, left
+// the primary refusing reads until a restart.
+func TestPromoteDuringFailingApply(t *testing.T) {
+	var dst *Node
+	var armed atomic.Bool
+	promoted := make(chan error, 1)
+	c, src, dst := applyFailCluster(t, func(n *Node) {
+		n.hooks.applying = func(string, uint64) error {
+			if !armed.CompareAndSwap(true, false) {
+				return nil
+			}
+			go func() {
+				_, err := dst.Promote("vol", 0)
+				promoted <- err
+			}()
+			// Give the promotion time to complete before the apply fails,
+			// as it did when it did not wait for the apply.
+			v, _ := n.Volume("vol")
+			for deadline := time.Now().Add(300 * time.Millisecond); time.Now().Before(deadline) && v.Role() != RolePrimary; {
+				time.Sleep(5 * time.Millisecond)
+			}
+			return errors.New("injected I/O error")
+		}
+	})
+	sv, _ := src.Volume("vol")
+	writeRandomBlocks(t, sv, rand.New(rand.NewPCG(11, 11)), 40)
+	armed.Store(true)
+	// The commit is acknowledged before the apply; the session may end
+	// with the promotion's cut or the failure, which the push may report.
+	src.Push(context.Background(), "vol", "dst", PushOptions{Mode: ModeDelta})
+	select {
+	case err := <-promoted:
+		if err != nil {
+			t.Fatalf("promote: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the promotion did not return")
+	}
+	sessionsEnded(t, dst)
+	dv, _ := dst.Volume("vol")
+	if st := dv.Status(); st.Role != RolePrimary || !st.Complete {
+		t.Errorf("promoted copy: %+v, want a complete primary", st)
+	}
+	buf := make([]byte, bs)
+	if _, err := dv.ReadAt(buf, 0); err != nil {
+		t.Errorf("read of the promoted copy: %v", err)
+	}
+	if err := dst.Read(context.Background(), "vol", buf, 0); err != nil {
+		t.Errorf("node read of the promoted copy: %v", err)
+	}
+	sameFile(t, c.path("src.img"), c.path("dst.img"))
+}

@@ -192,6 +192,8 @@ type nodeVolume struct {
 	// is no longer allowed.
 	allowed []string
 	links   map[*link]struct{}
+	// changing is the link of the session holding sess (nil: none).
+	changing *link
 	// up is the read-through upstream, cfg.Upstream and UpstreamVolume
 	// until SetUpstream replaces it. upGen is up.gen, read without mu
 	// where a fetch, holding the volume's io lock, checks that its answer
@@ -546,10 +548,23 @@ func (n *Node) SetSchedule(peer string, s throttle.Schedule) error {
 }
 
 // Promote makes the named volume the primary at epoch (0: current+1).
+// It first ends the changing session running on the volume, if any, and
+// waits for it: a cycle the mirror acknowledged may be applying, and were
+// that apply to fail after the promotion, nothing would retry it (settle
+// runs before a mirror's sessions, and a primary takes none), leaving the
+// new primary refusing reads until a restart. A cycle whose apply failed
+// is applied again here, as the next session would; if that fails the
+// promotion is refused. Ending the session also keeps the old primary
+// from committing a cycle into the new one after the promotion.
 func (n *Node) Promote(volume string, epoch uint64) (uint64, error) {
-	v, err := n.Volume(volume)
+	nv, v, err := n.localVolume(volume)
 	if err != nil {
 		return 0, err
+	}
+	defer nv.exclusive()()
+	s := &session{n: n, nv: nv, log: n.log}
+	if err := s.settle(); err != nil {
+		return 0, fmt.Errorf("volume %s: promote: %w", volume, err)
 	}
 	return v.Promote(epoch)
 }

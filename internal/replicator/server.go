@@ -190,7 +190,11 @@ func (s *session) run(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	defer func() { <-s.nv.sess }()
+	s.nv.setChanging(s.l)
+	defer func() {
+		s.nv.setChanging(nil)
+		<-s.nv.sess
+	}()
 	if err := s.admit(); err != nil {
 		return err
 	}
@@ -289,6 +293,40 @@ func (nv *nodeVolume) track(l *link) func() {
 		nv.mu.Lock()
 		delete(nv.links, l)
 		nv.mu.Unlock()
+	}
+}
+
+// setChanging records the link of the changing session holding the
+// volume's session token (nil: none).
+func (nv *nodeVolume) setChanging(l *link) {
+	nv.mu.Lock()
+	nv.changing = l
+	nv.mu.Unlock()
+}
+
+// exclusive takes the volume's session token, first ending the changing
+// session that holds it, and returns its release. The session ends once
+// it notices: an acknowledged cycle it is applying finishes (or fails)
+// first.
+func (nv *nodeVolume) exclusive() (release func()) {
+	release = func() { <-nv.sess }
+	for {
+		select {
+		case nv.sess <- struct{}{}:
+			return release
+		default:
+		}
+		nv.mu.Lock()
+		l := nv.changing
+		nv.mu.Unlock()
+		if l != nil {
+			l.conn.Close()
+		}
+		select {
+		case nv.sess <- struct{}{}:
+			return release
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }
 
