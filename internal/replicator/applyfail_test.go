@@ -1,6 +1,7 @@
 package replicator
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math/rand/v2"
@@ -487,4 +488,90 @@ func TestPromoteDuringFailingApply(t *testing.T) {
 		t.Errorf("node read of the promoted copy: %v", err)
 	}
 	sameFile(t, c.path("src.img"), c.path("dst.img"))
+}
+
+// TestSelectiveApplyDamageForgetsHeldBlocks: a selective mirror loses an
+// acknowledged cycle (its staged data damaged) and is marked for a copy
+// from block 0. The blocks it holds may predate the lost cycle, which the
+// source will not send again, so until they are copied again they must
+// not be served: a raw read refuses them, and Node.Read fetches them from
+// upstream. Before, the mirror kept serving its held blocks, here the one
+// the lost cycle rewrote, with the bytes from before that cycle.
+func TestSelectiveApplyDamageForgetsHeldBlocks(t *testing.T) {
+	var damage atomic.Bool
+	var jpath string
+	c := newCluster(t, "src", "dst")
+	makeImage(t, c.path("src.img"), 1024, bs, 1)
+	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary,
+		Mirrors: []MirrorConfig{{Peer: "dst"}}}}, Peers: c.peers("dst")})
+	dst := c.startWith("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img"), Upstream: "src"}},
+		Peers: c.peers("src"), Registerer: prometheus.NewRegistry()}, func(n *Node) {
+		n.hooks.durable = func(string, []blockVer) {
+			if !damage.CompareAndSwap(true, false) {
+				return
+			}
+			// The last data block lies just before the commit record.
+			f, err := os.OpenFile(jpath, os.O_RDWR, 0)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer f.Close()
+			st, _ := f.Stat()
+			at := st.Size() - 36 - bs/2
+			b := []byte{0}
+			f.ReadAt(b, at)
+			b[0] ^= 0xFF
+			if _, err := f.WriteAt(b, at); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	jpath = journalPath(c.path("dst.img") + ".pmr")
+	ctx := context.Background()
+	res, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeSelective, Extents: []Extent{{Start: 100, Count: 50}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitCycle(t, dst, "vol", res.Cycle)
+	sv, _ := src.Volume("vol")
+	const b = 120
+	fresh := bytes.Repeat([]byte{0xAB}, bs)
+	if _, err := sv.WriteAt(fresh, b*bs); err != nil {
+		t.Fatal(err)
+	}
+	damage.Store(true)
+	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta}); err != nil {
+		t.Fatal(err)
+	}
+	if damage.Load() {
+		t.Fatal("the damaging hook did not run")
+	}
+	sessionsEnded(t, dst)
+	dv, _ := dst.Volume("vol")
+	if st := dv.Status(); !st.Selective || !st.FullActive || st.FullNext != 0 {
+		t.Fatalf("mirror after losing an acknowledged cycle: %+v, want a selective copy to run from block 0", st)
+	}
+	buf := make([]byte, bs)
+	for _, blk := range []int64{b, b + 1} {
+		if _, err := dv.ReadAt(buf, blk*bs); !errors.Is(err, ErrInconsistent) {
+			t.Errorf("raw read of held block %d after the loss: %v, want ErrInconsistent", blk, err)
+		}
+	}
+	if err := dst.Read(ctx, "vol", buf, b*bs); err != nil {
+		t.Fatalf("read of block %d after the loss: %v", b, err)
+	}
+	if !bytes.Equal(buf, fresh) {
+		t.Errorf("block %d after the loss reads as other bytes than the source's", b)
+	}
+
+	// The next push copies again from block 0 and the mirror serves.
+	res, err = src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta, Extents: []Extent{{Start: 100, Count: 50}}})
+	if err != nil {
+		t.Fatalf("push after the lost cycle: %v", err)
+	}
+	waitCycle(t, dst, "vol", res.Cycle)
+	if _, err := dv.ReadAt(buf, (b+1)*bs); err != nil {
+		t.Errorf("raw read of block %d once copied again: %v (copy %+v)", b+1, err, dv.Status())
+	}
 }

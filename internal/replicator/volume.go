@@ -380,19 +380,38 @@ func (v *Volume) resyncAfterDamage(cause error) error {
 // needFullCopy marks the copy inconsistent with a full copy to run from
 // block 0. If that cannot be recorded, it is still marked in memory: the
 // copy must not serve reads or take delta cycles meanwhile.
+//
+// A full mirror then refuses reads; a selective one serves the blocks it
+// holds (it is a cache), so it forgets them all instead: they may predate
+// the lost cycle, whose blocks the source will not send again, and
+// reading them through from upstream until the copy brings them is what
+// a selective copy just begun does. Forgetting a block is always safe, so
+// it comes first and is made durable at once (under flushMu, so that no
+// flush in progress writes the old bits back): a crash must not bring the
+// blocks back while the copy waits.
 func (v *Volume) needFullCopy() error {
 	mark := func(st *volState) {
 		st.Inconsistent, st.Empty = true, false
 		st.FullActive, st.FullNext, st.FullSession = true, 0, 0
 	}
+	v.flushMu.Lock()
+	defer v.flushMu.Unlock()
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.unapplied = 0 // the full copy replaces whatever it held
+	var perr error
+	if v.present != nil {
+		v.present.ClearAll()
+		v.presPages.markAll()
+		if perr = v.presFile.writePages(bitmapBytes(nil, v.present.w), v.presPages.take()); perr != nil {
+			v.presPages.markAll() // the next flush retries
+		}
+	}
 	err := v.updateStateLocked(mark)
 	if err != nil {
 		mark(&v.st)
 	}
-	return err
+	return errors.Join(perr, err)
 }
 
 // setUnapplied records the cycle whose apply failed (0: none).
