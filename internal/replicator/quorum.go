@@ -315,7 +315,7 @@ func (n *Node) fetchBlocks(ctx context.Context, nv *nodeVolume, v *Volume, p *no
 			p.links.drop(pl)
 			return fmt.Errorf("read-through from %s: %w", up.peer, err)
 		}
-		epoch := pl.welcomeEpoch()
+		epoch := pl.vouchEpoch()
 		items := make([]recvItem, len(got.blocks))
 		for k := range got.blocks {
 			items[k] = recvItem{block: got.blocks[k], ver: got.vers[k], data: got.data[k*v.bs : (k+1)*v.bs], epoch: uint32(epoch)}
@@ -365,9 +365,15 @@ type peerLink struct {
 	local  string
 	remote string
 	epoch  uint64 // the session's Hello epoch
-	// peerEpoch is the epoch the peer's Welcome reported: data it ships
-	// beats local versions of older epochs, as a cycle's does.
-	peerEpoch uint64
+	// vouch is the epoch the peer vouches for all the data it ships
+	// with, as a cycle's sender does: local versions of older epochs lose
+	// to it. Only an unfenced primary does (its Welcome epoch, with
+	// WelcomePrimary); 0 otherwise, so versions alone decide. A mirror's
+	// or a fenced primary's Welcome epoch is the newest it has seen, not
+	// the epoch of the data it holds: a deposed or lagging copy reports
+	// a newer epoch than its data, which would then beat versions of the
+	// epochs in between that it never received.
+	vouch uint64
 }
 
 func newLinkPool(n *Node, p *nodePeer) *linkPool {
@@ -433,15 +439,19 @@ func (lp *linkPool) get(ctx context.Context, local, remote string, op wire.Op) (
 		r.l.close()
 		return nil, err
 	}
-	pl.l, pl.cancel, pl.enc, pl.epoch, pl.peerEpoch = r.l, cancel, enc, hello.Epoch, r.w.Epoch
+	pl.l, pl.cancel, pl.enc, pl.epoch, pl.vouch = r.l, cancel, enc, hello.Epoch, 0
+	if r.w.Flags&wire.WelcomePrimary != 0 {
+		pl.vouch = r.w.Epoch
+	}
 	return pl, nil
 }
 
-// welcomeEpoch is the epoch the peer reported when the link was opened.
-func (pl *peerLink) welcomeEpoch() uint64 {
+// vouchEpoch is the epoch the peer vouched for its data with when the
+// link was opened (see peerLink.vouch).
+func (pl *peerLink) vouchEpoch() uint64 {
 	pl.mu.Lock()
 	defer pl.mu.Unlock()
-	return pl.peerEpoch
+	return pl.vouch
 }
 
 // drop closes a link after an error; the next get redials.

@@ -147,3 +147,49 @@ func TestSetUpstreamFailedFetch(t *testing.T) {
 		t.Fatalf("read-through with the upstream gone: %v, want an error", err)
 	}
 }
+
+// TestReadThroughVouchesOnlyWithPrimaryEpoch: a read-through answer beats
+// local versions of older epochs only when its upstream is an unfenced
+// primary, whose data is the epoch's truth. Here m's upstream becomes b,
+// a full mirror that lags (it never got a's epoch-2 write of block 20)
+// but has seen epoch 3, as a session of a newer primary that failed
+// before its cycle committed leaves it. m knows block 20's epoch-2
+// version from a's cycle. Before, b's Welcome epoch vouched for its
+// epoch-1 copy of the block, which then replaced the newer version and
+// was served as held.
+func TestReadThroughVouchesOnlyWithPrimaryEpoch(t *testing.T) {
+	_, a, b, m, data, _, _ := upstreamNodes(t)
+	ctx := context.Background()
+	if _, err := a.Promote("vol", 2); err != nil {
+		t.Fatal(err)
+	}
+	av, _ := a.Volume("vol")
+	const blk = 20
+	if _, err := av.WriteAt(bytes.Repeat([]byte{0xEE}, bs), blk*bs); err != nil {
+		t.Fatal(err)
+	}
+	res, err := a.Push(ctx, "vol", "m", PushOptions{Mode: ModeDelta})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mv := waitCycle(t, m, "vol", res.Cycle)
+	announced := mv.Version(blk)
+	if announced.Epoch != 2 {
+		t.Fatalf("m's version of block %d after a's cycle: %s, want one of epoch 2", blk, announced)
+	}
+	bv, _ := b.Volume("vol")
+	if err := bv.observeEpoch(3); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.SetUpstream("vol", "b", ""); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, bs)
+	err = m.Read(ctx, "vol", buf, blk*bs)
+	if err == nil && bytes.Equal(buf, data[blk*bs:(blk+1)*bs]) {
+		t.Errorf("read of block %d returned b's stale epoch-1 bytes", blk)
+	}
+	if got := mv.Version(blk); got != announced {
+		t.Errorf("m's version of block %d after the read-through: %s, want %s", blk, got, announced)
+	}
+}
