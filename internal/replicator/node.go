@@ -163,6 +163,7 @@ type testHooks struct {
 	onCycle  func(vol string, cycle uint64)            // sender: cycle snapshot taken
 	repair   func(vol, peer string)                    // a read repair of peer ("local": this copy) is about to be sent
 	fetching func(vol, peer string)                    // a read-through request to peer is about to be sent
+	storing  func(vol, peer string)                    // peer's read-through answer passed the upstream check (io lock held)
 	// sender: the cycle's commit is sent; ctx is the session's, which the
 	// frame reader cancels when the peer fails the session
 	committed func(ctx context.Context)
@@ -200,6 +201,8 @@ type nodeVolume struct {
 	// still comes from the upstream.
 	up    upstream
 	upGen atomic.Uint64
+	// upCancel ends up.cut.
+	upCancel context.CancelFunc
 }
 
 type nodePeer struct {
@@ -346,6 +349,7 @@ func (n *Node) addVolume(vc VolumeConfig) error {
 	}
 	nv := &nodeVolume{cfg: vc, sess: make(chan struct{}, 1), allowed: slices.Clone(vc.AllowedPeers), links: map[*link]struct{}{},
 		up: upstream{peer: vc.Upstream, volume: cmp.Or(vc.UpstreamVolume, vc.Name)}}
+	nv.up.cut, nv.upCancel = context.WithCancel(context.Background())
 	opts := n.volOptions(vc)
 	opts.Init = vc.Role == RolePrimary
 	opts.BlockSize = vc.BlockSize
@@ -488,11 +492,14 @@ func (n *Node) SetAllowedPeers(volume string, peers []string) error {
 // the blocks it lacks through from (VolumeConfig.Upstream, and
 // UpstreamVolume, "" for the volume's name). The agent gives a placed
 // copy the source of its current tasks, which changes when the
-// controller moves the resource's origin. A read-through in flight is not
-// interrupted: if it fails, or once its answer arrives, it sees the
-// change, discards the answer unstored and fetches the blocks again from
-// the new upstream, since the old one may be a deposed copy whose data
-// would then count as held.
+// controller moves the resource's origin. Once it returns, no answer
+// from the old upstream is stored, since the old one may be a deposed
+// copy whose data would then count as held: a read-through in flight to
+// it is cut (a stuck one would otherwise hold its reader until the old
+// node answered) and fetches the blocks again from the new upstream, and
+// an answer that arrived before is discarded unstored, unless it was
+// checked before the change, in which case it is stored before
+// SetUpstream returns.
 func (n *Node) SetUpstream(volume, peer, remoteVolume string) error {
 	if peer == "" {
 		return fmt.Errorf("upstream of %s: empty", volume)
@@ -514,19 +521,35 @@ func (n *Node) SetUpstream(volume, peer, remoteVolume string) error {
 		nv.mu.Unlock()
 		return nil
 	}
-	nv.up = upstream{peer: peer, volume: remoteVolume, gen: old.gen + 1}
+	cut, cancel := context.WithCancel(context.Background())
+	nv.up = upstream{peer: peer, volume: remoteVolume, gen: old.gen + 1, cut: cut}
 	nv.upGen.Store(old.gen + 1)
+	cutOld := nv.upCancel
+	nv.upCancel = cancel
+	v := nv.vol
 	nv.mu.Unlock()
+	cutOld()
+	if v != nil {
+		// A fetch checks the generation and stores its answer under the
+		// io lock: one that checked before the change has stored once
+		// this returns, and any later check sees the change. (Without a
+		// volume no fetch can run; one that starts later sees it too.)
+		v.io.Lock()
+		//lint:ignore SA2001 a barrier: it waits for a fetch holding the lock
+		v.io.Unlock()
+	}
 	n.log.Info("upstream changed", "volume", volume, "upstream", peer, "upstream_volume", remoteVolume,
 		"before", old.peer, "before_volume", old.volume)
 	return nil
 }
 
 // upstream is where a selective mirror reads missing blocks through from;
-// gen counts SetUpstream's changes.
+// gen counts SetUpstream's changes, and cut ends when SetUpstream
+// replaces it, cutting the read-throughs to it.
 type upstream struct {
 	peer, volume string
 	gen          uint64
+	cut          context.Context
 }
 
 func (nv *nodeVolume) upstream() upstream {

@@ -260,7 +260,12 @@ func (n *Node) readThrough(ctx context.Context, nv *nodeVolume, v *Volume, block
 		if err != nil {
 			return err
 		}
-		if err := n.fetchBlocks(ctx, nv, v, p, up, blocks); err != nil {
+		fctx, cancel := context.WithCancel(ctx)
+		stop := context.AfterFunc(up.cut, cancel)
+		err = n.fetchBlocks(fctx, nv, v, p, up, blocks)
+		stop()
+		cancel()
+		if err != nil {
 			if nv.upGen.Load() == up.gen || ctx.Err() != nil {
 				return err
 			}
@@ -330,6 +335,9 @@ func (n *Node) fetchBlocks(ctx context.Context, nv *nodeVolume, v *Volume, p *no
 				p.links.drop(pl)
 			}
 			return fmt.Errorf("read-through from %s: %w", up.peer, errUpstreamMoved)
+		}
+		if h := n.hooks.storing; h != nil {
+			h(nv.cfg.Name, up.peer)
 		}
 		err = v.applyLocked(items, false)
 		v.io.Unlock()

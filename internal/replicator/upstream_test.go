@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"testing"
+	"time"
 )
 
 // upstreamNodes starts a primary a, a full mirror b of it and a selective
@@ -191,5 +192,94 @@ func TestReadThroughVouchesOnlyWithPrimaryEpoch(t *testing.T) {
 	}
 	if got := mv.Version(blk); got != announced {
 		t.Errorf("m's version of block %d after the read-through: %s, want %s", blk, got, announced)
+	}
+}
+
+// TestSetUpstreamIsABarrier: once SetUpstream returns, no answer from the
+// old upstream is stored. Here a's answer passed the upstream check just
+// before the change; it must be stored before SetUpstream returns, not
+// after. Before, SetUpstream returned at once and the answer was stored
+// later, as held data from a copy that was no longer the upstream.
+func TestSetUpstreamIsABarrier(t *testing.T) {
+	_, _, _, m, data, _, _ := upstreamNodes(t)
+	mv, _ := m.Volume("vol")
+	const blk = 40
+	returned := make(chan bool, 1) // whether blk was held when SetUpstream returned
+	var once sync.Once
+	m.hooks.storing = func(_, peer string) {
+		if peer != "a" {
+			return
+		}
+		once.Do(func() {
+			go func() {
+				if err := m.SetUpstream("vol", "b", ""); err != nil {
+					t.Error(err)
+				}
+				returned <- len(mv.missingOf([]uint64{blk})) == 0
+			}()
+			// Time for SetUpstream to return before the answer is stored,
+			// had it not waited for it.
+			select {
+			case <-time.After(200 * time.Millisecond):
+			case held := <-returned:
+				returned <- held
+			}
+		})
+	}
+	buf := make([]byte, bs)
+	if err := m.Read(context.Background(), "vol", buf, blk*bs); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf, data[blk*bs:(blk+1)*bs]) {
+		t.Error("read-through returned wrong bytes")
+	}
+	if held := <-returned; !held {
+		t.Error("SetUpstream returned before the old upstream's answer, checked before the change, was stored")
+	}
+}
+
+// TestSetUpstreamCutsStuckReadThrough: a read-through stuck on the old
+// upstream (here a, whose reads hang) is cut by SetUpstream and fetched
+// again from the new one. Before, the read waited for a.
+func TestSetUpstreamCutsStuckReadThrough(t *testing.T) {
+	_, a, _, m, data, asked, onFetch := upstreamNodes(t)
+	av, _ := a.Volume("vol")
+	av.io.Lock() // a's reads of the image wait
+	locked := true
+	defer func() {
+		if locked {
+			av.io.Unlock()
+		}
+	}()
+	onFetch(func(peer string) {
+		if peer == "a" {
+			go func() {
+				time.Sleep(50 * time.Millisecond)
+				if err := m.SetUpstream("vol", "b", ""); err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+	})
+	const blk = 50
+	buf := make([]byte, bs)
+	done := make(chan error, 1)
+	go func() { done <- m.Read(context.Background(), "vol", buf, blk*bs) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		av.io.Unlock()
+		locked = false
+		<-done
+		t.Fatal("the read-through stuck on the old upstream was not cut by SetUpstream")
+	}
+	if !bytes.Equal(buf, data[blk*bs:(blk+1)*bs]) {
+		t.Error("read-through returned wrong bytes")
+	}
+	if got := asked(); !slices.Equal(got, []string{"a", "b"}) {
+		t.Errorf("read-through asked %v, want a, then b after the switch", got)
 	}
 }
