@@ -575,3 +575,56 @@ func TestSelectiveApplyDamageForgetsHeldBlocks(t *testing.T) {
 		t.Errorf("raw read of block %d once copied again: %v (copy %+v)", b+1, err, dv.Status())
 	}
 }
+
+// TestQuorumReadWithoutThisCopy: when this copy may not answer (here
+// marked for a full copy), a quorum read is answered by the mirrors
+// alone: it succeeds with R of them, and a block that every answering
+// mirror lacks (selective ones) fails it rather than reading as zeros.
+// dst reads with R = 2 from itself, a full mirror f and selective
+// mirrors s1 and s2 holding blocks 0..9.
+func TestQuorumReadWithoutThisCopy(t *testing.T) {
+	c := newCluster(t, "src", "dst", "f", "s1", "s2")
+	data := makeImage(t, c.path("src.img"), 256, bs, 1)
+	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary}},
+		Peers: c.peers("dst", "f", "s1", "s2")})
+	dst := c.start("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img"), ReadQuorum: 2,
+		Mirrors: []MirrorConfig{{Peer: "f"}, {Peer: "s1"}, {Peer: "s2"}}}}, Peers: c.peers("f", "s1", "s2")})
+	for _, n := range []string{"f", "s1", "s2"} {
+		c.start(n, Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path(n + ".img")}}})
+	}
+	ctx := context.Background()
+	for _, n := range []string{"dst", "f"} {
+		if _, err := src.Push(ctx, "vol", n, PushOptions{Mode: ModeFull}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range []string{"s1", "s2"} {
+		if _, err := src.Push(ctx, "vol", n, PushOptions{Mode: ModeSelective, Extents: []Extent{{Start: 0, Count: 10}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	dv, _ := dst.Volume("vol")
+	if err := dv.needFullCopy(); err != nil {
+		t.Fatal(err)
+	}
+	read := func(blk int64) error {
+		buf := make([]byte, bs)
+		err := dst.Read(ctx, "vol", buf, blk*bs)
+		if err == nil && !bytes.Equal(buf, data[blk*bs:(blk+1)*bs]) {
+			t.Errorf("block %d read as other bytes than the source's", blk)
+		}
+		return err
+	}
+	for _, blk := range []int64{5, 100} {
+		if err := read(blk); err != nil {
+			t.Errorf("block %d with three mirrors answering: %v", blk, err)
+		}
+	}
+	c.stop("f")
+	if err := read(5); err != nil {
+		t.Errorf("block 5, held by both selective mirrors: %v", err)
+	}
+	if err := read(100); !errors.Is(err, ErrNoQuorum) {
+		t.Errorf("block 100, held by no answering copy: %v, want ErrNoQuorum", err)
+	}
+}
