@@ -510,7 +510,10 @@ func (pl *peerLink) syncWrite(ctx context.Context, shared *batch) error {
 	if err != nil {
 		return err
 	}
-	stop := context.AfterFunc(ctx, func() { pl.l.conn.Close() })
+	// The connection, not pl.l: the function may run after a drop has
+	// cleared pl.l.
+	conn := pl.l.conn
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	if err := pl.l.sendFrame(ctx, frame); err != nil {
 		return err
@@ -534,7 +537,10 @@ func (pl *peerLink) read(ctx context.Context, lo, hi uint64, bs int, held bool) 
 	if pl.l == nil {
 		return nil, ErrClosed
 	}
-	stop := context.AfterFunc(ctx, func() { pl.l.conn.Close() })
+	// The connection, not pl.l: the function may run after a drop has
+	// cleared pl.l.
+	conn := pl.l.conn
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
 	var flags uint8
 	if held && pl.l.proto >= 2 {
