@@ -646,6 +646,11 @@ func (s *session) serveReads(ctx context.Context) error {
 		if err := s.checkLineage(v); err != nil {
 			return err
 		}
+		// Nor one that may not serve reads (checked again below under the
+		// io lock): refused before it reads anything through.
+		if err := v.servable(); err != nil {
+			return err
+		}
 		hi := req.Block + uint64(req.Count)
 		held := req.Flags&wire.ReadHeld != 0
 		if miss := v.missing(req.Block, hi); len(miss) > 0 && !held {
@@ -653,10 +658,11 @@ func (s *session) serveReads(ctx context.Context) error {
 				return err
 			}
 		}
-		// Nor a copy whose acknowledged cycle failed to apply (its image
-		// may hold part of the cycle under the previous versions), nor a
-		// full mirror whose copy is incomplete: checked under the io lock
-		// the read holds, which a failing apply sets its mark under.
+		// A copy whose acknowledged cycle failed to apply (its image may
+		// hold part of the cycle under the previous versions) or a full
+		// mirror whose copy is incomplete does not answer: checked under
+		// the io lock the read holds, which a failing apply sets its mark
+		// under.
 		bt, err := v.readBlocks(req.Block, hi, v.servableLocked)
 		if err != nil {
 			return err

@@ -605,6 +605,12 @@ func (v *Volume) servableLocked() error {
 	return nil
 }
 
+func (v *Volume) servable() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.servableLocked()
+}
+
 // missing returns the blocks of [lo, hi) a selective mirror lacks.
 func (v *Volume) missing(lo, hi uint64) []uint64 {
 	v.mu.Lock()
