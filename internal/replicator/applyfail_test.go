@@ -375,20 +375,21 @@ func TestCycleApplyPartialRefusesReadsAtOnce(t *testing.T) {
 func TestQuorumReadSkipsUnservableCopies(t *testing.T) {
 	for _, tc := range []struct {
 		name string
-		mark func(t *testing.T, src *Node, dv *Volume, fail *atomic.Int32)
+		mark func(t *testing.T, src, dst *Node, dv *Volume, fail *atomic.Int32)
 	}{
-		{"failed apply", func(t *testing.T, src *Node, dv *Volume, fail *atomic.Int32) {
+		{"failed apply", func(t *testing.T, src, dst *Node, dv *Volume, fail *atomic.Int32) {
 			sv, _ := src.Volume("vol")
 			writeRandomBlocks(t, sv, rand.New(rand.NewPCG(10, 10)), 40)
 			fail.Store(1)
 			if _, err := src.Push(context.Background(), "vol", "dst", PushOptions{Mode: ModeDelta}); err != nil {
 				t.Fatal(err)
 			}
+			sessionsEnded(t, dst)
 			if dv.unappliedCycle() == 0 {
 				t.Fatal("the cycle's apply did not fail")
 			}
 		}},
-		{"incomplete copy", func(t *testing.T, _ *Node, dv *Volume, _ *atomic.Int32) {
+		{"incomplete copy", func(t *testing.T, _, _ *Node, dv *Volume, _ *atomic.Int32) {
 			if err := dv.needFullCopy(); err != nil {
 				t.Fatal(err)
 			}
@@ -411,9 +412,11 @@ func TestQuorumReadSkipsUnservableCopies(t *testing.T) {
 				}
 			})
 			ctx := context.Background()
-			if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull}); err != nil {
+			res, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull})
+			if err != nil {
 				t.Fatal(err)
 			}
+			waitCycle(t, dst, "vol", res.Cycle)
 			buf := make([]byte, 4*bs)
 			for name, n := range map[string]*Node{"src": src, "dst": dst} {
 				if err := n.Read(ctx, "vol", buf, 2*bs); err != nil {
@@ -421,8 +424,7 @@ func TestQuorumReadSkipsUnservableCopies(t *testing.T) {
 				}
 			}
 			dv, _ := dst.Volume("vol")
-			tc.mark(t, src, dv, &fail)
-			sessionsEnded(t, dst)
+			tc.mark(t, src, dst, dv, &fail)
 			for name, n := range map[string]*Node{"src": src, "dst": dst} {
 				err := n.Read(ctx, "vol", buf, 2*bs)
 				if !errors.Is(err, ErrNoQuorum) {
@@ -593,15 +595,16 @@ func TestQuorumReadWithoutThisCopy(t *testing.T) {
 		c.start(n, Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path(n + ".img")}}})
 	}
 	ctx := context.Background()
-	for _, n := range []string{"dst", "f"} {
-		if _, err := src.Push(ctx, "vol", n, PushOptions{Mode: ModeFull}); err != nil {
+	for _, n := range []string{"dst", "f", "s1", "s2"} {
+		o := PushOptions{Mode: ModeFull}
+		if n[0] == 's' {
+			o = PushOptions{Mode: ModeSelective, Extents: []Extent{{Start: 0, Count: 10}}}
+		}
+		res, err := src.Push(ctx, "vol", n, o)
+		if err != nil {
 			t.Fatal(err)
 		}
-	}
-	for _, n := range []string{"s1", "s2"} {
-		if _, err := src.Push(ctx, "vol", n, PushOptions{Mode: ModeSelective, Extents: []Extent{{Start: 0, Count: 10}}}); err != nil {
-			t.Fatal(err)
-		}
+		waitCycle(t, c.nodes[n], "vol", res.Cycle)
 	}
 	dv, _ := dst.Volume("vol")
 	if err := dv.needFullCopy(); err != nil {
