@@ -631,3 +631,30 @@ func TestQuorumReadWithoutThisCopy(t *testing.T) {
 		t.Errorf("block 100, held by no answering copy: %v, want ErrNoQuorum", err)
 	}
 }
+
+// TestPromoteSettlesFailedCycle: a mirror whose acknowledged cycle failed
+// to apply, and whose source is gone (so no session will apply it
+// again), can be promoted: Promote applies the cycle first. Before, it
+// refused the promotion until a restart.
+func TestPromoteSettlesFailedCycle(t *testing.T) {
+	c, src, dst, fail := ioFailCluster(t)
+	sv, _ := src.Volume("vol")
+	writeRandomBlocks(t, sv, rand.New(rand.NewPCG(12, 12)), 40)
+	fail.Store(1)
+	if _, err := src.Push(context.Background(), "vol", "dst", PushOptions{Mode: ModeDelta}); err != nil {
+		t.Fatal(err)
+	}
+	sessionsEnded(t, dst)
+	dv, _ := dst.Volume("vol")
+	if dv.unappliedCycle() == 0 {
+		t.Fatal("the cycle's apply did not fail")
+	}
+	c.stop("src")
+	if _, err := dst.Promote("vol", 0); err != nil {
+		t.Fatalf("promote: %v", err)
+	}
+	if st := dv.Status(); st.Role != RolePrimary || !st.Complete {
+		t.Errorf("promoted copy: %+v, want a complete primary", st)
+	}
+	sameFile(t, c.path("src.img"), c.path("dst.img"))
+}
