@@ -87,7 +87,12 @@
 // missing blocks from the upstream peer on demand (read-through), stores
 // them, and the mirror is usable at once. Cycles skip blocks a selective
 // mirror does not hold. Read-through returns the upstream's current data,
-// so a selective mirror is a cache, not a point-in-time copy.
+// so a selective mirror is a cache, not a point-in-time copy. Only an
+// unfenced primary upstream vouches for its answers with its epoch (as a
+// cycle's sender does); other answers are ordered by version alone. A
+// selective mirror that loses an acknowledged cycle (damaged staged data)
+// forgets every block it holds, which may predate that cycle, and reads
+// them through until its copy from block 0 brings them.
 //
 // Node.SetUpstream moves the upstream at run time (the data's origin
 // moved to another node). A read-through in flight then is not cut off,
@@ -132,13 +137,17 @@
 // written blocks to every mirror on a long-lived session (logged durably
 // there, applied newest-version-wins) and returns after WriteQuorum copies
 // acknowledge; Node.Read asks every mirror, needs ReadQuorum copies to
-// answer, and returns, per block, the newest version. As for a cycle, only
+// answer, and returns, per block, the newest version. A copy whose copy is
+// incomplete or whose failed cycle waits for its retry answers no reads,
+// this node's own included, so it does not count. As for a cycle, only
 // a copy of the sender's data takes part: a mirror that is empty or holds
 // another volume's lineage refuses sync writes and reads (ErrLineage), so
 // it neither counts toward a quorum nor answers with its own blocks.
 // Epochs are assigned
 // by whoever promotes: Promote, which `edge-agent replicate promote` calls
-// on a volume no process holds. The controller places and retires copies
+// on a volume no process holds. Node.Promote first ends the volume's
+// changing session and applies a cycle whose apply failed, so the new
+// primary holds every cycle it acknowledged. The controller places and retires copies
 // but does not promote one: moving a volume's writer is an operator's
 // decision (OPERATIONS.md).
 //
