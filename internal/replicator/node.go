@@ -499,7 +499,7 @@ func (n *Node) SetAllowedPeers(volume string, peers []string) error {
 // node answered) and fetches the blocks again from the new upstream, and
 // an answer that arrived before is discarded unstored, unless it was
 // checked before the change, in which case it is stored before
-// SetUpstream returns.
+// SetUpstream returns (so it may wait for an apply holding the image).
 func (n *Node) SetUpstream(volume, peer, remoteVolume string) error {
 	if peer == "" {
 		return fmt.Errorf("upstream of %s: empty", volume)
