@@ -95,11 +95,12 @@
 // them through until its copy from block 0 brings them.
 //
 // Node.SetUpstream moves the upstream at run time (the data's origin
-// moved to another node). A read-through in flight then is not cut off,
-// but its answer is stored only if the upstream is unchanged when the
-// store takes the volume's io lock; otherwise it is dropped, as is a
-// failure of the old upstream, and the blocks are fetched again from the
-// new one. Stored, such an answer would count as held: a deposed copy's
+// moved to another node). A read-through in flight to the old upstream is
+// cut, and an answer from it is stored only if the upstream is unchanged
+// when the store takes the volume's io lock; otherwise it is dropped and
+// the blocks are fetched again from the new one. SetUpstream takes that
+// lock after the change, so once it returns nothing from the old upstream
+// is stored. Stored, such an answer would count as held: a deposed copy's
 // data, served until a cycle or verify replaced it.
 //
 // # Checksums and compression
@@ -147,9 +148,9 @@
 // by whoever promotes: Promote, which `edge-agent replicate promote` calls
 // on a volume no process holds. Node.Promote first ends the volume's
 // changing session and applies a cycle whose apply failed, so the new
-// primary holds every cycle it acknowledged. The controller places and retires copies
-// but does not promote one: moving a volume's writer is an operator's
-// decision (OPERATIONS.md).
+// primary holds every cycle it acknowledged. The controller places and
+// retires copies but does not promote one: moving a volume's writer is
+// an operator's decision (OPERATIONS.md).
 //
 // # Read repair
 //
