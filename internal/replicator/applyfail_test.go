@@ -658,3 +658,35 @@ func TestPromoteSettlesFailedCycle(t *testing.T) {
 	}
 	sameFile(t, c.path("src.img"), c.path("dst.img"))
 }
+
+// TestPromoteRefusedLeavesFullCopyRunning: a promotion that the copy's
+// state refuses anyway (a full copy still running) is refused without
+// ending the session that brings the copy.
+func TestPromoteRefusedLeavesFullCopyRunning(t *testing.T) {
+	c := newCluster(t, "src", "dst")
+	makeImage(t, c.path("src.img"), 2048, bs, 1) // 8 MiB at 4 MiB/s
+	src := c.start("src", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("src.img"), Role: RolePrimary,
+		Mirrors: []MirrorConfig{{Peer: "dst"}}}}, Peers: []PeerConfig{{Name: "dst", Addr: c.addrs["dst"], Schedule: "4MiB"}}})
+	dst := c.start("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img")}}})
+	done := make(chan error, 1)
+	go func() {
+		_, err := src.Push(context.Background(), "vol", "dst", PushOptions{Mode: ModeFull})
+		done <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if dv, err := dst.Volume("vol"); err == nil && dv.Status().FullNext > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the full copy did not reach its first checkpoint")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := dst.Promote("vol", 0); !errors.Is(err, ErrInconsistent) {
+		t.Errorf("promote during the full copy: %v, want ErrInconsistent", err)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("full copy after the refused promotion: %v", err)
+	}
+}

@@ -584,6 +584,10 @@ func (n *Node) Promote(volume string, epoch uint64) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
+	// Refused anyway (a full copy still running, say): leave it running.
+	if err := v.promotable(epoch); err != nil {
+		return 0, err
+	}
 	defer nv.exclusive()()
 	s := &session{n: n, nv: nv, log: n.log}
 	if err := s.settle(); err != nil {

@@ -855,17 +855,9 @@ const maxEpoch = math.MaxUint32
 func (v *Volume) Promote(epoch uint64) (uint64, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if epoch == 0 {
-		epoch = v.st.Epoch + 1
-	}
-	if epoch > maxEpoch {
-		return 0, fmt.Errorf("volume %s: promote to epoch %d: block versions hold epochs up to %d", v.name, epoch, uint64(maxEpoch))
-	}
-	if epoch <= v.st.Epoch {
-		return 0, fmt.Errorf("volume %s: promote to epoch %d: %w: current epoch is %d", v.name, epoch, ErrFenced, v.st.Epoch)
-	}
-	if v.st.Role == RoleMirror && ((v.st.Inconsistent && !v.st.Selective) || v.unapplied != 0) {
-		return 0, fmt.Errorf("volume %s: %w: cannot promote a mirror whose copy is incomplete", v.name, ErrInconsistent)
+	epoch, err := v.promotableLocked(epoch, false)
+	if err != nil {
+		return 0, err
 	}
 	st := v.st
 	st.Epoch, st.Role, st.Fenced = epoch, RolePrimary, false
@@ -880,6 +872,36 @@ func (v *Volume) Promote(epoch uint64) (uint64, error) {
 	v.st = st
 	v.log.Info("promoted", "epoch", epoch)
 	return epoch, nil
+}
+
+// promotableLocked checks that the volume can be promoted to epoch (0:
+// current+1) and returns the epoch. With settling, a copy whose failed
+// cycle waits for its retry passes: the caller applies it and checks again.
+func (v *Volume) promotableLocked(epoch uint64, settling bool) (uint64, error) {
+	if epoch == 0 {
+		epoch = v.st.Epoch + 1
+	}
+	if epoch > maxEpoch {
+		return 0, fmt.Errorf("volume %s: promote to epoch %d: block versions hold epochs up to %d", v.name, epoch, uint64(maxEpoch))
+	}
+	if epoch <= v.st.Epoch {
+		return 0, fmt.Errorf("volume %s: promote to epoch %d: %w: current epoch is %d", v.name, epoch, ErrFenced, v.st.Epoch)
+	}
+	if settling && v.unapplied != 0 {
+		return epoch, nil // applying the cycle may complete the copy
+	}
+	if v.st.Role == RoleMirror && ((v.st.Inconsistent && !v.st.Selective) || v.unapplied != 0) {
+		return 0, fmt.Errorf("volume %s: %w: cannot promote a mirror whose copy is incomplete", v.name, ErrInconsistent)
+	}
+	return epoch, nil
+}
+
+// promotable is promotableLocked for Node.Promote's first check.
+func (v *Volume) promotable(epoch uint64) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	_, err := v.promotableLocked(epoch, true)
+	return err
 }
 
 // observeEpoch records an epoch seen from a peer. A primary that sees a
