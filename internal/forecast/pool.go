@@ -157,18 +157,18 @@ const (
 type pool struct {
 	H, P   int
 	avail  [numExp]bool
-	nav    int       // experts available
-	lagDay int       // buckets in a day (expSDay)
-	lagWk  int       // buckets in a week (expSWeek)
-	season int       // buckets of expMedSeason
-	alpha  float64   // fixed share: 1/window, about one switch per window (times h^−1.5 for the experts at horizon h)
-	lamGap float64   // discount of the candidates' mixability gap (memory a window)
-	fx     []float32 // P×H×numExp expert forecasts per origin
-	fc     []float32 // P×H×numCand candidate forecasts per origin
-	w      []float64 // H×poolEtas×numExp expert weights per learning rate
-	v      []float64 // H×numCand candidate weights
-	gap    []float64 // H discounted mixability gap of the candidates (AdaHedge)
-	slow   []float64 // H learning-rate factor of each horizon, h^−poolDelayExp
+	nav    int         // experts available
+	lagDay int         // buckets in a day (expSDay)
+	lagWk  int         // buckets in a week (expSWeek)
+	season int         // buckets of expMedSeason
+	alpha  float64     // fixed share: 1/window, about one switch per window (times h^−1.5 for the experts at horizon h)
+	lamGap float64     // discount of the candidates' mixability gap (memory a window)
+	fx     []float32   // P×H×numExp expert forecasts per origin
+	fc     []float32   // P×H×numCand candidate forecasts per origin
+	w      []float64   // H×poolEtas×numExp expert weights per learning rate
+	v      []float64   // H×numCand candidate weights
+	gap    []float64   // H discounted mixability gap of the candidates (AdaHedge)
+	slow   []float64   // H learning-rate factor of each horizon, h^−poolDelayExp
 	order  [numExp]int // the last combine's order of the experts (sortAwakeFrom's start; not state)
 }
 
