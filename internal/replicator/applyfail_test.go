@@ -114,27 +114,7 @@ func TestCycleApplyFailureRecovers(t *testing.T) {
 	var damage atomic.Bool
 	var jpath string
 	c, src, dst := applyFailCluster(t, func(n *Node) {
-		n.hooks.durable = func(string, []blockVer) {
-			if !damage.CompareAndSwap(true, false) {
-				return
-			}
-			// The commit record (12+24 bytes) ends the journal; the
-			// last data block lies just before it.
-			f, err := os.OpenFile(jpath, os.O_RDWR, 0)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer f.Close()
-			st, _ := f.Stat()
-			at := st.Size() - 36 - bs/2
-			b := []byte{0}
-			f.ReadAt(b, at)
-			b[0] ^= 0xFF
-			if _, err := f.WriteAt(b, at); err != nil {
-				t.Error(err)
-			}
-		}
+		n.hooks.durable = damageJournalOnce(t, &damage, &jpath)
 	})
 	jpath = journalPath(c.path("dst.img") + ".pmr")
 	ctx := context.Background()
@@ -508,26 +488,7 @@ func TestSelectiveApplyDamageForgetsHeldBlocks(t *testing.T) {
 		Mirrors: []MirrorConfig{{Peer: "dst"}}}}, Peers: c.peers("dst")})
 	dst := c.startWith("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img"), Upstream: "src"}},
 		Peers: c.peers("src"), Registerer: prometheus.NewRegistry()}, func(n *Node) {
-		n.hooks.durable = func(string, []blockVer) {
-			if !damage.CompareAndSwap(true, false) {
-				return
-			}
-			// The last data block lies just before the commit record.
-			f, err := os.OpenFile(jpath, os.O_RDWR, 0)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			defer f.Close()
-			st, _ := f.Stat()
-			at := st.Size() - 36 - bs/2
-			b := []byte{0}
-			f.ReadAt(b, at)
-			b[0] ^= 0xFF
-			if _, err := f.WriteAt(b, at); err != nil {
-				t.Error(err)
-			}
-		}
+		n.hooks.durable = damageJournalOnce(t, &damage, &jpath)
 	})
 	jpath = journalPath(c.path("dst.img") + ".pmr")
 	ctx := context.Background()
@@ -688,5 +649,33 @@ func TestPromoteRefusedLeavesFullCopyRunning(t *testing.T) {
 	}
 	if err := <-done; err != nil {
 		t.Errorf("full copy after the refused promotion: %v", err)
+	}
+}
+
+// damageJournalOnce is a durable hook that, when armed (damage set), flips
+// a byte of the last data block of the journal at *jpath once its commit
+// is synced: the cycle is acknowledged, its staged data then fails its
+// check at apply.
+func damageJournalOnce(t *testing.T, damage *atomic.Bool, jpath *string) func(string, []blockVer) {
+	return func(string, []blockVer) {
+		if !damage.CompareAndSwap(true, false) {
+			return
+		}
+		// The commit record (12+24 bytes) ends the journal; the last
+		// data block lies just before it.
+		f, err := os.OpenFile(*jpath, os.O_RDWR, 0)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer f.Close()
+		st, _ := f.Stat()
+		at := st.Size() - 36 - bs/2
+		b := []byte{0}
+		f.ReadAt(b, at)
+		b[0] ^= 0xFF
+		if _, err := f.WriteAt(b, at); err != nil {
+			t.Error(err)
+		}
 	}
 }
