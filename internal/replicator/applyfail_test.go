@@ -121,15 +121,7 @@ func TestCycleApplyFailureRecovers(t *testing.T) {
 	sv, _ := src.Volume("vol")
 	rng := rand.New(rand.NewPCG(5, 5))
 	writeRandomBlocks(t, sv, rng, 40)
-	damage.Store(true)
-	// The commit was durable, so it was acknowledged: the push succeeds.
-	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta}); err != nil {
-		t.Fatal(err)
-	}
-	if damage.Load() {
-		t.Fatal("the damaging hook did not run")
-	}
-	sessionsEnded(t, dst)
+	pushLosingCycle(t, ctx, src, dst, &damage)
 	dv, _ := dst.Volume("vol")
 	if st := dv.Status(); st.Complete || !st.Inconsistent || !st.FullActive || st.FullNext != 0 {
 		t.Errorf("mirror after losing an acknowledged cycle: %+v, want inconsistent with a full copy from block 0 to run", st)
@@ -503,14 +495,7 @@ func TestSelectiveApplyDamageForgetsHeldBlocks(t *testing.T) {
 	if _, err := sv.WriteAt(fresh, b*bs); err != nil {
 		t.Fatal(err)
 	}
-	damage.Store(true)
-	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta}); err != nil {
-		t.Fatal(err)
-	}
-	if damage.Load() {
-		t.Fatal("the damaging hook did not run")
-	}
-	sessionsEnded(t, dst)
+	pushLosingCycle(t, ctx, src, dst, &damage)
 	dv, _ := dst.Volume("vol")
 	if st := dv.Status(); !st.Selective || !st.FullActive || st.FullNext != 0 {
 		t.Fatalf("mirror after losing an acknowledged cycle: %+v, want a selective copy to run from block 0", st)
@@ -678,4 +663,20 @@ func damageJournalOnce(t *testing.T, damage *atomic.Bool, jpath *string) func(st
 			t.Error(err)
 		}
 	}
+}
+
+// pushLosingCycle pushes a delta cycle of vol from src to dst with
+// damageJournalOnce armed: dst acknowledges it (the commit was durable,
+// so the push succeeds) and then fails to apply it; it returns once the
+// hook has run and dst's sessions have ended.
+func pushLosingCycle(t *testing.T, ctx context.Context, src, dst *Node, damage *atomic.Bool) {
+	t.Helper()
+	damage.Store(true)
+	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeDelta}); err != nil {
+		t.Fatal(err)
+	}
+	if damage.Load() {
+		t.Fatal("the damaging hook did not run")
+	}
+	sessionsEnded(t, dst)
 }
