@@ -217,3 +217,34 @@ func TestSortAwakeFrom(t *testing.T) {
 		}
 	}
 }
+
+// weightedMedian is the weighted median of the available, awake experts'
+// forecasts f with weights w: the point forecast that minimises the
+// weighted absolute loss, where the weighted mean minimises the squared
+// one (for a burst half the experts expect, the mean is a level no bucket
+// ever has). combine computes it with weightedMedianSorted over
+// sortAwakeFrom's order; this is the reference for the tests.
+func weightedMedian(f *[numExp]float64, w []float64, avail *[numExp]bool) float64 {
+	var idx [numExp]int
+	return weightedMedianSorted(f, w, avail, sortAwake(f, avail, &idx))
+}
+
+// sortAwake writes into idx the available, awake experts (forecast not
+// NaN) in ascending order of forecast and returns that prefix of idx: a
+// stable insertion sort from expert order, the reference for
+// sortAwakeFrom (which combine uses).
+func sortAwake(f *[numExp]float64, avail *[numExp]bool, idx *[numExp]int) []int {
+	n := 0
+	for k, ok := range avail {
+		if ok && !math.IsNaN(f[k]) {
+			idx[n] = k
+			n++
+		}
+	}
+	for i := 1; i < n; i++ { // insertion sort by forecast: at most numExp entries
+		for j := i; j > 0 && f[idx[j]] < f[idx[j-1]]; j-- {
+			idx[j], idx[j-1] = idx[j-1], idx[j]
+		}
+	}
+	return idx[:n]
+}

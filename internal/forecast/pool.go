@@ -286,41 +286,13 @@ func (p *pool) combine(h, po int, f *[numExp]float64, scale float64, integer boo
 	return c
 }
 
-// weightedMedian is the weighted median of the available, awake experts'
-// forecasts f with weights w: the point forecast that minimises the
-// weighted absolute loss, where the weighted mean minimises the squared
-// one (for a burst half the experts expect, the mean is a level no bucket
-// ever has).
-func weightedMedian(f *[numExp]float64, w []float64, avail *[numExp]bool) float64 {
-	var idx [numExp]int
-	return weightedMedianSorted(f, w, avail, sortAwake(f, avail, &idx))
-}
-
-// sortAwake writes into idx the available, awake experts (forecast not
-// NaN) in ascending order of forecast and returns that prefix of idx.
-func sortAwake(f *[numExp]float64, avail *[numExp]bool, idx *[numExp]int) []int {
-	n := 0
-	for k, ok := range avail {
-		if ok && !math.IsNaN(f[k]) {
-			idx[n] = k
-			n++
-		}
-	}
-	for i := 1; i < n; i++ { // insertion sort by forecast: at most numExp entries
-		for j := i; j > 0 && f[idx[j]] < f[idx[j-1]]; j-- {
-			idx[j], idx[j-1] = idx[j-1], idx[j]
-		}
-	}
-	return idx[:n]
-}
-
-// sortAwakeFrom is sortAwake starting from order, the experts' order of
-// the last call (any permutation of the experts will do): the forecasts
-// of the next horizon or origin mostly keep it, so the insertion sort
-// moves few entries and its comparisons are predictable. Ties are broken
-// by expert number, which makes the result sortAwake's (a stable sort of
-// the experts in number order) whatever the start. order is left holding
-// every expert, the ones asleep after the returned prefix.
+// sortAwakeFrom returns the available, awake experts (forecast not NaN)
+// in ascending order of forecast, ties in expert order. It sorts them
+// from order, the experts' order of the last call (any permutation will
+// do): the next horizon's or origin's forecasts mostly keep it, so the
+// insertion sort moves few entries and its comparisons are predictable,
+// and the tie rule makes the result independent of the start. order is
+// left holding every expert, the ones asleep after the returned prefix.
 func sortAwakeFrom(f *[numExp]float64, avail *[numExp]bool, order *[numExp]int) []int {
 	if *order == ([numExp]int{}) { // zero value: not a permutation yet
 		for k := range order {
