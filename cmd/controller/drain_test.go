@@ -131,6 +131,20 @@ func TestDrainWarnsWithoutRevision(t *testing.T) {
 	}
 }
 
+// rackController starts a controller with the extra flags (goleak checks
+// it stopped everything) holding rackObjects(n), and returns the admin
+// flags to reach it.
+func rackController(t *testing.T, n int, extra ...string) []string {
+	t.Helper()
+	before := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, before) })
+	admin := startCtlController(t, extra...)
+	if out, err := ctl(t, append([]string{"apply", "-f", rackObjects(t, n)}, admin...)...); err != nil {
+		t.Fatalf("apply: %v\n%s", err, out)
+	}
+	return admin
+}
+
 // rackObjects writes a file of n mirrors m-00, m-01, ... whose node is
 // rack-1, and one mirror elsewhere (other), and returns its path.
 func rackObjects(t *testing.T, n int) string {
@@ -215,12 +229,7 @@ func mirrorStates(t *testing.T, admin []string) map[string]string {
 // is kept (the next batch reads again), and every batch fits one
 // transaction. Before, the whole drain was refused.
 func TestDrainBatchesOverTransactions(t *testing.T) {
-	before := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, before) })
-	admin := startCtlController(t, "--etcd-max-txn-ops", "7")
-	if out, err := ctl(t, append([]string{"apply", "-f", rackObjects(t, 10)}, admin...)...); err != nil {
-		t.Fatalf("apply: %v\n%s", err, out)
-	}
+	admin := rackController(t, 10, "--etcd-max-txn-ops", "7")
 	defer func() { ctlDialOptions = nil }()
 
 	out, err := ctl(t, append([]string{"drain", "--dry-run", "node", "rack-1"}, admin...)...)
@@ -281,12 +290,7 @@ func TestDrainBatchesOverTransactions(t *testing.T) {
 // lines, and leaves the others as they were; run again, it drains the
 // rest and leaves the drained ones as they are.
 func TestDrainReportsPartialBatches(t *testing.T) {
-	before := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, before) })
-	admin := startCtlController(t, "--etcd-max-txn-ops", "7")
-	if out, err := ctl(t, append([]string{"apply", "-f", rackObjects(t, 10)}, admin...)...); err != nil {
-		t.Fatalf("apply: %v\n%s", err, out)
-	}
+	admin := rackController(t, 10, "--etcd-max-txn-ops", "7")
 	defer func() { ctlDialOptions = nil }()
 	var sizes []int
 	ctlDialOptions = []grpc.DialOption{grpc.WithChainUnaryInterceptor(editsAfterFirstWrite(t, 1000, 8000, &sizes))}
@@ -329,12 +333,7 @@ func TestDrainReportsPartialBatches(t *testing.T) {
 // bytes here: a handful of mirrors), drain's batches are as many mirrors
 // as fit the request, as the controller says in its refusal.
 func TestDrainBatchesBySize(t *testing.T) {
-	before := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, before) })
-	admin := startCtlController(t, "--etcd-max-request-bytes", "2000")
-	if out, err := ctl(t, append([]string{"apply", "-f", rackObjects(t, 30)}, admin...)...); err != nil {
-		t.Fatalf("apply: %v\n%s", err, out)
-	}
+	admin := rackController(t, 30, "--etcd-max-request-bytes", "2000")
 	defer func() { ctlDialOptions = nil }()
 	var sizes []int
 	ctlDialOptions = []grpc.DialOption{grpc.WithChainUnaryInterceptor(editsAfterFirstWrite(t, 0, 0, &sizes))}

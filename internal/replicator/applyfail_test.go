@@ -36,14 +36,20 @@ func ioFailCluster(t *testing.T) (c *cluster, src, dst *Node, fail *atomic.Int32
 	t.Helper()
 	fail = new(atomic.Int32)
 	c, src, dst = applyFailCluster(t, func(n *Node) {
-		n.hooks.applying = func(string, uint64) error {
-			if fail.Add(-1) >= 0 {
-				return errors.New("injected I/O error")
-			}
-			return nil
-		}
+		n.hooks.applying = failApplies(fail)
 	})
 	return c, src, dst, fail
+}
+
+// failApplies is an applying hook failing with an I/O error while fail
+// is positive (each apply takes one).
+func failApplies(fail *atomic.Int32) func(string, uint64) error {
+	return func(string, uint64) error {
+		if fail.Add(-1) >= 0 {
+			return errors.New("injected I/O error")
+		}
+		return nil
+	}
 }
 
 // caughtUp waits for the mirror to apply cycle and end its session, then
@@ -253,12 +259,7 @@ func TestCycleApplyFailureRefusesPeerReads(t *testing.T) {
 	var fail atomic.Int32
 	dst := c.startWith("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img")}},
 		Registerer: prometheus.NewRegistry()}, func(n *Node) {
-		n.hooks.applying = func(string, uint64) error {
-			if fail.Add(-1) >= 0 {
-				return errors.New("injected I/O error")
-			}
-			return nil
-		}
+		n.hooks.applying = failApplies(&fail)
 	})
 	ctx := context.Background()
 	if _, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull}); err != nil {
@@ -376,12 +377,7 @@ func TestQuorumReadSkipsUnservableCopies(t *testing.T) {
 			dst := c.startWith("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img"),
 				ReadQuorum: 2, Mirrors: []MirrorConfig{{Peer: "src"}}}}, Peers: c.peers("src"),
 				Registerer: prometheus.NewRegistry()}, func(n *Node) {
-				n.hooks.applying = func(string, uint64) error {
-					if fail.Add(-1) >= 0 {
-						return errors.New("injected I/O error")
-					}
-					return nil
-				}
+				n.hooks.applying = failApplies(&fail)
 			})
 			ctx := context.Background()
 			res, err := src.Push(ctx, "vol", "dst", PushOptions{Mode: ModeFull})
