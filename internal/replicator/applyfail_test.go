@@ -15,7 +15,10 @@ import (
 )
 
 // applyFailCluster starts a primary "src" and a mirror "dst" of 1024
-// blocks, adjusts dst before it serves, and runs the first full copy.
+// blocks, adjusts dst before it serves, and runs the first full copy
+// through: its closing cycle applied and the session ended (the apply
+// follows the acknowledgement, and a test arming a failure before it
+// would fail that apply instead of the one it pushes).
 func applyFailCluster(t *testing.T, adjust func(*Node)) (c *cluster, src, dst *Node) {
 	t.Helper()
 	c = newCluster(t, "src", "dst")
@@ -24,9 +27,12 @@ func applyFailCluster(t *testing.T, adjust func(*Node)) (c *cluster, src, dst *N
 		Mirrors: []MirrorConfig{{Peer: "dst"}}}}, Peers: c.peers("dst")})
 	dst = c.startWith("dst", Config{Volumes: []VolumeConfig{{Name: "vol", Path: c.path("dst.img")}},
 		Registerer: prometheus.NewRegistry()}, adjust)
-	if _, err := src.Push(context.Background(), "vol", "dst", PushOptions{Mode: ModeFull}); err != nil {
+	res, err := src.Push(context.Background(), "vol", "dst", PushOptions{Mode: ModeFull})
+	if err != nil {
 		t.Fatal(err)
 	}
+	waitCycle(t, dst, "vol", res.Cycle)
+	sessionsEnded(t, dst)
 	return c, src, dst
 }
 
