@@ -95,6 +95,22 @@ func (r *Router) Routes() map[RouteKey]Route {
 	return out
 }
 
+// RouteTables returns the slots of every installed route without copying
+// them: routes that share a table share one slice, which is the table's
+// own. A table is never written in place (a new content comes as a new
+// slice), so a slice keeps the slots the route had when it was read, for
+// as long as the caller holds it; it must not be modified. Holding the
+// tables of 100K routes costs the index, not 100K copies of the slots.
+func (r *Router) RouteTables() map[RouteKey][]uint32 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[RouteKey][]uint32, len(r.tables.index))
+	for k, id := range r.tables.index {
+		out[RouteKey{ResourceID(k.Resource), RegionID(k.Region)}] = r.tables.byID[id].slots
+	}
+	return out
+}
+
 // TableCount is the number of distinct slot tables in use.
 func (r *Router) TableCount() int {
 	r.mu.Lock()
