@@ -407,7 +407,10 @@ func (a *Agent) restore(failed *Config, cause error) {
 const keptVersion = "kept"
 
 // applySettingsOnly writes the router's node settings and nothing of the
-// routing state (keepRouting).
+// routing state (keepRouting). The default region, in pm_settings too, is
+// routing state: the previous agent's stays (the file's state, empty
+// under a controller, would set none, and the clients of no listed
+// prefix would lose their region's routes).
 func (a *Agent) applySettingsOnly(st pmaps.Settings, total *Changes) error {
 	have, err := a.router.Settings()
 	if err != nil {
@@ -416,6 +419,7 @@ func (a *Agent) applySettingsOnly(st pmaps.Settings, total *Changes) error {
 	a.mu.Lock()
 	a.observed = nil // the first version reads what the maps hold
 	a.mu.Unlock()
+	st.DefaultRegion = have.DefaultRegion
 	if have == st {
 		return nil
 	}

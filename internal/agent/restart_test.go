@@ -34,7 +34,9 @@ func controllerTLS(t *testing.T) TLSFiles {
 // forwarding must go on with them: the restart promise. Start applied the
 // file's desired state first, which under a controller is empty, and
 // deleted every VIP, route and mirror: VIP traffic was passed to the
-// stack until a controller answered.
+// stack until a controller answered. Then it kept them but set the
+// file's default region, none: clients of no listed prefix lost their
+// region's routes.
 func TestRestartUnderControllerKeepsForwarding(t *testing.T) {
 	requireRoot(t)
 	tlsFiles := controllerTLS(t)
@@ -73,6 +75,7 @@ func TestRestartUnderControllerKeepsForwarding(t *testing.T) {
 			}
 			vips, _ := first.router.VIPs()
 			mirrors, _ := first.router.Mirrors()
+			settings, _ := first.router.Settings()
 			routes, sess := len(first.router.Routes()), sessions(first)
 			first.Close()
 
@@ -93,6 +96,11 @@ func TestRestartUnderControllerKeepsForwarding(t *testing.T) {
 			if len(gotVIPs) != len(vips) || len(gotMirrors) != len(mirrors) || len(second.router.Routes()) != routes {
 				t.Fatalf("after the restart the maps hold %d VIPs, %d mirrors, %d routes; before: %d, %d, %d",
 					len(gotVIPs), len(gotMirrors), len(second.router.Routes()), len(vips), len(mirrors), routes)
+			}
+			// The default region is the previous agent's routing too:
+			// the clients of no listed prefix keep their routes.
+			if got, _ := second.router.Settings(); got.DefaultRegion != settings.DefaultRegion || settings.DefaultRegion == 0 {
+				t.Fatalf("default region %d after the restart, %d before", got.DefaultRegion, settings.DefaultRegion)
 			}
 			if n := sessions(second); n != sess || sess == 0 {
 				t.Fatalf("sessions %d after the restart, %d before", n, sess)
