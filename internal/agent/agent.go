@@ -283,12 +283,19 @@ func (a *Agent) plan(cfg *Config, keep bool, log *slog.Logger) (*applyPlan, erro
 		if err != nil {
 			return nil, err
 		}
-		if !cfg.Probe.Disabled {
-			p.probePort = cfg.Probe.port()
-		}
+		p.probePort = echoPort(cfg)
 		p.ports, p.hosted = planDecap(addrs, uint16(cfg.DecapGUEPort), p.probePort, compiled, cfg.Node, log)
 	}
 	return p, nil
+}
+
+// echoPort is the port the decap program answers the edges' probes on
+// (0: off).
+func echoPort(cfg *Config) uint16 {
+	if cfg.Probe.Disabled {
+		return 0
+	}
+	return cfg.Probe.port()
 }
 
 // program writes p into the router's and the decap's maps.
@@ -336,7 +343,8 @@ func (a *Agent) program(p *applyPlan) (Changes, error) {
 // missing from the map) are written. It is all or nothing: a
 // configuration refused before the first write leaves the maps as they
 // were, and a write that fails part-way puts them back on the running
-// configuration (restore).
+// configuration (restore), or, for the first routing state after
+// keepRouting, on what they held before it (keptImage).
 func (a *Agent) apply(cfg *Config) error {
 	start := time.Now()
 	keep := a.keepRouting.Load()
@@ -344,10 +352,23 @@ func (a *Agent) apply(cfg *Config) error {
 	if err != nil {
 		return err
 	}
+	a.mu.Lock()
+	first := !keep && a.version == keptVersion
+	a.mu.Unlock()
+	var img *keptImage
+	if first {
+		if img, err = a.readKept(); err != nil {
+			return err
+		}
+		// The reconcile starts from what was just read.
+		a.mu.Lock()
+		a.observed = img.router
+		a.mu.Unlock()
+	}
 	total, err := a.program(p)
 	if err != nil {
 		a.metrics.reconcile(false, time.Since(start))
-		a.restore(cfg, err)
+		a.restore(cfg, err, img)
 		return err
 	}
 	a.metrics.reconcile(true, time.Since(start))
@@ -379,20 +400,37 @@ func (a *Agent) apply(cfg *Config) error {
 // say the old one, until the periodic resync. Nothing to restore at start
 // or when the running configuration itself was re-applied (resync, an
 // interface change): the next attempt writes toward the same state. Under
-// a controller before its first version (keepRouting) the routing the
-// maps kept from the previous agent was never read and cannot be put
-// back; the node's settings are.
-func (a *Agent) restore(failed *Config, cause error) {
+// a controller before its first version (keepRouting) the running
+// configuration does not say the routing: the first version's apply read
+// what the maps held (img), and they are put back on that, the previous
+// agent's routing slot for slot; the agent then holds no copy of it
+// (observed nil, as while keepRouting), and the controller's next version
+// is a first one again. When restoring fails too, the maps stay as the
+// failure left them and the error is logged: the periodic resync retries
+// the running configuration, which under keepRouting writes the node's
+// settings only, so the routing written stays until a version applies.
+func (a *Agent) restore(failed *Config, cause error, img *keptImage) {
 	a.mu.Lock()
 	prev, keep, version := a.cfg, a.version == keptVersion, a.version
 	a.mu.Unlock()
 	if prev == nil || prev == failed {
 		return
 	}
-	// Planned as when it was applied; its notes were logged then.
-	p, err := a.plan(prev, keep, slog.New(slog.DiscardHandler))
+	var p *applyPlan
+	var err error
+	if img != nil {
+		p = img.plan(prev)
+	} else {
+		// Planned as when it was applied; its notes were logged then.
+		p, err = a.plan(prev, keep, slog.New(slog.DiscardHandler))
+	}
 	if err == nil {
 		_, err = a.program(p)
+	}
+	if img != nil {
+		a.mu.Lock()
+		a.observed = nil
+		a.mu.Unlock()
 	}
 	if err != nil {
 		a.log.Error("apply failed part-way and the running version was not restored; the periodic resync retries",
@@ -400,6 +438,62 @@ func (a *Agent) restore(failed *Config, cause error) {
 		return
 	}
 	a.log.Warn("apply failed part-way; maps restored to the running version", "version", version, "cause", cause)
+}
+
+// keptImage is what the maps held before the first routing state applied
+// after keepRouting: the previous agent's routing, the decap endpoints
+// (whose GUE ports came from its mirrors) and the node's settings written
+// since. It is read by that apply and dropped with it: with 1M client
+// prefixes it is large.
+type keptImage struct {
+	router *Observed                   // nil without a router
+	tables map[pmaps.RouteKey][]uint32 // each route's slots (Router.RouteTables: shared, read-only)
+	decap  map[netip.Addr]uint16       // each decap endpoint's GUE port (nil without a decap program)
+}
+
+// readKept reads what the maps hold before the first routing state.
+func (a *Agent) readKept() (*keptImage, error) {
+	img := &keptImage{}
+	if a.router != nil {
+		o, err := ReadObserved(a.router)
+		if err != nil {
+			return nil, fmt.Errorf("read router maps: %w", err)
+		}
+		img.router, img.tables = o, a.router.RouteTables()
+	}
+	if a.decap != nil {
+		es, err := a.decap.Endpoints()
+		if err != nil {
+			return nil, fmt.Errorf("read decap maps: %w", err)
+		}
+		img.decap = make(map[netip.Addr]uint16, len(es))
+		for _, e := range es {
+			img.decap[e.Addr] = e.GUEPort
+		}
+	}
+	return img, nil
+}
+
+// plan writes the maps back to the image under cfg, the running
+// configuration, which gives what a routing state does not change: the
+// next-hop TTL, the decap sources (and so every endpoint's SourcesOnly,
+// which the apply that kept the endpoints wrote from them) and the probe
+// echo.
+func (img *keptImage) plan(cfg *Config) *applyPlan {
+	p := &applyPlan{cfg: cfg, ports: img.decap, probePort: echoPort(cfg)}
+	if o := img.router; o != nil {
+		c := &Compiled{DefaultRegion: o.Settings.DefaultRegion, Prefixes: o.Prefixes, Mirrors: o.Mirrors, VIPs: o.VIPs,
+			Routes: make(map[pmaps.RouteKey]map[pmaps.MirrorID]uint32, len(o.Shares)), Tables: img.tables}
+		for k, shares := range o.Shares {
+			w := make(map[pmaps.MirrorID]uint32, len(shares))
+			for id, n := range shares {
+				w[id] = uint32(n)
+			}
+			c.Routes[k] = w
+		}
+		p.compiled, p.settings = c, o.Settings
+	}
+	return p
 }
 
 // keptVersion is the version (healthz, edge_desired_state_info) while the

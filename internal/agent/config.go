@@ -662,6 +662,12 @@ type Compiled struct {
 	Mirrors       map[maps.MirrorID]maps.Mirror
 	VIPs          map[maps.VIP]maps.VIPOptions
 	Routes        map[maps.RouteKey]map[maps.MirrorID]uint32
+	// Tables, when it has a route of Routes, is that route's table to
+	// write slot for slot instead of building one from the weights
+	// (which give its shares): a restore puts back the tables a previous
+	// agent left, and chash.Build's layout depends on the table it starts
+	// from, so the weights alone would move flows. Compile sets none.
+	Tables map[maps.RouteKey][]uint32
 	// Names for metrics and inspect.
 	RegionNames   map[maps.RegionID]string
 	MirrorNames   map[maps.MirrorID]string

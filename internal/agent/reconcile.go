@@ -20,10 +20,12 @@ type Changes struct {
 }
 
 // Observed is what the router's maps hold, as far as reconciliation is
-// concerned. ReadObserved reads it from the maps (at start, and after a
-// failed write); after a successful Reconcile the agent keeps the
-// Observed it just wrote, so a new version costs no map reads — with 1M
-// client prefixes, reading the LPM tries back would take seconds.
+// concerned. ReadObserved reads it from the maps (at start, after a
+// failed write, and before the first routing state after keepRouting,
+// which a failure puts back: keptImage); after a successful Reconcile the
+// agent keeps the Observed it just wrote, so a new version costs no map
+// reads — with 1M client prefixes, reading the LPM tries back would take
+// seconds.
 type Observed struct {
 	Settings pmaps.Settings
 	Mirrors  map[pmaps.MirrorID]pmaps.Mirror
@@ -59,9 +61,22 @@ func observedAfter(want *Compiled, settings pmaps.Settings, slots int) *Observed
 	o := &Observed{Settings: settings, Mirrors: want.Mirrors, Prefixes: want.Prefixes, VIPs: want.VIPs,
 		Shares: make(map[pmaps.RouteKey]map[pmaps.MirrorID]int, len(want.Routes))}
 	for k, w := range want.Routes {
+		if t, ok := want.Tables[k]; ok {
+			o.Shares[k] = tableShares(t)
+			continue
+		}
 		o.Shares[k] = quotaShares(w, slots)
 	}
 	return o
+}
+
+// tableShares is the slot count per mirror of a table.
+func tableShares(t []uint32) map[pmaps.MirrorID]int {
+	out := map[pmaps.MirrorID]int{}
+	for id, n := range chash.Counts(t) {
+		out[pmaps.MirrorID(id)] = n
+	}
+	return out
 }
 
 // Reconcile makes the router's maps hold exactly the compiled state,
@@ -72,7 +87,8 @@ func observedAfter(want *Compiled, settings pmaps.Settings, slots int) *Observed
 // before the client prefixes and default region that lead to them,
 // prefixes moved or removed before the routes of the regions they left
 // are deleted, stale routes and VIPs before the mirrors they referenced.
-// On success it returns what the maps now hold.
+// A route of want.Tables gets that table slot for slot. On success it
+// returns what the maps now hold.
 func Reconcile(r *pmaps.Router, want *Compiled, settings pmaps.Settings, have *Observed) (Changes, *Observed, error) {
 	var ch Changes
 	if have == nil {
@@ -135,7 +151,22 @@ func Reconcile(r *pmaps.Router, want *Compiled, settings pmaps.Settings, have *O
 		}
 	}
 	slots := lim.TableSlots
+	var tables map[pmaps.RouteKey][]uint32
+	if len(want.Tables) > 0 {
+		tables = r.RouteTables()
+	}
 	for k, w := range want.Routes {
+		if t, ok := want.Tables[k]; ok {
+			// Slot for slot: equal shares can hide moved slots.
+			if sameSlots(tables[k], t) {
+				continue
+			}
+			if err := r.SetRouteSlots(k.Resource, k.Region, t); err != nil {
+				return ch, nil, err
+			}
+			ch.Written++
+			continue
+		}
 		if got, ok := have.Shares[k]; ok && maps.Equal(got, quotaShares(w, slots)) {
 			continue
 		}
@@ -205,6 +236,16 @@ func deleteStale[K comparable, A, B any](have map[K]A, want map[K]B, del func(K)
 		}
 	}
 	return nil
+}
+
+// sameSlots compares two route tables; one read from the router and
+// not written since is the same slice (Router.RouteTables), which spares
+// comparing 16K slots per route.
+func sameSlots(a, b []uint32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	return len(a) == 0 || &a[0] == &b[0] || slices.Equal(a, b)
 }
 
 // unionLen counts the keys of a and b (those for which keep holds, every

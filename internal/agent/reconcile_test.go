@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -296,5 +297,54 @@ resources:
 	}
 	if ch.Written+ch.Deleted != 0 {
 		t.Fatalf("second reconcile of the same state wrote %+v, want nothing", ch)
+	}
+}
+
+// TestReconcileWritesTablesSlotForSlot: a route given a table
+// (Compiled.Tables, a restore) gets it slot for slot, even when its shares
+// equal what the map holds (the slots may sit elsewhere: the flows would
+// move), and once it holds it, nothing is written again.
+func TestReconcileWritesTablesSlotForSlot(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root")
+	}
+	cfg := pmaps.DefaultConfig()
+	cfg.MaxSessions, cfg.MaxAffinity, cfg.MaxRoutes, cfg.MaxTables = 1<<10, 1<<10, 1<<10, 16
+	cfg.TableSlots, cfg.MaxMirrors, cfg.MaxCounters, cfg.MaxFragments = 64, 16, 1<<10, 64
+	r, err := pmaps.LoadRouter(cfg, pmaps.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	s := DesiredState{
+		Mirrors: []Mirror{{Name: "m1", ID: 1, Address: "10.99.0.10"}, {Name: "m2", ID: 2, Address: "10.99.0.11"}},
+		Resources: []Resource{{Name: "web", ID: 7, VIPs: []string{"192.0.2.1:80/tcp"},
+			Routes: map[string]map[string]uint32{"*": {"m1": 3, "m2": 1}}}},
+	}
+	want, err := s.Compile(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, have, err := Reconcile(r, want, pmaps.Settings{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := pmaps.RouteKey{Resource: 7}
+	built := r.RouteSlots(k.Resource, k.Region)
+	table := slices.Clone(built)
+	slices.Reverse(table) // the same shares, other slots
+	want.Tables = map[pmaps.RouteKey][]uint32{k: table}
+	ch, have, err := Reconcile(r, want, pmaps.Settings{}, have)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.RouteSlots(k.Resource, k.Region); ch.Written != 1 || !slices.Equal(got, table) {
+		t.Fatalf("wrote %+v; the route holds %v, want %v", ch, got, table)
+	}
+	if got := have.Shares[k]; got[1] != 48 || got[2] != 16 {
+		t.Fatalf("observed shares %v after the table, want 48 and 16", got)
+	}
+	if ch, _, err := Reconcile(r, want, pmaps.Settings{}, have); err != nil || ch.Written+ch.Deleted != 0 {
+		t.Fatalf("reconciling again wrote %+v (%v), want nothing", ch, err)
 	}
 }
