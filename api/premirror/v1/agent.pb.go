@@ -236,6 +236,7 @@ type ControllerMessage struct {
 	//
 	//	*ControllerMessage_Registered
 	//	*ControllerMessage_State
+	//	*ControllerMessage_Durable
 	Msg           isControllerMessage_Msg `protobuf_oneof:"msg"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -296,6 +297,15 @@ func (x *ControllerMessage) GetState() *DesiredState {
 	return nil
 }
 
+func (x *ControllerMessage) GetDurable() *ReportsDurable {
+	if x != nil {
+		if x, ok := x.Msg.(*ControllerMessage_Durable); ok {
+			return x.Durable
+		}
+	}
+	return nil
+}
+
 type isControllerMessage_Msg interface {
 	isControllerMessage_Msg()
 }
@@ -308,9 +318,18 @@ type ControllerMessage_State struct {
 	State *DesiredState `protobuf:"bytes,2,opt,name=state,proto3,oneof"`
 }
 
+type ControllerMessage_Durable struct {
+	// The access counts of the run's reports through a sequence number
+	// are written (an agent that numbers its reports stops keeping
+	// them); sent after each write of the session's counts.
+	Durable *ReportsDurable `protobuf:"bytes,3,opt,name=durable,proto3,oneof"`
+}
+
 func (*ControllerMessage_Registered) isControllerMessage_Msg() {}
 
 func (*ControllerMessage_State) isControllerMessage_Msg() {}
+
+func (*ControllerMessage_Durable) isControllerMessage_Msg() {}
 
 // Register opens a session.
 type Register struct {
@@ -339,7 +358,13 @@ type Register struct {
 	// region through this node's mirrors while an edge of the region has
 	// an outer source outside them: the decap would drop its packets, and
 	// the edge's probes, not being tunnel packets, cannot tell.
-	DecapSources  []string `protobuf:"bytes,8,rep,name=decap_sources,json=decapSources,proto3" json:"decap_sources,omitempty"`
+	DecapSources []string `protobuf:"bytes,8,rep,name=decap_sources,json=decapSources,proto3" json:"decap_sources,omitempty"`
+	// Identity of this agent process's reports: random, non-zero, the same
+	// on every session of the process. With Report.seq it lets the
+	// controller count each report's access counts once across reconnects
+	// and replica changes. 0: the agent does not number its reports (its
+	// counts are taken as they come, and none is confirmed).
+	RunId         uint64 `protobuf:"varint,9,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -430,6 +455,13 @@ func (x *Register) GetDecapSources() []string {
 	return nil
 }
 
+func (x *Register) GetRunId() uint64 {
+	if x != nil {
+		return x.RunId
+	}
+	return 0
+}
+
 // Registered accepts a session.
 type Registered struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -439,8 +471,15 @@ type Registered struct {
 	ReportIntervalMs uint32 `protobuf:"varint,2,opt,name=report_interval_ms,json=reportIntervalMs,proto3" json:"report_interval_ms,omitempty"`
 	// Current desired-state version (sent next).
 	CurrentVersion uint64 `protobuf:"varint,3,opt,name=current_version,json=currentVersion,proto3" json:"current_version,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Set when the replica confirms the access counts of numbered reports
+	// (run_id set in Register, forecasting on): the reports of the run
+	// whose counts earlier sessions wrote. The agent sends the reports it
+	// keeps above through_seq again, then new ones, and expects
+	// ReportsDurable. Unset: none will be confirmed (an older controller);
+	// the agent sends no report twice.
+	Durable       *ReportsDurable `protobuf:"bytes,4,opt,name=durable,proto3" json:"durable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Registered) Reset() {
@@ -494,6 +533,69 @@ func (x *Registered) GetCurrentVersion() uint64 {
 	return 0
 }
 
+func (x *Registered) GetDurable() *ReportsDurable {
+	if x != nil {
+		return x.Durable
+	}
+	return nil
+}
+
+// ReportsDurable says the access counts of an agent run's reports are in
+// etcd (counted for the forecaster) up to a sequence number.
+type ReportsDurable struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent's Register.run_id.
+	RunId uint64 `protobuf:"varint,1,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// Every report of the run numbered up to it (0: none yet).
+	ThroughSeq    uint64 `protobuf:"varint,2,opt,name=through_seq,json=throughSeq,proto3" json:"through_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportsDurable) Reset() {
+	*x = ReportsDurable{}
+	mi := &file_premirror_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportsDurable) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportsDurable) ProtoMessage() {}
+
+func (x *ReportsDurable) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportsDurable.ProtoReflect.Descriptor instead.
+func (*ReportsDurable) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ReportsDurable) GetRunId() uint64 {
+	if x != nil {
+		return x.RunId
+	}
+	return 0
+}
+
+func (x *ReportsDurable) GetThroughSeq() uint64 {
+	if x != nil {
+		return x.ThroughSeq
+	}
+	return 0
+}
+
 // Ack reports the outcome of applying one version.
 type Ack struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
@@ -507,7 +609,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[4]
+	mi := &file_premirror_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -519,7 +621,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[4]
+	mi := &file_premirror_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -532,7 +634,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Ack) GetVersion() uint64 {
@@ -567,14 +669,24 @@ type Report struct {
 	// interface's addresses.
 	OuterSources []string `protobuf:"bytes,7,rep,name=outer_sources,json=outerSources,proto3" json:"outer_sources,omitempty"`
 	// As in Register, current (a reload may change them).
-	DecapSources  []string `protobuf:"bytes,8,rep,name=decap_sources,json=decapSources,proto3" json:"decap_sources,omitempty"`
+	DecapSources []string `protobuf:"bytes,8,rep,name=decap_sources,json=decapSources,proto3" json:"decap_sources,omitempty"`
+	// Number of the report within the agent's run (Register.run_id): 1, 2,
+	// … in the order sent; 0 when the run is unnumbered. A replica counts
+	// the access of a run's report once: one numbered at or below what
+	// the run's sessions have counted is skipped.
+	Seq uint64 `protobuf:"varint,9,opt,name=seq,proto3" json:"seq,omitempty"`
+	// A report sent again on a new session because no replica confirmed
+	// its access counts (ReportsDurable): it carries only its interval, its
+	// number and its access counts (new flows per resource and region);
+	// the replica takes nothing else from it.
+	Resend        bool `protobuf:"varint,10,opt,name=resend,proto3" json:"resend,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Report) Reset() {
 	*x = Report{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[5]
+	mi := &file_premirror_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -586,7 +698,7 @@ func (x *Report) String() string {
 func (*Report) ProtoMessage() {}
 
 func (x *Report) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[5]
+	mi := &file_premirror_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -599,7 +711,7 @@ func (x *Report) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Report.ProtoReflect.Descriptor instead.
 func (*Report) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Report) GetStartUnixNano() int64 {
@@ -658,6 +770,20 @@ func (x *Report) GetDecapSources() []string {
 	return nil
 }
 
+func (x *Report) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *Report) GetResend() bool {
+	if x != nil {
+		return x.Resend
+	}
+	return false
+}
+
 // AccessCount is the traffic of one (resource, region, mirror) in one
 // interval.
 type AccessCount struct {
@@ -674,7 +800,7 @@ type AccessCount struct {
 
 func (x *AccessCount) Reset() {
 	*x = AccessCount{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[6]
+	mi := &file_premirror_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +812,7 @@ func (x *AccessCount) String() string {
 func (*AccessCount) ProtoMessage() {}
 
 func (x *AccessCount) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[6]
+	mi := &file_premirror_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,7 +825,7 @@ func (x *AccessCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessCount.ProtoReflect.Descriptor instead.
 func (*AccessCount) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AccessCount) GetResourceId() uint32 {
@@ -774,7 +900,7 @@ type ProbeResult struct {
 
 func (x *ProbeResult) Reset() {
 	*x = ProbeResult{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[7]
+	mi := &file_premirror_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +912,7 @@ func (x *ProbeResult) String() string {
 func (*ProbeResult) ProtoMessage() {}
 
 func (x *ProbeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[7]
+	mi := &file_premirror_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +925,7 @@ func (x *ProbeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeResult.ProtoReflect.Descriptor instead.
 func (*ProbeResult) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ProbeResult) GetMirror() string {
@@ -891,7 +1017,7 @@ type NodeStats struct {
 
 func (x *NodeStats) Reset() {
 	*x = NodeStats{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[8]
+	mi := &file_premirror_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -903,7 +1029,7 @@ func (x *NodeStats) String() string {
 func (*NodeStats) ProtoMessage() {}
 
 func (x *NodeStats) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[8]
+	mi := &file_premirror_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -916,7 +1042,7 @@ func (x *NodeStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStats.ProtoReflect.Descriptor instead.
 func (*NodeStats) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *NodeStats) GetCpuUtilization() float64 {
@@ -962,7 +1088,7 @@ type MirrorHealth struct {
 
 func (x *MirrorHealth) Reset() {
 	*x = MirrorHealth{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[9]
+	mi := &file_premirror_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -974,7 +1100,7 @@ func (x *MirrorHealth) String() string {
 func (*MirrorHealth) ProtoMessage() {}
 
 func (x *MirrorHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[9]
+	mi := &file_premirror_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -987,7 +1113,7 @@ func (x *MirrorHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorHealth.ProtoReflect.Descriptor instead.
 func (*MirrorHealth) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *MirrorHealth) GetMirror() string {
@@ -1062,7 +1188,7 @@ type ReplicaBacklog struct {
 
 func (x *ReplicaBacklog) Reset() {
 	*x = ReplicaBacklog{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[10]
+	mi := &file_premirror_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1074,7 +1200,7 @@ func (x *ReplicaBacklog) String() string {
 func (*ReplicaBacklog) ProtoMessage() {}
 
 func (x *ReplicaBacklog) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[10]
+	mi := &file_premirror_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1087,7 +1213,7 @@ func (x *ReplicaBacklog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaBacklog.ProtoReflect.Descriptor instead.
 func (*ReplicaBacklog) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReplicaBacklog) GetResource() string {
@@ -1125,7 +1251,7 @@ type ReplicaSync struct {
 
 func (x *ReplicaSync) Reset() {
 	*x = ReplicaSync{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[11]
+	mi := &file_premirror_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1137,7 +1263,7 @@ func (x *ReplicaSync) String() string {
 func (*ReplicaSync) ProtoMessage() {}
 
 func (x *ReplicaSync) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[11]
+	mi := &file_premirror_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1150,7 +1276,7 @@ func (x *ReplicaSync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaSync.ProtoReflect.Descriptor instead.
 func (*ReplicaSync) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReplicaSync) GetResource() string {
@@ -1183,13 +1309,14 @@ const file_premirror_v1_agent_proto_rawDesc = "" +
 	"\bregister\x18\x01 \x01(\v2\x16.premirror.v1.RegisterH\x00R\bregister\x12%\n" +
 	"\x03ack\x18\x02 \x01(\v2\x11.premirror.v1.AckH\x00R\x03ack\x12.\n" +
 	"\x06report\x18\x03 \x01(\v2\x14.premirror.v1.ReportH\x00R\x06reportB\x05\n" +
-	"\x03msg\"\x8a\x01\n" +
+	"\x03msg\"\xc4\x01\n" +
 	"\x11ControllerMessage\x12:\n" +
 	"\n" +
 	"registered\x18\x01 \x01(\v2\x18.premirror.v1.RegisteredH\x00R\n" +
 	"registered\x122\n" +
-	"\x05state\x18\x02 \x01(\v2\x1a.premirror.v1.DesiredStateH\x00R\x05stateB\x05\n" +
-	"\x03msg\"\x94\x02\n" +
+	"\x05state\x18\x02 \x01(\v2\x1a.premirror.v1.DesiredStateH\x00R\x05state\x128\n" +
+	"\adurable\x18\x03 \x01(\v2\x1c.premirror.v1.ReportsDurableH\x00R\adurableB\x05\n" +
+	"\x03msg\"\xab\x02\n" +
 	"\bRegister\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12*\n" +
@@ -1198,17 +1325,23 @@ const file_premirror_v1_agent_proto_rawDesc = "" +
 	"\x0fapplied_version\x18\x05 \x01(\x04R\x0eappliedVersion\x12#\n" +
 	"\ragent_version\x18\x06 \x01(\tR\fagentVersion\x12#\n" +
 	"\router_sources\x18\a \x03(\tR\fouterSources\x12#\n" +
-	"\rdecap_sources\x18\b \x03(\tR\fdecapSources\"\x83\x01\n" +
+	"\rdecap_sources\x18\b \x03(\tR\fdecapSources\x12\x15\n" +
+	"\x06run_id\x18\t \x01(\x04R\x05runId\"\xbb\x01\n" +
 	"\n" +
 	"Registered\x12\x1e\n" +
 	"\n" +
 	"controller\x18\x01 \x01(\tR\n" +
 	"controller\x12,\n" +
 	"\x12report_interval_ms\x18\x02 \x01(\rR\x10reportIntervalMs\x12'\n" +
-	"\x0fcurrent_version\x18\x03 \x01(\x04R\x0ecurrentVersion\"5\n" +
+	"\x0fcurrent_version\x18\x03 \x01(\x04R\x0ecurrentVersion\x126\n" +
+	"\adurable\x18\x04 \x01(\v2\x1c.premirror.v1.ReportsDurableR\adurable\"H\n" +
+	"\x0eReportsDurable\x12\x15\n" +
+	"\x06run_id\x18\x01 \x01(\x04R\x05runId\x12\x1f\n" +
+	"\vthrough_seq\x18\x02 \x01(\x04R\n" +
+	"throughSeq\"5\n" +
 	"\x03Ack\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x14\n" +
-	"\x05error\x18\x02 \x01(\tR\x05error\"\xe7\x02\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\"\x91\x03\n" +
 	"\x06Report\x12&\n" +
 	"\x0fstart_unix_nano\x18\x01 \x01(\x03R\rstartUnixNano\x12\"\n" +
 	"\rend_unix_nano\x18\x02 \x01(\x03R\vendUnixNano\x121\n" +
@@ -1217,7 +1350,10 @@ const file_premirror_v1_agent_proto_rawDesc = "" +
 	"\x04node\x18\x05 \x01(\v2\x17.premirror.v1.NodeStatsR\x04node\x124\n" +
 	"\amirrors\x18\x06 \x03(\v2\x1a.premirror.v1.MirrorHealthR\amirrors\x12#\n" +
 	"\router_sources\x18\a \x03(\tR\fouterSources\x12#\n" +
-	"\rdecap_sources\x18\b \x03(\tR\fdecapSources\"\xb5\x01\n" +
+	"\rdecap_sources\x18\b \x03(\tR\fdecapSources\x12\x10\n" +
+	"\x03seq\x18\t \x01(\x04R\x03seq\x12\x16\n" +
+	"\x06resend\x18\n" +
+	" \x01(\bR\x06resend\"\xb5\x01\n" +
 	"\vAccessCount\x12\x1f\n" +
 	"\vresource_id\x18\x01 \x01(\rR\n" +
 	"resourceId\x12\x1b\n" +
@@ -1285,7 +1421,7 @@ func file_premirror_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_premirror_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_premirror_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_premirror_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_premirror_v1_agent_proto_goTypes = []any{
 	(NodeRole)(0),             // 0: premirror.v1.NodeRole
 	(Health)(0),               // 1: premirror.v1.Health
@@ -1293,38 +1429,41 @@ var file_premirror_v1_agent_proto_goTypes = []any{
 	(*ControllerMessage)(nil), // 3: premirror.v1.ControllerMessage
 	(*Register)(nil),          // 4: premirror.v1.Register
 	(*Registered)(nil),        // 5: premirror.v1.Registered
-	(*Ack)(nil),               // 6: premirror.v1.Ack
-	(*Report)(nil),            // 7: premirror.v1.Report
-	(*AccessCount)(nil),       // 8: premirror.v1.AccessCount
-	(*ProbeResult)(nil),       // 9: premirror.v1.ProbeResult
-	(*NodeStats)(nil),         // 10: premirror.v1.NodeStats
-	(*MirrorHealth)(nil),      // 11: premirror.v1.MirrorHealth
-	(*ReplicaBacklog)(nil),    // 12: premirror.v1.ReplicaBacklog
-	(*ReplicaSync)(nil),       // 13: premirror.v1.ReplicaSync
-	(*DesiredState)(nil),      // 14: premirror.v1.DesiredState
+	(*ReportsDurable)(nil),    // 6: premirror.v1.ReportsDurable
+	(*Ack)(nil),               // 7: premirror.v1.Ack
+	(*Report)(nil),            // 8: premirror.v1.Report
+	(*AccessCount)(nil),       // 9: premirror.v1.AccessCount
+	(*ProbeResult)(nil),       // 10: premirror.v1.ProbeResult
+	(*NodeStats)(nil),         // 11: premirror.v1.NodeStats
+	(*MirrorHealth)(nil),      // 12: premirror.v1.MirrorHealth
+	(*ReplicaBacklog)(nil),    // 13: premirror.v1.ReplicaBacklog
+	(*ReplicaSync)(nil),       // 14: premirror.v1.ReplicaSync
+	(*DesiredState)(nil),      // 15: premirror.v1.DesiredState
 }
 var file_premirror_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: premirror.v1.AgentMessage.register:type_name -> premirror.v1.Register
-	6,  // 1: premirror.v1.AgentMessage.ack:type_name -> premirror.v1.Ack
-	7,  // 2: premirror.v1.AgentMessage.report:type_name -> premirror.v1.Report
+	7,  // 1: premirror.v1.AgentMessage.ack:type_name -> premirror.v1.Ack
+	8,  // 2: premirror.v1.AgentMessage.report:type_name -> premirror.v1.Report
 	5,  // 3: premirror.v1.ControllerMessage.registered:type_name -> premirror.v1.Registered
-	14, // 4: premirror.v1.ControllerMessage.state:type_name -> premirror.v1.DesiredState
-	0,  // 5: premirror.v1.Register.role:type_name -> premirror.v1.NodeRole
-	8,  // 6: premirror.v1.Report.access:type_name -> premirror.v1.AccessCount
-	9,  // 7: premirror.v1.Report.probes:type_name -> premirror.v1.ProbeResult
-	10, // 8: premirror.v1.Report.node:type_name -> premirror.v1.NodeStats
-	11, // 9: premirror.v1.Report.mirrors:type_name -> premirror.v1.MirrorHealth
-	1,  // 10: premirror.v1.ProbeResult.health:type_name -> premirror.v1.Health
-	1,  // 11: premirror.v1.MirrorHealth.health:type_name -> premirror.v1.Health
-	13, // 12: premirror.v1.MirrorHealth.replicas:type_name -> premirror.v1.ReplicaSync
-	12, // 13: premirror.v1.MirrorHealth.backlogs:type_name -> premirror.v1.ReplicaBacklog
-	2,  // 14: premirror.v1.AgentSession.Session:input_type -> premirror.v1.AgentMessage
-	3,  // 15: premirror.v1.AgentSession.Session:output_type -> premirror.v1.ControllerMessage
-	15, // [15:16] is the sub-list for method output_type
-	14, // [14:15] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	15, // 4: premirror.v1.ControllerMessage.state:type_name -> premirror.v1.DesiredState
+	6,  // 5: premirror.v1.ControllerMessage.durable:type_name -> premirror.v1.ReportsDurable
+	0,  // 6: premirror.v1.Register.role:type_name -> premirror.v1.NodeRole
+	6,  // 7: premirror.v1.Registered.durable:type_name -> premirror.v1.ReportsDurable
+	9,  // 8: premirror.v1.Report.access:type_name -> premirror.v1.AccessCount
+	10, // 9: premirror.v1.Report.probes:type_name -> premirror.v1.ProbeResult
+	11, // 10: premirror.v1.Report.node:type_name -> premirror.v1.NodeStats
+	12, // 11: premirror.v1.Report.mirrors:type_name -> premirror.v1.MirrorHealth
+	1,  // 12: premirror.v1.ProbeResult.health:type_name -> premirror.v1.Health
+	1,  // 13: premirror.v1.MirrorHealth.health:type_name -> premirror.v1.Health
+	14, // 14: premirror.v1.MirrorHealth.replicas:type_name -> premirror.v1.ReplicaSync
+	13, // 15: premirror.v1.MirrorHealth.backlogs:type_name -> premirror.v1.ReplicaBacklog
+	2,  // 16: premirror.v1.AgentSession.Session:input_type -> premirror.v1.AgentMessage
+	3,  // 17: premirror.v1.AgentSession.Session:output_type -> premirror.v1.ControllerMessage
+	17, // [17:18] is the sub-list for method output_type
+	16, // [16:17] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_premirror_v1_agent_proto_init() }
@@ -1341,6 +1480,7 @@ func file_premirror_v1_agent_proto_init() {
 	file_premirror_v1_agent_proto_msgTypes[1].OneofWrappers = []any{
 		(*ControllerMessage_Registered)(nil),
 		(*ControllerMessage_State)(nil),
+		(*ControllerMessage_Durable)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1348,7 +1488,7 @@ func file_premirror_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_premirror_v1_agent_proto_rawDesc), len(file_premirror_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

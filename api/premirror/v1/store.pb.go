@@ -485,8 +485,14 @@ type AccessAggregate struct {
 	StepSeconds       uint32         `protobuf:"varint,6,opt,name=step_seconds,json=stepSeconds,proto3" json:"step_seconds,omitempty"`
 	Flows             []*AccessFlows `protobuf:"bytes,7,rep,name=flows,proto3" json:"flows,omitempty"`
 	WrittenUnixNano   int64          `protobuf:"varint,8,opt,name=written_unix_nano,json=writtenUnixNano,proto3" json:"written_unix_nano,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// The agent's run (Register.run_id) and the last of its reports the
+	// session had counted when this was written (0, 0: an agent that does
+	// not number its reports). For diagnosis: the sessions' progress is
+	// AccessRun's, which outlives the buckets the leader deletes.
+	RunId         uint64 `protobuf:"varint,9,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	ThroughSeq    uint64 `protobuf:"varint,10,opt,name=through_seq,json=throughSeq,proto3" json:"through_seq,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AccessAggregate) Reset() {
@@ -575,6 +581,115 @@ func (x *AccessAggregate) GetWrittenUnixNano() int64 {
 	return 0
 }
 
+func (x *AccessAggregate) GetRunId() uint64 {
+	if x != nil {
+		return x.RunId
+	}
+	return 0
+}
+
+func (x *AccessAggregate) GetThroughSeq() uint64 {
+	if x != nil {
+		return x.ThroughSeq
+	}
+	return 0
+}
+
+// AccessRun is how far the sessions of one agent run have written its
+// reports' access counts, and which session may write them now: the
+// session that registers takes it over (reads it and writes its own in
+// one compare-and-swap), and every write of a session's aggregates is a
+// transaction conditioned on this record being still its own. So once a
+// new session has read through_seq, no older session of the run can add
+// to the counts; the agent sends the reports above it again. Leased like
+// the aggregates (Retention after the bucket of its last write).
+type AccessRun struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  string                 `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	RunId uint64                 `protobuf:"varint,2,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// The session that owns the record (as in AccessAggregate).
+	Controller        string `protobuf:"bytes,3,opt,name=controller,proto3" json:"controller,omitempty"`
+	ConnectedUnixNano int64  `protobuf:"varint,4,opt,name=connected_unix_nano,json=connectedUnixNano,proto3" json:"connected_unix_nano,omitempty"`
+	// Every report of the run numbered up to it is in the aggregates (or
+	// had no new flows to write).
+	ThroughSeq      uint64 `protobuf:"varint,5,opt,name=through_seq,json=throughSeq,proto3" json:"through_seq,omitempty"`
+	WrittenUnixNano int64  `protobuf:"varint,6,opt,name=written_unix_nano,json=writtenUnixNano,proto3" json:"written_unix_nano,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *AccessRun) Reset() {
+	*x = AccessRun{}
+	mi := &file_premirror_v1_store_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessRun) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessRun) ProtoMessage() {}
+
+func (x *AccessRun) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_store_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessRun.ProtoReflect.Descriptor instead.
+func (*AccessRun) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_store_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *AccessRun) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *AccessRun) GetRunId() uint64 {
+	if x != nil {
+		return x.RunId
+	}
+	return 0
+}
+
+func (x *AccessRun) GetController() string {
+	if x != nil {
+		return x.Controller
+	}
+	return ""
+}
+
+func (x *AccessRun) GetConnectedUnixNano() int64 {
+	if x != nil {
+		return x.ConnectedUnixNano
+	}
+	return 0
+}
+
+func (x *AccessRun) GetThroughSeq() uint64 {
+	if x != nil {
+		return x.ThroughSeq
+	}
+	return 0
+}
+
+func (x *AccessRun) GetWrittenUnixNano() int64 {
+	if x != nil {
+		return x.WrittenUnixNano
+	}
+	return 0
+}
+
 // AccessFlows is one (resource, client region) of an aggregate.
 type AccessFlows struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -587,7 +702,7 @@ type AccessFlows struct {
 
 func (x *AccessFlows) Reset() {
 	*x = AccessFlows{}
-	mi := &file_premirror_v1_store_proto_msgTypes[7]
+	mi := &file_premirror_v1_store_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -599,7 +714,7 @@ func (x *AccessFlows) String() string {
 func (*AccessFlows) ProtoMessage() {}
 
 func (x *AccessFlows) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_store_proto_msgTypes[7]
+	mi := &file_premirror_v1_store_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -612,7 +727,7 @@ func (x *AccessFlows) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessFlows.ProtoReflect.Descriptor instead.
 func (*AccessFlows) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_store_proto_rawDescGZIP(), []int{7}
+	return file_premirror_v1_store_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AccessFlows) GetResourceId() uint32 {
@@ -655,7 +770,7 @@ type ForecastManifest struct {
 
 func (x *ForecastManifest) Reset() {
 	*x = ForecastManifest{}
-	mi := &file_premirror_v1_store_proto_msgTypes[8]
+	mi := &file_premirror_v1_store_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -667,7 +782,7 @@ func (x *ForecastManifest) String() string {
 func (*ForecastManifest) ProtoMessage() {}
 
 func (x *ForecastManifest) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_store_proto_msgTypes[8]
+	mi := &file_premirror_v1_store_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -680,7 +795,7 @@ func (x *ForecastManifest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForecastManifest.ProtoReflect.Descriptor instead.
 func (*ForecastManifest) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_store_proto_rawDescGZIP(), []int{8}
+	return file_premirror_v1_store_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ForecastManifest) GetGeneration() uint64 {
@@ -758,7 +873,7 @@ type ForecastCheckpoint struct {
 
 func (x *ForecastCheckpoint) Reset() {
 	*x = ForecastCheckpoint{}
-	mi := &file_premirror_v1_store_proto_msgTypes[9]
+	mi := &file_premirror_v1_store_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +885,7 @@ func (x *ForecastCheckpoint) String() string {
 func (*ForecastCheckpoint) ProtoMessage() {}
 
 func (x *ForecastCheckpoint) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_store_proto_msgTypes[9]
+	mi := &file_premirror_v1_store_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +898,7 @@ func (x *ForecastCheckpoint) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForecastCheckpoint.ProtoReflect.Descriptor instead.
 func (*ForecastCheckpoint) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_store_proto_rawDescGZIP(), []int{9}
+	return file_premirror_v1_store_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ForecastCheckpoint) GetEngine() []byte {
@@ -847,7 +962,7 @@ type SeriesHistory struct {
 
 func (x *SeriesHistory) Reset() {
 	*x = SeriesHistory{}
-	mi := &file_premirror_v1_store_proto_msgTypes[10]
+	mi := &file_premirror_v1_store_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -859,7 +974,7 @@ func (x *SeriesHistory) String() string {
 func (*SeriesHistory) ProtoMessage() {}
 
 func (x *SeriesHistory) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_store_proto_msgTypes[10]
+	mi := &file_premirror_v1_store_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -872,7 +987,7 @@ func (x *SeriesHistory) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SeriesHistory.ProtoReflect.Descriptor instead.
 func (*SeriesHistory) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_store_proto_rawDescGZIP(), []int{10}
+	return file_premirror_v1_store_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SeriesHistory) GetResource() string {
@@ -912,7 +1027,7 @@ type FeedRecord struct {
 
 func (x *FeedRecord) Reset() {
 	*x = FeedRecord{}
-	mi := &file_premirror_v1_store_proto_msgTypes[11]
+	mi := &file_premirror_v1_store_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -924,7 +1039,7 @@ func (x *FeedRecord) String() string {
 func (*FeedRecord) ProtoMessage() {}
 
 func (x *FeedRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_store_proto_msgTypes[11]
+	mi := &file_premirror_v1_store_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -937,7 +1052,7 @@ func (x *FeedRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FeedRecord.ProtoReflect.Descriptor instead.
 func (*FeedRecord) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_store_proto_rawDescGZIP(), []int{11}
+	return file_premirror_v1_store_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *FeedRecord) GetKind() FeedKind {
@@ -1018,7 +1133,7 @@ const file_premirror_v1_store_proto_rawDesc = "" +
 	"\vresource_id\x18\x01 \x01(\rR\n" +
 	"resourceId\x12\x1b\n" +
 	"\tregion_id\x18\x02 \x01(\rR\bregionId\x12(\n" +
-	"\x10flows_per_second\x18\x03 \x01(\x01R\x0eflowsPerSecond\"\xb5\x02\n" +
+	"\x10flows_per_second\x18\x03 \x01(\x01R\x0eflowsPerSecond\"\xed\x02\n" +
 	"\x0fAccessAggregate\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12\x1e\n" +
@@ -1029,7 +1144,21 @@ const file_premirror_v1_store_proto_rawDesc = "" +
 	"\x11bucket_start_unix\x18\x05 \x01(\x03R\x0fbucketStartUnix\x12!\n" +
 	"\fstep_seconds\x18\x06 \x01(\rR\vstepSeconds\x12/\n" +
 	"\x05flows\x18\a \x03(\v2\x19.premirror.v1.AccessFlowsR\x05flows\x12*\n" +
-	"\x11written_unix_nano\x18\b \x01(\x03R\x0fwrittenUnixNano\"h\n" +
+	"\x11written_unix_nano\x18\b \x01(\x03R\x0fwrittenUnixNano\x12\x15\n" +
+	"\x06run_id\x18\t \x01(\x04R\x05runId\x12\x1f\n" +
+	"\vthrough_seq\x18\n" +
+	" \x01(\x04R\n" +
+	"throughSeq\"\xd3\x01\n" +
+	"\tAccessRun\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x15\n" +
+	"\x06run_id\x18\x02 \x01(\x04R\x05runId\x12\x1e\n" +
+	"\n" +
+	"controller\x18\x03 \x01(\tR\n" +
+	"controller\x12.\n" +
+	"\x13connected_unix_nano\x18\x04 \x01(\x03R\x11connectedUnixNano\x12\x1f\n" +
+	"\vthrough_seq\x18\x05 \x01(\x04R\n" +
+	"throughSeq\x12*\n" +
+	"\x11written_unix_nano\x18\x06 \x01(\x03R\x0fwrittenUnixNano\"h\n" +
 	"\vAccessFlows\x12\x1f\n" +
 	"\vresource_id\x18\x01 \x01(\rR\n" +
 	"resourceId\x12\x1b\n" +
@@ -1079,7 +1208,7 @@ func file_premirror_v1_store_proto_rawDescGZIP() []byte {
 	return file_premirror_v1_store_proto_rawDescData
 }
 
-var file_premirror_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_premirror_v1_store_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_premirror_v1_store_proto_goTypes = []any{
 	(*DesiredRecord)(nil),      // 0: premirror.v1.DesiredRecord
 	(*RouteRecord)(nil),        // 1: premirror.v1.RouteRecord
@@ -1088,35 +1217,36 @@ var file_premirror_v1_store_proto_goTypes = []any{
 	(*LiveReport)(nil),         // 4: premirror.v1.LiveReport
 	(*DemandRate)(nil),         // 5: premirror.v1.DemandRate
 	(*AccessAggregate)(nil),    // 6: premirror.v1.AccessAggregate
-	(*AccessFlows)(nil),        // 7: premirror.v1.AccessFlows
-	(*ForecastManifest)(nil),   // 8: premirror.v1.ForecastManifest
-	(*ForecastCheckpoint)(nil), // 9: premirror.v1.ForecastCheckpoint
-	(*SeriesHistory)(nil),      // 10: premirror.v1.SeriesHistory
-	(*FeedRecord)(nil),         // 11: premirror.v1.FeedRecord
-	(*DesiredState)(nil),       // 12: premirror.v1.DesiredState
-	(*RouteSummary)(nil),       // 13: premirror.v1.RouteSummary
-	(*AgentStatus)(nil),        // 14: premirror.v1.AgentStatus
-	(NodeRole)(0),              // 15: premirror.v1.NodeRole
-	(*ProbeResult)(nil),        // 16: premirror.v1.ProbeResult
-	(*NodeStats)(nil),          // 17: premirror.v1.NodeStats
-	(*MirrorHealth)(nil),       // 18: premirror.v1.MirrorHealth
-	(*BucketObservation)(nil),  // 19: premirror.v1.BucketObservation
-	(FeedKind)(0),              // 20: premirror.v1.FeedKind
+	(*AccessRun)(nil),          // 7: premirror.v1.AccessRun
+	(*AccessFlows)(nil),        // 8: premirror.v1.AccessFlows
+	(*ForecastManifest)(nil),   // 9: premirror.v1.ForecastManifest
+	(*ForecastCheckpoint)(nil), // 10: premirror.v1.ForecastCheckpoint
+	(*SeriesHistory)(nil),      // 11: premirror.v1.SeriesHistory
+	(*FeedRecord)(nil),         // 12: premirror.v1.FeedRecord
+	(*DesiredState)(nil),       // 13: premirror.v1.DesiredState
+	(*RouteSummary)(nil),       // 14: premirror.v1.RouteSummary
+	(*AgentStatus)(nil),        // 15: premirror.v1.AgentStatus
+	(NodeRole)(0),              // 16: premirror.v1.NodeRole
+	(*ProbeResult)(nil),        // 17: premirror.v1.ProbeResult
+	(*NodeStats)(nil),          // 18: premirror.v1.NodeStats
+	(*MirrorHealth)(nil),       // 19: premirror.v1.MirrorHealth
+	(*BucketObservation)(nil),  // 20: premirror.v1.BucketObservation
+	(FeedKind)(0),              // 21: premirror.v1.FeedKind
 }
 var file_premirror_v1_store_proto_depIdxs = []int32{
-	12, // 0: premirror.v1.DesiredRecord.state:type_name -> premirror.v1.DesiredState
-	13, // 1: premirror.v1.DesiredRecord.summary:type_name -> premirror.v1.RouteSummary
+	13, // 0: premirror.v1.DesiredRecord.state:type_name -> premirror.v1.DesiredState
+	14, // 1: premirror.v1.DesiredRecord.summary:type_name -> premirror.v1.RouteSummary
 	2,  // 2: premirror.v1.RouteRecord.paths:type_name -> premirror.v1.HeldPath
-	14, // 3: premirror.v1.AgentRecord.status:type_name -> premirror.v1.AgentStatus
-	15, // 4: premirror.v1.LiveReport.role:type_name -> premirror.v1.NodeRole
-	16, // 5: premirror.v1.LiveReport.probes:type_name -> premirror.v1.ProbeResult
-	17, // 6: premirror.v1.LiveReport.node_stats:type_name -> premirror.v1.NodeStats
-	18, // 7: premirror.v1.LiveReport.mirrors:type_name -> premirror.v1.MirrorHealth
+	15, // 3: premirror.v1.AgentRecord.status:type_name -> premirror.v1.AgentStatus
+	16, // 4: premirror.v1.LiveReport.role:type_name -> premirror.v1.NodeRole
+	17, // 5: premirror.v1.LiveReport.probes:type_name -> premirror.v1.ProbeResult
+	18, // 6: premirror.v1.LiveReport.node_stats:type_name -> premirror.v1.NodeStats
+	19, // 7: premirror.v1.LiveReport.mirrors:type_name -> premirror.v1.MirrorHealth
 	5,  // 8: premirror.v1.LiveReport.demand:type_name -> premirror.v1.DemandRate
-	7,  // 9: premirror.v1.AccessAggregate.flows:type_name -> premirror.v1.AccessFlows
-	10, // 10: premirror.v1.ForecastCheckpoint.history:type_name -> premirror.v1.SeriesHistory
-	19, // 11: premirror.v1.SeriesHistory.buckets:type_name -> premirror.v1.BucketObservation
-	20, // 12: premirror.v1.FeedRecord.kind:type_name -> premirror.v1.FeedKind
+	8,  // 9: premirror.v1.AccessAggregate.flows:type_name -> premirror.v1.AccessFlows
+	11, // 10: premirror.v1.ForecastCheckpoint.history:type_name -> premirror.v1.SeriesHistory
+	20, // 11: premirror.v1.SeriesHistory.buckets:type_name -> premirror.v1.BucketObservation
+	21, // 12: premirror.v1.FeedRecord.kind:type_name -> premirror.v1.FeedKind
 	13, // [13:13] is the sub-list for method output_type
 	13, // [13:13] is the sub-list for method input_type
 	13, // [13:13] is the sub-list for extension type_name
@@ -1132,14 +1262,14 @@ func file_premirror_v1_store_proto_init() {
 	file_premirror_v1_admin_proto_init()
 	file_premirror_v1_agent_proto_init()
 	file_premirror_v1_state_proto_init()
-	file_premirror_v1_store_proto_msgTypes[9].OneofWrappers = []any{}
+	file_premirror_v1_store_proto_msgTypes[10].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_premirror_v1_store_proto_rawDesc), len(file_premirror_v1_store_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   12,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
