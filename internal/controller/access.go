@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 )
@@ -23,12 +25,50 @@ import (
 // (accessKey) at most every FlushInterval, and once more when the bucket
 // is over. The leader reads a bucket's keys once the bucket ended more
 // than Grace ago and ingests their sum. So etcd sees a few writes per
-// agent and bucket whatever the report rate, a count reaches the engine
-// exactly once (every key is a cumulative total, read once; the engine's
-// own watermark drops a bucket it already closed), and a reconnecting
-// agent's sessions on different replicas add up. What a crashed replica
-// received since its last flush is lost (at most FlushInterval of one
-// agent's accesses); the engine learns such a bucket as lower demand.
+// agent and bucket whatever the report rate, a key's count reaches the
+// engine exactly once (every key is a cumulative total, read once; the
+// engine's own watermark drops a bucket it already closed), and a
+// reconnecting agent's sessions on different replicas add up.
+//
+// A report's counts reach the keys exactly once, across broken streams,
+// reconnects to another replica and replica crashes, for an agent that
+// numbers its reports (Register.run_id, Report.seq; internal/control):
+//
+//   - The agent keeps every report with new flows until a replica
+//     confirms it written (ReportsDurable), and on a new session first
+//     sends again those above the session's Registered.durable.
+//   - A session writes snapshots: when any bucket is due, every dirty
+//     bucket of the session, with the run's record (AccessRun, runKey)
+//     saying the last report folded in, through_seq, in one transaction
+//     (writeAccess). Then it confirms through_seq to the agent (a session
+//     with nothing left unwritten confirms at once).
+//   - Every such transaction is conditioned on the run's record being the
+//     session's own (its mod revision). A registering session takes the
+//     record over (takeOverRun: read, then write its own conditioned on
+//     what it read), so an older session of the run, here or on another
+//     replica, writes nothing after the new one read through_seq: its
+//     periodic and final flushes are refused (fenced; not retried), and
+//     whatever it had not written the agent still holds and sends again.
+//   - The new session skips reports at or below through_seq (counted
+//     "duplicate"); the older sessions' keys stay and are summed with its
+//     own, as they hold other reports.
+//
+// The limits: a flush too large for one etcd transaction (MaxTxnOps,
+// MaxRequestBytes: over a hundred dirty buckets, or aggregates of
+// megabytes) is written in several, the run's record in the last; a
+// replica that crashes between them leaves the earlier ones holding
+// reports the agent sends again (counted twice). An agent holds a
+// bounded number of reports (control.Config.MaxPendingReports) and drops
+// the oldest beyond it, counted at the agent: those are lost if no
+// replica wrote them. Reports that arrive, first or again, after the
+// leader closed their bucket are late as ever (late_at_replica, or an
+// aggregate written late); one sent again more than maxClockSkew after
+// its interval is placed by the replica's clock, in a later bucket. An
+// agent that does not number its reports (an older one) is served as
+// before: its report in flight when a stream breaks, and what a crashed
+// replica received from it since its last flush (at most FlushInterval),
+// are lost; an agent under an older controller (no Registered.durable)
+// keeps nothing and sends nothing again, as before.
 
 // maxClockSkew is how far an agent's report time may be from the
 // replica's clock before the replica places the report by its own clock.
@@ -60,6 +100,25 @@ type sessionAccess struct {
 	// evictedBefore: buckets before it were written for the last time;
 	// reports for them arrive too late and are dropped.
 	evictedBefore int64
+	// Of a numbered agent run: through is the last report folded in (or
+	// inherited from the run's earlier sessions), written the last
+	// through in the run's record, confirmed the last one confirmed to
+	// the agent; fenced: a newer session took the run over.
+	through, written, confirmed uint64
+	fenced                      bool
+}
+
+// newSessionAccess is a new session's aggregation state. The buckets an
+// older session would have evicted by now count as written for the last
+// time: a report for them (mostly one sent again after a reconnect) is
+// late at the replica, not a key written after the leader read its
+// bucket.
+func (c *Controller) newSessionAccess() sessionAccess {
+	sa := sessionAccess{buckets: map[int64]*bucketFlows{}}
+	if fc := &c.cfg.Forecast; !fc.Disable {
+		sa.evictedBefore = bucketStart(fc.now().Add(-2*fc.Grace-c.cfg.ReportInterval), fc.Engine.Step)
+	}
+	return sa
 }
 
 // bucketStart is the start (unix seconds) of the step-long bucket holding t,
@@ -120,15 +179,27 @@ func splitFlows(n uint64, start, end time.Time, step time.Duration, fn func(buck
 	}
 }
 
-// recordAccess folds one report's new flows into the session's buckets.
+// recordAccess folds one report's new flows into the session's buckets;
+// a numbered report the agent's run has already counted is skipped.
 func (a *agentConn) recordAccess(r *pb.Report, now time.Time) {
 	fc := &a.c.cfg.Forecast
-	if fc.Disable || len(r.GetAccess()) == 0 {
+	numbered := a.runID != 0 && r.GetSeq() != 0
+	if fc.Disable || (len(r.GetAccess()) == 0 && !numbered) {
 		return
 	}
 	start, end := reportSpan(r, now, fc.maxSpan())
-	var received, late float64
+	var received, late, dup float64
 	a.mu.Lock()
+	if numbered && r.GetSeq() <= a.access.through {
+		a.mu.Unlock()
+		for _, ac := range r.GetAccess() {
+			dup += float64(ac.GetNewFlows())
+		}
+		a.c.m.accessFlows.WithLabelValues("duplicate").Add(dup)
+		a.c.log.Debug("access counts already counted skipped", "node", a.node, "run", fmt.Sprintf("%016x", a.runID),
+			"seq", r.GetSeq(), "through_seq", a.access.through, "new_flows", dup)
+		return
+	}
 	for _, ac := range r.GetAccess() {
 		if ac.GetNewFlows() == 0 {
 			continue
@@ -155,6 +226,11 @@ func (a *agentConn) recordAccess(r *pb.Report, now time.Time) {
 			received += float64(n)
 		})
 	}
+	// Under the same lock as the folding: a snapshot of the buckets
+	// (pendingAccess) holds exactly the reports up to through.
+	if numbered {
+		a.access.through = r.GetSeq()
+	}
 	a.mu.Unlock()
 	a.c.m.accessFlows.WithLabelValues("received").Add(received)
 	if late > 0 {
@@ -169,23 +245,39 @@ type accessWrite struct {
 	value  []byte
 }
 
-// pendingAccess returns the session's buckets due for a write: dirty and
-// either over (no report for it is expected any more) or not written for
-// FlushInterval; all dirty ones when final. Buckets over for long are
-// evicted once written.
-func (a *agentConn) pendingAccess(now time.Time, final bool) ([]accessWrite, error) {
+// accessFlush is one snapshot of a session's counts to write.
+type accessFlush struct {
+	writes []accessWrite
+	// through: the last numbered report in the snapshot; clean: nothing
+	// the session folded in is left out of it (or out of etcd).
+	through uint64
+	clean   bool
+}
+
+// pendingAccess returns the session's bucket aggregates to write: none
+// until a dirty bucket is due (over, so no report for it is expected any
+// more, or not written for FlushInterval; any when final), then every
+// dirty one, so that what is written holds exactly the reports up to
+// through (the run's record says so in the same transaction). Buckets
+// over for long are evicted once written.
+func (a *agentConn) pendingAccess(now time.Time, final bool) (accessFlush, error) {
 	fc := &a.c.cfg.Forecast
 	step := int64(fc.Engine.Step / time.Second)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	var out []accessWrite
+	due, dirty := final, false
+	for b, bf := range a.access.buckets {
+		over := !now.Before(time.Unix(b+step, 0).Add(a.c.cfg.ReportInterval))
+		dirty = dirty || bf.dirty
+		due = due || bf.dirty && (over || now.Sub(bf.lastWrite) >= fc.FlushInterval)
+	}
+	fl := accessFlush{through: a.access.through, clean: due || !dirty}
 	for b, bf := range a.access.buckets {
 		end := time.Unix(b+step, 0)
-		over := !now.Before(end.Add(a.c.cfg.ReportInterval))
-		if bf.dirty && (final || over || now.Sub(bf.lastWrite) >= fc.FlushInterval) {
+		if bf.dirty && due {
 			agg := &pb.AccessAggregate{Node: a.node, Site: a.site, Controller: a.c.cfg.Name,
 				ConnectedUnixNano: a.status.GetConnectedUnixNano(), BucketStartUnix: b, StepSeconds: uint32(step),
-				WrittenUnixNano: now.UnixNano()}
+				WrittenUnixNano: now.UnixNano(), RunId: a.runID, ThroughSeq: a.access.through}
 			for k, n := range bf.flows {
 				agg.Flows = append(agg.Flows, &pb.AccessFlows{ResourceId: k[0], RegionId: k[1], NewFlows: n})
 			}
@@ -197,9 +289,9 @@ func (a *agentConn) pendingAccess(now time.Time, final bool) ([]accessWrite, err
 			})
 			v, err := marshal.Marshal(agg)
 			if err != nil {
-				return nil, err
+				return accessFlush{}, err
 			}
-			out = append(out, accessWrite{bucket: b, key: a.c.store.fkey(accessKey(b, a.node, a.c.cfg.Name, a.status.GetConnectedUnixNano())), value: v})
+			fl.writes = append(fl.writes, accessWrite{bucket: b, key: a.c.store.fkey(accessKey(b, a.node, a.c.cfg.Name, a.status.GetConnectedUnixNano())), value: v})
 			// Marked clean now; a failed write marks it dirty again.
 			bf.dirty, bf.lastWrite = false, now
 		}
@@ -210,8 +302,8 @@ func (a *agentConn) pendingAccess(now time.Time, final bool) ([]accessWrite, err
 			a.access.evictedBefore = max(a.access.evictedBefore, b+step)
 		}
 	}
-	slices.SortFunc(out, func(x, y accessWrite) int { return int(x.bucket - y.bucket) })
-	return out, nil
+	slices.SortFunc(fl.writes, func(x, y accessWrite) int { return int(x.bucket - y.bucket) })
+	return fl, nil
 }
 
 func (a *agentConn) markDirty(b int64) {
@@ -225,26 +317,278 @@ func (a *agentConn) markDirty(b int64) {
 	}
 }
 
-// flushAccess writes the session's due bucket aggregates.
+// errFenced: a newer session of the agent's run took its counts over.
+var errFenced = errors.New("a newer session of the agent run took its access counts over")
+
+// flushAccess writes the session's due bucket aggregates and confirms to
+// a numbered agent the reports they hold. One flush of a session at a
+// time: a snapshot written after a newer one would lower the totals.
 func (a *agentConn) flushAccess(ctx context.Context, final bool) error {
 	fc := &a.c.cfg.Forecast
 	if fc.Disable {
 		return nil
 	}
+	a.flushMu.Lock()
+	defer a.flushMu.Unlock()
+	a.mu.Lock()
+	fenced := a.access.fenced
+	a.mu.Unlock()
+	if fenced {
+		return nil
+	}
 	now := fc.now()
-	ws, err := a.pendingAccess(now, final)
+	fl, err := a.pendingAccess(now, final)
 	if err != nil {
 		return err
 	}
-	for i, w := range ws {
-		if err := a.c.access.put(ctx, w, now); err != nil {
-			for _, rest := range ws[i:] {
-				a.markDirty(rest.bucket)
-			}
-			return fmt.Errorf("write access aggregate %s: %w", w.key, err)
+	if len(fl.writes) > 0 {
+		err := a.writeAccess(ctx, fl, now)
+		if errors.Is(err, errFenced) {
+			a.fence(len(fl.writes))
+			return nil
 		}
-		a.c.m.aggregateWrites.Inc()
+		if err != nil {
+			for _, w := range fl.writes {
+				a.markDirty(w.bucket)
+			}
+			return err
+		}
+		a.mu.Lock()
+		a.access.written = max(a.access.written, fl.through)
+		a.mu.Unlock()
 	}
+	if fl.clean {
+		a.confirm(fl.through)
+	}
+	return nil
+}
+
+// writeAccess writes a snapshot: for an agent that does not number its
+// reports, bucket by bucket; otherwise with the run's record, in one
+// transaction (several when it exceeds etcd's limits, the record in the
+// last) conditioned on the record being this session's.
+func (a *agentConn) writeAccess(ctx context.Context, fl accessFlush, now time.Time) error {
+	w := a.c.access
+	if a.runID == 0 {
+		for _, aw := range fl.writes {
+			if err := w.put(ctx, aw, now); err != nil {
+				return fmt.Errorf("write access aggregate %s: %w", aw.key, err)
+			}
+			a.c.m.aggregateWrites.Inc()
+		}
+		return nil
+	}
+	var ops []clientv3.Op
+	var leases []bucketLease
+	for _, aw := range fl.writes {
+		id, err := w.lease(ctx, aw.bucket, now)
+		if err != nil {
+			return err
+		}
+		ops = append(ops, clientv3.OpPut(aw.key, string(aw.value), clientv3.WithLease(id)))
+		leases = append(leases, bucketLease{aw.bucket, id})
+	}
+	run, rl, err := a.runOp(ctx, fl.through, now)
+	if err != nil {
+		return err
+	}
+	leases = append(leases, rl)
+	batches := splitPuts(ops, run, a.c.store.MaxTxnOps, a.c.store.MaxRequestBytes)
+	k := a.c.store.fkey(runKey(a.node, a.runID))
+	for i, batch := range batches {
+		for adopted := false; ; adopted = true {
+			resp, err := a.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", a.fenceRev)).Then(batch...).Commit()
+			if err != nil {
+				// A lease may be gone (an etcd restored from backup, a
+				// clock jump): grant new ones next time.
+				w.forget(leases)
+				return fmt.Errorf("write access aggregates of %d buckets: %w", len(fl.writes), err)
+			}
+			if resp.Succeeded {
+				if i == len(batches)-1 {
+					a.fenceRev = resp.Header.Revision
+				}
+				a.c.m.aggregateWrites.Add(float64(len(batch) - btoi(i == len(batches)-1)))
+				break
+			}
+			// Adopting the record's revision is right once: failing again
+			// at once, another session took it in between.
+			if adopted {
+				return errFenced
+			}
+			if err := a.ownRun(ctx, now); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// splitPuts groups puts into transactions of at most maxOps operations
+// and maxBytes of request (when set), last appended to the last one.
+func splitPuts(puts []clientv3.Op, last clientv3.Op, maxOps, maxBytes int) [][]clientv3.Op {
+	var out [][]clientv3.Op
+	var cur []clientv3.Op
+	size := requestBytes(nil)
+	for _, op := range append(slices.Clip(puts), last) {
+		n := requestBytes([]clientv3.Op{op}) - txnFraming
+		if len(cur) > 0 && (len(cur) >= max(1, maxOps) || maxBytes > 0 && size+n > maxBytes) {
+			out = append(out, cur)
+			cur, size = nil, requestBytes(nil)
+		}
+		cur = append(cur, op)
+		size += n
+	}
+	return append(out, cur)
+}
+
+// fence stops a session whose run a newer session took over: its counts
+// not written are the newer session's, from the agent's reports sent
+// again; its stream, if it still has one, is the agent's old one.
+func (a *agentConn) fence(buckets int) {
+	a.mu.Lock()
+	a.access.fenced = true
+	a.mu.Unlock()
+	a.c.m.accessFenced.Inc()
+	a.c.log.Info("access aggregates not written: a newer session of the agent took its counts over", "node", a.node,
+		"run", fmt.Sprintf("%016x", a.runID), "buckets", buckets)
+	if a.cancel != nil {
+		a.cancel()
+	}
+}
+
+// confirm queues the agent's confirmation that its reports up to through
+// are written (sendLoop sends it).
+func (a *agentConn) confirm(through uint64) {
+	if a.runID == 0 {
+		return
+	}
+	a.mu.Lock()
+	newer := through > a.access.confirmed
+	if newer {
+		a.access.confirmed = through
+	}
+	a.mu.Unlock()
+	if newer {
+		select {
+		case a.durableCh <- struct{}{}:
+		default: // one is queued already; it sends the latest
+		}
+	}
+}
+
+// runKey is where the progress of one agent run lives (pb.AccessRun):
+// beside the aggregates, not among them (the leader reads access/ as
+// buckets).
+func runKey(node string, run uint64) string {
+	return fmt.Sprintf("%s%s/%016x", fkeyRuns, url.PathEscape(node), run)
+}
+
+// runOp is the write of this session's record of its run, through the
+// given report, leased like the aggregates of the current bucket.
+func (a *agentConn) runOp(ctx context.Context, through uint64, now time.Time) (clientv3.Op, bucketLease, error) {
+	rec := &pb.AccessRun{Node: a.node, RunId: a.runID, Controller: a.c.cfg.Name, ConnectedUnixNano: a.status.GetConnectedUnixNano(),
+		ThroughSeq: through, WrittenUnixNano: now.UnixNano()}
+	v, err := marshal.Marshal(rec)
+	if err != nil {
+		return clientv3.Op{}, bucketLease{}, err
+	}
+	b := bucketStart(now, a.c.cfg.Forecast.Engine.Step)
+	id, err := a.c.access.lease(ctx, b, now)
+	if err != nil {
+		return clientv3.Op{}, bucketLease{}, err
+	}
+	return clientv3.OpPut(a.c.store.fkey(runKey(a.node, a.runID)), string(v), clientv3.WithLease(id)), bucketLease{b, id}, nil
+}
+
+// takeOverRun makes this session the one that writes its agent run's
+// counts and returns how far the run's earlier sessions wrote them. It
+// reads the run's record and writes its own conditioned on the record's
+// revision being the one read: an older session's write that lands in
+// between makes it read again, and every later one fails (fenced).
+func (a *agentConn) takeOverRun(ctx context.Context) (uint64, error) {
+	k := a.c.store.fkey(runKey(a.node, a.runID))
+	for range 10 {
+		resp, err := a.c.cli.Get(ctx, k)
+		if err != nil {
+			return 0, err
+		}
+		var rev int64
+		var through uint64
+		if len(resp.Kvs) == 1 {
+			rev = resp.Kvs[0].ModRevision
+			rec := &pb.AccessRun{}
+			if err := proto.Unmarshal(resp.Kvs[0].Value, rec); err != nil {
+				// Nothing to go by: the reports the agent sends again are
+				// counted, some maybe twice.
+				a.c.log.Error("ignoring corrupt access run record", "key", k, "err", err)
+			} else {
+				through = rec.GetThroughSeq()
+			}
+		}
+		now := a.c.cfg.Forecast.now()
+		op, _, err := a.runOp(ctx, through, now)
+		if err != nil {
+			return 0, err
+		}
+		tr, err := a.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).Then(op).Commit()
+		if err != nil {
+			return 0, err
+		}
+		if tr.Succeeded {
+			a.flushMu.Lock()
+			a.fenceRev = tr.Header.Revision
+			a.flushMu.Unlock()
+			a.mu.Lock()
+			a.access.through, a.access.written, a.access.confirmed = through, through, through
+			a.mu.Unlock()
+			return through, nil
+		}
+	}
+	return 0, errors.New("the run's record keeps changing")
+}
+
+// ownRun adopts the run's record's revision when the record is still
+// this session's (a write whose answer was lost may have landed), and
+// writes it again when it expired (no session of the run wrote for
+// Retention); otherwise the session is fenced (errFenced).
+func (a *agentConn) ownRun(ctx context.Context, now time.Time) error {
+	k := a.c.store.fkey(runKey(a.node, a.runID))
+	resp, err := a.c.cli.Get(ctx, k)
+	if err != nil {
+		return err
+	}
+	if len(resp.Kvs) == 0 {
+		a.mu.Lock()
+		written := a.access.written
+		a.mu.Unlock()
+		op, _, err := a.runOp(ctx, written, now)
+		if err != nil {
+			return err
+		}
+		tr, err := a.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(op).Commit()
+		if err != nil {
+			return err
+		}
+		if !tr.Succeeded {
+			return errFenced
+		}
+		a.fenceRev = tr.Header.Revision
+		return nil
+	}
+	rec := &pb.AccessRun{}
+	if err := proto.Unmarshal(resp.Kvs[0].Value, rec); err != nil ||
+		rec.GetController() != a.c.cfg.Name || rec.GetConnectedUnixNano() != a.status.GetConnectedUnixNano() {
+		return errFenced
+	}
+	a.fenceRev = resp.Kvs[0].ModRevision
 	return nil
 }
 
@@ -308,6 +652,24 @@ func (w *accessWriter) lease(ctx context.Context, b int64, now time.Time) (clien
 	return resp.ID, nil
 }
 
+// bucketLease is a lease the writer handed out for a bucket.
+type bucketLease struct {
+	bucket int64
+	id     clientv3.LeaseID
+}
+
+// forget drops leases a failed write used: they may be gone (an etcd
+// restored from backup, a clock jump), and new ones are granted next time.
+func (w *accessWriter) forget(ls []bucketLease) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, l := range ls {
+		if w.leases[l.bucket] == l.id {
+			delete(w.leases, l.bucket)
+		}
+	}
+}
+
 func (w *accessWriter) put(ctx context.Context, aw accessWrite, now time.Time) error {
 	id, err := w.lease(ctx, aw.bucket, now)
 	if err != nil {
@@ -315,13 +677,7 @@ func (w *accessWriter) put(ctx context.Context, aw accessWrite, now time.Time) e
 	}
 	_, err = w.c.cli.Put(ctx, aw.key, string(aw.value), clientv3.WithLease(id))
 	if err != nil {
-		// The lease may be gone (an etcd restored from backup, a clock
-		// jump): grant a new one next time.
-		w.mu.Lock()
-		if w.leases[aw.bucket] == id {
-			delete(w.leases, aw.bucket)
-		}
-		w.mu.Unlock()
+		w.forget([]bucketLease{{aw.bucket, id}})
 	}
 	return err
 }

@@ -103,12 +103,12 @@ func TestPendingAccessRules(t *testing.T) {
 	}
 	due := func(now time.Time, final bool) []*pb.AccessAggregate {
 		t.Helper()
-		ws, err := a.pendingAccess(now, final)
+		fl, err := a.pendingAccess(now, final)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var out []*pb.AccessAggregate
-		for _, w := range ws {
+		for _, w := range fl.writes {
 			agg := &pb.AccessAggregate{}
 			if err := proto.Unmarshal(w.value, agg); err != nil {
 				t.Fatal(err)

@@ -64,6 +64,10 @@ type Config struct {
 	Limits Limits
 	// OnReport, when set, sees every agent report this replica receives.
 	OnReport func(node string, r *pb.Report)
+	// reportHook, when set (tests), sees every report first; an error
+	// ends the session before the report is processed, as a stream that
+	// breaks after the agent sent it.
+	reportHook func(node string, r *pb.Report) error
 	// Forecast configures the prediction engine the leader runs and the
 	// path of the agents' access counts to it.
 	Forecast ForecastConfig

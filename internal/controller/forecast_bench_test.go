@@ -61,11 +61,11 @@ func BenchmarkAccessReport(b *testing.B) {
 			now := t0.Add(time.Duration(i) * time.Second)
 			r.StartUnixNano, r.EndUnixNano = now.Add(-time.Second).UnixNano(), now.UnixNano()
 			a.recordAccess(r, now)
-			ws, err := a.pendingAccess(now, false)
+			fl, err := a.pendingAccess(now, false)
 			if err != nil {
 				b.Fatal(err)
 			}
-			writes += len(ws)
+			writes += len(fl.writes)
 		}
 		if hours := float64(b.N) / 3600; b.N >= 3600 {
 			b.ReportMetric(float64(writes)/hours, "etcd-writes/agent-hour")

@@ -47,7 +47,8 @@ type ForecastConfig struct {
 	// this often, and once more when the bucket is over (default a tenth
 	// of the step within [ReportInterval, 1 min]). It bounds both the etcd
 	// writes (agents × (step/FlushInterval + 1) per step) and what a
-	// crashed replica loses.
+	// crashed replica loses of an agent that does not number its reports
+	// (a numbered agent keeps that long's reports to send again).
 	FlushInterval time.Duration
 	// Retention is how long aggregates live after their bucket ended when
 	// no leader checkpoints them (default max(24 steps, 10 min)).
@@ -162,12 +163,14 @@ func (f *ForecastConfig) maxSpan() time.Duration { return max(f.Engine.Step, tim
 // per-bucket aggregates concern anyone but the leader and the admin API.
 //
 //	<prefix>-forecast/access/<bucket>/<node>/<replica>/<since>  pb.AccessAggregate, leased
+//	<prefix>-forecast/runs/<node>/<run>                         pb.AccessRun, leased  serving replica
 //	<prefix>-forecast/snap/manifest                             pb.ForecastManifest   leader
 //	<prefix>-forecast/snap/c/<generation>/<chunk>               deflate(pb.ForecastCheckpoint) in chunks
 //	<prefix>-forecast/out/<resource>                            deflate(pb.ResourceForecast) leader
 //	<prefix>-forecast/feeds/<time>-<kind>                       deflate(pb.FeedRecord)   admin API
 const (
 	fkeyAccess   = "access/"
+	fkeyRuns     = "runs/"
 	fkeyManifest = "snap/manifest"
 	fkeyChunks   = "snap/c/"
 	fkeyOut      = "out/"

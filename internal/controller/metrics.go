@@ -24,6 +24,7 @@ type metrics struct {
 	accessFlows       *prometheus.CounterVec
 	aggregateWrites   prometheus.Counter
 	aggregatesLate    prometheus.Counter
+	accessFenced      prometheus.Counter
 	fcPass            prometheus.Histogram
 	fcCheckpoints     *prometheus.CounterVec
 	fcCheckpointBytes prometheus.Gauge
@@ -65,13 +66,17 @@ func newMetrics(c *Controller) *metrics {
 			Help: "Route-table slots moved by the versions this replica wrote."}),
 		accessFlows: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "premirror_controller_access_flows_total",
 			Help: "New flows of agents' access counts on their way to the forecaster, by outcome: received (by this replica), " +
-				"late_at_replica (for a bucket already written for the last time), implausible (counts, not flows: more new flows " +
+				"late_at_replica (for a bucket already written for the last time), duplicate (in a report the agent sent again " +
+				"that a session of its run had already counted: skipped), implausible (counts, not flows: more new flows " +
 				"than a link can carry in the report's span, a broken counter), write_failed (lost with a failed aggregate write), ingested, late, rejected, " +
 				"unknown_resource, unknown_region (by the leader)."}, []string{"outcome"}),
 		aggregateWrites: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_controller_access_aggregate_writes_total",
 			Help: "Per-bucket access aggregates this replica wrote to etcd."}),
 		aggregatesLate: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_controller_access_aggregates_late_total",
 			Help: "Access aggregates the leader found rewritten after it had closed their bucket (what they added since is lost)."}),
+		accessFenced: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_controller_access_flushes_fenced_total",
+			Help: "Writes of a session's access aggregates this replica refused because a newer session of the same agent run " +
+				"took its counts over (the agent sends the reports not written again, to the newer session)."}),
 		fcPass: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "premirror_controller_forecast_ingest_duration_seconds",
 			Help:    "Time the leader took to read, ingest and close the buckets that were due.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)}),
@@ -115,7 +120,7 @@ func newMetrics(c *Controller) *metrics {
 	for _, r := range []string{"etcd", "file", "too_large", "error", "file_error"} {
 		m.fcCheckpoints.WithLabelValues(r)
 	}
-	for _, o := range []string{"received", "late_at_replica", "implausible", "write_failed", "ingested", "late", "rejected", "unknown_resource", "unknown_region"} {
+	for _, o := range []string{"received", "late_at_replica", "duplicate", "implausible", "write_failed", "ingested", "late", "rejected", "unknown_resource", "unknown_region"} {
 		m.accessFlows.WithLabelValues(o)
 	}
 	return m
@@ -123,7 +128,7 @@ func newMetrics(c *Controller) *metrics {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.leader, m.version, m.agents, m.ticks, m.tickTime, m.versions, m.acks, m.reports, m.throttled, m.movedSlots,
-		m.accessFlows, m.aggregateWrites, m.aggregatesLate, m.fcPass, m.fcCheckpoints, m.fcCheckpointBytes, m.fcCheckpointTime, m.fcRestores, m.fcFeeds,
+		m.accessFlows, m.aggregateWrites, m.aggregatesLate, m.accessFenced, m.fcPass, m.fcCheckpoints, m.fcCheckpointBytes, m.fcCheckpointTime, m.fcRestores, m.fcFeeds,
 		m.placementEvals, m.placementDecisions, m.placedCopies, m.regionRTT, m.regionBestRTT}
 }
 

@@ -39,6 +39,17 @@ const (
 	msgBurst        = 50
 )
 
+// Reports an agent sends again after a reconnect (Report.resend) are
+// access counts only, folded in memory with no etcd write of their own:
+// they have a budget of their own, resendsPerInterval (burst
+// resendBurst, above what an agent keeps by default), so the first
+// reports of a session are not held up behind a backlog, and the
+// backlog is not held to the rate of etcd writes.
+const (
+	resendsPerInterval = 100
+	resendBurst        = 2048
+)
+
 // A node's records (live/<node>, agents/<node>) are bounded in size and
 // charged to the message limiter by size: a report is bounded otherwise
 // only by the gRPC receive limit and etcd's request limit (10 MiB), and
@@ -93,6 +104,16 @@ type agentConn struct {
 	cert   *x509.Certificate // the session's client certificate
 	sendMu sync.Mutex
 	lim    *rate.Limiter // messages from the agent (msgsPerInterval)
+	// resendLim: the agent's reports sent again (resendsPerInterval).
+	resendLim *rate.Limiter
+	// runID is the agent run's (Register.run_id; 0: reports unnumbered).
+	runID uint64
+	// durableCh wakes sendLoop to send access.confirmed.
+	durableCh chan struct{}
+	// flushMu serializes the session's flushes; fenceRev (under it) is
+	// the mod revision of the run's record this session wrote last.
+	flushMu  sync.Mutex
+	fenceRev int64
 
 	mu         sync.Mutex
 	status     *pb.AgentStatus
@@ -130,9 +151,11 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 	defer cancel()
 	now := time.Now()
 	a := &agentConn{c: c, node: reg.GetNode(), site: reg.GetSite(), role: reg.GetRole(), cancel: cancel, stream: stream,
-		cert:   peerCert(stream.Context()),
-		lim:    rate.NewLimiter(rate.Every(c.cfg.ReportInterval/msgsPerInterval), msgBurst),
-		demand: map[[2]uint32]float64{}, lastReport: now, access: sessionAccess{buckets: map[int64]*bucketFlows{}},
+		cert:      peerCert(stream.Context()),
+		lim:       rate.NewLimiter(rate.Every(c.cfg.ReportInterval/msgsPerInterval), msgBurst),
+		resendLim: rate.NewLimiter(rate.Every(c.cfg.ReportInterval/resendsPerInterval), resendBurst),
+		runID:     reg.GetRunId(), durableCh: make(chan struct{}, 1),
+		demand: map[[2]uint32]float64{}, lastReport: now, access: c.newSessionAccess(),
 		status: &pb.AgentStatus{Node: reg.GetNode(), Site: reg.GetSite(), Role: reg.GetRole(), Addresses: reg.GetAddresses(),
 			OuterSources: outerSources(reg.GetOuterSources()), DecapSources: decapSources(reg.GetDecapSources()),
 			Connected: true, Controller: c.cfg.Name, ConnectedUnixNano: now.UnixNano(), LastSeenUnixNano: now.UnixNano(),
@@ -153,9 +176,21 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 		return status.Errorf(codes.Unavailable, "record session: %v", err)
 	}
 	defer a.finalFlush()
+	// A numbered agent's counts: this session writes them from now on,
+	// and the agent sends again what earlier sessions did not write.
+	var durable *pb.ReportsDurable
+	if a.runID != 0 && !c.cfg.Forecast.Disable {
+		through, err := a.takeOverRun(ctx)
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "take over the access counts of run %016x: %v", a.runID, err)
+		}
+		durable = &pb.ReportsDurable{RunId: a.runID, ThroughSeq: through}
+		log.Debug("agent run taken over", "run", fmt.Sprintf("%016x", a.runID), "through_seq", through)
+	}
 	cur := c.view.desiredRecord().GetState().GetVersion()
 	if err := a.send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Registered{Registered: &pb.Registered{
-		Controller: c.cfg.Name, ReportIntervalMs: uint32(c.cfg.ReportInterval / time.Millisecond), CurrentVersion: cur}}}); err != nil {
+		Controller: c.cfg.Name, ReportIntervalMs: uint32(c.cfg.ReportInterval / time.Millisecond), CurrentVersion: cur,
+		Durable: durable}}}); err != nil {
 		return err
 	}
 	log.Info("agent registered", "role", a.role, "applied_version", reg.GetAppliedVersion(), "current_version", cur)
@@ -315,7 +350,8 @@ func (a *agentConn) send(m any) error {
 }
 
 // sendLoop sends every new version, always the latest: an agent that fell
-// behind skips intermediate versions.
+// behind skips intermediate versions; and the confirmations of the
+// agent's reports (here, so nothing is sent once the handler returned).
 func (a *agentConn) sendLoop(ctx context.Context) error {
 	var sent uint64
 	for {
@@ -337,6 +373,13 @@ func (a *agentConn) sendLoop(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-wait:
+		case <-a.durableCh:
+			a.mu.Lock()
+			d := &pb.ReportsDurable{RunId: a.runID, ThroughSeq: a.access.confirmed}
+			a.mu.Unlock()
+			if err := a.send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Durable{Durable: d}}); err != nil {
+				return err
+			}
 		}
 	}
 }
@@ -356,9 +399,13 @@ func (a *agentConn) recvLoop(ctx context.Context) error {
 				"serial", fmt.Sprintf("%x", a.cert.SerialNumber))
 			return status.Error(codes.PermissionDenied, "certificate revoked")
 		}
-		if !a.lim.Allow() {
+		lim := a.lim
+		if m.GetReport().GetResend() {
+			lim = a.resendLim
+		}
+		if !lim.Allow() {
 			a.c.m.throttled.Inc()
-			if err := a.lim.Wait(ctx); err != nil {
+			if err := lim.Wait(ctx); err != nil {
 				return err
 			}
 		}
@@ -404,7 +451,21 @@ func (a *agentConn) ack(ctx context.Context, ack *pb.Ack) error {
 }
 
 func (a *agentConn) report(ctx context.Context, r *pb.Report) error {
+	if h := a.c.cfg.reportHook; h != nil {
+		if err := h(a.node, r); err != nil {
+			return err
+		}
+	}
 	a.c.m.reports.Inc()
+	if r.GetResend() {
+		// Its access counts only: the agent sends nothing else in it, and
+		// what it sent with it the first time is long stale.
+		if f := a.c.cfg.OnReport; f != nil {
+			f(a.node, r)
+		}
+		a.recordAccess(r, a.c.cfg.Forecast.now())
+		return nil
+	}
 	if err := checkOuterSources("report", r.GetOuterSources()); err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
 	}
@@ -440,8 +501,10 @@ func (a *agentConn) report(ctx context.Context, r *pb.Report) error {
 }
 
 // finalFlush writes what the session counted that is not in etcd yet
-// (the stream is gone, so with a context of its own). A crashed replica
-// does not get to: those counts are lost.
+// (the stream is gone, so with a context of its own), unless a newer
+// session of the agent's run took its counts over. A crashed replica
+// does not get to: a numbered agent sends those reports again to its
+// next session; an unnumbered one's are lost.
 func (a *agentConn) finalFlush() {
 	if a.c.crash.Load() {
 		return
