@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +32,13 @@ const (
 	// MaxMessageBytes bounds a received desired state (4096 resources × 64
 	// regions encode to well under 8 MiB).
 	MaxMessageBytes = 64 << 20
+	// DefaultMaxPendingReports and DefaultMaxPendingFlows bound the
+	// reports kept until the controller confirms their access counts:
+	// a controller confirms every FlushInterval (at most a minute by
+	// default), so 1024 reports is over a quarter of an hour at one a
+	// second; 2^18 (resource, region) counts take 4 MiB.
+	DefaultMaxPendingReports = 1024
+	DefaultMaxPendingFlows   = 1 << 18
 	// maxErrorText bounds a NACK's error text.
 	maxErrorText = 4096
 )
@@ -64,8 +72,13 @@ type Config struct {
 	// serialized.
 	Apply func(version uint64, st *pb.DesiredState) error
 	// AccessCounts returns the access counts since its previous call
-	// (deltas). Counts not delivered are kept and sent with the next
-	// report.
+	// (deltas). Under a controller that confirms reports
+	// (Registered.durable), the client keeps each report's new flows until
+	// the controller confirms them written and sends them again on the
+	// next session otherwise, so each is counted once across broken
+	// streams and replica changes (within MaxPendingReports). Under one
+	// that does not, counts a failed send did not deliver go with the next
+	// report, and nothing is sent twice.
 	AccessCounts func() []*pb.AccessCount
 	// Probes returns the current probe estimates.
 	Probes func() []*pb.ProbeResult
@@ -89,6 +102,13 @@ type Config struct {
 	MinBackoff, MaxBackoff time.Duration
 	// RegisterTimeout bounds the wait for the controller's Registered.
 	RegisterTimeout time.Duration
+	// MaxPendingReports and MaxPendingFlows bound the reports kept until
+	// the controller confirms them, in number and in (resource, region)
+	// counts (defaults DefaultMaxPendingReports, DefaultMaxPendingFlows).
+	// Beyond either the oldest are dropped (logged, counted): their
+	// counts are lost unless a controller wrote them. Reporting never
+	// waits for confirmations.
+	MaxPendingReports, MaxPendingFlows int
 	// CacheFile, when set, receives every applied version (see LoadCache).
 	CacheFile string
 	Logger    *slog.Logger
@@ -141,6 +161,15 @@ func (c *Config) validate() error {
 	if c.ReportInterval < 0 || c.MinBackoff < 0 || c.MaxBackoff < c.MinBackoff || c.RegisterTimeout < 0 {
 		return errors.New("control intervals: negative, or max backoff below min backoff")
 	}
+	if c.MaxPendingReports == 0 {
+		c.MaxPendingReports = DefaultMaxPendingReports
+	}
+	if c.MaxPendingFlows == 0 {
+		c.MaxPendingFlows = DefaultMaxPendingFlows
+	}
+	if c.MaxPendingReports < 0 || c.MaxPendingFlows < 0 {
+		return errors.New("control pending bounds: negative")
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -152,12 +181,26 @@ type Client struct {
 	cfg Config
 	log *slog.Logger
 
+	// runID numbers this process's reports (Register.run_id) with seq.
+	runID uint64
+
 	mu         sync.Mutex
 	applied    uint64
 	state      *pb.DesiredState
 	controller string // serving replica, "" while disconnected
-	pending    accessBuf
-	sentUntil  time.Time // end of the interval last reported
+	// carry: access deltas no stream took and no pending report holds.
+	carry     accessBuf
+	sentUntil time.Time // end of the interval last reported
+	// Of reports under a controller that confirms them: seq is the last
+	// number given, pending the reports with new flows not yet confirmed
+	// (by seq), pendingFlows their counts; confirming: the session's
+	// controller confirms; overLimit: dropping beyond the bounds (logged
+	// once until the next confirmation).
+	seq          uint64
+	pending      []*pendingReport
+	pendingFlows int
+	confirming   bool
+	overLimit    bool
 
 	kick chan struct{}
 	m    metrics
@@ -168,13 +211,25 @@ func New(cfg Config) (*Client, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	return &Client{
+	c := &Client{
 		cfg:       cfg,
 		log:       cfg.Logger.With("node", cfg.Node),
-		pending:   accessBuf{},
+		carry:     accessBuf{},
 		sentUntil: time.Now(),
 		kick:      make(chan struct{}, 1),
-	}, nil
+	}
+	for c.runID == 0 {
+		c.runID = rand.Uint64()
+	}
+	return c, nil
+}
+
+// PendingReports is the number of reports whose access counts the
+// controller has not confirmed yet (premirror_control_pending_reports).
+func (c *Client) PendingReports() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.pending)
 }
 
 // Version is the last applied version (0: none).
@@ -282,7 +337,7 @@ func (c *Client) session(ctx context.Context, endpoint string) (registered bool,
 	s := &sessionIO{stream: stream}
 	register := &pb.Register{
 		Node: c.cfg.Node, Site: c.cfg.Site, Role: c.cfg.Role, Addresses: c.cfg.Addresses,
-		AppliedVersion: c.Version(), AgentVersion: c.cfg.AgentVersion,
+		AppliedVersion: c.Version(), AgentVersion: c.cfg.AgentVersion, RunId: c.runID,
 	}
 	if f := c.cfg.OuterSources; f != nil {
 		register.OuterSources = f()
@@ -339,10 +394,12 @@ func (c *Client) session(ctx context.Context, endpoint string) (registered bool,
 	c.mu.Lock()
 	c.controller = reg.GetController()
 	c.mu.Unlock()
+	resend := c.startReports(reg.GetDurable())
 	c.m.connected.Store(true)
 	defer func() {
 		c.mu.Lock()
 		c.controller = ""
+		c.confirming = false
 		c.mu.Unlock()
 		c.m.connected.Store(false)
 	}()
@@ -354,7 +411,7 @@ func (c *Client) session(ctx context.Context, endpoint string) (registered bool,
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		err := c.reportLoop(sctx, s, interval, revoked)
+		err := c.reportLoop(sctx, s, interval, revoked, resend)
 		if err != nil {
 			cancel() // the receive below returns, and reports this error
 		}
@@ -373,6 +430,10 @@ func (c *Client) session(ctx context.Context, endpoint string) (registered bool,
 			default:
 			}
 			return true, fmt.Errorf("receive: %w", err)
+		}
+		if d := msg.GetDurable(); d != nil {
+			c.confirmed(d)
+			continue
 		}
 		st := msg.GetState()
 		if st == nil {
@@ -425,7 +486,25 @@ func (c *Client) handleState(st *pb.DesiredState) *pb.AgentMessage {
 	return &pb.AgentMessage{Msg: &pb.AgentMessage_Ack{Ack: ack}}
 }
 
-func (c *Client) reportLoop(ctx context.Context, s *sessionIO, interval time.Duration, revoked func() bool) error {
+// reportLoop sends the reports kept from earlier sessions again (resend),
+// then a report every interval.
+func (c *Client) reportLoop(ctx context.Context, s *sessionIO, interval time.Duration, revoked func() bool, resend []*pendingReport) error {
+	for _, p := range resend {
+		if revoked() {
+			return errControllerRevoked
+		}
+		if err := s.send(&pb.AgentMessage{Msg: &pb.AgentMessage_Report{Report: p.report()}}); err != nil {
+			return fmt.Errorf("report %d again: %w", p.seq, err)
+		}
+		c.mu.Lock()
+		p.sent = true
+		c.mu.Unlock()
+		c.m.resent.Add(1)
+	}
+	if len(resend) > 0 {
+		c.log.Info("reports sent again: no controller confirmed their access counts", "reports", len(resend),
+			"first_seq", resend[0].seq, "last_seq", resend[len(resend)-1].seq)
+	}
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
@@ -444,8 +523,10 @@ func (c *Client) reportLoop(ctx context.Context, s *sessionIO, interval time.Dur
 	}
 }
 
-// sendReport sends one report; access deltas are dropped from the pending
-// buffer only once the stream took them.
+// sendReport sends one report. Under a controller that confirms reports
+// it is numbered, and its new flows are kept (pending) until confirmed;
+// otherwise access deltas are dropped from the carry buffer only once the
+// stream took them.
 func (c *Client) sendReport(s *sessionIO) error {
 	now := time.Now()
 	r := &pb.Report{EndUnixNano: now.UnixNano()}
@@ -466,20 +547,163 @@ func (c *Client) sendReport(s *sessionIO) error {
 	}
 	c.mu.Lock()
 	if f := c.cfg.AccessCounts; f != nil {
-		c.pending.add(f())
+		c.carry.add(f())
 	}
 	r.StartUnixNano = c.sentUntil.UnixNano()
-	r.Access = c.pending.list()
+	r.Access = c.carry.list()
+	var kept *pendingReport
+	numbered := c.confirming
+	if numbered {
+		// From here the report holds the counts, sent or not.
+		c.seq++
+		r.Seq = c.seq
+		kept = c.keep(r)
+		c.carry = accessBuf{}
+		c.sentUntil = now
+	}
 	c.mu.Unlock()
 	if err := s.send(&pb.AgentMessage{Msg: &pb.AgentMessage_Report{Report: r}}); err != nil {
 		return err
 	}
 	c.mu.Lock()
-	c.pending.reset()
-	c.sentUntil = now
+	if kept != nil {
+		kept.sent = true
+	}
+	if !numbered {
+		c.carry.reset()
+		c.sentUntil = now
+	}
 	c.mu.Unlock()
 	c.m.reports.Add(1)
 	return nil
+}
+
+// pendingReport is the access part of a report the controller has not
+// confirmed: enough to send it again (Report.resend).
+type pendingReport struct {
+	seq        uint64
+	start, end int64
+	flows      []flowCount
+	sent       bool // a stream took it (a controller may have counted it)
+}
+
+// flowCount is the new flows of one (resource, region): all the
+// controller counts of an access count.
+type flowCount struct {
+	resource, region uint32
+	newFlows         uint64
+}
+
+// report is p as sent again.
+func (p *pendingReport) report() *pb.Report {
+	r := &pb.Report{StartUnixNano: p.start, EndUnixNano: p.end, Seq: p.seq, Resend: true}
+	for _, f := range p.flows {
+		r.Access = append(r.Access, &pb.AccessCount{ResourceId: f.resource, RegionId: f.region, NewFlows: f.newFlows})
+	}
+	return r
+}
+
+// keep holds numbered report r's new flows until the controller confirms
+// them (nil when it has none), dropping the oldest beyond the bounds.
+// Called with c.mu held.
+func (c *Client) keep(r *pb.Report) *pendingReport {
+	byKey := map[[2]uint32]uint64{}
+	for _, a := range r.GetAccess() {
+		if a.GetNewFlows() > 0 {
+			byKey[[2]uint32{a.GetResourceId(), a.GetRegionId()}] += a.GetNewFlows()
+		}
+	}
+	if len(byKey) == 0 {
+		return nil
+	}
+	p := &pendingReport{seq: r.GetSeq(), start: r.GetStartUnixNano(), end: r.GetEndUnixNano(), flows: make([]flowCount, 0, len(byKey))}
+	for k, n := range byKey {
+		p.flows = append(p.flows, flowCount{resource: k[0], region: k[1], newFlows: n})
+	}
+	c.pending = append(c.pending, p)
+	c.pendingFlows += len(p.flows)
+	dropped := 0
+	for len(c.pending) > 1 && (len(c.pending) > c.cfg.MaxPendingReports || c.pendingFlows > c.cfg.MaxPendingFlows) {
+		c.dropFirst()
+		dropped++
+	}
+	if dropped > 0 {
+		c.m.droppedLimit.Add(uint64(dropped))
+		if !c.overLimit {
+			c.overLimit = true
+			c.log.Warn("access counts the controller has not confirmed dropped: more reports wait for confirmation than the limit; "+
+				"they are lost unless a controller wrote them", "max_pending_reports", c.cfg.MaxPendingReports,
+				"max_pending_flows", c.cfg.MaxPendingFlows, "controller", c.controller)
+		}
+	}
+	c.m.pending.Store(int64(len(c.pending)))
+	return p
+}
+
+// dropFirst forgets the oldest pending report. Called with c.mu held.
+func (c *Client) dropFirst() {
+	c.pendingFlows -= len(c.pending[0].flows)
+	c.pending[0] = nil
+	c.pending = c.pending[1:]
+}
+
+// confirmed forgets the pending reports the controller confirmed.
+func (c *Client) confirmed(d *pb.ReportsDurable) {
+	if d.GetRunId() != c.runID {
+		return // not this process's (a confused controller): keep them
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for len(c.pending) > 0 && c.pending[0].seq <= d.GetThroughSeq() {
+		c.dropFirst()
+	}
+	c.overLimit = false
+	c.m.pending.Store(int64(len(c.pending)))
+}
+
+// startReports sets up a new session's reports by what its controller
+// said at registration and returns the reports to send again first.
+func (c *Client) startReports(d *pb.ReportsDurable) []*pendingReport {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	defer func() { c.m.pending.Store(int64(len(c.pending))) }()
+	c.confirming = d != nil && d.GetRunId() == c.runID
+	if c.confirming {
+		// Earlier sessions wrote these; the rest no replica can write any
+		// more but this session.
+		for len(c.pending) > 0 && c.pending[0].seq <= d.GetThroughSeq() {
+			c.dropFirst()
+		}
+		return slices.Clone(c.pending)
+	}
+	// A controller that confirms nothing (an older one): as before
+	// confirmations, nothing is sent twice. Reports a stream took may
+	// have been counted: dropped. Those none took go with the next report.
+	var unconfirmed uint64
+	for _, p := range c.pending {
+		if p.sent {
+			unconfirmed++
+			continue
+		}
+		for _, f := range p.flows {
+			c.carry.add([]*pb.AccessCount{{ResourceId: f.resource, RegionId: f.region, NewFlows: f.newFlows}})
+		}
+		c.sentUntil = minTime(c.sentUntil, time.Unix(0, p.start))
+	}
+	c.pending, c.pendingFlows = nil, 0
+	if unconfirmed > 0 {
+		c.m.droppedUnconfirmed.Add(unconfirmed)
+		c.log.Info("reports not confirmed by the previous controller dropped: this one confirms none, and might count them twice",
+			"reports", unconfirmed, "controller", c.controller)
+	}
+	return nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }
 
 // sessionIO serializes sends: gRPC allows one sender and one receiver at a
@@ -526,10 +750,14 @@ func (b accessBuf) reset() { clear(b) }
 
 // metrics are read by the Prometheus collector (metrics.go).
 type metrics struct {
-	connected  atomic.Bool
-	applied    atomic.Uint64
-	acks       atomic.Uint64
-	nacks      atomic.Uint64
-	reports    atomic.Uint64
-	reconnects atomic.Uint64
+	connected          atomic.Bool
+	applied            atomic.Uint64
+	acks               atomic.Uint64
+	nacks              atomic.Uint64
+	reports            atomic.Uint64
+	reconnects         atomic.Uint64
+	resent             atomic.Uint64
+	pending            atomic.Int64
+	droppedLimit       atomic.Uint64
+	droppedUnconfirmed atomic.Uint64
 }

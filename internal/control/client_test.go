@@ -280,7 +280,7 @@ func TestSessionAckNackAndReconnect(t *testing.T) {
 	if probs, err := testutil.CollectAndLint(c); err != nil || len(probs) > 0 {
 		t.Fatalf("metric lint: %v %v", probs, err)
 	}
-	if n := testutil.CollectAndCount(c); n != 6 {
+	if n := testutil.CollectAndCount(c); n != 10 {
 		t.Fatalf("%d metrics", n)
 	}
 }
