@@ -78,6 +78,9 @@ type testServer struct {
 	pb.UnimplementedAgentSessionServer
 	sessions chan *testSession
 	silent   bool // never answer Register
+	// durable, when set, is Registered.durable for a registration (a
+	// controller that confirms reports); unset, an older controller.
+	durable func(*pb.Register) *pb.ReportsDurable
 }
 
 type testSession struct {
@@ -106,7 +109,11 @@ func (s *testServer) Session(stream grpc.BidiStreamingServer[pb.AgentMessage, pb
 			ts.peer = pki.PeerName(ti.State)
 		}
 	}
-	if err := stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Registered{Registered: &pb.Registered{Controller: "test", ReportIntervalMs: 20}}}); err != nil {
+	reg := &pb.Registered{Controller: "test", ReportIntervalMs: 20}
+	if s.durable != nil {
+		reg.Durable = s.durable(ts.reg)
+	}
+	if err := stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Registered{Registered: reg}}); err != nil {
 		return err
 	}
 	s.sessions <- ts
