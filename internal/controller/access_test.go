@@ -335,6 +335,57 @@ func FuzzParseAccessKey(f *testing.F) {
 	})
 }
 
+// FuzzRecordAccess: whatever a numbered agent reports (two reports, in
+// order), a session counts each once: its through_seq never goes back,
+// a report at or below it adds nothing, and what its buckets hold is
+// what it counted received.
+func FuzzRecordAccess(f *testing.F) {
+	t0 := time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)
+	ns := func(d time.Duration) int64 { return t0.Add(d).UnixNano() }
+	for _, rs := range [][2]*pb.Report{
+		{{Seq: 1, StartUnixNano: ns(-time.Second), EndUnixNano: ns(0), Access: []*pb.AccessCount{{ResourceId: 1, RegionId: 2, NewFlows: 5}}},
+			{Seq: 1, Resend: true, StartUnixNano: ns(-time.Second), EndUnixNano: ns(0), Access: []*pb.AccessCount{{ResourceId: 1, RegionId: 2, NewFlows: 5}}}},
+		{{Seq: 7, StartUnixNano: ns(-2 * time.Hour), EndUnixNano: ns(time.Hour)},
+			{Seq: 3, Access: []*pb.AccessCount{{ResourceId: 1, NewFlows: math.MaxUint64}, {RegionId: 4, NewFlows: 1}}}},
+		{{Access: []*pb.AccessCount{{ResourceId: 1, RegionId: 2, NewFlows: 9}}}, {Seq: math.MaxUint64, Resend: true}},
+	} {
+		a, _ := proto.Marshal(rs[0])
+		b, _ := proto.Marshal(rs[1])
+		f.Add(a, b)
+	}
+	f.Fuzz(func(t *testing.T, x, y []byte) {
+		a := testConn(t)
+		a.runID = 9
+		held := func() (n uint64) {
+			for _, bf := range a.access.buckets {
+				for _, v := range bf.flows {
+					n += v
+				}
+			}
+			return n
+		}
+		for _, b := range [][]byte{x, y} {
+			var r pb.Report
+			if proto.Unmarshal(b, &r) != nil {
+				continue
+			}
+			through, before := a.access.through, held()
+			a.recordAccess(&r, t0)
+			switch {
+			case a.access.through < through:
+				t.Fatalf("through_seq went back from %d to %d", through, a.access.through)
+			case r.GetSeq() != 0 && r.GetSeq() <= through && held() != before:
+				t.Fatalf("report %d at or below %d was counted", r.GetSeq(), through)
+			case r.GetSeq() > through && a.access.through != r.GetSeq():
+				t.Fatalf("report %d counted, through_seq %d", r.GetSeq(), a.access.through)
+			}
+		}
+		if got, want := float64(held()), testutil.ToFloat64(a.c.m.accessFlows.WithLabelValues("received")); got != want {
+			t.Fatalf("buckets hold %v new flows, %v received", got, want)
+		}
+	})
+}
+
 // FuzzCheckFeed: what a replica accepts from the admin API, the leader's
 // engine accepts too (a stored feed never fails to apply).
 func FuzzCheckFeed(f *testing.F) {

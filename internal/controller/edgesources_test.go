@@ -215,6 +215,7 @@ func FuzzCheckRegister(f *testing.F) {
 		{Node: "e", Role: pb.NodeRole_NODE_ROLE_EDGE, OuterSources: []string{"192.0.2.1", "::ffff:192.0.2.1", "2001:db8::1"}},
 		{Node: "m", Role: pb.NodeRole_NODE_ROLE_MIRROR, DecapSources: []string{"10.0.0.0/8", "2001:db8::/32", "10.0.0.0/8"}},
 		{Node: "b", Role: pb.NodeRole_NODE_ROLE_BOTH, OuterSources: []string{"fe80::1%eth0"}, DecapSources: []string{"10.1.0.0/8"}},
+		{Node: "n", Role: pb.NodeRole_NODE_ROLE_EDGE, RunId: 0x9e3779b97f4a7c15, AppliedVersion: 4},
 	} {
 		b, err := proto.Marshal(r)
 		if err != nil {
