@@ -9,6 +9,19 @@
 // agent supplies (access-count deltas, probe estimates, node and mirror
 // health); ReportNow sends one at once, for a health change.
 //
+// Each report's access counts are counted once by the controller across
+// broken streams, replica changes and replica crashes: the client numbers
+// its reports (Register.run_id, chosen at random per Client, and
+// Report.seq) and keeps each one's new flows until the controller
+// confirms them written (ReportsDurable); on a new session it first sends
+// again the reports above what the controller says earlier sessions
+// wrote (Registered.durable). What it keeps is bounded
+// (Config.MaxPendingReports, MaxPendingFlows): beyond that the oldest are
+// dropped, logged and counted. A controller that confirms nothing (an
+// older one, or one without forecasting) gets reports as before: a failed send's counts go with the
+// next report, and nothing is sent twice. The reports kept live in
+// memory: an agent restart loses those not yet confirmed.
+//
 // When the session breaks the client reconnects to the next endpoint with
 // exponential backoff and jitter. The data plane keeps forwarding on the
 // last applied version meanwhile: the client remembers it, does not

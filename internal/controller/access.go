@@ -49,15 +49,17 @@ import (
 //     replica, writes nothing after the new one read through_seq: its
 //     periodic and final flushes are refused (fenced; not retried), and
 //     whatever it had not written the agent still holds and sends again.
-//   - The new session skips reports at or below through_seq (counted
-//     "duplicate"); the older sessions' keys stay and are summed with its
-//     own, as they hold other reports.
+//   - The agent, told through_seq at registration, sends again only the
+//     reports above it; the new session skips any at or below it that
+//     comes anyway (counted "duplicate"). The older sessions' keys stay
+//     and are summed with its own: they hold other reports.
 //
 // The limits: a flush too large for one etcd transaction (MaxTxnOps,
 // MaxRequestBytes: over a hundred dirty buckets, or aggregates of
 // megabytes) is written in several, the run's record in the last; a
-// replica that crashes between them leaves the earlier ones holding
-// reports the agent sends again (counted twice). An agent holds a
+// replica that crashes between them, or a takeover that lands between
+// them, leaves the earlier ones holding reports the agent sends again
+// (counted twice). An agent holds a
 // bounded number of reports (control.Config.MaxPendingReports) and drops
 // the oldest beyond it, counted at the agent: those are lost if no
 // replica wrote them. Reports that arrive, first or again, after the

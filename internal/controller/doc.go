@@ -61,14 +61,29 @@
 //     FlushInterval (1 min) and once more when the bucket is over: per
 //     agent about step/FlushInterval + 1 writes per bucket, whatever the
 //     report rate. Reports are not written individually.
+//   - Exactly once from the agent. An agent numbers its reports (a run
+//     per process, a sequence number per report) and keeps each one's new
+//     flows until the replica confirms them written; a session's writes
+//     are snapshots with the run's record, runs/<node>/<run> (the last
+//     report they hold), in one transaction conditioned on the record
+//     being the session's. A registering session takes the record over,
+//     which fences every older session of the run (their later flushes,
+//     final ones included, are refused), and the agent sends it the
+//     reports above the record again. So a report lost in a broken
+//     stream, or held by a replica that crashed or was fenced, is counted
+//     once by the next session, and one an older session wrote is not
+//     counted again (access.go lists the limits: the agent's bound, older
+//     agents and controllers, late reports).
 //   - Ingestion. Grace (5 s) after a bucket ended the leader reads its
 //     keys, sums them per (resource, region) by name (IDs are never
 //     reused; region 0 and deleted objects are counted and dropped),
 //     ingests the sum and closes the bucket; a bucket without keys is
 //     unknown to the engine, not zero demand. Each key is a cumulative
 //     total read once, and the engine drops a bucket it already closed,
-//     so a count reaches the engine exactly once; what a crashed replica
-//     received since its last write is lost. A key rewritten after its
+//     so a key's count reaches the engine exactly once (and, above, a
+//     numbered agent's report reaches the keys exactly once; an older
+//     agent's counts a crashed replica received since its last write are
+//     lost). A key rewritten after its
 //     bucket closed is reported when the checkpoint that deletes it
 //     commits, from what that delete removed, so exactly once
 //     (premirror_controller_access_aggregates_late_total).
