@@ -536,12 +536,13 @@ func (a *agentConn) takeOverRun(ctx context.Context) (uint64, error) {
 			}
 		}
 		now := a.c.cfg.Forecast.now()
-		op, _, err := a.runOp(ctx, through, now)
+		op, l, err := a.runOp(ctx, through, now)
 		if err != nil {
 			return 0, err
 		}
 		tr, err := a.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).Then(op).Commit()
 		if err != nil {
+			a.c.access.forget([]bucketLease{l})
 			return 0, err
 		}
 		if tr.Succeeded {
@@ -571,12 +572,13 @@ func (a *agentConn) ownRun(ctx context.Context, now time.Time) error {
 		a.mu.Lock()
 		written := a.access.written
 		a.mu.Unlock()
-		op, _, err := a.runOp(ctx, written, now)
+		op, l, err := a.runOp(ctx, written, now)
 		if err != nil {
 			return err
 		}
 		tr, err := a.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(op).Commit()
 		if err != nil {
+			a.c.access.forget([]bucketLease{l})
 			return err
 		}
 		if !tr.Succeeded {
