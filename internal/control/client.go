@@ -605,7 +605,9 @@ func (p *pendingReport) report() *pb.Report {
 
 // keep holds numbered report r's new flows until the controller confirms
 // them (nil when it has none), dropping the oldest beyond the bounds.
-// Called with c.mu held.
+// Dropped, not merged: a merged report would carry several numbers, and
+// a replica that had written some of them could neither skip it nor
+// count it without counting some twice. Called with c.mu held.
 func (c *Client) keep(r *pb.Report) *pendingReport {
 	byKey := map[[2]uint32]uint64{}
 	for _, a := range r.GetAccess() {

@@ -54,15 +54,22 @@ import (
 //     comes anyway (counted "duplicate"). The older sessions' keys stay
 //     and are summed with its own: they hold other reports.
 //
+// The record is one key per (node, run), apart from the aggregates: a
+// new session cannot learn through_seq from the aggregates (they carry
+// it, for diagnosis), since the leader deletes those of closed buckets
+// and a session that wrote nothing must still pass on what it
+// inherited; and per run, not per node, so that a restarted agent's new
+// session does not fence the previous process's, whose final flush is
+// the only way that process's last counts reach etcd.
+//
 // The limits: a flush too large for one etcd transaction (MaxTxnOps,
 // MaxRequestBytes: over a hundred dirty buckets, or aggregates of
 // megabytes) is written in several, the run's record in the last; a
 // replica that crashes between them, or a takeover that lands between
 // them, leaves the earlier ones holding reports the agent sends again
-// (counted twice). An agent holds a
-// bounded number of reports (control.Config.MaxPendingReports) and drops
-// the oldest beyond it, counted at the agent: those are lost if no
-// replica wrote them. Reports that arrive, first or again, after the
+// (counted twice). An agent holds a bounded number of reports
+// (control.Config.MaxPendingReports) and drops the oldest beyond it,
+// counted at the agent: those are lost if no replica wrote them. Reports that arrive, first or again, after the
 // leader closed their bucket are late as ever (late_at_replica, or an
 // aggregate written late); one sent again more than maxClockSkew after
 // its interval is placed by the replica's clock, in a later bucket. An
