@@ -112,9 +112,11 @@ type sessionAccess struct {
 	// Of a numbered agent run: through is the last report folded in (or
 	// inherited from the run's earlier sessions), written the last
 	// through in the run's record, confirmed the last one confirmed to
-	// the agent; fenced: a newer session took the run over.
-	through, written, confirmed uint64
-	fenced                      bool
+	// the agent, owed the last folded in with access counts (the agent
+	// keeps only those: no confirmation is sent for the others alone);
+	// fenced: a newer session took the run over.
+	through, written, confirmed, owed uint64
+	fenced                            bool
 }
 
 // newSessionAccess is a new session's aggregation state. The buckets an
@@ -239,6 +241,9 @@ func (a *agentConn) recordAccess(r *pb.Report, now time.Time) {
 	// (pendingAccess) holds exactly the reports up to through.
 	if numbered {
 		a.access.through = r.GetSeq()
+		if len(r.GetAccess()) > 0 {
+			a.access.owed = r.GetSeq()
+		}
 	}
 	a.mu.Unlock()
 	a.c.m.accessFlows.WithLabelValues("received").Add(received)
@@ -474,13 +479,13 @@ func (a *agentConn) fence(buckets int) {
 }
 
 // confirm queues the agent's confirmation that its reports up to through
-// are written (sendLoop sends it).
+// are written (sendLoop sends it), when one it keeps is not confirmed yet.
 func (a *agentConn) confirm(through uint64) {
 	if a.runID == 0 {
 		return
 	}
 	a.mu.Lock()
-	newer := through > a.access.confirmed
+	newer := through > a.access.confirmed && a.access.owed > a.access.confirmed
 	if newer {
 		a.access.confirmed = through
 	}

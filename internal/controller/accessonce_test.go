@@ -631,6 +631,16 @@ func TestAccessFlushTransactions(t *testing.T) {
 	if n := testutil.ToFloat64(c.m.accessFenced); n != 1 {
 		t.Fatalf("%v fenced flushes, want 1", n)
 	}
+	// Reports without access counts are not confirmed on their own (the
+	// agent keeps none of them): an idle agent gets no messages.
+	for len(b.durableCh) > 0 {
+		<-b.durableCh
+	}
+	at := t0.Add(151 * time.Minute)
+	b.recordAccess(&pb.Report{Seq: 7, StartUnixNano: at.Add(-time.Second).UnixNano(), EndUnixNano: at.UnixNano()}, at)
+	if err := b.flushAccess(ctx, false); err != nil || len(b.durableCh) != 0 || b.access.confirmed != 6 || b.access.through != 7 {
+		t.Fatalf("idle report: %v, queued %d, confirmed %d, through %d", err, len(b.durableCh), b.access.confirmed, b.access.through)
+	}
 }
 
 func TestSplitPuts(t *testing.T) {
