@@ -311,6 +311,9 @@ func (cp *controlPlane) apply(version uint64, st *pb.DesiredState) error {
 	a.applyMu.Lock()
 	a.mu.Lock()
 	next := *a.cfg
+	// The version's edges, for the check after its apply; a refused
+	// version's are not the running ones.
+	prevEdges := a.edgeSources
 	a.edgeSources = edgeSourcesFromProto(st.GetEdgeSources(), next.Node)
 	a.mu.Unlock()
 	next.State = ds
@@ -323,6 +326,11 @@ func (cp *controlPlane) apply(version uint64, st *pb.DesiredState) error {
 	err = a.apply(&next)
 	if err != nil && kept {
 		a.keepRouting.Store(true)
+	}
+	if err != nil {
+		a.mu.Lock()
+		a.edgeSources = prevEdges
+		a.mu.Unlock()
 	}
 	a.applyMu.Unlock()
 	if err != nil {

@@ -273,3 +273,40 @@ edge_hosted_mirror_health{health="up",mirror="paris",reason=""} 1
 		t.Fatalf("edge reported %v, want %v", got, want)
 	}
 }
+
+// TestRefusedVersionKeepsEdgeSources: the edges a refused controller
+// version lists are not the running ones. The unlisted-edge check after
+// a later reload or address change compares decap_sources with the edges
+// of the version the maps hold; before, a refused version's list
+// replaced them until the next version applied.
+func TestRefusedVersionKeepsEdgeSources(t *testing.T) {
+	a := New(&Config{Node: "host", Role: RoleMirror, DecapAddresses: []string{"192.0.2.10"},
+		Controller: &ControllerCfg{Site: "eu", Utilization: "none"}}, "", discardLogger())
+	cp := &controlPlane{a: a}
+	st := sampleProtoState()
+	st.EdgeSources = []*pb.EdgeSource{{Node: "edge-a", Addresses: []string{"198.51.100.1"}}}
+	if err := cp.apply(st.GetVersion(), st); err != nil {
+		t.Fatal(err)
+	}
+	want := []edgeSource{{node: "edge-a", addr: netip.MustParseAddr("198.51.100.1")}}
+	edges := func() []edgeSource {
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		return slices.Clone(a.edgeSources)
+	}
+	if got := edges(); !slices.Equal(got, want) {
+		t.Fatalf("after version %d: edges %v, want %v", st.GetVersion(), got, want)
+	}
+	// The next version lists another edge but does not compile (GUE
+	// without a port): NACKed, the running version's edges stay.
+	bad := sampleProtoState()
+	bad.Version++
+	bad.EdgeSources = []*pb.EdgeSource{{Node: "edge-b", Addresses: []string{"198.51.100.2"}}}
+	bad.Mirrors[1].GuePort = 0
+	if err := cp.apply(bad.GetVersion(), bad); err == nil {
+		t.Fatal("a GUE mirror without a port applied")
+	}
+	if got := edges(); !slices.Equal(got, want) {
+		t.Fatalf("after the refused version: edges %v, want the running version's %v", got, want)
+	}
+}
