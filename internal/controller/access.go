@@ -257,6 +257,7 @@ type accessWrite struct {
 	bucket int64
 	key    string
 	value  []byte
+	flows  uint64 // the new flows it holds
 }
 
 // accessFlush is one snapshot of a session's counts to write.
@@ -288,12 +289,16 @@ func (a *agentConn) pendingAccess(now time.Time, final bool) (accessFlush, error
 	fl := accessFlush{through: a.access.through, clean: due || !dirty}
 	for b, bf := range a.access.buckets {
 		end := time.Unix(b+step, 0)
+		// Written by an earlier flush (this one's write may still fail).
+		written := !bf.dirty
 		if bf.dirty && due {
 			agg := &pb.AccessAggregate{Node: a.node, Site: a.site, Controller: a.c.cfg.Name,
 				ConnectedUnixNano: a.status.GetConnectedUnixNano(), BucketStartUnix: b, StepSeconds: uint32(step),
 				WrittenUnixNano: now.UnixNano(), RunId: a.runID, ThroughSeq: a.access.through}
+			var total uint64
 			for k, n := range bf.flows {
 				agg.Flows = append(agg.Flows, &pb.AccessFlows{ResourceId: k[0], RegionId: k[1], NewFlows: n})
+				total += n
 			}
 			slices.SortFunc(agg.Flows, func(x, y *pb.AccessFlows) int {
 				if x.ResourceId != y.ResourceId {
@@ -305,13 +310,14 @@ func (a *agentConn) pendingAccess(now time.Time, final bool) (accessFlush, error
 			if err != nil {
 				return accessFlush{}, err
 			}
-			fl.writes = append(fl.writes, accessWrite{bucket: b, key: a.c.store.fkey(accessKey(b, a.node, a.c.cfg.Name, a.status.GetConnectedUnixNano())), value: v})
+			fl.writes = append(fl.writes, accessWrite{bucket: b, key: a.c.store.fkey(accessKey(b, a.node, a.c.cfg.Name, a.status.GetConnectedUnixNano())), value: v, flows: total})
 			// Marked clean now; a failed write marks it dirty again.
 			bf.dirty, bf.lastWrite = false, now
 		}
 		// Keep a bucket while the leader may still read it, so a late
-		// report adds to its total instead of replacing it.
-		if !bf.dirty && !now.Before(end.Add(2*fc.Grace+a.c.cfg.ReportInterval)) {
+		// report adds to its total instead of replacing it, and until a
+		// flush wrote it: a failed write marks it dirty for the next.
+		if written && !now.Before(end.Add(2*fc.Grace+a.c.cfg.ReportInterval)) {
 			delete(a.access.buckets, b)
 			a.access.evictedBefore = max(a.access.evictedBefore, b+step)
 		}
@@ -320,14 +326,16 @@ func (a *agentConn) pendingAccess(now time.Time, final bool) (accessFlush, error
 	return fl, nil
 }
 
-func (a *agentConn) markDirty(b int64) {
+// markDirty has a failed write's bucket written again by the next flush.
+func (a *agentConn) markDirty(w accessWrite) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if bf := a.access.buckets[b]; bf != nil {
+	if bf := a.access.buckets[w.bucket]; bf != nil {
 		bf.dirty = true
 	} else {
-		// Evicted meanwhile: its counts were lost with the write.
-		a.c.m.accessFlows.WithLabelValues("write_failed").Inc()
+		// Evicted meanwhile (flushes are serialized, and a bucket leaves
+		// only once written: not expected): its counts are lost.
+		a.c.m.accessFlows.WithLabelValues("write_failed").Add(float64(w.flows))
 	}
 }
 
@@ -363,7 +371,7 @@ func (a *agentConn) flushAccess(ctx context.Context, final bool) error {
 		}
 		if err != nil {
 			for _, w := range fl.writes {
-				a.markDirty(w.bucket)
+				a.markDirty(w)
 			}
 			return err
 		}

@@ -410,3 +410,33 @@ func FuzzCheckFeed(f *testing.F) {
 		}
 	})
 }
+
+// TestFailedLastWriteRetried: a bucket whose write fails is written again
+// by the next flush, even when that write was its last (the bucket over
+// for longer than the leader waits). Before, the flush that wrote it last
+// also evicted it, and a failed write lost its counts ("write_failed").
+func TestFailedLastWriteRetried(t *testing.T) {
+	a := testConn(t)
+	t0 := time.Date(2026, 3, 2, 10, 0, 0, 0, time.UTC)
+	a.recordAccess(&pb.Report{StartUnixNano: t0.Add(58 * time.Minute).UnixNano(), EndUnixNano: t0.Add(59 * time.Minute).UnixNano(),
+		Access: []*pb.AccessCount{{ResourceId: 1, RegionId: 2, NewFlows: 7}}}, t0.Add(59*time.Minute))
+	// The flush runs late: the bucket is over by more than the leader's
+	// grace when it is written.
+	late := t0.Add(time.Hour + time.Minute)
+	fl, err := a.pendingAccess(late, false)
+	if err != nil || len(fl.writes) != 1 || fl.writes[0].flows != 7 {
+		t.Fatalf("first flush: %+v %v", fl, err)
+	}
+	a.markDirty(fl.writes[0]) // its write failed
+	fl, err = a.pendingAccess(late.Add(time.Second), false)
+	if err != nil || len(fl.writes) != 1 || fl.writes[0].flows != 7 {
+		t.Fatalf("after a failed write: %+v %v, want the bucket written again", fl, err)
+	}
+	if n := testutil.ToFloat64(a.c.m.accessFlows.WithLabelValues("write_failed")); n != 0 {
+		t.Fatalf("write_failed %v, want 0", n)
+	}
+	// Written: evicted by the next flush.
+	if _, err := a.pendingAccess(late.Add(2*time.Second), false); err != nil || len(a.access.buckets) != 0 {
+		t.Fatalf("written bucket kept: %v %v", a.access.buckets, err)
+	}
+}
