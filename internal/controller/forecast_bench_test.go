@@ -71,6 +71,35 @@ func BenchmarkAccessReport(b *testing.B) {
 			b.ReportMetric(float64(writes)/hours, "etcd-writes/agent-hour")
 		}
 	})
+	// An agent that numbers its reports (counted once across sessions):
+	// the same folding plus the sequence check, and a flush is one etcd
+	// transaction holding its buckets and the run's record.
+	b.Run("numbered-record-access+flush-check", func(b *testing.B) {
+		a := testConn(b)
+		a.runID = 0x5eed
+		txns, puts := 0, 0
+		r := benchReport(t0)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := range b.N {
+			now := t0.Add(time.Duration(i) * time.Second)
+			r.StartUnixNano, r.EndUnixNano = now.Add(-time.Second).UnixNano(), now.UnixNano()
+			r.Seq = uint64(i + 1)
+			a.recordAccess(r, now)
+			fl, err := a.pendingAccess(now, false)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(fl.writes) > 0 {
+				txns++
+				puts += len(fl.writes) + 1
+			}
+		}
+		if hours := float64(b.N) / 3600; b.N >= 3600 {
+			b.ReportMetric(float64(txns)/hours, "etcd-txns/agent-hour")
+			b.ReportMetric(float64(puts)/hours, "etcd-puts/agent-hour")
+		}
+	})
 }
 
 // leaderBench is a controller (not serving) whose forecaster ingests
