@@ -16,6 +16,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/chash"
 	pmaps "github.com/premirror/premirror/internal/maps"
 )
 
@@ -311,7 +312,7 @@ func (s mapsSnapshot) mustEqual(t *testing.T, want mapsSnapshot, when string) {
 	if !maps.EqualFunc(s.tables, want.tables, slices.Equal) {
 		for k, ts := range want.tables {
 			if got := s.tables[k]; !slices.Equal(got, ts) {
-				t.Errorf("%s: route %v: %d of %d slots moved", when, k, moved(got, ts), len(ts))
+				t.Errorf("%s: route %v: %d of %d slots moved", when, k, chash.Moved(got, ts), len(ts))
 			}
 		}
 		if len(s.tables) != len(want.tables) {
@@ -327,19 +328,6 @@ func (s mapsSnapshot) mustEqual(t *testing.T, want mapsSnapshot, when string) {
 	if t.Failed() {
 		t.FailNow()
 	}
-}
-
-func moved(a, b []uint32) int {
-	if len(a) != len(b) {
-		return max(len(a), len(b))
-	}
-	n := 0
-	for i := range a {
-		if a[i] != b[i] {
-			n++
-		}
-	}
-	return n
 }
 
 func parseState(t *testing.T, text string) DesiredState {
