@@ -456,19 +456,18 @@ func btoi(b bool) int {
 // splitPuts groups puts into transactions of at most maxOps operations
 // and maxBytes of request (when set), last appended to the last one.
 func splitPuts(puts []clientv3.Op, last clientv3.Op, maxOps, maxBytes int) [][]clientv3.Op {
-	var out [][]clientv3.Op
-	var cur []clientv3.Op
-	size := requestBytes(nil)
-	for _, op := range append(slices.Clip(puts), last) {
-		n := requestBytes([]clientv3.Op{op}) - txnFraming
-		if len(cur) > 0 && (len(cur) >= max(1, maxOps) || maxBytes > 0 && size+n > maxBytes) {
-			out = append(out, cur)
-			cur, size = nil, requestBytes(nil)
-		}
-		cur = append(cur, op)
-		size += n
+	all := append(slices.Clip(puts), last)
+	items := make([][]clientv3.Op, len(all))
+	for i := range all {
+		items[i] = all[i : i+1]
 	}
-	return append(out, cur)
+	var out [][]clientv3.Op
+	start := 0
+	for _, end := range packTxns(items, maxOps, maxBytes, nil) {
+		out = append(out, all[start:end:end])
+		start = end
+	}
+	return out
 }
 
 // fence stops a session whose run a newer session took over: its counts

@@ -340,31 +340,49 @@ type txn struct {
 // too large for a transaction of its own still gets one, which
 // checkRequestSize refuses.
 func (s *Store) txns(puts []pendingPut) []txn {
-	per := max(1, (s.MaxTxnOps-1)/2)
 	gen := clientv3.OpPut(s.key(keyGen), "")
-	var out []txn
-	var cur txn
-	size := requestBytes([]clientv3.Op{gen})
-	for _, p := range puts {
-		ops := []clientv3.Op{clientv3.OpPut(s.key(objectKey(p.kind, p.name)), string(p.value))}
+	items := make([][]clientv3.Op, len(puts))
+	for i, p := range puts {
+		items[i] = []clientv3.Op{clientv3.OpPut(s.key(objectKey(p.kind, p.name)), string(p.value))}
 		if p.newID {
-			ops = append(ops, clientv3.OpPut(s.key(keyIDs, p.kind, "/", p.name), strconv.FormatUint(uint64(p.id), 10)))
+			items[i] = append(items[i], clientv3.OpPut(s.key(keyIDs, p.kind, "/", p.name), strconv.FormatUint(uint64(p.id), 10)))
 		}
-		n := requestBytes(ops) - txnFraming
-		if len(cur.puts) == per || (len(cur.puts) > 0 && s.MaxRequestBytes > 0 && size+n > s.MaxRequestBytes) {
-			cur.ops = append(cur.ops, gen)
-			out = append(out, cur)
-			cur, size = txn{}, requestBytes([]clientv3.Op{gen})
-		}
-		cur.puts = append(cur.puts, p)
-		cur.ops = append(cur.ops, ops...)
-		size += n
 	}
-	if len(cur.puts) > 0 {
-		cur.ops = append(cur.ops, gen)
-		out = append(out, cur)
+	var out []txn
+	start := 0
+	for _, end := range packTxns(items, max(1, (s.MaxTxnOps-1)/2), s.MaxRequestBytes, []clientv3.Op{gen}) {
+		t := txn{puts: slices.Clip(puts[start:end])}
+		for _, ops := range items[start:end] {
+			t.ops = append(t.ops, ops...)
+		}
+		t.ops = append(t.ops, gen)
+		out = append(out, t)
+		start = end
 	}
 	return out
+}
+
+// packTxns groups items (each the operations of one thing to write),
+// in order, into transactions of at most maxItems items (at least one)
+// and, when maxBytes is set, at most maxBytes of request (requestBytes)
+// counting reserve's operations in each, which the caller adds. An item
+// too large for a transaction of its own still gets one. It returns
+// where each transaction's items end (exclusive).
+func packTxns(items [][]clientv3.Op, maxItems, maxBytes int, reserve []clientv3.Op) []int {
+	var ends []int
+	start, size := 0, requestBytes(reserve)
+	for i, ops := range items {
+		n := requestBytes(ops) - txnFraming
+		if i > start && (i-start >= max(1, maxItems) || maxBytes > 0 && size+n > maxBytes) {
+			ends = append(ends, i)
+			start, size = i, requestBytes(reserve)
+		}
+		size += n
+	}
+	if len(items) > start {
+		ends = append(ends, len(items))
+	}
+	return ends
 }
 
 // A put's framing in etcd's request (the tags and lengths of its key,
