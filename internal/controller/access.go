@@ -427,10 +427,12 @@ func (a *agentConn) writeAccess(ctx context.Context, fl accessFlush, now time.Ti
 				return fmt.Errorf("write access aggregates of %d buckets: %w", len(fl.writes), err)
 			}
 			if resp.Succeeded {
+				aggregates := len(batch)
 				if i == len(batches)-1 {
 					a.fenceRev = resp.Header.Revision
+					aggregates-- // the run's record
 				}
-				a.c.m.aggregateWrites.Add(float64(len(batch) - btoi(i == len(batches)-1)))
+				a.c.m.aggregateWrites.Add(float64(aggregates))
 				break
 			}
 			// Adopting the record's revision is right once: failing again
@@ -444,13 +446,6 @@ func (a *agentConn) writeAccess(ctx context.Context, fl accessFlush, now time.Ti
 		}
 	}
 	return nil
-}
-
-func btoi(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
 
 // splitPuts groups puts into transactions of at most maxOps operations
