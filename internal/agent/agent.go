@@ -565,6 +565,11 @@ func (a *Agent) applyDecap(cfg *Config, ports map[netip.Addr]uint16, probePort u
 	if err != nil {
 		return fmt.Errorf("reconcile decap maps: %w", err)
 	}
+	if h := testHookAfterDecapEndpoints; h != nil {
+		if err := h(); err != nil {
+			return err
+		}
+	}
 	if len(srcs) == 0 {
 		if err := setSources(); err != nil {
 			return err
@@ -585,6 +590,12 @@ func (a *Agent) applyDecap(cfg *Config, ports map[netip.Addr]uint16, probePort u
 	total.Deleted += ch.Deleted
 	return nil
 }
+
+// testHookAfterDecapEndpoints, set by tests only, fails an apply after
+// the decap endpoints were written: no map write after them can be made
+// to fail once without failing the restore too (the probe echo is the
+// same in both).
+var testHookAfterDecapEndpoints func() error
 
 // stateVersion hashes the desired state's content (JSON follows pointers
 // and sorts map keys; %+v would print a pointer's address), so equal

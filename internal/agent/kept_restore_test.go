@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"net/netip"
@@ -9,6 +10,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,14 +80,20 @@ resources:
 // and the agent is where it was: version kept, keeping the routing, the
 // next version a first one again. The failure is injected at each step
 // of the reconcile order: a frozen map refuses every write from user
-// space, a full pm_route_tables refuses a new table.
+// space, a full pm_route_tables refuses a new table, and a test hook fails
+// the apply after the decap endpoints (the last write, the probe echo, is
+// the same in the version and in the restore: a frozen map would fail
+// both).
 func TestFirstVersionFailureRestoresKeptRouting(t *testing.T) {
 	requireRoot(t)
 	tlsFiles := controllerTLS(t)
 	for _, tc := range []struct {
 		name   string
 		freeze string // the map that refuses writes ("": none)
-		edit   func(t *testing.T, s *DesiredState)
+		// failAfterEndpoints fails the apply once, after the decap
+		// endpoints were written (testHookAfterDecapEndpoints).
+		failAfterEndpoints bool
+		edit               func(t *testing.T, s *DesiredState)
 	}{
 		{
 			name: "after mirrors, at the VIPs", freeze: "pm_vips",
@@ -159,6 +167,14 @@ func TestFirstVersionFailureRestoresKeptRouting(t *testing.T) {
 				s.Regions[2].Prefixes = []string{"100.64.0.0/10", "2001:db8:7::/48"}
 			},
 		},
+		{
+			name: "after the decap endpoints, at the probe echo", failAfterEndpoints: true,
+			edit: func(t *testing.T, s *DesiredState) {
+				mirror(t, s, "self").GUEPort = 7000
+				resource(t, s, "web").Routes["us"] = map[string]uint32{"self": 1}
+				s.Regions[2].Prefixes = []string{"100.64.0.0/10", "2001:db8:7::/48"}
+			},
+		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ns := agentNS(t)
@@ -215,6 +231,18 @@ func TestFirstVersionFailureRestoresKeptRouting(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			var endpointsWritten map[netip.Addr]pmaps.DecapEndpoint
+			if tc.failAfterEndpoints {
+				var fired atomic.Bool
+				testHookAfterDecapEndpoints = func() error {
+					if fired.Swap(true) {
+						return nil // the restore's own pass
+					}
+					endpointsWritten = snapshotMaps(t, a).endpoints
+					return errors.New("injected failure after the decap endpoints")
+				}
+				defer func() { testHookAfterDecapEndpoints = nil }()
+			}
 			version := parseState(t, keptPrevious)
 			tc.edit(t, &version)
 			ns.Do(func() { err = a.cp.apply(1, protoState(t, version)) })
@@ -222,6 +250,13 @@ func TestFirstVersionFailureRestoresKeptRouting(t *testing.T) {
 				t.Fatal("the first version applied, want it to fail part-way")
 			}
 			t.Logf("version 1 refused: %v", err)
+			if tc.failAfterEndpoints {
+				// The failure came after the version's endpoints were
+				// in the map: the restore had something to undo.
+				if got := endpointsWritten[netip.MustParseAddr("10.78.0.1")].GUEPort; got != 7000 {
+					t.Fatalf("at the injected failure the decap endpoint had GUE port %d, want the version's 7000 (endpoints %v)", got, endpointsWritten)
+				}
+			}
 
 			snapshotMaps(t, a).mustEqual(t, kept, "after the first version failed")
 			a.mu.Lock()
