@@ -111,7 +111,27 @@ type Config struct {
 	MaxPendingReports, MaxPendingFlows int
 	// CacheFile, when set, receives every applied version (see LoadCache).
 	CacheFile string
-	Logger    *slog.Logger
+	// JournalFile, when set, keeps on disk what an agent restart must not
+	// lose of its access counts under a controller that confirms them
+	// (journal.go): the run, its numbers, the reports not yet confirmed
+	// and the counters' values the last report counted to. A Client
+	// started on it continues the run: it sends those reports again and
+	// the agent counts from RestoredBaseline. Each numbered report is
+	// written to it before it is sent. Another process holding it
+	// (locked) or a journal that cannot be applied start a new run.
+	JournalFile string
+	// CounterSource names the counters AccessCounts reads (the agent: the
+	// boot and the pin directory): a journal of another source restores
+	// no baseline, the counters being newer than it.
+	CounterSource string
+	// AccessBaseline, with JournalFile, returns the new flows each
+	// counter held when AccessCounts last read it (NewFlows; the
+	// counter's key in ResourceId, RegionId, MirrorId): of every counter
+	// with new flows when all, otherwise of those changed since its
+	// previous call (a counter gone as 0). Called right after
+	// AccessCounts, with nothing in between that reads the counters.
+	AccessBaseline func(all bool) []*pb.AccessCount
+	Logger         *slog.Logger
 	// Revocation, when set (a pki.Source), is asked before every desired
 	// state is applied and every report is sent whether the controller's
 	// certificate has been revoked since the handshake; if so the session
@@ -140,6 +160,8 @@ func (c *Config) validate() error {
 		return errors.New("control node: missing")
 	case c.Apply == nil:
 		return errors.New("control apply: callback missing")
+	case c.JournalFile != "" && (c.AccessCounts == nil || c.AccessBaseline == nil):
+		return errors.New("control journal: needs the AccessCounts and AccessBaseline callbacks")
 	}
 	for i, a := range c.Addresses {
 		if _, err := netip.ParseAddr(a); err != nil {
@@ -197,10 +219,31 @@ type Client struct {
 	// controller confirms; overLimit: dropping beyond the bounds (logged
 	// once until the next confirmation).
 	seq          uint64
+	confirmedSeq uint64 // the run's reports confirmed written (a replica's through_seq)
 	pending      []*pendingReport
 	pendingFlows int
 	confirming   bool
 	overLimit    bool
+
+	// The journal (Config.JournalFile; nil without one), its file
+	// operations serialized by jMu. Under mu: jLimit, the report numbers
+	// the journal on disk reserved; jSnap: the next write replaces it
+	// (none valid, or the appends outgrew their snapshot, jAppended
+	// against jSnapBytes); jOnDisk: a journal file is there; jFailing: a
+	// write failed (logged once until one succeeds); restored: the
+	// journal the client started from.
+	j          *journalFile
+	jMu        sync.Mutex
+	jLimit     uint64
+	jSnap      bool
+	jOnDisk    bool
+	jFailing   bool
+	jSnapBytes int
+	jAppended  int
+	restored   *journalState
+	// crashHook, in tests, ends sendReport at a stage ("counted": counts
+	// numbered and kept; "journaled": written) as a crash there would.
+	crashHook func(stage string) error
 
 	kick chan struct{}
 	m    metrics
@@ -221,7 +264,22 @@ func New(cfg Config) (*Client, error) {
 	for c.runID == 0 {
 		c.runID = rand.Uint64()
 	}
+	if cfg.JournalFile != "" {
+		c.loadJournal()
+	}
 	return c, nil
+}
+
+// Close releases the journal (its lock); call it once Run returned.
+func (c *Client) Close() error {
+	c.jMu.Lock()
+	defer c.jMu.Unlock()
+	if c.j == nil {
+		return nil
+	}
+	err := c.j.close()
+	c.j = nil
+	return err
 }
 
 // PendingReports is the number of reports whose access counts the
@@ -275,6 +333,12 @@ func (c *Client) ReportNow() {
 // Run keeps a session open until ctx ends, reconnecting with backoff; it
 // returns nil then. The last applied version stays in force throughout.
 func (c *Client) Run(ctx context.Context) error {
+	// The run's first journal, or the restored one compacted: from here a
+	// restart continues from what this process counts.
+	c.mu.Lock()
+	w := c.journalWrite(false, nil)
+	c.mu.Unlock()
+	c.writeJournal(w)
 	next := rand.IntN(len(c.cfg.Endpoints))
 	failures := 0
 	for {
@@ -394,7 +458,10 @@ func (c *Client) session(ctx context.Context, endpoint string) (registered bool,
 	c.mu.Lock()
 	c.controller = reg.GetController()
 	c.mu.Unlock()
-	resend := c.startReports(reg.GetDurable())
+	resend, confirming := c.startReports(reg.GetDurable())
+	if !confirming {
+		c.dropJournal()
+	}
 	c.m.connected.Store(true)
 	defer func() {
 		c.mu.Lock()
@@ -552,6 +619,7 @@ func (c *Client) sendReport(s *sessionIO) error {
 	r.StartUnixNano = c.sentUntil.UnixNano()
 	r.Access = c.carry.list()
 	var kept *pendingReport
+	var jw *journalWriteReq
 	numbered := c.confirming
 	if numbered {
 		// From here the report holds the counts, sent or not.
@@ -560,8 +628,18 @@ func (c *Client) sendReport(s *sessionIO) error {
 		kept = c.keep(r)
 		c.carry = accessBuf{}
 		c.sentUntil = now
+		jw = c.journalWrite(true, kept)
 	}
 	c.mu.Unlock()
+	if err := c.crash("counted"); err != nil {
+		return err
+	}
+	// Before the send: a restart then either sends this report again or
+	// (the write not done) counts its growth again, never sent.
+	c.writeJournal(jw)
+	if err := c.crash("journaled"); err != nil {
+		return err
+	}
 	if err := s.send(&pb.AgentMessage{Msg: &pb.AgentMessage_Report{Report: r}}); err != nil {
 		return err
 	}
@@ -624,12 +702,7 @@ func (c *Client) keep(r *pb.Report) *pendingReport {
 	}
 	c.pending = append(c.pending, p)
 	c.pendingFlows += len(p.flows)
-	dropped := 0
-	for len(c.pending) > 1 && (len(c.pending) > c.cfg.MaxPendingReports || c.pendingFlows > c.cfg.MaxPendingFlows) {
-		c.dropFirst()
-		dropped++
-	}
-	if dropped > 0 {
+	if dropped := c.trimPending(); dropped > 0 {
 		c.m.droppedLimit.Add(uint64(dropped))
 		if !c.overLimit {
 			c.overLimit = true
@@ -640,6 +713,17 @@ func (c *Client) keep(r *pb.Report) *pendingReport {
 	}
 	c.m.pending.Store(int64(len(c.pending)))
 	return p
+}
+
+// trimPending drops the oldest pending reports beyond the bounds and
+// returns how many. Called with c.mu held.
+func (c *Client) trimPending() int {
+	dropped := 0
+	for len(c.pending) > 1 && (len(c.pending) > c.cfg.MaxPendingReports || c.pendingFlows > c.cfg.MaxPendingFlows) {
+		c.dropFirst()
+		dropped++
+	}
+	return dropped
 }
 
 // dropFirst forgets the oldest pending report. Called with c.mu held.
@@ -659,13 +743,15 @@ func (c *Client) confirmed(d *pb.ReportsDurable) {
 	for len(c.pending) > 0 && c.pending[0].seq <= d.GetThroughSeq() {
 		c.dropFirst()
 	}
+	c.confirmedSeq = max(c.confirmedSeq, min(d.GetThroughSeq(), c.seq))
 	c.overLimit = false
 	c.m.pending.Store(int64(len(c.pending)))
 }
 
 // startReports sets up a new session's reports by what its controller
-// said at registration and returns the reports to send again first.
-func (c *Client) startReports(d *pb.ReportsDurable) []*pendingReport {
+// said at registration and returns the reports to send again first, and
+// whether the controller confirms reports.
+func (c *Client) startReports(d *pb.ReportsDurable) ([]*pendingReport, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	defer func() { c.m.pending.Store(int64(len(c.pending))) }()
@@ -676,7 +762,8 @@ func (c *Client) startReports(d *pb.ReportsDurable) []*pendingReport {
 		for len(c.pending) > 0 && c.pending[0].seq <= d.GetThroughSeq() {
 			c.dropFirst()
 		}
-		return slices.Clone(c.pending)
+		c.confirmedSeq = max(c.confirmedSeq, min(d.GetThroughSeq(), c.seq))
+		return slices.Clone(c.pending), true
 	}
 	// A controller that confirms nothing (an older one): as before
 	// confirmations, nothing is sent twice. Reports a stream took may
@@ -698,7 +785,7 @@ func (c *Client) startReports(d *pb.ReportsDurable) []*pendingReport {
 		c.log.Info("reports not confirmed by the previous controller dropped: this one confirms none, and might count them twice",
 			"reports", unconfirmed, "controller", c.controller)
 	}
-	return nil
+	return nil, false
 }
 
 func minTime(a, b time.Time) time.Time {
@@ -762,4 +849,10 @@ type metrics struct {
 	pending            atomic.Int64
 	droppedLimit       atomic.Uint64
 	droppedUnconfirmed atomic.Uint64
+	journalLoad        string // outcome at New ("" without a journal)
+	journalSnapshots   atomic.Uint64
+	journalAppends     atomic.Uint64
+	journalErrors      atomic.Uint64
+	journalBytes       atomic.Uint64
+	journalNanos       atomic.Uint64
 }

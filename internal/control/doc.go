@@ -19,8 +19,15 @@
 // (Config.MaxPendingReports, MaxPendingFlows): beyond that the oldest are
 // dropped, logged and counted. A controller that confirms nothing (an
 // older one, or one without forecasting) gets reports as before: a failed send's counts go with the
-// next report, and nothing is sent twice. The reports kept live in
-// memory: an agent restart loses those not yet confirmed.
+// next report, and nothing is sent twice.
+//
+// With Config.JournalFile the run also survives a restart of the agent
+// (journal.go): each numbered report is written to the journal before it
+// is sent (the run, the numbers given, the reports not confirmed, the
+// counters' values it counted to), and a process started on it continues
+// the run, sends those reports again and counts from those values. Without
+// one the reports kept live in memory: a restart loses those not yet
+// confirmed.
 //
 // When the session breaks the client reconnects to the next endpoint with
 // exponential backoff and jitter. The data plane keeps forwarding on the

@@ -1,6 +1,10 @@
 package control
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 var (
 	descConnected = prometheus.NewDesc("premirror_control_connected",
@@ -21,11 +25,24 @@ var (
 		"Reports dropped before the controller confirmed their access counts, by reason: limit (more pending than "+
 			"the bound; lost unless a controller wrote them), not_confirming (the new session's controller confirms none, "+
 			"an older one: not sent again, as before confirmations).", []string{"reason"}, nil)
+	descJournalLoads = prometheus.NewDesc("premirror_control_journal_loads_total",
+		"Access journal read at start, by outcome: fresh (none: a new run), restored (the previous process's run "+
+			"continued), corrupt, incompatible (another build's format), unreadable (a new run; the file is kept as .corrupt), "+
+			"locked (another process holds it: this one runs without).", []string{"outcome"}, nil)
+	descJournalWrites = prometheus.NewDesc("premirror_control_journal_writes_total",
+		"Access journal writes, by kind: snapshot (the whole journal, atomically), append (one report).", []string{"kind"}, nil)
+	descJournalErrors = prometheus.NewDesc("premirror_control_journal_write_errors_total",
+		"Access journal writes or removals that failed; a restart before the next successful write starts a new run.", nil, nil)
+	descJournalBytes = prometheus.NewDesc("premirror_control_journal_written_bytes_total",
+		"Bytes written to the access journal.", nil, nil)
+	descJournalSeconds = prometheus.NewDesc("premirror_control_journal_write_seconds_total",
+		"Time spent writing and syncing the access journal (before the reports are sent).", nil, nil)
 )
 
 // Describe implements prometheus.Collector.
 func (c *Client) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnected, descApplied, descVersions, descReports, descReconnects, descResent, descPending, descPendingDropped} {
+	for _, d := range []*prometheus.Desc{descConnected, descApplied, descVersions, descReports, descReconnects, descResent, descPending, descPendingDropped,
+		descJournalLoads, descJournalWrites, descJournalErrors, descJournalBytes, descJournalSeconds} {
 		ch <- d
 	}
 }
@@ -47,4 +64,19 @@ func (c *Client) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descPending, prometheus.GaugeValue, float64(c.m.pending.Load()))
 	ch <- prometheus.MustNewConstMetric(descPendingDropped, prometheus.CounterValue, float64(c.m.droppedLimit.Load()), "limit")
 	ch <- prometheus.MustNewConstMetric(descPendingDropped, prometheus.CounterValue, float64(c.m.droppedUnconfirmed.Load()), "not_confirming")
+	if c.cfg.JournalFile == "" {
+		return
+	}
+	for _, o := range journalOutcomes {
+		n := 0.0
+		if c.m.journalLoad == o {
+			n = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descJournalLoads, prometheus.CounterValue, n, o)
+	}
+	ch <- prometheus.MustNewConstMetric(descJournalWrites, prometheus.CounterValue, float64(c.m.journalSnapshots.Load()), "snapshot")
+	ch <- prometheus.MustNewConstMetric(descJournalWrites, prometheus.CounterValue, float64(c.m.journalAppends.Load()), "append")
+	ch <- prometheus.MustNewConstMetric(descJournalErrors, prometheus.CounterValue, float64(c.m.journalErrors.Load()))
+	ch <- prometheus.MustNewConstMetric(descJournalBytes, prometheus.CounterValue, float64(c.m.journalBytes.Load()))
+	ch <- prometheus.MustNewConstMetric(descJournalSeconds, prometheus.CounterValue, time.Duration(c.m.journalNanos.Load()).Seconds())
 }

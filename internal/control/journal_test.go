@@ -1,0 +1,650 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"maps"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	pb "github.com/premirror/premirror/api/premirror/v1"
+)
+
+// testJournal is a snapshot followed by two appended reports: one kept
+// with a moved and a removed counter, one without new flows that
+// reserves further numbers.
+func testJournal() (b []byte, want *journalState) {
+	p1 := &pendingReport{seq: 3, start: 100, end: 200, flows: []flowCount{{1, 2, 5}}, sent: true}
+	p2 := &pendingReport{seq: 4, start: 200, end: 300, flows: []flowCount{{1, 2, 1}, {9, 2, 7}}, sent: true}
+	st := &journalState{runID: 0xfeed, seqLimit: 1027, sentUntil: 200, source: "boot-a /sys/fs/bpf/premirror",
+		baseline: map[accessKey]uint64{{1, 2, 3}: 40, {8, 2, 3}: 2}, pending: []*pendingReport{p1}}
+	b = encodeSnapshot(st, []baselineEntry{{accessKey{1, 2, 3}, 40}, {accessKey{8, 2, 3}, 2}})
+	b = append(b, encodeReport(1027, 300, 2, p2, []baselineEntry{{accessKey{1, 2, 3}, 41}, {accessKey{9, 2, 3}, 7}, {accessKey{8, 2, 3}, 0}})...)
+	b = append(b, encodeReport(3000, 400, 2, nil, nil)...)
+	want = &journalState{runID: 0xfeed, seqLimit: 3000, sentUntil: 400, source: st.source,
+		baseline: map[accessKey]uint64{{1, 2, 3}: 41, {9, 2, 3}: 7}, pending: []*pendingReport{p1, p2}}
+	return b, want
+}
+
+func TestJournalRoundTrip(t *testing.T) {
+	full, want := testJournal()
+	snapLen := journalHeaderLen + recHeaderLen + int(be32(full[journalHeaderLen:]))
+	firstAppend := snapLen + recHeaderLen + int(be32(full[snapLen:]))
+	afterFirst := &journalState{runID: want.runID, seqLimit: 1027, sentUntil: 300, source: want.source,
+		baseline: want.baseline, pending: want.pending}
+	afterSnap := &journalState{runID: want.runID, seqLimit: 1027, sentUntil: 200, source: want.source,
+		baseline: map[accessKey]uint64{{1, 2, 3}: 40, {8, 2, 3}: 2}, pending: want.pending[:1]}
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want *journalState
+		torn bool
+	}{
+		{"snapshot and appends", full, want, false},
+		{"snapshot alone", full[:snapLen], afterSnap, false},
+		// A crash while a report was appended: that report was never
+		// sent, and the journal is what it was before.
+		{"last append cut in its header", full[:firstAppend+4], afterFirst, true},
+		{"last append cut in its payload", full[:len(full)-1], afterFirst, true},
+		{"first append cut", full[:snapLen+recHeaderLen+2], afterSnap, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, torn, err := decodeJournal(tc.b)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if torn != tc.torn {
+				t.Fatalf("torn %v, want %v", torn, tc.torn)
+			}
+			if !sameState(st, tc.want) {
+				t.Fatalf("decoded\n %+v\nwant\n %+v", st, tc.want)
+			}
+			// What a compaction writes reads back the same.
+			again, _, err := decodeJournal(encodeSnapshot(st, entriesOf(st.baseline)))
+			if err != nil || !sameState(again, st) {
+				t.Fatalf("snapshot of the decoded state: %+v, %v", again, err)
+			}
+		})
+	}
+}
+
+func be32(b []byte) uint32 {
+	return uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+}
+
+func entriesOf(m map[accessKey]uint64) []baselineEntry {
+	var out []baselineEntry
+	for k, v := range m {
+		out = append(out, baselineEntry{k, v})
+	}
+	return out
+}
+
+func sameState(a, b *journalState) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	if a.runID != b.runID || a.seqLimit != b.seqLimit || a.sentUntil != b.sentUntil || a.source != b.source ||
+		!maps.Equal(a.baseline, b.baseline) || len(a.pending) != len(b.pending) {
+		return false
+	}
+	for i := range a.pending {
+		if !reflect.DeepEqual(*a.pending[i], *b.pending[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// A journal that cannot be applied is refused whole, with an error that
+// says why.
+func TestJournalRefused(t *testing.T) {
+	full, _ := testJournal()
+	snapLen := journalHeaderLen + recHeaderLen + int(be32(full[journalHeaderLen:]))
+	flip := func(i int) []byte { b := bytes.Clone(full); b[i] ^= 0x40; return b }
+	version := bytes.Clone(full)
+	version[len(journalMagic)+3] = 2
+	outOfOrder := encodeSnapshot(&journalState{runID: 1, seqLimit: 10, pending: []*pendingReport{
+		{seq: 5, flows: []flowCount{{1, 1, 1}}}, {seq: 5, flows: []flowCount{{1, 1, 1}}}}}, nil)
+	beyondLimit := encodeSnapshot(&journalState{runID: 1, seqLimit: 4, pending: []*pendingReport{
+		{seq: 5, flows: []flowCount{{1, 1, 1}}}}}, nil)
+	lowered := append(encodeSnapshot(&journalState{runID: 1, seqLimit: 10}, nil), encodeReport(9, 0, 0, nil, nil)...)
+	confirmedAbove := append(encodeSnapshot(&journalState{runID: 1, seqLimit: 10}, nil), encodeReport(10, 0, 11, nil, nil)...)
+	for _, tc := range []struct {
+		name string
+		b    []byte
+		want error
+	}{
+		{"empty", nil, ErrJournalCorrupt},
+		{"header only", full[:journalHeaderLen], ErrJournalCorrupt},
+		{"not a journal", []byte("pmstate1 and more bytes"), ErrJournalCorrupt},
+		{"another version", version, ErrJournalVersion},
+		{"snapshot cut short", full[:snapLen-1], ErrJournalCorrupt},
+		{"snapshot's header cut", full[:journalHeaderLen+5], ErrJournalCorrupt},
+		{"a bit flipped in the snapshot", flip(snapLen - 3), ErrJournalCorrupt},
+		{"a bit flipped in an append that is not the last", flip(snapLen + recHeaderLen + 2), ErrJournalCorrupt},
+		{"a bit flipped in the last append", flip(len(full) - 1), ErrJournalCorrupt},
+		{"two snapshots", append(bytes.Clone(full[:snapLen]), full[journalHeaderLen:snapLen]...), ErrJournalCorrupt},
+		{"reports out of order", outOfOrder, ErrJournalCorrupt},
+		{"a report above the numbers reserved", beyondLimit, ErrJournalCorrupt},
+		{"numbers reserved going down", lowered, ErrJournalCorrupt},
+		{"confirmed above the numbers reserved", confirmedAbove, ErrJournalCorrupt},
+		{"no run", encodeSnapshot(&journalState{}, nil), ErrJournalCorrupt},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			st, _, err := decodeJournal(tc.b)
+			if !errors.Is(err, tc.want) || st != nil {
+				t.Fatalf("decoded %+v, %v; want %v", st, err, tc.want)
+			}
+		})
+	}
+}
+
+// FuzzDecodeJournal: any bytes decode without panicking, and what
+// decodes survives a snapshot of it unchanged.
+func FuzzDecodeJournal(f *testing.F) {
+	full, _ := testJournal()
+	f.Add(full)
+	f.Add(full[:len(full)-3])
+	f.Add(encodeSnapshot(&journalState{runID: 1}, nil))
+	f.Add([]byte("pmaccjnl"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		st, _, err := decodeJournal(b)
+		if err != nil {
+			if st != nil {
+				t.Fatal("a state with an error")
+			}
+			return
+		}
+		again, torn, err := decodeJournal(encodeSnapshot(st, entriesOf(st.baseline)))
+		if err != nil || torn || !sameState(again, st) {
+			t.Fatalf("snapshot of %+v read back as %+v, %v", st, again, err)
+		}
+	})
+}
+
+// counters are an agent's pinned access counters: they outlive its
+// processes. A proc is one agent process reading them, as the agent does
+// (internal/agent: accessCounts, accessBaseline).
+type counters struct {
+	mu    sync.Mutex
+	total map[accessKey]uint64 // new flows
+}
+
+func (cs *counters) add(resource uint32, n uint64) {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.total[accessKey{resource, 7, 3}] += n
+}
+
+func (cs *counters) sum() uint64 {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	var n uint64
+	for _, v := range cs.total {
+		n += v
+	}
+	return n
+}
+
+type proc struct {
+	cs      *counters
+	mu      sync.Mutex
+	prev    map[accessKey]uint64
+	changed map[accessKey]bool
+}
+
+// newProc starts a process on cs from the client's restored baseline,
+// or from the counters' present values.
+func newProc(cs *counters, c *Client) *proc {
+	p := &proc{cs: cs, prev: map[accessKey]uint64{}, changed: map[accessKey]bool{}}
+	if base, ok := c.RestoredBaseline(); ok {
+		for _, a := range base {
+			p.prev[accessKey{a.GetResourceId(), a.GetRegionId(), a.GetMirrorId()}] = a.GetNewFlows()
+		}
+		return p
+	}
+	cs.mu.Lock()
+	maps.Copy(p.prev, cs.total)
+	cs.mu.Unlock()
+	return p
+}
+
+func (p *proc) counts() []*pb.AccessCount {
+	p.cs.mu.Lock()
+	cur := maps.Clone(p.cs.total)
+	p.cs.mu.Unlock()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []*pb.AccessCount
+	for k, v := range cur {
+		if d := v - p.prev[k]; d > 0 {
+			out = append(out, &pb.AccessCount{ResourceId: k.resource, RegionId: k.region, MirrorId: k.mirror, NewFlows: d, Packets: d})
+			p.changed[k] = true
+		}
+	}
+	p.prev = cur
+	return out
+}
+
+func (p *proc) baseline(all bool) []*pb.AccessCount {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []*pb.AccessCount
+	for k, v := range p.prev {
+		if all || p.changed[k] {
+			out = append(out, &pb.AccessCount{ResourceId: k.resource, RegionId: k.region, MirrorId: k.mirror, NewFlows: v})
+		}
+	}
+	clear(p.changed)
+	return out
+}
+
+// tally is what a controller that counts numbered reports once counts:
+// the first report of each (run, seq).
+type tally struct {
+	mu   sync.Mutex
+	seen map[[2]uint64]uint64
+}
+
+func (tl *tally) add(run uint64, r *pb.Report) {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	k := [2]uint64{run, r.GetSeq()}
+	if _, ok := tl.seen[k]; !ok || r.GetSeq() == 0 {
+		tl.seen[k] += newFlows(r)
+	}
+}
+
+func (tl *tally) sum() uint64 {
+	tl.mu.Lock()
+	defer tl.mu.Unlock()
+	var n uint64
+	for _, v := range tl.seen {
+		n += v
+	}
+	return n
+}
+
+// agentProc is one agent process: a client on the journal and its proc.
+type agentProc struct {
+	c      *Client
+	p      *proc
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func startProc(t *testing.T, cfg Config, cs *counters, hook func(string) error) *agentProc {
+	t.Helper()
+	ap := &agentProc{done: make(chan struct{})}
+	cfg.AccessCounts = func() []*pb.AccessCount { return ap.p.counts() }
+	cfg.AccessBaseline = func(all bool) []*pb.AccessCount { return ap.p.baseline(all) }
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.crashHook = hook
+	ap.c, ap.p = c, newProc(cs, c)
+	ctx, cancel := context.WithCancel(context.Background())
+	ap.cancel = cancel
+	go func() { defer close(ap.done); _ = c.Run(ctx) }()
+	t.Cleanup(ap.kill)
+	return ap
+}
+
+// kill stops the process as a crash would: no final report, nothing
+// written after what it wrote last.
+func (ap *agentProc) kill() {
+	ap.cancel()
+	<-ap.done
+	ap.c.Close()
+}
+
+// An agent process killed at any point of its report path (after
+// counting, after the journal write, between reports) and started again
+// on its journal and its counters: the controller counts exactly what
+// the counters counted, and the restarted process continues the run,
+// sending the reports not confirmed again with their numbers before any
+// new one, which it numbers above every number the first one gave.
+func TestJournalRestartCountsOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		stage   string // where the crash comes ("": between reports)
+		pending int    // reports the restarted process sends again
+	}{
+		{"crash after counting, before the journal write", "counted", 2},
+		{"crash after the journal write, before the send", "journaled", 3},
+		{"crash between reports", "", 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ce := newCerts(t, "edge-1")
+			tl := &tally{seen: map[[2]uint64]uint64{}}
+			var written atomic.Uint64 // what the controller wrote and confirmed
+			srv := &testServer{sessions: make(chan *testSession, 8), durable: func(r *pb.Register) *pb.ReportsDurable {
+				return &pb.ReportsDurable{RunId: r.GetRunId(), ThroughSeq: written.Load()}
+			}}
+			addr := startServer(t, ce, srv)
+			cs := &counters{total: map[accessKey]uint64{{1, 7, 3}: 1000}} // counted before the agent
+			path := filepath.Join(t.TempDir(), "state.pb.access")
+			cfg := Config{Endpoints: []string{addr}, TLS: ce.client, Node: "edge-1", Apply: (&agentFake{}).apply,
+				JournalFile: path, CounterSource: "boot-a",
+				MinBackoff: time.Hour, MaxBackoff: time.Hour} // a crashed session is not retried
+			var armed sync.Mutex
+			crashAt := ""
+			crashed := make(chan struct{})
+			hook := func(stage string) error {
+				armed.Lock()
+				defer armed.Unlock()
+				if stage != crashAt {
+					return nil
+				}
+				crashAt = "-"
+				close(crashed)
+				return errors.New("crashed (test)")
+			}
+			a := startProc(t, cfg, cs, hook)
+			ts := waitSession(t, srv)
+			run := ts.reg.GetRunId()
+			var maxSeq uint64
+			// read tallies the session's reports until one satisfies ok.
+			read := func(ts *testSession, what string, ok func(*pb.Report) bool) *pb.Report {
+				return ts.nextReport(t, what, func(r *pb.Report) bool {
+					tl.add(run, r)
+					maxSeq = max(maxSeq, r.GetSeq())
+					return ok(r)
+				})
+			}
+			step := func(n uint64) *pb.Report {
+				cs.add(1, n)
+				a.c.ReportNow()
+				return read(ts, "report", func(r *pb.Report) bool { return newFlows(r) == n })
+			}
+			first := step(5)
+			step(7)
+			step(11)
+			written.Store(first.GetSeq())
+			ts.confirm(t, first.GetSeq())
+			waitPending(t, a.c, 2)
+			// Reports without new flows are numbered too.
+			read(ts, "reports without new flows", func(r *pb.Report) bool { return r.GetSeq() > first.GetSeq()+5 })
+			cs.add(1, 13)
+			if tc.stage != "" {
+				armed.Lock()
+				crashAt = tc.stage
+				armed.Unlock()
+				a.c.ReportNow()
+				<-crashed
+			}
+			a.kill()
+			for {
+				select {
+				case m := <-ts.recv:
+					if r := m.GetReport(); r != nil {
+						tl.add(run, r)
+						maxSeq = max(maxSeq, r.GetSeq())
+					}
+					continue
+				default:
+				}
+				break
+			}
+			cs.add(1, 17) // counted while no agent runs
+
+			b := startProc(t, cfg, cs, nil)
+			ts2 := waitSession(t, srv)
+			if ts2.reg.GetRunId() != run {
+				t.Fatalf("restarted process registered run %x, want the journal's %x", ts2.reg.GetRunId(), run)
+			}
+			if n := metricValue(t, b.c, "premirror_control_journal_loads_total", "restored"); n != 1 {
+				t.Fatalf("journal loads restored = %v", n)
+			}
+			// The unconfirmed reports come first, with their numbers.
+			var resent []uint64
+			for range tc.pending {
+				r := ts2.nextReport(t, "report sent again", func(*pb.Report) bool { return true })
+				if !r.GetResend() || r.GetSeq() <= first.GetSeq() {
+					t.Fatalf("first reports of the restarted process: %v is not one sent again", r)
+				}
+				resent = append(resent, r.GetSeq())
+				tl.add(run, r)
+			}
+			if !slices.IsSorted(resent) {
+				t.Fatalf("sent again %v", resent)
+			}
+			r := ts2.nextReport(t, "new report", func(r *pb.Report) bool { return !r.GetResend() })
+			if r.GetSeq() <= maxSeq {
+				t.Fatalf("the restarted process numbered its first report %d; the first one went to %d", r.GetSeq(), maxSeq)
+			}
+			tl.add(run, r)
+			want := cs.sum() - 1000
+			if got := tl.sum(); got != want {
+				t.Fatalf("counted %d new flows, the counters counted %d", got, want)
+			}
+			if n := metricValue(t, b.c, "premirror_control_reports_resent_total"); n != float64(tc.pending) {
+				t.Fatalf("%v reports counted as sent again, want %d", n, tc.pending)
+			}
+		})
+	}
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A journal that cannot be applied, or one another process holds, starts
+// a new run: logged, counted, never applied; the damaged file is kept
+// aside and a new journal written.
+func TestJournalNotApplied(t *testing.T) {
+	full, _ := testJournal()
+	version := bytes.Clone(full)
+	version[len(journalMagic)+3] = 9
+	for _, tc := range []struct {
+		name    string
+		content []byte // nil: no file
+		lockit  bool   // another process holds it
+		outcome string
+		kept    bool // the file is moved to .corrupt
+	}{
+		{"none", nil, false, journalFresh, false},
+		{"corrupt", append(bytes.Clone(full[:40]), 0xff), false, journalCorrupt, true},
+		{"truncated snapshot", full[:journalHeaderLen+20], false, journalCorrupt, true},
+		{"another version", version, false, journalIncompatible, true},
+		{"held by another process", full, true, journalLocked, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "state.pb.access")
+			if tc.content != nil {
+				if err := os.WriteFile(path, tc.content, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.lockit {
+				j, st, _, err := openJournal(path)
+				if err != nil || st == nil {
+					t.Fatal(err)
+				}
+				defer j.close()
+			}
+			cs := &counters{total: map[accessKey]uint64{}}
+			a := startProc(t, Config{Endpoints: []string{"127.0.0.1:1"}, TLS: newCerts(t, "edge-1").client, Node: "edge-1",
+				Apply: (&agentFake{}).apply, JournalFile: path}, cs, nil)
+			if n := metricValue(t, a.c, "premirror_control_journal_loads_total", tc.outcome); n != 1 {
+				t.Fatalf("loads{outcome=%s} = %v", tc.outcome, n)
+			}
+			if _, ok := a.c.RestoredBaseline(); ok || a.c.runID == 0xfeed || a.c.PendingReports() != 0 {
+				t.Fatalf("the journal was applied: run %x, %d pending", a.c.runID, a.c.PendingReports())
+			}
+			if _, err := os.Stat(path + ".corrupt"); (err == nil) != tc.kept {
+				t.Fatalf("%s.corrupt: %v", path, err)
+			}
+			if tc.lockit {
+				// The other process's journal is untouched.
+				if b, _ := os.ReadFile(path); !bytes.Equal(b, full) {
+					t.Fatal("a process without the lock wrote the journal")
+				}
+				return
+			}
+			// This process's journal of its new run is there from the start.
+			waitFor(t, "the new run's journal", func() bool {
+				b, err := os.ReadFile(path)
+				if err != nil {
+					return false
+				}
+				st, _, err := decodeJournal(b)
+				return err == nil && st.runID == a.c.runID
+			})
+		})
+	}
+}
+
+// Reports without new flows and without moved counters write nothing;
+// one with new flows appends a record, not the whole journal; the
+// appends are compacted into a snapshot once they outgrow it. A
+// controller that confirms nothing (an older one) has the journal
+// removed: its reports are not numbered.
+func TestJournalWrites(t *testing.T) {
+	ce := newCerts(t, "edge-1")
+	var mu sync.Mutex
+	confirms := true
+	srv := &testServer{sessions: make(chan *testSession, 8), durable: func(r *pb.Register) *pb.ReportsDurable {
+		mu.Lock()
+		defer mu.Unlock()
+		if !confirms {
+			return nil
+		}
+		return &pb.ReportsDurable{RunId: r.GetRunId()}
+	}}
+	addr := startServer(t, ce, srv)
+	path := filepath.Join(t.TempDir(), "state.pb.access")
+	cs := &counters{total: map[accessKey]uint64{}}
+	a := startProc(t, Config{Endpoints: []string{addr}, TLS: ce.client, Node: "edge-1", Apply: (&agentFake{}).apply,
+		JournalFile: path, ReportInterval: time.Hour, MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}, cs, nil)
+	ts := waitSession(t, srv)
+	writes := func(kind string) float64 { return metricValue(t, a.c, "premirror_control_journal_writes_total", kind) }
+	if writes("snapshot") != 1 || writes("append") != 0 {
+		t.Fatalf("at start: %v snapshots, %v appends", writes("snapshot"), writes("append"))
+	}
+	for range 5 {
+		a.c.ReportNow()
+		ts.nextReport(t, "report", func(*pb.Report) bool { return true })
+	}
+	if writes("snapshot") != 1 || writes("append") != 0 {
+		t.Fatalf("reports without new flows wrote the journal: %v snapshots, %v appends", writes("snapshot"), writes("append"))
+	}
+	size := func() int64 {
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Size()
+	}
+	before := size()
+	cs.add(1, 3)
+	a.c.ReportNow()
+	ts.nextReport(t, "report with new flows", func(r *pb.Report) bool { return newFlows(r) == 3 })
+	waitFor(t, "append", func() bool { return writes("append") == 1 })
+	if grew := size() - before; grew <= 0 || grew > 64 {
+		t.Fatalf("one report's append grew the journal by %d bytes", grew)
+	}
+	// Compaction: appends beyond the snapshot's size (and minCompact).
+	for i := range 100 {
+		cs.mu.Lock() // one report takes all 100
+		for r := range 100 {
+			cs.total[accessKey{uint32(100 + i*100 + r), 7, 3}]++
+		}
+		cs.mu.Unlock()
+		a.c.ReportNow()
+		ts.nextReport(t, "report with new flows", func(r *pb.Report) bool { return newFlows(r) == 100 })
+	}
+	waitFor(t, "compaction", func() bool { return writes("snapshot") == 2 })
+	b, _ := os.ReadFile(path)
+	st, torn, err := decodeJournal(b)
+	if err != nil || torn || len(st.pending) != 101 || len(st.baseline) != 10001 {
+		t.Fatalf("compacted journal: %v %v, %d pending, %d counters", err, torn, len(st.pending), len(st.baseline))
+	}
+	if n := metricValue(t, a.c, "premirror_control_journal_write_errors_total"); n != 0 {
+		t.Fatalf("%v write errors", n)
+	}
+
+	// An older controller: the journal goes.
+	mu.Lock()
+	confirms = false
+	mu.Unlock()
+	close(ts.end)
+	ts2 := waitSession(t, srv)
+	ts2.nextReport(t, "unnumbered report", func(r *pb.Report) bool { return r.GetSeq() == 0 })
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("journal kept under a controller that confirms nothing: %v", err)
+	}
+	// Back to a newer one: a new journal, the run's.
+	mu.Lock()
+	confirms = true
+	mu.Unlock()
+	close(ts2.end)
+	ts3 := waitSession(t, srv)
+	cs.add(1, 1)
+	a.c.ReportNow()
+	ts3.nextReport(t, "numbered report", func(r *pb.Report) bool { return r.GetSeq() != 0 && newFlows(r) == 1 })
+	waitFor(t, "journal written again", func() bool {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return false
+		}
+		st, _, err := decodeJournal(b)
+		return err == nil && st.runID == a.c.runID
+	})
+}
+
+// A journal write that fails removes the journal (a restart then starts
+// a new run rather than count reports twice), counts the error, and the
+// next report writes a whole new journal (a snapshot).
+func TestJournalWriteFailure(t *testing.T) {
+	ce := newCerts(t, "edge-1")
+	srv := &testServer{sessions: make(chan *testSession, 8), durable: func(r *pb.Register) *pb.ReportsDurable {
+		return &pb.ReportsDurable{RunId: r.GetRunId()}
+	}}
+	addr := startServer(t, ce, srv)
+	path := filepath.Join(t.TempDir(), "state.pb.access")
+	cs := &counters{total: map[accessKey]uint64{}}
+	a := startProc(t, Config{Endpoints: []string{addr}, TLS: ce.client, Node: "edge-1", Apply: (&agentFake{}).apply,
+		JournalFile: path, ReportInterval: time.Hour}, cs, nil)
+	ts := waitSession(t, srv)
+	// The append handle goes bad: the next append fails.
+	a.c.jMu.Lock()
+	a.c.j.f.Close()
+	a.c.jMu.Unlock()
+	cs.add(1, 2)
+	a.c.ReportNow()
+	ts.nextReport(t, "report sent despite the failed write", func(r *pb.Report) bool { return newFlows(r) == 2 })
+	waitFor(t, "error counted", func() bool {
+		return metricValue(t, a.c, "premirror_control_journal_write_errors_total") == 1
+	})
+	cs.add(1, 4)
+	a.c.ReportNow()
+	ts.nextReport(t, "next report", func(r *pb.Report) bool { return newFlows(r) == 4 })
+	waitFor(t, "journal written whole again", func() bool {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return false
+		}
+		st, _, err := decodeJournal(b)
+		return err == nil && len(st.pending) == 2 && st.baseline[accessKey{1, 7, 3}] == 6
+	})
+	if n := metricValue(t, a.c, "premirror_control_journal_writes_total", "snapshot"); n < 2 {
+		t.Fatalf("%v snapshots: the journal after the failure is not a whole one", n)
+	}
+}
