@@ -327,7 +327,7 @@ func (a *Agent) program(p *applyPlan) (Changes, error) {
 				// left the state go now (under a controller, after their last
 				// report: controlPlane.accessCounts).
 				if cs, err := a.router.Counters(); err == nil {
-					a.pruneCounters(cs, p.compiled)
+					a.pruneCounters(cs, p.compiled, nil)
 				}
 			}
 		}
@@ -917,6 +917,9 @@ func (a *Agent) healthz(w http.ResponseWriter, _ *http.Request) {
 // keeps forwarding until the next agent takes over (or `detach`).
 func (a *Agent) Close() error {
 	var errs []error
+	if a.cp != nil && a.cp.client != nil {
+		errs = append(errs, a.cp.client.Close()) // the access journal's lock
+	}
 	a.mu.Lock()
 	for _, at := range a.attach {
 		errs = append(errs, at.Close())

@@ -41,7 +41,10 @@ type ControllerCfg struct {
 	// is taken for the controller.
 	ServerNames []string `yaml:"server_names"`
 	// StateCache keeps the last applied version, so a restarted agent
-	// forwards on it before the controller answers.
+	// forwards on it before the controller answers. On an edge, the
+	// access journal lives beside it (<state_cache>.access, and its
+	// .lock): a restarted agent reports what its predecessor had not
+	// had confirmed, and the access counted since its last report.
 	StateCache     string   `yaml:"state_cache"`
 	ReportInterval Duration `yaml:"report_interval"`
 	// Utilization is what a mirror host reports as its load, which the
@@ -177,6 +180,9 @@ type controlPlane struct {
 	targets []probe.Target
 	active  []probe.Target // of targets: the mirrors carrying this edge's traffic
 	prev    map[pmaps.CounterKey]pmaps.Counter
+	// changed: the counters whose new flows moved (or that went) since
+	// the journal last asked (accessBaseline); nil without a journal.
+	changed map[pmaps.CounterKey]struct{}
 	cpu     cpuSampler
 	// The version whose replication tasks were last applied, so their
 	// problems are logged once per version, and those tasks, which a
@@ -266,7 +272,12 @@ func newControlPlane(a *Agent) (*controlPlane, error) {
 		cfg.OuterSources = a.outerSources
 		cfg.AccessCounts = cp.accessCounts
 		cfg.Probes = cp.probeResults
-		cp.baselineCounters()
+		if c.StateCache != "" {
+			cfg.JournalFile = c.StateCache + ".access"
+			cfg.CounterSource = cp.counterSource()
+			cfg.AccessBaseline = cp.accessBaseline
+			cp.changed = map[pmaps.CounterKey]struct{}{}
+		}
 	}
 	// Every node speaks for the mirrors it serves or that name it as
 	// their host (an edge named as one says it cannot vouch for them).
@@ -280,7 +291,29 @@ func newControlPlane(a *Agent) (*controlPlane, error) {
 	}
 	cp.client = cl
 	a.reg.MustRegister(cl)
+	if a.router != nil {
+		if base, ok := cl.RestoredBaseline(); ok {
+			cp.restoreCounters(base)
+		} else {
+			cp.baselineCounters()
+		}
+	}
 	return cp, nil
+}
+
+// counterSource names this instance of pm_counters (the boot and the
+// map's ID): a journal of another one holds values of counters that are
+// gone, and the present ones count from zero.
+func (cp *controlPlane) counterSource() string {
+	boot, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+	if err != nil {
+		cp.a.log.Warn("read boot id for the access journal", "err", err)
+	}
+	id, err := cp.a.router.CountersID()
+	if err != nil {
+		cp.a.log.Warn("read pm_counters' map ID for the access journal", "err", err)
+	}
+	return fmt.Sprintf("%s/%d", strings.TrimSpace(string(boot)), id)
 }
 
 // loadCache applies the last version the controller sent, if any, so the
@@ -540,12 +573,13 @@ func (cp *controlPlane) probeResults() []*pb.ProbeResult {
 }
 
 // baselineCounters makes the counters' present values the point the
-// first report counts from. The counters outlive the agent (pinned): what
-// they hold at start was counted before this process and partly reported
-// by the one before it. Counting from here loses at most one report
-// interval across a restart, instead of sending everything since the maps
-// were created as one interval's accesses (a burst of new flows in every
-// forecast after each restart).
+// first report counts from, for a new run (no access journal, or none
+// usable). The counters outlive the agent (pinned): what they hold at
+// start was counted before this process and partly reported by the one
+// before it. Counting from here loses at most one report interval across
+// a restart, instead of sending everything since the maps were created as
+// one interval's accesses (a burst of new flows in every forecast after
+// each restart).
 func (cp *controlPlane) baselineCounters() {
 	cs, err := cp.a.router.Counters()
 	if err != nil {
@@ -557,11 +591,64 @@ func (cp *controlPlane) baselineCounters() {
 	cp.mu.Unlock()
 }
 
+// restoreCounters makes the access journal's baseline the point the
+// first report counts from: the new flows each counter had when the
+// previous process's last report counted it, so what it counted since is
+// reported, and nothing before. Packets and bytes, which the controller
+// does not count, start from their present values.
+func (cp *controlPlane) restoreCounters(base []*pb.AccessCount) {
+	cs, err := cp.a.router.Counters()
+	if err != nil {
+		cp.a.log.Warn("read access counters", "err", err)
+	}
+	prev := make(map[pmaps.CounterKey]pmaps.Counter, len(cs))
+	for k, v := range cs {
+		prev[k] = pmaps.Counter{Packets: v.Packets, Bytes: v.Bytes}
+	}
+	for _, a := range base {
+		k := pmaps.CounterKey{Resource: pmaps.ResourceID(a.GetResourceId()), Region: pmaps.RegionID(a.GetRegionId()), Mirror: pmaps.MirrorID(a.GetMirrorId())}
+		v := prev[k]
+		v.NewFlows = a.GetNewFlows()
+		prev[k] = v
+	}
+	cp.mu.Lock()
+	cp.prev = prev
+	cp.mu.Unlock()
+}
+
+// accessBaseline is the journal's view of prev (control.Config.AccessBaseline):
+// the new flows of every counter (all), or of those changed since its
+// previous call.
+func (cp *controlPlane) accessBaseline(all bool) []*pb.AccessCount {
+	cp.mu.Lock()
+	defer cp.mu.Unlock()
+	var out []*pb.AccessCount
+	add := func(k pmaps.CounterKey, n uint64) {
+		out = append(out, &pb.AccessCount{ResourceId: uint32(k.Resource), RegionId: uint32(k.Region), MirrorId: uint32(k.Mirror), NewFlows: n})
+	}
+	if all {
+		for k, v := range cp.prev {
+			if v.NewFlows > 0 {
+				add(k, v.NewFlows)
+			}
+		}
+	} else {
+		for k := range cp.changed {
+			add(k, cp.prev[k].NewFlows)
+		}
+	}
+	clear(cp.changed)
+	return out
+}
+
 // accessCounts returns the counters' growth since the previous call and
 // then deletes the counters nothing will count into again (their
-// resource, region or mirror left the desired state): their last growth
-// is in this report, and left in place they would fill pm_counters until
-// counter_overflow.
+// resource, region or mirror left the desired state; left in place they
+// would fill pm_counters until counter_overflow) once they gained nothing
+// since the previous call: their last growth went with an earlier report,
+// which the journal holds from before it was sent, so a crash right after
+// the delete loses none of it. One that just gained goes at the next
+// report.
 func (cp *controlPlane) accessCounts() []*pb.AccessCount {
 	cs, err := cp.a.router.Counters()
 	if err != nil {
@@ -574,10 +661,26 @@ func (cp *controlPlane) accessCounts() []*pb.AccessCount {
 	cp.mu.Lock()
 	defer cp.mu.Unlock()
 	out := counterGrowth(cp.prev, cs)
+	old := cp.prev
 	cp.prev = cs
 	// No version yet (keepRouting): every counter would look stale.
 	if c != nil && !cp.a.keepRouting.Load() {
-		cp.a.pruneCounters(cs, c)
+		cp.a.pruneCounters(cs, c, func(k pmaps.CounterKey) bool {
+			p, ok := old[k]
+			return ok && p == cs[k]
+		})
+	}
+	if cp.changed != nil {
+		for k, v := range cs {
+			if old[k].NewFlows != v.NewFlows {
+				cp.changed[k] = struct{}{}
+			}
+		}
+		for k, v := range old {
+			if _, ok := cs[k]; !ok && v.NewFlows > 0 {
+				cp.changed[k] = struct{}{}
+			}
+		}
 	}
 	return out
 }
@@ -620,11 +723,11 @@ func staleCounter(k pmaps.CounterKey, c *Compiled) bool {
 }
 
 // pruneCounters deletes the counters of cs that are stale under c (from
-// the map and from cs).
-func (a *Agent) pruneCounters(cs map[pmaps.CounterKey]pmaps.Counter, c *Compiled) {
+// the map and from cs), of those settled accepts when it is set.
+func (a *Agent) pruneCounters(cs map[pmaps.CounterKey]pmaps.Counter, c *Compiled, settled func(pmaps.CounterKey) bool) {
 	n := 0
 	for k := range cs {
-		if !staleCounter(k, c) {
+		if !staleCounter(k, c) || settled != nil && !settled(k) {
 			continue
 		}
 		if err := a.router.DeleteCounter(k); err != nil && !errors.Is(err, ebpf.ErrKeyNotExist) {

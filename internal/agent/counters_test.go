@@ -105,7 +105,8 @@ func waitCounters(t *testing.T, a *Agent, ok func(map[pmaps.CounterKey]pmaps.Cou
 // after it started (the pinned counters' earlier values are not one
 // interval's accesses); the counters of a resource that left the desired
 // state are reported once more and then deleted, under a controller at
-// the report and without one at the apply.
+// the next report (which finds they gained nothing) and without one at
+// the apply.
 func TestAccessCountersAcrossRestartAndPrune(t *testing.T) {
 	requireRoot(t)
 	ns := agentNS(t)
@@ -158,6 +159,14 @@ func TestAccessCountersAcrossRestartAndPrune(t *testing.T) {
 	}
 	if rep.Packets != 1 {
 		t.Fatalf("last report of a removed resource: %d packets, want 1", rep.Packets)
+	}
+	// Deleted at the next report, having gained nothing since: the
+	// report with their last growth went out (journaled) first.
+	if cs, _ := a.router.Counters(); web(cs).Packets != 3 {
+		t.Fatalf("counters of a removed resource deleted with the report of their last growth: %v", cs)
+	}
+	if out := cp.accessCounts(); len(out) != 0 {
+		t.Fatalf("report after the last growth: %v", out)
 	}
 	if cs, _ := a.router.Counters(); web(cs).Packets != 0 {
 		t.Fatalf("counters of a removed resource kept: %v", cs)

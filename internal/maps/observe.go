@@ -113,6 +113,21 @@ func (r *Router) Counters() (map[CounterKey]Counter, error) {
 	return out, err
 }
 
+// CountersID is pm_counters' kernel map ID: the same while the pinned map
+// lives (across agent restarts), another once it is created again
+// (`detach -maps`, a reboot; unique within a boot).
+func (r *Router) CountersID() (ebpf.MapID, error) {
+	info, err := r.objs.PmCounters.Info()
+	if err != nil {
+		return 0, fmt.Errorf("pm_counters info: %w", err)
+	}
+	id, ok := info.ID()
+	if !ok {
+		return 0, errors.New("pm_counters info: no map ID (kernel before 4.13)")
+	}
+	return id, nil
+}
+
 // DeleteCounter drops one counter entry (after its final value was
 // exported), freeing room in pm_counters.
 func (r *Router) DeleteCounter(k CounterKey) error {
