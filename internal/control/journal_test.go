@@ -3,7 +3,9 @@ package control
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
+	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
@@ -13,6 +15,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 )
@@ -646,5 +650,148 @@ func TestJournalWriteFailure(t *testing.T) {
 	})
 	if n := metricValue(t, a.c, "premirror_control_journal_writes_total", "snapshot"); n < 2 {
 		t.Fatalf("%v snapshots: the journal after the failure is not a whole one", n)
+	}
+}
+
+// The journal's baseline applies only to the counters it was taken from.
+func TestJournalCounterSource(t *testing.T) {
+	for _, tc := range []struct {
+		name, source string
+		want         int // counters restored
+	}{
+		{"same counters", "boot-a/7", 1},
+		{"counters created since (a reboot, detach -maps)", "boot-b/3", 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "state.pb.access")
+			b := encodeSnapshot(&journalState{runID: 5, seqLimit: 9, source: "boot-a/7"}, []baselineEntry{{accessKey{1, 2, 3}, 40}})
+			if err := os.WriteFile(path, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			c, err := New(Config{Endpoints: []string{"127.0.0.1:1"}, TLS: newCerts(t, "edge-1").client, Node: "edge-1",
+				Apply: (&agentFake{}).apply, JournalFile: path, CounterSource: tc.source,
+				AccessCounts: func() []*pb.AccessCount { return nil }, AccessBaseline: func(bool) []*pb.AccessCount { return nil }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			base, ok := c.RestoredBaseline()
+			if !ok || len(base) != tc.want || c.runID != 5 {
+				t.Fatalf("restored %v (%v), run %x", base, ok, c.runID)
+			}
+		})
+	}
+}
+
+// discardStream takes every message (a session whose sends cost nothing).
+type discardStream struct {
+	grpc.BidiStreamingClient[pb.AgentMessage, pb.ControllerMessage]
+}
+
+func (discardStream) Send(*pb.AgentMessage) error { return nil }
+
+// BenchmarkJournalWrite is the report path of a numbered agent (128
+// access counts a report, all with new flows) without a journal and with
+// one, appending or compacting, beside few pending reports or the most
+// (1024 reports, 2^18 counts) and 2^18 counters. Set
+// PREMIRROR_BENCH_DIR to measure another file system than TMPDIR's.
+func BenchmarkJournalWrite(b *testing.B) {
+	const perReport = 128
+	for _, bc := range []struct {
+		name     string
+		journal  bool
+		snapshot bool // every write compacts
+		max      bool // the pending set and the counters at their bounds
+	}{
+		{"baseline-no-journal/pending-small", false, false, false},
+		{"baseline-no-journal/pending-max", false, false, true},
+		{"append/pending-small", true, false, false},
+		{"append/pending-max", true, false, true},
+		{"snapshot/pending-small", true, true, false},
+		{"snapshot/pending-max", true, true, true},
+	} {
+		b.Run(bc.name, func(b *testing.B) {
+			dir := os.Getenv("PREMIRROR_BENCH_DIR")
+			if dir == "" {
+				dir = b.TempDir()
+			} else {
+				var err error
+				if dir, err = os.MkdirTemp(dir, "journal-bench-"); err != nil {
+					b.Fatal(err)
+				}
+				defer os.RemoveAll(dir)
+			}
+			counters := 128
+			if bc.max {
+				counters = 1 << 18
+			}
+			base := make([]*pb.AccessCount, counters)
+			for i := range base {
+				base[i] = &pb.AccessCount{ResourceId: uint32(i >> 6), RegionId: uint32(i & 63), MirrorId: 1, NewFlows: 1 << 20}
+			}
+			n := uint32(0)
+			cfg := Config{Endpoints: []string{"127.0.0.1:1"}, TLS: &tls.Config{}, Node: "edge-1",
+				Apply: (&agentFake{}).apply, Logger: slog.New(slog.DiscardHandler),
+				AccessCounts: func() []*pb.AccessCount {
+					out := make([]*pb.AccessCount, perReport)
+					for i := range out {
+						n++
+						out[i] = &pb.AccessCount{ResourceId: n >> 6, RegionId: n & 63, MirrorId: 1, NewFlows: 3, Packets: 9, Bytes: 900}
+					}
+					return out
+				},
+				AccessBaseline: func(all bool) []*pb.AccessCount {
+					if all {
+						return base
+					}
+					return base[:perReport]
+				}}
+			if bc.journal {
+				cfg.JournalFile = filepath.Join(dir, "state.pb.access")
+			}
+			c, err := New(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			c.confirming = true
+			if bc.max {
+				for i := range DefaultMaxPendingReports {
+					p := &pendingReport{seq: uint64(i + 1), flows: make([]flowCount, DefaultMaxPendingFlows/DefaultMaxPendingReports)}
+					for j := range p.flows {
+						p.flows[j] = flowCount{uint32(j), uint32(i), 5}
+					}
+					c.pending = append(c.pending, p)
+					c.pendingFlows += len(p.flows)
+				}
+				c.seq = DefaultMaxPendingReports
+			}
+			c.writeJournal(c.journalWrite(false, nil))
+			s := &sessionIO{stream: discardStream{}}
+			bytes0, writes0 := c.m.journalBytes.Load(), c.m.journalSnapshots.Load()+c.m.journalAppends.Load()
+			b.ResetTimer()
+			for range b.N {
+				if bc.snapshot {
+					c.mu.Lock()
+					c.jSnap = true
+					c.mu.Unlock()
+				}
+				if err := c.sendReport(s); err != nil {
+					b.Fatal(err)
+				}
+				if !bc.max {
+					c.confirmed(&pb.ReportsDurable{RunId: c.runID, ThroughSeq: c.seq})
+				}
+			}
+			b.StopTimer()
+			if c.m.journalErrors.Load() > 0 {
+				b.Fatal("journal write errors")
+			}
+			if w := c.m.journalSnapshots.Load() + c.m.journalAppends.Load() - writes0; bc.journal {
+				b.ReportMetric(float64(c.m.journalBytes.Load()-bytes0)/float64(b.N), "journal-B/report")
+				b.ReportMetric(float64(w)/float64(b.N), "writes/report")
+			}
+			b.ReportMetric(float64(len(c.pending)), "pending-reports")
+		})
 	}
 }
