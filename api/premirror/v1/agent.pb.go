@@ -364,7 +364,13 @@ type Register struct {
 	// controller count each report's access counts once across reconnects
 	// and replica changes. 0: the agent does not number its reports (its
 	// counts are taken as they come, and none is confirmed).
-	RunId         uint64 `protobuf:"varint,9,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	RunId uint64 `protobuf:"varint,9,opt,name=run_id,json=runId,proto3" json:"run_id,omitempty"`
+	// The agent continues run_id from an access journal and counts its
+	// counters from the journal's baseline (their values when the run's
+	// last report counted them) unless the controller finds that another
+	// agent ran on the node since (Registered.access_baseline). Set until
+	// a registration answered; an older controller ignores it.
+	CheckBaseline bool `protobuf:"varint,10,opt,name=check_baseline,json=checkBaseline,proto3" json:"check_baseline,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -462,6 +468,13 @@ func (x *Register) GetRunId() uint64 {
 	return 0
 }
 
+func (x *Register) GetCheckBaseline() bool {
+	if x != nil {
+		return x.CheckBaseline
+	}
+	return false
+}
+
 // Registered accepts a session.
 type Registered struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -477,9 +490,13 @@ type Registered struct {
 	// keeps above through_seq again, then new ones, and expects
 	// ReportsDurable. Unset: none will be confirmed (an older controller);
 	// the agent sends no report twice.
-	Durable       *ReportsDurable `protobuf:"bytes,4,opt,name=durable,proto3" json:"durable,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Durable *ReportsDurable `protobuf:"bytes,4,opt,name=durable,proto3" json:"durable,omitempty"`
+	// The controller's word on the agent's restored counter baseline, set
+	// with durable when the agent asked (Register.check_baseline). Unset:
+	// not checked (an older controller); the agent keeps the baseline.
+	AccessBaseline *AccessBaseline `protobuf:"bytes,5,opt,name=access_baseline,json=accessBaseline,proto3" json:"access_baseline,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Registered) Reset() {
@@ -540,6 +557,73 @@ func (x *Registered) GetDurable() *ReportsDurable {
 	return nil
 }
 
+func (x *Registered) GetAccessBaseline() *AccessBaseline {
+	if x != nil {
+		return x.AccessBaseline
+	}
+	return nil
+}
+
+// AccessBaseline says whether a restarted agent may count its counters
+// from the baseline its access journal restored.
+type AccessBaseline struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Another agent ran on the node since the run last wrote its counts (a
+	// downgraded build, or one without the journal): it reported the
+	// counters' growth since, which the baseline would count again. The
+	// agent counts from the counters' values at its start instead.
+	Stale bool `protobuf:"varint,1,opt,name=stale,proto3" json:"stale,omitempty"`
+	// That agent's Register.run_id (0: one that does not number its
+	// reports).
+	OtherRun      uint64 `protobuf:"varint,2,opt,name=other_run,json=otherRun,proto3" json:"other_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AccessBaseline) Reset() {
+	*x = AccessBaseline{}
+	mi := &file_premirror_v1_agent_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AccessBaseline) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AccessBaseline) ProtoMessage() {}
+
+func (x *AccessBaseline) ProtoReflect() protoreflect.Message {
+	mi := &file_premirror_v1_agent_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AccessBaseline.ProtoReflect.Descriptor instead.
+func (*AccessBaseline) Descriptor() ([]byte, []int) {
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *AccessBaseline) GetStale() bool {
+	if x != nil {
+		return x.Stale
+	}
+	return false
+}
+
+func (x *AccessBaseline) GetOtherRun() uint64 {
+	if x != nil {
+		return x.OtherRun
+	}
+	return 0
+}
+
 // ReportsDurable says the access counts of an agent run's reports are in
 // etcd (counted for the forecaster) up to a sequence number.
 type ReportsDurable struct {
@@ -554,7 +638,7 @@ type ReportsDurable struct {
 
 func (x *ReportsDurable) Reset() {
 	*x = ReportsDurable{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[4]
+	mi := &file_premirror_v1_agent_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -566,7 +650,7 @@ func (x *ReportsDurable) String() string {
 func (*ReportsDurable) ProtoMessage() {}
 
 func (x *ReportsDurable) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[4]
+	mi := &file_premirror_v1_agent_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -579,7 +663,7 @@ func (x *ReportsDurable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportsDurable.ProtoReflect.Descriptor instead.
 func (*ReportsDurable) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{4}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ReportsDurable) GetRunId() uint64 {
@@ -609,7 +693,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[5]
+	mi := &file_premirror_v1_agent_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -621,7 +705,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[5]
+	mi := &file_premirror_v1_agent_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -634,7 +718,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{5}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Ack) GetVersion() uint64 {
@@ -686,7 +770,7 @@ type Report struct {
 
 func (x *Report) Reset() {
 	*x = Report{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[6]
+	mi := &file_premirror_v1_agent_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -698,7 +782,7 @@ func (x *Report) String() string {
 func (*Report) ProtoMessage() {}
 
 func (x *Report) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[6]
+	mi := &file_premirror_v1_agent_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -711,7 +795,7 @@ func (x *Report) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Report.ProtoReflect.Descriptor instead.
 func (*Report) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{6}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Report) GetStartUnixNano() int64 {
@@ -800,7 +884,7 @@ type AccessCount struct {
 
 func (x *AccessCount) Reset() {
 	*x = AccessCount{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[7]
+	mi := &file_premirror_v1_agent_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -812,7 +896,7 @@ func (x *AccessCount) String() string {
 func (*AccessCount) ProtoMessage() {}
 
 func (x *AccessCount) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[7]
+	mi := &file_premirror_v1_agent_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -825,7 +909,7 @@ func (x *AccessCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AccessCount.ProtoReflect.Descriptor instead.
 func (*AccessCount) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{7}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AccessCount) GetResourceId() uint32 {
@@ -900,7 +984,7 @@ type ProbeResult struct {
 
 func (x *ProbeResult) Reset() {
 	*x = ProbeResult{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[8]
+	mi := &file_premirror_v1_agent_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -912,7 +996,7 @@ func (x *ProbeResult) String() string {
 func (*ProbeResult) ProtoMessage() {}
 
 func (x *ProbeResult) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[8]
+	mi := &file_premirror_v1_agent_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -925,7 +1009,7 @@ func (x *ProbeResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ProbeResult.ProtoReflect.Descriptor instead.
 func (*ProbeResult) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{8}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ProbeResult) GetMirror() string {
@@ -1017,7 +1101,7 @@ type NodeStats struct {
 
 func (x *NodeStats) Reset() {
 	*x = NodeStats{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[9]
+	mi := &file_premirror_v1_agent_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1029,7 +1113,7 @@ func (x *NodeStats) String() string {
 func (*NodeStats) ProtoMessage() {}
 
 func (x *NodeStats) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[9]
+	mi := &file_premirror_v1_agent_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1042,7 +1126,7 @@ func (x *NodeStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeStats.ProtoReflect.Descriptor instead.
 func (*NodeStats) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{9}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *NodeStats) GetCpuUtilization() float64 {
@@ -1088,7 +1172,7 @@ type MirrorHealth struct {
 
 func (x *MirrorHealth) Reset() {
 	*x = MirrorHealth{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[10]
+	mi := &file_premirror_v1_agent_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1100,7 +1184,7 @@ func (x *MirrorHealth) String() string {
 func (*MirrorHealth) ProtoMessage() {}
 
 func (x *MirrorHealth) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[10]
+	mi := &file_premirror_v1_agent_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1113,7 +1197,7 @@ func (x *MirrorHealth) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MirrorHealth.ProtoReflect.Descriptor instead.
 func (*MirrorHealth) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{10}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *MirrorHealth) GetMirror() string {
@@ -1188,7 +1272,7 @@ type ReplicaBacklog struct {
 
 func (x *ReplicaBacklog) Reset() {
 	*x = ReplicaBacklog{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[11]
+	mi := &file_premirror_v1_agent_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1200,7 +1284,7 @@ func (x *ReplicaBacklog) String() string {
 func (*ReplicaBacklog) ProtoMessage() {}
 
 func (x *ReplicaBacklog) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[11]
+	mi := &file_premirror_v1_agent_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1213,7 +1297,7 @@ func (x *ReplicaBacklog) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaBacklog.ProtoReflect.Descriptor instead.
 func (*ReplicaBacklog) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{11}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ReplicaBacklog) GetResource() string {
@@ -1251,7 +1335,7 @@ type ReplicaSync struct {
 
 func (x *ReplicaSync) Reset() {
 	*x = ReplicaSync{}
-	mi := &file_premirror_v1_agent_proto_msgTypes[12]
+	mi := &file_premirror_v1_agent_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1263,7 +1347,7 @@ func (x *ReplicaSync) String() string {
 func (*ReplicaSync) ProtoMessage() {}
 
 func (x *ReplicaSync) ProtoReflect() protoreflect.Message {
-	mi := &file_premirror_v1_agent_proto_msgTypes[12]
+	mi := &file_premirror_v1_agent_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1276,7 +1360,7 @@ func (x *ReplicaSync) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicaSync.ProtoReflect.Descriptor instead.
 func (*ReplicaSync) Descriptor() ([]byte, []int) {
-	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{12}
+	return file_premirror_v1_agent_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ReplicaSync) GetResource() string {
@@ -1316,7 +1400,7 @@ const file_premirror_v1_agent_proto_rawDesc = "" +
 	"registered\x122\n" +
 	"\x05state\x18\x02 \x01(\v2\x1a.premirror.v1.DesiredStateH\x00R\x05state\x128\n" +
 	"\adurable\x18\x03 \x01(\v2\x1c.premirror.v1.ReportsDurableH\x00R\adurableB\x05\n" +
-	"\x03msg\"\xab\x02\n" +
+	"\x03msg\"\xd2\x02\n" +
 	"\bRegister\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
 	"\x04site\x18\x02 \x01(\tR\x04site\x12*\n" +
@@ -1326,7 +1410,9 @@ const file_premirror_v1_agent_proto_rawDesc = "" +
 	"\ragent_version\x18\x06 \x01(\tR\fagentVersion\x12#\n" +
 	"\router_sources\x18\a \x03(\tR\fouterSources\x12#\n" +
 	"\rdecap_sources\x18\b \x03(\tR\fdecapSources\x12\x15\n" +
-	"\x06run_id\x18\t \x01(\x04R\x05runId\"\xbb\x01\n" +
+	"\x06run_id\x18\t \x01(\x04R\x05runId\x12%\n" +
+	"\x0echeck_baseline\x18\n" +
+	" \x01(\bR\rcheckBaseline\"\x82\x02\n" +
 	"\n" +
 	"Registered\x12\x1e\n" +
 	"\n" +
@@ -1334,7 +1420,11 @@ const file_premirror_v1_agent_proto_rawDesc = "" +
 	"controller\x12,\n" +
 	"\x12report_interval_ms\x18\x02 \x01(\rR\x10reportIntervalMs\x12'\n" +
 	"\x0fcurrent_version\x18\x03 \x01(\x04R\x0ecurrentVersion\x126\n" +
-	"\adurable\x18\x04 \x01(\v2\x1c.premirror.v1.ReportsDurableR\adurable\"H\n" +
+	"\adurable\x18\x04 \x01(\v2\x1c.premirror.v1.ReportsDurableR\adurable\x12E\n" +
+	"\x0faccess_baseline\x18\x05 \x01(\v2\x1c.premirror.v1.AccessBaselineR\x0eaccessBaseline\"C\n" +
+	"\x0eAccessBaseline\x12\x14\n" +
+	"\x05stale\x18\x01 \x01(\bR\x05stale\x12\x1b\n" +
+	"\tother_run\x18\x02 \x01(\x04R\botherRun\"H\n" +
 	"\x0eReportsDurable\x12\x15\n" +
 	"\x06run_id\x18\x01 \x01(\x04R\x05runId\x12\x1f\n" +
 	"\vthrough_seq\x18\x02 \x01(\x04R\n" +
@@ -1421,7 +1511,7 @@ func file_premirror_v1_agent_proto_rawDescGZIP() []byte {
 }
 
 var file_premirror_v1_agent_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_premirror_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_premirror_v1_agent_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_premirror_v1_agent_proto_goTypes = []any{
 	(NodeRole)(0),             // 0: premirror.v1.NodeRole
 	(Health)(0),               // 1: premirror.v1.Health
@@ -1429,41 +1519,43 @@ var file_premirror_v1_agent_proto_goTypes = []any{
 	(*ControllerMessage)(nil), // 3: premirror.v1.ControllerMessage
 	(*Register)(nil),          // 4: premirror.v1.Register
 	(*Registered)(nil),        // 5: premirror.v1.Registered
-	(*ReportsDurable)(nil),    // 6: premirror.v1.ReportsDurable
-	(*Ack)(nil),               // 7: premirror.v1.Ack
-	(*Report)(nil),            // 8: premirror.v1.Report
-	(*AccessCount)(nil),       // 9: premirror.v1.AccessCount
-	(*ProbeResult)(nil),       // 10: premirror.v1.ProbeResult
-	(*NodeStats)(nil),         // 11: premirror.v1.NodeStats
-	(*MirrorHealth)(nil),      // 12: premirror.v1.MirrorHealth
-	(*ReplicaBacklog)(nil),    // 13: premirror.v1.ReplicaBacklog
-	(*ReplicaSync)(nil),       // 14: premirror.v1.ReplicaSync
-	(*DesiredState)(nil),      // 15: premirror.v1.DesiredState
+	(*AccessBaseline)(nil),    // 6: premirror.v1.AccessBaseline
+	(*ReportsDurable)(nil),    // 7: premirror.v1.ReportsDurable
+	(*Ack)(nil),               // 8: premirror.v1.Ack
+	(*Report)(nil),            // 9: premirror.v1.Report
+	(*AccessCount)(nil),       // 10: premirror.v1.AccessCount
+	(*ProbeResult)(nil),       // 11: premirror.v1.ProbeResult
+	(*NodeStats)(nil),         // 12: premirror.v1.NodeStats
+	(*MirrorHealth)(nil),      // 13: premirror.v1.MirrorHealth
+	(*ReplicaBacklog)(nil),    // 14: premirror.v1.ReplicaBacklog
+	(*ReplicaSync)(nil),       // 15: premirror.v1.ReplicaSync
+	(*DesiredState)(nil),      // 16: premirror.v1.DesiredState
 }
 var file_premirror_v1_agent_proto_depIdxs = []int32{
 	4,  // 0: premirror.v1.AgentMessage.register:type_name -> premirror.v1.Register
-	7,  // 1: premirror.v1.AgentMessage.ack:type_name -> premirror.v1.Ack
-	8,  // 2: premirror.v1.AgentMessage.report:type_name -> premirror.v1.Report
+	8,  // 1: premirror.v1.AgentMessage.ack:type_name -> premirror.v1.Ack
+	9,  // 2: premirror.v1.AgentMessage.report:type_name -> premirror.v1.Report
 	5,  // 3: premirror.v1.ControllerMessage.registered:type_name -> premirror.v1.Registered
-	15, // 4: premirror.v1.ControllerMessage.state:type_name -> premirror.v1.DesiredState
-	6,  // 5: premirror.v1.ControllerMessage.durable:type_name -> premirror.v1.ReportsDurable
+	16, // 4: premirror.v1.ControllerMessage.state:type_name -> premirror.v1.DesiredState
+	7,  // 5: premirror.v1.ControllerMessage.durable:type_name -> premirror.v1.ReportsDurable
 	0,  // 6: premirror.v1.Register.role:type_name -> premirror.v1.NodeRole
-	6,  // 7: premirror.v1.Registered.durable:type_name -> premirror.v1.ReportsDurable
-	9,  // 8: premirror.v1.Report.access:type_name -> premirror.v1.AccessCount
-	10, // 9: premirror.v1.Report.probes:type_name -> premirror.v1.ProbeResult
-	11, // 10: premirror.v1.Report.node:type_name -> premirror.v1.NodeStats
-	12, // 11: premirror.v1.Report.mirrors:type_name -> premirror.v1.MirrorHealth
-	1,  // 12: premirror.v1.ProbeResult.health:type_name -> premirror.v1.Health
-	1,  // 13: premirror.v1.MirrorHealth.health:type_name -> premirror.v1.Health
-	14, // 14: premirror.v1.MirrorHealth.replicas:type_name -> premirror.v1.ReplicaSync
-	13, // 15: premirror.v1.MirrorHealth.backlogs:type_name -> premirror.v1.ReplicaBacklog
-	2,  // 16: premirror.v1.AgentSession.Session:input_type -> premirror.v1.AgentMessage
-	3,  // 17: premirror.v1.AgentSession.Session:output_type -> premirror.v1.ControllerMessage
-	17, // [17:18] is the sub-list for method output_type
-	16, // [16:17] is the sub-list for method input_type
-	16, // [16:16] is the sub-list for extension type_name
-	16, // [16:16] is the sub-list for extension extendee
-	0,  // [0:16] is the sub-list for field type_name
+	7,  // 7: premirror.v1.Registered.durable:type_name -> premirror.v1.ReportsDurable
+	6,  // 8: premirror.v1.Registered.access_baseline:type_name -> premirror.v1.AccessBaseline
+	10, // 9: premirror.v1.Report.access:type_name -> premirror.v1.AccessCount
+	11, // 10: premirror.v1.Report.probes:type_name -> premirror.v1.ProbeResult
+	12, // 11: premirror.v1.Report.node:type_name -> premirror.v1.NodeStats
+	13, // 12: premirror.v1.Report.mirrors:type_name -> premirror.v1.MirrorHealth
+	1,  // 13: premirror.v1.ProbeResult.health:type_name -> premirror.v1.Health
+	1,  // 14: premirror.v1.MirrorHealth.health:type_name -> premirror.v1.Health
+	15, // 15: premirror.v1.MirrorHealth.replicas:type_name -> premirror.v1.ReplicaSync
+	14, // 16: premirror.v1.MirrorHealth.backlogs:type_name -> premirror.v1.ReplicaBacklog
+	2,  // 17: premirror.v1.AgentSession.Session:input_type -> premirror.v1.AgentMessage
+	3,  // 18: premirror.v1.AgentSession.Session:output_type -> premirror.v1.ControllerMessage
+	18, // [18:19] is the sub-list for method output_type
+	17, // [17:18] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_premirror_v1_agent_proto_init() }
@@ -1488,7 +1580,7 @@ func file_premirror_v1_agent_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_premirror_v1_agent_proto_rawDesc), len(file_premirror_v1_agent_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   13,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

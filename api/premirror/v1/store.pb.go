@@ -255,8 +255,14 @@ func (x *HeldPath) GetSeenUnixNano() int64 {
 
 // AgentRecord is an agent's registration and ACK state.
 type AgentRecord struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Status        *AgentStatus           `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Status *AgentStatus           `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	// Register.run_id of the session that wrote the record (0: an agent
+	// that does not number its reports). Every registration writes the
+	// record, so a run other than its own here tells a registering run
+	// that another agent ran on the node since (AccessBaseline). Absent in
+	// records of earlier controllers: unknown.
+	RunId         *uint64 `protobuf:"varint,2,opt,name=run_id,json=runId,proto3,oneof" json:"run_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -296,6 +302,13 @@ func (x *AgentRecord) GetStatus() *AgentStatus {
 		return x.Status
 	}
 	return nil
+}
+
+func (x *AgentRecord) GetRunId() uint64 {
+	if x != nil && x.RunId != nil {
+		return *x.RunId
+	}
+	return 0
 }
 
 // LiveReport is an agent's latest report as its replica stores it, with
@@ -614,8 +627,16 @@ type AccessRun struct {
 	// had no new flows to write).
 	ThroughSeq      uint64 `protobuf:"varint,5,opt,name=through_seq,json=throughSeq,proto3" json:"through_seq,omitempty"`
 	WrittenUnixNano int64  `protobuf:"varint,6,opt,name=written_unix_nano,json=writtenUnixNano,proto3" json:"written_unix_nano,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Set by a registration that told the run's agent its restored counter
+	// baseline is stale (AccessBaseline.stale, with other_run), until the
+	// agent sends a message on a session that told it so: a registration
+	// whose answer never reached the agent has overwritten the evidence
+	// (the node's agent record, this record's revision), and the agent's
+	// next registration must get the same answer.
+	BaselineStale bool   `protobuf:"varint,7,opt,name=baseline_stale,json=baselineStale,proto3" json:"baseline_stale,omitempty"`
+	OtherRun      uint64 `protobuf:"varint,8,opt,name=other_run,json=otherRun,proto3" json:"other_run,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AccessRun) Reset() {
@@ -686,6 +707,20 @@ func (x *AccessRun) GetThroughSeq() uint64 {
 func (x *AccessRun) GetWrittenUnixNano() int64 {
 	if x != nil {
 		return x.WrittenUnixNano
+	}
+	return 0
+}
+
+func (x *AccessRun) GetBaselineStale() bool {
+	if x != nil {
+		return x.BaselineStale
+	}
+	return false
+}
+
+func (x *AccessRun) GetOtherRun() uint64 {
+	if x != nil {
+		return x.OtherRun
 	}
 	return 0
 }
@@ -1111,9 +1146,11 @@ const file_premirror_v1_store_proto_rawDesc = "" +
 	"\tjitter_ns\x18\x04 \x01(\x03R\bjitterNs\x12\x12\n" +
 	"\x04loss\x18\x05 \x01(\x01R\x04loss\x12\x0e\n" +
 	"\x02up\x18\x06 \x01(\bR\x02up\x12$\n" +
-	"\x0eseen_unix_nano\x18\a \x01(\x03R\fseenUnixNano\"@\n" +
+	"\x0eseen_unix_nano\x18\a \x01(\x03R\fseenUnixNano\"g\n" +
 	"\vAgentRecord\x121\n" +
-	"\x06status\x18\x01 \x01(\v2\x19.premirror.v1.AgentStatusR\x06status\"\x81\x03\n" +
+	"\x06status\x18\x01 \x01(\v2\x19.premirror.v1.AgentStatusR\x06status\x12\x1a\n" +
+	"\x06run_id\x18\x02 \x01(\x04H\x00R\x05runId\x88\x01\x01B\t\n" +
+	"\a_run_id\"\x81\x03\n" +
 	"\n" +
 	"LiveReport\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x12\n" +
@@ -1148,7 +1185,7 @@ const file_premirror_v1_store_proto_rawDesc = "" +
 	"\x06run_id\x18\t \x01(\x04R\x05runId\x12\x1f\n" +
 	"\vthrough_seq\x18\n" +
 	" \x01(\x04R\n" +
-	"throughSeq\"\xd3\x01\n" +
+	"throughSeq\"\x97\x02\n" +
 	"\tAccessRun\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x15\n" +
 	"\x06run_id\x18\x02 \x01(\x04R\x05runId\x12\x1e\n" +
@@ -1158,7 +1195,9 @@ const file_premirror_v1_store_proto_rawDesc = "" +
 	"\x13connected_unix_nano\x18\x04 \x01(\x03R\x11connectedUnixNano\x12\x1f\n" +
 	"\vthrough_seq\x18\x05 \x01(\x04R\n" +
 	"throughSeq\x12*\n" +
-	"\x11written_unix_nano\x18\x06 \x01(\x03R\x0fwrittenUnixNano\"h\n" +
+	"\x11written_unix_nano\x18\x06 \x01(\x03R\x0fwrittenUnixNano\x12%\n" +
+	"\x0ebaseline_stale\x18\a \x01(\bR\rbaselineStale\x12\x1b\n" +
+	"\tother_run\x18\b \x01(\x04R\botherRun\"h\n" +
 	"\vAccessFlows\x12\x1f\n" +
 	"\vresource_id\x18\x01 \x01(\rR\n" +
 	"resourceId\x12\x1b\n" +
@@ -1262,6 +1301,7 @@ func file_premirror_v1_store_proto_init() {
 	file_premirror_v1_admin_proto_init()
 	file_premirror_v1_agent_proto_init()
 	file_premirror_v1_state_proto_init()
+	file_premirror_v1_store_proto_msgTypes[3].OneofWrappers = []any{}
 	file_premirror_v1_store_proto_msgTypes[10].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
