@@ -62,6 +62,15 @@ import (
 // session does not fence the previous process's, whose final flush is
 // the only way that process's last counts reach etcd.
 //
+// An agent restarted on its access journal continues its run and counts
+// from the journal's counter baseline. Had another agent of the node run
+// in between (a build without the journal), that one reported the
+// counters' growth since, and the baseline would count it again; the
+// restarted agent asks (Register.check_baseline) and takeOverRun answers
+// from the node's records (baselineVerdict): the agent then counts from
+// its counters' values at its start. The run is taken over and its
+// reports sent again as ever.
+//
 // The limits: a flush too large for one etcd transaction (MaxTxnOps,
 // MaxRequestBytes: over a hundred dirty buckets, or aggregates of
 // megabytes) is written in several, the run's record in the last; a
@@ -117,6 +126,12 @@ type sessionAccess struct {
 	// fenced: a newer session took the run over.
 	through, written, confirmed, owed uint64
 	fenced                            bool
+	// staleBaseline: the session told the agent its restored counter
+	// baseline is stale (otherRun: the other agent's run), and its record
+	// says so until the agent sent a message (heard); clearStale: the
+	// agent did, and the record still says so.
+	staleBaseline, clearStale bool
+	otherRun                  uint64
 }
 
 // newSessionAccess is a new session's aggregation state. The buckets an
@@ -353,7 +368,7 @@ func (a *agentConn) flushAccess(ctx context.Context, final bool) error {
 	a.flushMu.Lock()
 	defer a.flushMu.Unlock()
 	a.mu.Lock()
-	fenced := a.access.fenced
+	fenced, clearStale, written := a.access.fenced, a.access.clearStale, a.access.written
 	a.mu.Unlock()
 	if fenced {
 		return nil
@@ -363,8 +378,16 @@ func (a *agentConn) flushAccess(ctx context.Context, final bool) error {
 	if err != nil {
 		return err
 	}
-	if len(fl.writes) > 0 {
-		err := a.writeAccess(ctx, fl, now)
+	// The run's record says the agent's baseline is stale while the agent
+	// may not have heard it; once it has, the record is written without
+	// it (with the aggregates, or alone, through what is written), so its
+	// next restart keeps the baseline its journal has by then.
+	if len(fl.writes) > 0 || clearStale && a.runID != 0 {
+		wfl := fl
+		if len(fl.writes) == 0 {
+			wfl = accessFlush{through: written}
+		}
+		err := a.writeAccess(ctx, wfl, now)
 		if errors.Is(err, errFenced) {
 			a.fence(len(fl.writes))
 			return nil
@@ -376,7 +399,10 @@ func (a *agentConn) flushAccess(ctx context.Context, final bool) error {
 			return err
 		}
 		a.mu.Lock()
-		a.access.written = max(a.access.written, fl.through)
+		a.access.written = max(a.access.written, wfl.through)
+		if clearStale {
+			a.access.clearStale = false
+		}
 		a.mu.Unlock()
 	}
 	if fl.clean {
@@ -510,8 +536,11 @@ func runKey(node string, run uint64) string {
 // runOp is the write of this session's record of its run, through the
 // given report, leased like the aggregates of the current bucket.
 func (a *agentConn) runOp(ctx context.Context, through uint64, now time.Time) (clientv3.Op, bucketLease, error) {
+	a.mu.Lock()
+	stale, other := a.access.staleBaseline, a.access.otherRun
+	a.mu.Unlock()
 	rec := &pb.AccessRun{Node: a.node, RunId: a.runID, Controller: a.c.cfg.Name, ConnectedUnixNano: a.status.GetConnectedUnixNano(),
-		ThroughSeq: through, WrittenUnixNano: now.UnixNano()}
+		ThroughSeq: through, WrittenUnixNano: now.UnixNano(), BaselineStale: stale, OtherRun: other}
 	v, err := marshal.Marshal(rec)
 	if err != nil {
 		return clientv3.Op{}, bucketLease{}, err
@@ -528,16 +557,22 @@ func (a *agentConn) runOp(ctx context.Context, through uint64, now time.Time) (c
 // counts and returns how far the run's earlier sessions wrote them. It
 // reads the run's record and writes its own conditioned on the record's
 // revision being the one read: an older session's write that lands in
-// between makes it read again, and every later one fails (fenced).
-func (a *agentConn) takeOverRun(ctx context.Context) (uint64, error) {
+// between makes it read again, and every later one fails (fenced). For
+// an agent that asked (Register.check_baseline) it also returns whether
+// the counter baseline the agent restored is stale (baselineVerdict),
+// read in the same compare-and-swap and kept in the record until the
+// agent hears it (AccessRun.baseline_stale).
+func (a *agentConn) takeOverRun(ctx context.Context) (uint64, *pb.AccessBaseline, error) {
 	k := a.c.store.fkey(runKey(a.node, a.runID))
+	agentKey := a.c.store.key(keyAgents, a.node)
 	for range 10 {
 		resp, err := a.c.cli.Get(ctx, k)
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
 		var rev int64
 		var through uint64
+		var own *pb.AccessRun
 		if len(resp.Kvs) == 1 {
 			rev = resp.Kvs[0].ModRevision
 			rec := &pb.AccessRun{}
@@ -546,18 +581,33 @@ func (a *agentConn) takeOverRun(ctx context.Context) (uint64, error) {
 				// counted, some maybe twice.
 				a.c.log.Error("ignoring corrupt access run record", "key", k, "err", err)
 			} else {
-				through = rec.GetThroughSeq()
+				through, own = rec.GetThroughSeq(), rec
 			}
 		}
+		conds := []clientv3.Cmp{clientv3.Compare(clientv3.ModRevision(k), "=", rev)}
+		var verdict *pb.AccessBaseline
+		if a.checkBaseline {
+			ev, agentRev, err := a.runEvidence(ctx, rev, own)
+			if err != nil {
+				return 0, nil, err
+			}
+			// The node's agent record as read: this registration writes
+			// it next, and the verdict must stand on what it was.
+			conds = append(conds, clientv3.Compare(clientv3.ModRevision(agentKey), "=", agentRev))
+			verdict = baselineVerdict(ev)
+		}
+		a.mu.Lock()
+		a.access.staleBaseline, a.access.otherRun = verdict.GetStale(), verdict.GetOtherRun()
+		a.mu.Unlock()
 		now := a.c.cfg.Forecast.now()
 		op, l, err := a.runOp(ctx, through, now)
 		if err != nil {
-			return 0, err
+			return 0, nil, err
 		}
-		tr, err := a.c.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).Then(op).Commit()
+		tr, err := a.c.cli.Txn(ctx).If(conds...).Then(op).Commit()
 		if err != nil {
 			a.c.access.forget([]bucketLease{l})
-			return 0, err
+			return 0, nil, err
 		}
 		if tr.Succeeded {
 			a.flushMu.Lock()
@@ -566,10 +616,103 @@ func (a *agentConn) takeOverRun(ctx context.Context) (uint64, error) {
 			a.mu.Lock()
 			a.access.through, a.access.written, a.access.confirmed = through, through, through
 			a.mu.Unlock()
-			return through, nil
+			return through, verdict, nil
 		}
 	}
-	return 0, errors.New("the run's record keeps changing")
+	return 0, nil, errors.New("the run's record keeps changing")
+}
+
+// runEvidence is what tells whether another agent ran on the node since
+// this run last wrote its record (own, at revision ownRev; nil: none, or
+// expired): the node's other run records and its agent record, with the
+// agent record's revision (0: none).
+func (a *agentConn) runEvidence(ctx context.Context, ownRev int64, own *pb.AccessRun) (runEvidence, int64, error) {
+	ev := runEvidence{run: a.runID, own: own, ownRev: ownRev}
+	prefix := a.c.store.fkey(fmt.Sprintf("%s%s/", fkeyRuns, url.PathEscape(a.node)))
+	resp, err := a.c.cli.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return ev, 0, err
+	}
+	for _, kv := range resp.Kvs {
+		rec := &pb.AccessRun{}
+		if err := proto.Unmarshal(kv.Value, rec); err != nil || rec.GetRunId() == a.runID {
+			continue
+		}
+		ev.others = append(ev.others, otherRun{run: rec.GetRunId(), created: kv.CreateRevision})
+	}
+	resp, err = a.c.cli.Get(ctx, a.c.store.key(keyAgents, a.node))
+	if err != nil || len(resp.Kvs) == 0 {
+		return ev, 0, err
+	}
+	ev.agent = &pb.AgentRecord{}
+	if err := proto.Unmarshal(resp.Kvs[0].Value, ev.agent); err != nil {
+		ev.agent = nil
+	}
+	return ev, resp.Kvs[0].ModRevision, nil
+}
+
+// runEvidence is what a registering run's counter baseline is judged by.
+type runEvidence struct {
+	run uint64
+	// own: the run's record (nil: never written, or expired with its
+	// lease), last written at revision ownRev.
+	own    *pb.AccessRun
+	ownRev int64
+	// others: the node's records of other runs (not expired).
+	others []otherRun
+	// agent: the node's agent record as the previous registration left
+	// it (nil: none, or unreadable).
+	agent *pb.AgentRecord
+}
+
+// otherRun is another run of the node and its record's create revision
+// (its first registration under a controller that confirms reports).
+type otherRun struct {
+	run     uint64
+	created int64
+}
+
+// baselineVerdict says whether a run's restored counter baseline is
+// stale: whether another agent registered on the node since the run
+// last wrote its record, and so reported the counters' growth since
+// (counted again from the baseline). etcd's revision is global and
+// monotonic across replicas, so records compare by it whichever replica
+// wrote them. Evidence, any of:
+//   - the run's record says an earlier registration found it (whose
+//     answer may not have reached the agent);
+//   - another run's record was created after the run's record was last
+//     written (an agent that numbers its reports, not expired);
+//   - the node's agent record, which every registration writes and which
+//     has no lease, names another run, 0 included (an agent that does not
+//     number its reports, or whose run record expired).
+//
+// Not stale without evidence: a missed interim agent double counts what
+// it reported since the journal's last write, a false alarm loses what
+// was counted between the run's last report and the agent's start; only
+// evidence decides. Residual (documented in OPERATIONS §5): an agent
+// record written by an earlier controller (no run_id) and either no own
+// record (expired) or an interim agent that wrote no run record (one
+// that does not number its reports, or under a controller confirming
+// none).
+func baselineVerdict(ev runEvidence) *pb.AccessBaseline {
+	if ev.own.GetBaselineStale() {
+		return &pb.AccessBaseline{Stale: true, OtherRun: ev.own.GetOtherRun()}
+	}
+	if ev.own != nil {
+		var newest *otherRun
+		for i, o := range ev.others {
+			if o.created > ev.ownRev && (newest == nil || o.created > newest.created) {
+				newest = &ev.others[i]
+			}
+		}
+		if newest != nil {
+			return &pb.AccessBaseline{Stale: true, OtherRun: newest.run}
+		}
+	}
+	if ev.agent != nil && ev.agent.RunId != nil && ev.agent.GetRunId() != ev.run {
+		return &pb.AccessBaseline{Stale: true, OtherRun: ev.agent.GetRunId()}
+	}
+	return &pb.AccessBaseline{}
 }
 
 // ownRun adopts the run's record's revision when the record is still

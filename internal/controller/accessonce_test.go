@@ -564,7 +564,7 @@ func TestAccessFlushTransactions(t *testing.T) {
 	h := int64(time.Hour / time.Second)
 
 	a := session(1)
-	if through, err := a.takeOverRun(ctx); err != nil || through != 0 {
+	if through, _, err := a.takeOverRun(ctx); err != nil || through != 0 {
 		t.Fatalf("first takeover: %d %v", through, err)
 	}
 	// Three buckets dirty at once: three aggregates and the record, two a
@@ -588,7 +588,7 @@ func TestAccessFlushTransactions(t *testing.T) {
 
 	// A second session takes the run over: the first writes nothing more.
 	b := session(2)
-	if through, err := b.takeOverRun(ctx); err != nil || through != 3 {
+	if through, _, err := b.takeOverRun(ctx); err != nil || through != 3 {
 		t.Fatalf("second takeover: %d %v", through, err)
 	}
 	rep(a, 4, t0.Add(131*time.Minute), 100)

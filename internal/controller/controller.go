@@ -68,6 +68,9 @@ type Config struct {
 	// ends the session before the report is processed, as a stream that
 	// breaks after the agent sent it.
 	reportHook func(node string, r *pb.Report) error
+	// noBaselineCheck (tests) answers registrations as a controller
+	// before Registered.access_baseline did: without it.
+	noBaselineCheck bool
 	// Forecast configures the prediction engine the leader runs and the
 	// path of the agents' access counts to it.
 	Forecast ForecastConfig

@@ -106,8 +106,11 @@ type agentConn struct {
 	lim    *rate.Limiter // messages from the agent (msgsPerInterval)
 	// resendLim: the agent's reports sent again (resendsPerInterval).
 	resendLim *rate.Limiter
-	// runID is the agent run's (Register.run_id; 0: reports unnumbered).
-	runID uint64
+	// runID is the agent run's (Register.run_id; 0: reports unnumbered);
+	// checkBaseline: the agent asks whether its restored counter baseline
+	// is stale (Register.check_baseline).
+	runID         uint64
+	checkBaseline bool
 	// durableCh wakes sendLoop to send access.confirmed.
 	durableCh chan struct{}
 	// flushMu serializes the session's flushes; fenceRev (under it) is
@@ -154,7 +157,7 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 		cert:      peerCert(stream.Context()),
 		lim:       rate.NewLimiter(rate.Every(c.cfg.ReportInterval/msgsPerInterval), msgBurst),
 		resendLim: rate.NewLimiter(rate.Every(c.cfg.ReportInterval/resendsPerInterval), resendBurst),
-		runID:     reg.GetRunId(), durableCh: make(chan struct{}, 1),
+		runID:     reg.GetRunId(), checkBaseline: reg.GetCheckBaseline(), durableCh: make(chan struct{}, 1),
 		demand: map[[2]uint32]float64{}, lastReport: now, access: c.newSessionAccess(),
 		status: &pb.AgentStatus{Node: reg.GetNode(), Site: reg.GetSite(), Role: reg.GetRole(), Addresses: reg.GetAddresses(),
 			OuterSources: outerSources(reg.GetOuterSources()), DecapSources: decapSources(reg.GetDecapSources()),
@@ -169,6 +172,28 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 	// connected to this replica for as long as it runs.
 	defer a.disconnect()
 	log := c.log.With("node", a.node, "site", a.site)
+	// A numbered agent's counts: this session writes them from now on,
+	// and the agent sends again what earlier sessions did not write.
+	// Before the agent record is written: that record, as the node's
+	// previous session left it, is evidence on the agent's baseline.
+	var durable *pb.ReportsDurable
+	var baseline *pb.AccessBaseline
+	if a.runID != 0 && !c.cfg.Forecast.Disable {
+		through, verdict, err := a.takeOverRun(ctx)
+		if err != nil {
+			return status.Errorf(codes.Unavailable, "take over the access counts of run %016x: %v", a.runID, err)
+		}
+		durable = &pb.ReportsDurable{RunId: a.runID, ThroughSeq: through}
+		log.Debug("agent run taken over", "run", fmt.Sprintf("%016x", a.runID), "through_seq", through)
+		if verdict.GetStale() {
+			log.Warn("another agent ran on the node since this run last wrote its access counts: the agent is told to "+
+				"count from its counters' present values, not its journal's baseline (that agent reported the growth since)",
+				"run", fmt.Sprintf("%016x", a.runID), "other_run", fmt.Sprintf("%016x", verdict.GetOtherRun()))
+		}
+		if !c.cfg.noBaselineCheck {
+			baseline = verdict
+		}
+	}
 	if err := a.writeStatus(ctx); err != nil {
 		return status.Errorf(codes.Unavailable, "record registration: %v", err)
 	}
@@ -176,21 +201,10 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 		return status.Errorf(codes.Unavailable, "record session: %v", err)
 	}
 	defer a.finalFlush()
-	// A numbered agent's counts: this session writes them from now on,
-	// and the agent sends again what earlier sessions did not write.
-	var durable *pb.ReportsDurable
-	if a.runID != 0 && !c.cfg.Forecast.Disable {
-		through, err := a.takeOverRun(ctx)
-		if err != nil {
-			return status.Errorf(codes.Unavailable, "take over the access counts of run %016x: %v", a.runID, err)
-		}
-		durable = &pb.ReportsDurable{RunId: a.runID, ThroughSeq: through}
-		log.Debug("agent run taken over", "run", fmt.Sprintf("%016x", a.runID), "through_seq", through)
-	}
 	cur := c.view.desiredRecord().GetState().GetVersion()
 	if err := a.send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Registered{Registered: &pb.Registered{
 		Controller: c.cfg.Name, ReportIntervalMs: uint32(c.cfg.ReportInterval / time.Millisecond), CurrentVersion: cur,
-		Durable: durable}}}); err != nil {
+		Durable: durable, AccessBaseline: baseline}}}); err != nil {
 		return err
 	}
 	log.Info("agent registered", "role", a.role, "applied_version", reg.GetAppliedVersion(), "current_version", cur)
@@ -393,6 +407,7 @@ func (a *agentConn) recvLoop(ctx context.Context) error {
 		// A certificate revoked after the handshake ends the session at
 		// its next message (reports come every interval); the agent's
 		// reconnection is then refused by the handshake.
+		a.heard()
 		if a.c.tls.Revoked(a.cert) {
 			a.c.tls.EndedRevoked()
 			a.c.log.Warn("agent session ended: its certificate was revoked", "node", a.node,
@@ -421,6 +436,17 @@ func (a *agentConn) recvLoop(ctx context.Context) error {
 		case *pb.AgentMessage_Register:
 			return status.Error(codes.InvalidArgument, "register sent twice")
 		}
+	}
+}
+
+// heard notes a message from the agent after Registered: an agent told
+// its baseline is stale has acted on it (it writes its journal before it
+// sends anything), so the run's record may stop saying so.
+func (a *agentConn) heard() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.access.staleBaseline {
+		a.access.staleBaseline, a.access.clearStale = false, true
 	}
 }
 
@@ -597,7 +623,7 @@ func (a *agentConn) chargeRecord(ctx context.Context, what string, n int) error 
 // writeStatus stores the agent's registration and ACK state.
 func (a *agentConn) writeStatus(ctx context.Context) error {
 	a.mu.Lock()
-	b, err := marshal.Marshal(&pb.AgentRecord{Status: proto.Clone(a.status).(*pb.AgentStatus)})
+	b, err := marshal.Marshal(a.record())
 	a.mu.Unlock()
 	if err != nil {
 		return err
@@ -607,6 +633,12 @@ func (a *agentConn) writeStatus(ctx context.Context) error {
 	}
 	_, err = a.c.cli.Put(ctx, a.c.store.key(keyAgents, a.node), string(b))
 	return err
+}
+
+// record is the node's agent record as this session writes it, with its
+// run (AgentRecord.run_id). Called with a.mu held.
+func (a *agentConn) record() *pb.AgentRecord {
+	return &pb.AgentRecord{Status: proto.Clone(a.status).(*pb.AgentStatus), RunId: proto.Uint64(a.runID)}
 }
 
 // disconnect marks the agent gone, unless another session (here or on
@@ -628,7 +660,7 @@ func (a *agentConn) disconnect() {
 	since := a.status.GetConnectedUnixNano()
 	a.status.Connected = false
 	a.status.LastSeenUnixNano = time.Now().UnixNano()
-	b, err := marshal.Marshal(&pb.AgentRecord{Status: proto.Clone(a.status).(*pb.AgentStatus)})
+	b, err := marshal.Marshal(a.record())
 	a.mu.Unlock()
 	if err != nil {
 		return
