@@ -180,6 +180,9 @@ type controlPlane struct {
 	targets []probe.Target
 	active  []probe.Target // of targets: the mirrors carrying this edge's traffic
 	prev    map[pmaps.CounterKey]pmaps.Counter
+	// atStart: the counters when a journal's baseline was restored into
+	// prev, until the first report (dropBaseline counts from them).
+	atStart map[pmaps.CounterKey]pmaps.Counter
 	// changed: the counters whose new flows moved (or that went) since
 	// the journal last asked (accessBaseline); nil without a journal.
 	changed map[pmaps.CounterKey]struct{}
@@ -276,6 +279,7 @@ func newControlPlane(a *Agent) (*controlPlane, error) {
 			cfg.JournalFile = c.StateCache + ".access"
 			cfg.CounterSource = cp.counterSource()
 			cfg.AccessBaseline = cp.accessBaseline
+			cfg.DropBaseline = cp.dropBaseline
 			cp.changed = map[pmaps.CounterKey]struct{}{}
 		}
 	}
@@ -612,7 +616,29 @@ func (cp *controlPlane) restoreCounters(base []*pb.AccessCount) {
 		prev[k] = v
 	}
 	cp.mu.Lock()
-	cp.prev = prev
+	cp.prev, cp.atStart = prev, cs
+	cp.mu.Unlock()
+}
+
+// dropBaseline counts from the counters' values when the agent started
+// instead of the journal's baseline (control.Config.DropBaseline: another
+// agent reported their growth since): as a new run, but from the start,
+// not from the controller's answer, so nothing counted since the start
+// is lost.
+func (cp *controlPlane) dropBaseline() {
+	cp.mu.Lock()
+	cs := cp.atStart
+	cp.mu.Unlock()
+	if cs == nil {
+		// Not read at start: the present values are the next best.
+		var err error
+		if cs, err = cp.a.router.Counters(); err != nil {
+			cp.a.log.Warn("read access counters", "err", err)
+			return
+		}
+	}
+	cp.mu.Lock()
+	cp.prev, cp.atStart = cs, nil
 	cp.mu.Unlock()
 }
 
@@ -662,7 +688,7 @@ func (cp *controlPlane) accessCounts() []*pb.AccessCount {
 	defer cp.mu.Unlock()
 	out := counterGrowth(cp.prev, cs)
 	old := cp.prev
-	cp.prev = cs
+	cp.prev, cp.atStart = cs, nil
 	// No version yet (keepRouting): every counter would look stale.
 	if c != nil && !cp.a.keepRouting.Load() {
 		cp.a.pruneCounters(cs, c, func(k pmaps.CounterKey) bool {

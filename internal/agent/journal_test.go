@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	pb "github.com/premirror/premirror/api/premirror/v1"
 	pmaps "github.com/premirror/premirror/internal/maps"
 )
 
@@ -87,17 +88,38 @@ func TestAccessJournalAcrossRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer restarted.Close()
 	if _, ok := restarted.cp.client.RestoredBaseline(); !ok {
 		t.Fatal("the restarted agent did not restore the journal")
 	}
-	var got uint64
-	for _, a := range restarted.cp.accessCounts() {
-		if a.ResourceId == 7 {
-			got += a.NewFlows
+	web := func(as []*pb.AccessCount) (n uint64) {
+		for _, a := range as {
+			if a.ResourceId == 7 {
+				n += a.NewFlows
+			}
 		}
+		return n
 	}
-	if got != 2 {
+	if got := web(restarted.cp.accessCounts()); got != 2 {
 		t.Fatalf("the restarted agent's first report has %d new flows of web, want the 2 counted since the previous one's journal", got)
+	}
+	restarted.Close()
+
+	// Restarted again on the same journal, and told its baseline is
+	// stale (another agent reported the counters since the journal's last
+	// write): it counts from the counters' values at its start, and
+	// reports what was counted since, not what was counted before.
+	again, err := startAgent(t, ns, &next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	if _, ok := again.cp.client.RestoredBaseline(); !ok {
+		t.Fatal("the agent restarted again did not restore the journal")
+	}
+	inject(t, ns, flowFrame(t, ns, 1003))
+	waitCounters(t, again, func(cs map[pmaps.CounterKey]pmaps.Counter) bool { return newFlows(cs) == 4 })
+	again.cp.dropBaseline()
+	if got := web(again.cp.accessCounts()); got != 1 {
+		t.Fatalf("after its baseline was dropped the agent's first report has %d new flows of web, want the 1 counted since its start", got)
 	}
 }

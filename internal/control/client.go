@@ -131,7 +131,16 @@ type Config struct {
 	// previous call (a counter gone as 0). Called right after
 	// AccessCounts, with nothing in between that reads the counters.
 	AccessBaseline func(all bool) []*pb.AccessCount
-	Logger         *slog.Logger
+	// DropBaseline, with JournalFile, is called at most once, before the
+	// first report of a run continued from the journal, when the
+	// controller says another agent ran on the node since the journal's
+	// last write (Registered.access_baseline): that agent reported the
+	// counters' growth since, so the agent must not count from
+	// RestoredBaseline but from the counters' values at its start, as a
+	// new run does. Called with nothing in between that reads the
+	// counters; the client then writes the journal whole (AccessBaseline).
+	DropBaseline func()
+	Logger       *slog.Logger
 	// Revocation, when set (a pki.Source), is asked before every desired
 	// state is applied and every report is sent whether the controller's
 	// certificate has been revoked since the handshake; if so the session
@@ -160,8 +169,8 @@ func (c *Config) validate() error {
 		return errors.New("control node: missing")
 	case c.Apply == nil:
 		return errors.New("control apply: callback missing")
-	case c.JournalFile != "" && (c.AccessCounts == nil || c.AccessBaseline == nil):
-		return errors.New("control journal: needs the AccessCounts and AccessBaseline callbacks")
+	case c.JournalFile != "" && (c.AccessCounts == nil || c.AccessBaseline == nil || c.DropBaseline == nil):
+		return errors.New("control journal: needs the AccessCounts, AccessBaseline and DropBaseline callbacks")
 	}
 	for i, a := range c.Addresses {
 		if _, err := netip.ParseAddr(a); err != nil {
@@ -231,16 +240,18 @@ type Client struct {
 	// (none valid, or the appends outgrew their snapshot, jAppended
 	// against jSnapBytes); jOnDisk: a journal file is there; jFailing: a
 	// write failed (logged once until one succeeds); restored: the
-	// journal the client started from.
-	j          *journalFile
-	jMu        sync.Mutex
-	jLimit     uint64
-	jSnap      bool
-	jOnDisk    bool
-	jFailing   bool
-	jSnapBytes int
-	jAppended  int
-	restored   *journalState
+	// journal the client started from; baselineOpen: its baseline awaits
+	// the first registration's word (Register.check_baseline).
+	j            *journalFile
+	jMu          sync.Mutex
+	jLimit       uint64
+	jSnap        bool
+	jOnDisk      bool
+	jFailing     bool
+	jSnapBytes   int
+	jAppended    int
+	restored     *journalState
+	baselineOpen bool
 	// crashHook, in tests, ends sendReport at a stage ("counted": counts
 	// numbered and kept; "journaled": written) as a crash there would.
 	crashHook func(stage string) error
@@ -399,9 +410,12 @@ func (c *Client) session(ctx context.Context, endpoint string) (registered bool,
 		return false, fmt.Errorf("open session on %s: %w", endpoint, err)
 	}
 	s := &sessionIO{stream: stream}
+	c.mu.Lock()
+	checkBaseline := c.baselineOpen
+	c.mu.Unlock()
 	register := &pb.Register{
 		Node: c.cfg.Node, Site: c.cfg.Site, Role: c.cfg.Role, Addresses: c.cfg.Addresses,
-		AppliedVersion: c.Version(), AgentVersion: c.cfg.AgentVersion, RunId: c.runID,
+		AppliedVersion: c.Version(), AgentVersion: c.cfg.AgentVersion, RunId: c.runID, CheckBaseline: checkBaseline,
 	}
 	if f := c.cfg.OuterSources; f != nil {
 		register.OuterSources = f()
@@ -462,6 +476,9 @@ func (c *Client) session(ctx context.Context, endpoint string) (registered bool,
 	if !confirming {
 		c.dropJournal()
 	}
+	// Before anything is sent on the session: the controller takes any
+	// message as the agent having acted on its word.
+	c.resolveBaseline(reg, confirming)
 	c.m.connected.Store(true)
 	defer func() {
 		c.mu.Lock()
@@ -850,6 +867,7 @@ type metrics struct {
 	droppedLimit       atomic.Uint64
 	droppedUnconfirmed atomic.Uint64
 	journalLoad        string // outcome at New ("" without a journal)
+	baselines          [len(baselineOutcomes)]atomic.Uint64
 	journalSnapshots   atomic.Uint64
 	journalAppends     atomic.Uint64
 	journalErrors      atomic.Uint64

@@ -20,6 +20,16 @@ const (
 
 var journalOutcomes = []string{journalFresh, journalRestored, journalCorrupt, journalIncompatible, journalUnreadable, journalLocked}
 
+// Restored baseline outcomes (premirror_control_journal_baselines_total),
+// indexes of baselineOutcomes.
+const (
+	baselineKept = iota
+	baselineStale
+	baselineUnchecked
+)
+
+var baselineOutcomes = [...]string{baselineKept: "kept", baselineStale: "stale", baselineUnchecked: "unchecked"}
+
 // minCompact: appends below it never make the next write a snapshot
 // (a small snapshot would be rewritten every few reports).
 const minCompact = 64 << 10
@@ -63,7 +73,7 @@ func (c *Client) loadJournal() {
 		}
 		c.trimPending() // counted by the process that kept them
 		c.m.pending.Store(int64(len(c.pending)))
-		c.restored = st
+		c.restored, c.baselineOpen = st, true
 		c.log.Info("access journal restored: continuing the previous process's run", "path", path,
 			"run", fmt.Sprintf("%016x", c.runID), "next_seq", c.seq+1, "pending_reports", len(c.pending),
 			"counters", len(st.baseline), "torn_tail", torn, "same_counters", st.source == c.cfg.CounterSource)
@@ -93,6 +103,57 @@ func (c *Client) RestoredBaseline() (counts []*pb.AccessCount, ok bool) {
 		out = append(out, &pb.AccessCount{ResourceId: k.resource, RegionId: k.region, MirrorId: k.mirror, NewFlows: n})
 	}
 	return out, true
+}
+
+// resolveBaseline settles, at the first registration after the journal
+// was restored, whether the agent counts from its baseline: a controller
+// that found another agent's run on the node since the journal's run
+// last wrote (access_baseline.stale) has it dropped, and the journal
+// written whole with the agent's new one before any report is sent, so
+// neither this process nor a restart counts again what that agent
+// reported. The pending reports stay: they are the journal's run's, and
+// the controller skips those it wrote. A controller that does not say
+// (an older one, or one confirming nothing) leaves it as before: kept.
+//
+// The controller is asked because the agent cannot tell by itself: the
+// journal's age proves nothing (the pinned counters count while no agent
+// runs, and that growth is the baseline's to report), nor does the state
+// cache (the agent's own file, which an older build rewrites only when a
+// version changes). The attached program's ID would (every agent start
+// replaces it), but only recorded in the journal and read before the
+// agent's own attach: another journal format, not done.
+func (c *Client) resolveBaseline(reg *pb.Registered, confirming bool) {
+	c.mu.Lock()
+	if !c.baselineOpen {
+		c.mu.Unlock()
+		return
+	}
+	c.baselineOpen = false
+	ab := reg.GetAccessBaseline()
+	var w *journalWriteReq
+	switch {
+	case !confirming || ab == nil:
+		c.m.baselines[baselineUnchecked].Add(1)
+		c.log.Info("the controller did not check the access journal's counter baseline (an older one): counting from it; "+
+			"should another agent have run on the node since the journal's last write, what it reported since is counted again",
+			"controller", reg.GetController(), "run", fmt.Sprintf("%016x", c.runID))
+	case ab.GetStale():
+		c.m.baselines[baselineStale].Add(1)
+		c.cfg.DropBaseline()
+		c.jSnap = true
+		w = c.journalWrite(false, nil)
+		c.log.Warn("access journal's counter baseline dropped: another agent ran on the node since the journal's last write "+
+			"and reported these counters; counting from their values at this start (what was counted between that agent's "+
+			"last report and this start is not reported); the journal's unconfirmed reports are still sent again",
+			"run", fmt.Sprintf("%016x", c.runID), "other_run", fmt.Sprintf("%016x", ab.GetOtherRun()),
+			"controller", reg.GetController(), "pending_reports", len(c.pending))
+	default:
+		c.m.baselines[baselineKept].Add(1)
+		c.log.Info("access journal's counter baseline kept: no other agent ran on the node since the journal's last write",
+			"run", fmt.Sprintf("%016x", c.runID))
+	}
+	c.mu.Unlock()
+	c.writeJournal(w)
 }
 
 // journalWriteReq is one journal write, gathered under c.mu and encoded

@@ -81,6 +81,9 @@ type testServer struct {
 	// durable, when set, is Registered.durable for a registration (a
 	// controller that confirms reports); unset, an older controller.
 	durable func(*pb.Register) *pb.ReportsDurable
+	// baseline, when set, is Registered.access_baseline for a
+	// registration; unset, a controller that does not check baselines.
+	baseline func(*pb.Register) *pb.AccessBaseline
 }
 
 type testSession struct {
@@ -112,6 +115,9 @@ func (s *testServer) Session(stream grpc.BidiStreamingServer[pb.AgentMessage, pb
 	reg := &pb.Registered{Controller: "test", ReportIntervalMs: 20}
 	if s.durable != nil {
 		reg.Durable = s.durable(ts.reg)
+	}
+	if s.baseline != nil {
+		reg.AccessBaseline = s.baseline(ts.reg)
 	}
 	if err := stream.Send(&pb.ControllerMessage{Msg: &pb.ControllerMessage_Registered{Registered: reg}}); err != nil {
 		return err

@@ -202,6 +202,7 @@ type proc struct {
 	cs      *counters
 	mu      sync.Mutex
 	prev    map[accessKey]uint64
+	atStart map[accessKey]uint64 // the counters when the process started
 	changed map[accessKey]bool
 }
 
@@ -209,16 +210,24 @@ type proc struct {
 // or from the counters' present values.
 func newProc(cs *counters, c *Client) *proc {
 	p := &proc{cs: cs, prev: map[accessKey]uint64{}, changed: map[accessKey]bool{}}
+	cs.mu.Lock()
+	p.atStart = maps.Clone(cs.total)
+	cs.mu.Unlock()
 	if base, ok := c.RestoredBaseline(); ok {
 		for _, a := range base {
 			p.prev[accessKey{a.GetResourceId(), a.GetRegionId(), a.GetMirrorId()}] = a.GetNewFlows()
 		}
 		return p
 	}
-	cs.mu.Lock()
-	maps.Copy(p.prev, cs.total)
-	cs.mu.Unlock()
+	maps.Copy(p.prev, p.atStart)
 	return p
+}
+
+// drop counts from the counters' values at start (Config.DropBaseline).
+func (p *proc) drop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.prev = maps.Clone(p.atStart)
 }
 
 func (p *proc) counts() []*pb.AccessCount {
@@ -290,6 +299,7 @@ func startProc(t *testing.T, cfg Config, cs *counters, hook func(string) error) 
 	ap := &agentProc{done: make(chan struct{})}
 	cfg.AccessCounts = func() []*pb.AccessCount { return ap.p.counts() }
 	cfg.AccessBaseline = func(all bool) []*pb.AccessCount { return ap.p.baseline(all) }
+	cfg.DropBaseline = func() { ap.p.drop() }
 	c, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -670,7 +680,8 @@ func TestJournalCounterSource(t *testing.T) {
 			}
 			c, err := New(Config{Endpoints: []string{"127.0.0.1:1"}, TLS: newCerts(t, "edge-1").client, Node: "edge-1",
 				Apply: (&agentFake{}).apply, JournalFile: path, CounterSource: tc.source,
-				AccessCounts: func() []*pb.AccessCount { return nil }, AccessBaseline: func(bool) []*pb.AccessCount { return nil }})
+				AccessCounts: func() []*pb.AccessCount { return nil }, AccessBaseline: func(bool) []*pb.AccessCount { return nil },
+				DropBaseline: func() {}})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -745,7 +756,8 @@ func BenchmarkJournalWrite(b *testing.B) {
 						return base
 					}
 					return base[:perReport]
-				}}
+				},
+				DropBaseline: func() {}}
 			if bc.journal {
 				cfg.JournalFile = filepath.Join(dir, "state.pb.access")
 			}
@@ -792,6 +804,108 @@ func BenchmarkJournalWrite(b *testing.B) {
 				b.ReportMetric(float64(w)/float64(b.N), "writes/report")
 			}
 			b.ReportMetric(float64(len(c.pending)), "pending-reports")
+		})
+	}
+}
+
+// A process restarted on its journal asks, at its first registration
+// only (Register.check_baseline), whether another agent ran on the node
+// since the journal's last write, and counts from the journal's baseline
+// when the controller says none did (kept) or says nothing (an older
+// one: unchecked, as before), from the counters' values at its start
+// when one did (stale: that agent reported the growth since). Either way
+// it sends the journal's unconfirmed reports again, and what it settled
+// on is in the journal before its first report: a restart killed before
+// that report's journal write counts from it too.
+func TestJournalBaselineVerdict(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		verdict *pb.AccessBaseline // nil: not said
+		outcome string
+		want    uint64 // new flows of the first new report after the restart
+	}{
+		{"no other agent ran: kept", &pb.AccessBaseline{}, "kept", 17 + 19},
+		{"another agent ran: stale, counted from the start", &pb.AccessBaseline{Stale: true, OtherRun: 0xb}, "stale", 19},
+		{"older controller: unchecked, kept", nil, "unchecked", 17 + 19},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ce := newCerts(t, "edge-1")
+			cs := &counters{total: map[accessKey]uint64{{1, 7, 3}: 1000}}
+			var verdict atomic.Pointer[pb.AccessBaseline]
+			var mu sync.Mutex
+			var asked []bool // Register.check_baseline, by registration
+			srv := &testServer{sessions: make(chan *testSession, 8),
+				durable: func(r *pb.Register) *pb.ReportsDurable { return &pb.ReportsDurable{RunId: r.GetRunId()} },
+				baseline: func(r *pb.Register) *pb.AccessBaseline {
+					mu.Lock()
+					asked = append(asked, r.GetCheckBaseline())
+					n := len(asked)
+					mu.Unlock()
+					if n == 2 {
+						cs.add(1, 19) // counted after the restart, before the answer
+					}
+					return verdict.Load()
+				}}
+			addr := startServer(t, ce, srv)
+			path := filepath.Join(t.TempDir(), "state.pb.access")
+			cfg := Config{Endpoints: []string{addr}, TLS: ce.client, Node: "edge-1", Apply: (&agentFake{}).apply,
+				JournalFile: path, CounterSource: "boot-a", MinBackoff: time.Hour, MaxBackoff: time.Hour}
+			verdict.Store(&pb.AccessBaseline{})
+			a := startProc(t, cfg, cs, nil)
+			ts := waitSession(t, srv)
+			cs.add(1, 5)
+			a.c.ReportNow()
+			ts.nextReport(t, "report", func(r *pb.Report) bool { return newFlows(r) == 5 })
+			a.kill()
+			cs.add(1, 17) // reported by another agent, or by none
+
+			// The restarted process dies at its first new report, before
+			// writing it: its journal is what it settled on at registration.
+			verdict.Store(tc.verdict)
+			crashed, resent := make(chan struct{}), make(chan struct{})
+			var once sync.Once
+			b := startProc(t, cfg, cs, func(stage string) error {
+				if stage != "counted" {
+					return nil
+				}
+				once.Do(func() {
+					// The crash must not cut the stream before the server
+					// read the report sent again.
+					select {
+					case <-resent:
+					case <-time.After(5 * time.Second):
+					}
+					close(crashed)
+				})
+				return errors.New("crashed (test)")
+			})
+			ts = waitSession(t, srv)
+			r := ts.nextReport(t, "report sent again", func(*pb.Report) bool { return true })
+			close(resent)
+			if !r.GetResend() || newFlows(r) != 5 {
+				t.Fatalf("first report after the restart %v, want the unconfirmed one again", r)
+			}
+			<-crashed
+			b.kill()
+
+			verdict.Store(&pb.AccessBaseline{})
+			c := startProc(t, cfg, cs, nil)
+			ts = waitSession(t, srv)
+			r = ts.nextReport(t, "new report", func(r *pb.Report) bool { return !r.GetResend() })
+			if got := newFlows(r); got != tc.want {
+				t.Fatalf("first new report after the restarts has %d new flows, want %d", got, tc.want)
+			}
+			if n := metricValue(t, b.c, "premirror_control_journal_baselines_total", tc.outcome); n != 1 {
+				t.Fatalf("journal baselines %s = %v", tc.outcome, n)
+			}
+			if n := metricValue(t, c.c, "premirror_control_journal_baselines_total", "kept"); n != 1 {
+				t.Fatalf("journal baselines kept = %v", n)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if !slices.Equal(asked, []bool{false, true, true}) {
+				t.Fatalf("check_baseline by registration: %v, want only the restarted processes' asking", asked)
+			}
 		})
 	}
 }

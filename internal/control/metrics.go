@@ -29,6 +29,11 @@ var (
 		"Access journal read at start, by outcome: fresh (none: a new run), restored (the previous process's run "+
 			"continued), corrupt, incompatible (another build's format), unreadable (a new run; the file is kept as .corrupt), "+
 			"locked (another process holds it: this one runs without).", []string{"outcome"}, nil)
+	descJournalBaselines = prometheus.NewDesc("premirror_control_journal_baselines_total",
+		"Counter baselines restored from the access journal, by the controller's word at the first registration: kept "+
+			"(no other agent ran on the node since the journal's last write), stale (another did and reported the counters "+
+			"since: dropped, counting from their values at start), unchecked (an older controller: kept, as before).",
+		[]string{"outcome"}, nil)
 	descJournalWrites = prometheus.NewDesc("premirror_control_journal_writes_total",
 		"Access journal writes, by kind: snapshot (the whole journal, atomically), append (one report).", []string{"kind"}, nil)
 	descJournalErrors = prometheus.NewDesc("premirror_control_journal_write_errors_total",
@@ -42,7 +47,7 @@ var (
 // Describe implements prometheus.Collector.
 func (c *Client) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnected, descApplied, descVersions, descReports, descReconnects, descResent, descPending, descPendingDropped,
-		descJournalLoads, descJournalWrites, descJournalErrors, descJournalBytes, descJournalSeconds} {
+		descJournalLoads, descJournalBaselines, descJournalWrites, descJournalErrors, descJournalBytes, descJournalSeconds} {
 		ch <- d
 	}
 }
@@ -73,6 +78,9 @@ func (c *Client) Collect(ch chan<- prometheus.Metric) {
 			n = 1
 		}
 		ch <- prometheus.MustNewConstMetric(descJournalLoads, prometheus.CounterValue, n, o)
+	}
+	for i, o := range baselineOutcomes {
+		ch <- prometheus.MustNewConstMetric(descJournalBaselines, prometheus.CounterValue, float64(c.m.baselines[i].Load()), o)
 	}
 	ch <- prometheus.MustNewConstMetric(descJournalWrites, prometheus.CounterValue, float64(c.m.journalSnapshots.Load()), "snapshot")
 	ch <- prometheus.MustNewConstMetric(descJournalWrites, prometheus.CounterValue, float64(c.m.journalAppends.Load()), "append")

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
@@ -44,6 +45,7 @@ type journalProc struct {
 	pc      *pinnedCounters
 	mu      sync.Mutex
 	prev    map[[3]uint32]uint64
+	atStart map[[3]uint32]uint64 // the counters when the process started
 	changed map[[3]uint32]bool
 	// taken, when set, runs once the counts of a report are taken.
 	taken  func()
@@ -54,11 +56,11 @@ type journalProc struct {
 func startJournalProc(t *testing.T, pc *pinnedCounters, journal string, endpoints ...string) *journalProc {
 	t.Helper()
 	f := issueFiles(t, shared.ca, t.TempDir(), "edge-j", nil)
-	p := &journalProc{pc: pc, prev: map[[3]uint32]uint64{}, changed: map[[3]uint32]bool{}, done: make(chan struct{})}
+	p := &journalProc{pc: pc, prev: map[[3]uint32]uint64{}, atStart: pc.snapshot(), changed: map[[3]uint32]bool{}, done: make(chan struct{})}
 	c, err := control.New(control.Config{
 		Endpoints: endpoints, TLS: clientTLS(t, f), Node: "edge-j", Site: "eu", Role: pb.NodeRole_NODE_ROLE_EDGE,
 		Apply: func(uint64, *pb.DesiredState) error { return nil }, AccessCounts: p.counts, AccessBaseline: p.baseline,
-		JournalFile: journal, CounterSource: "boot/1", MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
+		DropBaseline: p.drop, JournalFile: journal, CounterSource: "boot/1", MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 		Logger: quietLogger(),
 	})
 	if err != nil {
@@ -70,7 +72,7 @@ func startJournalProc(t *testing.T, pc *pinnedCounters, journal string, endpoint
 			p.prev[[3]uint32{a.GetResourceId(), a.GetRegionId(), a.GetMirrorId()}] = a.GetNewFlows()
 		}
 	} else {
-		p.prev = pc.snapshot()
+		p.prev = maps.Clone(p.atStart)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
@@ -110,6 +112,13 @@ func (p *journalProc) baseline(all bool) []*pb.AccessCount {
 	}
 	clear(p.changed)
 	return out
+}
+
+// drop counts from the counters' values at start (control.Config.DropBaseline).
+func (p *journalProc) drop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.prev = maps.Clone(p.atStart)
 }
 
 // kill ends the process as a crash would: no final report, and its
@@ -227,4 +236,122 @@ func TestAccessAgentRestartFromJournal(t *testing.T) {
 			t.Logf("duplicates skipped by the replica: %v new flows", testutil.ToFloat64(g.r1.c.m.accessFlows.WithLabelValues("duplicate")))
 		})
 	}
+}
+
+// An edge agent killed with its journal, then another agent on the node
+// that does not keep it (a downgraded build, or one without
+// controller.state_cache: another run, numbered or not) reports the
+// counters' growth, then the first agent's build starts again on the old
+// journal. The controller tells it the journal's baseline is stale (the
+// other agent's registration is newer than the run's last write), so
+// the leader ingests exactly the counters' growth: the other agent's
+// counts once, the journal's unconfirmed report once, the restarted
+// agent's from its start. Without another agent the baseline is kept
+// (what was counted while no agent ran is reported). Under a controller
+// that does not say (an older one), the agent keeps the baseline as
+// before and the other agent's counts are counted twice: the residual
+// OPERATIONS §5 states.
+func TestAccessJournalInterimAgent(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// interim: the agent between: "" none, "numbered" (a run of its
+		// own, no journal), "unnumbered" (run_id 0).
+		interim       string
+		oldController bool
+		outcome       string // premirror_control_journal_baselines_total of the restarted agent
+		twice         uint64 // counted twice
+	}{
+		{"no other agent: the journal's baseline kept", "", false, "kept", 0},
+		{"an agent without the journal ran: baseline dropped", "numbered", false, "stale", 0},
+		{"an agent not numbering its reports ran: baseline dropped", "unnumbered", false, "stale", 0},
+		{"older controller: baseline kept, the other agent's counts twice", "numbered", true, "unchecked", 40},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := newForecastRig(t, func(c *Config) { c.noBaselineCheck = tc.oldController })
+			g.clock.set(g.t0.Add(10 * time.Minute))
+			var disk, eu uint32
+			waitFor(t, "desired state", 10*time.Second, func() bool {
+				st := g.r1.c.view.desiredRecord().GetState()
+				for _, r := range st.GetRegions() {
+					if r.GetName() == "eu" {
+						eu = r.GetId()
+					}
+				}
+				if len(st.GetResources()) > 0 {
+					disk = st.GetResources()[0].GetId()
+				}
+				return disk != 0 && eu != 0
+			})
+			pc := &pinnedCounters{total: map[[3]uint32]uint64{{disk, eu, 1}: 1000}} // before any agent
+			journal := filepath.Join(t.TempDir(), "state.pb.access")
+			send := func(p *journalProc, n uint64, total float64) {
+				t.Helper()
+				pc.add(disk, eu, n)
+				p.client.ReportNow()
+				waitFor(t, "counts received", 10*time.Second, func() bool { return received(g.r1) == total })
+			}
+			first := startJournalProc(t, pc, journal, g.r1.addr)
+			waitFor(t, "first agent registered", 10*time.Second, func() bool { return first.client.Controller() != "" })
+			send(first, 100, 100)
+			waitFor(t, "first write confirmed", 10*time.Second, func() bool { return first.client.PendingReports() == 0 })
+			send(first, 20, 120) // unconfirmed when the agent is killed
+			first.kill()
+
+			switch tc.interim {
+			case "":
+				pc.add(disk, eu, 40) // counted while no agent runs: the journal's baseline reports it
+			case "numbered":
+				other := startJournalProc(t, pc, "", g.r1.addr)
+				waitFor(t, "other agent registered", 10*time.Second, func() bool { return other.client.Controller() != "" })
+				send(other, 40, 160)
+				other.kill()
+			case "unnumbered":
+				other := openRaw(t, g.r1.addr, "edge-j", 0)
+				pc.add(disk, eu, 40)
+				end := g.clock.now()
+				other.report(&pb.Report{StartUnixNano: end.Add(-time.Second).UnixNano(), EndUnixNano: end.UnixNano(),
+					Access: []*pb.AccessCount{{ResourceId: disk, RegionId: eu, MirrorId: 1, NewFlows: 40}}})
+				waitFor(t, "other agent's counts received", 10*time.Second, func() bool { return received(g.r1) == 160 })
+				other.close()
+			}
+
+			restarted := startJournalProc(t, pc, journal, g.r1.addr)
+			waitFor(t, "restarted agent registered", 10*time.Second, func() bool { return restarted.client.Controller() != "" })
+			pc.add(disk, eu, 5)
+			restarted.client.ReportNow()
+			var want uint64
+			for _, v := range pc.snapshot() {
+				want += v
+			}
+			want -= 1000
+			// Received: the reports sent again are skipped (duplicate).
+			waitFor(t, "restarted agent's counts received", 10*time.Second, func() bool { return received(g.r1) == float64(want+tc.twice) })
+			if n := clientMetric(t, restarted.client, "premirror_control_journal_baselines_total", tc.outcome); n != 1 {
+				t.Errorf("restarted agent's journal baselines %s = %v, want 1", tc.outcome, n)
+			}
+			o := &onceRig{forecastRig: g, start: g.t0}
+			o.closeBucket(t, want+tc.twice)
+		})
+	}
+}
+
+// clientMetric is the value of a control.Client's metric with the given
+// label value.
+func clientMetric(t *testing.T, c *control.Client, name, label string) float64 {
+	t.Helper()
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(c)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if mf.GetName() == name && len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == label {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no metric %s{%s}", name, label)
+	return 0
 }
