@@ -187,7 +187,7 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 		log.Debug("agent run taken over", "run", fmt.Sprintf("%016x", a.runID), "through_seq", through)
 		if verdict.GetStale() {
 			log.Warn("another agent ran on the node since this run last wrote its access counts: the agent is told to "+
-				"count from its counters' present values, not its journal's baseline (that agent reported the growth since)",
+				"count from its counters' values at its start, not its journal's baseline (that agent reported the growth since)",
 				"run", fmt.Sprintf("%016x", a.runID), "other_run", fmt.Sprintf("%016x", verdict.GetOtherRun()))
 		}
 		if !c.cfg.noBaselineCheck {
@@ -404,10 +404,10 @@ func (a *agentConn) recvLoop(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		a.heard()
 		// A certificate revoked after the handshake ends the session at
 		// its next message (reports come every interval); the agent's
 		// reconnection is then refused by the handshake.
-		a.heard()
 		if a.c.tls.Revoked(a.cert) {
 			a.c.tls.EndedRevoked()
 			a.c.log.Warn("agent session ended: its certificate was revoked", "node", a.node,
