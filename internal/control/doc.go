@@ -25,9 +25,12 @@
 // (journal.go): each numbered report is written to the journal before it
 // is sent (the run, the numbers given, the reports not confirmed, the
 // counters' values it counted to), and a process started on it continues
-// the run, sends those reports again and counts from those values. Without
-// one the reports kept live in memory: a restart loses those not yet
-// confirmed.
+// the run, sends those reports again and counts from those values, unless
+// the controller answers its first registration (Register.check_baseline)
+// that another agent ran on the node since the journal's last write: that
+// one reported the growth since, and the agent counts from the counters'
+// values at its start (Config.DropBaseline). Without one the reports kept
+// live in memory: a restart loses those not yet confirmed.
 //
 // When the session breaks the client reconnects to the next endpoint with
 // exponential backoff and jitter. The data plane keeps forwarding on the
