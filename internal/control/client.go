@@ -646,6 +646,8 @@ func (c *Client) sendReport(s *sessionIO) error {
 		c.carry = accessBuf{}
 		c.sentUntil = now
 		jw = c.journalWrite(true, kept)
+	} else {
+		c.skipBaseline()
 	}
 	c.mu.Unlock()
 	if err := c.crash("counted"); err != nil {

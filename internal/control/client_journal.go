@@ -183,6 +183,7 @@ func baselineEntries(counts []*pb.AccessCount) []baselineEntry {
 // last number reserved. Called with c.mu held, right after AccessCounts.
 func (c *Client) journalWrite(report bool, kept *pendingReport) *journalWriteReq {
 	if c.j == nil {
+		c.skipBaseline()
 		return nil
 	}
 	w := &journalWriteReq{limit: c.jLimit, kept: kept}
@@ -206,6 +207,19 @@ func (c *Client) journalWrite(report bool, kept *pendingReport) *journalWriteReq
 		return nil
 	}
 	return w
+}
+
+// skipBaseline empties the agent's record of the counters moved since
+// AccessBaseline last asked when no append takes it: without a journal
+// (another process holds it), or under a controller that confirms
+// nothing (the journal removed; the next write is a snapshot, which asks
+// for all). Kept, it would grow with every counter that ever moved for
+// the life of the process. Called with c.mu held, right after
+// AccessCounts.
+func (c *Client) skipBaseline() {
+	if c.cfg.JournalFile != "" {
+		c.cfg.AccessBaseline(false)
+	}
 }
 
 // writeJournal carries out w. A failed write removes the journal: one

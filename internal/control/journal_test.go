@@ -909,3 +909,53 @@ func TestJournalBaselineVerdict(t *testing.T) {
 		})
 	}
 }
+
+// The agent records the counters that moved since the journal last
+// asked (AccessBaseline); when no append will ever take that record (a
+// controller that confirms nothing, or a journal another process holds)
+// the client empties it at every report, or it would hold every counter
+// that ever moved for the life of the process.
+func TestJournalChangesNotKeptWithoutAppends(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		confirm bool
+		lockit  bool
+	}{
+		{"controller that confirms nothing", false, false},
+		{"journal held by another process", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ce := newCerts(t, "edge-1")
+			srv := &testServer{sessions: make(chan *testSession, 8), durable: func(r *pb.Register) *pb.ReportsDurable {
+				if !tc.confirm {
+					return nil
+				}
+				return &pb.ReportsDurable{RunId: r.GetRunId()}
+			}}
+			addr := startServer(t, ce, srv)
+			path := filepath.Join(t.TempDir(), "state.pb.access")
+			if tc.lockit {
+				j, _, _, err := openJournal(path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer j.close()
+			}
+			cs := &counters{total: map[accessKey]uint64{}}
+			a := startProc(t, Config{Endpoints: []string{addr}, TLS: ce.client, Node: "edge-1", Apply: (&agentFake{}).apply,
+				JournalFile: path, ReportInterval: time.Hour}, cs, nil)
+			ts := waitSession(t, srv)
+			for i := range 20 {
+				cs.add(uint32(100+i), 1) // a counter that moves once (its resource then goes)
+				a.c.ReportNow()
+				ts.nextReport(t, "report", func(r *pb.Report) bool { return newFlows(r) == 1 })
+			}
+			a.p.mu.Lock()
+			n := len(a.p.changed)
+			a.p.mu.Unlock()
+			if n > 1 {
+				t.Fatalf("%d counters recorded as moved for a journal append that never comes", n)
+			}
+		})
+	}
+}
