@@ -959,3 +959,38 @@ func TestJournalChangesNotKeptWithoutAppends(t *testing.T) {
 		})
 	}
 }
+
+// A process killed while it rewrote the journal (atomicfile) leaves the
+// temporary file behind; the next process to take the journal removes
+// such leftovers, so a node whose agent is killed now and then does not
+// collect snapshots of the journal. Other files stay.
+func TestJournalLeftoverSnapshotsRemoved(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "state.pb.access")
+	full, _ := testJournal()
+	if err := os.WriteFile(path, full, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	leftovers := []string{".state.pb.access.tmp-123", ".state.pb.access.tmp-4567"}
+	others := []string{".state.pb.tmp-99", "state.pb", ".other.access.tmp-1"}
+	for _, n := range append(slices.Clone(leftovers), others...) {
+		if err := os.WriteFile(filepath.Join(dir, n), full, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	j, st, _, err := openJournal(path)
+	if err != nil || st == nil {
+		t.Fatal(err)
+	}
+	defer j.close()
+	for _, n := range leftovers {
+		if _, err := os.Stat(filepath.Join(dir, n)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("leftover %s: %v", n, err)
+		}
+	}
+	for _, n := range append(others, "state.pb.access") {
+		if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+			t.Errorf("%s: %v", n, err)
+		}
+	}
+}
