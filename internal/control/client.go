@@ -129,7 +129,9 @@ type Config struct {
 	// counter's key in ResourceId, RegionId, MirrorId): of every counter
 	// with new flows when all, otherwise of those changed since its
 	// previous call (a counter gone as 0). Called right after
-	// AccessCounts, with nothing in between that reads the counters.
+	// AccessCounts, with nothing in between that reads the counters;
+	// after every report's, its result discarded when no journal record
+	// takes it.
 	AccessBaseline func(all bool) []*pb.AccessCount
 	// DropBaseline, with JournalFile, is called at most once, before the
 	// first report of a run continued from the journal, when the

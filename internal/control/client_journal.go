@@ -183,7 +183,9 @@ func baselineEntries(counts []*pb.AccessCount) []baselineEntry {
 // last number reserved. Called with c.mu held, right after AccessCounts.
 func (c *Client) journalWrite(report bool, kept *pendingReport) *journalWriteReq {
 	if c.j == nil {
-		c.skipBaseline()
+		if report {
+			c.skipBaseline()
+		}
 		return nil
 	}
 	w := &journalWriteReq{limit: c.jLimit, kept: kept}
