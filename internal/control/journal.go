@@ -22,9 +22,10 @@ import (
 // and payload, a type byte and the payload. The first record is a
 // snapshot (the whole state), written atomically (atomicfile); each
 // later one is appended (report: one numbered report's change) and
-// synced before the report is sent. A snapshot replaces the log when a
-// confirmation shrank the pending reports or the appends outgrew the
-// snapshot, so a write costs one report's size, not the pending set's.
+// synced before the report is sent (a confirmation rides along in the
+// next append). A snapshot replaces the log when the appends outgrew the
+// last snapshot (and minCompact), so a write costs one report's size,
+// not the pending set's.
 var journalMagic = []byte("pmaccjnl")
 
 // journalVersion is the format this build writes and reads; a journal of
@@ -412,7 +413,12 @@ func openJournal(path string) (j *journalFile, st *journalState, torn bool, err 
 	case errors.Is(err, os.ErrNotExist):
 		return j, nil, false, nil
 	case err != nil:
-		return j, nil, false, fmt.Errorf("read access journal: %w", err)
+		// Never applied either: out of the way of the next journal too.
+		err = fmt.Errorf("read access journal: %w", err)
+		if rerr := os.Rename(path, path+".corrupt"); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		return j, nil, false, err
 	}
 	st, torn, err = decodeJournal(b)
 	if err != nil {

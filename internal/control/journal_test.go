@@ -470,19 +470,26 @@ func TestJournalNotApplied(t *testing.T) {
 		name    string
 		content []byte // nil: no file
 		lockit  bool   // another process holds it
+		dir     bool   // the path is a directory: read fails
 		outcome string
 		kept    bool // the file is moved to .corrupt
 	}{
-		{"none", nil, false, journalFresh, false},
-		{"corrupt", append(bytes.Clone(full[:40]), 0xff), false, journalCorrupt, true},
-		{"truncated snapshot", full[:journalHeaderLen+20], false, journalCorrupt, true},
-		{"another version", version, false, journalIncompatible, true},
-		{"held by another process", full, true, journalLocked, false},
+		{"none", nil, false, false, journalFresh, false},
+		{"corrupt", append(bytes.Clone(full[:40]), 0xff), false, false, journalCorrupt, true},
+		{"truncated snapshot", full[:journalHeaderLen+20], false, false, journalCorrupt, true},
+		{"another version", version, false, false, journalIncompatible, true},
+		{"held by another process", full, true, false, journalLocked, false},
+		{"unreadable", nil, false, true, journalUnreadable, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			path := filepath.Join(t.TempDir(), "state.pb.access")
 			if tc.content != nil {
 				if err := os.WriteFile(path, tc.content, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.dir {
+				if err := os.Mkdir(path, 0o700); err != nil {
 					t.Fatal(err)
 				}
 			}
