@@ -91,15 +91,7 @@ func TestAccessBaselineVerdictStands(t *testing.T) {
 	}
 	record := func() *pb.AccessRun {
 		t.Helper()
-		resp, err := cli.Get(ctx, c.store.fkey(runKey("edge/1", 0xa)))
-		if err != nil || len(resp.Kvs) != 1 {
-			t.Fatalf("run record: %v %v", resp, err)
-		}
-		rec := &pb.AccessRun{}
-		if err := proto.Unmarshal(resp.Kvs[0].Value, rec); err != nil {
-			t.Fatal(err)
-		}
-		return rec
+		return readRunRecord(ctx, t, cli, c.store.fkey(runKey("edge/1", 0xa)))
 	}
 
 	if v := register(session(0xa, false, 1)); v != nil {

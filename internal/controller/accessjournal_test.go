@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/control"
@@ -153,19 +154,7 @@ func TestAccessAgentRestartFromJournal(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			g := newForecastRig(t, nil)
 			g.clock.set(g.t0.Add(10 * time.Minute))
-			var disk, eu uint32
-			waitFor(t, "desired state", 10*time.Second, func() bool {
-				st := g.r1.c.view.desiredRecord().GetState()
-				for _, r := range st.GetRegions() {
-					if r.GetName() == "eu" {
-						eu = r.GetId()
-					}
-				}
-				if len(st.GetResources()) > 0 {
-					disk = st.GetResources()[0].GetId()
-				}
-				return disk != 0 && eu != 0
-			})
+			disk, eu := firstResourceAndRegion(t, g, "eu")
 			pc := &pinnedCounters{total: map[[3]uint32]uint64{{disk, eu, 1}: 1000}} // before any agent
 			journal := filepath.Join(t.TempDir(), "state.pb.access")
 			proxy := startProxy(t, g.r1.addr)
@@ -269,19 +258,7 @@ func TestAccessJournalInterimAgent(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			g := newForecastRig(t, func(c *Config) { c.noBaselineCheck = tc.oldController })
 			g.clock.set(g.t0.Add(10 * time.Minute))
-			var disk, eu uint32
-			waitFor(t, "desired state", 10*time.Second, func() bool {
-				st := g.r1.c.view.desiredRecord().GetState()
-				for _, r := range st.GetRegions() {
-					if r.GetName() == "eu" {
-						eu = r.GetId()
-					}
-				}
-				if len(st.GetResources()) > 0 {
-					disk = st.GetResources()[0].GetId()
-				}
-				return disk != 0 && eu != 0
-			})
+			disk, eu := firstResourceAndRegion(t, g, "eu")
 			pc := &pinnedCounters{total: map[[3]uint32]uint64{{disk, eu, 1}: 1000}} // before any agent
 			journal := filepath.Join(t.TempDir(), "state.pb.access")
 			send := func(p *journalProc, n uint64, total float64) {
@@ -354,4 +331,37 @@ func clientMetric(t *testing.T, c *control.Client, name, label string) float64 {
 	}
 	t.Fatalf("no metric %s{%s}", name, label)
 	return 0
+}
+
+// firstResourceAndRegion waits for the rig's desired state and returns the
+// IDs of its first resource and of the named region.
+func firstResourceAndRegion(t *testing.T, g *forecastRig, region string) (resource, regionID uint32) {
+	t.Helper()
+	waitFor(t, "desired state", 10*time.Second, func() bool {
+		st := g.r1.c.view.desiredRecord().GetState()
+		for _, r := range st.GetRegions() {
+			if r.GetName() == region {
+				regionID = r.GetId()
+			}
+		}
+		if len(st.GetResources()) > 0 {
+			resource = st.GetResources()[0].GetId()
+		}
+		return resource != 0 && regionID != 0
+	})
+	return resource, regionID
+}
+
+// readRunRecord reads an agent run's access record (it must exist).
+func readRunRecord(ctx context.Context, t *testing.T, cli *clientv3.Client, key string) *pb.AccessRun {
+	t.Helper()
+	resp, err := cli.Get(ctx, key)
+	if err != nil || len(resp.Kvs) != 1 {
+		t.Fatalf("run record: %v %v", resp, err)
+	}
+	rec := &pb.AccessRun{}
+	if err := proto.Unmarshal(resp.Kvs[0].Value, rec); err != nil {
+		t.Fatal(err)
+	}
+	return rec
 }

@@ -533,15 +533,7 @@ func TestAccessFlushTransactions(t *testing.T) {
 	}
 	record := func() *pb.AccessRun {
 		t.Helper()
-		resp, err := cli.Get(ctx, c.store.fkey(runKey("edge/1", 7)))
-		if err != nil || len(resp.Kvs) != 1 {
-			t.Fatalf("run record: %v %v", resp, err)
-		}
-		rec := &pb.AccessRun{}
-		if err := proto.Unmarshal(resp.Kvs[0].Value, rec); err != nil {
-			t.Fatal(err)
-		}
-		return rec
+		return readRunRecord(ctx, t, cli, c.store.fkey(runKey("edge/1", 7)))
 	}
 	totals := func(connected int64) map[int64]uint64 {
 		t.Helper()
