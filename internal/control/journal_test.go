@@ -520,14 +520,7 @@ func TestJournalNotApplied(t *testing.T) {
 				return
 			}
 			// This process's journal of its new run is there from the start.
-			waitFor(t, "the new run's journal", func() bool {
-				b, err := os.ReadFile(path)
-				if err != nil {
-					return false
-				}
-				st, _, err := decodeJournal(b)
-				return err == nil && st.runID == a.c.runID
-			})
+			waitJournalOf(t, "the new run's journal", path, a.c.runID)
 		})
 	}
 }
@@ -620,14 +613,7 @@ func TestJournalWrites(t *testing.T) {
 	cs.add(1, 1)
 	a.c.ReportNow()
 	ts3.nextReport(t, "numbered report", func(r *pb.Report) bool { return r.GetSeq() != 0 && newFlows(r) == 1 })
-	waitFor(t, "journal written again", func() bool {
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return false
-		}
-		st, _, err := decodeJournal(b)
-		return err == nil && st.runID == a.c.runID
-	})
+	waitJournalOf(t, "journal written again", path, a.c.runID)
 }
 
 // A journal write that fails removes the journal (a restart then starts
@@ -1000,4 +986,18 @@ func TestJournalLeftoverSnapshotsRemoved(t *testing.T) {
 			t.Errorf("%s: %v", n, err)
 		}
 	}
+}
+
+// waitJournalOf waits for the journal at path to hold run (what: for the
+// failure message).
+func waitJournalOf(t *testing.T, what, path string, run uint64) {
+	t.Helper()
+	waitFor(t, what, func() bool {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return false
+		}
+		st, _, err := decodeJournal(b)
+		return err == nil && st.runID == run
+	})
 }
