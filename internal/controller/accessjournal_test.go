@@ -306,6 +306,16 @@ func TestAccessJournalInterimAgent(t *testing.T) {
 			if n := clientMetric(t, restarted.client, "premirror_control_journal_baselines_total", tc.outcome); n != 1 {
 				t.Errorf("restarted agent's journal baselines %s = %v, want 1", tc.outcome, n)
 			}
+			// The controller's count of its verdicts (none from an older one).
+			for _, v := range []string{"kept", "stale"} {
+				want := 0.0
+				if v == tc.outcome {
+					want = 1
+				}
+				if n := testutil.ToFloat64(g.r1.c.m.accessBaselines.WithLabelValues(v)); n != want {
+					t.Errorf("controller's access baselines %s = %v, want %v", v, n, want)
+				}
+			}
 			o := &onceRig{forecastRig: g, start: g.t0}
 			o.closeBucket(t, want+tc.twice)
 		})

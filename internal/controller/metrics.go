@@ -25,6 +25,7 @@ type metrics struct {
 	aggregateWrites   prometheus.Counter
 	aggregatesLate    prometheus.Counter
 	accessFenced      prometheus.Counter
+	accessBaselines   *prometheus.CounterVec
 	fcPass            prometheus.Histogram
 	fcCheckpoints     *prometheus.CounterVec
 	fcCheckpointBytes prometheus.Gauge
@@ -77,6 +78,10 @@ func newMetrics(c *Controller) *metrics {
 		accessFenced: prometheus.NewCounter(prometheus.CounterOpts{Name: "premirror_controller_access_flushes_fenced_total",
 			Help: "Writes of a session's access aggregates this replica refused because a newer session of the same agent run " +
 				"took its counts over (the agent sends the reports not written again, to the newer session)."}),
+		accessBaselines: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "premirror_controller_access_baselines_total",
+			Help: "Registrations of agent runs restored from an access journal that asked whether their counter baseline " +
+				"still holds, by verdict: kept, or stale (another agent ran on the node since the run's last write; the agent " +
+				"counts from its counters' values at its start)."}, []string{"verdict"}),
 		fcPass: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "premirror_controller_forecast_ingest_duration_seconds",
 			Help:    "Time the leader took to read, ingest and close the buckets that were due.",
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10)}),
@@ -120,6 +125,9 @@ func newMetrics(c *Controller) *metrics {
 	for _, r := range []string{"etcd", "file", "too_large", "error", "file_error"} {
 		m.fcCheckpoints.WithLabelValues(r)
 	}
+	for _, v := range []string{"kept", "stale"} {
+		m.accessBaselines.WithLabelValues(v)
+	}
 	for _, o := range []string{"received", "late_at_replica", "duplicate", "implausible", "write_failed", "ingested", "late", "rejected", "unknown_resource", "unknown_region"} {
 		m.accessFlows.WithLabelValues(o)
 	}
@@ -128,7 +136,7 @@ func newMetrics(c *Controller) *metrics {
 
 func (m *metrics) collectors() []prometheus.Collector {
 	return []prometheus.Collector{m.leader, m.version, m.agents, m.ticks, m.tickTime, m.versions, m.acks, m.reports, m.throttled, m.movedSlots,
-		m.accessFlows, m.aggregateWrites, m.aggregatesLate, m.accessFenced, m.fcPass, m.fcCheckpoints, m.fcCheckpointBytes, m.fcCheckpointTime, m.fcRestores, m.fcFeeds,
+		m.accessFlows, m.aggregateWrites, m.aggregatesLate, m.accessFenced, m.accessBaselines, m.fcPass, m.fcCheckpoints, m.fcCheckpointBytes, m.fcCheckpointTime, m.fcRestores, m.fcFeeds,
 		m.placementEvals, m.placementDecisions, m.placedCopies, m.regionRTT, m.regionBestRTT}
 }
 

@@ -190,8 +190,13 @@ func (s *sessionService) Session(stream grpc.BidiStreamingServer[pb.AgentMessage
 				"count from its counters' values at its start, not its journal's baseline (that agent reported the growth since)",
 				"run", fmt.Sprintf("%016x", a.runID), "other_run", fmt.Sprintf("%016x", verdict.GetOtherRun()))
 		}
-		if !c.cfg.noBaselineCheck {
+		if a.checkBaseline && !c.cfg.noBaselineCheck {
 			baseline = verdict
+			v := "kept"
+			if verdict.GetStale() {
+				v = "stale"
+			}
+			c.m.accessBaselines.WithLabelValues(v).Inc()
 		}
 	}
 	if err := a.writeStatus(ctx); err != nil {
