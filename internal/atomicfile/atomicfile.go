@@ -9,12 +9,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 )
+
+// tempPrefix starts the names of path's temporary files (os.CreateTemp
+// appends a random suffix).
+func tempPrefix(path string) string { return "." + filepath.Base(path) + ".tmp-" }
 
 // Write replaces path with the concatenation of parts, with permissions mode.
 func Write(path string, mode os.FileMode, parts ...[]byte) error {
 	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	tmp, err := os.CreateTemp(dir, tempPrefix(path)+"*")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
@@ -49,4 +54,18 @@ func Write(path string, mode os.FileMode, parts ...[]byte) error {
 		return fmt.Errorf("sync %s: %w", dir, err)
 	}
 	return nil
+}
+
+// RemoveLeftovers deletes the temporary files of Writes to path that a
+// killed process left (a Write removes its own otherwise). Only for a
+// caller that is path's sole writer (holding a lock on it, say): it would
+// remove another process's Write in progress too.
+func RemoveLeftovers(path string) {
+	prefix := tempPrefix(path)
+	ents, _ := os.ReadDir(filepath.Dir(path))
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), prefix) && e.Type().IsRegular() {
+			_ = os.Remove(filepath.Join(filepath.Dir(path), e.Name()))
+		}
+	}
 }

@@ -45,3 +45,37 @@ func TestWriteFailureKeepsOld(t *testing.T) {
 		t.Fatalf("old file changed: %q", b)
 	}
 }
+
+// A killed Write leaves its temporary file; RemoveLeftovers deletes those
+// of its path and nothing else (another path's, the file itself).
+func TestRemoveLeftovers(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "state")
+	if err := Write(p, 0o600, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	var left []string
+	for range 2 {
+		f, err := os.CreateTemp(dir, tempPrefix(p)+"*") // as a Write killed before its rename
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+		left = append(left, f.Name())
+	}
+	other := filepath.Join(dir, tempPrefix(filepath.Join(dir, "state2"))+"1")
+	if err := os.WriteFile(other, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	RemoveLeftovers(p)
+	for _, n := range left {
+		if _, err := os.Stat(n); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("leftover %s: %v", n, err)
+		}
+	}
+	for _, n := range []string{p, other} {
+		if _, err := os.Stat(n); err != nil {
+			t.Errorf("%s: %v", n, err)
+		}
+	}
+}

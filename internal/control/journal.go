@@ -8,7 +8,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 
 	"github.com/premirror/premirror/internal/atomicfile"
@@ -407,7 +406,8 @@ func openJournal(path string) (j *journalFile, st *journalState, torn bool, err 
 		return nil, nil, false, fmt.Errorf("lock access journal: %w", err)
 	}
 	j = &journalFile{path: path, lock: lock}
-	removeLeftovers(path)
+	// Snapshots a killed process did not finish would stay for good.
+	atomicfile.RemoveLeftovers(path)
 	b, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
@@ -429,20 +429,6 @@ func openJournal(path string) (j *journalFile, st *journalState, torn bool, err 
 		return j, nil, false, fmt.Errorf("access journal %s: %w", path, err)
 	}
 	return j, st, torn, nil
-}
-
-// removeLeftovers deletes the temporary files of snapshots a killed
-// process did not finish (atomicfile's names for path): each would stay
-// for good otherwise. Called with the lock held: no other process writes
-// one.
-func removeLeftovers(path string) {
-	dir, prefix := filepath.Dir(path), "."+filepath.Base(path)+".tmp-"
-	ents, _ := os.ReadDir(dir)
-	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), prefix) && e.Type().IsRegular() {
-			_ = os.Remove(filepath.Join(dir, e.Name()))
-		}
-	}
 }
 
 // writeSnapshot replaces the journal with b atomically and reopens it to
