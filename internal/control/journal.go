@@ -25,6 +25,12 @@ import (
 // next append). A snapshot replaces the log when the appends outgrew the
 // last snapshot (and minCompact), so a write costs one report's size,
 // not the pending set's.
+//
+// The payloads are varints, not protobuf as the project's other files:
+// measured with the records as AccessCount / Report messages
+// (BenchmarkJournalWrite, 2026-11-29), an append took 1.9 times the
+// bytes, and a snapshot at the pending bounds 5.8 MB and 152 ms against
+// 2.95 MB and 18 ms — a journal the agent rewrites while it reports.
 var journalMagic = []byte("pmaccjnl")
 
 // journalVersion is the format this build writes and reads; a journal of
