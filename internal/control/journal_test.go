@@ -1001,3 +1001,55 @@ func waitJournalOf(t *testing.T, what, path string, run uint64) {
 		return err == nil && st.runID == run
 	})
 }
+
+// The state cache's unfinished replacements (atomicfile temporaries of a
+// killed agent) are removed by the process that takes the journal, the
+// cache's only writer; while another process holds the journal they may
+// be its writes in progress, so they stay.
+func TestCacheLeftoversRemovedUnderJournalLock(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		held   bool
+		remove bool
+	}{
+		{"journal taken", false, true},
+		{"journal held by another process", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cache := filepath.Join(dir, "state.pb")
+			leftovers := []string{".state.pb.tmp-123", ".state.pb.tmp-4567"}
+			for _, n := range append(slices.Clone(leftovers), "state.pb", ".other.pb.tmp-1") {
+				if err := os.WriteFile(filepath.Join(dir, n), []byte("x"), 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if tc.held {
+				j, _, _, err := openJournal(cache + ".access")
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer j.close()
+			}
+			c, err := New(Config{Endpoints: []string{"127.0.0.1:1"}, TLS: newCerts(t, "edge-1").client, Node: "edge-1",
+				Apply: (&agentFake{}).apply, CacheFile: cache, JournalFile: cache + ".access",
+				AccessCounts: func() []*pb.AccessCount { return nil }, AccessBaseline: func(bool) []*pb.AccessCount { return nil },
+				DropBaseline: func() {}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			for _, n := range leftovers {
+				_, err := os.Stat(filepath.Join(dir, n))
+				if gone := errors.Is(err, os.ErrNotExist); gone != tc.remove {
+					t.Errorf("leftover %s: removed %v, want %v (%v)", n, gone, tc.remove, err)
+				}
+			}
+			for _, n := range []string{"state.pb", ".other.pb.tmp-1"} {
+				if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
+					t.Errorf("%s: %v", n, err)
+				}
+			}
+		})
+	}
+}
