@@ -16,6 +16,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/premirror/premirror/internal/atomicfile"
 )
 
 // DefaultBlockSize is the block size of new volumes.
@@ -303,6 +305,9 @@ func openWithState(path string, o VolumeOptions, st volState) (_ *Volume, err er
 		return nil, fmt.Errorf("volume %s: %w: metadata %s is locked by another process", o.Name, ErrBusy, o.MetaDir)
 	}
 	removeStaleSnapshots(o.MetaDir)
+	// The lock makes this process the state file's only writer: a killed
+	// one's unfinished replacements are garbage.
+	atomicfile.RemoveLeftovers(filepath.Join(o.MetaDir, stateFile))
 	v.f, err = os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, ioError("open image "+path, err)

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -142,5 +144,46 @@ func TestHotExtents(t *testing.T) {
 	hot := v.HotExtents(1, alExtentBlocks)
 	if len(hot) != 1 || hot[0].Start != 2048 || hot[0].Count != alExtentBlocks {
 		t.Fatalf("hot extents %+v, want the extent of block 3000", hot)
+	}
+}
+
+// A process killed while it replaced the state file leaves atomicfile's
+// temporary behind; the next process to lock the volume removes it (a
+// node whose replicator is killed now and then does not collect them),
+// and a second open refused as busy removes nothing.
+func TestStateLeftoversRemoved(t *testing.T) {
+	v, path := openTestVolume(t, 64)
+	meta := path + ".pmr"
+	leftovers := []string{".state.json.tmp-123", ".state.json.tmp-4567"}
+	for _, n := range append(slices.Clone(leftovers), ".other.json.tmp-1") {
+		if err := os.WriteFile(filepath.Join(meta, n), []byte("{"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := OpenVolume(path, VolumeOptions{Logger: quietLogger()}); !errors.Is(err, ErrBusy) {
+		t.Fatalf("second open: %v, want ErrBusy", err)
+	}
+	for _, n := range leftovers {
+		if _, err := os.Stat(filepath.Join(meta, n)); err != nil {
+			t.Fatalf("%s removed by an open refused as busy: %v", n, err)
+		}
+	}
+	if err := v.Close(); err != nil {
+		t.Fatal(err)
+	}
+	v, err := OpenVolume(path, VolumeOptions{Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	for _, n := range leftovers {
+		if _, err := os.Stat(filepath.Join(meta, n)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("leftover %s: %v", n, err)
+		}
+	}
+	for _, n := range []string{"state.json", ".other.json.tmp-1"} {
+		if _, err := os.Stat(filepath.Join(meta, n)); err != nil {
+			t.Errorf("%s: %v", n, err)
+		}
 	}
 }
