@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -301,5 +302,56 @@ func TestRestorePrefersLaterEtcdCheckpointOverStateFile(t *testing.T) {
 	}
 	if g.restores("file") != 1 || f.next != g.t0.Add(6*time.Hour).Unix() || f.feedsRev != put.Header.Revision {
 		t.Fatalf("restored from the file %v, open bucket %d, feeds revision %d", g.restores("file"), f.next, f.feedsRev)
+	}
+}
+
+// A controller killed while it wrote the state file leaves atomicfile's
+// temporary file, a checkpoint's size; the next restore removes it (and
+// restores the checkpoint as before). A write in progress (its writer
+// holds the state file's lock) is waited for, not removed under it.
+func TestRestoreRemovesStateFileLeftovers(t *testing.T) {
+	g := newCheckpointRig(t)
+	ctx := context.Background()
+	g.learn(t, 0, 5)
+	if err := g.f.checkpoint(ctx, g.fn); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Dir(g.state)
+	leftover := filepath.Join(dir, ".forecast.state.tmp-123")
+	if err := os.WriteFile(leftover, []byte("half a checkpoint"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	other := filepath.Join(dir, ".other.state.tmp-1")
+	if err := os.WriteFile(other, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// Another controller's write in progress.
+	unlock, err := lockStateFile(g.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- g.f.restore(ctx) }()
+	select {
+	case err := <-done:
+		unlock()
+		t.Fatalf("restore ran while another writer held the state file's lock: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if _, err := os.Stat(leftover); err != nil {
+		t.Fatalf("a live writer's temporary file removed: %v", err)
+	}
+	unlock()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(leftover); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("leftover after restore: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Fatalf("another file's temporary removed: %v", err)
+	}
+	if s := g.f.eng.Stats(); s.Series != 1 || g.f.next != g.t0.Add(5*time.Hour).Unix() {
+		t.Fatalf("restored %d series, open bucket %d", s.Series, g.f.next)
 	}
 }

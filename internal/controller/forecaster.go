@@ -1,8 +1,6 @@
 package controller
 
 import (
-	"github.com/premirror/premirror/internal/atomicfile"
-
 	"bytes"
 	"cmp"
 	"compress/flate"
@@ -17,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -24,6 +23,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/atomicfile"
 	"github.com/premirror/premirror/internal/forecast"
 )
 
@@ -71,7 +71,9 @@ type ForecastConfig struct {
 	MaxSnapshotBytes int64
 	// StateFile, when set, also receives every checkpoint (atomically); a
 	// leader starting on this host restores it when etcd took no
-	// checkpoint after the one it descends from (fileFirst).
+	// checkpoint after the one it descends from (fileFirst). Writes hold
+	// <StateFile>.lock; a restore removes the temporary files a killed
+	// writer left.
 	StateFile string
 	// Clock is forecasting's clock (tests); nil means time.Now.
 	Clock func() time.Time
@@ -757,6 +759,9 @@ func (f *forecaster) restore(ctx context.Context) error {
 		cands = append(cands, candidate{ecp, "etcd"})
 	}
 	if f.cfg.StateFile != "" {
+		if err := removeStateLeftovers(f.cfg.StateFile); err != nil {
+			f.c.log.Warn("forecast state file's leftover temporary files not removed", "path", f.cfg.StateFile, "err", err)
+		}
 		fcp, ferr := readStateFile(f.cfg.StateFile)
 		switch {
 		case ferr != nil && !errors.Is(ferr, os.ErrNotExist):
@@ -941,7 +946,40 @@ func unpackCheckpoint(packed []byte) (*pb.ForecastCheckpoint, error) {
 const stateMagic = "PMFCCKPT"
 
 func writeStateFile(path string, packed []byte, sum [32]byte) error {
+	unlock, err := lockStateFile(path)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	return atomicfile.Write(path, 0o600, []byte(stateMagic), sum[:], packed)
+}
+
+// lockStateFile takes <path>.lock, which every write of the state file
+// holds, so that removeStateLeftovers tells a killed writer's temporary
+// files from a live one's (controllers of one host may share the path).
+func lockStateFile(path string) (unlock func(), err error) {
+	lf, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock forecast state file: %w", err)
+	}
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("lock forecast state file %s: %w", path, err)
+	}
+	return func() { lf.Close() }, nil // closing releases the flock
+}
+
+// removeStateLeftovers deletes the temporary files of state file writes
+// whose controller was killed mid-write (a checkpoint's size each, for
+// good otherwise).
+func removeStateLeftovers(path string) error {
+	unlock, err := lockStateFile(path)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	atomicfile.RemoveLeftovers(path)
+	return nil
 }
 
 func readStateFile(path string) (*pb.ForecastCheckpoint, error) {
