@@ -118,7 +118,14 @@ func sigmoid(x float64) float64 { return 1 / (1 + math.Exp(-x)) }
 
 // Forward runs the network over the inputs already placed in the tape,
 // starting from a zero state.
-func (g *GRU) Forward(t *GRUTape) {
+func (g *GRU) Forward(t *GRUTape) { g.forward(t, false) }
+
+// ForwardLast is Forward when only the last step's read-out is wanted (a
+// forecast without a gradient step): the states are the same, the other
+// steps' read-outs are left unset — a third of the pass at 24 outputs.
+func (g *GRU) ForwardLast(t *GRUTape) { g.forward(t, true) }
+
+func (g *GRU) forward(t *GRUTape, lastOnly bool) {
 	H, In, O := g.Hid, g.In, g.Out
 	o := g.offsets()
 	wx := blas64.General{Rows: 3 * H, Cols: In, Stride: In, Data: g.P[o.wx:o.wh]}
@@ -143,6 +150,9 @@ func (g *GRU) Forward(t *GRUTape) {
 			gg[k] = t.ah[2*H+k]
 			n[k] = math.Tanh(t.ax[2*H+k] + r[k]*gg[k])
 			hn[k] = (1-z[k])*n[k] + z[k]*hp[k]
+		}
+		if lastOnly && s < t.T-1 {
+			continue
 		}
 		out := t.out[s*O : (s+1)*O]
 		copy(out, g.P[o.bo:o.end])

@@ -155,3 +155,48 @@ func TestAdamMinimisesQuadratic(t *testing.T) {
 		t.Fatalf("Adam ended at %v, want [1 -0.5]", p)
 	}
 }
+
+// ForwardLast skips the read-outs before the last step (a forecast with
+// no gradient step needs only that one); the states and the last read-out
+// must be Forward's to the bit, or the forecasts would change with the
+// training schedule.
+func TestGRUForwardLast(t *testing.T) {
+	for _, tc := range []struct {
+		name               string
+		in, hid, out, step int
+	}{
+		{"one step", gruIn, 12, 24, 1},
+		{"hybrid-shaped", gruIn, 12, 24, 24},
+		{"odd", 3, 5, 2, 7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := NewGRU(tc.in, tc.hid, tc.out, 7)
+			rng := rand.New(rand.NewPCG(3, 4))
+			for i := range g.P {
+				g.P[i] += 0.3 * rng.NormFloat64()
+			}
+			var full, last GRUTape
+			g.Prepare(&full, tc.step)
+			g.Prepare(&last, tc.step)
+			for s := 0; s < tc.step; s++ {
+				for i := range full.Input(s, tc.in) {
+					v := rng.NormFloat64()
+					full.Input(s, tc.in)[i], last.Input(s, tc.in)[i] = v, v
+				}
+			}
+			g.Forward(&full)
+			g.ForwardLast(&last)
+			for i, v := range full.h {
+				if math.Float64bits(v) != math.Float64bits(last.h[i]) {
+					t.Fatalf("state %d: %v with every read-out, %v with the last only", i, v, last.h[i])
+				}
+			}
+			a, b := full.Output(tc.step-1, tc.out), last.Output(tc.step-1, tc.out)
+			for i := range a {
+				if math.Float64bits(a[i]) != math.Float64bits(b[i]) {
+					t.Fatalf("last read-out %d: %v vs %v", i, a[i], b[i])
+				}
+			}
+		})
+	}
+}

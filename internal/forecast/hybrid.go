@@ -1370,6 +1370,10 @@ func (m *Hybrid) trainGRU(idx int64, learn bool) []float64 {
 	for k := 0; k < L; k++ {
 		m.gruInput(start+int64(k), tape.Input(k, gruIn))
 	}
+	if !learn {
+		g.ForwardLast(tape)
+		return tape.Output(L-1, H)
+	}
 	g.Forward(tape)
 	grad := grow(m.sc.grad, g.NumParams())
 	m.sc.grad = grad
@@ -1397,7 +1401,7 @@ func (m *Hybrid) trainGRU(idx int64, learn bool) []float64 {
 			cnt++
 		}
 	}
-	if cnt > 0 && learn {
+	if cnt > 0 {
 		for i := range dout {
 			dout[i] /= float64(cnt)
 		}
