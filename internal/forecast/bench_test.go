@@ -73,9 +73,10 @@ func BenchmarkEngineBucket10k(b *testing.B) {
 }
 
 // BenchmarkEngineBucket10kMature is BenchmarkEngineBucket10k once the
-// models are past their first two windows (eight weeks), where the GRU
-// trains every other bucket (gruTrainEvery) instead of every bucket: a
-// fleet's steady state. BenchmarkEngineBucket10k is its first weeks.
+// models are past their first two windows (eight weeks): a fleet's steady
+// state, every ring full. BenchmarkEngineBucket10k is its first weeks
+// (until round 20 the GRU trained every bucket there, every other one
+// here; now every other one in both).
 func BenchmarkEngineBucket10kMature(b *testing.B) {
 	benchEngine(b, 2000, 5, 24*(56+7))
 }

@@ -137,10 +137,11 @@ const (
 	// levels) cannot cancel each other with huge weights.
 	stackRidge = 8.0
 	// stackSolveEvery is how often (in buckets) each horizon's stacker
-	// weights are re-solved, and gruTrainEvery how often a mature GRU
-	// (two windows old) takes a gradient step (each target stays inside the
-	// truncated BPTT window for BPTT buckets, so it is still learnt from
-	// many times).
+	// weights are re-solved, and gruTrainEvery how often the GRU takes a
+	// gradient step (each target stays inside the truncated BPTT window for
+	// BPTT buckets, so it is still learnt from many times; training every
+	// bucket while the model was young bought nothing measurable and cost
+	// a tenth of the update, BENCHMARKS "round 20").
 	stackSolveEvery = 4
 	gruTrainEvery   = 2
 	// stackMemPerInput: the stacker's memory holds at least this many
@@ -579,8 +580,7 @@ func (m *Hybrid) observe(t time.Time, y float64, how obsKind) error {
 	}
 	var gruOut []float64
 	if m.gru != nil {
-		// Every bucket while the model is young, then every other one.
-		learn := how == obsValue && (idx < 2*int64(m.W) || (idx+int64(m.cfg.Seed))%gruTrainEvery == 0)
+		learn := how == obsValue && (idx+int64(m.cfg.Seed))%gruTrainEvery == 0
 		gruOut = m.trainGRU(idx, learn)
 	}
 	if m.hw != nil {
