@@ -89,8 +89,9 @@
 //     (12 hidden units, ~1k parameters, written on gonum's BLAS with
 //     gradient checks in the tests) fed the residuals over their robust
 //     scale and the time of day, trained online by truncated BPTT over the
-//     last day with Adam (a step every other bucket), predicting the regression's error at every
-//     horizon directly (multi-output, no feedback of its own forecasts).
+//     last day with Adam (a step every other bucket), predicting the
+//     regression's error at every horizon directly (multi-output, no
+//     feedback of its own forecasts).
 //  3. A stacker per horizon (exponentially weighted, Huber-weighted ridge
 //     regression with a memory of one window, and of at least 20
 //     observations per input weight — the usual rule for a regression;
