@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 )
 
 // tempPrefix starts the names of path's temporary files (os.CreateTemp
@@ -60,12 +62,61 @@ func Write(path string, mode os.FileMode, parts ...[]byte) error {
 // killed process left (a Write removes its own otherwise). Only for a
 // caller that is path's sole writer (holding a lock on it, say): it would
 // remove another process's Write in progress too.
-func RemoveLeftovers(path string) {
+func RemoveLeftovers(path string) { removeLeftovers(path, 0) }
+
+// removeLeftovers removes path's temporary files unmodified for minAge.
+func removeLeftovers(path string, minAge time.Duration) {
 	prefix := tempPrefix(path)
-	ents, _ := os.ReadDir(filepath.Dir(path))
+	dir := filepath.Dir(path)
+	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), prefix) && e.Type().IsRegular() {
-			_ = os.Remove(filepath.Join(filepath.Dir(path), e.Name()))
+		if !strings.HasPrefix(e.Name(), prefix) || !e.Type().IsRegular() {
+			continue
+		}
+		if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) >= minAge {
+			_ = os.Remove(filepath.Join(dir, e.Name()))
 		}
 	}
+}
+
+// Lock takes path's writers' lock, an exclusive flock on <path>.lock,
+// waiting for its holder; unlock releases it. Each call opens its own file
+// description, so two holders in one process take turns too.
+func Lock(path string) (unlock func(), err error) {
+	lf, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
+		lf.Close()
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return func() { lf.Close() }, nil // closing releases the flock
+}
+
+// WriteLocked is Write holding path's lock (<path>.lock), for a file that
+// several processes may write (two agents given one cache, controllers
+// sharing a state file): RemoveLeftoversLocked then never takes a live
+// Write's temporary file for a killed one's.
+func WriteLocked(path string, mode os.FileMode, parts ...[]byte) error {
+	unlock, err := Lock(path)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return Write(path, mode, parts...)
+}
+
+// RemoveLeftoversLocked deletes the temporary files a killed process's
+// Writes to path left, holding path's lock, so a WriteLocked in progress
+// finishes first; of those it removes only files unmodified for minAge,
+// so a writer that does not lock (an older build) keeps its file too.
+func RemoveLeftoversLocked(path string, minAge time.Duration) error {
+	unlock, err := Lock(path)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	removeLeftovers(path, minAge)
+	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 func TestWrite(t *testing.T) {
@@ -77,5 +78,65 @@ func TestRemoveLeftovers(t *testing.T) {
 		if _, err := os.Stat(n); err != nil {
 			t.Errorf("%s: %v", n, err)
 		}
+	}
+}
+
+// leftover makes a temporary file of path as a killed Write leaves it,
+// last modified age ago.
+func leftover(t *testing.T, path string, age time.Duration) string {
+	t.Helper()
+	f, err := os.CreateTemp(filepath.Dir(path), tempPrefix(path)+"*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	at := time.Now().Add(-age)
+	if err := os.Chtimes(f.Name(), at, at); err != nil {
+		t.Fatal(err)
+	}
+	return f.Name()
+}
+
+// RemoveLeftoversLocked waits for a WriteLocked in progress (its holder
+// of the lock) and removes only temporaries old enough to be no unlocked
+// writer's either; WriteLocked waits for the lock too.
+func TestLockedLeftovers(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "state")
+	old := leftover(t, p, time.Hour)
+	fresh := leftover(t, p, 0) // an older build's Write in progress, say
+	unlock, err := Lock(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	removed := make(chan error, 1)
+	go func() { removed <- RemoveLeftoversLocked(p, time.Minute) }()
+	wrote := make(chan error, 1)
+	go func() { wrote <- WriteLocked(p, 0o600, []byte("x")) }()
+	select {
+	case err := <-removed:
+		t.Fatalf("removal ran while a writer held the lock: %v", err)
+	case err := <-wrote:
+		t.Fatalf("a locked write ran while another writer held the lock: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	if _, err := os.Stat(old); err != nil {
+		t.Fatalf("removed under a live writer's lock: %v", err)
+	}
+	unlock()
+	if err := <-removed; err != nil {
+		t.Fatal(err)
+	}
+	if err := <-wrote; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(old); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("old leftover: %v", err)
+	}
+	if _, err := os.Stat(fresh); err != nil {
+		t.Errorf("fresh temporary removed: %v", err)
+	}
+	if b, err := os.ReadFile(p); err != nil || string(b) != "x" {
+		t.Errorf("written %q (%v)", b, err)
 	}
 }

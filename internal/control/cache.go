@@ -72,5 +72,5 @@ func writeCache(path string, st *pb.DesiredState) error {
 	hdr = binary.BigEndian.AppendUint64(hdr, uint64(len(b)))
 	sum := sha256.Sum256(b)
 	hdr = append(hdr, sum[:]...)
-	return atomicfile.Write(path, 0o600, hdr, b)
+	return atomicfile.WriteLocked(path, 0o600, hdr, b)
 }

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
-	"github.com/premirror/premirror/internal/atomicfile"
 )
 
 // Journal load outcomes (premirror_control_journal_loads_total).
@@ -81,12 +80,6 @@ func (c *Client) loadJournal() {
 	}
 	c.j = j
 	c.jSnap, c.jOnDisk = true, st != nil
-	// The journal's lock makes this process the state cache's only writer
-	// too (one agent process writes both): a killed one's unfinished
-	// replacements of the cache are garbage.
-	if c.cfg.CacheFile != "" {
-		atomicfile.RemoveLeftovers(c.cfg.CacheFile)
-	}
 }
 
 // RestoredBaseline returns what the agent's counters count from when the

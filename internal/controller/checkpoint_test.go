@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/atomicfile"
 	"github.com/premirror/premirror/internal/forecast"
 )
 
@@ -308,7 +309,8 @@ func TestRestorePrefersLaterEtcdCheckpointOverStateFile(t *testing.T) {
 // A controller killed while it wrote the state file leaves atomicfile's
 // temporary file, a checkpoint's size; the next restore removes it (and
 // restores the checkpoint as before). A write in progress (its writer
-// holds the state file's lock) is waited for, not removed under it.
+// holds the state file's lock) is waited for, not removed under it, and a
+// checkpoint's write waits for another writer's lock in turn.
 func TestRestoreRemovesStateFileLeftovers(t *testing.T) {
 	g := newCheckpointRig(t)
 	ctx := context.Background()
@@ -317,16 +319,19 @@ func TestRestoreRemovesStateFileLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := filepath.Dir(g.state)
+	hour := time.Now().Add(-time.Hour)
 	leftover := filepath.Join(dir, ".forecast.state.tmp-123")
-	if err := os.WriteFile(leftover, []byte("half a checkpoint"), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	other := filepath.Join(dir, ".other.state.tmp-1")
-	if err := os.WriteFile(other, nil, 0o600); err != nil {
-		t.Fatal(err)
+	for _, p := range []string{leftover, other} {
+		if err := os.WriteFile(p, []byte("half a checkpoint"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chtimes(p, hour, hour); err != nil {
+			t.Fatal(err)
+		}
 	}
 	// Another controller's write in progress.
-	unlock, err := lockStateFile(g.state)
+	unlock, err := atomicfile.Lock(g.state)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,5 +358,28 @@ func TestRestoreRemovesStateFileLeftovers(t *testing.T) {
 	}
 	if s := g.f.eng.Stats(); s.Series != 1 || g.f.next != g.t0.Add(5*time.Hour).Unix() {
 		t.Fatalf("restored %d series, open bucket %d", s.Series, g.f.next)
+	}
+
+	// The writer's side: a checkpoint waits for the lock's holder.
+	before, err := os.Stat(g.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if unlock, err = atomicfile.Lock(g.state); err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- g.f.checkpoint(ctx, g.fn) }()
+	select {
+	case err := <-done:
+		unlock()
+		t.Fatalf("checkpoint wrote the state file while another writer held its lock: %v", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	unlock()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if after, err := os.Stat(g.state); err != nil || os.SameFile(before, after) {
+		t.Fatalf("state file not replaced by the checkpoint (%v)", err)
 	}
 }

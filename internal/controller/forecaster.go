@@ -15,7 +15,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -73,7 +72,7 @@ type ForecastConfig struct {
 	// leader starting on this host restores it when etcd took no
 	// checkpoint after the one it descends from (fileFirst). Writes hold
 	// <StateFile>.lock; a restore removes the temporary files a killed
-	// writer left.
+	// writer left (atomicfile.RemoveLeftoversLocked).
 	StateFile string
 	// Clock is forecasting's clock (tests); nil means time.Now.
 	Clock func() time.Time
@@ -759,7 +758,7 @@ func (f *forecaster) restore(ctx context.Context) error {
 		cands = append(cands, candidate{ecp, "etcd"})
 	}
 	if f.cfg.StateFile != "" {
-		if err := removeStateLeftovers(f.cfg.StateFile); err != nil {
+		if err := atomicfile.RemoveLeftoversLocked(f.cfg.StateFile, stateLeftoverAge); err != nil {
 			f.c.log.Warn("forecast state file's leftover temporary files not removed", "path", f.cfg.StateFile, "err", err)
 		}
 		fcp, ferr := readStateFile(f.cfg.StateFile)
@@ -946,41 +945,15 @@ func unpackCheckpoint(packed []byte) (*pb.ForecastCheckpoint, error) {
 const stateMagic = "PMFCCKPT"
 
 func writeStateFile(path string, packed []byte, sum [32]byte) error {
-	unlock, err := lockStateFile(path)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	return atomicfile.Write(path, 0o600, []byte(stateMagic), sum[:], packed)
+	// Locked: controllers of one host may share the path, and a restore
+	// removes the temporary files of killed writers only (restore).
+	return atomicfile.WriteLocked(path, 0o600, []byte(stateMagic), sum[:], packed)
 }
 
-// lockStateFile takes <path>.lock, which every write of the state file
-// holds, so that removeStateLeftovers tells a killed writer's temporary
-// files from a live one's (controllers of one host may share the path).
-func lockStateFile(path string) (unlock func(), err error) {
-	lf, err := os.OpenFile(path+".lock", os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("lock forecast state file: %w", err)
-	}
-	if err := syscall.Flock(int(lf.Fd()), syscall.LOCK_EX); err != nil {
-		lf.Close()
-		return nil, fmt.Errorf("lock forecast state file %s: %w", path, err)
-	}
-	return func() { lf.Close() }, nil // closing releases the flock
-}
-
-// removeStateLeftovers deletes the temporary files of state file writes
-// whose controller was killed mid-write (a checkpoint's size each, for
-// good otherwise).
-func removeStateLeftovers(path string) error {
-	unlock, err := lockStateFile(path)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	atomicfile.RemoveLeftovers(path)
-	return nil
-}
+// stateLeftoverAge: a temporary state file unmodified this long is no
+// live write's, even of a controller that writes without the lock (an
+// older build).
+const stateLeftoverAge = time.Minute
 
 func readStateFile(path string) (*pb.ForecastCheckpoint, error) {
 	b, err := os.ReadFile(path)
