@@ -107,16 +107,21 @@ func WriteLocked(path string, mode os.FileMode, parts ...[]byte) error {
 	return Write(path, mode, parts...)
 }
 
+// unlockedWriteAge: a temporary file unmodified this long is no live
+// Write's, even of a writer that does not lock; a Write takes
+// milliseconds to seconds.
+const unlockedWriteAge = time.Minute
+
 // RemoveLeftoversLocked deletes the temporary files a killed process's
 // Writes to path left, holding path's lock, so a WriteLocked in progress
-// finishes first; of those it removes only files unmodified for minAge,
+// finishes first; of those it removes only files unmodified for a minute,
 // so a writer that does not lock (an older build) keeps its file too.
-func RemoveLeftoversLocked(path string, minAge time.Duration) error {
+func RemoveLeftoversLocked(path string) error {
 	unlock, err := Lock(path)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	removeLeftovers(path, minAge)
+	removeLeftovers(path, unlockedWriteAge)
 	return nil
 }

@@ -110,7 +110,7 @@ func TestLockedLeftovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	removed := make(chan error, 1)
-	go func() { removed <- RemoveLeftoversLocked(p, time.Minute) }()
+	go func() { removed <- RemoveLeftoversLocked(p) }()
 	wrote := make(chan error, 1)
 	go func() { wrote <- WriteLocked(p, 0o600, []byte("x")) }()
 	select {

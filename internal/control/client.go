@@ -284,17 +284,12 @@ func New(cfg Config) (*Client, error) {
 	if cfg.CacheFile != "" {
 		// A killed agent's unfinished replacements of the cache (another
 		// agent given the same file writes under the lock too).
-		if err := atomicfile.RemoveLeftoversLocked(cfg.CacheFile, leftoverAge); err != nil {
+		if err := atomicfile.RemoveLeftoversLocked(cfg.CacheFile); err != nil {
 			c.log.Warn("state cache's leftover temporary files not removed", "path", cfg.CacheFile, "err", err)
 		}
 	}
 	return c, nil
 }
-
-// leftoverAge: a temporary file of the state cache unmodified this long
-// is no live write's, even of an agent that writes without the lock (an
-// older build); a write takes milliseconds.
-const leftoverAge = time.Minute
 
 // Close releases the journal (its lock); call it once Run returned.
 func (c *Client) Close() error {

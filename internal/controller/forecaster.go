@@ -758,7 +758,7 @@ func (f *forecaster) restore(ctx context.Context) error {
 		cands = append(cands, candidate{ecp, "etcd"})
 	}
 	if f.cfg.StateFile != "" {
-		if err := atomicfile.RemoveLeftoversLocked(f.cfg.StateFile, stateLeftoverAge); err != nil {
+		if err := atomicfile.RemoveLeftoversLocked(f.cfg.StateFile); err != nil {
 			f.c.log.Warn("forecast state file's leftover temporary files not removed", "path", f.cfg.StateFile, "err", err)
 		}
 		fcp, ferr := readStateFile(f.cfg.StateFile)
@@ -949,11 +949,6 @@ func writeStateFile(path string, packed []byte, sum [32]byte) error {
 	// removes the temporary files of killed writers only (restore).
 	return atomicfile.WriteLocked(path, 0o600, []byte(stateMagic), sum[:], packed)
 }
-
-// stateLeftoverAge: a temporary state file unmodified this long is no
-// live write's, even of a controller that writes without the lock (an
-// older build).
-const stateLeftoverAge = time.Minute
 
 func readStateFile(path string) (*pb.ForecastCheckpoint, error) {
 	b, err := os.ReadFile(path)
