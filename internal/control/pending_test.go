@@ -5,10 +5,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
+	"github.com/premirror/premirror/internal/promdesc"
 )
 
 // flowSource is an agent's access counts: what a test queues goes with
@@ -245,26 +245,9 @@ func TestPendingReportsNotSentToOlderController(t *testing.T) {
 // one label value given, if any).
 func metricValue(t *testing.T, c *Client, name string, label ...string) float64 {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(c)
-	mfs, err := reg.Gather()
+	v, err := promdesc.Value(c, name, label...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if len(label) > 0 && (len(m.GetLabel()) != 1 || m.GetLabel()[0].GetValue() != label[0]) {
-				continue
-			}
-			if m.GetCounter() != nil {
-				return m.GetCounter().GetValue()
-			}
-			return m.GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no metric %s %v", name, label)
-	return 0
+	return v
 }

@@ -9,13 +9,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/protobuf/proto"
 
 	pb "github.com/premirror/premirror/api/premirror/v1"
 	"github.com/premirror/premirror/internal/control"
+	"github.com/premirror/premirror/internal/promdesc"
 )
 
 // pinnedCounters are an edge's access counters (pm_counters): they
@@ -326,21 +326,11 @@ func TestAccessJournalInterimAgent(t *testing.T) {
 // label value.
 func clientMetric(t *testing.T, c *control.Client, name, label string) float64 {
 	t.Helper()
-	reg := prometheus.NewPedanticRegistry()
-	reg.MustRegister(c)
-	mfs, err := reg.Gather()
+	v, err := promdesc.Value(c, name, label)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			if mf.GetName() == name && len(m.GetLabel()) == 1 && m.GetLabel()[0].GetValue() == label {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no metric %s{%s}", name, label)
-	return 0
+	return v
 }
 
 // firstResourceAndRegion waits for the rig's desired state and returns the

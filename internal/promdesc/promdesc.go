@@ -70,6 +70,50 @@ func Describe(cs ...prometheus.Collector) ([]Metric, error) {
 	return out, nil
 }
 
+// Value is the value c exports for metric name: of its first series
+// whose label values are labelValues (in the labels' order), or of its
+// first series when none are given. Counters, gauges and untyped metrics
+// have one; a test reads a component's metric through it without
+// reaching into the component.
+func Value(c prometheus.Collector, name string, labelValues ...string) (float64, error) {
+	reg := prometheus.NewPedanticRegistry()
+	if err := reg.Register(c); err != nil {
+		return 0, err
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		return 0, err
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			if len(labelValues) > 0 {
+				if len(m.GetLabel()) != len(labelValues) {
+					continue
+				}
+				for i, l := range m.GetLabel() {
+					if l.GetValue() != labelValues[i] {
+						continue series
+					}
+				}
+			}
+			switch {
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue(), nil
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue(), nil
+			case m.GetUntyped() != nil:
+				return m.GetUntyped().GetValue(), nil
+			}
+			return 0, fmt.Errorf("metric %s%v: not a counter, gauge or untyped metric", name, labelValues)
+		}
+	}
+	return 0, fmt.Errorf("no metric %s%v", name, labelValues)
+}
+
 // Names returns the metrics' names.
 func Names(ms []Metric) []string {
 	out := make([]string, len(ms))

@@ -61,3 +61,31 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestValue(t *testing.T) {
+	cv := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "c_total", Help: "h"}, []string{"a", "b"})
+	cv.WithLabelValues("x", "y").Add(2)
+	cv.WithLabelValues("x", "z").Add(3)
+	g := prometheus.NewGauge(prometheus.GaugeOpts{Name: "g", Help: "h"})
+	g.Set(7)
+	for _, tc := range []struct {
+		c      prometheus.Collector
+		name   string
+		labels []string
+		want   float64
+		ok     bool
+	}{
+		{cv, "c_total", []string{"x", "z"}, 3, true},
+		{cv, "c_total", []string{"x", "y"}, 2, true},
+		{cv, "c_total", nil, 2, true}, // the first series
+		{cv, "c_total", []string{"x"}, 0, false},
+		{cv, "c_total", []string{"y", "x"}, 0, false},
+		{g, "g", nil, 7, true},
+		{g, "missing", nil, 0, false},
+	} {
+		got, err := Value(tc.c, tc.name, tc.labels...)
+		if (err == nil) != tc.ok || got != tc.want {
+			t.Errorf("Value(%s, %v) = %v, %v; want %v (found %v)", tc.name, tc.labels, got, err, tc.want, tc.ok)
+		}
+	}
+}
