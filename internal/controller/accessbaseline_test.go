@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"testing"
-	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -63,15 +62,8 @@ func TestAccessBaselineVerdict(t *testing.T) {
 // of the agent on a session that told it clears the record, and a later
 // restart keeps its baseline. An agent that does not ask gets no verdict.
 func TestAccessBaselineVerdictStands(t *testing.T) {
-	cli := etcdClient(t)
-	t.Cleanup(func() { cli.Close() })
-	t0 := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
-	clock := newFakeClock(t0.Add(10 * time.Minute))
-	c, err := New(Config{Name: "r1", TLS: shared.files, Prefix: testPrefix(t), ReportInterval: time.Second, Logger: quietLogger(),
-		Forecast: ForecastConfig{Engine: testEngineConfig(), Grace: 5 * time.Second, Clock: clock.now}}, cli)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, _, _ := newSessionTestController(t)
+	cli := c.cli
 	ctx := context.Background()
 	session := func(run uint64, check bool, connected int64) *agentConn {
 		return &agentConn{c: c, node: "edge/1", site: "eu", runID: run, checkBaseline: check,

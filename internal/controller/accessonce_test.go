@@ -506,21 +506,31 @@ func TestAccessRawAgents(t *testing.T) {
 	}
 }
 
+// newSessionTestController is a controller, not running, whose agent
+// sessions a test builds by hand (agentConn); its forecasting clock
+// stands ten minutes after t0 until the test sets it.
+func newSessionTestController(t *testing.T) (c *Controller, t0 time.Time, clock *fakeClock) {
+	t.Helper()
+	cli := etcdClient(t)
+	t.Cleanup(func() { cli.Close() })
+	t0 = time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
+	clock = newFakeClock(t0.Add(10 * time.Minute))
+	c, err := New(Config{Name: "r1", TLS: shared.files, Prefix: testPrefix(t), ReportInterval: time.Second, Logger: quietLogger(),
+		Forecast: ForecastConfig{Engine: testEngineConfig(), Grace: 5 * time.Second, Clock: clock.now}}, cli)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c, t0, clock
+}
+
 // A numbered session's flush, split over several transactions by
 // MaxTxnOps, writes every dirty bucket and then the run's record, and
 // confirms; once another session took the run over, its flushes are
 // refused and write nothing. A record whose write's answer was lost is
 // adopted, one that expired written again.
 func TestAccessFlushTransactions(t *testing.T) {
-	cli := etcdClient(t)
-	t.Cleanup(func() { cli.Close() })
-	t0 := time.Date(2026, 3, 2, 0, 0, 0, 0, time.UTC)
-	clock := newFakeClock(t0.Add(10 * time.Minute))
-	c, err := New(Config{Name: "r1", TLS: shared.files, Prefix: testPrefix(t), ReportInterval: time.Second, Logger: quietLogger(),
-		Forecast: ForecastConfig{Engine: testEngineConfig(), Grace: 5 * time.Second, Clock: clock.now}}, cli)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c, t0, clock := newSessionTestController(t)
+	cli := c.cli
 	c.store.MaxTxnOps = 2
 	ctx := context.Background()
 	session := func(connected int64) *agentConn {
