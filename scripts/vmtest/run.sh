@@ -104,6 +104,11 @@ for dir in $dirs; do
 	names+=("$name")
 done
 [ ${#names[@]} -gt 0 ] || die "no test binaries to run"
+# Files tests read from the repository root, found through go.mod above
+# their working directory (alerttest: the alert rules).
+cp go.mod "$work/common/vmtest/src/"
+mkdir -p "$work/common/vmtest/src/deploy"
+cp -r deploy/prometheus "$work/common/vmtest/src/deploy/"
 
 # 2. The part of the initramfs every kernel shares.
 cp "$busybox" "$work/common/bin/busybox"
