@@ -240,10 +240,13 @@ func (a *Adam) Step(params, grad []float64) {
 	a.Steps++
 	c1 := 1 - math.Pow(a.Beta1, a.Steps)
 	c2 := 1 - math.Pow(a.Beta2, a.Steps)
+	b1, b2, lr, eps := a.Beta1, a.Beta2, a.LR, a.Eps
+	M, V, params := a.M[:len(grad)], a.V[:len(grad)], params[:len(grad)]
 	for i, g := range grad {
 		g *= scale
-		a.M[i] = a.Beta1*a.M[i] + (1-a.Beta1)*g
-		a.V[i] = a.Beta2*a.V[i] + (1-a.Beta2)*g*g
-		params[i] -= a.LR * (a.M[i] / c1) / (math.Sqrt(a.V[i]/c2) + a.Eps)
+		m := b1*M[i] + (1-b1)*g
+		v := b2*V[i] + (1-b2)*g*g
+		M[i], V[i] = m, v
+		params[i] -= lr * (m / c1) / (math.Sqrt(v/c2) + eps)
 	}
 }

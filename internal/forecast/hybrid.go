@@ -1269,11 +1269,14 @@ func (m *Hybrid) stackUpdate(h int, f []float64, target float64) {
 	if a := math.Abs(r); a > huberK {
 		om = huberK / a
 	}
+	lam := m.lam
 	for i := 0; i < K; i++ {
-		b[i] = m.lam*b[i] + om*f[i]*target
+		omf := om * f[i]
+		b[i] = lam*b[i] + omf*target
 		row := A[i*(i+1)/2 : i*(i+1)/2+i+1]
-		for j := range row {
-			row[j] = m.lam*row[j] + om*f[i]*f[j]
+		fr := f[:len(row)]
+		for j, x := range fr {
+			row[j] = lam*row[j] + omf*x
 		}
 	}
 	// The weights move slowly: re-solving every few buckets is enough and
@@ -1301,30 +1304,40 @@ func (m *Hybrid) stackUpdate(h int, f []float64, target float64) {
 // cholSolve solves (L Lᵀ) w = b in place after factorising the lower
 // triangle of L (which it overwrites); false if not positive definite.
 func cholSolve(L []float64, K int, b, w []float64) bool {
+	// Rows as slices of their first j+1 entries, so the inner loops run
+	// without bounds checks; the order of every sum is the textbook one.
 	for j := 0; j < K; j++ {
-		d := L[j*K+j]
-		for k := 0; k < j; k++ {
-			d -= L[j*K+k] * L[j*K+k]
+		Lj := L[j*K : j*K+j+1]
+		rj := Lj[:j]
+		d := Lj[j]
+		for _, x := range rj {
+			d -= x * x
 		}
 		if d <= 0 {
 			return false
 		}
 		d = math.Sqrt(d)
-		L[j*K+j] = d
+		Lj[j] = d
 		for i := j + 1; i < K; i++ {
-			v := L[i*K+j]
-			for k := 0; k < j; k++ {
-				v -= L[i*K+k] * L[j*K+k]
+			Li := L[i*K : i*K+j+1]
+			v := Li[j]
+			ri := Li[:j]
+			rj := rj[:len(ri)]
+			for k, x := range ri {
+				v -= x * rj[k]
 			}
-			L[i*K+j] = v / d
+			Li[j] = v / d
 		}
 	}
-	for i := 0; i < K; i++ {
+	w = w[:K]
+	for i := range w {
+		Li := L[i*K : i*K+i+1]
 		v := b[i]
-		for k := 0; k < i; k++ {
-			v -= L[i*K+k] * w[k]
+		wi := w[:i]
+		for k, x := range Li[:len(wi)] {
+			v -= x * wi[k]
 		}
-		w[i] = v / L[i*K+i]
+		w[i] = v / Li[i]
 	}
 	for i := K - 1; i >= 0; i-- {
 		v := w[i]

@@ -242,6 +242,10 @@ func (p *pool) combine(h, po int, f *[numExp]float64, scale float64, integer boo
 	// The experts sorted by forecast once: the order is the same at every
 	// rate, only the weights differ.
 	order := sortAwakeFrom(f, &p.avail, &p.order)
+	var awake [numExp]bool
+	for k, ok := range p.avail {
+		awake[k] = ok && !math.IsNaN(f[k])
+	}
 	for g := 0; g < poolEtas; g++ {
 		// Sleeping experts (Freund, Schapire, Singer & Warmuth 1997): an
 		// expert with no forecast (NaN) is left out and the others'
@@ -249,7 +253,13 @@ func (p *pool) combine(h, po int, f *[numExp]float64, scale float64, integer boo
 		// it sleeps (update), so a series on which it never wakes is
 		// combined as if it did not exist.
 		w := p.w[((h-1)*poolEtas+g)*numExp : ((h-1)*poolEtas+g+1)*numExp]
-		med := weightedMedianSorted(f, w, &p.avail, order)
+		sw := 0.0
+		for k, ok := range awake { // in expert order: the same rounding at every rate
+			if ok {
+				sw += w[k]
+			}
+		}
+		med := weightedMedianSum(f, w, sw, order)
 		// The mean takes each expert at most poolLossClip error scales
 		// from the median, the most one loss can teach the weights: a
 		// seasonal naive replaying last week's counter reset (10⁹ on a
@@ -258,11 +268,20 @@ func (p *pool) combine(h, po int, f *[numExp]float64, scale float64, integer boo
 		if scale > 0 {
 			lo, hi = med-poolLossClip*scale, med+poolLossClip*scale
 		}
-		c, sw := 0.0, 0.0
-		for k, ok := range p.avail {
-			if ok && !math.IsNaN(f[k]) {
-				c += w[k] * min(max(f[k], lo), hi)
-				sw += w[k]
+		c := 0.0
+		for k, ok := range awake {
+			if ok {
+				// Clamped by comparisons, not min and max: f[k] is not
+				// NaN, and a zero's sign cannot change the sum (it starts
+				// at +0 and the weights are positive).
+				x := f[k]
+				if x < lo {
+					x = lo
+				}
+				if x > hi {
+					x = hi
+				}
+				c += w[k] * x
 			}
 		}
 		if sw > 0 {
@@ -340,6 +359,16 @@ func weightedMedianSorted(f *[numExp]float64, w []float64, avail *[numExp]bool, 
 			sw += w[k]
 		}
 	}
+	return weightedMedianSum(f, w, sw, order)
+}
+
+// weightedMedianSum is weightedMedianSorted given sw, the sum of the
+// awake experts' weights in expert order.
+func weightedMedianSum(f *[numExp]float64, w []float64, sw float64, order []int) float64 {
+	n := len(order)
+	if n == 0 {
+		return math.NaN()
+	}
 	acc, half := 0.0, sw/2
 	for i, k := range order {
 		acc += w[k]
@@ -379,12 +408,16 @@ func (p *pool) update(h, po int, y, scale float64, integer bool) {
 		if integer {
 			f = math.Round(f)
 		}
-		return min(math.Abs(y-f)/scale, poolLossClip)
+		if l := math.Abs(y-f) / scale; l < poolLossClip {
+			return l
+		}
+		return poolLossClip
 	}
 	fx := p.fx[(po*p.H+h-1)*numExp : (po*p.H+h)*numExp]
 	fc := p.fc[(po*p.H+h-1)*numCand : (po*p.H+h)*numCand]
 	var e [numExp]float64
 	awake, nAwake := p.avail, p.nav
+	rate := -poolEta0 * p.slow[h-1]
 	for k, ok := range p.avail {
 		if !ok {
 			continue
@@ -394,7 +427,7 @@ func (p *pool) update(h, po int, y, scale float64, integer bool) {
 			nAwake--
 			continue
 		}
-		e[k] = math.Exp(-poolEta0 * p.slow[h-1] * loss(float64(fx[k])))
+		e[k] = math.Exp(rate * loss(float64(fx[k])))
 	}
 	for g := 0; g < poolEtas; g++ {
 		if g > 0 {
@@ -463,12 +496,13 @@ func fixedShare(w, e []float64, avail []bool, n int, alpha float64) {
 			sw += w[k]
 		}
 	}
+	keep, share := 1-alpha, alpha/float64(n)
 	for k := range w {
 		if !avail[k] {
 			continue
 		}
 		if sw > 0 {
-			w[k] = (1-alpha)*w[k]/sw + alpha/float64(n)
+			w[k] = keep*w[k]/sw + share
 		} else {
 			w[k] = 1 / float64(n)
 		}
