@@ -212,14 +212,49 @@ func etsParams(p []float64) (a, b, g, phi float64) {
 // in st = [level, trend, season_0..season_{m-1}] (season index = bucket
 // index mod m of the next bucket's slot is computed by the caller).
 func etsRun(y []float64, m int, a, b, g, phi float64, st []float64) float64 {
+	lvl, tr := etsInit(y, m, st)
+	sse := 0.0
+	if m < 2 {
+		for _, v := range y {
+			e := v - (lvl + phi*tr)
+			sse += e * e
+			nl := lvl + phi*tr + a*e
+			tr = phi*tr + b*e
+			lvl = nl
+		}
+	} else {
+		// The season's slot walks st[2:2+m] (bucket index mod m) without
+		// a division per bucket.
+		seas := st[2 : 2+m]
+		si := 0
+		for _, v := range y {
+			s := seas[si]
+			e := v - (lvl + phi*tr + s)
+			sse += e * e
+			nl := lvl + phi*tr + a*e
+			tr = phi*tr + b*e
+			seas[si] = s + g*e
+			lvl = nl
+			if si++; si == m {
+				si = 0
+			}
+		}
+	}
+	st[0], st[1] = lvl, tr
+	return sse
+}
+
+// etsInit sets the season's initial states st[2:2+m] by classical
+// decomposition of y's first cycles and returns the initial level and
+// trend.
+func etsInit(y []float64, m int, st []float64) (lvl, tr float64) {
 	n := len(y)
-	// Initial state by classical decomposition of the first cycles.
 	ms := max(m, 1)
 	k := min(n/ms, 4)
 	if m < 2 {
 		k = 0
 	}
-	lvl, tr := y[0], 0.0
+	lvl, tr = y[0], 0.0
 	if k >= 1 {
 		s1 := 0.0
 		for i := 0; i < m; i++ {
@@ -250,26 +285,7 @@ func etsRun(y []float64, m int, a, b, g, phi float64, st []float64) float64 {
 	} else if n > 1 {
 		tr = 0
 	}
-	sse := 0.0
-	for i := 0; i < n; i++ {
-		s := 0.0
-		si := 0
-		if m >= 2 {
-			si = 2 + i%m
-			s = st[si]
-		}
-		f := lvl + phi*tr + s
-		e := y[i] - f
-		sse += e * e
-		nl := lvl + phi*tr + a*e
-		tr = phi*tr + b*e
-		if m >= 2 {
-			st[si] = s + g*e
-		}
-		lvl = nl
-	}
-	st[0], st[1] = lvl, tr
-	return sse
+	return lvl, tr
 }
 
 // etsMinimize runs Nelder-Mead on an ETS fit's objective from start, for at

@@ -110,3 +110,59 @@ func TestSeasonalNaiveErrorsSkipGaps(t *testing.T) {
 		}
 	}
 }
+
+// etsRun against the filter written out plainly (the season's slot by the
+// bucket index mod m), to the bit: its slot walks the season without a
+// division per bucket.
+func TestETSRunMatchesPlainFilter(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 9))
+	for _, tc := range []struct {
+		name string
+		m, n int
+	}{
+		{"no season", 0, 50},
+		{"season of one", 1, 50},
+		{"season of two", 2, 9},
+		{"weekly", 7, 60},
+		{"daily, hourly", 24, 24*5 + 7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			y := make([]float64, tc.n)
+			for i := range y {
+				y[i] = 10 + 3*math.Sin(float64(i)) + r.NormFloat64()
+			}
+			y[3] = math.Copysign(0, -1)
+			const a, b, g, phi = 0.3, 0.05, 0.2, 0.97
+			got := make([]float64, 2+max(tc.m, 0))
+			gotSSE := etsRun(y, tc.m, a, b, g, phi, got)
+
+			want := make([]float64, len(got))
+			lvl, tr := etsInit(y, tc.m, want)
+			wantSSE := 0.0
+			for i := range y {
+				s, si := 0.0, 0
+				if tc.m >= 2 {
+					si = 2 + i%tc.m
+					s = want[si]
+				}
+				e := y[i] - (lvl + phi*tr + s)
+				wantSSE += e * e
+				nl := lvl + phi*tr + a*e
+				tr = phi*tr + b*e
+				if tc.m >= 2 {
+					want[si] = s + g*e
+				}
+				lvl = nl
+			}
+			want[0], want[1] = lvl, tr
+			if math.Float64bits(gotSSE) != math.Float64bits(wantSSE) {
+				t.Errorf("sse %v, want %v", gotSSE, wantSSE)
+			}
+			for i := range got {
+				if math.Float64bits(got[i]) != math.Float64bits(want[i]) {
+					t.Errorf("state[%d] %v, want %v", i, got[i], want[i])
+				}
+			}
+		})
+	}
+}
