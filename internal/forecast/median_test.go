@@ -222,11 +222,17 @@ func TestSortAwakeFrom(t *testing.T) {
 // forecasts f with weights w: the point forecast that minimises the
 // weighted absolute loss, where the weighted mean minimises the squared
 // one (for a burst half the experts expect, the mean is a level no bucket
-// ever has). combine computes it with weightedMedianSorted over
+// ever has). combine computes it with weightedMedianSum over
 // sortAwakeFrom's order; this is the reference for the tests.
 func weightedMedian(f *[numExp]float64, w []float64, avail *[numExp]bool) float64 {
 	var idx [numExp]int
-	return weightedMedianSorted(f, w, avail, sortAwake(f, avail, &idx))
+	sw := 0.0
+	for k, ok := range avail {
+		if ok && !math.IsNaN(f[k]) {
+			sw += w[k]
+		}
+	}
+	return weightedMedianSum(f, w, sw, sortAwake(f, avail, &idx))
 }
 
 // sortAwake writes into idx the available, awake experts (forecast not

@@ -346,24 +346,10 @@ func sortAwakeFrom(f *[numExp]float64, avail *[numExp]bool, order *[numExp]int) 
 	return order[:n]
 }
 
-// weightedMedianSorted is weightedMedian over the experts order, sorted
-// by sortAwake from avail.
-func weightedMedianSorted(f *[numExp]float64, w []float64, avail *[numExp]bool, order []int) float64 {
-	n := len(order)
-	if n == 0 {
-		return math.NaN()
-	}
-	sw := 0.0
-	for k, ok := range avail { // in expert order: the same rounding at every rate
-		if ok && !math.IsNaN(f[k]) {
-			sw += w[k]
-		}
-	}
-	return weightedMedianSum(f, w, sw, order)
-}
-
-// weightedMedianSum is weightedMedianSorted given sw, the sum of the
-// awake experts' weights in expert order.
+// weightedMedianSum is the weighted median of the forecasts f of the
+// experts in order (the awake ones, sorted by sortAwakeFrom) with weights
+// w, given sw, the sum of their weights in expert order (so every rate's
+// sum rounds alike).
 func weightedMedianSum(f *[numExp]float64, w []float64, sw float64, order []int) float64 {
 	n := len(order)
 	if n == 0 {
